@@ -1,0 +1,7 @@
+"""The ground floor: everything the line needs, torch-free.
+
+A Jetson runs this package with numpy, OpenCV, pyzmq and TensorRT (or ONNX Runtime)
+alone. train/ and export/ import the pieces they share with it (frame decoding and
+resizing, the model package format, the typed-config loader) from here; nothing in
+edge/ imports them back.
+"""

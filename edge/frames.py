@@ -1,0 +1,100 @@
+"""Image decoding and resizing to the model input: written once, used by training,
+evaluation, export checks and the daemon, so the pixels the model sees on the line are
+the pixels it saw in evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError, FrameError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or float images to uint8; leave uint8 alone."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    raise FrameError(f"unsupported pixel type {image.dtype}")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG/BMP bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array.
+
+    Raises FrameError when the bytes are not a decodable image.
+    """
+    if not data:
+        raise FrameError("empty image data")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise FrameError("image data could not be decoded")
+    return _to_uint8(image)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file. Raises DataError naming the file when it is unreadable."""
+    path = Path(path)
+    try:
+        return decode_image(path.read_bytes())
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    except FrameError as exc:
+        raise DataError(f"unreadable image {path}: {exc.reason}") from exc
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Return an HxWxC uint8 image with C = `channels` (1: grey, 3: BGR). Alpha is dropped."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise FrameError(f"unsupported image shape {tuple(image.shape)}")
+    c = image.shape[2]
+    if c == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        c = 3
+    if c == channels:
+        return image
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    if channels == 3:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    raise FrameError(f"unsupported channel count {channels}")
+
+
+def resize_to(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize HxWxC to size x size. INTER_AREA when shrinking (no aliasing), linear otherwise."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size, size), interpolation=interp)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def to_model_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Any decoded frame -> the model's uint8 HxWxC input (C-contiguous), as in training."""
+    return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A ground-truth mask (any size, any channels) -> bool size x size, nearest neighbour."""
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    return cv2.resize((mask > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in `folder`, sorted by name (a stable order for splits and reports)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

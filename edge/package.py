@@ -1,0 +1,135 @@
+"""The model package: a folder with model.onnx, model_fp16.onnx, model.json and,
+on a GPU target, engines/<key>.plan.
+
+`model.json` describes the model fully: input size, channels and colour order,
+normalisation, threshold and how it was calibrated, training metrics, the sha256 of
+every ONNX file, opset and versions, and the parity figures measured at export. The
+daemon trusts nothing it cannot verify: a file whose sha256 differs is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import PackageError
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+FP32_FILE = "model.onnx"
+FP16_FILE = "model_fp16.onnx"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """model.json, parsed and checked. `root` is the package folder."""
+
+    root: Path
+    name: str
+    version: str
+    image_size: int
+    channels: int
+    color_order: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    threshold: float
+    map_scale: float
+    files: dict[str, str]
+    meta: dict[str, Any] = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """The FP32 graph's sha256: the model's identity in every result."""
+        return self.files[FP32_FILE]
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        """Path of the ONNX file for `precision` ('fp32' or 'fp16')."""
+        if precision not in ("fp32", "fp16"):
+            raise PackageError(f"unknown precision {precision!r}; use fp32 or fp16")
+        return self.root / (FP32_FILE if precision == "fp32" else FP16_FILE)
+
+    def verify(self, filename: str) -> Path:
+        """Check that `filename` exists and matches the sha256 in model.json; return its path."""
+        path = self.root / filename
+        expected = self.files.get(filename)
+        if expected is None:
+            raise PackageError(f"{self.root / MODEL_JSON} lists no sha256 for {filename}")
+        if not path.is_file():
+            raise PackageError(f"model file missing: {path}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PackageError(
+                f"model file {path} is corrupt: sha256 {actual[:16]}… does not match model.json {expected[:16]}…"
+            )
+        return path
+
+
+def _get(meta: dict[str, Any], *keys: str) -> Any:
+    node: Any = meta
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise PackageError(f"model.json lacks {'.'.join(keys)}")
+        node = node[key]
+    return node
+
+
+def load_package(root: str | Path) -> ModelPackage:
+    """Read and check `root/model.json`. Raises PackageError with the reason."""
+    root = Path(root)
+    path = root / MODEL_JSON
+    if not root.is_dir():
+        raise PackageError(f"model package folder not found: {root}")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise PackageError(f"no {MODEL_JSON} in {root}: is this an exported model? (vqad export)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise PackageError(f"{path} must hold a JSON object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise PackageError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        pkg = ModelPackage(
+            root=root,
+            name=str(_get(meta, "name")),
+            version=str(_get(meta, "version")),
+            image_size=int(_get(meta, "input", "size")),
+            channels=int(_get(meta, "input", "channels")),
+            color_order=str(_get(meta, "input", "color_order")),
+            mean=tuple(float(v) for v in _get(meta, "normalization", "mean")),
+            std=tuple(float(v) for v in _get(meta, "normalization", "std")),
+            threshold=float(_get(meta, "threshold", "value")),
+            map_scale=float(_get(meta, "output", "map_scale")),
+            files={str(k): str(v) for k, v in _get(meta, "files").items()},
+            meta=meta,
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise PackageError(f"{path} has a malformed field: {exc}") from exc
+    if pkg.channels not in (1, 3) or pkg.image_size < 8:
+        raise PackageError(f"{path}: unsupported input {pkg.image_size}px x {pkg.channels} channels")
+    if FP32_FILE not in pkg.files:
+        raise PackageError(f"{path} lists no sha256 for {FP32_FILE}")
+    return pkg
+
+
+def write_model_json(root: str | Path, meta: dict[str, Any]) -> Path:
+    """Write model.json atomically (temp file, then rename)."""
+    root = Path(root)
+    path = root / MODEL_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path

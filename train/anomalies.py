@@ -1,0 +1,94 @@
+"""Synthetic anomalies painted into good images during training (DRAEM-style).
+
+A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill is foreign
+content from a shifted crop of another training image, a procedural noise texture, or a
+colour/brightness shift, blended with beta in [0, 0.8]:
+
+    out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
+
+The model is trained to reconstruct the clean x, so at test time it repairs real defects
+instead of copying them. Everything is generated in-process; no outside data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """2-D Perlin noise in about [-1, 1]; `res` gradient cells per axis must divide `shape`."""
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return 6 * t**5 - 15 * t**4 + 10 * t**3
+
+    d = (shape[0] // res[0], shape[1] // res[1])
+    grid = np.mgrid[0 : res[0] : res[0] / shape[0], 0 : res[1] : res[1] / shape[1]].transpose(1, 2, 0) % 1
+    angles = 2 * np.pi * rng.random((res[0] + 1, res[1] + 1))
+    grads = np.dstack((np.cos(angles), np.sin(angles)))
+    tile = lambda s0, s1: grads[s0[0] : s0[1], s1[0] : s1[1]].repeat(d[0], 0).repeat(d[1], 1)  # noqa: E731
+    g00, g10 = tile((0, -1), (0, -1)), tile((1, None), (0, -1))
+    g01, g11 = tile((0, -1), (1, None)), tile((1, None), (1, None))
+    n00 = (np.dstack((grid[:, :, 0], grid[:, :, 1])) * g00).sum(2)
+    n10 = (np.dstack((grid[:, :, 0] - 1, grid[:, :, 1])) * g10).sum(2)
+    n01 = (np.dstack((grid[:, :, 0], grid[:, :, 1] - 1)) * g01).sum(2)
+    n11 = (np.dstack((grid[:, :, 0] - 1, grid[:, :, 1] - 1)) * g11).sum(2)
+    t = fade(grid)
+    n0 = n00 * (1 - t[:, :, 0]) + t[:, :, 0] * n10
+    n1 = n01 * (1 - t[:, :, 0]) + t[:, :, 0] * n11
+    return np.sqrt(2) * ((1 - t[:, :, 1]) * n0 + t[:, :, 1] * n1)
+
+
+def perlin_mask(size: int, rng: np.random.Generator, min_scale: int = 1, max_scale: int = 5) -> np.ndarray:
+    """A boolean anomaly mask of Perlin blobs; never empty, never most of the image."""
+    max_scale = min(max_scale, int(np.log2(size)) - 1)
+    for _ in range(10):
+        sx, sy = 2 ** rng.integers(min_scale, max_scale + 1, size=2)
+        noise = perlin((size, size), (int(sx), int(sy)), rng)
+        if rng.random() < 0.5:
+            noise = np.rot90(noise, k=int(rng.integers(1, 4)))
+        mask = noise > 0.5
+        if 0.002 < mask.mean() < 0.4:
+            return mask
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = rng.integers(size // 4, 3 * size // 4, 2)
+    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 10) ** 2
+
+
+def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Foreign content for `image` (H, W, C float in [0,1]) from one of three sources."""
+    size, c = image.shape[0], image.shape[2]
+    kind = rng.integers(3)
+    if kind == 0:  # a shifted, flipped crop of another good image: plausible but misplaced content
+        other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
+        other = np.roll(other, shift=tuple(rng.integers(0, size, 2)), axis=(0, 1))
+        if rng.random() < 0.5:
+            other = other[::-1]
+        return np.ascontiguousarray(other)
+    if kind == 1:  # a procedural noise texture in a random colour
+        res = int(2 ** rng.integers(2, min(6, int(np.log2(size))) + 1))
+        tex = perlin((size, size), (res, res), rng)[:, :, None]
+        colour = rng.random(c)[None, None, :]
+        return np.clip(colour + 0.3 * tex, 0, 1)
+    # a colour / brightness shift of the image itself
+    return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
+
+
+def paint_anomalies(
+    batch: np.ndarray, pool: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
+
+    -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
+    of the batch is corrupted; the rest is returned unchanged with an empty mask.
+    """
+    x = batch.astype(np.float32) / 255.0
+    masks = np.zeros(batch.shape[:3], dtype=np.float32)
+    for i in range(len(batch)):
+        if rng.random() >= fraction:
+            continue
+        mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
+        beta = rng.uniform(0.0, 0.8)
+        fill = _fill(x[i], pool, rng)
+        x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
+        masks[i] = mask[:, :, 0]
+    return x, masks

@@ -1,0 +1,78 @@
+"""Self-describing checkpoints: weights, full config, step, metrics and a content hash.
+
+Saved with torch.save and loaded only with `weights_only=True`, which refuses any
+pickled object that is not a tensor or a plain container: a malicious pickle cannot
+run code here. Metadata travels as a JSON string. Writes are atomic (temp + rename),
+so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge.errors import CheckpointError
+
+FORMAT = "vqad-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+) -> str:
+    """Write a checkpoint atomically; returns the weights' content hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model_state.items()}
+    digest = state_hash(state)
+    meta = dict(meta, content_sha256=digest)
+    payload = {"format": FORMAT, "version": VERSION, "meta_json": json.dumps(meta), "model": state}
+    if optimizer_state is not None:
+        payload["optimizer"] = optimizer_state
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """-> {'model': state_dict, 'meta': dict, 'optimizer': dict | None}. CheckpointError on anything odd."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; all mean "refused"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refused to load {path}: not a safe vqad checkpoint ({first[:200]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vqad checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r}, expected {VERSION}")
+    try:
+        meta = json.loads(payload["meta_json"])
+        state = payload["model"]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is a damaged checkpoint: {exc}") from exc
+    if verify and state_hash(state) != meta.get("content_sha256"):
+        raise CheckpointError(f"{path} is corrupt: its weights do not match their recorded hash")
+    return {"model": state, "meta": meta, "optimizer": payload.get("optimizer")}

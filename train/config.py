@@ -1,0 +1,112 @@
+"""The model and training configs (frozen, typed, loaded from configs/model.yaml and configs/train.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge.config import require
+
+ErrorKind = Literal["l2", "ssim", "gms"]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How a reconstruction becomes an anomaly map and an image score (shared by eval and export)."""
+
+    errors: tuple[ErrorKind, ...] = ("l2", "ssim")
+    weights: tuple[float, ...] = (1.0, 1.0)
+    # Gaussian sigma of the map smoothing, in pixels at the model's input size.
+    smoothing_sigma: float = 2.0
+    reduce: Literal["max", "topk_mean"] = "max"
+    topk: int = 16
+    # Per-pixel normalisation of the error by good validation images ("none", "pixel", "pooled").
+    normalize: Literal["none", "pixel", "pooled"] = "none"
+
+    def __post_init__(self) -> None:
+        require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
+        require(len(set(self.errors)) == len(self.errors), "score.errors has duplicates")
+        require(
+            len(self.weights) == len(self.errors),
+            f"score.weights needs one weight per error ({len(self.errors)}), got {len(self.weights)}",
+        )
+        require(all(w > 0 for w in self.weights), "score.weights must be positive")
+        require(0 <= self.smoothing_sigma <= 32, "score.smoothing_sigma must be in [0, 32]")
+        require(self.topk >= 1, "score.topk must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VQ-VAE's shape, its codebook learning, its input and its scoring."""
+
+    name: str = "vqad"
+    image_size: int = 128
+    channels: int = 3
+    width: int = 48
+    downsample: int = 4
+    res_blocks: int = 2
+    codebook_size: int = 256
+    code_dim: int = 32
+    codebook: Literal["ema", "loss"] = "ema"
+    beta: float = 0.25
+    ema_decay: float = 0.99
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 2.0
+    cosine: bool = False
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self) -> None:
+        require(self.channels in (1, 3), f"model.channels must be 1 or 3, got {self.channels}")
+        require(self.downsample in (2, 4, 8, 16), f"model.downsample must be 2, 4, 8 or 16, got {self.downsample}")
+        require(
+            self.image_size % self.downsample == 0 and self.image_size >= 16,
+            f"model.image_size ({self.image_size}) must be >= 16 and divisible by downsample ({self.downsample})",
+        )
+        require(self.width >= 4 and self.code_dim >= 2, "model.width and model.code_dim are too small")
+        require(self.codebook_size >= 2, "model.codebook_size must be >= 2")
+        require(0.0 < self.ema_decay < 1.0, "model.ema_decay must be in (0, 1)")
+        require(self.beta >= 0, "model.beta must be >= 0")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            require(len(values) in (1, self.channels), f"model.{name} needs 1 or {self.channels} values")
+        require(all(s > 0 for s in self.std), "model.std must be positive")
+
+    def channel_mean(self) -> tuple[float, ...]:
+        return self.mean * self.channels if len(self.mean) == 1 else self.mean
+
+    def channel_std(self) -> tuple[float, ...]:
+        return self.std * self.channels if len(self.std) == 1 else self.std
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation, its budget, the validation split and threshold calibration."""
+
+    seed: int = 0
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    steps: int = 4000
+    max_minutes: float = 10.0
+    warmup_steps: int = 50
+    val_fraction: float = 0.15
+    ssim_loss_weight: float = 0.5
+    # Fraction of each batch that gets synthetic defects painted in (the model learns to repair them).
+    anomaly_fraction: float = 0.0
+    log_every: int = 25
+    checkpoint_every: int = 250
+    target_frr: float = 0.01
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "train.batch_size must be >= 1")
+        require(self.lr > 0, "train.lr must be > 0")
+        require(self.steps >= 1, "train.steps must be >= 1")
+        require(self.max_minutes > 0, "train.max_minutes must be > 0")
+        require(0.0 < self.val_fraction < 0.5, "train.val_fraction must be in (0, 0.5)")
+        require(0.0 <= self.anomaly_fraction <= 1.0, "train.anomaly_fraction must be in [0, 1]")
+        require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
+        require(self.log_every >= 1 and self.checkpoint_every >= 1, "train.log_every/checkpoint_every must be >= 1")

@@ -1,0 +1,108 @@
+"""The MVTec AD layout for one category, read and checked before any training starts.
+
+    CAT/train/good/*                      defect-free training images
+    CAT/test/<kind>/*                     test images; `good` is one kind
+    CAT/ground_truth/<kind>/<stem>_mask.png
+
+Images (PNG, JPEG, BMP; colour or grey; any size) go through edge.frames.to_model_input,
+the same function the daemon uses. Masks are resized with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import DataError
+from edge.frames import list_images, read_image, resize_mask, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TestSample:
+    path: Path
+    kind: str
+    image: np.ndarray  # (H, W, C) uint8 at the model input size
+    mask: np.ndarray | None  # (H, W) bool, None for a defect image with no mask
+    label: int  # 0 good, 1 defect
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"missing {what} folder: {path}")
+    return path
+
+
+def load_images(paths: list[Path], size: int, channels: int) -> np.ndarray:
+    """Read and resize every image -> (M, size, size, channels) uint8. Errors name the file."""
+    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = to_model_input(read_image(path), size, channels)
+    return out
+
+
+def train_image_paths(category: str | Path) -> list[Path]:
+    """Sorted image paths of CAT/train/good; DataError when the folder is missing or empty."""
+    folder = _require_dir(Path(category) / "train" / "good", "training")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"no images (png, jpg, bmp) in {folder}")
+    return paths
+
+
+def split_train_val(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out a seeded random `val_fraction` (at least one image) of the good images."""
+    if len(paths) < 2:
+        raise DataError(f"need at least 2 good training images to hold out validation, got {len(paths)}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))
+    n_val = max(1, int(round(val_fraction * len(paths))))
+    val = sorted(paths[i] for i in order[:n_val])
+    train = sorted(paths[i] for i in order[n_val:])
+    return train, val
+
+
+def mask_path(category: Path, kind: str, image_path: Path) -> Path:
+    return category / "ground_truth" / kind / f"{image_path.stem}_mask.png"
+
+
+def load_test_set(category: str | Path, size: int, channels: int) -> list[TestSample]:
+    """Every test image with its label and mask, checked. DataError names the bad file."""
+    category = Path(category)
+    test_dir = _require_dir(category / "test", "test")
+    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    if not kinds:
+        raise DataError(f"no <kind> folders in {test_dir}")
+    samples: list[TestSample] = []
+    missing_masks = 0
+    for kind in kinds:
+        for path in list_images(test_dir / kind):
+            raw = read_image(path)
+            image = to_model_input(raw, size, channels)
+            mask = None
+            label = 0 if kind == "good" else 1
+            if label:
+                mpath = mask_path(category, kind, path)
+                if mpath.is_file():
+                    raw_mask = read_image(mpath)
+                    if raw_mask.shape[:2] != raw.shape[:2]:
+                        raise DataError(
+                            f"mask {mpath} is {raw_mask.shape[1]}x{raw_mask.shape[0]} but its image "
+                            f"{path} is {raw.shape[1]}x{raw.shape[0]}"
+                        )
+                    mask = resize_mask(raw_mask, size)
+                else:
+                    missing_masks += 1
+                    log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
+            else:
+                mask = np.zeros((size, size), dtype=bool)
+            samples.append(TestSample(path, kind, image, mask, label))
+    if not samples:
+        raise DataError(f"no test images under {test_dir}")
+    if missing_masks:
+        log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
+    return samples

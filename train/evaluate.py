@@ -1,0 +1,147 @@
+"""`vqad eval`: calibrate the threshold on good validation images, then measure the
+test set honestly (the test set tunes nothing) and draw the report pictures.
+
+REPORT_DIR/
+    metrics.json         image_auroc, pixel_auroc, aupro, f1_max, threshold, n_images, ...
+    histogram.png, roc.png, codebook.png, curves.png
+    images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from edge.overlay import heatmap_overlay, label
+from train import plots
+from train.data import load_images, load_test_set
+from train.metrics import aupro, f1_max, image_auroc, pixel_auroc, roc_points
+from train.pipeline import score_frames
+from train.run import THRESHOLD_FILE, Run, load_run
+
+log = logging.getLogger(__name__)
+
+
+def calibrate_threshold(val_scores: np.ndarray, target_frr: float) -> dict[str, Any]:
+    """The (1 - target_frr) quantile of good validation scores: the false-reject rate the
+    line would see on good parts if validation is representative."""
+    value = float(np.quantile(val_scores, 1.0 - target_frr, method="higher"))
+    return {
+        "value": value,
+        "method": "quantile of good validation image scores",
+        "quantile": 1.0 - target_frr,
+        "target_frr": target_frr,
+        "n_val": int(len(val_scores)),
+        "val_score_max": float(val_scores.max()),
+        "val_score_median": float(np.median(val_scores)),
+    }
+
+
+@torch.no_grad()
+def codebook_counts(run: Run, images: np.ndarray) -> np.ndarray:
+    """How often each code is chosen over `images` (M, H, W, C) uint8."""
+    from train.model import normalize, uint8_nhwc_to_float
+
+    counts = np.zeros(run.model_cfg.codebook_size, dtype=np.int64)
+    for i in range(0, len(images), 16):
+        x = normalize(uint8_nhwc_to_float(torch.from_numpy(images[i : i + 16])), run.model_cfg.channel_mean(),
+                      run.model_cfg.channel_std())
+        _, codes, _ = run.model.vqvae.encode(x)
+        counts += np.bincount(codes.flatten().numpy(), minlength=len(counts))
+    return counts
+
+
+def _panel(image: np.ndarray, recon01: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, score: float,
+           threshold: float) -> np.ndarray:
+    """original | reconstruction | heat-map overlay | ground-truth contour, one row."""
+    bgr = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    recon = np.clip(recon01.transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8)
+    recon = recon if recon.shape[2] == 3 else cv2.cvtColor(recon, cv2.COLOR_GRAY2BGR)
+    overlay = heatmap_overlay(bgr, amap, vmax=2 * threshold if threshold > 0 else float(amap.max()))
+    truth = bgr.copy()
+    if mask is not None:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(truth, contours, -1, (0, 255, 0), 1)
+    decision = "FAIL" if score >= threshold else "pass"
+    tiles = [label(bgr.copy(), "input"), label(recon, "reconstruction"),
+             label(overlay, f"{score:.4g} {decision}", (0, 0, 255) if decision == "FAIL" else (0, 255, 0)),
+             label(truth, "ground truth" if mask is not None else "no mask")]
+    scale = max(1, 256 // image.shape[0])
+    return cv2.resize(np.hstack(tiles), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, pictures: bool = True) -> dict[str, Any]:
+    """Calibrate and store the threshold, score the test set, write metrics.json and pictures."""
+    run = load_run(run_dir)
+    out = Path(out)
+    size, channels = run.model_cfg.image_size, run.model_cfg.channels
+    test = load_test_set(category, size, channels)
+    val_paths = [Path(p) for p in run.split()["val"]]
+    val_images = load_images(val_paths, size, channels)
+
+    _, _, val_scores = score_frames(run.model, val_images)
+    threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr)
+    (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+
+    images = np.stack([s.image for s in test])
+    labels = np.array([s.label for s in test])
+    recons, maps, scores = score_frames(run.model, images)
+    with_mask = np.array([s.mask is not None for s in test])
+    masks = np.stack([s.mask if s.mask is not None else np.zeros((size, size), bool) for s in test])
+    f1, f1_threshold = f1_max(labels, scores)
+    decisions = scores >= threshold["value"]
+    metrics = {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks[with_mask], maps[with_mask]),
+        "aupro": aupro(masks[with_mask], maps[with_mask], fpr_limit=0.3),
+        "f1_max": f1,
+        "f1_max_threshold": f1_threshold,
+        "threshold": threshold["value"],
+        "threshold_calibration": threshold,
+        "n_images": int(len(test)),
+        "n_good": int((labels == 0).sum()),
+        "n_defect": int((labels == 1).sum()),
+        "n_without_mask": int((~with_mask).sum()),
+        "false_reject_rate": float(decisions[labels == 0].mean()) if (labels == 0).any() else None,
+        "miss_rate": float((~decisions[labels == 1]).mean()) if (labels == 1).any() else None,
+        "per_kind_image_auroc": {},
+        "image_size": size,
+        "run": str(run.root),
+        "step": run.meta.get("step"),
+        "checkpoint_sha256": run.meta.get("content_sha256"),
+    }
+    for kind in sorted({s.kind for s in test} - {"good"}):
+        sel = np.array([s.kind in ("good", kind) for s in test])
+        metrics["per_kind_image_auroc"][kind] = image_auroc(labels[sel], scores[sel])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "scores.csv").write_text(
+        "path,kind,label,score,decision\n"
+        + "".join(f"{s.path},{s.kind},{s.label},{sc:.6g},{'fail' if d else 'pass'}\n"
+                  for s, sc, d in zip(test, scores, decisions, strict=True))
+    )
+    if pictures:
+        _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
+    log.info("eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f", metrics["image_auroc"], metrics["pixel_auroc"],
+             metrics["aupro"])
+    return metrics
+
+
+def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:
+    img_dir = out / "images"
+    img_dir.mkdir(exist_ok=True)
+    for s, recon, amap, score in zip(test, recons, maps, scores, strict=True):
+        cv2.imwrite(str(img_dir / f"{s.kind}_{s.path.stem}.png"), _panel(s.image, recon, amap, s.mask, float(score), threshold))
+    plots.score_histogram(out / "histogram.png", scores[labels == 0], scores[labels == 1], threshold)
+    if labels.min() != labels.max():
+        fpr, tpr = roc_points(labels, scores)
+        plots.roc_plot(out / "roc.png", fpr, tpr, image_auroc(labels, scores))
+    counts = codebook_counts(run, val_images)
+    plots.codebook_plot(out / "codebook.png", counts, run.model.vqvae.quantizer.codebook().detach().numpy())
+    plots.curves_plot(run.root / "metrics.csv", out / "curves.png")

@@ -1,0 +1,297 @@
+"""`vqad train`: fit the VQ-VAE on good images under a step and wall-clock budget.
+
+Life of a run directory:
+    config.json   model + train config (written once the data checks pass)
+    split.json    which good images are train and which are validation
+    checkpoint.pt the latest self-describing checkpoint (atomic writes)
+    metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
+Ctrl-C saves a checkpoint before exiting; `--resume` continues from it. Under torchrun
+the run is data-parallel (DDP; gloo on CPU, NCCL on GPU) and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge.config import to_dict
+from edge.errors import CheckpointError, DataError
+from train.anomalies import paint_anomalies
+from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from train.config import ModelConfig, TrainConfig
+from train.data import load_images, load_test_set, split_train_val, train_image_paths
+from train.model import normalize
+from train.pipeline import InspectionModel, score_frames
+from train.scoring import ssim_map
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = (
+    "step", "elapsed_s", "loss", "recon_l2", "recon_ssim", "vq_loss", "perplexity", "used_codes",
+    "dead_restarted", "lr", "images_per_s", "val_l2",
+)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DataError("train.device=cuda but no CUDA device is available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 5% over `steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class MetricsLog:
+    """metrics.csv (always) and TensorBoard events (when tensorboard is installed)."""
+
+    def __init__(self, run_dir: Path, append: bool):
+        self.path = run_dir / "metrics.csv"
+        new = not (append and self.path.exists())
+        self.fh = open(self.path, "w" if new else "a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=CSV_FIELDS)
+        if new:
+            self.writer.writeheader()
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # noqa: BLE001 - tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """Read and check every image the run will touch before anything is written."""
+    paths = train_image_paths(category)
+    train_paths, val_paths = split_train_val(paths, train_cfg.val_fraction, train_cfg.seed)
+    train_images = load_images(train_paths, model_cfg.image_size, model_cfg.channels)
+    val_images = load_images(val_paths, model_cfg.image_size, model_cfg.channels)
+    # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
+    load_test_set(category, model_cfg.image_size, model_cfg.channels)
+    return train_paths, val_paths, train_images, val_images
+
+
+def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    return 1 - ssim_map(recon01, clean01, window).mean()
+
+
+def train(
+    category: str | Path,
+    run_dir: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) a run. Returns a summary dict; writes the run directory."""
+    category, run_dir = Path(category), Path(run_dir)
+    device = pick_device(train_cfg.device)
+    dist = _setup_distributed(device)
+    if train_cfg.num_threads > 0:
+        torch.set_num_threads(train_cfg.num_threads)
+    torch.manual_seed(train_cfg.seed + dist.rank)
+    rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
+
+    start_step, optimizer_state, elapsed_before = 0, None, 0.0
+    model = InspectionModel(model_cfg).to(device)
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        meta = ckpt["meta"]
+        model_cfg_saved = meta["model_config"]
+        if model_cfg_saved != to_dict(model_cfg):
+            raise CheckpointError(f"--resume: {run_dir} was trained with a different model config")
+        model.load_state_dict(ckpt["model"])
+        start_step, optimizer_state = int(meta["step"]), ckpt["optimizer"]
+        elapsed_before = float(meta.get("elapsed_s", 0.0))
+        log.info("resuming %s from step %d", run_dir, start_step)
+    elif run_dir.exists() and (run_dir / CHECKPOINT_NAME).exists():
+        raise DataError(f"{run_dir} already holds a run; use --resume or another --out")
+
+    train_paths, val_paths, train_images, val_images = load_run_data(category, model_cfg, train_cfg)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(
+            json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}, indent=2)
+        )
+        (run_dir / "split.json").write_text(
+            json.dumps({"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}, indent=2)
+        )
+
+    net: torch.nn.Module = model.vqvae
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
+    params = [p for p in model.vqvae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
+    window = model.scorer.ssim_window
+
+    metrics_log = MetricsLog(run_dir, append=resume) if dist.main else None
+    budget_s = train_cfg.max_minutes * 60.0
+    t0 = time.monotonic()
+    step = start_step
+    bar = None
+    if dist.main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train_cfg.steps, initial=start_step, desc=f"train {category.name}", unit="step",
+                   dynamic_ncols=True)
+    last_log_t, last_log_step, dead_total = time.monotonic(), step, 0
+    interrupted = False
+    summary: dict[str, Any] = {}
+
+    def checkpoint(reason: str) -> None:
+        if not dist.main:
+            return
+        meta = {
+            "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg), "step": step,
+            "elapsed_s": elapsed_before + time.monotonic() - t0, "metrics": summary, "reason": reason,
+            "data": str(category),
+        }
+        save_checkpoint(run_dir / CHECKPOINT_NAME, model.state_dict(), meta, opt.state_dict())
+
+    try:
+        model.vqvae.train()
+        while step < train_cfg.steps:
+            stop = torch.tensor(float(time.monotonic() - t0 + elapsed_before > budget_s))
+            if dist.world > 1:
+                torch.distributed.all_reduce(stop)
+            if stop.item() > 0:
+                log.info("time budget of %.1f min reached at step %d", train_cfg.max_minutes, step)
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, train_cfg)
+            idx = rng.integers(0, len(train_images), train_cfg.batch_size)
+            clean_u8 = train_images[idx]
+            if train_cfg.anomaly_fraction > 0:
+                corrupted, _ = paint_anomalies(clean_u8, train_images, train_cfg.anomaly_fraction, rng)
+                inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
+            else:
+                inp01 = None
+            clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(device)  # (B, C, H, W)
+            x = normalize(inp01 if inp01 is not None else clean01, mean, std)
+            recon, stats = net(x)
+            recon01 = recon * torch.tensor(std, device=device).view(1, -1, 1, 1) + torch.tensor(
+                mean, device=device
+            ).view(1, -1, 1, 1)
+            l2 = F.mse_loss(recon01, clean01)
+            ssim_l = _ssim_loss(recon01, clean01, window) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
+            loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if model_cfg.dead_code_threshold > 0:
+                dead_total += model.vqvae.quantizer.expire_dead_codes(model.vqvae.quantizer.last_batch)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", l2=f"{l2.item():.5f}", ppl=f"{stats['perplexity'].item():.1f}")
+            if dist.main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
+                now = time.monotonic()
+                row = {
+                    "step": step, "elapsed_s": round(elapsed_before + now - t0, 2), "loss": loss.item(),
+                    "recon_l2": l2.item(), "recon_ssim": ssim_l.item(), "vq_loss": stats["vq_loss"].item(),
+                    "perplexity": stats["perplexity"].item(), "used_codes": int(stats["used_codes"]),
+                    "dead_restarted": dead_total, "lr": opt.param_groups[0]["lr"],
+                    "images_per_s": round((step - last_log_step) * train_cfg.batch_size * dist.world / max(1e-6, now - last_log_t), 2),
+                }
+                if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
+                    row["val_l2"] = validation_l2(model, val_images)
+                    model.vqvae.train()
+                metrics_log.write(row)
+                summary.update(row)
+                last_log_t, last_log_step, dead_total = now, step, 0
+            if step % train_cfg.checkpoint_every == 0:
+                checkpoint("periodic")
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted at step %d: saving a checkpoint (continue with --resume)", step)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    model.eval()
+    if not interrupted and model_cfg.score.normalize != "none":
+        calibrate_error_statistics(model, val_images)
+    summary.update({"step": step, "val_l2": validation_l2(model, val_images), "interrupted": interrupted,
+                    "n_train": len(train_images), "n_val": len(val_images)})
+    checkpoint("interrupted" if interrupted else "final")
+    if metrics_log is not None:
+        metrics_log.close()
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+@torch.no_grad()
+def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
+    """Mean squared reconstruction error on the good validation images (an early check)."""
+    model.eval()
+    recon, _, _ = score_frames(model, val_images)
+    x = val_images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return float(((recon - x) ** 2).mean())
+
+
+@torch.no_grad()
+def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -> None:
+    """Per-pixel (or pooled) error statistics of good validation images, for score.normalize."""
+    errs = []
+    for i in range(0, len(val_images), 16):
+        x01 = torch.from_numpy(val_images[i : i + 16]).permute(0, 3, 1, 2).float().div(255)
+        recon = model.reconstruct(x01)
+        errs.append(model.scorer.smooth(model.scorer.error_map(x01, recon)))
+    model.scorer.calibrate_normalization(torch.cat(errs))

@@ -1,0 +1,278 @@
+"""The VQ-VAE, top to bottom: encoder -> vector quantiser -> decoder.
+
+Shapes use N (batch), C (image channels), H, W (image size), D (code dim),
+h, w (latent grid = H / downsample), K (codebook size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import ModelConfig
+
+
+class ResBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))): the residual block of VQ-VAE (van den Oord et al.)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class Encoder(nn.Module):
+    """(N, C, H, W) -> (N, D, h, w): log2(downsample) strided 4x4 convs, then residual blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n_down = int(math.log2(cfg.downsample))
+        layers: list[nn.Module] = []
+        in_ch = cfg.channels
+        for i in range(n_down):
+            out_ch = cfg.width if i < n_down - 1 else 2 * cfg.width
+            layers += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1), nn.ReLU()]
+            in_ch = out_ch
+        layers.append(nn.Conv2d(in_ch, 2 * cfg.width, 3, padding=1))
+        layers += [ResBlock(2 * cfg.width, cfg.width) for _ in range(cfg.res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(2 * cfg.width, cfg.code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(N, D, h, w) -> (N, C, H, W): the encoder mirrored, with 4x4 transposed convs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n_up = int(math.log2(cfg.downsample))
+        layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, 2 * cfg.width, 3, padding=1)]
+        layers += [ResBlock(2 * cfg.width, cfg.width) for _ in range(cfg.res_blocks)]
+        layers.append(nn.ReLU())
+        in_ch = 2 * cfg.width
+        for i in range(n_up):
+            last = i == n_up - 1
+            out_ch = cfg.channels if last else cfg.width
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.ReLU())
+            in_ch = out_ch
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantisation with straight-through gradients.
+
+    Codebook learning is either the codebook + beta-commitment losses ("loss") or
+    exponential moving averages of cluster sizes and sums ("ema"). Codebook state lives
+    in buffers: `initted` (k-means done), `cluster_size` and `embed_avg` (EMA statistics).
+    The distance and argmin always run in FP32, even in an FP16 graph: a flipped code
+    changes the reconstruction.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.K, self.D = cfg.codebook_size, cfg.code_dim
+        self.use_ema = cfg.codebook == "ema"
+        self.beta, self.decay = cfg.beta, cfg.ema_decay
+        self.cosine = cfg.cosine
+        self.kmeans_init, self.kmeans_iters = cfg.kmeans_init, cfg.kmeans_iters
+        self.dead_threshold = cfg.dead_code_threshold
+        embed = torch.randn(self.K, self.D) / math.sqrt(self.D)
+        if self.use_ema:
+            self.register_buffer("embed", embed)
+        else:
+            self.embed = nn.Parameter(embed)
+        self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
+        self.register_buffer("cluster_size", torch.ones(self.K))
+        self.register_buffer("embed_avg", embed.clone())
+
+    # -- the six steps -------------------------------------------------------------------
+    def codebook(self) -> torch.Tensor:
+        """(K, D) codes, L2-normalised when cosine codes are on."""
+        return F.normalize(self.embed, dim=1) if self.cosine else self.embed
+
+    def nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-3: squared distances ||z||^2 - 2 z.e + ||e||^2 by one matmul, then argmin.
+
+        flat: (M, D) -> (dist (M, K), codes (M,)). Computed in FP32 whatever the input dtype.
+        """
+        flat = flat.float()
+        codebook = self.codebook().float()
+        dist = (
+            flat.pow(2).sum(1, keepdim=True)  # (M, 1)
+            - 2 * flat @ codebook.t()  # (M, K)
+            + codebook.pow(2).sum(1)[None, :]  # (1, K)
+        )
+        return dist, dist.argmin(dim=1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z: (N, D, h, w) -> (z_q (N, D, h, w), codes (N, h, w), stats)."""
+        N, D, h, w = z.shape
+        # 1. flatten: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)
+        if self.cosine:
+            flat = F.normalize(flat, dim=1)
+        if self.training and not bool(self.initted):
+            self._kmeans_init(flat.detach().float())
+        # 2-3. distances and argmin, in FP32
+        _, codes = self.nearest(flat)
+        # 4. look up the codes: (N*h*w,) -> (N*h*w, D)
+        quant = F.embedding(codes, self.codebook()).to(flat.dtype)
+        stats: dict[str, torch.Tensor] = {}
+        if self.training:
+            stats = self._learn(flat, quant, codes)
+            self.last_batch = flat.detach()  # (M, D), the pool dead codes restart from
+        # 5. reshape back: (N*h*w, D) -> (N, h, w, D) -> (N, D, h, w)
+        quant = quant.view(N, h, w, D).permute(0, 3, 1, 2)
+        if not self.training:
+            return quant, codes.view(N, h, w), stats
+        # 6. straight-through: forward uses the code, backward copies the gradient to z
+        flat_nchw = flat.view(N, h, w, D).permute(0, 3, 1, 2)
+        z_q = flat_nchw + (quant - flat_nchw).detach()
+        return z_q, codes.view(N, h, w), stats
+
+    # -- codebook learning ---------------------------------------------------------------
+    def _learn(self, flat: torch.Tensor, quant: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        onehot = F.one_hot(codes, self.K).type(flat.dtype)  # (M, K)
+        counts = onehot.sum(0)  # (K,)
+        commitment = F.mse_loss(flat, quant.detach())
+        if self.use_ema:
+            sums = onehot.t() @ flat.detach()  # (K, D)
+            counts_all, sums_all = _all_reduce_sum(counts), _all_reduce_sum(sums)
+            self.ema_update(counts_all, sums_all)
+            vq_loss = self.beta * commitment
+        else:
+            self.cluster_size.mul_(self.decay).add_(_all_reduce_sum(counts), alpha=1 - self.decay)
+            codebook_loss = F.mse_loss(quant, flat.detach())
+            vq_loss = codebook_loss + self.beta * commitment
+        probs = counts / counts.sum().clamp(min=1)
+        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+        return {"vq_loss": vq_loss, "perplexity": perplexity.detach(), "used_codes": (counts > 0).sum().detach()}
+
+    @torch.no_grad()
+    def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        """EMA codebook step: N_k <- d N_k + (1-d) n_k; m_k <- d m_k + (1-d) s_k;
+        e_k = m_k / N~_k with Laplace smoothing N~_k = (N_k + eps) / (n + K eps) * n."""
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        eps = 1e-5
+        smoothed = (self.cluster_size + eps) / (n + self.K * eps) * n
+        self.embed.copy_(self.embed_avg / smoothed[:, None])
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: torch.Tensor) -> None:
+        """k-means on the first batch's encoder outputs (SoundStream); rank 0's result is shared."""
+        self.embed.data.copy_(kmeans(flat, self.K, self.kmeans_iters))
+        _broadcast(self.embed.data)
+        self.embed_avg.copy_(self.embed.data)
+        self.cluster_size.fill_(1.0)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def expire_dead_codes(self, batch_vectors: torch.Tensor) -> int:
+        """Replace codes whose EMA cluster size fell below the threshold with random encoder
+        outputs of the current batch. batch_vectors: (M, D). Returns how many were restarted."""
+        dead = self.cluster_size < self.dead_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0 or batch_vectors.shape[0] == 0:
+            return 0
+        pick = torch.randint(0, batch_vectors.shape[0], (n_dead,), device=batch_vectors.device)
+        fresh = batch_vectors[pick].float()
+        self.embed.data[dead] = fresh
+        self.embed_avg[dead] = fresh
+        self.cluster_size[dead] = self.dead_threshold
+        _broadcast(self.embed.data)
+        _broadcast(self.embed_avg)
+        _broadcast(self.cluster_size)
+        return n_dead
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """Plain Lloyd's k-means on (M, D) vectors; empty clusters keep their seed. -> (k, D)."""
+    M = x.shape[0]
+    idx = torch.randperm(M, device=x.device)[:k] if M >= k else torch.randint(0, M, (k,), device=x.device)
+    centers = x[idx].clone()
+    for _ in range(iters):
+        dist = x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.t() + centers.pow(2).sum(1)[None, :]
+        assign = dist.argmin(1)
+        counts = torch.bincount(assign, minlength=k).float()
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+    return centers
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if _dist_ready():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> None:
+    if _dist_ready():
+        torch.distributed.broadcast(t, src=0)
+
+
+class VQVAE(nn.Module):
+    """encode -> quantise -> decode, with the encode / decode / decode_code split of VQ-VAE-2."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = VectorQuantizer(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (N, C, H, W) normalised -> (z_q (N, D, h, w), codes (N, h, w), stats)."""
+        return self.quantizer(self.encoder(x))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """(N, D, h, w) -> (N, C, H, W) normalised reconstruction."""
+        return self.decoder(z_q)
+
+    def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) int codes -> (N, C, H, W) reconstruction."""
+        z_q = F.embedding(codes, self.quantizer.codebook())  # (N, h, w, D)
+        return self.decode(z_q.permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z_q, _, stats = self.encode(x)
+        return self.decode(z_q), stats
+
+
+def normalize(x01: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """[0, 1] images (N, C, H, W) -> the model's input space."""
+    m = torch.tensor(mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+    return (x01 - m) / s
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The model's output space -> [0, 1] images (N, C, H, W)."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m
+
+
+def uint8_nhwc_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float in [0, 1]. The first op of the exported graph."""
+    return frames.permute(0, 3, 1, 2).float() / 255.0

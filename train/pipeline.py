@@ -1,0 +1,73 @@
+"""The inspection model: VQ-VAE + scorer, from raw uint8 frames to anomaly map and score.
+
+`InspectionModel.forward` is exactly what the exported ONNX graph computes:
+uint8 NHWC frames -> [0,1] NCHW -> normalise -> encode -> quantise -> decode ->
+denormalise -> scorer. Evaluation calls the same module, so the scores evaluation
+reports are the scores the line sees.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from train.config import ModelConfig
+from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
+from train.scoring import AnomalyScorer
+
+
+class InspectionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vqvae = VQVAE(cfg)
+        self.scorer = AnomalyScorer(cfg.score, cfg.image_size)
+        # The dtype of the encoder/decoder convolutions; the VQ argmin and scoring stay FP32.
+        self.compute_dtype = torch.float32
+
+    def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float [0,1] -> (N, C, H, W) float32 [0,1]-space reconstruction."""
+        x = normalize(x01, self.cfg.channel_mean(), self.cfg.channel_std())
+        z = self.vqvae.encoder(x.to(self.compute_dtype))  # (N, D, h, w)
+        z_q, _, _ = self.vqvae.quantizer(z)
+        recon = self.vqvae.decode(z_q.to(self.compute_dtype))
+        return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
+
+    def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) [0,1] -> (reconstruction, anomaly_map (N, 1, H, W), score (N,))."""
+        recon = self.reconstruct(x01)
+        anomaly_map, score = self.scorer(x01.float(), recon)
+        return recon, anomaly_map, score
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames: (N, H, W, C) uint8 -> (anomaly_map (N, 1, H, W) float32, score (N,) float32)."""
+        _, anomaly_map, score = self.score_images(uint8_nhwc_to_float(frames))
+        return anomaly_map, score
+
+
+def half_precision_copy(model: InspectionModel) -> InspectionModel:
+    """A copy whose encoder and decoder run in FP16; the codebook, argmin and scorer stay FP32."""
+    fp16 = copy.deepcopy(model).eval()
+    fp16.vqvae.encoder.half()
+    fp16.vqvae.decoder.half()
+    fp16.compute_dtype = torch.float16
+    return fp16
+
+
+@torch.no_grad()
+def score_frames(model: InspectionModel, frames, batch_size: int = 16):
+    """numpy (M, H, W, C) uint8 -> numpy (recon01 (M,C,H,W), maps (M,H,W), scores (M,)), in batches."""
+    import numpy as np
+
+    model.eval()
+    recons, maps, scores = [], [], []
+    device = next(model.parameters()).device
+    for i in range(0, len(frames), batch_size):
+        x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device))
+        recon, m, s = model.score_images(x01)
+        recons.append(recon.cpu().numpy())
+        maps.append(m[:, 0].cpu().numpy())
+        scores.append(s.cpu().numpy())
+    return np.concatenate(recons), np.concatenate(maps), np.concatenate(scores)

@@ -1,0 +1,144 @@
+"""Scoring: reconstruction -> pixel anomaly map -> image score. One module, used by
+evaluation and by the exported ONNX graph, so the line sees the scores evaluation saw.
+
+Every op here exports to ONNX opset 17 and parses in TensorRT: fixed-size depthwise
+convolutions (Gaussian, Prewitt), average pooling, bilinear resize, reduce-max/TopK.
+It runs in FP32 in every graph, FP16 included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import ScoreConfig
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, radius defaulting to ceil(3 sigma)."""
+    radius = int(math.ceil(3 * sigma)) if radius is None else radius
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def _separable(x: torch.Tensor, k1d: torch.Tensor, pad_mode: str = "replicate") -> torch.Tensor:
+    """Depthwise separable filter of (N, C, H, W) with 1-D taps k1d, same-size output."""
+    C = x.shape[1]
+    r = k1d.numel() // 2
+    kx = k1d.view(1, 1, 1, -1).repeat(C, 1, 1, 1)  # (C, 1, 1, 2r+1)
+    ky = k1d.view(1, 1, -1, 1).repeat(C, 1, 1, 1)  # (C, 1, 2r+1, 1)
+    x = F.pad(x, (r, r, r, r), mode=pad_mode)
+    x = F.conv2d(x, kx, groups=C)
+    return F.conv2d(x, ky, groups=C)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of [0,1] images (N, C, H, W), Gaussian window, averaged over C -> (N, 1, H, W)."""
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = _separable(x, window), _separable(y, window)
+    sxx = _separable(x * x, window) - mu_x * mu_x
+    syy = _separable(y * y, window) - mu_y * mu_y
+    sxy = _separable(x * y, window) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return ssim.mean(dim=1, keepdim=True)
+
+
+def _prewitt_magnitude(g: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude by Prewitt kernels of (N, 1, H, W)."""
+    kx = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=g.device, dtype=g.dtype) / 3.0
+    k = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    grad = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), k)  # (N, 2, H, W)
+    return torch.sqrt(grad.pow(2).sum(dim=1, keepdim=True) + 1e-12)
+
+
+def gms_map(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    """Multi-scale gradient-magnitude dissimilarity 1 - GMS of [0,1] images -> (N, 1, H, W)."""
+    c = 0.0026
+    H, W = x.shape[-2:]
+    gx, gy = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)
+    out = torch.zeros_like(gx)
+    for s in range(scales):
+        if s > 0:
+            gx, gy = F.avg_pool2d(gx, 2), F.avg_pool2d(gy, 2)
+        mx, my = _prewitt_magnitude(gx), _prewitt_magnitude(gy)
+        gms = (2 * mx * my + c) / (mx**2 + my**2 + c)
+        d = 1 - gms
+        if s > 0:
+            d = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)
+        out = out + d
+    out = out / scales
+    return F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+class AnomalyScorer(nn.Module):
+    """(input, reconstruction) in [0,1], (N, C, H, W) -> (anomaly_map (N, 1, H, W), score (N,)).
+
+    map = smooth(sum_i w_i * error_i), optionally standardised per pixel by the error
+    statistics of good validation images (buffers `err_mean`, `err_std`), then the
+    image score is the map's max or its top-k mean.
+    """
+
+    def __init__(self, cfg: ScoreConfig, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("ssim_window", gaussian_kernel1d(1.5, radius=5))
+        sigma = cfg.smoothing_sigma
+        self.register_buffer("smooth_kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1))
+        # Per-pixel error statistics (identity until calibrated on good validation images).
+        self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
+        self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
+
+    def error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """The raw, weighted pixel error before normalisation and smoothing -> (N, 1, H, W)."""
+        x, recon = x.float(), recon.float()
+        total = torch.zeros_like(x[:, :1])
+        for kind, weight in zip(self.cfg.errors, self.cfg.weights, strict=True):
+            if kind == "l2":
+                err = (x - recon).pow(2).mean(dim=1, keepdim=True)
+            elif kind == "ssim":
+                err = 1 - ssim_map(x, recon, self.ssim_window)
+            else:
+                err = gms_map(x, recon)
+            total = total + weight * err
+        return total
+
+    def smooth(self, err: torch.Tensor) -> torch.Tensor:
+        if self.cfg.smoothing_sigma <= 0:
+            return err
+        return _separable(err, self.smooth_kernel)
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        err = self.smooth(self.error_map(x, recon))
+        if self.cfg.normalize != "none":
+            err = (err - self.err_mean) / self.err_std
+        anomaly_map = err  # (N, 1, H, W)
+        flat = anomaly_map.flatten(1)  # (N, H*W)
+        if self.cfg.reduce == "max":
+            score = flat.max(dim=1).values
+        else:
+            score = flat.topk(min(self.cfg.topk, flat.shape[1]), dim=1).values.mean(dim=1)
+        return anomaly_map, score
+
+    @torch.no_grad()
+    def calibrate_normalization(self, smoothed_errors: torch.Tensor) -> None:
+        """Set err_mean/err_std from smoothed error maps of good images, (M, 1, H, W).
+
+        'pixel': statistics at each position (aligned objects). 'pooled': one mean and
+        spread for the whole image (textures). The spread has a floor so that a pixel that
+        never varied in validation cannot blow up.
+        """
+        if self.cfg.normalize == "pixel":
+            mean = smoothed_errors.mean(dim=0, keepdim=True)
+            std = smoothed_errors.std(dim=0, keepdim=True) if smoothed_errors.shape[0] > 1 else torch.zeros_like(mean)
+        elif self.cfg.normalize == "pooled":
+            mean = smoothed_errors.mean().expand_as(self.err_mean)
+            std = smoothed_errors.std().expand_as(self.err_mean)
+        else:
+            return
+        floor = 0.1 * float(std.mean()) + 1e-6
+        self.err_mean.copy_(mean)
+        self.err_std.copy_(std.clamp(min=floor))
