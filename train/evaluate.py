@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 def calibrate_threshold(val_scores: np.ndarray, target_frr: float) -> dict[str, Any]:
     """The (1 - target_frr) quantile of good validation scores: the false-reject rate the
     line would see on good parts if validation is representative."""
-    value = float(np.quantile(val_scores, 1.0 - target_frr, method="higher"))
+    at_quantile = float(np.quantile(val_scores, 1.0 - target_frr, method="higher"))
+    # Just above the quantile score: the validation image at the quantile passes, and no
+    # image sits exactly on the boundary where rounding in another runtime could flip it.
+    value = at_quantile + max(1e-6, 1e-3 * abs(at_quantile))
     return {
         "value": value,
-        "method": "quantile of good validation image scores",
+        "score_at_quantile": at_quantile,
+        "method": "quantile of good validation image scores, plus 0.1%",
         "quantile": 1.0 - target_frr,
         "target_frr": target_frr,
         "n_val": int(len(val_scores)),

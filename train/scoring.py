@@ -26,14 +26,17 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
 
 
 def _separable(x: torch.Tensor, k1d: torch.Tensor, pad_mode: str = "replicate") -> torch.Tensor:
-    """Depthwise separable filter of (N, C, H, W) with 1-D taps k1d, same-size output."""
-    C = x.shape[1]
+    """Separable filter of each channel of (N, C, H, W) with 1-D taps k1d, same-size output.
+
+    Channels are folded into the batch so the kernels have a fixed shape in the ONNX graph.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     r = k1d.numel() // 2
-    kx = k1d.view(1, 1, 1, -1).repeat(C, 1, 1, 1)  # (C, 1, 1, 2r+1)
-    ky = k1d.view(1, 1, -1, 1).repeat(C, 1, 1, 1)  # (C, 1, 2r+1, 1)
-    x = F.pad(x, (r, r, r, r), mode=pad_mode)
-    x = F.conv2d(x, kx, groups=C)
-    return F.conv2d(x, ky, groups=C)
+    y = x.reshape(-1, 1, H, W)  # (N*C, 1, H, W)
+    y = F.pad(y, (r, r, r, r), mode=pad_mode)  # (N*C, 1, H+2r, W+2r)
+    y = F.conv2d(y, k1d.view(1, 1, 1, -1))  # (N*C, 1, H+2r, W)
+    y = F.conv2d(y, k1d.view(1, 1, -1, 1))  # (N*C, 1, H, W)
+    return y.reshape(-1, C, H, W)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,7 @@ def scratch(rng, image, allowed):
     for t in np.linspace(-0.5, 0.5, 8):
         bend = 4 * s * np.sin(3 * t + rng.uniform(0, 1))
         pts.append((x + t * length * np.cos(angle) - bend * np.sin(angle), y + t * length * np.sin(angle) + bend * np.cos(angle)))
-    cv2.polylines(mask, [np.array(pts, np.int32)], False, 1, thickness=max(1, int(round(1.5 * s))))
+    cv2.polylines(mask, [np.array(pts, np.int32)], False, 1, thickness=max(1, int(round(rng.uniform(2.0, 3.0) * s))))
     sign = rng.choice([-1, 1])
     return _blend(image, mask > 0, image + sign * rng.uniform(28, 40)), mask > 0
 
@@ -133,7 +133,7 @@ def hole(rng, image, allowed):
     s = size / 256
     mask = np.zeros((size, size), np.uint8)
     x, y = _centre(rng, allowed, int(20 * s))
-    r = max(2, int(rng.uniform(3, 6) * s))
+    r = max(2, int(rng.uniform(5, 9) * s))
     cv2.circle(mask, (x, y), r, 1, -1)
     yy, xx = np.mgrid[0:size, 0:size]
     depth = np.clip(1 - ((xx - x) ** 2 + (yy - y) ** 2) / (r * r + 1e-6), 0, 1)[:, :, None]

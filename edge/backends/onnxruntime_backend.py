@@ -1,0 +1,53 @@
+"""ONNX Runtime backend: model.onnx (or model_fp16.onnx) on the CPU provider, or on
+CUDA / TensorRT providers when this onnxruntime build has them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from edge.errors import BackendError
+from edge.package import FP16_FILE, FP32_FILE, ModelPackage
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, package: ModelPackage, options: dict[str, Any]):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError("onnxruntime is not installed: pip install 'vqad[edge]'") from exc
+        precision = options.get("precision", "fp32")
+        path = package.verify(FP16_FILE if precision == "fp16" else FP32_FILE)
+        self.max_batch = int(options.get("max_batch", 8))
+        so = ort.SessionOptions()
+        threads = int(options.get("intra_op_threads", 0))
+        if threads > 0:
+            so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        wanted = options.get("providers") or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime could not load {path}: {exc}") from exc
+        inp = self.session.get_inputs()[0]
+        expected = [package.image_size, package.image_size, package.channels]
+        if [d for d in inp.shape[1:]] != expected:
+            raise BackendError(f"{path} takes {inp.shape}, but model.json says {expected}")
+        self.input_name = inp.name
+        self.providers = self.session.get_providers()
+        log.info("onnxruntime %s on %s (%s)", ort.__version__, self.providers[0], path.name)
+
+    def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(frames)})
+        return maps, scores
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,100 @@
+"""`vqad camera`: send frames to the daemon, from a folder of images, a video file, or an
+OpenCV device index / URL. PUSH, connecting to --to. Paced at --fps (0 = as fast as the
+daemon takes them); --loop repeats a folder or file. Writes an optional manifest CSV of
+frame_id -> source, so results can be joined with ground truth."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+from edge.errors import DataError
+from edge.frames import list_images, read_image
+from edge.protocol import frame_message
+
+log = logging.getLogger(__name__)
+
+
+def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device/URL."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p in set(list_images(p.parent)))
+        if not files:
+            raise DataError(f"no images in {path}")
+        while True:
+            for f in files:
+                yield str(f), read_image(f)
+            if not loop:
+                return
+    if path.is_file() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+        image = read_image(path)
+        while True:
+            yield str(path), image
+            if not loop:
+                return
+    target: str | int = int(source) if source.isdigit() else source
+    while True:
+        cap = cv2.VideoCapture(target)
+        if not cap.isOpened():
+            raise DataError(f"cannot open video source {source}")
+        index = 0
+        try:
+            while True:
+                ok, image = cap.read()
+                if not ok:
+                    break
+                yield f"{source}#{index}", image
+                index += 1
+        finally:
+            cap.release()
+        if not loop or isinstance(target, int) or index == 0:
+            return
+
+
+def run_camera(source: str, endpoint: str, fps: float = 0.0, camera_id: str = "cam0", encoding: str = "raw",
+               loop: bool = False, count: int = 0, manifest: str | Path | None = None, start_id: int = 0,
+               curve_secret: str | None = None, curve_server_key: str | None = None, stop=None) -> int:
+    """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 10000)  # queued frames still go out after the last send
+    if curve_secret:
+        from edge.security import make_curve_client
+
+        make_curve_client(sock, curve_secret, curve_server_key)
+    sock.connect(endpoint)
+    out = open(manifest, "w") if manifest else None
+    if out:
+        out.write("camera_id,frame_id,source\n")
+    period = 1.0 / fps if fps > 0 else 0.0
+    sent = 0
+    next_t = time.monotonic()
+    try:
+        for name, image in iter_source(source, loop):
+            if stop is not None and stop():
+                break
+            if period:
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_t = max(next_t + period, time.monotonic() - period)
+            frame_id = start_id + sent
+            sock.send_multipart(frame_message(camera_id, frame_id, image, encoding))
+            if out:
+                out.write(f"{camera_id},{frame_id},{name}\n")
+            sent += 1
+            if count and sent >= count:
+                break
+    finally:
+        if out:
+            out.close()
+        sock.close()
+    log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
+    return sent

@@ -1,0 +1,359 @@
+"""`vqad serve`: the daemon on the line. startup -> main loop -> shutdown.
+
+Threads, each owning its own sockets (ZeroMQ sockets are not thread-safe):
+- receiver: reads frame messages, parses and preprocesses them (decode, resize: this
+  overlaps with inference of the current batch), and queues them. Malformed frames
+  become error results at once.
+- main thread: dynamic batching and inference, then post-processing into results.
+- publisher: sends every result on the PUB socket.
+
+Signal handlers only set flags. On SIGTERM/SIGINT the receiver stops reading (after a
+bounded, non-blocking drain of what the socket already holds), the main loop answers
+every accepted frame, the publisher flushes, and sockets close with linger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from edge.backends import Backend, create_backend
+from edge.batcher import FrameQueue
+from edge.errors import BackendError, FrameError
+from edge.frames import to_model_input
+from edge.metrics import DaemonMetrics
+from edge.package import ModelPackage, load_package
+from edge.postprocess import decide, find_regions, quantize_map
+from edge.protocol import Limits, UnreadableMessage, parse_frame, result_header, result_message
+from edge.settings import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class Pending:
+    camera_id: str
+    frame_id: int
+    ts_ns: int
+    recv_ns: int
+    frame_hw: tuple[int, int]
+    model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
+    queued_ns: int = 0
+
+
+class Daemon:
+    def __init__(self, model_dir: str | Path, cfg: EdgeConfig, ready_file: str | Path | None = None):
+        self.model_dir = Path(model_dir)
+        self.cfg = cfg
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.metrics = DaemonMetrics()
+        self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
+        self.receiver_done = threading.Event()
+        self.queue: FrameQueue[Pending] = FrameQueue(cfg.queue_size, cfg.overload)
+        self.outbox: queue.Queue = queue.Queue()
+        self.accepted = 0
+        self.published = 0
+        self._count_lock = threading.Lock()
+        self.package: ModelPackage | None = None
+        self.backend: Backend | None = None
+        self.ctx: zmq.Context | None = None
+        self.auth = None
+        self.threads: list[threading.Thread] = []
+        self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
+        self._marker: Path | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def serve(self) -> int:
+        self.install_signal_handlers()
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            self.should_exit.set()  # only a flag: the loops notice it
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def startup(self) -> None:
+        cfg = self.cfg
+        self.package = pkg = load_package(self.model_dir)
+        self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
+        self.model_ident = {"name": pkg.name, "sha256": pkg.sha256}
+        self._check_previous_exit()
+        options = {"max_batch": cfg.max_batch, "precision": cfg.precision, "intra_op_threads": cfg.intra_op_threads,
+                   "workspace_mb": cfg.tensorrt_workspace_mb}
+        self.backend = create_backend(cfg.backend, pkg, options)
+        self._warm_up()
+        self.ctx = zmq.Context()
+        self._start_auth()
+        self.frames_sock = self._frames_socket()
+        self.results_sock = self._results_socket()
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        self.threads = [threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
+                        threading.Thread(target=self._publish_loop, name="publisher", daemon=True)]
+        for t in self.threads:
+            t.start()
+        self.metrics.ready.set(1)
+        log.info("ready: model %s (%s…) threshold %.6g, backend %s, frames %s (%s), results %s, max_batch %d, "
+                 "max_delay %.1f ms, overload %s", pkg.name, pkg.sha256[:12], self.threshold, cfg.backend,
+                 cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints), cfg.frames_mode,
+                 cfg.results_endpoint, cfg.max_batch, cfg.max_delay_ms, cfg.overload)
+        if self.ready_file:
+            self.ready_file.write_text(json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint,
+                                                   "results": cfg.results_endpoint}))
+
+    def main_loop(self) -> None:
+        cfg = self.cfg
+        next_log = time.monotonic() + cfg.log_every_s
+        last_published = 0
+        while True:
+            batch = self.queue.get_batch(cfg.max_batch, cfg.max_delay_ms / 1000.0, timeout=0.05)
+            self.metrics.queue_depth.set(len(self.queue))
+            if batch:
+                self._infer(batch)
+            elif self.receiver_done.is_set() and len(self.queue) == 0:
+                break
+            now = time.monotonic()
+            if now >= next_log:
+                with self._count_lock:
+                    rate = (self.published - last_published) / cfg.log_every_s
+                    last_published = self.published
+                    log.info("accepted %d, published %d (%.1f/s), queue %d", self.accepted, self.published, rate,
+                             len(self.queue))
+                next_log = now + cfg.log_every_s
+
+    def shutdown(self) -> None:
+        self.should_exit.set()
+        self.metrics.ready.set(0)
+        for item in self.queue.drain():  # only if the main loop died: nothing accepted goes unanswered
+            self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopped before inference", item.recv_ns)
+        receiver = self.threads[0] if self.threads else None
+        if receiver is not None:
+            receiver.join(timeout=10)
+        self.outbox.put(_STOP)
+        for t in self.threads[1:]:
+            t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
+        if self.auth is not None:
+            self.auth.stop()
+        if self.ctx is not None:
+            self.ctx.term()
+        if self.backend is not None:
+            self.backend.close()
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+        log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
+
+    # -- startup pieces -------------------------------------------------------------------
+    def _check_previous_exit(self) -> None:
+        state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._marker = state_dir / "vqad-serve.running"
+        state_file = state_dir / "vqad-serve.state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {"unclean_exits": 0}
+        if self._marker.exists():
+            state["unclean_exits"] = int(state.get("unclean_exits", 0)) + 1
+            log.warning("the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
+                         "to it (unclean exits so far: %d)", self._marker.read_text().strip(), state["unclean_exits"])
+            self.metrics.previous_exit_unclean.set(1)
+            state_file.write_text(json.dumps(state))
+        self.metrics.unclean_exits.set(state["unclean_exits"])
+        self._marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+
+    def _warm_up(self) -> None:
+        pkg = self.package
+        assert pkg is not None and self.backend is not None
+        dummy = np.zeros((self.cfg.max_batch, pkg.image_size, pkg.image_size, pkg.channels), np.uint8)
+        for _ in range(self.cfg.warmup_runs):
+            for n in sorted({1, self.cfg.max_batch}):
+                self.backend.infer(dummy[:n])
+
+    def _start_auth(self) -> None:
+        curve = self.cfg.curve
+        if not curve.enabled:
+            return
+        from edge.security import start_authenticator
+
+        self.auth = start_authenticator(self.ctx, curve.authorized_keys_dir, self.metrics)
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        if self.cfg.curve.enabled:
+            from edge.security import make_curve_server
+
+            make_curve_server(sock, self.cfg.curve.server_secret_key)
+
+    def _frames_socket(self) -> zmq.Socket:
+        cfg = self.cfg
+        sock = self.ctx.socket(zmq.PULL if cfg.frames_mode == "pull" else zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes + cfg.max_header_bytes)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._secure(sock)
+        if cfg.frames_mode == "pull":
+            sock.bind(cfg.frames_endpoint)
+        else:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            for endpoint in cfg.camera_endpoints:
+                sock.connect(endpoint)
+        return sock
+
+    def _results_socket(self) -> zmq.Socket:
+        cfg = self.cfg
+        sock = self.ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        sock.setsockopt(zmq.LINGER, cfg.linger_ms)
+        self._secure(sock)
+        sock.bind(cfg.results_endpoint)
+        return sock
+
+    # -- receiver thread ------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        sock = self.frames_sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self.should_exit.is_set():
+                if poller.poll(100):
+                    self._accept(sock.recv_multipart(copy=True))
+            # Frames the socket already holds were delivered to us: answer them too (bounded).
+            for _ in range(self.cfg.rcvhwm + self.cfg.queue_size):
+                try:
+                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._accept(parts)
+        except Exception:  # noqa: BLE001 - the receiver must never die silently
+            log.exception("receiver failed; stopping the daemon")
+            self.should_exit.set()
+        finally:
+            sock.close(linger=0)
+            self.receiver_done.set()
+
+    def _accept(self, parts: list[bytes]) -> None:
+        recv_ns = time.time_ns()
+        self.metrics.frames_in.inc()
+        try:
+            frame = parse_frame(parts, self.limits, recv_ns)
+            model_input = to_model_input(frame.image, self.package.image_size, self.package.channels)
+        except UnreadableMessage as exc:
+            self.metrics.unreadable.inc()
+            log.warning("unreadable message (%d parts) ignored: %s", len(parts), exc)
+            return
+        except FrameError as exc:
+            with self._count_lock:
+                self.accepted += 1
+            if exc.camera_id is None:  # a preprocessing failure carries no ids: recover them
+                exc.camera_id, exc.frame_id = frame.camera_id, frame.frame_id
+            self._emit_error(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
+            return
+        with self._count_lock:
+            self.accepted += 1
+        item = Pending(frame.camera_id, frame.frame_id, frame.ts_ns, recv_ns, frame.image.shape[:2], model_input,
+                       time.time_ns())
+        while True:
+            queued, evicted = self.queue.put(item, timeout=0.1)
+            for old in evicted:
+                self._emit(result_header(old.camera_id, old.frame_id, old.ts_ns, "dropped", self.threshold,
+                                         self.model_ident, error="dropped by drop_oldest overload policy",
+                                         latency_ms=_latency(old.recv_ns)), recv_ns=old.recv_ns)
+            if queued:
+                return
+
+    # -- inference (main thread) ----------------------------------------------------------
+    def _infer(self, batch: list[Pending]) -> None:
+        start_ns = time.time_ns()
+        frames = np.stack([p.model_input for p in batch])
+        try:
+            maps, scores = self.backend.infer(frames)
+            if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
+                raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
+        except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
+            self.metrics.backend_errors.inc()
+            log.error("inference failed on a batch of %d: %s", len(batch), exc)
+            for p in batch:
+                self._emit_error(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns)
+            return
+        infer_ms = (time.time_ns() - start_ns) / 1e6
+        self.metrics.batch_size.observe(len(batch))
+        scale = float(self.package.map_scale)
+        for p, amap, score in zip(batch, maps, scores, strict=True):
+            score_f = float(score)
+            amap2d = amap[0]
+            decision = decide(score_f, self.threshold)
+            regions = find_regions(amap2d, self.threshold, p.frame_hw, self.cfg.min_region_area)
+            map_bytes = quantize_map(amap2d, scale) if self.cfg.publish_maps else b""
+            map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": scale} if self.cfg.publish_maps else None
+            queue_ms = (start_ns - p.recv_ns) / 1e6
+            header = result_header(p.camera_id, p.frame_id, p.ts_ns, "ok", self.threshold, self.model_ident,
+                                   score=score_f, decision=decision, regions=regions,
+                                   latency_ms={"queue": round(queue_ms, 3), "infer": round(infer_ms, 3), "total": 0.0},
+                                   batch_size=len(batch), map_info=map_info)
+            header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
+            extra = None
+            if self.cfg.publish_frames:
+                import cv2
+
+                ok, jpg = cv2.imencode(".jpg", p.model_input)
+                header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
+                extra = [jpg.tobytes() if ok else b""]
+            self.metrics.latency.labels("queue").observe(queue_ms)
+            self.metrics.latency.labels("infer").observe(infer_ms)
+            self._emit(header, map_bytes, extra, recv_ns=p.recv_ns)
+
+    # -- publishing -----------------------------------------------------------------------
+    def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
+        self._emit(result_header(camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident,
+                                 error=reason[:500]), recv_ns=recv_ns)
+
+    def _emit(self, header: dict, map_bytes: bytes = b"", extra: list[bytes] | None = None, recv_ns: int = 0) -> None:
+        self.outbox.put((header, map_bytes, extra, recv_ns))
+
+    def _publish_loop(self) -> None:
+        sock = self.results_sock
+        try:
+            while True:
+                item = self.outbox.get()
+                if item is _STOP:
+                    break
+                header, map_bytes, extra, recv_ns = item
+                total_ms = (time.time_ns() - recv_ns) / 1e6 if recv_ns else 0.0
+                header["latency_ms"]["total"] = round(total_ms, 3)
+                sock.send_multipart(result_message(header, map_bytes, extra))
+                self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
+                if header["status"] == "ok":
+                    self.metrics.latency.labels("total").observe(total_ms)
+                with self._count_lock:
+                    self.published += 1
+        finally:
+            sock.close(linger=self.cfg.linger_ms)
+
+
+def _latency(recv_ns: int) -> dict[str, float]:
+    return {"queue": round((time.time_ns() - recv_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
+
+
+def _ts(parts: list[bytes]) -> int:
+    """The header's ts_ns if it is a readable int, else 0 (for error results)."""
+    try:
+        ts = json.loads(parts[0]).get("ts_ns")
+        return ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
+    except Exception:  # noqa: BLE001
+        return 0

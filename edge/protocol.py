@@ -1,0 +1,201 @@
+"""Wire protocol, version 1 (docs/protocol.md is its user-facing description).
+
+Frames in (PUSH -> the daemon's PULL, or camera PUB -> the daemon's SUB), 2 parts:
+  1. UTF-8 JSON header {"v": 1, "camera_id", "frame_id", "ts_ns", "shape": [H, W, C],
+     "dtype": "uint8", "encoding": "raw" | "jpeg" | "png"}   (shape optional for jpeg/png)
+  2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1)
+
+Results out (the daemon's PUB), 3 parts:
+  1. topic b"result.<camera_id>"
+  2. UTF-8 JSON header (see `result_header`)
+  3. the anomaly map as uint8 bytes (value = byte * map.scale), empty unless status is ok
+
+Parsing is strict and total: any input either yields a Frame, or raises FrameError that
+carries (camera_id, frame_id) when they were readable, or UnreadableMessage when not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.errors import FrameError
+from edge.frames import decode_image
+
+VERSION = 1
+ENCODINGS = ("raw", "jpeg", "png")
+MAX_ID_LENGTH = 128
+RESULT_TOPIC_PREFIX = b"result."
+
+
+class UnreadableMessage(Exception):
+    """A message whose camera_id and frame_id cannot be read: counted and logged, no result."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 65536
+    max_frame_pixels: int = 4096 * 4096
+    max_frame_bytes: int = 4096 * 4096 * 3
+
+
+@dataclass
+class Frame:
+    camera_id: str
+    frame_id: int
+    ts_ns: int
+    image: np.ndarray  # (H, W, C) uint8 as sent (C 1 or 3; BGR)
+    recv_ns: int
+
+
+def _read_ids(header: Any) -> tuple[str, int]:
+    if not isinstance(header, dict):
+        raise UnreadableMessage("header is not a JSON object")
+    camera_id, frame_id = header.get("camera_id"), header.get("frame_id")
+    if not isinstance(camera_id, str) or not 0 < len(camera_id) <= MAX_ID_LENGTH:
+        raise UnreadableMessage(f"camera_id must be a string of 1..{MAX_ID_LENGTH} characters")
+    if not camera_id.isprintable():
+        raise UnreadableMessage("camera_id has non-printable characters")
+    if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 0 or frame_id >= 2**63:
+        raise UnreadableMessage("frame_id must be a non-negative 64-bit integer")
+    return camera_id, frame_id
+
+
+def parse_header(raw: bytes, limits: Limits) -> tuple[dict[str, Any], str, int]:
+    """Decode the JSON header and read its ids. UnreadableMessage when the ids cannot be read."""
+    if len(raw) > limits.max_header_bytes:
+        raise UnreadableMessage(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UnreadableMessage(f"header is not UTF-8 JSON: {type(exc).__name__}") from exc
+    camera_id, frame_id = _read_ids(header)
+    return header, camera_id, frame_id
+
+
+def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | None:
+    shape = header.get("shape")
+    if shape is None:
+        if required:
+            raise FrameError("raw frames need a shape [H, W, C]")
+        return None
+    if (not isinstance(shape, list) or len(shape) not in (2, 3)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+        raise FrameError(f"shape must be [H, W, C] integers, got {json.dumps(shape)[:80]}")
+    h, w = shape[0], shape[1]
+    c = shape[2] if len(shape) == 3 else 1
+    if h <= 0 or w <= 0 or c not in (1, 3):
+        raise FrameError(f"shape {shape} is not a valid image shape (C must be 1 or 3)")
+    return h, w, c
+
+
+def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) -> Frame:
+    """Validate and decode one frame message. See the module docstring for the contract."""
+    if not parts:
+        raise UnreadableMessage("empty message")
+    header, camera_id, frame_id = parse_header(parts[0], limits)
+
+    def fail(reason: str) -> FrameError:
+        return FrameError(reason, camera_id, frame_id)
+
+    if len(parts) != 2:
+        raise fail(f"expected 2 message parts, got {len(parts)}")
+    if header.get("v") != VERSION:
+        raise fail(f"unsupported protocol version {json.dumps(header.get('v'))[:20]}; this daemon speaks v{VERSION}")
+    ts_ns = header.get("ts_ns")
+    if isinstance(ts_ns, bool) or not isinstance(ts_ns, int) or ts_ns < 0:
+        raise fail("ts_ns must be a non-negative integer (ns since the epoch)")
+    encoding = header.get("encoding")
+    if encoding not in ENCODINGS:
+        raise fail(f"encoding must be one of {', '.join(ENCODINGS)}")
+    dtype = header.get("dtype", "uint8" if encoding != "raw" else None)
+    if dtype != "uint8":
+        raise fail(f"unsupported dtype {json.dumps(dtype)[:40]}; only uint8")
+    payload = parts[1]
+    if len(payload) > limits.max_frame_bytes:
+        raise fail(f"frame of {len(payload)} bytes exceeds the limit of {limits.max_frame_bytes}")
+    try:
+        shape = _shape(header, required=encoding == "raw")
+    except FrameError as exc:
+        raise fail(exc.reason) from None
+    if shape is not None and shape[0] * shape[1] > limits.max_frame_pixels:
+        raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
+    if encoding == "raw":
+        h, w, c = shape  # type: ignore[misc]
+        if len(payload) != h * w * c:
+            raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} needs {h * w * c}")
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, c)
+    else:
+        try:
+            image = decode_image(payload)
+        except FrameError as exc:
+            raise fail(f"{encoding} {exc.reason}") from None
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.shape[0] * image.shape[1] > limits.max_frame_pixels:
+            raise fail(f"decoded image {image.shape[1]}x{image.shape[0]} exceeds {limits.max_frame_pixels} pixels")
+        if shape is not None and tuple(image.shape[:2]) != shape[:2]:
+            raise fail(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
+    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns())
+
+
+def frame_message(camera_id: str, frame_id: int, image: np.ndarray, encoding: str = "raw",
+                  ts_ns: int | None = None) -> list[bytes]:
+    """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends)."""
+    import cv2
+
+    if image.ndim == 2:
+        image = image[:, :, None]
+    header: dict[str, Any] = {"v": VERSION, "camera_id": camera_id, "frame_id": int(frame_id),
+                              "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
+                              "shape": list(image.shape), "dtype": "uint8", "encoding": encoding}
+    if encoding == "raw":
+        payload = np.ascontiguousarray(image).tobytes()
+    elif encoding in ("jpeg", "png"):
+        ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image)
+        if not ok:
+            raise FrameError(f"could not encode frame as {encoding}")
+        payload = buf.tobytes()
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}")
+    return [json.dumps(header).encode(), payload]
+
+
+def result_header(
+    camera_id: str, frame_id: int, ts_ns: int, status: str, threshold: float, model: dict[str, str], *,
+    error: str | None = None, score: float | None = None, decision: str | None = None,
+    regions: list[dict[str, Any]] | None = None, latency_ms: dict[str, float] | None = None,
+    batch_size: int = 0, map_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The v1 result header, every key always present."""
+    return {
+        "v": VERSION, "camera_id": camera_id, "frame_id": frame_id, "ts_ns": ts_ns, "status": status,
+        "error": error, "score": score, "threshold": threshold, "decision": decision, "regions": regions or [],
+        "model": model, "latency_ms": latency_ms or {"queue": 0.0, "infer": 0.0, "total": 0.0},
+        "batch_size": batch_size, "map": map_info,
+    }
+
+
+def result_message(header: dict[str, Any], map_bytes: bytes = b"", extra_parts: list[bytes] | None = None) -> list[bytes]:
+    """[topic, header JSON, map bytes] (+ optional extension parts, e.g. the frame preview)."""
+    topic = RESULT_TOPIC_PREFIX + header["camera_id"].encode("utf-8")
+    return [topic, json.dumps(header, separators=(",", ":")).encode(), map_bytes, *(extra_parts or [])]
+
+
+def parse_result(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Subscriber side: -> (header, anomaly map as float32 (h, w) or None)."""
+    if len(parts) < 3 or not parts[0].startswith(RESULT_TOPIC_PREFIX):
+        raise ValueError(f"not a v1 result message ({len(parts)} parts)")
+    header = json.loads(parts[1])
+    info = header.get("map")
+    amap = None
+    if info and parts[2]:
+        h, w = info["shape"]
+        amap = np.frombuffer(parts[2], dtype=np.uint8).reshape(h, w).astype(np.float32) * float(info["scale"])
+    return header, amap

@@ -1,0 +1,88 @@
+"""CURVE encryption and client authentication, with pyzmq's own zmq.auth.
+
+`vqad keys DIR [--name NAME]` writes a key pair (NAME.key public, NAME.key_secret secret).
+The daemon loads its secret key, and accepts only clients whose public key file is in
+`authorized_keys_dir`. A refused peer is logged (and counted) by the credentials callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def create_keys(folder: str | Path, name: str) -> tuple[Path, Path]:
+    """Write NAME.key and NAME.key_secret into `folder`; returns (public, secret) paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(folder), name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a .key_secret file; ConfigError when missing or without a secret."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"CURVE key file not found: {path}")
+    public, secret = zmq.auth.load_certificate(str(path))
+    if not secret:
+        raise ConfigError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def load_public_key(path: str | Path) -> bytes:
+    public, _ = zmq.auth.load_certificate(str(path))
+    return public
+
+
+class _AllowList:
+    """zmq.auth credentials provider: the authorised public keys, logging each refusal."""
+
+    def __init__(self, keys_dir: str, metrics) -> None:
+        folder = Path(keys_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
+        self.allowed = set(zmq.auth.load_certificates(str(folder)).keys())
+        self.metrics = metrics
+        log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), folder)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed:
+            return True
+        log.warning("CURVE: refused a peer with unknown public key %s", key.decode(errors="replace"))
+        if self.metrics is not None:
+            self.metrics.curve_refusals.inc()
+        return False
+
+
+def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics=None) -> ThreadAuthenticator:
+    if not keys_dir:
+        raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
+    provider = _AllowList(keys_dir, metrics)
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("edge.security.zap"))
+    auth.start()
+    auth.configure_curve_callback(domain="*", credentials_provider=provider)
+    return auth
+
+
+def make_curve_server(sock: zmq.Socket, secret_key_file: str) -> None:
+    public, secret = load_keypair(secret_key_file)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+
+
+def make_curve_client(sock: zmq.Socket, client_secret_file: str | Path, server_public_file: str | Path) -> None:
+    public, secret = load_keypair(client_secret_file)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_serverkey = load_public_key(server_public_file)

@@ -1,0 +1,71 @@
+"""The edge daemon's config (configs/edge.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge.config import require
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """CURVE encryption and client authentication through pyzmq's zmq.auth (key files)."""
+
+    enabled: bool = False
+    # The daemon's own key pair: `vqad keys DIR` writes server.key_secret / server.key.
+    server_secret_key: str = ""
+    # A folder of authorised clients' public keys (*.key); anyone else is refused.
+    authorized_keys_dir: str = ""
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    frames_endpoint: str = "tcp://127.0.0.1:5555"
+    # pull: bind PULL, cameras connect PUSH. sub: connect SUB to each camera's PUB endpoint.
+    frames_mode: Literal["pull", "sub"] = "pull"
+    camera_endpoints: tuple[str, ...] = ()
+    results_endpoint: str = "tcp://127.0.0.1:5556"
+    backend: str = "onnxruntime"
+    precision: Literal["fp32", "fp16"] = "fp32"
+    max_batch: int = 8
+    max_delay_ms: float = 10.0
+    queue_size: int = 64
+    overload: Literal["backpressure", "drop_oldest"] = "backpressure"
+    threshold: float | None = None
+    publish_maps: bool = True
+    # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
+    publish_frames: bool = False
+    min_region_area: int = 4
+    max_frame_pixels: int = 4096 * 4096
+    max_header_bytes: int = 65536
+    rcvhwm: int = 32
+    sndhwm: int = 10000
+    linger_ms: int = 5000
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    log_every_s: float = 10.0
+    intra_op_threads: int = 0
+    warmup_runs: int = 2
+    # Where the daemon keeps its run marker (to detect an unclean previous exit); "" = the model dir.
+    state_dir: str = ""
+    tensorrt_workspace_mb: int = 1024
+    curve: CurveConfig = field(default_factory=CurveConfig)
+
+    def __post_init__(self) -> None:
+        require(self.max_batch >= 1, "edge.max_batch must be >= 1")
+        require(self.max_delay_ms >= 0, "edge.max_delay_ms must be >= 0")
+        require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
+        require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
+        require(self.max_header_bytes >= 256, "edge.max_header_bytes is too small")
+        require(self.linger_ms >= 0 and self.rcvhwm >= 1 and self.sndhwm >= 1, "edge socket options must be >= 0/1")
+        require(0 <= self.metrics_port <= 65535, "edge.metrics_port must be 0 (off) or a port")
+        require(self.frames_mode == "pull" or len(self.camera_endpoints) > 0,
+                "edge.frames_mode=sub needs camera_endpoints to connect to")
+        require(not self.curve.enabled or bool(self.curve.server_secret_key),
+                "edge.curve.enabled needs curve.server_secret_key")
+        require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.max_frame_pixels * 3

@@ -1,0 +1,138 @@
+"""`vqad watch`: subscribe to results, print one line each, optionally save heat-map
+overlays of failed frames, and print a summary (counts and latency percentiles) at the end."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+import zmq
+
+from edge.overlay import draw_regions, heatmap_overlay, label
+from edge.protocol import RESULT_TOPIC_PREFIX, parse_result
+
+log = logging.getLogger(__name__)
+
+
+class Summary:
+    def __init__(self) -> None:
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self.by_decision: collections.Counter[str] = collections.Counter()
+        self.latency: list[float] = []
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def add(self, header: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        self.last = now
+        self.by_status[header["status"]] += 1
+        if header.get("decision"):
+            self.by_decision[header["decision"]] += 1
+        if header["status"] == "ok":
+            self.latency.append(float(header["latency_ms"]["total"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = np.array(self.latency) if self.latency else np.zeros(0)
+        n = sum(self.by_status.values())
+        span = (self.last - self.first) if self.first and self.last and self.last > self.first else 0.0
+        return {
+            "results": n, "by_status": dict(self.by_status), "by_decision": dict(self.by_decision),
+            "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat) else {},
+            "rate_per_s": (n - 1) / span if span > 0 else None,
+        }
+
+    def text(self) -> str:
+        d = self.as_dict()
+        lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
+        rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
+        return (f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
+                f"latency {lat or 'n/a'}")
+
+
+def format_line(h: dict[str, Any]) -> str:
+    if h["status"] == "ok":
+        regions = len(h.get("regions") or [])
+        return (f"{h['camera_id']} #{h['frame_id']} {h['decision'].upper():4s} score {h['score']:.5g} "
+                f"(thr {h['threshold']:.5g}) regions {regions} batch {h['batch_size']} "
+                f"latency {h['latency_ms']['total']:.1f} ms")
+    return f"{h['camera_id']} #{h['frame_id']} {h['status'].upper()} {h.get('error') or ''}"
+
+
+def save_overlay(folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> Path | None:
+    if amap is None:
+        return None
+    if frame_jpeg:
+        base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    else:
+        base = np.zeros((*amap.shape, 3), np.uint8)  # no frame in the stream: the heat map alone
+    picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
+    fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
+    sx, sy = amap.shape[1] / fw, amap.shape[0] / fh
+    boxes = [{"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []]
+    draw_regions(picture, boxes)
+    label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} FAIL", (0, 0, 255))
+    path = folder / f"{header['camera_id']}_{header['frame_id']:08d}.png"
+    cv2.imwrite(str(path), picture)
+    return path
+
+
+def run_watch(endpoint: str, camera: str | None = None, save_dir: str | Path | None = None, count: int = 0,
+              timeout_s: float = 0.0, jsonl: str | Path | None = None, quiet: bool = False, stop=None,
+              out: TextIO | None = None, curve_secret: str | None = None, curve_server_key: str | None = None) -> Summary:
+    """Subscribe and print until `count` results, `timeout_s` idle seconds, or `stop()`; returns the summary."""
+    import sys
+
+    out = out or sys.stdout
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 100000)
+    if curve_secret:
+        from edge.security import make_curve_client
+
+        make_curve_client(sock, curve_secret, curve_server_key)
+    sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
+    sock.connect(endpoint)
+    folder = Path(save_dir) if save_dir else None
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+    sink = open(jsonl, "a") if jsonl else None
+    summary = Summary()
+    last = time.monotonic()
+    try:
+        while not (stop and stop()):
+            if sock.poll(100):
+                parts = sock.recv_multipart()
+                try:
+                    header, amap = parse_result(parts)
+                except (ValueError, KeyError, json.JSONDecodeError) as exc:
+                    log.warning("ignoring a malformed result: %s", exc)
+                    continue
+                if camera and header.get("camera_id") != camera:
+                    continue  # the topic prefix also matches longer ids
+                summary.add(header)
+                last = time.monotonic()
+                if not quiet:
+                    print(format_line(header), file=out, flush=True)
+                if sink:
+                    sink.write(json.dumps(header) + "\n")
+                    sink.flush()
+                if folder and header.get("decision") == "fail":
+                    save_overlay(folder, header, amap, parts[3] if len(parts) > 3 else None)
+                if count and sum(summary.by_status.values()) >= count:
+                    break
+            elif timeout_s and time.monotonic() - last > timeout_s:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(linger=0)
+        if sink:
+            sink.close()
+    return summary

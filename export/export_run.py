@@ -1,0 +1,127 @@
+"""`vqad export RUN_DIR --out MODEL_DIR`: model.onnx, model_fp16.onnx, model.json.
+
+Everything is written into a staging folder beside MODEL_DIR and moved into place only
+after the parity proof passed, so a failed export leaves no half-written package.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import to_dict
+from edge.errors import PackageError
+from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
+from export.config import ExportConfig
+from export.onnx_graph import INPUT_NAME, OUTPUT_NAMES, export_graph
+from export.parity import compare, onnx_outputs
+
+log = logging.getLogger(__name__)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import vqad
+
+    return {"vqad": vqad.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
+    """Every validation image plus `per_kind` test images of each kind (if the data is still there)."""
+    from train.data import load_images, load_test_set
+
+    size, channels = run.model_cfg.image_size, run.model_cfg.channels
+    val_paths = [Path(p) for p in run.split()["val"]]
+    frames = [load_images(val_paths, size, channels)]
+    names = [str(p) for p in val_paths]
+    data = Path(run.meta.get("data", ""))
+    if per_kind > 0 and (data / "test").is_dir():
+        picked: dict[str, int] = {}
+        for sample in load_test_set(data, size, channels):
+            if picked.get(sample.kind, 0) < per_kind:
+                picked[sample.kind] = picked.get(sample.kind, 0) + 1
+                frames.append(sample.image[None])
+                names.append(str(sample.path))
+    return np.concatenate(frames), names
+
+
+def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: bool = False) -> dict[str, Any]:
+    """Export, prove parity, write the package. Returns model.json's content."""
+    from train.pipeline import half_precision_copy, score_frames
+    from train.run import load_run
+
+    run = load_run(run_dir)
+    threshold = run.threshold()
+    if threshold is None:
+        raise PackageError(f"{run.root} has no threshold.json: run `vqad eval {run.root} DATA_CAT --out REPORT` first")
+    out = Path(out)
+    if (out / MODEL_JSON).exists() and not force:
+        raise PackageError(f"{out} already holds a model package; pass --force to replace it")
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        log.info("exporting FP32 graph (opset %d)", cfg.opset)
+        export_graph(run.model, staging / FP32_FILE, cfg.opset)
+        log.info("exporting FP16 graph")
+        export_graph(half_precision_copy(run.model), staging / FP16_FILE, cfg.opset)
+
+        frames, names = parity_frames(run, cfg.parity_test_per_kind)
+        _, t_maps, t_scores = score_frames(run.model, frames)
+        fp32 = onnx_outputs(staging / FP32_FILE, frames)
+        fp16 = onnx_outputs(staging / FP16_FILE, frames)
+        parity = compare((t_maps[:, None], t_scores), fp32, fp16, threshold["value"], cfg.fp32_max_abs_error,
+                         cfg.fp16_max_relative_error, cfg.fp16_min_decision_agreement)
+        parity["images"] = names
+
+        eval_metrics = {}
+        for candidate in (run.root / "eval" / "metrics.json",):
+            if candidate.is_file():
+                eval_metrics = json.loads(candidate.read_text())
+        m = run.model_cfg
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": m.name,
+            "version": cfg.version,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": {"name": INPUT_NAME, "size": m.image_size, "channels": m.channels,
+                      "color_order": "BGR" if m.channels == 3 else "GRAY", "dtype": "uint8", "layout": "NHWC",
+                      "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)"},
+            "normalization": {"mean": list(m.channel_mean()), "std": list(m.channel_std()),
+                              "formula": "(pixel / 255 - mean) / std", "in_graph": True},
+            "output": {"names": list(OUTPUT_NAMES), "anomaly_map": "N x 1 x H x W float32, smoothed",
+                       "score": "N float32", "map_scale": cfg.map_scale_factor * threshold["value"] / 255.0},
+            "threshold": threshold,
+            "decision": "fail when score >= threshold",
+            "scoring": to_dict(m.score),
+            "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
+            "files": {FP32_FILE: sha256_file(staging / FP32_FILE), FP16_FILE: sha256_file(staging / FP16_FILE)},
+            "opset": cfg.opset,
+            "exporter": "torch.onnx (TorchScript tracer)",
+            "versions": _versions(),
+            "parity": parity,
+            "source": {"run": str(run.root), "checkpoint_sha256": run.meta.get("content_sha256"),
+                       "step": run.meta.get("step")},
+            "model_config": to_dict(m),
+        }
+        write_model_json(staging, meta)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (FP32_FILE, FP16_FILE, MODEL_JSON):
+            (staging / name).replace(out / name)
+        stale = out / "engines"
+        if stale.is_dir():
+            log.info("keeping %s: engines are keyed by the ONNX sha256, stale ones are never loaded", stale)
+        return meta
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""The proof at export: PyTorch, ONNX FP32 and ONNX FP16 agree within stated bounds.
+
+- FP32 ONNX vs PyTorch: max abs error of map and score; decisions identical.
+- FP16 ONNX vs FP32 ONNX: relative map error max_i ||m16_i - m32_i||_2 / ||m32_i||_2,
+  and the fraction of identical decisions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import VqadError
+
+
+class ParityError(VqadError):
+    """An exported graph disagrees with its reference beyond the stated bound."""
+
+    exit_code = 7
+
+
+def onnx_outputs(path: str | Path, frames: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Run an ONNX graph on ONNX Runtime's CPU provider -> (maps (M,1,H,W), scores (M,))."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = [], []
+    for i in range(0, len(frames), batch):
+        m, s = session.run(None, {"frames": np.ascontiguousarray(frames[i : i + batch])})
+        maps.append(m)
+        scores.append(s)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def relative_map_error(test: np.ndarray, ref: np.ndarray) -> float:
+    """max over images of ||test - ref||_2 / ||ref||_2."""
+    diff = (test - ref).reshape(len(ref), -1)
+    norm = np.linalg.norm(ref.reshape(len(ref), -1), axis=1)
+    return float((np.linalg.norm(diff, axis=1) / np.maximum(norm, 1e-12)).max())
+
+
+def compare(
+    torch_out: tuple[np.ndarray, np.ndarray],
+    fp32_out: tuple[np.ndarray, np.ndarray],
+    fp16_out: tuple[np.ndarray, np.ndarray],
+    threshold: float,
+    fp32_max_abs_error: float,
+    fp16_max_relative_error: float,
+    fp16_min_agreement: float,
+) -> dict[str, Any]:
+    """All parity figures, and `passed`; raises ParityError naming the bound that failed."""
+    (t_map, t_score), (m32, s32), (m16, s16) = torch_out, fp32_out, fp16_out
+    d_t, d32, d16 = t_score >= threshold, s32 >= threshold, s16 >= threshold
+    figures = {
+        "n_images": int(len(s32)),
+        "fp32_vs_torch": {
+            "map_max_abs_error": float(np.abs(m32 - t_map).max()),
+            "score_max_abs_error": float(np.abs(s32 - t_score).max()),
+            "decisions_identical": bool((d_t == d32).all()),
+            "bound_max_abs_error": fp32_max_abs_error,
+        },
+        "fp16_vs_fp32": {
+            "map_relative_error": relative_map_error(m16, m32),
+            "map_max_abs_error": float(np.abs(m16 - m32).max()),
+            "score_max_abs_error": float(np.abs(s16 - s32).max()),
+            "decision_agreement": float((d16 == d32).mean()),
+            "bound_relative_error": fp16_max_relative_error,
+            "bound_decision_agreement": fp16_min_agreement,
+        },
+    }
+    a, b = figures["fp32_vs_torch"], figures["fp16_vs_fp32"]
+    failures = []
+    if max(a["map_max_abs_error"], a["score_max_abs_error"]) > fp32_max_abs_error:
+        failures.append(f"FP32 ONNX differs from PyTorch by {max(a['map_max_abs_error'], a['score_max_abs_error']):.3g} "
+                        f"> {fp32_max_abs_error:g}")
+    if not a["decisions_identical"]:
+        failures.append("FP32 ONNX decisions differ from PyTorch")
+    if b["map_relative_error"] > fp16_max_relative_error:
+        failures.append(f"FP16 map relative error {b['map_relative_error']:.3g} > {fp16_max_relative_error:g}")
+    if b["decision_agreement"] < fp16_min_agreement:
+        failures.append(f"FP16 decision agreement {b['decision_agreement']:.3f} < {fp16_min_agreement:g}")
+    figures["passed"] = not failures
+    if failures:
+        raise ParityError("export parity failed: " + "; ".join(failures))
+    return figures
