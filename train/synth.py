@@ -136,7 +136,7 @@ def hole(rng, image, allowed):
     r = max(2, int(rng.uniform(5, 9) * s))
     cv2.circle(mask, (x, y), r, 1, -1)
     yy, xx = np.mgrid[0:size, 0:size]
-    depth = np.clip(1 - ((xx - x) ** 2 + (yy - y) ** 2) / (r * r + 1e-6), 0, 1)[:, :, None]
+    depth = 0.4 + 0.6 * np.clip(1 - ((xx - x) ** 2 + (yy - y) ** 2) / (r * r + 1e-6), 0, 1)[:, :, None]
     return _blend(image, mask > 0, image * (1 - 0.35 * depth) - 10 * depth), mask > 0
 
 

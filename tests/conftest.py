@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny synthetic data set, a tiny trained and evaluated run, and its
+exported model package. Everything is small so the whole suite runs in minutes on 2 cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TOOLS = ROOT.parent / "shared" / "tools"
+VQAD = [sys.executable, "-m", "vqad.cli"]
+
+TINY_MODEL = [
+    "--set", "model.image_size=32", "--set", "model.width=8", "--set", "model.code_dim=8",
+    "--set", "model.codebook_size=32", "--set", "model.res_blocks=1", "--set", "model.score.smoothing_sigma=1.0",
+]
+TINY_TRAIN = ["--set", "train.batch_size=8", "--set", "train.log_every=5", "--set", "train.checkpoint_every=10",
+              "--set", "train.warmup_steps=5", "--set", "train.num_threads=1", "--set", "train.val_fraction=0.25"]
+
+
+def run_vqad(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vqad {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    run_vqad("synth", out, "--seed", "3", "--size", "64", "--n-train", "16", "--n-test-good", "4",
+             "--n-per-defect", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_root, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "bracket"
+    run_vqad("train", synth_root / "bracket", "--out", run, "--steps", "20", *TINY_MODEL, *TINY_TRAIN)
+    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval")
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "bracket"
+    run_vqad("export", tiny_run, "--out", out)
+    return out

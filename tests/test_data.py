@@ -1,0 +1,85 @@
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import DataError
+from edge.frames import read_image, to_model_input
+from train.data import load_images, load_test_set, split_train_val, train_image_paths
+
+
+def make_category(root, channels=3, size=(40, 30), fmt="png"):
+    rng = np.random.default_rng(0)
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], 3)
+    for i in range(4):
+        (root / "train" / "good").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "train" / "good" / f"{i}.{fmt}"), rng.integers(0, 255, shape, dtype=np.uint8))
+    for kind in ("good", "scratch"):
+        (root / "test" / kind).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "test" / kind / f"0.{fmt}"), rng.integers(0, 255, shape, dtype=np.uint8))
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    mask[5:10, 5:20] = 255
+    cv2.imwrite(str(root / "ground_truth" / "scratch" / "0_mask.png"), mask)
+    return root
+
+
+@pytest.mark.parametrize("channels,fmt", [(3, "png"), (1, "png"), (3, "jpg"), (1, "bmp")])
+def test_loader_reads_colour_and_grey_into_the_model_channels(tmp_path, channels, fmt):
+    cat = make_category(tmp_path / "cat", channels=channels, fmt=fmt)
+    for model_channels in (1, 3):
+        images = load_images(train_image_paths(cat), 16, model_channels)
+        assert images.shape == (4, 16, 16, model_channels) and images.dtype == np.uint8
+    test = load_test_set(cat, 16, 3)
+    assert [(s.kind, s.label) for s in test] == [("good", 0), ("scratch", 1)]
+    assert test[1].mask.shape == (16, 16) and test[1].mask.any() and not test[0].mask.any()
+
+
+def test_resize_is_the_shared_function(tmp_path):
+    cat = make_category(tmp_path / "cat")
+    path = train_image_paths(cat)[0]
+    assert np.array_equal(load_images([path], 16, 3)[0], to_model_input(read_image(path), 16, 3))
+
+
+def test_unreadable_image_is_named_before_training(tmp_path):
+    cat = make_category(tmp_path / "cat")
+    bad = cat / "train" / "good" / "9.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="9.png"):
+        load_images(train_image_paths(cat), 16, 3)
+
+
+def test_mask_of_the_wrong_size_is_named(tmp_path):
+    cat = make_category(tmp_path / "cat")
+    cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0_mask.png"), np.zeros((7, 7), np.uint8))
+    with pytest.raises(DataError, match="0_mask.png"):
+        load_test_set(cat, 16, 3)
+
+
+def test_missing_folders_are_named(tmp_path):
+    with pytest.raises(DataError, match="training"):
+        train_image_paths(tmp_path / "nothing")
+    cat = make_category(tmp_path / "cat")
+    import shutil
+
+    shutil.rmtree(cat / "test")
+    with pytest.raises(DataError, match="test"):
+        load_test_set(cat, 16, 3)
+
+
+def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, caplog):
+    cat = make_category(tmp_path / "cat")
+    (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
+    with caplog.at_level(logging.WARNING):
+        test = load_test_set(cat, 16, 3)
+    assert test[1].label == 1 and test[1].mask is None
+    assert "no mask" in caplog.text
+
+
+def test_validation_split_is_seeded_and_disjoint(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(20)]
+    train, val = split_train_val(paths, 0.15, seed=1)
+    assert len(val) == 3 and not set(train) & set(val) and len(train) + len(val) == 20
+    assert split_train_val(paths, 0.15, seed=1) == (train, val)
+    assert split_train_val(paths, 0.15, seed=2) != (train, val)

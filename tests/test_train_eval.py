@@ -1,0 +1,132 @@
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from edge.errors import CheckpointError
+from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, run_vqad
+from train.checkpoint import load_checkpoint
+from train.run import load_run
+
+
+def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "n_images"):
+        assert key in metrics
+    assert metrics["n_images"] == 4 + 5 * 2
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["aupro"] <= 1.0
+    for picture in ("histogram.png", "roc.png", "codebook.png", "curves.png"):
+        assert (tiny_run / "eval" / picture).stat().st_size > 1000
+    panels = list((tiny_run / "eval" / "images").glob("*.png"))
+    assert len(panels) == metrics["n_images"]
+    threshold = json.loads((tiny_run / "threshold.json").read_text())
+    assert threshold["value"] == metrics["threshold"] and threshold["n_val"] == 4
+
+
+def test_metrics_csv_has_the_training_scalars(tiny_run):
+    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    for key in ("loss", "recon_l2", "vq_loss", "perplexity", "dead_restarted", "lr", "images_per_s"):
+        assert all(r[key] != "" for r in rows), key
+    assert rows[-1]["val_l2"] != ""
+
+
+def test_checkpoint_describes_itself(tiny_run):
+    ckpt = load_checkpoint(tiny_run / "checkpoint.pt")
+    meta = ckpt["meta"]
+    assert meta["step"] == 20 and meta["model_config"]["image_size"] == 32
+    assert len(meta["content_sha256"]) == 64 and "val_l2" in meta["metrics"]
+    run = load_run(tiny_run)
+    assert run.model_cfg.codebook_size == 32 and not run.model.training
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/vqad-pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "vqad-checkpoint", "version": 1, "evil": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    with open(tmp_path / "raw.pt", "wb") as fh:
+        pickle.dump(Evil(), fh)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "raw.pt")
+    assert not os.path.exists("/tmp/vqad-pwned")
+
+
+def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
+    data = bytearray((tiny_run / "checkpoint.pt").read_bytes())
+    for i in range(len(data) // 10, len(data) * 9 // 10, 997):  # damage spread over the whole file
+        data[i] ^= 0xFF
+    (tmp_path / "checkpoint.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_resume_continues_the_run(synth_root, tmp_path):
+    run = tmp_path / "run"
+    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN)
+    refused = run_vqad("train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN,
+                       check=False)
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "15", "--resume", *TINY_MODEL, *TINY_TRAIN)
+    assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == 15
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert steps == [5, 10, 15]
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vqad.cli", "train", str(synth_root / "bracket"), "--out", str(run), "--steps", "100000",
+         *TINY_MODEL, *TINY_TRAIN, "--set", "train.checkpoint_every=100000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    meta = load_checkpoint(run / "checkpoint.pt")["meta"]
+    assert meta["reason"] == "interrupted" and meta["step"] > 0
+    stopped_at = meta["step"]
+    run_vqad("train", synth_root / "bracket", "--out", run, "--steps", str(stopped_at + 3), "--resume", *TINY_MODEL,
+             *TINY_TRAIN, "--set", "train.checkpoint_every=100000")
+    assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == stopped_at + 3
+
+
+def test_bad_data_stops_before_anything_is_written(synth_root, tmp_path):
+    import shutil
+
+    cat = tmp_path / "cat"
+    shutil.copytree(synth_root / "bracket", cat)
+    (cat / "train" / "good" / "broken.png").write_bytes(b"not an image")
+    proc = run_vqad("train", cat, "--out", tmp_path / "run", "--steps", "2", *TINY_MODEL, *TINY_TRAIN, check=False)
+    assert proc.returncode != 0
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_distributed_training_on_two_cpu_processes(synth_root, tmp_path):
+    run = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "vqad.cli", "train", str(synth_root / "bracket"), "--out", str(run), "--steps", "6",
+         *TINY_MODEL, *TINY_TRAIN, "--set", "train.log_every=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = load_checkpoint(run / "checkpoint.pt")["meta"]
+    assert meta["step"] == 6
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 6]  # only rank 0 writes

@@ -1,0 +1,109 @@
+import torch
+
+from train.config import ModelConfig
+from train.model import VQVAE, VectorQuantizer, kmeans
+
+
+def quantizer(**kw) -> VectorQuantizer:
+    base = {"codebook_size": 16, "code_dim": 4, "kmeans_init": False}
+    return VectorQuantizer(ModelConfig(**{**base, **kw}))
+
+
+def test_nearest_code_matches_brute_force():
+    torch.manual_seed(0)
+    vq = quantizer().eval()
+    z = torch.randn(2, 4, 3, 5)  # (N, D, h, w)
+    z_q, codes, _ = vq(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    brute = torch.stack([((vq.embed - v) ** 2).sum(1).argmin() for v in flat])  # one vector at a time
+    assert torch.equal(codes.flatten(), brute)
+    assert torch.allclose(z_q.permute(0, 2, 3, 1).reshape(-1, 4), vq.embed[brute])
+
+
+def test_straight_through_gradient_reaches_the_encoder_output_unchanged():
+    torch.manual_seed(0)
+    vq = quantizer(codebook="loss", beta=0.0).train()
+    vq.initted.fill_(True)
+    z = torch.randn(1, 4, 2, 2, requires_grad=True)
+    z_q, _, stats = vq(z)
+    weights = torch.randn_like(z_q)
+    (z_q * weights).sum().backward()
+    assert torch.allclose(z.grad, weights)  # d(z_q)/dz is the identity
+    assert vq.embed.grad is None  # the reconstruction path gives the codebook no gradient
+
+
+def test_codebook_loss_trains_the_codebook_and_commitment_the_encoder():
+    vq = quantizer(codebook="loss", beta=0.25).train()
+    vq.initted.fill_(True)
+    z = torch.randn(1, 4, 2, 2, requires_grad=True)
+    _, _, stats = vq(z)
+    stats["vq_loss"].backward()
+    assert vq.embed.grad is not None and vq.embed.grad.abs().sum() > 0
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_ema_update_arithmetic():
+    vq = quantizer(ema_decay=0.9)
+    vq.cluster_size.fill_(2.0)
+    vq.embed_avg.fill_(1.0)
+    counts = torch.zeros(16)
+    counts[3] = 4.0
+    sums = torch.zeros(16, 4)
+    sums[3] = torch.tensor([4.0, 8.0, 0.0, -4.0])
+    vq.ema_update(counts, sums)
+    expect_n = 0.9 * 2.0 + 0.1 * counts
+    expect_m = 0.9 * 1.0 + 0.1 * sums
+    assert torch.allclose(vq.cluster_size, expect_n)
+    assert torch.allclose(vq.embed_avg, expect_m)
+    n, eps = expect_n.sum(), 1e-5
+    smoothed = (expect_n + eps) / (n + 16 * eps) * n
+    assert torch.allclose(vq.embed, expect_m / smoothed[:, None])
+
+
+def test_kmeans_init_moves_the_codebook_onto_the_data():
+    torch.manual_seed(0)
+    vq = quantizer(kmeans_init=True, codebook_size=4, code_dim=2).train()
+    assert not bool(vq.initted)
+    before = vq.embed.clone()
+    centres = torch.tensor([[10.0, 10.0], [-10.0, 10.0], [10.0, -10.0], [-10.0, -10.0]])
+    data = (centres[:, None, :] + 0.1 * torch.randn(4, 8, 2)).reshape(-1, 2)  # 32 vectors around 4 centres
+    z = data.t().reshape(1, 2, 4, 8)  # (N=1, D=2, h=4, w=8)
+    vq(z)
+    assert bool(vq.initted)
+    assert not torch.allclose(before, vq.embed)
+    found = sorted(map(tuple, vq.embed.round().tolist()))
+    assert found == sorted(map(tuple, centres.tolist()))
+
+
+def test_kmeans_finds_separated_clusters():
+    torch.manual_seed(1)
+    x = torch.cat([torch.randn(50, 3) + 20, torch.randn(50, 3) - 20])
+    c = kmeans(x, 2, 10)
+    assert sorted(c[:, 0].round().tolist()) == [-20.0, 20.0] or torch.allclose(c.abs().mean(), torch.tensor(20.0), atol=1)
+
+
+def test_dead_code_restart_replaces_unused_codes_with_batch_vectors():
+    torch.manual_seed(0)
+    vq = quantizer(dead_code_threshold=2.0)
+    vq.cluster_size.fill_(5.0)
+    vq.cluster_size[[1, 7]] = 0.5  # two dead codes
+    before = vq.embed.clone()
+    batch = torch.randn(10, 4) + 100.0
+    n = vq.expire_dead_codes(batch)
+    assert n == 2
+    changed = (vq.embed != before).any(dim=1)
+    assert changed.tolist() == [i in (1, 7) for i in range(16)]
+    for i in (1, 7):  # each restarted code is one of the batch vectors
+        assert ((batch - vq.embed[i]).abs().sum(1) < 1e-5).any()
+
+
+def test_perplexity_and_shapes_of_the_whole_model():
+    cfg = ModelConfig(image_size=32, width=8, code_dim=8, codebook_size=32, res_blocks=1)
+    model = VQVAE(cfg).train()
+    x = torch.randn(2, 3, 32, 32)
+    recon, stats = model(x)
+    assert recon.shape == x.shape
+    assert 1.0 <= float(stats["perplexity"]) <= 32.0
+    z_q, codes, _ = model.eval().encode(x)
+    assert codes.shape == (2, 8, 8) and z_q.shape == (2, 8, 8, 8)
+    assert torch.allclose(model.decode_code(codes), model.decode(z_q), atol=1e-5)
