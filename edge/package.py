@@ -50,6 +50,11 @@ class ModelPackage:
     meta: dict[str, Any] = field(repr=False)
 
     @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one frame at the model input."""
+        return (self.image_size, self.image_size, self.channels)
+
+    @property
     def sha256(self) -> str:
         """The FP32 graph's sha256: the model's identity in every result."""
         return self.files[FP32_FILE]

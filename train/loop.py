@@ -71,11 +71,14 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 5% over `steps`."""
+def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 5% over the budget: whichever of `steps` and
+    `max_minutes` runs out first, so a time-limited run still ends with a low learning rate."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    by_steps = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    by_time = elapsed_s / (cfg.max_minutes * 60.0)
+    t = min(1.0, max(by_steps, by_time))
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -205,14 +208,15 @@ def train(
     try:
         model.vqvae.train()
         while step < train_cfg.steps:
-            stop = torch.tensor(float(time.monotonic() - t0 + elapsed_before > budget_s))
-            if dist.world > 1:
-                torch.distributed.all_reduce(stop)
-            if stop.item() > 0:
+            elapsed_t = torch.tensor(time.monotonic() - t0 + elapsed_before, dtype=torch.float64)
+            if dist.world > 1:  # every rank uses rank-agnostic time, so lr and stopping agree
+                torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
+            elapsed = float(elapsed_t)
+            if elapsed > budget_s:
                 log.info("time budget of %.1f min reached at step %d", train_cfg.max_minutes, step)
                 break
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, train_cfg)
+                group["lr"] = lr_at(step, elapsed, train_cfg)
             idx = rng.integers(0, len(train_images), train_cfg.batch_size)
             clean_u8 = train_images[idx]
             if train_cfg.anomaly_fraction > 0:

@@ -14,6 +14,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--set", action="append", metavar="export.KEY=VALUE")
     x.add_argument("--force", action="store_true", help="replace an existing package in MODEL_DIR")
     x.set_defaults(func=cmd_export)
+    add_engine_command(sub)
     add_edge_commands(sub)
 
 
@@ -144,3 +145,23 @@ def add_edge_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("dir", type=Path)
     k.add_argument("--name", default="server")
     k.set_defaults(func=cmd_keys)
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from export.engine import build_engine, verify_engine
+
+    path = build_engine(args.model, max_batch=args.max_batch, workspace_mb=args.workspace_mb, force=args.force)
+    figures = verify_engine(args.model, args.max_batch, args.workspace_mb)
+    print(f"engine: {path}")
+    print(f"checked against ONNX Runtime on {figures['n_frames']} frames: map relative error "
+          f"{figures['map_relative_error']:.2e}, decision agreement {figures['decision_agreement']:.3f}")
+    return 0
+
+
+def add_engine_command(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")
+    b.add_argument("model", type=Path, metavar="MODEL_DIR")
+    b.add_argument("--max-batch", type=int, default=8)
+    b.add_argument("--workspace-mb", type=int, default=1024)
+    b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
+    b.set_defaults(func=cmd_build_engine)

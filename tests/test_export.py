@@ -1,0 +1,174 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edge.package import load_package, sha256_file
+from export.parity import onnx_outputs
+from tests.conftest import ROOT, SHARED_TOOLS, run_vqad
+from train.data import load_test_set
+from train.pipeline import score_frames
+from train.run import load_run
+
+
+@pytest.fixture(scope="module")
+def frames(synth_root):
+    return np.stack([s.image for s in load_test_set(synth_root / "bracket", 32, 3)])
+
+
+def test_package_files_and_metadata(tiny_model, tiny_run):
+    pkg = load_package(tiny_model)
+    meta = pkg.meta
+    assert pkg.image_size == 32 and pkg.channels == 3 and pkg.color_order == "BGR"
+    assert pkg.threshold == json.loads((tiny_run / "threshold.json").read_text())["value"]
+    for name in ("model.onnx", "model_fp16.onnx"):
+        assert meta["files"][name] == sha256_file(tiny_model / name)
+    assert meta["opset"] <= 17 and meta["versions"]["onnx"] and meta["name"] and meta["version"]
+    assert meta["threshold"]["method"] and meta["normalization"]["mean"]
+    assert meta["metrics"]["evaluation"]["image_auroc"] is not None
+    p = meta["parity"]
+    assert p["passed"] and p["fp32_vs_torch"]["decisions_identical"]
+    assert p["fp16_vs_fp32"]["map_relative_error"] <= 1e-2 and p["fp16_vs_fp32"]["decision_agreement"] >= 0.99
+
+
+def test_onnx_fp32_and_fp16_match_pytorch(tiny_model, tiny_run, frames):
+    run = load_run(tiny_run)
+    _, t_maps, t_scores = score_frames(run.model, frames)
+    m32, s32 = onnx_outputs(tiny_model / "model.onnx", frames)
+    m16, s16 = onnx_outputs(tiny_model / "model_fp16.onnx", frames)
+    assert m32.shape == (len(frames), 1, 32, 32) and m32.dtype == np.float32 and s32.dtype == np.float32
+    assert np.abs(m32[:, 0] - t_maps).max() < 1e-4 and np.abs(s32 - t_scores).max() < 1e-4
+    rel = np.linalg.norm((m16 - m32).reshape(len(frames), -1), axis=1) / np.linalg.norm(m32.reshape(len(frames), -1), axis=1)
+    assert rel.max() <= 1e-2
+    thr = load_package(tiny_model).threshold
+    assert ((s16 >= thr) == (s32 >= thr)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["model.onnx", "model_fp16.onnx"])
+def test_dynamic_batch_gives_the_same_per_frame_results(tiny_model, frames, precision):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_model / precision), providers=["CPUExecutionProvider"])
+    ref_maps, ref_scores = session.run(None, {"frames": frames[:8]})
+    for n in (1, 3, 8):
+        maps, scores = session.run(None, {"frames": frames[:n]})
+        assert maps.shape[0] == n
+        np.testing.assert_allclose(maps, ref_maps[:n], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores, ref_scores[:n], rtol=1e-4, atol=1e-5)
+
+
+def test_graph_is_valid_and_tensorrt_parsable(tiny_model):
+    for name in ("model.onnx", "model_fp16.onnx"):
+        model = onnx.load(str(tiny_model / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 17
+        assert not {"NonZero", "Unique", "Constant"} & {n.op_type for n in model.graph.node}
+        inp = model.graph.input[0].type.tensor_type
+        assert inp.elem_type == onnx.TensorProto.UINT8 and inp.shape.dim[0].dim_param
+        init_names = {i.name for i in model.graph.initializer}
+        for node in model.graph.node:  # axes inputs of reductions come from initializers
+            if node.op_type.startswith("Reduce") and len(node.input) > 1:
+                assert node.input[1] in init_names
+        tool = SHARED_TOOLS / "onnx_trt_check.py"
+        if not tool.is_file():
+            pytest.skip("../shared/tools/onnx_trt_check.py is not beside this checkout")
+        proc = subprocess.run([sys.executable, str(tool), str(tiny_model / name)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_fp16_graph_keeps_the_fp32_islands(tiny_model):
+    model = onnx.load(str(tiny_model / "model_fp16.onnx"))
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")
+                    and n.name.startswith(("/encoder/", "/decoder/"))]
+    assert conv_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights)
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]  # the VQ distance
+    assert matmuls
+    inferred = onnx.shape_inference.infer_shapes(model)
+    vtypes = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    vtypes.update(types)
+    for n in matmuls:
+        assert all(vtypes.get(i) == onnx.TensorProto.FLOAT for i in n.input), "VQ distance must be FP32"
+    for out in model.graph.output:
+        assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_export_refuses_a_run_without_threshold(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "threshold.json").unlink()
+    proc = run_vqad("export", run, "--out", tmp_path / "m", check=False)
+    assert proc.returncode != 0 and "threshold" in proc.stderr and "vqad eval" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
+
+
+def test_export_refuses_a_corrupt_checkpoint(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    proc = run_vqad("export", run, "--out", tmp_path / "m", check=False)
+    assert proc.returncode != 0 and "checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_refuses_to_overwrite_without_force(tiny_model, tiny_run):
+    proc = run_vqad("export", tiny_run, "--out", tiny_model, check=False)
+    assert proc.returncode != 0 and "--force" in proc.stderr
+
+
+def test_tensorrt_modules_import_without_tensorrt():
+    code = ("import sys; sys.modules['tensorrt'] = None; "
+            "import export.engine, edge.backends.tensorrt_backend; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_build_engine_without_tensorrt_says_how_to_get_it(tiny_model):
+    code = ("import sys; sys.modules['tensorrt'] = None; from vqad.cli import main; "
+            f"sys.exit(main(['build-engine', {str(tiny_model)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "TensorRT is not installed" in proc.stderr and "JetPack" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _has_trt_gpu() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not _has_trt_gpu(), reason="needs tensorrt and an NVIDIA GPU")
+def test_tensorrt_engine_matches_onnxruntime(tiny_model, frames, tmp_path):
+    from edge.backends import create_backend
+    from export.engine import build_engine
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    plan = build_engine(model, max_batch=8, workspace_mb=512)
+    assert plan.is_file()
+    backend = create_backend("tensorrt", load_package(model), {"max_batch": 8})
+    maps, scores = backend.infer(frames[:8])
+    m32, s32 = onnx_outputs(model / "model.onnx", frames[:8])
+    rel = np.linalg.norm((maps - m32).reshape(8, -1), axis=1) / np.linalg.norm(m32.reshape(8, -1), axis=1)
+    assert rel.max() <= 1e-2
+    backend.close()
+
+
+def test_tensorrt86_fp16_layer_prefixes_name_the_encoder_and_decoder(tiny_model):
+    """On TensorRT 8.6 the engine builder keeps FP16 only for layers with these ONNX names."""
+    from export.engine import FP16_LAYER_PREFIXES
+
+    model = onnx.load(str(tiny_model / "model.onnx"))
+    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    fp16 = [n for n in convs if n.startswith(FP16_LAYER_PREFIXES)]
+    assert any(n.startswith("/encoder/") for n in fp16) and any(n.startswith("/decoder/") for n in fp16)
+    assert all(n.startswith("/scorer/") for n in set(convs) - set(fp16))  # the rest is scoring, kept FP32
