@@ -1,0 +1,122 @@
+"""A real daemon process on loopback for tests, with torch and train/ blocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from edge.protocol import parse_result
+from tests.conftest import ROOT
+
+# The daemon runs with torch and train/ made unimportable: a Jetson has neither.
+BLOCKED_LAUNCH = ("import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
+                  "from vqad.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def short_ipc_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))  # ipc paths must stay under ~100 chars
+
+
+class DaemonProcess:
+    def __init__(self, model_dir: Path, *extra: str, ipc_dir: Path | None = None, env: dict | None = None):
+        self.dir = ipc_dir or short_ipc_dir()
+        self.frames = f"ipc://{self.dir}/frames"
+        self.results = f"ipc://{self.dir}/results"
+        self.ready = self.dir / "ready.json"
+        self.log_path = self.dir / "daemon.log"
+        self.args = [sys.executable, "-c", BLOCKED_LAUNCH, "serve", str(model_dir), "--frames", self.frames,
+                     "--results", self.results, "--ready-file", str(self.ready), "--set", "edge.log_every_s=1",
+                     "--set", f"edge.state_dir={self.dir}", *extra]
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> DaemonProcess:
+        self.ready.unlink(missing_ok=True)
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready.exists():
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not ready in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Subscriber:
+    def __init__(self, endpoint: str, topic: bytes = b"result."):
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sock.connect(endpoint)
+        time.sleep(0.3)  # let the subscription reach the publisher (ZeroMQ's slow joiner)
+
+    def collect(self, n: int, timeout: float = 30.0, idle: float | None = None) -> list[tuple[dict, object]]:
+        """Up to n results; stops at the timeout, or after `idle` seconds without one."""
+        out = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while len(out) < n and time.monotonic() < deadline:
+            if idle is not None and time.monotonic() - last > idle:
+                break
+            if self.sock.poll(50):
+                out.append(parse_result(self.sock.recv_multipart()))
+                last = time.monotonic()
+        return out
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Camera:
+    def __init__(self, endpoint: str):
+        self.sock = zmq.Context.instance().socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 5000)
+        self.sock.setsockopt(zmq.SNDTIMEO, 10000)
+        self.sock.connect(endpoint)
+
+    def send(self, parts: list[bytes]) -> None:
+        self.sock.send_multipart(parts)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def header(camera_id="cam0", frame_id=0, **kw) -> bytes:
+    h = {"v": 1, "camera_id": camera_id, "frame_id": frame_id, "ts_ns": time.time_ns(), "dtype": "uint8",
+         "encoding": "raw"}
+    h.update(kw)
+    return json.dumps(h).encode()

@@ -1,0 +1,215 @@
+"""The daemon as a real process, over real ZeroMQ sockets on loopback (ipc://)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.frames import list_images
+from edge.protocol import frame_message
+from tests.conftest import ROOT
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_frames_in_give_results_out_matching_offline_evaluation(tiny_model, tiny_run, synth_root):
+    expected = {row["path"]: row for row in csv.DictReader(open(tiny_run / "eval" / "scores.csv"))}
+    with DaemonProcess(tiny_model) as daemon:
+        sub = Subscriber(daemon.results)
+        manifest = daemon.dir / "manifest.csv"
+        proc = subprocess.run([sys.executable, "-m", "vqad.cli", "camera", str(synth_root / "bracket" / "test"),
+                               "--to", daemon.frames, "--camera-id", "line1", "--manifest", str(manifest)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        sent = {int(r["frame_id"]): r["source"] for r in csv.DictReader(open(manifest))}
+        results = sub.collect(len(sent), timeout=60)
+    assert len(sent) == len(expected) == 14
+    assert sorted(h["frame_id"] for h, _ in results) == sorted(sent)
+    for h, amap in results:
+        assert h["status"] == "ok" and h["camera_id"] == "line1" and h["v"] == 1
+        ref = expected[sent[h["frame_id"]]]
+        assert h["score"] == pytest.approx(float(ref["score"]), rel=1e-4, abs=1e-5)
+        assert h["decision"] == ref["decision"]
+        assert (h["decision"] == "fail") == (h["score"] >= h["threshold"])
+        assert amap is not None and amap.shape == (32, 32) and h["map"]["dtype"] == "uint8"
+        assert h["model"]["sha256"] and set(h["latency_ms"]) == {"queue", "infer", "total"}
+        assert 1 <= h["batch_size"] <= 8
+        for r in h["regions"]:  # regions in the 64 x 64 frame's own pixels
+            assert 0 <= r["x"] < 64 and 0 <= r["y"] < 64 and r["w"] > 0 and r["area"] > 0
+
+
+def test_raw_jpeg_png_and_other_resolutions(tiny_model, synth_root):
+    image = cv2.imread(str(list_images(synth_root / "bracket" / "test" / "hole")[0]))
+    big = cv2.resize(image, (100, 80))
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    with DaemonProcess(tiny_model) as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        cam.send(frame_message("c", 0, image, "raw"))
+        cam.send(frame_message("c", 1, image, "png"))
+        cam.send(frame_message("c", 2, image, "jpeg"))
+        cam.send(frame_message("c", 3, big, "raw"))
+        cam.send(frame_message("c", 4, grey, "raw"))
+        jpeg_no_shape = frame_message("c", 5, image, "jpeg")
+        jpeg_no_shape[0] = header("c", 5, encoding="jpeg")
+        cam.send(jpeg_no_shape)
+        got = {h["frame_id"]: h for h, _ in sub.collect(6)}
+        cam.close()
+    assert sorted(got) == [0, 1, 2, 3, 4, 5] and all(h["status"] == "ok" for h in got.values())
+    assert got[1]["score"] == pytest.approx(got[0]["score"], rel=1e-6)  # png is lossless
+    assert got[2]["score"] == pytest.approx(got[0]["score"], rel=0.2)  # jpeg is close
+    for r in got[3]["regions"]:
+        assert r["x"] + r["w"] <= 100 + 4 and r["y"] + r["h"] <= 80 + 4
+
+
+MALFORMED = {
+    "three parts": [header("bad", 1), b"\0" * 12, b"extra"],
+    "one part": [header("bad", 2)],
+    "byte count": [header("bad", 3, shape=[2, 2, 3]), b"\0" * 11],
+    "dtype": [header("bad", 4, shape=[2, 2, 3], dtype="float32"), b"\0" * 48],
+    "undecodable": [header("bad", 5, encoding="png"), b"\x89PNG\r\n\x1a\nnope"],
+    "huge shape": [header("bad", 6, shape=[100000, 100000, 3]), b"\0" * 12],
+    "version": [header("bad", 7, v=2, shape=[2, 2, 3]), b"\0" * 12],
+    "encoding": [header("bad", 8, encoding="webp"), b"\0" * 12],
+    "no shape": [header("bad", 9), b"\0" * 12],
+    "ts type": [header("bad", 10, ts_ns="yesterday", shape=[2, 2, 3]), b"\0" * 12],
+    "channels": [header("bad", 11, shape=[2, 2, 5]), b"\0" * 20],
+}
+UNREADABLE = [
+    [b"\xff\xfe not utf-8", b""],
+    [b"{not json", b""],
+    [b"[1, 2, 3]", b""],
+    [b'{"v": 1, "camera_id": 7, "frame_id": 1}', b""],
+    [b'{"v": 1, "camera_id": "x", "frame_id": "one"}', b""],
+    [b"[" * 100000 + b"]" * 100000, b""],
+]
+
+
+def test_each_kind_of_malformed_message(tiny_model):
+    with DaemonProcess(tiny_model, "--set", "edge.max_frame_pixels=1000000") as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        for parts in UNREADABLE:
+            cam.send(parts)
+        for parts in MALFORMED.values():
+            cam.send(parts)
+        cam.send(frame_message("good", 0, np.full((40, 40, 3), 128, np.uint8)))
+        results = sub.collect(len(MALFORMED) + 1, timeout=30)
+        assert daemon.alive()
+        cam.close()
+    by_id = {(h["camera_id"], h["frame_id"]): h for h, _ in results}
+    assert by_id[("good", 0)]["status"] == "ok"
+    for i, name in enumerate(MALFORMED, start=1):
+        h = by_id[("bad", i)]
+        assert h["status"] == "error" and h["error"], name
+        assert h["score"] is None and h["decision"] is None and h["map"] is None
+    assert len(results) == len(MALFORMED) + 1  # unreadable messages get no result...
+    assert daemon.log_text().count("unreadable message") == len(UNREADABLE)  # ...but are logged
+
+
+def test_a_camera_that_reconnects(tiny_model):
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    with DaemonProcess(tiny_model) as daemon:
+        sub = Subscriber(daemon.results)
+        for session in range(3):
+            cam = Camera(daemon.frames)
+            for i in range(5):
+                cam.send(frame_message("cam", session * 5 + i, frame))
+            cam.close()
+            time.sleep(0.2)
+        results = sub.collect(15)
+    assert sorted(h["frame_id"] for h, _ in results) == list(range(15))
+
+
+def test_a_subscriber_that_joins_late(tiny_model):
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    with DaemonProcess(tiny_model) as daemon:
+        cam = Camera(daemon.frames)
+        for i in range(5):
+            cam.send(frame_message("cam", i, frame))
+        time.sleep(1.0)
+        late = Subscriber(daemon.results, topic=b"result.cam")
+        for i in range(5, 10):
+            cam.send(frame_message("cam", i, frame))
+        results = late.collect(5)
+        cam.close()
+    assert [h["frame_id"] for h, _ in results] == [5, 6, 7, 8, 9]
+
+
+def _accounting(log_text: str) -> tuple[int, int]:
+    m = re.search(r"accepted (\d+) frames, published (\d+) results", log_text)
+    assert m, log_text[-2000:]
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_sigterm_while_frames_are_queued_answers_every_accepted_frame(tiny_model):
+    frame = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    with DaemonProcess(tiny_model, "--max-batch", "2", "--set", "edge.queue_size=64") as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        for i in range(150):
+            cam.send(frame_message("burst", i, frame))
+        time.sleep(0.3)
+        assert daemon.stop(signal.SIGTERM) == 0
+        results = sub.collect(150, timeout=10, idle=2.0)
+        cam.close()
+    accepted, published = _accounting(daemon.log_text())
+    assert accepted == published == len(results) > 0
+    ids = [h["frame_id"] for h, _ in results]
+    assert len(set(ids)) == len(ids)
+    assert all(h["status"] == "ok" for h, _ in results)
+
+
+def test_drop_oldest_under_a_burst_reports_every_frame(tiny_model):
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    n = 200
+    with DaemonProcess(tiny_model, "--overload", "drop_oldest", "--max-batch", "1", "--max-delay-ms", "0",
+                       "--set", "edge.queue_size=4") as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        for i in range(n):
+            cam.send(frame_message("burst", i, frame))
+        results = sub.collect(n, timeout=60)
+        cam.close()
+    statuses = {}
+    for h, _ in results:
+        assert h["frame_id"] not in statuses
+        statuses[h["frame_id"]] = h["status"]
+    assert sorted(statuses) == list(range(n))  # every frame answered exactly once
+    assert set(statuses.values()) <= {"ok", "dropped"}
+    assert "dropped" in statuses.values() and "ok" in statuses.values()
+
+
+def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model, broken)
+    data = bytearray((broken / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "model.onnx").write_bytes(bytes(data))
+    for model, needle in ((broken, "corrupt"), (tmp_path / "nothing", "not found")):
+        daemon = DaemonProcess(model)
+        with pytest.raises(AssertionError, match="exited 4"):
+            daemon.start(timeout=30)
+        assert needle in daemon.log_text() and "Traceback" not in daemon.log_text()
+
+
+def test_edge_imports_with_torch_blocked():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['train'] = None; sys.modules['export'] = None\n"
+            "import pkgutil, importlib, edge\n"
+            "mods = [m.name for m in pkgutil.walk_packages(edge.__path__, 'edge.')]\n"
+            "for m in mods: importlib.import_module(m)\n"
+            "print(len(mods))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 10
