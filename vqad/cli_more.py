@@ -16,6 +16,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(func=cmd_export)
     add_engine_command(sub)
     add_edge_commands(sub)
+    add_demo_command(sub)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -165,3 +166,17 @@ def add_engine_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workspace-mb", type=int, default=1024)
     b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     b.set_defaults(func=cmd_build_engine)
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from vqad.demo import main_demo
+
+        return main_demo(args)
+
+    d = sub.add_parser("demo", help="synth -> train -> eval -> export -> serve -> camera -> watch, end to end")
+    d.add_argument("--workdir", default="demo")
+    d.add_argument("--category", default="bracket", choices=["bracket", "weave"])
+    d.add_argument("--minutes", type=float, default=3.0, help="training budget")
+    d.add_argument("--image-size", type=int, default=128)
+    d.set_defaults(func=run)

@@ -1,0 +1,121 @@
+"""`vqad demo` (behind `make demo`): the main job end to end on embedded defaults.
+
+synth -> train one category -> eval -> export -> serve (ONNX Runtime) -> camera streams
+the category's test images -> watch saves overlays -> live accuracy and throughput ->
+clean shutdown. Each step is the real command in its own process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge.errors import VqadError
+
+FRAMES = "tcp://127.0.0.1:5555"
+RESULTS = "tcp://127.0.0.1:5556"
+
+
+def _vqad(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vqad.cli", *args]
+
+
+def _step(title: str, *args: str) -> None:
+    print(f"\n== {title}: vqad {' '.join(args)}", flush=True)
+    t0 = time.monotonic()
+    if subprocess.run(_vqad(*args)).returncode != 0:
+        raise VqadError(f"demo step failed: {title}")
+    print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+
+
+def run_demo(workdir: Path, category: str = "bracket", minutes: float = 3.0, image_size: int = 128,
+             frames: str = FRAMES, results: str = RESULTS) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
+    if not (data / category).is_dir():
+        _step("synthesise a benchmark", "synth", str(data))
+    if not (run / "checkpoint.pt").is_file():
+        _step(f"train {category} for {minutes:g} min", "train", str(data / category), "--out", str(run),
+              "--max-minutes", str(minutes), "--image-size", str(image_size))
+    _step("evaluate on the test set", "eval", str(run), str(data / category), "--out", str(report))
+    _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
+
+    print("\n== serve, stream the test images, watch", flush=True)
+    ready = workdir / "serve.ready"
+    ready.unlink(missing_ok=True)
+    serve = subprocess.Popen(_vqad("serve", str(model), "--frames", frames, "--results", results, "--ready-file",
+                                   str(ready), "--set", "edge.publish_frames=true"))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise VqadError("the daemon did not start (see its log above)")
+            time.sleep(0.1)
+        test_images = sorted((data / category / "test").rglob("*.png"))
+        jsonl, manifest = workdir / "results.jsonl", workdir / "manifest.csv"
+        jsonl.unlink(missing_ok=True)
+        watch = subprocess.Popen(_vqad("watch", results, "--save-dir", str(workdir / "overlays"), "--jsonl", str(jsonl),
+                                       "--count", str(len(test_images)), "--timeout", "30", "--summary-json",
+                                       str(workdir / "watch-summary.json")))
+        time.sleep(1.0)  # let the subscriber connect before the first result
+        t0 = time.monotonic()
+        camera = subprocess.run(_vqad("camera", str(data / category / "test"), "--to", frames, "--camera-id",
+                                      "demo-cam", "--manifest", str(manifest)))
+        watch.wait(timeout=120)
+        elapsed = time.monotonic() - t0
+        if camera.returncode != 0:
+            raise VqadError("the camera failed")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=60)
+    summary = live_accuracy(manifest, jsonl, elapsed)
+    summary["daemon_exit_code"] = code
+    (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n== live results against the ground truth")
+    print(f"   frames {summary['frames']}, results {summary['results']} ({summary['by_status']})")
+    print(f"   accuracy {summary['accuracy']:.3f}, false rejects {summary['false_rejects']}/{summary['good']}, "
+          f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {summary['live_auroc']:.3f}")
+    print(f"   throughput {summary['throughput_fps']:.1f} frames/s end to end; daemon exit code {code}")
+    print(f"   report: {report}  overlays: {workdir / 'overlays'}  model: {model}")
+    return summary
+
+
+def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    sources = {(r["camera_id"], int(r["frame_id"])): r["source"] for r in csv.DictReader(open(manifest))}
+    results = [json.loads(line) for line in open(jsonl)] if jsonl.exists() else []
+    by_status: dict[str, int] = {}
+    labels, scores, correct, fr, missed = [], [], 0, 0, 0
+    for h in results:
+        by_status[h["status"]] = by_status.get(h["status"], 0) + 1
+        source = sources.get((h["camera_id"], h["frame_id"]))
+        if h["status"] != "ok" or source is None:
+            continue
+        defect = Path(source).parent.name != "good"
+        failed = h["decision"] == "fail"
+        labels.append(int(defect))
+        scores.append(h["score"])
+        correct += int(defect == failed)
+        fr += int(failed and not defect)
+        missed += int(defect and not failed)
+    n = len(labels)
+    return {
+        "frames": len(sources), "results": len(results), "by_status": by_status,
+        "accuracy": correct / n if n else 0.0, "good": labels.count(0), "defects": labels.count(1),
+        "false_rejects": fr, "missed": missed,
+        "live_auroc": float(roc_auc_score(labels, scores)) if 0 < sum(labels) < n else float("nan"),
+        "throughput_fps": len(results) / elapsed_s if elapsed_s > 0 else 0.0,
+    }
+
+
+def main_demo(args) -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    summary = run_demo(Path(args.workdir), category=args.category, minutes=args.minutes, image_size=args.image_size)
+    return 0 if summary["results"] == summary["frames"] and summary["daemon_exit_code"] == 0 else 1
