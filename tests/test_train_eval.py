@@ -22,6 +22,7 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
         assert key in metrics
     assert metrics["n_images"] == 4 + 5 * 2
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["aupro"] <= 1.0
+    assert (tiny_run / "curves.png").stat().st_size > 1000  # vqad train --plot
     for picture in ("histogram.png", "roc.png", "codebook.png", "curves.png"):
         assert (tiny_run / "eval" / picture).stat().st_size > 1000
     panels = list((tiny_run / "eval" / "images").glob("*.png"))

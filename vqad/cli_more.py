@@ -17,6 +17,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_engine_command(sub)
     add_edge_commands(sub)
     add_demo_command(sub)
+    add_embed_command(sub)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -180,3 +181,19 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--minutes", type=float, default=3.0, help="training budget")
     d.add_argument("--image-size", type=int, default=128)
     d.set_defaults(func=run)
+
+
+def add_embed_command(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from train.embed import write_embeddings
+
+        result = write_embeddings(args.run, args.images, args.out, args.kind)
+        print(f"wrote {args.out}: {args.kind} {result[args.kind].shape} for {len(result['paths'])} images")
+        return 0
+
+    e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
+    e.add_argument("run", type=Path, metavar="RUN_DIR")
+    e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
+    e.add_argument("--kind", choices=["codes", "quantized", "pooled"], default="pooled")
+    e.set_defaults(func=run)

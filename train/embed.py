@@ -1,0 +1,72 @@
+"""`vqad embed`: the learned representation of images, for downstream models.
+
+kinds:
+- `codes`:     (M, h, w) int32 code indices;
+- `quantized`: (M, D, h, w) float32 quantised latents;
+- `pooled`:    (M, K + 2D) float32: the normalised code-usage histogram (K), then the mean and
+               the standard deviation of the quantised latent over the grid (D each).
+The npz also holds `paths` (the images, in the sorted order used) and `kind`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.errors import DataError
+from edge.frames import IMAGE_SUFFIXES
+from train.data import load_images
+from train.model import normalize, uint8_nhwc_to_float
+from train.run import load_run
+
+KINDS = ("codes", "quantized", "pooled")
+
+
+def image_paths(source: str | Path) -> list[Path]:
+    """An image file, or every image under a folder (recursively), in sorted order."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"no such image or folder: {source}")
+    paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"no images (png, jpg, bmp) under {source}")
+    return paths
+
+
+@torch.no_grad()
+def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_size: int = 16) -> dict[str, np.ndarray]:
+    if kind not in KINDS:
+        raise DataError(f"unknown embedding kind {kind!r}; choose one of {', '.join(KINDS)}")
+    run = load_run(run_dir)
+    cfg = run.model_cfg
+    paths = image_paths(source)
+    images = load_images(paths, cfg.image_size, cfg.channels)
+    K = cfg.codebook_size
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(uint8_nhwc_to_float(torch.from_numpy(images[i : i + batch_size])), cfg.channel_mean(),
+                      cfg.channel_std())
+        z_q, codes, _ = run.model.vqvae.encode(x)  # (B, D, h, w), (B, h, w)
+        if kind == "codes":
+            chunks.append(codes.numpy().astype(np.int32))
+        elif kind == "quantized":
+            chunks.append(z_q.numpy().astype(np.float32))
+        else:
+            flat_codes = codes.flatten(1)  # (B, h*w)
+            hist = torch.zeros(flat_codes.shape[0], K).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=torch.float32))
+            hist = hist / flat_codes.shape[1]  # (B, K), sums to 1
+            z = z_q.flatten(2)  # (B, D, h*w)
+            chunks.append(torch.cat([hist, z.mean(2), z.std(2)], dim=1).numpy().astype(np.float32))
+    return {kind: np.concatenate(chunks), "paths": np.array([str(p) for p in paths]), "kind": np.array(kind)}
+
+
+def write_embeddings(run_dir: str | Path, source: str | Path, out: str | Path, kind: str) -> dict[str, np.ndarray]:
+    result = embed(run_dir, source, kind)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **result)
+    return result
