@@ -31,8 +31,8 @@ from edge.package import load_package
 
 log = logging.getLogger(__name__)
 
-# Layers allowed to run in FP16 on TensorRT 8.6: the convolutional encoder and decoder.
-FP16_LAYER_PREFIXES = ("/encoder/", "/decoder/")
+# Layers allowed to run in FP16 on TensorRT 8.6: the convolutional encoder, decoder and comparison head.
+FP16_LAYER_PREFIXES = ("/encoder/", "/decoder/", "/head/")
 
 
 def _tensorrt() -> Any:

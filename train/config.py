@@ -22,6 +22,10 @@ class ScoreConfig:
     topk: int = 16
     # Per-pixel normalisation of the error by good validation images ("none", "pixel", "pooled").
     normalize: Literal["none", "pixel", "pooled"] = "none"
+    # What the map is made of: the reconstruction error, the learned comparison head's defect
+    # probability, or their sum (head probability + head_recon_weight x error).
+    source: Literal["recon", "head", "combined"] = "recon"
+    head_recon_weight: float = 1.0
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -33,6 +37,7 @@ class ScoreConfig:
         require(all(w > 0 for w in self.weights), "score.weights must be positive")
         require(0 <= self.smoothing_sigma <= 32, "score.smoothing_sigma must be in [0, 32]")
         require(self.topk >= 1, "score.topk must be >= 1")
+        require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class ModelConfig:
     cosine: bool = False
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    # The learned comparison head (train/head.py); 0 = no head.
+    head_width: int = 0
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
@@ -72,6 +79,9 @@ class ModelConfig:
         for name, values in (("mean", self.mean), ("std", self.std)):
             require(len(values) in (1, self.channels), f"model.{name} needs 1 or {self.channels} values")
         require(all(s > 0 for s in self.std), "model.std must be positive")
+        require(self.head_width >= 0, "model.head_width must be >= 0")
+        require(self.score.source == "recon" or self.head_width > 0,
+                f"score.source={self.score.source} needs a comparison head (model.head_width > 0)")
 
     def channel_mean(self) -> tuple[float, ...]:
         return self.mean * self.channels if len(self.mean) == 1 else self.mean
@@ -95,6 +105,10 @@ class TrainConfig:
     ssim_loss_weight: float = 0.5
     # Fraction of each batch that gets synthetic defects painted in (the model learns to repair them).
     anomaly_fraction: float = 0.0
+    # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
+    # from the start; > 0 = two-stage (VQ-VAE alone, then the head on the frozen VQ-VAE).
+    head_start_fraction: float = 0.0
+    head_loss_weight: float = 1.0
     log_every: int = 25
     checkpoint_every: int = 250
     target_frr: float = 0.01
@@ -109,4 +123,5 @@ class TrainConfig:
         require(0.0 < self.val_fraction < 0.5, "train.val_fraction must be in (0, 0.5)")
         require(0.0 <= self.anomaly_fraction <= 1.0, "train.anomaly_fraction must be in [0, 1]")
         require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
+        require(0.0 <= self.head_start_fraction < 1.0, "train.head_start_fraction must be in [0, 1)")
         require(self.log_every >= 1 and self.checkpoint_every >= 1, "train.log_every/checkpoint_every must be >= 1")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from edge.config import to_dict
 from edge.errors import CheckpointError, DataError
 from train.anomalies import paint_anomalies
+from train.head import focal_loss
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images, load_test_set, split_train_val, train_image_paths
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CSV_FIELDS = (
     "step", "elapsed_s", "loss", "recon_l2", "recon_ssim", "vq_loss", "perplexity", "used_codes",
-    "dead_restarted", "lr", "images_per_s", "val_l2",
+    "dead_restarted", "lr", "images_per_s", "val_l2", "head_loss",
 )
 
 
@@ -171,15 +172,22 @@ def train(
             json.dumps({"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}, indent=2)
         )
 
+    if model.head is not None and train_cfg.anomaly_fraction <= 0:
+        raise DataError("the comparison head learns from synthetic anomalies: set train.anomaly_fraction > 0")
     net: torch.nn.Module = model.vqvae
+    head_net: torch.nn.Module | None = model.head
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
-    params = [p for p in model.vqvae.parameters() if p.requires_grad]
+        if model.head is not None:
+            head_net = torch.nn.parallel.DistributedDataParallel(model.head)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
     window = model.scorer.ssim_window
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     metrics_log = MetricsLog(run_dir, append=resume) if dist.main else None
     budget_s = train_cfg.max_minutes * 60.0
@@ -206,7 +214,7 @@ def train(
         save_checkpoint(run_dir / CHECKPOINT_NAME, model.state_dict(), meta, opt.state_dict())
 
     try:
-        model.vqvae.train()
+        model.train()
         while step < train_cfg.steps:
             elapsed_t = torch.tensor(time.monotonic() - t0 + elapsed_before, dtype=torch.float64)
             if dist.world > 1:  # every rank uses rank-agnostic time, so lr and stopping agree
@@ -219,41 +227,58 @@ def train(
                 group["lr"] = lr_at(step, elapsed, train_cfg)
             idx = rng.integers(0, len(train_images), train_cfg.batch_size)
             clean_u8 = train_images[idx]
-            if train_cfg.anomaly_fraction > 0:
-                corrupted, _ = paint_anomalies(clean_u8, train_images, train_cfg.anomaly_fraction, rng)
-                inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
-            else:
-                inp01 = None
             clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(device)  # (B, C, H, W)
-            x = normalize(inp01 if inp01 is not None else clean01, mean, std)
-            recon, stats = net(x)
-            recon01 = recon * torch.tensor(std, device=device).view(1, -1, 1, 1) + torch.tensor(
-                mean, device=device
-            ).view(1, -1, 1, 1)
+            inp01, masks = clean01, None
+            if train_cfg.anomaly_fraction > 0:
+                corrupted, mask_np = paint_anomalies(clean_u8, train_images, train_cfg.anomaly_fraction, rng)
+                inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
+                masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
+            progress = max(step / train_cfg.steps, elapsed / budget_s)
+            head_on = model.head is not None and progress >= train_cfg.head_start_fraction
+            vqvae_frozen = head_on and train_cfg.head_start_fraction > 0  # two-stage: the VQ-VAE is done
+            x = normalize(inp01, mean, std)
+            if vqvae_frozen:
+                model.vqvae.eval()
+                with torch.no_grad():
+                    recon, stats = model.vqvae(x)
+                loss = torch.zeros((), device=device)
+            else:
+                recon, stats = net(x)
+            recon01 = recon * std_t + mean_t
             l2 = F.mse_loss(recon01, clean01)
             ssim_l = _ssim_loss(recon01, clean01, window) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
-            loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
+            if not vqvae_frozen:
+                loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
+            head_l = torch.zeros(())
+            if head_on:
+                logits = head_net(inp01, recon01.detach())
+                head_l = focal_loss(logits, masks)
+                loss = loss + train_cfg.head_loss_weight * head_l
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if model_cfg.dead_code_threshold > 0:
+            if model_cfg.dead_code_threshold > 0 and not vqvae_frozen:
                 dead_total += model.vqvae.quantizer.expire_dead_codes(model.vqvae.quantizer.last_batch)
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", l2=f"{l2.item():.5f}", ppl=f"{stats['perplexity'].item():.1f}")
+                ppl = float(stats["perplexity"]) if "perplexity" in stats else float("nan")
+                bar.set_postfix(loss=f"{loss.item():.4f}", l2=f"{l2.item():.5f}", ppl=f"{ppl:.1f}",
+                                head=f"{head_l.item():.4f}")
             if dist.main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 now = time.monotonic()
                 row = {
                     "step": step, "elapsed_s": round(elapsed_before + now - t0, 2), "loss": loss.item(),
-                    "recon_l2": l2.item(), "recon_ssim": ssim_l.item(), "vq_loss": stats["vq_loss"].item(),
-                    "perplexity": stats["perplexity"].item(), "used_codes": int(stats["used_codes"]),
+                    "recon_l2": l2.item(), "recon_ssim": ssim_l.item(),
+                    "vq_loss": float(stats["vq_loss"]) if "vq_loss" in stats else "",
+                    "perplexity": float(stats["perplexity"]) if "perplexity" in stats else "",
+                    "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "", "head_loss": head_l.item(),
                     "dead_restarted": dead_total, "lr": opt.param_groups[0]["lr"],
                     "images_per_s": round((step - last_log_step) * train_cfg.batch_size * dist.world / max(1e-6, now - last_log_t), 2),
                 }
                 if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
                     row["val_l2"] = validation_l2(model, val_images)
-                    model.vqvae.train()
+                    model.train()
                 metrics_log.write(row)
                 summary.update(row)
                 last_log_t, last_log_step, dead_total = now, step, 0

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from train.config import ModelConfig
+from train.head import ComparisonHead
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
 from train.scoring import AnomalyScorer
 
@@ -24,6 +25,7 @@ class InspectionModel(nn.Module):
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
         self.scorer = AnomalyScorer(cfg.score, cfg.image_size)
+        self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
         # The dtype of the encoder/decoder convolutions; the VQ argmin and scoring stay FP32.
         self.compute_dtype = torch.float32
 
@@ -35,10 +37,16 @@ class InspectionModel(nn.Module):
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
+    def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
+        """Defect probability (N, 1, H, W) float32 from the comparison head."""
+        logits = self.head(x01.to(self.compute_dtype), recon01.to(self.compute_dtype))
+        return torch.sigmoid(logits.float())
+
     def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C, H, W) [0,1] -> (reconstruction, anomaly_map (N, 1, H, W), score (N,))."""
         recon = self.reconstruct(x01)
-        anomaly_map, score = self.scorer(x01.float(), recon)
+        prob = self.head_probability(x01, recon) if self.cfg.score.source != "recon" else None
+        anomaly_map, score = self.scorer(x01.float(), recon, prob)
         return recon, anomaly_map, score
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +56,12 @@ class InspectionModel(nn.Module):
 
 
 def half_precision_copy(model: InspectionModel) -> InspectionModel:
-    """A copy whose encoder and decoder run in FP16; the codebook, argmin and scorer stay FP32."""
+    """A copy whose encoder, decoder and head run in FP16; the codebook, argmin and scorer stay FP32."""
     fp16 = copy.deepcopy(model).eval()
     fp16.vqvae.encoder.half()
     fp16.vqvae.decoder.half()
+    if fp16.head is not None:
+        fp16.head.half()
     fp16.compute_dtype = torch.float16
     return fp16
 

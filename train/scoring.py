@@ -81,8 +81,9 @@ class AnomalyScorer(nn.Module):
     """(input, reconstruction) in [0,1], (N, C, H, W) -> (anomaly_map (N, 1, H, W), score (N,)).
 
     map = smooth(sum_i w_i * error_i), optionally standardised per pixel by the error
-    statistics of good validation images (buffers `err_mean`, `err_std`), then the
-    image score is the map's max or its top-k mean.
+    statistics of good validation images (buffers `err_mean`, `err_std`); or the learned
+    head's smoothed defect probability; or the sum of both. The image score is the map's
+    max or its top-k mean.
     """
 
     def __init__(self, cfg: ScoreConfig, image_size: int):
@@ -114,11 +115,19 @@ class AnomalyScorer(nn.Module):
             return err
         return _separable(err, self.smooth_kernel)
 
-    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        err = self.smooth(self.error_map(x, recon))
-        if self.cfg.normalize != "none":
-            err = (err - self.err_mean) / self.err_std
-        anomaly_map = err  # (N, 1, H, W)
+    def forward(
+        self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """head_prob: the comparison head's (N, 1, H, W) defect probability, when the map uses it."""
+        if self.cfg.source == "head":
+            anomaly_map = self.smooth(head_prob.float())
+        else:
+            err = self.smooth(self.error_map(x, recon))
+            if self.cfg.normalize != "none":
+                err = (err - self.err_mean) / self.err_std
+            anomaly_map = err  # (N, 1, H, W)
+            if self.cfg.source == "combined":
+                anomaly_map = self.smooth(head_prob.float()) + self.cfg.head_recon_weight * err
         flat = anomaly_map.flatten(1)  # (N, H*W)
         if self.cfg.reduce == "max":
             score = flat.max(dim=1).values

@@ -1,0 +1,52 @@
+"""The learned comparison head: a compact U-Net on concat(input, reconstruction) that
+outputs a per-pixel defect logit (DRAEM's discriminative network, made small for a CPU).
+
+It is trained on synthetic anomalies whose masks are exact (train/anomalies.py), with a
+focal loss, so it learns which differences between a frame and its reconstruction are
+defects and which are the model's ordinary reconstruction error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ComparisonHead(nn.Module):
+    """(N, 2C, H, W) -> (N, 1, H, W) logits. Three scales, skip connections."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        w = width
+        self.enc1 = _block(2 * channels, w)  # H
+        self.enc2 = _block(w, 2 * w)  # H/2
+        self.enc3 = _block(2 * w, 4 * w)  # H/4
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _block(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _block(2 * w, w)
+        self.out = nn.Conv2d(w, 1, 1)
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, recon], dim=1)  # (N, 2C, H, W)
+        e1 = self.enc1(h)  # (N, w, H, W)
+        e2 = self.enc2(F.max_pool2d(e1, 2))  # (N, 2w, H/2, W/2)
+        e3 = self.enc3(F.max_pool2d(e2, 2))  # (N, 4w, H/4, W/4)
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))  # (N, 2w, H/2, W/2)
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))  # (N, w, H, W)
+        return self.out(d1)  # (N, 1, H, W)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+    """Binary focal loss (Lin et al.) on logits; `alpha` weights the (rare) defect pixels."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    a_t = alpha * target + (1 - alpha) * (1 - target)
+    return (a_t * (1 - p_t) ** gamma * bce).mean()
