@@ -28,9 +28,16 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p in set(list_images(p.parent)))
         if not files:
             raise DataError(f"no images in {path}")
+        # A looped small folder is decoded once: the sender should cost the line nothing.
+        cache: dict[Path, np.ndarray] | None = {} if loop and len(files) <= 256 else None
         while True:
             for f in files:
-                yield str(f), read_image(f)
+                if cache is None:
+                    yield str(f), read_image(f)
+                else:
+                    if f not in cache:
+                        cache[f] = read_image(f)
+                    yield str(f), cache[f]
             if not loop:
                 return
     if path.is_file() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):

@@ -27,9 +27,10 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a state dict, in key order."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        t = state[key].detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        t = state[key].detach().cpu().contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.reshape(-1)  # a 0-d tensor cannot be viewed as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

@@ -1,0 +1,1 @@
+"""`make bench`: accuracy and speed, measured side by side on the machine at hand."""

@@ -1,0 +1,110 @@
+"""Accuracy: our model, the plain seed VQ-VAE and the per-pixel Gaussian baseline on the
+same data, each VQ-VAE trained under the same CPU budget.
+
+    python -m benchmarks.accuracy [--data DIR] [--minutes 10] [--quick] [--ablation]
+
+Variants are `--set` overrides on top of configs/*.yaml, so a row says exactly what it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import Timer, vqad
+
+SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses, no extras
+    "model.codebook=loss", "model.kmeans_init=false", "model.dead_code_threshold=0", "model.score.errors=l2",
+    "model.score.weights=1", "model.score.source=recon", "model.head_width=0", "train.ssim_loss_weight=0",
+    "train.anomaly_fraction=0",
+]
+RECON = ["model.head_width=0", "model.score.source=recon"]
+VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
+ABLATION: dict[str, list[str]] = {
+    "recon: EMA+kmeans, L2+SSIM score": [*RECON, "train.anomaly_fraction=0"],
+    "recon + denoising (synthetic anomalies)": [*RECON, "train.anomaly_fraction=0.5"],
+    "recon + denoising, L2+MS-GMS score": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2,gms"],
+    "recon + denoising, per-pixel normalised L2": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2",
+                                                    "model.score.weights=1", "model.score.normalize=pixel"],
+    "head, joint training": ["model.head_width=16", "model.score.source=head", "train.anomaly_fraction=0.5",
+                             "train.head_start_fraction=0"],
+    "head, two-stage training": ["model.head_width=16", "model.score.source=head", "train.anomaly_fraction=0.5",
+                                 "train.head_start_fraction=0.5"],
+    "head + recon combined": ["model.head_width=16", "model.score.source=combined", "train.anomaly_fraction=0.5"],
+}
+
+
+def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
+    from train.baseline import PixelGaussian
+    from train.data import load_images, load_test_set, train_image_paths
+    from train.metrics import aupro, f1_max, image_auroc, pixel_auroc
+
+    with Timer() as t:
+        model = PixelGaussian().fit(load_images(train_image_paths(category), image_size, 3))
+    test = load_test_set(category, image_size, 3)
+    maps, scores = model.score(np.stack([s.image for s in test]))
+    labels = np.array([s.label for s in test])
+    has = np.array([s.mask is not None for s in test])
+    masks = np.stack([s.mask if s.mask is not None else np.zeros((image_size, image_size), bool) for s in test])
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks[has], maps[has]),
+            "aupro": aupro(masks[has], maps[has]), "f1_max": f1_max(labels, scores)[0], "train_seconds": t.seconds}
+
+
+def train_and_eval(category: Path, run_dir: Path, minutes: float, image_size: int, overrides: list[str]) -> dict[str, Any]:
+    from train.checkpoint import load_checkpoint
+    from train.evaluate import evaluate
+
+    sets = [a for o in overrides for a in ("--set", o)]
+    vqad("train", category, "--out", run_dir, "--max-minutes", minutes, "--image-size", image_size, *sets)
+    m = evaluate(run_dir, category, run_dir / "eval", pictures=False)
+    meta = load_checkpoint(run_dir / "checkpoint.pt")["meta"]
+    from benchmarks.backends import model_flops
+
+    return {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")} | {
+        "train_seconds": meta["elapsed_s"], "steps": meta["step"], "flops_per_frame": model_flops(run_dir)["total"],
+        "overrides": overrides, "run": str(run_dir)}
+
+
+def bench_accuracy(data: Path | None, minutes: float, image_size: int = 128, ablation: bool = False,
+                   workdir: Path | None = None, categories: tuple[str, ...] | None = None) -> dict[str, Any]:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
+    if data is None:
+        data = workdir / "data"
+        with Timer() as t:
+            vqad("synth", data)
+        synth_seconds = t.seconds
+    else:
+        synth_seconds = None
+    cats = categories or tuple(sorted(p.name for p in data.iterdir() if (p / "train" / "good").is_dir()))
+    variants = dict(VARIANTS, **(ABLATION if ablation else {}))
+    out: dict[str, Any] = {"data": str(data), "synth_seconds": synth_seconds, "minutes_per_training": minutes,
+                           "image_size": image_size, "categories": {}}
+    for cat in cats:
+        rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat, image_size)}
+        for name, overrides in variants.items():
+            slug = "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
+            t0 = time.monotonic()
+            rows[name] = train_and_eval(data / cat, workdir / "runs" / cat / slug, minutes, image_size, overrides)
+            print(f"[accuracy] {cat} / {name}: image AUROC {rows[name]['image_auroc']:.3f}, pixel AUROC "
+                  f"{rows[name]['pixel_auroc']:.3f}, AUPRO {rows[name]['aupro']:.3f} "
+                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+        out["categories"][cat] = rows
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true", help="about 2 minutes per training")
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--image-size", type=int, default=128)
+    args = ap.parse_args()
+    minutes = 2.0 if args.quick else args.minutes
+    print(json.dumps(bench_accuracy(args.data, minutes, args.image_size, args.ablation), indent=2))

@@ -1,0 +1,141 @@
+"""The daemon end to end: camera process -> daemon process -> subscriber process, over ZeroMQ.
+
+- Throughput at full load (backpressure), as a ratio to the raw backend's throughput at the
+  same batch size, both measured in this run.
+- Latency p50 / p99 at 50% and 90% of that throughput (the camera paced at that rate).
+- The daemon's peak RSS (VmHWM).
+
+    python -m benchmarks.daemon MODEL_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from benchmarks.common import ROOT, stats
+
+
+def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
+    from edge.backends import create_backend
+    from edge.package import load_package
+
+    pkg = load_package(model_dir)
+    backend = create_backend("onnxruntime", pkg, {"max_batch": batch, "providers": ["CPUExecutionProvider"]})
+    x = np.random.default_rng(0).integers(0, 255, (batch, *pkg.input_shape), dtype=np.uint8)
+    backend.infer(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        backend.infer(x)
+        n += 1
+    return batch * n / (time.perf_counter() - t0)
+
+
+def _frames_dir(shape: tuple[int, int, int], workdir: Path) -> Path:
+    folder = workdir / ("frames_" + "x".join(map(str, shape)))
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        image = cv2.GaussianBlur(rng.integers(0, 255, shape, dtype=np.uint8), (0, 0), 3)
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+    return folder
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Daemon:
+    def __init__(self, model_dir: Path, workdir: Path, max_batch: int, max_delay_ms: float):
+        self.frames = f"ipc://{workdir}/frames"
+        self.results = f"ipc://{workdir}/results"
+        ready = workdir / "ready"
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vqad.cli", "serve", str(model_dir), "--frames", self.frames, "--results",
+             self.results, "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--ready-file",
+             str(ready), "--set", f"edge.state_dir={workdir}", "--set", "edge.log_every_s=60"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        rss = _peak_rss(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        return rss
+
+
+def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path, tag: str) -> dict[str, Any]:
+    summary = workdir / f"summary-{tag}.json"
+    watch = subprocess.Popen([sys.executable, "-m", "vqad.cli", "watch", daemon.results, "--count", str(count),
+                              "--quiet", "--timeout", "20", "--summary-json", str(summary)],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    subprocess.run([sys.executable, "-m", "vqad.cli", "camera", str(folder), "--to", daemon.frames, "--loop",
+                    "--count", str(count), "--fps", str(fps), "--camera-id", tag],
+                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    watch.wait(timeout=300)
+    return json.loads(summary.read_text())
+
+
+def bench_daemon(model_dir: Path, shapes=((256, 256, 3), (1024, 1280, 3)), max_batch: int = 8,
+                 max_delay_ms: float = 10.0, quick: bool = False, repeats: int = 3) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_batch": max_batch, "max_delay_ms": max_delay_ms}
+    workdir = Path(tempfile.mkdtemp(prefix="vqb", dir="/tmp"))
+    for shape in shapes:
+        key = "x".join(map(str, shape))
+        folder = _frames_dir(shape, workdir)
+        ratios, e2e, raws = [], [], []
+        daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms)
+        try:
+            count = 150 if quick else 400
+            for r in range(repeats):
+                raw = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0)
+                s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
+                fps = s["rate_per_s"] or 0.0
+                raws.append(raw)
+                e2e.append(fps)
+                ratios.append(fps / raw)
+            load: dict[str, Any] = {}
+            base = float(np.median(e2e))
+            for frac in (0.5, 0.9):
+                rate = frac * base
+                n = int(max(40, rate * (8 if quick else 20)))
+                s = _stream(daemon, folder, n, rate, workdir, f"load{int(frac * 100)}")
+                load[f"{int(frac * 100)}%"] = {"offered_fps": rate, "frames": n, "latency_ms": s["latency_ms"],
+                                               "by_status": s["by_status"]}
+        finally:
+            rss = daemon.stop()
+        out[key] = {"end_to_end_fps": stats(e2e), "raw_backend_fps": stats(raws), "ratio": stats(ratios),
+                    "latency_under_load": load, "daemon_peak_rss_mib": rss / 2**20}
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(json.dumps(bench_daemon(args.model, quick=args.quick), indent=2))
