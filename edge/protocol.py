@@ -130,6 +130,10 @@ def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) 
             raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} needs {h * w * c}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, c)
     else:
+        # Decoders return partial images from truncated files; a complete file ends with its end marker.
+        end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
+        if end_marker not in payload[-64:]:
+            raise fail(f"{encoding} data is truncated (no end marker)")
         try:
             image = decode_image(payload)
         except FrameError as exc:

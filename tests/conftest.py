@@ -52,3 +52,7 @@ def tiny_model(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "bracket"
     run_vqad("export", tiny_run, "--out", out)
     return out
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", help="run the fuzz tests with many more examples")

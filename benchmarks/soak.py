@@ -1,0 +1,119 @@
+"""Soak: the daemon for a long time at 80% of its measured throughput, with 1% malformed
+messages mixed in. Not part of CI.
+
+    python -m benchmarks.soak MODEL_DIR [--minutes 10] [--load 0.8] [--malformed 0.01] [--window-s 30]
+
+Reports frames sent, results by status, frames lost (must be 0), the daemon's RSS at the
+start and the end (growth must stay under 5%), and p99 latency per time window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zmq
+
+from benchmarks.daemon import Daemon
+from edge.protocol import frame_message, parse_result
+
+
+def run_soak(model_dir: Path, minutes: float = 10.0, load: float = 0.8, malformed: float = 0.01,
+             window_s: float = 30.0, shape: tuple[int, int, int] = (256, 256, 3)) -> dict[str, Any]:
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
+    daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"result.")
+    sub.connect(daemon.results)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(daemon.frames)
+    time.sleep(0.5)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, shape, dtype=np.uint8)
+    good = frame_message("soak", 0, frame)
+
+    received: dict[int, str] = {}
+    latencies: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set() or sub.poll(2000):
+            if sub.poll(100):
+                h, _ = parse_result(sub.recv_multipart())
+                received[h["frame_id"]] = h["status"]
+                if h["status"] == "ok":
+                    latencies.append((time.monotonic(), h["latency_ms"]["total"]))
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    # Measure throughput first: a burst of 200 frames under backpressure.
+    t0 = time.monotonic()
+    for i in range(200):
+        push.send_multipart(frame_message("soak", i, frame))
+    while len(received) < 200 and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    throughput = len(received) / (time.monotonic() - t0)
+    rate = load * throughput
+    proc = psutil.Process(daemon.proc.pid)
+    rss_start = proc.memory_info().rss
+    sent_valid, sent_bad, fid = 200, 0, 200
+    malformed_ids = set()
+    t_start = time.monotonic()
+    deadline = t_start + minutes * 60
+    while time.monotonic() < deadline:
+        if rng.random() < malformed:
+            header = json.loads(good[0])
+            header.update(frame_id=fid, shape=[7, 7, 3])  # byte count mismatch: must get an error result
+            push.send_multipart([json.dumps(header).encode(), good[1]])
+            malformed_ids.add(fid)
+            sent_bad += 1
+        else:
+            push.send_multipart(frame_message("soak", fid, frame))
+            sent_valid += 1
+        fid += 1
+        time.sleep(max(0.0, t_start + (fid - 200) / rate - time.monotonic()))
+    time.sleep(3)
+    rss_end = proc.memory_info().rss
+    daemon.stop()
+    stop.set()
+    reader.join(timeout=10)
+    by_status: dict[str, int] = {}
+    for status in received.values():
+        by_status[status] = by_status.get(status, 0) + 1
+    lost = fid - len(received)
+    wrong = sum(1 for i in malformed_ids if received.get(i) != "error")
+    windows = []
+    for w0 in np.arange(t_start, deadline, window_s):
+        lat = [v for t, v in latencies if w0 <= t < w0 + window_s]
+        if lat:
+            windows.append({"t_s": round(float(w0 - t_start), 1), "n": len(lat), "p99_ms": float(np.percentile(lat, 99))})
+    return {
+        "minutes": minutes, "measured_throughput_fps": throughput, "offered_fps": rate, "frame_shape": list(shape),
+        "frames_sent": fid, "valid_sent": sent_valid, "malformed_sent": sent_bad, "results_by_status": by_status,
+        "frames_lost": lost, "malformed_without_error_result": wrong, "rss_start_mib": rss_start / 2**20,
+        "rss_end_mib": rss_end / 2**20, "rss_growth": (rss_end - rss_start) / rss_start, "p99_latency_windows": windows,
+        "passed": lost == 0 and wrong == 0 and (rss_end - rss_start) / rss_start < 0.05,
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--load", type=float, default=0.8)
+    ap.add_argument("--malformed", type=float, default=0.01)
+    ap.add_argument("--window-s", type=float, default=30.0)
+    args = ap.parse_args()
+    result = run_soak(args.model, args.minutes, args.load, args.malformed, args.window_s)
+    print(json.dumps(result, indent=2))
+    raise SystemExit(0 if result["passed"] else 1)

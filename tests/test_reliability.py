@@ -1,0 +1,233 @@
+"""Faults, accounting under overload, and security, against a real daemon process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from edge.protocol import frame_message
+from edge.security import create_keys, make_curve_client
+from tests.conftest import ROOT
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
+
+pytestmark = pytest.mark.timeout(240)
+FRAME = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_backend_failure_fails_only_that_batch(tiny_model):
+    # Calls 1-4 are warm-up (2 runs x batch sizes 1 and 8); call 6 is the second real batch.
+    with DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "1",
+                       env={"VQAD_FAIL_BATCHES": "6"}) as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        for i in range(4):
+            cam.send(frame_message("f", i, FRAME))
+            time.sleep(0.2)  # one frame per batch
+        got = {h["frame_id"]: h for h, _ in sub.collect(4)}
+        cam.close()
+        assert daemon.alive()
+    assert [got[i]["status"] for i in range(4)] == ["ok", "error", "ok", "ok"]
+    assert "injected fault" in got[1]["error"]
+
+
+def test_subscriber_disconnects_and_reconnects(tiny_model):
+    with DaemonProcess(tiny_model) as daemon:
+        cam = Camera(daemon.frames)
+        sub = Subscriber(daemon.results)
+        cam.send(frame_message("s", 0, FRAME))
+        assert [h["frame_id"] for h, _ in sub.collect(1)] == [0]
+        sub.close()
+        cam.send(frame_message("s", 1, FRAME))  # nobody listening: published into the void
+        time.sleep(0.5)
+        sub = Subscriber(daemon.results)
+        cam.send(frame_message("s", 2, FRAME))
+        assert [h["frame_id"] for h, _ in sub.collect(1)] == [2]
+        cam.close()
+
+
+def test_camera_process_killed_and_restarted(tiny_model, synth_root):
+    folder = synth_root / "bracket" / "test" / "good"
+    with DaemonProcess(tiny_model) as daemon:
+        sub = Subscriber(daemon.results)
+        cmd = [sys.executable, "-m", "vqad.cli", "camera", str(folder), "--to", daemon.frames, "--loop", "--fps", "20",
+               "--camera-id", "k"]
+        first = subprocess.Popen(cmd, cwd=ROOT)
+        first_results = sub.collect(5, timeout=30)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        sub.collect(1000, timeout=3, idle=1.0)  # whatever was in flight
+        second = subprocess.Popen([*cmd, "--start-id", "100000", "--count", "5"], cwd=ROOT)
+        second.wait(timeout=60)
+        second_results = sub.collect(5, timeout=30)
+        assert daemon.alive()
+    assert len(first_results) == 5
+    assert sorted(h["frame_id"] for h, _ in second_results) == list(range(100000, 100005))
+
+
+def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
+    ipc = short_ipc_dir()
+    port = free_port()
+    first = DaemonProcess(tiny_model, ipc_dir=ipc).start()
+    cam = Camera(first.frames)
+    cam.send(frame_message("x", 0, FRAME))
+    time.sleep(0.5)
+    first.stop(signal.SIGKILL)
+    cam.close()
+    with DaemonProcess(tiny_model, "--metrics-port", str(port), ipc_dir=ipc) as second:
+        sub = Subscriber(second.results)
+        cam = Camera(second.frames)
+        cam.send(frame_message("x", 1, FRAME))
+        assert [h["status"] for h, _ in sub.collect(1)] == ["ok"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        cam.close()
+    assert "vqad_previous_exit_unclean 1.0" in metrics
+    assert "vqad_unclean_exits 1.0" in metrics
+    assert 'vqad_results_total{decision="' in metrics and "vqad_frames_in_total 1.0" in metrics
+    assert "did not shut down cleanly" in second.log_text()
+
+
+def _throughput(daemon: DaemonProcess, n: int = 40) -> float:
+    sub = Subscriber(daemon.results)
+    cam = Camera(daemon.frames)
+    t0 = time.monotonic()
+    for i in range(n):
+        cam.send(frame_message("probe", i, FRAME))
+    results = sub.collect(n, timeout=60)
+    rate = len(results) / (time.monotonic() - t0)
+    cam.close()
+    sub.close()
+    return rate
+
+
+@pytest.mark.parametrize("policy", ["backpressure", "drop_oldest"])
+def test_every_frame_accounted_for_under_a_5x_burst(tiny_model, policy):
+    with DaemonProcess(tiny_model, "--overload", policy, "--max-batch", "4", "--set", "edge.queue_size=8",
+                       "--set", "edge.rcvhwm=8") as daemon:
+        rate = _throughput(daemon)
+        sub = Subscriber(daemon.results)
+        cams = [Camera(daemon.frames) for _ in range(2)]
+        n, period = 300, 1.0 / (5 * rate)
+        t0 = time.monotonic()
+        for i in range(n):
+            cams[i % 2].send(frame_message(f"cam{i % 2}", i, FRAME))
+            time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
+        results = sub.collect(n, timeout=120)
+        for c in cams:
+            c.close()
+    keys = [(h["camera_id"], h["frame_id"]) for h, _ in results]
+    assert len(keys) == len(set(keys)) == n  # exactly one result per frame
+    assert set(keys) == {(f"cam{i % 2}", i) for i in range(n)}
+    statuses = {h["status"] for h, _ in results}
+    assert statuses == {"ok"} if policy == "backpressure" else statuses <= {"ok", "dropped"}
+    if policy == "drop_oldest":
+        assert "dropped" in statuses
+
+
+def test_sockets_bind_to_loopback_by_default(tiny_model):
+    from edge.settings import EdgeConfig
+
+    cfg = EdgeConfig()
+    assert cfg.frames_endpoint.startswith("tcp://127.0.0.1:") and cfg.results_endpoint.startswith("tcp://127.0.0.1:")
+    fp, rp = free_port(), free_port()
+    daemon = DaemonProcess(tiny_model)
+    # Only the ports are given: the host part comes from the defaults' loopback.
+    daemon.args = [a.replace(daemon.frames, f"tcp://127.0.0.1:{fp}").replace(daemon.results, f"tcp://127.0.0.1:{rp}")
+                   for a in daemon.args]
+    with daemon:
+        listening = {c.laddr for c in psutil.Process(daemon.proc.pid).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN}
+    assert {addr.port for addr in listening} >= {fp, rp}
+    assert all(addr.ip == "127.0.0.1" for addr in listening)
+
+
+def test_maximum_message_size_is_enforced(tiny_model):
+    # 64 x 64 pixels max: ZMQ_MAXMSGSIZE = 64*64*3 + header limit; a 256 x 256 frame is refused by ZeroMQ.
+    with DaemonProcess(tiny_model, "--set", "edge.max_frame_pixels=4096", "--set", "edge.max_header_bytes=1024") as d:
+        sub = Subscriber(d.results)
+        big = Camera(d.frames)
+        big.send(frame_message("big", 0, np.zeros((256, 256, 3), np.uint8)))
+        assert sub.collect(1, timeout=3) == []
+        big.close()
+        small = Camera(d.frames)
+        small.send(frame_message("small", 1, np.zeros((64, 64, 3), np.uint8)))
+        small.send(frame_message("small", 2, np.zeros((65, 65, 3), np.uint8)))  # within bytes, over pixels
+        got = {h["frame_id"]: h for h, _ in sub.collect(2)}
+        small.close()
+        assert d.alive()
+    assert got[1]["status"] == "ok"
+    assert got[2]["status"] == "error"
+
+
+def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
+    create_keys(tmp_path / "server", "server")
+    create_keys(tmp_path / "clients", "cam")
+    create_keys(tmp_path / "clients", "dashboard")
+    create_keys(tmp_path / "strangers", "mallory")
+    server_secret = tmp_path / "server" / "server.key_secret"
+    server_public = tmp_path / "server" / "server.key"
+    with DaemonProcess(tiny_model, "--set", "edge.curve.enabled=true", "--set",
+                       f"edge.curve.server_secret_key={server_secret}", "--set",
+                       f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}") as daemon:
+        ctx = zmq.Context.instance()
+
+        def sub_with(key):
+            s = ctx.socket(zmq.SUB)
+            if key:
+                make_curve_client(s, key, server_public)
+            s.setsockopt(zmq.SUBSCRIBE, b"result.")
+            s.connect(daemon.results)
+            return s
+
+        def push_with(key):
+            p = ctx.socket(zmq.PUSH)
+            p.setsockopt(zmq.LINGER, 0)
+            p.setsockopt(zmq.SNDTIMEO, 2000)
+            if key:
+                make_curve_client(p, key, server_public)
+            p.connect(daemon.frames)
+            return p
+
+        good_sub = sub_with(tmp_path / "clients" / "dashboard.key_secret")
+        bad_sub = sub_with(tmp_path / "strangers" / "mallory.key_secret")
+        plain_sub = sub_with(None)
+        time.sleep(0.5)
+        bad_push = push_with(tmp_path / "strangers" / "mallory.key_secret")
+        for i in range(3):
+            try:
+                bad_push.send_multipart(frame_message("mallory", i, FRAME), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        good_push = push_with(tmp_path / "clients" / "cam.key_secret")
+        good_push.send_multipart(frame_message("cam", 7, FRAME))
+
+        def drain(s, seconds):
+            out, end = [], time.monotonic() + seconds
+            while time.monotonic() < end:
+                if s.poll(50):
+                    out.append(s.recv_multipart())
+            return out
+
+        good = drain(good_sub, 4)
+        bad, plain = drain(bad_sub, 0.5), drain(plain_sub, 0.5)
+        for s in (good_sub, bad_sub, plain_sub, bad_push, good_push):
+            s.close(linger=0)
+        log = daemon.log_text()
+    topics = [m[0] for m in good]
+    assert topics == [b"result.cam"]  # the stranger's frames were never accepted
+    assert bad == [] and plain == []
+    assert "refused a peer" in log
