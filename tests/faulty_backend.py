@@ -1,4 +1,5 @@
-"""A test backend: ONNX Runtime that raises on chosen batches (VQAD_FAIL_BATCHES=2,5).
+"""A test backend: ONNX Runtime that raises on any batch holding a "poison" frame (every
+pixel equal to VQAD_POISON_VALUE, default 13).
 
 Loaded by the daemon through the registry's `module:Class` form:
     vqad serve MODEL --backend tests.faulty_backend:FaultyBackend
@@ -16,12 +17,9 @@ class FaultyBackend(OnnxRuntimeBackend):
 
     def __init__(self, package, options):
         super().__init__(package, options)
-        self.fail_on = {int(b) for b in os.environ.get("VQAD_FAIL_BATCHES", "").split(",") if b}
-        self.calls = 0
-        self.warmup_calls = None
+        self.poison = int(os.environ.get("VQAD_POISON_VALUE", "13"))
 
     def infer(self, frames):
-        self.calls += 1
-        if self.calls in self.fail_on:
-            raise RuntimeError(f"injected fault on call {self.calls}")
+        if (frames == self.poison).reshape(len(frames), -1).all(axis=1).any():
+            raise RuntimeError("injected fault: poison frame in the batch")
         return super().infer(frames)

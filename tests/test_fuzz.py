@@ -117,6 +117,7 @@ def test_fuzzed_messages(fuzz_daemon, reference, request):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.lists(bad_message(), min_size=MESSAGES_PER_EXAMPLE, max_size=MESSAGES_PER_EXAMPLE))
     def run(messages):
+        sent[0] += len(messages)
         expected_errors = set()
         valid_ids = set()
         for i, (parts, expects_error, fid) in enumerate(messages):
@@ -137,6 +138,8 @@ def test_fuzzed_messages(fuzz_daemon, reference, request):
             assert got[fid]["status"] == "ok"
             assert got[fid]["score"] == pytest.approx(ref_score, rel=1e-5, abs=1e-6)
 
+    sent = [0]
     run()
+    assert sent[0] >= examples * MESSAGES_PER_EXAMPLE  # 2,000 generated messages at least
     assert daemon.alive()
     assert "Traceback" not in daemon.log_text()

@@ -30,19 +30,21 @@ def free_port() -> int:
 
 
 def test_backend_failure_fails_only_that_batch(tiny_model):
-    # Calls 1-4 are warm-up (2 runs x batch sizes 1 and 8); call 6 is the second real batch.
-    with DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "1",
-                       env={"VQAD_FAIL_BATCHES": "6"}) as daemon:
+    poison = np.full((48, 48, 3), 13, np.uint8)
+    with DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "2",
+                       "--max-delay-ms", "300") as daemon:
         sub = Subscriber(daemon.results)
         cam = Camera(daemon.frames)
-        for i in range(4):
-            cam.send(frame_message("f", i, FRAME))
-            time.sleep(0.2)  # one frame per batch
+        cam.send(frame_message("f", 0, FRAME))
+        cam.send(frame_message("f", 1, poison))  # batch {0, 1} fails
+        time.sleep(0.6)
+        cam.send(frame_message("f", 2, FRAME))
+        cam.send(frame_message("f", 3, FRAME))  # the next batch is fine
         got = {h["frame_id"]: h for h, _ in sub.collect(4)}
         cam.close()
         assert daemon.alive()
-    assert [got[i]["status"] for i in range(4)] == ["ok", "error", "ok", "ok"]
-    assert "injected fault" in got[1]["error"]
+    assert [got[i]["status"] for i in range(4)] == ["error", "error", "ok", "ok"]
+    assert "injected fault" in got[1]["error"] and got[0]["batch_size"] == 0
 
 
 def test_subscriber_disconnects_and_reconnects(tiny_model):
