@@ -14,19 +14,20 @@ from torch import nn
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+    # One conv per level keeps the head cheap on a CPU; BatchNorm folds into it at export.
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class ComparisonHead(nn.Module):
-    """(N, 2C, H, W) -> (N, 1, H, W) logits. Three scales, skip connections."""
+    """(N, 2C, H, W) -> (N, 1, H, W) logits. Three scales, skip connections, one conv per level
+    plus a second one at the coarsest scale for context."""
 
     def __init__(self, channels: int, width: int):
         super().__init__()
         w = width
         self.enc1 = _block(2 * channels, w)  # H
         self.enc2 = _block(w, 2 * w)  # H/2
-        self.enc3 = _block(2 * w, 4 * w)  # H/4
+        self.enc3 = nn.Sequential(_block(2 * w, 4 * w), _block(4 * w, 4 * w))  # H/4
         self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
         self.dec2 = _block(4 * w, 2 * w)
         self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
