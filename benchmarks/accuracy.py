@@ -20,8 +20,14 @@ import numpy as np
 from benchmarks.common import Timer, vqad
 
 SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses, no extras
-    "model.codebook=loss", "model.kmeans_init=false", "model.dead_code_threshold=0", "model.score.errors=l2",
-    "model.score.weights=1", "model.score.source=recon", "model.head_width=0", "train.ssim_loss_weight=0",
+    "model.codebook=loss",
+    "model.kmeans_init=false",
+    "model.dead_code_threshold=0",
+    "model.score.errors=l2",
+    "model.score.weights=1",
+    "model.score.source=recon",
+    "model.head_width=0",
+    "train.ssim_loss_weight=0",
     "train.anomaly_fraction=0",
 ]
 RECON = ["model.head_width=0", "model.score.source=recon"]
@@ -30,13 +36,30 @@ ABLATION: dict[str, list[str]] = {
     "recon: EMA+kmeans, L2+SSIM score": [*RECON, "train.anomaly_fraction=0"],
     "recon + denoising (synthetic anomalies)": [*RECON, "train.anomaly_fraction=0.5"],
     "recon + denoising, L2+MS-GMS score": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2,gms"],
-    "recon + denoising, per-pixel normalised L2": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2",
-                                                    "model.score.weights=1", "model.score.normalize=pixel"],
-    "head, joint training": ["model.head_width=16", "model.score.source=head", "train.anomaly_fraction=0.5",
-                             "train.head_start_fraction=0"],
-    "head, two-stage training": ["model.head_width=16", "model.score.source=head", "train.anomaly_fraction=0.5",
-                                 "train.head_start_fraction=0.5"],
-    "head + recon combined": ["model.head_width=16", "model.score.source=combined", "train.anomaly_fraction=0.5"],
+    "recon + denoising, per-pixel normalised L2": [
+        *RECON,
+        "train.anomaly_fraction=0.5",
+        "model.score.errors=l2",
+        "model.score.weights=1",
+        "model.score.normalize=pixel",
+    ],
+    "head, joint training": [
+        "model.head_width=16",
+        "model.score.source=head",
+        "train.anomaly_fraction=0.5",
+        "train.head_start_fraction=0",
+    ],
+    "head, two-stage training": [
+        "model.head_width=16",
+        "model.score.source=head",
+        "train.anomaly_fraction=0.5",
+        "train.head_start_fraction=0.5",
+    ],
+    "head + recon combined": [
+        "model.head_width=16",
+        "model.score.source=combined",
+        "train.anomaly_fraction=0.5",
+    ],
 }
 
 
@@ -52,11 +75,18 @@ def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
     labels = np.array([s.label for s in test])
     has = np.array([s.mask is not None for s in test])
     masks = np.stack([s.mask if s.mask is not None else np.zeros((image_size, image_size), bool) for s in test])
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks[has], maps[has]),
-            "aupro": aupro(masks[has], maps[has]), "f1_max": f1_max(labels, scores)[0], "train_seconds": t.seconds}
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks[has], maps[has]),
+        "aupro": aupro(masks[has], maps[has]),
+        "f1_max": f1_max(labels, scores)[0],
+        "train_seconds": t.seconds,
+    }
 
 
-def train_and_eval(category: Path, run_dir: Path, minutes: float, image_size: int, overrides: list[str]) -> dict[str, Any]:
+def train_and_eval(
+    category: Path, run_dir: Path, minutes: float, image_size: int, overrides: list[str]
+) -> dict[str, Any]:
     from train.checkpoint import load_checkpoint
     from train.evaluate import evaluate
 
@@ -67,12 +97,22 @@ def train_and_eval(category: Path, run_dir: Path, minutes: float, image_size: in
     from benchmarks.backends import model_flops
 
     return {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")} | {
-        "train_seconds": meta["elapsed_s"], "steps": meta["step"], "flops_per_frame": model_flops(run_dir)["total"],
-        "overrides": overrides, "run": str(run_dir)}
+        "train_seconds": meta["elapsed_s"],
+        "steps": meta["step"],
+        "flops_per_frame": model_flops(run_dir)["total"],
+        "overrides": overrides,
+        "run": str(run_dir),
+    }
 
 
-def bench_accuracy(data: Path | None, minutes: float, image_size: int = 128, ablation: bool = False,
-                   workdir: Path | None = None, categories: tuple[str, ...] | None = None) -> dict[str, Any]:
+def bench_accuracy(
+    data: Path | None,
+    minutes: float,
+    image_size: int = 128,
+    ablation: bool = False,
+    workdir: Path | None = None,
+    categories: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     if data is None:
         data = workdir / "data"
@@ -83,17 +123,25 @@ def bench_accuracy(data: Path | None, minutes: float, image_size: int = 128, abl
         synth_seconds = None
     cats = categories or tuple(sorted(p.name for p in data.iterdir() if (p / "train" / "good").is_dir()))
     variants = dict(VARIANTS, **(ABLATION if ablation else {}))
-    out: dict[str, Any] = {"data": str(data), "synth_seconds": synth_seconds, "minutes_per_training": minutes,
-                           "image_size": image_size, "categories": {}}
+    out: dict[str, Any] = {
+        "data": str(data),
+        "synth_seconds": synth_seconds,
+        "minutes_per_training": minutes,
+        "image_size": image_size,
+        "categories": {},
+    }
     for cat in cats:
         rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat, image_size)}
         for name, overrides in variants.items():
             slug = "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
             t0 = time.monotonic()
             rows[name] = train_and_eval(data / cat, workdir / "runs" / cat / slug, minutes, image_size, overrides)
-            print(f"[accuracy] {cat} / {name}: image AUROC {rows[name]['image_auroc']:.3f}, pixel AUROC "
-                  f"{rows[name]['pixel_auroc']:.3f}, AUPRO {rows[name]['aupro']:.3f} "
-                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+            print(
+                f"[accuracy] {cat} / {name}: image AUROC {rows[name]['image_auroc']:.3f}, pixel AUROC "
+                f"{rows[name]['pixel_auroc']:.3f}, AUPRO {rows[name]['aupro']:.3f} "
+                f"({time.monotonic() - t0:.0f} s)",
+                flush=True,
+            )
         out["categories"][cat] = rows
     return out
 

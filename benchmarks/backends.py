@@ -59,8 +59,9 @@ def _time_backend(infer, frames: np.ndarray, batch: int, repeats: int, min_secon
     return {"latency_ms_per_batch": lat, "frames_per_s": fps}
 
 
-def bench_backends(run_dir: Path, model_dir: Path, batch_sizes=(1, 4, 8, 16), repeats: int = 5,
-                   min_seconds: float = 0.5) -> dict[str, Any]:
+def bench_backends(
+    run_dir: Path, model_dir: Path, batch_sizes=(1, 4, 8, 16), repeats: int = 5, min_seconds: float = 0.5
+) -> dict[str, Any]:
     import torch
 
     from edge.backends import create_backend
@@ -78,14 +79,17 @@ def bench_backends(run_dir: Path, model_dir: Path, batch_sizes=(1, 4, 8, 16), re
 
     runners: dict[str, Any] = {"pytorch_eager": torch_infer}
     for precision in ("fp32", "fp16"):
-        backend = create_backend("onnxruntime", pkg, {"precision": precision, "max_batch": max(batch_sizes),
-                                                      "providers": ["CPUExecutionProvider"]})
+        backend = create_backend(
+            "onnxruntime",
+            pkg,
+            {"precision": precision, "max_batch": max(batch_sizes), "providers": ["CPUExecutionProvider"]},
+        )
         runners[f"onnxruntime_{precision}"] = backend.infer
     results: dict[str, Any] = {"batch_sizes": list(batch_sizes), "torch_threads": torch.get_num_threads()}
     try:
         trt = create_backend("tensorrt", pkg, {"max_batch": max(batch_sizes)})
         runners["tensorrt_fp16"] = trt.infer
-    except Exception as exc:  # noqa: BLE001 - any reason TensorRT cannot run here is reported
+    except Exception as exc:
         results["tensorrt_fp16"] = {"measured": False, "reason": str(exc).split(":")[0][:200]}
     for name, infer in runners.items():
         results[name] = {str(b): _time_backend(infer, frames, b, repeats, min_seconds) for b in batch_sizes}
@@ -94,13 +98,15 @@ def bench_backends(run_dir: Path, model_dir: Path, batch_sizes=(1, 4, 8, 16), re
     results["flops_per_frame"] = flops
     results["cpu_peak"] = peak
     for name in runners:
-        for b, fig in results[name].items():
+        for fig in results[name].values():
             achieved = flops["total"] * fig["frames_per_s"]["median"]
             fig["achieved_gflops"] = achieved / 1e9
             fig["fraction_of_cpu_peak"] = achieved / peak["peak_flops"] if name != "tensorrt_fp16" else None
     for b in map(str, batch_sizes):
         results.setdefault("ort_fp32_over_torch", {})[b] = (
-            results["onnxruntime_fp32"][b]["frames_per_s"]["median"] / results["pytorch_eager"][b]["frames_per_s"]["median"])
+            results["onnxruntime_fp32"][b]["frames_per_s"]["median"]
+            / results["pytorch_eager"][b]["frames_per_s"]["median"]
+        )
     return results
 
 

@@ -38,8 +38,13 @@ def cpu_info() -> dict[str, Any]:
     if Path("/proc/meminfo").exists():
         m = re.search(r"MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text())
         mem = int(m.group(1)) * 1024 if m else 0
-    return {"model": model.group(1).strip() if model else platform.processor(), "cores": os.cpu_count(),
-            "mhz": float(mhz.group(1)) if mhz else None, "flags": flags, "memory_bytes": mem}
+    return {
+        "model": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "mhz": float(mhz.group(1)) if mhz else None,
+        "flags": flags,
+        "memory_bytes": mem,
+    }
 
 
 def cpu_peak_flops(info: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +55,21 @@ def cpu_peak_flops(info: dict[str, Any]) -> dict[str, Any]:
     the model name ("@ 2.10GHz") if present, else /proc/cpuinfo's current MHz.
     """
     flags = info["flags"]
-    lanes, units, isa = (16, 2, "AVX-512") if "avx512f" in flags else (8, 2, "AVX2+FMA") if "fma" in flags else (4, 1, "SSE")
+    lanes, units, isa = (
+        (16, 2, "AVX-512") if "avx512f" in flags else (8, 2, "AVX2+FMA") if "fma" in flags else (4, 1, "SSE")
+    )
     nominal = re.search(r"@\s*([\d.]+)\s*GHz", info["model"] or "")
     ghz = float(nominal.group(1)) if nominal else (info["mhz"] or 2000.0) / 1000.0
     peak = info["cores"] * ghz * 1e9 * lanes * 2 * units
-    return {"peak_flops": peak, "isa": isa, "lanes": lanes, "fma_units": units, "ghz": ghz, "cores": info["cores"],
-            "how": f"{info['cores']} cores x {ghz:.2f} GHz x {lanes} FP32 lanes ({isa}) x 2 (FMA) x {units} FMA units"}
+    return {
+        "peak_flops": peak,
+        "isa": isa,
+        "lanes": lanes,
+        "fma_units": units,
+        "ghz": ghz,
+        "cores": info["cores"],
+        "how": f"{info['cores']} cores x {ghz:.2f} GHz x {lanes} FP32 lanes ({isa}) x 2 (FMA) x {units} FMA units",
+    }
 
 
 def versions() -> dict[str, str]:
@@ -78,9 +92,16 @@ def git_commit() -> str:
 
 def machine() -> dict[str, Any]:
     info = cpu_info()
-    return {"hostname": socket.gethostname(), "cpu": info["model"], "cores": info["cores"],
-            "memory_gib": round(info["memory_bytes"] / 2**30, 1), "platform": platform.platform(),
-            "cpu_peak": cpu_peak_flops(info), "versions": versions(), "git_commit": git_commit()}
+    return {
+        "hostname": socket.gethostname(),
+        "cpu": info["model"],
+        "cores": info["cores"],
+        "memory_gib": round(info["memory_bytes"] / 2**30, 1),
+        "platform": platform.platform(),
+        "cpu_peak": cpu_peak_flops(info),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
 
 
 def write_report(report: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:

@@ -69,10 +69,31 @@ class Daemon:
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vqad.cli", "serve", str(model_dir), "--frames", self.frames, "--results",
-             self.results, "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--ready-file",
-             str(ready), "--set", f"edge.state_dir={workdir}", "--set", "edge.log_every_s=60"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "vqad.cli",
+                "serve",
+                str(model_dir),
+                "--frames",
+                self.frames,
+                "--results",
+                self.results,
+                "--max-batch",
+                str(max_batch),
+                "--max-delay-ms",
+                str(max_delay_ms),
+                "--ready-file",
+                str(ready),
+                "--set",
+                f"edge.state_dir={workdir}",
+                "--set",
+                "edge.log_every_s=60",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -88,19 +109,60 @@ class Daemon:
 
 def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path, tag: str) -> dict[str, Any]:
     summary = workdir / f"summary-{tag}.json"
-    watch = subprocess.Popen([sys.executable, "-m", "vqad.cli", "watch", daemon.results, "--count", str(count),
-                              "--quiet", "--timeout", "20", "--summary-json", str(summary)],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vqad.cli",
+            "watch",
+            daemon.results,
+            "--count",
+            str(count),
+            "--quiet",
+            "--timeout",
+            "20",
+            "--summary-json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
-    subprocess.run([sys.executable, "-m", "vqad.cli", "camera", str(folder), "--to", daemon.frames, "--loop",
-                    "--count", str(count), "--fps", str(fps), "--camera-id", tag],
-                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqad.cli",
+            "camera",
+            str(folder),
+            "--to",
+            daemon.frames,
+            "--loop",
+            "--count",
+            str(count),
+            "--fps",
+            str(fps),
+            "--camera-id",
+            tag,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
     watch.wait(timeout=300)
     return json.loads(summary.read_text())
 
 
-def bench_daemon(model_dir: Path, shapes=((256, 256, 3), (1024, 1280, 3)), max_batch: int = 8,
-                 max_delay_ms: float = 10.0, quick: bool = False, repeats: int = 3) -> dict[str, Any]:
+def bench_daemon(
+    model_dir: Path,
+    shapes=((256, 256, 3), (1024, 1280, 3)),
+    max_batch: int = 8,
+    max_delay_ms: float = 10.0,
+    quick: bool = False,
+    repeats: int = 3,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"max_batch": max_batch, "max_delay_ms": max_delay_ms}
     workdir = Path(tempfile.mkdtemp(prefix="vqb", dir="/tmp"))
     for shape in shapes:
@@ -123,12 +185,21 @@ def bench_daemon(model_dir: Path, shapes=((256, 256, 3), (1024, 1280, 3)), max_b
                 rate = frac * base
                 n = int(max(40, rate * (8 if quick else 20)))
                 s = _stream(daemon, folder, n, rate, workdir, f"load{int(frac * 100)}")
-                load[f"{int(frac * 100)}%"] = {"offered_fps": rate, "frames": n, "latency_ms": s["latency_ms"],
-                                               "by_status": s["by_status"]}
+                load[f"{int(frac * 100)}%"] = {
+                    "offered_fps": rate,
+                    "frames": n,
+                    "latency_ms": s["latency_ms"],
+                    "by_status": s["by_status"],
+                }
         finally:
             rss = daemon.stop()
-        out[key] = {"end_to_end_fps": stats(e2e), "raw_backend_fps": stats(raws), "ratio": stats(ratios),
-                    "latency_under_load": load, "daemon_peak_rss_mib": rss / 2**20}
+        out[key] = {
+            "end_to_end_fps": stats(e2e),
+            "raw_backend_fps": stats(raws),
+            "ratio": stats(ratios),
+            "latency_under_load": load,
+            "daemon_peak_rss_mib": rss / 2**20,
+        }
     return out
 
 

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run, a dated JSON report and a Markdown table.
 
-    python -m benchmarks.run [--quick] [--data DIR] [--minutes M] [--ablation] [--only accuracy,backends,daemon,transport]
+    python -m benchmarks.run [--quick] [--data DIR] [--minutes M] [--ablation]
+                             [--only accuracy,backends,daemon,transport]
 
 The backend and daemon figures are measured on the model trained by the accuracy part
 ("ours" on the first category), so every figure in one report comes from one run.
@@ -25,63 +26,100 @@ def _f(x: Any, nd: int = 3) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# vqad benchmark, {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores)", ""]
+    lines = [
+        f"# vqad benchmark, {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores)",
+        "",
+    ]
     acc = report.get("accuracy")
     if acc:
-        lines += [f"## Accuracy ({acc['image_size']} px, {acc['minutes_per_training']:g} min training per model)", "",
-                  "| category | model | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Accuracy ({acc['image_size']} px, {acc['minutes_per_training']:g} min training per model)",
+            "",
+            "| category | model | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for cat, rows in acc["categories"].items():
             for name, m in rows.items():
                 flops = m.get("flops_per_frame")
-                lines.append(f"| {cat} | {name} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | "
-                             f"{_f(m['f1_max'])} | {_f(m['train_seconds'], 0)} | {_f(flops / 1e9 if flops else None, 2)} |")
+                lines.append(
+                    f"| {cat} | {name} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | "
+                    f"{_f(m['f1_max'])} | {_f(m['train_seconds'], 0)} | {_f(flops / 1e9 if flops else None, 2)} |"
+                )
         lines.append("")
     be = report.get("backends")
     if be:
-        lines += ["## Backends (frames/s, median of repeats; latency per batch in ms)", "",
-                  "| backend | " + " | ".join(f"batch {b}" for b in be["batch_sizes"]) + " |",
-                  "|---|" + "---|" * len(be["batch_sizes"])]
+        lines += [
+            "## Backends (frames/s, median of repeats; latency per batch in ms)",
+            "",
+            "| backend | " + " | ".join(f"batch {b}" for b in be["batch_sizes"]) + " |",
+            "|---|" + "---|" * len(be["batch_sizes"]),
+        ]
         for name in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16", "tensorrt_fp16"):
             if name not in be:
                 continue
             if be[name].get("measured") is False:
                 lines.append(f"| {name} | not measured: {be[name]['reason']} |")
                 continue
-            cells = [f"{be[name][str(b)]['frames_per_s']['median']:.1f} fps / {be[name][str(b)]['latency_ms_per_batch']['median']:.1f} ms"
-                     for b in be["batch_sizes"]]
+            cells = []
+            for b in be["batch_sizes"]:
+                fig = be[name][str(b)]
+                cells.append(
+                    f"{fig['frames_per_s']['median']:.1f} fps / {fig['latency_ms_per_batch']['median']:.1f} ms"
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         ratio = be["ort_fp32_over_torch"]
-        lines += ["", "ONNX Runtime FP32 / PyTorch eager: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items()),
-                  f"FLOPs per frame: {be['flops_per_frame']['total'] / 1e9:.3f} GFLOP "
-                  f"(VQ-VAE {be['flops_per_frame']['vqvae'] / 1e9:.3f}, scoring and head "
-                  f"{be['flops_per_frame']['scoring_and_head'] / 1e9:.3f}).",
-                  f"CPU peak estimate: {be['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s = {be['cpu_peak']['how']}.",
-                  "Achieved at batch 8: " + ", ".join(
-                      f"{n} {be[n]['8']['achieved_gflops']:.1f} GFLOP/s ({100 * be[n]['8']['fraction_of_cpu_peak']:.1f}% of peak)"
-                      for n in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16") if "8" in be.get(n, {})), ""]
+        lines += [
+            "",
+            "ONNX Runtime FP32 / PyTorch eager: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items()),
+            f"FLOPs per frame: {be['flops_per_frame']['total'] / 1e9:.3f} GFLOP "
+            f"(VQ-VAE {be['flops_per_frame']['vqvae'] / 1e9:.3f}, scoring and head "
+            f"{be['flops_per_frame']['scoring_and_head'] / 1e9:.3f}).",
+            f"CPU peak estimate: {be['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s = {be['cpu_peak']['how']}.",
+            "Achieved at batch 8: "
+            + ", ".join(
+                f"{n} {be[n]['8']['achieved_gflops']:.1f} GFLOP/s "
+                f"({100 * be[n]['8']['fraction_of_cpu_peak']:.1f}% of peak)"
+                for n in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16")
+                if "8" in be.get(n, {})
+            ),
+            "",
+        ]
     dm = report.get("daemon")
     if dm:
-        lines += [f"## Daemon end to end (camera process -> daemon -> subscriber process, max_batch {dm['max_batch']}, "
-                  f"max_delay {dm['max_delay_ms']} ms)", "",
-                  "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) | p50 / p99 at 90% load (ms) | peak RSS MiB |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Daemon end to end (camera process -> daemon -> subscriber process, max_batch {dm['max_batch']}, "
+            f"max_delay {dm['max_delay_ms']} ms)",
+            "",
+            "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
+            "| p50 / p99 at 90% load (ms) | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, d in dm.items():
             if not isinstance(d, dict) or "ratio" not in d:
                 continue
-            lat = d["latency_under_load"]
-            cell = lambda k: f"{lat[k]['latency_ms'].get('p50', float('nan')):.1f} / {lat[k]['latency_ms'].get('p99', float('nan')):.1f}"  # noqa: E731
-            lines.append(f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
-                         f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cell('50%')} | {cell('90%')} | "
-                         f"{d['daemon_peak_rss_mib']:.0f} |")
+            cells = {}
+            for k, fig in d["latency_under_load"].items():
+                p = fig["latency_ms"]
+                cells[k] = f"{p.get('p50', float('nan')):.1f} / {p.get('p99', float('nan')):.1f}"
+            lines.append(
+                f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
+                f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
+                f"{d['daemon_peak_rss_mib']:.0f} |"
+            )
         lines.append("")
     tr = report.get("transport")
     if tr:
-        lines += ["## Transport ceiling (raw pyzmq PUSH -> PULL, separate processes)", "",
-                  "| frame | ipc:// fps | tcp://127.0.0.1 fps |", "|---|---|---|"]
+        lines += [
+            "## Transport ceiling (raw pyzmq PUSH -> PULL, separate processes)",
+            "",
+            "| frame | ipc:// fps | tcp://127.0.0.1 fps |",
+            "|---|---|---|",
+        ]
         for key, d in tr.items():
-            lines.append(f"| {key} | {d['ipc']['frames_per_s']['median']:.0f} ({d['ipc']['gbytes_per_s']:.2f} GB/s) | "
-                         f"{d['tcp']['frames_per_s']['median']:.0f} ({d['tcp']['gbytes_per_s']:.2f} GB/s) |")
+            lines.append(
+                f"| {key} | {d['ipc']['frames_per_s']['median']:.0f} ({d['ipc']['gbytes_per_s']:.2f} GB/s) | "
+                f"{d['tcp']['frames_per_s']['median']:.0f} ({d['tcp']['gbytes_per_s']:.2f} GB/s) |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -100,7 +138,11 @@ def main() -> None:
     minutes = args.minutes or (2.0 if args.quick else 10.0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     t0 = time.monotonic()
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": args.quick}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "quick": args.quick,
+    }
     report["machine"]["cpu_peak"].pop("flags", None)
     run_dir = model_dir = None
     if "accuracy" in parts:

@@ -24,8 +24,14 @@ from benchmarks.daemon import Daemon
 from edge.protocol import frame_message, parse_result
 
 
-def run_soak(model_dir: Path, minutes: float = 10.0, load: float = 0.8, malformed: float = 0.01,
-             window_s: float = 30.0, shape: tuple[int, int, int] = (256, 256, 3)) -> dict[str, Any]:
+def run_soak(
+    model_dir: Path,
+    minutes: float = 10.0,
+    load: float = 0.8,
+    malformed: float = 0.01,
+    window_s: float = 30.0,
+    shape: tuple[int, int, int] = (256, 256, 3),
+) -> dict[str, Any]:
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
@@ -96,12 +102,24 @@ def run_soak(model_dir: Path, minutes: float = 10.0, load: float = 0.8, malforme
     for w0 in np.arange(t_start, deadline, window_s):
         lat = [v for t, v in latencies if w0 <= t < w0 + window_s]
         if lat:
-            windows.append({"t_s": round(float(w0 - t_start), 1), "n": len(lat), "p99_ms": float(np.percentile(lat, 99))})
+            windows.append(
+                {"t_s": round(float(w0 - t_start), 1), "n": len(lat), "p99_ms": float(np.percentile(lat, 99))}
+            )
     return {
-        "minutes": minutes, "measured_throughput_fps": throughput, "offered_fps": rate, "frame_shape": list(shape),
-        "frames_sent": fid, "valid_sent": sent_valid, "malformed_sent": sent_bad, "results_by_status": by_status,
-        "frames_lost": lost, "malformed_without_error_result": wrong, "rss_start_mib": rss_start / 2**20,
-        "rss_end_mib": rss_end / 2**20, "rss_growth": (rss_end - rss_start) / rss_start, "p99_latency_windows": windows,
+        "minutes": minutes,
+        "measured_throughput_fps": throughput,
+        "offered_fps": rate,
+        "frame_shape": list(shape),
+        "frames_sent": fid,
+        "valid_sent": sent_valid,
+        "malformed_sent": sent_bad,
+        "results_by_status": by_status,
+        "frames_lost": lost,
+        "malformed_without_error_result": wrong,
+        "rss_start_mib": rss_start / 2**20,
+        "rss_end_mib": rss_end / 2**20,
+        "rss_growth": (rss_end - rss_start) / rss_start,
+        "p99_latency_windows": windows,
         "passed": lost == 0 and wrong == 0 and (rss_end - rss_start) / rss_start < 0.05,
     }
 

@@ -57,10 +57,16 @@ def bench_transport(shapes=((256, 256, 3), (1024, 1280, 3)), repeats: int = 3, q
         for scheme in ("ipc", "tcp"):
             fps = []
             for _ in range(repeats):
-                endpoint = f"ipc://{tempfile.mkdtemp(prefix='vqt', dir='/tmp')}/t" if scheme == "ipc" else "tcp://127.0.0.1:*"
+                endpoint = (
+                    f"ipc://{tempfile.mkdtemp(prefix='vqt', dir='/tmp')}/t" if scheme == "ipc" else "tcp://127.0.0.1:*"
+                )
                 fps.append(one_run(endpoint, shape, n))
             s = stats(fps)
-            out[key][scheme] = {"frames_per_s": s, "gbytes_per_s": frame_bytes * s["median"] / 1e9, "frames": n}
+            out[key][scheme] = {
+                "frames_per_s": s,
+                "gbytes_per_s": frame_bytes * s["median"] / 1e9,
+                "frames": n,
+            }
     return out
 
 

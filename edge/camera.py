@@ -65,9 +65,20 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
             return
 
 
-def run_camera(source: str, endpoint: str, fps: float = 0.0, camera_id: str = "cam0", encoding: str = "raw",
-               loop: bool = False, count: int = 0, manifest: str | Path | None = None, start_id: int = 0,
-               curve_secret: str | None = None, curve_server_key: str | None = None, stop=None) -> int:
+def run_camera(
+    source: str,
+    endpoint: str,
+    fps: float = 0.0,
+    camera_id: str = "cam0",
+    encoding: str = "raw",
+    loop: bool = False,
+    count: int = 0,
+    manifest: str | Path | None = None,
+    start_id: int = 0,
+    curve_secret: str | None = None,
+    curve_server_key: str | None = None,
+    stop=None,
+) -> int:
     """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)

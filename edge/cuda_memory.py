@@ -32,8 +32,8 @@ def load_cudart() -> Any:
         return cudart
     except ImportError as exc:
         raise BackendError(
-            "cuda-python is not installed: on JetPack 6 run `pip install 'cuda-python>=12.2,<13'` "
-            "(see docs/deploy.md)") from exc
+            "cuda-python is not installed: on JetPack 6 run `pip install 'cuda-python>=12.2,<13'` (see docs/deploy.md)"
+        ) from exc
 
 
 def check(cudart: Any, result: Any) -> Any:

@@ -35,7 +35,7 @@ from edge.frames import to_model_input
 from edge.metrics import DaemonMetrics
 from edge.package import ModelPackage, load_package
 from edge.postprocess import decide, find_regions, quantize_map
-from edge.protocol import Limits, UnreadableMessage, parse_frame, result_header, result_message
+from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_header, result_message
 from edge.settings import EdgeConfig
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,12 @@ class Daemon:
         self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
         self.model_ident = {"name": pkg.name, "sha256": pkg.sha256}
         self._check_previous_exit()
-        options = {"max_batch": cfg.max_batch, "precision": cfg.precision, "intra_op_threads": cfg.intra_op_threads,
-                   "workspace_mb": cfg.tensorrt_workspace_mb}
+        options = {
+            "max_batch": cfg.max_batch,
+            "precision": cfg.precision,
+            "intra_op_threads": cfg.intra_op_threads,
+            "workspace_mb": cfg.tensorrt_workspace_mb,
+        }
         self.backend = create_backend(cfg.backend, pkg, options)
         self._warm_up()
         self.ctx = zmq.Context()
@@ -108,18 +112,31 @@ class Daemon:
         self.results_sock = self._results_socket()
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
-        self.threads = [threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
-                        threading.Thread(target=self._publish_loop, name="publisher", daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
+            threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
+        ]
         for t in self.threads:
             t.start()
         self.metrics.ready.set(1)
-        log.info("ready: model %s (%s…) threshold %.6g, backend %s, frames %s (%s), results %s, max_batch %d, "
-                 "max_delay %.1f ms, overload %s", pkg.name, pkg.sha256[:12], self.threshold, cfg.backend,
-                 cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints), cfg.frames_mode,
-                 cfg.results_endpoint, cfg.max_batch, cfg.max_delay_ms, cfg.overload)
+        log.info(
+            "ready: model %s (%s…) threshold %.6g, backend %s, frames %s (%s), results %s, max_batch %d, "
+            "max_delay %.1f ms, overload %s",
+            pkg.name,
+            pkg.sha256[:12],
+            self.threshold,
+            cfg.backend,
+            cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints),
+            cfg.frames_mode,
+            cfg.results_endpoint,
+            cfg.max_batch,
+            cfg.max_delay_ms,
+            cfg.overload,
+        )
         if self.ready_file:
-            self.ready_file.write_text(json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint,
-                                                   "results": cfg.results_endpoint}))
+            self.ready_file.write_text(
+                json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
+            )
 
     def main_loop(self) -> None:
         cfg = self.cfg
@@ -137,8 +154,13 @@ class Daemon:
                 with self._count_lock:
                     rate = (self.published - last_published) / cfg.log_every_s
                     last_published = self.published
-                    log.info("accepted %d, published %d (%.1f/s), queue %d", self.accepted, self.published, rate,
-                             len(self.queue))
+                    log.info(
+                        "accepted %d, published %d (%.1f/s), queue %d",
+                        self.accepted,
+                        self.published,
+                        rate,
+                        len(self.queue),
+                    )
                 next_log = now + cfg.log_every_s
 
     def shutdown(self) -> None:
@@ -171,8 +193,12 @@ class Daemon:
         state = json.loads(state_file.read_text()) if state_file.is_file() else {"unclean_exits": 0}
         if self._marker.exists():
             state["unclean_exits"] = int(state.get("unclean_exits", 0)) + 1
-            log.warning("the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
-                         "to it (unclean exits so far: %d)", self._marker.read_text().strip(), state["unclean_exits"])
+            log.warning(
+                "the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
+                "to it (unclean exits so far: %d)",
+                self._marker.read_text().strip(),
+                state["unclean_exits"],
+            )
             self.metrics.previous_exit_unclean.set(1)
             state_file.write_text(json.dumps(state))
         self.metrics.unclean_exits.set(state["unclean_exits"])
@@ -240,7 +266,7 @@ class Daemon:
                 except zmq.Again:
                     break
                 self._accept(parts)
-        except Exception:  # noqa: BLE001 - the receiver must never die silently
+        except Exception:
             log.exception("receiver failed; stopping the daemon")
             self.should_exit.set()
         finally:
@@ -253,7 +279,7 @@ class Daemon:
         try:
             frame = parse_frame(parts, self.limits, recv_ns)
             model_input = to_model_input(frame.image, self.package.image_size, self.package.channels)
-        except UnreadableMessage as exc:
+        except UnreadableMessageError as exc:
             self.metrics.unreadable.inc()
             log.warning("unreadable message (%d parts) ignored: %s", len(parts), exc)
             return
@@ -266,14 +292,31 @@ class Daemon:
             return
         with self._count_lock:
             self.accepted += 1
-        item = Pending(frame.camera_id, frame.frame_id, frame.ts_ns, recv_ns, frame.image.shape[:2], model_input,
-                       time.time_ns())
+        item = Pending(
+            frame.camera_id,
+            frame.frame_id,
+            frame.ts_ns,
+            recv_ns,
+            frame.image.shape[:2],
+            model_input,
+            time.time_ns(),
+        )
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)
             for old in evicted:
-                self._emit(result_header(old.camera_id, old.frame_id, old.ts_ns, "dropped", self.threshold,
-                                         self.model_ident, error="dropped by drop_oldest overload policy",
-                                         latency_ms=_latency(old.recv_ns)), recv_ns=old.recv_ns)
+                self._emit(
+                    result_header(
+                        old.camera_id,
+                        old.frame_id,
+                        old.ts_ns,
+                        "dropped",
+                        self.threshold,
+                        self.model_ident,
+                        error="dropped by drop_oldest overload policy",
+                        latency_ms=_latency(old.recv_ns),
+                    ),
+                    recv_ns=old.recv_ns,
+                )
             if queued:
                 return
 
@@ -285,7 +328,7 @@ class Daemon:
             maps, scores = self.backend.infer(frames)
             if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
                 raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
-        except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
+        except Exception as exc:
             self.metrics.backend_errors.inc()
             log.error("inference failed on a batch of %d: %s", len(batch), exc)
             for p in batch:
@@ -300,12 +343,24 @@ class Daemon:
             decision = decide(score_f, self.threshold)
             regions = find_regions(amap2d, self.threshold, p.frame_hw, self.cfg.min_region_area)
             map_bytes = quantize_map(amap2d, scale) if self.cfg.publish_maps else b""
-            map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": scale} if self.cfg.publish_maps else None
+            map_info = (
+                {"shape": list(amap2d.shape), "dtype": "uint8", "scale": scale} if self.cfg.publish_maps else None
+            )
             queue_ms = (start_ns - p.recv_ns) / 1e6
-            header = result_header(p.camera_id, p.frame_id, p.ts_ns, "ok", self.threshold, self.model_ident,
-                                   score=score_f, decision=decision, regions=regions,
-                                   latency_ms={"queue": round(queue_ms, 3), "infer": round(infer_ms, 3), "total": 0.0},
-                                   batch_size=len(batch), map_info=map_info)
+            header = result_header(
+                p.camera_id,
+                p.frame_id,
+                p.ts_ns,
+                "ok",
+                self.threshold,
+                self.model_ident,
+                score=score_f,
+                decision=decision,
+                regions=regions,
+                latency_ms={"queue": round(queue_ms, 3), "infer": round(infer_ms, 3), "total": 0.0},
+                batch_size=len(batch),
+                map_info=map_info,
+            )
             header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
             extra = None
             if self.cfg.publish_frames:
@@ -320,8 +375,10 @@ class Daemon:
 
     # -- publishing -----------------------------------------------------------------------
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
-        self._emit(result_header(camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident,
-                                 error=reason[:500]), recv_ns=recv_ns)
+        self._emit(
+            result_header(camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident, error=reason[:500]),
+            recv_ns=recv_ns,
+        )
 
     def _emit(self, header: dict, map_bytes: bytes = b"", extra: list[bytes] | None = None, recv_ns: int = 0) -> None:
         self.outbox.put((header, map_bytes, extra, recv_ns))
@@ -355,5 +412,5 @@ def _ts(parts: list[bytes]) -> int:
     try:
         ts = json.loads(parts[0]).get("ts_ns")
         return ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
-    except Exception:  # noqa: BLE001
+    except Exception:
         return 0

@@ -30,7 +30,8 @@ def engine_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capabi
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
     settings = f"b{s.max_batch}-ws{s.workspace_mb}-{s.mode}"
     digest = hashlib.sha256(f"{onnx_sha256}|{trt_version}|{gpu_name}|{compute_capability}|{settings}".encode())
-    return f"{onnx_sha256[:12]}-trt{trt_version}-{gpu}-sm{compute_capability.replace('.', '')}-{settings}-{digest.hexdigest()[:8]}"
+    sm = compute_capability.replace(".", "")
+    return f"{onnx_sha256[:12]}-trt{trt_version}-{gpu}-sm{sm}-{settings}-{digest.hexdigest()[:8]}"
 
 
 def engine_path(package: ModelPackage, key: str) -> Path:

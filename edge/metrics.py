@@ -11,17 +11,28 @@ class DaemonMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.frames_in = Counter("vqad_frames_in", "Frame messages read from the frames socket", registry=r)
-        self.unreadable = Counter("vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r)
+        self.unreadable = Counter(
+            "vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r
+        )
         self.results = Counter("vqad_results", "Results published", ["status", "decision"], registry=r)
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
-        self.batch_size = Histogram("vqad_batch_size", "Frames per inference batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
-        self.latency = Histogram("vqad_latency_ms", "Latency per frame, by stage", ["stage"],
-                                 buckets=_LATENCY_BUCKETS_MS, registry=r)
+        self.batch_size = Histogram(
+            "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.latency = Histogram(
+            "vqad_latency_ms",
+            "Latency per frame, by stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
         self.backend_errors = Counter("vqad_backend_errors", "Inference batches that raised", registry=r)
         self.ready = Gauge("vqad_ready", "1 once warmed up and serving", registry=r)
         self.previous_exit_unclean = Gauge(
-            "vqad_previous_exit_unclean", "1 if the previous run of this daemon did not shut down cleanly", registry=r)
+            "vqad_previous_exit_unclean",
+            "1 if the previous run of this daemon did not shut down cleanly",
+            registry=r,
+        )
         self.unclean_exits = Gauge("vqad_unclean_exits", "Unclean exits seen by this state dir, ever", registry=r)
         self.curve_refusals = Counter("vqad_curve_refusals", "Peers refused by CURVE authentication", registry=r)
 

@@ -13,7 +13,11 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alp
     The map is scaled so that `vmax` (e.g. twice the threshold) is full red, resized to the
     image and blended over it. Returns (H, W, 3) BGR uint8.
     """
-    base = image if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    base = (
+        image
+        if image.ndim == 3 and image.shape[2] == 3
+        else cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    )
     h, w = base.shape[:2]
     m = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     scaled = np.clip(m / max(vmax, 1e-12) * 255.0, 0, 255).astype(np.uint8)

@@ -18,7 +18,9 @@ def decide(score: float, threshold: float) -> str:
     return "fail" if score >= threshold else "pass"
 
 
-def find_regions(anomaly_map: np.ndarray, threshold: float, frame_hw: tuple[int, int], min_area: int) -> list[dict[str, Any]]:
+def find_regions(
+    anomaly_map: np.ndarray, threshold: float, frame_hw: tuple[int, int], min_area: int
+) -> list[dict[str, Any]]:
     """Connected components (8-connected) of map >= threshold, as boxes in frame pixels.
 
     anomaly_map: (h, w) at the model's resolution; frame_hw: the original frame's (H, W);
@@ -36,11 +38,16 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, frame_hw: tuple[int,
         if area < min_area:
             continue
         peak = float(anomaly_map[labels == i].max())
-        regions.append({
-            "x": int(np.floor(x * sx)), "y": int(np.floor(y * sy)),
-            "w": int(np.ceil(bw * sx)), "h": int(np.ceil(bh * sy)),
-            "area": int(round(area * sx * sy)), "peak": round(peak, 6),
-        })
+        regions.append(
+            {
+                "x": int(np.floor(x * sx)),
+                "y": int(np.floor(y * sy)),
+                "w": int(np.ceil(bw * sx)),
+                "h": int(np.ceil(bh * sy)),
+                "area": int(round(area * sx * sy)),
+                "peak": round(peak, 6),
+            }
+        )
     regions.sort(key=lambda r: -r["peak"])
     return regions
 

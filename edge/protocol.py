@@ -11,7 +11,7 @@ Results out (the daemon's PUB), 3 parts:
   3. the anomaly map as uint8 bytes (value = byte * map.scale), empty unless status is ok
 
 Parsing is strict and total: any input either yields a Frame, or raises FrameError that
-carries (camera_id, frame_id) when they were readable, or UnreadableMessage when not.
+carries (camera_id, frame_id) when they were readable, or UnreadableMessageError when not.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ MAX_ID_LENGTH = 128
 RESULT_TOPIC_PREFIX = b"result."
 
 
-class UnreadableMessage(Exception):
+class UnreadableMessageError(Exception):
     """A message whose camera_id and frame_id cannot be read: counted and logged, no result."""
 
 
@@ -54,25 +54,25 @@ class Frame:
 
 def _read_ids(header: Any) -> tuple[str, int]:
     if not isinstance(header, dict):
-        raise UnreadableMessage("header is not a JSON object")
+        raise UnreadableMessageError("header is not a JSON object")
     camera_id, frame_id = header.get("camera_id"), header.get("frame_id")
     if not isinstance(camera_id, str) or not 0 < len(camera_id) <= MAX_ID_LENGTH:
-        raise UnreadableMessage(f"camera_id must be a string of 1..{MAX_ID_LENGTH} characters")
+        raise UnreadableMessageError(f"camera_id must be a string of 1..{MAX_ID_LENGTH} characters")
     if not camera_id.isprintable():
-        raise UnreadableMessage("camera_id has non-printable characters")
+        raise UnreadableMessageError("camera_id has non-printable characters")
     if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 0 or frame_id >= 2**63:
-        raise UnreadableMessage("frame_id must be a non-negative 64-bit integer")
+        raise UnreadableMessageError("frame_id must be a non-negative 64-bit integer")
     return camera_id, frame_id
 
 
 def parse_header(raw: bytes, limits: Limits) -> tuple[dict[str, Any], str, int]:
-    """Decode the JSON header and read its ids. UnreadableMessage when the ids cannot be read."""
+    """Decode the JSON header and read its ids. UnreadableMessageError when the ids cannot be read."""
     if len(raw) > limits.max_header_bytes:
-        raise UnreadableMessage(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}")
+        raise UnreadableMessageError(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UnreadableMessage(f"header is not UTF-8 JSON: {type(exc).__name__}") from exc
+        raise UnreadableMessageError(f"header is not UTF-8 JSON: {type(exc).__name__}") from exc
     camera_id, frame_id = _read_ids(header)
     return header, camera_id, frame_id
 
@@ -83,8 +83,11 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
         if required:
             raise FrameError("raw frames need a shape [H, W, C]")
         return None
-    if (not isinstance(shape, list) or len(shape) not in (2, 3)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) not in (2, 3)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+    ):
         raise FrameError(f"shape must be [H, W, C] integers, got {json.dumps(shape)[:80]}")
     h, w = shape[0], shape[1]
     c = shape[2] if len(shape) == 3 else 1
@@ -96,7 +99,7 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
 def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) -> Frame:
     """Validate and decode one frame message. See the module docstring for the contract."""
     if not parts:
-        raise UnreadableMessage("empty message")
+        raise UnreadableMessageError("empty message")
     header, camera_id, frame_id = parse_header(parts[0], limits)
 
     def fail(reason: str) -> FrameError:
@@ -149,16 +152,23 @@ def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) 
     return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns())
 
 
-def frame_message(camera_id: str, frame_id: int, image: np.ndarray, encoding: str = "raw",
-                  ts_ns: int | None = None) -> list[bytes]:
+def frame_message(
+    camera_id: str, frame_id: int, image: np.ndarray, encoding: str = "raw", ts_ns: int | None = None
+) -> list[bytes]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends)."""
     import cv2
 
     if image.ndim == 2:
         image = image[:, :, None]
-    header: dict[str, Any] = {"v": VERSION, "camera_id": camera_id, "frame_id": int(frame_id),
-                              "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
-                              "shape": list(image.shape), "dtype": "uint8", "encoding": encoding}
+    header: dict[str, Any] = {
+        "v": VERSION,
+        "camera_id": camera_id,
+        "frame_id": int(frame_id),
+        "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
+        "shape": list(image.shape),
+        "dtype": "uint8",
+        "encoding": encoding,
+    }
     if encoding == "raw":
         payload = np.ascontiguousarray(image).tobytes()
     elif encoding in ("jpeg", "png"):
@@ -172,21 +182,43 @@ def frame_message(camera_id: str, frame_id: int, image: np.ndarray, encoding: st
 
 
 def result_header(
-    camera_id: str, frame_id: int, ts_ns: int, status: str, threshold: float, model: dict[str, str], *,
-    error: str | None = None, score: float | None = None, decision: str | None = None,
-    regions: list[dict[str, Any]] | None = None, latency_ms: dict[str, float] | None = None,
-    batch_size: int = 0, map_info: dict[str, Any] | None = None,
+    camera_id: str,
+    frame_id: int,
+    ts_ns: int,
+    status: str,
+    threshold: float,
+    model: dict[str, str],
+    *,
+    error: str | None = None,
+    score: float | None = None,
+    decision: str | None = None,
+    regions: list[dict[str, Any]] | None = None,
+    latency_ms: dict[str, float] | None = None,
+    batch_size: int = 0,
+    map_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The v1 result header, every key always present."""
     return {
-        "v": VERSION, "camera_id": camera_id, "frame_id": frame_id, "ts_ns": ts_ns, "status": status,
-        "error": error, "score": score, "threshold": threshold, "decision": decision, "regions": regions or [],
-        "model": model, "latency_ms": latency_ms or {"queue": 0.0, "infer": 0.0, "total": 0.0},
-        "batch_size": batch_size, "map": map_info,
+        "v": VERSION,
+        "camera_id": camera_id,
+        "frame_id": frame_id,
+        "ts_ns": ts_ns,
+        "status": status,
+        "error": error,
+        "score": score,
+        "threshold": threshold,
+        "decision": decision,
+        "regions": regions or [],
+        "model": model,
+        "latency_ms": latency_ms or {"queue": 0.0, "infer": 0.0, "total": 0.0},
+        "batch_size": batch_size,
+        "map": map_info,
     }
 
 
-def result_message(header: dict[str, Any], map_bytes: bytes = b"", extra_parts: list[bytes] | None = None) -> list[bytes]:
+def result_message(
+    header: dict[str, Any], map_bytes: bytes = b"", extra_parts: list[bytes] | None = None
+) -> list[bytes]:
     """[topic, header JSON, map bytes] (+ optional extension parts, e.g. the frame preview)."""
     topic = RESULT_TOPIC_PREFIX + header["camera_id"].encode("utf-8")
     return [topic, json.dumps(header, separators=(",", ":")).encode(), map_bytes, *(extra_parts or [])]

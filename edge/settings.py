@@ -58,12 +58,19 @@ class EdgeConfig:
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
         require(self.max_header_bytes >= 256, "edge.max_header_bytes is too small")
-        require(self.linger_ms >= 0 and self.rcvhwm >= 1 and self.sndhwm >= 1, "edge socket options must be >= 0/1")
+        require(
+            self.linger_ms >= 0 and self.rcvhwm >= 1 and self.sndhwm >= 1,
+            "edge socket options must be >= 0/1",
+        )
         require(0 <= self.metrics_port <= 65535, "edge.metrics_port must be 0 (off) or a port")
-        require(self.frames_mode == "pull" or len(self.camera_endpoints) > 0,
-                "edge.frames_mode=sub needs camera_endpoints to connect to")
-        require(not self.curve.enabled or bool(self.curve.server_secret_key),
-                "edge.curve.enabled needs curve.server_secret_key")
+        require(
+            self.frames_mode == "pull" or len(self.camera_endpoints) > 0,
+            "edge.frames_mode=sub needs camera_endpoints to connect to",
+        )
+        require(
+            not self.curve.enabled or bool(self.curve.server_secret_key),
+            "edge.curve.enabled needs curve.server_secret_key",
+        )
         require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
 
     @property

@@ -43,7 +43,9 @@ class Summary:
         n = sum(self.by_status.values())
         span = (self.last - self.first) if self.first and self.last and self.last > self.first else 0.0
         return {
-            "results": n, "by_status": dict(self.by_status), "by_decision": dict(self.by_decision),
+            "results": n,
+            "by_status": dict(self.by_status),
+            "by_decision": dict(self.by_decision),
             "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat) else {},
             "rate_per_s": (n - 1) / span if span > 0 else None,
         }
@@ -52,20 +54,26 @@ class Summary:
         d = self.as_dict()
         lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
         rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
-        return (f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
-                f"latency {lat or 'n/a'}")
+        return (
+            f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
+            f"latency {lat or 'n/a'}"
+        )
 
 
 def format_line(h: dict[str, Any]) -> str:
     if h["status"] == "ok":
         regions = len(h.get("regions") or [])
-        return (f"{h['camera_id']} #{h['frame_id']} {h['decision'].upper():4s} score {h['score']:.5g} "
-                f"(thr {h['threshold']:.5g}) regions {regions} batch {h['batch_size']} "
-                f"latency {h['latency_ms']['total']:.1f} ms")
+        return (
+            f"{h['camera_id']} #{h['frame_id']} {h['decision'].upper():4s} score {h['score']:.5g} "
+            f"(thr {h['threshold']:.5g}) regions {regions} batch {h['batch_size']} "
+            f"latency {h['latency_ms']['total']:.1f} ms"
+        )
     return f"{h['camera_id']} #{h['frame_id']} {h['status'].upper()} {h.get('error') or ''}"
 
 
-def save_overlay(folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> Path | None:
+def save_overlay(
+    folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None
+) -> Path | None:
     if amap is None:
         return None
     if frame_jpeg:
@@ -75,7 +83,9 @@ def save_overlay(folder: Path, header: dict[str, Any], amap: np.ndarray | None, 
     picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
     fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
     sx, sy = amap.shape[1] / fw, amap.shape[0] / fh
-    boxes = [{"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []]
+    boxes = [
+        {"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []
+    ]
     draw_regions(picture, boxes)
     label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} FAIL", (0, 0, 255))
     path = folder / f"{header['camera_id']}_{header['frame_id']:08d}.png"
@@ -83,9 +93,19 @@ def save_overlay(folder: Path, header: dict[str, Any], amap: np.ndarray | None, 
     return path
 
 
-def run_watch(endpoint: str, camera: str | None = None, save_dir: str | Path | None = None, count: int = 0,
-              timeout_s: float = 0.0, jsonl: str | Path | None = None, quiet: bool = False, stop=None,
-              out: TextIO | None = None, curve_secret: str | None = None, curve_server_key: str | None = None) -> Summary:
+def run_watch(
+    endpoint: str,
+    camera: str | None = None,
+    save_dir: str | Path | None = None,
+    count: int = 0,
+    timeout_s: float = 0.0,
+    jsonl: str | Path | None = None,
+    quiet: bool = False,
+    stop=None,
+    out: TextIO | None = None,
+    curve_secret: str | None = None,
+    curve_server_key: str | None = None,
+) -> Summary:
     """Subscribe and print until `count` results, `timeout_s` idle seconds, or `stop()`; returns the summary."""
     import sys
 

@@ -23,7 +23,10 @@ class ExportConfig:
     version: str = "1"
 
     def __post_init__(self) -> None:
-        require(7 <= self.opset <= 17, f"export.opset must be in 7..17 (TensorRT 8.6 parses <= 17), got {self.opset}")
+        require(
+            7 <= self.opset <= 17,
+            f"export.opset must be in 7..17 (TensorRT 8.6 parses <= 17), got {self.opset}",
+        )
         require(self.parity_test_per_kind >= 0, "export.parity_test_per_kind must be >= 0")
         require(self.fp32_max_abs_error > 0 and self.fp16_max_relative_error > 0, "export tolerances must be > 0")
         require(0 < self.fp16_min_decision_agreement <= 1, "export.fp16_min_decision_agreement must be in (0, 1]")

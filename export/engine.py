@@ -100,8 +100,14 @@ def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 
     cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     t0 = time.monotonic()
-    log.info("building %s from %s (max batch %d, workspace %d MiB, %s)", key, onnx_path.name, max_batch, workspace_mb,
-             settings.mode)
+    log.info(
+        "building %s from %s (max batch %d, workspace %d MiB, %s)",
+        key,
+        onnx_path.name,
+        max_batch,
+        workspace_mb,
+        settings.mode,
+    )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendError("TensorRT failed to build the engine (see its log above)")
@@ -124,7 +130,9 @@ def verify_engine(model_dir: str | Path, max_batch: int, workspace_mb: int, n_fr
     base = rng.integers(60, 200, (n_frames, 1, 1, shape[2]))
     frames = np.clip(base + rng.normal(0, 12, (n_frames, *shape)), 0, 255).astype(np.uint8)
     trt_backend = create_backend("tensorrt", package, {"max_batch": max_batch, "workspace_mb": workspace_mb})
-    ort_backend = create_backend("onnxruntime", package, {"max_batch": max_batch, "providers": ["CPUExecutionProvider"]})
+    ort_backend = create_backend(
+        "onnxruntime", package, {"max_batch": max_batch, "providers": ["CPUExecutionProvider"]}
+    )
     try:
         n = min(n_frames, trt_backend.max_batch)
         m_trt, s_trt = trt_backend.infer(frames[:n])
@@ -132,13 +140,19 @@ def verify_engine(model_dir: str | Path, max_batch: int, workspace_mb: int, n_fr
     finally:
         trt_backend.close()
         ort_backend.close()
-    rel = float((np.linalg.norm((m_trt - m_ort).reshape(n, -1), axis=1)
-                 / np.maximum(np.linalg.norm(m_ort.reshape(n, -1), axis=1), 1e-12)).max())
+    rel = float(
+        (
+            np.linalg.norm((m_trt - m_ort).reshape(n, -1), axis=1)
+            / np.maximum(np.linalg.norm(m_ort.reshape(n, -1), axis=1), 1e-12)
+        ).max()
+    )
     agree = float(((s_trt >= package.threshold) == (s_ort >= package.threshold)).mean())
     bounds = package.meta.get("parity", {}).get("fp16_vs_fp32", {})
     rel_bound = float(bounds.get("bound_relative_error", 1e-2))
     agree_bound = float(bounds.get("bound_decision_agreement", 0.99))
     if rel > rel_bound or agree < agree_bound:
-        raise BackendError(f"engine disagrees with ONNX Runtime: map relative error {rel:.3g} (bound {rel_bound}), "
-                           f"decision agreement {agree:.3f} (bound {agree_bound})")
+        raise BackendError(
+            f"engine disagrees with ONNX Runtime: map relative error {rel:.3g} (bound {rel_bound}), "
+            f"decision agreement {agree:.3f} (bound {agree_bound})"
+        )
     return {"map_relative_error": rel, "decision_agreement": agree, "n_frames": n}

@@ -33,8 +33,13 @@ def _versions() -> dict[str, str]:
 
     import vqad
 
-    return {"vqad": vqad.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    return {
+        "vqad": vqad.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
@@ -81,8 +86,15 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
         _, t_maps, t_scores = score_frames(run.model, frames)
         fp32 = onnx_outputs(staging / FP32_FILE, frames)
         fp16 = onnx_outputs(staging / FP16_FILE, frames)
-        parity = compare((t_maps[:, None], t_scores), fp32, fp16, threshold["value"], cfg.fp32_max_abs_error,
-                         cfg.fp16_max_relative_error, cfg.fp16_min_decision_agreement)
+        parity = compare(
+            (t_maps[:, None], t_scores),
+            fp32,
+            fp16,
+            threshold["value"],
+            cfg.fp32_max_abs_error,
+            cfg.fp16_max_relative_error,
+            cfg.fp16_min_decision_agreement,
+        )
         parity["images"] = names
 
         eval_metrics = {}
@@ -95,24 +107,44 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             "name": m.name,
             "version": cfg.version,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {"name": INPUT_NAME, "size": m.image_size, "channels": m.channels,
-                      "color_order": "BGR" if m.channels == 3 else "GRAY", "dtype": "uint8", "layout": "NHWC",
-                      "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)"},
-            "normalization": {"mean": list(m.channel_mean()), "std": list(m.channel_std()),
-                              "formula": "(pixel / 255 - mean) / std", "in_graph": True},
-            "output": {"names": list(OUTPUT_NAMES), "anomaly_map": "N x 1 x H x W float32, smoothed",
-                       "score": "N float32", "map_scale": cfg.map_scale_factor * threshold["value"] / 255.0},
+            "input": {
+                "name": INPUT_NAME,
+                "size": m.image_size,
+                "channels": m.channels,
+                "color_order": "BGR" if m.channels == 3 else "GRAY",
+                "dtype": "uint8",
+                "layout": "NHWC",
+                "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
+            },
+            "normalization": {
+                "mean": list(m.channel_mean()),
+                "std": list(m.channel_std()),
+                "formula": "(pixel / 255 - mean) / std",
+                "in_graph": True,
+            },
+            "output": {
+                "names": list(OUTPUT_NAMES),
+                "anomaly_map": "N x 1 x H x W float32, smoothed",
+                "score": "N float32",
+                "map_scale": cfg.map_scale_factor * threshold["value"] / 255.0,
+            },
             "threshold": threshold,
             "decision": "fail when score >= threshold",
             "scoring": to_dict(m.score),
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
-            "files": {FP32_FILE: sha256_file(staging / FP32_FILE), FP16_FILE: sha256_file(staging / FP16_FILE)},
+            "files": {
+                FP32_FILE: sha256_file(staging / FP32_FILE),
+                FP16_FILE: sha256_file(staging / FP16_FILE),
+            },
             "opset": cfg.opset,
             "exporter": "torch.onnx (TorchScript tracer)",
             "versions": _versions(),
             "parity": parity,
-            "source": {"run": str(run.root), "checkpoint_sha256": run.meta.get("content_sha256"),
-                       "step": run.meta.get("step")},
+            "source": {
+                "run": str(run.root),
+                "checkpoint_sha256": run.meta.get("content_sha256"),
+                "step": run.meta.get("step"),
+            },
             "model_config": to_dict(m),
         }
         write_model_json(staging, meta)

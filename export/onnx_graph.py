@@ -53,8 +53,15 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, do_constant_folding=True,
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
         )
     proto = constants_to_initializers(onnx.load(str(path)))
     # The tracer leaves the map's non-batch dims symbolic; they are fixed by the input size.

@@ -73,8 +73,10 @@ def compare(
     a, b = figures["fp32_vs_torch"], figures["fp16_vs_fp32"]
     failures = []
     if max(a["map_max_abs_error"], a["score_max_abs_error"]) > fp32_max_abs_error:
-        failures.append(f"FP32 ONNX differs from PyTorch by {max(a['map_max_abs_error'], a['score_max_abs_error']):.3g} "
-                        f"> {fp32_max_abs_error:g}")
+        failures.append(
+            f"FP32 ONNX differs from PyTorch by {max(a['map_max_abs_error'], a['score_max_abs_error']):.3g} "
+            f"> {fp32_max_abs_error:g}"
+        )
     if not a["decisions_identical"]:
         failures.append("FP32 ONNX decisions differ from PyTorch")
     if b["map_relative_error"] > fp16_max_relative_error:

@@ -15,17 +15,40 @@ SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 VQAD = [sys.executable, "-m", "vqad.cli"]
 
 TINY_MODEL = [
-    "--set", "model.image_size=32", "--set", "model.width=8", "--set", "model.code_dim=8",
-    "--set", "model.codebook_size=32", "--set", "model.res_blocks=1", "--set", "model.score.smoothing_sigma=1.0",
+    "--set",
+    "model.image_size=32",
+    "--set",
+    "model.width=8",
+    "--set",
+    "model.code_dim=8",
+    "--set",
+    "model.codebook_size=32",
+    "--set",
+    "model.res_blocks=1",
+    "--set",
+    "model.score.smoothing_sigma=1.0",
 ]
-TINY_TRAIN = ["--set", "train.batch_size=8", "--set", "train.log_every=5", "--set", "train.checkpoint_every=10",
-              "--set", "train.warmup_steps=5", "--set", "train.num_threads=1", "--set", "train.val_fraction=0.25"]
+TINY_TRAIN = [
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.checkpoint_every=10",
+    "--set",
+    "train.warmup_steps=5",
+    "--set",
+    "train.num_threads=1",
+    "--set",
+    "train.val_fraction=0.25",
+]
 
 
 def run_vqad(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=env, **kw)
+    proc = subprocess.run(
+        [*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kw
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"vqad {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -34,8 +57,20 @@ def run_vqad(*args: str, check: bool = True, timeout: float = 300, **kw) -> subp
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    run_vqad("synth", out, "--seed", "3", "--size", "64", "--n-train", "16", "--n-test-good", "4",
-             "--n-per-defect", "2")
+    run_vqad(
+        "synth",
+        out,
+        "--seed",
+        "3",
+        "--size",
+        "64",
+        "--n-train",
+        "16",
+        "--n-test-good",
+        "4",
+        "--n-per-defect",
+        "2",
+    )
     return out
 
 

@@ -17,8 +17,10 @@ from edge.protocol import parse_result
 from tests.conftest import ROOT
 
 # The daemon runs with torch and train/ made unimportable: a Jetson has neither.
-BLOCKED_LAUNCH = ("import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
-                  "from vqad.cli import main; sys.exit(main(sys.argv[1:]))")
+BLOCKED_LAUNCH = (
+    "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
+    "from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def short_ipc_dir() -> Path:
@@ -32,9 +34,24 @@ class DaemonProcess:
         self.results = f"ipc://{self.dir}/results"
         self.ready = self.dir / "ready.json"
         self.log_path = self.dir / "daemon.log"
-        self.args = [sys.executable, "-c", BLOCKED_LAUNCH, "serve", str(model_dir), "--frames", self.frames,
-                     "--results", self.results, "--ready-file", str(self.ready), "--set", "edge.log_every_s=1",
-                     "--set", f"edge.state_dir={self.dir}", *extra]
+        self.args = [
+            sys.executable,
+            "-c",
+            BLOCKED_LAUNCH,
+            "serve",
+            str(model_dir),
+            "--frames",
+            self.frames,
+            "--results",
+            self.results,
+            "--ready-file",
+            str(self.ready),
+            "--set",
+            "edge.log_every_s=1",
+            "--set",
+            f"edge.state_dir={self.dir}",
+            *extra,
+        ]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc: subprocess.Popen | None = None
 
@@ -116,7 +133,13 @@ class Camera:
 
 
 def header(camera_id="cam0", frame_id=0, **kw) -> bytes:
-    h = {"v": 1, "camera_id": camera_id, "frame_id": frame_id, "ts_ns": time.time_ns(), "dtype": "uint8",
-         "encoding": "raw"}
+    h = {
+        "v": 1,
+        "camera_id": camera_id,
+        "frame_id": frame_id,
+        "ts_ns": time.time_ns(),
+        "dtype": "uint8",
+        "encoding": "raw",
+    }
     h.update(kw)
     return json.dumps(h).encode()

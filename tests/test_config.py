@@ -11,15 +11,22 @@ from train.config import ModelConfig, ScoreConfig, TrainConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("cls,name", [(ModelConfig, "model"), (TrainConfig, "train"), (ExportConfig, "export"),
-                                      (EdgeConfig, "edge")])
+@pytest.mark.parametrize(
+    "cls,name",
+    [(ModelConfig, "model"), (TrainConfig, "train"), (ExportConfig, "export"), (EdgeConfig, "edge")],
+)
 def test_shipped_yaml_is_the_documented_default(cls, name):
     assert load_config(cls, CONFIGS / f"{name}.yaml") == cls()
 
 
 def test_overrides_are_converted_by_field_type():
-    cfg = load_config(ModelConfig, None, parse_overrides(
-        ["image_size=64", "cosine=true", "mean=[0.4,0.5,0.6]", "score.errors=l2,gms", "score.weights=1,2"]))
+    cfg = load_config(
+        ModelConfig,
+        None,
+        parse_overrides(
+            ["image_size=64", "cosine=true", "mean=[0.4,0.5,0.6]", "score.errors=l2,gms", "score.weights=1,2"]
+        ),
+    )
     assert cfg.image_size == 64 and cfg.cosine is True
     assert cfg.mean == (0.4, 0.5, 0.6)
     assert cfg.score == ScoreConfig(errors=("l2", "gms"), weights=(1.0, 2.0))
@@ -27,14 +34,17 @@ def test_overrides_are_converted_by_field_type():
     assert load_config(EdgeConfig, None, {"threshold": "0.5"}).threshold == 0.5
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"image_sise": "64"}, "unknown config key"),
-    ({"image_size": "big"}, "expected an integer"),
-    ({"codebook": "kmeans"}, "not one of"),
-    ({"image_size": "30"}, "divisible"),
-    ({"score": {"errors": "l2,ssim", "weights": "1"}}, "one weight per error"),
-    ({"cosine": "maybe"}, "true/false"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"image_sise": "64"}, "unknown config key"),
+        ({"image_size": "big"}, "expected an integer"),
+        ({"codebook": "kmeans"}, "not one of"),
+        ({"image_size": "30"}, "divisible"),
+        ({"score": {"errors": "l2,ssim", "weights": "1"}}, "one weight per error"),
+        ({"cosine": "maybe"}, "true/false"),
+    ],
+)
 def test_bad_config_raises_value_error(overrides, match):
     with pytest.raises(ValueError, match=match):
         load_config(ModelConfig, None, overrides)

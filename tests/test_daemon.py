@@ -26,9 +26,25 @@ def test_frames_in_give_results_out_matching_offline_evaluation(tiny_model, tiny
     with DaemonProcess(tiny_model) as daemon:
         sub = Subscriber(daemon.results)
         manifest = daemon.dir / "manifest.csv"
-        proc = subprocess.run([sys.executable, "-m", "vqad.cli", "camera", str(synth_root / "bracket" / "test"),
-                               "--to", daemon.frames, "--camera-id", "line1", "--manifest", str(manifest)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vqad.cli",
+                "camera",
+                str(synth_root / "bracket" / "test"),
+                "--to",
+                daemon.frames,
+                "--camera-id",
+                "line1",
+                "--manifest",
+                str(manifest),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         sent = {int(r["frame_id"]): r["source"] for r in csv.DictReader(open(manifest))}
         results = sub.collect(len(sent), timeout=60)
@@ -172,8 +188,17 @@ def test_sigterm_while_frames_are_queued_answers_every_accepted_frame(tiny_model
 def test_drop_oldest_under_a_burst_reports_every_frame(tiny_model):
     frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     n = 200
-    with DaemonProcess(tiny_model, "--overload", "drop_oldest", "--max-batch", "1", "--max-delay-ms", "0",
-                       "--set", "edge.queue_size=4") as daemon:
+    with DaemonProcess(
+        tiny_model,
+        "--overload",
+        "drop_oldest",
+        "--max-batch",
+        "1",
+        "--max-delay-ms",
+        "0",
+        "--set",
+        "edge.queue_size=4",
+    ) as daemon:
         sub = Subscriber(daemon.results)
         cam = Camera(daemon.frames)
         for i in range(n):
@@ -205,11 +230,13 @@ def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
 
 
 def test_edge_imports_with_torch_blocked():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['train'] = None; sys.modules['export'] = None\n"
-            "import pkgutil, importlib, edge\n"
-            "mods = [m.name for m in pkgutil.walk_packages(edge.__path__, 'edge.')]\n"
-            "for m in mods: importlib.import_module(m)\n"
-            "print(len(mods))")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; sys.modules['export'] = None\n"
+        "import pkgutil, importlib, edge\n"
+        "mods = [m.name for m in pkgutil.walk_packages(edge.__path__, 'edge.')]\n"
+        "for m in mods: importlib.import_module(m)\n"
+        "print(len(mods))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) >= 10

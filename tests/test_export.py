@@ -43,7 +43,9 @@ def test_onnx_fp32_and_fp16_match_pytorch(tiny_model, tiny_run, frames):
     m16, s16 = onnx_outputs(tiny_model / "model_fp16.onnx", frames)
     assert m32.shape == (len(frames), 1, 32, 32) and m32.dtype == np.float32 and s32.dtype == np.float32
     assert np.abs(m32[:, 0] - t_maps).max() < 1e-4 and np.abs(s32 - t_scores).max() < 1e-4
-    rel = np.linalg.norm((m16 - m32).reshape(len(frames), -1), axis=1) / np.linalg.norm(m32.reshape(len(frames), -1), axis=1)
+    rel = np.linalg.norm((m16 - m32).reshape(len(frames), -1), axis=1) / np.linalg.norm(
+        m32.reshape(len(frames), -1), axis=1
+    )
     assert rel.max() <= 1e-2
     thr = load_package(tiny_model).threshold
     assert ((s16 >= thr) == (s32 >= thr)).mean() >= 0.99
@@ -84,8 +86,11 @@ def test_graph_is_valid_and_tensorrt_parsable(tiny_model):
 def test_fp16_graph_keeps_the_fp32_islands(tiny_model):
     model = onnx.load(str(tiny_model / "model_fp16.onnx"))
     types = {i.name: i.data_type for i in model.graph.initializer}
-    conv_weights = [n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")
-                    and n.name.startswith(("/encoder/", "/decoder/"))]
+    conv_weights = [
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "ConvTranspose") and n.name.startswith(("/encoder/", "/decoder/"))
+    ]
     assert conv_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights)
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]  # the VQ distance
     assert matmuls
@@ -121,15 +126,18 @@ def test_export_refuses_to_overwrite_without_force(tiny_model, tiny_run):
 
 
 def test_tensorrt_modules_import_without_tensorrt():
-    code = ("import sys; sys.modules['tensorrt'] = None; "
-            "import export.engine, edge.backends.tensorrt_backend; print('ok')")
+    code = (
+        "import sys; sys.modules['tensorrt'] = None; import export.engine, edge.backends.tensorrt_backend; print('ok')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
 def test_build_engine_without_tensorrt_says_how_to_get_it(tiny_model):
-    code = ("import sys; sys.modules['tensorrt'] = None; from vqad.cli import main; "
-            f"sys.exit(main(['build-engine', {str(tiny_model)!r}]))")
+    code = (
+        "import sys; sys.modules['tensorrt'] = None; from vqad.cli import main; "
+        f"sys.exit(main(['build-engine', {str(tiny_model)!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert "TensorRT is not installed" in proc.stderr and "JetPack" in proc.stderr

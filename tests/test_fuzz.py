@@ -34,8 +34,22 @@ def _base(fid: int) -> dict:
 def bad_message(draw):
     """-> (parts, expects_error_result: bool, frame_id or None)."""
     fid = next(_ids)
-    kind = draw(st.sampled_from(["parts", "random_header", "wrong_types", "missing", "huge", "mismatch", "dtype",
-                                 "truncated", "non_utf8", "nested"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "parts",
+                "random_header",
+                "wrong_types",
+                "missing",
+                "huge",
+                "mismatch",
+                "dtype",
+                "truncated",
+                "non_utf8",
+                "nested",
+            ]
+        )
+    )
     h = _base(fid)
     if kind == "parts":
         n = draw(st.sampled_from([1, 3, 4, 7]))
@@ -46,8 +60,16 @@ def bad_message(draw):
     if kind == "wrong_types":
         field = draw(st.sampled_from(["v", "ts_ns", "shape", "encoding", "dtype"]))
         h["shape"] = [2, 2, 3]
-        h[field] = draw(st.one_of(st.text(max_size=5), st.floats(allow_nan=False), st.lists(st.integers(), max_size=4),
-                                  st.booleans(), st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+        h[field] = draw(
+            st.one_of(
+                st.text(max_size=5),
+                st.floats(allow_nan=False),
+                st.lists(st.integers(), max_size=4),
+                st.booleans(),
+                st.none(),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+            )
+        )
         if field == "shape" and h[field] in ([2, 2, 3], [2, 2]):
             h[field] = "bad"
         if field == "encoding" and h[field] in ("raw", "jpeg", "png"):
@@ -113,8 +135,12 @@ def test_fuzzed_messages(fuzz_daemon, reference, request):
     image, ref_score = reference
     examples = 400 if request.config.getoption("--soak") else 80  # x 25 messages: 2,000 in CI
 
-    @settings(max_examples=examples, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(st.lists(bad_message(), min_size=MESSAGES_PER_EXAMPLE, max_size=MESSAGES_PER_EXAMPLE))
     def run(messages):
         sent[0] += len(messages)

@@ -31,8 +31,15 @@ def free_port() -> int:
 
 def test_backend_failure_fails_only_that_batch(tiny_model):
     poison = np.full((48, 48, 3), 13, np.uint8)
-    with DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "2",
-                       "--max-delay-ms", "300") as daemon:
+    with DaemonProcess(
+        tiny_model,
+        "--backend",
+        "tests.faulty_backend:FaultyBackend",
+        "--max-batch",
+        "2",
+        "--max-delay-ms",
+        "300",
+    ) as daemon:
         sub = Subscriber(daemon.results)
         cam = Camera(daemon.frames)
         cam.send(frame_message("f", 0, FRAME))
@@ -66,8 +73,20 @@ def test_camera_process_killed_and_restarted(tiny_model, synth_root):
     folder = synth_root / "bracket" / "test" / "good"
     with DaemonProcess(tiny_model) as daemon:
         sub = Subscriber(daemon.results)
-        cmd = [sys.executable, "-m", "vqad.cli", "camera", str(folder), "--to", daemon.frames, "--loop", "--fps", "20",
-               "--camera-id", "k"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vqad.cli",
+            "camera",
+            str(folder),
+            "--to",
+            daemon.frames,
+            "--loop",
+            "--fps",
+            "20",
+            "--camera-id",
+            "k",
+        ]
         first = subprocess.Popen(cmd, cwd=ROOT)
         first_results = sub.collect(5, timeout=30)
         first.send_signal(signal.SIGKILL)
@@ -118,8 +137,17 @@ def _throughput(daemon: DaemonProcess, n: int = 40) -> float:
 
 @pytest.mark.parametrize("policy", ["backpressure", "drop_oldest"])
 def test_every_frame_accounted_for_under_a_5x_burst(tiny_model, policy):
-    with DaemonProcess(tiny_model, "--overload", policy, "--max-batch", "4", "--set", "edge.queue_size=8",
-                       "--set", "edge.rcvhwm=8") as daemon:
+    with DaemonProcess(
+        tiny_model,
+        "--overload",
+        policy,
+        "--max-batch",
+        "4",
+        "--set",
+        "edge.queue_size=8",
+        "--set",
+        "edge.rcvhwm=8",
+    ) as daemon:
         rate = _throughput(daemon)
         sub = Subscriber(daemon.results)
         cams = [Camera(daemon.frames) for _ in range(2)]
@@ -148,11 +176,16 @@ def test_sockets_bind_to_loopback_by_default(tiny_model):
     fp, rp = free_port(), free_port()
     daemon = DaemonProcess(tiny_model)
     # Only the ports are given: the host part comes from the defaults' loopback.
-    daemon.args = [a.replace(daemon.frames, f"tcp://127.0.0.1:{fp}").replace(daemon.results, f"tcp://127.0.0.1:{rp}")
-                   for a in daemon.args]
+    daemon.args = [
+        a.replace(daemon.frames, f"tcp://127.0.0.1:{fp}").replace(daemon.results, f"tcp://127.0.0.1:{rp}")
+        for a in daemon.args
+    ]
     with daemon:
-        listening = {c.laddr for c in psutil.Process(daemon.proc.pid).net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN}
+        listening = {
+            c.laddr
+            for c in psutil.Process(daemon.proc.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
     assert {addr.port for addr in listening} >= {fp, rp}
     assert all(addr.ip == "127.0.0.1" for addr in listening)
 
@@ -182,9 +215,15 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     create_keys(tmp_path / "strangers", "mallory")
     server_secret = tmp_path / "server" / "server.key_secret"
     server_public = tmp_path / "server" / "server.key"
-    with DaemonProcess(tiny_model, "--set", "edge.curve.enabled=true", "--set",
-                       f"edge.curve.server_secret_key={server_secret}", "--set",
-                       f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}") as daemon:
+    with DaemonProcess(
+        tiny_model,
+        "--set",
+        "edge.curve.enabled=true",
+        "--set",
+        f"edge.curve.server_secret_key={server_secret}",
+        "--set",
+        f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}",
+    ) as daemon:
         ctx = zmq.Context.instance()
 
         def sub_with(key):

@@ -77,8 +77,9 @@ def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
 def test_resume_continues_the_run(synth_root, tmp_path):
     run = tmp_path / "run"
     run_vqad("train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN)
-    refused = run_vqad("train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN,
-                       check=False)
+    refused = run_vqad(
+        "train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN, check=False
+    )
     assert refused.returncode != 0 and "--resume" in refused.stderr
     run_vqad("train", synth_root / "weave", "--out", run, "--steps", "15", "--resume", *TINY_MODEL, *TINY_TRAIN)
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == 15
@@ -89,9 +90,26 @@ def test_resume_continues_the_run(synth_root, tmp_path):
 def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vqad.cli", "train", str(synth_root / "bracket"), "--out", str(run), "--steps", "100000",
-         *TINY_MODEL, *TINY_TRAIN, "--set", "train.checkpoint_every=100000"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "vqad.cli",
+            "train",
+            str(synth_root / "bracket"),
+            "--out",
+            str(run),
+            "--steps",
+            "100000",
+            *TINY_MODEL,
+            *TINY_TRAIN,
+            "--set",
+            "train.checkpoint_every=100000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run / "metrics.csv").exists():
         time.sleep(0.2)
@@ -102,8 +120,19 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     meta = load_checkpoint(run / "checkpoint.pt")["meta"]
     assert meta["reason"] == "interrupted" and meta["step"] > 0
     stopped_at = meta["step"]
-    run_vqad("train", synth_root / "bracket", "--out", run, "--steps", str(stopped_at + 3), "--resume", *TINY_MODEL,
-             *TINY_TRAIN, "--set", "train.checkpoint_every=100000")
+    run_vqad(
+        "train",
+        synth_root / "bracket",
+        "--out",
+        run,
+        "--steps",
+        str(stopped_at + 3),
+        "--resume",
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "--set",
+        "train.checkpoint_every=100000",
+    )
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == stopped_at + 3
 
 
@@ -122,10 +151,33 @@ def test_bad_data_stops_before_anything_is_written(synth_root, tmp_path):
 def test_distributed_training_on_two_cpu_processes(synth_root, tmp_path):
     run = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         "-m", "vqad.cli", "train", str(synth_root / "bracket"), "--out", str(run), "--steps", "6",
-         *TINY_MODEL, *TINY_TRAIN, "--set", "train.log_every=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "vqad.cli",
+            "train",
+            str(synth_root / "bracket"),
+            "--out",
+            str(run),
+            "--steps",
+            "6",
+            *TINY_MODEL,
+            *TINY_TRAIN,
+            "--set",
+            "train.log_every=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = load_checkpoint(run / "checkpoint.pt")["meta"]
     assert meta["step"] == 6

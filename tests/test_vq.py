@@ -79,7 +79,9 @@ def test_kmeans_finds_separated_clusters():
     torch.manual_seed(1)
     x = torch.cat([torch.randn(50, 3) + 20, torch.randn(50, 3) - 20])
     c = kmeans(x, 2, 10)
-    assert sorted(c[:, 0].round().tolist()) == [-20.0, 20.0] or torch.allclose(c.abs().mean(), torch.tensor(20.0), atol=1)
+    assert sorted(c[:, 0].round().tolist()) == [-20.0, 20.0] or torch.allclose(
+        c.abs().mean(), torch.tensor(20.0), atol=1
+    )
 
 
 def test_dead_code_restart_replaces_unused_codes_with_batch_vectors():

@@ -62,7 +62,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file; all mean "refused"
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"refused to load {path}: not a safe vqad checkpoint ({first[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

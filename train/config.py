@@ -80,8 +80,10 @@ class ModelConfig:
             require(len(values) in (1, self.channels), f"model.{name} needs 1 or {self.channels} values")
         require(all(s > 0 for s in self.std), "model.std must be positive")
         require(self.head_width >= 0, "model.head_width must be >= 0")
-        require(self.score.source == "recon" or self.head_width > 0,
-                f"score.source={self.score.source} needs a comparison head (model.head_width > 0)")
+        require(
+            self.score.source == "recon" or self.head_width > 0,
+            f"score.source={self.score.source} needs a comparison head (model.head_width > 0)",
+        )
 
     def channel_mean(self) -> tuple[float, ...]:
         return self.mean * self.channels if len(self.mean) == 1 else self.mean
@@ -124,4 +126,7 @@ class TrainConfig:
         require(0.0 <= self.anomaly_fraction <= 1.0, "train.anomaly_fraction must be in [0, 1]")
         require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
         require(0.0 <= self.head_start_fraction < 1.0, "train.head_start_fraction must be in [0, 1)")
-        require(self.log_every >= 1 and self.checkpoint_every >= 1, "train.log_every/checkpoint_every must be >= 1")
+        require(
+            self.log_every >= 1 and self.checkpoint_every >= 1,
+            "train.log_every/checkpoint_every must be >= 1",
+        )

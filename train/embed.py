@@ -48,8 +48,11 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     K = cfg.codebook_size
     chunks = []
     for i in range(0, len(images), batch_size):
-        x = normalize(uint8_nhwc_to_float(torch.from_numpy(images[i : i + batch_size])), cfg.channel_mean(),
-                      cfg.channel_std())
+        x = normalize(
+            uint8_nhwc_to_float(torch.from_numpy(images[i : i + batch_size])),
+            cfg.channel_mean(),
+            cfg.channel_std(),
+        )
         z_q, codes, _ = run.model.vqvae.encode(x)  # (B, D, h, w), (B, h, w)
         if kind == "codes":
             chunks.append(codes.numpy().astype(np.int32))
@@ -57,7 +60,9 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
             chunks.append(z_q.numpy().astype(np.float32))
         else:
             flat_codes = codes.flatten(1)  # (B, h*w)
-            hist = torch.zeros(flat_codes.shape[0], K).scatter_add_(1, flat_codes, torch.ones_like(flat_codes, dtype=torch.float32))
+            hist = torch.zeros(flat_codes.shape[0], K).scatter_add_(
+                1, flat_codes, torch.ones_like(flat_codes, dtype=torch.float32)
+            )
             hist = hist / flat_codes.shape[1]  # (B, K), sums to 1
             z = z_q.flatten(2)  # (B, D, h*w)
             chunks.append(torch.cat([hist, z.mean(2), z.std(2)], dim=1).numpy().astype(np.float32))

@@ -54,15 +54,24 @@ def codebook_counts(run: Run, images: np.ndarray) -> np.ndarray:
 
     counts = np.zeros(run.model_cfg.codebook_size, dtype=np.int64)
     for i in range(0, len(images), 16):
-        x = normalize(uint8_nhwc_to_float(torch.from_numpy(images[i : i + 16])), run.model_cfg.channel_mean(),
-                      run.model_cfg.channel_std())
+        x = normalize(
+            uint8_nhwc_to_float(torch.from_numpy(images[i : i + 16])),
+            run.model_cfg.channel_mean(),
+            run.model_cfg.channel_std(),
+        )
         _, codes, _ = run.model.vqvae.encode(x)
         counts += np.bincount(codes.flatten().numpy(), minlength=len(counts))
     return counts
 
 
-def _panel(image: np.ndarray, recon01: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, score: float,
-           threshold: float) -> np.ndarray:
+def _panel(
+    image: np.ndarray,
+    recon01: np.ndarray,
+    amap: np.ndarray,
+    mask: np.ndarray | None,
+    score: float,
+    threshold: float,
+) -> np.ndarray:
     """original | reconstruction | heat-map overlay | ground-truth contour, one row."""
     bgr = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     recon = np.clip(recon01.transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -73,9 +82,12 @@ def _panel(image: np.ndarray, recon01: np.ndarray, amap: np.ndarray, mask: np.nd
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(truth, contours, -1, (0, 255, 0), 1)
     decision = "FAIL" if score >= threshold else "pass"
-    tiles = [label(bgr.copy(), "input"), label(recon, "reconstruction"),
-             label(overlay, f"{score:.4g} {decision}", (0, 0, 255) if decision == "FAIL" else (0, 255, 0)),
-             label(truth, "ground truth" if mask is not None else "no mask")]
+    tiles = [
+        label(bgr.copy(), "input"),
+        label(recon, "reconstruction"),
+        label(overlay, f"{score:.4g} {decision}", (0, 0, 255) if decision == "FAIL" else (0, 255, 0)),
+        label(truth, "ground truth" if mask is not None else "no mask"),
+    ]
     scale = max(1, 256 // image.shape[0])
     return cv2.resize(np.hstack(tiles), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
@@ -127,13 +139,19 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "scores.csv").write_text(
         "path,kind,label,score,decision\n"
-        + "".join(f"{s.path},{s.kind},{s.label},{sc:.6g},{'fail' if d else 'pass'}\n"
-                  for s, sc, d in zip(test, scores, decisions, strict=True))
+        + "".join(
+            f"{s.path},{s.kind},{s.label},{sc:.6g},{'fail' if d else 'pass'}\n"
+            for s, sc, d in zip(test, scores, decisions, strict=True)
+        )
     )
     if pictures:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
-    log.info("eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f", metrics["image_auroc"], metrics["pixel_auroc"],
-             metrics["aupro"])
+    log.info(
+        "eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",
+        metrics["image_auroc"],
+        metrics["pixel_auroc"],
+        metrics["aupro"],
+    )
     return metrics
 
 
@@ -141,7 +159,10 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
     for s, recon, amap, score in zip(test, recons, maps, scores, strict=True):
-        cv2.imwrite(str(img_dir / f"{s.kind}_{s.path.stem}.png"), _panel(s.image, recon, amap, s.mask, float(score), threshold))
+        cv2.imwrite(
+            str(img_dir / f"{s.kind}_{s.path.stem}.png"),
+            _panel(s.image, recon, amap, s.mask, float(score), threshold),
+        )
     plots.score_histogram(out / "histogram.png", scores[labels == 0], scores[labels == 1], threshold)
     if labels.min() != labels.max():
         fpr, tpr = roc_points(labels, scores)

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from edge.config import to_dict
 from edge.errors import CheckpointError, DataError
 from train.anomalies import paint_anomalies
-from train.head import focal_loss
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images, load_test_set, split_train_val, train_image_paths
+from train.head import focal_loss
 from train.model import normalize
 from train.pipeline import InspectionModel, score_frames
 from train.scoring import ssim_map
@@ -39,8 +39,19 @@ from train.scoring import ssim_map
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = (
-    "step", "elapsed_s", "loss", "recon_l2", "recon_ssim", "vq_loss", "perplexity", "used_codes",
-    "dead_restarted", "lr", "images_per_s", "val_l2", "head_loss",
+    "step",
+    "elapsed_s",
+    "loss",
+    "recon_l2",
+    "recon_ssim",
+    "vq_loss",
+    "perplexity",
+    "used_codes",
+    "dead_restarted",
+    "lr",
+    "images_per_s",
+    "val_l2",
+    "head_loss",
 )
 
 
@@ -98,7 +109,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:  # noqa: BLE001 - tensorboard is an optional extra
+        except Exception:
             self.tb = None
 
     def write(self, row: dict[str, Any]) -> None:
@@ -197,8 +208,13 @@ def train(
     if dist.main and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=train_cfg.steps, initial=start_step, desc=f"train {category.name}", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=train_cfg.steps,
+            initial=start_step,
+            desc=f"train {category.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
     last_log_t, last_log_step, dead_total = time.monotonic(), step, 0
     interrupted = False
     summary: dict[str, Any] = {}
@@ -207,8 +223,12 @@ def train(
         if not dist.main:
             return
         meta = {
-            "model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg), "step": step,
-            "elapsed_s": elapsed_before + time.monotonic() - t0, "metrics": summary, "reason": reason,
+            "model_config": to_dict(model_cfg),
+            "train_config": to_dict(train_cfg),
+            "step": step,
+            "elapsed_s": elapsed_before + time.monotonic() - t0,
+            "metrics": summary,
+            "reason": reason,
             "data": str(category),
         }
         save_checkpoint(run_dir / CHECKPOINT_NAME, model.state_dict(), meta, opt.state_dict())
@@ -263,18 +283,30 @@ def train(
             if bar is not None:
                 bar.update(1)
                 ppl = float(stats["perplexity"]) if "perplexity" in stats else float("nan")
-                bar.set_postfix(loss=f"{loss.item():.4f}", l2=f"{l2.item():.5f}", ppl=f"{ppl:.1f}",
-                                head=f"{head_l.item():.4f}")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    l2=f"{l2.item():.5f}",
+                    ppl=f"{ppl:.1f}",
+                    head=f"{head_l.item():.4f}",
+                )
             if dist.main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
                 now = time.monotonic()
                 row = {
-                    "step": step, "elapsed_s": round(elapsed_before + now - t0, 2), "loss": loss.item(),
-                    "recon_l2": l2.item(), "recon_ssim": ssim_l.item(),
+                    "step": step,
+                    "elapsed_s": round(elapsed_before + now - t0, 2),
+                    "loss": loss.item(),
+                    "recon_l2": l2.item(),
+                    "recon_ssim": ssim_l.item(),
                     "vq_loss": float(stats["vq_loss"]) if "vq_loss" in stats else "",
                     "perplexity": float(stats["perplexity"]) if "perplexity" in stats else "",
-                    "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "", "head_loss": head_l.item(),
-                    "dead_restarted": dead_total, "lr": opt.param_groups[0]["lr"],
-                    "images_per_s": round((step - last_log_step) * train_cfg.batch_size * dist.world / max(1e-6, now - last_log_t), 2),
+                    "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "",
+                    "head_loss": head_l.item(),
+                    "dead_restarted": dead_total,
+                    "lr": opt.param_groups[0]["lr"],
+                    "images_per_s": round(
+                        (step - last_log_step) * train_cfg.batch_size * dist.world / max(1e-6, now - last_log_t),
+                        2,
+                    ),
                 }
                 if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
                     row["val_l2"] = validation_l2(model, val_images)
@@ -294,8 +326,15 @@ def train(
     model.eval()
     if not interrupted and model_cfg.score.normalize != "none":
         calibrate_error_statistics(model, val_images)
-    summary.update({"step": step, "val_l2": validation_l2(model, val_images), "interrupted": interrupted,
-                    "n_train": len(train_images), "n_val": len(val_images)})
+    summary.update(
+        {
+            "step": step,
+            "val_l2": validation_l2(model, val_images),
+            "interrupted": interrupted,
+            "n_train": len(train_images),
+            "n_val": len(val_images),
+        }
+    )
     checkpoint("interrupted" if interrupted else "final")
     if metrics_log is not None:
         metrics_log.close()

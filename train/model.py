@@ -159,7 +159,11 @@ class VectorQuantizer(nn.Module):
             vq_loss = codebook_loss + self.beta * commitment
         probs = counts / counts.sum().clamp(min=1)
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        return {"vq_loss": vq_loss, "perplexity": perplexity.detach(), "used_codes": (counts > 0).sum().detach()}
+        return {
+            "vq_loss": vq_loss,
+            "perplexity": perplexity.detach(),
+            "used_codes": (counts > 0).sum().detach(),
+        }
 
     @torch.no_grad()
     def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def score_histogram(path: Path, good: np.ndarray, defect: np.ndarray, threshold: float) -> None:
@@ -46,7 +46,9 @@ def codebook_plot(path: Path, counts: np.ndarray, codebook: np.ndarray) -> None:
     a.bar(np.arange(len(counts)), counts[order], color=np.where(dead[order], "tab:red", "tab:blue"), width=1.0)
     p = counts / max(1, counts.sum())
     perplexity = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
-    a.set_title(f"code usage: {int((~dead).sum())}/{len(counts)} used, {int(dead.sum())} dead, perplexity {perplexity:.1f}")
+    a.set_title(
+        f"code usage: {int((~dead).sum())}/{len(counts)} used, {int(dead.sum())} dead, perplexity {perplexity:.1f}"
+    )
     a.set_xlabel("code (sorted by usage)")
     a.set_ylabel("count")
     centred = codebook - codebook.mean(axis=0)
@@ -76,9 +78,15 @@ def curves_plot(metrics_csv: Path, path: Path) -> bool:
         pairs = [(float(r["step"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
         return (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])) if pairs else (step[:0], step[:0])
 
-    panels = [("loss", ["loss", "vq_loss"]), ("reconstruction", ["recon_l2", "val_l2"]), ("SSIM loss", ["recon_ssim"]),
-              ("codebook", ["perplexity", "used_codes"]), ("dead codes restarted", ["dead_restarted"]),
-              ("learning rate", ["lr"]), ("images / s", ["images_per_s"])]
+    panels = [
+        ("loss", ["loss", "vq_loss"]),
+        ("reconstruction", ["recon_l2", "val_l2"]),
+        ("SSIM loss", ["recon_ssim"]),
+        ("codebook", ["perplexity", "used_codes"]),
+        ("dead codes restarted", ["dead_restarted"]),
+        ("learning rate", ["lr"]),
+        ("images / s", ["images_per_s"]),
+    ]
     fig, axes = plt.subplots(2, 4, figsize=(14, 6))
     for ax, (title, names) in zip(axes.ravel(), panels, strict=False):
         for name in names:

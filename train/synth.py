@@ -72,7 +72,9 @@ def bracket_image(rng: np.random.Generator, size: int) -> np.ndarray:
     slot = np.zeros_like(plate)
     cv2.rectangle(slot, (int(100 * s), int(168 * s)), (int(156 * s), int(176 * s)), 255, -1)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    light = rng.uniform(0.92, 1.08) * (1.0 + rng.uniform(-0.08, 0.08) * (xx - 0.5) + rng.uniform(-0.08, 0.08) * (yy - 0.5))
+    light = rng.uniform(0.92, 1.08) * (
+        1.0 + rng.uniform(-0.08, 0.08) * (xx - 0.5) + rng.uniform(-0.08, 0.08) * (yy - 0.5)
+    )
     grain = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), sigmaX=6 * s, sigmaY=0.5 * s)
     grain = grain / (grain.std() + 1e-6)
     metal = (150 + 7 * grain) * light
@@ -122,7 +124,12 @@ def scratch(rng, image, allowed):
     pts = []
     for t in np.linspace(-0.5, 0.5, 8):
         bend = 4 * s * np.sin(3 * t + rng.uniform(0, 1))
-        pts.append((x + t * length * np.cos(angle) - bend * np.sin(angle), y + t * length * np.sin(angle) + bend * np.cos(angle)))
+        pts.append(
+            (
+                x + t * length * np.cos(angle) - bend * np.sin(angle),
+                y + t * length * np.sin(angle) + bend * np.cos(angle),
+            )
+        )
     cv2.polylines(mask, [np.array(pts, np.int32)], False, 1, thickness=max(1, int(round(rng.uniform(2.0, 3.0) * s))))
     sign = rng.choice([-1, 1])
     return _blend(image, mask > 0, image + sign * rng.uniform(28, 40)), mask > 0
@@ -160,8 +167,13 @@ def foreign(rng, image, allowed):
     s = size / 256
     x, y = _centre(rng, allowed, int(24 * s))
     mask = np.zeros((size, size), np.uint8)
-    pts = np.array([[x + rng.uniform(6, 14) * s * np.cos(a), y + rng.uniform(6, 14) * s * np.sin(a)]
-                    for a in np.sort(rng.uniform(0, 2 * np.pi, 6))], np.int32)
+    pts = np.array(
+        [
+            [x + rng.uniform(6, 14) * s * np.cos(a), y + rng.uniform(6, 14) * s * np.sin(a)]
+            for a in np.sort(rng.uniform(0, 2 * np.pi, 6))
+        ],
+        np.int32,
+    )
     cv2.fillPoly(mask, [pts], 1)
     local = image[mask > 0].mean(axis=0)
     fibres = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 1.5 * s)
@@ -188,13 +200,26 @@ def missing(rng, image, allowed, background: float | None = None):
 DefectFn = Callable[[np.random.Generator, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _category(name: str) -> tuple[Callable[[np.random.Generator, int], np.ndarray], Callable[[np.ndarray], np.ndarray], dict[str, DefectFn]]:
+def _category(
+    name: str,
+) -> tuple[Callable[[np.random.Generator, int], np.ndarray], Callable[[np.ndarray], np.ndarray], dict[str, DefectFn]]:
     if name == "weave":
-        defects: dict[str, DefectFn] = {"scratch": scratch, "hole": hole, "stain": stain, "foreign": foreign, "missing": missing}
+        defects: dict[str, DefectFn] = {
+            "scratch": scratch,
+            "hole": hole,
+            "stain": stain,
+            "foreign": foreign,
+            "missing": missing,
+        }
         return weave_image, lambda img: np.ones(img.shape[:2], bool), defects
     if name == "bracket":
-        defects = {"scratch": scratch, "hole": hole, "stain": stain, "foreign": foreign,
-                   "missing": lambda r, i, a: missing(r, i, a, background=28.0)}
+        defects = {
+            "scratch": scratch,
+            "hole": hole,
+            "stain": stain,
+            "foreign": foreign,
+            "missing": lambda r, i, a: missing(r, i, a, background=28.0),
+        }
         return bracket_image, part_region, defects
     raise ValueError(f"unknown synth category {name!r}; known: {', '.join(CATEGORIES)}")
 
@@ -230,7 +255,9 @@ def synth_category(out: Path, name: str, seed: int, spec: SynthSpec) -> dict[str
     return counts
 
 
-def synth(out: str | Path, seed: int = 0, spec: SynthSpec | None = None, categories: tuple[str, ...] = CATEGORIES) -> dict[str, dict[str, int]]:
+def synth(
+    out: str | Path, seed: int = 0, spec: SynthSpec | None = None, categories: tuple[str, ...] = CATEGORIES
+) -> dict[str, dict[str, int]]:
     """Write every category under `out`. Deterministic for a given seed and spec."""
     spec = spec or SynthSpec()
     out = Path(out)

@@ -113,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     def config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", type=Path, help="train config YAML (default configs/train.yaml)")
         sp.add_argument("--model-config", type=Path, help="model config YAML (default configs/model.yaml)")
-        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                        help="override a config field, e.g. --set model.codebook_size=128 (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            metavar="SECTION.KEY=VALUE",
+            help="override a config field, e.g. --set model.codebook_size=128 (repeatable)",
+        )
 
     t = sub.add_parser("train", help="train a VQ-VAE on CAT/train/good")
     t.add_argument("data", type=Path, metavar="DATA_CAT")

@@ -31,10 +31,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     p = meta["parity"]
     a, b = p["fp32_vs_torch"], p["fp16_vs_fp32"]
     print(f"parity on {p['n_images']} images:")
-    print(f"  FP32 ONNX vs PyTorch: map max abs {a['map_max_abs_error']:.2e}, score max abs "
-          f"{a['score_max_abs_error']:.2e}, decisions identical: {a['decisions_identical']}")
-    print(f"  FP16 ONNX vs FP32:    map relative error {b['map_relative_error']:.2e} (bound {b['bound_relative_error']:g}), "
-          f"decision agreement {b['decision_agreement']:.3f} (bound {b['bound_decision_agreement']:g})")
+    print(
+        f"  FP32 ONNX vs PyTorch: map max abs {a['map_max_abs_error']:.2e}, score max abs "
+        f"{a['score_max_abs_error']:.2e}, decisions identical: {a['decisions_identical']}"
+    )
+    print(
+        f"  FP16 ONNX vs FP32:    map relative error {b['map_relative_error']:.2e} "
+        f"(bound {b['bound_relative_error']:g}), "
+        f"decision agreement {b['decision_agreement']:.3f} (bound {b['bound_decision_agreement']:g})"
+    )
     print(f"wrote {args.out}/model.onnx, model_fp16.onnx, model.json (threshold {meta['threshold']['value']:.5g})")
     return 0
 
@@ -46,9 +51,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vqad.cli import _overrides, default_config
 
     over = _overrides(args, "edge")
-    for flag, key in (("backend", "backend"), ("frames", "frames_endpoint"), ("results", "results_endpoint"),
-                      ("max_batch", "max_batch"), ("max_delay_ms", "max_delay_ms"), ("threshold", "threshold"),
-                      ("metrics_port", "metrics_port"), ("precision", "precision"), ("overload", "overload")):
+    for flag, key in (
+        ("backend", "backend"),
+        ("frames", "frames_endpoint"),
+        ("results", "results_endpoint"),
+        ("max_batch", "max_batch"),
+        ("max_delay_ms", "max_delay_ms"),
+        ("threshold", "threshold"),
+        ("metrics_port", "metrics_port"),
+        ("precision", "precision"),
+        ("overload", "overload"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             over[key] = value
@@ -64,10 +77,20 @@ def cmd_camera(args: argparse.Namespace) -> int:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
-        sent = run_camera(args.source, args.to, fps=args.fps, camera_id=args.camera_id, encoding=args.encoding,
-                          loop=args.loop, count=args.count, manifest=args.manifest, start_id=args.start_id,
-                          curve_secret=args.curve_secret, curve_server_key=args.curve_server_key,
-                          stop=lambda: bool(stopping))
+        sent = run_camera(
+            args.source,
+            args.to,
+            fps=args.fps,
+            camera_id=args.camera_id,
+            encoding=args.encoding,
+            loop=args.loop,
+            count=args.count,
+            manifest=args.manifest,
+            start_id=args.start_id,
+            curve_secret=args.curve_secret,
+            curve_server_key=args.curve_server_key,
+            stop=lambda: bool(stopping),
+        )
     except KeyboardInterrupt:
         return 130
     print(f"sent {sent} frames")
@@ -82,9 +105,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    summary = run_watch(args.endpoint, camera=args.camera, save_dir=args.save_dir, count=args.count,
-                        timeout_s=args.timeout, jsonl=args.jsonl, quiet=args.quiet, stop=lambda: bool(stopping),
-                        curve_secret=args.curve_secret, curve_server_key=args.curve_server_key)
+    summary = run_watch(
+        args.endpoint,
+        camera=args.camera,
+        save_dir=args.save_dir,
+        count=args.count,
+        timeout_s=args.timeout,
+        jsonl=args.jsonl,
+        quiet=args.quiet,
+        stop=lambda: bool(stopping),
+        curve_secret=args.curve_secret,
+        curve_server_key=args.curve_server_key,
+    )
     print("summary: " + summary.text())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2))
@@ -155,8 +187,10 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     path = build_engine(args.model, max_batch=args.max_batch, workspace_mb=args.workspace_mb, force=args.force)
     figures = verify_engine(args.model, args.max_batch, args.workspace_mb)
     print(f"engine: {path}")
-    print(f"checked against ONNX Runtime on {figures['n_frames']} frames: map relative error "
-          f"{figures['map_relative_error']:.2e}, decision agreement {figures['decision_agreement']:.3f}")
+    print(
+        f"checked against ONNX Runtime on {figures['n_frames']} frames: map relative error "
+        f"{figures['map_relative_error']:.2e}, decision agreement {figures['decision_agreement']:.3f}"
+    )
     return 0
 
 

@@ -34,23 +34,50 @@ def _step(title: str, *args: str) -> None:
     print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
 
 
-def run_demo(workdir: Path, category: str = "bracket", minutes: float = 3.0, image_size: int = 128,
-             frames: str = FRAMES, results: str = RESULTS) -> dict:
+def run_demo(
+    workdir: Path,
+    category: str = "bracket",
+    minutes: float = 3.0,
+    image_size: int = 128,
+    frames: str = FRAMES,
+    results: str = RESULTS,
+) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
     if not (data / category).is_dir():
         _step("synthesise a benchmark", "synth", str(data))
     if not (run / "checkpoint.pt").is_file():
-        _step(f"train {category} for {minutes:g} min", "train", str(data / category), "--out", str(run),
-              "--max-minutes", str(minutes), "--image-size", str(image_size))
+        _step(
+            f"train {category} for {minutes:g} min",
+            "train",
+            str(data / category),
+            "--out",
+            str(run),
+            "--max-minutes",
+            str(minutes),
+            "--image-size",
+            str(image_size),
+        )
     _step("evaluate on the test set", "eval", str(run), str(data / category), "--out", str(report))
     _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
 
     print("\n== serve, stream the test images, watch", flush=True)
     ready = workdir / "serve.ready"
     ready.unlink(missing_ok=True)
-    serve = subprocess.Popen(_vqad("serve", str(model), "--frames", frames, "--results", results, "--ready-file",
-                                   str(ready), "--set", "edge.publish_frames=true"))
+    serve = subprocess.Popen(
+        _vqad(
+            "serve",
+            str(model),
+            "--frames",
+            frames,
+            "--results",
+            results,
+            "--ready-file",
+            str(ready),
+            "--set",
+            "edge.publish_frames=true",
+        )
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -60,13 +87,36 @@ def run_demo(workdir: Path, category: str = "bracket", minutes: float = 3.0, ima
         test_images = sorted((data / category / "test").rglob("*.png"))
         jsonl, manifest = workdir / "results.jsonl", workdir / "manifest.csv"
         jsonl.unlink(missing_ok=True)
-        watch = subprocess.Popen(_vqad("watch", results, "--save-dir", str(workdir / "overlays"), "--jsonl", str(jsonl),
-                                       "--count", str(len(test_images)), "--timeout", "30", "--summary-json",
-                                       str(workdir / "watch-summary.json")))
+        watch = subprocess.Popen(
+            _vqad(
+                "watch",
+                results,
+                "--save-dir",
+                str(workdir / "overlays"),
+                "--jsonl",
+                str(jsonl),
+                "--count",
+                str(len(test_images)),
+                "--timeout",
+                "30",
+                "--summary-json",
+                str(workdir / "watch-summary.json"),
+            )
+        )
         time.sleep(1.0)  # let the subscriber connect before the first result
         t0 = time.monotonic()
-        camera = subprocess.run(_vqad("camera", str(data / category / "test"), "--to", frames, "--camera-id",
-                                      "demo-cam", "--manifest", str(manifest)))
+        camera = subprocess.run(
+            _vqad(
+                "camera",
+                str(data / category / "test"),
+                "--to",
+                frames,
+                "--camera-id",
+                "demo-cam",
+                "--manifest",
+                str(manifest),
+            )
+        )
         watch.wait(timeout=120)
         elapsed = time.monotonic() - t0
         if camera.returncode != 0:
@@ -79,8 +129,10 @@ def run_demo(workdir: Path, category: str = "bracket", minutes: float = 3.0, ima
     (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     print("\n== live results against the ground truth")
     print(f"   frames {summary['frames']}, results {summary['results']} ({summary['by_status']})")
-    print(f"   accuracy {summary['accuracy']:.3f}, false rejects {summary['false_rejects']}/{summary['good']}, "
-          f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {summary['live_auroc']:.3f}")
+    print(
+        f"   accuracy {summary['accuracy']:.3f}, false rejects {summary['false_rejects']}/{summary['good']}, "
+        f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {summary['live_auroc']:.3f}"
+    )
     print(f"   throughput {summary['throughput_fps']:.1f} frames/s end to end; daemon exit code {code}")
     print(f"   report: {report}  overlays: {workdir / 'overlays'}  model: {model}")
     return summary
@@ -107,9 +159,14 @@ def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
         missed += int(defect and not failed)
     n = len(labels)
     return {
-        "frames": len(sources), "results": len(results), "by_status": by_status,
-        "accuracy": correct / n if n else 0.0, "good": labels.count(0), "defects": labels.count(1),
-        "false_rejects": fr, "missed": missed,
+        "frames": len(sources),
+        "results": len(results),
+        "by_status": by_status,
+        "accuracy": correct / n if n else 0.0,
+        "good": labels.count(0),
+        "defects": labels.count(1),
+        "false_rejects": fr,
+        "missed": missed,
         "live_auroc": float(roc_auc_score(labels, scores)) if 0 < sum(labels) < n else float("nan"),
         "throughput_fps": len(results) / elapsed_s if elapsed_s > 0 else 0.0,
     }

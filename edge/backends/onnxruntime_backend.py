@@ -31,11 +31,15 @@ class OnnxRuntimeBackend:
             so.intra_op_num_threads = threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
-        wanted = options.get("providers") or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        wanted = options.get("providers") or [
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             raise BackendError(f"onnxruntime could not load {path}: {exc}") from exc
         inp = self.session.get_inputs()[0]
         expected = [package.image_size, package.image_size, package.channels]

@@ -22,9 +22,11 @@ from edge.package import ModelPackage
 
 log = logging.getLogger(__name__)
 
-MISSING_TRT = ("TensorRT is not installed. On a Jetson it comes with JetPack: "
-               "`sudo apt install python3-libnvinfer` (JetPack 6) and a venv made with --system-site-packages; "
-               "see docs/deploy.md. On a CPU, use --backend onnxruntime.")
+MISSING_TRT = (
+    "TensorRT is not installed. On a Jetson it comes with JetPack: "
+    "`sudo apt install python3-libnvinfer` (JetPack 6) and a venv made with --system-site-packages; "
+    "see docs/deploy.md. On a CPU, use --backend onnxruntime."
+)
 
 
 def import_tensorrt() -> Any:
@@ -54,14 +56,18 @@ class TensorRTBackend:
         self.max_batch = int(options.get("max_batch", 8))
         path, _, _ = find_engine(package, self.max_batch, int(options.get("workspace_mb", 1024)), trt, cudart)
         if not path.is_file():
-            raise BackendError(f"no TensorRT engine for this GPU/TensorRT/settings at {path}: "
-                               f"run `vqad build-engine {package.root} --max-batch {self.max_batch}` first")
+            raise BackendError(
+                f"no TensorRT engine for this GPU/TensorRT/settings at {path}: "
+                f"run `vqad build-engine {package.root} --max-batch {self.max_batch}` first"
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise BackendError(f"{path} could not be deserialized (built by another TensorRT or GPU?): "
-                               f"delete it and run `vqad build-engine {package.root}`")
+            raise BackendError(
+                f"{path} could not be deserialized (built by another TensorRT or GPU?): "
+                f"delete it and run `vqad build-engine {package.root}`"
+            )
         self.context = self.engine.create_execution_context()
         self.stream = check(cudart, cudart.cudaStreamCreate())
         self.inputs: list[str] = []
@@ -77,8 +83,11 @@ class TensorRTBackend:
         self.max_batch = min(self.max_batch, int(profile_max[0]))
         self.frame_shape = package.input_shape
         size = self.frame_shape[0]
-        shapes = {"frames": (self.max_batch, *self.frame_shape), "anomaly_map": (self.max_batch, 1, size, size),
-                  "score": (self.max_batch,)}
+        shapes = {
+            "frames": (self.max_batch, *self.frame_shape),
+            "anomaly_map": (self.max_batch, 1, size, size),
+            "score": (self.max_batch,),
+        }
         for name in shapes:
             shape = shapes[name]
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
