@@ -30,7 +30,7 @@ import zmq
 
 from edge.backends import Backend, create_backend
 from edge.batcher import FrameQueue
-from edge.errors import BackendError, FrameError
+from edge.errors import BackendError, FrameError, PackageError
 from edge.frames import to_model_input
 from edge.metrics import DaemonMetrics
 from edge.package import ModelPackage, load_package
@@ -62,6 +62,7 @@ class Daemon:
         self.metrics = DaemonMetrics()
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
+        self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
         self.queue: FrameQueue[Pending] = FrameQueue(cfg.queue_size, cfg.overload)
         self.outbox: queue.Queue = queue.Queue()
         self.accepted = 0
@@ -95,6 +96,11 @@ class Daemon:
     def startup(self) -> None:
         cfg = self.cfg
         self.package = pkg = load_package(self.model_dir)
+        if cfg.input_size and cfg.input_size != pkg.image_size:
+            raise PackageError(
+                f"{self.model_dir} takes {pkg.image_size}px frames but the config expects "
+                f"edge.input_size={cfg.input_size}: wrong model for this line?"
+            )
         self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
         self.model_ident = {"name": pkg.name, "sha256": pkg.sha256}
         self._check_previous_exit()
@@ -165,12 +171,13 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.should_exit.set()
+        self.inference_stopped.set()
         self.metrics.ready.set(0)
-        for item in self.queue.drain():  # only if the main loop died: nothing accepted goes unanswered
-            self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopped before inference", item.recv_ns)
         receiver = self.threads[0] if self.threads else None
         if receiver is not None:
             receiver.join(timeout=10)
+        for item in self.queue.drain():  # only if the main loop died: nothing accepted goes unanswered
+            self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopped before inference", item.recv_ns)
         self.outbox.put(_STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
@@ -278,17 +285,18 @@ class Daemon:
         self.metrics.frames_in.inc()
         try:
             frame = parse_frame(parts, self.limits, recv_ns)
-            model_input = to_model_input(frame.image, self.package.image_size, self.package.channels)
         except UnreadableMessageError as exc:
             self.metrics.unreadable.inc()
             log.warning("unreadable message (%d parts) ignored: %s", len(parts), exc)
             return
         except FrameError as exc:
-            with self._count_lock:
-                self.accepted += 1
-            if exc.camera_id is None:  # a preprocessing failure carries no ids: recover them
-                exc.camera_id, exc.frame_id = frame.camera_id, frame.frame_id
-            self._emit_error(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
+            self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
+            return
+        try:
+            model_input = to_model_input(frame.image, self.package.image_size, self.package.channels)
+        except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
+            reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
+            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)
             return
         with self._count_lock:
             self.accepted += 1
@@ -319,6 +327,14 @@ class Daemon:
                 )
             if queued:
                 return
+            if self.inference_stopped.is_set():  # the queue will never drain: answer now
+                self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopping", item.recv_ns)
+                return
+
+    def _reject(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
+        with self._count_lock:
+            self.accepted += 1
+        self._emit_error(camera_id, frame_id, ts_ns, reason, recv_ns)
 
     # -- inference (main thread) ----------------------------------------------------------
     def _infer(self, batch: list[Pending]) -> None:
@@ -328,7 +344,7 @@ class Daemon:
             maps, scores = self.backend.infer(frames)
             if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
                 raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
             self.metrics.backend_errors.inc()
             log.error("inference failed on a batch of %d: %s", len(batch), exc)
             for p in batch:
@@ -412,5 +428,5 @@ def _ts(parts: list[bytes]) -> int:
     try:
         ts = json.loads(parts[0]).get("ts_ns")
         return ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable ts is reported as 0
         return 0

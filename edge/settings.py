@@ -33,6 +33,9 @@ class EdgeConfig:
     queue_size: int = 64
     overload: Literal["backpressure", "drop_oldest"] = "backpressure"
     threshold: float | None = None
+    # The model input size this deployment expects (0 = whatever the package says). A package
+    # with another size is refused at startup, so a wrong model cannot reach the line.
+    input_size: int = 0
     publish_maps: bool = True
     # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
     publish_frames: bool = False
@@ -72,6 +75,7 @@ class EdgeConfig:
             "edge.curve.enabled needs curve.server_secret_key",
         )
         require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
+        require(self.input_size >= 0, "edge.input_size must be >= 0 (0 = from the model package)")
 
     @property
     def max_frame_bytes(self) -> int:

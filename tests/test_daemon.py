@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -240,3 +241,100 @@ def test_edge_imports_with_torch_blocked():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) >= 10
+
+
+def test_camera_streams_a_video_file(tiny_model, tmp_path):
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 60))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        writer.write(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    writer.release()
+    with DaemonProcess(tiny_model) as daemon:
+        sub = Subscriber(daemon.results)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vqad.cli",
+                "camera",
+                str(video),
+                "--to",
+                daemon.frames,
+                "--camera-id",
+                "video",
+                "--encoding",
+                "jpeg",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        results = sub.collect(12)
+    assert sorted(h["frame_id"] for h, _ in results) == list(range(12))
+    assert all(h["status"] == "ok" and h["camera_id"] == "video" for h, _ in results)
+
+
+def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
+    with DaemonProcess(tiny_model, "--threshold", "1e-9", "--set", "edge.publish_frames=true") as daemon:
+        watch = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vqad.cli",
+                "watch",
+                daemon.results,
+                "--save-dir",
+                str(tmp_path / "overlays"),
+                "--count",
+                "4",
+                "--timeout",
+                "30",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        cam = Camera(daemon.frames)
+        for i, path in enumerate(list_images(synth_root / "bracket" / "test" / "scratch")[:2] * 2):
+            cam.send(frame_message("w", i, cv2.imread(str(path))))
+        out, err = watch.communicate(timeout=60)
+        cam.close()
+    lines = [line for line in out.splitlines() if line.startswith("w #")]
+    assert len(lines) == 4 and all("FAIL" in line for line in lines), out + err
+    assert "summary: 4 results" in out and "p99" in out
+    overlays = sorted((tmp_path / "overlays").glob("*.png"))
+    assert len(overlays) == 4
+    picture = cv2.imread(str(overlays[0]))
+    assert picture.shape == (32, 32, 3) and picture.std() > 5  # the frame with its heat map, not a blank
+
+
+def test_sub_mode_connects_to_publishing_cameras(tiny_model):
+    import zmq
+
+    ipc = tempfile.mkdtemp(prefix="vq", dir="/tmp")
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(f"ipc://{ipc}/camera")
+    try:
+        with DaemonProcess(
+            tiny_model, "--set", "edge.frames_mode=sub", "--set", f"edge.camera_endpoints=ipc://{ipc}/camera"
+        ) as daemon:
+            sub = Subscriber(daemon.results)
+            time.sleep(0.5)  # the daemon's SUB must have joined the camera's PUB
+            for i in range(3):
+                pub.send_multipart(frame_message("pubcam", i, np.full((32, 32, 3), 77, np.uint8)))
+            results = sub.collect(3)
+    finally:
+        pub.close(linger=0)
+    assert sorted(h["frame_id"] for h, _ in results) == [0, 1, 2]
+
+
+def test_input_size_mismatch_is_refused(tiny_model):
+    daemon = DaemonProcess(tiny_model, "--set", "edge.input_size=256")
+    with pytest.raises(AssertionError, match="exited 4"):
+        daemon.start(timeout=30)
+    assert "edge.input_size=256" in daemon.log_text()

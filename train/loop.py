@@ -109,7 +109,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - tensorboard is an optional extra
             self.tb = None
 
     def write(self, row: dict[str, Any]) -> None:
