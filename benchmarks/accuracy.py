@@ -33,7 +33,6 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
 RECON = ["model.head_width=0", "model.score.source=recon"]
 VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
 ABLATION: dict[str, list[str]] = {
-    "recon: EMA+kmeans, L2+SSIM score": [*RECON, "train.anomaly_fraction=0"],
     "recon + denoising (synthetic anomalies)": [*RECON, "train.anomaly_fraction=0.5"],
     "recon + denoising, L2+MS-GMS score": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2,gms"],
     "recon + denoising, per-pixel normalised L2": [

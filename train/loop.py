@@ -34,7 +34,6 @@ from train.data import load_images, load_test_set, split_train_val, train_image_
 from train.head import focal_loss
 from train.model import normalize
 from train.pipeline import InspectionModel, score_frames
-from train.scoring import ssim_map
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +136,8 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     return train_paths, val_paths, train_images, val_images
 
 
-def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    return 1 - ssim_map(recon01, clean01, window).mean()
+def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, scorer) -> torch.Tensor:
+    return 1 - scorer.ssim(recon01, clean01).mean()
 
 
 def train(
@@ -196,7 +195,6 @@ def train(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
-    window = model.scorer.ssim_window
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
@@ -266,7 +264,7 @@ def train(
                 recon, stats = net(x)
             recon01 = recon * std_t + mean_t
             l2 = F.mse_loss(recon01, clean01)
-            ssim_l = _ssim_loss(recon01, clean01, window) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
+            ssim_l = _ssim_loss(recon01, clean01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
             if not vqvae_frozen:
                 loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
             head_l = torch.zeros(())

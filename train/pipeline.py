@@ -24,7 +24,7 @@ class InspectionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
-        self.scorer = AnomalyScorer(cfg.score, cfg.image_size)
+        self.scorer = AnomalyScorer(cfg.score, cfg.image_size, cfg.channels)
         self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
         # The dtype of the encoder/decoder convolutions; the VQ argmin and scoring stay FP32.
         self.compute_dtype = torch.float32

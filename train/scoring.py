@@ -25,27 +25,31 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
     return k / k.sum()
 
 
-def _separable(x: torch.Tensor, k1d: torch.Tensor, pad_mode: str = "replicate") -> torch.Tensor:
-    """Separable filter of each channel of (N, C, H, W) with 1-D taps k1d, same-size output.
+def separable_kernels(k1d: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise (groups, 1, 1, k) and (groups, 1, k, 1) kernels from 1-D taps.
 
-    Channels are folded into the batch so the kernels have a fixed shape in the ONNX graph.
+    Built once with a fixed group count, so the ONNX graph holds constant-shape kernels.
     """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    r = k1d.numel() // 2
-    y = x.reshape(-1, 1, H, W)  # (N*C, 1, H, W)
-    y = F.pad(y, (r, r, r, r), mode=pad_mode)  # (N*C, 1, H+2r, W+2r)
-    y = F.conv2d(y, k1d.view(1, 1, 1, -1))  # (N*C, 1, H+2r, W)
-    y = F.conv2d(y, k1d.view(1, 1, -1, 1))  # (N*C, 1, H, W)
-    return y.reshape(-1, C, H, W)
+    return k1d.view(1, 1, 1, -1).repeat(groups, 1, 1, 1), k1d.view(1, 1, -1, 1).repeat(groups, 1, 1, 1)
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM of [0,1] images (N, C, H, W), Gaussian window, averaged over C -> (N, 1, H, W)."""
+def separable_filter(x: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad_mode: str = "replicate") -> torch.Tensor:
+    """Filter each channel of (N, G, H, W) with depthwise kernels kx (G,1,1,k), ky (G,1,k,1); same size out."""
+    r = kx.shape[-1] // 2
+    groups = kx.shape[0]
+    x = F.pad(x, (r, r, r, r), mode=pad_mode)  # (N, G, H+2r, W+2r)
+    x = F.conv2d(x, kx, groups=groups)  # (N, G, H+2r, W)
+    return F.conv2d(x, ky, groups=groups)  # (N, G, H, W)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of [0,1] images (N, C, H, W) with a Gaussian window given as depthwise
+    kernels for 5C groups (x, y, x², y², xy filtered in one pass), averaged over C -> (N, 1, H, W)."""
     c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = _separable(x, window), _separable(y, window)
-    sxx = _separable(x * x, window) - mu_x * mu_x
-    syy = _separable(y * y, window) - mu_y * mu_y
-    sxy = _separable(x * y, window) - mu_x * mu_y
+    C = x.shape[1]
+    stats = separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), kx, ky)  # (N, 5C, H, W)
+    mu_x, mu_y, xx, yy, xy = stats.split(C, dim=1)
+    sxx, syy, sxy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     ssim = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return ssim.mean(dim=1, keepdim=True)
 
@@ -86,12 +90,17 @@ class AnomalyScorer(nn.Module):
     max or its top-k mean.
     """
 
-    def __init__(self, cfg: ScoreConfig, image_size: int):
+    def __init__(self, cfg: ScoreConfig, image_size: int, channels: int):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("ssim_window", gaussian_kernel1d(1.5, radius=5))
+        # SSIM: 11-px Gaussian window, sigma 1.5, over the 5C stacked statistics.
+        ssim_kx, ssim_ky = separable_kernels(gaussian_kernel1d(1.5, radius=5), 5 * channels)
+        self.register_buffer("ssim_kx", ssim_kx)
+        self.register_buffer("ssim_ky", ssim_ky)
         sigma = cfg.smoothing_sigma
-        self.register_buffer("smooth_kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1))
+        smooth_kx, smooth_ky = separable_kernels(gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), 1)
+        self.register_buffer("smooth_kx", smooth_kx)
+        self.register_buffer("smooth_ky", smooth_ky)
         # Per-pixel error statistics (identity until calibrated on good validation images).
         self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
         self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
@@ -104,16 +113,21 @@ class AnomalyScorer(nn.Module):
             if kind == "l2":
                 err = (x - recon).pow(2).mean(dim=1, keepdim=True)
             elif kind == "ssim":
-                err = 1 - ssim_map(x, recon, self.ssim_window)
+                err = 1 - self.ssim(x, recon)
             else:
                 err = gms_map(x, recon)
             total = total + weight * err
         return total
 
+    def ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-pixel SSIM (N, 1, H, W) of [0,1] images; also the training loss's SSIM."""
+        return ssim_map(x, y, self.ssim_kx, self.ssim_ky)
+
     def smooth(self, err: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing of a (N, 1, H, W) map."""
         if self.cfg.smoothing_sigma <= 0:
             return err
-        return _separable(err, self.smooth_kernel)
+        return separable_filter(err, self.smooth_kx, self.smooth_ky)
 
     def forward(
         self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
