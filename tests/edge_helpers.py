@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +26,10 @@ BLOCKED_LAUNCH = (
 
 
 def short_ipc_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))  # ipc paths must stay under ~100 chars
+    """A short /tmp folder (ipc paths must stay under ~100 chars), removed when the tests end."""
+    path = Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 class DaemonProcess:

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import cv2
@@ -17,7 +16,7 @@ import pytest
 from edge.frames import list_images
 from edge.protocol import frame_message
 from tests.conftest import ROOT
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -316,7 +315,7 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
 def test_sub_mode_connects_to_publishing_cameras(tiny_model):
     import zmq
 
-    ipc = tempfile.mkdtemp(prefix="vq", dir="/tmp")
+    ipc = short_ipc_dir()
     pub = zmq.Context.instance().socket(zmq.PUB)
     pub.bind(f"ipc://{ipc}/camera")
     try:
