@@ -26,6 +26,8 @@ class ScoreConfig:
     # probability, or their sum (head probability + head_recon_weight x error).
     source: Literal["recon", "head", "combined"] = "recon"
     head_recon_weight: float = 1.0
+    # Pixels at the frame's edge left out of the map and the score (an inspection region of interest).
+    border: int = 0
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -38,6 +40,7 @@ class ScoreConfig:
         require(0 <= self.smoothing_sigma <= 32, "score.smoothing_sigma must be in [0, 32]")
         require(self.topk >= 1, "score.topk must be >= 1")
         require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
+        require(self.border >= 0, "score.border must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def load_run(run_dir: str | Path) -> Run:
     model_cfg = from_mapping(ModelConfig, meta["model_config"], "model")
     train_cfg = from_mapping(TrainConfig, meta["train_config"], "train")
     model = InspectionModel(model_cfg)
-    model.load_state_dict(ckpt["model"])
+    # Scorer kernels are derived from the config and no longer saved; older checkpoints carry them.
+    derived = ("scorer.ssim_kx", "scorer.ssim_ky", "scorer.smooth_kx", "scorer.smooth_ky", "scorer.roi")
+    model.load_state_dict({k: v for k, v in ckpt["model"].items() if k not in derived})
     model.eval()
     return Run(root, model, model_cfg, train_cfg, meta)

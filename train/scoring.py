@@ -95,12 +95,18 @@ class AnomalyScorer(nn.Module):
         self.cfg = cfg
         # SSIM: 11-px Gaussian window, sigma 1.5, over the 5C stacked statistics.
         ssim_kx, ssim_ky = separable_kernels(gaussian_kernel1d(1.5, radius=5), 5 * channels)
-        self.register_buffer("ssim_kx", ssim_kx)
-        self.register_buffer("ssim_ky", ssim_ky)
+        # Derived from the config, so not saved: checkpoints do not pin the scoring implementation.
+        self.register_buffer("ssim_kx", ssim_kx, persistent=False)
+        self.register_buffer("ssim_ky", ssim_ky, persistent=False)
         sigma = cfg.smoothing_sigma
         smooth_kx, smooth_ky = separable_kernels(gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), 1)
-        self.register_buffer("smooth_kx", smooth_kx)
-        self.register_buffer("smooth_ky", smooth_ky)
+        self.register_buffer("smooth_kx", smooth_kx, persistent=False)
+        self.register_buffer("smooth_ky", smooth_ky, persistent=False)
+        # Region of interest: a margin of `border` pixels is left out of the map and the score.
+        roi = torch.zeros(1, 1, image_size, image_size)
+        b = cfg.border
+        roi[..., b : image_size - b, b : image_size - b] = 1.0
+        self.register_buffer("roi", roi, persistent=False)
         # Per-pixel error statistics (identity until calibrated on good validation images).
         self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
         self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
@@ -142,6 +148,8 @@ class AnomalyScorer(nn.Module):
             anomaly_map = err  # (N, 1, H, W)
             if self.cfg.source == "combined":
                 anomaly_map = self.smooth(head_prob.float()) + self.cfg.head_recon_weight * err
+        if self.cfg.border > 0:
+            anomaly_map = anomaly_map * self.roi  # the margin scores 0 (maps are >= 0 unless normalised)
         flat = anomaly_map.flatten(1)  # (N, H*W)
         if self.cfg.reduce == "max":
             score = flat.max(dim=1).values
