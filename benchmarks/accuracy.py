@@ -104,6 +104,41 @@ def train_and_eval(
     }
 
 
+def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
+    """Rebuild the accuracy part from an earlier run's folders (WORKDIR/runs/<cat>/<variant>)."""
+    import json as _json
+
+    from train.checkpoint import load_checkpoint
+
+    data = workdir / "data"
+    names = {"".join(ch if ch.isalnum() else "_" for ch in n)[:40]: n for n in {**VARIANTS, **ABLATION}}
+    out: dict[str, Any] = {
+        "data": str(data),
+        "synth_seconds": None,
+        "image_size": image_size,
+        "categories": {},
+        "rebuilt_from": str(workdir),
+    }
+    from benchmarks.backends import model_flops
+
+    for cat_dir in sorted((workdir / "runs").iterdir()):
+        rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat_dir.name, image_size)}
+        for run in sorted(cat_dir.iterdir()):
+            m = _json.loads((run / "eval" / "metrics.json").read_text())
+            meta = load_checkpoint(run / "checkpoint.pt")["meta"]
+            out["minutes_per_training"] = meta["train_config"]["max_minutes"]
+            rows[names.get(run.name, run.name)] = {
+                k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")
+            } | {
+                "train_seconds": meta["elapsed_s"],
+                "steps": meta["step"],
+                "flops_per_frame": model_flops(run)["total"],
+                "run": str(run),
+            }
+        out["categories"][cat_dir.name] = rows
+    return out
+
+
 def bench_accuracy(
     data: Path | None,
     minutes: float,

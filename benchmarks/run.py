@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="also train every ablation variant")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
     args = ap.parse_args()
     parts = args.only.split(",")
     minutes = args.minutes or (2.0 if args.quick else 10.0)
@@ -145,7 +146,13 @@ def main() -> None:
     }
     report["machine"]["cpu_peak"].pop("flags", None)
     run_dir = model_dir = None
-    if "accuracy" in parts:
+    if args.accuracy_from:
+        from benchmarks.accuracy import collect_accuracy
+
+        report["accuracy"] = acc = collect_accuracy(args.accuracy_from, args.image_size)
+        first = next(iter(acc["categories"].values()))
+        run_dir = Path(first["ours (configs/)"]["run"])
+    elif "accuracy" in parts:
         from benchmarks.accuracy import bench_accuracy
 
         report["accuracy"] = acc = bench_accuracy(args.data, minutes, args.image_size, args.ablation, workdir)

@@ -5,7 +5,7 @@
   has no FP16 builder flag and no precision constraints, so this is the only way there.
 - TensorRT 8.6 (JetPack 6.0), which has no strong typing: `model.onnx` with the FP16
   builder flag, and FP32 precision constraints on every layer outside the encoder and
-  decoder (preprocessing, VQ distance/argmin, scoring).
+  decoder and head (preprocessing, encoder, VQ distance/argmin, scoring).
 - One optimisation profile (min 1, opt B, max B), a workspace limit and a timing cache.
 - Engines are cached under MODEL_DIR/engines/<key>.plan (see edge.engine_cache); one that
   fails to deserialize is rebuilt. After a build, a few frames are compared with ONNX
@@ -31,8 +31,9 @@ from edge.package import load_package
 
 log = logging.getLogger(__name__)
 
-# Layers allowed to run in FP16 on TensorRT 8.6: the convolutional encoder, decoder and comparison head.
-FP16_LAYER_PREFIXES = ("/encoder/", "/decoder/", "/head/")
+# Layers allowed to run in FP16 on TensorRT 8.6: the decoder and the comparison head. The encoder
+# stays FP32 like the VQ argmin it feeds (FP16 there flips codes), as in model_fp16.onnx.
+FP16_LAYER_PREFIXES = ("/decoder/", "/head/")
 
 
 def _tensorrt() -> Any:

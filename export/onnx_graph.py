@@ -1,8 +1,8 @@
 """Tracing InspectionModel to ONNX: uint8 NHWC `frames` in, `anomaly_map` and `score` out.
 
-The FP32 graph is the model as trained. The FP16 graph is the same model with its encoder
-and decoder in FP16 and explicit Casts around the FP32 islands (VQ distance and argmin,
-error map, smoothing, score), so the precision lives in the graph: TensorRT >= 10 builds
+The FP32 graph is the model as trained. The FP16 graph is the same model with its decoder
+(and comparison head) in FP16 and explicit Casts around the FP32 islands (the encoder, whose
+rounding would flip codes, the VQ distance and argmin, error map, smoothing, score), so the precision lives in the graph: TensorRT >= 10 builds
 it strongly typed, and ONNX Runtime runs it as written.
 """
 

@@ -26,13 +26,14 @@ class InspectionModel(nn.Module):
         self.vqvae = VQVAE(cfg)
         self.scorer = AnomalyScorer(cfg.score, cfg.image_size, cfg.channels)
         self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
-        # The dtype of the encoder/decoder convolutions; the VQ argmin and scoring stay FP32.
+        # The dtype of the decoder and head convolutions. The encoder, the VQ argmin and the
+        # scoring stay FP32: FP16 rounding in the encoder flips nearest codes (measured at export).
         self.compute_dtype = torch.float32
 
     def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) float [0,1] -> (N, C, H, W) float32 [0,1]-space reconstruction."""
         x = normalize(x01, self.cfg.channel_mean(), self.cfg.channel_std())
-        z = self.vqvae.encoder(x.to(self.compute_dtype))  # (N, D, h, w)
+        z = self.vqvae.encoder(x.float())  # (N, D, h, w), FP32: it decides the codes
         z_q, _, _ = self.vqvae.quantizer(z)
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
@@ -56,9 +57,8 @@ class InspectionModel(nn.Module):
 
 
 def half_precision_copy(model: InspectionModel) -> InspectionModel:
-    """A copy whose encoder, decoder and head run in FP16; the codebook, argmin and scorer stay FP32."""
+    """A copy whose decoder and head run in FP16; the encoder, codebook, argmin and scorer stay FP32."""
     fp16 = copy.deepcopy(model).eval()
-    fp16.vqvae.encoder.half()
     fp16.vqvae.decoder.half()
     if fp16.head is not None:
         fp16.head.half()
