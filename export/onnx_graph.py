@@ -2,8 +2,9 @@
 
 The FP32 graph is the model as trained. The FP16 graph is the same model with its decoder
 (and comparison head) in FP16 and explicit Casts around the FP32 islands (the encoder, whose
-rounding would flip codes, the VQ distance and argmin, error map, smoothing, score), so the precision lives in the graph: TensorRT >= 10 builds
-it strongly typed, and ONNX Runtime runs it as written.
+rounding would flip codes, the VQ distance and argmin, error map, smoothing, score), so the
+precision lives in the graph: TensorRT >= 10 builds it strongly typed, and ONNX Runtime runs
+it as written.
 """
 
 from __future__ import annotations
