@@ -32,6 +32,7 @@ sock.close(linger=-1)
 def one_run(endpoint: str, shape: tuple[int, int, int], n: int) -> float:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVTIMEO, 30000)  # a sender that died must not hang the benchmark
     sock.bind(endpoint)
     real = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
     proc = subprocess.Popen([sys.executable, "-c", SENDER, real, *map(str, shape), str(n)])
