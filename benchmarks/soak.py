@@ -88,7 +88,13 @@ def run_soak(
             sent_valid += 1
         fid += 1
         time.sleep(max(0.0, t_start + (fid - 200) / rate - time.monotonic()))
-    time.sleep(3)
+    # Let the daemon work off any backlog before stopping it: a frame still queued in ZeroMQ
+    # when the daemon stops was never accepted, and would count as lost here.
+    last, idle_since = -1, time.monotonic()
+    while len(received) < fid and time.monotonic() - idle_since < 10:
+        if len(received) != last:
+            last, idle_since = len(received), time.monotonic()
+        time.sleep(0.2)
     rss_end = proc.memory_info().rss
     daemon.stop()
     stop.set()

@@ -297,10 +297,14 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.5)
         cam = Camera(daemon.frames)
-        for i, path in enumerate(list_images(synth_root / "bracket" / "test" / "scratch")[:2] * 2):
-            cam.send(frame_message("w", i, cv2.imread(str(path))))
+        image = cv2.imread(str(list_images(synth_root / "bracket" / "test" / "scratch")[0]))
+        # Keep sending until the watcher (a fresh process that may join late) has its 4 results.
+        for i in range(200):
+            if watch.poll() is not None:
+                break
+            cam.send(frame_message("w", i, image))
+            time.sleep(0.15)
         out, err = watch.communicate(timeout=60)
         cam.close()
     lines = [line for line in out.splitlines() if line.startswith("w #")]
