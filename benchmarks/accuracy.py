@@ -62,6 +62,11 @@ ABLATION: dict[str, list[str]] = {
 }
 
 
+def run_slug(variant: str) -> str:
+    """The folder name of a variant's run (WORKDIR/runs/<category>/<slug>)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in variant)[:40]
+
+
 def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
     from train.baseline import PixelGaussian
     from train.data import load_images, load_test_set, train_image_paths
@@ -86,32 +91,37 @@ def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
 def train_and_eval(
     category: Path, run_dir: Path, minutes: float, image_size: int, overrides: list[str]
 ) -> dict[str, Any]:
-    from train.checkpoint import load_checkpoint
     from train.evaluate import evaluate
 
     sets = [a for o in overrides for a in ("--set", o)]
     vqad("train", category, "--out", run_dir, "--max-minutes", minutes, "--image-size", image_size, *sets)
-    m = evaluate(run_dir, category, run_dir / "eval", pictures=False)
-    meta = load_checkpoint(run_dir / "checkpoint.pt")["meta"]
-    from benchmarks.backends import model_flops
+    evaluate(run_dir, category, run_dir / "eval", pictures=False)
+    return accuracy_row(run_dir) | {"overrides": overrides}
 
-    return {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")} | {
+
+def accuracy_row(run_dir: Path) -> dict[str, Any]:
+    """One table row from a trained and evaluated run: its metrics, training time and FLOPs."""
+    import json
+
+    from benchmarks.backends import model_flops
+    from train.checkpoint import load_checkpoint
+
+    m = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    meta = load_checkpoint(run_dir / "checkpoint.pt")["meta"]
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")
+    return {k: m[k] for k in keys} | {
         "train_seconds": meta["elapsed_s"],
         "steps": meta["step"],
+        "minutes_budget": meta["train_config"]["max_minutes"],
         "flops_per_frame": model_flops(run_dir)["total"],
-        "overrides": overrides,
         "run": str(run_dir),
     }
 
 
 def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
     """Rebuild the accuracy part from an earlier run's folders (WORKDIR/runs/<cat>/<variant>)."""
-    import json as _json
-
-    from train.checkpoint import load_checkpoint
-
     data = workdir / "data"
-    names = {"".join(ch if ch.isalnum() else "_" for ch in n)[:40]: n for n in {**VARIANTS, **ABLATION}}
+    names = {run_slug(n): n for n in {**VARIANTS, **ABLATION}}
     out: dict[str, Any] = {
         "data": str(data),
         "synth_seconds": None,
@@ -119,22 +129,12 @@ def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
         "categories": {},
         "rebuilt_from": str(workdir),
     }
-    from benchmarks.backends import model_flops
 
     for cat_dir in sorted((workdir / "runs").iterdir()):
         rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat_dir.name, image_size)}
         for run in sorted(cat_dir.iterdir()):
-            m = _json.loads((run / "eval" / "metrics.json").read_text())
-            meta = load_checkpoint(run / "checkpoint.pt")["meta"]
-            out["minutes_per_training"] = meta["train_config"]["max_minutes"]
-            rows[names.get(run.name, run.name)] = {
-                k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_kind_image_auroc")
-            } | {
-                "train_seconds": meta["elapsed_s"],
-                "steps": meta["step"],
-                "flops_per_frame": model_flops(run)["total"],
-                "run": str(run),
-            }
+            row = rows[names.get(run.name, run.name)] = accuracy_row(run)
+            out["minutes_per_training"] = row["minutes_budget"]
         out["categories"][cat_dir.name] = rows
     return out
 
@@ -167,7 +167,7 @@ def bench_accuracy(
     for cat in cats:
         rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat, image_size)}
         for name, overrides in variants.items():
-            slug = "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
+            slug = run_slug(name)
             t0 = time.monotonic()
             rows[name] = train_and_eval(data / cat, workdir / "runs" / cat / slug, minutes, image_size, overrides)
             print(

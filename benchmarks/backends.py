@@ -23,7 +23,7 @@ def model_flops(run_dir: Path) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from train.model import normalize, uint8_nhwc_to_float
+    from train.model import uint8_nhwc_to_float
     from train.run import load_run
 
     model = load_run(run_dir).model.eval()
@@ -37,7 +37,6 @@ def model_flops(run_dir: Path) -> dict[str, float]:
             model.reconstruct(x01)
     out = {"total": float(total.get_total_flops()), "vqvae": float(vq.get_total_flops())}
     out["scoring_and_head"] = out["total"] - out["vqvae"]
-    del normalize
     return out
 
 

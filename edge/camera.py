@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from edge.errors import DataError
-from edge.frames import list_images, read_image
+from edge.frames import find_images, read_image
 from edge.protocol import frame_message
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device/URL."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p in set(list_images(p.parent)))
+        files = find_images(path)
         if not files:
             raise DataError(f"no images in {path}")
         # A looped small folder is decoded once: the sender should cost the line nothing.

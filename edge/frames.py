@@ -94,6 +94,11 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize((mask > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
 
 
+def find_images(folder: str | Path) -> list[Path]:
+    """Image files anywhere under `folder`, sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files in `folder`, sorted by name (a stable order for splits and reports)."""
     folder = Path(folder)

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from edge.errors import DataError
-from edge.frames import IMAGE_SUFFIXES
+from edge.frames import find_images
 from train.data import load_images
-from train.model import normalize, uint8_nhwc_to_float
 from train.run import load_run
 
 KINDS = ("codes", "quantized", "pooled")
@@ -31,7 +30,7 @@ def image_paths(source: str | Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise DataError(f"no such image or folder: {source}")
-    paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = find_images(source)
     if not paths:
         raise DataError(f"no images (png, jpg, bmp) under {source}")
     return paths
@@ -48,12 +47,7 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     K = cfg.codebook_size
     chunks = []
     for i in range(0, len(images), batch_size):
-        x = normalize(
-            uint8_nhwc_to_float(torch.from_numpy(images[i : i + batch_size])),
-            cfg.channel_mean(),
-            cfg.channel_std(),
-        )
-        z_q, codes, _ = run.model.vqvae.encode(x)  # (B, D, h, w), (B, h, w)
+        z_q, codes = run.model.encode_frames(torch.from_numpy(images[i : i + batch_size]))  # (B,D,h,w), (B,h,w)
         if kind == "codes":
             chunks.append(codes.numpy().astype(np.int32))
         elif kind == "quantized":

@@ -50,16 +50,9 @@ def calibrate_threshold(val_scores: np.ndarray, target_frr: float) -> dict[str, 
 @torch.no_grad()
 def codebook_counts(run: Run, images: np.ndarray) -> np.ndarray:
     """How often each code is chosen over `images` (M, H, W, C) uint8."""
-    from train.model import normalize, uint8_nhwc_to_float
-
     counts = np.zeros(run.model_cfg.codebook_size, dtype=np.int64)
     for i in range(0, len(images), 16):
-        x = normalize(
-            uint8_nhwc_to_float(torch.from_numpy(images[i : i + 16])),
-            run.model_cfg.channel_mean(),
-            run.model_cfg.channel_std(),
-        )
-        _, codes, _ = run.model.vqvae.encode(x)
+        _, codes = run.model.encode_frames(torch.from_numpy(images[i : i + 16]))
         counts += np.bincount(codes.flatten().numpy(), minlength=len(counts))
     return counts
 

@@ -32,8 +32,8 @@ from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images, load_test_set, split_train_val, train_image_paths
 from train.head import focal_loss
-from train.model import normalize
-from train.pipeline import InspectionModel, score_frames
+from train.model import denormalize, normalize, uint8_nhwc_to_float
+from train.pipeline import InspectionModel
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,6 @@ def train(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     metrics_log = MetricsLog(run_dir, append=resume) if dist.main else None
     budget_s = train_cfg.max_minutes * 60.0
@@ -262,7 +260,7 @@ def train(
                 loss = torch.zeros((), device=device)
             else:
                 recon, stats = net(x)
-            recon01 = recon * std_t + mean_t
+            recon01 = denormalize(recon, mean, std)
             l2 = F.mse_loss(recon01, clean01)
             ssim_l = _ssim_loss(recon01, clean01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
             if not vqvae_frozen:
@@ -347,9 +345,11 @@ def train(
 def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
     """Mean squared reconstruction error on the good validation images (an early check)."""
     model.eval()
-    recon, _, _ = score_frames(model, val_images)
-    x = val_images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    return float(((recon - x) ** 2).mean())
+    total = 0.0
+    for i in range(0, len(val_images), 16):
+        x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))  # no scoring needed here
+        total += float(((model.reconstruct(x01) - x01) ** 2).sum())
+    return total / val_images.size
 
 
 @torch.no_grad()
@@ -357,7 +357,7 @@ def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -
     """Per-pixel (or pooled) error statistics of good validation images, for score.normalize."""
     errs = []
     for i in range(0, len(val_images), 16):
-        x01 = torch.from_numpy(val_images[i : i + 16]).permute(0, 3, 1, 2).float().div(255)
+        x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))
         recon = model.reconstruct(x01)
         errs.append(model.scorer.smooth(model.scorer.error_map(x01, recon)))
     model.scorer.calibrate_normalization(torch.cat(errs))

@@ -38,6 +38,12 @@ class InspectionModel(nn.Module):
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
+    def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H, W, C) uint8 -> (quantised latents (N, D, h, w), codes (N, h, w)), as inference sees them."""
+        x = normalize(uint8_nhwc_to_float(frames), self.cfg.channel_mean(), self.cfg.channel_std())
+        z_q, codes, _ = self.vqvae.encode(x)
+        return z_q, codes
+
     def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
         """Defect probability (N, 1, H, W) float32 from the comparison head."""
         logits = self.head(x01.to(self.compute_dtype), recon01.to(self.compute_dtype))
