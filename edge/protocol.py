@@ -96,8 +96,11 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
     return h, w, c
 
 
-def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) -> Frame:
-    """Validate and decode one frame message. See the module docstring for the contract."""
+def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | None = None) -> Frame:
+    """Validate and decode one frame message. See the module docstring for the contract.
+
+    The payload may be a memoryview of the socket's buffer (zero copy); a raw image is then
+    a view of it too, valid while that buffer lives."""
     if not parts:
         raise UnreadableMessageError("empty message")
     header, camera_id, frame_id = parse_header(parts[0], limits)
@@ -135,7 +138,7 @@ def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) 
     else:
         # Decoders return partial images from truncated files; a complete file ends with its end marker.
         end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
-        if end_marker not in payload[-64:]:
+        if end_marker not in bytes(payload[-64:]):
             raise fail(f"{encoding} data is truncated (no end marker)")
         try:
             image = decode_image(payload)
@@ -154,7 +157,7 @@ def parse_frame(parts: list[bytes], limits: Limits, recv_ns: int | None = None) 
 
 def frame_message(
     camera_id: str, frame_id: int, image: np.ndarray, encoding: str = "raw", ts_ns: int | None = None
-) -> list[bytes]:
+) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends)."""
     import cv2
 
@@ -170,7 +173,7 @@ def frame_message(
         "encoding": encoding,
     }
     if encoding == "raw":
-        payload = np.ascontiguousarray(image).tobytes()
+        payload = np.ascontiguousarray(image).data  # sent from the array's memory, no copy
     elif encoding in ("jpeg", "png"):
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image)
         if not ok:

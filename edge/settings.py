@@ -49,6 +49,9 @@ class EdgeConfig:
     metrics_host: str = "127.0.0.1"
     log_every_s: float = 10.0
     intra_op_threads: int = 0
+    # ONNX Runtime's worker threads busy-wait between batches unless this is off. Off leaves
+    # the CPU to the receiver, the publisher and the camera processes on small boards.
+    intra_op_spinning: bool = False
     warmup_runs: int = 2
     # Where the daemon keeps its run marker (to detect an unclean previous exit); "" = the model dir.
     state_dir: str = ""

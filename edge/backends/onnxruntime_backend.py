@@ -29,6 +29,10 @@ class OnnxRuntimeBackend:
         threads = int(options.get("intra_op_threads", 0))
         if threads > 0:
             so.intra_op_num_threads = threads
+        if not options.get("intra_op_spinning", True):
+            # Idle workers sleep instead of spinning: the daemon shares the CPU with its own
+            # I/O threads (and, on a Jetson, with the camera pipeline).
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
         wanted = options.get("providers") or [
