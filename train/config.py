@@ -26,8 +26,12 @@ class ScoreConfig:
     # probability, or their sum (head probability + head_recon_weight x error).
     source: Literal["recon", "head", "combined"] = "recon"
     head_recon_weight: float = 1.0
-    # Pixels at the frame's edge left out of the map and the score (an inspection region of interest).
-    border: int = 0
+    # Pixels at the frame's edge left out of the map and the score (an inspection region of
+    # interest). The convolutions' zero padding leaves the outermost pixels reconstructed worst.
+    border: int = 4
+    # Divide each error map by its mean over the good validation images (calibrated after
+    # training), so that L2 (~1e-3) and 1 - SSIM (~0.2) count as `weights` says.
+    balance: bool = True
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")

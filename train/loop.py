@@ -320,7 +320,7 @@ def train(
             bar.close()
 
     model.eval()
-    if not interrupted and model_cfg.score.normalize != "none":
+    if not interrupted and (model_cfg.score.normalize != "none" or model_cfg.score.balance):
         calibrate_error_statistics(model, val_images)
     summary.update(
         {
@@ -354,10 +354,12 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
 
 @torch.no_grad()
 def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -> None:
-    """Per-pixel (or pooled) error statistics of good validation images, for score.normalize."""
-    errs = []
+    """Error statistics of good validation images: the per-kind scales (score.balance), then the
+    per-pixel (or pooled) mean and spread of the balanced map (score.normalize)."""
+    pairs = []
     for i in range(0, len(val_images), 16):
         x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))
-        recon = model.reconstruct(x01)
-        errs.append(model.scorer.smooth(model.scorer.error_map(x01, recon)))
-    model.scorer.calibrate_normalization(torch.cat(errs))
+        pairs.append((x01, model.reconstruct(x01)))
+    x01, recon = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    model.scorer.calibrate_error_scale(x01, recon)
+    model.scorer.calibrate_normalization(model.scorer.smooth(model.scorer.error_map(x01, recon)))

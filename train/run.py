@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edge.config import from_mapping
 from edge.errors import DataError
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -42,11 +44,17 @@ def load_run(run_dir: str | Path) -> Run:
         raise DataError(f"run directory not found: {root}")
     ckpt = load_checkpoint(root / CHECKPOINT_NAME)
     meta = ckpt["meta"]
-    model_cfg = from_mapping(ModelConfig, meta["model_config"], "model")
+    saved = dict(meta["model_config"])
+    # Runs from before score.balance scored unbalanced errors.
+    saved["score"] = {"balance": False, **saved.get("score", {})}
+    model_cfg = from_mapping(ModelConfig, saved, "model")
     train_cfg = from_mapping(TrainConfig, meta["train_config"], "train")
     model = InspectionModel(model_cfg)
     # Scorer kernels are derived from the config and no longer saved; older checkpoints carry them.
     derived = ("scorer.ssim_kx", "scorer.ssim_ky", "scorer.smooth_kx", "scorer.smooth_ky", "scorer.roi")
-    model.load_state_dict({k: v for k, v in ckpt["model"].items() if k not in derived})
+    state = {k: v for k, v in ckpt["model"].items() if k not in derived}
+    # Checkpoints from before score.balance have no error scales: theirs were all 1.
+    state.setdefault("scorer.error_scale", torch.ones(len(model_cfg.score.errors)))
+    model.load_state_dict(state)
     model.eval()
     return Run(root, model, model_cfg, train_cfg, meta)

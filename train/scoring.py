@@ -107,6 +107,8 @@ class AnomalyScorer(nn.Module):
         b = cfg.border
         roi[..., b : image_size - b, b : image_size - b] = 1.0
         self.register_buffer("roi", roi, persistent=False)
+        # One scale per error kind, 1 / its mean on good validation images (score.balance).
+        self.register_buffer("error_scale", torch.ones(len(cfg.errors)))
         # Per-pixel error statistics (identity until calibrated on good validation images).
         self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
         self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
@@ -115,14 +117,14 @@ class AnomalyScorer(nn.Module):
         """The raw, weighted pixel error before normalisation and smoothing -> (N, 1, H, W)."""
         x, recon = x.float(), recon.float()
         total = torch.zeros_like(x[:, :1])
-        for kind, weight in zip(self.cfg.errors, self.cfg.weights, strict=True):
+        for i, (kind, weight) in enumerate(zip(self.cfg.errors, self.cfg.weights, strict=True)):
             if kind == "l2":
                 err = (x - recon).pow(2).mean(dim=1, keepdim=True)
             elif kind == "ssim":
                 err = 1 - self.ssim(x, recon)
             else:
                 err = gms_map(x, recon)
-            total = total + weight * err
+            total = total + weight * self.error_scale[i] * err
         return total
 
     def ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -156,6 +158,20 @@ class AnomalyScorer(nn.Module):
         else:
             score = flat.topk(min(self.cfg.topk, flat.shape[1]), dim=1).values.mean(dim=1)
         return anomaly_map, score
+
+    @torch.no_grad()
+    def calibrate_error_scale(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """score.balance: scale each error kind by 1 / its mean over good images x, recon (M, C, H, W)."""
+        if not self.cfg.balance:
+            return
+        self.error_scale.fill_(1.0)
+        scales = []
+        for i in range(len(self.cfg.errors)):
+            weight = self.cfg.weights[i]
+            self.error_scale.zero_()
+            self.error_scale[i] = 1.0 / weight
+            scales.append(1.0 / max(float(self.error_map(x, recon).mean()), 1e-12))
+        self.error_scale.copy_(torch.tensor(scales))
 
     @torch.no_grad()
     def calibrate_normalization(self, smoothed_errors: torch.Tensor) -> None:
