@@ -48,6 +48,22 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{_f(m['f1_max'])} | {_f(m['train_seconds'], 0)} | {_f(flops / 1e9 if flops else None, 2)} |"
                 )
         lines.append("")
+    sa = report.get("scoring_ablation")
+    if sa:
+        cats = list(sa)
+        lines += [
+            "## Scoring ablation (each category's default run, scored post hoc; image / pixel AUROC / AUPRO)",
+            "",
+            "| error map | " + " | ".join(cats) + " |",
+            "|---|" + "---|" * len(cats),
+        ]
+        for name in next(iter(sa.values()))["variants"]:
+            cells = []
+            for cat in cats:
+                r = sa[cat]["variants"][name]
+                cells.append(f"{_f(r['image_auroc'])} / {_f(r['pixel_auroc'])} / {_f(r['aupro'])}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     be = report.get("backends")
     if be:
         lines += [
@@ -158,6 +174,16 @@ def main() -> None:
         from benchmarks.accuracy import bench_accuracy
 
         report["accuracy"] = acc = bench_accuracy(args.data, minutes, args.image_size, args.ablation, workdir)
+        write_report(report)
+    if report.get("accuracy"):
+        from benchmarks.scoring import scoring_ablation
+
+        # The scorer ablated post hoc on each category's default run (no extra training).
+        report["scoring_ablation"] = {
+            cat: scoring_ablation(Path(rows["ours (configs/)"]["run"]), Path(report["accuracy"]["data"]) / cat)
+            for cat, rows in report["accuracy"]["categories"].items()
+            if "ours (configs/)" in rows
+        }
         write_report(report)
         first = next(iter(acc["categories"].values()))
         run_dir = Path(first["ours (configs/)"]["run"])
