@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/vqad demo --workdir demo
 
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --repeats 3
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick

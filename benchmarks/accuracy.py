@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Timer, vqad
+from benchmarks.common import Timer, stats, vqad
 
 SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses, no extras
     "model.codebook=loss",
@@ -64,9 +64,23 @@ ABLATION: dict[str, list[str]] = {
 }
 
 
-def run_slug(variant: str) -> str:
-    """The folder name of a variant's run (WORKDIR/runs/<category>/<slug>)."""
-    return "".join(ch if ch.isalnum() else "_" for ch in variant)[:40]
+SPREAD_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "train_seconds")
+SEED_SUFFIX = "__seed"
+
+
+def run_slug(variant: str, repeat: int = 0) -> str:
+    """The folder name of a variant's run (WORKDIR/runs/<category>/<slug>); repeats > 0 add a seed."""
+    slug = "".join(ch if ch.isalnum() else "_" for ch in variant)[:40]
+    return slug if repeat == 0 else f"{slug}{SEED_SUFFIX}{repeat}"
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from repeated trainings (seeds 0..n-1): the median of each figure, with
+    min, max and n under "spread"; the other fields (run dir, FLOPs) from the seed-0 run."""
+    row = dict(rows[0])
+    row["spread"] = {k: stats([float(r[k]) for r in rows]) for k in SPREAD_KEYS}
+    row.update({k: row["spread"][k]["median"] for k in SPREAD_KEYS})
+    return row
 
 
 def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
@@ -134,9 +148,13 @@ def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
 
     for cat_dir in sorted((workdir / "runs").iterdir()):
         rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat_dir.name, image_size)}
-        for run in sorted(cat_dir.iterdir()):
-            row = rows[names.get(run.name, run.name)] = accuracy_row(run)
-            out["minutes_per_training"] = row["minutes_budget"]
+        repeats: dict[str, list[dict[str, Any]]] = {}
+        for run in sorted(cat_dir.iterdir()):  # seed 0 sorts before its __seedN repeats
+            slug = run.name.split(SEED_SUFFIX)[0]
+            repeats.setdefault(names.get(slug, slug), []).append(accuracy_row(run))
+        for name, runs in repeats.items():
+            rows[name] = median_row(runs)
+            out["minutes_per_training"] = runs[0]["minutes_budget"]
         out["categories"][cat_dir.name] = rows
     return out
 
@@ -148,7 +166,10 @@ def bench_accuracy(
     ablation: bool = False,
     workdir: Path | None = None,
     categories: tuple[str, ...] | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
+    """Train and evaluate every variant on every category, `repeats` times (seeds 0..repeats-1);
+    each figure is the median over the repeats, with min and max."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     if data is None:
         data = workdir / "data"
@@ -164,14 +185,24 @@ def bench_accuracy(
         "synth_seconds": synth_seconds,
         "minutes_per_training": minutes,
         "image_size": image_size,
+        "repeats": repeats,
         "categories": {},
     }
     for cat in cats:
         rows: dict[str, Any] = {"per-pixel Gaussian": baseline_metrics(data / cat, image_size)}
         for name, overrides in variants.items():
-            slug = run_slug(name)
             t0 = time.monotonic()
-            rows[name] = train_and_eval(data / cat, workdir / "runs" / cat / slug, minutes, image_size, overrides)
+            runs = [
+                train_and_eval(
+                    data / cat,
+                    workdir / "runs" / cat / run_slug(name, r),
+                    minutes,
+                    image_size,
+                    [*overrides, f"train.seed={r}"],
+                )
+                for r in range(repeats)
+            ]
+            rows[name] = median_row(runs)
             print(
                 f"[accuracy] {cat} / {name}: image AUROC {rows[name]['image_auroc']:.3f}, pixel AUROC "
                 f"{rows[name]['pixel_auroc']:.3f}, AUPRO {rows[name]['aupro']:.3f} "
@@ -189,6 +220,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="about 2 minutes per training")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=1, help="trainings per variant (seeds 0..N-1); median, min, max")
     args = ap.parse_args()
     minutes = 2.0 if args.quick else args.minutes
-    print(json.dumps(bench_accuracy(args.data, minutes, args.image_size, args.ablation), indent=2))
+    result = bench_accuracy(args.data, minutes, args.image_size, args.ablation, repeats=args.repeats)
+    print(json.dumps(result, indent=2))

@@ -43,9 +43,17 @@ def markdown(report: dict[str, Any]) -> str:
         for cat, rows in acc["categories"].items():
             for name, m in rows.items():
                 flops = m.get("flops_per_frame")
+                spread = m.get("spread", {})
+
+                def cell(key: str, nd: int = 3, spread=spread, m=m) -> str:
+                    sp = spread.get(key)
+                    if sp and sp["n"] > 1:  # median (min-max) over the repeats
+                        return f"{_f(sp['median'], nd)} ({_f(sp['min'], nd)}–{_f(sp['max'], nd)})"
+                    return _f(m[key], nd)
+
                 lines.append(
-                    f"| {cat} | {name} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} | {_f(m['aupro'])} | "
-                    f"{_f(m['f1_max'])} | {_f(m['train_seconds'], 0)} | {_f(flops / 1e9 if flops else None, 2)} |"
+                    f"| {cat} | {name} | {cell('image_auroc')} | {cell('pixel_auroc')} | {cell('aupro')} | "
+                    f"{cell('f1_max')} | {cell('train_seconds', 0)} | {_f(flops / 1e9 if flops else None, 2)} |"
                 )
         lines.append("")
     sa = report.get("scoring_ablation")
@@ -149,6 +157,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, help="training budget per model (default 10, --quick 2)")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--ablation", action="store_true", help="also train every ablation variant")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="trainings per accuracy variant (seeds 0..N-1): median, min, max"
+    )
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
@@ -173,7 +184,9 @@ def main() -> None:
     elif "accuracy" in parts:
         from benchmarks.accuracy import bench_accuracy
 
-        report["accuracy"] = acc = bench_accuracy(args.data, minutes, args.image_size, args.ablation, workdir)
+        report["accuracy"] = acc = bench_accuracy(
+            args.data, minutes, args.image_size, args.ablation, workdir, repeats=args.repeats
+        )
         write_report(report)
     if report.get("accuracy"):
         from benchmarks.scoring import scoring_ablation
