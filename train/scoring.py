@@ -113,18 +113,24 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
         self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
 
+    def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
+        """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
+        x, recon = x.float(), recon.float()
+        terms = []
+        for kind in self.cfg.errors:
+            if kind == "l2":
+                terms.append((x - recon).pow(2).mean(dim=1, keepdim=True))
+            elif kind == "ssim":
+                terms.append(1 - self.ssim(x, recon))
+            else:
+                terms.append(gms_map(x, recon))
+        return terms
+
     def error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """The raw, weighted pixel error before normalisation and smoothing -> (N, 1, H, W)."""
-        x, recon = x.float(), recon.float()
-        total = torch.zeros_like(x[:, :1])
-        for i, (kind, weight) in enumerate(zip(self.cfg.errors, self.cfg.weights, strict=True)):
-            if kind == "l2":
-                err = (x - recon).pow(2).mean(dim=1, keepdim=True)
-            elif kind == "ssim":
-                err = 1 - self.ssim(x, recon)
-            else:
-                err = gms_map(x, recon)
-            total = total + weight * self.error_scale[i] * err
+        total = torch.zeros_like(x[:, :1], dtype=torch.float32)
+        for i, (term, weight) in enumerate(zip(self.error_terms(x, recon), self.cfg.weights, strict=True)):
+            total = total + weight * self.error_scale[i] * term
         return total
 
     def ssim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -164,14 +170,8 @@ class AnomalyScorer(nn.Module):
         """score.balance: scale each error kind by 1 / its mean over good images x, recon (M, C, H, W)."""
         if not self.cfg.balance:
             return
-        self.error_scale.fill_(1.0)
-        scales = []
-        for i in range(len(self.cfg.errors)):
-            weight = self.cfg.weights[i]
-            self.error_scale.zero_()
-            self.error_scale[i] = 1.0 / weight
-            scales.append(1.0 / max(float(self.error_map(x, recon).mean()), 1e-12))
-        self.error_scale.copy_(torch.tensor(scales))
+        means = [max(float(term.mean()), 1e-12) for term in self.error_terms(x, recon)]
+        self.error_scale.copy_(torch.tensor([1.0 / m for m in means]))
 
     @torch.no_grad()
     def calibrate_normalization(self, smoothed_errors: torch.Tensor) -> None:
