@@ -45,15 +45,6 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @torch.no_grad()
-def _reconstruct(model, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    from train.model import uint8_nhwc_to_float
-
-    x = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames)))
-    recon = torch.cat([model.reconstruct(x[i : i + 16]) for i in range(0, len(x), 16)])
-    return x, recon
-
-
-@torch.no_grad()
 def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     """{variant: {image_auroc, pixel_auroc, aupro, score config}} for one trained run."""
     from train.data import load_images, load_test_set
@@ -65,8 +56,8 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     cfg = run.model_cfg
     test = load_test_set(category, cfg.image_size, cfg.channels)
     val = load_images([Path(p) for p in run.split()["val"]], cfg.image_size, cfg.channels)
-    x_test, r_test = _reconstruct(run.model, np.stack([s.image for s in test]))
-    x_val, r_val = _reconstruct(run.model, val)
+    x_test, r_test = run.model.reconstruct_frames(np.stack([s.image for s in test]))
+    x_val, r_val = run.model.reconstruct_frames(val)
     labels = np.array([s.label for s in test])
     with_mask = np.array([s.mask is not None for s in test])
     masks = np.stack([s.mask if s.mask is not None else np.zeros(x_test.shape[-2:], bool) for s in test])
@@ -74,8 +65,7 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     for name, overrides in SCORING_VARIANTS.items():
         score_cfg = dataclasses.replace(cfg.score, source="recon", **overrides)
         scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
-        scorer.calibrate_error_scale(x_val, r_val)  # as training does, in this order
-        scorer.calibrate_normalization(scorer.smooth(scorer.error_map(x_val, r_val)))
+        scorer.calibrate(x_val, r_val)  # as training does
         maps, scores = [], []
         for i in range(0, len(x_test), 16):
             m, s = scorer(x_test[i : i + 16], r_test[i : i + 16])

@@ -354,12 +354,5 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
 
 @torch.no_grad()
 def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -> None:
-    """Error statistics of good validation images: the per-kind scales (score.balance), then the
-    per-pixel (or pooled) mean and spread of the balanced map (score.normalize)."""
-    pairs = []
-    for i in range(0, len(val_images), 16):
-        x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))
-        pairs.append((x01, model.reconstruct(x01)))
-    x01, recon = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-    model.scorer.calibrate_error_scale(x01, recon)
-    model.scorer.calibrate_normalization(model.scorer.smooth(model.scorer.error_map(x01, recon)))
+    """The scorer's calibration (score.balance, score.normalize) on the good validation images."""
+    model.scorer.calibrate(*model.reconstruct_frames(val_images))

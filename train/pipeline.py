@@ -38,6 +38,15 @@ class InspectionModel(nn.Module):
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
+    @torch.no_grad()
+    def reconstruct_frames(self, frames, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """numpy (M, H, W, C) uint8 -> (inputs, reconstructions), both (M, C, H, W) float32 [0,1], in batches."""
+        import numpy as np
+
+        x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames)))
+        recon = torch.cat([self.reconstruct(x01[i : i + batch_size]) for i in range(0, len(x01), batch_size)])
+        return x01, recon
+
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H, W, C) uint8 -> (quantised latents (N, D, h, w), codes (N, h, w)), as inference sees them."""
         x = normalize(uint8_nhwc_to_float(frames), self.cfg.channel_mean(), self.cfg.channel_std())

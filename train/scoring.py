@@ -166,6 +166,14 @@ class AnomalyScorer(nn.Module):
         return anomaly_map, score
 
     @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """Calibrate on good images x, recon (M, C, H, W): the per-kind scales (score.balance),
+        then the per-pixel (or pooled) statistics of the balanced, smoothed map (score.normalize)."""
+        self.calibrate_error_scale(x, recon)
+        if self.cfg.normalize != "none":
+            self.calibrate_normalization(self.smooth(self.error_map(x, recon)))
+
+    @torch.no_grad()
     def calibrate_error_scale(self, x: torch.Tensor, recon: torch.Tensor) -> None:
         """score.balance: scale each error kind by 1 / its mean over good images x, recon (M, C, H, W)."""
         if not self.cfg.balance:
