@@ -29,10 +29,20 @@ from benchmarks.common import ROOT, stats
 
 def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
     from edge.backends import create_backend
+    from edge.config import load_config
     from edge.package import load_package
+    from edge.settings import EdgeConfig
 
+    # The backend as the daemon configures it (configs/edge.yaml), so the ratio is the daemon's cost.
+    cfg = load_config(EdgeConfig, ROOT / "configs" / "edge.yaml", {})
     pkg = load_package(model_dir)
-    backend = create_backend("onnxruntime", pkg, {"max_batch": batch, "providers": ["CPUExecutionProvider"]})
+    options = {
+        "max_batch": batch,
+        "providers": ["CPUExecutionProvider"],
+        "intra_op_threads": cfg.intra_op_threads,
+        "intra_op_spinning": cfg.intra_op_spinning,
+    }
+    backend = create_backend("onnxruntime", pkg, options)
     x = np.random.default_rng(0).integers(0, 255, (batch, *pkg.input_shape), dtype=np.uint8)
     backend.infer(x)
     n, t0 = 0, time.perf_counter()
@@ -152,7 +162,11 @@ def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path,
         check=True,
     )
     watch.wait(timeout=300)
-    return json.loads(summary.read_text())
+    result = json.loads(summary.read_text())
+    result["lost"] = count - int(result.get("results", 0))
+    if result["lost"]:
+        print(f"WARNING: {result['lost']} of {count} frames got no result ({tag})", file=sys.stderr)
+    return result
 
 
 def bench_daemon(
@@ -168,7 +182,7 @@ def bench_daemon(
     for shape in shapes:
         key = "x".join(map(str, shape))
         folder = _frames_dir(shape, workdir)
-        ratios, e2e, raws = [], [], []
+        ratios, e2e, raws, lost = [], [], [], 0
         daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms)
         try:
             count = 150 if quick else 400
@@ -176,6 +190,7 @@ def bench_daemon(
                 raw = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0)
                 s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
                 fps = s["rate_per_s"] or 0.0
+                lost += s["lost"]
                 raws.append(raw)
                 e2e.append(fps)
                 ratios.append(fps / raw)
@@ -191,6 +206,7 @@ def bench_daemon(
                     "latency_ms": s["latency_ms"],
                     "by_status": s["by_status"],
                 }
+                lost += s["lost"]
         finally:
             rss = daemon.stop()
         out[key] = {
@@ -199,6 +215,7 @@ def bench_daemon(
             "ratio": stats(ratios),
             "latency_under_load": load,
             "daemon_peak_rss_mib": rss / 2**20,
+            "frames_without_result": lost,
         }
     return out
 

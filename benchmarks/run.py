@@ -117,8 +117,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"max_delay {dm['max_delay_ms']} ms)",
             "",
             "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
-            "| p50 / p99 at 90% load (ms) | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
+            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for key, d in dm.items():
             if not isinstance(d, dict) or "ratio" not in d:
@@ -130,7 +130,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
                 f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
-                f"{d['daemon_peak_rss_mib']:.0f} |"
+                f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} |"
             )
         lines.append("")
     tr = report.get("transport")

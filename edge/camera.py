@@ -65,6 +65,17 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
             return
 
 
+def _wait_for_room(sock: zmq.Socket, stop) -> bool:
+    """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False).
+
+    Polls in bounded slices, so that a stop request is seen while the daemon holds us back.
+    """
+    while not sock.poll(100, zmq.POLLOUT):
+        if stop is not None and stop():
+            return False
+    return True
+
+
 def run_camera(
     source: str,
     endpoint: str,
@@ -78,11 +89,24 @@ def run_camera(
     curve_secret: str | None = None,
     curve_server_key: str | None = None,
     stop=None,
+    sndhwm: int = 4,
+    linger_s: float = 30.0,
 ) -> int:
-    """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent."""
-    ctx = zmq.Context.instance()
+    """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent.
+
+    At most `sndhwm` frames wait in this process: when the daemon stops reading (its
+    backpressure policy), sending blocks here instead of piling frames up in memory. On the
+    way out it waits up to `linger_s` for the queued frames to leave, and says so if they did not.
+    """
+    if sndhwm < 1:
+        raise ValueError("sndhwm must be >= 1")
+    # A context of our own, terminated below: frames still queued in ZeroMQ's I/O thread are
+    # only flushed (within LINGER) by terminating the context; a process that just exits
+    # drops them.
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 10000)  # queued frames still go out after the last send
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
     if curve_secret:
         from edge.security import make_curve_client
 
@@ -104,7 +128,10 @@ def run_camera(
                     time.sleep(delay)
                 next_t = max(next_t + period, time.monotonic() - period)
             frame_id = start_id + sent
-            sock.send_multipart(frame_message(camera_id, frame_id, image, encoding))
+            message = frame_message(camera_id, frame_id, image, encoding)
+            if not _wait_for_room(sock, stop):
+                break
+            sock.send_multipart(message, copy=False)
             if out:
                 out.write(f"{camera_id},{frame_id},{name}\n")
             sent += 1
@@ -114,5 +141,14 @@ def run_camera(
         if out:
             out.close()
         sock.close()
+        started = time.monotonic()
+        ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
+        if time.monotonic() - started >= linger_s - 0.05:
+            log.warning(
+                "camera %s: frames still queued after %.0f s were dropped: is the daemon at %s running?",
+                camera_id,
+                linger_s,
+                endpoint,
+            )
     log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
     return sent

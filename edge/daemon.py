@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import zmq
 
@@ -104,6 +105,8 @@ class Daemon:
         self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
         self.model_ident = {"name": pkg.name, "sha256": pkg.sha256}
         self._check_previous_exit()
+        if cfg.opencv_threads:
+            cv2.setNumThreads(cfg.opencv_threads)
         options = {
             "max_batch": cfg.max_batch,
             "precision": cfg.precision,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import signal
 import subprocess
@@ -341,3 +342,96 @@ def test_input_size_mismatch_is_refused(tiny_model):
     with pytest.raises(AssertionError, match="exited 4"):
         daemon.start(timeout=30)
     assert "edge.input_size=256" in daemon.log_text()
+
+
+def test_camera_delivers_every_frame_to_a_slow_reader_before_exiting(tmp_path):
+    """`vqad camera` may only exit once its frames have left: a reader that takes frames slower
+    than the camera produces them still gets every one, and the camera holds no more than
+    its high-water mark in memory meanwhile (it blocks instead)."""
+    import zmq
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    endpoint = f"ipc://{short_ipc_dir()}/frames"
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    pull.setsockopt(zmq.RCVBUF, 65536)
+    pull.bind(endpoint)
+    count = 40
+    camera = subprocess.Popen(
+        [sys.executable, "-m", "vqad.cli", "camera", str(folder), "--to", endpoint, "--loop", "--count", str(count)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    frame_ids = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(frame_ids) < count and time.monotonic() < deadline:
+            if pull.poll(200):
+                head, payload = pull.recv_multipart()
+                frame_ids.append(json.loads(head)["frame_id"])
+                assert len(payload) == 256 * 256 * 3
+                time.sleep(0.02)  # a reader slower than the camera
+            elif camera.poll() is not None and not pull.poll(500):
+                break  # the camera is gone and nothing more is coming
+        out, err = camera.communicate(timeout=60)
+    finally:
+        if camera.poll() is None:
+            camera.kill()
+        pull.close(linger=0)
+        ctx.term()
+    assert camera.returncode == 0, err
+    assert f"sent {count} frames" in out
+    assert frame_ids == list(range(count))
+
+
+def _doc_example(title: str) -> str:
+    """The Python block under `## <title>` in docs/protocol.md."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split(f"## {title}", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_protocol_doc_examples_work_against_the_daemon(tiny_model):
+    """The ten-line camera and subscriber in docs/protocol.md, run as written (endpoints and
+    counts swapped for the test's), exchange frames and results with a real daemon."""
+    camera_code = _doc_example("A camera in ten lines (pyzmq alone)")
+    subscriber_code = _doc_example("A subscriber in ten lines (pyzmq alone)")
+    assert "tcp://127.0.0.1:5555" in camera_code and "range(100)" in subscriber_code + camera_code
+    assert "tcp://127.0.0.1:5556" in subscriber_code and "while True:" in subscriber_code
+    with DaemonProcess(tiny_model) as daemon:
+        subscriber = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                subscriber_code.replace("tcp://127.0.0.1:5556", daemon.results).replace(
+                    "while True:", "for _ in range(5):"
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # PUB/SUB: the subscriber must be connected before results go out
+        camera = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                camera_code.replace("tcp://127.0.0.1:5555", daemon.frames).replace("range(100)", "range(5)"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert camera.returncode == 0, camera.stderr
+        out, err = subscriber.communicate(timeout=60)
+    assert subscriber.returncode == 0, err
+    lines = out.split("\n")[:5]
+    assert [line.split()[:3] for line in lines] == [["cam0", str(i), "ok"] for i in range(5)]
+    assert all(line.split()[3] in ("pass", "fail") for line in lines)

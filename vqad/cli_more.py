@@ -90,6 +90,8 @@ def cmd_camera(args: argparse.Namespace) -> int:
             curve_secret=args.curve_secret,
             curve_server_key=args.curve_server_key,
             stop=lambda: bool(stopping),
+            sndhwm=args.hwm,
+            linger_s=args.linger_s,
         )
     except KeyboardInterrupt:
         return 130
@@ -160,6 +162,18 @@ def add_edge_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
     c.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
+    c.add_argument(
+        "--hwm",
+        type=int,
+        default=4,
+        help="frames that may wait in this process for the daemon (ZeroMQ SNDHWM; default 4)",
+    )
+    c.add_argument(
+        "--linger-s",
+        type=float,
+        default=30.0,
+        help="on exit, wait this long for queued frames to reach the daemon (default 30)",
+    )
     c.set_defaults(func=cmd_camera)
 
     w = sub.add_parser("watch", help="print results; save overlays of failed frames")
