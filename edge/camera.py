@@ -143,7 +143,7 @@ def run_camera(
         sock.close()
         started = time.monotonic()
         ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
-        if time.monotonic() - started >= linger_s - 0.05:
+        if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:
             log.warning(
                 "camera %s: frames still queued after %.0f s were dropped: is the daemon at %s running?",
                 camera_id,
