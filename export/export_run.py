@@ -91,7 +91,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             fp32,
             fp16,
             threshold["value"],
-            cfg.fp32_max_abs_error,
+            cfg.fp32_max_error_of_threshold,
             cfg.fp16_max_relative_error,
             cfg.fp16_min_decision_agreement,
         )

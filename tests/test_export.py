@@ -182,3 +182,28 @@ def test_tensorrt86_fp16_layer_prefixes_name_the_encoder_and_decoder(tiny_model)
     fp16 = [n for n in convs if n.startswith(FP16_LAYER_PREFIXES)]
     assert any(n.startswith("/decoder/") for n in fp16)
     assert all(n.startswith(("/scorer/", "/encoder/")) for n in set(convs) - set(fp16))  # kept FP32
+
+
+def test_parity_verdict_does_not_depend_on_the_maps_units():
+    """The same outputs in other units (balanced scoring puts thresholds near 30, raw L2 near
+    0.01) get the same verdict: the FP32 bound is a fraction of the threshold, not an absolute
+    number, so a balanced model is not refused for float32 rounding at its own scale."""
+    from export.parity import ParityError, compare
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((6, 1, 16, 16)).astype(np.float32)
+    scores = maps.reshape(6, -1).max(axis=1)
+    threshold = float(np.median(scores))
+
+    def verdict(scale: float, rel_noise: float) -> bool:
+        ref = (maps * scale, scores * scale)
+        noisy = (ref[0] * (1 + rel_noise), ref[1] * (1 + rel_noise))
+        try:
+            compare(ref, noisy, noisy, threshold * scale, 1e-3, 1e-2, 0.99)
+        except ParityError:
+            return False
+        return True
+
+    for scale in (0.01, 1.0, 3000.0):
+        assert verdict(scale, 1e-5), scale  # rounding-sized differences pass at every scale
+        assert not verdict(scale, 5e-3), scale  # a real discrepancy fails at every scale

@@ -33,7 +33,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"parity on {p['n_images']} images:")
     print(
         f"  FP32 ONNX vs PyTorch: map max abs {a['map_max_abs_error']:.2e}, score max abs "
-        f"{a['score_max_abs_error']:.2e}, decisions identical: {a['decisions_identical']}"
+        f"{a['score_max_abs_error']:.2e} (bound {a['bound_max_abs_error']:.2e} = "
+        f"{a['bound_fraction_of_threshold']:g} x threshold), decisions identical: {a['decisions_identical']}"
     )
     print(
         f"  FP16 ONNX vs FP32:    map relative error {b['map_relative_error']:.2e} "
