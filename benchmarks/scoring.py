@@ -31,6 +31,9 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
     "L2 + (1 - SSIM), balanced": _PLAIN | _L2_SSIM | {"balance": True},
     "L2 + MS-GMS, balanced": _PLAIN | {"errors": ("l2", "gms"), "weights": (1.0, 1.0), "balance": True},
     "L2 + (1 - SSIM), balanced, border 4": _PLAIN | _L2_SSIM | {"balance": True, "border": 4},
+    "MS-GMS, border 4": _PLAIN | {"errors": ("gms",), "weights": (1.0,), "border": 4},
+    "L2 + MS-GMS, balanced, border 4": _PLAIN
+    | {"errors": ("l2", "gms"), "weights": (1.0, 1.0), "balance": True, "border": 4},
     "L2 + (1 - SSIM), balanced, border 8": _PLAIN | _L2_SSIM | {"balance": True, "border": 8},
     "L2 + (1 - SSIM), balanced, border 4, per pixel": _PLAIN
     | _L2_SSIM
