@@ -293,7 +293,7 @@ def train(
                     "loss": loss.item(),
                     "recon_l2": l2.item(),
                     "recon_ssim": ssim_l.item(),
-                    "vq_loss": float(stats["vq_loss"]) if "vq_loss" in stats else "",
+                    "vq_loss": float(stats["vq_loss"].detach()) if "vq_loss" in stats else "",
                     "perplexity": float(stats["perplexity"]) if "perplexity" in stats else "",
                     "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "",
                     "head_loss": head_l.item(),
