@@ -20,6 +20,8 @@ from edge.protocol import frame_message
 
 log = logging.getLogger(__name__)
 
+STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to leave
+
 
 def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device/URL."""
@@ -140,7 +142,11 @@ def run_camera(
     finally:
         if out:
             out.close()
-        sock.close()
+        # Asked to stop (SIGTERM): the queued frames still get a few seconds to leave, but a
+        # daemon that is gone must not hold the stop for the full linger.
+        if stop is not None and stop():
+            linger_s = min(linger_s, STOP_LINGER_S)
+        sock.close(linger=int(linger_s * 1000))
         started = time.monotonic()
         ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
         if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:

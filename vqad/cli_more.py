@@ -173,7 +173,7 @@ def add_edge_commands(sub: argparse._SubParsersAction) -> None:
         "--linger-s",
         type=float,
         default=30.0,
-        help="on exit, wait this long for queued frames to reach the daemon (default 30)",
+        help="on exit, wait this long for queued frames to reach the daemon (default 30; at most 3 after SIGTERM)",
     )
     c.set_defaults(func=cmd_camera)
 
