@@ -36,12 +36,7 @@ def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
     # The backend as the daemon configures it (configs/edge.yaml), so the ratio is the daemon's cost.
     cfg = load_config(EdgeConfig, ROOT / "configs" / "edge.yaml", {})
     pkg = load_package(model_dir)
-    options = {
-        "max_batch": batch,
-        "providers": ["CPUExecutionProvider"],
-        "intra_op_threads": cfg.intra_op_threads,
-        "intra_op_spinning": cfg.intra_op_spinning,
-    }
+    options = cfg.backend_options() | {"max_batch": batch, "providers": ["CPUExecutionProvider"]}
     backend = create_backend("onnxruntime", pkg, options)
     x = np.random.default_rng(0).integers(0, 255, (batch, *pkg.input_shape), dtype=np.uint8)
     backend.infer(x)

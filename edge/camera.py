@@ -108,7 +108,6 @@ def run_camera(
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
     if curve_secret:
         from edge.security import make_curve_client
 

@@ -107,14 +107,7 @@ class Daemon:
         self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
-        options = {
-            "max_batch": cfg.max_batch,
-            "precision": cfg.precision,
-            "intra_op_threads": cfg.intra_op_threads,
-            "intra_op_spinning": cfg.intra_op_spinning,
-            "workspace_mb": cfg.tensorrt_workspace_mb,
-        }
-        self.backend = create_backend(cfg.backend, pkg, options)
+        self.backend = create_backend(cfg.backend, pkg, cfg.backend_options())
         self._warm_up()
         self.ctx = zmq.Context()
         self._start_auth()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from edge.config import require
 
@@ -84,6 +84,16 @@ class EdgeConfig:
         require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
         require(self.input_size >= 0, "edge.input_size must be >= 0 (0 = from the model package)")
+
+    def backend_options(self) -> dict[str, Any]:
+        """The options `create_backend` takes, as this config sets them (the daemon's and the benchmark's)."""
+        return {
+            "max_batch": self.max_batch,
+            "precision": self.precision,
+            "intra_op_threads": self.intra_op_threads,
+            "intra_op_spinning": self.intra_op_spinning,
+            "workspace_mb": self.tensorrt_workspace_mb,
+        }
 
     @property
     def max_frame_bytes(self) -> int:
