@@ -109,3 +109,27 @@ def test_perplexity_and_shapes_of_the_whole_model():
     z_q, codes, _ = model.eval().encode(x)
     assert codes.shape == (2, 8, 8) and z_q.shape == (2, 8, 8, 8)
     assert torch.allclose(model.decode_code(codes), model.decode(z_q), atol=1e-5)
+
+
+def test_quantiser_stays_fp32_under_bf16_autocast():
+    """Mixed-precision training must not move the distances, argmin or EMA statistics to bf16."""
+    torch.manual_seed(0)
+    vq = quantizer(codebook_size=64, code_dim=8).train()
+    vq.initted.fill_(True)
+    # Vectors close to their codes, so that bf16 distances would tie and flip some of them.
+    z = (vq.embed[torch.randint(0, 64, (2 * 6 * 6,))] + 1e-3 * torch.randn(72, 8)).view(2, 6, 6, 8).permute(0, 3, 1, 2)
+    fp32_codes = vq.eval()(z)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, codes, stats = vq.train()(z.bfloat16())
+    assert z_q.dtype == torch.float32 and vq.embed.dtype == torch.float32 and vq.embed_avg.dtype == torch.float32
+    assert torch.equal(codes, fp32_codes)
+    assert stats["vq_loss"].dtype == torch.float32
+
+
+def test_training_precision_choice():
+    from train.loop import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    assert autocast_dtype(cpu, "auto") in (None, torch.bfloat16)

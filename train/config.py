@@ -122,6 +122,10 @@ class TrainConfig:
     checkpoint_every: int = 250
     target_frr: float = 0.01
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision of the training forward pass: bf16 autocast where the hardware runs it
+    # fast (CPUs with AMX or AVX512-BF16, CUDA GPUs with bf16), else fp32. Weights, optimiser,
+    # losses, the VQ distance/argmin and the codebook updates stay FP32 either way.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_threads: int = 0
 
     def __post_init__(self) -> None:

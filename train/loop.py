@@ -82,6 +82,23 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """True where bf16 matmuls and convolutions run faster than FP32: CUDA GPUs with bf16
+    (Ampere and later, Jetson Orin included) and CPUs with AMX or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so probed
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of the training forward pass for train.precision, or None for FP32."""
+    if precision == "bf16" or (precision == "auto" and fast_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
 def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 5% over the budget: whichever of `steps` and
     `max_minutes` runs out first, so a time-limited run still ends with a low learning rate."""
@@ -195,6 +212,12 @@ def train(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
+    amp_dtype = autocast_dtype(device, train_cfg.precision)
+    log.info("training forward pass in %s", "bf16 autocast" if amp_dtype is not None else "fp32")
+
+    def autocast():
+        # The quantiser turns autocast off inside itself: distances, argmin and EMA stay FP32.
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     metrics_log = MetricsLog(run_dir, append=resume) if dist.main else None
     budget_s = train_cfg.max_minutes * 60.0
@@ -255,20 +278,22 @@ def train(
             x = normalize(inp01, mean, std)
             if vqvae_frozen:
                 model.vqvae.eval()
-                with torch.no_grad():
+                with torch.no_grad(), autocast():
                     recon, stats = model.vqvae(x)
                 loss = torch.zeros((), device=device)
             else:
-                recon, stats = net(x)
-            recon01 = denormalize(recon, mean, std)
+                with autocast():
+                    recon, stats = net(x)
+            recon01 = denormalize(recon.float(), mean, std)  # losses in FP32
             l2 = F.mse_loss(recon01, clean01)
             ssim_l = _ssim_loss(recon01, clean01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
             if not vqvae_frozen:
                 loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
             head_l = torch.zeros(())
             if head_on:
-                logits = head_net(inp01, recon01.detach())
-                head_l = focal_loss(logits, masks)
+                with autocast():
+                    logits = head_net(inp01, recon01.detach())
+                head_l = focal_loss(logits.float(), masks)
                 loss = loss + train_cfg.head_loss_weight * head_l
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -118,7 +118,17 @@ class VectorQuantizer(nn.Module):
         return dist, dist.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """z: (N, D, h, w) -> (z_q (N, D, h, w), codes (N, h, w), stats)."""
+        """z: (N, D, h, w) -> (z_q (N, D, h, w), codes (N, h, w), stats).
+
+        Under autocast (mixed-precision training) the quantiser still runs in FP32: a bf16
+        matmul in the distances would flip nearest codes, and the EMA sums would lose mass.
+        """
+        if torch.is_autocast_enabled(z.device.type):
+            with torch.autocast(z.device.type, enabled=False):
+                return self._quantize(z.float())
+        return self._quantize(z)
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         N, D, h, w = z.shape
         # 1. flatten: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D)
         flat = z.permute(0, 2, 3, 1).reshape(-1, D)
