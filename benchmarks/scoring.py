@@ -47,6 +47,30 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Latent restoration (model.restore = "position"), calibrated post hoc from the run's own
+# training images as training would: name -> (restore_radius, restore_min_count).
+RESTORATION_VARIANTS: dict[str, tuple[int, int]] = {
+    "latent restoration, radius 0": (0, 1),
+    "latent restoration, radius 1": (1, 1),
+}
+# The scorings each restoration variant is read with.
+RESTORATION_SCORINGS = ("L2 + (1 - SSIM), balanced, border 4", "MS-GMS, border 4")
+
+
+def with_restoration(run, radius: int, min_count: int, train_images: np.ndarray):
+    """A copy of the run's model with model.restore = position, calibrated on train_images."""
+    from train.pipeline import InspectionModel
+
+    cfg = dataclasses.replace(run.model_cfg, restore="position", restore_radius=radius, restore_min_count=min_count)
+    model = InspectionModel(cfg)
+    missing, unexpected = model.load_state_dict(run.model.state_dict(), strict=False)
+    if unexpected or set(missing) - {"vqvae.quantizer.code_penalty"}:
+        raise ValueError(f"state mismatch: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    model.calibrate_restoration(train_images)
+    return model
+
+
 @torch.no_grad()
 def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     """{variant: {image_auroc, pixel_auroc, aupro, score config}} for one trained run."""
@@ -59,28 +83,39 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     cfg = run.model_cfg
     test = load_test_set(category, cfg.image_size, cfg.channels)
     val = load_images([Path(p) for p in run.split()["val"]], cfg.image_size, cfg.channels)
-    x_test, r_test = run.model.reconstruct_frames(np.stack([s.image for s in test]))
-    x_val, r_val = run.model.reconstruct_frames(val)
+    test_frames = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
     with_mask = np.array([s.mask is not None for s in test])
-    masks = np.stack([s.mask if s.mask is not None else np.zeros(x_test.shape[-2:], bool) for s in test])
-    rows: dict[str, Any] = {}
-    for name, overrides in SCORING_VARIANTS.items():
-        score_cfg = dataclasses.replace(cfg.score, source="recon", **overrides)
-        scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
-        scorer.calibrate(x_val, r_val)  # as training does
-        maps, scores = [], []
-        for i in range(0, len(x_test), 16):
-            m, s = scorer(x_test[i : i + 16], r_test[i : i + 16])
-            maps.append(m[:, 0].numpy())
-            scores.append(s.numpy())
-        amap, score = np.concatenate(maps), np.concatenate(scores)
-        rows[name] = {
-            "image_auroc": image_auroc(labels, score),
-            "pixel_auroc": pixel_auroc(masks[with_mask], amap[with_mask]),
-            "aupro": aupro(masks[with_mask], amap[with_mask], fpr_limit=0.3),
-            "score": dataclasses.asdict(score_cfg),
-        }
+    masks = np.stack([s.mask if s.mask is not None else np.zeros(test_frames.shape[1:3], bool) for s in test])
+
+    def score_rows(model, variants: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, Any]:
+        x_test, r_test = model.reconstruct_frames(test_frames)
+        x_val, r_val = model.reconstruct_frames(val)
+        rows: dict[str, Any] = {}
+        for name, overrides in variants.items():
+            score_cfg = dataclasses.replace(cfg.score, source="recon", **overrides)
+            scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
+            scorer.calibrate(x_val, r_val)  # as training does
+            maps, scores = [], []
+            for i in range(0, len(x_test), 16):
+                m, s = scorer(x_test[i : i + 16], r_test[i : i + 16])
+                maps.append(m[:, 0].numpy())
+                scores.append(s.numpy())
+            amap, score = np.concatenate(maps), np.concatenate(scores)
+            rows[prefix + name] = {
+                "image_auroc": image_auroc(labels, score),
+                "pixel_auroc": pixel_auroc(masks[with_mask], amap[with_mask]),
+                "aupro": aupro(masks[with_mask], amap[with_mask], fpr_limit=0.3),
+                "score": dataclasses.asdict(score_cfg),
+            }
+        return rows
+
+    rows = score_rows(run.model, SCORING_VARIANTS)
+    train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
+    for name, (radius, min_count) in RESTORATION_VARIANTS.items():
+        model = with_restoration(run, radius, min_count, train_images)
+        scorings = {k: SCORING_VARIANTS[k] for k in RESTORATION_SCORINGS}
+        rows.update(score_rows(model, scorings, prefix=f"{name}; "))
     return {"run": str(run_dir), "variants": rows}
 
 
@@ -91,4 +126,4 @@ if __name__ == "__main__":
     args = ap.parse_args()
     result = scoring_ablation(args.run, args.category)
     for name, r in result["variants"].items():
-        print(f"{name:50s} image {r['image_auroc']:.3f}  pixel {r['pixel_auroc']:.3f}  AUPRO {r['aupro']:.3f}")
+        print(f"{name:66s} image {r['image_auroc']:.3f}  pixel {r['pixel_auroc']:.3f}  AUPRO {r['aupro']:.3f}")

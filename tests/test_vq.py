@@ -133,3 +133,28 @@ def test_training_precision_choice():
     assert autocast_dtype(cpu, "fp32") is None
     assert autocast_dtype(cpu, "bf16") == torch.bfloat16
     assert autocast_dtype(cpu, "auto") in (None, torch.bfloat16)
+
+
+def test_restoration_replaces_codes_unseen_at_a_cell_and_keeps_seen_ones():
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=16, downsample=4, codebook_size=8, code_dim=4, kmeans_init=False, restore="position")
+    vq = VectorQuantizer(cfg).eval()
+    # Training images use code 0 at every cell of the 4x4 grid, and code 1 at cell (0, 0).
+    train_codes = torch.zeros(5, 4, 4, dtype=torch.long)
+    train_codes[0, 0, 0] = 1
+    assert vq.calibrate_restoration(train_codes) == 0.0  # nothing seen in training is changed
+    z = vq.embed[torch.tensor([1, 2, 0, 0] * 4)].view(1, 4, 4, 4).permute(0, 3, 1, 2)  # (1, D, 4, 4)
+    # Without restoration each cell gets its own code back.
+    assert torch.equal(vq.nearest(z.permute(0, 2, 3, 1).reshape(-1, 4))[1], torch.tensor([1, 2, 0, 0] * 4))
+    _, codes, _ = vq(z)
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[0, 0] = 1  # code 1 is allowed at (0, 0) only; code 2 nowhere
+    assert torch.equal(codes[0], expected)
+    # With a radius of one cell, code 1 becomes allowed beside (0, 0) too.
+    wide = VectorQuantizer(ModelConfig(**{**cfg.__dict__, "restore_radius": 1})).eval()
+    wide.embed.copy_(vq.embed)
+    wide.calibrate_restoration(train_codes)
+    expected[1, 0] = 1
+    assert torch.equal(wide(z)[1][0], expected)
+    # Training mode quantises plainly: restoration is an inference-time step.
+    assert torch.equal(vq.train()(z)[1].flatten(), torch.tensor([1, 2, 0, 0] * 4))

@@ -68,6 +68,13 @@ class ModelConfig:
     cosine: bool = False
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    # Latent restoration: "position" lets each latent cell take only codes that good training
+    # images used within restore_radius cells of it (at least restore_min_count times); an
+    # unseen code is replaced by the nearest allowed one before decoding, so the decoder
+    # repairs the defect instead of copying it. "none" = plain nearest code.
+    restore: Literal["none", "position"] = "none"
+    restore_radius: int = 0
+    restore_min_count: int = 1
     # The learned comparison head (train/head.py); 0 = no head.
     head_width: int = 0
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -87,6 +94,8 @@ class ModelConfig:
             require(len(values) in (1, self.channels), f"model.{name} needs 1 or {self.channels} values")
         require(all(s > 0 for s in self.std), "model.std must be positive")
         require(self.head_width >= 0, "model.head_width must be >= 0")
+        require(self.restore_radius >= 0, "model.restore_radius must be >= 0")
+        require(self.restore_min_count >= 1, "model.restore_min_count must be >= 1")
         require(
             self.score.source == "recon" or self.head_width > 0,
             f"score.source={self.score.source} needs a comparison head (model.head_width > 0)",

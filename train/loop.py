@@ -345,6 +345,12 @@ def train(
             bar.close()
 
     model.eval()
+    if not interrupted and model_cfg.restore != "none":
+        model.calibrate_restoration(train_images)
+        log.info(
+            "latent restoration: %.1f%% of the good validation images' latent cells are restored",
+            100 * restored_share(model, val_images),
+        )
     if not interrupted and (model_cfg.score.normalize != "none" or model_cfg.score.balance):
         calibrate_error_statistics(model, val_images)
     summary.update(
@@ -375,6 +381,19 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
         x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))  # no scoring needed here
         total += float(((model.reconstruct(x01) - x01) ** 2).sum())
     return total / val_images.size
+
+
+@torch.no_grad()
+def restored_share(model: InspectionModel, frames: np.ndarray) -> float:
+    """The share of latent cells of frames (M, H, W, C) uint8 whose code restoration changes."""
+    penalty = model.vqvae.quantizer.code_penalty
+    batches = [torch.from_numpy(frames[i : i + 16]) for i in range(0, len(frames), 16)]
+    restored = torch.cat([model.encode_frames(b)[1] for b in batches])
+    saved = penalty.clone()
+    penalty.zero_()
+    plain = torch.cat([model.encode_frames(b)[1] for b in batches])
+    penalty.copy_(saved)
+    return float((restored != plain).float().mean())
 
 
 @torch.no_grad()

@@ -94,6 +94,13 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed", embed)
         else:
             self.embed = nn.Parameter(embed)
+        # Latent restoration (model.restore = "position"): a penalty added to the distances of
+        # codes that good training images never used near a latent cell, (h*w, K).
+        self.restore = cfg.restore == "position"
+        self.restore_radius, self.restore_min_count = cfg.restore_radius, cfg.restore_min_count
+        if self.restore:
+            cells = (cfg.image_size // cfg.downsample) ** 2
+            self.register_buffer("code_penalty", torch.zeros(cells, self.K))
         self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
         self.register_buffer("cluster_size", torch.ones(self.K))
         self.register_buffer("embed_avg", embed.clone())
@@ -103,18 +110,22 @@ class VectorQuantizer(nn.Module):
         """(K, D) codes, L2-normalised when cosine codes are on."""
         return F.normalize(self.embed, dim=1) if self.cosine else self.embed
 
-    def nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 2-3: squared distances ||z||^2 - 2 z.e + ||e||^2 by one matmul, then argmin.
+    def distances(self, flat: torch.Tensor) -> torch.Tensor:
+        """Step 2: squared distances ||z||^2 - 2 z.e + ||e||^2 by one matmul.
 
-        flat: (M, D) -> (dist (M, K), codes (M,)). Computed in FP32 whatever the input dtype.
+        flat: (M, D) -> dist (M, K). Computed in FP32 whatever the input dtype.
         """
         flat = flat.float()
         codebook = self.codebook().float()
-        dist = (
+        return (
             flat.pow(2).sum(1, keepdim=True)  # (M, 1)
             - 2 * flat @ codebook.t()  # (M, K)
             + codebook.pow(2).sum(1)[None, :]  # (1, K)
         )
+
+    def nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-3: flat (M, D) -> (dist (M, K), nearest codes (M,)), in FP32."""
+        dist = self.distances(flat)
         return dist, dist.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -137,7 +148,12 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initted):
             self._kmeans_init(flat.detach().float())
         # 2-3. distances and argmin, in FP32
-        _, codes = self.nearest(flat)
+        dist = self.distances(flat)  # (N*h*w, K)
+        if self.restore and not self.training:
+            # 3'. restoration: each cell takes the nearest code among those allowed at it
+            # (N*h*w, K) -> (N, h*w, K) + (h*w, K) -> (N*h*w, K)
+            dist = (dist.view(N, h * w, self.K) + self.code_penalty).view(-1, self.K)
+        codes = dist.argmin(dim=1)  # (N*h*w,)
         # 4. look up the codes: (N*h*w,) -> (N*h*w, D)
         quant = F.embedding(codes, self.codebook()).to(flat.dtype)
         stats: dict[str, torch.Tensor] = {}
@@ -152,6 +168,27 @@ class VectorQuantizer(nn.Module):
         flat_nchw = flat.view(N, h, w, D).permute(0, 3, 1, 2)
         z_q = flat_nchw + (quant - flat_nchw).detach()
         return z_q, codes.view(N, h, w), stats
+
+    # -- latent restoration ------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate_restoration(self, codes: torch.Tensor) -> float:
+        """Set `code_penalty` from the plain nearest codes of good training images, (M, h, w).
+
+        A code is allowed at a cell if it occurs at least `restore_min_count` times within
+        `restore_radius` cells of it; every cell keeps at least its most frequent code.
+        Returns the share of the given cells that restoration would change (a sanity figure:
+        with radius 0 and min count 1 it is 0 on the images counted).
+        """
+        M, h, w = codes.shape
+        counts = F.one_hot(codes, self.K).permute(0, 3, 1, 2).float().sum(0, keepdim=True)  # (1, K, h, w)
+        r = self.restore_radius
+        if r > 0:  # box-sum over a (2r+1)^2 window of cells
+            counts = F.avg_pool2d(F.pad(counts, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1) * (2 * r + 1) ** 2
+        allowed = (counts >= self.restore_min_count) | (counts == counts.amax(dim=1, keepdim=True))
+        # (1, K, h, w) -> (h, w, K) -> (h*w, K)
+        penalty = (~allowed).float()[0].permute(1, 2, 0).reshape(h * w, self.K) * RESTORE_PENALTY
+        self.code_penalty.copy_(penalty)
+        return float(penalty.gather(1, codes.reshape(M, h * w).t()).gt(0).float().mean())
 
     # -- codebook learning ---------------------------------------------------------------
     def _learn(self, flat: torch.Tensor, quant: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,6 +249,11 @@ class VectorQuantizer(nn.Module):
         _broadcast(self.embed_avg)
         _broadcast(self.cluster_size)
         return n_dead
+
+
+# Added to the squared distance of a code not allowed at a cell: far above any real distance,
+# and finite, so the FP32 graph holds no inf (TensorRT and ONNX Runtime treat it alike).
+RESTORE_PENALTY = 1e6
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
