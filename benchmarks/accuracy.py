@@ -34,33 +34,13 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
 ]
 RECON = ["model.head_width=0", "model.score.source=recon"]
 VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
+HEAD = ["model.head_width=16", "train.anomaly_fraction=0.5"]
 ABLATION: dict[str, list[str]] = {
-    "recon + denoising (synthetic anomalies)": [*RECON, "train.anomaly_fraction=0.5"],
-    "recon + denoising, L2+MS-GMS score": [*RECON, "train.anomaly_fraction=0.5", "model.score.errors=l2,gms"],
-    "recon + denoising, per-pixel normalised L2": [
-        *RECON,
-        "train.anomaly_fraction=0.5",
-        "model.score.errors=l2",
-        "model.score.weights=1",
-        "model.score.normalize=pixel",
-    ],
-    "head, joint training": [
-        "model.head_width=16",
-        "model.score.source=head",
-        "train.anomaly_fraction=0.5",
-        "train.head_start_fraction=0",
-    ],
-    "head, two-stage training": [
-        "model.head_width=16",
-        "model.score.source=head",
-        "train.anomaly_fraction=0.5",
-        "train.head_start_fraction=0.5",
-    ],
-    "head + recon combined": [
-        "model.head_width=16",
-        "model.score.source=combined",
-        "train.anomaly_fraction=0.5",
-    ],
+    "without denoising": [*RECON, "train.anomaly_fraction=0"],
+    "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
+    "head, joint training": [*HEAD, "model.score.source=head", "train.head_start_fraction=0"],
+    "head, two-stage training": [*HEAD, "model.score.source=head", "train.head_start_fraction=0.5"],
+    "head + recon combined, joint": [*HEAD, "model.score.source=combined", "train.head_start_fraction=0"],
 }
 
 

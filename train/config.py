@@ -122,7 +122,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     ssim_loss_weight: float = 0.5
     # Fraction of each batch that gets synthetic defects painted in (the model learns to repair them).
-    anomaly_fraction: float = 0.0
+    anomaly_fraction: float = 0.5
     # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
     # from the start; > 0 = two-stage (VQ-VAE alone, then the head on the frozen VQ-VAE).
     head_start_fraction: float = 0.0
