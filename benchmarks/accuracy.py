@@ -34,13 +34,12 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
 ]
 RECON = ["model.head_width=0", "model.score.source=recon"]
 VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
-HEAD = ["model.head_width=16", "train.anomaly_fraction=0.5"]
 ABLATION: dict[str, list[str]] = {
-    "without denoising": [*RECON, "train.anomaly_fraction=0"],
+    "no head: reconstruction error, denoising": RECON,
+    "no head, no denoising": [*RECON, "train.anomaly_fraction=0"],
+    "head alone (score.source=head)": ["model.score.source=head"],
+    "head, two-stage training": ["train.head_start_fraction=0.5"],
     "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
-    "head, joint training": [*HEAD, "model.score.source=head", "train.head_start_fraction=0"],
-    "head, two-stage training": [*HEAD, "model.score.source=head", "train.head_start_fraction=0.5"],
-    "head + recon combined, joint": [*HEAD, "model.score.source=combined", "train.head_start_fraction=0"],
 }
 
 

@@ -24,8 +24,8 @@ class ScoreConfig:
     normalize: Literal["none", "pixel", "pooled"] = "none"
     # What the map is made of: the reconstruction error, the learned comparison head's defect
     # probability, or their sum (head probability + head_recon_weight x error).
-    source: Literal["recon", "head", "combined"] = "recon"
-    head_recon_weight: float = 1.0
+    source: Literal["recon", "head", "combined"] = "combined"
+    head_recon_weight: float = 0.1
     # Pixels at the frame's edge left out of the map and the score (an inspection region of
     # interest). The convolutions' zero padding leaves the outermost pixels reconstructed worst.
     border: int = 4
@@ -76,7 +76,7 @@ class ModelConfig:
     restore_radius: int = 0
     restore_min_count: int = 1
     # The learned comparison head (train/head.py); 0 = no head.
-    head_width: int = 0
+    head_width: int = 16
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
