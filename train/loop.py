@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,13 +254,31 @@ def train(
         }
         save_checkpoint(run_dir / CHECKPOINT_NAME, model.state_dict(), meta, opt.state_dict())
 
+    # Ctrl-C only sets a flag; the loop stops at the next step boundary and saves a checkpoint.
+    # A KeyboardInterrupt raised mid-step could land inside a lock (tqdm's, a logging handler's)
+    # and hang the save. A second Ctrl-C stops at once.
+    stop_requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested = True
+
+    previous_sigint = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigint = signal.signal(signal.SIGINT, request_stop)
     try:
         model.train()
         while step < train_cfg.steps:
-            elapsed_t = torch.tensor(time.monotonic() - t0 + elapsed_before, dtype=torch.float64)
-            if dist.world > 1:  # every rank uses rank-agnostic time, so lr and stopping agree
-                torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
-            elapsed = float(elapsed_t)
+            # [elapsed, stop flag]: every rank uses rank-agnostic time and the same stop step,
+            # so lr, the budget and Ctrl-C agree across ranks.
+            clock = torch.tensor([time.monotonic() - t0 + elapsed_before, float(stop_requested)], dtype=torch.float64)
+            if dist.world > 1:
+                torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
+            elapsed = float(clock[0])
+            if clock[1] > 0:
+                raise KeyboardInterrupt
             if elapsed > budget_s:
                 log.info("time budget of %.1f min reached at step %d", train_cfg.max_minutes, step)
                 break
@@ -341,6 +361,8 @@ def train(
         interrupted = True
         log.warning("interrupted at step %d: saving a checkpoint (continue with --resume)", step)
     finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         if bar is not None:
             bar.close()
 
