@@ -55,11 +55,8 @@ def calibrate_threshold(val_scores: np.ndarray, target_frr: float) -> dict[str, 
 @torch.no_grad()
 def codebook_counts(run: Run, images: np.ndarray) -> np.ndarray:
     """How often each code is chosen over `images` (M, H, W, C) uint8."""
-    counts = np.zeros(run.model_cfg.codebook_size, dtype=np.int64)
-    for i in range(0, len(images), 16):
-        _, codes = run.model.encode_frames(torch.from_numpy(images[i : i + 16]))
-        counts += np.bincount(codes.flatten().numpy(), minlength=len(counts))
-    return counts
+    codes = run.model.codes_of(images)
+    return np.bincount(codes.flatten().numpy(), minlength=run.model_cfg.codebook_size).astype(np.int64)
 
 
 def _panel(

@@ -409,11 +409,10 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
 def restored_share(model: InspectionModel, frames: np.ndarray) -> float:
     """The share of latent cells of frames (M, H, W, C) uint8 whose code restoration changes."""
     penalty = model.vqvae.quantizer.code_penalty
-    batches = [torch.from_numpy(frames[i : i + 16]) for i in range(0, len(frames), 16)]
-    restored = torch.cat([model.encode_frames(b)[1] for b in batches])
+    restored = model.codes_of(frames)
     saved = penalty.clone()
     penalty.zero_()
-    plain = torch.cat([model.encode_frames(b)[1] for b in batches])
+    plain = model.codes_of(frames)
     penalty.copy_(saved)
     return float((restored != plain).float().mean())
 

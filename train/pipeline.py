@@ -57,17 +57,21 @@ class InspectionModel(nn.Module):
     def calibrate_restoration(self, frames, batch_size: int = 16) -> float:
         """model.restore: count the codes good training frames (M, H, W, C) uint8 use at each
         latent cell. Returns the share of their cells that restoration changes."""
-        import numpy as np
-
         quantizer = self.vqvae.quantizer
         quantizer.code_penalty.zero_()  # plain nearest codes while counting
-        codes = torch.cat(
+        return quantizer.calibrate_restoration(self.codes_of(frames, batch_size))
+
+    @torch.no_grad()
+    def codes_of(self, frames, batch_size: int = 16) -> torch.Tensor:
+        """numpy (M, H, W, C) uint8 -> the codes inference picks, (M, h, w), in batches."""
+        import numpy as np
+
+        return torch.cat(
             [
                 self.encode_frames(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])))[1]
                 for i in range(0, len(frames), batch_size)
             ]
-        )  # (M, h, w)
-        return quantizer.calibrate_restoration(codes)
+        )
 
     def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
         """Defect probability (N, 1, H, W) float32 from the comparison head."""
