@@ -145,7 +145,7 @@ def test_restoration_replaces_codes_unseen_at_a_cell_and_keeps_seen_ones():
     assert vq.calibrate_restoration(train_codes) == 0.0  # nothing seen in training is changed
     z = vq.embed[torch.tensor([1, 2, 0, 0] * 4)].view(1, 4, 4, 4).permute(0, 3, 1, 2)  # (1, D, 4, 4)
     # Without restoration each cell gets its own code back.
-    assert torch.equal(vq.nearest(z.permute(0, 2, 3, 1).reshape(-1, 4))[1], torch.tensor([1, 2, 0, 0] * 4))
+    assert torch.equal(vq.distances(z.permute(0, 2, 3, 1).reshape(-1, 4)).argmin(1), torch.tensor([1, 2, 0, 0] * 4))
     _, codes, _ = vq(z)
     expected = torch.zeros(4, 4, dtype=torch.long)
     expected[0, 0] = 1  # code 1 is allowed at (0, 0) only; code 2 nowhere

@@ -123,11 +123,6 @@ class VectorQuantizer(nn.Module):
             + codebook.pow(2).sum(1)[None, :]  # (1, K)
         )
 
-    def nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 2-3: flat (M, D) -> (dist (M, K), nearest codes (M,)), in FP32."""
-        dist = self.distances(flat)
-        return dist, dist.argmin(dim=1)
-
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z: (N, D, h, w) -> (z_q (N, D, h, w), codes (N, h, w), stats).
 
