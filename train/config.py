@@ -14,8 +14,8 @@ ErrorKind = Literal["l2", "ssim", "gms"]
 class ScoreConfig:
     """How a reconstruction becomes an anomaly map and an image score (shared by eval and export)."""
 
-    errors: tuple[ErrorKind, ...] = ("l2", "ssim")
-    weights: tuple[float, ...] = (1.0, 1.0)
+    errors: tuple[ErrorKind, ...] = ("gms",)
+    weights: tuple[float, ...] = (1.0,)
     # Gaussian sigma of the map smoothing, in pixels at the model's input size.
     smoothing_sigma: float = 2.0
     reduce: Literal["max", "topk_mean"] = "max"
@@ -25,7 +25,7 @@ class ScoreConfig:
     # What the map is made of: the reconstruction error, the learned comparison head's defect
     # probability, or their sum (head probability + head_recon_weight x error).
     source: Literal["recon", "head", "combined"] = "combined"
-    head_recon_weight: float = 0.1
+    head_recon_weight: float = 0.15
     # Pixels at the frame's edge left out of the map and the score (an inspection region of
     # interest). The convolutions' zero padding leaves the outermost pixels reconstructed worst.
     border: int = 4
