@@ -6,13 +6,22 @@ colour/brightness shift, blended with beta in [0, 0.8]:
 
     out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
 
+A fourth source is a faint discolouration: a shift of 3-10% of the range per channel,
+unblended, through a mask softened at its edge (the label is where the soft mask is over
+one half). Without it the blended colour shifts are mostly strong, and the head never
+learns the low-contrast stains that per-pixel statistics of good images also miss.
+
 The model is trained to reconstruct the clean x, so at test time it repairs real defects
 instead of copying them. Everything is generated in-process; no outside data.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+
+# Share of painted images that get a faint discolouration instead of a blended fill.
+DISCOLOUR_SHARE = 0.25
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -73,6 +82,15 @@ def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.n
     return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
 
 
+def _discolour(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A faint discolouration of `image` (H, W, C float in [0,1]) over a soft-edged `mask`
+    (H, W bool) -> (painted image, label mask (H, W) float32)."""
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), float(rng.uniform(1.0, 3.0)))[:, :, None]
+    shift = rng.uniform(0.03, 0.10, image.shape[2]) * rng.choice([-1.0, 1.0], image.shape[2])
+    painted = np.clip(image + soft * shift[None, None, :].astype(np.float32), 0, 1)
+    return painted, (soft[:, :, 0] > 0.5).astype(np.float32)
+
+
 def paint_anomalies(
     batch: np.ndarray, pool: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +103,9 @@ def paint_anomalies(
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
+            continue
+        if rng.random() < DISCOLOUR_SHARE:
+            x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng), rng)
             continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
