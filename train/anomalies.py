@@ -85,7 +85,8 @@ def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.n
 def _discolour(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A faint discolouration of `image` (H, W, C float in [0,1]) over a soft-edged `mask`
     (H, W bool) -> (painted image, label mask (H, W) float32)."""
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), float(rng.uniform(1.0, 3.0)))[:, :, None]
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), float(rng.uniform(1.0, 3.0)))
+    soft = (soft / soft.max())[:, :, None]  # peaks at 1: a small mask still has a label
     shift = rng.uniform(0.03, 0.10, image.shape[2]) * rng.choice([-1.0, 1.0], image.shape[2])
     painted = np.clip(image + soft * shift[None, None, :].astype(np.float32), 0, 1)
     return painted, (soft[:, :, 0] > 0.5).astype(np.float32)

@@ -1,0 +1,55 @@
+"""The synthetic-anomaly generator that denoising training and the comparison head learn from."""
+
+import numpy as np
+
+from train import anomalies
+from train.anomalies import paint_anomalies, perlin_mask
+
+
+def _batch(n=24, size=64, channels=3, seed=1):
+    return (np.random.default_rng(seed).random((n, size, size, channels)) * 255).astype(np.uint8)
+
+
+def test_blended_fills_change_exactly_their_mask_and_the_rest_are_untouched(monkeypatch):
+    monkeypatch.setattr(anomalies, "DISCOLOUR_SHARE", 0.0)
+    batch = _batch()
+    painted, masks = paint_anomalies(batch, batch, 0.5, np.random.default_rng(0))
+    clean = batch.astype(np.float32) / 255
+    assert painted.shape == clean.shape and masks.shape == batch.shape[:3]
+    assert painted.dtype == np.float32 and 0 <= painted.min() and painted.max() <= 1
+    labelled = masks.reshape(len(batch), -1).max(axis=1) > 0
+    assert 0 < labelled.sum() < len(batch)  # about half, never all or none
+    for i in range(len(batch)):
+        changed = np.abs(painted[i] - clean[i]).max(axis=2) > 1e-6
+        assert not (changed & (masks[i] == 0)).any()  # nothing outside the label
+        if labelled[i]:
+            assert changed[masks[i] > 0].mean() > 0.5  # and the label marks painted pixels
+
+
+def test_a_quarter_of_painted_images_are_discoloured(monkeypatch):
+    calls = []
+    real = anomalies._discolour
+    monkeypatch.setattr(anomalies, "_discolour", lambda *a: calls.append(1) or real(*a))
+    batch = _batch(n=200, size=32)
+    _, masks = paint_anomalies(batch, batch, 1.0, np.random.default_rng(0))
+    assert (masks.reshape(200, -1).max(axis=1) > 0).all()
+    assert 30 <= len(calls) <= 70  # DISCOLOUR_SHARE 0.25 of 200
+
+
+def test_discolouration_is_faint_and_labelled_where_the_soft_mask_is_over_half():
+    rng = np.random.default_rng(3)
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    mask = perlin_mask(64, rng)
+    painted, label = anomalies._discolour(image, mask, rng)
+    delta = np.abs(painted - image).max(axis=2)
+    assert 0.03 * 0.5 <= delta[label > 0].max() <= 0.10 + 1e-6
+    assert delta[label > 0].min() > 0.03 * 0.5 - 1e-6  # over half the shift inside the label
+    assert label.sum() > 0 and set(np.unique(label)) <= {0.0, 1.0}
+
+
+def test_generator_is_deterministic_for_a_seed_and_handles_grey_images():
+    batch = _batch(channels=1)
+    a = paint_anomalies(batch, batch, 1.0, np.random.default_rng(7))
+    b = paint_anomalies(batch, batch, 1.0, np.random.default_rng(7))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[0].shape == (24, 64, 64, 1) and (a[1].reshape(24, -1).max(axis=1) > 0).all()
