@@ -32,7 +32,10 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
     "train.ssim_loss_weight=0",
     "train.anomaly_fraction=0",
 ]
-RECON = ["model.head_width=0", "model.score.source=recon"]
+# Without the head the map is the balanced L2 + (1 - SSIM) error: the best head-less scoring
+# over both categories in the scoring ablation (MS-GMS alone, the default's error term beside
+# the head, is poor on textures without it).
+RECON = ["model.head_width=0", "model.score.source=recon", "model.score.errors=l2,ssim", "model.score.weights=1,1"]
 VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
 ABLATION: dict[str, list[str]] = {
     "no head: reconstruction error, denoising": RECON,
@@ -40,6 +43,7 @@ ABLATION: dict[str, list[str]] = {
     "head alone (score.source=head)": ["model.score.source=head"],
     "head, two-stage training": ["train.head_start_fraction=0.5"],
     "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
+    "two levels (VQ-VAE-2 top codes)": ["model.levels=2"],
 }
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from train.config import ModelConfig
@@ -158,3 +159,28 @@ def test_restoration_replaces_codes_unseen_at_a_cell_and_keeps_seen_ones():
     assert torch.equal(wide(z)[1][0], expected)
     # Training mode quantises plainly: restoration is an inference-time step.
     assert torch.equal(vq.train()(z)[1].flatten(), torch.tensor([1, 2, 0, 0] * 4))
+
+
+def test_two_levels_condition_the_bottom_codes_on_the_top_and_decode_from_both():
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, width=8, code_dim=8, codebook_size=32, res_blocks=1, levels=2)
+    model = VQVAE(cfg).train()
+    x = torch.randn(2, 3, 32, 32)
+    recon, stats = model(x)
+    assert recon.shape == x.shape and 1.0 <= float(stats["top_perplexity"]) <= 32.0 + 1e-3
+    recon.pow(2).mean().backward()  # straight-through at both levels: every part learns
+    for part in (model.encoder, model.top.encoder, model.top.decoder, model.top.condition):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    model.eval()
+    z = model.encoder(x)
+    _, top_codes, _ = model.top.quantizer(model.top.encoder(z))
+    z_q, codes, _ = model.quantize(z)
+    assert z_q.shape == (2, 16, 8, 8) and codes.shape == (2, 8, 8) and top_codes.shape == (2, 4, 4)
+    assert torch.allclose(model.decode_code(codes, top_codes), model.decode(z_q), atol=1e-5)
+    with pytest.raises(ValueError, match="top codes"):
+        model.decode_code(codes)
+    # Dead codes are restarted in both codebooks.
+    model.train()(x)
+    for q in model.quantizers():
+        q.cluster_size.fill_(0.0)
+    assert model.expire_dead_codes() == 2 * 32

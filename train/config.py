@@ -66,6 +66,9 @@ class ModelConfig:
     kmeans_iters: int = 10
     dead_code_threshold: float = 2.0
     cosine: bool = False
+    # 2 = VQ-VAE-2's hierarchy: a top code grid at half the latent resolution that conditions
+    # the bottom codes (train.model.TopLevel); 1 = one codebook.
+    levels: int = 1
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     # Latent restoration: "position" lets each latent cell take only codes that good training
@@ -85,6 +88,11 @@ class ModelConfig:
         require(
             self.image_size % self.downsample == 0 and self.image_size >= 16,
             f"model.image_size ({self.image_size}) must be >= 16 and divisible by downsample ({self.downsample})",
+        )
+        require(self.levels in (1, 2), f"model.levels must be 1 or 2, got {self.levels}")
+        require(
+            self.levels == 1 or (self.image_size // self.downsample) % 2 == 0,
+            f"model.levels=2 needs an even latent grid; image_size / downsample = {self.image_size // self.downsample}",
         )
         require(self.width >= 4 and self.code_dim >= 2, "model.width and model.code_dim are too small")
         require(self.codebook_size >= 2, "model.codebook_size must be >= 2")

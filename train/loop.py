@@ -319,7 +319,7 @@ def train(
             loss.backward()
             opt.step()
             if model_cfg.dead_code_threshold > 0 and not vqvae_frozen:
-                dead_total += model.vqvae.quantizer.expire_dead_codes(model.vqvae.quantizer.last_batch)
+                dead_total += model.vqvae.expire_dead_codes()
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -341,6 +341,8 @@ def train(
                     "vq_loss": float(stats["vq_loss"].detach()) if "vq_loss" in stats else "",
                     "perplexity": float(stats["perplexity"]) if "perplexity" in stats else "",
                     "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "",
+                    # two levels: TensorBoard only, so metrics.csv keeps its columns for --resume
+                    **({"top_perplexity": float(stats["top_perplexity"])} if "top_perplexity" in stats else {}),
                     "head_loss": head_l.item(),
                     "dead_restarted": dead_total,
                     "lr": opt.param_groups[0]["lr"],

@@ -2,6 +2,11 @@
 
 Shapes use N (batch), C (image channels), H, W (image size), D (code dim),
 h, w (latent grid = H / downsample), K (codebook size).
+
+With model.levels = 2 (VQ-VAE-2, Razavi et al.) a top level sits between the encoder and
+the quantiser: the encoder's features are encoded further to a (h/2, w/2) grid and
+quantised with their own codebook; the top codes' decoded guess conditions the bottom
+quantiser, and the decoder reads both levels.
 """
 
 from __future__ import annotations
@@ -49,12 +54,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(N, D, h, w) -> (N, C, H, W): the encoder mirrored, with 4x4 transposed convs."""
+    """(N, D * levels, h, w) -> (N, C, H, W): the encoder mirrored, with 4x4 transposed convs."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n_up = int(math.log2(cfg.downsample))
-        layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, 2 * cfg.width, 3, padding=1)]
+        # The decoder reads the bottom codes and, with two levels, the top level's guess beside them.
+        layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim * cfg.levels, 2 * cfg.width, 3, padding=1)]
         layers += [ResBlock(2 * cfg.width, cfg.width) for _ in range(cfg.res_blocks)]
         layers.append(nn.ReLU())
         in_ch = 2 * cfg.width
@@ -81,7 +87,9 @@ class VectorQuantizer(nn.Module):
     changes the reconstruction.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, grid: int | None = None, restore: bool = True):
+        """grid: the latent grid's side (default image_size / downsample); restore=False
+        keeps a quantiser out of latent restoration whatever the config says."""
         super().__init__()
         self.K, self.D = cfg.codebook_size, cfg.code_dim
         self.use_ema = cfg.codebook == "ema"
@@ -96,11 +104,12 @@ class VectorQuantizer(nn.Module):
             self.embed = nn.Parameter(embed)
         # Latent restoration (model.restore = "position"): a penalty added to the distances of
         # codes that good training images never used near a latent cell, (h*w, K).
-        self.restore = cfg.restore == "position"
+        self.restore = restore and cfg.restore == "position"
         self.restore_radius, self.restore_min_count = cfg.restore_radius, cfg.restore_min_count
         if self.restore:
-            cells = (cfg.image_size // cfg.downsample) ** 2
+            cells = (grid or cfg.image_size // cfg.downsample) ** 2
             self.register_buffer("code_penalty", torch.zeros(cells, self.K))
+        self.last_batch: torch.Tensor | None = None  # the latest training batch's vectors (M, D)
         self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
         self.register_buffer("cluster_size", torch.ones(self.K))
         self.register_buffer("embed_avg", embed.clone())
@@ -282,6 +291,31 @@ def _broadcast(t: torch.Tensor) -> None:
         torch.distributed.broadcast(t, src=0)
 
 
+class TopLevel(nn.Module):
+    """VQ-VAE-2's top level over the bottom grid (model.levels = 2).
+
+    encoder: bottom features (N, D, h, w) -> (N, D, h/2, w/2), quantised by its own codebook;
+    decoder: top codes -> a guess at the bottom features (N, D, h, w);
+    condition: [bottom features, guess] (N, 2D, h, w) -> what the bottom quantiser sees (N, D, h, w).
+    It runs in FP32 in every graph, as the encoder does: it decides the bottom codes.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, W = cfg.code_dim, cfg.width
+        self.encoder = nn.Sequential(  # (N, D, h, w) -> (N, D, h/2, w/2)
+            nn.Conv2d(D, W, 4, stride=2, padding=1), ResBlock(W, W // 2), nn.ReLU(), nn.Conv2d(W, D, 1)
+        )
+        self.quantizer = VectorQuantizer(cfg, grid=cfg.image_size // cfg.downsample // 2, restore=False)
+        self.decoder = nn.Sequential(  # (N, D, h/2, w/2) -> (N, D, h, w)
+            nn.Conv2d(D, W, 3, padding=1),
+            ResBlock(W, W // 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(W, D, 4, stride=2, padding=1),
+        )
+        self.condition = nn.Conv2d(2 * D, D, 1)
+
+
 class VQVAE(nn.Module):
     """encode -> quantise -> decode, with the encode / decode / decode_code split of VQ-VAE-2."""
 
@@ -289,21 +323,53 @@ class VQVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = VectorQuantizer(cfg)
+        self.top = TopLevel(cfg) if cfg.levels == 2 else None
+        self.quantizer = VectorQuantizer(cfg)  # the bottom (or only) level; restoration acts here
         self.decoder = Decoder(cfg)
 
+    def quantizers(self) -> list[VectorQuantizer]:
+        """Every codebook, bottom first."""
+        return [self.quantizer] + ([self.top.quantizer] if self.top is not None else [])
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Encoder features (N, D, h, w) -> (decoder input (N, D * levels, h, w), bottom codes (N, h, w), stats).
+
+        Two levels: top codes first, then the bottom codes conditioned on the top's guess;
+        vq_loss is the sum over levels, perplexity the bottom's (top_perplexity beside it).
+        """
+        if self.top is None:
+            return self.quantizer(z)
+        z_top, _, top_stats = self.top.quantizer(self.top.encoder(z))  # (N, D, h/2, w/2)
+        guess = self.top.decoder(z_top)  # (N, D, h, w)
+        z_bottom, codes, stats = self.quantizer(self.top.condition(torch.cat([z, guess], dim=1)))
+        if top_stats:
+            stats = dict(stats)
+            stats["vq_loss"] = stats["vq_loss"] + top_stats["vq_loss"]
+            stats["top_perplexity"] = top_stats["perplexity"]
+        return torch.cat([z_bottom, guess], dim=1), codes, stats  # (N, 2D, h, w)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """x: (N, C, H, W) normalised -> (z_q (N, D, h, w), codes (N, h, w), stats)."""
-        return self.quantizer(self.encoder(x))
+        """x: (N, C, H, W) normalised -> (decoder input (N, D * levels, h, w), bottom codes (N, h, w), stats)."""
+        return self.quantize(self.encoder(x))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """(N, D, h, w) -> (N, C, H, W) normalised reconstruction."""
+        """(N, D * levels, h, w) -> (N, C, H, W) normalised reconstruction."""
         return self.decoder(z_q)
 
-    def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, h, w) int codes -> (N, C, H, W) reconstruction."""
-        z_q = F.embedding(codes, self.quantizer.codebook())  # (N, h, w, D)
-        return self.decode(z_q.permute(0, 3, 1, 2))
+    def decode_code(self, codes: torch.Tensor, top_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, h, w) int codes [and, with two levels, top codes (N, h/2, w/2)] -> (N, C, H, W) reconstruction."""
+        z_q = F.embedding(codes, self.quantizer.codebook()).permute(0, 3, 1, 2)  # (N, h, w, D) -> (N, D, h, w)
+        if self.top is not None:
+            if top_codes is None:
+                raise ValueError("a two-level VQ-VAE decodes from bottom and top codes")
+            z_top = F.embedding(top_codes, self.top.quantizer.codebook()).permute(0, 3, 1, 2)  # (N, D, h/2, w/2)
+            z_q = torch.cat([z_q, self.top.decoder(z_top)], dim=1)  # (N, 2D, h, w)
+        return self.decode(z_q)
+
+    @torch.no_grad()
+    def expire_dead_codes(self) -> int:
+        """Restart dead codes in every codebook from its last training batch; returns how many."""
+        return sum(q.expire_dead_codes(q.last_batch) for q in self.quantizers() if q.last_batch is not None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z_q, _, stats = self.encode(x)
