@@ -44,6 +44,8 @@ ABLATION: dict[str, list[str]] = {
     "head, two-stage training": ["train.head_start_fraction=0.5"],
     "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
     "two levels (VQ-VAE-2 top codes)": ["model.levels=2"],
+    "cosine (L2-normalised) codes": ["model.cosine=true"],
+    "faint discolourations in training": ["train.discolour_fraction=0.25"],
 }
 
 

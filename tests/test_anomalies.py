@@ -10,10 +10,9 @@ def _batch(n=24, size=64, channels=3, seed=1):
     return (np.random.default_rng(seed).random((n, size, size, channels)) * 255).astype(np.uint8)
 
 
-def test_blended_fills_change_exactly_their_mask_and_the_rest_are_untouched(monkeypatch):
-    monkeypatch.setattr(anomalies, "DISCOLOUR_SHARE", 0.0)
+def test_blended_fills_change_exactly_their_mask_and_the_rest_are_untouched():
     batch = _batch()
-    painted, masks = paint_anomalies(batch, batch, 0.5, np.random.default_rng(0))
+    painted, masks = paint_anomalies(batch, batch, 0.5, np.random.default_rng(0), discolour_fraction=0.0)
     clean = batch.astype(np.float32) / 255
     assert painted.shape == clean.shape and masks.shape == batch.shape[:3]
     assert painted.dtype == np.float32 and 0 <= painted.min() and painted.max() <= 1
@@ -26,14 +25,14 @@ def test_blended_fills_change_exactly_their_mask_and_the_rest_are_untouched(monk
             assert changed[masks[i] > 0].mean() > 0.5  # and the label marks painted pixels
 
 
-def test_a_quarter_of_painted_images_are_discoloured(monkeypatch):
+def test_discolour_fraction_of_painted_images_are_discoloured(monkeypatch):
     calls = []
     real = anomalies._discolour
     monkeypatch.setattr(anomalies, "_discolour", lambda *a: calls.append(1) or real(*a))
     batch = _batch(n=200, size=32)
-    _, masks = paint_anomalies(batch, batch, 1.0, np.random.default_rng(0))
+    _, masks = paint_anomalies(batch, batch, 1.0, np.random.default_rng(0), discolour_fraction=0.25)
     assert (masks.reshape(200, -1).max(axis=1) > 0).all()
-    assert 30 <= len(calls) <= 70  # DISCOLOUR_SHARE 0.25 of 200
+    assert 30 <= len(calls) <= 70  # discolour_fraction 0.25 of 200
 
 
 def test_discolouration_is_faint_and_labelled_where_the_soft_mask_is_over_half():

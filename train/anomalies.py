@@ -6,10 +6,11 @@ colour/brightness shift, blended with beta in [0, 0.8]:
 
     out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
 
-A fourth source is a faint discolouration: a shift of 3-10% of the range per channel,
-unblended, through a mask softened at its edge (the label is where the soft mask is over
-one half). Without it the blended colour shifts are mostly strong, and the head never
-learns the low-contrast stains that per-pixel statistics of good images also miss.
+A fourth source, behind `train.discolour_fraction` (off by default), is a faint
+discolouration: a shift of 3-10% of the range per channel, unblended, through a mask
+softened at its edge (the label is where the soft mask is over one half). It was meant to
+teach the head the low-contrast stains the blended fills rarely resemble; measured at
+10 minutes it did not (benchmarks/RESULTS.md), so it stays a switch.
 
 The model is trained to reconstruct the clean x, so at test time it repairs real defects
 instead of copying them. Everything is generated in-process; no outside data.
@@ -19,9 +20,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-# Share of painted images that get a faint discolouration instead of a blended fill.
-DISCOLOUR_SHARE = 0.25
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -93,19 +91,25 @@ def _discolour(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) ->
 
 
 def paint_anomalies(
-    batch: np.ndarray, pool: np.ndarray, fraction: float, rng: np.random.Generator
+    batch: np.ndarray,
+    pool: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    discolour_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
-    of the batch is corrupted; the rest is returned unchanged with an empty mask.
+    of the batch is corrupted, `discolour_fraction` of those with a faint discolouration; the
+    rest is returned unchanged with an empty mask.
     """
     x = batch.astype(np.float32) / 255.0
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
             continue
-        if rng.random() < DISCOLOUR_SHARE:
+        # (no draw when off: the random stream, and so a run, stays as before the switch existed)
+        if discolour_fraction > 0 and rng.random() < discolour_fraction:
             x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng), rng)
             continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]

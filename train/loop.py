@@ -289,7 +289,9 @@ def train(
             clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(device)  # (B, C, H, W)
             inp01, masks = clean01, None
             if train_cfg.anomaly_fraction > 0:
-                corrupted, mask_np = paint_anomalies(clean_u8, train_images, train_cfg.anomaly_fraction, rng)
+                corrupted, mask_np = paint_anomalies(
+                    clean_u8, train_images, train_cfg.anomaly_fraction, rng, train_cfg.discolour_fraction
+                )
                 inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
                 masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
             progress = max(step / train_cfg.steps, elapsed / budget_s)
