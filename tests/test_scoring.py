@@ -43,7 +43,7 @@ def test_balance_makes_each_error_count_as_its_weight_on_good_images():
 
 def test_balance_off_leaves_the_scales_at_one():
     x, recon = _pair()
-    scorer = AnomalyScorer(ScoreConfig(source="recon", balance=False), 32, 3)
+    scorer = AnomalyScorer(ScoreConfig(source="recon", errors=("l2", "ssim"), weights=(1.0, 1.0), balance=False), 32, 3)
     scorer.calibrate_error_scale(x, recon)
     assert torch.equal(scorer.error_scale, torch.ones(2))
 
