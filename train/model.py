@@ -87,9 +87,9 @@ class VectorQuantizer(nn.Module):
     changes the reconstruction.
     """
 
-    def __init__(self, cfg: ModelConfig, grid: int | None = None, restore: bool = True):
-        """grid: the latent grid's side (default image_size / downsample); restore=False
-        keeps a quantiser out of latent restoration whatever the config says."""
+    def __init__(self, cfg: ModelConfig, restore: bool = True):
+        """restore=False keeps a quantiser (the top level's) out of latent restoration whatever
+        the config says; restoration acts on the image_size / downsample grid."""
         super().__init__()
         self.K, self.D = cfg.codebook_size, cfg.code_dim
         self.use_ema = cfg.codebook == "ema"
@@ -107,7 +107,7 @@ class VectorQuantizer(nn.Module):
         self.restore = restore and cfg.restore == "position"
         self.restore_radius, self.restore_min_count = cfg.restore_radius, cfg.restore_min_count
         if self.restore:
-            cells = (grid or cfg.image_size // cfg.downsample) ** 2
+            cells = (cfg.image_size // cfg.downsample) ** 2
             self.register_buffer("code_penalty", torch.zeros(cells, self.K))
         self.last_batch: torch.Tensor | None = None  # the latest training batch's vectors (M, D)
         self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
@@ -306,7 +306,7 @@ class TopLevel(nn.Module):
         self.encoder = nn.Sequential(  # (N, D, h, w) -> (N, D, h/2, w/2)
             nn.Conv2d(D, W, 4, stride=2, padding=1), ResBlock(W, W // 2), nn.ReLU(), nn.Conv2d(W, D, 1)
         )
-        self.quantizer = VectorQuantizer(cfg, grid=cfg.image_size // cfg.downsample // 2, restore=False)
+        self.quantizer = VectorQuantizer(cfg, restore=False)
         self.decoder = nn.Sequential(  # (N, D, h/2, w/2) -> (N, D, h, w)
             nn.Conv2d(D, W, 3, padding=1),
             ResBlock(W, W // 2),

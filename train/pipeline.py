@@ -33,8 +33,8 @@ class InspectionModel(nn.Module):
     def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) float [0,1] -> (N, C, H, W) float32 [0,1]-space reconstruction."""
         x = normalize(x01, self.cfg.channel_mean(), self.cfg.channel_std())
-        z = self.vqvae.encoder(x.float())  # (N, D, h, w), FP32: it decides the codes
-        z_q, _, _ = self.vqvae.quantize(z)  # (N, D * levels, h, w); a top level runs in FP32 too
+        # FP32 through the encoder, a top level and the argmin: they decide the codes.
+        z_q, _, _ = self.vqvae.encode(x.float())  # (N, D * levels, h, w)
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
