@@ -89,9 +89,13 @@ def test_fp16_graph_keeps_the_fp32_islands(tiny_model):
     conv_weights = [
         n.input[1]
         for n in model.graph.node
-        if n.op_type in ("Conv", "ConvTranspose") and n.name.startswith(("/decoder/", "/head/"))
+        if n.op_type in ("Conv", "ConvTranspose")
+        and n.name.startswith(("/decoder/", "/head/"))
+        and not n.name.startswith("/head/enc1/")
     ]
     assert conv_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights)
+    first = [n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/head/enc1/")]
+    assert first and all(types[w] == onnx.TensorProto.FLOAT for w in first)  # compares frame and recon: FP32
     encoder = [n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/encoder/")]
     assert encoder and all(types[w] == onnx.TensorProto.FLOAT for w in encoder)  # it decides the codes: FP32
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]  # the VQ distance
@@ -173,15 +177,40 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_model, frames, tmp_path):
     backend.close()
 
 
-def test_tensorrt86_fp16_layer_prefixes_name_the_encoder_and_decoder(tiny_model):
-    """On TensorRT 8.6 the engine builder keeps FP16 only for layers with these ONNX names."""
-    from export.engine import FP16_LAYER_PREFIXES
+def test_tensorrt86_fp16_layers_are_those_of_model_fp16(tiny_model):
+    """On TensorRT 8.6 the engine builder keeps FP16 only for the layers that model_fp16.onnx
+    runs in FP16: the decoder and the head, but not the head's first layer."""
+    from export.engine import runs_in_fp16
 
-    model = onnx.load(str(tiny_model / "model.onnx"))
-    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    fp16 = [n for n in convs if n.startswith(FP16_LAYER_PREFIXES)]
-    assert any(n.startswith("/decoder/") for n in fp16)
-    assert all(n.startswith(("/scorer/", "/encoder/")) for n in set(convs) - set(fp16))  # kept FP32
+    fp32_graph = onnx.load(str(tiny_model / "model.onnx"))
+    fp16_graph = onnx.load(str(tiny_model / "model_fp16.onnx"))
+    weights_fp16 = {
+        i.name for i in fp16_graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16
+    }
+    in_fp16 = {
+        n.name for n in fp16_graph.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in weights_fp16
+    }
+    convs = [n.name for n in fp32_graph.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert any(n.startswith("/decoder/") for n in in_fp16) and any(n.startswith("/head/") for n in in_fp16)
+    assert any(n.startswith("/head/enc1/") for n in convs) and not any(n.startswith("/head/enc1/") for n in in_fp16)
+    assert {n for n in convs if runs_in_fp16(n)} == in_fp16
+
+
+def test_half_precision_head_keeps_its_first_layer_exactly():
+    """The head's first layer compares frame and reconstruction; its FP32 weights are kept
+    bit for bit (not rounded through FP16), and every other layer becomes FP16."""
+    import torch
+
+    from train.head import ComparisonHead, half_precision
+
+    head = ComparisonHead(3, 8)
+    before = {k: v.clone() for k, v in head.enc1.state_dict().items()}
+    half_precision(head)
+    for k, v in head.enc1.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert all(p.dtype == torch.float16 for n, p in head.named_parameters() if not n.startswith("enc1."))
+    out = head(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    assert out.dtype == torch.float16 and out.shape == (2, 1, 16, 16)
 
 
 def test_parity_verdict_does_not_depend_on_the_maps_units():

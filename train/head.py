@@ -35,13 +35,27 @@ class ComparisonHead(nn.Module):
         self.out = nn.Conv2d(w, 1, 1)
 
     def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x, recon], dim=1)  # (N, 2C, H, W)
-        e1 = self.enc1(h)  # (N, w, H, W)
+        h = torch.cat([x, recon], dim=1).float()  # (N, 2C, H, W)
+        # The first layer compares frame and reconstruction, whose difference on good pixels is
+        # a few grey levels: rounding both to 16 bits first (bf16 in training, FP16 in the
+        # exported graph) puts noise of that size into every later layer. So it runs in FP32
+        # everywhere (half_precision() keeps it so); the rest runs in whatever dtype it is given.
+        with torch.autocast(h.device.type, enabled=False):
+            e1 = self.enc1(h)  # (N, w, H, W) float32
+        e1 = e1.to(self.enc2[0].weight.dtype)
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (N, 2w, H/2, W/2)
         e3 = self.enc3(F.max_pool2d(e2, 2))  # (N, 4w, H/4, W/4)
         d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))  # (N, 2w, H/2, W/2)
         d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))  # (N, w, H, W)
         return self.out(d1)  # (N, 1, H, W)
+
+
+def half_precision(head: ComparisonHead) -> ComparisonHead:
+    """Convert `head` in place to FP16 except its first layer (see ComparisonHead.forward) -> head."""
+    for name, child in head.named_children():
+        if name != "enc1":  # not half() then float(): the round trip would have rounded its weights
+            child.half()
+    return head
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:

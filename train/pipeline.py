@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from train.config import ModelConfig
-from train.head import ComparisonHead
+from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
 from train.scoring import AnomalyScorer
 
@@ -75,7 +75,7 @@ class InspectionModel(nn.Module):
 
     def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
         """Defect probability (N, 1, H, W) float32 from the comparison head."""
-        logits = self.head(x01.to(self.compute_dtype), recon01.to(self.compute_dtype))
+        logits = self.head(x01, recon01)  # the head casts: its first layer is FP32 in every graph
         return torch.sigmoid(logits.float())
 
     def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,11 +92,12 @@ class InspectionModel(nn.Module):
 
 
 def half_precision_copy(model: InspectionModel) -> InspectionModel:
-    """A copy whose decoder and head run in FP16; the encoder, codebook, argmin and scorer stay FP32."""
+    """A copy whose decoder and head run in FP16; the encoder, codebook, argmin, scorer and the
+    head's first layer (train/head.py says why) stay FP32."""
     fp16 = copy.deepcopy(model).eval()
     fp16.vqvae.decoder.half()
     if fp16.head is not None:
-        fp16.head.half()
+        half_precision(fp16.head)
     fp16.compute_dtype = torch.float16
     return fp16
 
