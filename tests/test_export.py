@@ -184,9 +184,7 @@ def test_tensorrt86_fp16_layers_are_those_of_model_fp16(tiny_model):
 
     fp32_graph = onnx.load(str(tiny_model / "model.onnx"))
     fp16_graph = onnx.load(str(tiny_model / "model_fp16.onnx"))
-    weights_fp16 = {
-        i.name for i in fp16_graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16
-    }
+    weights_fp16 = {i.name for i in fp16_graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     in_fp16 = {
         n.name for n in fp16_graph.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in weights_fp16
     }
