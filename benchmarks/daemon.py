@@ -27,24 +27,42 @@ import numpy as np
 from benchmarks.common import ROOT, stats
 
 
-def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0) -> float:
+def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0, workers: int | None = None) -> float:
+    """The backend alone, as the daemon configures it (configs/edge.yaml): its inference workers'
+    instances (or `workers` of them), each running batches back to back on its own thread."""
+    import threading
+
     from edge.backends import create_backend
     from edge.config import load_config
     from edge.package import load_package
     from edge.settings import EdgeConfig
 
-    # The backend as the daemon configures it (configs/edge.yaml), so the ratio is the daemon's cost.
-    cfg = load_config(EdgeConfig, ROOT / "configs" / "edge.yaml", {})
+    overrides = {} if workers is None else {"inference_workers": workers}
+    cfg = load_config(EdgeConfig, ROOT / "configs" / "edge.yaml", overrides)
     pkg = load_package(model_dir)
     options = cfg.backend_options() | {"max_batch": batch, "providers": ["CPUExecutionProvider"]}
-    backend = create_backend("onnxruntime", pkg, options)
+    backends = [create_backend("onnxruntime", pkg, options) for _ in range(cfg.workers())]
     x = np.random.default_rng(0).integers(0, 255, (batch, *pkg.input_shape), dtype=np.uint8)
-    backend.infer(x)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    for backend in backends:
         backend.infer(x)
-        n += 1
-    return batch * n / (time.perf_counter() - t0)
+    counts = [0] * len(backends)
+    t0 = time.perf_counter()
+    stop = t0 + seconds
+
+    def run(i: int) -> None:
+        while time.perf_counter() < stop:
+            backends[i].infer(x)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(backends))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fps = batch * sum(counts) / (time.perf_counter() - t0)
+    for backend in backends:
+        backend.close()
+    return fps
 
 
 def _frames_dir(shape: tuple[int, int, int], workdir: Path) -> Path:
@@ -68,7 +86,7 @@ def _peak_rss(pid: int) -> int:
 
 
 class Daemon:
-    def __init__(self, model_dir: Path, workdir: Path, max_batch: int, max_delay_ms: float):
+    def __init__(self, model_dir: Path, workdir: Path, max_batch: int, max_delay_ms: float, settings: tuple = ()):
         self.frames = f"ipc://{workdir}/frames"
         self.results = f"ipc://{workdir}/results"
         ready = workdir / "ready"
@@ -94,6 +112,7 @@ class Daemon:
                 f"edge.state_dir={workdir}",
                 "--set",
                 "edge.log_every_s=60",
+                *[arg for kv in settings for arg in ("--set", kv)],
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -172,23 +191,36 @@ def bench_daemon(
     quick: bool = False,
     repeats: int = 3,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"max_batch": max_batch, "max_delay_ms": max_delay_ms}
+    from edge.config import load_config
+    from edge.settings import EdgeConfig
+
+    edge_cfg = load_config(EdgeConfig, ROOT / "configs" / "edge.yaml", {})
+    out: dict[str, Any] = {
+        "max_batch": max_batch,
+        "max_delay_ms": max_delay_ms,
+        "inference_workers": edge_cfg.workers(),
+        "intra_op_threads_per_worker": edge_cfg.threads_per_worker(),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="vqb", dir="/tmp"))
     for shape in shapes:
         key = "x".join(map(str, shape))
         folder = _frames_dir(shape, workdir)
         ratios, e2e, raws, lost = [], [], [], 0
+        raws_one, ratios_one = [], []
         daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms)
         try:
             count = 150 if quick else 400
             for r in range(repeats):
                 raw = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0)
+                raw_one = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0, workers=1)
                 s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
                 fps = s["rate_per_s"] or 0.0
                 lost += s["lost"]
                 raws.append(raw)
                 e2e.append(fps)
                 ratios.append(fps / raw)
+                raws_one.append(raw_one)
+                ratios_one.append(fps / raw_one)
             load: dict[str, Any] = {}
             base = float(np.median(e2e))
             for frac in (0.5, 0.9):
@@ -208,6 +240,9 @@ def bench_daemon(
             "end_to_end_fps": stats(e2e),
             "raw_backend_fps": stats(raws),
             "ratio": stats(ratios),
+            # For reference: one backend instance with all the cores (inference_workers = 1).
+            "raw_backend_fps_one_worker": stats(raws_one),
+            "ratio_to_one_worker": stats(ratios_one),
             "latency_under_load": load,
             "daemon_peak_rss_mib": rss / 2**20,
             "frames_without_result": lost,

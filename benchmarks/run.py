@@ -114,11 +114,14 @@ def markdown(report: dict[str, Any]) -> str:
     if dm:
         lines += [
             f"## Daemon end to end (camera process -> daemon -> subscriber process, max_batch {dm['max_batch']}, "
-            f"max_delay {dm['max_delay_ms']} ms)",
+            f"max_delay {dm['max_delay_ms']} ms, {dm.get('inference_workers', 1)} inference worker(s))",
+            "",
+            "The raw backend runs as the daemon configures it (the same workers and threads). The last "
+            "ratio is to one backend instance with all the cores (`inference_workers: 1`).",
             "",
             "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
-            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result |",
-            "|---|---|---|---|---|---|---|---|",
+            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result | ratio to one worker |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key, d in dm.items():
             if not isinstance(d, dict) or "ratio" not in d:
@@ -130,7 +133,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
                 f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
-                f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} |"
+                f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} | "
+                + (f"{d['ratio_to_one_worker']['median']:.2f} |" if "ratio_to_one_worker" in d else "n/a |")
             )
         lines.append("")
     tr = report.get("transport")

@@ -4,8 +4,10 @@ Threads, each owning its own sockets (ZeroMQ sockets are not thread-safe):
 - receiver: reads frame messages, parses and preprocesses them (decode, resize: this
   overlaps with inference of the current batch), and queues them. Malformed frames
   become error results at once.
-- main thread: dynamic batching and inference, then post-processing into results.
-- publisher: sends every result on the PUB socket.
+- inference workers (the main thread, plus `inference_workers - 1` more, each with its own
+  backend instance): dynamic batching and inference, then post-processing into results.
+  Batches are numbered as they leave the queue.
+- publisher: sends every result on the PUB socket, batches in the order they were numbered.
 
 Signal handlers only set flags. On SIGTERM/SIGINT the receiver stops reading (after a
 bounded, non-blocking drain of what the socket already holds), the main loop answers
@@ -45,6 +47,14 @@ _STOP = object()
 
 
 @dataclass
+class BatchResults:
+    """The results of one batch, numbered in the order batches left the queue."""
+
+    seq: int
+    items: list[tuple[dict, bytes, list[bytes] | None, int]]  # (header, map bytes, extra parts, recv_ns)
+
+
+@dataclass
 class Pending:
     camera_id: str
     frame_id: int
@@ -70,7 +80,9 @@ class Daemon:
         self.published = 0
         self._count_lock = threading.Lock()
         self.package: ModelPackage | None = None
-        self.backend: Backend | None = None
+        self.backends: list[Backend] = []
+        self._take_lock = threading.Lock()  # one worker at a time forms a batch and numbers it
+        self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
         self.threads: list[threading.Thread] = []
@@ -107,7 +119,7 @@ class Daemon:
         self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
-        self.backend = create_backend(cfg.backend, pkg, cfg.backend_options())
+        self.backends = [create_backend(cfg.backend, pkg, cfg.backend_options()) for _ in range(cfg.workers())]
         self._warm_up()
         self.ctx = zmq.Context()
         self._start_auth()
@@ -123,12 +135,13 @@ class Daemon:
             t.start()
         self.metrics.ready.set(1)
         log.info(
-            "ready: model %s (%s…) threshold %.6g, backend %s, frames %s (%s), results %s, max_batch %d, "
+            "ready: model %s (%s…) threshold %.6g, backend %s x %d, frames %s (%s), results %s, max_batch %d, "
             "max_delay %.1f ms, overload %s",
             pkg.name,
             pkg.sha256[:12],
             self.threshold,
             cfg.backend,
+            len(self.backends),
             cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints),
             cfg.frames_mode,
             cfg.results_endpoint,
@@ -142,18 +155,46 @@ class Daemon:
             )
 
     def main_loop(self) -> None:
+        """Run the inference workers until the receiver is done and the queue is empty."""
+        workers = [
+            threading.Thread(target=self._worker_thread, args=(b,), name=f"inference-{i}", daemon=True)
+            for i, b in enumerate(self.backends[1:], start=1)
+        ]
+        for t in workers:
+            t.start()
+        try:
+            self._inference_loop(self.backends[0], log_progress=True)
+        except BaseException:
+            self.should_exit.set()  # the other workers finish what is queued, then stop
+            raise
+        finally:
+            for t in workers:
+                t.join()
+
+    def _worker_thread(self, backend: Backend) -> None:
+        try:
+            self._inference_loop(backend)
+        except Exception:
+            log.exception("an inference worker failed; stopping the daemon")
+            self.should_exit.set()
+
+    def _inference_loop(self, backend: Backend, log_progress: bool = False) -> None:
         cfg = self.cfg
         next_log = time.monotonic() + cfg.log_every_s
         last_published = 0
         while True:
-            batch = self.queue.get_batch(cfg.max_batch, cfg.max_delay_ms / 1000.0, timeout=0.05)
+            with self._take_lock:
+                batch = self.queue.get_batch(cfg.max_batch, cfg.max_delay_ms / 1000.0, timeout=0.05)
+                seq = self._batch_seq
+                if batch:
+                    self._batch_seq += 1
             self.metrics.queue_depth.set(len(self.queue))
             if batch:
-                self._infer(batch)
+                self._infer(batch, backend, seq)
             elif self.receiver_done.is_set() and len(self.queue) == 0:
                 break
             now = time.monotonic()
-            if now >= next_log:
+            if log_progress and now >= next_log:
                 with self._count_lock:
                     rate = (self.published - last_published) / cfg.log_every_s
                     last_published = self.published
@@ -182,8 +223,8 @@ class Daemon:
             self.auth.stop()
         if self.ctx is not None:
             self.ctx.term()
-        if self.backend is not None:
-            self.backend.close()
+        for backend in self.backends:
+            backend.close()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
@@ -210,11 +251,12 @@ class Daemon:
 
     def _warm_up(self) -> None:
         pkg = self.package
-        assert pkg is not None and self.backend is not None
+        assert pkg is not None and self.backends
         dummy = np.zeros((self.cfg.max_batch, pkg.image_size, pkg.image_size, pkg.channels), np.uint8)
-        for _ in range(self.cfg.warmup_runs):
-            for n in sorted({1, self.cfg.max_batch}):
-                self.backend.infer(dummy[:n])
+        for backend in self.backends:
+            for _ in range(self.cfg.warmup_runs):
+                for n in sorted({1, self.cfg.max_batch}):
+                    backend.infer(dummy[:n])
 
     def _start_auth(self) -> None:
         curve = self.cfg.curve
@@ -334,19 +376,35 @@ class Daemon:
         self._emit_error(camera_id, frame_id, ts_ns, reason, recv_ns)
 
     # -- inference (main thread) ----------------------------------------------------------
-    def _infer(self, batch: list[Pending]) -> None:
-        start_ns = time.time_ns()
-        frames = np.stack([p.model_input for p in batch])
+    def _infer(self, batch: list[Pending], backend: Backend, seq: int) -> None:
+        """Run one batch and hand its results to the publisher as batch `seq`, always:
+        a failed batch gets an error result per frame (the publisher waits for every number)."""
         try:
-            maps, scores = self.backend.infer(frames)
-            if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
-                raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
+            items = self._run_batch(batch, backend)
         except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
             self.metrics.backend_errors.inc()
             log.error("inference failed on a batch of %d: %s", len(batch), exc)
-            for p in batch:
-                self._emit_error(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns)
-            return
+            items = [
+                _error_item(
+                    p.camera_id,
+                    p.frame_id,
+                    p.ts_ns,
+                    f"inference failed: {exc}",
+                    self.threshold,
+                    self.model_ident,
+                    p.recv_ns,
+                )
+                for p in batch
+            ]
+        self.outbox.put(BatchResults(seq, items))
+
+    def _run_batch(self, batch: list[Pending], backend: Backend) -> list[tuple[dict, bytes, list[bytes] | None, int]]:
+        start_ns = time.time_ns()
+        frames = np.stack([p.model_input for p in batch])
+        maps, scores = backend.infer(frames)
+        if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
+            raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
+        items = []
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         scale = float(self.package.map_scale)
@@ -384,36 +442,58 @@ class Daemon:
                 extra = [jpg.tobytes() if ok else b""]
             self.metrics.latency.labels("queue").observe(queue_ms)
             self.metrics.latency.labels("infer").observe(infer_ms)
-            self._emit(header, map_bytes, extra, recv_ns=p.recv_ns)
+            items.append((header, map_bytes, extra, p.recv_ns))
+        return items
 
     # -- publishing -----------------------------------------------------------------------
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
-        self._emit(
-            result_header(camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident, error=reason[:500]),
-            recv_ns=recv_ns,
-        )
+        self.outbox.put(_error_item(camera_id, frame_id, ts_ns, reason, self.threshold, self.model_ident, recv_ns))
 
     def _emit(self, header: dict, map_bytes: bytes = b"", extra: list[bytes] | None = None, recv_ns: int = 0) -> None:
         self.outbox.put((header, map_bytes, extra, recv_ns))
 
     def _publish_loop(self) -> None:
+        """Publish results: single ones (errors, drops) at once, batches in their numbered order
+        (with several workers, batch n+1 can finish before batch n)."""
         sock = self.results_sock
+        held: dict[int, list] = {}
+        next_seq = 0
         try:
             while True:
                 item = self.outbox.get()
                 if item is _STOP:
                     break
-                header, map_bytes, extra, recv_ns = item
-                total_ms = (time.time_ns() - recv_ns) / 1e6 if recv_ns else 0.0
-                header["latency_ms"]["total"] = round(total_ms, 3)
-                sock.send_multipart(result_message(header, map_bytes, extra))
-                self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
-                if header["status"] == "ok":
-                    self.metrics.latency.labels("total").observe(total_ms)
-                with self._count_lock:
-                    self.published += 1
+                if not isinstance(item, BatchResults):
+                    self._publish(sock, item)
+                    continue
+                held[item.seq] = item.items
+                while next_seq in held:
+                    for result in held.pop(next_seq):
+                        self._publish(sock, result)
+                    next_seq += 1
+            for seq in sorted(held):  # only after a worker died mid-batch: publish rather than lose
+                for result in held.pop(seq):
+                    self._publish(sock, result)
         finally:
             sock.close(linger=self.cfg.linger_ms)
+
+    def _publish(self, sock: zmq.Socket, item: tuple[dict, bytes, list[bytes] | None, int]) -> None:
+        header, map_bytes, extra, recv_ns = item
+        total_ms = (time.time_ns() - recv_ns) / 1e6 if recv_ns else 0.0
+        header["latency_ms"]["total"] = round(total_ms, 3)
+        sock.send_multipart(result_message(header, map_bytes, extra))
+        self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
+        if header["status"] == "ok":
+            self.metrics.latency.labels("total").observe(total_ms)
+        with self._count_lock:
+            self.published += 1
+
+
+def _error_item(
+    camera_id: str, frame_id: int, ts_ns: int, reason: str, threshold: float, model: dict[str, str], recv_ns: int
+) -> tuple[dict, bytes, None, int]:
+    header = result_header(camera_id, frame_id, ts_ns, "error", threshold, model, error=reason[:500])
+    return (header, b"", None, recv_ns)
 
 
 def _latency(recv_ns: int) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,13 @@ class EdgeConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_every_s: float = 10.0
+    # Inference workers: each takes its own batches from the queue and runs its own backend
+    # instance, so one batch is post-processed (and another formed) while the next runs.
+    # On a CPU, 2 single-threaded ONNX Runtime sessions outrun 1 two-threaded one and do not
+    # stall together when an I/O thread takes a core. Results are published in batch order.
+    # 0 = automatic: 1 for tensorrt (one engine, one stream), else 2 where there are 2+ cores.
+    inference_workers: int = 0
+    # ONNX Runtime threads per worker; 0 = the cores divided among the workers (ORT's default for 1).
     intra_op_threads: int = 0
     # ONNX Runtime's worker threads busy-wait between batches unless this is off. Off leaves
     # the CPU to the receiver, the publisher and the camera processes on small boards.
@@ -64,6 +72,8 @@ class EdgeConfig:
 
     def __post_init__(self) -> None:
         require(self.max_batch >= 1, "edge.max_batch must be >= 1")
+        require(self.inference_workers >= 0, "edge.inference_workers must be >= 0 (0 = automatic)")
+        require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")
         require(self.max_delay_ms >= 0, "edge.max_delay_ms must be >= 0")
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
@@ -90,10 +100,22 @@ class EdgeConfig:
         return {
             "max_batch": self.max_batch,
             "precision": self.precision,
-            "intra_op_threads": self.intra_op_threads,
+            "intra_op_threads": self.threads_per_worker(),
             "intra_op_spinning": self.intra_op_spinning,
             "workspace_mb": self.tensorrt_workspace_mb,
         }
+
+    def workers(self) -> int:
+        """How many inference workers the daemon runs (inference_workers, or its automatic choice)."""
+        if self.inference_workers:
+            return self.inference_workers
+        return 1 if self.backend == "tensorrt" else min(2, os.cpu_count() or 1)
+
+    def threads_per_worker(self) -> int:
+        """intra_op_threads, or with several workers and 0, the cores shared among them (0 = ORT's default)."""
+        if self.intra_op_threads or self.workers() == 1:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers())
 
     @property
     def max_frame_bytes(self) -> int:

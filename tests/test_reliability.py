@@ -54,6 +54,32 @@ def test_backend_failure_fails_only_that_batch(tiny_model):
     assert "injected fault" in got[1]["error"] and got[0]["batch_size"] == 0
 
 
+def test_two_workers_publish_in_batch_order_when_a_later_batch_finishes_first(tiny_model):
+    """Batch 0 (a slow frame) is still running on one worker while the other finishes
+    batches 1-5: every result is held back until batch 0 is out, so frame ids stay in order."""
+    slow = np.full((48, 48, 3), 200, np.uint8)
+    with DaemonProcess(
+        tiny_model,
+        "--backend",
+        "tests.faulty_backend:FaultyBackend",
+        "--max-batch",
+        "1",
+        "--set",
+        "edge.inference_workers=2",
+    ) as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        cam.send(frame_message("o", 0, slow))
+        for i in range(1, 6):
+            cam.send(frame_message("o", i, FRAME))
+        results = sub.collect(6)
+        cam.close()
+    assert [h["frame_id"] for h, _ in results] == list(range(6))
+    assert all(h["status"] == "ok" for h, _ in results)
+    # the fast frames ran beside the slow one (one worker would have queued them behind it)
+    assert results[0][0]["latency_ms"]["infer"] >= 400 > max(h["latency_ms"]["queue"] for h, _ in results[1:])
+
+
 def test_subscriber_disconnects_and_reconnects(tiny_model):
     with DaemonProcess(tiny_model) as daemon:
         cam = Camera(daemon.frames)
