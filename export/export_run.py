@@ -84,6 +84,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
 
         frames, names = parity_frames(run, cfg.parity_test_per_kind)
         _, t_maps, t_scores = score_frames(run.model, frames)
+        near_tie = (run.model.code_margins(frames) < cfg.fp32_tie_tolerance).numpy()
         fp32 = onnx_outputs(staging / FP32_FILE, frames)
         fp16 = onnx_outputs(staging / FP16_FILE, frames)
         parity = compare(
@@ -94,6 +95,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             cfg.fp32_max_error_of_threshold,
             cfg.fp16_max_relative_error,
             cfg.fp16_min_decision_agreement,
+            near_tie=near_tie,
         )
         parity["images"] = names
 

@@ -211,6 +211,29 @@ def test_half_precision_head_keeps_its_first_layer_exactly():
     assert out.dtype == torch.float16 and out.shape == (2, 1, 16, 16)
 
 
+def test_parity_holds_only_images_with_tied_codes_to_the_fp16_bound():
+    """One image whose map moved around one latent cell (a code flip at an FP32 tie) passes
+    when the proof knows that image holds a tie, and fails otherwise; a larger change fails
+    even then."""
+    from export.parity import ParityError, compare
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 1, 32, 32)).astype(np.float32) + 1.0
+    scores = maps.reshape(4, -1).max(axis=1)
+    flipped = maps.copy()
+    flipped[2, 0, 8:12, 8:12] += 0.05  # one 4x4 cell's footprint: relative error ~2e-3
+    tie = np.array([False, False, True, False])
+    figures = compare((maps, scores), (flipped, scores), (flipped, scores), 2.0, 1e-3, 1e-2, 0.99, near_tie=tie)
+    assert figures["passed"] and figures["fp32_vs_torch"]["near_tie_images"] == 1
+    assert 1e-3 < figures["fp32_vs_torch"]["near_tie_map_relative_error"] < 1e-2
+    with pytest.raises(ParityError, match="FP32 ONNX differs"):
+        compare((maps, scores), (flipped, scores), (flipped, scores), 2.0, 1e-3, 1e-2, 0.99)
+    broken = maps.copy()
+    broken[2] += 0.5
+    with pytest.raises(ParityError, match="tied codes"):
+        compare((maps, scores), (broken, scores), (broken, scores), 2.0, 1e-3, 1e-2, 0.99, near_tie=tie)
+
+
 def test_parity_verdict_does_not_depend_on_the_maps_units():
     """The same outputs in other units (balanced scoring puts thresholds near 30, raw L2 near
     0.01) get the same verdict: the FP32 bound is a fraction of the threshold, not an absolute

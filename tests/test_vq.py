@@ -21,6 +21,18 @@ def test_nearest_code_matches_brute_force():
     assert torch.allclose(z_q.permute(0, 2, 3, 1).reshape(-1, 4), vq.embed[brute])
 
 
+def test_margins_find_a_cell_halfway_between_two_codes():
+    """A latent vector exactly halfway between two codes is a tie: its image's margin is ~0;
+    images whose cells all sit on a code have a clear margin."""
+    torch.manual_seed(0)
+    vq = quantizer().eval()
+    z = vq.embed[torch.randint(0, 16, (2 * 3 * 5,))].view(2, 3, 5, 4).permute(0, 3, 1, 2).clone()  # (N, D, h, w)
+    z[1, :, 2, 3] = (vq.embed[3] + vq.embed[7]) / 2  # image 1, one cell: a tie between codes 3 and 7
+    margins = vq.margins(z)
+    assert margins.shape == (2,)
+    assert margins[1] < 1e-6 < 1e-2 < margins[0]
+
+
 def test_straight_through_gradient_reaches_the_encoder_output_unchanged():
     torch.manual_seed(0)
     vq = quantizer(codebook="loss", beta=0.0).train()

@@ -173,6 +173,24 @@ class VectorQuantizer(nn.Module):
         z_q = flat_nchw + (quant - flat_nchw).detach()
         return z_q, codes.view(N, h, w), stats
 
+    @torch.no_grad()
+    def margins(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (N, D, h, w) -> (N,): per image, the smallest gap between the nearest and the
+        second-nearest code (allowed at the cell) over its cells, relative to the size of the
+        distances. Near 0 (about 1e-6) the argmin is a tie at FP32 precision: another runtime,
+        summing in another order, may pick the other code."""
+        N, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D).float()  # (N*h*w, D)
+        if self.cosine:
+            flat = F.normalize(flat, dim=1)
+        dist = self.distances(flat)  # (N*h*w, K)
+        if self.restore:
+            dist = (dist.view(N, h * w, self.K) + self.code_penalty).view(-1, self.K)
+        nearest_two = dist.topk(2, dim=1, largest=False).values  # (N*h*w, 2)
+        scale = flat.pow(2).sum(1) + self.codebook().float().pow(2).sum(1).max()  # (N*h*w,)
+        gap = (nearest_two[:, 1] - nearest_two[:, 0]) / scale
+        return gap.view(N, h * w).amin(dim=1)
+
     # -- latent restoration ------------------------------------------------------------
     @torch.no_grad()
     def calibrate_restoration(self, codes: torch.Tensor) -> float:

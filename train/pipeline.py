@@ -73,6 +73,27 @@ class InspectionModel(nn.Module):
             ]
         )
 
+    @torch.no_grad()
+    def code_margins(self, frames, batch_size: int = 16) -> torch.Tensor:
+        """numpy (M, H, W, C) uint8 -> (M,): per image, the smallest relative margin of the
+        nearest code over its latent cells at every level (VectorQuantizer.margins)."""
+        import numpy as np
+
+        seen: list[tuple[nn.Module, torch.Tensor]] = []
+        hooks = [
+            q.register_forward_pre_hook(lambda q, args: seen.append((q, args[0]))) for q in self.vqvae.quantizers()
+        ]
+        margins = []
+        try:
+            for i in range(0, len(frames), batch_size):
+                seen.clear()
+                self.encode_frames(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])))
+                margins.append(torch.stack([q.margins(z) for q, z in seen]).amin(dim=0))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.cat(margins)
+
     def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
         """Defect probability (N, 1, H, W) float32 from the comparison head."""
         logits = self.head(x01, recon01)  # the head casts: its first layer is FP32 in every graph
