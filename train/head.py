@@ -35,13 +35,16 @@ class ComparisonHead(nn.Module):
         self.out = nn.Conv2d(w, 1, 1)
 
     def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x, recon], dim=1).float()  # (N, 2C, H, W)
+        h = torch.cat([x, recon], dim=1)  # (N, 2C, H, W)
         # The first layer compares frame and reconstruction, whose difference on good pixels is
-        # a few grey levels: rounding both to 16 bits first (bf16 in training, FP16 in the
-        # exported graph) puts noise of that size into every later layer. So it runs in FP32
-        # everywhere (half_precision() keeps it so); the rest runs in whatever dtype it is given.
-        with torch.autocast(h.device.type, enabled=False):
-            e1 = self.enc1(h)  # (N, w, H, W) float32
+        # a few grey levels: rounding both to FP16 first put a 10-minute model's map 1.6% off in
+        # the FP16 graph. So it runs in FP32 at inference in every graph (half_precision() keeps
+        # it so); the rest runs in whatever dtype it is given. Training keeps bf16 autocast here
+        # as everywhere: FP32 in training measured lower pixel AUROC on the bracket (RESULTS.md).
+        if torch.is_autocast_enabled(h.device.type):
+            e1 = self.enc1(h)  # (N, w, H, W), bf16 under training's autocast
+        else:
+            e1 = self.enc1(h.float())  # (N, w, H, W) float32
         e1 = e1.to(self.enc2[0].weight.dtype)
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (N, 2w, H/2, W/2)
         e3 = self.enc3(F.max_pool2d(e2, 2))  # (N, 4w, H/4, W/4)
