@@ -40,7 +40,8 @@ class ComparisonHead(nn.Module):
         # a few grey levels: rounding both to FP16 first put a 10-minute model's map 1.6% off in
         # the FP16 graph. So it runs in FP32 at inference in every graph (half_precision() keeps
         # it so); the rest runs in whatever dtype it is given. Training keeps bf16 autocast here
-        # as everywhere: FP32 in training measured lower pixel AUROC on the bracket (RESULTS.md).
+        # as everywhere: FP32 in training cost ~5% of the steps and measured no better over two
+        # seeds per category (benchmarks/RESULTS.md, session 6).
         if torch.is_autocast_enabled(h.device.type):
             e1 = self.enc1(h)  # (N, w, H, W), bf16 under training's autocast
         else:
