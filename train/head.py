@@ -43,10 +43,9 @@ class ComparisonHead(nn.Module):
         # as everywhere: FP32 in training cost ~5% of the steps and measured no better over two
         # seeds per category (benchmarks/RESULTS.md, session 6).
         if torch.is_autocast_enabled(h.device.type):
-            e1 = self.enc1(h)  # (N, w, H, W), bf16 under training's autocast
+            e1 = self.enc1(h)  # (N, w, H, W), bf16 under training's autocast like every layer
         else:
-            e1 = self.enc1(h.float())  # (N, w, H, W) float32
-        e1 = e1.to(self.enc2[0].weight.dtype)
+            e1 = self.enc1(h.float()).to(self.enc2[0].weight.dtype)  # (N, w, H, W): FP32, then the rest's dtype
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (N, 2w, H/2, W/2)
         e3 = self.enc3(F.max_pool2d(e2, 2))  # (N, 4w, H/4, W/4)
         d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))  # (N, 2w, H/2, W/2)
