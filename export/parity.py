@@ -3,8 +3,9 @@
 - FP32 ONNX vs PyTorch: max abs error of map and score, bounded as a fraction of the threshold
   (so the bound means the same whatever units the scoring gives the map); decisions identical.
   An image with a latent cell whose two nearest codes tie at FP32 precision (`near_tie`) may
-  legitimately get the other code in the other runtime; such images are held to the FP16
-  bounds (relative map error; score error as that fraction of the threshold) and counted.
+  legitimately get the other code in the other runtime. Such an image, if it misses that
+  bound, is held to the FP16 bounds instead (relative map error; score error as that fraction
+  of the threshold) and counted as relaxed. Every other image is held to the strict bound.
 - FP16 ONNX vs FP32 ONNX: relative map error max_i ||m16_i - m32_i||_2 / ||m32_i||_2,
   and the fraction of identical decisions.
 """
@@ -62,18 +63,22 @@ def compare(
     (t_map, t_score), (m32, s32), (m16, s16) = torch_out, fp32_out, fp16_out
     d_t, d32, d16 = t_score >= threshold, s32 >= threshold, s16 >= threshold
     tie = np.zeros(len(s32), bool) if near_tie is None else np.asarray(near_tie, bool)
-    strict = ~tie
+    bound = fp32_max_error_of_threshold * threshold
+    worst = np.maximum(np.abs(m32 - t_map).reshape(len(s32), -1).max(axis=1), np.abs(s32 - t_score))  # (M,)
+    relaxed = tie & (worst > bound)  # a tie explains the difference: FP16 bounds
+    strict = ~relaxed
     figures = {
         "n_images": int(len(s32)),
         "fp32_vs_torch": {
             "map_max_abs_error": float(np.abs(m32 - t_map)[strict].max(initial=0.0)),
             "score_max_abs_error": float(np.abs(s32 - t_score)[strict].max(initial=0.0)),
             "decisions_identical": bool((d_t == d32).all()),
-            "bound_max_abs_error": fp32_max_error_of_threshold * threshold,
+            "bound_max_abs_error": bound,
             "bound_fraction_of_threshold": fp32_max_error_of_threshold,
             "near_tie_images": int(tie.sum()),
-            "near_tie_map_relative_error": relative_map_error(m32[tie], t_map[tie]) if tie.any() else 0.0,
-            "near_tie_score_max_abs_error": float(np.abs(s32 - t_score)[tie].max(initial=0.0)),
+            "relaxed_images": int(relaxed.sum()),
+            "relaxed_map_relative_error": relative_map_error(m32[relaxed], t_map[relaxed]) if relaxed.any() else 0.0,
+            "relaxed_score_max_abs_error": float(np.abs(s32 - t_score)[relaxed].max(initial=0.0)),
         },
         "fp16_vs_fp32": {
             "map_relative_error": relative_map_error(m16, m32),
@@ -91,14 +96,14 @@ def compare(
             f"FP32 ONNX differs from PyTorch by {max(a['map_max_abs_error'], a['score_max_abs_error']):.3g} "
             f"> {fp32_max_error_of_threshold:g} x threshold {threshold:.4g}"
         )
-    if a["near_tie_map_relative_error"] > fp16_max_relative_error:
+    if a["relaxed_map_relative_error"] > fp16_max_relative_error:
         failures.append(
-            f"FP32 ONNX map relative error on images with tied codes {a['near_tie_map_relative_error']:.3g} "
+            f"FP32 ONNX map relative error on images with tied codes {a['relaxed_map_relative_error']:.3g} "
             f"> {fp16_max_relative_error:g}"
         )
-    if a["near_tie_score_max_abs_error"] > fp16_max_relative_error * threshold:
+    if a["relaxed_score_max_abs_error"] > fp16_max_relative_error * threshold:
         failures.append(
-            f"FP32 ONNX score on images with tied codes differs by {a['near_tie_score_max_abs_error']:.3g} "
+            f"FP32 ONNX score on images with tied codes differs by {a['relaxed_score_max_abs_error']:.3g} "
             f"> {fp16_max_relative_error:g} x threshold"
         )
     if not a["decisions_identical"]:
