@@ -385,15 +385,7 @@ class Daemon:
             self.metrics.backend_errors.inc()
             log.error("inference failed on a batch of %d: %s", len(batch), exc)
             items = [
-                _error_item(
-                    p.camera_id,
-                    p.frame_id,
-                    p.ts_ns,
-                    f"inference failed: {exc}",
-                    self.threshold,
-                    self.model_ident,
-                    p.recv_ns,
-                )
+                self._error_result(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns)
                 for p in batch
             ]
         self.outbox.put(BatchResults(seq, items))
@@ -447,7 +439,16 @@ class Daemon:
 
     # -- publishing -----------------------------------------------------------------------
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
-        self.outbox.put(_error_item(camera_id, frame_id, ts_ns, reason, self.threshold, self.model_ident, recv_ns))
+        self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns))
+
+    def _error_result(
+        self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int
+    ) -> tuple[dict, bytes, None, int]:
+        """An error result as the publisher takes it: (header, no map, no extra parts, recv_ns)."""
+        header = result_header(
+            camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident, error=reason[:500]
+        )
+        return (header, b"", None, recv_ns)
 
     def _emit(self, header: dict, map_bytes: bytes = b"", extra: list[bytes] | None = None, recv_ns: int = 0) -> None:
         self.outbox.put((header, map_bytes, extra, recv_ns))
@@ -487,13 +488,6 @@ class Daemon:
             self.metrics.latency.labels("total").observe(total_ms)
         with self._count_lock:
             self.published += 1
-
-
-def _error_item(
-    camera_id: str, frame_id: int, ts_ns: int, reason: str, threshold: float, model: dict[str, str], recv_ns: int
-) -> tuple[dict, bytes, None, int]:
-    header = result_header(camera_id, frame_id, ts_ns, "error", threshold, model, error=reason[:500])
-    return (header, b"", None, recv_ns)
 
 
 def _latency(recv_ns: int) -> dict[str, float]:

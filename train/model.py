@@ -143,20 +143,29 @@ class VectorQuantizer(nn.Module):
                 return self._quantize(z.float())
         return self._quantize(z)
 
-    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        N, D, h, w = z.shape
-        # 1. flatten: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)
-        if self.cosine:
-            flat = F.normalize(flat, dim=1)
-        if self.training and not bool(self.initted):
-            self._kmeans_init(flat.detach().float())
-        # 2-3. distances and argmin, in FP32
+    def _flatten(self, z: torch.Tensor) -> torch.Tensor:
+        """Step 1: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D), L2-normalised for cosine codes."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return F.normalize(flat, dim=1) if self.cosine else flat
+
+    def _cell_distances(self, flat: torch.Tensor, cells: int) -> torch.Tensor:
+        """Step 2 (and 3' at inference with restoration): (N*cells, D) -> (N*cells, K) distances,
+        each cell's disallowed codes pushed away by their penalty."""
         dist = self.distances(flat)  # (N*h*w, K)
         if self.restore and not self.training:
-            # 3'. restoration: each cell takes the nearest code among those allowed at it
             # (N*h*w, K) -> (N, h*w, K) + (h*w, K) -> (N*h*w, K)
-            dist = (dist.view(N, h * w, self.K) + self.code_penalty).view(-1, self.K)
+            dist = (dist.view(-1, cells, self.K) + self.code_penalty).view(-1, self.K)
+        return dist
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        N, D, h, w = z.shape
+        # 1. flatten: (N, D, h, w) -> (N*h*w, D)
+        flat = self._flatten(z)
+        if self.training and not bool(self.initted):
+            self._kmeans_init(flat.detach().float())
+        # 2-3. distances and argmin, in FP32; restoration: each cell takes the nearest code
+        # among those allowed at it
+        dist = self._cell_distances(flat, h * w)  # (N*h*w, K)
         codes = dist.argmin(dim=1)  # (N*h*w,)
         # 4. look up the codes: (N*h*w,) -> (N*h*w, D)
         quant = F.embedding(codes, self.codebook()).to(flat.dtype)
@@ -180,12 +189,8 @@ class VectorQuantizer(nn.Module):
         distances. Near 0 (about 1e-6) the argmin is a tie at FP32 precision: another runtime,
         summing in another order, may pick the other code."""
         N, D, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D).float()  # (N*h*w, D)
-        if self.cosine:
-            flat = F.normalize(flat, dim=1)
-        dist = self.distances(flat)  # (N*h*w, K)
-        if self.restore:
-            dist = (dist.view(N, h * w, self.K) + self.code_penalty).view(-1, self.K)
+        flat = self._flatten(z.float())  # (N*h*w, D)
+        dist = self._cell_distances(flat, h * w)  # (N*h*w, K), as inference picks codes
         nearest_two = dist.topk(2, dim=1, largest=False).values  # (N*h*w, 2)
         scale = flat.pow(2).sum(1) + self.codebook().float().pow(2).sum(1).max()  # (N*h*w,)
         gap = (nearest_two[:, 1] - nearest_two[:, 0]) / scale
