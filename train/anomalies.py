@@ -12,6 +12,13 @@ softened at its edge (the label is where the soft mask is over one half). It was
 teach the head the low-contrast stains the blended fills rarely resemble; measured at
 10 minutes it did not (benchmarks/RESULTS.md), so it stays a switch.
 
+The label is the mask where the painted pixel differs visibly from the clean one (by at
+least `min_change` of the range in some channel, `train.anomaly_min_change`). A blended fill
+can leave parts of its mask unchanged: a crop of another image puts background on
+background, a shift with beta near 0.8 moves a dark pixel by one grey level. Labelling those
+taught the head to fire on nothing, which on an aligned part put a floor under every good
+image's score (benchmarks/RESULTS.md, session 7).
+
 The model is trained to reconstruct the clean x, so at test time it repairs real defects
 instead of copying them. Everything is generated in-process; no outside data.
 """
@@ -96,12 +103,14 @@ def paint_anomalies(
     fraction: float,
     rng: np.random.Generator,
     discolour_fraction: float = 0.0,
+    min_change: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
     of the batch is corrupted, `discolour_fraction` of those with a faint discolouration; the
-    rest is returned unchanged with an empty mask.
+    rest is returned unchanged with an empty mask. With `min_change` > 0 a painted pixel is
+    labelled only where some channel moved by at least that much.
     """
     x = batch.astype(np.float32) / 255.0
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
@@ -117,4 +126,7 @@ def paint_anomalies(
         fill = _fill(x[i], pool, rng)
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
         masks[i] = mask[:, :, 0]
+    if min_change > 0:
+        visible = np.abs(x - batch.astype(np.float32) / 255.0).max(axis=3) >= min_change  # (B, H, W)
+        masks *= visible
     return x, masks

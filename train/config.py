@@ -133,6 +133,9 @@ class TrainConfig:
     anomaly_fraction: float = 0.5
     # Share of the painted images whose defect is a faint, soft-edged discolouration (train/anomalies.py).
     discolour_fraction: float = 0.0
+    # A painted pixel is labelled a defect only where it moved by at least this share of the
+    # range in some channel (0 = the whole painted mask, as DRAEM labels it).
+    anomaly_min_change: float = 0.0
     # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
     # from the start; > 0 = two-stage (VQ-VAE alone, then the head on the frozen VQ-VAE).
     head_start_fraction: float = 0.0
@@ -155,6 +158,7 @@ class TrainConfig:
         require(0.0 < self.val_fraction < 0.5, "train.val_fraction must be in (0, 0.5)")
         require(0.0 <= self.anomaly_fraction <= 1.0, "train.anomaly_fraction must be in [0, 1]")
         require(0.0 <= self.discolour_fraction <= 1.0, "train.discolour_fraction must be in [0, 1]")
+        require(0.0 <= self.anomaly_min_change < 1.0, "train.anomaly_min_change must be in [0, 1)")
         require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
         require(0.0 <= self.head_start_fraction < 1.0, "train.head_start_fraction must be in [0, 1)")
         require(

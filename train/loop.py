@@ -290,7 +290,12 @@ def train(
             inp01, masks = clean01, None
             if train_cfg.anomaly_fraction > 0:
                 corrupted, mask_np = paint_anomalies(
-                    clean_u8, train_images, train_cfg.anomaly_fraction, rng, train_cfg.discolour_fraction
+                    clean_u8,
+                    train_images,
+                    train_cfg.anomaly_fraction,
+                    rng,
+                    train_cfg.discolour_fraction,
+                    train_cfg.anomaly_min_change,
                 )
                 inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
                 masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
