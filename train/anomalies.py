@@ -68,23 +68,31 @@ def perlin_mask(size: int, rng: np.random.Generator, min_scale: int = 1, max_sca
     return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 10) ** 2
 
 
-def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Foreign content for `image` (H, W, C float in [0,1]) from one of three sources."""
+FILL_KINDS = ("crop", "texture", "shift", "blur")
+
+
+def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...]) -> np.ndarray:
+    """Foreign content for `image` (H, W, C float in [0,1]) from one of `kinds` (FILL_KINDS)."""
     size, c = image.shape[0], image.shape[2]
-    kind = rng.integers(3)
-    if kind == 0:  # a shifted, flipped crop of another good image: plausible but misplaced content
+    kind = kinds[rng.integers(len(kinds))]
+    if kind == "crop":  # a shifted, flipped crop of another good image: plausible but misplaced content
         other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
         other = np.roll(other, shift=tuple(rng.integers(0, size, 2)), axis=(0, 1))
         if rng.random() < 0.5:
             other = other[::-1]
         return np.ascontiguousarray(other)
-    if kind == 1:  # a procedural noise texture in a random colour
+    if kind == "texture":  # a procedural noise texture in a random colour
         res = int(2 ** rng.integers(2, min(6, int(np.log2(size))) + 1))
         tex = perlin((size, size), (res, res), rng)[:, :, None]
         colour = rng.random(c)[None, None, :]
         return np.clip(colour + 0.3 * tex, 0, 1)
-    # a colour / brightness shift of the image itself
-    return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
+    if kind == "shift":  # a colour / brightness shift of the image itself
+        return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
+    # "blur": the image's own structure smoothed away (worn, smeared, threads missing), a
+    # little darker or lighter: a defect that removes detail instead of adding it.
+    sigma = float(rng.uniform(1.5, 5.0)) * size / 128
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma).reshape(image.shape)
+    return np.clip(blurred * rng.uniform(0.8, 1.1), 0, 1)
 
 
 def _discolour(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -104,13 +112,15 @@ def paint_anomalies(
     rng: np.random.Generator,
     discolour_fraction: float = 0.0,
     min_change: float = 0.0,
+    fills: tuple[str, ...] = FILL_KINDS[:3],
 ) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
     of the batch is corrupted, `discolour_fraction` of those with a faint discolouration; the
     rest is returned unchanged with an empty mask. With `min_change` > 0 a painted pixel is
-    labelled only where some channel moved by at least that much.
+    labelled only where some channel moved by at least that much. `fills` are the blended
+    fills to draw from (FILL_KINDS), each equally likely.
     """
     x = batch.astype(np.float32) / 255.0
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
@@ -119,11 +129,13 @@ def paint_anomalies(
             continue
         # (no draw when off: the random stream, and so a run, stays as before the switch existed)
         if discolour_fraction > 0 and rng.random() < discolour_fraction:
-            x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng), rng)
+            # Small blobs only (Perlin cells of 1/8 of the frame or less): a faint discolouration
+            # as large as the part is indistinguishable from its lighting.
+            x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng, min_scale=3), rng)
             continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
-        fill = _fill(x[i], pool, rng)
+        fill = _fill(x[i], pool, rng, fills)
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
         masks[i] = mask[:, :, 0]
     if min_change > 0:

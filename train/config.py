@@ -8,6 +8,7 @@ from typing import Literal
 from edge.config import require
 
 ErrorKind = Literal["l2", "ssim", "gms"]
+FillKind = Literal["crop", "texture", "shift", "blur"]  # train/anomalies.py FILL_KINDS
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class TrainConfig:
     # A painted pixel is labelled a defect only where it moved by at least this share of the
     # range in some channel (0 = the whole painted mask, as DRAEM labels it).
     anomaly_min_change: float = 0.0
+    # The blended fills painted anomalies draw from (train/anomalies.py), each equally likely.
+    anomaly_fills: tuple[FillKind, ...] = ("crop", "texture", "shift")
     # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
     # from the start; > 0 = two-stage (VQ-VAE alone, then the head on the frozen VQ-VAE).
     head_start_fraction: float = 0.0
@@ -159,6 +162,8 @@ class TrainConfig:
         require(0.0 <= self.anomaly_fraction <= 1.0, "train.anomaly_fraction must be in [0, 1]")
         require(0.0 <= self.discolour_fraction <= 1.0, "train.discolour_fraction must be in [0, 1]")
         require(0.0 <= self.anomaly_min_change < 1.0, "train.anomaly_min_change must be in [0, 1)")
+        require(len(self.anomaly_fills) > 0, "train.anomaly_fills must name at least one of crop, texture, shift, blur")
+        require(len(set(self.anomaly_fills)) == len(self.anomaly_fills), "train.anomaly_fills has duplicates")
         require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
         require(0.0 <= self.head_start_fraction < 1.0, "train.head_start_fraction must be in [0, 1)")
         require(

@@ -296,6 +296,7 @@ def train(
                     rng,
                     train_cfg.discolour_fraction,
                     train_cfg.anomaly_min_change,
+                    train_cfg.anomaly_fills,
                 )
                 inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
                 masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
