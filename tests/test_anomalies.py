@@ -74,3 +74,20 @@ def test_min_change_leaves_no_label_where_a_fill_put_background_on_background():
     unchanged = np.abs(painted - batch / 255.0).reshape(30, -1).max(axis=1) < 1e-6
     assert unchanged.any() and (whole.reshape(30, -1)[unchanged].max(axis=1) > 0).all()
     assert (visible.reshape(30, -1)[unchanged] == 0).all()
+
+
+def test_blur_fill_removes_detail_and_keeps_the_shape_for_grey_and_colour():
+    for channels in (1, 3):
+        image = _batch(n=1, size=64, channels=channels)[0].astype(np.float32) / 255
+        fill = anomalies._fill(image, image[None], np.random.default_rng(0), ("blur",))
+        assert fill.shape == image.shape and 0 <= fill.min() and fill.max() <= 1
+        detail = lambda a: np.abs(np.diff(a, axis=1)).mean()  # noqa: E731
+        assert detail(fill) < 0.2 * detail(image)
+
+
+def test_fills_choose_what_is_painted_and_the_default_is_the_three_original_fills():
+    batch = _batch(n=16, size=32)
+    a = paint_anomalies(batch, batch, 1.0, np.random.default_rng(9))
+    b = paint_anomalies(batch, batch, 1.0, np.random.default_rng(9), fills=("crop", "texture", "shift"))
+    c = paint_anomalies(batch, batch, 1.0, np.random.default_rng(9), fills=anomalies.FILL_KINDS)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])

@@ -50,6 +50,24 @@ def test_bad_config_raises_value_error(overrides, match):
         load_config(ModelConfig, None, overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"anomaly_fills": "crop,glitter"}, "not one of"),
+        ({"anomaly_fills": "blur,blur"}, "duplicates"),
+        ({"anomaly_min_change": "1.5"}, "anomaly_min_change"),
+    ],
+)
+def test_bad_train_config_raises_value_error(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(TrainConfig, None, overrides)
+
+
+def test_anomaly_fills_override_is_converted_to_a_tuple_of_kinds():
+    cfg = load_config(TrainConfig, None, {"anomaly_fills": "crop,texture,shift,blur"})
+    assert cfg.anomaly_fills == ("crop", "texture", "shift", "blur")
+
+
 def test_config_is_frozen():
     cfg = TrainConfig()
     with pytest.raises(AttributeError):

@@ -1,16 +1,16 @@
 """Synthetic anomalies painted into good images during training (DRAEM-style).
 
-A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill is foreign
-content from a shifted crop of another training image, a procedural noise texture, or a
-colour/brightness shift, blended with beta in [0, 0.8]:
+A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill
+(`train.anomaly_fills`) is foreign content from a shifted crop of another training image
+("crop"), a procedural noise texture ("texture"), a colour/brightness shift ("shift"), or
+the image itself blurred, its detail gone ("blur"), blended with beta in [0, 0.8]:
 
     out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
 
-A fourth source, behind `train.discolour_fraction` (off by default), is a faint
-discolouration: a shift of 3-10% of the range per channel, unblended, through a mask
-softened at its edge (the label is where the soft mask is over one half). It was meant to
-teach the head the low-contrast stains the blended fills rarely resemble; measured at
-10 minutes it did not (benchmarks/RESULTS.md), so it stays a switch.
+Another source, behind `train.discolour_fraction` (off by default), is a faint
+discolouration: a shift of 3-10% of the range per channel, unblended, through a small
+mask softened at its edge (the label is where the soft mask is over one half). It is meant
+to teach the head low-contrast stains, which the blended fills rarely resemble.
 
 The label is the mask where the painted pixel differs visibly from the clean one (by at
 least `min_change` of the range in some channel, `train.anomaly_min_change`). A blended fill
