@@ -46,6 +46,8 @@ ABLATION: dict[str, list[str]] = {
     "two levels (VQ-VAE-2 top codes)": ["model.levels=2"],
     "cosine (L2-normalised) codes": ["model.cosine=true"],
     "faint discolourations in training": ["train.discolour_fraction=0.25"],
+    "whole-mask labels (DRAEM; no min change)": ["train.anomaly_min_change=0"],
+    "blur fill among the synthetic defects": ["train.anomaly_fills=crop,texture,shift,blur"],
 }
 
 

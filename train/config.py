@@ -136,7 +136,7 @@ class TrainConfig:
     discolour_fraction: float = 0.0
     # A painted pixel is labelled a defect only where it moved by at least this share of the
     # range in some channel (0 = the whole painted mask, as DRAEM labels it).
-    anomaly_min_change: float = 0.0
+    anomaly_min_change: float = 0.016
     # The blended fills painted anomalies draw from (train/anomalies.py), each equally likely.
     anomaly_fills: tuple[FillKind, ...] = ("crop", "texture", "shift")
     # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
