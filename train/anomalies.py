@@ -9,8 +9,10 @@ the image itself blurred, its detail gone ("blur"), blended with beta in [0, 0.8
 
 Another source, behind `train.discolour_fraction` (off by default), is a faint
 discolouration: a shift of 3-10% of the range per channel, unblended, through a small
-mask softened at its edge (the label is where the soft mask is over one half). It is meant
-to teach the head low-contrast stains, which the blended fills rarely resemble.
+mask softened at its edge (the label is where the soft mask is over one half). It was meant
+to teach the head low-contrast stains, which the blended fills rarely resemble; measured at
+10 minutes, large or small, it lowered every kind's score (benchmarks/RESULTS.md), so it
+stays a switch. So does the "blur" fill, which trades one defect kind for another.
 
 The label is the mask where the painted pixel differs visibly from the clean one (by at
 least `min_change` of the range in some channel, `train.anomaly_min_change`). A blended fill
