@@ -27,8 +27,12 @@ instead of copying them. Everything is generated in-process; no outside data.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import cv2
 import numpy as np
+
+from train.config import FillKind
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -70,7 +74,7 @@ def perlin_mask(size: int, rng: np.random.Generator, min_scale: int = 1, max_sca
     return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 10) ** 2
 
 
-FILL_KINDS = ("crop", "texture", "shift", "blur")
+FILL_KINDS: tuple[str, ...] = get_args(FillKind)  # ("crop", "texture", "shift", "blur"), as the config spells them
 
 
 def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...]) -> np.ndarray:
@@ -124,7 +128,8 @@ def paint_anomalies(
     labelled only where some channel moved by at least that much. `fills` are the blended
     fills to draw from (FILL_KINDS), each equally likely.
     """
-    x = batch.astype(np.float32) / 255.0
+    clean = batch.astype(np.float32) / 255.0
+    x = clean.copy()
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
@@ -141,6 +146,6 @@ def paint_anomalies(
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
         masks[i] = mask[:, :, 0]
     if min_change > 0:
-        visible = np.abs(x - batch.astype(np.float32) / 255.0).max(axis=3) >= min_change  # (B, H, W)
+        visible = np.abs(x - clean).max(axis=3) >= min_change  # (B, H, W)
         masks *= visible
     return x, masks

@@ -8,7 +8,7 @@ from typing import Literal
 from edge.config import require
 
 ErrorKind = Literal["l2", "ssim", "gms"]
-FillKind = Literal["crop", "texture", "shift", "blur"]  # train/anomalies.py FILL_KINDS
+FillKind = Literal["crop", "texture", "shift", "blur"]  # the blended fills of train/anomalies.py
 
 
 @dataclass(frozen=True)
