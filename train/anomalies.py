@@ -119,7 +119,9 @@ def paint_anomalies(
     discolour_fraction: float = 0.0,
     min_change: float = 0.0,
     fills: tuple[str, ...] = FILL_KINDS[:3],
-) -> tuple[np.ndarray, np.ndarray]:
+    discolour_restore: bool = True,
+    return_targets: bool = False,
+) -> tuple[np.ndarray, ...]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
@@ -127,9 +129,15 @@ def paint_anomalies(
     rest is returned unchanged with an empty mask. With `min_change` > 0 a painted pixel is
     labelled only where some channel moved by at least that much. `fills` are the blended
     fills to draw from (FILL_KINDS), each equally likely.
+
+    With `return_targets` a third array is returned: what the VQ-VAE should reconstruct,
+    (B, H, W, C) float32. That is the clean image, except for discoloured images when
+    `discolour_restore` is off: those keep their discolouration, so only the head learns that
+    it is a defect and the VQ-VAE is never taught to paint over faint shading.
     """
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
+    targets = clean if discolour_restore or not return_targets else clean.copy()
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
@@ -139,6 +147,8 @@ def paint_anomalies(
             # Small blobs only (Perlin cells of 1/8 of the frame or less): a faint discolouration
             # as large as the part is indistinguishable from its lighting.
             x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng, min_scale=3), rng)
+            if not discolour_restore and return_targets:
+                targets[i] = x[i]
             continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
@@ -148,4 +158,4 @@ def paint_anomalies(
     if min_change > 0:
         visible = np.abs(x - clean).max(axis=3) >= min_change  # (B, H, W)
         masks *= visible
-    return x, masks
+    return (x, masks, targets) if return_targets else (x, masks)

@@ -134,6 +134,9 @@ class TrainConfig:
     anomaly_fraction: float = 0.5
     # Share of the painted images whose defect is a faint, soft-edged discolouration (train/anomalies.py).
     discolour_fraction: float = 0.0
+    # Whether the VQ-VAE learns to remove those discolourations (as it removes the blended
+    # fills) or to reproduce them, so that only the head learns they are defects.
+    discolour_restore: bool = True
     # A painted pixel is labelled a defect only where it moved by at least this share of the
     # range in some channel (0 = the whole painted mask, as DRAEM labels it).
     anomaly_min_change: float = 0.016

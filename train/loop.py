@@ -287,9 +287,9 @@ def train(
             idx = rng.integers(0, len(train_images), train_cfg.batch_size)
             clean_u8 = train_images[idx]
             clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(device)  # (B, C, H, W)
-            inp01, masks = clean01, None
+            inp01, target01, masks = clean01, clean01, None
             if train_cfg.anomaly_fraction > 0:
-                corrupted, mask_np = paint_anomalies(
+                corrupted, mask_np, target_np = paint_anomalies(
                     clean_u8,
                     train_images,
                     train_cfg.anomaly_fraction,
@@ -297,8 +297,12 @@ def train(
                     train_cfg.discolour_fraction,
                     train_cfg.anomaly_min_change,
                     train_cfg.anomaly_fills,
+                    train_cfg.discolour_restore,
+                    return_targets=True,
                 )
                 inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
+                if not train_cfg.discolour_restore:
+                    target01 = torch.from_numpy(target_np).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
                 masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
             progress = max(step / train_cfg.steps, elapsed / budget_s)
             head_on = model.head is not None and progress >= train_cfg.head_start_fraction
@@ -313,8 +317,8 @@ def train(
                 with autocast():
                     recon, stats = net(x)
             recon01 = denormalize(recon.float(), mean, std)  # losses in FP32
-            l2 = F.mse_loss(recon01, clean01)
-            ssim_l = _ssim_loss(recon01, clean01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
+            l2 = F.mse_loss(recon01, target01)
+            ssim_l = _ssim_loss(recon01, target01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
             if not vqvae_frozen:
                 loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
             head_l = torch.zeros(())
