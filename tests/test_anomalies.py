@@ -35,6 +35,29 @@ def test_discolour_fraction_of_painted_images_are_discoloured(monkeypatch):
     assert 30 <= len(calls) <= 70  # discolour_fraction 0.25 of 200
 
 
+def test_reconstruction_targets_keep_discolourations_only_when_not_restored(monkeypatch):
+    discoloured = []
+    real = anomalies._discolour
+    monkeypatch.setattr(anomalies, "_discolour", lambda *a: (lambda r: discoloured.append(r[0]) or r)(real(*a)))
+    batch = _batch(n=40, size=32)
+    clean = batch.astype(np.float32) / 255
+    painted, masks, targets = paint_anomalies(
+        batch, batch, 1.0, np.random.default_rng(4), discolour_fraction=0.5, discolour_restore=False, return_targets=True
+    )
+    assert 5 <= len(discoloured) <= 35
+    kept = [i for i in range(len(batch)) if not np.array_equal(targets[i], clean[i])]
+    assert len(kept) == len(discoloured)  # exactly the discoloured images keep their paint
+    for i in kept:
+        assert np.array_equal(targets[i], painted[i]) and masks[i].sum() > 0  # still labelled for the head
+    blended = [i for i in range(len(batch)) if i not in kept]
+    assert all(not np.array_equal(painted[i], clean[i]) for i in blended)  # blended fills are restored
+    # The same draws restored: every target is the clean image, and the paint is the same.
+    painted_r, masks_r, targets_r = paint_anomalies(
+        batch, batch, 1.0, np.random.default_rng(4), discolour_fraction=0.5, return_targets=True
+    )
+    assert np.array_equal(targets_r, clean) and np.array_equal(painted_r, painted) and np.array_equal(masks_r, masks)
+
+
 def test_discolouration_is_faint_and_labelled_where_the_soft_mask_is_over_half():
     rng = np.random.default_rng(3)
     image = np.full((64, 64, 3), 0.5, np.float32)
