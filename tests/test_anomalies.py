@@ -42,7 +42,13 @@ def test_reconstruction_targets_keep_discolourations_only_when_not_restored(monk
     batch = _batch(n=40, size=32)
     clean = batch.astype(np.float32) / 255
     painted, masks, targets = paint_anomalies(
-        batch, batch, 1.0, np.random.default_rng(4), discolour_fraction=0.5, discolour_restore=False, return_targets=True
+        batch,
+        batch,
+        1.0,
+        np.random.default_rng(4),
+        discolour_fraction=0.5,
+        discolour_restore=False,
+        return_targets=True,
     )
     assert 5 <= len(discoloured) <= 35
     kept = [i for i in range(len(batch)) if not np.array_equal(targets[i], clean[i])]
