@@ -46,6 +46,16 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
     | {"balance": True, "border": 4, "reduce": "topk_mean"},
 }
 
+# The shipped map (the head's probability + 0.15 x balanced MS-GMS) with the golden template
+# (score.reference) forced off or on at several weights: on the aligned part it is what "auto"
+# picks; on a texture it shows why "auto" leaves it off. Needs a run with the head.
+_SHIPPED = {"source": "combined", "errors": ("gms",), "weights": (1.0,), "balance": True, "border": 4}
+REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
+    "head + MS-GMS, no golden template": _SHIPPED | {"reference": "off"},
+    "head + MS-GMS + golden template x 0.5": _SHIPPED | {"reference": "on", "reference_weight": 0.5},
+    "head + MS-GMS + golden template x 1.5": _SHIPPED | {"reference": "on", "reference_weight": 1.5},
+    "head + MS-GMS + golden template x 3": _SHIPPED | {"reference": "on", "reference_weight": 3.0},
+}
 
 # Latent restoration (model.restore = "position"), calibrated post hoc from the run's own
 # training images as training would: name -> (restore_radius, restore_min_count).
@@ -76,6 +86,7 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     """{variant: {image_auroc, pixel_auroc, aupro, score config}} for one trained run."""
     from train.data import load_images, load_test_set
     from train.metrics import aupro, image_auroc, pixel_auroc
+    from train.model import uint8_nhwc_to_float
     from train.run import load_run
     from train.scoring import AnomalyScorer
 
@@ -88,17 +99,27 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     with_mask = np.array([s.mask is not None for s in test])
     masks = np.stack([s.mask if s.mask is not None else np.zeros(test_frames.shape[1:3], bool) for s in test])
 
+    train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
+
     def score_rows(model, variants: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, Any]:
         x_test, r_test = model.reconstruct_frames(test_frames)
         x_val, r_val = model.reconstruct_frames(val)
+        p_test = None
         rows: dict[str, Any] = {}
         for name, overrides in variants.items():
-            score_cfg = dataclasses.replace(cfg.score, source="recon", **overrides)
+            score_cfg = dataclasses.replace(cfg.score, **({"source": "recon", "reference": "off"} | overrides))
             scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
             scorer.calibrate(x_val, r_val)  # as training does
+            if score_cfg.reference != "off":
+                scorer.calibrate_reference(uint8_nhwc_to_float(torch.from_numpy(train_images)), x_val)
+            if score_cfg.source != "recon" and p_test is None:
+                p_test = torch.cat(
+                    [model.head_probability(x_test[i : i + 16], r_test[i : i + 16]) for i in range(0, len(x_test), 16)]
+                )
             maps, scores = [], []
             for i in range(0, len(x_test), 16):
-                m, s = scorer(x_test[i : i + 16], r_test[i : i + 16])
+                prob = p_test[i : i + 16] if score_cfg.source != "recon" else None
+                m, s = scorer(x_test[i : i + 16], r_test[i : i + 16], prob)
                 maps.append(m[:, 0].numpy())
                 scores.append(s.numpy())
             amap, score = np.concatenate(maps), np.concatenate(scores)
@@ -111,7 +132,8 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
         return rows
 
     rows = score_rows(run.model, SCORING_VARIANTS)
-    train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
+    if run.model.head is not None:
+        rows.update(score_rows(run.model, REFERENCE_VARIANTS))
     for name, (radius, min_count) in RESTORATION_VARIANTS.items():
         model = with_restoration(run, radius, min_count, train_images)
         scorings = {k: SCORING_VARIANTS[k] for k in RESTORATION_SCORINGS}

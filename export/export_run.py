@@ -132,7 +132,12 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             },
             "threshold": threshold,
             "decision": "fail when score >= threshold",
-            "scoring": to_dict(m.score),
+            "scoring": to_dict(m.score)
+            | {
+                # What score.reference resolved to at training's end (auto decides per product).
+                "reference_active": run.model.scorer.reference_active,
+                "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
+            },
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
             "files": {
                 FP32_FILE: sha256_file(staging / FP32_FILE),

@@ -31,6 +31,7 @@ def test_package_files_and_metadata(tiny_model, tiny_run):
     assert meta["opset"] <= 17 and meta["versions"]["onnx"] and meta["name"] and meta["version"]
     assert meta["threshold"]["method"] and meta["normalization"]["mean"]
     assert meta["metrics"]["evaluation"]["image_auroc"] is not None
+    assert meta["scoring"]["reference_active"] is True and meta["scoring"]["reference_alignment"] > 0.5
     p = meta["parity"]
     assert p["passed"] and p["fp32_vs_torch"]["decisions_identical"]
     assert p["fp16_vs_fp32"]["map_relative_error"] <= 1e-2 and p["fp16_vs_fp32"]["decision_agreement"] >= 0.99

@@ -58,3 +58,68 @@ def test_the_border_is_left_out_of_map_and_score():
     amap, score = roi(x, recon)
     assert float(amap[..., :4, :].abs().max()) == 0.0
     assert float(score.max()) < float(plain(x, recon)[1].min())
+
+
+def _aligned_part(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """n images of one fixtured part (a bright square on dark), lit a little differently, with noise."""
+    g = torch.Generator().manual_seed(seed)
+    part = torch.full((1, 1, size, size), 0.1)
+    part[..., 8:24, 8:24] = 0.6
+    gain = 1 + 0.08 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+    return (part * gain + 0.005 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+
+
+def _texture(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """n images of a random texture: nothing sits at the same place twice."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _reference_scorer(mode: str = "auto") -> AnomalyScorer:
+    cfg = ScoreConfig(source="recon", reference=mode, reference_sigmas=(1.0, 3.0), border=2, balance=False)
+    return AnomalyScorer(cfg, 32, 1)
+
+
+def test_the_golden_template_switches_itself_on_for_an_aligned_part_and_off_for_a_texture():
+    part = _reference_scorer()
+    found = part.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    assert found["active"] and found["alignment"] > 0.8 and part.reference_active and float(part.ref_gain) > 0
+    texture = _reference_scorer()
+    found = texture.calibrate_reference(_texture(40), _texture(10, seed=1))
+    assert not found["active"] and found["alignment"] < 0.3 and float(texture.ref_gain) == 0
+    forced = _reference_scorer("on")
+    assert forced.calibrate_reference(_texture(40), _texture(10, seed=1))["active"]
+    off = _reference_scorer("off")
+    assert not off.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))["active"]
+
+
+def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
+    scorer = _reference_scorer()
+    scorer.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    good = _aligned_part(6, seed=2)
+    stained = good.clone()
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    stained[:, :, ...] -= 0.05 * torch.exp(-((yy - 14) ** 2 + (xx - 18) ** 2) / (2 * 2.0**2))  # 5%, smooth
+    # The reconstruction copies the input: the error terms see nothing; only the template can.
+    good_scores = scorer(good, good)[1]
+    stained_map, stained_scores = scorer(stained, stained)
+    assert float(stained_scores.min()) > 2 * float(good_scores.max())
+    peak = stained_map[0, 0].flatten().argmax()
+    assert abs(int(peak) // 32 - 14) <= 2 and abs(int(peak) % 32 - 18) <= 2
+    # On good images from the calibration's population the term peaks near its weight
+    # (1 = the validation images' 99th-percentile peak).
+    assert 0.3 * scorer.cfg.reference_weight < float(good_scores.max()) < 2 * scorer.cfg.reference_weight
+
+
+def test_the_golden_template_travels_in_the_state_dict_and_is_off_when_absent():
+    scorer = _reference_scorer()
+    scorer.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    loaded = _reference_scorer()
+    assert not loaded.reference_active
+    loaded.load_state_dict(scorer.state_dict())
+    assert loaded.reference_active
+    x = _aligned_part(3, seed=5)
+    assert torch.equal(loaded(x, x)[1], scorer(x, x)[1])
+    fresh = _reference_scorer()  # never calibrated (a run from before the template existed)
+    assert torch.equal(fresh(x, x)[1], torch.zeros(3))

@@ -46,6 +46,10 @@ def test_checkpoint_describes_itself(tiny_run):
     assert len(meta["content_sha256"]) == 64 and "val_l2" in meta["metrics"]
     run = load_run(tiny_run)
     assert run.model_cfg.codebook_size == 32 and not run.model.training
+    # The bracket is a fixtured part: training's end fitted the golden template and switched it
+    # on (score.reference auto), so the export tests run the graph with it.
+    scorer = run.model.scorer
+    assert float(scorer.ref_alignment) > 0.5 and scorer.reference_active and float(scorer.ref_gain) > 0
 
 
 class Evil:

@@ -33,6 +33,17 @@ class ScoreConfig:
     # Divide each error map by its mean over the good validation images (calibrated after
     # training), so that L2 (~1e-3) and 1 - SSIM (~0.2) count as `weights` says.
     balance: bool = True
+    # Golden-template term for aligned parts: the input's band-pass (a difference of Gaussians,
+    # sigmas in pixels at image_size) compared pixel by pixel with the good training images' own
+    # (|DoG(x) - mean| / std, the largest channel), smoothed, scaled so that 1 is the good
+    # validation images' 99th-percentile peak, times `reference_weight`, added to the map. It
+    # sees faint, smooth stains that the reconstruction copies. "auto" switches it on when
+    # position explains at least `reference_min_alignment` of the band-pass variance of the
+    # training images (a fixtured part, ~0.8; a texture, ~0.02); "on" / "off" decide outright.
+    reference: Literal["auto", "on", "off"] = "auto"
+    reference_weight: float = 1.5
+    reference_sigmas: tuple[float, float] = (2.0, 8.0)
+    reference_min_alignment: float = 0.5
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -46,6 +57,12 @@ class ScoreConfig:
         require(self.topk >= 1, "score.topk must be >= 1")
         require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
         require(self.border >= 0, "score.border must be >= 0")
+        require(self.reference_weight > 0, "score.reference_weight must be > 0 (score.reference: off disables it)")
+        require(
+            len(self.reference_sigmas) == 2 and 0 < self.reference_sigmas[0] < self.reference_sigmas[1] <= 16,
+            "score.reference_sigmas must be two sigmas 0 < inner < outer <= 16",
+        )
+        require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
 
 
 @dataclass(frozen=True)

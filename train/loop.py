@@ -389,6 +389,8 @@ def train(
         )
     if not interrupted and (model_cfg.score.normalize != "none" or model_cfg.score.balance):
         calibrate_error_statistics(model, val_images)
+    if not interrupted and model_cfg.score.reference != "off":
+        calibrate_reference(model, train_images, val_images)
     summary.update(
         {
             "step": step,
@@ -435,3 +437,18 @@ def restored_share(model: InspectionModel, frames: np.ndarray) -> float:
 def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -> None:
     """The scorer's calibration (score.balance, score.normalize) on the good validation images."""
     model.scorer.calibrate(*model.reconstruct_frames(val_images))
+
+
+@torch.no_grad()
+def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
+    """score.reference: the golden template from the good training images, scaled on the validation images."""
+    found = model.scorer.calibrate_reference(
+        uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(train_images))),
+        uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(val_images))),
+    )
+    log.info(
+        "golden template (score.reference=%s): alignment %.2f -> %s",
+        model.cfg.score.reference,
+        found["alignment"],
+        "on" if found["active"] else "off",
+    )

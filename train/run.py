@@ -55,6 +55,10 @@ def load_run(run_dir: str | Path) -> Run:
     state = {k: v for k, v in ckpt["model"].items() if k not in derived}
     # Checkpoints from before score.balance have no error scales: theirs were all 1.
     state.setdefault("scorer.error_scale", torch.ones(len(model_cfg.score.errors)))
+    # Checkpoints from before score.reference have no golden template: it stays off for them.
+    for key, value in model.state_dict().items():
+        if key.startswith("scorer.ref_"):
+            state.setdefault(key, value)
     model.load_state_dict(state)
     model.eval()
     return Run(root, model, model_cfg, train_cfg, meta)

@@ -88,6 +88,10 @@ class AnomalyScorer(nn.Module):
     statistics of good validation images (buffers `err_mean`, `err_std`); or the learned
     head's smoothed defect probability; or the sum of both. The image score is the map's
     max or its top-k mean.
+
+    With score.reference active (calibrated on, see `calibrate_reference`), a golden-template
+    term is added to the map: how far the input's band-pass is from the good training images'
+    at each pixel (`reference_map`).
     """
 
     def __init__(self, cfg: ScoreConfig, image_size: int, channels: int):
@@ -112,6 +116,25 @@ class AnomalyScorer(nn.Module):
         # Per-pixel error statistics (identity until calibrated on good validation images).
         self.register_buffer("err_mean", torch.zeros(1, 1, image_size, image_size))
         self.register_buffer("err_std", torch.ones(1, 1, image_size, image_size))
+        # Golden template (score.reference): difference-of-Gaussians kernels for C channels; the
+        # per-pixel mean and spread of the good training images' band-pass; the gain the term
+        # enters the map with (weight / the validation images' 99th-percentile peak; 0 = off,
+        # as in runs from before it existed and on textures); the measured alignment.
+        inner, outer = cfg.reference_sigmas
+        for name, sigma in (("inner", inner), ("outer", outer)):
+            kx, ky = separable_kernels(gaussian_kernel1d(sigma), channels)
+            self.register_buffer(f"ref_{name}_kx", kx, persistent=False)
+            self.register_buffer(f"ref_{name}_ky", ky, persistent=False)
+        self.register_buffer("ref_mean", torch.zeros(1, channels, image_size, image_size))
+        self.register_buffer("ref_std", torch.ones(1, channels, image_size, image_size))
+        self.register_buffer("ref_gain", torch.zeros(()))
+        self.register_buffer("ref_alignment", torch.zeros(()))
+        # A Python flag, so that a graph without the term does not compute it; follows ref_gain.
+        self.reference_active = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_reference_flag())
+
+    def _sync_reference_flag(self) -> None:
+        self.reference_active = float(self.ref_gain) > 0
 
     def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
@@ -143,6 +166,20 @@ class AnomalyScorer(nn.Module):
             return err
         return separable_filter(err, self.smooth_kx, self.smooth_ky)
 
+    def band_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """Difference of Gaussians (score.reference_sigmas) of [0,1] images (N, C, H, W), same shape:
+        detail at the scale of a stain, with lighting gradients and offsets removed."""
+        x = x.float()
+        return separable_filter(x, self.ref_inner_kx, self.ref_inner_ky) - separable_filter(
+            x, self.ref_outer_kx, self.ref_outer_ky
+        )
+
+    def reference_map(self, x: torch.Tensor) -> torch.Tensor:
+        """|band-pass - the good images' mean| / their spread, largest channel, smoothed ->
+        (N, 1, H, W) in units of standard deviations (unscaled, whether active or not)."""
+        z = (self.band_pass(x) - self.ref_mean).abs() / self.ref_std  # (N, C, H, W)
+        return self.smooth(z.amax(dim=1, keepdim=True))  # (N, 1, H, W)
+
     def forward(
         self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +193,8 @@ class AnomalyScorer(nn.Module):
             anomaly_map = err  # (N, 1, H, W)
             if self.cfg.source == "combined":
                 anomaly_map = self.smooth(head_prob.float()) + self.cfg.head_recon_weight * err
+        if self.reference_active:
+            anomaly_map = anomaly_map + self.ref_gain * self.reference_map(x)
         if self.cfg.border > 0:
             anomaly_map = anomaly_map * self.roi  # the margin scores 0 (maps are >= 0 unless normalised)
         flat = anomaly_map.flatten(1)  # (N, H*W)
@@ -200,3 +239,44 @@ class AnomalyScorer(nn.Module):
         floor = 0.1 * float(std.mean()) + 1e-6
         self.err_mean.copy_(mean)
         self.err_std.copy_(std.clamp(min=floor))
+
+    @torch.no_grad()
+    def calibrate_reference(self, train_x01: torch.Tensor, val_x01: torch.Tensor, batch_size: int = 32) -> dict:
+        """score.reference: fit the golden template on good training images train_x01 and scale
+        it on good validation images val_x01 (both (M, C, H, W) float [0,1]).
+
+        The alignment is 1 - mean per-pixel spread / overall spread of the training images'
+        band-pass: the share of its variance that position explains. -> {"alignment", "active"}.
+        """
+        n, total, total_sq = 0, 0.0, 0.0
+        acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
+        acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
+        for i in range(0, len(train_x01), batch_size):
+            bp = self.band_pass(train_x01[i : i + batch_size]).double()  # (B, C, H, W)
+            acc += bp.sum(dim=0, keepdim=True)
+            acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
+            total, total_sq, n = total + float(bp.sum()), total_sq + float(bp.pow(2).sum()), n + bp.shape[0]
+        if n < 2:
+            raise ValueError("score.reference needs at least 2 good training images")
+        mean = acc / n
+        std = ((acc_sq / n - mean.pow(2)).clamp(min=0) * n / (n - 1)).sqrt()
+        overall = math.sqrt(max(total_sq / mean.numel() / n - (total / mean.numel() / n) ** 2, 0.0))
+        alignment = 1.0 - float(std.mean()) / max(overall, 1e-12)
+        self.ref_mean.copy_(mean.float())
+        # Floor: 2 grey levels, so a pixel that never varied in training cannot blow up.
+        self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
+        self.ref_alignment.fill_(alignment)
+        mode = self.cfg.reference
+        active = mode == "on" or (mode == "auto" and alignment >= self.cfg.reference_min_alignment)
+        gain = 0.0
+        if active:
+            peaks = torch.cat(
+                [
+                    (self.reference_map(val_x01[i : i + batch_size]) * self.roi).flatten(1).amax(dim=1)
+                    for i in range(0, len(val_x01), batch_size)
+                ]
+            )
+            gain = self.cfg.reference_weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
+        self.ref_gain.fill_(gain)
+        self._sync_reference_flag()
+        return {"alignment": alignment, "active": self.reference_active}
