@@ -47,11 +47,12 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 # The shipped map (the head's probability + 0.15 x balanced MS-GMS) with the golden template
-# (score.reference) forced off or on at several weights: on the aligned part it is what "auto"
-# picks; on a texture it shows why "auto" leaves it off. Needs a run with the head.
+# (score.reference) forced off or on at several weights ("auto" gives an aligned part x 1.5 and a
+# texture x 0.25). Needs a run with the head.
 _SHIPPED = {"source": "combined", "errors": ("gms",), "weights": (1.0,), "balance": True, "border": 4}
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "head + MS-GMS, no golden template": _SHIPPED | {"reference": "off"},
+    "head + MS-GMS + golden template x 0.25": _SHIPPED | {"reference": "on", "reference_weight": 0.25},
     "head + MS-GMS + golden template x 0.5": _SHIPPED | {"reference": "on", "reference_weight": 0.5},
     "head + MS-GMS + golden template x 1.5": _SHIPPED | {"reference": "on", "reference_weight": 1.5},
     "head + MS-GMS + golden template x 3": _SHIPPED | {"reference": "on", "reference_weight": 3.0},

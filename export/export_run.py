@@ -136,6 +136,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             | {
                 # What score.reference resolved to at training's end (auto decides per product).
                 "reference_active": run.model.scorer.reference_active,
+                "reference_gain": float(run.model.scorer.ref_gain),
                 "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
             },
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},

@@ -81,15 +81,21 @@ def _reference_scorer(mode: str = "auto") -> AnomalyScorer:
     return AnomalyScorer(cfg, 32, 1)
 
 
-def test_the_golden_template_switches_itself_on_for_an_aligned_part_and_off_for_a_texture():
+def test_the_golden_template_weighs_itself_by_how_aligned_the_good_images_are():
     part = _reference_scorer()
     found = part.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
-    assert found["active"] and found["alignment"] > 0.8 and part.reference_active and float(part.ref_gain) > 0
+    assert found["aligned"] and found["alignment"] > 0.8 and found["weight"] == part.cfg.reference_weight
+    assert part.reference_active and float(part.ref_gain) > 0
     texture = _reference_scorer()
     found = texture.calibrate_reference(_texture(40), _texture(10, seed=1))
-    assert not found["active"] and found["alignment"] < 0.3 and float(texture.ref_gain) == 0
+    assert not found["aligned"] and found["alignment"] < 0.3 and found["weight"] == texture.cfg.reference_texture_weight
+    assert texture.reference_active
+    cfg = dataclasses.replace(texture.cfg, reference_texture_weight=0.0)
+    texture_off = AnomalyScorer(cfg, 32, 1)
+    assert not texture_off.calibrate_reference(_texture(40), _texture(10, seed=1))["active"]
+    assert float(texture_off.ref_gain) == 0
     forced = _reference_scorer("on")
-    assert forced.calibrate_reference(_texture(40), _texture(10, seed=1))["active"]
+    assert forced.calibrate_reference(_texture(40), _texture(10, seed=1))["weight"] == forced.cfg.reference_weight
     off = _reference_scorer("off")
     assert not off.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))["active"]
 

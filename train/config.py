@@ -37,11 +37,15 @@ class ScoreConfig:
     # sigmas in pixels at image_size) compared pixel by pixel with the good training images' own
     # (|DoG(x) - mean| / std, the largest channel), smoothed, scaled so that 1 is the good
     # validation images' 99th-percentile peak, times `reference_weight`, added to the map. It
-    # sees faint, smooth stains that the reconstruction copies. "auto" switches it on when
-    # position explains at least `reference_min_alignment` of the band-pass variance of the
-    # training images (a fixtured part, ~0.8; a texture, ~0.02); "on" / "off" decide outright.
+    # sees faint, smooth stains that the reconstruction copies. "auto" weighs it by what the
+    # product is: `reference_weight` when position explains at least `reference_min_alignment`
+    # of the band-pass variance of the training images (a fixtured part, ~0.8), else
+    # `reference_texture_weight` (a texture, ~0.02: nothing sits at the same place twice, and
+    # the term is only a blob detector there; 0 leaves it off). "on": `reference_weight`
+    # whatever the alignment; "off": never.
     reference: Literal["auto", "on", "off"] = "auto"
     reference_weight: float = 1.5
+    reference_texture_weight: float = 0.25
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
     reference_min_alignment: float = 0.5
 
@@ -63,6 +67,7 @@ class ScoreConfig:
             "score.reference_sigmas must be two sigmas 0 < inner < outer <= 16",
         )
         require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
+        require(self.reference_texture_weight >= 0, "score.reference_texture_weight must be >= 0 (0 = off on textures)")
 
 
 @dataclass(frozen=True)

@@ -447,8 +447,9 @@ def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_im
         uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(val_images))),
     )
     log.info(
-        "golden template (score.reference=%s): alignment %.2f -> %s",
+        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g",
         model.cfg.score.reference,
         found["alignment"],
-        "on" if found["active"] else "off",
+        "aligned" if found["aligned"] else "not aligned",
+        found["weight"],
     )

@@ -246,7 +246,8 @@ class AnomalyScorer(nn.Module):
         it on good validation images val_x01 (both (M, C, H, W) float [0,1]).
 
         The alignment is 1 - mean per-pixel spread / overall spread of the training images'
-        band-pass: the share of its variance that position explains. -> {"alignment", "active"}.
+        band-pass: the share of its variance that position explains; it decides the weight
+        under score.reference "auto". -> {"alignment", "aligned", "weight", "active"}.
         """
         n, total, total_sq = 0, 0.0, 0.0
         acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
@@ -266,17 +267,21 @@ class AnomalyScorer(nn.Module):
         # Floor: 2 grey levels, so a pixel that never varied in training cannot blow up.
         self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
         self.ref_alignment.fill_(alignment)
-        mode = self.cfg.reference
-        active = mode == "on" or (mode == "auto" and alignment >= self.cfg.reference_min_alignment)
+        aligned = alignment >= self.cfg.reference_min_alignment
+        weight = {
+            "on": self.cfg.reference_weight,
+            "auto": self.cfg.reference_weight if aligned else self.cfg.reference_texture_weight,
+            "off": 0.0,
+        }[self.cfg.reference]
         gain = 0.0
-        if active:
+        if weight > 0:
             peaks = torch.cat(
                 [
                     (self.reference_map(val_x01[i : i + batch_size]) * self.roi).flatten(1).amax(dim=1)
                     for i in range(0, len(val_x01), batch_size)
                 ]
             )
-            gain = self.cfg.reference_weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
+            gain = weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
         self.ref_gain.fill_(gain)
         self._sync_reference_flag()
-        return {"alignment": alignment, "active": self.reference_active}
+        return {"alignment": alignment, "aligned": aligned, "weight": weight, "active": self.reference_active}
