@@ -85,10 +85,28 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Daemon:
-    def __init__(self, model_dir: Path, workdir: Path, max_batch: int, max_delay_ms: float, settings: tuple = ()):
-        self.frames = f"ipc://{workdir}/frames"
-        self.results = f"ipc://{workdir}/results"
+    def __init__(
+        self,
+        model_dir: Path,
+        workdir: Path,
+        max_batch: int,
+        max_delay_ms: float,
+        settings: tuple = (),
+        transport: str = "ipc",
+    ):
+        if transport == "ipc":
+            self.frames, self.results = f"ipc://{workdir}/frames", f"ipc://{workdir}/results"
+        else:
+            self.frames, self.results = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
