@@ -112,7 +112,7 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
             scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
             scorer.calibrate(x_val, r_val)  # as training does
             if score_cfg.reference != "off":
-                scorer.calibrate_reference(uint8_nhwc_to_float(torch.from_numpy(train_images)), x_val)
+                scorer.calibrate_reference([uint8_nhwc_to_float(torch.from_numpy(train_images))], [x_val])
             if score_cfg.source != "recon" and p_test is None:
                 p_test = torch.cat(
                     [model.head_probability(x_test[i : i + 16], r_test[i : i + 16]) for i in range(0, len(x_test), 16)]

@@ -83,26 +83,33 @@ def _reference_scorer(mode: str = "auto") -> AnomalyScorer:
 
 def test_the_golden_template_weighs_itself_by_how_aligned_the_good_images_are():
     part = _reference_scorer()
-    found = part.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    found = part.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
     assert found["aligned"] and found["alignment"] > 0.8 and found["weight"] == part.cfg.reference_weight
     assert part.reference_active and float(part.ref_gain) > 0
     texture = _reference_scorer()
-    found = texture.calibrate_reference(_texture(40), _texture(10, seed=1))
+    found = texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])
     assert not found["aligned"] and found["alignment"] < 0.3 and found["weight"] == texture.cfg.reference_texture_weight
     assert texture.reference_active
     cfg = dataclasses.replace(texture.cfg, reference_texture_weight=0.0)
     texture_off = AnomalyScorer(cfg, 32, 1)
-    assert not texture_off.calibrate_reference(_texture(40), _texture(10, seed=1))["active"]
+    assert not texture_off.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["active"]
     assert float(texture_off.ref_gain) == 0
     forced = _reference_scorer("on")
-    assert forced.calibrate_reference(_texture(40), _texture(10, seed=1))["weight"] == forced.cfg.reference_weight
+    assert forced.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["weight"] == forced.cfg.reference_weight
+    streamed = _reference_scorer()  # the same images in batches: the same template
+    images = _aligned_part(40)
+    streamed.calibrate_reference([images[:13], images[13:29], images[29:]], [_aligned_part(10, seed=1)])
+    assert torch.allclose(streamed.ref_mean, part.ref_mean, atol=1e-6) and torch.allclose(
+        streamed.ref_std, part.ref_std
+    )
+    assert abs(float(streamed.ref_gain) - float(part.ref_gain)) < 1e-5 * float(part.ref_gain)
     off = _reference_scorer("off")
-    assert not off.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))["active"]
+    assert not off.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])["active"]
 
 
 def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
     scorer = _reference_scorer()
-    scorer.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    scorer.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
     good = _aligned_part(6, seed=2)
     stained = good.clone()
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
@@ -120,7 +127,7 @@ def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
 
 def test_the_golden_template_travels_in_the_state_dict_and_is_off_when_absent():
     scorer = _reference_scorer()
-    scorer.calibrate_reference(_aligned_part(40), _aligned_part(10, seed=1))
+    scorer.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
     loaded = _reference_scorer()
     assert not loaded.reference_active
     loaded.load_state_dict(scorer.state_dict())

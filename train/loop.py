@@ -442,10 +442,12 @@ def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -
 @torch.no_grad()
 def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
     """score.reference: the golden template from the good training images, scaled on the validation images."""
-    found = model.scorer.calibrate_reference(
-        uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(train_images))),
-        uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(val_images))),
-    )
+
+    def batches(frames: np.ndarray, size: int = 32):
+        for i in range(0, len(frames), size):
+            yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + size])))
+
+    found = model.scorer.calibrate_reference(batches(train_images), batches(val_images))
     log.info(
         "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g",
         model.cfg.score.reference,

@@ -9,6 +9,7 @@ It runs in FP32 in every graph, FP16 included.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -248,9 +249,10 @@ class AnomalyScorer(nn.Module):
         self.err_std.copy_(std.clamp(min=floor))
 
     @torch.no_grad()
-    def calibrate_reference(self, train_x01: torch.Tensor, val_x01: torch.Tensor, batch_size: int = 32) -> dict:
-        """score.reference: fit the golden template on good training images train_x01 and scale
-        it on good validation images val_x01 (both (M, C, H, W) float [0,1]).
+    def calibrate_reference(self, train_batches: Iterable[torch.Tensor], val_batches: Iterable[torch.Tensor]) -> dict:
+        """score.reference: fit the golden template on good training images and scale it on good
+        validation images, each given as batches of (B, C, H, W) float [0,1] (streamed: a large
+        training set need not be in memory as floats at once).
 
         The alignment is 1 - mean per-pixel spread / overall spread of the training images'
         band-pass: the share of its variance that position explains; it decides the weight
@@ -259,8 +261,8 @@ class AnomalyScorer(nn.Module):
         n, total, total_sq = 0, 0.0, 0.0
         acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
         acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
-        for i in range(0, len(train_x01), batch_size):
-            bp = self.band_pass(train_x01[i : i + batch_size]).double()  # (B, C, H, W)
+        for batch in train_batches:
+            bp = self.band_pass(batch).double()  # (B, C, H, W)
             acc += bp.sum(dim=0, keepdim=True)
             acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
             total, total_sq, n = total + float(bp.sum()), total_sq + float(bp.pow(2).sum()), n + bp.shape[0]
@@ -282,12 +284,7 @@ class AnomalyScorer(nn.Module):
         }[self.cfg.reference]
         gain = 0.0
         if weight > 0:
-            peaks = torch.cat(
-                [
-                    (self.reference_map(val_x01[i : i + batch_size]) * self.roi).flatten(1).amax(dim=1)
-                    for i in range(0, len(val_x01), batch_size)
-                ]
-            )
+            peaks = torch.cat([(self.reference_map(batch) * self.roi).flatten(1).amax(dim=1) for batch in val_batches])
             gain = weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
         self.ref_gain.fill_(gain)
         self._sync_reference_flag()
