@@ -12,7 +12,7 @@ import torch
 
 from edge.errors import CheckpointError
 from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, run_vqad
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.run import load_run
 
 
@@ -67,6 +67,24 @@ def test_malicious_pickle_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "raw.pt")
     assert not os.path.exists("/tmp/vqad-pwned")
+
+
+def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("eval"))
+    ckpt = load_checkpoint(old / "checkpoint.pt")
+    meta = dict(ckpt["meta"])
+    meta["model_config"] = dict(meta["model_config"])
+    meta["model_config"]["score"] = {
+        k: v for k, v in meta["model_config"]["score"].items() if not k.startswith("reference")
+    }
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.ref_")}
+    save_checkpoint(old / "checkpoint.pt", state, meta)
+    scorer = load_run(old).model.scorer
+    assert not scorer.reference_active and float(scorer.ref_gain) == 0
+    assert load_run(tiny_run).model.scorer.reference_active  # the same run, as saved, has it on
 
 
 def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
