@@ -208,6 +208,7 @@ def bench_daemon(
     max_delay_ms: float = 10.0,
     quick: bool = False,
     repeats: int = 3,
+    transport: str = "ipc",
 ) -> dict[str, Any]:
     from edge.config import load_config
     from edge.settings import EdgeConfig
@@ -218,6 +219,7 @@ def bench_daemon(
         "max_delay_ms": max_delay_ms,
         "inference_workers": edge_cfg.workers(),
         "intra_op_threads_per_worker": edge_cfg.threads_per_worker(),
+        "transport": transport,
     }
     workdir = Path(tempfile.mkdtemp(prefix="vqb", dir="/tmp"))
     for shape in shapes:
@@ -225,7 +227,7 @@ def bench_daemon(
         folder = _frames_dir(shape, workdir)
         ratios, e2e, raws, lost = [], [], [], 0
         raws_one, ratios_one = [], []
-        daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms)
+        daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms, transport=transport)
         try:
             count = 150 if quick else 400
             for r in range(repeats):
@@ -272,6 +274,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("model", type=Path)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--transport", choices=("ipc", "tcp"), default="ipc", help="frames and results over ipc:// or 127.0.0.1"
+    )
     args = ap.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    print(json.dumps(bench_daemon(args.model, quick=args.quick), indent=2))
+    print(json.dumps(bench_daemon(args.model, quick=args.quick, transport=args.transport), indent=2))

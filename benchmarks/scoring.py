@@ -101,6 +101,7 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
     masks = np.stack([s.mask if s.mask is not None else np.zeros(test_frames.shape[1:3], bool) for s in test])
 
     train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
+    train_x01 = uint8_nhwc_to_float(torch.from_numpy(train_images))  # the golden template's fit, once
 
     def score_rows(model, variants: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, Any]:
         x_test, r_test = model.reconstruct_frames(test_frames)
@@ -112,7 +113,7 @@ def scoring_ablation(run_dir: Path, category: Path) -> dict[str, Any]:
             scorer = AnomalyScorer(score_cfg, cfg.image_size, cfg.channels)
             scorer.calibrate(x_val, r_val)  # as training does
             if score_cfg.reference != "off":
-                scorer.calibrate_reference([uint8_nhwc_to_float(torch.from_numpy(train_images))], [x_val])
+                scorer.calibrate_reference([train_x01], [x_val])
             if score_cfg.source != "recon" and p_test is None:
                 p_test = torch.cat(
                     [model.head_probability(x_test[i : i + 16], r_test[i : i + 16]) for i in range(0, len(x_test), 16)]

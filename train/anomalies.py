@@ -137,7 +137,7 @@ def paint_anomalies(
     """
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
-    targets = clean if discolour_restore or not return_targets else clean.copy()
+    targets = clean if discolour_restore else clean.copy()  # a copy only where it will differ
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
@@ -147,7 +147,7 @@ def paint_anomalies(
             # Small blobs only (Perlin cells of 1/8 of the frame or less): a faint discolouration
             # as large as the part is indistinguishable from its lighting.
             x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng, min_scale=3), rng)
-            if not discolour_restore and return_targets:
+            if not discolour_restore:
                 targets[i] = x[i]
             continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
