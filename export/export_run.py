@@ -138,6 +138,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
                 "reference_active": run.model.scorer.reference_active,
                 "reference_gain": float(run.model.scorer.ref_gain),
                 "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
+                "reference_registered_shift": run.model.scorer.register_radius,
             },
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
             "files": {

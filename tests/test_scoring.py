@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from train.config import ScoreConfig
@@ -60,11 +61,14 @@ def test_the_border_is_left_out_of_map_and_score():
     assert float(score.max()) < float(plain(x, recon)[1].min())
 
 
-def _aligned_part(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """n images of one fixtured part (a bright square on dark), lit a little differently, with noise."""
+def _aligned_part(n: int, size: int = 32, seed: int = 0, jitter: int = 0) -> torch.Tensor:
+    """n images of one fixtured part (a bright square on dark), lit a little differently, with
+    noise; each moved by a whole-pixel shift of up to `jitter` in y and x."""
     g = torch.Generator().manual_seed(seed)
-    part = torch.full((1, 1, size, size), 0.1)
-    part[..., 8:24, 8:24] = 0.6
+    part = torch.full((n, 1, size, size), 0.1)
+    offsets = torch.randint(-jitter, jitter + 1, (n, 2), generator=g)
+    for image, (dy, dx) in zip(part, offsets.tolist(), strict=True):
+        image[:, 8 + dy : 24 + dy, 8 + dx : 24 + dx] = 0.6
     gain = 1 + 0.08 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
     return (part * gain + 0.005 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
 
@@ -76,8 +80,10 @@ def _texture(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _reference_scorer(mode: str = "auto") -> AnomalyScorer:
-    cfg = ScoreConfig(source="recon", reference=mode, reference_sigmas=(1.0, 3.0), border=2, balance=False)
+def _reference_scorer(mode: str = "auto", shift: int = 2) -> AnomalyScorer:
+    cfg = ScoreConfig(
+        source="recon", reference=mode, reference_sigmas=(1.0, 3.0), border=2, balance=False, reference_shift=shift
+    )
     return AnomalyScorer(cfg, 32, 1)
 
 
@@ -125,13 +131,43 @@ def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
     assert 0.3 * scorer.cfg.reference_weight < float(good_scores.max()) < 2 * scorer.cfg.reference_weight
 
 
+def _stain(images: torch.Tensor) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    return images - 0.04 * torch.exp(-((yy - 14) ** 2 + (xx - 18) ** 2) / (2 * 2.0**2))
+
+
+def test_registration_lets_the_template_see_a_stain_on_a_part_that_sits_a_pixel_or_two_off():
+    train, val = _aligned_part(60, jitter=2), _aligned_part(12, seed=1, jitter=2)
+    registered, in_place = _reference_scorer(shift=2), _reference_scorer(shift=0)
+    assert registered.calibrate_reference([train], [val])["shift"] == 2 and registered.register_radius == 2
+    assert in_place.calibrate_reference([train], [val])["shift"] == 0
+    # Moved back onto one template, the training images' edges no longer dominate the spread.
+    assert float(registered.ref_std.mean()) < 0.5 * float(in_place.ref_std.mean())
+    good = _aligned_part(8, seed=2, jitter=2)
+    stained = _stain(good)
+
+    def separation(scorer: AnomalyScorer) -> float:
+        return float(scorer(stained, stained)[1].min()) / float(scorer(good, good)[1].max())
+
+    assert separation(registered) > 1.3 and separation(registered) > 1.3 * separation(in_place)
+    # A texture has nothing to register to: it is compared in place.
+    texture = _reference_scorer(shift=2)
+    assert texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["shift"] == 0
+    # Registration reads the training images three times: an iterator would be read once.
+    with pytest.raises(ValueError, match="iterator"):
+        _reference_scorer().calibrate_reference(iter([train]), [val])
+    streamed = _reference_scorer(shift=2)  # batches, given as a function: the same template
+    streamed.calibrate_reference(lambda: (train[i : i + 16] for i in range(0, 60, 16)), [val])
+    assert torch.allclose(streamed.ref_mean, registered.ref_mean, atol=1e-6)
+
+
 def test_the_golden_template_travels_in_the_state_dict_and_is_off_when_absent():
     scorer = _reference_scorer()
     scorer.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
     loaded = _reference_scorer()
     assert not loaded.reference_active
     loaded.load_state_dict(scorer.state_dict())
-    assert loaded.reference_active
+    assert loaded.reference_active and loaded.register_radius == scorer.register_radius == 2
     x = _aligned_part(3, seed=5)
     assert torch.equal(loaded(x, x)[1], scorer(x, x)[1])
     fresh = _reference_scorer()  # never calibrated (a run from before the template existed)

@@ -47,9 +47,10 @@ def test_checkpoint_describes_itself(tiny_run):
     run = load_run(tiny_run)
     assert run.model_cfg.codebook_size == 32 and not run.model.training
     # The bracket is a fixtured part: training's end fitted the golden template and switched it
-    # on (score.reference auto), so the export tests run the graph with it.
+    # on (score.reference auto), registered, so the export tests run the graph with both.
     scorer = run.model.scorer
     assert float(scorer.ref_alignment) > 0.5 and scorer.reference_active and float(scorer.ref_gain) > 0
+    assert scorer.register_radius == run.model_cfg.score.reference_shift > 0
 
 
 class Evil:
@@ -70,6 +71,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 
 def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_path):
+    """...and from before the head had its own smoothing: it keeps the maps' sigma."""
     import shutil
 
     old = tmp_path / "old_run"
@@ -78,12 +80,15 @@ def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_p
     meta = dict(ckpt["meta"])
     meta["model_config"] = dict(meta["model_config"])
     meta["model_config"]["score"] = {
-        k: v for k, v in meta["model_config"]["score"].items() if not k.startswith("reference")
+        k: v
+        for k, v in meta["model_config"]["score"].items()
+        if not k.startswith("reference") and k != "head_smoothing_sigma"
     }
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.ref_")}
     save_checkpoint(old / "checkpoint.pt", state, meta)
     scorer = load_run(old).model.scorer
-    assert not scorer.reference_active and float(scorer.ref_gain) == 0
+    assert not scorer.reference_active and float(scorer.ref_gain) == 0 and scorer.register_radius == 0
+    assert scorer.cfg.head_smoothing_sigma == scorer.cfg.smoothing_sigma
     assert load_run(tiny_run).model.scorer.reference_active  # the same run, as saved, has it on
 
 

@@ -17,8 +17,11 @@ class ScoreConfig:
 
     errors: tuple[ErrorKind, ...] = ("gms",)
     weights: tuple[float, ...] = (1.0,)
-    # Gaussian sigma of the map smoothing, in pixels at the model's input size.
+    # Gaussian sigma of the map smoothing, in pixels at the model's input size: the error maps
+    # and the golden template (noisy, pixel by pixel), and the head's probability (already a
+    # localised estimate: more smoothing spreads a small defect's peak into the background).
     smoothing_sigma: float = 2.0
+    head_smoothing_sigma: float = 1.0
     reduce: Literal["max", "topk_mean"] = "max"
     topk: int = 16
     # Per-pixel normalisation of the error by good validation images ("none", "pixel", "pooled").
@@ -26,7 +29,7 @@ class ScoreConfig:
     # What the map is made of: the reconstruction error, the learned comparison head's defect
     # probability, or their sum (head probability + head_recon_weight x error).
     source: Literal["recon", "head", "combined"] = "combined"
-    head_recon_weight: float = 0.15
+    head_recon_weight: float = 0.1
     # Pixels at the frame's edge left out of the map and the score (an inspection region of
     # interest). The convolutions' zero padding leaves the outermost pixels reconstructed worst.
     border: int = 4
@@ -42,12 +45,16 @@ class ScoreConfig:
     # of the band-pass variance of the training images (a fixtured part, ~0.8), else
     # `reference_texture_weight` (a texture, ~0.02: nothing sits at the same place twice, and
     # the term is only a blob detector there; 0 leaves it off). "on": `reference_weight`
-    # whatever the alignment; "off": never.
+    # whatever the alignment; "off": never. On an aligned part the template is registered: each
+    # image is compared with it moved by the whole-pixel shift, within `reference_shift` pixels,
+    # that fits the image best (fixtures leave a part a pixel or two off; unregistered, its
+    # edges dominate the per-pixel spread). 0 compares in place.
     reference: Literal["auto", "on", "off"] = "auto"
-    reference_weight: float = 1.5
+    reference_weight: float = 2.0
     reference_texture_weight: float = 0.25
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
     reference_min_alignment: float = 0.5
+    reference_shift: int = 2
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -58,6 +65,7 @@ class ScoreConfig:
         )
         require(all(w > 0 for w in self.weights), "score.weights must be positive")
         require(0 <= self.smoothing_sigma <= 32, "score.smoothing_sigma must be in [0, 32]")
+        require(0 <= self.head_smoothing_sigma <= 32, "score.head_smoothing_sigma must be in [0, 32]")
         require(self.topk >= 1, "score.topk must be >= 1")
         require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
         require(self.border >= 0, "score.border must be >= 0")
@@ -67,6 +75,7 @@ class ScoreConfig:
             "score.reference_sigmas must be two sigmas 0 < inner < outer <= 16",
         )
         require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
+        require(0 <= self.reference_shift <= 8, "score.reference_shift must be in [0, 8] pixels (0 = no registration)")
         require(self.reference_texture_weight >= 0, "score.reference_texture_weight must be >= 0 (0 = off on textures)")
 
 

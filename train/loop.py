@@ -447,11 +447,12 @@ def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_im
         for i in range(0, len(frames), size):
             yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + size])))
 
-    found = model.scorer.calibrate_reference(batches(train_images), batches(val_images))
+    found = model.scorer.calibrate_reference(lambda: batches(train_images), batches(val_images))
     log.info(
-        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g",
+        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g, registered within %d px",
         model.cfg.score.reference,
         found["alignment"],
         "aligned" if found["aligned"] else "not aligned",
         found["weight"],
+        found["shift"],
     )

@@ -45,8 +45,10 @@ def load_run(run_dir: str | Path) -> Run:
     ckpt = load_checkpoint(root / CHECKPOINT_NAME)
     meta = ckpt["meta"]
     saved = dict(meta["model_config"])
-    # Runs from before score.balance scored unbalanced errors.
-    saved["score"] = {"balance": False, **saved.get("score", {})}
+    # Runs from before score.balance scored unbalanced errors; runs from before
+    # score.head_smoothing_sigma smoothed the head's probability like the error maps.
+    score = saved.get("score", {})
+    saved["score"] = {"balance": False, "head_smoothing_sigma": score.get("smoothing_sigma", 2.0), **score}
     model_cfg = from_mapping(ModelConfig, saved, "model")
     train_cfg = from_mapping(TrainConfig, meta["train_config"], "train")
     model = InspectionModel(model_cfg)

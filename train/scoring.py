@@ -9,7 +9,7 @@ It runs in FP32 in every graph, FP16 included.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -82,17 +82,35 @@ def gms_map(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> torch.Tensor:
     return F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
+# Registration compares band-passes pooled by this factor: 16x less work, and a defect's own
+# pixels barely move the choice of shift.
+REGISTER_POOL = 4
+
+
+def shift_offsets(radius: int) -> list[tuple[int, int]]:
+    """Whole-pixel shifts (dy, dx) with |dy|, |dx| <= radius, row by row."""
+    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+
+
+def shifted(t: torch.Tensor, dy: int, dx: int, radius: int) -> torch.Tensor:
+    """(N, C, H, W) -> same shape, value at p = t at p + (dy, dx), edges replicated; |dy|, |dx| <= radius."""
+    H, W = t.shape[-2:]
+    padded = F.pad(t, (radius, radius, radius, radius), mode="replicate")  # (N, C, H+2r, W+2r)
+    return padded[..., radius + dy : radius + dy + H, radius + dx : radius + dx + W]
+
+
 class AnomalyScorer(nn.Module):
     """(input, reconstruction) in [0,1], (N, C, H, W) -> (anomaly_map (N, 1, H, W), score (N,)).
 
     map = smooth(sum_i w_i * error_i), optionally standardised per pixel by the error
     statistics of good validation images (buffers `err_mean`, `err_std`); or the learned
-    head's smoothed defect probability; or the sum of both. The image score is the map's
+    head's smoothed defect probability (its own, smaller sigma); or the sum of both. The image score is the map's
     max or its top-k mean.
 
     With score.reference active (calibrated on, see `calibrate_reference`), a golden-template
     term is added to the map: how far the input's band-pass is from the good training images'
-    at each pixel (`reference_map`).
+    at each pixel (`reference_map`), after moving the template by the whole-pixel shift that
+    fits the input best (`register`).
     """
 
     def __init__(self, cfg: ScoreConfig, image_size: int, channels: int):
@@ -107,6 +125,10 @@ class AnomalyScorer(nn.Module):
         smooth_kx, smooth_ky = separable_kernels(gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), 1)
         self.register_buffer("smooth_kx", smooth_kx, persistent=False)
         self.register_buffer("smooth_ky", smooth_ky, persistent=False)
+        sigma = cfg.head_smoothing_sigma
+        head_kx, head_ky = separable_kernels(gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), 1)
+        self.register_buffer("head_smooth_kx", head_kx, persistent=False)
+        self.register_buffer("head_smooth_ky", head_ky, persistent=False)
         # Region of interest: a margin of `border` pixels is left out of the map and the score.
         roi = torch.zeros(1, 1, image_size, image_size)
         b = cfg.border
@@ -134,12 +156,18 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("ref_std", torch.ones(1, channels, image_size, image_size))
         self.register_buffer("ref_gain", torch.zeros(()))
         self.register_buffer("ref_alignment", torch.zeros(()))
-        # A Python flag, so that a graph without the term does not compute it; follows ref_gain.
+        # Registration radius in pixels the template was fitted with (score.reference_shift on an
+        # aligned part; 0 = compared in place, as in runs from before registration existed).
+        self.register_buffer("ref_shift", torch.zeros((), dtype=torch.int64))
+        # Python copies, so that the graph is built for what was calibrated (no term, no
+        # registration, or K shifts); they follow ref_gain and ref_shift.
         self.reference_active = False
+        self.register_radius = 0
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_reference_flag())
 
     def _sync_reference_flag(self) -> None:
         self.reference_active = float(self.ref_gain) > 0
+        self.register_radius = int(self.ref_shift)
 
     def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
@@ -166,10 +194,16 @@ class AnomalyScorer(nn.Module):
         return ssim_map(x, y, self.ssim_kx, self.ssim_ky)
 
     def smooth(self, err: torch.Tensor) -> torch.Tensor:
-        """Gaussian smoothing of a (N, 1, H, W) map."""
+        """Gaussian smoothing (score.smoothing_sigma) of a (N, 1, H, W) map."""
         if self.cfg.smoothing_sigma <= 0:
             return err
         return separable_filter(err, self.smooth_kx, self.smooth_ky)
+
+    def smooth_head(self, prob: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing (score.head_smoothing_sigma) of the head's (N, 1, H, W) probability."""
+        if self.cfg.head_smoothing_sigma <= 0:
+            return prob.float()
+        return separable_filter(prob.float(), self.head_smooth_kx, self.head_smooth_ky)
 
     def band_pass(self, x: torch.Tensor) -> torch.Tensor:
         """Difference of Gaussians (score.reference_sigmas) of [0,1] images (N, C, H, W), same shape:
@@ -182,10 +216,39 @@ class AnomalyScorer(nn.Module):
             wide = F.interpolate(wide, size=(H, W), mode="bilinear", align_corners=False)  # (N, C, H, W)
         return separable_filter(x, self.ref_inner_kx, self.ref_inner_ky) - wide
 
+    def _register_pool(self) -> int:
+        H = self.ref_mean.shape[-1]
+        return REGISTER_POOL if H % REGISTER_POOL == 0 and H >= 4 * REGISTER_POOL else 1
+
+    def _best_shift(self, bp: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Index (N,) of the template in `bank` (K, C, H, W) nearest to each band-pass in `bp`
+        (N, C, H, W): least squares over the region of interest, both pooled."""
+        f = self._register_pool()
+        a = F.avg_pool2d(bp * self.roi, f).flatten(1)  # (N, D)
+        b = F.avg_pool2d(bank * self.roi, f).flatten(1)  # (K, D)
+        # |a - b|^2 without the |a|^2 that every candidate shares.
+        dist = b.pow(2).sum(dim=1).unsqueeze(0) - 2 * a @ b.t()  # (N, K)
+        return dist.argmin(dim=1)  # (N,)
+
+    def register(self, bp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The template (mean, spread), each (N, C, H, W), moved by the whole-pixel shift within
+        `register_radius` that fits each band-pass in `bp` (N, C, H, W) best: a fixtured part
+        still sits a pixel or two off, and its edges would otherwise swamp the spread."""
+        r = self.register_radius
+        if r == 0:
+            return self.ref_mean, self.ref_std
+        offsets = shift_offsets(r)
+        means = torch.cat([shifted(self.ref_mean, dy, dx, r) for dy, dx in offsets])  # (K, C, H, W)
+        stds = torch.cat([shifted(self.ref_std, dy, dx, r) for dy, dx in offsets])  # (K, C, H, W)
+        best = self._best_shift(bp, means)  # (N,)
+        return means[best], stds[best]  # (N, C, H, W) each
+
     def reference_map(self, x: torch.Tensor) -> torch.Tensor:
-        """|band-pass - the good images' mean| / their spread, largest channel, smoothed ->
-        (N, 1, H, W) in units of standard deviations (unscaled, whether active or not)."""
-        z = (self.band_pass(x) - self.ref_mean).abs() / self.ref_std  # (N, C, H, W)
+        """|band-pass - the good images' mean| / their spread (registered), largest channel,
+        smoothed -> (N, 1, H, W) in units of standard deviations (unscaled, active or not)."""
+        bp = self.band_pass(x)  # (N, C, H, W)
+        mean, std = self.register(bp)
+        z = (bp - mean).abs() / std  # (N, C, H, W)
         return self.smooth(z.amax(dim=1, keepdim=True))  # (N, 1, H, W)
 
     def forward(
@@ -193,14 +256,14 @@ class AnomalyScorer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """head_prob: the comparison head's (N, 1, H, W) defect probability, when the map uses it."""
         if self.cfg.source == "head":
-            anomaly_map = self.smooth(head_prob.float())
+            anomaly_map = self.smooth_head(head_prob)
         else:
             err = self.smooth(self.error_map(x, recon))
             if self.cfg.normalize != "none":
                 err = (err - self.err_mean) / self.err_std
             anomaly_map = err  # (N, 1, H, W)
             if self.cfg.source == "combined":
-                anomaly_map = self.smooth(head_prob.float()) + self.cfg.head_recon_weight * err
+                anomaly_map = self.smooth_head(head_prob) + self.cfg.head_recon_weight * err
         if self.reference_active:
             anomaly_map = anomaly_map + self.ref_gain * self.reference_map(x)
         if self.cfg.border > 0:
@@ -249,43 +312,109 @@ class AnomalyScorer(nn.Module):
         self.err_std.copy_(std.clamp(min=floor))
 
     @torch.no_grad()
-    def calibrate_reference(self, train_batches: Iterable[torch.Tensor], val_batches: Iterable[torch.Tensor]) -> dict:
+    def calibrate_reference(
+        self,
+        train_batches: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]],
+        val_batches: Iterable[torch.Tensor],
+    ) -> dict:
         """score.reference: fit the golden template on good training images and scale it on good
         validation images, each given as batches of (B, C, H, W) float [0,1] (streamed: a large
-        training set need not be in memory as floats at once).
+        training set need not be in memory as floats at once). Registration reads the training
+        images three times, so `train_batches` is a collection (a list) or a function that
+        returns a fresh iterable of batches each call; an iterator is refused.
 
-        The alignment is 1 - mean per-pixel spread / overall spread of the training images'
-        band-pass: the share of its variance that position explains; it decides the weight
-        under score.reference "auto". -> {"alignment", "aligned", "weight", "active"}.
+        Registration (score.reference_shift > 0): each training image's band-pass is moved onto
+        the mean by its best whole-pixel shift, twice, and the mean and spread are taken over the
+        moved images. The alignment is then 1 - mean per-pixel spread / overall spread: the share
+        of the band-pass variance that position explains. It decides the weight under
+        score.reference "auto"; below score.reference_min_alignment (a texture) the template is
+        the unregistered one, compared in place.
+        -> {"alignment", "aligned", "weight", "active", "shift"}.
         """
+        if callable(train_batches):
+            passes = train_batches
+        elif iter(train_batches) is train_batches:
+            raise ValueError(
+                "calibrate_reference needs a list of batches, or a function returning them; not an iterator"
+            )
+        else:
+            passes = lambda: train_batches  # noqa: E731 - a collection can be read again as it is
+        self.ref_shift.zero_()
+        self._sync_reference_flag()
         n, total, total_sq = 0, 0.0, 0.0
         acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
         acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
-        for batch in train_batches:
+        for batch in passes():
             bp = self.band_pass(batch).double()  # (B, C, H, W)
             acc += bp.sum(dim=0, keepdim=True)
             acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
             total, total_sq, n = total + float(bp.sum()), total_sq + float(bp.pow(2).sum()), n + bp.shape[0]
         if n < 2:
             raise ValueError("score.reference needs at least 2 good training images")
-        mean = acc / n
-        std = ((acc_sq / n - mean.pow(2)).clamp(min=0) * n / (n - 1)).sqrt()
-        overall = math.sqrt(max(total_sq / mean.numel() / n - (total / mean.numel() / n) ** 2, 0.0))
-        alignment = 1.0 - float(std.mean()) / max(overall, 1e-12)
-        self.ref_mean.copy_(mean.float())
-        # Floor: 2 grey levels, so a pixel that never varied in training cannot blow up.
-        self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
-        self.ref_alignment.fill_(alignment)
+        in_place = self._moments(acc, acc_sq, n)
+        overall = math.sqrt(max(total_sq / in_place[0].numel() / n - (total / in_place[0].numel() / n) ** 2, 0.0))
+        moments = in_place
+        self._set_template(*moments)
+        if self.cfg.reference_shift > 0:
+            for _ in range(2):  # the first mean is blurred by the very shifts it is used to find
+                moments = self._registered_moments(passes(), self.cfg.reference_shift)
+                self._set_template(*moments)
+        alignment = 1.0 - float(moments[1].mean()) / max(overall, 1e-12)
         aligned = alignment >= self.cfg.reference_min_alignment
+        if aligned and self.cfg.reference_shift > 0:
+            self.ref_shift.fill_(self.cfg.reference_shift)
+        elif moments is not in_place:  # a texture: no shift fits it better than another; compared in place
+            self._set_template(*in_place)
+            alignment = 1.0 - float(in_place[1].mean()) / max(overall, 1e-12)
+        self.ref_alignment.fill_(alignment)
         weight = {
             "on": self.cfg.reference_weight,
             "auto": self.cfg.reference_weight if aligned else self.cfg.reference_texture_weight,
             "off": 0.0,
         }[self.cfg.reference]
+        self.ref_gain.zero_()
+        self._sync_reference_flag()
         gain = 0.0
         if weight > 0:
             peaks = torch.cat([(self.reference_map(batch) * self.roi).flatten(1).amax(dim=1) for batch in val_batches])
             gain = weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
         self.ref_gain.fill_(gain)
         self._sync_reference_flag()
-        return {"alignment": alignment, "aligned": aligned, "weight": weight, "active": self.reference_active}
+        return {
+            "alignment": alignment,
+            "aligned": aligned,
+            "weight": weight,
+            "active": self.reference_active,
+            "shift": self.register_radius,
+        }
+
+    @staticmethod
+    def _moments(acc: torch.Tensor, acc_sq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel mean and (unbiased) spread from float64 sums over n images."""
+        mean = acc / n
+        std = ((acc_sq / n - mean.pow(2)).clamp(min=0) * n / (n - 1)).sqrt()
+        return mean, std
+
+    def _set_template(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.ref_mean.copy_(mean.float())
+        # Floor: 2 grey levels, so a pixel that never varied in training cannot blow up.
+        self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
+
+    def _registered_moments(self, batches: Iterable[torch.Tensor], radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and spread of the band-passes of `batches`, each moved onto the current template
+        by its best shift within `radius`."""
+        offsets = shift_offsets(radius)
+        bank = torch.cat([shifted(self.ref_mean, dy, dx, radius) for dy, dx in offsets])  # (K, C, H, W)
+        n = 0
+        acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
+        acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
+        for batch in batches:
+            bp = self.band_pass(batch)  # (B, C, H, W)
+            for image, k in zip(bp, self._best_shift(bp, bank).tolist(), strict=True):
+                dy, dx = offsets[k]
+                # The image matches the template moved by (dy, dx); moved back, it matches the template.
+                moved = shifted(image.unsqueeze(0), -dy, -dx, radius).double()  # (1, C, H, W)
+                acc += moved
+                acc_sq += moved.pow(2)
+                n += 1
+        return self._moments(acc, acc_sq, n)
