@@ -47,8 +47,8 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 # The shipped map (the head's probability smoothed by sigma 1 + 0.1 x balanced MS-GMS) with the
-# golden template (score.reference) as shipped ("auto": an aligned part x 2, registered within
-# 2 px; a texture x 0.25, in place), forced off, unregistered, or at other weights; and session
+# golden template (score.reference) as shipped ("auto": an aligned part x 1.25, registered
+# within 2 px; a texture x 0.5, in place), forced off, unregistered, or at other weights; and session
 # 8's map (head smoothed like the error maps, x 0.15, template x 1.5 unregistered). Needs a run
 # with the head.
 _SHIPPED = {
@@ -60,8 +60,8 @@ _SHIPPED = {
     "head_smoothing_sigma": 1.0,
     "head_recon_weight": 0.1,
     "reference": "auto",
-    "reference_weight": 2.0,
-    "reference_texture_weight": 0.25,
+    "reference_weight": 1.25,
+    "reference_texture_weight": 0.5,
     "reference_shift": 2,
 }
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,12 +69,19 @@ REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "shipped, no golden template": _SHIPPED | {"reference": "off"},
     "shipped, golden template unregistered": _SHIPPED | {"reference_shift": 0},
     "shipped, golden template x 0.25": _SHIPPED | {"reference": "on", "reference_weight": 0.25},
-    "shipped, golden template x 1": _SHIPPED | {"reference": "on", "reference_weight": 1.0},
+    "shipped, golden template x 0.5": _SHIPPED | {"reference": "on", "reference_weight": 0.5},
+    "shipped, golden template x 1.25": _SHIPPED | {"reference": "on", "reference_weight": 1.25},
     "shipped, golden template x 2": _SHIPPED | {"reference": "on", "reference_weight": 2.0},
     "shipped, golden template x 4": _SHIPPED | {"reference": "on", "reference_weight": 4.0},
     "shipped, head smoothed by sigma 2": _SHIPPED | {"head_smoothing_sigma": 2.0},
     "session 8: head (sigma 2) + 0.15 MS-GMS + golden template x 1.5 unregistered": _SHIPPED
-    | {"head_smoothing_sigma": 2.0, "head_recon_weight": 0.15, "reference_weight": 1.5, "reference_shift": 0},
+    | {
+        "head_smoothing_sigma": 2.0,
+        "head_recon_weight": 0.15,
+        "reference_weight": 1.5,
+        "reference_texture_weight": 0.25,
+        "reference_shift": 0,
+    },
 }
 
 # Latent restoration (model.restore = "position"), calibrated post hoc from the run's own

@@ -50,8 +50,8 @@ class ScoreConfig:
     # that fits the image best (fixtures leave a part a pixel or two off; unregistered, its
     # edges dominate the per-pixel spread). 0 compares in place.
     reference: Literal["auto", "on", "off"] = "auto"
-    reference_weight: float = 2.0
-    reference_texture_weight: float = 0.25
+    reference_weight: float = 1.25
+    reference_texture_weight: float = 0.5
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
     reference_min_alignment: float = 0.5
     reference_shift: int = 2
