@@ -176,7 +176,7 @@ class AnomalyScorer(nn.Module):
         # registration, or K shifts); they follow ref_gain and ref_shift.
         self.reference_active = False
         self.register_radius = 0
-        for name in ("ref_bank", "ref_pick_row", "ref_pick_col", "ref_col_mean", "ref_col_std"):
+        for name in ("ref_bank", "ref_pick_row", "ref_pick_col", "ref_col_bank"):
             self.register_buffer(name, torch.zeros(0), persistent=False)  # see _build_register_banks
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_reference_flag())
 
@@ -190,8 +190,8 @@ class AnomalyScorer(nn.Module):
     def _build_register_banks(self) -> None:
         """Derive, from the template, what registration reads (not saved: rebuilt on load):
         the pooled template at every shift (K, D) to choose one by, one-hot rows (K, S) for the
-        chosen shift's row and column offsets, and the template and spread at every column
-        offset (S, C*H*W). A chosen shift is then a matrix product and S row moves, so no
+        chosen shift's row and column offsets, and the template and spread, side by side, at
+        every column offset (S, 2*C*H*W). A chosen shift is then a matrix product and S row moves, so no
         K-sized full-resolution stack sits in the graph. K = (2r+1)^2, S = 2r+1."""
         r = self.register_radius
         offsets = shift_offsets(r)
@@ -201,8 +201,8 @@ class AnomalyScorer(nn.Module):
         eye = torch.eye(len(steps))
         self.ref_pick_row = torch.stack([eye[steps.index(dy)] for dy, _ in offsets])  # (K, S)
         self.ref_pick_col = torch.stack([eye[steps.index(dx)] for _, dx in offsets])  # (K, S)
-        self.ref_col_mean = torch.cat([_shift_axis(self.ref_mean, dx, r, -1) for dx in steps]).flatten(1)  # (S, C*H*W)
-        self.ref_col_std = torch.cat([_shift_axis(self.ref_std, dx, r, -1) for dx in steps]).flatten(1)  # (S, C*H*W)
+        both = torch.cat([self.ref_mean, self.ref_std], dim=1)  # (1, 2C, H, W)
+        self.ref_col_bank = torch.cat([_shift_axis(both, dx, r, -1) for dx in steps]).flatten(1)  # (S, 2*C*H*W)
 
     def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
@@ -277,15 +277,13 @@ class AnomalyScorer(nn.Module):
         N, (C, H, W) = bp.shape[0], self.ref_mean.shape[1:]
         best = self._best_shift(bp)  # (N,)
         pick_row, pick_col = self.ref_pick_row[best], self.ref_pick_col[best]  # (N, S) one-hot each
-        steps = shift_steps(r)
-        moved = []
-        for col_bank in (self.ref_col_mean, self.ref_col_std):
-            by_col = (pick_col @ col_bank).view(N, C, H, W)  # each image's template, column offset applied
-            out = pick_row[:, :1].view(N, 1, 1, 1) * _shift_axis(by_col, steps[0], r, -2)
-            for i, dy in enumerate(steps[1:], start=1):
-                out = out + pick_row[:, i : i + 1].view(N, 1, 1, 1) * _shift_axis(by_col, dy, r, -2)
-            moved.append(out)  # (N, C, H, W): the row offset applied too
-        return moved[0], moved[1]
+        # Template and spread side by side, column offset applied by the matrix product.
+        by_col = (pick_col @ self.ref_col_bank).view(N, 2 * C, H, W)
+        padded = F.pad(by_col, (0, 0, r, r), mode="replicate")  # (N, 2C, H+2r, W)
+        moved = pick_row[:, :1].view(N, 1, 1, 1) * padded[:, :, :H]
+        for i in range(1, 2 * r + 1):  # row offset i - r: rows i .. i+H of the padded copy
+            moved = moved + pick_row[:, i : i + 1].view(N, 1, 1, 1) * padded[:, :, i : i + H]
+        return moved[:, :C], moved[:, C:]  # (N, C, H, W) each
 
     def reference_map(self, x: torch.Tensor) -> torch.Tensor:
         """|band-pass - the good images' mean| / their spread (registered), largest channel,
