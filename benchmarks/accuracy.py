@@ -28,6 +28,7 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
     "model.score.source=recon",
     "model.score.balance=false",
     "model.score.border=0",
+    "model.score.reference=off",  # no golden template: "auto" would add it (sessions 8-9 rows had it)
     "model.head_width=0",
     "train.ssim_loss_weight=0",
     "train.anomaly_fraction=0",
