@@ -198,7 +198,7 @@ class AnomalyScorer(nn.Module):
         steps = shift_steps(r)
         bank = torch.cat([shifted(self.ref_mean, dy, dx, r) for dy, dx in offsets])  # (K, C, H, W)
         self.ref_bank = self._pooled(bank)  # (K, D)
-        eye = torch.eye(len(steps))
+        eye = torch.eye(len(steps), device=self.ref_mean.device)
         self.ref_pick_row = torch.stack([eye[steps.index(dy)] for dy, _ in offsets])  # (K, S)
         self.ref_pick_col = torch.stack([eye[steps.index(dx)] for _, dx in offsets])  # (K, S)
         both = torch.cat([self.ref_mean, self.ref_std], dim=1)  # (1, 2C, H, W)
