@@ -383,23 +383,12 @@ class AnomalyScorer(nn.Module):
             passes = lambda: train_batches  # noqa: E731 - a collection can be read again as it is
         self.ref_shift.zero_()
         self._sync_reference_flag()
-        n, total, total_sq = 0, 0.0, 0.0
-        acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
-        acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
-        for batch in passes():
-            bp = self.band_pass(batch).double()  # (B, C, H, W)
-            acc += bp.sum(dim=0, keepdim=True)
-            acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
-            total, total_sq, n = total + float(bp.sum()), total_sq + float(bp.pow(2).sum()), n + bp.shape[0]
-        if n < 2:
-            raise ValueError("score.reference needs at least 2 good training images")
-        in_place = self._moments(acc, acc_sq, n)
-        overall = math.sqrt(max(total_sq / in_place[0].numel() / n - (total / in_place[0].numel() / n) ** 2, 0.0))
+        *in_place, overall = self._template_moments(passes(), 0)
         moments = in_place
         self._set_template(*moments)
         if self.cfg.reference_shift > 0:
             for _ in range(2):  # the first mean is blurred by the very shifts it is used to find
-                moments = self._registered_moments(passes(), self.cfg.reference_shift)
+                *moments, _ = self._template_moments(passes(), self.cfg.reference_shift)
                 self._set_template(*moments)
         alignment = 1.0 - float(moments[1].mean()) / max(overall, 1e-12)
         aligned = alignment >= self.cfg.reference_min_alignment
@@ -430,36 +419,43 @@ class AnomalyScorer(nn.Module):
             "shift": self.register_radius,
         }
 
-    @staticmethod
-    def _moments(acc: torch.Tensor, acc_sq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-pixel mean and (unbiased) spread from float64 sums over n images."""
-        mean = acc / n
-        std = ((acc_sq / n - mean.pow(2)).clamp(min=0) * n / (n - 1)).sqrt()
-        return mean, std
-
     def _set_template(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.ref_mean.copy_(mean.float())
         # Floor: 2 grey levels, so a pixel that never varied in training cannot blow up.
         self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
 
-    def _registered_moments(self, batches: Iterable[torch.Tensor], radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and spread of the band-passes of `batches`, each moved onto the current template
-        by its best shift within `radius`."""
-        self.ref_shift.fill_(radius)
-        self._sync_reference_flag()  # the banks of the current template
-        offsets = shift_offsets(radius)
+    def _template_moments(
+        self, batches: Iterable[torch.Tensor], radius: int
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Per-pixel mean and (unbiased) spread of the band-passes of `batches`, each moved onto
+        the current template by its best shift within `radius` (0: in place), and the spread of
+        all their pixels together."""
+        if radius > 0:
+            self.ref_shift.fill_(radius)
+            self._sync_reference_flag()  # the banks of the current template
+            offsets = shift_offsets(radius)
         n = 0
         acc = torch.zeros_like(self.ref_mean, dtype=torch.float64)
         acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
         for batch in batches:
             bp = self.band_pass(batch)  # (B, C, H, W)
-            for image, k in zip(bp, self._best_shift(bp).tolist(), strict=True):
-                dy, dx = offsets[k]
-                # The image matches the template moved by (dy, dx); moved back, it matches the template.
-                moved = shifted(image.unsqueeze(0), -dy, -dx, radius).double()  # (1, C, H, W)
-                acc += moved
-                acc_sq += moved.pow(2)
-                n += 1
-        self.ref_shift.zero_()
-        self._sync_reference_flag()
-        return self._moments(acc, acc_sq, n)
+            if radius > 0:
+                # An image matches the template moved by (dy, dx); moved back, it matches the template.
+                moves = [offsets[k] for k in self._best_shift(bp).tolist()]
+                bp = torch.cat(
+                    [shifted(image[None], -dy, -dx, radius) for image, (dy, dx) in zip(bp, moves, strict=True)]
+                )
+            bp = bp.double()
+            acc += bp.sum(dim=0, keepdim=True)
+            acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
+            n += bp.shape[0]
+        if radius > 0:
+            self.ref_shift.zero_()
+            self._sync_reference_flag()
+        if n < 2:
+            raise ValueError("score.reference needs at least 2 good training images")
+        mean = acc / n
+        std = ((acc_sq / n - mean.pow(2)).clamp(min=0) * n / (n - 1)).sqrt()
+        pixels = n * mean.numel()
+        overall = math.sqrt(max(float(acc_sq.sum()) / pixels - (float(acc.sum()) / pixels) ** 2, 0.0))
+        return mean, std, overall
