@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.config import ScoreConfig
+
 # name -> model.score overrides (on top of the run's own score config)
 _L2_SSIM = {"errors": ("l2", "ssim"), "weights": (1.0, 1.0)}
 _PLAIN = {"balance": False, "border": 0, "normalize": "none", "reduce": "max"}
@@ -46,24 +48,12 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
     | {"balance": True, "border": 4, "reduce": "topk_mean"},
 }
 
-# The shipped map (the head's probability smoothed by sigma 1 + 0.1 x balanced MS-GMS) with the
-# golden template (score.reference) as shipped ("auto": an aligned part x 1.25, registered
-# within 2 px; a texture x 0.5, in place), forced off, unregistered, or at other weights; and session
-# 8's map (head smoothed like the error maps, x 0.15, template x 1.5 unregistered). Needs a run
-# with the head.
-_SHIPPED = {
-    "source": "combined",
-    "errors": ("gms",),
-    "weights": (1.0,),
-    "balance": True,
-    "border": 4,
-    "head_smoothing_sigma": 1.0,
-    "head_recon_weight": 0.1,
-    "reference": "auto",
-    "reference_weight": 1.25,
-    "reference_texture_weight": 0.5,
-    "reference_shift": 2,
-}
+# The shipped map (ScoreConfig's defaults, which configs/model.yaml equals, a test says: the
+# head's probability smoothed by sigma 1 + 0.1 x balanced MS-GMS, the golden template "auto":
+# an aligned part x 1.25, registered within 2 px; a texture x 0.5, in place), with the template
+# forced off, unregistered, or at other weights; and session 8's map (head smoothed like the
+# error maps, x 0.15, template x 1.5 unregistered). Needs a run with the head.
+_SHIPPED: dict[str, Any] = {field.name: getattr(ScoreConfig(), field.name) for field in dataclasses.fields(ScoreConfig)}
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "shipped: head (sigma 1) + 0.1 MS-GMS + golden template (auto, registered)": _SHIPPED,
     "shipped, no golden template": _SHIPPED | {"reference": "off"},
