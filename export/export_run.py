@@ -139,6 +139,7 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
                 "reference_gain": float(run.model.scorer.ref_gain),
                 "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
                 "reference_registered_shift": run.model.scorer.register_radius,
+                "reference_blob_filter": run.model.scorer.blob_active,
             },
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
             "files": {

@@ -33,6 +33,7 @@ def test_package_files_and_metadata(tiny_model, tiny_run):
     assert meta["metrics"]["evaluation"]["image_auroc"] is not None
     assert meta["scoring"]["reference_active"] is True and meta["scoring"]["reference_alignment"] > 0.5
     assert meta["scoring"]["reference_registered_shift"] == meta["scoring"]["reference_shift"] > 0
+    assert meta["scoring"]["reference_blob_filter"] is True  # the matched filter is in the graph too
     p = meta["parity"]
     assert p["passed"] and p["fp32_vs_torch"]["decisions_identical"]
     assert p["fp16_vs_fp32"]["map_relative_error"] <= 1e-2 and p["fp16_vs_fp32"]["decision_agreement"] >= 0.99

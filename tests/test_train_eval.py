@@ -51,6 +51,7 @@ def test_checkpoint_describes_itself(tiny_run):
     scorer = run.model.scorer
     assert float(scorer.ref_alignment) > 0.5 and scorer.reference_active and float(scorer.ref_gain) > 0
     assert scorer.register_radius == run.model_cfg.score.reference_shift > 0
+    assert scorer.blob_active and run.model_cfg.score.reference_blob_sigma > 0
 
 
 class Evil:
@@ -89,7 +90,15 @@ def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_p
     scorer = load_run(old).model.scorer
     assert not scorer.reference_active and float(scorer.ref_gain) == 0 and scorer.register_radius == 0
     assert scorer.cfg.head_smoothing_sigma == scorer.cfg.smoothing_sigma
+    assert not scorer.blob_active and scorer.cfg.reference_blob_sigma == 0
     assert load_run(tiny_run).model.scorer.reference_active  # the same run, as saved, has it on
+    # A run from before the blob filter only: its registered template as it was, no filter.
+    meta["model_config"]["score"] = {
+        k: v for k, v in ckpt["meta"]["model_config"]["score"].items() if k != "reference_blob_sigma"
+    }
+    save_checkpoint(old / "checkpoint.pt", {k: v for k, v in ckpt["model"].items() if "blob" not in k}, meta)
+    scorer = load_run(old).model.scorer
+    assert scorer.reference_active and scorer.register_radius > 0 and not scorer.blob_active
 
 
 def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):

@@ -49,12 +49,18 @@ class ScoreConfig:
     # image is compared with it moved by the whole-pixel shift, within `reference_shift` pixels,
     # that fits the image best (fixtures leave a part a pixel or two off; unregistered, its
     # edges dominate the per-pixel spread). 0 compares in place.
+    # `reference_blob_sigma` (pixels at image_size; 0 = off, as in runs from before it) adds, on
+    # an aligned part, a second reading of the same residual: a matched filter for a blob of that
+    # sigma in the residual's own noise (its power spectrum over the training images, divided
+    # out), averaged with the per-pixel term. Brushed grain is correlated noise that a Gaussian
+    # smoothing keeps and a whitening filter removes; a stain is not.
     reference: Literal["auto", "on", "off"] = "auto"
     reference_weight: float = 1.25
     reference_texture_weight: float = 0.5
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
     reference_min_alignment: float = 0.5
     reference_shift: int = 2
+    reference_blob_sigma: float = 4.0
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -76,6 +82,7 @@ class ScoreConfig:
         )
         require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
         require(0 <= self.reference_shift <= 8, "score.reference_shift must be in [0, 8] pixels (0 = no registration)")
+        require(0 <= self.reference_blob_sigma <= 16, "score.reference_blob_sigma must be in [0, 16] pixels (0 = off)")
         require(self.reference_texture_weight >= 0, "score.reference_texture_weight must be >= 0 (0 = off on textures)")
 
 

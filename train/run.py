@@ -46,9 +46,15 @@ def load_run(run_dir: str | Path) -> Run:
     meta = ckpt["meta"]
     saved = dict(meta["model_config"])
     # Runs from before score.balance scored unbalanced errors; runs from before
-    # score.head_smoothing_sigma smoothed the head's probability like the error maps.
+    # score.head_smoothing_sigma smoothed the head's probability like the error maps; runs from
+    # before score.reference_blob_sigma read the template without the blob filter.
     score = saved.get("score", {})
-    saved["score"] = {"balance": False, "head_smoothing_sigma": score.get("smoothing_sigma", 2.0), **score}
+    saved["score"] = {
+        "balance": False,
+        "head_smoothing_sigma": score.get("smoothing_sigma", 2.0),
+        "reference_blob_sigma": 0.0,
+        **score,
+    }
     model_cfg = from_mapping(ModelConfig, saved, "model")
     train_cfg = from_mapping(TrainConfig, meta["train_config"], "train")
     model = InspectionModel(model_cfg)

@@ -82,6 +82,38 @@ def gms_map(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> torch.Tensor:
     return F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
+# Whitening floor of the blob filter, as a share of the residual's mean power: frequencies the
+# good images barely carry are not amplified past 1/WHITEN_FLOOR (0.01-0.2 measured alike).
+WHITEN_FLOOR = 0.05
+# The blob filter runs on the residual pooled by this factor: a blob of a few pixels' sigma has
+# no power near the full-size Nyquist frequency, and the transforms cost 8x less (measured alike).
+BLOB_POOL = 2
+
+
+def dft_matrix(n: int) -> torch.Tensor:
+    """[cos; sin] of the n-point DFT, stacked: (2n, n). With G = dft_matrix(n) and a real
+    signal x, G @ x is (Re, -Im) of its DFT; the DFT as matrix products exports to every graph."""
+    k = torch.arange(n, dtype=torch.float64)
+    angle = 2 * math.pi * torch.outer(k, k).remainder(n) / n  # remainder: exact angles for large k*k
+    return torch.cat([torch.cos(angle), torch.sin(angle)]).float()
+
+
+def circular_filter(
+    x: torch.Tensor, spectrum: torch.Tensor, g_rows: torch.Tensor, g_cols: torch.Tensor
+) -> torch.Tensor:
+    """Circular convolution of real (N, C, h, w) with the filter whose DFT is the real, even
+    `spectrum` (h, w), by matrix products: x -> DFT -> times spectrum -> inverse DFT.
+    g_rows = dft_matrix(h), g_cols = dft_matrix(w). Equals irfft(rfft(x) * spectrum)."""
+    h, w = spectrum.shape
+    # With C = cos, S = sin blocks: G x G^T = [[CxC, CxS], [SxC, SxS]], and DFT(x) = A - iB.
+    q = g_rows @ x @ g_cols.t()  # (N, C, 2h, 2w)
+    a = spectrum * (q[..., :h, :w] - q[..., h:, w:])  # (N, C, h, w): Re, filtered
+    b = spectrum * (q[..., :h, w:] + q[..., h:, :w])  # (N, C, h, w): -Im, filtered
+    # Inverse: Re[(C + iS)(A - iB)(C + iS)] / hw = [C S] [[A, B], [B, -A]] [C; S] / hw.
+    m = torch.cat([torch.cat([a, b], dim=-1), torch.cat([b, -a], dim=-1)], dim=-2)  # (N, C, 2h, 2w)
+    return g_rows.t() @ m @ g_cols / (h * w)  # (N, C, h, w)
+
+
 # Registration compares band-passes pooled by this factor: 16x less work, and a defect's own
 # pixels barely move the choice of shift.
 REGISTER_POOL = 4
@@ -123,7 +155,8 @@ class AnomalyScorer(nn.Module):
     With score.reference active (calibrated on, see `calibrate_reference`), a golden-template
     term is added to the map: how far the input's band-pass is from the good training images'
     at each pixel (`reference_map`), after moving the template by the whole-pixel shift that
-    fits the input best (`register`).
+    fits the input best (`register`), averaged with a matched filter for blobs in the template
+    residual's own noise when one is fitted (`_reference_terms`).
     """
 
     def __init__(self, cfg: ScoreConfig, image_size: int, channels: int):
@@ -178,10 +211,18 @@ class AnomalyScorer(nn.Module):
         self.register_radius = 0
         for name in ("ref_bank", "ref_pick_row", "ref_pick_col", "ref_col_bank"):
             self.register_buffer(name, torch.zeros(0), persistent=False)  # see _build_register_banks
+        # The blob filter (score.reference_blob_sigma): its spectrum at the pooled size, fitted by
+        # calibrate_reference; all zero until then, and empty when off (runs from before it).
+        pooled = image_size // BLOB_POOL
+        on = cfg.reference_blob_sigma > 0
+        self.register_buffer("ref_blob_spectrum", torch.zeros(pooled, pooled) if on else torch.zeros(0))
+        self.register_buffer("blob_dft", dft_matrix(pooled) if on else torch.zeros(0), persistent=False)
+        self.blob_active = False
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_reference_flag())
 
     def _sync_reference_flag(self) -> None:
         self.reference_active = float(self.ref_gain) > 0
+        self.blob_active = self.ref_blob_spectrum.numel() > 0 and bool(self.ref_blob_spectrum.abs().sum() > 0)
         self.register_radius = int(self.ref_shift)
         if self.register_radius > 0:
             self._build_register_banks()
@@ -285,13 +326,37 @@ class AnomalyScorer(nn.Module):
             moved = moved + pick_row[:, i : i + 1].view(N, 1, 1, 1) * padded[:, :, i : i + H]
         return moved[:, :C], moved[:, C:]  # (N, C, H, W) each
 
-    def reference_map(self, x: torch.Tensor) -> torch.Tensor:
-        """|band-pass - the good images' mean| / their spread (registered), largest channel,
-        smoothed -> (N, 1, H, W) in units of standard deviations (unscaled, active or not)."""
+    def template_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """(band-pass - the good images' mean) / their spread, registered, signed: (N, C, H, W)
+        in units of standard deviations."""
         bp = self.band_pass(x)  # (N, C, H, W)
         mean, std = self.register(bp)
-        z = (bp - mean).abs() / std  # (N, C, H, W)
-        return self.smooth(z.amax(dim=1, keepdim=True))  # (N, 1, H, W)
+        return (bp - mean) / std
+
+    def _reference_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The template's two readings, each (N, 1, H, W): the per-pixel |residual|, largest
+        channel, smoothed; and |blob filter * residual|, largest channel (None while off)."""
+        z = self.template_residual(x)  # (N, C, H, W)
+        spread = self.smooth(z.abs().amax(dim=1, keepdim=True))  # (N, 1, H, W)
+        if not self.blob_active:
+            return spread, None
+        return spread, self._blob_response(z)
+
+    def _blob_response(self, z: torch.Tensor) -> torch.Tensor:
+        """|blob filter * residual| (N, C, H, W) -> largest channel (N, 1, H, W), full size."""
+        H, W = z.shape[-2:]
+        # Zero outside the region of interest, so the frame's margin cannot leak into it.
+        pooled = F.avg_pool2d(z * self.roi, BLOB_POOL)  # (N, C, H/p, W/p)
+        filtered = circular_filter(pooled, self.ref_blob_spectrum, self.blob_dft, self.blob_dft)  # (N, C, H/p, W/p)
+        response = filtered.abs().amax(dim=1, keepdim=True)  # (N, 1, H/p, W/p)
+        return F.interpolate(response, size=(H, W), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+
+    def reference_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The golden-template map (N, 1, H, W), unscaled, active or not: the per-pixel term, or
+        with the blob filter fitted, the mean of both (the filter scaled to the same peak on good
+        validation images)."""
+        spread, blobs = self._reference_terms(x)
+        return spread if blobs is None else 0.5 * (spread + blobs)
 
     def forward(
         self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
@@ -371,7 +436,9 @@ class AnomalyScorer(nn.Module):
         of the band-pass variance that position explains. It decides the weight under
         score.reference "auto"; below score.reference_min_alignment (a texture) the template is
         the unregistered one, compared in place.
-        -> {"alignment", "aligned", "weight", "active", "shift"}.
+        With score.reference_blob_sigma > 0, a weight and an aligned part, the blob filter is then
+        fitted for the final template (`_fit_blob_filter`).
+        -> {"alignment", "aligned", "weight", "active", "shift", "blob"}.
         """
         if callable(train_batches):
             passes = train_batches
@@ -403,8 +470,14 @@ class AnomalyScorer(nn.Module):
             "auto": self.cfg.reference_weight if aligned else self.cfg.reference_texture_weight,
             "off": 0.0,
         }[self.cfg.reference]
+        val_batches = list(val_batches)  # read twice: the blob filter's scale, then the gain
+        self.ref_blob_spectrum.zero_()
         self.ref_gain.zero_()
-        self._sync_reference_flag()
+        self._sync_reference_flag()  # the registration banks of the final template
+        # Aligned parts only: on a texture compared in place it measured no better (the weave's
+        # image AUROC 0.001-0.002 lower on the selection draw, benchmarks/RESULTS.md session 10).
+        if aligned and weight > 0 and self.ref_blob_spectrum.numel() > 0:
+            self._fit_blob_filter(passes(), val_batches)
         gain = 0.0
         if weight > 0:
             peaks = torch.cat([(self.reference_map(batch) * self.roi).flatten(1).amax(dim=1) for batch in val_batches])
@@ -417,7 +490,39 @@ class AnomalyScorer(nn.Module):
             "weight": weight,
             "active": self.reference_active,
             "shift": self.register_radius,
+            "blob": self.blob_active,
         }
+
+    @torch.no_grad()
+    def _fit_blob_filter(self, train_batches: Iterable[torch.Tensor], val_batches: list[torch.Tensor]) -> None:
+        """The blob filter of score.reference_blob_sigma, for the current template: a Gaussian
+        blob of that sigma divided, frequency by frequency, by the template residual's mean power
+        spectrum over the good training images (floored at WHITEN_FLOOR of its mean), at the
+        pooled size. That is the matched filter for such a blob in that noise. It is scaled so
+        that its 99th-percentile peak on the good validation images equals the per-pixel term's."""
+        power = None
+        for batch in train_batches:
+            pooled = F.avg_pool2d(self.template_residual(batch) * self.roi, BLOB_POOL)  # (B, C, H/p, W/p)
+            p = torch.fft.fft2(pooled.double()).abs().pow(2).sum(dim=(0, 1))  # (H/p, W/p)
+            power = p if power is None else power + p
+        if power is None:
+            raise ValueError("score.reference_blob_sigma needs good training images")
+        power = power / power.mean().clamp(min=1e-30)
+        h, w = power.shape
+        fy = torch.fft.fftfreq(h, dtype=torch.float64, device=power.device).view(-1, 1)  # cycles per pooled pixel
+        fx = torch.fft.fftfreq(w, dtype=torch.float64, device=power.device).view(1, -1)
+        sigma = self.cfg.reference_blob_sigma / BLOB_POOL
+        blob = torch.exp(-2 * (math.pi * sigma) ** 2 * (fx**2 + fy**2))  # a unit Gaussian's spectrum
+        self.ref_blob_spectrum.copy_((blob / (power + WHITEN_FLOOR)).float())
+        self._sync_reference_flag()
+
+        def peak(term: torch.Tensor) -> torch.Tensor:
+            return (term * self.roi).flatten(1).amax(dim=1)  # (B,)
+
+        terms = [self._reference_terms(batch) for batch in val_batches]
+        spread = torch.quantile(torch.cat([peak(s) for s, _ in terms]), 0.99)
+        blobs = torch.quantile(torch.cat([peak(b) for _, b in terms]), 0.99)
+        self.ref_blob_spectrum.mul_(float(spread) / max(float(blobs), 1e-12))
 
     def _set_template(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.ref_mean.copy_(mean.float())
