@@ -55,8 +55,11 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 # error maps, x 0.15, template x 1.5 unregistered). Needs a run with the head.
 _SHIPPED: dict[str, Any] = {field.name: getattr(ScoreConfig(), field.name) for field in dataclasses.fields(ScoreConfig)}
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
-    "shipped: head (sigma 1) + 0.1 MS-GMS + golden template (auto, registered)": _SHIPPED,
+    "shipped: head (sigma 1) + 0.1 MS-GMS + golden template (auto, registered, blob filter)": _SHIPPED,
     "shipped, no golden template": _SHIPPED | {"reference": "off"},
+    "shipped, golden template without the blob filter": _SHIPPED | {"reference_blob_sigma": 0.0},
+    "shipped, blob filter sigma 3": _SHIPPED | {"reference_blob_sigma": 3.0},
+    "shipped, blob filter sigma 5": _SHIPPED | {"reference_blob_sigma": 5.0},
     "shipped, golden template unregistered": _SHIPPED | {"reference_shift": 0},
     "shipped, golden template x 0.25": _SHIPPED | {"reference": "on", "reference_weight": 0.25},
     "shipped, golden template x 0.5": _SHIPPED | {"reference": "on", "reference_weight": 0.5},
