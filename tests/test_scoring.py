@@ -159,7 +159,7 @@ def test_registration_lets_the_template_see_a_stain_on_a_part_that_sits_a_pixel_
     # A texture has nothing to register to: it is compared in place.
     texture = _reference_scorer(shift=2)
     assert texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["shift"] == 0
-    # Registration reads the training images three times: an iterator would be read once.
+    # Registration and the blob filter read the training images more than once: an iterator would be read once.
     with pytest.raises(ValueError, match="iterator"):
         _reference_scorer().calibrate_reference(iter([train]), [val])
     streamed = _reference_scorer(shift=2)  # batches, given as a function: the same template

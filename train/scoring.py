@@ -103,7 +103,7 @@ def circular_filter(
 ) -> torch.Tensor:
     """Circular convolution of real (N, C, h, w) with the filter whose DFT is the real, even
     `spectrum` (h, w), by matrix products: x -> DFT -> times spectrum -> inverse DFT.
-    g_rows = dft_matrix(h), g_cols = dft_matrix(w). Equals irfft(rfft(x) * spectrum)."""
+    g_rows = dft_matrix(h), g_cols = dft_matrix(w). Equals ifft2(fft2(x) * spectrum).real."""
     h, w = spectrum.shape
     # With C = cos, S = sin blocks: G x G^T = [[CxC, CxS], [SxC, SxS]], and DFT(x) = A - iB.
     q = g_rows @ x @ g_cols.t()  # (N, C, 2h, 2w)
@@ -426,9 +426,9 @@ class AnomalyScorer(nn.Module):
     ) -> dict:
         """score.reference: fit the golden template on good training images and scale it on good
         validation images, each given as batches of (B, C, H, W) float [0,1] (streamed: a large
-        training set need not be in memory as floats at once). Registration reads the training
-        images three times, so `train_batches` is a collection (a list) or a function that
-        returns a fresh iterable of batches each call; an iterator is refused.
+        training set need not be in memory as floats at once). Registration and the blob filter
+        read the training images up to four times, so `train_batches` is a collection (a list) or
+        a function that returns a fresh iterable of batches each call; an iterator is refused.
 
         Registration (score.reference_shift > 0): each training image's band-pass is moved onto
         the mean by its best whole-pixel shift, twice, and the mean and spread are taken over the
