@@ -480,8 +480,7 @@ class AnomalyScorer(nn.Module):
             self._fit_blob_filter(passes(), val_batches)
         gain = 0.0
         if weight > 0:
-            peaks = torch.cat([(self.reference_map(batch) * self.roi).flatten(1).amax(dim=1) for batch in val_batches])
-            gain = weight / max(float(torch.quantile(peaks, 0.99)), 1e-6)
+            gain = weight / max(self._peak_quantile(self.reference_map(batch) for batch in val_batches), 1e-6)
         self.ref_gain.fill_(gain)
         self._sync_reference_flag()
         return {
@@ -516,13 +515,16 @@ class AnomalyScorer(nn.Module):
         self.ref_blob_spectrum.copy_((blob / (power + WHITEN_FLOOR)).float())
         self._sync_reference_flag()
 
-        def peak(term: torch.Tensor) -> torch.Tensor:
-            return (term * self.roi).flatten(1).amax(dim=1)  # (B,)
-
         terms = [self._reference_terms(batch) for batch in val_batches]
-        spread = torch.quantile(torch.cat([peak(s) for s, _ in terms]), 0.99)
-        blobs = torch.quantile(torch.cat([peak(b) for _, b in terms]), 0.99)
-        self.ref_blob_spectrum.mul_(float(spread) / max(float(blobs), 1e-12))
+        spread = self._peak_quantile(s for s, _ in terms)
+        blobs = self._peak_quantile(b for _, b in terms)
+        self.ref_blob_spectrum.mul_(spread / max(blobs, 1e-12))
+
+    def _peak_quantile(self, maps: Iterable[torch.Tensor]) -> float:
+        """The 99th percentile, over images, of each (B, 1, H, W) map's peak inside the region of
+        interest: the scale "1" of a template term means on the good validation images."""
+        peaks = torch.cat([(m * self.roi).flatten(1).amax(dim=1) for m in maps])  # (M,)
+        return float(torch.quantile(peaks, 0.99))
 
     def _set_template(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.ref_mean.copy_(mean.float())
