@@ -50,14 +50,19 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 
 # The shipped map (ScoreConfig's defaults, which configs/model.yaml equals, a test says: the
 # head's probability smoothed by sigma 1 + 0.1 x balanced MS-GMS, the golden template "auto":
-# an aligned part x 1.25, registered within 2 px; a texture x 0.5, in place), with the template
+# an aligned part x 1.25, in its own band (0.5, 16), registered within 2 px with each image's gain
+# plane divided out, blob filter; a texture x 0.5, in place, band (2, 8)), with the template
 # forced off, unregistered, or at other weights; and session 8's map (head smoothed like the
 # error maps, x 0.15, template x 1.5 unregistered). Needs a run with the head.
 _SHIPPED: dict[str, Any] = {field.name: getattr(ScoreConfig(), field.name) for field in dataclasses.fields(ScoreConfig)}
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
-    "shipped: head (sigma 1) + 0.1 MS-GMS + golden template (auto, registered, blob filter)": _SHIPPED,
+    "shipped: head (sigma 1) + 0.1 MS-GMS + golden template (auto, registered, gain plane, blob filter)": _SHIPPED,
     "shipped, no golden template": _SHIPPED | {"reference": "off"},
     "shipped, golden template without the blob filter": _SHIPPED | {"reference_blob_sigma": 0.0},
+    "shipped, golden template without the gain plane": _SHIPPED | {"reference_lighting": False},
+    "shipped, golden template in the texture's band (2, 8)": _SHIPPED | {"reference_aligned_sigmas": (2.0, 8.0)},
+    "session 10: golden template in the band (2, 8), no gain plane": _SHIPPED
+    | {"reference_aligned_sigmas": (2.0, 8.0), "reference_lighting": False},
     "shipped, blob filter sigma 3": _SHIPPED | {"reference_blob_sigma": 3.0},
     "shipped, blob filter sigma 5": _SHIPPED | {"reference_blob_sigma": 5.0},
     "shipped, golden template unregistered": _SHIPPED | {"reference_shift": 0},

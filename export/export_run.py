@@ -140,6 +140,11 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
                 "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
                 "reference_registered_shift": run.model.scorer.register_radius,
                 "reference_blob_filter": run.model.scorer.blob_active,
+                "reference_lighting": run.model.scorer.lighting_active,
+                # The band the template was fitted in: the aligned part's, or score.reference_sigmas.
+                "reference_band": list(
+                    m.score.reference_aligned_sigmas if run.model.scorer.aligned_band else m.score.reference_sigmas
+                ),
             },
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
             "files": {

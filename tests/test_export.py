@@ -34,6 +34,8 @@ def test_package_files_and_metadata(tiny_model, tiny_run):
     assert meta["scoring"]["reference_active"] is True and meta["scoring"]["reference_alignment"] > 0.5
     assert meta["scoring"]["reference_registered_shift"] == meta["scoring"]["reference_shift"] > 0
     assert meta["scoring"]["reference_blob_filter"] is True  # the matched filter is in the graph too
+    assert meta["scoring"]["reference_lighting"] is True  # and the gain plane, in the aligned band
+    assert meta["scoring"]["reference_band"] == list(meta["scoring"]["reference_aligned_sigmas"])
     p = meta["parity"]
     assert p["passed"] and p["fp32_vs_torch"]["decisions_identical"]
     assert p["fp16_vs_fp32"]["map_relative_error"] <= 1e-2 and p["fp16_vs_fp32"]["decision_agreement"] >= 0.99
@@ -314,8 +316,12 @@ def test_two_level_model_trains_exports_and_parses(synth_root, tmp_path, frames)
     for name in ("model.onnx", "model_fp16.onnx"):
         graph = onnx.load(str(out / name)).graph
         argmins = [n for n in graph.node if n.op_type == "ArgMin"]
-        # One per codebook, and one for the golden template's registration when it has one.
-        assert len(argmins) == 2 + (loaded.model.scorer.register_radius > 0), name
+        argmaxes = [n for n in graph.node if n.op_type == "ArgMax"]
+        # One ArgMin per codebook. Registration picks its shift by an ArgMin, or with the lighting
+        # fitted by an ArgMax (the shift whose template and gain plane keep the most of the image).
+        scorer = loaded.model.scorer
+        assert len(argmins) == 2 + (scorer.register_radius > 0 and not scorer.lighting_active), name
+        assert len(argmaxes) == int(scorer.lighting_active), name
     tool = SHARED_TOOLS / "onnx_trt_check.py"
     if tool.is_file():
         for name in ("model.onnx", "model_fp16.onnx"):

@@ -80,15 +80,17 @@ def _texture(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _reference_scorer(mode: str = "auto", shift: int = 2, blob: float = 1.0) -> AnomalyScorer:
+def _reference_scorer(mode: str = "auto", shift: int = 2, blob: float = 1.0, lighting: bool = True) -> AnomalyScorer:
     cfg = ScoreConfig(
         source="recon",
         reference=mode,
         reference_sigmas=(1.0, 3.0),
+        reference_aligned_sigmas=(0.5, 4.0),
         border=2,
         balance=False,
         reference_shift=shift,
         reference_blob_sigma=blob,
+        reference_lighting=lighting,
     )
     return AnomalyScorer(cfg, 32, 1)
 
@@ -227,3 +229,50 @@ def test_the_blob_filter_finds_a_stain_in_brushed_grain_that_the_per_pixel_sprea
     loaded = _reference_scorer(shift=0)
     loaded.load_state_dict(with_blob.state_dict())
     assert loaded.blob_active and torch.equal(loaded(stained, stained)[1], with_blob(stained, stained)[1])
+
+
+def _lit_part(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of a fixtured part with a bored boss, each under its own light: a gain plane
+    1 + a + b*x + c*y (x, y in [-0.5, 0.5]), a, b, c up to +-0.15; and those planes (n, 1, 32, 32)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    part = torch.full((1, 1, 32, 32), 0.1)
+    part[..., 6:26, 6:26] = 0.5
+    part[..., ((yy - 16) ** 2 + (xx - 16) ** 2) < 36] = 0.8
+    coef = 0.3 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
+    x, y = (xx + 0.5) / 32 - 0.5, (yy + 0.5) / 32 - 0.5
+    planes = 1 + coef[:, :1] + coef[:, 1:2] * x + coef[:, 2:] * y  # (n, 1, 32, 32)
+    return (part * planes + 0.005 * torch.randn(n, 1, 32, 32, generator=g)).clamp(0, 1), planes
+
+
+def test_the_gain_plane_divides_each_images_lighting_out_of_the_comparison():
+    train, val = _lit_part(60)[0], _lit_part(12, seed=1)[0]
+    good, planes = _lit_part(40, seed=2)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    stained = _lit_part(40, seed=3)[0] + 0.02 * torch.exp(-((yy - 10) ** 2 + (xx - 16) ** 2) / (2 * 2.0**2))
+    lit, as_is = _reference_scorer(), _reference_scorer(lighting=False)
+    assert lit.calibrate_reference([train], [val])["lighting"] and lit.lighting_active
+    assert not as_is.calibrate_reference([train], [val])["lighting"] and not as_is.lighting_active
+    # The plane fitted to each good image is the light it was made under (the template is lit
+    # as the training images are on average: 1, to the sampling of 60 lights).
+    _, _, fitted = lit.register(lit.band_pass(good))
+    assert float((fitted - planes).abs().max()) < 0.05
+    # With it divided out, the good images' spread shrinks (to its floor, 2 grey levels, where
+    # the light had scaled the part's edges), and the stain stands clear of them.
+    assert float(lit.ref_std.amax()) < 0.5 * float(as_is.ref_std.amax())
+
+    def auroc(scorer: AnomalyScorer) -> float:
+        good_scores, stained_scores = scorer(good, good)[1], scorer(stained, stained)[1]
+        return float((stained_scores[:, None] > good_scores[None, :]).float().mean())
+
+    assert auroc(lit) > 0.95 and auroc(lit) > auroc(as_is) + 0.2
+    # A texture has no shape to fit a plane to: it is compared as it is, in its own band.
+    texture = _reference_scorer()
+    found = texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])
+    assert not found["lighting"] and not texture.lighting_active and not texture.aligned_band
+    assert lit.aligned_band and not as_is.lighting_active
+    # Both travel in the state dict.
+    loaded = _reference_scorer()
+    loaded.load_state_dict(lit.state_dict())
+    assert loaded.lighting_active and loaded.aligned_band
+    assert torch.equal(loaded(stained, stained)[1], lit(stained, stained)[1])

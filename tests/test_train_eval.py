@@ -52,6 +52,7 @@ def test_checkpoint_describes_itself(tiny_run):
     assert float(scorer.ref_alignment) > 0.5 and scorer.reference_active and float(scorer.ref_gain) > 0
     assert scorer.register_radius == run.model_cfg.score.reference_shift > 0
     assert scorer.blob_active and run.model_cfg.score.reference_blob_sigma > 0
+    assert scorer.lighting_active and scorer.aligned_band  # the gain plane, in the aligned part's band
 
 
 class Evil:
@@ -99,6 +100,18 @@ def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_p
     save_checkpoint(old / "checkpoint.pt", {k: v for k, v in ckpt["model"].items() if "blob" not in k}, meta)
     scorer = load_run(old).model.scorer
     assert scorer.reference_active and scorer.register_radius > 0 and not scorer.blob_active
+    # A run from before the gain plane and the aligned band: compared as is, in its one band.
+    meta["model_config"]["score"] = {
+        k: v
+        for k, v in ckpt["meta"]["model_config"]["score"].items()
+        if k not in ("reference_lighting", "reference_aligned_sigmas")
+    }
+    state = {k: v for k, v in ckpt["model"].items() if k not in ("scorer.ref_lighting", "scorer.ref_aligned_band")}
+    save_checkpoint(old / "checkpoint.pt", state, meta)
+    run = load_run(old)
+    assert run.model.scorer.reference_active and run.model.scorer.blob_active
+    assert not run.model.scorer.lighting_active and not run.model.scorer.aligned_band
+    assert run.model_cfg.score.reference_aligned_sigmas == run.model_cfg.score.reference_sigmas
 
 
 def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):

@@ -58,9 +58,18 @@ class ScoreConfig:
     reference_weight: float = 1.25
     reference_texture_weight: float = 0.5
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
+    # The band on an aligned part, once the alignment is measured in `reference_sigmas`': a
+    # narrower inner sigma keeps a scratch's edge, a wider outer one a stain's body. Lighting is
+    # left to the gain plane (`reference_lighting`); a texture keeps `reference_sigmas`.
+    reference_aligned_sigmas: tuple[float, float] = (0.5, 16.0)
     reference_min_alignment: float = 0.5
     reference_shift: int = 2
     reference_blob_sigma: float = 4.0
+    # On an aligned part, fit each image's lighting as a gain plane (a + b*x + c*y) times the
+    # template, chosen together with the shift, and divide it out before the comparison: lighting
+    # scales the part's edges and detail, which the band-pass alone leaves in the spread.
+    # false = compared as is (runs from before it).
+    reference_lighting: bool = True
 
     def __post_init__(self) -> None:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
@@ -79,6 +88,11 @@ class ScoreConfig:
         require(
             len(self.reference_sigmas) == 2 and 0 < self.reference_sigmas[0] < self.reference_sigmas[1] <= 16,
             "score.reference_sigmas must be two sigmas 0 < inner < outer <= 16",
+        )
+        require(
+            len(self.reference_aligned_sigmas) == 2
+            and 0 < self.reference_aligned_sigmas[0] < self.reference_aligned_sigmas[1] <= 16,
+            "score.reference_aligned_sigmas must be two sigmas 0 < inner < outer <= 16",
         )
         require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
         require(0 <= self.reference_shift <= 8, "score.reference_shift must be in [0, 8] pixels (0 = no registration)")

@@ -449,11 +449,12 @@ def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_im
 
     found = model.scorer.calibrate_reference(lambda: batches(train_images), batches(val_images))
     log.info(
-        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g, registered within %d px, %s",
+        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g, registered within %d px, %s, %s",
         model.cfg.score.reference,
         found["alignment"],
         "aligned" if found["aligned"] else "not aligned",
         found["weight"],
         found["shift"],
+        "lighting fitted per image" if found["lighting"] else "lighting as is",
         "blob filter fitted" if found["blob"] else "no blob filter",
     )

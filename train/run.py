@@ -47,12 +47,15 @@ def load_run(run_dir: str | Path) -> Run:
     saved = dict(meta["model_config"])
     # Runs from before score.balance scored unbalanced errors; runs from before
     # score.head_smoothing_sigma smoothed the head's probability like the error maps; runs from
-    # before score.reference_blob_sigma read the template without the blob filter.
+    # before score.reference_blob_sigma read the template without the blob filter, and those from
+    # before score.reference_lighting without the gain plane, in the texture's band.
     score = saved.get("score", {})
     saved["score"] = {
         "balance": False,
         "head_smoothing_sigma": score.get("smoothing_sigma", 2.0),
         "reference_blob_sigma": 0.0,
+        "reference_lighting": False,
+        "reference_aligned_sigmas": score.get("reference_sigmas", (2.0, 8.0)),
         **score,
     }
     model_cfg = from_mapping(ModelConfig, saved, "model")

@@ -155,8 +155,9 @@ class AnomalyScorer(nn.Module):
     With score.reference active (calibrated on, see `calibrate_reference`), a golden-template
     term is added to the map: how far the input's band-pass is from the good training images'
     at each pixel (`reference_map`), after moving the template by the whole-pixel shift that
-    fits the input best (`register`), averaged with a matched filter for blobs in the template
-    residual's own noise when one is fitted (`_reference_terms`).
+    fits the input best (`register`) and, on an aligned part, dividing the input's lighting out
+    as a gain plane fitted to the template (`_fit_lighting`); averaged with a matched filter for
+    blobs in the template residual's own noise when one is fitted (`_reference_terms`).
     """
 
     def __init__(self, cfg: ScoreConfig, image_size: int, channels: int):
@@ -189,15 +190,22 @@ class AnomalyScorer(nn.Module):
         # per-pixel mean and spread of the good training images' band-pass; the gain the term
         # enters the map with (weight / the validation images' 99th-percentile peak; 0 = off,
         # as in runs from before it existed and on textures); the measured alignment.
-        inner, outer = cfg.reference_sigmas
-        # The wide Gaussian runs on a copy pooled by `ref_pool` and is resized back: a 49-tap
+        # Two bands: score.reference_sigmas measures the alignment and serves textures;
+        # score.reference_aligned_sigmas serves an aligned part (`ref_aligned_band` says which).
+        # The wide Gaussian runs on a copy pooled by a factor f and is resized back: a 49-tap
         # depthwise convolution at full size took 2/3 of the term's time in ONNX Runtime.
         # Pooling by f and blurring by sigma / f is a Gaussian of about sigma at full size.
-        self.ref_pool = max(1, int(outer // 2))
-        for name, sigma in (("inner", inner), ("outer", outer / self.ref_pool)):
-            kx, ky = separable_kernels(gaussian_kernel1d(sigma), channels)
-            self.register_buffer(f"ref_{name}_kx", kx, persistent=False)
-            self.register_buffer(f"ref_{name}_ky", ky, persistent=False)
+        self.band_pools = {}
+        for band, (inner, outer) in (("texture", cfg.reference_sigmas), ("aligned", cfg.reference_aligned_sigmas)):
+            self.band_pools[band] = max(1, int(outer // 2))
+            for name, sigma in (("inner", inner), ("outer", outer / self.band_pools[band])):
+                kx, ky = separable_kernels(gaussian_kernel1d(sigma), channels)
+                self.register_buffer(f"band_{band}_{name}_kx", kx, persistent=False)
+                self.register_buffer(f"band_{band}_{name}_ky", ky, persistent=False)
+        # 1 = the template was fitted in the aligned part's band; 0 = in score.reference_sigmas
+        # (textures, and runs from before the aligned band existed).
+        self.register_buffer("ref_aligned_band", torch.zeros(()))
+        self.aligned_band = False
         self.register_buffer("ref_mean", torch.zeros(1, channels, image_size, image_size))
         self.register_buffer("ref_std", torch.ones(1, channels, image_size, image_size))
         self.register_buffer("ref_gain", torch.zeros(()))
@@ -205,11 +213,29 @@ class AnomalyScorer(nn.Module):
         # Registration radius in pixels the template was fitted with (score.reference_shift on an
         # aligned part; 0 = compared in place, as in runs from before registration existed).
         self.register_buffer("ref_shift", torch.zeros((), dtype=torch.int64))
+        # 1 = each image's lighting is fitted as a gain plane on the template before the comparison
+        # (score.reference_lighting on an aligned part); 0 = compared as is, as in runs from before it.
+        self.register_buffer("ref_lighting", torch.zeros(()))
+        # Image coordinates in [-0.5, 0.5], the gain plane's x and y.
+        coords = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size - 0.5
+        plane_x = coords.view(1, 1, 1, -1).expand(1, 1, image_size, image_size).clone()  # (1, 1, H, W)
+        self.register_buffer("plane_x", plane_x, persistent=False)
+        self.register_buffer("plane_y", plane_x.transpose(-1, -2).clone(), persistent=False)
         # Python copies, so that the graph is built for what was calibrated (no term, no
         # registration, or K shifts); they follow ref_gain and ref_shift.
         self.reference_active = False
         self.register_radius = 0
-        for name in ("ref_bank", "ref_pick_row", "ref_pick_col", "ref_col_bank"):
+        self.lighting_active = False
+        banks = (
+            "ref_bank",
+            "ref_pick_row",
+            "ref_pick_col",
+            "ref_col_bank",
+            "ref_pick",
+            "ref_light_basis",
+            "ref_light_solve",
+        )
+        for name in banks:
             self.register_buffer(name, torch.zeros(0), persistent=False)  # see _build_register_banks
         # The blob filter (score.reference_blob_sigma): its spectrum at the pooled size, fitted by
         # calibrate_reference; all zero until then, and empty when off (runs from before it).
@@ -224,7 +250,9 @@ class AnomalyScorer(nn.Module):
         self.reference_active = float(self.ref_gain) > 0
         self.blob_active = self.ref_blob_spectrum.numel() > 0 and bool(self.ref_blob_spectrum.abs().sum() > 0)
         self.register_radius = int(self.ref_shift)
-        if self.register_radius > 0:
+        self.lighting_active = bool(self.ref_lighting > 0)
+        self.aligned_band = bool(self.ref_aligned_band > 0)
+        if self.register_radius > 0 or self.lighting_active:
             self._build_register_banks()
 
     @torch.no_grad()
@@ -244,6 +272,26 @@ class AnomalyScorer(nn.Module):
         self.ref_pick_col = torch.stack([eye[steps.index(dx)] for _, dx in offsets])  # (K, S)
         both = torch.cat([self.ref_mean, self.ref_std], dim=1)  # (1, 2C, H, W)
         self.ref_col_bank = torch.cat([_shift_axis(both, dx, r, -1) for dx in steps]).flatten(1)  # (S, 2*C*H*W)
+        if self.lighting_active:
+            self._build_lighting_banks(offsets)
+
+    @torch.no_grad()
+    def _build_lighting_banks(self, offsets: list[tuple[int, int]]) -> None:
+        """What fitting the gain plane reads, per shift k: an orthonormal basis Q_k (3, D) of the
+        pooled template times 1, x and y, stacked to (3K, D), and R_k^-1 (K, 3, 3) of its QR
+        factors, which turns an image's coordinates in that basis into the plane's coefficients;
+        and one-hot rows (K, K) to pick the chosen shift's."""
+        r = self.register_radius
+        basis, solve = [], []
+        for dy, dx in offsets:
+            moved = shifted(self.ref_mean, dy, dx, r)  # (1, C, H, W)
+            columns = self._pooled(torch.cat([moved, moved * self.plane_x, moved * self.plane_y]))  # (3, D)
+            q, upper = torch.linalg.qr(columns.double().t())  # (D, 3), (3, 3)
+            basis.append(q.t().float())
+            solve.append(torch.linalg.inv(upper).float())
+        self.ref_light_basis = torch.cat(basis)  # (3K, D)
+        self.ref_light_solve = torch.stack(solve)  # (K, 3, 3)
+        self.ref_pick = torch.eye(len(offsets), device=self.ref_mean.device)  # (K, K)
 
     def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
@@ -282,15 +330,21 @@ class AnomalyScorer(nn.Module):
         return separable_filter(prob.float(), self.head_smooth_kx, self.head_smooth_ky)
 
     def band_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """Difference of Gaussians (score.reference_sigmas) of [0,1] images (N, C, H, W), same shape:
-        detail at the scale of a stain, with lighting gradients and offsets removed."""
+        """Difference of Gaussians of [0,1] images (N, C, H, W), same shape: detail at the scale
+        of a stain, with lighting gradients and offsets removed. score.reference_sigmas, or
+        score.reference_aligned_sigmas once the template was fitted in the aligned part's band."""
         x = x.float()
         H, W = x.shape[-2:]
-        wide = F.avg_pool2d(x, self.ref_pool) if self.ref_pool > 1 else x  # (N, C, H/f, W/f)
-        wide = separable_filter(wide, self.ref_outer_kx, self.ref_outer_ky)
-        if self.ref_pool > 1:
+        band = "aligned" if self.aligned_band else "texture"
+        f = self.band_pools[band]
+        inner_kx, inner_ky, outer_kx, outer_ky = (
+            getattr(self, f"band_{band}_{name}") for name in ("inner_kx", "inner_ky", "outer_kx", "outer_ky")
+        )
+        wide = F.avg_pool2d(x, f) if f > 1 else x  # (N, C, H/f, W/f)
+        wide = separable_filter(wide, outer_kx, outer_ky)
+        if f > 1:
             wide = F.interpolate(wide, size=(H, W), mode="bilinear", align_corners=False)  # (N, C, H, W)
-        return separable_filter(x, self.ref_inner_kx, self.ref_inner_ky) - wide
+        return separable_filter(x, inner_kx, inner_ky) - wide
 
     def _pooled(self, t: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) band-passes -> (N, D): the region of interest, pooled for registration."""
@@ -307,16 +361,36 @@ class AnomalyScorer(nn.Module):
         dist = b.pow(2).sum(dim=1).unsqueeze(0) - 2 * a @ b.t()  # (N, K)
         return dist.argmin(dim=1)  # (N,)
 
-    def register(self, bp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fit_lighting(self, bp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index (N,) into shift_offsets(register_radius) of the shift whose template, times the
+        best gain plane a + b*x + c*y, fits each band-pass in `bp` (N, C, H, W) nearest (least
+        squares, pooled, FP32), and that plane at full size (N, 1, H, W). The plane is floored
+        at 0.5: a defect may pull it, but not flip the template's sign."""
+        a = self._pooled(bp.float())  # (N, D)
+        K = self.ref_pick.shape[0]
+        coords = (a @ self.ref_light_basis.t()).view(-1, K, 3)  # (N, K, 3): in each shift's basis
+        # The least-squares residual is |a|^2 - |coords|^2: the best shift keeps the most of a.
+        best = coords.pow(2).sum(dim=2).argmax(dim=1)  # (N,)
+        pick = self.ref_pick[best]  # (N, K) one-hot
+        chosen = (pick.unsqueeze(2) * coords).sum(dim=1)  # (N, 3)
+        solve = (pick @ self.ref_light_solve.flatten(1)).view(-1, 3, 3)  # (N, 3, 3)
+        coef = (solve @ chosen.unsqueeze(2)).view(-1, 3, 1, 1)  # (N, 3, 1, 1): a, b, c
+        plane = coef[:, 0:1] + coef[:, 1:2] * self.plane_x + coef[:, 2:3] * self.plane_y  # (N, 1, H, W)
+        return best, plane.clamp(min=0.5)
+
+    def register(self, bp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The template (mean, spread), each (N, C, H, W), moved by the shift within
         `register_radius` that fits each band-pass in `bp` (N, C, H, W) best:
         a fixtured part still sits a pixel or two off, and its edges would otherwise swamp the
-        spread."""
+        spread. With the lighting fitted, the shift is chosen together with each image's gain
+        plane (N, 1, H, W), returned third (None without)."""
         r = self.register_radius
+        best, plane = self._fit_lighting(bp) if self.lighting_active else (None, None)
         if r == 0:
-            return self.ref_mean, self.ref_std
+            return self.ref_mean, self.ref_std, plane
         N, (C, H, W) = bp.shape[0], self.ref_mean.shape[1:]
-        best = self._best_shift(bp)  # (N,)
+        if best is None:
+            best = self._best_shift(bp)  # (N,)
         pick_row, pick_col = self.ref_pick_row[best], self.ref_pick_col[best]  # (N, S) one-hot each
         # Template and spread side by side, column offset applied by the matrix product.
         by_col = (pick_col @ self.ref_col_bank).view(N, 2 * C, H, W)
@@ -324,13 +398,15 @@ class AnomalyScorer(nn.Module):
         moved = pick_row[:, :1].view(N, 1, 1, 1) * padded[:, :, :H]
         for i in range(1, 2 * r + 1):  # row offset i - r: rows i .. i+H of the padded copy
             moved = moved + pick_row[:, i : i + 1].view(N, 1, 1, 1) * padded[:, :, i : i + H]
-        return moved[:, :C], moved[:, C:]  # (N, C, H, W) each
+        return moved[:, :C], moved[:, C:], plane  # (N, C, H, W) each; plane as above
 
     def template_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """(band-pass - the good images' mean) / their spread, registered, signed: (N, C, H, W)
-        in units of standard deviations."""
+        """(band-pass / its gain plane - the good images' mean) / their spread, registered,
+        signed: (N, C, H, W) in units of standard deviations."""
         bp = self.band_pass(x)  # (N, C, H, W)
-        mean, std = self.register(bp)
+        mean, std, plane = self.register(bp)
+        if plane is not None:
+            bp = bp / plane
         return (bp - mean) / std
 
     def _reference_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -427,7 +503,7 @@ class AnomalyScorer(nn.Module):
         """score.reference: fit the golden template on good training images and scale it on good
         validation images, each given as batches of (B, C, H, W) float [0,1] (streamed: a large
         training set need not be in memory as floats at once). Registration and the blob filter
-        read the training images up to four times, so `train_batches` is a collection (a list) or
+        read the training images up to seven times, so `train_batches` is a collection (a list) or
         a function that returns a fresh iterable of batches each call; an iterator is refused.
 
         Registration (score.reference_shift > 0): each training image's band-pass is moved onto
@@ -438,7 +514,10 @@ class AnomalyScorer(nn.Module):
         the unregistered one, compared in place.
         With score.reference_blob_sigma > 0, a weight and an aligned part, the blob filter is then
         fitted for the final template (`_fit_blob_filter`).
-        -> {"alignment", "aligned", "weight", "active", "shift", "blob"}.
+        An aligned part's template is then fitted again in score.reference_aligned_sigmas' band,
+        registered, and with score.reference_lighting each image divided by its gain plane
+        (`_fit_lighting`), as the comparison then does.
+        -> {"alignment", "aligned", "weight", "active", "shift", "lighting", "blob"}.
         """
         if callable(train_batches):
             passes = train_batches
@@ -449,6 +528,8 @@ class AnomalyScorer(nn.Module):
         else:
             passes = lambda: train_batches  # noqa: E731 - a collection can be read again as it is
         self.ref_shift.zero_()
+        self.ref_lighting.zero_()
+        self.ref_aligned_band.zero_()
         self._sync_reference_flag()
         *in_place, overall = self._template_moments(passes(), 0)
         moments = in_place
@@ -459,7 +540,21 @@ class AnomalyScorer(nn.Module):
                 self._set_template(*moments)
         alignment = 1.0 - float(moments[1].mean()) / max(overall, 1e-12)
         aligned = alignment >= self.cfg.reference_min_alignment
-        if aligned and self.cfg.reference_shift > 0:
+        if aligned:
+            # Refit in the aligned part's band, from the in-place mean, and with each image's
+            # lighting divided out (score.reference_lighting): only a template with the part's
+            # shape says what the lighting did (a texture's says nothing).
+            lighting, refits = self.cfg.reference_lighting, 2 if self.cfg.reference_lighting else 0
+            if self.cfg.reference_aligned_sigmas != self.cfg.reference_sigmas:
+                self.ref_aligned_band.fill_(1.0)
+                self._sync_reference_flag()
+                *moments, _ = self._template_moments(passes(), 0)
+                self._set_template(*moments)
+                refits = 2 if lighting or self.cfg.reference_shift > 0 else 0
+            for _ in range(refits):
+                *moments, _ = self._template_moments(passes(), self.cfg.reference_shift, lighting=lighting)
+                self._set_template(*moments)
+            self.ref_lighting.fill_(float(lighting))
             self.ref_shift.fill_(self.cfg.reference_shift)
         elif moments is not in_place:  # a texture: no shift fits it better than another; compared in place
             self._set_template(*in_place)
@@ -489,6 +584,7 @@ class AnomalyScorer(nn.Module):
             "weight": weight,
             "active": self.reference_active,
             "shift": self.register_radius,
+            "lighting": self.lighting_active,
             "blob": self.blob_active,
         }
 
@@ -532,13 +628,14 @@ class AnomalyScorer(nn.Module):
         self.ref_std.copy_(std.float().clamp(min=2.0 / 255.0))
 
     def _template_moments(
-        self, batches: Iterable[torch.Tensor], radius: int
+        self, batches: Iterable[torch.Tensor], radius: int, lighting: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Per-pixel mean and (unbiased) spread of the band-passes of `batches`, each moved onto
-        the current template by its best shift within `radius` (0: in place), and the spread of
-        all their pixels together."""
-        if radius > 0:
+        the current template by its best shift within `radius` (0: in place) and, with
+        `lighting`, divided by its gain plane first; and the spread of all their pixels together."""
+        if radius > 0 or lighting:
             self.ref_shift.fill_(radius)
+            self.ref_lighting.fill_(float(lighting))
             self._sync_reference_flag()  # the banks of the current template
             offsets = shift_offsets(radius)
         n = 0
@@ -546,9 +643,14 @@ class AnomalyScorer(nn.Module):
         acc_sq = torch.zeros_like(self.ref_mean, dtype=torch.float64)
         for batch in batches:
             bp = self.band_pass(batch)  # (B, C, H, W)
+            if lighting:
+                best, plane = self._fit_lighting(bp)
+                bp = bp / plane
+            elif radius > 0:
+                best = self._best_shift(bp)
             if radius > 0:
                 # An image matches the template moved by (dy, dx); moved back, it matches the template.
-                moves = [offsets[k] for k in self._best_shift(bp).tolist()]
+                moves = [offsets[k] for k in best.tolist()]
                 bp = torch.cat(
                     [shifted(image[None], -dy, -dx, radius) for image, (dy, dx) in zip(bp, moves, strict=True)]
                 )
@@ -556,8 +658,9 @@ class AnomalyScorer(nn.Module):
             acc += bp.sum(dim=0, keepdim=True)
             acc_sq += bp.pow(2).sum(dim=0, keepdim=True)
             n += bp.shape[0]
-        if radius > 0:
+        if radius > 0 or lighting:
             self.ref_shift.zero_()
+            self.ref_lighting.zero_()
             self._sync_reference_flag()
         if n < 2:
             raise ValueError("score.reference needs at least 2 good training images")
