@@ -544,16 +544,17 @@ class AnomalyScorer(nn.Module):
             # Refit in the aligned part's band, from the in-place mean, and with each image's
             # lighting divided out (score.reference_lighting): only a template with the part's
             # shape says what the lighting did (a texture's says nothing).
-            lighting, refits = self.cfg.reference_lighting, 2 if self.cfg.reference_lighting else 0
-            if self.cfg.reference_aligned_sigmas != self.cfg.reference_sigmas:
+            lighting = self.cfg.reference_lighting
+            new_band = self.cfg.reference_aligned_sigmas != self.cfg.reference_sigmas
+            if new_band:
                 self.ref_aligned_band.fill_(1.0)
                 self._sync_reference_flag()
                 *moments, _ = self._template_moments(passes(), 0)
                 self._set_template(*moments)
-                refits = 2 if lighting or self.cfg.reference_shift > 0 else 0
-            for _ in range(refits):
-                *moments, _ = self._template_moments(passes(), self.cfg.reference_shift, lighting=lighting)
-                self._set_template(*moments)
+            if lighting or (new_band and self.cfg.reference_shift > 0):
+                for _ in range(2):  # as above: the first fit is made against a blurred mean
+                    *moments, _ = self._template_moments(passes(), self.cfg.reference_shift, lighting=lighting)
+                    self._set_template(*moments)
             self.ref_lighting.fill_(float(lighting))
             self.ref_shift.fill_(self.cfg.reference_shift)
         elif moments is not in_place:  # a texture: no shift fits it better than another; compared in place
