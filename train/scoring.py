@@ -273,25 +273,22 @@ class AnomalyScorer(nn.Module):
         both = torch.cat([self.ref_mean, self.ref_std], dim=1)  # (1, 2C, H, W)
         self.ref_col_bank = torch.cat([_shift_axis(both, dx, r, -1) for dx in steps]).flatten(1)  # (S, 2*C*H*W)
         if self.lighting_active:
-            self._build_lighting_banks(offsets)
+            self._build_lighting_banks(bank)
 
     @torch.no_grad()
-    def _build_lighting_banks(self, offsets: list[tuple[int, int]]) -> None:
-        """What fitting the gain plane reads, per shift k: an orthonormal basis Q_k (3, D) of the
-        pooled template times 1, x and y, stacked to (3K, D), and R_k^-1 (K, 3, 3) of its QR
-        factors, which turns an image's coordinates in that basis into the plane's coefficients;
-        and one-hot rows (K, K) to pick the chosen shift's."""
-        r = self.register_radius
-        basis, solve = [], []
-        for dy, dx in offsets:
-            moved = shifted(self.ref_mean, dy, dx, r)  # (1, C, H, W)
-            columns = self._pooled(torch.cat([moved, moved * self.plane_x, moved * self.plane_y]))  # (3, D)
-            q, upper = torch.linalg.qr(columns.double().t())  # (D, 3), (3, 3)
-            basis.append(q.t().float())
-            solve.append(torch.linalg.inv(upper).float())
-        self.ref_light_basis = torch.cat(basis)  # (3K, D)
-        self.ref_light_solve = torch.stack(solve)  # (K, 3, 3)
-        self.ref_pick = torch.eye(len(offsets), device=self.ref_mean.device)  # (K, K)
+    def _build_lighting_banks(self, bank: torch.Tensor) -> None:
+        """What fitting the gain plane reads, from the template at every shift `bank` (K, C, H, W):
+        per shift k, an orthonormal basis Q_k (3, D) of the pooled template times 1, x and y,
+        stacked to (3K, D), and R_k^-1 (K, 3, 3) of its QR factors, which turns an image's
+        coordinates in that basis into the plane's coefficients; and one-hot rows (K, K) to pick
+        the chosen shift's."""
+        columns = torch.stack(
+            [self.ref_bank, self._pooled(bank * self.plane_x), self._pooled(bank * self.plane_y)], dim=2
+        )  # (K, D, 3)
+        q, upper = torch.linalg.qr(columns.double())  # (K, D, 3), (K, 3, 3)
+        self.ref_light_basis = q.transpose(1, 2).flatten(0, 1).float()  # (3K, D)
+        self.ref_light_solve = torch.linalg.inv(upper).float()  # (K, 3, 3)
+        self.ref_pick = torch.eye(bank.shape[0], device=bank.device)  # (K, K)
 
     def error_terms(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each configured error kind's raw map (N, 1, H, W), unweighted and unscaled."""
