@@ -43,6 +43,8 @@ def test_overrides_are_converted_by_field_type():
         ({"image_size": "30"}, "divisible"),
         ({"score": {"errors": "l2,ssim", "weights": "1"}}, "one weight per error"),
         ({"cosine": "maybe"}, "true/false"),
+        ({"score": {"reference_sigmas": "8,2"}}, "reference_sigmas must be two sigmas"),
+        ({"score": {"reference_aligned_sigmas": "0.5,32"}}, "reference_aligned_sigmas must be two sigmas"),
     ],
 )
 def test_bad_config_raises_value_error(overrides, match):

@@ -85,15 +85,12 @@ class ScoreConfig:
         require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
         require(self.border >= 0, "score.border must be >= 0")
         require(self.reference_weight > 0, "score.reference_weight must be > 0 (score.reference: off disables it)")
-        require(
-            len(self.reference_sigmas) == 2 and 0 < self.reference_sigmas[0] < self.reference_sigmas[1] <= 16,
-            "score.reference_sigmas must be two sigmas 0 < inner < outer <= 16",
-        )
-        require(
-            len(self.reference_aligned_sigmas) == 2
-            and 0 < self.reference_aligned_sigmas[0] < self.reference_aligned_sigmas[1] <= 16,
-            "score.reference_aligned_sigmas must be two sigmas 0 < inner < outer <= 16",
-        )
+        for name in ("reference_sigmas", "reference_aligned_sigmas"):
+            sigmas = getattr(self, name)
+            require(
+                len(sigmas) == 2 and 0 < sigmas[0] < sigmas[1] <= 16,
+                f"score.{name} must be two sigmas 0 < inner < outer <= 16",
+            )
         require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
         require(0 <= self.reference_shift <= 8, "score.reference_shift must be in [0, 8] pixels (0 = no registration)")
         require(0 <= self.reference_blob_sigma <= 16, "score.reference_blob_sigma must be in [0, 16] pixels (0 = off)")
