@@ -43,6 +43,7 @@ ABLATION: dict[str, list[str]] = {
     "no head, no denoising": [*RECON, "train.anomaly_fraction=0"],
     "head alone (score.source=head)": ["model.score.source=head"],
     "head, two-stage training": ["train.head_start_fraction=0.5"],
+    "head trained with the focal loss": ["train.head_loss=focal"],
     "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
     "two levels (VQ-VAE-2 top codes)": ["model.levels=2"],
     "cosine (L2-normalised) codes": ["model.cosine=true"],

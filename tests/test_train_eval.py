@@ -112,6 +112,10 @@ def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_p
     assert run.model.scorer.reference_active and run.model.scorer.blob_active
     assert not run.model.scorer.lighting_active and not run.model.scorer.aligned_band
     assert run.model_cfg.score.reference_aligned_sigmas == run.model_cfg.score.reference_sigmas
+    # A run from before train.head_loss: its head was trained with the focal loss, and says so.
+    meta["train_config"] = {k: v for k, v in meta["train_config"].items() if k != "head_loss"}
+    save_checkpoint(old / "checkpoint.pt", state, meta)
+    assert load_run(old).train_cfg.head_loss == "focal"
 
 
 def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):

@@ -1,9 +1,10 @@
 """The learned comparison head: a compact U-Net on concat(input, reconstruction) that
 outputs a per-pixel defect logit (DRAEM's discriminative network, made small for a CPU).
 
-It is trained on synthetic anomalies whose masks are exact (train/anomalies.py), with a
-focal loss, so it learns which differences between a frame and its reconstruction are
-defects and which are the model's ordinary reconstruction error.
+It is trained on synthetic anomalies whose masks are exact (train/anomalies.py), with binary
+cross-entropy (or the focal loss, train.head_loss), so it learns which differences between a
+frame and its reconstruction are defects and which are the model's ordinary reconstruction
+error.
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     p_t = p * target + (1 - p) * (1 - target)
     a_t = alpha * target + (1 - alpha) * (1 - target)
     return (a_t * (1 - p_t) ** gamma * bce).mean()
+
+
+def head_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The head's per-pixel training loss (train.head_loss): "bce" or "focal" (focal_loss)."""
+    if kind == "focal":
+        return focal_loss(logits, target)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    raise ValueError(f"unknown head loss {kind!r}; known: focal, bce")

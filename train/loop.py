@@ -33,7 +33,7 @@ from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images, load_test_set, split_train_val, train_image_paths
-from train.head import focal_loss
+from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel
 
@@ -325,7 +325,7 @@ def train(
             if head_on:
                 with autocast():
                     logits = head_net(inp01, recon01.detach())
-                head_l = focal_loss(logits.float(), masks)
+                head_l = head_loss(logits.float(), masks, train_cfg.head_loss)
                 loss = loss + train_cfg.head_loss_weight * head_l
             opt.zero_grad(set_to_none=True)
             loss.backward()

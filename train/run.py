@@ -59,7 +59,8 @@ def load_run(run_dir: str | Path) -> Run:
         **score,
     }
     model_cfg = from_mapping(ModelConfig, saved, "model")
-    train_cfg = from_mapping(TrainConfig, meta["train_config"], "train")
+    # Runs from before train.head_loss trained the head with the focal loss.
+    train_cfg = from_mapping(TrainConfig, {"head_loss": "focal", **meta["train_config"]}, "train")
     model = InspectionModel(model_cfg)
     # Scorer kernels are derived from the config and no longer saved; older checkpoints carry them.
     derived = ("scorer.ssim_kx", "scorer.ssim_ky", "scorer.smooth_kx", "scorer.smooth_ky", "scorer.roi")

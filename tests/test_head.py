@@ -1,0 +1,36 @@
+"""The comparison head's training losses (train.head_loss)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.head import focal_loss, head_loss
+
+
+def _grad_on_good_pixel(kind: str, prob: float) -> float:
+    """d loss / d logit of one good pixel (target 0) whose predicted defect probability is `prob`."""
+    logit = torch.logit(torch.tensor([[[[prob]]]])).requires_grad_()
+    head_loss(logit, torch.zeros_like(logit), kind).backward()
+    return float(logit.grad)
+
+
+def test_bce_is_binary_cross_entropy_and_focal_is_the_focal_loss():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=gen)
+    target = (torch.rand(2, 1, 8, 8, generator=gen) > 0.7).float()
+    assert torch.allclose(head_loss(logits, target, "bce"), F.binary_cross_entropy_with_logits(logits, target))
+    assert torch.allclose(head_loss(logits, target, "focal"), focal_loss(logits, target))
+    assert not torch.allclose(head_loss(logits, target, "bce"), head_loss(logits, target, "focal"))
+
+
+def test_bce_keeps_pushing_a_good_pixel_down_where_focal_nearly_stops():
+    # At 10% probability on a good pixel BCE's gradient is p = 0.1; focal's (gamma 2, the good
+    # class weighted 0.25) is about 100x smaller: why "bce" exists (false alarms on textures).
+    bce, focal = _grad_on_good_pixel("bce", 0.1), _grad_on_good_pixel("focal", 0.1)
+    assert bce == pytest.approx(0.1, rel=1e-4)
+    assert 0 < focal < bce / 50
+
+
+def test_unknown_head_loss_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown head loss"):
+        head_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "dice")
