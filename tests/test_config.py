@@ -58,7 +58,7 @@ def test_bad_config_raises_value_error(overrides, match):
         ({"anomaly_fills": "crop,glitter"}, "not one of"),
         ({"anomaly_fills": "blur,blur"}, "duplicates"),
         ({"anomaly_min_change": "1.5"}, "anomaly_min_change"),
-        ({"head_loss": "dice"}, "not one of"),
+        ({"head_loss": "jaccard"}, "not one of"),
     ],
 )
 def test_bad_train_config_raises_value_error(overrides, match):

@@ -197,7 +197,7 @@ class TrainConfig:
     # The head's per-pixel loss: binary cross-entropy, or focal (gamma 2, defect pixels weighted
     # 0.75), which nearly stops pushing a good pixel down once it is below ~0.2: on a texture
     # that left the head at ~0.1 everywhere and its false alarms varying between trainings.
-    head_loss: Literal["focal", "bce"] = "bce"
+    head_loss: Literal["bce", "focal", "dice", "bce+dice"] = "bce"
     head_loss_weight: float = 1.0
     log_every: int = 25
     checkpoint_every: int = 250

@@ -71,10 +71,28 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     return (a_t * (1 - p_t) ** gamma * bce).mean()
 
 
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss (1 - Dice) over the whole batch, so that a batch's clean images count too.
+
+    Unlike a per-pixel loss, every good pixel's probability enters the denominator at full weight
+    however small it is, so a diffuse floor over good texture costs as much as a missed defect.
+    """
+    p = torch.sigmoid(logits)
+    overlap = (p * target).sum()
+    return 1 - (2 * overlap + smooth) / (p.sum() + target.sum() + smooth)
+
+
+HEAD_LOSSES = ("bce", "focal", "dice", "bce+dice")
+
+
 def head_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
-    """The head's per-pixel training loss (train.head_loss): "bce" or "focal" (focal_loss)."""
+    """The head's training loss (train.head_loss), one of HEAD_LOSSES; "bce+dice" is their sum."""
     if kind == "focal":
         return focal_loss(logits, target)
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, target)
-    raise ValueError(f"unknown head loss {kind!r}; known: focal, bce")
+    if kind == "dice":
+        return dice_loss(logits, target)
+    if kind == "bce+dice":
+        return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target)
+    raise ValueError(f"unknown head loss {kind!r}; known: {', '.join(HEAD_LOSSES)}")
