@@ -44,6 +44,7 @@ ABLATION: dict[str, list[str]] = {
     "head alone (score.source=head)": ["model.score.source=head"],
     "head, two-stage training": ["train.head_start_fraction=0.5"],
     "head trained with the focal loss": ["train.head_loss=focal"],
+    "head trained with the Dice loss": ["train.head_loss=dice"],
     "FP32 training (no bf16 autocast)": ["train.precision=fp32"],
     "two levels (VQ-VAE-2 top codes)": ["model.levels=2"],
     "cosine (L2-normalised) codes": ["model.cosine=true"],
