@@ -51,7 +51,7 @@ SCORING_VARIANTS: dict[str, dict[str, Any]] = {
 # The shipped map (ScoreConfig's defaults, which configs/model.yaml equals, a test says: the
 # head's probability smoothed by sigma 1 + 0.1 x balanced MS-GMS, the golden template "auto":
 # an aligned part x 1.25, in its own band (0.5, 16), registered within 2 px with each image's gain
-# plane divided out, blob filter; a texture x 0.5, in place, band (2, 8)), with the template
+# plane divided out, blob filter; a texture x 0.625, in place, band (2, 8)), with the template
 # forced off, unregistered, or at other weights; and session 8's map (head smoothed like the
 # error maps, x 0.15, template x 1.5 unregistered). Needs a run with the head.
 _SHIPPED: dict[str, Any] = {field.name: getattr(ScoreConfig(), field.name) for field in dataclasses.fields(ScoreConfig)}
@@ -71,6 +71,8 @@ REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "shipped, golden template x 1.25": _SHIPPED | {"reference": "on", "reference_weight": 1.25},
     "shipped, golden template x 2": _SHIPPED | {"reference": "on", "reference_weight": 2.0},
     "shipped, golden template x 4": _SHIPPED | {"reference": "on", "reference_weight": 4.0},
+    "shipped, texture's template x 0.5 (sessions 9-12)": _SHIPPED | {"reference_texture_weight": 0.5},
+    "shipped, texture's template x 0.75": _SHIPPED | {"reference_texture_weight": 0.75},
     "shipped, head smoothed by sigma 2": _SHIPPED | {"head_smoothing_sigma": 2.0},
     "session 8: head (sigma 2) + 0.15 MS-GMS + golden template x 1.5 unregistered": _SHIPPED
     | {

@@ -56,7 +56,7 @@ class ScoreConfig:
     # smoothing keeps and a whitening filter removes; a stain is not.
     reference: Literal["auto", "on", "off"] = "auto"
     reference_weight: float = 1.25
-    reference_texture_weight: float = 0.5
+    reference_texture_weight: float = 0.625
     reference_sigmas: tuple[float, float] = (2.0, 8.0)
     # The band on an aligned part, once the alignment is measured in `reference_sigmas`': a
     # narrower inner sigma keeps a scratch's edge, a wider outer one a stain's body. Lighting is
