@@ -1,10 +1,13 @@
 """The comparison head's training losses (train.head_loss)."""
 
+import typing
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from train.head import dice_loss, focal_loss, head_loss
+from train.config import TrainConfig
+from train.head import HEAD_LOSSES, dice_loss, focal_loss, head_loss
 
 
 def _grad_on_good_pixel(kind: str, prob: float) -> float:
@@ -51,6 +54,10 @@ def test_dice_pushes_a_low_floor_on_good_pixels_down():
     logits = torch.where(target > 0, 3.0, float(torch.logit(torch.tensor(0.05)))).requires_grad_()
     dice_loss(logits, target).backward()
     assert float(logits.grad[0, 0, 8, 8]) > 0
+
+
+def test_every_configurable_head_loss_is_built():
+    assert set(typing.get_args(typing.get_type_hints(TrainConfig)["head_loss"])) == set(HEAD_LOSSES)
 
 
 def test_unknown_head_loss_is_a_value_error():

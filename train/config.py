@@ -194,9 +194,10 @@ class TrainConfig:
     # When the head starts training, as a fraction of the budget: 0 = jointly with the VQ-VAE
     # from the start; > 0 = two-stage (VQ-VAE alone, then the head on the frozen VQ-VAE).
     head_start_fraction: float = 0.0
-    # The head's per-pixel loss: binary cross-entropy, or focal (gamma 2, defect pixels weighted
-    # 0.75), which nearly stops pushing a good pixel down once it is below ~0.2: on a texture
-    # that left the head at ~0.1 everywhere and its false alarms varying between trainings.
+    # The head's loss (train/head.py HEAD_LOSSES): binary cross-entropy; focal (gamma 2, defect
+    # pixels weighted 0.75), which nearly stops pushing a good pixel down once it is below ~0.2:
+    # on a texture that left the head at ~0.1 everywhere and its false alarms varying between
+    # trainings; the soft Dice over the batch, or BCE + Dice (both measured below BCE).
     head_loss: Literal["bce", "focal", "dice", "bce+dice"] = "bce"
     head_loss_weight: float = 1.0
     log_every: int = 25

@@ -74,25 +74,25 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice loss (1 - Dice) over the whole batch, so that a batch's clean images count too.
 
-    Unlike a per-pixel loss, every good pixel's probability enters the denominator at full weight
-    however small it is, so a diffuse floor over good texture costs as much as a missed defect.
+    Every good pixel's probability enters the denominator as it is, so a diffuse floor over good
+    texture costs its sum, however small each pixel's share.
     """
     p = torch.sigmoid(logits)
     overlap = (p * target).sum()
     return 1 - (2 * overlap + smooth) / (p.sum() + target.sum() + smooth)
 
 
-HEAD_LOSSES = ("bce", "focal", "dice", "bce+dice")
+# train.head_loss's choices, each (logits, target) -> a scalar loss.
+HEAD_LOSSES = {
+    "bce": F.binary_cross_entropy_with_logits,
+    "focal": focal_loss,
+    "dice": dice_loss,
+    "bce+dice": lambda logits, target: F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target),
+}
 
 
 def head_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce") -> torch.Tensor:
-    """The head's training loss (train.head_loss), one of HEAD_LOSSES; "bce+dice" is their sum."""
-    if kind == "focal":
-        return focal_loss(logits, target)
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, target)
-    if kind == "dice":
-        return dice_loss(logits, target)
-    if kind == "bce+dice":
-        return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target)
-    raise ValueError(f"unknown head loss {kind!r}; known: {', '.join(HEAD_LOSSES)}")
+    """The head's training loss (train.head_loss), one of HEAD_LOSSES."""
+    if kind not in HEAD_LOSSES:
+        raise ValueError(f"unknown head loss {kind!r}; known: {', '.join(HEAD_LOSSES)}")
+    return HEAD_LOSSES[kind](logits, target)
