@@ -2,9 +2,9 @@
 outputs a per-pixel defect logit (DRAEM's discriminative network, made small for a CPU).
 
 It is trained on synthetic anomalies whose masks are exact (train/anomalies.py), with binary
-cross-entropy (or the focal loss, train.head_loss), so it learns which differences between a
-frame and its reconstruction are defects and which are the model's ordinary reconstruction
-error.
+cross-entropy (or the focal or Dice loss: train.head_loss), so it learns which differences
+between a frame and its reconstruction are defects and which are the model's ordinary
+reconstruction error.
 """
 
 from __future__ import annotations
