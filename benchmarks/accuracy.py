@@ -24,11 +24,8 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
     "model.kmeans_init=false",
     "model.dead_code_threshold=0",
     "model.score.errors=l2",
-    "model.score.weights=1",
-    "model.score.source=recon",
-    "model.score.balance=false",
+    "model.score.terms=errors",
     "model.score.border=0",
-    "model.score.reference=off",  # no golden template: "auto" would add it (sessions 8-9 rows had it)
     "model.head_width=0",
     "train.ssim_loss_weight=0",
     "train.anomaly_fraction=0",
@@ -36,12 +33,12 @@ SEED = [  # the plain seed configuration: MSE only, codebook + commitment losses
 # Without the head the map is the balanced L2 + (1 - SSIM) error: the best head-less scoring
 # over both categories in the scoring ablation (MS-GMS alone, the default's error term beside
 # the head, is poor on textures without it).
-RECON = ["model.head_width=0", "model.score.source=recon", "model.score.errors=l2,ssim", "model.score.weights=1,1"]
+RECON = ["model.head_width=0", "model.score.terms=errors,template", "model.score.errors=l2,ssim"]
 VARIANTS: dict[str, list[str]] = {"ours (configs/)": [], "seed VQ-VAE": SEED}
 ABLATION: dict[str, list[str]] = {
     "no head: reconstruction error, denoising": RECON,
     "no head, no denoising": [*RECON, "train.anomaly_fraction=0"],
-    "head alone (score.source=head)": ["model.score.source=head"],
+    "head alone (score.terms: head)": ["model.score.terms=head"],
     "head, two-stage training": ["train.head_start_fraction=0.5"],
     "head trained with the focal loss": ["train.head_loss=focal"],
     "head trained with the Dice loss": ["train.head_loss=dice"],

@@ -132,20 +132,8 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
             },
             "threshold": threshold,
             "decision": "fail when score >= threshold",
-            "scoring": to_dict(m.score)
-            | {
-                # What score.reference resolved to at training's end (auto decides per product).
-                "reference_active": run.model.scorer.reference_active,
-                "reference_gain": float(run.model.scorer.ref_gain),
-                "reference_alignment": round(float(run.model.scorer.ref_alignment), 4),
-                "reference_registered_shift": run.model.scorer.register_radius,
-                "reference_blob_filter": run.model.scorer.blob_active,
-                "reference_lighting": run.model.scorer.lighting_active,
-                # The band the template was fitted in: the aligned part's, or score.reference_sigmas.
-                "reference_band": list(
-                    m.score.reference_aligned_sigmas if run.model.scorer.aligned_band else m.score.reference_sigmas
-                ),
-            },
+            # The config's choice, and what calibration made of it per term (weights, units, plans).
+            "scoring": {"config": to_dict(m.score), **run.model.scorer.describe()},
             "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
             "files": {
                 FP32_FILE: sha256_file(staging / FP32_FILE),

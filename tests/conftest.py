@@ -25,14 +25,6 @@ TINY_MODEL = [
     "model.codebook_size=32",
     "--set",
     "model.res_blocks=1",
-    "--set",
-    "model.score.smoothing_sigma=1.0",
-    "--set",
-    "model.score.reference_sigmas=0.5,2.0",  # the default (2, 8) at 128 px, scaled to 32 px
-    "--set",
-    "model.score.reference_blob_sigma=1.0",  # the default 4 at 128 px, scaled to 32 px
-    "--set",
-    "model.score.reference_aligned_sigmas=0.125,4.0",  # the default (0.5, 16) at 128 px, scaled to 32 px
 ]
 TINY_TRAIN = [
     "--set",

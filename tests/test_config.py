@@ -24,12 +24,12 @@ def test_overrides_are_converted_by_field_type():
         ModelConfig,
         None,
         parse_overrides(
-            ["image_size=64", "cosine=true", "mean=[0.4,0.5,0.6]", "score.errors=l2,gms", "score.weights=1,2"]
+            ["image_size=64", "cosine=true", "mean=[0.4,0.5,0.6]", "score.errors=l2,gms", "score.terms=head,errors"]
         ),
     )
     assert cfg.image_size == 64 and cfg.cosine is True
     assert cfg.mean == (0.4, 0.5, 0.6)
-    assert cfg.score == ScoreConfig(errors=("l2", "gms"), weights=(1.0, 2.0))
+    assert cfg.score == ScoreConfig(errors=("l2", "gms"), terms=("head", "errors"))
     assert load_config(EdgeConfig, None, {"threshold": "null"}).threshold is None
     assert load_config(EdgeConfig, None, {"threshold": "0.5"}).threshold == 0.5
 
@@ -41,10 +41,11 @@ def test_overrides_are_converted_by_field_type():
         ({"image_size": "big"}, "expected an integer"),
         ({"codebook": "kmeans"}, "not one of"),
         ({"image_size": "30"}, "divisible"),
-        ({"score": {"errors": "l2,ssim", "weights": "1"}}, "one weight per error"),
+        ({"score": {"errors": "l2,l2"}}, "duplicates"),
+        ({"score": {"terms": "head,memory"}}, "not one of"),
+        ({"head_width": "0"}, "needs a comparison head"),
         ({"cosine": "maybe"}, "true/false"),
-        ({"score": {"reference_sigmas": "8,2"}}, "reference_sigmas must be two sigmas"),
-        ({"score": {"reference_aligned_sigmas": "0.5,32"}}, "reference_aligned_sigmas must be two sigmas"),
+        ({"score": {"reference_sigmas": "8,2"}}, "unknown config key"),
     ],
 )
 def test_bad_config_raises_value_error(overrides, match):

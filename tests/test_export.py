@@ -31,11 +31,13 @@ def test_package_files_and_metadata(tiny_model, tiny_run):
     assert meta["opset"] <= 17 and meta["versions"]["onnx"] and meta["name"] and meta["version"]
     assert meta["threshold"]["method"] and meta["normalization"]["mean"]
     assert meta["metrics"]["evaluation"]["image_auroc"] is not None
-    assert meta["scoring"]["reference_active"] is True and meta["scoring"]["reference_alignment"] > 0.5
-    assert meta["scoring"]["reference_registered_shift"] == meta["scoring"]["reference_shift"] > 0
-    assert meta["scoring"]["reference_blob_filter"] is True  # the matched filter is in the graph too
-    assert meta["scoring"]["reference_lighting"] is True  # and the gain plane, in the aligned band
-    assert meta["scoring"]["reference_band"] == list(meta["scoring"]["reference_aligned_sigmas"])
+    # model.json describes each term as calibrated: weight, unit and plan, in map order.
+    terms = {t["name"]: t for t in meta["scoring"]["terms"]}
+    assert list(terms) == meta["scoring"]["config"]["terms"] == ["head", "errors", "template"]
+    assert all(t["unit"] and t["weight"] > 0 for t in terms.values())
+    template = terms["template"]["plan"]
+    assert template["aligned"] and template["alignment"] > 0.5 and template["gain"] > 0
+    assert template["shift"] > 0 and template["blob_sigma"] > 0 and template["lighting"]  # all three in the graph
     p = meta["parity"]
     assert p["passed"] and p["fp32_vs_torch"]["decisions_identical"]
     assert p["fp16_vs_fp32"]["map_relative_error"] <= 1e-2 and p["fp16_vs_fp32"]["decision_agreement"] >= 0.99
@@ -319,9 +321,9 @@ def test_two_level_model_trains_exports_and_parses(synth_root, tmp_path, frames)
         argmaxes = [n for n in graph.node if n.op_type == "ArgMax"]
         # One ArgMin per codebook. Registration picks its shift by an ArgMin, or with the lighting
         # fitted by an ArgMax (the shift whose template and gain plane keep the most of the image).
-        scorer = loaded.model.scorer
-        assert len(argmins) == 2 + (scorer.register_radius > 0 and not scorer.lighting_active), name
-        assert len(argmaxes) == int(scorer.lighting_active), name
+        template = loaded.model.scorer.terms["template"].plan
+        assert len(argmins) == 2 + (template.shift > 0 and not template.lighting), name
+        assert len(argmaxes) == int(template.lighting), name
     tool = SHARED_TOOLS / "onnx_trt_check.py"
     if tool.is_file():
         for name in ("model.onnx", "model_fp16.onnx"):

@@ -1,12 +1,23 @@
-"""The shared scorer: error kinds, calibration on good images, region of interest."""
+"""The scorer and its terms: error kinds, calibration on good images, region of interest,
+the golden template (alignment, registration, blob filter, gain plane), plans that travel."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from train.config import ScoreConfig
-from train.scoring import AnomalyScorer, circular_filter, dft_matrix, gaussian_kernel1d, separable_kernels
+from train.scoring import (
+    AnomalyScorer,
+    GoodImages,
+    ScorerPlan,
+    circular_filter,
+    dft_matrix,
+    gaussian_kernel1d,
+    initial_plan,
+    separable_kernels,
+)
+from train.scoring.errors import ErrorPlan, ReconstructionErrors
+from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
 
 def _pair(seed: int = 0, n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -15,50 +26,66 @@ def _pair(seed: int = 0, n: int = 4, size: int = 32) -> tuple[torch.Tensor, torc
     return x, (x + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
 
 
+def _errors_scorer(kinds=("gms",), border: int = 0, sigma: float = 0.0, channels: int = 3) -> AnomalyScorer:
+    plan = ErrorPlan(kinds=kinds, weights=(1.0,) * len(kinds), scales=(1.0,) * len(kinds), sigma=sigma)
+    return AnomalyScorer(ScorerPlan((("errors", 1.0, plan),), border), channels, (32, 32))
+
+
+def _good(train: torch.Tensor | list[torch.Tensor], val: torch.Tensor, val_recon: torch.Tensor | None = None):
+    batches = train if isinstance(train, list) else [train]
+    return GoodImages(train=lambda: batches, val=val, val_recon=val if val_recon is None else val_recon)
+
+
 def test_a_perfect_reconstruction_scores_zero_for_every_error_kind():
     x, _ = _pair()
     for kind in ("l2", "ssim", "gms"):
-        scorer = AnomalyScorer(
-            ScoreConfig(source="recon", errors=(kind,), weights=(1.0,), border=0, balance=False), 32, 3
-        )
-        amap, score = scorer(x, x)
+        amap, score = _errors_scorer((kind,))(x, x)
         assert amap.shape == (4, 1, 32, 32) and score.shape == (4,)
         assert float(amap.abs().max()) < 1e-4, kind
 
 
-def test_balance_makes_each_error_count_as_its_weight_on_good_images():
+def test_calibration_makes_each_error_count_as_its_weight_on_good_images():
     x, recon = _pair()
-    cfg = ScoreConfig(
-        source="recon", errors=("l2", "ssim"), weights=(1.0, 3.0), smoothing_sigma=0, border=0, balance=True
-    )
-    scorer = AnomalyScorer(cfg, 32, 3)
-    raw_l2 = float(scorer.error_map(x, recon).mean())  # unbalanced: 1-SSIM dwarfs L2
-    scorer.calibrate_error_scale(x, recon)
-    for i, weight in enumerate(cfg.weights):
-        alone = AnomalyScorer(dataclasses.replace(cfg, errors=(cfg.errors[i],), weights=(weight,)), 32, 3)
-        alone.error_scale.fill_(float(scorer.error_scale[i]))
-        assert abs(float(alone.error_map(x, recon).mean()) - weight) < 1e-3 * weight
-    assert abs(float(scorer.error_map(x, recon).mean()) - 4.0) < 1e-2
-    assert raw_l2 > 0 and float(scorer.error_scale[0]) > 2 * float(scorer.error_scale[1])
-
-
-def test_balance_off_leaves_the_scales_at_one():
-    x, recon = _pair()
-    scorer = AnomalyScorer(ScoreConfig(source="recon", errors=("l2", "ssim"), weights=(1.0, 1.0), balance=False), 32, 3)
-    scorer.calibrate_error_scale(x, recon)
-    assert torch.equal(scorer.error_scale, torch.ones(2))
+    plan = ErrorPlan(kinds=("l2", "ssim"), weights=(1.0, 3.0), scales=(1.0, 1.0), sigma=0.0)
+    term = ReconstructionErrors(plan, 3)
+    raw_l2 = float(term.weighted(x, recon).mean())  # unbalanced: 1-SSIM dwarfs L2
+    calibrated = term.calibrate(_good(x, x, recon))
+    assert term.plan is calibrated and dataclasses.is_dataclass(calibrated)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        calibrated.scales = (1.0, 1.0)
+    for i, weight in enumerate(plan.weights):
+        alone = ReconstructionErrors(
+            ErrorPlan(kinds=(plan.kinds[i],), weights=(weight,), scales=(calibrated.scales[i],), sigma=0.0), 3
+        )
+        assert abs(float(alone.weighted(x, recon).mean()) - weight) < 1e-3 * weight
+    assert abs(float(term.weighted(x, recon).mean()) - 4.0) < 1e-2
+    assert raw_l2 > 0 and calibrated.scales[0] > 2 * calibrated.scales[1]
 
 
 def test_the_border_is_left_out_of_map_and_score():
     x, recon = _pair()
     recon = x.clone()
     recon[:, :, :2, :] = 1 - recon[:, :, :2, :]  # a huge error in the top 2 rows only
-    plain = AnomalyScorer(ScoreConfig(source="recon", border=0, smoothing_sigma=0, balance=False), 32, 3)
-    roi = AnomalyScorer(ScoreConfig(source="recon", border=4, smoothing_sigma=0, balance=False), 32, 3)
+    plain, roi = _errors_scorer(("l2",), border=0), _errors_scorer(("l2",), border=4)
     assert float(plain(x, recon)[1].min()) > 0.1
     amap, score = roi(x, recon)
     assert float(amap[..., :4, :].abs().max()) == 0.0
     assert float(score.max()) < float(plain(x, recon)[1].min())
+
+
+def test_the_plan_names_the_terms_and_a_zero_weight_leaves_a_term_out():
+    plan = initial_plan(("head", "errors", "template"), ("gms",), 4, (128, 128))
+    assert [name for name, _, _ in plan.terms] == ["head", "errors", "template"]
+    assert ScorerPlan.from_dict(plan.to_dict()) == plan  # saved as JSON, read back equal
+    with pytest.raises(ValueError, match="unknown"):
+        initial_plan(("head", "memory"), ("gms",), 4, (128, 128))
+    with pytest.raises(ValueError, match="unknown term"):
+        ScorerPlan.from_dict({"border": 0, "terms": [{"name": "nope", "weight": 1.0, "plan": {}}]})
+    x, recon = _pair()
+    scorer = AnomalyScorer(initial_plan(("errors", "template"), ("gms",), 0, (32, 32)), 3, (32, 32))
+    scorer.weights["template"] = 0.0  # as calibration leaves a texture's template at weight 0
+    assert [t.name for t in scorer.active_terms()] == ["errors"]
+    assert torch.allclose(scorer(x, recon)[1], 0.1 * _errors_scorer(sigma=0.5)(x, recon)[1])
 
 
 def _aligned_part(n: int, size: int = 32, seed: int = 0, jitter: int = 0) -> torch.Tensor:
@@ -80,55 +107,65 @@ def _texture(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _reference_scorer(mode: str = "auto", shift: int = 2, blob: float = 1.0, lighting: bool = True) -> AnomalyScorer:
-    cfg = ScoreConfig(
-        source="recon",
-        reference=mode,
-        reference_sigmas=(1.0, 3.0),
-        reference_aligned_sigmas=(0.5, 4.0),
-        border=2,
-        balance=False,
-        reference_shift=shift,
-        reference_blob_sigma=blob,
-        reference_lighting=lighting,
+def _template(
+    shift: int = 2, blob: float = 1.0, lighting: bool = True, texture_weight: float = 0.625
+) -> GoldenTemplate:
+    settings = TemplateSettings(
+        texture_band=(1.0, 3.0),
+        aligned_band=(0.5, 4.0),
+        shift=shift,
+        lighting=lighting,
+        blob_sigma=blob,
+        sigma=2.0,
+        texture_weight=texture_weight,
     )
-    return AnomalyScorer(cfg, 32, 1)
+    return GoldenTemplate(TemplatePlan(), 1, (32, 32), 2, settings)
+
+
+def _template_scorer(template: GoldenTemplate) -> AnomalyScorer:
+    """A scorer of the template term alone, at the weight its calibration chose."""
+    scorer = AnomalyScorer(ScorerPlan((("template", template.plan.weight, template.plan),), 2), 1, (32, 32))
+    scorer.terms["template"] = template
+    return scorer
+
+
+def _score(template: GoldenTemplate, x: torch.Tensor) -> torch.Tensor:
+    return _template_scorer(template)(x, x)[1]
 
 
 def test_the_golden_template_weighs_itself_by_how_aligned_the_good_images_are():
-    part = _reference_scorer()
-    found = part.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
-    assert found["aligned"] and found["alignment"] > 0.8 and found["weight"] == part.cfg.reference_weight
-    assert part.reference_active and float(part.ref_gain) > 0
-    texture = _reference_scorer()
-    found = texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])
-    assert not found["aligned"] and found["alignment"] < 0.3 and found["weight"] == texture.cfg.reference_texture_weight
-    assert texture.reference_active
-    cfg = dataclasses.replace(texture.cfg, reference_texture_weight=0.0)
-    texture_off = AnomalyScorer(cfg, 32, 1)
-    assert not texture_off.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["active"]
-    assert float(texture_off.ref_gain) == 0
-    forced = _reference_scorer("on")
-    assert forced.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["weight"] == forced.cfg.reference_weight
-    streamed = _reference_scorer()  # the same images in batches: the same template
+    part = _template()
+    plan = part.calibrate(_good(_aligned_part(40), _aligned_part(10, seed=1)))
+    assert plan is part.plan and plan.aligned and plan.alignment > 0.8 and plan.weight == part.settings.aligned_weight
+    assert plan.gain > 0 and plan.band == part.settings.aligned_band
+    texture = _template()
+    plan = texture.calibrate(_good(_texture(40), _texture(10, seed=1)))
+    assert not plan.aligned and plan.alignment < 0.3 and plan.weight == texture.settings.texture_weight
+    assert plan.band == texture.settings.texture_band
+    texture_off = _template(texture_weight=0.0)
+    plan = texture_off.calibrate(_good(_texture(40), _texture(10, seed=1)))
+    assert plan.weight == 0 and plan.gain == 0
+    scorer = AnomalyScorer(initial_plan(("errors", "template"), ("gms",), 2, (32, 32)), 1, (32, 32))
+    scorer.terms["template"] = _template(texture_weight=0.0)
+    x = _texture(10, seed=1)
+    scorer.calibrate(_good(_texture(40), x))
+    assert scorer.weights["template"] == 0 and [t.name for t in scorer.active_terms()] == ["errors"]
+    streamed = _template()  # the same images in batches: the same template
     images = _aligned_part(40)
-    streamed.calibrate_reference([images[:13], images[13:29], images[29:]], [_aligned_part(10, seed=1)])
-    assert torch.allclose(streamed.ref_mean, part.ref_mean, atol=1e-6) and torch.allclose(
-        streamed.ref_std, part.ref_std
-    )
-    assert abs(float(streamed.ref_gain) - float(part.ref_gain)) < 1e-5 * float(part.ref_gain)
-    off = _reference_scorer("off")
-    assert not off.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])["active"]
+    streamed.calibrate(_good([images[:13], images[13:29], images[29:]], _aligned_part(10, seed=1)))
+    assert torch.allclose(streamed.mean, part.mean, atol=1e-6) and torch.allclose(streamed.std, part.std)
+    assert abs(streamed.plan.gain - part.plan.gain) < 1e-5 * part.plan.gain
 
 
 def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
-    scorer = _reference_scorer()
-    scorer.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
+    template = _template()
+    template.calibrate(_good(_aligned_part(40), _aligned_part(10, seed=1)))
     good = _aligned_part(6, seed=2)
     stained = good.clone()
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     stained[:, :, ...] -= 0.05 * torch.exp(-((yy - 14) ** 2 + (xx - 18) ** 2) / (2 * 2.0**2))  # 5%, smooth
     # The reconstruction copies the input: the error terms see nothing; only the template can.
+    scorer = _template_scorer(template)
     good_scores = scorer(good, good)[1]
     stained_map, stained_scores = scorer(stained, stained)
     assert float(stained_scores.min()) > 2 * float(good_scores.max())
@@ -136,7 +173,8 @@ def test_the_golden_template_scores_a_faint_stain_the_reconstruction_copies():
     assert abs(int(peak) // 32 - 14) <= 2 and abs(int(peak) % 32 - 18) <= 2
     # On good images from the calibration's population the term peaks near its weight
     # (1 = the validation images' 99th-percentile peak).
-    assert 0.3 * scorer.cfg.reference_weight < float(good_scores.max()) < 2 * scorer.cfg.reference_weight
+    weight = template.plan.weight
+    assert 0.3 * weight < float(good_scores.max()) < 2 * weight
 
 
 def _stain(images: torch.Tensor) -> torch.Tensor:
@@ -146,40 +184,36 @@ def _stain(images: torch.Tensor) -> torch.Tensor:
 
 def test_registration_lets_the_template_see_a_stain_on_a_part_that_sits_a_pixel_or_two_off():
     train, val = _aligned_part(60, jitter=2), _aligned_part(12, seed=1, jitter=2)
-    registered, in_place = _reference_scorer(shift=2), _reference_scorer(shift=0)
-    assert registered.calibrate_reference([train], [val])["shift"] == 2 and registered.register_radius == 2
-    assert in_place.calibrate_reference([train], [val])["shift"] == 0
+    registered, in_place = _template(shift=2), _template(shift=0)
+    assert registered.calibrate(_good(train, val)).shift == 2 and registered.registration is not None
+    assert in_place.calibrate(_good(train, val)).shift == 0
     # Moved back onto one template, the training images' edges no longer dominate the spread.
-    assert float(registered.ref_std.mean()) < 0.5 * float(in_place.ref_std.mean())
+    assert float(registered.std.mean()) < 0.5 * float(in_place.std.mean())
     good = _aligned_part(8, seed=2, jitter=2)
     stained = _stain(good)
 
-    def separation(scorer: AnomalyScorer) -> float:
-        return float(scorer(stained, stained)[1].min()) / float(scorer(good, good)[1].max())
+    def separation(template: GoldenTemplate) -> float:
+        return float(_score(template, stained).min()) / float(_score(template, good).max())
 
     assert separation(registered) > 1.3 and separation(registered) > 1.3 * separation(in_place)
     # A texture has nothing to register to: it is compared in place.
-    texture = _reference_scorer(shift=2)
-    assert texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["shift"] == 0
-    # Registration and the blob filter read the training images more than once: an iterator would be read once.
-    with pytest.raises(ValueError, match="iterator"):
-        _reference_scorer().calibrate_reference(iter([train]), [val])
-    streamed = _reference_scorer(shift=2)  # batches, given as a function: the same template
-    streamed.calibrate_reference(lambda: (train[i : i + 16] for i in range(0, 60, 16)), [val])
-    assert torch.allclose(streamed.ref_mean, registered.ref_mean, atol=1e-6)
+    texture = _template(shift=2)
+    assert texture.calibrate(_good(_texture(40), _texture(10, seed=1))).shift == 0
+    streamed = _template(shift=2)  # batches, given as a function: the same template
+    streamed.calibrate(GoodImages(train=lambda: (train[i : i + 16] for i in range(0, 60, 16)), val=val, val_recon=val))
+    assert torch.allclose(streamed.mean, registered.mean, atol=1e-6)
 
 
-def test_the_golden_template_travels_in_the_state_dict_and_is_off_when_absent():
-    scorer = _reference_scorer()
-    scorer.calibrate_reference([_aligned_part(40)], [_aligned_part(10, seed=1)])
-    loaded = _reference_scorer()
-    assert not loaded.reference_active
-    loaded.load_state_dict(scorer.state_dict())
-    assert loaded.reference_active and loaded.register_radius == scorer.register_radius == 2
+def test_the_golden_template_travels_as_plan_and_state_dict():
+    template = _template()
+    template.calibrate(_good(_aligned_part(40), _aligned_part(10, seed=1)))
+    loaded = GoldenTemplate(template.plan, 1, (32, 32), 2, template.settings)
     x = _aligned_part(3, seed=5)
-    assert torch.equal(loaded(x, x)[1], scorer(x, x)[1])
-    fresh = _reference_scorer()  # never calibrated (a run from before the template existed)
-    assert torch.equal(fresh(x, x)[1], torch.zeros(3))
+    with pytest.raises(ValueError, match="no template was fitted or loaded"):
+        loaded(x, x, None)  # a registering plan without its template: refused, not scored unregistered
+    loaded.load_state_dict(template.state_dict())
+    assert loaded.registration is not None and loaded.plan.shift == 2
+    assert torch.equal(_score(loaded, x), _score(template, x))
 
 
 def test_the_dft_as_matrix_products_is_the_fft_filter():
@@ -210,25 +244,24 @@ def test_the_blob_filter_finds_a_stain_in_brushed_grain_that_the_per_pixel_sprea
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     stained = _grained_part(40, seed=3) - 0.1 * torch.exp(-((yy - 15) ** 2 + (xx - 17) ** 2) / (2 * 1.5**2))
 
-    def auroc(scorer: AnomalyScorer) -> float:
-        good_scores, stained_scores = scorer(good, good)[1], scorer(stained, stained)[1]
+    def auroc(template: GoldenTemplate) -> float:
+        good_scores, stained_scores = _score(template, good), _score(template, stained)
         return float((stained_scores[:, None] > good_scores[None, :]).float().mean())
 
-    spread_only, with_blob = _reference_scorer(shift=0, blob=0.0), _reference_scorer(shift=0)
-    assert not spread_only.calibrate_reference([train], [val])["blob"]
-    assert with_blob.calibrate_reference([train], [val])["blob"] and with_blob.blob_active
+    spread_only, with_blob = _template(shift=0, blob=0.0), _template(shift=0)
+    assert spread_only.calibrate(_good(train, val)).blob_sigma == 0 and spread_only.blob_spectrum is None
+    assert with_blob.calibrate(_good(train, val)).blob_sigma > 0
     assert auroc(with_blob) > 0.9 and auroc(with_blob) > auroc(spread_only) + 0.1
     # Scaled to the per-pixel term's peak on good images, the map's scale is unchanged.
-    ratio = float(with_blob(val, val)[1].max()) / float(spread_only(val, val)[1].max())
+    ratio = float(_score(with_blob, val).max()) / float(_score(spread_only, val).max())
     assert 0.5 < ratio < 2
     # A texture is compared in place and gets no blob filter (measured no better there).
-    texture = _reference_scorer()
-    assert not texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])["blob"]
-    assert float(texture.ref_blob_spectrum.abs().sum()) == 0
-    # The filter travels in the state dict.
-    loaded = _reference_scorer(shift=0)
+    texture = _template()
+    assert texture.calibrate(_good(_texture(40), _texture(10, seed=1))).blob_sigma == 0
+    # The filter travels in the state dict, its size in the plan.
+    loaded = GoldenTemplate(with_blob.plan, 1, (32, 32), 2, with_blob.settings)
     loaded.load_state_dict(with_blob.state_dict())
-    assert loaded.blob_active and torch.equal(loaded(stained, stained)[1], with_blob(stained, stained)[1])
+    assert torch.equal(_score(loaded, stained), _score(with_blob, stained))
 
 
 def _lit_part(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,29 +283,28 @@ def test_the_gain_plane_divides_each_images_lighting_out_of_the_comparison():
     good, planes = _lit_part(40, seed=2)
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     stained = _lit_part(40, seed=3)[0] + 0.02 * torch.exp(-((yy - 10) ** 2 + (xx - 16) ** 2) / (2 * 2.0**2))
-    lit, as_is = _reference_scorer(), _reference_scorer(lighting=False)
-    assert lit.calibrate_reference([train], [val])["lighting"] and lit.lighting_active
-    assert not as_is.calibrate_reference([train], [val])["lighting"] and not as_is.lighting_active
+    lit, as_is = _template(), _template(lighting=False)
+    assert lit.calibrate(_good(train, val)).lighting and lit.registration.lighting
+    assert not as_is.calibrate(_good(train, val)).lighting and not as_is.registration.lighting
     # The plane fitted to each good image is the light it was made under (the template is lit
     # as the training images are on average: 1, to the sampling of 60 lights).
-    _, _, fitted = lit.register(lit.band_pass(good))
+    _, _, fitted = lit.registration(lit.band(good))
     assert float((fitted - planes).abs().max()) < 0.05
     # With it divided out, the good images' spread shrinks (to its floor, 2 grey levels, where
     # the light had scaled the part's edges), and the stain stands clear of them.
-    assert float(lit.ref_std.amax()) < 0.5 * float(as_is.ref_std.amax())
+    assert float(lit.std.amax()) < 0.5 * float(as_is.std.amax())
 
-    def auroc(scorer: AnomalyScorer) -> float:
-        good_scores, stained_scores = scorer(good, good)[1], scorer(stained, stained)[1]
+    def auroc(template: GoldenTemplate) -> float:
+        good_scores, stained_scores = _score(template, good), _score(template, stained)
         return float((stained_scores[:, None] > good_scores[None, :]).float().mean())
 
     assert auroc(lit) > 0.95 and auroc(lit) > auroc(as_is) + 0.2
     # A texture has no shape to fit a plane to: it is compared as it is, in its own band.
-    texture = _reference_scorer()
-    found = texture.calibrate_reference([_texture(40)], [_texture(10, seed=1)])
-    assert not found["lighting"] and not texture.lighting_active and not texture.aligned_band
-    assert lit.aligned_band and not as_is.lighting_active
-    # Both travel in the state dict.
-    loaded = _reference_scorer()
+    texture = _template()
+    plan = texture.calibrate(_good(_texture(40), _texture(10, seed=1)))
+    assert not plan.lighting and texture.registration is None and plan.band == texture.settings.texture_band
+    assert lit.plan.band == lit.settings.aligned_band
+    # Both travel: the plan says what to build, the state dict holds the template.
+    loaded = GoldenTemplate(lit.plan, 1, (32, 32), 2, lit.settings)
     loaded.load_state_dict(lit.state_dict())
-    assert loaded.lighting_active and loaded.aligned_band
-    assert torch.equal(loaded(stained, stained)[1], lit(stained, stained)[1])
+    assert loaded.registration.lighting and torch.equal(_score(loaded, stained), _score(lit, stained))

@@ -2,17 +2,20 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from edge.errors import CheckpointError
 from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, run_vqad
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import load_checkpoint, state_hash
+from train.pipeline import score_frames
 from train.run import load_run
 
 
@@ -48,11 +51,11 @@ def test_checkpoint_describes_itself(tiny_run):
     assert run.model_cfg.codebook_size == 32 and not run.model.training
     # The bracket is a fixtured part: training's end fitted the golden template and switched it
     # on (score.reference auto), registered, so the export tests run the graph with both.
-    scorer = run.model.scorer
-    assert float(scorer.ref_alignment) > 0.5 and scorer.reference_active and float(scorer.ref_gain) > 0
-    assert scorer.register_radius == run.model_cfg.score.reference_shift > 0
-    assert scorer.blob_active and run.model_cfg.score.reference_blob_sigma > 0
-    assert scorer.lighting_active and scorer.aligned_band  # the gain plane, in the aligned part's band
+    template = run.model.scorer.terms["template"].plan
+    assert meta["scoring"]["terms"][-1]["plan"]["gain"] == template.gain > 0
+    assert template.aligned and template.alignment > 0.5 and run.model.scorer.weights["template"] > 0
+    assert template.shift > 0 and template.blob_sigma > 0  # registered, with the blob filter
+    assert template.lighting and template.band[0] < template.band[1] / 16  # the gain plane, the aligned band
 
 
 class Evil:
@@ -72,50 +75,101 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not os.path.exists("/tmp/vqad-pwned")
 
 
-def test_a_run_from_before_the_golden_template_loads_with_it_off(tiny_run, tmp_path):
-    """...and from before the head had its own smoothing: it keeps the maps' sigma."""
-    import shutil
+LEGACY = ROOT / "tests" / "fixtures" / "legacy_v1"
 
-    old = tmp_path / "old_run"
-    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("eval"))
-    ckpt = load_checkpoint(old / "checkpoint.pt")
-    meta = dict(ckpt["meta"])
-    meta["model_config"] = dict(meta["model_config"])
-    meta["model_config"]["score"] = {
-        k: v
-        for k, v in meta["model_config"]["score"].items()
-        if not k.startswith("reference") and k != "head_smoothing_sigma"
-    }
-    state = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.ref_")}
-    save_checkpoint(old / "checkpoint.pt", state, meta)
-    scorer = load_run(old).model.scorer
-    assert not scorer.reference_active and float(scorer.ref_gain) == 0 and scorer.register_radius == 0
-    assert scorer.cfg.head_smoothing_sigma == scorer.cfg.smoothing_sigma
-    assert not scorer.blob_active and scorer.cfg.reference_blob_sigma == 0
-    assert load_run(tiny_run).model.scorer.reference_active  # the same run, as saved, has it on
-    # A run from before the blob filter only: its registered template as it was, no filter.
-    meta["model_config"]["score"] = {
-        k: v for k, v in ckpt["meta"]["model_config"]["score"].items() if k != "reference_blob_sigma"
-    }
-    save_checkpoint(old / "checkpoint.pt", {k: v for k, v in ckpt["model"].items() if "blob" not in k}, meta)
-    scorer = load_run(old).model.scorer
-    assert scorer.reference_active and scorer.register_radius > 0 and not scorer.blob_active
-    # A run from before the gain plane and the aligned band: compared as is, in its one band.
-    meta["model_config"]["score"] = {
-        k: v
-        for k, v in ckpt["meta"]["model_config"]["score"].items()
-        if k not in ("reference_lighting", "reference_aligned_sigmas")
-    }
-    state = {k: v for k, v in ckpt["model"].items() if k not in ("scorer.ref_lighting", "scorer.ref_aligned_band")}
-    save_checkpoint(old / "checkpoint.pt", state, meta)
-    run = load_run(old)
-    assert run.model.scorer.reference_active and run.model.scorer.blob_active
-    assert not run.model.scorer.lighting_active and not run.model.scorer.aligned_band
-    assert run.model_cfg.score.reference_aligned_sigmas == run.model_cfg.score.reference_sigmas
-    # A run from before train.head_loss: its head was trained with the focal loss, and says so.
-    meta["train_config"] = {k: v for k, v in meta["train_config"].items() if k != "head_loss"}
-    save_checkpoint(old / "checkpoint.pt", state, meta)
-    assert load_run(old).train_cfg.head_loss == "focal"
+
+def _legacy_scores(run_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    expected = np.load(LEGACY / "bracket" / "expected.npz")
+    _, maps, scores = score_frames(load_run(run_dir).model, expected["frames"])
+    return maps, scores, expected["scores"]
+
+
+@pytest.mark.parametrize("category", ["bracket", "weave"])
+def test_a_run_saved_in_format_1_scores_as_it_did(category):
+    """Format-1 runs (the scorer's settings in its config, its decisions in buffers), saved with
+    the shipped defaults of their day: the upgraded run's maps and scores are the ones it gave."""
+    expected = np.load(LEGACY / category / "expected.npz")
+    run = load_run(LEGACY / category)
+    _, maps, scores = score_frames(run.model, expected["frames"])
+    assert np.allclose(maps, expected["maps"], rtol=1e-5, atol=1e-6)
+    assert np.allclose(scores, expected["scores"], rtol=1e-5, atol=1e-6)
+    assert run.model_cfg.score.terms == ("head", "errors", "template")
+    template = run.model.scorer.terms["template"].plan
+    assert template.aligned == (category == "bracket") and (template.shift > 0) == (category == "bracket")
+    assert run.train_cfg.head_loss == "bce"  # saved in the config: not the focal default of older runs
+
+
+def test_recalibrating_a_format_1_run_fits_the_same_golden_template(synth_root):
+    """The template term, calibrated afresh on the run's own good images, finds what the
+    format-1 scorer found: the same template, blob filter and gain (the fixture's runs were
+    trained on the same `vqad synth` draw as the suite's, at 32 px, with smoothing sigma 1)."""
+    import dataclasses
+    import json
+
+    from train.data import load_images
+    from train.model import uint8_nhwc_to_float
+    from train.scoring import GoodImages
+    from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
+
+    for category in ("bracket", "weave"):
+        run = load_run(LEGACY / category)
+        split = json.loads((LEGACY / category / "split.json").read_text())
+        train_images, val_images = (load_images([synth_root / p for p in split[k]], 32, 3) for k in ("train", "val"))
+        batches = [uint8_nhwc_to_float(torch.from_numpy(train_images))]
+        val = uint8_nhwc_to_float(torch.from_numpy(val_images))
+        settings = dataclasses.replace(TemplateSettings.for_size(32), sigma=1.0)
+        fresh = GoldenTemplate(TemplatePlan(), 3, (32, 32), 4, settings)
+        plan = fresh.calibrate(GoodImages(train=lambda b=batches: b, val=val, val_recon=val))
+        saved = run.model.scorer.terms["template"]
+        assert (plan.band, plan.shift, plan.lighting, plan.blob_sigma) == (
+            saved.plan.band,
+            saved.plan.shift,
+            saved.plan.lighting,
+            saved.plan.blob_sigma,
+        ), category
+        assert torch.allclose(fresh.mean, saved.mean, atol=1e-6) and torch.allclose(fresh.std, saved.std, atol=1e-6)
+        if plan.blob_sigma > 0:
+            assert torch.allclose(fresh.blob_spectrum, saved.blob_spectrum, rtol=1e-4)
+        # Format 1 kept weight / peak as one gain.
+        assert abs(plan.weight * plan.gain - saved.plan.gain) < 1e-5 * saved.plan.gain, category
+
+
+def _save_format_1(path, state: dict, meta: dict) -> None:
+    meta = dict(meta, content_sha256=state_hash(state))
+    torch.save({"format": "vqad-checkpoint", "version": 1, "meta_json": json.dumps(meta), "model": state}, path)
+
+
+def test_format_1_runs_from_before_each_scoring_feature_load_without_it(tmp_path):
+    """Runs older still: before the golden template, the blob filter, the gain plane and its
+    band, and train.head_loss. Each loads as it was scored then."""
+    payload = torch.load(LEGACY / "bracket" / "checkpoint.pt", weights_only=True)
+    meta, state = json.loads(payload["meta_json"]), payload["model"]
+    score = meta["model_config"]["score"]
+    old = tmp_path / "old"
+    shutil.copytree(LEGACY / "bracket", old)
+
+    def load(score_cfg: dict, drop=lambda key: False, train_cfg=None):
+        m = dict(meta, model_config=dict(meta["model_config"], score=score_cfg))
+        m["train_config"] = train_cfg or meta["train_config"]
+        _save_format_1(old / "checkpoint.pt", {k: v for k, v in state.items() if not drop(k)}, m)
+        return load_run(old)
+
+    before_template = {k: v for k, v in score.items() if not k.startswith("reference") and k != "head_smoothing_sigma"}
+    run = load(before_template, drop=lambda k: k.startswith("scorer.ref_"))
+    assert "template" not in run.model.scorer.terms and run.model_cfg.score.terms == ("head", "errors")
+    assert run.model.scorer.terms["head"].plan.sigma == score["smoothing_sigma"]  # smoothed like the maps
+    run = load({k: v for k, v in score.items() if k != "reference_blob_sigma"}, drop=lambda k: "blob" in k)
+    assert run.model.scorer.terms["template"].plan.blob_sigma == 0 and run.model.scorer.terms["template"].plan.shift > 0
+    before_plane = {k: v for k, v in score.items() if k not in ("reference_lighting", "reference_aligned_sigmas")}
+    run = load(before_plane, drop=lambda k: k in ("scorer.ref_lighting", "scorer.ref_aligned_band"))
+    template = run.model.scorer.terms["template"].plan
+    assert not template.lighting and template.band == tuple(score["reference_sigmas"]) and template.blob_sigma > 0
+    run = load(score, train_cfg={k: v for k, v in meta["train_config"].items() if k != "head_loss"})
+    assert run.train_cfg.head_loss == "focal"  # its head was trained with the focal loss, and says so
+    with pytest.raises(CheckpointError, match="score.normalize=pixel"):
+        load(dict(score, normalize="pixel"))
+    maps, scores, expected = _legacy_scores(LEGACY / "bracket")
+    assert np.allclose(scores, expected, rtol=1e-5, atol=1e-6)  # the fixture itself is untouched
 
 
 def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):

@@ -1,9 +1,10 @@
-"""Self-describing checkpoints: weights, full config, step, metrics and a content hash.
+"""Self-describing checkpoints: weights, full config, scoring plan, step, metrics and a content hash.
 
 Saved with torch.save and loaded only with `weights_only=True`, which refuses any
 pickled object that is not a tensor or a plain container: a malicious pickle cannot
 run code here. Metadata travels as a JSON string. Writes are atomic (temp + rename),
-so an interrupted save never leaves a half-written checkpoint behind.
+so an interrupted save never leaves a half-written checkpoint behind. Older versions are
+upgraded on load by train/migrate.py; the content hash is that of the weights as saved.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 
 from edge.errors import CheckpointError
+from train.migrate import VERSION, upgrade
 
 FORMAT = "vqad-checkpoint"
-VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -67,8 +68,6 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"refused to load {path}: not a safe vqad checkpoint ({first[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vqad checkpoint")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r}, expected {VERSION}")
     try:
         meta = json.loads(payload["meta_json"])
         state = payload["model"]
@@ -76,4 +75,8 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a damaged checkpoint: {exc}") from exc
     if verify and state_hash(state) != meta.get("content_sha256"):
         raise CheckpointError(f"{path} is corrupt: its weights do not match their recorded hash")
-    return {"model": state, "meta": meta, "optimizer": payload.get("optimizer")}
+    try:
+        current = upgrade({"version": payload.get("version"), "meta": meta, "model": state})
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return {"model": current["model"], "meta": current["meta"], "optimizer": payload.get("optimizer")}

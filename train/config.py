@@ -8,93 +8,33 @@ from typing import Literal
 from edge.config import require
 
 ErrorKind = Literal["l2", "ssim", "gms"]
+TermName = Literal["head", "errors", "template"]
 FillKind = Literal["crop", "texture", "shift", "blur"]  # the blended fills of train/anomalies.py
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """How a reconstruction becomes an anomaly map and an image score (shared by eval and export)."""
+    """What the anomaly map is made of (train/scoring/). How each term is tuned is in code, with
+    how it was chosen; what calibration decided per product is saved with the run."""
 
+    # The map's terms, added in this order: "head" (the learned comparison head's defect
+    # probability), "errors" (the reconstruction error), "template" (the golden template: the
+    # input's band-pass against the good training images', weighted by how aligned they are).
+    terms: tuple[TermName, ...] = ("head", "errors", "template")
+    # The reconstruction-error kinds of the "errors" term, equally weighted after each is
+    # divided by its mean on good validation images: l2, ssim (1 - SSIM), gms (1 - multi-scale
+    # gradient-magnitude similarity).
     errors: tuple[ErrorKind, ...] = ("gms",)
-    weights: tuple[float, ...] = (1.0,)
-    # Gaussian sigma of the map smoothing, in pixels at the model's input size: the error maps
-    # and the golden template (noisy, pixel by pixel), and the head's probability (already a
-    # localised estimate: more smoothing spreads a small defect's peak into the background).
-    smoothing_sigma: float = 2.0
-    head_smoothing_sigma: float = 1.0
-    reduce: Literal["max", "topk_mean"] = "max"
-    topk: int = 16
-    # Per-pixel normalisation of the error by good validation images ("none", "pixel", "pooled").
-    normalize: Literal["none", "pixel", "pooled"] = "none"
-    # What the map is made of: the reconstruction error, the learned comparison head's defect
-    # probability, or their sum (head probability + head_recon_weight x error).
-    source: Literal["recon", "head", "combined"] = "combined"
-    head_recon_weight: float = 0.1
     # Pixels at the frame's edge left out of the map and the score (an inspection region of
-    # interest). The convolutions' zero padding leaves the outermost pixels reconstructed worst.
+    # interest). The convolutions' padding leaves the outermost pixels reconstructed worst.
     border: int = 4
-    # Divide each error map by its mean over the good validation images (calibrated after
-    # training), so that L2 (~1e-3) and 1 - SSIM (~0.2) count as `weights` says.
-    balance: bool = True
-    # Golden-template term for aligned parts: the input's band-pass (a difference of Gaussians,
-    # sigmas in pixels at image_size) compared pixel by pixel with the good training images' own
-    # (|DoG(x) - mean| / std, the largest channel), smoothed, scaled so that 1 is the good
-    # validation images' 99th-percentile peak, times `reference_weight`, added to the map. It
-    # sees faint, smooth stains that the reconstruction copies. "auto" weighs it by what the
-    # product is: `reference_weight` when position explains at least `reference_min_alignment`
-    # of the band-pass variance of the training images (a fixtured part, ~0.8), else
-    # `reference_texture_weight` (a texture, ~0.02: nothing sits at the same place twice, and
-    # the term is only a blob detector there; 0 leaves it off). "on": `reference_weight`
-    # whatever the alignment; "off": never. On an aligned part the template is registered: each
-    # image is compared with it moved by the whole-pixel shift, within `reference_shift` pixels,
-    # that fits the image best (fixtures leave a part a pixel or two off; unregistered, its
-    # edges dominate the per-pixel spread). 0 compares in place.
-    # `reference_blob_sigma` (pixels at image_size; 0 = off, as in runs from before it) adds, on
-    # an aligned part, a second reading of the same residual: a matched filter for a blob of that
-    # sigma in the residual's own noise (its power spectrum over the training images, divided
-    # out), averaged with the per-pixel term. Brushed grain is correlated noise that a Gaussian
-    # smoothing keeps and a whitening filter removes; a stain is not.
-    reference: Literal["auto", "on", "off"] = "auto"
-    reference_weight: float = 1.25
-    reference_texture_weight: float = 0.625
-    reference_sigmas: tuple[float, float] = (2.0, 8.0)
-    # The band on an aligned part, once the alignment is measured in `reference_sigmas`': a
-    # narrower inner sigma keeps a scratch's edge, a wider outer one a stain's body. Lighting is
-    # left to the gain plane (`reference_lighting`); a texture keeps `reference_sigmas`.
-    reference_aligned_sigmas: tuple[float, float] = (0.5, 16.0)
-    reference_min_alignment: float = 0.5
-    reference_shift: int = 2
-    reference_blob_sigma: float = 4.0
-    # On an aligned part, fit each image's lighting as a gain plane (a + b*x + c*y) times the
-    # template, chosen together with the shift, and divide it out before the comparison: lighting
-    # scales the part's edges and detail, which the band-pass alone leaves in the spread.
-    # false = compared as is (runs from before it).
-    reference_lighting: bool = True
 
     def __post_init__(self) -> None:
+        require(len(self.terms) > 0, "score.terms must name at least one of head, errors, template")
+        require(len(set(self.terms)) == len(self.terms), "score.terms has duplicates")
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
         require(len(set(self.errors)) == len(self.errors), "score.errors has duplicates")
-        require(
-            len(self.weights) == len(self.errors),
-            f"score.weights needs one weight per error ({len(self.errors)}), got {len(self.weights)}",
-        )
-        require(all(w > 0 for w in self.weights), "score.weights must be positive")
-        require(0 <= self.smoothing_sigma <= 32, "score.smoothing_sigma must be in [0, 32]")
-        require(0 <= self.head_smoothing_sigma <= 32, "score.head_smoothing_sigma must be in [0, 32]")
-        require(self.topk >= 1, "score.topk must be >= 1")
-        require(self.head_recon_weight >= 0, "score.head_recon_weight must be >= 0")
         require(self.border >= 0, "score.border must be >= 0")
-        require(self.reference_weight > 0, "score.reference_weight must be > 0 (score.reference: off disables it)")
-        for name in ("reference_sigmas", "reference_aligned_sigmas"):
-            sigmas = getattr(self, name)
-            require(
-                len(sigmas) == 2 and 0 < sigmas[0] < sigmas[1] <= 16,
-                f"score.{name} must be two sigmas 0 < inner < outer <= 16",
-            )
-        require(0 <= self.reference_min_alignment <= 1, "score.reference_min_alignment must be in [0, 1]")
-        require(0 <= self.reference_shift <= 8, "score.reference_shift must be in [0, 8] pixels (0 = no registration)")
-        require(0 <= self.reference_blob_sigma <= 16, "score.reference_blob_sigma must be in [0, 16] pixels (0 = off)")
-        require(self.reference_texture_weight >= 0, "score.reference_texture_weight must be >= 0 (0 = off on textures)")
 
 
 @dataclass(frozen=True)
@@ -155,8 +95,8 @@ class ModelConfig:
         require(self.restore_radius >= 0, "model.restore_radius must be >= 0")
         require(self.restore_min_count >= 1, "model.restore_min_count must be >= 1")
         require(
-            self.score.source == "recon" or self.head_width > 0,
-            f"score.source={self.score.source} needs a comparison head (model.head_width > 0)",
+            "head" not in self.score.terms or self.head_width > 0,
+            "score.terms names the head, which needs a comparison head (model.head_width > 0)",
         )
 
     def channel_mean(self) -> tuple[float, ...]:

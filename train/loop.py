@@ -36,6 +36,7 @@ from train.data import load_images, load_test_set, split_train_val, train_image_
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel
+from train.scoring import SSIM, GoodImages, ScorerPlan
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     return train_paths, val_paths, train_images, val_images
 
 
-def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, scorer) -> torch.Tensor:
-    return 1 - scorer.ssim(recon01, clean01).mean()
+def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, ssim: SSIM) -> torch.Tensor:
+    return 1 - ssim(recon01, clean01).mean()
 
 
 def train(
@@ -184,6 +185,7 @@ def train(
         model_cfg_saved = meta["model_config"]
         if model_cfg_saved != to_dict(model_cfg):
             raise CheckpointError(f"--resume: {run_dir} was trained with a different model config")
+        model = InspectionModel(model_cfg, ScorerPlan.from_dict(meta["scoring"])).to(device)
         model.load_state_dict(ckpt["model"])
         start_step, optimizer_state = int(meta["step"]), ckpt["optimizer"]
         elapsed_before = float(meta.get("elapsed_s", 0.0))
@@ -214,6 +216,7 @@ def train(
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
+    ssim = SSIM(model_cfg.channels).to(device)
     amp_dtype = autocast_dtype(device, train_cfg.precision)
     log.info("training forward pass in %s", "bf16 autocast" if amp_dtype is not None else "fp32")
 
@@ -249,6 +252,7 @@ def train(
             "step": step,
             "elapsed_s": elapsed_before + time.monotonic() - t0,
             "metrics": summary,
+            "scoring": model.scorer.plan.to_dict(),
             "reason": reason,
             "data": str(category),
         }
@@ -318,7 +322,7 @@ def train(
                     recon, stats = net(x)
             recon01 = denormalize(recon.float(), mean, std)  # losses in FP32
             l2 = F.mse_loss(recon01, target01)
-            ssim_l = _ssim_loss(recon01, target01, model.scorer) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
+            ssim_l = _ssim_loss(recon01, target01, ssim) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
             if not vqvae_frozen:
                 loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
             head_l = torch.zeros(())
@@ -387,10 +391,8 @@ def train(
             "latent restoration: %.1f%% of the good validation images' latent cells are restored",
             100 * restored_share(model, val_images),
         )
-    if not interrupted and (model_cfg.score.normalize != "none" or model_cfg.score.balance):
-        calibrate_error_statistics(model, val_images)
-    if not interrupted and model_cfg.score.reference != "off":
-        calibrate_reference(model, train_images, val_images)
+    if not interrupted:
+        calibrate_scorer(model, train_images, val_images)
     summary.update(
         {
             "step": step,
@@ -434,27 +436,24 @@ def restored_share(model: InspectionModel, frames: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def calibrate_error_statistics(model: InspectionModel, val_images: np.ndarray) -> None:
-    """The scorer's calibration (score.balance, score.normalize) on the good validation images."""
-    model.scorer.calibrate(*model.reconstruct_frames(val_images))
-
-
-@torch.no_grad()
-def calibrate_reference(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
-    """score.reference: the golden template from the good training images, scaled on the validation images."""
+def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
+    """Calibrate every scoring term on the good training and validation images, and log what
+    the golden template found."""
 
     def batches(frames: np.ndarray, size: int = 32):
         for i in range(0, len(frames), size):
             yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + size])))
 
-    found = model.scorer.calibrate_reference(lambda: batches(train_images), batches(val_images))
-    log.info(
-        "golden template (score.reference=%s): alignment %.2f (%s) -> weight %g, registered within %d px, %s, %s",
-        model.cfg.score.reference,
-        found["alignment"],
-        "aligned" if found["aligned"] else "not aligned",
-        found["weight"],
-        found["shift"],
-        "lighting fitted per image" if found["lighting"] else "lighting as is",
-        "blob filter fitted" if found["blob"] else "no blob filter",
-    )
+    val, val_recon = model.reconstruct_frames(val_images)
+    plan = model.scorer.calibrate(GoodImages(train=lambda: batches(train_images), val=val, val_recon=val_recon))
+    for name, weight, term in plan.terms:
+        if name == "template":
+            log.info(
+                "golden template: alignment %.2f (%s) -> weight %g, registered within %d px, %s, %s",
+                term.alignment,
+                "aligned" if term.aligned else "not aligned",
+                weight,
+                term.shift,
+                "lighting fitted per image" if term.lighting else "lighting as is",
+                "blob filter fitted" if term.blob_sigma > 0 else "no blob filter",
+            )

@@ -16,15 +16,20 @@ from torch import nn
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
-from train.scoring import AnomalyScorer
+from train.scoring import AnomalyScorer, ScorerPlan, initial_plan
 
 
 class InspectionModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """scoring: the scorer's saved plan; None = a new run's, from the config."""
+
+    def __init__(self, cfg: ModelConfig, scoring: ScorerPlan | None = None):
         super().__init__()
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
-        self.scorer = AnomalyScorer(cfg.score, cfg.image_size, cfg.channels)
+        size = (cfg.image_size, cfg.image_size)
+        if scoring is None:
+            scoring = initial_plan(cfg.score.terms, cfg.score.errors, cfg.score.border, size)
+        self.scorer = AnomalyScorer(scoring, cfg.channels, size)
         self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
         # The dtype of the decoder and head convolutions. The encoder, the VQ argmin and the
         # scoring stay FP32: FP16 rounding in the encoder flips nearest codes (measured at export).
@@ -102,7 +107,7 @@ class InspectionModel(nn.Module):
     def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C, H, W) [0,1] -> (reconstruction, anomaly_map (N, 1, H, W), score (N,))."""
         recon = self.reconstruct(x01)
-        prob = self.head_probability(x01, recon) if self.cfg.score.source != "recon" else None
+        prob = self.head_probability(x01, recon) if self.scorer.needs_head else None
         anomaly_map, score = self.scorer(x01.float(), recon, prob)
         return recon, anomaly_map, score
 

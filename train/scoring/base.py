@@ -1,0 +1,77 @@
+"""The interface every scoring term keeps, and the good images terms are calibrated on.
+
+A term turns (input, reconstruction, head probability) into an anomaly map (N, 1, H, W). Its
+behaviour is fixed by a frozen plan: `calibrate` fits the term on good images and returns the
+plan it will score by; a term built from a saved plan and loaded with its saved tensors scores
+exactly as the one that was calibrated. Nothing flips a buffer to change what a method does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GoodImages:
+    """Good images a term is calibrated on, all float [0,1] (B, C, H, W).
+
+    train: a function returning a fresh iterable of training batches each call (terms may read
+    them several times; a large set need not sit in memory as floats). val: the validation
+    images and their reconstructions, (M, C, H, W) each.
+    """
+
+    train: Callable[[], Iterable[torch.Tensor]]
+    val: torch.Tensor
+    val_recon: torch.Tensor
+
+    def val_batches(self, size: int = 32) -> list[torch.Tensor]:
+        return [self.val[i : i + size] for i in range(0, len(self.val), size)]
+
+
+class Term(nn.Module):
+    """One additive part of the anomaly map.
+
+    Subclasses set `name`, a frozen `Plan` dataclass (JSON-able fields), and implement
+    `calibrate`, `forward` and `describe`. `plan` is the one the term scores by.
+    """
+
+    name: ClassVar[str]
+    Plan: ClassVar[type]
+    needs_head: ClassVar[bool] = False
+
+    def __init__(self, plan: Any):
+        super().__init__()
+        self.plan = plan
+
+    def calibrate(self, good: GoodImages) -> Any:
+        """Fit on good images; return (and adopt) the plan the term then scores by."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None) -> torch.Tensor:
+        """(N, C, H, W) [0,1] input and reconstruction, (N, 1, H, W) head probability or None
+        -> the term's map (N, 1, H, W) float32, in the unit `describe()` names."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What model.json says of the term: its plan and the unit of its map."""
+        return {"plan": plan_to_dict(self.plan)}
+
+
+def plan_to_dict(plan: Any) -> dict[str, Any]:
+    """A plan as plain JSON values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()}
+
+
+def plan_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """The plan `cls` from saved values; unknown keys are a ValueError naming `where`."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown plan keys {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,75 @@
+"""The reconstruction-error term: how far the reconstruction is from the input, pixel by pixel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from train.scoring.base import GoodImages, Term, plan_to_dict
+from train.scoring.filters import SSIM, GaussianBlur, gms_map
+
+
+@dataclass(frozen=True)
+class ErrorPlan:
+    """kinds: any of l2, ssim (1 - SSIM) and gms (1 - multi-scale gradient-magnitude similarity);
+    weights: their weights; scales: 1 / each kind's mean on the good validation images, so that
+    the kinds count as their weights say (L2 is ~1e-3, 1 - SSIM ~0.2); sigma: the Gaussian
+    smoothing of the weighted sum, in pixels at the model's input size."""
+
+    kinds: tuple[str, ...] = ("gms",)
+    weights: tuple[float, ...] = (1.0,)
+    scales: tuple[float, ...] = (1.0,)
+    sigma: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.kinds or not set(self.kinds) <= {"l2", "ssim", "gms"} or len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"error kinds must be distinct names among l2, ssim, gms, got {list(self.kinds)}")
+        if not len(self.kinds) == len(self.weights) == len(self.scales):
+            raise ValueError("an error plan needs one weight and one scale per kind")
+
+
+class ReconstructionErrors(Term):
+    """map = smooth(sum_k weight_k * scale_k * error_k(x, recon)); 1 = the good validation
+    images' mean error."""
+
+    name = "errors"
+    Plan = ErrorPlan
+
+    def __init__(self, plan: ErrorPlan, channels: int):
+        super().__init__(plan)
+        self.ssim = SSIM(channels)
+        self.blur = GaussianBlur(plan.sigma)
+
+    def raw(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
+        """Each kind's unweighted, unscaled map (N, 1, H, W)."""
+        x, recon = x.float(), recon.float()
+        maps = []
+        for kind in self.plan.kinds:
+            if kind == "l2":
+                maps.append((x - recon).pow(2).mean(dim=1, keepdim=True))
+            elif kind == "ssim":
+                maps.append(1 - self.ssim(x, recon))
+            else:
+                maps.append(gms_map(x, recon))
+        return maps
+
+    def weighted(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """The weighted, scaled sum before smoothing (N, 1, H, W)."""
+        total = torch.zeros_like(x[:, :1], dtype=torch.float32)
+        for error, weight, scale in zip(self.raw(x, recon), self.plan.weights, self.plan.scales, strict=True):
+            total = total + weight * scale * error
+        return total
+
+    @torch.no_grad()
+    def calibrate(self, good: GoodImages) -> ErrorPlan:
+        means = [max(float(error.mean()), 1e-12) for error in self.raw(good.val, good.val_recon)]
+        self.plan = replace(self.plan, scales=tuple(1.0 / m for m in means))
+        return self.plan
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None) -> torch.Tensor:
+        return self.blur(self.weighted(x, recon))
+
+    def describe(self) -> dict[str, Any]:
+        return {"unit": "the good validation images' mean error per kind", "plan": plan_to_dict(self.plan)}

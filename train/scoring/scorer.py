@@ -1,0 +1,148 @@
+"""The anomaly scorer: a weighted sum of terms, a region of interest, and the image score.
+
+(input, reconstruction, head probability) -> (anomaly map (N, 1, H, W), score (N,)). One module,
+used by evaluation and traced into the exported ONNX graph, so the line sees the scores
+evaluation saw. Which terms, with which weights and plans, is the scorer's plan: built from the
+config for a new run, replaced by calibration, and saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
+from train.scoring.errors import ErrorPlan, ReconstructionErrors
+from train.scoring.learned import HeadPlan, LearnedComparison
+from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings, roi_mask
+
+# The terms by name: adding one is a module and a line here.
+TERMS: dict[str, type[Term]] = {
+    LearnedComparison.name: LearnedComparison,
+    ReconstructionErrors.name: ReconstructionErrors,
+    GoldenTemplate.name: GoldenTemplate,
+}
+# Each term's weight in the map, before calibration may choose another (the template does).
+# Chosen on independent draws of `vqad synth`: the head's probability at 1, the balanced error
+# map at 0.1 (it adds what the head misses without its noise on textures); docs/decisions.md.
+WEIGHTS = {"head": 1.0, "errors": 0.1, "template": 1.0}
+# The smoothing of the error map and of the head's probability, pixels at a 128-px input.
+ERROR_SIGMA = 2.0
+HEAD_SIGMA = 1.0
+
+
+@dataclass(frozen=True)
+class ScorerPlan:
+    """terms: (name, weight, the term's plan) in map order; border: pixels at the frame's edge
+    left out of the map and the score."""
+
+    terms: tuple[tuple[str, float, Any], ...]
+    border: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "border": self.border,
+            "terms": [{"name": n, "weight": w, "plan": plan_to_dict(p)} for n, w, p in self.terms],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScorerPlan:
+        terms = []
+        for entry in values["terms"]:
+            if entry["name"] not in TERMS:
+                raise ValueError(f"scoring plan: unknown term {entry['name']!r}; known: {sorted(TERMS)}")
+            plan = plan_from_dict(TERMS[entry["name"]].Plan, entry["plan"], f"scoring term {entry['name']}")
+            terms.append((entry["name"], float(entry["weight"]), plan))
+        return cls(tuple(terms), int(values["border"]))
+
+
+def initial_plan(terms: tuple[str, ...], errors: tuple[str, ...], border: int, size: tuple[int, int]) -> ScorerPlan:
+    """The plan of a new, uncalibrated scorer: the config's terms with the tuned constants scaled
+    to the input size (`size` (H, W); the constants were tuned at 128 px)."""
+    k = (size[0] * size[1]) ** 0.5 / 128.0
+    plans = {
+        "head": HeadPlan(sigma=HEAD_SIGMA * k),
+        "errors": ErrorPlan(
+            kinds=errors, weights=(1.0,) * len(errors), scales=(1.0,) * len(errors), sigma=ERROR_SIGMA * k
+        ),
+        "template": TemplatePlan(sigma=TemplateSettings.for_size(k * 128).sigma),
+    }
+    unknown = sorted(set(terms) - set(plans))
+    if unknown:
+        raise ValueError(f"score.terms: unknown {unknown}; known: {sorted(plans)}")
+    return ScorerPlan(tuple((name, WEIGHTS[name], plans[name]) for name in terms), border)
+
+
+class AnomalyScorer(nn.Module):
+    """map = sum over terms of weight * term(x, recon, head probability), zero outside the
+    region of interest; score = the map's max."""
+
+    def __init__(
+        self, plan: ScorerPlan, channels: int, size: tuple[int, int], template: TemplateSettings | None = None
+    ):
+        """template: what the golden template's calibration chooses from (default: the tuned
+        constants at this size); the ablation benchmark varies it."""
+        super().__init__()
+        self.channels, self.size, self.template_settings = channels, size, template
+        self.weights: dict[str, float] = {}
+        self.terms = nn.ModuleDict()
+        self.register_buffer("roi", roi_mask(size[0], size[1], plan.border), persistent=False)
+        self.border = plan.border
+        for name, weight, term_plan in plan.terms:
+            self.terms[name] = self._build(name, term_plan)
+            self.weights[name] = weight
+
+    def _build(self, name: str, plan: Any) -> Term:
+        if name == GoldenTemplate.name:
+            return GoldenTemplate(plan, self.channels, self.size, self.border, self.template_settings)
+        return TERMS[name](plan, self.channels)
+
+    @property
+    def plan(self) -> ScorerPlan:
+        return ScorerPlan(tuple((n, self.weights[n], t.plan) for n, t in self.terms.items()), self.border)
+
+    @property
+    def needs_head(self) -> bool:
+        return any(term.needs_head for term in self.active_terms())
+
+    def active_terms(self) -> list[Term]:
+        """The terms that enter the map (a weight of 0 leaves a term out of the graph too)."""
+        return [term for name, term in self.terms.items() if self.weights[name] > 0]
+
+    @torch.no_grad()
+    def calibrate(self, good: GoodImages) -> ScorerPlan:
+        """Calibrate every term on good images; a term may choose its weight (plan.weight)."""
+        for name, term in self.terms.items():
+            plan = term.calibrate(good)
+            if hasattr(plan, "weight"):
+                self.weights[name] = plan.weight
+        return self.plan
+
+    def forward(
+        self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        anomaly_map = None
+        for name, term in self.terms.items():
+            weight = self.weights[name]
+            if weight <= 0:
+                continue
+            part = term(x, recon, head_prob)
+            part = part if weight == 1.0 else weight * part
+            anomaly_map = part if anomaly_map is None else anomaly_map + part
+        if anomaly_map is None:
+            raise ValueError("the scorer has no term with a positive weight")
+        if self.border > 0:
+            anomaly_map = anomaly_map * self.roi  # the margin scores 0
+        score = anomaly_map.flatten(1).max(dim=1).values  # (N,)
+        return anomaly_map, score
+
+    def describe(self) -> dict[str, Any]:
+        """What model.json says of the scoring: each term's weight, unit and plan; the border."""
+        return {
+            "border": self.border,
+            "reduce": "max",
+            "terms": [{"name": n, "weight": self.weights[n], **t.describe()} for n, t in self.terms.items()],
+        }
