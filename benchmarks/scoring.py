@@ -54,6 +54,7 @@ def in_half(path: Path, half: str) -> bool:
 @torch.no_grad()
 def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[str, Any]:
     """{variant: {image_auroc, pixel_auroc, aupro, terms}} for one trained run."""
+    from edge.frames import batched
     from train.data import load_images, load_test_set
     from train.metrics import aupro, image_auroc, pixel_auroc
     from train.model import uint8_nhwc_to_float
@@ -73,18 +74,15 @@ def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[s
     val_images = load_images([Path(p) for p in run.split()["val"]], cfg.image_size, cfg.channels)
     x_val, r_val = model.reconstruct_frames(val_images)
     good = GoodImages(
-        train=lambda: [
-            uint8_nhwc_to_float(torch.from_numpy(train_images[i : i + 32])) for i in range(0, len(train_images), 32)
-        ],
+        train=lambda: [uint8_nhwc_to_float(torch.from_numpy(b)) for b in batched(train_images, 32)],
         val=x_val,
         val_recon=r_val,
     )
     x_test, r_test = model.reconstruct_frames(frames)
     prob = None
     if model.head is not None:
-        prob = torch.cat(
-            [model.head_probability(x_test[i : i + 16], r_test[i : i + 16]) for i in range(0, len(x_test), 16)]
-        )
+        pairs = zip(batched(x_test, 16), batched(r_test, 16), strict=True)
+        prob = torch.cat([model.head_probability(x, r) for x, r in pairs])
     base = TemplateSettings.for_size(cfg.image_size)
     rows: dict[str, Any] = {}
     for name, (terms, errors, template) in VARIANTS.items():

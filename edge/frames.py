@@ -5,12 +5,16 @@ the pixels it saw in evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from edge.errors import DataError, FrameError
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -103,3 +107,11 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files in `folder`, sorted by name (a stable order for splits and reports)."""
     folder = Path(folder)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[T]:
+    """Consecutive slices of at most `size` items (arrays, tensors and lists slice alike)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

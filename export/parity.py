@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import VqadError
+from edge.frames import batched
 
 
 class ParityError(VqadError):
@@ -32,8 +33,8 @@ def onnx_outputs(path: str | Path, frames: np.ndarray, batch: int = 8) -> tuple[
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     maps, scores = [], []
-    for i in range(0, len(frames), batch):
-        m, s = session.run(None, {"frames": np.ascontiguousarray(frames[i : i + batch])})
+    for chunk in batched(frames, batch):
+        m, s = session.run(None, {"frames": np.ascontiguousarray(chunk)})
         maps.append(m)
         scores.append(s)
     return np.concatenate(maps), np.concatenate(scores)

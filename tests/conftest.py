@@ -34,8 +34,6 @@ TINY_TRAIN = [
     "--set",
     "train.checkpoint_every=10",
     "--set",
-    "train.warmup_steps=5",
-    "--set",
     "train.num_threads=1",
     "--set",
     "train.val_fraction=0.25",

@@ -96,7 +96,7 @@ def test_a_run_saved_in_format_1_scores_as_it_did(category):
     assert run.model_cfg.score.terms == ("head", "errors", "template")
     template = run.model.scorer.terms["template"].plan
     assert template.aligned == (category == "bracket") and (template.shift > 0) == (category == "bracket")
-    assert run.train_cfg.head_loss == "bce"  # saved in the config: not the focal default of older runs
+    assert run.meta["train_config_v1"]["head_loss"] == "bce"  # how it was trained, kept as saved
 
 
 def test_recalibrating_a_format_1_run_fits_the_same_golden_template(synth_root):
@@ -148,8 +148,8 @@ def test_format_1_runs_from_before_each_scoring_feature_load_without_it(tmp_path
     old = tmp_path / "old"
     shutil.copytree(LEGACY / "bracket", old)
 
-    def load(score_cfg: dict, drop=lambda key: False, train_cfg=None):
-        m = dict(meta, model_config=dict(meta["model_config"], score=score_cfg))
+    def load(score_cfg: dict, drop=lambda key: False, train_cfg=None, **model_cfg):
+        m = dict(meta, model_config=dict(meta["model_config"], score=score_cfg, **model_cfg))
         m["train_config"] = train_cfg or meta["train_config"]
         _save_format_1(old / "checkpoint.pt", {k: v for k, v in state.items() if not drop(k)}, m)
         return load_run(old)
@@ -165,7 +165,9 @@ def test_format_1_runs_from_before_each_scoring_feature_load_without_it(tmp_path
     template = run.model.scorer.terms["template"].plan
     assert not template.lighting and template.band == tuple(score["reference_sigmas"]) and template.blob_sigma > 0
     run = load(score, train_cfg={k: v for k, v in meta["train_config"].items() if k != "head_loss"})
-    assert run.train_cfg.head_loss == "focal"  # its head was trained with the focal loss, and says so
+    assert run.meta["train_config_v1"]["head_loss"] == "focal"  # its head was trained with the focal loss
+    with pytest.raises(CheckpointError, match="model.restore=position"):
+        load(score, restore="position")  # restoration changed what the model computes; removed
     with pytest.raises(CheckpointError, match="score.normalize=pixel"):
         load(dict(score, normalize="pixel"))
     maps, scores, expected = _legacy_scores(LEGACY / "bracket")

@@ -1,25 +1,16 @@
 """Synthetic anomalies painted into good images during training (DRAEM-style).
 
-A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill
-(`train.anomaly_fills`) is foreign content from a shifted crop of another training image
-("crop"), a procedural noise texture ("texture"), a colour/brightness shift ("shift"), or
-the image itself blurred, its detail gone ("blur"), blended with beta in [0, 0.8]:
+A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill (FILLS) is
+foreign content from a shifted crop of another training image ("crop"), a procedural noise
+texture ("texture") or a colour/brightness shift ("shift"), blended with beta in [0, 0.8]:
 
     out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
 
-Another source, behind `train.discolour_fraction` (off by default), is a faint
-discolouration: a shift of 3-10% of the range per channel, unblended, through a small
-mask softened at its edge (the label is where the soft mask is over one half). It was meant
-to teach the head low-contrast stains, which the blended fills rarely resemble; measured at
-10 minutes, large or small, it lowered every kind's score (benchmarks/RESULTS.md), so it
-stays a switch. So does the "blur" fill, which trades one defect kind for another.
-
 The label is the mask where the painted pixel differs visibly from the clean one (by at
-least `min_change` of the range in some channel, `train.anomaly_min_change`). A blended fill
-can leave parts of its mask unchanged: a crop of another image puts background on
-background, a shift with beta near 0.8 moves a dark pixel by one grey level. Labelling those
-taught the head to fire on nothing, which on an aligned part put a floor under every good
-image's score (benchmarks/RESULTS.md, session 7).
+least MIN_CHANGE of the range in some channel). A blended fill can leave parts of its mask
+unchanged: a crop of another image puts background on background, a shift with beta near 0.8
+moves a dark pixel by one grey level. Labelling those taught the head to fire on nothing,
+which on an aligned part put a floor under every good image's score.
 
 The model is trained to reconstruct the clean x, so at test time it repairs real defects
 instead of copying them. Everything is generated in-process; no outside data.
@@ -28,12 +19,8 @@ instead of copying them. Everything is generated in-process; no outside data.
 from __future__ import annotations
 
 import functools
-from typing import get_args
 
-import cv2
 import numpy as np
-
-from train.config import FillKind
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -78,13 +65,19 @@ def perlin_mask(size: int, rng: np.random.Generator, min_scale: int = 1, max_sca
     return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 10) ** 2
 
 
-FILL_KINDS: tuple[str, ...] = get_args(FillKind)  # ("crop", "texture", "shift", "blur"), as the config spells them
+# The fills, each equally likely. Measured and left out (docs/decisions.md): the image's own
+# detail blurred away (traded one defect kind for another) and faint soft-edged discolourations
+# (lowered every kind's score at 10 minutes).
+FILLS = ("crop", "texture", "shift")
+# Half of each batch is painted (DRAEM); a painted pixel is labelled where it moved by >= 4/255.
+ANOMALY_FRACTION = 0.5
+MIN_CHANGE = 0.016
 
 
-def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...]) -> np.ndarray:
-    """Foreign content for `image` (H, W, C float in [0,1]) from one of `kinds` (FILL_KINDS)."""
+def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Foreign content for `image` (H, W, C float in [0,1]) from one of FILLS."""
     size, c = image.shape[0], image.shape[2]
-    kind = kinds[rng.integers(len(kinds))]
+    kind = FILLS[rng.integers(len(FILLS))]
     if kind == "crop":  # a shifted, flipped crop of another good image: plausible but misplaced content
         other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
         other = np.roll(other, shift=tuple(rng.integers(0, size, 2)), axis=(0, 1))
@@ -96,67 +89,32 @@ def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator, kinds: 
         tex = perlin((size, size), (res, res), rng)[:, :, None]
         colour = rng.random(c)[None, None, :]
         return np.clip(colour + 0.3 * tex, 0, 1)
-    if kind == "shift":  # a colour / brightness shift of the image itself
-        return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
-    # "blur": the image's own structure smoothed away (worn, smeared, threads missing), a
-    # little darker or lighter: a defect that removes detail instead of adding it.
-    sigma = float(rng.uniform(1.5, 5.0)) * size / 128
-    blurred = cv2.GaussianBlur(image, (0, 0), sigma).reshape(image.shape)
-    return np.clip(blurred * rng.uniform(0.8, 1.1), 0, 1)
-
-
-def _discolour(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A faint discolouration of `image` (H, W, C float in [0,1]) over a soft-edged `mask`
-    (H, W bool) -> (painted image, label mask (H, W) float32)."""
-    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), float(rng.uniform(1.0, 3.0)))
-    soft = (soft / soft.max())[:, :, None]  # peaks at 1: a small mask still has a label
-    shift = rng.uniform(0.03, 0.10, image.shape[2]) * rng.choice([-1.0, 1.0], image.shape[2])
-    painted = np.clip(image + soft * shift[None, None, :].astype(np.float32), 0, 1)
-    return painted, (soft[:, :, 0] > 0.5).astype(np.float32)
+    # "shift": a colour / brightness shift of the image itself
+    return np.clip(image * rng.uniform(0.6, 1.4) + rng.uniform(-0.25, 0.25, c)[None, None, :], 0, 1)
 
 
 def paint_anomalies(
     batch: np.ndarray,
     pool: np.ndarray,
-    fraction: float,
     rng: np.random.Generator,
-    discolour_fraction: float = 0.0,
-    min_change: float = 0.0,
-    fills: tuple[str, ...] = FILL_KINDS[:3],
-    discolour_restore: bool = True,
-    return_targets: bool = False,
-) -> tuple[np.ndarray, ...]:
+    fraction: float = ANOMALY_FRACTION,
+    min_change: float = MIN_CHANGE,
+) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
-    of the batch is corrupted, `discolour_fraction` of those with a faint discolouration; the
-    rest is returned unchanged with an empty mask. With `min_change` > 0 a painted pixel is
-    labelled only where some channel moved by at least that much. `fills` are the blended
-    fills to draw from (FILL_KINDS), each equally likely.
-
-    With `return_targets` a third array is returned: what the VQ-VAE should reconstruct,
-    (B, H, W, C) float32. That is the clean image, except for discoloured images when
-    `discolour_restore` is off: those keep their discolouration, so only the head learns that
-    it is a defect and the VQ-VAE is never taught to paint over faint shading.
+    of the batch is corrupted; the rest is returned unchanged with an empty mask. With
+    `min_change` > 0 a painted pixel is labelled only where some channel moved by at least that much.
     """
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
-    targets = clean if discolour_restore else clean.copy()  # a copy only where it will differ
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
     for i in range(len(batch)):
         if rng.random() >= fraction:
             continue
-        # (no draw when off: the random stream, and so a run, stays as before the switch existed)
-        if discolour_fraction > 0 and rng.random() < discolour_fraction:
-            # Small blobs only (Perlin cells of 1/8 of the frame or less): a faint discolouration
-            # as large as the part is indistinguishable from its lighting.
-            x[i], masks[i] = _discolour(x[i], perlin_mask(batch.shape[1], rng, min_scale=3), rng)
-            if not discolour_restore:
-                targets[i] = x[i]
-            continue
         mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
-        fill = _fill(x[i], pool, rng, fills)
+        fill = _fill(x[i], pool, rng)
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
         masks[i] = mask[:, :, 0]
     if min_change > 0:
@@ -165,4 +123,4 @@ def paint_anomalies(
         largest = functools.reduce(np.maximum, (moved[..., c] for c in range(moved.shape[3])))
         visible = largest >= min_change  # (B, H, W)
         masks *= visible
-    return (x, masks, targets) if return_targets else (x, masks)
+    return x, masks

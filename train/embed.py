@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edge.errors import DataError
-from edge.frames import find_images
+from edge.frames import batched, find_images
 from train.data import load_images
 from train.run import load_run
 
@@ -46,8 +46,8 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     images = load_images(paths, cfg.image_size, cfg.channels)
     K = cfg.codebook_size
     chunks = []
-    for i in range(0, len(images), batch_size):
-        z_q, codes = run.model.encode_frames(torch.from_numpy(images[i : i + batch_size]))  # (B,D,h,w), (B,h,w)
+    for batch in batched(images, batch_size):
+        z_q, codes = run.model.encode_frames(torch.from_numpy(batch))  # (B,D,h,w), (B,h,w)
         if kind == "codes":
             chunks.append(codes.numpy().astype(np.int32))
         elif kind == "quantized":

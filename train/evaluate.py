@@ -163,5 +163,5 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
         fpr, tpr = roc_points(labels, scores)
         plots.roc_plot(out / "roc.png", fpr, tpr, image_auroc(labels, scores))
     counts = codebook_counts(run, val_images)
-    plots.codebook_plot(out / "codebook.png", counts, run.model.vqvae.quantizer.codebook().detach().numpy())
+    plots.codebook_plot(out / "codebook.png", counts, run.model.vqvae.quantizer.embed.detach().numpy())
     plots.curves_plot(run.root / "metrics.csv", out / "curves.png")

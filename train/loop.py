@@ -5,6 +5,10 @@ Life of a run directory:
     split.json    which good images are train and which are validation
     checkpoint.pt the latest self-describing checkpoint (atomic writes)
     metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
+
+`train()` is a short sequence: set up (device, model, data, optimiser), the steps (each paints
+synthetic defects, reconstructs, and updates the VQ-VAE and the head), logging and periodic
+checkpoints, then calibration of the scorer on good images and the final checkpoint.
 Ctrl-C saves a checkpoint before exiting; `--resume` continues from it. Under torchrun
 the run is data-parallel (DDP; gloo on CPU, NCCL on GPU) and only rank 0 writes.
 """
@@ -19,7 +23,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 
 from edge.config import to_dict
 from edge.errors import CheckpointError, DataError
+from edge.frames import batched
 from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
@@ -39,6 +45,15 @@ from train.pipeline import InspectionModel
 from train.scoring import SSIM, GoodImages, ScorerPlan
 
 log = logging.getLogger(__name__)
+
+# The optimisation, tuned on `vqad synth` within the 10-minute CPU budget (docs/decisions.md):
+# AdamW at 2e-3 without weight decay, 50 warm-up steps, the reconstruction loss L2 + 0.5 x
+# (1 - SSIM), and the head's BCE at weight 1.
+LR = 2e-3
+WEIGHT_DECAY = 0.0
+WARMUP_STEPS = 50
+SSIM_LOSS_WEIGHT = 0.5
+HEAD_LOSS_WEIGHT = 1.0
 
 CSV_FIELDS = (
     "step",
@@ -104,13 +119,15 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 5% over the budget: whichever of `steps` and
-    `max_minutes` runs out first, so a time-limited run still ends with a low learning rate."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    by_steps = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    `max_minutes` runs out first, so a time-limited run still ends with a low learning rate.
+    The warm-up is WARMUP_STEPS, or a tenth of a shorter run."""
+    warmup = min(WARMUP_STEPS, max(1, cfg.steps // 10))
+    if step < warmup:
+        return LR * (step + 1) / warmup
+    by_steps = (step - warmup) / max(1, cfg.steps - warmup)
     by_time = elapsed_s / (cfg.max_minutes * 60.0)
     t = min(1.0, max(by_steps, by_time))
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+    return LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 class MetricsLog:
@@ -156,8 +173,41 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     return train_paths, val_paths, train_images, val_images
 
 
-def _ssim_loss(recon01: torch.Tensor, clean01: torch.Tensor, ssim: SSIM) -> torch.Tensor:
-    return 1 - ssim(recon01, clean01).mean()
+@dataclass
+class Session:
+    """What one training holds between its steps."""
+
+    category: Path
+    run_dir: Path
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    device: torch.device
+    dist: Dist
+    rng: np.random.Generator
+    model: InspectionModel
+    net: torch.nn.Module  # the VQ-VAE, wrapped for DDP when distributed
+    head_net: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    ssim: SSIM
+    amp_dtype: torch.dtype | None
+    train_images: np.ndarray
+    val_images: np.ndarray
+    step: int = 0
+    elapsed_before: float = 0.0
+    t0: float = field(default_factory=time.monotonic)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics_log: MetricsLog | None = None
+    bar: Any = None
+    dead_total: int = 0
+    last_log: tuple[float, int] = (0.0, 0)  # (monotonic time, step) of the last log row
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t0
+
+    def autocast(self):
+        # The quantiser turns autocast off inside itself: distances, argmin and EMA stay FP32.
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=enabled)
 
 
 def train(
@@ -169,247 +219,245 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) a run. Returns a summary dict; writes the run directory."""
-    category, run_dir = Path(category), Path(run_dir)
+    s = set_up(Path(category), Path(run_dir), model_cfg, train_cfg, resume, progress)
+    interrupted = run_steps(s)
+    return finish(s, interrupted)
+
+
+def set_up(
+    category: Path, run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool, progress: bool
+) -> Session:
+    """Device and seeds, the model (resumed from its checkpoint), the data (every image read
+    and checked before anything is written), the run directory's files and the optimiser."""
     device = pick_device(train_cfg.device)
     dist = _setup_distributed(device)
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
     torch.manual_seed(train_cfg.seed + dist.rank)
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
-
-    start_step, optimizer_state, elapsed_before = 0, None, 0.0
-    model = InspectionModel(model_cfg).to(device)
-    if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        meta = ckpt["meta"]
-        model_cfg_saved = meta["model_config"]
-        if model_cfg_saved != to_dict(model_cfg):
-            raise CheckpointError(f"--resume: {run_dir} was trained with a different model config")
-        model = InspectionModel(model_cfg, ScorerPlan.from_dict(meta["scoring"])).to(device)
-        model.load_state_dict(ckpt["model"])
-        start_step, optimizer_state = int(meta["step"]), ckpt["optimizer"]
-        elapsed_before = float(meta.get("elapsed_s", 0.0))
-        log.info("resuming %s from step %d", run_dir, start_step)
-    elif run_dir.exists() and (run_dir / CHECKPOINT_NAME).exists():
-        raise DataError(f"{run_dir} already holds a run; use --resume or another --out")
-
+    model, start_step, optimizer_state, elapsed_before = _model(run_dir, model_cfg, resume)
+    model = model.to(device)
     train_paths, val_paths, train_images, val_images = load_run_data(category, model_cfg, train_cfg)
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(
-            json.dumps({"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}, indent=2)
-        )
-        (run_dir / "split.json").write_text(
-            json.dumps({"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}, indent=2)
-        )
-
-    if model.head is not None and train_cfg.anomaly_fraction <= 0:
-        raise DataError("the comparison head learns from synthetic anomalies: set train.anomaly_fraction > 0")
-    net: torch.nn.Module = model.vqvae
-    head_net: torch.nn.Module | None = model.head
+        _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
+    net, head_net = model.vqvae, model.head
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
         if model.head is not None:
             head_net = torch.nn.parallel.DistributedDataParallel(model.head)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
-    mean, std = model_cfg.channel_mean(), model_cfg.channel_std()
-    ssim = SSIM(model_cfg.channels).to(device)
     amp_dtype = autocast_dtype(device, train_cfg.precision)
     log.info("training forward pass in %s", "bf16 autocast" if amp_dtype is not None else "fp32")
+    s = Session(
+        category, run_dir, model_cfg, train_cfg, device, dist, rng, model, net, head_net, opt,
+        SSIM(model_cfg.channels).to(device), amp_dtype, train_images, val_images,
+        step=start_step, elapsed_before=elapsed_before,
+    )  # fmt: skip
+    s.last_log = (time.monotonic(), start_step)
+    if dist.main:
+        s.metrics_log = MetricsLog(run_dir, append=resume)
+        if progress:
+            from tqdm import tqdm
 
-    def autocast():
-        # The quantiser turns autocast off inside itself: distances, argmin and EMA stay FP32.
-        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+            s.bar = tqdm(total=train_cfg.steps, initial=start_step, desc=f"train {category.name}", unit="step")
+    return s
 
-    metrics_log = MetricsLog(run_dir, append=resume) if dist.main else None
-    budget_s = train_cfg.max_minutes * 60.0
-    t0 = time.monotonic()
-    step = start_step
-    bar = None
-    if dist.main and progress:
-        from tqdm import tqdm
 
-        bar = tqdm(
-            total=train_cfg.steps,
-            initial=start_step,
-            desc=f"train {category.name}",
-            unit="step",
-            dynamic_ncols=True,
-        )
-    last_log_t, last_log_step, dead_total = time.monotonic(), step, 0
-    interrupted = False
-    summary: dict[str, Any] = {}
+def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[InspectionModel, int, Any, float]:
+    """A new model, or the run's, resumed: (model, step, optimiser state, elapsed seconds)."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if not resume:
+        if checkpoint.exists():
+            raise DataError(f"{run_dir} already holds a run; use --resume or another --out")
+        return InspectionModel(model_cfg), 0, None, 0.0
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    if meta["model_config"] != to_dict(model_cfg):
+        raise CheckpointError(f"--resume: {run_dir} was trained with a different model config")
+    model = InspectionModel(model_cfg, ScorerPlan.from_dict(meta["scoring"]))
+    model.load_state_dict(ckpt["model"])
+    log.info("resuming %s from step %d", run_dir, int(meta["step"]))
+    return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
 
-    def checkpoint(reason: str) -> None:
-        if not dist.main:
-            return
-        meta = {
-            "model_config": to_dict(model_cfg),
-            "train_config": to_dict(train_cfg),
-            "step": step,
-            "elapsed_s": elapsed_before + time.monotonic() - t0,
-            "metrics": summary,
-            "scoring": model.scorer.plan.to_dict(),
-            "reason": reason,
-            "data": str(category),
-        }
-        save_checkpoint(run_dir / CHECKPOINT_NAME, model.state_dict(), meta, opt.state_dict())
 
-    # Ctrl-C only sets a flag; the loop stops at the next step boundary and saves a checkpoint.
-    # A KeyboardInterrupt raised mid-step could land inside a lock (tqdm's, a logging handler's)
-    # and hang the save. A second Ctrl-C stops at once.
-    stop_requested = False
+def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    split = {"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}
+    (run_dir / "split.json").write_text(json.dumps(split, indent=2))
+
+
+@contextmanager
+def stop_on_ctrl_c():
+    """Ctrl-C only sets a flag (yielded as a one-item list); the loop stops at the next step
+    boundary and saves a checkpoint. A KeyboardInterrupt raised mid-step could land inside a
+    lock (tqdm's, a logging handler's) and hang the save. A second Ctrl-C stops at once."""
+    flag = [False]
 
     def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        if stop_requested:
+        if flag[0]:
             raise KeyboardInterrupt
-        stop_requested = True
+        flag[0] = True
 
-    previous_sigint = None
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        previous_sigint = signal.signal(signal.SIGINT, request_stop)
+        previous = signal.signal(signal.SIGINT, request_stop)
     try:
-        model.train()
-        while step < train_cfg.steps:
-            # [elapsed, stop flag]: every rank uses rank-agnostic time and the same stop step,
-            # so lr, the budget and Ctrl-C agree across ranks.
-            clock = torch.tensor([time.monotonic() - t0 + elapsed_before, float(stop_requested)], dtype=torch.float64)
-            if dist.world > 1:
-                torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
-            elapsed = float(clock[0])
-            if clock[1] > 0:
-                raise KeyboardInterrupt
-            if elapsed > budget_s:
-                log.info("time budget of %.1f min reached at step %d", train_cfg.max_minutes, step)
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, elapsed, train_cfg)
-            idx = rng.integers(0, len(train_images), train_cfg.batch_size)
-            clean_u8 = train_images[idx]
-            clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(device)  # (B, C, H, W)
-            inp01, target01, masks = clean01, clean01, None
-            if train_cfg.anomaly_fraction > 0:
-                corrupted, mask_np, target_np = paint_anomalies(
-                    clean_u8,
-                    train_images,
-                    train_cfg.anomaly_fraction,
-                    rng,
-                    train_cfg.discolour_fraction,
-                    train_cfg.anomaly_min_change,
-                    train_cfg.anomaly_fills,
-                    train_cfg.discolour_restore,
-                    return_targets=True,
-                )
-                inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
-                if not train_cfg.discolour_restore:
-                    target01 = torch.from_numpy(target_np).permute(0, 3, 1, 2).to(device)  # (B, C, H, W)
-                masks = torch.from_numpy(mask_np)[:, None].to(device)  # (B, 1, H, W)
-            progress = max(step / train_cfg.steps, elapsed / budget_s)
-            head_on = model.head is not None and progress >= train_cfg.head_start_fraction
-            vqvae_frozen = head_on and train_cfg.head_start_fraction > 0  # two-stage: the VQ-VAE is done
-            x = normalize(inp01, mean, std)
-            if vqvae_frozen:
-                model.vqvae.eval()
-                with torch.no_grad(), autocast():
-                    recon, stats = model.vqvae(x)
-                loss = torch.zeros((), device=device)
-            else:
-                with autocast():
-                    recon, stats = net(x)
-            recon01 = denormalize(recon.float(), mean, std)  # losses in FP32
-            l2 = F.mse_loss(recon01, target01)
-            ssim_l = _ssim_loss(recon01, target01, ssim) if train_cfg.ssim_loss_weight > 0 else torch.zeros(())
-            if not vqvae_frozen:
-                loss = l2 + train_cfg.ssim_loss_weight * ssim_l + stats["vq_loss"]
-            head_l = torch.zeros(())
-            if head_on:
-                with autocast():
-                    logits = head_net(inp01, recon01.detach())
-                head_l = head_loss(logits.float(), masks, train_cfg.head_loss)
-                loss = loss + train_cfg.head_loss_weight * head_l
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if model_cfg.dead_code_threshold > 0 and not vqvae_frozen:
-                dead_total += model.vqvae.expire_dead_codes()
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                ppl = float(stats["perplexity"]) if "perplexity" in stats else float("nan")
-                bar.set_postfix(
-                    loss=f"{loss.item():.4f}",
-                    l2=f"{l2.item():.5f}",
-                    ppl=f"{ppl:.1f}",
-                    head=f"{head_l.item():.4f}",
-                )
-            if dist.main and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
-                now = time.monotonic()
-                row = {
-                    "step": step,
-                    "elapsed_s": round(elapsed_before + now - t0, 2),
-                    "loss": loss.item(),
-                    "recon_l2": l2.item(),
-                    "recon_ssim": ssim_l.item(),
-                    "vq_loss": float(stats["vq_loss"].detach()) if "vq_loss" in stats else "",
-                    "perplexity": float(stats["perplexity"]) if "perplexity" in stats else "",
-                    "used_codes": int(stats["used_codes"]) if "used_codes" in stats else "",
-                    # two levels: TensorBoard only, so metrics.csv keeps its columns for --resume
-                    **({"top_perplexity": float(stats["top_perplexity"])} if "top_perplexity" in stats else {}),
-                    "head_loss": head_l.item(),
-                    "dead_restarted": dead_total,
-                    "lr": opt.param_groups[0]["lr"],
-                    "images_per_s": round(
-                        (step - last_log_step) * train_cfg.batch_size * dist.world / max(1e-6, now - last_log_t),
-                        2,
-                    ),
-                }
-                if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
-                    row["val_l2"] = validation_l2(model, val_images)
-                    model.train()
-                metrics_log.write(row)
-                summary.update(row)
-                last_log_t, last_log_step, dead_total = now, step, 0
-            if step % train_cfg.checkpoint_every == 0:
-                checkpoint("periodic")
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted at step %d: saving a checkpoint (continue with --resume)", step)
+        yield flag
     finally:
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
-        if bar is not None:
-            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
-    model.eval()
-    if not interrupted and model_cfg.restore != "none":
-        model.calibrate_restoration(train_images)
-        log.info(
-            "latent restoration: %.1f%% of the good validation images' latent cells are restored",
-            100 * restored_share(model, val_images),
-        )
+
+def run_steps(s: Session) -> bool:
+    """Train until the step or time budget runs out; True if Ctrl-C stopped it."""
+    budget_s = s.train_cfg.max_minutes * 60.0
+    interrupted = False
+    with stop_on_ctrl_c() as stop:
+        try:
+            s.model.train()
+            while s.step < s.train_cfg.steps:
+                elapsed = _agreed_clock(s, stop[0])
+                if elapsed > budget_s:
+                    log.info("time budget of %.1f min reached at step %d", s.train_cfg.max_minutes, s.step)
+                    break
+                losses = train_step(s, elapsed, budget_s)
+                s.step += 1
+                _log_step(s, losses)
+                if s.step % s.train_cfg.checkpoint_every == 0:
+                    save(s, "periodic")
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted at step %d: saving a checkpoint (continue with --resume)", s.step)
+        finally:
+            if s.bar is not None:
+                s.bar.close()
+    return interrupted
+
+
+def _agreed_clock(s: Session, stop_requested: bool) -> float:
+    """The elapsed seconds every rank agrees on (the largest), and KeyboardInterrupt when any
+    rank was asked to stop: lr, the budget and Ctrl-C agree across ranks."""
+    clock = torch.tensor([s.elapsed(), float(stop_requested)], dtype=torch.float64)
+    if s.dist.world > 1:
+        torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
+    if clock[1] > 0:
+        raise KeyboardInterrupt
+    return float(clock[0])
+
+
+def train_step(s: Session, elapsed: float, budget_s: float) -> dict[str, Any]:
+    """One optimisation step on a batch with synthetic defects painted in: the VQ-VAE learns to
+    reconstruct the clean image, the head to find the painted defects. -> losses and VQ stats."""
+    for group in s.opt.param_groups:
+        group["lr"] = lr_at(s.step, elapsed, s.train_cfg)
+    clean_u8 = s.train_images[s.rng.integers(0, len(s.train_images), s.train_cfg.batch_size)]
+    clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(s.device)  # (B, C, H, W)
+    corrupted, mask_np = paint_anomalies(clean_u8, s.train_images, s.rng)
+    inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(s.device)  # (B, C, H, W)
+    masks = torch.from_numpy(mask_np)[:, None].to(s.device)  # (B, 1, H, W)
+    mean, std = s.model_cfg.channel_mean(), s.model_cfg.channel_std()
+    with s.autocast():
+        recon, stats = s.net(normalize(inp01, mean, std))
+    recon01 = denormalize(recon.float(), mean, std)  # losses in FP32
+    l2 = F.mse_loss(recon01, clean01)
+    ssim_l = 1 - s.ssim(recon01, clean01).mean()
+    loss = l2 + SSIM_LOSS_WEIGHT * ssim_l + stats["vq_loss"]
+    head_l = torch.zeros(())
+    if s.head_net is not None:
+        with s.autocast():
+            logits = s.head_net(inp01, recon01.detach())
+        head_l = head_loss(logits.float(), masks)
+        loss = loss + HEAD_LOSS_WEIGHT * head_l
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    s.opt.step()
+    s.dead_total += s.model.vqvae.expire_dead_codes()
+    return {"loss": loss, "l2": l2, "ssim": ssim_l, "head": head_l, "stats": stats}
+
+
+def _log_step(s: Session, losses: dict[str, Any]) -> None:
+    """The progress bar every step; a metrics.csv row every log_every steps (with the
+    validation L2 at checkpoints)."""
+    stats = losses["stats"]
+    if s.bar is not None:
+        s.bar.update(1)
+        ppl = float(stats["perplexity"]) if "perplexity" in stats else float("nan")
+        s.bar.set_postfix(
+            loss=f"{losses['loss'].item():.4f}", l2=f"{losses['l2'].item():.5f}", ppl=f"{ppl:.1f}",
+            head=f"{losses['head'].item():.4f}",
+        )  # fmt: skip
+    cfg = s.train_cfg
+    if not s.dist.main or not (s.step % cfg.log_every == 0 or s.step == cfg.steps):
+        return
+    now = time.monotonic()
+    last_t, last_step = s.last_log
+    row = {
+        "step": s.step,
+        "elapsed_s": round(s.elapsed(), 2),
+        "loss": losses["loss"].item(),
+        "recon_l2": losses["l2"].item(),
+        "recon_ssim": losses["ssim"].item(),
+        "vq_loss": float(stats["vq_loss"].detach()),
+        "perplexity": float(stats["perplexity"]),
+        "used_codes": int(stats["used_codes"]),
+        # two levels: TensorBoard only, so metrics.csv keeps its columns for --resume
+        **({"top_perplexity": float(stats["top_perplexity"])} if "top_perplexity" in stats else {}),
+        "head_loss": losses["head"].item(),
+        "dead_restarted": s.dead_total,
+        "lr": s.opt.param_groups[0]["lr"],
+        "images_per_s": round((s.step - last_step) * cfg.batch_size * s.dist.world / max(1e-6, now - last_t), 2),
+    }
+    if s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps:
+        row["val_l2"] = validation_l2(s.model, s.val_images)
+        s.model.train()
+    s.metrics_log.write(row)
+    s.summary.update(row)
+    s.last_log, s.dead_total = (now, s.step), 0
+
+
+def save(s: Session, reason: str) -> None:
+    """The run's checkpoint: weights, configs, the scorer's plan, step, time and metrics (rank 0)."""
+    if not s.dist.main:
+        return
+    meta = {
+        "model_config": to_dict(s.model_cfg),
+        "train_config": to_dict(s.train_cfg),
+        "step": s.step,
+        "elapsed_s": s.elapsed(),
+        "metrics": s.summary,
+        "scoring": s.model.scorer.plan.to_dict(),
+        "reason": reason,
+        "data": str(s.category),
+    }
+    save_checkpoint(s.run_dir / CHECKPOINT_NAME, s.model.state_dict(), meta, s.opt.state_dict())
+
+
+def finish(s: Session, interrupted: bool) -> dict[str, Any]:
+    """Calibrate the scorer on good images (unless interrupted), save the final checkpoint."""
+    s.model.eval()
     if not interrupted:
-        calibrate_scorer(model, train_images, val_images)
-    summary.update(
+        calibrate_scorer(s.model, s.train_images, s.val_images)
+    s.summary.update(
         {
-            "step": step,
-            "val_l2": validation_l2(model, val_images),
+            "step": s.step,
+            "val_l2": validation_l2(s.model, s.val_images),
             "interrupted": interrupted,
-            "n_train": len(train_images),
-            "n_val": len(val_images),
+            "n_train": len(s.train_images),
+            "n_val": len(s.val_images),
         }
     )
-    checkpoint("interrupted" if interrupted else "final")
-    if metrics_log is not None:
-        metrics_log.close()
-    if dist.world > 1:
+    save(s, "interrupted" if interrupted else "final")
+    if s.metrics_log is not None:
+        s.metrics_log.close()
+    if s.dist.world > 1:
         torch.distributed.destroy_process_group()
     if interrupted:
         raise KeyboardInterrupt
-    return summary
+    return s.summary
 
 
 @torch.no_grad()
@@ -417,22 +465,10 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
     """Mean squared reconstruction error on the good validation images (an early check)."""
     model.eval()
     total = 0.0
-    for i in range(0, len(val_images), 16):
-        x01 = uint8_nhwc_to_float(torch.from_numpy(val_images[i : i + 16]))  # no scoring needed here
+    for batch in batched(val_images, 16):
+        x01 = uint8_nhwc_to_float(torch.from_numpy(batch))  # no scoring needed here
         total += float(((model.reconstruct(x01) - x01) ** 2).sum())
     return total / val_images.size
-
-
-@torch.no_grad()
-def restored_share(model: InspectionModel, frames: np.ndarray) -> float:
-    """The share of latent cells of frames (M, H, W, C) uint8 whose code restoration changes."""
-    penalty = model.vqvae.quantizer.code_penalty
-    restored = model.codes_of(frames)
-    saved = penalty.clone()
-    penalty.zero_()
-    plain = model.codes_of(frames)
-    penalty.copy_(saved)
-    return float((restored != plain).float().mean())
 
 
 @torch.no_grad()
@@ -440,12 +476,12 @@ def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_image
     """Calibrate every scoring term on the good training and validation images, and log what
     the golden template found."""
 
-    def batches(frames: np.ndarray, size: int = 32):
-        for i in range(0, len(frames), size):
-            yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + size])))
+    def train_batches():
+        for batch in batched(train_images, 32):
+            yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)))
 
     val, val_recon = model.reconstruct_frames(val_images)
-    plan = model.scorer.calibrate(GoodImages(train=lambda: batches(train_images), val=val, val_recon=val_recon))
+    plan = model.scorer.calibrate(GoodImages(train=train_batches, val=val, val_recon=val_recon))
     for name, weight, term in plan.terms:
         if name == "template":
             log.info(

@@ -7,7 +7,8 @@ version loads, and scores, as it did when it was saved.
 Version 1 -> 2: scoring became a sum of terms with plans saved in the checkpoint's meta. The
 v1 scorer kept its settings in `model_config.score` (20 keys) and what calibration decided in
 buffers (`scorer.ref_gain`, `scorer.ref_shift`, ...). Both become the v2 scorer's plan; the
-template's tensors move under `scorer.terms.template.`; the config keeps what a user decides.
+template's tensors move under `scorer.terms.template.`; the configs keep what a user decides
+(tuned constants moved into code; the train config as saved is kept as `train_config_v1`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,53 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+# v1 config keys that became constants in code or were removed with their experiment. Those
+# that change what a trained model computes must have had their one remaining value.
+_V1_MODEL_REMOVED = {
+    "codebook": None,  # training only: "loss" codebooks quantise as EMA ones do
+    "beta": None,
+    "ema_decay": None,
+    "kmeans_init": None,
+    "kmeans_iters": None,
+    "dead_code_threshold": None,
+    "cosine": False,
+    "restore": "none",
+    "restore_radius": None,
+    "restore_min_count": None,
+}
+_V1_TRAIN_REMOVED = (
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "ssim_loss_weight",
+    "anomaly_fraction",
+    "discolour_fraction",
+    "discolour_restore",
+    "anomaly_min_change",
+    "anomaly_fills",
+    "head_start_fraction",
+    "head_loss",
+    "head_loss_weight",
+)
+
+
+def _v1_configs(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The v1 model and train configs less the keys v2 removed; the train config as saved
+    stays in meta["train_config_v1"] (how the run was trained)."""
+    model = dict(meta["model_config"])
+    for key, required in _V1_MODEL_REMOVED.items():
+        value = model.pop(key, required)
+        if required is not None and value != required:
+            raise CheckpointError(f"this run uses model.{key}={value}, which vqad no longer has: retrain it")
+    # Runs from before train.head_loss trained the head with the focal loss.
+    saved_train = {"head_loss": "focal", **meta["train_config"]}
+    train = {k: v for k, v in saved_train.items() if k not in _V1_TRAIN_REMOVED}
+    return model, train, saved_train
+
+
 def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     meta, state = dict(payload["meta"]), dict(payload["model"])
-    saved = dict(meta["model_config"])
+    saved, train_cfg, train_cfg_v1 = _v1_configs(meta)
     score = {**_V1_MISSING, "head_smoothing_sigma": saved.get("score", {}).get("smoothing_sigma", 2.0)}
     score = {**score, "reference_aligned_sigmas": saved.get("score", {}).get("reference_sigmas", (2.0, 8.0))}
     score.update(saved.get("score", {}))
@@ -62,6 +107,8 @@ def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
             )
     old = {k[len("scorer.") :]: v for k, v in state.items() if k.startswith("scorer.")}
     state = {k: v for k, v in state.items() if not k.startswith("scorer.")}
+    # A v1 "loss" codebook kept its codes as a parameter; both are the same tensor in v2.
+    state = {k: v for k, v in state.items() if not k.endswith("code_penalty")}
     terms: list[dict[str, Any]] = []
     if score["source"] in ("head", "combined"):
         terms.append({"name": "head", "weight": 1.0, "plan": {"sigma": score["head_smoothing_sigma"]}})
@@ -81,8 +128,7 @@ def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     saved["score"] = {"terms": [t["name"] for t in terms], "errors": list(score["errors"]), "border": score["border"]}
     meta["model_config"] = saved
     meta["scoring"] = {"border": score["border"], "terms": terms}
-    # Runs from before train.head_loss trained the head with the focal loss.
-    meta["train_config"] = {"head_loss": "focal", **meta["train_config"]}
+    meta["train_config"], meta["train_config_v1"] = train_cfg, train_cfg_v1
     return {**payload, "version": 2, "meta": meta, "model": state}
 
 

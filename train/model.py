@@ -77,55 +77,43 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-class VectorQuantizer(nn.Module):
-    """Nearest-code quantisation with straight-through gradients.
+# Codebook learning, tuned on `vqad synth` and kept from the VQ-VAE literature: commitment
+# weight 0.25 (van den Oord et al.), EMA decay 0.99 and dead-code restart below an EMA cluster
+# size of 2 (SoundStream), k-means on the first batch with 10 Lloyd iterations. The EMA codebook
+# measured above the codebook-loss one, and plain L2 codes above L2-normalised (cosine) ones
+# (docs/decisions.md).
+BETA = 0.25
+EMA_DECAY = 0.99
+DEAD_CODE_THRESHOLD = 2.0
+KMEANS_ITERS = 10
 
-    Codebook learning is either the codebook + beta-commitment losses ("loss") or
-    exponential moving averages of cluster sizes and sums ("ema"). Codebook state lives
-    in buffers: `initted` (k-means done), `cluster_size` and `embed_avg` (EMA statistics).
-    The distance and argmin always run in FP32, even in an FP16 graph: a flipped code
-    changes the reconstruction.
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantisation with straight-through gradients and an EMA codebook.
+
+    Codebook state lives in buffers: `embed` (the codes), `initted` (k-means done),
+    `cluster_size` and `embed_avg` (EMA statistics). The distance and argmin always run in
+    FP32, even in an FP16 graph: a flipped code changes the reconstruction.
     """
 
-    def __init__(self, cfg: ModelConfig, restore: bool = True):
-        """restore=False keeps a quantiser (the top level's) out of latent restoration whatever
-        the config says; restoration acts on the image_size / downsample grid."""
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.K, self.D = cfg.codebook_size, cfg.code_dim
-        self.use_ema = cfg.codebook == "ema"
-        self.beta, self.decay = cfg.beta, cfg.ema_decay
-        self.cosine = cfg.cosine
-        self.kmeans_init, self.kmeans_iters = cfg.kmeans_init, cfg.kmeans_iters
-        self.dead_threshold = cfg.dead_code_threshold
         embed = torch.randn(self.K, self.D) / math.sqrt(self.D)
-        if self.use_ema:
-            self.register_buffer("embed", embed)
-        else:
-            self.embed = nn.Parameter(embed)
-        # Latent restoration (model.restore = "position"): a penalty added to the distances of
-        # codes that good training images never used near a latent cell, (h*w, K).
-        self.restore = restore and cfg.restore == "position"
-        self.restore_radius, self.restore_min_count = cfg.restore_radius, cfg.restore_min_count
-        if self.restore:
-            cells = (cfg.image_size // cfg.downsample) ** 2
-            self.register_buffer("code_penalty", torch.zeros(cells, self.K))
+        self.register_buffer("embed", embed)
         self.last_batch: torch.Tensor | None = None  # the latest training batch's vectors (M, D)
-        self.register_buffer("initted", torch.tensor(not cfg.kmeans_init))
+        self.register_buffer("initted", torch.tensor(False))
         self.register_buffer("cluster_size", torch.ones(self.K))
         self.register_buffer("embed_avg", embed.clone())
 
     # -- the six steps -------------------------------------------------------------------
-    def codebook(self) -> torch.Tensor:
-        """(K, D) codes, L2-normalised when cosine codes are on."""
-        return F.normalize(self.embed, dim=1) if self.cosine else self.embed
-
     def distances(self, flat: torch.Tensor) -> torch.Tensor:
         """Step 2: squared distances ||z||^2 - 2 z.e + ||e||^2 by one matmul.
 
         flat: (M, D) -> dist (M, K). Computed in FP32 whatever the input dtype.
         """
         flat = flat.float()
-        codebook = self.codebook().float()
+        codebook = self.embed.float()
         return (
             flat.pow(2).sum(1, keepdim=True)  # (M, 1)
             - 2 * flat @ codebook.t()  # (M, K)
@@ -143,19 +131,10 @@ class VectorQuantizer(nn.Module):
                 return self._quantize(z.float())
         return self._quantize(z)
 
-    def _flatten(self, z: torch.Tensor) -> torch.Tensor:
-        """Step 1: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D), L2-normalised for cosine codes."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        return F.normalize(flat, dim=1) if self.cosine else flat
-
-    def _cell_distances(self, flat: torch.Tensor, cells: int) -> torch.Tensor:
-        """Step 2 (and 3' at inference with restoration): (N*cells, D) -> (N*cells, K) distances,
-        each cell's disallowed codes pushed away by their penalty."""
-        dist = self.distances(flat)  # (N*h*w, K)
-        if self.restore and not self.training:
-            # (N*h*w, K) -> (N, h*w, K) + (h*w, K) -> (N*h*w, K)
-            dist = (dist.view(-1, cells, self.K) + self.code_penalty).view(-1, self.K)
-        return dist
+    @staticmethod
+    def _flatten(z: torch.Tensor) -> torch.Tensor:
+        """Step 1: (N, D, h, w) -> (N, h, w, D) -> (N*h*w, D)."""
+        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
     def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         N, D, h, w = z.shape
@@ -163,12 +142,10 @@ class VectorQuantizer(nn.Module):
         flat = self._flatten(z)
         if self.training and not bool(self.initted):
             self._kmeans_init(flat.detach().float())
-        # 2-3. distances and argmin, in FP32; restoration: each cell takes the nearest code
-        # among those allowed at it
-        dist = self._cell_distances(flat, h * w)  # (N*h*w, K)
-        codes = dist.argmin(dim=1)  # (N*h*w,)
+        # 2-3. distances and argmin, in FP32
+        codes = self.distances(flat).argmin(dim=1)  # (N*h*w,)
         # 4. look up the codes: (N*h*w,) -> (N*h*w, D)
-        quant = F.embedding(codes, self.codebook()).to(flat.dtype)
+        quant = F.embedding(codes, self.embed).to(flat.dtype)
         stats: dict[str, torch.Tensor] = {}
         if self.training:
             stats = self._learn(flat, quant, codes)
@@ -185,56 +162,27 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def margins(self, z: torch.Tensor) -> torch.Tensor:
         """z: (N, D, h, w) -> (N,): per image, the smallest gap between the nearest and the
-        second-nearest code (allowed at the cell) over its cells, relative to the size of the
-        distances. Near 0 (about 1e-6) the argmin is a tie at FP32 precision: another runtime,
-        summing in another order, may pick the other code."""
+        second-nearest code over its cells, relative to the size of the distances. Near 0
+        (about 1e-6) the argmin is a tie at FP32 precision: another runtime, summing in another
+        order, may pick the other code."""
         N, D, h, w = z.shape
         flat = self._flatten(z.float())  # (N*h*w, D)
-        dist = self._cell_distances(flat, h * w)  # (N*h*w, K), as inference picks codes
-        nearest_two = dist.topk(2, dim=1, largest=False).values  # (N*h*w, 2)
-        scale = flat.pow(2).sum(1) + self.codebook().float().pow(2).sum(1).max()  # (N*h*w,)
+        nearest_two = self.distances(flat).topk(2, dim=1, largest=False).values  # (N*h*w, 2)
+        scale = flat.pow(2).sum(1) + self.embed.float().pow(2).sum(1).max()  # (N*h*w,)
         gap = (nearest_two[:, 1] - nearest_two[:, 0]) / scale
         return gap.view(N, h * w).amin(dim=1)
-
-    # -- latent restoration ------------------------------------------------------------
-    @torch.no_grad()
-    def calibrate_restoration(self, codes: torch.Tensor) -> float:
-        """Set `code_penalty` from the plain nearest codes of good training images, (M, h, w).
-
-        A code is allowed at a cell if it occurs at least `restore_min_count` times within
-        `restore_radius` cells of it; every cell keeps at least its most frequent code.
-        Returns the share of the given cells that restoration would change (a sanity figure:
-        with radius 0 and min count 1 it is 0 on the images counted).
-        """
-        M, h, w = codes.shape
-        counts = F.one_hot(codes, self.K).permute(0, 3, 1, 2).float().sum(0, keepdim=True)  # (1, K, h, w)
-        r = self.restore_radius
-        if r > 0:  # box-sum over a (2r+1)^2 window of cells
-            counts = F.avg_pool2d(F.pad(counts, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1) * (2 * r + 1) ** 2
-        allowed = (counts >= self.restore_min_count) | (counts == counts.amax(dim=1, keepdim=True))
-        # (1, K, h, w) -> (h, w, K) -> (h*w, K)
-        penalty = (~allowed).float()[0].permute(1, 2, 0).reshape(h * w, self.K) * RESTORE_PENALTY
-        self.code_penalty.copy_(penalty)
-        return float(penalty.gather(1, codes.reshape(M, h * w).t()).gt(0).float().mean())
 
     # -- codebook learning ---------------------------------------------------------------
     def _learn(self, flat: torch.Tensor, quant: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         onehot = F.one_hot(codes, self.K).type(flat.dtype)  # (M, K)
         counts = onehot.sum(0)  # (K,)
         commitment = F.mse_loss(flat, quant.detach())
-        if self.use_ema:
-            sums = onehot.t() @ flat.detach()  # (K, D)
-            counts_all, sums_all = _all_reduce_sum(counts), _all_reduce_sum(sums)
-            self.ema_update(counts_all, sums_all)
-            vq_loss = self.beta * commitment
-        else:
-            self.cluster_size.mul_(self.decay).add_(_all_reduce_sum(counts), alpha=1 - self.decay)
-            codebook_loss = F.mse_loss(quant, flat.detach())
-            vq_loss = codebook_loss + self.beta * commitment
+        sums = onehot.t() @ flat.detach()  # (K, D)
+        self.ema_update(_all_reduce_sum(counts), _all_reduce_sum(sums))
         probs = counts / counts.sum().clamp(min=1)
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
         return {
-            "vq_loss": vq_loss,
+            "vq_loss": BETA * commitment,
             "perplexity": perplexity.detach(),
             "used_codes": (counts > 0).sum().detach(),
         }
@@ -243,8 +191,8 @@ class VectorQuantizer(nn.Module):
     def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         """EMA codebook step: N_k <- d N_k + (1-d) n_k; m_k <- d m_k + (1-d) s_k;
         e_k = m_k / N~_k with Laplace smoothing N~_k = (N_k + eps) / (n + K eps) * n."""
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.cluster_size.mul_(EMA_DECAY).add_(counts, alpha=1 - EMA_DECAY)
+        self.embed_avg.mul_(EMA_DECAY).add_(sums, alpha=1 - EMA_DECAY)
         n = self.cluster_size.sum()
         eps = 1e-5
         smoothed = (self.cluster_size + eps) / (n + self.K * eps) * n
@@ -253,34 +201,29 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         """k-means on the first batch's encoder outputs (SoundStream); rank 0's result is shared."""
-        self.embed.data.copy_(kmeans(flat, self.K, self.kmeans_iters))
-        _broadcast(self.embed.data)
-        self.embed_avg.copy_(self.embed.data)
+        self.embed.copy_(kmeans(flat, self.K, KMEANS_ITERS))
+        _broadcast(self.embed)
+        self.embed_avg.copy_(self.embed)
         self.cluster_size.fill_(1.0)
         self.initted.fill_(True)
 
     @torch.no_grad()
     def expire_dead_codes(self, batch_vectors: torch.Tensor) -> int:
-        """Replace codes whose EMA cluster size fell below the threshold with random encoder
+        """Replace codes whose EMA cluster size fell below DEAD_CODE_THRESHOLD with random encoder
         outputs of the current batch. batch_vectors: (M, D). Returns how many were restarted."""
-        dead = self.cluster_size < self.dead_threshold
+        dead = self.cluster_size < DEAD_CODE_THRESHOLD
         n_dead = int(dead.sum())
         if n_dead == 0 or batch_vectors.shape[0] == 0:
             return 0
         pick = torch.randint(0, batch_vectors.shape[0], (n_dead,), device=batch_vectors.device)
         fresh = batch_vectors[pick].float()
-        self.embed.data[dead] = fresh
+        self.embed[dead] = fresh
         self.embed_avg[dead] = fresh
-        self.cluster_size[dead] = self.dead_threshold
-        _broadcast(self.embed.data)
+        self.cluster_size[dead] = DEAD_CODE_THRESHOLD
+        _broadcast(self.embed)
         _broadcast(self.embed_avg)
         _broadcast(self.cluster_size)
         return n_dead
-
-
-# Added to the squared distance of a code not allowed at a cell: far above any real distance,
-# and finite, so the FP32 graph holds no inf (TensorRT and ONNX Runtime treat it alike).
-RESTORE_PENALTY = 1e6
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
@@ -329,7 +272,7 @@ class TopLevel(nn.Module):
         self.encoder = nn.Sequential(  # (N, D, h, w) -> (N, D, h/2, w/2)
             nn.Conv2d(D, W, 4, stride=2, padding=1), ResBlock(W, W // 2), nn.ReLU(), nn.Conv2d(W, D, 1)
         )
-        self.quantizer = VectorQuantizer(cfg, restore=False)
+        self.quantizer = VectorQuantizer(cfg)
         self.decoder = nn.Sequential(  # (N, D, h/2, w/2) -> (N, D, h, w)
             nn.Conv2d(D, W, 3, padding=1),
             ResBlock(W, W // 2),
@@ -381,11 +324,11 @@ class VQVAE(nn.Module):
 
     def decode_code(self, codes: torch.Tensor, top_codes: torch.Tensor | None = None) -> torch.Tensor:
         """(N, h, w) int codes [and, with two levels, top codes (N, h/2, w/2)] -> (N, C, H, W) reconstruction."""
-        z_q = F.embedding(codes, self.quantizer.codebook()).permute(0, 3, 1, 2)  # (N, h, w, D) -> (N, D, h, w)
+        z_q = F.embedding(codes, self.quantizer.embed).permute(0, 3, 1, 2)  # (N, h, w, D) -> (N, D, h, w)
         if self.top is not None:
             if top_codes is None:
                 raise ValueError("a two-level VQ-VAE decodes from bottom and top codes")
-            z_top = F.embedding(top_codes, self.top.quantizer.codebook()).permute(0, 3, 1, 2)  # (N, D, h/2, w/2)
+            z_top = F.embedding(top_codes, self.top.quantizer.embed).permute(0, 3, 1, 2)  # (N, D, h/2, w/2)
             z_q = torch.cat([z_q, self.top.decoder(z_top)], dim=1)  # (N, 2D, h, w)
         return self.decode(z_q)
 

@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import nn
 
+from edge.frames import batched
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
@@ -49,7 +50,7 @@ class InspectionModel(nn.Module):
         import numpy as np
 
         x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames)))
-        recon = torch.cat([self.reconstruct(x01[i : i + batch_size]) for i in range(0, len(x01), batch_size)])
+        recon = torch.cat([self.reconstruct(batch) for batch in batched(x01, batch_size)])
         return x01, recon
 
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,23 +60,12 @@ class InspectionModel(nn.Module):
         return z_q, codes
 
     @torch.no_grad()
-    def calibrate_restoration(self, frames, batch_size: int = 16) -> float:
-        """model.restore: count the codes good training frames (M, H, W, C) uint8 use at each
-        latent cell. Returns the share of their cells that restoration changes."""
-        quantizer = self.vqvae.quantizer
-        quantizer.code_penalty.zero_()  # plain nearest codes while counting
-        return quantizer.calibrate_restoration(self.codes_of(frames, batch_size))
-
-    @torch.no_grad()
     def codes_of(self, frames, batch_size: int = 16) -> torch.Tensor:
         """numpy (M, H, W, C) uint8 -> the codes inference picks, (M, h, w), in batches."""
         import numpy as np
 
         return torch.cat(
-            [
-                self.encode_frames(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])))[1]
-                for i in range(0, len(frames), batch_size)
-            ]
+            [self.encode_frames(torch.from_numpy(np.ascontiguousarray(b)))[1] for b in batched(frames, batch_size)]
         )
 
     @torch.no_grad()
@@ -90,9 +80,9 @@ class InspectionModel(nn.Module):
         ]
         margins = []
         try:
-            for i in range(0, len(frames), batch_size):
+            for batch in batched(frames, batch_size):
                 seen.clear()
-                self.encode_frames(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])))
+                self.encode_frames(torch.from_numpy(np.ascontiguousarray(batch)))
                 margins.append(torch.stack([q.margins(z) for q, z in seen]).amin(dim=0))
         finally:
             for hook in hooks:
@@ -136,8 +126,8 @@ def score_frames(model: InspectionModel, frames, batch_size: int = 16):
     model.eval()
     recons, maps, scores = [], [], []
     device = next(model.parameters()).device
-    for i in range(0, len(frames), batch_size):
-        x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).to(device))
+    for batch in batched(frames, batch_size):
+        x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
         recon, m, s = model.score_images(x01)
         recons.append(recon.cpu().numpy())
         maps.append(m[:, 0].cpu().numpy())

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edge.frames import batched
+
 
 @dataclass(frozen=True)
 class GoodImages:
@@ -31,7 +33,7 @@ class GoodImages:
     val_recon: torch.Tensor
 
     def val_batches(self, size: int = 32) -> list[torch.Tensor]:
-        return [self.val[i : i + size] for i in range(0, len(self.val), size)]
+        return list(batched(self.val, size))
 
 
 class Term(nn.Module):
