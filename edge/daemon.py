@@ -23,7 +23,6 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +30,20 @@ import cv2
 import numpy as np
 import zmq
 
+from edge import transport
 from edge.backends import Backend, create_backend
 from edge.batcher import FrameQueue
 from edge.errors import BackendError, FrameError, PackageError
 from edge.frames import to_model_input
 from edge.metrics import DaemonMetrics
 from edge.package import ModelPackage, load_package
-from edge.postprocess import decide, find_regions, quantize_map
-from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_header, result_message
+from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
+from edge.results import BatchResults, Pending, Result, Scoring, dropped_result, error_result, scored_results
 from edge.settings import EdgeConfig
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-@dataclass
-class BatchResults:
-    """The results of one batch, numbered in the order batches left the queue."""
-
-    seq: int
-    items: list[tuple[dict, bytes, list[bytes] | None, int]]  # (header, map bytes, extra parts, recv_ns)
-
-
-@dataclass
-class Pending:
-    camera_id: str
-    frame_id: int
-    ts_ns: int
-    recv_ns: int
-    frame_hw: tuple[int, int]
-    model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
-    queued_ns: int = 0
 
 
 class Daemon:
@@ -115,16 +96,23 @@ class Daemon:
                 f"edge.input_size={cfg.input_size}: wrong model for this line?"
             )
         self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
-        self.model_ident = {"name": pkg.name, "sha256": pkg.sha256}
+        self.scoring = Scoring(
+            threshold=self.threshold,
+            model={"name": pkg.name, "sha256": pkg.sha256},
+            map_scale=float(pkg.map_scale),
+            min_region_area=cfg.min_region_area,
+            publish_maps=cfg.publish_maps,
+            publish_frames=cfg.publish_frames,
+        )
         self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
         self.backends = [create_backend(cfg.backend, pkg, cfg.backend_options()) for _ in range(cfg.workers())]
         self._warm_up()
         self.ctx = zmq.Context()
-        self._start_auth()
-        self.frames_sock = self._frames_socket()
-        self.results_sock = self._results_socket()
+        self.auth = transport.start_auth(self.ctx, cfg, self.metrics)
+        self.frames_sock = transport.frames_socket(self.ctx, cfg)
+        self.results_sock = transport.results_socket(self.ctx, cfg)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self.threads = [
@@ -258,44 +246,6 @@ class Daemon:
                 for n in sorted({1, self.cfg.max_batch}):
                     backend.infer(dummy[:n])
 
-    def _start_auth(self) -> None:
-        curve = self.cfg.curve
-        if not curve.enabled:
-            return
-        from edge.security import start_authenticator
-
-        self.auth = start_authenticator(self.ctx, curve.authorized_keys_dir, self.metrics)
-
-    def _secure(self, sock: zmq.Socket) -> None:
-        if self.cfg.curve.enabled:
-            from edge.security import make_curve_server
-
-            make_curve_server(sock, self.cfg.curve.server_secret_key)
-
-    def _frames_socket(self) -> zmq.Socket:
-        cfg = self.cfg
-        sock = self.ctx.socket(zmq.PULL if cfg.frames_mode == "pull" else zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes + cfg.max_header_bytes)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._secure(sock)
-        if cfg.frames_mode == "pull":
-            sock.bind(cfg.frames_endpoint)
-        else:
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-            for endpoint in cfg.camera_endpoints:
-                sock.connect(endpoint)
-        return sock
-
-    def _results_socket(self) -> zmq.Socket:
-        cfg = self.cfg
-        sock = self.ctx.socket(zmq.PUB)
-        sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
-        sock.setsockopt(zmq.LINGER, cfg.linger_ms)
-        self._secure(sock)
-        sock.bind(cfg.results_endpoint)
-        return sock
-
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:
         sock = self.frames_sock
@@ -304,14 +254,14 @@ class Daemon:
         try:
             while not self.should_exit.is_set():
                 if poller.poll(100):
-                    self._accept(_message_parts(sock.recv_multipart(copy=False)))
+                    self._accept(transport.message_parts(sock.recv_multipart(copy=False)))
             # Frames the socket already holds were delivered to us: answer them too (bounded).
             for _ in range(self.cfg.rcvhwm + self.cfg.queue_size):
                 try:
                     parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._accept(_message_parts(parts))
+                self._accept(transport.message_parts(parts))
         except Exception:
             log.exception("receiver failed; stopping the daemon")
             self.should_exit.set()
@@ -351,19 +301,7 @@ class Daemon:
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)
             for old in evicted:
-                self._emit(
-                    result_header(
-                        old.camera_id,
-                        old.frame_id,
-                        old.ts_ns,
-                        "dropped",
-                        self.threshold,
-                        self.model_ident,
-                        error="dropped by drop_oldest overload policy",
-                        latency_ms=_latency(old.recv_ns),
-                    ),
-                    recv_ns=old.recv_ns,
-                )
+                self.outbox.put(dropped_result(old, self.scoring))
             if queued:
                 return
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
@@ -390,68 +328,25 @@ class Daemon:
             ]
         self.outbox.put(BatchResults(seq, items))
 
-    def _run_batch(self, batch: list[Pending], backend: Backend) -> list[tuple[dict, bytes, list[bytes] | None, int]]:
+    def _run_batch(self, batch: list[Pending], backend: Backend) -> list[Result]:
         start_ns = time.time_ns()
-        frames = np.stack([p.model_input for p in batch])
-        maps, scores = backend.infer(frames)
+        maps, scores = backend.infer(np.stack([p.model_input for p in batch]))
         if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
             raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
-        items = []
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
-        scale = float(self.package.map_scale)
-        for p, amap, score in zip(batch, maps, scores, strict=True):
-            score_f = float(score)
-            amap2d = amap[0]
-            decision = decide(score_f, self.threshold)
-            regions = find_regions(amap2d, self.threshold, p.frame_hw, self.cfg.min_region_area)
-            map_bytes = quantize_map(amap2d, scale) if self.cfg.publish_maps else b""
-            map_info = (
-                {"shape": list(amap2d.shape), "dtype": "uint8", "scale": scale} if self.cfg.publish_maps else None
-            )
-            queue_ms = (start_ns - p.recv_ns) / 1e6
-            header = result_header(
-                p.camera_id,
-                p.frame_id,
-                p.ts_ns,
-                "ok",
-                self.threshold,
-                self.model_ident,
-                score=score_f,
-                decision=decision,
-                regions=regions,
-                latency_ms={"queue": round(queue_ms, 3), "infer": round(infer_ms, 3), "total": 0.0},
-                batch_size=len(batch),
-                map_info=map_info,
-            )
-            header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
-            extra = None
-            if self.cfg.publish_frames:
-                import cv2
-
-                ok, jpg = cv2.imencode(".jpg", p.model_input)
-                header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
-                extra = [jpg.tobytes() if ok else b""]
-            self.metrics.latency.labels("queue").observe(queue_ms)
+        results = scored_results(batch, maps, scores, start_ns, infer_ms, self.scoring)
+        for result in results:
+            self.metrics.latency.labels("queue").observe(result.header["latency_ms"]["queue"])
             self.metrics.latency.labels("infer").observe(infer_ms)
-            items.append((header, map_bytes, extra, p.recv_ns))
-        return items
+        return results
 
     # -- publishing -----------------------------------------------------------------------
+    def _error_result(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> Result:
+        return error_result(camera_id, frame_id, ts_ns, reason, recv_ns, self.scoring)
+
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
         self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns))
-
-    def _error_result(
-        self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int
-    ) -> tuple[dict, bytes, None, int]:
-        """An error result as the publisher takes it: (header, no map, no extra parts, recv_ns)."""
-        header = result_header(
-            camera_id, frame_id, ts_ns, "error", self.threshold, self.model_ident, error=reason[:500]
-        )
-        return (header, b"", None, recv_ns)
-
-    def _emit(self, header: dict, map_bytes: bytes = b"", extra: list[bytes] | None = None, recv_ns: int = 0) -> None:
-        self.outbox.put((header, map_bytes, extra, recv_ns))
 
     def _publish_loop(self) -> None:
         """Publish results: single ones (errors, drops) at once, batches in their numbered order
@@ -478,26 +373,16 @@ class Daemon:
         finally:
             sock.close(linger=self.cfg.linger_ms)
 
-    def _publish(self, sock: zmq.Socket, item: tuple[dict, bytes, list[bytes] | None, int]) -> None:
-        header, map_bytes, extra, recv_ns = item
-        total_ms = (time.time_ns() - recv_ns) / 1e6 if recv_ns else 0.0
+    def _publish(self, sock: zmq.Socket, result: Result) -> None:
+        header = result.header
+        total_ms = (time.time_ns() - result.recv_ns) / 1e6 if result.recv_ns else 0.0
         header["latency_ms"]["total"] = round(total_ms, 3)
-        sock.send_multipart(result_message(header, map_bytes, extra))
+        sock.send_multipart(result_message(header, result.map_bytes, result.extra))
         self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
         if header["status"] == "ok":
             self.metrics.latency.labels("total").observe(total_ms)
         with self._count_lock:
             self.published += 1
-
-
-def _latency(recv_ns: int) -> dict[str, float]:
-    return {"queue": round((time.time_ns() - recv_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
-
-
-def _message_parts(frames: list[zmq.Frame]) -> list[bytes | memoryview]:
-    """The header as bytes; a large payload as a view of ZeroMQ's own buffer, not a copy
-    (a 1280x1024 raw frame is 3.9 MB; the resize reads it once and the view is then dropped)."""
-    return [f.buffer if i > 0 and len(f) >= 65536 else f.bytes for i, f in enumerate(frames)]
 
 
 def _ts(parts: list[bytes | memoryview]) -> int:

@@ -1,0 +1,112 @@
+"""A result as it travels from inference to the publisher (and the line's record): the v1
+header, the quantised map, any extra message parts, and when its frame was received.
+
+`scored_results` turns one batch's model outputs into results; `error_result` is the result
+of a frame that could not be scored. Both are pure: the daemon decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.postprocess import decide, find_regions, quantize_map
+from edge.protocol import result_header
+
+
+@dataclass
+class Pending:
+    """An accepted frame waiting for inference."""
+
+    camera_id: str
+    frame_id: int
+    ts_ns: int
+    recv_ns: int
+    frame_hw: tuple[int, int]
+    model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
+    queued_ns: int = 0
+
+
+@dataclass
+class Result:
+    """header: the v1 result header; map_bytes: the uint8 map (b"" when not published);
+    extra: further message parts; recv_ns: when the frame arrived (0 = unknown);
+    frame: the model-size input, kept for evidence (None when not needed)."""
+
+    header: dict[str, Any]
+    map_bytes: bytes = b""
+    extra: list[bytes] | None = None
+    recv_ns: int = 0
+    frame: np.ndarray | None = None
+
+
+@dataclass
+class BatchResults:
+    """The results of one batch, numbered in the order batches left the queue."""
+
+    seq: int
+    items: list[Result]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What turns a batch's outputs into results: the threshold, the model that scored, and
+    what the results carry."""
+
+    threshold: float
+    model: dict[str, str]
+    map_scale: float
+    min_region_area: int
+    publish_maps: bool
+    publish_frames: bool
+
+
+def error_result(camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, s: Scoring) -> Result:
+    header = result_header(camera_id, frame_id, ts_ns, "error", s.threshold, s.model, error=reason[:500])
+    return Result(header, recv_ns=recv_ns)
+
+
+def dropped_result(p: Pending, s: Scoring) -> Result:
+    latency = {"queue": round((time.time_ns() - p.recv_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
+    error = "dropped by drop_oldest overload policy"
+    header = result_header(
+        p.camera_id, p.frame_id, p.ts_ns, "dropped", s.threshold, s.model, error=error, latency_ms=latency
+    )
+    return Result(header, recv_ns=p.recv_ns)
+
+
+def scored_results(
+    batch: list[Pending], maps: np.ndarray, scores: np.ndarray, start_ns: int, infer_ms: float, s: Scoring
+) -> list[Result]:
+    """One result per frame of `batch` from the backend's maps (N, 1, h, w) and scores (N,)."""
+    results = []
+    for p, amap, score in zip(batch, maps, scores, strict=True):
+        score_f, amap2d = float(score), amap[0]
+        map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale} if s.publish_maps else None
+        header = result_header(
+            p.camera_id,
+            p.frame_id,
+            p.ts_ns,
+            "ok",
+            s.threshold,
+            s.model,
+            score=score_f,
+            decision=decide(score_f, s.threshold),
+            regions=find_regions(amap2d, s.threshold, p.frame_hw, s.min_region_area),
+            latency_ms={"queue": round((start_ns - p.recv_ns) / 1e6, 3), "infer": round(infer_ms, 3), "total": 0.0},
+            batch_size=len(batch),
+            map_info=map_info,
+        )
+        header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
+        extra = None
+        if s.publish_frames:
+            ok, jpg = cv2.imencode(".jpg", p.model_input)
+            header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
+            extra = [jpg.tobytes() if ok else b""]
+        map_bytes = quantize_map(amap2d, s.map_scale) if s.publish_maps else b""
+        results.append(Result(header, map_bytes, extra, p.recv_ns))
+    return results

@@ -1,0 +1,39 @@
+"""What the command groups share: the shipped configs and --set overrides."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge.errors import VqadError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_config(name: str) -> Path | None:
+    """configs/<name>.yaml of this checkout, if it has one (the documented defaults)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def overrides(args: argparse.Namespace, section: str) -> dict:
+    """The --set SECTION.KEY=VALUE overrides of one section (model, train, export, edge)."""
+    from edge.config import parse_overrides
+
+    nested = parse_overrides(getattr(args, "set", None) or [])
+    unknown = set(nested) - {"model", "train", "export", "edge"}
+    if unknown:
+        raise VqadError(f"--set keys must start with model., train., export. or edge.: {sorted(unknown)}")
+    return nested.get(section, {})
+
+
+def config_args(sp: argparse.ArgumentParser) -> None:
+    """--config, --model-config and --set for the commands that train."""
+    sp.add_argument("--config", type=Path, help="train config YAML (default configs/train.yaml)")
+    sp.add_argument("--model-config", type=Path, help="model config YAML (default configs/model.yaml)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field, e.g. --set model.codebook_size=128 (repeatable)",
+    )

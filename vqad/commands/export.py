@@ -1,0 +1,67 @@
+"""Export: `vqad export`, `vqad build-engine`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vqad.commands.common import default_config, overrides
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from export.config import ExportConfig
+    from export.export_run import export_run
+
+    cfg = load_config(ExportConfig, args.config or default_config("export"), overrides(args, "export"))
+    meta = export_run(args.run, args.out, cfg, force=args.force)
+    p = meta["parity"]
+    a, b = p["fp32_vs_torch"], p["fp16_vs_fp32"]
+    print(f"parity on {p['n_images']} images:")
+    print(
+        f"  FP32 ONNX vs PyTorch: map max abs {a['map_max_abs_error']:.2e}, score max abs "
+        f"{a['score_max_abs_error']:.2e} (bound {a['bound_max_abs_error']:.2e} = "
+        f"{a['bound_fraction_of_threshold']:g} x threshold), decisions identical: {a['decisions_identical']}"
+    )
+    if a.get("relaxed_images"):
+        print(
+            f"    {a['relaxed_images']} image(s) beyond that bound hold a latent cell whose two nearest codes "
+            f"tie at FP32 precision: held to the FP16 bounds, map relative error "
+            f"{a['relaxed_map_relative_error']:.2e}, score max abs {a['relaxed_score_max_abs_error']:.2e}"
+        )
+    print(
+        f"  FP16 ONNX vs FP32:    map relative error {b['map_relative_error']:.2e} "
+        f"(bound {b['bound_relative_error']:g}), "
+        f"decision agreement {b['decision_agreement']:.3f} (bound {b['bound_decision_agreement']:g})"
+    )
+    print(f"wrote {args.out}/model.onnx, model_fp16.onnx, model.json (threshold {meta['threshold']['value']:.5g})")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from export.engine import build_engine, verify_engine
+
+    path = build_engine(args.model, max_batch=args.max_batch, workspace_mb=args.workspace_mb, force=args.force)
+    figures = verify_engine(args.model, args.max_batch, args.workspace_mb)
+    print(f"engine: {path}")
+    print(
+        f"checked against ONNX Runtime on {figures['n_frames']} frames: map relative error "
+        f"{figures['map_relative_error']:.2e}, decision agreement {figures['decision_agreement']:.3f}"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    x = sub.add_parser("export", help="export a run to ONNX FP32 + FP16 and model.json, with a parity proof")
+    x.add_argument("run", type=Path, metavar="RUN_DIR")
+    x.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    x.add_argument("--config", type=Path, help="export config YAML (default configs/export.yaml)")
+    x.add_argument("--set", action="append", metavar="export.KEY=VALUE")
+    x.add_argument("--force", action="store_true", help="replace an existing package in MODEL_DIR")
+    x.set_defaults(func=cmd_export)
+    b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")
+    b.add_argument("model", type=Path, metavar="MODEL_DIR")
+    b.add_argument("--max-batch", type=int, default=8)
+    b.add_argument("--workspace-mb", type=int, default=1024)
+    b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
+    b.set_defaults(func=cmd_build_engine)

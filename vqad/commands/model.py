@@ -1,0 +1,89 @@
+"""Train and evaluate: `vqad train`, `vqad eval`, `vqad embed`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vqad.commands.common import config_args, default_config, overrides
+
+
+def model_and_train_configs(args: argparse.Namespace):
+    from edge.config import load_config
+    from train.config import ModelConfig, TrainConfig
+
+    m_over = overrides(args, "model")
+    t_over = overrides(args, "train")
+    if getattr(args, "image_size", None):
+        m_over["image_size"] = args.image_size
+    if getattr(args, "max_minutes", None):
+        t_over["max_minutes"] = args.max_minutes
+    if getattr(args, "steps", None):
+        t_over["steps"] = args.steps
+    if getattr(args, "seed", None) is not None:
+        t_over["seed"] = args.seed
+    model_cfg = load_config(ModelConfig, args.model_config or default_config("model"), m_over)
+    train_cfg = load_config(TrainConfig, args.config or default_config("train"), t_over)
+    return model_cfg, train_cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from train.loop import train
+
+    model_cfg, train_cfg = model_and_train_configs(args)
+    summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume)
+    print(f"trained {summary['step']} steps; validation L2 {summary['val_l2']:.5f}; run in {args.out}")
+    if args.plot:
+        from train.plots import curves_plot
+
+        if curves_plot(Path(args.out) / "metrics.csv", Path(args.out) / "curves.png"):
+            print(f"curves: {Path(args.out) / 'curves.png'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate
+
+    m = evaluate(args.run, args.data, args.out, pictures=not args.no_pictures)
+    print(
+        f"image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  AUPRO {m['aupro']:.4f}  "
+        f"F1-max {m['f1_max']:.4f}  threshold {m['threshold']:.5g}  ({m['n_images']} images)"
+    )
+    print(f"report: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from train.embed import write_embeddings
+
+    result = write_embeddings(args.run, args.images, args.out, args.kind)
+    print(f"wrote {args.out}: {args.kind} {result[args.kind].shape} for {len(result['paths'])} images")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train a VQ-VAE on CAT/train/good")
+    t.add_argument("data", type=Path, metavar="DATA_CAT")
+    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+    config_args(t)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its checkpoint")
+    t.add_argument("--plot", action="store_true", help="render RUN_DIR/curves.png at the end")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="calibrate the threshold and evaluate on CAT/test")
+    e.add_argument("run", type=Path, metavar="RUN_DIR")
+    e.add_argument("data", type=Path, metavar="DATA_CAT")
+    e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
+    e.add_argument("--no-pictures", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
+    e.add_argument("run", type=Path, metavar="RUN_DIR")
+    e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
+    e.add_argument("--kind", choices=["codes", "quantized", "pooled"], default="pooled")
+    e.set_defaults(func=cmd_embed)

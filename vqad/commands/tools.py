@@ -1,0 +1,34 @@
+"""Tools: `vqad keys`, `vqad demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edge.security import create_keys
+
+    public, secret = create_keys(args.dir, args.name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vqad.demo import main_demo
+
+    return main_demo(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser("keys", help="create a CURVE key pair (DIR/NAME.key, DIR/NAME.key_secret)")
+    k.add_argument("dir", type=Path)
+    k.add_argument("--name", default="server")
+    k.set_defaults(func=cmd_keys)
+
+    d = sub.add_parser("demo", help="synth -> train -> eval -> export -> serve -> camera -> watch, end to end")
+    d.add_argument("--workdir", default="demo")
+    d.add_argument("--category", default="bracket", choices=["bracket", "weave"])
+    d.add_argument("--minutes", type=float, default=3.0, help="training budget")
+    d.add_argument("--image-size", type=int, default=128)
+    d.set_defaults(func=cmd_demo)
