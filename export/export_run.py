@@ -61,9 +61,85 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(frames), names
 
 
+def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dict[str, Any]:
+    """PyTorch vs the FP32 graph vs the FP16 graph on the validation images and a few test
+    images per kind: the figures, and whether the config's bounds hold."""
+    from train.pipeline import score_frames
+
+    frames, names = parity_frames(run, cfg.parity_test_per_kind)
+    _, t_maps, t_scores = score_frames(run.model, frames)
+    near_tie = (run.model.code_margins(frames) < cfg.fp32_tie_tolerance).numpy()
+    parity = compare(
+        (t_maps[:, None], t_scores),
+        onnx_outputs(staging / FP32_FILE, frames),
+        onnx_outputs(staging / FP16_FILE, frames),
+        threshold,
+        cfg.fp32_max_error_of_threshold,
+        cfg.fp16_max_relative_error,
+        cfg.fp16_min_decision_agreement,
+        near_tie=near_tie,
+    )
+    parity["images"] = names
+    return parity
+
+
+def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
+    """model.json's content: what the package is, how it was made, and what it measured."""
+    report = run.root / "eval" / "metrics.json"
+    eval_metrics = json.loads(report.read_text()) if report.is_file() else {}
+    m = run.model_cfg
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": m.name,
+        "version": cfg.version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "name": INPUT_NAME,
+            "size": m.image_size,
+            "channels": m.channels,
+            "color_order": "BGR" if m.channels == 3 else "GRAY",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
+        },
+        "normalization": {
+            "mean": list(m.channel_mean()),
+            "std": list(m.channel_std()),
+            "formula": "(pixel / 255 - mean) / std",
+            "in_graph": True,
+        },
+        "output": {
+            "names": list(OUTPUT_NAMES),
+            "anomaly_map": "N x 1 x H x W float32, smoothed",
+            "score": "N float32",
+            "map_scale": cfg.map_scale_factor * threshold["value"] / 255.0,
+        },
+        "threshold": threshold,
+        "decision": "fail when score >= threshold",
+        # The config's choice, and what calibration made of it per term (weights, units, plans).
+        "scoring": {"config": to_dict(m.score), **run.model.scorer.describe()},
+        "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
+        "files": {
+            FP32_FILE: sha256_file(staging / FP32_FILE),
+            FP16_FILE: sha256_file(staging / FP16_FILE),
+        },
+        "opset": cfg.opset,
+        "exporter": "torch.onnx (TorchScript tracer)",
+        "versions": _versions(),
+        "parity": parity,
+        "source": {
+            "run": str(run.root),
+            "checkpoint_sha256": run.meta.get("content_sha256"),
+            "step": run.meta.get("step"),
+        },
+        "model_config": to_dict(m),
+    }
+    return meta
+
+
 def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: bool = False) -> dict[str, Any]:
     """Export, prove parity, write the package. Returns model.json's content."""
-    from train.pipeline import half_precision_copy, score_frames
+    from train.pipeline import half_precision_copy
     from train.run import load_run
 
     run = load_run(run_dir)
@@ -81,75 +157,8 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: b
         export_graph(run.model, staging / FP32_FILE, cfg.opset)
         log.info("exporting FP16 graph")
         export_graph(half_precision_copy(run.model), staging / FP16_FILE, cfg.opset)
-
-        frames, names = parity_frames(run, cfg.parity_test_per_kind)
-        _, t_maps, t_scores = score_frames(run.model, frames)
-        near_tie = (run.model.code_margins(frames) < cfg.fp32_tie_tolerance).numpy()
-        fp32 = onnx_outputs(staging / FP32_FILE, frames)
-        fp16 = onnx_outputs(staging / FP16_FILE, frames)
-        parity = compare(
-            (t_maps[:, None], t_scores),
-            fp32,
-            fp16,
-            threshold["value"],
-            cfg.fp32_max_error_of_threshold,
-            cfg.fp16_max_relative_error,
-            cfg.fp16_min_decision_agreement,
-            near_tie=near_tie,
-        )
-        parity["images"] = names
-
-        eval_metrics = {}
-        for candidate in (run.root / "eval" / "metrics.json",):
-            if candidate.is_file():
-                eval_metrics = json.loads(candidate.read_text())
-        m = run.model_cfg
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "name": m.name,
-            "version": cfg.version,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {
-                "name": INPUT_NAME,
-                "size": m.image_size,
-                "channels": m.channels,
-                "color_order": "BGR" if m.channels == 3 else "GRAY",
-                "dtype": "uint8",
-                "layout": "NHWC",
-                "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
-            },
-            "normalization": {
-                "mean": list(m.channel_mean()),
-                "std": list(m.channel_std()),
-                "formula": "(pixel / 255 - mean) / std",
-                "in_graph": True,
-            },
-            "output": {
-                "names": list(OUTPUT_NAMES),
-                "anomaly_map": "N x 1 x H x W float32, smoothed",
-                "score": "N float32",
-                "map_scale": cfg.map_scale_factor * threshold["value"] / 255.0,
-            },
-            "threshold": threshold,
-            "decision": "fail when score >= threshold",
-            # The config's choice, and what calibration made of it per term (weights, units, plans).
-            "scoring": {"config": to_dict(m.score), **run.model.scorer.describe()},
-            "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
-            "files": {
-                FP32_FILE: sha256_file(staging / FP32_FILE),
-                FP16_FILE: sha256_file(staging / FP16_FILE),
-            },
-            "opset": cfg.opset,
-            "exporter": "torch.onnx (TorchScript tracer)",
-            "versions": _versions(),
-            "parity": parity,
-            "source": {
-                "run": str(run.root),
-                "checkpoint_sha256": run.meta.get("content_sha256"),
-                "step": run.meta.get("step"),
-            },
-            "model_config": to_dict(m),
-        }
+        parity = prove_parity(run, staging, threshold["value"], cfg)
+        meta = model_json(run, staging, threshold, parity, cfg)
         write_model_json(staging, meta)
         out.mkdir(parents=True, exist_ok=True)
         for name in (FP32_FILE, FP16_FILE, MODEL_JSON):

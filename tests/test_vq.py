@@ -142,7 +142,7 @@ def test_quantiser_stays_fp32_under_bf16_autocast():
 
 
 def test_training_precision_choice():
-    from train.loop import autocast_dtype
+    from train.device import autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "fp32") is None

@@ -15,11 +15,9 @@ the run is data-parallel (DDP; gloo on CPU, NCCL on GPU) and only rank 0 writes.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -39,10 +37,12 @@ from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images, load_test_set, split_train_val, train_image_paths
+from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
-from train.pipeline import InspectionModel
-from train.scoring import SSIM, GoodImages, ScorerPlan
+from train.pipeline import InspectionModel, calibrate_scorer
+from train.runlog import MetricsLog
+from train.scoring import SSIM, ScorerPlan
 
 log = logging.getLogger(__name__)
 
@@ -54,67 +54,6 @@ WEIGHT_DECAY = 0.0
 WARMUP_STEPS = 50
 SSIM_LOSS_WEIGHT = 0.5
 HEAD_LOSS_WEIGHT = 1.0
-
-CSV_FIELDS = (
-    "step",
-    "elapsed_s",
-    "loss",
-    "recon_l2",
-    "recon_ssim",
-    "vq_loss",
-    "perplexity",
-    "used_codes",
-    "dead_restarted",
-    "lr",
-    "images_per_s",
-    "val_l2",
-    "head_loss",
-)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DataError("train.device=cuda but no CUDA device is available")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device(f"cuda:{local}")
-    return torch.device("cpu")
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls and convolutions run faster than FP32: CUDA GPUs with bf16
-    (Ampere and later, Jetson Orin included) and CPUs with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so probed
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of the training forward pass for train.precision, or None for FP32."""
-    if precision == "bf16" or (precision == "auto" and fast_bf16(device)):
-        return torch.bfloat16
-    return None
 
 
 def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
@@ -128,38 +67,6 @@ def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
     by_time = elapsed_s / (cfg.max_minutes * 60.0)
     t = min(1.0, max(by_steps, by_time))
     return LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class MetricsLog:
-    """metrics.csv (always) and TensorBoard events (when tensorboard is installed)."""
-
-    def __init__(self, run_dir: Path, append: bool):
-        self.path = run_dir / "metrics.csv"
-        new = not (append and self.path.exists())
-        self.fh = open(self.path, "w" if new else "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=CSV_FIELDS)
-        if new:
-            self.writer.writeheader()
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:  # noqa: BLE001 - tensorboard is an optional extra
-            self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
@@ -230,7 +137,7 @@ def set_up(
     """Device and seeds, the model (resumed from its checkpoint), the data (every image read
     and checked before anything is written), the run directory's files and the optimiser."""
     device = pick_device(train_cfg.device)
-    dist = _setup_distributed(device)
+    dist = setup_distributed(device)
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
     torch.manual_seed(train_cfg.seed + dist.rank)
@@ -324,7 +231,7 @@ def run_steps(s: Session) -> bool:
                 if elapsed > budget_s:
                     log.info("time budget of %.1f min reached at step %d", s.train_cfg.max_minutes, s.step)
                     break
-                losses = train_step(s, elapsed, budget_s)
+                losses = train_step(s, elapsed)
                 s.step += 1
                 _log_step(s, losses)
                 if s.step % s.train_cfg.checkpoint_every == 0:
@@ -349,7 +256,7 @@ def _agreed_clock(s: Session, stop_requested: bool) -> float:
     return float(clock[0])
 
 
-def train_step(s: Session, elapsed: float, budget_s: float) -> dict[str, Any]:
+def train_step(s: Session, elapsed: float) -> dict[str, Any]:
     """One optimisation step on a batch with synthetic defects painted in: the VQ-VAE learns to
     reconstruct the clean image, the head to find the painted defects. -> losses and VQ stats."""
     for group in s.opt.param_groups:
@@ -469,27 +376,3 @@ def validation_l2(model: InspectionModel, val_images: np.ndarray) -> float:
         x01 = uint8_nhwc_to_float(torch.from_numpy(batch))  # no scoring needed here
         total += float(((model.reconstruct(x01) - x01) ** 2).sum())
     return total / val_images.size
-
-
-@torch.no_grad()
-def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
-    """Calibrate every scoring term on the good training and validation images, and log what
-    the golden template found."""
-
-    def train_batches():
-        for batch in batched(train_images, 32):
-            yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)))
-
-    val, val_recon = model.reconstruct_frames(val_images)
-    plan = model.scorer.calibrate(GoodImages(train=train_batches, val=val, val_recon=val_recon))
-    for name, weight, term in plan.terms:
-        if name == "template":
-            log.info(
-                "golden template: alignment %.2f (%s) -> weight %g, registered within %d px, %s, %s",
-                term.alignment,
-                "aligned" if term.aligned else "not aligned",
-                weight,
-                term.shift,
-                "lighting fitted per image" if term.lighting else "lighting as is",
-                "blob filter fitted" if term.blob_sigma > 0 else "no blob filter",
-            )

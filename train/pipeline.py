@@ -9,7 +9,9 @@ reports are the scores the line sees.
 from __future__ import annotations
 
 import copy
+import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +19,9 @@ from edge.frames import batched
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
-from train.scoring import AnomalyScorer, ScorerPlan, initial_plan
+from train.scoring import AnomalyScorer, GoodImages, ScorerPlan, initial_plan
+
+log = logging.getLogger(__name__)
 
 
 class InspectionModel(nn.Module):
@@ -47,7 +51,6 @@ class InspectionModel(nn.Module):
     @torch.no_grad()
     def reconstruct_frames(self, frames, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """numpy (M, H, W, C) uint8 -> (inputs, reconstructions), both (M, C, H, W) float32 [0,1], in batches."""
-        import numpy as np
 
         x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames)))
         recon = torch.cat([self.reconstruct(batch) for batch in batched(x01, batch_size)])
@@ -62,7 +65,6 @@ class InspectionModel(nn.Module):
     @torch.no_grad()
     def codes_of(self, frames, batch_size: int = 16) -> torch.Tensor:
         """numpy (M, H, W, C) uint8 -> the codes inference picks, (M, h, w), in batches."""
-        import numpy as np
 
         return torch.cat(
             [self.encode_frames(torch.from_numpy(np.ascontiguousarray(b)))[1] for b in batched(frames, batch_size)]
@@ -72,7 +74,6 @@ class InspectionModel(nn.Module):
     def code_margins(self, frames, batch_size: int = 16) -> torch.Tensor:
         """numpy (M, H, W, C) uint8 -> (M,): per image, the smallest relative margin of the
         nearest code over its latent cells at every level (VectorQuantizer.margins)."""
-        import numpy as np
 
         seen: list[tuple[nn.Module, torch.Tensor]] = []
         hooks = [
@@ -121,7 +122,6 @@ def half_precision_copy(model: InspectionModel) -> InspectionModel:
 @torch.no_grad()
 def score_frames(model: InspectionModel, frames, batch_size: int = 16):
     """numpy (M, H, W, C) uint8 -> numpy (recon01 (M,C,H,W), maps (M,H,W), scores (M,)), in batches."""
-    import numpy as np
 
     model.eval()
     recons, maps, scores = [], [], []
@@ -133,3 +133,27 @@ def score_frames(model: InspectionModel, frames, batch_size: int = 16):
         maps.append(m[:, 0].cpu().numpy())
         scores.append(s.cpu().numpy())
     return np.concatenate(recons), np.concatenate(maps), np.concatenate(scores)
+
+
+@torch.no_grad()
+def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_images: np.ndarray) -> None:
+    """Calibrate every scoring term on the good training and validation images, and log what
+    the golden template found."""
+
+    def train_batches():
+        for batch in batched(train_images, 32):
+            yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)))
+
+    val, val_recon = model.reconstruct_frames(val_images)
+    plan = model.scorer.calibrate(GoodImages(train=train_batches, val=val, val_recon=val_recon))
+    for name, weight, term in plan.terms:
+        if name == "template":
+            log.info(
+                "golden template: alignment %.2f (%s) -> weight %g, registered within %d px, %s, %s",
+                term.alignment,
+                "aligned" if term.aligned else "not aligned",
+                weight,
+                term.shift,
+                "lighting fitted per image" if term.lighting else "lighting as is",
+                "blob filter fitted" if term.blob_sigma > 0 else "no blob filter",
+            )

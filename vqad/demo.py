@@ -42,80 +42,66 @@ def run_demo(
     frames: str = FRAMES,
     results: str = RESULTS,
 ) -> dict:
+    """synth -> train -> eval -> export -> serve + watch + camera -> live accuracy, in WORKDIR."""
     workdir.mkdir(parents=True, exist_ok=True)
+    data, model = workdir / "data" / category, workdir / "model"
+    _prepare(workdir, category, minutes, image_size)
+    print("\n== serve, stream the test images, watch", flush=True)
+    manifest, jsonl = workdir / "manifest.csv", workdir / "results.jsonl"
+    code, elapsed = _stream(workdir, data / "test", model, frames, results, manifest, jsonl)
+    summary = live_accuracy(manifest, jsonl, elapsed)
+    summary["daemon_exit_code"] = code
+    (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, workdir)
+    return summary
+
+
+def _prepare(workdir: Path, category: str, minutes: float, image_size: int) -> None:
+    """The data (synthesised once), a trained run (kept), its evaluation and its export."""
     data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
     if not (data / category).is_dir():
         _step("synthesise a benchmark", "synth", str(data))
     if not (run / "checkpoint.pt").is_file():
-        _step(
-            f"train {category} for {minutes:g} min",
-            "train",
-            str(data / category),
-            "--out",
-            str(run),
-            "--max-minutes",
-            str(minutes),
-            "--image-size",
-            str(image_size),
-        )
+        train = ["train", str(data / category), "--out", str(run), "--max-minutes", str(minutes)]
+        _step(f"train {category} for {minutes:g} min", *train, "--image-size", str(image_size))
     _step("evaluate on the test set", "eval", str(run), str(data / category), "--out", str(report))
     _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
 
-    print("\n== serve, stream the test images, watch", flush=True)
+
+def _start_daemon(workdir: Path, model: Path, frames: str, results: str) -> subprocess.Popen:
+    """`vqad serve` in its own process, returned once it says it is ready."""
     ready = workdir / "serve.ready"
     ready.unlink(missing_ok=True)
     serve = subprocess.Popen(
-        _vqad(
-            "serve",
-            str(model),
-            "--frames",
-            frames,
-            "--results",
-            results,
-            "--ready-file",
-            str(ready),
-            "--set",
-            "edge.publish_frames=true",
-        )
-    )
+        _vqad("serve", str(model), "--frames", frames, "--results", results, "--ready-file", str(ready),
+              "--set", "edge.publish_frames=true")
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if serve.poll() is not None or time.monotonic() > deadline:
+            serve.kill()
+            raise VqadError("the daemon did not start (see its log above)")
+        time.sleep(0.1)
+    return serve
+
+
+def _stream(
+    workdir: Path, test_dir: Path, model: Path, frames: str, results: str, manifest: Path, jsonl: Path
+) -> tuple[int, float]:
+    """The daemon, a watcher writing every result to `jsonl`, and a camera streaming the test
+    images; -> (the daemon's exit code after SIGTERM, seconds from first frame to last result)."""
+    serve = _start_daemon(workdir, model, frames, results)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if serve.poll() is not None or time.monotonic() > deadline:
-                raise VqadError("the daemon did not start (see its log above)")
-            time.sleep(0.1)
-        test_images = sorted((data / category / "test").rglob("*.png"))
-        jsonl, manifest = workdir / "results.jsonl", workdir / "manifest.csv"
+        n_images = len(sorted(test_dir.rglob("*.png")))
         jsonl.unlink(missing_ok=True)
         watch = subprocess.Popen(
-            _vqad(
-                "watch",
-                results,
-                "--save-dir",
-                str(workdir / "overlays"),
-                "--jsonl",
-                str(jsonl),
-                "--count",
-                str(len(test_images)),
-                "--timeout",
-                "30",
-                "--summary-json",
-                str(workdir / "watch-summary.json"),
-            )
-        )
+            _vqad("watch", results, "--save-dir", str(workdir / "overlays"), "--jsonl", str(jsonl),
+                  "--count", str(n_images), "--timeout", "30", "--summary-json", str(workdir / "watch-summary.json"))
+        )  # fmt: skip
         time.sleep(1.0)  # let the subscriber connect before the first result
         t0 = time.monotonic()
         camera = subprocess.run(
-            _vqad(
-                "camera",
-                str(data / category / "test"),
-                "--to",
-                frames,
-                "--camera-id",
-                "demo-cam",
-                "--manifest",
-                str(manifest),
-            )
+            _vqad("camera", str(test_dir), "--to", frames, "--camera-id", "demo-cam", "--manifest", str(manifest))
         )
         watch.wait(timeout=120)
         elapsed = time.monotonic() - t0
@@ -124,18 +110,19 @@ def run_demo(
     finally:
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
-    summary = live_accuracy(manifest, jsonl, elapsed)
-    summary["daemon_exit_code"] = code
-    (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    return code, elapsed
+
+
+def _print_summary(summary: dict, workdir: Path) -> None:
     print("\n== live results against the ground truth")
     print(f"   frames {summary['frames']}, results {summary['results']} ({summary['by_status']})")
     print(
         f"   accuracy {summary['accuracy']:.3f}, false rejects {summary['false_rejects']}/{summary['good']}, "
         f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {summary['live_auroc']:.3f}"
     )
-    print(f"   throughput {summary['throughput_fps']:.1f} frames/s end to end; daemon exit code {code}")
-    print(f"   report: {report}  overlays: {workdir / 'overlays'}  model: {model}")
-    return summary
+    fps, code = summary["throughput_fps"], summary["daemon_exit_code"]
+    print(f"   throughput {fps:.1f} frames/s end to end; daemon exit code {code}")
+    print(f"   report: {workdir / 'report'}  overlays: {workdir / 'overlays'}  model: {workdir / 'model'}")
 
 
 def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
