@@ -64,8 +64,8 @@ def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
     from train.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
     with Timer() as t:
-        model = PixelGaussian().fit(load_images(train_image_paths(category), image_size, 3))
-    test = load_test_set(category, image_size, 3)
+        model = PixelGaussian().fit(load_images(train_image_paths(category), (image_size, image_size), 3))
+    test = load_test_set(category, (image_size, image_size), 3)
     maps, scores = model.score(np.stack([s.image for s in test]))
     labels = np.array([s.label for s in test])
     has = np.array([s.mask is not None for s in test])

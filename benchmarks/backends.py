@@ -28,7 +28,7 @@ def model_flops(run_dir: Path) -> dict[str, float]:
 
     model = load_run(run_dir).model.eval()
     cfg = model.cfg
-    frames = torch.zeros(1, cfg.image_size, cfg.image_size, cfg.channels, dtype=torch.uint8)
+    frames = torch.zeros(1, *cfg.image_size, cfg.channels, dtype=torch.uint8)
     with torch.no_grad():
         with FlopCounterMode(display=False) as total:
             model(frames)

@@ -64,7 +64,7 @@ def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[s
 
     run = load_run(run_dir)
     cfg, model = run.model_cfg, run.model
-    size = (cfg.image_size, cfg.image_size)
+    size = cfg.image_size
     test = [s for s in load_test_set(category, cfg.image_size, cfg.channels) if in_half(Path(s.path), half)]
     frames = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
@@ -83,7 +83,7 @@ def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[s
     if model.head is not None:
         pairs = zip(batched(x_test, 16), batched(r_test, 16), strict=True)
         prob = torch.cat([model.head_probability(x, r) for x, r in pairs])
-    base = TemplateSettings.for_size(cfg.image_size)
+    base = TemplateSettings.for_size((size[0] * size[1]) ** 0.5)
     rows: dict[str, Any] = {}
     for name, (terms, errors, template) in VARIANTS.items():
         terms = terms or cfg.score.terms

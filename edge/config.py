@@ -54,7 +54,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+                value = [value]  # a scalar where any number of values may stand: one value
+            else:
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
         items = [_convert(v.strip() if isinstance(v, str) else v, item_tp, where) for v in value]
         return tuple(items) if origin is tuple else items

@@ -34,7 +34,7 @@ from edge import transport
 from edge.backends import Backend, create_backend
 from edge.batcher import FrameQueue
 from edge.errors import BackendError, FrameError, PackageError
-from edge.frames import to_model_input
+from edge.frames import as_size, to_model_input
 from edge.metrics import DaemonMetrics
 from edge.package import ModelPackage, load_package
 from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
@@ -90,10 +90,10 @@ class Daemon:
     def startup(self) -> None:
         cfg = self.cfg
         self.package = pkg = load_package(self.model_dir)
-        if cfg.input_size and cfg.input_size != pkg.image_size:
+        if cfg.input_size != (0,) and as_size(cfg.input_size) != pkg.image_size:
             raise PackageError(
-                f"{self.model_dir} takes {pkg.image_size}px frames but the config expects "
-                f"edge.input_size={cfg.input_size}: wrong model for this line?"
+                f"{self.model_dir} takes {pkg.image_size[0]}x{pkg.image_size[1]} (HxW) frames but the config "
+                f"expects edge.input_size={list(cfg.input_size)}: wrong model for this line?"
             )
         self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
         self.scoring = Scoring(
@@ -240,7 +240,7 @@ class Daemon:
     def _warm_up(self) -> None:
         pkg = self.package
         assert pkg is not None and self.backends
-        dummy = np.zeros((self.cfg.max_batch, pkg.image_size, pkg.image_size, pkg.channels), np.uint8)
+        dummy = np.zeros((self.cfg.max_batch, *pkg.input_shape), np.uint8)
         for backend in self.backends:
             for _ in range(self.cfg.warmup_runs):
                 for n in sorted({1, self.cfg.max_batch}):

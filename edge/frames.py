@@ -74,28 +74,57 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise FrameError(f"unsupported channel count {channels}")
 
 
-def resize_to(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize HxWxC to size x size. INTER_AREA when shrinking (no aliasing), linear otherwise."""
+Size = tuple[int, int]  # (height, width) of the model's input
+
+
+def as_size(size: int | Sequence[int]) -> Size:
+    """128 -> (128, 128); (H, W) or [H, W] -> (H, W)."""
+    if isinstance(size, int):
+        return (size, size)
+    if len(size) == 1:
+        return (int(size[0]), int(size[0]))
+    if len(size) != 2:
+        raise ValueError(f"an image size is N or (height, width), got {size!r}")
+    return (int(size[0]), int(size[1]))
+
+
+def parse_size(text: str) -> Size:
+    """ "128" -> (128, 128); "128x320" (height x width) -> (128, 320). ValueError otherwise."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"an image size is N or HxW (e.g. 128 or 128x320), got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"an image size is N or HxW (e.g. 128 or 128x320), got {text!r}")
+    return as_size(values)
+
+
+def resize_to(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """Resize HxWxC to the model's (height, width). INTER_AREA when shrinking (no aliasing),
+    linear otherwise."""
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    height, width = as_size(size)
+    if (h, w) == (height, width):
         return image
-    interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
-    out = cv2.resize(image, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if (h >= height and w >= width) else cv2.INTER_LINEAR
+    out = cv2.resize(image, (width, height), interpolation=interp)
     if out.ndim == 2:
         out = out[:, :, None]
     return out
 
 
-def to_model_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) -> np.ndarray:
     """Any decoded frame -> the model's uint8 HxWxC input (C-contiguous), as in training."""
     return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A ground-truth mask (any size, any channels) -> bool size x size, nearest neighbour."""
+def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """A ground-truth mask (any size, any channels) -> bool at the model's (height, width), nearest neighbour."""
     if mask.ndim == 3:
         mask = mask.max(axis=2)
-    return cv2.resize((mask > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    height, width = as_size(size)
+    return cv2.resize((mask > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def find_images(folder: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import PackageError
+from edge.frames import as_size
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -39,7 +40,7 @@ class ModelPackage:
     root: Path
     name: str
     version: str
-    image_size: int
+    image_size: tuple[int, int]  # (height, width)
     channels: int
     color_order: str
     mean: tuple[float, ...]
@@ -52,7 +53,7 @@ class ModelPackage:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of one frame at the model input."""
-        return (self.image_size, self.image_size, self.channels)
+        return (*self.image_size, self.channels)
 
     @property
     def sha256(self) -> str:
@@ -111,7 +112,7 @@ def load_package(root: str | Path) -> ModelPackage:
             root=root,
             name=str(_get(meta, "name")),
             version=str(_get(meta, "version")),
-            image_size=int(_get(meta, "input", "size")),
+            image_size=as_size(_get(meta, "input", "size")),  # N (square), or [H, W]
             channels=int(_get(meta, "input", "channels")),
             color_order=str(_get(meta, "input", "color_order")),
             mean=tuple(float(v) for v in _get(meta, "normalization", "mean")),
@@ -123,8 +124,8 @@ def load_package(root: str | Path) -> ModelPackage:
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{path} has a malformed field: {exc}") from exc
-    if pkg.channels not in (1, 3) or pkg.image_size < 8:
-        raise PackageError(f"{path}: unsupported input {pkg.image_size}px x {pkg.channels} channels")
+    if pkg.channels not in (1, 3) or min(pkg.image_size) < 8:
+        raise PackageError(f"{path}: unsupported input {pkg.image_size} x {pkg.channels} channels")
     if FP32_FILE not in pkg.files:
         raise PackageError(f"{path} lists no sha256 for {FP32_FILE}")
     return pkg

@@ -36,7 +36,7 @@ class EdgeConfig:
     threshold: float | None = None
     # The model input size this deployment expects (0 = whatever the package says). A package
     # with another size is refused at startup, so a wrong model cannot reach the line.
-    input_size: int = 0
+    input_size: tuple[int, ...] = (0,)
     publish_maps: bool = True
     # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
     publish_frames: bool = False
@@ -93,7 +93,10 @@ class EdgeConfig:
         )
         require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
-        require(self.input_size >= 0, "edge.input_size must be >= 0 (0 = from the model package)")
+        require(
+            len(self.input_size) in (1, 2) and min(self.input_size) >= 0,
+            "edge.input_size must be 0 (from the model package), N or [H, W]",
+        )
 
     def backend_options(self) -> dict[str, Any]:
         """The options `create_backend` takes, as this config sets them (the daemon's and the benchmark's)."""

@@ -95,7 +95,7 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {
             "name": INPUT_NAME,
-            "size": m.image_size,
+            "size": list(m.image_size),  # [height, width]
             "channels": m.channels,
             "color_order": "BGR" if m.channels == 3 else "GRAY",
             "dtype": "uint8",

@@ -48,7 +48,7 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
     """Trace `model` (eval mode) to `path` with a dynamic batch; check and clean the graph."""
     path = Path(path)
     cfg = model.cfg
-    example = torch.zeros(2, cfg.image_size, cfg.image_size, cfg.channels, dtype=torch.uint8)
+    example = torch.zeros(2, *cfg.image_size, cfg.channels, dtype=torch.uint8)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}}
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
@@ -66,7 +66,7 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
         )
     proto = constants_to_initializers(onnx.load(str(path)))
     # The tracer leaves the map's non-batch dims symbolic; they are fixed by the input size.
-    out_dims = {OUTPUT_NAMES[0]: (1, cfg.image_size, cfg.image_size)}
+    out_dims = {OUTPUT_NAMES[0]: (1, *cfg.image_size)}
     for output in proto.graph.output:
         for dim, value in zip(output.type.tensor_type.shape.dim[1:], out_dims.get(output.name, ()), strict=False):
             dim.Clear()

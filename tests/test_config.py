@@ -27,7 +27,7 @@ def test_overrides_are_converted_by_field_type():
             ["image_size=64", "levels=2", "mean=[0.4,0.5,0.6]", "score.errors=l2,gms", "score.terms=head,errors"]
         ),
     )
-    assert cfg.image_size == 64 and cfg.levels == 2
+    assert cfg.image_size == (64, 64) and cfg.levels == 2
     assert cfg.mean == (0.4, 0.5, 0.6)
     assert cfg.score == ScoreConfig(errors=("l2", "gms"), terms=("head", "errors"))
     assert load_config(EdgeConfig, None, {"threshold": "null"}).threshold is None
@@ -40,7 +40,9 @@ def test_overrides_are_converted_by_field_type():
         ({"image_sise": "64"}, "unknown config key"),
         ({"image_size": "big"}, "expected an integer"),
         ({"score": {"errors": "l1"}}, "not one of"),
-        ({"image_size": "30"}, "divisible"),
+        ({"image_size": "30"}, "multiple of 16"),
+        ({"image_size": "[64, 40]"}, "multiple of 16"),
+        ({"image_size": "[64, 64, 3]"}, "N or \\[H, W\\]"),
         ({"score": {"errors": "l2,l2"}}, "duplicates"),
         ({"score": {"terms": "head,memory"}}, "not one of"),
         ({"head_width": "0"}, "needs a comparison head"),

@@ -341,7 +341,7 @@ def test_input_size_mismatch_is_refused(tiny_model):
     daemon = DaemonProcess(tiny_model, "--set", "edge.input_size=256")
     with pytest.raises(AssertionError, match="exited 4"):
         daemon.start(timeout=30)
-    assert "edge.input_size=256" in daemon.log_text()
+    assert "edge.input_size=[256]" in daemon.log_text() and "32x32 (HxW)" in daemon.log_text()
 
 
 def test_camera_delivers_every_frame_to_a_slow_reader_before_exiting(tmp_path):

@@ -24,7 +24,7 @@ def frames(synth_root):
 def test_package_files_and_metadata(tiny_model, tiny_run):
     pkg = load_package(tiny_model)
     meta = pkg.meta
-    assert pkg.image_size == 32 and pkg.channels == 3 and pkg.color_order == "BGR"
+    assert pkg.image_size == (32, 32) and pkg.channels == 3 and pkg.color_order == "BGR"
     assert pkg.threshold == json.loads((tiny_run / "threshold.json").read_text())["value"]
     for name in ("model.onnx", "model_fp16.onnx"):
         assert meta["files"][name] == sha256_file(tiny_model / name)

@@ -45,7 +45,7 @@ def test_metrics_csv_has_the_training_scalars(tiny_run):
 def test_checkpoint_describes_itself(tiny_run):
     ckpt = load_checkpoint(tiny_run / "checkpoint.pt")
     meta = ckpt["meta"]
-    assert meta["step"] == 20 and meta["model_config"]["image_size"] == 32
+    assert meta["step"] == 20 and meta["model_config"]["image_size"] == [32, 32]
     assert len(meta["content_sha256"]) == 64 and "val_l2" in meta["metrics"]
     run = load_run(tiny_run)
     assert run.model_cfg.codebook_size == 32 and not run.model.training

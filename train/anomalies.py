@@ -49,20 +49,35 @@ def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generato
     return np.sqrt(2) * ((1 - t[:, :, 1]) * n0 + t[:, :, 1] * n1)
 
 
-def perlin_mask(size: int, rng: np.random.Generator, min_scale: int = 1, max_scale: int = 5) -> np.ndarray:
-    """A boolean anomaly mask of Perlin blobs; never empty, never most of the image."""
-    max_scale = min(max_scale, int(np.log2(size)) - 1)
+def _scale_cap(side: int, cap: int) -> int:
+    """The largest log2 Perlin scale <= cap whose cells tile `side` (2^scale divides it)."""
+    twos = (side & -side).bit_length() - 1  # the power of two in side
+    return max(0, min(cap, int(np.log2(side)) - 1, twos))
+
+
+def perlin_mask(
+    shape: int | tuple[int, int], rng: np.random.Generator, min_scale: int = 1, max_scale: int = 5
+) -> np.ndarray:
+    """A boolean anomaly mask of Perlin blobs, (H, W) (an int is square); never empty, never
+    most of the image."""
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    caps = np.array([_scale_cap(h, max_scale), _scale_cap(w, max_scale)])
+    low = min(min_scale, int(caps.min()))
     for _ in range(10):
-        sx, sy = 2 ** rng.integers(min_scale, max_scale + 1, size=2)
-        noise = perlin((size, size), (int(sx), int(sy)), rng)
+        ry, rx = 2 ** rng.integers(low, caps + 1)
+        noise = perlin((h, w), (int(ry), int(rx)), rng)
         if rng.random() < 0.5:
-            noise = np.rot90(noise, k=int(rng.integers(1, 4)))
+            k = int(rng.integers(1, 4))
+            # A square turns by quarter turns; an oblong one flips (a quarter turn changes its shape).
+            noise = (
+                np.rot90(noise, k=k) if h == w else np.flip(noise, axis=(0,) if k == 1 else (1,) if k == 3 else (0, 1))
+            )
         mask = noise > 0.5
         if 0.002 < mask.mean() < 0.4:
             return mask
-    yy, xx = np.mgrid[0:size, 0:size]
-    c = rng.integers(size // 4, 3 * size // 4, 2)
-    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 10) ** 2
+    yy, xx = np.mgrid[0:h, 0:w]
+    c = rng.integers([h // 4, w // 4], [3 * h // 4, 3 * w // 4])
+    return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (min(h, w) // 10) ** 2
 
 
 # The fills, each equally likely. Measured and left out (docs/decisions.md): the image's own
@@ -76,17 +91,18 @@ MIN_CHANGE = 0.016
 
 def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Foreign content for `image` (H, W, C float in [0,1]) from one of FILLS."""
-    size, c = image.shape[0], image.shape[2]
+    (h, w), c = image.shape[:2], image.shape[2]
     kind = FILLS[rng.integers(len(FILLS))]
     if kind == "crop":  # a shifted, flipped crop of another good image: plausible but misplaced content
         other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
-        other = np.roll(other, shift=tuple(rng.integers(0, size, 2)), axis=(0, 1))
+        other = np.roll(other, shift=tuple(rng.integers(0, [h, w])), axis=(0, 1))
         if rng.random() < 0.5:
             other = other[::-1]
         return np.ascontiguousarray(other)
     if kind == "texture":  # a procedural noise texture in a random colour
-        res = int(2 ** rng.integers(2, min(6, int(np.log2(size))) + 1))
-        tex = perlin((size, size), (res, res), rng)[:, :, None]
+        res = int(2 ** rng.integers(2, min(6, int(np.log2(min(h, w)))) + 1))
+        ry, rx = min(res, 2 ** _scale_cap(h, 6)), min(res, 2 ** _scale_cap(w, 6))
+        tex = perlin((h, w), (ry, rx), rng)[:, :, None]
         colour = rng.random(c)[None, None, :]
         return np.clip(colour + 0.3 * tex, 0, 1)
     # "shift": a colour / brightness shift of the image itself
@@ -112,7 +128,7 @@ def paint_anomalies(
     for i in range(len(batch)):
         if rng.random() >= fraction:
             continue
-        mask = perlin_mask(batch.shape[1], rng).astype(np.float32)[:, :, None]
+        mask = perlin_mask(batch.shape[1:3], rng).astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
         fill = _fill(x[i], pool, rng)
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edge.config import require
+from edge.errors import ConfigError
+from edge.frames import as_size
 
 ErrorKind = Literal["l2", "ssim", "gms"]
 TermName = Literal["head", "errors", "template"]
@@ -42,7 +44,9 @@ class ModelConfig:
     (train/model.py)."""
 
     name: str = "vqad"
-    image_size: int = 128
+    # The model's input, (height, width): N in YAML or on the command line is N x N. Frames of
+    # any size are resized to it (edge.frames.to_model_input).
+    image_size: tuple[int, ...] = (128, 128)
     channels: int = 3
     # Capacity: the encoder/decoder width, the latent grid's downsampling, residual blocks per
     # stage, the codebook's size and code dimension. Larger is slower on the line.
@@ -61,17 +65,20 @@ class ModelConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "image_size", as_size(self.image_size))  # N -> (N, N)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.image_size is N or [H, W], got {self.image_size!r}") from exc
         require(self.channels in (1, 3), f"model.channels must be 1 or 3, got {self.channels}")
         require(self.downsample in (2, 4, 8, 16), f"model.downsample must be 2, 4, 8 or 16, got {self.downsample}")
+        # Multiples of 16 whatever the downsampling: the scoring pools by 2 and 4 (registration,
+        # blob filter) and the map must come back to the same size.
+        step = max(16, self.downsample * self.levels)
         require(
-            self.image_size % self.downsample == 0 and self.image_size >= 16,
-            f"model.image_size ({self.image_size}) must be >= 16 and divisible by downsample ({self.downsample})",
+            all(side % step == 0 and side >= 16 for side in self.image_size),
+            f"model.image_size {list(self.image_size)}: each side must be >= 16 and a multiple of {step}",
         )
         require(self.levels in (1, 2), f"model.levels must be 1 or 2, got {self.levels}")
-        require(
-            self.levels == 1 or (self.image_size // self.downsample) % 2 == 0,
-            f"model.levels=2 needs an even latent grid; image_size / downsample = {self.image_size // self.downsample}",
-        )
         require(self.width >= 4 and self.code_dim >= 2, "model.width and model.code_dim are too small")
         require(self.codebook_size >= 2, "model.codebook_size must be >= 2")
         for name, values in (("mean", self.mean), ("std", self.std)):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import list_images, read_image, resize_mask, to_model_input
+from edge.frames import Size, as_size, list_images, read_image, resize_mask, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_images(paths: list[Path], size: int, channels: int) -> np.ndarray:
-    """Read and resize every image -> (M, size, size, channels) uint8. Errors name the file."""
-    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+def load_images(paths: list[Path], size: int | Size, channels: int) -> np.ndarray:
+    """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8.
+    Errors name the file."""
+    size = as_size(size)
+    out = np.empty((len(paths), *size, channels), dtype=np.uint8)
     for i, path in enumerate(paths):
         out[i] = to_model_input(read_image(path), size, channels)
     return out
@@ -70,9 +72,10 @@ def mask_path(category: Path, kind: str, image_path: Path) -> Path:
     return category / "ground_truth" / kind / f"{image_path.stem}_mask.png"
 
 
-def load_test_set(category: str | Path, size: int, channels: int) -> list[TestSample]:
-    """Every test image with its label and mask, checked. DataError names the bad file."""
-    category = Path(category)
+def load_test_set(category: str | Path, size: int | Size, channels: int) -> list[TestSample]:
+    """Every test image with its label and mask at size (H, W; N = N x N), checked. DataError
+    names the bad file."""
+    category, size = Path(category), as_size(size)
     test_dir = _require_dir(category / "test", "test")
     kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
     if not kinds:
@@ -99,10 +102,34 @@ def load_test_set(category: str | Path, size: int, channels: int) -> list[TestSa
                     missing_masks += 1
                     log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
             else:
-                mask = np.zeros((size, size), dtype=bool)
+                mask = np.zeros(size, dtype=bool)
             samples.append(TestSample(path, kind, image, mask, label))
     if not samples:
         raise DataError(f"no test images under {test_dir}")
     if missing_masks:
         log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
     return samples
+
+
+# --image-size auto: sides are multiples of this (what ModelConfig requires at downsample 4).
+SIZE_STEP = 16
+
+
+def auto_image_size(category: str | Path, pixels: int, sample: int = 64) -> Size:
+    """(H, W) for the training images' median aspect ratio at about `pixels` pixels, each side
+    a multiple of SIZE_STEP: a tall part or a line-scan strip keeps its shape instead of being
+    squeezed into a square (thin cracks and scratches survive). Reads up to `sample` images."""
+    paths = train_image_paths(category)
+    step = max(1, len(paths) // sample)
+    shapes = [read_image(p).shape[:2] for p in paths[::step][:sample]]
+    aspect = float(np.median([h / w for h, w in shapes]))  # height / width
+    height = max(SIZE_STEP, round((pixels * aspect) ** 0.5 / SIZE_STEP) * SIZE_STEP)
+    width = max(SIZE_STEP, round((pixels / aspect) ** 0.5 / SIZE_STEP) * SIZE_STEP)
+    log.info(
+        "--image-size auto: median aspect (height / width) %.3f of %d training images -> %dx%d (HxW)",
+        aspect,
+        len(shapes),
+        height,
+        width,
+    )
+    return (height, width)

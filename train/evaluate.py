@@ -104,7 +104,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     labels = np.array([s.label for s in test])
     recons, maps, scores = score_frames(run.model, images)
     with_mask = np.array([s.mask is not None for s in test])
-    masks = np.stack([s.mask if s.mask is not None else np.zeros((size, size), bool) for s in test])
+    masks = np.stack([s.mask if s.mask is not None else np.zeros(size, bool) for s in test])
     f1, f1_threshold = f1_max(labels, scores)
     decisions = scores >= threshold["value"]
     metrics = {
@@ -122,7 +122,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         "false_reject_rate": float(decisions[labels == 0].mean()) if (labels == 0).any() else None,
         "miss_rate": float((~decisions[labels == 1]).mean()) if (labels == 1).any() else None,
         "per_kind_image_auroc": {},
-        "image_size": size,
+        "image_size": list(size),
         "run": str(run.root),
         "step": run.meta.get("step"),
         "checkpoint_sha256": run.meta.get("content_sha256"),

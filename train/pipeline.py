@@ -31,7 +31,7 @@ class InspectionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
-        size = (cfg.image_size, cfg.image_size)
+        size = cfg.image_size
         if scoring is None:
             scoring = initial_plan(cfg.score.terms, cfg.score.errors, cfg.score.border, size)
         self.scorer = AnomalyScorer(scoring, cfg.channels, size)

@@ -46,7 +46,7 @@ class OnnxRuntimeBackend:
         except Exception as exc:
             raise BackendError(f"onnxruntime could not load {path}: {exc}") from exc
         inp = self.session.get_inputs()[0]
-        expected = [package.image_size, package.image_size, package.channels]
+        expected = list(package.input_shape)
         if [d for d in inp.shape[1:]] != expected:
             raise BackendError(f"{path} takes {inp.shape}, but model.json says {expected}")
         self.input_name = inp.name

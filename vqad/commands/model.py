@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
+from edge.frames import parse_size
 from vqad.commands.common import config_args, default_config, overrides
+
+
+def _size_arg(text: str) -> str:
+    if text != "auto":
+        try:
+            parse_size(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def model_and_train_configs(args: argparse.Namespace):
@@ -14,8 +25,9 @@ def model_and_train_configs(args: argparse.Namespace):
 
     m_over = overrides(args, "model")
     t_over = overrides(args, "train")
-    if getattr(args, "image_size", None):
-        m_over["image_size"] = args.image_size
+    size = getattr(args, "image_size", None)
+    if size and size != "auto":
+        m_over["image_size"] = list(parse_size(size))
     if getattr(args, "max_minutes", None):
         t_over["max_minutes"] = args.max_minutes
     if getattr(args, "steps", None):
@@ -24,6 +36,11 @@ def model_and_train_configs(args: argparse.Namespace):
         t_over["seed"] = args.seed
     model_cfg = load_config(ModelConfig, args.model_config or default_config("model"), m_over)
     train_cfg = load_config(TrainConfig, args.config or default_config("train"), t_over)
+    if size == "auto":  # the configured size's pixel count, in the training images' shape
+        from train.data import auto_image_size
+
+        pixels = model_cfg.image_size[0] * model_cfg.image_size[1]
+        model_cfg = dataclasses.replace(model_cfg, image_size=auto_image_size(args.data, pixels))
     return model_cfg, train_cfg
 
 
@@ -66,7 +83,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("data", type=Path, metavar="DATA_CAT")
     t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
     config_args(t)
-    t.add_argument("--image-size", type=int)
+    t.add_argument(
+        "--image-size",
+        type=_size_arg,
+        metavar="N|HxW|auto",
+        help="model input: N x N, height x width, or auto (the training images' median aspect ratio)",
+    )
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)

@@ -1,0 +1,100 @@
+"""Non-square inputs: a tall part or a line-scan strip keeps its shape through training,
+evaluation, export, model.json and the daemon; `--image-size auto` picks it from the data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from edge.frames import parse_size
+from edge.package import load_package
+from edge.protocol import frame_message
+from export.parity import onnx_outputs
+from tests.conftest import SHARED_TOOLS, TINY_MODEL, TINY_TRAIN, run_vqad
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from train.data import load_test_set
+
+
+@pytest.fixture(scope="module")
+def wide_root(synth_root, tmp_path_factory) -> Path:
+    """The synthetic bracket category with every image (and mask) doubled side by side: 64x128."""
+    root = tmp_path_factory.mktemp("wide") / "bracket"
+    for path in (synth_root / "bracket").rglob("*.png"):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        out = root / path.relative_to(synth_root / "bracket")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), np.concatenate([image, image], axis=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def wide_model(wide_root, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("wide_run")
+    run, model = work / "run", work / "model"
+    run_vqad("train", wide_root, "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN, "--image-size", "32x64")
+    run_vqad("eval", run, wide_root, "--out", run / "eval", "--no-pictures")
+    run_vqad("export", run, "--out", model)
+    return model
+
+
+def test_sizes_parse_as_n_or_height_x_width():
+    assert parse_size("128") == (128, 128) and parse_size("128x320") == (128, 320)
+    assert parse_size("64X1024") == (64, 1024)
+    for bad in ("", "x", "12x", "0x5", "1x2x3", "big"):
+        with pytest.raises(ValueError, match="N or HxW"):
+            parse_size(bad)
+
+
+def test_a_wide_model_trains_exports_and_scores_at_its_own_shape(wide_model, wide_root):
+    pkg = load_package(wide_model)
+    assert pkg.image_size == (32, 64) and pkg.meta["input"]["size"] == [32, 64]
+    metrics = json.loads((wide_model.parent / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["image_size"] == [32, 64]
+    graph = onnx.load(str(wide_model / "model.onnx")).graph
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [32, 64, 3]  # N x H x W x C
+    frames = np.stack([s.image for s in load_test_set(wide_root, (32, 64), 3)])
+    maps, scores = onnx_outputs(wide_model / "model_fp16.onnx", frames)
+    assert maps.shape == (len(frames), 1, 32, 64) and np.isfinite(scores).all()
+    assert pkg.meta["parity"]["passed"]
+    tool = SHARED_TOOLS / "onnx_trt_check.py"
+    if tool.is_file():
+        for name in ("model.onnx", "model_fp16.onnx"):
+            proc = subprocess.run([sys.executable, str(tool), str(wide_model / name)], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_daemon_serves_a_wide_model_frames_of_any_size(wide_model):
+    with DaemonProcess(wide_model) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i, (h, w) in enumerate(((64, 128), (100, 300), (32, 64))):
+                cam.send(frame_message("wide", i, np.full((h, w, 3), 90, np.uint8), "raw"))
+            results = sub.collect(3)
+        finally:
+            sub.close()
+            cam.close()
+    assert sorted(h["frame_id"] for h, _ in results) == [0, 1, 2]
+    for header, amap in results:
+        assert header["status"] == "ok" and header["map"]["shape"] == [32, 64] and amap.shape == (32, 64)
+
+
+def test_image_size_auto_keeps_the_training_images_aspect(wide_root, tmp_path):
+    """At the configured size's pixel count (32 x 32), images twice as wide as tall: 16 x 48,
+    sides in multiples of 16; the run records the size it chose."""
+    run = tmp_path / "auto"
+    proc = run_vqad("train", wide_root, "--out", run, "--steps", "2", *TINY_MODEL, *TINY_TRAIN, "--image-size", "auto")
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["image_size"] == [16, 48]
+    assert "--image-size auto" in proc.stderr and "16x48 (HxW)" in proc.stderr
+    bad = run_vqad("train", wide_root, "--out", tmp_path / "bad", "--image-size", "12x", check=False)
+    assert bad.returncode == 2 and "N or HxW" in bad.stderr
+    shutil.rmtree(run)
