@@ -73,10 +73,33 @@ def test_threshold_sits_clear_of_the_validation_quantile():
     than the FP16 graph's score error (about 0.2%)."""
     import numpy as np
 
-    from train.evaluate import calibrate_threshold
+    from edge.threshold import calibrate_threshold
 
     scores = np.linspace(1.0, 2.0, 101)
-    cal = calibrate_threshold(scores, target_frr=0.01)
+    cal = calibrate_threshold(scores, target_frr=0.01, source={"by": "test"})
     assert cal["score_at_quantile"] == 1.99
     assert cal["value"] >= cal["score_at_quantile"] * 1.005
     assert (scores >= cal["value"]).sum() <= 1  # at most the single image above the quantile fails
+
+
+def test_the_false_reject_bound_is_clopper_pearson():
+    from edge.threshold import frr_upper_bound
+
+    assert abs(frr_upper_bound(24, 0) - (1 - 0.05 ** (1 / 24))) < 1e-12  # about 3 / n
+    assert frr_upper_bound(300, 0) < 0.01 < frr_upper_bound(100, 0)
+    assert abs(frr_upper_bound(100, 1) - 0.0466) < 5e-4 and abs(frr_upper_bound(100, 5) - 0.1023) < 5e-4
+    assert frr_upper_bound(10, 10) == 1.0 and frr_upper_bound(0, 0) == 1.0
+
+
+def test_miss_rate_at_a_false_reject_rate():
+    import numpy as np
+
+    from train.evaluate import miss_rate_at_frr
+
+    labels = np.array([0] * 100 + [1] * 10)
+    scores = np.concatenate([np.arange(100.0), [5, 50, 95, 98.5, 99.5, 200, 300, 400, 500, 600]])
+    # 1% of 100 good: cut at 99 -> defects at or below it pass: 5, 50, 95, 98.5 -> 40%.
+    assert miss_rate_at_frr(labels, scores, 0.01) == 0.4
+    # 5%: cut at 95 -> 5, 50, 95 pass -> 30%.
+    assert miss_rate_at_frr(labels, scores, 0.05) == 0.3
+    assert miss_rate_at_frr(np.zeros(3, int), np.ones(3), 0.01) is None

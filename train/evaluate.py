@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from edge.overlay import heatmap_overlay, label
+from edge.threshold import calibrate_threshold
 from train import plots
 from train.data import load_images, load_test_set
 from train.metrics import aupro, f1_max, image_auroc, pixel_auroc, roc_points
@@ -28,28 +29,28 @@ from train.run import THRESHOLD_FILE, Run, load_run
 log = logging.getLogger(__name__)
 
 
-THRESHOLD_MARGIN = 0.01  # relative margin of the threshold above the validation quantile
+def miss_rate_at_frr(labels: np.ndarray, scores: np.ndarray, frr: float) -> float | None:
+    """The share of defects that pass at the threshold that rejects `frr` of the test good
+    images (their (1 - frr) quantile; a defect fails at or above it): what the line would miss
+    if the threshold were set for that false-reject rate on these very images."""
+    good, defects = scores[labels == 0], scores[labels == 1]
+    if len(good) == 0 or len(defects) == 0:
+        return None
+    cut = float(np.quantile(good, 1.0 - frr, method="higher"))
+    return float((defects <= cut).mean())
 
 
-def calibrate_threshold(val_scores: np.ndarray, target_frr: float) -> dict[str, Any]:
-    """The (1 - target_frr) quantile of good validation scores: the false-reject rate the
-    line would see on good parts if validation is representative."""
-    at_quantile = float(np.quantile(val_scores, 1.0 - target_frr, method="higher"))
-    # 1% above the quantile score: the validation image at the quantile passes, and it stays
-    # clear of the boundary in every runtime. The FP16 graph's scores differ from FP32 by up to
-    # about 0.2% (measured with the comparison head in FP16); a 0.1% margin let the quantile
-    # image flip to "fail" in FP16 and export refused the model.
-    value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
-    return {
-        "value": value,
-        "score_at_quantile": at_quantile,
-        "method": f"quantile of good validation image scores, plus {THRESHOLD_MARGIN:.0%}",
-        "quantile": 1.0 - target_frr,
-        "target_frr": target_frr,
-        "n_val": int(len(val_scores)),
-        "val_score_max": float(val_scores.max()),
-        "val_score_median": float(np.median(val_scores)),
-    }
+def _threshold(run: Run, val_scores: np.ndarray) -> dict[str, Any]:
+    """The run's threshold: one set by `vqad calibrate` on good images from the line is kept;
+    otherwise it is calibrated on the validation split and written to threshold.json."""
+    saved = run.threshold()
+    if saved is not None and saved.get("source", {}).get("by") == "vqad calibrate":
+        log.info("keeping the threshold vqad calibrate set on %s", saved["source"].get("folder"))
+        return saved
+    source = {"by": "vqad eval", "images": "the run's validation split (split.json)", "run": str(run.root)}
+    threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr, source)
+    (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+    return threshold
 
 
 @torch.no_grad()
@@ -97,8 +98,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     val_images = load_images(val_paths, size, channels)
 
     _, _, val_scores = score_frames(run.model, val_images)
-    threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr)
-    (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+    threshold = _threshold(run, val_scores)
 
     images = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
@@ -121,6 +121,10 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         "n_without_mask": int((~with_mask).sum()),
         "false_reject_rate": float(decisions[labels == 0].mean()) if (labels == 0).any() else None,
         "miss_rate": float((~decisions[labels == 1]).mean()) if (labels == 1).any() else None,
+        "miss_rate_at_1pct_frr": miss_rate_at_frr(labels, scores, 0.01),
+        "miss_rate_at_5pct_frr": miss_rate_at_frr(labels, scores, 0.05),
+        "threshold_margin_over_val_max": threshold.get("margin_over_max"),
+        "frr_upper_bound_95": threshold.get("frr_upper_bound_95"),
         "per_kind_image_auroc": {},
         "image_size": list(size),
         "run": str(run.root),
@@ -142,12 +146,18 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if pictures:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
     log.info(
-        "eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",
+        "eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f; at the threshold: false rejects %s, misses %s",
         metrics["image_auroc"],
         metrics["pixel_auroc"],
         metrics["aupro"],
+        _pct(metrics["false_reject_rate"]),
+        _pct(metrics["miss_rate"]),
     )
     return metrics
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:

@@ -1,4 +1,4 @@
-"""Train and evaluate: `vqad train`, `vqad eval`, `vqad embed`."""
+"""Train and evaluate: `vqad train`, `vqad eval`, `vqad calibrate`, `vqad embed`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from pathlib import Path
 
 from edge.frames import parse_size
 from vqad.commands.common import config_args, default_config, overrides
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def _frr(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"--target-frr must be in (0, 0.5), got {text}")
+    return value
 
 
 def _size_arg(text: str) -> str:
@@ -66,7 +77,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  AUPRO {m['aupro']:.4f}  "
         f"F1-max {m['f1_max']:.4f}  threshold {m['threshold']:.5g}  ({m['n_images']} images)"
     )
+    if m["false_reject_rate"] is not None and m["miss_rate"] is not None:
+        print(
+            f"at the threshold: false rejects {m['false_reject_rate']:.1%} of {m['n_good']} good, "
+            f"misses {m['miss_rate']:.1%} of {m['n_defect']} defects; misses at 1% / 5% false rejects: "
+            f"{_pct(m['miss_rate_at_1pct_frr'])} / {_pct(m['miss_rate_at_5pct_frr'])}; "
+            f"false rejects on new good images <= {m['frr_upper_bound_95']:.1%} "
+            f"(95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
+        )
     print(f"report: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """A run's or a model package's threshold, on new good images; a package needs no torch."""
+    from edge.errors import DataError
+
+    if (args.target / "model.json").is_file():
+        from edge.recalibrate import calibrate_package
+
+        threshold = calibrate_package(args.target, args.good, args.target_frr)
+    elif (args.target / "checkpoint.pt").is_file():
+        from train.recalibrate import calibrate_run
+
+        threshold = calibrate_run(args.target, args.good, args.target_frr)
+    else:
+        raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
+    print(
+        f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
+        f"under {args.good}, +1%); {threshold['frr_bound_note']}"
+    )
     return 0
 
 
@@ -102,6 +142,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
     e.add_argument("--no-pictures", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("calibrate", help="recalibrate the threshold of a run or model package on new good images")
+    c.add_argument("target", type=Path, metavar="RUN_OR_MODEL_DIR")
+    c.add_argument("good", type=Path, metavar="GOOD_DIR", help="good images from the line (searched recursively)")
+    c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
+    c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
     e.add_argument("run", type=Path, metavar="RUN_DIR")

@@ -1,0 +1,81 @@
+"""`vqad calibrate MODEL_DIR GOOD_DIR`: a model package's threshold, recalibrated on new good
+images from the line, without retraining and without torch (it runs on the edge box).
+
+The images are scored by the package's own FP32 graph on ONNX Runtime, as the line scores
+them. model.json gets the new threshold with its provenance; the old one is kept in
+`threshold_history`. The ONNX files, and so their sha256 and the parity proof, are unchanged:
+the proof bounds the graphs' maps and scores, which no threshold enters. What a threshold does
+change, whether FP16 and FP32 decide alike, is measured again at the new threshold on the
+calibration images and written beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import DataError, PackageError
+from edge.frames import batched, find_images, read_image, to_model_input
+from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
+from edge.threshold import calibrate_threshold
+
+log = logging.getLogger(__name__)
+
+
+def good_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
+    """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths)."""
+    paths = find_images(folder)
+    if len(paths) < 2:
+        raise DataError(f"{folder}: calibrating a threshold needs at least 2 good images, found {len(paths)}")
+    return np.stack([to_model_input(read_image(p), size, channels) for p in paths]), paths
+
+
+def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batched(frames, batch)])
+
+
+def calibrate_package(model_dir: str | Path, good_dir: str | Path, target_frr: float | None = None) -> dict[str, Any]:
+    """Recalibrate MODEL_DIR's threshold on the good images under GOOD_DIR; rewrites model.json
+    and returns the new threshold entry."""
+    pkg = load_package(model_dir)
+    frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels)
+    old = pkg.meta["threshold"]
+    target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
+    scores = graph_scores(pkg.root / FP32_FILE, frames)
+    source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
+    threshold = calibrate_threshold(scores, target, source)
+    fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
+    agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
+    bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)
+    if agreement < bound:
+        raise PackageError(
+            f"at the new threshold {threshold['value']:.6g} the FP16 and FP32 graphs agree on {agreement:.1%} of "
+            f"the calibration images, under the package's bound {bound:.0%}: threshold not changed"
+        )
+    threshold["parity"] = {
+        "note": "the ONNX files are unchanged, so the parity proof of their maps and scores holds; the "
+        "decision agreement below is measured at this threshold on the calibration images",
+        "fp16_vs_fp32_decision_agreement": agreement,
+    }
+    meta = dict(pkg.meta)
+    meta["threshold_history"] = [*meta.get("threshold_history", []), old]
+    meta["threshold"] = threshold
+    # The map bytes keep their meaning relative to the threshold (255 = the same multiple of it).
+    meta["output"] = dict(meta["output"], map_scale=meta["output"]["map_scale"] * threshold["value"] / old["value"])
+    write_model_json(pkg.root, meta)
+    log.info(
+        "%s: threshold %.6g -> %.6g on %d good images (%s)",
+        pkg.root,
+        old["value"],
+        threshold["value"],
+        len(paths),
+        threshold["frr_bound_note"],
+    )
+    return threshold

@@ -1,0 +1,77 @@
+"""`vqad calibrate`: a run's or a model package's threshold from new good images, with its
+provenance, without retraining; a package keeps its ONNX files and parity proof."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from edge.package import load_package, sha256_file
+from tests.conftest import run_vqad
+
+
+def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, synth_root, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    before = load_package(model)
+    good = synth_root / "bracket" / "train" / "good"
+    proc = run_vqad("calibrate", model, good, "--target-frr", "0.05")
+    after = load_package(model)
+    t = after.meta["threshold"]
+    assert t["source"] == {"by": "vqad calibrate", "folder": str(good.resolve()), "n_images": 16}
+    assert t["n_val"] == 16 and t["quantile"] == 0.95 and t["calibrated"] and t["frr_upper_bound_95"] > 0
+    assert "95% confidence" in t["frr_bound_note"] and "with 16 good images" in proc.stdout
+    assert after.meta["threshold_history"][-1]["value"] == before.threshold
+    # The graphs are untouched: same files, same hashes, same parity proof; decisions re-measured.
+    for name in ("model.onnx", "model_fp16.onnx"):
+        assert sha256_file(model / name) == before.meta["files"][name] == after.meta["files"][name]
+    assert after.meta["parity"] == before.meta["parity"]
+    assert t["parity"]["fp16_vs_fp32_decision_agreement"] >= 0.99 and "unchanged" in t["parity"]["note"]
+    # The map bytes keep their meaning relative to the threshold.
+    assert np.isclose(after.map_scale / after.threshold, before.map_scale / before.threshold)
+
+
+def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    launch = "import sys; sys.modules['torch'] = None; from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
+    good = synth_root / "bracket" / "train" / "good"
+    proc = subprocess.run(
+        [sys.executable, "-c", launch, "calibrate", str(model), str(good)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert load_package(model).meta["threshold"]["source"]["n_images"] == 16
+
+
+def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    good = synth_root / "bracket" / "train" / "good"
+    run_vqad("calibrate", run, good)
+    saved = json.loads((run / "threshold.json").read_text())
+    assert saved["source"]["by"] == "vqad calibrate" and saved["n_val"] == 16
+    assert saved["previous"]["source"]["by"] == "vqad eval"
+    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
+    metrics = json.loads((run / "eval2" / "metrics.json").read_text())
+    assert metrics["threshold"] == saved["value"]  # eval keeps the line's threshold
+    for key in ("miss_rate_at_1pct_frr", "miss_rate_at_5pct_frr", "threshold_margin_over_val_max"):
+        assert key in metrics
+    run_vqad("export", run, "--out", tmp_path / "model")
+    assert load_package(tmp_path / "model").threshold == saved["value"]
+
+
+def test_calibrate_refuses_what_it_cannot_use(tiny_model, tmp_path):
+    proc = run_vqad("calibrate", tmp_path, tmp_path, check=False)
+    assert proc.returncode != 0 and "neither a run" in proc.stderr
+    (tmp_path / "one").mkdir()
+    proc = run_vqad("calibrate", tiny_model, tmp_path / "one", check=False)
+    assert proc.returncode != 0 and "at least 2 good images" in proc.stderr
+    proc = run_vqad("calibrate", tiny_model, tmp_path, "--target-frr", "0.7", check=False)
+    assert proc.returncode == 2 and "--target-frr" in proc.stderr
