@@ -21,26 +21,58 @@ from typing import Any
 import numpy as np
 import torch
 
-# name -> (terms, error kinds, golden-template settings overrides); None = the run's own.
-VARIANTS: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None, dict[str, Any]]] = {
-    "shipped (the run's terms)": (None, None, {}),
-    "head": (("head",), None, {}),
-    "errors": (("errors",), None, {}),
-    "template": (("template",), None, {}),
-    "head + errors": (("head", "errors"), None, {}),
-    "head + template": (("head", "template"), None, {}),
-    "errors + template": (("errors", "template"), None, {}),
-    "errors as L2": (None, ("l2",), {}),
-    "errors as 1 - SSIM": (None, ("ssim",), {}),
-    "errors as L2 + 1 - SSIM + MS-GMS": (None, ("l2", "ssim", "gms"), {}),
-    "template without the blob filter": (None, None, {"blob_sigma": 0.0}),
-    "template without the gain plane": (None, None, {"lighting": False}),
-    "template unregistered": (None, None, {"shift": 0}),
-    "template in the texture's band on parts": (None, None, {"aligned_band": "texture"}),
-    "template as on a texture (x 0.625, in place)": (None, None, {"min_alignment": 1.01}),
-    "template x 2": (None, None, {"aligned_weight": 2.5, "texture_weight": 1.25}),
-    "template x 0.5": (None, None, {"aligned_weight": 0.625, "texture_weight": 0.3125}),
+# name -> what the variant changes: terms, error kinds, golden-template settings, weights
+# (each left out = the run's own, the constants' or WEIGHTS).
+L2_SSIM_GMS = ("l2", "ssim", "gms")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "the run's terms": {},
+    "head": {"terms": ("head",)},
+    "errors": {"terms": ("errors",)},
+    "template": {"terms": ("template",)},
+    "memory": {"terms": ("memory",)},
+    "head + errors": {"terms": ("head", "errors")},
+    "head + template": {"terms": ("head", "template")},
+    "errors + template": {"terms": ("errors", "template")},
+    "head + errors + template": {"terms": ("head", "errors", "template")},
+    "errors as L2": {"terms": ("head", "errors"), "errors": ("l2",)},
+    "errors as 1 - SSIM": {"terms": ("head", "errors"), "errors": ("ssim",)},
+    "errors as L2 + 1 - SSIM + MS-GMS": {"terms": ("head", "errors"), "errors": L2_SSIM_GMS},
+    "template without the blob filter": {"template": {"blob_sigma": 0.0}},
+    "template without the gain plane": {"template": {"lighting": False}},
+    "template unregistered": {"template": {"shift": 0}},
+    "template x 0.5": {"template": {"aligned_weight": 0.625, "texture_weight": 0.3125}},
+    "head + memory": {"terms": ("head", "memory")},
+    "errors + memory": {"terms": ("errors", "memory")},
+    "head + errors + memory": {"terms": ("head", "errors", "memory")},
+    "head + errors(3) + memory": {"terms": ("head", "errors", "memory"), "errors": L2_SSIM_GMS},
+    "head + errors(3) x1 + memory": {
+        "terms": ("head", "errors", "memory"),
+        "errors": L2_SSIM_GMS,
+        "weights": {"errors": 1.0},
+    },
+    "head + errors x1 + memory": {"terms": ("head", "errors", "memory"), "weights": {"errors": 1.0}},
+    "head + errors(3) x0.5 + memory": {
+        "terms": ("head", "errors", "memory"),
+        "errors": L2_SSIM_GMS,
+        "weights": {"errors": 0.5},
+    },
+    "head + errors + template + memory": {"terms": ("head", "errors", "template", "memory")},
+    "head, border 0": {"terms": ("head",), "border": 0},
+    "head + memory, border 0": {"terms": ("head", "memory"), "border": 0},
+    "head + errors + memory, border 0": {"terms": ("head", "errors", "memory"), "border": 0},
+    "head + errors(3) + memory, border 0": {"terms": ("head", "errors", "memory"), "errors": L2_SSIM_GMS, "border": 0},
+    "head + errors + template + memory, border 0": {"terms": ("head", "errors", "template", "memory"), "border": 0},
 }
+
+
+def selected(names: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The variants named (all when None)."""
+    if not names:
+        return VARIANTS
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    return {n: VARIANTS[n] for n in names}
 
 
 def in_half(path: Path, half: str) -> bool:
@@ -52,7 +84,9 @@ def in_half(path: Path, half: str) -> bool:
 
 
 @torch.no_grad()
-def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[str, Any]:
+def scoring_ablation(
+    run_dir: Path, category: Path, half: str = "all", names: list[str] | None = None
+) -> dict[str, Any]:
     """{variant: {image_auroc, pixel_auroc, aupro, terms}} for one trained run."""
     from edge.frames import batched
     from train.data import load_images, load_test_set
@@ -73,28 +107,33 @@ def scoring_ablation(run_dir: Path, category: Path, half: str = "all") -> dict[s
     train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
     val_images = load_images([Path(p) for p in run.split()["val"]], cfg.image_size, cfg.channels)
     x_val, r_val = model.reconstruct_frames(val_images)
+    x_test, r_test = model.reconstruct_frames(frames)
+    prob, z_test, val_head = None, None, None
+    if model.head is not None:
+        outputs = [model.head_outputs(x, r) for x, r in zip(batched(x_test, 16), batched(r_test, 16), strict=True)]
+        prob, z_test = torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
+        pairs = zip(batched(x_val, 16), batched(r_val, 16), strict=True)
+        val_head = torch.cat([model.head_outputs(x, r)[0] for x, r in pairs])
     good = GoodImages(
         train=lambda: [uint8_nhwc_to_float(torch.from_numpy(b)) for b in batched(train_images, 32)],
         val=x_val,
         val_recon=r_val,
+        val_head=val_head,
+        features=model.features if model.head is not None else None,
     )
-    x_test, r_test = model.reconstruct_frames(frames)
-    prob = None
-    if model.head is not None:
-        pairs = zip(batched(x_test, 16), batched(r_test, 16), strict=True)
-        prob = torch.cat([model.head_probability(x, r) for x, r in pairs])
     base = TemplateSettings.for_size((size[0] * size[1]) ** 0.5)
     rows: dict[str, Any] = {}
-    for name, (terms, errors, template) in VARIANTS.items():
-        terms = terms or cfg.score.terms
-        if "head" in terms and prob is None:
+    for name, variant in selected(names).items():
+        terms = variant.get("terms", cfg.score.terms)
+        if ("head" in terms or "memory" in terms) and prob is None:
             continue
-        if template.get("aligned_band") == "texture":
-            template = template | {"aligned_band": base.texture_band}
-        plan = initial_plan(terms, errors or cfg.score.errors, cfg.score.border, size)
-        scorer = AnomalyScorer(plan, cfg.channels, size, dataclasses.replace(base, **template))
+        border = variant.get("border", cfg.score.border)
+        plan = initial_plan(terms, variant.get("errors", cfg.score.errors), border, size)
+        template = dataclasses.replace(base, **variant.get("template", {}))
+        scorer = AnomalyScorer(plan, cfg.channels, size, template)
         scorer.calibrate(good)
-        maps, scores = scorer(x_test, r_test, prob)
+        scorer.weights.update(variant.get("weights", {}))
+        maps, scores = scorer(x_test, r_test, prob, z_test)
         amap, score = maps[:, 0].numpy(), scores.numpy()
         rows[name] = {
             "image_auroc": image_auroc(labels, score),
@@ -114,7 +153,9 @@ if __name__ == "__main__":
     ap.add_argument("run", type=Path)
     ap.add_argument("category", type=Path)
     ap.add_argument("--half", choices=("select", "report", "all"), default="all")
+    ap.add_argument("--variant", action="append", help="only this variant (repeatable)")
     args = ap.parse_args()
-    result = scoring_ablation(args.run, args.category, args.half)
+    result = scoring_ablation(args.run, args.category, args.half, args.variant)
     for name, r in result["variants"].items():
-        print(f"{name:46s} image {_fmt(r['image_auroc'])}  pixel {_fmt(r['pixel_auroc'])}  AUPRO {_fmt(r['aupro'])}")
+        figures = f"image {_fmt(r['image_auroc'])}  pixel {_fmt(r['pixel_auroc'])}  AUPRO {_fmt(r['aupro'])}"
+        print(f"{name:46s} {figures}", flush=True)

@@ -28,15 +28,16 @@ from edge.cuda_memory import load_cudart
 from edge.engine_cache import ENGINE_DIR, onnx_file_for, trt_major
 from edge.errors import BackendError
 from edge.package import load_package
+from train.head import FP32_LAYERS
 
 log = logging.getLogger(__name__)
 
 # Layers allowed to run in FP16 on TensorRT 8.6: the decoder and the comparison head but for its
-# first layer. The encoder stays FP32 like the VQ argmin it feeds (FP16 there flips codes), and
-# the head's first layer, which compares frame and reconstruction, stays FP32 (FP16 rounding of
-# both put the map 1.6% off on a 10-minute model): as in model_fp16.onnx.
+# encoder half. The encoder stays FP32 like the VQ argmin it feeds (FP16 there flips codes), and
+# the head's encoder half, which compares frame and reconstruction and gives the memory term its
+# features, stays FP32 (train/head.py says why): as in model_fp16.onnx.
 FP16_LAYER_PREFIXES = ("/decoder/", "/head/")
-FP32_LAYER_PREFIXES = ("/head/enc1/",)
+FP32_LAYER_PREFIXES = tuple(f"/head/{name}/" for name in FP32_LAYERS)
 
 
 def runs_in_fp16(layer_name: str) -> bool:

@@ -44,7 +44,7 @@ def test_overrides_are_converted_by_field_type():
         ({"image_size": "[64, 40]"}, "multiple of 16"),
         ({"image_size": "[64, 64, 3]"}, "N or \\[H, W\\]"),
         ({"score": {"errors": "l2,l2"}}, "duplicates"),
-        ({"score": {"terms": "head,memory"}}, "not one of"),
+        ({"score": {"terms": "head,glitter"}}, "not one of"),
         ({"head_width": "0"}, "needs a comparison head"),
         ({"levels": "two"}, "expected an integer"),
         ({"cosine": "true"}, "unknown config key"),

@@ -98,11 +98,17 @@ def test_fp16_graph_keeps_the_fp32_islands(tiny_model):
         for n in model.graph.node
         if n.op_type in ("Conv", "ConvTranspose")
         and n.name.startswith(("/decoder/", "/head/"))
-        and not n.name.startswith("/head/enc1/")
+        and not n.name.startswith(("/head/enc1/", "/head/enc2/", "/head/enc3/"))
     ]
     assert conv_weights and all(types[w] == onnx.TensorProto.FLOAT16 for w in conv_weights)
-    first = [n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/head/enc1/")]
-    assert first and all(types[w] == onnx.TensorProto.FLOAT for w in first)  # compares frame and recon: FP32
+    # The head's encoder half compares frame and reconstruction and gives the memory its
+    # features: FP32.
+    head_encoder = [
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type == "Conv" and n.name.startswith(("/head/enc1/", "/head/enc2/", "/head/enc3/"))
+    ]
+    assert len(head_encoder) == 4 and all(types[w] == onnx.TensorProto.FLOAT for w in head_encoder)
     encoder = [n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/encoder/")]
     assert encoder and all(types[w] == onnx.TensorProto.FLOAT for w in encoder)  # it decides the codes: FP32
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]  # the VQ distance
@@ -186,7 +192,7 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_model, frames, tmp_path):
 
 def test_tensorrt86_fp16_layers_are_those_of_model_fp16(tiny_model):
     """On TensorRT 8.6 the engine builder keeps FP16 only for the layers that model_fp16.onnx
-    runs in FP16: the decoder and the head, but not the head's first layer."""
+    runs in FP16: the decoder and the head, but not the head's encoder half."""
     from export.engine import runs_in_fp16
 
     fp32_graph = onnx.load(str(tiny_model / "model.onnx"))
@@ -197,25 +203,30 @@ def test_tensorrt86_fp16_layers_are_those_of_model_fp16(tiny_model):
     }
     convs = [n.name for n in fp32_graph.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     assert any(n.startswith("/decoder/") for n in in_fp16) and any(n.startswith("/head/") for n in in_fp16)
-    assert any(n.startswith("/head/enc1/") for n in convs) and not any(n.startswith("/head/enc1/") for n in in_fp16)
+    for layer in ("enc1", "enc2", "enc3"):
+        assert any(n.startswith(f"/head/{layer}/") for n in convs), layer
+        assert not any(n.startswith(f"/head/{layer}/") for n in in_fp16), layer
     assert {n for n in convs if runs_in_fp16(n)} == in_fp16
 
 
-def test_half_precision_head_keeps_its_first_layer_exactly():
-    """The head's first layer compares frame and reconstruction; its FP32 weights are kept
+def test_half_precision_head_keeps_its_encoder_half_exactly():
+    """The head's encoder half compares frame and reconstruction; its FP32 weights are kept
     bit for bit (not rounded through FP16), and every other layer becomes FP16."""
     import torch
 
     from train.head import ComparisonHead, half_precision
 
     head = ComparisonHead(3, 8)
-    before = {k: v.clone() for k, v in head.enc1.state_dict().items()}
+    encoder = ("enc1.", "enc2.", "enc3.")
+    before = {k: v.clone() for k, v in head.state_dict().items() if k.startswith(encoder)}
     half_precision(head)
-    for k, v in head.enc1.state_dict().items():
-        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
-    assert all(p.dtype == torch.float16 for n, p in head.named_parameters() if not n.startswith("enc1."))
-    out = head(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    for k, v in head.state_dict().items():
+        if k.startswith(encoder):
+            assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert all(p.dtype == torch.float16 for n, p in head.named_parameters() if not n.startswith(encoder))
+    out, features = head(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
     assert out.dtype == torch.float16 and out.shape == (2, 1, 16, 16)
+    assert features.dtype == torch.float32 and features.shape == (2, 32, 4, 4)
 
 
 def test_parity_relaxes_only_images_whose_tied_codes_explain_a_difference():

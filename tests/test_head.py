@@ -22,4 +22,5 @@ def test_the_loss_is_binary_cross_entropy_and_keeps_pushing_a_faint_good_pixel_d
 def test_the_head_maps_input_and_reconstruction_to_one_logit_per_pixel():
     head = ComparisonHead(3, 8)
     x = torch.rand(2, 3, 32, 32)
-    assert head(x, x).shape == (2, 1, 32, 32)
+    logits, features = head(x, x)
+    assert logits.shape == (2, 1, 32, 32) and features.shape == (2, 32, 8, 8)

@@ -47,7 +47,7 @@ def test_a_perfect_reconstruction_scores_zero_for_every_error_kind():
 def test_calibration_makes_each_error_count_as_its_weight_on_good_images():
     x, recon = _pair()
     plan = ErrorPlan(kinds=("l2", "ssim"), weights=(1.0, 3.0), scales=(1.0, 1.0), sigma=0.0)
-    term = ReconstructionErrors(plan, 3)
+    term = ReconstructionErrors(plan, 3, (32, 32), 0)
     raw_l2 = float(term.weighted(x, recon).mean())  # unbalanced: 1-SSIM dwarfs L2
     calibrated = term.calibrate(_good(x, x, recon))
     assert term.plan is calibrated and dataclasses.is_dataclass(calibrated)
@@ -55,7 +55,10 @@ def test_calibration_makes_each_error_count_as_its_weight_on_good_images():
         calibrated.scales = (1.0, 1.0)
     for i, weight in enumerate(plan.weights):
         alone = ReconstructionErrors(
-            ErrorPlan(kinds=(plan.kinds[i],), weights=(weight,), scales=(calibrated.scales[i],), sigma=0.0), 3
+            ErrorPlan(kinds=(plan.kinds[i],), weights=(weight,), scales=(calibrated.scales[i],), sigma=0.0),
+            3,
+            (32, 32),
+            0,
         )
         assert abs(float(alone.weighted(x, recon).mean()) - weight) < 1e-3 * weight
     assert abs(float(term.weighted(x, recon).mean()) - 4.0) < 1e-2
@@ -78,7 +81,7 @@ def test_the_plan_names_the_terms_and_a_zero_weight_leaves_a_term_out():
     assert [name for name, _, _ in plan.terms] == ["head", "errors", "template"]
     assert ScorerPlan.from_dict(plan.to_dict()) == plan  # saved as JSON, read back equal
     with pytest.raises(ValueError, match="unknown"):
-        initial_plan(("head", "memory"), ("gms",), 4, (128, 128))
+        initial_plan(("head", "glitter"), ("gms",), 4, (128, 128))
     with pytest.raises(ValueError, match="unknown term"):
         ScorerPlan.from_dict({"border": 0, "terms": [{"name": "nope", "weight": 1.0, "plan": {}}]})
     x, recon = _pair()

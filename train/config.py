@@ -10,7 +10,7 @@ from edge.errors import ConfigError
 from edge.frames import as_size
 
 ErrorKind = Literal["l2", "ssim", "gms"]
-TermName = Literal["head", "errors", "template"]
+TermName = Literal["head", "errors", "template", "memory"]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ class ComparisonHead(nn.Module):
         self.dec1 = _block(2 * w, w)
         self.out = nn.Conv2d(w, 1, 1)
 
-    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits (N, 1, H, W), the coarsest features (N, 4w, H/4, W/4)): what the head has
+        made of the frame and its reconstruction together, which the memory term compares."""
         h = torch.cat([x, recon], dim=1)  # (N, 2C, H, W)
         # The first layer compares frame and reconstruction, whose difference on good pixels is
         # a few grey levels: rounding both to FP16 first put a 10-minute model's map 1.6% off in
@@ -43,21 +45,28 @@ class ComparisonHead(nn.Module):
         # it so); the rest runs in whatever dtype it is given. Training keeps bf16 autocast here
         # as everywhere: FP32 in training cost ~5% of the steps and measured no better over two
         # seeds per category (benchmarks/RESULTS.md, session 6).
-        if torch.is_autocast_enabled(h.device.type):
-            e1 = self.enc1(h)  # (N, w, H, W), bf16 under training's autocast like every layer
-        else:
-            e1 = self.enc1(h.float()).to(self.enc2[0].weight.dtype)  # (N, w, H, W): FP32, then the rest's dtype
+        autocast = torch.is_autocast_enabled(h.device.type)
+        e1 = self.enc1(h if autocast else h.float())  # (N, w, H, W)
+        # The encoder half stays FP32 in the FP16 graph too (`half_precision`): its coarsest
+        # features are what the memory term measures distances between, and FP16 rounding moved
+        # those distances by over 1% of the map.
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (N, 2w, H/2, W/2)
         e3 = self.enc3(F.max_pool2d(e2, 2))  # (N, 4w, H/4, W/4)
-        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))  # (N, 2w, H/2, W/2)
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))  # (N, w, H, W)
-        return self.out(d1)  # (N, 1, H, W)
+        dtype = self.up2.weight.dtype
+        skip1, skip2, deep = (e1, e2, e3) if autocast else (e1.to(dtype), e2.to(dtype), e3.to(dtype))
+        d2 = self.dec2(torch.cat([self.up2(deep), skip2], dim=1))  # (N, 2w, H/2, W/2)
+        d1 = self.dec1(torch.cat([self.up1(d2), skip1], dim=1))  # (N, w, H, W)
+        return self.out(d1), e3  # (N, 1, H, W), (N, 4w, H/4, W/4)
+
+
+# The layers that stay FP32 in the FP16 graph (ComparisonHead.forward says why).
+FP32_LAYERS = ("enc1", "enc2", "enc3")
 
 
 def half_precision(head: ComparisonHead) -> ComparisonHead:
-    """Convert `head` in place to FP16 except its first layer (see ComparisonHead.forward) -> head."""
+    """Convert `head` in place to FP16 except its encoder half (see ComparisonHead.forward) -> head."""
     for name, child in head.named_children():
-        if name != "enc1":  # not half() then float(): the round trip would have rounded its weights
+        if name not in FP32_LAYERS:  # not half() then float(): the round trip would have rounded its weights
             child.half()
     return head
 

@@ -276,7 +276,7 @@ def train_step(s: Session, elapsed: float) -> dict[str, Any]:
     head_l = torch.zeros(())
     if s.head_net is not None:
         with s.autocast():
-            logits = s.head_net(inp01, recon01.detach())
+            logits, _ = s.head_net(inp01, recon01.detach())
         head_l = head_loss(logits.float(), masks)
         loss = loss + HEAD_LOSS_WEIGHT * head_l
     s.opt.zero_grad(set_to_none=True)

@@ -48,6 +48,16 @@ class InspectionModel(nn.Module):
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
+    def head_outputs(self, x01: torch.Tensor, recon01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (defect probability (N, 1, H, W) float32, the head's coarsest features (N, 4w, H/4, W/4))."""
+        logits, features = self.head(x01, recon01)  # the head casts its encoder half to FP32
+        return torch.sigmoid(logits.float()), features.float()
+
+    @torch.no_grad()
+    def features(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float [0,1] -> the features the memory term compares (the head's coarsest)."""
+        return self.head_outputs(x01, self.reconstruct(x01))[1]
+
     @torch.no_grad()
     def reconstruct_frames(self, frames, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """numpy (M, H, W, C) uint8 -> (inputs, reconstructions), both (M, C, H, W) float32 [0,1], in batches."""
@@ -90,16 +100,13 @@ class InspectionModel(nn.Module):
                 hook.remove()
         return torch.cat(margins)
 
-    def head_probability(self, x01: torch.Tensor, recon01: torch.Tensor) -> torch.Tensor:
-        """Defect probability (N, 1, H, W) float32 from the comparison head."""
-        logits = self.head(x01, recon01)  # the head casts: its first layer is FP32 in every graph
-        return torch.sigmoid(logits.float())
-
     def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C, H, W) [0,1] -> (reconstruction, anomaly_map (N, 1, H, W), score (N,))."""
         recon = self.reconstruct(x01)
-        prob = self.head_probability(x01, recon) if self.scorer.needs_head else None
-        anomaly_map, score = self.scorer(x01.float(), recon, prob)
+        prob, features = None, None
+        if self.scorer.needs_head or self.scorer.needs_features:
+            prob, features = self.head_outputs(x01, recon)
+        anomaly_map, score = self.scorer(x01.float(), recon, prob, features)
         return recon, anomaly_map, score
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +152,12 @@ def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_image
             yield uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)))
 
     val, val_recon = model.reconstruct_frames(val_images)
-    plan = model.scorer.calibrate(GoodImages(train=train_batches, val=val, val_recon=val_recon))
+    val_head = None
+    if model.head is not None:
+        pairs = zip(batched(val, 32), batched(val_recon, 32), strict=True)
+        val_head = torch.cat([model.head_outputs(x, r)[0] for x, r in pairs])
+    good = GoodImages(train_batches, val, val_recon, val_head, model.features if model.head is not None else None)
+    plan = model.scorer.calibrate(good)
     for name, weight, term in plan.terms:
         if name == "template":
             log.info(

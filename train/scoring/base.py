@@ -25,12 +25,15 @@ class GoodImages:
 
     train: a function returning a fresh iterable of training batches each call (terms may read
     them several times; a large set need not sit in memory as floats). val: the validation
-    images and their reconstructions, (M, C, H, W) each.
+    images and their reconstructions, (M, C, H, W) each, and the head's probability on them.
+    features: the features of a batch that the memory term compares.
     """
 
     train: Callable[[], Iterable[torch.Tensor]]
     val: torch.Tensor
     val_recon: torch.Tensor
+    val_head: torch.Tensor | None = None  # the head's probability on val, (M, 1, H, W)
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None  # x01 -> the features memory compares
 
     def val_batches(self, size: int = 32) -> list[torch.Tensor]:
         return list(batched(self.val, size))
@@ -46,6 +49,7 @@ class Term(nn.Module):
     name: ClassVar[str]
     Plan: ClassVar[type]
     needs_head: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = False
 
     def __init__(self, plan: Any):
         super().__init__()
@@ -55,14 +59,28 @@ class Term(nn.Module):
         """Fit on good images; return (and adopt) the plan the term then scores by."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None) -> torch.Tensor:
-        """(N, C, H, W) [0,1] input and reconstruction, (N, 1, H, W) head probability or None
-        -> the term's map (N, 1, H, W) float32, in the unit `describe()` names."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, C, H, W) [0,1] input and reconstruction, (N, 1, H, W) head probability or None,
+        (N, D, h, w) encoder features or None -> the term's map (N, 1, H, W) float32, in the
+        unit `describe()` names."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the term: its plan and the unit of its map."""
         return {"plan": plan_to_dict(self.plan)}
+
+
+def peak_quantile(maps: Iterable[torch.Tensor], roi: torch.Tensor, q: float = 0.99) -> float:
+    """The q-quantile, over images, of each (B, 1, H, W) map's peak inside the region of
+    interest: what "1" of a term's map means on the good validation images."""
+    peaks = torch.cat([(m * roi).flatten(1).amax(dim=1) for m in maps])  # (M,)
+    return float(torch.quantile(peaks, q))
 
 
 def plan_to_dict(plan: Any) -> dict[str, Any]:

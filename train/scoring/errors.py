@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from train.scoring.base import GoodImages, Term, plan_to_dict
-from train.scoring.filters import SSIM, GaussianBlur, gms_map
+from edge.frames import batched
+from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.filters import SSIM, GaussianBlur, gms_map, roi_mask
 
 
 @dataclass(frozen=True)
@@ -16,12 +17,14 @@ class ErrorPlan:
     """kinds: any of l2, ssim (1 - SSIM) and gms (1 - multi-scale gradient-magnitude similarity);
     weights: their weights; scales: 1 / each kind's mean on the good validation images, so that
     the kinds count as their weights say (L2 is ~1e-3, 1 - SSIM ~0.2); sigma: the Gaussian
-    smoothing of the weighted sum, in pixels at the model's input size."""
+    smoothing of the weighted sum, in pixels at the model's input size; gain: 1 / the good
+    validation images' 99th-percentile peak of the smoothed sum (1 in runs from before it)."""
 
     kinds: tuple[str, ...] = ("gms",)
     weights: tuple[float, ...] = (1.0,)
     scales: tuple[float, ...] = (1.0,)
     sigma: float = 2.0
+    gain: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.kinds or not set(self.kinds) <= {"l2", "ssim", "gms"} or len(set(self.kinds)) != len(self.kinds):
@@ -37,10 +40,11 @@ class ReconstructionErrors(Term):
     name = "errors"
     Plan = ErrorPlan
 
-    def __init__(self, plan: ErrorPlan, channels: int):
+    def __init__(self, plan: ErrorPlan, channels: int, size: tuple[int, int], border: int):
         super().__init__(plan)
         self.ssim = SSIM(channels)
         self.blur = GaussianBlur(plan.sigma)
+        self.register_buffer("roi", roi_mask(size[0], size[1], border), persistent=False)
 
     def raw(self, x: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         """Each kind's unweighted, unscaled map (N, 1, H, W)."""
@@ -65,11 +69,16 @@ class ReconstructionErrors(Term):
     @torch.no_grad()
     def calibrate(self, good: GoodImages) -> ErrorPlan:
         means = [max(float(error.mean()), 1e-12) for error in self.raw(good.val, good.val_recon)]
-        self.plan = replace(self.plan, scales=tuple(1.0 / m for m in means))
+        self.plan = replace(self.plan, scales=tuple(1.0 / m for m in means), gain=1.0)
+        pairs = zip(batched(good.val, 32), batched(good.val_recon, 32), strict=True)
+        peak = peak_quantile((self(x, r, None) for x, r in pairs), self.roi)
+        self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-12))
         return self.plan
 
-    def forward(self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None) -> torch.Tensor:
-        return self.blur(self.weighted(x, recon))
+    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
+        smoothed = self.blur(self.weighted(x, recon))
+        return smoothed if self.plan.gain == 1.0 else self.plan.gain * smoothed
 
     def describe(self) -> dict[str, Any]:
-        return {"unit": "the good validation images' mean error per kind", "plan": plan_to_dict(self.plan)}
+        unit = "the good validation images' 99th-percentile peak" if self.plan.gain != 1.0 else "their mean error"
+        return {"unit": unit, "plan": plan_to_dict(self.plan)}

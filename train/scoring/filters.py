@@ -154,3 +154,10 @@ class SSIM(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ssim_map(x, y, self.kx, self.ky)
+
+
+def roi_mask(height: int, width: int, border: int) -> torch.Tensor:
+    """(1, 1, H, W): 1 inside, 0 in a margin of `border` pixels."""
+    roi = torch.zeros(1, 1, height, width)
+    roi[..., border : height - border, border : width - border] = 1.0
+    return roi

@@ -16,19 +16,22 @@ from torch import nn
 
 from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
+from train.scoring.filters import roi_mask
 from train.scoring.learned import HeadPlan, LearnedComparison
-from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings, roi_mask
+from train.scoring.memory import FeatureMemory, MemoryPlan
+from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
 # The terms by name: adding one is a module and a line here.
 TERMS: dict[str, type[Term]] = {
     LearnedComparison.name: LearnedComparison,
     ReconstructionErrors.name: ReconstructionErrors,
     GoldenTemplate.name: GoldenTemplate,
+    FeatureMemory.name: FeatureMemory,
 }
 # Each term's weight in the map, before calibration may choose another (the template does).
 # Chosen on independent draws of `vqad synth`: the head's probability at 1, the balanced error
 # map at 0.1 (it adds what the head misses without its noise on textures); docs/decisions.md.
-WEIGHTS = {"head": 1.0, "errors": 0.1, "template": 1.0}
+WEIGHTS = {"head": 1.0, "errors": 0.1, "template": 1.0, "memory": 1.0}
 # The smoothing of the error map and of the head's probability, pixels at a 128-px input.
 ERROR_SIGMA = 2.0
 HEAD_SIGMA = 1.0
@@ -69,6 +72,7 @@ def initial_plan(terms: tuple[str, ...], errors: tuple[str, ...], border: int, s
             kinds=errors, weights=(1.0,) * len(errors), scales=(1.0,) * len(errors), sigma=ERROR_SIGMA * k
         ),
         "template": TemplatePlan(sigma=TemplateSettings.for_size(k * 128).sigma),
+        "memory": MemoryPlan(sigma=ERROR_SIGMA * k),
     }
     unknown = sorted(set(terms) - set(plans))
     if unknown:
@@ -98,7 +102,7 @@ class AnomalyScorer(nn.Module):
     def _build(self, name: str, plan: Any) -> Term:
         if name == GoldenTemplate.name:
             return GoldenTemplate(plan, self.channels, self.size, self.border, self.template_settings)
-        return TERMS[name](plan, self.channels)
+        return TERMS[name](plan, self.channels, self.size, self.border)
 
     @property
     def plan(self) -> ScorerPlan:
@@ -107,6 +111,10 @@ class AnomalyScorer(nn.Module):
     @property
     def needs_head(self) -> bool:
         return any(term.needs_head for term in self.active_terms())
+
+    @property
+    def needs_features(self) -> bool:
+        return any(term.needs_features for term in self.active_terms())
 
     def active_terms(self) -> list[Term]:
         """The terms that enter the map (a weight of 0 leaves a term out of the graph too)."""
@@ -122,14 +130,18 @@ class AnomalyScorer(nn.Module):
         return self.plan
 
     def forward(
-        self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         anomaly_map = None
         for name, term in self.terms.items():
             weight = self.weights[name]
             if weight <= 0:
                 continue
-            part = term(x, recon, head_prob)
+            part = term(x, recon, head_prob, features)
             part = part if weight == 1.0 else weight * part
             anomaly_map = part if anomaly_map is None else anomaly_map + part
         if anomaly_map is None:

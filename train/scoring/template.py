@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.scoring.base import GoodImages, Term, plan_to_dict
-from train.scoring.filters import GaussianBlur, circular_filter, dft_matrix
+from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.filters import GaussianBlur, circular_filter, dft_matrix, roi_mask
 from train.scoring.registration import Registration
 
 # Tuned constants, in pixels at a 128-px input (scaled to the model's input by `for_size`).
@@ -114,13 +114,6 @@ class BandPass(nn.Module):
         return self.inner(x) - wide
 
 
-def roi_mask(height: int, width: int, border: int) -> torch.Tensor:
-    """(1, 1, H, W): 1 inside, 0 in a margin of `border` pixels."""
-    roi = torch.zeros(1, 1, height, width)
-    roi[..., border : height - border, border : width - border] = 1.0
-    return roi
-
-
 class GoldenTemplate(Term):
     """map = gain * smooth(max over channels |residual|), averaged with the blob filter's
     response when fitted; residual = (band-pass / gain plane - template moved) / spread moved."""
@@ -205,7 +198,7 @@ class GoldenTemplate(Term):
         spread, blobs = self._readings(x)
         return spread if blobs is None else 0.5 * (spread + blobs)
 
-    def forward(self, x: torch.Tensor, recon: torch.Tensor, head_prob: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
         return self.plan.gain * self.raw_map(x)
 
     def describe(self) -> dict[str, Any]:
@@ -310,7 +303,4 @@ class GoldenTemplate(Term):
         self.blob_spectrum.mul_(spread / max(blobs, 1e-12))
 
     def _peak_quantile(self, maps: Iterable[torch.Tensor]) -> float:
-        """The 99th percentile, over images, of each (B, 1, H, W) map's peak inside the region of
-        interest: what "1" of a template reading means on the good validation images."""
-        peaks = torch.cat([(m * self.roi).flatten(1).amax(dim=1) for m in maps])  # (M,)
-        return float(torch.quantile(peaks, 0.99))
+        return peak_quantile(maps, self.roi)
