@@ -8,6 +8,9 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make bench REAL=DIR adds every real category (MVTec layout) under DIR to the accuracy part.
+REAL ?=
+BENCH_ARGS ?= $(if $(REAL),--real $(REAL))
 
 .PHONY: install test demo bench bench-quick lint format clean
 
@@ -28,7 +31,7 @@ demo: install
 	$(VENV)/bin/vqad demo --workdir demo
 
 bench: install
-	$(PY) -m benchmarks.run --repeats 3
+	$(PY) -m benchmarks.run --repeats 3 $(BENCH_ARGS)
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick

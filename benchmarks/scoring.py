@@ -57,6 +57,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "weights": {"errors": 0.5},
     },
     "head + errors + template + memory": {"terms": ("head", "errors", "template", "memory")},
+    "head + errors + template (aligned parts only) + memory": {
+        "terms": ("head", "errors", "template", "memory"),
+        "template": {"texture_weight": 0.0},
+    },
+    "head + errors + template (aligned parts only)": {
+        "terms": ("head", "errors", "template"),
+        "template": {"texture_weight": 0.0},
+    },
     "head, border 0": {"terms": ("head",), "border": 0},
     "head + memory, border 0": {"terms": ("head", "memory"), "border": 0},
     "head + errors + memory, border 0": {"terms": ("head", "errors", "memory"), "border": 0},

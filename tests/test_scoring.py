@@ -311,3 +311,37 @@ def test_the_gain_plane_divides_each_images_lighting_out_of_the_comparison():
     loaded = GoldenTemplate(lit.plan, 1, (32, 32), 2, lit.settings)
     loaded.load_state_dict(lit.state_dict())
     assert loaded.registration.lighting and torch.equal(_score(loaded, stained), _score(lit, stained))
+
+
+def test_k_center_covers_every_cluster_even_a_rare_one():
+    from train.scoring.memory import k_center
+
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(500, 4, generator=g) * 0.1
+    rare = torch.randn(3, 4, generator=g) * 0.1 + 10.0  # a rare but good pattern
+    chosen = k_center(torch.cat([common, rare]), 8)
+    assert len(set(chosen.tolist())) == 8 and (chosen >= 500).any()
+
+
+def test_the_memory_scores_features_it_never_saw_and_travels_with_its_plan():
+    from train.scoring.memory import FeatureMemory, MemoryPlan
+
+    g = torch.Generator().manual_seed(0)
+    good = [torch.randn(4, 8, 8, 8, generator=g) * 0.1 for _ in range(5)]  # (B, D, h, w) features
+    images = torch.zeros(4, 1, 32, 32)
+    batch_features = iter(good)  # three training batches' features, then the validation batch's
+    calibration = GoodImages(
+        train=lambda: [images] * 3, val=images, val_recon=images, features=lambda x: next(batch_features)
+    )
+    memory = FeatureMemory(MemoryPlan(sigma=0.5), 1, (32, 32), 2)
+    plan = memory.calibrate(calibration)
+    assert plan.size == 3 * 4 * 64 and plan.dim == 8 and 0 < plan.gain < 1e6  # every cell fits in 2048
+    odd = good[4].clone()  # good features the memory has not seen, and a patch of odd ones
+    odd[0, :, 3:5, 3:5] += 3.0  # a patch of features never seen in training
+    m = memory(None, None, None, odd)
+    peak = m[0, 0].flatten().argmax()
+    assert 8 <= int(peak) // 32 <= 24 and 8 <= int(peak) % 32 <= 24  # where the patch is (cells 3-4 of 8)
+    assert float(m[0].max()) > 5 * float(m[1:].max())
+    loaded = FeatureMemory(plan, 1, (32, 32), 2)
+    loaded.load_state_dict(memory.state_dict())
+    assert torch.equal(loaded(None, None, None, odd), m)
