@@ -314,3 +314,28 @@ def test_two_level_model_trains_exports_and_parses(synth_root, tmp_path, frames)
         for name in ("model.onnx", "model_fp16.onnx"):
             proc = subprocess.run([sys.executable, str(tool), str(out / name)], capture_output=True, text=True)
             assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_memory_term_exports_in_fp32_and_parses(synth_root, tmp_path, frames):
+    """score.terms with the feature memory: its distance is a matrix product and a min on FP32
+    features in both graphs, within the parity bounds, and the graphs parse in TensorRT."""
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+    run, out = tmp_path / "run", tmp_path / "model"
+    terms = ["--set", "model.score.terms=head,errors,memory"]
+    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN, *terms)
+    run_vqad("eval", run, synth_root / "weave", "--out", run / "eval", "--no-pictures")
+    run_vqad("export", run, "--out", out)
+    meta = load_package(out).meta
+    memory = next(t for t in meta["scoring"]["terms"] if t["name"] == "memory")
+    assert memory["plan"]["size"] > 0 and memory["plan"]["gain"] > 0 and meta["parity"]["passed"]
+    for name in ("model.onnx", "model_fp16.onnx"):
+        graph = onnx.load(str(out / name)).graph
+        assert any(n.op_type == "ReduceMin" for n in graph.node), name
+        bank = [i for i in graph.initializer if tuple(i.dims) == (memory["plan"]["size"], memory["plan"]["dim"])]
+        assert bank and all(i.data_type == onnx.TensorProto.FLOAT for i in bank), name
+    tool = SHARED_TOOLS / "onnx_trt_check.py"
+    if tool.is_file():
+        for name in ("model.onnx", "model_fp16.onnx"):
+            proc = subprocess.run([sys.executable, str(tool), str(out / name)], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr

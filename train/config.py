@@ -20,7 +20,9 @@ class ScoreConfig:
 
     # The map's terms, added in this order: "head" (the learned comparison head's defect
     # probability), "errors" (the reconstruction error), "template" (the golden template: the
-    # input's band-pass against the good training images', weighted by how aligned they are).
+    # input's band-pass against the good training images', weighted by how aligned they are),
+    # "memory" (the distance of the head's features to the nearest good training ones; not in
+    # the defaults: it gained on two real sets and lost on both synthetic ones, docs/decisions.md).
     terms: tuple[TermName, ...] = ("head", "errors", "template")
     # The reconstruction-error kinds of the "errors" term, equally weighted after each is
     # divided by its mean on good validation images: l2, ssim (1 - SSIM), gms (1 - multi-scale
