@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from vqad.commands.common import default_config, overrides
@@ -32,13 +33,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
 
 
-def cmd_camera(args: argparse.Namespace) -> int:
+def _stop_on_sigterm() -> Callable[[], bool]:
+    """A check that turns true once SIGTERM arrives (the handler only sets the flag)."""
     import signal
+
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    return lambda: bool(stopping)
+
+
+def cmd_camera(args: argparse.Namespace) -> int:
 
     from edge.camera import run_camera
 
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    stop = _stop_on_sigterm()
     try:
         sent = run_camera(
             args.source,
@@ -52,7 +60,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
             start_id=args.start_id,
             curve_secret=args.curve_secret,
             curve_server_key=args.curve_server_key,
-            stop=lambda: bool(stopping),
+            stop=stop,
             sndhwm=args.hwm,
             linger_s=args.linger_s,
         )
@@ -64,12 +72,10 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     import json
-    import signal
 
     from edge.watch import run_watch
 
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    stop = _stop_on_sigterm()
     summary = run_watch(
         args.endpoint,
         camera=args.camera,
@@ -78,7 +84,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         jsonl=args.jsonl,
         quiet=args.quiet,
-        stop=lambda: bool(stopping),
+        stop=stop,
         curve_secret=args.curve_secret,
         curve_server_key=args.curve_server_key,
     )
