@@ -51,16 +51,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-                value = [value]  # a scalar where any number of values may stand: one value
-            else:
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_convert(v.strip() if isinstance(v, str) else v, item_tp, where) for v in value]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(value, origin, args, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -106,6 +97,21 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _convert_sequence(value: Any, origin: type, args: tuple, where: str) -> Any:
+    """A list or tuple field: a YAML list, "a,b,c" or "[a, b]" from a command line, or (for a
+    tuple of any length) one scalar."""
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            value = [value]  # a scalar where any number of values may stand: one value
+        else:
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+    item_tp = args[0] if args else Any
+    items = [_convert(v.strip() if isinstance(v, str) else v, item_tp, where) for v in value]
+    return tuple(items) if origin is tuple else items
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:

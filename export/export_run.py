@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import onnx
     import onnxruntime
     import torch
 
-    import vqad
-
     return {
-        "vqad": vqad.__version__,
+        "vqad": version("vqad"),  # the installed distribution's: export does not import the console above it
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
