@@ -67,6 +67,7 @@ class Daemon:
         self.ctx: zmq.Context | None = None
         self.auth = None
         self.threads: list[threading.Thread] = []
+        self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
 
@@ -109,6 +110,13 @@ class Daemon:
             cv2.setNumThreads(cfg.opencv_threads)
         self.backends = [create_backend(cfg.backend, pkg, cfg.backend_options()) for _ in range(cfg.workers())]
         self._warm_up()
+        if cfg.record:
+            from edge.record import RecordWriter
+
+            self.recorder = RecordWriter(
+                cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
+                max_gb=cfg.record_max_gb,
+            ).start()  # fmt: skip
         self.ctx = zmq.Context()
         self.auth = transport.start_auth(self.ctx, cfg, self.metrics)
         self.frames_sock = transport.frames_socket(self.ctx, cfg)
@@ -207,6 +215,8 @@ class Daemon:
         self.outbox.put(_STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
+        if self.recorder is not None:
+            self.recorder.close()
         if self.auth is not None:
             self.auth.stop()
         if self.ctx is not None:
@@ -336,6 +346,10 @@ class Daemon:
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         results = scored_results(batch, maps, scores, start_ns, infer_ms, self.scoring)
+        if self.recorder is not None:
+            for result, p in zip(results, batch, strict=True):
+                if self.recorder.wants_evidence(result.header):
+                    result.frame = p.model_input
         for result in results:
             self.metrics.latency.labels("queue").observe(result.header["latency_ms"]["queue"])
             self.metrics.latency.labels("infer").observe(infer_ms)
@@ -378,6 +392,8 @@ class Daemon:
         total_ms = (time.time_ns() - result.recv_ns) / 1e6 if result.recv_ns else 0.0
         header["latency_ms"]["total"] = round(total_ms, 3)
         sock.send_multipart(result_message(header, result.map_bytes, result.extra))
+        if self.recorder is not None:
+            self.recorder.put(result, time.time_ns())
         self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
         if header["status"] == "ok":
             self.metrics.latency.labels("total").observe(total_ms)

@@ -35,6 +35,15 @@ class DaemonMetrics:
         )
         self.unclean_exits = Gauge("vqad_unclean_exits", "Unclean exits seen by this state dir, ever", registry=r)
         self.curve_refusals = Counter("vqad_curve_refusals", "Peers refused by CURVE authentication", registry=r)
+        self.recorded = Counter("vqad_recorded", "Results written to the line's record", registry=r)
+        self.unrecorded = Counter(
+            "vqad_unrecorded", "Results not recorded: the record's buffer was full, or the daemon stopped", registry=r
+        )
+        self.record_pending = Gauge("vqad_record_pending", "Results waiting for the record's writer", registry=r)
+        self.record_errors = Counter("vqad_record_errors", "Record transactions that failed (retried)", registry=r)
+        self.evidence_removed = Counter(
+            "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
+        )
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -38,6 +38,13 @@ class EdgeConfig:
     # with another size is refused at startup, so a wrong model cannot reach the line.
     input_size: tuple[int, ...] = (0,)
     publish_maps: bool = True
+    # The line's record (edge/record/): a database URL (sqlite:///PATH or postgresql://...;
+    # "" = none), the evidence folder ("" = beside a SQLite file), the share of passes whose
+    # evidence is kept too (every fail's is), and the evidence's disk quota (0 = none).
+    record: str = ""
+    evidence_dir: str = ""
+    record_pass_fraction: float = 0.1
+    record_max_gb: float = 0.0
     # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
     publish_frames: bool = False
     min_region_area: int = 4
@@ -71,6 +78,8 @@ class EdgeConfig:
     curve: CurveConfig = field(default_factory=CurveConfig)
 
     def __post_init__(self) -> None:
+        require(0.0 <= self.record_pass_fraction <= 1.0, "edge.record_pass_fraction must be in [0, 1]")
+        require(self.record_max_gb >= 0, "edge.record_max_gb must be >= 0 (0 = no quota)")
         require(self.max_batch >= 1, "edge.max_batch must be >= 1")
         require(self.inference_workers >= 0, "edge.inference_workers must be >= 0 (0 = automatic)")
         require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")

@@ -1,8 +1,10 @@
-"""The line: `vqad serve`, `vqad camera`, `vqad watch`. None of these imports torch."""
+"""The line: `vqad serve`, `vqad camera`, `vqad watch`, `vqad records`, `vqad review`. None of these
+imports torch."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("metrics_port", "metrics_port"),
         ("precision", "precision"),
         ("overload", "overload"),
+        ("record", "record"),
+        ("evidence_dir", "evidence_dir"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -94,6 +98,59 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score", "threshold", "model_sha256")
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    """Query the line's record; or export its reviewed evidence as training data."""
+    import csv
+    import json
+    import sys
+
+    from edge.record import Record
+    from edge.record.store import parse_time
+
+    record = Record(args.url)
+    if args.export_reviewed:
+        counts = record.export_reviewed(args.export_reviewed)
+        for folder, n in sorted(counts.items()):
+            print(f"{n} images -> {args.export_reviewed / folder}")
+        return 0
+    rows = record.results(
+        camera=args.camera,
+        decision=args.decision,
+        since_ns=parse_time(args.since),
+        until_ns=parse_time(args.until),
+        frame_id=args.frame_id,
+        limit=args.limit,
+    )
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews"])
+        for r in rows:
+            reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
+            writer.writerow([*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews])
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts_ns"] / 1e9))
+            score = "-" if r["score"] is None else f"{r['score']:.4g}"
+            verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
+            print(f"{when}Z {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
+                  f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['evidence'] or ''}")  # fmt: skip
+        print(f"{len(rows)} results")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from edge.record import Record
+
+    row = Record(args.url).review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note)
+    print(f"review recorded: {row['camera_id']} frame {row['frame_id']}: {row['verdict']}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the inspection daemon (ZeroMQ frames in, results out)")
     s.add_argument("model", type=Path, metavar="MODEL_DIR")
@@ -108,6 +165,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overload", choices=["backpressure", "drop_oldest"])
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--ready-file", type=Path, help="write this file once warmed up and serving")
+    s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH or postgresql://...")
+    s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
     s.set_defaults(func=cmd_serve)
 
@@ -149,3 +208,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--curve-secret")
     w.add_argument("--curve-server-key")
     w.set_defaults(func=cmd_watch)
+
+    r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
+    r.add_argument("url", metavar="URL", help="sqlite:///PATH or postgresql://...")
+    r.add_argument("--camera", metavar="ID")
+    r.add_argument("--decision", choices=["pass", "fail"])
+    r.add_argument("--since", metavar="ISO8601", help="from this time (a time without zone is UTC)")
+    r.add_argument("--until", metavar="ISO8601")
+    r.add_argument("--frame-id", type=int, metavar="N")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--limit", type=int, default=100, metavar="N")
+    r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
+    r.set_defaults(func=cmd_records)
+
+    v = sub.add_parser("review", help="record a person's verdict on a recorded result")
+    v.add_argument("url", metavar="URL")
+    v.add_argument("camera_id", metavar="CAMERA_ID")
+    v.add_argument("frame_id", type=int, metavar="FRAME_ID")
+    v.add_argument("--verdict", required=True, choices=["false_reject", "defect"])
+    v.add_argument("--kind", help="the defect's kind (its folder when exported)")
+    v.add_argument("--by", help="who reviewed")
+    v.add_argument("--note")
+    v.set_defaults(func=cmd_review)

@@ -1,0 +1,86 @@
+"""The record's tables (SQLAlchemy 2 Core) and their versioned migration.
+
+Version 1: `results` (one row per published result), `reviews` (one row per review; a
+decision is never overwritten), `meta` (the schema version). `migrate(engine)` creates a new
+database or brings an older one to SCHEMA_VERSION, one step at a time, and refuses a newer one.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from edge.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("camera_id", sa.String(128), nullable=False),
+    sa.Column("frame_id", sa.BigInteger, nullable=False),
+    sa.Column("ts_ns", sa.BigInteger, nullable=False),
+    sa.Column("received_ns", sa.BigInteger),
+    sa.Column("published_ns", sa.BigInteger),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("score", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("decision", sa.String(8)),
+    sa.Column("regions", sa.JSON),
+    sa.Column("model_name", sa.String(128)),
+    sa.Column("model_sha256", sa.String(64)),
+    sa.Column("latency_ms", sa.JSON),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("evidence_frame", sa.Text),
+    sa.Column("evidence_overlay", sa.Text),
+    sa.Column("evidence_removed", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
+    sa.Index("ix_results_ts", "ts_ns"),
+)
+
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("camera_id", sa.String(128), nullable=False),
+    sa.Column("frame_id", sa.BigInteger, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),  # false_reject | defect
+    sa.Column("kind", sa.String(64)),
+    sa.Column("reviewer", sa.String(128)),
+    sa.Column("note", sa.Text),
+    sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Index("ix_reviews_camera_frame", "camera_id", "frame_id"),
+)
+
+meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
+
+# version n -> the statements that bring version n to n + 1 (none yet: version 1 is the first).
+STEPS: dict[int, list[str]] = {}
+
+
+def stored_version(conn: sa.Connection) -> int | None:
+    if not sa.inspect(conn).has_table("meta"):
+        return None
+    row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return int(row[0]) if row else None
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Create or upgrade the record's schema; -> the version it is now at."""
+    with engine.begin() as conn:
+        version = stored_version(conn)
+        if version is None:
+            metadata.create_all(conn)
+            conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"the record's schema is version {version}, newer than this vqad's ({SCHEMA_VERSION})")
+        while version < SCHEMA_VERSION:
+            for statement in STEPS[version]:
+                conn.execute(sa.text(statement))
+            version += 1
+            conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
+        return version

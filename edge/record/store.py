@@ -1,0 +1,154 @@
+"""`Record`: the one API onto the line's record: connect, query results with their reviews,
+add a review, export the reviewed evidence as training data. `vqad records`, `vqad review` and
+the dashboard use it; so can any program.
+
+URLs are SQLAlchemy's: `sqlite:///PATH` (the default; WAL mode) or `postgresql://...`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from edge.errors import ConfigError, DataError
+from edge.record.schema import migrate, results, reviews
+
+VERDICTS = ("false_reject", "defect")
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite files get WAL (readers never block the writer) and
+    synchronous=NORMAL (a crash loses at most the last transaction, never the file)."""
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"cannot use the record URL {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+def parse_time(text: str | None) -> int | None:
+    """ISO 8601 (a naive time is UTC) -> ns since the epoch; None stays None."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise DataError(f"not an ISO 8601 time: {text!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp() * 1e9)
+
+
+class Record:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def results(
+        self,
+        camera: str | None = None,
+        decision: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        frame_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest results matching every filter given, newest first, each with its reviews."""
+        q = sa.select(results)
+        for column, value in ((results.c.camera_id, camera), (results.c.decision, decision),
+                              (results.c.frame_id, frame_id)):  # fmt: skip
+            if value is not None:
+                q = q.where(column == value)
+        if since_ns is not None:
+            q = q.where(results.c.ts_ns >= since_ns)
+        if until_ns is not None:
+            q = q.where(results.c.ts_ns <= until_ns)
+        q = q.order_by(results.c.ts_ns.desc(), results.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+            keys = {(r["camera_id"], r["frame_id"]) for r in rows}
+            found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            if keys:
+                cams = {k[0] for k in keys}
+                rq = sa.select(reviews).where(reviews.c.camera_id.in_(cams)).order_by(reviews.c.id)
+                for r in conn.execute(rq):
+                    review = dict(r._mapping)
+                    found.setdefault((review["camera_id"], review["frame_id"]), []).append(review)
+        for row in rows:
+            row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
+            row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
+            row["reviews"] = found.get((row["camera_id"], row["frame_id"]), [])
+        return rows
+
+    def review(
+        self,
+        camera_id: str,
+        frame_id: int,
+        verdict: str,
+        kind: str | None = None,
+        by: str | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a person's verdict on a recorded result, as a row of its own."""
+        if verdict not in VERDICTS:
+            raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(results.c.id).where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
+            ).first()
+            if exists is None:
+                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}")
+            row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
+                   "reviewer": by, "note": note, "created_ns": time.time_ns()}  # fmt: skip
+            conn.execute(sa.insert(reviews).values(**row))
+        return row
+
+    def export_reviewed(self, out: str | Path) -> dict[str, int]:
+        """The reviewed evidence in the MVTec layout: false rejects into OUT/train/good (new
+        good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
+        The latest review of a frame decides. -> how many images went where."""
+        out = Path(out)
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            latest: dict[tuple[str, int], Any] = {}
+            for r in conn.execute(sa.select(reviews).order_by(reviews.c.id)):
+                latest[(r.camera_id, r.frame_id)] = r
+            for (camera, frame), r in sorted(latest.items()):
+                row = conn.execute(
+                    sa.select(results.c.evidence_frame, results.c.evidence_removed)
+                    .where(results.c.camera_id == camera, results.c.frame_id == frame)
+                    .order_by(results.c.id.desc())
+                ).first()
+                if row is None or row.evidence_frame is None or row.evidence_removed:
+                    continue
+                source = Path(row.evidence_frame)
+                if not source.is_file():
+                    continue
+                folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / (r.kind or "defect")
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, folder / f"{camera}_{frame}{source.suffix}")
+                key = str(folder.relative_to(out))
+                counts[key] = counts.get(key, 0) + 1
+        return counts

@@ -1,0 +1,229 @@
+"""`RecordWriter`: the daemon's results into the record, off the inference path.
+
+The publisher hands each result over with `put`, which never blocks: results wait in a
+bounded buffer and a writer thread stores them in batched transactions, with their evidence
+files. A slow or unavailable database costs nothing but buffer: a failed transaction is
+retried, with a growing pause, and its rows stay first in line. Past the bound, results are
+counted as unrecorded (metric and log), never dropped silently. A kill loses at most the batch
+in flight; on restart the record is intact (SQLite in WAL mode; transactions on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import sqlalchemy as sa
+
+from edge.metrics import DaemonMetrics
+from edge.overlay import heatmap_overlay
+from edge.record.schema import migrate, results
+from edge.record.store import create_engine
+from edge.results import Result
+
+log = logging.getLogger(__name__)
+
+# Rows per transaction and the longest a row waits for one: a few hundred rows commit in
+# milliseconds on SQLite and PostgreSQL alike; a commit per row would be the bottleneck.
+BATCH_ROWS = 256
+FLUSH_S = 0.5
+RETRY_MAX_S = 5.0
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        url: str,
+        evidence_dir: str | Path | None = None,
+        pass_fraction: float = 0.0,
+        max_buffer: int = 100_000,
+        metrics: DaemonMetrics | None = None,
+        max_gb: float = 0.0,
+    ):
+        """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
+        its rows marked, and the removals counted."""
+        self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
+        self.engine = create_engine(url)
+        migrate(self.engine)
+        self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
+        self.metrics = metrics or DaemonMetrics()
+        self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
+        self.lock = threading.Condition()
+        self.stopping = False
+        self.recorded = self.unrecorded = 0
+        self._random = random.Random(0)
+        self.max_bytes = int(max_gb * 1e9)
+        self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
+        self.evidence_removed = 0
+        self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
+
+    def start(self) -> RecordWriter:
+        self.thread.start()
+        return self
+
+    def wants_evidence(self, header: dict[str, Any]) -> bool:
+        """Every failed frame; a sampled share (record_pass_fraction) of the passes."""
+        if header.get("decision") == "fail":
+            return True
+        return header.get("decision") == "pass" and self._random.random() < self.pass_fraction
+
+    def put(self, result: Result, published_ns: int) -> None:
+        """Queue a published result for the record; never blocks."""
+        with self.lock:
+            if len(self.buffer) >= self.max_buffer:
+                self.unrecorded += 1
+                self.metrics.unrecorded.inc()
+                if self.unrecorded in (1, 10, 100) or self.unrecorded % 1000 == 0:
+                    log.warning(
+                        "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
+                    )
+                return
+            self.buffer.append((result, published_ns))
+            self.metrics.record_pending.set(len(self.buffer))
+            if len(self.buffer) >= BATCH_ROWS:
+                self.lock.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Store what is buffered (within `timeout`), then stop; what is left is counted unrecorded."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify()
+        self.thread.join(timeout)
+        left = len(self.buffer)
+        if left:
+            self.unrecorded += left
+            self.metrics.unrecorded.inc(left)
+            log.error("the record's writer stopped with %d results unrecorded", left)
+        self.engine.dispose()
+        log.info("record: %d results recorded, %d unrecorded", self.recorded, self.unrecorded)
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        pause = 0.0
+        while True:
+            with self.lock:
+                if not self.buffer and self.stopping:
+                    return
+                if len(self.buffer) < BATCH_ROWS and not self.stopping:
+                    self.lock.wait(FLUSH_S)
+                batch = [self.buffer[i] for i in range(min(BATCH_ROWS, len(self.buffer)))]
+            if not batch:
+                continue
+            try:
+                self._store(batch)
+            except sa.exc.SQLAlchemyError as exc:
+                self.metrics.record_errors.inc()
+                pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
+                log.warning("the record is unavailable (%s); %d results wait, retrying in %.1f s",
+                            str(exc).splitlines()[0][:200], len(self.buffer), pause)  # fmt: skip
+                if self.stopping and pause >= RETRY_MAX_S:
+                    return  # shutting down against a database that stays down: close() counts the rest
+                time.sleep(pause)
+                continue
+            pause = 0.0
+            if self.max_bytes and self.evidence_bytes > self.max_bytes:
+                self._enforce_quota()
+            with self.lock:
+                for _ in batch:
+                    self.buffer.popleft()
+                self.metrics.record_pending.set(len(self.buffer))
+            self.recorded += len(batch)
+            self.metrics.recorded.inc(len(batch))
+
+    def _store(self, batch: list[tuple[Result, int]]) -> None:
+        rows = [self._row(result, published_ns) for result, published_ns in batch]
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(results), rows)
+
+    def _row(self, result: Result, published_ns: int) -> dict[str, Any]:
+        h = result.header
+        frame_path, overlay_path = self._evidence(result) if result.frame is not None else (None, None)
+        return {
+            "camera_id": h["camera_id"],
+            "frame_id": h["frame_id"],
+            "ts_ns": h["ts_ns"],
+            "received_ns": result.recv_ns or None,
+            "published_ns": published_ns,
+            "status": h["status"],
+            "error": h.get("error"),
+            "score": h.get("score"),
+            "threshold": h.get("threshold"),
+            "decision": h.get("decision"),
+            "regions": h.get("regions") or [],
+            "model_name": (h.get("model") or {}).get("name"),
+            "model_sha256": (h.get("model") or {}).get("sha256"),
+            "latency_ms": h.get("latency_ms"),
+            "batch_size": h.get("batch_size"),
+            "evidence_frame": frame_path,
+            "evidence_overlay": overlay_path,
+            "evidence_removed": False,
+        }
+
+    def _evidence(self, result: Result) -> tuple[str | None, str | None]:
+        """The frame as the model saw it (PNG) and its anomaly-map overlay (JPEG); idempotent
+        names, so a retried batch rewrites the same files."""
+        h = result.header
+        day = time.strftime("%Y%m%d", time.gmtime(h["ts_ns"] / 1e9))
+        folder = self.evidence_dir / _safe(h["camera_id"]) / day
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"{h['frame_id']}"
+        frame_path = stem.with_suffix(".png")
+        cv2.imwrite(str(frame_path), result.frame)
+        self.evidence_bytes += frame_path.stat().st_size
+        overlay_path = None
+        info = h.get("map")
+        if result.map_bytes and info:
+            amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
+            overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
+            cv2.imwrite(str(overlay_path), heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
+            self.evidence_bytes += overlay_path.stat().st_size
+        return str(frame_path), (str(overlay_path) if overlay_path else None)
+
+    def _enforce_quota(self) -> None:
+        """Remove the oldest evidence until it fits in the quota again; mark and count each."""
+        removed = 0
+        with self.engine.begin() as conn:
+            while self.evidence_bytes > self.max_bytes:
+                oldest = conn.execute(
+                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
+                    .where(results.c.evidence_frame.is_not(None), results.c.evidence_removed.is_(False))
+                    .order_by(results.c.id)
+                    .limit(64)
+                ).all()
+                if not oldest:
+                    break
+                marked = []
+                for row in oldest:
+                    for path in (row.evidence_frame, row.evidence_overlay):
+                        if path and Path(path).is_file():
+                            self.evidence_bytes -= Path(path).stat().st_size
+                            Path(path).unlink()
+                    marked.append(row.id)
+                    if self.evidence_bytes <= self.max_bytes:
+                        break
+                conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
+                removed += len(marked)
+        self.evidence_removed += removed
+        self.metrics.evidence_removed.inc(removed)
+        log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def default_evidence_dir(engine: sa.Engine) -> Path:
+    """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return Path(f"{database}.evidence") if database and database != ":memory:" else Path("evidence")
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "_"

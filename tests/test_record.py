@@ -1,0 +1,156 @@
+"""The line's record: every published result kept in a real SQLite file with its evidence,
+whatever the subscribers do; reviews as rows of their own; the reviewed evidence exported as
+training data; a database that is down for a while; the evidence quota."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from edge.protocol import frame_message, result_header
+from edge.record import Record, RecordWriter
+from edge.results import Result
+from tests.conftest import run_vqad
+from tests.edge_helpers import Camera, DaemonProcess
+
+
+def _result(camera: str, frame_id: int, decision: str = "fail") -> Result:
+    header = result_header(camera, frame_id, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
+                           score=2.0 if decision == "fail" else 0.5, decision=decision, batch_size=1)  # fmt: skip
+    noise = (np.random.default_rng(frame_id).random((64, 64, 3)) * 255).astype(np.uint8)  # ~12 KB as PNG
+    return Result(header, recv_ns=time.time_ns(), frame=noise)
+
+
+def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(tiny_model, tmp_path):
+    db = tmp_path / "line.db"
+    url = f"sqlite:///{db}"
+    n = 24
+    with DaemonProcess(tiny_model, "--record", url, "--set", "edge.record_pass_fraction=0") as daemon:
+        cam = Camera(daemon.frames)  # nobody subscribes: PUB drops every result, the record keeps them
+        try:
+            rng = np.random.default_rng(0)
+            for i in range(n):
+                cam.send(frame_message("cam1", i, (rng.random((48, 48, 3)) * 255).astype(np.uint8), "raw"))
+            cam.send([b"{not json"])  # an unreadable message gets no result and no row
+        finally:
+            cam.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _count(db) < n:
+            time.sleep(0.2)
+    assert _count(db) == n
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    record = Record(url)
+    rows = record.results(camera="cam1", limit=1000)
+    assert sorted(r["frame_id"] for r in rows) == list(range(n))
+    sha = json.loads((tiny_model / "model.json").read_text())["files"]["model.onnx"]
+    assert all(r["model_sha256"] == sha and r["status"] == "ok" and r["published_ns"] >= r["received_ns"] for r in rows)
+    fails = [r for r in rows if r["decision"] == "fail"]
+    passes = [r for r in rows if r["decision"] == "pass"]
+    assert all(r["evidence"] and r["evidence_overlay"] for r in fails)  # every fail keeps its evidence
+    assert all(r["evidence"] is None for r in passes)  # record_pass_fraction 0: no pass does
+    assert fails, "random frames should fail the tiny model"
+    # Review through the CLI; the decision itself is never overwritten.
+    target = fails[0]
+    run_vqad("review", url, "cam1", target["frame_id"], "--verdict", "false_reject", "--by", "ann")
+    if len(fails) > 1:
+        run_vqad("review", url, "cam1", fails[1]["frame_id"], "--verdict", "defect", "--kind", "scratch")
+    out = json.loads(run_vqad("records", url, "--frame-id", target["frame_id"], "--format", "json").stdout)
+    assert len(out) == 1 and out[0]["decision"] == "fail" and out[0]["reviews"][0]["verdict"] == "false_reject"
+    for key in (
+        "camera_id",
+        "frame_id",
+        "ts_ns",
+        "status",
+        "decision",
+        "score",
+        "threshold",
+        "model_sha256",
+        "evidence",
+    ):
+        assert key in out[0], key
+    assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
+    assert run_vqad("records", url, "--format", "csv").stdout.count("\n") == n + 1
+    assert (
+        json.loads(
+            run_vqad("records", url, "--since", "2000-01-01", "--until", "2000-01-02", "--format", "json").stdout
+        )
+        == []
+    )
+    exported = tmp_path / "reviewed"
+    run_vqad("records", url, "--export-reviewed", exported)
+    assert (exported / "train" / "good" / f"cam1_{target['frame_id']}.png").is_file()
+    if len(fails) > 1:
+        assert (exported / "test" / "scratch" / f"cam1_{fails[1]['frame_id']}.png").is_file()
+    bad = run_vqad("review", url, "cam1", 99999, "--verdict", "defect", check=False)
+    assert bad.returncode != 0 and "no recorded result" in bad.stderr
+
+
+def _count(db) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path):
+    """Another process holds the SQLite file's write lock for a while (as a stuck backup
+    would): the writer's transactions fail, it buffers and retries, and records everything."""
+    db = tmp_path / "line.db"
+    url = f"sqlite:///{db}"
+    writer = RecordWriter(url, tmp_path / "evidence").start()
+    blocker = sqlite3.connect(db, timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")  # the database refuses writers
+    try:
+        for i in range(10):
+            writer.put(_result("c", i), time.time_ns())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
+            time.sleep(0.2)
+        assert writer.recorded == 0 and len(writer.buffer) == 10 and writer.metrics.record_errors._value.get() >= 1
+    finally:
+        blocker.rollback()  # back up
+        blocker.close()
+    writer.close()
+    assert writer.recorded == 10 and writer.unrecorded == 0
+    assert len(Record(url).results(limit=100)) == 10
+
+
+def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path):
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", max_buffer=5)  # not started
+    for i in range(8):
+        writer.put(_result("c", i), time.time_ns())
+    assert writer.unrecorded == 3 and writer.metrics.unrecorded._value.get() == 3
+    writer.start().close()
+    assert writer.recorded == 5
+
+
+def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    quota = 40_000  # about three frames' PNGs
+    writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
+    for i in range(12):
+        writer.put(_result("c", i), time.time_ns())
+        time.sleep(0.05)
+    writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
+    kept = sorted(f for f, r in rows.items() if not r["evidence_removed"])
+    assert removed and kept and max(removed) < min(kept)  # the oldest went first
+    assert writer.evidence_removed == len(removed) and writer.evidence_bytes <= quota
+    assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == writer.evidence_bytes
+    assert all(r["evidence"] is None for f, r in rows.items() if f in removed)
+
+
+def test_bad_review_input_is_refused(tmp_path):
+    record = Record(f"sqlite:///{tmp_path / 'line.db'}")
+    with pytest.raises(Exception, match="verdict"):
+        record.review("c", 1, "maybe")
