@@ -7,15 +7,69 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter
 from edge.results import Result
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def record_url(request, tmp_path):
+    """A fresh record database: a SQLite file, or a new database on the throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'line.db'}"
+    server = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return server.replace("@/postgres?", f"@/{name}?")
+
+
+def _count(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT COUNT(*) FROM results")).scalar_one()
+    except sa.exc.SQLAlchemyError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def database_down(url: str):
+    """The database refuses the writer for a while: another process holds SQLite's write lock;
+    PostgreSQL stops taking connections and drops the open ones."""
+    if url.startswith("sqlite"):
+        blocker = sqlite3.connect(sa.make_url(url).database, timeout=1)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    name = sa.make_url(url).database
+    admin = sa.create_engine(url.replace(f"@/{name}?", "@/postgres?"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+    try:
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        admin.dispose()
 
 
 def _result(camera: str, frame_id: int, decision: str = "fail") -> Result:
@@ -25,11 +79,12 @@ def _result(camera: str, frame_id: int, decision: str = "fail") -> Result:
     return Result(header, recv_ns=time.time_ns(), frame=noise)
 
 
-def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(tiny_model, tmp_path):
-    db = tmp_path / "line.db"
-    url = f"sqlite:///{db}"
+def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(tiny_model, tmp_path, record_url):
+    url = record_url
     n = 24
-    with DaemonProcess(tiny_model, "--record", url, "--set", "edge.record_pass_fraction=0") as daemon:
+    evidence = tmp_path / "evidence"
+    args = ("--record", url, "--evidence-dir", str(evidence), "--set", "edge.record_pass_fraction=0")
+    with DaemonProcess(tiny_model, *args) as daemon:
         cam = Camera(daemon.frames)  # nobody subscribes: PUB drops every result, the record keeps them
         try:
             rng = np.random.default_rng(0)
@@ -39,12 +94,13 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
         finally:
             cam.close()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _count(db) < n:
+        while time.monotonic() < deadline and _count(url) < n:
             time.sleep(0.2)
-    assert _count(db) == n
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert _count(url) == n
+    if url.startswith("sqlite"):
+        with sqlite3.connect(sa.make_url(url).database) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     record = Record(url)
     rows = record.results(camera="cam1", limit=1000)
     assert sorted(r["frame_id"] for r in rows) == list(range(n))
@@ -52,7 +108,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert all(r["model_sha256"] == sha and r["status"] == "ok" and r["published_ns"] >= r["received_ns"] for r in rows)
     fails = [r for r in rows if r["decision"] == "fail"]
     passes = [r for r in rows if r["decision"] == "pass"]
-    assert all(r["evidence"] and r["evidence_overlay"] for r in fails)  # every fail keeps its evidence
+    assert all(r["evidence"].startswith(str(evidence)) and r["evidence_overlay"] for r in fails)  # every fail's
     assert all(r["evidence"] is None for r in passes)  # record_pass_fraction 0: no pass does
     assert fails, "random frames should fail the tiny model"
     # Review through the CLI; the decision itself is never overwritten.
@@ -91,41 +147,24 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert bad.returncode != 0 and "no recorded result" in bad.stderr
 
 
-def _count(db) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db) as conn:
-            return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path):
-    """Another process holds the SQLite file's write lock for a while (as a stuck backup
-    would): the writer's transactions fail, it buffers and retries, and records everything."""
-    db = tmp_path / "line.db"
-    url = f"sqlite:///{db}"
-    writer = RecordWriter(url, tmp_path / "evidence").start()
-    blocker = sqlite3.connect(db, timeout=1)
-    blocker.execute("BEGIN EXCLUSIVE")  # the database refuses writers
-    try:
+def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path, record_url):
+    """While the database refuses the writer, results wait in its buffer and the failed
+    transactions are retried; once it is back, every result is recorded."""
+    writer = RecordWriter(record_url, tmp_path / "evidence").start()
+    with database_down(record_url):
         for i in range(10):
             writer.put(_result("c", i), time.time_ns())
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
             time.sleep(0.2)
         assert writer.recorded == 0 and len(writer.buffer) == 10 and writer.metrics.record_errors._value.get() >= 1
-    finally:
-        blocker.rollback()  # back up
-        blocker.close()
     writer.close()
     assert writer.recorded == 10 and writer.unrecorded == 0
-    assert len(Record(url).results(limit=100)) == 10
+    assert len(Record(record_url).results(limit=100)) == 10
 
 
-def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path):
-    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", max_buffer=5)  # not started
+def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
+    writer = RecordWriter(record_url, tmp_path / "ev", max_buffer=5)  # not started
     for i in range(8):
         writer.put(_result("c", i), time.time_ns())
     assert writer.unrecorded == 3 and writer.metrics.unrecorded._value.get() == 3
@@ -133,8 +172,8 @@ def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path):
     assert writer.recorded == 5
 
 
-def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path):
-    url = f"sqlite:///{tmp_path / 'line.db'}"
+def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, record_url):
+    url = record_url
     quota = 40_000  # about three frames' PNGs
     writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
     for i in range(12):
