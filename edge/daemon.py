@@ -115,7 +115,7 @@ class Daemon:
 
             self.recorder = RecordWriter(
                 cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
-                max_gb=cfg.record_max_gb,
+                max_gb=cfg.record_max_gb, state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
         self.ctx = zmq.Context()
         self.auth = transport.start_auth(self.ctx, cfg, self.metrics)

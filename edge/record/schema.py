@@ -37,6 +37,7 @@ results = sa.Table(
     sa.Column("evidence_frame", sa.Text),
     sa.Column("evidence_overlay", sa.Text),
     sa.Column("evidence_removed", sa.Boolean, nullable=False, default=False),
+    sa.Column("daemon_run", sa.String(32)),  # which start of the daemon recorded the row
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
 )

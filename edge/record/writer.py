@@ -11,10 +11,12 @@ in flight; on restart the record is intact (SQLite in WAL mode; transactions on 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import random
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,11 @@ class RecordWriter:
         max_buffer: int = 100_000,
         metrics: DaemonMetrics | None = None,
         max_gb: float = 0.0,
+        state_file: str | Path | None = None,
     ):
         """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
-        its rows marked, and the removals counted."""
+        its rows marked, and the removals counted. state_file: where the writer keeps how many
+        results it was handed, so that the next start can say how many have no row."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.engine = create_engine(url)
         migrate(self.engine)
@@ -63,6 +67,12 @@ class RecordWriter:
         self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
         self.evidence_removed = 0
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
+        self.run_id = uuid.uuid4().hex
+        self.handed = 0
+        self.previous_missing = 0
+        self.state_file = Path(state_file) if state_file else None
+        if self.state_file is not None:
+            self._report_previous_run()
 
     def start(self) -> RecordWriter:
         self.thread.start()
@@ -86,6 +96,7 @@ class RecordWriter:
                     )
                 return
             self.buffer.append((result, published_ns))
+            self.handed += 1
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
@@ -96,6 +107,7 @@ class RecordWriter:
             self.stopping = True
             self.lock.notify()
         self.thread.join(timeout)
+        self._save_state()
         left = len(self.buffer)
         if left:
             self.unrecorded += left
@@ -138,6 +150,7 @@ class RecordWriter:
             self.metrics.recorded.inc(len(batch))
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
+        self._save_state()
         rows = [self._row(result, published_ns) for result, published_ns in batch]
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
@@ -164,6 +177,7 @@ class RecordWriter:
             "evidence_frame": frame_path,
             "evidence_overlay": overlay_path,
             "evidence_removed": False,
+            "daemon_run": self.run_id,
         }
 
     def _evidence(self, result: Result) -> tuple[str | None, str | None]:
@@ -185,6 +199,33 @@ class RecordWriter:
             cv2.imwrite(str(overlay_path), heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
             self.evidence_bytes += overlay_path.stat().st_size
         return str(frame_path), (str(overlay_path) if overlay_path else None)
+
+    def _save_state(self) -> None:
+        """How many results this run was handed, before each transaction: after a kill, the
+        rows this run lacks are at least that count minus the rows it has."""
+        if self.state_file is not None:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run": self.run_id, "handed": self.handed}))
+            tmp.replace(self.state_file)
+
+    def _report_previous_run(self) -> None:
+        """Log how many of the previous run's results have no row (a kill, a power cut)."""
+        if not self.state_file.is_file():
+            return
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("the record's state file %s is unreadable: the previous run is not checked", self.state_file)
+            return
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sa.func.count()).where(results.c.daemon_run == state["run"])).scalar_one()
+        missing = int(state["handed"]) - rows
+        self.previous_missing = max(0, missing)
+        if missing > 0:
+            log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
+                        "(it stopped before they were committed)", rows, missing)  # fmt: skip
+        else:
+            log.info("the previous run's %d results are all recorded", rows)
 
     def _enforce_quota(self) -> None:
         """Remove the oldest evidence until it fits in the quota again; mark and count each."""
