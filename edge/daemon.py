@@ -40,6 +40,7 @@ from edge.package import ModelPackage, load_package
 from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
 from edge.results import BatchResults, Pending, Result, Scoring, dropped_result, error_result, scored_results
 from edge.settings import EdgeConfig
+from edge.state import mark_running
 
 log = logging.getLogger(__name__)
 
@@ -230,22 +231,7 @@ class Daemon:
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:
         state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._marker = state_dir / "vqad-serve.running"
-        state_file = state_dir / "vqad-serve.state.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {"unclean_exits": 0}
-        if self._marker.exists():
-            state["unclean_exits"] = int(state.get("unclean_exits", 0)) + 1
-            log.warning(
-                "the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
-                "to it (unclean exits so far: %d)",
-                self._marker.read_text().strip(),
-                state["unclean_exits"],
-            )
-            self.metrics.previous_exit_unclean.set(1)
-            state_file.write_text(json.dumps(state))
-        self.metrics.unclean_exits.set(state["unclean_exits"])
-        self._marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        self._marker = mark_running(state_dir, self.metrics)
 
     def _warm_up(self) -> None:
         pkg = self.package

@@ -1,8 +1,10 @@
 """`vqad demo` (behind `make demo`): the main job end to end on embedded defaults.
 
-synth -> train one category -> eval -> export -> serve (ONNX Runtime) -> camera streams
-the category's test images -> watch saves overlays -> live accuracy and throughput ->
-clean shutdown. Each step is the real command in its own process.
+synth -> train one category -> eval -> export -> serve (ONNX Runtime, recording every
+result) -> camera streams the category's test images -> watch saves overlays -> live accuracy
+and throughput -> clean shutdown -> a scripted operator reviews two rejects in the record ->
+the reviewed evidence is exported as training data -> the threshold is recalibrated on good
+images from the line. Each step is the real command in its own process.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +54,7 @@ def run_demo(
     code, elapsed = _stream(workdir, data / "test", model, frames, results, manifest, jsonl)
     summary = live_accuracy(manifest, jsonl, elapsed)
     summary["daemon_exit_code"] = code
+    summary["record"] = _review_loop(workdir, data, manifest)
     (workdir / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, workdir)
     return summary
@@ -72,9 +76,13 @@ def _start_daemon(workdir: Path, model: Path, frames: str, results: str) -> subp
     """`vqad serve` in its own process, returned once it says it is ready."""
     ready = workdir / "serve.ready"
     ready.unlink(missing_ok=True)
+    for old in (workdir / "line.db", workdir / "line.db-wal", workdir / "line.db-shm"):
+        old.unlink(missing_ok=True)
+    shutil.rmtree(workdir / "evidence", ignore_errors=True)
     serve = subprocess.Popen(
         _vqad("serve", str(model), "--frames", frames, "--results", results, "--ready-file", str(ready),
-              "--set", "edge.publish_frames=true")
+              "--set", "edge.publish_frames=true", "--record", _record_url(workdir),
+              "--evidence-dir", str(workdir / "evidence"))
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not ready.exists():
@@ -122,7 +130,54 @@ def _print_summary(summary: dict, workdir: Path) -> None:
     )
     fps, code = summary["throughput_fps"], summary["daemon_exit_code"]
     print(f"   throughput {fps:.1f} frames/s end to end; daemon exit code {code}")
+    rec = summary["record"]
+    n_good = rec["threshold_source"]["n_images"]
+    print(f"   record: {rec['rows']} rows ({rec['rejects']} rejects), reviews {rec['reviews']}, "
+          f"exported {rec['exported']}, threshold now {rec['threshold']:.5g} from {n_good} good images")  # fmt: skip
     print(f"   report: {workdir / 'report'}  overlays: {workdir / 'overlays'}  model: {workdir / 'model'}")
+
+
+def _record_url(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'line.db').resolve()}"
+
+
+def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
+    """A scripted operator reviews two rejects (a false reject and a real defect, as the
+    manifest's ground truth says), the reviewed evidence is exported in the MVTec layout, and
+    the model's threshold is recalibrated on good images from the line plus the false reject."""
+    from edge.record import Record
+
+    url = _record_url(workdir)
+    sources = {(r["camera_id"], int(r["frame_id"])): Path(r["source"]) for r in csv.DictReader(open(manifest))}
+    rejects = Record(url).results(decision="fail", limit=10_000)
+    good = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name == "good"]
+    defects = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name != "good"]
+    reviewed = []
+    for row, verdict in ((good[:1] or defects[1:2], "false_reject"), (defects[:1], "defect")):
+        for r in row:
+            kind = sources[(r["camera_id"], r["frame_id"])].parent.name
+            extra = ["--kind", kind] if verdict == "defect" else []
+            _step(f"an operator reviews reject {r['frame_id']} ({kind})", "review", url, r["camera_id"],
+                  str(r["frame_id"]), "--verdict", verdict, "--by", "demo-operator", *extra)  # fmt: skip
+            reviewed.append(verdict)
+    exported = workdir / "reviewed"
+    shutil.rmtree(exported, ignore_errors=True)
+    _step("export the reviewed evidence", "records", url, "--export-reviewed", str(exported))
+    line_good = workdir / "line_good"  # the line's good parts, and what the operator cleared
+    shutil.rmtree(line_good, ignore_errors=True)
+    shutil.copytree(data / "test" / "good", line_good)
+    if (exported / "train" / "good").is_dir():
+        shutil.copytree(exported / "train" / "good", line_good, dirs_exist_ok=True)
+    _step("recalibrate the threshold on good images from the line", "calibrate", str(workdir / "model"), str(line_good))
+    threshold = json.loads((workdir / "model" / "model.json").read_text())["threshold"]
+    return {
+        "rows": len(Record(url).results(limit=1_000_000)),
+        "rejects": len(rejects),
+        "reviews": reviewed,
+        "exported": sorted(str(p.relative_to(exported)) for p in exported.rglob("*.png")),
+        "threshold": threshold["value"],
+        "threshold_source": threshold["source"],
+    }
 
 
 def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
@@ -162,4 +217,5 @@ def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
 def main_demo(args) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     summary = run_demo(Path(args.workdir), category=args.category, minutes=args.minutes, image_size=args.image_size)
-    return 0 if summary["results"] == summary["frames"] and summary["daemon_exit_code"] == 0 else 1
+    complete = summary["results"] == summary["frames"] == summary["record"]["rows"]
+    return 0 if complete and summary["daemon_exit_code"] == 0 else 1
