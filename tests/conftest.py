@@ -89,41 +89,14 @@ def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true", help="run the fuzz tests with many more examples")
 
 
-def _postgres_bin(name: str) -> str | None:
-    import glob
-    import shutil
-
-    return shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL cluster from Debian's `postgresql` package (`.ci/run` installs it),
-    on a Unix socket only, run as the `postgres` user when the tests run as root."""
-    import pwd
-    import shutil
-    import tempfile
+    """A throwaway PostgreSQL cluster from Debian's `postgresql` package (`.ci/run` installs it)."""
+    from benchmarks.postgres import postgres_bin, throwaway_postgres
 
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not (initdb and pg_ctl):
+    if not postgres_bin("initdb"):
         if os.environ.get("CI"):
             raise RuntimeError("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    # Not under pytest's own temporary folder: the server's user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="vqad-pg-", dir="/tmp"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    prefix = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
-    if os.geteuid() == 0:
-        shutil.chown(root, user)
-        shutil.chown(sock, user)
-    env = dict(os.environ, LC_ALL="C")
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "vqad", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, env=env)  # fmt: skip
-    options = f"-k {sock} -c listen_addresses='' -p 5439 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
-                   check=True, capture_output=True, env=env)  # fmt: skip
-    yield f"postgresql+psycopg://vqad@/postgres?host={sock}&port=5439"
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env)
-    shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres() as url:
+        yield url

@@ -1,0 +1,84 @@
+"""The line's record: the rows per second its writer sustains into SQLite and PostgreSQL, and
+what recording costs the daemon's throughput (256 x 256 frames, evidence for 10% of them).
+
+    python -m benchmarks.record MODEL [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import stats
+
+
+def writer_rows_per_s(url: str, n: int) -> float:
+    """Results handed to a RecordWriter as fast as it takes them, until all are committed."""
+    from edge.protocol import result_header
+    from edge.record import RecordWriter
+    from edge.results import Result
+
+    writer = RecordWriter(url, tempfile.mkdtemp(prefix="vqad-ev-"), max_buffer=n + 1)
+    model = {"name": "bench", "sha256": "0" * 64}
+    results = [
+        Result(result_header("cam", i, time.time_ns(), "ok", 1.0, model, score=0.5, decision="pass", batch_size=8))
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    writer.start()
+    for r in results:
+        writer.put(r, time.time_ns())
+    writer.close(timeout=600)
+    return writer.recorded / (time.perf_counter() - t0)
+
+
+def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
+    """End-to-end frames/s of the daemon with and without the record (SQLite, evidence for 10%
+    of the passes and every fail), alternating, at 256 x 256."""
+    from benchmarks.daemon import Daemon, _frames_dir, _stream
+
+    workdir = Path(tempfile.mkdtemp(prefix="vqr", dir="/tmp"))
+    folder = _frames_dir((256, 256, 3), workdir)
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(repeats):
+        for mode in ("off", "on"):
+            settings = (
+                (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1") if mode == "on" else ()
+            )
+            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=settings)
+            try:
+                rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+            finally:
+                daemon.stop()
+    ratio = float(np.median(rates["on"]) / np.median(rates["off"]))
+    return {"off_fps": stats(rates["off"]), "on_fps": stats(rates["on"]), "ratio": ratio, "cost": 1.0 - ratio}
+
+
+def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
+    from benchmarks.postgres import throwaway_postgres
+
+    n = 5_000 if quick else 50_000
+    out: dict[str, Any] = {"rows": n}
+    out["sqlite_rows_per_s"] = writer_rows_per_s(f"sqlite:///{tempfile.mkdtemp(prefix='vqad-db-')}/bench.db", n)
+    try:
+        with throwaway_postgres(port=5441) as url:
+            out["postgresql_rows_per_s"] = writer_rows_per_s(url, n)
+    except (FileNotFoundError, OSError) as exc:
+        out["postgresql_rows_per_s"] = None
+        out["postgresql_note"] = str(exc)
+    out["daemon"] = daemon_cost(model_dir, repeats=1 if quick else 3, count=150 if quick else 400)
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    print(json.dumps(bench_record(args.model, args.quick), indent=2))
