@@ -293,6 +293,7 @@ class Daemon:
             frame.image.shape[:2],
             model_input,
             time.time_ns(),
+            frame.image if self.recorder is not None else None,
         )
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)
@@ -335,7 +336,7 @@ class Daemon:
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):
-                    result.frame = p.model_input
+                    result.frame = p.received
         for result in results:
             self.metrics.latency.labels("queue").observe(result.header["latency_ms"]["queue"])
             self.metrics.latency.labels("infer").observe(infer_ms)

@@ -29,13 +29,14 @@ class Pending:
     frame_hw: tuple[int, int]
     model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
     queued_ns: int = 0
+    received: np.ndarray | None = None  # the frame as received, kept for the record's evidence
 
 
 @dataclass
 class Result:
     """header: the v1 result header; map_bytes: the uint8 map (b"" when not published);
     extra: further message parts; recv_ns: when the frame arrived (0 = unknown);
-    frame: the model-size input, kept for evidence (None when not needed)."""
+    frame: the frame as received, for the record's evidence (None when not needed)."""
 
     header: dict[str, Any]
     map_bytes: bytes = b""

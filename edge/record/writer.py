@@ -181,7 +181,7 @@ class RecordWriter:
         }
 
     def _evidence(self, result: Result) -> tuple[str | None, str | None]:
-        """The frame as the model saw it (PNG) and its anomaly-map overlay (JPEG); idempotent
+        """The frame as received (PNG, lossless) and its anomaly-map overlay (JPEG); idempotent
         names, so a retried batch rewrites the same files."""
         h = result.header
         day = time.strftime("%Y%m%d", time.gmtime(h["ts_ns"] / 1e9))
