@@ -225,3 +225,35 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert (f"at least {expected} of it have no row" in text) if expected else ("are all recorded" in text), text[
         -2000:
     ]
+
+
+def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):
+    """A subscriber that reads one result per 50 ms through a one-message queue, while the
+    daemon publishes as fast as it scores (its send queue kept short too): PUB drops what the
+    subscriber cannot take; the record has every result."""
+    import zmq
+
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    n = 80
+    with DaemonProcess(tiny_model, "--record", url, "--set", "edge.sndhwm=2") as daemon:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 1)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(daemon.results)
+        time.sleep(0.3)
+        cam = Camera(daemon.frames)
+        got = 0
+        try:
+            for i in range(n):
+                cam.send(frame_message("slow", i, np.full((64, 64, 3), 80, np.uint8), "raw"))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _count(url) < n:
+                if sub.poll(10):
+                    sub.recv_multipart()
+                    got += 1
+                    time.sleep(0.05)  # the slow consumer
+        finally:
+            cam.close()
+            sub.close(linger=0)
+    assert _count(url) == n
+    assert got < n  # the subscriber missed some: the record did not depend on it

@@ -293,3 +293,24 @@ def test_distributed_training_on_two_cpu_processes(synth_root, tmp_path):
     assert meta["step"] == 6
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [3, 6]  # only rank 0 writes
+
+
+def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_path):
+    """vqad train --init-from RUN: a new run that starts where RUN ended (the codebook already
+    initialised, the weights RUN's), calibrated afresh on its own data; another model is refused."""
+    run = tmp_path / "tuned"
+    proc = run_vqad(
+        "train", synth_root / "bracket", "--out", run, "--steps", "1", "--init-from", tiny_run, *TINY_MODEL, *TINY_TRAIN
+    )
+    assert "fine-tuning from" in proc.stderr
+    before, after = load_run(tiny_run).model, load_run(run).model
+    for name in ("head.out.weight", "vqvae.decoder.net.0.weight", "vqvae.encoder.net.0.weight"):
+        a, b = before.state_dict()[name], after.state_dict()[name]
+        assert (a - b).abs().max() < 0.05 * a.abs().max(), name  # one step from RUN, not from scratch
+    # The codebook too, but for the codes that went unused and were restarted from the batch.
+    moved = (before.vqvae.quantizer.embed - after.vqvae.quantizer.embed).norm(dim=1)
+    assert float((moved < 1e-3).float().mean()) > 0.5
+    assert bool(after.vqvae.quantizer.initted)
+    bad = run_vqad("train", synth_root / "bracket", "--out", tmp_path / "bad", "--steps", "1",
+                   "--init-from", tiny_run, *TINY_MODEL, *TINY_TRAIN, "--set", "model.width=12", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "another model" in bad.stderr

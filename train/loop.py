@@ -124,15 +124,23 @@ def train(
     train_cfg: TrainConfig,
     resume: bool = False,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a run. Returns a summary dict; writes the run directory."""
-    s = set_up(Path(category), Path(run_dir), model_cfg, train_cfg, resume, progress)
+    """Train (or resume) a run; `init_from` fine-tunes: a new run that starts from another
+    run's weights (the same model config). Returns a summary dict; writes the run directory."""
+    s = set_up(Path(category), Path(run_dir), model_cfg, train_cfg, resume, progress, init_from)
     interrupted = run_steps(s)
     return finish(s, interrupted)
 
 
 def set_up(
-    category: Path, run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool, progress: bool
+    category: Path,
+    run_dir: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    resume: bool,
+    progress: bool,
+    init_from: str | Path | None = None,
 ) -> Session:
     """Device and seeds, the model (resumed from its checkpoint), the data (every image read
     and checked before anything is written), the run directory's files and the optimiser."""
@@ -143,6 +151,8 @@ def set_up(
     torch.manual_seed(train_cfg.seed + dist.rank)
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
     model, start_step, optimizer_state, elapsed_before = _model(run_dir, model_cfg, resume)
+    if init_from is not None:
+        _init_from(model, Path(init_from), model_cfg)
     model = model.to(device)
     train_paths, val_paths, train_images, val_images = load_run_data(category, model_cfg, train_cfg)
     if dist.main:
@@ -187,6 +197,20 @@ def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[Inspect
     model.load_state_dict(ckpt["model"])
     log.info("resuming %s from step %d", run_dir, int(meta["step"]))
     return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
+
+
+def _init_from(model: InspectionModel, source: Path, model_cfg: ModelConfig) -> None:
+    """Start from `source`'s trained weights (the VQ-VAE, its codebook state and the head);
+    the scorer is calibrated afresh at the end, on the new run's images."""
+    ckpt = load_checkpoint(source / CHECKPOINT_NAME)
+    saved = {k: v for k, v in ckpt["meta"]["model_config"].items() if k != "score"}
+    if saved != {k: v for k, v in to_dict(model_cfg).items() if k != "score"}:
+        raise CheckpointError(f"--init-from: {source} was trained with another model (its config differs)")
+    weights = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.startswith("scorer.") for k in missing):
+        raise CheckpointError(f"--init-from: {source}'s weights do not fit this model ({missing or unexpected})")
+    log.info("fine-tuning from %s (trained %s steps)", source, ckpt["meta"].get("step"))
 
 
 def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:

@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from train.loop import train
 
     model_cfg, train_cfg = model_and_train_configs(args)
-    summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume)
+    summary = train(args.data, args.out, model_cfg, train_cfg, resume=args.resume, init_from=args.init_from)
     print(f"trained {summary['step']} steps; validation L2 {summary['val_l2']:.5f}; run in {args.out}")
     if args.plot:
         from train.plots import curves_plot
@@ -133,6 +133,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its checkpoint")
+    t.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN_DIR",
+        help="fine-tune: start from another run's weights (e.g. on its data plus reviewed images)",
+    )
     t.add_argument("--plot", action="store_true", help="render RUN_DIR/curves.png at the end")
     t.set_defaults(func=cmd_train)
 
