@@ -311,6 +311,9 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
     moved = (before.vqvae.quantizer.embed - after.vqvae.quantizer.embed).norm(dim=1)
     assert float((moved < 1e-3).float().mean()) > 0.5
     assert bool(after.vqvae.quantizer.initted)
-    bad = run_vqad("train", synth_root / "bracket", "--out", tmp_path / "bad", "--steps", "1",
-                   "--init-from", tiny_run, *TINY_MODEL, *TINY_TRAIN, "--set", "model.width=12", check=False)  # fmt: skip
+    other = [*TINY_MODEL, *TINY_TRAIN, "--set", "model.width=12"]
+    bad = run_vqad(
+        "train", synth_root / "bracket", "--out", tmp_path / "bad", "--steps", "1", "--init-from", tiny_run, *other,
+        check=False,
+    )  # fmt: skip
     assert bad.returncode != 0 and "another model" in bad.stderr
