@@ -31,14 +31,14 @@ import numpy as np
 import zmq
 
 from edge import transport
-from edge.backends import Backend, create_backend
 from edge.batcher import FrameQueue
+from edge.control import Control
 from edge.errors import BackendError, FrameError, PackageError
-from edge.frames import as_size, to_model_input
+from edge.frames import to_model_input
 from edge.metrics import DaemonMetrics
-from edge.package import ModelPackage, load_package
 from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
-from edge.results import BatchResults, Pending, Result, Scoring, dropped_result, error_result, scored_results
+from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
+from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
 from edge.state import mark_running
 
@@ -61,9 +61,11 @@ class Daemon:
         self.accepted = 0
         self.published = 0
         self._count_lock = threading.Lock()
-        self.package: ModelPackage | None = None
-        self.backends: list[Backend] = []
+        self.serving: Serving | None = None  # the model, its backends and scoring; replaced between batches
         self._take_lock = threading.Lock()  # one worker at a time forms a batch and numbers it
+        self._busy: list[threading.Lock] = []  # held by worker i while it infers a batch
+        self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
+        self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -88,29 +90,16 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())  # only a flag, too
 
     def startup(self) -> None:
         cfg = self.cfg
-        self.package = pkg = load_package(self.model_dir)
-        if cfg.input_size != (0,) and as_size(cfg.input_size) != pkg.image_size:
-            raise PackageError(
-                f"{self.model_dir} takes {pkg.image_size[0]}x{pkg.image_size[1]} (HxW) frames but the config "
-                f"expects edge.input_size={list(cfg.input_size)}: wrong model for this line?"
-            )
-        self.threshold = float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
-        self.scoring = Scoring(
-            threshold=self.threshold,
-            model={"name": pkg.name, "sha256": pkg.sha256},
-            map_scale=float(pkg.map_scale),
-            min_region_area=cfg.min_region_area,
-            publish_maps=cfg.publish_maps,
-            publish_frames=cfg.publish_frames,
-        )
         self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
-        self.backends = [create_backend(cfg.backend, pkg, cfg.backend_options()) for _ in range(cfg.workers())]
-        self._warm_up()
+        self.serving = serving = load_serving(self.model_dir, cfg)
+        pkg = serving.package
+        self._busy = [threading.Lock() for _ in serving.backends]
         if cfg.record:
             from edge.record import RecordWriter
 
@@ -124,9 +113,11 @@ class Daemon:
         self.results_sock = transport.results_socket(self.ctx, cfg)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        self.control = Control(self, cfg.control_endpoint)
         self.threads = [
             threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
             threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
+            threading.Thread(target=self.control.run, name="control", daemon=True),
         ]
         for t in self.threads:
             t.start()
@@ -136,9 +127,9 @@ class Daemon:
             "max_delay %.1f ms, overload %s",
             pkg.name,
             pkg.sha256[:12],
-            self.threshold,
+            serving.scoring.threshold,
             cfg.backend,
-            len(self.backends),
+            len(serving.backends),
             cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints),
             cfg.frames_mode,
             cfg.results_endpoint,
@@ -154,13 +145,13 @@ class Daemon:
     def main_loop(self) -> None:
         """Run the inference workers until the receiver is done and the queue is empty."""
         workers = [
-            threading.Thread(target=self._worker_thread, args=(b,), name=f"inference-{i}", daemon=True)
-            for i, b in enumerate(self.backends[1:], start=1)
+            threading.Thread(target=self._worker_thread, args=(i,), name=f"inference-{i}", daemon=True)
+            for i in range(1, len(self._busy))
         ]
         for t in workers:
             t.start()
         try:
-            self._inference_loop(self.backends[0], log_progress=True)
+            self._inference_loop(0, log_progress=True)
         except BaseException:
             self.should_exit.set()  # the other workers finish what is queued, then stop
             raise
@@ -168,14 +159,16 @@ class Daemon:
             for t in workers:
                 t.join()
 
-    def _worker_thread(self, backend: Backend) -> None:
+    def _worker_thread(self, index: int) -> None:
         try:
-            self._inference_loop(backend)
+            self._inference_loop(index)
         except Exception:
             log.exception("an inference worker failed; stopping the daemon")
             self.should_exit.set()
 
-    def _inference_loop(self, backend: Backend, log_progress: bool = False) -> None:
+    def _inference_loop(self, index: int, log_progress: bool = False) -> None:
+        """Worker `index`: take a batch (numbered, with the serving in force when it is taken)
+        and infer it on its own backend instance of that serving."""
         cfg = self.cfg
         next_log = time.monotonic() + cfg.log_every_s
         last_published = 0
@@ -185,9 +178,14 @@ class Daemon:
                 seq = self._batch_seq
                 if batch:
                     self._batch_seq += 1
+                    self._busy[index].acquire()  # before a swap can see this batch's serving go
+                serving = self.serving
             self.metrics.queue_depth.set(len(self.queue))
             if batch:
-                self._infer(batch, backend, seq)
+                try:
+                    self._infer(batch, serving, index, seq)
+                finally:
+                    self._busy[index].release()
             elif self.receiver_done.is_set() and len(self.queue) == 0:
                 break
             now = time.monotonic()
@@ -222,8 +220,8 @@ class Daemon:
             self.auth.stop()
         if self.ctx is not None:
             self.ctx.term()
-        for backend in self.backends:
-            backend.close()
+        if self.serving is not None:
+            self.serving.close()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
@@ -233,14 +231,40 @@ class Daemon:
         state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
         self._marker = mark_running(state_dir, self.metrics)
 
-    def _warm_up(self) -> None:
-        pkg = self.package
-        assert pkg is not None and self.backends
-        dummy = np.zeros((self.cfg.max_batch, *pkg.input_shape), np.uint8)
-        for backend in self.backends:
-            for _ in range(self.cfg.warmup_runs):
-                for n in sorted({1, self.cfg.max_batch}):
-                    backend.infer(dummy[:n])
+    # -- changes while serving (the control thread) ------------------------------------------
+    def swap(self, new: Serving, close_old: bool = True) -> Serving:
+        """Serve with `new` from the next batch on; every batch already taken finishes with the
+        old one, whose backends are then closed (not when only the threshold changed)."""
+        with self._take_lock:
+            old, self.serving = self.serving, new
+        for lock in self._busy:  # wait for the batches in flight on the old backends
+            with lock:
+                pass
+        if close_old and old is not None and old.backends is not new.backends:
+            old.close()
+        return old
+
+    def reload(self) -> dict[str, Any]:
+        """Load, verify and warm up MODEL_DIR as it is now, beside the serving model; switch
+        between batches. A package that fails leaves the old one serving (PackageError etc.)."""
+        old = self.serving
+        try:
+            new = load_serving(self.model_dir, self.cfg)
+            if new.package.input_shape != old.package.input_shape:
+                new.close()
+                raise PackageError(
+                    f"the new package takes {new.package.input_shape} frames, the serving one "
+                    f"{old.package.input_shape}: frames already queued could not be scored; not swapped"
+                )
+        except Exception as exc:
+            self.metrics.reload_failures.inc()
+            log.error("reload of %s failed, the old model keeps serving: %s", self.model_dir, exc)
+            raise
+        self.swap(new)
+        self.metrics.reloads.inc()
+        log.info("model swapped: %s (%s…) -> %s (%s…)", old.package.name, old.package.sha256[:12],
+                 new.package.name, new.package.sha256[:12])  # fmt: skip
+        return {"from": old.scoring.model, "to": new.scoring.model}
 
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -277,8 +301,12 @@ class Daemon:
         except FrameError as exc:
             self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
             return
+        if frame.camera_id in self.paused:
+            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, "camera paused by the line's control", recv_ns)
+            return
+        package = self.serving.package
         try:
-            model_input = to_model_input(frame.image, self.package.image_size, self.package.channels)
+            model_input = to_model_input(frame.image, package.image_size, package.channels)
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)
@@ -298,7 +326,7 @@ class Daemon:
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)
             for old in evicted:
-                self.outbox.put(dropped_result(old, self.scoring))
+                self.outbox.put(dropped_result(old, self.serving.scoring))
             if queued:
                 return
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
@@ -311,11 +339,12 @@ class Daemon:
         self._emit_error(camera_id, frame_id, ts_ns, reason, recv_ns)
 
     # -- inference (main thread) ----------------------------------------------------------
-    def _infer(self, batch: list[Pending], backend: Backend, seq: int) -> None:
-        """Run one batch and hand its results to the publisher as batch `seq`, always:
-        a failed batch gets an error result per frame (the publisher waits for every number)."""
+    def _infer(self, batch: list[Pending], serving: Serving, index: int, seq: int) -> None:
+        """Run one batch on worker `index`'s backend of `serving` and hand its results to the
+        publisher as batch `seq`, always: a failed batch gets an error result per frame (the
+        publisher waits for every number)."""
         try:
-            items = self._run_batch(batch, backend)
+            items = self._run_batch(batch, serving, index)
         except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
             self.metrics.backend_errors.inc()
             log.error("inference failed on a batch of %d: %s", len(batch), exc)
@@ -325,14 +354,14 @@ class Daemon:
             ]
         self.outbox.put(BatchResults(seq, items))
 
-    def _run_batch(self, batch: list[Pending], backend: Backend) -> list[Result]:
+    def _run_batch(self, batch: list[Pending], serving: Serving, index: int) -> list[Result]:
         start_ns = time.time_ns()
-        maps, scores = backend.infer(np.stack([p.model_input for p in batch]))
+        maps, scores = serving.backends[index].infer(np.stack([p.model_input for p in batch]))
         if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
             raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
-        results = scored_results(batch, maps, scores, start_ns, infer_ms, self.scoring)
+        results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):
@@ -344,7 +373,7 @@ class Daemon:
 
     # -- publishing -----------------------------------------------------------------------
     def _error_result(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> Result:
-        return error_result(camera_id, frame_id, ts_ns, reason, recv_ns, self.scoring)
+        return error_result(camera_id, frame_id, ts_ns, reason, recv_ns, self.serving.scoring)
 
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
         self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns))

@@ -41,6 +41,11 @@ class DaemonMetrics:
         )
         self.record_pending = Gauge("vqad_record_pending", "Results waiting for the record's writer", registry=r)
         self.record_errors = Counter("vqad_record_errors", "Record transactions that failed (retried)", registry=r)
+        self.reloads = Counter("vqad_model_reloads", "Model packages swapped in while serving", registry=r)
+        self.reload_failures = Counter(
+            "vqad_model_reload_failures", "Reloads refused: the package failed to load, verify or warm up", registry=r
+        )
+        self.threshold = Gauge("vqad_threshold", "The threshold in force", registry=r)
         self.evidence_removed = Counter(
             "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
         )

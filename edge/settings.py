@@ -41,6 +41,8 @@ class EdgeConfig:
     # The line's record (edge/record/): a database URL (sqlite:///PATH or postgresql://...;
     # "" = none), the evidence folder ("" = beside a SQLite file), the share of passes whose
     # evidence is kept too (every fail's is), and the evidence's disk quota (0 = none).
+    # The control socket (REP; `vqad ctl`): off when empty; loopback unless you change it.
+    control_endpoint: str = ""
     record: str = ""
     evidence_dir: str = ""
     record_pass_fraction: float = 0.1

@@ -1,17 +1,21 @@
 """The record's tables (SQLAlchemy 2 Core) and their versioned migration.
 
 Version 1: `results` (one row per published result), `reviews` (one row per review; a
-decision is never overwritten), `meta` (the schema version). `migrate(engine)` creates a new
-database or brings an older one to SCHEMA_VERSION, one step at a time, and refuses a newer one.
+decision is never overwritten), `meta` (the schema version). Version 2 adds `events`: changes
+made to the running daemon (a new threshold, a model reload, a paused camera), by whom and when.
+`migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
+a time, and refuses a newer one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
 from edge.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -56,10 +60,25 @@ reviews = sa.Table(
     sa.Index("ix_reviews_camera_frame", "camera_id", "frame_id"),
 )
 
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts_ns", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # set-threshold | reload | pause | resume
+    sa.Column("detail", sa.JSON),
+    sa.Column("by", sa.String(128)),
+)
+
 meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
 
-# version n -> the statements that bring version n to n + 1 (none yet: version 1 is the first).
-STEPS: dict[int, list[str]] = {}
+
+def _add_events(conn: sa.Connection) -> None:
+    events.create(conn)
+
+
+# version n -> what brings version n to n + 1.
+STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events}
 
 
 def stored_version(conn: sa.Connection) -> int | None:
@@ -80,8 +99,7 @@ def migrate(engine: sa.Engine) -> int:
         if version > SCHEMA_VERSION:
             raise ConfigError(f"the record's schema is version {version}, newer than this vqad's ({SCHEMA_VERSION})")
         while version < SCHEMA_VERSION:
-            for statement in STEPS[version]:
-                conn.execute(sa.text(statement))
+            STEPS[version](conn)
             version += 1
             conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
         return version

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.errors import ConfigError, DataError
-from edge.record.schema import migrate, results, reviews
+from edge.record.schema import events, migrate, results, reviews
 
 VERDICTS = ("false_reject", "defect")
 
@@ -101,6 +101,12 @@ class Record:
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
             row["reviews"] = found.get((row["camera_id"], row["frame_id"]), [])
         return rows
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest changes made to the running daemon, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(events).order_by(events.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
 
     def review(
         self,

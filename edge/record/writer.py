@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.record.schema import migrate, results
+from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine
 from edge.results import Result
 
@@ -100,6 +100,14 @@ class RecordWriter:
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
+
+    def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
+        """A change made to the running daemon, written at once (its own transaction)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(events).values(ts_ns=time.time_ns(), kind=kind, detail=detail, by=by))
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("the record could not keep the %s by %s: %s", kind, by, str(exc).splitlines()[0][:200])
 
     def close(self, timeout: float = 30.0) -> None:
         """Store what is buffered (within `timeout`), then stop; what is left is counted unrecorded."""

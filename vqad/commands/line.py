@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("precision", "precision"),
         ("overload", "overload"),
         ("record", "record"),
+        ("control", "control_endpoint"),
         ("evidence_dir", "evidence_dir"),
     ):
         value = getattr(args, flag)
@@ -151,6 +152,37 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """A command to a running daemon's control socket; prints its JSON reply."""
+    import getpass
+    import json
+
+    from edge.control import request
+    from edge.errors import VqadError
+
+    args.value, args.camera = None, None
+    if args.command == "set-threshold":
+        try:
+            args.value = float(args.arg)
+        except (TypeError, ValueError):
+            raise VqadError(f"set-threshold needs a number, got {args.arg!r}") from None
+        if not args.reason:
+            raise VqadError("set-threshold needs VALUE and --reason TEXT")
+        payload = {"value": args.value, "reason": args.reason}
+    elif args.command in ("pause", "resume"):
+        args.camera = args.arg
+        if not args.camera:
+            raise VqadError(f"{args.command} needs a CAMERA")
+        payload = {"camera": args.camera}
+    else:
+        payload = {}
+    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=args.timeout)
+    print(json.dumps(reply, indent=2))
+    if not reply.get("ok"):
+        raise VqadError(f"{args.command} refused: {reply.get('error')}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the inspection daemon (ZeroMQ frames in, results out)")
     s.add_argument("model", type=Path, metavar="MODEL_DIR")
@@ -166,6 +198,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--ready-file", type=Path, help="write this file once warmed up and serving")
     s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH or postgresql://...")
+    s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
     s.set_defaults(func=cmd_serve)
@@ -230,3 +263,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--by", help="who reviewed")
     v.add_argument("--note")
     v.set_defaults(func=cmd_review)
+
+    c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
+    c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
+    c.add_argument("command", choices=["status", "set-threshold", "reload", "pause", "resume"])
+    c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
+    c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
+    c.add_argument("--by", help="who makes the change (default: this user)")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (a reload warms up)")
+    c.set_defaults(func=cmd_ctl)

@@ -1,0 +1,136 @@
+"""The daemon's control: a REP socket (`control_endpoint`, off by default; CURVE when the
+daemon's is on) and SIGHUP, served by one thread so that loading a model never stalls inference.
+
+Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON with "ok".
+Commands: status; set-threshold (value, reason), applied from the next batch; reload (the
+model package at MODEL_DIR, as it is now: switch a `current` symlink to a new one first);
+pause and resume (a camera). Every change is logged, and written to the record with who made
+it and when.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from edge.errors import VqadError
+
+if TYPE_CHECKING:
+    from edge.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("status", "set-threshold", "reload", "pause", "resume")
+
+
+class Control:
+    def __init__(self, daemon: Daemon, endpoint: str):
+        self.daemon, self.endpoint = daemon, endpoint
+
+    def run(self) -> None:
+        """Serve requests and SIGHUP until the daemon stops."""
+        d = self.daemon
+        sock = None
+        if self.endpoint:
+            sock = d.ctx.socket(zmq.REP)
+            sock.setsockopt(zmq.LINGER, 0)
+            if d.cfg.curve.enabled:
+                from edge.security import make_curve_server
+
+                make_curve_server(sock, d.cfg.curve.server_secret_key)
+            sock.bind(self.endpoint)
+        try:
+            while not d.should_exit.is_set():
+                if d.reload_requested.is_set():
+                    d.reload_requested.clear()
+                    self.handle({"command": "reload", "by": "SIGHUP"})
+                if sock is not None and sock.poll(100):
+                    try:
+                        request = json.loads(sock.recv())
+                    except (ValueError, UnicodeDecodeError):
+                        request = {}
+                    sock.send(json.dumps(self.handle(request)).encode())
+                elif sock is None:
+                    time.sleep(0.1)
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One command -> its JSON reply; a refused one says why and changes nothing."""
+        command = request.get("command") if isinstance(request, dict) else None
+        args = request.get("args") or {} if isinstance(request, dict) else {}
+        by = str(request.get("by") or "unknown") if isinstance(request, dict) else "unknown"
+        try:
+            if command not in COMMANDS:
+                raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+            reply = getattr(self, "_" + command.replace("-", "_"))(args, by)
+            return {"ok": True, **reply}
+        except (ValueError, TypeError, VqadError) as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _change(self, kind: str, detail: dict[str, Any], by: str) -> None:
+        log.info("control: %s by %s: %s", kind, by, json.dumps(detail))
+        if self.daemon.recorder is not None:
+            self.daemon.recorder.event(kind, detail, by)
+
+    def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        d = self.daemon
+        s = d.serving
+        return {
+            "model": s.scoring.model,
+            "threshold": s.scoring.threshold,
+            "accepted": d.accepted,
+            "published": d.published,
+            "queue": len(d.queue),
+            "paused": sorted(d.paused),
+            "recording": d.recorder is not None,
+        }
+
+    def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        value, reason = float(args["value"]), str(args.get("reason") or "")
+        if not value > 0:
+            raise ValueError(f"a threshold must be > 0, got {value}")
+        if not reason:
+            raise ValueError("set-threshold needs a reason")
+        d = self.daemon
+        old = d.swap(d.serving.with_threshold(value), close_old=False).scoring.threshold
+        d.metrics.threshold.set(value)
+        self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
+        return {"threshold": value, "previous": old}
+
+    def _reload(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        swapped = self.daemon.reload()
+        self._change("reload", swapped, by)
+        return swapped
+
+    def _pause(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        camera = str(args["camera"])
+        self.daemon.paused.add(camera)
+        self._change("pause", {"camera": camera}, by)
+        return {"paused": sorted(self.daemon.paused)}
+
+    def _resume(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        camera = str(args["camera"])
+        self.daemon.paused.discard(camera)
+        self._change("resume", {"camera": camera}, by)
+        return {"paused": sorted(self.daemon.paused)}
+
+
+def request(endpoint: str, command: str, args: dict[str, Any], by: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """One request to a daemon's control socket (`vqad ctl`); VqadError when it does not answer."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
+        if not sock.poll(int(timeout_s * 1000)):
+            raise VqadError(f"no answer from {endpoint} within {timeout_s:g} s: is the daemon running with --control?")
+        return json.loads(sock.recv())
+    finally:
+        sock.close(linger=0)

@@ -1,0 +1,72 @@
+"""What the daemon serves with: a model package, its backend instances (one per inference
+worker) and how results are scored (threshold, model identity). Loaded, verified and warmed
+up as one; replaced as one between batches (a reload, a new threshold)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.backends import Backend, create_backend
+from edge.errors import PackageError
+from edge.frames import as_size
+from edge.package import FP32_FILE, ModelPackage, load_package
+from edge.results import Scoring
+from edge.settings import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    package: ModelPackage
+    backends: list[Backend]
+    scoring: Scoring
+
+    def with_threshold(self, threshold: float) -> Serving:
+        """The same model and backends, scoring at another threshold."""
+        return dataclasses.replace(self, scoring=dataclasses.replace(self.scoring, threshold=threshold))
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+
+
+def load_serving(model_dir: Path, cfg: EdgeConfig, threshold: float | None = None) -> Serving:
+    """Load MODEL_DIR (following a `current` symlink as it points now), verify its graph's
+    sha256, build one backend per worker and warm each up. PackageError or BackendError when
+    anything is wrong; nothing is half-built then."""
+    pkg = load_package(model_dir.resolve())
+    if cfg.input_size != (0,) and as_size(cfg.input_size) != pkg.image_size:
+        raise PackageError(
+            f"{model_dir} takes {pkg.image_size[0]}x{pkg.image_size[1]} (HxW) frames but the config "
+            f"expects edge.input_size={list(cfg.input_size)}: wrong model for this line?"
+        )
+    pkg.verify(FP32_FILE)
+    chosen = threshold if threshold is not None else (cfg.threshold if cfg.threshold is not None else pkg.threshold)
+    scoring = Scoring(
+        threshold=float(chosen),
+        model={"name": pkg.name, "sha256": pkg.sha256},
+        map_scale=float(pkg.map_scale),
+        min_region_area=cfg.min_region_area,
+        publish_maps=cfg.publish_maps,
+        publish_frames=cfg.publish_frames,
+    )
+    backends: list[Backend] = []
+    try:
+        for _ in range(cfg.workers()):
+            backends.append(create_backend(cfg.backend, pkg, cfg.backend_options()))
+        dummy = np.zeros((cfg.max_batch, *pkg.input_shape), np.uint8)
+        for backend in backends:
+            for _ in range(cfg.warmup_runs):
+                for n in sorted({1, cfg.max_batch}):
+                    backend.infer(dummy[:n])
+    except BaseException:
+        for backend in backends:
+            backend.close()
+        raise
+    return Serving(pkg, backends, scoring)

@@ -1,0 +1,131 @@
+"""Running a line for months: the control socket (`vqad ctl`), a threshold changed at runtime,
+a model swapped without a stop (on `reload` and on SIGHUP), a failed swap that keeps the old
+model serving, paused cameras; every change in the record."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import onnx
+
+from edge.package import load_package, sha256_file, write_model_json
+from edge.protocol import frame_message
+from edge.record import Record
+from tests.conftest import run_vqad
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+
+
+def _twin(package, out):
+    """The same model under another identity: a doc string in its graphs changes their sha256."""
+    shutil.copytree(package, out)
+    meta = json.loads((out / "model.json").read_text())
+    for name in ("model.onnx", "model_fp16.onnx"):
+        graph = onnx.load(str(out / name))
+        graph.doc_string = "twin"
+        onnx.save(graph, str(out / name))
+        meta["files"][name] = sha256_file(out / name)
+    write_model_json(out, meta)
+    return out
+
+
+def _ctl(endpoint, *args):
+    return json.loads(run_vqad("ctl", endpoint, *args, "--by", "test").stdout)
+
+
+def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_camera(tiny_model, tmp_path):
+    a = tiny_model
+    b = _twin(tiny_model, tmp_path / "b")
+    broken = _twin(tiny_model, tmp_path / "broken")
+    (broken / "model.onnx").write_bytes(b"not the graph model.json names")
+    current = tmp_path / "current"
+    current.symlink_to(a)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    with DaemonProcess(current, "--control", f"ipc://{tmp_path}/ctl", "--record", url) as daemon:
+        control = f"ipc://{tmp_path}/ctl"
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        frame = np.full((48, 48, 3), 90, np.uint8)
+        n = 120
+        try:
+            for i in range(n):
+                for camera in ("left", "right"):
+                    cam.send(frame_message(camera, i, frame, "raw"))
+                time.sleep(0.01)
+                if i == 40:
+                    current.unlink()
+                    current.symlink_to(broken)  # a bad package: refused, the old one serves on
+                    refused = run_vqad("ctl", control, "reload", check=False)
+                    current.unlink()
+                    current.symlink_to(b)
+                    swapped = _ctl(control, "reload")
+            results = sub.collect(2 * n, timeout=60)
+        finally:
+            sub.close()
+            cam.close()
+        status = _ctl(control, "status")
+    assert refused.returncode != 0 and "refused" in refused.stderr
+    assert swapped["ok"] and swapped["to"]["sha256"] == load_package(b).sha256
+    assert status["model"]["sha256"] == load_package(b).sha256
+    keys = [(h["camera_id"], h["frame_id"]) for h, _ in results]
+    assert len(keys) == 2 * n and len(set(keys)) == 2 * n  # none lost, none answered twice
+    for camera in ("left", "right"):
+        shas = [
+            h["model"]["sha256"] for h, _ in sorted(results, key=lambda r: r[0]["frame_id"]) if h["camera_id"] == camera
+        ]
+        changes = sum(1 for x, y in zip(shas, shas[1:], strict=False) if x != y)
+        assert changes == 1 and shas[0] == load_package(a).sha256 and shas[-1] == load_package(b).sha256, camera
+    kinds = [e["kind"] for e in Record(url).events()]
+    assert kinds.count("reload") == 1  # the refused one changed nothing
+    assert "reload of" in daemon.log_text() and "failed, the old model keeps serving" in daemon.log_text()
+
+
+def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model, tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    control = f"ipc://{tmp_path}/ctl"
+    with DaemonProcess(tiny_model, "--control", control, "--record", url) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        frame = np.full((48, 48, 3), 90, np.uint8)
+        try:
+            cam.send(frame_message("c", 0, frame, "raw"))
+            before = sub.collect(1)[0][0]
+            reply = _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
+            cam.send(frame_message("c", 1, frame, "raw"))
+            after = sub.collect(1)[0][0]
+            _ctl(control, "pause", "c")
+            cam.send(frame_message("c", 2, frame, "raw"))
+            paused = sub.collect(1)[0][0]
+            _ctl(control, "resume", "c")
+            cam.send(frame_message("c", 3, frame, "raw"))
+            resumed = sub.collect(1)[0][0]
+        finally:
+            sub.close()
+            cam.close()
+        bad = run_vqad("ctl", control, "set-threshold", "1.0", check=False)  # no reason: refused
+    assert reply["previous"] == before["threshold"] and after["threshold"] == 123.5 and after["decision"] == "pass"
+    assert paused["status"] == "error" and "paused" in paused["error"] and resumed["status"] == "ok"
+    assert bad.returncode != 0 and "--reason" in bad.stderr
+    events = Record(url).events()
+    assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume"]
+    assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
+
+
+def test_sighup_reloads_the_model_the_symlink_points_to(tiny_model, tmp_path):
+    b = _twin(tiny_model, tmp_path / "b")
+    current = tmp_path / "current"
+    current.symlink_to(tiny_model)
+    with DaemonProcess(current, "--control", f"ipc://{tmp_path}/ctl") as daemon:
+        current.unlink()
+        current.symlink_to(b)
+        os.kill(daemon.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        status = {}
+        while time.monotonic() < deadline:
+            status = _ctl(f"ipc://{tmp_path}/ctl", "status")
+            if status["model"]["sha256"] == load_package(b).sha256:
+                break
+            time.sleep(0.2)
+    assert status["model"]["sha256"] == load_package(b).sha256
