@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from edge.errors import VqadError
+from edge.errors import PackageError, VqadError
+from edge.serving import load_serving
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -104,7 +105,25 @@ class Control:
         return {"threshold": value, "previous": old}
 
     def _reload(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        swapped = self.daemon.reload()
+        """Load, verify and warm up MODEL_DIR as it is now, beside the serving model; switch
+        between batches. A package that fails leaves the old one serving."""
+        d = self.daemon
+        old = d.serving
+        try:
+            new = load_serving(d.model_dir, d.cfg)
+            if new.package.input_shape != old.package.input_shape:
+                new.close()
+                raise PackageError(
+                    f"the new package takes {new.package.input_shape} frames, the serving one "
+                    f"{old.package.input_shape}: frames already queued could not be scored; not swapped"
+                )
+        except Exception as exc:
+            d.metrics.reload_failures.inc()
+            log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
+            raise VqadError(str(exc)) from exc
+        d.swap(new)
+        d.metrics.reloads.inc()
+        swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)
         return swapped
 

@@ -33,7 +33,7 @@ import zmq
 from edge import transport
 from edge.batcher import FrameQueue
 from edge.control import Control
-from edge.errors import BackendError, FrameError, PackageError
+from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
 from edge.metrics import DaemonMetrics
 from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
@@ -243,28 +243,6 @@ class Daemon:
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old
-
-    def reload(self) -> dict[str, Any]:
-        """Load, verify and warm up MODEL_DIR as it is now, beside the serving model; switch
-        between batches. A package that fails leaves the old one serving (PackageError etc.)."""
-        old = self.serving
-        try:
-            new = load_serving(self.model_dir, self.cfg)
-            if new.package.input_shape != old.package.input_shape:
-                new.close()
-                raise PackageError(
-                    f"the new package takes {new.package.input_shape} frames, the serving one "
-                    f"{old.package.input_shape}: frames already queued could not be scored; not swapped"
-                )
-        except Exception as exc:
-            self.metrics.reload_failures.inc()
-            log.error("reload of %s failed, the old model keeps serving: %s", self.model_dir, exc)
-            raise
-        self.swap(new)
-        self.metrics.reloads.inc()
-        log.info("model swapped: %s (%s…) -> %s (%s…)", old.package.name, old.package.sha256[:12],
-                 new.package.name, new.package.sha256[:12])  # fmt: skip
-        return {"from": old.scoring.model, "to": new.scoring.model}
 
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:

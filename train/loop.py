@@ -41,6 +41,7 @@ from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel, calibrate_scorer
+from train.run import load_weights_from
 from train.runlog import MetricsLog
 from train.scoring import SSIM, ScorerPlan
 
@@ -152,7 +153,7 @@ def set_up(
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
     model, start_step, optimizer_state, elapsed_before = _model(run_dir, model_cfg, resume)
     if init_from is not None:
-        _init_from(model, Path(init_from), model_cfg)
+        load_weights_from(Path(init_from), model, model_cfg)
     model = model.to(device)
     train_paths, val_paths, train_images, val_images = load_run_data(category, model_cfg, train_cfg)
     if dist.main:
@@ -197,20 +198,6 @@ def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[Inspect
     model.load_state_dict(ckpt["model"])
     log.info("resuming %s from step %d", run_dir, int(meta["step"]))
     return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
-
-
-def _init_from(model: InspectionModel, source: Path, model_cfg: ModelConfig) -> None:
-    """Start from `source`'s trained weights (the VQ-VAE, its codebook state and the head);
-    the scorer is calibrated afresh at the end, on the new run's images."""
-    ckpt = load_checkpoint(source / CHECKPOINT_NAME)
-    saved = {k: v for k, v in ckpt["meta"]["model_config"].items() if k != "score"}
-    if saved != {k: v for k, v in to_dict(model_cfg).items() if k != "score"}:
-        raise CheckpointError(f"--init-from: {source} was trained with another model (its config differs)")
-    weights = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or any(not k.startswith("scorer.") for k in missing):
-        raise CheckpointError(f"--init-from: {source}'s weights do not fit this model ({missing or unexpected})")
-    log.info("fine-tuning from %s (trained %s steps)", source, ckpt["meta"].get("step"))
 
 
 def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:

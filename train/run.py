@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.config import from_mapping
-from edge.errors import DataError
+from edge.config import from_mapping, to_dict
+from edge.errors import CheckpointError, DataError
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.pipeline import InspectionModel
 from train.scoring import ScorerPlan
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_FILE = "threshold.json"
 
@@ -50,3 +53,17 @@ def load_run(run_dir: str | Path) -> Run:
     model.load_state_dict(state)
     model.eval()
     return Run(root, model, model_cfg, train_cfg, meta)
+
+
+def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConfig) -> None:
+    """Start from `source`'s trained weights (the VQ-VAE, its codebook state and the head);
+    the scorer is calibrated afresh at the end, on the new run's images."""
+    ckpt = load_checkpoint(source / CHECKPOINT_NAME)
+    saved = {k: v for k, v in ckpt["meta"]["model_config"].items() if k != "score"}
+    if saved != {k: v for k, v in to_dict(model_cfg).items() if k != "score"}:
+        raise CheckpointError(f"--init-from: {source} was trained with another model (its config differs)")
+    weights = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.startswith("scorer.") for k in missing):
+        raise CheckpointError(f"--init-from: {source}'s weights do not fit this model ({missing or unexpected})")
+    log.info("fine-tuning from %s (trained %s steps)", source, ckpt["meta"].get("step"))

@@ -184,6 +184,15 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_serve(sub)
+    _add_camera(sub)
+    _add_watch(sub)
+    _add_records(sub)
+    _add_review(sub)
+    _add_ctl(sub)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the inspection daemon (ZeroMQ frames in, results out)")
     s.add_argument("model", type=Path, metavar="MODEL_DIR")
     s.add_argument("--config", type=Path, help="edge config YAML (default configs/edge.yaml)")
@@ -203,6 +212,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_camera(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("camera", help="send frames from a folder, video file, or device to the daemon")
     c.add_argument("source", help="folder of images, image or video file, device index, or URL")
     c.add_argument("--to", required=True, metavar="ENDPOINT")
@@ -229,6 +240,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     c.set_defaults(func=cmd_camera)
 
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="print results; save overlays of failed frames")
     w.add_argument("endpoint", metavar="ENDPOINT")
     w.add_argument("--camera", metavar="ID")
@@ -242,6 +255,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--curve-server-key")
     w.set_defaults(func=cmd_watch)
 
+
+def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
     r.add_argument("url", metavar="URL", help="sqlite:///PATH or postgresql://...")
     r.add_argument("--camera", metavar="ID")
@@ -254,6 +269,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
     r.set_defaults(func=cmd_records)
 
+
+def _add_review(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("review", help="record a person's verdict on a recorded result")
     v.add_argument("url", metavar="URL")
     v.add_argument("camera_id", metavar="CAMERA_ID")
@@ -264,6 +281,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--note")
     v.set_defaults(func=cmd_review)
 
+
+def _add_ctl(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
     c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
     c.add_argument("command", choices=["status", "set-threshold", "reload", "pause", "resume"])
