@@ -122,6 +122,7 @@ class Control:
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             raise VqadError(str(exc)) from exc
         d.swap(new)
+        d.health = d._health_gate(new.package)
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)

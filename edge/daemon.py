@@ -35,6 +35,7 @@ from edge.batcher import FrameQueue
 from edge.control import Control
 from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
+from edge.health import HealthGate
 from edge.metrics import DaemonMetrics
 from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
@@ -66,6 +67,7 @@ class Daemon:
         self._busy: list[threading.Lock] = []  # held by worker i while it infers a batch
         self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
+        self.health: HealthGate | None = None  # the camera health gate of the serving package
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -99,6 +101,7 @@ class Daemon:
             cv2.setNumThreads(cfg.opencv_threads)
         self.serving = serving = load_serving(self.model_dir, cfg)
         pkg = serving.package
+        self.health = self._health_gate(pkg)
         self._busy = [threading.Lock() for _ in serving.backends]
         if cfg.record:
             from edge.record import RecordWriter
@@ -231,6 +234,15 @@ class Daemon:
         state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
         self._marker = mark_running(state_dir, self.metrics)
 
+    def _health_gate(self, pkg) -> HealthGate | None:
+        stats = pkg.meta.get("camera_health")
+        if not self.cfg.health.enabled:
+            return None
+        if not stats:
+            log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
+            return None
+        return HealthGate(stats, self.cfg.health)
+
     # -- changes while serving (the control thread) ------------------------------------------
     def swap(self, new: Serving, close_old: bool = True) -> Serving:
         """Serve with `new` from the next batch on; every batch already taken finishes with the
@@ -285,6 +297,7 @@ class Daemon:
         package = self.serving.package
         try:
             model_input = to_model_input(frame.image, package.image_size, package.channels)
+            health = self.health.check(frame.camera_id, model_input) if self.health is not None else None
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)
@@ -300,6 +313,7 @@ class Daemon:
             model_input,
             time.time_ns(),
             frame.image if self.recorder is not None else None,
+            health,
         )
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)

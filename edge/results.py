@@ -30,6 +30,7 @@ class Pending:
     model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
     queued_ns: int = 0
     received: np.ndarray | None = None  # the frame as received, kept for the record's evidence
+    health: dict[str, Any] | None = None  # the camera health gate's verdict (None: no gate)
 
 
 @dataclass
@@ -103,6 +104,10 @@ def scored_results(
             map_info=map_info,
         )
         header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
+        if p.health is not None:  # extension: the camera health gate; an unfit frame never passes
+            header["health"] = p.health
+            if not p.health["ok"]:
+                header["decision"] = "fail"
         extra = None
         if s.publish_frames:
             ok, jpg = cv2.imencode(".jpg", p.model_input)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edge.config import require
+from edge.health import HealthLimits
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class EdgeConfig:
     state_dir: str = ""
     tensorrt_workspace_mb: int = 1024
     curve: CurveConfig = field(default_factory=CurveConfig)
+    # The camera health gate's limits (edge/health.py); an unfit frame is failed with its reasons.
+    health: HealthLimits = field(default_factory=HealthLimits)
 
     def __post_init__(self) -> None:
         require(0.0 <= self.record_pass_fraction <= 1.0, "edge.record_pass_fraction must be in [0, 1]")

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.config import to_dict
 from edge.errors import PackageError
+from edge.health import training_stats
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
 from export.config import ExportConfig
 from export.onnx_graph import INPUT_NAME, OUTPUT_NAMES, export_graph
@@ -83,6 +84,13 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
     return parity
 
 
+def _camera_health(run) -> dict[str, float]:
+    from train.data import load_images
+
+    m = run.model_cfg
+    return training_stats(load_images([Path(p) for p in run.split()["train"]], m.image_size, m.channels))
+
+
 def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
     """model.json's content: what the package is, how it was made, and what it measured."""
     report = run.root / "eval" / "metrics.json"
@@ -133,6 +141,8 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
             "step": run.meta.get("step"),
         },
         "model_config": to_dict(m),
+        # What the training images looked like, for the daemon's camera health gate (edge/health.py).
+        "camera_health": _camera_health(run),
     }
     return meta
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 
+import cv2
 import numpy as np
 import onnx
 
@@ -83,23 +84,23 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
     assert "reload of" in daemon.log_text() and "failed, the old model keeps serving" in daemon.log_text()
 
 
-def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model, tmp_path):
+def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model, synth_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'line.db'}"
     control = f"ipc://{tmp_path}/ctl"
+    goods = [cv2.imread(str(p)) for p in sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))]
     with DaemonProcess(tiny_model, "--control", control, "--record", url) as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
-        frame = np.full((48, 48, 3), 90, np.uint8)
         try:
-            cam.send(frame_message("c", 0, frame, "raw"))
+            cam.send(frame_message("c", 0, goods[0], "raw"))
             before = sub.collect(1)[0][0]
             reply = _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
-            cam.send(frame_message("c", 1, frame, "raw"))
+            cam.send(frame_message("c", 1, goods[1], "raw"))
             after = sub.collect(1)[0][0]
             _ctl(control, "pause", "c")
-            cam.send(frame_message("c", 2, frame, "raw"))
+            cam.send(frame_message("c", 2, goods[2], "raw"))
             paused = sub.collect(1)[0][0]
             _ctl(control, "resume", "c")
-            cam.send(frame_message("c", 3, frame, "raw"))
+            cam.send(frame_message("c", 3, goods[3], "raw"))
             resumed = sub.collect(1)[0][0]
         finally:
             sub.close()

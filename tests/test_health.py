@@ -1,0 +1,54 @@
+"""The camera health gate: blurred, darkened, clipped and frozen frames never pass; the good
+test images of `vqad synth` pass it. Limits from configs/edge.yaml, figures from model.json."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.health import HealthGate, HealthLimits, training_stats
+from edge.package import load_package
+from edge.protocol import frame_message
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from train.data import load_images, load_test_set
+
+
+def _gate(synth_root, category: str) -> tuple[HealthGate, list[np.ndarray]]:
+    train = load_images(sorted((synth_root / category / "train" / "good").glob("*.png")), 32, 3)
+    goods = [s.image for s in load_test_set(synth_root / category, 32, 3) if s.label == 0]
+    return HealthGate(training_stats(train), HealthLimits()), goods
+
+
+def test_good_test_images_pass_and_unfit_frames_do_not(synth_root):
+    for category in ("bracket", "weave"):
+        gate, goods = _gate(synth_root, category)
+        verdicts = [gate.check(f"good-{i}", image) for i, image in enumerate(goods)]
+        assert all(v["ok"] for v in verdicts), (category, verdicts)
+        image = goods[0]
+        blurred = cv2.GaussianBlur(image, (0, 0), 2.0)
+        dark = (image * 0.3).astype(np.uint8)
+        bright = np.clip(image.astype(np.int32) + 140, 0, 255).astype(np.uint8)
+        assert "blurred" in gate.check("b", blurred)["reasons"], category
+        assert "exposure" in gate.check("d", dark)["reasons"], category
+        assert {"exposure", "clipped"} & set(gate.check("c", bright)["reasons"]), category
+        assert gate.check("f", image)["ok"] and gate.check("f", image)["reasons"] == ["frozen"]  # the same again
+
+
+def test_the_daemon_fails_an_unfit_frame_with_its_reasons(tiny_model, synth_root):
+    assert load_package(tiny_model).meta["camera_health"]["n_images"] > 0
+    good = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    with DaemonProcess(tiny_model, "--threshold", "1e9") as daemon:  # nothing fails on its score
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            cam.send(frame_message("h", 0, good, "raw"))
+            cam.send(frame_message("h", 1, cv2.GaussianBlur(good, (0, 0), 4.0), "raw"))
+            cam.send(frame_message("h", 2, (good * 0.2).astype(np.uint8), "raw"))
+            results = {h["frame_id"]: h for h, _ in sub.collect(3)}
+        finally:
+            sub.close()
+            cam.close()
+    assert results[0]["decision"] == "pass" and results[0]["health"]["ok"]
+    for frame_id, reason in ((1, "blurred"), (2, "exposure")):
+        h = results[frame_id]
+        assert h["status"] == "ok" and h["decision"] == "fail", h
+        assert h["health"]["ok"] is False and reason in h["health"]["reasons"], h["health"]
