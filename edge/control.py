@@ -123,6 +123,7 @@ class Control:
             raise VqadError(str(exc)) from exc
         d.swap(new)
         d.health = d._health_gate(new.package)
+        d.drift = d._drift_monitor(new)  # a new model, a new reference: the windows start again
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)

@@ -33,6 +33,7 @@ import zmq
 from edge import transport
 from edge.batcher import FrameQueue
 from edge.control import Control
+from edge.drift import DriftMonitor
 from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
 from edge.health import HealthGate
@@ -68,6 +69,7 @@ class Daemon:
         self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
         self.health: HealthGate | None = None  # the camera health gate of the serving package
+        self.drift: DriftMonitor | None = None  # the drift alarm of the serving package's threshold
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -102,6 +104,7 @@ class Daemon:
         self.serving = serving = load_serving(self.model_dir, cfg)
         pkg = serving.package
         self.health = self._health_gate(pkg)
+        self.drift = self._drift_monitor(serving)
         self._busy = [threading.Lock() for _ in serving.backends]
         if cfg.record:
             from edge.record import RecordWriter
@@ -234,6 +237,14 @@ class Daemon:
         state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
         self._marker = mark_running(state_dir, self.metrics)
 
+    def _drift_monitor(self, serving: Serving) -> DriftMonitor | None:
+        scores = serving.package.meta.get("threshold", {}).get("scores")
+        if not scores:
+            log.warning("%s keeps no calibration scores (exported before them): the drift alarm is off",
+                        serving.package.root)  # fmt: skip
+            return None
+        return DriftMonitor(scores, self.metrics)
+
     def _health_gate(self, pkg) -> HealthGate | None:
         stats = pkg.meta.get("camera_health")
         if not self.cfg.health.enabled:
@@ -354,6 +365,10 @@ class Daemon:
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
+        drift = self.drift
+        if drift is not None:
+            for result in results:
+                drift.add(result.header["camera_id"], result.header["score"])
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):

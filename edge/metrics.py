@@ -46,6 +46,10 @@ class DaemonMetrics:
             "vqad_model_reload_failures", "Reloads refused: the package failed to load, verify or warm up", registry=r
         )
         self.threshold = Gauge("vqad_threshold", "The threshold in force", registry=r)
+        self.drift_ks = Gauge(
+            "vqad_drift_ks", "KS statistic: recent scores vs the calibration images'", ["camera"], registry=r
+        )
+        self.drift_alarm = Gauge("vqad_drift_alarm", "1 while a camera's scores have drifted", ["camera"], registry=r)
         self.evidence_removed = Counter(
             "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
         )

@@ -74,5 +74,7 @@ def calibrate_threshold(scores: np.ndarray, target_frr: float, source: dict[str,
             "more good images tighten it (vqad calibrate)"
         ),
         "calibrated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        # The scores themselves: the reference the daemon's drift alarm compares a camera's with.
+        "scores": [round(float(s), 6) for s in scores],
         "source": source,
     }

@@ -1,0 +1,72 @@
+"""The drift alarm: for each camera, a rolling window of its recent scores compared with the
+scores of the good images the threshold was calibrated on, by the two-sample Kolmogorov-Smirnov
+statistic (the largest gap between the two empirical distributions: it needs no model of the
+scores and sees a shift, a spread or a new tail alike).
+
+The alarm is raised when the statistic exceeds its critical value at ALPHA for the two sample
+sizes: c(ALPHA) * sqrt((n + m) / (n m)). A lamp that ages or a lens that dirties moves the
+whole distribution; a single bad part does not. Gauges per camera; a log line when the alarm is
+raised and when it clears; everything resets when the model (and so its reference) changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The false-alarm level of the test on a window of good parts. c(alpha) = sqrt(-ln(alpha / 2) / 2).
+ALPHA = 0.001
+WINDOW = 200
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: max |F_a(x) - F_b(x)| over the pooled values."""
+    a, b = np.sort(a), np.sort(b)
+    values = np.concatenate([a, b])
+    fa = np.searchsorted(a, values, side="right") / len(a)
+    fb = np.searchsorted(b, values, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def critical_value(n: int, m: int, alpha: float = ALPHA) -> float:
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+class DriftMonitor:
+    def __init__(self, reference: Sequence[float], metrics=None, window: int = WINDOW, alpha: float = ALPHA):
+        self.reference = np.asarray(reference, dtype=np.float64)
+        self.window, self.metrics = window, metrics
+        self.limit = critical_value(len(self.reference), window, alpha)
+        self.scores: dict[str, collections.deque[float]] = {}
+        self.alarmed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def add(self, camera_id: str, score: float) -> float | None:
+        """Add a scored frame; -> the KS statistic once the camera's window is full, else None."""
+        with self.lock:
+            window = self.scores.setdefault(camera_id, collections.deque(maxlen=self.window))
+            window.append(score)
+            if len(window) < self.window:
+                return None
+            ks = ks_statistic(self.reference, np.fromiter(window, np.float64))
+            alarm = ks > self.limit
+            was = camera_id in self.alarmed
+            if alarm and not was:
+                self.alarmed.add(camera_id)
+                log.warning("drift alarm: camera %s's last %d scores differ from the calibration images' "
+                            "(KS %.3f > %.3f): check its lighting, lens and position", camera_id, self.window,
+                            ks, self.limit)  # fmt: skip
+            elif was and not alarm:
+                self.alarmed.discard(camera_id)
+                log.info("drift alarm cleared: camera %s (KS %.3f)", camera_id, ks)
+        if self.metrics is not None:
+            self.metrics.drift_ks.labels(camera_id).set(ks)
+            self.metrics.drift_alarm.labels(camera_id).set(float(alarm))
+        return ks
