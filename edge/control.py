@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge.errors import PackageError, VqadError
-from edge.serving import load_serving
+from edge.serving import drift_monitor, health_gate, load_serving
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -122,8 +122,8 @@ class Control:
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             raise VqadError(str(exc)) from exc
         d.swap(new)
-        d.health = d._health_gate(new.package)
-        d.drift = d._drift_monitor(new)  # a new model, a new reference: the windows start again
+        d.health = health_gate(new.package, d.cfg.health)
+        d.drift = drift_monitor(new, d.metrics)  # a new model, a new reference: the windows start again
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)

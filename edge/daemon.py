@@ -38,15 +38,14 @@ from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
 from edge.health import HealthGate
 from edge.metrics import DaemonMetrics
-from edge.protocol import Limits, UnreadableMessageError, parse_frame, result_message
+from edge.protocol import Limits, UnreadableMessageError, parse_frame
+from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
-from edge.serving import Serving, load_serving
+from edge.serving import Serving, drift_monitor, health_gate, load_serving
 from edge.settings import EdgeConfig
 from edge.state import mark_running
 
 log = logging.getLogger(__name__)
-
-_STOP = object()
 
 
 class Daemon:
@@ -103,8 +102,8 @@ class Daemon:
             cv2.setNumThreads(cfg.opencv_threads)
         self.serving = serving = load_serving(self.model_dir, cfg)
         pkg = serving.package
-        self.health = self._health_gate(pkg)
-        self.drift = self._drift_monitor(serving)
+        self.health = health_gate(pkg, cfg.health)
+        self.drift = drift_monitor(serving, self.metrics)
         self._busy = [threading.Lock() for _ in serving.backends]
         if cfg.record:
             from edge.record import RecordWriter
@@ -122,7 +121,7 @@ class Daemon:
         self.control = Control(self, cfg.control_endpoint)
         self.threads = [
             threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
-            threading.Thread(target=self._publish_loop, name="publisher", daemon=True),
+            threading.Thread(target=Publisher(self).run, name="publisher", daemon=True),
             threading.Thread(target=self.control.run, name="control", daemon=True),
         ]
         for t in self.threads:
@@ -217,7 +216,7 @@ class Daemon:
             receiver.join(timeout=10)
         for item in self.queue.drain():  # only if the main loop died: nothing accepted goes unanswered
             self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopped before inference", item.recv_ns)
-        self.outbox.put(_STOP)
+        self.outbox.put(STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
         if self.recorder is not None:
@@ -236,23 +235,6 @@ class Daemon:
     def _check_previous_exit(self) -> None:
         state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
         self._marker = mark_running(state_dir, self.metrics)
-
-    def _drift_monitor(self, serving: Serving) -> DriftMonitor | None:
-        scores = serving.package.meta.get("threshold", {}).get("scores")
-        if not scores:
-            log.warning("%s keeps no calibration scores (exported before them): the drift alarm is off",
-                        serving.package.root)  # fmt: skip
-            return None
-        return DriftMonitor(scores, self.metrics)
-
-    def _health_gate(self, pkg) -> HealthGate | None:
-        stats = pkg.meta.get("camera_health")
-        if not self.cfg.health.enabled:
-            return None
-        if not stats:
-            log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
-            return None
-        return HealthGate(stats, self.cfg.health)
 
     # -- changes while serving (the control thread) ------------------------------------------
     def swap(self, new: Serving, close_old: bool = True) -> Serving:
@@ -384,44 +366,6 @@ class Daemon:
 
     def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
         self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns))
-
-    def _publish_loop(self) -> None:
-        """Publish results: single ones (errors, drops) at once, batches in their numbered order
-        (with several workers, batch n+1 can finish before batch n)."""
-        sock = self.results_sock
-        held: dict[int, list] = {}
-        next_seq = 0
-        try:
-            while True:
-                item = self.outbox.get()
-                if item is _STOP:
-                    break
-                if not isinstance(item, BatchResults):
-                    self._publish(sock, item)
-                    continue
-                held[item.seq] = item.items
-                while next_seq in held:
-                    for result in held.pop(next_seq):
-                        self._publish(sock, result)
-                    next_seq += 1
-            for seq in sorted(held):  # only after a worker died mid-batch: publish rather than lose
-                for result in held.pop(seq):
-                    self._publish(sock, result)
-        finally:
-            sock.close(linger=self.cfg.linger_ms)
-
-    def _publish(self, sock: zmq.Socket, result: Result) -> None:
-        header = result.header
-        total_ms = (time.time_ns() - result.recv_ns) / 1e6 if result.recv_ns else 0.0
-        header["latency_ms"]["total"] = round(total_ms, 3)
-        sock.send_multipart(result_message(header, result.map_bytes, result.extra))
-        if self.recorder is not None:
-            self.recorder.put(result, time.time_ns())
-        self.metrics.results.labels(header["status"], header["decision"] or "none").inc()
-        if header["status"] == "ok":
-            self.metrics.latency.labels("total").observe(total_ms)
-        with self._count_lock:
-            self.published += 1
 
 
 def _ts(parts: list[bytes | memoryview]) -> int:

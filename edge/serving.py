@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends import Backend, create_backend
+from edge.drift import DriftMonitor
 from edge.errors import PackageError
 from edge.frames import as_size
+from edge.health import HealthGate, HealthLimits
+from edge.metrics import DaemonMetrics
 from edge.package import FP32_FILE, ModelPackage, load_package
 from edge.results import Scoring
 from edge.settings import EdgeConfig
@@ -70,3 +73,24 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, threshold: float | None = Non
             backend.close()
         raise
     return Serving(pkg, backends, scoring)
+
+
+def health_gate(pkg: ModelPackage, limits: HealthLimits) -> HealthGate | None:
+    """The camera health gate for `pkg`'s training figures (None: off, or a package without them)."""
+    stats = pkg.meta.get("camera_health")
+    if not limits.enabled:
+        return None
+    if not stats:
+        log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
+        return None
+    return HealthGate(stats, limits)
+
+
+def drift_monitor(serving: Serving, metrics: DaemonMetrics) -> DriftMonitor | None:
+    """The drift alarm against `serving`'s calibration scores (None for a package without them)."""
+    scores = serving.package.meta.get("threshold", {}).get("scores")
+    if not scores:
+        log.warning("%s keeps no calibration scores (exported before them): the drift alarm is off",
+                    serving.package.root)  # fmt: skip
+        return None
+    return DriftMonitor(scores, metrics)

@@ -1,0 +1,61 @@
+"""The daemon's publisher thread: every result out on the PUB socket, and to the record.
+
+Single results (errors, drops) go out at once; batches in the order they were numbered (with
+several inference workers, batch n+1 can finish before batch n).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import zmq
+
+from edge.protocol import result_message
+from edge.results import BatchResults, Result
+
+if TYPE_CHECKING:
+    from edge.daemon import Daemon
+
+STOP = object()  # put in the daemon's outbox when nothing more will come
+
+
+class Publisher:
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def run(self) -> None:
+        sock = self.d.results_sock
+        held: dict[int, list[Result]] = {}
+        next_seq = 0
+        try:
+            while True:
+                item = self.d.outbox.get()
+                if item is STOP:
+                    break
+                if not isinstance(item, BatchResults):
+                    self.publish(sock, item)
+                    continue
+                held[item.seq] = item.items
+                while next_seq in held:
+                    for result in held.pop(next_seq):
+                        self.publish(sock, result)
+                    next_seq += 1
+            for seq in sorted(held):  # only after a worker died mid-batch: publish rather than lose
+                for result in held.pop(seq):
+                    self.publish(sock, result)
+        finally:
+            sock.close(linger=self.d.cfg.linger_ms)
+
+    def publish(self, sock: zmq.Socket, result: Result) -> None:
+        d, header = self.d, result.header
+        total_ms = (time.time_ns() - result.recv_ns) / 1e6 if result.recv_ns else 0.0
+        header["latency_ms"]["total"] = round(total_ms, 3)
+        sock.send_multipart(result_message(header, result.map_bytes, result.extra))
+        if d.recorder is not None:
+            d.recorder.put(result, time.time_ns())
+        d.metrics.results.labels(header["status"], header["decision"] or "none").inc()
+        if header["status"] == "ok":
+            d.metrics.latency.labels("total").observe(total_ms)
+        with d._count_lock:
+            d.published += 1
