@@ -20,7 +20,7 @@ import zmq
 
 from benchmarks.common import machine, vqad, write_report
 
-PARTS = ("accuracy", "backends", "daemon", "record", "transport")
+PARTS = ("accuracy", "backends", "daemon", "record", "drift", "transport")
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -83,6 +83,16 @@ def markdown(report: dict[str, Any]) -> str:
                 )
         lines.append("")
     lines += real_markdown(report.get("accuracy_real"))
+    drift = report.get("drift")
+    if drift:
+        lines += [
+            "## Drift alarm",
+            "",
+            f"- false alarms on {drift['good_windows']} held-out good windows of {drift['window']}: "
+            f"{100 * drift['false_alarm_rate']:.1f}%; a +20% gain raised it after "
+            f"{drift['gain_1.2_alarm_after_frames']} frames",
+            "",
+        ]
     rec = report.get("record")
     if rec:
         pg = rec["postgresql_rows_per_s"]
@@ -277,6 +287,13 @@ def main() -> None:
         from benchmarks.record import bench_record
 
         report["record"] = bench_record(model_dir, quick=args.quick)
+        write_report(report)
+    if "drift" in parts and report.get("accuracy"):
+        from benchmarks.drift import bench_drift
+
+        # The default run of the first category: its package, its good test images.
+        first = next(iter(report["accuracy"]["categories"]))
+        report["drift"] = bench_drift(model_dir, Path(report["accuracy"]["data"]) / first)
         write_report(report)
     if "transport" in parts:
         from benchmarks.transport import bench_transport
