@@ -33,3 +33,15 @@ def test_a_gain_drift_raises_the_alarm_within_one_window_and_good_windows_stay_q
         assert (ks is None) == (i < WINDOW - 1)
     assert "drifted" in monitor.alarmed and ks > monitor.limit
     assert metrics.drift_alarm.labels("drifted")._value.get() == 1.0
+
+
+def test_the_drift_bench_runs_a_real_package_on_its_good_images(tiny_model, synth_root):
+    """`python -m benchmarks.drift`: the package's own calibration scores as the reference, its
+    FP32 graph scoring the good test images and the same images under +20% gain."""
+    from benchmarks.drift import bench_drift
+
+    out = bench_drift(tiny_model, synth_root / "bracket", windows=3)
+    assert out["reference_scores"] >= 2 and out["good_images"] == 4 and out["good_windows"] == 3
+    assert 0.0 <= out["false_alarm_rate"] <= 1.0 and out["ks_limit"] > 0
+    alarm = out["gain_1.2_alarm_after_frames"]
+    assert alarm in (None, WINDOW)  # a verdict comes only with the first full window
