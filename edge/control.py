@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge.errors import PackageError, VqadError
-from edge.serving import drift_monitor, health_gate, load_serving
+from edge.serving import load_serving
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -63,9 +63,9 @@ class Control:
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One command -> its JSON reply; a refused one says why and changes nothing."""
-        command = request.get("command") if isinstance(request, dict) else None
-        args = request.get("args") or {} if isinstance(request, dict) else {}
-        by = str(request.get("by") or "unknown") if isinstance(request, dict) else "unknown"
+        if not isinstance(request, dict):
+            request = {}
+        command, args, by = request.get("command"), request.get("args") or {}, str(request.get("by") or "unknown")
         try:
             if command not in COMMANDS:
                 raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
@@ -100,7 +100,6 @@ class Control:
             raise ValueError("set-threshold needs a reason")
         d = self.daemon
         old = d.swap(d.serving.with_threshold(value), close_old=False).scoring.threshold
-        d.metrics.threshold.set(value)
         self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
         return {"threshold": value, "previous": old}
 
@@ -110,7 +109,7 @@ class Control:
         d = self.daemon
         old = d.serving
         try:
-            new = load_serving(d.model_dir, d.cfg)
+            new = load_serving(d.model_dir, d.cfg, d.metrics)
             if new.package.input_shape != old.package.input_shape:
                 new.close()
                 raise PackageError(
@@ -121,9 +120,7 @@ class Control:
             d.metrics.reload_failures.inc()
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             raise VqadError(str(exc)) from exc
-        d.swap(new)
-        d.health = health_gate(new.package, d.cfg.health)
-        d.drift = drift_monitor(new, d.metrics)  # a new model, a new reference: the windows start again
+        d.swap(new)  # a new model, a new health gate and drift reference: the windows start again
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)

@@ -33,15 +33,13 @@ import zmq
 from edge import transport
 from edge.batcher import FrameQueue
 from edge.control import Control
-from edge.drift import DriftMonitor
 from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
-from edge.health import HealthGate
 from edge.metrics import DaemonMetrics
 from edge.protocol import Limits, UnreadableMessageError, parse_frame
 from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
-from edge.serving import Serving, drift_monitor, health_gate, load_serving
+from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
 from edge.state import mark_running
 
@@ -67,8 +65,6 @@ class Daemon:
         self._busy: list[threading.Lock] = []  # held by worker i while it infers a batch
         self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
-        self.health: HealthGate | None = None  # the camera health gate of the serving package
-        self.drift: DriftMonitor | None = None  # the drift alarm of the serving package's threshold
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -100,10 +96,9 @@ class Daemon:
         self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
-        self.serving = serving = load_serving(self.model_dir, cfg)
+        self.serving = serving = load_serving(self.model_dir, cfg, self.metrics)
+        self.metrics.threshold.set(serving.scoring.threshold)
         pkg = serving.package
-        self.health = health_gate(pkg, cfg.health)
-        self.drift = drift_monitor(serving, self.metrics)
         self._busy = [threading.Lock() for _ in serving.backends]
         if cfg.record:
             from edge.record import RecordWriter
@@ -242,6 +237,7 @@ class Daemon:
         old one, whose backends are then closed (not when only the threshold changed)."""
         with self._take_lock:
             old, self.serving = self.serving, new
+        self.metrics.threshold.set(new.scoring.threshold)
         for lock in self._busy:  # wait for the batches in flight on the old backends
             with lock:
                 pass
@@ -287,10 +283,10 @@ class Daemon:
         if frame.camera_id in self.paused:
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, "camera paused by the line's control", recv_ns)
             return
-        package = self.serving.package
+        serving = self.serving
         try:
-            model_input = to_model_input(frame.image, package.image_size, package.channels)
-            health = self.health.check(frame.camera_id, model_input) if self.health is not None else None
+            model_input = to_model_input(frame.image, serving.package.image_size, serving.package.channels)
+            health = serving.health.check(frame.camera_id, model_input) if serving.health is not None else None
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)
@@ -347,10 +343,9 @@ class Daemon:
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
-        drift = self.drift
-        if drift is not None:
+        if serving.drift is not None:  # the scores go to the alarm of the model that made them
             for result in results:
-                drift.add(result.header["camera_id"], result.header["score"])
+                serving.drift.add(result.header["camera_id"], result.header["score"])
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):

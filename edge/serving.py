@@ -1,5 +1,6 @@
 """What the daemon serves with: a model package, its backend instances (one per inference
-worker) and how results are scored (threshold, model identity). Loaded, verified and warmed
+worker), how results are scored (threshold, model identity), and what is measured against the
+package's own figures (the camera health gate, the drift alarm). Loaded, verified and warmed
 up as one; replaced as one between batches (a reload, a new threshold)."""
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ class Serving:
     package: ModelPackage
     backends: list[Backend]
     scoring: Scoring
+    health: HealthGate | None = None  # against the package's camera_health figures
+    drift: DriftMonitor | None = None  # against the scores its threshold was calibrated on
 
     def with_threshold(self, threshold: float) -> Serving:
-        """The same model and backends, scoring at another threshold."""
+        """The same model, backends, health gate and drift alarm, scoring at another threshold."""
         return dataclasses.replace(self, scoring=dataclasses.replace(self.scoring, threshold=threshold))
 
     def close(self) -> None:
@@ -39,10 +42,10 @@ class Serving:
             backend.close()
 
 
-def load_serving(model_dir: Path, cfg: EdgeConfig, threshold: float | None = None) -> Serving:
+def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Serving:
     """Load MODEL_DIR (following a `current` symlink as it points now), verify its graph's
-    sha256, build one backend per worker and warm each up. PackageError or BackendError when
-    anything is wrong; nothing is half-built then."""
+    sha256, build one backend per worker and warm each up, and the package's health gate and
+    drift alarm. PackageError or BackendError when anything is wrong; nothing is half-built then."""
     pkg = load_package(model_dir.resolve())
     if cfg.input_size != (0,) and as_size(cfg.input_size) != pkg.image_size:
         raise PackageError(
@@ -50,9 +53,8 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, threshold: float | None = Non
             f"expects edge.input_size={list(cfg.input_size)}: wrong model for this line?"
         )
     pkg.verify(FP32_FILE)
-    chosen = threshold if threshold is not None else (cfg.threshold if cfg.threshold is not None else pkg.threshold)
     scoring = Scoring(
-        threshold=float(chosen),
+        threshold=float(cfg.threshold if cfg.threshold is not None else pkg.threshold),
         model={"name": pkg.name, "sha256": pkg.sha256},
         map_scale=float(pkg.map_scale),
         min_region_area=cfg.min_region_area,
@@ -72,7 +74,9 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, threshold: float | None = Non
         for backend in backends:
             backend.close()
         raise
-    return Serving(pkg, backends, scoring)
+    serving = Serving(pkg, backends, scoring, health_gate(pkg, cfg.health))
+    serving.drift = drift_monitor(serving, metrics)
+    return serving
 
 
 def health_gate(pkg: ModelPackage, limits: HealthLimits) -> HealthGate | None:
