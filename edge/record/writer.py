@@ -69,7 +69,6 @@ class RecordWriter:
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
         self.handed = 0
-        self.previous_missing = 0
         self.state_file = Path(state_file) if state_file else None
         if self.state_file is not None:
             self._report_previous_run()
@@ -228,7 +227,6 @@ class RecordWriter:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(sa.func.count()).where(results.c.daemon_run == state["run"])).scalar_one()
         missing = int(state["handed"]) - rows
-        self.previous_missing = max(0, missing)
         if missing > 0:
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
                         "(it stopped before they were committed)", rows, missing)  # fmt: skip
