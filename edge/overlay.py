@@ -1,7 +1,9 @@
 """Heat-map overlays: one picture of where a frame is anomalous. Used by `vqad eval`
-reports and by `vqad watch --save-dir`, so both draw the same thing."""
+reports, `vqad watch --save-dir` and the dashboard, so all draw the same thing."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,3 +41,22 @@ def label(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255
     cv2.rectangle(image, (0, 0), (tw + 6, th + 8), (0, 0, 0), -1)
     cv2.putText(image, text, (3, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
     return image
+
+
+def result_picture(header: dict[str, Any], amap: np.ndarray, frame_jpeg: bytes | None = None) -> np.ndarray:
+    """A published result as a picture: its map over the streamed frame (the map alone when the
+    stream carries no frame), its regions boxed, and a label. -> (h, w, 3) BGR at map size."""
+    base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR) if frame_jpeg else None
+    if base is None:
+        base = np.zeros((*amap.shape, 3), np.uint8)
+    picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
+    fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
+    sx, sy = picture.shape[1] / fw, picture.shape[0] / fh
+    boxes = [
+        {"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []
+    ]
+    draw_regions(picture, boxes)
+    verdict = (header.get("decision") or header["status"]).upper()
+    colour = (0, 0, 255) if verdict == "FAIL" else (255, 255, 255)
+    label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} {verdict}", colour)
+    return picture

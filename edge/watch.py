@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import zmq
 
-from edge.overlay import draw_regions, heatmap_overlay, label
+from edge.overlay import result_picture
 from edge.protocol import RESULT_TOPIC_PREFIX, parse_result
 
 log = logging.getLogger(__name__)
@@ -76,20 +76,8 @@ def save_overlay(
 ) -> Path | None:
     if amap is None:
         return None
-    if frame_jpeg:
-        base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
-    else:
-        base = np.zeros((*amap.shape, 3), np.uint8)  # no frame in the stream: the heat map alone
-    picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
-    fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
-    sx, sy = amap.shape[1] / fw, amap.shape[0] / fh
-    boxes = [
-        {"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []
-    ]
-    draw_regions(picture, boxes)
-    label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} FAIL", (0, 0, 255))
     path = folder / f"{header['camera_id']}_{header['frame_id']:08d}.png"
-    cv2.imwrite(str(path), picture)
+    cv2.imwrite(str(path), result_picture(header, amap, frame_jpeg))
     return path
 
 

@@ -1,5 +1,5 @@
-"""The line: `vqad serve`, `vqad camera`, `vqad watch`, `vqad records`, `vqad review`. None of these
-imports torch."""
+"""The line: `vqad serve`, `vqad dashboard`, `vqad camera`, `vqad watch`, `vqad records`, `vqad review`,
+`vqad ctl`. None of these imports torch."""
 
 from __future__ import annotations
 
@@ -183,8 +183,24 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    from edge.config import load_config
+    from edge.dashboard.server import run_dashboard
+    from edge.dashboard.settings import DashboardConfig
+
+    over = {key: getattr(args, key) for key in ("results", "record", "metrics", "host", "port", "token")}
+    over = {key: value for key, value in over.items() if value is not None}
+    if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
+        over["token"] = os.environ["VQAD_DASHBOARD_TOKEN"]
+    cfg = load_config(DashboardConfig, args.config or default_config("dashboard"), over)
+    return run_dashboard(cfg)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_serve(sub)
+    _add_dashboard(sub)
     _add_camera(sub)
     _add_watch(sub)
     _add_records(sub)
@@ -211,6 +227,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
     s.set_defaults(func=cmd_serve)
+
+
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("dashboard", help="serve a live view of the line in the browser (and its JSON API)")
+    d.add_argument("--config", type=Path, help="dashboard config YAML (default configs/dashboard.yaml)")
+    d.add_argument("--results", metavar="ENDPOINT", help="the daemon's results endpoint")
+    d.add_argument("--record", metavar="URL", help="the line's record: rejects' evidence, and reviews from the page")
+    d.add_argument(
+        "--metrics", metavar="URL", help="the daemon's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics"
+    )
+    d.add_argument("--host", help="address to listen on (default 127.0.0.1; any other needs a token)")
+    d.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    d.add_argument("--token", help="require this token (or set VQAD_DASHBOARD_TOKEN, which ps cannot show)")
+    d.set_defaults(func=cmd_dashboard)
 
 
 def _add_camera(sub: argparse._SubParsersAction) -> None:

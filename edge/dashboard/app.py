@@ -1,0 +1,253 @@
+"""The dashboard's ASGI app (Starlette): one JSON API that the page and other programs share.
+
+    GET  /                                  the page (static files, no build step, no CDN)
+    GET  /api/summary                       per camera counts and rates; the daemon's state
+    GET  /api/rejects?camera=ID&limit=N     the latest fails, newest first, with image links
+    GET  /api/events                        server-sent events: the summary, coalesced
+    GET  /api/image/{camera}/{frame}/{kind} a result's picture: overlay (map, regions) or frame
+    POST /api/review                        a verdict on a recorded reject (the record's API)
+
+With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie a browser
+gets by opening `/?token=TOKEN` once. No CORS headers are sent: only the page's own origin
+may call the API from a browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edge.dashboard.live import LiveFrame, LiveView
+from edge.dashboard.probe import MetricsProbe
+from edge.dashboard.settings import DashboardConfig, is_loopback
+from edge.errors import DataError
+from edge.record import Record
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "vqad_token"
+# The page gets at most this many summaries a second, whatever the result rate: at 200
+# results/s a browser redraws twice a second instead of 200 times.
+UPDATE_EVERY_S = 0.5
+HEARTBEAT_S = 15.0
+MAX_REJECTS = 200
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+class TokenGate:
+    """Refuses every request without the token (401); `/?token=T` sets the cookie, then redirects."""
+
+    def __init__(self, app: ASGIApp, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if self.token and not self._authorised(request):
+            return await self._refuse(request)(scope, receive, send)
+        if self.token and "token" in request.query_params and request.url.path == "/":
+            response = RedirectResponse("/", status_code=303)  # the token leaves the address bar
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            return await response(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _authorised(self, request: Request) -> bool:
+        bearer = request.headers.get("authorization", "")
+        offered = [
+            bearer[7:] if bearer.lower().startswith("bearer ") else "",
+            request.cookies.get(COOKIE, ""),
+            request.query_params.get("token", "") if request.url.path == "/" else "",
+        ]
+        return any(secrets.compare_digest(o.encode(), self.token.encode()) for o in offered if o)
+
+    @staticmethod
+    def _refuse(request: Request) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "a token is required"}, 401, headers={"www-authenticate": "Bearer"})
+        return Response("A token is required: open /?token=TOKEN once.", 401, media_type="text/plain")
+
+
+class Dashboard:
+    """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
+
+    def __init__(self, cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None):
+        self.cfg, self.view, self.probe, self.record = cfg, view, probe, record
+        self._cached: tuple[float, dict[str, Any]] = (0.0, {})
+
+    # -- summary and its stream -----------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Computed at most once per half tick, whatever the number of pages asking."""
+        now = time.monotonic()
+        if now - self._cached[0] >= UPDATE_EVERY_S / 2:
+            self._cached = (now, self._summary())
+        return self._cached[1]
+
+    def _summary(self) -> dict[str, Any]:
+        cameras = self.view.summary()
+        daemon = self.probe.snapshot() if self.probe else {"up": None, "metrics": None}
+        for camera, view in cameras.items():
+            view["drift"] = daemon.get("drift", {}).get(camera)
+        daemon.update(
+            results_seen=self.view.results_seen,
+            throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
+            record=bool(self.record),
+        )
+        return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
+
+    async def api_summary(self, request: Request) -> Response:
+        return JSONResponse(self.summary())
+
+    async def api_events(self, request: Request) -> Response:
+        async def stream():
+            last_sent = 0.0
+            while not await request.is_disconnected():
+                payload = json.dumps(self.summary(), separators=(",", ":"))
+                yield f"event: summary\ndata: {payload}\n\n"
+                last_sent = time.monotonic()
+                await asyncio.sleep(UPDATE_EVERY_S)
+                if time.monotonic() - last_sent > HEARTBEAT_S:
+                    yield ": keep-alive\n\n"
+
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    # -- rejects and their pictures -------------------------------------------------------
+    def api_rejects(self, request: Request) -> Response:
+        camera = request.query_params.get("camera") or None
+        try:
+            limit = max(1, min(MAX_REJECTS, int(request.query_params.get("limit", "24"))))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, 400)
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for frame in self.view.rejects(camera, limit):
+            item = _reject_item(frame.header, recorded=False)
+            found[(item["camera_id"], item["frame_id"])] = item
+        if self.record is not None:
+            for row in self.record.results(camera=camera, decision="fail", limit=limit):
+                item = _reject_item(row, recorded=True)
+                found[(item["camera_id"], item["frame_id"])] = item
+        items = sorted(found.values(), key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
+        return JSONResponse({"rejects": items, "record": self.record is not None})
+
+    def api_image(self, request: Request) -> Response:
+        camera, kind = request.path_params["camera"], request.path_params["kind"]
+        frame_ref = request.path_params["frame"]
+        frame_id: int | str = frame_ref if frame_ref == "latest" else _int_or_none(frame_ref)
+        if frame_id is None or kind not in ("overlay", "frame"):
+            return JSONResponse({"error": "no such image"}, 404)
+        # The record's evidence first: the frame as received, at full size. The stream's
+        # picture (model size) while the writer has not stored it yet, or without a record.
+        if self.record is not None and frame_id != "latest":
+            evidence = self._evidence(camera, int(frame_id), kind)
+            if evidence is not None:
+                return evidence
+        live = self.view.find(camera, frame_id)
+        if live is not None:
+            return _live_image(live, kind)
+        return JSONResponse({"error": "no such image"}, 404)
+
+    def _evidence(self, camera: str, frame_id: int, kind: str) -> Response | None:
+        rows = self.record.results(camera=camera, frame_id=frame_id, limit=1)
+        if not rows:
+            return None
+        path = rows[0]["evidence_overlay" if kind == "overlay" else "evidence_frame"]
+        if rows[0]["evidence_removed"]:
+            return JSONResponse({"error": "the evidence was removed by the disk quota"}, 410)
+        if not path or not Path(path).is_file():
+            return None
+        return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
+
+    # -- review ---------------------------------------------------------------------------
+    async def api_review(self, request: Request) -> Response:
+        if self.record is None:
+            return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send application/json"}, 415)
+        try:
+            body = await request.json()
+            row = self.record.review(
+                str(body["camera_id"]), int(body["frame_id"]), str(body["verdict"]),
+                kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"a review needs camera_id, frame_id and verdict: {exc}"}, 400)
+        except DataError as exc:
+            return JSONResponse({"error": str(exc)}, 404 if "no recorded" in str(exc) else 400)
+        return JSONResponse({"review": row}, 201)
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _live_image(live: LiveFrame, kind: str) -> Response:
+    if kind == "frame":
+        if not live.frame_jpeg:
+            return JSONResponse({"error": "the stream carries no frames (edge publish_frames)"}, 404)
+        return Response(live.frame_jpeg, media_type="image/jpeg")
+    png = live.picture_png()
+    if png is None:
+        return JSONResponse({"error": "the stream carries no maps (edge publish_maps)"}, 404)
+    return Response(png, media_type="image/png")
+
+
+def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
+    """A reject as the API gives it, from a streamed header or a record row."""
+    camera, frame_id = str(src["camera_id"]), int(src["frame_id"])
+    base = f"/api/image/{quote(camera, safe='')}/{frame_id}"
+    item = {k: src.get(k) for k in ("camera_id", "frame_id", "ts_ns", "score", "threshold", "decision", "regions")}
+    has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
+    item.update(
+        model=src.get("model"),
+        recorded=recorded,
+        reviews=src.get("reviews", []) if recorded else [],
+        images={"overlay": f"{base}/overlay", "frame": f"{base}/frame" if has_frame else None},
+    )
+    return item
+
+
+def create_app(cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None) -> Starlette:
+    d = Dashboard(cfg, view, probe, record)
+    routes = [
+        Route("/api/summary", d.api_summary),
+        Route("/api/rejects", d.api_rejects),
+        Route("/api/events", d.api_events),
+        Route("/api/image/{camera}/{frame}/{kind}", d.api_image),
+        Route("/api/review", d.api_review, methods=["POST"]),
+        Mount("/", StaticFiles(directory=STATIC, html=True)),
+    ]
+    middleware = [Middleware(TokenGate, token=cfg.token)]
+    if not cfg.token and is_loopback(cfg.host):
+        # Without a token, only this machine's names: a web page elsewhere cannot reach the API
+        # through a DNS name rebound to 127.0.0.1.
+        hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+    return Starlette(routes=routes, middleware=middleware)

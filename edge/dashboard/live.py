@@ -1,0 +1,225 @@
+"""What the dashboard knows from the daemon's result stream: per camera, the counts, the fail
+rate over time, recent scores and latencies, the latest result and the latest rejects.
+
+`LiveView.add` takes each result as the subscriber reads it and only updates counters and
+bounded buffers; pictures are drawn when a page asks for one. `ResultsFeed` is the subscriber
+thread. The stream is the truth for "now"; the record (when given) is the truth for history.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from edge.overlay import result_picture
+from edge.protocol import RESULT_TOPIC_PREFIX, parse_result
+
+log = logging.getLogger(__name__)
+
+# Fail-rate bins: 10 s over the last hour is 360 points per camera, enough for a chart that
+# shows a minute's burst and cheap to send twice a second.
+BIN_S = 10
+HISTORY_S = 3600
+# Recent scores for the histogram and latencies for p50/p99: a few minutes at line rates.
+RECENT = 2000
+# Rejects kept in memory per camera (the record keeps all of them).
+REJECTS_KEPT = 24
+# Throughput is averaged over this window.
+RATE_WINDOW_S = 10.0
+
+
+@dataclass
+class LiveFrame:
+    """A result as streamed: its header, its map (None when not published), its frame as JPEG."""
+
+    header: dict[str, Any]
+    amap: np.ndarray | None
+    frame_jpeg: bytes | None
+    seen_s: float  # wall time the dashboard read it
+
+    def picture_png(self) -> bytes | None:
+        """The result drawn as a PNG (its map over the frame, regions boxed); None without a map."""
+        if self.amap is None or self.header.get("score") is None:
+            return None
+        ok, png = cv2.imencode(".png", result_picture(self.header, self.amap, self.frame_jpeg))
+        return png.tobytes() if ok else None
+
+
+@dataclass
+class CameraView:
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    last_ts_ns: int = 0
+    last_seen_s: float = 0.0
+    bins: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_S // BIN_S))
+    arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
+    scores: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
+    latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
+    threshold: float | None = None
+    model: dict[str, Any] | None = None
+    latest: LiveFrame | None = None
+    rejects: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REJECTS_KEPT))
+
+    def add(self, frame: LiveFrame) -> None:
+        h, now = frame.header, frame.seen_s
+        status, decision = h.get("status"), h.get("decision")
+        self.counts["frames"] += 1
+        self.counts[decision if status == "ok" and decision in ("pass", "fail") else status] += 1
+        self.last_ts_ns, self.last_seen_s = int(h.get("ts_ns") or 0), now
+        self.arrivals.append(now)
+        self._count_in_bin(now, decision if status == "ok" else None)
+        if status != "ok":
+            return
+        self.scores.append(float(h["score"]))
+        self.latency_ms.append(float((h.get("latency_ms") or {}).get("total") or 0.0))
+        self.threshold, self.model, self.latest = float(h["threshold"]), h.get("model"), frame
+        if decision == "fail":
+            self.rejects.append(frame)
+
+    def _count_in_bin(self, now: float, decision: str | None) -> None:
+        index = int(now // BIN_S)
+        if not self.bins or self.bins[-1][0] != index:
+            self.bins.append([index, 0, 0])  # [bin, decided, failed]
+        if decision in ("pass", "fail"):
+            self.bins[-1][1] += 1
+            self.bins[-1][2] += decision == "fail"
+
+    def fail_rate(self, now: float, span_s: float) -> float | None:
+        """Fails / decided results over the last span_s seconds (None when nothing was decided)."""
+        first = int((now - span_s) // BIN_S)
+        decided = sum(b[1] for b in self.bins if b[0] > first)
+        return sum(b[2] for b in self.bins if b[0] > first) / decided if decided else None
+
+    def fail_rate_series(self, now: float) -> list[list[float]]:
+        """[[seconds ago, fail rate]] per non-empty bin of the last hour, oldest first."""
+        return [
+            [round(max(0.0, now - (b[0] + 1) * BIN_S), 1), round(b[2] / b[1], 4)]
+            for b in self.bins
+            if b[1] and now - b[0] * BIN_S <= HISTORY_S
+        ]
+
+    def histogram(self, bins: int = 30) -> dict[str, Any]:
+        """Recent scores in `bins` bins from 0 to max(2 x threshold, the highest score)."""
+        if not self.scores or self.threshold is None:
+            return {"edges": [], "counts": []}
+        scores = np.fromiter(self.scores, np.float64)
+        top = max(2.0 * self.threshold, float(scores.max()), 1e-9)
+        counts, edges = np.histogram(np.clip(scores, 0.0, top), bins=bins, range=(0.0, top))
+        return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+    def summary(self, now: float, silent_after_s: float) -> dict[str, Any]:
+        c, lat = self.counts, np.fromiter(self.latency_ms, np.float64)
+        recent = sum(1 for t in self.arrivals if now - t <= RATE_WINDOW_S)
+        age = now - self.last_seen_s if self.last_seen_s else None
+        latest = self.latest.header if self.latest else None
+        return {
+            "frames": c["frames"],
+            "pass": c["pass"],
+            "fail": c["fail"],
+            "error": c["error"],
+            "dropped": c["dropped"],
+            "last_ts_ns": self.last_ts_ns,
+            "fail_rate_5min": self.fail_rate(now, 300),
+            "fail_rate_1h": self.fail_rate(now, 3600),
+            "age_s": round(age, 2) if age is not None else None,
+            "silent": age is None or age > silent_after_s,
+            "throughput_per_s": round(recent / RATE_WINDOW_S, 2),
+            "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 3) for q in (50, 99)} if len(lat) else None,
+            "threshold": self.threshold,
+            "model": self.model,
+            "latest": _brief(latest) if latest else None,
+            "fail_rate_series": self.fail_rate_series(now),
+            "histogram": self.histogram(),
+        }
+
+
+def _brief(h: dict[str, Any]) -> dict[str, Any]:
+    keys = ("camera_id", "frame_id", "ts_ns", "status", "score", "threshold", "decision", "regions", "health")
+    return {k: h.get(k) for k in keys if k in h}
+
+
+class LiveView:
+    """Thread-safe: the feed thread adds, request handlers read."""
+
+    def __init__(self, silent_after_s: float = 10.0):
+        self.silent_after_s = silent_after_s
+        self.cameras: dict[str, CameraView] = {}
+        self.lock = threading.Lock()
+        self.connected_since: float | None = None
+        self.results_seen = 0
+
+    def add(self, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> None:
+        frame = LiveFrame(header, amap, frame_jpeg, time.time())
+        with self.lock:
+            self.results_seen += 1
+            self.cameras.setdefault(str(header["camera_id"]), CameraView()).add(frame)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        with self.lock:
+            return {cam: view.summary(now, self.silent_after_s) for cam, view in sorted(self.cameras.items())}
+
+    def rejects(self, camera: str | None, limit: int) -> list[LiveFrame]:
+        """The latest streamed rejects, newest first."""
+        with self.lock:
+            views = [self.cameras[camera]] if camera in self.cameras else [] if camera else self.cameras.values()
+            found = [f for v in views for f in v.rejects]
+        return sorted(found, key=lambda f: f.seen_s, reverse=True)[:limit]
+
+    def find(self, camera: str, frame_id: int | str) -> LiveFrame | None:
+        """A streamed result still held: the latest of `camera` ("latest"), or one of its rejects."""
+        with self.lock:
+            view = self.cameras.get(camera)
+            if view is None:
+                return None
+            if frame_id == "latest":
+                return view.latest
+            return next((f for f in view.rejects if f.header["frame_id"] == frame_id), None)
+
+
+class ResultsFeed(threading.Thread):
+    """Subscribes to the daemon's results and adds each to a LiveView until stopped."""
+
+    def __init__(self, endpoint: str, view: LiveView, curve_secret: str = "", curve_server_key: str = ""):
+        super().__init__(name="results-feed", daemon=True)
+        self.endpoint, self.view = endpoint, view
+        self.curve = (curve_secret, curve_server_key) if curve_secret else None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        # The dashboard must never slow the daemon: past this many unread results, ZeroMQ drops
+        # this subscriber's messages (PUB never blocks) and the counts show a gap, not a stall.
+        sock.setsockopt(zmq.RCVHWM, 10000)
+        if self.curve:
+            from edge.security import make_curve_client
+
+            make_curve_client(sock, *self.curve)
+        sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX)
+        sock.connect(self.endpoint)
+        self.view.connected_since = time.time()
+        try:
+            while not self.stopping.is_set():
+                if not sock.poll(100):
+                    continue
+                parts = sock.recv_multipart()
+                try:
+                    header, amap = parse_result(parts)
+                except (ValueError, KeyError, json.JSONDecodeError) as exc:
+                    log.warning("ignoring a malformed result: %s", exc)
+                    continue
+                self.view.add(header, amap, parts[3] if len(parts) > 3 else None)
+        finally:
+            sock.close(linger=0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(2.0)

@@ -1,0 +1,63 @@
+"""`vqad dashboard`: startup (the record, the result feed, the daemon probe, the listening
+socket) -> uvicorn's main loop -> shutdown (each part stopped, the record closed)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from edge.dashboard.app import create_app
+from edge.dashboard.live import LiveView, ResultsFeed
+from edge.dashboard.probe import MetricsProbe
+from edge.dashboard.settings import DashboardConfig
+from edge.errors import ConfigError
+from edge.record import Record
+
+log = logging.getLogger(__name__)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound before uvicorn starts, so that a taken port is one clear error."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def run_dashboard(cfg: DashboardConfig) -> int:
+    sock = listening_socket(cfg.host, cfg.port)
+    record = Record(cfg.record) if cfg.record else None
+    view = LiveView(cfg.silent_after_s)
+    feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key)
+    probe = MetricsProbe(cfg.metrics) if cfg.metrics else None
+    feed.start()
+    if probe:
+        probe.start()
+    app = create_app(cfg, view, probe, record)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="off")
+    )
+    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    log.info(
+        "dashboard on http://%s:%d/ (results %s, record %s, metrics %s%s)",
+        shown, cfg.port, cfg.results, record.engine.url.render_as_string(hide_password=True) if record else "none",
+        cfg.metrics or "none", ", token required" if cfg.token else "",
+    )  # fmt: skip
+    try:
+        server.run(sockets=[sock])
+    finally:
+        feed.stop()
+        if probe:
+            probe.stop()
+        if record:
+            record.close()
+        sock.close()
+    log.info("dashboard stopped")
+    return 0

@@ -1,0 +1,57 @@
+"""The dashboard's config (configs/dashboard.yaml; `vqad dashboard` flags override it)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from edge.config import require
+
+# A token shorter than this is guessable by a script on the plant network in a day of tries.
+MIN_TOKEN_CHARS = 16
+
+
+def is_loopback(host: str) -> bool:
+    """True for the names and addresses that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    # The daemon's results endpoint (a SUB socket connects to it).
+    results: str = "tcp://127.0.0.1:5556"
+    # The line's record (sqlite:///PATH or postgresql://...): rejects with their evidence, and
+    # reviews from the page. "" = the live stream only, without reviews.
+    record: str = ""
+    # The daemon's Prometheus endpoint (http://HOST:PORT/metrics): up, ready, queue, drift. "" = none.
+    metrics: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Required off loopback. Also read from the VQAD_DASHBOARD_TOKEN environment variable.
+    token: str = ""
+    # A camera with no result for this long is shown as silent (red).
+    silent_after_s: float = 10.0
+    # CURVE client keys when the daemon's results socket is encrypted.
+    curve_secret: str = ""
+    curve_server_key: str = ""
+
+    def __post_init__(self) -> None:
+        require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
+        require(self.silent_after_s > 0, "silent_after_s must be > 0")
+        require(
+            is_loopback(self.host) or bool(self.token),
+            f"binding the dashboard to {self.host!r} (beyond this machine) requires a token: "
+            "--token or VQAD_DASHBOARD_TOKEN",
+        )
+        require(
+            not self.token or len(self.token) >= MIN_TOKEN_CHARS,
+            f"the token must have at least {MIN_TOKEN_CHARS} characters "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe())' makes one)",
+        )
+        require(self.metrics == "" or self.metrics.startswith(("http://", "https://")), "metrics: an http(s) URL")
+        require(bool(self.curve_secret) == bool(self.curve_server_key), "CURVE needs curve_secret and curve_server_key")

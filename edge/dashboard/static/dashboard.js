@@ -1,0 +1,258 @@
+// The dashboard page: one EventSource for the summary (the server sends at most two a second),
+// redrawn once per animation frame at most; rejects and pictures fetched only when they change.
+// Everything is drawn with textContent and canvas: nothing from the line is parsed as HTML.
+"use strict";
+
+const GALLERY_SIZE = 12;
+const IMAGE_EVERY_MS = 1000; // the latest result's picture, at most once a second per camera
+const GALLERY_EVERY_MS = 500; // the gallery, at most twice a second: a reject shows within 2 s
+
+const state = { summary: null, drawPending: false, cameras: new Map(), open: null };
+window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
+
+function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
+function setText(root, field, text) { const el = $(root, field); if (el.textContent !== text) el.textContent = text; }
+function pct(x) { return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`; }
+function num(x, digits = 4) { return x === null || x === undefined ? "–" : Number(x).toPrecision(digits); }
+function when(ns) { return ns ? new Date(ns / 1e6).toLocaleString() : "–"; }
+function pill(el, text, kind) { el.textContent = text; el.className = `pill ${kind}`; }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+// -- the live summary ---------------------------------------------------------------------
+function connect() {
+  const source = new EventSource("/api/events");
+  source.addEventListener("summary", (event) => {
+    state.summary = JSON.parse(event.data);
+    window.vqadStats.events += 1;
+    if (!state.drawPending) {
+      state.drawPending = true;
+      requestAnimationFrame(draw);
+    }
+  });
+  source.onerror = () => pill(document.querySelector('[data-field="daemon-state"]'), "dashboard unreachable", "bad");
+}
+
+function draw() {
+  state.drawPending = false;
+  const s = state.summary;
+  if (!s) return;
+  drawDaemon(s.daemon);
+  const ids = Object.keys(s.cameras);
+  document.getElementById("no-cameras").hidden = ids.length > 0;
+  for (const id of ids) drawCamera(id, s.cameras[id], s.daemon);
+  window.vqadStats.renders += 1;
+}
+
+function drawDaemon(d) {
+  const bar = document.getElementById("daemon");
+  const el = $(bar, "daemon-state");
+  if (d.up === null || d.up === undefined) pill(el, "daemon: no metrics endpoint", "warn");
+  else if (!d.up) pill(el, "daemon down", "bad");
+  else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
+  setText(bar, "throughput", num(d.throughput_per_s, 3));
+  setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
+  setText(bar, "threshold", num(d.threshold));
+  setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
+  setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
+}
+
+function cameraSection(id) {
+  let cam = state.cameras.get(id);
+  if (cam) return cam;
+  const node = document.getElementById("camera-template").content.firstElementChild.cloneNode(true);
+  node.dataset.camera = id;
+  $(node, "name").textContent = id;
+  document.getElementById("cameras").appendChild(node);
+  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null };
+  state.cameras.set(id, cam);
+  return cam;
+}
+
+function drawCamera(id, c, daemon) {
+  const cam = cameraSection(id);
+  const n = cam.node;
+  for (const key of ["frames", "pass", "fail", "error", "dropped"]) setText(n, key, String(c[key]));
+  setText(n, "fail-rate-5min", pct(c.fail_rate_5min));
+  setText(n, "fail-rate-1h", pct(c.fail_rate_1h));
+  setText(n, "cam-throughput", `${num(c.throughput_per_s, 3)}/s`);
+  setText(n, "latency", c.latency_ms ? `${c.latency_ms.p50.toFixed(1)} / ${c.latency_ms.p99.toFixed(1)} ms` : "–");
+  setText(n, "model", c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "");
+  n.classList.toggle("silent", c.silent);
+  const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
+  pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
+  drawDrift($(n, "drift"), c.drift, daemon);
+  drawLatest(cam, id, c.latest);
+  drawRateChart($(n, "rate-chart"), c.fail_rate_series);
+  drawHistogram($(n, "histogram"), c.histogram, c.threshold);
+  if (c.fail !== cam.galleryFails) scheduleGallery(cam, id, c.fail);
+}
+
+function drawDrift(el, drift, daemon) {
+  if (!drift) { pill(el, daemon.up ? "drift: not measured yet" : "drift: unknown", ""); return; }
+  pill(el, drift.alarm ? `DRIFT (KS ${num(drift.ks, 3)})` : `no drift (KS ${num(drift.ks, 3)})`, drift.alarm ? "bad" : "ok");
+}
+
+function drawLatest(cam, id, latest) {
+  if (!latest) return;
+  const caption = `#${latest.frame_id} ${(latest.decision || latest.status).toUpperCase()} score ${num(latest.score)} at ${when(latest.ts_ns)}`;
+  setText(cam.node, "latest-caption", caption);
+  const now = performance.now();
+  if (latest.frame_id === cam.imageFrame || now - cam.imageAt < IMAGE_EVERY_MS) return;
+  cam.imageAt = now;
+  cam.imageFrame = latest.frame_id;
+  $(cam.node, "latest-image").src = `/api/image/${encodeURIComponent(id)}/latest/overlay?f=${latest.frame_id}`;
+}
+
+// -- charts (plain canvas) ------------------------------------------------------------------
+function canvasContext(canvas) {
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = "11px system-ui";
+  ctx.fillStyle = "#8a949e";
+  return ctx;
+}
+
+function drawRateChart(canvas, series) {
+  const ctx = canvasContext(canvas);
+  const w = canvas.width, h = canvas.height, pad = 24;
+  const top = Math.max(0.05, ...series.map((p) => p[1]));
+  ctx.fillText(`${(100 * top).toFixed(0)}%`, 2, 12);
+  ctx.fillText("-60 min", pad, h - 4);
+  ctx.fillText("now", w - 24, h - 4);
+  const points = series.map(([ago, rate]) => [pad + (w - pad - 4) * (1 - ago / 3600), h - pad - (h - pad - 8) * (rate / top)]);
+  ctx.strokeStyle = "#f85149";
+  ctx.fillStyle = "#f85149";
+  ctx.beginPath();
+  points.forEach(([x, y], i) => (i === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
+  ctx.stroke();
+  for (const [x, y] of points) ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+}
+
+function drawHistogram(canvas, hist, threshold) {
+  const ctx = canvasContext(canvas);
+  const w = canvas.width, h = canvas.height, pad = 18;
+  if (!hist.counts.length) { ctx.fillText("no scores yet", 8, 20); return; }
+  const top = Math.max(...hist.counts), span = hist.edges[hist.edges.length - 1];
+  const bw = (w - 8) / hist.counts.length;
+  hist.counts.forEach((count, i) => {
+    const bh = (h - pad - 8) * (count / top);
+    ctx.fillStyle = hist.edges[i] >= threshold ? "#f85149" : "#3fb950";
+    ctx.fillRect(4 + i * bw, h - pad - bh, Math.max(1, bw - 1), bh);
+  });
+  const x = 4 + (w - 8) * (threshold / span);
+  ctx.strokeStyle = "#e6e9ec";
+  ctx.setLineDash([4, 3]);
+  ctx.beginPath(); ctx.moveTo(x, 4); ctx.lineTo(x, h - pad); ctx.stroke();
+  ctx.setLineDash([]);
+  ctx.fillStyle = "#8a949e";
+  ctx.fillText("0", 4, h - 4);
+  ctx.fillText(num(span, 3), w - 40, h - 4);
+  ctx.fillText(`threshold ${num(threshold, 3)}`, Math.min(x + 4, w - 110), 14);
+}
+
+// -- rejects ------------------------------------------------------------------------------
+function scheduleGallery(cam, id, fails) {
+  if (cam.galleryTimer) return;
+  const wait = Math.max(0, GALLERY_EVERY_MS - (performance.now() - cam.galleryAt));
+  cam.galleryTimer = setTimeout(() => loadGallery(cam, id, fails), wait);
+}
+
+async function loadGallery(cam, id, fails) {
+  cam.galleryTimer = null;
+  cam.galleryAt = performance.now();
+  window.vqadStats.galleryFetches += 1;
+  try {
+    const body = await api(`/api/rejects?camera=${encodeURIComponent(id)}&limit=${GALLERY_SIZE}`);
+    cam.galleryFails = fails;
+    drawGallery($(cam.node, "gallery"), body.rejects);
+    // Rejects not in the record yet (its writer commits every half second): look again soon.
+    if (body.record && body.rejects.some((r) => !r.recorded)) scheduleGallery(cam, id, fails);
+  } catch (err) {
+    setText(cam.node, "gallery", `rejects unavailable: ${err.message}`);
+  }
+}
+
+function drawGallery(gallery, rejects) {
+  const items = rejects.map((r) => {
+    const button = document.createElement("button");
+    button.className = "reject";
+    button.type = "button";
+    button.dataset.frameId = r.frame_id;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.alt = `frame ${r.frame_id}`;
+    img.src = r.images.overlay;
+    const caption = document.createElement("span");
+    caption.textContent = `#${r.frame_id} ${num(r.score)}`;
+    button.append(img, caption);
+    if (r.reviews.length) {
+      const done = document.createElement("span");
+      done.className = "reviewed";
+      done.textContent = r.reviews[r.reviews.length - 1].verdict.replace("_", " ");
+      button.append(done);
+    }
+    button.addEventListener("click", () => openDetail(r));
+    return button;
+  });
+  if (!items.length) { gallery.textContent = "none"; return; }
+  gallery.replaceChildren(...items);
+}
+
+function openDetail(r) {
+  state.open = r;
+  document.getElementById("detail-overlay").src = r.images.overlay;
+  const frame = document.getElementById("detail-frame");
+  frame.hidden = !r.images.frame;
+  if (r.images.frame) frame.src = r.images.frame;
+  const rows = [
+    ["camera", r.camera_id], ["frame", r.frame_id], ["time", when(r.ts_ns)],
+    ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
+    ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
+    ["regions", (r.regions || []).map((g) => `${g.w}×${g.h} at (${g.x}, ${g.y}), peak ${num(g.peak, 3)}`).join("; ") || "none"],
+    ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
+  ];
+  const meta = document.getElementById("detail-meta");
+  meta.replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = String(v);
+    return [dt, dd];
+  }));
+  // A fresh reject may reach the record a moment after the stream: the record answers for it.
+  const canReview = Boolean(state.summary && state.summary.daemon.record);
+  for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
+  document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
+  document.getElementById("detail").showModal();
+}
+
+async function review(verdict) {
+  const r = state.open;
+  const by = document.getElementById("review-by").value.trim();
+  localStorage.setItem("vqad-reviewer", by);
+  const body = {
+    camera_id: r.camera_id, frame_id: r.frame_id, verdict, by,
+    kind: verdict === "defect" ? document.getElementById("review-kind").value.trim() : "",
+    note: document.getElementById("review-note").value.trim(),
+  };
+  const status = document.getElementById("review-status");
+  try {
+    await api("/api/review", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    status.textContent = `Recorded: ${verdict.replace("_", " ")}.`;
+    const cam = state.cameras.get(r.camera_id);
+    if (cam) loadGallery(cam, r.camera_id, cam.galleryFails);
+  } catch (err) {
+    status.textContent = `Not recorded: ${err.message}`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("review-by").value = localStorage.getItem("vqad-reviewer") || "";
+  document.getElementById("review-false-reject").addEventListener("click", () => review("false_reject"));
+  document.getElementById("review-defect").addEventListener("click", () => review("defect"));
+  connect();
+});

@@ -1,0 +1,100 @@
+"""A real browser and a real dashboard process for tests: headless Chromium from Debian
+(`chromium`, `chromium-driver`; `.ci/run` installs them) driven by Selenium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.edge_helpers import BLOCKED_LAUNCH
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def headless_chromium(width: int = 1400, height: int = 1000):
+    """A Selenium driver for Debian's headless Chromium; skipped (failed under CI) without one."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            raise RuntimeError("Chromium is not installed: .ci/run installs chromium and chromium-driver")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def wait_for(check, timeout: float = 10.0, every: float = 0.05):
+    """check() until it returns something true, for at most `timeout` seconds -> its value (or None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return None
+
+
+class DashboardProcess:
+    """`vqad dashboard` in a process of its own, with torch and train/ unimportable."""
+
+    def __init__(self, *args: str, log_path: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-c", BLOCKED_LAUNCH, "dashboard", "--port", str(self.port), *args]
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.log_path = log_path
+
+    def start(self, timeout: float = 30.0, headers: dict | None = None) -> DashboardProcess:
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+
+        def answering() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dashboard exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+            request = urllib.request.Request(self.url + "/api/summary", headers=headers or {})
+            try:
+                urllib.request.urlopen(request, timeout=1)
+            except urllib.error.HTTPError:
+                return True  # answering, with a refusal
+            except OSError:
+                return False
+            return True
+
+        if not wait_for(answering, timeout, every=0.1):
+            raise AssertionError(f"dashboard not answering in {timeout}s:\n{self.log_path.read_text()}")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+    def __enter__(self) -> DashboardProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

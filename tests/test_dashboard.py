@@ -1,0 +1,187 @@
+"""The dashboard (`vqad dashboard`): its parts on their own, then the page in headless Chromium
+against a real daemon with a tiny model: the counts streamed, a reject in the gallery within
+2 s, a review written from the page, and a token that every request needs."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from edge.dashboard.live import LiveView
+from edge.dashboard.probe import read_metrics
+from edge.dashboard.settings import DashboardConfig
+from edge.metrics import DaemonMetrics
+from edge.protocol import frame_message, result_header
+from edge.record import Record
+from tests.browser import DashboardProcess, free_port, headless_chromium, wait_for
+from tests.conftest import run_vqad
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+
+TOKEN = "t0ken-for-the-dashboard-tests"
+
+
+# -- its parts ------------------------------------------------------------------------------
+def test_binding_beyond_loopback_needs_a_token_of_some_length():
+    DashboardConfig(host="127.0.0.1")
+    DashboardConfig(host="::1")
+    with pytest.raises(ValueError, match="requires a token"):
+        DashboardConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 16"):
+        DashboardConfig(host="0.0.0.0", token="short")
+    DashboardConfig(host="0.0.0.0", token=TOKEN)
+    refused = run_vqad("dashboard", "--host", "0.0.0.0", "--port", str(free_port()), check=False, timeout=60)
+    assert refused.returncode != 0 and "requires a token" in refused.stderr
+
+
+def test_the_daemon_state_is_read_from_its_prometheus_text():
+    m = DaemonMetrics()
+    m.ready.set(1)
+    m.queue_depth.set(5)
+    m.threshold.set(0.25)
+    m.reloads.inc(2)
+    m.drift_ks.labels("left").set(0.31)
+    m.drift_alarm.labels("left").set(1)
+    state = read_metrics(generate_latest(m.registry).decode())
+    assert state["ready"] is True and state["queue_depth"] == 5 and state["threshold"] == 0.25
+    assert state["reloads"] == 2 and state["drift"]["left"] == {"ks": 0.31, "alarm": True}
+
+
+def _header(frame_id, status="ok", score=None, camera="c"):
+    decision = None if score is None else ("fail" if score > 1.0 else "pass")
+    model = {"name": "m", "sha256": "0" * 64}
+    return result_header(camera, frame_id, time.time_ns(), status, 1.0, model, score=score, decision=decision)
+
+
+def test_the_live_view_counts_rates_histogram_and_rejects():
+    view = LiveView(silent_after_s=60)
+    scores = [0.2, 0.4, 1.5, 0.3, 2.5]
+    for i, score in enumerate(scores):
+        view.add(_header(i, score=score), np.zeros((4, 4), np.float32), None)
+    view.add(_header(5, status="error"), None, None)
+    view.add(_header(6, status="dropped"), None, None)
+    c = view.summary()["c"]
+    assert (c["frames"], c["pass"], c["fail"], c["error"], c["dropped"]) == (7, 3, 2, 1, 1)
+    assert c["fail_rate_5min"] == pytest.approx(2 / 5) and not c["silent"]
+    assert sum(c["histogram"]["counts"]) == 5 and c["histogram"]["edges"][-1] >= 2.5
+    assert [f.header["frame_id"] for f in view.rejects("c", 10)] == [4, 2]
+    assert view.find("c", 4).picture_png()[:4] == b"\x89PNG"
+    assert view.find("c", "latest").header["frame_id"] == 4
+    assert LiveView(silent_after_s=0.01).summary() == {}
+
+
+# -- in a real browser, against a real daemon -------------------------------------------------
+@pytest.fixture(scope="module")
+def line(tiny_model, synth_root, tmp_path_factory):
+    """A daemon (record, control, metrics, frames in its results) and a dashboard on it."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    url = f"sqlite:///{folder / 'line.db'}"
+    control = f"ipc://{folder}/ctl"
+    metrics_port = free_port()
+    daemon = DaemonProcess(
+        tiny_model, "--record", url, "--control", control, "--metrics-port", str(metrics_port),
+        "--set", "edge.publish_frames=true",
+    ).start()  # fmt: skip
+    dashboard = DashboardProcess(
+        "--results", daemon.results, "--record", url, "--metrics", f"http://127.0.0.1:{metrics_port}/metrics",
+        log_path=folder / "dashboard.log",
+    ).start()  # fmt: skip
+    images = sorted((synth_root / "bracket" / "test").glob("*/*.png"))
+    yield {"daemon": daemon, "dashboard": dashboard, "url": url, "control": control, "images": images}
+    dashboard.stop()
+    daemon.stop()
+
+
+def _field(driver, camera, field):
+    found = driver.find_elements("css selector", f'[data-camera="{camera}"] [data-field="{field}"]')
+    return found[0].text if found else None
+
+
+def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a_review(line):
+    daemon, dashboard = line["daemon"], line["dashboard"]
+    driver = headless_chromium()
+    sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+    try:
+        driver.get(dashboard.url + "/")
+        frames = [cv2.imread(str(p)) for p in line["images"][:16]]
+        for i, frame in enumerate(frames):
+            cam.send(frame_message("line1", i, frame, "raw"))
+        streamed = [h for h, _ in sub.collect(len(frames), timeout=60)]
+        tally = {d: sum(h["decision"] == d for h in streamed) for d in ("pass", "fail")}
+        shown = wait_for(
+            lambda: (
+                [_field(driver, "line1", f) for f in ("frames", "pass", "fail")]
+                == [str(len(frames)), str(tally["pass"]), str(tally["fail"])]
+            ),
+            timeout=10,
+        )
+        assert shown, [_field(driver, "line1", f) for f in ("frames", "pass", "fail")]
+        assert len(streamed) == len(frames)
+
+        # A certain reject: a threshold below every score, then one more frame.
+        run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "dashboard test", "--by", "test")
+        cam.send(frame_message("line1", 1000, frames[0], "raw"))
+        ((reject, _),) = sub.collect(1, timeout=30)
+        published = time.monotonic()
+        assert reject["decision"] == "fail"
+        selector = '[data-camera="line1"] .reject[data-frame-id="1000"]'
+        tile = wait_for(lambda: driver.find_elements("css selector", selector), timeout=10)
+        assert tile and time.monotonic() - published <= 2.0, time.monotonic() - published
+
+        # Review it from the page: the record gets the row.
+        assert wait_for(lambda: Record(line["url"]).results(camera="line1", frame_id=1000), timeout=10)
+        driver.find_elements("css selector", selector)[0].click()
+        wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), timeout=5)
+        driver.find_element("id", "review-by").send_keys("operator 7")
+        driver.find_element("id", "review-kind").send_keys("scratch")
+        driver.find_element("id", "review-defect").click()
+        assert wait_for(lambda: "Recorded" in driver.find_element("id", "review-status").text, timeout=5)
+        reviews = Record(line["url"]).results(camera="line1", frame_id=1000)[0]["reviews"]
+        assert [(r["verdict"], r["kind"], r["reviewer"]) for r in reviews] == [("defect", "scratch", "operator 7")]
+        assert "daemon ready" in driver.find_element("css selector", '[data-field="daemon-state"]').text
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)
+        sub.close()
+        cam.close()
+        driver.quit()
+
+
+def _status(url, headers=None, data=None):
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(line, tmp_path):
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    review = json.dumps({"camera_id": "line1", "frame_id": 0, "verdict": "false_reject"}).encode()
+    dashboard = DashboardProcess(
+        "--results", line["daemon"].results, "--record", line["url"], log_path=tmp_path / "dashboard.log",
+        env={"VQAD_DASHBOARD_TOKEN": TOKEN},
+    ).start(headers=bearer)  # fmt: skip
+    driver = headless_chromium()
+    try:
+        base = dashboard.url
+        assert _status(base + "/api/summary") == 401
+        assert _status(base + "/api/summary", {"Authorization": "Bearer not-the-token-at-all"}) == 401
+        assert _status(base + "/") == 401 and _status(base + "/dashboard.js") == 401
+        assert _status(base + "/api/review", {"content-type": "application/json"}, review) == 401
+        assert _status(base + "/api/summary", bearer) == 200
+        driver.get(base + "/?token=" + TOKEN)
+        assert driver.current_url.rstrip("/") == base  # the token left the address bar for a cookie
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        cookie = driver.get_cookie("vqad_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    finally:
+        driver.quit()
+        dashboard.stop()
