@@ -84,7 +84,7 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
     return parity
 
 
-def _camera_health(run) -> dict[str, float]:
+def _camera_health(run) -> dict[str, Any]:
     from train.data import load_images
 
     m = run.model_cfg

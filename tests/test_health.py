@@ -1,5 +1,5 @@
-"""The camera health gate: blurred, darkened, clipped and frozen frames never pass; the good
-test images of `vqad synth` pass it. Limits from configs/edge.yaml, figures from model.json."""
+"""The camera health gate: blurred, darkened, clipped, frozen and moved frames never pass; the
+good test images of `vqad synth` pass it. Limits from configs/edge.yaml, figures from model.json."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def test_good_test_images_pass_and_unfit_frames_do_not(synth_root):
         assert "exposure" in gate.check("d", dark)["reasons"], category
         assert {"exposure", "clipped"} & set(gate.check("c", bright)["reasons"]), category
         assert gate.check("f", image)["ok"] and gate.check("f", image)["reasons"] == ["frozen"]  # the same again
+        moved = [gate.check(f"m-{i}", _moved(g)) for i, g in enumerate(goods)]
+        if category == "bracket":  # a fixtured part: its position is known
+            assert gate.stats["aligned"] and all("moved" in v["reasons"] for v in moved), moved
+        else:  # a texture has no position: the check is off, and says so in model.json
+            assert not gate.stats["aligned"] and "reference" not in gate.stats and gate.reference is None
+
+
+def _moved(image: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """A knocked camera: the picture moved by `share` of its side."""
+    h, w = image.shape[:2]
+    m = np.float32([[1, 0, share * w], [0, 1, share * h]])
+    return cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REPLICATE).reshape(image.shape)
 
 
 def test_the_daemon_fails_an_unfit_frame_with_its_reasons(tiny_model, synth_root):
@@ -43,12 +55,13 @@ def test_the_daemon_fails_an_unfit_frame_with_its_reasons(tiny_model, synth_root
             cam.send(frame_message("h", 0, good, "raw"))
             cam.send(frame_message("h", 1, cv2.GaussianBlur(good, (0, 0), 4.0), "raw"))
             cam.send(frame_message("h", 2, (good * 0.2).astype(np.uint8), "raw"))
-            results = {h["frame_id"]: h for h, _ in sub.collect(3)}
+            cam.send(frame_message("h", 3, _moved(good), "raw"))
+            results = {h["frame_id"]: h for h, _ in sub.collect(4)}
         finally:
             sub.close()
             cam.close()
     assert results[0]["decision"] == "pass" and results[0]["health"]["ok"]
-    for frame_id, reason in ((1, "blurred"), (2, "exposure")):
+    for frame_id, reason in ((1, "blurred"), (2, "exposure"), (3, "moved")):
         h = results[frame_id]
         assert h["status"] == "ok" and h["decision"] == "fail", h
         assert h["health"]["ok"] is False and reason in h["health"]["reasons"], h["health"]
