@@ -20,7 +20,7 @@ import zmq
 
 from benchmarks.common import machine, vqad, write_report
 
-PARTS = ("accuracy", "backends", "daemon", "record", "drift", "transport")
+PARTS = ("accuracy", "backends", "daemon", "record", "dashboard", "drift", "health", "transport")
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -51,6 +51,44 @@ def real_markdown(acc: dict[str, Any] | None) -> list[str]:
                 f"{_pct(m.get('miss_rate_at_5pct_frr'))} | {_pct(m.get('frr_upper_bound_95'))} |"
             )
     return [*lines, ""]
+
+
+def health_markdown(health: dict[str, Any] | None) -> list[str]:
+    if not health:
+        return []
+    kinds = ("blurred", "darkened", "overexposed", "moved", "frozen")
+    lines = [
+        "## Camera health gate (configs/edge.yaml limits; share of good test images flagged, of unfit frames caught)",
+        "",
+        "| category | aligned | good flagged | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
+    for cat, h in health.items():
+        caught = " | ".join(_pct(h[f"{k}_caught"]) if k != "moved" or h["aligned"] else "n/a" for k in kinds)
+        lines.append(f"| {cat} | {'yes' if h['aligned'] else 'no'} | {_pct(h['good_flagged'])} | {caught} |")
+    return [*lines, ""]
+
+
+def dashboard_markdown(dash: dict[str, Any] | None) -> list[str]:
+    if not dash:
+        return []
+    if "note" in dash:
+        return ["## The dashboard", "", f"- not measured: {dash['note']}", ""]
+    page, d, storm, here = dash["page"], dash["daemon"], dash["daemon_storm"], dash["daemon_chromium_here"]
+    return [
+        "## The dashboard",
+        "",
+        f"- daemon at 256 x 256 with the dashboard and {d['pages']} pages following it (their drawing on "
+        f"their own screens): {d['on_fps']['median']:.1f} frames/s against {d['off_fps']['median']:.1f} alone "
+        f"(drop {100 * d['drop']:.1f}%); with every frame a reject: drop {100 * storm['drop']:.1f}%",
+        f"- the same with {here['pages']} headless Chromium drawing on this machine's own 2 cores: "
+        f"drop {100 * here['drop']:.1f}%",
+        f"- one page at {page['results_per_s']:.0f} results/s for {page['seconds']:.0f} s: "
+        f"{page['redraws_per_s']:.1f} redraws/s, timer lag p99 {page['page_lag_ms']['p99']:.1f} ms "
+        f"(max {page['page_lag_ms']['max']:.1f}), {page['long_tasks']} long tasks, counts "
+        f"{page['shown']}/{page['published']}, dashboard {100 * page['dashboard_cpu_cores']:.0f}% of a core",
+        "",
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -105,6 +143,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{rec['daemon']['ratio']:.3f} of its throughput without (cost {100 * rec['daemon']['cost']:.1f}%)",
             "",
         ]
+    lines += dashboard_markdown(report.get("dashboard"))
+    lines += health_markdown(report.get("health"))
     sa = report.get("scoring_ablation")
     if sa:
         cats = list(sa)
@@ -264,7 +304,7 @@ def main() -> None:
         write_report(report)
         first = next(iter(acc["categories"].values()))
         run_dir = Path(first["ours (configs/)"]["run"])
-    if {"backends", "daemon", "record"} & set(parts):
+    if {"backends", "daemon", "record", "dashboard"} & set(parts):
         if run_dir is None:  # speed alone: a short training is enough to measure speed
             data = workdir / "data"
             vqad("synth", data, "--categories", "bracket")
@@ -288,12 +328,28 @@ def main() -> None:
 
         report["record"] = bench_record(model_dir, quick=args.quick)
         write_report(report)
+    if "dashboard" in parts:
+        from benchmarks.dashboard import bench_dashboard
+        from edge.dashboard.browser import BrowserMissingError
+
+        try:
+            report["dashboard"] = bench_dashboard(model_dir, quick=args.quick)
+        except BrowserMissingError as exc:
+            report["dashboard"] = {"note": str(exc)}
+        write_report(report)
     if "drift" in parts and report.get("accuracy"):
         from benchmarks.drift import bench_drift
 
         # The default run of the first category: its package, its good test images.
         first = next(iter(report["accuracy"]["categories"]))
         report["drift"] = bench_drift(model_dir, Path(report["accuracy"]["data"]) / first)
+        write_report(report)
+    if "health" in parts and (report.get("accuracy") or args.real):
+        from benchmarks.health import bench_health
+
+        roots = [Path(report["accuracy"]["data"]) / c for c in report.get("accuracy", {}).get("categories", {})]
+        roots += sorted(p for p in Path(args.real).iterdir() if (p / "train" / "good").is_dir()) if args.real else []
+        report["health"] = bench_health(roots, args.image_size)
         write_report(report)
     if "transport" in parts:
         from benchmarks.transport import bench_transport

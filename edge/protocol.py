@@ -229,12 +229,21 @@ def result_message(
 
 def parse_result(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray | None]:
     """Subscriber side: -> (header, anomaly map as float32 (h, w) or None)."""
+    header = parse_result_header(parts)
+    return header, decode_map(header, parts[2])
+
+
+def parse_result_header(parts: list[bytes]) -> dict[str, Any]:
+    """Subscriber side, the header alone (a subscriber that draws few maps decodes them later)."""
     if len(parts) < 3 or not parts[0].startswith(RESULT_TOPIC_PREFIX):
         raise ValueError(f"not a v1 result message ({len(parts)} parts)")
-    header = json.loads(parts[1])
+    return json.loads(parts[1])
+
+
+def decode_map(header: dict[str, Any], map_bytes: bytes) -> np.ndarray | None:
+    """A result's map part -> float32 (h, w) in score units; None when it carries none."""
     info = header.get("map")
-    amap = None
-    if info and parts[2]:
-        h, w = info["shape"]
-        amap = np.frombuffer(parts[2], dtype=np.uint8).reshape(h, w).astype(np.float32) * float(info["scale"])
-    return header, amap
+    if not info or not map_bytes:
+        return None
+    h, w = info["shape"]
+    return np.frombuffer(map_bytes, dtype=np.uint8).reshape(h, w).astype(np.float32) * float(info["scale"])

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,21 +25,16 @@ def free_port() -> int:
 
 
 def headless_chromium(width: int = 1400, height: int = 1000):
-    """A Selenium driver for Debian's headless Chromium; skipped (failed under CI) without one."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            raise RuntimeError("Chromium is not installed: .ci/run installs chromium and chromium-driver")
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
+    """The project's headless Chromium; skipped without one (failed under CI: .ci/run installs it)."""
+    from edge.dashboard.browser import BrowserMissingError
+    from edge.dashboard.browser import headless_chromium as chromium
 
-    options = Options()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        return chromium(width, height)
+    except BrowserMissingError as exc:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{exc}; .ci/run installs chromium and chromium-driver") from exc
+        pytest.skip(str(exc))
 
 
 def wait_for(check, timeout: float = 10.0, every: float = 0.05):

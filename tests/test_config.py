@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_config, parse_overrides
+from edge.dashboard.settings import DashboardConfig
 from edge.errors import ConfigError
 from edge.settings import EdgeConfig
 from export.config import ExportConfig
@@ -13,7 +14,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize(
     "cls,name",
-    [(ModelConfig, "model"), (TrainConfig, "train"), (ExportConfig, "export"), (EdgeConfig, "edge")],
+    [
+        (ModelConfig, "model"),
+        (TrainConfig, "train"),
+        (ExportConfig, "export"),
+        (EdgeConfig, "edge"),
+        (DashboardConfig, "dashboard"),
+    ],
 )
 def test_shipped_yaml_is_the_documented_default(cls, name):
     assert load_config(cls, CONFIGS / f"{name}.yaml") == cls()

@@ -63,15 +63,16 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     view = LiveView(silent_after_s=60)
     scores = [0.2, 0.4, 1.5, 0.3, 2.5]
     for i, score in enumerate(scores):
-        view.add(_header(i, score=score), np.zeros((4, 4), np.float32), None)
-    view.add(_header(5, status="error"), None, None)
-    view.add(_header(6, status="dropped"), None, None)
+        amap = np.zeros((4, 4), np.uint8).tobytes()
+        view.add({**_header(i, score=score), "map": {"shape": [4, 4], "dtype": "uint8", "scale": 0.1}}, amap, None)
+    view.add(_header(5, status="error"), b"", None)
+    view.add(_header(6, status="dropped"), b"", None)
     c = view.summary()["c"]
     assert (c["frames"], c["pass"], c["fail"], c["error"], c["dropped"]) == (7, 3, 2, 1, 1)
     assert c["fail_rate_5min"] == pytest.approx(2 / 5) and not c["silent"]
     assert sum(c["histogram"]["counts"]) == 5 and c["histogram"]["edges"][-1] >= 2.5
     assert [f.header["frame_id"] for f in view.rejects("c", 10)] == [4, 2]
-    assert view.find("c", 4).picture_png()[:4] == b"\x89PNG"
+    assert view.find("c", 4).picture_jpeg()[:2] == b"\xff\xd8"
     assert view.find("c", "latest").header["frame_id"] == 4
     assert LiveView(silent_after_s=0.01).summary() == {}
 
@@ -160,6 +161,43 @@ def _status(url, headers=None, data=None):
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def _json(url, headers=None, data=None):
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_the_api_serves_programs_too(line):
+    base = line["dashboard"].url
+    daemon, cam = line["daemon"], Camera(line["daemon"].frames)
+    try:
+        cam.send(frame_message("api", 1, cv2.imread(str(line["images"][0])), "raw"))
+        status, summary = wait_for(lambda: (s := _json(base + "/api/summary")) and "api" in s[1]["cameras"] and s, 10)
+    finally:
+        cam.close()
+    camera = summary["cameras"]["api"]
+    for key in ("frames", "pass", "fail", "error", "dropped", "last_ts_ns", "fail_rate_5min"):
+        assert key in camera, key
+    assert status == 200 and camera["frames"] == 1 and summary["daemon"]["up"] is True
+    assert summary["daemon"]["ready"] is True and daemon.alive()
+    status, body = _json(base + "/api/rejects?limit=3")
+    assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True
+    assert _json(base + "/api/rejects?limit=many")[0] == 400
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert _json(base + "/api/review", form, b"camera_id=api&frame_id=1&verdict=defect")[0] == 415
+    missing = json.dumps({"camera_id": "api", "frame_id": 999999, "verdict": "defect"}).encode()
+    assert _json(base + "/api/review", {"content-type": "application/json"}, missing)[0] == 404
+    wrong = json.dumps({"camera_id": "api", "frame_id": 1, "verdict": "maybe"}).encode()
+    assert _json(base + "/api/review", {"content-type": "application/json"}, wrong)[0] == 400
+    assert _status(base + "/api/summary", {"Host": "dashboard.example.com"}) == 400  # no DNS rebinding
+    with urllib.request.urlopen(base + "/api/summary", timeout=5) as response:
+        assert "access-control-allow-origin" not in {k.lower() for k in response.headers}
+        assert "default-src 'self'" in response.headers["content-security-policy"]
 
 
 def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(line, tmp_path):

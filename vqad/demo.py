@@ -1,8 +1,9 @@
 """`vqad demo` (behind `make demo`): the main job end to end on embedded defaults.
 
 synth -> train one category -> eval -> export -> serve (ONNX Runtime, recording every
-result) -> camera streams the category's test images -> watch saves overlays -> live accuracy
-and throughput -> clean shutdown -> a scripted operator reviews two rejects in the record ->
+result) -> camera streams the category's test images -> watch saves overlays -> the dashboard
+shows the line and a headless browser saves a picture of it -> live accuracy and throughput ->
+clean shutdown -> a scripted operator reviews two rejects in the record ->
 the reviewed evidence is exported as training data -> the threshold is recalibrated on good
 images from the line. Each step is the real command in its own process.
 """
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from edge.errors import VqadError
@@ -72,7 +74,15 @@ def _prepare(workdir: Path, category: str, minutes: float, image_size: int) -> N
     _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
 
 
-def _start_daemon(workdir: Path, model: Path, frames: str, results: str) -> subprocess.Popen:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_daemon(workdir: Path, model: Path, frames: str, results: str, metrics_port: int) -> subprocess.Popen:
     """`vqad serve` in its own process, returned once it says it is ready."""
     ready = workdir / "serve.ready"
     ready.unlink(missing_ok=True)
@@ -82,7 +92,7 @@ def _start_daemon(workdir: Path, model: Path, frames: str, results: str) -> subp
     serve = subprocess.Popen(
         _vqad("serve", str(model), "--frames", frames, "--results", results, "--ready-file", str(ready),
               "--set", "edge.publish_frames=true", "--record", _record_url(workdir),
-              "--evidence-dir", str(workdir / "evidence"))
+              "--evidence-dir", str(workdir / "evidence"), "--metrics-port", str(metrics_port))
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not ready.exists():
@@ -96,9 +106,12 @@ def _start_daemon(workdir: Path, model: Path, frames: str, results: str) -> subp
 def _stream(
     workdir: Path, test_dir: Path, model: Path, frames: str, results: str, manifest: Path, jsonl: Path
 ) -> tuple[int, float]:
-    """The daemon, a watcher writing every result to `jsonl`, and a camera streaming the test
-    images; -> (the daemon's exit code after SIGTERM, seconds from first frame to last result)."""
-    serve = _start_daemon(workdir, model, frames, results)
+    """The daemon, a watcher writing every result to `jsonl`, the dashboard, and a camera
+    streaming the test images; -> (the daemon's exit code after SIGTERM, seconds from first
+    frame to last result)."""
+    metrics_port = _free_port()
+    serve = _start_daemon(workdir, model, frames, results, metrics_port)
+    dashboard = _start_dashboard(workdir, results, metrics_port)
     try:
         n_images = len(sorted(test_dir.rglob("*.png")))
         jsonl.unlink(missing_ok=True)
@@ -115,10 +128,46 @@ def _stream(
         elapsed = time.monotonic() - t0
         if camera.returncode != 0:
             raise VqadError("the camera failed")
+        _screenshot(dashboard, workdir / "dashboard.png")
     finally:
+        dashboard.process.terminate()
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
+        dashboard.process.wait(timeout=30)
     return code, elapsed
+
+
+class _Dashboard:
+    def __init__(self, process: subprocess.Popen, url: str):
+        self.process, self.url = process, url
+
+
+def _start_dashboard(workdir: Path, results: str, metrics_port: int) -> _Dashboard:
+    port = _free_port()
+    process = subprocess.Popen(
+        _vqad("dashboard", "--results", results, "--record", _record_url(workdir), "--port", str(port),
+              "--metrics", f"http://127.0.0.1:{metrics_port}/metrics")
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:  # subscribed before the first frame
+        try:
+            urllib.request.urlopen(url + "api/summary", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return _Dashboard(process, url)
+
+
+def _screenshot(dashboard: _Dashboard, out: Path) -> None:
+    """A picture of the dashboard as an operator sees it after the stream (headless Chromium)."""
+    from edge.dashboard.browser import BrowserMissingError, screenshot
+
+    print(f"\n== the dashboard at {dashboard.url}: a picture with a headless browser", flush=True)
+    try:
+        print(f"   {screenshot(dashboard.url, out)}", flush=True)
+    except BrowserMissingError as exc:
+        print(f"   no picture: {exc}", flush=True)
 
 
 def _print_summary(summary: dict, workdir: Path) -> None:

@@ -15,6 +15,7 @@ may call the API from a browser.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -42,7 +44,6 @@ COOKIE = "vqad_token"
 # The page gets at most this many summaries a second, whatever the result rate: at 200
 # results/s a browser redraws twice a second instead of 200 times.
 UPDATE_EVERY_S = 0.5
-HEARTBEAT_S = 15.0
 MAX_REJECTS = 200
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -97,14 +98,14 @@ class Dashboard:
 
     def __init__(self, cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None):
         self.cfg, self.view, self.probe, self.record = cfg, view, probe, record
-        self._cached: tuple[float, dict[str, Any]] = (0.0, {})
+        self._cached: tuple[float, str] = (0.0, "{}")
 
     # -- summary and its stream -----------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """Computed at most once per half tick, whatever the number of pages asking."""
+    def summary_json(self) -> str:
+        """Computed and serialised about once per tick, whatever the number of pages asking."""
         now = time.monotonic()
-        if now - self._cached[0] >= UPDATE_EVERY_S / 2:
-            self._cached = (now, self._summary())
+        if now - self._cached[0] >= 0.9 * UPDATE_EVERY_S:
+            self._cached = (now, json.dumps(self._summary(), separators=(",", ":")))
         return self._cached[1]
 
     def _summary(self) -> dict[str, Any]:
@@ -120,18 +121,14 @@ class Dashboard:
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
     async def api_summary(self, request: Request) -> Response:
-        return JSONResponse(self.summary())
+        return Response(self.summary_json(), media_type="application/json")
 
     async def api_events(self, request: Request) -> Response:
         async def stream():
-            last_sent = 0.0
+            # A summary every tick also keeps proxies from closing an idle connection.
             while not await request.is_disconnected():
-                payload = json.dumps(self.summary(), separators=(",", ":"))
-                yield f"event: summary\ndata: {payload}\n\n"
-                last_sent = time.monotonic()
+                yield f"event: summary\ndata: {self.summary_json()}\n\n"
                 await asyncio.sleep(UPDATE_EVERY_S)
-                if time.monotonic() - last_sent > HEARTBEAT_S:
-                    yield ": keep-alive\n\n"
 
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
@@ -168,7 +165,10 @@ class Dashboard:
                 return evidence
         live = self.view.find(camera, frame_id)
         if live is not None:
-            return _live_image(live, kind)
+            response = _live_image(live, kind)
+            if frame_id != "latest":  # a result's picture never changes: each page fetches it once
+                response.headers["cache-control"] = "private, max-age=86400, immutable"
+            return response
         return JSONResponse({"error": "no such image"}, 404)
 
     def _evidence(self, camera: str, frame_id: int, kind: str) -> Response | None:
@@ -190,11 +190,12 @@ class Dashboard:
             return JSONResponse({"error": "send application/json"}, 415)
         try:
             body = await request.json()
-            row = self.record.review(
-                str(body["camera_id"]), int(body["frame_id"]), str(body["verdict"]),
+            review = functools.partial(
+                self.record.review, str(body["camera_id"]), int(body["frame_id"]), str(body["verdict"]),
                 kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
             )  # fmt: skip
-        except (ValueError, KeyError, TypeError) as exc:
+            row = await run_in_threadpool(review)  # the database, off the event loop
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"a review needs camera_id, frame_id and verdict: {exc}"}, 400)
         except DataError as exc:
             return JSONResponse({"error": str(exc)}, 404 if "no recorded" in str(exc) else 400)
@@ -213,10 +214,10 @@ def _live_image(live: LiveFrame, kind: str) -> Response:
         if not live.frame_jpeg:
             return JSONResponse({"error": "the stream carries no frames (edge publish_frames)"}, 404)
         return Response(live.frame_jpeg, media_type="image/jpeg")
-    png = live.picture_png()
-    if png is None:
+    picture = live.picture_jpeg()
+    if picture is None:
         return JSONResponse({"error": "the stream carries no maps (edge publish_maps)"}, 404)
-    return Response(png, media_type="image/png")
+    return Response(picture, media_type="image/jpeg")
 
 
 def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:

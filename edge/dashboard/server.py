@@ -4,8 +4,10 @@ socket) -> uvicorn's main loop -> shutdown (each part stopped, the record closed
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
+import cv2
 import uvicorn
 
 from edge.dashboard.app import create_app
@@ -33,6 +35,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def run_dashboard(cfg: DashboardConfig) -> int:
     sock = listening_socket(cfg.host, cfg.port)
+    if cfg.nice:
+        os.nice(cfg.nice)
+    # OpenCV's worker threads would spin on every core for a small picture: draw on this one.
+    cv2.setNumThreads(1)
     record = Record(cfg.record) if cfg.record else None
     view = LiveView(cfg.silent_after_s)
     feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key)

@@ -36,6 +36,9 @@ class DashboardConfig:
     token: str = ""
     # A camera with no result for this long is shown as silent (red).
     silent_after_s: float = 10.0
+    # The dashboard is best effort: at this niceness (0-19) the daemon's inference keeps the
+    # CPU whenever both want it, and the page still gets what is idle.
+    nice: int = 10
     # CURVE client keys when the daemon's results socket is encrypted.
     curve_secret: str = ""
     curve_server_key: str = ""
@@ -43,6 +46,7 @@ class DashboardConfig:
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
         require(self.silent_after_s > 0, "silent_after_s must be > 0")
+        require(0 <= self.nice <= 19, f"nice must be 0-19, got {self.nice}")
         require(
             is_loopback(self.host) or bool(self.token),
             f"binding the dashboard to {self.host!r} (beyond this machine) requires a token: "

@@ -5,7 +5,12 @@
 
 const GALLERY_SIZE = 12;
 const IMAGE_EVERY_MS = 1000; // the latest result's picture, at most once a second per camera
-const GALLERY_EVERY_MS = 500; // the gallery, at most twice a second: a reject shows within 2 s
+// The gallery refreshes at most twice a second, so a reject shows within 2 s. In a storm of
+// rejects (a refresh that brought more than STORM_TILES new ones) a person cannot look at every
+// tile anyway: it refreshes every 1.5 s, and each open page asks the edge box for a third as much.
+const GALLERY_EVERY_MS = 500;
+const STORM_EVERY_MS = 1500;
+const STORM_TILES = 6;
 
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
@@ -69,7 +74,7 @@ function cameraSection(id) {
   node.dataset.camera = id;
   $(node, "name").textContent = id;
   document.getElementById("cameras").appendChild(node);
-  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null };
+  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null, galleryNew: 0 };
   state.cameras.set(id, cam);
   return cam;
 }
@@ -159,7 +164,8 @@ function drawHistogram(canvas, hist, threshold) {
 // -- rejects ------------------------------------------------------------------------------
 function scheduleGallery(cam, id, fails) {
   if (cam.galleryTimer) return;
-  const wait = Math.max(0, GALLERY_EVERY_MS - (performance.now() - cam.galleryAt));
+  const every = cam.galleryNew > STORM_TILES ? STORM_EVERY_MS : GALLERY_EVERY_MS;
+  const wait = Math.max(0, every - (performance.now() - cam.galleryAt));
   cam.galleryTimer = setTimeout(() => loadGallery(cam, id, fails), wait);
 }
 
@@ -170,7 +176,7 @@ async function loadGallery(cam, id, fails) {
   try {
     const body = await api(`/api/rejects?camera=${encodeURIComponent(id)}&limit=${GALLERY_SIZE}`);
     cam.galleryFails = fails;
-    drawGallery($(cam.node, "gallery"), body.rejects);
+    cam.galleryNew = drawGallery($(cam.node, "gallery"), body.rejects);
     // Rejects not in the record yet (its writer commits every half second): look again soon.
     if (body.record && body.rejects.some((r) => !r.recorded)) scheduleGallery(cam, id, fails);
   } catch (err) {
@@ -178,30 +184,37 @@ async function loadGallery(cam, id, fails) {
   }
 }
 
+// A tile is made once per reject and kept while it stays in the gallery: its picture is
+// fetched once, however often the gallery refreshes. -> how many tiles are new.
 function drawGallery(gallery, rejects) {
-  const items = rejects.map((r) => {
-    const button = document.createElement("button");
-    button.className = "reject";
-    button.type = "button";
-    button.dataset.frameId = r.frame_id;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.alt = `frame ${r.frame_id}`;
-    img.src = r.images.overlay;
-    const caption = document.createElement("span");
-    caption.textContent = `#${r.frame_id} ${num(r.score)}`;
-    button.append(img, caption);
-    if (r.reviews.length) {
-      const done = document.createElement("span");
-      done.className = "reviewed";
-      done.textContent = r.reviews[r.reviews.length - 1].verdict.replace("_", " ");
-      button.append(done);
-    }
-    button.addEventListener("click", () => openDetail(r));
-    return button;
+  const kept = new Map([...gallery.querySelectorAll(".reject")].map((b) => [b.dataset.frameId, b]));
+  const tiles = rejects.map((r) => {
+    const tile = kept.get(String(r.frame_id)) || newTile(r);
+    tile.onclick = () => openDetail(r);
+    const verdict = r.reviews.length ? r.reviews[r.reviews.length - 1].verdict.replace("_", " ") : "";
+    tile.querySelector(".reviewed").textContent = verdict;
+    return tile;
   });
-  if (!items.length) { gallery.textContent = "none"; return; }
-  gallery.replaceChildren(...items);
+  if (!tiles.length) { gallery.textContent = "none"; return 0; }
+  if (tiles.length !== kept.size || tiles.some((t, i) => gallery.children[i] !== t)) gallery.replaceChildren(...tiles);
+  return rejects.filter((r) => !kept.has(String(r.frame_id))).length;
+}
+
+function newTile(r) {
+  const tile = document.createElement("button");
+  tile.className = "reject";
+  tile.type = "button";
+  tile.dataset.frameId = r.frame_id;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.alt = `frame ${r.frame_id}`;
+  img.src = r.images.overlay;
+  const caption = document.createElement("span");
+  caption.textContent = `#${r.frame_id} ${num(r.score)}`;
+  const reviewed = document.createElement("span");
+  reviewed.className = "reviewed";
+  tile.append(img, caption, reviewed);
+  return tile;
 }
 
 function openDetail(r) {

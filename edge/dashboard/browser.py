@@ -1,0 +1,51 @@
+"""Headless Chromium for pictures of the page (`make demo`'s screenshot) and for its tests and
+bench. Debian's `chromium` and `chromium-driver`, driven by Selenium (a dev dependency)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from edge.errors import VqadError
+
+
+class BrowserMissingError(VqadError):
+    """No headless Chromium here (or no Selenium)."""
+
+
+def headless_chromium(width: int = 1400, height: int = 1000):
+    """A Selenium driver for headless Chromium; BrowserMissingError says what to install."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        raise BrowserMissingError("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        raise BrowserMissingError("Selenium is not installed (pip install -e '.[dev]')") from exc
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def screenshot(url: str, out: str | Path, settle_s: float = 3.0, timeout_s: float = 20.0) -> Path:
+    """Open the dashboard at `url`, wait until it has drawn a summary and its galleries have
+    loaded (then `settle_s` for the pictures), and save a PNG of the window to `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    driver = headless_chromium()
+    try:
+        driver.get(url)
+        deadline = time.monotonic() + timeout_s
+        drawn = "return window.vqadStats && window.vqadStats.renders > 0 && window.vqadStats.galleryFetches > 0"
+        while time.monotonic() < deadline and not driver.execute_script(drawn):
+            time.sleep(0.1)
+        time.sleep(settle_s)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+    return out
