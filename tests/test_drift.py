@@ -45,3 +45,45 @@ def test_the_drift_bench_runs_a_real_package_on_its_good_images(tiny_model, synt
     assert 0.0 <= out["false_alarm_rate"] <= 1.0 and out["ks_limit"] > 0
     alarm = out["gain_1.2_alarm_after_frames"]
     assert alarm in (None, WINDOW)  # a verdict comes only with the first full window
+
+
+def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny_model, synth_root, tmp_path):
+    """The whole path: a package calibrated on the camera's good images, a daemon process, one
+    window of those images (quiet) and one window of them under +20% gain (the alarm)."""
+    import shutil
+    import urllib.request
+
+    import cv2
+
+    from edge.dashboard.probe import read_metrics
+    from edge.protocol import frame_message
+    from tests.browser import free_port
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+
+    package = tmp_path / "model"
+    shutil.copytree(tiny_model, package)
+    # 60 more good parts from the same line (the same generator, another seed): with 60
+    # reference scores the test's critical value (0.29) is within a +20% gain's reach.
+    line = tmp_path / "line"
+    run_vqad("synth", line, "--categories", "bracket", "--seed", "11", "--size", "64", "--n-train", "60",
+             "--n-test-good", "1", "--n-per-defect", "1")  # fmt: skip
+    goods_dir = line / "bracket" / "train" / "good"
+    run_vqad("calibrate", package, goods_dir)  # the reference: these images' scores
+    goods = [cv2.imread(str(p)) for p in sorted(goods_dir.glob("*.png"))]
+    port = free_port()
+    with DaemonProcess(package, "--metrics-port", str(port), "--threshold", "1e9") as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for camera, gain in (("steady", 1.0), ("gained", 1.2)):
+                for i in range(WINDOW):
+                    image = np.clip(goods[i % len(goods)].astype(np.float32) * gain, 0, 255).astype(np.uint8)
+                    cam.send(frame_message(camera, i, image, "raw"))
+            assert len(sub.collect(2 * WINDOW, timeout=120)) == 2 * WINDOW
+        finally:
+            sub.close()
+            cam.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            drift = read_metrics(response.read().decode())["drift"]
+    assert drift["steady"]["alarm"] is False and drift["gained"]["alarm"] is True, drift
+    assert "drift" in daemon.log_text().lower() and "gained" in daemon.log_text()

@@ -36,7 +36,7 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
 
 def test_metrics_csv_has_the_training_scalars(tiny_run):
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
-    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert [int(r["step"]) for r in rows] == list(range(5, 201, 5))
     for key in ("loss", "recon_l2", "vq_loss", "perplexity", "dead_restarted", "lr", "images_per_s"):
         assert all(r[key] != "" for r in rows), key
     assert rows[-1]["val_l2"] != ""
@@ -45,7 +45,7 @@ def test_metrics_csv_has_the_training_scalars(tiny_run):
 def test_checkpoint_describes_itself(tiny_run):
     ckpt = load_checkpoint(tiny_run / "checkpoint.pt")
     meta = ckpt["meta"]
-    assert meta["step"] == 20 and meta["model_config"]["image_size"] == [32, 32]
+    assert meta["step"] == 200 and meta["model_config"]["image_size"] == [32, 32]
     assert len(meta["content_sha256"]) == 64 and "val_l2" in meta["metrics"]
     run = load_run(tiny_run)
     assert run.model_cfg.codebook_size == 32 and not run.model.training
@@ -307,9 +307,11 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
     for name in ("head.out.weight", "vqvae.decoder.net.0.weight", "vqvae.encoder.net.0.weight"):
         a, b = before.state_dict()[name], after.state_dict()[name]
         assert (a - b).abs().max() < 0.05 * a.abs().max(), name  # one step from RUN, not from scratch
-    # The codebook too, but for the codes that went unused and were restarted from the batch.
+    # The codebook too: one EMA step moves most codes by a small share of their length (the
+    # codes that went unused are restarted from the batch and move further).
     moved = (before.vqvae.quantizer.embed - after.vqvae.quantizer.embed).norm(dim=1)
-    assert float((moved < 1e-3).float().mean()) > 0.5
+    length = before.vqvae.quantizer.embed.norm(dim=1)
+    assert float((moved < 0.05 * length).float().mean()) > 0.5
     assert bool(after.vqvae.quantizer.initted)
     other = [*TINY_MODEL, *TINY_TRAIN, "--set", "model.width=12"]
     bad = run_vqad(
