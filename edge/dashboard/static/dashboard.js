@@ -221,7 +221,9 @@ function openDetail(r) {
   state.open = r;
   document.getElementById("detail-overlay").src = r.images.overlay;
   const frame = document.getElementById("detail-frame");
-  frame.hidden = !r.images.frame;
+  document.getElementById("detail-framed").hidden = !r.images.frame;
+  document.getElementById("detail-regions").replaceChildren();
+  frame.onload = () => drawRegions(frame, r);
   if (r.images.frame) frame.src = r.images.frame;
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["time", when(r.ts_ns)],
@@ -241,6 +243,19 @@ function openDetail(r) {
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
   document.getElementById("detail").showModal();
+}
+
+// The regions are in the frame's own pixels: boxes over the frame as shown, at its scale (the
+// record keeps the frame as received; the stream's picture is at the model's size).
+function drawRegions(img, r) {
+  const [fh, fw] = r.frame_shape || [img.naturalHeight, img.naturalWidth];
+  const sx = img.clientWidth / fw, sy = img.clientHeight / fh;
+  document.getElementById("detail-regions").replaceChildren(...(r.regions || []).map((g) => {
+    const box = document.createElement("div");
+    box.className = "region";
+    Object.assign(box.style, { left: `${g.x * sx}px`, top: `${g.y * sy}px`, width: `${g.w * sx}px`, height: `${g.h * sy}px` });
+    return box;
+  }));
 }
 
 async function review(verdict) {
