@@ -63,13 +63,14 @@ def measure_category(root: Path, size, channels: int, limits: HealthLimits | Non
     goods = [to_model_input(read_image(p), size, channels) for p in find_images(root / "test" / "good")]
     # Each frame from its own camera: the frozen check sees no repeat.
     gate = HealthGate(stats, limits)
-    flagged = [gate.check(f"good{i}", g)["reasons"] for i, g in enumerate(goods)]
+    verdicts = [gate.check(f"good{i}", g) for i, g in enumerate(goods)]
     out: dict[str, Any] = {
         "aligned": stats["aligned"],
         "alignment": stats["alignment"],
         "good_images": len(goods),
-        "good_flagged": sum(bool(r) for r in flagged) / len(goods),
-        "good_reasons": sorted({reason for r in flagged for reason in r}),
+        "good_flagged": sum(not v["ok"] for v in verdicts) / len(goods),
+        "good_reasons": sorted({reason for v in verdicts for reason in v["reasons"]}),
+        "good_closest": _closest(verdicts, stats),
     }
     for name, spoil in UNFIT.items():
         caught = [
@@ -80,6 +81,18 @@ def measure_category(root: Path, size, channels: int, limits: HealthLimits | Non
     gate.check("frozen", goods[0])
     out["frozen_caught"] = float("frozen" in gate.check("frozen", goods[0])["reasons"])
     return out
+
+
+def _closest(verdicts: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, float | None]:
+    """How near the good test images come to each limit, in the limit's own terms: the lowest
+    sharpness over the training 1st percentile (blurred under 0.5), the furthest mean grey level
+    outside the training range (exposure over 0.15), the most clipped share over the training
+    99th percentile (clipped over 0.05), the largest shift over the training 99th (moved over 0.04)."""
+    sharp = min(v["sharpness"] / max(stats["sharpness_p1"], 1e-9) for v in verdicts)
+    outside = max(max(stats["mean_p1"] - v["mean"], v["mean"] - stats["mean_p99"], 0.0) for v in verdicts)
+    clipped = max(v["clipped"] - stats["clipped_p99"] for v in verdicts)
+    shift = max(v["shift"] - stats["shift_p99"] for v in verdicts) if "shift" in verdicts[0] else None
+    return {"sharpness_ratio": sharp, "exposure": outside, "clipped": clipped, "shift": shift}
 
 
 def bench_health(roots: list[Path], size=128, channels: int = 3) -> dict[str, Any]:

@@ -60,12 +60,17 @@ def health_markdown(health: dict[str, Any] | None) -> list[str]:
     lines = [
         "## Camera health gate (configs/edge.yaml limits; share of good test images flagged, of unfit frames caught)",
         "",
-        "| category | aligned | good flagged | " + " | ".join(kinds) + " |",
-        "|---|---|---|" + "---|" * len(kinds),
+        "| category | aligned | good flagged | closest good: sharpness / exposure / clipped / shift | "
+        + " | ".join(kinds)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(kinds),
     ]
     for cat, h in health.items():
         caught = " | ".join(_pct(h[f"{k}_caught"]) if k != "moved" or h["aligned"] else "n/a" for k in kinds)
-        lines.append(f"| {cat} | {'yes' if h['aligned'] else 'no'} | {_pct(h['good_flagged'])} | {caught} |")
+        c = h["good_closest"]
+        closest = f"{_f(c['sharpness_ratio'], 2)} / {_f(c['exposure'])} / {_f(c['clipped'])} / {_f(c['shift'])}"
+        aligned = "yes" if h["aligned"] else "no"
+        lines.append(f"| {cat} | {aligned} | {_pct(h['good_flagged'])} | {closest} | {caught} |")
     return [*lines, ""]
 
 

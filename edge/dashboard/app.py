@@ -99,6 +99,7 @@ class Dashboard:
     def __init__(self, cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None):
         self.cfg, self.view, self.probe, self.record = cfg, view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
+        self._latest_held: dict[str, tuple[float, LiveFrame | None]] = {}
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -163,13 +164,22 @@ class Dashboard:
             evidence = self._evidence(camera, int(frame_id), kind)
             if evidence is not None:
                 return evidence
-        live = self.view.find(camera, frame_id)
+        live = self.view.find(camera, frame_id) if frame_id != "latest" else self._latest(camera)
         if live is not None:
             response = _live_image(live, kind)
             if frame_id != "latest":  # a result's picture never changes: each page fetches it once
                 response.headers["cache-control"] = "private, max-age=86400, immutable"
             return response
         return JSONResponse({"error": "no such image"}, 404)
+
+    def _latest(self, camera: str) -> LiveFrame | None:
+        """The camera's latest result, the same one for every page asking within a tick: at line
+        rates each would otherwise get a new frame, and its picture drawn for it alone."""
+        now = time.monotonic()
+        held = self._latest_held.get(camera)
+        if held is None or now - held[0] >= UPDATE_EVERY_S:
+            held = self._latest_held[camera] = (now, self.view.find(camera, "latest"))
+        return held[1]
 
     def _evidence(self, camera: str, frame_id: int, kind: str) -> Response | None:
         rows = self.record.results(camera=camera, frame_id=frame_id, limit=1)

@@ -68,7 +68,7 @@ class CameraView:
     last_ts_ns: int = 0
     last_seen_s: float = 0.0
     bins: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_S // BIN_S))
-    arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
+    per_second: collections.deque = field(default_factory=lambda: collections.deque(maxlen=int(RATE_WINDOW_S) + 1))
     scores: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
     threshold: float | None = None
@@ -82,7 +82,10 @@ class CameraView:
         self.counts["frames"] += 1
         self.counts[decision if status == "ok" and decision in ("pass", "fail") else status] += 1
         self.last_ts_ns, self.last_seen_s = int(h.get("ts_ns") or 0), now
-        self.arrivals.append(now)
+        second = int(now)
+        if not self.per_second or self.per_second[-1][0] != second:
+            self.per_second.append([second, 0])
+        self.per_second[-1][1] += 1
         self._count_in_bin(now, decision if status == "ok" else None)
         if status != "ok":
             return
@@ -125,7 +128,7 @@ class CameraView:
 
     def summary(self, now: float, silent_after_s: float) -> dict[str, Any]:
         c, lat = self.counts, np.fromiter(self.latency_ms, np.float64)
-        recent = sum(1 for t in self.arrivals if now - t <= RATE_WINDOW_S)
+        recent = sum(n for second, n in self.per_second if now - second <= RATE_WINDOW_S)
         age = now - self.last_seen_s if self.last_seen_s else None
         latest = self.latest.header if self.latest else None
         return {
