@@ -167,6 +167,7 @@ def daemon_cost(
     workdir = Path(tempfile.mkdtemp(prefix="vqd", dir="/tmp"))
     folder = _frames_dir((256, 256, 3), workdir)
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cores: dict[str, list[float]] = {}
     for r in range(repeats):
         for mode in ("off", "on"):
             daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else ("edge.threshold=1e9",))
@@ -179,7 +180,12 @@ def daemon_cost(
                     else:
                         clients = _page_clients(dashboard.url, BROWSERS, workdir / f"pages{r}.json")
                     time.sleep(2.0)  # the pages loaded and follow the events
+                watched = _cpu_meter([dashboard.proc.pid] if dashboard else [], [c.pid for c in clients])
+                t0 = time.monotonic()
                 rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+                if dashboard:
+                    for key, seconds in watched().items():
+                        cores.setdefault(key, []).append(seconds / (time.monotonic() - t0))
             finally:
                 for client in clients:
                     client.send_signal(signal.SIGTERM)
@@ -192,7 +198,21 @@ def daemon_cost(
     # Each "on" run against the "off" run just before it: the machine's slow drifts cancel.
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True) if off]
     return {"pages": BROWSERS, "as": pages, "rejects": rejects, "off_fps": stats(rates["off"]),
-            "on_fps": stats(rates["on"]), "drop": 1.0 - float(np.median(ratios))}  # fmt: skip
+            "on_fps": stats(rates["on"]), "drop": 1.0 - float(np.median(ratios)),
+            "cpu_cores": {k: float(np.median(v)) for k, v in cores.items()}}  # fmt: skip
+
+
+def _cpu_meter(dashboard: list[int], pages: list[int]):
+    """-> a call that says how many CPU seconds the dashboard, and the page clients, used since."""
+    import psutil
+
+    procs = {"dashboard": [psutil.Process(p) for p in dashboard], "pages": [psutil.Process(p) for p in pages]}
+
+    def used() -> dict[str, float]:
+        return {k: sum(sum(p.cpu_times()[:2]) for p in ps) for k, ps in procs.items()}
+
+    start = used()
+    return lambda: {k: v - start[k] for k, v in used().items()}
 
 
 def _publish(endpoint: str, rate: float, seconds: float, fail_every: int = 10) -> int:

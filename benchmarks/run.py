@@ -85,7 +85,9 @@ def dashboard_markdown(dash: dict[str, Any] | None) -> list[str]:
         "",
         f"- daemon at 256 x 256 with the dashboard and {d['pages']} pages following it (their drawing on "
         f"their own screens): {d['on_fps']['median']:.1f} frames/s against {d['off_fps']['median']:.1f} alone "
-        f"(drop {100 * d['drop']:.1f}%); with every frame a reject: drop {100 * storm['drop']:.1f}%",
+        f"(drop {100 * d['drop']:.1f}%); with every frame a reject: drop {100 * storm['drop']:.1f}%; "
+        f"the dashboard used {100 * d['cpu_cores'].get('dashboard', 0):.1f}% of a core, the page clients "
+        f"{100 * d['cpu_cores'].get('pages', 0):.1f}%",
         f"- the same with {here['pages']} headless Chromium drawing on this machine's own 2 cores: "
         f"drop {100 * here['drop']:.1f}%",
         f"- one page at {page['results_per_s']:.0f} results/s for {page['seconds']:.0f} s: "
