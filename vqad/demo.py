@@ -3,7 +3,7 @@
 synth -> train one category -> eval -> export -> serve (ONNX Runtime, recording every
 result) -> camera streams the category's test images -> watch saves overlays -> the dashboard
 shows the line and a headless browser saves a picture of it -> live accuracy and throughput ->
-clean shutdown -> a scripted operator reviews two rejects in the record ->
+clean shutdown -> a scripted operator reviews rejects in the record ->
 the reviewed evidence is exported as training data -> the threshold is recalibrated on good
 images from the line. Each step is the real command in its own process.
 """
@@ -191,9 +191,10 @@ def _record_url(workdir: Path) -> str:
 
 
 def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
-    """A scripted operator reviews two rejects (a false reject and a real defect, as the
-    manifest's ground truth says), the reviewed evidence is exported in the MVTec layout, and
-    the model's threshold is recalibrated on good images from the line plus the false reject."""
+    """A scripted operator reviews rejects as the manifest's ground truth says (a rejected good
+    part as a false reject, when there is one, and a real defect), the reviewed evidence is
+    exported in the MVTec layout, and the model's threshold is recalibrated on good images from
+    the line plus any false reject."""
     from edge.record import Record
 
     url = _record_url(workdir)
@@ -202,7 +203,7 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
     good = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name == "good"]
     defects = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name != "good"]
     reviewed = []
-    for row, verdict in ((good[:1] or defects[1:2], "false_reject"), (defects[:1], "defect")):
+    for row, verdict in ((good[:1], "false_reject"), (defects[:1], "defect")):
         for r in row:
             kind = sources[(r["camera_id"], r["frame_id"])].parent.name
             extra = ["--kind", kind] if verdict == "defect" else []
