@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.edge_helpers import BLOCKED_LAUNCH
+from tests.edge_helpers import BLOCKED_LAUNCH, stop_process
 
 
 def free_port() -> int:
@@ -79,13 +79,7 @@ class DashboardProcess:
         return self
 
     def stop(self, timeout: float = 15.0) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.log.close()
+        return stop_process(self.proc, self.log, timeout=timeout)
 
     def __enter__(self) -> DashboardProcess:
         return self.start()

@@ -32,6 +32,17 @@ def short_ipc_dir() -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen, log, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Signal a process, wait for its exit code (killed past `timeout`), close its log."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
 class DaemonProcess:
     def __init__(self, model_dir: Path, *extra: str, ipc_dir: Path | None = None, env: dict | None = None):
         self.dir = ipc_dir or short_ipc_dir()
@@ -79,13 +90,7 @@ class DaemonProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.log.close()
+        return stop_process(self.proc, self.log, sig, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
