@@ -74,7 +74,12 @@ class MetricsProbe(threading.Thread):
             found = {"up": False, "ready": False, "error": str(exc)[:200], "drift": {}}
         found.update(metrics=self.url, checked_s=time.time())
         with self.lock:
-            self.state = found
+            was_up, self.state = self.state.get("up"), found
+        if found["up"] != was_up:  # a line when the daemon comes up or goes down, not every scrape
+            if found["up"]:
+                log.info("the daemon's metrics answer at %s", self.url)
+            else:
+                log.warning("the daemon's metrics do not answer at %s: %s", self.url, found["error"])
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
