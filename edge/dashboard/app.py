@@ -96,8 +96,8 @@ class TokenGate:
 class Dashboard:
     """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
 
-    def __init__(self, cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None):
-        self.cfg, self.view, self.probe, self.record = cfg, view, probe, record
+    def __init__(self, view: LiveView, probe: MetricsProbe | None, record: Record | None):
+        self.view, self.probe, self.record = view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: dict[str, tuple[float, LiveFrame | None]] = {}
 
@@ -247,7 +247,7 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
 
 
 def create_app(cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None) -> Starlette:
-    d = Dashboard(cfg, view, probe, record)
+    d = Dashboard(view, probe, record)
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

@@ -167,7 +167,6 @@ class LiveView:
         self.silent_after_s = silent_after_s
         self.cameras: dict[str, CameraView] = {}
         self.lock = threading.Lock()
-        self.connected_since: float | None = None
         self.results_seen = 0
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None) -> None:
@@ -219,7 +218,6 @@ class ResultsFeed(threading.Thread):
             make_curve_client(sock, *self.curve)
         sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX)
         sock.connect(self.endpoint)
-        self.view.connected_since = time.time()
         try:
             while not self.stopping.is_set():
                 if sock.poll(100):
