@@ -65,3 +65,15 @@ def test_the_daemon_fails_an_unfit_frame_with_its_reasons(tiny_model, synth_root
         h = results[frame_id]
         assert h["status"] == "ok" and h["decision"] == "fail", h
         assert h["health"]["ok"] is False and reason in h["health"]["reasons"], h["health"]
+
+
+def test_the_health_bench_measures_the_limits_on_a_category(synth_root):
+    """`python -m benchmarks.health`: good test images flagged, unfit ones caught, per category."""
+    from benchmarks.health import UNFIT, measure_category
+
+    out = measure_category(synth_root / "bracket", 64, 3)  # the frames at their own size
+    assert out["aligned"] and out["good_images"] == 4 and out["good_flagged"] == 0.0
+    for kind in (*UNFIT, "frozen"):
+        assert out[f"{kind}_caught"] == 1.0, (kind, out)
+    closest = out["good_closest"]
+    assert closest["sharpness_ratio"] > 0.5 and closest["exposure"] < 0.15 and closest["shift"] < 0.04
