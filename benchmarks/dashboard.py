@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 
 from benchmarks.common import ROOT, stats
+from benchmarks.daemon import _free_port
 
 BROWSERS = 5
 # In the page: how late a 50 ms timer fires is how long the page could not answer a click.
@@ -35,14 +36,6 @@ setInterval(() => { const now = performance.now(); window.__lags.push(now - last
 try { new PerformanceObserver((l) => { window.__longTasks += l.getEntries().length; })
         .observe({ entryTypes: ["longtask"] }); } catch (e) {}
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _DashboardProcess:

@@ -153,24 +153,25 @@ class Dashboard:
         return JSONResponse({"rejects": items, "record": self.record is not None})
 
     def api_image(self, request: Request) -> Response:
-        camera, kind = request.path_params["camera"], request.path_params["kind"]
-        frame_ref = request.path_params["frame"]
-        frame_id: int | str = frame_ref if frame_ref == "latest" else _int_or_none(frame_ref)
-        if frame_id is None or kind not in ("overlay", "frame"):
-            return JSONResponse({"error": "no such image"}, 404)
+        camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))
+        frame_id = _int_or_none(frame_ref)
+        missing = JSONResponse({"error": "no such image"}, 404)
+        if kind not in ("overlay", "frame") or (frame_id is None and frame_ref != "latest"):
+            return missing
+        if frame_id is None:  # the latest: it changes, so it is not cached
+            live = self._latest(camera)
+            return _live_image(live, kind) if live is not None else missing
         # The record's evidence first: the frame as received, at full size. The stream's
         # picture (model size) while the writer has not stored it yet, or without a record.
-        if self.record is not None and frame_id != "latest":
-            evidence = self._evidence(camera, int(frame_id), kind)
-            if evidence is not None:
-                return evidence
-        live = self.view.find(camera, frame_id) if frame_id != "latest" else self._latest(camera)
-        if live is not None:
-            response = _live_image(live, kind)
-            if frame_id != "latest":  # a result's picture never changes: each page fetches it once
-                response.headers["cache-control"] = "private, max-age=86400, immutable"
-            return response
-        return JSONResponse({"error": "no such image"}, 404)
+        evidence = self._evidence(camera, frame_id, kind) if self.record is not None else None
+        if evidence is not None:
+            return evidence
+        live = self.view.find(camera, frame_id)
+        if live is None:
+            return missing
+        response = _live_image(live, kind)
+        response.headers["cache-control"] = "private, max-age=86400, immutable"  # a result's picture never changes
+        return response
 
     def _latest(self, camera: str) -> LiveFrame | None:
         """The camera's latest result, the same one for every page asking within a tick: at line
