@@ -52,3 +52,34 @@ def test_min_change_leaves_no_label_where_a_fill_put_background_on_background():
     unchanged = np.abs(painted - batch / 255.0).reshape(30, -1).max(axis=1) < 1e-6
     assert unchanged.any() and (whole.reshape(30, -1)[unchanged].max(axis=1) > 0).all()
     assert (visible.reshape(30, -1)[unchanged] == 0).all()
+
+
+def _inner_distance(mask):
+    """Each mask pixel's distance to the nearest pixel outside it (outside the frame counts)."""
+    import cv2
+
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1][mask.astype(bool)]
+
+
+def test_stroke_masks_are_thin_lines_never_empty():
+    from train.anomalies import stroke_mask
+
+    rng = np.random.default_rng(0)
+    for shape in ((128, 128), (64, 256)):
+        for _ in range(50):
+            mask = stroke_mask(shape, rng)
+            assert mask.shape == shape and mask.any() and mask.mean() < 0.05
+            # At most 3 px wide at 128 px: pixels 3 px deep inside occur only where strokes cross.
+            assert (_inner_distance(mask) >= 3).mean() < 0.15
+
+
+def test_stroke_share_chooses_strokes_or_blobs():
+    batch = _batch(n=40, size=128)
+
+    def labelled_share(stroke_share):
+        _, masks = paint_anomalies(batch, batch, np.random.default_rng(2), 1.0, 0.0, stroke_share)
+        return masks.mean()
+
+    # Strokes cover about 1% of the frame, Perlin blobs about 5%.
+    assert labelled_share(1.0) < 0.025 < labelled_share(0.0)

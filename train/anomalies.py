@@ -1,6 +1,8 @@
 """Synthetic anomalies painted into good images during training (DRAEM-style).
 
-A Perlin-noise mask (scale 2^u per axis, thresholded) selects where; the fill (FILLS) is
+A mask selects where: Perlin-noise blobs (scale 2^u per axis, thresholded), or for a share
+of the painted images (STROKE_SHARE) thin strokes, the shape of real cracks, scratches,
+open circuits and pulled threads, which blobs never are. The fill (FILLS) is
 foreign content from a shifted crop of another training image ("crop"), a procedural noise
 texture ("texture") or a colour/brightness shift ("shift"), blended with beta in [0, 0.8]:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 
+import cv2
 import numpy as np
 
 
@@ -80,6 +83,27 @@ def perlin_mask(
     return (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (min(h, w) // 10) ** 2
 
 
+def stroke_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of 1-3 thin strokes, (H, W): each a gently bending polyline 10-50% of
+    the short side long, 1-3 px wide at 128 px (scaled with the image); never empty."""
+    h, w = shape
+    side = min(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        length = rng.uniform(0.1, 0.5) * side
+        segments = int(rng.integers(3, 8))
+        heading = rng.uniform(0, 2 * np.pi)
+        turns = heading + np.cumsum(rng.normal(0.0, 0.35, segments))  # a crack wanders, a scratch barely
+        steps = np.stack([np.cos(turns), np.sin(turns)], axis=1) * (length / segments)  # (segments, 2) x, y
+        start = rng.uniform([0, 0], [w, h])
+        points = np.vstack([start, start + np.cumsum(steps, axis=0)]).round().astype(np.int32)
+        width = max(1, int(round(rng.uniform(1, 3) * side / 128)))
+        cv2.polylines(mask, [points.reshape(-1, 1, 2)], False, 1, thickness=width)
+    if not mask.any():  # every stroke ran off the frame
+        mask[h // 2, w // 4 : 3 * w // 4] = 1
+    return mask.astype(bool)
+
+
 # The fills, each equally likely. Measured and left out (docs/decisions.md): the image's own
 # detail blurred away (traded one defect kind for another) and faint soft-edged discolourations
 # (lowered every kind's score at 10 minutes).
@@ -87,6 +111,8 @@ FILLS = ("crop", "texture", "shift")
 # Half of each batch is painted (DRAEM); a painted pixel is labelled where it moved by >= 4/255.
 ANOMALY_FRACTION = 0.5
 MIN_CHANGE = 0.016
+# The share of painted images whose mask is strokes rather than blobs.
+STROKE_SHARE = 0.3
 
 
 def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -115,12 +141,14 @@ def paint_anomalies(
     rng: np.random.Generator,
     fraction: float = ANOMALY_FRACTION,
     min_change: float = MIN_CHANGE,
+    stroke_share: float = STROKE_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
     of the batch is corrupted; the rest is returned unchanged with an empty mask. With
     `min_change` > 0 a painted pixel is labelled only where some channel moved by at least that much.
+    `stroke_share` of the painted images get thin strokes instead of blobs.
     """
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
@@ -128,7 +156,9 @@ def paint_anomalies(
     for i in range(len(batch)):
         if rng.random() >= fraction:
             continue
-        mask = perlin_mask(batch.shape[1:3], rng).astype(np.float32)[:, :, None]
+        shape = batch.shape[1:3]
+        mask = stroke_mask(shape, rng) if rng.random() < stroke_share else perlin_mask(shape, rng)
+        mask = mask.astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
         fill = _fill(x[i], pool, rng)
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
