@@ -65,15 +65,21 @@ def test_calibration_makes_each_error_count_as_its_weight_on_good_images():
     assert raw_l2 > 0 and calibrated.scales[0] > 2 * calibrated.scales[1]
 
 
-def test_the_border_is_left_out_of_map_and_score():
+def test_the_border_is_left_out_of_the_score_and_drawn_from_its_nearest_scored_pixel():
     x, recon = _pair()
     recon = x.clone()
     recon[:, :, :2, :] = 1 - recon[:, :, :2, :]  # a huge error in the top 2 rows only
     plain, roi = _errors_scorer(("l2",), border=0), _errors_scorer(("l2",), border=4)
     assert float(plain(x, recon)[1].min()) > 0.1
     amap, score = roi(x, recon)
-    assert float(amap[..., :4, :].abs().max()) == 0.0
     assert float(score.max()) < float(plain(x, recon)[1].min())
+    # The margin repeats the scored pixels next to it: row 0 is row 4, column 31 is column 27.
+    full = plain(x, recon)[0]
+    assert torch.equal(amap[..., 4:-4, 4:-4], full[..., 4:-4, 4:-4])
+    assert torch.equal(amap[..., 0, 4:-4], full[..., 4, 4:-4])
+    assert torch.equal(amap[..., 4:-4, 31], full[..., 4:-4, 27])
+    assert torch.equal(amap[..., 0, 0], full[..., 4, 4])
+    assert torch.equal(score, amap.flatten(1).max(dim=1).values)
 
 
 def test_the_plan_names_the_terms_and_a_zero_weight_leaves_a_term_out():

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
-from train.scoring.filters import roi_mask
 from train.scoring.learned import HeadPlan, LearnedComparison
 from train.scoring.memory import FeatureMemory, MemoryPlan
 from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
@@ -81,8 +81,8 @@ def initial_plan(terms: tuple[str, ...], errors: tuple[str, ...], border: int, s
 
 
 class AnomalyScorer(nn.Module):
-    """map = sum over terms of weight * term(x, recon, head probability), zero outside the
-    region of interest; score = the map's max."""
+    """map = sum over terms of weight * term(x, recon, head probability) inside the region of
+    interest, its margin filled from the nearest pixel inside; score = the max inside."""
 
     def __init__(
         self, plan: ScorerPlan, channels: int, size: tuple[int, int], template: TemplateSettings | None = None
@@ -93,7 +93,6 @@ class AnomalyScorer(nn.Module):
         self.channels, self.size, self.template_settings = channels, size, template
         self.weights: dict[str, float] = {}
         self.terms = nn.ModuleDict()
-        self.register_buffer("roi", roi_mask(size[0], size[1], plan.border), persistent=False)
         self.border = plan.border
         for name, weight, term_plan in plan.terms:
             self.terms[name] = self._build(name, term_plan)
@@ -147,9 +146,14 @@ class AnomalyScorer(nn.Module):
         if anomaly_map is None:
             raise ValueError("the scorer has no term with a positive weight")
         if self.border > 0:
-            anomaly_map = anomaly_map * self.roi  # the margin scores 0
-        score = anomaly_map.flatten(1).max(dim=1).values  # (N,)
-        return anomaly_map, score
+            b = self.border
+            inner = anomaly_map[:, :, b:-b, b:-b]  # (N, 1, H - 2b, W - 2b): what is scored
+            score = inner.flatten(1).max(dim=1).values  # (N,)
+            # The margin shows its nearest scored pixel, so a defect that runs off the frame (a
+            # thread across a fabric tile, a crack to the part's edge) is drawn to the edge
+            # instead of stopping in a frame of zeros; it still adds nothing to the score.
+            return F.pad(inner, (b, b, b, b), mode="replicate"), score
+        return anomaly_map, anomaly_map.flatten(1).max(dim=1).values
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the scoring: each term's weight, unit and plan; the border."""
