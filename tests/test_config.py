@@ -56,6 +56,7 @@ def test_overrides_are_converted_by_field_type():
         ({"levels": "two"}, "expected an integer"),
         ({"cosine": "true"}, "unknown config key"),
         ({"score": {"reference_sigmas": "8,2"}}, "unknown config key"),
+        ({"image_size": "[16, 64]", "score": {"border": "8"}}, "leaves nothing"),
     ],
 )
 def test_bad_config_raises_value_error(overrides, match):

@@ -80,6 +80,10 @@ class ModelConfig:
             all(side % step == 0 and side >= 16 for side in self.image_size),
             f"model.image_size {list(self.image_size)}: each side must be >= 16 and a multiple of {step}",
         )
+        require(
+            2 * self.score.border < min(self.image_size),
+            f"score.border {self.score.border} leaves nothing of a {list(self.image_size)} input to score",
+        )
         require(self.levels in (1, 2), f"model.levels must be 1 or 2, got {self.levels}")
         require(self.width >= 4 and self.code_dim >= 2, "model.width and model.code_dim are too small")
         require(self.codebook_size >= 2, "model.codebook_size must be >= 2")
