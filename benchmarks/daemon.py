@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import ROOT, stats
+from edge.transport import free_loopback_port
 
 
 def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0, workers: int | None = None) -> float:
@@ -85,14 +86,6 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Daemon:
     def __init__(
         self,
@@ -106,7 +99,7 @@ class Daemon:
         if transport == "ipc":
             self.frames, self.results = f"ipc://{workdir}/frames", f"ipc://{workdir}/results"
         else:
-            self.frames, self.results = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+            self.frames, self.results = (f"tcp://127.0.0.1:{free_loopback_port()}" for _ in range(2))
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(

@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from benchmarks.common import ROOT, stats
-from benchmarks.daemon import _free_port
+from edge.transport import free_loopback_port
 
 BROWSERS = 5
 # In the page: how late a 50 ms timer fires is how long the page could not answer a click.
@@ -40,7 +40,7 @@ try { new PerformanceObserver((l) => { window.__longTasks += l.getEntries().leng
 
 class _DashboardProcess:
     def __init__(self, results: str):
-        self.url = f"http://127.0.0.1:{_free_port()}/"
+        self.url = f"http://127.0.0.1:{free_loopback_port()}/"
         port = self.url.rsplit(":", 1)[1].strip("/")
         cmd = [sys.executable, "-m", "vqad.cli", "dashboard", "--results", results, "--port", port]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,10 +3,20 @@ out (PUB bound), and CURVE authentication when the config enables it."""
 
 from __future__ import annotations
 
+import socket
+
 import zmq
 
 from edge.metrics import DaemonMetrics
 from edge.settings import EdgeConfig
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's pick), for a process about to bind it: the
+    demo's, the benchmarks' and the tests' daemons and dashboards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics):

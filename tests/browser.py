@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.transport import free_loopback_port
 from tests.conftest import ROOT
 from tests.edge_helpers import BLOCKED_LAUNCH, stop_process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def headless_chromium(width: int = 1400, height: int = 1000):
@@ -52,7 +46,7 @@ class DashboardProcess:
     """`vqad dashboard` in a process of its own, with torch and train/ unimportable."""
 
     def __init__(self, *args: str, log_path: Path, env: dict | None = None):
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-c", BLOCKED_LAUNCH, "dashboard", "--port", str(self.port), *args]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

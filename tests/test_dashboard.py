@@ -20,7 +20,8 @@ from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
 from edge.protocol import frame_message, result_header
 from edge.record import Record
-from tests.browser import DashboardProcess, free_port, headless_chromium, wait_for
+from edge.transport import free_loopback_port
+from tests.browser import DashboardProcess, headless_chromium, wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 
@@ -36,7 +37,7 @@ def test_binding_beyond_loopback_needs_a_token_of_some_length():
     with pytest.raises(ValueError, match="at least 16"):
         DashboardConfig(host="0.0.0.0", token="short")
     DashboardConfig(host="0.0.0.0", token=TOKEN)
-    refused = run_vqad("dashboard", "--host", "0.0.0.0", "--port", str(free_port()), check=False, timeout=60)
+    refused = run_vqad("dashboard", "--host", "0.0.0.0", "--port", str(free_loopback_port()), check=False, timeout=60)
     assert refused.returncode != 0 and "requires a token" in refused.stderr
 
 
@@ -84,7 +85,7 @@ def line(tiny_model, synth_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dashboard")
     url = f"sqlite:///{folder / 'line.db'}"
     control = f"ipc://{folder}/ctl"
-    metrics_port = free_port()
+    metrics_port = free_loopback_port()
     daemon = DaemonProcess(
         tiny_model, "--record", url, "--control", control, "--metrics-port", str(metrics_port),
         "--set", "edge.publish_frames=true",

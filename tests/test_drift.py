@@ -57,7 +57,7 @@ def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny
 
     from edge.dashboard.probe import read_metrics
     from edge.protocol import frame_message
-    from tests.browser import free_port
+    from edge.transport import free_loopback_port
     from tests.conftest import run_vqad
     from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 
@@ -71,7 +71,7 @@ def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny
     goods_dir = line / "bracket" / "train" / "good"
     run_vqad("calibrate", package, goods_dir)  # the reference: these images' scores
     goods = [cv2.imread(str(p)) for p in sorted(goods_dir.glob("*.png"))]
-    port = free_port()
+    port = free_loopback_port()
     with DaemonProcess(package, "--metrics-port", str(port), "--threshold", "1e9") as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ import zmq
 
 from edge.protocol import frame_message
 from edge.security import create_keys, make_curve_client
+from edge.transport import free_loopback_port
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
 pytestmark = pytest.mark.timeout(240)
 FRAME = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_backend_failure_fails_only_that_batch(tiny_model):
@@ -128,7 +122,7 @@ def test_camera_process_killed_and_restarted(tiny_model, synth_root):
 
 def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     ipc = short_ipc_dir()
-    port = free_port()
+    port = free_loopback_port()
     first = DaemonProcess(tiny_model, ipc_dir=ipc).start()
     cam = Camera(first.frames)
     cam.send(frame_message("x", 0, FRAME))
@@ -199,7 +193,7 @@ def test_sockets_bind_to_loopback_by_default(tiny_model):
 
     cfg = EdgeConfig()
     assert cfg.frames_endpoint.startswith("tcp://127.0.0.1:") and cfg.results_endpoint.startswith("tcp://127.0.0.1:")
-    fp, rp = free_port(), free_port()
+    fp, rp = free_loopback_port(), free_loopback_port()
     daemon = DaemonProcess(tiny_model)
     # Only the ports are given: the host part comes from the defaults' loopback.
     daemon.args = [

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from edge.errors import VqadError
+from edge.transport import free_loopback_port
 
 FRAMES = "tcp://127.0.0.1:5555"
 RESULTS = "tcp://127.0.0.1:5556"
@@ -74,14 +75,6 @@ def _prepare(workdir: Path, category: str, minutes: float, image_size: int) -> N
     _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_daemon(workdir: Path, model: Path, frames: str, results: str, metrics_port: int) -> subprocess.Popen:
     """`vqad serve` in its own process, returned once it says it is ready."""
     ready = workdir / "serve.ready"
@@ -109,7 +102,7 @@ def _stream(
     """The daemon, a watcher writing every result to `jsonl`, the dashboard, and a camera
     streaming the test images; -> (the daemon's exit code after SIGTERM, seconds from first
     frame to last result)."""
-    metrics_port = _free_port()
+    metrics_port = free_loopback_port()
     serve = _start_daemon(workdir, model, frames, results, metrics_port)
     dashboard = _start_dashboard(workdir, results, metrics_port)
     try:
@@ -143,7 +136,7 @@ class _Dashboard:
 
 
 def _start_dashboard(workdir: Path, results: str, metrics_port: int) -> _Dashboard:
-    port = _free_port()
+    port = free_loopback_port()
     process = subprocess.Popen(
         _vqad("dashboard", "--results", results, "--record", _record_url(workdir), "--port", str(port),
               "--metrics", f"http://127.0.0.1:{metrics_port}/metrics")
