@@ -153,10 +153,10 @@ def paint_anomalies(
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
     masks = np.zeros(batch.shape[:3], dtype=np.float32)
+    shape = batch.shape[1:3]
     for i in range(len(batch)):
         if rng.random() >= fraction:
             continue
-        shape = batch.shape[1:3]
         mask = stroke_mask(shape, rng) if rng.random() < stroke_share else perlin_mask(shape, rng)
         mask = mask.astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
