@@ -6,7 +6,7 @@ import pytest
 
 from edge.errors import DataError
 from edge.frames import read_image, to_model_input
-from train.data import load_images, load_test_set, split_train_val, train_image_paths
+from train.data import load_images, load_test_set, split_train_val, train_image_paths, validation_count
 
 
 def make_category(root, channels=3, size=(40, 30), fmt="png"):
@@ -83,3 +83,23 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
     assert len(val) == 3 and not set(train) & set(val) and len(train) + len(val) == 20
     assert split_train_val(paths, 0.15, seed=1) == (train, val)
     assert split_train_val(paths, 0.15, seed=2) != (train, val)
+
+
+@pytest.mark.parametrize(
+    ("n_images", "expected"),
+    [
+        (2, 1),  # at least one, whatever the share
+        (40, 13),  # a third: training keeps two thirds
+        (300, 100),  # enough for min_val_images
+        (1000, 150),  # val_fraction already holds more than min_val_images
+    ],
+)
+def test_validation_grows_towards_min_val_images_while_training_keeps_two_thirds(n_images, expected):
+    assert validation_count(n_images, 0.15, min_val_images=100) == expected
+    assert validation_count(n_images, 0.15, min_val_images=0) == max(1, round(0.15 * n_images))
+
+
+def test_split_holds_out_min_val_images(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(30)]
+    train, val = split_train_val(paths, 0.15, seed=1, min_val_images=100)
+    assert len(val) == 10 and len(train) == 20 and not set(train) & set(val)

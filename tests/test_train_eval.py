@@ -195,8 +195,13 @@ def test_resume_continues_the_run(synth_root, tmp_path):
         "train", synth_root / "weave", "--out", run, "--steps", "10", *TINY_MODEL, *TINY_TRAIN, check=False
     )
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "15", "--resume", *TINY_MODEL, *TINY_TRAIN)
+    split = (run / "split.json").read_text()
+    # The resumed run keeps its saved split, even under another split policy.
+    another_split = ("--set", "train.val_fraction=0.45")
+    resumed = ("--steps", "15", "--resume", *TINY_MODEL, *TINY_TRAIN, *another_split)
+    run_vqad("train", synth_root / "weave", "--out", run, *resumed)
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == 15
+    assert (run / "split.json").read_text() == split
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert steps == [5, 10, 15]
 

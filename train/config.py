@@ -113,8 +113,10 @@ class TrainConfig:
     # The budget: whichever of `steps` and `max_minutes` runs out first ends the training.
     steps: int = 4000
     max_minutes: float = 10.0
-    # The share of the good training images held out to calibrate the threshold (seeded).
+    # The share of the good training images held out to calibrate the threshold (seeded), or
+    # more: up to `min_val_images` while training keeps two thirds (train.data.validation_count).
     val_fraction: float = 0.15
+    min_val_images: int = 100
     # The threshold: the quantile of the good validation scores that rejects this share of them.
     target_frr: float = 0.01
     log_every: int = 25
@@ -131,6 +133,7 @@ class TrainConfig:
         require(self.steps >= 1, "train.steps must be >= 1")
         require(self.max_minutes > 0, "train.max_minutes must be > 0")
         require(0.0 < self.val_fraction < 0.5, "train.val_fraction must be in (0, 0.5)")
+        require(self.min_val_images >= 0, "train.min_val_images must be >= 0")
         require(0.0 < self.target_frr < 0.5, "train.target_frr must be in (0, 0.5)")
         require(
             self.log_every >= 1 and self.checkpoint_every >= 1,

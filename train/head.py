@@ -44,7 +44,7 @@ class ComparisonHead(nn.Module):
         # the FP16 graph. So it runs in FP32 at inference in every graph (half_precision() keeps
         # it so); the rest runs in whatever dtype it is given. Training keeps bf16 autocast here
         # as everywhere: FP32 in training cost ~5% of the steps and measured no better over two
-        # seeds per category (benchmarks/RESULTS.md, session 6).
+        # seeds per category (a rerun of one seed moved the bracket's pixel AUROC as far).
         autocast = torch.is_autocast_enabled(h.device.type)
         e1 = self.enc1(h if autocast else h.float())  # (N, w, H, W)
         # The encoder half stays FP32 in the FP16 graph too (`half_precision`): its coarsest

@@ -41,7 +41,7 @@ from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel, calibrate_scorer
-from train.run import load_weights_from
+from train.run import load_weights_from, read_split
 from train.runlog import MetricsLog
 from train.scoring import SSIM, ScorerPlan
 
@@ -70,10 +70,21 @@ def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
     return LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
-    """Read and check every image the run will touch before anything is written."""
-    paths = train_image_paths(category)
-    train_paths, val_paths = split_train_val(paths, train_cfg.val_fraction, train_cfg.seed)
+def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path | None = None):
+    """Read and check every image the run will touch before anything is written. A resumed run
+    (`run_dir`) keeps the split it saved, whatever the folder or the config holds now."""
+    if run_dir is not None:
+        split = read_split(run_dir)
+        train_paths, val_paths = [Path(p) for p in split["train"]], [Path(p) for p in split["val"]]
+    else:
+        paths = train_image_paths(category)
+        train_paths, val_paths = split_train_val(
+            paths, train_cfg.val_fraction, train_cfg.seed, train_cfg.min_val_images
+        )
+    log.info(
+        "%d good images: %d to train on, %d held out to calibrate the threshold",
+        len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
+    )  # fmt: skip
     train_images = load_images(train_paths, model_cfg.image_size, model_cfg.channels)
     val_images = load_images(val_paths, model_cfg.image_size, model_cfg.channels)
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
@@ -155,7 +166,9 @@ def set_up(
     if init_from is not None:
         load_weights_from(Path(init_from), model, model_cfg)
     model = model.to(device)
-    train_paths, val_paths, train_images, val_images = load_run_data(category, model_cfg, train_cfg)
+    train_paths, val_paths, train_images, val_images = load_run_data(
+        category, model_cfg, train_cfg, run_dir if resume else None
+    )
     if dist.main:
         _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
     net, head_net = model.vqvae, model.head

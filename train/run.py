@@ -29,14 +29,19 @@ class Run:
     meta: dict[str, Any]
 
     def split(self) -> dict[str, list[str]]:
-        path = self.root / "split.json"
-        if not path.is_file():
-            raise DataError(f"{path} is missing: the run's validation split is unknown")
-        return json.loads(path.read_text())
+        return read_split(self.root)
 
     def threshold(self) -> dict[str, Any] | None:
         path = self.root / THRESHOLD_FILE
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_split(run_dir: Path) -> dict[str, list[str]]:
+    """RUN_DIR/split.json: {"train": [path, ...], "val": [path, ...]}, as the training drew it."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run's validation split is unknown")
+    return json.loads(path.read_text())
 
 
 def load_run(run_dir: str | Path) -> Run:
