@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 
 from benchmarks.common import ROOT, stats
+from edge.dashboard.server import wait_until_serving
 from edge.transport import free_loopback_port
 
 BROWSERS = 5
@@ -44,14 +45,9 @@ class _DashboardProcess:
         port = self.url.rsplit(":", 1)[1].strip("/")
         cmd = [sys.executable, "-m", "vqad.cli", "dashboard", "--results", results, "--port", port]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "api/summary", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the dashboard did not answer")
+        if not wait_until_serving(self.url, self.proc):
+            self.stop()
+            raise RuntimeError("the dashboard did not answer")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from edge.dashboard.server import wait_until_serving
 from edge.transport import free_loopback_port
 from tests.conftest import ROOT
 from tests.edge_helpers import BLOCKED_LAUNCH, stop_process
@@ -56,20 +55,9 @@ class DashboardProcess:
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
 
-        def answering() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dashboard exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            request = urllib.request.Request(self.url + "/api/summary", headers=headers or {})
-            try:
-                urllib.request.urlopen(request, timeout=1)
-            except urllib.error.HTTPError:
-                return True  # answering, with a refusal
-            except OSError:
-                return False
-            return True
-
-        if not wait_for(answering, timeout, every=0.1):
-            raise AssertionError(f"dashboard not answering in {timeout}s:\n{self.log_path.read_text()}")
+        if not wait_until_serving(self.url, self.proc, timeout, headers):
+            how = f"exited {self.proc.returncode}" if self.proc.poll() is not None else f"not answering in {timeout}s"
+            raise AssertionError(f"dashboard {how}:\n{self.log_path.read_text()}")
         return self
 
     def stop(self, timeout: float = 15.0) -> int:

@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from edge.dashboard.server import wait_until_serving
 from edge.errors import VqadError
 from edge.transport import free_loopback_port
 
@@ -142,13 +142,9 @@ def _start_dashboard(workdir: Path, results: str, metrics_port: int) -> _Dashboa
               "--metrics", f"http://127.0.0.1:{metrics_port}/metrics")
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:  # subscribed before the first frame
-        try:
-            urllib.request.urlopen(url + "api/summary", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
+    # Subscribed before the first frame; without it the demo goes on, and the picture says so.
+    if not wait_until_serving(url, process):
+        print(f"   the dashboard did not answer at {url}", flush=True)
     return _Dashboard(process, url)
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 
 import cv2
 import uvicorn
@@ -31,6 +35,25 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen, timeout_s: float = 30.0, headers: dict[str, str] | None = None
+) -> bool:
+    """Poll a `vqad dashboard` started as `process` until URL/api/summary answers -> True; False
+    once the process has exited or `timeout_s` has passed. Any HTTP answer counts, a refusal
+    (401 without the token) too: the server is up."""
+    request = urllib.request.Request(url.rstrip("/") + "/api/summary", headers=headers or {})
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(request, timeout=1).close()
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
 
 
 def run_dashboard(cfg: DashboardConfig) -> int:
