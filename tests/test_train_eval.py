@@ -200,9 +200,10 @@ def test_resume_continues_the_run(synth_root, tmp_path):
     # The resumed run keeps its saved split, even under another split policy.
     another_split = ("--set", "train.val_fraction=0.45")
     resumed = ("--steps", "15", "--resume", *TINY_MODEL, *TINY_TRAIN, *another_split)
-    run_vqad("train", synth_root / "weave", "--out", run, *resumed)
+    warned = run_vqad("train", synth_root / "weave", "--out", run, *resumed)
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == 15
     assert (run / "split.json").read_text() == split
+    assert "keeps the run's saved split; train.val_fraction changed" in warned.stderr
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert steps == [5, 10, 15]
 

@@ -76,6 +76,7 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     if run_dir is not None:
         split = read_split(run_dir)
         train_paths, val_paths = [Path(p) for p in split["train"]], [Path(p) for p in split["val"]]
+        _warn_if_split_policy_changed(run_dir, train_cfg)
     else:
         paths = train_image_paths(category)
         train_paths, val_paths = split_train_val(
@@ -90,6 +91,18 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
     load_test_set(category, model_cfg.image_size, model_cfg.channels)
     return train_paths, val_paths, train_images, val_images
+
+
+# The train config keys that draw the split: a resume under other values keeps the saved split.
+SPLIT_KEYS = ("seed", "val_fraction", "min_val_images")
+
+
+def _warn_if_split_policy_changed(run_dir: Path, train_cfg: TrainConfig) -> None:
+    config = run_dir / "config.json"
+    saved = json.loads(config.read_text())["train"] if config.is_file() else {}
+    changed = [k for k in SPLIT_KEYS if k in saved and saved[k] != getattr(train_cfg, k)]
+    if changed:
+        log.warning("--resume keeps the run's saved split; train.%s changed and does not redraw it", "/".join(changed))
 
 
 @dataclass
