@@ -112,8 +112,8 @@ def scoring_ablation(
     labels = np.array([s.label for s in test])
     with_mask = np.array([s.mask is not None for s in test])
     masks = np.stack([s.mask if s.mask is not None else np.zeros(frames.shape[1:3], bool) for s in test])
-    train_images = load_images([Path(p) for p in run.split()["train"]], cfg.image_size, cfg.channels)
-    val_images = load_images([Path(p) for p in run.split()["val"]], cfg.image_size, cfg.channels)
+    train_images = load_images(run.split()["train"], cfg.image_size, cfg.channels)
+    val_images = load_images(run.split()["val"], cfg.image_size, cfg.channels)
     x_val, r_val = model.reconstruct_frames(val_images)
     x_test, r_test = model.reconstruct_frames(frames)
     prob, z_test, val_head = None, None, None

@@ -48,7 +48,7 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     from train.data import load_images, load_test_set
 
     size, channels = run.model_cfg.image_size, run.model_cfg.channels
-    val_paths = [Path(p) for p in run.split()["val"]]
+    val_paths = run.split()["val"]
     frames = [load_images(val_paths, size, channels)]
     names = [str(p) for p in val_paths]
     data = Path(run.meta.get("data", ""))
@@ -88,7 +88,7 @@ def _camera_health(run) -> dict[str, Any]:
     from train.data import load_images
 
     m = run.model_cfg
-    return training_stats(load_images([Path(p) for p in run.split()["train"]], m.image_size, m.channels))
+    return training_stats(load_images(run.split()["train"], m.image_size, m.channels))
 
 
 def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:

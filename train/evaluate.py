@@ -94,7 +94,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out = Path(out)
     size, channels = run.model_cfg.image_size, run.model_cfg.channels
     test = load_test_set(category, size, channels)
-    val_paths = [Path(p) for p in run.split()["val"]]
+    val_paths = run.split()["val"]
     val_images = load_images(val_paths, size, channels)
 
     _, _, val_scores = score_frames(run.model, val_images)

@@ -75,7 +75,7 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     (`run_dir`) keeps the split it saved, whatever the folder or the config holds now."""
     if run_dir is not None:
         split = read_split(run_dir)
-        train_paths, val_paths = [Path(p) for p in split["train"]], [Path(p) for p in split["val"]]
+        train_paths, val_paths = split["train"], split["val"]
         _warn_if_split_policy_changed(run_dir, train_cfg)
     else:
         paths = train_image_paths(category)

@@ -28,7 +28,7 @@ class Run:
     train_cfg: TrainConfig
     meta: dict[str, Any]
 
-    def split(self) -> dict[str, list[str]]:
+    def split(self) -> dict[str, list[Path]]:
         return read_split(self.root)
 
     def threshold(self) -> dict[str, Any] | None:
@@ -36,12 +36,12 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_split(run_dir: Path) -> dict[str, list[str]]:
-    """RUN_DIR/split.json: {"train": [path, ...], "val": [path, ...]}, as the training drew it."""
+def read_split(run_dir: Path) -> dict[str, list[Path]]:
+    """RUN_DIR/split.json -> {"train": [Path, ...], "val": [Path, ...]}, as the training drew it."""
     path = run_dir / "split.json"
     if not path.is_file():
         raise DataError(f"{path} is missing: the run's validation split is unknown")
-    return json.loads(path.read_text())
+    return {part: [Path(p) for p in paths] for part, paths in json.loads(path.read_text()).items()}
 
 
 def load_run(run_dir: str | Path) -> Run:
