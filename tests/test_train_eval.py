@@ -204,6 +204,10 @@ def test_resume_continues_the_run(synth_root, tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == 15
     assert (run / "split.json").read_text() == split
     assert "keeps the run's saved split; train.val_fraction changed" in warned.stderr
+    # config.json keeps the train config that drew the split and records the resume's.
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["val_fraction"] != 0.45
+    assert [(r["from_step"], r["train"]["val_fraction"]) for r in config["resumes"]] == [(10, 0.45)]
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert steps == [5, 10, 15]
 

@@ -1,7 +1,8 @@
 """`vqad train`: fit the VQ-VAE on good images under a step and wall-clock budget.
 
 Life of a run directory:
-    config.json   model + train config (written once the data checks pass)
+    config.json   model + train config (written once the data checks pass; each --resume
+                  appends the train config it continued under to `resumes`)
     split.json    which good images are train and which are validation
     checkpoint.pt the latest self-describing checkpoint (atomic writes)
     metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
@@ -182,7 +183,9 @@ def set_up(
     train_paths, val_paths, train_images, val_images = load_run_data(
         category, model_cfg, train_cfg, run_dir if resume else None
     )
-    if dist.main:
+    if dist.main and resume:
+        _record_resume(run_dir, category, model_cfg, train_cfg, start_step)
+    elif dist.main:
         _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
     net, head_net = model.vqvae, model.head
     if dist.world > 1:
@@ -226,10 +229,24 @@ def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[Inspect
     return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
 
 
+def _record_resume(
+    run_dir: Path, category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, start_step: int
+) -> None:
+    """A resume keeps config.json's first train config (the one that drew split.json) and
+    appends the train config it continues under, with the step it continues from."""
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else _run_config(category, model_cfg, train_cfg)
+    config.setdefault("resumes", []).append({"from_step": start_step, "train": to_dict(train_cfg)})
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _run_config(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}
+
+
 def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(_run_config(category, model_cfg, train_cfg), indent=2))
     split = {"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}
     (run_dir / "split.json").write_text(json.dumps(split, indent=2))
 
