@@ -1,5 +1,6 @@
 """Scoring ablation: one trained run, its map rebuilt from every subset of its terms and with
-each of the golden template's choices taken away.
+each of the golden template's choices taken away; each with the run's `score.peers` unless
+the variant names peers.
 
 The reconstruction and the head's probability are computed once; each variant is the
 product's own `AnomalyScorer`, calibrated on the run's good training and validation images as
@@ -21,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-# name -> what the variant changes: terms, error kinds, golden-template settings, weights
-# (each left out = the run's own, the constants' or WEIGHTS).
+# name -> what the variant changes: terms, error kinds, golden-template settings, weights,
+# peers (each left out = the run's own, the constants' or WEIGHTS).
 L2_SSIM_GMS = ("l2", "ssim", "gms")
 VARIANTS: dict[str, dict[str, Any]] = {
     "the run's terms": {},
+    "the run's terms, no peers": {"peers": False},
+    "the run's terms, with peers": {"peers": True},
     "head": {"terms": ("head",)},
     "errors": {"terms": ("errors",)},
     "template": {"terms": ("template",)},
@@ -116,6 +119,7 @@ def scoring_ablation(
     val_images = load_images(run.split()["val"], cfg.image_size, cfg.channels)
     x_val, r_val = model.reconstruct_frames(val_images)
     x_test, r_test = model.reconstruct_frames(frames)
+    latents_test = torch.cat([model.latents(x) for x in batched(x_test, 16)])
     prob, z_test, val_head = None, None, None
     if model.head is not None:
         outputs = [model.head_outputs(x, r) for x, r in zip(batched(x_test, 16), batched(r_test, 16), strict=True)]
@@ -128,6 +132,7 @@ def scoring_ablation(
         val_recon=r_val,
         val_head=val_head,
         features=model.features if model.head is not None else None,
+        outputs=model.outputs,
     )
     base = TemplateSettings.for_size((size[0] * size[1]) ** 0.5)
     rows: dict[str, Any] = {}
@@ -136,12 +141,14 @@ def scoring_ablation(
         if ("head" in terms or "memory" in terms) and prob is None:
             continue
         border = variant.get("border", cfg.score.border)
-        plan = initial_plan(terms, variant.get("errors", cfg.score.errors), border, size)
+        plan = initial_plan(
+            terms, variant.get("errors", cfg.score.errors), border, size, variant.get("peers", cfg.score.peers)
+        )
         template = dataclasses.replace(base, **variant.get("template", {}))
         scorer = AnomalyScorer(plan, cfg.channels, size, template)
         scorer.calibrate(good)
         scorer.weights.update(variant.get("weights", {}))
-        maps, scores = scorer(x_test, r_test, prob, z_test)
+        maps, scores = scorer(x_test, r_test, prob, z_test, latents_test)
         amap, score = maps[:, 0].numpy(), scores.numpy()
         rows[name] = {
             "image_auroc": image_auroc(labels, score),

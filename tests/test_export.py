@@ -258,6 +258,26 @@ def test_parity_relaxes_only_images_whose_tied_codes_explain_a_difference():
     broken[2] += 0.5
     with pytest.raises(ParityError, match="tied codes"):
         compare((maps, scores), (broken, scores), (broken, scores), 2.0, 1e-3, 1e-2, 0.99, near_tie=tie)
+    # A near-empty map (a blank tile, every cell tied) whose rounding is 5% of itself but 0.25%
+    # of the threshold passes; the same error against a map at the threshold's level fails.
+    blank = np.full((2, 1, 32, 32), 0.1, np.float32)
+    blank_scores = blank.reshape(2, -1).max(axis=1)
+    moved = blank * 1.05
+    both = np.ones(2, bool)
+    assert compare((blank, blank_scores), (moved, blank_scores), (moved, blank_scores), 2.0, 1e-3, 1e-2, 0.99, both)[
+        "passed"
+    ]
+    with pytest.raises(ParityError, match="tied codes"):
+        compare(
+            (blank * 20, blank_scores),
+            (moved * 20, blank_scores),
+            (moved * 20, blank_scores),
+            2.0,
+            1e-3,
+            1e-2,
+            0.99,
+            both,
+        )
 
 
 def test_parity_verdict_does_not_depend_on_the_maps_units():

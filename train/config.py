@@ -31,6 +31,10 @@ class ScoreConfig:
     # Pixels at the frame's edge left out of the map and the score (an inspection region of
     # interest). The convolutions' padding leaves the outermost pixels reconstructed worst.
     border: int = 4
+    # The map in units of its peers: divided by the mean score of the frame's nearest good
+    # training images (train/scoring/peers.py), so that a rare kind of good image is measured
+    # against its own kind.
+    peers: bool = True
 
     def __post_init__(self) -> None:
         require(len(self.terms) > 0, "score.terms must name at least one of head, errors, template")

@@ -9,6 +9,10 @@ v1 scorer kept its settings in `model_config.score` (20 keys) and what calibrati
 buffers (`scorer.ref_gain`, `scorer.ref_shift`, ...). Both become the v2 scorer's plan; the
 template's tensors move under `scorer.terms.template.`; the configs keep what a user decides
 (tuned constants moved into code; the train config as saved is kept as `train_config_v1`).
+
+Version 2 -> 3: the scorer's plan gained `peers` (the map in units of its nearest good training
+images' scores, train/scoring/peers.py). A v2 run scored without: `peers` off, in its plan and
+in its model config.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 
 from edge.errors import CheckpointError
 
-VERSION = 2
+VERSION = 3
 
 # What a v1 ScoreConfig field held when a checkpoint did not save it (it did not exist yet),
 # as v1's loader filled it in: runs from before each feature scored without it.
@@ -44,7 +48,7 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     version = payload.get("version")
     if not isinstance(version, int) or not 1 <= version <= VERSION:
         raise CheckpointError(f"checkpoint version {version!r} is not one this vqad reads (1..{VERSION})")
-    steps = {1: _v1_to_v2}
+    steps = {1: _v1_to_v2, 2: _v2_to_v3}
     while payload["version"] < VERSION:
         payload = steps[payload["version"]](payload)
     return payload
@@ -148,3 +152,14 @@ def _v1_template_plan(score: dict[str, Any], old: dict[str, torch.Tensor], gain:
         "weight": 1.0,
         "gain": gain,
     }
+
+
+def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(payload["meta"])
+    meta["scoring"] = {**meta["scoring"], "peers": {"k": 0, "size": 0, "dim": 0, "floor": 1.0}}
+    model_config = dict(meta["model_config"])
+    model_config["score"] = {**model_config["score"], "peers": False}
+    meta["model_config"] = model_config
+    empty = {"bank": torch.zeros(0, 0), "bank_scores": torch.zeros(0), "center": torch.zeros(0), "scale": torch.ones(0)}
+    state = {**payload["model"], **{f"scorer.peers.{name}": t for name, t in empty.items()}}
+    return {**payload, "version": 3, "meta": meta, "model": state}

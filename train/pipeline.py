@@ -33,18 +33,25 @@ class InspectionModel(nn.Module):
         self.vqvae = VQVAE(cfg)
         size = cfg.image_size
         if scoring is None:
-            scoring = initial_plan(cfg.score.terms, cfg.score.errors, cfg.score.border, size)
+            scoring = initial_plan(cfg.score.terms, cfg.score.errors, cfg.score.border, size, cfg.score.peers)
         self.scorer = AnomalyScorer(scoring, cfg.channels, size)
         self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
         # The dtype of the decoder and head convolutions. The encoder, the VQ argmin and the
         # scoring stay FP32: FP16 rounding in the encoder flips nearest codes (measured at export).
         self.compute_dtype = torch.float32
 
-    def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) float [0,1] -> (N, C, H, W) float32 [0,1]-space reconstruction."""
+    def latents(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float [0,1] -> the encoder's output before quantisation (N, D, h, w),
+        FP32 in every graph: what the codes are chosen from and a frame's peers are found by."""
         x = normalize(x01, self.cfg.channel_mean(), self.cfg.channel_std())
+        return self.vqvae.encoder(x.float())
+
+    def reconstruct(self, x01: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, H, W) float [0,1] [and its `latents`] -> (N, C, H, W) float32 [0,1]-space
+        reconstruction."""
+        z = self.latents(x01) if latents is None else latents
         # FP32 through the encoder, a top level and the argmin: they decide the codes.
-        z_q, _, _ = self.vqvae.encode(x.float())  # (N, D * levels, h, w)
+        z_q, _, _ = self.vqvae.quantize(z)  # (N, D * levels, h, w)
         recon = self.vqvae.decode(z_q.to(self.compute_dtype))
         return denormalize(recon.float(), self.cfg.channel_mean(), self.cfg.channel_std())
 
@@ -57,6 +64,15 @@ class InspectionModel(nn.Module):
     def features(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) float [0,1] -> the features the memory term compares (the head's coarsest)."""
         return self.head_outputs(x01, self.reconstruct(x01))[1]
+
+    @torch.no_grad()
+    def outputs(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(N, C, H, W) float [0,1] -> (reconstruction, head probability, head features, latents);
+        the head's two are None without a head."""
+        z = self.latents(x01)
+        recon = self.reconstruct(x01, z)
+        prob, features = self.head_outputs(x01, recon) if self.head is not None else (None, None)
+        return recon, prob, features, z
 
     @torch.no_grad()
     def reconstruct_frames(self, frames, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +118,12 @@ class InspectionModel(nn.Module):
 
     def score_images(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C, H, W) [0,1] -> (reconstruction, anomaly_map (N, 1, H, W), score (N,))."""
-        recon = self.reconstruct(x01)
+        z = self.latents(x01)
+        recon = self.reconstruct(x01, z)
         prob, features = None, None
         if self.scorer.needs_head or self.scorer.needs_features:
             prob, features = self.head_outputs(x01, recon)
-        anomaly_map, score = self.scorer(x01.float(), recon, prob, features)
+        anomaly_map, score = self.scorer(x01.float(), recon, prob, features, z)
         return recon, anomaly_map, score
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +173,8 @@ def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_image
     if model.head is not None:
         pairs = zip(batched(val, 32), batched(val_recon, 32), strict=True)
         val_head = torch.cat([model.head_outputs(x, r)[0] for x, r in pairs])
-    good = GoodImages(train_batches, val, val_recon, val_head, model.features if model.head is not None else None)
+    features = model.features if model.head is not None else None
+    good = GoodImages(train_batches, val, val_recon, val_head, features, model.outputs)
     plan = model.scorer.calibrate(good)
     for name, weight, term in plan.terms:
         if name == "template":

@@ -26,7 +26,9 @@ class GoodImages:
     train: a function returning a fresh iterable of training batches each call (terms may read
     them several times; a large set need not sit in memory as floats). val: the validation
     images and their reconstructions, (M, C, H, W) each, and the head's probability on them.
-    features: the features of a batch that the memory term compares.
+    features: the features of a batch that the memory term compares. outputs: the
+    reconstruction, head probability, features and encoder latents of a batch (what the scorer
+    takes; scoring by peers needs them).
     """
 
     train: Callable[[], Iterable[torch.Tensor]]
@@ -34,6 +36,8 @@ class GoodImages:
     val_recon: torch.Tensor
     val_head: torch.Tensor | None = None  # the head's probability on val, (M, 1, H, W)
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # x01 -> the features memory compares
+    # x01 -> (reconstruction, head probability, features, latents): what scoring a batch needs
+    outputs: Callable[[torch.Tensor], tuple[Any, ...]] | None = None
 
     def val_batches(self, size: int = 32) -> list[torch.Tensor]:
         return list(batched(self.val, size))

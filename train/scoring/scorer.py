@@ -19,6 +19,7 @@ from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
 from train.scoring.learned import HeadPlan, LearnedComparison
 from train.scoring.memory import FeatureMemory, MemoryPlan
+from train.scoring.peers import PEERS, PeerPlan, PeerScale
 from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
 # The terms by name: adding one is a module and a line here.
@@ -40,15 +41,17 @@ HEAD_SIGMA = 1.0
 @dataclass(frozen=True)
 class ScorerPlan:
     """terms: (name, weight, the term's plan) in map order; border: pixels at the frame's edge
-    left out of the map and the score."""
+    left out of the map and the score; peers: the map's unit, its peers' scores (peers.py)."""
 
     terms: tuple[tuple[str, float, Any], ...]
     border: int
+    peers: PeerPlan = PeerPlan()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "border": self.border,
             "terms": [{"name": n, "weight": w, "plan": plan_to_dict(p)} for n, w, p in self.terms],
+            "peers": plan_to_dict(self.peers),
         }
 
     @classmethod
@@ -59,12 +62,16 @@ class ScorerPlan:
                 raise ValueError(f"scoring plan: unknown term {entry['name']!r}; known: {sorted(TERMS)}")
             plan = plan_from_dict(TERMS[entry["name"]].Plan, entry["plan"], f"scoring term {entry['name']}")
             terms.append((entry["name"], float(entry["weight"]), plan))
-        return cls(tuple(terms), int(values["border"]))
+        peers = plan_from_dict(PeerPlan, values["peers"], "scoring peers")
+        return cls(tuple(terms), int(values["border"]), peers)
 
 
-def initial_plan(terms: tuple[str, ...], errors: tuple[str, ...], border: int, size: tuple[int, int]) -> ScorerPlan:
+def initial_plan(
+    terms: tuple[str, ...], errors: tuple[str, ...], border: int, size: tuple[int, int], peers: bool = False
+) -> ScorerPlan:
     """The plan of a new, uncalibrated scorer: the config's terms with the tuned constants scaled
-    to the input size (`size` (H, W); the constants were tuned at 128 px)."""
+    to the input size (`size` (H, W); the constants were tuned at 128 px), and with `peers` the
+    map in units of its PEERS nearest good training images' scores."""
     k = (size[0] * size[1]) ** 0.5 / 128.0
     plans = {
         "head": HeadPlan(sigma=HEAD_SIGMA * k),
@@ -77,12 +84,15 @@ def initial_plan(terms: tuple[str, ...], errors: tuple[str, ...], border: int, s
     unknown = sorted(set(terms) - set(plans))
     if unknown:
         raise ValueError(f"score.terms: unknown {unknown}; known: {sorted(plans)}")
-    return ScorerPlan(tuple((name, WEIGHTS[name], plans[name]) for name in terms), border)
+    return ScorerPlan(
+        tuple((name, WEIGHTS[name], plans[name]) for name in terms), border, PeerPlan(PEERS if peers else 0)
+    )
 
 
 class AnomalyScorer(nn.Module):
-    """map = sum over terms of weight * term(x, recon, head probability) inside the region of
-    interest, its margin filled from the nearest pixel inside; score = the max inside."""
+    """map = sum over terms of weight * term(x, recon, head probability), divided by the mean
+    score of the frame's peers (when the plan has them), inside the region of interest, its
+    margin filled from the nearest pixel inside; score = the max inside."""
 
     def __init__(
         self, plan: ScorerPlan, channels: int, size: tuple[int, int], template: TemplateSettings | None = None
@@ -97,6 +107,7 @@ class AnomalyScorer(nn.Module):
         for name, weight, term_plan in plan.terms:
             self.terms[name] = self._build(name, term_plan)
             self.weights[name] = weight
+        self.peers = PeerScale(plan.peers)
 
     def _build(self, name: str, plan: Any) -> Term:
         if name == GoldenTemplate.name:
@@ -105,7 +116,8 @@ class AnomalyScorer(nn.Module):
 
     @property
     def plan(self) -> ScorerPlan:
-        return ScorerPlan(tuple((n, self.weights[n], t.plan) for n, t in self.terms.items()), self.border)
+        terms = tuple((n, self.weights[n], t.plan) for n, t in self.terms.items())
+        return ScorerPlan(terms, self.border, self.peers.plan)
 
     @property
     def needs_head(self) -> bool:
@@ -126,7 +138,18 @@ class AnomalyScorer(nn.Module):
             plan = term.calibrate(good)
             if hasattr(plan, "weight"):
                 self.weights[name] = plan.weight
+        if self.peers.plan.k > 0:
+            self.peers.plan = PeerPlan(self.peers.plan.k)  # not fitted: the terms' scores alone
+            self.peers.calibrate(self._train_scores(good))
         return self.plan
+
+    def _train_scores(self, good: GoodImages):
+        """(latents, image scores) of each batch of the good training images."""
+        if good.outputs is None:
+            raise ValueError("scoring by peers needs the model's outputs on the training images")
+        for x in good.train():
+            recon, prob, features, latents = good.outputs(x)
+            yield latents, self(x, recon, prob, features)[1]
 
     def forward(
         self,
@@ -134,7 +157,10 @@ class AnomalyScorer(nn.Module):
         recon: torch.Tensor,
         head_prob: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, recon (N, C, H, W) [0,1]; head_prob (N, 1, H, W); features: the head's coarsest;
+        latents: the encoder's output (N, D, h, w), which finds the peers -> (map, score)."""
         anomaly_map = None
         for name, term in self.terms.items():
             weight = self.weights[name]
@@ -145,6 +171,10 @@ class AnomalyScorer(nn.Module):
             anomaly_map = part if anomaly_map is None else anomaly_map + part
         if anomaly_map is None:
             raise ValueError("the scorer has no term with a positive weight")
+        if self.peers.active:
+            if latents is None:
+                raise ValueError("scoring by peers needs the encoder's latents")
+            anomaly_map = anomaly_map / self.peers(latents)[:, None, None, None]  # (N, 1, H, W)
         if self.border > 0:
             b = self.border
             inner = anomaly_map[:, :, b:-b, b:-b]  # (N, 1, H - 2b, W - 2b): what is scored
@@ -157,8 +187,15 @@ class AnomalyScorer(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the scoring: each term's weight, unit and plan; the border."""
+        peers = self.peers.plan
         return {
             "border": self.border,
             "reduce": "max",
             "terms": [{"name": n, "weight": self.weights[n], **t.describe()} for n, t in self.terms.items()],
+            "unit": (
+                f"the mean score of the frame's {peers.k} nearest good training images (at least {peers.floor:.4g})"
+                if peers.k > 0
+                else "the terms' own"
+            ),
+            "peers": plan_to_dict(peers),
         }
