@@ -29,7 +29,8 @@ PEERS = 20
 # The denominator's floor, a share of the training images' median score, so that peers scoring
 # ~0 (blank tiles) do not magnify rounding: a blank AITEX tile's code ties moved its score by
 # 7% of itself between PyTorch and ONNX Runtime, 1.6% of the threshold without this floor. Half
-# the median measured as no floor on the select halves; the full median lost 0.05 on KolektorSDD.
+# the median measured as no floor on the select halves; the full median lost up to 0.045 on
+# KolektorSDD.
 FLOOR_SHARE = 0.5
 
 
