@@ -45,11 +45,11 @@ class PeerPlan:
     floor: float = 1.0
 
 
-def descriptor(features: torch.Tensor) -> torch.Tensor:
+def descriptor(latents: torch.Tensor) -> torch.Tensor:
     """(N, D, h, w) latents -> (N, 2D): each channel's mean and standard deviation."""
-    f = features.float()
-    mean = f.mean(dim=(2, 3))
-    spread = (f - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).sqrt()
+    z = latents.float()
+    mean = z.mean(dim=(2, 3))
+    spread = (z - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).sqrt()
     return torch.cat([mean, spread], dim=1)
 
 
@@ -79,7 +79,7 @@ class PeerScale(nn.Module):
     @torch.no_grad()
     def calibrate(self, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> PeerPlan:
         """pairs: (latents (B, D, h, w), image scores (B,)) of the good training images."""
-        descs, scores = zip(*((descriptor(f), s.float()) for f, s in pairs), strict=True)
+        descs, scores = zip(*((descriptor(z), s.float()) for z, s in pairs), strict=True)
         desc, score = torch.cat(descs), torch.cat(scores)
         self.center = desc.mean(dim=0)
         self.scale = desc.std(dim=0).clamp(min=1e-6) if len(desc) > 1 else torch.ones_like(self.center)
