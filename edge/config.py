@@ -41,7 +41,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} matches none of {tp}")
+        raise ConfigError(f"{where}: {value!r} fits none of its types: " + "; ".join(errors))
     if origin is Literal:
         for choice in args:
             try:

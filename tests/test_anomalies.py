@@ -83,3 +83,10 @@ def test_stroke_share_chooses_strokes_or_blobs():
 
     # Strokes cover about 1% of the frame, Perlin blobs about 5%.
     assert labelled_share(1.0) < 0.025 < labelled_share(0.0)
+
+
+def test_crops_borrow_content_from_whole_images_larger_than_they_are():
+    """Training crops are painted from a pool of whole images: the "crop" fill cuts them down."""
+    crops, pool = _batch(n=24, size=32), _batch(n=4, size=96, seed=2)
+    painted, masks = paint_anomalies(crops, pool, np.random.default_rng(3), fraction=1.0, min_change=0.0)
+    assert painted.shape == (24, 32, 32, 3) and (masks.reshape(24, -1).max(axis=1) > 0).all()

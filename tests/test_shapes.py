@@ -3,6 +3,7 @@ evaluation, export, model.json and the daemon; `--image-size auto` picks it from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,13 +15,17 @@ import numpy as np
 import onnx
 import pytest
 
+from edge.config import load_config
+from edge.errors import ConfigError
 from edge.frames import parse_size
 from edge.package import load_package
 from edge.protocol import frame_message
 from export.parity import onnx_outputs
 from tests.conftest import SHARED_TOOLS, TINY_MODEL, TINY_TRAIN, run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
-from train.data import load_test_set
+from train.config import ModelConfig
+from train.data import MAX_ASPECT, load_test_set, resolve_image_size
+from vqad.commands.common import default_config
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +93,29 @@ def test_the_daemon_serves_a_wide_model_frames_of_any_size(wide_model):
 
 
 def test_image_size_auto_keeps_the_training_images_aspect(wide_root, tmp_path):
-    """At the configured size's pixel count (32 x 32), images twice as wide as tall: 16 x 48,
-    sides in multiples of 16; the run records the size it chose."""
+    """Images twice as wide as tall, the short side at model.short_side (16): 16 x 32; the run
+    records the size it chose."""
     run = tmp_path / "auto"
-    proc = run_vqad("train", wide_root, "--out", run, "--steps", "2", *TINY_MODEL, *TINY_TRAIN, "--image-size", "auto")
+    args = ("--steps", "2", *TINY_MODEL, *TINY_TRAIN, "--image-size", "auto", "--set", "model.short_side=16")
+    proc = run_vqad("train", wide_root, "--out", run, *args)
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["image_size"] == [16, 48]
-    assert "--image-size auto" in proc.stderr and "16x48 (HxW)" in proc.stderr
+    assert config["model"]["image_size"] == [16, 32]
+    assert "image size auto" in proc.stderr and "16x32 (HxW)" in proc.stderr
     bad = run_vqad("train", wide_root, "--out", tmp_path / "bad", "--image-size", "12x", check=False)
     assert bad.returncode == 2 and "N or HxW" in bad.stderr
     shutil.rmtree(run)
+
+
+def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):
+    """configs/model.yaml ships auto; a line-scan strip (1:10) is squeezed to MAX_ASPECT (1:4)."""
+    model_cfg = load_config(ModelConfig, default_config("model"))
+    assert model_cfg.image_size == "auto" and model_cfg.short_side == 128
+    strip = tmp_path / "strip"
+    (strip / "train" / "good").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(strip / "train" / "good" / f"{i}.png"), np.full((20, 200, 3), 40 * i, np.uint8))
+    sized = resolve_image_size(dataclasses.replace(model_cfg, short_side=32), strip)
+    assert sized.image_size == (32, 32 * int(MAX_ASPECT))
+    assert resolve_image_size(sized, strip) is sized  # a resolved size stays as it is
+    with pytest.raises(ConfigError, match="short_side"):
+        dataclasses.replace(model_cfg, short_side=40)

@@ -335,3 +335,44 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
         check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "another model" in bad.stderr
+
+
+def test_random_crops_cut_a_larger_input_and_leave_a_fitting_one_alone():
+    from train.loop import random_crops
+
+    images = np.arange(2 * 40 * 24 * 3, dtype=np.uint8).reshape(2, 40, 24, 3)
+    rng = np.random.default_rng(0)
+    crops = random_crops(images, rng, crop=16)
+    assert crops.shape == (2, 16, 16, 3)
+    for image, crop in zip(images, crops, strict=True):  # each crop is a window of its own image
+        windows = np.lib.stride_tricks.sliding_window_view(image, (16, 16, 3))[..., 0, :, :, :]
+        assert (windows == crop).all(axis=(-3, -2, -1)).any()
+    state = rng.bit_generator.state
+    assert random_crops(images, rng, crop=40) is images and rng.bit_generator.state == state
+
+
+def test_an_input_larger_than_the_training_crop_trains_on_crops_and_scores_whole(synth_root, tmp_path, monkeypatch):
+    """A 32 x 64 input with 16-pixel training crops: the steps see 16 x 16 windows, the
+    calibration and the evaluation the whole input."""
+    import train.loop
+    from edge.config import load_config
+    from train.config import ModelConfig, TrainConfig
+    from train.evaluate import evaluate
+
+    seen = []
+    painter = train.loop.paint_anomalies
+    monkeypatch.setattr(train.loop, "TRAIN_CROP", 16)
+    monkeypatch.setattr(
+        train.loop, "paint_anomalies", lambda batch, *a, **k: seen.append(batch.shape) or painter(batch, *a, **k)
+    )
+    model_cfg = load_config(
+        ModelConfig,
+        ROOT / "configs" / "model.yaml",
+        {"image_size": [32, 64], "width": 8, "code_dim": 8, "codebook_size": 16, "head_width": 4},
+    )
+    train_cfg = load_config(TrainConfig, ROOT / "configs" / "train.yaml", {"steps": 3, "batch_size": 4})
+    run = tmp_path / "run"
+    train.loop.train(synth_root / "bracket", run, model_cfg, train_cfg, progress=False)
+    assert seen == [(4, 16, 16, 3)] * 3
+    metrics = evaluate(run, synth_root / "bracket", run / "eval", pictures=False)
+    assert metrics["image_size"] == [32, 64] and 0.0 <= metrics["image_auroc"] <= 1.0

@@ -121,7 +121,8 @@ def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.n
     kind = FILLS[rng.integers(len(FILLS))]
     if kind == "crop":  # a shifted, flipped crop of another good image: plausible but misplaced content
         other = pool[rng.integers(len(pool))].astype(np.float32) / 255.0
-        other = np.roll(other, shift=tuple(rng.integers(0, [h, w])), axis=(0, 1))
+        # The pool may hold whole images larger than the crop being painted.
+        other = np.roll(other, shift=tuple(rng.integers(0, other.shape[:2])), axis=(0, 1))[:h, :w]
         if rng.random() < 0.5:
             other = other[::-1]
         return np.ascontiguousarray(other)

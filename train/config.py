@@ -51,8 +51,11 @@ class ModelConfig:
 
     name: str = "vqad"
     # The model's input, (height, width): N in YAML or on the command line is N x N. Frames of
-    # any size are resized to it (edge.frames.to_model_input).
-    image_size: tuple[int, ...] = (128, 128)
+    # any size are resized to it (edge.frames.to_model_input). "auto" (configs/model.yaml's
+    # default) keeps the training images' median aspect ratio with the short side at
+    # `short_side` pixels (train.data.auto_image_size); a training resolves it and saves [H, W].
+    image_size: tuple[int, ...] | Literal["auto"] = "auto"
+    short_side: int = 128
     channels: int = 3
     # Capacity: the encoder/decoder width, the latent grid's downsampling, residual blocks per
     # stage, the codebook's size and code dimension. Larger is slower on the line.
@@ -71,22 +74,31 @@ class ModelConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "image_size", as_size(self.image_size))  # N -> (N, N)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.image_size is N or [H, W], got {self.image_size!r}") from exc
+        if self.image_size != "auto":
+            try:
+                object.__setattr__(self, "image_size", as_size(self.image_size))  # N -> (N, N)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"model.image_size is N, [H, W] or auto, got {self.image_size!r}") from exc
         require(self.channels in (1, 3), f"model.channels must be 1 or 3, got {self.channels}")
         require(self.downsample in (2, 4, 8, 16), f"model.downsample must be 2, 4, 8 or 16, got {self.downsample}")
         # Multiples of 16 whatever the downsampling: the scoring pools by 2 and 4 (registration,
         # blob filter) and the map must come back to the same size.
-        step = max(16, self.downsample * self.levels)
+        step = self.size_step()
+        if self.image_size == "auto":
+            sides = (self.short_side,)
+            require(
+                self.short_side % step == 0 and self.short_side >= 16,
+                f"model.short_side must be >= 16 and a multiple of {step}, got {self.short_side}",
+            )
+        else:
+            sides = self.image_size
+            require(
+                all(side % step == 0 and side >= 16 for side in sides),
+                f"model.image_size {list(sides)}: each side must be >= 16 and a multiple of {step}",
+            )
         require(
-            all(side % step == 0 and side >= 16 for side in self.image_size),
-            f"model.image_size {list(self.image_size)}: each side must be >= 16 and a multiple of {step}",
-        )
-        require(
-            2 * self.score.border < min(self.image_size),
-            f"score.border {self.score.border} leaves nothing of a {list(self.image_size)} input to score",
+            2 * self.score.border < min(sides),
+            f"score.border {self.score.border} leaves nothing of a {list(sides)} input to score",
         )
         require(self.levels in (1, 2), f"model.levels must be 1 or 2, got {self.levels}")
         require(self.width >= 4 and self.code_dim >= 2, "model.width and model.code_dim are too small")
@@ -99,6 +111,10 @@ class ModelConfig:
             "head" not in self.score.terms or self.head_width > 0,
             "score.terms names the head, which needs a comparison head (model.head_width > 0)",
         )
+
+    def size_step(self) -> int:
+        """Each side of the input is a multiple of this."""
+        return max(16, self.downsample * self.levels)
 
     def channel_mean(self) -> tuple[float, ...]:
         return self.mean * self.channels if len(self.mean) == 1 else self.mean

@@ -10,6 +10,7 @@ the same function the daemon uses. Masks are resized with nearest neighbour.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from edge.errors import DataError
 from edge.frames import Size, as_size, list_images, read_image, resize_mask, to_model_input
+from train.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +131,34 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     return samples
 
 
-# --image-size auto: sides are multiples of this (what ModelConfig requires at downsample 4).
-SIZE_STEP = 16
+# image_size auto: the long side is at most this many times the short side. A strip longer than
+# that (a line scan) is squeezed to it: the input's pixel count, and the line's frame rate,
+# stay within MAX_ASPECT x short_side^2.
+MAX_ASPECT = 4.0
 
 
-def auto_image_size(category: str | Path, pixels: int, sample: int = 64) -> Size:
-    """(H, W) for the training images' median aspect ratio at about `pixels` pixels, each side
-    a multiple of SIZE_STEP: a tall part or a line-scan strip keeps its shape instead of being
-    squeezed into a square (thin cracks and scratches survive). Reads up to `sample` images."""
+def auto_image_size(category: str | Path, short_side: int, step: int = 16, sample: int = 64) -> Size:
+    """(H, W) in the training images' median aspect ratio, the short side `short_side` pixels and
+    the long side rounded to a multiple of `step` (up to MAX_ASPECT times the short side): a tall
+    part or a line-scan strip keeps its shape instead of being squeezed into a square, so its
+    thin cracks and scratches keep their rows. Reads up to `sample` images."""
     paths = train_image_paths(category)
-    step = max(1, len(paths) // sample)
-    shapes = [read_image(p).shape[:2] for p in paths[::step][:sample]]
+    every = max(1, len(paths) // sample)
+    shapes = [read_image(p).shape[:2] for p in paths[::every][:sample]]
     aspect = float(np.median([h / w for h, w in shapes]))  # height / width
-    height = max(SIZE_STEP, round((pixels * aspect) ** 0.5 / SIZE_STEP) * SIZE_STEP)
-    width = max(SIZE_STEP, round((pixels / aspect) ** 0.5 / SIZE_STEP) * SIZE_STEP)
+    stretch = min(MAX_ASPECT, max(aspect, 1 / aspect))
+    long_side = max(short_side, round(short_side * stretch / step) * step)
+    size = (long_side, short_side) if aspect >= 1 else (short_side, long_side)
     log.info(
-        "--image-size auto: median aspect (height / width) %.3f of %d training images -> %dx%d (HxW)",
-        aspect,
-        len(shapes),
-        height,
-        width,
-    )
-    return (height, width)
+        "image size auto: median aspect (height / width) %.3f of %d training images -> %dx%d (HxW)",
+        aspect, len(shapes), *size,
+    )  # fmt: skip
+    return size
+
+
+def resolve_image_size(model_cfg: ModelConfig, category: str | Path) -> ModelConfig:
+    """`model_cfg` with image_size "auto" replaced by the training images' [H, W]; else as is."""
+    if model_cfg.image_size != "auto":
+        return model_cfg
+    size = auto_image_size(category, model_cfg.short_side, model_cfg.size_step())
+    return dataclasses.replace(model_cfg, image_size=size)

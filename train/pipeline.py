@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.errors import ConfigError
 from edge.frames import batched
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
@@ -29,6 +30,8 @@ class InspectionModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, scoring: ScorerPlan | None = None):
         super().__init__()
+        if cfg.image_size == "auto":
+            raise ConfigError("model.image_size is auto: resolve it from the training images first (train.data)")
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
         size = cfg.image_size

@@ -44,7 +44,7 @@ def run_demo(
     workdir: Path,
     category: str = "bracket",
     minutes: float = 3.0,
-    image_size: int = 128,
+    image_size: str = "auto",
     frames: str = FRAMES,
     results: str = RESULTS,
 ) -> dict:
@@ -63,7 +63,7 @@ def run_demo(
     return summary
 
 
-def _prepare(workdir: Path, category: str, minutes: float, image_size: int) -> None:
+def _prepare(workdir: Path, category: str, minutes: float, image_size: str) -> None:
     """The data (synthesised once), a trained run (kept), its evaluation and its export."""
     data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
     if not (data / category).is_dir():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from edge.frames import parse_size
@@ -37,8 +36,8 @@ def model_and_train_configs(args: argparse.Namespace):
     m_over = overrides(args, "model")
     t_over = overrides(args, "train")
     size = getattr(args, "image_size", None)
-    if size and size != "auto":
-        m_over["image_size"] = list(parse_size(size))
+    if size:
+        m_over["image_size"] = size if size == "auto" else list(parse_size(size))
     if getattr(args, "max_minutes", None):
         t_over["max_minutes"] = args.max_minutes
     if getattr(args, "steps", None):
@@ -47,11 +46,6 @@ def model_and_train_configs(args: argparse.Namespace):
         t_over["seed"] = args.seed
     model_cfg = load_config(ModelConfig, args.model_config or default_config("model"), m_over)
     train_cfg = load_config(TrainConfig, args.config or default_config("train"), t_over)
-    if size == "auto":  # the configured size's pixel count, in the training images' shape
-        from train.data import auto_image_size
-
-        pixels = model_cfg.image_size[0] * model_cfg.image_size[1]
-        model_cfg = dataclasses.replace(model_cfg, image_size=auto_image_size(args.data, pixels))
     return model_cfg, train_cfg
 
 
@@ -127,7 +121,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--image-size",
         type=_size_arg,
         metavar="N|HxW|auto",
-        help="model input: N x N, height x width, or auto (the training images' median aspect ratio)",
+        help="model input: N x N, height x width, or auto (configs/model.yaml's default: the training "
+        "images' median aspect ratio, the short side model.short_side)",
     )
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--steps", type=int)

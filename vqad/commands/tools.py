@@ -30,5 +30,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--workdir", default="demo")
     d.add_argument("--category", default="bracket", choices=["bracket", "weave"])
     d.add_argument("--minutes", type=float, default=3.0, help="training budget")
-    d.add_argument("--image-size", type=int, default=128)
+    d.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
     d.set_defaults(func=cmd_demo)
