@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Timer, stats, vqad
+from benchmarks.common import Timer, input_size, stats, vqad
 
 SEED = [  # the plain VQ-VAE: the same training, its L2 reconstruction error alone as the map
     "model.head_width=0",
@@ -58,19 +58,22 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
+def baseline_metrics(category: Path, image_size: str) -> dict[str, Any]:
+    """The per-pixel Gaussian at the input size the model trains at (`--image-size` IMAGE_SIZE)."""
     from train.baseline import PixelGaussian
     from train.data import load_images, load_test_set, train_image_paths
     from train.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
+    size = input_size(category, image_size)
     with Timer() as t:
-        model = PixelGaussian().fit(load_images(train_image_paths(category), (image_size, image_size), 3))
-    test = load_test_set(category, (image_size, image_size), 3)
+        model = PixelGaussian().fit(load_images(train_image_paths(category), size, 3))
+    test = load_test_set(category, size, 3)
     maps, scores = model.score(np.stack([s.image for s in test]))
     labels = np.array([s.label for s in test])
     has = np.array([s.mask is not None for s in test])
-    masks = np.stack([s.mask if s.mask is not None else np.zeros((image_size, image_size), bool) for s in test])
+    masks = np.stack([s.mask if s.mask is not None else np.zeros(size, bool) for s in test])
     return {
+        "input_size": list(size),
         "image_auroc": image_auroc(labels, scores),
         "pixel_auroc": pixel_auroc(masks[has], maps[has]),
         "aupro": aupro(masks[has], maps[has]),
@@ -80,7 +83,7 @@ def baseline_metrics(category: Path, image_size: int) -> dict[str, Any]:
 
 
 def train_and_eval(
-    category: Path, run_dir: Path, minutes: float, image_size: int, overrides: list[str]
+    category: Path, run_dir: Path, minutes: float, image_size: str, overrides: list[str]
 ) -> dict[str, Any]:
     from train.evaluate import evaluate
 
@@ -116,12 +119,13 @@ def accuracy_row(run_dir: Path) -> dict[str, Any]:
         "train_seconds": meta["elapsed_s"],
         "steps": meta["step"],
         "minutes_budget": meta["train_config"]["max_minutes"],
+        "input_size": meta["model_config"]["image_size"],
         "flops_per_frame": model_flops(run_dir)["total"],
         "run": str(run_dir),
     }
 
 
-def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
+def collect_accuracy(workdir: Path, image_size: str = "auto") -> dict[str, Any]:
     """Rebuild the accuracy part from an earlier run's folders (WORKDIR/runs/<cat>/<variant>)."""
     data = workdir / "data"
     names = {run_slug(n): n for n in {**VARIANTS, **ABLATION}}
@@ -149,7 +153,7 @@ def collect_accuracy(workdir: Path, image_size: int = 128) -> dict[str, Any]:
 def bench_accuracy(
     data: Path | None,
     minutes: float,
-    image_size: int = 128,
+    image_size: str = "auto",
     ablation: bool = False,
     workdir: Path | None = None,
     categories: tuple[str, ...] | None = None,
@@ -200,7 +204,7 @@ def bench_accuracy(
     return out
 
 
-def bench_real(root: Path, minutes: float, image_size: int, workdir: Path, repeats: int = 1) -> dict[str, Any]:
+def bench_real(root: Path, minutes: float, image_size: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
     """The shipped defaults on every real category under `root` (MVTec layout), beside the
     per-pixel Gaussian: accuracy and the rates at the calibrated threshold."""
     out: dict[str, Any] = {
@@ -236,7 +240,7 @@ if __name__ == "__main__":
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="about 2 minutes per training")
     ap.add_argument("--ablation", action="store_true")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
     ap.add_argument("--repeats", type=int, default=1, help="trainings per variant (seeds 0..N-1); median, min, max")
     args = ap.parse_args()
     minutes = 2.0 if args.quick else args.minutes

@@ -3,7 +3,7 @@ gate flags (each one a false reject on the line), and the share of unfit frames 
 The training images' figures come from train/good, as export computes them; the unfit frames
 are the good test images blurred, darkened, over-exposed and moved.
 
-    python -m benchmarks.health DATA_DIR [DATA_DIR ...] [--image-size N|HxW] [--channels C]
+    python -m benchmarks.health DATA_DIR [DATA_DIR ...] [--image-size N|HxW|auto] [--channels C]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from benchmarks.common import input_size
 from edge.frames import find_images, read_image, to_model_input
 from edge.health import HealthGate, HealthLimits, training_stats
 
@@ -95,16 +96,15 @@ def _closest(verdicts: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str,
     return {"sharpness_ratio": sharp, "exposure": outside, "clipped": clipped, "shift": shift}
 
 
-def bench_health(roots: list[Path], size=128, channels: int = 3) -> dict[str, Any]:
-    return {root.name: measure_category(root, size, channels) for root in roots}
+def bench_health(roots: list[Path], image_size: str = "auto", channels: int = 3) -> dict[str, Any]:
+    """Each root at the input size `vqad train --image-size IMAGE_SIZE` gives it."""
+    return {root.name: measure_category(root, input_size(root, image_size), channels) for root in roots}
 
 
 if __name__ == "__main__":
-    from edge.frames import parse_size
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("roots", type=Path, nargs="+", metavar="DATA_DIR")
-    ap.add_argument("--image-size", default="128")
+    ap.add_argument("--image-size", default="auto", help="N, HxW or auto (configs/model.yaml)")
     ap.add_argument("--channels", type=int, default=3)
     args = ap.parse_args()
-    print(json.dumps(bench_health(args.roots, parse_size(args.image_size), args.channels), indent=2))
+    print(json.dumps(bench_health(args.roots, args.image_size, args.channels), indent=2))

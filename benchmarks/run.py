@@ -36,16 +36,18 @@ def real_markdown(acc: dict[str, Any] | None) -> list[str]:
     if not acc:
         return []
     lines = [
-        f"## Real images ({acc['data']}; {acc['image_size']} px, {acc['minutes_per_training']:g} min per model)",
+        f"## Real images ({acc['data']}; --image-size {acc['image_size']}, "
+        f"{acc['minutes_per_training']:g} min per model)",
         "",
-        "| category | model | image AUROC | pixel AUROC | false rejects | misses | misses at 1% / 5% FRR "
-        "| FRR bound (95%) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| category | model | input (H x W) | image AUROC | pixel AUROC | false rejects | misses "
+        "| misses at 1% / 5% FRR | FRR bound (95%) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cat, rows in acc["categories"].items():
         for name, m in rows.items():
+            size = " x ".join(str(side) for side in m["input_size"])
             lines.append(
-                f"| {cat} | {name} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
+                f"| {cat} | {name} | {size} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
                 f"| {_pct(m.get('false_reject_rate'))} | {_pct(m.get('miss_rate'))} "
                 f"| {_pct(m.get('miss_rate_at_1pct_frr'))} / "
                 f"{_pct(m.get('miss_rate_at_5pct_frr'))} | {_pct(m.get('frr_upper_bound_95'))} |"
@@ -110,7 +112,7 @@ def markdown(report: dict[str, Any]) -> str:
     acc = report.get("accuracy")
     if acc:
         lines += [
-            f"## Accuracy ({acc['image_size']} px, {acc['minutes_per_training']:g} min training per model)",
+            f"## Accuracy (--image-size {acc['image_size']}, {acc['minutes_per_training']:g} min training per model)",
             "",
             "| category | model | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
             "|---|---|---|---|---|---|---|---|",
@@ -265,7 +267,7 @@ def main() -> None:
         help="also measure the shipped defaults on every category under DIR (real images, MVTec layout)",
     )
     ap.add_argument("--minutes", type=float, help="training budget per model (default 10, --quick 2)")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
     ap.add_argument("--ablation", action="store_true", help="also train every ablation variant")
     ap.add_argument(
         "--repeats", type=int, default=1, help="trainings per accuracy variant (seeds 0..N-1): median, min, max"
@@ -356,7 +358,7 @@ def main() -> None:
 
         roots = [Path(report["accuracy"]["data"]) / c for c in report.get("accuracy", {}).get("categories", {})]
         roots += sorted(p for p in Path(args.real).iterdir() if (p / "train" / "good").is_dir()) if args.real else []
-        report["health"] = bench_health(roots, args.image_size)
+        report["health"] = bench_health(roots, args.image_size)  # each root at its own input size
         write_report(report)
     if "transport" in parts:
         from benchmarks.transport import bench_transport
