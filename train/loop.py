@@ -350,8 +350,8 @@ def train_step(s: Session, elapsed: float) -> dict[str, Any]:
 
 def random_crops(images: np.ndarray, rng: np.random.Generator, crop: int | None = None) -> np.ndarray:
     """(B, H, W, C) -> (B, min(H, crop), min(W, crop), C), each image cropped at a random place
-    (`crop` defaults to TRAIN_CROP). Images that fit are returned as they are, and draw nothing
-    from `rng`: a square input of TRAIN_CROP trains exactly as without crops."""
+    (`crop` defaults to TRAIN_CROP). Images that fit are returned as they are and draw nothing
+    from `rng`, so a square input of TRAIN_CROP draws the same random numbers as without crops."""
     crop = crop or TRAIN_CROP
     n, h, w = images.shape[:3]
     ch, cw = min(h, crop), min(w, crop)
