@@ -20,7 +20,8 @@ def _frr(text: str) -> float:
     return value
 
 
-def _size_arg(text: str) -> str:
+def size_arg(text: str) -> str:
+    """argparse type of --image-size: N, HxW or auto, checked before anything runs."""
     if text != "auto":
         try:
             parse_size(text)
@@ -119,7 +120,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     config_args(t)
     t.add_argument(
         "--image-size",
-        type=_size_arg,
+        type=size_arg,
         metavar="N|HxW|auto",
         help="model input: N x N, height x width, or auto (configs/model.yaml's default: the training "
         "images' median aspect ratio, the short side model.short_side)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vqad.commands.model import size_arg
+
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from edge.security import create_keys
@@ -30,5 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--workdir", default="demo")
     d.add_argument("--category", default="bracket", choices=["bracket", "weave"])
     d.add_argument("--minutes", type=float, default=3.0, help="training budget")
-    d.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
+    d.add_argument(
+        "--image-size", type=size_arg, default="auto", help="vqad train --image-size: N, HxW or auto (configs/)"
+    )
     d.set_defaults(func=cmd_demo)
