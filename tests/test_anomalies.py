@@ -32,6 +32,13 @@ def test_generator_is_deterministic_for_a_seed_and_handles_grey_images():
     assert a[0].shape == (24, 64, 64, 1) and (a[1].reshape(24, -1).max(axis=1) > 0).all()
 
 
+def test_a_grey_image_in_three_channels_gets_grey_defects():
+    """With grey_share=1 every fill on a grey image is grey."""
+    grey = np.repeat(_batch(channels=1), 3, axis=3)  # a grey camera read as BGR
+    painted, masks = paint_anomalies(grey, grey, np.random.default_rng(3), fraction=1.0, min_change=0.0, grey_share=1.0)
+    assert masks.any() and (painted == painted[..., :1]).all()
+
+
 def test_min_change_labels_only_the_painted_pixels_that_visibly_moved():
     batch = _batch(n=40, size=32)
     clean = batch.astype(np.float32) / 255

@@ -4,7 +4,8 @@ A mask selects where: Perlin-noise blobs (scale 2^u per axis, thresholded), or f
 of the painted images (STROKE_SHARE) thin strokes, the shape of real cracks, scratches,
 open circuits and pulled threads, which blobs never are. The fill (FILLS) is
 foreign content from a shifted crop of another training image ("crop"), a procedural noise
-texture ("texture") or a colour/brightness shift ("shift"), blended with beta in [0, 0.8]:
+texture ("texture") or a colour/brightness shift ("shift"), on a grey image often grey
+(GREY_SHARE), blended with beta in [0, 0.8]:
 
     out = (1 - m) * x + m * ((1 - beta) * fill + beta * x)
 
@@ -113,6 +114,10 @@ ANOMALY_FRACTION = 0.5
 MIN_CHANGE = 0.016
 # The share of painted images whose mask is strokes rather than blobs.
 STROKE_SHARE = 0.3
+# The share of painted grey images (all channels equal) whose fill is grey too (its first
+# channel). A coloured defect on a grey part is found by its colour alone, a cue no real defect
+# there offers, and a VQ-VAE that learns to repair only colour copies dark cracks.
+GREY_SHARE = 0.5
 
 
 def _fill(image: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -143,13 +148,15 @@ def paint_anomalies(
     fraction: float = ANOMALY_FRACTION,
     min_change: float = MIN_CHANGE,
     stroke_share: float = STROKE_SHARE,
+    grey_share: float = GREY_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """batch: (B, H, W, C) uint8 good images; pool: images to borrow content from.
 
     -> (corrupted (B, H, W, C) float32 in [0,1], masks (B, H, W) float32). About `fraction`
     of the batch is corrupted; the rest is returned unchanged with an empty mask. With
     `min_change` > 0 a painted pixel is labelled only where some channel moved by at least that much.
-    `stroke_share` of the painted images get thin strokes instead of blobs.
+    `stroke_share` of the painted images get thin strokes instead of blobs, and `grey_share`
+    of the painted grey images a grey fill.
     """
     clean = batch.astype(np.float32) / 255.0
     x = clean.copy()
@@ -162,6 +169,8 @@ def paint_anomalies(
         mask = mask.astype(np.float32)[:, :, None]
         beta = rng.uniform(0.0, 0.8)
         fill = _fill(x[i], pool, rng)
+        if x.shape[3] > 1 and (batch[i] == batch[i, :, :, :1]).all() and rng.random() < grey_share:
+            fill = fill[:, :, :1]
         x[i] = (1 - mask) * x[i] + mask * ((1 - beta) * fill + beta * x[i])
         masks[i] = mask[:, :, 0]
     if min_change > 0:
