@@ -131,14 +131,11 @@ class Timer:
 def input_size(category: Path, image_size: str | int) -> tuple[int, int]:
     """The (H, W) that `vqad train CATEGORY --image-size IMAGE_SIZE` trains at under
     configs/model.yaml: N, HxW, or auto (the category's images decide)."""
-    import dataclasses
+    import argparse
 
-    from edge.config import load_config
-    from edge.frames import parse_size
-    from train.config import ModelConfig
     from train.data import resolve_image_size
-    from vqad.commands.common import default_config
+    from vqad.commands.model import model_and_train_configs
 
-    model_cfg = load_config(ModelConfig, default_config("model"))
-    size: Any = image_size if image_size == "auto" else parse_size(str(image_size))
-    return resolve_image_size(dataclasses.replace(model_cfg, image_size=size), category).image_size
+    args = argparse.Namespace(image_size=str(image_size), model_config=None, config=None)
+    model_cfg, _ = model_and_train_configs(args)
+    return resolve_image_size(model_cfg, category).image_size
