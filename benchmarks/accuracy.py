@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Timer, input_size, stats, vqad
+from train.metrics import figure, percent
 
 SEED = [  # the plain VQ-VAE: the same training, its L2 reconstruction error alone as the map
     "model.head_width=0",
@@ -53,9 +54,15 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row from repeated trainings (seeds 0..n-1): the median of each figure, with
     min, max and n under "spread"; the other fields (run dir, FLOPs) from the seed-0 run."""
     row = dict(rows[0])
-    row["spread"] = {k: stats([float(r[k]) for r in rows]) for k in SPREAD_KEYS}
+    row["spread"] = {k: _spread([r[k] for r in rows]) for k in SPREAD_KEYS}
     row.update({k: row["spread"][k]["median"] for k in SPREAD_KEYS})
     return row
+
+
+def _spread(values: list[float | None]) -> dict[str, Any]:
+    """stats() of the figures that could be computed; all None where none could."""
+    known = [float(v) for v in values if v is not None]
+    return stats(known) if known else {"median": None, "min": None, "max": None, "n": 0}
 
 
 def baseline_metrics(category: Path, image_size: str) -> dict[str, Any]:
@@ -195,8 +202,8 @@ def bench_accuracy(
             ]
             rows[name] = median_row(runs)
             print(
-                f"[accuracy] {cat} / {name}: image AUROC {rows[name]['image_auroc']:.3f}, pixel AUROC "
-                f"{rows[name]['pixel_auroc']:.3f}, AUPRO {rows[name]['aupro']:.3f} "
+                f"[accuracy] {cat} / {name}: image AUROC {figure(rows[name]['image_auroc'])}, pixel AUROC "
+                f"{figure(rows[name]['pixel_auroc'])}, AUPRO {figure(rows[name]['aupro'])} "
                 f"({time.monotonic() - t0:.0f} s)",
                 flush=True,
             )
@@ -227,8 +234,8 @@ def bench_real(root: Path, minutes: float, image_size: str, workdir: Path, repea
         out["categories"][cat] = rows
         m = rows["ours (configs/)"]
         print(
-            f"[real] {cat}: image AUROC {m['image_auroc']:.3f}, pixel AUROC {m['pixel_auroc']:.3f}, "
-            f"false rejects {m['false_reject_rate']:.1%}, misses {m['miss_rate']:.1%}",
+            f"[real] {cat}: image AUROC {figure(m['image_auroc'])}, pixel AUROC {figure(m['pixel_auroc'])}, "
+            f"false rejects {percent(m['false_reject_rate'])}, misses {percent(m['miss_rate'])}",
             flush=True,
         )
     return out

@@ -103,3 +103,13 @@ def test_miss_rate_at_a_false_reject_rate():
     # 5%: cut at 95 -> 5, 50, 95 pass -> 30%.
     assert miss_rate_at_frr(labels, scores, 0.05) == 0.3
     assert miss_rate_at_frr(np.zeros(3, int), np.ones(3), 0.01) is None
+
+
+def test_a_figure_that_cannot_be_computed_is_none():
+    good_only = np.zeros(6, int)
+    scores = np.linspace(0.0, 1.0, 6)
+    assert image_auroc(good_only, scores) is None and f1_max(good_only, scores) == (None, None)
+    no_defect_pixels = np.zeros((2, 8, 8), bool)
+    assert pixel_auroc(no_defect_pixels, np.random.default_rng(0).random((2, 8, 8))) is None
+    assert aupro(no_defect_pixels, np.random.default_rng(0).random((2, 8, 8))) is None
+    assert pixel_auroc(np.zeros((0, 8, 8), bool), np.zeros((0, 8, 8))) is None  # no masks at all

@@ -35,6 +35,32 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     assert threshold["value"] == metrics["threshold"] and threshold["n_val"] == 5
 
 
+def _strict_json(path):
+    """json.loads that refuses NaN and Infinity, as browsers and jq do."""
+
+    def refuse(constant):
+        raise ValueError(f"{path.name} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("kinds", [("good", "scratch"), ("good",)], ids=["labels-without-masks", "good-only"])
+def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synth_root, tmp_path, kinds):
+    """A test set with image labels and no masks has no pixel AUROC; one of good images only has
+    no AUROC at all. metrics.json says null, and the command still reports what it can."""
+    category = tmp_path / "line"
+    for kind in kinds:
+        shutil.copytree(synth_root / "bracket" / "test" / kind, category / "test" / kind)
+    proc = run_vqad("eval", tiny_run, category, "--out", tmp_path / "eval", "--no-pictures")
+    metrics = _strict_json(tmp_path / "eval" / "metrics.json")
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
+    if kinds == ("good",):
+        assert metrics["image_auroc"] is None and metrics["f1_max"] is None and metrics["miss_rate"] is None
+    else:
+        assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["per_kind_image_auroc"]["scratch"] is not None
+
+
 def test_metrics_csv_has_the_training_scalars(tiny_run):
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(5, 201, 5))

@@ -22,7 +22,7 @@ from edge.overlay import heatmap_overlay, label
 from edge.threshold import calibrate_threshold
 from train import plots
 from train.data import load_images, load_test_set
-from train.metrics import aupro, f1_max, image_auroc, pixel_auroc, roc_points
+from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.run import THRESHOLD_FILE, Run, load_run
 
@@ -135,7 +135,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         sel = np.array([s.kind in ("good", kind) for s in test])
         metrics["per_kind_image_auroc"][kind] = image_auroc(labels[sel], scores[sel])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     (out / "scores.csv").write_text(
         "path,kind,label,score,decision\n"
         + "".join(
@@ -146,18 +147,14 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if pictures:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
     log.info(
-        "eval: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f; at the threshold: false rejects %s, misses %s",
-        metrics["image_auroc"],
-        metrics["pixel_auroc"],
-        metrics["aupro"],
-        _pct(metrics["false_reject_rate"]),
-        _pct(metrics["miss_rate"]),
+        "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
+        figure(metrics["image_auroc"]),
+        figure(metrics["pixel_auroc"]),
+        figure(metrics["aupro"]),
+        percent(metrics["false_reject_rate"]),
+        percent(metrics["miss_rate"]),
     )
     return metrics
-
-
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.1%}"
 
 
 def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:

@@ -8,28 +8,47 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 
-def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of image scores; NaN when only one class is present."""
+def figure(value: float | None, digits: int = 3) -> str:
+    """A metric for a person to read: `digits` decimals, or "-" where it cannot be computed."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def percent(rate: float | None) -> str:
+    """A rate for a person to read, e.g. "2.5%", or "-" where it cannot be computed."""
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def _both_classes(labels: np.ndarray) -> bool:
     labels = np.asarray(labels)
-    if labels.min() == labels.max():
-        return float("nan")
+    return labels.size > 0 and labels.min() != labels.max()
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC of image scores; None when only one class is present (a figure that cannot be
+    computed is null in every report, never NaN, which strict JSON readers refuse)."""
+    if not _both_classes(labels):
+        return None
     return float(roc_auc_score(labels, scores))
 
 
-def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-    """ROC AUC over all pixels of the given (M, H, W) masks and maps."""
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float | None:
+    """ROC AUC over all pixels of the given (M, H, W) masks and maps; None without both
+    defect and good pixels (no masks, or no defect among the masked images)."""
     y = np.asarray(masks).ravel().astype(np.uint8)
-    if y.min() == y.max():
-        return float("nan")
+    if not _both_classes(y):
+        return None
     return float(roc_auc_score(y, np.asarray(maps, dtype=np.float64).ravel()))
 
 
-def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """The best F1 over all thresholds on image scores, and the threshold that reaches it."""
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
+    """The best F1 over all thresholds on image scores, and the threshold that reaches it;
+    (None, None) when only one class is present."""
+    if not _both_classes(labels):
+        return None, None
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
-    return float(f1[best]), float(thresholds[best]) if len(thresholds) else float("nan")
+    return float(f1[best]), float(thresholds[best]) if len(thresholds) else None
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +56,9 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve up to `fpr_limit`, normalised by it.
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:
+    """Area under the per-region-overlap curve up to `fpr_limit`, normalised by it; None
+    without a defect region or an anomaly-free pixel.
 
     Every 8-connected component of every ground-truth mask is one region. As the
     threshold falls, PRO is the mean over regions of the fraction of the region above
@@ -58,7 +78,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     negatives = ~masks
     n_neg = int(negatives.sum())
     if n_regions == 0 or n_neg == 0:
-        return float("nan")
+        return None
     scores = maps.ravel()
     order = np.argsort(-scores, kind="mergesort")
     s_sorted = scores[order]

@@ -9,10 +9,6 @@ from edge.frames import parse_size
 from vqad.commands.common import config_args, default_config, overrides
 
 
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.1%}"
-
-
 def _frr(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 0.5:
@@ -66,19 +62,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate
+    from train.metrics import figure, percent
 
     m = evaluate(args.run, args.data, args.out, pictures=not args.no_pictures)
     print(
-        f"image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  AUPRO {m['aupro']:.4f}  "
-        f"F1-max {m['f1_max']:.4f}  threshold {m['threshold']:.5g}  ({m['n_images']} images)"
+        f"image AUROC {figure(m['image_auroc'], 4)}  pixel AUROC {figure(m['pixel_auroc'], 4)}  "
+        f"AUPRO {figure(m['aupro'], 4)}  F1-max {figure(m['f1_max'], 4)}  threshold {m['threshold']:.5g}  "
+        f"({m['n_images']} images)"
     )
-    if m["false_reject_rate"] is not None and m["miss_rate"] is not None:
+    rates = []
+    if m["false_reject_rate"] is not None:
+        rates.append(f"false rejects {percent(m['false_reject_rate'])} of {m['n_good']} good")
+    if m["miss_rate"] is not None:
+        rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects")
+    if m["miss_rate_at_1pct_frr"] is not None:
+        rates.append(
+            f"misses at 1% / 5% false rejects: {percent(m['miss_rate_at_1pct_frr'])} / "
+            f"{percent(m['miss_rate_at_5pct_frr'])}"
+        )
+    if rates:
         print(
-            f"at the threshold: false rejects {m['false_reject_rate']:.1%} of {m['n_good']} good, "
-            f"misses {m['miss_rate']:.1%} of {m['n_defect']} defects; misses at 1% / 5% false rejects: "
-            f"{_pct(m['miss_rate_at_1pct_frr'])} / {_pct(m['miss_rate_at_5pct_frr'])}; "
-            f"false rejects on new good images <= {m['frr_upper_bound_95']:.1%} "
-            f"(95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
+            f"at the threshold: {'; '.join(rates)}; false rejects on new good images <= "
+            f"{m['frr_upper_bound_95']:.1%} (95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
         )
     print(f"report: {Path(args.out) / 'metrics.json'}")
     return 0
