@@ -160,11 +160,13 @@ def _screenshot(dashboard: _Dashboard, out: Path) -> None:
 
 
 def _print_summary(summary: dict, workdir: Path) -> None:
+    from train.metrics import figure
+
     print("\n== live results against the ground truth")
     print(f"   frames {summary['frames']}, results {summary['results']} ({summary['by_status']})")
     print(
         f"   accuracy {summary['accuracy']:.3f}, false rejects {summary['false_rejects']}/{summary['good']}, "
-        f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {summary['live_auroc']:.3f}"
+        f"missed defects {summary['missed']}/{summary['defects']}, live image AUROC {figure(summary['live_auroc'])}"
     )
     fps, code = summary["throughput_fps"], summary["daemon_exit_code"]
     print(f"   throughput {fps:.1f} frames/s end to end; daemon exit code {code}")
@@ -220,7 +222,7 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
 
 
 def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
-    from sklearn.metrics import roc_auc_score
+    from train.metrics import image_auroc
 
     sources = {(r["camera_id"], int(r["frame_id"])): r["source"] for r in csv.DictReader(open(manifest))}
     results = [json.loads(line) for line in open(jsonl)] if jsonl.exists() else []
@@ -248,7 +250,7 @@ def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
         "defects": labels.count(1),
         "false_rejects": fr,
         "missed": missed,
-        "live_auroc": float(roc_auc_score(labels, scores)) if 0 < sum(labels) < n else float("nan"),
+        "live_auroc": image_auroc(labels, scores),  # None when the stream held one class only
         "throughput_fps": len(results) / elapsed_s if elapsed_s > 0 else 0.0,
     }
 
