@@ -47,8 +47,8 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, float 
         return None, None
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
-    return float(f1[best]), float(thresholds[best]) if len(thresholds) else None
+    best = int(np.argmax(f1[:-1]))  # with both classes there is at least one threshold
+    return float(f1[best]), float(thresholds[best])
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
