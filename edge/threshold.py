@@ -9,7 +9,9 @@ model package on the edge box.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,15 @@ import numpy as np
 THRESHOLD_MARGIN = 0.01
 # The confidence of the reported upper bound on the false-reject rate.
 BOUND_CONFIDENCE = 0.95
+# How many of the highest-scoring good images the threshold names, for review.
+HIGHEST_NAMED = 5
+# The image at the quantile sets the threshold alone when it scores this many times the next
+# good image below it. On the real development sets' validation scores (2026-11-30, 85f3a48) the
+# ratio was 1.0-1.4 on AITEX and DeepPCB and on one KolektorSDD seed, and 2.5 and 3.5 on the
+# other two, where the top image holds a dark spot or a notched edge (docs/decisions.md).
+LONE_RATIO = 1.5
+
+log = logging.getLogger(__name__)
 
 
 def frr_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -> float:
@@ -44,13 +55,18 @@ def frr_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) ->
     return hi
 
 
-def calibrate_threshold(scores: np.ndarray, target_frr: float, source: dict[str, Any]) -> dict[str, Any]:
+def calibrate_threshold(
+    scores: np.ndarray, target_frr: float, source: dict[str, Any], names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The threshold for good-image `scores`: their (1 - target_frr) quantile plus THRESHOLD_MARGIN,
-    with its provenance (`source`: which images, e.g. {"images": "validation split", "folder": ...})
-    and what n images say about the false-reject rate it gives."""
+    with its provenance (`source`: which images, e.g. {"images": "validation split", "folder": ...}),
+    what n images say about the false-reject rate it gives, and the highest-scoring images
+    (`names`, one per score; their indices without) for a quality engineer to review."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size < 2:
         raise ValueError(f"calibrating a threshold needs at least 2 good images, got {scores.size}")
+    if names is not None and len(names) != scores.size:
+        raise ValueError(f"{len(names)} image names for {scores.size} scores")
     at_quantile = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
     value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
     above = int((scores >= value).sum())
@@ -73,8 +89,38 @@ def calibrate_threshold(scores: np.ndarray, target_frr: float, source: dict[str,
             f"is at most {frr_upper_bound(n, above):.1%} with 95% confidence (Clopper-Pearson); "
             "more good images tighten it (vqad calibrate)"
         ),
+        **highest_images(scores, at_quantile, names),
         "calibrated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         # The scores themselves: the reference the daemon's drift alarm compares a camera's with.
         "scores": [round(float(s), 6) for s in scores],
         "source": source,
     }
+
+
+def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str] | None) -> dict[str, Any]:
+    """The HIGHEST_NAMED highest-scoring good images, and `lone_image` when the image that sets
+    the threshold scores LONE_RATIO times the next one below it or more (else None).
+
+    A lone image is worth a look: if it holds a defect after all, it raises the threshold for
+    every defect, and every defect scoring between it and the next good image passes."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    name = (lambda i: str(names[i])) if names is not None else (lambda i: f"#{i}")
+    highest = [{"image": name(i), "score": round(float(scores[i]), 6)} for i in order[:HIGHEST_NAMED]]
+    below = scores[scores < at_quantile]
+    lone = None
+    if below.size and below.max() > 0 and at_quantile >= LONE_RATIO * below.max():
+        setter = int(order[np.searchsorted(-scores[order], -at_quantile)])
+        lone = {
+            "image": name(setter),
+            "score": float(at_quantile),
+            "next_score": float(below.max()),
+            "ratio": float(at_quantile / below.max()),
+            "note": "this good image alone sets the threshold; if it holds a defect, leave it out of the good "
+            "images and calibrate again (vqad calibrate): defects scoring between the two pass now",
+        }
+        log.warning(
+            "the threshold rests on one good image: %s scores %.4g, %.1f times the next (%.4g); if it holds a "
+            "defect, leave it out of the good images and calibrate again",
+            lone["image"], lone["score"], lone["ratio"], lone["next_score"],
+        )  # fmt: skip
+    return {"highest_images": highest, "lone_image": lone}

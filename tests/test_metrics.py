@@ -82,6 +82,30 @@ def test_threshold_sits_clear_of_the_validation_quantile():
     assert (scores >= cal["value"]).sum() <= 1  # at most the single image above the quantile fails
 
 
+def test_a_good_image_that_alone_sets_the_threshold_is_named(caplog):
+    """One good image far above the rest sets the threshold: it is named, with its ratio to the
+    next, and a warning says so; a tail without such an image names none."""
+    import numpy as np
+
+    from edge.threshold import calibrate_threshold
+
+    scores = np.concatenate([np.linspace(1.0, 3.0, 91), [9.0]])
+    names = [f"good_{i:03d}.png" for i in range(92)]
+    with caplog.at_level("WARNING", logger="edge.threshold"):
+        cal = calibrate_threshold(scores, target_frr=0.01, source={"by": "test"}, names=names)
+    assert cal["score_at_quantile"] == 9.0
+    assert cal["lone_image"]["image"] == "good_091.png" and cal["lone_image"]["ratio"] == 3.0
+    assert "good_091.png" in caplog.text
+    assert [h["image"] for h in cal["highest_images"]] == [
+        "good_091.png",
+        *(f"good_{i:03d}.png" for i in (90, 89, 88, 87)),
+    ]
+    even = calibrate_threshold(scores[:91], target_frr=0.01, source={"by": "test"})
+    assert even["lone_image"] is None and even["highest_images"][0] == {"image": "#90", "score": 3.0}
+    with pytest.raises(ValueError, match="names"):
+        calibrate_threshold(scores, target_frr=0.01, source={"by": "test"}, names=names[:3])
+
+
 def test_the_false_reject_bound_is_clopper_pearson():
     from edge.threshold import frr_upper_bound
 

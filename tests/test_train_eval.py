@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,10 +30,16 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     for picture in ("histogram.png", "roc.png", "codebook.png", "curves.png"):
         assert (tiny_run / "eval" / picture).stat().st_size > 1000
     panels = list((tiny_run / "eval" / "images").glob("*.png"))
-    assert len(panels) == metrics["n_images"]
+    calibration = [p for p in panels if p.name.startswith("calibration_")]
+    assert len(panels) - len(calibration) == metrics["n_images"]
     threshold = json.loads((tiny_run / "threshold.json").read_text())
     # 16 good images: 25% would hold out 4; the split grows it to 5, while training keeps 11.
     assert threshold["value"] == metrics["threshold"] and threshold["n_val"] == 5
+    # The good images that set the threshold are named, highest first, and drawn.
+    highest = threshold["highest_images"]
+    assert [h["score"] for h in highest] == sorted(threshold["scores"], reverse=True)[:5]
+    assert {h["image"] for h in highest} <= set(json.loads((tiny_run / "split.json").read_text())["val"])
+    assert sorted(p.name for p in calibration) == sorted(f"calibration_{Path(h['image']).stem}.png" for h in highest)
 
 
 def _strict_json(path):

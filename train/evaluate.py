@@ -5,6 +5,8 @@ REPORT_DIR/
     metrics.json         image_auroc, pixel_auroc, aupro, f1_max, threshold, n_images, ...
     histogram.png, roc.png, codebook.png, curves.png
     images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
+    images/calibration_<stem>.png  the same for the good validation images that score highest:
+                         the ones that set the threshold
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from edge.overlay import heatmap_overlay, label
-from edge.threshold import calibrate_threshold
+from edge.threshold import HIGHEST_NAMED, calibrate_threshold
 from train import plots
 from train.data import load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
@@ -40,7 +42,7 @@ def miss_rate_at_frr(labels: np.ndarray, scores: np.ndarray, frr: float) -> floa
     return float((defects <= cut).mean())
 
 
-def _threshold(run: Run, val_scores: np.ndarray) -> dict[str, Any]:
+def _threshold(run: Run, val_scores: np.ndarray, val_paths: list[str]) -> dict[str, Any]:
     """The run's threshold: one set by `vqad calibrate` on good images from the line is kept;
     otherwise it is calibrated on the validation split and written to threshold.json."""
     saved = run.threshold()
@@ -48,7 +50,7 @@ def _threshold(run: Run, val_scores: np.ndarray) -> dict[str, Any]:
         log.info("keeping the threshold vqad calibrate set on %s", saved["source"].get("folder"))
         return saved
     source = {"by": "vqad eval", "images": "the run's validation split (split.json)", "run": str(run.root)}
-    threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr, source)
+    threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr, source, names=val_paths)
     (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
     return threshold
 
@@ -97,8 +99,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     val_paths = run.split()["val"]
     val_images = load_images(val_paths, size, channels)
 
-    _, _, val_scores = score_frames(run.model, val_images)
-    threshold = _threshold(run, val_scores)
+    val_recons, val_maps, val_scores = score_frames(run.model, val_images)
+    threshold = _threshold(run, val_scores, [str(p) for p in val_paths])
 
     images = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
@@ -146,6 +148,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     )
     if pictures:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
+        _calibration_pictures(out, val_paths, val_images, val_recons, val_maps, val_scores, threshold["value"])
     log.info(
         "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
         figure(metrics["image_auroc"]),
@@ -172,3 +175,10 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
     counts = codebook_counts(run, val_images)
     plots.codebook_plot(out / "codebook.png", counts, run.model.vqvae.quantizer.embed.detach().numpy())
     plots.curves_plot(run.root / "metrics.csv", out / "curves.png")
+
+
+def _calibration_pictures(out, val_paths, val_images, val_recons, val_maps, val_scores, threshold) -> None:
+    """Panels of the HIGHEST_NAMED highest-scoring good validation images: what sets the threshold."""
+    for i in np.argsort(val_scores, kind="stable")[::-1][:HIGHEST_NAMED]:
+        panel = _panel(val_images[i], val_recons[i], val_maps[i], None, float(val_scores[i]), threshold)
+        cv2.imwrite(str(out / "images" / f"calibration_{Path(val_paths[i]).stem}.png"), panel)
