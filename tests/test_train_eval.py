@@ -97,6 +97,7 @@ class Evil:
         return (os.system, ("touch /tmp/vqad-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_pickle_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": "vqad-checkpoint", "version": 1, "evil": Evil()}, path)

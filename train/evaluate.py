@@ -69,6 +69,7 @@ def _panel(
     mask: np.ndarray | None,
     score: float,
     threshold: float,
+    truth_caption: str | None = None,
 ) -> np.ndarray:
     """original | reconstruction | heat-map overlay | ground-truth contour, one row."""
     bgr = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -84,7 +85,7 @@ def _panel(
         label(bgr.copy(), "input"),
         label(recon, "reconstruction"),
         label(overlay, f"{score:.4g} {decision}", (0, 0, 255) if decision == "FAIL" else (0, 255, 0)),
-        label(truth, "ground truth" if mask is not None else "no mask"),
+        label(truth, truth_caption or ("ground truth" if mask is not None else "no mask")),
     ]
     scale = max(1, 256 // image.shape[0])
     return cv2.resize(np.hstack(tiles), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
@@ -180,5 +181,7 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
 def _calibration_pictures(out, val_paths, val_images, val_recons, val_maps, val_scores, threshold) -> None:
     """Panels of the HIGHEST_NAMED highest-scoring good validation images: what sets the threshold."""
     for i in np.argsort(val_scores, kind="stable")[::-1][:HIGHEST_NAMED]:
-        panel = _panel(val_images[i], val_recons[i], val_maps[i], None, float(val_scores[i]), threshold)
+        panel = _panel(
+            val_images[i], val_recons[i], val_maps[i], None, float(val_scores[i]), threshold, "good (calibration)"
+        )
         cv2.imwrite(str(out / "images" / f"calibration_{Path(val_paths[i]).stem}.png"), panel)
