@@ -109,7 +109,7 @@ def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str] 
     below = scores[scores < at_quantile]
     lone = None
     if below.size and below.max() > 0 and at_quantile >= LONE_RATIO * below.max():
-        setter = int(order[np.searchsorted(-scores[order], -at_quantile)])
+        setter = int(np.flatnonzero(scores == at_quantile)[0])  # the quantile is one of the scores
         lone = {
             "image": name(setter),
             "score": float(at_quantile),

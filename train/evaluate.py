@@ -6,7 +6,7 @@ REPORT_DIR/
     histogram.png, roc.png, codebook.png, curves.png
     images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
     images/calibration_<stem>.png  the same for the good validation images that score highest:
-                         the ones that set the threshold
+                         the ones that set the threshold, unless `vqad calibrate` set it
 """
 
 from __future__ import annotations
