@@ -50,7 +50,7 @@ def calibrate_package(model_dir: str | Path, good_dir: str | Path, target_frr: f
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     scores = graph_scores(pkg.root / FP32_FILE, frames)
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
-    threshold = calibrate_threshold(scores, target, source, names=[str(p) for p in paths])
+    threshold = calibrate_threshold(scores, target, source, names=paths)
     fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
     agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
     bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)

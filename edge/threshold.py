@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ def frr_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) ->
 
 
 def calibrate_threshold(
-    scores: np.ndarray, target_frr: float, source: dict[str, Any], names: Sequence[str] | None = None
+    scores: np.ndarray, target_frr: float, source: dict[str, Any], names: Sequence[str | os.PathLike] | None = None
 ) -> dict[str, Any]:
     """The threshold for good-image `scores`: their (1 - target_frr) quantile plus THRESHOLD_MARGIN,
     with its provenance (`source`: which images, e.g. {"images": "validation split", "folder": ...}),
@@ -97,7 +98,7 @@ def calibrate_threshold(
     }
 
 
-def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str] | None) -> dict[str, Any]:
+def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str | os.PathLike] | None) -> dict[str, Any]:
     """The HIGHEST_NAMED highest-scoring good images, and `lone_image` when the image that sets
     the threshold scores LONE_RATIO times the next one below it or more (else None).
 

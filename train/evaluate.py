@@ -101,7 +101,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     val_images = load_images(val_paths, size, channels)
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
-    threshold = _threshold(run, val_scores, [str(p) for p in val_paths])
+    threshold = _threshold(run, val_scores, val_paths)
 
     images = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])

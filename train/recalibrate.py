@@ -23,7 +23,7 @@ def calibrate_run(run_dir: str | Path, good_dir: str | Path, target_frr: float |
     _, _, scores = score_frames(run.model, frames)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
-    threshold = calibrate_threshold(scores, target, source, names=[str(p) for p in paths])
+    threshold = calibrate_threshold(scores, target, source, names=paths)
     previous = run.threshold()
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
