@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -58,9 +59,14 @@ def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tm
     saved = json.loads((run / "threshold.json").read_text())
     assert saved["source"]["by"] == "vqad calibrate" and saved["n_val"] == 16
     assert saved["previous"]["source"]["by"] == "vqad eval"
-    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
+    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2")
     metrics = json.loads((run / "eval2" / "metrics.json").read_text())
     assert metrics["threshold"] == saved["value"]  # eval keeps the line's threshold
+    # Its calibration panels are the line's images that set that threshold.
+    named = {Path(h["image"]) for h in saved["highest_images"]}
+    assert named and all(p.parent.resolve() == good.resolve() for p in named)
+    panels = {p.name for p in (run / "eval2" / "images").glob("calibration_*.png")}
+    assert panels == {f"calibration_{p.stem}.png" for p in named}
     for key in ("miss_rate_at_1pct_frr", "miss_rate_at_5pct_frr", "threshold_margin_over_val_max"):
         assert key in metrics
     run_vqad("export", run, "--out", tmp_path / "model")

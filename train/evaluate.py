@@ -5,8 +5,8 @@ REPORT_DIR/
     metrics.json         image_auroc, pixel_auroc, aupro, f1_max, threshold, n_images, ...
     histogram.png, roc.png, codebook.png, curves.png
     images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
-    images/calibration_<stem>.png  the same for the good validation images that score highest:
-                         the ones that set the threshold, unless `vqad calibrate` set it
+    images/calibration_<stem>.png  the same for the good images the threshold names as its
+                         highest: the validation split's, or those `vqad calibrate` used
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edge.overlay import heatmap_overlay, label
-from edge.threshold import HIGHEST_NAMED, calibrate_threshold
+from edge.threshold import calibrate_threshold
 from train import plots
 from train.data import load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
@@ -149,7 +149,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     )
     if pictures:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
-        _calibration_pictures(out, val_paths, val_images, val_recons, val_maps, val_scores, threshold["value"])
+        val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
+        _calibration_pictures(run, out, threshold, val)
     log.info(
         "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
         figure(metrics["image_auroc"]),
@@ -178,10 +179,26 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
     plots.curves_plot(run.root / "metrics.csv", out / "curves.png")
 
 
-def _calibration_pictures(out, val_paths, val_images, val_recons, val_maps, val_scores, threshold) -> None:
-    """Panels of the HIGHEST_NAMED highest-scoring good validation images: what sets the threshold."""
-    for i in np.argsort(val_scores, kind="stable")[::-1][:HIGHEST_NAMED]:
-        panel = _panel(
-            val_images[i], val_recons[i], val_maps[i], None, float(val_scores[i]), threshold, "good (calibration)"
-        )
-        cv2.imwrite(str(out / "images" / f"calibration_{Path(val_paths[i]).stem}.png"), panel)
+def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: dict[str, tuple]) -> None:
+    """Panels of the good images the threshold names (`highest_images`): the ones that set it.
+    They are validation images (`val`: path -> image, reconstruction, map, score), or the line's
+    images when `vqad calibrate` set the threshold, read again and scored; one no longer on disk
+    is skipped with a warning."""
+    named = [str(entry["image"]) for entry in threshold.get("highest_images") or []]
+    on_disk = [name for name in named if name not in val and Path(name).is_file()]
+    for name in sorted(set(named) - set(val) - set(on_disk)):
+        log.warning("calibration image %s is not on disk: no panel", name)
+    if on_disk:
+        images = load_images([Path(n) for n in on_disk], run.model_cfg.image_size, run.model_cfg.channels)
+        recons, maps, scores = score_frames(run.model, images)
+        val = {**val, **_by_path(on_disk, images, recons, maps, scores)}
+    for name in named:
+        if name in val:
+            image, recon, amap, score = val[name]
+            panel = _panel(image, recon, amap, None, float(score), threshold["value"], "good (calibration)")
+            cv2.imwrite(str(out / "images" / f"calibration_{Path(name).stem}.png"), panel)
+
+
+def _by_path(paths: list, *columns: np.ndarray) -> dict[str, tuple]:
+    """{str(path): (column_0[i], column_1[i], ...)} for the i-th path."""
+    return {str(p): row for p, row in zip(paths, zip(*columns, strict=True), strict=True)}
