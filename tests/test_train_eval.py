@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -81,6 +82,7 @@ def test_checkpoint_describes_itself(tiny_run):
     meta = ckpt["meta"]
     assert meta["step"] == 200 and meta["model_config"]["image_size"] == [32, 32]
     assert len(meta["content_sha256"]) == 64 and "val_l2" in meta["metrics"]
+    assert meta["metrics"]["ended_by"] == "steps"  # not cut short by train.max_minutes
     run = load_run(tiny_run)
     assert run.model_cfg.codebook_size == 32 and not run.model.training
     # The bracket is a fixtured part: training's end fitted the golden template and switched it
@@ -369,6 +371,25 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
         check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "another model" in bad.stderr
+
+
+@pytest.mark.parametrize(("max_minutes", "expected"), [(60.0, "about 25 min"), (5.0, "near step 600 of 3000")])
+def test_the_pace_says_how_long_the_steps_take_or_where_the_time_budget_ends(caplog, max_minutes, expected):
+    from types import SimpleNamespace
+
+    from train.config import TrainConfig
+    from train.loop import log_pace
+
+    # 20 steps in 10 s: 0.5 s a step, 2,980 left (about 25 min); 5 minutes end near step 600.
+    session = SimpleNamespace(
+        train_cfg=TrainConfig(steps=3000, max_minutes=max_minutes), step=20, start_step=0, elapsed_before=0.0,
+        elapsed=lambda: 10.0,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="train.loop"):
+        log_pace(session)
+    (record,) = caplog.records
+    assert expected in record.getMessage()
+    assert record.levelno == (logging.INFO if max_minutes == 60.0 else logging.WARNING)
 
 
 def test_random_crops_cut_a_larger_input_and_leave_a_fitting_one_alone():

@@ -62,6 +62,9 @@ HEAD_LOSS_WEIGHT = 1.0
 # (median of 3 seeds) against 0.740 squeezed into 128 x 128 (docs/decisions.md); a square
 # input of 128 draws the same random numbers as before crops.
 TRAIN_CROP = 128
+# After this many steps the pace is known: the log says how long the steps will take, or warns
+# that `max_minutes` ends the training first.
+PACE_AFTER_STEPS = 20
 
 
 def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
@@ -132,6 +135,7 @@ class Session:
     train_images: np.ndarray
     val_images: np.ndarray
     step: int = 0
+    start_step: int = 0  # the step this process started from (> 0 on --resume)
     elapsed_before: float = 0.0
     t0: float = field(default_factory=time.monotonic)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -207,7 +211,7 @@ def set_up(
     s = Session(
         category, run_dir, model_cfg, train_cfg, device, dist, rng, model, net, head_net, opt,
         SSIM(model_cfg.channels).to(device), amp_dtype, train_images, val_images,
-        step=start_step, elapsed_before=elapsed_before,
+        step=start_step, start_step=start_step, elapsed_before=elapsed_before,
     )  # fmt: skip
     s.last_log = (time.monotonic(), start_step)
     if dist.main:
@@ -290,10 +294,16 @@ def run_steps(s: Session) -> bool:
             while s.step < s.train_cfg.steps:
                 elapsed = _agreed_clock(s, stop[0])
                 if elapsed > budget_s:
-                    log.info("time budget of %.1f min reached at step %d", s.train_cfg.max_minutes, s.step)
+                    log.info(
+                        "time budget of %.1f min reached at step %d of %d", s.train_cfg.max_minutes, s.step,
+                        s.train_cfg.steps,
+                    )  # fmt: skip
+                    s.summary["ended_by"] = "max_minutes"
                     break
                 losses = train_step(s, elapsed)
                 s.step += 1
+                if s.step == s.start_step + PACE_AFTER_STEPS and s.dist.main:
+                    log_pace(s)
                 _log_step(s, losses)
                 if s.step % s.train_cfg.checkpoint_every == 0:
                     save(s, "periodic")
@@ -304,6 +314,23 @@ def run_steps(s: Session) -> bool:
             if s.bar is not None:
                 s.bar.close()
     return interrupted
+
+
+def log_pace(s: Session) -> None:
+    """How long the remaining steps will take at the pace so far; a warning when `max_minutes`
+    will end the training first, and near which step."""
+    cfg, done = s.train_cfg, s.step - s.start_step
+    per_step = (s.elapsed() - s.elapsed_before) / max(1, done)
+    left_s = cfg.max_minutes * 60.0 - s.elapsed()
+    need_s = (cfg.steps - s.step) * per_step
+    if need_s <= left_s:
+        log.info("%.2f s a step: about %.0f min for the %d steps left", per_step, need_s / 60.0, cfg.steps - s.step)
+        return
+    log.warning(
+        "%.2f s a step: the %g-minute budget (train.max_minutes) ends this training near step %d of %d; "
+        "raise --max-minutes to train every step",
+        per_step, cfg.max_minutes, s.step + int(left_s / per_step), cfg.steps,
+    )  # fmt: skip
 
 
 def _agreed_clock(s: Session, stop_requested: bool) -> float:
@@ -428,6 +455,7 @@ def finish(s: Session, interrupted: bool) -> dict[str, Any]:
             "step": s.step,
             "val_l2": validation_l2(s.model, s.val_images),
             "interrupted": interrupted,
+            "ended_by": "interrupted" if interrupted else s.summary.get("ended_by", "steps"),
             "n_train": len(s.train_images),
             "n_val": len(s.val_images),
         }
