@@ -298,7 +298,6 @@ def run_steps(s: Session) -> bool:
                         "time budget of %.1f min reached at step %d of %d", s.train_cfg.max_minutes, s.step,
                         s.train_cfg.steps,
                     )  # fmt: skip
-                    s.summary["ended_by"] = "max_minutes"
                     break
                 losses = train_step(s, elapsed)
                 s.step += 1
@@ -455,7 +454,7 @@ def finish(s: Session, interrupted: bool) -> dict[str, Any]:
             "step": s.step,
             "val_l2": validation_l2(s.model, s.val_images),
             "interrupted": interrupted,
-            "ended_by": "interrupted" if interrupted else s.summary.get("ended_by", "steps"),
+            "ended_by": "interrupted" if interrupted else "steps" if s.step >= s.train_cfg.steps else "max_minutes",
             "n_train": len(s.train_images),
             "n_val": len(s.val_images),
         }
