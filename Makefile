@@ -8,9 +8,10 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# make bench REAL=DIR adds every real category (MVTec layout) under DIR to the accuracy part.
+# make bench REAL=DIR adds every real category (MVTec layout) under DIR to the accuracy part;
+# BENCH_ARGS passes more flags to benchmarks.run (e.g. "--steps 1000 --minutes 90").
 REAL ?=
-BENCH_ARGS ?= $(if $(REAL),--real $(REAL))
+BENCH_ARGS ?=
 
 .PHONY: install test demo bench bench-quick lint format clean
 
@@ -31,7 +32,7 @@ demo: install
 	$(VENV)/bin/vqad demo --workdir demo
 
 bench: install
-	$(PY) -m benchmarks.run --repeats 3 $(BENCH_ARGS)
+	$(PY) -m benchmarks.run --repeats 3 $(if $(REAL),--real $(REAL)) $(BENCH_ARGS)
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick

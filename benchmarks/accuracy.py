@@ -1,7 +1,9 @@
 """Accuracy: our model, the plain VQ-VAE and the per-pixel Gaussian baseline on the
-same data, each VQ-VAE trained under the same CPU budget.
+same data, each VQ-VAE trained to the same budget: `train.steps` (configs/train.yaml, or
+--steps), with `--minutes` as the guard that stops a slow machine short of it (each row says
+how its training ended).
 
-    python -m benchmarks.accuracy [--data DIR] [--minutes 10] [--quick] [--ablation]
+    python -m benchmarks.accuracy [--data DIR] [--steps N] [--minutes M] [--quick] [--ablation]
 
 Variants are `--set` overrides on top of configs/*.yaml, so a row says exactly what it is.
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,16 @@ ABLATION: dict[str, list[str]] = {
 }
 
 
-SPREAD_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "train_seconds", "false_reject_rate", "miss_rate")
+SPREAD_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "train_seconds",
+    "steps",
+    "false_reject_rate",
+    "miss_rate",
+)
 SEED_SUFFIX = "__seed"
 
 
@@ -89,13 +101,50 @@ def baseline_metrics(category: Path, image_size: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A bench training's budget: `steps` (None = train.steps of configs/) and the `minutes`
+    guard (None = train.max_minutes of configs/), as `vqad train --steps / --max-minutes`."""
+
+    steps: int | None = None
+    minutes: float | None = None
+
+    @classmethod
+    def quick(cls) -> Budget:
+        """`--quick`: about 2 minutes a training, ended by the guard: a look, not a figure."""
+        return cls(minutes=2.0)
+
+    def args(self) -> list[str | float]:
+        return [
+            *(["--steps", self.steps] if self.steps else []),
+            *(["--max-minutes", self.minutes] if self.minutes else []),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps or train_defaults().steps, "minutes": self.minutes or train_defaults().max_minutes}
+
+
+def train_defaults() -> Any:
+    """configs/train.yaml, as `vqad train` reads it without --config."""
+    from edge.config import load_config
+    from train.config import TrainConfig
+    from vqad.commands.common import default_config
+
+    return load_config(TrainConfig, default_config("train"))
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """'3000 steps (guard 60 min)': how each model of a report was trained."""
+    return f"{budget['steps']} steps (guard {budget['minutes']:g} min)"
+
+
 def train_and_eval(
-    category: Path, run_dir: Path, minutes: float, image_size: str, overrides: list[str]
+    category: Path, run_dir: Path, budget: Budget, image_size: str, overrides: list[str]
 ) -> dict[str, Any]:
     from train.evaluate import evaluate
 
     sets = [a for o in overrides for a in ("--set", o)]
-    vqad("train", category, "--out", run_dir, "--max-minutes", minutes, "--image-size", image_size, *sets)
+    vqad("train", category, "--out", run_dir, *budget.args(), "--image-size", image_size, *sets)
     evaluate(run_dir, category, run_dir / "eval", pictures=False)
     return accuracy_row(run_dir) | {"overrides": overrides}
 
@@ -125,7 +174,8 @@ def accuracy_row(run_dir: Path) -> dict[str, Any]:
     return {k: m[k] for k in keys} | {
         "train_seconds": meta["elapsed_s"],
         "steps": meta["step"],
-        "minutes_budget": meta["train_config"]["max_minutes"],
+        "ended_by": meta["metrics"].get("ended_by"),  # steps, or max_minutes: the guard stopped it short
+        "budget": {"steps": meta["train_config"]["steps"], "minutes": meta["train_config"]["max_minutes"]},
         "input_size": meta["model_config"]["image_size"],
         "flops_per_frame": model_flops(run_dir)["total"],
         "run": str(run_dir),
@@ -152,14 +202,14 @@ def collect_accuracy(workdir: Path, image_size: str = "auto") -> dict[str, Any]:
             repeats.setdefault(names.get(slug, slug), []).append(accuracy_row(run))
         for name, runs in repeats.items():
             rows[name] = median_row(runs)
-            out["minutes_per_training"] = runs[0]["minutes_budget"]
+            out["budget"] = runs[0]["budget"]
         out["categories"][cat_dir.name] = rows
     return out
 
 
 def bench_accuracy(
     data: Path | None,
-    minutes: float,
+    budget: Budget,
     image_size: str = "auto",
     ablation: bool = False,
     workdir: Path | None = None,
@@ -181,7 +231,7 @@ def bench_accuracy(
     out: dict[str, Any] = {
         "data": str(data),
         "synth_seconds": synth_seconds,
-        "minutes_per_training": minutes,
+        "budget": budget.to_dict(),
         "image_size": image_size,
         "repeats": repeats,
         "categories": {},
@@ -194,7 +244,7 @@ def bench_accuracy(
                 train_and_eval(
                     data / cat,
                     workdir / "runs" / cat / run_slug(name, r),
-                    minutes,
+                    budget,
                     image_size,
                     [*overrides, f"train.seed={r}"],
                 )
@@ -211,12 +261,12 @@ def bench_accuracy(
     return out
 
 
-def bench_real(root: Path, minutes: float, image_size: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
+def bench_real(root: Path, budget: Budget, image_size: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
     """The shipped defaults on every real category under `root` (MVTec layout), beside the
     per-pixel Gaussian: accuracy and the rates at the calibrated threshold."""
     out: dict[str, Any] = {
         "data": str(root),
-        "minutes_per_training": minutes,
+        "budget": budget.to_dict(),
         "image_size": image_size,
         "repeats": repeats,
         "categories": {},
@@ -226,7 +276,7 @@ def bench_real(root: Path, minutes: float, image_size: str, workdir: Path, repea
         raise SystemExit(f"--real {root}: no category (CAT/train/good) under it")
     for cat in cats:
         runs = [
-            train_and_eval(root / cat, workdir / "real" / cat / run_slug("ours", r), minutes, image_size,
+            train_and_eval(root / cat, workdir / "real" / cat / run_slug("ours", r), budget, image_size,
                            [f"train.seed={r}"])
             for r in range(repeats)
         ]  # fmt: skip
@@ -244,12 +294,13 @@ def bench_real(root: Path, minutes: float, image_size: str, workdir: Path, repea
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path)
-    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--steps", type=int, help="training steps per model (default: train.steps of configs/)")
+    ap.add_argument("--minutes", type=float, help="the guard per training (default: train.max_minutes)")
     ap.add_argument("--quick", action="store_true", help="about 2 minutes per training")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
     ap.add_argument("--repeats", type=int, default=1, help="trainings per variant (seeds 0..N-1); median, min, max")
     args = ap.parse_args()
-    minutes = 2.0 if args.quick else args.minutes
-    result = bench_accuracy(args.data, minutes, args.image_size, args.ablation, repeats=args.repeats)
+    budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
+    result = bench_accuracy(args.data, budget, args.image_size, args.ablation, repeats=args.repeats)
     print(json.dumps(result, indent=2))

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, a dated JSON report and a Markdown table.
 
-    python -m benchmarks.run [--quick] [--data DIR] [--minutes M] [--ablation]
+    python -m benchmarks.run [--quick] [--data DIR] [--steps N] [--minutes M] [--ablation]
                              [--only accuracy,backends,daemon,transport]
 
 The backend and daemon figures are measured on the model trained by the accuracy part
@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from benchmarks.accuracy import Budget, budget_text
 from benchmarks.common import machine, vqad, write_report
 
 PARTS = ("accuracy", "backends", "daemon", "record", "dashboard", "drift", "health", "transport")
@@ -36,23 +37,32 @@ def real_markdown(acc: dict[str, Any] | None) -> list[str]:
     if not acc:
         return []
     lines = [
-        f"## Real images ({acc['data']}; --image-size {acc['image_size']}, "
-        f"{acc['minutes_per_training']:g} min per model)",
+        f"## Real images ({acc['data']}; --image-size {acc['image_size']}, {budget_text(acc['budget'])} per model)",
         "",
-        "| category | model | input (H x W) | image AUROC | pixel AUROC | false rejects | misses "
+        "| category | model | input (H x W) | steps | image AUROC | pixel AUROC | false rejects | misses "
         "| misses at 1% / 5% FRR | FRR bound (95%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cat, rows in acc["categories"].items():
         for name, m in rows.items():
             size = " x ".join(str(side) for side in m["input_size"])
             lines.append(
-                f"| {cat} | {name} | {size} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
+                f"| {cat} | {name} | {size} | {steps_cell(m)} | {_f(m['image_auroc'])} | {_f(m['pixel_auroc'])} "
                 f"| {_pct(m.get('false_reject_rate'))} | {_pct(m.get('miss_rate'))} "
                 f"| {_pct(m.get('miss_rate_at_1pct_frr'))} / "
                 f"{_pct(m.get('miss_rate_at_5pct_frr'))} | {_pct(m.get('frr_upper_bound_95'))} |"
             )
     return [*lines, ""]
+
+
+def steps_cell(row: dict[str, Any]) -> str:
+    """The steps a row's trainings reached (min–max over repeats), marked where one stopped short
+    of the budget: its figures are not the budget's. Blank for the baseline, which does not train."""
+    if "steps" not in row:
+        return ""
+    spread = row.get("spread", {}).get("steps") or {"min": row["steps"], "max": row["steps"]}
+    steps = f"{spread['min']:g}" if spread["min"] == spread["max"] else f"{spread['min']:g}–{spread['max']:g}"
+    return f"{steps}, short of {row['budget']['steps']}" if spread["min"] < row["budget"]["steps"] else steps
 
 
 def health_markdown(health: dict[str, Any] | None) -> list[str]:
@@ -112,10 +122,10 @@ def markdown(report: dict[str, Any]) -> str:
     acc = report.get("accuracy")
     if acc:
         lines += [
-            f"## Accuracy (--image-size {acc['image_size']}, {acc['minutes_per_training']:g} min training per model)",
+            f"## Accuracy (--image-size {acc['image_size']}, {budget_text(acc['budget'])} per model)",
             "",
-            "| category | model | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
-            "|---|---|---|---|---|---|---|---|",
+            "| category | model | steps | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for cat, rows in acc["categories"].items():
             for name, m in rows.items():
@@ -129,8 +139,9 @@ def markdown(report: dict[str, Any]) -> str:
                     return _f(m[key], nd)
 
                 lines.append(
-                    f"| {cat} | {name} | {cell('image_auroc')} | {cell('pixel_auroc')} | {cell('aupro')} | "
-                    f"{cell('f1_max')} | {cell('train_seconds', 0)} | {_f(flops / 1e9 if flops else None, 2)} |"
+                    f"| {cat} | {name} | {steps_cell(m)} | {cell('image_auroc')} | {cell('pixel_auroc')} | "
+                    f"{cell('aupro')} | {cell('f1_max')} | {cell('train_seconds', 0)} | "
+                    f"{_f(flops / 1e9 if flops else None, 2)} |"
                 )
         lines.append("")
     lines += real_markdown(report.get("accuracy_real"))
@@ -162,7 +173,8 @@ def markdown(report: dict[str, Any]) -> str:
     if sa:
         cats = list(sa)
         lines += [
-            "## Scoring ablation (each category's default run, scored post hoc; image / pixel AUROC / AUPRO)",
+            "## Scoring ablation (each category's default run, scored post hoc; image / pixel AUROC / AUPRO; "
+            "false rejects / misses at the threshold each variant calibrates)",
             "",
             "| error map | " + " | ".join(cats) + " |",
             "|---|" + "---|" * len(cats),
@@ -171,7 +183,10 @@ def markdown(report: dict[str, Any]) -> str:
             cells = []
             for cat in cats:
                 r = sa[cat]["variants"][name]
-                cells.append(f"{_f(r['image_auroc'])} / {_f(r['pixel_auroc'])} / {_f(r['aupro'])}")
+                cells.append(
+                    f"{_f(r['image_auroc'])} / {_f(r['pixel_auroc'])} / {_f(r['aupro'])}; "
+                    f"{_pct(r.get('false_reject_rate'))} / {_pct(r.get('miss_rate'))}"
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     be = report.get("backends")
@@ -266,7 +281,10 @@ def main() -> None:
         metavar="DIR",
         help="also measure the shipped defaults on every category under DIR (real images, MVTec layout)",
     )
-    ap.add_argument("--minutes", type=float, help="training budget per model (default 10, --quick 2)")
+    ap.add_argument("--steps", type=int, help="training steps per model (default: train.steps of configs/)")
+    ap.add_argument(
+        "--minutes", type=float, help="the guard per training (default: train.max_minutes of configs/; --quick 2)"
+    )
     ap.add_argument("--image-size", default="auto", help="vqad train --image-size: N, HxW or auto (configs/)")
     ap.add_argument("--ablation", action="store_true", help="also train every ablation variant")
     ap.add_argument(
@@ -277,7 +295,7 @@ def main() -> None:
     ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
     args = ap.parse_args()
     parts = args.only.split(",")
-    minutes = args.minutes or (2.0 if args.quick else 10.0)
+    budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     t0 = time.monotonic()
     report: dict[str, Any] = {
@@ -297,13 +315,13 @@ def main() -> None:
         from benchmarks.accuracy import bench_accuracy
 
         report["accuracy"] = acc = bench_accuracy(
-            args.data, minutes, args.image_size, args.ablation, workdir, repeats=args.repeats
+            args.data, budget, args.image_size, args.ablation, workdir, repeats=args.repeats
         )
         write_report(report)
     if args.real and "accuracy" in parts:
         from benchmarks.accuracy import bench_real
 
-        report["accuracy_real"] = bench_real(args.real, minutes, args.image_size, workdir, repeats=args.repeats)
+        report["accuracy_real"] = bench_real(args.real, budget, args.image_size, workdir, repeats=args.repeats)
         write_report(report)
     if report.get("accuracy"):
         from benchmarks.scoring import scoring_ablation

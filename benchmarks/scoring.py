@@ -6,7 +6,9 @@ The reconstruction and the head's probability are computed once; each variant is
 product's own `AnomalyScorer`, calibrated on the run's good training and validation images as
 training does. So each row shows what a term, or a choice inside one, buys with the training
 held fixed. `--half select` scores a seeded half of the test images (to choose on), `report`
-the other half (to report), `all` every one.
+the other half (to report), `all` every one. Each row also gives the false rejects and misses
+at the threshold the variant's own validation scores calibrate (the run's `target_frr`), and the
+misses at 5% false rejects on the test good images: where a line judges the map.
 
     python -m benchmarks.scoring RUN_DIR DATA_CAT [--half select|report|all]
 """
@@ -98,9 +100,12 @@ def in_half(path: Path, half: str) -> bool:
 def scoring_ablation(
     run_dir: Path, category: Path, half: str = "all", names: list[str] | None = None
 ) -> dict[str, Any]:
-    """{variant: {image_auroc, pixel_auroc, aupro, terms}} for one trained run."""
+    """{variant: {image_auroc, pixel_auroc, aupro, false_reject_rate, miss_rate,
+    miss_rate_at_5pct_frr, terms}} for one trained run."""
     from edge.frames import batched
+    from edge.threshold import calibrate_threshold
     from train.data import load_images, load_test_set
+    from train.evaluate import miss_rate_at_frr
     from train.metrics import aupro, image_auroc, pixel_auroc
     from train.model import uint8_nhwc_to_float
     from train.run import load_run
@@ -120,12 +125,14 @@ def scoring_ablation(
     x_val, r_val = model.reconstruct_frames(val_images)
     x_test, r_test = model.reconstruct_frames(frames)
     latents_test = torch.cat([model.latents(x) for x in batched(x_test, 16)])
-    prob, z_test, val_head = None, None, None
+    latents_val = torch.cat([model.latents(x) for x in batched(x_val, 16)])
+    prob, z_test, val_head, z_val = None, None, None, None
     if model.head is not None:
         outputs = [model.head_outputs(x, r) for x, r in zip(batched(x_test, 16), batched(r_test, 16), strict=True)]
         prob, z_test = torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
         pairs = zip(batched(x_val, 16), batched(r_val, 16), strict=True)
-        val_head = torch.cat([model.head_outputs(x, r)[0] for x, r in pairs])
+        outputs = [model.head_outputs(x, r) for x, r in pairs]
+        val_head, z_val = torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
     good = GoodImages(
         train=lambda: [uint8_nhwc_to_float(torch.from_numpy(b)) for b in batched(train_images, 32)],
         val=x_val,
@@ -150,17 +157,30 @@ def scoring_ablation(
         scorer.weights.update(variant.get("weights", {}))
         maps, scores = scorer(x_test, r_test, prob, z_test, latents_test)
         amap, score = maps[:, 0].numpy(), scores.numpy()
+        val_score = scorer(x_val, r_val, val_head, z_val, latents_val)[1].numpy()
+        threshold = calibrate_threshold(val_score, run.train_cfg.target_frr, {"by": "benchmarks.scoring"})["value"]
         rows[name] = {
             "image_auroc": image_auroc(labels, score),
             "pixel_auroc": pixel_auroc(masks[with_mask], amap[with_mask]) if with_mask.any() else None,
             "aupro": aupro(masks[with_mask], amap[with_mask], fpr_limit=0.3) if with_mask.any() else None,
+            "false_reject_rate": _share(score[labels == 0] >= threshold),
+            "miss_rate": _share(score[labels == 1] < threshold),
+            "miss_rate_at_5pct_frr": miss_rate_at_frr(labels, score, 0.05),
             "terms": scorer.describe()["terms"],
         }
     return {"run": str(run_dir), "half": half, "n_test": len(test), "variants": rows}
 
 
+def _share(flags: np.ndarray) -> float | None:
+    return float(flags.mean()) if flags.size else None
+
+
 def _fmt(value: float | None) -> str:
     return "  -  " if value is None else f"{value:.3f}"
+
+
+def _pct(rate: float | None) -> str:
+    return "  -  " if rate is None else f"{rate:5.1%}"
 
 
 if __name__ == "__main__":
@@ -172,5 +192,9 @@ if __name__ == "__main__":
     args = ap.parse_args()
     result = scoring_ablation(args.run, args.category, args.half, args.variant)
     for name, r in result["variants"].items():
-        figures = f"image {_fmt(r['image_auroc'])}  pixel {_fmt(r['pixel_auroc'])}  AUPRO {_fmt(r['aupro'])}"
+        figures = (
+            f"image {_fmt(r['image_auroc'])}  pixel {_fmt(r['pixel_auroc'])}  AUPRO {_fmt(r['aupro'])}  "
+            f"at the threshold: false rejects {_pct(r['false_reject_rate'])}, misses {_pct(r['miss_rate'])}; "
+            f"misses at 5% FRR {_pct(r['miss_rate_at_5pct_frr'])}"
+        )
         print(f"{name:46s} {figures}", flush=True)

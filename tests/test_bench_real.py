@@ -1,25 +1,39 @@
 """`make bench REAL=DIR` (benchmarks.run --real DIR): every real category under DIR trained with
 the shipped defaults and reported beside the per-pixel Gaussian, with the rates at the
-calibrated threshold. Here on one tiny category for a few seconds of training."""
+calibrated threshold. Here on one tiny category for a few steps of training."""
 
 from __future__ import annotations
 
 import shutil
 
-from benchmarks.accuracy import bench_real
-from benchmarks.run import real_markdown
+from benchmarks.accuracy import Budget, bench_real, median_row
+from benchmarks.run import real_markdown, steps_cell
 
 
 def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tmp_path):
     root = tmp_path / "real"
     shutil.copytree(synth_root / "bracket", root / "part")
     (root / "notes").mkdir()  # not a category: no train/good
-    acc = bench_real(root, minutes=0.02, image_size="32", workdir=tmp_path / "work")
+    acc = bench_real(root, Budget(steps=6, minutes=5.0), image_size="32", workdir=tmp_path / "work")
     assert list(acc["categories"]) == ["part"]
     ours = acc["categories"]["part"]["ours (configs/)"]
     for key in ("image_auroc", "false_reject_rate", "miss_rate", "miss_rate_at_1pct_frr", "frr_upper_bound_95"):
         assert ours[key] is not None, key
     assert ours["input_size"] == [32, 32]
+    assert (ours["steps"], ours["ended_by"], acc["budget"]) == (6, "steps", {"steps": 6, "minutes": 5.0})
     table = "\n".join(real_markdown(acc))
-    assert "| part | ours (configs/) | 32 x 32 |" in table and "| part | per-pixel Gaussian |" in table
+    assert "6 steps (guard 5 min) per model" in table
+    assert "| part | ours (configs/) | 32 x 32 | 6 |" in table and "| part | per-pixel Gaussian |" in table
     assert "false rejects" in table and "%" in table
+
+
+def test_a_training_the_guard_stopped_short_is_marked():
+    """A row's figures are the budget's only where every repeat reached its steps."""
+    budget = {"steps": 3000, "minutes": 60.0}
+    full = {"steps": 3000, "ended_by": "steps", "budget": budget}
+    short = {"steps": 570, "ended_by": "max_minutes", "budget": budget}
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "train_seconds", "false_reject_rate", "miss_rate")
+    rows = [dict(r, **dict.fromkeys(keys, 0.5)) for r in (full, short, full)]
+    assert steps_cell(median_row(rows[:1])) == "3000"
+    assert steps_cell(median_row(rows)) == "570–3000, short of 3000"
+    assert steps_cell({"image_auroc": 0.7}) == ""  # the baseline does not train
