@@ -23,6 +23,7 @@ from edge.protocol import frame_message
 from export.parity import onnx_outputs
 from tests.conftest import SHARED_TOOLS, TINY_MODEL, TINY_TRAIN, run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from train.checkpoint import load_checkpoint
 from train.config import ModelConfig
 from train.data import MAX_ASPECT, load_test_set, resolve_image_size
 from vqad.commands.common import default_config
@@ -94,13 +95,17 @@ def test_the_daemon_serves_a_wide_model_frames_of_any_size(wide_model):
 
 def test_image_size_auto_keeps_the_training_images_aspect(wide_root, tmp_path):
     """Images twice as wide as tall, the short side at model.short_side (16): 16 x 32; the run
-    records the size it chose."""
+    records the size it chose, and how far it shrinks the 64 x 128 images (4 camera pixels an
+    input pixel)."""
     run = tmp_path / "auto"
     args = ("--steps", "2", *TINY_MODEL, *TINY_TRAIN, "--image-size", "auto", "--set", "model.short_side=16")
     proc = run_vqad("train", wide_root, "--out", run, *args)
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["image_size"] == [16, 32]
     assert "image size auto" in proc.stderr and "16x32 (HxW)" in proc.stderr
+    assert "median 64x128 (HxW): one input pixel covers 4.0 camera pixels" in proc.stderr
+    metrics = load_checkpoint(run / "checkpoint.pt")["meta"]["metrics"]
+    assert (metrics["camera_size"], metrics["camera_pixels_per_input_pixel"]) == ([64, 128], 4.0)
     bad = run_vqad("train", wide_root, "--out", tmp_path / "bad", "--image-size", "12x", check=False)
     assert bad.returncode == 2 and "N or HxW" in bad.stderr
     shutil.rmtree(run)

@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,9 +143,7 @@ def auto_image_size(category: str | Path, short_side: int, step: int = 16, sampl
     the long side rounded to a multiple of `step` (up to MAX_ASPECT times the short side): a tall
     part or a line-scan strip keeps its shape instead of being squeezed into a square, so its
     thin cracks and scratches keep their rows. Reads up to `sample` images."""
-    paths = train_image_paths(category)
-    every = max(1, len(paths) // sample)
-    shapes = [read_image(p).shape[:2] for p in paths[::every][:sample]]
+    shapes = camera_shapes(category, sample)
     aspect = float(np.median([h / w for h, w in shapes]))  # height / width
     stretch = min(MAX_ASPECT, max(aspect, 1 / aspect))
     long_side = max(short_side, round(short_side * stretch / step) * step)
@@ -154,6 +153,30 @@ def auto_image_size(category: str | Path, short_side: int, step: int = 16, sampl
         aspect, len(shapes), *size,
     )  # fmt: skip
     return size
+
+
+def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int]]:
+    """(H, W) of up to `sample` training images, evenly spaced over the sorted list."""
+    paths = train_image_paths(category)
+    every = max(1, len(paths) // sample)
+    return [read_image(p).shape[:2] for p in paths[::every][:sample]]
+
+
+def input_scale(category: str | Path, size: Size, sample: int = 64) -> dict[str, Any]:
+    """How far the input shrinks the camera's images: their median (H, W) and the camera pixels
+    one input pixel covers (the larger of the two sides' ratios). A defect under about two input
+    pixels across is what the resizing may erase, so this says which defects the model can see
+    at `size`; `model.short_side` sets it. Logged by every training and kept in its metrics."""
+    shapes = np.array(camera_shapes(category, sample))
+    camera = [int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1]))]
+    per_pixel = max(camera[0] / size[0], camera[1] / size[1])
+    log.info(
+        "input %dx%d from training images of median %dx%d (HxW): one input pixel covers %.1f camera pixels "
+        "a side, so a defect under about %.0f camera pixels across is one or two input pixels (model.short_side "
+        "sets the resolution; the line's compute grows with its square)",
+        *size, *camera, per_pixel, 2 * per_pixel,
+    )  # fmt: skip
+    return {"camera_size": camera, "camera_pixels_per_input_pixel": round(per_pixel, 3)}
 
 
 def resolve_image_size(model_cfg: ModelConfig, category: str | Path) -> ModelConfig:

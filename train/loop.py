@@ -37,7 +37,14 @@ from edge.frames import batched
 from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
-from train.data import load_images, load_test_set, resolve_image_size, split_train_val, train_image_paths
+from train.data import (
+    input_scale,
+    load_images,
+    load_test_set,
+    resolve_image_size,
+    split_train_val,
+    train_image_paths,
+)
 from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
@@ -215,6 +222,7 @@ def set_up(
     )  # fmt: skip
     s.last_log = (time.monotonic(), start_step)
     if dist.main:
+        s.summary.update(input_scale(category, model_cfg.image_size))
         s.metrics_log = MetricsLog(run_dir, append=resume)
         if progress:
             from tqdm import tqdm
