@@ -121,7 +121,8 @@ class Budget:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps or train_defaults().steps, "minutes": self.minutes or train_defaults().max_minutes}
+        defaults = train_defaults()
+        return {"steps": self.steps or defaults.steps, "minutes": self.minutes or defaults.max_minutes}
 
 
 def train_defaults() -> Any:

@@ -126,13 +126,16 @@ def scoring_ablation(
     x_test, r_test = model.reconstruct_frames(frames)
     latents_test = torch.cat([model.latents(x) for x in batched(x_test, 16)])
     latents_val = torch.cat([model.latents(x) for x in batched(x_val, 16)])
+
+    def head_pass(x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probability, coarsest features) of the comparison head, in batches."""
+        outputs = [model.head_outputs(a, b) for a, b in zip(batched(x, 16), batched(recon, 16), strict=True)]
+        return torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
+
     prob, z_test, val_head, z_val = None, None, None, None
     if model.head is not None:
-        outputs = [model.head_outputs(x, r) for x, r in zip(batched(x_test, 16), batched(r_test, 16), strict=True)]
-        prob, z_test = torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
-        pairs = zip(batched(x_val, 16), batched(r_val, 16), strict=True)
-        outputs = [model.head_outputs(x, r) for x, r in pairs]
-        val_head, z_val = torch.cat([p for p, _ in outputs]), torch.cat([f for _, f in outputs])
+        prob, z_test = head_pass(x_test, r_test)
+        val_head, z_val = head_pass(x_val, r_val)
     good = GoodImages(
         train=lambda: [uint8_nhwc_to_float(torch.from_numpy(b)) for b in batched(train_images, 32)],
         val=x_val,
