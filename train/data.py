@@ -138,12 +138,11 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
 MAX_ASPECT = 4.0
 
 
-def auto_image_size(category: str | Path, short_side: int, step: int = 16, sample: int = 64) -> Size:
+def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 16) -> Size:
     """(H, W) in the training images' median aspect ratio, the short side `short_side` pixels and
     the long side rounded to a multiple of `step` (up to MAX_ASPECT times the short side): a tall
     part or a line-scan strip keeps its shape instead of being squeezed into a square, so its
-    thin cracks and scratches keep their rows. Reads up to `sample` images."""
-    shapes = camera_shapes(category, sample)
+    thin cracks and scratches keep their rows. `shapes`: the training images' (camera_shapes)."""
     aspect = float(np.median([h / w for h, w in shapes]))  # height / width
     stretch = min(MAX_ASPECT, max(aspect, 1 / aspect))
     long_side = max(short_side, round(short_side * stretch / step) * step)
@@ -162,13 +161,14 @@ def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int
     return [read_image(p).shape[:2] for p in paths[::every][:sample]]
 
 
-def input_scale(category: str | Path, size: Size, sample: int = 64) -> dict[str, Any]:
+def input_scale(shapes: list[tuple[int, int]], size: Size) -> dict[str, Any]:
     """How far the input shrinks the camera's images: their median (H, W) and the camera pixels
     one input pixel covers (the larger of the two sides' ratios). A defect under about two input
     pixels across is what the resizing may erase, so this says which defects the model can see
-    at `size`; `model.short_side` sets it. Logged by every training and kept in its metrics."""
-    shapes = np.array(camera_shapes(category, sample))
-    camera = [int(np.median(shapes[:, 0])), int(np.median(shapes[:, 1]))]
+    at `size`; `model.short_side` sets it. `shapes`: the training images' (camera_shapes).
+    Logged by every training and kept in its metrics."""
+    sides = np.array(shapes)  # (M, 2)
+    camera = [int(np.median(sides[:, 0])), int(np.median(sides[:, 1]))]
     per_pixel = max(camera[0] / size[0], camera[1] / size[1])
     log.info(
         "input %dx%d from training images of median %dx%d (HxW): one input pixel covers %.1f camera pixels "
@@ -179,9 +179,12 @@ def input_scale(category: str | Path, size: Size, sample: int = 64) -> dict[str,
     return {"camera_size": camera, "camera_pixels_per_input_pixel": round(per_pixel, 3)}
 
 
-def resolve_image_size(model_cfg: ModelConfig, category: str | Path) -> ModelConfig:
-    """`model_cfg` with image_size "auto" replaced by the training images' [H, W]; else as is."""
+def resolve_image_size(
+    model_cfg: ModelConfig, category: str | Path, shapes: list[tuple[int, int]] | None = None
+) -> ModelConfig:
+    """`model_cfg` with image_size "auto" replaced by the training images' [H, W]; else as is.
+    `shapes`: the training images' (camera_shapes), read here when not given."""
     if model_cfg.image_size != "auto":
         return model_cfg
-    size = auto_image_size(category, model_cfg.short_side, model_cfg.size_step())
+    size = auto_image_size(shapes or camera_shapes(category), model_cfg.short_side, model_cfg.size_step())
     return dataclasses.replace(model_cfg, image_size=size)

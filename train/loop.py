@@ -38,6 +38,7 @@ from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import (
+    camera_shapes,
     input_scale,
     load_images,
     load_test_set,
@@ -187,7 +188,8 @@ def set_up(
 ) -> Session:
     """Device and seeds, the model (resumed from its checkpoint), the data (every image read
     and checked before anything is written), the run directory's files and the optimiser."""
-    model_cfg = resolve_image_size(model_cfg, category)
+    shapes = camera_shapes(category)  # read once: the size auto picks, and the scale it logs
+    model_cfg = resolve_image_size(model_cfg, category, shapes)
     device = pick_device(train_cfg.device)
     dist = setup_distributed(device)
     if train_cfg.num_threads > 0:
@@ -222,7 +224,7 @@ def set_up(
     )  # fmt: skip
     s.last_log = (time.monotonic(), start_step)
     if dist.main:
-        s.summary.update(input_scale(category, model_cfg.image_size))
+        s.summary.update(input_scale(shapes, model_cfg.image_size))
         s.metrics_log = MetricsLog(run_dir, append=resume)
         if progress:
             from tqdm import tqdm
