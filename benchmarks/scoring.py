@@ -182,11 +182,9 @@ def _fmt(value: float | None) -> str:
     return "  -  " if value is None else f"{value:.3f}"
 
 
-def _pct(rate: float | None) -> str:
-    return "  -  " if rate is None else f"{rate:5.1%}"
-
-
 if __name__ == "__main__":
+    from train.metrics import percent
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("category", type=Path)
@@ -197,7 +195,7 @@ if __name__ == "__main__":
     for name, r in result["variants"].items():
         figures = (
             f"image {_fmt(r['image_auroc'])}  pixel {_fmt(r['pixel_auroc'])}  AUPRO {_fmt(r['aupro'])}  "
-            f"at the threshold: false rejects {_pct(r['false_reject_rate'])}, misses {_pct(r['miss_rate'])}; "
-            f"misses at 5% FRR {_pct(r['miss_rate_at_5pct_frr'])}"
+            f"at the threshold: false rejects {percent(r['false_reject_rate'])}, misses {percent(r['miss_rate'])}; "
+            f"misses at 5% FRR {percent(r['miss_rate_at_5pct_frr'])}"
         )
         print(f"{name:46s} {figures}", flush=True)
