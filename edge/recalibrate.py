@@ -12,6 +12,7 @@ calibration images and written beside it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,46 @@ import numpy as np
 from edge.errors import DataError, PackageError
 from edge.frames import batched, find_images, read_image, to_model_input
 from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
-from edge.threshold import calibrate_threshold
+from edge.threshold import calibrate_threshold, defect_check
 
 log = logging.getLogger(__name__)
 
 
 def good_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
     """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths)."""
+    why = "calibrating a threshold needs at least 2 good images"
+    return _frames(find_images(folder), folder, size, channels, 2, why)
+
+
+def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
+    """Every confirmed defect image under `folder` at the model's input -> (frames, paths).
+    Images in a folder named "good" below it are left out, so an MVTec-layout test/ folder
+    gives its defects alone."""
     paths = find_images(folder)
-    if len(paths) < 2:
-        raise DataError(f"{folder}: calibrating a threshold needs at least 2 good images, found {len(paths)}")
+    defects = [p for p in paths if "good" not in p.relative_to(folder).parts[:-1]]
+    if len(defects) < len(paths):
+        log.info("%s: %d images under good/ left out of the defects", folder, len(paths) - len(defects))
+    why = "checking a threshold against defects needs at least 1 defect image (good/ left out)"
+    return _frames(defects, folder, size, channels, 1, why)
+
+
+def _frames(
+    paths: list[Path], folder: str | Path, size: tuple[int, int], channels: int, least: int, why: str
+) -> tuple[np.ndarray, list[Path]]:
+    """`paths` (found under `folder`) at the model's input, or DataError(why) with fewer than `least`."""
+    if len(paths) < least:
+        raise DataError(f"{folder}: {why}, found {len(paths)}")
     return np.stack([to_model_input(read_image(p), size, channels) for p in paths]), paths
+
+
+def check_defects(
+    defects_dir: str | Path, size: tuple[int, int], channels: int, score: Callable[[np.ndarray], np.ndarray],
+    threshold: float, previous: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """defect_check of the images under `defects_dir`, scored by `score` (frames -> scores)."""
+    frames, paths = defect_frames(defects_dir, size, channels)
+    source = {"folder": str(Path(defects_dir).resolve()), "n_images": len(paths)}
+    return defect_check(score(frames), threshold, source, names=paths, previous=previous)
 
 
 def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -41,9 +71,12 @@ def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
     return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batched(frames, batch)])
 
 
-def calibrate_package(model_dir: str | Path, good_dir: str | Path, target_frr: float | None = None) -> dict[str, Any]:
+def calibrate_package(
+    model_dir: str | Path, good_dir: str | Path, target_frr: float | None = None, defects_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Recalibrate MODEL_DIR's threshold on the good images under GOOD_DIR; rewrites model.json
-    and returns the new threshold entry."""
+    and returns the new threshold entry. With `defects_dir` (confirmed defect images, such as
+    `vqad records --export-reviewed`'s test/), the entry's "defects" says how many would pass."""
     pkg = load_package(model_dir)
     frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels)
     old = pkg.meta["threshold"]
@@ -64,6 +97,11 @@ def calibrate_package(model_dir: str | Path, good_dir: str | Path, target_frr: f
         "decision agreement below is measured at this threshold on the calibration images",
         "fp16_vs_fp32_decision_agreement": agreement,
     }
+    if defects_dir is not None:
+        fp32 = pkg.root / FP32_FILE
+        threshold["defects"] = check_defects(
+            defects_dir, pkg.image_size, pkg.channels, lambda f: graph_scores(fp32, f), threshold["value"], old["value"]
+        )
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
     meta["threshold"] = threshold

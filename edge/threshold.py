@@ -40,6 +40,11 @@ def frr_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) ->
     images score at or over the threshold: with `confidence`, new good images from the same
     population are rejected at most this often. With none above it is 1 - (1 - confidence)^(1/n),
     about 3/n at 95%: 24 images bound it by 12%, 300 by 1%."""
+    return rate_upper_bound(n, above, confidence)
+
+
+def rate_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound on a rate seen `above` times in `n` images."""
     if n <= 0:
         return 1.0
     if above >= n:
@@ -125,3 +130,47 @@ def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str |
             lone["image"], lone["score"], lone["ratio"], lone["next_score"],
         )  # fmt: skip
     return {"highest_images": highest, "lone_image": lone}
+
+
+def defect_check(
+    scores: np.ndarray,
+    threshold: float,
+    source: dict[str, Any],
+    names: Sequence[str | os.PathLike] | None = None,
+    previous: float | None = None,
+) -> dict[str, Any]:
+    """How confirmed defect images (`scores`, one per image) fall against `threshold`: how many
+    score under it and would pass (a frame fails at score >= threshold), the upper bound that n
+    images put on the miss rate, the lowest-scoring missed images for review, and with
+    `previous` (the threshold this one replaces) how many passed that one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size < 1:
+        raise ValueError("checking a threshold against defects needs at least 1 defect image")
+    if names is not None and len(names) != scores.size:
+        raise ValueError(f"{len(names)} image names for {scores.size} scores")
+    name = (lambda i: str(names[i])) if names is not None else (lambda i: f"#{i}")
+    missed = scores < threshold
+    n, k = int(scores.size), int(missed.sum())
+    lowest = [{"image": name(i), "score": round(float(scores[i]), 6)} for i in np.argsort(scores, kind="stable")]
+    report: dict[str, Any] = {
+        "source": source,
+        "n_images": n,
+        "missed": k,
+        "miss_rate": k / n,
+        "miss_rate_upper_bound_95": rate_upper_bound(n, k),
+        "lowest_missed": lowest[:k][:HIGHEST_NAMED],
+        "score_min": float(scores.min()),
+        "score_median": float(np.median(scores)),
+    }
+    if previous is not None:
+        report["at_previous_threshold"] = {
+            "value": float(previous),
+            "missed": int((scores < previous).sum()),
+            "miss_rate": float((scores < previous).mean()),
+        }
+    if k:
+        log.warning(
+            "%d of %d confirmed defect images score under the threshold %.4g and would pass; the lowest: %s (%.4g)",
+            k, n, threshold, lowest[0]["image"], lowest[0]["score"],
+        )  # fmt: skip
+    return report

@@ -73,7 +73,51 @@ def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tm
     assert load_package(tmp_path / "model").threshold == saved["value"]
 
 
-def test_calibrate_refuses_what_it_cannot_use(tiny_model, tmp_path):
+def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_model, synth_root, tmp_path):
+    from edge.recalibrate import good_frames, graph_scores
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    previous = load_package(model).threshold
+    defects = synth_root / "bracket" / "test"  # test/<kind>, as vqad records --export-reviewed writes, and test/good
+    good = synth_root / "bracket" / "train" / "good"
+    proc = run_vqad("calibrate", model, good, "--defects", defects)
+    t = load_package(model).meta["threshold"]
+    d = t["defects"]
+    pkg = load_package(model)
+    frames, paths = good_frames(defects, pkg.image_size, pkg.channels)
+    kept = np.array([p.parent.name != "good" for p in paths])  # test/good is not a defect
+    frames, paths = frames[kept], [p for p, k in zip(paths, kept, strict=True) if k]
+    scores = graph_scores(model / "model.onnx", frames)  # the line's own graph, scored here independently
+    assert d["source"] == {"folder": str(defects.resolve()), "n_images": len(paths)} and d["n_images"] == len(paths)
+    assert d["missed"] == int((scores < t["value"]).sum()) and d["miss_rate"] == d["missed"] / len(paths)
+    assert d["at_previous_threshold"] == {
+        "value": previous,
+        "missed": int((scores < previous).sum()),
+        "miss_rate": float((scores < previous).mean()),
+    }
+    assert d["miss_rate"] <= d["miss_rate_upper_bound_95"] < 1.0
+    lowest = sorted(scores)[: min(d["missed"], 5)]
+    assert [m["score"] for m in d["lowest_missed"]] == [round(float(s), 6) for s in lowest]
+    assert f"{d['missed']} of {len(paths)} score under the threshold" in proc.stdout
+    # A threshold above every defect lets them all pass, and says which.
+    proc = run_vqad("calibrate", model, defects, "--defects", defects, "--target-frr", "0.01")
+    d = load_package(model).meta["threshold"]["defects"]
+    assert d["missed"] == len(paths) and len(d["lowest_missed"]) == min(len(paths), 5)
+    assert "lowest: " in proc.stdout and "would pass" in proc.stderr
+
+
+def test_calibrating_a_run_with_confirmed_defects(tiny_run, synth_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    defects = synth_root / "bracket" / "test"
+    kinds = [p for p in defects.iterdir() if p.name != "good"]
+    run_vqad("calibrate", run, synth_root / "bracket" / "train" / "good", "--defects", kinds[0])
+    d = json.loads((run / "threshold.json").read_text())["defects"]
+    assert d["n_images"] == len(list(kinds[0].glob("*.png"))) and "at_previous_threshold" in d
+
+
+def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path):
     proc = run_vqad("calibrate", tmp_path, tmp_path, check=False)
     assert proc.returncode != 0 and "neither a run" in proc.stderr
     (tmp_path / "one").mkdir()
@@ -81,3 +125,8 @@ def test_calibrate_refuses_what_it_cannot_use(tiny_model, tmp_path):
     assert proc.returncode != 0 and "at least 2 good images" in proc.stderr
     proc = run_vqad("calibrate", tiny_model, tmp_path, "--target-frr", "0.7", check=False)
     assert proc.returncode == 2 and "--target-frr" in proc.stderr
+    before = (tiny_model / "model.json").read_text()
+    good = synth_root / "bracket" / "train" / "good"
+    proc = run_vqad("calibrate", tiny_model, good, "--defects", tmp_path / "one", check=False)
+    assert proc.returncode != 0 and "at least 1 defect image" in proc.stderr
+    assert (tiny_model / "model.json").read_text() == before  # nothing written

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge.recalibrate import good_frames
+from edge.recalibrate import check_defects, good_frames
 from edge.threshold import calibrate_threshold
 from train.pipeline import score_frames
 from train.run import THRESHOLD_FILE, load_run
@@ -17,7 +17,11 @@ from train.run import THRESHOLD_FILE, load_run
 log = logging.getLogger(__name__)
 
 
-def calibrate_run(run_dir: str | Path, good_dir: str | Path, target_frr: float | None = None) -> dict[str, Any]:
+def calibrate_run(
+    run_dir: str | Path, good_dir: str | Path, target_frr: float | None = None, defects_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Recalibrate RUN_DIR's threshold on the good images under GOOD_DIR (threshold.json), and
+    with `defects_dir` say how many confirmed defect images would pass it."""
     run = load_run(run_dir)
     frames, paths = good_frames(good_dir, run.model_cfg.image_size, run.model_cfg.channels)
     _, _, scores = score_frames(run.model, frames)
@@ -27,6 +31,12 @@ def calibrate_run(run_dir: str | Path, good_dir: str | Path, target_frr: float |
     previous = run.threshold()
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
+    if defects_dir is not None:
+        cfg = run.model_cfg
+        threshold["defects"] = check_defects(
+            defects_dir, cfg.image_size, cfg.channels, lambda f: score_frames(run.model, f)[2], threshold["value"],
+            previous["value"] if previous is not None else None,
+        )  # fmt: skip
     (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
     log.info(
         "%s: threshold %.6g on %d good images (%s)",

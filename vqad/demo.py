@@ -174,6 +174,8 @@ def _print_summary(summary: dict, workdir: Path) -> None:
     n_good = rec["threshold_source"]["n_images"]
     print(f"   record: {rec['rows']} rows ({rec['rejects']} rejects), reviews {rec['reviews']}, "
           f"exported {rec['exported']}, threshold now {rec['threshold']:.5g} from {n_good} good images")  # fmt: skip
+    if rec["confirmed_defects_passing"] is not None:
+        print(f"   confirmed defects the new threshold lets pass: {rec['confirmed_defects_passing']}")
     print(f"   report: {workdir / 'report'}  overlays: {workdir / 'overlays'}  model: {workdir / 'model'}")
 
 
@@ -209,7 +211,10 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
     shutil.copytree(data / "test" / "good", line_good)
     if (exported / "train" / "good").is_dir():
         shutil.copytree(exported / "train" / "good", line_good, dirs_exist_ok=True)
-    _step("recalibrate the threshold on good images from the line", "calibrate", str(workdir / "model"), str(line_good))
+    confirmed = exported / "test"  # the defects the operator confirmed: how many the new threshold lets pass
+    check = ["--defects", str(confirmed)] if confirmed.is_dir() else []
+    _step("recalibrate the threshold on good images from the line", "calibrate", str(workdir / "model"), str(line_good),
+          *check)  # fmt: skip
     threshold = json.loads((workdir / "model" / "model.json").read_text())["threshold"]
     return {
         "rows": len(Record(url).results(limit=1_000_000)),
@@ -218,6 +223,7 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
         "exported": sorted(str(p.relative_to(exported)) for p in exported.rglob("*.png")),
         "threshold": threshold["value"],
         "threshold_source": threshold["source"],
+        "confirmed_defects_passing": threshold["defects"]["missed"] if "defects" in threshold else None,
     }
 
 

@@ -96,18 +96,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
-        threshold = calibrate_package(args.target, args.good, args.target_frr)
+        threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects)
     elif (args.target / "checkpoint.pt").is_file():
         from train.recalibrate import calibrate_run
 
-        threshold = calibrate_run(args.target, args.good, args.target_frr)
+        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects)
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     print(
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
         f"under {args.good}, +1%); {threshold['frr_bound_note']}"
     )
+    if "defects" in threshold:
+        print(_defects_line(threshold["defects"], args.defects))
     return 0
+
+
+def _defects_line(d: dict, folder: Path) -> str:
+    """What `vqad calibrate --defects` found: the confirmed defects this threshold lets pass."""
+    line = (
+        f"confirmed defects under {folder}: {d['missed']} of {d['n_images']} score under the threshold and would "
+        f"pass ({d['miss_rate']:.1%}; at most {d['miss_rate_upper_bound_95']:.1%} of such defects with 95% confidence)"
+    )
+    if "at_previous_threshold" in d:
+        line += f"; {d['at_previous_threshold']['missed']} passed the previous threshold"
+    if d["lowest_missed"]:
+        line += "; lowest: " + ", ".join(f"{m['image']} ({m['score']:.4g})" for m in d["lowest_missed"])
+    return line
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -154,6 +169,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("target", type=Path, metavar="RUN_OR_MODEL_DIR")
     c.add_argument("good", type=Path, metavar="GOOD_DIR", help="good images from the line (searched recursively)")
     c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
+    c.add_argument(
+        "--defects",
+        type=Path,
+        metavar="DEFECT_DIR",
+        help="confirmed defect images (searched recursively, e.g. the test/ of vqad records --export-reviewed): "
+        "report how many the new threshold lets pass",
+    )
     c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
