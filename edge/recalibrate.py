@@ -63,12 +63,21 @@ def check_defects(
     return defect_check(score(frames), threshold, source, names=paths, previous=previous)
 
 
-def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
+def graph_scorer(path: Path, batch: int = 8) -> Callable[[np.ndarray], np.ndarray]:
+    """The image scores of an ONNX graph on ONNX Runtime's CPU: one session, for many calls."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batched(frames, batch)])
+
+    def scores(frames: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batched(frames, batch)])
+
+    return scores
+
+
+def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
+    return graph_scorer(path, batch)(frames)
 
 
 def calibrate_package(
@@ -81,7 +90,8 @@ def calibrate_package(
     frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels)
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
-    scores = graph_scores(pkg.root / FP32_FILE, frames)
+    fp32 = graph_scorer(pkg.root / FP32_FILE)  # scores the good images, then any defects
+    scores = fp32(frames)
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
@@ -98,9 +108,8 @@ def calibrate_package(
         "fp16_vs_fp32_decision_agreement": agreement,
     }
     if defects_dir is not None:
-        fp32 = pkg.root / FP32_FILE
         threshold["defects"] = check_defects(
-            defects_dir, pkg.image_size, pkg.channels, lambda f: graph_scores(fp32, f), threshold["value"], old["value"]
+            defects_dir, pkg.image_size, pkg.channels, fp32, threshold["value"], old["value"]
         )
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
