@@ -109,8 +109,7 @@ def scoring_ablation(
     from train.metrics import aupro, image_auroc, pixel_auroc
     from train.model import uint8_nhwc_to_float
     from train.run import load_run
-    from train.scoring import AnomalyScorer, GoodImages, initial_plan
-    from train.scoring.template import TemplateSettings
+    from train.scoring import AnomalyScorer, GoodImages, initial_plan, template_settings
 
     run = load_run(run_dir)
     cfg, model = run.model_cfg, run.model
@@ -144,16 +143,15 @@ def scoring_ablation(
         features=model.features if model.head is not None else None,
         outputs=model.outputs,
     )
-    base = TemplateSettings.for_size((size[0] * size[1]) ** 0.5)
+    base = template_settings(size, cfg.score.scale)
     rows: dict[str, Any] = {}
     for name, variant in selected(names).items():
         terms = variant.get("terms", cfg.score.terms)
         if ("head" in terms or "memory" in terms) and prob is None:
             continue
         border = variant.get("border", cfg.score.border)
-        plan = initial_plan(
-            terms, variant.get("errors", cfg.score.errors), border, size, variant.get("peers", cfg.score.peers)
-        )
+        errors, peers = variant.get("errors", cfg.score.errors), variant.get("peers", cfg.score.peers)
+        plan = initial_plan(terms, errors, border, size, peers, cfg.score.scale)
         template = dataclasses.replace(base, **variant.get("template", {}))
         scorer = AnomalyScorer(plan, cfg.channels, size, template)
         scorer.calibrate(good)

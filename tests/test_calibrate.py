@@ -130,3 +130,46 @@ def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path):
     proc = run_vqad("calibrate", tiny_model, good, "--defects", tmp_path / "one", check=False)
     assert proc.returncode != 0 and "at least 1 defect image" in proc.stderr
     assert (tiny_model / "model.json").read_text() == before  # nothing written
+
+
+def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp_path):
+    from train.recalibrate import SCALES
+    from train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    before = load_run(run)
+    proc = run_vqad("calibrate", run, good, "--defects", defects, "--choose-scale")
+    t = json.loads((run / "threshold.json").read_text())
+    choice = t["scale"]
+    assert [r["scale"] for r in choice["compared"]] == list(SCALES) and choice["before"] == 1.0
+    fewest = min(r["missed"] for r in choice["compared"])
+    first_fewest = next(r for r in choice["compared"] if r["missed"] == fewest)  # a tie keeps the coarser
+    assert choice["chosen"] == first_fewest["scale"] and t["defects"]["missed"] == fewest
+    assert t["value"] == first_fewest["threshold"] and f"map scale {choice['chosen']:g}" in proc.stdout
+    # The checkpoint holds the chosen map: its config, its plan's smoothing, and the weights untouched.
+    after = load_run(run)
+    assert after.model_cfg.score.scale == choice["chosen"] and after.meta["scale_choice"]["chosen"] == choice["chosen"]
+    head = lambda r: dict((n, p) for n, _, p in r.model.scorer.plan.terms)["head"].sigma  # noqa: E731
+    assert head(after) == head(before) * choice["chosen"]
+    state_a, state_b = before.model.state_dict(), after.model.state_dict()
+    assert all((state_a[k] == state_b[k]).all() for k in state_a if not k.startswith("scorer."))
+    assert json.loads((run / "config.json").read_text())["model"]["score"]["scale"] == choice["chosen"]
+    # The package exported afterwards is built from it (export proves its graph against this scorer).
+    run_vqad("export", run, "--out", tmp_path / "model")
+    pkg = load_package(tmp_path / "model")
+    assert pkg.threshold == t["value"]
+    assert pkg.meta["model_config"]["score"]["scale"] == choice["chosen"]
+    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
+    assert json.loads((run / "eval2" / "metrics.json").read_text())["map_scale"] == choice["chosen"]
+
+
+def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synth_root):
+    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    proc = run_vqad("calibrate", tiny_run, good, "--choose-scale", check=False)
+    assert proc.returncode != 0 and "--choose-scale needs confirmed defects" in proc.stderr
+    before = (tiny_model / "model.json").read_text()
+    proc = run_vqad("calibrate", tiny_model, good, "--defects", defects, "--choose-scale", check=False)
+    assert proc.returncode != 0 and "another map scale is another graph" in proc.stderr
+    assert (tiny_model / "model.json").read_text() == before

@@ -92,3 +92,18 @@ def test_yaml_errors_name_the_file(tmp_path):
         load_config(TrainConfig, bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainConfig, tmp_path / "missing.yaml")
+
+
+def test_the_map_scale_is_bounded_and_older_configs_take_its_default():
+    from edge.config import from_mapping, to_dict
+    from train.loop import _changed_keys
+
+    with pytest.raises(ConfigError, match="score.scale"):
+        ScoreConfig(scale=0.1)
+    saved = to_dict(ModelConfig(image_size=(64, 64)))
+    del saved["score"]["scale"]  # a run saved before the key existed
+    old = from_mapping(ModelConfig, saved, "model")
+    assert old.score.scale == 1.0
+    # --resume names what differs, so a run whose scale calibration chose can be resumed under it.
+    chosen = to_dict(ModelConfig(image_size=(64, 64), score=ScoreConfig(scale=0.5)))
+    assert _changed_keys(chosen, to_dict(old)) == {"score.scale": 0.5}

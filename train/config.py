@@ -35,6 +35,11 @@ class ScoreConfig:
     # training images (train/scoring/peers.py), so that a rare kind of good image is measured
     # against its own kind.
     peers: bool = True
+    # The map's spatial scale: its smoothing and the golden template's bands, as a factor on the
+    # tuned constants (which already follow the input's size). Below 1 keeps defects of a pixel
+    # or two sharp (a PCB's specks), at the cost of faint broad ones (a commutator's cracks).
+    # `vqad calibrate RUN --defects DIR --choose-scale` picks it from confirmed defects.
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         require(len(self.terms) > 0, "score.terms must name at least one of head, errors, template")
@@ -42,6 +47,7 @@ class ScoreConfig:
         require(len(self.errors) > 0, "score.errors must name at least one of l2, ssim, gms")
         require(len(set(self.errors)) == len(self.errors), "score.errors has duplicates")
         require(self.border >= 0, "score.border must be >= 0")
+        require(0.25 <= self.scale <= 4.0, f"score.scale must be within [0.25, 4], got {self.scale}")
 
 
 @dataclass(frozen=True)

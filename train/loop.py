@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge.config import to_dict
+from edge.config import from_mapping, to_dict
 from edge.errors import CheckpointError, DataError
 from edge.frames import batched
 from train.anomalies import paint_anomalies
@@ -242,12 +242,27 @@ def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[Inspect
         return InspectionModel(model_cfg), 0, None, 0.0
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
-    if meta["model_config"] != to_dict(model_cfg):
-        raise CheckpointError(f"--resume: {run_dir} was trained with a different model config")
+    # Read through the config class, so that keys added since the run was saved take their defaults.
+    changed = _changed_keys(to_dict(from_mapping(ModelConfig, meta["model_config"], "model")), to_dict(model_cfg))
+    if changed:
+        saved = ", ".join(f"model.{k}={v}" for k, v in changed.items())
+        raise CheckpointError(f"--resume: {run_dir} was trained with a different model config (it has {saved})")
     model = InspectionModel(model_cfg, ScorerPlan.from_dict(meta["scoring"]))
     model.load_state_dict(ckpt["model"])
     log.info("resuming %s from step %d", run_dir, int(meta["step"]))
     return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
+
+
+def _changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: saved value} where `saved` differs from `current`, nested dicts walked."""
+    changed: dict[str, Any] = {}
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.update(_changed_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changed[prefix + key] = a
+    return changed
 
 
 def _record_resume(

@@ -20,9 +20,18 @@ from edge.frames import batched
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
-from train.scoring import AnomalyScorer, GoodImages, ScorerPlan, initial_plan
+from train.scoring import AnomalyScorer, GoodImages, ScorerPlan, initial_plan, template_settings
 
 log = logging.getLogger(__name__)
+
+
+def build_scorer(cfg: ModelConfig, scoring: ScorerPlan | None = None) -> AnomalyScorer:
+    """The scorer of a model with this config: its saved plan, or a new one from the config. Its
+    template calibrates among the constants at the config's map scale, so a recalibration keeps it."""
+    size, score = cfg.image_size, cfg.score
+    if scoring is None:
+        scoring = initial_plan(score.terms, score.errors, score.border, size, score.peers, score.scale)
+    return AnomalyScorer(scoring, cfg.channels, size, template_settings(size, score.scale))
 
 
 class InspectionModel(nn.Module):
@@ -34,10 +43,7 @@ class InspectionModel(nn.Module):
             raise ConfigError("model.image_size is auto: resolve it from the training images first (train.data)")
         self.cfg = cfg
         self.vqvae = VQVAE(cfg)
-        size = cfg.image_size
-        if scoring is None:
-            scoring = initial_plan(cfg.score.terms, cfg.score.errors, cfg.score.border, size, cfg.score.peers)
-        self.scorer = AnomalyScorer(scoring, cfg.channels, size)
+        self.scorer = build_scorer(cfg, scoring)
         self.head = ComparisonHead(cfg.channels, cfg.head_width) if cfg.head_width > 0 else None
         # The dtype of the decoder and head convolutions. The encoder, the VQ argmin and the
         # scoring stay FP32: FP16 rounding in the encoder flips nearest codes (measured at export).

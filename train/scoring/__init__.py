@@ -13,7 +13,7 @@ from train.scoring.filters import (
     separable_kernels,
     ssim_map,
 )
-from train.scoring.scorer import TERMS, AnomalyScorer, ScorerPlan, initial_plan
+from train.scoring.scorer import TERMS, AnomalyScorer, ScorerPlan, initial_plan, template_settings
 
 __all__ = [
     "SSIM",
@@ -31,4 +31,5 @@ __all__ = [
     "separable_filter",
     "separable_kernels",
     "ssim_map",
+    "template_settings",
 ]

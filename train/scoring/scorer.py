@@ -67,12 +67,18 @@ class ScorerPlan:
 
 
 def initial_plan(
-    terms: tuple[str, ...], errors: tuple[str, ...], border: int, size: tuple[int, int], peers: bool = False
+    terms: tuple[str, ...],
+    errors: tuple[str, ...],
+    border: int,
+    size: tuple[int, int],
+    peers: bool = False,
+    scale: float = 1.0,
 ) -> ScorerPlan:
     """The plan of a new, uncalibrated scorer: the config's terms with the tuned constants scaled
-    to the input size (`size` (H, W); the constants were tuned at 128 px), and with `peers` the
-    map in units of its PEERS nearest good training images' scores."""
-    k = (size[0] * size[1]) ** 0.5 / 128.0
+    to the input size (`size` (H, W); the constants were tuned at 128 px) and by `scale` (the
+    config's score.scale), and with `peers` the map in units of its PEERS nearest good training
+    images' scores."""
+    k = map_scale(size, scale) / 128.0
     plans = {
         "head": HeadPlan(sigma=HEAD_SIGMA * k),
         "errors": ErrorPlan(
@@ -87,6 +93,17 @@ def initial_plan(
     return ScorerPlan(
         tuple((name, WEIGHTS[name], plans[name]) for name in terms), border, PeerPlan(PEERS if peers else 0)
     )
+
+
+def map_scale(size: tuple[int, int], scale: float = 1.0) -> float:
+    """The side, in pixels, of the square input whose tuned constants the map uses: the input's
+    geometric mean side times `scale`."""
+    return (size[0] * size[1]) ** 0.5 * scale
+
+
+def template_settings(size: tuple[int, int], scale: float = 1.0) -> TemplateSettings:
+    """What the golden template's calibration chooses from, at this input size and map scale."""
+    return TemplateSettings.for_size(map_scale(size, scale))
 
 
 class AnomalyScorer(nn.Module):

@@ -93,23 +93,42 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """A run's or a model package's threshold, on new good images; a package needs no torch."""
     from edge.errors import DataError
 
+    if args.choose_scale and args.defects is None:
+        raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
+        if args.choose_scale:
+            raise DataError(
+                f"{args.target} is a model package: another map scale is another graph. Choose it on the "
+                "training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR --choose-scale), then export again"
+            )
         threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects)
     elif (args.target / "checkpoint.pt").is_file():
         from train.recalibrate import calibrate_run
 
-        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects)
+        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects, args.choose_scale)
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     print(
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
         f"under {args.good}, +1%); {threshold['frr_bound_note']}"
     )
+    if "scale" in threshold:
+        print(_scale_line(threshold["scale"]))
     if "defects" in threshold:
         print(_defects_line(threshold["defects"], args.defects))
     return 0
+
+
+def _scale_line(choice: dict) -> str:
+    """What `vqad calibrate --choose-scale` compared and kept."""
+    n = choice["defects"]["n_images"]
+    compared = ", ".join(f"{r['scale']:g}: {r['missed']}" for r in choice["compared"])
+    return (
+        f"map scale {choice['chosen']:g} (was {choice['before']:g}), saved in the run's checkpoint; confirmed "
+        f"defects of {n} that pass at each scale's threshold: {compared}. Export the run again for the line"
+    )
 
 
 def _defects_line(d: dict, folder: Path) -> str:
@@ -175,6 +194,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="DEFECT_DIR",
         help="confirmed defect images (searched recursively, e.g. the test/ of vqad records --export-reviewed): "
         "report how many the new threshold lets pass",
+    )
+    c.add_argument(
+        "--choose-scale",
+        action="store_true",
+        help="a run only, with --defects: rebuild the map at each scale of train.recalibrate.SCALES and keep "
+        "the one whose threshold lets the fewest defects pass (saved in the checkpoint; export again)",
     )
     c.set_defaults(func=cmd_calibrate)
 
