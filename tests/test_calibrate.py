@@ -162,7 +162,7 @@ def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp
     assert pkg.threshold == t["value"]
     assert pkg.meta["model_config"]["score"]["scale"] == choice["chosen"]
     run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
-    assert json.loads((run / "eval2" / "metrics.json").read_text())["map_scale"] == choice["chosen"]
+    assert json.loads((run / "eval2" / "metrics.json").read_text())["score_scale"] == choice["chosen"]
 
 
 def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synth_root):

@@ -130,7 +130,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         "frr_upper_bound_95": threshold.get("frr_upper_bound_95"),
         "per_kind_image_auroc": {},
         "image_size": list(size),
-        "map_scale": run.model_cfg.score.scale,
+        "score_scale": run.model_cfg.score.scale,
         "run": str(run.root),
         "step": run.meta.get("step"),
         "checkpoint_sha256": run.meta.get("content_sha256"),

@@ -60,10 +60,11 @@ def calibrate_run(
     previous = run.threshold()
     choice = None
     if choose_scale:
-        choice = choose_map_scale(run, frames, defects_dir, target)
+        choice, scores = choose_map_scale(run, frames, defects_dir, target)
         choice["good"] = str(Path(good_dir).resolve())
         save_scale(run, choice)
-    _, _, scores = score_frames(run.model, frames)
+    else:
+        _, _, scores = score_frames(run.model, frames)
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     if previous is not None:
@@ -88,10 +89,12 @@ def calibrate_run(
     return threshold
 
 
-def choose_map_scale(run: Run, good: np.ndarray, defects_dir: str | Path, target_frr: float) -> dict[str, Any]:
+def choose_map_scale(
+    run: Run, good: np.ndarray, defects_dir: str | Path, target_frr: float
+) -> tuple[dict[str, Any], np.ndarray]:
     """Rebuild the run's map at each of SCALES, threshold each on `good` (the line's good frames) at
     `target_frr`, and leave `run.model` with the scale whose threshold lets the fewest confirmed
-    defects pass -> what was compared and chosen."""
+    defects pass -> (what was compared and chosen, the good frames' scores at that scale)."""
     cfg = run.model_cfg
     defects, _ = defect_frames(defects_dir, cfg.image_size, cfg.channels)
     if len(defects) < FEW_DEFECTS:
@@ -99,11 +102,12 @@ def choose_map_scale(run: Run, good: np.ndarray, defects_dir: str | Path, target
     split = run.split()
     train_images = load_images(split["train"], cfg.image_size, cfg.channels)
     val_images = load_images(split["val"], cfg.image_size, cfg.channels)
-    rows, scorers = [], {}
+    rows, scorers, good_scores = [], {}, {}
     for scale in SCALES:
         run.model.scorer = build_scorer(_at_scale(cfg, scale))
         calibrate_scorer(run.model, train_images, val_images)
-        value = calibrate_threshold(score_frames(run.model, good)[2], target_frr, {"by": "vqad calibrate"})["value"]
+        good_scores[scale] = score_frames(run.model, good)[2]
+        value = calibrate_threshold(good_scores[scale], target_frr, {"by": "vqad calibrate"})["value"]
         missed = int((score_frames(run.model, defects)[2] < value).sum())
         rows.append({"scale": scale, "threshold": value, "missed": missed})
         scorers[scale] = run.model.scorer
@@ -111,7 +115,7 @@ def choose_map_scale(run: Run, good: np.ndarray, defects_dir: str | Path, target
     best = min(rows, key=lambda r: r["missed"])  # the first of a tie: the coarser scale
     run.model.scorer = scorers[best["scale"]]
     run.model.cfg = run.model_cfg = _at_scale(cfg, best["scale"])
-    return {
+    choice = {
         "by": "vqad calibrate --choose-scale",
         "calibrated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "before": cfg.score.scale,
@@ -120,6 +124,7 @@ def choose_map_scale(run: Run, good: np.ndarray, defects_dir: str | Path, target
         "target_frr": target_frr,
         "compared": rows,
     }
+    return choice, good_scores[best["scale"]]
 
 
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:

@@ -78,7 +78,7 @@ def initial_plan(
     to the input size (`size` (H, W); the constants were tuned at 128 px) and by `scale` (the
     config's score.scale), and with `peers` the map in units of its PEERS nearest good training
     images' scores."""
-    k = map_scale(size, scale) / 128.0
+    k = tuned_side(size, scale) / 128.0
     plans = {
         "head": HeadPlan(sigma=HEAD_SIGMA * k),
         "errors": ErrorPlan(
@@ -95,7 +95,7 @@ def initial_plan(
     )
 
 
-def map_scale(size: tuple[int, int], scale: float = 1.0) -> float:
+def tuned_side(size: tuple[int, int], scale: float = 1.0) -> float:
     """The side, in pixels, of the square input whose tuned constants the map uses: the input's
     geometric mean side times `scale`."""
     return (size[0] * size[1]) ** 0.5 * scale
@@ -103,7 +103,7 @@ def map_scale(size: tuple[int, int], scale: float = 1.0) -> float:
 
 def template_settings(size: tuple[int, int], scale: float = 1.0) -> TemplateSettings:
     """What the golden template's calibration chooses from, at this input size and map scale."""
-    return TemplateSettings.for_size(map_scale(size, scale))
+    return TemplateSettings.for_size(tuned_side(size, scale))
 
 
 class AnomalyScorer(nn.Module):

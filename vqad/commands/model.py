@@ -93,12 +93,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """A run's or a model package's threshold, on new good images; a package needs no torch."""
     from edge.errors import DataError
 
-    if args.choose_scale and args.defects is None:
-        raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
-        if args.choose_scale:
+        if args.choose_scale:  # a package's map is its graph
             raise DataError(
                 f"{args.target} is a model package: another map scale is another graph. Choose it on the "
                 "training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR --choose-scale), then export again"
