@@ -1,6 +1,6 @@
 """Scoring ablation: one trained run, its map rebuilt from every subset of its terms and with
-each of the golden template's choices taken away; each with the run's `score.peers` unless
-the variant names peers.
+each of the golden template's choices taken away (in the first map), and with other map scales
+fused; each with the run's `score.peers` and `score.fuse_scales` unless the variant names them.
 
 The reconstruction and the head's probability are computed once; each variant is the
 product's own `AnomalyScorer`, calibrated on the run's good training and validation images as
@@ -25,12 +25,16 @@ import numpy as np
 import torch
 
 # name -> what the variant changes: terms, error kinds, golden-template settings, weights,
-# peers (each left out = the run's own, the constants' or WEIGHTS).
+# peers, fused map scales (each left out = the run's own, the constants' or WEIGHTS).
 L2_SSIM_GMS = ("l2", "ssim", "gms")
 VARIANTS: dict[str, dict[str, Any]] = {
     "the run's terms": {},
     "the run's terms, no peers": {"peers": False},
     "the run's terms, with peers": {"peers": True},
+    "the run's terms, one map": {"fuse": ()},
+    "the run's terms, fused with 0.7": {"fuse": (0.7,)},
+    "the run's terms, fused with 0.5": {"fuse": (0.5,)},
+    "the run's terms, fused with 0.7 and 0.5": {"fuse": (0.7, 0.5)},
     "head": {"terms": ("head",)},
     "errors": {"terms": ("errors",)},
     "template": {"terms": ("template",)},
@@ -151,11 +155,13 @@ def scoring_ablation(
             continue
         border = variant.get("border", cfg.score.border)
         errors, peers = variant.get("errors", cfg.score.errors), variant.get("peers", cfg.score.peers)
-        plan = initial_plan(terms, errors, border, size, peers, cfg.score.scale)
+        fuse = variant.get("fuse", cfg.score.fuse_scales)
+        plan = initial_plan(terms, errors, border, size, peers, cfg.score.scale, fuse)
         template = dataclasses.replace(base, **variant.get("template", {}))
         scorer = AnomalyScorer(plan, cfg.channels, size, template)
+        for each_map in scorer.maps():
+            each_map.weights.update(variant.get("weights", {}))
         scorer.calibrate(good)
-        scorer.weights.update(variant.get("weights", {}))
         maps, scores = scorer(x_test, r_test, prob, z_test, latents_test)
         amap, score = maps[:, 0].numpy(), scores.numpy()
         val_score = scorer(x_val, r_val, val_head, z_val, latents_val)[1].numpy()

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge.package import load_package, sha256_file
 from tests.conftest import run_vqad
@@ -153,6 +154,10 @@ def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp
     assert after.model_cfg.score.scale == choice["chosen"] and after.meta["scale_choice"]["chosen"] == choice["chosen"]
     head = lambda r: dict((n, p) for n, _, p in r.model.scorer.plan.terms)["head"].sigma  # noqa: E731
     assert head(after) == head(before) * choice["chosen"]
+    # The fused maps follow at the config's factors of the chosen scale.
+    factors = (1.0, *after.model_cfg.score.fuse_scales)
+    assert len(factors) > 1 and after.model_cfg.score.fuse_scales == before.model_cfg.score.fuse_scales
+    assert [m.scale for m in after.model.scorer.maps()] == pytest.approx([choice["chosen"] * f for f in factors])
     state_a, state_b = before.model.state_dict(), after.model.state_dict()
     assert all((state_a[k] == state_b[k]).all() for k in state_a if not k.startswith("scorer."))
     assert json.loads((run / "config.json").read_text())["model"]["score"]["scale"] == choice["chosen"]
@@ -162,7 +167,8 @@ def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp
     assert pkg.threshold == t["value"]
     assert pkg.meta["model_config"]["score"]["scale"] == choice["chosen"]
     run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
-    assert json.loads((run / "eval2" / "metrics.json").read_text())["score_scale"] == choice["chosen"]
+    metrics = json.loads((run / "eval2" / "metrics.json").read_text())
+    assert metrics["score_scale"] == choice["chosen"] and metrics["score_fuse_scales"] == list(factors[1:])
 
 
 def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synth_root):

@@ -324,11 +324,13 @@ def test_two_level_model_trains_exports_and_parses(synth_root, tmp_path, frames)
         graph = onnx.load(str(out / name)).graph
         argmins = [n for n in graph.node if n.op_type == "ArgMin"]
         argmaxes = [n for n in graph.node if n.op_type == "ArgMax"]
-        # One ArgMin per codebook. Registration picks its shift by an ArgMin, or with the lighting
-        # fitted by an ArgMax (the shift whose template and gain plane keep the most of the image).
-        template = loaded.model.scorer.terms["template"].plan
-        assert len(argmins) == 2 + (template.shift > 0 and not template.lighting), name
-        assert len(argmaxes) == int(template.lighting), name
+        # One ArgMin per codebook. Each map's registration picks its shift by an ArgMin, or with
+        # the lighting fitted by an ArgMax (the shift whose template and gain plane keep the most
+        # of the image).
+        templates = [m.terms["template"].plan for m in loaded.model.scorer.maps()]
+        assert len(templates) == 1 + len(loaded.model_cfg.score.fuse_scales)
+        assert len(argmins) == 2 + sum(t.shift > 0 and not t.lighting for t in templates), name
+        assert len(argmaxes) == sum(t.lighting for t in templates), name
     tool = SHARED_TOOLS / "onnx_trt_check.py"
     if tool.is_file():
         for name in ("model.onnx", "model_fp16.onnx"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.migrate import upgrade
+from train.migrate import VERSION, upgrade
+from train.model import uint8_nhwc_to_float
 from train.run import load_run
 from train.scoring import AnomalyScorer, GoodImages, ScorerPlan
 from train.scoring.errors import ErrorPlan
@@ -89,11 +90,13 @@ def test_a_run_saved_before_peers_loads_without_them_and_scores_as_it_did(tiny_r
     saved = load_checkpoint(tiny_run / "checkpoint.pt")
     assert saved["meta"]["scoring"]["peers"]["k"] == PEERS and saved["meta"]["model_config"]["score"]["peers"]
     meta = copy.deepcopy(saved["meta"])
-    del meta["scoring"]["peers"]
-    del meta["model_config"]["score"]["peers"]
-    state = {k: v for k, v in saved["model"].items() if not k.startswith("scorer.peers.")}
+    for key in ("peers", "finer", "unit", "scale"):  # what version 2 had not
+        del meta["scoring"][key]
+    for key in ("peers", "fuse_scales"):
+        del meta["model_config"]["score"][key]
+    state = {k: v for k, v in saved["model"].items() if not k.startswith(("scorer.peers.", "scorer.finer."))}
     upgraded = upgrade({"version": 2, "meta": meta, "model": state})
-    assert upgraded["version"] == 3 and upgraded["meta"]["scoring"]["peers"]["k"] == 0
+    assert upgraded["version"] == VERSION and upgraded["meta"]["scoring"]["peers"]["k"] == 0
     assert upgraded["meta"]["model_config"]["score"]["peers"] is False
 
     old_run = tmp_path / "old"
@@ -106,6 +109,40 @@ def test_a_run_saved_before_peers_loads_without_them_and_scores_as_it_did(tiny_r
     frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, *new.cfg.image_size, 3), dtype=np.uint8))
     with torch.no_grad():
         _, old_score = old(frames)
-        new.scorer.peers.plan = PeerPlan()  # the same weights, scored without peers
+        new.scorer.peers.plan = PeerPlan()  # the same weights, scored without peers, one map
+        new.scorer.finer, new.scorer.unit = torch.nn.ModuleList(), 1.0
         _, plain_score = new(frames)
     assert torch.equal(old_score, plain_score)
+
+
+def test_a_run_saved_before_fused_maps_loads_with_one_map_and_scores_as_it_did(tiny_run, tmp_path):
+    """The tiny run, written back in the format before fused maps (version 3), upgrades with
+    `fuse_scales` empty and scores as its own first map alone."""
+    saved = load_checkpoint(tiny_run / "checkpoint.pt")
+    assert saved["meta"]["model_config"]["score"]["fuse_scales"] and saved["meta"]["scoring"]["finer"]
+    meta = copy.deepcopy(saved["meta"])
+    for key in ("finer", "unit", "scale"):  # what version 3 had not
+        del meta["scoring"][key]
+    del meta["model_config"]["score"]["fuse_scales"]
+    state = {k: v for k, v in saved["model"].items() if not k.startswith("scorer.finer.")}
+    upgraded = upgrade({"version": 3, "meta": meta, "model": state})
+    assert upgraded["version"] == VERSION and upgraded["meta"]["model_config"]["score"]["fuse_scales"] == []
+
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    for name in ("config.json", "split.json"):
+        (old_run / name).write_text((tiny_run / name).read_text())
+    save_checkpoint(old_run / "checkpoint.pt", upgraded["model"], upgraded["meta"], None)
+    old, new = load_run(old_run), load_run(tiny_run)
+    assert not old.model.scorer.finer and old.model_cfg.score.fuse_scales == ()
+    frames = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, (3, *new.model.cfg.image_size, 3), dtype=np.uint8)
+    )
+    with torch.no_grad():
+        old_map, old_score = old.model(frames)
+        x01 = uint8_nhwc_to_float(frames)
+        z = new.model.latents(x01)
+        recon = new.model.reconstruct(x01, z)
+        prob, features = new.model.head_outputs(x01, recon)
+        first_map, first_score = new.model.scorer.single_map(x01, recon, prob, features, z)
+    assert torch.allclose(old_score, first_score) and torch.allclose(old_map, first_map)

@@ -2,6 +2,7 @@
 the golden template (alignment, registration, blob filter, gain plane), plans that travel."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -140,6 +141,35 @@ def _template_scorer(template: GoldenTemplate) -> AnomalyScorer:
 
 def _score(template: GoldenTemplate, x: torch.Tensor) -> torch.Tensor:
     return _template_scorer(template)(x, x)[1]
+
+
+def test_fused_maps_each_in_units_of_their_good_images_and_the_map_their_maximum():
+    x, recon = _pair(0, n=8)
+    plan = initial_plan(("errors",), ("gms",), 2, (32, 32), scale=1.0, fuse=(0.5,))
+    assert [p.scale for p in (plan, *plan.finer)] == [1.0, 0.5]
+    assert plan.finer[0].terms[0][2].sigma == 0.5 * plan.terms[0][2].sigma
+    scorer = AnomalyScorer(plan, 3, (32, 32))
+    good = dataclasses.replace(_good(x, x, recon), outputs=lambda batch: (recon, None, None, None))
+    calibrated = scorer.calibrate(good)
+    coarse, fine = scorer.single_map(x, recon), scorer.finer[0].single_map(x, recon)
+    # Each unit is its own map's 99th-percentile ("higher") validation score: here the highest of 8.
+    assert calibrated.unit == pytest.approx(float(coarse[1].max()))
+    assert calibrated.finer[0].unit == pytest.approx(float(fine[1].max()))
+    test, test_recon = _pair(1, n=3)
+    test_recon[0, :, 16, 16] = 1 - test[0, :, 16, 16]  # a one-pixel defect in the first
+    fused_map, fused_score = scorer(test, test_recon)
+    (m0, s0), (m1, s1) = scorer.single_map(test, test_recon), scorer.finer[0].single_map(test, test_recon)
+    assert torch.allclose(fused_map, torch.maximum(m0 / calibrated.unit, m1 / calibrated.finer[0].unit))
+    assert torch.allclose(fused_score, torch.maximum(s0 / calibrated.unit, s1 / calibrated.finer[0].unit))
+    assert torch.equal(fused_score, fused_map[..., 2:-2, 2:-2].flatten(1).max(dim=1).values)
+    assert "fused" in scorer.describe() and len(scorer.describe()["fused"]["units"]) == 2
+    # Saved as JSON and a state dict, it scores the same.
+    again = AnomalyScorer(ScorerPlan.from_dict(json.loads(json.dumps(calibrated.to_dict()))), 3, (32, 32))
+    again.load_state_dict(scorer.state_dict())
+    assert again.plan == calibrated and torch.equal(again(test, test_recon)[1], fused_score)
+    # Without the model's outputs the units cannot be measured.
+    with pytest.raises(ValueError, match="fusing maps"):
+        AnomalyScorer(plan, 3, (32, 32)).calibrate(_good(x, x, recon))
 
 
 def test_the_golden_template_weighs_itself_by_how_aligned_the_good_images_are():

@@ -40,6 +40,10 @@ class ScoreConfig:
     # or two sharp (a PCB's specks), at the cost of faint broad ones (a commutator's cracks).
     # `vqad calibrate RUN --defects DIR --choose-scale` picks it from confirmed defects.
     scale: float = 1.0
+    # Further maps at these factors of `scale`, fused with the first: each in units of its good
+    # validation images' 99th-percentile score, the map their maximum. A defect of a pixel or
+    # two lights the finer map, a faint broad one the coarser; [] = one map.
+    fuse_scales: tuple[float, ...] = (0.7,)
 
     def __post_init__(self) -> None:
         require(len(self.terms) > 0, "score.terms must name at least one of head, errors, template")
@@ -48,6 +52,11 @@ class ScoreConfig:
         require(len(set(self.errors)) == len(self.errors), "score.errors has duplicates")
         require(self.border >= 0, "score.border must be >= 0")
         require(0.25 <= self.scale <= 4.0, f"score.scale must be within [0.25, 4], got {self.scale}")
+        fuse = list(self.fuse_scales)
+        require(
+            all(0.25 <= f < 1.0 for f in fuse) and len(set(fuse)) == len(fuse),
+            f"score.fuse_scales must be distinct factors within [0.25, 1), got {fuse}",
+        )
 
 
 @dataclass(frozen=True)

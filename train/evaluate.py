@@ -131,6 +131,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         "per_kind_image_auroc": {},
         "image_size": list(size),
         "score_scale": run.model_cfg.score.scale,
+        "score_fuse_scales": list(run.model_cfg.score.fuse_scales),
         "run": str(run.root),
         "step": run.meta.get("step"),
         "checkpoint_sha256": run.meta.get("content_sha256"),

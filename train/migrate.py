@@ -13,6 +13,9 @@ template's tensors move under `scorer.terms.template.`; the configs keep what a 
 Version 2 -> 3: the scorer's plan gained `peers` (the map in units of its nearest good training
 images' scores, train/scoring/peers.py). A v2 run scored without: `peers` off, in its plan and
 in its model config.
+
+Version 3 -> 4: the map became fused from maps at several scales (`score.fuse_scales`). A v3
+run scored with one map: `fuse_scales` empty in its model config (its plan has no finer maps).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from edge.errors import CheckpointError
 
-VERSION = 3
+VERSION = 4
 
 # What a v1 ScoreConfig field held when a checkpoint did not save it (it did not exist yet),
 # as v1's loader filled it in: runs from before each feature scored without it.
@@ -48,7 +51,7 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     version = payload.get("version")
     if not isinstance(version, int) or not 1 <= version <= VERSION:
         raise CheckpointError(f"checkpoint version {version!r} is not one this vqad reads (1..{VERSION})")
-    steps = {1: _v1_to_v2, 2: _v2_to_v3}
+    steps = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
     while payload["version"] < VERSION:
         payload = steps[payload["version"]](payload)
     return payload
@@ -163,3 +166,11 @@ def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
     empty = {"bank": torch.zeros(0, 0), "bank_scores": torch.zeros(0), "center": torch.zeros(0), "scale": torch.ones(0)}
     state = {**payload["model"], **{f"scorer.peers.{name}": t for name, t in empty.items()}}
     return {**payload, "version": 3, "meta": meta, "model": state}
+
+
+def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(payload["meta"])
+    model_config = dict(meta["model_config"])
+    model_config["score"] = {**model_config["score"], "fuse_scales": []}
+    meta["model_config"] = model_config
+    return {**payload, "version": 4, "meta": meta}

@@ -9,6 +9,7 @@ reports are the scores the line sees.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 import numpy as np
@@ -30,7 +31,11 @@ def build_scorer(cfg: ModelConfig, scoring: ScorerPlan | None = None) -> Anomaly
     template calibrates among the constants at the config's map scale, so a recalibration keeps it."""
     size, score = cfg.image_size, cfg.score
     if scoring is None:
-        scoring = initial_plan(score.terms, score.errors, score.border, size, score.peers, score.scale)
+        scoring = initial_plan(
+            score.terms, score.errors, score.border, size, score.peers, score.scale, score.fuse_scales
+        )
+    elif not scoring.finer and scoring.scale != score.scale:
+        scoring = dataclasses.replace(scoring, scale=score.scale)  # saved before plans named their scale
     return AnomalyScorer(scoring, cfg.channels, size, template_settings(size, score.scale))
 
 
@@ -185,6 +190,13 @@ def calibrate_scorer(model: InspectionModel, train_images: np.ndarray, val_image
     features = model.features if model.head is not None else None
     good = GoodImages(train_batches, val, val_recon, val_head, features, model.outputs)
     plan = model.scorer.calibrate(good)
+    if plan.finer:
+        fused = [plan, *plan.finer]
+        log.info(
+            "maps fused at scales %s, each in units of its good validation images' 99th-percentile score: %s",
+            ", ".join(f"{p.scale:g}" for p in fused),
+            ", ".join(f"{p.unit:.4g}" for p in fused),
+        )
     for name, weight, term in plan.terms:
         if name == "template":
             log.info(
