@@ -107,3 +107,15 @@ def test_the_map_scale_is_bounded_and_older_configs_take_its_default():
     # --resume names what differs, so a run whose scale calibration chose can be resumed under it.
     chosen = to_dict(ModelConfig(image_size=(64, 64), score=ScoreConfig(scale=0.5)))
     assert _changed_keys(chosen, to_dict(old)) == {"score.scale": 0.5}
+
+
+def test_fused_map_scales_are_finer_distinct_factors_and_a_list_on_the_command_line():
+    from edge.config import from_mapping, parse_overrides
+
+    assert ScoreConfig().fuse_scales == (0.7,)
+    for bad in ((1.0,), (0.1,), (0.7, 0.7)):
+        with pytest.raises(ConfigError, match="score.fuse_scales"):
+            ScoreConfig(fuse_scales=bad)
+    for text, expected in (("[]", ()), ("[0.5, 0.7]", (0.5, 0.7))):
+        values = parse_overrides([f"score.fuse_scales={text}"])
+        assert from_mapping(ScoreConfig, values["score"], "model.score").fuse_scales == expected
