@@ -80,7 +80,12 @@ class PeerScale(nn.Module):
     def calibrate(self, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> PeerPlan:
         """pairs: (latents (B, D, h, w), image scores (B,)) of the good training images."""
         descs, scores = zip(*((descriptor(z), s.float()) for z, s in pairs), strict=True)
-        desc, score = torch.cat(descs), torch.cat(scores)
+        return self.fit(torch.cat(descs), torch.cat(scores))
+
+    @torch.no_grad()
+    def fit(self, desc: torch.Tensor, score: torch.Tensor) -> PeerPlan:
+        """desc: the good training images' descriptors (N, 2D); score: their image scores (N,)."""
+        score = score.float()
         self.center = desc.mean(dim=0)
         self.scale = desc.std(dim=0).clamp(min=1e-6) if len(desc) > 1 else torch.ones_like(self.center)
         self.bank = (desc - self.center) / self.scale

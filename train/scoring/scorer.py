@@ -19,7 +19,7 @@ from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
 from train.scoring.learned import HeadPlan, LearnedComparison
 from train.scoring.memory import FeatureMemory, MemoryPlan
-from train.scoring.peers import PEERS, PeerPlan, PeerScale
+from train.scoring.peers import PEERS, PeerPlan, PeerScale, descriptor
 from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
 # The terms by name: adding one is a module and a line here.
@@ -181,28 +181,39 @@ class AnomalyScorer(nn.Module):
     @torch.no_grad()
     def calibrate(self, good: GoodImages) -> ScorerPlan:
         """Calibrate every term of every map on good images (a term may choose its weight,
-        plan.weight); then, with finer maps, each map's unit on the validation images."""
-        for name, term in self.terms.items():
-            plan = term.calibrate(good)
-            if hasattr(plan, "weight"):
-                self.weights[name] = plan.weight
-        if self.peers.plan.k > 0:
-            self.peers.plan = PeerPlan(self.peers.plan.k)  # not fitted: the terms' scores alone
-            self.peers.calibrate(self._train_scores(good))
-        for finer in self.finer:
-            finer.calibrate(good)
+        plan.weight), then each map's peers; with finer maps, each map's unit on the validation
+        images."""
+        for m in self.maps():
+            for name, term in m.terms.items():
+                plan = term.calibrate(good)
+                if hasattr(plan, "weight"):
+                    m.weights[name] = plan.weight
+        self._calibrate_peers(good)
         self.unit = 1.0
         if self.finer:
             self._calibrate_units(good)
         return self.plan
 
-    def _train_scores(self, good: GoodImages):
-        """(latents, image scores) of this map on each batch of the good training images."""
+    def _calibrate_peers(self, good: GoodImages) -> None:
+        """Each map's peers, from one pass of the model over the good training images: their
+        descriptors, and each map's scores without peers."""
+        peered = [m for m in self.maps() if m.peers.plan.k > 0]
+        if not peered:
+            return
         if good.outputs is None:
             raise ValueError("scoring by peers needs the model's outputs on the training images")
+        for m in peered:
+            m.peers.plan = PeerPlan(m.peers.plan.k)  # not fitted: the terms' scores alone
+        descs: list[torch.Tensor] = []
+        scores: list[list[torch.Tensor]] = [[] for _ in peered]
         for x in good.train():
             recon, prob, features, latents = good.outputs(x)
-            yield latents, self.single_map(x, recon, prob, features, latents)[1]
+            descs.append(descriptor(latents))  # (B, 2D)
+            for i, m in enumerate(peered):
+                scores[i].append(m.single_map(x, recon, prob, features, latents)[1])
+        desc = torch.cat(descs)
+        for m, s in zip(peered, scores, strict=True):
+            m.peers.fit(desc, torch.cat(s))
 
     def _calibrate_units(self, good: GoodImages) -> None:
         """Each map's unit: the 99th-percentile ("higher") score of the good validation images,
