@@ -172,6 +172,27 @@ def test_fused_maps_each_in_units_of_their_good_images_and_the_map_their_maximum
         AnomalyScorer(plan, 3, (32, 32)).calibrate(_good(x, x, recon))
 
 
+def test_fused_maps_compute_their_shared_error_map_once(monkeypatch):
+    x, recon = _pair(0, n=8)
+    scorer = AnomalyScorer(initial_plan(("errors",), ("gms", "l2"), 2, (32, 32), fuse=(0.7, 0.5)), 3, (32, 32))
+    scorer.calibrate(dataclasses.replace(_good(x, x, recon), outputs=lambda batch: (recon, None, None, None)))
+    test, test_recon = _pair(1, n=3)
+    alone = [m.single_map(test, test_recon) for m in scorer.maps()]  # each computes its own
+    calls = []
+    weighted = ReconstructionErrors.weighted
+    monkeypatch.setattr(ReconstructionErrors, "weighted", lambda self, *a: calls.append(self) or weighted(self, *a))
+    fused_map, fused_score = scorer(test, test_recon)
+    assert len(calls) == 1  # three maps, one weighted error sum
+    expected = torch.stack([m / s.unit for (m, _), s in zip(alone, scorer.maps(), strict=True)]).amax(dim=0)
+    assert torch.equal(fused_map, expected)  # the very numbers each map computes alone
+    # A map whose errors are balanced otherwise computes its own.
+    fine = scorer.finer[1].terms["errors"]
+    fine.plan = dataclasses.replace(fine.plan, scales=tuple(2 * v for v in fine.plan.scales))
+    calls.clear()
+    scorer(test, test_recon)
+    assert len(calls) == 2
+
+
 def test_the_golden_template_weighs_itself_by_how_aligned_the_good_images_are():
     part = _template()
     plan = part.calibrate(_good(_aligned_part(40), _aligned_part(10, seed=1)))

@@ -9,7 +9,7 @@ exactly as the one that was calibrated. Nothing flips a buffer to change what a 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -69,15 +69,29 @@ class Term(nn.Module):
         recon: torch.Tensor,
         head_prob: torch.Tensor | None,
         features: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(N, C, H, W) [0,1] input and reconstruction, (N, 1, H, W) head probability or None,
         (N, D, h, w) encoder features or None -> the term's map (N, 1, H, W) float32, in the
-        unit `describe()` names."""
+        unit `describe()` names. shared: what the terms of one scorer call computed on these
+        inputs, for a fused map's term to take instead of computing it again (`computed_once`)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the term: its plan and the unit of its map."""
         return {"plan": plan_to_dict(self.plan)}
+
+
+def computed_once(
+    shared: dict[Hashable, torch.Tensor] | None, key: Hashable, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """compute(), or what an earlier term of the same scorer call computed under `key`: a key
+    names everything the result depends on besides the call's inputs. shared None: computed."""
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
 
 
 def peak_quantile(maps: Iterable[torch.Tensor], roi: torch.Tensor, q: float = 0.99) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from edge.frames import batched
-from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.base import GoodImages, Term, computed_once, peak_quantile, plan_to_dict
 from train.scoring.filters import SSIM, GaussianBlur, gms_map, roi_mask
 
 
@@ -75,8 +75,10 @@ class ReconstructionErrors(Term):
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-12))
         return self.plan
 
-    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
-        smoothed = self.blur(self.weighted(x, recon))
+    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
+        # Fused maps differ in their smoothing and gain only: the weighted sum is computed once.
+        key = ("errors", self.plan.kinds, self.plan.weights, self.plan.scales)
+        smoothed = self.blur(computed_once(shared, key, lambda: self.weighted(x, recon)))
         return smoothed if self.plan.gain == 1.0 else self.plan.gain * smoothed
 
     def describe(self) -> dict[str, Any]:

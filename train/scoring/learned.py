@@ -42,7 +42,7 @@ class LearnedComparison(Term):
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-6))
         return self.plan
 
-    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
+    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
         if head_prob is None:
             raise ValueError("the head term needs the comparison head's probability")
         smoothed = self.blur(head_prob)

@@ -95,7 +95,7 @@ class FeatureMemory(Term):
         up = F.interpolate(self.distance(features), size=self.size, mode="bilinear", align_corners=False)
         return self.blur(up)  # (N, 1, H, W)
 
-    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
+    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
         if features is None:
             raise ValueError("the memory term needs the comparison head's features")
         return self.plan.gain * self.raw_map(features)

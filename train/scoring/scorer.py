@@ -8,6 +8,7 @@ config for a new run, replaced by calibration, and saved with the checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,8 +210,9 @@ class AnomalyScorer(nn.Module):
         for x in good.train():
             recon, prob, features, latents = good.outputs(x)
             descs.append(descriptor(latents))  # (B, 2D)
+            shared: dict[Hashable, torch.Tensor] = {}
             for i, m in enumerate(peered):
-                scores[i].append(m.single_map(x, recon, prob, features, latents)[1])
+                scores[i].append(m.single_map(x, recon, prob, features, latents, shared)[1])
         desc = torch.cat(descs)
         for m, s in zip(peered, scores, strict=True):
             m.peers.fit(desc, torch.cat(s))
@@ -224,8 +226,9 @@ class AnomalyScorer(nn.Module):
         scores: list[list[torch.Tensor]] = [[] for _ in self.maps()]
         for x in good.val_batches():
             recon, prob, features, latents = good.outputs(x)
+            shared = {}
             for i, m in enumerate(self.maps()):
-                scores[i].append(m.single_map(x, recon, prob, features, latents)[1])
+                scores[i].append(m.single_map(x, recon, prob, features, latents, shared)[1])
         for m, s in zip(self.maps(), scores, strict=True):
             unit = float(torch.quantile(torch.cat(s).double(), 1.0 - UNIT_FRR, interpolation="higher"))
             m.unit = max(unit, 1e-12)
@@ -240,12 +243,13 @@ class AnomalyScorer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x, recon (N, C, H, W) [0,1]; head_prob (N, 1, H, W); features: the head's coarsest;
         latents: the encoder's output (N, D, h, w), which finds the peers -> (map, score)."""
-        anomaly_map, score = self.single_map(x, recon, head_prob, features, latents)
+        shared: dict[Hashable, torch.Tensor] = {}  # what the maps' terms share (base.computed_once)
+        anomaly_map, score = self.single_map(x, recon, head_prob, features, latents, shared)
         if not self.finer:
             return anomaly_map, score
         anomaly_map, score = anomaly_map / self.unit, score / self.unit
         for finer in self.finer:
-            m, s = finer.single_map(x, recon, head_prob, features, latents)
+            m, s = finer.single_map(x, recon, head_prob, features, latents, shared)
             anomaly_map = torch.maximum(anomaly_map, m / finer.unit)  # (N, 1, H, W)
             score = torch.maximum(score, s / finer.unit)  # (N,)
         return anomaly_map, score
@@ -257,14 +261,16 @@ class AnomalyScorer(nn.Module):
         head_prob: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This map alone, without the finer ones and its unit: (map (N, 1, H, W), score (N,))."""
+        """This map alone, without the finer ones and its unit: (map (N, 1, H, W), score (N,)).
+        shared: what other maps' terms computed in the same call, on the same inputs."""
         anomaly_map = None
         for name, term in self.terms.items():
             weight = self.weights[name]
             if weight <= 0:
                 continue
-            part = term(x, recon, head_prob, features)
+            part = term(x, recon, head_prob, features, shared)
             part = part if weight == 1.0 else weight * part
             anomaly_map = part if anomaly_map is None else anomaly_map + part
         if anomaly_map is None:

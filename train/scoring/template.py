@@ -198,7 +198,7 @@ class GoldenTemplate(Term):
         spread, blobs = self._readings(x)
         return spread if blobs is None else 0.5 * (spread + blobs)
 
-    def forward(self, x, recon, head_prob, features=None) -> torch.Tensor:
+    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
         return self.plan.gain * self.raw_map(x)
 
     def describe(self) -> dict[str, Any]:
