@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edge.package import load_package, sha256_file
 from tests.conftest import run_vqad
@@ -179,3 +180,43 @@ def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synt
     proc = run_vqad("calibrate", tiny_model, good, "--defects", defects, "--choose-scale", check=False)
     assert proc.returncode != 0 and "another map scale is another graph" in proc.stderr
     assert (tiny_model / "model.json").read_text() == before
+
+
+def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root, tmp_path):
+    from train.data import load_images
+    from train.pipeline import score_frames
+    from train.run import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    before = load_run(run)
+    assert len(before.model.scorer.maps()) == 2  # trained under the shipped fused map
+    frames = load_images(sorted(defects.rglob("*.png")), before.model_cfg.image_size, before.model_cfg.channels)
+    # No factors: one map, the run's coarse map alone, recalibrated to the very plan it had.
+    proc = run_vqad("calibrate", run, good, "--defects", defects, "--fuse-scales")
+    one = load_run(run)
+    assert one.model_cfg.score.fuse_scales == () and one.model.scorer.maps() == [one.model.scorer]
+    assert one.model.scorer.plan.terms == before.model.scorer.plan.terms
+    coarse = before.model.scorer
+    coarse.finer = torch.nn.ModuleList()
+    assert np.allclose(score_frames(one.model, frames)[2], score_frames(before.model, frames)[2], rtol=1e-5)
+    t = json.loads((run / "threshold.json").read_text())
+    assert t["fused"]["fuse_scales"] == [] and t["fused"]["before"] == [0.7]
+    assert "at_previous_threshold" not in t["defects"]  # another map: the old threshold says nothing of it
+    assert "fused map scales none (one map)" in proc.stdout
+    # Fused again at another factor: the checkpoint and the run's config record follow; weights untouched.
+    run_vqad("calibrate", run, good, "--fuse-scales", "0.5")
+    fused = load_run(run)
+    assert [m.scale for m in fused.model.scorer.maps()] == [1.0, 0.5] and fused.meta["fuse_choice"]["before"] == []
+    assert json.loads((run / "config.json").read_text())["model"]["score"]["fuse_scales"] == [0.5]
+    state_a, state_b = before.model.state_dict(), fused.model.state_dict()
+    assert all((state_a[k] == state_b[k]).all() for k in state_a if not k.startswith("scorer."))
+    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
+    assert json.loads((run / "eval2" / "metrics.json").read_text())["score_fuse_scales"] == [0.5]
+    # A factor the config refuses, and a package, whose map is its graph, are refused; nothing written.
+    proc = run_vqad("calibrate", run, good, "--fuse-scales", "1.5", check=False)
+    assert proc.returncode == 2 and "score.fuse_scales" in proc.stderr
+    assert load_run(run).model_cfg.score.fuse_scales == (0.5,)
+    proc = run_vqad("calibrate", tiny_model, good, "--fuse-scales", "0.5", check=False)
+    assert proc.returncode != 0 and "--fuse-scales" in proc.stderr

@@ -6,8 +6,9 @@ With confirmed defects and `--choose-scale`, the run's map is first rebuilt at e
 (its smoothing and the golden template's bands as a factor on the tuned constants), each
 calibrated on the run's own good images as training does and thresholded on GOOD_DIR; the scale
 whose threshold lets the fewest of the defects pass is kept in the checkpoint (its config's
-`score.scale` and its scoring plan). Nothing else in the model changes; a package exported
-before it keeps the old map until exported again.
+`score.scale` and its scoring plan). With `--fuse-scales`, the map is rebuilt with those fused
+maps first (a run saved with one map gets the fused map without retraining). Nothing else in
+the model changes; a package exported before it keeps the old map until exported again.
 """
 
 from __future__ import annotations
@@ -47,33 +48,50 @@ def calibrate_run(
     target_frr: float | None = None,
     defects_dir: str | Path | None = None,
     choose_scale: bool = False,
+    fuse_scales: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Recalibrate RUN_DIR's threshold on the good images under GOOD_DIR (threshold.json), and
     with `defects_dir` say how many confirmed defect images would pass it. With `choose_scale`
-    (needs `defects_dir`) the map's scale is chosen first and saved in the checkpoint."""
+    (needs `defects_dir`) the map's scale is chosen first and saved in the checkpoint; with
+    `fuse_scales` (() = one map) the map is rebuilt with those fused maps first and saved."""
     if choose_scale and defects_dir is None:
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     run = load_run(run_dir)
     cfg = run.model_cfg
+    if fuse_scales is not None:  # validated as the config's own field (ConfigError)
+        cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, fuse_scales=tuple(fuse_scales)))
     frames, paths = good_frames(good_dir, cfg.image_size, cfg.channels)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
-    choice = None
+    choice, fused = None, None
+    if fuse_scales is not None:
+        before = list(run.model_cfg.score.fuse_scales)
+        fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
+        fused["fuse_scales"] = list(cfg.score.fuse_scales)
     if choose_scale:
-        choice, scores = choose_map_scale(run, frames, defects_dir, target)
+        choice, scores = choose_map_scale(run, frames, defects_dir, target, cfg)
         choice["good"] = str(Path(good_dir).resolve())
-        save_scale(run, choice)
+    elif fused is not None:
+        rebuild_map(run, cfg, *_good_images(run))
+        _, _, scores = score_frames(run.model, frames)
     else:
         _, _, scores = score_frames(run.model, frames)
+    if choice is not None or fused is not None:
+        scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
+        save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
     if choice is not None:
         threshold["scale"] = choice
+    if fused is not None:
+        threshold["fused"] = fused
     if defects_dir is not None:
-        # A threshold of another map scale says nothing of this map's scores.
-        comparable = previous is not None and (choice is None or choice["chosen"] == choice["before"])
+        # A threshold of another map says nothing of this map's scores.
+        same_scale = choice is None or choice["chosen"] == choice["before"]
+        same_map = same_scale and (fused is None or fused["fuse_scales"] == fused["before"])
+        comparable = previous is not None and same_map
         threshold["defects"] = check_defects(
             defects_dir, cfg.image_size, cfg.channels, lambda f: score_frames(run.model, f)[2], threshold["value"],
             previous["value"] if comparable else None,
@@ -90,22 +108,20 @@ def calibrate_run(
 
 
 def choose_map_scale(
-    run: Run, good: np.ndarray, defects_dir: str | Path, target_frr: float
+    run: Run, good: np.ndarray, defects_dir: str | Path, target_frr: float, cfg: ModelConfig | None = None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Rebuild the run's map at each of SCALES, threshold each on `good` (the line's good frames) at
-    `target_frr`, and leave `run.model` with the scale whose threshold lets the fewest confirmed
-    defects pass -> (what was compared and chosen, the good frames' scores at that scale)."""
-    cfg = run.model_cfg
+    """Rebuild the run's map at each of SCALES (under `cfg`'s scoring, default the run's),
+    threshold each on `good` (the line's good frames) at `target_frr`, and leave `run.model`
+    with the scale whose threshold lets the fewest confirmed defects pass -> (what was compared
+    and chosen, the good frames' scores at that scale)."""
+    cfg = cfg or run.model_cfg
     defects, _ = defect_frames(defects_dir, cfg.image_size, cfg.channels)
     if len(defects) < FEW_DEFECTS:
         log.warning("choosing the map scale on %d confirmed defects: a defect or two decides it", len(defects))
-    split = run.split()
-    train_images = load_images(split["train"], cfg.image_size, cfg.channels)
-    val_images = load_images(split["val"], cfg.image_size, cfg.channels)
+    train_images, val_images = _good_images(run)
     rows, scorers, good_scores = [], {}, {}
     for scale in SCALES:
-        run.model.scorer = build_scorer(_at_scale(cfg, scale))
-        calibrate_scorer(run.model, train_images, val_images)
+        rebuild_map(run, _at_scale(cfg, scale), train_images, val_images)
         good_scores[scale] = score_frames(run.model, good)[2]
         value = calibrate_threshold(good_scores[scale], target_frr, {"by": "vqad calibrate"})["value"]
         missed = int((score_frames(run.model, defects)[2] < value).sum())
@@ -117,7 +133,7 @@ def choose_map_scale(
     run.model.cfg = run.model_cfg = _at_scale(cfg, best["scale"])
     choice = {
         "by": "vqad calibrate --choose-scale",
-        "calibrated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "calibrated": _now(),
         "before": cfg.score.scale,
         "chosen": best["scale"],
         "defects": {"folder": str(Path(defects_dir).resolve()), "n_images": len(defects)},
@@ -127,23 +143,50 @@ def choose_map_scale(
     return choice, good_scores[best["scale"]]
 
 
+def rebuild_map(run: Run, cfg: ModelConfig, train_images: np.ndarray, val_images: np.ndarray) -> None:
+    """Give `run.model` the map `cfg`'s scoring describes, calibrated on the run's own good
+    images as training calibrates it; `run.model_cfg` becomes `cfg`."""
+    run.model.scorer = build_scorer(cfg)
+    calibrate_scorer(run.model, train_images, val_images)
+    run.model.cfg = run.model_cfg = cfg
+
+
+def _good_images(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The run's own good training and validation images, as its training split them."""
+    cfg, split = run.model_cfg, run.split()
+    return load_images(split["train"], cfg.image_size, cfg.channels), load_images(
+        split["val"], cfg.image_size, cfg.channels
+    )
+
+
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:
     return dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, scale=scale))
 
 
-def save_scale(run: Run, choice: dict[str, Any]) -> None:
-    """Write the run's rescaled scorer into its checkpoint: the config's score.scale, the scoring
-    plan and the scorer's state; the weights, step and optimizer state stay as they were."""
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def save_scoring(run: Run, record: dict[str, Any]) -> None:
+    """Write the run's rebuilt scorer into its checkpoint: the config's score.scale and
+    score.fuse_scales, the scoring plan and the scorer's state, and `record` (what rebuilt it)
+    in its meta; the weights, step and optimizer state stay as they were."""
     path = run.root / CHECKPOINT_NAME
     ckpt = load_checkpoint(path)
     meta = dict(ckpt["meta"])
-    meta["model_config"] = dict(meta["model_config"], score=dict(meta["model_config"]["score"], scale=choice["chosen"]))
+    score = run.model_cfg.score
+    changed = {"scale": score.scale, "fuse_scales": list(score.fuse_scales)}
+    before = meta["model_config"]["score"]
+    meta["model_config"] = dict(meta["model_config"], score=dict(before, **changed))
     meta["scoring"] = run.model.scorer.plan.to_dict()
-    meta["scale_choice"] = {k: v for k, v in choice.items() if k != "compared"}
+    meta.update(record)
     save_checkpoint(path, run.model.state_dict(), meta, ckpt.get("optimizer"))
-    record = run.root / "config.json"  # the run's record of its config follows the checkpoint
-    if record.is_file():
-        config = json.loads(record.read_text())
-        config["model"]["score"]["scale"] = choice["chosen"]
-        record.write_text(json.dumps(config, indent=2))
-    log.info("%s: map scale %g (was %g) saved in the checkpoint", run.root, choice["chosen"], choice["before"])
+    config_record = run.root / "config.json"  # the run's record of its config follows the checkpoint
+    if config_record.is_file():
+        config = json.loads(config_record.read_text())
+        config["model"]["score"].update(changed)
+        config_record.write_text(json.dumps(config, indent=2))
+    log.info(
+        "%s: map scale %g, fused scales %s, saved in the checkpoint (was %g, %s)",
+        run.root, score.scale, changed["fuse_scales"], before["scale"], before.get("fuse_scales", []),
+    )  # fmt: skip

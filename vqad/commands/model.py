@@ -96,22 +96,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
-        if args.choose_scale:  # a package's map is its graph
+        if args.choose_scale or args.fuse_scales is not None:  # a package's map is its graph
             raise DataError(
-                f"{args.target} is a model package: another map scale is another graph. Choose it on the "
-                "training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR --choose-scale), then export again"
+                f"{args.target} is a model package: another map scale is another graph, and so are other fused "
+                "maps. Rebuild the map on the training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR "
+                "--choose-scale, or --fuse-scales F ...), then export again"
             )
         threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects)
     elif (args.target / "checkpoint.pt").is_file():
         from train.recalibrate import calibrate_run
 
-        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects, args.choose_scale)
+        fuse = None if args.fuse_scales is None else tuple(args.fuse_scales)
+        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse)
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     print(
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
         f"under {args.good}, +1%); {threshold['frr_bound_note']}"
     )
+    if "fused" in threshold:
+        fused = threshold["fused"]
+        factors = ", ".join(f"{f:g}" for f in fused["fuse_scales"]) or "none (one map)"
+        print(f"fused map scales {factors} (were {fused['before'] or 'none'}), saved in the run's checkpoint")
     if "scale" in threshold:
         print(_scale_line(threshold["scale"]))
     if "defects" in threshold:
@@ -198,6 +204,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a run only, with --defects: rebuild the map at each scale of train.recalibrate.SCALES and keep "
         "the one whose threshold lets the fewest defects pass (saved in the checkpoint; export again)",
+    )
+    c.add_argument(
+        "--fuse-scales",
+        type=float,
+        nargs="*",
+        metavar="F",
+        help="a run only: rebuild its map fused with maps at these factors of its scale (none: one map), "
+        "calibrated on the run's own good images as training does (saved in the checkpoint; export again)",
     )
     c.set_defaults(func=cmd_calibrate)
 
