@@ -18,6 +18,8 @@ from train.scoring import (
     separable_kernels,
 )
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
+from train.scoring.filters import roi_mask, shift_offsets, shifted
+from train.scoring.registration import Registration
 from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
 
@@ -262,6 +264,22 @@ def test_registration_lets_the_template_see_a_stain_on_a_part_that_sits_a_pixel_
     streamed = _template(shift=2)  # batches, given as a function: the same template
     streamed.calibrate(GoodImages(train=lambda: (train[i : i + 16] for i in range(0, 60, 16)), val=val, val_recon=val))
     assert torch.allclose(streamed.mean, registered.mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("lighting", [False, True])
+def test_registration_moves_the_template_by_each_images_chosen_shift(lighting):
+    g = torch.Generator().manual_seed(4)
+    mean, std = torch.randn(1, 2, 24, 32, generator=g), 1 + torch.rand(1, 2, 24, 32, generator=g)
+    registration = Registration(mean, std, roi_mask(24, 32, 2), 2, lighting)
+    offsets = shift_offsets(2)
+    images = torch.cat([shifted(mean, dy, dx, 2) for dy, dx in offsets[::6]]) + 0.01 * torch.randn(5, 2, 24, 32)
+    moved_mean, moved_std, plane = registration(images)
+    best, _ = registration.best(images)
+    assert best.tolist() == list(range(0, len(offsets), 6))  # each image's own shift is found
+    for i, k in enumerate(best.tolist()):  # the template's own numbers, moved: exactly equal
+        assert torch.equal(moved_mean[i : i + 1], shifted(mean, *offsets[k], 2))
+        assert torch.equal(moved_std[i : i + 1], shifted(std, *offsets[k], 2))
+    assert (plane is not None) == lighting
 
 
 def test_the_golden_template_travels_as_plan_and_state_dict():

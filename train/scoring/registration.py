@@ -2,8 +2,9 @@
 and, on an aligned part, the image's lighting as a gain plane on the template.
 
 Everything here is derived from the template (mean, spread) and rebuilt when it changes; none
-of it is saved. In the graph a chosen shift is a matrix product and 2r+1 row slices: no K-sized
-full-resolution stack of shifted templates sits in it.
+of it is saved. In the graph a chosen shift is one Gather from the template padded by the
+radius, at indices offset by the shift: no K-sized full-resolution stack of shifted templates
+sits in it, and the moved template is the template's own numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.scoring.filters import shift_axis, shift_offsets, shift_steps, shifted
+from train.scoring.filters import shift_offsets, shifted
 
 # Registration compares band-passes pooled by this factor: 16x less work, and a defect's own
 # pixels barely move the choice of shift.
@@ -47,21 +48,22 @@ class Registration(nn.Module):
 
     @torch.no_grad()
     def _build_banks(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """The pooled template at every shift (K, D) to choose one by; one-hot rows (K, S) for
-        the chosen shift's row and column offsets; template and spread side by side at every
-        column offset (S, 2*C*H*W)."""
+        """The pooled template at every shift (K, D) to choose one by; template and spread side
+        by side, padded by the radius with edges replicated and flattened (2C, (H+2r)*(W+2r));
+        the flat index of each pixel's unshifted source in it (H*W,) and each shift's offset
+        to add (K,): (dy + r) padded rows and dx + r columns."""
         r = self.radius
-        offsets, steps = shift_offsets(r), shift_steps(r)
+        offsets = shift_offsets(r)
         bank = torch.cat([shifted(mean, dy, dx, r) for dy, dx in offsets])  # (K, C, H, W)
-        eye = torch.eye(len(steps), device=mean.device)
         self.register_buffer("bank", pooled_roi(bank, self.roi), persistent=False)  # (K, D)
-        pick_row = torch.stack([eye[steps.index(dy)] for dy, _ in offsets])  # (K, S)
-        pick_col = torch.stack([eye[steps.index(dx)] for _, dx in offsets])  # (K, S)
-        self.register_buffer("pick_row", pick_row, persistent=False)
-        self.register_buffer("pick_col", pick_col, persistent=False)
+        H, W = mean.shape[-2:]
         both = torch.cat([mean, std], dim=1)  # (1, 2C, H, W)
-        col_bank = torch.cat([shift_axis(both, dx, r, -1) for dx in steps]).flatten(1)  # (S, 2*C*H*W)
-        self.register_buffer("col_bank", col_bank, persistent=False)
+        padded = F.pad(both, (r, r, r, r), mode="replicate")[0].flatten(1)  # (2C, (H+2r)*(W+2r))
+        rows, cols = torch.arange(H, device=mean.device), torch.arange(W, device=mean.device)
+        self.register_buffer("padded", padded, persistent=False)
+        self.register_buffer("origin", (rows[:, None] * (W + 2 * r) + cols[None, :]).flatten(), persistent=False)
+        shift = torch.tensor([(dy + r) * (W + 2 * r) + dx + r for dy, dx in offsets], device=mean.device)
+        self.register_buffer("shift_offset", shift, persistent=False)  # (K,)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
         if self.lighting:
@@ -116,13 +118,10 @@ class Registration(nn.Module):
             return self.mean, self.std, self.fit_lighting(bp)[1]
         best, plane = self.best(bp)
         N, (C, H, W) = bp.shape[0], self.mean.shape[1:]
-        pick_row, pick_col = self.pick_row[best], self.pick_col[best]  # (N, S) one-hot each
-        # Template and spread side by side, column offset applied by the matrix product.
-        by_col = (pick_col @ self.col_bank).view(N, 2 * C, H, W)
-        padded = F.pad(by_col, (0, 0, r, r), mode="replicate")  # (N, 2C, H+2r, W)
-        moved = pick_row[:, :1].view(N, 1, 1, 1) * padded[:, :, :H]
-        for i in range(1, 2 * r + 1):  # row offset i - r: rows i .. i+H of the padded copy
-            moved = moved + pick_row[:, i : i + 1].view(N, 1, 1, 1) * padded[:, :, i : i + H]
+        # The value at p of the template moved by (dy, dx) is the padded one's at p + (dy + r, dx + r).
+        index = self.origin[None, :] + self.shift_offset[best][:, None]  # (N, H*W)
+        moved = self.padded[:, index]  # (2C, N, H*W)
+        moved = moved.transpose(0, 1).reshape(N, 2 * C, H, W)
         return moved[:, :C], moved[:, C:], plane
 
     def move_back(self, bp: torch.Tensor) -> torch.Tensor:
