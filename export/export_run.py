@@ -124,8 +124,9 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         },
         "threshold": threshold,
         "decision": "fail when score >= threshold",
-        # The config's choice, and what calibration made of it per term (weights, units, plans).
-        "scoring": {"config": to_dict(m.score), **run.model.scorer.describe()},
+        # The config's choice, what calibration made of it per term (weights, units, plans), and
+        # what rebuilt the map after training (vqad calibrate --choose-scale / --fuse-scales).
+        "scoring": {"config": to_dict(m.score), **run.model.scorer.describe(), **_rebuilt(run)},
         "metrics": {"training": run.meta.get("metrics", {}), "evaluation": eval_metrics},
         "files": {
             FP32_FILE: sha256_file(staging / FP32_FILE),
@@ -145,6 +146,12 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         "camera_health": _camera_health(run),
     }
     return meta
+
+
+def _rebuilt(run) -> dict[str, Any]:
+    """{"rebuilt": ...} when `vqad calibrate` rebuilt the run's map after training, else {}."""
+    rebuilt = {k: run.meta[k] for k in ("scale_choice", "fuse_choice") if k in run.meta}
+    return {"rebuilt": rebuilt} if rebuilt else {}
 
 
 def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: bool = False) -> dict[str, Any]:

@@ -167,6 +167,7 @@ def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp
     pkg = load_package(tmp_path / "model")
     assert pkg.threshold == t["value"]
     assert pkg.meta["model_config"]["score"]["scale"] == choice["chosen"]
+    assert pkg.meta["scoring"]["rebuilt"]["scale_choice"]["chosen"] == choice["chosen"]  # its provenance
     run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval2", "--no-pictures")
     metrics = json.loads((run / "eval2" / "metrics.json").read_text())
     assert metrics["score_scale"] == choice["chosen"] and metrics["score_fuse_scales"] == list(factors[1:])

@@ -35,6 +35,7 @@ def test_package_files_and_metadata(tiny_model, tiny_run):
     terms = {t["name"]: t for t in meta["scoring"]["terms"]}
     assert list(terms) == meta["scoring"]["config"]["terms"] == ["head", "errors", "template"]
     assert all(t["unit"] and t["weight"] > 0 for t in terms.values())
+    assert "rebuilt" not in meta["scoring"]  # the map is the one training calibrated
     template = terms["template"]["plan"]
     assert template["aligned"] and template["alignment"] > 0.5 and template["gain"] > 0
     assert template["shift"] > 0 and template["blob_sigma"] > 0 and template["lighting"]  # all three in the graph

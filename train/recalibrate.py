@@ -154,9 +154,8 @@ def rebuild_map(run: Run, cfg: ModelConfig, train_images: np.ndarray, val_images
 def _good_images(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's own good training and validation images, as its training split them."""
     cfg, split = run.model_cfg, run.split()
-    return load_images(split["train"], cfg.image_size, cfg.channels), load_images(
-        split["val"], cfg.image_size, cfg.channels
-    )
+    train = load_images(split["train"], cfg.image_size, cfg.channels)
+    return train, load_images(split["val"], cfg.image_size, cfg.channels)
 
 
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:
