@@ -57,17 +57,16 @@ def calibrate_run(
     if choose_scale and defects_dir is None:
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     run = load_run(run_dir)
-    cfg = run.model_cfg
+    cfg, fused = run.model_cfg, None
     if fuse_scales is not None:  # validated as the config's own field (ConfigError)
         cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, fuse_scales=tuple(fuse_scales)))
-    frames, paths = good_frames(good_dir, cfg.image_size, cfg.channels)
-    target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
-    previous = run.threshold()
-    choice, fused = None, None
-    if fuse_scales is not None:
         before = list(run.model_cfg.score.fuse_scales)
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
+    frames, paths = good_frames(good_dir, cfg.image_size, cfg.channels)
+    target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
+    previous = run.threshold()
+    choice = None
     if choose_scale:
         choice, scores = choose_map_scale(run, frames, defects_dir, target, cfg)
         choice["good"] = str(Path(good_dir).resolve())
