@@ -27,6 +27,10 @@ import numpy as np
 from benchmarks.common import ROOT, stats
 from edge.transport import free_loopback_port
 
+# `vqad serve --set` for a daemon whose every frame passes: a threshold no score reaches, and no
+# camera health gate (the benchmarks' noise frames are unfit to it, and an unfit frame fails).
+EVERY_FRAME_PASSES = ("edge.threshold=1e9", "edge.health.enabled=false")
+
 
 def raw_backend_fps(model_dir: Path, batch: int, seconds: float = 3.0, workers: int | None = None) -> float:
     """The backend alone, as the daemon configures it (configs/edge.yaml): its inference workers'

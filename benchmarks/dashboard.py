@@ -151,7 +151,7 @@ def daemon_cost(
     "chromium" opens 5 headless Chromium on this machine, whose drawing then shares the
     daemon's cores. rejects: every noise frame fails, the galleries refresh as often as they
     can (the dashboard's worst case); else every frame passes (a line's usual state)."""
-    from benchmarks.daemon import Daemon, _frames_dir, _stream
+    from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
 
     workdir = Path(tempfile.mkdtemp(prefix="vqd", dir="/tmp"))
     folder = _frames_dir((256, 256, 3), workdir)
@@ -159,9 +159,7 @@ def daemon_cost(
     cores: dict[str, list[float]] = {}
     for r in range(repeats):
         for mode in ("off", "on"):
-            # Passing: a threshold no score reaches, and no health gate (noise frames are unfit).
-            passing = ("edge.threshold=1e9", "edge.health.enabled=false")
-            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else passing)
+            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else EVERY_FRAME_PASSES)
             dashboard, drivers, clients = None, [], []
             try:
                 if mode == "on":
