@@ -2,19 +2,27 @@
 messages mixed in. Not part of CI.
 
     python -m benchmarks.soak MODEL_DIR [--minutes 10] [--load 0.8] [--malformed 0.01] [--window-s 30]
-                                        [--warmup-s 60]
+                                        [--warmup-s 60] [--record [--record-max-gb 0.02]]
 
 Reports frames sent, results by status, frames lost (must be 0), the daemon's RSS at the
 start and the end (growth must stay under 5%), and p99 latency and RSS per time window.
 "Start" is after a warm-up at the soak's own rate (default 60 s, counted in the run): the
 allocators' first growth to the working set is not a leak. The RSS right after startup is
 reported too, so the warm-up's share is visible.
+
+The frames cycle through 16 noise images, so that no two in a row are alike (the camera health
+gate fails a frame identical to the camera's previous one). With `--record` the daemon records
+every result in a SQLite file, keeping the frame and overlay of 10% of the passes, under an
+evidence quota small enough that the oldest evidence is removed throughout; every frame passes
+(`benchmarks.daemon.EVERY_FRAME_PASSES`, as in `benchmarks.record`). The soak then also requires a row for every result
+and the evidence within its quota.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -24,7 +32,7 @@ import numpy as np
 import psutil
 import zmq
 
-from benchmarks.daemon import Daemon
+from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon
 from edge.protocol import frame_message, parse_result
 
 
@@ -36,11 +44,22 @@ def run_soak(
     window_s: float = 30.0,
     warmup_s: float = 60.0,
     shape: tuple[int, int, int] = (256, 256, 3),
+    record_max_gb: float | None = None,
 ) -> dict[str, Any]:
+    """record_max_gb: record every result with this evidence quota (None: no record)."""
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
-    daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0)
+    database = workdir / "line.db"
+    settings = ()
+    if record_max_gb is not None:
+        settings = (
+            f"edge.record=sqlite:///{database}",
+            "edge.record_pass_fraction=0.1",
+            f"edge.record_max_gb={record_max_gb}",
+            *EVERY_FRAME_PASSES,
+        )
+    daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0, settings=settings)
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
@@ -50,8 +69,8 @@ def run_soak(
     push.connect(daemon.frames)
     time.sleep(0.5)
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, shape, dtype=np.uint8)
-    good = frame_message("soak", 0, frame)
+    frames = [rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(16)]
+    good = frame_message("soak", 0, frames[0])
 
     received: dict[int, str] = {}
     latencies: list[tuple[float, float]] = []
@@ -70,7 +89,7 @@ def run_soak(
     # Measure throughput first: a burst of 200 frames under backpressure.
     t0 = time.monotonic()
     for i in range(200):
-        push.send_multipart(frame_message("soak", i, frame))
+        push.send_multipart(frame_message("soak", i, frames[i % len(frames)]))
     while len(received) < 200 and time.monotonic() - t0 < 120:
         time.sleep(0.05)
     throughput = len(received) / (time.monotonic() - t0)
@@ -92,7 +111,7 @@ def run_soak(
             malformed_ids.add(fid)
             sent_bad += 1
         else:
-            push.send_multipart(frame_message("soak", fid, frame))
+            push.send_multipart(frame_message("soak", fid, frames[fid % len(frames)]))
             sent_valid += 1
         fid += 1
         now = time.monotonic()
@@ -119,6 +138,7 @@ def run_soak(
         by_status[status] = by_status.get(status, 0) + 1
     lost = fid - len(received)
     wrong = sum(1 for i in malformed_ids if received.get(i) != "error")
+    record = _record_summary(database, record_max_gb, len(received)) if record_max_gb is not None else None
     windows = []
     for w0 in np.arange(t_start, deadline, window_s):
         lat = [v for t, v in latencies if w0 <= t < w0 + window_s]
@@ -144,7 +164,33 @@ def run_soak(
         "rss_growth": (rss_end - rss_start) / rss_start,
         "p99_latency_windows": windows,
         "rss_windows": rss_windows,
-        "passed": lost == 0 and wrong == 0 and (rss_end - rss_start) / rss_start < 0.05,
+        "record": record,
+        "passed": lost == 0
+        and wrong == 0
+        and (rss_end - rss_start) / rss_start < 0.05
+        and (record is None or record["passed"]),
+    }
+
+
+def _record_summary(database: Path, max_gb: float, answered: int) -> dict[str, Any]:
+    """What the record kept: a row for each of the `answered` results, and the evidence within
+    its quota (plus the files of one writer batch, which the writer trims after committing it)."""
+    with sqlite3.connect(database) as conn:
+        rows, kept, removed = conn.execute(
+            "SELECT COUNT(*), COUNT(evidence_frame) - SUM(evidence_removed), SUM(evidence_removed) FROM results"
+        ).fetchone()
+    evidence = Path(f"{database}.evidence")
+    evidence_bytes = sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+    quota = int(max_gb * 1e9)
+    batch_slack = 256 * 0.1 * 2 * max((p.stat().st_size for p in evidence.rglob("*") if p.is_file()), default=0)
+    return {
+        "rows": rows,
+        "results_answered": answered,
+        "evidence_kept": kept,
+        "evidence_removed": removed,
+        "evidence_mb": evidence_bytes / 1e6,
+        "quota_mb": quota / 1e6,
+        "passed": rows == answered and evidence_bytes <= quota + batch_slack,
     }
 
 
@@ -156,7 +202,17 @@ if __name__ == "__main__":
     ap.add_argument("--malformed", type=float, default=0.01)
     ap.add_argument("--window-s", type=float, default=30.0)
     ap.add_argument("--warmup-s", type=float, default=60.0, help="RSS 'start' is taken after this")
+    ap.add_argument("--record", action="store_true", help="record every result in SQLite, under an evidence quota")
+    ap.add_argument("--record-max-gb", type=float, default=0.02, help="the evidence quota with --record")
     args = ap.parse_args()
-    result = run_soak(args.model, args.minutes, args.load, args.malformed, args.window_s, args.warmup_s)
+    result = run_soak(
+        args.model,
+        args.minutes,
+        args.load,
+        args.malformed,
+        args.window_s,
+        args.warmup_s,
+        record_max_gb=args.record_max_gb if args.record else None,
+    )
     print(json.dumps(result, indent=2))
     raise SystemExit(0 if result["passed"] else 1)
