@@ -179,10 +179,10 @@ def _record_summary(database: Path, max_gb: float, answered: int) -> dict[str, A
         rows, kept, removed = conn.execute(
             "SELECT COUNT(*), COUNT(evidence_frame) - SUM(evidence_removed), SUM(evidence_removed) FROM results"
         ).fetchone()
-    evidence = Path(f"{database}.evidence")
-    evidence_bytes = sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+    sizes = [p.stat().st_size for p in Path(f"{database}.evidence").rglob("*") if p.is_file()]
+    evidence_bytes = sum(sizes)
     quota = int(max_gb * 1e9)
-    batch_slack = 256 * 0.1 * 2 * max((p.stat().st_size for p in evidence.rglob("*") if p.is_file()), default=0)
+    batch_slack = 256 * 0.1 * 2 * max(sizes, default=0)  # a batch's rows, 10% with a frame and an overlay
     return {
         "rows": rows,
         "results_answered": answered,
