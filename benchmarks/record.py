@@ -49,11 +49,10 @@ def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
     # Every frame passes (the bench's frames are noise, which a model and the camera health gate
     # fail), so that evidence is kept for record_pass_fraction = 10% of them, the figure's
     # condition; both modes alike.
-    passing = EVERY_FRAME_PASSES
     for r in range(repeats):
         for mode in ("off", "on"):
             record = (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1")
-            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=passing + (record if mode == "on" else ()))
+            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=EVERY_FRAME_PASSES + (record if mode == "on" else ()))
             try:
                 rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
             finally:

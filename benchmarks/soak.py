@@ -14,8 +14,8 @@ The frames cycle through 16 noise images, so that no two in a row are alike (the
 gate fails a frame identical to the camera's previous one). With `--record` the daemon records
 every result in a SQLite file, keeping the frame and overlay of 10% of the passes, under an
 evidence quota small enough that the oldest evidence is removed throughout; every frame passes
-(`benchmarks.daemon.EVERY_FRAME_PASSES`, as in `benchmarks.record`). The soak then also requires a row for every result
-and the evidence within its quota.
+(`benchmarks.daemon.EVERY_FRAME_PASSES`, as in `benchmarks.record`). The soak then also
+requires a row for every result and the evidence within its quota.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ import zmq
 
 from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon
 from edge.protocol import frame_message, parse_result
+from edge.record.writer import BATCH_ROWS
+
+# With --record: the share of passes whose frame and overlay are kept (configs/edge.yaml's default).
+PASS_FRACTION = 0.1
 
 
 def run_soak(
@@ -50,12 +54,13 @@ def run_soak(
     import tempfile
 
     workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
-    database = workdir / "line.db"
+    database, evidence = workdir / "line.db", workdir / "evidence"
     settings = ()
     if record_max_gb is not None:
         settings = (
             f"edge.record=sqlite:///{database}",
-            "edge.record_pass_fraction=0.1",
+            f"edge.evidence_dir={evidence}",
+            f"edge.record_pass_fraction={PASS_FRACTION}",
             f"edge.record_max_gb={record_max_gb}",
             *EVERY_FRAME_PASSES,
         )
@@ -138,7 +143,7 @@ def run_soak(
         by_status[status] = by_status.get(status, 0) + 1
     lost = fid - len(received)
     wrong = sum(1 for i in malformed_ids if received.get(i) != "error")
-    record = _record_summary(database, record_max_gb, len(received)) if record_max_gb is not None else None
+    record = None if record_max_gb is None else _record_summary(database, evidence, record_max_gb, len(received))
     windows = []
     for w0 in np.arange(t_start, deadline, window_s):
         lat = [v for t, v in latencies if w0 <= t < w0 + window_s]
@@ -172,17 +177,17 @@ def run_soak(
     }
 
 
-def _record_summary(database: Path, max_gb: float, answered: int) -> dict[str, Any]:
+def _record_summary(database: Path, evidence: Path, max_gb: float, answered: int) -> dict[str, Any]:
     """What the record kept: a row for each of the `answered` results, and the evidence within
     its quota (plus the files of one writer batch, which the writer trims after committing it)."""
     with sqlite3.connect(database) as conn:
         rows, kept, removed = conn.execute(
             "SELECT COUNT(*), COUNT(evidence_frame) - SUM(evidence_removed), SUM(evidence_removed) FROM results"
         ).fetchone()
-    sizes = [p.stat().st_size for p in Path(f"{database}.evidence").rglob("*") if p.is_file()]
+    sizes = [p.stat().st_size for p in evidence.rglob("*") if p.is_file()]
     evidence_bytes = sum(sizes)
     quota = int(max_gb * 1e9)
-    batch_slack = 256 * 0.1 * 2 * max(sizes, default=0)  # a batch's rows, 10% with a frame and an overlay
+    batch_slack = BATCH_ROWS * PASS_FRACTION * 2 * max(sizes, default=0)  # a batch's frames and overlays
     return {
         "rows": rows,
         "results_answered": answered,
