@@ -145,9 +145,19 @@ def train_and_eval(
     from train.evaluate import evaluate
 
     sets = [a for o in overrides for a in ("--set", o)]
-    vqad("train", category, "--out", run_dir, *budget.args(), "--image-size", image_size, *sets)
-    evaluate(run_dir, category, run_dir / "eval", pictures=False)
-    return accuracy_row(run_dir) | {"overrides": overrides}
+    # A training is minutes to an hour and prints nothing here: each says when it starts and ends.
+    what = f"{category.name} / {run_dir.name}"
+    print(f"[train] {what}: started {time.strftime('%H:%M')}", flush=True)
+    with Timer() as t:
+        vqad("train", category, "--out", run_dir, *budget.args(), "--image-size", image_size, *sets)
+        evaluate(run_dir, category, run_dir / "eval", pictures=False)
+    row = accuracy_row(run_dir) | {"overrides": overrides}
+    print(
+        f"[train] {what}: {row['steps']} steps (ended by {row['ended_by']}), image AUROC "
+        f"{figure(row['image_auroc'])}, trained and evaluated in {t.seconds / 60:.1f} min",
+        flush=True,
+    )
+    return row
 
 
 def accuracy_row(run_dir: Path) -> dict[str, Any]:

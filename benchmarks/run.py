@@ -298,6 +298,13 @@ def main() -> None:
     budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     t0 = time.monotonic()
+
+    def begin(part: str) -> None:
+        """A line as each part starts: the whole run is minutes (--quick) to hours."""
+        print(
+            f"[bench] {part}: started {time.strftime('%H:%M')}, {(time.monotonic() - t0) / 60:.0f} min in", flush=True
+        )
+
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
@@ -314,6 +321,7 @@ def main() -> None:
     elif "accuracy" in parts:
         from benchmarks.accuracy import bench_accuracy
 
+        begin("accuracy")
         report["accuracy"] = acc = bench_accuracy(
             args.data, budget, args.image_size, args.ablation, workdir, repeats=args.repeats
         )
@@ -321,11 +329,13 @@ def main() -> None:
     if args.real and "accuracy" in parts:
         from benchmarks.accuracy import bench_real
 
+        begin(f"accuracy on the real categories under {args.real}")
         report["accuracy_real"] = bench_real(args.real, budget, args.image_size, workdir, repeats=args.repeats)
         write_report(report)
     if report.get("accuracy"):
         from benchmarks.scoring import scoring_ablation
 
+        begin("scoring ablation")
         # The scorer ablated post hoc on each category's default run (no extra training).
         report["scoring_ablation"] = {
             cat: scoring_ablation(Path(rows["ours (configs/)"]["run"]), Path(report["accuracy"]["data"]) / cat)
@@ -347,26 +357,31 @@ def main() -> None:
     if "backends" in parts:
         from benchmarks.backends import bench_backends
 
+        begin("backends")
         report["backends"] = bench_backends(run_dir, model_dir, repeats=3 if args.quick else 5)
         write_report(report)  # each part is kept even if a later one fails
     if "daemon" in parts:
         from benchmarks.daemon import bench_daemon
 
+        begin("daemon")
         report["daemon"] = bench_daemon(model_dir, quick=args.quick, repeats=2 if args.quick else 3)
         write_report(report)
     if "record" in parts:
         from benchmarks.record import bench_record
 
+        begin("record")
         report["record"] = bench_record(model_dir, quick=args.quick)
         write_report(report)
     if "dashboard" in parts:
         from benchmarks.dashboard import bench_dashboard
 
+        begin("dashboard")
         report["dashboard"] = bench_dashboard(model_dir, quick=args.quick)
         write_report(report)
     if "drift" in parts and report.get("accuracy"):
         from benchmarks.drift import bench_drift
 
+        begin("drift")
         # The default run of the first category: its package, its good test images.
         first = next(iter(report["accuracy"]["categories"]))
         report["drift"] = bench_drift(model_dir, Path(report["accuracy"]["data"]) / first)
@@ -374,6 +389,7 @@ def main() -> None:
     if "health" in parts and (report.get("accuracy") or args.real):
         from benchmarks.health import bench_health
 
+        begin("camera health gate")
         roots = [Path(report["accuracy"]["data"]) / c for c in report.get("accuracy", {}).get("categories", {})]
         roots += sorted(p for p in Path(args.real).iterdir() if (p / "train" / "good").is_dir()) if args.real else []
         report["health"] = bench_health(roots, args.image_size)  # each root at its own input size
@@ -381,6 +397,7 @@ def main() -> None:
     if "transport" in parts:
         from benchmarks.transport import bench_transport
 
+        begin("transport")
         try:
             report["transport"] = bench_transport(quick=args.quick)
         except zmq.Again:

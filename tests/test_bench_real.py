@@ -10,7 +10,7 @@ from benchmarks.accuracy import Budget, bench_real, median_row
 from benchmarks.run import real_markdown, steps_cell
 
 
-def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tmp_path):
+def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tmp_path, capsys):
     root = tmp_path / "real"
     shutil.copytree(synth_root / "bracket", root / "part")
     (root / "notes").mkdir()  # not a category: no train/good
@@ -25,6 +25,11 @@ def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tm
     assert "6 steps (guard 5 min) per model" in table
     assert "| part | ours (configs/) | 32 x 32 | 6 |" in table and "| part | per-pixel Gaussian |" in table
     assert "false rejects" in table and "%" in table
+    # A long run shows its progress: each training's start and end, then the category's figures.
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[train] part / ours: started ")
+    assert lines[1].startswith("[train] part / ours: 6 steps (ended by steps), image AUROC ")
+    assert lines[2].startswith("[real] part: image AUROC ")
 
 
 def test_a_training_the_guard_stopped_short_is_marked():
