@@ -8,7 +8,8 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# make bench REAL=DIR adds every real category (MVTec layout) under DIR to the accuracy part;
+# make bench REAL=DIR (and bench-quick REAL=DIR) adds every real category (MVTec layout) under DIR
+# to the accuracy part;
 # BENCH_ARGS passes more flags to benchmarks.run (e.g. "--steps 1000 --minutes 90").
 REAL ?=
 BENCH_ARGS ?=
@@ -35,7 +36,7 @@ bench: install
 	$(PY) -m benchmarks.run --repeats 3 $(if $(REAL),--real $(REAL)) $(BENCH_ARGS)
 
 bench-quick: install
-	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.run --quick $(if $(REAL),--real $(REAL)) $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
