@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -146,8 +147,20 @@ class Daemon:
         return rss
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path, tag: str) -> dict[str, Any]:
+    """`count` frames from a camera process through the daemon to a subscriber process: the
+    subscriber's summary, the frames `lost`, and the CPU each side used per frame sent."""
     summary = workdir / f"summary-{tag}.json"
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    daemon_before = _cpu_seconds(daemon.proc.pid)
     watch = subprocess.Popen(
         [
             sys.executable,
@@ -191,8 +204,14 @@ def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path,
         check=True,
     )
     watch.wait(timeout=300)
+    daemon_cpu = _cpu_seconds(daemon.proc.pid) - daemon_before
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the camera and the subscriber, both waited for
+    sides_cpu = sum(getattr(children_after, f) - getattr(children_before, f) for f in ("ru_utime", "ru_stime"))
     result = json.loads(summary.read_text())
     result["lost"] = count - int(result.get("results", 0))
+    # Where the cores went: the daemon's (all its threads), and the camera's and the subscriber's
+    # (with their start-up), which the raw backend does not share its cores with.
+    result["cpu_ms_per_frame"] = {"daemon": 1e3 * daemon_cpu / count, "camera_and_subscriber": 1e3 * sides_cpu / count}
     if result["lost"]:
         print(f"WARNING: {result['lost']} of {count} frames got no result ({tag})", file=sys.stderr)
     return result
@@ -222,7 +241,7 @@ def bench_daemon(
     for shape in shapes:
         key = "x".join(map(str, shape))
         folder = _frames_dir(shape, workdir)
-        ratios, e2e, raws, lost = [], [], [], 0
+        ratios, e2e, raws, lost, cpu = [], [], [], 0, []
         raws_one, ratios_one = [], []
         daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms, transport=transport)
         try:
@@ -233,6 +252,7 @@ def bench_daemon(
                 s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
                 fps = s["rate_per_s"] or 0.0
                 lost += s["lost"]
+                cpu.append(s["cpu_ms_per_frame"])
                 raws.append(raw)
                 e2e.append(fps)
                 ratios.append(fps / raw)
@@ -261,6 +281,8 @@ def bench_daemon(
             "raw_backend_fps_one_worker": stats(raws_one),
             "ratio_to_one_worker": stats(ratios_one),
             "latency_under_load": load,
+            # CPU ms per frame at full load, medians: the frames' size shows in both.
+            "cpu_ms_per_frame": {k: float(np.median([c[k] for c in cpu])) for k in cpu[0]},
             "daemon_peak_rss_mib": rss / 2**20,
             "frames_without_result": lost,
         }

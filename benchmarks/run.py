@@ -234,11 +234,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"max_delay {dm['max_delay_ms']} ms, {dm.get('inference_workers', 1)} inference worker(s))",
             "",
             "The raw backend runs as the daemon configures it (the same workers and threads). The last "
-            "ratio is to one backend instance with all the cores (`inference_workers: 1`).",
+            "ratio is to one backend instance with all the cores (`inference_workers: 1`). The CPU per frame at "
+            "full load says where the cores went: the camera and subscriber processes (their start-up included) "
+            "share the cores the raw backend has to itself.",
             "",
             "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
-            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result | ratio to one worker |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result | ratio to one worker "
+            "| CPU ms a frame: daemon / camera + subscriber |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, d in dm.items():
             if not isinstance(d, dict) or "ratio" not in d:
@@ -252,6 +255,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
                 f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} | "
                 + (f"{d['ratio_to_one_worker']['median']:.2f} |" if "ratio_to_one_worker" in d else "n/a |")
+                + (
+                    " {daemon:.1f} / {camera_and_subscriber:.1f} |".format(**d["cpu_ms_per_frame"])
+                    if "cpu_ms_per_frame" in d
+                    else " n/a |"
+                )
             )
         lines.append("")
     tr = report.get("transport")

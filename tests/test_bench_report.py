@@ -1,0 +1,37 @@
+"""The bench report's Markdown: written at the end of an hours-long run, from the JSON that each
+part left, so it must render reports with and without the figures later commits added."""
+
+from __future__ import annotations
+
+from benchmarks.run import markdown
+
+
+def _daemon_row(with_cpu: bool) -> dict:
+    spread = {"median": 60.0, "min": 58.0, "max": 62.0, "n": 2}
+    row = {
+        "end_to_end_fps": spread,
+        "raw_backend_fps": spread,
+        "ratio": {"median": 0.75, "min": 0.7, "max": 0.8, "n": 2},
+        "ratio_to_one_worker": {"median": 0.95, "min": 0.9, "max": 1.0, "n": 2},
+        "latency_under_load": {
+            "50%": {"latency_ms": {"p50": 40.0, "p99": 60.0}},
+            "90%": {"latency_ms": {"p50": 50.0, "p99": 110.0}},
+        },
+        "daemon_peak_rss_mib": 540.0,
+        "frames_without_result": 0,
+    }
+    if with_cpu:
+        row["cpu_ms_per_frame"] = {"daemon": 34.8, "camera_and_subscriber": 8.8}
+    return row
+
+
+def test_the_daemon_table_shows_where_the_cores_went_and_renders_older_reports():
+    report = {
+        "date": "2026-12-01 00:00",
+        "machine": {"cpu": "a CPU", "cores": 2},
+        "daemon": {"max_batch": 8, "max_delay_ms": 10.0, "inference_workers": 2, "1024x1280x3": _daemon_row(True)},
+    }
+    assert "| 1024x1280x3 | 60.0 | 60.0 | 0.75 (min 0.70) |" in markdown(report)
+    assert "| 0.95 | 34.8 / 8.8 |" in markdown(report)
+    report["daemon"]["1024x1280x3"] = _daemon_row(False)
+    assert "| 0.95 | n/a |" in markdown(report)
