@@ -128,8 +128,12 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Image files anywhere under `folder`, sorted by path."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files anywhere under `folder`, sorted by path; DataError when `folder` is not a
+    folder (a mistyped path would otherwise read as a folder without images)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"no such folder: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -125,6 +125,8 @@ def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path):
     (tmp_path / "one").mkdir()
     proc = run_vqad("calibrate", tiny_model, tmp_path / "one", check=False)
     assert proc.returncode != 0 and "at least 2 good images" in proc.stderr
+    proc = run_vqad("calibrate", tiny_model, tmp_path / "mistyped", check=False)
+    assert proc.returncode == 3 and "no such folder" in proc.stderr
     proc = run_vqad("calibrate", tiny_model, tmp_path, "--target-frr", "0.7", check=False)
     assert proc.returncode == 2 and "--target-frr" in proc.stderr
     before = (tiny_model / "model.json").read_text()
