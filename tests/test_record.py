@@ -195,6 +195,25 @@ def test_bad_review_input_is_refused(tmp_path):
         record.review("c", 1, "maybe")
 
 
+def test_a_record_is_named_by_url_or_by_path_and_a_missing_one_is_not_created(tmp_path, monkeypatch):
+    db = tmp_path / "line.db"
+    proc = run_vqad("records", db, check=False)
+    assert proc.returncode == 3 and "no record at" in proc.stderr and not db.exists()
+    proc = run_vqad("review", f"sqlite:///{db}", "cam1", "7", "--verdict", "false_reject", check=False)
+    assert proc.returncode == 3 and not db.exists()
+    Record(f"sqlite:///{db}")  # a writer (the daemon, the dashboard) creates it
+    assert db.is_file()
+    monkeypatch.chdir(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO results (camera_id, frame_id, ts_ns, status, evidence_removed) VALUES ('cam1', 7, 1, 'ok', 0)"
+        )
+    record = Record("line.db", must_exist=True)  # a relative path names the same file
+    assert [r["frame_id"] for r in record.results()] == [7]
+    record.review("cam1", 7, "false_reject")
+    assert Record(str(db)).results()[0]["reviews"][0]["verdict"] == "false_reject"
+
+
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):
     db = tmp_path / "line.db"
     url = f"sqlite:///{db}"

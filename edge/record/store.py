@@ -2,7 +2,8 @@
 add a review, export the reviewed evidence as training data. `vqad records`, `vqad review` and
 the dashboard use it; so can any program.
 
-URLs are SQLAlchemy's: `sqlite:///PATH` (the default; WAL mode) or `postgresql://...`.
+URLs are SQLAlchemy's: `sqlite:///PATH` (the default; WAL mode) or `postgresql://...`; a plain
+PATH names a SQLite file.
 """
 
 from __future__ import annotations
@@ -21,9 +22,24 @@ from edge.record.schema import events, migrate, results, reviews
 VERDICTS = ("false_reject", "defect")
 
 
+def record_url(text: str) -> str:
+    """A record URL as SQLAlchemy reads it: a URL stays, a plain path names a SQLite file."""
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (None for another database or an in-memory one)."""
+    parsed = sa.engine.make_url(record_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def create_engine(url: str) -> sa.Engine:
-    """An engine for `url`; SQLite files get WAL (readers never block the writer) and
-    synchronous=NORMAL (a crash loses at most the last transaction, never the file)."""
+    """An engine for `url` (or a SQLite file's path); SQLite files get WAL (readers never block
+    the writer) and synchronous=NORMAL (a crash loses at most the last transaction, never the
+    file)."""
+    url = record_url(url)
     try:
         engine = sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError) as exc:
@@ -58,8 +74,16 @@ def parse_time(text: str | None) -> int | None:
 
 
 class Record:
-    def __init__(self, url: str):
+    def __init__(self, url: str, must_exist: bool = False):
+        """must_exist: refuse a SQLite file that is not there (a query or a review of a
+        mistyped path would otherwise create an empty record and answer "0 results")."""
         self.url = url
+        try:
+            database = sqlite_file(url)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"cannot use the record URL {url!r}: {exc}") from exc
+        if must_exist and database is not None and not database.is_file():
+            raise DataError(f"no record at {database}: the daemon creates it (vqad serve --record)")
         self.engine = create_engine(url)
         migrate(self.engine)
 

@@ -111,7 +111,7 @@ def cmd_records(args: argparse.Namespace) -> int:
     from edge.record import Record
     from edge.record.store import parse_time
 
-    record = Record(args.url)
+    record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
         for folder, n in sorted(counts.items()):
@@ -147,7 +147,8 @@ def cmd_records(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from edge.record import Record
 
-    row = Record(args.url).review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note)
+    record = Record(args.url, must_exist=True)
+    row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note)
     print(f"review recorded: {row['camera_id']} frame {row['frame_id']}: {row['verdict']}")
     return 0
 
@@ -222,7 +223,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overload", choices=["backpressure", "drop_oldest"])
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--ready-file", type=Path, help="write this file once warmed up and serving")
-    s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH or postgresql://...")
+    s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH, postgresql://..., or a PATH")
     s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
@@ -288,7 +289,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 
 def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
-    r.add_argument("url", metavar="URL", help="sqlite:///PATH or postgresql://...")
+    r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
     r.add_argument("--camera", metavar="ID")
     r.add_argument("--decision", choices=["pass", "fail"])
     r.add_argument("--since", metavar="ISO8601", help="from this time (a time without zone is UTC)")
