@@ -35,6 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "the run's terms, fused with 0.7": {"fuse": (0.7,)},
     "the run's terms, fused with 0.5": {"fuse": (0.5,)},
     "the run's terms, fused with 0.7 and 0.5": {"fuse": (0.7, 0.5)},
+    "the run's terms, border 8": {"border": 8},
+    "the run's terms, border 12": {"border": 12},
     "head": {"terms": ("head",)},
     "errors": {"terms": ("errors",)},
     "template": {"terms": ("template",)},
