@@ -114,6 +114,13 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
 
 
+def test_ctl_names_a_daemon_that_does_not_answer(tmp_path):
+    started = time.monotonic()
+    proc = run_vqad("ctl", f"ipc://{tmp_path}/nobody", "status", check=False)
+    assert proc.returncode != 0 and "no answer from" in proc.stderr
+    assert time.monotonic() - started < 30  # the default wait for a command that is answered at once
+
+
 def test_sighup_reloads_the_model_the_symlink_points_to(tiny_model, tmp_path):
     b = _twin(tiny_model, tmp_path / "b")
     current = tmp_path / "current"

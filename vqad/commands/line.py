@@ -99,6 +99,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+CTL_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 60.0
+
 RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score", "threshold", "model_sha256")
 
 
@@ -177,7 +180,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         payload = {"camera": args.camera}
     else:
         payload = {}
-    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=args.timeout)
+    # A reload loads and warms up a model; every other command is answered at once, so a
+    # daemon that is not there is named within seconds.
+    timeout_s = args.timeout or (RELOAD_TIMEOUT_S if args.command == "reload" else CTL_TIMEOUT_S)
+    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=timeout_s)
     print(json.dumps(reply, indent=2))
     if not reply.get("ok"):
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
@@ -320,5 +326,9 @@ def _add_ctl(sub: argparse._SubParsersAction) -> None:
     c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
     c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
     c.add_argument("--by", help="who makes the change (default: this user)")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (a reload warms up)")
+    c.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds to wait for the answer (default {CTL_TIMEOUT_S:g}; a reload warms up: {RELOAD_TIMEOUT_S:g})",
+    )
     c.set_defaults(func=cmd_ctl)
