@@ -141,22 +141,21 @@ def test_a_run_saved_in_format_1_scores_as_it_did(category):
     assert run.meta["train_config_v1"]["head_loss"] == "bce"  # how it was trained, kept as saved
 
 
-def test_recalibrating_a_format_1_run_fits_the_same_golden_template(synth_root):
+def test_recalibrating_a_format_1_run_fits_the_same_golden_template():
     """The template term, calibrated afresh on the run's own good images, finds what the
     format-1 scorer found: the same template, blob filter and gain (the fixture's runs were
-    trained on the same `vqad synth` draw as the suite's, at 32 px, with smoothing sigma 1)."""
+    trained at 32 px with smoothing sigma 1; its training and validation images are stored
+    beside it, as `vqad synth` drew them then)."""
     import dataclasses
-    import json
 
-    from train.data import load_images
     from train.model import uint8_nhwc_to_float
     from train.scoring import GoodImages
     from train.scoring.template import GoldenTemplate, TemplatePlan, TemplateSettings
 
     for category in ("bracket", "weave"):
         run = load_run(LEGACY / category)
-        split = json.loads((LEGACY / category / "split.json").read_text())
-        train_images, val_images = (load_images([synth_root / p for p in split[k]], 32, 3) for k in ("train", "val"))
+        stored = np.load(LEGACY / category / "calibration_images.npz")
+        train_images, val_images = stored["train"], stored["val"]
         batches = [uint8_nhwc_to_float(torch.from_numpy(train_images))]
         val = uint8_nhwc_to_float(torch.from_numpy(val_images))
         settings = dataclasses.replace(TemplateSettings.for_size(32), sigma=1.0)
