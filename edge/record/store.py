@@ -27,18 +27,10 @@ def record_url(text: str) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file a SQLite URL names (None for another database or an in-memory one)."""
-    parsed = sa.engine.make_url(record_url(url))
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def create_engine(url: str) -> sa.Engine:
+def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     """An engine for `url` (or a SQLite file's path); SQLite files get WAL (readers never block
     the writer) and synchronous=NORMAL (a crash loses at most the last transaction, never the
-    file)."""
+    file). must_exist: DataError for a SQLite file that is not there, instead of creating it."""
     url = record_url(url)
     try:
         engine = sa.create_engine(url, pool_pre_ping=True)
@@ -47,6 +39,8 @@ def create_engine(url: str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
+            if must_exist and not Path(database).is_file():
+                raise DataError(f"no record at {database}: the daemon creates it (vqad serve --record)")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
         @sa.event.listens_for(engine, "connect")
@@ -78,13 +72,7 @@ class Record:
         """must_exist: refuse a SQLite file that is not there (a query or a review of a
         mistyped path would otherwise create an empty record and answer "0 results")."""
         self.url = url
-        try:
-            database = sqlite_file(url)
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"cannot use the record URL {url!r}: {exc}") from exc
-        if must_exist and database is not None and not database.is_file():
-            raise DataError(f"no record at {database}: the daemon creates it (vqad serve --record)")
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, must_exist)
         migrate(self.engine)
 
     def close(self) -> None:
