@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from edge import transport
 from edge.errors import PackageError, VqadError
 from edge.serving import load_serving
 
@@ -30,20 +31,22 @@ COMMANDS = ("status", "set-threshold", "reload", "pause", "resume")
 
 class Control:
     def __init__(self, daemon: Daemon, endpoint: str):
+        """Binds the control socket now (in the daemon's startup), so that a taken endpoint
+        stops the start instead of a thread."""
         self.daemon, self.endpoint = daemon, endpoint
+        self.sock: zmq.Socket | None = None
+        if endpoint:
+            self.sock = daemon.ctx.socket(zmq.REP)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            if daemon.cfg.curve.enabled:
+                from edge.security import make_curve_server
+
+                make_curve_server(self.sock, daemon.cfg.curve.server_secret_key)
+            transport.bind(self.sock, endpoint, "control")
 
     def run(self) -> None:
         """Serve requests and SIGHUP until the daemon stops."""
-        d = self.daemon
-        sock = None
-        if self.endpoint:
-            sock = d.ctx.socket(zmq.REP)
-            sock.setsockopt(zmq.LINGER, 0)
-            if d.cfg.curve.enabled:
-                from edge.security import make_curve_server
-
-                make_curve_server(sock, d.cfg.curve.server_secret_key)
-            sock.bind(self.endpoint)
+        d, sock = self.daemon, self.sock
         try:
             while not d.should_exit.is_set():
                 if d.reload_requested.is_set():

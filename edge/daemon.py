@@ -68,6 +68,9 @@ class Daemon:
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
+        self.frames_sock: zmq.Socket | None = None
+        self.results_sock: zmq.Socket | None = None
+        self.control: Control | None = None
         self.threads: list[threading.Thread] = []
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
@@ -76,7 +79,11 @@ class Daemon:
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
         self.install_signal_handlers()
-        self.startup()
+        try:
+            self.startup()
+        except BaseException:
+            self._undo_startup()
+            raise
         try:
             self.main_loop()
         finally:
@@ -93,13 +100,22 @@ class Daemon:
 
     def startup(self) -> None:
         cfg = self.cfg
-        self._check_previous_exit()
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
         self.serving = serving = load_serving(self.model_dir, cfg, self.metrics)
         self.metrics.threshold.set(serving.scoring.threshold)
         pkg = serving.package
         self._busy = [threading.Lock() for _ in serving.backends]
+        # The sockets and ports before the state folder: a taken one (the daemon before this
+        # one still running) stops the start before it touches that daemon's marker.
+        self.ctx = zmq.Context()
+        self.auth = transport.start_auth(self.ctx, cfg, self.metrics)
+        self.frames_sock = transport.frames_socket(self.ctx, cfg)
+        self.results_sock = transport.results_socket(self.ctx, cfg)
+        self.control = Control(self, cfg.control_endpoint)
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        self._check_previous_exit()
         if cfg.record:
             from edge.record import RecordWriter
 
@@ -107,13 +123,6 @@ class Daemon:
                 cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
                 max_gb=cfg.record_max_gb, state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
-        self.ctx = zmq.Context()
-        self.auth = transport.start_auth(self.ctx, cfg, self.metrics)
-        self.frames_sock = transport.frames_socket(self.ctx, cfg)
-        self.results_sock = transport.results_socket(self.ctx, cfg)
-        if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
-        self.control = Control(self, cfg.control_endpoint)
         self.threads = [
             threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
             threading.Thread(target=Publisher(self).run, name="publisher", daemon=True),
@@ -225,6 +234,24 @@ class Daemon:
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
+
+    def _undo_startup(self) -> None:
+        """Release what a start that failed had taken (no thread of the daemon runs yet), so
+        that the process exits, and remove its running marker if it wrote one: a start that
+        failed is no crash for the next start to report."""
+        for sock in (self.frames_sock, self.results_sock, self.control.sock if self.control else None):
+            if sock is not None:
+                sock.close(linger=0)
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.auth is not None:
+            self.auth.stop()
+        if self.ctx is not None:
+            self.ctx.term()
+        if self.serving is not None:
+            self.serving.close()
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
 
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:

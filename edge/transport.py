@@ -7,6 +7,7 @@ import socket
 
 import zmq
 
+from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
 from edge.settings import EdgeConfig
 
@@ -28,6 +29,16 @@ def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics):
     return start_authenticator(ctx, cfg.curve.authorized_keys_dir, metrics)
 
 
+def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
+    """sock.bind(endpoint); an endpoint that is taken (another daemon still running) or
+    malformed closes the socket and is one clear error instead of a traceback."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"the daemon cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
+
+
 def _secure(sock: zmq.Socket, cfg: EdgeConfig) -> None:
     if cfg.curve.enabled:
         from edge.security import make_curve_server
@@ -42,7 +53,7 @@ def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     _secure(sock, cfg)
     if cfg.frames_mode == "pull":
-        sock.bind(cfg.frames_endpoint)
+        bind(sock, cfg.frames_endpoint, "frames")
     else:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         for endpoint in cfg.camera_endpoints:
@@ -55,7 +66,7 @@ def results_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
     sock.setsockopt(zmq.LINGER, cfg.linger_ms)
     _secure(sock, cfg)
-    sock.bind(cfg.results_endpoint)
+    bind(sock, cfg.results_endpoint, "results")
     return sock
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,34 @@ def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     assert "vqad_unclean_exits 1.0" in metrics
     assert 'vqad_results_total{decision="' in metrics and "vqad_frames_in_total 1.0" in metrics
     assert "did not shut down cleanly" in second.log_text()
+
+
+def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_first_alone(tiny_model):
+    ipc = short_ipc_dir()
+    frames, results = (f"tcp://127.0.0.1:{free_loopback_port()}" for _ in range(2))
+    port = str(free_loopback_port())
+    with DaemonProcess(
+        tiny_model, "--frames", frames, "--results", results, "--metrics-port", port, ipc_dir=ipc
+    ) as first:
+        marker = ipc / "vqad-serve.running"
+        before = marker.read_text()
+        # TCP: a second bind of an ipc:// path takes it over (ZeroMQ), it is not refused.
+        for taken in (["--frames", frames], ["--control", results], ["--metrics-port", port]):
+            second = DaemonProcess(tiny_model, *taken, ipc_dir=ipc)
+            second.log_path = ipc / "second.log"
+            with pytest.raises(AssertionError, match="daemon exited 2"):
+                second.start(timeout=60)
+            text = second.log_text()
+            assert re.search("cannot (bind its|serve metrics)", text) and "Traceback" not in text, text
+            assert "did not shut down cleanly" not in text  # the running daemon's marker untouched
+            assert marker.read_text() == before and not (ipc / "vqad-serve.state.json").exists()
+            second.log_path.unlink()
+        sub, cam = Subscriber(results), Camera(frames)
+        cam.send(frame_message("x", 0, FRAME))
+        assert [h["status"] for h, _ in sub.collect(1)] == ["ok"]  # the first still serves
+        cam.close()
+        sub.close()
+    assert first.proc.returncode == 0 and not marker.exists()
 
 
 def _throughput(daemon: DaemonProcess, n: int = 40) -> float:
