@@ -3,6 +3,8 @@ out (PUB bound), and CURVE authentication when the config enables it."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import zmq
@@ -33,10 +35,27 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
     """sock.bind(endpoint); an endpoint that is taken (another daemon still running) or
     malformed closes the socket and is one clear error instead of a traceback."""
     try:
+        if _ipc_in_use(endpoint):
+            raise zmq.ZMQError(errno.EADDRINUSE, "the path is in use by another process")
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise ConfigError(f"the daemon cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
+
+
+def _ipc_in_use(endpoint: str) -> bool:
+    """Whether a process listens on the ipc:// path: ZeroMQ would take the path over from it
+    without a word (and that process would go deaf), where a TCP port is refused."""
+    path = endpoint.removeprefix("ipc://")
+    if path == endpoint or path.startswith("@") or not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:  # a file left by a process that is gone: ZeroMQ replaces it
+            return False
+    return True
 
 
 def _secure(sock: zmq.Socket, cfg: EdgeConfig) -> None:

@@ -152,7 +152,6 @@ def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_f
     ) as first:
         marker = ipc / "vqad-serve.running"
         before = marker.read_text()
-        # TCP: a second bind of an ipc:// path takes it over (ZeroMQ), it is not refused.
         for taken in (["--frames", frames], ["--control", results], ["--metrics-port", port]):
             second = DaemonProcess(tiny_model, *taken, ipc_dir=ipc)
             second.log_path = ipc / "second.log"
@@ -169,6 +168,23 @@ def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_f
         cam.close()
         sub.close()
     assert first.proc.returncode == 0 and not marker.exists()
+
+
+def test_an_ipc_path_in_use_is_refused_and_a_stale_one_reused(tiny_model):
+    with DaemonProcess(tiny_model) as first:
+        second = DaemonProcess(tiny_model, "--frames", first.frames)
+        with pytest.raises(AssertionError, match="daemon exited 2"):
+            second.start(timeout=60)
+        assert "in use by another process" in second.log_text()
+        sub, cam = Subscriber(first.results), Camera(first.frames)
+        cam.send(frame_message("x", 0, FRAME))
+        assert [h["status"] for h, _ in sub.collect(1)] == ["ok"]  # the first still has its frames
+        cam.close()
+        sub.close()
+    first.stop(signal.SIGKILL)  # already stopped: its socket files may stay behind
+    (first.dir / "frames").touch()  # a file where a socket was, nobody listening
+    with DaemonProcess(tiny_model, ipc_dir=first.dir) as again:
+        assert again.alive()
 
 
 def _throughput(daemon: DaemonProcess, n: int = 40) -> float:
