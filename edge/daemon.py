@@ -223,16 +223,7 @@ class Daemon:
         self.outbox.put(STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
-        if self.recorder is not None:
-            self.recorder.close()
-        if self.auth is not None:
-            self.auth.stop()
-        if self.ctx is not None:
-            self.ctx.term()
-        if self.serving is not None:
-            self.serving.close()
-        if self._marker is not None:
-            self._marker.unlink(missing_ok=True)
+        self._release()
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
 
     def _undo_startup(self) -> None:
@@ -242,6 +233,11 @@ class Daemon:
         for sock in (self.frames_sock, self.results_sock, self.control.sock if self.control else None):
             if sock is not None:
                 sock.close(linger=0)
+        self._release()
+
+    def _release(self) -> None:
+        """The end of a shutdown, or of a start that failed, once no socket is open: the record's
+        writer, the authenticator, the context, the backends and the running marker."""
         if self.recorder is not None:
             self.recorder.close()
         if self.auth is not None:
