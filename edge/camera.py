@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import zmq
 
+from edge import transport
 from edge.errors import DataError
 from edge.frames import find_images, read_image
 from edge.protocol import frame_message
@@ -112,7 +113,7 @@ def run_camera(
         from edge.security import make_curve_client
 
         make_curve_client(sock, curve_secret, curve_server_key)
-    sock.connect(endpoint)
+    transport.connect(sock, endpoint, "frames")
     out = open(manifest, "w") if manifest else None
     if out:
         out.write("camera_id,frame_id,source\n")

@@ -147,7 +147,7 @@ def request(endpoint: str, command: str, args: dict[str, Any], by: str, timeout_
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    transport.connect(sock, endpoint, "control")
     try:
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
         if not sock.poll(int(timeout_s * 1000)):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edge.config import require
+from edge.endpoints import check_endpoint
 from edge.health import HealthLimits
 
 
@@ -97,6 +98,8 @@ class EdgeConfig:
             "edge socket options must be >= 0/1",
         )
         require(0 <= self.metrics_port <= 65535, "edge.metrics_port must be 0 (off) or a port")
+        for what, endpoint in self._endpoints():
+            check_endpoint(endpoint, what)
         require(
             self.frames_mode == "pull" or len(self.camera_endpoints) > 0,
             "edge.frames_mode=sub needs camera_endpoints to connect to",
@@ -111,6 +114,13 @@ class EdgeConfig:
             len(self.input_size) in (1, 2) and min(self.input_size) >= 0,
             "edge.input_size must be 0 (from the model package), N or [H, W]",
         )
+
+    def _endpoints(self) -> list[tuple[str, str]]:
+        """(what, endpoint) for every ZeroMQ endpoint this config names."""
+        named = [("edge.frames_endpoint", self.frames_endpoint), ("edge.results_endpoint", self.results_endpoint)]
+        if self.control_endpoint:
+            named.append(("edge.control_endpoint", self.control_endpoint))
+        return named + [("edge.camera_endpoints", endpoint) for endpoint in self.camera_endpoints]
 
     def backend_options(self) -> dict[str, Any]:
         """The options `create_backend` takes, as this config sets them (the daemon's and the benchmark's)."""

@@ -9,6 +9,7 @@ import socket
 
 import zmq
 
+from edge.endpoints import check_endpoint
 from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
 from edge.settings import EdgeConfig
@@ -31,9 +32,20 @@ def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics):
     return start_authenticator(ctx, cfg.curve.authorized_keys_dir, metrics)
 
 
+def connect(sock: zmq.Socket, endpoint: str, what: str) -> None:
+    """sock.connect(endpoint) after check_endpoint; ZeroMQ's refusal becomes a ConfigError."""
+    check_endpoint(endpoint, f"the {what} endpoint")
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot connect the {what} socket to {endpoint}: {exc.strerror}") from exc
+
+
 def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
     """sock.bind(endpoint); an endpoint that is taken (another daemon still running) or
-    malformed closes the socket and is one clear error instead of a traceback."""
+    refused closes the socket and is one clear error instead of a traceback. EdgeConfig has
+    checked the endpoint's form (check_endpoint)."""
     try:
         if _ipc_in_use(endpoint):
             raise zmq.ZMQError(errno.EADDRINUSE, "the path is in use by another process")
@@ -76,7 +88,7 @@ def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     else:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         for endpoint in cfg.camera_endpoints:
-            sock.connect(endpoint)
+            connect(sock, endpoint, "camera")
     return sock
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import zmq
 
+from edge import transport
 from edge.overlay import result_picture
 from edge.protocol import RESULT_TOPIC_PREFIX, parse_result
 
@@ -106,7 +107,7 @@ def run_watch(
 
         make_curve_client(sock, curve_secret, curve_server_key)
     sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
-    sock.connect(endpoint)
+    transport.connect(sock, endpoint, "results")
     folder = Path(save_dir) if save_dir else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
+import re
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge.config import load_config, parse_overrides
@@ -7,6 +10,7 @@ from edge.dashboard.settings import DashboardConfig
 from edge.errors import ConfigError
 from edge.settings import EdgeConfig
 from export.config import ExportConfig
+from tests.conftest import run_vqad
 from train.config import ModelConfig, ScoreConfig, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -119,3 +123,45 @@ def test_fused_map_scales_are_finer_distinct_factors_and_a_list_on_the_command_l
     for text, expected in (("[]", ()), ("[0.5, 0.7]", (0.5, 0.7))):
         values = parse_overrides([f"score.fuse_scales={text}"])
         assert from_mapping(ScoreConfig, values["score"], "model.score").fuse_scales == expected
+
+
+@pytest.mark.parametrize(
+    "endpoint,match",
+    [
+        ("not-an-endpoint", "not a ZeroMQ endpoint"),
+        ("tcp:/127.0.0.1:5556", "not a ZeroMQ endpoint"),
+        ("udp://127.0.0.1:5556", "not a ZeroMQ endpoint"),
+        ("tcp://127.0.0.1:99999", "a port from 0 to 65535"),  # libzmq would bind another port
+        ("tcp://127.0.0.1", "a port from 0 to 65535"),
+        ("tcp://:5556", "a port from 0 to 65535"),
+    ],
+)
+def test_a_malformed_endpoint_is_refused_by_name(endpoint, match):
+    with pytest.raises(ValueError, match=f"edge.results_endpoint '{re.escape(endpoint)}' .*{match}"):
+        load_config(EdgeConfig, None, {"results_endpoint": endpoint})
+    with pytest.raises(ValueError, match=match):
+        load_config(DashboardConfig, None, {"results": endpoint})
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:5556", "tcp://*:5556", "tcp://[::1]:0", "ipc:///tmp/r", "inproc://r"]
+)
+def test_the_endpoints_zeromq_takes_are_accepted(endpoint):
+    assert load_config(EdgeConfig, None, {"results_endpoint": endpoint}).results_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["watch", "not-an-endpoint", "--count", "1"],
+        ["camera", "{images}", "--to", "tcp://127.0.0.1:99999"],
+        ["ctl", "tcp://localhost", "status"],
+    ],
+)
+def test_the_line_commands_refuse_a_malformed_endpoint_in_one_line(args, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((32, 32), np.uint8))
+    proc = run_vqad(*(a.format(images=images) for a in args), check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "endpoint" in proc.stderr.strip().splitlines()[-1]

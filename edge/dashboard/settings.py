@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from edge.config import require
+from edge.endpoints import check_endpoint
 
 # A token shorter than this is guessable by a script on the plant network in a day of tries.
 MIN_TOKEN_CHARS = 16
@@ -45,6 +46,7 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
+        check_endpoint(self.results, "the results endpoint")
         require(self.silent_after_s > 0, "silent_after_s must be > 0")
         require(0 <= self.nice <= 19, f"nice must be 0-19, got {self.nice}")
         require(
