@@ -21,15 +21,15 @@ import numpy as np
 from edge.errors import DataError, PackageError
 from edge.frames import batched, find_images, read_image, to_model_input
 from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
-from edge.threshold import calibrate_threshold, defect_check
+from edge.threshold import MIN_CALIBRATION_IMAGES, calibrate_threshold, defect_check
 
 log = logging.getLogger(__name__)
 
 
 def good_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
     """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths)."""
-    why = "calibrating a threshold needs at least 2 good images"
-    return _frames(find_images(folder), folder, size, channels, 2, why)
+    why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images"
+    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why)
 
 
 def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:

@@ -17,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import DataError
+
 # The threshold sits this far (relative) above the score at the quantile: that image passes,
 # and it stays clear of the boundary in every runtime. The FP16 graph's scores differ from FP32
 # by up to about 0.2% (measured with the comparison head in FP16); a 0.1% margin let the
 # quantile image flip to "fail" in FP16 and export refused the model.
 THRESHOLD_MARGIN = 0.01
+# A quantile of one score is that score: at least two good images calibrate a threshold.
+MIN_CALIBRATION_IMAGES = 2
 # The confidence of the reported upper bound on the false-reject rate.
 BOUND_CONFIDENCE = 0.95
 # How many of the highest-scoring good images the threshold names, for review.
@@ -69,8 +73,10 @@ def calibrate_threshold(
     what n images say about the false-reject rate it gives, and the highest-scoring images
     (`names`, one per score; their indices without) for a quality engineer to review."""
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.size < 2:
-        raise ValueError(f"calibrating a threshold needs at least 2 good images, got {scores.size}")
+    if scores.size < MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images, got {scores.size}"
+        )
     if names is not None and len(names) != scores.size:
         raise ValueError(f"{len(names)} image names for {scores.size} scores")
     at_quantile = float(np.quantile(scores, 1.0 - target_frr, method="higher"))

@@ -88,7 +88,7 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
 @pytest.mark.parametrize(
     ("n_images", "expected"),
     [
-        (2, 1),  # at least one, whatever the share
+        (4, 2),  # the two a threshold needs, whatever the share
         (40, 13),  # a third: training keeps two thirds
         (300, 100),  # enough for min_val_images
         (1000, 150),  # val_fraction already holds more than min_val_images
@@ -96,7 +96,14 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
 )
 def test_validation_grows_towards_min_val_images_while_training_keeps_two_thirds(n_images, expected):
     assert validation_count(n_images, 0.15, min_val_images=100) == expected
-    assert validation_count(n_images, 0.15, min_val_images=0) == max(1, round(0.15 * n_images))
+    assert validation_count(n_images, 0.15, min_val_images=0) == max(2, round(0.15 * n_images))
+
+
+def test_too_few_good_images_to_train_and_calibrate_are_refused(tmp_path):
+    with pytest.raises(DataError, match="at least 4 good training images"):
+        split_train_val([tmp_path / f"{i}.png" for i in range(3)], 0.15, seed=1)
+    train, val = split_train_val([tmp_path / f"{i}.png" for i in range(4)], 0.9, seed=1)
+    assert len(train) == 2 and len(val) == 2
 
 
 def test_split_holds_out_min_val_images(tmp_path):

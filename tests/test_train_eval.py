@@ -52,20 +52,28 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-@pytest.mark.parametrize("kinds", [("good", "scratch"), ("good",)], ids=["labels-without-masks", "good-only"])
+@pytest.mark.parametrize(
+    "kinds", [("good", "scratch"), ("good",), ()], ids=["labels-without-masks", "good-only", "no-test-folder"]
+)
 def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synth_root, tmp_path, kinds):
     """A test set with image labels and no masks has no pixel AUROC; one of good images only has
-    no AUROC at all. metrics.json says null, and the command still reports what it can."""
+    no AUROC at all; a category without a test folder (a new product) only calibrates the
+    threshold. metrics.json says null, and the command still reports what it can."""
     category = tmp_path / "line"
+    category.mkdir()
     for kind in kinds:
         shutil.copytree(synth_root / "bracket" / "test" / kind, category / "test" / kind)
     proc = run_vqad("eval", tiny_run, category, "--out", tmp_path / "eval", "--no-pictures")
     metrics = _strict_json(tmp_path / "eval" / "metrics.json")
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
     assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
-    if kinds == ("good",):
+    if kinds in [("good",), ()]:
         assert metrics["image_auroc"] is None and metrics["f1_max"] is None and metrics["miss_rate"] is None
-    else:
+    if not kinds:
+        assert metrics["n_images"] == 0 and metrics["false_reject_rate"] is None
+        assert metrics["threshold"] == json.loads((tiny_run / "threshold.json").read_text())["value"]
+        assert "no test images" in proc.stderr
+    elif "scratch" in kinds:
         assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["per_kind_image_auroc"]["scratch"] is not None
 
 
@@ -222,6 +230,20 @@ def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_product_with_good_images_only_trains_calibrates_and_exports(synth_root, tmp_path):
+    """No test folder yet: the line has not shown the product a defect. Training, the
+    threshold and the model package need none."""
+    category = tmp_path / "new_product"
+    shutil.copytree(synth_root / "bracket" / "train" / "good", category / "train" / "good")
+    run = tmp_path / "run"
+    trained = run_vqad("train", category, "--out", run, "--steps", "5", *TINY_MODEL, *TINY_TRAIN)
+    assert "no test folder" in trained.stderr
+    run_vqad("eval", run, category, "--out", run / "eval", "--no-pictures")
+    run_vqad("export", run, "--out", tmp_path / "model")
+    package = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert package["threshold"]["value"] == json.loads((run / "threshold.json").read_text())["value"]
 
 
 def test_resume_continues_the_run(synth_root, tmp_path):

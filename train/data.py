@@ -21,6 +21,7 @@ import numpy as np
 
 from edge.errors import DataError
 from edge.frames import Size, as_size, list_images, read_image, resize_mask, to_model_input
+from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,16 @@ def train_image_paths(category: str | Path) -> list[Path]:
 # shows each of 170-200 images 100-120 times: image AUROC on three real sets and two synth
 # categories moved within the seeds' spread against the 15% split (docs/decisions.md).
 MIN_TRAIN_SHARE = 2 / 3
+# The golden template measures each pixel's spread over the training images: two at least.
+MIN_TRAIN_IMAGES = 2
 
 
 def validation_count(n_images: int, val_fraction: float, min_val_images: int = 0) -> int:
     """How many of `n_images` good images to hold out for calibration: `val_fraction` of them
-    (at least one), or more, up to `min_val_images`, while training keeps MIN_TRAIN_SHARE."""
-    by_fraction = max(1, int(round(val_fraction * n_images)))
+    (at least the MIN_CALIBRATION_IMAGES a threshold needs, and never more than leave training
+    its MIN_TRAIN_IMAGES), or more, up to `min_val_images`, while training keeps MIN_TRAIN_SHARE."""
+    by_fraction = max(MIN_CALIBRATION_IMAGES, int(round(val_fraction * n_images)))
+    by_fraction = min(by_fraction, max(MIN_CALIBRATION_IMAGES, n_images - MIN_TRAIN_IMAGES))
     room = n_images - math.ceil(MIN_TRAIN_SHARE * n_images)
     return max(by_fraction, min(min_val_images, room))
 
@@ -79,8 +84,12 @@ def split_train_val(
     paths: list[Path], val_fraction: float, seed: int, min_val_images: int = 0
 ) -> tuple[list[Path], list[Path]]:
     """Hold out a seeded random validation set of the good images, `validation_count` of them."""
-    if len(paths) < 2:
-        raise DataError(f"need at least 2 good training images to hold out validation, got {len(paths)}")
+    if len(paths) < MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"need at least {MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES} good training images: "
+            f"{MIN_TRAIN_IMAGES} to train on (the golden template's spread) and {MIN_CALIBRATION_IMAGES} "
+            f"held out to calibrate the threshold; got {len(paths)}"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(paths))
     n_val = validation_count(len(paths), val_fraction, min_val_images)
@@ -91,6 +100,12 @@ def split_train_val(
 
 def mask_path(category: Path, kind: str, image_path: Path) -> Path:
     return category / "ground_truth" / kind / f"{image_path.stem}_mask.png"
+
+
+def has_test_set(category: str | Path) -> bool:
+    """Whether the category has a `test` folder: a new product may have good images only, and
+    its model is trained and calibrated before the line has shown it a defect."""
+    return (Path(category) / "test").is_dir()
 
 
 def load_test_set(category: str | Path, size: int | Size, channels: int) -> list[TestSample]:

@@ -23,7 +23,7 @@ import torch
 from edge.overlay import heatmap_overlay, label
 from edge.threshold import calibrate_threshold
 from train import plots
-from train.data import load_images, load_test_set
+from train.data import has_test_set, load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.run import THRESHOLD_FILE, Run, load_run
@@ -96,18 +96,19 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     run = load_run(run_dir)
     out = Path(out)
     size, channels = run.model_cfg.image_size, run.model_cfg.channels
-    test = load_test_set(category, size, channels)
+    test = load_test_set(category, size, channels) if has_test_set(category) else []
+    if not test:
+        log.warning("no test images in %s: the threshold is calibrated, nothing is measured", category)
     val_paths = run.split()["val"]
     val_images = load_images(val_paths, size, channels)
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
     threshold = _threshold(run, val_scores, val_paths)
 
-    images = np.stack([s.image for s in test])
-    labels = np.array([s.label for s in test])
-    recons, maps, scores = score_frames(run.model, images)
-    with_mask = np.array([s.mask is not None for s in test])
-    masks = np.stack([s.mask if s.mask is not None else np.zeros(size, bool) for s in test])
+    labels = np.array([s.label for s in test], dtype=int)
+    recons, maps, scores = _score_test(run, test)
+    with_mask = np.array([s.mask is not None for s in test], dtype=bool)
+    masks = np.array([s.mask if s.mask is not None else np.zeros(size, bool) for s in test], bool).reshape(maps.shape)
     f1, f1_threshold = f1_max(labels, scores)
     decisions = scores >= threshold["value"]
     metrics = {
@@ -149,8 +150,9 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
             for s, sc, d in zip(test, scores, decisions, strict=True)
         )
     )
-    if pictures:
+    if pictures and test:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
+    if pictures:
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
     log.info(
@@ -162,6 +164,14 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         percent(metrics["miss_rate"]),
     )
     return metrics
+
+
+def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """score_frames on the test images -> (recons, maps, scores); empty arrays for no images."""
+    if test:
+        return score_frames(run.model, np.stack([s.image for s in test]))
+    size = run.model_cfg.image_size
+    return np.zeros((0, *size, run.model_cfg.channels), np.uint8), np.zeros((0, *size), np.float32), np.zeros(0)
 
 
 def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:

@@ -39,6 +39,7 @@ from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import (
     camera_shapes,
+    has_test_set,
     input_scale,
     load_images,
     load_test_set,
@@ -107,7 +108,10 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     train_images = load_images(train_paths, model_cfg.image_size, model_cfg.channels)
     val_images = load_images(val_paths, model_cfg.image_size, model_cfg.channels)
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
-    load_test_set(category, model_cfg.image_size, model_cfg.channels)
+    if has_test_set(category):
+        load_test_set(category, model_cfg.image_size, model_cfg.channels)
+    else:
+        log.info("no test folder in %s: vqad eval will calibrate the threshold and measure nothing", category)
     return train_paths, val_paths, train_images, val_images
 
 

@@ -80,11 +80,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"misses at 1% / 5% false rejects: {percent(m['miss_rate_at_1pct_frr'])} / "
             f"{percent(m['miss_rate_at_5pct_frr'])}"
         )
-    if rates:
-        print(
-            f"at the threshold: {'; '.join(rates)}; false rejects on new good images <= "
-            f"{m['frr_upper_bound_95']:.1%} (95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
-        )
+    rates.append(
+        f"false rejects on new good images <= {m['frr_upper_bound_95']:.1%} "
+        f"(95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
+    )
+    print(f"at the threshold: {'; '.join(rates)}")
     print(f"report: {Path(args.out) / 'metrics.json'}")
     return 0
 
