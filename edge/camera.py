@@ -16,7 +16,7 @@ import zmq
 
 from edge import transport
 from edge.errors import DataError
-from edge.frames import find_images, read_image
+from edge.frames import IMAGE_SUFFIXES, find_images, read_image
 from edge.protocol import frame_message
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
                     yield str(f), cache[f]
             if not loop:
                 return
-    if path.is_file() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(path)
         while True:
             yield str(path), image

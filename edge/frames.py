@@ -5,6 +5,7 @@ the pixels it saw in evaluation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -14,24 +15,45 @@ import numpy as np
 
 from edge.errors import DataError, FrameError
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# A 16-bit image whose every pixel is below this holds a 12-bit (or less) camera's counts in the
+# low bits, and its top 8 bits are nearly black.
+LOW_BITS_LIMIT = 1 << 12
+_warned_low_bits = False
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """Scale 16-bit or float images to uint8; leave uint8 alone."""
+    """Scale 16-bit or float images to uint8; leave uint8 alone. A 16-bit image is read by its
+    top 8 bits, the same for every frame, so a scale never varies with the content."""
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
+        _warn_if_low_bits(image)
         return (image >> 8).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     raise FrameError(f"unsupported pixel type {image.dtype}")
 
 
+def _warn_if_low_bits(image: np.ndarray) -> None:
+    global _warned_low_bits
+    if not _warned_low_bits and 0 < int(image.max()) < LOW_BITS_LIMIT:
+        _warned_low_bits = True
+        log.warning(
+            "a 16-bit image uses 12 bits or fewer (max %d of 65535): vqad reads the top 8 bits, which "
+            "are nearly black here; save 8-bit images, or scale the camera's counts to the full 16 bits",
+            int(image.max()),
+        )
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG/BMP bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array.
+    """Decode PNG/JPEG/BMP/TIFF bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array.
 
     Raises FrameError when the bytes are not a decodable image.
     """

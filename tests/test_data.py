@@ -25,7 +25,7 @@ def make_category(root, channels=3, size=(40, 30), fmt="png"):
     return root
 
 
-@pytest.mark.parametrize("channels,fmt", [(3, "png"), (1, "png"), (3, "jpg"), (1, "bmp")])
+@pytest.mark.parametrize("channels,fmt", [(3, "png"), (1, "png"), (3, "jpg"), (1, "bmp"), (1, "tif")])
 def test_loader_reads_colour_and_grey_into_the_model_channels(tmp_path, channels, fmt):
     cat = make_category(tmp_path / "cat", channels=channels, fmt=fmt)
     for model_channels in (1, 3):
@@ -34,6 +34,19 @@ def test_loader_reads_colour_and_grey_into_the_model_channels(tmp_path, channels
     test = load_test_set(cat, 16, 3)
     assert [(s.kind, s.label) for s in test] == [("good", 0), ("scratch", 1)]
     assert test[1].mask.shape == (16, 16) and test[1].mask.any() and not test[0].mask.any()
+
+
+def test_a_16_bit_image_is_read_by_its_top_bits_and_a_12_bit_one_is_named(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("edge.frames._warned_low_bits", False)
+    full = np.array([[0, 256, 65535]], np.uint16)
+    cv2.imwrite(str(tmp_path / "full.png"), full)
+    with caplog.at_level(logging.WARNING, logger="edge.frames"):
+        assert read_image(tmp_path / "full.png").tolist() == [[0, 1, 255]]
+        assert not caplog.records
+        cv2.imwrite(str(tmp_path / "mono12.tiff"), np.array([[0, 2048, 4095]], np.uint16))
+        assert read_image(tmp_path / "mono12.tiff").tolist() == [[0, 8, 15]]
+        read_image(tmp_path / "mono12.tiff")
+    assert len(caplog.records) == 1 and "12 bits or fewer (max 4095" in caplog.text
 
 
 def test_resize_is_the_shared_function(tmp_path):
