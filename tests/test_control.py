@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import onnx
+import pytest
 
 from edge.package import load_package, sha256_file, write_model_json
 from edge.protocol import frame_message
@@ -119,6 +120,13 @@ def test_ctl_names_a_daemon_that_does_not_answer(tmp_path):
     proc = run_vqad("ctl", f"ipc://{tmp_path}/nobody", "status", check=False)
     assert proc.returncode != 0 and "no answer from" in proc.stderr
     assert time.monotonic() - started < 30  # the default wait for a command that is answered at once
+
+
+@pytest.mark.parametrize("command", ["reload", "status"])
+def test_ctl_refuses_an_argument_the_command_would_ignore(command, tmp_path):
+    """`reload NEW_DIR` would reload the daemon's own MODEL_DIR: refused before anything is sent."""
+    proc = run_vqad("ctl", f"ipc://{tmp_path}/nobody", command, str(tmp_path / "new_model"), check=False)
+    assert proc.returncode != 0 and "takes no argument" in proc.stderr and "no answer" not in proc.stderr
 
 
 def test_sighup_reloads_the_model_the_symlink_points_to(tiny_model, tmp_path):

@@ -178,6 +178,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         if not args.camera:
             raise VqadError(f"{args.command} needs a CAMERA")
         payload = {"camera": args.camera}
+    elif args.arg is not None:
+        # A daemon serves the one MODEL_DIR it was started with: a path here would be ignored.
+        hint = ": it reloads the daemon's own MODEL_DIR as it is now" if args.command == "reload" else ""
+        raise VqadError(f"{args.command} takes no argument, got {args.arg!r}{hint}")
     else:
         payload = {}
     # A reload loads and warms up a model; every other command is answered at once, so a
