@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter
 from edge.results import Result
+from edge.transport import free_loopback_port
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess
 
@@ -187,6 +188,25 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert writer.evidence_removed == len(removed) and writer.evidence_bytes <= quota
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == writer.evidence_bytes
     assert all(r["evidence"] is None for f, r in rows.items() if f in removed)
+
+
+def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():
+    url = f"postgresql://vqad:hunter2@127.0.0.1:{free_loopback_port()}/line"  # nobody listens there
+    proc = run_vqad("records", url, check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "cannot open the record at postgresql://vqad:***@127.0.0.1" in proc.stderr and "hunter2" not in proc.stderr
+
+
+def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    passed = _result("c", 1, decision="pass")
+    writer.put(Result(passed.header, recv_ns=passed.recv_ns), time.time_ns())  # kept without its frame
+    writer.close()
+    Record(url).review("c", 1, "false_reject")
+    proc = run_vqad("records", url, "--export-reviewed", tmp_path / "out")
+    assert "no reviewed evidence to export" in proc.stdout and not (tmp_path / "out").exists()
+    assert "1 reviewed results left out: 1 without evidence" in proc.stderr
 
 
 def test_bad_review_input_is_refused(tmp_path):

@@ -9,6 +9,7 @@ PATH names a SQLite file.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ import sqlalchemy as sa
 
 from edge.errors import ConfigError, DataError
 from edge.record.schema import events, migrate, results, reviews
+
+log = logging.getLogger(__name__)
 
 VERDICTS = ("false_reject", "defect")
 
@@ -54,6 +57,21 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     return engine
 
 
+def open_record(url: str, must_exist: bool = False) -> sa.Engine:
+    """create_engine, then the schema brought up to date: a database that cannot be reached
+    (a PostgreSQL server down, a SQLite file that cannot be written) is one DataError that names
+    it, without its password, instead of a driver's traceback."""
+    engine = create_engine(url, must_exist)
+    try:
+        migrate(engine)
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DataError(f"cannot open the record at {where}: {reason}") from exc
+    return engine
+
+
 def parse_time(text: str | None) -> int | None:
     """ISO 8601 (a naive time is UTC) -> ns since the epoch; None stays None."""
     if text is None:
@@ -72,8 +90,7 @@ class Record:
         """must_exist: refuse a SQLite file that is not there (a query or a review of a
         mistyped path would otherwise create an empty record and answer "0 results")."""
         self.url = url
-        self.engine = create_engine(url, must_exist)
-        migrate(self.engine)
+        self.engine = open_record(url, must_exist)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -146,9 +163,12 @@ class Record:
     def export_reviewed(self, out: str | Path) -> dict[str, int]:
         """The reviewed evidence in the MVTec layout: false rejects into OUT/train/good (new
         good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
-        The latest review of a frame decides. -> how many images went where."""
+        The latest review of a frame decides. -> how many images went where. A reviewed result
+        without its evidence (not kept, removed by the quota, or its file gone) is left out, and
+        a warning counts those."""
         out = Path(out)
         counts: dict[str, int] = {}
+        left_out: dict[str, int] = {}
         with self.engine.connect() as conn:
             latest: dict[tuple[str, int], Any] = {}
             for r in conn.execute(sa.select(reviews).order_by(reviews.c.id)):
@@ -159,14 +179,33 @@ class Record:
                     .where(results.c.camera_id == camera, results.c.frame_id == frame)
                     .order_by(results.c.id.desc())
                 ).first()
-                if row is None or row.evidence_frame is None or row.evidence_removed:
+                why = _no_evidence(row)
+                if why:
+                    left_out[why] = left_out.get(why, 0) + 1
                     continue
                 source = Path(row.evidence_frame)
-                if not source.is_file():
-                    continue
                 folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / (r.kind or "defect")
                 folder.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, folder / f"{camera}_{frame}{source.suffix}")
                 key = str(folder.relative_to(out))
                 counts[key] = counts.get(key, 0) + 1
+        if left_out:
+            log.warning(
+                "%d reviewed results left out: %s",
+                sum(left_out.values()),
+                ", ".join(f"{n} {why}" for why, n in sorted(left_out.items())),
+            )
         return counts
+
+
+def _no_evidence(row: Any) -> str:
+    """Why a reviewed result has no evidence to export ("" when it has)."""
+    if row is None:
+        return "without a recorded result"
+    if row.evidence_frame is None:
+        return "without evidence (none was kept: passes keep it only for edge.record_pass_fraction)"
+    if row.evidence_removed:
+        return "whose evidence the disk quota removed (edge.record_max_gb)"
+    if not Path(row.evidence_frame).is_file():
+        return "whose evidence file is gone"
+    return ""

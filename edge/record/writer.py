@@ -26,8 +26,8 @@ import sqlalchemy as sa
 
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.record.schema import events, migrate, results
-from edge.record.store import create_engine
+from edge.record.schema import events, results
+from edge.record.store import open_record
 from edge.results import Result
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class RecordWriter:
         its rows marked, and the removals counted. state_file: where the writer keeps how many
         results it was handed, so that the next start can say how many have no row."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
-        self.engine = create_engine(url)
-        migrate(self.engine)
+        self.engine = open_record(url)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
         self.metrics = metrics or DaemonMetrics()
         self.buffer: collections.deque[tuple[Result, int]] = collections.deque()

@@ -119,6 +119,8 @@ def cmd_records(args: argparse.Namespace) -> int:
         counts = record.export_reviewed(args.export_reviewed)
         for folder, n in sorted(counts.items()):
             print(f"{n} images -> {args.export_reviewed / folder}")
+        if not counts:
+            print("no reviewed evidence to export")
         return 0
     rows = record.results(
         camera=args.camera,
