@@ -21,7 +21,7 @@ import numpy as np
 from edge.errors import DataError, PackageError
 from edge.frames import batched, find_images, read_image, to_model_input
 from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
-from edge.threshold import MIN_CALIBRATION_IMAGES, calibrate_threshold, defect_check
+from edge.threshold import MIN_CALIBRATION_IMAGES, calibrate_threshold, check_against_previous, defect_check
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def calibrate_package(
     scores = fp32(frames)
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
+    threshold["against_previous"] = check_against_previous(scores, float(old["value"]))
     fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
     agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
     bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)

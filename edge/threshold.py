@@ -138,6 +138,28 @@ def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str |
     return {"highest_images": highest, "lone_image": lone}
 
 
+# A recalibration on good images of the product the model knows finds about target_frr of them
+# over the threshold it replaces. A fifth or more says they are not what the model knows: another
+# product, another camera, the lighting gone. Warned of, not refused: a changed line may be the
+# very reason for the recalibration.
+UNLIKE_SHARE = 0.2
+
+
+def check_against_previous(scores: np.ndarray, previous: float) -> dict[str, Any]:
+    """How the new good images fall against the threshold they replace: the share over it, and
+    a warning (also logged) when that share is UNLIKE_SHARE or more."""
+    share = float((np.asarray(scores) >= previous).mean())
+    check: dict[str, Any] = {"previous_value": previous, "share_over_previous": share}
+    if share >= UNLIKE_SHARE:
+        check["warning"] = (
+            f"{share:.0%} of these good images score over the threshold they replace ({previous:.6g}): are "
+            "they this product's, from this camera and lighting? The new threshold passes what the old one "
+            "rejected."
+        )
+        log.warning("%s", check["warning"])
+    return check
+
+
 def defect_check(
     scores: np.ndarray,
     threshold: float,

@@ -36,6 +36,24 @@ def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, syn
     assert np.isclose(after.map_scale / after.threshold, before.map_scale / before.threshold)
 
 
+def test_good_images_unlike_the_models_are_warned_of(tiny_model, tiny_run, synth_root, tmp_path):
+    """Another product's images (weave for a bracket model) as the line's good ones: every one
+    scores over the threshold they replace. Warned of and kept in the provenance, not refused."""
+    model, run = tmp_path / "model", tmp_path / "run"
+    shutil.copytree(tiny_model, model)
+    shutil.copytree(tiny_run, run)
+    for target in (model, run):
+        proc = run_vqad("calibrate", target, synth_root / "weave" / "train" / "good")
+        assert "score over the threshold they replace" in proc.stderr
+    check = load_package(model).meta["threshold"]["against_previous"]
+    assert check["share_over_previous"] >= 0.2 and "this product's" in check["warning"]
+    shutil.rmtree(model)
+    shutil.copytree(tiny_model, model)
+    same = run_vqad("calibrate", model, synth_root / "bracket" / "train" / "good")
+    assert "threshold they replace" not in same.stderr
+    assert load_package(model).meta["threshold"]["against_previous"]["share_over_previous"] < 0.2
+
+
 def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_path):
     import subprocess
     import sys

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge.errors import DataError
 from edge.recalibrate import check_defects, defect_frames, good_frames
-from edge.threshold import calibrate_threshold
+from edge.threshold import calibrate_threshold, check_against_previous
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
 from train.data import load_images
@@ -80,17 +80,19 @@ def calibrate_run(
         save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
+    # A threshold of another map says nothing of this map's scores.
+    same_scale = choice is None or choice["chosen"] == choice["before"]
+    same_map = same_scale and (fused is None or fused["fuse_scales"] == fused["before"])
+    comparable = previous is not None and same_map
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
+    if comparable:
+        threshold["against_previous"] = check_against_previous(scores, float(previous["value"]))
     if choice is not None:
         threshold["scale"] = choice
     if fused is not None:
         threshold["fused"] = fused
     if defects_dir is not None:
-        # A threshold of another map says nothing of this map's scores.
-        same_scale = choice is None or choice["chosen"] == choice["before"]
-        same_map = same_scale and (fused is None or fused["fuse_scales"] == fused["before"])
-        comparable = previous is not None and same_map
         threshold["defects"] = check_defects(
             defects_dir, cfg.image_size, cfg.channels, lambda f: score_frames(run.model, f)[2], threshold["value"],
             previous["value"] if comparable else None,
