@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import Size, as_size, list_images, read_image, resize_mask, to_model_input
+from edge.frames import IMAGE_KINDS, Size, as_size, list_images, read_image, resize_mask, to_model_input
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -57,7 +57,7 @@ def train_image_paths(category: str | Path) -> list[Path]:
     folder = _require_dir(Path(category) / "train" / "good", "training")
     paths = list_images(folder)
     if not paths:
-        raise DataError(f"no images (png, jpg, bmp) in {folder}")
+        raise DataError(f"no images ({IMAGE_KINDS}) in {folder}")
     return paths
 
 

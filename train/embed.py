@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edge.errors import DataError
-from edge.frames import batched, find_images
+from edge.frames import IMAGE_KINDS, batched, find_images
 from train.data import load_images
 from train.run import load_run
 
@@ -32,7 +32,7 @@ def image_paths(source: str | Path) -> list[Path]:
         raise DataError(f"no such image or folder: {source}")
     paths = find_images(source)
     if not paths:
-        raise DataError(f"no images (png, jpg, bmp) under {source}")
+        raise DataError(f"no images ({IMAGE_KINDS}) under {source}")
     return paths
 
 
