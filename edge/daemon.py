@@ -121,7 +121,8 @@ class Daemon:
 
             self.recorder = RecordWriter(
                 cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
-                max_gb=cfg.record_max_gb, state_file=self._marker.with_name("vqad-serve.record.json"),
+                max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days,
+                state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
         self.threads = [
             threading.Thread(target=self._receive_loop, name="receiver", daemon=True),

@@ -49,6 +49,9 @@ class EdgeConfig:
     evidence_dir: str = ""
     record_pass_fraction: float = 0.1
     record_max_gb: float = 0.0
+    # Results older than this many days leave the record, with their evidence; reviewed ones
+    # stay (a person's verdict is training data and an audit). 0 keeps every result.
+    record_keep_days: float = 0.0
     # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
     publish_frames: bool = False
     min_region_area: int = 4
@@ -86,6 +89,7 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         require(0.0 <= self.record_pass_fraction <= 1.0, "edge.record_pass_fraction must be in [0, 1]")
         require(self.record_max_gb >= 0, "edge.record_max_gb must be >= 0 (0 = no quota)")
+        require(self.record_keep_days >= 0, "edge.record_keep_days must be >= 0 (0 = keep every result)")
         require(self.max_batch >= 1, "edge.max_batch must be >= 1")
         require(self.inference_workers >= 0, "edge.inference_workers must be >= 0 (0 = automatic)")
         require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")

@@ -9,6 +9,7 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,24 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert writer.evidence_removed == len(removed) and writer.evidence_bytes <= quota
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == writer.evidence_bytes
     assert all(r["evidence"] is None for f, r in rows.items() if f in removed)
+
+
+def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay(tmp_path, record_url):
+    day_ns = 86400 * 10**9
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    for i in range(9):  # published 3 days ago, then now
+        writer.put(_result("c", i), time.time_ns() - (3 * day_ns if i < 6 else 0))
+    writer.close()
+    Record(record_url).review("c", 2, "defect")
+    before = {r["frame_id"]: r["evidence"] for r in Record(record_url).results(limit=100)}
+    assert all(before.values()) and len(before) == 9
+    writer = RecordWriter(record_url, tmp_path / "ev", keep_days=1).start()
+    writer.put(_result("c", 9), time.time_ns())
+    writer.close()
+    after = {r["frame_id"]: r["evidence"] for r in Record(record_url).results(limit=100)}
+    assert sorted(after) == [2, 6, 7, 8, 9]  # the reviewed old result stays
+    assert writer.expired == 5 and writer.metrics.results_expired._value.get() == 5
+    assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
 
 
 def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():

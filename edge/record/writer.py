@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.record.schema import events, results
+from edge.record.schema import events, results, reviews
 from edge.record.store import open_record
 from edge.results import Result
 
@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 256
 FLUSH_S = 0.5
 RETRY_MAX_S = 5.0
+# Expiry runs at start and then this often, in transactions of EXPIRE_ROWS rows and at most
+# EXPIRE_CHUNKS of them a time, so that the writer returns to the line's rows within a second
+# or so even when a first start meets months of old rows.
+EXPIRE_EVERY_S = 600.0
+EXPIRE_ROWS = 5000
+EXPIRE_CHUNKS = 20
 
 
 class RecordWriter:
@@ -49,10 +55,13 @@ class RecordWriter:
         metrics: DaemonMetrics | None = None,
         max_gb: float = 0.0,
         state_file: str | Path | None = None,
+        keep_days: float = 0.0,
     ):
         """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
         its rows marked, and the removals counted. state_file: where the writer keeps how many
-        results it was handed, so that the next start can say how many have no row."""
+        results it was handed, so that the next start can say how many have no row. keep_days:
+        results published longer ago leave the record with their evidence, except reviewed ones
+        (0 = keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.engine = open_record(url)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
@@ -65,6 +74,10 @@ class RecordWriter:
         self.max_bytes = int(max_gb * 1e9)
         self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
         self.evidence_removed = 0
+        self.keep_ns = int(keep_days * 86400e9)
+        self.expired = 0
+        self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
+        self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
         self.handed = 0
@@ -146,14 +159,25 @@ class RecordWriter:
                 time.sleep(pause)
                 continue
             pause = 0.0
-            if self.max_bytes and self.evidence_bytes > self.max_bytes:
-                self._enforce_quota()
+            self._housekeeping()
             with self.lock:
                 for _ in batch:
                     self.buffer.popleft()
                 self.metrics.record_pending.set(len(self.buffer))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
+
+    def _housekeeping(self) -> None:
+        """The evidence quota and the results' expiry; a failure is logged and tried again
+        later, and never stops the writer (the line's rows come first)."""
+        try:
+            if self.max_bytes and self.evidence_bytes > self.max_bytes:
+                self._enforce_quota()
+            if self.keep_ns and time.monotonic() >= self._next_expiry:
+                self._expire()
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            self.metrics.record_errors.inc()
+            log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
         self._save_state()
@@ -247,10 +271,7 @@ class RecordWriter:
                     break
                 marked = []
                 for row in oldest:
-                    for path in (row.evidence_frame, row.evidence_overlay):
-                        if path and Path(path).is_file():
-                            self.evidence_bytes -= Path(path).stat().st_size
-                            Path(path).unlink()
+                    self._remove_files(row.evidence_frame, row.evidence_overlay)
                     marked.append(row.id)
                     if self.evidence_bytes <= self.max_bytes:
                         break
@@ -259,6 +280,51 @@ class RecordWriter:
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
         log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
+
+    def _expire(self) -> None:
+        """Remove results published more than keep_days ago, oldest first, with their evidence
+        files; a reviewed result stays. Rows are written in time order, so the scan walks the
+        ids up from where it stopped and ends at the first row that is young enough."""
+        cutoff = time.time_ns() - self.keep_ns
+        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
+        reviewed = (
+            sa.exists()
+            .where(reviews.c.camera_id == results.c.camera_id, reviews.c.frame_id == results.c.frame_id)
+            .label("reviewed")
+        )
+        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
+        removed = 0
+        try:
+            for _ in range(EXPIRE_CHUNKS):
+                with self.engine.begin() as conn:
+                    rows = conn.execute(
+                        query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
+                    ).all()
+                    young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
+                    gone = [r for r in rows[:young] if not r.reviewed]
+                    if gone:
+                        conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
+                    if young:
+                        self._expired_up_to = rows[young - 1].id
+                for r in gone:
+                    self._remove_files(r.evidence_frame, r.evidence_overlay)
+                removed += len(gone)
+                if young < len(rows) or len(rows) < EXPIRE_ROWS:
+                    break
+        finally:
+            self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
+            if removed:
+                self.expired += removed
+                self.metrics.results_expired.inc(removed)
+                log.info("record: removed %d results older than %g days (%d in all; reviewed ones stay)",
+                         removed, self.keep_ns / 86400e9, self.expired)  # fmt: skip
+
+    def _remove_files(self, *paths: str | None) -> None:
+        """Delete evidence files that are there, and take them off the quota's count."""
+        for path in paths:
+            if path and Path(path).is_file():
+                self.evidence_bytes -= Path(path).stat().st_size
+                Path(path).unlink()
 
 
 def _folder_bytes(folder: Path) -> int:
