@@ -209,6 +209,24 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
 
 
+def test_evidence_that_cannot_be_written_leaves_the_rows_and_the_writer_going(tmp_path):
+    """A full disk or a folder gone: the results are recorded without evidence, counted, and
+    the writer stays alive for the next ones."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    (tmp_path / "not_a_folder").write_text("")
+    writer = RecordWriter(url, tmp_path / "not_a_folder" / "ev").start()
+    for i in range(3):
+        writer.put(_result("c", i), time.time_ns())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and writer.recorded < 3:
+        time.sleep(0.05)
+    assert writer.thread.is_alive() and writer.recorded == 3
+    writer.close()
+    rows = Record(url).results(limit=10)
+    assert len(rows) == 3 and all(r["evidence"] is None for r in rows)
+    assert writer.evidence_failed == 3 and writer.metrics.evidence_failed._value.get() == 3
+
+
 def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():
     url = f"postgresql://vqad:hunter2@127.0.0.1:{free_loopback_port()}/line"  # nobody listens there
     proc = run_vqad("records", url, check=False)

@@ -74,6 +74,7 @@ class RecordWriter:
         self.max_bytes = int(max_gb * 1e9)
         self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
         self.evidence_removed = 0
+        self.evidence_failed = 0
         self.keep_ns = int(keep_days * 86400e9)
         self.expired = 0
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
@@ -187,7 +188,7 @@ class RecordWriter:
 
     def _row(self, result: Result, published_ns: int) -> dict[str, Any]:
         h = result.header
-        frame_path, overlay_path = self._evidence(result) if result.frame is not None else (None, None)
+        frame_path, overlay_path = self._evidence_or_none(result) if result.frame is not None else (None, None)
         return {
             "camera_id": h["camera_id"],
             "frame_id": h["frame_id"],
@@ -210,6 +211,19 @@ class RecordWriter:
             "daemon_run": self.run_id,
         }
 
+    def _evidence_or_none(self, result: Result) -> tuple[str | None, str | None]:
+        """_evidence, or no evidence when it cannot be written (a full disk, a folder gone): the
+        row is kept without it, and the writer goes on; counted and logged now and then."""
+        try:
+            return self._evidence(result)
+        except OSError as exc:
+            self.evidence_failed += 1
+            self.metrics.evidence_failed.inc()
+            if self.evidence_failed in (1, 10, 100) or self.evidence_failed % 1000 == 0:
+                log.error("evidence not written (%d so far), the results are recorded without it: %s",
+                          self.evidence_failed, exc)  # fmt: skip
+            return None, None
+
     def _evidence(self, result: Result) -> tuple[str | None, str | None]:
         """The frame as received (PNG, lossless) and its anomaly-map overlay (JPEG); idempotent
         names, so a retried batch rewrites the same files."""
@@ -219,14 +233,14 @@ class RecordWriter:
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{h['frame_id']}"
         frame_path = stem.with_suffix(".png")
-        cv2.imwrite(str(frame_path), result.frame)
+        _write_image(frame_path, result.frame)
         self.evidence_bytes += frame_path.stat().st_size
         overlay_path = None
         info = h.get("map")
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
-            cv2.imwrite(str(overlay_path), heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
+            _write_image(overlay_path, heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
             self.evidence_bytes += overlay_path.stat().st_size
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
@@ -325,6 +339,12 @@ class RecordWriter:
             if path and Path(path).is_file():
                 self.evidence_bytes -= Path(path).stat().st_size
                 Path(path).unlink()
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite, which answers a full disk with False, as an OSError."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
 
 
 def _folder_bytes(folder: Path) -> int:
