@@ -209,12 +209,13 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
 
 
-def test_evidence_that_cannot_be_written_leaves_the_rows_and_the_writer_going(tmp_path):
-    """A full disk or a folder gone: the results are recorded without evidence, counted, and
-    the writer stays alive for the next ones."""
+def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):
+    """A full disk or a folder gone: the results are recorded without evidence (and without the
+    writer's state file), counted, and the writer stays alive for the next ones."""
     url = f"sqlite:///{tmp_path / 'line.db'}"
     (tmp_path / "not_a_folder").write_text("")
-    writer = RecordWriter(url, tmp_path / "not_a_folder" / "ev").start()
+    state = tmp_path / "not_a_folder" / "record.json"  # nor can the writer's state file be written
+    writer = RecordWriter(url, tmp_path / "not_a_folder" / "ev", state_file=state).start()
     for i in range(3):
         writer.put(_result("c", i), time.time_ns())
     deadline = time.monotonic() + 10

@@ -75,6 +75,7 @@ class RecordWriter:
         self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
         self.evidence_removed = 0
         self.evidence_failed = 0
+        self._state_failed = False
         self.keep_ns = int(keep_days * 86400e9)
         self.expired = 0
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
@@ -247,10 +248,17 @@ class RecordWriter:
     def _save_state(self) -> None:
         """How many results this run was handed, before each transaction: after a kill, the
         rows this run lacks are at least that count minus the rows it has."""
-        if self.state_file is not None:
-            tmp = self.state_file.with_suffix(".tmp")
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        try:
             tmp.write_text(json.dumps({"run": self.run_id, "handed": self.handed}))
             tmp.replace(self.state_file)
+        except OSError as exc:  # a full disk: the rows matter more than the count of them
+            if not self._state_failed:
+                log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
+                          "not say how many results have no row", self.state_file, exc)  # fmt: skip
+            self._state_failed = True
 
     def _report_previous_run(self) -> None:
         """Log how many of the previous run's results have no row (a kill, a power cut)."""
