@@ -2,7 +2,8 @@
 sub-command needs only when it runs, so `vqad serve`, `vqad camera` and `vqad watch` never
 import torch.
 
-Errors: domain exceptions (edge.errors.VqadError) become one log line and their exit code.
+Errors: domain exceptions (edge.errors.VqadError) become one log line and their exit code; so
+does an OSError, a file or folder the system refused (exit 7; the traceback with --verbose).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from vqad.commands import data, export, line, model, tools
 log = logging.getLogger("vqad")
 
 GROUPS = (data, model, export, line, tools)
+# After VqadError's codes (1-6): the system refused a file or folder (space, permission).
+SYSTEM_EXIT_CODE = 7
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except VqadError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except OSError as exc:  # a file the system refused: no space, no permission, a folder gone
+        log.debug("the system's refusal", exc_info=True)
+        where = f" {exc.filename}" if exc.filename else ""
+        log.error("cannot use%s: %s", where, exc.strerror or exc)
+        return SYSTEM_EXIT_CODE
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vqad.commands.common import at_least
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     import time
@@ -25,9 +27,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=256, help="image side in pixels")
-    s.add_argument("--n-train", type=int, default=160)
-    s.add_argument("--n-test-good", type=int, default=40)
-    s.add_argument("--n-per-defect", type=int, default=12)
+    s.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
+    s.add_argument("--n-train", type=at_least(4), default=160)  # what vqad train needs
+    s.add_argument("--n-test-good", type=at_least(0), default=40)
+    s.add_argument("--n-per-defect", type=at_least(0), default=12)
     s.add_argument("--categories", help="comma-separated subset of: weave,bracket")
     s.set_defaults(func=cmd_synth)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqad.commands.common import default_config, overrides
+from vqad.commands.common import at_least, default_config, overrides
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -61,7 +61,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")
     b.add_argument("model", type=Path, metavar="MODEL_DIR")
-    b.add_argument("--max-batch", type=int, default=8)
-    b.add_argument("--workspace-mb", type=int, default=1024)
+    b.add_argument("--max-batch", type=at_least(1), default=8)
+    b.add_argument("--workspace-mb", type=at_least(1), default=1024)
     b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     b.set_defaults(func=cmd_build_engine)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vqad.commands.common import default_config, overrides
+from vqad.commands.common import at_least, default_config, overrides
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -260,24 +260,24 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("camera", help="send frames from a folder, video file, or device to the daemon")
     c.add_argument("source", help="folder of images, image or video file, device index, or URL")
     c.add_argument("--to", required=True, metavar="ENDPOINT")
-    c.add_argument("--fps", type=float, default=0.0, help="frames per second (0 = as fast as accepted)")
+    c.add_argument("--fps", type=at_least(0, float), default=0.0, help="frames per second (0 = as fast as accepted)")
     c.add_argument("--camera-id", default="cam0")
     c.add_argument("--encoding", choices=["raw", "jpeg", "png"], default="raw")
     c.add_argument("--loop", action="store_true")
-    c.add_argument("--count", type=int, default=0, help="stop after this many frames (0 = no limit)")
+    c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
     c.add_argument("--start-id", type=int, default=0, help="first frame_id")
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
     c.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     c.add_argument(
         "--hwm",
-        type=int,
+        type=at_least(1),
         default=4,
         help="frames that may wait in this process for the daemon (ZeroMQ SNDHWM; default 4)",
     )
     c.add_argument(
         "--linger-s",
-        type=float,
+        type=at_least(0, float),
         default=30.0,
         help="on exit, wait this long for queued frames to reach the daemon (default 30; at most 3 after SIGTERM)",
     )
@@ -289,8 +289,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     w.add_argument("endpoint", metavar="ENDPOINT")
     w.add_argument("--camera", metavar="ID")
     w.add_argument("--save-dir", type=Path)
-    w.add_argument("--count", type=int, default=0, help="exit after this many results")
-    w.add_argument("--timeout", type=float, default=0.0, help="exit after this many idle seconds")
+    w.add_argument("--count", type=at_least(0), default=0, help="exit after this many results")
+    w.add_argument("--timeout", type=at_least(0, float), default=0.0, help="exit after this many idle seconds")
     w.add_argument("--jsonl", type=Path, help="append every result header to this file")
     w.add_argument("--summary-json", type=Path, help="write the summary here on exit")
     w.add_argument("--quiet", action="store_true", help="no line per result")
@@ -308,7 +308,7 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--until", metavar="ISO8601")
     r.add_argument("--frame-id", type=int, metavar="N")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    r.add_argument("--limit", type=int, default=100, metavar="N")
+    r.add_argument("--limit", type=at_least(1), default=100, metavar="N")
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
     r.set_defaults(func=cmd_records)
 
@@ -334,7 +334,7 @@ def _add_ctl(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--by", help="who makes the change (default: this user)")
     c.add_argument(
         "--timeout",
-        type=float,
+        type=at_least(0.1, float),
         help=f"seconds to wait for the answer (default {CTL_TIMEOUT_S:g}; a reload warms up: {RELOAD_TIMEOUT_S:g})",
     )
     c.set_defaults(func=cmd_ctl)

@@ -35,9 +35,9 @@ def model_and_train_configs(args: argparse.Namespace):
     size = getattr(args, "image_size", None)
     if size:
         m_over["image_size"] = size if size == "auto" else list(parse_size(size))
-    if getattr(args, "max_minutes", None):
+    if getattr(args, "max_minutes", None) is not None:  # 0 is refused by the config, not ignored
         t_over["max_minutes"] = args.max_minutes
-    if getattr(args, "steps", None):
+    if getattr(args, "steps", None) is not None:
         t_over["steps"] = args.steps
     if getattr(args, "seed", None) is not None:
         t_over["seed"] = args.seed
@@ -168,7 +168,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="model input: N x N, height x width, or auto (configs/model.yaml's default: the training "
         "images' median aspect ratio, the short side model.short_side)",
     )
-    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--max-minutes", type=float, help="a guard on the training's wall time (train.max_minutes)")
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its checkpoint")

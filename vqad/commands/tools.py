@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vqad.commands.common import at_least
 from vqad.commands.model import size_arg
 
 
@@ -31,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="synth -> train -> eval -> export -> serve -> camera -> watch, end to end")
     d.add_argument("--workdir", default="demo")
     d.add_argument("--category", default="bracket", choices=["bracket", "weave"])
-    d.add_argument("--minutes", type=float, default=3.0, help="training budget")
+    d.add_argument("--minutes", type=at_least(0.1, float), default=3.0, help="training budget")
     d.add_argument(
         "--image-size", type=size_arg, default="auto", help="vqad train --image-size: N, HxW or auto (configs/)"
     )

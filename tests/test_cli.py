@@ -1,0 +1,36 @@
+"""What the command line refuses, and how: one line and an exit code, never a traceback, and
+never a value quietly taken for another."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_vqad
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["synth", "{tmp}/s", "--size", "0"], "--size: must be at least 16"),
+        (["synth", "{tmp}/s", "--n-train", "2"], "--n-train: must be at least 4"),
+        (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),
+        (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--hwm", "0"], "--hwm: must be at least 1"),
+        (["watch", "tcp://127.0.0.1:5556", "--count", "many"], "--count: expected an integer"),
+        (["ctl", "tcp://127.0.0.1:5557", "status", "--timeout", "0"], "--timeout: must be at least 0.1"),
+        # 0 was taken for "not given": a 3,000-step training, or a 60-minute guard.
+        (["train", "{synth}/bracket", "--out", "{tmp}/run", "--steps", "0"], "train.steps must be >= 1"),
+        (["train", "{synth}/bracket", "--out", "{tmp}/run", "--max-minutes", "0"], "train.max_minutes must be > 0"),
+    ],
+)
+def test_a_bad_number_is_refused_in_one_line(args, message, tmp_path, synth_root):
+    proc = run_vqad(*(a.format(tmp=tmp_path, synth=synth_root) for a in args), check=False, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_folder_the_system_refuses_is_one_line_and_exit_7(tiny_run, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_vqad("export", tiny_run, "--out", blocker / "model", check=False)
+    assert proc.returncode == 7 and "Traceback" not in proc.stderr
+    assert f"cannot use {blocker}" in proc.stderr.strip().splitlines()[-1]
