@@ -43,20 +43,33 @@ def label(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255
     return image
 
 
-def result_picture(header: dict[str, Any], amap: np.ndarray, frame_jpeg: bytes | None = None) -> np.ndarray:
+# A saved picture is drawn at least this wide, so that its label ("cam0 #1234 0.7736 PASS")
+# fits in one legible line: a 128-px map holds two thirds of it at the smallest font.
+LABELLED_MIN_WIDTH = 256
+
+
+def result_picture(
+    header: dict[str, Any], amap: np.ndarray, frame_jpeg: bytes | None = None, labelled: bool = True
+) -> np.ndarray:
     """A published result as a picture: its map over the streamed frame (the map alone when the
-    stream carries no frame), its regions boxed, and a label. -> (h, w, 3) BGR at map size."""
+    stream carries no frame), its regions boxed, and, when `labelled`, a label (camera, frame,
+    score, verdict; the picture then at least LABELLED_MIN_WIDTH wide). -> (h, w, 3) BGR at the
+    map's size or larger. The dashboard draws it unlabelled: its page writes the label."""
     base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR) if frame_jpeg else None
     if base is None:
         base = np.zeros((*amap.shape, 3), np.uint8)
     picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
+    if labelled and picture.shape[1] < LABELLED_MIN_WIDTH:
+        grow = LABELLED_MIN_WIDTH / picture.shape[1]
+        picture = cv2.resize(picture, None, fx=grow, fy=grow, interpolation=cv2.INTER_LINEAR)
     fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
     sx, sy = picture.shape[1] / fw, picture.shape[0] / fh
     boxes = [
         {"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []
     ]
     draw_regions(picture, boxes)
-    verdict = (header.get("decision") or header["status"]).upper()
-    colour = (0, 0, 255) if verdict == "FAIL" else (255, 255, 255)
-    label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} {verdict}", colour)
+    if labelled:
+        verdict = (header.get("decision") or header["status"]).upper()
+        colour = (0, 0, 255) if verdict == "FAIL" else (255, 255, 255)
+        label(picture, f"{header['camera_id']} #{header['frame_id']} {header['score']:.4g} {verdict}", colour)
     return picture

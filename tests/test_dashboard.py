@@ -18,6 +18,7 @@ from edge.dashboard.live import LiveView
 from edge.dashboard.probe import read_metrics
 from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
+from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.protocol import frame_message, result_header
 from edge.record import Record
 from edge.transport import free_loopback_port
@@ -58,6 +59,17 @@ def _header(frame_id, status="ok", score=None, camera="c"):
     decision = None if score is None else ("fail" if score > 1.0 else "pass")
     model = {"name": "m", "sha256": "0" * 64}
     return result_header(camera, frame_id, time.time_ns(), status, 1.0, model, score=score, decision=decision)
+
+
+def test_a_saved_picture_is_wide_enough_for_its_label_and_the_pages_is_left_to_the_page():
+    header = {**_header(7, score=1.5), "regions": [{"x": 8, "y": 8, "w": 4, "h": 4}]}
+    amap = np.zeros((32, 48), np.float32)
+    saved = result_picture(header, amap)
+    assert saved.shape[1] == LABELLED_MIN_WIDTH and abs(saved.shape[0] - LABELLED_MIN_WIDTH * 32 / 48) <= 1
+    assert (saved[:14, :120, 2] > 200).any()  # a FAIL's label, in red, on its dark band
+    page = result_picture(header, amap, labelled=False)
+    assert page.shape == (32, 48, 3) and (page[8, 8:13] == (0, 0, 255)).all()  # the region's box, in red
+    assert not (page[:6, :, 2] > 200).any()  # no label
 
 
 def test_the_live_view_counts_rates_histogram_and_rejects():

@@ -59,7 +59,7 @@ class LiveFrame:
         map. Drawn once, however many pages ask."""
         amap = decode_map(self.header, self.map_bytes) if self._picture is None else None
         if amap is not None and self.header.get("score") is not None:
-            picture = result_picture(self.header, amap, self.frame_jpeg)
+            picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False)  # the page labels it
             ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             self._picture = jpeg.tobytes() if ok else None
         return self._picture
