@@ -68,14 +68,23 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
             return
 
 
-def _wait_for_room(sock: zmq.Socket, stop) -> bool:
+# After this long without room for a frame, the camera says what it waits for, once.
+WAIT_HINT_S = 10.0
+
+
+def _wait_for_room(sock: zmq.Socket, stop, endpoint: str = "") -> bool:
     """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False).
 
-    Polls in bounded slices, so that a stop request is seen while the daemon holds us back.
+    Polls in bounded slices, so that a stop request is seen while the daemon holds us back; a
+    wait past WAIT_HINT_S is logged once (a daemon not started, or busy).
     """
+    started, hinted = time.monotonic(), False
     while not sock.poll(100, zmq.POLLOUT):
         if stop is not None and stop():
             return False
+        if not hinted and time.monotonic() - started > WAIT_HINT_S:
+            hinted = True
+            log.warning("waiting %.0f s for the daemon at %s to take a frame: is it running?", WAIT_HINT_S, endpoint)
     return True
 
 
@@ -131,7 +140,7 @@ def run_camera(
                 next_t = max(next_t + period, time.monotonic() - period)
             frame_id = start_id + sent
             message = frame_message(camera_id, frame_id, image, encoding)
-            if not _wait_for_room(sock, stop):
+            if not _wait_for_room(sock, stop, endpoint):
                 break
             sock.send_multipart(message, copy=False)
             if out:

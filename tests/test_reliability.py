@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import cv2
 import numpy as np
 import psutil
 import pytest
@@ -337,3 +339,20 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
     assert bad == [] and plain == []
     assert "refused a peer" in log
+
+
+def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch, caplog):
+    """No daemon at the endpoint: the frames queue up to the high-water mark, the camera waits,
+    says so once, and stops when asked."""
+    from edge import camera
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
+    monkeypatch.setattr(camera, "WAIT_HINT_S", 0.2)
+    deadline = time.monotonic() + 2.0
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"  # nobody listens
+    with caplog.at_level(logging.WARNING, logger="edge.camera"):
+        sent = camera.run_camera(
+            str(tmp_path), endpoint, loop=True, sndhwm=1, linger_s=0, stop=lambda: time.monotonic() > deadline
+        )
+    waits = [r for r in caplog.records if "to take a frame: is it running?" in r.getMessage()]
+    assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent >= 1
