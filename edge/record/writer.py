@@ -26,7 +26,8 @@ import sqlalchemy as sa
 
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.record.schema import events, results, reviews
+from edge.record.housekeeping import Housekeeping
+from edge.record.schema import events, results
 from edge.record.store import open_record
 from edge.results import Result
 
@@ -37,12 +38,6 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 256
 FLUSH_S = 0.5
 RETRY_MAX_S = 5.0
-# Expiry runs at start and then this often, in transactions of EXPIRE_ROWS rows and at most
-# EXPIRE_CHUNKS of them a time, so that the writer returns to the line's rows within a second
-# or so even when a first start meets months of old rows.
-EXPIRE_EVERY_S = 600.0
-EXPIRE_ROWS = 5000
-EXPIRE_CHUNKS = 20
 
 
 class RecordWriter:
@@ -71,21 +66,27 @@ class RecordWriter:
         self.stopping = False
         self.recorded = self.unrecorded = 0
         self._random = random.Random(0)
-        self.max_bytes = int(max_gb * 1e9)
-        self.evidence_bytes = _folder_bytes(self.evidence_dir) if self.max_bytes else 0
-        self.evidence_removed = 0
         self.evidence_failed = 0
         self._state_failed = False
-        self.keep_ns = int(keep_days * 86400e9)
-        self.expired = 0
-        self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
-        self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
+        self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
         self.handed = 0
         self.state_file = Path(state_file) if state_file else None
         if self.state_file is not None:
             self._report_previous_run()
+
+    @property
+    def evidence_bytes(self) -> int:
+        return self.house.evidence_bytes
+
+    @property
+    def evidence_removed(self) -> int:
+        return self.house.evidence_removed
+
+    @property
+    def expired(self) -> int:
+        return self.house.expired
 
     def start(self) -> RecordWriter:
         self.thread.start()
@@ -161,25 +162,13 @@ class RecordWriter:
                 time.sleep(pause)
                 continue
             pause = 0.0
-            self._housekeeping()
+            self.house.run()
             with self.lock:
                 for _ in batch:
                     self.buffer.popleft()
                 self.metrics.record_pending.set(len(self.buffer))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
-
-    def _housekeeping(self) -> None:
-        """The evidence quota and the results' expiry; a failure is logged and tried again
-        later, and never stops the writer (the line's rows come first)."""
-        try:
-            if self.max_bytes and self.evidence_bytes > self.max_bytes:
-                self._enforce_quota()
-            if self.keep_ns and time.monotonic() >= self._next_expiry:
-                self._expire()
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
-            self.metrics.record_errors.inc()
-            log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
         self._save_state()
@@ -235,14 +224,14 @@ class RecordWriter:
         stem = folder / f"{h['frame_id']}"
         frame_path = stem.with_suffix(".png")
         _write_image(frame_path, result.frame)
-        self.evidence_bytes += frame_path.stat().st_size
+        self.house.added(frame_path)
         overlay_path = None
         info = h.get("map")
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
             _write_image(overlay_path, heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
-            self.evidence_bytes += overlay_path.stat().st_size
+            self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
     def _save_state(self) -> None:
@@ -278,85 +267,11 @@ class RecordWriter:
         else:
             log.info("the previous run's %d results are all recorded", rows)
 
-    def _enforce_quota(self) -> None:
-        """Remove the oldest evidence until it fits in the quota again; mark and count each."""
-        removed = 0
-        with self.engine.begin() as conn:
-            while self.evidence_bytes > self.max_bytes:
-                oldest = conn.execute(
-                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
-                    .where(results.c.evidence_frame.is_not(None), results.c.evidence_removed.is_(False))
-                    .order_by(results.c.id)
-                    .limit(64)
-                ).all()
-                if not oldest:
-                    break
-                marked = []
-                for row in oldest:
-                    self._remove_files(row.evidence_frame, row.evidence_overlay)
-                    marked.append(row.id)
-                    if self.evidence_bytes <= self.max_bytes:
-                        break
-                conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
-                removed += len(marked)
-        self.evidence_removed += removed
-        self.metrics.evidence_removed.inc(removed)
-        log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
-
-    def _expire(self) -> None:
-        """Remove results published more than keep_days ago, oldest first, with their evidence
-        files; a reviewed result stays. Rows are written in time order, so the scan walks the
-        ids up from where it stopped and ends at the first row that is young enough."""
-        cutoff = time.time_ns() - self.keep_ns
-        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
-        reviewed = (
-            sa.exists()
-            .where(reviews.c.camera_id == results.c.camera_id, reviews.c.frame_id == results.c.frame_id)
-            .label("reviewed")
-        )
-        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
-        removed = 0
-        try:
-            for _ in range(EXPIRE_CHUNKS):
-                with self.engine.begin() as conn:
-                    rows = conn.execute(
-                        query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
-                    ).all()
-                    young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
-                    gone = [r for r in rows[:young] if not r.reviewed]
-                    if gone:
-                        conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
-                    if young:
-                        self._expired_up_to = rows[young - 1].id
-                for r in gone:
-                    self._remove_files(r.evidence_frame, r.evidence_overlay)
-                removed += len(gone)
-                if young < len(rows) or len(rows) < EXPIRE_ROWS:
-                    break
-        finally:
-            self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
-            if removed:
-                self.expired += removed
-                self.metrics.results_expired.inc(removed)
-                log.info("record: removed %d results older than %g days (%d in all; reviewed ones stay)",
-                         removed, self.keep_ns / 86400e9, self.expired)  # fmt: skip
-
-    def _remove_files(self, *paths: str | None) -> None:
-        """Delete evidence files that are there, and take them off the quota's count."""
-        for path in paths:
-            if path and Path(path).is_file():
-                self.evidence_bytes -= Path(path).stat().st_size
-                Path(path).unlink()
-
 
 def _write_image(path: Path, image: np.ndarray) -> None:
     """cv2.imwrite, which answers a full disk with False, as an OSError."""
     if not cv2.imwrite(str(path), image):
         raise OSError(f"cannot write {path}")
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def default_evidence_dir(engine: sa.Engine) -> Path:

@@ -1,0 +1,129 @@
+"""`Housekeeping`: keeps the line's record within its bounds while the writer fills it. The
+evidence quota removes the oldest evidence files past `record_max_gb` and marks their rows;
+expiry removes results older than `record_keep_days` with their files, except reviewed ones.
+Both run on the writer's thread, between its transactions; a failure is logged and tried again,
+and never stops the writer: the line's rows come first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from edge.metrics import DaemonMetrics
+from edge.record.schema import results, reviews
+
+log = logging.getLogger(__name__)
+
+# Expiry runs at start and then this often, in transactions of EXPIRE_ROWS rows and at most
+# EXPIRE_CHUNKS of them a time, so that the writer returns to the line's rows within a second
+# or so even when a first start meets months of old rows.
+EXPIRE_EVERY_S = 600.0
+EXPIRE_ROWS = 5000
+EXPIRE_CHUNKS = 20
+
+
+class Housekeeping:
+    def __init__(self, engine: sa.Engine, evidence_dir: Path, metrics: DaemonMetrics, max_gb: float, keep_days: float):
+        """max_gb: the evidence's disk quota (0 = none). keep_days: how long a result stays
+        (0 = for ever)."""
+        self.engine, self.metrics = engine, metrics
+        self.max_bytes = int(max_gb * 1e9)
+        self.evidence_bytes = _folder_bytes(evidence_dir) if self.max_bytes else 0
+        self.evidence_removed = 0
+        self.keep_ns = int(keep_days * 86400e9)
+        self.expired = 0
+        self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
+        self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
+
+    def added(self, path: Path) -> None:
+        """An evidence file the writer wrote: counted against the quota."""
+        self.evidence_bytes += path.stat().st_size
+
+    def run(self) -> None:
+        """The quota, then expiry when it is due; errors are logged, counted and left for later."""
+        try:
+            if self.max_bytes and self.evidence_bytes > self.max_bytes:
+                self._enforce_quota()
+            if self.keep_ns and time.monotonic() >= self._next_expiry:
+                self._expire()
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            self.metrics.record_errors.inc()
+            log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
+
+    def _enforce_quota(self) -> None:
+        """Remove the oldest evidence until it fits in the quota again; mark and count each."""
+        removed = 0
+        with self.engine.begin() as conn:
+            while self.evidence_bytes > self.max_bytes:
+                oldest = conn.execute(
+                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
+                    .where(results.c.evidence_frame.is_not(None), results.c.evidence_removed.is_(False))
+                    .order_by(results.c.id)
+                    .limit(64)
+                ).all()
+                if not oldest:
+                    break
+                marked = []
+                for row in oldest:
+                    self._remove_files(row.evidence_frame, row.evidence_overlay)
+                    marked.append(row.id)
+                    if self.evidence_bytes <= self.max_bytes:
+                        break
+                conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
+                removed += len(marked)
+        self.evidence_removed += removed
+        self.metrics.evidence_removed.inc(removed)
+        log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
+
+    def _expire(self) -> None:
+        """Remove results published more than keep_days ago, oldest first, with their evidence
+        files; a reviewed result stays. Rows are written in time order, so the scan walks the
+        ids up from where it stopped and ends at the first row that is young enough."""
+        cutoff = time.time_ns() - self.keep_ns
+        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
+        reviewed = (
+            sa.exists()
+            .where(reviews.c.camera_id == results.c.camera_id, reviews.c.frame_id == results.c.frame_id)
+            .label("reviewed")
+        )
+        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
+        removed = 0
+        try:
+            for _ in range(EXPIRE_CHUNKS):
+                with self.engine.begin() as conn:
+                    rows = conn.execute(
+                        query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
+                    ).all()
+                    young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
+                    gone = [r for r in rows[:young] if not r.reviewed]
+                    if gone:
+                        conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
+                    if young:
+                        self._expired_up_to = rows[young - 1].id
+                for r in gone:
+                    self._remove_files(r.evidence_frame, r.evidence_overlay)
+                removed += len(gone)
+                if young < len(rows) or len(rows) < EXPIRE_ROWS:
+                    break
+        finally:
+            self._next_expiry = time.monotonic() + EXPIRE_EVERY_S
+            if removed:
+                self.expired += removed
+                self.metrics.results_expired.inc(removed)
+                log.info("record: removed %d results older than %g days (%d in all; reviewed ones stay)",
+                         removed, self.keep_ns / 86400e9, self.expired)  # fmt: skip
+
+    def _remove_files(self, *paths: str | None) -> None:
+        """Delete evidence files that are there, and take them off the quota's count."""
+        for path in paths:
+            if path and Path(path).is_file():
+                self.evidence_bytes -= Path(path).stat().st_size
+                Path(path).unlink()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
