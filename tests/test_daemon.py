@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge.frames import list_images
+from edge.overlay import LABELLED_MIN_WIDTH
 from edge.protocol import frame_message
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
@@ -314,7 +315,8 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
     overlays = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(overlays) == 4
     picture = cv2.imread(str(overlays[0]))
-    assert picture.shape == (32, 32, 3) and picture.std() > 5  # the frame with its heat map, not a blank
+    # The frame with its heat map (not a blank), drawn wide enough for its label.
+    assert picture.shape == (LABELLED_MIN_WIDTH, LABELLED_MIN_WIDTH, 3) and picture.std() > 5
 
 
 def test_sub_mode_connects_to_publishing_cameras(tiny_model):
