@@ -19,9 +19,18 @@ from edge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def create_keys(folder: str | Path, name: str) -> tuple[Path, Path]:
-    """Write NAME.key and NAME.key_secret into `folder`; returns (public, secret) paths."""
+def create_keys(folder: str | Path, name: str, replace: bool = False) -> tuple[Path, Path]:
+    """Write NAME.key and NAME.key_secret into `folder`; returns (public, secret) paths. An
+    existing pair is kept (ConfigError) unless `replace`: every peer that trusts its public key
+    would be locked out by a new one."""
     folder = Path(folder)
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"a key's name is a plain file name, got {name!r}")
+    existing = [p for p in (folder / f"{name}.key", folder / f"{name}.key_secret") if p.exists()]
+    if existing and not replace:
+        raise ConfigError(
+            f"{existing[0]} exists: peers that trust it would be locked out by a new key; pass --force to replace it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(folder), name)
     Path(secret).chmod(0o600)

@@ -19,7 +19,7 @@ import zmq
 from edge.protocol import frame_message
 from edge.security import create_keys, make_curve_client
 from edge.transport import free_loopback_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
 pytestmark = pytest.mark.timeout(240)
@@ -273,6 +273,17 @@ def test_maximum_message_size_is_enforced(tiny_model):
         assert d.alive()
     assert got[1]["status"] == "ok"
     assert got[2]["status"] == "error"
+
+
+def test_a_key_pair_is_never_replaced_unasked(tmp_path):
+    """A new server key would lock out every camera that trusts the old one."""
+    public, secret = create_keys(tmp_path, "server")
+    before = secret.read_bytes()
+    proc = run_vqad("keys", tmp_path, "--name", "server", check=False)
+    assert proc.returncode == 2 and "--force" in proc.stderr and secret.read_bytes() == before
+    run_vqad("keys", tmp_path, "--name", "server", "--force")
+    assert secret.read_bytes() != before and oct(secret.stat().st_mode)[-3:] == "600"
+    assert run_vqad("keys", tmp_path, "--name", "../elsewhere", check=False).returncode == 2
 
 
 def test_curve_refuses_unknown_peers(tiny_model, tmp_path):

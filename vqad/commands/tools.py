@@ -12,7 +12,7 @@ from vqad.commands.model import size_arg
 def cmd_keys(args: argparse.Namespace) -> int:
     from edge.security import create_keys
 
-    public, secret = create_keys(args.dir, args.name)
+    public, secret = create_keys(args.dir, args.name, replace=args.force)
     print(f"public key: {public}\nsecret key: {secret} (keep it private)")
     return 0
 
@@ -27,6 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="create a CURVE key pair (DIR/NAME.key, DIR/NAME.key_secret)")
     k.add_argument("dir", type=Path)
     k.add_argument("--name", default="server")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
     k.set_defaults(func=cmd_keys)
 
     d = sub.add_parser("demo", help="synth -> train -> eval -> export -> serve -> camera -> watch, end to end")
