@@ -272,6 +272,18 @@ def test_a_record_is_named_by_url_or_by_path_and_a_missing_one_is_not_created(tm
     assert Record(str(db)).results()[0]["reviews"][0]["verdict"] == "false_reject"
 
 
+def test_a_query_cut_by_its_limit_says_so_and_its_csv_stays_clean(tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    for i in range(3):
+        writer.put(_result("c", i, decision="pass"), time.time_ns())
+    writer.close()
+    cut = run_vqad("records", url, "--limit", "2", "--format", "csv")
+    assert len(cut.stdout.splitlines()) == 3 and "there may be more (--limit N)" in cut.stderr
+    whole = run_vqad("records", url, "--limit", "5", "--format", "csv")
+    assert len(whole.stdout.splitlines()) == 4 and "--limit" not in whole.stderr
+
+
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):
     db = tmp_path / "line.db"
     url = f"sqlite:///{db}"

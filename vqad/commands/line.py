@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vqad.commands.common import at_least, default_config, overrides
+
+log = logging.getLogger("vqad")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -146,6 +149,8 @@ def cmd_records(args: argparse.Namespace) -> int:
             print(f"{when}Z {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
                   f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['evidence'] or ''}")  # fmt: skip
         print(f"{len(rows)} results")
+    if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
+        log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
     return 0
 
 
