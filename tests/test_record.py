@@ -5,6 +5,7 @@ training data; a database that is down for a while; the evidence quota."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from edge.errors import DataError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter
 from edge.results import Result
@@ -163,6 +165,29 @@ def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path, record_url)
     writer.close()
     assert writer.recorded == 10 and writer.unrecorded == 0
     assert len(Record(record_url).results(limit=100)) == 10
+
+
+def test_a_database_server_down_at_start_does_not_stop_the_line(tmp_path, record_url, caplog):
+    """The box boots before the plant's database server: the writer starts, the results wait in
+    its buffer, and they are recorded once the server answers. A SQLite file that cannot be
+    opened is this machine's mistake, and stops the start."""
+    if record_url.startswith("sqlite"):
+        (tmp_path / "line.db").mkdir()  # a folder where the file should be
+        with pytest.raises(DataError, match="cannot open the record"):
+            RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev")
+        return
+    with database_down(record_url):
+        with caplog.at_level(logging.WARNING, logger="edge.record.writer"):
+            writer = RecordWriter(record_url, tmp_path / "evidence").start()
+        assert "the results wait in the buffer" in caplog.text
+        for i in range(5):
+            writer.put(_result("c", i), time.time_ns())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
+            time.sleep(0.2)
+        assert writer.recorded == 0 and len(writer.buffer) == 5
+    writer.close()
+    assert writer.recorded == 5 and len(Record(record_url).results(limit=10)) == 5
 
 
 def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):

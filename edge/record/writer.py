@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 import sqlalchemy as sa
 
+from edge.errors import DataError
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
 from edge.record.housekeeping import Housekeeping
-from edge.record.schema import events, results
-from edge.record.store import open_record
+from edge.record.schema import events, migrate, results
+from edge.record.store import create_engine, open_record
 from edge.results import Result
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class RecordWriter:
         results published longer ago leave the record with their evidence, except reviewed ones
         (0 = keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
-        self.engine = open_record(url)
+        self.engine, self._migrated = self._open(url, max_buffer)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
         self.metrics = metrics or DaemonMetrics()
         self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
@@ -73,8 +74,24 @@ class RecordWriter:
         self.run_id = uuid.uuid4().hex
         self.handed = 0
         self.state_file = Path(state_file) if state_file else None
-        if self.state_file is not None:
+        self._previous = self._previous_state()  # read before this run's first write replaces it
+        if self._migrated:
             self._report_previous_run()
+
+    @staticmethod
+    def _open(url: str, max_buffer: int) -> tuple[sa.Engine, bool]:
+        """The engine, and whether the record could be opened now. A database server that does
+        not answer at start (the box booted before the plant's server) is not a reason to stop
+        the line: the results wait in the buffer, as when it goes down later. A SQLite file that
+        cannot be opened is this machine's mistake, and stops the start (DataError)."""
+        try:
+            return open_record(url), True
+        except DataError as exc:
+            engine = create_engine(url)
+            if engine.dialect.name == "sqlite":
+                raise
+            log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
+            return engine, False
 
     @property
     def evidence_bytes(self) -> int:
@@ -171,6 +188,11 @@ class RecordWriter:
             self.metrics.recorded.inc(len(batch))
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
+        if not self._migrated:  # the server did not answer at start; an OperationalError retries
+            migrate(self.engine)
+            self._migrated = True
+            log.info("the record at %s answers now", self.engine.url.render_as_string(hide_password=True))
+            self._report_previous_run()
         self._save_state()
         rows = [self._row(result, published_ns) for result, published_ns in batch]
         with self.engine.begin() as conn:
@@ -249,14 +271,20 @@ class RecordWriter:
                           "not say how many results have no row", self.state_file, exc)  # fmt: skip
             self._state_failed = True
 
-    def _report_previous_run(self) -> None:
-        """Log how many of the previous run's results have no row (a kill, a power cut)."""
-        if not self.state_file.is_file():
-            return
+    def _previous_state(self) -> dict[str, Any] | None:
+        """The state file the previous run of the daemon left, if any."""
+        if self.state_file is None or not self.state_file.is_file():
+            return None
         try:
-            state = json.loads(self.state_file.read_text())
+            return json.loads(self.state_file.read_text())
         except (OSError, json.JSONDecodeError):
             log.warning("the record's state file %s is unreadable: the previous run is not checked", self.state_file)
+            return None
+
+    def _report_previous_run(self) -> None:
+        """Log how many of the previous run's results have no row (a kill, a power cut)."""
+        state, self._previous = self._previous, None
+        if state is None:
             return
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(sa.func.count()).where(results.c.daemon_run == state["run"])).scalar_one()
