@@ -8,10 +8,12 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import cv2
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from prometheus_client import generate_latest
 
 from edge.dashboard.live import LiveView
@@ -236,3 +238,29 @@ def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(
     finally:
         driver.quit()
         dashboard.stop()
+
+
+def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_page(postgres_url, tmp_path):
+    """The box boots before the plant's database server: the dashboard serves, says why the
+    record is missing, refuses reviews for now (503), and uses the record once it answers."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+    url = postgres_url.replace("@/postgres?", f"@/{name}?")
+    dashboard = DashboardProcess("--record", url, log_path=tmp_path / "dashboard.log").start()
+    review = json.dumps({"camera_id": "c", "frame_id": 1, "verdict": "defect"}).encode()
+    json_type = {"content-type": "application/json"}
+    try:
+        status, body = _json(dashboard.url + "/api/rejects")
+        assert status == 200 and body["rejects"] == [] and "cannot open the record" in body["record_error"]
+        status, answer = _json(dashboard.url + "/api/review", json_type, review)
+        assert status == 503 and "cannot open the record" in answer["error"]
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        answered = wait_for(lambda: _json(dashboard.url + "/api/rejects")[1]["record_error"] is None, 15, 0.5)
+        assert answered and _json(dashboard.url + "/api/review", json_type, review)[0] == 404  # no such result yet
+    finally:
+        dashboard.stop()
+        admin.dispose()

@@ -19,10 +19,12 @@ import functools
 import json
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -35,9 +37,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.dashboard.live import LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe
+from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
 from edge.record import Record
+
+T = TypeVar("T")
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "vqad_token"
@@ -96,7 +101,7 @@ class TokenGate:
 class Dashboard:
     """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
 
-    def __init__(self, view: LiveView, probe: MetricsProbe | None, record: Record | None):
+    def __init__(self, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None):
         self.view, self.probe, self.record = view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: dict[str, tuple[float, LiveFrame | None]] = {}
@@ -145,12 +150,17 @@ class Dashboard:
         for frame in self.view.rejects(camera, limit):
             item = _reject_item(frame.header, recorded=False)
             found[(item["camera_id"], item["frame_id"])] = item
+        record_error = None
         if self.record is not None:
-            for row in self.record.results(camera=camera, decision="fail", limit=limit):
+            try:
+                rows = self._from_record(lambda record: record.results(camera=camera, decision="fail", limit=limit))
+            except RecordUnavailableError as exc:  # the stream's rejects still come, with the reason
+                rows, record_error = [], str(exc)
+            for row in rows:
                 item = _reject_item(row, recorded=True)
                 found[(item["camera_id"], item["frame_id"])] = item
         items = sorted(found.values(), key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
-        return JSONResponse({"rejects": items, "record": self.record is not None})
+        return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))
@@ -163,7 +173,10 @@ class Dashboard:
             return _live_image(live, kind) if live is not None else missing
         # The record's evidence first: the frame as received, at full size. The stream's
         # picture (model size) while the writer has not stored it yet, or without a record.
-        evidence = self._evidence(camera, frame_id, kind) if self.record is not None else None
+        try:
+            evidence = self._evidence(camera, frame_id, kind) if self.record is not None else None
+        except RecordUnavailableError:
+            evidence = None
         if evidence is not None:
             return evidence
         live = self.view.find(camera, frame_id)
@@ -183,7 +196,7 @@ class Dashboard:
         return held[1]
 
     def _evidence(self, camera: str, frame_id: int, kind: str) -> Response | None:
-        rows = self.record.results(camera=camera, frame_id=frame_id, limit=1)
+        rows = self._from_record(lambda record: record.results(camera=camera, frame_id=frame_id, limit=1))
         if not rows:
             return None
         path = rows[0]["evidence_overlay" if kind == "overlay" else "evidence_frame"]
@@ -202,15 +215,25 @@ class Dashboard:
         try:
             body = await request.json()
             review = functools.partial(
-                self.record.review, str(body["camera_id"]), int(body["frame_id"]), str(body["verdict"]),
-                kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
+                Record.review, camera_id=str(body["camera_id"]), frame_id=int(body["frame_id"]),
+                verdict=str(body["verdict"]), kind=body.get("kind") or None, by=body.get("by") or None,
+                note=body.get("note") or None,
             )  # fmt: skip
-            row = await run_in_threadpool(review)  # the database, off the event loop
+            row = await run_in_threadpool(self._from_record, review)  # the database, off the event loop
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"a review needs camera_id, frame_id and verdict: {exc}"}, 400)
         except DataError as exc:
             return JSONResponse({"error": str(exc)}, 404 if "no recorded" in str(exc) else 400)
+        except RecordUnavailableError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
         return JSONResponse({"review": row}, 201)
+
+    def _from_record(self, query: Callable[[Record], T]) -> T:
+        """query(the open record); RecordUnavailableError when its server does not answer."""
+        try:
+            return query(self.record.get())
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.record.failed(exc) from exc
 
 
 def _int_or_none(text: str) -> int | None:
@@ -247,7 +270,9 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     return item
 
 
-def create_app(cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: Record | None) -> Starlette:
+def create_app(
+    cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
+) -> Starlette:
     d = Dashboard(view, probe, record)
     routes = [
         Route("/api/summary", d.api_summary),

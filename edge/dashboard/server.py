@@ -17,9 +17,9 @@ import uvicorn
 from edge.dashboard.app import create_app
 from edge.dashboard.live import LiveView, ResultsFeed
 from edge.dashboard.probe import MetricsProbe
+from edge.dashboard.record_link import RecordLink
 from edge.dashboard.settings import DashboardConfig
 from edge.errors import ConfigError
-from edge.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_dashboard(cfg: DashboardConfig) -> int:
         os.nice(cfg.nice)
     # OpenCV's worker threads would spin on every core for a small picture: draw on this one.
     cv2.setNumThreads(1)
-    record = Record(cfg.record) if cfg.record else None
+    record = RecordLink(cfg.record) if cfg.record else None
     view = LiveView(cfg.silent_after_s)
     feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key)
     probe = MetricsProbe(cfg.metrics) if cfg.metrics else None
@@ -76,7 +76,7 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(
         "dashboard on http://%s:%d/ (results %s, record %s, metrics %s%s)",
-        shown, cfg.port, cfg.results, record.engine.url.render_as_string(hide_password=True) if record else "none",
+        shown, cfg.port, cfg.results, record.where if record else "none",
         cfg.metrics or "none", ", token required" if cfg.token else "",
     )  # fmt: skip
     try:

@@ -1,0 +1,68 @@
+"""`RecordLink`: the line's record as the dashboard reaches it. A database server that does not
+answer (at start, or for a while later) costs the page its record-backed parts, with the reason,
+and never the page: the live view goes on, and the record is opened again when it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import sqlalchemy as sa
+
+from edge.errors import DataError
+from edge.record import Record
+from edge.record.store import create_engine
+
+log = logging.getLogger(__name__)
+
+# How often an unreachable record is tried again: often enough that the page recovers within
+# seconds, seldom enough that a page's polling does not become a connection storm.
+RETRY_S = 5.0
+
+
+class RecordUnavailableError(Exception):
+    """The record cannot be reached now; the message says why."""
+
+
+class RecordLink:
+    def __init__(self, url: str):
+        """Open the record now. A SQLite file that cannot be opened is this machine's mistake
+        (DataError, the start stops); a server that does not answer is tried again later."""
+        self.url = url
+        self.where = create_engine(url).url.render_as_string(hide_password=True)
+        self._record: Record | None = None
+        self._error, self._next_try = "", 0.0
+        try:
+            self._record = Record(url)
+        except DataError as exc:
+            if self.where.startswith("sqlite"):
+                raise
+            self._failed(str(exc))
+
+    def get(self) -> Record:
+        """The open record; RecordUnavailableError while its server does not answer."""
+        if self._record is None and time.monotonic() >= self._next_try:
+            try:
+                self._record = Record(self.url)
+                log.info("the record at %s answers now", self.where)
+            except DataError as exc:
+                self._failed(str(exc))
+        if self._record is None:
+            raise RecordUnavailableError(self._error)
+        return self._record
+
+    def failed(self, exc: sa.exc.SQLAlchemyError) -> RecordUnavailableError:
+        """A query on the open record failed (its server went away): the reason, to raise or
+        answer with. The engine reconnects by itself once the server is back."""
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return RecordUnavailableError(f"the record at {self.where} does not answer: {reason}")
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.close()
+
+    def _failed(self, reason: str) -> None:
+        if reason != self._error:
+            log.warning("%s; the dashboard goes on without it, and tries again every %.0f s", reason, RETRY_S)
+        self._error, self._next_try = reason, time.monotonic() + RETRY_S
