@@ -30,6 +30,10 @@ VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
 MAX_ID_LENGTH = 128
 RESULT_TOPIC_PREFIX = b"result."
+# The daemon's own sign of life on the results socket, for a subscriber that must tell an idle
+# line from a daemon that is gone (a PLC bridge that fails safe). A subscriber to `result.`
+# never receives it.
+HEARTBEAT_TOPIC = b"heartbeat"
 
 
 class UnreadableMessageError(Exception):
@@ -225,6 +229,18 @@ def result_message(
     """[topic, header JSON, map bytes] (+ optional extension parts, e.g. the frame preview)."""
     topic = RESULT_TOPIC_PREFIX + header["camera_id"].encode("utf-8")
     return [topic, json.dumps(header, separators=(",", ":")).encode(), map_bytes, *(extra_parts or [])]
+
+
+def heartbeat_message(header: dict[str, Any]) -> list[bytes]:
+    """[topic, header JSON]: the daemon is up and serving `header["model"]`."""
+    return [HEARTBEAT_TOPIC, json.dumps({"v": VERSION, **header}, separators=(",", ":")).encode()]
+
+
+def parse_heartbeat(parts: list[bytes]) -> dict[str, Any]:
+    """Subscriber side: a heartbeat message -> its header; ValueError for anything else."""
+    if len(parts) != 2 or parts[0] != HEARTBEAT_TOPIC:
+        raise ValueError(f"not a v1 heartbeat message ({len(parts)} parts)")
+    return json.loads(parts[1])
 
 
 def parse_result(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray | None]:

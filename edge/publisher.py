@@ -1,4 +1,5 @@
-"""The daemon's publisher thread: every result out on the PUB socket, and to the record.
+"""The daemon's publisher thread: every result out on the PUB socket, and to the record; and
+every `heartbeat_s` a heartbeat on the same socket.
 
 Single results (errors, drops) go out at once; batches in the order they were numbered (with
 several inference workers, batch n+1 can finish before batch n).
@@ -6,12 +7,13 @@ several inference workers, batch n+1 can finish before batch n).
 
 from __future__ import annotations
 
+import queue
 import time
 from typing import TYPE_CHECKING
 
 import zmq
 
-from edge.protocol import result_message
+from edge.protocol import heartbeat_message, result_message
 from edge.results import BatchResults, Result
 
 if TYPE_CHECKING:
@@ -28,9 +30,17 @@ class Publisher:
         sock = self.d.results_sock
         held: dict[int, list[Result]] = {}
         next_seq = 0
+        every = self.d.cfg.heartbeat_s
+        next_beat = time.monotonic()
         try:
             while True:
-                item = self.d.outbox.get()
+                if every and time.monotonic() >= next_beat:  # on this thread: a socket is not thread-safe
+                    self.heartbeat(sock)
+                    next_beat = time.monotonic() + every
+                try:
+                    item = self.d.outbox.get(timeout=max(0.0, next_beat - time.monotonic()) if every else None)
+                except queue.Empty:
+                    continue
                 if item is STOP:
                     break
                 if not isinstance(item, BatchResults):
@@ -46,6 +56,19 @@ class Publisher:
                     self.publish(sock, result)
         finally:
             sock.close(linger=self.d.cfg.linger_ms)
+
+    def heartbeat(self, sock: zmq.Socket) -> None:
+        """The daemon's sign of life: its model, threshold and counts (docs/protocol.md)."""
+        d, serving = self.d, self.d.serving
+        header = {
+            "ts_ns": time.time_ns(),
+            "model": serving.scoring.model if serving else None,
+            "threshold": serving.scoring.threshold if serving else None,
+            "accepted": d.accepted,
+            "published": d.published,
+            "paused": sorted(d.paused),
+        }
+        sock.send_multipart(heartbeat_message(header))
 
     def publish(self, sock: zmq.Socket, result: Result) -> None:
         d, header = self.d, result.header

@@ -29,6 +29,9 @@ class EdgeConfig:
     frames_mode: Literal["pull", "sub"] = "pull"
     camera_endpoints: tuple[str, ...] = ()
     results_endpoint: str = "tcp://127.0.0.1:5556"
+    # A heartbeat on the results socket this often (topic "heartbeat"; 0 = none), so that a
+    # subscriber can tell an idle line from a daemon that is gone.
+    heartbeat_s: float = 1.0
     backend: str = "onnxruntime"
     precision: Literal["fp32", "fp16"] = "fp32"
     max_batch: int = 8
@@ -94,6 +97,7 @@ class EdgeConfig:
         require(self.inference_workers >= 0, "edge.inference_workers must be >= 0 (0 = automatic)")
         require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")
         require(self.max_delay_ms >= 0, "edge.max_delay_ms must be >= 0")
+        require(self.heartbeat_s >= 0, "edge.heartbeat_s must be >= 0 (0 = no heartbeat)")
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
         require(self.max_header_bytes >= 256, "edge.max_header_bytes is too small")

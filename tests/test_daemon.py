@@ -16,7 +16,7 @@ import pytest
 
 from edge.frames import list_images
 from edge.overlay import LABELLED_MIN_WIDTH
-from edge.protocol import frame_message
+from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
@@ -437,3 +437,22 @@ def test_protocol_doc_examples_work_against_the_daemon(tiny_model):
     lines = out.split("\n")[:5]
     assert [line.split()[:3] for line in lines] == [["cam0", str(i), "ok"] for i in range(5)]
     assert all(line.split()[3] in ("pass", "fail") for line in lines)
+
+
+def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
+    """A subscriber that must fail safe tells an idle line from a daemon that is gone by the
+    heartbeat; a subscriber to results never sees one."""
+    with DaemonProcess(tiny_model, "--set", "edge.heartbeat_s=0.2") as daemon:
+        beats, results = Subscriber(daemon.results, HEARTBEAT_TOPIC), Subscriber(daemon.results)
+        try:
+            got, deadline = [], time.monotonic() + 10
+            while len(got) < 3 and time.monotonic() < deadline:
+                if beats.sock.poll(100):
+                    got.append(parse_heartbeat(beats.sock.recv_multipart()))
+            assert not results.sock.poll(200)
+        finally:
+            beats.close()
+            results.close()
+    assert len(got) == 3 and all(b["v"] == 1 and b["accepted"] == 0 and b["paused"] == [] for b in got)
+    assert got[0]["model"]["sha256"] and got[0]["threshold"] > 0
+    assert 0.1e9 < got[2]["ts_ns"] - got[1]["ts_ns"] < 1e9  # about every 0.2 s

@@ -352,7 +352,7 @@ def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_mode
     with DaemonProcess(tiny_model, "--record", url, "--set", "edge.sndhwm=2") as daemon:
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 1)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.SUBSCRIBE, b"result.")
         sub.connect(daemon.results)
         time.sleep(0.3)
         cam = Camera(daemon.frames)
