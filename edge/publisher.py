@@ -62,6 +62,7 @@ class Publisher:
         d, serving = self.d, self.d.serving
         header = {
             "ts_ns": time.time_ns(),
+            "every_s": d.cfg.heartbeat_s,
             "model": serving.scoring.model if serving else None,
             "threshold": serving.scoring.threshold if serving else None,
             "accepted": d.accepted,

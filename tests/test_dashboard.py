@@ -264,3 +264,19 @@ def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_
     finally:
         dashboard.stop()
         admin.dispose()
+
+
+def test_without_a_metrics_endpoint_the_heartbeat_says_whether_the_daemon_is_up(tiny_model, tmp_path):
+    """The daemon's metrics are off by default: its heartbeat tells the page that it serves,
+    and its silence that it is gone."""
+    daemon = DaemonProcess(tiny_model, "--set", "edge.heartbeat_s=0.2").start()
+    dashboard = DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log").start()
+    try:
+        up = wait_for(lambda: (d := _json(dashboard.url + "/api/summary")[1]["daemon"])["up"] and d, 10)
+        assert up and up["ready"] and up["threshold"] > 0 and up["heartbeat_age_s"] < 1.0
+        daemon.stop()
+        down = wait_for(lambda: (d := _json(dashboard.url + "/api/summary")[1]["daemon"])["up"] is False and d, 10)
+        assert down and down["heartbeat_age_s"] >= 0.6  # three intervals of 0.2 s without a beat
+    finally:
+        dashboard.stop()
+        daemon.stop()

@@ -50,6 +50,9 @@ COOKIE = "vqad_token"
 # results/s a browser redraws twice a second instead of 200 times.
 UPDATE_EVERY_S = 0.5
 MAX_REJECTS = 200
+# Without a metrics endpoint the daemon counts as down after this many heartbeat intervals
+# without one: one lost beat is a hiccup, three are a daemon gone.
+HEARTBEAT_MISSED = 3
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
@@ -117,6 +120,7 @@ class Dashboard:
     def _summary(self) -> dict[str, Any]:
         cameras = self.view.summary()
         daemon = self.probe.snapshot() if self.probe else {"up": None, "metrics": None}
+        daemon.update(self._heartbeat(daemon["up"] is None))
         for camera, view in cameras.items():
             view["drift"] = daemon.get("drift", {}).get(camera)
         daemon.update(
@@ -125,6 +129,19 @@ class Dashboard:
             record=bool(self.record),
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
+
+    def _heartbeat(self, stands_in: bool) -> dict[str, Any]:
+        """What the daemon's heartbeat says: its age, and, without a metrics endpoint
+        (`stands_in`), whether the daemon is up (a beat within HEARTBEAT_MISSED intervals)."""
+        beat = self.view.last_heartbeat()
+        if beat is None:
+            return {"heartbeat_age_s": None}
+        age, header = beat
+        said: dict[str, Any] = {"heartbeat_age_s": round(age, 2)}
+        if stands_in:
+            up = age < HEARTBEAT_MISSED * max(float(header.get("every_s") or 1.0), 0.1)
+            said.update(up=up, ready=up, threshold=header.get("threshold"))
+        return said
 
     async def api_summary(self, request: Request) -> Response:
         return Response(self.summary_json(), media_type="application/json")

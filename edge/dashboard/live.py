@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from edge.overlay import result_picture
-from edge.protocol import RESULT_TOPIC_PREFIX, decode_map, parse_result_header
+from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, decode_map, parse_heartbeat, parse_result_header
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,23 @@ class LiveView:
         self.cameras: dict[str, CameraView] = {}
         self.lock = threading.Lock()
         self.results_seen = 0
+        self._heartbeat: tuple[float, dict[str, Any]] | None = None
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None) -> None:
         frame = LiveFrame(header, map_bytes, frame_jpeg, time.time())
         with self.lock:
             self.results_seen += 1
             self.cameras.setdefault(str(header["camera_id"]), CameraView()).add(frame)
+
+    def heartbeat(self, header: dict[str, Any]) -> None:
+        with self.lock:
+            self._heartbeat = (time.monotonic(), header)
+
+    def last_heartbeat(self) -> tuple[float, dict[str, Any]] | None:
+        """(seconds since the daemon's last heartbeat, its header), or None before the first."""
+        with self.lock:
+            beat = self._heartbeat
+        return None if beat is None else (time.monotonic() - beat[0], beat[1])
 
     def summary(self) -> dict[str, dict[str, Any]]:
         now = time.time()
@@ -217,6 +228,7 @@ class ResultsFeed(threading.Thread):
 
             make_curve_client(sock, *self.curve)
         sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX)
+        sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
         sock.connect(self.endpoint)
         try:
             while not self.stopping.is_set():
@@ -236,6 +248,9 @@ class ResultsFeed(threading.Thread):
             except zmq.Again:
                 return
             try:
+                if parts[0] == HEARTBEAT_TOPIC:
+                    self.view.heartbeat(parse_heartbeat(parts))
+                    continue
                 header = parse_result_header(parts)
                 self.view.add(header, parts[2], parts[3] if len(parts) > 3 else None)
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:

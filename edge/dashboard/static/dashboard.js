@@ -57,7 +57,7 @@ function draw() {
 function drawDaemon(d) {
   const bar = document.getElementById("daemon");
   const el = $(bar, "daemon-state");
-  if (d.up === null || d.up === undefined) pill(el, "daemon: no metrics endpoint", "warn");
+  if (d.up === null || d.up === undefined) pill(el, "daemon: not heard from yet", "warn");
   else if (!d.up) pill(el, "daemon down", "bad");
   else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
   setText(bar, "throughput", num(d.throughput_per_s, 3));
