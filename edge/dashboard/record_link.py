@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from edge.errors import DataError
 from edge.record import Record
-from edge.record.store import create_engine
+from edge.record.store import database_reason, is_sqlite, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,13 @@ class RecordLink:
     def __init__(self, url: str):
         """Open the record now. A SQLite file that cannot be opened is this machine's mistake
         (DataError, the start stops); a server that does not answer is tried again later."""
-        self.url = url
-        self.where = create_engine(url).url.render_as_string(hide_password=True)
+        self.url, self.where = url, shown_url(url)
         self._record: Record | None = None
         self._error, self._next_try = "", 0.0
         try:
             self._record = Record(url)
         except DataError as exc:
-            if self.where.startswith("sqlite"):
+            if is_sqlite(url):
                 raise
             self._failed(str(exc))
 
@@ -55,8 +54,7 @@ class RecordLink:
     def failed(self, exc: sa.exc.SQLAlchemyError) -> RecordUnavailableError:
         """A query on the open record failed (its server went away): the reason, to raise or
         answer with. The engine reconnects by itself once the server is back."""
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return RecordUnavailableError(f"the record at {self.where} does not answer: {reason}")
+        return RecordUnavailableError(f"the record at {self.where} does not answer: {database_reason(exc)}")
 
     def close(self) -> None:
         if self._record is not None:

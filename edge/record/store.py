@@ -57,6 +57,21 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     return engine
 
 
+def shown_url(url: str) -> str:
+    """The record's URL as logs and messages show it: a path as its SQLite URL, no password."""
+    return sa.make_url(record_url(url)).render_as_string(hide_password=True)
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether the record is a SQLite file (this machine's) rather than a database server."""
+    return sa.make_url(record_url(url)).get_backend_name() == "sqlite"
+
+
+def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The first line of what the database driver said, without SQLAlchemy's wrapping."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 def open_record(url: str, must_exist: bool = False) -> sa.Engine:
     """create_engine, then the schema brought up to date: a database that cannot be reached
     (a PostgreSQL server down, a SQLite file that cannot be written) is one DataError that names
@@ -66,9 +81,7 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
         migrate(engine)
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        where = engine.url.render_as_string(hide_password=True)
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise DataError(f"cannot open the record at {where}: {reason}") from exc
+        raise DataError(f"cannot open the record at {shown_url(url)}: {database_reason(exc)}") from exc
     return engine
 
 

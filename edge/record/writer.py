@@ -29,7 +29,7 @@ from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
 from edge.record.housekeeping import Housekeeping
 from edge.record.schema import events, migrate, results
-from edge.record.store import create_engine, open_record
+from edge.record.store import create_engine, is_sqlite, open_record, shown_url
 from edge.results import Result
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,10 @@ class RecordWriter:
         try:
             return open_record(url), True
         except DataError as exc:
-            engine = create_engine(url)
-            if engine.dialect.name == "sqlite":
+            if is_sqlite(url):
                 raise
             log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
-            return engine, False
+            return create_engine(url), False
 
     @property
     def evidence_bytes(self) -> int:
@@ -198,7 +197,7 @@ class RecordWriter:
         if not self._migrated:  # the server did not answer at start; an OperationalError retries
             migrate(self.engine)
             self._migrated = True
-            log.info("the record at %s answers now", self.engine.url.render_as_string(hide_password=True))
+            log.info("the record at %s answers now", shown_url(self.url))
             self._report_previous_run()
         self._save_state()
         rows = [self._row(result, published_ns) for result, published_ns in batch]
