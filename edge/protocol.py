@@ -34,6 +34,9 @@ RESULT_TOPIC_PREFIX = b"result."
 # line from a daemon that is gone (a PLC bridge that fails safe). A subscriber to `result.`
 # never receives it.
 HEARTBEAT_TOPIC = b"heartbeat"
+# A subscriber counts the daemon as gone after this many heartbeat intervals without one: one
+# lost beat is a hiccup, three are a daemon gone.
+HEARTBEAT_MISSED = 3
 
 
 class UnreadableMessageError(Exception):

@@ -16,7 +16,7 @@ import zmq
 
 from edge import transport
 from edge.overlay import result_picture
-from edge.protocol import RESULT_TOPIC_PREFIX, parse_result
+from edge.protocol import HEARTBEAT_MISSED, HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, parse_heartbeat, parse_result
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,31 @@ def format_line(h: dict[str, Any]) -> str:
     return f"{h['camera_id']} #{h['frame_id']} {h['status'].upper()} {h.get('error') or ''}"
 
 
+class DaemonSilence:
+    """Says once when a daemon that sent heartbeats falls silent, and once when it is back. A
+    daemon never heard from (not started, or its heartbeat off) is not warned of."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint, self.last, self.every, self.silent = endpoint, None, 1.0, False
+
+    def beat(self, parts: list[bytes]) -> None:
+        try:
+            header = parse_heartbeat(parts)
+        except (ValueError, json.JSONDecodeError):
+            return
+        if self.silent:
+            log.info("the daemon at %s sends heartbeats again", self.endpoint)
+        self.last, self.every, self.silent = time.monotonic(), float(header.get("every_s") or 1.0), False
+
+    def check(self) -> None:
+        if self.last is None or self.silent:
+            return
+        quiet_s = time.monotonic() - self.last
+        if quiet_s > HEARTBEAT_MISSED * self.every:
+            self.silent = True
+            log.warning("no heartbeat from the daemon at %s for %.1f s: is it running?", self.endpoint, quiet_s)
+
+
 def save_overlay(
     folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None
 ) -> Path | None:
@@ -107,7 +132,9 @@ def run_watch(
 
         make_curve_client(sock, curve_secret, curve_server_key)
     sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
+    sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
     transport.connect(sock, endpoint, "results")
+    daemon = DaemonSilence(endpoint)
     folder = Path(save_dir) if save_dir else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
@@ -116,8 +143,12 @@ def run_watch(
     last = time.monotonic()
     try:
         while not (stop and stop()):
+            daemon.check()
             if sock.poll(100):
                 parts = sock.recv_multipart()
+                if parts[0] == HEARTBEAT_TOPIC:
+                    daemon.beat(parts)
+                    continue
                 try:
                     header, amap = parse_result(parts)
                 except (ValueError, KeyError, json.JSONDecodeError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -456,3 +457,26 @@ def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
     assert len(got) == 3 and all(b["v"] == 1 and b["accepted"] == 0 and b["paused"] == [] for b in got)
     assert got[0]["model"]["sha256"] and got[0]["threshold"] > 0
     assert 0.1e9 < got[2]["ts_ns"] - got[1]["ts_ns"] < 1e9  # about every 0.2 s
+
+
+def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):
+    import threading
+
+    from edge.watch import run_watch
+
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="edge.watch"):
+        with DaemonProcess(tiny_model, "--set", "edge.heartbeat_s=0.2") as daemon:
+            watcher = threading.Thread(
+                target=run_watch, args=(daemon.results,), kwargs={"quiet": True, "stop": stop.is_set}
+            )
+            watcher.start()
+            time.sleep(1.5)  # heartbeats arrive: the daemon is heard from
+            assert "no heartbeat" not in caplog.text
+        deadline = time.monotonic() + 10
+        while "no heartbeat from the daemon" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        watcher.join(5)
+    silent = [r for r in caplog.records if "no heartbeat from the daemon" in r.getMessage()]
+    assert len(silent) == 1 and "is it running?" in silent[0].getMessage()

@@ -40,6 +40,7 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
+from edge.protocol import HEARTBEAT_MISSED
 from edge.record import Record
 
 T = TypeVar("T")
@@ -50,9 +51,6 @@ COOKIE = "vqad_token"
 # results/s a browser redraws twice a second instead of 200 times.
 UPDATE_EVERY_S = 0.5
 MAX_REJECTS = 200
-# Without a metrics endpoint the daemon counts as down after this many heartbeat intervals
-# without one: one lost beat is a hiccup, three are a daemon gone.
-HEARTBEAT_MISSED = 3
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
