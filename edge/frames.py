@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-IMAGE_KINDS = "png, jpg, bmp, tif"  # for messages that find none
+IMAGE_KINDS = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)  # for messages that find none
 
 
 # A 16-bit image whose every pixel is below this holds a 12-bit (or less) camera's counts in the

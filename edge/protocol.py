@@ -239,6 +239,12 @@ def heartbeat_message(header: dict[str, Any]) -> list[bytes]:
     return [HEARTBEAT_TOPIC, json.dumps({"v": VERSION, **header}, separators=(",", ":")).encode()]
 
 
+def heartbeat_overdue(age_s: float, header: dict[str, Any]) -> bool:
+    """Whether a heartbeat `age_s` old (its header as sent) says the daemon is gone: more than
+    HEARTBEAT_MISSED of its intervals (`every_s`) have passed without the next one."""
+    return age_s > HEARTBEAT_MISSED * max(float(header.get("every_s") or 1.0), 0.1)
+
+
 def parse_heartbeat(parts: list[bytes]) -> dict[str, Any]:
     """Subscriber side: a heartbeat message -> its header; ValueError for anything else."""
     if len(parts) != 2 or parts[0] != HEARTBEAT_TOPIC:

@@ -16,7 +16,7 @@ import zmq
 
 from edge import transport
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_MISSED, HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, parse_heartbeat, parse_result
+from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, heartbeat_overdue, parse_heartbeat, parse_result
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class DaemonSilence:
     daemon never heard from (not started, or its heartbeat off) is not warned of."""
 
     def __init__(self, endpoint: str):
-        self.endpoint, self.last, self.every, self.silent = endpoint, None, 1.0, False
+        self.endpoint, self.silent = endpoint, False
+        self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
 
     def beat(self, parts: list[bytes]) -> None:
         try:
@@ -86,13 +87,13 @@ class DaemonSilence:
             return
         if self.silent:
             log.info("the daemon at %s sends heartbeats again", self.endpoint)
-        self.last, self.every, self.silent = time.monotonic(), float(header.get("every_s") or 1.0), False
+        self.last, self.silent = (time.monotonic(), header), False
 
     def check(self) -> None:
         if self.last is None or self.silent:
             return
-        quiet_s = time.monotonic() - self.last
-        if quiet_s > HEARTBEAT_MISSED * self.every:
+        quiet_s = time.monotonic() - self.last[0]
+        if heartbeat_overdue(quiet_s, self.last[1]):
             self.silent = True
             log.warning("no heartbeat from the daemon at %s for %.1f s: is it running?", self.endpoint, quiet_s)
 

@@ -40,7 +40,7 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
-from edge.protocol import HEARTBEAT_MISSED
+from edge.protocol import heartbeat_overdue
 from edge.record import Record
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class Dashboard:
         age, header = beat
         said: dict[str, Any] = {"heartbeat_age_s": round(age, 2)}
         if stands_in:
-            up = age < HEARTBEAT_MISSED * max(float(header.get("every_s") or 1.0), 0.1)
+            up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"))
         return said
 
