@@ -19,7 +19,7 @@ from edge.frames import as_size
 from edge.health import HealthGate, HealthLimits
 from edge.metrics import DaemonMetrics
 from edge.package import FP32_FILE, ModelPackage, load_package
-from edge.results import Scoring
+from edge.results import FrameSampler, Scoring
 from edge.settings import EdgeConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         map_scale=float(pkg.map_scale),
         min_region_area=cfg.min_region_area,
         publish_maps=cfg.publish_maps,
-        publish_frames=cfg.publish_frames,
+        frames=FrameSampler(cfg.publish_frames),
     )
     backends: list[Backend] = []
     try:

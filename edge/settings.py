@@ -9,6 +9,7 @@ from typing import Any, Literal
 from edge.config import require
 from edge.endpoints import check_endpoint
 from edge.health import HealthLimits
+from edge.results import PublishFrames
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class EdgeConfig:
     # Results older than this many days leave the record, with their evidence; reviewed ones
     # stay (a person's verdict is training data and an audit). 0 keeps every result.
     record_keep_days: float = 0.0
-    # Extension to protocol v1: a 4th result part with the model-size frame as JPEG (for overlays).
-    publish_frames: bool = False
+    # Extension to protocol v1: a 4th result part with the model-size frame as JPEG, so that a
+    # picture shows the part under its map. true: every result; preview: every fail and a result
+    # per camera every 0.5 s (the dashboard's live picture); false: none.
+    publish_frames: PublishFrames = "preview"
     min_region_area: int = 4
     max_frame_pixels: int = 4096 * 4096
     max_header_bytes: int = 65536

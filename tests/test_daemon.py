@@ -18,6 +18,7 @@ import pytest
 from edge.frames import list_images
 from edge.overlay import LABELLED_MIN_WIDTH
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+from edge.results import FrameSampler
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
@@ -64,6 +65,20 @@ def test_frames_in_give_results_out_matching_offline_evaluation(tiny_model, tiny
         assert 1 <= h["batch_size"] <= 8
         for r in h["regions"]:  # regions in the 64 x 64 frame's own pixels
             assert 0 <= r["x"] < 64 and 0 <= r["y"] < 64 and r["w"] > 0 and r["area"] > 0
+    # publish_frames: preview (the default): the frame goes with every fail and the camera's first result
+    first = min(results, key=lambda r: r[0]["frame_id"])[0]
+    assert all("frame" in h for h, _ in results if h["decision"] == "fail") and "frame" in first
+    assert any(h["decision"] == "fail" for h, _ in results)
+
+
+def test_preview_frames_go_with_every_fail_and_a_result_per_camera_every_interval():
+    sampler = FrameSampler("preview", every_s=0.5)
+    assert [sampler.wants("a", "pass", t) for t in (0.0, 0.1, 0.49)] == [True, False, False]
+    assert sampler.wants("b", "pass", 0.2) and sampler.wants("a", "fail", 0.3)  # per camera; a fail always
+    assert not sampler.wants("a", "pass", 0.7) and sampler.wants("a", "pass", 0.8)  # the fail restarted a's interval
+    assert not sampler.wants("a", None, 0.9) and sampler.wants("a", "fail", 0.9)
+    assert all(FrameSampler(True).wants("a", "pass", t) for t in (0.0, 0.0, 0.1))
+    assert not any(FrameSampler(False).wants("a", "fail", t) for t in (0.0, 5.0))
 
 
 def test_raw_jpeg_png_and_other_resolutions(tiny_model, synth_root):

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import generate_latest
 
-from edge.dashboard.live import LiveView
+from edge.dashboard.live import FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import read_metrics
 from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
@@ -90,6 +90,18 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     assert view.find("c", 4).picture_jpeg()[:2] == b"\xff\xd8"
     assert view.find("c", "latest").header["frame_id"] == 4
     assert LiveView(silent_after_s=0.01).summary() == {}
+
+
+def test_the_live_picture_is_the_newest_result_with_its_frame_unless_that_lags():
+    view, jpeg = CameraView(), b"\xff\xd8 a frame"
+    for frame_id, seen_s, frame in ((1, 100.0, jpeg), (2, 100.2, None), (3, 101.9, None)):
+        view.add(LiveFrame(_header(frame_id, score=0.1), b"", frame, seen_s))
+    assert view.pictured.header["frame_id"] == 1  # the part under its map, 1.9 s behind the line
+    assert view.summary(102.0, 60)["latest"]["frame_id"] == 1
+    view.add(LiveFrame(_header(4, score=0.1), b"", None, 100.0 + FRAMED_HOLD_S + 0.1))
+    assert view.pictured.header["frame_id"] == 4  # no frame for too long: the newest, its map alone
+    view.add(LiveFrame(_header(5, score=0.1), b"", jpeg, 103.0))
+    assert view.pictured.header["frame_id"] == 5
 
 
 # -- in a real browser, against a real daemon -------------------------------------------------

@@ -37,6 +37,10 @@ RECENT = 2000
 REJECTS_KEPT = 100
 # Pictures are JPEG: a fifth of PNG's encoding time, and a heat map loses nothing a person sees.
 JPEG_QUALITY = 90
+# The live picture is the newest result that carries its frame (the daemon's `publish_frames:
+# preview` sends one every 0.5 s per camera), unless that is older than this behind the newest
+# result: then the newest, drawn as its map alone, so the picture never lags the line for long.
+FRAMED_HOLD_S = 2.0
 # Throughput is averaged over this window.
 RATE_WINDOW_S = 10.0
 # The subscriber reads what has arrived every BATCH_S: 20 wake-ups a second instead of one per
@@ -77,6 +81,7 @@ class CameraView:
     threshold: float | None = None
     model: dict[str, Any] | None = None
     latest: LiveFrame | None = None
+    latest_framed: LiveFrame | None = None
     rejects: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REJECTS_KEPT))
 
     def add(self, frame: LiveFrame) -> None:
@@ -95,8 +100,18 @@ class CameraView:
         self.scores.append(float(h["score"]))
         self.latency_ms.append(float((h.get("latency_ms") or {}).get("total") or 0.0))
         self.threshold, self.model, self.latest = float(h["threshold"]), h.get("model"), frame
+        if frame.frame_jpeg:
+            self.latest_framed = frame
         if decision == "fail":
             self.rejects.append(frame)
+
+    @property
+    def pictured(self) -> LiveFrame | None:
+        """The result the live picture shows: the newest with its frame, if recent; else the newest."""
+        framed, latest = self.latest_framed, self.latest
+        if framed is not None and latest is not None and latest.seen_s - framed.seen_s <= FRAMED_HOLD_S:
+            return framed
+        return latest
 
     def _count_in_bin(self, now: float, decision: str | None) -> None:
         index = int(now // BIN_S)
@@ -133,7 +148,8 @@ class CameraView:
         c, lat = self.counts, np.fromiter(self.latency_ms, np.float64)
         recent = sum(n for second, n in self.per_second if now - second <= RATE_WINDOW_S)
         age = now - self.last_seen_s if self.last_seen_s else None
-        latest = self.latest.header if self.latest else None
+        pictured = self.pictured
+        latest = pictured.header if pictured else None
         return {
             "frames": c["frames"],
             "pass": c["pass"],
@@ -205,7 +221,7 @@ class LiveView:
             if view is None:
                 return None
             if frame_id == "latest":
-                return view.latest
+                return view.pictured
             return next((f for f in view.rejects if f.header["frame_id"] == frame_id), None)
 
 
