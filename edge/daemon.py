@@ -310,7 +310,9 @@ class Daemon:
         serving = self.serving
         try:
             model_input = to_model_input(frame.image, serving.package.image_size, serving.package.channels)
-            health = serving.health.check(frame.camera_id, model_input) if serving.health is not None else None
+            health = None
+            if serving.health is not None:
+                health = serving.health.check(frame.camera_id, model_input, frame.image.shape[:2])
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)

@@ -1,8 +1,10 @@
 """The camera health gate: each frame checked cheaply against what the training images looked
 like, so that an unfit frame never passes. Sharpness (variance of the Laplacian), exposure (mean
 grey level, and the share of clipped pixels), a frozen camera (a frame identical to the camera's
-previous one), and on an aligned part a moved camera or part (the frame's registration shift
-against the training images' mean, by normalised cross-correlation).
+previous one), the frame's shape (a height/width unlike the training images' is squeezed into
+the model's input: a rotated camera, or another model's line), and on an aligned part a moved
+camera or part (the frame's registration shift against the training images' mean, by
+normalised cross-correlation).
 
 `image_stats` measures a frame at the model's input; `training_stats` summarises the training
 images for model.json (export writes it, `camera_health`); `HealthGate` holds the limits.
@@ -11,6 +13,7 @@ images for model.json (export writes it, `camera_health`); `HealthGate` holds th
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # A pixel at or within this of 0 or 255 is clipped.
 CLIP_MARGIN = 2
@@ -66,15 +71,21 @@ def registration_shift(reference: np.ndarray, small: np.ndarray) -> float:
     return float(max(abs(x - mx) / w, abs(y - my) / h))
 
 
-def training_stats(images: Iterable[np.ndarray]) -> dict[str, Any]:
-    """The training images' range for each figure (the 1st and 99th percentiles); whether the
-    part is aligned, and then its reference picture and the shifts the training images show."""
+def training_stats(
+    images: Iterable[np.ndarray], camera_shapes: Iterable[tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """The training images' range for each figure (the 1st and 99th percentiles), from `images`
+    at the model's input and, given their `camera_shapes` (H, W as read), their height/width;
+    whether the part is aligned, and then its reference picture and the training images' shifts."""
     images = list(images)
     rows = [image_stats(image) for image in images]
     out: dict[str, Any] = {}
     for key in ("sharpness", "mean", "clipped"):
         values = np.array([r[key] for r in rows])
         out[f"{key}_p1"], out[f"{key}_p99"] = float(np.percentile(values, 1)), float(np.percentile(values, 99))
+    aspects = np.array([h / w for h, w in camera_shapes or []])
+    if len(aspects):
+        out["aspect_p1"], out["aspect_p99"] = float(np.percentile(aspects, 1)), float(np.percentile(aspects, 99))
     out["n_images"] = len(rows)
     smalls = np.stack([small_grey(image) for image in images])
     reference = smalls.mean(axis=0)
@@ -103,22 +114,34 @@ class HealthLimits:
     # Moved (aligned parts only): a registration shift more than this share of the image's side
     # beyond the training images' 99th percentile. 0 = off.
     max_shift: float = 0.04
+    # Shape: a frame's height/width more than this share outside the training images' range. It
+    # is squeezed into the model's input as they were not: 0.1 lets a 4:3 sensor stand in for a
+    # 5:4 one (6.7%) and stops a camera turned 90 degrees. 0 = off.
+    max_aspect_change: float = 0.1
 
 
 class HealthGate:
     def __init__(self, stats: dict[str, Any], limits: HealthLimits):
         self.stats, self.limits = stats, limits
         self._last: dict[str, tuple[bytes, int]] = {}  # camera -> (digest of its last frame, repeats)
+        self._shapes_told: set[tuple[str, tuple[int, int]]] = set()  # (camera, frame shape) logged as unfit
         self._lock = threading.Lock()
         self.reference = None  # packages exported before the moved check have none
         if stats.get("reference") is not None and limits.max_shift > 0:
             self.reference = np.asarray(stats["reference"], np.float32)
 
-    def check(self, camera_id: str, image: np.ndarray) -> dict[str, Any]:
-        """{"ok", "reasons", and the figures} for one frame at the model's input."""
+    def check(self, camera_id: str, image: np.ndarray, frame_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+        """{"ok", "reasons", and the figures} for one frame at the model's input; `frame_hw`, its
+        (H, W) as the camera sent it, for the shape check."""
         s, lim = self.stats, self.limits
         figures = image_stats(image)
         reasons = []
+        if frame_hw is not None and "aspect_p1" in s and lim.max_aspect_change > 0:
+            figures["aspect"] = frame_hw[0] / frame_hw[1]
+            low, high = s["aspect_p1"] / (1 + lim.max_aspect_change), s["aspect_p99"] * (1 + lim.max_aspect_change)
+            if not low <= figures["aspect"] <= high:
+                reasons.append("aspect")
+                self._tell_shape(camera_id, frame_hw)
         if figures["sharpness"] < lim.min_sharpness_ratio * s["sharpness_p1"]:
             reasons.append("blurred")
         if not s["mean_p1"] - lim.exposure_margin <= figures["mean"] <= s["mean_p99"] + lim.exposure_margin:
@@ -137,3 +160,17 @@ class HealthGate:
         if repeats >= lim.frozen_after:
             reasons.append("frozen")
         return {"ok": not reasons, "reasons": reasons, **{k: round(v, 5) for k, v in figures.items()}}
+
+    def _tell_shape(self, camera_id: str, frame_hw: tuple[int, int]) -> None:
+        """One warning per camera and frame shape: every such frame fails, and this says why."""
+        key = (camera_id, (int(frame_hw[0]), int(frame_hw[1])))
+        with self._lock:
+            if key in self._shapes_told:
+                return
+            self._shapes_told.add(key)
+        log.warning(
+            "camera %s sends %dx%d (HxW) frames, height/width %.3f; the model's training images were %.3f-%.3f. "
+            "They are squeezed into its input and fail as unfit (health reason 'aspect'): a camera turned, "
+            "or another line's model? (edge.health.max_aspect_change, 0 = off)",
+            camera_id, *key[1], frame_hw[0] / frame_hw[1], self.stats["aspect_p1"], self.stats["aspect_p99"],
+        )  # fmt: skip

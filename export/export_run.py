@@ -85,10 +85,10 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
 
 
 def _camera_health(run) -> dict[str, Any]:
-    from train.data import load_images
+    from train.data import image_shapes, load_images
 
-    m = run.model_cfg
-    return training_stats(load_images(run.split()["train"], m.image_size, m.channels))
+    m, paths = run.model_cfg, run.split()["train"]
+    return training_stats(load_images(paths, m.image_size, m.channels), image_shapes(paths))
 
 
 def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:

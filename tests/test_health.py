@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.health import HealthGate, HealthLimits, training_stats
 from edge.package import load_package
@@ -39,6 +40,20 @@ def test_good_test_images_pass_and_unfit_frames_do_not(synth_root):
             assert not gate.stats["aligned"] and "reference" not in gate.stats and gate.reference is None
 
 
+def test_a_frame_shaped_unlike_the_training_images_is_unfit():
+    images = [np.full((32, 32, 3), 128, np.uint8)] * 4
+    shapes = [(1250, 500), (1240, 500), (1260, 500), (1250, 510)]  # tall parts, as read
+    stats = training_stats(images, shapes)
+    assert 1250 / 510 <= stats["aspect_p1"] < 2.46 and 2.51 < stats["aspect_p99"] <= 2.52  # interpolated percentiles
+    gate = HealthGate(stats, HealthLimits())
+    assert "aspect" not in gate.check("a", images[0], (1300, 500))["reasons"]  # 2.6: within 10%
+    assert gate.check("b", images[0], (500, 1250))["reasons"] == ["aspect"]  # the camera turned 90 degrees
+    assert gate.check("c", images[0], (1024, 1280))["aspect"] == pytest.approx(0.8)
+    assert "aspect" not in HealthGate(stats, HealthLimits(max_aspect_change=0)).check("d", images[0], (500, 1250))
+    assert "aspect_p1" not in training_stats(images)  # a package without the figures: no check
+    assert gate.check("e", images[0])["ok"]  # no frame shape given: no check
+
+
 def _moved(image: np.ndarray, share: float = 0.1) -> np.ndarray:
     """A knocked camera: the picture moved by `share` of its side."""
     h, w = image.shape[:2]
@@ -56,15 +71,23 @@ def test_the_daemon_fails_an_unfit_frame_with_its_reasons(tiny_model, synth_root
             cam.send(frame_message("h", 1, cv2.GaussianBlur(good, (0, 0), 4.0), "raw"))
             cam.send(frame_message("h", 2, (good * 0.2).astype(np.uint8), "raw"))
             cam.send(frame_message("h", 3, _moved(good), "raw"))
-            results = {h["frame_id"]: h for h, _ in sub.collect(4)}
+            h, w = good.shape[:2]
+            wide = cv2.resize(good, (w * 3 // 2, h))  # the square part, seen by a 3:2 camera
+            cam.send(frame_message("h", 4, wide, "raw"))
+            cam.send(frame_message("h", 5, cv2.resize(good, (w * 21 // 20, h)), "raw"))  # 5% wider: fit
+            cam.send(frame_message("h", 6, cv2.flip(wide, 1), "raw"))
+            results = {h["frame_id"]: h for h, _ in sub.collect(7)}
         finally:
             sub.close()
             cam.close()
+        told = daemon.log_text().count(f"camera h sends {h}x{w * 3 // 2} (HxW) frames")
     assert results[0]["decision"] == "pass" and results[0]["health"]["ok"]
-    for frame_id, reason in ((1, "blurred"), (2, "exposure"), (3, "moved")):
+    assert results[5]["health"]["ok"] and results[5]["health"]["aspect"] == pytest.approx(20 / 21, abs=0.02)
+    for frame_id, reason in ((1, "blurred"), (2, "exposure"), (3, "moved"), (4, "aspect"), (6, "aspect")):
         h = results[frame_id]
         assert h["status"] == "ok" and h["decision"] == "fail", h
         assert h["health"]["ok"] is False and reason in h["health"]["reasons"], h["health"]
+    assert told == 1  # one line per camera and shape, however many frames
 
 
 def test_the_health_bench_measures_the_limits_on_a_category(synth_root):

@@ -171,7 +171,11 @@ def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 
 
 def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int]]:
     """(H, W) of up to `sample` training images, evenly spaced over the sorted list."""
-    paths = train_image_paths(category)
+    return image_shapes(train_image_paths(category), sample)
+
+
+def image_shapes(paths: list[Path], sample: int = 64) -> list[tuple[int, int]]:
+    """(H, W) of up to `sample` of `paths` as read, evenly spaced over the list."""
     every = max(1, len(paths) // sample)
     return [read_image(p).shape[:2] for p in paths[::every][:sample]]
 
