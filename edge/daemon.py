@@ -35,6 +35,7 @@ from edge.batcher import FrameQueue
 from edge.control import Control
 from edge.errors import BackendError, FrameError
 from edge.frames import to_model_input
+from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.protocol import Limits, UnreadableMessageError, parse_frame
 from edge.publisher import STOP, Publisher
@@ -52,6 +53,7 @@ class Daemon:
         self.cfg = cfg
         self.ready_file = Path(ready_file) if ready_file else None
         self.metrics = DaemonMetrics()
+        self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
@@ -299,7 +301,7 @@ class Daemon:
             frame = parse_frame(parts, self.limits, recv_ns)
         except UnreadableMessageError as exc:
             self.metrics.unreadable.inc()
-            log.warning("unreadable message (%d parts) ignored: %s", len(parts), exc)
+            self._unreadable_log.log("unreadable message (%d parts) ignored: %s", len(parts), exc)
             return
         except FrameError as exc:
             self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
@@ -354,7 +356,7 @@ class Daemon:
             items = self._run_batch(batch, serving, index)
         except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
             self.metrics.backend_errors.inc()
-            log.error("inference failed on a batch of %d: %s", len(batch), exc)
+            self._failed_batch_log.log("inference failed on a batch of %d: %s", len(batch), exc)
             items = [
                 self._error_result(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns)
                 for p in batch

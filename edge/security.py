@@ -15,6 +15,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from edge.errors import ConfigError
+from edge.logrepeat import RepeatedLog
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,14 @@ class _AllowList:
         if not folder.is_dir():
             raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
         self.allowed = set(zmq.auth.load_certificates(str(folder)).keys())
-        self.metrics = metrics
+        self.metrics, self.refusals = metrics, RepeatedLog(log)
         log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), folder)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.allowed:
             return True
-        log.warning("CURVE: refused a peer with unknown public key %s", key.decode(errors="replace"))
+        # A refused peer reconnects every 100 ms or so, for as long as it runs.
+        self.refusals.log("CURVE: refused a peer with unknown public key %s", key.decode(errors="replace"))
         if self.metrics is not None:
             self.metrics.curve_refusals.inc()
         return False

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge.frames import list_images
+from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
@@ -147,7 +148,19 @@ def test_each_kind_of_malformed_message(tiny_model):
         assert h["status"] == "error" and h["error"], name
         assert h["score"] is None and h["decision"] is None and h["map"] is None
     assert len(results) == len(MALFORMED) + 1  # unreadable messages get no result...
-    assert daemon.log_text().count("unreadable message") == len(UNREADABLE)  # ...but are logged
+    # ...but are logged: the first at once, the rest counted in the next line, a minute later
+    assert daemon.log_text().count("unreadable message") == 1
+
+
+def test_a_repeating_fault_is_logged_at_once_then_a_line_per_interval_with_the_count(caplog):
+    repeated = RepeatedLog(logging.getLogger("test.repeat"), logging.ERROR, every_s=0.2)
+    with caplog.at_level(logging.ERROR, logger="test.repeat"):
+        written = [repeated.log("fault %d", i) for i in range(50)]
+        time.sleep(0.25)
+        written.append(repeated.log("fault %d", 50))
+    assert written == [True] + [False] * 49 + [True] and repeated.total == 51
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["fault 0", "fault 50 (49 more like it in the last 0.2 s, 51 in all)"]
 
 
 def test_a_camera_that_reconnects(tiny_model):

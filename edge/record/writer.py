@@ -25,6 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from edge.errors import DataError
+from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
 from edge.record.housekeeping import Housekeeping
@@ -69,6 +70,7 @@ class RecordWriter:
         self.recorded = self.unrecorded = 0
         self._random = random.Random(0)
         self.evidence_failed = 0
+        self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._state_failed = False
         self._next_outage_log = 0.0
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days)
@@ -122,10 +124,9 @@ class RecordWriter:
             if len(self.buffer) >= self.max_buffer:
                 self.unrecorded += 1
                 self.metrics.unrecorded.inc()
-                if self.unrecorded in (1, 10, 100) or self.unrecorded % 1000 == 0:
-                    log.warning(
-                        "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
-                    )
+                self._buffer_full_log.log(
+                    "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
+                )
                 return
             self.buffer.append((result, published_ns))
             self.handed += 1
@@ -237,9 +238,8 @@ class RecordWriter:
         except OSError as exc:
             self.evidence_failed += 1
             self.metrics.evidence_failed.inc()
-            if self.evidence_failed in (1, 10, 100) or self.evidence_failed % 1000 == 0:
-                log.error("evidence not written (%d so far), the results are recorded without it: %s",
-                          self.evidence_failed, exc)  # fmt: skip
+            self._evidence_failed_log.log("evidence not written (%d so far), the results are recorded without it: %s",
+                                          self.evidence_failed, exc)  # fmt: skip
             return None, None
 
     def _evidence(self, result: Result) -> tuple[str | None, str | None]:
