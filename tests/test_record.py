@@ -76,8 +76,8 @@ def database_down(url: str):
         admin.dispose()
 
 
-def _result(camera: str, frame_id: int, decision: str = "fail") -> Result:
-    header = result_header(camera, frame_id, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
+def _result(camera: str, frame_id: int, decision: str = "fail", ts_ns: int | None = None) -> Result:
+    header = result_header(camera, frame_id, ts_ns or time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
                            score=2.0 if decision == "fail" else 0.5, decision=decision, batch_size=1)  # fmt: skip
     noise = (np.random.default_rng(frame_id).random((64, 64, 3)) * 255).astype(np.uint8)  # ~12 KB as PNG
     return Result(header, recv_ns=time.time_ns(), frame=noise)
@@ -232,6 +232,43 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert sorted(after) == [2, 6, 7, 8, 9]  # the reviewed old result stays
     assert writer.expired == 5 and writer.metrics.results_expired._value.get() == 5
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
+
+
+def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):
+    day1 = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
+    model = {"name": "m", "sha256": "ab" * 32}
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    decisions = ["fail", "fail", "fail", "pass", "pass"]  # day 1, camera a
+    for i, decision in enumerate(decisions):
+        writer.put(_result("a", i, decision, ts_ns=day1 + 3600 * 10**9 * i), day1)
+    writer.put(Result(result_header("a", 5, day1 + 5, "error", 1.0, model, error="bad")), day1)
+    writer.put(Result(result_header("a", 6, day1 + 6, "dropped", 1.0, model, error="full")), day1)
+    writer.put(_result("b", 0, "pass", ts_ns=day1 + 7), day1)
+    writer.put(_result("a", 10, "fail", ts_ns=day1 + 86400 * 10**9 + 1), day1)  # day 2
+    writer.event("set-threshold", {"threshold": 2.0}, "ann")
+    writer.close()
+    record = Record(record_url)
+    record.review("a", 0, "defect", kind="scratch")
+    record.review("a", 1, "defect")
+    record.review("a", 1, "false_reject")  # the latest review decides
+    record.review("a", 3, "false_reject")  # a pass reviewed: not a fail's verdict
+    rows = record.daily()
+    assert [(r["day"], r["camera_id"]) for r in rows] == [("2026-11-18", "a"), ("2026-11-18", "b"), ("2026-11-19", "a")]
+    a1, b1, a2 = rows
+    assert (a1["results"], a1["pass"], a1["fail"], a1["error"], a1["dropped"]) == (7, 2, 3, 1, 1)
+    assert a1["fail_rate"] == pytest.approx(3 / 5) and a1["model_sha256"] == "ab" * 32
+    assert (a1["false_reject"], a1["defect"], a1["unreviewed"]) == (1, 1, 1)
+    assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"]) == (1, 0.0, 1, 1)
+    assert [r["camera_id"] for r in record.daily(camera="b")] == ["b"]
+    assert len(record.daily(since_ns=day1 + 86400 * 10**9)) == 1
+    if record_url.startswith("sqlite"):  # the command, on a file by its path
+        shown = run_vqad("records", sa.make_url(record_url).database, "--daily", "--format", "json")
+        tally = json.loads(shown.stdout)
+        assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
+        table = run_vqad("records", record_url, "--daily", "--camera", "a").stdout
+        assert "2026-11-19" in table and "60.00" in table and "1 changes to the daemon" in table
+        refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
+        assert refused.returncode == 2 and "do not apply" in refused.stderr
 
 
 def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):

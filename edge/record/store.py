@@ -23,6 +23,7 @@ from edge.record.schema import events, migrate, results, reviews
 log = logging.getLogger(__name__)
 
 VERDICTS = ("false_reject", "defect")
+DAY_NS = 86_400 * 10**9
 
 
 def record_url(text: str) -> str:
@@ -123,11 +124,11 @@ class Record:
                               (results.c.frame_id, frame_id)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
-        if since_ns is not None:
-            q = q.where(results.c.ts_ns >= since_ns)
-        if until_ns is not None:
-            q = q.where(results.c.ts_ns <= until_ns)
-        q = q.order_by(results.c.ts_ns.desc(), results.c.id.desc()).limit(limit)
+        q = (
+            _within(q, results.c.ts_ns, since_ns, until_ns)
+            .order_by(results.c.ts_ns.desc(), results.c.id.desc())
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
             keys = {(r["camera_id"], r["frame_id"]) for r in rows}
@@ -144,11 +145,62 @@ class Record:
             row["reviews"] = found.get((row["camera_id"], row["frame_id"]), [])
         return rows
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest changes made to the running daemon, newest first."""
+    def events(
+        self, limit: int = 100, since_ns: int | None = None, until_ns: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest changes made to the running daemon (in the period given), newest first."""
+        q = _within(sa.select(events), events.c.ts_ns, since_ns, until_ns)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(events).order_by(events.c.id.desc()).limit(limit))
+            rows = conn.execute(q.order_by(events.c.id.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
+
+    def daily(
+        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+    ) -> list[dict[str, Any]]:
+        """What the line decided, per UTC day, camera and model: results, passes, fails, errors,
+        drops, the fail rate, and what people found in the fails they reviewed (the latest review
+        of a frame decides): false rejects, confirmed defects, fails not reviewed. Oldest first."""
+        r = results.c
+        day = (r.ts_ns // DAY_NS).label("day")
+        latest = sa.select(sa.func.max(reviews.c.id).label("id")).group_by(reviews.c.camera_id, reviews.c.frame_id)
+        latest = latest.subquery()
+        verdict = sa.select(reviews.c.camera_id, reviews.c.frame_id, reviews.c.verdict)
+        verdict = verdict.join(latest, reviews.c.id == latest.c.id).subquery()
+        fail = r.decision == "fail"
+        reviewed = sa.and_(verdict.c.camera_id == r.camera_id, verdict.c.frame_id == r.frame_id)
+
+        def count(*conditions: Any) -> Any:
+            return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
+
+        q = (
+            sa.select(
+                day,
+                r.camera_id,
+                r.model_sha256,
+                sa.func.count().label("results"),
+                count(r.decision == "pass").label("pass"),
+                count(fail).label("fail"),
+                count(r.status == "error").label("error"),
+                count(r.status == "dropped").label("dropped"),
+                count(fail, verdict.c.verdict == "false_reject").label("false_reject"),
+                count(fail, verdict.c.verdict == "defect").label("defect"),
+                count(fail, verdict.c.verdict.is_(None)).label("unreviewed"),
+            )
+            .select_from(results.outerjoin(verdict, reviewed))
+            .group_by(day, r.camera_id, r.model_sha256)
+            .order_by(day, r.camera_id, r.model_sha256)
+        )
+        if camera is not None:
+            q = q.where(r.camera_id == camera)
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(_within(q, r.ts_ns, since_ns, until_ns))]
+        for row in rows:
+            row["day"] = dt.datetime.fromtimestamp(int(row["day"]) * DAY_NS / 1e9, dt.timezone.utc).date().isoformat()
+            for key in ("pass", "fail", "error", "dropped", "false_reject", "defect", "unreviewed"):
+                row[key] = int(row[key] or 0)
+            decided = row["pass"] + row["fail"]
+            row["fail_rate"] = round(row["fail"] / decided, 6) if decided else None
+        return rows
 
     def review(
         self,
@@ -209,6 +261,15 @@ class Record:
                 ", ".join(f"{n} {why}" for why, n in sorted(left_out.items())),
             )
         return counts
+
+
+def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | None) -> sa.Select:
+    """`q` limited to rows whose `column` (a time in ns) lies in [since_ns, until_ns], either open."""
+    if since_ns is not None:
+        q = q.where(column >= since_ns)
+    if until_ns is not None:
+        q = q.where(column <= until_ns)
+    return q
 
 
 def _no_evidence(row: Any) -> str:

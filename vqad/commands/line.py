@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.errors import ConfigError
 from vqad.commands.common import at_least, default_config, overrides
 
 log = logging.getLogger("vqad")
@@ -117,6 +118,8 @@ def cmd_records(args: argparse.Namespace) -> int:
     from edge.record import Record
     from edge.record.store import parse_time
 
+    if args.daily and (args.decision or args.frame_id is not None):
+        raise ConfigError("--daily tallies every decision and frame: --decision and --frame-id do not apply")
     record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
@@ -125,6 +128,8 @@ def cmd_records(args: argparse.Namespace) -> int:
         if not counts:
             print("no reviewed evidence to export")
         return 0
+    if args.daily:
+        return _print_daily(record, args)
     rows = record.results(
         camera=args.camera,
         decision=args.decision,
@@ -151,6 +156,46 @@ def cmd_records(args: argparse.Namespace) -> int:
         print(f"{len(rows)} results")
     if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
         log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
+    return 0
+
+
+DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
+                 "false_reject", "defect", "unreviewed")  # fmt: skip
+
+
+def _print_daily(record, args: argparse.Namespace) -> int:
+    """`vqad records --daily`: what the line decided per day, camera and model, and the changes
+    made to the daemon in the same period."""
+    import csv
+    import json
+    import sys
+
+    from edge.record.store import parse_time
+
+    since, until = parse_time(args.since), parse_time(args.until)
+    rows = record.daily(camera=args.camera, since_ns=since, until_ns=until)
+    changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
+    if args.format == "json":
+        print(json.dumps({"days": rows, "changes": changes}, indent=2, default=str))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(DAILY_COLUMNS)
+        for r in rows:
+            writer.writerow(["" if r[c] is None else r[c] for c in DAILY_COLUMNS])
+    else:
+        print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
+              f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7}")  # fmt: skip
+        for r in rows:
+            rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
+            print(f"{r['day']:10} {r['camera_id']:>10} {(r['model_sha256'] or '-')[:12]:12} {r['results']:>8} "
+                  f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
+                  f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7}")  # fmt: skip
+        for e in changes:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts_ns"] / 1e9))
+            print(f"{when}Z {e['kind']} by {e['by'] or '-'}: {json.dumps(e['detail'], default=str)}")
+        print(f"{len(rows)} days x cameras x models; {len(changes)} changes to the daemon")
+    if len(changes) == args.limit:
+        log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
 
 
@@ -315,6 +360,12 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
     r.add_argument("--limit", type=at_least(1), default=100, metavar="N")
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
+    r.add_argument(
+        "--daily",
+        action="store_true",
+        help="per UTC day, camera and model: results, passes, fails, the fail rate, errors, drops, the reviewed "
+        "fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
+    )
     r.set_defaults(func=cmd_records)
 
 
