@@ -222,7 +222,7 @@ class Daemon:
         if receiver is not None:
             receiver.join(timeout=10)
         for item in self.queue.drain():  # only if the main loop died: nothing accepted goes unanswered
-            self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopped before inference", item.recv_ns)
+            self._emit_pending_error(item, "daemon stopped before inference")
         self.outbox.put(STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
@@ -304,10 +304,11 @@ class Daemon:
             self._unreadable_log.log("unreadable message (%d parts) ignored: %s", len(parts), exc)
             return
         except FrameError as exc:
-            self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns)
+            self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
             return
         if frame.camera_id in self.paused:
-            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, "camera paused by the line's control", recv_ns)
+            reason = "camera paused by the line's control"
+            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
             return
         serving = self.serving
         try:
@@ -317,7 +318,7 @@ class Daemon:
                 health = serving.health.check(frame.camera_id, model_input, frame.image.shape[:2])
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
-            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns)
+            self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
             return
         with self._count_lock:
             self.accepted += 1
@@ -331,6 +332,7 @@ class Daemon:
             time.time_ns(),
             frame.image if self.recorder is not None else None,
             health,
+            frame.part_id,
         )
         while True:
             queued, evicted = self.queue.put(item, timeout=0.1)
@@ -339,13 +341,15 @@ class Daemon:
             if queued:
                 return
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
-                self._emit_error(item.camera_id, item.frame_id, item.ts_ns, "daemon stopping", item.recv_ns)
+                self._emit_pending_error(item, "daemon stopping")
                 return
 
-    def _reject(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
+    def _reject(
+        self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, part_id: str | None = None
+    ) -> None:
         with self._count_lock:
             self.accepted += 1
-        self._emit_error(camera_id, frame_id, ts_ns, reason, recv_ns)
+        self._emit_error(camera_id, frame_id, ts_ns, reason, recv_ns, part_id)
 
     # -- inference (main thread) ----------------------------------------------------------
     def _infer(self, batch: list[Pending], serving: Serving, index: int, seq: int) -> None:
@@ -358,7 +362,7 @@ class Daemon:
             self.metrics.backend_errors.inc()
             self._failed_batch_log.log("inference failed on a batch of %d: %s", len(batch), exc)
             items = [
-                self._error_result(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns)
+                self._error_result(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns, p.part_id)
                 for p in batch
             ]
         self.outbox.put(BatchResults(seq, items))
@@ -384,11 +388,18 @@ class Daemon:
         return results
 
     # -- publishing -----------------------------------------------------------------------
-    def _error_result(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> Result:
-        return error_result(camera_id, frame_id, ts_ns, reason, recv_ns, self.serving.scoring)
+    def _error_result(
+        self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, part_id: str | None = None
+    ) -> Result:
+        return error_result(camera_id, frame_id, ts_ns, reason, recv_ns, self.serving.scoring, part_id)
 
-    def _emit_error(self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int) -> None:
-        self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns))
+    def _emit_error(
+        self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, part_id: str | None = None
+    ) -> None:
+        self.outbox.put(self._error_result(camera_id, frame_id, ts_ns, reason, recv_ns, part_id))
+
+    def _emit_pending_error(self, p: Pending, reason: str) -> None:
+        self._emit_error(p.camera_id, p.frame_id, p.ts_ns, reason, p.recv_ns, p.part_id)
 
 
 def _ts(parts: list[bytes | memoryview]) -> int:

@@ -36,11 +36,14 @@ class BackendError(VqadError):
 class FrameError(VqadError):
     """One frame cannot be used. Carries the ids so the frame still gets a result."""
 
-    def __init__(self, reason: str, camera_id: str | None = None, frame_id: int | None = None):
+    def __init__(
+        self, reason: str, camera_id: str | None = None, frame_id: int | None = None, part_id: str | None = None
+    ):
         super().__init__(reason)
         self.reason = reason
         self.camera_id = camera_id
         self.frame_id = frame_id
+        self.part_id = part_id
 
 
 class CheckpointError(VqadError):

@@ -2,7 +2,8 @@
 
 Frames in (PUSH -> the daemon's PULL, or camera PUB -> the daemon's SUB), 2 parts:
   1. UTF-8 JSON header {"v": 1, "camera_id", "frame_id", "ts_ns", "shape": [H, W, C],
-     "dtype": "uint8", "encoding": "raw" | "jpeg" | "png"}   (shape optional for jpeg/png)
+     "dtype": "uint8", "encoding": "raw" | "jpeg" | "png"}   (shape optional for jpeg/png;
+     an optional "part_id", the part's own identity, is echoed in its result and recorded)
   2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1)
 
 Results out (the daemon's PUB), 3 parts:
@@ -57,6 +58,7 @@ class Frame:
     ts_ns: int
     image: np.ndarray  # (H, W, C) uint8 as sent (C 1 or 3; BGR)
     recv_ns: int
+    part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
 
 
 def _read_ids(header: Any) -> tuple[str, int]:
@@ -70,6 +72,17 @@ def _read_ids(header: Any) -> tuple[str, int]:
     if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 0 or frame_id >= 2**63:
         raise UnreadableMessageError("frame_id must be a non-negative 64-bit integer")
     return camera_id, frame_id
+
+
+def read_part_id(header: dict[str, Any]) -> str | None:
+    """The header's optional `part_id` (None when absent). ValueError when it is not a string of
+    1..MAX_ID_LENGTH printable characters."""
+    part_id = header.get("part_id")
+    if part_id is None:
+        return None
+    if not isinstance(part_id, str) or not 0 < len(part_id) <= MAX_ID_LENGTH or not part_id.isprintable():
+        raise ValueError(f"part_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
+    return part_id
 
 
 def parse_header(raw: bytes, limits: Limits) -> tuple[dict[str, Any], str, int]:
@@ -111,9 +124,13 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     if not parts:
         raise UnreadableMessageError("empty message")
     header, camera_id, frame_id = parse_header(parts[0], limits)
+    try:
+        part_id = read_part_id(header)
+    except ValueError as exc:
+        raise FrameError(str(exc), camera_id, frame_id) from None
 
     def fail(reason: str) -> FrameError:
-        return FrameError(reason, camera_id, frame_id)
+        return FrameError(reason, camera_id, frame_id, part_id)
 
     if len(parts) != 2:
         raise fail(f"expected 2 message parts, got {len(parts)}")
@@ -159,13 +176,19 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
             raise fail(f"decoded image {image.shape[1]}x{image.shape[0]} exceeds {limits.max_frame_pixels} pixels")
         if shape is not None and tuple(image.shape[:2]) != shape[:2]:
             raise fail(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
-    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns())
+    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id)
 
 
 def frame_message(
-    camera_id: str, frame_id: int, image: np.ndarray, encoding: str = "raw", ts_ns: int | None = None
+    camera_id: str,
+    frame_id: int,
+    image: np.ndarray,
+    encoding: str = "raw",
+    ts_ns: int | None = None,
+    part_id: str | None = None,
 ) -> list[bytes | memoryview]:
-    """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends)."""
+    """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends);
+    `part_id`, the part's identity, comes back in its result."""
     import cv2
 
     if image.ndim == 2:
@@ -179,6 +202,8 @@ def frame_message(
         "dtype": "uint8",
         "encoding": encoding,
     }
+    if part_id is not None:
+        header["part_id"] = part_id
     if encoding == "raw":
         payload = np.ascontiguousarray(image).data  # sent from the array's memory, no copy
     elif encoding in ("jpeg", "png"):
@@ -206,9 +231,11 @@ def result_header(
     latency_ms: dict[str, float] | None = None,
     batch_size: int = 0,
     map_info: dict[str, Any] | None = None,
+    part_id: str | None = None,
 ) -> dict[str, Any]:
-    """The v1 result header, every key always present."""
-    return {
+    """The v1 result header, every key always present; `part_id` (an extension) only when the
+    frame carried one."""
+    header = {
         "v": VERSION,
         "camera_id": camera_id,
         "frame_id": frame_id,
@@ -224,6 +251,9 @@ def result_header(
         "batch_size": batch_size,
         "map": map_info,
     }
+    if part_id is not None:
+        header["part_id"] = part_id
+    return header
 
 
 def result_message(

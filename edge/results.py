@@ -32,6 +32,7 @@ class Pending:
     queued_ns: int = 0
     received: np.ndarray | None = None  # the frame as received, kept for the record's evidence
     health: dict[str, Any] | None = None  # the camera health gate's verdict (None: no gate)
+    part_id: str | None = None  # the part's identity, as the frame gave it
 
 
 @dataclass
@@ -96,8 +97,12 @@ class Scoring:
     frames: FrameSampler
 
 
-def error_result(camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, s: Scoring) -> Result:
-    header = result_header(camera_id, frame_id, ts_ns, "error", s.threshold, s.model, error=reason[:500])
+def error_result(
+    camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, s: Scoring, part_id: str | None = None
+) -> Result:
+    header = result_header(
+        camera_id, frame_id, ts_ns, "error", s.threshold, s.model, error=reason[:500], part_id=part_id
+    )
     return Result(header, recv_ns=recv_ns)
 
 
@@ -105,8 +110,9 @@ def dropped_result(p: Pending, s: Scoring) -> Result:
     latency = {"queue": round((time.time_ns() - p.recv_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
     error = "dropped by drop_oldest overload policy"
     header = result_header(
-        p.camera_id, p.frame_id, p.ts_ns, "dropped", s.threshold, s.model, error=error, latency_ms=latency
-    )
+        p.camera_id, p.frame_id, p.ts_ns, "dropped", s.threshold, s.model, error=error, latency_ms=latency,
+        part_id=p.part_id,
+    )  # fmt: skip
     return Result(header, recv_ns=p.recv_ns)
 
 
@@ -131,6 +137,7 @@ def scored_results(
             latency_ms={"queue": round((start_ns - p.recv_ns) / 1e6, 3), "infer": round(infer_ms, 3), "total": 0.0},
             batch_size=len(batch),
             map_info=map_info,
+            part_id=p.part_id,
         )
         header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
         if p.health is not None:  # extension: the camera health gate; an unfit frame never passes

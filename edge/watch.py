@@ -62,14 +62,15 @@ class Summary:
 
 
 def format_line(h: dict[str, Any]) -> str:
+    part = f" part {h['part_id']}" if h.get("part_id") else ""
     if h["status"] == "ok":
         regions = len(h.get("regions") or [])
         return (
-            f"{h['camera_id']} #{h['frame_id']} {h['decision'].upper():4s} score {h['score']:.5g} "
+            f"{h['camera_id']} #{h['frame_id']}{part} {h['decision'].upper():4s} score {h['score']:.5g} "
             f"(thr {h['threshold']:.5g}) regions {regions} batch {h['batch_size']} "
             f"latency {h['latency_ms']['total']:.1f} ms"
         )
-    return f"{h['camera_id']} #{h['frame_id']} {h['status'].upper()} {h.get('error') or ''}"
+    return f"{h['camera_id']} #{h['frame_id']}{part} {h['status'].upper()} {h.get('error') or ''}"
 
 
 class DaemonSilence:

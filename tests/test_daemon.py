@@ -118,6 +118,7 @@ MALFORMED = {
     "no shape": [header("bad", 9), b"\0" * 12],
     "ts type": [header("bad", 10, ts_ns="yesterday", shape=[2, 2, 3]), b"\0" * 12],
     "channels": [header("bad", 11, shape=[2, 2, 5]), b"\0" * 20],
+    "part_id": [header("bad", 12, shape=[2, 2, 3], part_id="a\nb"), b"\0" * 12],
 }
 UNREADABLE = [
     [b"\xff\xfe not utf-8", b""],
@@ -143,6 +144,7 @@ def test_each_kind_of_malformed_message(tiny_model):
         cam.close()
     by_id = {(h["camera_id"], h["frame_id"]): h for h, _ in results}
     assert by_id[("good", 0)]["status"] == "ok"
+    assert "part_id must be a string" in by_id[("bad", 12)]["error"] and "part_id" not in by_id[("bad", 12)]
     for i, name in enumerate(MALFORMED, start=1):
         h = by_id[("bad", i)]
         assert h["status"] == "error" and h["error"], name

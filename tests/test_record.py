@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from edge.errors import DataError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter
+from edge.record.schema import SCHEMA_VERSION, meta, metadata, stored_version
 from edge.results import Result
 from edge.transport import free_loopback_port
 from tests.conftest import run_vqad
@@ -93,14 +94,17 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
         try:
             rng = np.random.default_rng(0)
             for i in range(n):
-                cam.send(frame_message("cam1", i, (rng.random((48, 48, 3)) * 255).astype(np.uint8), "raw"))
+                image = (rng.random((48, 48, 3)) * 255).astype(np.uint8)
+                cam.send(frame_message("cam1", i, image, "raw", part_id=f"SN-{i:04d}" if i % 2 else None))
             cam.send([b"{not json"])  # an unreadable message gets no result and no row
+            bad_png = frame_message("cam2", 0, np.zeros((8, 8, 3), np.uint8), "png", part_id="SN-9999")
+            cam.send([bad_png[0], b"\x89PNG\r\n\x1a\n truncated"])  # an error result keeps its part_id
         finally:
             cam.close()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _count(url) < n:
+        while time.monotonic() < deadline and _count(url) < n + 1:
             time.sleep(0.2)
-    assert _count(url) == n
+    assert _count(url) == n + 1
     if url.startswith("sqlite"):
         with sqlite3.connect(sa.make_url(url).database) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -120,6 +124,11 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     run_vqad("review", url, "cam1", target["frame_id"], "--verdict", "false_reject", "--by", "ann")
     if len(fails) > 1:
         run_vqad("review", url, "cam1", fails[1]["frame_id"], "--verdict", "defect", "--kind", "scratch")
+    assert {r["frame_id"]: r["part_id"] for r in rows} == {i: f"SN-{i:04d}" if i % 2 else None for i in range(n)}
+    part = json.loads(run_vqad("records", url, "--part-id", "SN-0003", "--format", "json").stdout)
+    assert [(r["camera_id"], r["frame_id"]) for r in part] == [("cam1", 3)]
+    (error,) = record.results(part_id="SN-9999")
+    assert error["status"] == "error" and error["camera_id"] == "cam2" and "truncated" in error["error"]
     out = json.loads(run_vqad("records", url, "--frame-id", target["frame_id"], "--format", "json").stdout)
     assert len(out) == 1 and out[0]["decision"] == "fail" and out[0]["reviews"][0]["verdict"] == "false_reject"
     for key in (
@@ -135,7 +144,8 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     ):
         assert key in out[0], key
     assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
-    assert run_vqad("records", url, "--format", "csv").stdout.count("\n") == n + 1
+    csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
+    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id") and "SN-0001" in "".join(csv_lines)
     assert (
         json.loads(
             run_vqad("records", url, "--since", "2000-01-01", "--until", "2000-01-02", "--format", "json").stdout
@@ -232,6 +242,26 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert sorted(after) == [2, 6, 7, 8, 9]  # the reviewed old result stays
     assert writer.expired == 5 and writer.metrics.results_expired._value.get() == 5
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
+
+
+def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
+    """A version 2 record (before part_id) is brought to the current version on first use."""
+    engine = sa.create_engine(record_url)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(sa.text("DROP INDEX ix_results_part"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
+        conn.execute(sa.insert(meta).values(key="schema_version", value="2"))
+        conn.execute(sa.text("INSERT INTO results (camera_id, frame_id, ts_ns, status, evidence_removed) "
+                             "VALUES ('old', 1, 5, 'ok', false)"))  # fmt: skip
+    engine.dispose()
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    writer.put(Result(result_header("new", 2, 6, "error", 1.0, {"name": "m", "sha256": "0"}, part_id="SN-1")), 7)
+    writer.close()
+    record = Record(record_url)
+    assert {(r["camera_id"], r["part_id"]) for r in record.results()} == {("old", None), ("new", "SN-1")}
+    with record.engine.connect() as conn:
+        assert stored_version(conn) == SCHEMA_VERSION == 3
 
 
 def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):

@@ -273,7 +273,7 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     """A reject as the API gives it, from a streamed header or a record row."""
     camera, frame_id = str(src["camera_id"]), int(src["frame_id"])
     base = f"/api/image/{quote(camera, safe='')}/{frame_id}"
-    keys = ("camera_id", "frame_id", "ts_ns", "score", "threshold", "decision", "regions", "frame_shape")
+    keys = ("camera_id", "frame_id", "part_id", "ts_ns", "score", "threshold", "decision", "regions", "frame_shape")
     item = {k: src.get(k) for k in keys}
     has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
     item.update(

@@ -171,8 +171,23 @@ class CameraView:
         }
 
 
+BRIEF_KEYS = ("camera_id", "frame_id", "part_id", "ts_ns", "status", "score", "threshold", "decision", "regions",
+              "health")  # fmt: skip
+
+
 def _brief(h: dict[str, Any]) -> dict[str, Any]:
-    keys = ("camera_id", "frame_id", "ts_ns", "status", "score", "threshold", "decision", "regions", "health")
+    keys = (
+        "camera_id",
+        "frame_id",
+        "part_id",
+        "ts_ns",
+        "status",
+        "score",
+        "threshold",
+        "decision",
+        "regions",
+        "health",
+    )
     return {k: h.get(k) for k in keys if k in h}
 
 

@@ -3,6 +3,7 @@
 Version 1: `results` (one row per published result), `reviews` (one row per review; a
 decision is never overwritten), `meta` (the schema version). Version 2 adds `events`: changes
 made to the running daemon (a new threshold, a model reload, a paused camera), by whom and when.
+Version 3 adds `results.part_id`: the part's own identity, when its frame carried one.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
 a time, and refuses a newer one.
 """
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from edge.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -42,8 +43,10 @@ results = sa.Table(
     sa.Column("evidence_overlay", sa.Text),
     sa.Column("evidence_removed", sa.Boolean, nullable=False, default=False),
     sa.Column("daemon_run", sa.String(32)),  # which start of the daemon recorded the row
+    sa.Column("part_id", sa.String(128)),  # the part's identity (a serial), when its frame gave one
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
+    sa.Index("ix_results_part", "part_id"),
 )
 
 reviews = sa.Table(
@@ -77,8 +80,13 @@ def _add_events(conn: sa.Connection) -> None:
     events.create(conn)
 
 
+def _add_part_id(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN part_id VARCHAR(128)"))
+    next(i for i in results.indexes if i.name == "ix_results_part").create(conn)
+
+
 # version n -> what brings version n to n + 1.
-STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events}
+STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events, 2: _add_part_id}
 
 
 def stored_version(conn: sa.Connection) -> int | None:

@@ -117,11 +117,12 @@ class Record:
         until_ns: int | None = None,
         frame_id: int | None = None,
         limit: int = 100,
+        part_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews."""
         q = sa.select(results)
         for column, value in ((results.c.camera_id, camera), (results.c.decision, decision),
-                              (results.c.frame_id, frame_id)):  # fmt: skip
+                              (results.c.frame_id, frame_id), (results.c.part_id, part_id)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
         q = (

@@ -228,6 +228,7 @@ class RecordWriter:
             "evidence_overlay": overlay_path,
             "evidence_removed": False,
             "daemon_run": self.run_id,
+            "part_id": h.get("part_id"),
         }
 
     def _evidence_or_none(self, result: Result) -> tuple[str | None, str | None]:

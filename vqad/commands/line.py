@@ -118,8 +118,8 @@ def cmd_records(args: argparse.Namespace) -> int:
     from edge.record import Record
     from edge.record.store import parse_time
 
-    if args.daily and (args.decision or args.frame_id is not None):
-        raise ConfigError("--daily tallies every decision and frame: --decision and --frame-id do not apply")
+    if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None):
+        raise ConfigError("--daily tallies every result: --decision, --frame-id and --part-id do not apply")
     record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
@@ -137,22 +137,24 @@ def cmd_records(args: argparse.Namespace) -> int:
         until_ns=parse_time(args.until),
         frame_id=args.frame_id,
         limit=args.limit,
+        part_id=args.part_id,
     )
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews"])
+        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id"])
         for r in rows:
             reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
-            writer.writerow([*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews])
+            writer.writerow([*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or ""])
     else:
         for r in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts_ns"] / 1e9))
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
             verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
             print(f"{when}Z {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
-                  f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['evidence'] or ''}")  # fmt: skip
+                  f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['part_id'] or '-'} "
+                  f"{r['evidence'] or ''}")  # fmt: skip
         print(f"{len(rows)} results")
     if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
         log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
@@ -357,6 +359,7 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--since", metavar="ISO8601", help="from this time (a time without zone is UTC)")
     r.add_argument("--until", metavar="ISO8601")
     r.add_argument("--frame-id", type=int, metavar="N")
+    r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
     r.add_argument("--limit", type=at_least(1), default=100, metavar="N")
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")

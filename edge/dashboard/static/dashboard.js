@@ -226,7 +226,7 @@ function openDetail(r) {
   frame.onload = () => drawRegions(frame, r);
   if (r.images.frame) frame.src = r.images.frame;
   const rows = [
-    ["camera", r.camera_id], ["frame", r.frame_id], ["time", when(r.ts_ns)],
+    ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
     ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
     ["regions", (r.regions || []).map((g) => `${g.w}×${g.h} at (${g.x}, ${g.y}), peak ${num(g.peak, 3)}`).join("; ") || "none"],
