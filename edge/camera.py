@@ -17,7 +17,7 @@ import zmq
 from edge import transport
 from edge.errors import DataError
 from edge.frames import IMAGE_SUFFIXES, find_images, read_image
-from edge.protocol import frame_message
+from edge.protocol import MAX_ID_LENGTH, frame_message
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,15 @@ def run_camera(
     stop=None,
     sndhwm: int = 4,
     linger_s: float = 30.0,
+    part_id_from_name: bool = False,
 ) -> int:
     """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent.
 
     At most `sndhwm` frames wait in this process: when the daemon stops reading (its
     backpressure policy), sending blocks here instead of piling frames up in memory. On the
     way out it waits up to `linger_s` for the queued frames to leave, and says so if they did not.
+    part_id_from_name: each frame's part_id is its file's name (a video's: SOURCE#N), for trying
+    the record's part lookup with a folder of parts.
     """
     if sndhwm < 1:
         raise ValueError("sndhwm must be >= 1")
@@ -139,7 +142,8 @@ def run_camera(
                     time.sleep(delay)
                 next_t = max(next_t + period, time.monotonic() - period)
             frame_id = start_id + sent
-            message = frame_message(camera_id, frame_id, image, encoding)
+            part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
+            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id)
             if not _wait_for_room(sock, stop, endpoint):
                 break
             sock.send_multipart(message, copy=False)

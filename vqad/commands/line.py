@@ -72,6 +72,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
             stop=stop,
             sndhwm=args.hwm,
             linger_s=args.linger_s,
+            part_id_from_name=args.part_id_from_name,
         )
     except KeyboardInterrupt:
         return 130
@@ -319,6 +320,7 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
     c.add_argument("--start-id", type=int, default=0, help="first frame_id")
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
+    c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
     c.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     c.add_argument(
