@@ -46,6 +46,10 @@ from edge.state import mark_running
 
 log = logging.getLogger(__name__)
 
+# Every camera id gets its own state in the daemon (health, drift, frame previews, metrics labels)
+# and in the dashboard. More distinct ids than this are a sender that names its parts as cameras.
+MANY_CAMERAS = 64
+
 
 class Daemon:
     def __init__(self, model_dir: str | Path, cfg: EdgeConfig, ready_file: str | Path | None = None):
@@ -67,6 +71,7 @@ class Daemon:
         self._busy: list[threading.Lock] = []  # held by worker i while it infers a batch
         self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
+        self._cameras_seen: set[str] = set()  # up to MANY_CAMERAS ids, for one warning
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -306,6 +311,7 @@ class Daemon:
         except FrameError as exc:
             self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
             return
+        self._note_camera(frame.camera_id)
         if frame.camera_id in self.paused:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
@@ -343,6 +349,17 @@ class Daemon:
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
                 self._emit_pending_error(item, "daemon stopping")
                 return
+
+    def _note_camera(self, camera_id: str) -> None:
+        """Say once when more than MANY_CAMERAS distinct camera ids have sent frames."""
+        seen = self._cameras_seen
+        if len(seen) > MANY_CAMERAS or camera_id in seen:
+            return
+        seen.add(camera_id)
+        if len(seen) > MANY_CAMERAS:
+            log.warning("frames from more than %d camera ids (the latest %r): each is kept apart for months "
+                        "(health, drift, metrics, the dashboard). A camera_id names a camera; a part's serial "
+                        "goes in the frame's part_id (docs/protocol.md)", MANY_CAMERAS, camera_id)  # fmt: skip
 
     def _reject(
         self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, part_id: str | None = None

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.daemon import MANY_CAMERAS
 from edge.frames import list_images
 from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
@@ -166,6 +167,21 @@ def test_a_repeating_fault_is_logged_at_once_then_a_line_per_interval_with_the_c
     assert written == [True] + [False] * 49 + [True] and repeated.total == 51
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["fault 0", "fault 50 (49 more like it in the last 0.2 s, 51 in all)"]
+
+
+def test_parts_named_as_cameras_are_pointed_to_part_id_once(tiny_model):
+    frame = np.full((16, 16, 3), 90, np.uint8)
+    with DaemonProcess(tiny_model) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i in range(MANY_CAMERAS + 3):
+                cam.send(frame_message(f"SN-{i}", 0, frame))
+            assert len(sub.collect(MANY_CAMERAS + 3)) == MANY_CAMERAS + 3
+        finally:
+            sub.close()
+            cam.close()
+        log_text = daemon.log_text()
+    assert log_text.count(f"frames from more than {MANY_CAMERAS} camera ids") == 1 and "part_id" in log_text
 
 
 def test_a_camera_that_reconnects(tiny_model):
