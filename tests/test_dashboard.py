@@ -173,6 +173,12 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         reviews = Record(line["url"]).results(camera="line1", frame_id=1000)[0]["reviews"]
         assert [(r["verdict"], r["kind"], r["reviewer"]) for r in reviews] == [("defect", "scratch", "operator 7")]
         assert "daemon ready" in driver.find_element("css selector", '[data-field="daemon-state"]').text
+        # The record's daily tally, read again on a fresh page: today's row counts the reviewed defect.
+        driver.refresh()
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        daily = '[data-camera="line1"] [data-field="daily"] tr'
+        row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
+        assert row and row[0].split()[-3:-1] == ["0", "1"], row  # false rejects, defects
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)
@@ -215,6 +221,9 @@ def test_the_api_serves_programs_too(line):
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True
     assert _json(base + "/api/rejects?limit=many")[0] == 400
+    daily = wait_for(lambda: (d := _json(base + "/api/daily?camera=api&days=1")[1]) and d["days"] and d, 10)
+    assert daily and [(d["camera_id"], d["results"]) for d in daily["days"]] == [("api", 1)], daily
+    assert _json(base + "/api/daily?days=0")[0] == 400 and _json(base + "/api/daily?days=x")[0] == 400
     form = {"content-type": "application/x-www-form-urlencoded"}
     assert _json(base + "/api/review", form, b"camera_id=api&frame_id=1&verdict=defect")[0] == 415
     missing = json.dumps({"camera_id": "api", "frame_id": 999999, "verdict": "defect"}).encode()
@@ -269,6 +278,7 @@ def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_
         assert status == 200 and body["rejects"] == [] and "cannot open the record" in body["record_error"]
         status, answer = _json(dashboard.url + "/api/review", json_type, review)
         assert status == 503 and "cannot open the record" in answer["error"]
+        assert _json(dashboard.url + "/api/daily")[0] == 503
         with admin.connect() as conn:
             conn.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         answered = wait_for(lambda: _json(dashboard.url + "/api/rejects")[1]["record_error"] is None, 15, 0.5)

@@ -5,6 +5,8 @@
     GET  /api/rejects?camera=ID&limit=N     the latest fails, newest first, with image links
     GET  /api/events                        server-sent events: the summary, coalesced
     GET  /api/image/{camera}/{frame}/{kind} a result's picture: overlay (map, regions) or frame
+    GET  /api/daily?camera=ID&days=N        per day, camera and model: what the line decided and
+                                            what the reviews found (the record's Record.daily)
     POST /api/review                        a verdict on a recorded reject (the record's API)
 
 With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie a browser
@@ -42,6 +44,7 @@ from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
 from edge.protocol import heartbeat_overdue
 from edge.record import Record
+from edge.record.store import DAY_NS
 
 T = TypeVar("T")
 
@@ -51,6 +54,8 @@ COOKIE = "vqad_token"
 # results/s a browser redraws twice a second instead of 200 times.
 UPDATE_EVERY_S = 0.5
 MAX_REJECTS = 200
+# /api/daily reaches back at most a year: a tally over more scans more rows than a page should wait for.
+MAX_DAILY_DAYS = 366
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
@@ -177,6 +182,26 @@ class Dashboard:
         items = sorted(found.values(), key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
+    def api_daily(self, request: Request) -> Response:
+        """The record's daily tally over the last `days` UTC days (today included), and the
+        changes made to the daemon in them."""
+        if self.record is None:
+            return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
+        try:
+            days = int(request.query_params.get("days", "7"))
+        except ValueError:
+            return JSONResponse({"error": "days must be an integer"}, 400)
+        if not 1 <= days <= MAX_DAILY_DAYS:
+            return JSONResponse({"error": f"days must be 1..{MAX_DAILY_DAYS}"}, 400)
+        camera = request.query_params.get("camera") or None
+        since = (time.time_ns() // DAY_NS - days + 1) * DAY_NS
+        try:
+            rows = self._from_record(lambda record: record.daily(camera=camera, since_ns=since))
+            changes = self._from_record(lambda record: record.events(since_ns=since))
+        except RecordUnavailableError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        return JSONResponse({"days": rows, "changes": changes})
+
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))
         frame_id = _int_or_none(frame_ref)
@@ -292,6 +317,7 @@ def create_app(
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),
+        Route("/api/daily", d.api_daily),
         Route("/api/events", d.api_events),
         Route("/api/image/{camera}/{frame}/{kind}", d.api_image),
         Route("/api/review", d.api_review, methods=["POST"]),

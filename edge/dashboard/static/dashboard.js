@@ -11,6 +11,8 @@ const IMAGE_EVERY_MS = 1000; // the latest result's picture, at most once a seco
 const GALLERY_EVERY_MS = 500;
 const STORM_EVERY_MS = 1500;
 const STORM_TILES = 6;
+// The record's daily tally changes slowly: once a minute per camera is plenty.
+const DAILY_EVERY_MS = 60000;
 
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
@@ -74,7 +76,8 @@ function cameraSection(id) {
   node.dataset.camera = id;
   $(node, "name").textContent = id;
   document.getElementById("cameras").appendChild(node);
-  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null, galleryNew: 0 };
+  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null, galleryNew: 0,
+          dailyAt: -Infinity };
   state.cameras.set(id, cam);
   return cam;
 }
@@ -96,6 +99,26 @@ function drawCamera(id, c, daemon) {
   drawRateChart($(n, "rate-chart"), c.fail_rate_series);
   drawHistogram($(n, "histogram"), c.histogram, c.threshold);
   if (c.fail !== cam.galleryFails) scheduleGallery(cam, id, c.fail);
+  if (daemon.record && performance.now() - cam.dailyAt >= DAILY_EVERY_MS) loadDaily(cam, id);
+}
+
+// -- the record's daily tally -------------------------------------------------------------
+async function loadDaily(cam, id) {
+  cam.dailyAt = performance.now();
+  try {
+    const body = await api(`/api/daily?camera=${encodeURIComponent(id)}&days=7`);
+    const rows = body.days.slice().reverse().map((d) => {
+      const tr = document.createElement("tr");
+      const cells = [d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail, pct(d.fail_rate),
+        d.false_reject, d.defect, d.unreviewed];
+      tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
+      return tr;
+    });
+    $(cam.node, "daily").replaceChildren(...rows);
+    $(cam.node, "daily-box").hidden = false;
+  } catch (err) {
+    cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
+  }
 }
 
 function drawDrift(el, drift, daemon) {
