@@ -233,7 +233,7 @@ function newTile(r) {
   img.alt = `frame ${r.frame_id}`;
   img.src = r.images.overlay;
   const caption = document.createElement("span");
-  caption.textContent = `#${r.frame_id} ${num(r.score)}`;
+  caption.textContent = r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`;
   const reviewed = document.createElement("span");
   reviewed.className = "reviewed";
   tile.append(img, caption, reviewed);
