@@ -154,18 +154,20 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
 
         # A certain reject: a threshold below every score, then one more frame.
         run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "dashboard test", "--by", "test")
-        cam.send(frame_message("line1", 1000, frames[0], "raw"))
+        cam.send(frame_message("line1", 1000, frames[0], "raw", part_id="SN-1000"))
         ((reject, _),) = sub.collect(1, timeout=30)
         published = time.monotonic()
         assert reject["decision"] == "fail"
         selector = '[data-camera="line1"] .reject[data-frame-id="1000"]'
         tile = wait_for(lambda: driver.find_elements("css selector", selector), timeout=10)
         assert tile and time.monotonic() - published <= 2.0, time.monotonic() - published
+        assert "SN-1000" in tile[0].text  # the tile names the part
 
         # Review it from the page: the record gets the row.
         assert wait_for(lambda: Record(line["url"]).results(camera="line1", frame_id=1000), timeout=10)
         driver.find_elements("css selector", selector)[0].click()
         wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), timeout=5)
+        assert "SN-1000" in driver.find_element("id", "detail-meta").text
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()
