@@ -274,6 +274,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     writer.put(Result(result_header("a", 5, day1 + 5, "error", 1.0, model, error="bad")), day1)
     writer.put(Result(result_header("a", 6, day1 + 6, "dropped", 1.0, model, error="full")), day1)
     writer.put(_result("b", 0, "pass", ts_ns=day1 + 7), day1)
+    no_clock = _result("b", 1, "pass", ts_ns=0)  # a sender without a clock: the receive time stands in
+    no_clock.header["ts_ns"], no_clock.recv_ns = 0, day1 + 8
+    writer.put(no_clock, day1 + 9)
     writer.put(_result("a", 10, "fail", ts_ns=day1 + 86400 * 10**9 + 1), day1)  # day 2
     writer.event("set-threshold", {"threshold": 2.0}, "ann")
     writer.close()
@@ -288,7 +291,8 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     assert (a1["results"], a1["pass"], a1["fail"], a1["error"], a1["dropped"]) == (7, 2, 3, 1, 1)
     assert a1["fail_rate"] == pytest.approx(3 / 5) and a1["model_sha256"] == "ab" * 32
     assert (a1["false_reject"], a1["defect"], a1["unreviewed"]) == (1, 1, 1)
-    assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"]) == (1, 0.0, 1, 1)
+    assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"]) == (2, 0.0, 1, 1)
+    assert record.results(camera="b", frame_id=1)[0]["ts_ns"] == day1 + 8
     assert [r["camera_id"] for r in record.daily(camera="b")] == ["b"]
     assert len(record.daily(since_ns=day1 + 86400 * 10**9)) == 1
     if record_url.startswith("sqlite"):  # the command, on a file by its path

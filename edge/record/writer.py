@@ -211,7 +211,9 @@ class RecordWriter:
         return {
             "camera_id": h["camera_id"],
             "frame_id": h["frame_id"],
-            "ts_ns": h["ts_ns"],
+            # A sender without a clock sends ts_ns 0: the record's time is then the daemon's
+            # receive time, so that queries by time, the order of rows and the daily tally hold.
+            "ts_ns": h["ts_ns"] or result.recv_ns or published_ns,
             "received_ns": result.recv_ns or None,
             "published_ns": published_ns,
             "status": h["status"],
