@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
+from tests.browser import wait_for
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
@@ -487,6 +489,51 @@ def test_protocol_doc_examples_work_against_the_daemon(tiny_model):
     lines = out.split("\n")[:5]
     assert [line.split()[:3] for line in lines] == [["cam0", str(i), "ok"] for i in range(5)]
     assert all(line.split()[3] in ("pass", "fail") for line in lines)
+
+
+def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when_the_daemon_goes(
+    tiny_model, synth_root
+):
+    bridge_code = _doc_example("A PLC bridge that fails safe (pyzmq alone)")
+    assert "tcp://127.0.0.1:5556" in bridge_code and "while True:" in bridge_code
+    daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2").start()
+    bounded = "deadline = time.monotonic() + 20\nwhile time.monotonic() < deadline:"  # at most 20 s
+    code = bridge_code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
+    bridge = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        cam = Camera(daemon.frames)
+        goods = [cv2.imread(str(path)) for path in list_images(synth_root / "bracket" / "test" / "good")[:4]]
+        for i in range(50):  # until the bridge (a fresh process) has joined and read a pass and an error
+            if {line[:4] for line in lines} >= {"ship", "hold"} or bridge.poll() is not None:
+                break
+            image = goods[i % len(goods)]  # fit, and never the frame before (a frozen camera fails)
+            cam.send(frame_message("cam0", 2 * i, image, part_id=f"SN-{i}"))
+            cam.send([header("cam0", 2 * i + 1, part_id=f"SN-{i}b", encoding="webp"), b"x"])
+            time.sleep(0.2)
+            _lines_so_far(bridge, lines)
+        cam.close()
+        daemon.stop()
+        gone = wait_for(lambda: "daemon gone: stop the line" in (_lines_so_far(bridge, lines) or [""])[-1], 10)
+    finally:
+        daemon.stop()
+        bridge.kill()
+    shipped = [line for line in lines if line.startswith("ship")]
+    held = [line for line in lines if line.startswith("hold")]
+    assert shipped and all(re.fullmatch(r"ship cam0 SN-\d+", line) for line in shipped), lines
+    assert held and all(re.fullmatch(r"hold cam0 SN-\d+b error None", line) for line in held), lines
+    assert gone, lines
+
+
+def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
+    """The lines `proc` has printed by now (read without blocking), added to `lines`."""
+    lines = [] if lines is None else lines
+    while select.select([proc.stdout], [], [], 0)[0]:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.strip())
+    return lines
 
 
 def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
