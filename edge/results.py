@@ -2,7 +2,8 @@
 header, the quantised map, any extra message parts, and when its frame was received.
 
 `scored_results` turns one batch's model outputs into results; `error_result` is the result
-of a frame that could not be scored. Both are pure: the daemon decides what to do with them.
+of a frame that could not be scored. Neither publishes: the daemon decides what to do with them.
+`FrameSampler` (the one state they consult) decides which results carry their frame.
 """
 
 from __future__ import annotations
