@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from prometheus_client import generate_latest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 
 from edge.dashboard.live import FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import read_metrics
@@ -154,6 +156,8 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
 
         # A certain reject: a threshold below every score, then one more frame.
         run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "dashboard test", "--by", "test")
+        cam.send(frame_message("line1", 999, frames[1], "raw"))
+        assert [h["decision"] for h, _ in sub.collect(1, timeout=30)] == ["fail"]
         cam.send(frame_message("line1", 1000, frames[0], "raw", part_id="SN-1000"))
         ((reject, _),) = sub.collect(1, timeout=30)
         published = time.monotonic()
@@ -174,6 +178,14 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert wait_for(lambda: "Recorded" in driver.find_element("id", "review-status").text, timeout=5)
         reviews = Record(line["url"]).results(camera="line1", frame_id=1000)[0]["reviews"]
         assert [(r["verdict"], r["kind"], r["reviewer"]) for r in reviews] == [("defect", "scratch", "operator 7")]
+        # The next reject without closing (the focus is on the dialog's Defect button, not an input):
+        # the arrow keys walk the gallery, older and back.
+        frame_shown = lambda: driver.find_element("id", "detail-meta").text.split("frame\n", 1)[1].split("\n")[0]  # noqa: E731
+        ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+        assert wait_for(lambda: frame_shown() == "999", timeout=5), frame_shown()
+        ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()
+        assert wait_for(lambda: frame_shown() == "1000", timeout=5), frame_shown()
+        assert not driver.find_element("id", "detail-newer").is_enabled()  # 1000 is the newest
         assert "daemon ready" in driver.find_element("css selector", '[data-field="daemon-state"]').text
         # The record's daily tally, read again on a fresh page: today's row counts the reviewed defect.
         driver.refresh()

@@ -14,7 +14,7 @@ const STORM_TILES = 6;
 // The record's daily tally changes slowly: once a minute per camera is plenty.
 const DAILY_EVERY_MS = 60000;
 
-const state = { summary: null, drawPending: false, cameras: new Map(), open: null };
+const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [] };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -213,7 +213,7 @@ function drawGallery(gallery, rejects) {
   const kept = new Map([...gallery.querySelectorAll(".reject")].map((b) => [b.dataset.frameId, b]));
   const tiles = rejects.map((r) => {
     const tile = kept.get(String(r.frame_id)) || newTile(r);
-    tile.onclick = () => openDetail(r);
+    tile.onclick = () => openDetail(r, rejects);
     const verdict = r.reviews.length ? r.reviews[r.reviews.length - 1].verdict.replace("_", " ") : "";
     tile.querySelector(".reviewed").textContent = verdict;
     return tile;
@@ -240,8 +240,11 @@ function newTile(r) {
   return tile;
 }
 
-function openDetail(r) {
+// The detail of reject `r`; `list` is the gallery it was opened from, newest first, which the
+// arrow keys (or the newer / older buttons) walk through, so a person reviews one after another.
+function openDetail(r, list = [r]) {
   state.open = r;
+  state.openList = list;
   document.getElementById("detail-overlay").src = r.images.overlay;
   const frame = document.getElementById("detail-frame");
   document.getElementById("detail-framed").hidden = !r.images.frame;
@@ -265,7 +268,17 @@ function openDetail(r) {
   const canReview = Boolean(state.summary && state.summary.daemon.record);
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
-  document.getElementById("detail").showModal();
+  const at = list.indexOf(r);
+  document.getElementById("detail-newer").disabled = at <= 0;
+  document.getElementById("detail-older").disabled = at < 0 || at >= list.length - 1;
+  const dialog = document.getElementById("detail");
+  if (!dialog.open) dialog.showModal();
+}
+
+function stepDetail(by) {
+  const list = state.openList || [];
+  const next = list[list.indexOf(state.open) + by];
+  if (next) openDetail(next, list);
 }
 
 // The regions are in the frame's own pixels: boxes over the frame as shown, at its scale (the
@@ -305,5 +318,12 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("review-by").value = localStorage.getItem("vqad-reviewer") || "";
   document.getElementById("review-false-reject").addEventListener("click", () => review("false_reject"));
   document.getElementById("review-defect").addEventListener("click", () => review("defect"));
+  document.getElementById("detail-newer").addEventListener("click", () => stepDetail(-1));
+  document.getElementById("detail-older").addEventListener("click", () => stepDetail(1));
+  document.getElementById("detail").addEventListener("keydown", (event) => {
+    if (event.target.tagName === "INPUT") return; // typing a kind or a note
+    if (event.key === "ArrowLeft") stepDetail(-1);
+    else if (event.key === "ArrowRight") stepDetail(1);
+  });
   connect();
 });
