@@ -46,8 +46,9 @@ from edge.state import mark_running
 
 log = logging.getLogger(__name__)
 
-# Every camera id gets its own state in the daemon (health, drift, frame previews, metrics labels)
-# and in the dashboard. More distinct ids than this are a sender that names its parts as cameras.
+# Every camera id gets its own state in the daemon (health, drift, frame previews; the most recent
+# edge.recent.CAMERAS_KEPT) and in the dashboard. More distinct ids than this are a sender that
+# names its parts as cameras.
 MANY_CAMERAS = 64
 
 
@@ -357,9 +358,13 @@ class Daemon:
             return
         seen.add(camera_id)
         if len(seen) > MANY_CAMERAS:
-            log.warning("frames from more than %d camera ids (the latest %r): each is kept apart for months "
-                        "(health, drift, metrics, the dashboard). A camera_id names a camera; a part's serial "
-                        "goes in the frame's part_id (docs/protocol.md)", MANY_CAMERAS, camera_id)  # fmt: skip
+            log.warning(
+                "frames from more than %d camera ids (the latest %r): each camera's health, drift and dashboard "
+                "view is kept apart, for the most recent ones only. A camera_id names a camera; a part's serial "
+                "goes in the frame's part_id (docs/protocol.md)",
+                MANY_CAMERAS,
+                camera_id,
+            )
 
     def _reject(
         self, camera_id: str, frame_id: int, ts_ns: int, reason: str, recv_ns: int, part_id: str | None = None

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge.recent import RecentDict
+
 log = logging.getLogger(__name__)
 
 # The false-alarm level of the test on a window of good parts. c(alpha) = sqrt(-ln(alpha / 2) / 2).
@@ -44,7 +46,7 @@ class DriftMonitor:
         self.reference = np.asarray(reference, dtype=np.float64)
         self.window, self.metrics = window, metrics
         self.limit = critical_value(len(self.reference), window, alpha)
-        self.scores: dict[str, collections.deque[float]] = {}
+        self.scores: RecentDict[str, collections.deque[float]] = RecentDict()
         self.alarmed: set[str] = set()
         self.lock = threading.Lock()
 

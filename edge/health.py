@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.recent import RecentDict
+
 log = logging.getLogger(__name__)
 
 # A pixel at or within this of 0 or 255 is clipped.
@@ -123,8 +125,8 @@ class HealthLimits:
 class HealthGate:
     def __init__(self, stats: dict[str, Any], limits: HealthLimits):
         self.stats, self.limits = stats, limits
-        self._last: dict[str, tuple[bytes, int]] = {}  # camera -> (digest of its last frame, repeats)
-        self._shapes_told: set[tuple[str, tuple[int, int]]] = set()  # (camera, frame shape) logged as unfit
+        self._last: RecentDict[str, tuple[bytes, int]] = RecentDict()  # camera -> (its last frame's digest, repeats)
+        self._shapes_told: RecentDict[tuple[str, tuple[int, int]], bool] = RecentDict()  # (camera, shape) logged
         self._lock = threading.Lock()
         self.reference = None  # packages exported before the moved check have none
         if stats.get("reference") is not None and limits.max_shift > 0:
@@ -167,7 +169,7 @@ class HealthGate:
         with self._lock:
             if key in self._shapes_told:
                 return
-            self._shapes_told.add(key)
+            self._shapes_told[key] = True
         log.warning(
             "camera %s sends %dx%d (HxW) frames, height/width %.3f; the model's training images were %.3f-%.3f. "
             "They are squeezed into its input and fail as unfit (health reason 'aspect'): a camera turned, "

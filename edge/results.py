@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.postprocess import decide, find_regions, quantize_map
 from edge.protocol import result_header
+from edge.recent import RecentDict
 
 
 @dataclass
@@ -72,7 +73,7 @@ class FrameSampler:
 
     def __init__(self, mode: PublishFrames, every_s: float = PREVIEW_EVERY_S):
         self.mode, self.every_s = mode, every_s
-        self._last_s: dict[str, float] = {}
+        self._last_s: RecentDict[str, float] = RecentDict()
         self._lock = threading.Lock()
 
     def wants(self, camera_id: str, decision: str | None, now_s: float) -> bool:

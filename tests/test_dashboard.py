@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from edge.dashboard.live import FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
+from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import read_metrics
 from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
@@ -92,6 +92,18 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     assert view.find("c", 4).picture_jpeg()[:2] == b"\xff\xd8"
     assert view.find("c", "latest").header["frame_id"] == 4
     assert LiveView(silent_after_s=0.01).summary() == {}
+
+
+def test_the_live_view_keeps_the_cameras_that_send_and_drops_the_longest_silent_past_its_bound():
+    view = LiveView(silent_after_s=60)
+    view.add(_header(0, score=0.1, camera="line"), b"", None)
+    for i in range(CAMERAS_SHOWN + 20):  # a sender naming parts as cameras, the real camera among them
+        view.add(_header(i, score=0.1, camera=f"SN-{i}"), b"", None)
+        if i % 50 == 0:
+            view.add(_header(i + 1, score=0.1, camera="line"), b"", None)
+    kept = view.summary()
+    assert len(kept) == CAMERAS_SHOWN and "line" in kept and "SN-0" not in kept and f"SN-{CAMERAS_SHOWN + 19}" in kept
+    assert kept["line"]["frames"] == 4  # the sending camera kept its counts
 
 
 def test_the_live_picture_is_the_newest_result_with_its_frame_unless_that_lags():

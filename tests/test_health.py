@@ -10,6 +10,7 @@ import pytest
 from edge.health import HealthGate, HealthLimits, training_stats
 from edge.package import load_package
 from edge.protocol import frame_message
+from edge.recent import CAMERAS_KEPT, RecentDict
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 from train.data import load_images, load_test_set
 
@@ -100,3 +101,16 @@ def test_the_health_bench_measures_the_limits_on_a_category(synth_root):
         assert out[f"{kind}_caught"] == 1.0, (kind, out)
     closest = out["good_closest"]
     assert closest["sharpness_ratio"] > 0.5 and closest["exposure"] < 0.15 and closest["shift"] < 0.04
+
+
+def test_per_camera_state_is_bounded_and_keeps_the_most_recent():
+    state = RecentDict(3)
+    for key in "abcd":
+        state[key] = key
+    state.setdefault("b", "?")  # read and kept: the most recent now
+    state["e"] = "e"
+    assert list(state) == ["d", "b", "e"] and state["b"] == "b"
+    gate = HealthGate(training_stats([np.full((8, 8, 3), 128, np.uint8)] * 2), HealthLimits())
+    for i in range(CAMERAS_KEPT + 10):
+        gate.check(f"SN-{i}", np.full((8, 8, 3), i % 200, np.uint8))
+    assert len(gate._last) == CAMERAS_KEPT

@@ -37,12 +37,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.dashboard.live import LiveFrame, LiveView
+from edge.dashboard.live import CAMERAS_SHOWN, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
 from edge.protocol import heartbeat_overdue
+from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.store import DAY_NS
 
@@ -110,7 +111,7 @@ class Dashboard:
     def __init__(self, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None):
         self.view, self.probe, self.record = view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
-        self._latest_held: dict[str, tuple[float, LiveFrame | None]] = {}
+        self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:

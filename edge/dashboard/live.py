@@ -22,6 +22,7 @@ import zmq
 
 from edge.overlay import result_picture
 from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, decode_map, parse_heartbeat, parse_result_header
+from edge.recent import RecentDict
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ JPEG_QUALITY = 90
 # preview` sends one every 0.5 s per camera), unless that is older than this behind the newest
 # result: then the newest, drawn as its map alone, so the picture never lags the line for long.
 FRAMED_HOLD_S = 2.0
+# The cameras the view keeps, the latest to send (each holds up to REJECTS_KEPT rejects, their
+# maps and frames: a few MB). A box serves a handful; past this, a sender names parts as cameras.
+CAMERAS_SHOWN = 128
 # Throughput is averaged over this window.
 RATE_WINDOW_S = 10.0
 # The subscriber reads what has arrived every BATCH_S: 20 wake-ups a second instead of one per
@@ -196,7 +200,7 @@ class LiveView:
 
     def __init__(self, silent_after_s: float = 10.0):
         self.silent_after_s = silent_after_s
-        self.cameras: dict[str, CameraView] = {}
+        self.cameras: RecentDict[str, CameraView] = RecentDict(CAMERAS_SHOWN)
         self.lock = threading.Lock()
         self.results_seen = 0
         self._heartbeat: tuple[float, dict[str, Any]] | None = None
@@ -205,7 +209,10 @@ class LiveView:
         frame = LiveFrame(header, map_bytes, frame_jpeg, time.time())
         with self.lock:
             self.results_seen += 1
-            self.cameras.setdefault(str(header["camera_id"]), CameraView()).add(frame)
+            camera = str(header["camera_id"])
+            view = self.cameras.get(camera) or CameraView()
+            self.cameras[camera] = view  # the most recent: a camera that sends is never the one dropped
+            view.add(frame)
 
     def heartbeat(self, header: dict[str, Any]) -> None:
         with self.lock:
