@@ -180,19 +180,7 @@ BRIEF_KEYS = ("camera_id", "frame_id", "part_id", "ts_ns", "status", "score", "t
 
 
 def _brief(h: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "camera_id",
-        "frame_id",
-        "part_id",
-        "ts_ns",
-        "status",
-        "score",
-        "threshold",
-        "decision",
-        "regions",
-        "health",
-    )
-    return {k: h.get(k) for k in keys if k in h}
+    return {k: h.get(k) for k in BRIEF_KEYS if k in h}
 
 
 class LiveView:
