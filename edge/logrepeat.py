@@ -38,3 +38,8 @@ class RepeatedLog:
             message += f" ({held} more like it in the last {self.every_s:g} s, {self.total} in all)"
         self.logger.log(self.level, message, *args)
         return True
+
+    def reset(self) -> None:
+        """The fault is over: the next occurrence is a new one, written at once."""
+        with self._lock:
+            self.held, self._next_s = 0, float("-inf")

@@ -169,6 +169,8 @@ def test_a_repeating_fault_is_logged_at_once_then_a_line_per_interval_with_the_c
     assert written == [True] + [False] * 49 + [True] and repeated.total == 51
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["fault 0", "fault 50 (49 more like it in the last 0.2 s, 51 in all)"]
+    repeated.reset()  # the fault ended: the next one is written at once
+    assert repeated.log("fault %d", 51) and repeated.held == 0
 
 
 def test_parts_named_as_cameras_are_pointed_to_part_id_once(tiny_model):

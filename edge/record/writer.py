@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 256
 FLUSH_S = 0.5
 RETRY_MAX_S = 5.0
-OUTAGE_LOG_EVERY_S = 60.0  # a database down for hours: a line a minute, not one a retry
 
 
 class RecordWriter:
@@ -72,7 +71,7 @@ class RecordWriter:
         self.evidence_failed = 0
         self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._state_failed = False
-        self._next_outage_log = 0.0
+        self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
@@ -174,17 +173,15 @@ class RecordWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
-                if time.monotonic() >= self._next_outage_log:  # a line a minute while it lasts
-                    self._next_outage_log = time.monotonic() + OUTAGE_LOG_EVERY_S
-                    log.warning("the record is unavailable (%s); %d results wait, retrying every %.0f s at most",
-                                str(exc).splitlines()[0][:200], len(self.buffer), RETRY_MAX_S)  # fmt: skip
+                self._outage_log.log("the record is unavailable (%s); %d results wait, retrying every %.0f s at most",
+                                     str(exc).splitlines()[0][:200], len(self.buffer), RETRY_MAX_S)  # fmt: skip
                 if self.stopping and pause >= RETRY_MAX_S:
                     return  # shutting down against a database that stays down: close() counts the rest
                 time.sleep(pause)
                 continue
             if pause:
                 log.info("the record is available again")
-                self._next_outage_log = 0.0
+                self._outage_log.reset()
             pause = 0.0
             self.house.run()
             with self.lock:
