@@ -90,6 +90,37 @@ def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, ca
     assert "no mask" in caplog.text
 
 
+@pytest.mark.parametrize("layout", ["mvtec_ad", "same_stem", "folder_of_masks"])
+def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout):
+    cat = make_category(tmp_path / "cat")
+    folder = cat / "ground_truth" / "scratch"
+    (folder / "0_mask.png").unlink()
+    top, bottom = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
+    top[0:8, :] = 255
+    bottom[22:30, :] = 1  # a class index, as VisA writes it
+    if layout == "mvtec_ad":
+        cv2.imwrite(str(folder / "0_mask.bmp"), top | bottom * 255)
+        cv2.imwrite(str(folder / "0.png"), np.zeros_like(top))  # the MVTec spelling wins
+    elif layout == "same_stem":
+        cv2.imwrite(str(folder / "0.png"), top | bottom)
+    else:
+        (folder / "0").mkdir()
+        cv2.imwrite(str(folder / "0" / "000.png"), top)
+        cv2.imwrite(str(folder / "0" / "001.png"), bottom)
+    mask = load_test_set(cat, 16, 3)[1].mask
+    assert mask is not None and mask[:3].all() and mask[-3:].all() and not mask[6:10].any()
+
+
+def test_a_mask_folder_with_one_mask_of_the_wrong_size_is_named(tmp_path):
+    cat = make_category(tmp_path / "cat")
+    (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
+    (cat / "ground_truth" / "scratch" / "0").mkdir()
+    cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0" / "000.png"), np.zeros((30, 40), np.uint8))
+    cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0" / "001.png"), np.zeros((7, 7), np.uint8))
+    with pytest.raises(DataError, match="001.png"):
+        load_test_set(cat, 16, 3)
+
+
 def test_validation_split_is_seeded_and_disjoint(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(20)]
     train, val = split_train_val(paths, 0.15, seed=1)

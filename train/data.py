@@ -2,7 +2,7 @@
 
     CAT/train/good/*                      defect-free training images
     CAT/test/<kind>/*                     test images; `good` is one kind
-    CAT/ground_truth/<kind>/<stem>_mask.png
+    CAT/ground_truth/<kind>/<stem>_mask.png   (or <stem>.png, or a folder <stem>/ of masks)
 
 Images (PNG, JPEG, BMP; colour or grey; any size) go through edge.frames.to_model_input,
 the same function the daemon uses. Masks are resized with nearest neighbour.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import IMAGE_KINDS, Size, as_size, list_images, read_image, resize_mask, to_model_input
+from edge.frames import IMAGE_KINDS, IMAGE_SUFFIXES, Size, as_size, list_images, read_image, resize_mask, to_model_input
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -98,8 +98,39 @@ def split_train_val(
     return train, val
 
 
-def mask_path(category: Path, kind: str, image_path: Path) -> Path:
-    return category / "ground_truth" / kind / f"{image_path.stem}_mask.png"
+def mask_files(folder: Path) -> dict[str, list[Path]]:
+    """The masks in one `ground_truth/<kind>` folder, by the stem of the test image they belong
+    to, in the three layouts public sets use: `<stem>_mask.png` (MVTec AD), `<stem>.png` (VisA,
+    BTAD) and a folder `<stem>/` of masks whose union is the defect (MVTec LOCO). Any image
+    suffix. Empty when the folder is missing."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            found.setdefault(path.name, []).extend(list_images(path))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            found.setdefault(path.stem, []).append(path)
+    plain = {stem: paths for stem, paths in found.items() if paths and not stem.endswith("_mask")}
+    # `<stem>_mask` wins over `<stem>`: a set holding both spellings is read as MVTec AD.
+    return plain | {
+        stem.removesuffix("_mask"): paths for stem, paths in found.items() if stem.endswith("_mask") and paths
+    }
+
+
+def read_mask(paths: list[Path], image_path: Path, image_shape: tuple[int, ...], size: Size) -> np.ndarray:
+    """The union of a test image's mask files, at the model's size. DataError names a mask file
+    that is unreadable or not the image's size."""
+    union = np.zeros(image_shape[:2], dtype=bool)
+    for path in paths:
+        raw_mask = read_image(path)
+        if raw_mask.shape[:2] != image_shape[:2]:
+            raise DataError(
+                f"mask {path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} but its image "
+                f"{image_path} is {image_shape[1]}x{image_shape[0]}"
+            )
+        union |= (raw_mask.max(axis=2) if raw_mask.ndim == 3 else raw_mask) > 0
+    return resize_mask(union.astype(np.uint8), size)
 
 
 def has_test_set(category: str | Path) -> bool:
@@ -119,26 +150,17 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     samples: list[TestSample] = []
     missing_masks = 0
     for kind in kinds:
+        masks = mask_files(category / "ground_truth" / kind) if kind != "good" else {}
         for path in list_images(test_dir / kind):
             raw = read_image(path)
             image = to_model_input(raw, size, channels)
-            mask = None
             label = 0 if kind == "good" else 1
-            if label:
-                mpath = mask_path(category, kind, path)
-                if mpath.is_file():
-                    raw_mask = read_image(mpath)
-                    if raw_mask.shape[:2] != raw.shape[:2]:
-                        raise DataError(
-                            f"mask {mpath} is {raw_mask.shape[1]}x{raw_mask.shape[0]} but its image "
-                            f"{path} is {raw.shape[1]}x{raw.shape[0]}"
-                        )
-                    mask = resize_mask(raw_mask, size)
-                else:
-                    missing_masks += 1
-                    log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
-            else:
-                mask = np.zeros(size, dtype=bool)
+            mask = np.zeros(size, dtype=bool) if not label else None
+            if label and path.stem in masks:
+                mask = read_mask(masks[path.stem], path, raw.shape, size)
+            elif label:
+                missing_masks += 1
+                log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
             samples.append(TestSample(path, kind, image, mask, label))
     if not samples:
         raise DataError(f"no test images under {test_dir}")
