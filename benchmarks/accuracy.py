@@ -272,6 +272,19 @@ def bench_accuracy(
     return out
 
 
+def real_categories(root: Path) -> dict[str, Path]:
+    """The categories (folders with `train/good`) under `root`, by name; `root` itself when it is
+    one. SystemExit when there is none."""
+    if not root.is_dir():
+        raise SystemExit(f"--real {root}: no such folder")
+    if (root / "train" / "good").is_dir():
+        return {root.name: root}
+    cats = {p.name: p for p in sorted(root.iterdir()) if (p / "train" / "good").is_dir()}
+    if not cats:
+        raise SystemExit(f"--real {root}: no category (CAT/train/good) in it or under it")
+    return cats
+
+
 def bench_real(root: Path, budget: Budget, image_size: str, workdir: Path, repeats: int = 1) -> dict[str, Any]:
     """The shipped defaults on every real category under `root` (MVTec layout), beside the
     per-pixel Gaussian: accuracy and the rates at the calibrated threshold."""
@@ -282,16 +295,13 @@ def bench_real(root: Path, budget: Budget, image_size: str, workdir: Path, repea
         "repeats": repeats,
         "categories": {},
     }
-    cats = sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
-    if not cats:
-        raise SystemExit(f"--real {root}: no category (CAT/train/good) under it")
-    for cat in cats:
+    for cat, folder in real_categories(root).items():
         runs = [
-            train_and_eval(root / cat, workdir / "real" / cat / run_slug("ours", r), budget, image_size,
+            train_and_eval(folder, workdir / "real" / cat / run_slug("ours", r), budget, image_size,
                            [f"train.seed={r}"])
             for r in range(repeats)
         ]  # fmt: skip
-        rows = {"per-pixel Gaussian": baseline_metrics(root / cat, image_size), "ours (configs/)": median_row(runs)}
+        rows = {"per-pixel Gaussian": baseline_metrics(folder, image_size), "ours (configs/)": median_row(runs)}
         out["categories"][cat] = rows
         m = rows["ours (configs/)"]
         print(

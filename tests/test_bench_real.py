@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 
-from benchmarks.accuracy import Budget, bench_real, median_row
+import pytest
+
+from benchmarks.accuracy import Budget, bench_real, median_row, real_categories
 from benchmarks.run import real_markdown, steps_cell
 
 
@@ -42,3 +44,14 @@ def test_a_training_the_guard_stopped_short_is_marked():
     assert steps_cell(median_row(rows[:1])) == "3000"
     assert steps_cell(median_row(rows)) == "570–3000, short of 3000"
     assert steps_cell({"image_auroc": 0.7}) == ""  # the baseline does not train
+
+
+def test_real_names_one_category_or_a_folder_of_them(tmp_path):
+    cat = tmp_path / "sets" / "part"
+    (cat / "train" / "good").mkdir(parents=True)
+    assert real_categories(cat) == {"part": cat}
+    assert real_categories(tmp_path / "sets") == {"part": cat}
+    with pytest.raises(SystemExit, match="no category"):
+        real_categories(cat / "train")
+    with pytest.raises(SystemExit, match="no such folder"):
+        real_categories(tmp_path / "missing")
