@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, a dated JSON report and a Markdown table.
 
-    python -m benchmarks.run [--quick] [--data DIR] [--steps N] [--minutes M] [--ablation]
+    python -m benchmarks.run [--quick] [--data DIR] [--real DIR] [--steps N] [--minutes M] [--ablation]
                              [--only accuracy,backends,daemon,transport]
 
 The backend and daemon figures are measured on the model trained by the accuracy part
@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks.accuracy import Budget, budget_text
+from benchmarks.accuracy import Budget, budget_text, real_categories
 from benchmarks.common import machine, vqad, write_report
 
 PARTS = ("accuracy", "backends", "daemon", "record", "dashboard", "drift", "health", "transport")
@@ -114,172 +114,211 @@ def dashboard_markdown(dash: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def accuracy_markdown(acc: dict[str, Any] | None) -> list[str]:
+    """The accuracy table: every category and variant, median (min–max) over the repeats."""
+    if not acc:
+        return []
+    lines = [
+        f"## Accuracy (--image-size {acc['image_size']}, {budget_text(acc['budget'])} per model)",
+        "",
+        "| category | model | steps | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cat, rows in acc["categories"].items():
+        for name, m in rows.items():
+            flops = m.get("flops_per_frame")
+            spread = m.get("spread", {})
+
+            def cell(key: str, nd: int = 3, spread=spread, m=m) -> str:
+                sp = spread.get(key)
+                if sp and sp["n"] > 1:  # median (min-max) over the repeats
+                    return f"{_f(sp['median'], nd)} ({_f(sp['min'], nd)}–{_f(sp['max'], nd)})"
+                return _f(m[key], nd)
+
+            lines.append(
+                f"| {cat} | {name} | {steps_cell(m)} | {cell('image_auroc')} | {cell('pixel_auroc')} | "
+                f"{cell('aupro')} | {cell('f1_max')} | {cell('train_seconds', 0)} | "
+                f"{_f(flops / 1e9 if flops else None, 2)} |"
+            )
+    lines.append("")
+    return lines
+
+
+def drift_markdown(drift: dict[str, Any] | None) -> list[str]:
+    """The drift alarm: false alarms on good windows, and how soon a gain raises it."""
+    if not drift:
+        return []
+    lines = [
+        "## Drift alarm",
+        "",
+        f"- false alarms on {drift['good_windows']} held-out good windows of {drift['window']}: "
+        f"{100 * drift['false_alarm_rate']:.1f}%; a +20% gain raised it after "
+        f"{drift['gain_1.2_alarm_after_frames']} frames",
+        "",
+    ]
+    return lines
+
+
+def record_markdown(rec: dict[str, Any] | None) -> list[str]:
+    """The record writer's rows/s and what recording costs the daemon."""
+    if not rec:
+        return []
+    pg = rec["postgresql_rows_per_s"]
+    lines = [
+        "## The line's record",
+        "",
+        f"- writer: {rec['sqlite_rows_per_s']:.0f} rows/s into SQLite, "
+        + (f"{pg:.0f} rows/s into PostgreSQL" if pg else f"PostgreSQL not measured ({rec.get('postgresql_note')})"),
+        f"- daemon at 256 x 256 with the record (evidence for 10% of passes and every fail): "
+        f"{rec['daemon']['ratio']:.3f} of its throughput without (cost {100 * rec['daemon']['cost']:.1f}%)",
+        "",
+    ]
+    return lines
+
+
+def ablation_markdown(sa: dict[str, Any] | None) -> list[str]:
+    """The scorer ablated post hoc: one row per variant, one column per category."""
+    if not sa:
+        return []
+    cats = list(sa)
+    lines = [
+        "## Scoring ablation (each category's default run, scored post hoc; image / pixel AUROC / AUPRO; "
+        "false rejects / misses at the threshold each variant calibrates)",
+        "",
+        "| error map | " + " | ".join(cats) + " |",
+        "|---|" + "---|" * len(cats),
+    ]
+    for name in next(iter(sa.values()))["variants"]:
+        cells = []
+        for cat in cats:
+            r = sa[cat]["variants"][name]
+            cells.append(
+                f"{_f(r['image_auroc'])} / {_f(r['pixel_auroc'])} / {_f(r['aupro'])}; "
+                f"{_pct(r.get('false_reject_rate'))} / {_pct(r.get('miss_rate'))}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def backends_markdown(be: dict[str, Any] | None) -> list[str]:
+    """Frames/s and latency per backend and batch size, FLOPs and the share of the CPU peak."""
+    if not be:
+        return []
+    lines = [
+        "## Backends (frames/s, median of repeats; latency per batch in ms)",
+        "",
+        "| backend | " + " | ".join(f"batch {b}" for b in be["batch_sizes"]) + " |",
+        "|---|" + "---|" * len(be["batch_sizes"]),
+    ]
+    for name in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16", "tensorrt_fp16"):
+        if name not in be:
+            continue
+        if be[name].get("measured") is False:
+            lines.append(f"| {name} | not measured: {be[name]['reason']} |")
+            continue
+        cells = []
+        for b in be["batch_sizes"]:
+            fig = be[name][str(b)]
+            cells.append(f"{fig['frames_per_s']['median']:.1f} fps / {fig['latency_ms_per_batch']['median']:.1f} ms")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ratio = be["ort_fp32_over_torch"]
+    lines += [
+        "",
+        "ONNX Runtime FP32 / PyTorch eager: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items()),
+        f"FLOPs per frame: {be['flops_per_frame']['total'] / 1e9:.3f} GFLOP "
+        f"(VQ-VAE {be['flops_per_frame']['vqvae'] / 1e9:.3f}, scoring and head "
+        f"{be['flops_per_frame']['scoring_and_head'] / 1e9:.3f}).",
+        f"CPU peak estimate: {be['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s = {be['cpu_peak']['how']}.",
+        "Achieved at batch 8: "
+        + ", ".join(
+            f"{n} {be[n]['8']['achieved_gflops']:.1f} GFLOP/s ({100 * be[n]['8']['fraction_of_cpu_peak']:.1f}% of peak)"
+            for n in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16")
+            if "8" in be.get(n, {})
+        ),
+        "",
+    ]
+    return lines
+
+
+def daemon_markdown(dm: dict[str, Any] | None) -> list[str]:
+    """The daemon end to end against its raw backend, per frame size."""
+    if not dm:
+        return []
+    lines = [
+        f"## Daemon end to end (camera process -> daemon -> subscriber process, max_batch {dm['max_batch']}, "
+        f"max_delay {dm['max_delay_ms']} ms, {dm.get('inference_workers', 1)} inference worker(s))",
+        "",
+        "The raw backend runs as the daemon configures it (the same workers and threads). The last "
+        "ratio is to one backend instance with all the cores (`inference_workers: 1`). The CPU per frame at "
+        "full load says where the cores went: the camera and subscriber processes (their start-up included) "
+        "share the cores the raw backend has to itself.",
+        "",
+        "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
+        "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result | ratio to one worker "
+        "| CPU ms a frame: daemon / camera + subscriber |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, d in dm.items():
+        if not isinstance(d, dict) or "ratio" not in d:
+            continue
+        cells = {}
+        for k, fig in d["latency_under_load"].items():
+            p = fig["latency_ms"]
+            cells[k] = f"{p.get('p50', float('nan')):.1f} / {p.get('p99', float('nan')):.1f}"
+        lines.append(
+            f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
+            f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
+            f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} | "
+            + (f"{d['ratio_to_one_worker']['median']:.2f} |" if "ratio_to_one_worker" in d else "n/a |")
+            + (
+                " {daemon:.1f} / {camera_and_subscriber:.1f} |".format(**d["cpu_ms_per_frame"])
+                if "cpu_ms_per_frame" in d
+                else " n/a |"
+            )
+        )
+    lines.append("")
+    return lines
+
+
+def transport_markdown(tr: dict[str, Any] | None) -> list[str]:
+    """ZeroMQ's ceiling between processes, per frame size."""
+    if not tr:
+        return []
+    lines = [
+        "## Transport ceiling (raw pyzmq PUSH -> PULL, separate processes)",
+        "",
+        "| frame | ipc:// fps | tcp://127.0.0.1 fps |",
+        "|---|---|---|",
+    ]
+    for key, d in tr.items():
+        lines.append(
+            f"| {key} | {d['ipc']['frames_per_s']['median']:.0f} ({d['ipc']['gbytes_per_s']:.2f} GB/s) | "
+            f"{d['tcp']['frames_per_s']['median']:.0f} ({d['tcp']['gbytes_per_s']:.2f} GB/s) |"
+        )
+    lines.append("")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# vqad benchmark, {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores)",
         "",
     ]
-    acc = report.get("accuracy")
-    if acc:
-        lines += [
-            f"## Accuracy (--image-size {acc['image_size']}, {budget_text(acc['budget'])} per model)",
-            "",
-            "| category | model | steps | image AUROC | pixel AUROC | AUPRO | F1-max | train s | GFLOPs/frame |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for cat, rows in acc["categories"].items():
-            for name, m in rows.items():
-                flops = m.get("flops_per_frame")
-                spread = m.get("spread", {})
-
-                def cell(key: str, nd: int = 3, spread=spread, m=m) -> str:
-                    sp = spread.get(key)
-                    if sp and sp["n"] > 1:  # median (min-max) over the repeats
-                        return f"{_f(sp['median'], nd)} ({_f(sp['min'], nd)}–{_f(sp['max'], nd)})"
-                    return _f(m[key], nd)
-
-                lines.append(
-                    f"| {cat} | {name} | {steps_cell(m)} | {cell('image_auroc')} | {cell('pixel_auroc')} | "
-                    f"{cell('aupro')} | {cell('f1_max')} | {cell('train_seconds', 0)} | "
-                    f"{_f(flops / 1e9 if flops else None, 2)} |"
-                )
-        lines.append("")
+    lines += accuracy_markdown(report.get("accuracy"))
     lines += real_markdown(report.get("accuracy_real"))
-    drift = report.get("drift")
-    if drift:
-        lines += [
-            "## Drift alarm",
-            "",
-            f"- false alarms on {drift['good_windows']} held-out good windows of {drift['window']}: "
-            f"{100 * drift['false_alarm_rate']:.1f}%; a +20% gain raised it after "
-            f"{drift['gain_1.2_alarm_after_frames']} frames",
-            "",
-        ]
-    rec = report.get("record")
-    if rec:
-        pg = rec["postgresql_rows_per_s"]
-        lines += [
-            "## The line's record",
-            "",
-            f"- writer: {rec['sqlite_rows_per_s']:.0f} rows/s into SQLite, "
-            + (f"{pg:.0f} rows/s into PostgreSQL" if pg else f"PostgreSQL not measured ({rec.get('postgresql_note')})"),
-            f"- daemon at 256 x 256 with the record (evidence for 10% of passes and every fail): "
-            f"{rec['daemon']['ratio']:.3f} of its throughput without (cost {100 * rec['daemon']['cost']:.1f}%)",
-            "",
-        ]
+    lines += drift_markdown(report.get("drift"))
+    lines += record_markdown(report.get("record"))
     lines += dashboard_markdown(report.get("dashboard"))
     lines += health_markdown(report.get("health"))
-    sa = report.get("scoring_ablation")
-    if sa:
-        cats = list(sa)
-        lines += [
-            "## Scoring ablation (each category's default run, scored post hoc; image / pixel AUROC / AUPRO; "
-            "false rejects / misses at the threshold each variant calibrates)",
-            "",
-            "| error map | " + " | ".join(cats) + " |",
-            "|---|" + "---|" * len(cats),
-        ]
-        for name in next(iter(sa.values()))["variants"]:
-            cells = []
-            for cat in cats:
-                r = sa[cat]["variants"][name]
-                cells.append(
-                    f"{_f(r['image_auroc'])} / {_f(r['pixel_auroc'])} / {_f(r['aupro'])}; "
-                    f"{_pct(r.get('false_reject_rate'))} / {_pct(r.get('miss_rate'))}"
-                )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    be = report.get("backends")
-    if be:
-        lines += [
-            "## Backends (frames/s, median of repeats; latency per batch in ms)",
-            "",
-            "| backend | " + " | ".join(f"batch {b}" for b in be["batch_sizes"]) + " |",
-            "|---|" + "---|" * len(be["batch_sizes"]),
-        ]
-        for name in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16", "tensorrt_fp16"):
-            if name not in be:
-                continue
-            if be[name].get("measured") is False:
-                lines.append(f"| {name} | not measured: {be[name]['reason']} |")
-                continue
-            cells = []
-            for b in be["batch_sizes"]:
-                fig = be[name][str(b)]
-                cells.append(
-                    f"{fig['frames_per_s']['median']:.1f} fps / {fig['latency_ms_per_batch']['median']:.1f} ms"
-                )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        ratio = be["ort_fp32_over_torch"]
-        lines += [
-            "",
-            "ONNX Runtime FP32 / PyTorch eager: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items()),
-            f"FLOPs per frame: {be['flops_per_frame']['total'] / 1e9:.3f} GFLOP "
-            f"(VQ-VAE {be['flops_per_frame']['vqvae'] / 1e9:.3f}, scoring and head "
-            f"{be['flops_per_frame']['scoring_and_head'] / 1e9:.3f}).",
-            f"CPU peak estimate: {be['cpu_peak']['peak_flops'] / 1e9:.0f} GFLOP/s = {be['cpu_peak']['how']}.",
-            "Achieved at batch 8: "
-            + ", ".join(
-                f"{n} {be[n]['8']['achieved_gflops']:.1f} GFLOP/s "
-                f"({100 * be[n]['8']['fraction_of_cpu_peak']:.1f}% of peak)"
-                for n in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16")
-                if "8" in be.get(n, {})
-            ),
-            "",
-        ]
-    dm = report.get("daemon")
-    if dm:
-        lines += [
-            f"## Daemon end to end (camera process -> daemon -> subscriber process, max_batch {dm['max_batch']}, "
-            f"max_delay {dm['max_delay_ms']} ms, {dm.get('inference_workers', 1)} inference worker(s))",
-            "",
-            "The raw backend runs as the daemon configures it (the same workers and threads). The last "
-            "ratio is to one backend instance with all the cores (`inference_workers: 1`). The CPU per frame at "
-            "full load says where the cores went: the camera and subscriber processes (their start-up included) "
-            "share the cores the raw backend has to itself.",
-            "",
-            "| frame | end-to-end fps | raw backend fps | ratio | p50 / p99 at 50% load (ms) "
-            "| p50 / p99 at 90% load (ms) | peak RSS MiB | frames without a result | ratio to one worker "
-            "| CPU ms a frame: daemon / camera + subscriber |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for key, d in dm.items():
-            if not isinstance(d, dict) or "ratio" not in d:
-                continue
-            cells = {}
-            for k, fig in d["latency_under_load"].items():
-                p = fig["latency_ms"]
-                cells[k] = f"{p.get('p50', float('nan')):.1f} / {p.get('p99', float('nan')):.1f}"
-            lines.append(
-                f"| {key} | {d['end_to_end_fps']['median']:.1f} | {d['raw_backend_fps']['median']:.1f} | "
-                f"{d['ratio']['median']:.2f} (min {d['ratio']['min']:.2f}) | {cells['50%']} | {cells['90%']} | "
-                f"{d['daemon_peak_rss_mib']:.0f} | {d.get('frames_without_result', 'n/a')} | "
-                + (f"{d['ratio_to_one_worker']['median']:.2f} |" if "ratio_to_one_worker" in d else "n/a |")
-                + (
-                    " {daemon:.1f} / {camera_and_subscriber:.1f} |".format(**d["cpu_ms_per_frame"])
-                    if "cpu_ms_per_frame" in d
-                    else " n/a |"
-                )
-            )
-        lines.append("")
-    tr = report.get("transport")
-    if tr:
-        lines += [
-            "## Transport ceiling (raw pyzmq PUSH -> PULL, separate processes)",
-            "",
-            "| frame | ipc:// fps | tcp://127.0.0.1 fps |",
-            "|---|---|---|",
-        ]
-        for key, d in tr.items():
-            lines.append(
-                f"| {key} | {d['ipc']['frames_per_s']['median']:.0f} ({d['ipc']['gbytes_per_s']:.2f} GB/s) | "
-                f"{d['tcp']['frames_per_s']['median']:.0f} ({d['tcp']['gbytes_per_s']:.2f} GB/s) |"
-            )
-        lines.append("")
+    lines += ablation_markdown(report.get("scoring_ablation"))
+    lines += backends_markdown(report.get("backends"))
+    lines += daemon_markdown(report.get("daemon"))
+    lines += transport_markdown(report.get("transport"))
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 2 min per training, fewer repeats")
     ap.add_argument("--data", type=Path, help="an MVTec-layout root instead of vqad synth")
@@ -301,7 +340,11 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     parts = args.only.split(",")
     budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
@@ -399,7 +442,7 @@ def main() -> None:
 
         begin("camera health gate")
         roots = [Path(report["accuracy"]["data"]) / c for c in report.get("accuracy", {}).get("categories", {})]
-        roots += sorted(p for p in Path(args.real).iterdir() if (p / "train" / "good").is_dir()) if args.real else []
+        roots += list(real_categories(args.real).values()) if args.real else []
         report["health"] = bench_health(roots, args.image_size)  # each root at its own input size
         write_report(report)
     if "transport" in parts:
