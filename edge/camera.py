@@ -88,6 +88,48 @@ def _wait_for_room(sock: zmq.Socket, stop, endpoint: str = "") -> bool:
     return True
 
 
+class Pacer:
+    """Holds a sender to `fps` frames a second (0: as fast as it can). A sender that fell behind
+    (a slow read, a stalled disk) sends two frames early to catch up, not every frame it owes."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.next_t = time.monotonic()
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        delay = self.next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self.next_t = max(self.next_t + self.period, time.monotonic() - self.period)
+
+
+def _frames_socket(
+    ctx: zmq.Context, endpoint: str, sndhwm: int, curve_secret: str | None, curve_server_key: str | None
+) -> zmq.Socket:
+    """A PUSH socket connected to the daemon's frames endpoint, holding at most `sndhwm` frames."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    if curve_secret:
+        from edge.security import make_curve_client
+
+        make_curve_client(sock, curve_secret, curve_server_key)
+    transport.connect(sock, endpoint, "frames")
+    return sock
+
+
+def _flush_and_close(ctx: zmq.Context, sock: zmq.Socket, linger_s: float, who: str, endpoint: str) -> None:
+    """Give the queued frames up to `linger_s` to leave, and say so when some did not."""
+    sock.close(linger=int(linger_s * 1000))
+    started = time.monotonic()
+    ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
+    if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:
+        log.warning(
+            "%s: frames still queued after %.0f s were dropped: is the daemon at %s running?", who, linger_s, endpoint
+        )
+
+
 def run_camera(
     source: str,
     endpoint: str,
@@ -119,28 +161,17 @@ def run_camera(
     # only flushed (within LINGER) by terminating the context; a process that just exits
     # drops them.
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.SNDHWM, sndhwm)
-    if curve_secret:
-        from edge.security import make_curve_client
-
-        make_curve_client(sock, curve_secret, curve_server_key)
-    transport.connect(sock, endpoint, "frames")
+    sock = _frames_socket(ctx, endpoint, sndhwm, curve_secret, curve_server_key)
     out = open(manifest, "w") if manifest else None
     if out:
         out.write("camera_id,frame_id,source\n")
-    period = 1.0 / fps if fps > 0 else 0.0
+    pace = Pacer(fps)
     sent = 0
-    next_t = time.monotonic()
     try:
         for name, image in iter_source(source, loop):
             if stop is not None and stop():
                 break
-            if period:
-                delay = next_t - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                next_t = max(next_t + period, time.monotonic() - period)
+            pace.wait()
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
             message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id)
@@ -159,15 +190,6 @@ def run_camera(
         # daemon that is gone must not hold the stop for the full linger.
         if stop is not None and stop():
             linger_s = min(linger_s, STOP_LINGER_S)
-        sock.close(linger=int(linger_s * 1000))
-        started = time.monotonic()
-        ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
-        if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:
-            log.warning(
-                "camera %s: frames still queued after %.0f s were dropped: is the daemon at %s running?",
-                camera_id,
-                linger_s,
-                endpoint,
-            )
+        _flush_and_close(ctx, sock, linger_s, f"camera {camera_id}", endpoint)
     log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
     return sent

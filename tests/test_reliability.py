@@ -367,3 +367,37 @@ def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch,
         )
     waits = [r for r in caplog.records if "to take a frame: is it running?" in r.getMessage()]
     assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent >= 1
+
+
+def test_a_camera_whose_frames_cannot_leave_says_so_on_the_way_out(tmp_path, caplog):
+    """Frames still queued when the linger runs out are dropped, and the camera names the endpoint."""
+    from edge import camera
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"  # nobody listens
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="edge.camera"):
+        sent = camera.run_camera(str(tmp_path), endpoint, count=1, camera_id="cam7", linger_s=0.3)
+    assert sent == 1 and 0.25 < time.monotonic() - started < 5.0
+    dropped = [r.getMessage() for r in caplog.records if "frames still queued" in r.getMessage()]
+    assert len(dropped) == 1 and "camera cam7" in dropped[0] and endpoint in dropped[0]
+
+
+def test_the_pacer_holds_the_rate_and_catches_up_by_two_frames_only(monkeypatch):
+    from edge import camera
+
+    now = [100.0]
+    slept: list[float] = []
+    monkeypatch.setattr(camera.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(camera.time, "sleep", lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)))
+    pace = camera.Pacer(10.0)
+    pace.wait()  # the first frame goes at once
+    pace.wait()
+    assert slept == [pytest.approx(0.1)]
+    now[0] += 5.0  # the sender stalled for 50 periods
+    stalled_at = now[0]
+    for _ in range(10):
+        pace.wait()
+    # Two frames go early to catch up, not the 50 it missed: 10 frames take 7 periods.
+    assert now[0] - stalled_at == pytest.approx(0.7)
+    assert camera.Pacer(0).period == 0.0
