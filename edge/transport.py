@@ -12,6 +12,7 @@ import zmq
 from edge.endpoints import check_endpoint
 from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
+from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX
 from edge.settings import EdgeConfig
 
 
@@ -98,6 +99,30 @@ def results_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, cfg.linger_ms)
     _secure(sock, cfg)
     bind(sock, cfg.results_endpoint, "results")
+    return sock
+
+
+def results_subscriber(
+    ctx: zmq.Context,
+    endpoint: str,
+    rcvhwm: int,
+    camera: str | None = None,
+    curve_secret: str | None = None,
+    curve_server_key: str | None = None,
+) -> zmq.Socket:
+    """A SUB socket on the daemon's results (one camera's, or every camera's) and its heartbeats,
+    as `vqad watch` and the dashboard read them. Past `rcvhwm` unread messages ZeroMQ drops this
+    subscriber's: PUB never blocks, so a slow reader never slows the daemon. The topic prefix of
+    one camera also matches longer ids: the reader filters on the header's camera_id."""
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    if curve_secret:
+        from edge.security import make_curve_client
+
+        make_curve_client(sock, curve_secret, curve_server_key)
+    sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
+    sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+    connect(sock, endpoint, "results")
     return sock
 
 

@@ -15,10 +15,15 @@ import numpy as np
 import zmq
 
 from edge import transport
+from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, heartbeat_overdue, parse_heartbeat, parse_result
+from edge.protocol import HEARTBEAT_TOPIC, heartbeat_overdue, parse_heartbeat, parse_result
 
 log = logging.getLogger(__name__)
+
+# `vqad watch` prints every result: it may fall this many behind a burst before ZeroMQ drops
+# some of its copies (the daemon never waits for it).
+WATCH_RCVHWM = 100_000
 
 
 class Summary:
@@ -126,16 +131,10 @@ def run_watch(
     import sys
 
     out = out or sys.stdout
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.RCVHWM, 100000)
-    if curve_secret:
-        from edge.security import make_curve_client
-
-        make_curve_client(sock, curve_secret, curve_server_key)
-    sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
-    sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-    transport.connect(sock, endpoint, "results")
+    sock = transport.results_subscriber(
+        zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
+    )
+    malformed = RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
     folder = Path(save_dir) if save_dir else None
     if folder:
@@ -153,8 +152,8 @@ def run_watch(
                     continue
                 try:
                     header, amap = parse_result(parts)
-                except (ValueError, KeyError, json.JSONDecodeError) as exc:
-                    log.warning("ignoring a malformed result: %s", exc)
+                except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+                    malformed.log("ignoring a malformed result: %s", exc)
                     continue
                 if camera and header.get("camera_id") != camera:
                     continue  # the topic prefix also matches longer ids

@@ -578,3 +578,41 @@ def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):
         watcher.join(5)
     silent = [r for r in caplog.records if "no heartbeat from the daemon" in r.getMessage()]
     assert len(silent) == 1 and "is it running?" in silent[0].getMessage()
+
+
+def test_watch_logs_a_stream_of_malformed_results_once_and_goes_on(caplog):
+    """A publisher of another protocol version sends what watch cannot read, at line rate: one
+    log line (then one a minute), not one per message; the readable results are still shown."""
+    import threading
+
+    import zmq
+
+    from edge.protocol import result_header, result_message
+    from edge.transport import free_loopback_port
+    from edge.watch import run_watch
+
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    got = {}
+    watcher = threading.Thread(
+        target=lambda: got.update(summary=run_watch(endpoint, quiet=True, count=1, timeout_s=10.0)), daemon=True
+    )
+    garbage = [b"result.cam0", b"{not json", b""]
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.watch"):
+            watcher.start()
+            deadline = time.monotonic() + 5.0
+            while "malformed" not in caplog.text and time.monotonic() < deadline:
+                pub.send_multipart(garbage)
+                time.sleep(0.02)
+            for _ in range(50):
+                pub.send_multipart(garbage)
+            good = result_header("cam0", 1, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "0"}, score=0.5)
+            while watcher.is_alive() and time.monotonic() < deadline + 5.0:
+                pub.send_multipart(result_message(dict(good, decision="pass")))
+                watcher.join(0.05)
+    finally:
+        pub.close(linger=0)
+    assert not watcher.is_alive() and got["summary"].by_status["ok"] == 1
+    assert sum("ignoring a malformed result" in r.getMessage() for r in caplog.records) == 1

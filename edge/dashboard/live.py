@@ -20,8 +20,10 @@ import cv2
 import numpy as np
 import zmq
 
+from edge import transport
+from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX, decode_map, parse_heartbeat, parse_result_header
+from edge.protocol import HEARTBEAT_TOPIC, decode_map, parse_heartbeat, parse_result_header
 from edge.recent import RecentDict
 
 log = logging.getLogger(__name__)
@@ -241,21 +243,14 @@ class ResultsFeed(threading.Thread):
     def __init__(self, endpoint: str, view: LiveView, curve_secret: str = "", curve_server_key: str = ""):
         super().__init__(name="results-feed", daemon=True)
         self.endpoint, self.view = endpoint, view
-        self.curve = (curve_secret, curve_server_key) if curve_secret else None
+        self.curve = (curve_secret, curve_server_key) if curve_secret else (None, None)
+        self.malformed = RepeatedLog(log)
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.SUB)
         # The dashboard must never slow the daemon: past this many unread results, ZeroMQ drops
         # this subscriber's messages (PUB never blocks) and the counts show a gap, not a stall.
-        sock.setsockopt(zmq.RCVHWM, 10000)
-        if self.curve:
-            from edge.security import make_curve_client
-
-            make_curve_client(sock, *self.curve)
-        sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX)
-        sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        sock.connect(self.endpoint)
+        sock = transport.results_subscriber(zmq.Context.instance(), self.endpoint, 10000, None, *self.curve)
         try:
             while not self.stopping.is_set():
                 if sock.poll(100):
@@ -280,7 +275,7 @@ class ResultsFeed(threading.Thread):
                 header = parse_result_header(parts)
                 self.view.add(header, parts[2], parts[3] if len(parts) > 3 else None)
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-                log.warning("ignoring a malformed result: %s", exc)
+                self.malformed.log("ignoring a malformed result: %s", exc)
 
     def stop(self) -> None:
         self.stopping.set()
