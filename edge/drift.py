@@ -4,9 +4,10 @@ statistic (the largest gap between the two empirical distributions: it needs no 
 scores and sees a shift, a spread or a new tail alike).
 
 The alarm is raised when the statistic exceeds its critical value at ALPHA for the two sample
-sizes: c(ALPHA) * sqrt((n + m) / (n m)). A lamp that ages or a lens that dirties moves the
-whole distribution; a single bad part does not. Gauges per camera; a log line when the alarm is
-raised and when it clears; everything resets when the model (and so its reference) changes.
+sizes, c(ALPHA) * sqrt((n + m) / (n m)), and clears under CLEAR_FRACTION of it. A lamp that
+ages or a lens that dirties moves the whole distribution; a single bad part does not. Gauges per
+camera; a log line when the alarm is raised and when it clears; everything resets when the
+model (and so its reference) changes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 # The false-alarm level of the test on a window of good parts. c(alpha) = sqrt(-ln(alpha / 2) / 2).
 ALPHA = 0.001
 WINDOW = 200
+# A raised alarm clears when the statistic falls under this share of its limit. A window that
+# hovers at the limit would otherwise raise and clear it frame after frame (a log line and a
+# red-green flip on the dashboard each time); one frame moves the statistic by at most 1/WINDOW,
+# so the gap (about 0.05 at 100 calibration images) is ten frames and more.
+CLEAR_FRACTION = 0.8
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,8 +64,8 @@ class DriftMonitor:
             if len(window) < self.window:
                 return None
             ks = ks_statistic(self.reference, np.fromiter(window, np.float64))
-            alarm = ks > self.limit
             was = camera_id in self.alarmed
+            alarm = ks > (CLEAR_FRACTION * self.limit if was else self.limit)
             if alarm and not was:
                 self.alarmed.add(camera_id)
                 log.warning("drift alarm: camera %s's last %d scores differ from the calibration images' "

@@ -35,6 +35,23 @@ def test_a_gain_drift_raises_the_alarm_within_one_window_and_good_windows_stay_q
     assert metrics.drift_alarm.labels("drifted")._value.get() == 1.0
 
 
+def test_a_window_hovering_at_the_limit_does_not_flap_the_alarm(monkeypatch, caplog):
+    """Raised over the limit, cleared only under CLEAR_FRACTION of it: one line each way."""
+    import logging
+
+    from edge import drift
+
+    monitor = DriftMonitor(np.zeros(100), window=2)
+    limit = monitor.limit
+    script = iter([1.01, 0.99, 1.01, 0.99, 0.85, 1.01, 0.7, 0.99, 0.85])
+    monkeypatch.setattr(drift, "ks_statistic", lambda a, b: next(script) * limit)
+    with caplog.at_level(logging.INFO, logger="edge.drift"):
+        states = [monitor.add("cam0", 0.0) is not None and "cam0" in monitor.alarmed for _ in range(10)]
+    assert states == [False, True, True, True, True, True, True, False, False, False]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("drift alarm: camera cam0") and "cleared" in lines[1]
+
+
 def test_the_drift_bench_runs_a_real_package_on_its_good_images(tiny_model, synth_root):
     """`python -m benchmarks.drift`: the package's own calibration scores as the reference, its
     FP32 graph scoring the good test images and the same images under +20% gain."""
