@@ -23,7 +23,7 @@ import torch
 from edge.overlay import heatmap_overlay, label
 from edge.threshold import calibrate_threshold
 from train import plots
-from train.data import has_test_set, load_images, load_test_set
+from train.data import TestSample, has_test_set, load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.run import THRESHOLD_FILE, Run, load_run
@@ -105,8 +105,36 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
     threshold = _threshold(run, val_scores, val_paths)
 
-    labels = np.array([s.label for s in test], dtype=int)
     recons, maps, scores = _score_test(run, test)
+    metrics = _test_metrics(run, test, maps, scores, threshold)
+    labels = np.array([s.label for s in test], dtype=int)
+    out.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    _write_scores_csv(out / "scores.csv", test, scores, scores >= threshold["value"])
+    if pictures and test:
+        _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
+    if pictures:
+        val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
+        _calibration_pictures(run, out, threshold, val)
+    log.info(
+        "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
+        figure(metrics["image_auroc"]),
+        figure(metrics["pixel_auroc"]),
+        figure(metrics["aupro"]),
+        percent(metrics["false_reject_rate"]),
+        percent(metrics["miss_rate"]),
+    )
+    return metrics
+
+
+def _test_metrics(
+    run: Run, test: list[TestSample], maps: np.ndarray, scores: np.ndarray, threshold: dict[str, Any]
+) -> dict[str, Any]:
+    """metrics.json: AUROCs, AUPRO and F1-max over the test set; the rates at the calibrated
+    threshold and at 1% and 5% false rejects; what the figures were measured on."""
+    size = run.model_cfg.image_size
+    labels = np.array([s.label for s in test], dtype=int)
     with_mask = np.array([s.mask is not None for s in test], dtype=bool)
     masks = np.array([s.mask if s.mask is not None else np.zeros(size, bool) for s in test], bool).reshape(maps.shape)
     f1, f1_threshold = f1_max(labels, scores)
@@ -140,30 +168,18 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     for kind in sorted({s.kind for s in test} - {"good"}):
         sel = np.array([s.kind in ("good", kind) for s in test])
         metrics["per_kind_image_auroc"][kind] = image_auroc(labels[sel], scores[sel])
-    out.mkdir(parents=True, exist_ok=True)
-    # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    (out / "scores.csv").write_text(
+    return metrics
+
+
+def _write_scores_csv(path: Path, test: list[TestSample], scores: np.ndarray, decisions: np.ndarray) -> None:
+    """One row per test image: its path, kind, label, score and decision at the threshold."""
+    path.write_text(
         "path,kind,label,score,decision\n"
         + "".join(
             f"{s.path},{s.kind},{s.label},{sc:.6g},{'fail' if d else 'pass'}\n"
             for s, sc, d in zip(test, scores, decisions, strict=True)
         )
     )
-    if pictures and test:
-        _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
-    if pictures:
-        val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
-        _calibration_pictures(run, out, threshold, val)
-    log.info(
-        "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
-        figure(metrics["image_auroc"]),
-        figure(metrics["pixel_auroc"]),
-        figure(metrics["aupro"]),
-        percent(metrics["false_reject_rate"]),
-        percent(metrics["miss_rate"]),
-    )
-    return metrics
 
 
 def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
