@@ -230,6 +230,20 @@ def test_half_precision_head_keeps_its_encoder_half_exactly():
     assert features.dtype == torch.float32 and features.shape == (2, 32, 4, 4)
 
 
+def test_parity_names_the_fp16_bound_that_failed():
+    from export.parity import ParityError, compare
+
+    maps = np.random.default_rng(0).random((4, 1, 16, 16)).astype(np.float32) + 1.0
+    scores = maps.reshape(4, -1).max(axis=1)
+    exact = (maps, scores)
+    assert compare(exact, exact, exact, 2.0, 1e-3, 1e-2, 0.99)["passed"]
+    with pytest.raises(ParityError, match=r"FP16 map relative error 0\.0[3-9]\d* > 0\.01"):
+        compare(exact, exact, (maps * 1.05, scores), 2.0, 1e-3, 1e-2, 0.99)
+    flipped = np.where(np.arange(4) < 2, 2.5, 1.5).astype(np.float32)  # 2 of 4 decisions turned
+    with pytest.raises(ParityError, match=r"FP16 decision agreement 0\.500 < 0\.99"):
+        compare((maps, flipped), (maps, flipped), (maps, np.full(4, 1.5, np.float32)), 2.0, 1e-3, 1e-2, 0.99)
+
+
 def test_parity_relaxes_only_images_whose_tied_codes_explain_a_difference():
     """One image whose map moved around one latent cell (a code flip at an FP32 tie) passes
     when the proof knows that image holds a tie, and fails otherwise; a larger change fails
