@@ -28,30 +28,12 @@ _FALSE = {"0", "false", "no", "off"}
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert `value` (from YAML or a command line string) to the annotated type `tp`."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} fits none of its types: " + "; ".join(errors))
+        return _convert_union(value, typing.get_args(tp), where)
     if origin is Literal:
-        for choice in args:
-            try:
-                if _convert(value, type(choice), where) == choice:
-                    return choice
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return _convert_literal(value, typing.get_args(tp), where)
     if origin in (tuple, list):
-        return _convert_sequence(value, origin, args, where)
+        return _convert_sequence(value, origin, typing.get_args(tp), where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -60,43 +42,80 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return from_mapping(tp, value, where)
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, where)
     raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _convert_union(value: Any, args: tuple, where: str) -> Any:
+    """The first of `args` that `value` converts to; None (or the strings none/null) to None
+    when the union allows it."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in args:
+            return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(f"{where}: {value!r} fits none of its types: " + "; ".join(errors))
+
+
+def _convert_literal(value: Any, choices: tuple, where: str) -> Any:
+    for choice in choices:
+        try:
+            if _convert(value, type(choice), where) == choice:
+                return choice
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _to_float(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+# A YAML or command-line value -> a field's scalar type; a bool is never taken for a number.
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _convert_sequence(value: Any, origin: type, args: tuple, where: str) -> Any:
