@@ -53,6 +53,41 @@ def _warn_if_low_bits(image: np.ndarray) -> None:
         )
 
 
+# JPEG start-of-frame markers (they carry the size): C0-CF but DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def encoded_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(height, width) that a PNG or JPEG file says it holds, read from its header without
+    decoding it; None when the header does not say (another format, or damaged). A file of a
+    few hundred kB may claim a gigapixel: the daemon refuses it before allocating one."""
+    head = bytes(data[:32])
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """Walk the JPEG's marker segments to its start-of-frame; None if it is not reached."""
+    pos, end = 2, len(data)
+    while pos + 9 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _JPEG_SOF:
+            return (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array.
 

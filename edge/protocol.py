@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import FrameError
-from edge.frames import decode_image
+from edge.frames import decode_image, encoded_size
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
@@ -164,6 +164,9 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
         if end_marker not in bytes(payload[-64:]):
             raise fail(f"{encoding} data is truncated (no end marker)")
+        claimed = encoded_size(payload)
+        if claimed is not None and claimed[0] * claimed[1] > limits.max_frame_pixels:
+            raise fail(f"{encoding} image {claimed[1]}x{claimed[0]} exceeds {limits.max_frame_pixels} pixels")
         try:
             image = decode_image(payload)
         except FrameError as exc:

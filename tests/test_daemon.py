@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from edge.daemon import MANY_CAMERAS
+from edge.errors import FrameError
 from edge.frames import list_images
 from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
@@ -616,3 +617,46 @@ def test_watch_logs_a_stream_of_malformed_results_once_and_goes_on(caplog):
         pub.close(linger=0)
     assert not watcher.is_alive() and got["summary"].by_status["ok"] == 1
     assert sum("ignoring a malformed result" in r.getMessage() for r in caplog.records) == 1
+
+
+def _png_bomb(height: int, width: int) -> bytes:
+    """A real, complete grey PNG of height x width zeros: a few hundred kB for a gigapixel."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte + pixels
+    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_it_is_decoded(monkeypatch):
+    """A sender's PNG or JPEG of a few hundred kB may claim a gigapixel: the header says so, and
+    the frame is an error without the daemon allocating it."""
+    from edge import protocol
+    from edge.protocol import Limits, parse_frame
+
+    limits = Limits(max_frame_pixels=1_000_000)
+    small = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    jpeg = bytearray(cv2.imencode(".jpg", small)[1].tobytes())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    bombs = {"png": _png_bomb(2000, 1000), "jpeg": bytes(jpeg)}
+    for encoding in bombs:  # the real decoder still reads an honest small one
+        ok = parse_frame(
+            [header("c", 1, encoding=encoding), cv2.imencode(f".{encoding[:3]}", small)[1].tobytes()], limits
+        )
+        assert ok.image.shape == (40, 48, 3)
+
+    def decode_refused(data):
+        raise AssertionError("decoded an image whose header claims too many pixels")
+
+    monkeypatch.setattr(protocol, "decode_image", decode_refused)
+    for encoding, data in bombs.items():
+        with pytest.raises(FrameError, match="exceeds 1000000 pixels"):
+            parse_frame([header("c", 2, encoding=encoding), data], limits)
+    assert len(bombs["png"]) < 20_000
