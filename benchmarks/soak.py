@@ -40,6 +40,91 @@ from edge.record.writer import BATCH_ROWS
 PASS_FRACTION = 0.1
 
 
+# The burst that measures the throughput the soak offers a share of.
+BURST_FRAMES = 200
+
+
+class Soak:
+    """A daemon, a sender and a subscriber thread that keeps every result's status and latency."""
+
+    def __init__(self, model_dir: Path, workdir: Path, settings: tuple[str, ...], shape: tuple[int, int, int]):
+        self.daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0, settings=settings)
+        ctx = zmq.Context.instance()
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"result.")
+        self.sub.connect(self.daemon.results)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.connect(self.daemon.frames)
+        time.sleep(0.5)
+        self.rng = np.random.default_rng(0)
+        self.frames = [self.rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(16)]
+        self.received: dict[int, str] = {}
+        self.latencies: list[tuple[float, float]] = []  # (when, total latency ms) of ok results
+        self.malformed_ids: set[int] = set()
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.reader = threading.Thread(target=self._receive, daemon=True)
+        self.reader.start()
+        self.proc = psutil.Process(self.daemon.proc.pid)
+
+    def _receive(self) -> None:
+        while not self.stopping.is_set() or self.sub.poll(2000):
+            if self.sub.poll(100):
+                h, _ = parse_result(self.sub.recv_multipart())
+                self.received[h["frame_id"]] = h["status"]
+                if h["status"] == "ok":
+                    self.latencies.append((time.monotonic(), h["latency_ms"]["total"]))
+
+    def send(self, malformed: bool) -> None:
+        """The next frame; a malformed one (its byte count does not match its shape) must get an
+        error result."""
+        message = frame_message("soak", self.sent, self.frames[self.sent % len(self.frames)])
+        if malformed:
+            header = json.loads(message[0])
+            header["shape"] = [7, 7, 3]
+            message[0] = json.dumps(header).encode()
+            self.malformed_ids.add(self.sent)
+        self.push.send_multipart(message)
+        self.sent += 1
+
+    def burst_throughput(self) -> float:
+        """Frames a second over a burst of BURST_FRAMES under backpressure."""
+        t0 = time.monotonic()
+        for _ in range(BURST_FRAMES):
+            self.send(malformed=False)
+        while len(self.received) < BURST_FRAMES and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        return len(self.received) / (time.monotonic() - t0)
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def drain(self) -> None:
+        """Let the daemon work off its backlog: a frame still queued in ZeroMQ when the daemon
+        stops was never accepted, and would count as lost."""
+        last, idle_since = -1, time.monotonic()
+        while len(self.received) < self.sent and time.monotonic() - idle_since < 10:
+            if len(self.received) != last:
+                last, idle_since = len(self.received), time.monotonic()
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.stopping.set()
+        self.reader.join(timeout=10)
+
+    def p99_windows(self, t_start: float, deadline: float, window_s: float) -> list[dict[str, float]]:
+        windows = []
+        for w0 in np.arange(t_start, deadline, window_s):
+            lat = [v for t, v in self.latencies if w0 <= t < w0 + window_s]
+            if lat:
+                windows.append(
+                    {"t_s": round(float(w0 - t_start), 1), "n": len(lat), "p99_ms": float(np.percentile(lat, 99))}
+                )
+        return windows
+
+
 def run_soak(
     model_dir: Path,
     minutes: float = 10.0,
@@ -55,7 +140,7 @@ def run_soak(
 
     workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
     database, evidence = workdir / "line.db", workdir / "evidence"
-    settings = ()
+    settings: tuple[str, ...] = ()
     if record_max_gb is not None:
         settings = (
             f"edge.record=sqlite:///{database}",
@@ -64,101 +149,41 @@ def run_soak(
             f"edge.record_max_gb={record_max_gb}",
             *EVERY_FRAME_PASSES,
         )
-    daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0, settings=settings)
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"result.")
-    sub.connect(daemon.results)
-    push = ctx.socket(zmq.PUSH)
-    push.connect(daemon.frames)
-    time.sleep(0.5)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(16)]
-    good = frame_message("soak", 0, frames[0])
-
-    received: dict[int, str] = {}
-    latencies: list[tuple[float, float]] = []
-    stop = threading.Event()
-
-    def receive() -> None:
-        while not stop.is_set() or sub.poll(2000):
-            if sub.poll(100):
-                h, _ = parse_result(sub.recv_multipart())
-                received[h["frame_id"]] = h["status"]
-                if h["status"] == "ok":
-                    latencies.append((time.monotonic(), h["latency_ms"]["total"]))
-
-    reader = threading.Thread(target=receive, daemon=True)
-    reader.start()
-    # Measure throughput first: a burst of 200 frames under backpressure.
-    t0 = time.monotonic()
-    for i in range(200):
-        push.send_multipart(frame_message("soak", i, frames[i % len(frames)]))
-    while len(received) < 200 and time.monotonic() - t0 < 120:
-        time.sleep(0.05)
-    throughput = len(received) / (time.monotonic() - t0)
+    soak = Soak(model_dir, workdir, settings, shape)
+    throughput = soak.burst_throughput()
     rate = load * throughput
-    proc = psutil.Process(daemon.proc.pid)
-    rss_after_startup = proc.memory_info().rss
+    rss_after_startup = soak.rss()
     rss_start = None
     rss_windows: list[dict[str, float]] = []
-    next_rss_t = time.monotonic()
-    sent_valid, sent_bad, fid = 200, 0, 200
-    malformed_ids = set()
-    t_start = time.monotonic()
+    next_rss_t = t_start = time.monotonic()
     deadline = t_start + minutes * 60
     while time.monotonic() < deadline:
-        if rng.random() < malformed:
-            header = json.loads(good[0])
-            header.update(frame_id=fid, shape=[7, 7, 3])  # byte count mismatch: must get an error result
-            push.send_multipart([json.dumps(header).encode(), good[1]])
-            malformed_ids.add(fid)
-            sent_bad += 1
-        else:
-            push.send_multipart(frame_message("soak", fid, frames[fid % len(frames)]))
-            sent_valid += 1
-        fid += 1
+        soak.send(malformed=bool(soak.rng.random() < malformed))
         now = time.monotonic()
         if rss_start is None and now - t_start >= min(warmup_s, 0.5 * minutes * 60):
-            rss_start = proc.memory_info().rss
+            rss_start = soak.rss()
         if now >= next_rss_t:
-            rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": proc.memory_info().rss / 2**20})
+            rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": soak.rss() / 2**20})
             next_rss_t = now + window_s
-        time.sleep(max(0.0, t_start + (fid - 200) / rate - time.monotonic()))
-    # Let the daemon work off any backlog before stopping it: a frame still queued in ZeroMQ
-    # when the daemon stops was never accepted, and would count as lost here.
-    last, idle_since = -1, time.monotonic()
-    while len(received) < fid and time.monotonic() - idle_since < 10:
-        if len(received) != last:
-            last, idle_since = len(received), time.monotonic()
-        time.sleep(0.2)
-    rss_end = proc.memory_info().rss
+        time.sleep(max(0.0, t_start + (soak.sent - BURST_FRAMES) / rate - time.monotonic()))
+    soak.drain()
+    rss_end = soak.rss()
     rss_start = rss_start or rss_after_startup
-    daemon.stop()
-    stop.set()
-    reader.join(timeout=10)
+    soak.stop()
     by_status: dict[str, int] = {}
-    for status in received.values():
+    for status in soak.received.values():
         by_status[status] = by_status.get(status, 0) + 1
-    lost = fid - len(received)
-    wrong = sum(1 for i in malformed_ids if received.get(i) != "error")
-    record = None if record_max_gb is None else _record_summary(database, evidence, record_max_gb, len(received))
-    windows = []
-    for w0 in np.arange(t_start, deadline, window_s):
-        lat = [v for t, v in latencies if w0 <= t < w0 + window_s]
-        if lat:
-            windows.append(
-                {"t_s": round(float(w0 - t_start), 1), "n": len(lat), "p99_ms": float(np.percentile(lat, 99))}
-            )
+    lost = soak.sent - len(soak.received)
+    wrong = sum(1 for i in soak.malformed_ids if soak.received.get(i) != "error")
+    record = None if record_max_gb is None else _record_summary(database, evidence, record_max_gb, len(soak.received))
     return {
         "minutes": minutes,
         "measured_throughput_fps": throughput,
         "offered_fps": rate,
         "frame_shape": list(shape),
-        "frames_sent": fid,
-        "valid_sent": sent_valid,
-        "malformed_sent": sent_bad,
+        "frames_sent": soak.sent,
+        "valid_sent": soak.sent - len(soak.malformed_ids),
+        "malformed_sent": len(soak.malformed_ids),
         "results_by_status": by_status,
         "frames_lost": lost,
         "malformed_without_error_result": wrong,
@@ -167,7 +192,7 @@ def run_soak(
         "rss_start_mib": rss_start / 2**20,
         "rss_end_mib": rss_end / 2**20,
         "rss_growth": (rss_end - rss_start) / rss_start,
-        "p99_latency_windows": windows,
+        "p99_latency_windows": soak.p99_windows(t_start, deadline, window_s),
         "rss_windows": rss_windows,
         "record": record,
         "passed": lost == 0

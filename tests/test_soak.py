@@ -1,0 +1,25 @@
+"""`python -m benchmarks.soak`, for a few seconds: every frame answered, every malformed one an
+error result, the RSS and latency windows reported; with the record, a row for every result."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.soak import BURST_FRAMES, run_soak
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_a_short_soak_answers_every_frame(tiny_model, record):
+    out = run_soak(
+        tiny_model, minutes=0.05, load=0.5, malformed=0.2, window_s=1.0, warmup_s=1.0, shape=(32, 32, 3),
+        record_max_gb=0.001 if record else None,
+    )  # fmt: skip
+    assert out["frames_sent"] > BURST_FRAMES and out["malformed_sent"] > 0
+    assert out["frames_lost"] == 0 and out["malformed_without_error_result"] == 0
+    assert sum(out["results_by_status"].values()) == out["frames_sent"]
+    assert out["results_by_status"]["error"] == out["malformed_sent"]
+    assert out["p99_latency_windows"] and out["rss_windows"] and out["rss_start_mib"] > 0
+    if record:
+        assert out["record"]["rows"] == out["frames_sent"] and out["record"]["passed"]
+    else:
+        assert out["record"] is None
