@@ -189,6 +189,7 @@ def defect_check(
         "lowest_missed": lowest[:k][:HIGHEST_NAMED],
         "score_min": float(scores.min()),
         "score_median": float(np.median(scores)),
+        "scores": [round(float(s), 6) for s in scores],  # for the calibration's picture
     }
     if previous is not None:
         report["at_previous_threshold"] = {

@@ -241,3 +241,48 @@ def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root,
     assert load_run(run).model_cfg.score.fuse_scales == (0.5,)
     proc = run_vqad("calibrate", tiny_model, good, "--fuse-scales", "0.5", check=False)
     assert proc.returncode != 0 and "--fuse-scales" in proc.stderr
+
+
+def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, tmp_path):
+    """TARGET/calibration.png: the good scores, the confirmed defects' and both thresholds; a
+    picture that cannot be written is warned of, and the threshold stands."""
+    import cv2
+
+    from edge.histogram import DEFECT, GOOD, HEIGHT, WIDTH
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    proc = run_vqad("calibrate", model, good, "--defects", defects)
+    assert f"picture: {model / 'calibration.png'}" in proc.stdout
+    t = load_package(model).meta["threshold"]
+    assert len(t["defects"]["scores"]) == t["defects"]["n_images"] and min(t["defects"]["scores"]) == pytest.approx(
+        t["defects"]["score_min"], abs=1e-6
+    )
+    picture = cv2.imread(str(model / "calibration.png"))
+    assert picture.shape == (HEIGHT, WIDTH, 3)
+
+    def shows(colour) -> bool:  # bars are blended 60/40 over white
+        tint = np.array([0.6 * c + 0.4 * 255 for c in colour])
+        return bool((np.abs(picture.astype(float) - tint).max(axis=2) < 3).any())
+
+    assert shows(GOOD) and shows(DEFECT)
+    assert load_package(model).threshold == t["value"]
+    elsewhere = tmp_path / "pictures" / "line.png"
+    elsewhere.parent.mkdir()
+    proc = run_vqad("calibrate", model, good, "--picture", elsewhere)
+    assert elsewhere.is_file() and f"picture: {elsewhere}" in proc.stdout
+    proc = run_vqad("calibrate", model, good, "--picture", tmp_path / "missing" / "x.png")
+    assert "its picture could not be written" in proc.stderr and "picture:" not in proc.stdout
+    assert load_package(model).meta["threshold"]["calibrated"]
+
+
+def test_the_histogram_draws_each_threshold_where_its_score_is():
+    from edge.histogram import LEFT, PREVIOUS, RIGHT, THRESHOLD, TOP, WIDTH, score_histogram
+
+    good = np.linspace(0.0, 1.0, 50)
+    picture = score_histogram(good, threshold=2.0, previous=1.0)  # the axis spans 0 to 2.1
+    x_of = lambda s: round(LEFT + s / 2.1 * (WIDTH - RIGHT - LEFT))  # noqa: E731
+    row = TOP + 40
+    assert (picture[row, x_of(2.0)] == THRESHOLD).all() and (picture[row, x_of(1.0)] == PREVIOUS).all()
+    assert (score_histogram(good, threshold=2.0)[row, x_of(1.0)] == 255).all()  # no previous: no line

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from edge.frames import parse_size
 from vqad.commands.common import config_args, default_config, overrides
+
+log = logging.getLogger(__name__)
 
 
 def _frr(text: str) -> float:
@@ -114,6 +117,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
         f"under {args.good}, +1%); {threshold['frr_bound_note']}"
     )
+    picture = _calibration_picture(threshold, args)
+    if picture is not None:
+        print(f"picture: {picture}")
     if "fused" in threshold:
         fused = threshold["fused"]
         factors = ", ".join(f"{f:g}" for f in fused["fuse_scales"]) or "none (one map)"
@@ -123,6 +129,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if "defects" in threshold:
         print(_defects_line(threshold["defects"], args.defects))
     return 0
+
+
+def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | None:
+    """The good (and confirmed defect) images' scores against the new and the previous threshold,
+    written to --picture or TARGET/calibration.png. -> its path; None (and a warning) when it
+    cannot be written: the threshold is saved by then, and stands."""
+    import cv2
+
+    from edge.histogram import score_histogram
+
+    # The previous threshold is drawn where it was one of this map's (a rebuilt map has none).
+    previous = (threshold.get("against_previous") or {}).get("previous_value")
+    defects = threshold.get("defects", {}).get("scores")
+    title = (
+        f"{args.target.name}: {threshold['n_val']} good images under {args.good}, "
+        f"target {threshold['target_frr']:.1%} false rejects"
+    )
+    picture = score_histogram(threshold["scores"], threshold["value"], previous, defects, title)
+    path = args.picture or args.target / "calibration.png"
+    try:
+        written = cv2.imwrite(str(path), picture)
+    except cv2.error:  # a suffix OpenCV does not write
+        written = False
+    if not written:
+        log.warning("the threshold is saved; its picture could not be written to %s", path)
+        return None
+    return path
 
 
 def _scale_line(choice: dict) -> str:
@@ -192,6 +225,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("target", type=Path, metavar="RUN_OR_MODEL_DIR")
     c.add_argument("good", type=Path, metavar="GOOD_DIR", help="good images from the line (searched recursively)")
     c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
+    c.add_argument(
+        "--picture",
+        type=Path,
+        metavar="PNG",
+        help="where to draw the scores against the new and the previous threshold (default: TARGET/calibration.png)",
+    )
     c.add_argument(
         "--defects",
         type=Path,

@@ -1,0 +1,98 @@
+"""The picture of a calibration: the good images' scores, and confirmed defects' when there are
+any, against the new threshold and the one it replaces. `vqad calibrate` writes it beside the
+threshold. Drawn with OpenCV, so that a model package is calibrated on the edge box without
+a plotting library."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+WIDTH, HEIGHT = 720, 400
+# The plot area inside the picture: room for the title and legend above, the axis below.
+LEFT, RIGHT, TOP, BOTTOM = 50, 20, 95, 50
+BINS = 40
+GOOD, DEFECT = (60, 160, 60), (50, 50, 220)  # BGR
+THRESHOLD, PREVIOUS, TEXT = (0, 0, 0), (150, 150, 150), (40, 40, 40)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def score_histogram(
+    good: Sequence[float],
+    threshold: float,
+    previous: float | None = None,
+    defects: Sequence[float] | None = None,
+    title: str = "",
+) -> np.ndarray:
+    """(HEIGHT, WIDTH, 3) BGR uint8: a histogram of the good scores (green) and the defects'
+    (red), the threshold (a black line) and the previous one (grey), with what falls on the
+    wrong side of the threshold in the legend (a frame fails at score >= threshold)."""
+    good = np.asarray(good, np.float64)
+    bad = np.asarray(defects if defects is not None else [], np.float64)
+    lines = [threshold] + ([previous] if previous is not None else [])
+    lo = min(0.0, float(np.min(np.r_[good, bad])))
+    hi = max(float(np.max(np.r_[good, bad, lines])) * 1.05, lo + 1e-9)
+    edges = np.linspace(lo, hi, BINS + 1)
+    counts = [np.histogram(v, edges)[0] for v in (good, bad)]
+    top = max(int(max(c.max(initial=0) for c in counts)), 1)
+    image = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
+    x_of = _axis(image, lo, hi, top)
+    for values, colour in zip(counts, (GOOD, DEFECT), strict=True):
+        _bars(image, edges, values, top, colour, x_of)
+    # Each line's label on the side away from the other line.
+    previous_right = previous is not None and previous > threshold
+    if previous is not None:
+        _vertical(image, x_of(previous), PREVIOUS, f"previous {previous:.4g}", right=previous_right)
+    _vertical(image, x_of(threshold), THRESHOLD, f"threshold {threshold:.4g}", right=not previous_right)
+    failed = int((good >= threshold).sum())
+    legend = [(f"good: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
+    if bad.size:
+        legend.append((f"confirmed defects: {bad.size}, {int((bad < threshold).sum())} under it (passed)", DEFECT))
+    cv2.putText(image, title, (LEFT, 22), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
+    for i, (text, colour) in enumerate(legend):
+        cv2.putText(image, text, (LEFT, 44 + 18 * i), FONT, 0.45, colour, 1, cv2.LINE_AA)
+    return image
+
+
+def _axis(image: np.ndarray, lo: float, hi: float, top: int):
+    """The axes, five score ticks and the count at the top; -> score -> x pixel."""
+    x0, x1, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM
+    cv2.line(image, (x0, y1), (x1, y1), TEXT, 1)
+    cv2.line(image, (x0, TOP), (x0, y1), TEXT, 1)
+
+    def x_of(score: float) -> int:
+        return int(round(x0 + (score - lo) / (hi - lo) * (x1 - x0)))
+
+    for tick in np.linspace(lo, hi, 5):
+        x = x_of(float(tick))
+        cv2.line(image, (x, y1), (x, y1 + 4), TEXT, 1)
+        cv2.putText(image, f"{tick:.3g}", (x - 12, y1 + 18), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
+    cv2.putText(image, "image score", (WIDTH // 2 - 40, HEIGHT - 12), FONT, 0.45, TEXT, 1, cv2.LINE_AA)
+    cv2.putText(image, str(top), (8, TOP + 5), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
+    cv2.putText(image, "0", (30, y1 + 4), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
+    return x_of
+
+
+def _bars(image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, colour, x_of) -> None:
+    """One bar per non-empty bin, blended so that good and defect bars show through each other."""
+    layer = image.copy()
+    y1 = HEIGHT - BOTTOM
+    for left, right, n in zip(edges[:-1], edges[1:], counts, strict=True):
+        if n:
+            y = int(round(y1 - n / top * (y1 - TOP)))
+            cv2.rectangle(layer, (x_of(left), y), (max(x_of(right) - 1, x_of(left)), y1 - 1), colour, -1)
+    cv2.addWeighted(layer, 0.6, image, 0.4, 0, dst=image)
+
+
+def _vertical(image: np.ndarray, x: int, colour, text: str, right: bool) -> None:
+    """A full-height line at x, labelled above the plot on the side away from the other line
+    (or the side there is room on)."""
+    cv2.line(image, (x, TOP - 18), (x, HEIGHT - BOTTOM), colour, 2)
+    (tw, _), _ = cv2.getTextSize(text, FONT, 0.42, 1)
+    if right and x + 5 + tw > WIDTH - 2:
+        right = False
+    elif not right and x - 5 - tw < 2:
+        right = True
+    cv2.putText(image, text, (x + 5 if right else x - 5 - tw, TOP - 8), FONT, 0.42, colour, 1, cv2.LINE_AA)
