@@ -25,6 +25,8 @@ def score_histogram(
     previous: float | None = None,
     defects: Sequence[float] | None = None,
     title: str = "",
+    good_label: str = "good",
+    defect_label: str = "confirmed defects",
 ) -> np.ndarray:
     """(HEIGHT, WIDTH, 3) BGR uint8: a histogram of the good scores (green) and the defects'
     (red), the threshold (a black line) and the previous one (grey), with what falls on the
@@ -47,9 +49,9 @@ def score_histogram(
         _vertical(image, x_of(previous), PREVIOUS, f"previous {previous:.4g}", right=previous_right)
     _vertical(image, x_of(threshold), THRESHOLD, f"threshold {threshold:.4g}", right=not previous_right)
     failed = int((good >= threshold).sum())
-    legend = [(f"good: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
+    legend = [(f"{good_label}: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
     if bad.size:
-        legend.append((f"confirmed defects: {bad.size}, {int((bad < threshold).sum())} under it (passed)", DEFECT))
+        legend.append((f"{defect_label}: {bad.size}, {int((bad < threshold).sum())} under it (passed)", DEFECT))
     cv2.putText(image, title, (LEFT, 22), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
     for i, (text, colour) in enumerate(legend):
         cv2.putText(image, text, (LEFT, 44 + 18 * i), FONT, 0.45, colour, 1, cv2.LINE_AA)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label
 from edge.threshold import calibrate_threshold
 from train import plots
@@ -198,7 +199,11 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
             str(img_dir / f"{s.kind}_{s.path.stem}.png"),
             _panel(s.image, recon, amap, s.mask, float(score), threshold),
         )
-    plots.score_histogram(out / "histogram.png", scores[labels == 0], scores[labels == 1], threshold)
+    histogram = score_histogram(
+        scores[labels == 0], threshold, defects=scores[labels == 1], title=f"{run.root.name}: the test set",
+        good_label="good test images", defect_label="defect test images",
+    )  # fmt: skip
+    cv2.imwrite(str(out / "histogram.png"), histogram)
     if labels.min() != labels.max():
         fpr, tpr = roc_points(labels, scores)
         plots.roc_plot(out / "roc.png", fpr, tpr, image_auroc(labels, scores))

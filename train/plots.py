@@ -1,4 +1,5 @@
-"""Report pictures: score histogram, ROC, codebook usage and PCA, training curves."""
+"""Report pictures: ROC, codebook usage and PCA, training curves (the score histogram is
+edge.histogram's, which `vqad calibrate` draws too)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-
-
-def score_histogram(path: Path, good: np.ndarray, defect: np.ndarray, threshold: float) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.histogram_bin_edges(np.r_[good, defect, threshold], bins=40)
-    ax.hist(good, bins=bins, alpha=0.6, label=f"good (n={len(good)})", color="tab:green")
-    ax.hist(defect, bins=bins, alpha=0.6, label=f"defect (n={len(defect)})", color="tab:red")
-    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4g}")
-    ax.set_xlabel("image score")
-    ax.set_ylabel("images")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def roc_plot(path: Path, fpr: np.ndarray, tpr: np.ndarray, auroc: float) -> None:
