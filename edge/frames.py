@@ -177,6 +177,17 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
     return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
 
 
+def load_images(paths: Sequence[Path], size: int | Sequence[int], channels: int) -> np.ndarray:
+    """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
+    progress on a terminal. DataError names a file that cannot be read."""
+    from edge.progress import progress
+
+    out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
+    for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
+        out[i] = to_model_input(read_image(path), size, channels)
+    return out
+
+
 def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     """A ground-truth mask (any size, any channels) -> bool at the model's (height, width), nearest neighbour."""
     if mask.ndim == 3:

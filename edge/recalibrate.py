@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError, PackageError
-from edge.frames import batched, find_images, read_image, to_model_input
+from edge.frames import batched, find_images, load_images
 from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
+from edge.progress import progress
 from edge.threshold import MIN_CALIBRATION_IMAGES, calibrate_threshold, check_against_previous, defect_check
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _frames(
     """`paths` (found under `folder`) at the model's input, or DataError(why) with fewer than `least`."""
     if len(paths) < least:
         raise DataError(f"{folder}: {why}, found {len(paths)}")
-    return np.stack([to_model_input(read_image(p), size, channels) for p in paths]), paths
+    return load_images(paths, size, channels), paths
 
 
 def check_defects(
@@ -71,7 +72,8 @@ def graph_scorer(path: Path, batch: int = 8) -> Callable[[np.ndarray], np.ndarra
     name = session.get_inputs()[0].name
 
     def scores(frames: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batched(frames, batch)])
+        batches = progress(batched(frames, batch), "scoring", total=-(-len(frames) // batch), unit="batch")
+        return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batches])
 
     return scores
 

@@ -154,3 +154,22 @@ def test_split_holds_out_min_val_images(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(30)]
     train, val = split_train_val(paths, 0.15, seed=1, min_val_images=100)
     assert len(val) == 10 and len(train) == 20 and not set(train) & set(val)
+
+
+def test_long_reading_shows_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    from edge import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    cat = make_category(tmp_path / "cat")
+    paths = train_image_paths(cat)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert load_images(paths, 16, 3).shape == (4, 16, 16, 3)
+        assert ("reading images" in stream.getvalue()) == shown and ("0/4" in stream.getvalue()) == shown

@@ -20,7 +20,18 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import IMAGE_KINDS, IMAGE_SUFFIXES, Size, as_size, list_images, read_image, resize_mask, to_model_input
+from edge.frames import (  # noqa: F401 - load_images is read through train.data by training's callers
+    IMAGE_KINDS,
+    IMAGE_SUFFIXES,
+    Size,
+    as_size,
+    list_images,
+    load_images,
+    read_image,
+    resize_mask,
+    to_model_input,
+)
+from edge.progress import progress
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -40,16 +51,6 @@ def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"missing {what} folder: {path}")
     return path
-
-
-def load_images(paths: list[Path], size: int | Size, channels: int) -> np.ndarray:
-    """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8.
-    Errors name the file."""
-    size = as_size(size)
-    out = np.empty((len(paths), *size, channels), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        out[i] = to_model_input(read_image(path), size, channels)
-    return out
 
 
 def train_image_paths(category: str | Path) -> list[Path]:
@@ -149,19 +150,20 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
         raise DataError(f"no <kind> folders in {test_dir}")
     samples: list[TestSample] = []
     missing_masks = 0
-    for kind in kinds:
-        masks = mask_files(category / "ground_truth" / kind) if kind != "good" else {}
-        for path in list_images(test_dir / kind):
-            raw = read_image(path)
-            image = to_model_input(raw, size, channels)
-            label = 0 if kind == "good" else 1
-            mask = np.zeros(size, dtype=bool) if not label else None
-            if label and path.stem in masks:
-                mask = read_mask(masks[path.stem], path, raw.shape, size)
-            elif label:
-                missing_masks += 1
-                log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
-            samples.append(TestSample(path, kind, image, mask, label))
+    listed = [(kind, path) for kind in kinds for path in list_images(test_dir / kind)]
+    masks_of = {kind: mask_files(category / "ground_truth" / kind) for kind in kinds if kind != "good"}
+    for kind, path in progress(listed, f"reading {test_dir}"):
+        masks = masks_of.get(kind, {})
+        raw = read_image(path)
+        image = to_model_input(raw, size, channels)
+        label = 0 if kind == "good" else 1
+        mask = np.zeros(size, dtype=bool) if not label else None
+        if label and path.stem in masks:
+            mask = read_mask(masks[path.stem], path, raw.shape, size)
+        elif label:
+            missing_masks += 1
+            log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
+        samples.append(TestSample(path, kind, image, mask, label))
     if not samples:
         raise DataError(f"no test images under {test_dir}")
     if missing_masks:

@@ -22,6 +22,7 @@ import torch
 
 from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label
+from edge.progress import progress
 from edge.threshold import calibrate_threshold
 from train import plots
 from train.data import TestSample, has_test_set, load_images, load_test_set
@@ -194,7 +195,8 @@ def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
-    for s, recon, amap, score in zip(test, recons, maps, scores, strict=True):
+    panels = zip(test, recons, maps, scores, strict=True)
+    for s, recon, amap, score in progress(panels, f"drawing {img_dir}", total=len(test)):
         cv2.imwrite(
             str(img_dir / f"{s.kind}_{s.path.stem}.png"),
             _panel(s.image, recon, amap, s.mask, float(score), threshold),

@@ -18,6 +18,7 @@ from torch import nn
 
 from edge.errors import ConfigError
 from edge.frames import batched
+from edge.progress import progress
 from train.config import ModelConfig
 from train.head import ComparisonHead, half_precision
 from train.model import VQVAE, denormalize, normalize, uint8_nhwc_to_float
@@ -164,7 +165,8 @@ def score_frames(model: InspectionModel, frames, batch_size: int = 16):
     model.eval()
     recons, maps, scores = [], [], []
     device = next(model.parameters()).device
-    for batch in batched(frames, batch_size):
+    batches = batched(frames, batch_size)
+    for batch in progress(batches, "scoring", total=-(-len(frames) // batch_size), unit="batch"):
         x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
         recon, m, s = model.score_images(x01)
         recons.append(recon.cpu().numpy())
