@@ -173,3 +173,15 @@ def test_long_reading_shows_progress_on_a_terminal_only(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         assert load_images(paths, 16, 3).shape == (4, 16, 16, 3)
         assert ("reading images" in stream.getvalue()) == shown and ("0/4" in stream.getvalue()) == shown
+
+
+def test_a_set_without_masks_names_a_few_and_counts_the_rest(tmp_path, caplog):
+    cat = make_category(tmp_path / "cat")
+    (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
+    for i in range(1, 6):
+        cv2.imwrite(str(cat / "test" / "scratch" / f"{i}.png"), np.zeros((30, 40, 3), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        test = load_test_set(cat, 16, 3)
+    assert sum(s.mask is None for s in test) == 6
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("no mask for") for m in lines) == 3 and "6 defect image(s) without a mask" in lines[-1]

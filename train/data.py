@@ -134,6 +134,10 @@ def read_mask(paths: list[Path], image_path: Path, image_shape: tuple[int, ...],
     return resize_mask(union.astype(np.uint8), size)
 
 
+# A set with image labels only has no mask for any defect: the first few are named, the rest counted.
+MISSING_MASKS_NAMED = 3
+
+
 def has_test_set(category: str | Path) -> bool:
     """Whether the category has a `test` folder: a new product may have good images only, and
     its model is trained and calibrated before the line has shown it a defect."""
@@ -162,7 +166,8 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
             mask = read_mask(masks[path.stem], path, raw.shape, size)
         elif label:
             missing_masks += 1
-            log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
+            if missing_masks <= MISSING_MASKS_NAMED:
+                log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
         samples.append(TestSample(path, kind, image, mask, label))
     if not samples:
         raise DataError(f"no test images under {test_dir}")
