@@ -61,14 +61,18 @@ class Frame:
     part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
 
 
+def _is_id(value: Any) -> bool:
+    """A camera or part id: a string of 1..MAX_ID_LENGTH printable characters (it goes into log
+    lines, topics, file names and the record)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
 def _read_ids(header: Any) -> tuple[str, int]:
     if not isinstance(header, dict):
         raise UnreadableMessageError("header is not a JSON object")
     camera_id, frame_id = header.get("camera_id"), header.get("frame_id")
-    if not isinstance(camera_id, str) or not 0 < len(camera_id) <= MAX_ID_LENGTH:
-        raise UnreadableMessageError(f"camera_id must be a string of 1..{MAX_ID_LENGTH} characters")
-    if not camera_id.isprintable():
-        raise UnreadableMessageError("camera_id has non-printable characters")
+    if not _is_id(camera_id):
+        raise UnreadableMessageError(f"camera_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
     if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 0 or frame_id >= 2**63:
         raise UnreadableMessageError("frame_id must be a non-negative 64-bit integer")
     return camera_id, frame_id
@@ -80,7 +84,7 @@ def read_part_id(header: dict[str, Any]) -> str | None:
     part_id = header.get("part_id")
     if part_id is None:
         return None
-    if not isinstance(part_id, str) or not 0 < len(part_id) <= MAX_ID_LENGTH or not part_id.isprintable():
+    if not _is_id(part_id):
         raise ValueError(f"part_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
     return part_id
 
