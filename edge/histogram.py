@@ -14,6 +14,7 @@ WIDTH, HEIGHT = 720, 400
 # The plot area inside the picture: room for the title and legend above, the axis below.
 LEFT, RIGHT, TOP, BOTTOM = 50, 20, 95, 50
 BINS = 40
+SPAN = 3.0  # the axis reaches this many times the highest good score or threshold
 GOOD, DEFECT = (60, 160, 60), (50, 50, 220)  # BGR
 THRESHOLD, PREVIOUS, TEXT = (0, 0, 0), (150, 150, 150), (40, 40, 40)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -35,12 +36,19 @@ def score_histogram(
     bad = np.asarray(defects if defects is not None else [], np.float64)
     lines = [threshold] + ([previous] if previous is not None else [])
     lo = min(0.0, float(np.min(np.r_[good, bad])))
-    hi = max(float(np.max(np.r_[good, bad, lines])) * 1.05, lo + 1e-9)
+    # The axis ends at SPAN times the furthest of the good scores and the thresholds: the
+    # decision is made near them, and a defect scoring 10 times the threshold would squeeze it
+    # into a corner. Scores beyond fall into the last bin, and its tick says so.
+    near = float(np.max(np.r_[good, lines]))
+    hi = max(min(float(np.max(np.r_[good, bad, lines])), SPAN * near) * 1.05, lo + 1e-9)
+    clipped = bool((bad > hi).any())
     edges = np.linspace(lo, hi, BINS + 1)
-    counts = [np.histogram(v, edges)[0] for v in (good, bad)]
-    top = max(int(max(c.max(initial=0) for c in counts)), 1)
+    counts = [np.histogram(np.minimum(v, hi), edges)[0] for v in (good, bad)]
+    # The y axis is set by the bins in range; a fuller last bin of clipped scores is cut at the
+    # top and says its count.
+    top = max(int(max(c[: -1 if clipped else None].max(initial=0) for c in counts)), 1)
     image = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
-    x_of = _axis(image, lo, hi, top)
+    x_of = _axis(image, lo, hi, top, clipped)
     for values, colour in zip(counts, (GOOD, DEFECT), strict=True):
         _bars(image, edges, values, top, colour, x_of)
     # Each line's label on the side away from the other line.
@@ -58,8 +66,9 @@ def score_histogram(
     return image
 
 
-def _axis(image: np.ndarray, lo: float, hi: float, top: int):
-    """The axes, five score ticks and the count at the top; -> score -> x pixel."""
+def _axis(image: np.ndarray, lo: float, hi: float, top: int, clipped: bool):
+    """The axes, five score ticks (the last "≥" when higher scores fall into the last bin) and
+    the count at the top; -> score -> x pixel."""
     x0, x1, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM
     cv2.line(image, (x0, y1), (x1, y1), TEXT, 1)
     cv2.line(image, (x0, TOP), (x0, y1), TEXT, 1)
@@ -67,10 +76,13 @@ def _axis(image: np.ndarray, lo: float, hi: float, top: int):
     def x_of(score: float) -> int:
         return int(round(x0 + (score - lo) / (hi - lo) * (x1 - x0)))
 
-    for tick in np.linspace(lo, hi, 5):
+    ticks = np.linspace(lo, hi, 5)
+    for tick in ticks:
         x = x_of(float(tick))
         cv2.line(image, (x, y1), (x, y1 + 4), TEXT, 1)
-        cv2.putText(image, f"{tick:.3g}", (x - 12, y1 + 18), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
+        text = f"{tick:.3g}" + (" and more" if clipped and tick == ticks[-1] else "")
+        (tw, _), _ = cv2.getTextSize(text, FONT, 0.4, 1)
+        cv2.putText(image, text, (min(x - 12, WIDTH - tw - 2), y1 + 18), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
     cv2.putText(image, "image score", (WIDTH // 2 - 40, HEIGHT - 12), FONT, 0.45, TEXT, 1, cv2.LINE_AA)
     cv2.putText(image, str(top), (8, TOP + 5), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
     cv2.putText(image, "0", (30, y1 + 4), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
@@ -81,11 +93,17 @@ def _bars(image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, co
     """One bar per non-empty bin, blended so that good and defect bars show through each other."""
     layer = image.copy()
     y1 = HEIGHT - BOTTOM
+    cut = []  # (x, count) of bars taller than the axis
     for left, right, n in zip(edges[:-1], edges[1:], counts, strict=True):
         if n:
-            y = int(round(y1 - n / top * (y1 - TOP)))
+            y = int(round(y1 - min(n, top) / top * (y1 - TOP)))
             cv2.rectangle(layer, (x_of(left), y), (max(x_of(right) - 1, x_of(left)), y1 - 1), colour, -1)
+            if n > top:
+                cut.append((x_of(left), int(n)))
     cv2.addWeighted(layer, 0.6, image, 0.4, 0, dst=image)
+    for x, n in cut:
+        (tw, _), _ = cv2.getTextSize(str(n), FONT, 0.4, 1)
+        cv2.putText(image, str(n), (min(x, WIDTH - tw - 2), TOP - 4), FONT, 0.4, colour, 1, cv2.LINE_AA)
 
 
 def _vertical(image: np.ndarray, x: int, colour, text: str, right: bool) -> None:

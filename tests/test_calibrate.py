@@ -286,3 +286,8 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     row = TOP + 40
     assert (picture[row, x_of(2.0)] == THRESHOLD).all() and (picture[row, x_of(1.0)] == PREVIOUS).all()
     assert (score_histogram(good, threshold=2.0)[row, x_of(1.0)] == 255).all()  # no previous: no line
+    # A defect at 500 times the threshold does not squeeze the threshold into a corner: the
+    # axis ends at 3 times it (+5%), and the defect is counted in the last bin.
+    far = score_histogram(good, threshold=2.0, defects=[1000.0])
+    x_far = round(LEFT + 2.0 / 6.3 * (WIDTH - RIGHT - LEFT))
+    assert (far[row, x_far] == THRESHOLD).all()
