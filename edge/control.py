@@ -10,6 +10,7 @@ it and when.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -88,6 +89,7 @@ class Control:
         return {
             "model": s.scoring.model,
             "threshold": s.scoring.threshold,
+            "threshold_source": s.scoring.threshold_source,
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),
@@ -102,7 +104,9 @@ class Control:
         if not reason:
             raise ValueError("set-threshold needs a reason")
         d = self.daemon
-        old = d.swap(d.serving.with_threshold(value), close_old=False).scoring.threshold
+        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        source = {"by": "vqad ctl set-threshold", "who": by, "reason": reason, "at": at}
+        old = d.swap(d.serving.with_threshold(value, source), close_old=False).scoring.threshold
         self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
         return {"threshold": value, "previous": old}
 

@@ -65,6 +65,7 @@ class Publisher:
             "every_s": d.cfg.heartbeat_s,
             "model": serving.scoring.model if serving else None,
             "threshold": serving.scoring.threshold if serving else None,
+            "threshold_source": serving.scoring.threshold_source if serving else None,
             "accepted": d.accepted,
             "published": d.published,
             "paused": sorted(d.paused),

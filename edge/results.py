@@ -97,6 +97,8 @@ class Scoring:
     min_region_area: int
     publish_maps: bool
     frames: FrameSampler
+    # Where the threshold came from, as the heartbeat tells it (threshold_source below).
+    threshold_source: dict[str, Any] | None = None
 
 
 def error_result(

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,11 @@ class Serving:
     health: HealthGate | None = None  # against the package's camera_health figures
     drift: DriftMonitor | None = None  # against the scores its threshold was calibrated on
 
-    def with_threshold(self, threshold: float) -> Serving:
-        """The same model, backends, health gate and drift alarm, scoring at another threshold."""
-        return dataclasses.replace(self, scoring=dataclasses.replace(self.scoring, threshold=threshold))
+    def with_threshold(self, threshold: float, source: dict[str, Any]) -> Serving:
+        """The same model, backends, health gate and drift alarm, scoring at another threshold
+        (`source`: who set it, when and why)."""
+        scoring = dataclasses.replace(self.scoring, threshold=threshold, threshold_source=source)
+        return dataclasses.replace(self, scoring=scoring)
 
     def close(self) -> None:
         for backend in self.backends:
@@ -60,6 +63,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         min_region_area=cfg.min_region_area,
         publish_maps=cfg.publish_maps,
         frames=FrameSampler(cfg.publish_frames),
+        threshold_source=threshold_source(pkg.meta.get("threshold", {}), cfg.threshold is not None),
     )
     backends: list[Backend] = []
     try:
@@ -88,6 +92,21 @@ def health_gate(pkg: ModelPackage, limits: HealthLimits) -> HealthGate | None:
         log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
         return None
     return HealthGate(stats, limits)
+
+
+def threshold_source(calibration: dict[str, Any], from_config: bool) -> dict[str, Any]:
+    """Where the serving threshold came from, in brief: the package's calibration (which
+    command, when, on how many good images, and the bound they put on false rejects), or the
+    edge config's `threshold`, which overrides it."""
+    if from_config:
+        return {"by": "edge.threshold in the config"}
+    source = calibration.get("source") or {}
+    return {
+        "by": source.get("by"),
+        "calibrated": calibration.get("calibrated"),
+        "n_images": calibration.get("n_val"),
+        "frr_upper_bound_95": calibration.get("frr_upper_bound_95"),
+    }
 
 
 def drift_monitor(serving: Serving, metrics: DaemonMetrics) -> DriftMonitor | None:

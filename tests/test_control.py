@@ -94,7 +94,9 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
         try:
             cam.send(frame_message("c", 0, goods[0], "raw"))
             before = sub.collect(1)[0][0]
+            before_source = _ctl(control, "status")["threshold_source"]
             reply = _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
+            source = _ctl(control, "status")["threshold_source"]
             cam.send(frame_message("c", 1, goods[1], "raw"))
             after = sub.collect(1)[0][0]
             _ctl(control, "pause", "c")
@@ -110,6 +112,13 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     assert reply["previous"] == before["threshold"] and after["threshold"] == 123.5 and after["decision"] == "pass"
     assert paused["status"] == "error" and "paused" in paused["error"] and resumed["status"] == "ok"
     assert bad.returncode != 0 and "--reason" in bad.stderr
+    assert before_source["by"] == "vqad eval" and before_source["n_images"] >= 2
+    assert {k: source[k] for k in ("by", "who", "reason")} == {
+        "by": "vqad ctl set-threshold",
+        "who": "test",
+        "reason": "audit 42",
+    }
+    assert source["at"].startswith(time.strftime("%Y-", time.gmtime()))
     events = Record(url).events()
     assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume"]
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"

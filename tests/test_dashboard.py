@@ -23,6 +23,7 @@ from edge.dashboard.probe import read_metrics
 from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
+from edge.package import load_package
 from edge.protocol import frame_message, result_header
 from edge.record import Record
 from edge.transport import free_loopback_port
@@ -199,6 +200,8 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert wait_for(lambda: frame_shown() == "1000", timeout=5), frame_shown()
         assert not driver.find_element("id", "detail-newer").is_enabled()  # 1000 is the newest
         assert "daemon ready" in driver.find_element("css selector", '[data-field="daemon-state"]').text
+        source = lambda: driver.find_element("css selector", '[data-field="threshold-source"]').text  # noqa: E731
+        assert wait_for(lambda: "(set by test " in source() and source().endswith(": dashboard test)"), 5), source()
         # The record's daily tally, read again on a fresh page: today's row counts the reviewed defect.
         driver.refresh()
         today = time.strftime("%Y-%m-%d", time.gmtime())
@@ -322,6 +325,11 @@ def test_without_a_metrics_endpoint_the_heartbeat_says_whether_the_daemon_is_up(
     try:
         up = wait_for(lambda: (d := _json(dashboard.url + "/api/summary")[1]["daemon"])["up"] and d, 10)
         assert up and up["ready"] and up["threshold"] > 0 and up["heartbeat_age_s"] < 1.0
+        source = load_package(tiny_model).meta["threshold"]  # where the threshold came from
+        assert up["threshold_source"] == {
+            "by": "vqad eval", "calibrated": source["calibrated"], "n_images": source["n_val"],
+            "frr_upper_bound_95": source["frr_upper_bound_95"],
+        }  # fmt: skip
         daemon.stop()
         down = wait_for(lambda: (d := _json(dashboard.url + "/api/summary")[1]["daemon"])["up"] is False and d, 10)
         assert down and down["heartbeat_age_s"] >= 0.6  # three intervals of 0.2 s without a beat

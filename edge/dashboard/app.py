@@ -135,13 +135,14 @@ class Dashboard:
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
     def _heartbeat(self, stands_in: bool) -> dict[str, Any]:
-        """What the daemon's heartbeat says: its age, and, without a metrics endpoint
-        (`stands_in`), whether the daemon is up (a beat within HEARTBEAT_MISSED intervals)."""
+        """What the daemon's heartbeat says: its age, where its threshold came from, and, without
+        a metrics endpoint (`stands_in`), whether the daemon is up (a beat within
+        HEARTBEAT_MISSED intervals)."""
         beat = self.view.last_heartbeat()
         if beat is None:
-            return {"heartbeat_age_s": None}
+            return {"heartbeat_age_s": None, "threshold_source": None}
         age, header = beat
-        said: dict[str, Any] = {"heartbeat_age_s": round(age, 2)}
+        said: dict[str, Any] = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source")}
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"))

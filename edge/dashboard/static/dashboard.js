@@ -65,9 +65,23 @@ function drawDaemon(d) {
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
   setText(bar, "threshold", num(d.threshold));
+  setText(bar, "threshold-source", thresholdSource(d.threshold_source));
   setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
   setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
 }
+
+// Where the serving threshold came from, in a few words: the operator's and the auditor's
+// first question about a reject.
+function thresholdSource(src) {
+  if (!src) return "";
+  if (src.by === "vqad ctl set-threshold") return `(set by ${src.who} ${day(src.at)}: ${src.reason})`;
+  if (!src.calibrated) return src.by ? `(${src.by})` : "";
+  const bound = src.frr_upper_bound_95 === null || src.frr_upper_bound_95 === undefined ? ""
+    : `, false rejects ≤ ${pct(src.frr_upper_bound_95)}`;
+  return `(${src.by} ${day(src.calibrated)}, ${src.n_images} good images${bound})`;
+}
+
+function day(iso) { return iso ? String(iso).slice(0, 10) : ""; }
 
 function cameraSection(id) {
   let cam = state.cameras.get(id);
