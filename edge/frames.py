@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from edge.errors import DataError, FrameError
+from edge.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
 def load_images(paths: Sequence[Path], size: int | Sequence[int], channels: int) -> np.ndarray:
     """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
     progress on a terminal. DataError names a file that cannot be read."""
-    from edge.progress import progress
-
     out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
         out[i] = to_model_input(read_image(path), size, channels)

@@ -97,7 +97,7 @@ class Scoring:
     min_region_area: int
     publish_maps: bool
     frames: FrameSampler
-    # Where the threshold came from, as the heartbeat tells it (threshold_source below).
+    # Where the threshold came from, as the heartbeat tells it (edge.serving.threshold_source).
     threshold_source: dict[str, Any] | None = None
 
 
