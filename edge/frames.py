@@ -178,12 +178,18 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
     return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
 
 
-def load_images(paths: Sequence[Path], size: int | Sequence[int], channels: int) -> np.ndarray:
+def load_images(
+    paths: Sequence[Path], size: int | Sequence[int], channels: int, shapes: list[tuple[int, int]] | None = None
+) -> np.ndarray:
     """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
-    progress on a terminal. DataError names a file that cannot be read."""
+    progress on a terminal; each image's (H, W) as read is appended to `shapes` when given.
+    DataError names a file that cannot be read."""
     out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
-        out[i] = to_model_input(read_image(path), size, channels)
+        image = read_image(path)
+        if shapes is not None:
+            shapes.append(image.shape[:2])
+        out[i] = to_model_input(image, size, channels)
     return out
 
 

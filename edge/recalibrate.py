@@ -11,6 +11,7 @@ calibration images and written beside it.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,17 +21,28 @@ import numpy as np
 
 from edge.errors import DataError, PackageError
 from edge.frames import batched, find_images, load_images
-from edge.package import FP16_FILE, FP32_FILE, load_package, write_model_json
+from edge.health import HealthLimits
+from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, write_model_json
 from edge.progress import progress
-from edge.threshold import MIN_CALIBRATION_IMAGES, calibrate_threshold, check_against_previous, defect_check
+from edge.serving import health_gate
+from edge.threshold import (
+    HIGHEST_NAMED,
+    MIN_CALIBRATION_IMAGES,
+    calibrate_threshold,
+    check_against_previous,
+    defect_check,
+)
 
 log = logging.getLogger(__name__)
 
 
-def good_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
-    """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths)."""
+def good_frames(
+    folder: str | Path, size: tuple[int, int], channels: int, shapes: list[tuple[int, int]] | None = None
+) -> tuple[np.ndarray, list[Path]]:
+    """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths); their (H, W)
+    as read are appended to `shapes` when given."""
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images"
-    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why)
+    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
 
 
 def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
@@ -46,12 +58,40 @@ def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> t
 
 
 def _frames(
-    paths: list[Path], folder: str | Path, size: tuple[int, int], channels: int, least: int, why: str
-) -> tuple[np.ndarray, list[Path]]:
+    paths: list[Path], folder: str | Path, size: tuple[int, int], channels: int, least: int, why: str,
+    shapes: list[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, list[Path]]:  # fmt: skip
     """`paths` (found under `folder`) at the model's input, or DataError(why) with fewer than `least`."""
     if len(paths) < least:
         raise DataError(f"{folder}: {why}, found {len(paths)}")
-    return load_images(paths, size, channels), paths
+    return load_images(paths, size, channels, shapes), paths
+
+
+def health_findings(
+    pkg: ModelPackage, frames: np.ndarray, shapes: list[tuple[int, int]], paths: list[Path]
+) -> dict[str, Any] | None:
+    """How the good images fare under the line's camera health gate (its default limits): the
+    ones it would call unfit (blurred, too dark or bright, clipped, moved, another shape) are
+    not what the line will score as good, and are likely from another camera, lens or lighting.
+    Logged and returned; they are calibrated on all the same. None for a package without the
+    gate's figures. A folder's repeated image is not a frozen camera: that check is left out."""
+    gate = health_gate(pkg, HealthLimits())
+    if gate is None:
+        return None
+    reasons: collections.Counter[str] = collections.Counter()
+    unfit = []
+    for path, frame, shape in zip(paths, frames, shapes, strict=True):
+        found = [r for r in gate.check("calibration", frame, shape)["reasons"] if r != "frozen"]
+        reasons.update(found)
+        if found:
+            unfit.append({"image": str(path), "reasons": found})
+    if unfit:
+        log.warning(
+            "%d of %d good images would be unfit on the line (%s; e.g. %s): are they from this camera, lens and "
+            "lighting? The threshold is calibrated on them all the same",
+            len(unfit), len(paths), ", ".join(f"{r} {n}" for r, n in reasons.most_common()), unfit[0]["image"],
+        )  # fmt: skip
+    return {"unfit": len(unfit), "reasons": dict(reasons), "examples": unfit[:HIGHEST_NAMED]}
 
 
 def check_defects(
@@ -89,7 +129,8 @@ def calibrate_package(
     and returns the new threshold entry. With `defects_dir` (confirmed defect images, such as
     `vqad records --export-reviewed`'s test/), the entry's "defects" says how many would pass."""
     pkg = load_package(model_dir)
-    frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels)
+    shapes: list[tuple[int, int]] = []
+    frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels, shapes)
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     fp32 = graph_scorer(pkg.root / FP32_FILE)  # scores the good images, then any defects
@@ -97,6 +138,7 @@ def calibrate_package(
     source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     threshold["against_previous"] = check_against_previous(scores, float(old["value"]))
+    threshold["health"] = health_findings(pkg, frames, shapes, paths)
     fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
     agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
     bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)

@@ -291,3 +291,25 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     far = score_histogram(good, threshold=2.0, defects=[1000.0])
     x_far = round(LEFT + 2.0 / 6.3 * (WIDTH - RIGHT - LEFT))
     assert (far[row, x_far] == THRESHOLD).all()
+
+
+def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_root, tmp_path):
+    """Images from another camera (here turned on their side: another shape) are not what the
+    line will score as good: the camera health gate's verdict on each is kept and warned of."""
+    import cv2
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    good = synth_root / "bracket" / "train" / "good"
+    proc = run_vqad("calibrate", model, good)
+    assert load_package(model).meta["threshold"]["health"] == {"unfit": 0, "reasons": {}, "examples": []}
+    assert "unfit on the line" not in proc.stderr
+    turned = tmp_path / "turned"
+    turned.mkdir()
+    for path in sorted(good.glob("*.png"))[:6]:
+        image = cv2.imread(str(path))
+        cv2.imwrite(str(turned / path.name), cv2.resize(image, (image.shape[1] // 3, image.shape[0])))
+    proc = run_vqad("calibrate", model, turned)
+    health = load_package(model).meta["threshold"]["health"]
+    assert health["unfit"] == 6 and health["reasons"]["aspect"] == 6 and len(health["examples"]) == 5
+    assert "6 of 6 good images would be unfit on the line (aspect 6" in proc.stderr
