@@ -302,6 +302,15 @@ def parse_result_header(parts: list[bytes]) -> dict[str, Any]:
     return json.loads(parts[1])
 
 
+def unfit_reasons(header: dict[str, Any]) -> str | None:
+    """Why the camera health gate failed a result's frame ("blurred,exposure"); None when it found
+    the frame fit, or did not look (the gate off, a package without its figures, an error)."""
+    health = header.get("health")
+    if not isinstance(health, dict) or health.get("ok", True):
+        return None
+    return ",".join(str(r) for r in health.get("reasons") or []) or "unfit"
+
+
 def decode_map(header: dict[str, Any], map_bytes: bytes) -> np.ndarray | None:
     """A result's map part -> float32 (h, w) in score units; None when it carries none."""
     info = header.get("map")

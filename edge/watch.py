@@ -17,7 +17,7 @@ import zmq
 from edge import transport
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, heartbeat_overdue, parse_heartbeat, parse_result
+from edge.protocol import HEARTBEAT_TOPIC, heartbeat_overdue, parse_heartbeat, parse_result, unfit_reasons
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,11 @@ def format_line(h: dict[str, Any]) -> str:
     part = f" part {h['part_id']}" if h.get("part_id") else ""
     if h["status"] == "ok":
         regions = len(h.get("regions") or [])
+        unfit = unfit_reasons(h)
         return (
             f"{h['camera_id']} #{h['frame_id']}{part} {h['decision'].upper():4s} score {h['score']:.5g} "
             f"(thr {h['threshold']:.5g}) regions {regions} batch {h['batch_size']} "
-            f"latency {h['latency_ms']['total']:.1f} ms"
+            f"latency {h['latency_ms']['total']:.1f} ms" + (f" unfit: {unfit}" if unfit else "")
         )
     return f"{h['camera_id']} #{h['frame_id']}{part} {h['status'].upper()} {h.get('error') or ''}"
 

@@ -660,3 +660,14 @@ def test_an_image_claiming_too_many_pixels_is_refused_before_it_is_decoded(monke
         with pytest.raises(FrameError, match="exceeds 1000000 pixels"):
             parse_frame([header("c", 2, encoding=encoding), data], limits)
     assert len(bombs["png"]) < 20_000
+
+
+def test_watch_says_why_the_camera_health_gate_failed_a_frame():
+    from edge.protocol import result_header
+    from edge.watch import format_line
+
+    h = result_header("cam0", 7, 1, "ok", 2.0, {"name": "m", "sha256": "0"}, score=0.4, decision="fail")
+    h["health"] = {"ok": False, "reasons": ["blurred", "exposure"]}
+    assert format_line(h).endswith(" unfit: blurred,exposure") and "FAIL score 0.4 " in format_line(h)
+    h["health"] = {"ok": True, "reasons": []}
+    assert "unfit" not in format_line(h)

@@ -185,6 +185,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         driver.find_elements("css selector", selector)[0].click()
         wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), timeout=5)
         assert "SN-1000" in driver.find_element("id", "detail-meta").text
+        assert "camera health\nfit" in driver.find_element("id", "detail-meta").text  # failed by its score alone
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()
@@ -207,7 +208,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         today = time.strftime("%Y-%m-%d", time.gmtime())
         daily = '[data-camera="line1"] [data-field="daily"] tr'
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
-        assert row and row[0].split()[-3:-1] == ["0", "1"], row  # false rejects, defects
+        assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)

@@ -77,9 +77,13 @@ def database_down(url: str):
         admin.dispose()
 
 
-def _result(camera: str, frame_id: int, decision: str = "fail", ts_ns: int | None = None) -> Result:
+def _result(
+    camera: str, frame_id: int, decision: str = "fail", ts_ns: int | None = None, health: dict | None = None
+) -> Result:
     header = result_header(camera, frame_id, ts_ns or time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
                            score=2.0 if decision == "fail" else 0.5, decision=decision, batch_size=1)  # fmt: skip
+    if health is not None:
+        header["health"] = health
     noise = (np.random.default_rng(frame_id).random((64, 64, 3)) * 255).astype(np.uint8)  # ~12 KB as PNG
     return Result(header, recv_ns=time.time_ns(), frame=noise)
 
@@ -145,7 +149,10 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
         assert key in out[0], key
     assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
-    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id") and "SN-0001" in "".join(csv_lines)
+    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id,unfit") and "SN-0001" in "".join(csv_lines)
+    # Noise is not the part: the daemon's camera health gate fails such frames, and the record says why.
+    reasons = {"aspect", "blurred", "exposure", "clipped", "moved", "frozen"}
+    assert any(r["unfit"] for r in rows) and all(set((r["unfit"] or "exposure").split(",")) <= reasons for r in rows)
     assert (
         json.loads(
             run_vqad("records", url, "--since", "2000-01-01", "--until", "2000-01-02", "--format", "json").stdout
@@ -245,32 +252,36 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id) is brought to the current version on first use."""
+    """A version 2 record (before part_id and unfit) is brought to the current version on first use."""
     engine = sa.create_engine(record_url)
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(sa.text("DROP INDEX ix_results_part"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
         conn.execute(sa.insert(meta).values(key="schema_version", value="2"))
         conn.execute(sa.text("INSERT INTO results (camera_id, frame_id, ts_ns, status, evidence_removed) "
                              "VALUES ('old', 1, 5, 'ok', false)"))  # fmt: skip
     engine.dispose()
     writer = RecordWriter(record_url, tmp_path / "ev").start()
     writer.put(Result(result_header("new", 2, 6, "error", 1.0, {"name": "m", "sha256": "0"}, part_id="SN-1")), 7)
+    writer.put(_result("new", 3, ts_ns=8, health={"ok": False, "reasons": ["blurred"]}), 9)
     writer.close()
     record = Record(record_url)
-    assert {(r["camera_id"], r["part_id"]) for r in record.results()} == {("old", None), ("new", "SN-1")}
+    got = {(r["camera_id"], r["part_id"], r["unfit"]) for r in record.results()}
+    assert got == {("old", None, None), ("new", "SN-1", None), ("new", None, "blurred")}
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 3
+        assert stored_version(conn) == SCHEMA_VERSION == 4
 
 
 def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):
     day1 = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
     model = {"name": "m", "sha256": "ab" * 32}
     writer = RecordWriter(record_url, tmp_path / "ev").start()
-    decisions = ["fail", "fail", "fail", "pass", "pass"]  # day 1, camera a
+    decisions = ["fail", "fail", "fail", "pass", "pass"]  # day 1, camera a; frame 2 failed as unfit
     for i, decision in enumerate(decisions):
-        writer.put(_result("a", i, decision, ts_ns=day1 + 3600 * 10**9 * i), day1)
+        health = {"ok": i != 2, "reasons": [] if i != 2 else ["exposure", "clipped"]}
+        writer.put(_result("a", i, decision, ts_ns=day1 + 3600 * 10**9 * i, health=health), day1)
     writer.put(Result(result_header("a", 5, day1 + 5, "error", 1.0, model, error="bad")), day1)
     writer.put(Result(result_header("a", 6, day1 + 6, "dropped", 1.0, model, error="full")), day1)
     writer.put(_result("b", 0, "pass", ts_ns=day1 + 7), day1)
@@ -290,8 +301,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     a1, b1, a2 = rows
     assert (a1["results"], a1["pass"], a1["fail"], a1["error"], a1["dropped"]) == (7, 2, 3, 1, 1)
     assert a1["fail_rate"] == pytest.approx(3 / 5) and a1["model_sha256"] == "ab" * 32
-    assert (a1["false_reject"], a1["defect"], a1["unreviewed"]) == (1, 1, 1)
-    assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"]) == (2, 0.0, 1, 1)
+    assert (a1["false_reject"], a1["defect"], a1["unreviewed"], a1["unfit"]) == (1, 1, 1, 1)
+    assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"], a2["unfit"]) == (2, 0.0, 1, 1, 0)
+    assert record.results(camera="a", frame_id=2)[0]["unfit"] == "exposure,clipped"
     assert record.results(camera="b", frame_id=1)[0]["ts_ns"] == day1 + 8
     assert [r["camera_id"] for r in record.daily(camera="b")] == ["b"]
     assert len(record.daily(since_ns=day1 + 86400 * 10**9)) == 1

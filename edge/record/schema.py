@@ -4,6 +4,8 @@ Version 1: `results` (one row per published result), `reviews` (one row per revi
 decision is never overwritten), `meta` (the schema version). Version 2 adds `events`: changes
 made to the running daemon (a new threshold, a model reload, a paused camera), by whom and when.
 Version 3 adds `results.part_id`: the part's own identity, when its frame carried one.
+Version 4 adds `results.unfit`: why the camera health gate failed a frame (its reasons, e.g.
+"blurred,exposure"), so that an audit tells a camera's fault from a part's.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
 a time, and refuses a newer one.
 """
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 
 from edge.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -44,6 +46,7 @@ results = sa.Table(
     sa.Column("evidence_removed", sa.Boolean, nullable=False, default=False),
     sa.Column("daemon_run", sa.String(32)),  # which start of the daemon recorded the row
     sa.Column("part_id", sa.String(128)),  # the part's identity (a serial), when its frame gave one
+    sa.Column("unfit", sa.String(128)),  # the camera health gate's reasons when it failed the frame
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
     sa.Index("ix_results_part", "part_id"),
@@ -85,8 +88,12 @@ def _add_part_id(conn: sa.Connection) -> None:
     next(i for i in results.indexes if i.name == "ix_results_part").create(conn)
 
 
+def _add_unfit(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN unfit VARCHAR(128)"))
+
+
 # version n -> what brings version n to n + 1.
-STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events, 2: _add_part_id}
+STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events, 2: _add_part_id, 3: _add_unfit}
 
 
 def stored_version(conn: sa.Connection) -> int | None:

@@ -160,7 +160,8 @@ class Record:
     ) -> list[dict[str, Any]]:
         """What the line decided, per UTC day, camera and model: results, passes, fails, errors,
         drops, the fail rate, and what people found in the fails they reviewed (the latest review
-        of a frame decides): false rejects, confirmed defects, fails not reviewed. Oldest first."""
+        of a frame decides): false rejects, confirmed defects, fails not reviewed; and the fails
+        the camera health gate made (unfit frames). Oldest first."""
         r = results.c
         day = (r.ts_ns // DAY_NS).label("day")
         latest = sa.select(sa.func.max(reviews.c.id).label("id")).group_by(reviews.c.camera_id, reviews.c.frame_id)
@@ -186,6 +187,7 @@ class Record:
                 count(fail, verdict.c.verdict == "false_reject").label("false_reject"),
                 count(fail, verdict.c.verdict == "defect").label("defect"),
                 count(fail, verdict.c.verdict.is_(None)).label("unreviewed"),
+                count(fail, r.unfit.is_not(None)).label("unfit"),
             )
             .select_from(results.outerjoin(verdict, reviewed))
             .group_by(day, r.camera_id, r.model_sha256)
@@ -197,7 +199,7 @@ class Record:
             rows = [dict(row._mapping) for row in conn.execute(_within(q, r.ts_ns, since_ns, until_ns))]
         for row in rows:
             row["day"] = dt.datetime.fromtimestamp(int(row["day"]) * DAY_NS / 1e9, dt.timezone.utc).date().isoformat()
-            for key in ("pass", "fail", "error", "dropped", "false_reject", "defect", "unreviewed"):
+            for key in ("pass", "fail", "error", "dropped", "false_reject", "defect", "unreviewed", "unfit"):
                 row[key] = int(row[key] or 0)
             decided = row["pass"] + row["fail"]
             row["fail_rate"] = round(row["fail"] / decided, 6) if decided else None

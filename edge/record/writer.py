@@ -28,6 +28,7 @@ from edge.errors import DataError
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
+from edge.protocol import unfit_reasons
 from edge.record.housekeeping import Housekeeping
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, shown_url
@@ -228,6 +229,7 @@ class RecordWriter:
             "evidence_removed": False,
             "daemon_run": self.run_id,
             "part_id": h.get("part_id"),
+            "unfit": unfit_reasons(h),
         }
 
     def _evidence_or_none(self, result: Result) -> tuple[str | None, str | None]:

@@ -144,10 +144,11 @@ def cmd_records(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id"])
+        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit"])
         for r in rows:
             reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
-            writer.writerow([*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or ""])
+            row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
+            writer.writerow(row)
     else:
         for r in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts_ns"] / 1e9))
@@ -155,7 +156,7 @@ def cmd_records(args: argparse.Namespace) -> int:
             verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
             print(f"{when}Z {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
                   f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['part_id'] or '-'} "
-                  f"{r['evidence'] or ''}")  # fmt: skip
+                  f"{'unfit:' + r['unfit'] if r['unfit'] else '-'} {r['evidence'] or ''}")  # fmt: skip
         print(f"{len(rows)} results")
     if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
         log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
@@ -163,7 +164,7 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
-                 "false_reject", "defect", "unreviewed")  # fmt: skip
+                 "false_reject", "defect", "unreviewed", "unfit")  # fmt: skip
 
 
 def _print_daily(record, args: argparse.Namespace) -> int:
@@ -187,12 +188,13 @@ def _print_daily(record, args: argparse.Namespace) -> int:
             writer.writerow(["" if r[c] is None else r[c] for c in DAILY_COLUMNS])
     else:
         print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
-              f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7}")  # fmt: skip
+              f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
+              f"{'unfit':>6}")  # fmt: skip
         for r in rows:
             rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
             print(f"{r['day']:10} {r['camera_id']:>10} {(r['model_sha256'] or '-')[:12]:12} {r['results']:>8} "
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
-                  f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7}")  # fmt: skip
+                  f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6}")  # fmt: skip
         for e in changes:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts_ns"] / 1e9))
             print(f"{when}Z {e['kind']} by {e['by'] or '-'}: {json.dumps(e['detail'], default=str)}")

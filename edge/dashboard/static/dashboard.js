@@ -81,6 +81,13 @@ function thresholdSource(src) {
   return `(${src.by} ${day(src.calibrated)}, ${src.n_images} good images${bound})`;
 }
 
+// Why the camera health gate failed a reject's frame: the record keeps the reasons (`unfit`),
+// the live stream carries the gate's verdict (`health`).
+function unfitReasons(r) {
+  if (r.unfit) return r.unfit;
+  return r.health && r.health.ok === false ? (r.health.reasons || []).join(",") || "unfit" : "";
+}
+
 function day(iso) { return iso ? String(iso).slice(0, 10) : ""; }
 
 function cameraSection(id) {
@@ -124,7 +131,7 @@ async function loadDaily(cam, id) {
     const rows = body.days.slice().reverse().map((d) => {
       const tr = document.createElement("tr");
       const cells = [d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail, pct(d.fail_rate),
-        d.false_reject, d.defect, d.unreviewed];
+        d.false_reject, d.defect, d.unreviewed, d.unfit];
       tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
       return tr;
     });
@@ -268,6 +275,7 @@ function openDetail(r, list = [r]) {
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
+    ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "fit"],
     ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
     ["regions", (r.regions || []).map((g) => `${g.w}×${g.h} at (${g.x}, ${g.y}), peak ${num(g.peak, 3)}`).join("; ") || "none"],
     ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
