@@ -185,7 +185,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         driver.find_elements("css selector", selector)[0].click()
         wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), timeout=5)
         assert "SN-1000" in driver.find_element("id", "detail-meta").text
-        assert "camera health\nfit" in driver.find_element("id", "detail-meta").text  # failed by its score alone
+        assert "camera health\nno fault found" in driver.find_element("id", "detail-meta").text  # failed by its score
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()

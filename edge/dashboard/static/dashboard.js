@@ -275,7 +275,7 @@ function openDetail(r, list = [r]) {
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
-    ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "fit"],
+    ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "no fault found"],
     ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
     ["regions", (r.regions || []).map((g) => `${g.w}×${g.h} at (${g.x}, ${g.y}), peak ${num(g.peak, 3)}`).join("; ") || "none"],
     ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
