@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import (  # noqa: F401 - load_images is read through train.data by training's callers
+from edge.frames import (
     IMAGE_KINDS,
     IMAGE_SUFFIXES,
     Size,
@@ -29,9 +29,7 @@ from edge.frames import (  # noqa: F401 - load_images is read through train.data
     load_images,
     read_image,
     resize_mask,
-    to_model_input,
 )
-from edge.progress import progress
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -156,14 +154,14 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     missing_masks = 0
     listed = [(kind, path) for kind in kinds for path in list_images(test_dir / kind)]
     masks_of = {kind: mask_files(category / "ground_truth" / kind) for kind in kinds if kind != "good"}
-    for kind, path in progress(listed, f"reading {test_dir}"):
+    shapes: list[tuple[int, int]] = []  # each image's (H, W) as read: its mask's must match
+    images = load_images([path for _, path in listed], size, channels, shapes)
+    for (kind, path), image, shape in zip(listed, images, shapes, strict=True):
         masks = masks_of.get(kind, {})
-        raw = read_image(path)
-        image = to_model_input(raw, size, channels)
         label = 0 if kind == "good" else 1
         mask = np.zeros(size, dtype=bool) if not label else None
         if label and path.stem in masks:
-            mask = read_mask(masks[path.stem], path, raw.shape, size)
+            mask = read_mask(masks[path.stem], path, shape, size)
         elif label:
             missing_masks += 1
             if missing_masks <= MISSING_MASKS_NAMED:
