@@ -21,6 +21,7 @@ import zmq
 from edge import transport
 from edge.errors import PackageError, VqadError
 from edge.serving import load_serving
+from edge.watchdog import notify
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -115,6 +116,7 @@ class Control:
         between batches. A package that fails leaves the old one serving."""
         d = self.daemon
         old = d.serving
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             new = load_serving(d.model_dir, d.cfg, d.metrics)
             if new.package.input_shape != old.package.input_shape:
@@ -126,8 +128,10 @@ class Control:
         except Exception as exc:
             d.metrics.reload_failures.inc()
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
+            notify("READY=1")
             raise VqadError(str(exc)) from exc
         d.swap(new)  # a new model, a new health gate and drift reference: the windows start again
+        notify("READY=1")
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
         self._change("reload", swapped, by)

@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import zmq
 from edge import transport
 from edge.batcher import FrameQueue
 from edge.control import Control
-from edge.errors import BackendError, FrameError
+from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.frames import to_model_input
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
@@ -43,6 +44,7 @@ from edge.results import BatchResults, Pending, Result, dropped_result, error_re
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
 from edge.state import mark_running
+from edge.watchdog import Liveness, Watchdog, notify
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,15 @@ class Daemon:
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
+        self.liveness = Liveness()  # each loop beats once per turn; edge.watchdog finds one that stopped
+        self.watchdog: Watchdog | None = None
+        self.failed: list[str] = []  # the threads that failed: the exit is then DaemonThreadError's
 
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
+        """-> 0 after a stop by signal; raises DaemonThreadError when a thread failed."""
         self.install_signal_handlers()
+        self.watchdog = Watchdog(self.liveness, self._status_line, lambda on: self.metrics.stalled.set(on)).start()
         try:
             self.startup()
         except BaseException:
@@ -96,6 +103,8 @@ class Daemon:
             self.main_loop()
         finally:
             self.shutdown()
+        if self.failed:
+            raise DaemonThreadError(f"stopped after the failure of its {', '.join(self.failed)} thread (logged above)")
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -133,10 +142,10 @@ class Daemon:
                 state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
         self.threads = [
-            threading.Thread(target=self._receive_loop, name="receiver", daemon=True),
-            threading.Thread(target=Publisher(self).run, name="publisher", daemon=True),
-            threading.Thread(target=self.control.run, name="control", daemon=True),
-        ]
+            threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
+            for loop, name in ((self._receive_loop, "receiver"), (Publisher(self).run, "publisher"),
+                               (self.control.run, "control"))
+        ]  # fmt: skip
         for t in self.threads:
             t.start()
         self.metrics.ready.set(1)
@@ -159,30 +168,52 @@ class Daemon:
             self.ready_file.write_text(
                 json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
             )
+        notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def _status_line(self) -> str:
+        """What `systemctl status` shows of the running daemon."""
+        pkg = self.serving.package if self.serving else None
+        model = f"{pkg.name} ({pkg.sha256[:12]}…)" if pkg else "(loading)"
+        return f"serving {model}: accepted {self.accepted}, published {self.published}, queue {len(self.queue)}"
+
+    def _guarded(self, loop: Callable[[], None], name: str) -> Callable[[], None]:
+        """`loop` as a thread's target: its failure is logged and stops the daemon."""
+
+        def run() -> None:
+            try:
+                loop()
+            except Exception:
+                log.exception("the %s thread failed; stopping the daemon", name)
+                self._fail(name)
+            finally:
+                self.liveness.ended(name)
+
+        return run
+
+    def _fail(self, name: str) -> None:
+        self.failed.append(name)
+        self.should_exit.set()  # the other loops finish what was accepted, then stop
 
     def main_loop(self) -> None:
         """Run the inference workers until the receiver is done and the queue is empty."""
         workers = [
-            threading.Thread(target=self._worker_thread, args=(i,), name=f"inference-{i}", daemon=True)
+            threading.Thread(
+                target=self._guarded(lambda i=i: self._inference_loop(i), f"inference-{i}"),
+                name=f"inference-{i}",
+                daemon=True,
+            )
             for i in range(1, len(self._busy))
         ]
         for t in workers:
             t.start()
         try:
-            self._inference_loop(0, log_progress=True)
+            self._guarded(lambda: self._inference_loop(0, log_progress=True), "inference-0")()
         except BaseException:
             self.should_exit.set()  # the other workers finish what is queued, then stop
             raise
         finally:
             for t in workers:
                 t.join()
-
-    def _worker_thread(self, index: int) -> None:
-        try:
-            self._inference_loop(index)
-        except Exception:
-            log.exception("an inference worker failed; stopping the daemon")
-            self.should_exit.set()
 
     def _inference_loop(self, index: int, log_progress: bool = False) -> None:
         """Worker `index`: take a batch (numbered, with the serving in force when it is taken)
@@ -191,6 +222,7 @@ class Daemon:
         next_log = time.monotonic() + cfg.log_every_s
         last_published = 0
         while True:
+            self.liveness.beat(f"inference-{index}")
             with self._take_lock:
                 batch = self.queue.get_batch(cfg.max_batch, cfg.max_delay_ms / 1000.0, timeout=0.05)
                 seq = self._batch_seq
@@ -221,6 +253,7 @@ class Daemon:
                 next_log = now + cfg.log_every_s
 
     def shutdown(self) -> None:
+        notify("STOPPING=1")
         self.should_exit.set()
         self.inference_stopped.set()
         self.metrics.ready.set(0)
@@ -257,6 +290,8 @@ class Daemon:
             self.serving.close()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:
@@ -284,6 +319,7 @@ class Daemon:
         poller.register(sock, zmq.POLLIN)
         try:
             while not self.should_exit.is_set():
+                self.liveness.beat("receiver")
                 if poller.poll(100):
                     self._accept(transport.message_parts(sock.recv_multipart(copy=False)))
             # Frames the socket already holds were delivered to us: answer them too (bounded).
@@ -293,9 +329,6 @@ class Daemon:
                 except zmq.Again:
                     break
                 self._accept(transport.message_parts(parts))
-        except Exception:
-            log.exception("receiver failed; stopping the daemon")
-            self.should_exit.set()
         finally:
             sock.close(linger=0)
             self.receiver_done.set()
@@ -342,6 +375,7 @@ class Daemon:
             frame.part_id,
         )
         while True:
+            self.liveness.beat("receiver")  # waiting on a full queue is a turn too; a stalled worker is found
             queued, evicted = self.queue.put(item, timeout=0.1)
             for old in evicted:
                 self.outbox.put(dropped_result(old, self.serving.scoring))

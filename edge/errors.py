@@ -50,3 +50,10 @@ class CheckpointError(VqadError):
     """A checkpoint is missing, corrupt, or not a vqad checkpoint (nothing is unpickled)."""
 
     exit_code = 6
+
+
+class DaemonThreadError(VqadError):
+    """A thread of the running daemon failed; the daemon stopped so that its supervisor
+    restarts it (a daemon that stays up without publishing would be a silent stop)."""
+
+    exit_code = 8

@@ -30,6 +30,9 @@ class DaemonMetrics:
         )
         self.backend_errors = Counter("vqad_backend_errors", "Inference batches that raised", registry=r)
         self.ready = Gauge("vqad_ready", "1 once warmed up and serving", registry=r)
+        self.stalled = Gauge(
+            "vqad_stalled", "1 while a loop of the daemon has not come round (edge.watchdog)", registry=r
+        )
         self.previous_exit_unclean = Gauge(
             "vqad_previous_exit_unclean",
             "1 if the previous run of this daemon did not shut down cleanly",

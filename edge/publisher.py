@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from edge.daemon import Daemon
 
 STOP = object()  # put in the daemon's outbox when nothing more will come
+# The longest wait for a result before the loop comes round (and beats, edge.watchdog).
+TURN_S = 0.1
 
 
 class Publisher:
@@ -37,8 +39,10 @@ class Publisher:
                 if every and time.monotonic() >= next_beat:  # on this thread: a socket is not thread-safe
                     self.heartbeat(sock)
                     next_beat = time.monotonic() + every
+                self.d.liveness.beat("publisher")
+                wait = min(next_beat - time.monotonic(), TURN_S) if every else TURN_S
                 try:
-                    item = self.d.outbox.get(timeout=max(0.0, next_beat - time.monotonic()) if every else None)
+                    item = self.d.outbox.get(timeout=max(0.0, wait))
                 except queue.Empty:
                     continue
                 if item is STOP:

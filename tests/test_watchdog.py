@@ -1,0 +1,150 @@
+"""The daemon and its supervisor: systemd's notifications and watchdog, and the exit code of a
+daemon whose thread failed. The notify socket is a real unix datagram socket, the daemon a
+real process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from edge.protocol import frame_message
+from edge.watchdog import Liveness, Watchdog, notify, watchdog_interval_s
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
+
+pytestmark = pytest.mark.timeout(180)
+FRAME = np.random.default_rng(2).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+
+
+def _listener(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.05)
+    return sock
+
+
+def _messages(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
+    """(monotonic time, message) for what arrives within `seconds`."""
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            out.append((time.monotonic(), sock.recv(4096).decode()))
+        except TimeoutError:
+            pass
+    return out
+
+
+def _pings(messages: list[tuple[float, str]]) -> list[float]:
+    return [t for t, m in messages if "WATCHDOG=1" in m.split("\n")]
+
+
+def test_notify_reaches_a_path_or_an_abstract_socket_and_is_silent_without_one(monkeypatch):
+    path = str(short_ipc_dir() / "notify")
+    with _listener(path) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert notify("READY=1\nSTATUS=up")
+        assert sock.recv(100) == b"READY=1\nSTATUS=up"
+    name = f"vqad-test-{os.getpid()}"
+    with _listener("\0" + name) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("WATCHDOG=1") and sock.recv(100) == b"WATCHDOG=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", path)  # its listener is gone: not sent, no error
+    assert not notify("WATCHDOG=1")
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not notify("READY=1")
+
+
+def test_the_watchdog_interval_is_systemds_for_this_process_only(monkeypatch):
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert watchdog_interval_s() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert watchdog_interval_s() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval_s() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # set for the process that started us
+    assert watchdog_interval_s() is None
+    monkeypatch.delenv("WATCHDOG_PID")
+    for bad in ("0", "soon", ""):
+        monkeypatch.setenv("WATCHDOG_USEC", bad)
+        assert watchdog_interval_s() is None
+
+
+def test_a_loop_that_stops_coming_round_stops_the_pings_until_it_comes_round(monkeypatch, caplog):
+    path = str(short_ipc_dir() / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    liveness, stalls = Liveness(), []
+    watchdog = Watchdog(liveness, lambda: "serving m: accepted 3", stalls.append)
+    assert watchdog.limit_s == 1.0
+    with _listener(path) as sock, caplog.at_level(logging.INFO, "edge.watchdog"):
+        liveness.beat("receiver")
+        assert watchdog.check() and sock.recv(200) == b"WATCHDOG=1\nSTATUS=serving m: accepted 3"
+        liveness._last["receiver"] -= 1.5  # its last turn was 1.5 s ago
+        assert not watchdog.check() and not watchdog.check()
+        assert sock.recv(200).startswith(b"STATUS=stalled: not come round: receiver for 2 s")
+        assert stalls == [True] and caplog.text.count("stalled: not come round: receiver") == 1  # logged once
+        liveness.beat("receiver")
+        sock.recv(200)
+        assert watchdog.check() and stalls == [True, False] and "the stall is over" in caplog.text
+        liveness._last["receiver"] -= 1.5
+        liveness.ended("receiver")  # a loop that ended on purpose is no stall
+        assert watchdog.check()
+
+
+def test_systemd_hears_ready_pings_and_stopping_and_no_ping_while_inference_hangs(tiny_model):
+    folder = short_ipc_dir()
+    env = {"NOTIFY_SOCKET": str(folder / "notify"), "WATCHDOG_USEC": "1000000", "VQAD_HANG_S": "3"}
+    hang = np.full((48, 48, 3), 77, np.uint8)
+    with _listener(str(folder / "notify")) as sock:
+        daemon = DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", env=env).start()
+        try:
+            before = _messages(sock, 1.0)
+            sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+            cam.send(frame_message("w", 0, FRAME))
+            cam.send(frame_message("w", 1, hang))
+            hung = _messages(sock, 2.5)  # the backend sleeps 3 s over frame 1
+            results = sub.collect(2, timeout=20)
+            after = _messages(sock, 1.0)
+            cam.close()
+            sub.close()
+        finally:
+            code = daemon.stop()
+        stopping = _messages(sock, 0.5)
+    assert any(m.startswith("READY=1\nSTATUS=serving ") for _, m in before) and len(_pings(before)) >= 3
+    pings = _pings(hung)
+    gaps = np.diff([hung[0][0], *pings, hung[-1][0]])
+    assert gaps.max() >= 1.2, f"the watchdog was fed while inference hung: {pings}"
+    assert any(m.startswith("STATUS=stalled: not come round: inference-") for _, m in hung)
+    assert len(_pings(after)) >= 3  # fed again once the call returned
+    assert [(h["frame_id"], h["status"]) for h, _ in results] == [(0, "ok"), (1, "ok")]  # nothing lost
+    assert any(m == "STOPPING=1" for _, m in stopping) and code == 0
+    log = daemon.log_text()
+    assert "stalled: not come round: inference-" in log and "the stall is over" in log
+
+
+def test_a_failed_thread_stops_the_daemon_with_exit_code_8_for_its_supervisor(tiny_model):
+    """A publisher that raises used to end its thread alone: the daemon stayed up, accepted
+    frames and published nothing, with exit code 0 at its stop (systemd's Restart=on-failure
+    would not have restarted it)."""
+    daemon = DaemonProcess(
+        tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", env={"VQAD_BREAK_PUBLISHER": "1"}
+    ).start()
+    cam = Camera(daemon.frames)
+    try:
+        cam.send(frame_message("p", 0, FRAME))
+        deadline = time.monotonic() + 30
+        while daemon.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not daemon.alive(), "the daemon stayed up without its publisher"
+    finally:
+        cam.close()
+        code = daemon.stop()
+    log = daemon.log_text()
+    assert code == 8, log
+    assert "the publisher thread failed; stopping the daemon" in log and "injected fault" in log
+    assert "stopped after the failure of its publisher thread" in log
