@@ -336,6 +336,35 @@ def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_pa
     assert writer.evidence_failed == 3 and writer.metrics.evidence_failed._value.get() == 3
 
 
+def _wait(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not check():
+        time.sleep(0.05)
+
+
+def test_a_result_the_writer_cannot_store_is_left_out_and_the_writer_goes_on(tmp_path, caplog):
+    """A frame no codec takes is recorded without evidence; a result that cannot become a row
+    is counted unrecorded. Either used to end the writer's thread for the rest of the run."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    odd = _result("c", 0)
+    odd.frame = np.zeros((8, 8, 5), np.float64)  # OpenCV writes 1, 3 or 4 channels
+    writer.put(odd, time.time_ns())
+    _wait(lambda: writer.recorded == 1)
+    broken = _result("c", 1)
+    del broken.header["camera_id"]
+    with caplog.at_level(logging.ERROR, "edge.record.writer"):
+        writer.put(broken, time.time_ns())
+        _wait(lambda: writer.unrecorded == 1)
+    writer.put(_result("c", 2), time.time_ns())
+    _wait(lambda: writer.recorded == 2)
+    assert writer.thread.is_alive() and (writer.recorded, writer.unrecorded) == (2, 1)
+    writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=10)}
+    assert sorted(rows) == [0, 2] and rows[0]["evidence"] is None and rows[2]["evidence"] is not None
+    assert "1 results could not be stored and are left out of the record (KeyError: 'camera_id')" in caplog.text
+
+
 def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():
     url = f"postgresql://vqad:hunter2@127.0.0.1:{free_loopback_port()}/line"  # nobody listens there
     proc = run_vqad("records", url, check=False)

@@ -73,6 +73,7 @@ class RecordWriter:
         self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._state_failed = False
         self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
+        self._unstorable_log = RepeatedLog(log, logging.ERROR)
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
@@ -180,6 +181,9 @@ class RecordWriter:
                     return  # shutting down against a database that stays down: close() counts the rest
                 time.sleep(pause)
                 continue
+            except Exception as exc:  # noqa: BLE001 - not the database's: the next results can be stored
+                self._leave_out(batch, exc)
+                continue
             if pause:
                 log.info("the record is available again")
                 self._outage_log.reset()
@@ -191,6 +195,19 @@ class RecordWriter:
                 self.metrics.record_pending.set(len(self.buffer))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
+
+    def _leave_out(self, batch: list[tuple[Result, int]], exc: Exception) -> None:
+        """A batch that failed for a reason of its own, not the database's, is counted unrecorded
+        and left out: retried, it would fail again, and the writer would stop for the whole run."""
+        with self.lock:
+            for _ in batch:
+                self.buffer.popleft()
+            self.unrecorded += len(batch)
+            self.metrics.unrecorded.inc(len(batch))
+            self.metrics.record_pending.set(len(self.buffer))
+        message = "%d results could not be stored and are left out of the record (%s: %s)"
+        if self._unstorable_log.log(message, len(batch), type(exc).__name__, exc):
+            log.debug("the failure", exc_info=exc)
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
         if not self._migrated:  # the server did not answer at start; an OperationalError retries
@@ -233,11 +250,12 @@ class RecordWriter:
         }
 
     def _evidence_or_none(self, result: Result) -> tuple[str | None, str | None]:
-        """_evidence, or no evidence when it cannot be written (a full disk, a folder gone): the
-        row is kept without it, and the writer goes on; counted and logged now and then."""
+        """_evidence, or no evidence when it cannot be written (a full disk, a folder gone, a frame
+        the codec refuses): the row is kept without it, and the writer goes on; counted and logged
+        now and then."""
         try:
             return self._evidence(result)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self.evidence_failed += 1
             self.metrics.evidence_failed.inc()
             self._evidence_failed_log.log("evidence not written (%d so far), the results are recorded without it: %s",
