@@ -95,6 +95,34 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     assert LiveView(silent_after_s=0.01).summary() == {}
 
 
+def test_a_result_the_page_cannot_take_is_logged_and_the_feed_goes_on(caplog):
+    """A result with its latencies as a list used to raise an AttributeError in the feed's
+    thread, which ended it: the page froze until the dashboard was restarted."""
+    import zmq
+
+    from edge.dashboard.live import ResultsFeed
+    from edge.protocol import result_message
+
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    view = LiveView(silent_after_s=60)
+    feed = ResultsFeed(endpoint, view)
+    feed.start()
+    try:
+        odd = {**_header(0, score=0.5), "latency_ms": [1.0]}
+        deadline = time.monotonic() + 10
+        while view.find("c", "latest") is None and time.monotonic() < deadline:  # past the slow join
+            pub.send_multipart(result_message(odd))
+            pub.send_multipart(result_message(_header(1, score=0.4)))
+            time.sleep(0.2)
+        assert feed.is_alive() and view.find("c", "latest").header["frame_id"] == 1
+    finally:
+        feed.stop()
+        pub.close(linger=0)
+    assert "ignoring a result the page could not take (AttributeError" in caplog.text
+
+
 def test_the_live_view_keeps_the_cameras_that_send_and_drops_the_longest_silent_past_its_bound():
     view = LiveView(silent_after_s=60)
     view.add(_header(0, score=0.1, camera="line"), b"", None)

@@ -276,6 +276,8 @@ class ResultsFeed(threading.Thread):
                 self.view.add(header, parts[2], parts[3] if len(parts) > 3 else None)
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
                 self.malformed.log("ignoring a malformed result: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - one result the page cannot take must not end its feed
+                self.malformed.log("ignoring a result the page could not take (%s: %s)", type(exc).__name__, exc)
 
     def stop(self) -> None:
         self.stopping.set()
