@@ -22,6 +22,7 @@ from edge.record import Record, RecordWriter
 from edge.record.schema import SCHEMA_VERSION, meta, metadata, stored_version
 from edge.results import Result
 from edge.transport import free_loopback_port
+from tests.browser import wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess
 
@@ -336,12 +337,6 @@ def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_pa
     assert writer.evidence_failed == 3 and writer.metrics.evidence_failed._value.get() == 3
 
 
-def _wait(check, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not check():
-        time.sleep(0.05)
-
-
 def test_a_result_the_writer_cannot_store_is_left_out_and_the_writer_goes_on(tmp_path, caplog):
     """A frame no codec takes is recorded without evidence; a result that cannot become a row
     is counted unrecorded. Either used to end the writer's thread for the rest of the run."""
@@ -350,14 +345,14 @@ def test_a_result_the_writer_cannot_store_is_left_out_and_the_writer_goes_on(tmp
     odd = _result("c", 0)
     odd.frame = np.zeros((8, 8, 5), np.float64)  # OpenCV writes 1, 3 or 4 channels
     writer.put(odd, time.time_ns())
-    _wait(lambda: writer.recorded == 1)
+    wait_for(lambda: writer.recorded == 1)
     broken = _result("c", 1)
     del broken.header["camera_id"]
     with caplog.at_level(logging.ERROR, "edge.record.writer"):
         writer.put(broken, time.time_ns())
-        _wait(lambda: writer.unrecorded == 1)
+        wait_for(lambda: writer.unrecorded == 1)
     writer.put(_result("c", 2), time.time_ns())
-    _wait(lambda: writer.recorded == 2)
+    wait_for(lambda: writer.recorded == 2)
     assert writer.thread.is_alive() and (writer.recorded, writer.unrecorded) == (2, 1)
     writer.close()
     rows = {r["frame_id"]: r for r in Record(url).results(limit=10)}
