@@ -87,7 +87,8 @@ class Daemon:
         self._marker: Path | None = None
         self.liveness = Liveness()  # each loop beats once per turn; edge.watchdog finds one that stopped
         self.watchdog: Watchdog | None = None
-        self.failed: list[str] = []  # the threads that failed: the exit is then DaemonThreadError's
+        self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
+        self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
 
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
@@ -104,7 +105,7 @@ class Daemon:
         finally:
             self.shutdown()
         if self.failed:
-            raise DaemonThreadError(f"stopped after the failure of its {', '.join(self.failed)} thread (logged above)")
+            raise DaemonThreadError(f"stopped after the failure of its {', '.join(self.failed)} (logged above)")
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -184,14 +185,14 @@ class Daemon:
                 loop()
             except Exception:
                 log.exception("the %s thread failed; stopping the daemon", name)
-                self._fail(name)
+                self._fail(f"{name} thread")
             finally:
                 self.liveness.ended(name)
 
         return run
 
-    def _fail(self, name: str) -> None:
-        self.failed.append(name)
+    def _fail(self, what: str) -> None:
+        self.failed.append(what)
         self.should_exit.set()  # the other loops finish what was accepted, then stop
 
     def main_loop(self) -> None:
@@ -414,6 +415,7 @@ class Daemon:
         publisher waits for every number)."""
         try:
             items = self._run_batch(batch, serving, index)
+            self._failing = None
         except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the line
             self.metrics.backend_errors.inc()
             self._failed_batch_log.log("inference failed on a batch of %d: %s", len(batch), exc)
@@ -421,7 +423,23 @@ class Daemon:
                 self._error_result(p.camera_id, p.frame_id, p.ts_ns, f"inference failed: {exc}", p.recv_ns, p.part_id)
                 for p in batch
             ]
+            self._note_failed_batch()
         self.outbox.put(BatchResults(seq, items))
+
+    def _note_failed_batch(self) -> None:
+        """Stop the daemon (exit code 8) once every batch has failed for backend_failure_exit_s."""
+        now = time.monotonic()
+        since, batches = self._failing or (now, 0)
+        self._failing = since, batches + 1
+        limit = self.cfg.backend_failure_exit_s
+        if limit and batches + 1 >= 3 and now - since >= limit and "inference backend" not in self.failed:
+            log.error(
+                "every batch has failed for %.0f s (%d batches): the backend is taken as broken; stopping, "
+                "for the supervisor to start the daemon again with a new one",
+                now - since,
+                batches + 1,
+            )
+            self._fail("inference backend")
 
     def _run_batch(self, batch: list[Pending], serving: Serving, index: int) -> list[Result]:
         start_ns = time.time_ns()

@@ -85,6 +85,11 @@ class EdgeConfig:
     # more than it saves (1280x1024 -> 128 px: 2.5 ms on 2 threads, 1.5 ms on 1). 0 = OpenCV's default.
     opencv_threads: int = 1
     warmup_runs: int = 2
+    # A backend whose every batch has failed for this many seconds (3 batches at least) is taken
+    # as broken: a CUDA error leaves the process's context unusable, and only a new process gets
+    # a fresh one. The daemon then stops with exit code 8 for its supervisor to restart it.
+    # 0 = never: it answers each frame with an error result for as long as it runs.
+    backend_failure_exit_s: float = 60.0
     # Where the daemon keeps its run marker (to detect an unclean previous exit); "" = the model dir.
     state_dir: str = ""
     tensorrt_workspace_mb: int = 1024
@@ -101,6 +106,7 @@ class EdgeConfig:
         require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")
         require(self.max_delay_ms >= 0, "edge.max_delay_ms must be >= 0")
         require(self.heartbeat_s >= 0, "edge.heartbeat_s must be >= 0 (0 = no heartbeat)")
+        require(self.backend_failure_exit_s >= 0, "edge.backend_failure_exit_s must be >= 0 (0 = never)")
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
         require(self.max_header_bytes >= 256, "edge.max_header_bytes is too small")

@@ -148,3 +148,36 @@ def test_a_failed_thread_stops_the_daemon_with_exit_code_8_for_its_supervisor(ti
     assert code == 8, log
     assert "the publisher thread failed; stopping the daemon" in log and "injected fault" in log
     assert "stopped after the failure of its publisher thread" in log
+
+
+def test_a_backend_that_fails_every_batch_for_the_limit_stops_the_daemon_for_a_restart(tiny_model):
+    """A CUDA error leaves the process's context unusable; a batch that works in between starts
+    the count again."""
+    poison = np.full((48, 48, 3), 13, np.uint8)
+    daemon = DaemonProcess(
+        tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "1",
+        "--set", "edge.backend_failure_exit_s=1",
+    ).start()  # fmt: skip
+    sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+    try:
+        cam.send(frame_message("b", 0, poison))
+        time.sleep(0.6)
+        cam.send(frame_message("b", 1, FRAME))  # works: the failures start again from here
+        early = sub.collect(2, timeout=20)
+        sent, first_failing = 2, time.monotonic()
+        while daemon.alive() and sent < 200:  # 200 frames at 0.05 s: 10 s at most
+            cam.send(frame_message("b", sent, poison))
+            sent += 1
+            time.sleep(0.05)
+        stopped_after = time.monotonic() - first_failing
+        late = sub.collect(sent - 2, timeout=5, idle=1.0)
+    finally:
+        cam.close()
+        sub.close()
+        code = daemon.stop()
+    log = daemon.log_text()
+    assert code == 8, log
+    assert [(h["frame_id"], h["status"]) for h, _ in early] == [(0, "error"), (1, "ok")]
+    assert len(late) >= 3 and all(h["status"] == "error" and "injected fault" in h["error"] for h, _ in late)
+    assert 1.0 <= stopped_after < 10, stopped_after
+    assert "every batch has failed for 1 s" in log and "the failure of its inference backend" in log
