@@ -50,13 +50,16 @@ def test_binding_beyond_loopback_needs_a_token_of_some_length():
 def test_the_daemon_state_is_read_from_its_prometheus_text():
     m = DaemonMetrics()
     m.ready.set(1)
+    assert read_metrics(generate_latest(m.registry).decode())["stalled"] is False
+    m.stalled.set(1)
     m.queue_depth.set(5)
     m.threshold.set(0.25)
     m.reloads.inc(2)
     m.drift_ks.labels("left").set(0.31)
     m.drift_alarm.labels("left").set(1)
     state = read_metrics(generate_latest(m.registry).decode())
-    assert state["ready"] is True and state["queue_depth"] == 5 and state["threshold"] == 0.25
+    assert state["ready"] is True and state["stalled"] is True
+    assert state["queue_depth"] == 5 and state["threshold"] == 0.25
     assert state["reloads"] == 2 and state["drift"]["left"] == {"ks": 0.31, "alarm": True}
 
 

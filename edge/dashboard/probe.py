@@ -1,5 +1,6 @@
-"""The daemon's own state, read from its Prometheus endpoint: whether it is up and ready, its
-queue, the threshold in force, reloads and the drift alarm per camera.
+"""The daemon's own state, read from its Prometheus endpoint: whether it is up, ready or
+stalled (a loop of its pipeline not coming round, edge.watchdog), its queue, the threshold in
+force, reloads and the drift alarm per camera.
 
 One thread scrapes every PROBE_EVERY_S, whatever the number of open pages, so browsers never
 add load on the daemon.
@@ -24,6 +25,7 @@ PROBE_TIMEOUT_S = 1.5
 
 _SCALARS = {
     "vqad_ready": "ready",
+    "vqad_stalled": "stalled",
     "vqad_queue_depth": "queue_depth",
     "vqad_threshold": "threshold",
     "vqad_model_reloads_total": "reloads",
@@ -45,8 +47,9 @@ def read_metrics(text: str) -> dict[str, Any]:
                 camera = sample.labels.get("camera", "")
                 key = "ks" if sample.name == "vqad_drift_ks" else "alarm"
                 state["drift"].setdefault(camera, {})[key] = sample.value
-    if "ready" in state:
-        state["ready"] = bool(state["ready"])
+    for flag in ("ready", "stalled"):
+        if flag in state:
+            state[flag] = bool(state[flag])
     for camera in state["drift"].values():
         camera["alarm"] = bool(camera.get("alarm", 0))
     return state

@@ -61,6 +61,7 @@ function drawDaemon(d) {
   const el = $(bar, "daemon-state");
   if (d.up === null || d.up === undefined) pill(el, "daemon: not heard from yet", "warn");
   else if (!d.up) pill(el, "daemon down", "bad");
+  else if (d.stalled) pill(el, "daemon stalled: inference not returning", "bad");
   else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
