@@ -72,6 +72,8 @@ class Publisher:
             "threshold_source": serving.scoring.threshold_source if serving else None,
             "accepted": d.accepted,
             "published": d.published,
+            "queue": len(d.queue),
+            "stalled": bool(d.watchdog and d.watchdog.stalled),
             "paused": sorted(d.paused),
         }
         sock.send_multipart(heartbeat_message(header))

@@ -80,11 +80,12 @@ def format_line(h: dict[str, Any]) -> str:
 
 
 class DaemonSilence:
-    """Says once when a daemon that sent heartbeats falls silent, and once when it is back. A
-    daemon never heard from (not started, or its heartbeat off) is not warned of."""
+    """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
+    same when its heartbeat says its inference has stalled (edge.watchdog). A daemon never heard
+    from (not started, or its heartbeat off) is not warned of."""
 
     def __init__(self, endpoint: str):
-        self.endpoint, self.silent = endpoint, False
+        self.endpoint, self.silent, self.stalled = endpoint, False, False
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
 
     def beat(self, parts: list[bytes]) -> None:
@@ -95,6 +96,14 @@ class DaemonSilence:
         if self.silent:
             log.info("the daemon at %s sends heartbeats again", self.endpoint)
         self.last, self.silent = (time.monotonic(), header), False
+        stalled = bool(header.get("stalled"))
+        if stalled != self.stalled:
+            if stalled:
+                log.warning("the daemon at %s says its inference has stalled (%s frames wait)",
+                            self.endpoint, header.get("queue", "?"))  # fmt: skip
+            else:
+                log.info("the daemon at %s says its inference runs again", self.endpoint)
+        self.stalled = stalled
 
     def check(self) -> None:
         if self.last is None or self.silent:

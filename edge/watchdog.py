@@ -94,6 +94,11 @@ class Watchdog:
         self._stalled_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
+    @property
+    def stalled(self) -> bool:
+        """Whether the last check found a loop that has not come round."""
+        return self._stalled_since is not None
+
     def start(self) -> Watchdog:
         self._thread.start()
         return self

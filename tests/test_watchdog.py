@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from edge.protocol import frame_message
+from edge.protocol import HEARTBEAT_TOPIC, frame_message, heartbeat_message, parse_heartbeat
 from edge.watchdog import Liveness, Watchdog, notify, watchdog_interval_s
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
@@ -101,17 +101,24 @@ def test_systemd_hears_ready_pings_and_stopping_and_no_ping_while_inference_hang
     env = {"NOTIFY_SOCKET": str(folder / "notify"), "WATCHDOG_USEC": "1000000", "VQAD_HANG_S": "3"}
     hang = np.full((48, 48, 3), 77, np.uint8)
     with _listener(str(folder / "notify")) as sock:
-        daemon = DaemonProcess(tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", env=env).start()
+        daemon = DaemonProcess(
+            tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--set", "edge.heartbeat_s=0.2", env=env
+        ).start()
         try:
             before = _messages(sock, 1.0)
             sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+            beats = Subscriber(daemon.results, HEARTBEAT_TOPIC)
             cam.send(frame_message("w", 0, FRAME))
             cam.send(frame_message("w", 1, hang))
             hung = _messages(sock, 2.5)  # the backend sleeps 3 s over frame 1
             results = sub.collect(2, timeout=20)
             after = _messages(sock, 1.0)
+            heard = []
+            while beats.sock.poll(0) and len(heard) < 200:  # 5 s of heartbeats at most
+                heard.append(parse_heartbeat(beats.sock.recv_multipart()))
             cam.close()
             sub.close()
+            beats.close()
         finally:
             code = daemon.stop()
         stopping = _messages(sock, 0.5)
@@ -122,6 +129,9 @@ def test_systemd_hears_ready_pings_and_stopping_and_no_ping_while_inference_hang
     assert any(m.startswith("STATUS=stalled: not come round: inference-") for _, m in hung)
     assert len(_pings(after)) >= 3  # fed again once the call returned
     assert [(h["frame_id"], h["status"]) for h, _ in results] == [(0, "ok"), (1, "ok")]  # nothing lost
+    # The heartbeat kept coming while inference hung, and said so (docs/protocol.md).
+    stalled = [b for b in heard if b["stalled"]]
+    assert stalled and stalled[0]["published"] < 2 and not heard[-1]["stalled"] and heard[-1]["queue"] == 0
     assert any(m == "STOPPING=1" for _, m in stopping) and code == 0
     log = daemon.log_text()
     assert "stalled: not come round: inference-" in log and "the stall is over" in log
@@ -181,3 +191,18 @@ def test_a_backend_that_fails_every_batch_for_the_limit_stops_the_daemon_for_a_r
     assert len(late) >= 3 and all(h["status"] == "error" and "injected fault" in h["error"] for h, _ in late)
     assert 1.0 <= stopped_after < 10, stopped_after
     assert "every batch has failed for 1 s" in log and "the failure of its inference backend" in log
+
+
+def test_watch_says_once_when_the_heartbeat_says_inference_stalled_and_once_when_it_runs(caplog):
+    from edge.watch import DaemonSilence
+
+    silence = DaemonSilence("tcp://127.0.0.1:5556")
+    beat = {"ts_ns": 1, "every_s": 1.0, "queue": 0, "stalled": False}
+    with caplog.at_level(logging.INFO, "edge.watch"):
+        for stalled, queue in ((False, 0), (True, 9), (True, 17), (False, 0), (False, 0)):
+            silence.beat(heartbeat_message({**beat, "stalled": stalled, "queue": queue}))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
+        "the daemon at tcp://127.0.0.1:5556 says its inference runs again",
+    ]

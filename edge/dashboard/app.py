@@ -137,7 +137,7 @@ class Dashboard:
     def _heartbeat(self, stands_in: bool) -> dict[str, Any]:
         """What the daemon's heartbeat says: its age, where its threshold came from, and, without
         a metrics endpoint (`stands_in`), whether the daemon is up (a beat within
-        HEARTBEAT_MISSED intervals)."""
+        HEARTBEAT_MISSED intervals) and whether its inference has stalled."""
         beat = self.view.last_heartbeat()
         if beat is None:
             return {"heartbeat_age_s": None, "threshold_source": None}
@@ -145,7 +145,7 @@ class Dashboard:
         said: dict[str, Any] = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source")}
         if stands_in:
             up = not heartbeat_overdue(age, header)
-            said.update(up=up, ready=up, threshold=header.get("threshold"))
+            said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))
         return said
 
     async def api_summary(self, request: Request) -> Response:
