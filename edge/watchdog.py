@@ -4,8 +4,8 @@ Under systemd (`Type=notify`, `WatchdogSec=`; deploy/vqad.service) the daemon sa
 it serves, RELOADING=1 while a new package loads, STOPPING=1 on its way out, a STATUS= line for
 `systemctl status`, and WATCHDOG=1 while every loop of its pipeline comes round. A loop that
 stops coming round (an inference call that never returns: a GPU fault, a driver deadlock) stops
-the pings, and systemd restarts the daemon after `WatchdogSec`. Without systemd the stall is a
-log line and the `vqad_stalled` metric.
+the pings, and systemd restarts the daemon after `WatchdogSec`. With systemd or without, the
+stall is a log line, the `vqad_stalled` metric and the heartbeat's `stalled`.
 
 The protocol is one datagram per message on the unix socket named by $NOTIFY_SOCKET
 (sd_notify(3)); no library is needed for it.
