@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import promql_parser
 import yaml
 from prometheus_client import generate_latest
 
@@ -22,13 +23,14 @@ def _exposed_names() -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
-def test_every_alert_rule_reads_metrics_the_daemon_exports():
+def test_every_alert_rule_is_promql_and_reads_metrics_the_daemon_exports():
     rules = yaml.safe_load((ROOT / "deploy" / "vqad-alerts.yml").read_text())["groups"][0]["rules"]
     exposed = _exposed_names()
     assert "vqad_stalled" in exposed and "vqad_unrecorded_total" in exposed
     for rule in rules:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
         assert rule["labels"]["severity"] in ("critical", "warning") and rule["annotations"]["summary"]
+        promql_parser.parse(rule["expr"])  # a ValueError names what PromQL cannot read
         used = set(re.findall(r"\bvqad_[a-z0-9_]+", rule["expr"]))
         assert used <= exposed, f"{rule['alert']} reads {used - exposed}, which the daemon does not export"
     assert len({r["alert"] for r in rules}) == len(rules)
