@@ -92,7 +92,8 @@ class Daemon:
 
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
-        """-> 0 after a stop by signal; raises DaemonThreadError when a thread failed."""
+        """-> 0 after a stop by signal; raises DaemonThreadError when a thread failed, or the
+        backend failed every batch for backend_failure_exit_s."""
         self.install_signal_handlers()
         self.watchdog = Watchdog(self.liveness, self._status_line, lambda on: self.metrics.stalled.set(on)).start()
         try:

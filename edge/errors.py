@@ -53,7 +53,8 @@ class CheckpointError(VqadError):
 
 
 class DaemonThreadError(VqadError):
-    """A thread of the running daemon failed; the daemon stopped so that its supervisor
-    restarts it (a daemon that stays up without publishing would be a silent stop)."""
+    """A thread of the running daemon failed, or its backend failed every batch for a while; the
+    daemon stopped so that its supervisor restarts it (a daemon that stays up without
+    publishing, or publishing only errors, would be a silent stop)."""
 
     exit_code = 8
