@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to leave
 
 
-def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device/URL."""
+def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device
+    or stream URL (reopened when it stops giving frames, until `stop()`)."""
     path = Path(source)
     if path.is_dir():
         files = find_images(path)
@@ -49,10 +50,12 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
             yield str(path), image
             if not loop:
                 return
-    target: str | int = int(source) if source.isdigit() else source
-    while True:
-        cap = cv2.VideoCapture(target)
-        if not cap.isOpened():
+    if source.isdigit() or "://" in source or source.startswith("/dev/"):
+        yield from _live_frames(source, stop)
+        return
+    while True:  # a video file: to its end, again with loop
+        cap = _open_video(source)
+        if cap is None:
             raise DataError(f"cannot open video source {source}")
         index = 0
         try:
@@ -64,8 +67,62 @@ def iter_source(source: str, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
                 index += 1
         finally:
             cap.release()
-        if not loop or isinstance(target, int) or index == 0:
+        if not loop or index == 0:
             return
+
+
+# A live source (a device, a stream URL) that stops giving frames is reopened after this long,
+# twice as long after each failed try, up to RECONNECT_MAX_S: a camera rebooting or a network
+# switch restarting comes back within seconds to a minute, and the line needs its frames again.
+RECONNECT_FIRST_S = 1.0
+RECONNECT_MAX_S = 30.0
+
+
+def _open_video(source: str) -> cv2.VideoCapture | None:
+    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if cap.isOpened():
+        return cap
+    cap.release()
+    return None
+
+
+def _live_frames(source: str, stop) -> Iterator[tuple[str, np.ndarray]]:
+    """Frames from a device or stream URL until `stop()`; one that cannot be opened at first is
+    a DataError, one that stops giving frames later is reopened (logged when it goes and when it
+    is back)."""
+    cap = _open_video(source)
+    if cap is None:
+        raise DataError(f"cannot open video source {source}")
+    index, lost_at, pause = 0, None, RECONNECT_FIRST_S
+    try:
+        while not (stop is not None and stop()):
+            ok, image = cap.read() if cap is not None else (False, None)
+            if ok:
+                if lost_at is not None:
+                    log.info("video source %s gives frames again, after %.0f s", source, time.monotonic() - lost_at)
+                    lost_at, pause = None, RECONNECT_FIRST_S
+                yield f"{source}#{index}", image
+                index += 1
+                continue
+            if lost_at is None:
+                lost_at = time.monotonic()
+                log.warning(
+                    "video source %s gives no frame; reopening it, every %.0f s at most", source, RECONNECT_MAX_S
+                )
+            if cap is not None:
+                cap.release()
+            _sleep_unless_stopped(pause, stop)
+            pause = min(RECONNECT_MAX_S, 2 * pause)
+            cap = _open_video(source)
+    finally:
+        if cap is not None:
+            cap.release()
+
+
+def _sleep_unless_stopped(seconds: float, stop) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (stop is not None and stop()):
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 # After this long without room for a frame, the camera says what it waits for, once.
@@ -168,7 +225,7 @@ def run_camera(
     pace = Pacer(fps)
     sent = 0
     try:
-        for name, image in iter_source(source, loop):
+        for name, image in iter_source(source, loop, stop):
             if stop is not None and stop():
                 break
             pace.wait()

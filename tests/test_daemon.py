@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edge.daemon import MANY_CAMERAS
-from edge.errors import FrameError
+from edge.errors import DataError, FrameError
 from edge.frames import list_images
 from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
@@ -331,6 +331,46 @@ def test_camera_streams_a_video_file(tiny_model, tmp_path):
         results = sub.collect(12)
     assert sorted(h["frame_id"] for h, _ in results) == list(range(12))
     assert all(h["status"] == "ok" and h["camera_id"] == "video" for h, _ in results)
+
+
+def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkeypatch, caplog):
+    """A stream camera that reboots: its first open gives 3 frames and then none, a reopen
+    fails, the next gives frames again. A video file ends at its end; a live source ended the
+    camera process there too, with exit code 0, which a supervisor does not restart. (A fake
+    capture stands in for the camera: CI has none.)"""
+    from edge import camera
+
+    frame = np.zeros((4, 4, 3), np.uint8)
+    plan, opened = [3, None, 2], []  # frames per open; None = it cannot be opened
+
+    class StreamCamera:
+        def __init__(self, target):
+            opened.append(target)
+            self.left = plan.pop(0) if plan else 0
+
+        def isOpened(self):  # noqa: N802 - OpenCV's name
+            return self.left is not None
+
+        def read(self):
+            if self.left:
+                self.left -= 1
+                return True, frame
+            return False, None
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(camera.cv2, "VideoCapture", StreamCamera)
+    monkeypatch.setattr(camera, "RECONNECT_FIRST_S", 0.01)
+    got: list[str] = []
+    with caplog.at_level(logging.INFO, "edge.camera"):
+        for name, _ in camera.iter_source("rtsp://cam0/stream", loop=False, stop=lambda: len(got) >= 5):
+            got.append(name)
+    assert got == [f"rtsp://cam0/stream#{i}" for i in range(5)] and opened == ["rtsp://cam0/stream"] * 3
+    assert caplog.text.count("gives no frame; reopening it") == 1 and "gives frames again" in caplog.text
+    plan[:] = [None]  # a source that cannot be opened at all is the user's to fix: said at once
+    with pytest.raises(DataError, match="cannot open video source 7"):
+        next(camera.iter_source("7", loop=False))
 
 
 def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
