@@ -93,9 +93,10 @@ def _live_frames(source: str, stop) -> Iterator[tuple[str, np.ndarray]]:
     cap = _open_video(source)
     if cap is None:
         raise DataError(f"cannot open video source {source}")
+    stopped = stop or (lambda: False)
     index, lost_at, pause = 0, None, RECONNECT_FIRST_S
     try:
-        while not (stop is not None and stop()):
+        while not stopped():
             ok, image = cap.read() if cap is not None else (False, None)
             if ok:
                 if lost_at is not None:
@@ -111,18 +112,15 @@ def _live_frames(source: str, stop) -> Iterator[tuple[str, np.ndarray]]:
                 )
             if cap is not None:
                 cap.release()
-            _sleep_unless_stopped(pause, stop)
+                cap = None
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline and not stopped():  # a stop is not held up by the wait
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
             pause = min(RECONNECT_MAX_S, 2 * pause)
-            cap = _open_video(source)
+            cap = None if stopped() else _open_video(source)
     finally:
         if cap is not None:
             cap.release()
-
-
-def _sleep_unless_stopped(seconds: float, stop) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (stop is not None and stop()):
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 # After this long without room for a frame, the camera says what it waits for, once.
