@@ -94,7 +94,7 @@ class Control:
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),
-            "stalled": bool(d.watchdog and d.watchdog.stalled),
+            "stalled": d.stalled,
             "paused": sorted(d.paused),
             "recording": d.recorder is not None,
         }

@@ -172,6 +172,11 @@ class Daemon:
             )
         notify(f"READY=1\nSTATUS={self._status_line()}")
 
+    @property
+    def stalled(self) -> bool:
+        """Whether the watchdog finds a loop of the pipeline that has not come round."""
+        return self.watchdog is not None and self.watchdog.stalled
+
     def _status_line(self) -> str:
         """What `systemctl status` shows of the running daemon."""
         pkg = self.serving.package if self.serving else None

@@ -73,7 +73,7 @@ class Publisher:
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),
-            "stalled": bool(d.watchdog and d.watchdog.stalled),
+            "stalled": d.stalled,
             "paused": sorted(d.paused),
         }
         sock.send_multipart(heartbeat_message(header))

@@ -123,8 +123,7 @@ class RecordWriter:
         """Queue a published result for the record; never blocks."""
         with self.lock:
             if len(self.buffer) >= self.max_buffer:
-                self.unrecorded += 1
-                self.metrics.unrecorded.inc()
+                self._count_unrecorded(1)
                 self._buffer_full_log.log(
                     "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
                 )
@@ -152,8 +151,7 @@ class RecordWriter:
         self._save_state()
         left = len(self.buffer)
         if left:
-            self.unrecorded += left
-            self.metrics.unrecorded.inc(left)
+            self._count_unrecorded(left)
             log.error("the record's writer stopped with %d results unrecorded", left)
         self.engine.dispose()
         log.info("record: %d results recorded, %d unrecorded", self.recorded, self.unrecorded)
@@ -190,9 +188,7 @@ class RecordWriter:
             pause = 0.0
             self.house.run()
             with self.lock:
-                for _ in batch:
-                    self.buffer.popleft()
-                self.metrics.record_pending.set(len(self.buffer))
+                self._take_off(len(batch))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
 
@@ -200,14 +196,22 @@ class RecordWriter:
         """A batch that failed for a reason of its own, not the database's, is counted unrecorded
         and left out: retried, it would fail again, and the writer would stop for the whole run."""
         with self.lock:
-            for _ in batch:
-                self.buffer.popleft()
-            self.unrecorded += len(batch)
-            self.metrics.unrecorded.inc(len(batch))
-            self.metrics.record_pending.set(len(self.buffer))
+            self._take_off(len(batch))
+            self._count_unrecorded(len(batch))
         message = "%d results could not be stored and are left out of the record (%s: %s)"
         if self._unstorable_log.log(message, len(batch), type(exc).__name__, exc):
             log.debug("the failure", exc_info=exc)
+
+    def _take_off(self, n: int) -> None:
+        """The first n buffered results leave the buffer (the caller holds self.lock)."""
+        for _ in range(n):
+            self.buffer.popleft()
+        self.metrics.record_pending.set(len(self.buffer))
+
+    def _count_unrecorded(self, n: int) -> None:
+        """n results that will have no row (under self.lock, or once the writer has stopped)."""
+        self.unrecorded += n
+        self.metrics.unrecorded.inc(n)
 
     def _store(self, batch: list[tuple[Result, int]]) -> None:
         if not self._migrated:  # the server did not answer at start; an OperationalError retries
