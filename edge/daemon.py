@@ -315,6 +315,8 @@ class Daemon:
         for lock in self._busy:  # wait for the batches in flight on the old backends
             with lock:
                 pass
+        if old is not None and new.drift is not old.drift:
+            self.metrics.forget_drift()  # the old model's alarms: its windows start again
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old

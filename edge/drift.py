@@ -52,9 +52,16 @@ class DriftMonitor:
         self.reference = np.asarray(reference, dtype=np.float64)
         self.window, self.metrics = window, metrics
         self.limit = critical_value(len(self.reference), window, alpha)
-        self.scores: RecentDict[str, collections.deque[float]] = RecentDict()
+        # A camera id dropped for newer ones takes its alarm and its gauges with it: a sender that
+        # names each part as a camera would otherwise grow the metrics endpoint for months.
+        self.scores: RecentDict[str, collections.deque[float]] = RecentDict(on_evict=self._forget)
         self.alarmed: set[str] = set()
         self.lock = threading.Lock()
+
+    def _forget(self, camera_id: str, _window: object) -> None:
+        self.alarmed.discard(camera_id)
+        if self.metrics is not None:
+            self.metrics.forget_drift(camera_id)
 
     def add(self, camera_id: str, score: float) -> float | None:
         """Add a scored frame; -> the KS statistic once the camera's window is full, else None."""

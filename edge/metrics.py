@@ -65,6 +65,17 @@ class DaemonMetrics:
             "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
         )
 
+    def forget_drift(self, camera_id: str | None = None) -> None:
+        """Drop one camera's drift gauges, or every camera's (None: a new model, new windows)."""
+        for gauge in (self.drift_ks, self.drift_alarm):
+            if camera_id is None:
+                gauge.clear()
+            else:
+                try:
+                    gauge.remove(camera_id)
+                except KeyError:  # no window of that camera ever filled
+                    pass
+
     def serve(self, port: int, host: str) -> None:
         try:
             start_http_server(port, addr=host, registry=self.registry)

@@ -7,6 +7,7 @@ all the time, stay."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -20,20 +21,24 @@ CAMERAS_KEPT = 1024
 
 class RecentDict(collections.OrderedDict[K, V]):
     """A dict of at most `capacity` keys: setting a key makes it the most recent, and setting a
-    new one past the capacity drops the key set longest ago."""
+    new one past the capacity drops the key set longest ago, and calls `on_evict(key, value)`
+    for it (to drop what else was kept for that key, e.g. its metrics)."""
 
-    def __init__(self, capacity: int = CAMERAS_KEPT):
+    def __init__(self, capacity: int = CAMERAS_KEPT, on_evict: Callable[[K, V], None] | None = None):
         if capacity < 1:
             raise ValueError("a RecentDict needs a capacity of at least 1")
         super().__init__()
         self.capacity = capacity
+        self.on_evict = on_evict
 
     def __setitem__(self, key: K, value: V) -> None:
         if key in self:
             self.move_to_end(key)
         super().__setitem__(key, value)
         if len(self) > self.capacity:
-            self.popitem(last=False)
+            old_key, old_value = self.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(old_key, old_value)
 
     def setdefault(self, key: K, default: V) -> V:  # type: ignore[override]
         value = self[key] if key in self else default

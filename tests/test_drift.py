@@ -104,3 +104,49 @@ def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny
             drift = read_metrics(response.read().decode())["drift"]
     assert drift["steady"]["alarm"] is False and drift["gained"]["alarm"] is True, drift
     assert "drift" in daemon.log_text().lower() and "gained" in daemon.log_text()
+
+
+def _gauge_cameras(metrics: DaemonMetrics) -> set[str]:
+    return {s.labels["camera"] for m in metrics.drift_ks.collect() for s in m.samples}
+
+
+def test_a_camera_dropped_for_newer_ones_takes_its_alarm_and_gauges_with_it():
+    """A sender that names every part as a camera must not grow the metrics endpoint for months:
+    the monitor keeps a bounded set of cameras, and their gauges go when they do."""
+    metrics = DaemonMetrics()
+    monitor = DriftMonitor(np.zeros(100), metrics, window=20)
+    monitor.scores.capacity = 2
+    for camera in ("a", "b"):
+        for _ in range(20):
+            monitor.add(camera, 5.0)  # far above every calibration score: an alarm
+    assert monitor.alarmed == {"a", "b"} and _gauge_cameras(metrics) == {"a", "b"}
+    monitor.add("c", 0.0)  # a third camera: "a", set longest ago, goes
+    assert monitor.alarmed == {"b"} and _gauge_cameras(metrics) == {"b"}
+    assert [s.labels["camera"] for m in metrics.drift_alarm.collect() for s in m.samples] == ["b"]
+    for _ in range(19):
+        monitor.add("c", 0.0)
+    assert _gauge_cameras(metrics) == {"b", "c"} and monitor.alarmed == {"b"}
+
+
+def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
+    """After a reload the windows start again; an alarm raised against the old model's scores
+    must not stay on the endpoint (and in the alerts) until the new window fills."""
+    from types import SimpleNamespace
+
+    from edge.daemon import Daemon
+    from edge.settings import EdgeConfig
+
+    daemon = Daemon(tmp_path, EdgeConfig())
+
+    def serving(drift):
+        return SimpleNamespace(scoring=SimpleNamespace(threshold=1.0), backends=[], drift=drift, close=lambda: None)
+
+    old = serving(DriftMonitor(np.zeros(100), daemon.metrics, window=20))
+    daemon.swap(old)
+    for _ in range(20):
+        old.drift.add("cam0", 5.0)
+    assert _gauge_cameras(daemon.metrics) == {"cam0"} and old.drift.alarmed == {"cam0"}
+    daemon.swap(serving(old.drift))  # a new threshold: the same model, the same windows
+    assert _gauge_cameras(daemon.metrics) == {"cam0"}
+    daemon.swap(serving(DriftMonitor(np.zeros(100), daemon.metrics, window=20)))
+    assert _gauge_cameras(daemon.metrics) == set()
