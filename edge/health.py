@@ -127,6 +127,7 @@ class HealthGate:
         self.stats, self.limits = stats, limits
         self._last: RecentDict[str, tuple[bytes, int]] = RecentDict()  # camera -> (its last frame's digest, repeats)
         self._shapes_told: RecentDict[tuple[str, tuple[int, int]], bool] = RecentDict()  # (camera, shape) logged
+        self.tell_shapes = True  # off where one summary names every unfit image (a calibration)
         self._lock = threading.Lock()
         self.reference = None  # packages exported before the moved check have none
         if stats.get("reference") is not None and limits.max_shift > 0:
@@ -143,7 +144,8 @@ class HealthGate:
             low, high = s["aspect_p1"] / (1 + lim.max_aspect_change), s["aspect_p99"] * (1 + lim.max_aspect_change)
             if not low <= figures["aspect"] <= high:
                 reasons.append("aspect")
-                self._tell_shape(camera_id, frame_hw)
+                if self.tell_shapes:
+                    self._tell_shape(camera_id, frame_hw)
         if figures["sharpness"] < lim.min_sharpness_ratio * s["sharpness_p1"]:
             reasons.append("blurred")
         if not s["mean_p1"] - lim.exposure_margin <= figures["mean"] <= s["mean_p99"] + lim.exposure_margin:

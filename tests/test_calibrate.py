@@ -327,3 +327,4 @@ def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_r
     health = load_package(model).meta["threshold"]["health"]
     assert health["unfit"] == 6 and health["reasons"]["aspect"] == 6 and len(health["examples"]) == 5
     assert "6 of 6 good images would be unfit on the line (aspect 6" in proc.stderr
+    assert "sends" not in proc.stderr  # one warning, not the line's per-camera one besides
