@@ -375,20 +375,22 @@ def test_the_page_says_when_the_daemon_stalls_and_when_it_runs_again(tiny_model,
     frame) turns the header's pill red within seconds, from the heartbeat alone, and back."""
     hang = np.full((48, 48, 3), 77, np.uint8)  # tests/faulty_backend.py's "hang" frame
     env = {"WATCHDOG_USEC": "1000000", "VQAD_HANG_S": "5"}  # a stall after 0.5 s without a turn
-    daemon = DaemonProcess(
-        tiny_model, "--backend", "tests.faulty_backend:FaultyBackend", "--set", "edge.heartbeat_s=0.2", env=env
-    ).start()
-    dashboard = DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log").start()
-    driver, cam = headless_chromium(), Camera(daemon.frames)
-    state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+    driver = headless_chromium()  # first: without one the test skips, and leaves no process behind
+    backend = ("--backend", "tests.faulty_backend:FaultyBackend", "--set", "edge.heartbeat_s=0.2")
     try:
-        driver.get(dashboard.url + "/")
-        assert wait_for(lambda: state() == "daemon ready", timeout=10), state()
-        cam.send(frame_message("s", 0, hang, "raw"))
-        assert wait_for(lambda: "daemon stalled" in state(), timeout=4), state()
-        assert wait_for(lambda: state() == "daemon ready", timeout=15), state()
+        with (
+            DaemonProcess(tiny_model, *backend, env=env) as daemon,
+            DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log") as dashboard,
+        ):
+            state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+            driver.get(dashboard.url + "/")
+            assert wait_for(lambda: state() == "daemon ready", timeout=10), state()
+            cam = Camera(daemon.frames)
+            try:
+                cam.send(frame_message("s", 0, hang, "raw"))
+                assert wait_for(lambda: "daemon stalled" in state(), timeout=4), state()
+                assert wait_for(lambda: state() == "daemon ready", timeout=15), state()
+            finally:
+                cam.close()
     finally:
-        cam.close()
         driver.quit()
-        dashboard.stop()
-        daemon.stop()
