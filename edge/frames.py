@@ -114,6 +114,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"unreadable image {path}: {exc.reason}") from exc
 
 
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """cv2.imwrite, which answers a full disk or a missing folder with False, raising OSError."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
+
+
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """Return an HxWxC uint8 image with C = `channels` (1: grey, 3: BGR). Alpha is dropped."""
     if image.ndim == 2:

@@ -67,6 +67,14 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
+def file_name(name: str) -> str:
+    """A camera id, a part id or a defect kind as one file or folder name: letters, digits, '-',
+    '_' and '.' kept, any other character '_'. Never empty, '.' or '..': a name from the wire or
+    from a person must not reach outside the folder it is written in."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return safe if safe.strip(".") else "_" * max(1, len(safe))
+
+
 def _read_ids(header: Any) -> tuple[str, int]:
     if not isinstance(header, dict):
         raise UnreadableMessageError("header is not a JSON object")

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import cv2
 import numpy as np
 import zmq
 
 from edge import transport
+from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, heartbeat_overdue, parse_heartbeat, parse_result, unfit_reasons
+from edge.protocol import HEARTBEAT_TOPIC, file_name, heartbeat_overdue, parse_heartbeat, parse_result, unfit_reasons
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,12 @@ class DaemonSilence:
 def save_overlay(
     folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None
 ) -> Path | None:
+    """The result's picture as FOLDER/<camera>_<frame>.png (None without a map); OSError when it
+    cannot be written. The camera id becomes a file name, so it cannot reach outside FOLDER."""
     if amap is None:
         return None
-    path = folder / f"{header['camera_id']}_{header['frame_id']:08d}.png"
-    cv2.imwrite(str(path), result_picture(header, amap, frame_jpeg))
+    path = folder / f"{file_name(header['camera_id'])}_{header['frame_id']:08d}.png"
+    write_image(path, result_picture(header, amap, frame_jpeg))
     return path
 
 
@@ -144,7 +146,7 @@ def run_watch(
     sock = transport.results_subscriber(
         zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
     )
-    malformed = RepeatedLog(log)
+    malformed, unsaved = RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
     folder = Path(save_dir) if save_dir else None
     if folder:
@@ -175,7 +177,10 @@ def run_watch(
                     sink.write(json.dumps(header) + "\n")
                     sink.flush()
                 if folder and header.get("decision") == "fail":
-                    save_overlay(folder, header, amap, parts[3] if len(parts) > 3 else None)
+                    try:
+                        save_overlay(folder, header, amap, parts[3] if len(parts) > 3 else None)
+                    except OSError as exc:  # a full disk must not stop the results being printed
+                        unsaved.log("overlay not saved: %s", exc)
                 if count and sum(summary.by_status.values()) >= count:
                     break
             elif timeout_s and time.monotonic() - last > timeout_s:

@@ -711,3 +711,51 @@ def test_watch_says_why_the_camera_health_gate_failed_a_frame():
     assert format_line(h).endswith(" unfit: blurred,exposure") and "FAIL score 0.4 " in format_line(h)
     h["health"] = {"ok": True, "reasons": []}
     assert "unfit" not in format_line(h)
+
+
+def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_path, caplog):
+    """A camera id is any printable text: its overlay stays in --save-dir. A folder gone (or a
+    full disk) costs the overlays, logged once, not the results."""
+    import shutil
+    import threading
+
+    import zmq
+
+    from edge.protocol import result_header, result_message
+    from edge.transport import free_loopback_port
+    from edge.watch import run_watch, save_overlay
+
+    def fail(camera: str, frame_id: int) -> dict:
+        info = {"shape": [16, 16], "scale": 0.01}
+        return result_header(camera, frame_id, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "0"},
+                             score=2.0, decision="fail", map_info=info)  # fmt: skip
+
+    folder = tmp_path / "deep" / "overlays"
+    folder.mkdir(parents=True)
+    saved = save_overlay(folder, fail("../../x", 1), np.ones((16, 16), np.float32), None)
+    assert saved.parent == folder and saved.is_file() and saved.name == ".._.._x_00000001.png"
+
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    got = {}
+    watcher = threading.Thread(
+        target=lambda: got.update(summary=run_watch(endpoint, save_dir=folder, quiet=True, count=3, timeout_s=10.0)),
+        daemon=True,
+    )
+    amap = bytes(range(256))
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.watch"):
+            watcher.start()
+            time.sleep(0.5)  # the subscription is made, and the folder with it
+            shutil.rmtree(folder)
+            deadline = time.monotonic() + 10.0
+            frame_id = 0
+            while watcher.is_alive() and time.monotonic() < deadline:
+                pub.send_multipart(result_message(fail("cam0", frame_id), amap))
+                frame_id += 1
+                watcher.join(0.1)
+    finally:
+        pub.close(linger=0)
+    assert not watcher.is_alive() and got["summary"].by_status["ok"] == 3
+    assert sum("overlay not saved: cannot write" in r.getMessage() for r in caplog.records) == 1

@@ -478,3 +478,28 @@ def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_mode
             sub.close(linger=0)
     assert _count(url) == n
     assert got < n  # the subscriber missed some: the record did not depend on it
+
+
+def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):
+    """Camera ids are any printable text and a defect's kind is what a person typed: as file and
+    folder names they must not climb out of the evidence folder or the export."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    evidence, out = tmp_path / "deep" / "ev", tmp_path / "deep" / "out"
+    writer = RecordWriter(url, evidence).start()
+    cameras = ["..", "../../x", "a/b"]
+    for i, camera in enumerate(cameras):
+        writer.put(_result(camera, i), time.time_ns())
+    wait_for(lambda: writer.recorded == len(cameras))
+    writer.close()
+    rows = Record(url).results(limit=10)
+    files = [Path(r["evidence"]).resolve() for r in rows]
+    assert len(files) == 3 and all(f.is_file() and f.is_relative_to(evidence.resolve()) for f in files), files
+    record = Record(url)
+    record.review("..", 0, "defect", kind="../../escaped")
+    record.review("../../x", 1, "defect", kind="good")  # the MVTec layout's good images' folder
+    record.review("a/b", 2, "false_reject")
+    counts = record.export_reviewed(out)
+    assert counts == {"test/.._.._escaped": 1, "test/defect": 1, "train/good": 1}, counts
+    exported = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert exported == ["test/.._.._escaped/___0.png", "test/defect/.._.._x_1.png", "train/good/a_b_2.png"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["ev", "out"]

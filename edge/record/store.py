@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.errors import ConfigError, DataError
+from edge.protocol import file_name
 from edge.record.schema import events, migrate, results, reviews
 
 log = logging.getLogger(__name__)
@@ -252,9 +253,11 @@ class Record:
                     left_out[why] = left_out.get(why, 0) + 1
                     continue
                 source = Path(row.evidence_frame)
-                folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / (r.kind or "defect")
+                folder = (
+                    out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
+                )
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / f"{camera}_{frame}{source.suffix}")
+                shutil.copyfile(source, folder / f"{file_name(camera)}_{frame}{source.suffix}")
                 key = str(folder.relative_to(out))
                 counts[key] = counts.get(key, 0) + 1
         if left_out:
@@ -264,6 +267,13 @@ class Record:
                 ", ".join(f"{n} {why}" for why, n in sorted(left_out.items())),
             )
         return counts
+
+
+def _defect_folder(kind: str | None) -> str:
+    """A confirmed defect's folder under test/: its kind as a file name ("defect" without one, and
+    for a kind named "good", which is the good images' folder in the MVTec layout)."""
+    folder = file_name(kind) if kind else "defect"
+    return "defect" if folder == "good" else folder
 
 
 def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | None) -> sa.Select:

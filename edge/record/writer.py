@@ -20,15 +20,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import sqlalchemy as sa
 
 from edge.errors import DataError
+from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.protocol import unfit_reasons
+from edge.protocol import file_name, unfit_reasons
 from edge.record.housekeeping import Housekeeping
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, shown_url
@@ -271,18 +271,18 @@ class RecordWriter:
         names, so a retried batch rewrites the same files."""
         h = result.header
         day = time.strftime("%Y%m%d", time.gmtime(h["ts_ns"] / 1e9))
-        folder = self.evidence_dir / _safe(h["camera_id"]) / day
+        folder = self.evidence_dir / file_name(h["camera_id"]) / day
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{h['frame_id']}"
         frame_path = stem.with_suffix(".png")
-        _write_image(frame_path, result.frame)
+        write_image(frame_path, result.frame)
         self.house.added(frame_path)
         overlay_path = None
         info = h.get("map")
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
-            _write_image(overlay_path, heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
+            write_image(overlay_path, heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
@@ -326,17 +326,7 @@ class RecordWriter:
             log.info("the previous run's %d results are all recorded", rows)
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
-    """cv2.imwrite, which answers a full disk with False, as an OSError."""
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write {path}")
-
-
 def default_evidence_dir(engine: sa.Engine) -> Path:
     """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     return Path(f"{database}.evidence") if database and database != ":memory:" else Path("evidence")
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "_"
