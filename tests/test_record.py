@@ -383,6 +383,10 @@ def test_bad_review_input_is_refused(tmp_path):
     record = Record(f"sqlite:///{tmp_path / 'line.db'}")
     with pytest.raises(Exception, match="verdict"):
         record.review("c", 1, "maybe")
+    # Refused before the database, which SQLite would not do (PostgreSQL would, as a server error).
+    for field, value in (("kind", "k" * 65), ("kind", ["scratch"]), ("by", "b" * 129), ("note", "n" * 2001)):
+        with pytest.raises(DataError, match=f"a review's {field} is text of at most"):
+            record.review("c", 1, "defect", **{field: value})
 
 
 def test_a_record_is_named_by_url_or_by_path_and_a_missing_one_is_not_created(tmp_path, monkeypatch):

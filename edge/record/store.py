@@ -24,6 +24,8 @@ from edge.record.schema import events, migrate, results, reviews
 log = logging.getLogger(__name__)
 
 VERDICTS = ("false_reject", "defect")
+# A review's note is a sentence or a few: this bounds what a page or a script can store in one.
+NOTE_MAX_CHARS = 2000
 DAY_NS = 86_400 * 10**9
 
 
@@ -218,6 +220,10 @@ class Record:
         """Record a person's verdict on a recorded result, as a row of its own."""
         if verdict not in VERDICTS:
             raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
+        limits = {"kind": reviews.c.kind.type.length, "by": reviews.c.reviewer.type.length, "note": NOTE_MAX_CHARS}
+        for name, value in (("kind", kind), ("by", by), ("note", note)):
+            if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
+                raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
         with self.engine.begin() as conn:
             exists = conn.execute(
                 sa.select(results.c.id).where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
