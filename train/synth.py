@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.frames import write_image
+
 log = logging.getLogger(__name__)
 
 DEFECT_KINDS = ("scratch", "hole", "stain", "foreign", "missing")
@@ -231,8 +233,7 @@ def _category(
 
 def _write(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.clip(image + 0.5, 0, 255).astype(np.uint8)):
-        raise OSError(f"could not write {path}")
+    write_image(path, np.clip(image + 0.5, 0, 255).astype(np.uint8))
 
 
 def synth_category(out: Path, name: str, seed: int, spec: SynthSpec) -> dict[str, int]:
