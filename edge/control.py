@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +102,8 @@ class Control:
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(args["value"]), str(args.get("reason") or "")
-        if not value > 0:
-            raise ValueError(f"a threshold must be > 0, got {value}")
+        if not 0 < value < math.inf:  # NaN or infinity would pass every frame
+            raise ValueError(f"a threshold must be a finite number > 0, got {value}")
         if not reason:
             raise ValueError("set-threshold needs a reason")
         d = self.daemon

@@ -61,6 +61,7 @@ class Daemon:
         self.ready_file = Path(ready_file) if ready_file else None
         self.metrics = DaemonMetrics()
         self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
+        self._nonfinite_log = RepeatedLog(log, logging.ERROR)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
@@ -454,17 +455,23 @@ class Daemon:
         maps, scores = serving.backends[index].infer(np.stack([p.model_input for p in batch]))
         if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
             raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
+        finite = np.isfinite(scores)
+        if not finite.any():  # a broken engine or context: the batch failed, and counts to a restart
+            raise BackendError(f"backend returned no finite score for {len(batch)} frames ({scores[0]})")
         infer_ms = (time.time_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
+        if not finite.all():
+            self._nonfinite_log.log("%d of %d frames got no finite score: error results", (~finite).sum(), len(batch))
+        scored = [r for r in results if r.header["status"] == "ok"]
         if serving.drift is not None:  # the scores go to the alarm of the model that made them
-            for result in results:
+            for result in scored:
                 serving.drift.add(result.header["camera_id"], result.header["score"])
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):
                     result.frame = p.received
-        for result in results:
+        for result in scored:
             self.metrics.latency.labels("queue").observe(result.header["latency_ms"]["queue"])
             self.metrics.latency.labels("infer").observe(infer_ms)
         return results

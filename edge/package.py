@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def load_package(root: str | Path) -> ModelPackage:
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{path} has a malformed field: {exc}") from exc
+    if not (0 < pkg.threshold < math.inf and 0 < pkg.map_scale < math.inf):
+        raise PackageError(f"{path}: threshold {pkg.threshold} and map_scale {pkg.map_scale} must be finite and > 0")
     if pkg.channels not in (1, 3) or min(pkg.image_size) < 8:
         raise PackageError(f"{path}: unsupported input {pkg.image_size} x {pkg.channels} channels")
     if FP32_FILE not in pkg.files:

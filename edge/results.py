@@ -8,6 +8,7 @@ of a frame that could not be scored. Neither publishes: the daemon decides what 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class BatchResults:
 PREVIEW_EVERY_S = 0.5
 
 PublishFrames = bool | Literal["preview"]
+
+# The error of a frame whose score the backend gave as NaN or infinity.
+NONFINITE_SCORE = "the model gave no finite score"
 
 
 class FrameSampler:
@@ -123,10 +127,16 @@ def dropped_result(p: Pending, s: Scoring) -> Result:
 def scored_results(
     batch: list[Pending], maps: np.ndarray, scores: np.ndarray, start_ns: int, infer_ms: float, s: Scoring
 ) -> list[Result]:
-    """One result per frame of `batch` from the backend's maps (N, 1, h, w) and scores (N,)."""
+    """One result per frame of `batch` from the backend's maps (N, 1, h, w) and scores (N,).
+    A frame whose score is not a finite number (NaN or infinity: an FP16 overflow, a broken
+    engine) gets an error result: NaN compares as a pass, and JSON cannot carry either."""
     results, now_s = [], time.monotonic()
     for p, amap, score in zip(batch, maps, scores, strict=True):
         score_f, amap2d = float(score), amap[0]
+        if not math.isfinite(score_f):
+            reason = f"{NONFINITE_SCORE} ({score_f}): the frame was not judged"
+            results.append(error_result(p.camera_id, p.frame_id, p.ts_ns, reason, p.recv_ns, s, p.part_id))
+            continue
         map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale} if s.publish_maps else None
         header = result_header(
             p.camera_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -125,7 +126,7 @@ class EdgeConfig:
             not self.curve.enabled or bool(self.curve.server_secret_key),
             "edge.curve.enabled needs curve.server_secret_key",
         )
-        require(self.threshold is None or self.threshold > 0, "edge.threshold must be > 0")
+        require(self.threshold is None or 0 < self.threshold < math.inf, "edge.threshold must be a finite number > 0")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
         require(
             len(self.input_size) in (1, 2) and min(self.input_size) >= 0,

@@ -77,8 +77,7 @@ def calibrate_threshold(
         raise DataError(
             f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images, got {scores.size}"
         )
-    if names is not None and len(names) != scores.size:
-        raise ValueError(f"{len(names)} image names for {scores.size} scores")
+    check_scores(scores, names, "good")
     at_quantile = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
     value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
     above = int((scores >= value).sum())
@@ -107,6 +106,18 @@ def calibrate_threshold(
         "scores": [round(float(s), 6) for s in scores],
         "source": source,
     }
+
+
+def check_scores(scores: np.ndarray, names: Sequence[str | os.PathLike] | None, kind: str) -> None:
+    """ValueError unless there is one name per score; DataError naming the images whose score is
+    not a finite number: a NaN threshold passes every frame, and a NaN defect is neither caught
+    nor missed."""
+    if names is not None and len(names) != scores.size:
+        raise ValueError(f"{len(names)} image names for {scores.size} scores")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        shown = ", ".join(str(names[i]) if names is not None else f"#{i}" for i in bad[:HIGHEST_NAMED])
+        raise DataError(f"{bad.size} {kind} images got no finite score from the model ({shown})")
 
 
 def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str | os.PathLike] | None) -> dict[str, Any]:
@@ -174,8 +185,7 @@ def defect_check(
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size < 1:
         raise ValueError("checking a threshold against defects needs at least 1 defect image")
-    if names is not None and len(names) != scores.size:
-        raise ValueError(f"{len(names)} image names for {scores.size} scores")
+    check_scores(scores, names, "defect")
     name = (lambda i: str(names[i])) if names is not None else (lambda i: f"#{i}")
     missed = scores < threshold
     n, k = int(scores.size), int(missed.sum())

@@ -2,7 +2,8 @@
 pixel equal to VQAD_POISON_VALUE, default 13), takes 0.5 s longer over any batch holding a
 "slow" frame (every pixel equal to VQAD_SLOW_VALUE, default 200), and hangs for VQAD_HANG_S
 (default 3) seconds over a "hang" frame (VQAD_HANG_VALUE, default 77), as a backend whose
-call does not return would.
+call does not return would, and gives a "nan" frame (VQAD_NAN_VALUE, default 31) a NaN map
+and score, as an FP16 overflow would.
 
 Loaded by the daemon through the registry's `module:Class` form:
     vqad serve MODEL --backend tests.faulty_backend:FaultyBackend
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 
 from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -36,6 +39,7 @@ class FaultyBackend(OnnxRuntimeBackend):
         self.slow = int(os.environ.get("VQAD_SLOW_VALUE", "200"))
         self.hang = int(os.environ.get("VQAD_HANG_VALUE", "77"))
         self.hang_s = float(os.environ.get("VQAD_HANG_S", "3"))
+        self.nan = int(os.environ.get("VQAD_NAN_VALUE", "31"))
 
     def infer(self, frames):
         uniform = frames.reshape(len(frames), -1)
@@ -45,4 +49,7 @@ class FaultyBackend(OnnxRuntimeBackend):
             time.sleep(0.5)
         if (uniform == self.hang).all(axis=1).any():
             time.sleep(self.hang_s)
-        return super().infer(frames)
+        maps, scores = super().infer(frames)
+        nan = (uniform == self.nan).all(axis=1)
+        maps[nan], scores[nan] = np.nan, np.nan
+        return maps, scores

@@ -20,6 +20,8 @@ from tests.conftest import run_vqad
         # 0 was taken for "not given": a 3,000-step training, or a 60-minute guard.
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--steps", "0"], "train.steps must be >= 1"),
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--max-minutes", "0"], "train.max_minutes must be > 0"),
+        # NaN or infinity would pass every frame.
+        (["serve", "{tmp}/model", "--set", "edge.threshold=inf"], "edge.threshold must be a finite number > 0"),
     ],
 )
 def test_a_bad_number_is_refused_in_one_line(args, message, tmp_path, synth_root):

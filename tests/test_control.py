@@ -109,9 +109,12 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
             sub.close()
             cam.close()
         bad = run_vqad("ctl", control, "set-threshold", "1.0", check=False)  # no reason: refused
+        endless = run_vqad("ctl", control, "set-threshold", "inf", "--reason", "x", check=False)  # passes all
+        kept = _ctl(control, "status")["threshold"]
     assert reply["previous"] == before["threshold"] and after["threshold"] == 123.5 and after["decision"] == "pass"
     assert paused["status"] == "error" and "paused" in paused["error"] and resumed["status"] == "ok"
     assert bad.returncode != 0 and "--reason" in bad.stderr
+    assert endless.returncode == 1 and "finite" in endless.stderr and kept == 123.5
     assert before_source["by"] == "vqad eval" and before_source["n_images"] >= 2
     assert {k: source[k] for k in ("by", "who", "reason")} == {
         "by": "vqad ctl set-threshold",

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from edge.daemon import MANY_CAMERAS
-from edge.errors import DataError, FrameError
+from edge.errors import DataError, FrameError, PackageError
 from edge.frames import list_images
 from edge.logrepeat import RepeatedLog
 from edge.overlay import LABELLED_MIN_WIDTH
+from edge.package import load_package
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
 from tests.browser import wait_for
@@ -284,6 +285,14 @@ def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
         with pytest.raises(AssertionError, match="exited 4"):
             daemon.start(timeout=30)
         assert needle in daemon.log_text() and "Traceback" not in daemon.log_text()
+    # Python's JSON reads NaN; a NaN threshold would pass every frame.
+    endless = tmp_path / "endless"
+    shutil.copytree(tiny_model, endless)
+    meta = json.loads((endless / "model.json").read_text())
+    meta["threshold"]["value"] = float("nan")
+    (endless / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(PackageError, match="threshold nan and map_scale .* must be finite and > 0"):
+        load_package(endless)
 
 
 def test_edge_imports_with_torch_blocked():

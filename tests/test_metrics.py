@@ -106,6 +106,22 @@ def test_a_good_image_that_alone_sets_the_threshold_is_named(caplog):
         calibrate_threshold(scores, target_frr=0.01, source={"by": "test"}, names=names[:3])
 
 
+def test_a_score_that_is_not_a_number_calibrates_nothing():
+    """A NaN threshold would pass every frame, and a NaN defect is neither caught nor missed:
+    the images without a finite score are named instead."""
+    import numpy as np
+
+    from edge.errors import DataError
+    from edge.threshold import calibrate_threshold, defect_check
+
+    scores = np.array([1.0, np.nan, 2.0, np.inf])
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    with pytest.raises(DataError, match=r"2 good images got no finite score from the model \(b.png, d.png\)"):
+        calibrate_threshold(scores, target_frr=0.01, source={"by": "test"}, names=names)
+    with pytest.raises(DataError, match=r"2 defect images .*\(#1, #3\)"):
+        defect_check(scores, 1.5, source={"by": "test"})
+
+
 def test_the_false_reject_bound_is_clopper_pearson():
     from edge.threshold import frr_upper_bound
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,6 +52,35 @@ def test_backend_failure_fails_only_that_batch(tiny_model):
         assert daemon.alive()
     assert [got[i]["status"] for i in range(4)] == ["error", "error", "ok", "ok"]
     assert "injected fault" in got[1]["error"] and got[0]["batch_size"] == 0
+
+
+def test_a_frame_without_a_finite_score_is_an_error_with_its_evidence(tiny_model, tmp_path):
+    """NaN compares as a pass and is no JSON: a frame the model gives no finite score gets an
+    error result, in strict JSON, and the record keeps the frame; its batch-mates are judged. A
+    batch with no finite score at all is a failed batch."""
+    nan_frame = np.full((48, 48, 3), 31, np.uint8)
+    db = tmp_path / "line.db"
+    args = ["--backend", "tests.faulty_backend:FaultyBackend", "--max-batch", "2", "--max-delay-ms", "300"]
+    with DaemonProcess(tiny_model, *args, "--record", f"sqlite:///{db}") as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        cam.send(frame_message("n", 0, FRAME))
+        cam.send(frame_message("n", 1, nan_frame))  # one batch: one scored, one not
+        got = {h["frame_id"]: h for h, _ in sub.collect(2)}
+        cam.send(frame_message("n", 2, nan_frame))  # a batch of its own: no finite score at all
+        got.update({h["frame_id"]: h for h, _ in sub.collect(1)})
+        cam.close()
+        assert daemon.alive()
+    assert [got[i]["status"] for i in range(3)] == ["ok", "error", "error"]
+    assert got[0]["decision"] in ("pass", "fail") and got[0]["batch_size"] == 2
+    assert got[1]["score"] is None and got[1]["decision"] is None and "no finite score" in got[1]["error"]
+    assert got[2]["error"].startswith("inference failed: backend returned no finite score")
+    for header in got.values():
+        json.dumps(header, allow_nan=False)  # what strict readers (browsers, jq) accept
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT frame_id, evidence_frame FROM results WHERE camera_id = 'n'").fetchall())
+    assert rows[1] and Path(rows[1]).is_file()  # the unjudged frame is kept for a look
+    assert (cv2.imread(rows[1]) == 31).all()
 
 
 def test_two_workers_publish_in_batch_order_when_a_later_batch_finishes_first(tiny_model):

@@ -114,8 +114,9 @@ class RecordWriter:
         return self
 
     def wants_evidence(self, header: dict[str, Any]) -> bool:
-        """Every failed frame; a sampled share (record_pass_fraction) of the passes."""
-        if header.get("decision") == "fail":
+        """Every failed frame, and every frame the model could not score; a sampled share
+        (record_pass_fraction) of the passes."""
+        if header.get("decision") == "fail" or header.get("status") == "error":
             return True
         return header.get("decision") == "pass" and self._random.random() < self.pass_fraction
 
