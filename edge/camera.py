@@ -17,6 +17,7 @@ import zmq
 from edge import transport
 from edge.errors import DataError
 from edge.frames import IMAGE_SUFFIXES, find_images, read_image
+from edge.logrepeat import RepeatedLog
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,8 @@ def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.nd
     or stream URL (reopened when it stops giving frames, until `stop()`)."""
     path = Path(source)
     if path.is_dir():
-        files = find_images(path)
-        if not files:
-            raise DataError(f"no images in {path}")
-        # A looped small folder is decoded once: the sender should cost the line nothing.
-        cache: dict[Path, np.ndarray] | None = {} if loop and len(files) <= 256 else None
-        while True:
-            for f in files:
-                if cache is None:
-                    yield str(f), read_image(f)
-                else:
-                    if f not in cache:
-                        cache[f] = read_image(f)
-                    yield str(f), cache[f]
-            if not loop:
-                return
+        yield from _folder_frames(path, loop)
+        return
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(path)
         while True:
@@ -69,6 +57,43 @@ def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.nd
             cap.release()
         if not loop or index == 0:
             return
+
+
+def _folder_frames(path: Path, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """A folder's images in order. One that cannot be read (a file still being copied, a broken
+    one) is skipped with a warning, so that it does not end the replay of the thousands after
+    it; a folder with none readable is a DataError."""
+    files = find_images(path)
+    if not files:
+        raise DataError(f"no images in {path}")
+    # A looped small folder is decoded once: the sender should cost the line nothing.
+    cache: dict[Path, np.ndarray | None] | None = {} if loop and len(files) <= 256 else None
+    skipped_log = RepeatedLog(log)
+    while True:
+        skipped = 0
+        for f in files:
+            image = cache[f] if cache is not None and f in cache else _readable(f, skipped_log)
+            if cache is not None:
+                cache[f] = image
+            if image is None:
+                skipped += 1
+            else:
+                yield str(f), image
+        if skipped == len(files):
+            raise DataError(f"no readable images in {path} (of {len(files)})")
+        if skipped and cache is None:
+            log.warning("%d of %d images in %s could not be read and were not sent", skipped, len(files), path)
+        if not loop:
+            return
+
+
+def _readable(file: Path, skipped_log: RepeatedLog) -> np.ndarray | None:
+    """read_image, or None after a warning when the file cannot be read."""
+    try:
+        return read_image(file)
+    except DataError as exc:
+        skipped_log.log("%s; skipped", exc)
+        return None
 
 
 # A live source (a device, a stream URL) that stops giving frames is reopened after this long,

@@ -382,6 +382,27 @@ def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkey
         next(camera.iter_source("7", loop=False))
 
 
+def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
+    """A file still being copied, or a broken one, is skipped with a warning, in a single pass
+    and in a loop; a folder with nothing readable is refused."""
+    from edge import camera
+
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), 9, np.uint8))
+    (tmp_path / "b.png").write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING, "edge.camera"):
+        once = [Path(name).name for name, _ in camera.iter_source(str(tmp_path), loop=False)]
+        looped = camera.iter_source(str(tmp_path), loop=True)
+        twice = [Path(next(looped)[0]).name for _ in range(4)]
+    assert once == ["a.png", "c.png"] and twice == ["a.png", "c.png", "a.png", "c.png"]
+    assert "unreadable image" in caplog.text and "b.png" in caplog.text
+    assert "1 of 3 images in" in caplog.text
+    for name in ("a.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataError, match="no readable images"):
+        list(camera.iter_source(str(tmp_path), loop=True))
+
+
 def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
     with DaemonProcess(tiny_model, "--threshold", "1e-9", "--set", "edge.publish_frames=true") as daemon:
         watch = subprocess.Popen(
