@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,59 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     assert sorted(p.name for p in calibration) == sorted(f"calibration_{Path(h['image']).stem}.png" for h in highest)
 
 
+class _Sections(HTMLParser):
+    """A page's pictures by the heading (h2) they stand under: {heading: [img src, ...]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: dict[str, list[str]] = {"": []}
+        self._heading: str | None = None
+        self._current = ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "h2":
+            self._heading = ""
+        elif tag == "img":
+            self.sections[self._current].append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading += data
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._current, self._heading = self._heading, None
+            self.sections[self._current] = []
+
+
+def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run):
+    """report.html: the good test images rejected, highest first, and the defects that pass,
+    lowest first, as scores.csv decided them; every picture it shows is in the folder."""
+    report = tiny_run / "eval"
+    page = (report / "report.html").read_text()
+    parser = _Sections()
+    parser.feed(page)
+    with open(report / "scores.csv") as f:
+        rows = [{**r, "score": float(r["score"])} for r in csv.DictReader(f)]
+
+    def panels(label, decision, highest_first):
+        chosen = sorted((r for r in rows if r["label"] == label and r["decision"] == decision),
+                        key=lambda r: r["score"], reverse=highest_first)  # fmt: skip
+        return [f"images/{r['kind']}_{Path(r['path']).stem}.png" for r in chosen]
+
+    rejected, missed = panels("0", "fail", True), panels("1", "pass", False)
+    assert parser.sections[f"Good test images rejected ({len(rejected)})"] == rejected
+    assert parser.sections[f"Defects that pass ({len(missed)})"] == missed
+    threshold = json.loads((report / "metrics.json").read_text())["threshold"]
+    assert f"{threshold:.6g}" in page
+    highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
+    assert parser.sections["The good images that set the threshold"] == [
+        f"images/calibration_{Path(h['image']).stem}.png" for h in highest
+    ]
+    shown = [src for srcs in parser.sections.values() for src in srcs]
+    assert len(shown) >= len(rows) + len(highest) and all((report / src).is_file() for src in shown)
+
+
 def _strict_json(path):
     """json.loads that refuses NaN and Infinity, as browsers and jq do."""
 
@@ -67,6 +121,7 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
     metrics = _strict_json(tmp_path / "eval" / "metrics.json")
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
     assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
+    assert "good test images rejected" in (tmp_path / "eval" / "report.html").read_text()
     if kinds in [("good",), ()]:
         assert metrics["image_auroc"] is None and metrics["f1_max"] is None and metrics["miss_rate"] is None
     if not kinds:

@@ -2,6 +2,7 @@
 test set honestly (the test set tunes nothing) and draw the report pictures.
 
 REPORT_DIR/
+    report.html          all of it on one page, the figures at the threshold first
     metrics.json         image_auroc, pixel_auroc, aupro, f1_max, threshold, n_images, ...
     histogram.png, roc.png, codebook.png, curves.png
     images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
@@ -28,6 +29,7 @@ from train import plots
 from train.data import TestSample, has_test_set, load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
+from train.report_page import write_report_page
 from train.run import THRESHOLD_FILE, Run, load_run
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if pictures:
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
+    title = f"{run.root.name} on {Path(category).name}"
+    page = write_report_page(out, metrics, test, scores, title, pictures)
     log.info(
         "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
         figure(metrics["image_auroc"]),
@@ -127,6 +131,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         percent(metrics["false_reject_rate"]),
         percent(metrics["miss_rate"]),
     )
+    log.info("eval: the report on one page: %s", page)
     return metrics
 
 

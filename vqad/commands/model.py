@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"(95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
     )
     print(f"at the threshold: {'; '.join(rates)}")
-    print(f"report: {Path(args.out) / 'metrics.json'}")
+    print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
     return 0
 
 

@@ -1,0 +1,180 @@
+"""`report.html`: the evaluation on one page, in the order a quality engineer reads it.
+
+The figures at the threshold first (the line lives there), then the good images that set the
+threshold, the good test images it rejects, the defects it lets pass, the score histogram, and
+every other picture of REPORT_DIR. Plain HTML beside the pictures it links (relative paths):
+the folder can be copied, zipped or opened from a share, with nothing fetched from outside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.data import TestSample
+from train.metrics import figure, percent
+
+PAGE = "report.html"
+# The most pictures a gallery shows before the rest is folded away: a browser opens a page of
+# 40 panels at once, and a long list of misses is read from its worst.
+GALLERY_SHOWN = 40
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d2430; background: #fff; max-width: 1400px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 6px; }
+.sub { color: #5a6270; margin: 0 0 16px; } .warn { background: #fff4d6; padding: 8px 12px; border-radius: 6px; }
+table { border-collapse: collapse; margin: 6px 0; } td, th { padding: 3px 12px 3px 0; text-align: left; }
+th { color: #5a6270; font-weight: 500; } td.n { font-variant-numeric: tabular-nums; }
+figure { display: inline-block; width: min(100%, 560px); margin: 0 12px 12px 0; vertical-align: top; }
+figure img { width: 100%; border: 1px solid #d9dde3; } figcaption { color: #5a6270; font-size: 12px; }
+.plots figure { width: auto; } .plots img { width: auto; max-height: 320px; } .none { color: #5a6270; }
+"""
+
+
+def write_report_page(
+    out: Path,
+    metrics: dict[str, Any],
+    test: Sequence[TestSample],
+    scores: np.ndarray,
+    title: str,
+    pictures: bool,
+) -> Path:
+    """Write out/report.html from `metrics` (metrics.json's dict) and the test images' scores;
+    with `pictures`, it shows the panels that `vqad eval` drew under out/images/."""
+    threshold = metrics["threshold_calibration"]
+    value = float(metrics["threshold"])
+    labels = np.array([s.label for s in test], dtype=int)
+    decisions = np.asarray(scores) >= value
+    rejected = [i for i in np.argsort(-np.asarray(scores), kind="stable") if labels[i] == 0 and decisions[i]]
+    missed = [i for i in np.argsort(np.asarray(scores), kind="stable") if labels[i] == 1 and not decisions[i]]
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="sub">{_e(_measured_on(metrics))}</p>',
+        "<h2>At the threshold</h2>",
+        _table(_at_threshold_rows(metrics, labels, decisions)),
+        _lone_warning(threshold),
+        "<h2>Ranking</h2>",
+        _table(_ranking_rows(metrics, labels)),
+    ]
+    if pictures:
+        calibration = [
+            (f"images/calibration_{Path(str(e['image'])).stem}.png", f"{Path(str(e['image'])).name}: {e['score']:.4g}")
+            for e in threshold.get("highest_images") or []
+        ]
+        body += [
+            "<h2>The good images that set the threshold</h2>",
+            "<p>The highest-scoring good calibration images. A defect among them raises the threshold over every "
+            "defect that scores less: leave it out and calibrate again.</p>",
+            _gallery(out, calibration),
+            f"<h2>Good test images rejected ({len(rejected)})</h2>",
+            _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
+            f"<h2>Defects that pass ({len(missed)})</h2>",
+            "<p>Lowest score first. A map hot on the defect but under the threshold is a threshold question; "
+            "a map cold there, a defect the model does not see.</p>",
+            _gallery(out, [_panel_entry(test[i], scores[i]) for i in missed]),
+            "<h2>Scores, ROC, training, codebook</h2>",
+            '<div class="plots">'
+            + _gallery(out, [(n, "") for n in ("histogram.png", "roc.png", "curves.png", "codebook.png")])
+            + "</div>",
+            "<h2>Every test image</h2>",
+            "<details><summary>by kind, highest score first</summary>",
+            _gallery(out, [_panel_entry(test[i], scores[i]) for i in _by_kind(test, scores)], fold=False),
+            "</details>",
+        ]
+    page = out / PAGE
+    page.write_text(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n",
+        encoding="utf-8",
+    )
+    return page
+
+
+def _measured_on(metrics: dict[str, Any]) -> str:
+    size = "x".join(str(v) for v in reversed(metrics["image_size"]))
+    sha = str(metrics.get("checkpoint_sha256") or "")[:12]
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images at {size} px; "
+        f"run {metrics['run']}, step {metrics['step']}, checkpoint {sha or 'unknown'}; written {when}"
+    )
+
+
+def _at_threshold_rows(metrics: dict[str, Any], labels: np.ndarray, decisions: np.ndarray) -> list[tuple[str, str]]:
+    t = metrics["threshold_calibration"]
+    source = t.get("source") or {}
+    good, defects = labels == 0, labels == 1
+    return [
+        ("threshold", f"{metrics['threshold']:.6g}"),
+        (
+            "calibrated on",
+            f"{t.get('n_val')} good images: {source.get('folder') or source.get('images') or '?'}; by "
+            f"{source.get('by', '?')}, {t.get('calibrated', '?')}, at their {t.get('quantile', 0):.3g} quantile",
+        ),
+        ("false rejects the calibration allows", f"at most {percent(t.get('frr_upper_bound_95'))} (95% confidence)"),
+        ("good test images rejected", f"{int(decisions[good].sum())} of {int(good.sum())}: "
+                                      f"{percent(metrics['false_reject_rate'])}"),
+        ("defects that pass", f"{int((~decisions[defects]).sum())} of {int(defects.sum())}: "
+                              f"{percent(metrics['miss_rate'])}"),
+        ("defects that pass at 1% / 5% false rejects",
+         f"{percent(metrics['miss_rate_at_1pct_frr'])} / {percent(metrics['miss_rate_at_5pct_frr'])}"),
+        ("the threshold over the highest calibration score", percent(metrics.get("threshold_margin_over_val_max"))),
+    ]  # fmt: skip
+
+
+def _ranking_rows(metrics: dict[str, Any], labels: np.ndarray) -> list[tuple[str, str]]:
+    rows = [
+        ("image AUROC", figure(metrics["image_auroc"])),
+        ("pixel AUROC", figure(metrics["pixel_auroc"])),
+        ("AUPRO (to 30% FPR)", figure(metrics["aupro"])),
+    ]
+    rows += [(f"image AUROC, {kind} against good", figure(v)) for kind, v in metrics["per_kind_image_auroc"].items()]
+    return rows
+
+
+def _lone_warning(threshold: dict[str, Any]) -> str:
+    lone = threshold.get("lone_image")
+    if not lone:
+        return ""
+    return (
+        f'<p class="warn">One good image alone sets the threshold: {_e(Path(str(lone["image"])).name)} scores '
+        f"{lone['score']:.4g}, {lone['ratio']:.1f} times the next ({lone['next_score']:.4g}). {_e(lone['note'])}.</p>"
+    )
+
+
+def _panel_entry(sample: TestSample, score: float) -> tuple[str, str]:
+    return f"images/{sample.kind}_{sample.path.stem}.png", f"{sample.kind}/{sample.path.name}: {float(score):.4g}"
+
+
+def _by_kind(test: Sequence[TestSample], scores: np.ndarray) -> list[int]:
+    return sorted(range(len(test)), key=lambda i: (test[i].kind != "good", test[i].kind, -float(scores[i])))
+
+
+def _gallery(out: Path, entries: list[tuple[str, str]], fold: bool = True) -> str:
+    """Figures for the pictures of `entries` (path under out, caption) that exist; past
+    GALLERY_SHOWN, the rest folded away."""
+    figures = [
+        f'<figure><a href="{_e(path)}"><img src="{_e(path)}" loading="lazy" alt="{_e(caption)}"></a>'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+        for path, caption in entries
+        if (out / path).is_file()
+    ]
+    if not figures:
+        return '<p class="none">none</p>'
+    if not fold or len(figures) <= GALLERY_SHOWN:
+        return "".join(figures)
+    shown, rest = "".join(figures[:GALLERY_SHOWN]), "".join(figures[GALLERY_SHOWN:])
+    return f"{shown}<details><summary>{len(figures) - GALLERY_SHOWN} more</summary>{rest}</details>"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f'<tr><th>{_e(k)}</th><td class="n">{_e(v)}</td></tr>' for k, v in rows) + "</table>"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
