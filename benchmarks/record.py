@@ -1,5 +1,6 @@
-"""The line's record: the rows per second its writer sustains into SQLite and PostgreSQL, and
-what recording costs the daemon's throughput (256 x 256 frames, evidence for 10% of them).
+"""The line's record: the rows per second its writer sustains into SQLite and PostgreSQL, what
+the dashboard's daily tally costs over a week of results, and what recording costs the daemon's
+throughput (256 x 256 frames, evidence for 10% of them).
 
     python -m benchmarks.record MODEL [--quick]
 """
@@ -61,6 +62,56 @@ def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
     return {"off_fps": stats(rates["off"]), "on_fps": stats(rates["on"]), "ratio": ratio, "cost": 1.0 - ratio}
 
 
+def daily_tally_cost(n: int, days: int = 7) -> dict[str, Any]:
+    """What the dashboard's daily tally costs over a SQLite record of `n` results spread evenly
+    over the last `days` UTC days (today's share up to now), 1% of them fails, 100 reviewed:
+    Record.daily counted afresh (what each page's minute cost before edge.dashboard.daily), and
+    the page's ask once closed days are held (today's results and the reviews)."""
+    import sqlalchemy as sa
+
+    from edge.dashboard import daily
+    from edge.record import Record
+    from edge.record.schema import migrate, results, reviews
+    from edge.record.store import DAY_NS
+
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='vqad-db-')}/daily.db"
+    engine = sa.create_engine(url)
+    migrate(engine)
+    now = time.time_ns()
+    since = (now // DAY_NS - days + 1) * DAY_NS
+    step, rng = (now - since) // n, np.random.default_rng(0)
+    fails = rng.random(n) < 0.01
+    base = {"camera_id": "cam0", "status": "ok", "score": 1.0, "threshold": 2.0, "model_name": "bench",
+            "model_sha256": "0" * 64, "regions": [], "batch_size": 8, "evidence_removed": False}  # fmt: skip
+    with engine.begin() as conn:
+        for start in range(0, n, 100_000):
+            rows = [{**base, "frame_id": i, "ts_ns": since + i * step, "decision": "fail" if fails[i] else "pass"}
+                    for i in range(start, min(n, start + 100_000))]  # fmt: skip
+            conn.execute(sa.insert(results), rows)
+        reviewed = [{"camera_id": "cam0", "frame_id": int(i), "verdict": "defect", "created_ns": now}
+                    for i in np.flatnonzero(fails)[:100]]  # fmt: skip
+        conn.execute(sa.insert(reviews), reviewed)
+    engine.dispose()
+    record = Record(url)
+    t0 = time.perf_counter()
+    expected = record.daily(since_ns=since)
+    afresh = time.perf_counter() - t0
+    tally = daily.DailyTally()
+    tally.rows(record, None, since)  # the first ask counts the closed days
+    fresh, daily.FRESH_S = daily.FRESH_S, 0.0
+    try:
+        t0 = time.perf_counter()
+        held = tally.rows(record, None, since)
+        minute = time.perf_counter() - t0
+    finally:
+        daily.FRESH_S = fresh
+        record.close()
+    if held != expected:
+        raise RuntimeError("the held daily tally differs from Record.daily")
+    today = int((np.arange(n) * step + since >= now // DAY_NS * DAY_NS).sum())
+    return {"rows": n, "rows_today": today, "daily_s": round(afresh, 3), "page_ask_s": round(minute, 3)}
+
+
 def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
     from benchmarks.postgres import throwaway_postgres
 
@@ -73,6 +124,7 @@ def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
     except (FileNotFoundError, OSError) as exc:
         out["postgresql_rows_per_s"] = None
         out["postgresql_note"] = str(exc)
+    out["daily"] = daily_tally_cost(200_000 if quick else 2_000_000)
     out["daemon"] = daemon_cost(model_dir, repeats=1 if quick else 3, count=150 if quick else 400)
     return out
 

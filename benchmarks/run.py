@@ -169,11 +169,22 @@ def record_markdown(rec: dict[str, Any] | None) -> list[str]:
         "",
         f"- writer: {rec['sqlite_rows_per_s']:.0f} rows/s into SQLite, "
         + (f"{pg:.0f} rows/s into PostgreSQL" if pg else f"PostgreSQL not measured ({rec.get('postgresql_note')})"),
+        *_daily_line(rec.get("daily")),
         f"- daemon at 256 x 256 with the record (evidence for 10% of passes and every fail): "
         f"{rec['daemon']['ratio']:.3f} of its throughput without (cost {100 * rec['daemon']['cost']:.1f}%)",
         "",
     ]
     return lines
+
+
+def _daily_line(daily: dict[str, Any] | None) -> list[str]:
+    if not daily:
+        return []
+    return [
+        f"- the dashboard's daily tally over {daily['rows']:,} results in 7 days ({daily['rows_today']:,} today): "
+        f"{daily['daily_s']:.2f} s counted afresh (Record.daily), {daily['page_ask_s']:.2f} s for a page's "
+        "minute ask with the closed days held"
+    ]
 
 
 def ablation_markdown(sa: dict[str, Any] | None) -> list[str]:

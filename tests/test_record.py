@@ -275,6 +275,50 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         assert stored_version(conn) == SCHEMA_VERSION == 4
 
 
+def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(tmp_path, record_url, monkeypatch):
+    """The page asks every minute, from every page: closed days' decisions are counted once (and
+    again after CLOSED_DAYS_REFRESH_S), today's and the reviews' each time its answer is older
+    than FRESH_S or a review came from the page; the rows are Record.daily's."""
+    from edge.dashboard import daily
+    from edge.record.store import DAY_NS
+
+    today = time.time_ns() // DAY_NS * DAY_NS
+    since = today - DAY_NS
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    writer.put(_result("a", 0, "fail", ts_ns=since + 5), today)
+    writer.put(_result("a", 1, "fail", ts_ns=today + 5), today)
+    writer.close()
+    record = Record(record_url)
+    expected = record.daily(since_ns=since)
+    asked, count_decisions = [], record.daily_decisions
+
+    def counted(camera=None, since_ns=None, until_ns=None):
+        asked.append((since_ns, until_ns))
+        return count_decisions(camera, since_ns, until_ns)
+
+    record.daily_decisions = counted
+    tally = daily.DailyTally()
+    first = tally.rows(record, None, since)
+    assert first == expected and [r["unreviewed"] for r in first] == [1, 1]
+    assert asked == [(since, today - 1), (today, None)]
+    assert tally.rows(record, None, since) is first and len(asked) == 2  # within FRESH_S: the same answer
+    record.review("a", 0, "defect")
+    tally.forget_answers()  # as the page's review does
+    reviewed = tally.rows(record, None, since)
+    assert (reviewed[0]["defect"], reviewed[0]["unreviewed"]) == (1, 0) and asked[2:] == [(today, None)]
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    writer.put(_result("a", 2, "pass", ts_ns=today + 6), today)
+    writer.put(_result("a", 3, "pass", ts_ns=since + 6), today)  # late, into a closed day
+    writer.close()
+    monkeypatch.setattr(daily, "FRESH_S", 0.0)
+    later = tally.rows(record, None, since)
+    assert [r["results"] for r in later] == [1, 2] and asked[3:] == [(today, None)]  # the closed day as counted
+    monkeypatch.setattr(daily, "CLOSED_DAYS_REFRESH_S", 0.0)
+    assert tally.rows(record, None, since) == record.daily(since_ns=since)
+    assert [r["results"] for r in tally.rows(record, None, since)] == [2, 2]
+    assert tally.rows(record, "b", today) == [] and asked[-1] == (today, None)  # today alone: no closed days
+
+
 def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):
     day1 = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
     model = {"name": "m", "sha256": "ab" * 32}

@@ -6,7 +6,8 @@
     GET  /api/events                        server-sent events: the summary, coalesced
     GET  /api/image/{camera}/{frame}/{kind} a result's picture: overlay (map, regions) or frame
     GET  /api/daily?camera=ID&days=N        per day, camera and model: what the line decided and
-                                            what the reviews found (the record's Record.daily)
+                                            what the reviews found (the record's Record.daily,
+                                            held for the pages: edge.dashboard.daily)
     POST /api/review                        a verdict on a recorded reject (the record's API)
 
 With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie a browser
@@ -37,6 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge.dashboard.daily import DailyTally
 from edge.dashboard.live import CAMERAS_SHOWN, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
@@ -112,6 +114,7 @@ class Dashboard:
         self.view, self.probe, self.record = view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
+        self.daily = DailyTally()
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -198,7 +201,7 @@ class Dashboard:
         camera = request.query_params.get("camera") or None
         since = (time.time_ns() // DAY_NS - days + 1) * DAY_NS
         try:
-            rows = self._from_record(lambda record: record.daily(camera=camera, since_ns=since))
+            rows = self._from_record(lambda record: self.daily.rows(record, camera, since))
             changes = self._from_record(lambda record: record.events(since_ns=since))
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
@@ -262,6 +265,7 @@ class Dashboard:
                 note=body.get("note") or None,
             )  # fmt: skip
             row = await run_in_threadpool(self._from_record, review)  # the database, off the event loop
+            self.daily.forget_answers()  # the page's tally counts the review at its next read
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return JSONResponse({"error": f"a review needs camera_id, frame_id and verdict: {exc}"}, 400)
         except DataError as exc:

@@ -165,48 +165,64 @@ class Record:
         drops, the fail rate, and what people found in the fails they reviewed (the latest review
         of a frame decides): false rejects, confirmed defects, fails not reviewed; and the fails
         the camera health gate made (unfit frames). Oldest first."""
-        r = results.c
-        day = (r.ts_ns // DAY_NS).label("day")
+        window = (camera, since_ns, until_ns)
+        return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
+
+    def daily_decisions(
+        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+    ) -> dict[DayKey, dict[str, int]]:
+        """daily's counts of what the line decided, by (UTC day number, camera, model): one pass
+        over the results in the period, without the reviews."""
+        r, key = results.c, _day_key()
+        fail = r.decision == "fail"
+        q = sa.select(
+            *key,
+            sa.func.count().label("results"),
+            _count(r.decision == "pass").label("pass"),
+            _count(fail).label("fail"),
+            _count(r.status == "error").label("error"),
+            _count(r.status == "dropped").label("dropped"),
+            _count(fail, r.unfit.is_not(None)).label("unfit"),
+        )
+        return self._by_day(q, key, camera, since_ns, until_ns)
+
+    def daily_verdicts(
+        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+    ) -> dict[DayKey, dict[str, int]]:
+        """daily's reviewed fails, by (UTC day number, camera, model): the latest review of each
+        reviewed frame, joined to its failed results. It reads the reviews (a person's few a
+        day) and their results by the camera-and-frame index, not every result."""
+        r, key = results.c, _day_key()
         latest = sa.select(sa.func.max(reviews.c.id).label("id")).group_by(reviews.c.camera_id, reviews.c.frame_id)
         latest = latest.subquery()
         verdict = sa.select(reviews.c.camera_id, reviews.c.frame_id, reviews.c.verdict)
         verdict = verdict.join(latest, reviews.c.id == latest.c.id).subquery()
-        fail = r.decision == "fail"
-        reviewed = sa.and_(verdict.c.camera_id == r.camera_id, verdict.c.frame_id == r.frame_id)
-
-        def count(*conditions: Any) -> Any:
-            return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
-
         q = (
             sa.select(
-                day,
-                r.camera_id,
-                r.model_sha256,
-                sa.func.count().label("results"),
-                count(r.decision == "pass").label("pass"),
-                count(fail).label("fail"),
-                count(r.status == "error").label("error"),
-                count(r.status == "dropped").label("dropped"),
-                count(fail, verdict.c.verdict == "false_reject").label("false_reject"),
-                count(fail, verdict.c.verdict == "defect").label("defect"),
-                count(fail, verdict.c.verdict.is_(None)).label("unreviewed"),
-                count(fail, r.unfit.is_not(None)).label("unfit"),
+                *key,
+                _count(verdict.c.verdict == "false_reject").label("false_reject"),
+                _count(verdict.c.verdict == "defect").label("defect"),
             )
-            .select_from(results.outerjoin(verdict, reviewed))
-            .group_by(day, r.camera_id, r.model_sha256)
-            .order_by(day, r.camera_id, r.model_sha256)
+            .select_from(
+                verdict.join(results, sa.and_(r.camera_id == verdict.c.camera_id, r.frame_id == verdict.c.frame_id))
+            )  # fmt: skip
+            .where(r.decision == "fail")
         )
+        return self._by_day(q, key, camera, since_ns, until_ns)
+
+    def _by_day(
+        self, q: sa.Select, key: tuple[Any, ...], camera: str | None, since_ns: int | None, until_ns: int | None
+    ) -> dict[DayKey, dict[str, int]]:
+        """Run a daily query, whose first columns are `key` (the very objects: PostgreSQL groups by
+        the same expression only with the same bound parameter), grouped by it."""
+        q = q.group_by(*key)
         if camera is not None:
-            q = q.where(r.camera_id == camera)
+            q = q.where(results.c.camera_id == camera)
         with self.engine.connect() as conn:
-            rows = [dict(row._mapping) for row in conn.execute(_within(q, r.ts_ns, since_ns, until_ns))]
-        for row in rows:
-            row["day"] = dt.datetime.fromtimestamp(int(row["day"]) * DAY_NS / 1e9, dt.timezone.utc).date().isoformat()
-            for key in ("pass", "fail", "error", "dropped", "false_reject", "defect", "unreviewed", "unfit"):
-                row[key] = int(row[key] or 0)
-            decided = row["pass"] + row["fail"]
-            row["fail_rate"] = round(row["fail"] / decided, 6) if decided else None
-        return rows
+            rows = conn.execute(_within(q, results.c.ts_ns, since_ns, until_ns))
+            return {(int(row[0]), row[1], row[2]): {k: int(v or 0) for k, v in row._mapping.items()
+                                                    if k not in ("day", "camera_id", "model_sha256")}
+                    for row in rows}  # fmt: skip
 
     def review(
         self,
@@ -280,6 +296,42 @@ def _defect_folder(kind: str | None) -> str:
     for a kind named "good", which is the good images' folder in the MVTec layout)."""
     folder = file_name(kind) if kind else "defect"
     return "defect" if folder == "good" else folder
+
+
+# (UTC day number, camera_id, model_sha256): what Record.daily counts by.
+DayKey = tuple[int, str, str | None]
+
+
+def _day_key() -> tuple[Any, Any, Any]:
+    r = results.c
+    return (r.ts_ns // DAY_NS).label("day"), r.camera_id, r.model_sha256
+
+
+def _count(*conditions: Any) -> Any:
+    """SQL: how many rows of the group meet every condition."""
+    return sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0))
+
+
+def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dict[str, int]]) -> list[dict[str, Any]]:
+    """Record.daily's rows, oldest first, from its two tallies (Record.daily_decisions and
+    Record.daily_verdicts over the same period)."""
+    rows = []
+    for day, camera, model in sorted(decided, key=lambda k: (k[0], k[1], k[2] is not None, k[2] or "")):
+        counts = decided[(day, camera, model)]
+        found = verdicts.get((day, camera, model), {})
+        reviewed = {v: found.get(v, 0) for v in VERDICTS}
+        decided_n = counts["pass"] + counts["fail"]
+        rows.append({
+            "day": dt.datetime.fromtimestamp(day * DAY_NS / 1e9, dt.timezone.utc).date().isoformat(),
+            "camera_id": camera,
+            "model_sha256": model,
+            **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},
+            **reviewed,
+            "unreviewed": counts["fail"] - sum(reviewed.values()),
+            "unfit": counts["unfit"],
+            "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
+        })  # fmt: skip
+    return rows
 
 
 def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | None) -> sa.Select:
