@@ -252,6 +252,27 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
 
 
+def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, record_url, monkeypatch):
+    """A pass removes at most EXPIRE_CHUNKS x EXPIRE_ROWS rows; with old rows left, the next
+    pass follows after EXPIRE_BACKLOG_S, not EXPIRE_EVERY_S, so a fast line does not fall behind."""
+    from edge.record import housekeeping
+
+    day_ns = 86400 * 10**9
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    for i in range(6):
+        writer.put(_result("c", i), time.time_ns() - 3 * day_ns)
+    writer.close()
+    monkeypatch.setattr(housekeeping, "EXPIRE_ROWS", 2)
+    monkeypatch.setattr(housekeeping, "EXPIRE_CHUNKS", 1)
+    monkeypatch.setattr(housekeeping, "EXPIRE_BACKLOG_S", 0.0)
+    writer = RecordWriter(record_url, tmp_path / "ev", keep_days=1).start()
+    for i in range(6, 10):  # a transaction each: housekeeping runs after each
+        writer.put(_result("c", i), time.time_ns())
+        wait_for(lambda n=i - 5: writer.recorded == n, 10)
+    writer.close()
+    assert writer.expired == 6 and sorted(r["frame_id"] for r in Record(record_url).results()) == [6, 7, 8, 9]
+
+
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
     """A version 2 record (before part_id and unfit) is brought to the current version on first use."""
     engine = sa.create_engine(record_url)
