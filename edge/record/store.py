@@ -138,8 +138,11 @@ class Record:
             keys = {(r["camera_id"], r["frame_id"]) for r in rows}
             found: dict[tuple[str, int], list[dict[str, Any]]] = {}
             if keys:
-                cams = {k[0] for k in keys}
-                rq = sa.select(reviews).where(reviews.c.camera_id.in_(cams)).order_by(reviews.c.id)
+                # These frames' reviews only (by the camera-and-frame index): a camera's months
+                # of reviews would otherwise be read for every page of rejects.
+                cams, frames = {k[0] for k in keys}, {k[1] for k in keys}
+                rq = sa.select(reviews).where(reviews.c.camera_id.in_(cams), reviews.c.frame_id.in_(frames))
+                rq = rq.order_by(reviews.c.id)
                 for r in conn.execute(rq):
                     review = dict(r._mapping)
                     found.setdefault((review["camera_id"], review["frame_id"]), []).append(review)
