@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.backends import Backend, create_backend
 from edge.drift import DriftMonitor
-from edge.errors import PackageError
+from edge.errors import BackendError, PackageError
 from edge.frames import as_size
 from edge.health import HealthGate, HealthLimits
 from edge.metrics import DaemonMetrics
@@ -73,7 +73,12 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         for backend in backends:
             for _ in range(cfg.warmup_runs):
                 for n in sorted({1, cfg.max_batch}):
-                    backend.infer(dummy[:n])
+                    _, scores = backend.infer(dummy[:n])
+                    if not np.isfinite(scores).all():  # every frame would be an error result
+                        raise BackendError(
+                            f"{cfg.backend} gives a blank frame no finite score ({scores[0]}): "
+                            f"the model or its engine is broken ({pkg.root})"
+                        )
     except BaseException:
         for backend in backends:
             backend.close()

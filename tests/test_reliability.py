@@ -81,6 +81,11 @@ def test_a_frame_without_a_finite_score_is_an_error_with_its_evidence(tiny_model
         rows = dict(conn.execute("SELECT frame_id, evidence_frame FROM results WHERE camera_id = 'n'").fetchall())
     assert rows[1] and Path(rows[1]).is_file()  # the unjudged frame is kept for a look
     assert (cv2.imread(rows[1]) == 31).all()
+    # A backend that gives even a blank frame no score is broken: the start says so (exit 5).
+    broken = DaemonProcess(tiny_model, *args, env={"VQAD_NAN_VALUE": "0"})
+    with pytest.raises(AssertionError, match="exited 5"):
+        broken.start(timeout=60)
+    assert "gives a blank frame no finite score" in broken.log_text()
 
 
 def test_two_workers_publish_in_batch_order_when_a_later_batch_finishes_first(tiny_model):
