@@ -1,5 +1,5 @@
 """The line's record: the rows per second its writer sustains into SQLite and PostgreSQL, what
-the dashboard's daily tally costs over a week of results, and what recording costs the daemon's
+the dashboard's queries cost over a week of results, and what recording costs the daemon's
 throughput (256 x 256 frames, evidence for 10% of them).
 
     python -m benchmarks.record MODEL [--quick]
@@ -62,11 +62,12 @@ def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
     return {"off_fps": stats(rates["off"]), "on_fps": stats(rates["on"]), "ratio": ratio, "cost": 1.0 - ratio}
 
 
-def daily_tally_cost(n: int, days: int = 7) -> dict[str, Any]:
-    """What the dashboard's daily tally costs over a SQLite record of `n` results spread evenly
-    over the last `days` UTC days (today's share up to now), 1% of them fails, 100 reviewed:
-    Record.daily counted afresh (what each page's minute cost before edge.dashboard.daily), and
-    the page's ask once closed days are held (today's results and the reviews)."""
+def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
+    """What the dashboard's queries cost over a SQLite record of `n` results of one camera,
+    spread evenly over the last `days` UTC days (today's share up to now), 1% of them fails, 100
+    reviewed: the daily tally counted afresh (Record.daily; each page's minute before
+    edge.dashboard.daily), the page's daily ask once closed days are held (today's results and
+    the reviews), and a camera's gallery of its 24 newest rejects (asked up to twice a second)."""
     import sqlalchemy as sa
 
     from edge.dashboard import daily
@@ -108,8 +109,15 @@ def daily_tally_cost(n: int, days: int = 7) -> dict[str, Any]:
         record.close()
     if held != expected:
         raise RuntimeError("the held daily tally differs from Record.daily")
+    record = Record(url)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        record.results(camera="cam0", decision="fail", limit=24)
+    gallery = (time.perf_counter() - t0) / 10
+    record.close()
     today = int((np.arange(n) * step + since >= now // DAY_NS * DAY_NS).sum())
-    return {"rows": n, "rows_today": today, "daily_s": round(afresh, 3), "page_ask_s": round(minute, 3)}
+    return {"rows": n, "rows_today": today, "daily_s": round(afresh, 3), "page_ask_s": round(minute, 3),
+            "gallery_s": round(gallery, 4)}  # fmt: skip
 
 
 def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
@@ -124,7 +132,7 @@ def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
     except (FileNotFoundError, OSError) as exc:
         out["postgresql_rows_per_s"] = None
         out["postgresql_note"] = str(exc)
-    out["daily"] = daily_tally_cost(200_000 if quick else 2_000_000)
+    out["queries"] = record_queries_cost(200_000 if quick else 2_000_000)
     out["daemon"] = daemon_cost(model_dir, repeats=1 if quick else 3, count=150 if quick else 400)
     return out
 

@@ -169,7 +169,7 @@ def record_markdown(rec: dict[str, Any] | None) -> list[str]:
         "",
         f"- writer: {rec['sqlite_rows_per_s']:.0f} rows/s into SQLite, "
         + (f"{pg:.0f} rows/s into PostgreSQL" if pg else f"PostgreSQL not measured ({rec.get('postgresql_note')})"),
-        *_daily_line(rec.get("daily")),
+        *_queries_lines(rec.get("queries")),
         f"- daemon at 256 x 256 with the record (evidence for 10% of passes and every fail): "
         f"{rec['daemon']['ratio']:.3f} of its throughput without (cost {100 * rec['daemon']['cost']:.1f}%)",
         "",
@@ -177,13 +177,13 @@ def record_markdown(rec: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _daily_line(daily: dict[str, Any] | None) -> list[str]:
-    if not daily:
+def _queries_lines(q: dict[str, Any] | None) -> list[str]:
+    if not q:
         return []
     return [
-        f"- the dashboard's daily tally over {daily['rows']:,} results in 7 days ({daily['rows_today']:,} today): "
-        f"{daily['daily_s']:.2f} s counted afresh (Record.daily), {daily['page_ask_s']:.2f} s for a page's "
-        "minute ask with the closed days held"
+        f"- the dashboard's queries over {q['rows']:,} results of 7 days ({q['rows_today']:,} today): the daily "
+        f"tally {q['daily_s']:.2f} s counted afresh (Record.daily), {q['page_ask_s']:.2f} s for a page's minute "
+        f"ask with the closed days held; a camera's 24 newest rejects {1000 * q['gallery_s']:.1f} ms"
     ]
 
 

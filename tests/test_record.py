@@ -274,11 +274,13 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id and unfit) is brought to the current version on first use."""
+    """A version 2 record (before part_id and unfit) is brought to the current version on first
+    use, and gets the indexes it lacks."""
     engine = sa.create_engine(record_url)
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(sa.text("DROP INDEX ix_results_part"))
+        conn.execute(sa.text("DROP INDEX ix_results_camera_ts"))  # a record from before the index
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
         conn.execute(sa.insert(meta).values(key="schema_version", value="2"))
@@ -294,6 +296,8 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert got == {("old", None, None), ("new", "SN-1", None), ("new", None, "blurred")}
     with record.engine.connect() as conn:
         assert stored_version(conn) == SCHEMA_VERSION == 4
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
+    assert {"ix_results_part", "ix_results_camera_ts"} <= indexes  # an index is no schema version
 
 
 def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(tmp_path, record_url, monkeypatch):

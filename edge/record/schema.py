@@ -7,16 +7,19 @@ Version 3 adds `results.part_id`: the part's own identity, when its frame carrie
 Version 4 adds `results.unfit`: why the camera health gate failed a frame (its reasons, e.g.
 "blurred,exposure"), so that an audit tells a camera's fault from a part's.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
-a time, and refuses a newer one.
+a time, and refuses a newer one; it creates any index the record lacks.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
 
 from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 
@@ -49,6 +52,9 @@ results = sa.Table(
     sa.Column("unfit", sa.String(128)),  # the camera health gate's reasons when it failed the frame
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
+    # A camera's newest results (the dashboard's gallery of a camera's rejects, `vqad records
+    # --camera`) without sorting all of them: 0.45 s a gallery at 2 million rows before.
+    sa.Index("ix_results_camera_ts", "camera_id", "ts_ns"),
     sa.Index("ix_results_part", "part_id"),
 )
 
@@ -117,4 +123,15 @@ def migrate(engine: sa.Engine) -> int:
             STEPS[version](conn)
             version += 1
             conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
+        _add_indexes(conn)
         return version
+
+
+def _add_indexes(conn: sa.Connection) -> None:
+    """Create the indexes a record lacks. They change no row and an older vqad reads the record
+    as before, so they are not a schema version; on a large record the first open takes a while."""
+    have = {i["name"] for table in ("results", "reviews") for i in sa.inspect(conn).get_indexes(table)}
+    for index in (*results.indexes, *reviews.indexes):
+        if index.name not in have:
+            log.info("the record gets index %s (once; a large record takes a while)", index.name)
+            index.create(conn)
