@@ -280,7 +280,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(sa.text("DROP INDEX ix_results_part"))
-        conn.execute(sa.text("DROP INDEX ix_results_camera_ts"))  # a record from before the index
+        conn.execute(sa.text("DROP INDEX ix_results_camera_decision_ts"))  # a record from before the index
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
         conn.execute(sa.insert(meta).values(key="schema_version", value="2"))
@@ -297,7 +297,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     with record.engine.connect() as conn:
         assert stored_version(conn) == SCHEMA_VERSION == 4
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
-    assert {"ix_results_part", "ix_results_camera_ts"} <= indexes  # an index is no schema version
+    assert {"ix_results_part", "ix_results_camera_decision_ts"} <= indexes  # an index is no schema version
 
 
 def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(tmp_path, record_url, monkeypatch):
