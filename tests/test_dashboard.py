@@ -271,19 +271,35 @@ def test_the_api_serves_programs_too(line):
     daemon, cam = line["daemon"], Camera(line["daemon"].frames)
     try:
         cam.send(frame_message("api", 1, cv2.imread(str(line["images"][0])), "raw"))
+        cam.send(frame_message("api", 2, cv2.imread(str(line["images"][1])), "raw", part_id="SN-7"))
         status, summary = wait_for(lambda: (s := _json(base + "/api/summary")) and "api" in s[1]["cameras"] and s, 10)
     finally:
         cam.close()
     camera = summary["cameras"]["api"]
     for key in ("frames", "pass", "fail", "error", "dropped", "last_ts_ns", "fail_rate_5min"):
         assert key in camera, key
-    assert status == 200 and camera["frames"] == 1 and summary["daemon"]["up"] is True
+    assert status == 200 and camera["frames"] >= 1 and summary["daemon"]["up"] is True
     assert summary["daemon"]["ready"] is True and daemon.alive()
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True
     assert _json(base + "/api/rejects?limit=many")[0] == 400
-    daily = wait_for(lambda: (d := _json(base + "/api/daily?camera=api&days=1")[1]) and d["days"] and d, 10)
-    assert daily and [(d["camera_id"], d["results"]) for d in daily["days"]] == [("api", 1)], daily
+    # Both frames in the record first: the tally is held for the pages for 20 s once read.
+    wait_for(lambda: len(_json(base + "/api/results?camera=api")[1]["results"]) == 2, 10)
+    status, daily = _json(base + "/api/daily?camera=api&days=1")
+    assert status == 200 and [(d["camera_id"], d["results"]) for d in daily["days"]] == [("api", 2)], daily
+    # What became of a part, as an MES asks: the record's row, with links to what evidence it kept.
+    status, part = _json(base + "/api/results?part_id=SN-7")
+    assert status == 200 and [(r["camera_id"], r["frame_id"], r["part_id"]) for r in part["results"]] == [
+        ("api", 2, "SN-7")
+    ]
+    found = part["results"][0]
+    assert found["status"] == "ok" and found["decision"] in ("pass", "fail") and not part["limit_reached"]
+    for link in filter(None, found["images"].values()):
+        assert _status(base + link) == 200
+    status, both = _json(base + "/api/results?camera=api&limit=1")
+    assert status == 200 and [r["frame_id"] for r in both["results"]] == [2] and both["limit_reached"]
+    for bad in ("limit=0", "limit=x", "frame_id=x", "since=yesterday", "decision=maybe"):
+        assert _json(base + "/api/results?" + bad)[0] == 400, bad
     assert _json(base + "/api/daily?days=0")[0] == 400 and _json(base + "/api/daily?days=x")[0] == 400
     form = {"content-type": "application/x-www-form-urlencoded"}
     assert _json(base + "/api/review", form, b"camera_id=api&frame_id=1&verdict=defect")[0] == 415

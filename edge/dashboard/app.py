@@ -5,6 +5,9 @@
     GET  /api/rejects?camera=ID&limit=N     the latest fails, newest first, with image links
     GET  /api/events                        server-sent events: the summary, coalesced
     GET  /api/image/{camera}/{frame}/{kind} a result's picture: overlay (map, regions) or frame
+    GET  /api/results?part_id=SN&camera=ID&frame_id=N&decision=D&since=T&until=T&limit=N
+                                            the record's results, newest first (an MES asking
+                                            what became of a part)
     GET  /api/daily?camera=ID&days=N        per day, camera and model: what the line decided and
                                             what the reviews found (the record's Record.daily,
                                             held for the pages: edge.dashboard.daily)
@@ -47,7 +50,7 @@ from edge.errors import DataError
 from edge.protocol import heartbeat_overdue
 from edge.recent import RecentDict
 from edge.record import Record
-from edge.record.store import DAY_NS
+from edge.record.store import DAY_NS, parse_time
 
 T = TypeVar("T")
 
@@ -57,6 +60,8 @@ COOKIE = "vqad_token"
 # results/s a browser redraws twice a second instead of 200 times.
 UPDATE_EVERY_S = 0.5
 MAX_REJECTS = 200
+# /api/results answers at most this many rows: a page of an audit, not an export (vqad records).
+MAX_RESULTS = 1000
 # /api/daily reaches back at most a year: a tally over more scans more rows than a page should wait for.
 MAX_DAILY_DAYS = 366
 SECURITY_HEADERS = {
@@ -187,6 +192,31 @@ class Dashboard:
         items = sorted(found.values(), key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
+    def api_results(self, request: Request) -> Response:
+        """The record's results matching every filter given, newest first, with their reviews and
+        links to their evidence: what the line decided of a part, a frame, a period."""
+        if self.record is None:
+            return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", "100"))
+            frame_id = int(params["frame_id"]) if params.get("frame_id") else None
+            since, until = parse_time(params.get("since") or None), parse_time(params.get("until") or None)
+        except (ValueError, DataError) as exc:
+            return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601: {exc}"}, 400)
+        decision = params.get("decision") or None
+        if not 1 <= limit <= MAX_RESULTS or decision not in (None, "pass", "fail"):
+            return JSONResponse({"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail"}, 400)
+        query = functools.partial(
+            Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
+            frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None,
+        )  # fmt: skip
+        try:
+            rows = self._from_record(query)
+        except RecordUnavailableError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        return JSONResponse({"results": [_result_item(row) for row in rows], "limit_reached": len(rows) == limit})
+
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the last `days` UTC days (today included), and the
         changes made to the daemon in them."""
@@ -316,6 +346,19 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     return item
 
 
+def _result_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A recorded result as /api/results gives it: the reject's fields, what else the record
+    kept, and links to the evidence it still has (none for a pass without a sampled frame)."""
+    item = _reject_item(row, recorded=True)
+    item.update({k: row.get(k) for k in ("status", "error", "unfit", "latency_ms", "published_ns")})
+    kept = not row["evidence_removed"]
+    item["images"] = {
+        "overlay": item["images"]["overlay"] if kept and row.get("evidence_overlay") else None,
+        "frame": item["images"]["frame"] if kept and row.get("evidence_frame") else None,
+    }
+    return item
+
+
 def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
@@ -323,6 +366,7 @@ def create_app(
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),
+        Route("/api/results", d.api_results),
         Route("/api/daily", d.api_daily),
         Route("/api/events", d.api_events),
         Route("/api/image/{camera}/{frame}/{kind}", d.api_image),
