@@ -38,6 +38,7 @@ class Housekeeping:
         self.max_bytes = int(max_gb * 1e9)
         self.evidence_bytes = _folder_bytes(evidence_dir) if self.max_bytes else 0
         self.evidence_removed = 0
+        self._quota_up_to = 0  # rows up to this id hold no evidence the quota may still remove
         self.keep_ns = int(keep_days * 86400e9)
         self.expired = 0
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
@@ -59,16 +60,20 @@ class Housekeeping:
             log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
 
     def _enforce_quota(self) -> None:
-        """Remove the oldest evidence until it fits in the quota again; mark and count each."""
-        removed = 0
+        """Remove the oldest evidence until it fits in the quota again; mark and count each. The
+        search starts after the last row marked: from the first row, it would read every row
+        whose evidence is gone or was never kept, at each pass (0.17 s at 2 million rows, and
+        a pass follows nearly every transaction once the quota is reached)."""
+        removed, up_to = 0, self._quota_up_to
         with self.engine.begin() as conn:
             while self.evidence_bytes > self.max_bytes:
                 oldest = conn.execute(
                     sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
-                    .where(results.c.evidence_frame.is_not(None), results.c.evidence_removed.is_(False))
+                    .where(results.c.id > up_to, results.c.evidence_frame.is_not(None),
+                           results.c.evidence_removed.is_(False))
                     .order_by(results.c.id)
                     .limit(64)
-                ).all()
+                ).all()  # fmt: skip
                 if not oldest:
                     break
                 marked = []
@@ -78,7 +83,8 @@ class Housekeeping:
                     if self.evidence_bytes <= self.max_bytes:
                         break
                 conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
-                removed += len(marked)
+                removed, up_to = removed + len(marked), marked[-1]
+        self._quota_up_to = up_to  # once committed
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
         log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
