@@ -54,14 +54,20 @@ def load_public_key(path: str | Path) -> bytes:
     return public
 
 
+def authorized_keys(keys_dir: str | Path) -> set[bytes]:
+    """The public keys of the clients allowed in: every key file in `keys_dir`."""
+    folder = Path(keys_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
+    return set(zmq.auth.load_certificates(str(folder)).keys())
+
+
 class _AllowList:
     """zmq.auth credentials provider: the authorised public keys, logging each refusal."""
 
     def __init__(self, keys_dir: str, metrics) -> None:
         folder = Path(keys_dir)
-        if not folder.is_dir():
-            raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
-        self.allowed = set(zmq.auth.load_certificates(str(folder)).keys())
+        self.allowed = authorized_keys(folder)
         self.metrics, self.refusals = metrics, RepeatedLog(log)
         log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), folder)
 

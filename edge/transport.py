@@ -48,7 +48,7 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
     refused closes the socket and is one clear error instead of a traceback. EdgeConfig has
     checked the endpoint's form (check_endpoint)."""
     try:
-        if _ipc_in_use(endpoint):
+        if ipc_in_use(endpoint):
             raise zmq.ZMQError(errno.EADDRINUSE, "the path is in use by another process")
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -56,7 +56,7 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
         raise ConfigError(f"the daemon cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
 
 
-def _ipc_in_use(endpoint: str) -> bool:
+def ipc_in_use(endpoint: str) -> bool:
     """Whether a process listens on the ipc:// path: ZeroMQ would take the path over from it
     without a word (and that process would go deaf), where a TCP port is refused."""
     path = endpoint.removeprefix("ipc://")

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,6 +294,32 @@ def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
     (endless / "model.json").write_text(json.dumps(meta))
     with pytest.raises(PackageError, match="threshold nan and map_scale .* must be finite and > 0"):
         load_package(endless)
+
+
+def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_path):
+    """`vqad serve --check`: the package, a warmed-up backend, the folders and the record, with
+    no socket bound and no file created; a running daemon's endpoints are named as taken, and a
+    folder the daemon could not write fails the check with the start's exit code."""
+    from tests.conftest import run_vqad
+
+    db = tmp_path / "line.db"
+    with DaemonProcess(tiny_model) as daemon:
+        ok = run_vqad("serve", tiny_model, "--check", "--record", db, "--frames", daemon.frames,
+                      "--results", daemon.results, "--set", f"edge.state_dir={tmp_path / 'state'}")  # fmt: skip
+        assert daemon.alive()
+    assert "its graph's sha256 verified" in ok.stdout and "a batch of" in ok.stdout
+    assert f"in use now (by the daemon this one would replace?): frames {daemon.frames}" in ok.stdout
+    assert ok.stdout.strip().endswith("would start with this config")
+    assert not db.exists() and not (tmp_path / "state").exists()  # nothing made
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    refused = run_vqad("serve", tiny_model, "--check", "--set", f"edge.state_dir={blocker / 'state'}", check=False)
+    assert refused.returncode == 3 and "the state folder" in refused.stderr and "Traceback" not in refused.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.onnx").write_bytes(b"not the graph model.json names")
+    corrupt = run_vqad("serve", broken, "--check", check=False)
+    assert corrupt.returncode == 4 and "check passed" not in corrupt.stdout
 
 
 def test_edge_imports_with_torch_blocked():

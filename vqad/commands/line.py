@@ -39,6 +39,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             over[key] = value
     cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
+    if args.check:
+        from edge.preflight import check_start
+
+        for line in check_start(args.model, cfg):
+            print(line)
+        print(f"check passed: vqad serve {args.model} would start with this config")
+        return 0
     return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
 
 
@@ -294,6 +301,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
+    s.add_argument("--check", action="store_true",
+                   help="verify what a start needs (model, backend, keys, folders, record); bind nothing")  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
 

@@ -1,0 +1,146 @@
+"""`vqad serve --check`: what the daemon's start needs, verified before a restart puts the line
+in its hands. The config, the model package and its graph's hash, a backend per inference
+worker (built, warmed up and timed), the CURVE keys, the folders it writes, the record. A
+failure is the start's own error, with the start's exit code.
+
+The check binds no socket: the daemon it is to replace holds them. It says which endpoints are
+taken now instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError, DataError
+from edge.metrics import DaemonMetrics
+from edge.serving import load_serving
+from edge.settings import EdgeConfig
+from edge.transport import ipc_in_use
+
+
+def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
+    """Everything a start of `vqad serve model_dir` with `cfg` needs but its sockets; -> the
+    lines that say what was found. Raises what the start would (PackageError, BackendError,
+    ConfigError, DataError)."""
+    lines = _serving_lines(model_dir, cfg)
+    if cfg.curve.enabled:
+        lines.append(_curve_line(cfg))
+    lines.append(_writable_line("state folder", Path(cfg.state_dir) if cfg.state_dir else model_dir))
+    if cfg.record:
+        lines += _record_lines(cfg)
+    lines += _endpoint_lines(cfg)
+    return lines
+
+
+def _serving_lines(model_dir: Path, cfg: EdgeConfig) -> list[str]:
+    t0 = time.perf_counter()
+    serving = load_serving(model_dir, cfg, DaemonMetrics())  # verifies the hash, builds and warms up
+    try:
+        built_s = time.perf_counter() - t0
+        pkg, scoring = serving.package, serving.scoring
+        frames = np.zeros((cfg.max_batch, *pkg.input_shape), np.uint8)
+        t0 = time.perf_counter()
+        serving.backends[0].infer(frames)
+        batch_ms = (time.perf_counter() - t0) * 1e3
+        source = scoring.threshold_source or {}
+        return [
+            f"model {pkg.name} ({pkg.sha256[:12]}…) from {pkg.root}: input {pkg.image_size[0]}x{pkg.image_size[1]} "
+            f"(HxW) x {pkg.channels}, its graph's sha256 verified",
+            f"threshold {scoring.threshold:.6g}, set by {source.get('by') or 'unknown'}",
+            f"backend {cfg.backend} x {len(serving.backends)}: built and warmed up in {built_s:.1f} s; "
+            f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms",
+            "camera health gate " + ("on" if serving.health else "off")
+            + ", drift alarm " + ("on" if serving.drift else "off"),
+        ]  # fmt: skip
+    finally:
+        serving.close()
+
+
+def _curve_line(cfg: EdgeConfig) -> str:
+    from edge.security import authorized_keys, load_keypair
+
+    load_keypair(cfg.curve.server_secret_key)
+    if not cfg.curve.authorized_keys_dir:
+        raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
+    allowed = authorized_keys(cfg.curve.authorized_keys_dir)
+    return f"CURVE: the server key reads, {len(allowed)} authorised client key(s)"
+
+
+def _writable_line(what: str, folder: Path) -> str:
+    """DataError unless `folder`, or the nearest folder above it that exists, can be written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:  # a file written and gone: permissions alone do not tell a read-only mount, or root's reach
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise DataError(f"the {what} {folder} cannot be written ({existing}: {exc.strerror or exc})") from exc
+    return f"{what} {folder}: writable" + ("" if existing == folder else " (to be created)")
+
+
+def _record_lines(cfg: EdgeConfig) -> list[str]:
+    """The record as the start opens it (its schema brought up to date, its missing indexes
+    built); a database server that does not answer is a note, as it does not stop the start."""
+    import sqlalchemy as sa
+
+    from edge.record.store import is_sqlite, open_record, record_url, shown_url
+    from edge.record.writer import default_evidence_dir
+
+    database = sa.make_url(record_url(cfg.record)).database if is_sqlite(cfg.record) else None
+    if database and not Path(database).exists():  # the start creates it; the check does not
+        evidence = (
+            Path(cfg.evidence_dir)
+            if cfg.evidence_dir
+            else default_evidence_dir(sa.create_engine(f"sqlite:///{database}"))
+        )
+        return [
+            f"record {shown_url(cfg.record)}: created by the start",
+            _writable_line("record's folder", Path(database).parent),
+            _writable_line("evidence folder", evidence),
+        ]
+    try:
+        engine = open_record(cfg.record)
+    except DataError as exc:
+        if is_sqlite(cfg.record):
+            raise
+        return [f"note: {exc}; the daemon would serve and record once it answers"]
+    try:
+        evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
+        return [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]
+    finally:
+        engine.dispose()
+
+
+def _endpoint_lines(cfg: EdgeConfig) -> list[str]:
+    """Whether each endpoint the daemon binds is free now (a running daemon holds its own)."""
+    bound = {"frames": cfg.frames_endpoint if cfg.frames_mode == "pull" else None, "results": cfg.results_endpoint,
+             "control": cfg.control_endpoint or None,
+             "metrics": f"tcp://{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else None}  # fmt: skip
+    taken = [f"{what} {endpoint}" for what, endpoint in bound.items() if endpoint and _in_use(endpoint)]
+    if not taken:
+        return ["endpoints: free"]
+    return [f"note: in use now (by the daemon this one would replace?): {', '.join(taken)}"]
+
+
+def _in_use(endpoint: str) -> bool:
+    if endpoint.startswith("ipc://"):
+        return ipc_in_use(endpoint)
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not port.isdigit():
+        return False
+    if host in ("*", ""):
+        host = "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
