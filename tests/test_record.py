@@ -512,6 +512,7 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert rows > 0
     state = json.loads((daemon.dir / "vqad-serve.record.json").read_text())
     assert state["handed"] >= rows  # at most the uncommitted batch and the buffer were lost
+    assert state["after_id"] == 0  # the run's rows follow it: the restart counts from there
     with DaemonProcess(tiny_model, "--record", url, ipc_dir=daemon.dir) as again:
         pass
     text = again.log_text()

@@ -80,6 +80,7 @@ class RecordWriter:
         self.handed = 0
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
+        self._after_id = 0  # every row of this run has a greater id (known once the record answers)
         if self._migrated:
             self._report_previous_run()
 
@@ -294,7 +295,7 @@ class RecordWriter:
             return
         tmp = self.state_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"run": self.run_id, "handed": self.handed}))
+            tmp.write_text(json.dumps({"run": self.run_id, "handed": self.handed, "after_id": self._after_id}))
             tmp.replace(self.state_file)
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
@@ -313,12 +314,18 @@ class RecordWriter:
             return None
 
     def _report_previous_run(self) -> None:
-        """Log how many of the previous run's results have no row (a kill, a power cut)."""
+        """Log how many of the previous run's results have no row (a kill, a power cut). Its rows
+        follow the id the state file names: counted from there, not over months of rows (0.33 s
+        at 2 million rows of SQLite, in the daemon's start)."""
         state, self._previous = self._previous, None
-        if state is None:
-            return
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(sa.func.count()).where(results.c.daemon_run == state["run"])).scalar_one()
+            self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
+            if state is None:
+                return
+            previous = sa.select(sa.func.count()).where(
+                results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
+            )
+            rows = conn.execute(previous).scalar_one()
         missing = int(state["handed"]) - rows
         if missing > 0:
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
