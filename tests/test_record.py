@@ -232,6 +232,12 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert writer.evidence_removed == len(removed) and writer.evidence_bytes <= quota
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == writer.evidence_bytes
     assert all(r["evidence"] is None for f, r in rows.items() if f in removed)
+    # The next start measures what the folder already holds (on the writer's thread) and keeps a
+    # smaller quota over it.
+    again = RecordWriter(url, tmp_path / "ev", max_gb=quota / 2e9).start()
+    again.put(_result("c", 12), time.time_ns())
+    again.close()
+    assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
 
 
 def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay(tmp_path, record_url):

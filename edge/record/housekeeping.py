@@ -8,6 +8,7 @@ and never stops the writer: the line's rows come first.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -34,9 +35,11 @@ class Housekeeping:
     def __init__(self, engine: sa.Engine, evidence_dir: Path, metrics: DaemonMetrics, max_gb: float, keep_days: float):
         """max_gb: the evidence's disk quota (0 = none). keep_days: how long a result stays
         (0 = for ever)."""
-        self.engine, self.metrics = engine, metrics
+        self.engine, self.metrics, self.evidence_dir = engine, metrics, evidence_dir
         self.max_bytes = int(max_gb * 1e9)
-        self.evidence_bytes = _folder_bytes(evidence_dir) if self.max_bytes else 0
+        # Measured on the writer's thread at its first pass, not in the daemon's start: a full
+        # quota of months holds a million files (about 15 s to add up).
+        self.evidence_bytes: int | None = None if self.max_bytes else 0
         self.evidence_removed = 0
         self._quota_up_to = 0  # rows up to this id hold no evidence the quota may still remove
         self.keep_ns = int(keep_days * 86400e9)
@@ -45,12 +48,16 @@ class Housekeeping:
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
     def added(self, path: Path) -> None:
-        """An evidence file the writer wrote: counted against the quota."""
-        self.evidence_bytes += path.stat().st_size
+        """An evidence file the writer wrote: counted against the quota (once it is measured;
+        the measurement finds the file itself)."""
+        if self.evidence_bytes is not None:
+            self.evidence_bytes += path.stat().st_size
 
     def run(self) -> None:
         """The quota, then expiry when it is due; errors are logged, counted and left for later."""
         try:
+            if self.evidence_bytes is None:
+                self.evidence_bytes = _folder_bytes(self.evidence_dir)
             if self.max_bytes and self.evidence_bytes > self.max_bytes:
                 self._enforce_quota()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
@@ -137,4 +144,15 @@ class Housekeeping:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    """The size of the files under `folder` (0 when it is not there)."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            total += _folder_bytes(Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total

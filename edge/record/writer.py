@@ -99,7 +99,9 @@ class RecordWriter:
             return create_engine(url), False
 
     @property
-    def evidence_bytes(self) -> int:
+    def evidence_bytes(self) -> int | None:
+        """The evidence folder's size as the quota counts it (None until the writer's first pass
+        has measured it)."""
         return self.house.evidence_bytes
 
     @property
