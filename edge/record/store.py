@@ -178,18 +178,28 @@ class Record:
     ) -> dict[DayKey, dict[str, int]]:
         """daily's counts of what the line decided, by (UTC day number, camera, model): one pass
         over the results in the period, without the reviews."""
-        r, key = results.c, _day_key()
+        r = results.c
+        # The very key objects in the select and the grouping: PostgreSQL groups by the same
+        # expression only with the same bound parameter.
+        key = ((r.ts_ns // DAY_NS).label("day"), r.camera_id, r.model_sha256)
         fail = r.decision == "fail"
-        q = sa.select(
-            *key,
-            sa.func.count().label("results"),
-            _count(r.decision == "pass").label("pass"),
-            _count(fail).label("fail"),
-            _count(r.status == "error").label("error"),
-            _count(r.status == "dropped").label("dropped"),
-            _count(fail, r.unfit.is_not(None)).label("unfit"),
-        )
-        return self._by_day(q, key, camera, since_ns, until_ns)
+        counted = {
+            "results": sa.func.count(),
+            "pass": _count(r.decision == "pass"),
+            "fail": _count(fail),
+            "error": _count(r.status == "error"),
+            "dropped": _count(r.status == "dropped"),
+            "unfit": _count(fail, r.unfit.is_not(None)),
+        }
+        q = sa.select(*key, *counted.values()).group_by(*key)
+        if camera is not None:
+            q = q.where(r.camera_id == camera)
+        with self.engine.connect() as conn:
+            rows = conn.execute(_within(q, r.ts_ns, since_ns, until_ns)).all()
+        return {
+            (int(day), cam, model): {name: int(n or 0) for name, n in zip(counted, counts, strict=True)}
+            for day, cam, model, *counts in rows
+        }
 
     def daily_verdicts(
         self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
@@ -221,20 +231,6 @@ class Record:
                             counts = tally.setdefault((ts_ns // DAY_NS, camera_id, model), dict.fromkeys(VERDICTS, 0))
                             counts[verdicts[(camera_id, frame_id)]] += 1
         return tally
-
-    def _by_day(
-        self, q: sa.Select, key: tuple[Any, ...], camera: str | None, since_ns: int | None, until_ns: int | None
-    ) -> dict[DayKey, dict[str, int]]:
-        """Run a daily query, whose first columns are `key` (the very objects: PostgreSQL groups by
-        the same expression only with the same bound parameter), grouped by it."""
-        q = q.group_by(*key)
-        if camera is not None:
-            q = q.where(results.c.camera_id == camera)
-        with self.engine.connect() as conn:
-            rows = conn.execute(_within(q, results.c.ts_ns, since_ns, until_ns))
-            return {(int(row[0]), row[1], row[2]): {k: int(v or 0) for k, v in row._mapping.items()
-                                                    if k not in ("day", "camera_id", "model_sha256")}
-                    for row in rows}  # fmt: skip
 
     def review(
         self,
@@ -312,11 +308,6 @@ def _defect_folder(kind: str | None) -> str:
 
 # (UTC day number, camera_id, model_sha256): what Record.daily counts by.
 DayKey = tuple[int, str, str | None]
-
-
-def _day_key() -> tuple[Any, Any, Any]:
-    r = results.c
-    return (r.ts_ns // DAY_NS).label("day"), r.camera_id, r.model_sha256
 
 
 def _count(*conditions: Any) -> Any:
