@@ -176,7 +176,8 @@ def _print_summary(summary: dict, workdir: Path) -> None:
           f"exported {rec['exported']}, threshold now {rec['threshold']:.5g} from {n_good} good images")  # fmt: skip
     if rec["confirmed_defects_passing"] is not None:
         print(f"   confirmed defects the new threshold lets pass: {rec['confirmed_defects_passing']}")
-    print(f"   report: {workdir / 'report'}  overlays: {workdir / 'overlays'}  model: {workdir / 'model'}")
+    report = workdir / "report" / "report.html"
+    print(f"   report: {report}  overlays: {workdir / 'overlays'}  model: {workdir / 'model'}")
 
 
 def _record_url(workdir: Path) -> str:
