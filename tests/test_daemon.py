@@ -274,8 +274,6 @@ def test_drop_oldest_under_a_burst_reports_every_frame(tiny_model):
 
 
 def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
-    import shutil
-
     broken = tmp_path / "model"
     shutil.copytree(tiny_model, broken)
     data = bytearray((broken / "model.onnx").read_bytes())
@@ -773,7 +771,6 @@ def test_watch_says_why_the_camera_health_gate_failed_a_frame():
 def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_path, caplog):
     """A camera id is any printable text: its overlay stays in --save-dir. A folder gone (or a
     full disk) costs the overlays, logged once, not the results."""
-    import shutil
     import threading
 
     import zmq
