@@ -123,13 +123,14 @@ def _endpoint_lines(cfg: EdgeConfig) -> list[str]:
     bound = {"frames": cfg.frames_endpoint if cfg.frames_mode == "pull" else None, "results": cfg.results_endpoint,
              "control": cfg.control_endpoint or None,
              "metrics": f"tcp://{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else None}  # fmt: skip
-    taken = [f"{what} {endpoint}" for what, endpoint in bound.items() if endpoint and _in_use(endpoint)]
+    taken = [f"{what} {endpoint}" for what, endpoint in bound.items() if endpoint and endpoint_in_use(endpoint)]
     if not taken:
         return ["endpoints: free"]
     return [f"note: in use now (by the daemon this one would replace?): {', '.join(taken)}"]
 
 
-def _in_use(endpoint: str) -> bool:
+def endpoint_in_use(endpoint: str) -> bool:
+    """Whether a process listens on a tcp:// or ipc:// endpoint now (False for other forms)."""
     if endpoint.startswith("ipc://"):
         return ipc_in_use(endpoint)
     host, _, port = endpoint.removeprefix("tcp://").rpartition(":")

@@ -320,6 +320,20 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
     assert corrupt.returncode == 4 and "check passed" not in corrupt.stdout
 
 
+def test_serve_check_tells_a_taken_tcp_port_from_a_free_one():
+    import socket
+
+    from edge.preflight import endpoint_in_use
+    from edge.transport import free_loopback_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert endpoint_in_use(f"tcp://127.0.0.1:{port}") and endpoint_in_use(f"tcp://*:{port}")
+    assert not endpoint_in_use(f"tcp://127.0.0.1:{free_loopback_port()}")
+
+
 def test_edge_imports_with_torch_blocked():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; sys.modules['export'] = None\n"
