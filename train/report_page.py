@@ -96,11 +96,11 @@ def write_report_page(
 
 
 def _measured_on(metrics: dict[str, Any]) -> str:
-    size = "x".join(str(v) for v in reversed(metrics["image_size"]))
+    size = "x".join(str(v) for v in metrics["image_size"])
     sha = str(metrics.get("checkpoint_sha256") or "")[:12]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images at {size} px; "
+        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images at {size} px (HxW); "
         f"run {metrics['run']}, step {metrics['step']}, checkpoint {sha or 'unknown'}; written {when}"
     )
 
@@ -142,8 +142,8 @@ def _lone_warning(threshold: dict[str, Any]) -> str:
     if not lone:
         return ""
     return (
-        f'<p class="warn">One good image alone sets the threshold: {_e(Path(str(lone["image"])).name)} scores '
-        f"{lone['score']:.4g}, {lone['ratio']:.1f} times the next ({lone['next_score']:.4g}). {_e(lone['note'])}.</p>"
+        f'<p class="warn">{_e(Path(str(lone["image"])).name)} scores {lone["score"]:.4g}, {lone["ratio"]:.1f} times '
+        f"the next good image ({lone['next_score']:.4g}): {_e(lone['note'])}.</p>"
     )
 
 
