@@ -29,7 +29,7 @@ from train import plots
 from train.data import TestSample, has_test_set, load_images, load_test_set
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
-from train.report_page import write_report_page
+from train.report_page import PANELS, calibration_panel_path, panel_path, write_report_page
 from train.run import THRESHOLD_FILE, Run, load_run
 
 log = logging.getLogger(__name__)
@@ -198,12 +198,12 @@ def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:
-    img_dir = out / "images"
+    img_dir = out / PANELS
     img_dir.mkdir(exist_ok=True)
     panels = zip(test, recons, maps, scores, strict=True)
     for s, recon, amap, score in progress(panels, f"drawing {img_dir}", total=len(test)):
         cv2.imwrite(
-            str(img_dir / f"{s.kind}_{s.path.stem}.png"),
+            str(out / panel_path(s)),
             _panel(s.image, recon, amap, s.mask, float(score), threshold),
         )
     histogram = score_histogram(
@@ -236,7 +236,7 @@ def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: d
         if name in val:
             image, recon, amap, score = val[name]
             panel = _panel(image, recon, amap, None, float(score), threshold["value"], "good (calibration)")
-            cv2.imwrite(str(out / "images" / f"calibration_{Path(name).stem}.png"), panel)
+            cv2.imwrite(str(out / calibration_panel_path(name)), panel)
 
 
 def _by_path(paths: list, *columns: np.ndarray) -> dict[str, tuple]:

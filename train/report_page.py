@@ -20,6 +20,19 @@ from train.data import TestSample
 from train.metrics import figure, percent
 
 PAGE = "report.html"
+PANELS = "images"  # the folder of REPORT_DIR that holds the panels
+
+
+def panel_path(sample: TestSample) -> str:
+    """A test image's panel, relative to REPORT_DIR: images/<kind>_<stem>.png."""
+    return f"{PANELS}/{sample.kind}_{sample.path.stem}.png"
+
+
+def calibration_panel_path(image: str | Path) -> str:
+    """A calibration image's panel, relative to REPORT_DIR: images/calibration_<stem>.png."""
+    return f"{PANELS}/calibration_{Path(str(image)).stem}.png"
+
+
 # The most pictures a gallery shows before the rest is folded away: a browser opens a page of
 # 40 panels at once, and a long list of misses is read from its worst.
 GALLERY_SHOWN = 40
@@ -63,7 +76,7 @@ def write_report_page(
     ]
     if pictures:
         calibration = [
-            (f"images/calibration_{Path(str(e['image'])).stem}.png", f"{Path(str(e['image'])).name}: {e['score']:.4g}")
+            (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:.4g}")
             for e in threshold.get("highest_images") or []
         ]
         body += [
@@ -148,7 +161,7 @@ def _lone_warning(threshold: dict[str, Any]) -> str:
 
 
 def _panel_entry(sample: TestSample, score: float) -> tuple[str, str]:
-    return f"images/{sample.kind}_{sample.path.stem}.png", f"{sample.kind}/{sample.path.name}: {float(score):.4g}"
+    return panel_path(sample), f"{sample.kind}/{sample.path.name}: {float(score):.4g}"
 
 
 def _by_kind(test: Sequence[TestSample], scores: np.ndarray) -> list[int]:
