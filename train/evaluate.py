@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge.frames import write_image
 from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label
 from edge.progress import progress
@@ -202,15 +203,12 @@ def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_image
     img_dir.mkdir(exist_ok=True)
     panels = zip(test, recons, maps, scores, strict=True)
     for s, recon, amap, score in progress(panels, f"drawing {img_dir}", total=len(test)):
-        cv2.imwrite(
-            str(out / panel_path(s)),
-            _panel(s.image, recon, amap, s.mask, float(score), threshold),
-        )
+        write_image(out / panel_path(s), _panel(s.image, recon, amap, s.mask, float(score), threshold))
     histogram = score_histogram(
         scores[labels == 0], threshold, defects=scores[labels == 1], title=f"{run.root.name}: the test set",
         good_label="good test images", defect_label="defect test images",
     )  # fmt: skip
-    cv2.imwrite(str(out / "histogram.png"), histogram)
+    write_image(out / "histogram.png", histogram)
     if labels.min() != labels.max():
         fpr, tpr = roc_points(labels, scores)
         plots.roc_plot(out / "roc.png", fpr, tpr, image_auroc(labels, scores))
@@ -236,7 +234,7 @@ def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: d
         if name in val:
             image, recon, amap, score = val[name]
             panel = _panel(image, recon, amap, None, float(score), threshold["value"], "good (calibration)")
-            cv2.imwrite(str(out / calibration_panel_path(name)), panel)
+            write_image(out / calibration_panel_path(name), panel)
 
 
 def _by_path(paths: list, *columns: np.ndarray) -> dict[str, tuple]:
