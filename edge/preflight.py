@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError, DataError
+from edge.errors import DataError
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
@@ -66,8 +66,6 @@ def _curve_line(cfg: EdgeConfig) -> str:
     from edge.security import authorized_keys, load_keypair
 
     load_keypair(cfg.curve.server_secret_key)
-    if not cfg.curve.authorized_keys_dir:
-        raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
     allowed = authorized_keys(cfg.curve.authorized_keys_dir)
     return f"CURVE: the server key reads, {len(allowed)} authorised client key(s)"
 

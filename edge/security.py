@@ -56,6 +56,8 @@ def load_public_key(path: str | Path) -> bytes:
 
 def authorized_keys(keys_dir: str | Path) -> set[bytes]:
     """The public keys of the clients allowed in: every key file in `keys_dir`."""
+    if not keys_dir:
+        raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
     folder = Path(keys_dir)
     if not folder.is_dir():
         raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
@@ -66,10 +68,9 @@ class _AllowList:
     """zmq.auth credentials provider: the authorised public keys, logging each refusal."""
 
     def __init__(self, keys_dir: str, metrics) -> None:
-        folder = Path(keys_dir)
-        self.allowed = authorized_keys(folder)
+        self.allowed = authorized_keys(keys_dir)
         self.metrics, self.refusals = metrics, RepeatedLog(log)
-        log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), folder)
+        log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), keys_dir)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.allowed:
@@ -82,8 +83,6 @@ class _AllowList:
 
 
 def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics=None) -> ThreadAuthenticator:
-    if not keys_dir:
-        raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
     provider = _AllowList(keys_dir, metrics)
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("edge.security.zap"))
     auth.start()
