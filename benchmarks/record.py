@@ -8,6 +8,7 @@ throughput (256 x 256 frames, evidence for 10% of them).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import tempfile
 import time
@@ -64,22 +65,25 @@ def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
 
 def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
     """What the dashboard's queries cost over a SQLite record of `n` results of one camera,
-    spread evenly over the last `days` UTC days (today's share up to now), 1% of them fails, 100
-    reviewed: the daily tally counted afresh (Record.daily; each page's minute before
+    spread evenly over the line's last `days` days (Europe/Berlin, from 06:00; today's share up
+    to now), 1% of them fails, 100 reviewed: the daily tally counted afresh (Record.daily; each page's minute before
     edge.dashboard.daily), the page's daily ask once closed days are held (today's results and
     the reviews), and a camera's gallery of its 24 newest rejects (asked up to twice a second)."""
     import sqlalchemy as sa
 
     from edge.dashboard import daily
     from edge.record import Record
+    from edge.record.days import ProductionDays
     from edge.record.schema import migrate, results, reviews
-    from edge.record.store import DAY_NS
 
+    # A plant's days: its zone, summer time included, from its first shift's start.
+    line_days = ProductionDays.parse("Europe/Berlin", "06:00")
     url = f"sqlite:///{tempfile.mkdtemp(prefix='vqad-db-')}/daily.db"
     engine = sa.create_engine(url)
     migrate(engine)
     now = time.time_ns()
-    since = (now // DAY_NS - days + 1) * DAY_NS
+    today_ns = line_days.start_ns(line_days.today(now))
+    since = line_days.start_ns(line_days.today(now) - dt.timedelta(days=days - 1))
     step, rng = (now - since) // n, np.random.default_rng(0)
     fails = rng.random(n) < 0.01
     base = {"camera_id": "cam0", "status": "ok", "score": 1.0, "threshold": 2.0, "model_name": "bench",
@@ -95,9 +99,9 @@ def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
     engine.dispose()
     record = Record(url)
     t0 = time.perf_counter()
-    expected = record.daily(since_ns=since)
+    expected = record.daily(since_ns=since, days=line_days)
     afresh = time.perf_counter() - t0
-    tally = daily.DailyTally()
+    tally = daily.DailyTally(line_days)
     tally.rows(record, None, since)  # the first ask counts the closed days
     fresh, daily.FRESH_S = daily.FRESH_S, 0.0
     try:
@@ -115,7 +119,7 @@ def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
         record.results(camera="cam0", decision="fail", limit=24)
     gallery = (time.perf_counter() - t0) / 10
     record.close()
-    today = int((np.arange(n) * step + since >= now // DAY_NS * DAY_NS).sum())
+    today = int((np.arange(n) * step + since >= today_ns).sum())
     return {"rows": n, "rows_today": today, "daily_s": round(afresh, 3), "page_ask_s": round(minute, 3),
             "gallery_s": round(gallery, 4)}  # fmt: skip
 

@@ -41,7 +41,8 @@ TINY_TRAIN = [
 
 
 def run_vqad(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """`vqad ARGS` in a process, from the repository's root; `env` adds to this one's."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **kw.pop("env", {}))
     proc = subprocess.run(
         [*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kw
     )

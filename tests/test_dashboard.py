@@ -26,12 +26,15 @@ from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.package import load_package
 from edge.protocol import frame_message, result_header
 from edge.record import Record
+from edge.record.days import ProductionDays
 from edge.transport import free_loopback_port
 from tests.browser import DashboardProcess, headless_chromium, wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 
 TOKEN = "t0ken-for-the-dashboard-tests"
+# The line's days in the dashboard tests: a zone a quarter hour off the hour, from a quarter-hour shift start.
+LINE_ZONE, LINE_DAY_STARTS = "Asia/Kathmandu", "05:45"
 
 
 # -- its parts ------------------------------------------------------------------------------
@@ -45,6 +48,18 @@ def test_binding_beyond_loopback_needs_a_token_of_some_length():
     DashboardConfig(host="0.0.0.0", token=TOKEN)
     refused = run_vqad("dashboard", "--host", "0.0.0.0", "--port", str(free_loopback_port()), check=False, timeout=60)
     assert refused.returncode != 0 and "requires a token" in refused.stderr
+
+
+def test_the_daily_tallys_days_are_a_known_zone_and_a_quarter_hour():
+    assert DashboardConfig(timezone="Europe/Berlin", day_starts="06:00").production_days().describe() == (
+        "Europe/Berlin, from 06:00"
+    )
+    for zone, start, why in (("Europe/Berlln", "00:00", "unknown time zone"), ("UTC", "06:10", "quarter hour"),
+                             ("UTC", "6 am", "HH:MM")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            DashboardConfig(timezone=zone, day_starts=start)
+    refused = run_vqad("dashboard", "--timezone", "Europe/Berlln", "--port", str(free_loopback_port()), check=False)
+    assert refused.returncode == 2 and "unknown time zone 'Europe/Berlln'" in refused.stderr
 
 
 def test_the_daemon_state_is_read_from_its_prometheus_text():
@@ -164,7 +179,7 @@ def line(tiny_model, synth_root, tmp_path_factory):
     ).start()  # fmt: skip
     dashboard = DashboardProcess(
         "--results", daemon.results, "--record", url, "--metrics", f"http://127.0.0.1:{metrics_port}/metrics",
-        log_path=folder / "dashboard.log",
+        "--timezone", LINE_ZONE, "--day-starts", LINE_DAY_STARTS, log_path=folder / "dashboard.log",
     ).start()  # fmt: skip
     images = sorted((synth_root / "bracket" / "test").glob("*/*.png"))
     yield {"daemon": daemon, "dashboard": dashboard, "url": url, "control": control, "images": images}
@@ -236,8 +251,12 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert wait_for(lambda: "(set by test " in source() and source().endswith(": dashboard test)"), 5), source()
         # The record's daily tally, read again on a fresh page: today's row counts the reviewed defect.
         driver.refresh()
-        today = time.strftime("%Y-%m-%d", time.gmtime())
+        today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
         daily = '[data-camera="line1"] [data-field="daily"] tr'
+        header = '[data-camera="line1"] [data-field="daily-day"]'
+        assert wait_for(
+            lambda: driver.find_element("css selector", header).text == "day (Asia/Kathmandu, from 05:45)", 10
+        )
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
         assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -287,6 +306,8 @@ def test_the_api_serves_programs_too(line):
     wait_for(lambda: len(_json(base + "/api/results?camera=api")[1]["results"]) == 2, 10)
     status, daily = _json(base + "/api/daily?camera=api&days=1")
     assert status == 200 and [(d["camera_id"], d["results"]) for d in daily["days"]] == [("api", 2)], daily
+    today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
+    assert (daily["days"][0]["day"], daily["timezone"], daily["day_starts"]) == (today, LINE_ZONE, LINE_DAY_STARTS)
     # What became of a part, as an MES asks: the record's row, with links to what evidence it kept.
     status, part = _json(base + "/api/results?part_id=SN-7")
     assert status == 200 and [(r["camera_id"], r["frame_id"], r["part_id"]) for r in part["results"]] == [

@@ -4,6 +4,7 @@ training data; a database that is down for a while; the evidence quota."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sqlite3
@@ -311,24 +312,26 @@ def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(
     again after CLOSED_DAYS_REFRESH_S), today's and the reviews' each time its answer is older
     than FRESH_S or a review came from the page; the rows are Record.daily's."""
     from edge.dashboard import daily
-    from edge.record.store import DAY_NS
+    from edge.record.days import ProductionDays
 
-    today = time.time_ns() // DAY_NS * DAY_NS
-    since = today - DAY_NS
+    line_days = ProductionDays.parse("Asia/Kathmandu", "05:45")  # a day off UTC's by 5 h 45 min and its start
+    today = line_days.start_ns(line_days.today())
+    since = line_days.start_ns(line_days.today() - dt.timedelta(days=1))
     writer = RecordWriter(record_url, tmp_path / "ev").start()
     writer.put(_result("a", 0, "fail", ts_ns=since + 5), today)
     writer.put(_result("a", 1, "fail", ts_ns=today + 5), today)
     writer.close()
     record = Record(record_url)
-    expected = record.daily(since_ns=since)
+    expected = record.daily(since_ns=since, days=line_days)
+    assert [r["day"] for r in expected] == [(line_days.today() - dt.timedelta(days=d)).isoformat() for d in (1, 0)]
     asked, count_decisions = [], record.daily_decisions
 
-    def counted(camera=None, since_ns=None, until_ns=None):
+    def counted(camera=None, since_ns=None, until_ns=None, days=None):
         asked.append((since_ns, until_ns))
-        return count_decisions(camera, since_ns, until_ns)
+        return count_decisions(camera, since_ns, until_ns, days)
 
     record.daily_decisions = counted
-    tally = daily.DailyTally()
+    tally = daily.DailyTally(line_days)
     first = tally.rows(record, None, since)
     assert first == expected and [r["unreviewed"] for r in first] == [1, 1]
     assert asked == [(since, today - 1), (today, None)]
@@ -345,7 +348,7 @@ def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(
     later = tally.rows(record, None, since)
     assert [r["results"] for r in later] == [1, 2] and asked[3:] == [(today, None)]  # the closed day as counted
     monkeypatch.setattr(daily, "CLOSED_DAYS_REFRESH_S", 0.0)
-    assert tally.rows(record, None, since) == record.daily(since_ns=since)
+    assert tally.rows(record, None, since) == record.daily(since_ns=since, days=line_days)
     assert [r["results"] for r in tally.rows(record, None, since)] == [2, 2]
     assert tally.rows(record, "b", today) == [] and asked[-1] == (today, None)  # today alone: no closed days
 
@@ -384,13 +387,57 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     assert [r["camera_id"] for r in record.daily(camera="b")] == ["b"]
     assert len(record.daily(since_ns=day1 + 86400 * 10**9)) == 1
     if record_url.startswith("sqlite"):  # the command, on a file by its path
-        shown = run_vqad("records", sa.make_url(record_url).database, "--daily", "--format", "json")
+        path = sa.make_url(record_url).database
+        shown = run_vqad("records", path, "--daily", "--format", "json", "--timezone", "UTC")
         tally = json.loads(shown.stdout)
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
-        table = run_vqad("records", record_url, "--daily", "--camera", "a").stdout
+        table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
         assert "2026-11-19" in table and "60.00" in table and "1 changes to the daemon" in table
         refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
         assert refused.returncode == 2 and "do not apply" in refused.stderr
+
+
+def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(tmp_path, record_url):
+    """Europe/Berlin from 06:00 over the night summer time began (2026-03-29, 02:00 -> 03:00):
+    the night shift's frames belong to the day before, the 23-hour day holds what it held, and
+    a review counts in its frame's day."""
+    from edge.record.days import ProductionDays
+
+    berlin = ProductionDays.parse("Europe/Berlin", "06:00")
+    utc = lambda *when: int(dt.datetime(*when, tzinfo=dt.timezone.utc).timestamp()) * 10**9  # noqa: E731
+    frames = [  # (UTC time, decision): local time, the line's day
+        (utc(2026, 3, 28, 4, 59), "pass"),  # 05:59 CET: 2026-03-27
+        (utc(2026, 3, 28, 5, 0), "fail"),  # 06:00 CET: 2026-03-28
+        (utc(2026, 3, 28, 23, 30), "pass"),  # 00:30 CET, the next calendar day: 2026-03-28
+        (utc(2026, 3, 29, 3, 59), "fail"),  # 05:59 CEST, after the change: 2026-03-28
+        (utc(2026, 3, 29, 4, 0), "pass"),  # 06:00 CEST: 2026-03-29
+    ]
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    for frame_id, (ts_ns, decision) in enumerate(frames):
+        writer.put(_result("a", frame_id, decision, ts_ns=ts_ns), ts_ns)
+    writer.close()
+    record = Record(record_url)
+    record.review("a", 3, "false_reject")
+    rows = record.daily(days=berlin)
+    tally = [(r["day"], r["results"], r["fail"], r["false_reject"], r["unreviewed"]) for r in rows]
+    assert tally == [("2026-03-27", 1, 0, 0, 0), ("2026-03-28", 3, 2, 1, 1), ("2026-03-29", 1, 0, 0, 0)]
+    assert [(r["day"], r["results"]) for r in record.daily()] == [("2026-03-28", 3), ("2026-03-29", 2)]  # UTC days
+    since = berlin.start_ns(dt.date(2026, 3, 28))
+    assert [r["day"] for r in record.daily(since_ns=since, until_ns=since + 1, days=berlin)] == ["2026-03-28"]
+    if record_url.startswith("sqlite"):
+        flags = ("--timezone", "Europe/Berlin", "--day-starts", "06:00")
+        shown = json.loads(run_vqad("records", record_url, "--daily", "--format", "json", *flags).stdout)
+        assert shown["days"] == json.loads(json.dumps(rows))
+        assert (shown["timezone"], shown["day_starts"]) == ("Europe/Berlin", "06:00")
+        table = run_vqad("records", record_url, "--daily", *flags).stdout
+        assert "3 days (Europe/Berlin, from 06:00)" in table
+        by_machine = run_vqad("records", record_url, "--daily", "--format", "json", env={"TZ": "Asia/Tokyo"})
+        assert json.loads(by_machine.stdout)["timezone"] == "Asia/Tokyo"  # no flag: the machine's zone
+        for bad, why in ((("--timezone", "Europe/Berln"), "unknown time zone"), (("--day-starts", "6:10"), "HH:MM")):
+            refused = run_vqad("records", record_url, "--daily", *bad, check=False)
+            assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+        refused = run_vqad("records", record_url, "--timezone", "UTC", check=False)
+        assert refused.returncode == 2 and "set the days of --daily" in refused.stderr
 
 
 def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):

@@ -21,6 +21,7 @@ may call the API from a browser.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import json
 import secrets
@@ -50,7 +51,8 @@ from edge.errors import DataError
 from edge.protocol import heartbeat_overdue
 from edge.recent import RecentDict
 from edge.record import Record
-from edge.record.store import DAY_NS, parse_time
+from edge.record.days import ProductionDays
+from edge.record.store import parse_time
 
 T = TypeVar("T")
 
@@ -115,11 +117,13 @@ class TokenGate:
 class Dashboard:
     """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
 
-    def __init__(self, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None):
+    def __init__(
+        self, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None, days: ProductionDays
+    ) -> None:
         self.view, self.probe, self.record = view, probe, record
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
-        self.daily = DailyTally()
+        self.daily = DailyTally(days)
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -218,8 +222,8 @@ class Dashboard:
         return JSONResponse({"results": [_result_item(row) for row in rows], "limit_reached": len(rows) == limit})
 
     def api_daily(self, request: Request) -> Response:
-        """The record's daily tally over the last `days` UTC days (today included), and the
-        changes made to the daemon in them."""
+        """The record's daily tally over the line's last `days` days (today included; the
+        dashboard's timezone and day_starts), and the changes made to the daemon in them."""
         if self.record is None:
             return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
         try:
@@ -229,13 +233,16 @@ class Dashboard:
         if not 1 <= days <= MAX_DAILY_DAYS:
             return JSONResponse({"error": f"days must be 1..{MAX_DAILY_DAYS}"}, 400)
         camera = request.query_params.get("camera") or None
-        since = (time.time_ns() // DAY_NS - days + 1) * DAY_NS
+        line_days = self.daily.days
+        since = line_days.start_ns(line_days.today() - dt.timedelta(days=days - 1))
         try:
             rows = self._from_record(lambda record: self.daily.rows(record, camera, since))
             changes = self._from_record(lambda record: record.events(since_ns=since))
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
-        return JSONResponse({"days": rows, "changes": changes})
+        return JSONResponse(
+            {"days": rows, "changes": changes, "timezone": line_days.name, "day_starts": f"{line_days.starts:%H:%M}"}
+        )
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))
@@ -362,7 +369,7 @@ def _result_item(row: dict[str, Any]) -> dict[str, Any]:
 def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
-    d = Dashboard(view, probe, record)
+    d = Dashboard(view, probe, record, cfg.production_days())
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

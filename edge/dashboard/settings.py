@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from edge.config import require
 from edge.endpoints import check_endpoint
+from edge.record.days import ProductionDays
 
 # A token shorter than this is guessable by a script on the plant network in a day of tries.
 MIN_TOKEN_CHARS = 16
@@ -43,6 +44,11 @@ class DashboardConfig:
     # CURVE client keys when the daemon's results socket is encrypted.
     curve_secret: str = ""
     curve_server_key: str = ""
+    # The record's daily tally counts the line's days: in this IANA time zone ("" = this
+    # machine's, as `date` shows it), each from day_starts (HH:MM, a whole quarter hour; the
+    # first shift's start, say) to the next.
+    timezone: str = ""
+    day_starts: str = "00:00"
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
@@ -61,3 +67,8 @@ class DashboardConfig:
         )
         require(self.metrics == "" or self.metrics.startswith(("http://", "https://")), "metrics: an http(s) URL")
         require(bool(self.curve_secret) == bool(self.curve_server_key), "CURVE needs curve_secret and curve_server_key")
+        self.production_days()  # an unknown zone or a start off the quarter hour: ValueError
+
+    def production_days(self) -> ProductionDays:
+        """The days the page's daily tally counts by."""
+        return ProductionDays.parse(self.timezone, self.day_starts)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from edge.errors import ConfigError, DataError
 from edge.protocol import file_name
+from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
 from edge.record.schema import events, migrate, results, reviews
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 VERDICTS = ("false_reject", "defect")
 # A review's note is a sentence or a few: this bounds what a page or a script can store in one.
 NOTE_MAX_CHARS = 2000
-DAY_NS = 86_400 * 10**9
 # Frames looked up per query by their ids: well under every database's limit on bound parameters.
 LOOKUP_CHUNK = 500
 
@@ -164,24 +164,34 @@ class Record:
             return [dict(r._mapping) for r in rows]
 
     def daily(
-        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+        self,
+        camera: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        days: ProductionDays = UTC_DAYS,
     ) -> list[dict[str, Any]]:
-        """What the line decided, per UTC day, camera and model: results, passes, fails, errors,
-        drops, the fail rate, and what people found in the fails they reviewed (the latest review
-        of a frame decides): false rejects, confirmed defects, fails not reviewed; and the fails
-        the camera health gate made (unfit frames). Oldest first."""
-        window = (camera, since_ns, until_ns)
+        """What the line decided, per day (`days`: UTC calendar days unless given), camera and
+        model: results, passes, fails, errors, drops, the fail rate, and what people found in
+        the fails they reviewed (the latest review of a frame decides): false rejects, confirmed
+        defects, fails not reviewed; and the fails the camera health gate made (unfit frames).
+        Oldest first."""
+        window = (camera, since_ns, until_ns, days)
         return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
 
     def daily_decisions(
-        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+        self,
+        camera: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's counts of what the line decided, by (UTC day number, camera, model): one pass
-        over the results in the period, without the reviews."""
+        """daily's counts of what the line decided, by (day, camera, model): one pass over the
+        results in the period, without the reviews, counted by quarter hour in SQL and added up
+        into `days` here (no SQL dialect knows the line's time zone)."""
         r = results.c
         # The very key objects in the select and the grouping: PostgreSQL groups by the same
         # expression only with the same bound parameter.
-        key = ((r.ts_ns // DAY_NS).label("day"), r.camera_id, r.model_sha256)
+        key = ((r.ts_ns // QUARTER_NS).label("quarter"), r.camera_id, r.model_sha256)
         fail = r.decision == "fail"
         counted = {
             "results": sa.func.count(),
@@ -196,18 +206,24 @@ class Record:
             q = q.where(r.camera_id == camera)
         with self.engine.connect() as conn:
             rows = conn.execute(_within(q, r.ts_ns, since_ns, until_ns)).all()
-        return {
-            (int(day), cam, model): {name: int(n or 0) for name, n in zip(counted, counts, strict=True)}
-            for day, cam, model, *counts in rows
-        }
+        tally: dict[DayKey, dict[str, int]] = {}
+        for quarter, cam, model, *counts in rows:
+            day_counts = tally.setdefault((days.day_of_quarter(int(quarter)), cam, model), dict.fromkeys(counted, 0))
+            for name, n in zip(counted, counts, strict=True):
+                day_counts[name] += int(n or 0)
+        return tally
 
     def daily_verdicts(
-        self, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+        self,
+        camera: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's reviewed fails, by (UTC day number, camera, model): the latest review of each
-        reviewed frame (a person's few a day), then its failed results in the period, looked up
-        by the camera-and-frame index. Two steps, not one join: SQLite's planner may walk every
-        result to meet the reviews, which took minutes at 2 million rows and 20,000 reviews."""
+        """daily's reviewed fails, by (day, camera, model): the latest review of each reviewed
+        frame (a person's few a day), then its failed results in the period, looked up by the
+        camera-and-frame index. Two steps, not one join: SQLite's planner may walk every result
+        to meet the reviews, which took minutes at 2 million rows and 20,000 reviews."""
         r = results.c
         latest = sa.select(sa.func.max(reviews.c.id)).group_by(reviews.c.camera_id, reviews.c.frame_id)
         q = sa.select(reviews.c.camera_id, reviews.c.frame_id, reviews.c.verdict).where(reviews.c.id.in_(latest))
@@ -228,7 +244,8 @@ class Record:
                     rq = rq.where(r.camera_id == cam, r.frame_id.in_(chunk), r.decision == "fail")
                     for ts_ns, camera_id, model, frame_id in conn.execute(rq):
                         if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
-                            counts = tally.setdefault((ts_ns // DAY_NS, camera_id, model), dict.fromkeys(VERDICTS, 0))
+                            day = days.day_of_quarter(ts_ns // QUARTER_NS)
+                            counts = tally.setdefault((day, camera_id, model), dict.fromkeys(VERDICTS, 0))
                             counts[verdicts[(camera_id, frame_id)]] += 1
         return tally
 
@@ -306,8 +323,8 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
-# (UTC day number, camera_id, model_sha256): what Record.daily counts by.
-DayKey = tuple[int, str, str | None]
+# (day, camera_id, model_sha256): what Record.daily counts by.
+DayKey = tuple[dt.date, str, str | None]
 
 
 def _count(*conditions: Any) -> Any:
@@ -325,7 +342,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
         reviewed = {v: found.get(v, 0) for v in VERDICTS}
         decided_n = counts["pass"] + counts["fail"]
         rows.append({
-            "day": dt.datetime.fromtimestamp(day * DAY_NS / 1e9, dt.timezone.utc).date().isoformat(),
+            "day": day.isoformat(),
             "camera_id": camera,
             "model_sha256": model,
             **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},

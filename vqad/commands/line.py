@@ -128,6 +128,8 @@ def cmd_records(args: argparse.Namespace) -> int:
 
     if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None):
         raise ConfigError("--daily tallies every result: --decision, --frame-id and --part-id do not apply")
+    if not args.daily and (args.timezone is not None or args.day_starts is not None):
+        raise ConfigError("--timezone and --day-starts set the days of --daily")
     record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
@@ -181,13 +183,19 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from edge.record.days import ProductionDays
     from edge.record.store import parse_time
 
+    try:
+        days = ProductionDays.parse(args.timezone or "", args.day_starts or "00:00")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     since, until = parse_time(args.since), parse_time(args.until)
-    rows = record.daily(camera=args.camera, since_ns=since, until_ns=until)
+    rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
     if args.format == "json":
-        print(json.dumps({"days": rows, "changes": changes}, indent=2, default=str))
+        day = {"timezone": days.name, "day_starts": f"{days.starts:%H:%M}"}
+        print(json.dumps({"days": rows, "changes": changes, **day}, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(DAILY_COLUMNS)
@@ -205,7 +213,7 @@ def _print_daily(record, args: argparse.Namespace) -> int:
         for e in changes:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts_ns"] / 1e9))
             print(f"{when}Z {e['kind']} by {e['by'] or '-'}: {json.dumps(e['detail'], default=str)}")
-        print(f"{len(rows)} days x cameras x models; {len(changes)} changes to the daemon")
+        print(f"{len(rows)} days ({days.describe()}) x cameras x models; {len(changes)} changes to the daemon")
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
@@ -265,7 +273,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from edge.dashboard.server import run_dashboard
     from edge.dashboard.settings import DashboardConfig
 
-    over = {key: getattr(args, key) for key in ("results", "record", "metrics", "host", "port", "token")}
+    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts")
+    over = {key: getattr(args, key) for key in keys}
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
         over["token"] = os.environ["VQAD_DASHBOARD_TOKEN"]
@@ -317,6 +326,7 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--host", help="address to listen on (default 127.0.0.1; any other needs a token)")
     d.add_argument("--port", type=int, help="port to listen on (default 8080)")
     d.add_argument("--token", help="require this token (or set VQAD_DASHBOARD_TOKEN, which ps cannot show)")
+    _add_day_flags(d)
     d.set_defaults(func=cmd_dashboard)
 
 
@@ -379,10 +389,21 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--daily",
         action="store_true",
-        help="per UTC day, camera and model: results, passes, fails, the fail rate, errors, drops, the reviewed "
-        "fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
+        help="per day (--timezone, --day-starts), camera and model: results, passes, fails, the fail rate, errors, "
+        "drops, the reviewed fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
     )
+    _add_day_flags(r)
     r.set_defaults(func=cmd_records)
+
+
+def _add_day_flags(parser: argparse.ArgumentParser) -> None:
+    """The line's days, as the daily tally counts them."""
+    parser.add_argument(
+        "--timezone", metavar="ZONE", help="count the days in this IANA time zone (default: this machine's, as date)"
+    )
+    parser.add_argument(
+        "--day-starts", metavar="HH:MM", help="a day starts at this local time, a whole quarter hour (default 00:00)"
+    )
 
 
 def _add_review(sub: argparse._SubParsersAction) -> None:

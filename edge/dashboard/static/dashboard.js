@@ -137,6 +137,8 @@ async function loadDaily(cam, id) {
       return tr;
     });
     $(cam.node, "daily").replaceChildren(...rows);
+    const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
+    setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
     $(cam.node, "daily-box").hidden = false;
   } catch (err) {
     cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
