@@ -440,6 +440,59 @@ def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(
         assert refused.returncode == 2 and "set the days of --daily" in refused.stderr
 
 
+def test_a_cameras_newest_results_and_a_parts_are_read_by_their_indexes_in_order(record_url):
+    """Record.results(camera=C) merges the newest of each decision (pass, fail, none) and a part's
+    results come by the part's index: the same rows, in the same order, as sorting every row,
+    and on SQLite without sorting every row of the camera (2.3 s at 2 million results)."""
+    from edge.record.schema import migrate, results
+
+    engine = sa.create_engine(record_url)
+    migrate(engine)
+    rng = np.random.default_rng(3)
+    kinds = [("ok", "pass"), ("ok", "fail"), ("error", None), ("dropped", None)]
+    rows = []
+    for i in range(600):
+        status, decision = kinds[rng.choice(4, p=[0.6, 0.2, 0.1, 0.1])]
+        rows.append({"camera_id": "ab"[i % 2], "frame_id": i, "ts_ns": int(rng.integers(0, 200)) * 10**6,
+                     "status": status, "decision": decision, "score": 1.0, "threshold": 2.0, "model_name": "m",
+                     "regions": [], "batch_size": 1, "evidence_removed": False, "part_id": f"SN-{i // 6}"})  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(results), rows)
+        stored = [dict(r._mapping) for r in conn.execute(sa.select(results.c.id, results.c.camera_id,
+                  results.c.frame_id, results.c.ts_ns, results.c.part_id))]  # fmt: skip
+    statements = []
+
+    def keep(conn, cursor, sql, params, context, executemany):
+        statements.append((sql, params))
+
+    sa.event.listen(engine, "before_cursor_execute", keep)
+    record = Record(record_url)
+    record.engine = engine
+
+    def expected(limit, since=None, until=None, part=None):
+        kept = [r for r in stored if r["camera_id"] == "a" and (since is None or r["ts_ns"] >= since)
+                and (until is None or r["ts_ns"] <= until) and (part is None or r["part_id"] == part)]  # fmt: skip
+        return [r["frame_id"] for r in sorted(kept, key=lambda r: (-r["ts_ns"], -r["id"]))[:limit]]
+
+    for since, until in ((None, None), (50 * 10**6, None), (None, 120 * 10**6), (30 * 10**6, 31 * 10**6)):
+        for limit in (1, 7, 100, 1000):
+            got = record.results(camera="a", since_ns=since, until_ns=until, limit=limit)
+            assert [r["frame_id"] for r in got] == expected(limit, since, until), (since, until, limit)
+    assert {r["status"] for r in record.results(camera="a", limit=1000)} == {"ok", "error", "dropped"}
+    got = record.results(camera="a", part_id="SN-4")
+    assert [r["frame_id"] for r in got] == expected(100, part="SN-4") and len(got) == 3
+    if record_url.startswith("sqlite"):
+        statements.clear()
+        record.results(camera="a")
+        record.results(camera="a", part_id="SN-4")
+        sa.event.remove(engine, "before_cursor_execute", keep)
+        with engine.connect() as conn:
+            plans = [" / ".join(row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params))
+                     for sql, params in statements if "FROM results" in sql and "reviews" not in sql]  # fmt: skip
+        assert len(plans) == 2 and "ix_results_camera_frame" not in " ".join(plans), plans
+        assert plans[0].count("ix_results_camera_decision_ts") == 3 and "ix_results_part" in plans[1], plans
+
+
 def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):
     """A full disk or a folder gone: the results are recorded without evidence (and without the
     writer's state file), counted, and the writer stays alive for the next ones."""

@@ -125,15 +125,20 @@ class Record:
         part_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews."""
+        # Asked for a part, its few rows by their index: SQLite, without statistics, took the
+        # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
+        # expression on the camera keeps it off that index, on any database.
+        by_camera = results.c.camera_id if part_id is None else results.c.camera_id + ""
         q = sa.select(results)
-        for column, value in ((results.c.camera_id, camera), (results.c.decision, decision),
+        for column, value in ((by_camera, camera), (results.c.decision, decision),
                               (results.c.frame_id, frame_id), (results.c.part_id, part_id)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
+        q = _within(q, results.c.ts_ns, since_ns, until_ns)
         q = (
-            _within(q, results.c.ts_ns, since_ns, until_ns)
-            .order_by(results.c.ts_ns.desc(), results.c.id.desc())
-            .limit(limit)
+            _newest_of_camera(q, limit)
+            if camera is not None and decision is None and frame_id is None and part_id is None
+            else q.order_by(*NEWEST_FIRST).limit(limit)
         )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
@@ -352,6 +357,21 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
         })  # fmt: skip
     return rows
+
+
+# The order results() answers in; its queries and their parts sort by the same columns.
+NEWEST_FIRST = (results.c.ts_ns.desc(), results.c.id.desc())
+
+
+def _newest_of_camera(q: sa.Select, limit: int) -> sa.Select:
+    """`q` (a camera's results, any decision) as the newest `limit` of each decision (pass, fail,
+    none: errors and drops), merged: each part walks ix_results_camera_decision_ts in time order
+    and stops at `limit` rows. Asked whole, SQLite sorted every row of the camera (2.3 s at 2
+    million results, for the newest 100)."""
+    decisions = (results.c.decision == "pass", results.c.decision == "fail", results.c.decision.is_(None))
+    parts = [q.where(d).order_by(*NEWEST_FIRST).limit(limit).subquery() for d in decisions]
+    merged = sa.union_all(*(sa.select(part) for part in parts)).subquery()
+    return sa.select(merged).order_by(merged.c.ts_ns.desc(), merged.c.id.desc()).limit(limit)
 
 
 def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | None) -> sa.Select:
