@@ -70,8 +70,8 @@ def test_mask_of_the_wrong_size_is_named(tmp_path):
         load_test_set(cat, 16, 3)
 
 
-def test_missing_folders_are_named(tmp_path):
-    with pytest.raises(DataError, match="training"):
+def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
+    with pytest.raises(DataError, match=r"missing training folder: .*nothing/train/good \(a category's layout: "):
         train_image_paths(tmp_path / "nothing")
     cat = make_category(tmp_path / "cat")
     import shutil

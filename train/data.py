@@ -45,9 +45,13 @@ class TestSample:
     label: int  # 0 good, 1 defect
 
 
+# The folders a category needs, as the error for a missing one shows them.
+LAYOUT = "CATEGORY/train/good/ (defect-free images), and for eval CATEGORY/test/good/, CATEGORY/test/<defect kind>/"
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise DataError(f"missing {what} folder: {path}")
+        raise DataError(f"missing {what} folder: {path} (a category's layout: {LAYOUT})")
     return path
 
 
