@@ -75,9 +75,9 @@ def test_frames_in_give_results_out_matching_offline_evaluation(tiny_model, tiny
         assert 1 <= h["batch_size"] <= 8
         for r in h["regions"]:  # regions in the 64 x 64 frame's own pixels
             assert 0 <= r["x"] < 64 and 0 <= r["y"] < 64 and r["w"] > 0 and r["area"] > 0
-    # publish_frames: preview (the default): the frame goes with every fail and the camera's first result
-    first = min(results, key=lambda r: r[0]["frame_id"])[0]
-    assert all("frame" in h for h, _ in results if h["decision"] == "fail") and "frame" in first
+    # publish_frames: preview (the default): the frame goes with every fail. (And with the camera's
+    # first result scored, which is not always frame 0's: two workers score batches side by side.)
+    assert all("frame" in h for h, _ in results if h["decision"] == "fail")
     assert any(h["decision"] == "fail" for h, _ in results)
 
 
