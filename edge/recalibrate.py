@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from edge.errors import DataError, PackageError
 from edge.frames import batched, find_images, load_images
 from edge.health import HealthLimits
-from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, write_model_json
+from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, sha256_file, write_model_json
 from edge.progress import progress
 from edge.serving import health_gate
 from edge.threshold import (
@@ -35,6 +35,15 @@ from edge.threshold import (
 
 log = logging.getLogger(__name__)
 
+# A training image's fingerprint: the first hex digits of its file's sha256 (64 bits: no two of
+# a million images share one by chance). model.json keeps its training images' fingerprints.
+FINGERPRINT_HEX = 16
+
+
+def fingerprints(paths: Sequence[str | Path]) -> list[str]:
+    """The fingerprints of the files at `paths` (FINGERPRINT_HEX digits of each one's sha256)."""
+    return [sha256_file(p)[:FINGERPRINT_HEX] for p in paths]
+
 
 def good_frames(
     folder: str | Path, size: tuple[int, int], channels: int, shapes: list[tuple[int, int]] | None = None
@@ -43,6 +52,52 @@ def good_frames(
     as read are appended to `shapes` when given."""
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images"
     return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
+
+
+def calibration_images(
+    folder: str | Path,
+    size: tuple[int, int],
+    channels: int,
+    trained_on: Collection[str],
+    shapes: list[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, list[Path], dict[str, Any]]:
+    """good_frames of the images under `folder` that the model did not train on (`trained_on`:
+    its training images' fingerprints) -> (frames, paths, the threshold's source: `vqad
+    calibrate`, the folder, how many images, how many left out as training images)."""
+    found = find_images(folder)
+    paths = unseen_images(found, trained_on)
+    source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
+    if len(paths) < len(found):
+        source["training_images_left_out"] = len(found) - len(paths)
+    why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images the model did not train on"
+    if len(paths) < len(found):
+        why += f" ({len(found) - len(paths)} more trained it)"
+    frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
+    return frames, paths, source
+
+
+def unseen_images(paths: list[Path], trained_on: Collection[str]) -> list[Path]:
+    """`paths` without the model's training images (by fingerprint). A model scores the images
+    it learned from lower than new ones of the same product: a threshold on them sits too low,
+    and the line would reject good parts."""
+    if not trained_on or not paths:
+        return paths
+    known = set(trained_on)
+    unseen = [p for p, f in zip(paths, fingerprints(paths), strict=True) if f not in known]
+    if len(unseen) < len(paths):
+        log.warning(
+            "%d of %d good images trained the model and are left out of the calibration (e.g. %s): a model "
+            "scores the images it learned from lower than new ones, so a threshold on them would reject good "
+            "parts on the line",
+            len(paths) - len(unseen), len(paths), next(p for p in paths if p not in set(unseen)),
+        )  # fmt: skip
+    return unseen
+
+
+def training_fingerprints(meta: dict[str, Any]) -> list[str]:
+    """The fingerprints of a package's training images (model.json's source.training_images);
+    none for a package exported before they were kept."""
+    return list(meta.get("source", {}).get("training_images", []))
 
 
 def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
@@ -131,12 +186,12 @@ def calibrate_package(
     `vqad records --export-reviewed`'s test/), the entry's "defects" says how many would pass."""
     pkg = load_package(model_dir)
     shapes: list[tuple[int, int]] = []
-    frames, paths = good_frames(good_dir, pkg.image_size, pkg.channels, shapes)
+    trained_on = training_fingerprints(pkg.meta)
+    frames, paths, source = calibration_images(good_dir, pkg.image_size, pkg.channels, trained_on, shapes)
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     fp32 = graph_scorer(pkg.root / FP32_FILE)  # scores the good images, then any defects
     scores = fp32(frames)
-    source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     threshold["against_previous"] = check_against_previous(scores, float(old["value"]))
     threshold["health"] = health_findings(pkg, frames, shapes, paths)

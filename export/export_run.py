@@ -20,6 +20,7 @@ from edge.config import to_dict
 from edge.errors import PackageError
 from edge.health import training_stats
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
+from edge.recalibrate import fingerprints
 from export.config import ExportConfig
 from export.onnx_graph import INPUT_NAME, OUTPUT_NAMES, export_graph
 from export.parity import compare, onnx_outputs
@@ -140,6 +141,8 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
             "run": str(run.root),
             "checkpoint_sha256": run.meta.get("content_sha256"),
             "step": run.meta.get("step"),
+            # vqad calibrate leaves these images out: a threshold on them would sit too low.
+            "training_images": fingerprints(run.split()["train"]),
         },
         "model_config": to_dict(m),
         # What the training images looked like, for the daemon's camera health gate (edge/health.py).

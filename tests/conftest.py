@@ -72,6 +72,16 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def line_good(tmp_path_factory) -> Path:
+    """16 good bracket images that the tiny models never trained on (the same generator, another
+    seed): the line's good parts, as `vqad calibrate` takes them."""
+    out = tmp_path_factory.mktemp("line")
+    run_vqad("synth", out, "--categories", "bracket", "--seed", "4", "--size", "64", "--n-train", "16",
+             "--n-test-good", "1", "--n-per-defect", "1")  # fmt: skip
+    return out / "bracket" / "train" / "good"
+
+
+@pytest.fixture(scope="session")
 def tiny_run(synth_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "bracket"
     # 200 steps (a few seconds): enough for its scores to see a +20% gain (the drift test).

@@ -29,11 +29,11 @@ def _close(a: object, b: object) -> bool:
     return a == b
 
 
-def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, synth_root, tmp_path):
+def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, synth_root, tmp_path, line_good):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     before = load_package(model)
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     proc = run_vqad("calibrate", model, good, "--target-frr", "0.05")
     after = load_package(model)
     t = after.meta["threshold"]
@@ -50,7 +50,7 @@ def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, syn
     assert np.isclose(after.map_scale / after.threshold, before.map_scale / before.threshold)
 
 
-def test_good_images_unlike_the_models_are_warned_of(tiny_model, tiny_run, synth_root, tmp_path):
+def test_good_images_unlike_the_models_are_warned_of(tiny_model, tiny_run, synth_root, tmp_path, line_good):
     """Another product's images (weave for a bracket model) as the line's good ones: every one
     scores over the threshold they replace. Warned of and kept in the provenance, not refused."""
     model, run = tmp_path / "model", tmp_path / "run"
@@ -63,12 +63,12 @@ def test_good_images_unlike_the_models_are_warned_of(tiny_model, tiny_run, synth
     assert check["share_over_previous"] >= 0.2 and "this product's" in check["warning"]
     shutil.rmtree(model)
     shutil.copytree(tiny_model, model)
-    same = run_vqad("calibrate", model, synth_root / "bracket" / "train" / "good")
+    same = run_vqad("calibrate", model, line_good)
     assert "threshold they replace" not in same.stderr
     assert load_package(model).meta["threshold"]["against_previous"]["share_over_previous"] < 0.2
 
 
-def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_path):
+def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_path, line_good):
     import subprocess
     import sys
 
@@ -77,7 +77,7 @@ def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_pat
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     launch = "import sys; sys.modules['torch'] = None; from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     proc = subprocess.run(
         [sys.executable, "-c", launch, "calibrate", str(model), str(good)], cwd=ROOT, capture_output=True, text=True
     )
@@ -85,10 +85,10 @@ def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_pat
     assert load_package(model).meta["threshold"]["source"]["n_images"] == 16
 
 
-def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tmp_path):
+def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tmp_path, line_good):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     run_vqad("calibrate", run, good)
     saved = json.loads((run / "threshold.json").read_text())
     assert saved["source"]["by"] == "vqad calibrate" and saved["n_val"] == 16
@@ -107,14 +107,14 @@ def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tm
     assert load_package(tmp_path / "model").threshold == saved["value"]
 
 
-def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_model, synth_root, tmp_path):
+def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_model, synth_root, tmp_path, line_good):
     from edge.recalibrate import good_frames, graph_scores
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     previous = load_package(model).threshold
     defects = synth_root / "bracket" / "test"  # test/<kind>, as vqad records --export-reviewed writes, and test/good
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     proc = run_vqad("calibrate", model, good, "--defects", defects)
     t = load_package(model).meta["threshold"]
     d = t["defects"]
@@ -141,17 +141,48 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     assert "lowest: " in proc.stdout and "would pass" in proc.stderr
 
 
-def test_calibrating_a_run_with_confirmed_defects(tiny_run, synth_root, tmp_path):
+def test_calibrating_a_run_with_confirmed_defects(tiny_run, synth_root, tmp_path, line_good):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     defects = synth_root / "bracket" / "test"
     kinds = [p for p in defects.iterdir() if p.name != "good"]
-    run_vqad("calibrate", run, synth_root / "bracket" / "train" / "good", "--defects", kinds[0])
+    run_vqad("calibrate", run, line_good, "--defects", kinds[0])
     d = json.loads((run / "threshold.json").read_text())["defects"]
     assert d["n_images"] == len(list(kinds[0].glob("*.png"))) and "at_previous_threshold" in d
 
 
-def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path):
+def test_the_models_own_training_images_are_left_out_of_a_calibration(tiny_model, tiny_run, synth_root, tmp_path):
+    """The training folder given as the line's good images: a model scores the images it learned
+    from low, and a threshold on them would reject good parts on the line. Those images are
+    left out by their fingerprint (model.json's, or the run's split), said and kept in the
+    provenance; with nothing else left, refused."""
+    trained = json.loads((tiny_run / "split.json").read_text())["train"]
+    folder = synth_root / "bracket" / "train" / "good"
+    found = len(list(folder.glob("*.png")))
+    model, run = tmp_path / "model", tmp_path / "run"
+    shutil.copytree(tiny_model, model)
+    shutil.copytree(tiny_run, run)
+    assert len(load_package(model).meta["source"]["training_images"]) == len(trained) < found
+    for target, saved in ((model, lambda: load_package(model).meta["threshold"]),
+                          (run, lambda: json.loads((run / "threshold.json").read_text()))):  # fmt: skip
+        proc = run_vqad("calibrate", target, folder)
+        assert f"{len(trained)} of {found} good images trained the model and are left out" in proc.stderr
+        assert f"{found - len(trained)} good images under {folder}, {len(trained)} the model trained on left out" in (
+            proc.stdout
+        )
+        source = saved()["source"]
+        assert (source["n_images"], source["training_images_left_out"]) == (found - len(trained), len(trained))
+    only = tmp_path / "only_trained"
+    only.mkdir()
+    for path in trained:
+        shutil.copy(path, only / f"copy_{Path(path).name}")  # a copy is the same image
+    before = (model / "model.json").read_text()
+    proc = run_vqad("calibrate", model, only, check=False)
+    assert proc.returncode == 3 and "good images the model did not train on" in proc.stderr, proc.stderr
+    assert f"({len(trained)} more trained it)" in proc.stderr and (model / "model.json").read_text() == before
+
+
+def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path, line_good):
     proc = run_vqad("calibrate", tmp_path, tmp_path, check=False)
     assert proc.returncode != 0 and "neither a run" in proc.stderr
     (tmp_path / "one").mkdir()
@@ -162,19 +193,19 @@ def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path):
     proc = run_vqad("calibrate", tiny_model, tmp_path, "--target-frr", "0.7", check=False)
     assert proc.returncode == 2 and "--target-frr" in proc.stderr
     before = (tiny_model / "model.json").read_text()
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     proc = run_vqad("calibrate", tiny_model, good, "--defects", tmp_path / "one", check=False)
     assert proc.returncode != 0 and "at least 1 defect image" in proc.stderr
     assert (tiny_model / "model.json").read_text() == before  # nothing written
 
 
-def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp_path):
+def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp_path, line_good):
     from train.recalibrate import SCALES
     from train.run import load_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    good, defects = line_good, synth_root / "bracket" / "test"
     before = load_run(run)
     proc = run_vqad("calibrate", run, good, "--defects", defects, "--choose-scale")
     t = json.loads((run / "threshold.json").read_text())
@@ -207,8 +238,8 @@ def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp
     assert metrics["score_scale"] == choice["chosen"] and metrics["score_fuse_scales"] == list(factors[1:])
 
 
-def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synth_root):
-    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synth_root, line_good):
+    good, defects = line_good, synth_root / "bracket" / "test"
     proc = run_vqad("calibrate", tiny_run, good, "--choose-scale", check=False)
     assert proc.returncode != 0 and "--choose-scale needs confirmed defects" in proc.stderr
     before = (tiny_model / "model.json").read_text()
@@ -217,14 +248,14 @@ def test_a_scale_is_chosen_on_a_run_with_defects_only(tiny_model, tiny_run, synt
     assert (tiny_model / "model.json").read_text() == before
 
 
-def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root, tmp_path):
+def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root, tmp_path, line_good):
     from train.data import load_images
     from train.pipeline import score_frames
     from train.run import load_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    good, defects = line_good, synth_root / "bracket" / "test"
     before = load_run(run)
     assert len(before.model.scorer.maps()) == 2  # trained under the shipped fused map
     frames = load_images(sorted(defects.rglob("*.png")), before.model_cfg.image_size, before.model_cfg.channels)
@@ -257,7 +288,7 @@ def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root,
     assert proc.returncode != 0 and "--fuse-scales" in proc.stderr
 
 
-def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, tmp_path):
+def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, tmp_path, line_good):
     """TARGET/calibration.png: the good scores, the confirmed defects' and both thresholds; a
     picture that cannot be written is warned of, and the threshold stands."""
     import cv2
@@ -266,7 +297,7 @@ def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, t
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    good, defects = synth_root / "bracket" / "train" / "good", synth_root / "bracket" / "test"
+    good, defects = line_good, synth_root / "bracket" / "test"
     proc = run_vqad("calibrate", model, good, "--defects", defects)
     assert f"picture: {model / 'calibration.png'}" in proc.stdout
     t = load_package(model).meta["threshold"]
@@ -307,14 +338,14 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     assert (far[row, x_far] == THRESHOLD).all()
 
 
-def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_root, tmp_path):
+def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_root, tmp_path, line_good):
     """Images from another camera (here turned on their side: another shape) are not what the
     line will score as good: the camera health gate's verdict on each is kept and warned of."""
     import cv2
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    good = synth_root / "bracket" / "train" / "good"
+    good = line_good
     proc = run_vqad("calibrate", model, good)
     assert load_package(model).meta["threshold"]["health"] == {"unfit": 0, "reasons": {}, "examples": []}
     assert "unfit on the line" not in proc.stderr

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.recalibrate import check_defects, defect_frames, good_frames
+from edge.recalibrate import calibration_images, check_defects, defect_frames, fingerprints
 from edge.threshold import calibrate_threshold, check_against_previous
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
@@ -63,7 +63,7 @@ def calibrate_run(
         before = list(run.model_cfg.score.fuse_scales)
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
-    frames, paths = good_frames(good_dir, cfg.image_size, cfg.channels)
+    frames, paths, source = calibration_images(good_dir, cfg.image_size, cfg.channels, _trained_on(run))
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
     choice = None
@@ -78,7 +78,6 @@ def calibrate_run(
     if choice is not None or fused is not None:
         scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
         save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
-    source = {"by": "vqad calibrate", "folder": str(Path(good_dir).resolve()), "n_images": len(paths)}
     threshold = calibrate_threshold(scores, target, source, names=paths)
     # A threshold of another map says nothing of this map's scores.
     same_scale = choice is None or choice["chosen"] == choice["before"]
@@ -106,6 +105,11 @@ def calibrate_run(
         threshold["frr_bound_note"],
     )
     return threshold
+
+
+def _trained_on(run: Run) -> list[str]:
+    """The fingerprints of the run's training images still where the split names them."""
+    return fingerprints([p for p in run.split()["train"] if Path(p).is_file()])
 
 
 def choose_map_scale(

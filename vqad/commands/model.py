@@ -113,9 +113,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse)
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
+    left_out = threshold["source"].get("training_images_left_out", 0)
+    unseen = f", {left_out} the model trained on left out" if left_out else ""
     print(
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
-        f"under {args.good}, +1%); {threshold['frr_bound_note']}"
+        f"under {args.good}{unseen}, +1%); {threshold['frr_bound_note']}"
     )
     picture = _calibration_picture(threshold, args)
     if picture is not None:
