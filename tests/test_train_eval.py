@@ -117,8 +117,11 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
     category.mkdir()
     for kind in kinds:
         shutil.copytree(synth_root / "bracket" / "test" / kind, category / "test" / kind)
-    proc = run_vqad("eval", tiny_run, category, "--out", tmp_path / "eval", "--no-pictures")
+    proc = run_vqad("eval", tiny_run, category, "--out", tmp_path / "eval")
     metrics = _strict_json(tmp_path / "eval" / "metrics.json")
+    named = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
+    drawn = sorted(p.name for p in (tmp_path / "eval" / "images").glob("calibration_*.png"))
+    assert len(drawn) == len(named) > 0  # the good images that set the threshold, with or without a test set
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
     assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
     assert "good test images rejected" in (tmp_path / "eval" / "report.html").read_text()

@@ -230,6 +230,7 @@ def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: d
         images = load_images([Path(n) for n in on_disk], run.model_cfg.image_size, run.model_cfg.channels)
         recons, maps, scores = score_frames(run.model, images)
         val = {**val, **_by_path(on_disk, images, recons, maps, scores)}
+    (out / PANELS).mkdir(exist_ok=True)  # a category without a test set draws these alone
     for name in named:
         if name in val:
             image, recon, amap, score = val[name]
