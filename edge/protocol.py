@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge.errors import FrameError
@@ -123,8 +124,8 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
         raise FrameError(f"shape must be [H, W, C] integers, got {json.dumps(shape)[:80]}")
     h, w = shape[0], shape[1]
     c = shape[2] if len(shape) == 3 else 1
-    if h <= 0 or w <= 0 or c not in (1, 3):
-        raise FrameError(f"shape {shape} is not a valid image shape (C must be 1 or 3)")
+    if h <= 0 or w <= 0 or c not in (1, 3, 4):
+        raise FrameError(f"shape {shape} is not a valid image shape (C must be 1, 3 or 4)")
     return h, w, c
 
 
@@ -171,6 +172,8 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         if len(payload) != h * w * c:
             raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} needs {h * w * c}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, c)
+        if c == 4:  # BGRA or BGRx, as many camera pipelines deliver: the fourth byte is not looked at
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     else:
         # Decoders return partial images from truncated files; a complete file ends with its end marker.
         end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"

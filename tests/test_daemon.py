@@ -771,6 +771,20 @@ def test_an_image_claiming_too_many_pixels_is_refused_before_it_is_decoded(monke
     assert len(bombs["png"]) < 20_000
 
 
+def test_raw_frames_of_four_channels_are_read_as_bgr():
+    """BGRA or BGRx (a GStreamer or camera SDK's usual raw format): the fourth byte is dropped,
+    whatever it holds; a fifth channel is refused."""
+    from edge.protocol import Limits, frame_message, parse_frame
+
+    bgra = np.random.default_rng(1).integers(0, 255, (6, 5, 4), dtype=np.uint8)
+    as_sent = lambda message: [bytes(part) for part in message]  # noqa: E731  (what the socket delivers)
+    frame = parse_frame(as_sent(frame_message("c", 1, bgra, "raw")), Limits())
+    assert frame.image.shape == (6, 5, 3) and np.array_equal(frame.image, bgra[:, :, :3])
+    five = np.zeros((6, 5, 5), np.uint8)
+    with pytest.raises(FrameError, match="C must be 1, 3 or 4"):
+        parse_frame(as_sent(frame_message("c", 2, five, "raw")), Limits())
+
+
 def test_watch_says_why_the_camera_health_gate_failed_a_frame():
     from edge.protocol import result_header
     from edge.watch import format_line
