@@ -30,12 +30,12 @@ LOW_BITS_LIMIT = 1 << 12
 _warned_low_bits = False
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """Scale 16-bit or float images to uint8; leave uint8 alone. A 16-bit image is read by its
     top 8 bits, the same for every frame, so a scale never varies with the content."""
     if image.dtype == np.uint8:
         return image
-    if image.dtype == np.uint16:
+    if image.dtype.kind == "u" and image.dtype.itemsize == 2:
         _warn_if_low_bits(image)
         return (image >> 8).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
@@ -100,7 +100,7 @@ def decode_image(data: bytes) -> np.ndarray:
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise FrameError("image data could not be decoded")
-    return _to_uint8(image)
+    return to_uint8(image)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -26,10 +26,14 @@ import cv2
 import numpy as np
 
 from edge.errors import FrameError
-from edge.frames import decode_image, encoded_size
+from edge.frames import decode_image, encoded_size, to_uint8
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
+# A raw frame's pixel types: 8 bits, or 16 (little-endian; a Mono12/Mono16 camera's counts).
+RAW_DTYPES = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}
+# The largest raw pixel: 4 channels (BGRA) of 16 bits.
+MAX_BYTES_PER_PIXEL = 4 * 2
 MAX_ID_LENGTH = 128
 RESULT_TOPIC_PREFIX = b"result."
 # The daemon's own sign of life on the results socket, for a subscriber that must tell an idle
@@ -49,7 +53,7 @@ class UnreadableMessageError(Exception):
 class Limits:
     max_header_bytes: int = 65536
     max_frame_pixels: int = 4096 * 4096
-    max_frame_bytes: int = 4096 * 4096 * 3
+    max_frame_bytes: int = 4096 * 4096 * MAX_BYTES_PER_PIXEL
 
 
 @dataclass
@@ -156,8 +160,8 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     if encoding not in ENCODINGS:
         raise fail(f"encoding must be one of {', '.join(ENCODINGS)}")
     dtype = header.get("dtype", "uint8" if encoding != "raw" else None)
-    if dtype != "uint8":
-        raise fail(f"unsupported dtype {json.dumps(dtype)[:40]}; only uint8")
+    if dtype not in RAW_DTYPES or (dtype != "uint8" and encoding != "raw"):
+        raise fail(f"unsupported dtype {json.dumps(dtype)[:40]}; uint8, or uint16 for raw frames")
     payload = parts[1]
     if len(payload) > limits.max_frame_bytes:
         raise fail(f"frame of {len(payload)} bytes exceeds the limit of {limits.max_frame_bytes}")
@@ -169,9 +173,12 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
     if encoding == "raw":
         h, w, c = shape  # type: ignore[misc]
-        if len(payload) != h * w * c:
-            raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} needs {h * w * c}")
-        image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, c)
+        pixel_type = RAW_DTYPES[dtype]
+        if len(payload) != h * w * c * pixel_type.itemsize:
+            raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {dtype} needs "
+                       f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
+        # A 16-bit frame is read by its top 8 bits, as training reads a 16-bit image file.
+        image = to_uint8(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c))
         if c == 4:  # BGRA or BGRx, as many camera pipelines deliver: the fourth byte is not looked at
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     else:
@@ -205,10 +212,8 @@ def frame_message(
     ts_ns: int | None = None,
     part_id: str | None = None,
 ) -> list[bytes | memoryview]:
-    """Build a v1 frame message from an (H, W[, C]) uint8 image (what `vqad camera` sends);
-    `part_id`, the part's identity, comes back in its result."""
-    import cv2
-
+    """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
+    camera` sends); `part_id`, the part's identity, comes back in its result."""
     if image.ndim == 2:
         image = image[:, :, None]
     header: dict[str, Any] = {
@@ -217,13 +222,13 @@ def frame_message(
         "frame_id": int(frame_id),
         "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
         "shape": list(image.shape),
-        "dtype": "uint8",
+        "dtype": "uint16" if image.dtype.itemsize == 2 and encoding == "raw" else "uint8",
         "encoding": encoding,
     }
     if part_id is not None:
         header["part_id"] = part_id
     if encoding == "raw":
-        payload = np.ascontiguousarray(image).data  # sent from the array's memory, no copy
+        payload = np.ascontiguousarray(image, RAW_DTYPES[header["dtype"]]).data  # the array's memory, no copy
     elif encoding in ("jpeg", "png"):
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image)
         if not ok:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from edge.config import require
 from edge.endpoints import check_endpoint
 from edge.health import HealthLimits
+from edge.protocol import MAX_BYTES_PER_PIXEL
 from edge.results import PublishFrames
 
 
@@ -164,4 +165,5 @@ class EdgeConfig:
 
     @property
     def max_frame_bytes(self) -> int:
-        return self.max_frame_pixels * 3
+        """The largest raw frame within max_frame_pixels: 4 channels of 16 bits a pixel."""
+        return self.max_frame_pixels * MAX_BYTES_PER_PIXEL

@@ -785,6 +785,26 @@ def test_raw_frames_of_four_channels_are_read_as_bgr():
         parse_frame(as_sent(frame_message("c", 2, five, "raw")), Limits())
 
 
+def test_raw_16_bit_frames_are_read_by_their_top_8_bits_as_training_reads_16_bit_images(tmp_path):
+    """A Mono16 camera's frame, sent raw as uint16: the daemon's input is the training's for the
+    same image saved as a 16-bit PNG; a 16-bit payload of the wrong length, or uint16 in a
+    PNG's header, is refused."""
+    from edge.frames import read_image
+    from edge.protocol import Limits, frame_message, parse_frame
+
+    counts = np.random.default_rng(2).integers(0, 65536, (6, 5), dtype=np.uint16)
+    message = [bytes(part) for part in frame_message("c", 1, counts, "raw")]
+    assert json.loads(message[0])["dtype"] == "uint16" and len(message[1]) == 6 * 5 * 2
+    cv2.imwrite(str(tmp_path / "mono16.png"), counts)
+    frame = parse_frame(message, Limits())
+    assert frame.image.dtype == np.uint8 and np.array_equal(frame.image[:, :, 0], read_image(tmp_path / "mono16.png"))
+    with pytest.raises(FrameError, match="of uint16 needs 60"):
+        parse_frame([message[0], message[1][:30]], Limits())
+    header = {**json.loads(message[0]), "encoding": "png"}
+    with pytest.raises(FrameError, match="uint16 for raw frames"):
+        parse_frame([json.dumps(header).encode(), cv2.imencode(".png", counts)[1].tobytes()], Limits())
+
+
 def test_watch_says_why_the_camera_health_gate_failed_a_frame():
     from edge.protocol import result_header
     from edge.watch import format_line

@@ -295,7 +295,8 @@ def test_sockets_bind_to_loopback_by_default(tiny_model):
 
 
 def test_maximum_message_size_is_enforced(tiny_model):
-    # 64 x 64 pixels max: ZMQ_MAXMSGSIZE = 64*64*3 + header limit; a 256 x 256 frame is refused by ZeroMQ.
+    # 64 x 64 pixels max: ZMQ_MAXMSGSIZE = 64*64*8 (the largest raw pixel, 16-bit BGRA) + the header
+    # limit; a 256 x 256 frame is refused by ZeroMQ, a 64 x 64 one of the largest pixels is read.
     with DaemonProcess(tiny_model, "--set", "edge.max_frame_pixels=4096", "--set", "edge.max_header_bytes=1024") as d:
         sub = Subscriber(d.results)
         big = Camera(d.frames)
@@ -305,10 +306,11 @@ def test_maximum_message_size_is_enforced(tiny_model):
         small = Camera(d.frames)
         small.send(frame_message("small", 1, np.zeros((64, 64, 3), np.uint8)))
         small.send(frame_message("small", 2, np.zeros((65, 65, 3), np.uint8)))  # within bytes, over pixels
-        got = {h["frame_id"]: h for h, _ in sub.collect(2)}
+        small.send(frame_message("small", 3, np.full((64, 64, 4), 40000, np.uint16)))
+        got = {h["frame_id"]: h for h, _ in sub.collect(3)}
         small.close()
         assert d.alive()
-    assert got[1]["status"] == "ok"
+    assert got[1]["status"] == "ok" and got[3]["status"] == "ok"
     assert got[2]["status"] == "error"
 
 
