@@ -208,18 +208,26 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Image files anywhere under `folder`, sorted by path; DataError when `folder` is not a
-    folder (a mistyped path would otherwise read as a folder without images)."""
+    """Image files anywhere under `folder`, sorted by path, hidden ones left out (is_image);
+    DataError when `folder` is not a folder (a mistyped path would otherwise read as a folder
+    without images)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"no such folder: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = (p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in found if is_image(p))
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files in `folder`, sorted by name (a stable order for splits and reports)."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if is_image(p))
+
+
+def is_image(path: Path) -> bool:
+    """An image file by its suffix, not hidden: a copy made on a Mac carries a `._NAME.png`
+    beside each image (its metadata, not an image), and thumbnail folders are hidden too."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[T]:

@@ -70,6 +70,27 @@ def test_mask_of_the_wrong_size_is_named(tmp_path):
         load_test_set(cat, 16, 3)
 
 
+def test_a_copy_made_on_a_mac_trains_and_tests_on_its_images_alone(tmp_path):
+    """A folder copied from a Mac holds `._NAME.png` beside each image (its metadata: not an
+    image) and maybe hidden folders: they are no training images, no test kind, no mask."""
+    from edge.frames import find_images
+
+    cat = make_category(tmp_path / "cat")
+    for folder in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        for image in list((cat / folder).glob("*.png")):
+            (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07 Mac OS X metadata")
+    (cat / "test" / ".thumbnails").mkdir()
+    cv2.imwrite(str(cat / "test" / ".thumbnails" / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    assert [p.name for p in train_image_paths(cat)] == ["0.png", "1.png", "2.png", "3.png"]
+    test = load_test_set(cat, 16, 3)
+    assert sorted((s.kind, s.path.name) for s in test) == [("good", "0.png"), ("scratch", "0.png")]
+    assert next(s for s in test if s.kind == "scratch").mask.any()
+    assert [p.relative_to(cat / "test").as_posix() for p in find_images(cat / "test")] == [
+        "good/0.png",
+        "scratch/0.png",
+    ]
+
+
 def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
     with pytest.raises(DataError, match=r"missing training folder: .*nothing/train/good \(a category's layout: "):
         train_image_paths(tmp_path / "nothing")

@@ -22,9 +22,9 @@ import numpy as np
 from edge.errors import DataError
 from edge.frames import (
     IMAGE_KINDS,
-    IMAGE_SUFFIXES,
     Size,
     as_size,
+    is_image,
     list_images,
     load_images,
     read_image,
@@ -110,9 +110,9 @@ def mask_files(folder: Path) -> dict[str, list[Path]]:
         return {}
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_dir():
+        if path.is_dir() and not path.name.startswith("."):
             found.setdefault(path.name, []).extend(list_images(path))
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif is_image(path):
             found.setdefault(path.stem, []).append(path)
     plain = {stem: paths for stem, paths in found.items() if paths and not stem.endswith("_mask")}
     # `<stem>_mask` wins over `<stem>`: a set holding both spellings is read as MVTec AD.
@@ -151,7 +151,7 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     names the bad file."""
     category, size = Path(category), as_size(size)
     test_dir = _require_dir(category / "test", "test")
-    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not kinds:
         raise DataError(f"no <kind> folders in {test_dir}")
     samples: list[TestSample] = []
