@@ -132,6 +132,18 @@ def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout):
     assert mask is not None and mask[:3].all() and mask[-3:].all() and not mask[6:10].any()
 
 
+def test_a_jpeg_masks_compression_noise_is_no_defect(tmp_path):
+    """A JPEG mask's faint values around each edge are not the defect; its marked pixels are."""
+    from train.data import read_mask
+
+    drawn = np.zeros((30, 40), np.uint8)
+    drawn[10:20, 12:31] = 255
+    cv2.imwrite(str(tmp_path / "0_mask.jpg"), drawn)
+    assert (cv2.imread(str(tmp_path / "0_mask.jpg"), cv2.IMREAD_GRAYSCALE)[drawn == 0] > 0).any()  # the noise
+    mask = read_mask([tmp_path / "0_mask.jpg"], tmp_path / "0.png", (30, 40, 3), (30, 40))
+    assert np.array_equal(mask, drawn > 0)
+
+
 def test_a_mask_folder_with_one_mask_of_the_wrong_size_is_named(tmp_path):
     cat = make_category(tmp_path / "cat")
     (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()

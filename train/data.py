@@ -122,8 +122,10 @@ def mask_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def read_mask(paths: list[Path], image_path: Path, image_shape: tuple[int, ...], size: Size) -> np.ndarray:
-    """The union of a test image's mask files, at the model's size. DataError names a mask file
-    that is unreadable or not the image's size."""
+    """The union of a test image's mask files, at the model's size: a pixel of a lossless mask
+    is a defect when it is not 0 (0/255 masks and 0/1/2 label maps alike); of a JPEG mask, when
+    it is over half the mask's brightest, as its compression leaves faint values around every
+    edge. DataError names a mask file that is unreadable or not the image's size."""
     union = np.zeros(image_shape[:2], dtype=bool)
     for path in paths:
         raw_mask = read_image(path)
@@ -132,7 +134,9 @@ def read_mask(paths: list[Path], image_path: Path, image_shape: tuple[int, ...],
                 f"mask {path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} but its image "
                 f"{image_path} is {image_shape[1]}x{image_shape[0]}"
             )
-        union |= (raw_mask.max(axis=2) if raw_mask.ndim == 3 else raw_mask) > 0
+        grey = raw_mask.max(axis=2) if raw_mask.ndim == 3 else raw_mask
+        lossy = path.suffix.lower() in (".jpg", ".jpeg")
+        union |= grey > (grey.max() // 2 if lossy else 0)
     return resize_mask(union.astype(np.uint8), size)
 
 
