@@ -38,7 +38,7 @@ from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.frames import to_model_input
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.protocol import Limits, UnreadableMessageError, parse_frame
+from edge.protocol import Limits, UnreadableMessageError, capture_time_ns, parse_frame
 from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
@@ -62,6 +62,7 @@ class Daemon:
         self.metrics = DaemonMetrics()
         self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._nonfinite_log = RepeatedLog(log, logging.ERROR)
+        self._clock_log = RepeatedLog(log)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
@@ -356,6 +357,7 @@ class Daemon:
             self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
             return
         self._note_camera(frame.camera_id)
+        self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
         if frame.camera_id in self.paused:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
@@ -394,6 +396,16 @@ class Daemon:
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
                 self._emit_pending_error(item, "daemon stopping")
                 return
+
+    def _check_clock(self, camera_id: str, ts_ns: int, recv_ns: int) -> None:
+        """Count, and say at most a line a minute, when a frame's ts_ns is no capture time."""
+        if ts_ns and capture_time_ns(ts_ns, recv_ns) != ts_ns:
+            self.metrics.clock_off.inc()
+            self._clock_log.log(
+                "camera %s sent ts_ns %.1f h off this machine's clock: the record keeps the receive time. "
+                "Send the capture time in ns since the epoch (UTC) from a synchronised clock, or 0",
+                camera_id, (ts_ns - recv_ns) / 3.6e12,
+            )  # fmt: skip
 
     def _note_camera(self, camera_id: str) -> None:
         """Say once when more than MANY_CAMERAS distinct camera ids have sent frames."""

@@ -17,6 +17,11 @@ class DaemonMetrics:
             "vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r
         )
         self.results = Counter("vqad_results", "Results published", ["status", "decision"], registry=r)
+        self.clock_off = Counter(
+            "vqad_frames_clock_off",
+            "Frames whose ts_ns is more than 5 minutes off the daemon's receive time (the log names the camera)",
+            registry=r,
+        )
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
         self.batch_size = Histogram(
             "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r

@@ -32,6 +32,10 @@ VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
 # A raw frame's pixel types: 8 bits, or 16 (little-endian; a Mono12/Mono16 camera's counts).
 RAW_DTYPES = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}
+# A frame's ts_ns this far from its receive time is no capture time: the sender's clock is off
+# (local time sent as UTC, a camera's uptime counter, a clock never set). Frames wait in the
+# queues for seconds at most; a time zone is 30 minutes or more.
+CLOCK_TOLERANCE_S = 300.0
 # The largest raw pixel: 4 channels (BGRA) of 16 bits.
 MAX_BYTES_PER_PIXEL = 4 * 2
 MAX_ID_LENGTH = 128
@@ -202,6 +206,13 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         if shape is not None and tuple(image.shape[:2]) != shape[:2]:
             raise fail(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
     return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id)
+
+
+def capture_time_ns(ts_ns: int, recv_ns: int) -> int:
+    """The time a result is recorded at: the sender's capture time `ts_ns`, or `recv_ns` (the
+    daemon's receive time) when the sender has no clock (0) or one more than CLOCK_TOLERANCE_S
+    off, so that queries by time and the daily tally hold."""
+    return ts_ns if ts_ns and abs(ts_ns - recv_ns) <= CLOCK_TOLERANCE_S * 1e9 else recv_ns
 
 
 def frame_message(

@@ -191,6 +191,40 @@ def test_parts_named_as_cameras_are_pointed_to_part_id_once(tiny_model):
     assert log_text.count(f"frames from more than {MANY_CAMERAS} camera ids") == 1 and "part_id" in log_text
 
 
+def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(tiny_model, tmp_path):
+    """ts_ns 3 hours off (local time sent as UTC) or a camera's uptime counter: the result
+    echoes it, the record keeps the receive time (the daily tally, `--since`), a line names the
+    camera and vqad_frames_clock_off counts the frames; a synchronised sender is left alone."""
+    import urllib.request
+
+    from edge.record import Record
+    from edge.transport import free_loopback_port
+
+    url, port = f"sqlite:///{tmp_path / 'line.db'}", free_loopback_port()
+    frame = np.full((16, 16, 3), 90, np.uint8)
+    sent = {("zoned", 0): time.time_ns() + 3 * 3600 * 10**9, ("uptime", 0): 42 * 10**9, ("synced", 0): time.time_ns()}
+    before = time.time_ns()
+    with DaemonProcess(tiny_model, "--record", url, "--metrics-port", str(port)) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for (camera, frame_id), ts_ns in sent.items():
+                cam.send(frame_message(camera, frame_id, frame, ts_ns=ts_ns))
+            echoed = {(h["camera_id"], h["frame_id"]): h["ts_ns"] for h, _ in sub.collect(3)}
+            wait_for(lambda: len(Record(url).results()) == 3, 10)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        finally:
+            sub.close()
+            cam.close()
+        log_text = daemon.log_text()
+    after = time.time_ns()
+    assert echoed == sent
+    recorded = {(r["camera_id"], r["frame_id"]): r["ts_ns"] for r in Record(url).results()}
+    assert recorded[("synced", 0)] == sent[("synced", 0)]
+    assert all(before <= recorded[key] <= after for key in (("zoned", 0), ("uptime", 0)))
+    assert "vqad_frames_clock_off_total 2.0" in metrics
+    assert "camera zoned sent ts_ns 3.0 h off this machine's clock" in log_text
+
+
 def test_a_camera_that_reconnects(tiny_model):
     frame = np.full((32, 32, 3), 90, np.uint8)
     with DaemonProcess(tiny_model) as daemon:

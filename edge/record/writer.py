@@ -28,7 +28,7 @@ from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import heatmap_overlay
-from edge.protocol import file_name, unfit_reasons
+from edge.protocol import capture_time_ns, file_name, unfit_reasons
 from edge.record.housekeeping import Housekeeping
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, shown_url
@@ -234,9 +234,10 @@ class RecordWriter:
         return {
             "camera_id": h["camera_id"],
             "frame_id": h["frame_id"],
-            # A sender without a clock sends ts_ns 0: the record's time is then the daemon's
-            # receive time, so that queries by time, the order of rows and the daily tally hold.
-            "ts_ns": h["ts_ns"] or result.recv_ns or published_ns,
+            # A sender without a clock (ts_ns 0), or with one far off: the record's time is then
+            # the daemon's receive time, so that queries by time, the order of rows and the daily
+            # tally hold. The published result echoes the sender's ts_ns as it came.
+            "ts_ns": capture_time_ns(h["ts_ns"], result.recv_ns or published_ns),
             "received_ns": result.recv_ns or None,
             "published_ns": published_ns,
             "status": h["status"],
