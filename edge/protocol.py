@@ -2,9 +2,11 @@
 
 Frames in (PUSH -> the daemon's PULL, or camera PUB -> the daemon's SUB), 2 parts:
   1. UTF-8 JSON header {"v": 1, "camera_id", "frame_id", "ts_ns", "shape": [H, W, C],
-     "dtype": "uint8", "encoding": "raw" | "jpeg" | "png"}   (shape optional for jpeg/png;
-     an optional "part_id", the part's own identity, is echoed in its result and recorded)
-  2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1)
+     "dtype": "uint8" | "uint16" (raw), "encoding": "raw" | "jpeg" | "png"}   (shape optional
+     for jpeg/png; an optional "part_id", the part's own identity, is echoed in its result and
+     recorded; an optional "color_order": "RGB" for raw frames in that order)
+  2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1, BGRA or BGRx
+     when C = 4)
 
 Results out (the daemon's PUB), 3 parts:
   1. topic b"result.<camera_id>"
@@ -36,6 +38,8 @@ RAW_DTYPES = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}
 # (local time sent as UTC, a camera's uptime counter, a clock never set). Frames wait in the
 # queues for seconds at most; a time zone is 30 minutes or more.
 CLOCK_TOLERANCE_S = 300.0
+# A raw frame's channel order (`color_order`; BGR when absent). Grey frames have none.
+COLOR_ORDERS = ("BGR", "RGB")
 # The largest raw pixel: 4 channels (BGRA) of 16 bits.
 MAX_BYTES_PER_PIXEL = 4 * 2
 MAX_ID_LENGTH = 128
@@ -175,16 +179,16 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         raise fail(exc.reason) from None
     if shape is not None and shape[0] * shape[1] > limits.max_frame_pixels:
         raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
+    order = header.get("color_order", "BGR")
+    if order not in COLOR_ORDERS or (order != "BGR" and encoding != "raw"):
+        raise fail(f"color_order must be BGR or RGB (RGB for raw frames only), got {json.dumps(order)[:40]}")
     if encoding == "raw":
         h, w, c = shape  # type: ignore[misc]
         pixel_type = RAW_DTYPES[dtype]
         if len(payload) != h * w * c * pixel_type.itemsize:
             raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {dtype} needs "
                        f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
-        # A 16-bit frame is read by its top 8 bits, as training reads a 16-bit image file.
-        image = to_uint8(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c))
-        if c == 4:  # BGRA or BGRx, as many camera pipelines deliver: the fourth byte is not looked at
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        image = _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), order)
     else:
         # Decoders return partial images from truncated files; a complete file ends with its end marker.
         end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
@@ -208,6 +212,19 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id)
 
 
+def _raw_image(pixels: np.ndarray, order: str) -> np.ndarray:
+    """A raw frame's (H, W, C) pixels -> the uint8 image training reads: a 16-bit frame by its top
+    8 bits (as a 16-bit image file), the channels in BGR order, a fourth channel (the alpha or
+    padding byte of BGRA, BGRx, RGBA, RGBx) dropped."""
+    image = to_uint8(pixels)
+    channels = image.shape[2]
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if order == "RGB" else cv2.COLOR_BGRA2BGR)
+    if channels == 3 and order == "RGB":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return image
+
+
 def capture_time_ns(ts_ns: int, recv_ns: int) -> int:
     """The time a result is recorded at: the sender's capture time `ts_ns`, or `recv_ns` (the
     daemon's receive time) when the sender has no clock (0) or one more than CLOCK_TOLERANCE_S
@@ -222,9 +239,11 @@ def frame_message(
     encoding: str = "raw",
     ts_ns: int | None = None,
     part_id: str | None = None,
+    color_order: str = "BGR",
 ) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
-    camera` sends); `part_id`, the part's identity, comes back in its result."""
+    camera` sends; `color_order` RGB for a raw image in that order); `part_id`, the part's
+    identity, comes back in its result."""
     if image.ndim == 2:
         image = image[:, :, None]
     header: dict[str, Any] = {
@@ -238,6 +257,8 @@ def frame_message(
     }
     if part_id is not None:
         header["part_id"] = part_id
+    if color_order != "BGR":
+        header["color_order"] = color_order
     if encoding == "raw":
         payload = np.ascontiguousarray(image, RAW_DTYPES[header["dtype"]]).data  # the array's memory, no copy
     elif encoding in ("jpeg", "png"):

@@ -819,6 +819,25 @@ def test_raw_frames_of_four_channels_are_read_as_bgr():
         parse_frame(as_sent(frame_message("c", 2, five, "raw")), Limits())
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_raw_frames_in_rgb_order_say_so_and_are_read_as_bgr(channels):
+    """Many camera SDKs deliver RGB (or RGBA/RGBx): with "color_order": "RGB" the daemon reads
+    the same image as its BGR frame; the field is refused on an encoded frame, whose codec
+    fixes the order, and any other value is refused."""
+    from edge.protocol import Limits, frame_message, parse_frame
+
+    bgr = np.random.default_rng(3).integers(0, 255, (6, 5, 3), dtype=np.uint8)
+    rgb = bgr[:, :, ::-1]
+    sent = rgb if channels == 3 else np.dstack([rgb, np.full((6, 5), 255, np.uint8)])
+    message = [bytes(part) for part in frame_message("c", 1, sent, "raw", color_order="RGB")]
+    assert np.array_equal(parse_frame(message, Limits()).image, bgr)
+    header = json.loads(message[0])
+    for bad, data in (({**header, "color_order": "GBR"}, message[1]),
+                      ({**header, "encoding": "png"}, cv2.imencode(".png", bgr)[1].tobytes())):  # fmt: skip
+        with pytest.raises(FrameError, match="color_order must be BGR or RGB"):
+            parse_frame([json.dumps(bad).encode(), data], Limits())
+
+
 def test_raw_16_bit_frames_are_read_by_their_top_8_bits_as_training_reads_16_bit_images(tmp_path):
     """A Mono16 camera's frame, sent raw as uint16: the daemon's input is the training's for the
     same image saved as a 16-bit PNG; a 16-bit payload of the wrong length, or uint16 in a
