@@ -49,6 +49,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
 
 
+SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "regions", "error")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`vqad score MODEL IMAGE_OR_FOLDER...`: the line's decision on image files, offline."""
+    import csv
+    import json
+    import sys
+
+    from edge.config import load_config
+    from edge.offline import score_images, summary
+    from edge.protocol import unfit_reasons
+    from edge.settings import EdgeConfig
+
+    over = overrides(args, "edge")
+    for flag in ("backend", "precision", "threshold"):
+        if getattr(args, flag) is not None:
+            over[flag] = getattr(args, flag)
+    cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
+    scored = list(score_images(args.model, args.images, cfg, args.out))
+    rows = [{"image": str(s.path), "status": s.header["status"], "score": s.header.get("score"),
+             "threshold": s.header.get("threshold"), "decision": s.header.get("decision"),
+             "unfit": unfit_reasons(s.header), "regions": len(s.header.get("regions") or []),
+             "error": s.header.get("error")} for s in scored]  # fmt: skip
+    if args.format == "json":
+        print(json.dumps([{**row, "result": s.header} for row, s in zip(rows, scored, strict=True)], indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, SCORE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for r in rows:
+            verdict = (r["decision"] or r["status"]).upper()
+            score = "-" if r["score"] is None else f"{r['score']:.5g}"
+            why = f"  unfit: {r['unfit']}" if r["unfit"] else (f"  {r['error']}" if r["error"] else "")
+            print(f"{verdict:5} {score:>9}  {r['regions']} regions  {r['image']}{why}")
+        threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
+        print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
+    if args.out:
+        print(f"pictures: {args.out}", file=sys.stderr if args.format != "table" else sys.stdout)
+    return 0
+
+
 def _stop_on_sigterm() -> Callable[[], bool]:
     """A check that turns true once SIGTERM arrives (the handler only sets the flag)."""
     import signal
@@ -284,6 +327,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_serve(sub)
+    _add_score(sub)
     _add_dashboard(sub)
     _add_camera(sub)
     _add_watch(sub)
@@ -313,6 +357,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--check", action="store_true",
                    help="verify what a start needs (model, backend, keys, folders, record); bind nothing")  # fmt: skip
     s.set_defaults(func=cmd_serve)
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("score", help="what the line would decide on image files, offline (no daemon)")
+    s.add_argument("model", type=Path, metavar="MODEL_DIR")
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    s.add_argument("--out", type=Path, metavar="DIR", help="draw each result: its map over the image, regions boxed")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--config", type=Path, help="edge config YAML (default configs/edge.yaml): threshold, health limits")
+    s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
+    s.add_argument("--precision", choices=["fp32", "fp16"], help="onnxruntime graph to run")
+    s.add_argument("--threshold", type=float, help="override model.json's threshold")
+    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
+    s.set_defaults(func=cmd_score)
 
 
 def _add_dashboard(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,132 @@
+"""`vqad score MODEL IMAGE_OR_FOLDER...`: what the line would decide on image files, without a
+daemon, a camera or a socket (an audit of a disputed part, a check of a new package on known
+good and bad parts before it goes live).
+
+The images go through the daemon's own steps: the package's verified graph on the configured
+backend (`edge.serving.load_serving`), the frame's resize (`edge.frames.to_model_input`), the
+camera health gate, and the results' scoring, regions and decision (`edge.results.scored_results`).
+A folder's repeated image is no frozen camera: that check is left out, as `vqad calibrate` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import DataError
+from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, to_model_input, write_image
+from edge.metrics import DaemonMetrics
+from edge.overlay import result_picture
+from edge.progress import progress
+from edge.protocol import file_name
+from edge.results import Pending, Result, scored_results
+from edge.serving import Serving, load_serving
+from edge.settings import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+CAMERA_ID = "offline"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One image's verdict: its path, and the result header the daemon would publish (status
+    "error" with the reason for an image that cannot be read)."""
+
+    path: Path
+    header: dict[str, Any]
+
+
+def image_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """The image files named, and those under the folders named, in the order given."""
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            paths.extend(find_images(source))
+        elif is_image(source):
+            paths.append(source)
+        else:
+            raise DataError(f"{source}: neither an image file ({IMAGE_KINDS}) nor a folder")
+    if not paths:
+        raise DataError(f"no images under {', '.join(map(str, sources))}")
+    return paths
+
+
+def score_images(
+    model_dir: Path, sources: Sequence[str | Path], cfg: EdgeConfig, out: Path | None = None
+) -> Iterator[Scored]:
+    """Score every image under `sources` as the line would with `cfg` (its threshold, backend,
+    health limits); with `out`, draw each result (the map over the frame, regions boxed,
+    labelled with the file's name) into out/<name>.png. Yields one Scored per image, in order."""
+    paths = image_paths(sources)
+    cfg = dataclasses.replace(cfg, inference_workers=1, publish_frames=True, publish_maps=True, warmup_runs=1)
+    serving = load_serving(model_dir, cfg, DaemonMetrics())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        batches = batched(list(enumerate(paths)), cfg.max_batch)
+        for batch in progress(batches, "scoring", total=-(-len(paths) // cfg.max_batch), unit="batch"):
+            yield from _score_batch(serving, batch, out)
+    finally:
+        serving.close()
+
+
+def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path | None) -> list[Scored]:
+    """The batch's verdicts in its order: an unreadable image is an error result, as a
+    malformed frame is on the line, and the others are scored together."""
+    verdicts: dict[int, Scored] = {}
+    pending: list[tuple[Path, Pending]] = []
+    for index, path in batch:
+        try:
+            pending.append((path, _pending(serving, index, path)))
+        except DataError as exc:
+            verdicts[index] = Scored(path, {"camera_id": CAMERA_ID, "frame_id": index, "status": "error",
+                                            "error": str(exc)})  # fmt: skip
+    if pending:
+        start_ns = time.time_ns()
+        maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p in pending]))
+        infer_ms = (time.time_ns() - start_ns) / 1e6
+        results = scored_results([p for _, p in pending], maps, scores, start_ns, infer_ms, serving.scoring)
+        for (path, p), result, amap in zip(pending, results, maps, strict=True):
+            if out is not None and result.header["status"] == "ok":
+                _draw(result, amap[0], path, out)
+            verdicts[p.frame_id] = Scored(path, result.header)
+    return [verdicts[index] for index, _ in batch]
+
+
+def _pending(serving: Serving, index: int, path: Path) -> Pending:
+    """An image file as the daemon's receiver makes a frame ready for inference."""
+    image = read_image(path)
+    pkg = serving.package
+    model_input = to_model_input(image, pkg.image_size, pkg.channels)
+    health = None
+    if serving.health is not None:
+        found = serving.health.check(f"{CAMERA_ID}-{index}", model_input, image.shape[:2])
+        reasons = [r for r in found["reasons"] if r != "frozen"]
+        health = {**found, "ok": not reasons, "reasons": reasons}
+    now = time.time_ns()
+    return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, now, None, health, path.name[:128])
+
+
+def _draw(result: Result, amap: np.ndarray, path: Path, out: Path) -> None:
+    frame_jpeg = result.extra[0] if result.extra else None
+    labelled = {**result.header, "camera_id": path.name, "frame_id": result.header["frame_id"]}
+    picture = result_picture(labelled, amap, frame_jpeg)
+    write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
+
+
+def summary(scored: Sequence[Scored]) -> str:
+    """'12 images: 9 pass, 3 fail (1 unfit), 0 unreadable'."""
+    decisions = [s.header.get("decision") for s in scored]
+    unfit = sum(1 for s in scored if (s.header.get("health") or {}).get("ok") is False)
+    errors = sum(1 for s in scored if s.header["status"] == "error")
+    return (
+        f"{len(scored)} images: {decisions.count('pass')} pass, {decisions.count('fail')} fail ({unfit} unfit), "
+        f"{errors} not scored"
+    )
