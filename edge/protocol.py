@@ -168,7 +168,7 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     if encoding not in ENCODINGS:
         raise fail(f"encoding must be one of {', '.join(ENCODINGS)}")
     dtype = header.get("dtype", "uint8" if encoding != "raw" else None)
-    if dtype not in RAW_DTYPES or (dtype != "uint8" and encoding != "raw"):
+    if not isinstance(dtype, str) or dtype not in RAW_DTYPES or (dtype != "uint8" and encoding != "raw"):
         raise fail(f"unsupported dtype {json.dumps(dtype)[:40]}; uint8, or uint16 for raw frames")
     payload = parts[1]
     if len(payload) > limits.max_frame_bytes:
@@ -180,7 +180,7 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     if shape is not None and shape[0] * shape[1] > limits.max_frame_pixels:
         raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
     order = header.get("color_order", "BGR")
-    if order not in COLOR_ORDERS or (order != "BGR" and encoding != "raw"):
+    if not isinstance(order, str) or order not in COLOR_ORDERS or (order != "BGR" and encoding != "raw"):
         raise fail(f"color_order must be BGR or RGB (RGB for raw frames only), got {json.dumps(order)[:40]}")
     if encoding == "raw":
         h, w, c = shape  # type: ignore[misc]

@@ -58,7 +58,7 @@ def bad_message(draw):
     if kind == "random_header":
         return [draw(st.binary(min_size=0, max_size=64)).replace(b"{", b"("), b"x"], False, None
     if kind == "wrong_types":
-        field = draw(st.sampled_from(["v", "ts_ns", "shape", "encoding", "dtype"]))
+        field = draw(st.sampled_from(["v", "ts_ns", "shape", "encoding", "dtype", "color_order"]))
         h["shape"] = [2, 2, 3]
         h[field] = draw(
             st.one_of(
@@ -74,8 +74,10 @@ def bad_message(draw):
             h[field] = "bad"
         if field == "encoding" and h[field] in ("raw", "jpeg", "png"):
             h[field] = 3
-        if field == "dtype" and h[field] == "uint8":
+        if field == "dtype" and h[field] in ("uint8", "uint16"):
             h[field] = 8
+        if field == "color_order" and h[field] in ("BGR", "RGB"):
+            h[field] = "GBR"
         if field == "v" and h[field] == 1:
             h[field] = 2
         return [json.dumps(h).encode(), b"\0" * 12], True, fid
