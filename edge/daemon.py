@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.frames import to_model_input
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.protocol import Limits, UnreadableMessageError, capture_time_ns, parse_frame
+from edge.protocol import Limits, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
 from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
@@ -63,6 +64,7 @@ class Daemon:
         self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._nonfinite_log = RepeatedLog(log, logging.ERROR)
         self._clock_log = RepeatedLog(log)
+        self._fault_log = RepeatedLog(log, logging.ERROR)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
@@ -356,6 +358,9 @@ class Daemon:
         except FrameError as exc:
             self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
             return
+        except Exception as exc:  # noqa: BLE001 - a fault of the parser is this message's, not the line's
+            self._parser_fault(parts, exc, recv_ns)
+            return
         self._note_camera(frame.camera_id)
         self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
         if frame.camera_id in self.paused:
@@ -396,6 +401,21 @@ class Daemon:
             if self.inference_stopped.is_set():  # the queue will never drain: answer now
                 self._emit_pending_error(item, "daemon stopping")
                 return
+
+    def _parser_fault(self, parts: list[bytes | memoryview], exc: Exception, recv_ns: int) -> None:
+        """A message the parser failed on unexpectedly (a bug to report): an error result when its
+        ids can be read, the traceback logged (at most a line a minute), and the receiver goes on."""
+        self._fault_log.log(
+            "a message the parser failed on (%s: %s) gets an error result; please report it:\n%s",
+            type(exc).__name__, exc, traceback.format_exc(),
+        )  # fmt: skip
+        try:
+            _, camera_id, frame_id = parse_header(parts[0], self.limits)
+        except Exception:  # noqa: BLE001 - without its ids a message gets no result, as an unreadable one
+            self.metrics.unreadable.inc()
+            return
+        reason = f"the daemon could not read this frame ({type(exc).__name__})"
+        self._reject(camera_id, frame_id, _ts(parts), reason, recv_ns)
 
     def _check_clock(self, camera_id: str, ts_ns: int, recv_ns: int) -> None:
         """Count, and say at most a line a minute, when a frame's ts_ns is no capture time."""

@@ -225,6 +225,35 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
     assert "camera zoned sent ts_ns 3.0 h off this machine's clock" in log_text
 
 
+def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tmp_path, monkeypatch, caplog):
+    """An exception the parser was not written to raise (a bug) ended the receiver thread, and
+    the daemon with it: it is now the message's error result (when its ids can be read), a
+    line with the traceback, and the next message is read."""
+    from types import SimpleNamespace
+
+    from edge import daemon as daemon_module
+    from edge.daemon import Daemon
+    from edge.results import FrameSampler, Scoring
+    from edge.settings import EdgeConfig
+
+    daemon = Daemon(tmp_path, EdgeConfig())
+    scoring = Scoring(1.0, {"name": "m", "sha256": "0"}, 0.01, 4, True, FrameSampler(False))
+    daemon.serving = SimpleNamespace(scoring=scoring)
+
+    def parser_bug(*args, **kwargs):
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(daemon_module, "parse_frame", parser_bug)
+    with caplog.at_level(logging.ERROR, logger="edge.daemon"):
+        daemon._accept([bytes(p) for p in frame_message("cam0", 7, np.zeros((4, 4, 3), np.uint8))])
+        daemon._accept([b"\xff not a header", b""])
+    result = daemon.outbox.get_nowait()
+    assert (result.header["camera_id"], result.header["frame_id"], result.header["status"]) == ("cam0", 7, "error")
+    assert result.header["error"] == "the daemon could not read this frame (RuntimeError)"
+    assert daemon.outbox.empty() and daemon.metrics.unreadable._value.get() == 1
+    assert "please report it" in caplog.text and "RuntimeError: a parser bug" in caplog.text
+
+
 def test_a_camera_that_reconnects(tiny_model):
     frame = np.full((32, 32, 3), 90, np.uint8)
     with DaemonProcess(tiny_model) as daemon:
