@@ -112,6 +112,19 @@ def bad_message(draw):
     return [b'{"a":' * depth + b"1" + b"}" * depth, b""], False, None
 
 
+def _same_image(frame_id: int, image: np.ndarray) -> list:
+    """The reference image as a camera may send it: BGR, BGRx, 16-bit (its counts x 257, whose
+    top 8 bits are the image), or RGB saying so. The daemon reads each as the same frame."""
+    form = frame_id % 4
+    if form == 1:
+        return frame_message("fuzz", frame_id, np.dstack([image, np.zeros(image.shape[:2], np.uint8)]))
+    if form == 2:
+        return frame_message("fuzz", frame_id, image.astype(np.uint16) * 257)
+    if form == 3:
+        return frame_message("fuzz", frame_id, np.ascontiguousarray(image[:, :, ::-1]), color_order="RGB")
+    return frame_message("fuzz", frame_id, image)
+
+
 @pytest.fixture(scope="module")
 def fuzz_daemon(tiny_model):
     daemon = DaemonProcess(tiny_model, "--set", "edge.max_frame_pixels=4000000").start()
@@ -152,9 +165,9 @@ def test_fuzzed_messages(fuzz_daemon, reference, request):
             cam.send(parts)
             if expects_error:
                 expected_errors.add(fid)
-            if i % 8 == 0:  # a valid frame in between
+            if i % 8 == 0:  # a valid frame in between, in one of the raw forms of the same image
                 good_id = next(_ids)
-                cam.send(frame_message("fuzz", good_id, image))
+                cam.send(_same_image(good_id, image))
                 valid_ids.add(good_id)
         results = sub.collect(len(expected_errors) + len(valid_ids), timeout=30)
         got = {h["frame_id"]: h for h, _ in results}
