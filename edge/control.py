@@ -68,17 +68,23 @@ class Control:
                 sock.close(linger=0)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One command -> its JSON reply; a refused one says why and changes nothing."""
+        """One command -> its JSON reply; a refused one says why and changes nothing. No request,
+        however malformed, ends the control thread (and with it the daemon)."""
         if not isinstance(request, dict):
             request = {}
         command, args, by = request.get("command"), request.get("args") or {}, str(request.get("by") or "unknown")
         try:
-            if command not in COMMANDS:
+            if not isinstance(command, str) or command not in COMMANDS:
                 raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+            if not isinstance(args, dict):
+                raise ValueError(f"a command's args are a JSON object, got {json.dumps(args)[:60]}")
             reply = getattr(self, "_" + command.replace("-", "_"))(args, by)
             return {"ok": True, **reply}
         except (ValueError, TypeError, VqadError) as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a fault in a command is its refusal, not the daemon's end
+            log.exception("control: %s failed", command)
+            return {"ok": False, "error": f"{command} failed: {type(exc).__name__}: {exc}"}
 
     def _change(self, kind: str, detail: dict[str, Any], by: str) -> None:
         log.info("control: %s by %s: %s", kind, by, json.dumps(detail))
@@ -101,7 +107,7 @@ class Control:
         }
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        value, reason = float(args["value"]), str(args.get("reason") or "")
+        value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")
         if not 0 < value < math.inf:  # NaN or infinity would pass every frame
             raise ValueError(f"a threshold must be a finite number > 0, got {value}")
         if not reason:
@@ -140,16 +146,34 @@ class Control:
         return swapped
 
     def _pause(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        camera = str(args["camera"])
+        camera = _arg(args, "camera", str)
         self.daemon.paused.add(camera)
         self._change("pause", {"camera": camera}, by)
         return {"paused": sorted(self.daemon.paused)}
 
     def _resume(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        camera = str(args["camera"])
+        camera = _arg(args, "camera", str)
         self.daemon.paused.discard(camera)
         self._change("resume", {"camera": camera}, by)
         return {"paused": sorted(self.daemon.paused)}
+
+
+_REQUIRED = object()
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+    """A command's argument `name`, of type `kind`; ValueError (the command's refusal) when it is
+    missing without a default, or of another type."""
+    if name not in args or args[name] is None:
+        if default is _REQUIRED:
+            raise ValueError(f"missing argument {name!r}")
+        return default
+    value = args[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(
+            f"argument {name!r} must be {getattr(kind, '__name__', 'a number or text')}, got {value!r}"[:200]
+        )
+    return value
 
 
 def request(endpoint: str, command: str, args: dict[str, Any], by: str, timeout_s: float = 30.0) -> dict[str, Any]:

@@ -127,6 +127,37 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
 
 
+def test_a_malformed_control_request_is_refused_and_the_daemon_goes_on(tiny_model, tmp_path):
+    """A request missing an argument, or with one of another type, is answered with the reason;
+    it ended the control thread, and the daemon with it (exit 8), before."""
+    import zmq
+
+    control = f"ipc://{tmp_path}/ctl"
+    malformed = [
+        ({"command": "set-threshold", "args": {"threshold": 2.0, "reason": "x"}}, "missing argument 'value'"),
+        ({"command": "set-threshold", "args": {"value": 2.0, "reason": ["x"]}}, "argument 'reason' must be str"),
+        ({"command": "set-threshold", "args": {"value": True, "reason": "x"}}, "argument 'value' must be"),
+        ({"command": "pause", "args": {"camera": ["a"]}}, "argument 'camera' must be str"),
+        ({"command": "resume", "args": {}}, "missing argument 'camera'"),
+        ({"command": "pause", "args": ["a"]}, "a command's args are a JSON object"),
+        ({"command": ["status"]}, "unknown command"),
+    ]
+    ctx = zmq.Context.instance()
+    with DaemonProcess(tiny_model, "--control", control) as daemon:
+        for request, why in malformed:
+            sock = ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(control)
+            try:
+                sock.send(json.dumps(request).encode())
+                assert sock.poll(10_000), f"no answer to {request}"
+                reply = json.loads(sock.recv())
+            finally:
+                sock.close()
+            assert reply["ok"] is False and why in reply["error"], (request, reply)
+        assert daemon.alive() and _ctl(control, "status")["paused"] == []
+
+
 def test_ctl_names_a_daemon_that_does_not_answer(tmp_path):
     started = time.monotonic()
     proc = run_vqad("ctl", f"ipc://{tmp_path}/nobody", "status", check=False)
