@@ -74,7 +74,12 @@ class Frame:
     part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
 
 
-def _is_id(value: Any) -> bool:
+def is_frame_id(value: Any) -> bool:
+    """A frame id: an integer 0 <= id < 2^63 (a camera's counter; SQL's 64-bit integer)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def is_id(value: Any) -> bool:
     """A camera or part id: a string of 1..MAX_ID_LENGTH printable characters (it goes into log
     lines, topics, file names and the record)."""
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
@@ -92,9 +97,9 @@ def _read_ids(header: Any) -> tuple[str, int]:
     if not isinstance(header, dict):
         raise UnreadableMessageError("header is not a JSON object")
     camera_id, frame_id = header.get("camera_id"), header.get("frame_id")
-    if not _is_id(camera_id):
+    if not is_id(camera_id):
         raise UnreadableMessageError(f"camera_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
-    if isinstance(frame_id, bool) or not isinstance(frame_id, int) or frame_id < 0 or frame_id >= 2**63:
+    if not is_frame_id(frame_id):
         raise UnreadableMessageError("frame_id must be a non-negative 64-bit integer")
     return camera_id, frame_id
 
@@ -105,7 +110,7 @@ def read_part_id(header: dict[str, Any]) -> str | None:
     part_id = header.get("part_id")
     if part_id is None:
         return None
-    if not _is_id(part_id):
+    if not is_id(part_id):
         raise ValueError(f"part_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
     return part_id
 

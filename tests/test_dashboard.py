@@ -327,6 +327,21 @@ def test_the_api_serves_programs_too(line):
     assert _json(base + "/api/review", {"content-type": "application/json"}, missing)[0] == 404
     wrong = json.dumps({"camera_id": "api", "frame_id": 1, "verdict": "maybe"}).encode()
     assert _json(base + "/api/review", {"content-type": "application/json"}, wrong)[0] == 400
+    # Ids of another type or range, and bodies that are no review, are the request's error (400),
+    # not the server's (500), and a fractional frame id is not read as another frame.
+    not_reviews = [
+        {"camera_id": "api", "frame_id": 1.5, "verdict": "defect"},
+        {"camera_id": ["api"], "frame_id": 1, "verdict": "defect"},
+        {"camera_id": "api", "frame_id": 2**70, "verdict": "defect"},
+        [1, 2],
+        None,
+    ]
+    for bad in not_reviews:
+        status, body = _json(base + "/api/review", {"content-type": "application/json"}, json.dumps(bad).encode())
+        assert status == 400 and body["error"], (bad, status, body)
+    assert _json(base + "/api/review", {"content-type": "application/json"}, b"{not json")[0] == 400
+    assert _json(base + f"/api/image/api/{2**70}/overlay")[0] == 404
+    assert _json(base + "/api/results?frame_id=-1")[0] == 400
     assert _status(base + "/api/summary", {"Host": "dashboard.example.com"}) == 400  # no DNS rebinding
     with urllib.request.urlopen(base + "/api/summary", timeout=5) as response:
         assert "access-control-allow-origin" not in {k.lower() for k in response.headers}

@@ -48,7 +48,7 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
-from edge.protocol import heartbeat_overdue
+from edge.protocol import heartbeat_overdue, is_frame_id
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
@@ -204,7 +204,9 @@ class Dashboard:
         params = request.query_params
         try:
             limit = int(params.get("limit", "100"))
-            frame_id = int(params["frame_id"]) if params.get("frame_id") else None
+            frame_id = _frame_id_or_none(params["frame_id"]) if params.get("frame_id") else None
+            if params.get("frame_id") and frame_id is None:
+                raise ValueError(f"frame_id {params['frame_id']!r:.30} is not 0..2^63-1")
             since, until = parse_time(params.get("since") or None), parse_time(params.get("until") or None)
         except (ValueError, DataError) as exc:
             return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601: {exc}"}, 400)
@@ -246,7 +248,7 @@ class Dashboard:
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))
-        frame_id = _int_or_none(frame_ref)
+        frame_id = _frame_id_or_none(frame_ref)
         missing = JSONResponse({"error": "no such image"}, 404)
         if kind not in ("overlay", "frame") or (frame_id is None and frame_ref != "latest"):
             return missing
@@ -296,15 +298,20 @@ class Dashboard:
             return JSONResponse({"error": "send application/json"}, 415)
         try:
             body = await request.json()
-            review = functools.partial(
-                Record.review, camera_id=str(body["camera_id"]), frame_id=int(body["frame_id"]),
-                verdict=str(body["verdict"]), kind=body.get("kind") or None, by=body.get("by") or None,
-                note=body.get("note") or None,
-            )  # fmt: skip
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, 400)
+        if not isinstance(body, dict) or not {"camera_id", "frame_id", "verdict"} <= set(body):
+            return JSONResponse({"error": "a review is a JSON object with camera_id, frame_id and verdict"}, 400)
+        frame_id = body["frame_id"]
+        if isinstance(frame_id, str) and frame_id.isdigit():  # a program may send the id as text
+            frame_id = int(frame_id)
+        review = functools.partial(
+            Record.review, camera_id=body["camera_id"], frame_id=frame_id, verdict=body["verdict"],
+            kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
+        )  # fmt: skip
+        try:
             row = await run_in_threadpool(self._from_record, review)  # the database, off the event loop
             self.daily.forget_answers()  # the page's tally counts the review at its next read
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": f"a review needs camera_id, frame_id and verdict: {exc}"}, 400)
         except DataError as exc:
             return JSONResponse({"error": str(exc)}, 404 if "no recorded" in str(exc) else 400)
         except RecordUnavailableError as exc:
@@ -319,11 +326,13 @@ class Dashboard:
             raise self.record.failed(exc) from exc
 
 
-def _int_or_none(text: str) -> int | None:
+def _frame_id_or_none(text: str) -> int | None:
+    """A frame id from a URL (0 <= id < 2^63), else None."""
     try:
-        return int(text)
+        frame_id = int(text)
     except ValueError:
         return None
+    return frame_id if is_frame_id(frame_id) else None
 
 
 def _live_image(live: LiveFrame, kind: str) -> Response:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.errors import ConfigError, DataError
-from edge.protocol import file_name
+from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
 from edge.record.schema import events, migrate, results, reviews
 
@@ -263,7 +263,11 @@ class Record:
         by: str | None = None,
         note: str | None = None,
     ) -> dict[str, Any]:
-        """Record a person's verdict on a recorded result, as a row of its own."""
+        """Record a person's verdict on a recorded result, as a row of its own. DataError for an
+        id or verdict of another type, or a result the record does not hold."""
+        if not is_id(camera_id) or not is_frame_id(frame_id):
+            raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
+                            f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
         if verdict not in VERDICTS:
             raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
         limits = {"kind": reviews.c.kind.type.length, "by": reviews.c.reviewer.type.length, "note": NOTE_MAX_CHARS}
