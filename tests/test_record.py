@@ -87,7 +87,9 @@ def _result(
     if health is not None:
         header["health"] = health
     noise = (np.random.default_rng(frame_id).random((64, 64, 3)) * 255).astype(np.uint8)  # ~12 KB as PNG
-    return Result(header, recv_ns=time.time_ns(), frame=noise)
+    # Received when it was taken: a capture time far from its receive time is a clock to fix,
+    # and the record keeps the receive time instead (edge.protocol.capture_time_ns).
+    return Result(header, recv_ns=ts_ns or time.time_ns(), frame=noise)
 
 
 def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(tiny_model, tmp_path, record_url):
