@@ -66,12 +66,12 @@ def calibration_images(
     calibrate`, the folder, how many images, how many left out as training images)."""
     found = find_images(folder)
     paths = unseen_images(found, trained_on)
+    left_out = len(found) - len(paths)
     source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
-    if len(paths) < len(found):
-        source["training_images_left_out"] = len(found) - len(paths)
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images the model did not train on"
-    if len(paths) < len(found):
-        why += f" ({len(found) - len(paths)} more trained it)"
+    if left_out:
+        source["training_images_left_out"] = left_out
+        why += f" ({left_out} more trained it)"
     frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
     return frames, paths, source
 
@@ -83,15 +83,15 @@ def unseen_images(paths: list[Path], trained_on: Collection[str]) -> list[Path]:
     if not trained_on or not paths:
         return paths
     known = set(trained_on)
-    unseen = [p for p, f in zip(paths, fingerprints(paths), strict=True) if f not in known]
-    if len(unseen) < len(paths):
+    seen = [f in known for f in fingerprints(paths)]
+    if any(seen):
         log.warning(
             "%d of %d good images trained the model and are left out of the calibration (e.g. %s): a model "
             "scores the images it learned from lower than new ones, so a threshold on them would reject good "
             "parts on the line",
-            len(paths) - len(unseen), len(paths), next(p for p in paths if p not in set(unseen)),
+            sum(seen), len(paths), paths[seen.index(True)],
         )  # fmt: skip
-    return unseen
+    return [p for p, trained in zip(paths, seen, strict=True) if not trained]
 
 
 def training_fingerprints(meta: dict[str, Any]) -> list[str]:
