@@ -133,9 +133,12 @@ class HealthGate:
         if stats.get("reference") is not None and limits.max_shift > 0:
             self.reference = np.asarray(stats["reference"], np.float32)
 
-    def check(self, camera_id: str, image: np.ndarray, frame_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    def check(
+        self, camera_id: str, image: np.ndarray, frame_hw: tuple[int, int] | None = None, stream: bool = True
+    ) -> dict[str, Any]:
         """{"ok", "reasons", and the figures} for one frame at the model's input; `frame_hw`, its
-        (H, W) as the camera sent it, for the shape check."""
+        (H, W) as the camera sent it, for the shape check. `stream` False: a still image (a
+        folder's, where one image may recur), checked for all but a frozen camera."""
         s, lim = self.stats, self.limits
         figures = image_stats(image)
         reasons = []
@@ -156,14 +159,18 @@ class HealthGate:
             figures["shift"] = registration_shift(self.reference, small_grey(image))
             if figures["shift"] > s["shift_p99"] + lim.max_shift:
                 reasons.append("moved")
+        if stream and self._frozen(camera_id, image):
+            reasons.append("frozen")
+        return {"ok": not reasons, "reasons": reasons, **{k: round(v, 5) for k, v in figures.items()}}
+
+    def _frozen(self, camera_id: str, image: np.ndarray) -> bool:
+        """Whether `image` is the camera's previous frame again, frozen_after times or more."""
         digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
         with self._lock:
             last, repeats = self._last.get(camera_id, (b"", 0))
             repeats = repeats + 1 if digest == last else 0
             self._last[camera_id] = (digest, repeats)
-        if repeats >= lim.frozen_after:
-            reasons.append("frozen")
-        return {"ok": not reasons, "reasons": reasons, **{k: round(v, 5) for k, v in figures.items()}}
+        return repeats >= self.limits.frozen_after
 
     def _tell_shape(self, camera_id: str, frame_hw: tuple[int, int]) -> None:
         """One warning per camera and frame shape: every such frame fails, and this says why."""

@@ -5,7 +5,8 @@ good and bad parts before it goes live).
 The images go through the daemon's own steps: the package's verified graph on the configured
 backend (`edge.serving.load_serving`), the frame's resize (`edge.frames.to_model_input`), the
 camera health gate, and the results' scoring, regions and decision (`edge.results.scored_results`).
-A folder's repeated image is no frozen camera: that check is left out, as `vqad calibrate` does.
+A folder's repeated image is no frozen camera: the gate checks the images as stills, as `vqad
+calibrate` does.
 """
 
 from __future__ import annotations
@@ -105,11 +106,7 @@ def _pending(serving: Serving, index: int, path: Path) -> Pending:
     image = read_image(path)
     pkg = serving.package
     model_input = to_model_input(image, pkg.image_size, pkg.channels)
-    health = None
-    if serving.health is not None:
-        found = serving.health.check(f"{CAMERA_ID}-{index}", model_input, image.shape[:2])
-        reasons = [r for r in found["reasons"] if r != "frozen"]
-        health = {**found, "ok": not reasons, "reasons": reasons}
+    health = None if serving.health is None else serving.health.check(CAMERA_ID, model_input, image.shape[:2], False)
     now = time.time_ns()
     return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, now, None, health, path.name[:128])
 
