@@ -34,6 +34,7 @@ def test_good_test_images_pass_and_unfit_frames_do_not(synth_root):
         assert "exposure" in gate.check("d", dark)["reasons"], category
         assert {"exposure", "clipped"} & set(gate.check("c", bright)["reasons"]), category
         assert gate.check("f", image)["ok"] and gate.check("f", image)["reasons"] == ["frozen"]  # the same again
+        assert gate.check("f", image, stream=False)["ok"]  # a folder's still image may recur
         moved = [gate.check(f"m-{i}", _moved(g)) for i, g in enumerate(goods)]
         if category == "bracket":  # a fixtured part: its position is known
             assert gate.stats["aligned"] and all("moved" in v["reasons"] for v in moved), moved
