@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config import require
 from edge.recent import RecentDict
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,12 @@ class HealthLimits:
     # is squeezed into the model's input as they were not: 0.1 lets a 4:3 sensor stand in for a
     # 5:4 one (6.7%) and stops a camera turned 90 degrees. 0 = off.
     max_aspect_change: float = 0.1
+
+    def __post_init__(self) -> None:
+        # A negative margin, or frozen_after 0, would call every frame unfit: every part a fail.
+        for name in ("min_sharpness_ratio", "exposure_margin", "clipped_margin", "max_shift", "max_aspect_change"):
+            require(getattr(self, name) >= 0, f"edge.health.{name} must be >= 0, got {getattr(self, name)}")
+        require(self.frozen_after >= 1, f"edge.health.frozen_after must be >= 1, got {self.frozen_after}")
 
 
 class HealthGate:

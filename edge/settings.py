@@ -129,6 +129,8 @@ class EdgeConfig:
         )
         require(self.threshold is None or 0 < self.threshold < math.inf, "edge.threshold must be a finite number > 0")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
+        require(self.log_every_s > 0, "edge.log_every_s must be > 0 (seconds between status lines)")
+        require(self.warmup_runs >= 0, "edge.warmup_runs must be >= 0")
         require(
             len(self.input_size) in (1, 2) and min(self.input_size) >= 0,
             "edge.input_size must be 0 (from the model package), N or [H, W]",

@@ -83,6 +83,24 @@ def test_bad_train_config_raises_value_error(overrides, match):
         load_config(TrainConfig, None, overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"health": {"exposure_margin": "-0.1"}}, "exposure_margin must be >= 0"),  # every frame unfit
+        ({"health": {"frozen_after": "0"}}, "frozen_after must be >= 1"),  # every frame "frozen"
+        ({"health": {"max_shift": "-1"}}, "max_shift must be >= 0"),
+        ({"log_every_s": "0"}, "log_every_s must be > 0"),  # the status line divides by it
+        ({"warmup_runs": "-1"}, "warmup_runs must be >= 0"),
+    ],
+)
+def test_bad_edge_config_raises_value_error(overrides, match):
+    """Values that would fail every part, or stop the daemon, are refused at the start."""
+    from edge.settings import EdgeConfig
+
+    with pytest.raises(ValueError, match=match):
+        load_config(EdgeConfig, None, overrides)
+
+
 def test_config_is_frozen():
     cfg = TrainConfig()
     with pytest.raises(AttributeError):
