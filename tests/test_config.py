@@ -75,6 +75,7 @@ def test_bad_config_raises_value_error(overrides, match):
         ({"device": "tpu"}, "not one of"),
         ({"val_fraction": "0.6"}, "val_fraction"),
         ({"target_frr": "0"}, "target_frr"),
+        ({"num_threads": "-2"}, "num_threads must be >= 0"),
         ({"lr": "0.1"}, "unknown config key"),  # a tuned constant, not a user's decision
     ],
 )

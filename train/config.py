@@ -178,3 +178,4 @@ class TrainConfig:
             self.log_every >= 1 and self.checkpoint_every >= 1,
             "train.log_every/checkpoint_every must be >= 1",
         )
+        require(self.num_threads >= 0, "train.num_threads must be >= 0 (0 = the machine's cores)")
