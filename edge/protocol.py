@@ -32,6 +32,9 @@ from edge.frames import decode_image, encoded_size, to_uint8
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
+# A result's status: scored, or refused with a reason (a malformed frame, a failed batch), or
+# discarded under overload (drop_oldest).
+STATUSES = ("ok", "error", "dropped")
 # A raw frame's pixel types: 8 bits, or 16 (little-endian; a Mono12/Mono16 camera's counts).
 RAW_DTYPES = {"uint8": np.dtype(np.uint8), "uint16": np.dtype("<u2")}
 # A frame's ts_ns this far from its receive time is no capture time: the sender's clock is off
@@ -339,7 +342,10 @@ def parse_heartbeat(parts: list[bytes]) -> dict[str, Any]:
     """Subscriber side: a heartbeat message -> its header; ValueError for anything else."""
     if len(parts) != 2 or parts[0] != HEARTBEAT_TOPIC:
         raise ValueError(f"not a v1 heartbeat message ({len(parts)} parts)")
-    return json.loads(parts[1])
+    header = json.loads(parts[1])
+    if not isinstance(header, dict):
+        raise ValueError("a heartbeat's header is a JSON object")
+    return header
 
 
 def parse_result(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray | None]:
@@ -352,7 +358,16 @@ def parse_result_header(parts: list[bytes]) -> dict[str, Any]:
     """Subscriber side, the header alone (a subscriber that draws few maps decodes them later)."""
     if len(parts) < 3 or not parts[0].startswith(RESULT_TOPIC_PREFIX):
         raise ValueError(f"not a v1 result message ({len(parts)} parts)")
-    return json.loads(parts[1])
+    header = json.loads(parts[1])
+    if not isinstance(header, dict) or not is_id(header.get("camera_id")) or not is_frame_id(header.get("frame_id")):
+        raise ValueError("a result's header is a JSON object with camera_id and frame_id")
+    if header.get("status") not in STATUSES or header.get("decision") not in (None, "pass", "fail"):
+        raise ValueError(f"a result's status is one of {', '.join(STATUSES)}, its decision pass, fail or null")
+    for key in ("score", "threshold"):
+        value = header.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"a result's {key} is a number or null, got {json.dumps(value)[:40]}")
+    return header
 
 
 def unfit_reasons(header: dict[str, Any]) -> str | None:
@@ -369,5 +384,11 @@ def decode_map(header: dict[str, Any], map_bytes: bytes) -> np.ndarray | None:
     info = header.get("map")
     if not info or not map_bytes:
         return None
-    h, w = info["shape"]
-    return np.frombuffer(map_bytes, dtype=np.uint8).reshape(h, w).astype(np.float32) * float(info["scale"])
+    try:
+        h, w = (int(side) for side in info["shape"])
+        scale = float(info["scale"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"a result's map is described by shape [h, w] and scale: {exc}") from None
+    if h < 1 or w < 1 or h * w != len(map_bytes):
+        raise ValueError(f"a result's map of {len(map_bytes)} bytes is not its shape {[h, w]}")
+    return np.frombuffer(map_bytes, dtype=np.uint8).reshape(h, w).astype(np.float32) * scale

@@ -35,14 +35,16 @@ class Summary:
         self.last: float | None = None
 
     def add(self, header: dict[str, Any]) -> None:
+        """Count a result; KeyError or TypeError, counting nothing, for a header without them."""
+        latency = float(header["latency_ms"]["total"]) if header["status"] == "ok" else None
         now = time.monotonic()
         self.first = self.first or now
         self.last = now
         self.by_status[header["status"]] += 1
         if header.get("decision"):
             self.by_decision[header["decision"]] += 1
-        if header["status"] == "ok":
-            self.latency.append(float(header["latency_ms"]["total"]))
+        if latency is not None:
+            self.latency.append(latency)
 
     def as_dict(self) -> dict[str, Any]:
         lat = np.array(self.latency) if self.latency else np.zeros(0)
@@ -164,15 +166,16 @@ def run_watch(
                     continue
                 try:
                     header, amap = parse_result(parts)
-                except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-                    malformed.log("ignoring a malformed result: %s", exc)
+                    if camera and header.get("camera_id") != camera:
+                        continue  # the topic prefix also matches longer ids
+                    line = format_line(header)
+                    summary.add(header)
+                except (ValueError, KeyError, TypeError) as exc:  # a publisher that is not a vqad daemon
+                    malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
                     continue
-                if camera and header.get("camera_id") != camera:
-                    continue  # the topic prefix also matches longer ids
-                summary.add(header)
                 last = time.monotonic()
                 if not quiet:
-                    print(format_line(header), file=out, flush=True)
+                    print(line, file=out, flush=True)
                 if sink:
                     sink.write(json.dumps(header) + "\n")
                     sink.flush()

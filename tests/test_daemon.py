@@ -898,6 +898,53 @@ def test_watch_says_why_the_camera_health_gate_failed_a_frame():
     assert "unfit" not in format_line(h)
 
 
+def test_a_subscriber_refuses_what_no_daemon_publishes_and_goes_on(caplog):
+    """Another program on the results endpoint, or a message mangled on the way: a header that is
+    no object, a score of another type, a map that is not its shape. parse_result says so
+    (ValueError), so a bridge built on it can go on; vqad watch counts only the valid result."""
+    import threading
+
+    import zmq
+
+    from edge.protocol import parse_result, result_header, result_message
+    from edge.transport import free_loopback_port
+    from edge.watch import run_watch
+
+    valid = result_header("cam0", 1, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "0"}, score=2.0,
+                          decision="fail", map_info={"shape": [4, 4], "scale": 0.01})  # fmt: skip
+    mangled = [
+        [b"result.cam0", b"[1, 2]", b""],
+        [b"result.cam0", json.dumps({**valid, "score": "high"}).encode(), b""],
+        [b"result.cam0", json.dumps({**valid, "status": 1}).encode(), b""],
+        [b"result.cam0", json.dumps(valid).encode(), bytes(9)],  # 9 bytes for a 4 x 4 map
+        [b"result.cam0", json.dumps({**valid, "map": {"shape": "4x4", "scale": 0.01}}).encode(), bytes(16)],
+    ]
+    for parts in mangled:
+        with pytest.raises(ValueError):
+            parse_result(parts)
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    got = {}
+    watcher = threading.Thread(
+        target=lambda: got.update(summary=run_watch(endpoint, quiet=True, count=1, timeout_s=10.0)), daemon=True
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.watch"):
+            watcher.start()
+            deadline = time.monotonic() + 10.0
+            no_latency = {k: v for k, v in valid.items() if k != "latency_ms"}
+            while watcher.is_alive() and time.monotonic() < deadline:  # until the subscription is made
+                for parts in [*mangled, [b"result.cam0", json.dumps(no_latency).encode(), b""]]:
+                    pub.send_multipart(parts)
+                pub.send_multipart(result_message(valid, bytes(16)))
+                watcher.join(0.2)
+    finally:
+        pub.close(linger=0)
+    assert not watcher.is_alive() and got["summary"].by_status == {"ok": 1}
+    assert "ignoring a malformed result" in caplog.text
+
+
 def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_path, caplog):
     """A camera id is any printable text: its overlay stays in --save-dir. A folder gone (or a
     full disk) costs the overlays, logged once, not the results."""
