@@ -438,8 +438,10 @@ def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(
         for bad, why in ((("--timezone", "Europe/Berln"), "unknown time zone"), (("--day-starts", "6:10"), "HH:MM")):
             refused = run_vqad("records", record_url, "--daily", *bad, check=False)
             assert refused.returncode == 2 and why in refused.stderr, refused.stderr
-        refused = run_vqad("records", record_url, "--timezone", "UTC", check=False)
-        assert refused.returncode == 2 and "set the days of --daily" in refused.stderr
+        refused = run_vqad("records", record_url, "--day-starts", "06:00", check=False)
+        assert refused.returncode == 2 and "--day-starts sets the days of --daily" in refused.stderr
+        listed = run_vqad("records", record_url, "--timezone", "Europe/Berlin").stdout  # times in the line's zone
+        assert "2026-03-28 06:00:00+01:00" in listed and "2026-03-29 06:00:00+02:00" in listed
 
 
 def test_a_cameras_newest_results_and_a_parts_are_read_by_their_indexes_in_order(record_url):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,8 +170,8 @@ def cmd_records(args: argparse.Namespace) -> int:
 
     if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None):
         raise ConfigError("--daily tallies every result: --decision, --frame-id and --part-id do not apply")
-    if not args.daily and (args.timezone is not None or args.day_starts is not None):
-        raise ConfigError("--timezone and --day-starts set the days of --daily")
+    if not args.daily and args.day_starts is not None:
+        raise ConfigError("--day-starts sets the days of --daily")
     record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
@@ -202,11 +201,12 @@ def cmd_records(args: argparse.Namespace) -> int:
             row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
             writer.writerow(row)
     else:
+        zone = _line_days(args).zone
         for r in rows:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts_ns"] / 1e9))
+            when = _local_time(r["ts_ns"], zone)
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
             verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
-            print(f"{when}Z {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
+            print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
                   f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['part_id'] or '-'} "
                   f"{'unfit:' + r['unfit'] if r['unfit'] else '-'} {r['evidence'] or ''}")  # fmt: skip
         print(f"{len(rows)} results")
@@ -226,13 +226,9 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from edge.record.days import ProductionDays
     from edge.record.store import parse_time
 
-    try:
-        days = ProductionDays.parse(args.timezone or "", args.day_starts or "00:00")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    days = _line_days(args)
     since, until = parse_time(args.since), parse_time(args.until)
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
@@ -254,12 +250,29 @@ def _print_daily(record, args: argparse.Namespace) -> int:
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6}")  # fmt: skip
         for e in changes:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts_ns"] / 1e9))
-            print(f"{when}Z {e['kind']} by {e['by'] or '-'}: {json.dumps(e['detail'], default=str)}")
+            detail = json.dumps(e["detail"], default=str)
+            print(f"{_local_time(e['ts_ns'], days.zone)} {e['kind']} by {e['by'] or '-'}: {detail}")
         print(f"{len(rows)} days ({days.describe()}) x cameras x models; {len(changes)} changes to the daemon")
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
+
+
+def _line_days(args: argparse.Namespace):
+    """The line's days and time zone that --timezone and --day-starts name (edge.record.days)."""
+    from edge.record.days import ProductionDays
+
+    try:
+        return ProductionDays.parse(args.timezone or "", args.day_starts or "00:00")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _local_time(ts_ns: int, zone) -> str:
+    """'2026-12-02 07:15:03+01:00': an instant in the line's time zone, its offset shown."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, zone).isoformat(sep=" ", timespec="seconds")
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -457,7 +470,9 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
 def _add_day_flags(parser: argparse.ArgumentParser) -> None:
     """The line's days, as the daily tally counts them."""
     parser.add_argument(
-        "--timezone", metavar="ZONE", help="count the days in this IANA time zone (default: this machine's, as date)"
+        "--timezone",
+        metavar="ZONE",
+        help="days and times in this IANA time zone (default: this machine's, as date shows it)",
     )
     parser.add_argument(
         "--day-starts", metavar="HH:MM", help="a day starts at this local time, a whole quarter hour (default 00:00)"
