@@ -497,6 +497,29 @@ def test_a_cameras_newest_results_and_a_parts_are_read_by_their_indexes_in_order
         assert plans[0].count("ix_results_camera_decision_ts") == 3 and "ix_results_part" in plans[1], plans
 
 
+def test_a_sqlite_records_wal_is_cut_back_after_a_large_expiry(tmp_path):
+    """Deleting 20,000 rows at once (an expiry pass) grows the WAL; after the next checkpoint
+    it is back to WAL_KEPT_BYTES or less, not kept at its largest for good."""
+    from edge.record.schema import migrate, results
+    from edge.record.store import WAL_KEPT_BYTES, create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'line.db'}")
+    migrate(engine)
+    row = {"camera_id": "c", "ts_ns": 1, "status": "ok", "decision": "pass", "score": 1.0, "threshold": 2.0,
+           "model_name": "m", "regions": [], "batch_size": 1, "evidence_removed": False}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(results), [{**row, "frame_id": i, "error": "x" * 200} for i in range(20_000)])
+    with engine.begin() as conn:
+        conn.execute(sa.delete(results).where(results.c.frame_id < 19_999))
+    wal = tmp_path / "line.db-wal"
+    grown = wal.stat().st_size
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+    with engine.begin() as conn:
+        conn.execute(sa.delete(results))
+    assert grown > WAL_KEPT_BYTES >= wal.stat().st_size, (grown, wal.stat().st_size)
+
+
 def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):
     """A full disk or a folder gone: the results are recorded without evidence (and without the
     writer's state file), counted, and the writer stays alive for the next ones."""

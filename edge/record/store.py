@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 VERDICTS = ("false_reject", "defect")
 # A review's note is a sentence or a few: this bounds what a page or a script can store in one.
 NOTE_MAX_CHARS = 2000
+# The SQLite WAL file's size kept between checkpoints (PRAGMA journal_size_limit).
+WAL_KEPT_BYTES = 4 * 2**20
 # Frames looked up per query by their ids: well under every database's limit on bound parameters.
 LOOKUP_CHUNK = 500
 
@@ -58,6 +60,9 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=5000")
+            # An expiry pass of 100,000 rows grows the WAL to about 21 MB, which SQLite otherwise
+            # keeps on disk for good; past this size it is cut back after each checkpoint.
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
             cursor.close()
 
     return engine
