@@ -26,7 +26,7 @@ from edge.metrics import DaemonMetrics
 from edge.overlay import result_picture
 from edge.progress import progress
 from edge.protocol import file_name
-from edge.results import Pending, Result, scored_results
+from edge.results import Pending, Result, error_result, scored_results
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
 
@@ -87,8 +87,9 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
         try:
             pending.append((path, _pending(serving, index, path)))
         except DataError as exc:
-            verdicts[index] = Scored(path, {"camera_id": CAMERA_ID, "frame_id": index, "status": "error",
-                                            "error": str(exc)})  # fmt: skip
+            now = time.time_ns()
+            error = error_result(CAMERA_ID, index, now, str(exc), now, serving.scoring, path.name[:128])
+            verdicts[index] = Scored(path, error.header)
     if pending:
         start_ns = time.time_ns()
         maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p in pending]))
@@ -113,13 +114,13 @@ def _pending(serving: Serving, index: int, path: Path) -> Pending:
 
 def _draw(result: Result, amap: np.ndarray, path: Path, out: Path) -> None:
     frame_jpeg = result.extra[0] if result.extra else None
-    labelled = {**result.header, "camera_id": path.name, "frame_id": result.header["frame_id"]}
+    labelled = {**result.header, "camera_id": path.name}  # the label names the file
     picture = result_picture(labelled, amap, frame_jpeg)
     write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
 
 
 def summary(scored: Sequence[Scored]) -> str:
-    """'12 images: 9 pass, 3 fail (1 unfit), 0 unreadable'."""
+    """'12 images: 9 pass, 3 fail (1 unfit), 0 not scored' (unreadable files)."""
     decisions = [s.header.get("decision") for s in scored]
     unfit = sum(1 for s in scored if (s.header.get("health") or {}).get("ok") is False)
     errors = sum(1 for s in scored if s.header["status"] == "error")
