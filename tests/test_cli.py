@@ -36,3 +36,18 @@ def test_a_folder_the_system_refuses_is_one_line_and_exit_7(tiny_run, tmp_path):
     proc = run_vqad("export", tiny_run, "--out", blocker / "model", check=False)
     assert proc.returncode == 7 and "Traceback" not in proc.stderr
     assert f"cannot use {blocker}" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_runs_broken_json_file_is_one_line_naming_it(tiny_run, synth_root, tmp_path):
+    """threshold.json or split.json edited by hand and broken: the file is named, no traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "threshold.json").write_text('{"value": 1.0,')
+    proc = run_vqad("export", run, "--out", tmp_path / "model", check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert f"{run / 'threshold.json'} cannot be read as JSON" in proc.stderr.strip().splitlines()[-1]
+    (run / "split.json").write_text('["a.png"]')
+    proc = run_vqad("eval", run, synth_root / "bracket", "--out", tmp_path / "eval", check=False)
+    assert proc.returncode == 3 and "is not a split" in proc.stderr and "Traceback" not in proc.stderr

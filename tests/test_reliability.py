@@ -169,6 +169,8 @@ def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     time.sleep(0.5)
     first.stop(signal.SIGKILL)
     cam.close()
+    # The state file as a power cut mid-write leaves it: the next start says so and goes on.
+    (ipc / "vqad-serve.state.json").write_text('{"unclean_ex')
     with DaemonProcess(tiny_model, "--metrics-port", str(port), ipc_dir=ipc) as second:
         sub = Subscriber(second.results)
         cam = Camera(second.frames)
@@ -180,6 +182,8 @@ def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     assert "vqad_unclean_exits 1.0" in metrics
     assert 'vqad_results_total{decision="' in metrics and "vqad_frames_in_total 1.0" in metrics
     assert "did not shut down cleanly" in second.log_text()
+    assert "vqad-serve.state.json is unreadable" in second.log_text()
+    assert json.loads((ipc / "vqad-serve.state.json").read_text()) == {"unclean_exits": 1}
 
 
 def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_first_alone(tiny_model):

@@ -51,7 +51,7 @@ from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel, calibrate_scorer
-from train.run import load_weights_from, read_split
+from train.run import load_weights_from, read_json, read_split
 from train.runlog import MetricsLog
 from train.scoring import SSIM, ScorerPlan
 
@@ -121,7 +121,7 @@ SPLIT_KEYS = ("seed", "val_fraction", "min_val_images")
 
 def _warn_if_split_policy_changed(run_dir: Path, train_cfg: TrainConfig) -> None:
     config = run_dir / "config.json"
-    saved = json.loads(config.read_text())["train"] if config.is_file() else {}
+    saved = read_json(config).get("train", {}) if config.is_file() else {}
     changed = [k for k in SPLIT_KEYS if k in saved and saved[k] != getattr(train_cfg, k)]
     if changed:
         log.warning("--resume keeps the run's saved split; train.%s changed and does not redraw it", "/".join(changed))
@@ -275,7 +275,7 @@ def _record_resume(
     """A resume keeps config.json's first train config (the one that drew split.json) and
     appends the train config it continues under, with the step it continues from."""
     path = run_dir / "config.json"
-    config = json.loads(path.read_text()) if path.is_file() else _run_config(category, model_cfg, train_cfg)
+    config = read_json(path) if path.is_file() else _run_config(category, model_cfg, train_cfg)
     config.setdefault("resumes", []).append({"from_step": start_step, "train": to_dict(train_cfg)})
     path.write_text(json.dumps(config, indent=2))
 

@@ -29,7 +29,7 @@ from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
 from train.data import load_images
 from train.pipeline import build_scorer, calibrate_scorer, score_frames
-from train.run import THRESHOLD_FILE, Run, load_run
+from train.run import THRESHOLD_FILE, Run, load_run, read_json
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def save_scoring(run: Run, record: dict[str, Any]) -> None:
     save_checkpoint(path, run.model.state_dict(), meta, ckpt.get("optimizer"))
     config_record = run.root / "config.json"  # the run's record of its config follows the checkpoint
     if config_record.is_file():
-        config = json.loads(config_record.read_text())
+        config = read_json(config_record)
         config["model"]["score"].update(changed)
         config_record.write_text(json.dumps(config, indent=2))
     log.info(

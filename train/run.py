@@ -33,7 +33,7 @@ class Run:
 
     def threshold(self) -> dict[str, Any] | None:
         path = self.root / THRESHOLD_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
 
 def read_split(run_dir: Path) -> dict[str, list[Path]]:
@@ -41,7 +41,19 @@ def read_split(run_dir: Path) -> dict[str, list[Path]]:
     path = run_dir / "split.json"
     if not path.is_file():
         raise DataError(f"{path} is missing: the run's validation split is unknown")
-    return {part: [Path(p) for p in paths] for part, paths in json.loads(path.read_text()).items()}
+    split = read_json(path)
+    try:
+        return {part: [Path(p) for p in paths] for part, paths in split.items()}
+    except (AttributeError, TypeError) as exc:
+        raise DataError(f"{path} is not a split ({{'train': [...], 'val': [...]}}): {exc}") from exc
+
+
+def read_json(path: Path) -> Any:
+    """A run's JSON file; DataError, naming it, when it cannot be read (an edit that broke it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
 def load_run(run_dir: str | Path) -> Run:
