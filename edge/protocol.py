@@ -72,7 +72,7 @@ class Frame:
     camera_id: str
     frame_id: int
     ts_ns: int
-    image: np.ndarray  # (H, W, C) uint8 as sent (C 1 or 3; BGR)
+    image: np.ndarray  # (H, W, C) uint8, C 1 or 3 (BGR): a raw 4-channel, 16-bit or RGB frame converted
     recv_ns: int
     part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
 
