@@ -96,8 +96,9 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
     return engine
 
 
-def parse_time(text: str | None) -> int | None:
-    """ISO 8601 (a naive time is UTC) -> ns since the epoch; None stays None."""
+def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | None:
+    """ISO 8601 (a time without an offset is read in `zone`, UTC unless given) -> ns since the
+    epoch; None stays None."""
     if text is None:
         return None
     try:
@@ -105,7 +106,7 @@ def parse_time(text: str | None) -> int | None:
     except ValueError as exc:
         raise DataError(f"not an ISO 8601 time: {text!r}") from exc
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=zone)
     return int(moment.timestamp() * 1e9)
 
 

@@ -182,11 +182,12 @@ def cmd_records(args: argparse.Namespace) -> int:
         return 0
     if args.daily:
         return _print_daily(record, args)
+    zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     rows = record.results(
         camera=args.camera,
         decision=args.decision,
-        since_ns=parse_time(args.since),
-        until_ns=parse_time(args.until),
+        since_ns=parse_time(args.since, zone),
+        until_ns=parse_time(args.until, zone),
         frame_id=args.frame_id,
         limit=args.limit,
         part_id=args.part_id,
@@ -201,7 +202,6 @@ def cmd_records(args: argparse.Namespace) -> int:
             row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
             writer.writerow(row)
     else:
-        zone = _line_days(args).zone
         for r in rows:
             when = _local_time(r["ts_ns"], zone)
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
@@ -229,7 +229,7 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     from edge.record.store import parse_time
 
     days = _line_days(args)
-    since, until = parse_time(args.since), parse_time(args.until)
+    since, until = parse_time(args.since, days.zone), parse_time(args.until, days.zone)
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
     if args.format == "json":
@@ -450,7 +450,11 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
     r.add_argument("--camera", metavar="ID")
     r.add_argument("--decision", choices=["pass", "fail"])
-    r.add_argument("--since", metavar="ISO8601", help="from this time (a time without zone is UTC)")
+    r.add_argument(
+        "--since",
+        metavar="ISO8601",
+        help="from this time (without an offset, in --timezone: this machine's by default)",
+    )
     r.add_argument("--until", metavar="ISO8601")
     r.add_argument("--frame-id", type=int, metavar="N")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
