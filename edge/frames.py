@@ -214,7 +214,7 @@ def find_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"no such folder: {folder}")
-    found = (p for p in folder.rglob("*") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    found = (p for p in folder.rglob("*") if not any(map(is_hidden, p.relative_to(folder).parts)))
     return sorted(p for p in found if is_image(p))
 
 
@@ -225,9 +225,14 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def is_image(path: Path) -> bool:
-    """An image file by its suffix, not hidden: a copy made on a Mac carries a `._NAME.png`
-    beside each image (its metadata, not an image), and thumbnail folders are hidden too."""
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image file by its suffix, not hidden (is_hidden)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path.name)
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder's name: no image or category folder. A copy made on a Mac carries
+    a `._NAME.png` beside each image (its metadata, not an image); thumbnail folders are hidden."""
+    return name.startswith(".")
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[T]:

@@ -24,6 +24,7 @@ from edge.frames import (
     IMAGE_KINDS,
     Size,
     as_size,
+    is_hidden,
     is_image,
     list_images,
     load_images,
@@ -110,7 +111,7 @@ def mask_files(folder: Path) -> dict[str, list[Path]]:
         return {}
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_dir() and not path.name.startswith("."):
+        if path.is_dir() and not is_hidden(path.name):
             found.setdefault(path.name, []).extend(list_images(path))
         elif is_image(path):
             found.setdefault(path.stem, []).append(path)
@@ -155,7 +156,7 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     names the bad file."""
     category, size = Path(category), as_size(size)
     test_dir = _require_dir(category / "test", "test")
-    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not kinds:
         raise DataError(f"no <kind> folders in {test_dir}")
     samples: list[TestSample] = []
