@@ -242,9 +242,7 @@ class Dashboard:
             changes = self._from_record(lambda record: record.events(since_ns=since))
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
-        return JSONResponse(
-            {"days": rows, "changes": changes, "timezone": line_days.name, "day_starts": f"{line_days.starts:%H:%M}"}
-        )
+        return JSONResponse({"days": rows, "changes": changes, **line_days.named()})
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))

@@ -75,6 +75,10 @@ class ProductionDays:
         """The day now (or at `now_ns`) falls in."""
         return self.day_of(time.time_ns() if now_ns is None else now_ns)
 
+    def named(self) -> dict[str, str]:
+        """How `/api/daily` and `vqad records --daily --format json` name these days."""
+        return {"timezone": self.name, "day_starts": f"{self.starts:%H:%M}"}
+
     def describe(self) -> str:
         """How the page and the tables name these days: 'Europe/Berlin, from 06:00'."""
         return self.name if self.starts == dt.time(0, 0) else f"{self.name}, from {self.starts:%H:%M}"

@@ -233,8 +233,7 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
     if args.format == "json":
-        day = {"timezone": days.name, "day_starts": f"{days.starts:%H:%M}"}
-        print(json.dumps({"days": rows, "changes": changes, **day}, indent=2, default=str))
+        print(json.dumps({"days": rows, "changes": changes, **days.named()}, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(DAILY_COLUMNS)
