@@ -13,6 +13,8 @@ from tests.conftest import run_vqad
     [
         (["synth", "{tmp}/s", "--size", "0"], "--size: must be at least 16"),
         (["synth", "{tmp}/s", "--n-train", "2"], "--n-train: must be at least 4"),
+        # A name checked only when its turn came left the categories before it written.
+        (["synth", "{tmp}/s", "--categories", "weave,foo"], "--categories: unknown category foo"),
         (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--hwm", "0"], "--hwm: must be at least 1"),
         (["watch", "tcp://127.0.0.1:5556", "--count", "many"], "--count: expected an integer"),

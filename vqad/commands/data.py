@@ -14,7 +14,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from train.synth import CATEGORIES, SynthSpec, synth
 
     spec = SynthSpec(size=args.size, n_train=args.n_train, n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
-    cats = tuple(args.categories.split(",")) if args.categories else CATEGORIES
+    cats = args.categories or CATEGORIES
     t0 = time.monotonic()
     counts = synth(args.out, seed=args.seed, spec=spec, categories=cats)
     for cat, c in counts.items():
@@ -23,13 +23,28 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def synth_categories(text: str) -> tuple[str, ...]:
+    """`--categories weave,bracket` as a tuple; an unknown name is a usage error, before anything is written."""
+    from train.synth import CATEGORIES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CATEGORIES]
+    if unknown or not names:
+        named = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(f"unknown category {named}; known: {','.join(CATEGORIES)}")
+    return names
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
     s.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
-    s.add_argument("--n-train", type=at_least(4), default=160)  # what vqad train needs
-    s.add_argument("--n-test-good", type=at_least(0), default=40)
-    s.add_argument("--n-per-defect", type=at_least(0), default=12)
-    s.add_argument("--categories", help="comma-separated subset of: weave,bracket")
+    # 4: what vqad train needs
+    s.add_argument("--n-train", type=at_least(4), default=160, help="good training images per category")
+    s.add_argument("--n-test-good", type=at_least(0), default=40, help="good test images per category")
+    s.add_argument("--n-per-defect", type=at_least(0), default=12, help="test images per defect kind")
+    s.add_argument(
+        "--categories", type=synth_categories, help="comma-separated subset of: weave,bracket (default: both)"
+    )
     s.set_defaults(func=cmd_synth)
