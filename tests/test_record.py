@@ -574,6 +574,20 @@ def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():
     assert "cannot open the record at postgresql://vqad:***@127.0.0.1" in proc.stderr and "hunter2" not in proc.stderr
 
 
+def test_a_file_that_is_not_a_database_is_one_line_naming_it(tmp_path):
+    """A record path mistyped onto another file, or a damaged one: the driver's "file is not a
+    database" came as a traceback from records, review and the daemon's start."""
+    not_a_database = tmp_path / "line.db"
+    not_a_database.write_text("camera_id,frame_id\n")
+    with pytest.raises(DataError, match="cannot open the record .*file is not a database"):
+        RecordWriter(f"sqlite:///{not_a_database}", tmp_path / "ev")
+    for args in (["records", not_a_database], ["review", not_a_database, "c", "1", "--verdict", "defect"]):
+        proc = run_vqad(*args, check=False)
+        assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+        assert "file is not a database" in proc.stderr
+    assert not_a_database.read_text() == "camera_id,frame_id\n"
+
+
 def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
     url = f"sqlite:///{tmp_path / 'line.db'}"
     writer = RecordWriter(url, tmp_path / "ev").start()

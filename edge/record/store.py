@@ -86,11 +86,13 @@ def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
 def open_record(url: str, must_exist: bool = False) -> sa.Engine:
     """create_engine, then the schema brought up to date: a database that cannot be reached
     (a PostgreSQL server down, a SQLite file that cannot be written) is one DataError that names
-    it, without its password, instead of a driver's traceback."""
+    it, without its password, instead of a driver's traceback. So is a file that is not a SQLite
+    database, or a damaged one ("file is not a database"). The DataError's cause is the driver's
+    error: an OperationalError is a database that may answer later."""
     engine = create_engine(url, must_exist)
     try:
         migrate(engine)
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DatabaseError as exc:
         engine.dispose()
         raise DataError(f"cannot open the record at {shown_url(url)}: {database_reason(exc)}") from exc
     return engine

@@ -89,11 +89,12 @@ class RecordWriter:
         """The engine, and whether the record could be opened now. A database server that does
         not answer at start (the box booted before the plant's server) is not a reason to stop
         the line: the results wait in the buffer, as when it goes down later. A SQLite file that
-        cannot be opened is this machine's mistake, and stops the start (DataError)."""
+        cannot be opened is this machine's mistake, and stops the start (DataError), as does a
+        server that answers with a refusal (no permission to create the tables)."""
         try:
             return open_record(url), True
         except DataError as exc:
-            if is_sqlite(url):
+            if is_sqlite(url) or not isinstance(exc.__cause__, sa.exc.OperationalError):
                 raise
             log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
             return create_engine(url), False
