@@ -18,6 +18,9 @@ from tests.conftest import run_vqad
         (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--hwm", "0"], "--hwm: must be at least 1"),
         (["watch", "tcp://127.0.0.1:5556", "--count", "many"], "--count: expected an integer"),
+        # Frames whose ids the daemon cannot read are dropped without a result.
+        (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--camera-id", ""], "--camera-id: an id is 1..128"),
+        (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--start-id", "-1"], "--start-id: must be at least 0"),
         (["ctl", "tcp://127.0.0.1:5557", "status", "--timeout", "0"], "--timeout: must be at least 0.1"),
         # 0 was taken for "not given": a 3,000-step training, or a 60-minute guard.
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--steps", "0"], "train.steps must be >= 1"),

@@ -56,3 +56,13 @@ def at_least(minimum: float, kind: type = int):
         return value
 
     return parse
+
+
+def identifier(text: str) -> str:
+    """An argparse type: a camera id as the protocol takes it (1..128 printable characters), or a
+    usage error. A daemon drops a frame whose camera id it cannot read, with no result to say so."""
+    from edge.protocol import MAX_ID_LENGTH, is_id
+
+    if not is_id(text):
+        raise argparse.ArgumentTypeError(f"an id is 1..{MAX_ID_LENGTH} printable characters, got {text!r}")
+    return text

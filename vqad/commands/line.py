@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import ConfigError
-from vqad.commands.common import at_least, default_config, overrides
+from vqad.commands.common import at_least, default_config, identifier, overrides
 
 log = logging.getLogger("vqad")
 
@@ -405,11 +405,11 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     c.add_argument("source", help="folder of images, image or video file, device index, or URL")
     c.add_argument("--to", required=True, metavar="ENDPOINT")
     c.add_argument("--fps", type=at_least(0, float), default=0.0, help="frames per second (0 = as fast as accepted)")
-    c.add_argument("--camera-id", default="cam0")
+    c.add_argument("--camera-id", type=identifier, default="cam0", help="the camera's id in each frame (default cam0)")
     c.add_argument("--encoding", choices=["raw", "jpeg", "png"], default="raw")
     c.add_argument("--loop", action="store_true")
     c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
-    c.add_argument("--start-id", type=int, default=0, help="first frame_id")
+    c.add_argument("--start-id", type=at_least(0), default=0, help="first frame_id")
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
@@ -432,7 +432,7 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
 def _add_watch(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="print results; save overlays of failed frames")
     w.add_argument("endpoint", metavar="ENDPOINT")
-    w.add_argument("--camera", metavar="ID")
+    w.add_argument("--camera", type=identifier, metavar="ID")
     w.add_argument("--save-dir", type=Path)
     w.add_argument("--count", type=at_least(0), default=0, help="exit after this many results")
     w.add_argument("--timeout", type=at_least(0, float), default=0.0, help="exit after this many idle seconds")
@@ -447,7 +447,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
     r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
-    r.add_argument("--camera", metavar="ID")
+    r.add_argument("--camera", type=identifier, metavar="ID")
     r.add_argument("--decision", choices=["pass", "fail"])
     r.add_argument(
         "--since",
