@@ -6,7 +6,7 @@ import pytest
 
 from edge.errors import DataError
 from edge.frames import read_image, to_model_input
-from train.data import load_images, load_test_set, split_train_val, train_image_paths, validation_count
+from train.data import input_scale, load_images, load_test_set, split_train_val, train_image_paths, validation_count
 
 
 def make_category(root, channels=3, size=(40, 30), fmt="png"):
@@ -218,3 +218,16 @@ def test_a_set_without_masks_names_a_few_and_counts_the_rest(tmp_path, caplog):
     assert sum(s.mask is None for s in test) == 6
     lines = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("no mask for") for m in lines) == 3 and "6 defect image(s) without a mask" in lines[-1]
+
+
+def test_training_images_of_several_shapes_are_named_in_a_warning(caplog):
+    """Two cameras' images in one folder train without error, each stretched to the one input;
+    the warning names the shapes, so the engineer sees it before judging the model."""
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        input_scale([(1250, 500), (1263, 500), (1241, 500)] * 2, (320, 128))  # one camera's spread
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        scale = input_scale([(1250, 500)] * 6 + [(1024, 1024)] * 2, (320, 128))
+    assert scale["camera_size"] == [1250, 500]
+    assert "2 of 8 training images read have another aspect ratio than the median (2.500" in caplog.text
+    assert "1024x1024 (2)" in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,10 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     return samples
 
 
+# An aspect ratio this far from the training images' median is another camera's or crop's: the
+# daemon's default camera check (edge.health.max_aspect_change) finds a frame this far off unfit.
+OTHER_ASPECT = 0.1
+
 # image_size auto: the long side is at most this many times the short side. A strip longer than
 # that (a line scan) is squeezed to it: the input's pixel count, and the line's frame rate,
 # stay within MAX_ASPECT x short_side^2.
@@ -231,7 +236,25 @@ def input_scale(shapes: list[tuple[int, int]], size: Size) -> dict[str, Any]:
         "sets the resolution; the line's compute grows with its square)",
         *size, *camera, per_pixel, 2 * per_pixel,
     )  # fmt: skip
+    _warn_mixed_shapes(shapes)
     return {"camera_size": camera, "camera_pixels_per_input_pixel": round(per_pixel, 3)}
+
+
+def _warn_mixed_shapes(shapes: list[tuple[int, int]]) -> None:
+    """A warning when some training images have another aspect ratio than most: two cameras'
+    images in one folder, or crops of several sizes. Each is resized to the one input, so those
+    are stretched, and the exported camera check takes their spread as normal. A few pixels'
+    spread (KolektorSDD's heights of 1,235-1,285) is one camera's."""
+    aspects = np.array([h / w for h, w in shapes])
+    median = float(np.median(aspects))
+    off = [shape for shape, aspect in zip(shapes, aspects, strict=True) if abs(aspect / median - 1) > OTHER_ASPECT]
+    if off:
+        listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in Counter(map(tuple, off)).most_common(3))
+        log.warning(
+            "%d of %d training images read have another aspect ratio than the median (%.3f, height / width): %s; "
+            "each is resized to the one input, so they are stretched. One camera's images train one model.",
+            len(off), len(shapes), median, listed,
+        )  # fmt: skip
 
 
 def resolve_image_size(
