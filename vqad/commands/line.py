@@ -202,6 +202,9 @@ def cmd_records(args: argparse.Namespace) -> int:
             row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
             writer.writerow(row)
     else:
+        if rows:
+            print(f"{'time':<25} {'camera':>10} {'frame':>8} {'status':>7} {'dec.':>5} {'score':>8} {'model':<12} "
+                  "reviews part unfit evidence")  # fmt: skip
         for r in rows:
             when = _local_time(r["ts_ns"], zone)
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
