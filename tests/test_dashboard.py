@@ -5,6 +5,7 @@ against a real daemon with a tiny model: the counts streamed, a reject in the ga
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from edge.record.days import ProductionDays
 from edge.transport import free_loopback_port
 from tests.browser import DashboardProcess, headless_chromium, wait_for
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, stop_process
 
 TOKEN = "t0ken-for-the-dashboard-tests"
 # The line's days in the dashboard tests: a zone a quarter hour off the hour, from a quarter-hour shift start.
@@ -419,6 +420,17 @@ def test_without_a_metrics_endpoint_the_heartbeat_says_whether_the_daemon_is_up(
     finally:
         dashboard.stop()
         daemon.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_each_part_and_exits_0(sig, tmp_path):
+    """systemd stops the dashboard with SIGTERM, a person with Ctrl-C. uvicorn raised the signal
+    again after its shutdown, which killed the process (143) before the feed and the record
+    were stopped."""
+    log_path = tmp_path / "dashboard.log"
+    dashboard = DashboardProcess("--record", str(tmp_path / "line.db"), log_path=log_path).start()
+    assert stop_process(dashboard.proc, dashboard.log, sig, timeout=15) == 0, log_path.read_text()
+    assert f"stopping on {sig.name}" in log_path.read_text() and "dashboard stopped" in log_path.read_text()
 
 
 def test_the_page_says_when_the_daemon_stalls_and_when_it_runs_again(tiny_model, tmp_path):

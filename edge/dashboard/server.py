@@ -3,13 +3,16 @@ socket) -> uvicorn's main loop -> shutdown (each part stopped, the record closed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import cv2
 import uvicorn
@@ -22,6 +25,8 @@ from edge.dashboard.settings import DashboardConfig
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -80,7 +85,8 @@ def run_dashboard(cfg: DashboardConfig) -> int:
         cfg.metrics or "none", ", token required" if cfg.token else "",
     )  # fmt: skip
     try:
-        server.run(sockets=[sock])
+        with _signals_handled_here():
+            server.run(sockets=[sock])
     finally:
         feed.stop()
         if probe:
@@ -90,3 +96,20 @@ def run_dashboard(cfg: DashboardConfig) -> int:
         sock.close()
     log.info("dashboard stopped")
     return 0
+
+
+@contextlib.contextmanager
+def _signals_handled_here() -> Iterator[None]:
+    """SIGTERM and SIGINT, as uvicorn hands them back. Its main loop catches them, shuts down,
+    and then raises the signal again under the handlers it found. Python's default handler
+    would kill the process there, before the parts are stopped, with 143 instead of exit code
+    0. The handler only notes the signal: the shutdown has already begun."""
+    stopping: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stopping:
+            log.info("stopping on %s", signal.Signals(stopping[0]).name)
