@@ -60,11 +60,15 @@ def calibration_images(
     channels: int,
     trained_on: Collection[str],
     shapes: list[tuple[int, int]] | None = None,
+    defects_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, list[Path], dict[str, Any]]:
     """good_frames of the images under `folder` that the model did not train on (`trained_on`:
     its training images' fingerprints) -> (frames, paths, the threshold's source: `vqad
-    calibrate`, the folder, how many images, how many left out as training images)."""
+    calibrate`, the folder, how many images, how many left out as training images).
+    DataError for a folder that holds defects: an MVTec-layout test set, or any of the
+    confirmed defects under `defects_dir`."""
     found = find_images(folder)
+    refuse_defects_among_good(folder, found, defects_dir)
     paths = unseen_images(found, trained_on)
     left_out = len(found) - len(paths)
     source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
@@ -74,6 +78,44 @@ def calibration_images(
         why += f" ({left_out} more trained it)"
     frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
     return frames, paths, source
+
+
+def refuse_defects_among_good(folder: str | Path, paths: list[Path], defects_dir: str | Path | None) -> None:
+    """DataError when the good images under `folder` hold defects: a threshold is set over the
+    good images' highest scores, so one defect among them lifts it until such defects pass.
+    Two ways a person gets there: a folder in the MVTec layout (a category, its test/, or
+    `vqad records --export-reviewed`'s output) given as the good images, and the confirmed
+    defects under `defects_dir` inside the good folder, or copies of them."""
+    folder = Path(folder)
+    for where, kinds in _defect_folders(folder, paths).items():
+        raise DataError(
+            f"{where} holds {', '.join(f'{k}/' for k in kinds)}: the MVTec layout's folders of defects. "
+            "Calibrate on good images alone (a test set's good/, or a folder of the line's good parts)"
+        )
+    if defects_dir is None or not paths:
+        return
+    defects = set(fingerprints(defect_images(defects_dir)))
+    among = [p for p, f in zip(paths, fingerprints(paths), strict=True) if f in defects]
+    if among:
+        raise DataError(
+            f"{len(among)} of the good images under {folder} are confirmed defects under {defects_dir} "
+            f"(e.g. {among[0]}): a threshold over them would pass such defects. Give good images only"
+        )
+
+
+def _defect_folders(folder: Path, paths: list[Path]) -> dict[Path, list[str]]:
+    """The folders under `folder` laid out as MVTec's test/: {parent: its subfolders other than
+    good/}, for a parent that holds good/ beside others, or a test/ beside a train/."""
+    children: dict[Path, set[str]] = collections.defaultdict(set)
+    for p in paths:
+        parts = p.relative_to(folder).parts[:-1]
+        for depth in range(len(parts)):
+            children[folder.joinpath(*parts[:depth])].add(parts[depth])
+    return {
+        parent: sorted(kinds - {"good"})
+        for parent, kinds in children.items()
+        if kinds - {"good"} and ("good" in kinds or (parent.name == "test" and (parent.parent / "train").is_dir()))
+    }
 
 
 def unseen_images(paths: list[Path], trained_on: Collection[str]) -> list[Path]:
@@ -104,12 +146,18 @@ def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> t
     """Every confirmed defect image under `folder` at the model's input -> (frames, paths).
     Images in a folder named "good" below it are left out, so an MVTec-layout test/ folder
     gives its defects alone."""
+    defects = defect_images(folder)
+    why = "checking a threshold against defects needs at least 1 defect image (good/ left out)"
+    return _frames(defects, folder, size, channels, 1, why)
+
+
+def defect_images(folder: str | Path) -> list[Path]:
+    """The images under `folder`, less those in a folder named "good" below it."""
     paths = find_images(folder)
     defects = [p for p in paths if "good" not in p.relative_to(folder).parts[:-1]]
     if len(defects) < len(paths):
         log.info("%s: %d images under good/ left out of the defects", folder, len(paths) - len(defects))
-    why = "checking a threshold against defects needs at least 1 defect image (good/ left out)"
-    return _frames(defects, folder, size, channels, 1, why)
+    return defects
 
 
 def _frames(
@@ -187,7 +235,7 @@ def calibrate_package(
     pkg = load_package(model_dir)
     shapes: list[tuple[int, int]] = []
     trained_on = training_fingerprints(pkg.meta)
-    frames, paths, source = calibration_images(good_dir, pkg.image_size, pkg.channels, trained_on, shapes)
+    frames, paths, source = calibration_images(good_dir, pkg.image_size, pkg.channels, trained_on, shapes, defects_dir)
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     fp32 = graph_scorer(pkg.root / FP32_FILE)  # scores the good images, then any defects

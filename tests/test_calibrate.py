@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -134,8 +135,24 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     lowest = sorted(scores)[: min(d["missed"], 5)]
     assert [m["score"] for m in d["lowest_missed"]] == [round(float(s), 6) for s in lowest]
     assert f"{d['missed']} of {len(paths)} score under the threshold" in proc.stdout
-    # A threshold above every defect lets them all pass, and says which.
-    proc = run_vqad("calibrate", model, defects, "--defects", defects, "--target-frr", "0.01")
+    # The defects given as good images are refused, as a test set is: a threshold over them
+    # would pass them.
+    for given in (defects, defects.parent):
+        proc = run_vqad("calibrate", model, given, "--defects", defects, check=False)
+        assert proc.returncode == 3 and f"{defects} holds foreign/, hole/" in proc.stderr, proc.stderr
+    inside = tmp_path / "line_good_and_a_defect"
+    shutil.copytree(good, inside)
+    shutil.copy(paths[0], inside / "copied.png")
+    proc = run_vqad("calibrate", model, inside, "--defects", defects, check=False)
+    assert proc.returncode == 3 and "1 of the good images under" in proc.stderr and "copied.png" in proc.stderr
+    assert load_package(model).meta["threshold"] == t
+    # A threshold above every defect lets them all pass, and says which: the same pixels in
+    # other files (PNGs written again) are no copies, and set one.
+    rewritten = tmp_path / "rewritten"
+    rewritten.mkdir()
+    for i, path in enumerate(paths):
+        cv2.imwrite(str(rewritten / f"{i:03d}.png"), cv2.imread(str(path)), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    proc = run_vqad("calibrate", model, rewritten, "--defects", defects, "--target-frr", "0.01")
     d = load_package(model).meta["threshold"]["defects"]
     assert d["missed"] == len(paths) and len(d["lowest_missed"]) == min(len(paths), 5)
     assert "lowest: " in proc.stdout and "would pass" in proc.stderr

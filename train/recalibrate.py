@@ -63,7 +63,9 @@ def calibrate_run(
         before = list(run.model_cfg.score.fuse_scales)
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
-    frames, paths, source = calibration_images(good_dir, cfg.image_size, cfg.channels, _trained_on(run))
+    frames, paths, source = calibration_images(
+        good_dir, cfg.image_size, cfg.channels, _trained_on(run), defects_dir=defects_dir
+    )
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
     choice = None

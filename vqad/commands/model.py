@@ -13,7 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def _frr(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target-frr is a share such as 0.01, got {text!r}") from None
     if not 0.0 < value < 0.5:
         raise argparse.ArgumentTypeError(f"--target-frr must be in (0, 0.5), got {text}")
     return value
