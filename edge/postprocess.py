@@ -25,6 +25,9 @@ def find_regions(
 
     anomaly_map: (h, w) at the model's resolution; frame_hw: the original frame's (H, W);
     min_area is in map pixels. `area` is reported in frame pixels, `peak` is the map max.
+    The component that holds the map's maximum is kept whatever its area: a frame that fails
+    by its score always says where (a speck or a near-threshold peak is a pixel or two, and
+    an operator shown a reject with no box has nothing to look at).
     """
     binary = (anomaly_map >= threshold).astype(np.uint8)
     if not binary.any():
@@ -32,10 +35,11 @@ def find_regions(
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     h, w = anomaly_map.shape
     sy, sx = frame_hw[0] / h, frame_hw[1] / w
+    peak_label = labels.flat[int(np.argmax(anomaly_map))]
     regions = []
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
-        if area < min_area:
+        if area < min_area and i != peak_label:
             continue
         peak = float(anomaly_map[labels == i].max())
         regions.append(
