@@ -83,7 +83,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             verdict = (r["decision"] or r["status"]).upper()
             score = "-" if r["score"] is None else f"{r['score']:.5g}"
             why = f"  unfit: {r['unfit']}" if r["unfit"] else (f"  {r['error']}" if r["error"] else "")
-            print(f"{verdict:5} {score:>9}  {r['regions']} regions  {r['image']}{why}")
+            print(f"{verdict:5} {score:>9}  regions {r['regions']}  {r['image']}{why}")
         threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
         print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
     if args.out:
