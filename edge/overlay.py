@@ -35,8 +35,9 @@ def draw_regions(image: np.ndarray, regions: list[dict], colour: tuple[int, int,
 
 
 def label(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Write a line of text in the top-left corner, on a dark band, in place; returns it."""
-    scale = max(0.35, image.shape[1] / 600)
+    """Write a line of text in the top-left corner, on a dark band, in place; returns it. The
+    text grows with the picture, but covers at most about a fifth of a wide strip's height."""
+    scale = max(0.35, min(image.shape[1] / 600, image.shape[0] / 150))
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.rectangle(image, (0, 0), (tw + 6, th + 8), (0, 0, 0), -1)
     cv2.putText(image, text, (3, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)

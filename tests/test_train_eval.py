@@ -510,3 +510,19 @@ def test_an_input_larger_than_the_training_crop_trains_on_crops_and_scores_whole
     assert seen == [(4, 16, 16, 3)] * 3
     metrics = evaluate(run, synth_root / "bracket", run / "eval", pictures=False)
     assert metrics["image_size"] == [32, 64] and 0.0 <= metrics["image_auroc"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "size,picture",
+    [((32, 32), (256, 1024)), ((128, 128), (256, 1024)), ((320, 128), (320, 512)), ((64, 1024), (256, 1024))],
+)
+def test_a_reports_picture_is_as_large_as_it_needs_and_a_strip_stacks_its_tiles(size, picture):
+    """A 64 x 1024 line-scan strip was enlarged 4 times in a row of four: a picture 16,384
+    pixels wide, its labels over most of its height."""
+    from train.evaluate import _panel
+
+    h, w = size
+    image = np.full((h, w, 3), 128, np.uint8)
+    recon = np.full((h, w, 3), 0.5, np.float32).transpose(2, 0, 1)  # (3, H, W), as the model gives it
+    panel = _panel(image, recon, np.zeros((h, w), np.float32), None, 0.5, 1.0)
+    assert panel.shape == (*picture, 3)

@@ -67,6 +67,11 @@ def codebook_counts(run: Run, images: np.ndarray) -> np.ndarray:
     return np.bincount(codes.flatten().numpy(), minlength=run.model_cfg.codebook_size).astype(np.int64)
 
 
+# A panel's input is enlarged (by whole pixels) until one side reaches this: a 128-pixel input
+# is drawn at 256, a tall 320 x 128 one as is, a 64 x 1024 strip as is.
+PANEL_SIDE = 256
+
+
 def _panel(
     image: np.ndarray,
     recon01: np.ndarray,
@@ -76,7 +81,8 @@ def _panel(
     threshold: float,
     truth_caption: str | None = None,
 ) -> np.ndarray:
-    """original | reconstruction | heat-map overlay | ground-truth contour, one row."""
+    """original | reconstruction | heat-map overlay | ground-truth contour: one row, or one column
+    for a strip more than twice as wide as it is high."""
     bgr = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     recon = np.clip(recon01.transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8)
     recon = recon if recon.shape[2] == 3 else cv2.cvtColor(recon, cv2.COLOR_GRAY2BGR)
@@ -86,14 +92,20 @@ def _panel(
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(truth, contours, -1, (0, 255, 0), 1)
     decision = "FAIL" if score >= threshold else "pass"
+    h, w = image.shape[:2]
+    scale = max(1, min(PANEL_SIDE // h, PANEL_SIDE // w))  # a small input enlarged, pixels kept sharp
     tiles = [
-        label(bgr.copy(), "input"),
-        label(recon, "reconstruction"),
-        label(overlay, f"{score:.4g} {decision}", (0, 0, 255) if decision == "FAIL" else (0, 255, 0)),
-        label(truth, truth_caption or ("ground truth" if mask is not None else "no mask")),
+        cv2.resize(t, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for t in (bgr, recon, overlay, truth)
     ]
-    scale = max(1, 256 // image.shape[0])
-    return cv2.resize(np.hstack(tiles), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    captions = [
+        "input",
+        "reconstruction",
+        f"{score:.4g} {decision}",
+        truth_caption or ("ground truth" if mask is not None else "no mask"),
+    ]
+    colours = [(255, 255, 255), (255, 255, 255), (0, 0, 255) if decision == "FAIL" else (0, 255, 0), (255, 255, 255)]
+    tiles = [label(t, c, colour) for t, c, colour in zip(tiles, captions, colours, strict=True)]
+    return np.vstack(tiles) if w > 2 * h else np.hstack(tiles)  # a strip (a line scan) stacks its tiles
 
 
 def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, pictures: bool = True) -> dict[str, Any]:
