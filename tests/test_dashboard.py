@@ -349,6 +349,25 @@ def test_the_api_serves_programs_too(line):
         assert "default-src 'self'" in response.headers["content-security-policy"]
 
 
+def test_a_reject_the_camera_health_gate_caused_says_so_from_the_stream_and_the_record(line):
+    """A frame of another shape fails whatever its score. Its reject named no reason, and the
+    page's detail said "no fault found": an operator looked for a defect on a camera's fault."""
+    base = line["dashboard"].url
+    wide = cv2.resize(cv2.imread(str(line["images"][0])), (256, 32))  # the model trained on squares
+    cam = Camera(line["daemon"].frames)
+    try:
+        cam.send(frame_message("wide", 1, wide, "raw"))
+        streamed = wait_for(lambda: _json(base + "/api/rejects?camera=wide")[1]["rejects"], 10)
+    finally:
+        cam.close()
+    assert streamed and streamed[0]["unfit"] == "aspect" and streamed[0]["decision"] == "fail"
+    recorded = wait_for(
+        lambda: [r for r in _json(base + "/api/rejects?camera=wide")[1]["rejects"] if r["recorded"]], 10
+    )
+    assert recorded and recorded[0]["unfit"] == "aspect"
+    assert _json(base + "/api/results?camera=wide")[1]["results"][0]["unfit"] == "aspect"
+
+
 def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(line, tmp_path):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     review = json.dumps({"camera_id": "line1", "frame_id": 0, "verdict": "false_reject"}).encode()

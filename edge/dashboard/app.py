@@ -48,7 +48,7 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
-from edge.protocol import heartbeat_overdue, is_frame_id
+from edge.protocol import heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
@@ -352,6 +352,8 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     item = {k: src.get(k) for k in keys}
     has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
     item.update(
+        # The camera health gate's reasons: a fail it caused is the camera's, whatever the score.
+        unfit=src.get("unfit") if recorded else unfit_reasons(src),
         model=src.get("model"),
         recorded=recorded,
         reviews=src.get("reviews", []) if recorded else [],
@@ -364,7 +366,7 @@ def _result_item(row: dict[str, Any]) -> dict[str, Any]:
     """A recorded result as /api/results gives it: the reject's fields, what else the record
     kept, and links to the evidence it still has (none for a pass without a sampled frame)."""
     item = _reject_item(row, recorded=True)
-    item.update({k: row.get(k) for k in ("status", "error", "unfit", "latency_ms", "published_ns")})
+    item.update({k: row.get(k) for k in ("status", "error", "latency_ms", "published_ns")})
     kept = not row["evidence_removed"]
     item["images"] = {
         "overlay": item["images"]["overlay"] if kept and row.get("evidence_overlay") else None,

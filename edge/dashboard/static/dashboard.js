@@ -152,7 +152,9 @@ function drawDrift(el, drift, daemon) {
 
 function drawLatest(cam, id, latest) {
   if (!latest) return;
-  const caption = `#${latest.frame_id} ${(latest.decision || latest.status).toUpperCase()} score ${num(latest.score)} at ${when(latest.ts_ns)}`;
+  const unfit = unfitReasons(latest);
+  const why = unfit ? ` (camera unfit: ${unfit})` : "";
+  const caption = `#${latest.frame_id} ${(latest.decision || latest.status).toUpperCase()}${why} score ${num(latest.score)} at ${when(latest.ts_ns)}`;
   setText(cam.node, "latest-caption", caption);
   const now = performance.now();
   if (latest.frame_id === cam.imageFrame || now - cam.imageAt < IMAGE_EVERY_MS) return;
@@ -257,7 +259,8 @@ function newTile(r) {
   img.alt = `frame ${r.frame_id}`;
   img.src = r.images.overlay;
   const caption = document.createElement("span");
-  caption.textContent = r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`;
+  const unfit = unfitReasons(r) ? " unfit" : ""; // failed by the camera health gate, whatever its score
+  caption.textContent = (r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`) + unfit;
   const reviewed = document.createElement("span");
   reviewed.className = "reviewed";
   tile.append(img, caption, reviewed);
