@@ -21,6 +21,7 @@ import zmq
 
 from edge import transport
 from edge.errors import PackageError, VqadError
+from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import load_serving
 from edge.watchdog import notify
 
@@ -146,19 +147,35 @@ class Control:
         return swapped
 
     def _pause(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        camera = _arg(args, "camera", str)
+        camera = _camera(args)
+        changed = camera not in self.daemon.paused
         self.daemon.paused.add(camera)
         self._change("pause", {"camera": camera}, by)
-        return {"paused": sorted(self.daemon.paused)}
+        return self._paused(camera, changed)
 
     def _resume(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        camera = _arg(args, "camera", str)
+        camera = _camera(args)
+        changed = camera in self.daemon.paused
         self.daemon.paused.discard(camera)
         self._change("resume", {"camera": camera}, by)
-        return {"paused": sorted(self.daemon.paused)}
+        return self._paused(camera, changed)
+
+    def _paused(self, camera: str, changed: bool) -> dict[str, Any]:
+        """The reply to pause and resume: the paused cameras; whether this request changed that
+        (a resume of a camera that was not paused did not); and whether the camera has sent
+        frames since the start (a mistyped id pauses nothing that runs)."""
+        return {"paused": sorted(self.daemon.paused), "changed": changed, "seen": self.daemon.has_seen(camera)}
 
 
 _REQUIRED = object()
+
+
+def _camera(args: dict[str, Any]) -> str:
+    """The `camera` argument: an id as frames carry it (edge.protocol.is_id)."""
+    camera = _arg(args, "camera", str)
+    if not is_id(camera):
+        raise ValueError(f"argument 'camera' must be 1..{MAX_ID_LENGTH} printable characters, got {camera!r}"[:200])
+    return camera
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:

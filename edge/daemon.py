@@ -427,6 +427,12 @@ class Daemon:
                 camera_id, (ts_ns - recv_ns) / 3.6e12,
             )  # fmt: skip
 
+    def has_seen(self, camera_id: str) -> bool | None:
+        """Whether `camera_id` has sent a readable frame since the start; None past MANY_CAMERAS
+        ids, which are not all kept."""
+        seen = self._cameras_seen
+        return True if camera_id in seen else (None if len(seen) > MANY_CAMERAS else False)
+
     def _note_camera(self, camera_id: str) -> None:
         """Say once when more than MANY_CAMERAS distinct camera ids have sent frames."""
         seen = self._cameras_seen

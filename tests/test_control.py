@@ -99,20 +99,31 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
             source = _ctl(control, "status")["threshold_source"]
             cam.send(frame_message("c", 1, goods[1], "raw"))
             after = sub.collect(1)[0][0]
-            _ctl(control, "pause", "c")
+            paused_reply = _ctl(control, "pause", "c")
             cam.send(frame_message("c", 2, goods[2], "raw"))
             paused = sub.collect(1)[0][0]
-            _ctl(control, "resume", "c")
+            resumed_reply = _ctl(control, "resume", "c")
             cam.send(frame_message("c", 3, goods[3], "raw"))
             resumed = sub.collect(1)[0][0]
         finally:
             sub.close()
             cam.close()
+        # A mistyped id pauses nothing that runs, and a resume of a camera that was not paused
+        # resumes nothing: the reply says so, and ctl warns.
+        mistyped = run_vqad("ctl", control, "resume", "C")
         bad = run_vqad("ctl", control, "set-threshold", "1.0", check=False)  # no reason: refused
         endless = run_vqad("ctl", control, "set-threshold", "inf", "--reason", "x", check=False)  # passes all
         kept = _ctl(control, "status")["threshold"]
     assert reply["previous"] == before["threshold"] and after["threshold"] == 123.5 and after["decision"] == "pass"
     assert paused["status"] == "error" and "paused" in paused["error"] and resumed["status"] == "ok"
+    assert {k: paused_reply[k] for k in ("paused", "changed", "seen")} == {
+        "paused": ["c"],
+        "changed": True,
+        "seen": True,
+    }
+    assert (resumed_reply["paused"], resumed_reply["changed"]) == ([], True)
+    assert json.loads(mistyped.stdout) == {"ok": True, "paused": [], "changed": False, "seen": False}
+    assert "camera 'C' was not paused" in mistyped.stderr and "'C' has sent no frame" in mistyped.stderr
     assert bad.returncode != 0 and "--reason" in bad.stderr
     assert endless.returncode == 1 and "finite" in endless.stderr and kept == 123.5
     assert before_source["by"] == "vqad eval" and before_source["n_images"] >= 2
@@ -123,7 +134,7 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     }
     assert source["at"].startswith(time.strftime("%Y-", time.gmtime()))
     events = Record(url).events()
-    assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume"]
+    assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume", "resume"]
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
 
 
@@ -139,6 +150,7 @@ def test_a_malformed_control_request_is_refused_and_the_daemon_goes_on(tiny_mode
         ({"command": "set-threshold", "args": {"value": True, "reason": "x"}}, "argument 'value' must be"),
         ({"command": "pause", "args": {"camera": ["a"]}}, "argument 'camera' must be str"),
         ({"command": "resume", "args": {}}, "missing argument 'camera'"),
+        ({"command": "pause", "args": {"camera": ""}}, "argument 'camera' must be 1..128 printable characters"),
         ({"command": "pause", "args": ["a"]}, "a command's args are a JSON object"),
         ({"command": ["status"]}, "unknown command"),
     ]

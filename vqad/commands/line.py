@@ -321,7 +321,21 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     print(json.dumps(reply, indent=2))
     if not reply.get("ok"):
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
+    if args.command in ("pause", "resume"):
+        _warn_pause_unchanged(args.command, args.camera, reply)
     return 0
+
+
+def _warn_pause_unchanged(command: str, camera: str, reply: dict) -> None:
+    """A warning when pause or resume did not do what was meant: the camera was already in
+    that state, or has sent no frame since the daemon started (its id mistyped?)."""
+    paused = ", ".join(reply.get("paused") or []) or "none"
+    if reply.get("changed") is False:
+        state = "paused already" if command == "pause" else "not paused"
+        log.warning("camera %r was %s; paused now: %s", camera, state, paused)
+    if reply.get("seen") is False:
+        log.warning("camera %r has sent no frame since the daemon started: is its id right? paused now: %s",
+                    camera, paused)  # fmt: skip
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
