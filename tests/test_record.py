@@ -605,6 +605,8 @@ def test_bad_review_input_is_refused(tmp_path):
     record = Record(f"sqlite:///{tmp_path / 'line.db'}")
     with pytest.raises(Exception, match="verdict"):
         record.review("c", 1, "maybe")
+    with pytest.raises(DataError, match="a false_reject has none"):
+        record.review("c", 1, "false_reject", kind="scratch")
     # Refused before the database, which SQLite would not do (PostgreSQL would, as a server error).
     for field, value in (("kind", "k" * 65), ("kind", ["scratch"]), ("by", "b" * 129), ("note", "n" * 2001)):
         with pytest.raises(DataError, match=f"a review's {field} is text of at most"):

@@ -278,6 +278,8 @@ class Record:
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
         if verdict not in VERDICTS:
             raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
+        if kind and verdict != "defect":  # export_reviewed would file it as good, its kind lost
+            raise DataError(f"a kind names a confirmed defect's kind; a {verdict} has none (a note says why)")
         limits = {"kind": reviews.c.kind.type.length, "by": reviews.c.reviewer.type.length, "note": NOTE_MAX_CHARS}
         for name, value in (("kind", kind), ("by", by), ("note", note)):
             if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
