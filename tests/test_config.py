@@ -111,8 +111,9 @@ def test_config_is_frozen():
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match="bad.yaml") as refused:
         load_config(TrainConfig, bad)
+    assert "\n" not in str(refused.value) and str(refused.value).endswith("at line 2, column 1")  # one log line
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainConfig, tmp_path / "missing.yaml")
 
