@@ -87,7 +87,9 @@ def refuse_defects_among_good(folder: str | Path, paths: list[Path], defects_dir
     `vqad records --export-reviewed`'s output) given as the good images, and the confirmed
     defects under `defects_dir` inside the good folder, or copies of them."""
     folder = Path(folder)
-    for where, kinds in _defect_folders(folder, paths).items():
+    laid_out = _defect_folders(folder, paths)
+    if laid_out:
+        where, kinds = next(iter(laid_out.items()))
         raise DataError(
             f"{where} holds {', '.join(f'{k}/' for k in kinds)}: the MVTec layout's folders of defects. "
             "Calibrate on good images alone (a test set's good/, or a folder of the line's good parts)"
