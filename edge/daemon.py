@@ -144,7 +144,7 @@ class Daemon:
 
             self.recorder = RecordWriter(
                 cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
-                max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days,
+                max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
                 state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
         self.threads = [

@@ -55,6 +55,10 @@ class EdgeConfig:
     evidence_dir: str = ""
     record_pass_fraction: float = 0.1
     record_max_gb: float = 0.0
+    # The free space the evidence's disk keeps: below it the oldest evidence is removed, as past
+    # the quota, and with none left no more is written. 1 GB leaves a Jetson's system on the
+    # same disk room for its logs and updates. 0 = no floor.
+    record_min_free_gb: float = 1.0
     # Results older than this many days leave the record, with their evidence; reviewed ones
     # stay (a person's verdict is training data and an audit). 0 keeps every result.
     record_keep_days: float = 0.0
@@ -103,6 +107,7 @@ class EdgeConfig:
         require(0.0 <= self.record_pass_fraction <= 1.0, "edge.record_pass_fraction must be in [0, 1]")
         require(self.record_max_gb >= 0, "edge.record_max_gb must be >= 0 (0 = no quota)")
         require(self.record_keep_days >= 0, "edge.record_keep_days must be >= 0 (0 = keep every result)")
+        require(self.record_min_free_gb >= 0, "edge.record_min_free_gb must be >= 0 (0 = no floor)")
         require(self.max_batch >= 1, "edge.max_batch must be >= 1")
         require(self.inference_workers >= 0, "edge.inference_workers must be >= 0 (0 = automatic)")
         require(self.intra_op_threads >= 0, "edge.intra_op_threads must be >= 0 (0 = automatic)")

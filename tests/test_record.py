@@ -243,6 +243,46 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
 
 
+def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_written(tmp_path, monkeypatch, caplog):
+    """No quota set (the default): months of evidence filled the disk, and with it the record's
+    own writes and, on a Jetson, the system's. A disk of 150 kB is simulated: its free space is
+    what the evidence and "another program" leave of it."""
+    import edge.record.housekeeping as housekeeping
+
+    evidence, other = tmp_path / "ev", {"bytes": 0}
+    disk, floor = 150_000, 100_000  # room for about four frames' PNGs (12 kB each) over the floor
+
+    def free(_folder: Path) -> int:
+        return disk - other["bytes"] - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
+    for i in range(12):
+        writer.put(_result("c", i), time.time_ns())
+        wait_for(lambda n=i + 1: writer.recorded == n, 10)
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
+    assert removed and max(removed) < min(set(rows) - set(removed)) and free(evidence) >= floor
+    # Another program takes the disk: every evidence file goes, then none is written, and the
+    # results are still recorded, counted as without their images.
+    other["bytes"] = disk - floor + 1
+    with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
+        for i in range(12, 15):
+            writer.put(_result("c", i), time.time_ns())
+            wait_for(lambda n=i + 1: writer.recorded == n, 10)
+        assert not list(evidence.rglob("*.png")) and writer.house.low_disk
+        assert writer.evidence_failed >= 2 and "under record_min_free_gb" in caplog.text
+        other["bytes"] = 0  # room again: evidence is written again
+        writer.put(_result("c", 15), time.time_ns())
+        wait_for(lambda: writer.recorded == 16, 10)
+        writer.put(_result("c", 16), time.time_ns())
+        writer.close()
+    assert "is over record_min_free_gb 0.0001 again" in caplog.text
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    assert len(rows) == 17 and rows[16]["evidence"] is not None and rows[13]["evidence"] is None
+
+
 def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay(tmp_path, record_url):
     day_ns = 86400 * 10**9
     writer = RecordWriter(record_url, tmp_path / "ev").start()

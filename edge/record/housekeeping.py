@@ -1,6 +1,8 @@
 """`Housekeeping`: keeps the line's record within its bounds while the writer fills it. The
-evidence quota removes the oldest evidence files past `record_max_gb` and marks their rows;
-expiry removes results older than `record_keep_days` with their files, except reviewed ones.
+evidence quota removes the oldest evidence files past `record_max_gb` and marks their rows; the
+free-space floor does the same while the evidence's disk has less than `record_min_free_gb`
+free, and holds new evidence back while nothing is left to remove; expiry removes results older
+than `record_keep_days` with their files, except reviewed ones.
 Both run on the writer's thread, between its transactions; a failure is logged and tried again,
 and never stops the writer: the line's rows come first.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,14 +35,19 @@ EXPIRE_BACKLOG_S = 2.0
 
 
 class Housekeeping:
-    def __init__(self, engine: sa.Engine, evidence_dir: Path, metrics: DaemonMetrics, max_gb: float, keep_days: float):
+    def __init__(
+        self, engine: sa.Engine, evidence_dir: Path, metrics: DaemonMetrics, max_gb: float, keep_days: float,
+        min_free_gb: float = 0.0,
+    ):  # fmt: skip
         """max_gb: the evidence's disk quota (0 = none). keep_days: how long a result stays
-        (0 = for ever)."""
+        (0 = for ever). min_free_gb: the free space the evidence's disk keeps (0 = no floor)."""
         self.engine, self.metrics, self.evidence_dir = engine, metrics, evidence_dir
         self.max_bytes = int(max_gb * 1e9)
+        self.min_free_bytes = int(min_free_gb * 1e9)
+        self.low_disk = False  # under the floor with no evidence left to remove: none is written
         # Measured on the writer's thread at its first pass, not in the daemon's start: a full
         # quota of months holds a million files (about 15 s to add up).
-        self.evidence_bytes: int | None = None if self.max_bytes else 0
+        self.evidence_bytes: int | None = None if self.max_bytes or self.min_free_bytes else 0
         self.evidence_removed = 0
         self._quota_up_to = 0  # rows up to this id hold no evidence the quota may still remove
         self.keep_ns = int(keep_days * 86400e9)
@@ -59,21 +67,45 @@ class Housekeeping:
             if self.evidence_bytes is None:
                 self.evidence_bytes = _folder_bytes(self.evidence_dir)
             if self.max_bytes and self.evidence_bytes > self.max_bytes:
-                self._enforce_quota()
+                self._remove_oldest(self.evidence_bytes - self.max_bytes, "evidence quota")
+            if self.min_free_bytes:
+                self._keep_free()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
                 self._expire()
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             self.metrics.record_errors.inc()
             log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
 
-    def _enforce_quota(self) -> None:
-        """Remove the oldest evidence until it fits in the quota again; mark and count each. The
-        search starts after the last row marked: from the first row, it would read every row
-        whose evidence is gone or was never kept, at each pass (0.17 s at 2 million rows, and
-        a pass follows nearly every transaction once the quota is reached)."""
+    def _keep_free(self) -> None:
+        """Under the floor of free space, the oldest evidence goes as past the quota; when none
+        is left (the database, or another program, fills the disk), new evidence is held back
+        (`low_disk`) until the disk has room again. A full disk would stop more than the
+        evidence: the record's own writes, and on a Jetson the system on the same disk."""
+        short = self.min_free_bytes - free_bytes(self.evidence_dir)
+        if short > 0:
+            self._remove_oldest(short, "free-space floor")
+            short = self.min_free_bytes - free_bytes(self.evidence_dir)
+        low = short > 0
+        if low != self.low_disk:
+            floor_gb = self.min_free_bytes / 1e9
+            if low:
+                log.error("the disk of %s has %.2f GB free, under record_min_free_gb %g, and no evidence is left "
+                          "to remove: rejects are recorded without their images until it has room",
+                          self.evidence_dir, (self.min_free_bytes - short) / 1e9, floor_gb)  # fmt: skip
+            else:
+                log.info("the disk of %s is over record_min_free_gb %g again: evidence is written", self.evidence_dir,
+                         floor_gb)  # fmt: skip
+        self.low_disk = low
+
+    def _remove_oldest(self, excess: int, why: str) -> None:
+        """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
+        count each. The search starts after the last row marked: from the first row, it would
+        read every row whose evidence is gone or was never kept, at each pass (0.17 s at 2
+        million rows, and a pass follows nearly every transaction once the quota is reached)."""
         removed, up_to = 0, self._quota_up_to
+        target = self.evidence_bytes - excess
         with self.engine.begin() as conn:
-            while self.evidence_bytes > self.max_bytes:
+            while self.evidence_bytes > target:
                 oldest = conn.execute(
                     sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
                     .where(results.c.id > up_to, results.c.evidence_frame.is_not(None),
@@ -87,14 +119,15 @@ class Housekeeping:
                 for row in oldest:
                     self._remove_files(row.evidence_frame, row.evidence_overlay)
                     marked.append(row.id)
-                    if self.evidence_bytes <= self.max_bytes:
+                    if self.evidence_bytes <= target:
                         break
                 conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
                 removed, up_to = removed + len(marked), marked[-1]
         self._quota_up_to = up_to  # once committed
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
-        log.info("evidence quota: removed the oldest %d frames' evidence (%d in all)", removed, self.evidence_removed)
+        if removed:
+            log.info("%s: removed the oldest %d frames' evidence (%d in all)", why, removed, self.evidence_removed)
 
     def _expire(self) -> None:
         """Remove results published more than keep_days ago, oldest first, with their evidence
@@ -141,6 +174,14 @@ class Housekeeping:
             if path and Path(path).is_file():
                 self.evidence_bytes -= Path(path).stat().st_size
                 Path(path).unlink()
+
+
+def free_bytes(folder: Path) -> int:
+    """The free space of the disk that holds `folder` (or would: its nearest existing parent)."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            return shutil.disk_usage(place).free
+    return shutil.disk_usage("/").free
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -54,12 +54,15 @@ class RecordWriter:
         max_gb: float = 0.0,
         state_file: str | Path | None = None,
         keep_days: float = 0.0,
+        min_free_gb: float = 0.0,
     ):
         """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
-        its rows marked, and the removals counted. state_file: where the writer keeps how many
-        results it was handed, so that the next start can say how many have no row. keep_days:
-        results published longer ago leave the record with their evidence, except reviewed ones
-        (0 = keep every result)."""
+        its rows marked, and the removals counted. min_free_gb: the free space its disk keeps,
+        the oldest evidence removed to keep it, and none written while nothing is left to
+        remove (0 = no floor). state_file: where the writer keeps how many results it was
+        handed, so that the next start can say how many have no row. keep_days: results
+        published longer ago leave the record with their evidence, except reviewed ones (0 =
+        keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.engine, self._migrated = self._open(url, max_buffer)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
@@ -74,7 +77,7 @@ class RecordWriter:
         self._state_failed = False
         self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
         self._unstorable_log = RepeatedLog(log, logging.ERROR)
-        self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days)
+        self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
         self.handed = 0
@@ -264,6 +267,8 @@ class RecordWriter:
         the codec refuses): the row is kept without it, and the writer goes on; counted and logged
         now and then."""
         try:
+            if self.house.low_disk:
+                raise OSError("its disk is under record_min_free_gb, with no evidence left to remove")
             return self._evidence(result)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self.evidence_failed += 1
