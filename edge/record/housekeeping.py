@@ -90,7 +90,8 @@ class Housekeeping:
             floor_gb = self.min_free_bytes / 1e9
             if low:
                 log.error("the disk of %s has %.2f GB free, under record_min_free_gb %g, and no evidence is left "
-                          "to remove: rejects are recorded without their images until it has room",
+                          "to remove: rejects are recorded without their images until it has room. The record's "
+                          "rows, or another program, fill it (record_keep_days bounds the rows)",
                           self.evidence_dir, (self.min_free_bytes - short) / 1e9, floor_gb)  # fmt: skip
             else:
                 log.info("the disk of %s is over record_min_free_gb %g again: evidence is written", self.evidence_dir,
