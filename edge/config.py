@@ -211,9 +211,14 @@ def load_config(
         data = read_yaml(path)
         if section is not None:
             data = data.get(section, {}) or {}
-    if overrides:
-        data = _merge(data, overrides)
-    return from_mapping(cls, data, section or "")
+    return config_from(cls, data, overrides, section or "")
+
+
+def config_from(
+    cls: type[T], data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, where: str = ""
+) -> T:
+    """`cls` from a mapping (a run's saved config) with `overrides` merged over it."""
+    return from_mapping(cls, _merge(dict(data), overrides) if overrides else data, where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -325,6 +325,13 @@ def test_resume_continues_the_run(synth_root, tmp_path):
     assert [(r["from_step"], r["train"]["val_fraction"]) for r in config["resumes"]] == [(10, 0.45)]
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert steps == [5, 10, 15]
+    # A resume continues the run as it was saved: the flags it was trained with need not be
+    # given again (the shipped model config was refused as "a different model config").
+    run_vqad("train", synth_root / "weave", "--out", run, "--resume", "--steps", "20")
+    meta = load_checkpoint(run / "checkpoint.pt")["meta"]
+    assert meta["step"] == 20 and meta["model_config"]["width"] == 8 and meta["train_config"]["batch_size"] == 8
+    changed = run_vqad("train", synth_root / "weave", "--out", run, "--resume", "--set", "model.width=16", check=False)
+    assert changed.returncode == 6 and "different model config (it has model.width=8)" in changed.stderr
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
@@ -430,9 +437,8 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
     """vqad train --init-from RUN: a new run that starts where RUN ended (the codebook already
     initialised, the weights RUN's), calibrated afresh on its own data; another model is refused."""
     run = tmp_path / "tuned"
-    proc = run_vqad(
-        "train", synth_root / "bracket", "--out", run, "--steps", "1", "--init-from", tiny_run, *TINY_MODEL, *TINY_TRAIN
-    )
+    # RUN's model config is the new run's: its flags need not be given again.
+    proc = run_vqad("train", synth_root / "bracket", "--out", run, "--steps", "1", "--init-from", tiny_run, *TINY_TRAIN)
     assert "fine-tuning from" in proc.stderr
     before, after = load_run(tiny_run).model, load_run(run).model
     for name in ("head.out.weight", "vqvae.decoder.net.0.weight", "vqvae.encoder.net.0.weight"):
@@ -449,7 +455,7 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
         "train", synth_root / "bracket", "--out", tmp_path / "bad", "--steps", "1", "--init-from", tiny_run, *other,
         check=False,
     )  # fmt: skip
-    assert bad.returncode != 0 and "another model" in bad.stderr
+    assert bad.returncode != 0 and "another model (it has model.width=8)" in bad.stderr
 
 
 @pytest.mark.parametrize(("max_minutes", "expected"), [(60.0, "about 25 min"), (5.0, "near step 600 of 3000")])

@@ -77,8 +77,10 @@ def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConf
     the scorer is calibrated afresh at the end, on the new run's images."""
     ckpt = load_checkpoint(source / CHECKPOINT_NAME)
     saved = {k: v for k, v in ckpt["meta"]["model_config"].items() if k != "score"}
-    if saved != {k: v for k, v in to_dict(model_cfg).items() if k != "score"}:
-        raise CheckpointError(f"--init-from: {source} was trained with another model (its config differs)")
+    differ = sorted(k for k, v in to_dict(model_cfg).items() if k != "score" and saved.get(k) != v)
+    if differ:
+        its = ", ".join(f"model.{k}={saved.get(k)}" for k in differ)
+        raise CheckpointError(f"--init-from: {source} was trained with another model (it has {its})")
     weights = {k: v for k, v in ckpt["model"].items() if not k.startswith("scorer.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(not k.startswith("scorer.") for k in missing):

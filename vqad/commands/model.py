@@ -33,7 +33,7 @@ def size_arg(text: str) -> str:
 
 
 def model_and_train_configs(args: argparse.Namespace):
-    from edge.config import load_config
+    from edge.config import config_from, load_config
     from train.config import ModelConfig, TrainConfig
 
     m_over = overrides(args, "model")
@@ -47,9 +47,43 @@ def model_and_train_configs(args: argparse.Namespace):
         t_over["steps"] = args.steps
     if getattr(args, "seed", None) is not None:
         t_over["seed"] = args.seed
-    model_cfg = load_config(ModelConfig, args.model_config or default_config("model"), m_over)
-    train_cfg = load_config(TrainConfig, args.config or default_config("train"), t_over)
+    saved = _resumed_configs(args)
+    source = saved or _fine_tuned_config(args)
+    if source and not args.model_config:
+        model_cfg = config_from(ModelConfig, source["model_config"], m_over, "model")
+    else:
+        model_cfg = load_config(ModelConfig, args.model_config or default_config("model"), m_over)
+    if saved and not args.config:
+        train_cfg = config_from(TrainConfig, saved["train_config"], t_over, "train")
+    else:
+        train_cfg = load_config(TrainConfig, args.config or default_config("train"), t_over)
     return model_cfg, train_cfg
+
+
+def _resumed_configs(args: argparse.Namespace) -> dict | None:
+    """With --resume, the configs the run was saved with (its checkpoint's, migrated): a resume
+    continues the run as it was, and --set, --steps or a config file change only what they
+    name. Before, the shipped configs stood in for any flag not given again, and the resume was
+    refused for a model config it never meant to change. None without --resume or a checkpoint."""
+    from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    if not getattr(args, "resume", False) or not (Path(args.out) / CHECKPOINT_NAME).is_file():
+        return None
+    meta = load_checkpoint(Path(args.out) / CHECKPOINT_NAME)["meta"]
+    log.info("resuming with %s's saved model and train config; the flags given change what they name", args.out)
+    return meta
+
+
+def _fine_tuned_config(args: argparse.Namespace) -> dict | None:
+    """With --init-from RUN, RUN's checkpoint meta: the new run takes its model config (its
+    weights fit no other), and its own train config. None without --init-from or a checkpoint."""
+    from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    source = getattr(args, "init_from", None)
+    if not source or not (Path(source) / CHECKPOINT_NAME).is_file():
+        return None
+    log.info("fine-tuning with %s's model config; the flags given change what they name", source)
+    return load_checkpoint(Path(source) / CHECKPOINT_NAME)["meta"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
