@@ -56,3 +56,15 @@ def test_a_runs_broken_json_file_is_one_line_naming_it(tiny_run, synth_root, tmp
     (run / "split.json").write_text('["a.png"]')
     proc = run_vqad("eval", run, synth_root / "bracket", "--out", tmp_path / "eval", check=False)
     assert proc.returncode == 3 and "is not a split" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, tmp_path):
+    """eval, export and embed read a training run; given the package exported from it, they said
+    "checkpoint not found", which a quality engineer who just exported it cannot act on."""
+    for args in (
+        ["eval", tiny_model, synth_root / "bracket", "--out", tmp_path / "e"],
+        ["export", tiny_model, "--out", tmp_path / "m"],
+    ):
+        proc = run_vqad(*args, check=False)
+        assert proc.returncode == 3 and "is a model package, not a training run" in proc.stderr, proc.stderr
+        assert "give the run it was exported from (" in proc.stderr

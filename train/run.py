@@ -61,6 +61,12 @@ def load_run(run_dir: str | Path) -> Run:
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(f"run directory not found: {root}")
+    if not (root / CHECKPOINT_NAME).is_file() and (root / "model.json").is_file():
+        meta = read_json(root / "model.json")
+        source = meta.get("source") if isinstance(meta, dict) else None
+        run = source.get("run") if isinstance(source, dict) else None
+        named = f" ({run})" if run else ""
+        raise DataError(f"{root} is a model package, not a training run: give the run it was exported from{named}")
     ckpt = load_checkpoint(root / CHECKPOINT_NAME)
     meta = ckpt["meta"]
     model_cfg = from_mapping(ModelConfig, meta["model_config"], "model")
