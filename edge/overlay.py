@@ -28,9 +28,13 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alp
 
 
 def draw_regions(image: np.ndarray, regions: list[dict], colour: tuple[int, int, int] = (0, 0, 255)) -> np.ndarray:
-    """Draw region boxes ({'x','y','w','h'}) on a BGR image, in place; returns it."""
+    """Draw region boxes ({'x','y','w','h'}) on a BGR image, in place; returns it. The line is a
+    pixel wide up to 512 pixels a side and wider beyond, so that a full-size frame's box still
+    shows when a page draws it small."""
+    thickness = max(1, round(max(image.shape[:2]) / 512))
     for r in regions:
-        cv2.rectangle(image, (int(r["x"]), int(r["y"])), (int(r["x"] + r["w"]), int(r["y"] + r["h"])), colour, 1)
+        corner = (int(r["x"] + r["w"]), int(r["y"] + r["h"]))
+        cv2.rectangle(image, (int(r["x"]), int(r["y"])), corner, colour, thickness)
     return image
 
 

@@ -13,6 +13,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -218,6 +219,24 @@ def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     assert writer.unrecorded == 3 and writer.metrics.unrecorded._value.get() == 3
     writer.start().close()
     assert writer.recorded == 5
+
+
+def test_a_fails_evidence_overlay_boxes_its_regions_in_the_frames_pixels(tmp_path):
+    """The reviewer's picture of a reject: the map over the frame as received, and the boxes the
+    result named (a speck of a pixel or two is found by its box when the page draws it small)."""
+    frame = np.full((600, 800, 3), 90, np.uint8)
+    region = {"x": 400, "y": 300, "w": 40, "h": 30, "area": 1200, "peak": 2.0}
+    header = result_header("c", 1, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
+                           decision="fail", regions=[region], batch_size=1,
+                           map_info={"shape": [60, 80], "dtype": "uint8", "scale": 0.01})  # fmt: skip
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev").start()
+    writer.put(Result(header, map_bytes=bytes(60 * 80), recv_ns=time.time_ns(), frame=frame), time.time_ns())
+    writer.close()
+    overlay = cv2.imread(str(next((tmp_path / "ev").rglob("*_overlay.jpg"))))
+    assert overlay.shape == (600, 800, 3)
+    red = (overlay[..., 2].astype(int) - overlay[..., 0]) > 100  # the box's red over the map's blue
+    assert red[300, 410:430].all() and red[330, 410:430].all() and red[305:325, 400].all()
+    assert not red[310:320, 410:430].any() and red.sum() < 1000  # the box alone: its edges, 2 px wide
 
 
 def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, record_url):

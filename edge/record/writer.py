@@ -27,7 +27,7 @@ from edge.errors import DataError
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.overlay import heatmap_overlay
+from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import capture_time_ns, file_name, unfit_reasons
 from edge.record.housekeeping import Housekeeping
 from edge.record.schema import events, migrate, results
@@ -293,7 +293,8 @@ class RecordWriter:
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
-            write_image(overlay_path, heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"]))
+            overlay = heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"])
+            write_image(overlay_path, draw_regions(overlay, h.get("regions") or []))  # regions: frame pixels
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
