@@ -477,6 +477,31 @@ def test_the_pace_says_how_long_the_steps_take_or_where_the_time_budget_ends(cap
     assert record.levelno == (logging.INFO if max_minutes == 60.0 else logging.WARNING)
 
 
+def test_without_a_terminal_training_logs_lines_not_a_bar(synth_root, tmp_path, caplog):
+    """Under systemd, CI or `> train.log`, tqdm's bar redrew itself with carriage returns: one
+    log line of megabytes. Without a terminal, a line a minute says the same."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from train.config import TrainConfig
+    from train.loop import _progress_line
+
+    proc = run_vqad(
+        "train", synth_root / "bracket", "--out", tmp_path / "run", "--steps", "6", *TINY_MODEL, *TINY_TRAIN
+    )
+    assert "\r" not in proc.stderr and "step/s" not in proc.stderr  # a pipe: no bar
+    losses = {"loss": torch.tensor(0.5), "l2": torch.tensor(0.01), "head": torch.tensor(0.3)}
+    session = SimpleNamespace(
+        train_cfg=TrainConfig(steps=3000), step=1200, start_step=0, t0=time.monotonic() - 600,
+        category=Path("kolektor"), progress_at=0.0,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="train.loop"):
+        _progress_line(session, losses)
+    assert "train kolektor: step 1200 of 3000 (40%), 2.00 steps/s, about 15 min left; loss 0.5000" in caplog.text
+    assert session.progress_at > 0
+
+
 def test_random_crops_cut_a_larger_input_and_leave_a_fitting_one_alone():
     from train.loop import random_crops
 

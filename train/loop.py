@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -74,6 +75,8 @@ TRAIN_CROP = 128
 # After this many steps the pace is known: the log says how long the steps will take, or warns
 # that `max_minutes` ends the training first.
 PACE_AFTER_STEPS = 20
+# Without a terminal, the bar's figures as a log line this often (seconds).
+PROGRESS_LINE_S = 60.0
 
 
 def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
@@ -153,6 +156,8 @@ class Session:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics_log: MetricsLog | None = None
     bar: Any = None
+    progress_lines: bool = False  # no terminal (a log file, systemd, CI): a line a minute instead of a bar
+    progress_at: float = 0.0  # monotonic time of the last such line
     dead_total: int = 0
     last_log: tuple[float, int] = (0.0, 0)  # (monotonic time, step) of the last log row
 
@@ -230,10 +235,13 @@ def set_up(
     if dist.main:
         s.summary.update(input_scale(shapes, model_cfg.image_size))
         s.metrics_log = MetricsLog(run_dir, append=resume)
-        if progress:
+        if progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             s.bar = tqdm(total=train_cfg.steps, initial=start_step, desc=f"train {category.name}", unit="step")
+        else:
+            # A bar redraws itself with carriage returns: in a log it is one line of megabytes.
+            s.progress_lines, s.progress_at = progress, time.monotonic()
     return s
 
 
@@ -416,6 +424,19 @@ def random_crops(images: np.ndarray, rng: np.random.Generator, crop: int | None 
     return np.stack([image[y : y + ch, x : x + cw] for image, y, x in zip(images, ys, xs, strict=True)])
 
 
+def _progress_line(s: Session, losses: dict[str, Any]) -> None:
+    """The bar's figures as a log line: step, share, pace, time left, losses."""
+    now = time.monotonic()
+    pace = (s.step - s.start_step) / max(1e-6, now - s.t0)
+    left_min = (s.train_cfg.steps - s.step) / max(1e-6, pace) / 60
+    log.info(
+        "train %s: step %d of %d (%.0f%%), %.2f steps/s, about %.0f min left; loss %.4f, l2 %.5f, head %.4f",
+        s.category.name, s.step, s.train_cfg.steps, 100 * s.step / s.train_cfg.steps, pace, left_min,
+        losses["loss"].item(), losses["l2"].item(), losses["head"].item(),
+    )  # fmt: skip
+    s.progress_at = now
+
+
 def _log_step(s: Session, losses: dict[str, Any]) -> None:
     """The progress bar every step; a metrics.csv row every log_every steps (with the
     validation L2 at checkpoints)."""
@@ -427,6 +448,8 @@ def _log_step(s: Session, losses: dict[str, Any]) -> None:
             loss=f"{losses['loss'].item():.4f}", l2=f"{losses['l2'].item():.5f}", ppl=f"{ppl:.1f}",
             head=f"{losses['head'].item():.4f}",
         )  # fmt: skip
+    elif s.progress_lines and time.monotonic() - s.progress_at >= PROGRESS_LINE_S:
+        _progress_line(s, losses)
     cfg = s.train_cfg
     if not s.dist.main or not (s.step % cfg.log_every == 0 or s.step == cfg.steps):
         return
