@@ -47,8 +47,10 @@ def model_and_train_configs(args: argparse.Namespace):
         t_over["steps"] = args.steps
     if getattr(args, "seed", None) is not None:
         t_over["seed"] = args.seed
-    saved = _resumed_configs(args)
-    source = saved or _fine_tuned_config(args)
+    resumed = getattr(args, "out", None) if getattr(args, "resume", False) else None
+    saved = _saved_meta(resumed, f"resuming with {resumed}'s model and train config")
+    tuned_from = getattr(args, "init_from", None)
+    source = saved or _saved_meta(tuned_from, f"fine-tuning with {tuned_from}'s model config")
     if source and not args.model_config:
         model_cfg = config_from(ModelConfig, source["model_config"], m_over, "model")
     else:
@@ -60,30 +62,20 @@ def model_and_train_configs(args: argparse.Namespace):
     return model_cfg, train_cfg
 
 
-def _resumed_configs(args: argparse.Namespace) -> dict | None:
-    """With --resume, the configs the run was saved with (its checkpoint's, migrated): a resume
-    continues the run as it was, and --set, --steps or a config file change only what they
-    name. Before, the shipped configs stood in for any flag not given again, and the resume was
-    refused for a model config it never meant to change. None without --resume or a checkpoint."""
+def _saved_meta(run_dir: str | Path | None, why: str) -> dict | None:
+    """The checkpoint meta (configs migrated) of a run whose configs stand in for the shipped
+    ones, and a log line that says so; None without a run or its checkpoint.
+
+    --resume continues the run as it was saved and --init-from RUN takes RUN's model config
+    (its weights fit no other): the shipped configs would otherwise stand in for every flag not
+    given again, and the run be refused as another model. --set, --steps or a config file
+    change only what they name."""
     from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
-    if not getattr(args, "resume", False) or not (Path(args.out) / CHECKPOINT_NAME).is_file():
+    if not run_dir or not (Path(run_dir) / CHECKPOINT_NAME).is_file():
         return None
-    meta = load_checkpoint(Path(args.out) / CHECKPOINT_NAME)["meta"]
-    log.info("resuming with %s's saved model and train config; the flags given change what they name", args.out)
-    return meta
-
-
-def _fine_tuned_config(args: argparse.Namespace) -> dict | None:
-    """With --init-from RUN, RUN's checkpoint meta: the new run takes its model config (its
-    weights fit no other), and its own train config. None without --init-from or a checkpoint."""
-    from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
-    source = getattr(args, "init_from", None)
-    if not source or not (Path(source) / CHECKPOINT_NAME).is_file():
-        return None
-    log.info("fine-tuning with %s's model config; the flags given change what they name", source)
-    return load_checkpoint(Path(source) / CHECKPOINT_NAME)["meta"]
+    log.info("%s; the flags given change what they name", why)
+    return load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)["meta"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
