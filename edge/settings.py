@@ -117,10 +117,9 @@ class EdgeConfig:
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")
         require(self.max_header_bytes >= 256, "edge.max_header_bytes is too small")
-        require(
-            self.linger_ms >= 0 and self.rcvhwm >= 1 and self.sndhwm >= 1,
-            "edge socket options must be >= 0/1",
-        )
+        require(self.linger_ms >= 0, f"edge.linger_ms must be >= 0, got {self.linger_ms}")
+        for name in ("rcvhwm", "sndhwm"):  # ZeroMQ's 0 is no bound at all: a burst would fill the memory
+            require(getattr(self, name) >= 1, f"edge.{name} must be >= 1, got {getattr(self, name)}")
         require(0 <= self.metrics_port <= 65535, "edge.metrics_port must be 0 (off) or a port")
         for what, endpoint in self._endpoints():
             check_endpoint(endpoint, what)

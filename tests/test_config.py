@@ -92,6 +92,8 @@ def test_bad_train_config_raises_value_error(overrides, match):
         ({"health": {"max_shift": "-1"}}, "max_shift must be >= 0"),
         ({"log_every_s": "0"}, "log_every_s must be > 0"),  # the status line divides by it
         ({"warmup_runs": "-1"}, "warmup_runs must be >= 0"),
+        ({"rcvhwm": "0"}, "edge.rcvhwm must be >= 1, got 0"),  # named, not "socket options"
+        ({"record_min_free_gb": "-1"}, "record_min_free_gb must be >= 0"),
     ],
 )
 def test_bad_edge_config_raises_value_error(overrides, match):
