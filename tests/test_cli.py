@@ -68,3 +68,12 @@ def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, t
         proc = run_vqad(*args, check=False)
         assert proc.returncode == 3 and "is a model package, not a training run" in proc.stderr, proc.stderr
         assert "give the run it was exported from (" in proc.stderr
+
+
+def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
+    """--summary-json in a folder that is not there was found after the watch (hours, on a line)."""
+    proc = run_vqad(
+        "watch", "tcp://127.0.0.1:5599", "--timeout", "30", "--summary-json", tmp_path / "gone" / "s.json", check=False
+    )
+    assert proc.returncode == 7 and "summary:" not in proc.stdout
+    assert f"cannot use {tmp_path / 'gone' / 's.json'}: {tmp_path / 'gone'} is no folder" in proc.stderr
