@@ -68,8 +68,9 @@ def calibration_images(
     DataError for a folder that holds defects: an MVTec-layout test set, or any of the
     confirmed defects under `defects_dir`."""
     found = find_images(folder)
-    refuse_defects_among_good(folder, found, defects_dir)
-    paths = unseen_images(found, trained_on)
+    prints = fingerprints(found) if trained_on or defects_dir is not None else []  # read once, for both
+    refuse_defects_among_good(folder, found, defects_dir, prints)
+    paths = unseen_images(found, trained_on, prints)
     left_out = len(found) - len(paths)
     source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images the model did not train on"
@@ -80,12 +81,15 @@ def calibration_images(
     return frames, paths, source
 
 
-def refuse_defects_among_good(folder: str | Path, paths: list[Path], defects_dir: str | Path | None) -> None:
+def refuse_defects_among_good(
+    folder: str | Path, paths: list[Path], defects_dir: str | Path | None, prints: list[str] | None = None
+) -> None:
     """DataError when the good images under `folder` hold defects: a threshold is set over the
     good images' highest scores, so one defect among them lifts it until such defects pass.
     Two ways a person gets there: a folder in the MVTec layout (a category, its test/, or
     `vqad records --export-reviewed`'s output) given as the good images, and the confirmed
-    defects under `defects_dir` inside the good folder, or copies of them."""
+    defects under `defects_dir` inside the good folder, or copies of them. `prints`: the
+    fingerprints of `paths`, when already read."""
     folder = Path(folder)
     laid_out = _defect_folders(folder, paths)
     if laid_out:
@@ -97,7 +101,7 @@ def refuse_defects_among_good(folder: str | Path, paths: list[Path], defects_dir
     if defects_dir is None or not paths:
         return
     defects = set(fingerprints(defect_images(defects_dir)))
-    among = [p for p, f in zip(paths, fingerprints(paths), strict=True) if f in defects]
+    among = [p for p, f in zip(paths, prints or fingerprints(paths), strict=True) if f in defects]
     if among:
         raise DataError(
             f"{len(among)} of the good images under {folder} are confirmed defects under {defects_dir} "
@@ -120,14 +124,14 @@ def _defect_folders(folder: Path, paths: list[Path]) -> dict[Path, list[str]]:
     }
 
 
-def unseen_images(paths: list[Path], trained_on: Collection[str]) -> list[Path]:
+def unseen_images(paths: list[Path], trained_on: Collection[str], prints: list[str] | None = None) -> list[Path]:
     """`paths` without the model's training images (by fingerprint). A model scores the images
     it learned from lower than new ones of the same product: a threshold on them sits too low,
-    and the line would reject good parts."""
+    and the line would reject good parts. `prints`: the fingerprints of `paths`, when already read."""
     if not trained_on or not paths:
         return paths
     known = set(trained_on)
-    seen = [f in known for f in fingerprints(paths)]
+    seen = [f in known for f in prints or fingerprints(paths)]
     if any(seen):
         log.warning(
             "%d of %d good images trained the model and are left out of the calibration (e.g. %s): a model "
