@@ -86,10 +86,11 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
 
 
 def _camera_health(run) -> dict[str, Any]:
-    from train.data import image_shapes, load_images
+    """The training images' figures for the line's camera health gate, each image read once."""
+    from train.data import load_images
 
-    m, paths = run.model_cfg, run.split()["train"]
-    return training_stats(load_images(paths, m.image_size, m.channels), image_shapes(paths))
+    m, paths, shapes = run.model_cfg, run.split()["train"], []
+    return training_stats(load_images(paths, m.image_size, m.channels, shapes), shapes)
 
 
 def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
