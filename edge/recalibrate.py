@@ -104,7 +104,8 @@ def refuse_defects_among_good(
     among = [p for p, f in zip(paths, prints or fingerprints(paths), strict=True) if f in defects]
     if among:
         raise DataError(
-            f"{len(among)} of the good images under {folder} are confirmed defects under {defects_dir} "
+            f"{len(among)} of {len(paths)} good images under {folder} "
+            f"{'is a confirmed defect' if len(among) == 1 else 'are confirmed defects'} under {defects_dir} "
             f"(e.g. {among[0]}): a threshold over them would pass such defects. Give good images only"
         )
 
