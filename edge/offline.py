@@ -25,7 +25,7 @@ from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image,
 from edge.metrics import DaemonMetrics
 from edge.overlay import result_picture
 from edge.progress import progress
-from edge.protocol import file_name
+from edge.protocol import file_name, unfit_reasons
 from edge.results import Pending, Result, error_result, scored_results
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
@@ -122,7 +122,7 @@ def _draw(result: Result, amap: np.ndarray, path: Path, out: Path) -> None:
 def summary(scored: Sequence[Scored]) -> str:
     """'12 images: 9 pass, 3 fail (1 unfit), 0 not scored' (unreadable files)."""
     decisions = [s.header.get("decision") for s in scored]
-    unfit = sum(1 for s in scored if (s.header.get("health") or {}).get("ok") is False)
+    unfit = sum(1 for s in scored if unfit_reasons(s.header))
     errors = sum(1 for s in scored if s.header["status"] == "error")
     return (
         f"{len(scored)} images: {decisions.count('pass')} pass, {decisions.count('fail')} fail ({unfit} unfit), "
