@@ -77,3 +77,20 @@ def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     )
     assert proc.returncode == 7 and "summary:" not in proc.stdout
     assert f"cannot use {tmp_path / 'gone' / 's.json'}: {tmp_path / 'gone'} is no folder" in proc.stderr
+
+
+def test_every_argument_says_what_it_is():
+    """`vqad COMMAND --help` explains each positional and option: an integrator on the line
+    has the help, not the source."""
+    import argparse
+
+    from vqad.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    unexplained = [
+        f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not unexplained, unexplained

@@ -53,15 +53,19 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="export a run to ONNX FP32 + FP16 and model.json, with a parity proof")
-    x.add_argument("run", type=Path, metavar="RUN_DIR")
-    x.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    x.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained and evaluated run (vqad train, vqad eval)")
+    x.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="the model package to write")
     x.add_argument("--config", type=Path, help="export config YAML (default configs/export.yaml)")
-    x.add_argument("--set", action="append", metavar="export.KEY=VALUE")
+    x.add_argument("--set", action="append", metavar="export.KEY=VALUE", help="override one config key (repeatable)")
     x.add_argument("--force", action="store_true", help="replace an existing package in MODEL_DIR")
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")
-    b.add_argument("model", type=Path, metavar="MODEL_DIR")
-    b.add_argument("--max-batch", type=at_least(1), default=8)
-    b.add_argument("--workspace-mb", type=at_least(1), default=1024)
+    b.add_argument(
+        "model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export); the engine is cached in it"
+    )
+    b.add_argument("--max-batch", type=at_least(1), default=8, help="the largest batch the engine takes (default 8)")
+    b.add_argument(
+        "--workspace-mb", type=at_least(1), default=1024, help="TensorRT's build workspace in MiB (default 1024)"
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     b.set_defaults(func=cmd_build_engine)

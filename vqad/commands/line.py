@@ -373,22 +373,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the inspection daemon (ZeroMQ frames in, results out)")
-    s.add_argument("model", type=Path, metavar="MODEL_DIR")
+    s.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export)")
     s.add_argument("--config", type=Path, help="edge config YAML (default configs/edge.yaml)")
     s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
     s.add_argument("--precision", choices=["fp32", "fp16"], help="onnxruntime graph to run")
     s.add_argument("--frames", metavar="ENDPOINT", help="where to bind the PULL socket")
     s.add_argument("--results", metavar="ENDPOINT", help="where to bind the PUB socket")
-    s.add_argument("--max-batch", type=int)
-    s.add_argument("--max-delay-ms", type=float)
+    s.add_argument("--max-batch", type=int, help="frames run together at most (edge.max_batch)")
+    s.add_argument("--max-delay-ms", type=float, help="how long a batch waits to fill (edge.max_delay_ms)")
     s.add_argument("--threshold", type=float, help="override model.json's threshold")
-    s.add_argument("--overload", choices=["backpressure", "drop_oldest"])
+    s.add_argument(
+        "--overload",
+        choices=["backpressure", "drop_oldest"],
+        help="a full queue stops reading frames, or drops its oldest with a result (edge.overload)",
+    )
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--ready-file", type=Path, help="write this file once warmed up and serving")
     s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH, postgresql://..., or a PATH")
     s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
-    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
+    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE", help="override one config key (repeatable)")
     s.add_argument("--check", action="store_true",
                    help="verify what a start needs (model, backend, keys, folders, record); bind nothing")  # fmt: skip
     s.set_defaults(func=cmd_serve)
@@ -396,15 +400,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="what the line would decide on image files, offline (no daemon)")
-    s.add_argument("model", type=Path, metavar="MODEL_DIR")
-    s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    s.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export)")
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
     s.add_argument("--out", type=Path, metavar="DIR", help="draw each result: its map over the image, regions boxed")
-    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     s.add_argument("--config", type=Path, help="edge config YAML (default configs/edge.yaml): threshold, health limits")
     s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
     s.add_argument("--precision", choices=["fp32", "fp16"], help="onnxruntime graph to run")
     s.add_argument("--threshold", type=float, help="override model.json's threshold")
-    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE")
+    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE", help="override one config key (repeatable)")
     s.set_defaults(func=cmd_score)
 
 
@@ -426,11 +430,13 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
 def _add_camera(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("camera", help="send frames from a folder, video file, or device to the daemon")
     c.add_argument("source", help="folder of images, image or video file, device index, or URL")
-    c.add_argument("--to", required=True, metavar="ENDPOINT")
+    c.add_argument("--to", required=True, metavar="ENDPOINT", help="the daemon's frames endpoint (vqad serve --frames)")
     c.add_argument("--fps", type=at_least(0, float), default=0.0, help="frames per second (0 = as fast as accepted)")
     c.add_argument("--camera-id", type=identifier, default="cam0", help="the camera's id in each frame (default cam0)")
-    c.add_argument("--encoding", choices=["raw", "jpeg", "png"], default="raw")
-    c.add_argument("--loop", action="store_true")
+    c.add_argument(
+        "--encoding", choices=["raw", "jpeg", "png"], default="raw", help="how each frame travels (default raw pixels)"
+    )
+    c.add_argument("--loop", action="store_true", help="start the folder or file again at its end")
     c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
     c.add_argument("--start-id", type=at_least(0), default=0, help="first frame_id")
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
@@ -454,34 +460,36 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="print results; save overlays of failed frames")
-    w.add_argument("endpoint", metavar="ENDPOINT")
-    w.add_argument("--camera", type=identifier, metavar="ID")
-    w.add_argument("--save-dir", type=Path)
+    w.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's results endpoint (vqad serve --results)")
+    w.add_argument("--camera", type=identifier, metavar="ID", help="this camera's results only")
+    w.add_argument("--save-dir", type=Path, metavar="DIR", help="save each failed frame's overlay here")
     w.add_argument("--count", type=at_least(0), default=0, help="exit after this many results")
     w.add_argument("--timeout", type=at_least(0, float), default=0.0, help="exit after this many idle seconds")
     w.add_argument("--jsonl", type=Path, help="append every result header to this file")
     w.add_argument("--summary-json", type=Path, help="write the summary here on exit")
     w.add_argument("--quiet", action="store_true", help="no line per result")
-    w.add_argument("--curve-secret")
-    w.add_argument("--curve-server-key")
+    w.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
+    w.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     w.set_defaults(func=cmd_watch)
 
 
 def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
     r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
-    r.add_argument("--camera", type=identifier, metavar="ID")
-    r.add_argument("--decision", choices=["pass", "fail"])
+    r.add_argument("--camera", type=identifier, metavar="ID", help="this camera's results only")
+    r.add_argument("--decision", choices=["pass", "fail"], help="passes or fails only")
     r.add_argument(
         "--since",
         metavar="ISO8601",
         help="from this time (without an offset, in --timezone: this machine's by default)",
     )
-    r.add_argument("--until", metavar="ISO8601")
-    r.add_argument("--frame-id", type=int, metavar="N")
+    r.add_argument("--until", metavar="ISO8601", help="up to this time, included (read as --since is)")
+    r.add_argument("--frame-id", type=int, metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
-    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    r.add_argument("--limit", type=at_least(1), default=100, metavar="N")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
+    r.add_argument(
+        "--limit", type=at_least(1), default=100, metavar="N", help="the newest N results at most (default 100)"
+    )
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
     r.add_argument(
         "--daily",
@@ -507,20 +515,29 @@ def _add_day_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_review(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("review", help="record a person's verdict on a recorded result")
-    v.add_argument("url", metavar="URL")
-    v.add_argument("camera_id", metavar="CAMERA_ID")
-    v.add_argument("frame_id", type=int, metavar="FRAME_ID")
-    v.add_argument("--verdict", required=True, choices=["false_reject", "defect"])
+    v.add_argument(
+        "url", metavar="URL", help="the line's record: sqlite:///PATH, postgresql://... or a SQLite file's PATH"
+    )
+    v.add_argument("camera_id", metavar="CAMERA_ID", help="the result's camera (vqad records shows it)")
+    v.add_argument("frame_id", type=int, metavar="FRAME_ID", help="the result's frame_id")
+    v.add_argument(
+        "--verdict",
+        required=True,
+        choices=["false_reject", "defect"],
+        help="a good part the line rejected, or a real defect",
+    )
     v.add_argument("--kind", help="the defect's kind (its folder when exported)")
     v.add_argument("--by", help="who reviewed")
-    v.add_argument("--note")
+    v.add_argument("--note", help="free text kept with the verdict")
     v.set_defaults(func=cmd_review)
 
 
 def _add_ctl(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
     c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
-    c.add_argument("command", choices=["status", "set-threshold", "reload", "pause", "resume"])
+    c.add_argument(
+        "command", choices=["status", "set-threshold", "reload", "pause", "resume"], help="what to ask or change"
+    )
     c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
     c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
     c.add_argument("--by", help="who makes the change (default: this user)")

@@ -222,8 +222,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a VQ-VAE on CAT/train/good")
-    t.add_argument("data", type=Path, metavar="DATA_CAT")
-    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+    t.add_argument(
+        "data", type=Path, metavar="DATA_CAT", help="a category folder: its train/good images are trained on"
+    )
+    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="where the run's checkpoints and logs go")
     config_args(t)
     t.add_argument(
         "--image-size",
@@ -233,8 +235,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "images' median aspect ratio, the short side model.short_side)",
     )
     t.add_argument("--max-minutes", type=float, help="a guard on the training's wall time (train.max_minutes)")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--steps", type=int, help="training steps (train.steps)")
+    t.add_argument("--seed", type=int, help="random seed (train.seed)")
     t.add_argument("--resume", action="store_true", help="continue RUN_DIR from its checkpoint")
     t.add_argument(
         "--init-from",
@@ -246,14 +248,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="calibrate the threshold and evaluate on CAT/test")
-    e.add_argument("run", type=Path, metavar="RUN_DIR")
-    e.add_argument("data", type=Path, metavar="DATA_CAT")
-    e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
-    e.add_argument("--no-pictures", action="store_true")
+    e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
+    e.add_argument("data", type=Path, metavar="DATA_CAT", help="the category folder it was trained on, with its test/")
+    e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="where the report and its pictures go")
+    e.add_argument("--no-pictures", action="store_true", help="metrics.json only, without the report's pictures")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("calibrate", help="recalibrate the threshold of a run or model package on new good images")
-    c.add_argument("target", type=Path, metavar="RUN_OR_MODEL_DIR")
+    c.add_argument(
+        "target", type=Path, metavar="RUN_OR_MODEL_DIR", help="a run (vqad train) or a model package (vqad export)"
+    )
     c.add_argument("good", type=Path, metavar="GOOD_DIR", help="good images from the line (searched recursively)")
     c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
     c.add_argument(
@@ -286,8 +290,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
-    e.add_argument("run", type=Path, metavar="RUN_DIR")
+    e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
-    e.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
-    e.add_argument("--kind", choices=["codes", "quantized", "pooled"], default="pooled")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="where the arrays and file names go")
+    e.add_argument(
+        "--kind",
+        choices=["codes", "quantized", "pooled"],
+        default="pooled",
+        help="the VQ codes, the quantised latents, or a vector per image (default)",
+    )
     e.set_defaults(func=cmd_embed)
