@@ -251,7 +251,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument("data", type=Path, metavar="DATA_CAT", help="the category folder it was trained on, with its test/")
     e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="where the report and its pictures go")
-    e.add_argument("--no-pictures", action="store_true", help="metrics.json only, without the report's pictures")
+    e.add_argument("--no-pictures", action="store_true", help="the figures only, without the report's pictures")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("calibrate", help="recalibrate the threshold of a run or model package on new good images")
@@ -292,7 +292,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
-    e.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="where the arrays and file names go")
+    e.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.npz", help="the npz to write: the arrays and the images' paths"
+    )
     e.add_argument(
         "--kind",
         choices=["codes", "quantized", "pooled"],
