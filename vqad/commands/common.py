@@ -39,6 +39,13 @@ def config_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def set_arg(sp: argparse.ArgumentParser, section: str) -> None:
+    """--set for a command that reads one config section (export., edge.)."""
+    sp.add_argument(
+        "--set", action="append", metavar=f"{section}.KEY=VALUE", help="override one config key (repeatable)"
+    )
+
+
 def at_least(minimum: float, kind: type = int):
     """An argparse type: a number of `kind` no smaller than `minimum`, or argparse's one-line
     usage error (a count of 0 or a size of -1 would otherwise fail deep inside, or mean

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vqad.commands.common import at_least, default_config, overrides
+from vqad.commands.common import at_least, default_config, overrides, set_arg
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -56,7 +56,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained and evaluated run (vqad train, vqad eval)")
     x.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="the model package to write")
     x.add_argument("--config", type=Path, help="export config YAML (default configs/export.yaml)")
-    x.add_argument("--set", action="append", metavar="export.KEY=VALUE", help="override one config key (repeatable)")
+    set_arg(x, "export")
     x.add_argument("--force", action="store_true", help="replace an existing package in MODEL_DIR")
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import ConfigError
-from vqad.commands.common import at_least, default_config, identifier, overrides
+from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
 
 log = logging.getLogger("vqad")
 
@@ -392,7 +392,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH, postgresql://..., or a PATH")
     s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
-    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE", help="override one config key (repeatable)")
+    set_arg(s, "edge")
     s.add_argument("--check", action="store_true",
                    help="verify what a start needs (model, backend, keys, folders, record); bind nothing")  # fmt: skip
     s.set_defaults(func=cmd_serve)
@@ -408,7 +408,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
     s.add_argument("--precision", choices=["fp32", "fp16"], help="onnxruntime graph to run")
     s.add_argument("--threshold", type=float, help="override model.json's threshold")
-    s.add_argument("--set", action="append", metavar="edge.KEY=VALUE", help="override one config key (repeatable)")
+    set_arg(s, "edge")
     s.set_defaults(func=cmd_score)
 
 
