@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,13 +12,24 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A folder of its own for one measurement's sockets, frames and databases, removed when the
+    measurement ends, also by an error: a record of two million rows or a soak's evidence would
+    otherwise stay behind in /tmp after each run. Under /tmp with a short name, because an
+    ipc:// path must stay under about 100 characters."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp", ignore_cleanup_errors=True) as path:
+        yield Path(path)
 
 
 def stats(values: list[float]) -> dict[str, float]:

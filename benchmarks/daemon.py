@@ -17,7 +17,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from benchmarks.common import ROOT, stats
+from benchmarks.common import ROOT, scratch_dir, stats
 from edge.transport import free_loopback_port
 
 # `vqad serve --set` for a daemon whose every frame passes: a threshold no score reaches, and no
@@ -237,56 +236,71 @@ def bench_daemon(
         "intra_op_threads_per_worker": edge_cfg.threads_per_worker(),
         "transport": transport,
     }
-    workdir = Path(tempfile.mkdtemp(prefix="vqb", dir="/tmp"))
     for shape in shapes:
-        key = "x".join(map(str, shape))
-        folder = _frames_dir(shape, workdir)
-        ratios, e2e, raws, lost, cpu = [], [], [], 0, []
-        raws_one, ratios_one = [], []
-        daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms, transport=transport)
-        try:
-            count = 150 if quick else 400
-            for r in range(repeats):
-                raw = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0)
-                raw_one = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0, workers=1)
-                s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
-                fps = s["rate_per_s"] or 0.0
-                lost += s["lost"]
-                cpu.append(s["cpu_ms_per_frame"])
-                raws.append(raw)
-                e2e.append(fps)
-                ratios.append(fps / raw)
-                raws_one.append(raw_one)
-                ratios_one.append(fps / raw_one)
-            load: dict[str, Any] = {}
-            base = float(np.median(e2e))
-            for frac in (0.5, 0.9):
-                rate = frac * base
-                n = int(max(40, rate * (8 if quick else 20)))
-                s = _stream(daemon, folder, n, rate, workdir, f"load{int(frac * 100)}")
-                load[f"{int(frac * 100)}%"] = {
-                    "offered_fps": rate,
-                    "frames": n,
-                    "latency_ms": s["latency_ms"],
-                    "by_status": s["by_status"],
-                }
-                lost += s["lost"]
-        finally:
-            rss = daemon.stop()
-        out[key] = {
-            "end_to_end_fps": stats(e2e),
-            "raw_backend_fps": stats(raws),
-            "ratio": stats(ratios),
-            # For reference: one backend instance with all the cores (inference_workers = 1).
-            "raw_backend_fps_one_worker": stats(raws_one),
-            "ratio_to_one_worker": stats(ratios_one),
-            "latency_under_load": load,
-            # CPU ms per frame at full load, medians: the frames' size shows in both.
-            "cpu_ms_per_frame": {k: float(np.median([c[k] for c in cpu])) for k in cpu[0]},
-            "daemon_peak_rss_mib": rss / 2**20,
-            "frames_without_result": lost,
-        }
+        with scratch_dir("vqb") as workdir:
+            out["x".join(map(str, shape))] = _bench_shape(
+                model_dir, shape, workdir, max_batch, max_delay_ms, quick, repeats, transport
+            )
     return out
+
+
+def _bench_shape(
+    model_dir: Path,
+    shape: tuple[int, int, int],
+    workdir: Path,
+    max_batch: int,
+    max_delay_ms: float,
+    quick: bool,
+    repeats: int,
+    transport: str,
+) -> dict[str, Any]:
+    """The daemon against its raw backend on frames of one `shape`: throughput, latency under load, CPU."""
+    folder = _frames_dir(shape, workdir)
+    ratios, e2e, raws, lost, cpu = [], [], [], 0, []
+    raws_one, ratios_one = [], []
+    daemon = Daemon(model_dir, workdir, max_batch, max_delay_ms, transport=transport)
+    try:
+        count = 150 if quick else 400
+        for r in range(repeats):
+            raw = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0)
+            raw_one = raw_backend_fps(model_dir, max_batch, seconds=2.0 if quick else 4.0, workers=1)
+            s = _stream(daemon, folder, count, 0.0, workdir, f"full{r}")
+            fps = s["rate_per_s"] or 0.0
+            lost += s["lost"]
+            cpu.append(s["cpu_ms_per_frame"])
+            raws.append(raw)
+            e2e.append(fps)
+            ratios.append(fps / raw)
+            raws_one.append(raw_one)
+            ratios_one.append(fps / raw_one)
+        load: dict[str, Any] = {}
+        base = float(np.median(e2e))
+        for frac in (0.5, 0.9):
+            rate = frac * base
+            n = int(max(40, rate * (8 if quick else 20)))
+            s = _stream(daemon, folder, n, rate, workdir, f"load{int(frac * 100)}")
+            load[f"{int(frac * 100)}%"] = {
+                "offered_fps": rate,
+                "frames": n,
+                "latency_ms": s["latency_ms"],
+                "by_status": s["by_status"],
+            }
+            lost += s["lost"]
+    finally:
+        rss = daemon.stop()
+    return {
+        "end_to_end_fps": stats(e2e),
+        "raw_backend_fps": stats(raws),
+        "ratio": stats(ratios),
+        # For reference: one backend instance with all the cores (inference_workers = 1).
+        "raw_backend_fps_one_worker": stats(raws_one),
+        "ratio_to_one_worker": stats(ratios_one),
+        "latency_under_load": load,
+        # CPU ms per frame at full load, medians: the frames' size shows in both.
+        "cpu_ms_per_frame": {k: float(np.median([c[k] for c in cpu])) for k in cpu[0]},
+        "daemon_peak_rss_mib": rss / 2**20,
+        "frames_without_result": lost,
+    }
 
 
 if __name__ == "__main__":

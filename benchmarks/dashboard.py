@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.common import ROOT, stats
+from benchmarks.common import ROOT, scratch_dir, stats
 from edge.dashboard.server import wait_until_serving
 from edge.transport import free_loopback_port
 
@@ -153,37 +152,37 @@ def daemon_cost(
     can (the dashboard's worst case); else every frame passes (a line's usual state)."""
     from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
 
-    workdir = Path(tempfile.mkdtemp(prefix="vqd", dir="/tmp"))
-    folder = _frames_dir((256, 256, 3), workdir)
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    cores: dict[str, list[float]] = {}
-    for r in range(repeats):
-        for mode in ("off", "on"):
-            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else EVERY_FRAME_PASSES)
-            dashboard, drivers, clients = None, [], []
-            try:
-                if mode == "on":
-                    dashboard = _DashboardProcess(daemon.results)
-                    if pages == "chromium":
-                        drivers = _browsers(dashboard.url, BROWSERS)
-                    else:
-                        clients = _page_clients(dashboard.url, BROWSERS, workdir / f"pages{r}.json")
-                    time.sleep(2.0)  # the pages loaded and follow the events
-                watched = _cpu_meter([dashboard.proc.pid] if dashboard else [], [c.pid for c in clients])
-                t0 = time.monotonic()
-                rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
-                if dashboard:
-                    for key, seconds in watched().items():
-                        cores.setdefault(key, []).append(seconds / (time.monotonic() - t0))
-            finally:
-                for client in clients:
-                    client.send_signal(signal.SIGTERM)
-                    client.wait(timeout=30)
-                for driver in drivers:
-                    driver.quit()
-                if dashboard:
-                    dashboard.stop()
-                daemon.stop()
+    with scratch_dir("vqd") as workdir:
+        folder = _frames_dir((256, 256, 3), workdir)
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        cores: dict[str, list[float]] = {}
+        for r in range(repeats):
+            for mode in ("off", "on"):
+                daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else EVERY_FRAME_PASSES)
+                dashboard, drivers, clients = None, [], []
+                try:
+                    if mode == "on":
+                        dashboard = _DashboardProcess(daemon.results)
+                        if pages == "chromium":
+                            drivers = _browsers(dashboard.url, BROWSERS)
+                        else:
+                            clients = _page_clients(dashboard.url, BROWSERS, workdir / f"pages{r}.json")
+                        time.sleep(2.0)  # the pages loaded and follow the events
+                    watched = _cpu_meter([dashboard.proc.pid] if dashboard else [], [c.pid for c in clients])
+                    t0 = time.monotonic()
+                    rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+                    if dashboard:
+                        for key, seconds in watched().items():
+                            cores.setdefault(key, []).append(seconds / (time.monotonic() - t0))
+                finally:
+                    for client in clients:
+                        client.send_signal(signal.SIGTERM)
+                        client.wait(timeout=30)
+                    for driver in drivers:
+                        driver.quit()
+                    if dashboard:
+                        dashboard.stop()
+                    daemon.stop()
     # Each "on" run against the "off" run just before it: the machine's slow drifts cancel.
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True) if off]
     return {"pages": BROWSERS, "as": pages, "rejects": rejects, "off_fps": stats(rates["off"]),
@@ -233,40 +232,40 @@ def page_at_rate(rate: float = 200.0, seconds: float = 20.0) -> dict[str, Any]:
     how often it redraws, and whether its counts add up to what was published."""
     import psutil
 
-    workdir = Path(tempfile.mkdtemp(prefix="vqp", dir="/tmp"))
-    endpoint = f"ipc://{workdir}/results"
-    dashboard = _DashboardProcess(endpoint)
-    (driver,) = _browsers(dashboard.url, 1)
-    try:
-        driver.execute_script(LAG_PROBE)
-        cpu = psutil.Process(dashboard.proc.pid)
-        cpu.cpu_percent()
-        sent = _publish(endpoint, rate, seconds)
-        dashboard_cpu = cpu.cpu_percent() / 100.0
-        time.sleep(1.5)
-        lags = np.array(driver.execute_script("return window.__lags"))
-        stats_js = driver.execute_script("return window.vqadStats")
-        shown = sum(
-            int(e.text) for e in driver.find_elements("css selector", '[data-field="frames"]') if e.text.isdigit()
-        )
-        long_tasks = driver.execute_script("return window.__longTasks")
-    finally:
-        driver.quit()
-        dashboard.stop()
-    return {
-        "results_per_s": rate,
-        "seconds": seconds,
-        "published": sent,
-        "shown": shown,
-        "page_lag_ms": {
-            "p50": float(np.percentile(lags, 50)),
-            "p99": float(np.percentile(lags, 99)),
-            "max": float(lags.max()),
-        },  # fmt: skip
-        "long_tasks": long_tasks,
-        "redraws_per_s": stats_js["renders"] / (seconds + 1.5),
-        "dashboard_cpu_cores": dashboard_cpu,
-    }
+    with scratch_dir("vqp") as workdir:
+        endpoint = f"ipc://{workdir}/results"
+        dashboard = _DashboardProcess(endpoint)
+        (driver,) = _browsers(dashboard.url, 1)
+        try:
+            driver.execute_script(LAG_PROBE)
+            cpu = psutil.Process(dashboard.proc.pid)
+            cpu.cpu_percent()
+            sent = _publish(endpoint, rate, seconds)
+            dashboard_cpu = cpu.cpu_percent() / 100.0
+            time.sleep(1.5)
+            lags = np.array(driver.execute_script("return window.__lags"))
+            stats_js = driver.execute_script("return window.vqadStats")
+            shown = sum(
+                int(e.text) for e in driver.find_elements("css selector", '[data-field="frames"]') if e.text.isdigit()
+            )
+            long_tasks = driver.execute_script("return window.__longTasks")
+        finally:
+            driver.quit()
+            dashboard.stop()
+        return {
+            "results_per_s": rate,
+            "seconds": seconds,
+            "published": sent,
+            "shown": shown,
+            "page_lag_ms": {
+                "p50": float(np.percentile(lags, 50)),
+                "p99": float(np.percentile(lags, 99)),
+                "max": float(lags.max()),
+            },  # fmt: skip
+            "long_tasks": long_tasks,
+            "redraws_per_s": stats_js["renders"] / (seconds + 1.5),
+            "dashboard_cpu_cores": dashboard_cpu,
+        }
 
 
 def bench_dashboard(model_dir: Path, quick: bool = False) -> dict[str, Any]:

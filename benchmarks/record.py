@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import stats
+from benchmarks.common import scratch_dir, stats
 
 
 def writer_rows_per_s(url: str, n: int) -> float:
@@ -26,18 +25,19 @@ def writer_rows_per_s(url: str, n: int) -> float:
     from edge.record import RecordWriter
     from edge.results import Result
 
-    writer = RecordWriter(url, tempfile.mkdtemp(prefix="vqad-ev-"), max_buffer=n + 1)
     model = {"name": "bench", "sha256": "0" * 64}
     results = [
         Result(result_header("cam", i, time.time_ns(), "ok", 1.0, model, score=0.5, decision="pass", batch_size=8))
         for i in range(n)
     ]
-    t0 = time.perf_counter()
-    writer.start()
-    for r in results:
-        writer.put(r, time.time_ns())
-    writer.close(timeout=600)
-    return writer.recorded / (time.perf_counter() - t0)
+    with scratch_dir("vqad-ev-") as evidence:
+        writer = RecordWriter(url, evidence, max_buffer=n + 1)
+        t0 = time.perf_counter()
+        writer.start()
+        for r in results:
+            writer.put(r, time.time_ns())
+        writer.close(timeout=600)
+        return writer.recorded / (time.perf_counter() - t0)
 
 
 def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
@@ -45,20 +45,22 @@ def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
     of the passes and every fail), alternating, at 256 x 256."""
     from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
 
-    workdir = Path(tempfile.mkdtemp(prefix="vqr", dir="/tmp"))
-    folder = _frames_dir((256, 256, 3), workdir)
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    # Every frame passes (the bench's frames are noise, which a model and the camera health gate
-    # fail), so that evidence is kept for record_pass_fraction = 10% of them, the figure's
-    # condition; both modes alike.
-    for r in range(repeats):
-        for mode in ("off", "on"):
-            record = (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1")
-            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=EVERY_FRAME_PASSES + (record if mode == "on" else ()))
-            try:
-                rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
-            finally:
-                daemon.stop()
+    with scratch_dir("vqr") as workdir:
+        folder = _frames_dir((256, 256, 3), workdir)
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        # Every frame passes (the bench's frames are noise, which a model and the camera health gate
+        # fail), so that evidence is kept for record_pass_fraction = 10% of them, the figure's
+        # condition; both modes alike.
+        for r in range(repeats):
+            for mode in ("off", "on"):
+                record = (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1")
+                daemon = Daemon(
+                    model_dir, workdir, 8, 10.0, settings=EVERY_FRAME_PASSES + (record if mode == "on" else ())
+                )
+                try:
+                    rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+                finally:
+                    daemon.stop()
     ratio = float(np.median(rates["on"]) / np.median(rates["off"]))
     return {"off_fps": stats(rates["off"]), "on_fps": stats(rates["on"]), "ratio": ratio, "cost": 1.0 - ratio}
 
@@ -69,6 +71,11 @@ def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
     to now), 1% of them fails, 100 reviewed: the daily tally counted afresh (Record.daily; each page's minute before
     edge.dashboard.daily), the page's daily ask once closed days are held (today's results and
     the reviews), and a camera's gallery of its 24 newest rejects (asked up to twice a second)."""
+    with scratch_dir("vqad-db-") as folder:
+        return _queries_cost(f"sqlite:///{folder}/daily.db", n, days)
+
+
+def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from edge.dashboard import daily
@@ -78,7 +85,6 @@ def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
 
     # A plant's days: its zone, summer time included, from its first shift's start.
     line_days = ProductionDays.parse("Europe/Berlin", "06:00")
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='vqad-db-')}/daily.db"
     engine = sa.create_engine(url)
     migrate(engine)
     now = time.time_ns()
@@ -129,7 +135,8 @@ def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:
 
     n = 5_000 if quick else 50_000
     out: dict[str, Any] = {"rows": n}
-    out["sqlite_rows_per_s"] = writer_rows_per_s(f"sqlite:///{tempfile.mkdtemp(prefix='vqad-db-')}/bench.db", n)
+    with scratch_dir("vqad-db-") as folder:
+        out["sqlite_rows_per_s"] = writer_rows_per_s(f"sqlite:///{folder}/bench.db", n)
     try:
         with throwaway_postgres(port=5441) as url:
             out["postgresql_rows_per_s"] = writer_rows_per_s(url, n)

@@ -349,7 +349,11 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=1, help="trainings per accuracy variant (seeds 0..N-1): median, min, max"
     )
     ap.add_argument("--only", default=",".join(PARTS))
-    ap.add_argument("--workdir", type=Path)
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the trained runs, synthesised data and exported model are kept (default: a new /tmp folder)",
+    )
     ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
     return ap.parse_args()
 
@@ -360,6 +364,9 @@ def main() -> None:
     budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
     t0 = time.monotonic()
+    # The measurements' own scratch folders are removed as each ends; this one is kept, for
+    # --accuracy-from and for a look at the runs behind the figures.
+    print(f"[bench] the runs and the model are kept in {workdir}", flush=True)
 
     def begin(part: str) -> None:
         """A line as each part starts: the whole run is minutes (--quick) to hours."""

@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 import zmq
 
+from benchmarks.common import scratch_dir
 from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon
 from edge.protocol import frame_message, parse_result
 from edge.record.writer import BATCH_ROWS
@@ -136,9 +137,14 @@ def run_soak(
     record_max_gb: float | None = None,
 ) -> dict[str, Any]:
     """record_max_gb: record every result with this evidence quota (None: no record)."""
-    import tempfile
+    with scratch_dir("vqs") as workdir:
+        return _soak(workdir, model_dir, minutes, load, malformed, window_s, warmup_s, shape, record_max_gb)
 
-    workdir = Path(tempfile.mkdtemp(prefix="vqs", dir="/tmp"))
+
+def _soak(
+    workdir: Path, model_dir: Path, minutes: float, load: float, malformed: float, window_s: float, warmup_s: float,
+    shape: tuple[int, int, int], record_max_gb: float | None,
+) -> dict[str, Any]:  # fmt: skip
     database, evidence = workdir / "line.db", workdir / "evidence"
     settings: tuple[str, ...] = ()
     if record_max_gb is not None:

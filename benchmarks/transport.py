@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
 import zmq
 
-from benchmarks.common import stats
+from benchmarks.common import scratch_dir, stats
 
 SENDER = """
 import sys, json, zmq, numpy as np
@@ -59,10 +58,8 @@ def bench_transport(shapes=((256, 256, 3), (1024, 1280, 3)), repeats: int = 3, q
         for scheme in ("ipc", "tcp"):
             fps = []
             for _ in range(repeats):
-                endpoint = (
-                    f"ipc://{tempfile.mkdtemp(prefix='vqt', dir='/tmp')}/t" if scheme == "ipc" else "tcp://127.0.0.1:*"
-                )
-                fps.append(one_run(endpoint, shape, n))
+                with scratch_dir("vqt") as folder:
+                    fps.append(one_run(f"ipc://{folder}/t" if scheme == "ipc" else "tcp://127.0.0.1:*", shape, n))
             s = stats(fps)
             out[key][scheme] = {
                 "frames_per_s": s,

@@ -1,7 +1,10 @@
 """`python -m benchmarks.soak`, for a few seconds: every frame answered, every malformed one an
-error result, the RSS and latency windows reported; with the record, a row for every result."""
+error result, the RSS and latency windows reported; with the record, a row for every result. Its
+folder (sockets, database, evidence) is gone when it returns."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from benchmarks.soak import BURST_FRAMES, run_soak
 
 @pytest.mark.parametrize("record", [False, True])
 def test_a_short_soak_answers_every_frame(tiny_model, record):
+    before = set(Path("/tmp").glob("vqs*"))
     out = run_soak(
         tiny_model, minutes=0.05, load=0.5, malformed=0.2, window_s=1.0, warmup_s=1.0, shape=(32, 32, 3),
         record_max_gb=0.001 if record else None,
@@ -23,3 +27,4 @@ def test_a_short_soak_answers_every_frame(tiny_model, record):
         assert out["record"]["rows"] == out["frames_sent"] and out["record"]["passed"]
     else:
         assert out["record"] is None
+    assert set(Path("/tmp").glob("vqs*")) <= before
