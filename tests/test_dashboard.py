@@ -188,6 +188,25 @@ def line(tiny_model, synth_root, tmp_path_factory):
     daemon.stop()
 
 
+# The page's two charts drawn again on a canvas of their size with numbers long enough to need
+# an exponent: the labels that would not fit inside it, as [text, left, width].
+LABELS_OUTSIDE_THE_CHARTS = """
+const canvas = document.createElement("canvas");
+canvas.width = 420; canvas.height = 160;
+const ctx = canvas.getContext("2d"), fill = ctx.fillText.bind(ctx), outside = [];
+ctx.fillText = (text, x, y) => {
+  const width = ctx.measureText(text).width;
+  const left = ctx.textAlign === "right" || ctx.textAlign === "end" ? x - width
+    : ctx.textAlign === "center" ? x - width / 2 : x;
+  if (left < 0 || left + width > canvas.width) outside.push([text, left, width]);
+  fill(text, x, y);
+};
+drawHistogram(canvas, {counts: [3, 1, 2], edges: [0, 1.2345e9, 2.469e9, 3.7035e9]}, 3.2e9);
+drawRateChart(canvas, [[3590, 0.0123], [0, 0.75]]);
+return outside;
+"""
+
+
 def _field(driver, camera, field):
     found = driver.find_elements("css selector", f'[data-camera="{camera}"] [data-field="{field}"]')
     return found[0].text if found else None
@@ -260,6 +279,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
         assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert driver.execute_script(LABELS_OUTSIDE_THE_CHARTS) == []
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)
         sub.close()

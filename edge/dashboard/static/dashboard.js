@@ -169,7 +169,15 @@ function canvasContext(canvas) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.font = "11px system-ui";
   ctx.fillStyle = "#8a949e";
+  ctx.textAlign = "left";
   return ctx;
+}
+
+// A label that ends `right` pixels from the canvas's right edge, however long its number is.
+function labelAtRight(ctx, text, right, y) {
+  ctx.textAlign = "right";
+  ctx.fillText(text, ctx.canvas.width - right, y);
+  ctx.textAlign = "left";
 }
 
 function drawRateChart(canvas, series) {
@@ -178,7 +186,7 @@ function drawRateChart(canvas, series) {
   const top = Math.max(0.05, ...series.map((p) => p[1]));
   ctx.fillText(`${(100 * top).toFixed(0)}%`, 2, 12);
   ctx.fillText("-60 min", pad, h - 4);
-  ctx.fillText("now", w - 24, h - 4);
+  labelAtRight(ctx, "now", 4, h - 4);
   const points = series.map(([ago, rate]) => [pad + (w - pad - 4) * (1 - ago / 3600), h - pad - (h - pad - 8) * (rate / top)]);
   ctx.strokeStyle = "#f85149";
   ctx.fillStyle = "#f85149";
@@ -206,8 +214,9 @@ function drawHistogram(canvas, hist, threshold) {
   ctx.setLineDash([]);
   ctx.fillStyle = "#8a949e";
   ctx.fillText("0", 4, h - 4);
-  ctx.fillText(num(span, 3), w - 40, h - 4);
-  ctx.fillText(`threshold ${num(threshold, 3)}`, Math.min(x + 4, w - 110), 14);
+  labelAtRight(ctx, num(span, 3), 4, h - 4);
+  const label = `threshold ${num(threshold, 3)}`;
+  ctx.fillText(label, Math.min(x + 4, w - 4 - ctx.measureText(label).width), 14);
 }
 
 // -- rejects ------------------------------------------------------------------------------
