@@ -110,7 +110,7 @@ def scoring_ablation(
     miss_rate_at_5pct_frr, terms}} for one trained run."""
     from edge.frames import batched
     from edge.threshold import calibrate_threshold
-    from train.data import load_images, load_test_set
+    from train.data import load_images, load_test_set, without_copies_of
     from train.evaluate import miss_rate_at_frr
     from train.metrics import aupro, image_auroc, pixel_auroc
     from train.model import uint8_nhwc_to_float
@@ -120,7 +120,10 @@ def scoring_ablation(
     run = load_run(run_dir)
     cfg, model = run.model_cfg, run.model
     size = cfg.image_size
-    test = [s for s in load_test_set(category, cfg.image_size, cfg.channels) if in_half(Path(s.path), half)]
+    test, _ = without_copies_of(
+        load_test_set(category, cfg.image_size, cfg.channels), run.split()["train"] + run.split()["val"]
+    )
+    test = [s for s in test if in_half(Path(s.path), half)]
     frames = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
     with_mask = np.array([s.mask is not None for s in test])

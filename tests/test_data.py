@@ -231,3 +231,41 @@ def test_training_images_of_several_shapes_are_named_in_a_warning(caplog):
     assert scale["camera_size"] == [1250, 500]
     assert "2 of 8 training images read have another aspect ratio than the median (2.500" in caplog.text
     assert "1024x1024 (2)" in caplog.text
+
+
+def _write(path, value):
+    cv2.imwrite(str(path), np.full((8, 8), value, np.uint8))
+    return path
+
+
+def test_copies_of_an_image_are_trained_on_not_held_out(tmp_path, caplog):
+    # 30 different images, and 4 images each saved three times (a folder copied twice, say).
+    paths = [_write(tmp_path / f"{i:02d}.png", i) for i in range(30)]
+    copies = [_write(tmp_path / f"{k}_copy{c}.png", 100 + k) for k in range(4) for c in range(3)]
+    paths = sorted(paths + copies)
+    for seed in range(4):
+        with caplog.at_level("WARNING", logger="train.data"):
+            train, val = split_train_val(paths, 0.15, seed=seed, min_val_images=100)
+        assert set(copies) <= set(train) and not set(train) & set(val)
+        assert len(val) == validation_count(34, 0.15, 100) == 11  # of the 34 different images
+    assert "8 of 42 good training images are copies of another" in caplog.text
+
+
+def test_a_folder_copied_twice_holds_out_both_copies_of_an_image(tmp_path):
+    paths = sorted(_write(tmp_path / f"{i:02d}_{c}.png", i) for i in range(12) for c in "ab")
+    train, val = split_train_val(paths, 0.15, seed=0)
+    stems = lambda ps: {p.name[:2] for p in ps}  # noqa: E731
+    assert len(val) >= 2 and not stems(train) & stems(val) and len(train) + len(val) == 24
+
+
+def test_a_folder_without_copies_splits_as_it_always_did(tmp_path):
+    paths = [_write(tmp_path / f"{i:02d}.png", i) for i in range(20)]
+    rng_order = np.random.default_rng(3).permutation(20)
+    train, val = split_train_val(paths, 0.15, seed=3)
+    assert val == sorted(paths[i] for i in rng_order[:3])
+
+
+def test_good_images_that_are_all_one_image_are_refused(tmp_path):
+    paths = [_write(tmp_path / f"{i}.png", 7) for i in range(6)]
+    with pytest.raises(DataError, match="hold 1 different ones"):
+        split_train_val(paths, 0.15, seed=0)

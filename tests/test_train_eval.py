@@ -1,4 +1,5 @@
 import csv
+import html
 import json
 import logging
 import os
@@ -557,3 +558,25 @@ def test_a_reports_picture_is_as_large_as_it_needs_and_a_strip_stacks_its_tiles(
     recon = np.full((h, w, 3), 0.5, np.float32).transpose(2, 0, 1)  # (3, H, W), as the model gives it
     panel = _panel(image, recon, np.zeros((h, w), np.float32), None, 0.5, 1.0)
     assert panel.shape == (*picture, 3)
+
+
+def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures(tiny_run, synth_root, tmp_path):
+    """A good test image saved twice, once among the training images, is not a new part: eval
+    leaves it out and says so. A defect copied among the training images stays, with a warning."""
+    category = tmp_path / "line"
+    shutil.copytree(synth_root / "bracket" / "test", category / "test")
+    split = json.loads((tiny_run / "split.json").read_text())
+    n_good = len(list((category / "test" / "good").iterdir()))
+    n_defect = sum(len(list(k.iterdir())) for k in (category / "test").iterdir() if k.name != "good")
+    shutil.copy(split["train"][0], category / "test" / "good" / "trained_on.png")
+    shutil.copy(split["val"][0], category / "test" / "good" / "calibrated_on.png")
+    shutil.copy(split["train"][1], category / "test" / "scratch" / "a_training_image.png")
+    proc = run_vqad("eval", tiny_run, category, "--out", tmp_path / "eval", "--no-pictures")
+    metrics = _strict_json(tmp_path / "eval" / "metrics.json")
+    assert (metrics["n_good"], metrics["n_defect"]) == (n_good, n_defect + 1)
+    assert metrics["n_left_out_copies"] == 2
+    assert sorted(Path(p).name for p in metrics["left_out_copies"]) == ["calibrated_on.png", "trained_on.png"]
+    assert "2 good test images are copies of the run's own training or validation images" in proc.stderr
+    assert "1 defect test images are copies of the run's good training images" in proc.stderr
+    page = html.unescape((tmp_path / "eval" / "report.html").read_text())
+    assert "(2 more left out: copies of the run's own good images)" in page

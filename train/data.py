@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from edge.frames import (
     read_image,
     resize_mask,
 )
+from edge.recalibrate import fingerprints
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -85,10 +87,34 @@ def validation_count(n_images: int, val_fraction: float, min_val_images: int = 0
     return max(by_fraction, min(min_val_images, room))
 
 
+def identical_files(paths: Sequence[str | Path]) -> list[list[int]]:
+    """The indices of `paths` whose files are byte for byte the same, in groups of two or more.
+    Only files of equal size are read (and hashed), so a folder without copies costs a stat per
+    file. A file that cannot be read is nobody's copy."""
+    by_size: defaultdict[int, list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        try:
+            by_size[Path(path).stat().st_size].append(i)
+        except OSError:
+            continue
+    groups: list[list[int]] = []
+    for same_size in (g for g in by_size.values() if len(g) > 1):
+        by_print: defaultdict[str, list[int]] = defaultdict(list)
+        for i, print_ in zip(same_size, fingerprints([paths[i] for i in same_size]), strict=True):
+            by_print[print_].append(i)
+        groups += [sorted(g) for g in by_print.values() if len(g) > 1]
+    return sorted(groups)
+
+
 def split_train_val(
     paths: list[Path], val_fraction: float, seed: int, min_val_images: int = 0
 ) -> tuple[list[Path], list[Path]]:
-    """Hold out a seeded random validation set of the good images, `validation_count` of them."""
+    """Hold out a seeded random validation set of the good images: `validation_count` of the
+    different ones. Copies of one image (equal files: a part saved twice, a folder copied twice,
+    a camera's blank frame) are trained on, not held out: a held-out copy of a training image
+    scores as the model learned it, not as a new part, and says nothing of the threshold. Only
+    when too few images have no copy are whole sets of copies held out. Without copies the
+    split is the plain seeded one."""
     if len(paths) < MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES:
         raise DataError(
             f"need at least {MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES} good training images: "
@@ -96,10 +122,29 @@ def split_train_val(
             f"held out to calibrate the threshold; got {len(paths)}"
         )
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(paths))
-    n_val = validation_count(len(paths), val_fraction, min_val_images)
-    val = sorted(paths[i] for i in order[:n_val])
-    train = sorted(paths[i] for i in order[n_val:])
+    order = [int(i) for i in rng.permutation(len(paths))]
+    copies = identical_files(paths)
+    different = len(paths) - sum(len(g) - 1 for g in copies)
+    if different < MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES:
+        raise DataError(
+            f"the {len(paths)} good training images hold {different} different ones: too few to train on "
+            f"{MIN_TRAIN_IMAGES} and hold out {MIN_CALIBRATION_IMAGES} others"
+        )
+    if copies:
+        log.warning(
+            "%d of %d good training images are copies of another (e.g. %s and %s): copies are trained on, "
+            "not held out to calibrate the threshold",
+            len(paths) - different, len(paths), paths[copies[0][0]], paths[copies[0][1]],
+        )  # fmt: skip
+    n_val = validation_count(different, val_fraction, min_val_images)
+    group_of = {i: g for g in copies for i in g}
+    held = [i for i in order if i not in group_of][:n_val]
+    for i in order:  # too few without a copy: whole sets of copies, while training keeps its minimum
+        group = group_of.get(i, [])
+        if len(held) < n_val and group and i == group[0] and len(paths) - len(held) - len(group) >= MIN_TRAIN_IMAGES:
+            held += group
+    val = sorted(paths[i] for i in held)
+    train = sorted(set(paths) - set(val))
     return train, val
 
 
@@ -182,6 +227,25 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     if missing_masks:
         log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
     return samples
+
+
+def without_copies_of(test: list[TestSample], own: Sequence[str | Path]) -> tuple[list[TestSample], list[str]]:
+    """The test set without its good images that are copies of the model's `own` good images
+    (its training and validation images), and the paths of those left out. The model learned
+    them, or they set its threshold: scored as test images they would count as new good parts
+    that pass. A defect that is a copy of one of `own` stays, with a warning: the training
+    folder holds a defect."""
+    paths = [str(p) for p in own] + [str(s.path) for s in test]
+    copied = {i - len(own) for g in identical_files(paths) if g[0] < len(own) for i in g if i >= len(own)}
+    defects = [str(test[i].path) for i in sorted(copied) if test[i].label]
+    if defects:
+        log.warning("%d defect test images are copies of the run's good training images (e.g. %s): "
+                    "its train/good folder holds a defect", len(defects), defects[0])  # fmt: skip
+    left_out = [str(test[i].path) for i in sorted(copied) if not test[i].label]
+    if left_out:
+        log.warning("%d good test images are copies of the run's own training or validation images and are "
+                    "left out of the figures (e.g. %s)", len(left_out), left_out[0])  # fmt: skip
+    return [s for i, s in enumerate(test) if i not in copied or s.label], left_out
 
 
 # An aspect ratio this far from the training images' median is another camera's or crop's: the

@@ -27,7 +27,7 @@ from edge.overlay import heatmap_overlay, label
 from edge.progress import progress
 from edge.threshold import calibrate_threshold
 from train import plots
-from train.data import TestSample, has_test_set, load_images, load_test_set
+from train.data import TestSample, has_test_set, load_images, load_test_set, without_copies_of
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.report_page import PANELS, calibration_panel_path, panel_path, write_report_page
@@ -114,6 +114,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out = Path(out)
     size, channels = run.model_cfg.image_size, run.model_cfg.channels
     test = load_test_set(category, size, channels) if has_test_set(category) else []
+    test, own = without_copies_of(test, run.split()["train"] + run.split()["val"])
     if not test:
         log.warning("no test images in %s: the threshold is calibrated, nothing is measured", category)
     val_paths = run.split()["val"]
@@ -124,6 +125,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
 
     recons, maps, scores = _score_test(run, test)
     metrics = _test_metrics(run, test, maps, scores, threshold)
+    metrics["n_left_out_copies"] = len(own)  # good test images that are the run's own
+    metrics["left_out_copies"] = own[:COPIES_NAMED]
     labels = np.array([s.label for s in test], dtype=int)
     out.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
@@ -146,6 +149,10 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     )
     log.info("eval: the report on one page: %s", page)
     return metrics
+
+
+# metrics.json names this many of the good test images left out as copies, and counts them all.
+COPIES_NAMED = 5
 
 
 def _test_metrics(

@@ -112,8 +112,10 @@ def _measured_on(metrics: dict[str, Any]) -> str:
     size = "x".join(str(v) for v in metrics["image_size"])
     sha = str(metrics.get("checkpoint_sha256") or "")[:12]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    copies = metrics.get("n_left_out_copies") or 0
+    left_out = f" ({copies} more left out: copies of the run's own good images)" if copies else ""
     return (
-        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images at {size} px (HxW); "
+        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images{left_out} at {size} px (HxW); "
         f"run {metrics['run']}, step {metrics['step']}, checkpoint {sha or 'unknown'}; written {when}"
     )
 
