@@ -221,6 +221,31 @@ def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     assert writer.recorded == 5
 
 
+def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_path):
+    """A camera bridge restarted within the day sends frame 7 again: the first frame 7's
+    evidence is not overwritten, and each row names its own files. A sender without a clock
+    (ts_ns 0) files its evidence under the day it was received, not 1970."""
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev").start()
+    first, again = _result("c", 7), _result("c", 7)
+    again.frame = np.zeros_like(first.frame)
+    writer.put(first, time.time_ns())
+    writer.put(again, time.time_ns() + 1000)
+    clockless = _result("c", 8)
+    clockless.header["ts_ns"] = 0
+    writer.put(clockless, time.time_ns())
+    writer.close()
+    rows = Record(f"sqlite:///{tmp_path / 'line.db'}").results(camera="c", limit=10)
+    by_frame = {}
+    for row in rows:
+        by_frame.setdefault(row["frame_id"], []).append(row)
+    paths = sorted({r["evidence_frame"] for r in by_frame[7]} | {r["evidence_overlay"] for r in by_frame[7]} - {None})
+    assert len(by_frame[7]) == 2 and len(paths) == 2 and all(Path(p).is_file() for p in paths)
+    images = [cv2.imread(r["evidence_frame"]) for r in sorted(by_frame[7], key=lambda r: r["id"])]
+    assert images[0].any() and not images[1].any()  # the first frame 7 as it was, then the second
+    today = time.strftime("%Y%m%d", time.gmtime())
+    assert Path(by_frame[8][0]["evidence_frame"]).parent.name == today
+
+
 def test_a_fails_evidence_overlay_boxes_its_regions_in_the_frames_pixels(tmp_path):
     """The reviewer's picture of a reject: the map over the frame as received, and the boxes the
     result named (a speck of a pixel or two is found by its box when the page draws it small)."""

@@ -234,14 +234,17 @@ class RecordWriter:
 
     def _row(self, result: Result, published_ns: int) -> dict[str, Any]:
         h = result.header
-        frame_path, overlay_path = self._evidence_or_none(result) if result.frame is not None else (None, None)
+        # A sender without a clock (ts_ns 0), or with one far off: the record's time is then the
+        # daemon's receive time, so that queries by time, the order of rows and the daily tally
+        # hold. The published result echoes the sender's ts_ns as it came.
+        ts_ns = capture_time_ns(h["ts_ns"], result.recv_ns or published_ns)
+        frame_path, overlay_path = (
+            self._evidence_or_none(result, ts_ns, published_ns) if result.frame is not None else (None, None)
+        )
         return {
             "camera_id": h["camera_id"],
             "frame_id": h["frame_id"],
-            # A sender without a clock (ts_ns 0), or with one far off: the record's time is then
-            # the daemon's receive time, so that queries by time, the order of rows and the daily
-            # tally hold. The published result echoes the sender's ts_ns as it came.
-            "ts_ns": capture_time_ns(h["ts_ns"], result.recv_ns or published_ns),
+            "ts_ns": ts_ns,
             "received_ns": result.recv_ns or None,
             "published_ns": published_ns,
             "status": h["status"],
@@ -262,14 +265,14 @@ class RecordWriter:
             "unfit": unfit_reasons(h),
         }
 
-    def _evidence_or_none(self, result: Result) -> tuple[str | None, str | None]:
+    def _evidence_or_none(self, result: Result, ts_ns: int, published_ns: int) -> tuple[str | None, str | None]:
         """_evidence, or no evidence when it cannot be written (a full disk, a folder gone, a frame
         the codec refuses): the row is kept without it, and the writer goes on; counted and logged
         now and then."""
         try:
             if self.house.low_disk:
                 raise OSError("its disk is under record_min_free_gb, with no evidence left to remove")
-            return self._evidence(result)
+            return self._evidence(result, ts_ns, published_ns)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self.evidence_failed += 1
             self.metrics.evidence_failed.inc()
@@ -277,22 +280,24 @@ class RecordWriter:
                                           self.evidence_failed, exc)  # fmt: skip
             return None, None
 
-    def _evidence(self, result: Result) -> tuple[str | None, str | None]:
-        """The frame as received (PNG, lossless) and its anomaly-map overlay (JPEG); idempotent
-        names, so a retried batch rewrites the same files."""
+    def _evidence(self, result: Result, ts_ns: int, published_ns: int) -> tuple[str | None, str | None]:
+        """The frame as received (PNG, lossless) and its anomaly-map overlay (JPEG), in the
+        camera's folder of the record's day (`ts_ns`). Named by the frame id and the time the
+        result was published: a sender whose frame ids start again (a restarted camera bridge)
+        must not overwrite an earlier frame's evidence, and a retried batch rewrites its own."""
         h = result.header
-        day = time.strftime("%Y%m%d", time.gmtime(h["ts_ns"] / 1e9))
+        day = time.strftime("%Y%m%d", time.gmtime(ts_ns / 1e9))
         folder = self.evidence_dir / file_name(h["camera_id"]) / day
         folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"{h['frame_id']}"
-        frame_path = stem.with_suffix(".png")
+        stem = f"{h['frame_id']}_{published_ns}"
+        frame_path = folder / f"{stem}.png"
         write_image(frame_path, result.frame)
         self.house.added(frame_path)
         overlay_path = None
         info = h.get("map")
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
-            overlay_path = stem.with_name(f"{h['frame_id']}_overlay.jpg")
+            overlay_path = folder / f"{stem}_overlay.jpg"
             overlay = heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"])
             write_image(overlay_path, draw_regions(overlay, h.get("regions") or []))  # regions: frame pixels
             self.house.added(overlay_path)
