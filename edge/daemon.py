@@ -64,6 +64,7 @@ class Daemon:
         self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._nonfinite_log = RepeatedLog(log, logging.ERROR)
         self._clock_log = RepeatedLog(log)
+        self._ids_back_log = RepeatedLog(log)
         self._fault_log = RepeatedLog(log, logging.ERROR)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
@@ -79,6 +80,7 @@ class Daemon:
         self.reload_requested = threading.Event()  # SIGHUP: the control thread reloads
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
         self._cameras_seen: set[str] = set()  # up to MANY_CAMERAS ids, for one warning
+        self._last_frame_ids: dict[str, int] = {}  # of up to MANY_CAMERAS cameras
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -363,6 +365,7 @@ class Daemon:
             return
         self._note_camera(frame.camera_id)
         self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
+        self._check_frame_id(frame.camera_id, frame.frame_id)
         if frame.camera_id in self.paused:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
@@ -425,6 +428,23 @@ class Daemon:
                 "camera %s sent ts_ns %.1f h off this machine's clock: the record keeps the receive time. "
                 "Send the capture time in ns since the epoch (UTC) from a synchronised clock, or 0",
                 camera_id, (ts_ns - recv_ns) / 3.6e12,
+            )  # fmt: skip
+
+    def _check_frame_id(self, camera_id: str, frame_id: int) -> None:
+        """Count, and say at most a line a minute, when a camera's frame ids go back: a sender
+        restarted that counts from 0 again. Every frame still gets its result and its row, but
+        a review and the dashboard's pictures name a frame by its camera and id."""
+        last = self._last_frame_ids.get(camera_id)
+        if last is None and len(self._last_frame_ids) >= MANY_CAMERAS:
+            return
+        self._last_frame_ids[camera_id] = frame_id
+        if last is not None and frame_id < last:
+            self.metrics.frame_ids_back.inc()
+            self._ids_back_log.log(
+                "camera %s's frame ids went back from %d to %d (a sender restarted?): the record keeps both "
+                "frames, but a review and the dashboard's pictures name a frame by camera and id (a review is "
+                "shown with each result of those ids). Give each start of a sender new ids (vqad camera --start-id)",
+                camera_id, last, frame_id,
             )  # fmt: skip
 
     def has_seen(self, camera_id: str) -> bool | None:

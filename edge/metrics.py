@@ -22,6 +22,11 @@ class DaemonMetrics:
             "Frames whose ts_ns is more than 5 minutes off the daemon's receive time (the log names the camera)",
             registry=r,
         )
+        self.frame_ids_back = Counter(
+            "vqad_frame_ids_back",
+            "Frames whose frame_id is lower than their camera's previous one: a restarted sender counting from 0",
+            registry=r,
+        )
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
         self.batch_size = Histogram(
             "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r

@@ -241,6 +241,31 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
     assert "camera zoned sent ts_ns 3.0 h off this machine's clock" in log_text
 
 
+def test_a_sender_whose_frame_ids_start_again_is_named_and_counted(tiny_model):
+    """A camera bridge restarted counts from 0 again: every frame is answered, a line names the
+    camera and vqad_frame_ids_back counts it; a camera whose ids only grow is left alone."""
+    import urllib.request
+
+    from edge.transport import free_loopback_port
+
+    port, frame = free_loopback_port(), np.full((16, 16, 3), 90, np.uint8)
+    sent = [("line1", 5), ("line1", 6), ("steady", 1), ("line1", 0), ("steady", 2), ("line1", 1)]
+    with DaemonProcess(tiny_model, "--metrics-port", str(port)) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for camera, frame_id in sent:
+                cam.send(frame_message(camera, frame_id, frame))
+            answered = sorted((h["camera_id"], h["frame_id"]) for h, _ in sub.collect(len(sent)))
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        finally:
+            sub.close()
+            cam.close()
+        log_text = daemon.log_text()
+    assert answered == sorted(sent)
+    assert "vqad_frame_ids_back_total 1.0" in metrics
+    assert "camera line1's frame ids went back from 6 to 0" in log_text and "steady" not in log_text
+
+
 def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tmp_path, monkeypatch, caplog):
     """An exception the parser was not written to raise (a bug) ended the receiver thread, and
     the daemon with it: it is now the message's error result (when its ids can be read), a
