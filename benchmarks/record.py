@@ -99,8 +99,9 @@ def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
             rows = [{**base, "frame_id": i, "ts_ns": since + i * step, "decision": "fail" if fails[i] else "pass"}
                     for i in range(start, min(n, start + 100_000))]  # fmt: skip
             conn.execute(sa.insert(results), rows)
-        reviewed = [{"camera_id": "cam0", "frame_id": int(i), "verdict": "defect", "created_ns": now}
-                    for i in np.flatnonzero(fails)[:100]]  # fmt: skip
+        # The rows' ids count from 1 in frame order: frame i is result i + 1.
+        reviewed = [{"camera_id": "cam0", "frame_id": int(i), "verdict": "defect", "created_ns": now,
+                     "result_id": int(i) + 1} for i in np.flatnonzero(fails)[:100]]  # fmt: skip
         conn.execute(sa.insert(reviews), reviewed)
     engine.dispose()
     record = Record(url)

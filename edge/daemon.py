@@ -433,7 +433,7 @@ class Daemon:
     def _check_frame_id(self, camera_id: str, frame_id: int) -> None:
         """Count, and say at most a line a minute, when a camera's frame ids go back: a sender
         restarted that counts from 0 again. Every frame still gets its result and its row, but
-        a review and the dashboard's pictures name a frame by its camera and id."""
+        a review or a picture asked for by camera and frame id is of the newest of them."""
         last = self._last_frame_ids.get(camera_id)
         if last is None and len(self._last_frame_ids) >= MANY_CAMERAS:
             return
@@ -442,8 +442,8 @@ class Daemon:
             self.metrics.frame_ids_back.inc()
             self._ids_back_log.log(
                 "camera %s's frame ids went back from %d to %d (a sender restarted?): the record keeps both "
-                "frames, but a review and the dashboard's pictures name a frame by camera and id (a review is "
-                "shown with each result of those ids). Give each start of a sender new ids (vqad camera --start-id)",
+                "frames, but a review or a picture asked for by camera and frame id is of the newest of them. "
+                "Give each start of a sender new ids (vqad camera --start-id)",
                 camera_id, last, frame_id,
             )  # fmt: skip
 

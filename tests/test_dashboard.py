@@ -362,6 +362,33 @@ def test_the_api_serves_programs_too(line):
         assert status == 400 and body["error"], (bad, status, body)
     assert _json(base + "/api/review", {"content-type": "application/json"}, b"{not json")[0] == 400
     assert _json(base + f"/api/image/api/{2**70}/overlay")[0] == 404
+    # The sender starts again and sends frame 9 twice: two results, each with its own pictures
+    # (both fail, so both keep them), and a review names the one it is of by the record's
+    # result_id (the newest without one).
+    cam = Camera(line["daemon"].frames)
+    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "api test", "--by", "test")
+    try:
+        for image in line["images"][2:4]:
+            cam.send(frame_message("api", 9, cv2.imread(str(image)), "raw"))
+        twice = wait_for(lambda: (r := _json(base + "/api/results?camera=api&frame_id=9")[1]["results"]) and
+                         len(r) == 2 and r, 10)  # fmt: skip
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "api test done", check=False)
+        cam.close()
+    newer, older = twice
+    assert newer["result_id"] > older["result_id"] and newer["images"]["overlay"] != older["images"]["overlay"]
+    assert all(_status(base + r["images"]["overlay"]) == 200 for r in twice)
+    json_type = {"content-type": "application/json"}
+    review = {"camera_id": "api", "frame_id": 9, "verdict": "false_reject", "result_id": str(older["result_id"])}
+    status, body = _json(base + "/api/review", json_type, json.dumps(review).encode())
+    assert status == 201 and body["review"]["result_id"] == older["result_id"], body
+    reviewed = {
+        r["result_id"]: len(r["reviews"]) for r in _json(base + "/api/results?camera=api&frame_id=9")[1]["results"]
+    }
+    assert reviewed == {older["result_id"]: 1, newer["result_id"]: 0}
+    other = dict(review, frame_id=2)  # the result of frame 9 is not frame 2's
+    assert _json(base + "/api/review", json_type, json.dumps(other).encode())[0] == 404
+    assert _json(base + "/api/review", json_type, json.dumps(dict(review, result_id="x")).encode())[0] == 400
     assert _json(base + "/api/results?frame_id=-1")[0] == 400
     assert _status(base + "/api/summary", {"Host": "dashboard.example.com"}) == 400  # no DNS rebinding
     with urllib.request.urlopen(base + "/api/summary", timeout=5) as response:

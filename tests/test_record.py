@@ -154,7 +154,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
         assert key in out[0], key
     assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
-    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id,unfit") and "SN-0001" in "".join(csv_lines)
+    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id,unfit,result_id") and "SN-0001" in "".join(csv_lines)
     # Noise is not the part: the daemon's camera health gate fails such frames, and the record says why.
     reasons = {"aspect", "blurred", "exposure", "clipped", "moved", "frozen"}
     assert any(r["unfit"] for r in rows) and all(set((r["unfit"] or "exposure").split(",")) <= reasons for r in rows)
@@ -367,18 +367,24 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id and unfit) is brought to the current version on first
-    use, and gets the indexes it lacks."""
+    """A version 2 record (before part_id, unfit and the reviews' result_id) is brought to the
+    current version on first use, and gets the indexes it lacks. Its review of a frame id that a
+    restarted sender used twice is given the result it was made after."""
     engine = sa.create_engine(record_url)
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(sa.text("DROP INDEX ix_results_part"))
         conn.execute(sa.text("DROP INDEX ix_results_camera_decision_ts"))  # a record from before the index
+        conn.execute(sa.text("DROP INDEX ix_reviews_result"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
+        conn.execute(sa.text("ALTER TABLE reviews DROP COLUMN result_id"))
         conn.execute(sa.insert(meta).values(key="schema_version", value="2"))
-        conn.execute(sa.text("INSERT INTO results (camera_id, frame_id, ts_ns, status, evidence_removed) "
-                             "VALUES ('old', 1, 5, 'ok', false)"))  # fmt: skip
+        conn.execute(sa.text("INSERT INTO results (camera_id, frame_id, ts_ns, published_ns, status, decision, "
+                             "evidence_removed) VALUES ('old', 1, 5, 5, 'ok', 'fail', false), "
+                             "('old', 1, 50, 50, 'ok', 'fail', false)"))  # fmt: skip
+        conn.execute(sa.text("INSERT INTO reviews (camera_id, frame_id, verdict, created_ns) "
+                             "VALUES ('old', 1, 'defect', 20)"))  # fmt: skip
     engine.dispose()
     writer = RecordWriter(record_url, tmp_path / "ev").start()
     writer.put(Result(result_header("new", 2, 6, "error", 1.0, {"name": "m", "sha256": "0"}, part_id="SN-1")), 7)
@@ -387,8 +393,10 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     record = Record(record_url)
     got = {(r["camera_id"], r["part_id"], r["unfit"]) for r in record.results()}
     assert got == {("old", None, None), ("new", "SN-1", None), ("new", None, "blurred")}
+    old = sorted(record.results(camera="old"), key=lambda r: r["id"])
+    assert [len(r["reviews"]) for r in old] == [1, 0]  # reviewed at 20: the result of 5, not of 50
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 4
+        assert stored_version(conn) == SCHEMA_VERSION == 5
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
     assert {"ix_results_part", "ix_results_camera_decision_ts"} <= indexes  # an index is no schema version
 
@@ -437,6 +445,30 @@ def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(
     assert tally.rows(record, None, since) == record.daily(since_ns=since, days=line_days)
     assert [r["results"] for r in tally.rows(record, None, since)] == [2, 2]
     assert tally.rows(record, "b", today) == [] and asked[-1] == (today, None)  # today alone: no closed days
+
+
+def test_a_review_is_of_one_result_when_a_sender_used_its_frame_id_twice(tmp_path, record_url):
+    """A restarted sender's frame 3 is the second result of camera c with that id: a review by
+    camera and frame is of the newest, one given the record's result_id is of that result; each
+    result shows its own reviews, the daily tally counts each once, and the export names both."""
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    day = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9
+    writer.put(_result("c", 3, ts_ns=day + 10), day + 10)
+    writer.put(_result("c", 3, ts_ns=day + 20), day + 20)  # the sender started again
+    writer.close()
+    record = Record(record_url)
+    older, newer = sorted(record.results(camera="c"), key=lambda r: r["id"])
+    record.review("c", 3, "false_reject", by="ann")
+    assert record.review("c", 3, "defect", kind="crack", result_id=older["id"])["result_id"] == older["id"]
+    with pytest.raises(DataError, match="with result_id"):
+        record.review("c", 4, "defect", result_id=older["id"])  # another frame's result
+    reviewed = {r["id"]: [v["verdict"] for v in r["reviews"]] for r in record.results(camera="c")}
+    assert reviewed == {older["id"]: ["defect"], newer["id"]: ["false_reject"]}
+    (row,) = record.daily()
+    assert (row["fail"], row["defect"], row["false_reject"], row["unreviewed"]) == (2, 1, 1, 0)
+    assert record.export_reviewed(tmp_path / "out") == {"test/crack": 1, "train/good": 1}
+    names = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
+    assert names == [f"c_3_{older['id']}.png", f"c_3_{newer['id']}.png"]
 
 
 def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):

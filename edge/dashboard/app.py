@@ -255,8 +255,9 @@ class Dashboard:
             return _live_image(live, kind) if live is not None else missing
         # The record's evidence first: the frame as received, at full size. The stream's
         # picture (model size) while the writer has not stored it yet, or without a record.
+        result_id = _frame_id_or_none(request.query_params.get("result", ""))  # a recorded result's own
         try:
-            evidence = self._evidence(camera, frame_id, kind) if self.record is not None else None
+            evidence = self._evidence(camera, frame_id, kind, result_id) if self.record is not None else None
         except RecordUnavailableError:
             evidence = None
         if evidence is not None:
@@ -277,8 +278,11 @@ class Dashboard:
             held = self._latest_held[camera] = (now, self.view.find(camera, "latest"))
         return held[1]
 
-    def _evidence(self, camera: str, frame_id: int, kind: str) -> Response | None:
-        rows = self._from_record(lambda record: record.results(camera=camera, frame_id=frame_id, limit=1))
+    def _evidence(self, camera: str, frame_id: int, kind: str, result_id: int | None) -> Response | None:
+        """The evidence of the newest result of `camera` and `frame_id`, or of the result
+        `result_id` (a sender that started its ids again recorded more than one)."""
+        query = functools.partial(Record.results, camera=camera, frame_id=frame_id, result_id=result_id, limit=1)
+        rows = self._from_record(query)
         if not rows:
             return None
         path = rows[0]["evidence_overlay" if kind == "overlay" else "evidence_frame"]
@@ -300,12 +304,11 @@ class Dashboard:
             return JSONResponse({"error": "the body is not JSON"}, 400)
         if not isinstance(body, dict) or not {"camera_id", "frame_id", "verdict"} <= set(body):
             return JSONResponse({"error": "a review is a JSON object with camera_id, frame_id and verdict"}, 400)
-        frame_id = body["frame_id"]
-        if isinstance(frame_id, str) and frame_id.isdigit():  # a program may send the id as text
-            frame_id = int(frame_id)
+        frame_id, result_id = (_integer_or_as_sent(body.get(key)) for key in ("frame_id", "result_id"))
         review = functools.partial(
             Record.review, camera_id=body["camera_id"], frame_id=frame_id, verdict=body["verdict"],
             kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
+            result_id=result_id,
         )  # fmt: skip
         try:
             row = await run_in_threadpool(self._from_record, review)  # the database, off the event loop
@@ -322,6 +325,12 @@ class Dashboard:
             return query(self.record.get())
         except sa.exc.SQLAlchemyError as exc:
             raise self.record.failed(exc) from exc
+
+
+def _integer_or_as_sent(value: Any) -> Any:
+    """An id a program may send as text ("17"), as an integer; anything else as it came, for
+    Record.review to refuse."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def _frame_id_or_none(text: str) -> int | None:
@@ -347,7 +356,11 @@ def _live_image(live: LiveFrame, kind: str) -> Response:
 def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     """A reject as the API gives it, from a streamed header or a record row."""
     camera, frame_id = str(src["camera_id"]), int(src["frame_id"])
+    result_id = src.get("id") if recorded else None
     base = f"/api/image/{quote(camera, safe='')}/{frame_id}"
+    # A recorded result's pictures by its own id; a streamed one's told apart by its time, for
+    # the browser's cache: a sender that starts its ids again sends this frame id anew.
+    query = f"?result={result_id}" if result_id is not None else f"?t={int(src.get('ts_ns') or 0)}"
     keys = ("camera_id", "frame_id", "part_id", "ts_ns", "score", "threshold", "decision", "regions", "frame_shape")
     item = {k: src.get(k) for k in keys}
     has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
@@ -357,7 +370,8 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
         model=src.get("model"),
         recorded=recorded,
         reviews=src.get("reviews", []) if recorded else [],
-        images={"overlay": f"{base}/overlay", "frame": f"{base}/frame" if has_frame else None},
+        result_id=result_id,
+        images={"overlay": f"{base}/overlay{query}", "frame": f"{base}/frame{query}" if has_frame else None},
     )
     return item
 

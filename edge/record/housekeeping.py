@@ -136,11 +136,7 @@ class Housekeeping:
         ids up from where it stopped and ends at the first row that is young enough."""
         cutoff = time.time_ns() - self.keep_ns
         published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
-        reviewed = (
-            sa.exists()
-            .where(reviews.c.camera_id == results.c.camera_id, reviews.c.frame_id == results.c.frame_id)
-            .label("reviewed")
-        )
+        reviewed = sa.exists().where(reviews.c.result_id == results.c.id).label("reviewed")
         query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
         removed, backlog = 0, True
         try:

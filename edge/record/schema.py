@@ -6,6 +6,9 @@ made to the running daemon (a new threshold, a model reload, a paused camera), b
 Version 3 adds `results.part_id`: the part's own identity, when its frame carried one.
 Version 4 adds `results.unfit`: why the camera health gate failed a frame (its reasons, e.g.
 "blurred,exposure"), so that an audit tells a camera's fault from a part's.
+Version 5 adds `reviews.result_id`: the result a review is of. A sender that starts its frame
+ids again gives two results the same camera and frame id; each earlier review is given the
+newest result of its camera and frame published before it.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
 a time, and refuses a newer one; it creates any index the record lacks.
 """
@@ -21,7 +24,7 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -70,7 +73,9 @@ reviews = sa.Table(
     sa.Column("reviewer", sa.String(128)),
     sa.Column("note", sa.Text),
     sa.Column("created_ns", sa.BigInteger, nullable=False),
+    sa.Column("result_id", sa.Integer),  # results.id; None only for a review whose result had left before v5
     sa.Index("ix_reviews_camera_frame", "camera_id", "frame_id"),
+    sa.Index("ix_reviews_result", "result_id"),
 )
 
 events = sa.Table(
@@ -99,8 +104,21 @@ def _add_unfit(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE results ADD COLUMN unfit VARCHAR(128)"))
 
 
+def _add_review_result(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE reviews ADD COLUMN result_id INTEGER"))
+    same_frame = (results.c.camera_id == reviews.c.camera_id, results.c.frame_id == reviews.c.frame_id)
+    published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns)
+    before = sa.select(sa.func.max(results.c.id)).where(*same_frame, published <= reviews.c.created_ns)
+    newest = sa.select(sa.func.max(results.c.id)).where(*same_frame)
+    conn.execute(
+        sa.update(reviews).values(result_id=sa.func.coalesce(before.scalar_subquery(), newest.scalar_subquery()))
+    )
+
+
 # version n -> what brings version n to n + 1.
-STEPS: dict[int, Callable[[sa.Connection], None]] = {1: _add_events, 2: _add_part_id, 3: _add_unfit}
+STEPS: dict[int, Callable[[sa.Connection], None]] = {
+    1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result,
+}  # fmt: skip
 
 
 def stored_version(conn: sa.Connection) -> int | None:

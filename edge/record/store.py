@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,40 +132,38 @@ class Record:
         frame_id: int | None = None,
         limit: int = 100,
         part_id: str | None = None,
+        result_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest results matching every filter given, newest first, each with its reviews."""
+        """The newest results matching every filter given, newest first, each with its reviews.
+        `result_id`: the record's own id of a result (its row)."""
         # Asked for a part, its few rows by their index: SQLite, without statistics, took the
         # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
         # expression on the camera keeps it off that index, on any database.
         by_camera = results.c.camera_id if part_id is None else results.c.camera_id + ""
         q = sa.select(results)
-        for column, value in ((by_camera, camera), (results.c.decision, decision),
-                              (results.c.frame_id, frame_id), (results.c.part_id, part_id)):  # fmt: skip
+        for column, value in ((by_camera, camera), (results.c.decision, decision), (results.c.frame_id, frame_id),
+                              (results.c.part_id, part_id), (results.c.id, result_id)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         q = (
             _newest_of_camera(q, limit)
-            if camera is not None and decision is None and frame_id is None and part_id is None
+            if camera is not None and decision is None and frame_id is None and part_id is None and result_id is None
             else q.order_by(*NEWEST_FIRST).limit(limit)
         )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
-            keys = {(r["camera_id"], r["frame_id"]) for r in rows}
-            found: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            if keys:
-                # These frames' reviews only (by the camera-and-frame index): a camera's months
-                # of reviews would otherwise be read for every page of rejects.
-                cams, frames = {k[0] for k in keys}, {k[1] for k in keys}
-                rq = sa.select(reviews).where(reviews.c.camera_id.in_(cams), reviews.c.frame_id.in_(frames))
-                rq = rq.order_by(reviews.c.id)
+            found: dict[int, list[dict[str, Any]]] = {}
+            if rows:
+                # These results' reviews only (by their index): a camera's months of reviews would
+                # otherwise be read for every page of rejects.
+                rq = sa.select(reviews).where(reviews.c.result_id.in_([r["id"] for r in rows])).order_by(reviews.c.id)
                 for r in conn.execute(rq):
-                    review = dict(r._mapping)
-                    found.setdefault((review["camera_id"], review["frame_id"]), []).append(review)
+                    found.setdefault(r.result_id, []).append(dict(r._mapping))
         for row in rows:
             row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
-            row["reviews"] = found.get((row["camera_id"], row["frame_id"]), [])
+            row["reviews"] = found.get(row["id"], [])
         return rows
 
     def events(
@@ -185,7 +184,7 @@ class Record:
     ) -> list[dict[str, Any]]:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
         model: results, passes, fails, errors, drops, the fail rate, and what people found in
-        the fails they reviewed (the latest review of a frame decides): false rejects, confirmed
+        the fails they reviewed (the latest review of a result decides): false rejects, confirmed
         defects, fails not reviewed; and the fails the camera health gate made (unfit frames).
         Oldest first."""
         window = (camera, since_ns, until_ns, days)
@@ -234,32 +233,29 @@ class Record:
         days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
         """daily's reviewed fails, by (day, camera, model): the latest review of each reviewed
-        frame (a person's few a day), then its failed results in the period, looked up by the
-        camera-and-frame index. Two steps, not one join: SQLite's planner may walk every result
-        to meet the reviews, which took minutes at 2 million rows and 20,000 reviews."""
+        result (a person's few a day), then those results that failed in the period, looked up
+        by their ids. Two steps, not one join: SQLite's planner may walk every result to meet
+        the reviews, which took minutes at 2 million rows and 20,000 reviews."""
         r = results.c
-        latest = sa.select(sa.func.max(reviews.c.id)).group_by(reviews.c.camera_id, reviews.c.frame_id)
-        q = sa.select(reviews.c.camera_id, reviews.c.frame_id, reviews.c.verdict).where(reviews.c.id.in_(latest))
+        reviewed = reviews.c.result_id
+        latest = sa.select(sa.func.max(reviews.c.id)).where(reviewed.is_not(None)).group_by(reviewed)
+        q = sa.select(reviewed, reviews.c.verdict).where(reviews.c.id.in_(latest))
         if camera is not None:
             q = q.where(reviews.c.camera_id == camera)
         tally: dict[DayKey, dict[str, int]] = {}
         with self.engine.connect() as conn:
-            verdicts = {(row.camera_id, row.frame_id): row.verdict for row in conn.execute(q)}
-            frames_of: dict[str, list[int]] = {}
-            for cam, frame_id in sorted(verdicts):
-                frames_of.setdefault(cam, []).append(frame_id)
-            for cam, frames in frames_of.items():
-                for start in range(0, len(frames), LOOKUP_CHUNK):
-                    chunk = frames[start : start + LOOKUP_CHUNK]
-                    rq = sa.select(r.ts_ns, r.camera_id, r.model_sha256, r.frame_id)
-                    # The period is applied here, not in SQL: given a time range, SQLite walks the
-                    # camera's rows by time instead of looking the frames up.
-                    rq = rq.where(r.camera_id == cam, r.frame_id.in_(chunk), r.decision == "fail")
-                    for ts_ns, camera_id, model, frame_id in conn.execute(rq):
-                        if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
-                            day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                            counts = tally.setdefault((day, camera_id, model), dict.fromkeys(VERDICTS, 0))
-                            counts[verdicts[(camera_id, frame_id)]] += 1
+            verdicts = {row.result_id: row.verdict for row in conn.execute(q)}
+            ids = sorted(verdicts)
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256)
+                # The period is applied here, not in SQL: given a time range, SQLite walks the rows
+                # by time instead of looking the results up.
+                rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]), r.decision == "fail")
+                for result_id, ts_ns, camera_id, model in conn.execute(rq):
+                    if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
+                        day = days.day_of_quarter(ts_ns // QUARTER_NS)
+                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys(VERDICTS, 0))
+                        counts[verdicts[result_id]] += 1
         return tally
 
     def review(
@@ -270,12 +266,18 @@ class Record:
         kind: str | None = None,
         by: str | None = None,
         note: str | None = None,
+        result_id: int | None = None,
     ) -> dict[str, Any]:
-        """Record a person's verdict on a recorded result, as a row of its own. DataError for an
-        id or verdict of another type, or a result the record does not hold."""
+        """Record a person's verdict on a recorded result, as a row of its own: the result
+        `result_id` (the record's id of it), which must be of this camera and frame, or else the
+        newest result of the camera and frame (a sender that started its ids again has older
+        ones). DataError for an id or verdict of another type, or a result the record does not
+        hold."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
+        if result_id is not None and (not isinstance(result_id, int) or isinstance(result_id, bool) or result_id < 1):
+            raise DataError(f"a result_id is the record's id of a result, an integer from 1; got {result_id!r:.30}")
         if verdict not in VERDICTS:
             raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
         if kind and verdict != "defect":  # export_reviewed would file it as good, its kind lost
@@ -285,34 +287,40 @@ class Record:
             if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
                 raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(results.c.id).where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
-            ).first()
-            if exists is None:
-                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}")
+            q = sa.select(results.c.id).where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
+            if result_id is not None:
+                q = q.where(results.c.id == result_id)
+            found = conn.execute(q.order_by(results.c.id.desc()).limit(1)).first()
+            if found is None:
+                which = f" with result_id {result_id}" if result_id is not None else ""
+                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}")
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
-                   "reviewer": by, "note": note, "created_ns": time.time_ns()}  # fmt: skip
+                   "reviewer": by, "note": note, "created_ns": time.time_ns(), "result_id": found.id}  # fmt: skip
             conn.execute(sa.insert(reviews).values(**row))
         return row
 
     def export_reviewed(self, out: str | Path) -> dict[str, int]:
         """The reviewed evidence in the MVTec layout: false rejects into OUT/train/good (new
         good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
-        The latest review of a frame decides. -> how many images went where. A reviewed result
+        The latest review of a result decides. -> how many images went where. A reviewed result
         without its evidence (not kept, removed by the quota, or its file gone) is left out, and
         a warning counts those."""
         out = Path(out)
         counts: dict[str, int] = {}
         left_out: dict[str, int] = {}
         with self.engine.connect() as conn:
-            latest: dict[tuple[str, int], Any] = {}
+            latest: dict[int, Any] = {}
             for r in conn.execute(sa.select(reviews).order_by(reviews.c.id)):
-                latest[(r.camera_id, r.frame_id)] = r
-            for (camera, frame), r in sorted(latest.items()):
+                if r.result_id is None:  # reviewed before v5, of a result no longer in the record
+                    left_out[_no_evidence(None)] = left_out.get(_no_evidence(None), 0) + 1
+                    continue
+                latest[r.result_id] = r
+            # A camera and frame id reviewed in two results (a sender that started its ids again):
+            # their files are told apart by the record's id of each.
+            pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
+            for result_id, r in sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0])):
                 row = conn.execute(
-                    sa.select(results.c.evidence_frame, results.c.evidence_removed)
-                    .where(results.c.camera_id == camera, results.c.frame_id == frame)
-                    .order_by(results.c.id.desc())
+                    sa.select(results.c.evidence_frame, results.c.evidence_removed).where(results.c.id == result_id)
                 ).first()
                 why = _no_evidence(row)
                 if why:
@@ -323,7 +331,9 @@ class Record:
                     out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
                 )
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / f"{file_name(camera)}_{frame}{source.suffix}")
+                name = f"{file_name(r.camera_id)}_{r.frame_id}"
+                name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
+                shutil.copyfile(source, folder / f"{name}{source.suffix}")
                 key = str(folder.relative_to(out))
                 counts[key] = counts.get(key, 0) + 1
         if left_out:

@@ -202,11 +202,11 @@ def cmd_records(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit"])
+        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id"])
         for r in rows:
             reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
             row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
-            writer.writerow(row)
+            writer.writerow([*row, r["id"]])
     else:
         if rows:
             print(f"{'time':<25} {'camera':>10} {'frame':>8} {'status':>7} {'dec.':>5} {'score':>8} {'model':<12} "
@@ -287,8 +287,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     from edge.record import Record
 
     record = Record(args.url, must_exist=True)
-    row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note)
-    print(f"review recorded: {row['camera_id']} frame {row['frame_id']}: {row['verdict']}")
+    row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note, args.result_id)
+    print(f"review recorded: {row['camera_id']} frame {row['frame_id']} (result {row['result_id']}): {row['verdict']}")
     return 0
 
 
@@ -529,6 +529,12 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--kind", help="the defect's kind (its folder when exported)")
     v.add_argument("--by", help="who reviewed")
     v.add_argument("--note", help="free text kept with the verdict")
+    v.add_argument(
+        "--result-id",
+        type=int,
+        help="the record's id of the result (vqad records --format csv or json shows it), when the camera "
+        "sent FRAME_ID more than once (a sender restarted); default the newest",
+    )
     v.set_defaults(func=cmd_review)
 
 

@@ -336,7 +336,7 @@ async function review(verdict) {
   const by = document.getElementById("review-by").value.trim();
   localStorage.setItem("vqad-reviewer", by);
   const body = {
-    camera_id: r.camera_id, frame_id: r.frame_id, verdict, by,
+    camera_id: r.camera_id, frame_id: r.frame_id, result_id: r.result_id ?? null, verdict, by,
     kind: verdict === "defect" ? document.getElementById("review-kind").value.trim() : "",
     note: document.getElementById("review-note").value.trim(),
   };
