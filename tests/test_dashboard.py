@@ -378,6 +378,9 @@ def test_the_api_serves_programs_too(line):
     newer, older = twice
     assert newer["result_id"] > older["result_id"] and newer["images"]["overlay"] != older["images"]["overlay"]
     assert all(_status(base + r["images"]["overlay"]) == 200 for r in twice)
+    # The gallery shows both, each once: the stream's rejects are the record's rows.
+    gallery = [r for r in _json(base + "/api/rejects?camera=api")[1]["rejects"] if r["frame_id"] == 9]
+    assert [r["result_id"] for r in gallery] == [newer["result_id"], older["result_id"]], gallery
     json_type = {"content-type": "application/json"}
     review = {"camera_id": "api", "frame_id": 9, "verdict": "false_reject", "result_id": str(older["result_id"])}
     status, body = _json(base + "/api/review", json_type, json.dumps(review).encode())

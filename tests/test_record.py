@@ -154,7 +154,11 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
         assert key in out[0], key
     assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
-    assert len(csv_lines) == n + 1 and csv_lines[0].endswith(",part_id,unfit,result_id") and "SN-0001" in "".join(csv_lines)
+    assert (
+        len(csv_lines) == n + 1
+        and csv_lines[0].endswith(",part_id,unfit,result_id")
+        and "SN-0001" in "".join(csv_lines)
+    )
     # Noise is not the part: the daemon's camera health gate fails such frames, and the record says why.
     reasons = {"aspect", "blurred", "exposure", "clipped", "moved", "frozen"}
     assert any(r["unfit"] for r in rows) and all(set((r["unfit"] or "exposure").split(",")) <= reasons for r in rows)

@@ -180,20 +180,15 @@ class Dashboard:
             limit = max(1, min(MAX_REJECTS, int(request.query_params.get("limit", "24"))))
         except ValueError:
             return JSONResponse({"error": "limit must be an integer"}, 400)
-        found: dict[tuple[str, int], dict[str, Any]] = {}
-        for frame in self.view.rejects(camera, limit):
-            item = _reject_item(frame.header, recorded=False)
-            found[(item["camera_id"], item["frame_id"])] = item
-        record_error = None
+        rows, record_error = [], None
         if self.record is not None:
             try:
                 rows = self._from_record(lambda record: record.results(camera=camera, decision="fail", limit=limit))
             except RecordUnavailableError as exc:  # the stream's rejects still come, with the reason
-                rows, record_error = [], str(exc)
-            for row in rows:
-                item = _reject_item(row, recorded=True)
-                found[(item["camera_id"], item["frame_id"])] = item
-        items = sorted(found.values(), key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
+                record_error = str(exc)
+        items = [_reject_item(row, recorded=True) for row in rows]
+        items += [_reject_item(f.header, recorded=False) for f in self.view.rejects(camera, limit) if not _in(f, rows)]
+        items = sorted(items, key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
     def api_results(self, request: Request) -> Response:
@@ -262,7 +257,7 @@ class Dashboard:
             evidence = None
         if evidence is not None:
             return evidence
-        live = self.view.find(camera, frame_id)
+        live = self.view.find(camera, frame_id, _frame_id_or_none(request.query_params.get("t", "")))
         if live is None:
             return missing
         response = _live_image(live, kind)
@@ -325,6 +320,22 @@ class Dashboard:
             return query(self.record.get())
         except sa.exc.SQLAlchemyError as exc:
             raise self.record.failed(exc) from exc
+
+
+# A streamed reject and a recorded row of the same camera and frame id are one result when the
+# dashboard read it within this long of its publication: a sender that started its ids again
+# sent the other one at least a restart apart.
+SAME_RESULT_S = 5.0
+
+
+def _in(frame: LiveFrame, rows: list[dict[str, Any]]) -> bool:
+    """Whether the streamed reject `frame` is one of the record's `rows` (the record's wins)."""
+    h = frame.header
+    return any(
+        r["camera_id"] == h["camera_id"] and r["frame_id"] == h["frame_id"]
+        and abs((r["published_ns"] or 0) / 1e9 - frame.seen_s) < SAME_RESULT_S
+        for r in rows
+    )  # fmt: skip
 
 
 def _integer_or_as_sent(value: Any) -> Any:

@@ -226,15 +226,18 @@ class LiveView:
             found = [f for v in views for f in v.rejects]
         return sorted(found, key=lambda f: f.seen_s, reverse=True)[:limit]
 
-    def find(self, camera: str, frame_id: int | str) -> LiveFrame | None:
-        """A streamed result still held: the latest of `camera` ("latest"), or one of its rejects."""
+    def find(self, camera: str, frame_id: int | str, ts_ns: int | None = None) -> LiveFrame | None:
+        """A streamed result still held: the latest of `camera` ("latest"), or one of its rejects,
+        the newest of that frame id, or the one sent with `ts_ns` (a sender that started its ids
+        again sent the frame id twice)."""
         with self.lock:
             view = self.cameras.get(camera)
             if view is None:
                 return None
             if frame_id == "latest":
                 return view.pictured
-            return next((f for f in view.rejects if f.header["frame_id"] == frame_id), None)
+            same = [f for f in view.rejects if f.header["frame_id"] == frame_id]
+            return max(same, key=lambda f: (ts_ns is None or f.header["ts_ns"] == ts_ns, f.seen_s), default=None)
 
 
 class ResultsFeed(threading.Thread):
