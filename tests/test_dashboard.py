@@ -278,6 +278,15 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert wait_for(lambda: zone_shown() == ["day (Asia/Kathmandu, from 05:45)"], 10), zone_shown()
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
         assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
+        # A sender that started again sends frame 1000 anew, then 1001: the gallery, drawn again for
+        # each, shows both frame 1000s.
+        for frame_id, frame in ((1000, frames[2]), (1001, frames[3])):
+            cam.send(frame_message("line1", frame_id, frame, "raw"))
+            assert [h["decision"] for h, _ in sub.collect(1, timeout=30)] == ["fail"]
+        newest = '[data-camera="line1"] .reject[data-frame-id="1001"]'
+        assert wait_for(lambda: driver.find_elements("css selector", newest), timeout=10)
+        time.sleep(1.0)  # the record's rows in: the gallery is drawn from them once more
+        assert len(driver.find_elements("css selector", selector)) == 2
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert driver.execute_script(LABELS_OUTSIDE_THE_CHARTS) == []
     finally:

@@ -242,12 +242,16 @@ async function loadGallery(cam, id, fails) {
   }
 }
 
+// A reject's tile: its frame id and time, since a sender that starts its ids again sends a
+// frame id twice.
+const tileKey = (r) => `${r.frame_id}@${r.ts_ns}`;
+
 // A tile is made once per reject and kept while it stays in the gallery: its picture is
 // fetched once, however often the gallery refreshes. -> how many tiles are new.
 function drawGallery(gallery, rejects) {
-  const kept = new Map([...gallery.querySelectorAll(".reject")].map((b) => [b.dataset.frameId, b]));
+  const kept = new Map([...gallery.querySelectorAll(".reject")].map((b) => [b.dataset.key, b]));
   const tiles = rejects.map((r) => {
-    const tile = kept.get(String(r.frame_id)) || newTile(r);
+    const tile = kept.get(tileKey(r)) || newTile(r);
     tile.onclick = () => openDetail(r, rejects);
     const verdict = r.reviews.length ? r.reviews[r.reviews.length - 1].verdict.replace("_", " ") : "";
     tile.querySelector(".reviewed").textContent = verdict;
@@ -255,7 +259,7 @@ function drawGallery(gallery, rejects) {
   });
   if (!tiles.length) { gallery.textContent = "none"; return 0; }
   if (tiles.length !== kept.size || tiles.some((t, i) => gallery.children[i] !== t)) gallery.replaceChildren(...tiles);
-  return rejects.filter((r) => !kept.has(String(r.frame_id))).length;
+  return rejects.filter((r) => !kept.has(tileKey(r))).length;
 }
 
 function newTile(r) {
@@ -263,6 +267,7 @@ function newTile(r) {
   tile.className = "reject";
   tile.type = "button";
   tile.dataset.frameId = r.frame_id;
+  tile.dataset.key = tileKey(r);
   const img = document.createElement("img");
   img.loading = "lazy";
   img.alt = `frame ${r.frame_id}`;
