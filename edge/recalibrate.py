@@ -45,6 +45,25 @@ def fingerprints(paths: Sequence[str | Path]) -> list[str]:
     return [sha256_file(p)[:FINGERPRINT_HEX] for p in paths]
 
 
+def identical_files(paths: Sequence[str | Path]) -> list[list[int]]:
+    """The indices of `paths` whose files are byte for byte the same, in groups of two or more.
+    Only files of equal size are read (and hashed), so a folder without copies costs a stat per
+    file. A file that cannot be read is nobody's copy."""
+    by_size: collections.defaultdict[int, list[int]] = collections.defaultdict(list)
+    for i, path in enumerate(paths):
+        try:
+            by_size[Path(path).stat().st_size].append(i)
+        except OSError:
+            continue
+    groups: list[list[int]] = []
+    for same_size in (g for g in by_size.values() if len(g) > 1):
+        by_print: collections.defaultdict[str, list[int]] = collections.defaultdict(list)
+        for i, print_ in zip(same_size, fingerprints([paths[i] for i in same_size]), strict=True):
+            by_print[print_].append(i)
+        groups += [sorted(g) for g in by_print.values() if len(g) > 1]
+    return sorted(groups)
+
+
 def good_frames(
     folder: str | Path, size: tuple[int, int], channels: int, shapes: list[tuple[int, int]] | None = None
 ) -> tuple[np.ndarray, list[Path]]:
@@ -70,13 +89,17 @@ def calibration_images(
     found = find_images(folder)
     prints = fingerprints(found) if trained_on or defects_dir is not None else []  # read once, for both
     refuse_defects_among_good(folder, found, defects_dir, prints)
-    paths = unseen_images(found, trained_on, prints)
-    left_out = len(found) - len(paths)
+    unseen = unseen_images(found, trained_on, prints)
+    paths = distinct_images(unseen)
+    left_out, copies = len(found) - len(unseen), len(unseen) - len(paths)
     source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images the model did not train on"
     if left_out:
         source["training_images_left_out"] = left_out
         why += f" ({left_out} more trained it)"
+    if copies:
+        source["copies_left_out"] = copies
+        why += f" ({copies} more are copies of others)"
     frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
     return frames, paths, source
 
@@ -141,6 +164,19 @@ def unseen_images(paths: list[Path], trained_on: Collection[str], prints: list[s
             sum(seen), len(paths), paths[seen.index(True)],
         )  # fmt: skip
     return [p for p, trained in zip(paths, seen, strict=True) if not trained]
+
+
+def distinct_images(paths: list[Path]) -> list[Path]:
+    """`paths` with one file of each set of equal ones (the first): a good image saved many times
+    (a line stopped under the camera) would count as many images, and the false-reject bound
+    that their number puts on the threshold would claim more than it knows."""
+    copies = identical_files(paths)
+    if not copies:
+        return paths
+    extra = {i for g in copies for i in g[1:]}
+    log.warning("%d of %d good images are copies of another (e.g. %s and %s): each is calibrated on once",
+                len(extra), len(paths), paths[copies[0][0]], paths[copies[0][1]])  # fmt: skip
+    return [p for i, p in enumerate(paths) if i not in extra]
 
 
 def training_fingerprints(meta: dict[str, Any]) -> list[str]:

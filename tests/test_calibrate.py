@@ -200,6 +200,24 @@ def test_the_models_own_training_images_are_left_out_of_a_calibration(tiny_model
     assert f"({len(trained)} more trained it)" in proc.stderr and (model / "model.json").read_text() == before
 
 
+def test_a_good_image_saved_many_times_is_calibrated_on_once(tiny_model, tmp_path, line_good):
+    """A line stopped under the camera saves one good part five more times: it counts once, so the
+    threshold's quantile and its false-reject bound rest on the images that are different."""
+    good = tmp_path / "good"
+    shutil.copytree(line_good, good)
+    first = sorted(good.iterdir())[0]
+    for i in range(5):
+        shutil.copy(first, good / f"again_{i}.png")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    proc = run_vqad("calibrate", model, good)
+    n = len(list(line_good.iterdir()))
+    assert f"5 of {n + 5} good images are copies of another" in proc.stderr
+    assert f"{n} good images under {good}, 5 copies of others left out" in proc.stdout
+    source = load_package(model).meta["threshold"]["source"]
+    assert (source["n_images"], source["copies_left_out"]) == (n, 5)
+
+
 def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path, line_good):
     proc = run_vqad("calibrate", tmp_path, tmp_path, check=False)
     assert proc.returncode != 0 and "neither a run" in proc.stderr

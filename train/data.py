@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from edge.frames import (
     read_image,
     resize_mask,
 )
-from edge.recalibrate import fingerprints
+from edge.recalibrate import identical_files
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -85,25 +85,6 @@ def validation_count(n_images: int, val_fraction: float, min_val_images: int = 0
     by_fraction = min(by_fraction, max(MIN_CALIBRATION_IMAGES, n_images - MIN_TRAIN_IMAGES))
     room = n_images - math.ceil(MIN_TRAIN_SHARE * n_images)
     return max(by_fraction, min(min_val_images, room))
-
-
-def identical_files(paths: Sequence[str | Path]) -> list[list[int]]:
-    """The indices of `paths` whose files are byte for byte the same, in groups of two or more.
-    Only files of equal size are read (and hashed), so a folder without copies costs a stat per
-    file. A file that cannot be read is nobody's copy."""
-    by_size: defaultdict[int, list[int]] = defaultdict(list)
-    for i, path in enumerate(paths):
-        try:
-            by_size[Path(path).stat().st_size].append(i)
-        except OSError:
-            continue
-    groups: list[list[int]] = []
-    for same_size in (g for g in by_size.values() if len(g) > 1):
-        by_print: defaultdict[str, list[int]] = defaultdict(list)
-        for i, print_ in zip(same_size, fingerprints([paths[i] for i in same_size]), strict=True):
-            by_print[print_].append(i)
-        groups += [sorted(g) for g in by_print.values() if len(g) > 1]
-    return sorted(groups)
 
 
 def split_train_val(
