@@ -978,6 +978,9 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
     folder.mkdir(parents=True)
     saved = save_overlay(folder, fail("../../x", 1), np.ones((16, 16), np.float32), None)
     assert saved.parent == folder and saved.is_file() and saved.name == ".._.._x_00000001.png"
+    # The sender started its ids again: frame 1 anew is saved beside the first, not over it.
+    again = save_overlay(folder, fail("../../x", 1), np.zeros((16, 16), np.float32), None)
+    assert again.name == ".._.._x_00000001_2.png" and saved.is_file()
 
     endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
     pub = zmq.Context.instance().socket(zmq.PUB)
