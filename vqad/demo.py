@@ -264,6 +264,7 @@ def live_accuracy(manifest: Path, jsonl: Path, elapsed_s: float) -> dict:
 
 def main_demo(args) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    summary = run_demo(Path(args.workdir), category=args.category, minutes=args.minutes, image_size=args.image_size)
+    endpoints = {"frames": args.frames or FRAMES, "results": args.results or RESULTS}
+    summary = run_demo(Path(args.workdir), args.category, args.minutes, args.image_size, **endpoints)
     complete = summary["results"] == summary["frames"] == summary["record"]["rows"]
     return 0 if complete and summary["daemon_exit_code"] == 0 else 1

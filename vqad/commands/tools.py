@@ -39,4 +39,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--image-size", type=size_arg, default="auto", help="vqad train --image-size: N, HxW or auto (configs/)"
     )
+    d.add_argument("--frames", metavar="ENDPOINT", help="the daemon's frames endpoint (default tcp://127.0.0.1:5555)")
+    d.add_argument("--results", metavar="ENDPOINT", help="the daemon's results endpoint (default tcp://127.0.0.1:5556)")
     d.set_defaults(func=cmd_demo)
