@@ -209,15 +209,16 @@ def cmd_records(args: argparse.Namespace) -> int:
             writer.writerow([*row, r["id"]])
     else:
         if rows:
-            print(f"{'time':<25} {'camera':>10} {'frame':>8} {'status':>7} {'dec.':>5} {'score':>8} {'model':<12} "
-                  "reviews part unfit evidence")  # fmt: skip
+            print(f"{'time':<25} {'camera':>10} {'frame':>8} {'result':>8} {'status':>7} {'dec.':>5} {'score':>8} "
+                  f"{'model':<12} reviews part unfit evidence")  # fmt: skip
         for r in rows:
             when = _local_time(r["ts_ns"], zone)
             score = "-" if r["score"] is None else f"{r['score']:.4g}"
             verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
-            print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['status']:>7} {r['decision'] or '-':>5} "
-                  f"{score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} {r['part_id'] or '-'} "
-                  f"{'unfit:' + r['unfit'] if r['unfit'] else '-'} {r['evidence'] or ''}")  # fmt: skip
+            unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
+            print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
+                  f"{r['decision'] or '-':>5} {score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} "
+                  f"{r['part_id'] or '-'} {unfit} {r['evidence'] or ''}")  # fmt: skip
         print(f"{len(rows)} results")
     if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
         log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
@@ -532,7 +533,7 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--result-id",
         type=int,
-        help="the record's id of the result (vqad records --format csv or json shows it), when the camera "
+        help="the record's id of the result (vqad records shows it), when the camera "
         "sent FRAME_ID more than once (a sender restarted); default the newest",
     )
     v.set_defaults(func=cmd_review)
