@@ -562,7 +562,7 @@ def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(
         assert refused.returncode == 2 and "--day-starts sets the days of --daily" in refused.stderr
         listed = run_vqad("records", record_url, "--timezone", "Europe/Berlin").stdout  # times in the line's zone
         assert "2026-03-28 06:00:00+01:00" in listed and "2026-03-29 06:00:00+02:00" in listed
-        assert listed.splitlines()[0].split()[:6] == ["time", "camera", "frame", "status", "dec.", "score"]
+        assert listed.splitlines()[0].split()[:7] == ["time", "camera", "frame", "result", "status", "dec.", "score"]
         # --since without an offset is the line's time, as the table prints it: 06:00 in Berlin.
         since = run_vqad("records", record_url, "--timezone", "Europe/Berlin", "--since", "2026-03-28T06:00").stdout
         assert "4 results" in since and "05:59:00+01:00" not in since
