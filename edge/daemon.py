@@ -443,7 +443,7 @@ class Daemon:
             self._ids_back_log.log(
                 "camera %s's frame ids went back from %d to %d (a sender restarted?): the record keeps both "
                 "frames, but a review or a picture asked for by camera and frame id is of the newest of them. "
-                "Give each start of a sender new ids (vqad camera --start-id)",
+                "Give each start of a sender new ids (vqad camera --start-id time)",
                 camera_id, last, frame_id,
             )  # fmt: skip
 

@@ -266,6 +266,37 @@ def test_a_sender_whose_frame_ids_start_again_is_named_and_counted(tiny_model):
     assert "camera line1's frame ids went back from 6 to 0" in log_text and "steady" not in log_text
 
 
+def test_a_camera_started_again_with_start_id_time_sends_new_frame_ids(tmp_path):
+    """`vqad camera --start-id time` counts on from the microseconds since the epoch: a camera
+    process restarted never sends a frame id it sent before (0 would)."""
+    import csv
+
+    import zmq
+
+    from edge.transport import free_loopback_port
+    from tests.conftest import run_vqad
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.bind(endpoint)
+    try:
+        runs = []
+        for run in range(2):
+            manifest = tmp_path / f"manifest{run}.csv"
+            run_vqad("camera", folder, "--to", endpoint, "--start-id", "time", "--manifest", manifest)
+            received = [json.loads(pull.recv_multipart()[0])["frame_id"] for _ in range(3)]
+            listed = [int(r["frame_id"]) for r in csv.DictReader(open(manifest))]
+            assert received == listed and listed == sorted(listed) and len(set(listed)) == 3
+            runs.append(listed)
+    finally:
+        pull.close(linger=0)
+    assert max(runs[0]) < min(runs[1]) and abs(runs[0][0] / 1e6 - time.time()) < 60
+
+
 def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tmp_path, monkeypatch, caplog):
     """An exception the parser was not written to raise (a bug) ended the receiver thread, and
     the daemon with it: it is now the message's error result (when its ids can be read), a

@@ -439,7 +439,13 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--loop", action="store_true", help="start the folder or file again at its end")
     c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
-    c.add_argument("--start-id", type=at_least(0), default=0, help="first frame_id")
+    c.add_argument(
+        "--start-id",
+        type=_start_id,
+        default=0,
+        help="first frame_id (default 0), or 'time': the microseconds since the epoch, so that a camera "
+        "restarted under systemd never sends a frame id again",
+    )
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
@@ -512,6 +518,14 @@ def _add_day_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--day-starts", metavar="HH:MM", help="a day starts at this local time, a whole quarter hour (default 00:00)"
     )
+
+
+def _start_id(text: str) -> int:
+    """`vqad camera --start-id`: an integer from 0, or "time" (now in microseconds since the epoch:
+    frame ids that go on growing across restarts, at up to a million frames a second)."""
+    import time
+
+    return time.time_ns() // 1000 if text == "time" else at_least(0)(text)
 
 
 def _add_review(sub: argparse._SubParsersAction) -> None:
