@@ -187,7 +187,11 @@ class Dashboard:
             except RecordUnavailableError as exc:  # the stream's rejects still come, with the reason
                 record_error = str(exc)
         items = [_reject_item(row, recorded=True) for row in rows]
-        items += [_reject_item(f.header, recorded=False) for f in self.view.rejects(camera, limit) if not _in(f, rows)]
+        published: dict[tuple[str, int], list[float]] = {}
+        for row in rows:
+            published.setdefault((row["camera_id"], row["frame_id"]), []).append((row["published_ns"] or 0) / 1e9)
+        streamed = self.view.rejects(camera, limit)
+        items += [_reject_item(f.header, recorded=False) for f in streamed if not _recorded(f, published)]
         items = sorted(items, key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
@@ -328,14 +332,11 @@ class Dashboard:
 SAME_RESULT_S = 5.0
 
 
-def _in(frame: LiveFrame, rows: list[dict[str, Any]]) -> bool:
-    """Whether the streamed reject `frame` is one of the record's `rows` (the record's wins)."""
-    h = frame.header
-    return any(
-        r["camera_id"] == h["camera_id"] and r["frame_id"] == h["frame_id"]
-        and abs((r["published_ns"] or 0) / 1e9 - frame.seen_s) < SAME_RESULT_S
-        for r in rows
-    )  # fmt: skip
+def _recorded(frame: LiveFrame, published: dict[tuple[str, int], list[float]]) -> bool:
+    """Whether the streamed reject `frame` is a recorded one (the record's row is shown instead):
+    `published` holds when each recorded result of a camera and frame id was published."""
+    times = published.get((frame.header["camera_id"], frame.header["frame_id"]), [])
+    return any(abs(t - frame.seen_s) < SAME_RESULT_S for t in times)
 
 
 def _integer_or_as_sent(value: Any) -> Any:
