@@ -45,10 +45,16 @@ def fingerprints(paths: Sequence[str | Path]) -> list[str]:
     return [sha256_file(p)[:FINGERPRINT_HEX] for p in paths]
 
 
-def identical_files(paths: Sequence[str | Path]) -> list[list[int]]:
+def identical_files(paths: Sequence[str | Path], prints: Sequence[str] | None = None) -> list[list[int]]:
     """The indices of `paths` whose files are byte for byte the same, in groups of two or more.
-    Only files of equal size are read (and hashed), so a folder without copies costs a stat per
-    file. A file that cannot be read is nobody's copy."""
+    `prints`: their fingerprints, when already read. Otherwise only files of equal size are read
+    (and hashed), so a folder without copies costs a stat per file. A file that cannot be read is
+    nobody's copy."""
+    if prints:
+        by_print: collections.defaultdict[str, list[int]] = collections.defaultdict(list)
+        for i, print_ in enumerate(prints):
+            by_print[print_].append(i)
+        return sorted(g for g in by_print.values() if len(g) > 1)
     by_size: collections.defaultdict[int, list[int]] = collections.defaultdict(list)
     for i, path in enumerate(paths):
         try:
@@ -57,10 +63,8 @@ def identical_files(paths: Sequence[str | Path]) -> list[list[int]]:
             continue
     groups: list[list[int]] = []
     for same_size in (g for g in by_size.values() if len(g) > 1):
-        by_print: collections.defaultdict[str, list[int]] = collections.defaultdict(list)
-        for i, print_ in zip(same_size, fingerprints([paths[i] for i in same_size]), strict=True):
-            by_print[print_].append(i)
-        groups += [sorted(g) for g in by_print.values() if len(g) > 1]
+        for group in identical_files([paths[i] for i in same_size], fingerprints([paths[i] for i in same_size])):
+            groups.append([same_size[i] for i in group])
     return sorted(groups)
 
 
@@ -90,7 +94,8 @@ def calibration_images(
     prints = fingerprints(found) if trained_on or defects_dir is not None else []  # read once, for both
     refuse_defects_among_good(folder, found, defects_dir, prints)
     unseen = unseen_images(found, trained_on, prints)
-    paths = distinct_images(unseen)
+    kept = set(unseen)
+    paths = distinct_images(unseen, [f for p, f in zip(found, prints, strict=True) if p in kept] if prints else None)
     left_out, copies = len(found) - len(unseen), len(unseen) - len(paths)
     source = {"by": "vqad calibrate", "folder": str(Path(folder).resolve()), "n_images": len(paths)}
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images the model did not train on"
@@ -166,11 +171,12 @@ def unseen_images(paths: list[Path], trained_on: Collection[str], prints: list[s
     return [p for p, trained in zip(paths, seen, strict=True) if not trained]
 
 
-def distinct_images(paths: list[Path]) -> list[Path]:
+def distinct_images(paths: list[Path], prints: list[str] | None = None) -> list[Path]:
     """`paths` with one file of each set of equal ones (the first): a good image saved many times
     (a line stopped under the camera) would count as many images, and the false-reject bound
-    that their number puts on the threshold would claim more than it knows."""
-    copies = identical_files(paths)
+    that their number puts on the threshold would claim more than it knows. `prints`: their
+    fingerprints, when already read."""
+    copies = identical_files(paths, prints)
     if not copies:
         return paths
     extra = {i for g in copies for i in g[1:]}
