@@ -150,44 +150,53 @@ def daemon_cost(
     "chromium" opens 5 headless Chromium on this machine, whose drawing then shares the
     daemon's cores. rejects: every noise frame fails, the galleries refresh as often as they
     can (the dashboard's worst case); else every frame passes (a line's usual state)."""
-    from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
-
     with scratch_dir("vqd") as workdir:
-        folder = _frames_dir((256, 256, 3), workdir)
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        cores: dict[str, list[float]] = {}
-        for r in range(repeats):
-            for mode in ("off", "on"):
-                daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else EVERY_FRAME_PASSES)
-                dashboard, drivers, clients = None, [], []
-                try:
-                    if mode == "on":
-                        dashboard = _DashboardProcess(daemon.results)
-                        if pages == "chromium":
-                            drivers = _browsers(dashboard.url, BROWSERS)
-                        else:
-                            clients = _page_clients(dashboard.url, BROWSERS, workdir / f"pages{r}.json")
-                        time.sleep(2.0)  # the pages loaded and follow the events
-                    watched = _cpu_meter([dashboard.proc.pid] if dashboard else [], [c.pid for c in clients])
-                    t0 = time.monotonic()
-                    rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
-                    if dashboard:
-                        for key, seconds in watched().items():
-                            cores.setdefault(key, []).append(seconds / (time.monotonic() - t0))
-                finally:
-                    for client in clients:
-                        client.send_signal(signal.SIGTERM)
-                        client.wait(timeout=30)
-                    for driver in drivers:
-                        driver.quit()
-                    if dashboard:
-                        dashboard.stop()
-                    daemon.stop()
+        rates, cores = _alternate(model_dir, workdir, repeats, count, pages, rejects)
     # Each "on" run against the "off" run just before it: the machine's slow drifts cancel.
     ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True) if off]
     return {"pages": BROWSERS, "as": pages, "rejects": rejects, "off_fps": stats(rates["off"]),
             "on_fps": stats(rates["on"]), "drop": 1.0 - float(np.median(ratios)),
             "cpu_cores": {k: float(np.median(v)) for k, v in cores.items()}}  # fmt: skip
+
+
+def _alternate(
+    model_dir: Path, workdir: Path, repeats: int, count: int, pages: str, rejects: bool
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """daemon_cost's runs, alone ("off") and with the dashboard and its pages ("on"), `repeats`
+    times each, alternating -> (frames/s of each mode, the cores the dashboard and pages used)."""
+    from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
+
+    folder = _frames_dir((256, 256, 3), workdir)
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cores: dict[str, list[float]] = {}
+    for r in range(repeats):
+        for mode in ("off", "on"):
+            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=() if rejects else EVERY_FRAME_PASSES)
+            dashboard, drivers, clients = None, [], []
+            try:
+                if mode == "on":
+                    dashboard = _DashboardProcess(daemon.results)
+                    if pages == "chromium":
+                        drivers = _browsers(dashboard.url, BROWSERS)
+                    else:
+                        clients = _page_clients(dashboard.url, BROWSERS, workdir / f"pages{r}.json")
+                    time.sleep(2.0)  # the pages loaded and follow the events
+                watched = _cpu_meter([dashboard.proc.pid] if dashboard else [], [c.pid for c in clients])
+                t0 = time.monotonic()
+                rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+                if dashboard:
+                    for key, seconds in watched().items():
+                        cores.setdefault(key, []).append(seconds / (time.monotonic() - t0))
+            finally:
+                for client in clients:
+                    client.send_signal(signal.SIGTERM)
+                    client.wait(timeout=30)
+                for driver in drivers:
+                    driver.quit()
+                if dashboard:
+                    dashboard.stop()
+                daemon.stop()
+    return rates, cores
 
 
 def _cpu_meter(dashboard: list[int], pages: list[int]):

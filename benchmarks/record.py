@@ -43,26 +43,31 @@ def writer_rows_per_s(url: str, n: int) -> float:
 def daemon_cost(model_dir: Path, repeats: int, count: int) -> dict[str, Any]:
     """End-to-end frames/s of the daemon with and without the record (SQLite, evidence for 10%
     of the passes and every fail), alternating, at 256 x 256."""
-    from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
-
     with scratch_dir("vqr") as workdir:
-        folder = _frames_dir((256, 256, 3), workdir)
-        rates: dict[str, list[float]] = {"off": [], "on": []}
-        # Every frame passes (the bench's frames are noise, which a model and the camera health gate
-        # fail), so that evidence is kept for record_pass_fraction = 10% of them, the figure's
-        # condition; both modes alike.
-        for r in range(repeats):
-            for mode in ("off", "on"):
-                record = (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1")
-                daemon = Daemon(
-                    model_dir, workdir, 8, 10.0, settings=EVERY_FRAME_PASSES + (record if mode == "on" else ())
-                )
-                try:
-                    rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
-                finally:
-                    daemon.stop()
+        rates = _alternate(model_dir, workdir, repeats, count)
     ratio = float(np.median(rates["on"]) / np.median(rates["off"]))
     return {"off_fps": stats(rates["off"]), "on_fps": stats(rates["on"]), "ratio": ratio, "cost": 1.0 - ratio}
+
+
+def _alternate(model_dir: Path, workdir: Path, repeats: int, count: int) -> dict[str, list[float]]:
+    """daemon_cost's runs without the record ("off") and with it ("on"), `repeats` times each,
+    alternating -> frames/s of each mode."""
+    from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon, _frames_dir, _stream
+
+    folder = _frames_dir((256, 256, 3), workdir)
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    # Every frame passes (the bench's frames are noise, which a model and the camera health gate
+    # fail), so that evidence is kept for record_pass_fraction = 10% of them, the figure's
+    # condition; both modes alike.
+    for r in range(repeats):
+        for mode in ("off", "on"):
+            record = (f"edge.record=sqlite:///{workdir}/line{r}.db", "edge.record_pass_fraction=0.1")
+            daemon = Daemon(model_dir, workdir, 8, 10.0, settings=EVERY_FRAME_PASSES + (record if mode == "on" else ()))
+            try:
+                rates[mode].append(_stream(daemon, folder, count, 0.0, workdir, f"{mode}{r}")["rate_per_s"] or 0.0)
+            finally:
+                daemon.stop()
+    return rates
 
 
 def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
