@@ -113,11 +113,12 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     run = load_run(run_dir)
     out = Path(out)
     size, channels = run.model_cfg.image_size, run.model_cfg.channels
+    split = run.split()
     test = load_test_set(category, size, channels) if has_test_set(category) else []
-    test, own = without_copies_of(test, run.split()["train"] + run.split()["val"])
+    test, own = without_copies_of(test, split["train"] + split["val"])
     if not test:
         log.warning("no test images in %s: the threshold is calibrated, nothing is measured", category)
-    val_paths = run.split()["val"]
+    val_paths = split["val"]
     val_images = load_images(val_paths, size, channels)
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
