@@ -74,6 +74,11 @@ class DaemonMetrics:
         self.evidence_removed = Counter(
             "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
         )
+        self.results_removed_for_space = Counter(
+            "vqad_results_removed_for_space",
+            "Results removed from a SQLite record, oldest first, to keep record_min_free_gb on its disk",
+            registry=r,
+        )
 
     def forget_drift(self, camera_id: str | None = None) -> None:
         """Drop one camera's drift gauges, or every camera's (None: a new model, new windows)."""

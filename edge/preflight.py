@@ -23,6 +23,11 @@ from edge.serving import load_serving
 from edge.settings import EdgeConfig
 from edge.transport import ipc_in_use
 
+# A passed frame's row in a SQLite record, with its share of the indexes: 282 bytes over 80,000
+# rows (2026-12-03); 0.73 GB a day at LINE_FPS, a common area camera's rate on a line.
+ROW_BYTES = 282
+LINE_FPS = 30
+
 
 def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
     """Everything a start of `vqad serve model_dir` with `cfg` needs but its sockets; -> the
@@ -102,6 +107,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
             f"record {shown_url(cfg.record)}: created by the start",
             _writable_line("record's folder", Path(database).parent),
             _writable_line("evidence folder", evidence),
+            *_rows_note(Path(database), cfg),
         ]
     try:
         engine = open_record(cfg.record)
@@ -111,9 +117,28 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         return [f"note: {exc}; the daemon would serve and record once it answers"]
     try:
         evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
-        return [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]
+        lines = [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]
+        return lines + (_rows_note(Path(database), cfg) if database else [])
     finally:
         engine.dispose()
+
+
+def _rows_note(database: Path, cfg: EdgeConfig) -> list[str]:
+    """Without record_keep_days, how long a SQLite record's disk holds the rows of a line of
+    LINE_FPS before its oldest results leave: an integrator's cue to set it."""
+    from edge.record.housekeeping import free_bytes
+
+    if cfg.record_keep_days:
+        return []
+    room = free_bytes(database.parent) - cfg.record_min_free_gb * 1e9
+    if room <= 0:
+        return ["note: record_keep_days is 0 and the record's disk is under record_min_free_gb: the oldest "
+                "results leave the record as new ones come"]  # fmt: skip
+    days = room / (ROW_BYTES * LINE_FPS * 86400)
+    return [
+        f"note: record_keep_days is 0: at {LINE_FPS} frames/s the rows take the {room / 1e9:.1f} GB its disk has "
+        f"over record_min_free_gb in about {days:.0f} days, and then the oldest results leave the record"
+    ]
 
 
 def _endpoint_lines(cfg: EdgeConfig) -> list[str]:

@@ -443,6 +443,7 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
     assert "its graph's sha256 verified" in ok.stdout and "a batch of" in ok.stdout
     assert f"in use now (by the daemon this one would replace?): frames {daemon.frames}" in ok.stdout
     assert ok.stdout.strip().endswith("would start with this config")
+    assert "note: record_keep_days is 0: at 30 frames/s the rows take" in ok.stdout  # the disk's days said
     assert not db.exists() and not (tmp_path / "state").exists()  # nothing made
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -349,6 +349,44 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
 
 
+def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_every_new_one(
+    tmp_path, monkeypatch, caplog
+):
+    """No record_keep_days (the default): the rows filled the disk in the end, and then every
+    result went unrecorded, and on a Jetson the system's disk was full. A disk is simulated whose
+    free space is what the SQLite file leaves of it; the evidence (none here) would go first."""
+    from edge.record import housekeeping
+
+    monkeypatch.setattr(housekeeping, "ROOM_BYTES", 64 * 1024)
+    monkeypatch.setattr(housekeeping, "EXPIRE_ROWS", 100)
+    url, second = f"sqlite:///{tmp_path / 'line.db'}", 10**9
+    start = time.time_ns() - 10 * 86400 * second  # a result a second, ten days ago
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    for i in range(200):
+        writer.put(_result("c", i, "pass"), start + i * second)
+    writer.close()
+    Record(url).review("c", 3, "defect")
+
+    def used() -> int:  # the file and its write-ahead log
+        return sum(p.stat().st_size for p in tmp_path.glob("line.db*") if p.is_file())
+
+    floor, disk = 100_000, used() + 200_000  # room for about 400 more rows
+    monkeypatch.setattr(housekeeping, "free_bytes", lambda _folder: disk - used())
+    writer = RecordWriter(url, tmp_path / "ev", min_free_gb=floor / 1e9).start()
+    with caplog.at_level(logging.ERROR, logger="edge.record.housekeeping"):
+        for i in range(200, 3000):  # ten times what the disk holds; the last 20 of today
+            writer.put(_result("c", i, "pass"), start + i * second if i < 2980 else time.time_ns())
+        writer.close()
+    assert writer.recorded == 2800 and writer.unrecorded == 0
+    assert disk - used() > floor - 100_000, used()  # within about a transaction of it
+    frames = {r["frame_id"] for r in Record(url).results(limit=10_000)}
+    gone = set(range(3000)) - frames
+    assert gone == set(range(max(gone) + 1)) - {3}  # the oldest, but the reviewed one
+    assert set(range(2980, 3000)) <= frames and len(frames) < 1000
+    assert writer.removed_for_space == len(gone) == writer.metrics.results_removed_for_space._value.get()
+    assert "removed the oldest" in caplog.text and "Set record_keep_days" in caplog.text
+
+
 def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, record_url, monkeypatch):
     """A pass removes at most EXPIRE_CHUNKS x EXPIRE_ROWS rows; with old rows left, the next
     pass follows after EXPIRE_BACKLOG_S, not EXPIRE_EVERY_S, so a fast line does not fall behind."""

@@ -1,8 +1,9 @@
 """`Housekeeping`: keeps the line's record within its bounds while the writer fills it. The
 evidence quota removes the oldest evidence files past `record_max_gb` and marks their rows; the
 free-space floor does the same while the evidence's disk has less than `record_min_free_gb`
-free, and holds new evidence back while nothing is left to remove; expiry removes results older
-than `record_keep_days` with their files, except reviewed ones.
+free, and holds new evidence back while nothing is left to remove; on a SQLite record's disk
+under the floor, the oldest results leave too, so that the rows stop growing; expiry removes
+results older than `record_keep_days` with their files. A reviewed result always stays.
 Both run on the writer's thread, between its transactions; a failure is logged and tried again,
 and never stops the writer: the line's rows come first.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.record.schema import results, reviews
 
@@ -32,6 +34,14 @@ EXPIRE_CHUNKS = 20
 # EXPIRE_EVERY_S: a line of more than 100,000 results in 10 minutes (170 frames/s) would
 # otherwise fall behind for good. The writer's own transactions run in between.
 EXPIRE_BACKLOG_S = 2.0
+# Under the free-space floor with no evidence left to remove, the oldest results leave a SQLite
+# record until its file holds this much free space: SQLite writes new rows into the pages of
+# deleted ones, so the file stops growing (it never shrinks). 8 MiB is about 30,000 results, a
+# quarter of an hour of a 30 frames/s line, so such a pass is due a few times an hour.
+ROOM_BYTES = 8 * 2**20
+# Results younger than this never leave for space: a day's results are what operators review and
+# what the shift's tally counts. A disk that cannot hold a day is an error to fix.
+KEEP_NEWEST_NS = 86400 * 10**9
 
 
 class Housekeeping:
@@ -52,6 +62,9 @@ class Housekeeping:
         self._quota_up_to = 0  # rows up to this id hold no evidence the quota may still remove
         self.keep_ns = int(keep_days * 86400e9)
         self.expired = 0
+        self.removed_for_space = 0
+        self.database = sqlite_file(engine)  # the file whose disk the floor also keeps; None on a server
+        self._full_log = RepeatedLog(log, logging.ERROR)
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
@@ -79,8 +92,9 @@ class Housekeeping:
     def _keep_free(self) -> None:
         """Under the floor of free space, the oldest evidence goes as past the quota; when none
         is left (the database, or another program, fills the disk), new evidence is held back
-        (`low_disk`) until the disk has room again. A full disk would stop more than the
-        evidence: the record's own writes, and on a Jetson the system on the same disk."""
+        (`low_disk`) until the disk has room again, and a SQLite record's oldest results leave
+        (`_make_room`). A full disk would stop more than the evidence: every result after it
+        unrecorded, and on a Jetson the system on the same disk."""
         short = self.min_free_bytes - free_bytes(self.evidence_dir)
         if short > 0:
             self._remove_oldest(short, "free-space floor")
@@ -90,13 +104,51 @@ class Housekeeping:
             floor_gb = self.min_free_bytes / 1e9
             if low:
                 log.error("the disk of %s has %.2f GB free, under record_min_free_gb %g, and no evidence is left "
-                          "to remove: rejects are recorded without their images until it has room. The record's "
-                          "rows, or another program, fill it (record_keep_days bounds the rows)",
+                          "to remove: rejects are recorded without their images until it has room",
                           self.evidence_dir, (self.min_free_bytes - short) / 1e9, floor_gb)  # fmt: skip
             else:
                 log.info("the disk of %s is over record_min_free_gb %g again: evidence is written", self.evidence_dir,
                          floor_gb)  # fmt: skip
         self.low_disk = low
+        if self.database is not None and free_bytes(self.database.parent) < self.min_free_bytes:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """The oldest results leave the SQLite record, with their files, until its file holds
+        ROOM_BYTES of free pages for the rows to come; reviewed results and those of the last
+        day stay. Called only under the floor, after the evidence (when it shares the disk)."""
+        removed, cutoff = 0, time.time_ns() - KEEP_NEWEST_NS
+        for _ in range(EXPIRE_CHUNKS):
+            if self._free_pages() >= ROOM_BYTES:
+                break
+            count, more = self._remove_results(cutoff)
+            removed += count
+            if not more:
+                break
+        if removed:
+            self.removed_for_space += removed
+            self.metrics.results_removed_for_space.inc(removed)
+            self._full_log.log(
+                "the disk of %s is under record_min_free_gb %g: removed the oldest %d results to keep it (%d in "
+                "all; reviewed ones and the last day's stay). Set record_keep_days, or give the record more disk",
+                self.database,
+                self.min_free_bytes / 1e9,
+                removed,
+                self.removed_for_space,
+            )
+        elif self._free_pages() < ROOM_BYTES:
+            self._full_log.log(
+                "the disk of %s is under record_min_free_gb %g and the record has no result older than a day "
+                "that is not reviewed: it fills the disk",
+                self.database,
+                self.min_free_bytes / 1e9,
+            )
+
+    def _free_pages(self) -> int:
+        """Bytes of the SQLite file that deleted rows left, which new rows take first."""
+        with self.engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+            return pages * conn.exec_driver_sql("PRAGMA page_size").scalar_one()
 
     def _remove_oldest(self, excess: int, why: str) -> None:
         """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
@@ -132,29 +184,13 @@ class Housekeeping:
 
     def _expire(self) -> None:
         """Remove results published more than keep_days ago, oldest first, with their evidence
-        files; a reviewed result stays. Rows are written in time order, so the scan walks the
-        ids up from where it stopped and ends at the first row that is young enough."""
-        cutoff = time.time_ns() - self.keep_ns
-        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
-        reviewed = sa.exists().where(reviews.c.result_id == results.c.id).label("reviewed")
-        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
+        files; a reviewed result stays."""
         removed, backlog = 0, True
         try:
             for _ in range(EXPIRE_CHUNKS):
-                with self.engine.begin() as conn:
-                    rows = conn.execute(
-                        query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
-                    ).all()
-                    young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
-                    gone = [r for r in rows[:young] if not r.reviewed]
-                    if gone:
-                        conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
-                    if young:
-                        self._expired_up_to = rows[young - 1].id
-                for r in gone:
-                    self._remove_files(r.evidence_frame, r.evidence_overlay)
-                removed += len(gone)
-                if young < len(rows) or len(rows) < EXPIRE_ROWS:
+                count, more = self._remove_results(time.time_ns() - self.keep_ns)
+                removed += count
+                if not more:
                     backlog = False
                     break
         finally:
@@ -164,6 +200,28 @@ class Housekeeping:
                 self.metrics.results_expired.inc(removed)
                 log.info("record: removed %d results older than %g days (%d in all; reviewed ones stay)",
                          removed, self.keep_ns / 86400e9, self.expired)  # fmt: skip
+
+    def _remove_results(self, cutoff: int) -> tuple[int, bool]:
+        """Remove the unreviewed results among the next EXPIRE_ROWS oldest that were published
+        before `cutoff` (ns), in one transaction, then their files. Rows are written in time
+        order, so the scan walks the ids up from where it stopped and ends at the first row that
+        is young enough. -> (results removed, whether older ones may be left)."""
+        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
+        reviewed = sa.exists().where(reviews.c.result_id == results.c.id).label("reviewed")
+        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
+            ).all()
+            young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
+            gone = [r for r in rows[:young] if not r.reviewed]
+            if gone:
+                conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
+        if young:
+            self._expired_up_to = rows[young - 1].id  # once committed
+        for r in gone:
+            self._remove_files(r.evidence_frame, r.evidence_overlay)
+        return len(gone), young == len(rows) == EXPIRE_ROWS
 
     def _remove_files(self, *paths: str | None) -> None:
         """Delete evidence files that are there, and take them off the quota's count."""
@@ -179,6 +237,13 @@ def free_bytes(folder: Path) -> int:
         if place.exists():
             return shutil.disk_usage(place).free
     return shutil.disk_usage("/").free
+
+
+def sqlite_file(engine: sa.Engine) -> Path | None:
+    """The file of a SQLite record; None for a database server (its disk is not this machine's
+    to keep) or an in-memory one."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -29,7 +29,7 @@ from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import capture_time_ns, file_name, unfit_reasons
-from edge.record.housekeeping import Housekeeping
+from edge.record.housekeeping import Housekeeping, sqlite_file
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, shown_url
 from edge.results import Result
@@ -115,6 +115,10 @@ class RecordWriter:
     @property
     def expired(self) -> int:
         return self.house.expired
+
+    @property
+    def removed_for_space(self) -> int:
+        return self.house.removed_for_space
 
     def start(self) -> RecordWriter:
         self.thread.start()
@@ -351,5 +355,5 @@ class RecordWriter:
 
 def default_evidence_dir(engine: sa.Engine) -> Path:
     """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    return Path(f"{database}.evidence") if database and database != ":memory:" else Path("evidence")
+    database = sqlite_file(engine)
+    return Path(f"{database}.evidence") if database else Path("evidence")
