@@ -39,6 +39,11 @@ EXPIRE_BACKLOG_S = 2.0
 # deleted ones, so the file stops growing (it never shrinks). 8 MiB is about 30,000 results, a
 # quarter of an hour of a 30 frames/s line, so such a pass is due a few times an hour.
 ROOM_BYTES = 8 * 2**20
+# Evidence held back under the floor is written again once the disk has this much over it (or a
+# tenth of the floor, if less): at the floor, the SQLite WAL's checkpoints swing the free space by
+# up to its 4 MiB (store.WAL_KEPT_BYTES), and a batch of evidence by a few MB. Without a margin
+# the state flapped every few seconds, and each new image was removed again as the oldest.
+RESUME_MARGIN_BYTES = 16 * 2**20
 # Results younger than this never leave for space: a day's results are what operators review and
 # what the shift's tally counts. A disk that cannot hold a day is an error to fix.
 KEEP_NEWEST_NS = 86400 * 10**9
@@ -92,14 +97,15 @@ class Housekeeping:
     def _keep_free(self) -> None:
         """Under the floor of free space, the oldest evidence goes as past the quota; when none
         is left (the database, or another program, fills the disk), new evidence is held back
-        (`low_disk`) until the disk has room again, and a SQLite record's oldest results leave
-        (`_make_room`). A full disk would stop more than the evidence: every result after it
-        unrecorded, and on a Jetson the system on the same disk."""
+        (`low_disk`) until the disk has room again (RESUME_MARGIN_BYTES over the floor), and a
+        SQLite record's oldest results leave (`_make_room`). A full disk would stop more than
+        the evidence: every result after it unrecorded, and on a Jetson the system on the same
+        disk."""
         short = self.min_free_bytes - free_bytes(self.evidence_dir)
         if short > 0:
             self._remove_oldest(short, "free-space floor")
             short = self.min_free_bytes - free_bytes(self.evidence_dir)
-        low = short > 0
+        low = short > 0 if not self.low_disk else short > -min(RESUME_MARGIN_BYTES, self.min_free_bytes // 10)
         if low != self.low_disk:
             floor_gb = self.min_free_bytes / 1e9
             if low:
