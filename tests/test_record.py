@@ -321,14 +321,20 @@ def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_
             wait_for(lambda n=i + 1: writer.recorded == n, 10)
         assert not list(evidence.rglob("*.png")) and writer.house.low_disk
         assert writer.evidence_failed >= 2 and "under record_min_free_gb" in caplog.text
-        other["bytes"] = 0  # room again: evidence is written again
+        other["bytes"] = disk - floor - 5_000  # just over the floor: not yet (a WAL's swing)
         writer.put(_result("c", 15), time.time_ns())
         wait_for(lambda: writer.recorded == 16, 10)
         writer.put(_result("c", 16), time.time_ns())
+        wait_for(lambda: writer.recorded == 17, 10)
+        assert writer.house.low_disk
+        other["bytes"] = 0  # room again: evidence is written again
+        writer.put(_result("c", 17), time.time_ns())
+        wait_for(lambda: writer.recorded == 18, 10)
+        writer.put(_result("c", 18), time.time_ns())
         writer.close()
     assert "is over record_min_free_gb 0.0001 again" in caplog.text
     rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
-    assert len(rows) == 17 and rows[16]["evidence"] is not None and rows[13]["evidence"] is None
+    assert len(rows) == 19 and rows[18]["evidence"] is not None and rows[16]["evidence"] is None
 
 
 def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay(tmp_path, record_url):
