@@ -28,6 +28,8 @@ from edge.package import load_package
 from edge.protocol import frame_message, result_header
 from edge.record import Record
 from edge.record.days import ProductionDays
+from edge.record.schema import add_removed
+from edge.record.store import create_engine
 from edge.transport import free_loopback_port
 from tests.browser import DashboardProcess, headless_chromium, wait_for
 from tests.conftest import run_vqad
@@ -207,6 +209,14 @@ return outside;
 """
 
 
+def _results_left(url: str, up_to_ns: int) -> None:
+    """The record counts a result removed for its disk's floor, the newest captured at up_to_ns."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        add_removed(conn, "for_space", 1, up_to_ns)
+    engine.dispose()
+
+
 def _field(driver, camera, field):
     found = driver.find_elements("css selector", f'[data-camera="{camera}"] [data-field="{field}"]')
     return found[0].text if found else None
@@ -278,6 +288,14 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert wait_for(lambda: zone_shown() == ["day (Asia/Kathmandu, from 05:45)"], 10), zone_shown()
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
         assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
+        assert "(in part)" not in row[0]
+        # Results of today leave the record (its disk's floor): today is counted in part, and says so.
+        _results_left(line["url"], time.time_ns())
+        driver.refresh()
+        in_part = lambda: [r for r in driver.find_elements("css selector", daily) if today in r.text]  # noqa: E731
+        row = wait_for(lambda: (rows := in_part()) and "(in part)" in rows[0].text and rows, 10)
+        title = row[0].get_attribute("title") if row else ""
+        assert "have left the record (" in title and "for the disk's free space" in title, title
         # A sender that started again sends frame 1000 anew, then 1001: the gallery, drawn again for
         # each, shows both frame 1000s.
         for frame_id, frame in ((1000, frames[2]), (1001, frames[3])):
@@ -337,6 +355,9 @@ def test_the_api_serves_programs_too(line):
     assert status == 200 and [(d["camera_id"], d["results"]) for d in daily["days"]] == [("api", 2)], daily
     today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
     assert (daily["days"][0]["day"], daily["timezone"], daily["day_starts"]) == (today, LINE_ZONE, LINE_DAY_STARTS)
+    _results_left(line["url"], time.time_ns())  # what left the record, and the line's day it reaches
+    removed = _json(base + "/api/daily?camera=api&days=1")[1]["removed"]
+    assert removed["up_to_day"] == today and removed["for_space"] >= 1 and removed["past_keep_days"] == 0
     # What became of a part, as an MES asks: the record's row, with links to what evidence it kept.
     status, part = _json(base + "/api/results?part_id=SN-7")
     assert status == 200 and [(r["camera_id"], r["frame_id"], r["part_id"]) for r in part["results"]] == [

@@ -340,8 +340,9 @@ def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_
 def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay(tmp_path, record_url):
     day_ns = 86400 * 10**9
     writer = RecordWriter(record_url, tmp_path / "ev").start()
-    for i in range(9):  # published 3 days ago, then now
-        writer.put(_result("c", i), time.time_ns() - (3 * day_ns if i < 6 else 0))
+    for i in range(9):  # taken and published 3 days ago, then now
+        at = time.time_ns() - (3 * day_ns if i < 6 else 0)
+        writer.put(_result("c", i, ts_ns=at), at)
     writer.close()
     Record(record_url).review("c", 2, "defect")
     before = {r["frame_id"]: r["evidence"] for r in Record(record_url).results(limit=100)}
@@ -353,6 +354,13 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert sorted(after) == [2, 6, 7, 8, 9]  # the reviewed old result stays
     assert writer.expired == 5 and writer.metrics.results_expired._value.get() == 5
     assert not any(Path(before[i]).exists() for i in (0, 1, 3, 4, 5)) and Path(before[2]).exists()
+    # The record says what left it, and its daily tally that the days up to it are counted in part.
+    removed = Record(record_url).removed()
+    assert removed["for_space"] == 0 and removed["past_keep_days"] == 5
+    assert abs(time.time_ns() - 3 * day_ns - removed["up_to_ns"]) < 60 * 10**9  # the newest of them, 3 days ago
+    daily = run_vqad("records", record_url, "--daily")
+    assert "have left the record (0 to keep its disk's floor, 5 past record_keep_days" in daily.stderr
+    assert json.loads(run_vqad("records", record_url, "--daily", "--format", "json").stdout)["removed"] == removed
 
 
 def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_every_new_one(
@@ -369,7 +377,7 @@ def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_e
     start = time.time_ns() - 10 * 86400 * second  # a result a second, ten days ago
     writer = RecordWriter(url, tmp_path / "ev").start()
     for i in range(200):
-        writer.put(_result("c", i, "pass"), start + i * second)
+        writer.put(_result("c", i, "pass", ts_ns=start + i * second), start + i * second)
     writer.close()
     Record(url).review("c", 3, "defect")
 
@@ -381,7 +389,8 @@ def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_e
     writer = RecordWriter(url, tmp_path / "ev", min_free_gb=floor / 1e9).start()
     with caplog.at_level(logging.ERROR, logger="edge.record.housekeeping"):
         for i in range(200, 3000):  # ten times what the disk holds; the last 20 of today
-            writer.put(_result("c", i, "pass"), start + i * second if i < 2980 else time.time_ns())
+            at = start + i * second if i < 2980 else time.time_ns()
+            writer.put(_result("c", i, "pass", ts_ns=at), at)
         writer.close()
     assert writer.recorded == 2800 and writer.unrecorded == 0
     assert disk - used() > floor - 100_000, used()  # within about a transaction of it
@@ -390,6 +399,8 @@ def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_e
     assert gone == set(range(max(gone) + 1)) - {3}  # the oldest, but the reviewed one
     assert set(range(2980, 3000)) <= frames and len(frames) < 1000
     assert writer.removed_for_space == len(gone) == writer.metrics.results_removed_for_space._value.get()
+    assert Record(url).removed() == {"up_to_ns": start + max(gone) * second, "for_space": len(gone),
+                                     "past_keep_days": 0}  # fmt: skip
     assert "removed the oldest" in caplog.text and "Set record_keep_days" in caplog.text
 
 

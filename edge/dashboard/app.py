@@ -224,7 +224,8 @@ class Dashboard:
 
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the line's last `days` days (today included; the
-        dashboard's timezone and day_starts), and the changes made to the daemon in them."""
+        dashboard's timezone and day_starts), the changes made to the daemon in them, and what
+        has left the record (`removed`, with `up_to_day`: the days up to it are counted in part)."""
         if self.record is None:
             return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
         try:
@@ -239,9 +240,12 @@ class Dashboard:
         try:
             rows = self._from_record(lambda record: self.daily.rows(record, camera, since))
             changes = self._from_record(lambda record: record.events(since_ns=since))
+            removed = self._from_record(lambda record: record.removed())
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
-        return JSONResponse({"days": rows, "changes": changes, **line_days.named()})
+        if removed:
+            removed["up_to_day"] = line_days.day_of(removed["up_to_ns"]).isoformat()
+        return JSONResponse({"days": rows, "changes": changes, "removed": removed, **line_days.named()})
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))

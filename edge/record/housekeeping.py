@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.record.schema import results, reviews
+from edge.record.schema import add_removed, results, reviews
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Housekeeping:
         for _ in range(EXPIRE_CHUNKS):
             if self._free_pages() >= ROOM_BYTES:
                 break
-            count, more = self._remove_results(cutoff)
+            count, more = self._remove_results(cutoff, "for_space")
             removed += count
             if not more:
                 break
@@ -194,7 +194,7 @@ class Housekeeping:
         removed, backlog = 0, True
         try:
             for _ in range(EXPIRE_CHUNKS):
-                count, more = self._remove_results(time.time_ns() - self.keep_ns)
+                count, more = self._remove_results(time.time_ns() - self.keep_ns, "past_keep_days")
                 removed += count
                 if not more:
                     backlog = False
@@ -207,14 +207,16 @@ class Housekeeping:
                 log.info("record: removed %d results older than %g days (%d in all; reviewed ones stay)",
                          removed, self.keep_ns / 86400e9, self.expired)  # fmt: skip
 
-    def _remove_results(self, cutoff: int) -> tuple[int, bool]:
+    def _remove_results(self, cutoff: int, why: str) -> tuple[int, bool]:
         """Remove the unreviewed results among the next EXPIRE_ROWS oldest that were published
-        before `cutoff` (ns), in one transaction, then their files. Rows are written in time
-        order, so the scan walks the ids up from where it stopped and ends at the first row that
-        is young enough. -> (results removed, whether older ones may be left)."""
+        before `cutoff` (ns), in one transaction that also counts them in `meta` (`why`), then
+        their files. Rows are written in time order, so the scan walks the ids up from where it
+        stopped and ends at the first row that is young enough. -> (results removed, whether
+        older ones may be left)."""
         published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
         reviewed = sa.exists().where(reviews.c.result_id == results.c.id).label("reviewed")
-        query = sa.select(results.c.id, published, reviewed, results.c.evidence_frame, results.c.evidence_overlay)
+        query = sa.select(results.c.id, results.c.ts_ns, published, reviewed, results.c.evidence_frame,
+                          results.c.evidence_overlay)  # fmt: skip
         with self.engine.begin() as conn:
             rows = conn.execute(
                 query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
@@ -223,6 +225,7 @@ class Housekeeping:
             gone = [r for r in rows[:young] if not r.reviewed]
             if gone:
                 conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
+                add_removed(conn, why, len(gone), max(r.ts_ns for r in gone))
         if young:
             self._expired_up_to = rows[young - 1].id  # once committed
         for r in gone:

@@ -9,6 +9,8 @@ Version 4 adds `results.unfit`: why the camera health gate failed a frame (its r
 Version 5 adds `reviews.result_id`: the result a review is of. A sender that starts its frame
 ids again gives two results the same camera and frame id; each earlier review is given the
 newest result of its camera and frame published before it.
+`meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
+capture time among them, so that a tally of the days before it is known to be in part.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
 a time, and refuses a newer one; it creates any index the record lacks.
 """
@@ -119,6 +121,24 @@ def _add_review_result(conn: sa.Connection) -> None:
 STEPS: dict[int, Callable[[sa.Connection], None]] = {
     1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result,
 }  # fmt: skip
+
+
+# meta's keys for what left the record: the newest capture time (ns) of a result removed, and
+# how many left to keep the disk's floor and past record_keep_days.
+REMOVED = ("removed_up_to_ns", "removed_for_space", "removed_past_keep_days")
+
+
+def add_removed(conn: sa.Connection, why: str, count: int, up_to_ns: int) -> None:
+    """Count `count` results removed (`why`: "for_space" or "past_keep_days"), the newest captured
+    at `up_to_ns`, in `meta`, in the transaction that removed them."""
+    held = {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}
+    new = {"removed_up_to_ns": max(up_to_ns, held.get("removed_up_to_ns", 0)),
+           f"removed_{why}": held.get(f"removed_{why}", 0) + count}  # fmt: skip
+    for key, value in new.items():
+        if key in held:
+            conn.execute(sa.update(meta).where(meta.c.key == key).values(value=str(value)))
+        else:
+            conn.execute(sa.insert(meta).values(key=key, value=str(value)))
 
 
 def stored_version(conn: sa.Connection) -> int | None:

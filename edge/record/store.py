@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from edge.errors import ConfigError, DataError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
-from edge.record.schema import events, migrate, results, reviews
+from edge.record.schema import REMOVED, events, meta, migrate, results, reviews
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,17 @@ class Record:
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
             row["reviews"] = found.get(row["id"], [])
         return rows
+
+    def removed(self) -> dict[str, int] | None:
+        """What has left the record, or None if nothing has: `up_to_ns`, the newest capture time
+        of a result removed (the days up to it are counted in part), and how many left
+        `for_space` (the disk's floor) and `past_keep_days`. Reviewed results never leave."""
+        with self.engine.connect() as conn:
+            held = {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}
+        if not held:
+            return None
+        return {"up_to_ns": held.get("removed_up_to_ns", 0), "for_space": held.get("removed_for_space", 0),
+                "past_keep_days": held.get("removed_past_keep_days", 0)}  # fmt: skip
 
     def events(
         self, limit: int = 100, since_ns: int | None = None, until_ns: int | None = None

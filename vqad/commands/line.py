@@ -242,8 +242,9 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     since, until = parse_time(args.since, days.zone), parse_time(args.until, days.zone)
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
+    removed = record.removed()
     if args.format == "json":
-        print(json.dumps({"days": rows, "changes": changes, **days.named()}, indent=2, default=str))
+        print(json.dumps({"days": rows, "changes": changes, "removed": removed, **days.named()}, indent=2, default=str))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(DAILY_COLUMNS)
@@ -262,6 +263,11 @@ def _print_daily(record, args: argparse.Namespace) -> int:
             detail = json.dumps(e["detail"], default=str)
             print(f"{_local_time(e['ts_ns'], days.zone)} {e['kind']} by {e['by'] or '-'}: {detail}")
         print(f"{len(rows)} days ({days.describe()}) x cameras x models; {len(changes)} changes to the daemon")
+    if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
+        log.warning("results captured up to %s have left the record (%d to keep its disk's floor, %d past "
+                    "record_keep_days; reviewed ones stay): the days up to it are counted in part",
+                    _local_time(removed["up_to_ns"], days.zone), removed["for_space"],
+                    removed["past_keep_days"])  # fmt: skip
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0

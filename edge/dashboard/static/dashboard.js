@@ -129,11 +129,15 @@ async function loadDaily(cam, id) {
   cam.dailyAt = performance.now();
   try {
     const body = await api(`/api/daily?camera=${encodeURIComponent(id)}&days=7`);
+    const gone = body.removed; // results that have left the record: the days up to it are counted in part
     const rows = body.days.slice().reverse().map((d) => {
       const tr = document.createElement("tr");
-      const cells = [d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail, pct(d.fail_rate),
-        d.false_reject, d.defect, d.unreviewed, d.unfit];
+      const inPart = gone && d.day <= gone.up_to_day;
+      const cells = [inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail,
+        pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit];
       tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
+      if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
+        `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
       return tr;
     });
     $(cam.node, "daily").replaceChildren(...rows);
