@@ -93,6 +93,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     built); a database server that does not answer is a note, as it does not stop the start."""
     import sqlalchemy as sa
 
+    from edge.record.housekeeping import gives_space_back
     from edge.record.store import is_sqlite, open_record, record_url, shown_url
     from edge.record.writer import default_evidence_dir
 
@@ -118,6 +119,10 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     try:
         evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
         lines = [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]
+        if database and not gives_space_back(engine):
+            lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
+                         f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "
+                         "stopped)")  # fmt: skip
         return lines + (_rows_note(Path(database), cfg) if database else [])
     finally:
         engine.dispose()

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from edge.errors import DataError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter
-from edge.record.schema import SCHEMA_VERSION, meta, metadata, stored_version
+from edge.record.schema import SCHEMA_VERSION, meta, metadata, results, stored_version
 from edge.results import Result
 from edge.transport import free_loopback_port
 from tests.browser import wait_for
@@ -402,6 +402,87 @@ def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_e
     assert Record(url).removed() == {"up_to_ns": start + max(gone) * second, "for_space": len(gone),
                                      "past_keep_days": 0}  # fmt: skip
     assert "removed the oldest" in caplog.text and "Set record_keep_days" in caplog.text
+
+
+def _serve_check_lines(database: Path) -> list[str]:
+    """What `vqad serve --check` says of a record."""
+    from edge.preflight import _record_lines
+    from edge.settings import EdgeConfig
+
+    return _record_lines(EdgeConfig(record=str(database)))
+
+
+def _checkpointed_size(database: Path) -> int:
+    """A SQLite file's size once its WAL is written into it."""
+    conn = sqlite3.connect(database)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return database.stat().st_size
+
+
+def test_expired_rows_give_their_space_back_to_the_disk_on_a_new_sqlite_record(tmp_path, monkeypatch):
+    """record_keep_days set after months of rows: the rows left, but the file kept its size, so
+    the disk stayed as full as before. A record created now gives the pages back (beyond
+    ROOM_BYTES, GIVE_BACK_PAGES a pass); one created without incremental auto-vacuum keeps them."""
+    from edge.record import housekeeping
+    from edge.record.schema import migrate
+    from edge.record.store import create_engine
+
+    monkeypatch.setattr(housekeeping, "ROOM_BYTES", 64 * 1024)
+    monkeypatch.setattr(housekeeping, "GIVE_BACK_PAGES", 400)  # 1.6 MB a pass: three passes or more
+    monkeypatch.setattr(housekeeping, "EXPIRE_BACKLOG_S", 0.0)
+    old_ns = time.time_ns() - 3 * 86400 * 10**9
+    row = {"camera_id": "c", "ts_ns": old_ns, "published_ns": old_ns, "status": "ok", "decision": "pass",
+           "score": 1.0, "threshold": 2.0, "model_name": "m", "regions": [], "batch_size": 1,
+           "evidence_removed": False, "error": "x" * 200}  # fmt: skip
+    sizes = {}
+    for name, legacy in (("new.db", False), ("legacy.db", True)):
+        database = tmp_path / name
+        if legacy:  # tables made before the engine's first connection: auto-vacuum cannot be turned on
+            sqlite3.connect(database).execute("CREATE TABLE made_before (x INTEGER)").connection.close()
+        engine = create_engine(f"sqlite:///{database}")
+        migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(results), [{**row, "frame_id": i} for i in range(20_000)])
+        engine.dispose()
+        full = _checkpointed_size(database)
+        writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev", keep_days=1).start()
+        for i in range(6):  # a transaction each: housekeeping after each, the backlog's pass due at once
+            writer.put(_result("c", 20_000 + i, "pass"), time.time_ns())
+            wait_for(lambda n=i + 1, w=writer: w.recorded == n, 10)
+        writer.close()
+        sizes[name] = (full, _checkpointed_size(database), writer.expired)
+    (new_full, new_after, new_expired), (old_full, old_after, old_expired) = sizes["new.db"], sizes["legacy.db"]
+    assert new_expired == old_expired == 20_000 and new_full > 5e6 and old_full > 5e6, sizes
+    assert new_after < 0.1 * new_full and old_after == old_full, sizes
+
+
+def test_compacting_an_older_record_shrinks_it_and_turns_the_give_back_on(tmp_path, postgres_url):
+    """A record made before incremental auto-vacuum: `vqad records PATH --compact` rewrites it
+    without the room its removed rows left; a server's database is refused (exit 2)."""
+    database = tmp_path / "line.db"
+    sqlite3.connect(database).execute("CREATE TABLE made_before (x INTEGER)").connection.close()
+    engine = sa.create_engine(f"sqlite:///{database}")
+    metadata.create_all(engine)
+    row = {"camera_id": "c", "ts_ns": 1, "status": "ok", "decision": "pass", "score": 1.0, "threshold": 2.0,
+           "model_name": "m", "regions": [], "batch_size": 1, "evidence_removed": False,
+           "error": "x" * 200}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        conn.execute(sa.insert(results), [{**row, "frame_id": i} for i in range(20_000)])
+    with engine.begin() as conn:
+        conn.execute(sa.delete(results).where(results.c.frame_id >= 10))
+    engine.dispose()
+    full = _checkpointed_size(database)
+    assert any("--compact, with the daemon stopped" in line for line in _serve_check_lines(database))
+    done = run_vqad("records", database, "--compact")
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+    assert database.stat().st_size < full / 10 and "GB -> " in done.stdout, (full, done.stdout)
+    assert len(Record(f"sqlite:///{database}").results(limit=100)) == 10
+    assert not any("auto-vacuum" in line for line in _serve_check_lines(database))  # serve --check says no more
+    refused = run_vqad("records", postgres_url, "--compact", check=False)
+    assert refused.returncode == 2 and "only a SQLite record is compacted" in refused.stderr
 
 
 def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, record_url, monkeypatch):

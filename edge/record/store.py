@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from edge.errors import ConfigError, DataError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
+from edge.record.housekeeping import free_bytes, sqlite_file
 from edge.record.schema import REMOVED, events, meta, migrate, results, reviews
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ def record_url(text: str) -> str:
 
 def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     """An engine for `url` (or a SQLite file's path); SQLite files get WAL (readers never block
-    the writer) and synchronous=NORMAL (a crash loses at most the last transaction, never the
-    file). must_exist: DataError for a SQLite file that is not there, instead of creating it."""
+    the writer), synchronous=NORMAL (a crash loses at most the last transaction, never the
+    file), and when new, incremental auto-vacuum (space can be given back to the disk).
+    must_exist: DataError for a SQLite file that is not there, instead of creating it."""
     url = record_url(url)
     try:
         engine = sa.create_engine(url, pool_pre_ping=True)
@@ -58,6 +61,9 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:
             cursor = dbapi_conn.cursor()
+            # A new file gives back to the disk what expired rows leave (the housekeeping's
+            # incremental_vacuum); on a file that has tables already, this changes nothing.
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=5000")
@@ -97,6 +103,33 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
         engine.dispose()
         raise DataError(f"cannot open the record at {shown_url(url)}: {database_reason(exc)}") from exc
     return engine
+
+
+def compact(url: str) -> tuple[int, int]:
+    """Rewrite a SQLite record without the room its removed rows left, with incremental
+    auto-vacuum turned on, so that rows expired from then on give their space back to the disk
+    (edge.record.housekeeping); -> the file's size before and after, in bytes. Needs as much
+    free space as the file takes; a daemon writing to it makes it wait, then refuse. DataError
+    when it cannot; ConfigError for a server's database (its own to compact)."""
+    if not is_sqlite(url):
+        raise ConfigError("only a SQLite record is compacted here: a database server's is its administrator's")
+    engine = open_record(url, must_exist=True)
+    try:
+        database = sqlite_file(engine)
+        before = database.stat().st_size
+        if free_bytes(database.parent) < before:
+            raise DataError(f"compacting {database} needs {before / 1e9:.2f} GB free beside it; its disk has "
+                            f"{free_bytes(database.parent) / 1e9:.2f} GB")  # fmt: skip
+        with engine.connect() as conn:
+            try:  # the driver's own call: only executescript steps VACUUM and the pragmas through
+                conn.connection.driver_connection.executescript(
+                    "PRAGMA auto_vacuum=INCREMENTAL; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);"
+                )
+            except sqlite3.Error as exc:
+                raise DataError(f"cannot compact {database}: {exc} (is a daemon writing to it? stop it first)") from exc
+        return before, database.stat().st_size
+    finally:
+        engine.dispose()
 
 
 def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | None:

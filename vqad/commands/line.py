@@ -172,12 +172,18 @@ def cmd_records(args: argparse.Namespace) -> int:
     import sys
 
     from edge.record import Record
-    from edge.record.store import parse_time
+    from edge.record.store import compact, parse_time, shown_url
 
     if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None):
         raise ConfigError("--daily tallies every result: --decision, --frame-id and --part-id do not apply")
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
+    if args.compact:
+        print(f"compacting {shown_url(args.url)}...", flush=True)
+        before, after = compact(args.url)
+        print(f"{before / 1e9:.3f} GB -> {after / 1e9:.3f} GB; rows that expire from now on give their space back "
+              "to the disk")  # fmt: skip
+        return 0
     record = Record(args.url, must_exist=True)
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
@@ -504,6 +510,12 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         "--limit", type=at_least(1), default=100, metavar="N", help="the newest N results at most (default 100)"
     )
     r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
+    r.add_argument(
+        "--compact",
+        action="store_true",
+        help="rewrite a SQLite record without the room removed rows left, so that expired rows give their space "
+        "back to the disk from then on (with the daemon stopped; needs as much free space as the file)",
+    )
     r.add_argument(
         "--daily",
         action="store_true",
