@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class Housekeeping:
                 self._keep_free()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
                 self._expire()
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:  # sqlite3's: the driver's own calls
             self.metrics.record_errors.inc()
             log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
 
@@ -130,7 +131,7 @@ class Housekeeping:
         day stay. Called only under the floor, after the evidence (when it shares the disk)."""
         removed, cutoff = 0, time.time_ns() - KEEP_NEWEST_NS
         for _ in range(EXPIRE_CHUNKS):
-            if self._free_pages() >= ROOM_BYTES:
+            if self._free_bytes_inside() >= ROOM_BYTES:
                 break
             count, more = self._remove_results(cutoff, "for_space")
             removed += count
@@ -147,7 +148,7 @@ class Housekeeping:
                 removed,
                 self.removed_for_space,
             )
-        elif self._free_pages() < ROOM_BYTES:
+        elif self._free_bytes_inside() < ROOM_BYTES:
             self._full_log.log(
                 "the disk of %s is under record_min_free_gb %g and the record has no result older than a day "
                 "that is not reviewed: it fills the disk",
@@ -162,22 +163,27 @@ class Housekeeping:
         A file created without incremental auto-vacuum keeps its size (docs/deploy.md)."""
         if not gives_space_back(self.engine):
             return False
+        pages, page_bytes = self._freelist()
+        spare = pages - ROOM_BYTES // page_bytes
+        if spare <= 0:
+            return False
         with self.engine.connect() as conn:
-            page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
-            spare = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one() - ROOM_BYTES // page
-            if spare <= 0:
-                return False
             # The pragma frees one page per step, and only executescript steps it to the end.
             conn.connection.driver_connection.executescript(
                 f"PRAGMA incremental_vacuum({min(spare, GIVE_BACK_PAGES)});"
             )
         return spare > GIVE_BACK_PAGES
 
-    def _free_pages(self) -> int:
+    def _free_bytes_inside(self) -> int:
         """Bytes of the SQLite file that deleted rows left, which new rows take first."""
+        pages, page_bytes = self._freelist()
+        return pages * page_bytes
+
+    def _freelist(self) -> tuple[int, int]:
+        """The SQLite file's free pages, and the bytes of a page."""
         with self.engine.connect() as conn:
             pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
-            return pages * conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+            return pages, conn.exec_driver_sql("PRAGMA page_size").scalar_one()
 
     def _remove_oldest(self, excess: int, why: str) -> None:
         """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
