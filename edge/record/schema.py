@@ -128,10 +128,15 @@ STEPS: dict[int, Callable[[sa.Connection], None]] = {
 REMOVED = ("removed_up_to_ns", "removed_for_space", "removed_past_keep_days")
 
 
+def stored_removed(conn: sa.Connection) -> dict[str, int]:
+    """meta's counts of what left the record, by key (REMOVED); empty if nothing has."""
+    return {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}
+
+
 def add_removed(conn: sa.Connection, why: str, count: int, up_to_ns: int) -> None:
     """Count `count` results removed (`why`: "for_space" or "past_keep_days"), the newest captured
     at `up_to_ns`, in `meta`, in the transaction that removed them."""
-    held = {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}
+    held = stored_removed(conn)
     new = {"removed_up_to_ns": max(up_to_ns, held.get("removed_up_to_ns", 0)),
            f"removed_{why}": held.get(f"removed_{why}", 0) + count}  # fmt: skip
     for key, value in new.items():

@@ -23,7 +23,7 @@ from edge.errors import ConfigError, DataError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
 from edge.record.housekeeping import free_bytes, sqlite_file
-from edge.record.schema import REMOVED, events, meta, migrate, results, reviews
+from edge.record.schema import events, migrate, results, reviews, stored_removed
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,10 @@ def compact(url: str) -> tuple[int, int]:
     engine = open_record(url, must_exist=True)
     try:
         database = sqlite_file(engine)
-        before = database.stat().st_size
-        if free_bytes(database.parent) < before:
+        before, free = database.stat().st_size, free_bytes(database.parent)
+        if free < before:
             raise DataError(f"compacting {database} needs {before / 1e9:.2f} GB free beside it; its disk has "
-                            f"{free_bytes(database.parent) / 1e9:.2f} GB")  # fmt: skip
+                            f"{free / 1e9:.2f} GB")  # fmt: skip
         with engine.connect() as conn:
             try:  # the driver's own call: only executescript steps VACUUM and the pragmas through
                 conn.connection.driver_connection.executescript(
@@ -204,7 +204,7 @@ class Record:
         of a result removed (the days up to it are counted in part), and how many left
         `for_space` (the disk's floor) and `past_keep_days`. Reviewed results never leave."""
         with self.engine.connect() as conn:
-            held = {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}
+            held = stored_removed(conn)
         if not held:
             return None
         return {"up_to_ns": held.get("removed_up_to_ns", 0), "for_space": held.get("removed_for_space", 0),
