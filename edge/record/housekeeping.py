@@ -37,7 +37,8 @@ EXPIRE_CHUNKS = 20
 EXPIRE_BACKLOG_S = 2.0
 # Under the free-space floor with no evidence left to remove, the oldest results leave a SQLite
 # record until its file holds this much free space: SQLite writes new rows into the pages of
-# deleted ones, so the file stops growing (it never shrinks). 8 MiB is about 30,000 results, a
+# deleted ones, so the file stops growing. The pages stay in the file, for the rows (only expiry
+# gives pages back to the disk, `_give_back`). 8 MiB is about 30,000 results, a
 # quarter of an hour of a 30 frames/s line, so such a pass is due a few times an hour.
 ROOM_BYTES = 8 * 2**20
 # Evidence held back under the floor is written again once the disk has this much over it (or a
@@ -61,7 +62,8 @@ class Housekeeping:
         min_free_gb: float = 0.0,
     ):  # fmt: skip
         """max_gb: the evidence's disk quota (0 = none). keep_days: how long a result stays
-        (0 = for ever). min_free_gb: the free space the evidence's disk keeps (0 = no floor)."""
+        (0 = for ever). min_free_gb: the free space the disks of the evidence and of a SQLite
+        record keep (0 = no floor)."""
         self.engine, self.metrics, self.evidence_dir = engine, metrics, evidence_dir
         self.max_bytes = int(max_gb * 1e9)
         self.min_free_bytes = int(min_free_gb * 1e9)
