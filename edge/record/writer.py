@@ -59,8 +59,9 @@ class RecordWriter:
         """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
         its rows marked, and the removals counted. min_free_gb: the free space its disk keeps,
         the oldest evidence removed to keep it, and none written while nothing is left to
-        remove (0 = no floor). state_file: where the writer keeps how many results it was
-        handed, so that the next start can say how many have no row. keep_days: results
+        remove; then a SQLite record's oldest results leave (0 = no floor). state_file: where
+        the writer keeps how many results it was handed, so that the next start can say how
+        many have no row. keep_days: results
         published longer ago leave the record with their evidence, except reviewed ones (0 =
         keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
