@@ -61,9 +61,8 @@ class RecordWriter:
         the oldest evidence removed to keep it, and none written while nothing is left to
         remove; then a SQLite record's oldest results leave (0 = no floor). state_file: where
         the writer keeps how many results it was handed, so that the next start can say how
-        many have no row. keep_days: results
-        published longer ago leave the record with their evidence, except reviewed ones (0 =
-        keep every result)."""
+        many have no row. keep_days: results published longer ago leave the record with their
+        evidence, except reviewed ones (0 = keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.engine, self._migrated = self._open(url, max_buffer)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
