@@ -412,6 +412,23 @@ def _serve_check_lines(database: Path) -> list[str]:
     return _record_lines(EdgeConfig(record=str(database)))
 
 
+def test_serve_check_says_how_long_the_records_disk_holds_its_rows(tmp_path, monkeypatch):
+    """Without record_keep_days, `vqad serve --check` gives the days the disk holds at 30
+    frames/s, or says that it is under its floor already; with it, nothing."""
+    from edge import preflight
+    from edge.record import housekeeping
+    from edge.settings import EdgeConfig
+
+    database = tmp_path / "line.db"
+    day = preflight.ROW_BYTES * preflight.LINE_FPS * 86400
+    monkeypatch.setattr(housekeeping, "free_bytes", lambda _folder: int(1e9 + 10 * day))
+    assert any("in about 10 days, and then the oldest results leave" in line for line in _serve_check_lines(database))
+    monkeypatch.setattr(housekeeping, "free_bytes", lambda _folder: int(0.5e9))
+    assert any("under record_min_free_gb: the oldest results leave" in line for line in _serve_check_lines(database))
+    kept = preflight._record_lines(EdgeConfig(record=str(database), record_keep_days=30))
+    assert not any("record_keep_days is 0" in line for line in kept)
+
+
 def _checkpointed_size(database: Path) -> int:
     """A SQLite file's size once its WAL is written into it."""
     conn = sqlite3.connect(database)
