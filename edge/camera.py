@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to leave
 
 
+def is_live(source: str) -> bool:
+    """Whether `source` is a capture device (an index, /dev/...) or a stream URL, not a folder
+    or a file that can be read again from its start."""
+    return source.isdigit() or "://" in source or source.startswith("/dev/")
+
+
 def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device
     or stream URL (reopened when it stops giving frames, until `stop()`)."""
@@ -38,7 +44,7 @@ def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.nd
             yield str(path), image
             if not loop:
                 return
-    if source.isdigit() or "://" in source or source.startswith("/dev/"):
+    if is_live(source):
         yield from _live_frames(source, stop)
         return
     while True:  # a video file: to its end, again with loop

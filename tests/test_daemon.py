@@ -297,6 +297,42 @@ def test_a_camera_started_again_with_start_id_time_sends_new_frame_ids(tmp_path)
     assert max(runs[0]) < min(runs[1]) and abs(runs[0][0] / 1e6 - time.time()) < 60
 
 
+def test_a_live_source_counts_its_frame_ids_from_the_time_and_a_folder_from_0(tmp_path):
+    """Without --start-id, a device or stream (here a file:// URL, which OpenCV reads as a
+    stream) starts from the time, so that a restart never repeats an id; a folder from 0."""
+    import csv
+
+    import zmq
+
+    from edge.transport import free_loopback_port
+    from tests.conftest import run_vqad
+
+    folder, video = tmp_path / "frames", tmp_path / "line.avi"
+    folder.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 40 * i, np.uint8))
+        writer.write(np.full((32, 32, 3), 40 * i, np.uint8))
+    writer.release()
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.bind(endpoint)
+    ids = {}
+    try:
+        for name, source in (("live", f"file://{video}"), ("folder", folder)):
+            manifest = tmp_path / f"{name}.csv"
+            run_vqad("camera", source, "--to", endpoint, "--count", "3", "--manifest", manifest)
+            received = [json.loads(pull.recv_multipart()[0])["frame_id"] for _ in range(3)]
+            ids[name] = [int(r["frame_id"]) for r in csv.DictReader(open(manifest))]
+            assert received == ids[name], (received, ids[name])
+    finally:
+        pull.close(linger=0)
+    assert abs(ids["live"][0] / 1e6 - time.time()) < 60 and ids["live"] == list(
+        range(ids["live"][0], ids["live"][0] + 3)
+    )
+    assert ids["folder"] == [0, 1, 2]
+
+
 def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tmp_path, monkeypatch, caplog):
     """An exception the parser was not written to raise (a bug) ended the receiver thread, and
     the daemon with it: it is now the message's error result (when its ids can be read), a

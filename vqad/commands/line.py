@@ -102,8 +102,12 @@ def _stop_on_sigterm() -> Callable[[], bool]:
 
 def cmd_camera(args: argparse.Namespace) -> int:
 
-    from edge.camera import run_camera
+    from edge.camera import is_live, run_camera
 
+    start_id = args.start_id
+    if start_id is None:  # a live camera restarted would send its frame ids again from 0
+        start_id = _start_id("time" if is_live(args.source) else "0")
+        log.info("frame ids from %d (%s)", start_id, "time, a live source" if start_id else "0, a folder or file")
     stop = _stop_on_sigterm()
     try:
         sent = run_camera(
@@ -115,7 +119,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
             loop=args.loop,
             count=args.count,
             manifest=args.manifest,
-            start_id=args.start_id,
+            start_id=start_id,
             curve_secret=args.curve_secret,
             curve_server_key=args.curve_server_key,
             stop=stop,
@@ -454,9 +458,8 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--start-id",
         type=_start_id,
-        default=0,
-        help="first frame_id (default 0), or 'time': the microseconds since the epoch, so that a camera "
-        "restarted under systemd never sends a frame id again",
+        help="first frame_id, or 'time': the microseconds since the epoch, so that a camera restarted under "
+        "systemd never sends a frame id again (default: time for a device or stream URL, 0 for a folder or file)",
     )
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
