@@ -27,7 +27,10 @@ STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to 
 
 def is_live(source: str) -> bool:
     """Whether `source` is a capture device (an index, /dev/...) or a stream URL, not a folder
-    or a file that can be read again from its start."""
+    or a file that can be read again from its start (a folder named "0" is a folder)."""
+    path = Path(source)
+    if path.is_dir() or path.is_file():
+        return False
     return source.isdigit() or "://" in source or source.startswith("/dev/")
 
 
