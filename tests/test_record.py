@@ -502,6 +502,28 @@ def test_compacting_an_older_record_shrinks_it_and_turns_the_give_back_on(tmp_pa
     assert refused.returncode == 2 and "only a SQLite record is compacted" in refused.stderr
 
 
+def test_a_housekeeping_that_fails_every_pass_neither_stops_the_writer_nor_floods_the_log(
+    tmp_path, monkeypatch, caplog
+):
+    """Housekeeping runs after every transaction, twice a second at a line's rate: a fault that
+    persists (a bug, a folder it may not read) is one line a minute, and the rows go on."""
+    from edge.record import housekeeping
+
+    def broken(_self) -> None:
+        raise RuntimeError("not the database's fault")
+
+    monkeypatch.setattr(housekeeping.Housekeeping, "_keep_free", broken)
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", min_free_gb=1e-6).start()
+    with caplog.at_level(logging.WARNING, logger="edge.record.housekeeping"):
+        for i in range(8):  # a transaction each
+            writer.put(_result("c", i, "pass"), time.time_ns())
+            assert wait_for(lambda n=i + 1: writer.recorded == n, 10), i
+        writer.close()
+    failed = [r for r in caplog.records if "housekeeping failed" in r.getMessage()]
+    assert writer.recorded == 8 and len(failed) == 1, [r.getMessage() for r in failed]
+    assert writer.metrics.record_errors._value.get() >= 8
+
+
 def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, record_url, monkeypatch):
     """A pass removes at most EXPIRE_CHUNKS x EXPIRE_ROWS rows; with old rows left, the next
     pass follows after EXPIRE_BACKLOG_S, not EXPIRE_EVERY_S, so a fast line does not fall behind."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
@@ -78,6 +77,7 @@ class Housekeeping:
         self.removed_for_space = 0
         self.database = sqlite_file(engine)  # the file whose disk the floor also keeps; None on a server
         self._full_log = RepeatedLog(log, logging.ERROR)
+        self._failed_log = RepeatedLog(log)
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
@@ -88,7 +88,9 @@ class Housekeeping:
             self.evidence_bytes += path.stat().st_size
 
     def run(self) -> None:
-        """The quota, then expiry when it is due; errors are logged, counted and left for later."""
+        """The quota, the floor, then expiry when it is due. Whatever fails is counted, logged (a
+        line a minute at most: this runs after every transaction) and left for the next pass; it
+        never stops the writer, whose rows come first."""
         try:
             if self.evidence_bytes is None:
                 self.evidence_bytes = _folder_bytes(self.evidence_dir)
@@ -98,9 +100,12 @@ class Housekeeping:
                 self._keep_free()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
                 self._expire()
-        except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:  # sqlite3's: the driver's own calls
+        except Exception as exc:  # a database's, a disk's or a bug: the rows go on
             self.metrics.record_errors.inc()
-            log.warning("the record's housekeeping failed, tried again later: %s", str(exc).splitlines()[0][:200])
+            reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+            if self._failed_log.log("the record's housekeeping failed, tried again later: %s: %s",
+                                    type(exc).__name__, reason):  # fmt: skip
+                log.debug("the failure", exc_info=exc)
 
     def _keep_free(self) -> None:
         """Under the floor of free space, the oldest evidence goes as past the quota; when none
