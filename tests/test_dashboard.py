@@ -209,6 +209,47 @@ return outside;
 """
 
 
+def test_a_metrics_endpoint_that_answers_garbage_reads_as_down_not_as_its_last_good_state(monkeypatch):
+    """A scrape cut short (the daemon killed mid-answer) or answered by something that is not
+    HTTP raised an error the probe did not catch: its thread ended, and the page went on showing
+    the last state it had, "daemon ready", for a daemon that was gone."""
+    import socket
+    import threading
+
+    from edge.dashboard import probe as probe_module
+    from edge.dashboard.probe import MetricsProbe
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port, answers = listener.getsockname()[1], []
+
+    def serve() -> None:
+        for _ in range(6):  # bounded: one connection a scrape
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                body = b"vqad_ready 1.0\n"
+                if not answers:  # the first scrape: the daemon answers
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                else:  # then an answer that is not HTTP
+                    conn.sendall(b"garbage\r\n\r\n")
+                answers.append(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(probe_module, "PROBE_EVERY_S", 0.1)
+    probe = MetricsProbe(f"http://127.0.0.1:{port}/metrics")
+    try:
+        probe.start()
+        assert wait_for(lambda: probe.snapshot().get("ready") is True, 5)
+        down = wait_for(lambda: (s := probe.snapshot())["up"] is False and s, 5)
+        assert down and down["ready"] is False and probe.is_alive(), probe.snapshot()
+    finally:
+        probe.stop()
+        listener.close()
+
+
 def _results_left(url: str, up_to_ns: int) -> None:
     """The record counts a result removed for its disk's floor, the newest captured at up_to_ns."""
     engine = create_engine(url)

@@ -73,8 +73,10 @@ class MetricsProbe(threading.Thread):
             with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT_S) as response:
                 found = read_metrics(response.read().decode("utf-8", "replace"))
             found.update(up=True, error=None)
-        except (OSError, ValueError) as exc:
-            found = {"up": False, "ready": False, "error": str(exc)[:200], "drift": {}}
+        except Exception as exc:  # noqa: BLE001 - any answer not the metrics: one cut short
+            # (http.client.IncompleteRead), one that is not HTTP, text the parser refuses. Uncaught,
+            # it ended this thread, and the page showed the last state for good.
+            found = {"up": False, "ready": False, "error": f"{type(exc).__name__}: {exc}"[:200], "drift": {}}
         found.update(metrics=self.url, checked_s=time.time())
         with self.lock:
             was_up, self.state = self.state.get("up"), found
