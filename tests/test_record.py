@@ -268,14 +268,19 @@ def test_a_fails_evidence_overlay_boxes_its_regions_in_the_frames_pixels(tmp_pat
     assert not red[310:320, 410:430].any() and red.sum() < 1000  # the box alone: its edges, 2 px wide
 
 
-def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, record_url):
+def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, record_url, caplog):
     url = record_url
     quota = 40_000  # about three frames' PNGs
     writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
-    for i in range(12):
-        writer.put(_result("c", i), time.time_ns())
-        time.sleep(0.05)
-    writer.close()
+    with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
+        for i in range(12):
+            writer.put(_result("c", i), time.time_ns())
+            time.sleep(0.05)
+        writer.close()
+    # At its quota the evidence loses its oldest at nearly every transaction, twice a second on a
+    # line, for months: a line a minute says so, not a line a pass.
+    said = [r.getMessage() for r in caplog.records if "evidence quota: removed" in r.getMessage()]
+    assert len(said) == 1, said
     rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
     removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
     kept = sorted(f for f, r in rows.items() if not r["evidence_removed"])

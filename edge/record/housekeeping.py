@@ -78,6 +78,7 @@ class Housekeeping:
         self.database = sqlite_file(engine)  # the file whose disk the floor also keeps; None on a server
         self._full_log = RepeatedLog(log, logging.ERROR)
         self._failed_log = RepeatedLog(log)
+        self._removed_logs: dict[str, RepeatedLog] = {}  # by why: the quota, the floor
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
@@ -221,8 +222,10 @@ class Housekeeping:
         self._quota_up_to = up_to  # once committed
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
-        if removed:
-            log.info("%s: removed the oldest %d frames' evidence (%d in all)", why, removed, self.evidence_removed)
+        if removed:  # at its bound, nearly every transaction removes some: a line a minute says so
+            self._removed_logs.setdefault(why, RepeatedLog(log, logging.INFO)).log(
+                "%s: removed the oldest %d frames' evidence (%d in all)", why, removed, self.evidence_removed
+            )
 
     def _expire(self) -> None:
         """Remove results published more than keep_days ago, oldest first, with their evidence
