@@ -137,9 +137,10 @@ class Housekeeping:
         """The oldest results leave the SQLite record, with their files, until its file holds
         ROOM_BYTES of free pages for the rows to come; reviewed results and those of the last
         day stay. Called only under the floor, after the evidence (when it shares the disk)."""
-        removed, cutoff = 0, time.time_ns() - KEEP_NEWEST_NS
+        removed, cutoff, roomy = 0, time.time_ns() - KEEP_NEWEST_NS, False
         for _ in range(EXPIRE_CHUNKS):
-            if self._free_bytes_inside() >= ROOM_BYTES:
+            roomy = self._free_bytes_inside() >= ROOM_BYTES
+            if roomy:
                 break
             count, more = self._remove_results(cutoff, "for_space")
             removed += count
@@ -156,7 +157,7 @@ class Housekeeping:
                 removed,
                 self.removed_for_space,
             )
-        elif self._free_bytes_inside() < ROOM_BYTES:
+        elif not roomy:  # nothing removed, so the room is as last read
             self._full_log.log(
                 "the disk of %s is under record_min_free_gb %g and the record has no result older than a day "
                 "that is not reviewed: it fills the disk",
