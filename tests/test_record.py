@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 
 from edge.errors import DataError
 from edge.protocol import frame_message, result_header
-from edge.record import Record, RecordWriter
+from edge.record import Record, RecordWriter, store
 from edge.record.schema import SCHEMA_VERSION, meta, metadata, results, stored_version
 from edge.results import Result
 from edge.transport import free_loopback_port
@@ -214,6 +216,69 @@ def test_a_database_server_down_at_start_does_not_stop_the_line(tmp_path, record
         assert writer.recorded == 0 and len(writer.buffer) == 5
     writer.close()
     assert writer.recorded == 5 and len(Record(record_url).results(limit=10)) == 5
+
+
+@contextmanager
+def silent_server():
+    """A loopback port that takes every connection and never answers: a hung database server,
+    or a proxy with nothing behind it. -> its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        while True:
+            try:
+                taken.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in taken:
+            conn.close()
+
+
+def test_a_database_server_that_never_answers_neither_holds_the_start_nor_the_writer(tmp_path, monkeypatch, caplog):
+    """A server that takes the connection and never answers fails it within connect_timeout:
+    the daemon's start goes on, and the results wait in the buffer, as for a server that is
+    down. Without a timeout, the start waited for ever."""
+    monkeypatch.setitem(store.SERVER_TIMEOUTS, "connect_timeout", 2)  # libpq's least
+    made: list[RecordWriter] = []
+    with silent_server() as port, caplog.at_level(logging.WARNING, logger="edge.record.writer"):
+        url = f"postgresql://vqad@127.0.0.1:{port}/line"
+        start = threading.Thread(target=lambda: made.append(RecordWriter(url, tmp_path / "ev")), daemon=True)
+        start.start()
+        start.join(timeout=15)
+        assert made, "the writer's start waited on a server that never answers"
+        assert "connection timeout expired" in caplog.text and "the results wait in the buffer" in caplog.text
+        writer = made[0].start()
+        for i in range(3):
+            writer.put(_result("c", i), time.time_ns())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
+            time.sleep(0.2)
+        assert writer.metrics.record_errors._value.get() >= 1 and writer.recorded == 0 and len(writer.buffer) == 3
+        writer.close(timeout=1)
+    assert writer.unrecorded == 3
+
+
+def test_a_server_connection_carries_its_timeouts_unless_the_url_sets_them(postgres_url):
+    """libpq is given the keepalives, the unacknowledged-data limit and the connect timeout; a
+    URL's own value wins; a PostgreSQL URL without a driver uses psycopg 3."""
+    bare = postgres_url.replace("postgresql+psycopg://", "postgresql://") + "&connect_timeout=4"
+    engine = store.create_engine(bare)
+    try:
+        assert engine.dialect.driver == "psycopg"
+        with engine.connect() as conn:
+            given = conn.connection.driver_connection.info.get_parameters()
+    finally:
+        engine.dispose()
+    assert given["connect_timeout"] == "4"
+    assert given["keepalives_idle"] == "30" and given["keepalives_count"] == "3"
+    assert given["tcp_user_timeout"] == "30000"
 
 
 def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):

@@ -34,6 +34,21 @@ NOTE_MAX_CHARS = 2000
 WAL_KEPT_BYTES = 4 * 2**20
 # Frames looked up per query by their ids: well under every database's limit on bound parameters.
 LOOKUP_CHUNK = 500
+# A database server that stops answering (its host switched off, the network cut, a server that
+# takes the connection and never answers) fails a connection within connect_timeout, and one
+# open connection within about a minute, as errors that the writer retries, instead of blocking
+# it for the kernel's 15 minutes of retransmissions, or for ever. libpq's names; a URL's own
+# (?connect_timeout=5) win. Keepalives find a dead idle connection after 30 + 3 x 10 s;
+# tcp_user_timeout one whose sent data has gone unacknowledged for 30 s. Queries on a server
+# that is up but slow are its own matter (its statement_timeout).
+SERVER_TIMEOUTS = {
+    "connect_timeout": 10,  # s, the connection with its authentication
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms; libpq 12 or later
+}
 
 
 def record_url(text: str) -> str:
@@ -48,7 +63,8 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     must_exist: DataError for a SQLite file that is not there, instead of creating it."""
     url = record_url(url)
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        target = _with_driver(sa.make_url(url))
+        engine = sa.create_engine(target, pool_pre_ping=True, connect_args=_server_timeouts(target))
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot use the record URL {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
@@ -73,6 +89,23 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
             cursor.close()
 
     return engine
+
+
+def _with_driver(url: sa.URL) -> sa.URL:
+    """A PostgreSQL URL without a driver uses psycopg 3, the one installed with the package
+    (SQLAlchemy 2.0 would look for psycopg2)."""
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
+
+
+def _server_timeouts(url: sa.URL) -> dict[str, int]:
+    """SERVER_TIMEOUTS for a psycopg URL: those it does not set itself and the installed libpq
+    knows; none for another database or driver."""
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
+        return {}
+    import psycopg
+
+    known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+    return {name: value for name, value in SERVER_TIMEOUTS.items() if name in known and name not in url.query}
 
 
 def shown_url(url: str) -> str:
