@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL cluster from Debian's `postgresql` package, on a Unix socket only,
-for the record's tests and benchmark. Run as the `postgres` user when we are root."""
+"""A throwaway PostgreSQL cluster from Debian's `postgresql` package, on a Unix socket (or a
+loopback TCP port), for the record's tests and benchmarks. Run as the `postgres` user when we are root."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def postgres_bin(name: str) -> str | None:
 
 
 @contextmanager
-def throwaway_postgres(port: int = 5439) -> Iterator[str]:
-    """Start a new cluster, yield its SQLAlchemy URL (database "postgres", user "vqad"), stop it."""
+def throwaway_postgres(port: int = 5439, tcp: bool = False) -> Iterator[str]:
+    """Start a new cluster, yield its SQLAlchemy URL (database "postgres", user "vqad"), stop it.
+    tcp: listen on 127.0.0.1:`port` and connect there, instead of on a Unix socket only."""
     initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
     if not (initdb and pg_ctl):
         raise FileNotFoundError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -38,10 +39,12 @@ def throwaway_postgres(port: int = 5439) -> Iterator[str]:
     try:
         subprocess.run([*prefix, initdb, "-D", str(data), "-U", "vqad", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True, env=env)  # fmt: skip
-        options = f"-k {sock} -c listen_addresses='' -p {port} -c fsync=off"
+        listen = "127.0.0.1" if tcp else ""
+        options = f"-k {sock} -c listen_addresses='{listen}' -p {port} -c fsync=off"
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
                        check=True, capture_output=True, env=env)  # fmt: skip
-        yield f"postgresql+psycopg://vqad@/postgres?host={sock}&port={port}"
+        host = "127.0.0.1" if tcp else sock
+        yield f"postgresql+psycopg://vqad@/postgres?host={host}&port={port}"
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env)
         shutil.rmtree(root, ignore_errors=True)
