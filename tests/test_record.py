@@ -891,6 +891,49 @@ def test_a_sqlite_records_wal_is_cut_back_after_a_large_expiry(tmp_path):
     assert grown > WAL_KEPT_BYTES >= wal.stat().st_size, (grown, wal.stat().st_size)
 
 
+def test_a_sqlite_records_wal_stays_bounded_while_readers_never_leave_it(tmp_path, monkeypatch):
+    """Two readers that take turns, so that one always holds a snapshot (a dashboard on several
+    screens): SQLite's own checkpoints never start the WAL again, and it grew with every row.
+    The writer checkpoints it in full past WAL_BOUND_BYTES; every result is still recorded."""
+    from edge.record import housekeeping
+
+    bound = 2**20
+    monkeypatch.setattr(housekeeping, "WAL_BOUND_BYTES", bound)
+    monkeypatch.setattr(housekeeping, "WAL_RETRY_S", 0.2)
+    database, n = tmp_path / "line.db", 12_000
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    stop, largest = threading.Event(), [0]
+
+    def read_in_turns() -> None:
+        first, second = (sqlite3.connect(database, isolation_level=None) for _ in range(2))
+        while not stop.is_set():
+            for opening, closing in ((first, second), (second, first)):
+                opening.execute("BEGIN")
+                opening.execute("SELECT COUNT(*) FROM results").fetchone()  # holds its snapshot
+                if closing.in_transaction:
+                    closing.execute("COMMIT")
+                largest[0] = max(largest[0], (tmp_path / "line.db-wal").stat().st_size)
+                time.sleep(0.01)
+        first.close()
+        second.close()
+
+    reader = threading.Thread(target=read_in_turns, daemon=True)
+    reader.start()
+    for i in range(n):
+        writer.put(_result("c", i, decision="pass"), time.time_ns())
+        if i % 500 == 499:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and writer.recorded < n:
+        time.sleep(0.05)
+    stop.set()
+    reader.join(timeout=10)
+    writer.close()
+    assert writer.recorded == n
+    # One batch of rows over the bound at most: the writer checks after each of its transactions.
+    assert largest[0] < 2 * bound, largest[0]
+
+
 def test_files_that_cannot_be_written_leave_the_rows_and_the_writer_going(tmp_path):
     """A full disk or a folder gone: the results are recorded without evidence (and without the
     writer's state file), counted, and the writer stays alive for the next ones."""

@@ -53,6 +53,16 @@ GIVE_BACK_PAGES = 25_600
 # what the shift's tally counts. A disk that cannot hold a day is an error to fix.
 KEEP_NEWEST_NS = 86400 * 10**9
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
+# SQLite's automatic checkpoints copy the WAL into the file only as far as every reader's snapshot
+# allows, and start the WAL again only when no reader is in it. Readers that overlap all the time
+# (a dashboard open on several screens, each page asking every few seconds) keep it from ever
+# starting again: with three readers asking back to back, the WAL grew by 0.6 MB a second, 55 MB
+# in 90 s beside a 26 MB file, and would fill the disk. Past this size the writer checkpoints it
+# in full and truncates it, waiting for the readers of that moment (busy_timeout, 5 s at most;
+# readers that begin meanwhile read the file, not the WAL); a try that the readers outlast is
+# repeated after WAL_RETRY_S. Four times what a checkpoint leaves (store.WAL_KEPT_BYTES).
+WAL_BOUND_BYTES = 16 * 2**20
+WAL_RETRY_S = 10.0
 
 
 class Housekeeping:
@@ -80,6 +90,7 @@ class Housekeeping:
         self._failed_log = RepeatedLog(log)
         self._removed_logs: dict[str, RepeatedLog] = {}  # by why: the quota, the floor
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
+        self._next_wal_try = 0.0  # monotonic time before which the WAL is not checkpointed again
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
     def added(self, path: Path) -> None:
@@ -101,6 +112,8 @@ class Housekeeping:
                 self._keep_free()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
                 self._expire()
+            if self.database is not None:
+                self._bound_wal()
         except Exception as exc:  # a database's, a disk's or a bug: the rows go on
             self.metrics.record_errors.inc()
             reason = str(exc).splitlines()[0][:200] if str(exc) else ""
@@ -182,6 +195,20 @@ class Housekeeping:
                 f"PRAGMA incremental_vacuum({min(spare, GIVE_BACK_PAGES)});"
             )
         return spare > GIVE_BACK_PAGES
+
+    def _bound_wal(self) -> None:
+        """Checkpoint the SQLite WAL in full and truncate it once it is past WAL_BOUND_BYTES,
+        at most once every WAL_RETRY_S."""
+        now = time.monotonic()
+        if now < self._next_wal_try or _size(self.database.with_name(self.database.name + "-wal")) <= WAL_BOUND_BYTES:
+            return
+        self._next_wal_try = now + WAL_RETRY_S
+        with self.engine.connect() as conn:
+            busy, frames, copied = conn.connection.driver_connection.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+        if busy:
+            log.debug("the WAL's checkpoint met readers: %d of its %d pages copied, tried again later", copied, frames)
 
     def _free_bytes_inside(self) -> int:
         """Bytes of the SQLite file that deleted rows left, which new rows take first."""
@@ -295,6 +322,14 @@ def free_bytes(folder: Path) -> int:
         if place.exists():
             return shutil.disk_usage(place).free
     return shutil.disk_usage("/").free
+
+
+def _size(path: Path) -> int:
+    """A file's size in bytes; 0 when it is not there."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def sqlite_file(engine: sa.Engine) -> Path | None:
