@@ -58,11 +58,16 @@ INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
 # (a dashboard open on several screens, each page asking every few seconds) keep it from ever
 # starting again: with three readers asking back to back, the WAL grew by 0.6 MB a second, 55 MB
 # in 90 s beside a 26 MB file, and would fill the disk. Past this size the writer checkpoints it
-# in full and truncates it, waiting for the readers of that moment (busy_timeout, 5 s at most;
-# readers that begin meanwhile read the file, not the WAL); a try that the readers outlast is
-# repeated after WAL_RETRY_S. Four times what a checkpoint leaves (store.WAL_KEPT_BYTES).
+# in full and truncates it, waiting WAL_WAIT_MS at most for the readers of that moment (readers
+# that begin meanwhile read the file, not the WAL); a try that the readers outlast (an export of
+# months) is repeated after WAL_RETRY_S. While it waits, other writers (a review) wait too: a
+# second is far longer than a dashboard's query takes, and well within their BUSY_TIMEOUT_MS.
+# Four times what a checkpoint leaves (store.WAL_KEPT_BYTES).
 WAL_BOUND_BYTES = 16 * 2**20
 WAL_RETRY_S = 10.0
+WAL_WAIT_MS = 1000
+# How long a SQLite connection waits for another's lock before it fails (PRAGMA busy_timeout).
+BUSY_TIMEOUT_MS = 5000
 
 
 class Housekeeping:
@@ -204,9 +209,12 @@ class Housekeeping:
             return
         self._next_wal_try = now + WAL_RETRY_S
         with self.engine.connect() as conn:
-            busy, frames, copied = conn.connection.driver_connection.execute(
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            ).fetchone()
+            driver = conn.connection.driver_connection
+            driver.execute(f"PRAGMA busy_timeout={WAL_WAIT_MS}")
+            try:
+                busy, frames, copied = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if busy:
             log.debug("the WAL's checkpoint met readers: %d of its %d pages copied, tried again later", copied, frames)
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from edge.errors import ConfigError, DataError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
-from edge.record.housekeeping import free_bytes, sqlite_file
+from edge.record.housekeeping import BUSY_TIMEOUT_MS, free_bytes, sqlite_file
 from edge.record.schema import events, migrate, results, reviews, stored_removed
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
             cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             # An expiry pass of 100,000 rows grows the WAL to about 21 MB, which SQLite otherwise
             # keeps on disk for good; past this size it is cut back after each checkpoint.
             cursor.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
