@@ -189,14 +189,35 @@ def load_images(
 ) -> np.ndarray:
     """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
     progress on a terminal; each image's (H, W) as read is appended to `shapes` when given.
-    DataError names a file that cannot be read."""
+    DataError, after reading them all, names the files that cannot be read: a folder with
+    several is mended in one go, not one file per try."""
     out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
+    unreadable: list[str] = []
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            unreadable.append(str(exc))
+            continue
         if shapes is not None:
             shapes.append(image.shape[:2])
         out[i] = to_model_input(image, size, channels)
+    if unreadable:
+        raise DataError(unreadable_message(unreadable, len(paths)))
     return out
+
+
+# An error names this many unreadable files at most, and counts the rest.
+NAMED_UNREADABLE = 10
+
+
+def unreadable_message(reasons: list[str], total: int) -> str:
+    """One line for the DataErrors of `reasons` (their messages) among `total` images."""
+    if len(reasons) == 1:
+        return reasons[0]
+    named = "; ".join(reasons[:NAMED_UNREADABLE])
+    more = f"; and {len(reasons) - NAMED_UNREADABLE} more" if len(reasons) > NAMED_UNREADABLE else ""
+    return f"{len(reasons)} of {total} images cannot be read: {named}{more}"
 
 
 def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:

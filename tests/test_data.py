@@ -63,6 +63,27 @@ def test_unreadable_image_is_named_before_training(tmp_path):
         load_images(train_image_paths(cat), 16, 3)
 
 
+def test_every_unreadable_training_image_is_named_in_one_error(tmp_path):
+    """A folder with several broken files is mended in one go: `vqad train` names each of them,
+    in the images it trains on and those it holds out alike, before any step; past ten, the
+    rest are counted."""
+    from tests.conftest import run_vqad
+
+    cat = make_category(tmp_path / "cat")
+    good = cat / "train" / "good"
+    (good / "empty.png").write_bytes(b"")
+    (good / "cut.png").write_bytes((good / "0.png").read_bytes()[:100])
+    proc = run_vqad("train", cat, "--out", tmp_path / "run", "--steps", "1", "--image-size", "16", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "2 of 6 images cannot be read" in last, proc.stderr
+    assert "empty.png: empty image data" in last and "cut.png" in last
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    for i in range(11):
+        (good / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match=r"13 of 17 images cannot be read: .*; and 3 more$"):
+        load_images(train_image_paths(cat), 16, 3)
+
+
 def test_mask_of_the_wrong_size_is_named(tmp_path):
     cat = make_category(tmp_path / "cat")
     cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0_mask.png"), np.zeros((7, 7), np.uint8))

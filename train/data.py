@@ -32,6 +32,7 @@ from edge.frames import (
     load_images,
     read_image,
     resize_mask,
+    unreadable_message,
 )
 from edge.recalibrate import identical_files
 from edge.threshold import MIN_CALIBRATION_IMAGES
@@ -261,9 +262,19 @@ def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int
 
 
 def image_shapes(paths: list[Path], sample: int = 64) -> list[tuple[int, int]]:
-    """(H, W) of up to `sample` of `paths` as read, evenly spaced over the list."""
-    every = max(1, len(paths) // sample)
-    return [read_image(p).shape[:2] for p in paths[::every][:sample]]
+    """(H, W) of up to `sample` of `paths` as read, evenly spaced over the list. Unreadable ones
+    are left out: reading the images (load_images) names them all at once. DataError when none
+    of the sample can be read."""
+    sampled = paths[:: max(1, len(paths) // sample)][:sample]
+    shapes, unreadable = [], []
+    for path in sampled:
+        try:
+            shapes.append(read_image(path).shape[:2])
+        except DataError as exc:
+            unreadable.append(str(exc))
+    if unreadable and not shapes:
+        raise DataError(unreadable_message(unreadable, len(sampled)))
+    return shapes
 
 
 def input_scale(shapes: list[tuple[int, int]], size: Size) -> dict[str, Any]:

@@ -108,8 +108,9 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         "%d good images: %d to train on, %d held out to calibrate the threshold",
         len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
     )  # fmt: skip
-    train_images = load_images(train_paths, model_cfg.image_size, model_cfg.channels)
-    val_images = load_images(val_paths, model_cfg.image_size, model_cfg.channels)
+    # One read of both, so that an error names every unreadable image of the folder at once.
+    images = load_images([*train_paths, *val_paths], model_cfg.image_size, model_cfg.channels)
+    train_images, val_images = images[: len(train_paths)], images[len(train_paths) :]
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
     if has_test_set(category):
         load_test_set(category, model_cfg.image_size, model_cfg.channels)
