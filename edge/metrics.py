@@ -66,7 +66,10 @@ class DaemonMetrics:
         )
         self.drift_alarm = Gauge("vqad_drift_alarm", "1 while a camera's scores have drifted", ["camera"], registry=r)
         self.evidence_failed = Counter(
-            "vqad_evidence_failed", "Results recorded without their evidence: it could not be written", registry=r
+            "vqad_evidence_failed",
+            "Results recorded without their evidence: it could not be written, or the frames waiting for it "
+            "were at their bound",
+            registry=r,
         )
         self.results_expired = Counter(
             "vqad_results_expired", "Results removed from the record past record_keep_days", registry=r

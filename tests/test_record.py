@@ -290,6 +290,36 @@ def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     assert writer.recorded == 5
 
 
+def test_the_frames_waiting_for_their_evidence_are_bounded_by_their_bytes(tmp_path, monkeypatch, caplog):
+    """While the database is down, or the writer encodes PNGs slower than the rejects come, the
+    frames kept for evidence wait in memory: past FRAMES_HELD_BYTES a result waits without its
+    frame, and is recorded without evidence, counted; its row is kept. Unbounded, 500 fails of
+    1280 x 1024 took 1.9 GB."""
+    from edge.record import writer as writer_module
+
+    frame_bytes = _result("c", 0).frame.nbytes
+    monkeypatch.setattr(writer_module, "FRAMES_HELD_BYTES", 3 * frame_bytes)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev")  # not started: a database that does not keep up
+    with caplog.at_level(logging.ERROR, logger="edge.record.writer"):
+        for i in range(5):
+            writer.put(_result("c", i), time.time_ns())
+    assert writer.frames_held == 3 * frame_bytes and writer.frames_let_go == 2
+    assert writer.metrics.evidence_failed._value.get() == 2 and "recorded without their images" in caplog.text
+    writer.start().close()
+    assert writer.recorded == 5 and writer.frames_held == 0
+    rows = sorted(Record(url).results(limit=10), key=lambda row: row["frame_id"])
+    assert [row["evidence"] is not None for row in rows] == [True, True, True, False, False]
+    writer = RecordWriter(url, tmp_path / "ev").start()  # the bound is of frames waiting, not of a run's
+    for i in range(5, 9):
+        writer.put(_result("c", i), time.time_ns())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and writer.recorded < i - 4:
+            time.sleep(0.05)
+    writer.close()
+    assert writer.frames_let_go == 0 and writer.frames_held == 0
+
+
 def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_path):
     """A camera bridge restarted within the day sends frame 7 again: the first frame 7's
     evidence is not overwritten, and each row names its own files. A sender without a clock

@@ -4,7 +4,9 @@ The publisher hands each result over with `put`, which never blocks: results wai
 bounded buffer and a writer thread stores them in batched transactions, with their evidence
 files. A slow or unavailable database costs nothing but buffer: a failed transaction is
 retried, with a growing pause, and its rows stay first in line. Past the bound, results are
-counted as unrecorded (metric and log), never dropped silently. A kill loses at most the batch
+counted as unrecorded (metric and log), never dropped silently. The frames kept for evidence
+are bounded apart, by their bytes: past the bound a result waits without its frame, and is
+recorded without evidence (counted). A kill loses at most the batch
 in flight; on restart the record is intact (SQLite in WAL mode; transactions on PostgreSQL).
 """
 
@@ -41,6 +43,13 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 256
 FLUSH_S = 0.5
 RETRY_MAX_S = 5.0
+# The frames that wait in the buffer for their evidence to be written, at most. Each is held as
+# received, 3.9 MB at 1280 x 1024 in colour: without a bound, 500 fails held while the database
+# was down took 1.9 GB, and a storm of fails at 30 frames/s, whose PNGs the writer encodes
+# slower than they come, grew the daemon by about 40 MB a second, until the system (8 GB on a
+# Jetson Orin Nano, shared with the GPU) stopped it. 256 MiB is 68 such frames, many seconds of
+# a writer's work; what is over it is recorded without its images.
+FRAMES_HELD_BYTES = 256 * 2**20
 
 
 class RecordWriter:
@@ -71,6 +80,9 @@ class RecordWriter:
         self.lock = threading.Condition()
         self.stopping = False
         self.recorded = self.unrecorded = 0
+        self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
+        self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
+        self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
         self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
@@ -140,11 +152,27 @@ class RecordWriter:
                     "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
                 )
                 return
+            if result.frame is not None and not self._hold(result.frame.nbytes):
+                result.frame = None
             self.buffer.append((result, published_ns))
             self.handed += 1
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
+
+    def _hold(self, nbytes: int) -> bool:
+        """Whether a frame of `nbytes` may wait in the buffer for its evidence (under self.lock);
+        past FRAMES_HELD_BYTES its result waits without it, counted in vqad_evidence_failed."""
+        if self.frames_held + nbytes <= FRAMES_HELD_BYTES:
+            self.frames_held += nbytes
+            return True
+        self.frames_let_go += 1
+        self.metrics.evidence_failed.inc()
+        self._let_go_log.log(
+            "the frames waiting for the record take %d MiB, its bound: %d results recorded without their images "
+            "(the database or the disk is slower than the line's rejects)", self.frames_held >> 20, self.frames_let_go,
+        )  # fmt: skip
+        return False
 
     def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
         """A change made to the running daemon, written at once (its own transaction)."""
@@ -217,7 +245,9 @@ class RecordWriter:
     def _take_off(self, n: int) -> None:
         """The first n buffered results leave the buffer (the caller holds self.lock)."""
         for _ in range(n):
-            self.buffer.popleft()
+            result, _published_ns = self.buffer.popleft()
+            if result.frame is not None:
+                self.frames_held -= result.frame.nbytes
         self.metrics.record_pending.set(len(self.buffer))
 
     def _count_unrecorded(self, n: int) -> None:
