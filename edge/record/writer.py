@@ -46,9 +46,10 @@ RETRY_MAX_S = 5.0
 # The frames that wait in the buffer for their evidence to be written, at most. Each is held as
 # received, 3.9 MB at 1280 x 1024 in colour: without a bound, 500 fails held while the database
 # was down took 1.9 GB, and a storm of fails at 30 frames/s, whose PNGs the writer encodes
-# slower than they come, grew the daemon by about 40 MB a second, until the system (8 GB on a
-# Jetson Orin Nano, shared with the GPU) stopped it. 256 MiB is 68 such frames, many seconds of
-# a writer's work; what is over it is recorded without its images.
+# slower than they come, grew the process by 11 MB a second with 2 cores to itself and by 55 with
+# another job on them (the daemon's inference is one), until the system (8 GB on a Jetson Orin
+# Nano, shared with the GPU) would stop it (benchmarks.record_storm). 256 MiB is 68 such frames,
+# seconds of a writer's work; what is over it is recorded without its images.
 FRAMES_HELD_BYTES = 256 * 2**20
 
 
