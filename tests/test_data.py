@@ -252,6 +252,12 @@ def test_training_images_of_several_shapes_are_named_in_a_warning(caplog):
     assert scale["camera_size"] == [1250, 500]
     assert "2 of 8 training images read have another aspect ratio than the median (2.500" in caplog.text
     assert "1024x1024 (2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.data"):  # a second camera of twice the resolution
+        input_scale([(1250, 500)] * 6 + [(2500, 1000)] * 2, (320, 128))
+    assert len(caplog.records) == 1, caplog.text
+    assert "2 of 8 training images read are another size than most (their median 791" in caplog.text
+    assert "2500x1000 (2)" in caplog.text and "another scale" in caplog.text
 
 
 def _write(path, value):

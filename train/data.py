@@ -233,6 +233,10 @@ def without_copies_of(test: list[TestSample], own: Sequence[str | Path]) -> tupl
 # An aspect ratio this far from the training images' median is another camera's or crop's: the
 # daemon's default camera check (edge.health.max_aspect_change) finds a frame this far off unfit.
 OTHER_ASPECT = 0.1
+# A size (the square root of the pixel count) this far from the median's, at the same aspect, is
+# another camera's resolution or lens: its parts reach the input at another scale. A quarter
+# leaves one camera's spread (KolektorSDD's 1,235-1,285 rows) and a 1.5x crop apart.
+OTHER_SIZE = 0.25
 
 # image_size auto: the long side is at most this many times the short side. A strip longer than
 # that (a line scan) is squeezed to it: the input's pixel count, and the line's frame rate,
@@ -305,12 +309,27 @@ def _warn_mixed_shapes(shapes: list[tuple[int, int]]) -> None:
     median = float(np.median(aspects))
     off = [shape for shape, aspect in zip(shapes, aspects, strict=True) if abs(aspect / median - 1) > OTHER_ASPECT]
     if off:
-        listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in Counter(map(tuple, off)).most_common(3))
         log.warning(
             "%d of %d training images read have another aspect ratio than the median (%.3f, height / width): %s; "
             "each is resized to the one input, so they are stretched. One camera's images train one model.",
-            len(off), len(shapes), median, listed,
+            len(off), len(shapes), median, _listed(off),
         )  # fmt: skip
+    sizes = np.sqrt([h * w for h, w in shapes])
+    median_size = float(np.median(sizes))
+    other = [shape for shape, size, aspect in zip(shapes, sizes, aspects, strict=True)
+             if abs(size / median_size - 1) > OTHER_SIZE and abs(aspect / median - 1) <= OTHER_ASPECT]  # fmt: skip
+    if other:
+        log.warning(
+            "%d of %d training images read are another size than most (their median %.0f pixels a side, as a "
+            "square): %s; each is resized to the one input, so their parts reach it at another scale. One "
+            "camera's images train one model.",
+            len(other), len(shapes), median_size, _listed(other),
+        )  # fmt: skip
+
+
+def _listed(shapes: list[tuple[int, int]]) -> str:
+    """The three commonest of `shapes`, with their counts: "1024x1024 (2), ..."."""
+    return ", ".join(f"{h}x{w} ({n})" for (h, w), n in Counter(map(tuple, shapes)).most_common(3))
 
 
 def resolve_image_size(
