@@ -5,7 +5,8 @@ Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON
 Commands: status; set-threshold (value, reason), applied from the next batch; reload (the
 model package at MODEL_DIR, as it is now: switch a `current` symlink to a new one first);
 pause and resume (a camera). Every change is logged, and written to the record with who made
-it and when.
+it and when. The threshold set and the paused cameras are kept in the state folder, so that a
+restart does not undo them (edge.state.Overrides).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import zmq
 from edge import transport
 from edge.errors import PackageError, VqadError
 from edge.protocol import MAX_ID_LENGTH, is_id
-from edge.serving import load_serving
+from edge.serving import configured_threshold, load_serving
 from edge.watchdog import notify
 
 if TYPE_CHECKING:
@@ -117,6 +118,10 @@ class Control:
         at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         source = {"by": "vqad ctl set-threshold", "who": by, "reason": reason, "at": at}
         old = d.swap(d.serving.with_threshold(value, source), close_old=False).scoring.threshold
+        package = d.serving.package
+        d.overrides.threshold = {"value": value, "source": source, "model_sha256": package.sha256,
+                                 "replaces": configured_threshold(package, d.cfg)}  # fmt: skip
+        d.overrides.save()
         self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
         return {"threshold": value, "previous": old}
 
@@ -140,6 +145,9 @@ class Control:
             notify("READY=1")
             raise VqadError(str(exc)) from exc
         d.swap(new)  # a new model, a new health gate and drift reference: the windows start again
+        if d.overrides.threshold is not None:  # the package's threshold serves now, after a restart too
+            d.overrides.threshold = None
+            d.overrides.save()
         notify("READY=1")
         d.metrics.reloads.inc()
         swapped = {"from": old.scoring.model, "to": new.scoring.model}
@@ -150,6 +158,7 @@ class Control:
         camera = _camera(args)
         changed = camera not in self.daemon.paused
         self.daemon.paused.add(camera)
+        self._keep_paused()
         self._change("pause", {"camera": camera}, by)
         return self._paused(camera, changed)
 
@@ -157,8 +166,14 @@ class Control:
         camera = _camera(args)
         changed = camera in self.daemon.paused
         self.daemon.paused.discard(camera)
+        self._keep_paused()
         self._change("resume", {"camera": camera}, by)
         return self._paused(camera, changed)
+
+    def _keep_paused(self) -> None:
+        """The paused cameras, kept for the next start (edge.state.Overrides)."""
+        self.daemon.overrides.paused = sorted(self.daemon.paused)
+        self.daemon.overrides.save()
 
     def _paused(self, camera: str, changed: bool) -> dict[str, Any]:
         """The reply to pause and resume: the paused cameras; whether this request changed that

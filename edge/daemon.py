@@ -44,7 +44,7 @@ from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
-from edge.state import mark_running
+from edge.state import Overrides, mark_running
 from edge.watchdog import Liveness, Watchdog, notify
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class Daemon:
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
+        self.state_dir = Path(cfg.state_dir) if cfg.state_dir else model_dir
+        self.overrides = Overrides(self.state_dir / Overrides.FILE_NAME)  # what vqad ctl changed; loaded at start
         self.liveness = Liveness()  # each loop beats once per turn; edge.watchdog finds one that stopped
         self.watchdog: Watchdog | None = None
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
@@ -141,6 +143,7 @@ class Daemon:
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._check_previous_exit()
+        self._restore(Overrides.load(self.state_dir))
         if cfg.record:
             from edge.record import RecordWriter
 
@@ -308,8 +311,34 @@ class Daemon:
 
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:
-        state_dir = Path(self.cfg.state_dir) if self.cfg.state_dir else self.model_dir
-        self._marker = mark_running(state_dir, self.metrics)
+        self._marker = mark_running(self.state_dir, self.metrics)
+
+    def _restore(self, overrides: Overrides) -> None:
+        """Put back what `vqad ctl` changed before the restart (edge.state.Overrides): its
+        threshold, while the daemon starts on the model and configured threshold it replaced;
+        its paused cameras."""
+        self.overrides, kept, serving = overrides, overrides.threshold, self.serving
+        if kept is not None:
+            sha, configured = serving.package.sha256, serving.scoring.threshold
+            if kept["model_sha256"] == sha and kept["replaces"] == configured:
+                self.serving = serving.with_threshold(kept["value"], kept["source"])
+                self.metrics.threshold.set(kept["value"])
+                who, why = kept["source"].get("who"), kept["source"].get("reason")
+                log.info("threshold %.6g kept from before the restart (set by %s: %s) over the configured %.6g",
+                         kept["value"], who, why, configured)  # fmt: skip
+            else:
+                log.warning(
+                    "the threshold %.6g set with vqad ctl before the restart (by %s: %s) is dropped: it replaced %.6g "
+                    "on model %s…, and the daemon now starts on %.6g on model %s…",
+                    kept["value"], kept["source"].get("who"), kept["source"].get("reason"), kept["replaces"],
+                    str(kept["model_sha256"])[:12], configured, sha[:12],
+                )  # fmt: skip
+                overrides.threshold = None
+                overrides.save()
+        if overrides.paused:
+            self.paused.update(overrides.paused)
+            log.info("paused before the restart, and still paused: %s (vqad ctl ... resume CAMERA)",
+                     ", ".join(overrides.paused))  # fmt: skip
 
     # -- changes while serving (the control thread) ------------------------------------------
     def swap(self, new: Serving, close_old: bool = True) -> Serving:

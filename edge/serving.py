@@ -57,7 +57,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         )
     pkg.verify(FP32_FILE)
     scoring = Scoring(
-        threshold=float(cfg.threshold if cfg.threshold is not None else pkg.threshold),
+        threshold=configured_threshold(pkg, cfg),
         model={"name": pkg.name, "sha256": pkg.sha256},
         map_scale=float(pkg.map_scale),
         min_region_area=cfg.min_region_area,
@@ -97,6 +97,11 @@ def health_gate(pkg: ModelPackage, limits: HealthLimits) -> HealthGate | None:
         log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
         return None
     return HealthGate(stats, limits)
+
+
+def configured_threshold(pkg: ModelPackage, cfg: EdgeConfig) -> float:
+    """The threshold a daemon starts on: edge.threshold when the config sets one, else the package's."""
+    return float(cfg.threshold if cfg.threshold is not None else pkg.threshold)
 
 
 def threshold_source(calibration: dict[str, Any], from_config: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The daemon's state folder: a marker that it is running (left behind by a kill or a power
-cut, so the next start knows), and how many unclean exits the folder has seen."""
+cut, so the next start knows), how many unclean exits the folder has seen, and what `vqad ctl`
+changed (`Overrides`), so that a restart does not undo it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge.metrics import DaemonMetrics
 
@@ -32,9 +35,7 @@ def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
         metrics.previous_exit_unclean.set(1)
         # Written whole or not at all: a power cut mid-write must not leave a file the next
         # start cannot read (it read it before, and the daemon then never started again).
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_file)
+        _write_whole(state_file, state)
     metrics.unclean_exits.set(state["unclean_exits"])
     marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     return marker
@@ -51,3 +52,56 @@ def _read_state(state_file: Path) -> dict[str, int]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s): the count of unclean exits starts again", state_file, exc)
         return {"unclean_exits": 0}
+
+
+def _write_whole(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON whole or not at all (a power cut mid-write leaves the older file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+@dataclass
+class Overrides:
+    """What `vqad ctl` changed in the running daemon, kept in STATE_DIR/vqad-serve.overrides.json
+    so that a restart (a power cut, systemd) neither puts the line back on a threshold it was
+    taken off nor starts a camera someone paused.
+
+    threshold: {"value", "source" (who, why, when), "model_sha256", "replaces"}: it applies at a
+    start only on the same model, over the same configured threshold (the package's, or
+    edge.threshold) that it replaced; a new package, a recalibrated model.json or another
+    edge.threshold is a newer decision, and the kept threshold is dropped. A reload drops it
+    too, as it does in the running daemon. paused: the paused cameras."""
+
+    path: Path
+    threshold: dict[str, Any] | None = None
+    paused: list[str] = field(default_factory=list)
+
+    FILE_NAME = "vqad-serve.overrides.json"
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Overrides:
+        """The overrides kept in `state_dir`; none when there are none, or (with a warning) when
+        the file cannot be read: the start goes on with the package's threshold."""
+        path = state_dir / cls.FILE_NAME
+        if not path.is_file():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text())
+            threshold = data.get("threshold")
+            if threshold is not None:
+                threshold = {k: threshold[k] for k in ("value", "source", "model_sha256", "replaces")}
+                threshold["value"], threshold["replaces"] = float(threshold["value"]), float(threshold["replaces"])
+            return cls(path, threshold, [str(camera) for camera in data.get("paused", [])])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s): what vqad ctl changed before the restart is not restored", path, exc)
+            return cls(path)
+
+    def save(self) -> None:
+        """Keep the overrides; a disk that refuses leaves them in force until the next start,
+        with an error in the log."""
+        try:
+            _write_whole(self.path, {"threshold": self.threshold, "paused": self.paused})
+        except OSError as exc:
+            log.error("%s cannot be written (%s): what vqad ctl changed holds until the daemon restarts", self.path,
+                      exc)  # fmt: skip

@@ -5,6 +5,7 @@ model serving, paused cameras; every change in the record."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from edge.package import load_package, sha256_file, write_model_json
 from edge.protocol import frame_message
 from edge.record import Record
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
 
 def _twin(package, out):
@@ -136,6 +137,53 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     events = Record(url).events()
     assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume", "resume"]
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
+
+
+def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, tmp_path):
+    """A power cut or systemd restarts the daemon: the threshold set with vqad ctl and the paused
+    camera are still in force. The kept threshold gives way to a newer decision: the daemon
+    started on another configured threshold (edge.threshold here; a recalibrated package alike),
+    or a reload, which serves the package's threshold in the running daemon too."""
+    control, state = f"ipc://{tmp_path}/ctl", short_ipc_dir()
+    daemon = DaemonProcess(tiny_model, "--control", control, ipc_dir=state)
+    with daemon:
+        configured = _ctl(control, "status")["threshold"]
+        _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
+        _ctl(control, "pause", "left")
+    with daemon:
+        kept = _ctl(control, "status")
+    assert kept["threshold"] == 123.5 and kept["paused"] == ["left"]
+    assert {k: kept["threshold_source"][k] for k in ("who", "reason")} == {"who": "test", "reason": "audit 42"}
+    assert "threshold 123.5 kept from before the restart (set by test: audit 42)" in daemon.log_text()
+    reconfigured = DaemonProcess(tiny_model, "--control", control, "--threshold", "50", ipc_dir=state)
+    with reconfigured:
+        status = _ctl(control, "status")
+    assert status["threshold"] == 50 and status["paused"] == ["left"]
+    assert "the threshold 123.5 set with vqad ctl before the restart (by test: audit 42) is dropped" in (
+        reconfigured.log_text()
+    )
+    with daemon:  # on the package's threshold again: the dropped one does not come back
+        assert _ctl(control, "status")["threshold"] == configured
+        _ctl(control, "set-threshold", "99", "--reason", "x")
+        _ctl(control, "resume", "left")
+        _ctl(control, "reload")
+    with daemon:
+        status = _ctl(control, "status")
+    assert status["threshold"] == configured and status["paused"] == []
+
+
+def test_an_overrides_file_cut_short_is_no_reason_not_to_start(tmp_path, caplog):
+    """A file an older write left half (a power cut) is warned of, and the start goes on without
+    it; what is written next reads back."""
+    from edge.state import Overrides
+
+    (tmp_path / Overrides.FILE_NAME).write_text('{"threshold": {"value": 1.5, "sour')
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        overrides = Overrides.load(tmp_path)
+    assert overrides.threshold is None and overrides.paused == [] and "is unreadable" in caplog.text
+    overrides.paused = ["left"]
+    overrides.save()
+    assert Overrides.load(tmp_path).paused == ["left"]
 
 
 def test_a_malformed_control_request_is_refused_and_the_daemon_goes_on(tiny_model, tmp_path):
