@@ -88,11 +88,15 @@ class Overrides:
             return cls(path)
         try:
             data = json.loads(path.read_text())
-            threshold = data.get("threshold")
+            threshold, paused = data.get("threshold"), data.get("paused", [])
             if threshold is not None:
                 threshold = {k: threshold[k] for k in ("value", "source", "model_sha256", "replaces")}
                 threshold["value"], threshold["replaces"] = float(threshold["value"]), float(threshold["replaces"])
-            return cls(path, threshold, [str(camera) for camera in data.get("paused", [])])
+                if not isinstance(threshold["source"], dict):
+                    raise TypeError("the threshold's source is not an object")
+            if not isinstance(paused, list) or not all(isinstance(camera, str) for camera in paused):
+                raise TypeError("paused is not a list of camera ids")
+            return cls(path, threshold, paused)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): what vqad ctl changed before the restart is not restored", path, exc)
             return cls(path)

@@ -173,14 +173,17 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
 
 
 def test_an_overrides_file_cut_short_is_no_reason_not_to_start(tmp_path, caplog):
-    """A file an older write left half (a power cut) is warned of, and the start goes on without
-    it; what is written next reads back."""
+    """A file cut short, or one of the wrong shape (edited by hand), is warned of, and the start
+    goes on without it; what is written next reads back."""
     from edge.state import Overrides
 
-    (tmp_path / Overrides.FILE_NAME).write_text('{"threshold": {"value": 1.5, "sour')
-    with caplog.at_level(logging.WARNING, logger="edge.state"):
-        overrides = Overrides.load(tmp_path)
-    assert overrides.threshold is None and overrides.paused == [] and "is unreadable" in caplog.text
+    for text in ('{"threshold": {"value": 1.5, "sour', '{"paused": "left"}',
+                 '{"threshold": {"value": 1.5, "source": "x", "model_sha256": "ab", "replaces": 1.0}}'):  # fmt: skip
+        (tmp_path / Overrides.FILE_NAME).write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edge.state"):
+            overrides = Overrides.load(tmp_path)
+        assert overrides.threshold is None and overrides.paused == [] and "is unreadable" in caplog.text, text
     overrides.paused = ["left"]
     overrides.save()
     assert Overrides.load(tmp_path).paused == ["left"]
