@@ -320,18 +320,17 @@ class Daemon:
         self.overrides, kept, serving = overrides, overrides.threshold, self.serving
         if kept is not None:
             sha, configured = serving.package.sha256, serving.scoring.threshold
+            who, why = kept["source"].get("who"), kept["source"].get("reason")
             if kept["model_sha256"] == sha and kept["replaces"] == configured:
                 self.serving = serving.with_threshold(kept["value"], kept["source"])
                 self.metrics.threshold.set(kept["value"])
-                who, why = kept["source"].get("who"), kept["source"].get("reason")
                 log.info("threshold %.6g kept from before the restart (set by %s: %s) over the configured %.6g",
                          kept["value"], who, why, configured)  # fmt: skip
             else:
                 log.warning(
                     "the threshold %.6g set with vqad ctl before the restart (by %s: %s) is dropped: it replaced %.6g "
                     "on model %s…, and the daemon now starts on %.6g on model %s…",
-                    kept["value"], kept["source"].get("who"), kept["source"].get("reason"), kept["replaces"],
-                    str(kept["model_sha256"])[:12], configured, sha[:12],
+                    kept["value"], who, why, kept["replaces"], str(kept["model_sha256"])[:12], configured, sha[:12],
                 )  # fmt: skip
                 overrides.threshold = None
                 overrides.save()
