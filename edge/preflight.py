@@ -108,6 +108,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
             f"record {shown_url(cfg.record)}: created by the start",
             _writable_line("record's folder", Path(database).parent),
             _writable_line("evidence folder", evidence),
+            *_network_note(Path(database)),
             *_rows_note(Path(database), cfg),
         ]
     try:
@@ -123,9 +124,17 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
             lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
                          f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "
                          "stopped)")  # fmt: skip
-        return lines + (_rows_note(Path(database), cfg) if database else [])
+        return lines + ([*_network_note(Path(database)), *_rows_note(Path(database), cfg)] if database else [])
     finally:
         engine.dispose()
+
+
+def _network_note(database: Path) -> list[str]:
+    """A note when a SQLite record lies on a network filesystem, where it can be damaged."""
+    from edge.record.housekeeping import network_filesystem_note
+
+    note = network_filesystem_note(database)
+    return [f"note: {note}"] if note else []
 
 
 def _rows_note(database: Path, cfg: EdgeConfig) -> list[str]:

@@ -529,6 +529,32 @@ def test_serve_check_says_how_long_the_records_disk_holds_its_rows(tmp_path, mon
     assert not any("record_keep_days is 0" in line for line in kept)
 
 
+def test_a_sqlite_record_on_a_network_filesystem_is_warned_of(tmp_path, monkeypatch, caplog):
+    """SQLite's locks do not hold on NFS or SMB, and its WAL's shared memory is not shared there:
+    the daemon's start and `vqad serve --check` say so. The mount that holds a path is the
+    innermost one, read from /proc/self/mountinfo (a space in its name is \\040)."""
+    from edge.record import housekeeping
+
+    mountinfo = "\n".join([
+        "22 1 8:1 / / rw,relatime - ext4 /dev/mmcblk0p1 rw",
+        "30 22 0:50 / /mnt/nas rw,relatime - nfs4 plant:/records rw",
+        "31 30 0:51 / /mnt/nas/local rw,relatime - ext4 /dev/sda1 rw",
+        "32 22 0:52 / /mnt/line\\040share rw,relatime - cifs //plant/line rw",
+    ])  # fmt: skip
+    assert housekeeping.mount_type(Path("/mnt/nas/line.db"), mountinfo) == "nfs4"
+    assert housekeeping.mount_type(Path("/mnt/nas/local/line.db"), mountinfo) == "ext4"
+    assert housekeeping.mount_type(Path("/mnt/nasty/line.db"), mountinfo) == "ext4"
+    assert housekeeping.mount_type(Path("/mnt/line share/line.db"), mountinfo) == "cifs"
+    database = tmp_path / "line.db"
+    assert housekeeping.filesystem_type(database) not in housekeeping.NETWORK_FILESYSTEMS
+    assert not any("network filesystem" in line for line in _serve_check_lines(database))
+    monkeypatch.setattr(housekeeping, "filesystem_type", lambda _path: "nfs4")
+    with caplog.at_level(logging.WARNING, logger="edge.record.writer"):
+        RecordWriter(f"sqlite:///{database}").start().close()
+    assert f"the SQLite record {database} is on a network filesystem (nfs4)" in caplog.text
+    assert any(line.startswith("note: the SQLite record") for line in _serve_check_lines(database))
+
+
 def _checkpointed_size(database: Path) -> int:
     """A SQLite file's size once its WAL is written into it."""
     conn = sqlite3.connect(database)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -330,6 +331,51 @@ def free_bytes(folder: Path) -> int:
         if place.exists():
             return shutil.disk_usage(place).free
     return shutil.disk_usage("/").free
+
+
+# Filesystems where SQLite's locks do not hold and its WAL's shared memory is not shared
+# (sqlite.org/wal.html: "WAL does not work over a network filesystem"): a SQLite record there can
+# be damaged. Their names as /proc/self/mountinfo gives them.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "davfs", "fuse.sshfs",
+     "fuse.glusterfs", "fuse.rclone", "fuse.s3fs"}
+)  # fmt: skip
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem that holds `path` (or would: its nearest existing parent), as
+    the kernel names it (ext4, nfs4, ...); None where /proc/self/mountinfo cannot be read (not
+    Linux)."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    return mount_type(next((p for p in (path, *path.parents) if p.exists()), Path("/")).resolve(), mountinfo)
+
+
+def mount_type(place: Path, mountinfo: str) -> str | None:
+    """The type of the innermost mount in `mountinfo` (/proc/self/mountinfo's text) that holds
+    the absolute path `place`."""
+    best, kind = -1, None
+    for line in mountinfo.splitlines():
+        fields, _, after = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not after:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))  # a space is \040
+        if (place == point or point in place.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), after.split()[0]
+    return kind
+
+
+def network_filesystem_note(database: Path) -> str | None:
+    """A warning when a SQLite record lies on a network filesystem; None otherwise."""
+    kind = filesystem_type(database)
+    if kind not in NETWORK_FILESYSTEMS:
+        return None
+    return (f"the SQLite record {database} is on a network filesystem ({kind}), where SQLite's locking does not hold "
+            "and the file can be damaged: keep it on this machine's disk, or use a PostgreSQL server for a record "
+            "off it")  # fmt: skip
 
 
 def _size(path: Path) -> int:

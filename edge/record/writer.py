@@ -31,7 +31,7 @@ from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import capture_time_ns, file_name, unfit_reasons
-from edge.record.housekeeping import Housekeeping, sqlite_file
+from edge.record.housekeeping import Housekeeping, network_filesystem_note, sqlite_file
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, shown_url
 from edge.results import Result
@@ -91,6 +91,8 @@ class RecordWriter:
         self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
         self._unstorable_log = RepeatedLog(log, logging.ERROR)
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
+        if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
+            log.warning(note)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = uuid.uuid4().hex
         self.handed = 0
