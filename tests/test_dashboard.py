@@ -31,7 +31,7 @@ from edge.record.days import ProductionDays
 from edge.record.schema import add_removed
 from edge.record.store import create_engine
 from edge.transport import free_loopback_port
-from tests.browser import DashboardProcess, headless_chromium, wait_for
+from tests.browser import DashboardProcess, PrefixProxy, headless_chromium, wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, stop_process
 
@@ -509,6 +509,45 @@ def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(
         cookie = driver.get_cookie("vqad_token")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     finally:
+        driver.quit()
+        dashboard.stop()
+
+
+def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(line, tmp_path):
+    """A plant's gateway serves each line's dashboard under a path of its own (/line3/) and takes
+    it off before passing the request on: the page streams, draws a reject's overlay and takes
+    the token from the address bar; the API's image links carry the path."""
+    daemon, prefix = line["daemon"], "/line3"
+    dashboard = DashboardProcess(
+        "--results", daemon.results, "--record", line["url"], "--root-path", prefix,
+        log_path=tmp_path / "dashboard.log", env={"VQAD_DASHBOARD_TOKEN": TOKEN},
+    ).start(headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    driver = headless_chromium()
+    sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+    try:
+        with PrefixProxy(prefix, dashboard.port) as proxy:
+            base = proxy.url + prefix
+            driver.get(f"{base}/?token={TOKEN}")
+            assert driver.current_url == base + "/"  # the token left the address bar, the path stayed
+            assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+            run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "proxy test", "--by", "test")
+            cam.send(frame_message("line3cam", 1, cv2.imread(str(line["images"][0])), "raw"))
+            assert [h["decision"] for h, _ in sub.collect(1, timeout=30)] == ["fail"]
+            drawn = (
+                'return [...document.querySelectorAll("[data-camera=line3cam] .reject img")].map(i => i.naturalWidth)'
+            )
+            assert wait_for(lambda: (widths := driver.execute_script(drawn)) and all(widths), timeout=10)
+            status, body = _json(f"{base}/api/rejects?camera=line3cam", {"Authorization": f"Bearer {TOKEN}"})
+            overlay = body["rejects"][0]["images"]["overlay"]
+            assert status == 200 and overlay.startswith(f"{prefix}/api/image/line3cam/1/overlay"), overlay
+            assert _status(proxy.url + overlay, {"Authorization": f"Bearer {TOKEN}"}) == 200
+            assert driver.get_cookie("vqad_token")["path"] == prefix
+            assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert "GET /api/events" in proxy.requests and "GET /" in proxy.requests and not proxy.refused, proxy.refused
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "proxy test done", check=False)
+        sub.close()
+        cam.close()
         driver.quit()
         dashboard.stop()
 

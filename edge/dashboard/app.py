@@ -73,6 +73,13 @@ SECURITY_HEADERS = {
 }
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path within the dashboard: without the prefix a reverse proxy serves it
+    under (root_path, which uvicorn adds to the path; a server that does not, leaves it out)."""
+    root, path = scope.get("root_path", ""), scope["path"]
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
 class TokenGate:
     """Refuses every request without the token (401); `/?token=T` sets the cookie, then redirects."""
 
@@ -85,9 +92,10 @@ class TokenGate:
         request = Request(scope)
         if self.token and not self._authorised(request):
             return await self._refuse(request)(scope, receive, send)
-        if self.token and "token" in request.query_params and request.url.path == "/":
-            response = RedirectResponse("/", status_code=303)  # the token leaves the address bar
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+        if self.token and "token" in request.query_params and app_path(scope) == "/":
+            root = scope.get("root_path", "")
+            response = RedirectResponse(root + "/", status_code=303)  # the token leaves the address bar
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path=root or "/")
             return await response(scope, receive, send)
 
         async def send_with_headers(message: dict) -> None:
@@ -103,13 +111,13 @@ class TokenGate:
         offered = [
             bearer[7:] if bearer.lower().startswith("bearer ") else "",
             request.cookies.get(COOKIE, ""),
-            request.query_params.get("token", "") if request.url.path == "/" else "",
+            request.query_params.get("token", "") if app_path(request.scope) == "/" else "",
         ]
         return any(secrets.compare_digest(o.encode(), self.token.encode()) for o in offered if o)
 
     @staticmethod
     def _refuse(request: Request) -> Response:
-        if request.url.path.startswith("/api/"):
+        if app_path(request.scope).startswith("/api/"):
             return JSONResponse({"error": "a token is required"}, 401, headers={"www-authenticate": "Bearer"})
         return Response("A token is required: open /?token=TOKEN once.", 401, media_type="text/plain")
 
@@ -186,12 +194,13 @@ class Dashboard:
                 rows = self._from_record(lambda record: record.results(camera=camera, decision="fail", limit=limit))
             except RecordUnavailableError as exc:  # the stream's rejects still come, with the reason
                 record_error = str(exc)
-        items = [_reject_item(row, recorded=True) for row in rows]
+        root = request.scope.get("root_path", "")
+        items = [_reject_item(row, True, root) for row in rows]
         published: dict[tuple[str, int], list[float]] = {}
         for row in rows:
             published.setdefault((row["camera_id"], row["frame_id"]), []).append((row["published_ns"] or 0) / 1e9)
         streamed = self.view.rejects(camera, limit)
-        items += [_reject_item(f.header, recorded=False) for f in streamed if not _recorded(f, published)]
+        items += [_reject_item(f.header, False, root) for f in streamed if not _recorded(f, published)]
         items = sorted(items, key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
@@ -220,7 +229,9 @@ class Dashboard:
             rows = self._from_record(query)
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
-        return JSONResponse({"results": [_result_item(row) for row in rows], "limit_reached": len(rows) == limit})
+        root = request.scope.get("root_path", "")
+        items = [_result_item(row, root) for row in rows]
+        return JSONResponse({"results": items, "limit_reached": len(rows) == limit})
 
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the line's last `days` days (today included; the
@@ -369,11 +380,12 @@ def _live_image(live: LiveFrame, kind: str) -> Response:
     return Response(picture, media_type="image/jpeg")
 
 
-def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
-    """A reject as the API gives it, from a streamed header or a record row."""
+def _reject_item(src: dict[str, Any], recorded: bool, root: str = "") -> dict[str, Any]:
+    """A reject as the API gives it, from a streamed header or a record row; its image links
+    under `root`, the prefix a reverse proxy serves the dashboard under."""
     camera, frame_id = str(src["camera_id"]), int(src["frame_id"])
     result_id = src.get("id") if recorded else None
-    base = f"/api/image/{quote(camera, safe='')}/{frame_id}"
+    base = f"{root}/api/image/{quote(camera, safe='')}/{frame_id}"
     # A recorded result's pictures by its own id; a streamed one's told apart by its time, for
     # the browser's cache: a sender that starts its ids again sends this frame id anew.
     query = f"?result={result_id}" if result_id is not None else f"?t={int(src.get('ts_ns') or 0)}"
@@ -392,10 +404,10 @@ def _reject_item(src: dict[str, Any], recorded: bool) -> dict[str, Any]:
     return item
 
 
-def _result_item(row: dict[str, Any]) -> dict[str, Any]:
+def _result_item(row: dict[str, Any], root: str = "") -> dict[str, Any]:
     """A recorded result as /api/results gives it: the reject's fields, what else the record
     kept, and links to the evidence it still has (none for a pass without a sampled frame)."""
-    item = _reject_item(row, recorded=True)
+    item = _reject_item(row, True, root)
     item.update({k: row.get(k) for k in ("status", "error", "latency_ms", "published_ns")})
     kept = not row["evidence_removed"]
     item["images"] = {

@@ -76,7 +76,14 @@ def run_dashboard(cfg: DashboardConfig) -> int:
         probe.start()
     app = create_app(cfg, view, probe, record)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="off")
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+            root_path=cfg.root_path,
+        )  # fmt: skip
     )
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(

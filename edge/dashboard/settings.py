@@ -49,6 +49,9 @@ class DashboardConfig:
     # first shift's start, say) to the next.
     timezone: str = ""
     day_starts: str = "00:00"
+    # The path a reverse proxy serves the dashboard under (/line3), which it takes off before
+    # passing a request on: the API's image links and the token's cookie carry it. "" = none.
+    root_path: str = ""
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
@@ -67,6 +70,10 @@ class DashboardConfig:
         )
         require(self.metrics == "" or self.metrics.startswith(("http://", "https://")), "metrics: an http(s) URL")
         require(bool(self.curve_secret) == bool(self.curve_server_key), "CURVE needs curve_secret and curve_server_key")
+        require(
+            self.root_path == "" or (self.root_path.startswith("/") and not self.root_path.endswith("/")),
+            f"root_path must start with / and not end with one (/line3), got {self.root_path!r}",
+        )
         self.production_days()  # an unknown zone or a start off the quarter hour: ValueError
 
     def production_days(self) -> ProductionDays:

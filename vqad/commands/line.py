@@ -368,7 +368,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from edge.dashboard.server import run_dashboard
     from edge.dashboard.settings import DashboardConfig
 
-    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts")
+    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path")
     over = {key: getattr(args, key) for key in keys}
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
@@ -440,6 +440,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--host", help="address to listen on (default 127.0.0.1; any other needs a token)")
     d.add_argument("--port", type=int, help="port to listen on (default 8080)")
     d.add_argument("--token", help="require this token (or set VQAD_DASHBOARD_TOKEN, which ps cannot show)")
+    d.add_argument(
+        "--root-path", metavar="PREFIX", help="the path a reverse proxy serves the page under, e.g. /line3, when it "
+        "takes it off before passing the request on (default: none)",
+    )  # fmt: skip
     _add_day_flags(d)
     d.set_defaults(func=cmd_dashboard)
 

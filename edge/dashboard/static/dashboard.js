@@ -33,7 +33,7 @@ async function api(path, options = {}) {
 
 // -- the live summary ---------------------------------------------------------------------
 function connect() {
-  const source = new EventSource("/api/events");
+  const source = new EventSource("api/events");
   source.addEventListener("summary", (event) => {
     state.summary = JSON.parse(event.data);
     window.vqadStats.events += 1;
@@ -128,7 +128,7 @@ function drawCamera(id, c, daemon) {
 async function loadDaily(cam, id) {
   cam.dailyAt = performance.now();
   try {
-    const body = await api(`/api/daily?camera=${encodeURIComponent(id)}&days=7`);
+    const body = await api(`api/daily?camera=${encodeURIComponent(id)}&days=7`);
     const gone = body.removed; // results that have left the record: the days up to it are counted in part
     const rows = body.days.slice().reverse().map((d) => {
       const tr = document.createElement("tr");
@@ -164,7 +164,7 @@ function drawLatest(cam, id, latest) {
   if (latest.frame_id === cam.imageFrame || now - cam.imageAt < IMAGE_EVERY_MS) return;
   cam.imageAt = now;
   cam.imageFrame = latest.frame_id;
-  $(cam.node, "latest-image").src = `/api/image/${encodeURIComponent(id)}/latest/overlay?f=${latest.frame_id}`;
+  $(cam.node, "latest-image").src = `api/image/${encodeURIComponent(id)}/latest/overlay?f=${latest.frame_id}`;
 }
 
 // -- charts (plain canvas) ------------------------------------------------------------------
@@ -236,7 +236,7 @@ async function loadGallery(cam, id, fails) {
   cam.galleryAt = performance.now();
   window.vqadStats.galleryFetches += 1;
   try {
-    const body = await api(`/api/rejects?camera=${encodeURIComponent(id)}&limit=${GALLERY_SIZE}`);
+    const body = await api(`api/rejects?camera=${encodeURIComponent(id)}&limit=${GALLERY_SIZE}`);
     cam.galleryFails = fails;
     cam.galleryNew = drawGallery($(cam.node, "gallery"), body.rejects);
     // Rejects not in the record yet (its writer commits every half second): look again soon.
@@ -351,7 +351,7 @@ async function review(verdict) {
   };
   const status = document.getElementById("review-status");
   try {
-    await api("/api/review", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    await api("api/review", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
     status.textContent = `Recorded: ${verdict.replace("_", " ")}.`;
     const cam = state.cameras.get(r.camera_id);
     if (cam) loadGallery(cam, r.camera_id, cam.galleryFails);
