@@ -321,7 +321,7 @@ class Daemon:
         if kept is not None:
             sha, configured = serving.package.sha256, serving.scoring.threshold
             who, why = kept["source"].get("who"), kept["source"].get("reason")
-            if kept["model_sha256"] == sha and kept["replaces"] == configured:
+            if overrides.applies(sha, configured):
                 self.serving = serving.with_threshold(kept["value"], kept["source"])
                 self.metrics.threshold.set(kept["value"])
                 log.info("threshold %.6g kept from before the restart (set by %s: %s) over the configured %.6g",

@@ -21,6 +21,7 @@ from edge.errors import DataError
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
+from edge.state import Overrides
 from edge.transport import ipc_in_use
 
 # A passed frame's row in a SQLite record, with its share of the indexes: 282 bytes over 80,000
@@ -33,17 +34,18 @@ def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
     """Everything a start of `vqad serve model_dir` with `cfg` needs but its sockets; -> the
     lines that say what was found. Raises what the start would (PackageError, BackendError,
     ConfigError, DataError)."""
-    lines = _serving_lines(model_dir, cfg)
+    state_dir = Path(cfg.state_dir) if cfg.state_dir else model_dir
+    lines = _serving_lines(model_dir, cfg, Overrides.load(state_dir))
     if cfg.curve.enabled:
         lines.append(_curve_line(cfg))
-    lines.append(_writable_line("state folder", Path(cfg.state_dir) if cfg.state_dir else model_dir))
+    lines.append(_writable_line("state folder", state_dir))
     if cfg.record:
         lines += _record_lines(cfg)
     lines += _endpoint_lines(cfg)
     return lines
 
 
-def _serving_lines(model_dir: Path, cfg: EdgeConfig) -> list[str]:
+def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> list[str]:
     t0 = time.perf_counter()
     serving = load_serving(model_dir, cfg, DaemonMetrics())  # verifies the hash, builds and warms up
     try:
@@ -57,7 +59,7 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig) -> list[str]:
         return [
             f"model {pkg.name} ({pkg.sha256[:12]}…) from {pkg.root}: input {pkg.image_size[0]}x{pkg.image_size[1]} "
             f"(HxW) x {pkg.channels}, its graph's sha256 verified",
-            f"threshold {scoring.threshold:.6g}, set by {source.get('by') or 'unknown'}",
+            *_threshold_lines(scoring.threshold, source, pkg.sha256, overrides),
             f"backend {cfg.backend} x {len(serving.backends)}: built and warmed up in {built_s:.1f} s; "
             f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms",
             "camera health gate " + ("on" if serving.health else "off")
@@ -65,6 +67,24 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig) -> list[str]:
         ]  # fmt: skip
     finally:
         serving.close()
+
+
+def _threshold_lines(configured: float, source: dict, sha256: str, overrides: Overrides) -> list[str]:
+    """The threshold the start serves on, with what `vqad ctl` changed that it puts back or
+    drops (edge.state.Overrides), and the cameras it keeps paused."""
+    kept, lines = overrides.threshold, [f"threshold {configured:.6g}, set by {source.get('by') or 'unknown'}"]
+    if kept is not None:
+        who, why, value = kept["source"].get("who"), kept["source"].get("reason"), kept["value"]
+        if overrides.applies(sha256, configured):
+            lines = [f"threshold {value:.6g}, set with vqad ctl by {who} ({why}), kept over {configured:.6g}"]
+        else:
+            lines.append(
+                f"note: the threshold {value:.6g} set with vqad ctl by {who} ({why}) is dropped at the start: it "
+                f"replaced {kept['replaces']:.6g} on another model or configuration"
+            )
+    if overrides.paused:
+        lines.append(f"paused with vqad ctl, and kept paused: {', '.join(overrides.paused)}")
+    return lines
 
 
 def _curve_line(cfg: EdgeConfig) -> str:

@@ -101,6 +101,12 @@ class Overrides:
             log.warning("%s is unreadable (%s): what vqad ctl changed before the restart is not restored", path, exc)
             return cls(path)
 
+    def applies(self, model_sha256: str, configured: float) -> bool:
+        """Whether the kept threshold is put back on a start on this model whose configured
+        threshold (the package's, or edge.threshold) is `configured`."""
+        kept = self.threshold
+        return kept is not None and kept["model_sha256"] == model_sha256 and kept["replaces"] == configured
+
     def save(self) -> None:
         """Keep the overrides; a disk that refuses leaves them in force until the next start,
         with an error in the log."""

@@ -152,6 +152,11 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
         configured = _ctl(control, "status")["threshold"]
         _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
         _ctl(control, "pause", "left")
+    check = run_vqad("serve", tiny_model, "--check", "--set", f"edge.state_dir={state}").stdout
+    assert "threshold 123.5, set with vqad ctl by test (audit 42), kept over" in check, check
+    assert "paused with vqad ctl, and kept paused: left" in check
+    check = run_vqad("serve", tiny_model, "--check", "--threshold", "50", "--set", f"edge.state_dir={state}").stdout
+    assert "note: the threshold 123.5 set with vqad ctl by test (audit 42) is dropped at the start" in check, check
     with daemon:
         kept = _ctl(control, "status")
     assert kept["threshold"] == 123.5 and kept["paused"] == ["left"]
