@@ -143,7 +143,6 @@ class Daemon:
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._check_previous_exit()
-        self._restore(Overrides.load(self.state_dir))
         if cfg.record:
             from edge.record import RecordWriter
 
@@ -152,6 +151,7 @@ class Daemon:
                 max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
                 state_file=self._marker.with_name("vqad-serve.record.json"),
             ).start()  # fmt: skip
+        self._restore(Overrides.load(self.state_dir))
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
             for loop, name in ((self._receive_loop, "receiver"), (Publisher(self).run, "publisher"),
@@ -334,6 +334,9 @@ class Daemon:
                 )  # fmt: skip
                 overrides.threshold = None
                 overrides.save()
+                if self.recorder is not None:  # the serving threshold changed: the audit says why
+                    detail = {"from": kept["value"], "to": configured, "set_by": who, "reason": why}
+                    self.recorder.event("threshold-dropped", detail, "vqad serve (start)")
         if overrides.paused:
             self.paused.update(overrides.paused)
             log.info("paused before the restart, and still paused: %s (vqad ctl ... resume CAMERA)",

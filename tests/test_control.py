@@ -162,10 +162,14 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     assert kept["threshold"] == 123.5 and kept["paused"] == ["left"]
     assert {k: kept["threshold_source"][k] for k in ("who", "reason")} == {"who": "test", "reason": "audit 42"}
     assert "threshold 123.5 kept from before the restart (set by test: audit 42)" in daemon.log_text()
-    reconfigured = DaemonProcess(tiny_model, "--control", control, "--threshold", "50", ipc_dir=state)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    reconfigured = DaemonProcess(tiny_model, "--control", control, "--threshold", "50", "--record", url, ipc_dir=state)
     with reconfigured:
         status = _ctl(control, "status")
     assert status["threshold"] == 50 and status["paused"] == ["left"]
+    (event,) = Record(url).events()  # the audit says why the line's threshold changed
+    assert (event["kind"], event["by"]) == ("threshold-dropped", "vqad serve (start)")
+    assert event["detail"] == {"from": 123.5, "to": 50, "set_by": "test", "reason": "audit 42"}
     assert "the threshold 123.5 set with vqad ctl before the restart (by test: audit 42) is dropped" in (
         reconfigured.log_text()
     )
