@@ -19,25 +19,33 @@ log = logging.getLogger(__name__)
 
 def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
     """Check for a previous run that did not stop cleanly (log, count, metrics), then mark this
-    one as running. -> the marker, which a clean shutdown removes."""
+    one as running. -> the marker, which a clean shutdown removes. A state folder whose disk is
+    full is an error in the log, not a start refused: the line's inspection needs no disk, and
+    under systemd a refused start is refused again every 2 s."""
     state_dir.mkdir(parents=True, exist_ok=True)
     marker = state_dir / "vqad-serve.running"
     state_file = state_dir / "vqad-serve.state.json"
     state = _read_state(state_file)
-    if marker.exists():
-        state["unclean_exits"] += 1
-        log.warning(
-            "the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
-            "to it (unclean exits so far: %d)",
-            marker.read_text().strip(),
-            state["unclean_exits"],
-        )
-        metrics.previous_exit_unclean.set(1)
-        # Written whole or not at all: a power cut mid-write must not leave a file the next
-        # start cannot read (it read it before, and the daemon then never started again).
-        _write_whole(state_file, state)
+    try:
+        if marker.exists():
+            state["unclean_exits"] += 1
+            log.warning(
+                "the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
+                "to it (unclean exits so far: %d)",
+                marker.read_text(errors="replace").strip()[:200],
+                state["unclean_exits"],
+            )
+            metrics.previous_exit_unclean.set(1)
+            # Written whole or not at all: a power cut mid-write must not leave a file the next
+            # start cannot read (it read it before, and the daemon then never started again).
+            _write_whole(state_file, state)
+        marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    except OSError as exc:
+        log.error(
+            "the state folder %s cannot be written (%s): the daemon serves, but the next start cannot tell whether "
+            "this one stopped cleanly, nor keep what vqad ctl changes", state_dir, exc.strerror or exc,
+        )  # fmt: skip
     metrics.unclean_exits.set(state["unclean_exits"])
-    marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     return marker
 
 

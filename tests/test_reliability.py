@@ -186,6 +186,31 @@ def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     assert json.loads((ipc / "vqad-serve.state.json").read_text()) == {"unclean_exits": 1}
 
 
+def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path, monkeypatch, caplog):
+    """Every write to the state folder fails for want of space: the previous run's unclean exit
+    is still counted and reported, and the start goes on with one error line. A refused start
+    is refused again by systemd every 2 s, and the line would stand for the sake of a marker."""
+    import errno
+
+    from edge.metrics import DaemonMetrics
+    from edge.state import mark_running
+
+    (tmp_path / "vqad-serve.running").write_text("pid 41 started 2026-12-03T08:00:00")  # killed
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    metrics = DaemonMetrics()
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        marker = mark_running(tmp_path, metrics)
+    assert marker == tmp_path / "vqad-serve.running"
+    assert "the previous daemon (pid 41 started" in caplog.text and metrics.unclean_exits._value.get() == 1
+    assert f"the state folder {tmp_path} cannot be written (No space left on device): the daemon serves" in (
+        caplog.text
+    )
+
+
 def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_first_alone(tiny_model):
     ipc = short_ipc_dir()
     frames, results = (f"tcp://127.0.0.1:{free_loopback_port()}" for _ in range(2))
