@@ -115,7 +115,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
 
     from edge.record.housekeeping import gives_space_back
     from edge.record.store import is_sqlite, open_record, record_url, shown_url
-    from edge.record.writer import default_evidence_dir
+    from edge.record.writer import default_evidence_dir, disk_is_full
 
     database = sa.make_url(record_url(cfg.record)).database if is_sqlite(cfg.record) else None
     if database and not Path(database).exists():  # the start creates it; the check does not
@@ -134,9 +134,11 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     try:
         engine = open_record(cfg.record)
     except DataError as exc:
-        if is_sqlite(cfg.record):
+        if not is_sqlite(cfg.record):
+            return [f"note: {exc}; the daemon would serve and record once it answers"]
+        if not disk_is_full(cfg.record):
             raise
-        return [f"note: {exc}; the daemon would serve and record once it answers"]
+        return [f"note: {exc}, and its disk is full; the daemon would serve and record once there is room"]
     try:
         evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
         lines = [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]

@@ -281,6 +281,40 @@ def test_a_server_connection_carries_its_timeouts_unless_the_url_sets_them(postg
     assert given["tcp_user_timeout"] == "30000"
 
 
+def test_a_sqlite_record_on_a_full_disk_does_not_stop_the_line(tmp_path, monkeypatch, caplog):
+    """A SQLite record that cannot be opened while its disk is full (something else filled it):
+    the start goes on, the results wait in the buffer, and they are recorded once there is
+    room, without evidence while the disk is nearly full. Before, the start stopped (exit 3),
+    and under systemd every start after it, every 2 s: the line stood for its record."""
+    from edge.record import writer as writer_module
+
+    database = tmp_path / "line.db"
+    database.mkdir()  # the file cannot be opened: here a folder in its place, on a full disk
+    monkeypatch.setattr(writer_module, "free_bytes", lambda _folder: 0)
+    with caplog.at_level(logging.ERROR, logger="edge.record.writer"):
+        writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev").start()
+    assert "and its disk is full; the results wait in the buffer" in caplog.text
+    for i in range(3):
+        writer.put(_result("c", i), time.time_ns())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
+        time.sleep(0.1)
+    assert writer.recorded == 0 and len(writer.buffer) == 3
+    assert any("and its disk is full; the daemon would serve" in line for line in _serve_check_lines(database))
+    database.rmdir()  # room again
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and writer.recorded < 3:
+        time.sleep(0.1)
+    writer.close()
+    rows = Record(f"sqlite:///{database}").results(limit=10)
+    assert writer.recorded == 3 and len(rows) == 3 and all(row["evidence"] is None for row in rows)
+    assert writer.evidence_failed == 3  # each written without its images: the rows come first
+    monkeypatch.setattr(writer_module, "free_bytes", lambda _folder: 10**12)
+    (tmp_path / "other.db").mkdir()
+    with pytest.raises(DataError, match="cannot open the record"):  # with room, the path is the mistake
+        RecordWriter(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "ev")
+
+
 def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     writer = RecordWriter(record_url, tmp_path / "ev", max_buffer=5)  # not started
     for i in range(8):

@@ -31,9 +31,9 @@ from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import capture_time_ns, file_name, unfit_reasons
-from edge.record.housekeeping import Housekeeping, network_filesystem_note, sqlite_file
+from edge.record.housekeeping import Housekeeping, free_bytes, network_filesystem_note, sqlite_file
 from edge.record.schema import events, migrate, results
-from edge.record.store import create_engine, is_sqlite, open_record, shown_url
+from edge.record.store import create_engine, is_sqlite, open_record, record_url, shown_url
 from edge.results import Result
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,16 @@ RETRY_MAX_S = 5.0
 # Nano, shared with the GPU) would stop it (benchmarks.record_storm). 256 MiB is 68 such frames,
 # seconds of a writer's work; what is over it is recorded without its images.
 FRAMES_HELD_BYTES = 256 * 2**20
+# A SQLite record that cannot be opened while its disk has less than this free is taken for one
+# on a full disk, not for a mistake in its path: SQLite needs its WAL and a 32 KiB shared-memory
+# file beside the database to open it, and some pages to bring its schema up to date.
+FULL_DISK_BYTES = 16 * 2**20
+
+
+def disk_is_full(url: str) -> bool:
+    """Whether a SQLite record's disk has less than FULL_DISK_BYTES free."""
+    database = sa.make_url(record_url(url)).database
+    return bool(database) and free_bytes(Path(database).parent) < FULL_DISK_BYTES
 
 
 class RecordWriter:
@@ -106,15 +116,22 @@ class RecordWriter:
     def _open(url: str, max_buffer: int) -> tuple[sa.Engine, bool]:
         """The engine, and whether the record could be opened now. A database server that does
         not answer at start (the box booted before the plant's server) is not a reason to stop
-        the line: the results wait in the buffer, as when it goes down later. A SQLite file that
-        cannot be opened is this machine's mistake, and stops the start (DataError), as does a
+        the line: the results wait in the buffer, as when it goes down later. Nor is a SQLite
+        file on a disk that is full: it is opened once there is room. A SQLite file that cannot
+        be opened otherwise is this machine's mistake, and stops the start (DataError), as does a
         server that answers with a refusal (no permission to create the tables)."""
         try:
             return open_record(url), True
         except DataError as exc:
-            if is_sqlite(url) or not isinstance(exc.__cause__, sa.exc.OperationalError):
+            if is_sqlite(url):
+                if not disk_is_full(url):
+                    raise
+                log.error("%s, and its disk is full; the results wait in the buffer (%d at most) until there is room",
+                          exc, max_buffer)  # fmt: skip
+            elif isinstance(exc.__cause__, sa.exc.OperationalError):
+                log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
+            else:
                 raise
-            log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
             return create_engine(url), False
 
     @property
@@ -309,6 +326,8 @@ class RecordWriter:
         try:
             if self.house.low_disk:
                 raise OSError("its disk is under record_min_free_gb, with no evidence left to remove")
+            if free_bytes(self.evidence_dir) < FULL_DISK_BYTES:  # what is left is the rows'
+                raise OSError(f"its disk has less than {FULL_DISK_BYTES >> 20} MiB free")
             return self._evidence(result, ts_ns, published_ns)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self.evidence_failed += 1
