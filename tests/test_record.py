@@ -179,17 +179,23 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert bad.returncode != 0 and "no recorded result" in bad.stderr
 
 
+def _waiting(writer: RecordWriter, n: int, timeout_s: float = 20.0) -> None:
+    """Hand `n` results to a started writer whose database refuses it: once a transaction has
+    failed (within `timeout_s`), they all wait in its buffer."""
+    for i in range(n):
+        writer.put(_result("c", i), time.time_ns())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
+        time.sleep(0.1)
+    assert writer.metrics.record_errors._value.get() >= 1 and writer.recorded == 0 and len(writer.buffer) == n
+
+
 def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path, record_url):
     """While the database refuses the writer, results wait in its buffer and the failed
     transactions are retried; once it is back, every result is recorded."""
     writer = RecordWriter(record_url, tmp_path / "evidence").start()
     with database_down(record_url):
-        for i in range(10):
-            writer.put(_result("c", i), time.time_ns())
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
-            time.sleep(0.2)
-        assert writer.recorded == 0 and len(writer.buffer) == 10 and writer.metrics.record_errors._value.get() >= 1
+        _waiting(writer, 10)
     writer.close()
     assert writer.recorded == 10 and writer.unrecorded == 0
     assert len(Record(record_url).results(limit=100)) == 10
@@ -208,12 +214,7 @@ def test_a_database_server_down_at_start_does_not_stop_the_line(tmp_path, record
         with caplog.at_level(logging.WARNING, logger="edge.record.writer"):
             writer = RecordWriter(record_url, tmp_path / "evidence").start()
         assert "the results wait in the buffer" in caplog.text
-        for i in range(5):
-            writer.put(_result("c", i), time.time_ns())
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
-            time.sleep(0.2)
-        assert writer.recorded == 0 and len(writer.buffer) == 5
+        _waiting(writer, 5)
     writer.close()
     assert writer.recorded == 5 and len(Record(record_url).results(limit=10)) == 5
 
@@ -255,12 +256,7 @@ def test_a_database_server_that_never_answers_neither_holds_the_start_nor_the_wr
         assert made, "the writer's start waited on a server that never answers"
         assert "connection timeout expired" in caplog.text and "the results wait in the buffer" in caplog.text
         writer = made[0].start()
-        for i in range(3):
-            writer.put(_result("c", i), time.time_ns())
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
-            time.sleep(0.2)
-        assert writer.metrics.record_errors._value.get() >= 1 and writer.recorded == 0 and len(writer.buffer) == 3
+        _waiting(writer, 3, timeout_s=15)
         writer.close(timeout=1)
     assert writer.unrecorded == 3
 
@@ -294,12 +290,7 @@ def test_a_sqlite_record_on_a_full_disk_does_not_stop_the_line(tmp_path, monkeyp
     with caplog.at_level(logging.ERROR, logger="edge.record.writer"):
         writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev").start()
     assert "and its disk is full; the results wait in the buffer" in caplog.text
-    for i in range(3):
-        writer.put(_result("c", i), time.time_ns())
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and writer.metrics.record_errors._value.get() < 1:
-        time.sleep(0.1)
-    assert writer.recorded == 0 and len(writer.buffer) == 3
+    _waiting(writer, 3)
     assert any("and its disk is full; the daemon would serve" in line for line in _serve_check_lines(database))
     database.rmdir()  # room again
     deadline = time.monotonic() + 20
