@@ -43,6 +43,22 @@ def test_a_folder_the_system_refuses_is_one_line_and_exit_7(tiny_run, tmp_path):
     assert f"cannot use {blocker}" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_refusal_that_names_no_file_says_where_to_find_it(monkeypatch, caplog):
+    """A full disk met while writing a file already open raises an OSError without a file name:
+    the line says -v shows which, instead of a bare "cannot use: No space left on device"."""
+    import errno
+
+    from vqad import cli
+    from vqad.commands import line
+
+    def full(_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(line, "cmd_dashboard", full)
+    assert cli.main(["dashboard"]) == 7
+    assert "cannot use a file or folder (-v shows which): No space left on device" in caplog.text
+
+
 def test_a_runs_broken_json_file_is_one_line_naming_it(tiny_run, synth_root, tmp_path):
     """threshold.json or split.json edited by hand and broken: the file is named, no traceback."""
     import shutil

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:  # a file the system refused: no space, no permission, a folder gone
         log.debug("the system's refusal", exc_info=True)
-        where = f" {exc.filename}" if exc.filename else ""
+        # A write to a file already open (a full disk) names none: -v's traceback shows where.
+        where = f" {exc.filename}" if exc.filename else " a file or folder (-v shows which)"
         log.error("cannot use%s: %s", where, exc.strerror or exc)
         return SYSTEM_EXIT_CODE
     except KeyboardInterrupt:
