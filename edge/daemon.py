@@ -91,7 +91,7 @@ class Daemon:
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
-        self.state_dir = Path(cfg.state_dir) if cfg.state_dir else model_dir
+        self.state_dir = cfg.state_folder(model_dir)
         self.overrides = Overrides(self.state_dir / Overrides.FILE_NAME)  # what vqad ctl changed; loaded at start
         self.liveness = Liveness()  # each loop beats once per turn; edge.watchdog finds one that stopped
         self.watchdog: Watchdog | None = None

@@ -34,7 +34,7 @@ def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
     """Everything a start of `vqad serve model_dir` with `cfg` needs but its sockets; -> the
     lines that say what was found. Raises what the start would (PackageError, BackendError,
     ConfigError, DataError)."""
-    state_dir = Path(cfg.state_dir) if cfg.state_dir else model_dir
+    state_dir = cfg.state_folder(model_dir)
     lines = _serving_lines(model_dir, cfg, Overrides.load(state_dir))
     if cfg.curve.enabled:
         lines.append(_curve_line(cfg))

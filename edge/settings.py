@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from edge.config import require
@@ -168,6 +169,11 @@ class EdgeConfig:
         if self.intra_op_threads or self.workers() == 1:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // self.workers())
+
+    def state_folder(self, model_dir: Path) -> Path:
+        """Where the daemon keeps its crash marker and what `vqad ctl` changed: state_dir, or
+        the model's folder when it is empty."""
+        return Path(self.state_dir) if self.state_dir else model_dir
 
     @property
     def max_frame_bytes(self) -> int:
