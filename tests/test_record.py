@@ -389,11 +389,16 @@ def test_a_fails_evidence_overlay_boxes_its_regions_in_the_frames_pixels(tmp_pat
 
 
 def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, record_url, caplog):
+    """Oldest first, except a reviewed result's: its images are what --export-reviewed gives
+    recalibration, and they stay."""
     url = record_url
-    quota = 40_000  # about three frames' PNGs
+    quota = 60_000  # about four frames' PNGs
     writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
     with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
-        for i in range(12):
+        writer.put(_result("c", 0), time.time_ns())
+        wait_for(lambda: writer.recorded == 1, 10)
+        Record(url).review("c", 0, "false_reject", by="ann")
+        for i in range(1, 12):
             writer.put(_result("c", i), time.time_ns())
             time.sleep(0.05)
         writer.close()
@@ -403,8 +408,9 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert len(said) == 1, said
     rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
     removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
-    kept = sorted(f for f, r in rows.items() if not r["evidence_removed"])
-    assert removed and kept and max(removed) < min(kept)  # the oldest went first
+    kept = sorted(f for f, r in rows.items() if not r["evidence_removed"] and f != 0)
+    assert removed and kept and max(removed) < min(kept) and min(removed) == 1  # the oldest went first
+    assert not rows[0]["evidence_removed"] and Path(rows[0]["evidence_frame"]).is_file()  # reviewed: kept
     assert writer.evidence_removed == len(removed) and writer.evidence_bytes <= quota
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == writer.evidence_bytes
     assert all(r["evidence"] is None for f, r in rows.items() if f in removed)

@@ -3,7 +3,8 @@ evidence quota removes the oldest evidence files past `record_max_gb` and marks 
 free-space floor does the same while the evidence's disk has less than `record_min_free_gb`
 free, and holds new evidence back while nothing is left to remove; on a SQLite record's disk
 under the floor, the oldest results leave too, so that the rows stop growing; expiry removes
-results older than `record_keep_days` with their files. A reviewed result always stays.
+results older than `record_keep_days` with their files. A reviewed result always stays, with
+its images: they are what `vqad records --export-reviewed` gives recalibration and evaluation.
 Both run on the writer's thread, between its transactions; a failure is logged and tried again,
 and never stops the writer: the line's rows come first.
 """
@@ -232,15 +233,19 @@ class Housekeeping:
 
     def _remove_oldest(self, excess: int, why: str) -> None:
         """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
-        count each. The search starts after the last row marked: from the first row, it would
-        read every row whose evidence is gone or was never kept, at each pass (0.17 s at 2
-        million rows, and a pass follows nearly every transaction once the quota is reached)."""
+        count each. A reviewed result's evidence stays: an operator's verdict on a reject is the
+        labelled image recalibration and evaluation take (`vqad records --export-reviewed`).
+        The search starts after the last row marked: from the first row, it would read every
+        row whose evidence is gone or was never kept, at each pass (0.17 s at 2 million rows,
+        and a pass follows nearly every transaction once the quota is reached). A result
+        reviewed after the search passed it has already lost its images."""
         removed, up_to = 0, self._quota_up_to
         target = self.evidence_bytes - excess
+        kept = sa.exists().where(reviews.c.result_id == results.c.id).label("kept")  # reviewed
         with self.engine.begin() as conn:
             while self.evidence_bytes > target:
                 oldest = conn.execute(
-                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
+                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay, kept)
                     .where(results.c.id > up_to, results.c.evidence_frame.is_not(None),
                            results.c.evidence_removed.is_(False))
                     .order_by(results.c.id)
@@ -250,12 +255,16 @@ class Housekeeping:
                     break
                 marked = []
                 for row in oldest:
+                    up_to = row.id
+                    if row.kept:
+                        continue
                     self._remove_files(row.evidence_frame, row.evidence_overlay)
                     marked.append(row.id)
                     if self.evidence_bytes <= target:
                         break
-                conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
-                removed, up_to = removed + len(marked), marked[-1]
+                if marked:
+                    conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
+                removed += len(marked)
         self._quota_up_to = up_to  # once committed
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
