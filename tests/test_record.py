@@ -631,6 +631,23 @@ def test_expired_rows_give_their_space_back_to_the_disk_on_a_new_sqlite_record(t
     assert new_after < 0.1 * new_full and old_after == old_full, sizes
 
 
+def test_reading_a_sqlite_record_writes_nothing_to_it(tmp_path):
+    """The dashboard and `vqad records` only read: opening the record wrote a page into its WAL,
+    and on a full disk (when operators most need the page) they could not open it at all."""
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev").start()
+    writer.put(_result("c", 1), time.time_ns())
+    writer.close()
+    wal = database.with_name("line.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed at the writer's close
+    record = Record(f"sqlite:///{database}", must_exist=True)
+    assert [r["frame_id"] for r in record.results()] == [1]
+    assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
+    record.close()
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # a new record still gives space back
+
+
 def test_compacting_an_older_record_shrinks_it_and_turns_the_give_back_on(tmp_path, postgres_url):
     """A record made before incremental auto-vacuum: `vqad records PATH --compact` rewrites it
     without the room its removed rows left; a server's database is refused (exit 2)."""

@@ -78,8 +78,11 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
         def _pragmas(dbapi_conn, _record) -> None:
             cursor = dbapi_conn.cursor()
             # A new file gives back to the disk what expired rows leave (the housekeeping's
-            # incremental_vacuum); on a file that has tables already, this changes nothing.
-            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # incremental_vacuum). Set only on an empty file: on one that has tables it changes
+            # nothing, yet it writes, and on a full disk the dashboard and `vqad records` could
+            # not open the record they only read.
+            if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
