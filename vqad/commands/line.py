@@ -7,16 +7,35 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError
 from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
+
+if TYPE_CHECKING:
+    from edge.dashboard.settings import DashboardConfig
+    from edge.settings import EdgeConfig
 
 log = logging.getLogger("vqad")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from edge.config import load_config
     from edge.daemon import Daemon
+
+    cfg = serve_config(args)
+    if args.check:
+        from edge.preflight import check_start
+
+        for line in check_start(args.model, cfg):
+            print(line)
+        print(f"check passed: vqad serve {args.model} would start with this config")
+        return 0
+    return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
+
+
+def serve_config(args: argparse.Namespace) -> EdgeConfig:
+    """The daemon's config: the YAML, then --set, then the flags. ConfigError names what is wrong."""
+    from edge.config import load_config
     from edge.settings import EdgeConfig
 
     over = overrides(args, "edge")
@@ -37,15 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             over[key] = value
-    cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
-    if args.check:
-        from edge.preflight import check_start
-
-        for line in check_start(args.model, cfg):
-            print(line)
-        print(f"check passed: vqad serve {args.model} would start with this config")
-        return 0
-    return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
+    return load_config(EdgeConfig, args.config or default_config("edge"), over)
 
 
 SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "regions", "error")
@@ -362,10 +373,17 @@ def _warn_pause_unchanged(command: str, camera: str, reply: dict) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from edge.dashboard.server import run_dashboard
+
+    return run_dashboard(dashboard_config(args))
+
+
+def dashboard_config(args: argparse.Namespace) -> DashboardConfig:
+    """The dashboard's config: the YAML, then the flags; the token from $VQAD_DASHBOARD_TOKEN
+    when no flag gives one. ConfigError names what is wrong."""
     import os
 
     from edge.config import load_config
-    from edge.dashboard.server import run_dashboard
     from edge.dashboard.settings import DashboardConfig
 
     keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path")
@@ -373,8 +391,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
         over["token"] = os.environ["VQAD_DASHBOARD_TOKEN"]
-    cfg = load_config(DashboardConfig, args.config or default_config("dashboard"), over)
-    return run_dashboard(cfg)
+    return load_config(DashboardConfig, args.config or default_config("dashboard"), over)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
