@@ -155,6 +155,12 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     ):
         assert key in out[0], key
     assert len(json.loads(run_vqad("records", url, "--decision", "fail", "--format", "json").stdout)) == len(fails)
+    # What is left to review, and what was (runs on PostgreSQL too: the filter is SQL).
+    unreviewed = run_vqad("records", url, "--decision", "fail", "--unreviewed", "--format", "json").stdout
+    reviewed = run_vqad("records", url, "--reviewed", "--format", "json").stdout
+    done = {f["frame_id"] for f in fails[:2]}
+    assert {r["frame_id"] for r in json.loads(unreviewed)} == {f["frame_id"] for f in fails} - done
+    assert {r["frame_id"] for r in json.loads(reviewed)} == done
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1

@@ -6,8 +6,10 @@
     GET  /api/events                        server-sent events: the summary, coalesced
     GET  /api/image/{camera}/{frame}/{kind} a result's picture: overlay (map, regions) or frame
     GET  /api/results?part_id=SN&camera=ID&frame_id=N&decision=D&since=T&until=T&limit=N
+                     &reviewed=B&model=SHA&day=YYYY-MM-DD
                                             the record's results, newest first (an MES asking
-                                            what became of a part)
+                                            what became of a part; the page, a day's fails
+                                            nobody has reviewed)
     GET  /api/daily?camera=ID&days=N        per day, camera and model: what the line decided and
                                             what the reviews found (the record's Record.daily,
                                             held for the pages: edge.dashboard.daily)
@@ -216,14 +218,23 @@ class Dashboard:
             if params.get("frame_id") and frame_id is None:
                 raise ValueError(f"frame_id {params['frame_id']!r:.30} is not 0..2^63-1")
             since, until = parse_time(params.get("since") or None), parse_time(params.get("until") or None)
+            if params.get("day"):
+                if since is not None or until is not None:
+                    raise ValueError("a day is a period of its own: give it, or since and until")
+                since, until = self._day_period(dt.date.fromisoformat(params["day"]))
         except (ValueError, DataError) as exc:
-            return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601: {exc}"}, 400)
+            return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601, day "
+                                          f"YYYY-MM-DD: {exc}"}, 400)  # fmt: skip
         decision = params.get("decision") or None
-        if not 1 <= limit <= MAX_RESULTS or decision not in (None, "pass", "fail"):
-            return JSONResponse({"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail"}, 400)
+        reviewed = {"true": True, "false": False, None: None}.get(params.get("reviewed") or None, "?")
+        if not 1 <= limit <= MAX_RESULTS or decision not in (None, "pass", "fail") or reviewed == "?":
+            return JSONResponse(
+                {"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail, reviewed true or false"}, 400
+            )
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
-            frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None,
+            frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
+            model_sha256=params.get("model") or None,
         )  # fmt: skip
         try:
             rows = self._from_record(query)
@@ -232,6 +243,12 @@ class Dashboard:
         root = request.scope.get("root_path", "")
         items = [_result_item(row, root) for row in rows]
         return JSONResponse({"results": items, "limit_reached": len(rows) == limit})
+
+    def _day_period(self, day: dt.date) -> tuple[int, int]:
+        """The first and last ns of the line's `day` (its timezone and day_starts), as the daily
+        tally counts it."""
+        days = self.daily.days
+        return days.start_ns(day), days.start_ns(day + dt.timedelta(days=1)) - 1
 
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the line's last `days` days (today included; the

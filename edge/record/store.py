@@ -202,9 +202,13 @@ class Record:
         limit: int = 100,
         part_id: str | None = None,
         result_id: int | None = None,
+        reviewed: bool | None = None,
+        model_sha256: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews.
-        `result_id`: the record's own id of a result (its row)."""
+        `result_id`: the record's own id of a result (its row). `reviewed`: only results a
+        person has (True) or has not (False) reviewed; with decision "fail" and a day's period,
+        False gives the fails that daily counts as not reviewed."""
         # Asked for a part, its few rows by their index: SQLite, without statistics, took the
         # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
         # expression on the camera keeps it off that index, on any database.
@@ -214,6 +218,11 @@ class Record:
                               (results.c.part_id, part_id), (results.c.id, result_id)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
+        if model_sha256 is not None:
+            q = q.where(results.c.model_sha256 == model_sha256)
+        if reviewed is not None:
+            has_review = sa.exists().where(reviews.c.result_id == results.c.id)
+            q = q.where(has_review if reviewed else ~has_review)
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         q = (
             _newest_of_camera(q, limit)

@@ -189,8 +189,11 @@ def cmd_records(args: argparse.Namespace) -> int:
     from edge.record import Record
     from edge.record.store import compact, parse_time, shown_url
 
-    if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None):
-        raise ConfigError("--daily tallies every result: --decision, --frame-id and --part-id do not apply")
+    if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None
+                       or args.reviewed is not None):  # fmt: skip
+        raise ConfigError(
+            "--daily tallies every result: --decision, --frame-id, --part-id and --(un)reviewed do not apply"
+        )
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if args.compact:
@@ -218,6 +221,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         frame_id=args.frame_id,
         limit=args.limit,
         part_id=args.part_id,
+        reviewed=args.reviewed,
     )
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
@@ -529,6 +533,12 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--until", metavar="ISO8601", help="up to this time, included (read as --since is)")
     r.add_argument("--frame-id", type=int, metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
+    reviewed = r.add_mutually_exclusive_group()
+    reviewed.add_argument("--reviewed", action="store_const", const=True, help="the results a person has reviewed")
+    reviewed.add_argument(
+        "--unreviewed", dest="reviewed", action="store_const", const=False,
+        help="the results nobody has reviewed yet (with --decision fail: what --daily counts as not reviewed)",
+    )  # fmt: skip
     r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     r.add_argument(
         "--limit", type=at_least(1), default=100, metavar="N", help="the newest N results at most (default 100)"

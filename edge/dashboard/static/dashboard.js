@@ -13,8 +13,12 @@ const STORM_EVERY_MS = 1500;
 const STORM_TILES = 6;
 // The record's daily tally changes slowly: once a minute per camera is plenty.
 const DAILY_EVERY_MS = 60000;
+// A day's unreviewed rejects are walked from one answer of /api/results, its largest.
+const QUEUE_SIZE = 1000;
 
-const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [] };
+// `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
+// {camera, day, more}; null while it walks the gallery.
+const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -136,6 +140,7 @@ async function loadDaily(cam, id) {
       const cells = [inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail,
         pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit];
       tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
+      if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
       return tr;
@@ -144,8 +149,33 @@ async function loadDaily(cam, id) {
     const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
     setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
     $(cam.node, "daily-box").hidden = false;
+    setText(cam.node, "daily-status", "");
   } catch (err) {
     cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
+  }
+}
+
+// "not reviewed" as a button: it opens the day's fails nobody has reviewed yet, one after
+// another, so that the count can be worked down from the page.
+function queueButton(cam, id, d) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "queue";
+  button.textContent = String(d.unreviewed);
+  button.title = `review the ${d.unreviewed} rejects of ${d.day} nobody has reviewed yet`;
+  button.onclick = () => openQueue(cam, id, d);
+  return button;
+}
+
+async function openQueue(cam, id, d) {
+  const model = d.model_sha256 ? `&model=${encodeURIComponent(d.model_sha256)}` : "";
+  try {
+    const body = await api(`api/results?camera=${encodeURIComponent(id)}&decision=fail&reviewed=false` +
+      `&day=${encodeURIComponent(d.day)}${model}&limit=${QUEUE_SIZE}`);
+    if (!body.results.length) { loadDaily(cam, id); return; } // reviewed meanwhile: the tally catches up
+    openDetail(body.results[0], body.results, { camera: id, day: d.day, more: body.limit_reached });
+  } catch (err) {
+    setText(cam.node, "daily-status", `the day's rejects could not be read: ${err.message}`);
   }
 }
 
@@ -256,7 +286,7 @@ function drawGallery(gallery, rejects) {
   const kept = new Map([...gallery.querySelectorAll(".reject")].map((b) => [b.dataset.key, b]));
   const tiles = rejects.map((r) => {
     const tile = kept.get(tileKey(r)) || newTile(r);
-    tile.onclick = () => openDetail(r, rejects);
+    tile.onclick = () => openDetail(r, rejects, null);
     const verdict = r.reviews.length ? r.reviews[r.reviews.length - 1].verdict.replace("_", " ") : "";
     tile.querySelector(".reviewed").textContent = verdict;
     return tile;
@@ -285,12 +315,16 @@ function newTile(r) {
   return tile;
 }
 
-// The detail of reject `r`; `list` is the gallery it was opened from, newest first, which the
-// arrow keys (or the newer / older buttons) walk through, so a person reviews one after another.
-function openDetail(r, list = [r]) {
+// The detail of reject `r`; `list` is the gallery it was opened from, or the day's unreviewed
+// rejects (`queue`), newest first, which the arrow keys (or the newer / older buttons) walk
+// through, so a person reviews one after another.
+function openDetail(r, list = [r], queue = state.queue) {
   state.open = r;
   state.openList = list;
-  document.getElementById("detail-overlay").src = r.images.overlay;
+  state.queue = queue;
+  const overlay = document.getElementById("detail-overlay");
+  overlay.hidden = !r.images.overlay; // removed by the disk quota
+  if (r.images.overlay) overlay.src = r.images.overlay;
   const frame = document.getElementById("detail-frame");
   document.getElementById("detail-framed").hidden = !r.images.frame;
   document.getElementById("detail-regions").replaceChildren();
@@ -315,6 +349,9 @@ function openDetail(r, list = [r]) {
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
   const at = list.indexOf(r);
+  const where = queue ? `not reviewed, ${queue.camera} ${queue.day}: ` : "";
+  document.getElementById("detail-position").textContent =
+    `${where}${at + 1} of ${list.length}${queue && queue.more ? "+" : ""}`;
   document.getElementById("detail-newer").disabled = at <= 0;
   document.getElementById("detail-older").disabled = at < 0 || at >= list.length - 1;
   const dialog = document.getElementById("detail");
@@ -351,10 +388,21 @@ async function review(verdict) {
   };
   const status = document.getElementById("review-status");
   try {
-    await api("api/review", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-    status.textContent = `Recorded: ${verdict.replace("_", " ")}.`;
+    const answer = await api("api/review", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify(body) });
+    r.reviews = [...r.reviews, answer.review]; // shown as reviewed when the arrows come back to it
+    const done = `Recorded: ${verdict.replace("_", " ")} of frame ${r.frame_id}.`;
     const cam = state.cameras.get(r.camera_id);
     if (cam) loadGallery(cam, r.camera_id, cam.galleryFails);
+    if (!state.queue || state.open !== r) { status.textContent = done; return; }
+    // Walking a day's unreviewed rejects: on to the next, and the tally counts the review.
+    const list = state.openList, next = list[list.indexOf(r) + 1];
+    if (cam) loadDaily(cam, r.camera_id);
+    const left = list.filter((x) => !x.reviews.length).length;
+    if (next) openDetail(next, list);
+    document.getElementById("review-status").textContent = next
+      ? `${done} ${left}${state.queue.more ? "+" : ""} left.`
+      : `${done} That was the last of the day's unreviewed rejects${left ? ` but ${left} skipped` : ""}.`;
   } catch (err) {
     status.textContent = `Not recorded: ${err.message}`;
   }
