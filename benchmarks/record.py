@@ -75,7 +75,8 @@ def record_queries_cost(n: int, days: int = 7) -> dict[str, Any]:
     spread evenly over the line's last `days` days (Europe/Berlin, from 06:00; today's share up
     to now), 1% of them fails, 100 reviewed: the daily tally counted afresh (Record.daily; each page's minute before
     edge.dashboard.daily), the page's daily ask once closed days are held (today's results and
-    the reviews), and a camera's gallery of its 24 newest rejects (asked up to twice a second)."""
+    the reviews), a camera's gallery of its 24 newest rejects (asked up to twice a second), and
+    the page's review of yesterday's unreviewed fails."""
     with scratch_dir("vqad-db-") as folder:
         return _queries_cost(f"sqlite:///{folder}/daily.db", n, days)
 
@@ -130,10 +131,20 @@ def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
     for _ in range(10):
         record.results(camera="cam0", decision="fail", limit=24)
     gallery = (time.perf_counter() - t0) / 10
+    # The page's review of a day's unreviewed fails: yesterday's, up to 1,000 (one answer).
+    yesterday = line_days.today(now) - dt.timedelta(days=1)
+    t0 = time.perf_counter()
+    queue = record.results(camera="cam0", decision="fail", reviewed=False, model_sha256="0" * 64, limit=1000,
+                           since_ns=line_days.start_ns(yesterday),
+                           until_ns=line_days.start_ns(yesterday + dt.timedelta(days=1)) - 1)  # fmt: skip
+    queue_s = time.perf_counter() - t0
     record.close()
+    if any(r["reviews"] for r in queue):
+        raise RuntimeError("the review queue holds a reviewed result")
     today = int((np.arange(n) * step + since >= today_ns).sum())
     return {"rows": n, "rows_today": today, "daily_s": round(afresh, 3), "page_ask_s": round(minute, 3),
-            "gallery_s": round(gallery, 4)}  # fmt: skip
+            "gallery_s": round(gallery, 4), "review_queue_s": round(queue_s, 4),
+            "review_queue_rows": len(queue)}  # fmt: skip
 
 
 def bench_record(model_dir: Path, quick: bool = False) -> dict[str, Any]:

@@ -184,6 +184,11 @@ def _queries_lines(q: dict[str, Any] | None) -> list[str]:
         f"- the dashboard's queries over {q['rows']:,} results of 7 days ({q['rows_today']:,} today): the daily "
         f"tally {q['daily_s']:.2f} s counted afresh (Record.daily), {q['page_ask_s']:.2f} s for a page's minute "
         f"ask with the closed days held; a camera's 24 newest rejects {1000 * q['gallery_s']:.1f} ms"
+        + (
+            f"; a day's unreviewed fails for review ({q['review_queue_rows']:,}) {1000 * q['review_queue_s']:.1f} ms"
+            if "review_queue_s" in q
+            else ""
+        )
     ]
 
 
