@@ -382,7 +382,7 @@ def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tal
         assert wait_for(lambda: position().endswith(": 3 of 4"), 5), position()
         driver.find_element("id", "review-defect").click()
         assert wait_for(lambda: position().endswith(": 4 of 4"), 5), position()
-        driver.find_element("id", "review-defect").click()
+        ActionChains(driver).send_keys("d").perform()  # the verdict's key, as its button
         status = lambda: driver.find_element("id", "review-status").text  # noqa: E731
         assert wait_for(lambda: "That was the last of the day's unreviewed rejects but 1 skipped" in status(), 5)
         left = [r["frame_id"] for r in _json(base + query + today)[1]["results"]]

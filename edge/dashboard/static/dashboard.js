@@ -418,6 +418,12 @@ document.addEventListener("DOMContentLoaded", () => {
     if (event.target.tagName === "INPUT") return; // typing a kind or a note
     if (event.key === "ArrowLeft") stepDetail(-1);
     else if (event.key === "ArrowRight") stepDetail(1);
+    // The verdicts from the keyboard, as their buttons (disabled without a record): a queue of a
+    // shift's rejects is worked through with one key each.
+    else if (event.key === "f" || event.key === "d") {
+      const button = document.getElementById(event.key === "f" ? "review-false-reject" : "review-defect");
+      if (!button.disabled) button.click();
+    }
   });
   connect();
 });
