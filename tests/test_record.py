@@ -376,6 +376,21 @@ def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_pat
     assert Path(by_frame[8][0]["evidence_frame"]).parent.name == today
 
 
+def test_a_mono_cameras_frame_sent_as_colour_is_kept_as_grey_and_reads_back_the_same(tmp_path):
+    """Its evidence file takes a third of the disk; a colour frame stays colour."""
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev").start()
+    mono, colour = _result("c", 1), _result("c", 2)
+    mono.frame = np.repeat(mono.frame[..., :1], 3, axis=2)
+    sent = {1: mono.frame.copy(), 2: colour.frame.copy()}
+    writer.put(mono, time.time_ns())
+    writer.put(colour, time.time_ns())
+    writer.close()
+    for row in Record(f"sqlite:///{tmp_path / 'line.db'}").results(camera="c"):
+        stored = cv2.imread(row["evidence_frame"], cv2.IMREAD_UNCHANGED)
+        assert stored.ndim == (2 if row["frame_id"] == 1 else 3), stored.shape
+        assert np.array_equal(cv2.imread(row["evidence_frame"]), sent[row["frame_id"]])
+
+
 def test_a_fails_evidence_overlay_boxes_its_regions_in_the_frames_pixels(tmp_path):
     """The reviewer's picture of a reject: the map over the frame as received, and the boxes the
     result named (a speck of a pixel or two is found by its box when the page draws it small)."""

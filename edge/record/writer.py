@@ -26,7 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from edge.errors import DataError
-from edge.frames import write_image
+from edge.frames import one_channel_if_grey, write_image
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
@@ -347,7 +347,7 @@ class RecordWriter:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{h['frame_id']}_{published_ns}"
         frame_path = folder / f"{stem}.png"
-        write_image(frame_path, result.frame)
+        write_image(frame_path, one_channel_if_grey(result.frame))
         self.house.added(frame_path)
         overlay_path = None
         info = h.get("map")
