@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import zmq
 from prometheus_client import generate_latest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
@@ -26,7 +27,7 @@ from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.package import load_package
-from edge.protocol import frame_message, result_header
+from edge.protocol import frame_message, result_header, result_message
 from edge.record import Record
 from edge.record.days import ProductionDays
 from edge.record.schema import add_removed
@@ -600,6 +601,42 @@ def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(
         cam.close()
         driver.quit()
         dashboard.stop()
+
+
+def _publish_rejects(sock, start: int, n: int, rate: float = 100.0) -> None:
+    """n results of camera "storm" at `rate` a second, every one a reject with a small map."""
+    amap = bytes(16 * 16)
+    for i in range(start, start + n):
+        header = result_header("storm", i, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
+                               decision="fail", batch_size=1,
+                               map_info={"shape": [16, 16], "dtype": "uint8", "scale": 0.01})  # fmt: skip
+        sock.send_multipart(result_message(header, amap))
+        time.sleep(1 / rate)
+
+
+def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
+    """The line's monitor shows the page for months. Each gallery refresh kept the tiles it
+    replaced (a click handler's closure held them): 60 DOM nodes a refresh, for good."""
+    from edge.dashboard.browser import page_memory
+
+    endpoint = f"ipc://{tmp_path}/results"
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.bind(endpoint)
+    dashboard = DashboardProcess("--results", endpoint, log_path=tmp_path / "dashboard.log").start()
+    driver = headless_chromium()
+    try:
+        driver.get(dashboard.url + "/")
+        _publish_rejects(sock, 0, 300)  # 3 s: the gallery full, the page settled
+        before, fetches = page_memory(driver), driver.execute_script("return window.vqadStats.galleryFetches")
+        _publish_rejects(sock, 300, 800)  # 8 s: a refresh every 1.5 s at most, 12 new tiles each
+        after = page_memory(driver)
+        refreshes = driver.execute_script("return window.vqadStats.galleryFetches") - fetches
+        assert refreshes >= 4, refreshes
+        assert after["nodes"] - before["nodes"] < 60 and after["listeners"] - before["listeners"] < 12, (before, after)
+    finally:
+        driver.quit()
+        dashboard.stop()
+        sock.close(linger=0)
 
 
 def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_page(postgres_url, tmp_path):

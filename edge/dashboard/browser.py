@@ -32,6 +32,16 @@ def headless_chromium(width: int = 1400, height: int = 1000):
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+def page_memory(driver) -> dict[str, float]:
+    """What an open page holds, after a full garbage collection (Chrome DevTools): its
+    JavaScript heap in MB, its DOM nodes (attached or not) and its event listeners."""
+    driver.execute_cdp_cmd("Performance.enable", {})
+    driver.execute_cdp_cmd("HeapProfiler.collectGarbage", {})
+    got = {m["name"]: m["value"] for m in driver.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]}
+    return {"heap_mb": round(got["JSHeapUsedSize"] / 2**20, 2), "nodes": int(got["Nodes"]),
+            "listeners": int(got["JSEventListeners"])}  # fmt: skip
+
+
 def screenshot(url: str, out: str | Path, settle_s: float = 3.0, timeout_s: float = 20.0) -> Path:
     """Open the dashboard at `url`, wait until it has drawn a summary and its galleries have
     loaded (then `settle_s` for the pictures), and save a PNG of the window to `out`."""
