@@ -2,6 +2,7 @@
 it, and a page's responsiveness at 200 results/s (headless Chromium).
 
     python -m benchmarks.dashboard MODEL [--quick]
+    python -m benchmarks.dashboard --page-memory SECONDS    # one page's memory over time
 """
 
 from __future__ import annotations
@@ -277,6 +278,37 @@ def page_at_rate(rate: float = 200.0, seconds: float = 20.0) -> dict[str, Any]:
         }
 
 
+def page_memory(rate: float = 200.0, seconds: float = 600.0, every_s: float = 30.0) -> dict[str, Any]:
+    """One page open for `seconds` while the dashboard reads `rate` results/s (two cameras, one
+    result in ten a reject): the page's JavaScript heap after a garbage collection, its DOM
+    nodes and event listeners, and the dashboard's resident memory, every `every_s`. A page on
+    the line's monitor stays open for months: what grows here grows for good."""
+    import psutil
+
+    from edge.dashboard.browser import page_memory as measured
+
+    with scratch_dir("vqm") as workdir:
+        endpoint = f"ipc://{workdir}/results"
+        dashboard = _DashboardProcess(endpoint)
+        (driver,) = _browsers(dashboard.url, 1)
+        samples = []
+        try:
+            server = psutil.Process(dashboard.proc.pid)
+            publisher = threading.Thread(target=_publish, args=(endpoint, rate, seconds), daemon=True)
+            t0 = time.monotonic()
+            publisher.start()
+            for _ in range(int(seconds / every_s) + 2):  # bounded; the publisher ends after `seconds`
+                publisher.join(timeout=every_s)
+                samples.append({"s": round(time.monotonic() - t0), **measured(driver),
+                                "dashboard_rss_mb": round(server.memory_info().rss / 2**20, 1)})  # fmt: skip
+                if not publisher.is_alive():
+                    break
+        finally:
+            driver.quit()
+            dashboard.stop()
+    return {"results_per_s": rate, "seconds": seconds, "samples": samples}
+
+
 def bench_dashboard(model_dir: Path, quick: bool = False) -> dict[str, Any]:
     # 1,200 frames is 6 s of streaming: shorter runs measure the processes' start, not the cost.
     from edge.dashboard.browser import BrowserMissingError
@@ -288,6 +320,7 @@ def bench_dashboard(model_dir: Path, quick: bool = False) -> dict[str, Any]:
     }
     try:  # the parts that need a real browser
         out["page"] = page_at_rate(seconds=5.0 if quick else 20.0)
+        out["page_memory"] = page_memory(seconds=30.0 if quick else 180.0, every_s=15.0 if quick else 30.0)
         out["daemon_chromium_here"] = daemon_cost(model_dir, repeats, count, pages="chromium", rejects=False)
     except BrowserMissingError as exc:
         out["browser_note"] = str(exc)
@@ -298,11 +331,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, nargs="?")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--page-memory", type=float, metavar="SECONDS", help="only: one page's memory over this long")
     ap.add_argument("--pages", metavar="URL", help=argparse.SUPPRESS)  # _page_clients' own process
     ap.add_argument("--n", type=int, default=BROWSERS, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pages:
         _run_pages(args.pages, args.n, args.out)
+    elif args.page_memory:
+        print(json.dumps(page_memory(seconds=args.page_memory), indent=2))
     else:
         print(json.dumps(bench_dashboard(args.model, args.quick), indent=2))

@@ -110,7 +110,21 @@ def dashboard_markdown(dash: dict[str, Any] | None) -> list[str]:
         f"{page['redraws_per_s']:.1f} redraws/s, timer lag p99 {page['page_lag_ms']['p99']:.1f} ms "
         f"(max {page['page_lag_ms']['max']:.1f}), {page['long_tasks']} long tasks, counts "
         f"{page['shown']}/{page['published']}, dashboard {100 * page['dashboard_cpu_cores']:.0f}% of a core",
+        *_page_memory_lines(dash.get("page_memory")),
         "",
+    ]
+
+
+def _page_memory_lines(mem: dict[str, Any] | None) -> list[str]:
+    """One page's memory from its first sample to its last (benchmarks.dashboard.page_memory)."""
+    if not mem or len(mem["samples"]) < 2:
+        return []
+    first, last = mem["samples"][0], mem["samples"][-1]
+    return [
+        f"- one page open {last['s'] - first['s']} s at {mem['results_per_s']:.0f} results/s (one in ten a reject): "
+        f"DOM nodes {first['nodes']} -> {last['nodes']}, listeners {first['listeners']} -> {last['listeners']}, "
+        f"JS heap {first['heap_mb']:.2f} -> {last['heap_mb']:.2f} MB; the dashboard "
+        f"{first['dashboard_rss_mb']:.0f} -> {last['dashboard_rss_mb']:.0f} MiB resident"
     ]
 
 
