@@ -603,12 +603,13 @@ def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(
         dashboard.stop()
 
 
-def _publish_rejects(sock, start: int, n: int, rate: float = 100.0) -> None:
-    """n results of camera "storm" at `rate` a second, every one a reject with a small map."""
+def _publish_rejects(sock, start: int, n: int, rate: float = 100.0, cameras: int = 0) -> None:
+    """n results at `rate` a second, every one a reject with a small map: of camera "storm", or
+    with `cameras`, of cameras "cam<i>" for i from `start`."""
     amap = bytes(16 * 16)
     for i in range(start, start + n):
-        header = result_header("storm", i, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
-                               decision="fail", batch_size=1,
+        header = result_header(f"cam{i}" if cameras else "storm", i, time.time_ns(), "ok", 1.0,
+                               {"name": "m", "sha256": "ab" * 32}, score=2.0, decision="fail", batch_size=1,
                                map_info={"shape": [16, 16], "dtype": "uint8", "scale": 0.01})  # fmt: skip
         sock.send_multipart(result_message(header, amap))
         time.sleep(1 / rate)
@@ -616,7 +617,8 @@ def _publish_rejects(sock, start: int, n: int, rate: float = 100.0) -> None:
 
 def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     """The line's monitor shows the page for months. Each gallery refresh kept the tiles it
-    replaced (a click handler's closure held them): 60 DOM nodes a refresh, for good."""
+    replaced (a click handler's closure held them): 60 DOM nodes a refresh, for good. And a
+    camera the dashboard no longer keeps kept its section, frozen at its last state."""
     from edge.dashboard.browser import page_memory
 
     endpoint = f"ipc://{tmp_path}/results"
@@ -633,6 +635,14 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
         refreshes = driver.execute_script("return window.vqadStats.galleryFetches") - fetches
         assert refreshes >= 4, refreshes
         assert after["nodes"] - before["nodes"] < 60 and after["listeners"] - before["listeners"] < 12, (before, after)
+        # A sender that names its parts as cameras: the dashboard keeps the newest CAMERAS_SHOWN,
+        # and the page drops the others' sections instead of showing their last state for good.
+        _publish_rejects(sock, 0, CAMERAS_SHOWN, rate=400.0, cameras=CAMERAS_SHOWN)
+        sections = "return [...document.querySelectorAll('section.camera')].map(e => e.dataset.camera)"
+        shown = wait_for(
+            lambda: "storm" not in (ids := driver.execute_script(sections)) and len(ids) == CAMERAS_SHOWN and ids, 10
+        )
+        assert shown and set(shown) == {f"cam{i}" for i in range(CAMERAS_SHOWN)}, driver.execute_script(sections)
     finally:
         driver.quit()
         dashboard.stop()

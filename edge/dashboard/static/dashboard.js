@@ -57,6 +57,14 @@ function draw() {
   const ids = Object.keys(s.cameras);
   document.getElementById("no-cameras").hidden = ids.length > 0;
   for (const id of ids) drawCamera(id, s.cameras[id], s.daemon);
+  // A camera the dashboard no longer keeps (past CAMERAS_SHOWN newer ones: a sender that names
+  // its parts as cameras) leaves the page too, instead of showing its last state for good.
+  for (const [id, cam] of state.cameras) {
+    if (id in s.cameras) continue;
+    clearTimeout(cam.galleryTimer);
+    cam.node.remove();
+    state.cameras.delete(id);
+  }
   window.vqadStats.renders += 1;
 }
 
