@@ -132,11 +132,10 @@ def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
         record.results(camera="cam0", decision="fail", limit=24)
     gallery = (time.perf_counter() - t0) / 10
     # The page's review of a day's unreviewed fails: yesterday's, up to 1,000 (one answer).
-    yesterday = line_days.today(now) - dt.timedelta(days=1)
+    since_ns, until_ns = line_days.period_ns(line_days.today(now) - dt.timedelta(days=1))
     t0 = time.perf_counter()
     queue = record.results(camera="cam0", decision="fail", reviewed=False, model_sha256="0" * 64, limit=1000,
-                           since_ns=line_days.start_ns(yesterday),
-                           until_ns=line_days.start_ns(yesterday + dt.timedelta(days=1)) - 1)  # fmt: skip
+                           since_ns=since_ns, until_ns=until_ns)  # fmt: skip
     queue_s = time.perf_counter() - t0
     record.close()
     if any(r["reviews"] for r in queue):

@@ -52,6 +52,7 @@ def test_every_quarter_hour_falls_in_one_day_and_days_follow_each_other(zone, st
             assert days.day_of_quarter(t // QUARTER_NS) == day_now
             if day_now != previous:
                 assert day_now == previous + dt.timedelta(days=1) and days.start_ns(day_now) == t
+                assert days.period_ns(previous) == (days.start_ns(previous), t - 1)  # a day's instants
                 previous = day_now
         assert previous == dt.date(2026, month, day) + dt.timedelta(days=2)
 

@@ -221,7 +221,7 @@ class Dashboard:
             if params.get("day"):
                 if since is not None or until is not None:
                     raise ValueError("a day is a period of its own: give it, or since and until")
-                since, until = self._day_period(dt.date.fromisoformat(params["day"]))
+                since, until = self.daily.days.period_ns(dt.date.fromisoformat(params["day"]))
         except (ValueError, DataError) as exc:
             return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601, day "
                                           f"YYYY-MM-DD: {exc}"}, 400)  # fmt: skip
@@ -243,12 +243,6 @@ class Dashboard:
         root = request.scope.get("root_path", "")
         items = [_result_item(row, root) for row in rows]
         return JSONResponse({"results": items, "limit_reached": len(rows) == limit})
-
-    def _day_period(self, day: dt.date) -> tuple[int, int]:
-        """The first and last ns of the line's `day` (its timezone and day_starts), as the daily
-        tally counts it."""
-        days = self.daily.days
-        return days.start_ns(day), days.start_ns(day + dt.timedelta(days=1)) - 1
 
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the line's last `days` days (today included; the

@@ -71,6 +71,10 @@ class ProductionDays:
         local = dt.datetime.combine(day, self.starts, tzinfo=self.zone)
         return int((local - _EPOCH).total_seconds()) * 10**9
 
+    def period_ns(self, day: dt.date) -> tuple[int, int]:
+        """The first and the last ns of `day`: the instants day_of gives it."""
+        return self.start_ns(day), self.start_ns(day + ONE_DAY) - 1
+
     def today(self, now_ns: int | None = None) -> dt.date:
         """The day now (or at `now_ns`) falls in."""
         return self.day_of(time.time_ns() if now_ns is None else now_ns)
