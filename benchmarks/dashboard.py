@@ -285,7 +285,7 @@ def page_memory(rate: float = 200.0, seconds: float = 600.0, every_s: float = 30
     the line's monitor stays open for months: what grows here grows for good."""
     import psutil
 
-    from edge.dashboard.browser import page_memory as measured
+    from edge.dashboard.browser import page_footprint
 
     with scratch_dir("vqm") as workdir:
         endpoint = f"ipc://{workdir}/results"
@@ -299,7 +299,7 @@ def page_memory(rate: float = 200.0, seconds: float = 600.0, every_s: float = 30
             publisher.start()
             for _ in range(int(seconds / every_s) + 2):  # bounded; the publisher ends after `seconds`
                 publisher.join(timeout=every_s)
-                samples.append({"s": round(time.monotonic() - t0), **measured(driver),
+                samples.append({"s": round(time.monotonic() - t0), **page_footprint(driver),
                                 "dashboard_rss_mb": round(server.memory_info().rss / 2**20, 1)})  # fmt: skip
                 if not publisher.is_alive():
                     break

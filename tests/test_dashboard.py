@@ -619,7 +619,7 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     """The line's monitor shows the page for months. Each gallery refresh kept the tiles it
     replaced (a click handler's closure held them): 60 DOM nodes a refresh, for good. And a
     camera the dashboard no longer keeps kept its section, frozen at its last state."""
-    from edge.dashboard.browser import page_memory
+    from edge.dashboard.browser import page_footprint
 
     endpoint = f"ipc://{tmp_path}/results"
     sock = zmq.Context.instance().socket(zmq.PUB)
@@ -629,9 +629,9 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     try:
         driver.get(dashboard.url + "/")
         _publish_rejects(sock, 0, 300)  # 3 s: the gallery full, the page settled
-        before, fetches = page_memory(driver), driver.execute_script("return window.vqadStats.galleryFetches")
+        before, fetches = page_footprint(driver), driver.execute_script("return window.vqadStats.galleryFetches")
         _publish_rejects(sock, 300, 800)  # 8 s: a refresh every 1.5 s at most, 12 new tiles each
-        after = page_memory(driver)
+        after = page_footprint(driver)
         refreshes = driver.execute_script("return window.vqadStats.galleryFetches") - fetches
         assert refreshes >= 4, refreshes
         assert after["nodes"] - before["nodes"] < 60 and after["listeners"] - before["listeners"] < 12, (before, after)

@@ -32,7 +32,7 @@ def headless_chromium(width: int = 1400, height: int = 1000):
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
-def page_memory(driver) -> dict[str, float]:
+def page_footprint(driver) -> dict[str, float]:
     """What an open page holds, after a full garbage collection (Chrome DevTools): its
     JavaScript heap in MB, its DOM nodes (attached or not) and its event listeners."""
     driver.execute_cdp_cmd("Performance.enable", {})
