@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ NOTE_MAX_CHARS = 2000
 WAL_KEPT_BYTES = 4 * 2**20
 # Frames looked up per query by their ids: well under every database's limit on bound parameters.
 LOOKUP_CHUNK = 500
+# An export reads the record this many results at a time (about 10 MB of them in Python): a
+# month of a line's results read at once held gigabytes (2.1 GB for a million).
+PAGE_ROWS = 5000
 # A database server that stops answering (its host switched off, the network cut, a server that
 # takes the connection and never answers) fails a connection within connect_timeout, and one
 # open connection within about a minute, as errors that the writer retries, instead of blocking
@@ -204,11 +208,13 @@ class Record:
         result_id: int | None = None,
         reviewed: bool | None = None,
         model_sha256: str | None = None,
+        before: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews.
         `result_id`: the record's own id of a result (its row). `reviewed`: only results a
         person has (True) or has not (False) reviewed; with decision "fail" and a day's period,
-        False gives the fails that daily counts as not reviewed."""
+        False gives the fails that daily counts as not reviewed. `before`: (ts_ns, id) of a
+        result; only those after it in this order (the next page of an export, iter_results)."""
         # Asked for a part, its few rows by their index: SQLite, without statistics, took the
         # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
         # expression on the camera keeps it off that index, on any database.
@@ -224,6 +230,9 @@ class Record:
             has_review = sa.exists().where(reviews.c.result_id == results.c.id)
             q = q.where(has_review if reviewed else ~has_review)
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
+        if before is not None:  # the range on ts_ns first, which the time indexes serve
+            ts, row_id = before
+            q = q.where(results.c.ts_ns <= ts, sa.or_(results.c.ts_ns < ts, results.c.id < row_id))
         q = (
             _newest_of_camera(q, limit)
             if camera is not None and decision is None and frame_id is None and part_id is None and result_id is None
@@ -232,17 +241,31 @@ class Record:
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
             found: dict[int, list[dict[str, Any]]] = {}
-            if rows:
-                # These results' reviews only (by their index): a camera's months of reviews would
-                # otherwise be read for every page of rejects.
-                rq = sa.select(reviews).where(reviews.c.result_id.in_([r["id"] for r in rows])).order_by(reviews.c.id)
-                for r in conn.execute(rq):
+            ids = [r["id"] for r in rows]
+            # These results' reviews only (by their index): a camera's months of reviews would
+            # otherwise be read for every page of rejects. In chunks: SQLite takes a bounded
+            # number of parameters in one statement.
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ids[start : start + LOOKUP_CHUNK]
+                for r in conn.execute(sa.select(reviews).where(reviews.c.result_id.in_(chunk)).order_by(reviews.c.id)):
                     found.setdefault(r.result_id, []).append(dict(r._mapping))
         for row in rows:
             row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
             row["reviews"] = found.get(row["id"], [])
         return rows
+
+    def iter_results(self, limit: int, page: int = PAGE_ROWS, **filters: Any) -> Iterator[dict[str, Any]]:
+        """results(**filters), the newest `limit` at most, read `page` at a time: an export of a
+        month holds one page in memory, not the month."""
+        before = None
+        while limit > 0:
+            rows = self.results(**filters, limit=min(page, limit), before=before)
+            yield from rows
+            if len(rows) < min(page, limit):
+                return
+            limit -= len(rows)
+            before = (rows[-1]["ts_ns"], rows[-1]["id"])
 
     def removed(self) -> dict[str, int] | None:
         """What has left the record, or None if nothing has: `up_to_ns`, the newest capture time

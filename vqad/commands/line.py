@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,9 +67,6 @@ SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "
 
 def cmd_score(args: argparse.Namespace) -> int:
     """`vqad score MODEL IMAGE_OR_FOLDER...`: the line's decision on image files, offline."""
-    import csv
-    import json
-    import sys
 
     from edge.config import load_config
     from edge.offline import score_images, summary
@@ -146,7 +146,6 @@ def cmd_camera(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     import errno
-    import json
     import os
 
     from edge.watch import run_watch
@@ -182,10 +181,6 @@ RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score
 
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the line's record; or export its reviewed evidence as training data."""
-    import csv
-    import json
-    import sys
-
     from edge.record import Record
     from edge.record.store import compact, parse_time, shown_url
 
@@ -213,41 +208,59 @@ def cmd_records(args: argparse.Namespace) -> int:
     if args.daily:
         return _print_daily(record, args)
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
-    rows = record.results(
+    rows = record.iter_results(
+        args.limit,
         camera=args.camera,
         decision=args.decision,
         since_ns=parse_time(args.since, zone),
         until_ns=parse_time(args.until, zone),
         frame_id=args.frame_id,
-        limit=args.limit,
         part_id=args.part_id,
         reviewed=args.reviewed,
     )
-    if args.format == "json":
-        print(json.dumps(rows, indent=2, default=str))
-    elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id"])
-        for r in rows:
-            reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
-            row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
-            writer.writerow([*row, r["id"]])
-    else:
-        if rows:
-            print(f"{'time':<25} {'camera':>10} {'frame':>8} {'result':>8} {'status':>7} {'dec.':>5} {'score':>8} "
-                  f"{'model':<12} reviews part unfit evidence")  # fmt: skip
-        for r in rows:
-            when = _local_time(r["ts_ns"], zone)
-            score = "-" if r["score"] is None else f"{r['score']:.4g}"
-            verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
-            unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
-            print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
-                  f"{r['decision'] or '-':>5} {score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} "
-                  f"{r['part_id'] or '-'} {unfit} {r['evidence'] or ''}")  # fmt: skip
-        print(f"{len(rows)} results")
-    if len(rows) == args.limit:  # to stderr: a CSV or JSON export stays clean
+    printed = {"json": _print_json, "csv": _print_csv}.get(args.format, _print_table)(rows, zone)
+    if printed == args.limit:  # to stderr: a CSV or JSON export stays clean
         log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
     return 0
+
+
+# `vqad records`' three formats. Each prints the results as they are read, a page at a time
+# (Record.iter_results), and returns how many it printed.
+def _print_json(rows: Iterable[dict], _zone) -> int:
+    n = 0
+    for n, r in enumerate(rows, 1):
+        print("[" if n == 1 else ",", json.dumps(r, default=str))
+    print("]" if n else "[]")
+    return n
+
+
+def _print_csv(rows: Iterable[dict], _zone) -> int:
+    writer = csv.writer(sys.stdout)
+    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id"])
+    n = 0
+    for r in rows:
+        n += 1
+        reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
+        row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
+        writer.writerow([*row, r["id"]])
+    return n
+
+
+def _print_table(rows: Iterable[dict], zone) -> int:
+    n = 0
+    for n, r in enumerate(rows, 1):
+        if n == 1:
+            print(f"{'time':<25} {'camera':>10} {'frame':>8} {'result':>8} {'status':>7} {'dec.':>5} {'score':>8} "
+                  f"{'model':<12} reviews part unfit evidence")  # fmt: skip
+        when = _local_time(r["ts_ns"], zone)
+        score = "-" if r["score"] is None else f"{r['score']:.4g}"
+        verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
+        unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
+        print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
+              f"{r['decision'] or '-':>5} {score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} "
+              f"{r['part_id'] or '-'} {unfit} {r['evidence'] or ''}")  # fmt: skip
+    print(f"{n} results")
+    return n
 
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
@@ -257,9 +270,6 @@ DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", 
 def _print_daily(record, args: argparse.Namespace) -> int:
     """`vqad records --daily`: what the line decided per day, camera and model, and the changes
     made to the daemon in the same period."""
-    import csv
-    import json
-    import sys
 
     from edge.record.store import parse_time
 
@@ -327,7 +337,6 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_ctl(args: argparse.Namespace) -> int:
     """A command to a running daemon's control socket; prints its JSON reply."""
     import getpass
-    import json
 
     from edge.control import request
     from edge.errors import VqadError
