@@ -684,6 +684,25 @@ def test_an_export_reads_the_record_a_page_at_a_time_each_result_once(tmp_path, 
     record.close()
 
 
+def test_a_record_that_refuses_a_query_midway_is_one_line_and_exit_code_3(tmp_path):
+    """A review while another program holds the record's write lock past its busy timeout (5 s)
+    printed SQLAlchemy's traceback; an export cut off by a server gone did the same."""
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev").start()
+    writer.put(_result("c", 1), time.time_ns())
+    writer.close()
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        refused = run_vqad("review", database, "c", 1, "--verdict", "defect", check=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    said = refused.stderr.strip().splitlines()
+    assert refused.returncode == 3 and len(said) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"the record at sqlite:///{database} refused: database is locked" in said[0]
+
+
 def test_reading_a_sqlite_record_writes_nothing_to_it(tmp_path):
     """The dashboard and `vqad records` only read: opening the record wrote a page into its WAL,
     and on a full disk (when operators most need the page) they could not open it at all."""

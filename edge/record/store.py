@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,17 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
         engine.dispose()
         raise DataError(f"cannot open the record at {shown_url(url)}: {database_reason(exc)}") from exc
     return engine
+
+
+@contextmanager
+def refusals_named(url: str) -> Iterator[None]:
+    """A query the record refuses midway (its server gone, a lock held past BUSY_TIMEOUT_MS, a
+    disk error) raised as one DataError that names the record, as open_record does at the
+    start, instead of a driver's traceback."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        raise DataError(f"the record at {shown_url(url)} refused: {database_reason(exc)}") from exc
 
 
 def compact(url: str) -> tuple[int, int]:

@@ -182,7 +182,7 @@ RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the line's record; or export its reviewed evidence as training data."""
     from edge.record import Record
-    from edge.record.store import compact, parse_time, shown_url
+    from edge.record.store import compact, refusals_named, shown_url
 
     if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None
                        or args.reviewed is not None):  # fmt: skip
@@ -198,6 +198,15 @@ def cmd_records(args: argparse.Namespace) -> int:
               "to the disk")  # fmt: skip
         return 0
     record = Record(args.url, must_exist=True)
+    with refusals_named(args.url):
+        return _query_records(record, args)
+
+
+def _query_records(record, args: argparse.Namespace) -> int:
+    """What `vqad records` asks of the open record: its reviewed evidence exported, the daily
+    tally, or the results printed as they are read."""
+    from edge.record.store import parse_time
+
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed)
         for folder, n in sorted(counts.items()):
@@ -327,9 +336,11 @@ def _local_time(ts_ns: int, zone) -> str:
 
 def cmd_review(args: argparse.Namespace) -> int:
     from edge.record import Record
+    from edge.record.store import refusals_named
 
     record = Record(args.url, must_exist=True)
-    row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note, args.result_id)
+    with refusals_named(args.url):
+        row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note, args.result_id)
     print(f"review recorded: {row['camera_id']} frame {row['frame_id']} (result {row['result_id']}): {row['verdict']}")
     return 0
 
