@@ -211,6 +211,22 @@ return outside;
 """
 
 
+# The histogram drawn with its tallest bar: the pixels of bar colour (red or green) in the band
+# of the threshold's label, its top 16 rows.
+BARS_IN_THE_LABELS_BAND = """
+const canvas = document.createElement("canvas");
+canvas.width = 420; canvas.height = 160;
+drawHistogram(canvas, {counts: [1, 9, 3], edges: [0, 1, 2, 3]}, 0.5);
+const band = canvas.getContext("2d").getImageData(0, 0, canvas.width, 16).data;
+let bars = 0;
+for (let i = 0; i < band.length; i += 4) {
+  const [r, g, b] = [band[i], band[i + 1], band[i + 2]];
+  if ((g > 150 && b < 100) || (r > 200 && g < 100)) bars++;
+}
+return bars;
+"""
+
+
 def test_a_metrics_endpoint_that_answers_garbage_reads_as_down_not_as_its_last_good_state(monkeypatch):
     """A scrape cut short (the daemon killed mid-answer) or answered by something that is not
     HTTP raised an error the probe did not catch: its thread ended, and the page went on showing
@@ -349,6 +365,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert len(driver.find_elements("css selector", selector)) == 2
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert driver.execute_script(LABELS_OUTSIDE_THE_CHARTS) == []
+        assert driver.execute_script(BARS_IN_THE_LABELS_BAND) == 0  # the label is not drawn over a bar
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)
         sub.close()

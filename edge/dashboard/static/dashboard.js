@@ -245,7 +245,7 @@ function drawHistogram(canvas, hist, threshold) {
   const top = Math.max(...hist.counts), span = hist.edges[hist.edges.length - 1];
   const bw = (w - 8) / hist.counts.length;
   hist.counts.forEach((count, i) => {
-    const bh = (h - pad - 8) * (count / top);
+    const bh = (h - pad - 20) * (count / top); // the top 20 px are the threshold's label's
     ctx.fillStyle = hist.edges[i] >= threshold ? "#f85149" : "#3fb950";
     ctx.fillRect(4 + i * bw, h - pad - bh, Math.max(1, bw - 1), bh);
   });
