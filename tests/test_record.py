@@ -443,6 +443,53 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
 
 
+def test_reviewed_images_keep_a_share_of_the_evidences_room_not_all_of_it(tmp_path, monkeypatch, caplog):
+    """Kept without a bound, reviewed images would fill the quota in time, and every new
+    reject's image would then be removed as soon as it was written. They keep a quarter of the
+    quota, the oldest leaving first; under the floor with nothing else left, they go too."""
+    from edge.record import housekeeping
+
+    monkeypatch.setattr(housekeeping, "REVIEWED_EVERY_S", 0.0)  # looked at after every transaction
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    quota = 60_000  # a quarter of it holds one frame's PNG (about 12 kB)
+    writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
+    with caplog.at_level(logging.WARNING, logger="edge.record.housekeeping"):
+        for i in range(5):
+            writer.put(_result("c", i), time.time_ns())
+            wait_for(lambda n=i + 1: writer.recorded == n, 10)
+            if i < 4:
+                Record(url).review("c", i, "defect")
+        writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    assert [f for f in range(5) if rows[f]["evidence_removed"]] == [0, 1, 2], rows  # the oldest reviewed
+    assert all(Path(rows[f]["evidence_frame"]).is_file() for f in (3, 4))
+    assert "removed the images of the oldest" in caplog.text
+    # No quota, and the disk under its floor with only reviewed images left: they go too, the
+    # oldest first, until new rejects can keep theirs again.
+    evidence, other = tmp_path / "ev2", {"bytes": 0}
+    disk, floor = 150_000, 100_000
+
+    def free(_folder: Path) -> int:
+        return disk - other["bytes"] - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    url = f"sqlite:///{tmp_path / 'floor.db'}"
+    writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
+    for i in range(3):
+        writer.put(_result("c", i), time.time_ns())
+        wait_for(lambda n=i + 1: writer.recorded == n, 10)
+        Record(url).review("c", i, "false_reject")
+    other["bytes"] = disk - floor - 20_000  # another program: room for one reviewed image more than the floor
+    writer.put(_result("c", 3, "pass"), time.time_ns())  # a pass, not sampled: no image of its own
+    wait_for(lambda: writer.recorded == 4, 10)
+    writer.put(_result("c", 4), time.time_ns())
+    wait_for(lambda: writer.recorded == 5, 10)
+    writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    removed = [f for f in range(5) if rows[f]["evidence_removed"]]
+    assert removed and removed == list(range(len(removed))) and free(evidence) >= floor, (removed, free(evidence))
+
+
 def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_written(tmp_path, monkeypatch, caplog):
     """No quota set (the default): months of evidence filled the disk, and with it the record's
     own writes and, on a Jetson, the system's. A disk of 150 kB is simulated: its free space is

@@ -3,8 +3,9 @@ evidence quota removes the oldest evidence files past `record_max_gb` and marks 
 free-space floor does the same while the evidence's disk has less than `record_min_free_gb`
 free, and holds new evidence back while nothing is left to remove; on a SQLite record's disk
 under the floor, the oldest results leave too, so that the rows stop growing; expiry removes
-results older than `record_keep_days` with their files. A reviewed result always stays, with
-its images: they are what `vqad records --export-reviewed` gives recalibration and evaluation.
+results older than `record_keep_days` with their files. A reviewed result always stays, and
+so do its images, which `vqad records --export-reviewed` gives recalibration and evaluation,
+within a share of the evidence's room (REVIEWED_SHARE).
 Both run on the writer's thread, between its transactions; a failure is logged and tried again,
 and never stops the writer: the line's rows come first.
 """
@@ -68,6 +69,15 @@ INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
 WAL_BOUND_BYTES = 16 * 2**20
 WAL_RETRY_S = 10.0
 WAL_WAIT_MS = 1000
+# Reviewed results' images are kept past the quota and the floor, which remove the others'
+# oldest first, but within a share: at most a quarter of record_max_gb, and under the floor with
+# nothing else left to remove, none is kept for good. Tens of reviews a day at 1280 x 1024 are
+# about 16 GB a year: kept without a bound they would fill a quota, and then every new reject's
+# image, the oldest unreviewed one, would be removed as soon as it was written. The oldest
+# reviewed images go first, looked at every REVIEWED_EVERY_S (the reviews are few: a pass reads
+# them all).
+REVIEWED_SHARE = 0.25
+REVIEWED_EVERY_S = 600.0
 # How long a SQLite connection waits for another's lock before it fails (PRAGMA busy_timeout).
 BUSY_TIMEOUT_MS = 5000
 
@@ -98,6 +108,8 @@ class Housekeeping:
         self._removed_logs: dict[str, RepeatedLog] = {}  # by why: the quota, the floor
         self._next_expiry = 0.0  # monotonic time of the next pass; 0: at the first commit
         self._next_wal_try = 0.0  # monotonic time before which the WAL is not checkpointed again
+        self._next_reviewed = 0.0  # monotonic time of the next look at the reviewed images' share
+        self._reviewed_log = RepeatedLog(log)
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
     def added(self, path: Path) -> None:
@@ -117,6 +129,8 @@ class Housekeeping:
                 self._remove_oldest(self.evidence_bytes - self.max_bytes, "evidence quota")
             if self.min_free_bytes:
                 self._keep_free()
+            if (self.max_bytes or self.low_disk) and time.monotonic() >= self._next_reviewed:
+                self._bound_reviewed()
             if self.keep_ns and time.monotonic() >= self._next_expiry:
                 self._expire()
             if self.database is not None:
@@ -139,7 +153,7 @@ class Housekeeping:
         if short > 0:
             self._remove_oldest(short, "free-space floor")
             short = self.min_free_bytes - free_bytes(self.evidence_dir)
-        low = short > 0 if not self.low_disk else short > -min(RESUME_MARGIN_BYTES, self.min_free_bytes // 10)
+        low = short > 0 if not self.low_disk else short > -self._resume_margin
         if low != self.low_disk:
             floor_gb = self.min_free_bytes / 1e9
             if low:
@@ -152,6 +166,11 @@ class Housekeeping:
         self.low_disk = low
         if self.database is not None and free_bytes(self.database.parent) < self.min_free_bytes:
             self._make_room()
+
+    @property
+    def _resume_margin(self) -> int:
+        """How far over the floor the disk must be for evidence to be written again."""
+        return min(RESUME_MARGIN_BYTES, self.min_free_bytes // 10)
 
     def _make_room(self) -> None:
         """The oldest results leave the SQLite record, with their files, until its file holds
@@ -233,12 +252,13 @@ class Housekeeping:
 
     def _remove_oldest(self, excess: int, why: str) -> None:
         """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
-        count each. A reviewed result's evidence stays: an operator's verdict on a reject is the
-        labelled image recalibration and evaluation take (`vqad records --export-reviewed`).
-        The search starts after the last row marked: from the first row, it would read every
-        row whose evidence is gone or was never kept, at each pass (0.17 s at 2 million rows,
-        and a pass follows nearly every transaction once the quota is reached). A result
-        reviewed after the search passed it has already lost its images."""
+        count each. A reviewed result's evidence stays (its share is _bound_reviewed's): an
+        operator's verdict on a reject is the labelled image recalibration and evaluation take
+        (`vqad records --export-reviewed`). The search starts after the last row marked: from
+        the first row, it would read every row whose evidence is gone or was never kept, at
+        each pass (0.17 s at 2 million rows, and a pass follows nearly every transaction once
+        the quota is reached). A result reviewed after the search passed it has already lost
+        its images."""
         removed, up_to = 0, self._quota_up_to
         target = self.evidence_bytes - excess
         kept = sa.exists().where(reviews.c.result_id == results.c.id).label("kept")  # reviewed
@@ -272,6 +292,42 @@ class Housekeeping:
             self._removed_logs.setdefault(why, RepeatedLog(log, logging.INFO)).log(
                 "%s: removed the oldest %d frames' evidence (%d in all)", why, removed, self.evidence_removed
             )
+
+    def _bound_reviewed(self) -> None:
+        """Reviewed results' images past REVIEWED_SHARE of the quota, and under the floor with no
+        other evidence left as many as it takes, leave oldest first; marked and counted as the
+        quota's."""
+        self._next_reviewed = time.monotonic() + REVIEWED_EVERY_S
+        reviewed = sa.exists().where(reviews.c.result_id == results.c.id)
+        query = (
+            sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay)
+            .where(reviewed, results.c.evidence_frame.is_not(None), results.c.evidence_removed.is_(False))
+            .order_by(results.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        sizes = [sum(_size(Path(p)) for p in (r.evidence_frame, r.evidence_overlay) if p) for r in rows]
+        excess = sum(sizes) - int(REVIEWED_SHARE * self.max_bytes) if self.max_bytes else 0
+        if self.low_disk:
+            excess = max(excess, self.min_free_bytes + self._resume_margin - free_bytes(self.evidence_dir))
+        gone = []
+        for row, size in zip(rows, sizes, strict=True):
+            if excess <= 0:
+                break
+            self._remove_files(row.evidence_frame, row.evidence_overlay)
+            gone.append(row.id)
+            excess -= size
+        if not gone:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(results).where(results.c.id.in_(gone)).values(evidence_removed=True))
+        self.evidence_removed += len(gone)
+        self.metrics.evidence_removed.inc(len(gone))
+        self._reviewed_log.log(
+            "removed the images of the oldest %d reviewed results: reviewed images keep %d%% of record_max_gb at "
+            "most, and none under record_min_free_gb with nothing else to remove (vqad records --export-reviewed "
+            "keeps them)", len(gone), 100 * REVIEWED_SHARE,
+        )  # fmt: skip
 
     def _expire(self) -> None:
         """Remove results published more than keep_days ago, oldest first, with their evidence
