@@ -238,9 +238,10 @@ class Record:
                 q = q.where(column == value)
         if model_sha256 is not None:
             q = q.where(results.c.model_sha256 == model_sha256)
-        if reviewed is not None:
-            has_review = sa.exists().where(reviews.c.result_id == results.c.id)
-            q = q.where(has_review if reviewed else ~has_review)
+        if reviewed:  # from the reviews (few) to their results; an EXISTS would walk every result
+            q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
+        elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
+            q = q.where(~sa.exists().where(reviews.c.result_id == results.c.id))
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         if before is not None:  # the range on ts_ns first, which the time indexes serve
             ts, row_id = before
