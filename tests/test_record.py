@@ -443,6 +443,21 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
 
 
+def _simulated_disk(monkeypatch, evidence: Path, disk: int):
+    """A disk of `disk` bytes for the housekeeping: its free space is what the evidence under
+    `evidence` and "another program" (the returned dict's "bytes") leave of it. -> (that dict,
+    the free-space function)."""
+    from edge.record import housekeeping
+
+    other = {"bytes": 0}
+
+    def free(_folder: Path) -> int:
+        return disk - other["bytes"] - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    return other, free
+
+
 def test_reviewed_images_keep_a_share_of_the_evidences_room_not_all_of_it(tmp_path, monkeypatch, caplog):
     """Kept without a bound, reviewed images would fill the quota in time, and every new
     reject's image would then be removed as soon as it was written. They keep a quarter of the
@@ -466,13 +481,8 @@ def test_reviewed_images_keep_a_share_of_the_evidences_room_not_all_of_it(tmp_pa
     assert "removed the images of the oldest" in caplog.text
     # No quota, and the disk under its floor with only reviewed images left: they go too, the
     # oldest first, until new rejects can keep theirs again.
-    evidence, other = tmp_path / "ev2", {"bytes": 0}
-    disk, floor = 150_000, 100_000
-
-    def free(_folder: Path) -> int:
-        return disk - other["bytes"] - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
-
-    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    evidence, disk, floor = tmp_path / "ev2", 150_000, 100_000
+    other, free = _simulated_disk(monkeypatch, evidence, disk)
     url = f"sqlite:///{tmp_path / 'floor.db'}"
     writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
     for i in range(3):
@@ -494,15 +504,9 @@ def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_
     """No quota set (the default): months of evidence filled the disk, and with it the record's
     own writes and, on a Jetson, the system's. A disk of 150 kB is simulated: its free space is
     what the evidence and "another program" leave of it."""
-    import edge.record.housekeeping as housekeeping
-
-    evidence, other = tmp_path / "ev", {"bytes": 0}
+    evidence = tmp_path / "ev"
     disk, floor = 150_000, 100_000  # room for about four frames' PNGs (12 kB each) over the floor
-
-    def free(_folder: Path) -> int:
-        return disk - other["bytes"] - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
-
-    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    other, free = _simulated_disk(monkeypatch, evidence, disk)
     url = f"sqlite:///{tmp_path / 'line.db'}"
     writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
     for i in range(12):
