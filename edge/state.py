@@ -38,7 +38,7 @@ def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
             metrics.previous_exit_unclean.set(1)
             # Written whole or not at all: a power cut mid-write must not leave a file the next
             # start cannot read (it read it before, and the daemon then never started again).
-            _write_whole(state_file, state)
+            write_whole(state_file, state)
         marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     except OSError as exc:
         log.error(
@@ -62,7 +62,7 @@ def _read_state(state_file: Path) -> dict[str, int]:
         return {"unclean_exits": 0}
 
 
-def _write_whole(path: Path, data: dict[str, Any]) -> None:
+def write_whole(path: Path, data: dict[str, Any]) -> None:
     """Write JSON whole or not at all (a power cut mid-write leaves the older file)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -119,7 +119,7 @@ class Overrides:
         """Keep the overrides; a disk that refuses leaves them in force until the next start,
         with an error in the log."""
         try:
-            _write_whole(self.path, {"threshold": self.threshold, "paused": self.paused})
+            write_whole(self.path, {"threshold": self.threshold, "paused": self.paused})
         except OSError as exc:
             log.error("%s cannot be written (%s): what vqad ctl changed holds until the daemon restarts", self.path,
                       exc)  # fmt: skip

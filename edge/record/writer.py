@@ -35,6 +35,7 @@ from edge.record.housekeeping import Housekeeping, free_bytes, network_filesyste
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, record_url, shown_url
 from edge.results import Result
+from edge.state import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -364,10 +365,8 @@ class RecordWriter:
         rows this run lacks are at least that count minus the rows it has."""
         if self.state_file is None:
             return
-        tmp = self.state_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps({"run": self.run_id, "handed": self.handed, "after_id": self._after_id}))
-            tmp.replace(self.state_file)
+            write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id})
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "

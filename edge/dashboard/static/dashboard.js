@@ -416,7 +416,7 @@ async function review(verdict) {
     if (cam) loadDaily(cam, r.camera_id);
     const left = list.filter((x) => !x.reviews.length).length;
     if (next) openDetail(next, list);
-    document.getElementById("review-status").textContent = next
+    status.textContent = next
       ? `${done} ${left}${state.queue.more ? "+" : ""} left.`
       : `${done} That was the last of the day's unreviewed rejects${left ? ` but ${left} skipped` : ""}.`;
   } catch (err) {
