@@ -18,7 +18,6 @@ import numpy as np
 
 from edge.config import to_dict
 from edge.errors import PackageError
-from edge.health import training_stats
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
 from edge.recalibrate import fingerprints
 from export.config import ExportConfig
@@ -85,14 +84,6 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
     return parity
 
 
-def _camera_health(run) -> dict[str, Any]:
-    """The training images' figures for the line's camera health gate, each image read once."""
-    from train.data import load_images
-
-    m, paths, shapes = run.model_cfg, run.split()["train"], []
-    return training_stats(load_images(paths, m.image_size, m.channels, shapes), shapes)
-
-
 def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
     """model.json's content: what the package is, how it was made, and what it measured."""
     report = run.root / "eval" / "metrics.json"
@@ -147,7 +138,7 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         },
         "model_config": to_dict(m),
         # What the training images looked like, for the daemon's camera health gate (edge/health.py).
-        "camera_health": _camera_health(run),
+        "camera_health": run.camera_health(),
     }
     return meta
 

@@ -51,22 +51,56 @@ def test_calibrating_a_model_package_rewrites_only_its_threshold(tiny_model, syn
     assert np.isclose(after.map_scale / after.threshold, before.map_scale / before.threshold)
 
 
-def test_good_images_unlike_the_models_are_warned_of(tiny_model, tiny_run, synth_root, tmp_path, line_good):
-    """Another product's images (weave for a bracket model) as the line's good ones: every one
-    scores over the threshold they replace. Warned of and kept in the provenance, not refused."""
+def test_good_images_unlike_the_models_are_refused_unless_forced(tiny_model, tiny_run, synth_root, tmp_path, line_good):
+    """Another product's images (weave for a bracket model) as the line's good ones: the line's
+    camera health gate would call each unfit, so they are refused, and nothing is written.
+    Forced, they are calibrated on; every one scores over the threshold they replace, which is
+    warned of and kept in the provenance."""
     model, run = tmp_path / "model", tmp_path / "run"
     shutil.copytree(tiny_model, model)
     shutil.copytree(tiny_run, run)
-    for target in (model, run):
-        proc = run_vqad("calibrate", target, synth_root / "weave" / "train" / "good")
+    weave = synth_root / "weave" / "train" / "good"
+    for target, kept in ((model, "model.json"), (run, "threshold.json")):
+        before = (target / kept).read_text()
+        proc = run_vqad("calibrate", target, weave, check=False)
+        assert proc.returncode == 3 and "16 of 16 good images would be unfit on the line" in proc.stderr
+        assert "--force" in proc.stderr and (target / kept).read_text() == before
+        proc = run_vqad("calibrate", target, weave, "--force")
         assert "score over the threshold they replace" in proc.stderr
-    check = load_package(model).meta["threshold"]["against_previous"]
+    threshold = load_package(model).meta["threshold"]
+    assert threshold["health"]["unfit"] == 16
+    check = threshold["against_previous"]
     assert check["share_over_previous"] >= 0.2 and "this product's" in check["warning"]
+    assert json.loads((run / "threshold.json").read_text())["health"]["unfit"] == 16
     shutil.rmtree(model)
     shutil.copytree(tiny_model, model)
     same = run_vqad("calibrate", model, line_good)
     assert "threshold they replace" not in same.stderr
     assert load_package(model).meta["threshold"]["against_previous"]["share_over_previous"] < 0.2
+
+
+def test_a_threshold_raised_many_times_over_is_refused_unless_forced(tiny_model, tmp_path):
+    """A package without the health gate's figures (exported before them) cannot tell another
+    product's images by the gate (here noise); the threshold they would set, many times the one
+    it replaces, is refused all the same."""
+    from edge.threshold import RAISED_REFUSED
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    del meta["camera_health"]
+    (model / "model.json").write_text(json.dumps(meta))
+    before = (model / "model.json").read_text()
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        cv2.imwrite(str(noise / f"{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    proc = run_vqad("calibrate", model, noise, check=False)
+    assert proc.returncode == 3 and "times the one it replaces" in proc.stderr, proc.stderr
+    assert (model / "model.json").read_text() == before
+    run_vqad("calibrate", model, noise, "--force")
+    assert load_package(model).meta["threshold"]["against_previous"]["ratio"] >= RAISED_REFUSED
 
 
 def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_path, line_good):
@@ -148,12 +182,13 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     assert "is a confirmed defect under" in proc.stderr
     assert load_package(model).meta["threshold"] == t
     # A threshold above every defect lets them all pass, and says which: the same pixels in
-    # other files (PNGs written again) are no copies, and set one.
+    # other files (PNGs written again) are no copies, and set one (forced: it may be many times
+    # the one it replaces).
     rewritten = tmp_path / "rewritten"
     rewritten.mkdir()
     for i, path in enumerate(paths):
         cv2.imwrite(str(rewritten / f"{i:03d}.png"), cv2.imread(str(path)), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    proc = run_vqad("calibrate", model, rewritten, "--defects", defects, "--target-frr", "0.01")
+    proc = run_vqad("calibrate", model, rewritten, "--defects", defects, "--target-frr", "0.01", "--force")
     d = load_package(model).meta["threshold"]["defects"]
     assert d["missed"] == len(paths) and len(d["lowest_missed"]) == min(len(paths), 5)
     assert "lowest: " in proc.stdout and "would pass" in proc.stderr
@@ -374,9 +409,10 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     assert (far[row, x_far] == THRESHOLD).all()
 
 
-def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_root, tmp_path, line_good):
+def test_good_images_the_line_would_call_unfit_are_refused_or_warned_of(tiny_model, synth_root, tmp_path, line_good):
     """Images from another camera (here turned on their side: another shape) are not what the
-    line will score as good: the camera health gate's verdict on each is kept and warned of."""
+    line will score as good: the camera health gate's verdict on each is kept and warned of, and
+    when they are most of the folder the calibration is refused unless forced."""
     import cv2
 
     model = tmp_path / "model"
@@ -385,13 +421,19 @@ def test_good_images_the_line_would_call_unfit_are_warned_of(tiny_model, synth_r
     proc = run_vqad("calibrate", model, good)
     assert load_package(model).meta["threshold"]["health"] == {"unfit": 0, "reasons": {}, "examples": []}
     assert "unfit on the line" not in proc.stderr
-    turned = tmp_path / "turned"
-    turned.mkdir()
-    for path in sorted(good.glob("*.png"))[:6]:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(good, mixed)
+    for path in sorted(mixed.glob("*.png"))[:6]:  # 6 of 16 turned: under half
         image = cv2.imread(str(path))
-        cv2.imwrite(str(turned / path.name), cv2.resize(image, (image.shape[1] // 3, image.shape[0])))
-    proc = run_vqad("calibrate", model, turned)
+        cv2.imwrite(str(path), cv2.resize(image, (image.shape[1] // 3, image.shape[0])))
+    proc = run_vqad("calibrate", model, mixed)
     health = load_package(model).meta["threshold"]["health"]
     assert health["unfit"] == 6 and health["reasons"]["aspect"] == 6 and len(health["examples"]) == 5
-    assert "6 of 6 good images would be unfit on the line (aspect 6" in proc.stderr
+    assert "6 of 16 good images would be unfit on the line (aspect 6" in proc.stderr
     assert "sends" not in proc.stderr  # one warning, not the line's per-camera one besides
+    turned = tmp_path / "turned"
+    turned.mkdir()
+    for path in sorted(mixed.glob("*.png"))[:6]:
+        shutil.copy(path, turned / path.name)
+    proc = run_vqad("calibrate", model, turned, check=False)
+    assert proc.returncode == 3 and "6 of 6 good images would be unfit on the line" in proc.stderr

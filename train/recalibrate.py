@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.recalibrate import calibration_images, check_defects, defect_frames, fingerprints
+from edge.recalibrate import calibration_images, check_defects, defect_frames, fingerprints, health_findings
 from edge.threshold import calibrate_threshold, check_against_previous
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
@@ -49,11 +49,15 @@ def calibrate_run(
     defects_dir: str | Path | None = None,
     choose_scale: bool = False,
     fuse_scales: tuple[float, ...] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Recalibrate RUN_DIR's threshold on the good images under GOOD_DIR (threshold.json), and
     with `defects_dir` say how many confirmed defect images would pass it. With `choose_scale`
     (needs `defects_dir`) the map's scale is chosen first and saved in the checkpoint; with
-    `fuse_scales` (() = one map) the map is rebuilt with those fused maps first and saved."""
+    `fuse_scales` (() = one map) the map is rebuilt with those fused maps first and saved.
+    DataError when most good images would be unfit on the line (edge.recalibrate.health_findings
+    against the run's training images), or the threshold would rise RAISED_REFUSED times or more
+    (edge.threshold.check_against_previous), unless `force`."""
     if choose_scale and defects_dir is None:
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     run = load_run(run_dir)
@@ -63,9 +67,11 @@ def calibrate_run(
         before = list(run.model_cfg.score.fuse_scales)
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
+    shapes: list[tuple[int, int]] = []
     frames, paths, source = calibration_images(
-        good_dir, cfg.image_size, cfg.channels, _trained_on(run), defects_dir=defects_dir
+        good_dir, cfg.image_size, cfg.channels, _trained_on(run), shapes, defects_dir
     )
+    health = health_findings(_camera_health(run), frames, shapes, paths, force)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
     choice = None
@@ -77,9 +83,6 @@ def calibrate_run(
         _, _, scores = score_frames(run.model, frames)
     else:
         _, _, scores = score_frames(run.model, frames)
-    if choice is not None or fused is not None:
-        scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
-        save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
     threshold = calibrate_threshold(scores, target, source, names=paths)
     # A threshold of another map says nothing of this map's scores.
     same_scale = choice is None or choice["chosen"] == choice["before"]
@@ -87,8 +90,14 @@ def calibrate_run(
     comparable = previous is not None and same_map
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
-    if comparable:
-        threshold["against_previous"] = check_against_previous(scores, float(previous["value"]))
+    if comparable:  # before anything is saved: it may refuse
+        threshold["against_previous"] = check_against_previous(
+            scores, float(previous["value"]), threshold["value"], force
+        )
+    threshold["health"] = health
+    if choice is not None or fused is not None:
+        scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
+        save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
     if choice is not None:
         threshold["scale"] = choice
     if fused is not None:
@@ -107,6 +116,16 @@ def calibrate_run(
         threshold["frr_bound_note"],
     )
     return threshold
+
+
+def _camera_health(run: Run) -> dict[str, Any] | None:
+    """The run's training images' figures for the health gate; None (logged) when they are gone."""
+    missing = [p for p in run.split()["train"] if not Path(p).is_file()]
+    if missing:
+        log.warning("%d of the run's training images are gone (e.g. %s): the good images are not checked "
+                    "against the line's camera health gate", len(missing), missing[0])  # fmt: skip
+        return None
+    return run.camera_health()
 
 
 def _trained_on(run: Run) -> list[str]:

@@ -10,8 +10,10 @@ from typing import Any
 
 from edge.config import from_mapping, to_dict
 from edge.errors import CheckpointError, DataError
+from edge.health import training_stats
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from train.config import ModelConfig, TrainConfig
+from train.data import load_images
 from train.pipeline import InspectionModel
 from train.scoring import ScorerPlan
 
@@ -34,6 +36,12 @@ class Run:
     def threshold(self) -> dict[str, Any] | None:
         path = self.root / THRESHOLD_FILE
         return read_json(path) if path.is_file() else None
+
+    def camera_health(self) -> dict[str, Any]:
+        """The training images' figures for the line's camera health gate (model.json's
+        `camera_health`), each image read once."""
+        m, shapes = self.model_cfg, []
+        return training_stats(load_images(self.split()["train"], m.image_size, m.channels, shapes), shapes)
 
 
 def read_split(run_dir: Path) -> dict[str, list[Path]]:

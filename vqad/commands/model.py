@@ -134,12 +134,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 "maps. Rebuild the map on the training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR "
                 "--choose-scale, or --fuse-scales F ...), then export again"
             )
-        threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects)
+        threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects, args.force)
     elif (args.target / "checkpoint.pt").is_file():
         from train.recalibrate import calibrate_run
 
         fuse = None if args.fuse_scales is None else tuple(args.fuse_scales)
-        threshold = calibrate_run(args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse)
+        threshold = calibrate_run(
+            args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse, args.force
+        )
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     left_out, copies = (threshold["source"].get(k, 0) for k in ("training_images_left_out", "copies_left_out"))
@@ -287,6 +289,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="a run only: rebuild its map fused with maps at these factors of its scale (none: one map), "
         "calibrated on the run's own good images as training does (saved in the checkpoint; export again)",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="calibrate even when most good images would be unfit on the line (the camera health gate): "
+        "images of another product, camera or lighting",
     )
     c.set_defaults(func=cmd_calibrate)
 
