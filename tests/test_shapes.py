@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from edge.config import load_config
-from edge.errors import ConfigError
+from edge.errors import BackendError, ConfigError
 from edge.frames import parse_size
 from edge.package import load_package
 from edge.protocol import frame_message
@@ -124,3 +124,40 @@ def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):
     assert resolve_image_size(sized, strip) is sized  # a resolved size stays as it is
     with pytest.raises(ConfigError, match="short_side"):
         dataclasses.replace(model_cfg, short_side=40)
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "wide_model"])
+def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which, request, monkeypatch):
+    """The TensorRT backend against a stand-in runtime (tests/fake_tensorrt.py: no TensorRT or
+    GPU here) that runs the engine's graph and bounds every device buffer: its maps and scores
+    are the graph's, at the model's H x W, for a square model and a wide one, a batch under the
+    largest included."""
+    from edge.backends import create_backend
+    from edge.backends.tensorrt_backend import find_engine
+    from edge.engine_cache import onnx_file_for
+    from tests import fake_tensorrt
+
+    trt, cudart = fake_tensorrt.install(monkeypatch)
+    pkg = load_package(request.getfixturevalue(which))
+    path, _, settings = find_engine(pkg, 4, 1024, trt, cudart)
+    graph = pkg.root / onnx_file_for(settings.mode)
+    fake_tensorrt.write_plan(path, graph, max_batch=4)
+    try:
+        backend = create_backend("tensorrt", pkg, {"max_batch": 4, "workspace_mb": 1024})
+        frames = np.random.default_rng(0).integers(0, 256, (4, *pkg.input_shape), dtype=np.uint8)
+        h, w = pkg.image_size
+        for n in (4, 3):
+            maps, scores = backend.infer(frames[:n])
+            want_maps, want_scores = onnx_outputs(graph, frames[:n])
+            assert maps.shape == (n, 1, h, w) and maps.dtype == np.float32 and scores.shape == (n,)
+            np.testing.assert_array_equal(maps, want_maps.astype(np.float32))
+            np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
+        backend.close()
+        # An engine of another shape in the package's place is refused before it can write past
+        # a buffer.
+        other = load_package(request.getfixturevalue("wide_model" if which == "tiny_model" else "tiny_model"))
+        fake_tensorrt.write_plan(path, other.root / onnx_file_for(settings.mode), max_batch=4)
+        with pytest.raises(BackendError, match="built for another package"):
+            create_backend("tensorrt", pkg, {"max_batch": 4, "workspace_mb": 1024})
+    finally:
+        path.unlink()

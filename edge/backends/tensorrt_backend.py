@@ -1,7 +1,7 @@
 """TensorRT backend: runs the engine built by `vqad build-engine` on its own CUDA stream.
 
 Uses only the tensor-name API common to TensorRT 8.6-11 (num_io_tensors, get_tensor_name,
-get_tensor_mode, get_tensor_dtype, get_tensor_profile_shape, set_input_shape,
+get_tensor_mode, get_tensor_dtype, get_tensor_shape, get_tensor_profile_shape, set_input_shape,
 set_tensor_address, execute_async_v3). Output dtypes are read from the engine, never
 assumed. Host buffers are pinned and copies are asynchronous on a dedicated stream; the
 daemon's receiver thread preprocesses the next batch while this one runs (the CUDA calls
@@ -82,16 +82,19 @@ class TensorRTBackend:
         _, _, profile_max = self.engine.get_tensor_profile_shape("frames", 0)
         self.max_batch = min(self.max_batch, int(profile_max[0]))
         self.frame_shape = package.input_shape
-        size = self.frame_shape[0]
-        shapes = {
-            "frames": (self.max_batch, *self.frame_shape),
-            "anomaly_map": (self.max_batch, 1, size, size),
-            "score": (self.max_batch,),
-        }
-        for name in shapes:
-            shape = shapes[name]
+        # One frame's worth of each tensor: the map is H x W like the frame (a tall part or a
+        # line-scan strip is not square). The engine's own shapes must agree: each buffer is
+        # sized from these, and an engine that wrote more would write past it on the device.
+        per_frame = {"frames": self.frame_shape, "anomaly_map": (1, *package.image_size), "score": ()}
+        for name in per_frame:
+            one = per_frame[name]
+            if tuple(self.engine.get_tensor_shape(name))[1:] != one:
+                raise BackendError(
+                    f"{path}'s {name} is {tuple(self.engine.get_tensor_shape(name))} for a batch, the package's "
+                    f"{one} a frame: built for another package? Delete it and run `vqad build-engine {package.root}`"
+                )
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            self.buffers[name] = PinnedBuffer(cudart, shape, dtype)
+            self.buffers[name] = PinnedBuffer(cudart, (self.max_batch, *one), dtype)
             self.context.set_tensor_address(name, int(self.buffers[name].device_ptr))
         log.info("tensorrt %s engine %s (max batch %d)", trt.__version__, path.name, self.max_batch)
 
@@ -104,7 +107,8 @@ class TensorRTBackend:
         cudart, inp = self.cudart, self.buffers["frames"]
         inp.host[:n] = frames
         inp.to_device(n * int(np.prod(self.frame_shape)) * inp.dtype.itemsize, self.stream)
-        self.context.set_input_shape("frames", (n, *self.frame_shape))
+        if not self.context.set_input_shape("frames", (n, *self.frame_shape)):
+            raise BackendError(f"the engine refused a batch of {n} frames of {self.frame_shape}")
         if not self.context.execute_async_v3(self.stream):
             raise BackendError("TensorRT execute_async_v3 failed")
         per_frame = {"anomaly_map": int(np.prod(self.buffers["anomaly_map"].host.shape[1:])), "score": 1}

@@ -1,0 +1,232 @@
+"""A stand-in for TensorRT's runtime and the CUDA runtime, for the CPU machines the tests run on.
+
+Neither TensorRT nor a GPU is on them, so `edge.backends.tensorrt_backend` is run here against
+these two modules, which keep to the calls it makes (the names `../shared/tools/trt_api_check.py`
+checks against TensorRT 8.6 to 11.4) and to what those calls do:
+
+- device memory is apart from host memory, and a copy or an engine's write past the end of an
+  allocation is an error, where a GPU would corrupt memory or fault;
+- an "engine" is a plan file holding an ONNX graph and its profile's largest batch
+  (`write_plan`); it runs the graph with ONNX Runtime on the input read from device memory at
+  the shape set, and writes each output packed, batch first, at its tensor's address, in the
+  graph's own dtypes, as TensorRT does.
+
+Install both with `install(monkeypatch)`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+VERSION = "10.3.0"
+_PLAN_MAGIC = b"FAKE-TRT-PLAN\n"
+
+
+class FakeCudaError(Exception):
+    pass
+
+
+# -- the CUDA runtime ---------------------------------------------------------------------
+class _Memory:
+    """Host and device allocations by address; every access bounded by its allocation."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, ctypes.Array] = {}
+
+    def alloc(self, nbytes: int) -> int:
+        block = ctypes.create_string_buffer(max(nbytes, 1))
+        address = ctypes.addressof(block)
+        self.blocks[address] = block
+        return address
+
+    def view(self, address: int, nbytes: int) -> memoryview:
+        block = self.blocks.get(int(address))
+        if block is None:
+            raise FakeCudaError(f"address {address:#x} is no allocation's start")
+        if nbytes > len(block):
+            raise FakeCudaError(f"{nbytes} bytes at {address:#x}, an allocation of {len(block)}")
+        return memoryview(block).cast("B")[:nbytes]
+
+
+def make_cudart() -> types.SimpleNamespace:
+    """A `cuda.bindings.runtime` with the calls edge.cuda_memory and the backend make."""
+    host, device = _Memory(), _Memory()
+    success, invalid = 0, 1
+    kinds = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def memcpy_async(dst: int, src: int, nbytes: int, kind: int, _stream: Any) -> tuple[int]:
+        to, frm = (device, host) if kind == kinds.cudaMemcpyHostToDevice else (host, device)
+        try:
+            to.view(dst, nbytes)[:] = frm.view(src, nbytes)
+        except FakeCudaError:
+            return (invalid,)
+        return (success,)
+
+    props = types.SimpleNamespace(name=b"Fake GPU", major=8, minor=7)
+    return types.SimpleNamespace(
+        cudaError_t=types.SimpleNamespace(cudaSuccess=success),
+        cudaMemcpyKind=kinds,
+        cudaGetErrorName=lambda err: (success, b"cudaErrorInvalidValue"),
+        cudaMallocHost=lambda n: (success, host.alloc(n)),
+        cudaMalloc=lambda n: (success, device.alloc(n)),
+        cudaFreeHost=lambda ptr: (success,),
+        cudaFree=lambda ptr: (success,),
+        cudaMemcpyAsync=memcpy_async,
+        cudaStreamCreate=lambda: (success, object()),
+        cudaStreamSynchronize=lambda stream: (success,),
+        cudaStreamDestroy=lambda stream: (success,),
+        cudaGetDeviceProperties=lambda device_index: (success, props),
+        device=device,
+    )
+
+
+# -- TensorRT's runtime -------------------------------------------------------------------
+class TensorIOMode(enum.Enum):
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = np.float32
+    HALF = np.float16
+    UINT8 = np.uint8
+    INT32 = np.int32
+    INT64 = np.int64
+
+
+_ONNX_TYPES = {
+    onnx.TensorProto.FLOAT: DataType.FLOAT,
+    onnx.TensorProto.FLOAT16: DataType.HALF,
+    onnx.TensorProto.UINT8: DataType.UINT8,
+    onnx.TensorProto.INT32: DataType.INT32,
+    onnx.TensorProto.INT64: DataType.INT64,
+}
+
+
+def write_plan(path: Path, onnx_path: Path, max_batch: int) -> None:
+    """A plan file this module's runtime deserialises: the graph, run with batches up to `max_batch`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"max_batch": max_batch}).encode() + b"\n"
+    path.write_bytes(_PLAN_MAGIC + header + onnx_path.read_bytes())
+
+
+class _Engine:
+    def __init__(self, graph: bytes, max_batch: int, device: _Memory):
+        model = onnx.load_from_string(graph)
+        self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        self.max_batch, self.device = max_batch, device
+        self.io: list[tuple[str, TensorIOMode, DataType, tuple[int, ...]]] = []
+        for mode, values in ((TensorIOMode.INPUT, model.graph.input), (TensorIOMode.OUTPUT, model.graph.output)):
+            for v in values:
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+                self.io.append((v.name, mode, _ONNX_TYPES[v.type.tensor_type.elem_type], dims))
+
+    def _entry(self, name: str) -> tuple[str, TensorIOMode, DataType, tuple[int, ...]]:
+        return next(e for e in self.io if e[0] == name)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.io)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.io[i][0]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self._entry(name)[1]
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self._entry(name)[2]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name)[3]
+
+    def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+        _, mode, _, dims = self._entry(name)
+        if mode is not TensorIOMode.INPUT or profile != 0:
+            raise ValueError(f"no profile shape for {name!r} in profile {profile}")
+        return (1, *dims[1:]), (self.max_batch, *dims[1:]), (self.max_batch, *dims[1:])
+
+    def create_execution_context(self) -> _Context:
+        return _Context(self)
+
+
+class _Context:
+    def __init__(self, engine: _Engine):
+        self.engine = engine
+        self.addresses: dict[str, int] = {}
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = int(address)
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        dims = self.engine.get_tensor_shape(name)
+        if len(shape) != len(dims) or any(d not in (-1, s) for d, s in zip(dims, shape, strict=True)):
+            return False
+        if not 1 <= shape[0] <= self.engine.max_batch:
+            return False
+        self.input_shapes[name] = tuple(shape)
+        return True
+
+    def execute_async_v3(self, _stream: Any) -> bool:
+        e = self.engine
+        feeds = {}
+        for name, mode, dtype, _ in e.io:
+            if mode is TensorIOMode.INPUT:
+                shape = self.input_shapes[name]
+                nbytes = int(np.prod(shape)) * np.dtype(dtype.value).itemsize
+                feeds[name] = np.frombuffer(e.device.view(self.addresses[name], nbytes), dtype.value).reshape(shape)
+        outputs = e.session.run(None, feeds)
+        produced = [(name, dtype) for name, mode, dtype, _ in e.io if mode is TensorIOMode.OUTPUT]
+        for (name, dtype), value in zip(produced, outputs, strict=True):
+            data = np.ascontiguousarray(value, dtype=dtype.value).tobytes()
+            e.device.view(self.addresses[name], len(data))[:] = data  # FakeCudaError past the allocation
+        return True
+
+
+class _Runtime:
+    def __init__(self, _logger: Any, device: _Memory):
+        self.device = device
+
+    def deserialize_cuda_engine(self, plan: bytes) -> _Engine | None:
+        if not plan.startswith(_PLAN_MAGIC):
+            return None
+        header, graph = plan[len(_PLAN_MAGIC) :].split(b"\n", 1)
+        return _Engine(graph, json.loads(header)["max_batch"], self.device)
+
+
+def make_tensorrt(cudart: types.SimpleNamespace) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = VERSION
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity=2: None})
+    trt.Runtime = lambda logger: _Runtime(logger, cudart.device)
+    trt.TensorIOMode = TensorIOMode
+    trt.DataType = DataType
+    trt.nptype = lambda dtype: dtype.value
+    return trt
+
+
+def install(monkeypatch: Any) -> tuple[types.ModuleType, types.SimpleNamespace]:
+    """Put the two stand-ins where `import tensorrt` and edge.cuda_memory.load_cudart look.
+    -> (tensorrt, cudart)."""
+    import sys
+
+    cudart = make_cudart()
+    trt = make_tensorrt(cudart)
+    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda.bindings = bindings
+    for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
+                         ("cuda.bindings.runtime", cudart)):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    return trt, cudart
