@@ -153,6 +153,12 @@ def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which
             np.testing.assert_array_equal(maps, want_maps.astype(np.float32))
             np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
         backend.close()
+        # `vqad build-engine`'s check of the engine against ONNX Runtime FP32, within the
+        # package's FP16 bounds.
+        from export.engine import verify_engine
+
+        figures = verify_engine(pkg.root, 4, 1024)
+        assert figures["n_frames"] == 4 and figures["decision_agreement"] == 1.0
         # An engine of another shape in the package's place is refused before it can write past
         # a buffer.
         other = load_package(request.getfixturevalue("wide_model" if which == "tiny_model" else "tiny_model"))
