@@ -11,7 +11,8 @@ checks against TensorRT 8.6 to 11.4) and to what those calls do:
   the shape set, and writes each output packed, batch first, at its tensor's address, in the
   graph's own dtypes, as TensorRT does.
 
-Install both with `install(monkeypatch)`.
+Install both with `install(monkeypatch)`; a process started with tests/fake_gpu first on its
+PYTHONPATH imports them as `tensorrt` and `cuda.bindings.runtime`.
 """
 
 from __future__ import annotations
@@ -214,6 +215,18 @@ def make_tensorrt(cudart: types.SimpleNamespace) -> types.ModuleType:
     trt.DataType = DataType
     trt.nptype = lambda dtype: dtype.value
     return trt
+
+
+_SHARED: tuple[types.ModuleType, types.SimpleNamespace] | None = None
+
+
+def shared() -> tuple[types.ModuleType, types.SimpleNamespace]:
+    """This process's one (tensorrt, cudart) pair, for the import shims of tests/fake_gpu."""
+    global _SHARED
+    if _SHARED is None:
+        cudart = make_cudart()
+        _SHARED = make_tensorrt(cudart), cudart
+    return _SHARED
 
 
 def install(monkeypatch: Any) -> tuple[types.ModuleType, types.SimpleNamespace]:

@@ -167,3 +167,37 @@ def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which
             create_backend("tensorrt", pkg, {"max_batch": 4, "workspace_mb": 1024})
     finally:
         path.unlink()
+
+
+def test_the_daemon_serves_a_wide_model_on_tensorrt(wide_model):
+    """`vqad serve --backend tensorrt`, a real daemon process on the stand-in runtime
+    (tests/fake_gpu first on its PYTHONPATH): every frame of a wide model scored as the engine's
+    graph scores it, its map at the model's H x W."""
+    from edge.backends.tensorrt_backend import find_engine
+    from edge.engine_cache import onnx_file_for
+    from tests import fake_tensorrt
+
+    pkg = load_package(wide_model)
+    trt, cudart = fake_tensorrt.shared()
+    path, _, settings = find_engine(pkg, 8, 1024, trt, cudart)  # the config's max_batch and workspace
+    graph = pkg.root / onnx_file_for(settings.mode)
+    fake_tensorrt.write_plan(path, graph, max_batch=8)
+    frames = np.random.default_rng(1).integers(0, 256, (5, *pkg.input_shape), dtype=np.uint8)
+    env = {"PYTHONPATH": f"{Path(__file__).parent / 'fake_gpu'}:{Path(__file__).parent.parent}"}
+    try:
+        with DaemonProcess(wide_model, "--backend", "tensorrt", env=env) as daemon:
+            sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+            try:
+                for i, frame in enumerate(frames):
+                    cam.send(frame_message("wide", i, frame, "raw"))
+                results = sorted(sub.collect(5), key=lambda r: r[0]["frame_id"])
+            finally:
+                sub.close()
+                cam.close()
+            assert "tensorrt 10.3.0 engine" in daemon.log_text()
+    finally:
+        path.unlink()
+    _, want = onnx_outputs(graph, frames)
+    assert [h["status"] for h, _ in results] == ["ok"] * 5
+    assert [h["score"] for h, _ in results] == pytest.approx(want.astype(np.float64).tolist(), rel=1e-4)
+    assert all(amap.shape == (32, 64) for _, amap in results)
