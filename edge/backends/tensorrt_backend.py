@@ -68,11 +68,8 @@ class TensorRTBackend:
                 f"{path} could not be deserialized (built by another TensorRT or GPU?): "
                 f"delete it and run `vqad build-engine {package.root}`"
             )
-        self.context = self.engine.create_execution_context()
-        self.stream = check(cudart, cudart.cudaStreamCreate())
         self.inputs: list[str] = []
         self.outputs: list[str] = []
-        self.buffers: dict[str, PinnedBuffer] = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
@@ -85,17 +82,26 @@ class TensorRTBackend:
         # One frame's worth of each tensor: the map is H x W like the frame (a tall part or a
         # line-scan strip is not square). The engine's own shapes must agree: each buffer is
         # sized from these, and an engine that wrote more would write past it on the device.
-        per_frame = {"frames": self.frame_shape, "anomaly_map": (1, *package.image_size), "score": ()}
-        for name in per_frame:
-            one = per_frame[name]
-            if tuple(self.engine.get_tensor_shape(name))[1:] != one:
+        self.per_frame = {"frames": self.frame_shape, "anomaly_map": (1, *package.image_size), "score": ()}
+        for name in self.per_frame:
+            if tuple(self.engine.get_tensor_shape(name))[1:] != self.per_frame[name]:
                 raise BackendError(
                     f"{path}'s {name} is {tuple(self.engine.get_tensor_shape(name))} for a batch, the package's "
-                    f"{one} a frame: built for another package? Delete it and run `vqad build-engine {package.root}`"
+                    f"{self.per_frame[name]} a frame: built for another package? Delete it and run "
+                    f"`vqad build-engine {package.root}`"
                 )
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            self.buffers[name] = PinnedBuffer(cudart, (self.max_batch, *one), dtype)
-            self.context.set_tensor_address(name, int(self.buffers[name].device_ptr))
+        self.context = self.engine.create_execution_context()
+        self.buffers: dict[str, PinnedBuffer] = {}
+        self.stream = None
+        try:  # what is allocated is freed if the rest cannot be (a GPU out of memory)
+            self.stream = check(cudart, cudart.cudaStreamCreate())
+            for name in self.per_frame:
+                dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+                self.buffers[name] = PinnedBuffer(cudart, (self.max_batch, *self.per_frame[name]), dtype)
+                self.context.set_tensor_address(name, int(self.buffers[name].device_ptr))
+        except BaseException:
+            self.close()
+            raise
         log.info("tensorrt %s engine %s (max batch %d)", trt.__version__, path.name, self.max_batch)
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +117,9 @@ class TensorRTBackend:
             raise BackendError(f"the engine refused a batch of {n} frames of {self.frame_shape}")
         if not self.context.execute_async_v3(self.stream):
             raise BackendError("TensorRT execute_async_v3 failed")
-        per_frame = {"anomaly_map": int(np.prod(self.buffers["anomaly_map"].host.shape[1:])), "score": 1}
         for name in self.outputs:
             buf = self.buffers[name]
-            buf.to_host(n * per_frame[name] * buf.dtype.itemsize, self.stream)
+            buf.to_host(n * int(np.prod(self.per_frame[name])) * buf.dtype.itemsize, self.stream)
         check(cudart, cudart.cudaStreamSynchronize(self.stream))
         maps = self.buffers["anomaly_map"].host[:n].astype(np.float32, copy=True)
         scores = self.buffers["score"].host[:n].astype(np.float32, copy=True)
