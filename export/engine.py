@@ -11,7 +11,7 @@
   fails to deserialize is rebuilt. After a build, a few frames are compared with ONNX
   Runtime within the export's FP16 bounds.
 
-Torch-free: it runs on a Jetson with TensorRT, cuda-python and onnxruntime.
+Torch-free: it runs on a Jetson with TensorRT, cuda-python and onnxruntime (`vqad[edge]`).
 """
 
 from __future__ import annotations
@@ -23,34 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.tensorrt_backend import MISSING_TRT, find_engine
+from edge.backends.tensorrt_backend import find_engine, import_tensorrt
 from edge.cuda_memory import load_cudart
 from edge.engine_cache import ENGINE_DIR, onnx_file_for, trt_major
 from edge.errors import BackendError
 from edge.package import load_package
-from train.head import FP32_LAYERS
+from edge.precision import runs_in_fp16
 
 log = logging.getLogger(__name__)
-
-# Layers allowed to run in FP16 on TensorRT 8.6: the decoder and the comparison head but for its
-# encoder half. The encoder stays FP32 like the VQ argmin it feeds (FP16 there flips codes), and
-# the head's encoder half, which compares frame and reconstruction and gives the memory term its
-# features, stays FP32 (train/head.py says why): as in model_fp16.onnx.
-FP16_LAYER_PREFIXES = ("/decoder/", "/head/")
-FP32_LAYER_PREFIXES = tuple(f"/head/{name}/" for name in FP32_LAYERS)
-
-
-def runs_in_fp16(layer_name: str) -> bool:
-    """TensorRT 8.6: whether the layer of this ONNX name may run in FP16 (else it is pinned to FP32)."""
-    return layer_name.startswith(FP16_LAYER_PREFIXES) and not layer_name.startswith(FP32_LAYER_PREFIXES)
-
-
-def _tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendError(MISSING_TRT) from exc
-    return trt
 
 
 def _network_flags(trt: Any, major: int) -> int:
@@ -79,7 +59,7 @@ def _constrain_fp32_islands(trt: Any, network: Any, config: Any) -> int:
 
 def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 1024, force: bool = False) -> Path:
     """Build (or reuse) the engine for this GPU and TensorRT; returns its path."""
-    trt = _tensorrt()
+    trt = import_tensorrt()
     cudart = load_cudart()
     package = load_package(model_dir)
     path, key, settings = find_engine(package, max_batch, workspace_mb, trt, cudart)

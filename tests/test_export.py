@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,23 +146,51 @@ def test_export_refuses_to_overwrite_without_force(tiny_model, tiny_run):
     assert proc.returncode != 0 and "--force" in proc.stderr
 
 
-def test_tensorrt_modules_import_without_tensorrt():
+# A Jetson as docs/deploy.md installs it: `vqad[edge]`, neither torch nor the training code.
+WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
+
+
+def test_tensorrt_modules_import_without_tensorrt_or_torch():
     code = (
-        "import sys; sys.modules['tensorrt'] = None; import export.engine, edge.backends.tensorrt_backend; print('ok')"
+        WITHOUT_TORCH
+        + "sys.modules['tensorrt'] = None; import export.engine, edge.backends.tensorrt_backend; print('ok')"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
 def test_build_engine_without_tensorrt_says_how_to_get_it(tiny_model):
-    code = (
-        "import sys; sys.modules['tensorrt'] = None; from vqad.cli import main; "
-        f"sys.exit(main(['build-engine', {str(tiny_model)!r}]))"
-    )
+    code = WITHOUT_TORCH + "sys.modules['tensorrt'] = None; from vqad.cli import main; "
+    code += f"sys.exit(main(['build-engine', {str(tiny_model)!r}]))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert "TensorRT is not installed" in proc.stderr and "JetPack" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_build_engine_checks_a_cached_engine_without_torch(tiny_model, tmp_path):
+    """`vqad build-engine` as the shipped unit runs it before each start, on a box with
+    `vqad[edge]` alone: a cached engine (on the stand-in runtime, tests/fake_tensorrt.py) is
+    kept and checked against ONNX Runtime within the package's FP16 bounds."""
+    from edge.backends.tensorrt_backend import find_engine
+    from edge.engine_cache import onnx_file_for
+    from tests import fake_tensorrt
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    pkg = load_package(model)
+    trt, cudart = fake_tensorrt.shared()
+    path, _, settings = find_engine(pkg, 4, 1024, trt, cudart)
+    fake_tensorrt.write_plan(path, model / onnx_file_for(settings.mode), max_batch=4)
+    code = (
+        WITHOUT_TORCH
+        + f"from vqad.cli import main; sys.exit(main(['build-engine', {str(model)!r}, '--max-batch', '4']))"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests' / 'fake_gpu'}:{ROOT}")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"engine: {path}" in proc.stdout and "decision agreement 1.000" in proc.stdout
+    assert "is cached and valid" in proc.stderr
 
 
 def _has_trt_gpu() -> bool:
@@ -194,7 +223,7 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_model, frames, tmp_path):
 def test_tensorrt86_fp16_layers_are_those_of_model_fp16(tiny_model):
     """On TensorRT 8.6 the engine builder keeps FP16 only for the layers that model_fp16.onnx
     runs in FP16: the decoder and the head, but not the head's encoder half."""
-    from export.engine import runs_in_fp16
+    from edge.precision import runs_in_fp16
 
     fp32_graph = onnx.load(str(tiny_model / "model.onnx"))
     fp16_graph = onnx.load(str(tiny_model / "model_fp16.onnx"))

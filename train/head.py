@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.precision import HEAD_FP32_LAYERS
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     # One conv per level keeps the head cheap on a CPU; BatchNorm folds into it at export.
@@ -59,14 +61,10 @@ class ComparisonHead(nn.Module):
         return self.out(d1), e3  # (N, 1, H, W), (N, 4w, H/4, W/4)
 
 
-# The layers that stay FP32 in the FP16 graph (ComparisonHead.forward says why).
-FP32_LAYERS = ("enc1", "enc2", "enc3")
-
-
 def half_precision(head: ComparisonHead) -> ComparisonHead:
     """Convert `head` in place to FP16 except its encoder half (see ComparisonHead.forward) -> head."""
     for name, child in head.named_children():
-        if name not in FP32_LAYERS:  # not half() then float(): the round trip would have rounded its weights
+        if name not in HEAD_FP32_LAYERS:  # not half() then float(): the round trip would have rounded its weights
             child.half()
     return head
 
