@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from edge.metrics import DaemonMetrics
 from tests.conftest import ROOT
 from vqad.cli import build_parser
+from vqad.commands.export import engine_settings
 from vqad.commands.line import dashboard_config, serve_config
 
 
@@ -71,10 +72,15 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     dashboard = _exec_lines(ROOT / "deploy" / "vqad-dashboard.service")
     assert set(daemon) == {"ExecStartPre", "ExecStart"} and set(dashboard) == {"ExecStart"}
     parser = build_parser()
-    engine = parser.parse_args(daemon["ExecStartPre"])  # SystemExit(2) for a flag this vqad lacks
-    assert engine.command == "build-engine" and engine.max_batch == 8
-    serve = serve_config(parser.parse_args(_on_this_checkout(daemon["ExecStart"], tmp_path)))
+    engine = parser.parse_args(_on_this_checkout(daemon["ExecStartPre"], tmp_path))  # SystemExit(2): a flag lacking
+    assert engine.command == "build-engine"
+    serve_args = parser.parse_args(_on_this_checkout(daemon["ExecStart"], tmp_path))
+    serve = serve_config(serve_args)
     assert serve.backend == "tensorrt" and serve.max_batch == 8 and serve.metrics_port == 9108
+    # The engine built before the start is the one the daemon looks for (edge.engine_cache's key):
+    # built from the config the daemon runs with, whatever an integrator sets in it.
+    assert engine.config == serve_args.config and engine.model == serve_args.model
+    assert engine_settings(engine) == (serve.max_batch, serve.tensorrt_workspace_mb)
     assert serve.state_dir == str(tmp_path)
     page = dashboard_config(parser.parse_args(_on_this_checkout(dashboard["ExecStart"], tmp_path)))
     assert page.record == f"sqlite:///{tmp_path}/line.db" and page.metrics.endswith(":9108/metrics")

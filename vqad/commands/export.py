@@ -38,11 +38,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_settings(args: argparse.Namespace) -> tuple[int, int]:
+    """The engine's (max batch, workspace MiB): the flags, else the edge config's (--config,
+    default configs/edge.yaml). `vqad serve` looks up the engine by the same two settings, so
+    an engine built from the config it runs with is the one it finds."""
+    from edge.config import load_config
+    from edge.settings import EdgeConfig
+
+    cfg = load_config(EdgeConfig, args.config or default_config("edge"), {})
+    return args.max_batch or cfg.max_batch, args.workspace_mb or cfg.tensorrt_workspace_mb
+
+
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from export.engine import build_engine, verify_engine
 
-    path = build_engine(args.model, max_batch=args.max_batch, workspace_mb=args.workspace_mb, force=args.force)
-    figures = verify_engine(args.model, args.max_batch, args.workspace_mb)
+    max_batch, workspace_mb = engine_settings(args)
+    path = build_engine(args.model, max_batch=max_batch, workspace_mb=workspace_mb, force=args.force)
+    figures = verify_engine(args.model, max_batch, workspace_mb)
     print(f"engine: {path}")
     print(
         f"checked against ONNX Runtime on {figures['n_frames']} frames: map relative error "
@@ -63,9 +75,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export); the engine is cached in it"
     )
-    b.add_argument("--max-batch", type=at_least(1), default=8, help="the largest batch the engine takes (default 8)")
     b.add_argument(
-        "--workspace-mb", type=at_least(1), default=1024, help="TensorRT's build workspace in MiB (default 1024)"
+        "--config",
+        type=Path,
+        help="the edge config `vqad serve` runs with (default configs/edge.yaml): its max_batch and "
+        "tensorrt_workspace_mb, unless the flags below say otherwise",
     )
+    b.add_argument("--max-batch", type=at_least(1), help="the largest batch the engine takes (default: the config's)")
+    b.add_argument("--workspace-mb", type=at_least(1), help="TensorRT's build workspace in MiB (default: the config's)")
     b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     b.set_defaults(func=cmd_build_engine)
