@@ -35,3 +35,24 @@ def test_new_batch_sizes_do_not_grow_the_process(tmp_path):
         assert maps.shape == (n, 1, 128, 128) and scores.shape == (n,)
     grown_mib = (process.memory_info().rss - warmed) / 2**20
     assert grown_mib < 8, f"the process grew {grown_mib:.1f} MiB running batch sizes 2-{MAX_BATCH - 1}"
+
+
+def test_onnxruntimes_tensorrt_provider_is_not_asked_for(tiny_model, monkeypatch):
+    """A GPU build of onnxruntime offers its TensorRT provider first; it would build an FP32
+    engine, uncached, in each worker at every start. The backend asks for CUDA, then the CPU."""
+    import onnxruntime as ort
+
+    from edge.package import load_package
+
+    asked = []
+    real = ort.InferenceSession
+
+    def session(path, sess_options=None, providers=None):
+        asked.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    OnnxRuntimeBackend(load_package(tiny_model), {"max_batch": MAX_BATCH}).close()
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]

@@ -1,5 +1,5 @@
-"""ONNX Runtime backend: model.onnx (or model_fp16.onnx) on the CPU provider, or on
-CUDA / TensorRT providers when this onnxruntime build has them."""
+"""ONNX Runtime backend: model.onnx (or model_fp16.onnx) on the CPU provider, or on the CUDA
+provider when this onnxruntime build has it."""
 
 from __future__ import annotations
 
@@ -40,11 +40,10 @@ class OnnxRuntimeBackend:
         # run, against 244 MiB without, flat; the same frames/s at batch 8 and at mixed sizes).
         so.enable_mem_pattern = False
         available = ort.get_available_providers()
-        wanted = options.get("providers") or [
-            "TensorrtExecutionProvider",
-            "CUDAExecutionProvider",
-            "CPUExecutionProvider",
-        ]
+        # Not onnxruntime's TensorRT provider, which a GPU build offers first: it would build an
+        # FP32 engine, uncached, in every worker at every start (minutes on a Jetson). TensorRT is
+        # the tensorrt backend's, with its FP16 engine built once and cached (vqad build-engine).
+        wanted = options.get("providers") or ["CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
