@@ -1367,3 +1367,21 @@ def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):
     exported = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert exported == ["test/.._.._escaped/___0.png", "test/defect/.._.._x_1.png", "train/good/a_b_2.png"]
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["ev", "out"]
+
+
+def test_a_postgresql_record_without_its_driver_says_which_extra_to_install(tiny_model):
+    """A box installed with `vqad[edge]` alone has no psycopg: a PostgreSQL record is refused at
+    the start with the extra that brings it, and the URL's password is not shown."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from vqad.cli import main; "
+        f"sys.exit(main(['serve', {str(tiny_model)!r}, '--record', 'postgresql://qa:s3cret@127.0.0.1:1/line', "
+        "'--check']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "pip install 'vqad[postgresql]'" in proc.stderr, proc.stderr
+    assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr

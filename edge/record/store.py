@@ -70,7 +70,10 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     try:
         target = _with_driver(sa.make_url(url))
         engine = sa.create_engine(target, pool_pre_ping=True, connect_args=_server_timeouts(target))
-    except (sa.exc.ArgumentError, ImportError) as exc:
+    except ImportError as exc:  # a driver not installed: psycopg comes with vqad's postgresql extra
+        hint = " (PostgreSQL needs psycopg: pip install 'vqad[postgresql]')" if "postgresql" in url else ""
+        raise ConfigError(f"cannot use the record URL {shown_url(url)!r}: {exc}{hint}") from exc
+    except sa.exc.ArgumentError as exc:
         raise ConfigError(f"cannot use the record URL {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         database = engine.url.database
@@ -100,7 +103,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
 
 
 def _with_driver(url: sa.URL) -> sa.URL:
-    """A PostgreSQL URL without a driver uses psycopg 3, the one installed with the package
+    """A PostgreSQL URL without a driver uses psycopg 3, the one vqad's postgresql extra installs
     (SQLAlchemy 2.0 would look for psycopg2)."""
     return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
 
