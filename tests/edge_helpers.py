@@ -1,4 +1,4 @@
-"""A real daemon process on loopback for tests, with torch and train/ blocked."""
+"""A real daemon process on loopback for tests, with what a Jetson lacks blocked (torch, train/, ...)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import zmq
 from edge.protocol import parse_result
 from tests.conftest import ROOT
 
-# The daemon runs with torch and train/ made unimportable: a Jetson has neither.
-BLOCKED_LAUNCH = (
-    "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
-    "from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+# What a Jetson installed with `vqad[edge]` lacks: train/, and the packages of the train extra
+# that the edge extra does not bring. Made unimportable in every process the tests start as the
+# line runs them: the daemon, the dashboard, `vqad score`, `vqad build-engine`.
+NOT_ON_THE_EDGE = ("train", "torch", "onnx", "sklearn", "matplotlib", "psutil")
+AS_ON_THE_EDGE = "import sys; " + "".join(f"sys.modules[{name!r}] = None; " for name in NOT_ON_THE_EDGE)
+BLOCKED_LAUNCH = AS_ON_THE_EDGE + "from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def short_ipc_dir() -> Path:

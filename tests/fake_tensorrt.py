@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 VERSION = "10.3.0"
@@ -104,12 +103,14 @@ class DataType(enum.Enum):
     INT64 = np.int64
 
 
-_ONNX_TYPES = {
-    onnx.TensorProto.FLOAT: DataType.FLOAT,
-    onnx.TensorProto.FLOAT16: DataType.HALF,
-    onnx.TensorProto.UINT8: DataType.UINT8,
-    onnx.TensorProto.INT32: DataType.INT32,
-    onnx.TensorProto.INT64: DataType.INT64,
+# ONNX Runtime's names of the graph's element types (the stand-in needs no `onnx`, which a
+# Jetson installed with `vqad[edge]` does not have).
+_ORT_TYPES = {
+    "tensor(float)": DataType.FLOAT,
+    "tensor(float16)": DataType.HALF,
+    "tensor(uint8)": DataType.UINT8,
+    "tensor(int32)": DataType.INT32,
+    "tensor(int64)": DataType.INT64,
 }
 
 
@@ -122,14 +123,14 @@ def write_plan(path: Path, onnx_path: Path, max_batch: int) -> None:
 
 class _Engine:
     def __init__(self, graph: bytes, max_batch: int, device: _Memory):
-        model = onnx.load_from_string(graph)
         self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
         self.max_batch, self.device = max_batch, device
         self.io: list[tuple[str, TensorIOMode, DataType, tuple[int, ...]]] = []
-        for mode, values in ((TensorIOMode.INPUT, model.graph.input), (TensorIOMode.OUTPUT, model.graph.output)):
+        for mode, values in ((TensorIOMode.INPUT, self.session.get_inputs()),
+                             (TensorIOMode.OUTPUT, self.session.get_outputs())):  # fmt: skip
             for v in values:
-                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
-                self.io.append((v.name, mode, _ONNX_TYPES[v.type.tensor_type.elem_type], dims))
+                dims = tuple(d if isinstance(d, int) else -1 for d in v.shape)  # a named dim is dynamic
+                self.io.append((v.name, mode, _ORT_TYPES[v.type], dims))
 
     def _entry(self, name: str) -> tuple[str, TensorIOMode, DataType, tuple[int, ...]]:
         return next(e for e in self.io if e[0] == name)

@@ -108,13 +108,16 @@ def test_the_package_is_calibrated_without_torch(tiny_model, synth_root, tmp_pat
     import sys
 
     from tests.conftest import ROOT
+    from tests.edge_helpers import BLOCKED_LAUNCH  # as on a Jetson: no torch, no train/
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    launch = "import sys; sys.modules['torch'] = None; from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
     good = line_good
     proc = subprocess.run(
-        [sys.executable, "-c", launch, "calibrate", str(model), str(good)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", BLOCKED_LAUNCH, "calibrate", str(model), str(good)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert load_package(model).meta["threshold"]["source"]["n_images"] == 16

@@ -29,7 +29,7 @@ from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
 from tests.browser import wait_for
 from tests.conftest import ROOT
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber, header, short_ipc_dir
+from tests.edge_helpers import AS_ON_THE_EDGE, Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -508,8 +508,7 @@ def test_serve_check_tells_a_taken_tcp_port_from_a_free_one():
 
 def test_edge_imports_with_torch_blocked():
     code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; sys.modules['export'] = None\n"
-        "import pkgutil, importlib, edge\n"
+        AS_ON_THE_EDGE + "sys.modules['export'] = None\nimport pkgutil, importlib, edge\n"
         "mods = [m.name for m in pkgutil.walk_packages(edge.__path__, 'edge.')]\n"
         "for m in mods: importlib.import_module(m)\n"
         "print(len(mods))"

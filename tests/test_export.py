@@ -12,6 +12,7 @@ import torch
 from edge.package import load_package, sha256_file
 from export.parity import onnx_outputs
 from tests.conftest import ROOT, SHARED_TOOLS, run_vqad
+from tests.edge_helpers import AS_ON_THE_EDGE
 from train.data import load_test_set
 from train.pipeline import score_frames
 from train.run import load_run
@@ -147,7 +148,7 @@ def test_export_refuses_to_overwrite_without_force(tiny_model, tiny_run):
 
 
 # A Jetson as docs/deploy.md installs it: `vqad[edge]`, neither torch nor the training code.
-WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['train'] = None; "
+WITHOUT_TORCH = AS_ON_THE_EDGE
 
 
 def test_tensorrt_modules_import_without_tensorrt_or_torch():
