@@ -1385,3 +1385,22 @@ def test_a_postgresql_record_without_its_driver_says_which_extra_to_install(tiny
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "pip install 'vqad[postgresql]'" in proc.stderr, proc.stderr
     assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_times_are_read_as_programs_write_them():
+    """`--since`/`until` and the API's since/until: ISO 8601 with an offset, a trailing Z (what
+    JavaScript's toISOString and most programs write; Python 3.10's fromisoformat refuses it),
+    or none (the line's zone)."""
+    from zoneinfo import ZoneInfo
+
+    from edge.record.store import parse_time
+
+    utc8 = dt.datetime(2026, 12, 3, 8, tzinfo=dt.timezone.utc).timestamp() * 1e9
+    for text in ("2026-12-03T08:00:00Z", "2026-12-03T08:00:00.000Z", "2026-12-03T08:00:00z",
+                 "2026-12-03T09:00:00+01:00", "2026-12-03 08:00"):  # fmt: skip
+        assert parse_time(text) == int(utc8), text
+    assert parse_time("2026-12-03 09:00", ZoneInfo("Europe/Berlin")) == int(utc8)
+    assert parse_time(None) is None
+    for bad in ("", "Z", "yesterday", "2026-13-01"):
+        with pytest.raises(DataError, match="not an ISO 8601 time"):
+            parse_time(bad)

@@ -189,11 +189,12 @@ def compact(url: str) -> tuple[int, int]:
 
 def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | None:
     """ISO 8601 (a time without an offset is read in `zone`, UTC unless given) -> ns since the
-    epoch; None stays None."""
+    epoch; None stays None. A trailing Z (UTC, as JavaScript's toISOString and most programs
+    write it) is read on every Python: before 3.11, fromisoformat refuses it."""
     if text is None:
         return None
     try:
-        moment = dt.datetime.fromisoformat(text)
+        moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
     except ValueError as exc:
         raise DataError(f"not an ISO 8601 time: {text!r}") from exc
     if moment.tzinfo is None:
