@@ -3,9 +3,12 @@ never a value quietly taken for another."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import run_vqad
+from tests.conftest import ROOT, run_vqad
 
 
 @pytest.mark.parametrize(
@@ -110,3 +113,18 @@ def test_every_argument_says_what_it_is():
         if not action.help and not isinstance(action, argparse._HelpAction)
     ]
     assert not unexplained, unexplained
+
+
+def test_training_on_a_box_with_the_lines_packages_only_names_the_extra(tmp_path):
+    """`vqad[edge]` (a line's box) installs train/'s code but not torch or onnx: a command that
+    needs them is one line naming the extra that brings them, not a traceback."""
+    from tests.edge_helpers import NOT_ON_THE_EDGE
+
+    blocked = "import sys; " + "".join(f"sys.modules[{n!r}] = None; " for n in NOT_ON_THE_EDGE if n != "train")
+    launch = blocked + "from vqad.cli import main; sys.exit(main(sys.argv[1:]))"
+    for args, missing in ((["train", str(tmp_path), "--out", str(tmp_path / "run")], "torch"),
+                          (["export", str(tmp_path), "--out", str(tmp_path / "model")], "onnx")):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", launch, *args], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 1, proc.stderr
+        assert f"vqad {args[0]} needs {missing}" in proc.stderr and "pip install 'vqad[train]'" in proc.stderr
+        assert "Traceback" not in proc.stderr

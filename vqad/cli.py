@@ -3,7 +3,8 @@ sub-command needs only when it runs, so `vqad serve`, `vqad camera` and `vqad wa
 import torch.
 
 Errors: domain exceptions (edge.errors.VqadError) become one log line and their exit code; so
-does an OSError, a file or folder the system refused (exit 7; the traceback with --verbose).
+does an OSError, a file or folder the system refused (exit 7; the traceback with --verbose), and
+a training package missing where only the line's packages are installed (exit 1).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ log = logging.getLogger("vqad")
 GROUPS = (data, model, export, line, tools)
 # After VqadError's codes (1-6): the system refused a file or folder (space, permission).
 SYSTEM_EXIT_CODE = 7
+# What the train extra installs and a line's box (`vqad[edge]`) has not: a command that needs
+# one (train, eval, export, embed, synth's pictures) says which extra brings it. Exit code 1,
+# VqadError's own.
+TRAINING_PACKAGES = {"torch", "onnx", "sklearn", "matplotlib", "scipy", "psutil", "tensorboard"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else " a file or folder (-v shows which)"
         log.error("cannot use%s: %s", where, exc.strerror or exc)
         return SYSTEM_EXIT_CODE
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
+            raise
+        log.error("vqad %s needs %s, which this install lacks: pip install 'vqad[train]' (torch's CPU build first, "
+                  "as the README says); a line's box needs only 'vqad[edge]'", args.command, exc.name)  # fmt: skip
+        return VqadError.exit_code
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
