@@ -14,6 +14,14 @@ PYTEST_ARGS ?=
 REAL ?=
 BENCH_ARGS ?=
 
+# The line's box as JetPack 6 has it: Python 3.10 with vqad[edge] alone (no torch). Where this
+# machine has a Python 3.10 (pyenv's, or on the PATH), `make test` makes that environment and the
+# tests run the line's commands in it (tests/test_edge_box.py); elsewhere they are skipped.
+EDGE_PYTHON ?= $(shell for p in $(HOME)/.pyenv/versions/3.10*/bin/python3.10 python3.10; do \
+	$$p -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+EDGE_VENV ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+
 .PHONY: install test demo bench bench-quick lint format clean
 
 install: $(STAMP)
@@ -26,8 +34,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
-test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+$(EDGE_STAMP): pyproject.toml
+	$(EDGE_PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/pip install -q -e ".[edge,postgresql]"
+	touch $(EDGE_STAMP)
+
+test: install $(if $(EDGE_PYTHON),$(EDGE_STAMP))
+	$(if $(EDGE_PYTHON),VQAD_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/vqad demo --workdir demo
@@ -47,4 +60,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf demo .pytest_cache .ruff_cache build *.egg-info
+	rm -rf demo .pytest_cache .ruff_cache build *.egg-info $(EDGE_VENV)

@@ -45,14 +45,17 @@ def stop_process(proc: subprocess.Popen, log, sig: int = signal.SIGTERM, timeout
 
 
 class DaemonProcess:
-    def __init__(self, model_dir: Path, *extra: str, ipc_dir: Path | None = None, env: dict | None = None):
+    def __init__(
+        self, model_dir: Path, *extra: str, ipc_dir: Path | None = None, env: dict | None = None,
+        python: str = sys.executable,
+    ):  # fmt: skip
         self.dir = ipc_dir or short_ipc_dir()
         self.frames = f"ipc://{self.dir}/frames"
         self.results = f"ipc://{self.dir}/results"
         self.ready = self.dir / "ready.json"
         self.log_path = self.dir / "daemon.log"
         self.args = [
-            sys.executable,
+            python,
             "-c",
             BLOCKED_LAUNCH,
             "serve",
