@@ -5,7 +5,7 @@ these two modules, which keep to the calls it makes (the names `../shared/tools/
 checks against TensorRT 8.6 to 11.4) and to what those calls do:
 
 - device memory is apart from host memory, and a copy or an engine's write past the end of an
-  allocation is an error, where a GPU would corrupt memory or fault;
+  allocation, or into one freed, is an error, where a GPU would corrupt memory or fault;
 - an "engine" is a plan file holding an ONNX graph and its profile's largest batch
   (`write_plan`); it runs the graph with ONNX Runtime on the input read from device memory at
   the shape set, and writes each output packed, batch first, at its tensor's address, in the
@@ -79,7 +79,7 @@ def make_cudart() -> types.SimpleNamespace:
         cudaMallocHost=lambda n: (success, host.alloc(n)),
         cudaMalloc=lambda n: (success, device.alloc(n)),
         cudaFreeHost=lambda ptr: (success,),
-        cudaFree=lambda ptr: (success,),
+        cudaFree=lambda ptr: (success,) if device.blocks.pop(int(ptr), None) is not None else (invalid,),
         cudaMemcpyAsync=memcpy_async,
         cudaStreamCreate=lambda: (success, object()),
         cudaStreamSynchronize=lambda stream: (success,),
