@@ -46,10 +46,10 @@ def wait_for(check, timeout: float = 10.0, every: float = 0.05):
 class DashboardProcess:
     """`vqad dashboard` in a process of its own, with torch and train/ unimportable."""
 
-    def __init__(self, *args: str, log_path: Path, env: dict | None = None):
+    def __init__(self, *args: str, log_path: Path, env: dict | None = None, python: str = sys.executable):
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-c", BLOCKED_LAUNCH, "dashboard", "--port", str(self.port), *args]
+        self.args = [python, "-c", BLOCKED_LAUNCH, "dashboard", "--port", str(self.port), *args]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log_path = log_path
 

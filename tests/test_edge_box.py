@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from edge.package import load_package
 from edge.protocol import frame_message
+from tests.browser import DashboardProcess
 from tests.conftest import ROOT
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 
@@ -41,8 +43,9 @@ def test_the_box_is_python_3_10_without_the_training_packages():
 
 def test_a_shift_on_the_box(tiny_model, line_good, tmp_path):
     """Calibrate the package on the line's good parts, serve it with a record and a control
-    socket, stream frames (one of them a defect), ask the daemon and the record what happened,
-    with a time as programs write it (a trailing Z), and decide image files offline."""
+    socket, stream frames (one of them a defect), ask the daemon, the record and the dashboard
+    what happened, with a time as programs write it (a trailing Z), and decide image files
+    offline."""
     model, db, ctl = tmp_path / "model", tmp_path / "line.db", f"ipc://{tmp_path}/ctl"
     shutil.copytree(tiny_model, model)
     proc = _vqad("calibrate", model, line_good)
@@ -64,6 +67,11 @@ def test_a_shift_on_the_box(tiny_model, line_good, tmp_path):
     records = _vqad("records", db, "--since", "2000-01-01T00:00:00Z", "--format", "json")
     assert records.returncode == 0, records.stderr
     assert sorted(r["frame_id"] for r in json.loads(records.stdout)) == list(range(6))
+    with DashboardProcess("--record", str(db), log_path=tmp_path / "dashboard.log", python=EDGE_PYTHON) as page:
+        with urllib.request.urlopen(f"{page.url}/api/results?decision=fail&since=2000-01-01T00:00:00Z") as answer:
+            assert [r["frame_id"] for r in json.load(answer)["results"]] == [2]
+        with urllib.request.urlopen(f"{page.url}/") as answer:
+            assert answer.status == 200 and b"<html" in answer.read().lower()
     scored = _vqad("score", model, line_good, "--format", "json")
     assert scored.returncode == 0 and len(json.loads(scored.stdout)) == 16, scored.stderr
     assert np.isfinite([r["score"] for r in json.loads(scored.stdout)]).all()
