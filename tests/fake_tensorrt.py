@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+# The version it says it is: 10.x builds model_fp16.onnx strongly typed, 8.6 model.onnx with the
+# FP16 flag (edge.engine_cache.build_mode), so the engine's graph and dtypes follow it.
 VERSION = "10.3.0"
 _PLAN_MAGIC = b"FAKE-TRT-PLAN\n"
 
@@ -207,9 +209,9 @@ class _Runtime:
         return _Engine(graph, json.loads(header)["max_batch"], self.device)
 
 
-def make_tensorrt(cudart: types.SimpleNamespace) -> types.ModuleType:
+def make_tensorrt(cudart: types.SimpleNamespace, version: str = VERSION) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = VERSION
+    trt.__version__ = version
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity=2: None})
     trt.Runtime = lambda logger: _Runtime(logger, cudart.device)
     trt.TensorIOMode = TensorIOMode
@@ -230,13 +232,13 @@ def shared() -> tuple[types.ModuleType, types.SimpleNamespace]:
     return _SHARED
 
 
-def install(monkeypatch: Any) -> tuple[types.ModuleType, types.SimpleNamespace]:
-    """Put the two stand-ins where `import tensorrt` and edge.cuda_memory.load_cudart look.
-    -> (tensorrt, cudart)."""
+def install(monkeypatch: Any, version: str = VERSION) -> tuple[types.ModuleType, types.SimpleNamespace]:
+    """Put the two stand-ins where `import tensorrt` and edge.cuda_memory.load_cudart look,
+    the first saying it is TensorRT `version`. -> (tensorrt, cudart)."""
     import sys
 
     cudart = make_cudart()
-    trt = make_tensorrt(cudart)
+    trt = make_tensorrt(cudart, version)
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda.bindings = bindings

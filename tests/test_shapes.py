@@ -126,18 +126,19 @@ def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):
         dataclasses.replace(model_cfg, short_side=40)
 
 
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
 @pytest.mark.parametrize("which", ["tiny_model", "wide_model"])
-def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which, request, monkeypatch):
+def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which, version, request, monkeypatch):
     """The TensorRT backend against a stand-in runtime (tests/fake_tensorrt.py: no TensorRT or
     GPU here) that runs the engine's graph and bounds every device buffer: its maps and scores
     are the graph's, at the model's H x W, for a square model and a wide one, a batch under the
-    largest included."""
+    largest included, on TensorRT 8.6 (JetPack 6.0: model.onnx, FP32 outputs) and 10 (model_fp16.onnx)."""
     from edge.backends import create_backend
     from edge.backends.tensorrt_backend import find_engine
     from edge.engine_cache import onnx_file_for
     from tests import fake_tensorrt
 
-    trt, cudart = fake_tensorrt.install(monkeypatch)
+    trt, cudart = fake_tensorrt.install(monkeypatch, version)
     pkg = load_package(request.getfixturevalue(which))
     path, _, settings = find_engine(pkg, 4, 1024, trt, cudart)
     graph = pkg.root / onnx_file_for(settings.mode)
