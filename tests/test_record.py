@@ -416,8 +416,7 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     quota = 60_000  # about four frames' PNGs
     writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
     with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
-        writer.put(_result("c", 0), time.time_ns())
-        wait_for(lambda: writer.recorded == 1, 10)
+        _store(writer, _result("c", 0))
         Record(url).review("c", 0, "false_reject", by="ann")
         for i in range(1, 12):
             writer.put(_result("c", i), time.time_ns())
@@ -441,6 +440,13 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     again.put(_result("c", 12), time.time_ns())
     again.close()
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
+
+
+def _store(writer: RecordWriter, result: Result) -> None:
+    """Hand `result` to the writer, and wait (10 s at most) until it has its row."""
+    want = writer.recorded + 1
+    writer.put(result, time.time_ns())
+    wait_for(lambda: writer.recorded == want, 10)
 
 
 def _simulated_disk(monkeypatch, evidence: Path, disk: int):
@@ -470,8 +476,7 @@ def test_reviewed_images_keep_a_share_of_the_evidences_room_not_all_of_it(tmp_pa
     writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
     with caplog.at_level(logging.WARNING, logger="edge.record.housekeeping"):
         for i in range(5):
-            writer.put(_result("c", i), time.time_ns())
-            wait_for(lambda n=i + 1: writer.recorded == n, 10)
+            _store(writer, _result("c", i))
             if i < 4:
                 Record(url).review("c", i, "defect")
         writer.close()
@@ -486,14 +491,11 @@ def test_reviewed_images_keep_a_share_of_the_evidences_room_not_all_of_it(tmp_pa
     url = f"sqlite:///{tmp_path / 'floor.db'}"
     writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
     for i in range(3):
-        writer.put(_result("c", i), time.time_ns())
-        wait_for(lambda n=i + 1: writer.recorded == n, 10)
+        _store(writer, _result("c", i))
         Record(url).review("c", i, "false_reject")
     other["bytes"] = disk - floor - 20_000  # another program: room for one reviewed image more than the floor
-    writer.put(_result("c", 3, "pass"), time.time_ns())  # a pass, not sampled: no image of its own
-    wait_for(lambda: writer.recorded == 4, 10)
-    writer.put(_result("c", 4), time.time_ns())
-    wait_for(lambda: writer.recorded == 5, 10)
+    _store(writer, _result("c", 3, "pass"))  # a pass, not sampled: no image of its own
+    _store(writer, _result("c", 4))
     writer.close()
     rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
     removed = [f for f in range(5) if rows[f]["evidence_removed"]]
@@ -510,8 +512,7 @@ def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_
     url = f"sqlite:///{tmp_path / 'line.db'}"
     writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
     for i in range(12):
-        writer.put(_result("c", i), time.time_ns())
-        wait_for(lambda n=i + 1: writer.recorded == n, 10)
+        _store(writer, _result("c", i))
     rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
     removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
     assert removed and max(removed) < min(set(rows) - set(removed)) and free(evidence) >= floor
@@ -520,19 +521,15 @@ def test_the_disk_keeps_its_floor_of_free_space_oldest_evidence_first_then_none_
     other["bytes"] = disk - floor + 1
     with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
         for i in range(12, 15):
-            writer.put(_result("c", i), time.time_ns())
-            wait_for(lambda n=i + 1: writer.recorded == n, 10)
+            _store(writer, _result("c", i))
         assert not list(evidence.rglob("*.png")) and writer.house.low_disk
         assert writer.evidence_failed >= 2 and "under record_min_free_gb" in caplog.text
         other["bytes"] = disk - floor - 5_000  # just over the floor: not yet (a WAL's swing)
-        writer.put(_result("c", 15), time.time_ns())
-        wait_for(lambda: writer.recorded == 16, 10)
-        writer.put(_result("c", 16), time.time_ns())
-        wait_for(lambda: writer.recorded == 17, 10)
+        _store(writer, _result("c", 15))
+        _store(writer, _result("c", 16))
         assert writer.house.low_disk
         other["bytes"] = 0  # room again: evidence is written again
-        writer.put(_result("c", 17), time.time_ns())
-        wait_for(lambda: writer.recorded == 18, 10)
+        _store(writer, _result("c", 17))
         writer.put(_result("c", 18), time.time_ns())
         writer.close()
     assert "is over record_min_free_gb 0.0001 again" in caplog.text
