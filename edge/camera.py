@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,16 @@ from edge.protocol import MAX_ID_LENGTH, frame_message
 log = logging.getLogger(__name__)
 
 STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to leave
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What `run_camera` did: `frames` handed to ZeroMQ, and whether the last of them were still
+    queued when the linger ran out and were `dropped` (ZeroMQ does not say how many: at most the
+    few its high-water mark holds)."""
+
+    frames: int
+    dropped: bool = False
 
 
 def is_live(source: str) -> bool:
@@ -208,15 +219,18 @@ def _frames_socket(
     return sock
 
 
-def _flush_and_close(ctx: zmq.Context, sock: zmq.Socket, linger_s: float, who: str, endpoint: str) -> None:
-    """Give the queued frames up to `linger_s` to leave, and say so when some did not."""
+def _flush_and_close(ctx: zmq.Context, sock: zmq.Socket, linger_s: float, who: str, endpoint: str) -> bool:
+    """Give the queued frames up to `linger_s` to leave, and say so when some did not.
+    -> whether some were dropped."""
     sock.close(linger=int(linger_s * 1000))
     started = time.monotonic()
     ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
     if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:
         log.warning(
-            "%s: frames still queued after %.0f s were dropped: is the daemon at %s running?", who, linger_s, endpoint
+            "%s: frames still queued after %g s were dropped: is the daemon at %s running?", who, linger_s, endpoint
         )
+        return True
+    return False
 
 
 def run_camera(
@@ -235,8 +249,9 @@ def run_camera(
     sndhwm: int = 4,
     linger_s: float = 30.0,
     part_id_from_name: bool = False,
-) -> int:
-    """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> frames sent.
+) -> Sent:
+    """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> how
+    many were handed over, and whether the last were dropped.
 
     At most `sndhwm` frames wait in this process: when the daemon stops reading (its
     backpressure policy), sending blocks here instead of piling frames up in memory. On the
@@ -255,7 +270,7 @@ def run_camera(
     if out:
         out.write("camera_id,frame_id,source\n")
     pace = Pacer(fps)
-    sent = 0
+    sent, dropped = 0, False
     try:
         for name, image in iter_source(source, loop, stop):
             if stop is not None and stop():
@@ -279,6 +294,7 @@ def run_camera(
         # daemon that is gone must not hold the stop for the full linger.
         if stop is not None and stop():
             linger_s = min(linger_s, STOP_LINGER_S)
-        _flush_and_close(ctx, sock, linger_s, f"camera {camera_id}", endpoint)
-    log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
-    return sent
+        dropped = _flush_and_close(ctx, sock, linger_s, f"camera {camera_id}", endpoint)
+    if not dropped:
+        log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
+    return Sent(sent, dropped)

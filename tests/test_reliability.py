@@ -434,21 +434,22 @@ def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch,
             str(tmp_path), endpoint, loop=True, sndhwm=1, linger_s=0, stop=lambda: time.monotonic() > deadline
         )
     waits = [r for r in caplog.records if "to take a frame: is it running?" in r.getMessage()]
-    assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent >= 1
+    assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent.frames >= 1
 
 
-def test_a_camera_whose_frames_cannot_leave_says_so_on_the_way_out(tmp_path, caplog):
-    """Frames still queued when the linger runs out are dropped, and the camera names the endpoint."""
-    from edge import camera
-
+def test_a_camera_whose_frames_cannot_leave_says_so_on_the_way_out(tmp_path):
+    """Frames still queued when the linger runs out are dropped: the camera names the endpoint,
+    does not claim to have sent them, and exits 1. It printed "sent 1 frames" and exited 0."""
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
     endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"  # nobody listens
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="edge.camera"):
-        sent = camera.run_camera(str(tmp_path), endpoint, count=1, camera_id="cam7", linger_s=0.3)
-    assert sent == 1 and 0.25 < time.monotonic() - started < 5.0
-    dropped = [r.getMessage() for r in caplog.records if "frames still queued" in r.getMessage()]
-    assert len(dropped) == 1 and "camera cam7" in dropped[0] and endpoint in dropped[0]
+    proc = run_vqad("camera", tmp_path, "--to", endpoint, "--count", "1", "--camera-id", "cam7", "--linger-s", "0.3",
+                    check=False, timeout=60)  # fmt: skip
+    assert 0.25 < time.monotonic() - started < 30.0
+    assert proc.returncode == 1 and "sent 1 frames" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "1 frames handed over; the last of them (at most --hwm 4) could not leave" in proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "frames still queued after 0.3 s were dropped" in line]
+    assert len(warned) == 1 and "camera cam7" in warned[0] and endpoint in warned[0]
 
 
 def test_the_pacer_holds_the_rate_and_catches_up_by_two_frames_only(monkeypatch):

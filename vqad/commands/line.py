@@ -140,7 +140,11 @@ def cmd_camera(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return 130
-    print(f"sent {sent} frames")
+    if sent.dropped:  # ZeroMQ does not say how many of them left: "sent N" would claim them all
+        print(f"{sent.frames} frames handed over; the last of them (at most --hwm {args.hwm}) could not leave "
+              f"and were dropped", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"sent {sent.frames} frames")
     return 0
 
 
