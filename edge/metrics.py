@@ -55,6 +55,11 @@ class DaemonMetrics:
             "vqad_unrecorded", "Results not recorded: the record's buffer was full, or the daemon stopped", registry=r
         )
         self.record_pending = Gauge("vqad_record_pending", "Results waiting for the record's writer", registry=r)
+        self.record_behind = Gauge(
+            "vqad_record_behind_seconds",
+            "How long the oldest result without its row in the record has waited (0: every result stored)",
+            registry=r,
+        )
         self.record_errors = Counter("vqad_record_errors", "Record transactions that failed (retried)", registry=r)
         self.reloads = Counter("vqad_model_reloads", "Model packages swapped in while serving", registry=r)
         self.reload_failures = Counter(

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 STOP = object()  # put in the daemon's outbox when nothing more will come
 # The longest wait for a result before the loop comes round (and beats, edge.watchdog).
 TURN_S = 0.1
+# How often the loop looks at how far behind the record is (edge.record.writer.watch_lag).
+LAG_CHECK_S = 1.0
 
 
 class Publisher:
@@ -33,12 +35,15 @@ class Publisher:
         held: dict[int, list[Result]] = {}
         next_seq = 0
         every = self.d.cfg.heartbeat_s
-        next_beat = time.monotonic()
+        next_beat = next_lag_check = time.monotonic()
         try:
             while True:
                 if every and time.monotonic() >= next_beat:  # on this thread: a socket is not thread-safe
                     self.heartbeat(sock)
                     next_beat = time.monotonic() + every
+                if self.d.recorder is not None and time.monotonic() >= next_lag_check:
+                    self.d.recorder.watch_lag()  # here, not on the writer's thread, which may be the one held
+                    next_lag_check = time.monotonic() + LAG_CHECK_S
                 self.d.liveness.beat("publisher")
                 wait = min(next_beat - time.monotonic(), TURN_S) if every else TURN_S
                 try:
@@ -75,6 +80,7 @@ class Publisher:
             "queue": len(d.queue),
             "stalled": d.stalled,
             "paused": sorted(d.paused),
+            "record": d.recorder.status() if d.recorder is not None else None,
         }
         sock.send_multipart(heartbeat_message(header))
 

@@ -834,6 +834,7 @@ def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
             beats.close()
             results.close()
     assert len(got) == 3 and all(b["v"] == 1 and b["accepted"] == 0 and b["paused"] == [] for b in got)
+    assert got[0]["record"] is None  # a daemon without a record
     assert got[0]["model"]["sha256"] and got[0]["threshold"] > 0
     assert 0.1e9 < got[2]["ts_ns"] - got[1]["ts_ns"] < 1e9  # about every 0.2 s
 

@@ -81,6 +81,28 @@ def test_the_daemon_state_is_read_from_its_prometheus_text():
     assert state["ready"] is True and state["stalled"] is True
     assert state["queue_depth"] == 5 and state["threshold"] == 0.25
     assert state["reloads"] == 2 and state["drift"]["left"] == {"ks": 0.31, "alarm": True}
+    assert state["record_behind_s"] == 0.0  # no record: nothing waits for it
+    m.record_behind.set_function(lambda: 75.0)
+    assert read_metrics(generate_latest(m.registry).decode())["record_behind_s"] == 75.0
+
+
+def test_without_metrics_the_heartbeat_says_how_far_behind_the_record_is():
+    """The page's record pill reads `record_behind`: from the metrics, or without them from the
+    heartbeat's `record`; a minute of waiting (edge.record.writer.BEHIND_WARN_S) turns it on."""
+    from edge.dashboard.app import Dashboard
+    from edge.record.days import UTC_DAYS
+
+    view = LiveView()
+    page = Dashboard(view, None, None, UTC_DAYS)
+    beat = {"ts_ns": time.time_ns(), "every_s": 1.0, "threshold": 1.0, "stalled": False, "record": None}
+    view.heartbeat(beat)
+    assert page._summary()["daemon"]["record_behind"] is False
+    view.heartbeat(beat | {"record": {"pending": 900, "behind_s": 75.2, "unrecorded": 4}})
+    said = page._summary()["daemon"]
+    assert said["record_behind"] is True and said["record_behind_s"] == 75.2
+    assert said["record_pending"] == 900 and said["unrecorded"] == 4
+    view.heartbeat(beat | {"record": {"pending": 3, "behind_s": 0.4, "unrecorded": 4}})
+    assert page._summary()["daemon"]["record_behind"] is False
 
 
 def _header(frame_id, status="ok", score=None, camera="c"):
@@ -227,6 +249,20 @@ return bars;
 """
 
 
+# The header's record pill for a record that keeps up, one that is behind, and one that also lost
+# results: [hidden, text, class] each.
+RECORD_STATES = """
+const el = document.createElement("span"), seen = [];
+for (const d of [{unrecorded: 0, record_behind: false, record_behind_s: 0.2},
+                 {unrecorded: 0, record_behind: true, record_behind_s: 95.2},
+                 {unrecorded: 4, record_behind: true, record_behind_s: 95.2}]) {
+  drawRecordState(el, d);
+  seen.push(el.hidden ? [true, ""] : [false, el.textContent, el.className]);
+}
+return seen;
+"""
+
+
 def test_a_metrics_endpoint_that_answers_garbage_reads_as_down_not_as_its_last_good_state(monkeypatch):
     """A scrape cut short (the daemon killed mid-answer) or answered by something that is not
     HTTP raised an error the probe did not catch: its thread ended, and the page went on showing
@@ -366,6 +402,12 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert driver.execute_script(LABELS_OUTSIDE_THE_CHARTS) == []
         assert driver.execute_script(BARS_IN_THE_LABELS_BAND) == 0  # the label is not drawn over a bar
+        assert not driver.find_element("css selector", '[data-field="record-state"]').is_displayed()  # it keeps up
+        assert driver.execute_script(RECORD_STATES) == [
+            [True, ""],
+            [False, "record: 95 s behind", "pill warn"],
+            [False, "record: 4 results unrecorded, 95 s behind", "pill bad"],
+        ]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)
         sub.close()
@@ -454,6 +496,7 @@ def test_the_api_serves_programs_too(line):
         assert key in camera, key
     assert status == 200 and camera["frames"] >= 1 and summary["daemon"]["up"] is True
     assert summary["daemon"]["ready"] is True and daemon.alive()
+    assert summary["daemon"]["record_behind"] is False and summary["daemon"]["record_behind_s"] < 60  # its metric
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True
     assert _json(base + "/api/rejects?limit=many")[0] == 400

@@ -225,6 +225,45 @@ def test_a_database_server_down_at_start_does_not_stop_the_line(tmp_path, record
     assert writer.recorded == 5 and len(Record(record_url).results(limit=10)) == 5
 
 
+def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, postgres_url, monkeypatch, caplog):
+    """A server that is up, with the results table locked by another session (a DBA's
+    maintenance, a program's long transaction): the writer's insert waits without an error,
+    so no retry or error count says so. How long the oldest result has waited does: in the
+    metric, the heartbeat's status and one log line; and again when the lock goes."""
+    from edge.record import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "BEHIND_WARN_S", 0.5)
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = postgres_url.replace("@/postgres?", f"@/{name}?")
+    writer = RecordWriter(url, tmp_path / "evidence").start()
+    holder = sa.create_engine(url)
+    try:
+        with holder.connect() as conn, caplog.at_level(logging.INFO, logger="edge.record.writer"):
+            conn.execute(sa.text("LOCK TABLE results IN ACCESS EXCLUSIVE MODE"))  # held until the rollback
+            for i in range(3):
+                writer.put(_result("c", i, decision="pass"), time.time_ns())
+            assert wait_for(lambda: writer.behind_s() >= 0.6, 5)
+            writer.watch_lag()
+            writer.watch_lag()  # once per episode
+            assert writer.metrics.record_errors._value.get() == 0 and writer.recorded == 0  # no error says it
+            assert writer.metrics.registry.get_sample_value("vqad_record_behind_seconds") >= 0.6
+            assert writer.status()["pending"] == 3 and writer.status()["behind_s"] >= 0.6
+            conn.rollback()
+            assert wait_for(lambda: writer.recorded == 3, 10)
+            writer.watch_lag()
+        assert writer.behind_s() == 0.0 and writer.status() == {"pending": 0, "behind_s": 0.0, "unrecorded": 0}
+        behind = [r.getMessage() for r in caplog.records if "behind: 3 results wait" in r.getMessage()]
+        assert len(behind) == 1 and "the record is" in behind[0]
+        assert "the record has caught up after" in caplog.text
+    finally:
+        writer.close(timeout=5)
+        holder.dispose()
+        admin.dispose()
+
+
 @contextmanager
 def silent_server():
     """A loopback port that takes every connection and never answers: a hung database server,

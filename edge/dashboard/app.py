@@ -55,6 +55,7 @@ from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
 from edge.record.store import parse_time
+from edge.record.writer import BEHIND_WARN_S
 
 T = TypeVar("T")
 
@@ -149,10 +150,12 @@ class Dashboard:
         daemon.update(self._heartbeat(daemon["up"] is None))
         for camera, view in cameras.items():
             view["drift"] = daemon.get("drift", {}).get(camera)
+        behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
+            record_behind=behind is not None and behind >= BEHIND_WARN_S,
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
@@ -168,6 +171,9 @@ class Dashboard:
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))
+            if record := header.get("record"):
+                said.update(record_pending=record.get("pending"), record_behind_s=record.get("behind_s"),
+                            unrecorded=record.get("unrecorded"))  # fmt: skip
         return said
 
     async def api_summary(self, request: Request) -> Response:

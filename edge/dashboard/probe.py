@@ -32,6 +32,7 @@ _SCALARS = {
     "vqad_model_reload_failures_total": "reload_failures",
     "vqad_unrecorded_total": "unrecorded",
     "vqad_record_pending": "record_pending",
+    "vqad_record_behind_seconds": "record_behind_s",
     "vqad_backend_errors_total": "backend_errors",
 }
 

@@ -52,6 +52,12 @@ RETRY_MAX_S = 5.0
 # Nano, shared with the GPU) would stop it (benchmarks.record_storm). 256 MiB is 68 such frames,
 # seconds of a writer's work; what is over it is recorded without its images.
 FRAMES_HELD_BYTES = 256 * 2**20
+# A result that has waited this long for its row means a record that no longer keeps up: a query
+# that hangs on a database server (a lock held elsewhere), a server down, a disk slower than the
+# line's rejects. A row normally lands within FLUSH_S, and a retry within RETRY_MAX_S; a minute
+# is past any batch of evidence the writer has been seen to write, and a sliver of the buffer
+# (100,000 results, 55 minutes at 30 frames/s).
+BEHIND_WARN_S = 60.0
 # A SQLite record that cannot be opened while its disk has less than this free is taken for one
 # on a full disk, not for a mistake in its path: SQLite needs its WAL and a 32 KiB shared-memory
 # file beside the database to open it, and some pages to bring its schema up to date.
@@ -88,10 +94,12 @@ class RecordWriter:
         self.engine, self._migrated = self._open(url, max_buffer)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
         self.metrics = metrics or DaemonMetrics()
+        self.metrics.record_behind.set_function(self.behind_s)
         self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
         self.lock = threading.Condition()
         self.stopping = False
         self.recorded = self.unrecorded = 0
+        self._behind_since: float | None = None  # when the record fell BEHIND_WARN_S behind (monotonic)
         self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
         self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
         self._let_go_log = RepeatedLog(log, logging.ERROR)
@@ -156,6 +164,37 @@ class RecordWriter:
     def start(self) -> RecordWriter:
         self.thread.start()
         return self
+
+    def behind_s(self, now_ns: int | None = None) -> float:
+        """How long the oldest result without its row has waited for it, in seconds (0 when every
+        result handed over is stored). Read from any thread; it grows while the writer is held,
+        whatever holds it."""
+        with self.lock:
+            oldest = self.buffer[0][1] if self.buffer else None
+        if oldest is None:
+            return 0.0
+        return max(0.0, ((now_ns or time.time_ns()) - oldest) / 1e9)
+
+    def status(self) -> dict[str, Any]:
+        """What the heartbeat says of the record: results waiting for their rows, how long the
+        oldest has waited, and how many will have none."""
+        return {"pending": len(self.buffer), "behind_s": round(self.behind_s(), 1), "unrecorded": self.unrecorded}
+
+    def watch_lag(self) -> None:
+        """Log once when the record falls BEHIND_WARN_S behind, and once when it has caught up.
+        Called from another thread than the writer's (the publisher's): the writer may be the one
+        held."""
+        behind = self.behind_s()
+        if behind >= BEHIND_WARN_S and self._behind_since is None:
+            self._behind_since = time.monotonic() - behind
+            log.error(
+                "the record is %.0f s behind: %d results wait for their rows (a database that does not answer, "
+                "or a query held by a lock?); subscribers that catch up from the record miss them until it is back",
+                behind, len(self.buffer),
+            )  # fmt: skip
+        elif self._behind_since is not None and behind < BEHIND_WARN_S / 2:
+            log.warning("the record has caught up after %.0f s behind", time.monotonic() - self._behind_since)
+            self._behind_since = None
 
     def wants_evidence(self, header: dict[str, Any]) -> bool:
         """Every failed frame, and every frame the model could not score; a sampled share

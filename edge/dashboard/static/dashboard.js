@@ -75,12 +75,24 @@ function drawDaemon(d) {
   else if (!d.up) pill(el, "daemon down", "bad");
   else if (d.stalled) pill(el, "daemon stalled: inference not returning", "bad");
   else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
+  drawRecordState($(bar, "record-state"), d);
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
   setText(bar, "threshold", num(d.threshold));
   setText(bar, "threshold-source", thresholdSource(d.threshold_source));
   setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
   setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
+}
+
+// The record's trouble, shown only while there is some: results that will have no row (since
+// the daemon started), or a record that has fallen behind the line (its rejects cannot be
+// reviewed yet, and a program catching up from the record misses them).
+function drawRecordState(el, d) {
+  const parts = [];
+  if (d.unrecorded) parts.push(`${d.unrecorded} results unrecorded`);
+  if (d.record_behind) parts.push(`${Math.round(d.record_behind_s)} s behind`);
+  el.hidden = parts.length === 0;
+  if (parts.length) pill(el, `record: ${parts.join(", ")}`, d.unrecorded ? "bad" : "warn");
 }
 
 // Where the serving threshold came from, in a few words: the operator's and the auditor's
