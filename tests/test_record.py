@@ -1315,6 +1315,21 @@ def test_a_query_cut_by_its_limit_says_so_and_its_csv_stays_clean(tmp_path):
     assert len(whole.stdout.splitlines()) == 4 and "--limit" not in whole.stderr
 
 
+def test_a_restart_onto_another_record_does_not_count_the_previous_runs_results_as_missing(tmp_path, caplog):
+    """The state folder (the model's by default) outlives a change of record: a daemon started
+    on a new database said that every result of the previous run, stored in the old one, had no
+    row."""
+    state = tmp_path / "vqad-serve.record.json"
+    first = RecordWriter(f"sqlite:///{tmp_path / 'old.db'}", tmp_path / "ev", state_file=state).start()
+    for i in range(3):
+        first.put(_result("c", i, decision="pass"), time.time_ns())
+    first.close()
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        RecordWriter(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "ev", state_file=state).start().close()
+    assert "have no row" not in caplog.text
+    assert f"the previous run of the daemon recorded to sqlite:///{tmp_path / 'old.db'}, not here" in caplog.text
+
+
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):
     db = tmp_path / "line.db"
     url = f"sqlite:///{db}"

@@ -405,7 +405,8 @@ class RecordWriter:
         if self.state_file is None:
             return
         try:
-            write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id})
+            write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id,
+                                          "record": shown_url(self.url)})  # fmt: skip
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
@@ -430,6 +431,10 @@ class RecordWriter:
         with self.engine.connect() as conn:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
             if state is None:
+                return
+            if state.get("record", shown_url(self.url)) != shown_url(self.url):  # older state files do not say
+                log.info("the previous run of the daemon recorded to %s, not here: its results are not counted",
+                         state["record"])  # fmt: skip
                 return
             previous = sa.select(sa.func.count()).where(
                 results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
