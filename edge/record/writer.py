@@ -94,9 +94,9 @@ class RecordWriter:
         self.engine, self._migrated = self._open(url, max_buffer)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
         self.metrics = metrics or DaemonMetrics()
-        self.metrics.record_behind.set_function(self.behind_s)
         self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
         self.lock = threading.Condition()
+        self.metrics.record_behind.set_function(self.behind_s)  # read at each scrape
         self.stopping = False
         self.recorded = self.unrecorded = 0
         self._behind_since: float | None = None  # when the record fell BEHIND_WARN_S behind (monotonic)
@@ -165,15 +165,13 @@ class RecordWriter:
         self.thread.start()
         return self
 
-    def behind_s(self, now_ns: int | None = None) -> float:
+    def behind_s(self) -> float:
         """How long the oldest result without its row has waited for it, in seconds (0 when every
         result handed over is stored). Read from any thread; it grows while the writer is held,
         whatever holds it."""
         with self.lock:
             oldest = self.buffer[0][1] if self.buffer else None
-        if oldest is None:
-            return 0.0
-        return max(0.0, ((now_ns or time.time_ns()) - oldest) / 1e9)
+        return 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat says of the record: results waiting for their rows, how long the
@@ -192,7 +190,7 @@ class RecordWriter:
                 "or a query held by a lock?); subscribers that catch up from the record miss them until it is back",
                 behind, len(self.buffer),
             )  # fmt: skip
-        elif self._behind_since is not None and behind < BEHIND_WARN_S / 2:
+        elif self._behind_since is not None and behind < BEHIND_WARN_S / 2:  # not a line per result near it
             log.warning("the record has caught up after %.0f s behind", time.monotonic() - self._behind_since)
             self._behind_since = None
 
