@@ -36,7 +36,11 @@ def record_url(request, tmp_path):
     """A fresh record database: a SQLite file, or a new database on the throwaway PostgreSQL server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'line.db'}"
-    server = request.getfixturevalue("postgres_url")
+    return _new_database(request.getfixturevalue("postgres_url"))
+
+
+def _new_database(server: str) -> str:
+    """A new, empty database on the throwaway PostgreSQL server -> its URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -233,11 +237,7 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
     from edge.record import writer as writer_module
 
     monkeypatch.setattr(writer_module, "BEHIND_WARN_S", 0.5)
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = postgres_url.replace("@/postgres?", f"@/{name}?")
+    url = _new_database(postgres_url)
     writer = RecordWriter(url, tmp_path / "evidence").start()
     holder = sa.create_engine(url)
     try:
@@ -261,7 +261,6 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
     finally:
         writer.close(timeout=5)
         holder.dispose()
-        admin.dispose()
 
 
 @contextmanager
