@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -44,7 +44,7 @@ from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
-from edge.state import Overrides, mark_running
+from edge.state import Overrides, hold_state_folder, mark_running
 from edge.watchdog import Liveness, Watchdog, notify
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Daemon:
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
+        self._state_lock: IO[str] | None = None  # edge.state.hold_state_folder's, held while serving
         self.state_dir = cfg.state_folder(model_dir)
         self.overrides = Overrides(self.state_dir / Overrides.FILE_NAME)  # what vqad ctl changed; loaded at start
         self.liveness = Liveness()  # each loop beats once per turn; edge.watchdog finds one that stopped
@@ -306,11 +307,14 @@ class Daemon:
             self.serving.close()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
+        if self._state_lock is not None:
+            self._state_lock.close()  # lets the folder go
         if self.watchdog is not None:
             self.watchdog.stop()
 
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:
+        self._state_lock = hold_state_folder(self.state_dir)  # before the marker: another daemon's is not a crash
         self._marker = mark_running(self.state_dir, self.metrics)
 
     def _restore(self, overrides: Overrides) -> None:

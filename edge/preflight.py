@@ -21,7 +21,7 @@ from edge.errors import DataError
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
-from edge.state import Overrides
+from edge.state import Overrides, state_folder_holder
 from edge.transport import ipc_in_use
 
 # A passed frame's row in a SQLite record, with its share of the indexes: 282 bytes over 80,000
@@ -39,6 +39,9 @@ def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
     if cfg.curve.enabled:
         lines.append(_curve_line(cfg))
     lines.append(_writable_line("state folder", state_dir))
+    if holder := state_folder_holder(state_dir):
+        lines.append(f"note: the state folder is held now by a running daemon ({holder}): the one this "
+                     "start would replace? Another daemon beside it needs a state_dir of its own")  # fmt: skip
     if cfg.record:
         lines += _record_lines(cfg)
     lines += _endpoint_lines(cfg)

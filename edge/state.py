@@ -1,20 +1,65 @@
-"""The daemon's state folder: a marker that it is running (left behind by a kill or a power
-cut, so the next start knows), how many unclean exits the folder has seen, and what `vqad ctl`
-changed (`Overrides`), so that a restart does not undo it."""
+"""The daemon's state folder: a lock that one daemon at a time holds, a marker that it is
+running (left behind by a kill or a power cut, so the next start knows), how many unclean exits
+the folder has seen, and what `vqad ctl` changed (`Overrides`), so that a restart does not undo
+it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "vqad-serve.lock"
+
+
+def hold_state_folder(state_dir: Path) -> IO[str] | None:
+    """Take the state folder for this daemon: an exclusive lock, which the kernel lets go when the
+    process ends, however it ends. -> the open lock file, to close at the end; None when the folder
+    cannot be written (mark_running says so). ConfigError when another running daemon holds it:
+    two daemons on one folder (a second line's, started from a copy of the first's unit) would
+    each take the other's marker for a crash and the other's `vqad ctl` changes for their own."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(state_dir / LOCK_FILE, "a+")  # held open for the daemon's life
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()[:100] or "another process"
+        lock.close()
+        raise ConfigError(
+            f"the state folder {state_dir} is in use by a running daemon ({holder}): give each daemon a "
+            "state_dir of its own (edge.state_dir)"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def state_folder_holder(state_dir: Path) -> str | None:
+    """Who holds the state folder now ("pid N"), or None when no running daemon does."""
+    try:
+        with open(state_dir / LOCK_FILE) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return lock.read().strip()[:100] or "another process"
+    except OSError:
+        pass
+    return None
 
 
 def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:

@@ -473,14 +473,16 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
 
     db = tmp_path / "line.db"
     with DaemonProcess(tiny_model) as daemon:
+        held = sorted(daemon.dir.iterdir())
         ok = run_vqad("serve", tiny_model, "--check", "--record", db, "--frames", daemon.frames,
-                      "--results", daemon.results, "--set", f"edge.state_dir={tmp_path / 'state'}")  # fmt: skip
-        assert daemon.alive()
+                      "--results", daemon.results, "--set", f"edge.state_dir={daemon.dir}")  # fmt: skip
+        assert daemon.alive() and sorted(daemon.dir.iterdir()) == held  # nothing made in its state folder
     assert "its graph's sha256 verified" in ok.stdout and "a batch of" in ok.stdout
     assert f"in use now (by the daemon this one would replace?): frames {daemon.frames}" in ok.stdout
+    assert f"note: the state folder is held now by a running daemon (pid {daemon.proc.pid})" in ok.stdout
     assert ok.stdout.strip().endswith("would start with this config")
     assert "note: record_keep_days is 0: at 30 frames/s the rows take" in ok.stdout  # the disk's days said
-    assert not db.exists() and not (tmp_path / "state").exists()  # nothing made
+    assert not db.exists()  # nothing made
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     refused = run_vqad("serve", tiny_model, "--check", "--set", f"edge.state_dir={blocker / 'state'}", check=False)

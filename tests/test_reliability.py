@@ -211,7 +211,7 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
     )
 
 
-def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_first_alone(tiny_model):
+def test_a_second_daemon_on_taken_endpoints_or_folder_stops_with_one_line_and_leaves_the_first_alone(tiny_model):
     ipc = short_ipc_dir()
     frames, results = (f"tcp://127.0.0.1:{free_loopback_port()}" for _ in range(2))
     port = str(free_loopback_port())
@@ -230,6 +230,16 @@ def test_a_second_daemon_on_taken_endpoints_stops_with_one_line_and_leaves_the_f
             assert "did not shut down cleanly" not in text  # the running daemon's marker untouched
             assert marker.read_text() == before and not (ipc / "vqad-serve.state.json").exists()
             second.log_path.unlink()
+        beside = DaemonProcess(tiny_model, "--set", f"edge.state_dir={ipc}")  # its own endpoints, the first's folder
+        try:
+            with pytest.raises(AssertionError, match="daemon exited 2"):
+                beside.start(timeout=60)
+        finally:
+            beside.stop()
+        text = beside.log_text()
+        assert f"the state folder {ipc} is in use by a running daemon (pid {first.proc.pid})" in text, text
+        assert "did not shut down cleanly" not in text and "Traceback" not in text
+        assert marker.read_text() == before and not (ipc / "vqad-serve.state.json").exists()
         sub, cam = Subscriber(results), Camera(frames)
         cam.send(frame_message("x", 0, FRAME))
         assert [h["status"] for h, _ in sub.collect(1)] == ["ok"]  # the first still serves
