@@ -43,6 +43,11 @@ def hold_state_folder(state_dir: Path) -> IO[str] | None:
             f"the state folder {state_dir} is in use by a running daemon ({holder}): give each daemon a "
             "state_dir of its own (edge.state_dir)"
         ) from None
+    except OSError as exc:  # a filesystem without locks (ENOLCK on some network mounts): serve unlocked
+        lock.close()
+        log.warning("the state folder %s cannot be locked (%s): a second daemon on it would not be refused",
+                    state_dir, exc.strerror or exc)  # fmt: skip
+        return None
     lock.truncate(0)
     lock.write(f"pid {os.getpid()}\n")
     lock.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sqlite3
@@ -209,6 +210,33 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
     assert f"the state folder {tmp_path} cannot be written (No space left on device): the daemon serves" in (
         caplog.text
     )
+
+
+def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_cannot_be_locked(
+    tmp_path, monkeypatch, caplog
+):
+    """The lock refuses a second holder and names the first, lets go with its holder, and on a
+    filesystem without locks (ENOLCK on some network mounts) is a warning, not a start refused."""
+    import errno
+    import fcntl
+
+    from edge.errors import ConfigError
+    from edge.state import hold_state_folder, state_folder_holder
+
+    held = hold_state_folder(tmp_path)
+    assert held is not None and state_folder_holder(tmp_path) == f"pid {os.getpid()}"
+    with pytest.raises(ConfigError, match=f"in use by a running daemon \\(pid {os.getpid()}\\)"):
+        hold_state_folder(tmp_path)
+    held.close()
+    assert state_folder_holder(tmp_path) is None
+
+    def no_locks(*_args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        assert hold_state_folder(tmp_path) is None
+    assert "cannot be locked (No locks available): a second daemon on it would not be refused" in caplog.text
 
 
 def test_a_second_daemon_on_taken_endpoints_or_folder_stops_with_one_line_and_leaves_the_first_alone(tiny_model):
