@@ -487,6 +487,24 @@ def _store(writer: RecordWriter, result: Result) -> None:
     wait_for(lambda: writer.recorded == want, 10)
 
 
+def test_evidence_written_under_a_relative_folder_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """A server record's evidence folder is ./evidence by default, and a config may name a
+    relative one: the rows named the files relative to the daemon's working directory, so `vqad
+    records --export-reviewed` run from another one found none of them."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "engineer").mkdir()
+    monkeypatch.chdir(tmp_path / "daemon")
+    writer = RecordWriter(url, "evidence").start()
+    _store(writer, _result("c", 7))
+    writer.close()
+    monkeypatch.chdir(tmp_path / "engineer")
+    record = Record(url)
+    assert Path(record.results()[0]["evidence"]).is_absolute()
+    record.review("c", 7, "defect")
+    assert record.export_reviewed(tmp_path / "reviewed") == {"test/defect": 1}
+
+
 def _simulated_disk(monkeypatch, evidence: Path, disk: int):
     """A disk of `disk` bytes for the housekeeping: its free space is what the evidence under
     `evidence` and "another program" (the returned dict's "bytes") leave of it. -> (that dict,

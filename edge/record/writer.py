@@ -92,7 +92,10 @@ class RecordWriter:
         evidence, except reviewed ones (0 = keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.engine, self._migrated = self._open(url, max_buffer)
-        self.evidence_dir = Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)
+        # Absolute: the rows name their files, and the dashboard, `vqad records --export-reviewed`
+        # and `vqad review` read them from other working directories (a server record's default
+        # folder, ./evidence, was stored as "evidence/...").
+        self.evidence_dir = (Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)).absolute()
         self.metrics = metrics or DaemonMetrics()
         self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
         self.lock = threading.Condition()
