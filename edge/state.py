@@ -48,9 +48,11 @@ def hold_state_folder(state_dir: Path) -> IO[str] | None:
         log.warning("the state folder %s cannot be locked (%s): a second daemon on it would not be refused",
                     state_dir, exc.strerror or exc)  # fmt: skip
         return None
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()}\n")
-    lock.flush()
+    try:  # who holds it, for a second daemon's refusal; unbuffered, so that a full disk leaves it unnamed
+        os.ftruncate(lock.fileno(), 0)
+        os.write(lock.fileno(), f"pid {os.getpid()}\n".encode())
+    except OSError:
+        pass
     return lock
 
 

@@ -215,8 +215,9 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
 def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_cannot_be_locked(
     tmp_path, monkeypatch, caplog
 ):
-    """The lock refuses a second holder and names the first, lets go with its holder, and on a
-    filesystem without locks (ENOLCK on some network mounts) is a warning, not a start refused."""
+    """The lock refuses a second holder and names the first, lets go with its holder, holds on a
+    full disk, and on a filesystem without locks (ENOLCK on some network mounts) is a warning,
+    not a start refused."""
     import errno
     import fcntl
 
@@ -229,6 +230,15 @@ def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_canno
         hold_state_folder(tmp_path)
     held.close()
     assert state_folder_holder(tmp_path) is None
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as disk:
+        disk.setattr(os, "write", full)
+        held = hold_state_folder(tmp_path)  # held, though its holder cannot be written down
+    assert held is not None and state_folder_holder(tmp_path) == "another process"
+    held.close()
 
     def no_locks(*_args):
         raise OSError(errno.ENOLCK, "No locks available")
