@@ -263,6 +263,21 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
         holder.dispose()
 
 
+def test_a_clock_set_while_results_wait_is_not_a_record_behind(tmp_path, monkeypatch):
+    """A board without a clock battery starts at a wrong time and is set by NTP while the daemon
+    serves: the wait is measured on the monotonic clock, so a jump of a day is not a record a
+    day behind (and no error line at every such boot)."""
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev")  # not started: they wait
+    try:
+        for i in range(2):
+            writer.put(_result("c", i, decision="pass"), time.time_ns())
+        day_later = time.time_ns() + 86_400 * 10**9
+        monkeypatch.setattr(time, "time_ns", lambda: day_later)
+        assert 0.0 <= writer.behind_s() < 5.0 and writer.status()["pending"] == 2
+    finally:
+        writer.engine.dispose()
+
+
 @contextmanager
 def silent_server():
     """A loopback port that takes every connection and never answers: a hung database server,

@@ -97,7 +97,9 @@ class RecordWriter:
         # folder, ./evidence, was stored as "evidence/...").
         self.evidence_dir = (Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)).absolute()
         self.metrics = metrics or DaemonMetrics()
-        self.buffer: collections.deque[tuple[Result, int]] = collections.deque()
+        # (result, published_ns, when it was queued: monotonic, so that a clock set at boot, as on a
+        # board without a clock battery, is not taken for a record hours behind)
+        self.buffer: collections.deque[tuple[Result, int, float]] = collections.deque()
         self.lock = threading.Condition()
         self.metrics.record_behind.set_function(self.behind_s)  # read at each scrape
         self.stopping = False
@@ -173,8 +175,8 @@ class RecordWriter:
         result handed over is stored). Read from any thread; it grows while the writer is held,
         whatever holds it."""
         with self.lock:
-            oldest = self.buffer[0][1] if self.buffer else None
-        return 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
+            oldest = self.buffer[0][2] if self.buffer else None
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat says of the record: results waiting for their rows, how long the
@@ -215,7 +217,7 @@ class RecordWriter:
                 return
             if result.frame is not None and not self._hold(result.frame.nbytes):
                 result.frame = None
-            self.buffer.append((result, published_ns))
+            self.buffer.append((result, published_ns, time.monotonic()))
             self.handed += 1
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
@@ -293,7 +295,7 @@ class RecordWriter:
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
 
-    def _leave_out(self, batch: list[tuple[Result, int]], exc: Exception) -> None:
+    def _leave_out(self, batch: list[tuple[Result, int, float]], exc: Exception) -> None:
         """A batch that failed for a reason of its own, not the database's, is counted unrecorded
         and left out: retried, it would fail again, and the writer would stop for the whole run."""
         with self.lock:
@@ -306,7 +308,7 @@ class RecordWriter:
     def _take_off(self, n: int) -> None:
         """The first n buffered results leave the buffer (the caller holds self.lock)."""
         for _ in range(n):
-            result, _published_ns = self.buffer.popleft()
+            result, _published_ns, _queued = self.buffer.popleft()
             if result.frame is not None:
                 self.frames_held -= result.frame.nbytes
         self.metrics.record_pending.set(len(self.buffer))
@@ -316,14 +318,14 @@ class RecordWriter:
         self.unrecorded += n
         self.metrics.unrecorded.inc(n)
 
-    def _store(self, batch: list[tuple[Result, int]]) -> None:
+    def _store(self, batch: list[tuple[Result, int, float]]) -> None:
         if not self._migrated:  # the server did not answer at start; an OperationalError retries
             migrate(self.engine)
             self._migrated = True
             log.info("the record at %s answers now", shown_url(self.url))
             self._report_previous_run()
         self._save_state()
-        rows = [self._row(result, published_ns) for result, published_ns in batch]
+        rows = [self._row(result, published_ns) for result, published_ns, _queued in batch]
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
 
