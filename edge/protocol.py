@@ -54,6 +54,12 @@ HEARTBEAT_TOPIC = b"heartbeat"
 # A subscriber counts the daemon as gone after this many heartbeat intervals without one: one
 # lost beat is a hiccup, three are a daemon gone.
 HEARTBEAT_MISSED = 3
+# A record whose oldest result without its row (the heartbeat's record.behind_s) has waited this
+# long no longer keeps up: a query that hangs on a database server (a lock held elsewhere), a
+# server down, a disk slower than the line's rejects. A row normally lands within half a second
+# and a retry within 5 s (edge.record.writer); a minute is past any batch of evidence the writer
+# has been seen to write, and a sliver of its buffer (100,000 results, 55 minutes at 30 frames/s).
+RECORD_BEHIND_S = 60.0
 
 
 class UnreadableMessageError(Exception):

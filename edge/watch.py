@@ -17,7 +17,15 @@ from edge import transport
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, file_name, heartbeat_overdue, parse_heartbeat, parse_result, unfit_reasons
+from edge.protocol import (
+    HEARTBEAT_TOPIC,
+    RECORD_BEHIND_S,
+    file_name,
+    heartbeat_overdue,
+    parse_heartbeat,
+    parse_result,
+    unfit_reasons,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +91,12 @@ def format_line(h: dict[str, Any]) -> str:
 
 class DaemonSilence:
     """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
-    same when its heartbeat says its inference has stalled (edge.watchdog). A daemon never heard
-    from (not started, or its heartbeat off) is not warned of."""
+    same when its heartbeat says its inference has stalled (edge.watchdog), and when it says its
+    record has fallen RECORD_BEHIND_S behind. A daemon never heard from (not started, or its
+    heartbeat off) is not warned of."""
 
     def __init__(self, endpoint: str):
-        self.endpoint, self.silent, self.stalled = endpoint, False, False
+        self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
 
     def beat(self, parts: list[bytes]) -> None:
@@ -106,6 +115,16 @@ class DaemonSilence:
             else:
                 log.info("the daemon at %s says its inference runs again", self.endpoint)
         self.stalled = stalled
+        self._record(header.get("record") or {})
+
+    def _record(self, record: dict[str, Any]) -> None:
+        behind = (record.get("behind_s") or 0.0) >= RECORD_BEHIND_S
+        if behind and not self.record_behind:
+            log.warning("the daemon at %s says its record is %.0f s behind (%s results wait for their rows)",
+                        self.endpoint, record["behind_s"], record.get("pending", "?"))  # fmt: skip
+        elif self.record_behind and not behind:
+            log.info("the daemon at %s says its record has caught up", self.endpoint)
+        self.record_behind = behind
 
     def check(self) -> None:
         if self.last is None or self.silent:

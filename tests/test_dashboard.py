@@ -88,7 +88,7 @@ def test_the_daemon_state_is_read_from_its_prometheus_text():
 
 def test_without_metrics_the_heartbeat_says_how_far_behind_the_record_is():
     """The page's record pill reads `record_behind`: from the metrics, or without them from the
-    heartbeat's `record`; a minute of waiting (edge.record.writer.BEHIND_WARN_S) turns it on."""
+    heartbeat's `record`; a minute of waiting (edge.protocol.RECORD_BEHIND_S) turns it on."""
     from edge.dashboard.app import Dashboard
     from edge.record.days import UTC_DAYS
 

@@ -236,7 +236,7 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
     metric, the heartbeat's status and one log line; and again when the lock goes."""
     from edge.record import writer as writer_module
 
-    monkeypatch.setattr(writer_module, "BEHIND_WARN_S", 0.5)
+    monkeypatch.setattr(writer_module, "RECORD_BEHIND_S", 0.5)
     url = _new_database(postgres_url)
     writer = RecordWriter(url, tmp_path / "evidence").start()
     holder = sa.create_engine(url)

@@ -193,7 +193,7 @@ def test_a_backend_that_fails_every_batch_for_the_limit_stops_the_daemon_for_a_r
     assert "every batch has failed for 1 s" in log and "the failure of its inference backend" in log
 
 
-def test_watch_says_once_when_the_heartbeat_says_inference_stalled_and_once_when_it_runs(caplog):
+def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record_behind_and_once_when_not(caplog):
     from edge.watch import DaemonSilence
 
     silence = DaemonSilence("tcp://127.0.0.1:5556")
@@ -201,8 +201,13 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_and_once_when
     with caplog.at_level(logging.INFO, "edge.watch"):
         for stalled, queue in ((False, 0), (True, 9), (True, 17), (False, 0), (False, 0)):
             silence.beat(heartbeat_message({**beat, "stalled": stalled, "queue": queue}))
+        for behind_s, pending in ((0.2, 1), (61.0, 1800), (95.0, 2900), (0.0, 0)):  # the record's, once each way
+            silence.beat(heartbeat_message({**beat, "record": {"pending": pending, "behind_s": behind_s}}))
+        silence.beat(heartbeat_message({**beat, "record": None}))  # a daemon without a record
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
         "the daemon at tcp://127.0.0.1:5556 says its inference runs again",
+        "the daemon at tcp://127.0.0.1:5556 says its record is 61 s behind (1800 results wait for their rows)",
+        "the daemon at tcp://127.0.0.1:5556 says its record has caught up",
     ]

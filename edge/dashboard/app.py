@@ -50,12 +50,11 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
-from edge.protocol import heartbeat_overdue, is_frame_id, unfit_reasons
+from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
 from edge.record.store import parse_time
-from edge.record.writer import BEHIND_WARN_S
 
 T = TypeVar("T")
 
@@ -155,7 +154,7 @@ class Dashboard:
             results_seen=self.view.results_seen,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
-            record_behind=behind is not None and behind >= BEHIND_WARN_S,
+            record_behind=behind is not None and behind >= RECORD_BEHIND_S,
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 

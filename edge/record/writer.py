@@ -30,7 +30,7 @@ from edge.frames import one_channel_if_grey, write_image
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
-from edge.protocol import capture_time_ns, file_name, unfit_reasons
+from edge.protocol import RECORD_BEHIND_S, capture_time_ns, file_name, unfit_reasons
 from edge.record.housekeeping import Housekeeping, free_bytes, network_filesystem_note, sqlite_file
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, record_url, shown_url
@@ -52,12 +52,6 @@ RETRY_MAX_S = 5.0
 # Nano, shared with the GPU) would stop it (benchmarks.record_storm). 256 MiB is 68 such frames,
 # seconds of a writer's work; what is over it is recorded without its images.
 FRAMES_HELD_BYTES = 256 * 2**20
-# A result that has waited this long for its row means a record that no longer keeps up: a query
-# that hangs on a database server (a lock held elsewhere), a server down, a disk slower than the
-# line's rejects. A row normally lands within FLUSH_S, and a retry within RETRY_MAX_S; a minute
-# is past any batch of evidence the writer has been seen to write, and a sliver of the buffer
-# (100,000 results, 55 minutes at 30 frames/s).
-BEHIND_WARN_S = 60.0
 # A SQLite record that cannot be opened while its disk has less than this free is taken for one
 # on a full disk, not for a mistake in its path: SQLite needs its WAL and a 32 KiB shared-memory
 # file beside the database to open it, and some pages to bring its schema up to date.
@@ -104,7 +98,7 @@ class RecordWriter:
         self.metrics.record_behind.set_function(self.behind_s)  # read at each scrape
         self.stopping = False
         self.recorded = self.unrecorded = 0
-        self._behind_since: float | None = None  # when the record fell BEHIND_WARN_S behind (monotonic)
+        self._behind_since: float | None = None  # when the record fell RECORD_BEHIND_S behind (monotonic)
         self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
         self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
         self._let_go_log = RepeatedLog(log, logging.ERROR)
@@ -184,18 +178,18 @@ class RecordWriter:
         return {"pending": len(self.buffer), "behind_s": round(self.behind_s(), 1), "unrecorded": self.unrecorded}
 
     def watch_lag(self) -> None:
-        """Log once when the record falls BEHIND_WARN_S behind, and once when it has caught up.
+        """Log once when the record falls RECORD_BEHIND_S behind, and once when it has caught up.
         Called from another thread than the writer's (the publisher's): the writer may be the one
         held."""
         behind = self.behind_s()
-        if behind >= BEHIND_WARN_S and self._behind_since is None:
+        if behind >= RECORD_BEHIND_S and self._behind_since is None:
             self._behind_since = time.monotonic() - behind
             log.error(
                 "the record is %.0f s behind: %d results wait for their rows (a database that does not answer, "
                 "or a query held by a lock?); subscribers that catch up from the record miss them until it is back",
                 behind, len(self.buffer),
             )  # fmt: skip
-        elif self._behind_since is not None and behind < BEHIND_WARN_S / 2:  # not a line per result near it
+        elif self._behind_since is not None and behind < RECORD_BEHIND_S / 2:  # not a line per result near it
             log.warning("the record has caught up after %.0f s behind", time.monotonic() - self._behind_since)
             self._behind_since = None
 
