@@ -36,8 +36,7 @@ def hold_state_folder(state_dir: Path) -> IO[str] | None:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip()[:100] or "another process"
+        holder = _holder(lock)
         lock.close()
         raise ConfigError(
             f"the state folder {state_dir} is in use by a running daemon ({holder}): give each daemon a "
@@ -63,10 +62,16 @@ def state_folder_holder(state_dir: Path) -> str | None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return lock.read().strip()[:100] or "another process"
+                return _holder(lock)
     except OSError:
         pass
     return None
+
+
+def _holder(lock: IO[str]) -> str:
+    """Who the lock file says holds it ("pid N"), read from its start."""
+    lock.seek(0)
+    return lock.read().strip()[:100] or "another process"
 
 
 def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:

@@ -85,6 +85,7 @@ class RecordWriter:
         many have no row. keep_days: results published longer ago leave the record with their
         evidence, except reviewed ones (0 = keep every result)."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
+        self.where = shown_url(url)  # as logs and the state file name it: no password
         self.engine, self._migrated = self._open(url, max_buffer)
         # Absolute: the rows name their files, and the dashboard, `vqad records --export-reviewed`
         # and `vqad review` read them from other working directories (a server record's default
@@ -316,7 +317,7 @@ class RecordWriter:
         if not self._migrated:  # the server did not answer at start; an OperationalError retries
             migrate(self.engine)
             self._migrated = True
-            log.info("the record at %s answers now", shown_url(self.url))
+            log.info("the record at %s answers now", self.where)
             self._report_previous_run()
         self._save_state()
         rows = [self._row(result, published_ns) for result, published_ns, _queued in batch]
@@ -403,7 +404,7 @@ class RecordWriter:
             return
         try:
             write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id,
-                                          "record": shown_url(self.url)})  # fmt: skip
+                                          "record": self.where})  # fmt: skip
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
@@ -429,7 +430,7 @@ class RecordWriter:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
             if state is None:
                 return
-            if state.get("record", shown_url(self.url)) != shown_url(self.url):  # older state files do not say
+            if state.get("record", self.where) != self.where:  # older state files do not say
                 log.info("the previous run of the daemon recorded to %s, not here: its results are not counted",
                          state["record"])  # fmt: skip
                 return
