@@ -106,7 +106,7 @@ class Control:
             "stalled": d.stalled,
             "paused": sorted(d.paused),
             "recording": d.recorder is not None,
-            "record": d.recorder.status() if d.recorder is not None else None,  # as the heartbeat says it
+            "record": d.record_status(),
         }
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:

@@ -182,6 +182,10 @@ class Daemon:
             )
         notify(f"READY=1\nSTATUS={self._status_line()}")
 
+    def record_status(self) -> dict[str, Any] | None:
+        """The record's state as the heartbeat and `vqad ctl status` say it (None without a record)."""
+        return self.recorder.status() if self.recorder is not None else None
+
     @property
     def stalled(self) -> bool:
         """Whether the watchdog finds a loop of the pipeline that has not come round."""

@@ -80,7 +80,7 @@ class Publisher:
             "queue": len(d.queue),
             "stalled": d.stalled,
             "paused": sorted(d.paused),
-            "record": d.recorder.status() if d.recorder is not None else None,
+            "record": d.record_status(),
         }
         sock.send_multipart(heartbeat_message(header))
 
