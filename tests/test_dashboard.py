@@ -140,6 +140,24 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     assert LiveView(silent_after_s=0.01).summary() == {}
 
 
+def test_a_clock_set_while_the_page_is_open_moves_neither_a_cameras_age_nor_its_rates(monkeypatch):
+    """A Jetson without a clock battery is set by NTP after the services start: the camera read
+    "silent" until its next frame, and its fail-rate bins were skewed for up to an hour."""
+    view = LiveView(silent_after_s=10)
+    for i, score in enumerate([0.5, 1.5, 0.5, 0.5]):
+        view.add(_header(i, score=score), b"", None)
+    set_at = time.time()
+    monkeypatch.setattr(time, "time", lambda: set_at + 86400)  # set a day ahead
+    c = view.summary()["c"]
+    assert not c["silent"] and c["age_s"] < 5 and c["throughput_per_s"] > 0
+    assert c["fail_rate_5min"] == pytest.approx(1 / 4) and len(c["fail_rate_series"]) <= 2
+    view.add(_header(4, score=1.5), b"", None)
+    monkeypatch.setattr(time, "time", lambda: set_at - 86400)  # and two days back
+    view.add(_header(5, score=1.5), b"", None)
+    assert [f.header["frame_id"] for f in view.rejects("c", 10)] == [5, 4, 1]
+    assert view.summary()["c"]["fail_rate_5min"] == pytest.approx(3 / 6)
+
+
 def test_a_result_the_page_cannot_take_is_logged_and_the_feed_goes_on(caplog):
     """A result with its latencies as a list used to raise an AttributeError in the feed's
     thread, which ended it: the page froze until the dashboard was restarted."""
@@ -183,12 +201,12 @@ def test_the_live_view_keeps_the_cameras_that_send_and_drops_the_longest_silent_
 def test_the_live_picture_is_the_newest_result_with_its_frame_unless_that_lags():
     view, jpeg = CameraView(), b"\xff\xd8 a frame"
     for frame_id, seen_s, frame in ((1, 100.0, jpeg), (2, 100.2, None), (3, 101.9, None)):
-        view.add(LiveFrame(_header(frame_id, score=0.1), b"", frame, seen_s))
+        view.add(LiveFrame(_header(frame_id, score=0.1), b"", frame, seen_s, seen_s))
     assert view.pictured.header["frame_id"] == 1  # the part under its map, 1.9 s behind the line
     assert view.summary(102.0, 60)["latest"]["frame_id"] == 1
-    view.add(LiveFrame(_header(4, score=0.1), b"", None, 100.0 + FRAMED_HOLD_S + 0.1))
+    view.add(LiveFrame(_header(4, score=0.1), b"", None, *[100.0 + FRAMED_HOLD_S + 0.1] * 2))
     assert view.pictured.header["frame_id"] == 4  # no frame for too long: the newest, its map alone
-    view.add(LiveFrame(_header(5, score=0.1), b"", jpeg, 103.0))
+    view.add(LiveFrame(_header(5, score=0.1), b"", jpeg, 103.0, 103.0))
     assert view.pictured.header["frame_id"] == 5
 
 

@@ -61,7 +61,8 @@ class LiveFrame:
     header: dict[str, Any]
     map_bytes: bytes  # the map part as published (decoded only when drawn)
     frame_jpeg: bytes | None
-    seen_s: float  # wall time the dashboard read it
+    seen_s: float  # wall time the dashboard read it: matched against the record's publication times
+    seen_mono: float  # the monotonic clock then: ages, rates and order, which a clock set does not move
     _picture: bytes | None = None
 
     def picture_jpeg(self) -> bytes | None:
@@ -79,7 +80,7 @@ class LiveFrame:
 class CameraView:
     counts: collections.Counter = field(default_factory=collections.Counter)
     last_ts_ns: int = 0
-    last_seen_s: float = 0.0
+    last_seen_mono: float | None = None
     bins: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_S // BIN_S))
     per_second: collections.deque = field(default_factory=lambda: collections.deque(maxlen=int(RATE_WINDOW_S) + 1))
     scores: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT))
@@ -91,11 +92,11 @@ class CameraView:
     rejects: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REJECTS_KEPT))
 
     def add(self, frame: LiveFrame) -> None:
-        h, now = frame.header, frame.seen_s
+        h, now = frame.header, frame.seen_mono
         status, decision = h.get("status"), h.get("decision")
         self.counts["frames"] += 1
         self.counts[decision if status == "ok" and decision in ("pass", "fail") else status] += 1
-        self.last_ts_ns, self.last_seen_s = int(h.get("ts_ns") or 0), now
+        self.last_ts_ns, self.last_seen_mono = int(h.get("ts_ns") or 0), now
         second = int(now)
         if not self.per_second or self.per_second[-1][0] != second:
             self.per_second.append([second, 0])
@@ -115,7 +116,7 @@ class CameraView:
     def pictured(self) -> LiveFrame | None:
         """The result the live picture shows: the newest with its frame, if recent; else the newest."""
         framed, latest = self.latest_framed, self.latest
-        if framed is not None and latest is not None and latest.seen_s - framed.seen_s <= FRAMED_HOLD_S:
+        if framed is not None and latest is not None and latest.seen_mono - framed.seen_mono <= FRAMED_HOLD_S:
             return framed
         return latest
 
@@ -151,9 +152,10 @@ class CameraView:
         return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
 
     def summary(self, now: float, silent_after_s: float) -> dict[str, Any]:
+        """The camera's figures for the page at `now`, a time.monotonic() reading."""
         c, lat = self.counts, np.fromiter(self.latency_ms, np.float64)
         recent = sum(n for second, n in self.per_second if now - second <= RATE_WINDOW_S)
-        age = now - self.last_seen_s if self.last_seen_s else None
+        age = now - self.last_seen_mono if self.last_seen_mono is not None else None
         pictured = self.pictured
         latest = pictured.header if pictured else None
         return {
@@ -196,7 +198,7 @@ class LiveView:
         self._heartbeat: tuple[float, dict[str, Any]] | None = None
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None) -> None:
-        frame = LiveFrame(header, map_bytes, frame_jpeg, time.time())
+        frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic())
         with self.lock:
             self.results_seen += 1
             camera = str(header["camera_id"])
@@ -215,7 +217,7 @@ class LiveView:
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        now = time.time()
+        now = time.monotonic()
         with self.lock:
             return {cam: view.summary(now, self.silent_after_s) for cam, view in sorted(self.cameras.items())}
 
@@ -224,7 +226,7 @@ class LiveView:
         with self.lock:
             views = [self.cameras[camera]] if camera in self.cameras else [] if camera else self.cameras.values()
             found = [f for v in views for f in v.rejects]
-        return sorted(found, key=lambda f: f.seen_s, reverse=True)[:limit]
+        return sorted(found, key=lambda f: f.seen_mono, reverse=True)[:limit]
 
     def find(self, camera: str, frame_id: int | str, ts_ns: int | None = None) -> LiveFrame | None:
         """A streamed result still held: the latest of `camera` ("latest"), or one of its rejects,
@@ -237,7 +239,7 @@ class LiveView:
             if frame_id == "latest":
                 return view.pictured
             same = [f for f in view.rejects if f.header["frame_id"] == frame_id]
-            return max(same, key=lambda f: (ts_ns is None or f.header["ts_ns"] == ts_ns, f.seen_s), default=None)
+            return max(same, key=lambda f: (ts_ns is None or f.header["ts_ns"] == ts_ns, f.seen_mono), default=None)
 
 
 class ResultsFeed(threading.Thread):
