@@ -388,7 +388,7 @@ class Daemon:
             self.receiver_done.set()
 
     def _accept(self, parts: list[bytes | memoryview]) -> None:
-        recv_ns = time.time_ns()
+        recv_ns, arrived_mono_ns = time.time_ns(), time.monotonic_ns()
         self.metrics.frames_in.inc()
         try:
             frame = parse_frame(parts, self.limits, recv_ns)
@@ -428,7 +428,7 @@ class Daemon:
             recv_ns,
             frame.image.shape[:2],
             model_input,
-            time.time_ns(),
+            arrived_mono_ns,
             frame.image if self.recorder is not None else None,
             health,
             frame.part_id,
@@ -548,14 +548,14 @@ class Daemon:
             self._fail("inference backend")
 
     def _run_batch(self, batch: list[Pending], serving: Serving, index: int) -> list[Result]:
-        start_ns = time.time_ns()
+        start_ns = time.monotonic_ns()
         maps, scores = serving.backends[index].infer(np.stack([p.model_input for p in batch]))
         if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
             raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
         finite = np.isfinite(scores)
         if not finite.any():  # a broken engine or context: the batch failed, and counts to a restart
             raise BackendError(f"backend returned no finite score for {len(batch)} frames ({scores[0]})")
-        infer_ms = (time.time_ns() - start_ns) / 1e6
+        infer_ms = (time.monotonic_ns() - start_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
         results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
         if not finite.all():

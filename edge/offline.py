@@ -91,9 +91,9 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
             error = error_result(CAMERA_ID, index, now, str(exc), now, serving.scoring, path.name[:128])
             verdicts[index] = Scored(path, error.header)
     if pending:
-        start_ns = time.time_ns()
+        start_ns = time.monotonic_ns()
         maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p in pending]))
-        infer_ms = (time.time_ns() - start_ns) / 1e6
+        infer_ms = (time.monotonic_ns() - start_ns) / 1e6
         results = scored_results([p for _, p in pending], maps, scores, start_ns, infer_ms, serving.scoring)
         for (path, p), result, amap in zip(pending, results, maps, strict=True):
             if out is not None and result.header["status"] == "ok":
@@ -108,8 +108,8 @@ def _pending(serving: Serving, index: int, path: Path) -> Pending:
     pkg = serving.package
     model_input = to_model_input(image, pkg.image_size, pkg.channels)
     health = None if serving.health is None else serving.health.check(CAMERA_ID, model_input, image.shape[:2], False)
-    now = time.time_ns()
-    return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, now, None, health, path.name[:128])
+    now, arrived = time.time_ns(), time.monotonic_ns()
+    return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, arrived, None, health, path.name[:128])
 
 
 def _draw(result: Result, amap: np.ndarray, path: Path, out: Path) -> None:

@@ -86,7 +86,7 @@ class Publisher:
 
     def publish(self, sock: zmq.Socket, result: Result) -> None:
         d, header = self.d, result.header
-        total_ms = (time.time_ns() - result.recv_ns) / 1e6 if result.recv_ns else 0.0
+        total_ms = result.ms_since_arrival()
         header["latency_ms"]["total"] = round(total_ms, 3)
         sock.send_multipart(result_message(header, result.map_bytes, result.extra))
         if d.recorder is not None:

@@ -32,7 +32,7 @@ class Pending:
     recv_ns: int
     frame_hw: tuple[int, int]
     model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
-    queued_ns: int = 0
+    arrived_mono_ns: int = 0  # time.monotonic_ns() on arrival: its latencies, which a clock set does not move
     received: np.ndarray | None = None  # the frame as received, kept for the record's evidence
     health: dict[str, Any] | None = None  # the camera health gate's verdict (None: no gate)
     part_id: str | None = None  # the part's identity, as the frame gave it
@@ -42,13 +42,23 @@ class Pending:
 class Result:
     """header: the v1 result header; map_bytes: the uint8 map (b"" when not published);
     extra: further message parts; recv_ns: when the frame arrived (0 = unknown);
-    frame: the frame as received, for the record's evidence (None when not needed)."""
+    frame: the frame as received, for the record's evidence (None when not needed);
+    arrived_mono_ns: the monotonic clock when it arrived (0 = unknown)."""
 
     header: dict[str, Any]
     map_bytes: bytes = b""
     extra: list[bytes] | None = None
     recv_ns: int = 0
     frame: np.ndarray | None = None
+    arrived_mono_ns: int = 0
+
+    def ms_since_arrival(self) -> float:
+        """Milliseconds since the frame arrived, on the monotonic clock: NTP setting a Jetson's
+        clock hours after the start gave the frames in flight a latency of plus or minus hours.
+        A result made without it (an error result, the receiver's at once) reads the wall clock."""
+        if self.arrived_mono_ns:
+            return (time.monotonic_ns() - self.arrived_mono_ns) / 1e6
+        return (time.time_ns() - self.recv_ns) / 1e6 if self.recv_ns else 0.0
 
 
 @dataclass
@@ -115,19 +125,20 @@ def error_result(
 
 
 def dropped_result(p: Pending, s: Scoring) -> Result:
-    latency = {"queue": round((time.time_ns() - p.recv_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
+    latency = {"queue": round((time.monotonic_ns() - p.arrived_mono_ns) / 1e6, 3), "infer": 0.0, "total": 0.0}
     error = "dropped by drop_oldest overload policy"
     header = result_header(
         p.camera_id, p.frame_id, p.ts_ns, "dropped", s.threshold, s.model, error=error, latency_ms=latency,
         part_id=p.part_id,
     )  # fmt: skip
-    return Result(header, recv_ns=p.recv_ns)
+    return Result(header, recv_ns=p.recv_ns, arrived_mono_ns=p.arrived_mono_ns)
 
 
 def scored_results(
-    batch: list[Pending], maps: np.ndarray, scores: np.ndarray, start_ns: int, infer_ms: float, s: Scoring
+    batch: list[Pending], maps: np.ndarray, scores: np.ndarray, start_mono_ns: int, infer_ms: float, s: Scoring
 ) -> list[Result]:
-    """One result per frame of `batch` from the backend's maps (N, 1, h, w) and scores (N,).
+    """One result per frame of `batch` from the backend's maps (N, 1, h, w) and scores (N,);
+    `start_mono_ns`: time.monotonic_ns() when the batch's inference began.
     A frame whose score is not a finite number (NaN or infinity: an FP16 overflow, a broken
     engine) gets an error result: NaN compares as a pass, and JSON cannot carry either."""
     results, now_s = [], time.monotonic()
@@ -148,7 +159,11 @@ def scored_results(
             score=score_f,
             decision=decide(score_f, s.threshold),
             regions=find_regions(amap2d, s.threshold, p.frame_hw, s.min_region_area),
-            latency_ms={"queue": round((start_ns - p.recv_ns) / 1e6, 3), "infer": round(infer_ms, 3), "total": 0.0},
+            latency_ms={
+                "queue": round((start_mono_ns - p.arrived_mono_ns) / 1e6, 3),
+                "infer": round(infer_ms, 3),
+                "total": 0.0,
+            },
             batch_size=len(batch),
             map_info=map_info,
             part_id=p.part_id,
@@ -164,5 +179,5 @@ def scored_results(
             header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
             extra = [jpg.tobytes() if ok else b""]
         map_bytes = quantize_map(amap2d, s.map_scale) if s.publish_maps else b""
-        results.append(Result(header, map_bytes, extra, p.recv_ns))
+        results.append(Result(header, map_bytes, extra, p.recv_ns, arrived_mono_ns=p.arrived_mono_ns))
     return results

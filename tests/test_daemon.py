@@ -362,6 +362,26 @@ def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tm
     assert "please report it" in caplog.text and "RuntimeError: a parser bug" in caplog.text
 
 
+def test_a_clock_set_while_frames_are_in_flight_leaves_their_latencies_in_milliseconds(monkeypatch):
+    """NTP sets a Jetson's clock after the daemon starts (no clock battery): the frames in flight
+    then read a latency of a day, which a Prometheus histogram's sum keeps until a restart."""
+    from edge.results import Pending, Scoring, dropped_result, scored_results
+
+    scoring = Scoring(1.0, {"name": "m", "sha256": "0"}, 0.01, 4, True, FrameSampler(False))
+    recv_ns, arrived_mono_ns = time.time_ns(), time.monotonic_ns()
+    pending = [
+        Pending("cam0", i, recv_ns, recv_ns, (4, 4), np.zeros((4, 4, 3), np.uint8), arrived_mono_ns) for i in range(2)
+    ]
+    monkeypatch.setattr(time, "time_ns", lambda: recv_ns + 86_400 * 10**9)  # set a day ahead
+    maps, scores = np.zeros((1, 1, 4, 4), np.float32), np.array([0.5], np.float32)
+    scored = scored_results(pending[:1], maps, scores, time.monotonic_ns(), 1.0, scoring)[0]
+    dropped = dropped_result(pending[1], scoring)
+    for result in (scored, dropped):
+        assert 0 <= result.header["latency_ms"]["queue"] < 5_000
+        assert 0 <= result.ms_since_arrival() < 5_000  # the publisher's total
+    assert scored.recv_ns == recv_ns  # the record keeps the wall clock's receive time
+
+
 def test_a_camera_that_reconnects(tiny_model):
     frame = np.full((32, 32, 3), 90, np.uint8)
     with DaemonProcess(tiny_model) as daemon:
