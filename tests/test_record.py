@@ -634,6 +634,36 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert json.loads(run_vqad("records", record_url, "--daily", "--format", "json").stdout)["removed"] == removed
 
 
+def test_boxes_sharing_a_record_each_remove_only_the_evidence_on_their_own_disk(tmp_path, record_url):
+    """A plant's PostgreSQL server keeps the results of a box per line. Each box's quota and expiry
+    read every box's rows: one marked another's images removed and deleted its old rows, and
+    those files stayed on the other box's disk for good, out of its quota's and expiry's reach."""
+    day_ns = 86400 * 10**9
+    box2 = tmp_path / "box2" / "evidence"
+    writer = RecordWriter(record_url, box2).start()
+    for i in range(4):  # line 2's rejects, 3 days old, then new
+        at = time.time_ns() - (3 * day_ns if i < 2 else 0)
+        writer.put(_result("line2", i, ts_ns=at), at)
+    writer.close()
+    files = {r["frame_id"]: r["evidence_frame"] for r in Record(record_url).results(camera="line2")}
+    (tmp_path / "box2").rename(tmp_path / "box2-disk")  # box 2's disk: box 1 cannot see it
+    box1 = RecordWriter(record_url, tmp_path / "box1" / "evidence", max_gb=30_000 / 1e9, keep_days=1).start()
+    for i in range(6):
+        box1.put(_result("line1", i), time.time_ns())
+        time.sleep(0.05)
+    box1.close()
+    (tmp_path / "box2-disk").rename(tmp_path / "box2")
+    line2 = {r["frame_id"]: r for r in Record(record_url).results(camera="line2")}
+    assert sorted(line2) == [0, 1, 2, 3] and not any(r["evidence_removed"] for r in line2.values())
+    assert box1.evidence_removed > 0 and box1.evidence_bytes <= 30_000  # its quota kept its own files
+    assert all(Path(f).is_file() for f in files.values())
+    again = RecordWriter(record_url, box2, keep_days=1).start()  # box 2 expires its rows, with their files
+    again.put(_result("line2", 4), time.time_ns())
+    again.close()
+    assert sorted(r["frame_id"] for r in Record(record_url).results(camera="line2")) == [2, 3, 4]
+    assert not Path(files[0]).exists() and not Path(files[1]).exists() and Path(files[2]).is_file()
+
+
 def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_every_new_one(
     tmp_path, monkeypatch, caplog
 ):

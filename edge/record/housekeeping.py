@@ -5,7 +5,8 @@ free, and holds new evidence back while nothing is left to remove; on a SQLite r
 under the floor, the oldest results leave too, so that the rows stop growing; expiry removes
 results older than `record_keep_days` with their files. A reviewed result always stays, and
 so do its images, which `vqad records --export-reviewed` gives recalibration and evaluation,
-within a share of the evidence's room (REVIEWED_SHARE).
+within a share of the evidence's room (REVIEWED_SHARE). Each writer removes only the files it
+can own (`Housekeeping.owns`): daemons on several boxes may share one record.
 Both run on the writer's thread, between its transactions; a failure is logged and tried again,
 and never stops the writer: the line's rows come first.
 """
@@ -276,7 +277,7 @@ class Housekeeping:
                 marked = []
                 for row in oldest:
                     up_to = row.id
-                    if row.kept:
+                    if row.kept or not self.owns(row.evidence_frame):
                         continue
                     self._remove_files(row.evidence_frame, row.evidence_overlay)
                     marked.append(row.id)
@@ -307,7 +308,7 @@ class Housekeeping:
             .order_by(results.c.id)
         )
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = [r for r in conn.execute(query).all() if self.owns(r.evidence_frame)]
         sizes = [sum(_size(Path(p)) for p in (r.evidence_frame, r.evidence_overlay) if p) for r in rows]
         excess = sum(sizes) - int(REVIEWED_SHARE * self.max_bytes) if self.max_bytes else 0
         if self.low_disk:
@@ -361,13 +362,14 @@ class Housekeeping:
         published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
         reviewed = sa.exists().where(reviews.c.result_id == results.c.id).label("reviewed")
         query = sa.select(results.c.id, results.c.ts_ns, published, reviewed, results.c.evidence_frame,
-                          results.c.evidence_overlay)  # fmt: skip
+                          results.c.evidence_overlay, results.c.evidence_removed)  # fmt: skip
         with self.engine.begin() as conn:
             rows = conn.execute(
                 query.where(results.c.id > self._expired_up_to).order_by(results.c.id).limit(EXPIRE_ROWS)
             ).all()
             young = next((i for i, r in enumerate(rows) if r.at >= cutoff), len(rows))
-            gone = [r for r in rows[:young] if not r.reviewed]
+            # A row whose images are on another box's disk stays for that box to remove with them.
+            gone = [r for r in rows[:young] if not r.reviewed and (r.evidence_removed or self.owns(r.evidence_frame))]
             if gone:
                 conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
                 add_removed(conn, why, len(gone), max(r.ts_ns for r in gone))
@@ -376,6 +378,19 @@ class Housekeeping:
         for r in gone:
             self._remove_files(r.evidence_frame, r.evidence_overlay)
         return len(gone), young == len(rows) == EXPIRE_ROWS
+
+    def owns(self, path: str | None) -> bool:
+        """Whether the evidence file named `path` is this writer's to remove: one under its own
+        folder, one of a relative name (written before names were absolute, read from the working
+        directory), one on this machine (under a folder an earlier config named), or none. Daemons
+        on several boxes may share one record (a plant's PostgreSQL server, a box per line): a file
+        another box named is on that box's disk. Its row marked removed, or deleted, here, the
+        file stayed there for good, out of that box's quota and expiry, until its disk held its
+        floor with nothing it could remove, and its rejects were recorded without images."""
+        if path is None:
+            return True
+        named = Path(path)
+        return not named.is_absolute() or named.is_relative_to(self.evidence_dir) or named.exists()
 
     def _remove_files(self, *paths: str | None) -> None:
         """Delete evidence files that are there, and take them off the quota's count."""
