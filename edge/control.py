@@ -89,6 +89,8 @@ class Control:
             return {"ok": False, "error": f"{command} failed: {type(exc).__name__}: {exc}"}
 
     def _change(self, kind: str, detail: dict[str, Any], by: str) -> None:
+        if kind != "reload":  # a reload names its two models; any other change is the serving model's
+            detail = {**detail, "model": self.daemon.serving.scoring.model}
         log.info("control: %s by %s: %s", kind, by, json.dumps(detail))
         if self.daemon.recorder is not None:
             self.daemon.recorder.event(kind, detail, by)

@@ -343,7 +343,8 @@ class Daemon:
                 overrides.threshold = None
                 overrides.save()
                 if self.recorder is not None:  # the serving threshold changed: the audit says why
-                    detail = {"from": kept["value"], "to": configured, "set_by": who, "reason": why}
+                    detail = {"from": kept["value"], "to": configured, "set_by": who, "reason": why,
+                              "model": serving.scoring.model}  # fmt: skip
                     self.recorder.event("threshold-dropped", detail, "vqad serve (start)")
         if overrides.paused:
             self.paused.update(overrides.paused)

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 
 import cv2
@@ -138,6 +139,10 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     events = Record(url).events()
     assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume", "resume"]
     assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
+    # Boxes on several lines may share a record: each change names its box, its run and its model.
+    assert {e["detail"]["daemon"]["host"] for e in events} == {socket.gethostname()}
+    assert len({e["detail"]["daemon"]["run"] for e in events}) == 1
+    assert events[-1]["detail"]["model"]["sha256"] == load_package(tiny_model).sha256
 
 
 def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, tmp_path):
@@ -170,7 +175,16 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     assert status["threshold"] == 50 and status["paused"] == ["left"]
     (event,) = Record(url).events()  # the audit says why the line's threshold changed
     assert (event["kind"], event["by"]) == ("threshold-dropped", "vqad serve (start)")
-    assert event["detail"] == {"from": 123.5, "to": 50, "set_by": "test", "reason": "audit 42"}
+    package = load_package(tiny_model)
+    model = {"name": package.name, "sha256": package.sha256}
+    assert event["detail"] == {
+        "from": 123.5,
+        "to": 50,
+        "set_by": "test",
+        "reason": "audit 42",
+        "model": model,
+        "daemon": {"host": socket.gethostname(), "run": event["detail"]["daemon"]["run"]},
+    }
     assert "the threshold 123.5 set with vqad ctl before the restart (by test: audit 42) is dropped" in (
         reconfigured.log_text()
     )

@@ -16,6 +16,7 @@ import collections
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -233,7 +234,11 @@ class RecordWriter:
         return False
 
     def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
-        """A change made to the running daemon, written at once (its own transaction)."""
+        """A change made to the running daemon, written at once (its own transaction). Its detail
+        names the daemon (`daemon`: the box's host name, and the run its result rows name as
+        `daemon_run`): boxes on several lines may share one record, and an audit asks which
+        line's threshold changed."""
+        detail = {**detail, "daemon": {"host": socket.gethostname(), "run": self.run_id}}
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(events).values(ts_ns=time.time_ns(), kind=kind, detail=detail, by=by))
