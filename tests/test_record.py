@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from edge.errors import DataError
+from edge.errors import ConfigError, DataError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter, store
 from edge.record.schema import SCHEMA_VERSION, meta, metadata, results, stored_version
@@ -973,6 +973,29 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         assert stored_version(conn) == SCHEMA_VERSION == 5
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
     assert {"ix_results_part", "ix_results_camera_decision_ts"} <= indexes  # an index is no schema version
+
+
+def test_a_record_a_newer_vqad_only_added_to_is_written_and_one_it_changed_is_refused(tmp_path, record_url, caplog):
+    """Boxes upgraded one at a time share a plant's server record: the first box upgraded
+    migrated it under the others, which refused it at their next start, and their lines stopped."""
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    _store(writer, _result("c", 0))
+    writer.close()
+    engine = sa.create_engine(record_url)
+    with engine.begin() as conn:  # a newer vqad's step: a column more, which an older one leaves empty
+        conn.execute(sa.text("ALTER TABLE results ADD COLUMN lot VARCHAR(64)"))
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION + 1)))
+    with caplog.at_level(logging.WARNING, logger="edge.record.schema"):
+        writer = RecordWriter(record_url, tmp_path / "ev").start()
+        _store(writer, _result("c", 1))
+        writer.close()
+    assert writer.recorded == 1 and [r["frame_id"] for r in Record(record_url).results()] == [1, 0]
+    assert f"newer than this vqad's ({SCHEMA_VERSION}), which still writes it" in caplog.text
+    with engine.begin() as conn:  # a newer vqad's step that changed what a row means
+        conn.execute(sa.update(meta).where(meta.c.key == "oldest_writer").values(value=str(SCHEMA_VERSION + 1)))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="upgrade vqad on this box"):
+        Record(record_url)
 
 
 def test_the_dashboards_daily_tally_counts_closed_days_once_and_reviews_at_once(tmp_path, record_url, monkeypatch):

@@ -12,7 +12,8 @@ newest result of its camera and frame published before it.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
 capture time among them, so that a tally of the days before it is known to be in part.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
-a time, and refuses a newer one; it creates any index the record lacks.
+a time; it creates any index the record lacks. A newer one it uses as it is when the newer
+vqad's steps only added to it (meta's `oldest_writer`), and refuses otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from edge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
+# The oldest schema version whose vqad may write a record of this one, kept in meta as
+# `oldest_writer`. A plant's server record is shared by a box per line, upgraded one at a time:
+# the first box upgraded migrates it under the others, which refused a newer schema at their
+# next start, and their lines stopped. A step that only adds (a table, a nullable column, an
+# index) leaves it: an older vqad writes and reads what it knows. A step that changes what a row
+# means raises it to its own version: 5, since a review must name its result (result_id), which
+# a vqad before 5 did not write.
+OLDEST_WRITER = 5
 
 metadata = sa.MetaData()
 
@@ -154,21 +163,45 @@ def stored_version(conn: sa.Connection) -> int | None:
 
 
 def migrate(engine: sa.Engine) -> int:
-    """Create or upgrade the record's schema; -> the version it is now at."""
+    """Create or upgrade the record's schema; -> the version it is now at. A newer schema is
+    used as it is where its oldest writer is this vqad's version or older; ConfigError otherwise."""
     with engine.begin() as conn:
         version = stored_version(conn)
         if version is None:
             metadata.create_all(conn)
             conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            _set_oldest_writer(conn)
             return SCHEMA_VERSION
         if version > SCHEMA_VERSION:
-            raise ConfigError(f"the record's schema is version {version}, newer than this vqad's ({SCHEMA_VERSION})")
+            return _newer(conn, version)
         while version < SCHEMA_VERSION:
             STEPS[version](conn)
             version += 1
             conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
+        _set_oldest_writer(conn)
         _add_indexes(conn)
         return version
+
+
+def _newer(conn: sa.Connection, version: int) -> int:
+    """A record migrated by a newer vqad: used as it is if this one may write it."""
+    row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "oldest_writer")).first()
+    oldest = int(row[0]) if row else version
+    if oldest > SCHEMA_VERSION:
+        raise ConfigError(f"the record's schema is version {version}, which a vqad of schema {oldest} or newer "
+                          f"writes; this one's is {SCHEMA_VERSION}: upgrade vqad on this box")  # fmt: skip
+    log.warning("the record's schema is version %d, newer than this vqad's (%d), which still writes it: upgrade "
+                "vqad on this box to read what version %d adds", version, SCHEMA_VERSION, version)  # fmt: skip
+    return version
+
+
+def _set_oldest_writer(conn: sa.Connection) -> None:
+    """meta's oldest_writer: OLDEST_WRITER, or a higher one an upgrade to this version kept."""
+    row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "oldest_writer")).first()
+    if row is None:
+        conn.execute(sa.insert(meta).values(key="oldest_writer", value=str(OLDEST_WRITER)))
+    elif int(row[0]) < OLDEST_WRITER:
+        conn.execute(sa.update(meta).where(meta.c.key == "oldest_writer").values(value=str(OLDEST_WRITER)))
 
 
 def _add_indexes(conn: sa.Connection) -> None:
