@@ -634,11 +634,11 @@ def test_results_past_keep_days_leave_with_their_evidence_and_reviewed_ones_stay
     assert json.loads(run_vqad("records", record_url, "--daily", "--format", "json").stdout)["removed"] == removed
 
 
-def test_boxes_sharing_a_record_each_remove_only_the_evidence_on_their_own_disk(tmp_path, record_url):
+def test_boxes_sharing_a_record_each_remove_only_the_evidence_on_their_own_disk(tmp_path, postgres_url):
     """A plant's PostgreSQL server keeps the results of a box per line. Each box's quota and expiry
     read every box's rows: one marked another's images removed and deleted its old rows, and
     those files stayed on the other box's disk for good, out of its quota's and expiry's reach."""
-    day_ns = 86400 * 10**9
+    day_ns, record_url = 86400 * 10**9, _new_database(postgres_url)
     box2 = tmp_path / "box2" / "evidence"
     writer = RecordWriter(record_url, box2).start()
     for i in range(4):  # line 2's rejects, 3 days old, then new

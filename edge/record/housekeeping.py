@@ -380,14 +380,15 @@ class Housekeeping:
         return len(gone), young == len(rows) == EXPIRE_ROWS
 
     def owns(self, path: str | None) -> bool:
-        """Whether the evidence file named `path` is this writer's to remove: one under its own
-        folder, one of a relative name (written before names were absolute, read from the working
-        directory), one on this machine (under a folder an earlier config named), or none. Daemons
-        on several boxes may share one record (a plant's PostgreSQL server, a box per line): a file
+        """Whether the evidence file named `path` is this writer's to remove: every file of a
+        SQLite record (on this box's disk, as the record is); of a server record, one under its
+        own folder, one of a relative name (written before names were absolute, read from the
+        working directory), one on this machine (under a folder an earlier config named), or
+        none. Boxes on several lines may share a server record (a plant's PostgreSQL): a file
         another box named is on that box's disk. Its row marked removed, or deleted, here, the
         file stayed there for good, out of that box's quota and expiry, until its disk held its
         floor with nothing it could remove, and its rejects were recorded without images."""
-        if path is None:
+        if path is None or self.database is not None:
             return True
         named = Path(path)
         return not named.is_absolute() or named.is_relative_to(self.evidence_dir) or named.exists()
