@@ -1357,6 +1357,28 @@ def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
     assert "1 reviewed results left out: 1 without evidence" in proc.stderr
 
 
+def test_an_export_of_reviews_takes_one_cameras_results_captured_in_a_time(tmp_path):
+    """A record keeps the lines of several products. `--export-reviewed DIR --camera` exported
+    every camera's reviewed images, silently: one product's model was recalibrated on another's."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    day = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
+    for camera, frame_id, hour in (("brackets", 1, 1), ("brackets", 2, 30), ("weave", 1, 1)):
+        at = day + hour * 3600 * 10**9
+        writer.put(_result(camera, frame_id, ts_ns=at), at)
+    writer.close()
+    record = Record(url)
+    for camera, frame_id in (("brackets", 1), ("brackets", 2), ("weave", 1)):
+        record.review(camera, frame_id, "defect", kind="crack")
+    day_one = ("--since", "2026-11-18T00:00:00Z", "--until", "2026-11-18T23:59:59Z")
+    assert dt.datetime.fromtimestamp(day / 1e9, dt.timezone.utc).date() == dt.date(2026, 11, 18)
+    run_vqad("records", url, "--export-reviewed", tmp_path / "one", "--camera", "brackets", *day_one)
+    assert sorted(p.name for p in (tmp_path / "one").rglob("*.png")) == ["brackets_1.png"]
+    assert record.export_reviewed(tmp_path / "all") == {"test/crack": 3}
+    refused = run_vqad("records", url, "--export-reviewed", tmp_path / "x", "--decision", "fail", check=False)
+    assert refused.returncode == 2 and "--decision" in refused.stderr and not (tmp_path / "x").exists()
+
+
 def test_bad_review_input_is_refused(tmp_path):
     record = Record(f"sqlite:///{tmp_path / 'line.db'}")
     with pytest.raises(Exception, match="verdict"):

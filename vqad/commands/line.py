@@ -195,6 +195,12 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
+    if args.export_reviewed and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
+                                 or args.reviewed is not None):  # fmt: skip
+        raise ConfigError(
+            "--export-reviewed exports every reviewed result, or a camera's (--camera) captured in a time "
+            "(--since, --until): --daily, --decision, --frame-id, --part-id and --(un)reviewed do not apply"
+        )
     if args.compact:
         print(f"compacting {shown_url(args.url)}...", flush=True)
         before, after = compact(args.url)
@@ -211,8 +217,11 @@ def _query_records(record, args: argparse.Namespace) -> int:
     tally, or the results printed as they are read."""
     from edge.record.store import parse_time
 
+    zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     if args.export_reviewed:
-        counts = record.export_reviewed(args.export_reviewed)
+        counts = record.export_reviewed(
+            args.export_reviewed, args.camera, parse_time(args.since, zone), parse_time(args.until, zone)
+        )
         for folder, n in sorted(counts.items()):
             print(f"{n} images -> {args.export_reviewed / folder}")
         if not counts:
@@ -220,7 +229,6 @@ def _query_records(record, args: argparse.Namespace) -> int:
         return 0
     if args.daily:
         return _print_daily(record, args)
-    zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     rows = record.iter_results(
         args.limit,
         camera=args.camera,
@@ -567,7 +575,12 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--limit", type=at_least(1), default=100, metavar="N", help="the newest N results at most (default 100)"
     )
-    r.add_argument("--export-reviewed", type=Path, metavar="DIR", help="write reviewed evidence in the MVTec layout")
+    r.add_argument(
+        "--export-reviewed",
+        type=Path,
+        metavar="DIR",
+        help="write reviewed evidence in the MVTec layout (one camera's with --camera, captured in --since/--until)",
+    )
     r.add_argument(
         "--compact",
         action="store_true",
