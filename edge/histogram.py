@@ -18,6 +18,9 @@ SPAN = 3.0  # the axis reaches this many times the highest good score or thresho
 GOOD, DEFECT = (60, 160, 60), (50, 50, 220)  # BGR
 THRESHOLD, PREVIOUS, TEXT = (0, 0, 0), (150, 150, 150), (40, 40, 40)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Labels closer than LABEL_GAP pixels are drawn LABEL_ROW pixels apart (a row of 0.42-scale text
+# is 9 pixels high; the legend's second line ends above the higher row).
+LABEL_GAP, LABEL_ROW = 6, 14
 
 
 def score_histogram(
@@ -51,11 +54,12 @@ def score_histogram(
     x_of = _axis(image, lo, hi, top, clipped)
     for values, colour in zip(counts, (GOOD, DEFECT), strict=True):
         _bars(image, edges, values, top, colour, x_of)
-    # Each line's label on the side away from the other line.
+    # Each line's label on the side away from the other line, a row higher where they would meet.
     previous_right = previous is not None and previous > threshold
+    labelled: list[tuple[int, int]] = []
     if previous is not None:
-        _vertical(image, x_of(previous), PREVIOUS, f"previous {previous:.4g}", right=previous_right)
-    _vertical(image, x_of(threshold), THRESHOLD, f"threshold {threshold:.4g}", right=not previous_right)
+        _vertical(image, x_of(previous), PREVIOUS, f"previous {previous:.4g}", previous_right, labelled)
+    _vertical(image, x_of(threshold), THRESHOLD, f"threshold {threshold:.4g}", not previous_right, labelled)
     failed = int((good >= threshold).sum())
     legend = [(f"{good_label}: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
     if bad.size:
@@ -106,13 +110,18 @@ def _bars(image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, co
         cv2.putText(image, str(n), (min(x, WIDTH - tw - 2), TOP - 4), FONT, 0.4, colour, 1, cv2.LINE_AA)
 
 
-def _vertical(image: np.ndarray, x: int, colour, text: str, right: bool) -> None:
+def _vertical(image: np.ndarray, x: int, colour, text: str, right: bool, labelled: list[tuple[int, int]]) -> None:
     """A full-height line at x, labelled above the plot on the side away from the other line
-    (or the side there is room on)."""
-    cv2.line(image, (x, TOP - 18), (x, HEIGHT - BOTTOM), colour, 2)
+    (or the side there is room on); a row higher when the label would meet one of `labelled`
+    (the labels drawn before, as (left, right) pixel spans), which it joins. Two thresholds near
+    the picture's right edge put both labels on the left, one over the other."""
+    cv2.line(image, (x, TOP - 4), (x, HEIGHT - BOTTOM), colour, 2)  # under the labels: none crosses one
     (tw, _), _ = cv2.getTextSize(text, FONT, 0.42, 1)
     if right and x + 5 + tw > WIDTH - 2:
         right = False
     elif not right and x - 5 - tw < 2:
         right = True
-    cv2.putText(image, text, (x + 5 if right else x - 5 - tw, TOP - 8), FONT, 0.42, colour, 1, cv2.LINE_AA)
+    left = x + 5 if right else x - 5 - tw
+    meets = any(left < end + LABEL_GAP and start < left + tw + LABEL_GAP for start, end in labelled)
+    labelled.append((left, left + tw))
+    cv2.putText(image, text, (left, TOP - 8 - LABEL_ROW * meets), FONT, 0.42, colour, 1, cv2.LINE_AA)

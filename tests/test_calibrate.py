@@ -412,6 +412,28 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     assert (far[row, x_far] == THRESHOLD).all()
 
 
+@pytest.mark.parametrize("threshold, previous", [(0.9904, 1.01), (1.01, 0.9904), (0.5, 1.0), (0.02, 0.025)])
+def test_the_thresholds_labels_never_meet(threshold, previous, monkeypatch):
+    """Two thresholds near the picture's right edge both took their label on the left, one over
+    the other: "threshold 0.9904" printed across "previous 1.01"."""
+    import cv2
+
+    from edge import histogram
+
+    drawn = []
+    monkeypatch.setattr(histogram.cv2, "putText", lambda image, text, org, *a, **k: drawn.append((text, org)))
+    good = np.r_[np.linspace(0.5, 0.6, 40), [0.93, 0.97]] * max(threshold, previous)
+    histogram.score_histogram(good, threshold, previous)
+    boxes = []
+    for text, (x, y) in drawn:
+        if text.startswith(("threshold ", "previous ")):
+            (w, h), _ = cv2.getTextSize(text, histogram.FONT, 0.42, 1)
+            boxes.append((x, y - h, x + w, y))
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+    assert ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0, boxes
+    assert all(0 <= x0 and x1 <= histogram.WIDTH for x0, _, x1, _ in boxes)
+
+
 def test_good_images_the_line_would_call_unfit_are_refused_or_warned_of(tiny_model, synth_root, tmp_path, line_good):
     """Images from another camera (here turned on their side: another shape) are not what the
     line will score as good: the camera health gate's verdict on each is kept and warned of, and
