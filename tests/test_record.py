@@ -895,6 +895,8 @@ def test_compacting_an_older_record_shrinks_it_and_turns_the_give_back_on(tmp_pa
     assert not any("auto-vacuum" in line for line in _serve_check_lines(database))  # serve --check says no more
     refused = run_vqad("records", postgres_url, "--compact", check=False)
     assert refused.returncode == 2 and "only a SQLite record is compacted" in refused.stderr
+    one_camera = run_vqad("records", database, "--compact", "--camera", "c", check=False)  # compacts no part
+    assert one_camera.returncode == 2 and "takes no filter" in one_camera.stderr
 
 
 def test_a_housekeeping_that_fails_every_pass_neither_stops_the_writer_nor_floods_the_log(

@@ -201,6 +201,10 @@ def cmd_records(args: argparse.Namespace) -> int:
             "--export-reviewed exports every reviewed result, or a camera's (--camera) captured in a time "
             "(--since, --until): --daily, --decision, --frame-id, --part-id and --(un)reviewed do not apply"
         )
+    if args.compact and (args.camera or args.decision or args.since or args.until or args.frame_id is not None
+                         or args.part_id is not None or args.reviewed is not None or args.daily
+                         or args.export_reviewed):  # fmt: skip
+        raise ConfigError("--compact rewrites the whole record: it takes no filter, --daily nor --export-reviewed")
     if args.compact:
         print(f"compacting {shown_url(args.url)}...", flush=True)
         before, after = compact(args.url)
