@@ -549,16 +549,16 @@ class Daemon:
             self._fail("inference backend")
 
     def _run_batch(self, batch: list[Pending], serving: Serving, index: int) -> list[Result]:
-        start_ns = time.monotonic_ns()
+        start_mono_ns = time.monotonic_ns()
         maps, scores = serving.backends[index].infer(np.stack([p.model_input for p in batch]))
         if maps.shape[0] != len(batch) or scores.shape[0] != len(batch):
             raise BackendError(f"backend returned {maps.shape[0]} maps for {len(batch)} frames")
         finite = np.isfinite(scores)
         if not finite.any():  # a broken engine or context: the batch failed, and counts to a restart
             raise BackendError(f"backend returned no finite score for {len(batch)} frames ({scores[0]})")
-        infer_ms = (time.monotonic_ns() - start_ns) / 1e6
+        infer_ms = (time.monotonic_ns() - start_mono_ns) / 1e6
         self.metrics.batch_size.observe(len(batch))
-        results = scored_results(batch, maps, scores, start_ns, infer_ms, serving.scoring)
+        results = scored_results(batch, maps, scores, start_mono_ns, infer_ms, serving.scoring)
         if not finite.all():
             self._nonfinite_log.log("%d of %d frames got no finite score: error results", (~finite).sum(), len(batch))
         scored = [r for r in results if r.header["status"] == "ok"]

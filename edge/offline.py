@@ -91,10 +91,10 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
             error = error_result(CAMERA_ID, index, now, str(exc), now, serving.scoring, path.name[:128])
             verdicts[index] = Scored(path, error.header)
     if pending:
-        start_ns = time.monotonic_ns()
+        start_mono_ns = time.monotonic_ns()
         maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p in pending]))
-        infer_ms = (time.monotonic_ns() - start_ns) / 1e6
-        results = scored_results([p for _, p in pending], maps, scores, start_ns, infer_ms, serving.scoring)
+        infer_ms = (time.monotonic_ns() - start_mono_ns) / 1e6
+        results = scored_results([p for _, p in pending], maps, scores, start_mono_ns, infer_ms, serving.scoring)
         for (path, p), result, amap in zip(pending, results, maps, strict=True):
             if out is not None and result.header["status"] == "ok":
                 _draw(result, amap[0], path, out)

@@ -32,7 +32,7 @@ class Pending:
     recv_ns: int
     frame_hw: tuple[int, int]
     model_input: np.ndarray  # (H, W, C) uint8 at the model's input size
-    arrived_mono_ns: int = 0  # time.monotonic_ns() on arrival: its latencies, which a clock set does not move
+    arrived_mono_ns: int  # time.monotonic_ns() on arrival: its latencies, which a clock set does not move
     received: np.ndarray | None = None  # the frame as received, kept for the record's evidence
     health: dict[str, Any] | None = None  # the camera health gate's verdict (None: no gate)
     part_id: str | None = None  # the part's identity, as the frame gave it

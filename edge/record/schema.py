@@ -185,8 +185,7 @@ def migrate(engine: sa.Engine) -> int:
 
 def _newer(conn: sa.Connection, version: int) -> int:
     """A record migrated by a newer vqad: used as it is if this one may write it."""
-    row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "oldest_writer")).first()
-    oldest = int(row[0]) if row else version
+    oldest = _oldest_writer(conn) or version
     if oldest > SCHEMA_VERSION:
         raise ConfigError(f"the record's schema is version {version}, which a vqad of schema {oldest} or newer "
                           f"writes; this one's is {SCHEMA_VERSION}: upgrade vqad on this box")  # fmt: skip
@@ -195,12 +194,18 @@ def _newer(conn: sa.Connection, version: int) -> int:
     return version
 
 
-def _set_oldest_writer(conn: sa.Connection) -> None:
-    """meta's oldest_writer: OLDEST_WRITER, or a higher one an upgrade to this version kept."""
+def _oldest_writer(conn: sa.Connection) -> int | None:
+    """meta's oldest_writer; None in a record made before it was kept."""
     row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "oldest_writer")).first()
-    if row is None:
+    return int(row[0]) if row else None
+
+
+def _set_oldest_writer(conn: sa.Connection) -> None:
+    """meta's oldest_writer raised to OLDEST_WRITER (a record made before it was kept gets it)."""
+    oldest = _oldest_writer(conn)
+    if oldest is None:
         conn.execute(sa.insert(meta).values(key="oldest_writer", value=str(OLDEST_WRITER)))
-    elif int(row[0]) < OLDEST_WRITER:
+    elif oldest < OLDEST_WRITER:
         conn.execute(sa.update(meta).where(meta.c.key == "oldest_writer").values(value=str(OLDEST_WRITER)))
 
 

@@ -441,16 +441,17 @@ class Record:
         out = Path(out)
         counts: dict[str, int] = {}
         left_out: dict[str, int] = {}
-        any_time = since_ns is None and until_ns is None
         reviewed = sa.select(reviews).order_by(reviews.c.id)
         if camera is not None:
             reviewed = reviewed.where(reviews.c.camera_id == camera)
+        if since_ns is not None or until_ns is not None:  # the reviews of results captured then
+            reviewed = _within(reviewed.join(results, results.c.id == reviews.c.result_id), results.c.ts_ns,
+                               since_ns, until_ns)  # fmt: skip
         with self.engine.connect() as conn:
             latest: dict[int, Any] = {}
             for r in conn.execute(reviewed):
-                if r.result_id is None:  # reviewed before v5, of a result no longer in the record (nor in time)
-                    if any_time:
-                        left_out[_no_evidence(None)] = left_out.get(_no_evidence(None), 0) + 1
+                if r.result_id is None:  # reviewed before v5, of a result no longer in the record
+                    left_out[_no_evidence(None)] = left_out.get(_no_evidence(None), 0) + 1
                     continue
                 latest[r.result_id] = r
             # A camera and frame id reviewed in two results (a sender that started its ids again):
@@ -458,12 +459,8 @@ class Record:
             pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
             for result_id, r in sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0])):
                 row = conn.execute(
-                    sa.select(results.c.evidence_frame, results.c.evidence_removed, results.c.ts_ns).where(
-                        results.c.id == result_id
-                    )
+                    sa.select(results.c.evidence_frame, results.c.evidence_removed).where(results.c.id == result_id)
                 ).first()
-                if row is not None and not any_time and not _between(row.ts_ns, since_ns, until_ns):
-                    continue
                 why = _no_evidence(row)
                 if why:
                     left_out[why] = left_out.get(why, 0) + 1
@@ -547,11 +544,6 @@ def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | Non
     if until_ns is not None:
         q = q.where(column <= until_ns)
     return q
-
-
-def _between(ts_ns: int, since_ns: int | None, until_ns: int | None) -> bool:
-    """Whether `ts_ns` lies in [since_ns, until_ns], either open (as _within's query asks)."""
-    return (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns)
 
 
 def _no_evidence(row: Any) -> str:
