@@ -977,6 +977,58 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert {"ix_results_part", "ix_results_camera_decision_ts"} <= indexes  # an index is no schema version
 
 
+@contextmanager
+def _another_making_the_schema(url: str):
+    """Another process making the record's tables, its transaction open until the block ends."""
+    if url.startswith("sqlite"):
+        from sqlalchemy.dialects import sqlite
+
+        con = sqlite3.connect(sa.make_url(url).database, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("BEGIN IMMEDIATE")
+        for table in metadata.sorted_tables:
+            con.execute(str(sa.schema.CreateTable(table).compile(dialect=sqlite.dialect())))
+        con.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            yield
+        finally:
+            con.execute("COMMIT")
+            con.close()
+        return
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        metadata.create_all(conn)
+        conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        try:
+            yield
+        finally:
+            transaction.commit()
+    engine.dispose()
+
+
+def test_processes_that_open_a_new_record_at_the_same_moment_all_open_it(record_url):
+    """A plant's boxes after a power cut, or a daemon and its dashboard at boot, each made the
+    record's tables, and all but the first stopped: "duplicate key value violates unique
+    constraint" on PostgreSQL, "table already exists" on SQLite."""
+    opened: dict[str, Record] = {}
+    with _another_making_the_schema(record_url):
+        thread = threading.Thread(target=lambda: opened.update(record=Record(record_url)))
+        thread.start()
+        time.sleep(1.0)  # it finds no table, makes them, and waits for the other's
+    thread.join(15)
+    assert "record" in opened and opened["record"].results() == []
+    assert _stored_version_of(record_url) == SCHEMA_VERSION
+
+
+def _stored_version_of(url: str) -> int | None:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        version = stored_version(conn)
+    engine.dispose()
+    return version
+
+
 def test_a_record_a_newer_vqad_only_added_to_is_written_and_one_it_changed_is_refused(tmp_path, record_url, caplog):
     """Boxes upgraded one at a time share a plant's server record: the first box upgraded
     migrated it under the others, which refused it at their next start, and their lines stopped."""

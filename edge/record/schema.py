@@ -164,7 +164,31 @@ def stored_version(conn: sa.Connection) -> int | None:
 
 def migrate(engine: sa.Engine) -> int:
     """Create or upgrade the record's schema; -> the version it is now at. A newer schema is
-    used as it is where its oldest writer is this vqad's version or older; ConfigError otherwise."""
+    used as it is where its oldest writer is this vqad's version or older; ConfigError otherwise.
+    Processes that open a new or older record at the same moment (a plant's boxes after a power
+    cut, on its server; a daemon and its dashboard at boot) each made or upgraded it, and all
+    but the first failed on what the first had made: a daemon stopped with "duplicate key value
+    violates unique constraint". One that fails so tries once more, and finds the work done."""
+    try:
+        return _migrate(engine)
+    except sa.exc.DatabaseError as exc:
+        if not _made_meanwhile(exc):
+            raise
+        log.info("another process made the record's schema at the same moment: %s", str(exc).splitlines()[0][:200])
+        return _migrate(engine)
+
+
+def _made_meanwhile(exc: sa.exc.DatabaseError) -> bool:
+    """Whether `exc` is what creating a table, a column, an index or meta's version row says when
+    another process has just made it: PostgreSQL's unique violation (of its catalogue or of
+    meta's key) or duplicate object, SQLite's "already exists" or "duplicate column"."""
+    said = str(exc.orig)
+    return isinstance(exc, (sa.exc.IntegrityError, sa.exc.ProgrammingError)) or (
+        "already exists" in said or "duplicate column" in said
+    )
+
+
+def _migrate(engine: sa.Engine) -> int:
     with engine.begin() as conn:
         version = stored_version(conn)
         if version is None:
