@@ -320,8 +320,7 @@ def _print_daily(record, args: argparse.Namespace) -> int:
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6}")  # fmt: skip
         for e in changes:
-            detail = json.dumps(e["detail"], default=str)
-            print(f"{_local_time(e['ts_ns'], days.zone)} {e['kind']} by {e['by'] or '-'}: {detail}")
+            print(_change_line(e, days.zone))
         print(f"{len(rows)} days ({days.describe()}) x cameras x models; {len(changes)} changes to the daemon")
     if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
         log.warning("results captured up to %s have left the record (%d to keep its disk's floor, %d past "
@@ -331,6 +330,18 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
+
+
+def _change_line(event: dict, zone) -> str:
+    """A change made to the daemon, for a person: when, what, by whom, on which box and model
+    (the record keeps them whole: --format json)."""
+    detail = dict(event["detail"] or {})
+    daemon, model = detail.pop("daemon", None), detail.pop("model", None)
+    where = f" on {daemon['host']}" if isinstance(daemon, dict) and daemon.get("host") else ""
+    if isinstance(model, dict) and model.get("sha256"):
+        where += f" (model {model.get('name')} {str(model['sha256'])[:12]})"
+    said = json.dumps(detail, default=str)
+    return f"{_local_time(event['ts_ns'], zone)} {event['kind']} by {event['by'] or '-'}{where}: {said}"
 
 
 def _line_days(args: argparse.Namespace):
