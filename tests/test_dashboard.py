@@ -451,7 +451,11 @@ def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tal
         assert wait_for(lambda: [b.text for b in driver.find_elements("css selector", button)] == ["4"], 10)
         driver.find_element("css selector", button).click()
         position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
-        assert wait_for(lambda: position() == f"not reviewed, {camera} {today}: 1 of 4", 5), position()
+        daily_status = f'[data-camera="{camera}"] [data-field="daily-status"]'
+        assert wait_for(lambda: position() == f"not reviewed, {camera} {today}: 1 of 4", 10), (
+            position(),
+            [e.text for e in driver.find_elements("css selector", daily_status)],  # what the page said instead
+        )
         driver.find_element("id", "review-by").send_keys("operator 9")
         driver.find_element("id", "review-false-reject").click()
         assert wait_for(lambda: position().endswith(": 2 of 4"), 5), position()
