@@ -2,7 +2,7 @@
 messages mixed in. Not part of CI.
 
     python -m benchmarks.soak MODEL_DIR [--minutes 10] [--load 0.8] [--malformed 0.01] [--window-s 30]
-                                        [--warmup-s 60] [--record [--record-max-gb 0.02]]
+                                        [--warmup-s 60] [--record [--record-max-gb 0.02]] [--reload-every-s S]
 
 Reports frames sent, results by status, frames lost (must be 0), the daemon's RSS at the
 start and the end (growth must stay under 5%), and p99 latency and RSS per time window.
@@ -15,7 +15,10 @@ gate fails a frame identical to the camera's previous one). With `--record` the 
 every result in a SQLite file, keeping the frame and overlay of 10% of the passes, under an
 evidence quota small enough that the oldest evidence is removed throughout; every frame passes
 (`benchmarks.daemon.EVERY_FRAME_PASSES`, as in `benchmarks.record`). The soak then also
-requires a row for every result and the evidence within its quota.
+requires a row for every result and the evidence within its quota. With `--reload-every-s S`
+the model is reloaded through the control socket (`vqad ctl reload`) every S seconds from the
+RSS "start" on, as a line that updates its model; every reload must succeed, and the growth
+then covers them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import zmq
 
 from benchmarks.common import scratch_dir
 from benchmarks.daemon import EVERY_FRAME_PASSES, Daemon
+from edge.control import request
+from edge.errors import VqadError
 from edge.protocol import frame_message, parse_result
 from edge.record.writer import BATCH_ROWS
 
@@ -68,6 +73,7 @@ class Soak:
         self.reader = threading.Thread(target=self._receive, daemon=True)
         self.reader.start()
         self.proc = psutil.Process(self.daemon.proc.pid)
+        self.reloads = {"ok": 0, "failed": 0}
 
     def _receive(self) -> None:
         while not self.stopping.is_set() or self.sub.poll(2000):
@@ -100,6 +106,21 @@ class Soak:
 
     def rss(self) -> int:
         return self.proc.memory_info().rss
+
+    def reload_every(self, control: str, every_s: float) -> threading.Thread:
+        """Reload the model through `control` every `every_s` seconds until stop()."""
+
+        def reload() -> None:
+            while not self.stopping.wait(every_s):
+                try:
+                    ok = request(control, "reload", {}, "soak", timeout_s=60)["ok"]
+                except VqadError:  # no answer: a failed reload, counted
+                    ok = False
+                self.reloads["ok" if ok else "failed"] += 1
+
+        thread = threading.Thread(target=reload, daemon=True)
+        thread.start()
+        return thread
 
     def drain(self) -> None:
         """Let the daemon work off its backlog: a frame still queued in ZeroMQ when the daemon
@@ -135,20 +156,24 @@ def run_soak(
     warmup_s: float = 60.0,
     shape: tuple[int, int, int] = (256, 256, 3),
     record_max_gb: float | None = None,
+    reload_every_s: float = 0.0,
 ) -> dict[str, Any]:
-    """record_max_gb: record every result with this evidence quota (None: no record)."""
+    """record_max_gb: record every result with this evidence quota (None: no record);
+    reload_every_s: reload the model this often after the warm-up (0: never)."""
     with scratch_dir("vqs") as workdir:
-        return _soak(workdir, model_dir, minutes, load, malformed, window_s, warmup_s, shape, record_max_gb)
+        return _soak(
+            workdir, model_dir, minutes, load, malformed, window_s, warmup_s, shape, record_max_gb, reload_every_s
+        )
 
 
 def _soak(
     workdir: Path, model_dir: Path, minutes: float, load: float, malformed: float, window_s: float, warmup_s: float,
-    shape: tuple[int, int, int], record_max_gb: float | None,
+    shape: tuple[int, int, int], record_max_gb: float | None, reload_every_s: float,
 ) -> dict[str, Any]:  # fmt: skip
-    database, evidence = workdir / "line.db", workdir / "evidence"
-    settings: tuple[str, ...] = ()
+    database, evidence, control = workdir / "line.db", workdir / "evidence", f"ipc://{workdir}/control"
+    settings: tuple[str, ...] = (f"edge.control_endpoint={control}",) if reload_every_s > 0 else ()
     if record_max_gb is not None:
-        settings = (
+        settings += (
             f"edge.record=sqlite:///{database}",
             f"edge.evidence_dir={evidence}",
             f"edge.record_pass_fraction={PASS_FRACTION}",
@@ -168,6 +193,8 @@ def _soak(
         now = time.monotonic()
         if rss_start is None and now - t_start >= min(warmup_s, 0.5 * minutes * 60):
             rss_start = soak.rss()
+            if reload_every_s > 0:
+                soak.reload_every(control, reload_every_s)
         if now >= next_rss_t:
             rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": soak.rss() / 2**20})
             next_rss_t = now + window_s
@@ -201,8 +228,11 @@ def _soak(
         "p99_latency_windows": soak.p99_windows(t_start, deadline, window_s),
         "rss_windows": rss_windows,
         "record": record,
+        "reload_every_s": reload_every_s,
+        "reloads": soak.reloads,
         "passed": lost == 0
         and wrong == 0
+        and soak.reloads["failed"] == 0
         and (rss_end - rss_start) / rss_start < 0.05
         and (record is None or record["passed"]),
     }
@@ -240,6 +270,7 @@ if __name__ == "__main__":
     ap.add_argument("--warmup-s", type=float, default=60.0, help="RSS 'start' is taken after this")
     ap.add_argument("--record", action="store_true", help="record every result in SQLite, under an evidence quota")
     ap.add_argument("--record-max-gb", type=float, default=0.02, help="the evidence quota with --record")
+    ap.add_argument("--reload-every-s", type=float, default=0.0, help="reload the model this often (0 = never)")
     args = ap.parse_args()
     result = run_soak(
         args.model,
@@ -249,6 +280,7 @@ if __name__ == "__main__":
         args.window_s,
         args.warmup_s,
         record_max_gb=args.record_max_gb if args.record else None,
+        reload_every_s=args.reload_every_s,
     )
     print(json.dumps(result, indent=2))
     raise SystemExit(0 if result["passed"] else 1)
