@@ -433,6 +433,35 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         driver.quit()
 
 
+def test_a_narrow_window_scrolls_only_the_tally_sideways(line):
+    """An operator's tablet or phone: the page keeps to the window's width. The week's tally,
+    wider than a phone, scrolls inside its card; the charts shrink with it."""
+    daemon, dashboard, camera = line["daemon"], line["dashboard"], f"narrow-{uuid.uuid4().hex[:6]}"
+    cam, sub = Camera(daemon.frames), Subscriber(daemon.results)
+    driver = headless_chromium(width=500, height=900)  # Chromium's narrowest headless window
+    try:
+        for i, path in enumerate(line["images"][:3]):
+            cam.send(frame_message(camera, i, cv2.imread(str(path)), "raw"))
+        assert len(sub.collect(3, timeout=30)) == 3
+        driver.get(dashboard.url + "/")
+        tally = f'[data-camera="{camera}"] [data-field="daily-box"]'
+        assert wait_for(lambda: [e for e in driver.find_elements("css selector", tally) if e.is_displayed()], 15)
+        widths = driver.execute_script(
+            "const card = document.querySelector(arguments[0]).closest('section');"
+            "return [document.documentElement.scrollWidth, window.innerWidth, card.getBoundingClientRect().right,"
+            " document.querySelector(arguments[0] + ' table').scrollWidth,"
+            " document.querySelector(arguments[0] + ' table').clientWidth];",
+            tally,
+        )
+        page, window, card_right, table_content, table_box = widths
+        assert page <= window and card_right <= window, widths
+        assert table_content > table_box, widths  # the tally is wider than the card: it scrolls in it
+    finally:
+        sub.close()
+        cam.close()
+        driver.quit()
+
+
 def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tally(line):
     """The tally's "not reviewed" count could not be worked down from the page: the gallery
     holds the latest 12 rejects, and a shift makes hundreds. Its count opens the day's rejects
