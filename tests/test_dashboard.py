@@ -433,16 +433,33 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         driver.quit()
 
 
-def test_a_narrow_window_scrolls_only_the_tally_sideways(line):
+# The open reject shown again with a 64 x 64 heat map and a 200 x 120 frame (images drawn here).
+SHOW_A_MAP_AND_A_FRAME_OF_TWO_SIZES = """
+const image = (w, h) => { const c = document.createElement("canvas"); c.width = w; c.height = h;
+  c.getContext("2d").fillRect(0, 0, w, h); return c.toDataURL(); };
+openDetail({...state.open, frame_shape: [120, 200], images: {overlay: image(64, 64), frame: image(200, 120)}});
+"""
+# The detail's heat map and frame as shown: [[width, height], [width, height]], once both loaded.
+DETAIL_IMAGE_SIZES = """
+return ["detail-overlay", "detail-frame"].map((id) => {
+  const i = document.getElementById(id);
+  return i.complete && i.naturalWidth ? [i.clientWidth, i.clientHeight] : [0, 0]; });
+"""
+
+
+def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_proportions(line):
     """An operator's tablet or phone: the page keeps to the window's width. The week's tally,
-    wider than a phone, scrolls inside its card; the charts shrink with it."""
+    wider than a phone, scrolls inside its card; the charts shrink with it. A reject's heat map
+    (the model's size) and frame (its own) show at one height, neither squeezed, in a dialog
+    that keeps to the window too."""
     daemon, dashboard, camera = line["daemon"], line["dashboard"], f"narrow-{uuid.uuid4().hex[:6]}"
     cam, sub = Camera(daemon.frames), Subscriber(daemon.results)
     driver = headless_chromium(width=500, height=900)  # Chromium's narrowest headless window
+    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "narrow test", "--by", "test")
     try:
-        for i, path in enumerate(line["images"][:3]):
-            cam.send(frame_message(camera, i, cv2.imread(str(path)), "raw"))
-        assert len(sub.collect(3, timeout=30)) == 3
+        for i, path in enumerate(line["images"][:3]):  # a wide frame, larger than the model's input
+            cam.send(frame_message(camera, i, cv2.resize(cv2.imread(str(path)), (200, 120)), "raw"))
+        assert [h["decision"] for h, _ in sub.collect(3, timeout=30)] == ["fail"] * 3
         driver.get(dashboard.url + "/")
         tally = f'[data-camera="{camera}"] [data-field="daily-box"]'
         assert wait_for(lambda: [e for e in driver.find_elements("css selector", tally) if e.is_displayed()], 15)
@@ -456,7 +473,28 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways(line):
         page, window, card_right, table_content, table_box = widths
         assert page <= window and card_right <= window, widths
         assert table_content > table_box, widths  # the tally is wider than the card: it scrolls in it
+
+        tile = wait_for(lambda: driver.find_elements("css selector", f'[data-camera="{camera}"] .reject'), 10)
+        assert tile
+        tile[0].click()
+        detail = (
+            "const d = document.getElementById('detail').getBoundingClientRect(); return [d.right, window.innerWidth];"
+        )
+        assert wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), 5)
+        right, window = driver.execute_script(detail)
+        assert right <= window, (right, window)
+        # A live reject's heat map is at the model's size and its frame at the camera's: the
+        # detail of one with a 64 x 64 map over a 200 x 120 frame.
+        driver.execute_script(SHOW_A_MAP_AND_A_FRAME_OF_TWO_SIZES)
+        got = wait_for(
+            lambda: (sizes := driver.execute_script(DETAIL_IMAGE_SIZES)) and all(sizes[0] + sizes[1]) and sizes, 10
+        )
+        assert got, driver.execute_script(DETAIL_IMAGE_SIZES)
+        (overlay_w, overlay_h), (frame_w, frame_h) = got
+        assert abs(overlay_w / overlay_h - 1.0) < 0.02 and abs(frame_w / frame_h - 200 / 120) < 0.02, got
+        assert abs(overlay_h - frame_h) <= 1, got
     finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "narrow test done", check=False)
         sub.close()
         cam.close()
         driver.quit()

@@ -352,11 +352,12 @@ function openDetail(r, list = [r], queue = state.queue) {
   state.queue = queue;
   const overlay = document.getElementById("detail-overlay");
   overlay.hidden = !r.images.overlay; // removed by the disk quota
+  overlay.onload = () => fitDetailImages(r);
   if (r.images.overlay) overlay.src = r.images.overlay;
   const frame = document.getElementById("detail-frame");
   document.getElementById("detail-framed").hidden = !r.images.frame;
   document.getElementById("detail-regions").replaceChildren();
-  frame.onload = () => drawRegions(frame, r);
+  frame.onload = () => fitDetailImages(r);
   if (r.images.frame) frame.src = r.images.frame;
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
@@ -390,6 +391,23 @@ function stepDetail(by) {
   const list = state.openList || [];
   const next = list[list.indexOf(state.open) + by];
   if (next) openDetail(next, list);
+}
+
+// The heat map (at the model's size, or the frame's) and the frame (at its own) are shown at one
+// height, each in its own proportions, so that they compare at a glance: as tall as half the
+// window, and each at most 45% of its width. Fitted again as each loads; the regions follow.
+function fitDetailImages(r) {
+  const overlay = document.getElementById("detail-overlay"), frame = document.getElementById("detail-frame");
+  const framed = !document.getElementById("detail-framed").hidden;
+  const shown = [[overlay, !overlay.hidden], [frame, framed]].filter(([i, on]) => on && i.complete && i.naturalWidth)
+    .map(([i]) => i);
+  let height = Math.min(0.5 * window.innerHeight, 480);
+  for (const i of shown) height = Math.min(height, (0.45 * window.innerWidth * i.naturalHeight) / i.naturalWidth);
+  for (const i of shown) {
+    i.style.height = `${Math.round(height)}px`;
+    i.style.width = `${Math.round((height * i.naturalWidth) / i.naturalHeight)}px`;
+  }
+  if (shown.includes(frame)) drawRegions(frame, r);
 }
 
 // The regions are in the frame's own pixels: boxes over the frame as shown, at its scale (the
