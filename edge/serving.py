@@ -6,7 +6,6 @@ up as one; replaced as one between batches (a reload, a new threshold)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -94,9 +93,10 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    """glibc's malloc_trim, from the C library the process runs on; None where it has none
+    (musl, macOS)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 
