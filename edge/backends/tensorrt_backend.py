@@ -126,9 +126,15 @@ class TensorRTBackend:
         return maps, scores
 
     def close(self) -> None:
+        """Free the buffers and the stream, and let the engine go now, not when the backend is
+        collected: its execution context's device memory is a Jetson's shared memory, and the
+        daemon gives the freed heap back right after a reload (edge.serving.return_freed_heap)."""
         for buf in self.buffers.values():
             buf.free()
         self.buffers.clear()
         if getattr(self, "stream", None) is not None:
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
+        self.context = None  # a context before its engine, an engine before its runtime
+        self.engine = None
+        self.runtime = None
