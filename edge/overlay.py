@@ -54,20 +54,23 @@ LABELLED_MIN_WIDTH = 256
 
 
 def result_picture(
-    header: dict[str, Any], amap: np.ndarray, frame_jpeg: bytes | None = None, labelled: bool = True
-) -> np.ndarray:
+    header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None = None, labelled: bool = True
+) -> np.ndarray | None:
     """A published result as a picture: its map over the streamed frame (the map alone when the
-    stream carries no frame), its regions boxed, and, when `labelled`, a label (camera, frame,
-    score, verdict; the picture then at least LABELLED_MIN_WIDTH wide). -> (h, w, 3) BGR at the
-    map's size or larger. The dashboard draws it unlabelled: its page writes the label."""
+    stream carries no frame, the frame alone when it carries no map), its regions boxed, and,
+    when `labelled`, a label (camera, frame, score, verdict; the picture then at least
+    LABELLED_MIN_WIDTH wide). -> (h, w, 3) BGR at the map's size or larger; None when the
+    stream carries neither. The dashboard draws it unlabelled: its page writes the label."""
     base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR) if frame_jpeg else None
+    if base is None and amap is None:
+        return None
     if base is None:
         base = np.zeros((*amap.shape, 3), np.uint8)
-    picture = heatmap_overlay(base, amap, vmax=2 * header["threshold"])
+    picture = base.copy() if amap is None else heatmap_overlay(base, amap, vmax=2 * header["threshold"])
     if labelled and picture.shape[1] < LABELLED_MIN_WIDTH:
         grow = LABELLED_MIN_WIDTH / picture.shape[1]
         picture = cv2.resize(picture, None, fx=grow, fy=grow, interpolation=cv2.INTER_LINEAR)
-    fh, fw = header.get("frame_shape") or amap.shape  # regions are in frame pixels; the map is at model size
+    fh, fw = header.get("frame_shape") or base.shape[:2]  # regions are in frame pixels; the map is at model size
     sx, sy = picture.shape[1] / fw, picture.shape[0] / fh
     boxes = [
         {"x": r["x"] * sx, "y": r["y"] * sy, "w": r["w"] * sx, "h": r["h"] * sy} for r in header.get("regions") or []

@@ -88,7 +88,7 @@ class Publisher:
         d, header = self.d, result.header
         total_ms = result.ms_since_arrival()
         header["latency_ms"]["total"] = round(total_ms, 3)
-        sock.send_multipart(result_message(header, result.map_bytes, result.extra))
+        sock.send_multipart(result_message(header, result.published_map, result.extra))
         if d.recorder is not None:
             d.recorder.put(result, time.time_ns())
         d.metrics.results.labels(header["status"], header["decision"] or "none").inc()

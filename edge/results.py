@@ -40,10 +40,12 @@ class Pending:
 
 @dataclass
 class Result:
-    """header: the v1 result header; map_bytes: the uint8 map (b"" when not published);
-    extra: further message parts; recv_ns: when the frame arrived (0 = unknown);
-    frame: the frame as received, for the record's evidence (None when not needed);
-    arrived_mono_ns: the monotonic clock when it arrived (0 = unknown)."""
+    """header: the v1 result header; map_bytes: the uint8 map of a scored frame, published when
+    the header has its `map` (`publish_maps`), and kept in the record's evidence either way;
+    map_info: its shape and scale when the header does not carry them; extra: further message
+    parts; recv_ns: when the frame arrived (0 = unknown); frame: the frame as received, for the
+    record's evidence (None when not needed); arrived_mono_ns: the monotonic clock when it
+    arrived (0 = unknown)."""
 
     header: dict[str, Any]
     map_bytes: bytes = b""
@@ -51,6 +53,12 @@ class Result:
     recv_ns: int = 0
     frame: np.ndarray | None = None
     arrived_mono_ns: int = 0
+    map_info: dict[str, Any] | None = None
+
+    @property
+    def published_map(self) -> bytes:
+        """The map part of the result's message: empty unless its header describes the map."""
+        return self.map_bytes if self.header.get("map") else b""
 
     def ms_since_arrival(self) -> float:
         """Milliseconds since the frame arrived, on the monotonic clock: NTP setting a Jetson's
@@ -148,7 +156,7 @@ def scored_results(
             reason = f"{NONFINITE_SCORE} ({score_f}): the frame was not judged"
             results.append(error_result(p.camera_id, p.frame_id, p.ts_ns, reason, p.recv_ns, s, p.part_id))
             continue
-        map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale} if s.publish_maps else None
+        map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale}
         header = result_header(
             p.camera_id,
             p.frame_id,
@@ -165,7 +173,7 @@ def scored_results(
                 "total": 0.0,
             },
             batch_size=len(batch),
-            map_info=map_info,
+            map_info=map_info if s.publish_maps else None,
             part_id=p.part_id,
         )
         header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
@@ -178,6 +186,9 @@ def scored_results(
             ok, jpg = cv2.imencode(".jpg", p.model_input)
             header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
             extra = [jpg.tobytes() if ok else b""]
-        map_bytes = quantize_map(amap2d, s.map_scale) if s.publish_maps else b""
-        results.append(Result(header, map_bytes, extra, p.recv_ns, arrived_mono_ns=p.arrived_mono_ns))
+        # Quantised either way: the record's evidence draws the map a subscriber was not sent.
+        map_bytes = quantize_map(amap2d, s.map_scale)
+        results.append(
+            Result(header, map_bytes, extra, p.recv_ns, arrived_mono_ns=p.arrived_mono_ns, map_info=map_info)
+        )
     return results

@@ -140,16 +140,17 @@ def save_overlay(
 ) -> Path | None:
     """The result's picture as FOLDER/<camera>_<frame>.png, or <camera>_<frame>_2.png and on when
     that is taken (a sender that started its frame ids again: an earlier picture is never
-    overwritten); None without a map. OSError when it cannot be written. The camera id becomes a
-    file name, so it cannot reach outside FOLDER."""
-    if amap is None:
+    overwritten); None when the stream carries neither its map nor its frame. OSError when it
+    cannot be written. The camera id becomes a file name, so it cannot reach outside FOLDER."""
+    picture = result_picture(header, amap, frame_jpeg)
+    if picture is None:
         return None
     stem = f"{file_name(header['camera_id'])}_{header['frame_id']:08d}"
     path, n = folder / f"{stem}.png", 1
     while path.exists():
         n += 1
         path = folder / f"{stem}_{n}.png"
-    write_image(path, result_picture(header, amap, frame_jpeg))
+    write_image(path, picture)
     return path
 
 

@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
+from edge.dashboard.app import _reject_item
 from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import read_metrics
 from edge.dashboard.settings import DashboardConfig
@@ -120,6 +121,20 @@ def test_a_saved_picture_is_wide_enough_for_its_label_and_the_pages_is_left_to_t
     page = result_picture(header, amap, labelled=False)
     assert page.shape == (32, 48, 3) and (page[8, 8:13] == (0, 0, 255)).all()  # the region's box, in red
     assert not (page[:6, :, 2] > 200).any()  # no label
+
+
+def test_a_stream_without_maps_still_shows_the_part_and_names_no_picture_it_cannot_draw():
+    """`publish_maps: false`: the page's pictures of a streamed result are its frame, regions
+    boxed; a result with neither map nor frame links no picture (a broken image, else)."""
+    header = {**_header(7, score=1.5), "regions": [{"x": 8, "y": 8, "w": 4, "h": 4}], "frame_shape": [32, 48]}
+    ok, jpeg = cv2.imencode(".jpg", np.full((32, 48, 3), 128, np.uint8))
+    picture = cv2.imdecode(np.frombuffer(LiveFrame(header, b"", jpeg.tobytes(), 1.0, 1.0).picture_jpeg(), np.uint8), 1)
+    assert picture.shape == (32, 48, 3)
+    assert int(picture[8, 10, 2]) - picture[8, 10, 0] > 60 and abs(int(picture[20, 30, 0]) - 128) < 8  # box; grey
+    assert LiveFrame(header, b"", None, 1.0, 1.0).picture_jpeg() is None
+    framed = {**header, "frame": {"shape": [32, 48, 3], "encoding": "jpeg"}}
+    assert _reject_item(framed, recorded=False)["images"]["overlay"].startswith("/api/image/c/7/overlay?t=")
+    assert _reject_item(header, recorded=False)["images"] == {"overlay": None, "frame": None}
 
 
 def test_the_live_view_counts_rates_histogram_and_rejects():

@@ -28,7 +28,7 @@ from edge.results import Result
 from edge.transport import free_loopback_port
 from tests.browser import wait_for
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -372,6 +372,28 @@ def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     assert writer.unrecorded == 3 and writer.metrics.unrecorded._value.get() == 3
     writer.start().close()
     assert writer.recorded == 5
+
+
+def test_a_stream_without_maps_still_records_each_fails_heat_map(tiny_model, tmp_path):
+    """`publish_maps: false` spares the subscribers the map; the reviewer still gets the heat map
+    over the frame: the record draws it from the map the stream was not sent."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    args = ("--record", url, "--threshold", "1e-9", "--set", "edge.publish_maps=false")
+    image = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
+    with DaemonProcess(tiny_model, *args) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            cam.send(frame_message("c", 0, image, "raw"))
+            ((header, amap),) = sub.collect(1, timeout=30)
+        finally:
+            sub.close()
+            cam.close()
+        assert wait_for(lambda: Record(url).results(camera="c"), 30)
+    assert header["decision"] == "fail" and header["map"] is None and amap is None
+    (row,) = Record(url).results(camera="c")
+    overlay = cv2.imread(row["evidence_overlay"] or "")
+    assert overlay is not None and overlay.shape == image.shape
+    assert np.abs(overlay.astype(int) - image).mean() > 40  # the map's colours over the frame
 
 
 def test_the_frames_waiting_for_their_evidence_are_bounded_by_their_bytes(tmp_path, monkeypatch, caplog):

@@ -408,6 +408,9 @@ def _reject_item(src: dict[str, Any], recorded: bool, root: str = "") -> dict[st
     keys = ("camera_id", "frame_id", "part_id", "ts_ns", "score", "threshold", "decision", "regions", "frame_shape")
     item = {k: src.get(k) for k in keys}
     has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
+    # A streamed result's picture is its map, its frame, or both (`publish_maps: false` still
+    # shows the part); a recorded one's is its overlay, or the stream's while the record has none.
+    has_picture = recorded or bool(src.get("map")) or has_frame
     item.update(
         # The camera health gate's reasons: a fail it caused is the camera's, whatever the score.
         unfit=src.get("unfit") if recorded else unfit_reasons(src),
@@ -415,7 +418,10 @@ def _reject_item(src: dict[str, Any], recorded: bool, root: str = "") -> dict[st
         recorded=recorded,
         reviews=src.get("reviews", []) if recorded else [],
         result_id=result_id,
-        images={"overlay": f"{base}/overlay{query}", "frame": f"{base}/frame{query}" if has_frame else None},
+        images={
+            "overlay": f"{base}/overlay{query}" if has_picture else None,
+            "frame": f"{base}/frame{query}" if has_frame else None,
+        },
     )
     return item
 

@@ -66,13 +66,14 @@ class LiveFrame:
     _picture: bytes | None = None
 
     def picture_jpeg(self) -> bytes | None:
-        """The result drawn as a JPEG (its map over the frame, regions boxed); None without a
-        map. Drawn once, however many pages ask."""
-        amap = decode_map(self.header, self.map_bytes) if self._picture is None else None
-        if amap is not None and self.header.get("score") is not None:
+        """The result drawn as a JPEG (its map over the frame, or either alone, regions boxed);
+        None when the stream carries neither. Drawn once, however many pages ask."""
+        if self._picture is None and self.header.get("score") is not None:
+            amap = decode_map(self.header, self.map_bytes)
             picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False)  # the page labels it
-            ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            self._picture = jpeg.tobytes() if ok else None
+            if picture is not None:
+                ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                self._picture = jpeg.tobytes() if ok else None
         return self._picture
 
 

@@ -393,7 +393,7 @@ class RecordWriter:
         write_image(frame_path, one_channel_if_grey(result.frame))
         self.house.added(frame_path)
         overlay_path = None
-        info = h.get("map")
+        info = h.get("map") or result.map_info  # the map is drawn whether or not it was published
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = folder / f"{stem}_overlay.jpg"

@@ -333,7 +333,7 @@ function newTile(r) {
   const img = document.createElement("img");
   img.loading = "lazy";
   img.alt = `frame ${r.frame_id}`;
-  img.src = r.images.overlay;
+  if (r.images.overlay || r.images.frame) img.src = r.images.overlay || r.images.frame; // none: the stream carries neither
   const caption = document.createElement("span");
   const unfit = unfitReasons(r) ? " unfit" : ""; // failed by the camera health gate, whatever its score
   caption.textContent = (r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`) + unfit;
