@@ -4,6 +4,7 @@ training data; a database that is down for a while; the evidence quota."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import logging
@@ -168,9 +169,13 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id")
+        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay")
         and "SN-0001" in "".join(csv_lines)
     )
+    by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
+    for r in rows:  # the time as a spreadsheet reads it, and a fail's heat map beside its frame
+        assert dt.datetime.fromisoformat(by_frame[r["frame_id"]]["time"]).timestamp() == r["ts_ns"] // 10**9
+        assert by_frame[r["frame_id"]]["overlay"] == (r["evidence_overlay"] if r["evidence"] else "")
     # Noise is not the part: the daemon's camera health gate fails such frames, and the record says why.
     reasons = {"aspect", "blurred", "exposure", "clipped", "moved", "frozen"}
     assert any(r["unfit"] for r in rows) and all(set((r["unfit"] or "exposure").split(",")) <= reasons for r in rows)

@@ -259,15 +259,18 @@ def _print_json(rows: Iterable[dict], _zone) -> int:
     return n
 
 
-def _print_csv(rows: Iterable[dict], _zone) -> int:
+def _print_csv(rows: Iterable[dict], zone) -> int:
+    """One row a result; `time` is `ts_ns` in the line's zone (a spreadsheet reads it), `overlay`
+    the heat map's file beside the frame's (`evidence`), both empty once the quota removed them."""
     writer = csv.writer(sys.stdout)
-    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id"])
+    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time", "overlay"])
     n = 0
     for r in rows:
         n += 1
         reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
         row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
-        writer.writerow([*row, r["id"]])
+        overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
+        writer.writerow([*row, r["id"], _local_time(r["ts_ns"], zone), overlay])
     return n
 
 
