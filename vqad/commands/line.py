@@ -361,7 +361,7 @@ def _local_time(ts_ns: int, zone) -> str:
     """'2026-12-02 07:15:03+01:00': an instant in the line's time zone, its offset shown."""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, zone).isoformat(sep=" ", timespec="seconds")
+    return dt.datetime.fromtimestamp(ts_ns // 10**9, zone).isoformat(sep=" ")  # whole seconds, never rounded up
 
 
 def cmd_review(args: argparse.Namespace) -> int:
