@@ -107,8 +107,8 @@ class Soak:
     def rss(self) -> int:
         return self.proc.memory_info().rss
 
-    def reload_every(self, control: str, every_s: float) -> threading.Thread:
-        """Reload the model through `control` every `every_s` seconds until stop()."""
+    def reload_every(self, control: str, every_s: float) -> None:
+        """Reload the model through `control` every `every_s` seconds, in a thread, until stop()."""
 
         def reload() -> None:
             while not self.stopping.wait(every_s):
@@ -118,9 +118,7 @@ class Soak:
                     ok = False
                 self.reloads["ok" if ok else "failed"] += 1
 
-        thread = threading.Thread(target=reload, daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=reload, daemon=True).start()
 
     def drain(self) -> None:
         """Let the daemon work off its backlog: a frame still queued in ZeroMQ when the daemon

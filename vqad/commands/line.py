@@ -260,8 +260,8 @@ def _print_json(rows: Iterable[dict], _zone) -> int:
 
 
 def _print_csv(rows: Iterable[dict], zone) -> int:
-    """One row a result; `time` is `ts_ns` in the line's zone (a spreadsheet reads it), `overlay`
-    the heat map's file beside the frame's (`evidence`), both empty once the quota removed them."""
+    """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
+    heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them."""
     writer = csv.writer(sys.stdout)
     writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time", "overlay"])
     n = 0
