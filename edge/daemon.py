@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -72,7 +73,10 @@ class Daemon:
         self.queue: FrameQueue[Pending] = FrameQueue(cfg.queue_size, cfg.overload)
         self.outbox: queue.Queue = queue.Queue()
         self.accepted = 0
-        self.published = 0
+        self.published = 0  # also the next result's `seq` (only the publisher thread adds to it)
+        # This start of the daemon: each result names it with its `seq`, and its record rows carry
+        # both, so that a subscriber catches up on what it missed (docs/protocol.md).
+        self.run_id = uuid.uuid4().hex
         self._count_lock = threading.Lock()
         self.serving: Serving | None = None  # the model, its backends and scoring; replaced between batches
         self._take_lock = threading.Lock()  # one worker at a time forms a batch and numbers it
@@ -150,7 +154,7 @@ class Daemon:
             self.recorder = RecordWriter(
                 cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
                 max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
-                state_file=self._marker.with_name("vqad-serve.record.json"),
+                state_file=self._marker.with_name("vqad-serve.record.json"), run_id=self.run_id,
             ).start()  # fmt: skip
         self._restore(Overrides.load(self.state_dir))
         self.threads = [

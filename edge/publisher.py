@@ -75,6 +75,7 @@ class Publisher:
             "model": serving.scoring.model if serving else None,
             "threshold": serving.scoring.threshold if serving else None,
             "threshold_source": serving.scoring.threshold_source if serving else None,
+            "run": d.run_id,
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),
@@ -88,6 +89,7 @@ class Publisher:
         d, header = self.d, result.header
         total_ms = result.ms_since_arrival()
         header["latency_ms"]["total"] = round(total_ms, 3)
+        header["run"], header["seq"] = d.run_id, d.published  # the stream's order (this thread alone counts)
         sock.send_multipart(result_message(header, result.published_map, result.extra))
         if d.recorder is not None:
             d.recorder.put(result, time.time_ns())

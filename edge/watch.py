@@ -35,15 +35,22 @@ WATCH_RCVHWM = 100_000
 
 
 class Summary:
-    def __init__(self) -> None:
+    def __init__(self, every_camera: bool = True) -> None:
+        """every_camera: the subscription is to every camera's results, so that a gap in a
+        daemon run's `seq` is results this subscriber missed (one camera's leave gaps of others)."""
         self.by_status: collections.Counter[str] = collections.Counter()
         self.by_decision: collections.Counter[str] = collections.Counter()
         self.latency: list[float] = []
         self.first: float | None = None
         self.last: float | None = None
+        self.every_camera = every_camera
+        self.missed = 0
+        self.next_seq: dict[str, int] = {}  # per daemon run: the seq its next result should carry
 
-    def add(self, header: dict[str, Any]) -> None:
-        """Count a result; KeyError or TypeError, counting nothing, for a header without them."""
+    def add(self, header: dict[str, Any]) -> int:
+        """Count a result; -> how many results of its daemon run were missed just before it (a
+        gap in `seq`: ZeroMQ dropped them for a reader that fell behind, or it was not connected).
+        KeyError or TypeError, counting nothing, for a header without the fields counted."""
         latency = float(header["latency_ms"]["total"]) if header["status"] == "ok" else None
         now = time.monotonic()
         self.first = self.first or now
@@ -53,6 +60,17 @@ class Summary:
             self.by_decision[header["decision"]] += 1
         if latency is not None:
             self.latency.append(latency)
+        return self._gap(header)
+
+    def _gap(self, header: dict[str, Any]) -> int:
+        run, seq = header.get("run"), header.get("seq")
+        if not self.every_camera or not isinstance(run, str) or not isinstance(seq, int):  # a daemon before seq
+            return 0
+        expected = self.next_seq.get(run)
+        self.next_seq[run] = max(seq + 1, expected or 0)
+        gap = seq - expected if expected is not None and seq > expected else 0
+        self.missed += gap
+        return gap
 
     def as_dict(self) -> dict[str, Any]:
         lat = np.array(self.latency) if self.latency else np.zeros(0)
@@ -64,15 +82,17 @@ class Summary:
             "by_decision": dict(self.by_decision),
             "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat) else {},
             "rate_per_s": (n - 1) / span if span > 0 else None,
+            "missed": self.missed if self.every_camera else None,
         }
 
     def text(self) -> str:
         d = self.as_dict()
         lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
         rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
+        missed = f"; missed {self.missed} (the record keeps them)" if self.missed else ""
         return (
             f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
-            f"latency {lat or 'n/a'}"
+            f"latency {lat or 'n/a'}{missed}"
         )
 
 
@@ -174,13 +194,13 @@ def run_watch(
     sock = transport.results_subscriber(
         zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
     )
-    malformed, unsaved = RepeatedLog(log), RepeatedLog(log)
+    malformed, unsaved, gaps = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
     folder = Path(save_dir) if save_dir else None
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
     sink = open(jsonl, "a") if jsonl else None
-    summary = Summary()
+    summary = Summary(every_camera=not camera)
     last = time.monotonic()
     try:
         while not (stop and stop()):
@@ -195,10 +215,14 @@ def run_watch(
                     if camera and header.get("camera_id") != camera:
                         continue  # the topic prefix also matches longer ids
                     line = format_line(header)
-                    summary.add(header)
+                    missed = summary.add(header)
                 except (ValueError, KeyError, TypeError) as exc:  # a publisher that is not a vqad daemon
                     malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
                     continue
+                if missed:
+                    gaps.log("missed %d results before seq %d of run %s (this reader fell behind); the record "
+                             "has them: vqad records RECORD --run %s --after-seq %d", missed, header["seq"],
+                             header["run"], header["run"], header["seq"] - missed - 1)  # fmt: skip
                 last = time.monotonic()
                 if not quiet:
                     print(line, file=out, flush=True)

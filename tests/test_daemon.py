@@ -859,6 +859,25 @@ def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
     assert got[0]["record"] is None  # a daemon without a record
     assert got[0]["model"]["sha256"] and got[0]["threshold"] > 0
     assert 0.1e9 < got[2]["ts_ns"] - got[1]["ts_ns"] < 1e9  # about every 0.2 s
+    assert len(got[0]["run"]) == 32 and {b["run"] for b in got} == {got[0]["run"]} and got[2]["published"] == 0
+
+
+def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
+    """A gap in a run's seq is results missed; a new run (a restarted daemon) and a header from
+    a daemon before seq are not, nor another camera's results when one camera is watched."""
+    from edge.watch import Summary
+
+    def result(run: str | None, seq: int | None) -> dict:
+        h = {"status": "ok", "decision": "pass", "latency_ms": {"total": 1.0}}
+        return h if run is None else {**h, "run": run, "seq": seq}
+
+    every, one_camera = Summary(), Summary(every_camera=False)
+    stream = [result("a", 0), result("a", 1), result("a", 4), result(None, None), result("b", 0), result("a", 5),
+              result("b", 3), result("b", 4)]  # fmt: skip
+    assert [every.add(h) for h in stream] == [0, 0, 2, 0, 0, 0, 2, 0]
+    assert [one_camera.add(h) for h in stream] == [0] * len(stream)
+    assert every.missed == 4 and every.as_dict()["missed"] == 4 and "missed 4" in every.text()
+    assert one_camera.as_dict()["missed"] is None
 
 
 def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):

@@ -624,7 +624,20 @@ def test_the_api_serves_programs_too(line):
         assert _status(base + link) == 200
     status, both = _json(base + "/api/results?camera=api&limit=1")
     assert status == 200 and [r["frame_id"] for r in both["results"]] == [2] and both["limit_reached"]
-    for bad in ("limit=0", "limit=x", "frame_id=x", "since=yesterday", "decision=maybe"):
+    # A subscriber's catch-up: what its daemon run published after the result of frame 1.
+    first = _json(base + "/api/results?camera=api&frame_id=1")[1]["results"][0]
+    assert isinstance(first["run"], str) and isinstance(first["seq"], int)
+    after = _json(base + f"/api/results?run={first['run']}&after_seq={first['seq']}&camera=api")[1]["results"]
+    assert [(r["frame_id"], r["run"]) for r in after] == [(2, first["run"])] and after[0]["seq"] > first["seq"]
+    for bad in (
+        "limit=0",
+        "limit=x",
+        "frame_id=x",
+        "since=yesterday",
+        "decision=maybe",
+        "after_seq=3",
+        "after_seq=x&run=r",
+    ):
         assert _json(base + "/api/results?" + bad)[0] == 400, bad
     assert _json(base + "/api/daily?days=0")[0] == 400 and _json(base + "/api/daily?days=x")[0] == 400
     form = {"content-type": "application/x-www-form-urlencoded"}

@@ -169,7 +169,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay")
+        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq")
         and "SN-0001" in "".join(csv_lines)
     )
     by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
@@ -970,7 +970,7 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id, unfit and the reviews' result_id) is brought to the
+    """A version 2 record (before part_id, unfit, the reviews' result_id and seq) is brought to the
     current version on first use, and gets the indexes it lacks. Its review of a frame id that a
     restarted sender used twice is given the result it was made after."""
     engine = sa.create_engine(record_url)
@@ -979,6 +979,8 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         conn.execute(sa.text("DROP INDEX ix_results_part"))
         conn.execute(sa.text("DROP INDEX ix_results_camera_decision_ts"))  # a record from before the index
         conn.execute(sa.text("DROP INDEX ix_reviews_result"))
+        conn.execute(sa.text("DROP INDEX ix_results_run_seq"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN seq"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
         conn.execute(sa.text("ALTER TABLE reviews DROP COLUMN result_id"))
@@ -998,10 +1000,11 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert got == {("old", None, None), ("new", "SN-1", None), ("new", None, "blurred")}
     old = sorted(record.results(camera="old"), key=lambda r: r["id"])
     assert [len(r["reviews"]) for r in old] == [1, 0]  # reviewed at 20: the result of 5, not of 50
+    assert [r["seq"] for r in old] == [None, None]  # published before results were numbered
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 5
+        assert stored_version(conn) == SCHEMA_VERSION == 6
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
-    assert {"ix_results_part", "ix_results_camera_decision_ts"} <= indexes  # an index is no schema version
+    assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq"} <= indexes
 
 
 @contextmanager
@@ -1554,8 +1557,11 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):
     """A subscriber that reads one result per 50 ms through a one-message queue, while the
     daemon publishes as fast as it scores (its send queue kept short too): PUB drops what the
-    subscriber cannot take; the record has every result."""
+    subscriber cannot take; the record has every result. The subscriber knows how many it
+    missed by the gaps in `seq`, and the record gives it exactly those, in the order published."""
     import zmq
+
+    from edge.watch import Summary
 
     url = f"sqlite:///{tmp_path / 'line.db'}"
     n = 80
@@ -1566,21 +1572,31 @@ def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_mode
         sub.connect(daemon.results)
         time.sleep(0.3)
         cam = Camera(daemon.frames)
-        got = 0
+        got, summary = [], Summary()
         try:
             for i in range(n):
                 cam.send(frame_message("slow", i, np.full((64, 64, 3), 80, np.uint8), "raw"))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and _count(url) < n:
                 if sub.poll(10):
-                    sub.recv_multipart()
-                    got += 1
+                    got.append(json.loads(sub.recv_multipart()[1]))
+                    summary.add(got[-1])
                     time.sleep(0.05)  # the slow consumer
         finally:
             cam.close()
             sub.close(linger=0)
     assert _count(url) == n
-    assert got < n  # the subscriber missed some: the record did not depend on it
+    assert len(got) < n  # the subscriber missed some: the record did not depend on it
+    run, seqs = got[0]["run"], [h["seq"] for h in got]
+    assert {h["run"] for h in got} == {run} and seqs == sorted(set(seqs)) and seqs[-1] < n
+    assert summary.missed == seqs[-1] - seqs[0] + 1 - len(got) > 0  # what it can tell from the gaps alone
+    caught_up = Record(url).results(run=run, after_seq=seqs[0], limit=n)
+    assert [r["seq"] for r in caught_up] == list(range(seqs[0] + 1, n))  # every one after it, in order
+    assert [r["frame_id"] for r in caught_up] == list(range(seqs[0] + 1, n))  # one camera, sent in order
+    read = {h["seq"]: (h["camera_id"], h["frame_id"]) for h in got}
+    assert all((r["camera_id"], r["frame_id"]) == read[r["seq"]] for r in caught_up if r["seq"] in read)
+    printed = run_vqad("records", url, "--run", run, "--after-seq", str(seqs[0]), "--limit", "5", "--format", "json")
+    assert [r["seq"] for r in json.loads(printed.stdout)] == list(range(seqs[0] + 1, min(seqs[0] + 6, n)))
 
 
 def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):

@@ -212,8 +212,9 @@ class Dashboard:
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
 
     def api_results(self, request: Request) -> Response:
-        """The record's results matching every filter given, newest first, with their reviews and
-        links to their evidence: what the line decided of a part, a frame, a period."""
+        """The record's results matching every filter given, newest first (with `after_seq`, in
+        the order they were published), with their reviews and links to their evidence: what the
+        line decided of a part, a frame, a period; what a subscriber missed."""
         if self.record is None:
             return JSONResponse({"error": "no record: start the dashboard with --record URL"}, 409)
         params = request.query_params
@@ -227,9 +228,12 @@ class Dashboard:
                 if since is not None or until is not None:
                     raise ValueError("a day is a period of its own: give it, or since and until")
                 since, until = self.daily.days.period_ns(dt.date.fromisoformat(params["day"]))
+            after_seq = int(params["after_seq"]) if params.get("after_seq") else None
+            if after_seq is not None and not params.get("run"):
+                raise ValueError("after_seq counts within one start of the daemon: name its run")
         except (ValueError, DataError) as exc:
-            return JSONResponse({"error": f"frame_id and limit are integers, since and until ISO 8601, day "
-                                          f"YYYY-MM-DD: {exc}"}, 400)  # fmt: skip
+            return JSONResponse({"error": f"frame_id, after_seq and limit are integers, since and until ISO 8601, "
+                                          f"day YYYY-MM-DD: {exc}"}, 400)  # fmt: skip
         decision = params.get("decision") or None
         reviewed = {"true": True, "false": False, None: None}.get(params.get("reviewed") or None, "?")
         if not 1 <= limit <= MAX_RESULTS or decision not in (None, "pass", "fail") or reviewed == "?":
@@ -239,7 +243,7 @@ class Dashboard:
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
-            model_sha256=params.get("model") or None,
+            model_sha256=params.get("model") or None, run=params.get("run") or None, after_seq=after_seq,
         )  # fmt: skip
         try:
             rows = self._from_record(query)
@@ -430,7 +434,8 @@ def _result_item(row: dict[str, Any], root: str = "") -> dict[str, Any]:
     """A recorded result as /api/results gives it: the reject's fields, what else the record
     kept, and links to the evidence it still has (none for a pass without a sampled frame)."""
     item = _reject_item(row, True, root)
-    item.update({k: row.get(k) for k in ("status", "error", "latency_ms", "published_ns")})
+    item.update({k: row.get(k) for k in ("status", "error", "latency_ms", "published_ns", "seq")})
+    item["run"] = row.get("daemon_run")
     kept = not row["evidence_removed"]
     item["images"] = {
         "overlay": item["images"]["overlay"] if kept and row.get("evidence_overlay") else None,

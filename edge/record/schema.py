@@ -9,6 +9,8 @@ Version 4 adds `results.unfit`: why the camera health gate failed a frame (its r
 Version 5 adds `reviews.result_id`: the result a review is of. A sender that starts its frame
 ids again gives two results the same camera and frame id; each earlier review is given the
 newest result of its camera and frame published before it.
+Version 6 adds `results.seq`: the result's place in its daemon run's stream (the header's
+`seq`), so that a subscriber catches up on what it missed in the order it was published.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
 capture time among them, so that a tally of the days before it is known to be in part.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
@@ -27,7 +29,7 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The oldest schema version whose vqad may write a record of this one, kept in meta as
 # `oldest_writer`. A plant's server record is shared by a box per line, upgraded one at a time:
 # the first box upgraded migrates it under the others, which refused a newer schema at their
@@ -64,6 +66,7 @@ results = sa.Table(
     sa.Column("daemon_run", sa.String(32)),  # which start of the daemon recorded the row
     sa.Column("part_id", sa.String(128)),  # the part's identity (a serial), when its frame gave one
     sa.Column("unfit", sa.String(128)),  # the camera health gate's reasons when it failed the frame
+    sa.Column("seq", sa.BigInteger),  # its place in the daemon run's published stream, from 0
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
     # A camera's newest fails (the dashboard's gallery of a camera's rejects, asked up to twice a
@@ -71,6 +74,7 @@ results = sa.Table(
     # SQLite's planner, without statistics, then walked a camera's rows by time to find one frame.
     sa.Index("ix_results_camera_decision_ts", "camera_id", "decision", "ts_ns"),
     sa.Index("ix_results_part", "part_id"),
+    sa.Index("ix_results_run_seq", "daemon_run", "seq"),  # a subscriber's catch-up (Record.results)
 )
 
 reviews = sa.Table(
@@ -126,9 +130,14 @@ def _add_review_result(conn: sa.Connection) -> None:
     )
 
 
+def _add_seq(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN seq BIGINT"))
+    next(i for i in results.indexes if i.name == "ix_results_run_seq").create(conn)
+
+
 # version n -> what brings version n to n + 1.
 STEPS: dict[int, Callable[[sa.Connection], None]] = {
-    1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result,
+    1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result, 5: _add_seq,
 }  # fmt: skip
 
 

@@ -225,12 +225,19 @@ class Record:
         reviewed: bool | None = None,
         model_sha256: str | None = None,
         before: tuple[int, int] | None = None,
+        run: str | None = None,
+        after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews.
         `result_id`: the record's own id of a result (its row). `reviewed`: only results a
         person has (True) or has not (False) reviewed; with decision "fail" and a day's period,
         False gives the fails that daily counts as not reviewed. `before`: (ts_ns, id) of a
-        result; only those after it in this order (the next page of an export, iter_results)."""
+        result; only those after it in this order (the next page of an export, iter_results).
+        `run`: one start of the daemon's results (their header's `run`). With `after_seq`, its
+        results published after the one of that `seq`, the oldest first, in the order they were
+        published: a subscriber's catch-up, whatever their capture times."""
+        if after_seq is not None and run is None:
+            raise ValueError("after_seq counts within one start of the daemon: name its run")
         # Asked for a part, its few rows by their index: SQLite, without statistics, took the
         # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
         # expression on the camera keeps it off that index, on any database.
@@ -242,6 +249,10 @@ class Record:
                 q = q.where(column == value)
         if model_sha256 is not None:
             q = q.where(results.c.model_sha256 == model_sha256)
+        if run is not None:
+            q = q.where(results.c.daemon_run == run)
+        if after_seq is not None:
+            q = q.where(results.c.seq > after_seq)
         if reviewed:  # from the reviews (few) to their results; an EXISTS would walk every result
             q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
         elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
@@ -251,7 +262,9 @@ class Record:
             ts, row_id = before
             q = q.where(results.c.ts_ns <= ts, sa.or_(results.c.ts_ns < ts, results.c.id < row_id))
         q = (
-            _newest_of_camera(q, limit)
+            q.order_by(results.c.seq).limit(limit)
+            if after_seq is not None
+            else _newest_of_camera(q, limit)
             if camera is not None and decision is None and frame_id is None and part_id is None and result_id is None
             else q.order_by(*NEWEST_FIRST).limit(limit)
         )
@@ -273,16 +286,18 @@ class Record:
         return rows
 
     def iter_results(self, limit: int, page: int = PAGE_ROWS, **filters: Any) -> Iterator[dict[str, Any]]:
-        """results(**filters), the newest `limit` at most, read `page` at a time: an export of a
-        month holds one page in memory, not the month."""
-        before = None
+        """results(**filters), the newest `limit` at most (with `after_seq`, the first), read `page`
+        at a time: an export of a month holds one page in memory, not the month."""
+        cursor: dict[str, Any] = {}
         while limit > 0:
-            rows = self.results(**filters, limit=min(page, limit), before=before)
+            rows = self.results(**{**filters, **cursor}, limit=min(page, limit))
             yield from rows
             if len(rows) < min(page, limit):
                 return
             limit -= len(rows)
-            before = (rows[-1]["ts_ns"], rows[-1]["id"])
+            last = rows[-1]
+            by_seq = filters.get("after_seq") is not None
+            cursor = {"after_seq": last["seq"]} if by_seq else {"before": (last["ts_ns"], last["id"])}
 
     def removed(self) -> dict[str, int] | None:
         """What has left the record, or None if nothing has: `up_to_ns`, the newest capture time

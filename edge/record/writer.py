@@ -77,6 +77,7 @@ class RecordWriter:
         state_file: str | Path | None = None,
         keep_days: float = 0.0,
         min_free_gb: float = 0.0,
+        run_id: str | None = None,
     ):
         """max_gb: the evidence's disk quota (0 = none): past it the oldest evidence is removed,
         its rows marked, and the removals counted. min_free_gb: the free space its disk keeps,
@@ -84,7 +85,8 @@ class RecordWriter:
         remove; then a SQLite record's oldest results leave (0 = no floor). state_file: where
         the writer keeps how many results it was handed, so that the next start can say how
         many have no row. keep_days: results published longer ago leave the record with their
-        evidence, except reviewed ones (0 = keep every result)."""
+        evidence, except reviewed ones (0 = keep every result). run_id: the start of the daemon
+        its rows name (`daemon_run`), the `run` of the results it publishes; a new one if None."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.where = shown_url(url)  # as logs and the state file name it: no password
         self.engine, self._migrated = self._open(url, max_buffer)
@@ -114,7 +116,7 @@ class RecordWriter:
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
-        self.run_id = uuid.uuid4().hex
+        self.run_id = run_id or uuid.uuid4().hex  # the daemon's, which its results name
         self.handed = 0
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
@@ -360,6 +362,7 @@ class RecordWriter:
             "daemon_run": self.run_id,
             "part_id": h.get("part_id"),
             "unfit": unfit_reasons(h),
+            "seq": h.get("seq"),
         }
 
     def _evidence_or_none(self, result: Result, ts_ns: int, published_ns: int) -> tuple[str | None, str | None]:

@@ -193,6 +193,11 @@ def cmd_records(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--daily tallies every result: --decision, --frame-id, --part-id and --(un)reviewed do not apply"
         )
+    if args.after_seq is not None and args.run is None:
+        raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
+    if (args.run is not None) and (args.daily or args.export_reviewed or args.compact):
+        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed and --compact "
+                          "do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if args.export_reviewed and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
@@ -242,10 +247,13 @@ def _query_records(record, args: argparse.Namespace) -> int:
         frame_id=args.frame_id,
         part_id=args.part_id,
         reviewed=args.reviewed,
+        run=args.run,
+        after_seq=args.after_seq,
     )
     printed = {"json": _print_json, "csv": _print_csv}.get(args.format, _print_table)(rows, zone)
     if printed == args.limit:  # to stderr: a CSV or JSON export stays clean
-        log.warning("the newest %d results are shown; there may be more (--limit N)", args.limit)
+        which = "first" if args.after_seq is not None else "newest"
+        log.warning("the %s %d results are shown; there may be more (--limit N)", which, args.limit)
     return 0
 
 
@@ -261,16 +269,19 @@ def _print_json(rows: Iterable[dict], _zone) -> int:
 
 def _print_csv(rows: Iterable[dict], zone) -> int:
     """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
-    heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them."""
+    heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
+    `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them)."""
     writer = csv.writer(sys.stdout)
-    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time", "overlay"])
+    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time", "overlay",
+                     "run", "seq"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
         reviews = ";".join(f"{v['verdict']}:{v['kind'] or ''}:{v['reviewer'] or ''}" for v in r["reviews"])
         row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
-        writer.writerow([*row, r["id"], _local_time(r["ts_ns"], zone), overlay])
+        seq = "" if r["seq"] is None else r["seq"]
+        writer.writerow([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq])
     return n
 
 
@@ -589,10 +600,16 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         "--unreviewed", dest="reviewed", action="store_const", const=False,
         help="the results nobody has reviewed yet (with --decision fail: what --daily counts as not reviewed)",
     )  # fmt: skip
+    r.add_argument("--run", metavar="RUN", help="one start of the daemon's results (their header's `run`)")
+    r.add_argument(
+        "--after-seq", type=int, metavar="N",
+        help="with --run: its results published after the one of seq N, oldest first (a subscriber's catch-up)",
+    )  # fmt: skip
     r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     r.add_argument(
-        "--limit", type=at_least(1), default=100, metavar="N", help="the newest N results at most (default 100)"
-    )
+        "--limit", type=at_least(1), default=100, metavar="N",
+        help="the newest N results at most, or the first N with --after-seq (default 100)",
+    )  # fmt: skip
     r.add_argument(
         "--export-reviewed",
         type=Path,
