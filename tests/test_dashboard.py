@@ -741,6 +741,67 @@ def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(
         dashboard.stop()
 
 
+def _recorded_fails(url: str, evidence, camera: str, n: int) -> list[dict]:
+    """n fails of `camera` in a new record, each with its frame and heat map kept, oldest first."""
+    from edge.record import RecordWriter
+    from edge.results import Result
+
+    writer = RecordWriter(url, evidence).start()
+    for frame_id in range(n):
+        header = result_header(camera, frame_id, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
+                               score=2.0, decision="fail", batch_size=1)  # fmt: skip
+        frame = np.full((64, 64, 3), 40 * (frame_id + 1), np.uint8)
+        info = {"shape": [64, 64], "dtype": "uint8", "scale": 0.01}
+        writer.put(Result(header, bytes(64 * 64), recv_ns=time.time_ns(), frame=frame, map_info=info), time.time_ns())
+        time.sleep(0.01)
+    wait_for(lambda: writer.recorded == n, 10)
+    writer.close()
+    return sorted(Record(url).results(camera=camera), key=lambda r: r["frame_id"])
+
+
+def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and_says_why_a_picture_is_missing(
+    tmp_path,
+):
+    """A dashboard started while no camera sends (a night, a weekend, a box restarted) showed
+    "No results yet" over a record of rejects waiting for their review. A picture that was not
+    on this machine (a record shared by boxes) showed as a broken image, and a reject whose
+    pictures the quota had removed showed the previous reject's heat map in its detail."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    rows = _recorded_fails(url, tmp_path / "evidence", "standing", 3)
+    engine = create_engine(url)
+    with engine.begin() as conn:  # frame 0's pictures on another box's disk; frame 1's removed by the quota
+        conn.execute(sa.text("UPDATE results SET evidence_overlay = '/elsewhere/0_overlay.jpg', "
+                             "evidence_frame = '/elsewhere/0.png' WHERE frame_id = 0"))  # fmt: skip
+        conn.execute(sa.text("UPDATE results SET evidence_removed = true WHERE frame_id = 1"))
+    engine.dispose()
+    nowhere = f"ipc://{tmp_path}/no-daemon"
+    with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "dashboard.log") as dashboard:
+        base = dashboard.url
+        camera = _json(base + "/api/summary")[1]["cameras"]["standing"]
+        assert camera["recorded_only"] is True and camera["frames"] == 0
+        status, body = _json(base + f"/api/image/standing/0/overlay?result={rows[0]['id']}")
+        assert status == 404 and body["error"] == "not on this machine's disk: /elsewhere/0_overlay.jpg"
+        driver = headless_chromium()
+        try:
+            driver.get(base + "/")
+            tiles = wait_for(lambda: len(t := driver.find_elements("css selector", ".reject")) == 3 and t, 10)
+            assert "from the record" in _field(driver, "standing", "liveness")
+            assert not driver.find_element("css selector", '[data-field="latest-image"]').is_displayed()
+            assert wait_for(lambda: "not on this machine's disk" in tiles[2].text, 5), tiles[2].text  # the oldest
+            assert wait_for(lambda: _field(driver, "standing", "daily").split()[2] == "3", 10)  # results that day
+            tiles[0].click()  # frame 2, whose heat map loads
+            assert wait_for(lambda: driver.execute_script(
+                "return document.getElementById('detail-overlay').naturalWidth") > 0, 5)  # fmt: skip
+            driver.find_element("id", "detail-older").click()  # frame 1: its pictures removed
+            time.sleep(1)
+            shown = driver.execute_script("""const o = document.getElementById('detail-overlay');
+                const why = document.getElementById('detail-missing').textContent;
+                return [getComputedStyle(o).display, o.naturalWidth, why]""")
+            assert shown[:2] == ["none", 0] and "removed by the" in shown[2], shown  # not frame 2's heat map
+        finally:
+            driver.quit()
+
+
 def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(line, tmp_path):
     """A plant's gateway serves each line's dashboard under a path of its own (/line3/) and takes
     it off before passing the request on: the page streams, draws a reject's overlay and takes
@@ -761,7 +822,8 @@ def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(
             run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "proxy test", "--by", "test")
             cam.send(frame_message("line3cam", 1, cv2.imread(str(line["images"][0])), "raw"))
             assert [h["decision"] for h, _ in sub.collect(1, timeout=30)] == ["fail"]
-            drawn = (
+            drawn = (  # in view: the tiles load lazily, and the record's other cameras come first
+                'document.querySelector("[data-camera=line3cam]")?.scrollIntoView();'
                 'return [...document.querySelectorAll("[data-camera=line3cam] .reject img")].map(i => i.naturalWidth)'
             )
             assert wait_for(lambda: (widths := driver.execute_script(drawn)) and all(widths), timeout=10)

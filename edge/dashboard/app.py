@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edge.dashboard.daily import DailyTally
 from edge.dashboard.live import CAMERAS_SHOWN, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe
+from edge.dashboard.record_link import RETRY_S as RECORD_RETRY_S
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
@@ -68,6 +69,10 @@ MAX_REJECTS = 200
 MAX_RESULTS = 1000
 # /api/daily reaches back at most a year: a tally over more scans more rows than a page should wait for.
 MAX_DAILY_DAYS = 366
+# The page's tally: a week, read every minute (static/dashboard.js). The cameras it shows from the
+# record alone are that week's, read as often: the tally's counts are held for its pages anyway.
+DAILY_DAYS_SHOWN = 7
+RECORDED_CAMERAS_EVERY_S = 60.0
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
@@ -134,6 +139,8 @@ class Dashboard:
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
         self.daily = DailyTally(days)
+        self._recorded: list[str] = []  # the cameras of the record's week (_refresh_recorded_cameras)
+        self._recorded_next = 0.0  # when they are read again (monotonic)
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -144,7 +151,7 @@ class Dashboard:
         return self._cached[1]
 
     def _summary(self) -> dict[str, Any]:
-        cameras = self.view.summary()
+        cameras = self.view.summary(self._recorded)
         daemon = self.probe.snapshot() if self.probe else {"up": None, "metrics": None}
         daemon.update(self._heartbeat(daemon["up"] is None))
         for camera, view in cameras.items():
@@ -175,13 +182,33 @@ class Dashboard:
                             unrecorded=record.get("unrecorded"))  # fmt: skip
         return said
 
+    async def _refresh_recorded_cameras(self) -> None:
+        """Read which cameras the record's daily tally of the page's week has, at most every
+        RECORDED_CAMERAS_EVERY_S, off the event loop. A dashboard started while the line stands
+        (a night, a weekend, a box restarted) showed "No results yet" over a record of rejects
+        waiting for their review, until a camera sent a frame again."""
+        now = time.monotonic()
+        if self.record is None or now < self._recorded_next:
+            return
+        self._recorded_next = now + RECORDED_CAMERAS_EVERY_S  # one read at a time, whatever the pages
+        days = self.daily.days
+        since = days.start_ns(days.today() - dt.timedelta(days=DAILY_DAYS_SHOWN - 1))
+        try:
+            rows = await run_in_threadpool(self._from_record, lambda record: self.daily.rows(record, None, since))
+        except RecordUnavailableError:
+            self._recorded_next = now + RECORD_RETRY_S
+            return
+        self._recorded = sorted({row["camera_id"] for row in rows})
+
     async def api_summary(self, request: Request) -> Response:
+        await self._refresh_recorded_cameras()
         return Response(self.summary_json(), media_type="application/json")
 
     async def api_events(self, request: Request) -> Response:
         async def stream():
             # A summary every tick also keeps proxies from closing an idle connection.
             while not await request.is_disconnected():
+                await self._refresh_recorded_cameras()
                 yield f"event: summary\ndata: {self.summary_json()}\n\n"
                 await asyncio.sleep(UPDATE_EVERY_S)
 
@@ -294,11 +321,11 @@ class Dashboard:
             evidence = self._evidence(camera, frame_id, kind, result_id) if self.record is not None else None
         except RecordUnavailableError:
             evidence = None
-        if evidence is not None:
+        if evidence is not None and evidence.status_code != 404:
             return evidence
         live = self.view.find(camera, frame_id, _frame_id_or_none(request.query_params.get("t", "")))
         if live is None:
-            return missing
+            return evidence or missing
         response = _live_image(live, kind)
         response.headers["cache-control"] = "private, max-age=86400, immutable"  # a result's picture never changes
         return response
@@ -314,7 +341,8 @@ class Dashboard:
 
     def _evidence(self, camera: str, frame_id: int, kind: str, result_id: int | None) -> Response | None:
         """The evidence of the newest result of `camera` and `frame_id`, or of the result
-        `result_id` (a sender that started its ids again recorded more than one)."""
+        `result_id` (a sender that started its ids again recorded more than one); 410 when the
+        quota removed it, 404 naming the file when it is not on this machine; None without it."""
         query = functools.partial(Record.results, camera=camera, frame_id=frame_id, result_id=result_id, limit=1)
         rows = self._from_record(query)
         if not rows:
@@ -322,8 +350,10 @@ class Dashboard:
         path = rows[0]["evidence_overlay" if kind == "overlay" else "evidence_frame"]
         if rows[0]["evidence_removed"]:
             return JSONResponse({"error": "the evidence was removed by the disk quota"}, 410)
-        if not path or not Path(path).is_file():
+        if not path:
             return None
+        if not Path(path).is_file():  # a record shared by boxes: each keeps its images on its own disk
+            return JSONResponse({"error": f"not on this machine's disk: {path}"}, 404)
         return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
 
     # -- review ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,10 +218,18 @@ class LiveView:
             beat = self._heartbeat
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
 
-    def summary(self) -> dict[str, dict[str, Any]]:
+    def summary(self, recorded: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Each camera's figures, by camera id. `recorded`: cameras the record knows; one the
+        stream has not sent since the dashboard started is there too, with nothing streamed and
+        `recorded_only`, so that the page shows its rejects and its tally from the record."""
         now = time.monotonic()
         with self.lock:
-            return {cam: view.summary(now, self.silent_after_s) for cam, view in sorted(self.cameras.items())}
+            cameras = {cam: {**view.summary(now, self.silent_after_s), "recorded_only": False}
+                       for cam, view in self.cameras.items()}  # fmt: skip
+        for camera in recorded:
+            if camera not in cameras and len(cameras) < CAMERAS_SHOWN:
+                cameras[camera] = {**CameraView().summary(now, self.silent_after_s), "recorded_only": True}
+        return dict(sorted(cameras.items()))
 
     def rejects(self, camera: str | None, limit: int) -> list[LiveFrame]:
         """The latest streamed rejects, newest first."""

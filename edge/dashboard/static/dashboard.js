@@ -139,7 +139,8 @@ function drawCamera(id, c, daemon) {
   setText(n, "model", c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "");
   n.classList.toggle("silent", c.silent);
   const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
-  pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
+  if (c.recorded_only) pill($(n, "liveness"), "no frame since the dashboard started: rejects and tally from the record", "warn");
+  else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
   drawRateChart($(n, "rate-chart"), c.fail_rate_series);
@@ -205,6 +206,7 @@ function drawDrift(el, drift, daemon) {
 }
 
 function drawLatest(cam, id, latest) {
+  $(cam.node, "latest-image").closest("figure").hidden = !latest; // a camera known from the record alone
   if (!latest) return;
   const unfit = unfitReasons(latest);
   const why = unfit ? ` (camera unfit: ${unfit})` : "";
@@ -333,6 +335,7 @@ function newTile(r) {
   const img = document.createElement("img");
   img.loading = "lazy";
   img.alt = `frame ${r.frame_id}`;
+  img.onerror = () => img.replaceWith(pictureMissing(img.src, "no-image"));
   if (r.images.overlay || r.images.frame) img.src = r.images.overlay || r.images.frame; // none: the stream carries neither
   const caption = document.createElement("span");
   const unfit = unfitReasons(r) ? " unfit" : ""; // failed by the camera health gate, whatever its score
@@ -341,6 +344,18 @@ function newTile(r) {
   reviewed.className = "reviewed";
   tile.append(img, caption, reviewed);
   return tile;
+}
+
+// In place of a picture that does not load, why: the API's answer for it ("the evidence was
+// removed by the disk quota"; "not on this machine's disk: PATH" on a record that boxes share,
+// each keeping its images on its own disk).
+function pictureMissing(url, className) {
+  const note = document.createElement("span");
+  note.className = className;
+  note.textContent = "no picture";
+  fetch(url).then((response) => response.json()).then((body) => { if (body.error) note.textContent = body.error; })
+    .catch(() => {});
+  return note;
 }
 
 // The detail of reject `r`; `list` is the gallery it was opened from, or the day's unreviewed
@@ -353,12 +368,19 @@ function openDetail(r, list = [r], queue = state.queue) {
   const overlay = document.getElementById("detail-overlay");
   overlay.hidden = !r.images.overlay; // removed by the disk quota
   overlay.onload = () => fitDetailImages(r);
+  const missing = document.getElementById("detail-missing");
+  missing.textContent = r.images.overlay || r.images.frame ? "" : "No picture is kept of it (removed by the evidence quota, or never stored).";
+  const notLoaded = (img) => () => { img.hidden = true; missing.replaceChildren(pictureMissing(img.src, "")); };
+  overlay.onerror = notLoaded(overlay);
   if (r.images.overlay) overlay.src = r.images.overlay;
+  else overlay.removeAttribute("src"); // never the previous reject's picture
   const frame = document.getElementById("detail-frame");
   document.getElementById("detail-framed").hidden = !r.images.frame;
   document.getElementById("detail-regions").replaceChildren();
   frame.onload = () => fitDetailImages(r);
+  frame.onerror = () => { document.getElementById("detail-framed").hidden = true; notLoaded(frame)(); };
   if (r.images.frame) frame.src = r.images.frame;
+  else frame.removeAttribute("src");
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
