@@ -774,11 +774,17 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
                              "evidence_frame = '/elsewhere/0.png' WHERE frame_id = 0"))  # fmt: skip
         conn.execute(sa.text("UPDATE results SET evidence_removed = true WHERE frame_id = 1"))
     engine.dispose()
+    _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a record they share
     nowhere = f"ipc://{tmp_path}/no-daemon"
-    with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "dashboard.log") as dashboard:
+    with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
+        assert set(_json(dashboard.url + "/api/summary")[1]["cameras"]) == {"standing", "line4-cam"}
+    with DashboardProcess(
+        "--record", url, "--results", nowhere, "--record-cameras", "stand*,line3-*", log_path=tmp_path / "dashboard.log"
+    ) as dashboard:
         base = dashboard.url
-        camera = _json(base + "/api/summary")[1]["cameras"]["standing"]
-        assert camera["recorded_only"] is True and camera["frames"] == 0
+        cameras = _json(base + "/api/summary")[1]["cameras"]
+        assert list(cameras) == ["standing"], cameras  # the line's own
+        assert cameras["standing"]["recorded_only"] is True and cameras["standing"]["frames"] == 0
         status, body = _json(base + f"/api/image/standing/0/overlay?result={rows[0]['id']}")
         assert status == 404 and body["error"] == "not on this machine's disk: /elsewhere/0_overlay.jpg"
         driver = headless_chromium()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fnmatch
 import functools
 import json
 import secrets
@@ -133,9 +134,15 @@ class Dashboard:
     """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
 
     def __init__(
-        self, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None, days: ProductionDays
+        self,
+        view: LiveView,
+        probe: MetricsProbe | None,
+        record: RecordLink | None,
+        days: ProductionDays,
+        record_cameras: tuple[str, ...] = ("*",),
     ) -> None:
-        self.view, self.probe, self.record = view, probe, record
+        """record_cameras: patterns of the record's cameras shown while they send nothing."""
+        self.view, self.probe, self.record, self.record_cameras = view, probe, record, record_cameras
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
         self.daily = DailyTally(days)
@@ -198,7 +205,8 @@ class Dashboard:
         except RecordUnavailableError:
             self._recorded_next = now + RECORD_RETRY_S
             return
-        self._recorded = sorted({row["camera_id"] for row in rows})
+        cameras = {row["camera_id"] for row in rows}
+        self._recorded = sorted(c for c in cameras if any(fnmatch.fnmatchcase(c, p) for p in self.record_cameras))
 
     async def api_summary(self, request: Request) -> Response:
         await self._refresh_recorded_cameras()
@@ -477,7 +485,7 @@ def _result_item(row: dict[str, Any], root: str = "") -> dict[str, Any]:
 def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
-    d = Dashboard(view, probe, record, cfg.production_days())
+    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras)
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

@@ -52,6 +52,10 @@ class DashboardConfig:
     # The path a reverse proxy serves the dashboard under (/line3), which it takes off before
     # passing a request on: the API's image links and the token's cookie carry it. "" = none.
     root_path: str = ""
+    # The cameras of the record's last 7 days that the page shows while they send nothing (the
+    # dashboard started while the line stands), as fnmatch patterns. On a record that boxes
+    # share, a line's own ("line3-*"); the stream's cameras are shown whatever.
+    record_cameras: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
@@ -74,6 +78,7 @@ class DashboardConfig:
             self.root_path == "" or (self.root_path.startswith("/") and not self.root_path.endswith("/")),
             f"root_path must start with / and not end with one (/line3), got {self.root_path!r}",
         )
+        require(all(p.strip() for p in self.record_cameras), "record_cameras: patterns, none empty ('*': every camera)")
         self.production_days()  # an unknown zone or a start off the quarter hour: ValueError
 
     def production_days(self) -> ProductionDays:

@@ -451,7 +451,8 @@ def dashboard_config(args: argparse.Namespace) -> DashboardConfig:
     from edge.config import load_config
     from edge.dashboard.settings import DashboardConfig
 
-    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path")
+    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path",
+            "record_cameras")  # fmt: skip
     over = {key: getattr(args, key) for key in keys}
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
@@ -525,6 +526,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--root-path", metavar="PREFIX", help="the path a reverse proxy serves the page under, e.g. /line3, when it "
         "takes it off before passing the request on (default: none)",
+    )  # fmt: skip
+    d.add_argument(
+        "--record-cameras", metavar="PATTERNS", help="the record's cameras shown while they send nothing: comma-"
+        "separated patterns, e.g. 'line3-*' on a record that boxes share (default: every camera)",
     )  # fmt: skip
     _add_day_flags(d)
     d.set_defaults(func=cmd_dashboard)
