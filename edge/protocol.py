@@ -338,6 +338,28 @@ def heartbeat_message(header: dict[str, Any]) -> list[bytes]:
     return [HEARTBEAT_TOPIC, json.dumps({"v": VERSION, **header}, separators=(",", ":")).encode()]
 
 
+class StreamGaps:
+    """A subscriber's count of the results it missed: the gaps in each daemon run's `seq`
+    (ZeroMQ drops results for a reader that falls its high-water mark behind). Only for a
+    subscription to every camera: one camera's results leave the others' seqs out."""
+
+    def __init__(self) -> None:
+        self.missed = 0
+        self.next_seq: dict[str, int] = {}  # per daemon run: the seq its next result should carry
+
+    def follow(self, header: dict[str, Any]) -> int:
+        """-> how many results of the header's run were missed just before it (0 for a header
+        without `run` and `seq`: a daemon before them)."""
+        run, seq = header.get("run"), header.get("seq")
+        if not isinstance(run, str) or not isinstance(seq, int):
+            return 0
+        expected = self.next_seq.get(run)
+        self.next_seq[run] = max(seq + 1, expected or 0)
+        gap = seq - expected if expected is not None and seq > expected else 0
+        self.missed += gap
+        return gap
+
+
 def heartbeat_overdue(age_s: float, header: dict[str, Any]) -> bool:
     """Whether a heartbeat `age_s` old (its header as sent) says the daemon is gone: more than
     HEARTBEAT_MISSED of its intervals (`every_s`) have passed without the next one."""

@@ -20,6 +20,7 @@ from edge.overlay import result_picture
 from edge.protocol import (
     HEARTBEAT_TOPIC,
     RECORD_BEHIND_S,
+    StreamGaps,
     file_name,
     heartbeat_overdue,
     parse_heartbeat,
@@ -44,8 +45,7 @@ class Summary:
         self.first: float | None = None
         self.last: float | None = None
         self.every_camera = every_camera
-        self.missed = 0
-        self.next_seq: dict[str, int] = {}  # per daemon run: the seq its next result should carry
+        self.gaps = StreamGaps()
 
     def add(self, header: dict[str, Any]) -> int:
         """Count a result; -> how many results of its daemon run were missed just before it (a
@@ -60,17 +60,11 @@ class Summary:
             self.by_decision[header["decision"]] += 1
         if latency is not None:
             self.latency.append(latency)
-        return self._gap(header)
+        return self.gaps.follow(header) if self.every_camera else 0
 
-    def _gap(self, header: dict[str, Any]) -> int:
-        run, seq = header.get("run"), header.get("seq")
-        if not self.every_camera or not isinstance(run, str) or not isinstance(seq, int):  # a daemon before seq
-            return 0
-        expected = self.next_seq.get(run)
-        self.next_seq[run] = max(seq + 1, expected or 0)
-        gap = seq - expected if expected is not None and seq > expected else 0
-        self.missed += gap
-        return gap
+    @property
+    def missed(self) -> int:
+        return self.gaps.missed
 
     def as_dict(self) -> dict[str, Any]:
         lat = np.array(self.latency) if self.latency else np.zeros(0)

@@ -106,6 +106,20 @@ def test_without_metrics_the_heartbeat_says_how_far_behind_the_record_is():
     assert page._summary()["daemon"]["record_behind"] is False
 
 
+def test_the_results_the_pages_feed_missed_are_counted_by_the_gaps_in_their_seq():
+    """ZeroMQ drops results for a feed that falls behind a burst: the page's counts were short
+    without a word. A restarted daemon (a new run) starts its seq again, which is no gap."""
+    from edge.dashboard.app import Dashboard
+    from edge.record.days import UTC_DAYS
+
+    view = LiveView()
+    page = Dashboard(view, None, None, UTC_DAYS)
+    for run, seq in (("a", 0), ("a", 1), ("a", 5), ("b", 0), ("b", 1), ("a", 6)):
+        view.add({**_header(seq, score=0.5), "run": run, "seq": seq}, b"", None)
+    said = page._summary()["daemon"]
+    assert (said["results_seen"], said["results_missed"]) == (6, 3)
+
+
 def _header(frame_id, status="ok", score=None, camera="c"):
     decision = None if score is None else ("fail" if score > 1.0 else "pass")
     model = {"name": "m", "sha256": "0" * 64}

@@ -166,6 +166,7 @@ class Dashboard:
         behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,
+            results_missed=self.view.gaps.missed,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
             record_behind=behind is not None and behind >= RECORD_BEHIND_S,

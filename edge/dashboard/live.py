@@ -24,7 +24,7 @@ import zmq
 from edge import transport
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
-from edge.protocol import HEARTBEAT_TOPIC, decode_map, parse_heartbeat, parse_result_header
+from edge.protocol import HEARTBEAT_TOPIC, StreamGaps, decode_map, parse_heartbeat, parse_result_header
 from edge.recent import RecentDict
 
 log = logging.getLogger(__name__)
@@ -197,12 +197,14 @@ class LiveView:
         self.cameras: RecentDict[str, CameraView] = RecentDict(CAMERAS_SHOWN)
         self.lock = threading.Lock()
         self.results_seen = 0
+        self.gaps = StreamGaps()  # what the feed missed: the counts are short by it
         self._heartbeat: tuple[float, dict[str, Any]] | None = None
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None) -> None:
         frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic())
         with self.lock:
             self.results_seen += 1
+            self.gaps.follow(header)
             camera = str(header["camera_id"])
             view = self.cameras.get(camera) or CameraView()
             self.cameras[camera] = view  # the most recent: a camera that sends is never the one dropped

@@ -76,6 +76,11 @@ function drawDaemon(d) {
   else if (d.stalled) pill(el, "daemon stalled: inference not returning", "bad");
   else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
   drawRecordState($(bar, "record-state"), d);
+  // Results the page's feed missed (the gaps in their seq: it fell behind a burst): its counts
+  // are short by them; the record's tally is not.
+  const feed = $(bar, "feed-state");
+  feed.hidden = !d.results_missed;
+  if (d.results_missed) feed.textContent = `page missed ${d.results_missed} results: counts are short, the tally is not`;
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
   setText(bar, "threshold", num(d.threshold));
