@@ -83,7 +83,7 @@ class Summary:
         d = self.as_dict()
         lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
         rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
-        missed = f"; missed {self.missed} (the record keeps them)" if self.missed else ""
+        missed = f"; missed {self.missed} (a daemon's record keeps them)" if self.missed else ""
         return (
             f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
             f"latency {lat or 'n/a'}{missed}"
@@ -214,9 +214,9 @@ def run_watch(
                     malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
                     continue
                 if missed:
-                    gaps.log("missed %d results before seq %d of run %s (this reader fell behind); the record "
-                             "has them: vqad records RECORD --run %s --after-seq %d", missed, header["seq"],
-                             header["run"], header["run"], header["seq"] - missed - 1)  # fmt: skip
+                    gaps.log("missed %d results before seq %d of run %s (this reader fell behind); a daemon "
+                             "with a record has them: vqad records RECORD --run %s --after-seq %d", missed,
+                             header["seq"], header["run"], header["run"], header["seq"] - missed - 1)  # fmt: skip
                 last = time.monotonic()
                 if not quiet:
                     print(line, file=out, flush=True)

@@ -791,11 +791,13 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
     _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a record they share
     nowhere = f"ipc://{tmp_path}/no-daemon"
     with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
-        assert set(_json(dashboard.url + "/api/summary")[1]["cameras"]) == {"standing", "line4-cam"}
+        every = wait_for(lambda: len(c := _json(dashboard.url + "/api/summary")[1]["cameras"]) == 2 and c, 10)
+        assert set(every) == {"standing", "line4-cam"}  # read in the background, after the first summary
     with DashboardProcess(
         "--record", url, "--results", nowhere, "--record-cameras", "stand*,line3-*", log_path=tmp_path / "dashboard.log"
     ) as dashboard:
         base = dashboard.url
+        assert wait_for(lambda: _json(base + "/api/summary")[1]["cameras"], 10)  # read in the background
         cameras = _json(base + "/api/summary")[1]["cameras"]
         assert list(cameras) == ["standing"], cameras  # the line's own
         assert cameras["standing"]["recorded_only"] is True and cameras["standing"]["frames"] == 0

@@ -148,6 +148,7 @@ class Dashboard:
         self.daily = DailyTally(days)
         self._recorded: list[str] = []  # the cameras of the record's week (_refresh_recorded_cameras)
         self._recorded_next = 0.0  # when they are read again (monotonic)
+        self._recorded_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -190,34 +191,38 @@ class Dashboard:
                             unrecorded=record.get("unrecorded"))  # fmt: skip
         return said
 
-    async def _refresh_recorded_cameras(self) -> None:
-        """Read which cameras the record's daily tally of the page's week has, at most every
-        RECORDED_CAMERAS_EVERY_S, off the event loop. A dashboard started while the line stands
-        (a night, a weekend, a box restarted) showed "No results yet" over a record of rejects
-        waiting for their review, until a camera sent a frame again."""
+    def _refresh_recorded_cameras(self) -> None:
+        """Start reading which cameras the record's daily tally of the page's week has, at most
+        every RECORDED_CAMERAS_EVERY_S, in a worker thread: the summaries meanwhile carry the
+        cameras read before. A dashboard started while the line stands (a night, a weekend, a
+        box restarted) showed "No results yet" over a record of rejects waiting for their
+        review, until a camera sent a frame again."""
         now = time.monotonic()
         if self.record is None or now < self._recorded_next:
             return
         self._recorded_next = now + RECORDED_CAMERAS_EVERY_S  # one read at a time, whatever the pages
+        self._recorded_task = asyncio.get_running_loop().create_task(self._read_recorded_cameras())
+
+    async def _read_recorded_cameras(self) -> None:
         days = self.daily.days
         since = days.start_ns(days.today() - dt.timedelta(days=DAILY_DAYS_SHOWN - 1))
         try:
             rows = await run_in_threadpool(self._from_record, lambda record: self.daily.rows(record, None, since))
         except RecordUnavailableError:
-            self._recorded_next = now + RECORD_RETRY_S
+            self._recorded_next = time.monotonic() + RECORD_RETRY_S
             return
         cameras = {row["camera_id"] for row in rows}
         self._recorded = sorted(c for c in cameras if any(fnmatch.fnmatchcase(c, p) for p in self.record_cameras))
 
     async def api_summary(self, request: Request) -> Response:
-        await self._refresh_recorded_cameras()
+        self._refresh_recorded_cameras()
         return Response(self.summary_json(), media_type="application/json")
 
     async def api_events(self, request: Request) -> Response:
         async def stream():
             # A summary every tick also keeps proxies from closing an idle connection.
             while not await request.is_disconnected():
-                await self._refresh_recorded_cameras()
+                self._refresh_recorded_cameras()
                 yield f"event: summary\ndata: {self.summary_json()}\n\n"
                 await asyncio.sleep(UPDATE_EVERY_S)
 
