@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -828,6 +829,56 @@ def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when
     assert shipped and all(re.fullmatch(r"ship cam0 SN-\d+", line) for line in shipped), lines
     assert held and all(re.fullmatch(r"hold cam0 SN-\d+b error None", line) for line in held), lines
     assert gone, lines
+
+
+def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_once_in_order(tiny_model, tmp_path):
+    """The docs' MES subscriber, reading slower than the daemon publishes (ZeroMQ drops what it
+    cannot take), fills each gap from the record through the dashboard's API, also the gap at
+    the end of a burst, and follows the daemon into its next run."""
+    from tests.browser import DashboardProcess
+
+    code = _doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
+    api, results = "http://127.0.0.1:8080/api/results", "tcp://127.0.0.1:5556"
+    assert api in code and results in code and "while True:" in code and '    print(r["run"], r["seq"]' in code
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    daemon = DaemonProcess(tiny_model, "--record", url, "--set", "edge.sndhwm=2", "--set", "edge.heartbeat_s=0.5")
+    daemon.start()
+    dashboard = DashboardProcess("--results", daemon.results, "--record", url, log_path=tmp_path / "dash.log").start()
+    where = '    print("api" if "result_id" in r else "zmq", r["run"], r["seq"]'  # from the record or the stream
+    slow = (  # a reader that falls behind, through a one-message queue
+        code.replace(api, dashboard.url + "/api/results").replace(results, daemon.results)
+        .replace("sock.connect(", "sock.setsockopt(zmq.RCVHWM, 1)\nsock.connect(")
+        .replace('    print(r["run"], r["seq"]', "    time.sleep(0.02)\n" + where)
+        .replace("while True:", "deadline = time.monotonic() + 60\nwhile time.monotonic() < deadline:")
+    )  # fmt: skip
+    reader = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []  # every line, as soon as it is printed
+    threading.Thread(target=lambda: [lines.append(line.strip()) for line in reader.stdout], daemon=True).start()
+    first, then = 40, 10
+    try:
+        time.sleep(1.5)  # PUB/SUB: connected before results go out
+        cam = Camera(daemon.frames)
+        for i in range(first):
+            cam.send(frame_message("mes", i, np.full((64, 64, 3), 80 + i % 50, np.uint8), "raw"))
+        wait_for(lambda: len(lines) >= first, 30)
+        daemon.stop()
+        daemon.start()  # a new run, on the same endpoints
+        for i in range(first, first + then):
+            cam.send(frame_message("mes", i, np.full((64, 64, 3), 80 + i % 50, np.uint8), "raw"))
+        wait_for(lambda: len(lines) >= first + then, 30)
+        cam.close()
+    finally:
+        reader.kill()
+        dashboard.stop()
+        daemon.stop()
+    rows = [line.split() for line in lines]
+    runs = list(dict.fromkeys(row[1] for row in rows))
+    start = int(rows[0][2])  # the first result this subscriber read: from it on, every one
+    assert len(runs) == 2 and start < 5, lines
+    for run, seqs, frame_of_seq0 in zip(runs, (range(start, first), range(then)), (0, first), strict=True):
+        handled = [(int(row[2]), int(row[4])) for row in rows if row[1] == run]
+        assert handled == [(seq, frame_of_seq0 + seq) for seq in seqs], lines  # each once, in order
+    assert {row[0] for row in rows} == {"api", "zmq"}, lines  # some from the record: the gaps were filled
 
 
 def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
