@@ -289,6 +289,7 @@ class Record:
         """results(**filters), the newest `limit` at most (with `after_seq`, the first), read `page`
         at a time: an export of a month holds one page in memory, not the month."""
         cursor: dict[str, Any] = {}
+        by_seq = filters.get("after_seq") is not None
         while limit > 0:
             rows = self.results(**{**filters, **cursor}, limit=min(page, limit))
             yield from rows
@@ -296,7 +297,6 @@ class Record:
                 return
             limit -= len(rows)
             last = rows[-1]
-            by_seq = filters.get("after_seq") is not None
             cursor = {"after_seq": last["seq"]} if by_seq else {"before": (last["ts_ns"], last["id"])}
 
     def removed(self) -> dict[str, int] | None:

@@ -195,7 +195,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.after_seq is not None and args.run is None:
         raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
-    if (args.run is not None) and (args.daily or args.export_reviewed or args.compact):
+    if args.run is not None and (args.daily or args.export_reviewed or args.compact):
         raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed and --compact "
                           "do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
