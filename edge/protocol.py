@@ -353,8 +353,22 @@ class StreamGaps:
         run, seq = header.get("run"), header.get("seq")
         if not isinstance(run, str) or not isinstance(seq, int):
             return 0
+        return self._reach(run, seq, seq + 1)
+
+    def follow_heartbeat(self, header: dict[str, Any]) -> int:
+        """-> how many results of the heartbeat's run were missed since the last one read: its
+        `published` is the seq of the next result, and the results before it went out before it
+        on the same socket. A gap at the end of a burst shows here, before any next result."""
+        run, published = header.get("run"), header.get("published")
+        if not isinstance(run, str) or not isinstance(published, int):
+            return 0
+        return self._reach(run, published, published)
+
+    def _reach(self, run: str, seq: int, next_seq: int) -> int:
+        """The stream of `run` has reached `seq`, and goes on at `next_seq`: -> the results
+        missed before `seq`."""
         expected = self.next_seq.get(run)
-        self.next_seq[run] = max(seq + 1, expected or 0)
+        self.next_seq[run] = max(next_seq, expected or 0)
         gap = seq - expected if expected is not None and seq > expected else 0
         self.missed += gap
         return gap

@@ -62,6 +62,10 @@ class Summary:
             self.latency.append(latency)
         return self.gaps.follow(header) if self.every_camera else 0
 
+    def beat(self, header: dict[str, Any]) -> int:
+        """-> how many results the daemon's heartbeat shows were missed since the last one read."""
+        return self.gaps.follow_heartbeat(header) if self.every_camera else 0
+
     @property
     def missed(self) -> int:
         return self.gaps.missed
@@ -113,11 +117,12 @@ class DaemonSilence:
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
 
-    def beat(self, parts: list[bytes]) -> None:
+    def beat(self, parts: list[bytes]) -> dict[str, Any] | None:
+        """Take a heartbeat message; -> its header, None for one that is not a heartbeat."""
         try:
             header = parse_heartbeat(parts)
         except (ValueError, json.JSONDecodeError):
-            return
+            return None
         if self.silent:
             log.info("the daemon at %s sends heartbeats again", self.endpoint)
         self.last, self.silent = (time.monotonic(), header), False
@@ -130,6 +135,7 @@ class DaemonSilence:
                 log.info("the daemon at %s says its inference runs again", self.endpoint)
         self.stalled = stalled
         self._record(header.get("record") or {})
+        return header
 
     def _record(self, record: dict[str, Any]) -> None:
         behind = (record.get("behind_s") or 0.0) >= RECORD_BEHIND_S
@@ -147,6 +153,13 @@ class DaemonSilence:
         if heartbeat_overdue(quiet_s, self.last[1]):
             self.silent = True
             log.warning("no heartbeat from the daemon at %s for %.1f s: is it running?", self.endpoint, quiet_s)
+
+
+def _say_missed(said: RepeatedLog, missed: int, run: str, seq: int) -> None:
+    """Log that the `missed` results of `run` before `seq` did not reach this reader."""
+    said.log("missed %d results before seq %d of run %s (this reader fell behind); a daemon with a record "
+             "has them: vqad records RECORD --run %s --after-seq %d",
+             missed, seq, run, run, seq - missed - 1)  # fmt: skip
 
 
 def save_overlay(
@@ -202,7 +215,9 @@ def run_watch(
             if sock.poll(100):
                 parts = sock.recv_multipart()
                 if parts[0] == HEARTBEAT_TOPIC:
-                    daemon.beat(parts)
+                    beat = daemon.beat(parts)
+                    if beat is not None and (missed := summary.beat(beat)):
+                        _say_missed(gaps, missed, beat["run"], beat["published"])
                     continue
                 try:
                     header, amap = parse_result(parts)
@@ -214,9 +229,7 @@ def run_watch(
                     malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
                     continue
                 if missed:
-                    gaps.log("missed %d results before seq %d of run %s (this reader fell behind); a daemon "
-                             "with a record has them: vqad records RECORD --run %s --after-seq %d", missed,
-                             header["seq"], header["run"], header["run"], header["seq"] - missed - 1)  # fmt: skip
+                    _say_missed(gaps, missed, header["run"], header["seq"])
                 last = time.monotonic()
                 if not quiet:
                     print(line, file=out, flush=True)

@@ -914,8 +914,9 @@ def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
 
 
 def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
-    """A gap in a run's seq is results missed; a new run (a restarted daemon) and a header from
-    a daemon before seq are not, nor another camera's results when one camera is watched."""
+    """A gap in a run's seq is results missed, also one the heartbeat shows; a new run (a
+    restarted daemon) and a header from a daemon before seq are not, nor another camera's
+    results when one camera is watched."""
     from edge.watch import Summary
 
     def result(run: str | None, seq: int | None) -> dict:
@@ -927,7 +928,11 @@ def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
               result("b", 3), result("b", 4)]  # fmt: skip
     assert [every.add(h) for h in stream] == [0, 0, 2, 0, 0, 0, 2, 0]
     assert [one_camera.add(h) for h in stream] == [0] * len(stream)
-    assert every.missed == 4 and every.as_dict()["missed"] == 4 and "missed 4" in every.text()
+    # A heartbeat's `published` is the seq of the next result: the end of a burst, dropped, shows.
+    beats = [{"run": "b", "published": 5}, {"run": "b", "published": 7}, {"run": "c", "published": 3}, {}]
+    assert [every.beat(b) for b in beats] == [0, 2, 0, 0] and [one_camera.beat(b) for b in beats] == [0] * 4
+    assert every.add(result("c", 3)) == 0 and every.add(result("c", 5)) == 1  # from the first beat of c on
+    assert every.missed == 7 and every.as_dict()["missed"] == 7 and "missed 7" in every.text()
     assert one_camera.as_dict()["missed"] is None
 
 

@@ -213,6 +213,7 @@ class LiveView:
     def heartbeat(self, header: dict[str, Any]) -> None:
         with self.lock:
             self._heartbeat = (time.monotonic(), header)
+            self.gaps.follow_heartbeat(header)
 
     def last_heartbeat(self) -> tuple[float, dict[str, Any]] | None:
         """(seconds since the daemon's last heartbeat, its header), or None before the first."""
