@@ -1599,6 +1599,35 @@ def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_mode
     assert [r["seq"] for r in json.loads(printed.stdout)] == list(range(seqs[0] + 1, min(seqs[0] + 6, n)))
 
 
+def test_a_catch_up_follows_the_order_published_whatever_the_capture_times_and_pages_by_seq(tmp_path, record_url):
+    """Two cameras, one's clock minutes behind the other's, in one run; a second run beside it.
+    The run's results after a seq come in the order published, and an export pages by seq."""
+    writer = RecordWriter(record_url, tmp_path / "ev", run_id="run-a").start()
+    now = time.time_ns()
+    published = []
+    for seq in range(7):  # cam1's capture times 120 s behind cam0's
+        camera = f"cam{seq % 2}"
+        r = _result(camera, seq, "pass", ts_ns=now + seq * 10**6 - (120 * 10**9 if camera == "cam1" else 0))
+        r.header.update(run="run-a", seq=seq)
+        published.append((camera, seq))
+        writer.put(r, time.time_ns())
+    wait_for(lambda: writer.recorded == 7, 10)
+    writer.close()
+    writer = RecordWriter(record_url, tmp_path / "ev", run_id="run-b").start()  # the daemon started again
+    other = _result("cam0", 99, "pass")
+    other.header.update(run="run-b", seq=0)
+    _store(writer, other)
+    writer.close()
+    record = Record(record_url)
+    caught_up = record.results(run="run-a", after_seq=1, limit=100)
+    assert [(r["camera_id"], r["seq"]) for r in caught_up] == published[2:]  # not by capture time
+    paged = list(record.iter_results(100, page=2, run="run-a", after_seq=-1))
+    assert [r["seq"] for r in paged] == list(range(7))
+    assert [r["seq"] for r in record.results(run="run-b", after_seq=-1)] == [0]
+    with pytest.raises(ValueError, match="name its run"):
+        record.results(after_seq=3)
+
+
 def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):
     """Camera ids are any printable text and a defect's kind is what a person typed: as file and
     folder names they must not climb out of the evidence folder or the export."""
