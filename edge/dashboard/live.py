@@ -229,9 +229,10 @@ class LiveView:
         with self.lock:
             cameras = {cam: {**view.summary(now, self.silent_after_s), "recorded_only": False}
                        for cam, view in self.cameras.items()}  # fmt: skip
+        quiet = {**CameraView().summary(now, self.silent_after_s), "recorded_only": True}  # nothing streamed
         for camera in recorded:
             if camera not in cameras and len(cameras) < CAMERAS_SHOWN:
-                cameras[camera] = {**CameraView().summary(now, self.silent_after_s), "recorded_only": True}
+                cameras[camera] = dict(quiet)
         return dict(sorted(cameras.items()))
 
     def rejects(self, camera: str | None, limit: int) -> list[LiveFrame]:
