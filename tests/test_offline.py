@@ -30,7 +30,8 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
     images = tmp_path / "images"
     shutil.copytree(synth_root / "bracket" / "test", images)
     (images / "good" / "broken.png").write_bytes(b"\x89PNG not quite")
-    proc = _score(tiny_model, images, "--format", "json", "--out", tmp_path / "pictures")
+    proc = _score(tiny_model, images, "--format", "json", "--out", tmp_path / "pictures", check=False)
+    assert proc.returncode == 3 and "1 of" in proc.stderr and "broken.png" in proc.stderr  # all written, then said
     rows = json.loads(proc.stdout)
     assert len(rows) == len(expected) + 1
     assert [r["image"] for r in rows] == sorted(r["image"] for r in rows)  # in the order found
@@ -43,6 +44,7 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
         assert row["score"] == pytest.approx(float(ref["score"]), rel=1e-4, abs=1e-5)
         assert row["decision"] == ref["decision"] and row["result"]["model"]["sha256"]
     assert len(list((tmp_path / "pictures").glob("*.png"))) == len(expected)
+    (images / "good" / "broken.png").unlink()
     table = _score(tiny_model, images / "good", "--threshold", "1e-9").stdout
     assert "FAIL" in table and "PASS" not in table and "threshold 1e-09" in table
     refused = _score(tiny_model, tmp_path / "nothing_here", check=False)

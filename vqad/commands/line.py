@@ -99,7 +99,18 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
     if args.out:
         print(f"pictures: {args.out}", file=sys.stderr if args.format != "table" else sys.stdout)
-    return 0
+    return _unscored_exit(rows)
+
+
+def _unscored_exit(rows: list[dict]) -> int:
+    """0, or 3 when an image could not be scored: a script that checks a package on known parts
+    before it goes live must not read a folder with unreadable files as judged."""
+    unscored = [r["image"] for r in rows if r["status"] == "error"]
+    if not unscored:
+        return 0
+    named = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+    log.error("%d of %d images not scored: %s", len(unscored), len(rows), named)
+    return 3
 
 
 def _stop_on_sigterm() -> Callable[[], bool]:
