@@ -809,6 +809,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             driver.get(base + "/")
             tiles = wait_for(lambda: len(t := driver.find_elements("css selector", ".reject")) == 3 and t, 10)
             assert "from the record" in _field(driver, "standing", "liveness")
+            border = driver.execute_script("""const n = document.querySelector('[data-camera="standing"]');
+                return [getComputedStyle(n).borderLeftColor, n.className]""")
+            assert border[0] == "rgb(210, 153, 34)", border  # the pill's amber, not a silent camera's red
             assert not driver.find_element("css selector", '[data-field="latest-image"]').is_displayed()
             assert wait_for(lambda: "not on this machine's disk" in tiles[2].text, 5), tiles[2].text  # the oldest
             assert wait_for(lambda: _field(driver, "standing", "daily").split()[2] == "3", 10)  # results that day

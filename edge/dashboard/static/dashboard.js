@@ -142,7 +142,8 @@ function drawCamera(id, c, daemon) {
   setText(n, "cam-throughput", `${num(c.throughput_per_s, 3)}/s`);
   setText(n, "latency", c.latency_ms ? `${c.latency_ms.p50.toFixed(1)} / ${c.latency_ms.p99.toFixed(1)} ms` : "–");
   setText(n, "model", c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "");
-  n.classList.toggle("silent", c.silent);
+  n.classList.toggle("silent", c.silent && !c.recorded_only); // never streamed here: not known to be down
+  n.classList.toggle("recorded-only", c.recorded_only);
   const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
   if (c.recorded_only) pill($(n, "liveness"), "no frame since the dashboard started: rejects and tally from the record", "warn");
   else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
