@@ -4,6 +4,7 @@ overlays of failed frames, and print a summary (counts and latency percentiles) 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import time
@@ -201,7 +202,7 @@ def run_watch(
     sock = transport.results_subscriber(
         zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
     )
-    malformed, unsaved, gaps = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
+    malformed, unsaved, unwritten, gaps = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
     folder = Path(save_dir) if save_dir else None
     if folder:
@@ -234,8 +235,11 @@ def run_watch(
                 if not quiet:
                     print(line, file=out, flush=True)
                 if sink:
-                    sink.write(json.dumps(header) + "\n")
-                    sink.flush()
+                    try:
+                        sink.write(json.dumps(header) + "\n")
+                        sink.flush()
+                    except OSError as exc:  # as for the overlays: the results go on being printed
+                        unwritten.log("result not written to %s: %s", jsonl, exc)
                 if folder and header.get("decision") == "fail":
                     try:
                         save_overlay(folder, header, amap, parts[3] if len(parts) > 3 else None)
@@ -250,5 +254,6 @@ def run_watch(
     finally:
         sock.close(linger=0)
         if sink:
-            sink.close()
+            with contextlib.suppress(OSError):  # what a full disk kept back is logged above
+                sink.close()
     return summary

@@ -1152,7 +1152,9 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
     pub.bind(endpoint)
     got = {}
     watcher = threading.Thread(
-        target=lambda: got.update(summary=run_watch(endpoint, save_dir=folder, quiet=True, count=3, timeout_s=10.0)),
+        target=lambda: got.update(
+            summary=run_watch(endpoint, save_dir=folder, quiet=True, count=3, timeout_s=10.0, jsonl="/dev/full")
+        ),  # a JSONL on a full disk, too
         daemon=True,
     )
     amap = bytes(range(256))
@@ -1171,3 +1173,4 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
         pub.close(linger=0)
     assert not watcher.is_alive() and got["summary"].by_status["ok"] == 3
     assert sum("overlay not saved: cannot write" in r.getMessage() for r in caplog.records) == 1
+    assert sum("result not written to /dev/full" in r.getMessage() for r in caplog.records) == 1
