@@ -56,7 +56,7 @@ from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
-from edge.record.store import parse_time
+from edge.record.store import check_seq_cursor, parse_time
 
 T = TypeVar("T")
 
@@ -270,8 +270,7 @@ class Dashboard:
                     raise ValueError("a day is a period of its own: give it, or since and until")
                 since, until = self.daily.days.period_ns(dt.date.fromisoformat(params["day"]))
             after_seq = int(params["after_seq"]) if params.get("after_seq") else None
-            if after_seq is not None and not params.get("run"):
-                raise ValueError("after_seq counts within one start of the daemon: name its run")
+            check_seq_cursor(params.get("run"), after_seq)
         except (ValueError, DataError) as exc:
             return JSONResponse({"error": f"frame_id, after_seq and limit are integers, since and until ISO 8601, "
                                           f"day YYYY-MM-DD: {exc}"}, 400)  # fmt: skip

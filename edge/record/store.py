@@ -187,6 +187,13 @@ def compact(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
+def check_seq_cursor(run: str | None, after_seq: int | None) -> None:
+    """Raises ValueError for an `after_seq` without its `run`: seq counts within one start of
+    the daemon (Record.results, and the dashboard's API before it asks)."""
+    if after_seq is not None and not run:
+        raise ValueError("after_seq counts within one start of the daemon: name its run")
+
+
 def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | None:
     """ISO 8601 (a time without an offset is read in `zone`, UTC unless given) -> ns since the
     epoch; None stays None. A trailing Z (UTC, as JavaScript's toISOString and most programs
@@ -236,8 +243,7 @@ class Record:
         `run`: one start of the daemon's results (their header's `run`). With `after_seq`, its
         results published after the one of that `seq`, the oldest first, in the order they were
         published: a subscriber's catch-up, whatever their capture times."""
-        if after_seq is not None and run is None:
-            raise ValueError("after_seq counts within one start of the daemon: name its run")
+        check_seq_cursor(run, after_seq)
         # Asked for a part, its few rows by their index: SQLite, without statistics, took the
         # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
         # expression on the camera keeps it off that index, on any database.
