@@ -182,6 +182,40 @@ def save_overlay(
     return path
 
 
+class _Outputs:
+    """Where `vqad watch` writes each result: its line to `out` (unless quiet), its header to the
+    JSONL file, and a fail's picture to the overlay folder. A file that cannot be written (a full
+    disk) is logged and the results go on being printed."""
+
+    def __init__(self, out: TextIO | None, jsonl: str | Path | None, save_dir: str | Path | None):
+        self.out, self.jsonl = out, jsonl
+        self.folder = Path(save_dir) if save_dir else None
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.sink = open(jsonl, "a") if jsonl else None
+        self.unsaved, self.unwritten = RepeatedLog(log), RepeatedLog(log)
+
+    def write(self, line: str, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> None:
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+        if self.sink:
+            try:
+                self.sink.write(json.dumps(header) + "\n")
+                self.sink.flush()
+            except OSError as exc:
+                self.unwritten.log("result not written to %s: %s", self.jsonl, exc)
+        if self.folder and header.get("decision") == "fail":
+            try:
+                save_overlay(self.folder, header, amap, frame_jpeg)
+            except OSError as exc:
+                self.unsaved.log("overlay not saved: %s", exc)
+
+    def close(self) -> None:
+        if self.sink:
+            with contextlib.suppress(OSError):  # what a full disk kept back is logged above
+                self.sink.close()
+
+
 def run_watch(
     endpoint: str,
     camera: str | None = None,
@@ -198,16 +232,12 @@ def run_watch(
     """Subscribe and print until `count` results, `timeout_s` idle seconds, or `stop()`; returns the summary."""
     import sys
 
-    out = out or sys.stdout
     sock = transport.results_subscriber(
         zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
     )
-    malformed, unsaved, unwritten, gaps = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
+    malformed, gaps = RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
-    folder = Path(save_dir) if save_dir else None
-    if folder:
-        folder.mkdir(parents=True, exist_ok=True)
-    sink = open(jsonl, "a") if jsonl else None
+    outputs = _Outputs(None if quiet else out or sys.stdout, jsonl, save_dir)
     summary = Summary(every_camera=not camera)
     last = time.monotonic()
     try:
@@ -232,19 +262,7 @@ def run_watch(
                 if missed:
                     _say_missed(gaps, missed, header["run"], header["seq"])
                 last = time.monotonic()
-                if not quiet:
-                    print(line, file=out, flush=True)
-                if sink:
-                    try:
-                        sink.write(json.dumps(header) + "\n")
-                        sink.flush()
-                    except OSError as exc:  # as for the overlays: the results go on being printed
-                        unwritten.log("result not written to %s: %s", jsonl, exc)
-                if folder and header.get("decision") == "fail":
-                    try:
-                        save_overlay(folder, header, amap, parts[3] if len(parts) > 3 else None)
-                    except OSError as exc:  # a full disk must not stop the results being printed
-                        unsaved.log("overlay not saved: %s", exc)
+                outputs.write(line, header, amap, parts[3] if len(parts) > 3 else None)
                 if count and sum(summary.by_status.values()) >= count:
                     break
             elif timeout_s and time.monotonic() - last > timeout_s:
@@ -253,7 +271,5 @@ def run_watch(
         pass
     finally:
         sock.close(linger=0)
-        if sink:
-            with contextlib.suppress(OSError):  # what a full disk kept back is logged above
-                sink.close()
+        outputs.close()
     return summary
