@@ -216,7 +216,6 @@ def make_tensorrt(cudart: types.SimpleNamespace, version: str = VERSION) -> type
     trt.Runtime = lambda logger: _Runtime(logger, cudart.device)
     trt.TensorIOMode = TensorIOMode
     trt.DataType = DataType
-    trt.nptype = lambda dtype: dtype.value
     return trt
 
 

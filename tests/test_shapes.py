@@ -126,6 +126,21 @@ def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):
         dataclasses.replace(model_cfg, short_side=40)
 
 
+def test_an_engine_tensors_element_type_is_read_by_its_name_without_trt_nptype():
+    """trt.nptype fails on TensorRT 8.5 with numpy >= 1.24 (np.bool): the backend reads a
+    trt.DataType by its name, as a pybind11 enum gives it (`.name`, or 'DataType.HALF'); the
+    stand-in runtime has no nptype. A type vqad does not read is a BackendError naming it."""
+    import types
+
+    from edge.backends.tensorrt_backend import numpy_dtype
+
+    assert numpy_dtype(types.SimpleNamespace(name="HALF"), "score") == np.float16
+    assert numpy_dtype("DataType.FLOAT", "anomaly_map") == np.float32
+    assert numpy_dtype(types.SimpleNamespace(name="UINT8"), "frames") == np.uint8
+    with pytest.raises(BackendError, match="score is BF16, which vqad does not read"):
+        numpy_dtype(types.SimpleNamespace(name="BF16"), "score")
+
+
 @pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
 @pytest.mark.parametrize("which", ["tiny_model", "wide_model"])
 def test_the_tensorrt_backend_returns_the_engines_maps_at_the_models_shape(which, version, request, monkeypatch):

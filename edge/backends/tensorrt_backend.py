@@ -38,6 +38,28 @@ def import_tensorrt() -> Any:
     return trt
 
 
+# TensorRT's element types, by their enum names, as numpy's. Not trt.nptype: on TensorRT 8.5
+# with numpy >= 1.24 it fails on np.bool (NVIDIA/TensorRT#2557), and a name some release lacks
+# (INT64 before 10) is only a string here.
+_NUMPY_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def numpy_dtype(trt_dtype: Any, tensor: str) -> np.dtype:
+    """The numpy dtype of an engine tensor's trt.DataType; BackendError for one vqad does not read."""
+    name = getattr(trt_dtype, "name", None) or str(trt_dtype).rsplit(".", 1)[-1]
+    if name not in _NUMPY_DTYPES:
+        raise BackendError(f"the engine's {tensor} is {name}, which vqad does not read: rebuild it (vqad build-engine)")
+    return np.dtype(_NUMPY_DTYPES[name])
+
+
 def find_engine(package: ModelPackage, max_batch: int, workspace_mb: int, trt: Any, cudart: Any):
     """-> (path, key, settings) of the engine this GPU and TensorRT need for `package`."""
     settings = EngineSettings(max_batch, workspace_mb, build_mode(trt.__version__))
@@ -96,7 +118,7 @@ class TensorRTBackend:
         try:  # what is allocated is freed if the rest cannot be (a GPU out of memory)
             self.stream = check(cudart, cudart.cudaStreamCreate())
             for name in self.per_frame:
-                dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+                dtype = numpy_dtype(self.engine.get_tensor_dtype(name), name)
                 self.buffers[name] = PinnedBuffer(cudart, (self.max_batch, *self.per_frame[name]), dtype)
                 self.context.set_tensor_address(name, int(self.buffers[name].device_ptr))
         except BaseException:
