@@ -211,16 +211,33 @@ def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default
     return value
 
 
-def request(endpoint: str, command: str, args: dict[str, Any], by: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    """One request to a daemon's control socket (`vqad ctl`); VqadError when it does not answer."""
+def request(
+    endpoint: str,
+    command: str,
+    args: dict[str, Any],
+    by: str,
+    timeout_s: float = 30.0,
+    curve_secret: str | None = None,
+    curve_server_key: str | None = None,
+) -> dict[str, Any]:
+    """One request to a daemon's control socket (`vqad ctl`), as a CURVE client when given this
+    client's secret key file and the daemon's public one; VqadError when it does not answer."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
-    transport.connect(sock, endpoint, "control")
     try:
+        if curve_secret:
+            from edge.security import make_curve_client
+
+            make_curve_client(sock, curve_secret, curve_server_key)
+        transport.connect(sock, endpoint, "control")
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
         if not sock.poll(int(timeout_s * 1000)):
-            raise VqadError(f"no answer from {endpoint} within {timeout_s:g} s: is the daemon running with --control?")
+            # A daemon with CURVE on drops a request without a key it knows, and says so only in its log.
+            keys = "" if curve_secret else "; with CURVE on, give --curve-secret and --curve-server-key"
+            raise VqadError(
+                f"no answer from {endpoint} within {timeout_s:g} s: is the daemon running with --control{keys}?"
+            )
         return json.loads(sock.recv())
     finally:
         sock.close(linger=0)

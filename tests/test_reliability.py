@@ -403,14 +403,20 @@ def test_a_key_pair_is_never_replaced_unasked(tmp_path):
 
 
 def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
+    """With CURVE on, only the authorized keys send frames, read results and control the daemon
+    (`vqad ctl --curve-secret --curve-server-key`)."""
     create_keys(tmp_path / "server", "server")
     create_keys(tmp_path / "clients", "cam")
     create_keys(tmp_path / "clients", "dashboard")
+    create_keys(tmp_path / "clients", "integrator")
     create_keys(tmp_path / "strangers", "mallory")
     server_secret = tmp_path / "server" / "server.key_secret"
     server_public = tmp_path / "server" / "server.key"
+    control = f"tcp://127.0.0.1:{free_loopback_port()}"
     with DaemonProcess(
         tiny_model,
+        "--control",
+        control,
         "--set",
         "edge.curve.enabled=true",
         "--set",
@@ -458,13 +464,26 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
             return out
 
         good = drain(good_sub, 4)
-        bad, plain = drain(bad_sub, 0.5), drain(plain_sub, 0.5)
+        bad, plain_results = drain(bad_sub, 0.5), drain(plain_sub, 0.5)
         for s in (good_sub, bad_sub, plain_sub, bad_push, good_push):
             s.close(linger=0)
+
+        def ctl(*keys):
+            return run_vqad("ctl", control, "status", "--timeout", "2", *keys, check=False, timeout=60)
+
+        allowed = ctl("--curve-secret", tmp_path / "clients" / "integrator.key_secret", "--curve-server-key",
+                      server_public)  # fmt: skip
+        stranger = ctl("--curve-secret", tmp_path / "strangers" / "mallory.key_secret", "--curve-server-key",
+                       server_public)  # fmt: skip
+        plain, half = ctl(), ctl("--curve-secret", tmp_path / "clients" / "integrator.key_secret")
         log = daemon.log_text()
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["ok"] is True, allowed.stderr
+    assert stranger.returncode == 1 and "no answer" in stranger.stderr
+    assert plain.returncode == 1 and "give --curve-secret and --curve-server-key" in plain.stderr
+    assert half.returncode == 2 and "needs both" in half.stderr
     topics = [m[0] for m in good]
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
-    assert bad == [] and plain == []
+    assert bad == [] and plain_results == []
     assert "refused a peer" in log
 
 

@@ -427,7 +427,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     # A reload loads and warms up a model; every other command is answered at once, so a
     # daemon that is not there is named within seconds.
     timeout_s = args.timeout or (RELOAD_TIMEOUT_S if args.command == "reload" else CTL_TIMEOUT_S)
-    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=timeout_s)
+    if bool(args.curve_secret) != bool(args.curve_server_key):
+        raise ConfigError("CURVE needs both --curve-secret and --curve-server-key")
+    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=timeout_s,
+                    curve_secret=args.curve_secret, curve_server_key=args.curve_server_key)  # fmt: skip
     print(json.dumps(reply, indent=2))
     if not reply.get("ok"):
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
@@ -707,4 +710,6 @@ def _add_ctl(sub: argparse._SubParsersAction) -> None:
         type=at_least(0.1, float),
         help=f"seconds to wait for the answer (default {CTL_TIMEOUT_S:g}; a reload warms up: {RELOAD_TIMEOUT_S:g})",
     )
+    c.add_argument("--curve-secret", help="this client's .key_secret (CURVE; its .key among the daemon's authorized)")
+    c.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     c.set_defaults(func=cmd_ctl)
