@@ -226,7 +226,7 @@ def request(
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        if curve_secret:
+        if curve_secret or curve_server_key:
             from edge.security import make_curve_client
 
             make_curve_client(sock, curve_secret, curve_server_key)

@@ -50,6 +50,9 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
 
 
 def load_public_key(path: str | Path) -> bytes:
+    """The public key of a .key (or .key_secret) file; ConfigError when missing."""
+    if not Path(path).is_file():
+        raise ConfigError(f"CURVE key file not found: {path}")
     public, _ = zmq.auth.load_certificate(str(path))
     return public
 
@@ -97,7 +100,14 @@ def make_curve_server(sock: zmq.Socket, secret_key_file: str) -> None:
     sock.curve_server = True
 
 
-def make_curve_client(sock: zmq.Socket, client_secret_file: str | Path, server_public_file: str | Path) -> None:
+def make_curve_client(
+    sock: zmq.Socket, client_secret_file: str | Path | None, server_public_file: str | Path | None
+) -> None:
+    """`sock` as a CURVE client: this client's key pair and the daemon's public key. ConfigError
+    when either is missing (a client without the other would go unheard, or in the clear)."""
+    if not client_secret_file or not server_public_file:
+        raise ConfigError("CURVE needs both this client's secret key (--curve-secret, its .key_secret) and the "
+                          "daemon's public key (--curve-server-key, its .key)")  # fmt: skip
     public, secret = load_keypair(client_secret_file)
     sock.curve_secretkey = secret
     sock.curve_publickey = public

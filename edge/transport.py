@@ -116,7 +116,7 @@ def results_subscriber(
     one camera also matches longer ids: the reader filters on the header's camera_id."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
-    if curve_secret:
+    if curve_secret or curve_server_key:
         from edge.security import make_curve_client
 
         make_curve_client(sock, curve_secret, curve_server_key)

@@ -481,6 +481,13 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert stranger.returncode == 1 and "no answer" in stranger.stderr
     assert plain.returncode == 1 and "give --curve-secret and --curve-server-key" in plain.stderr
     assert half.returncode == 2 and "needs both" in half.stderr
+    # The same rule for every client, in one place: a server key alone would read in the clear.
+    for command in (("watch", "tcp://127.0.0.1:1", "--count", "1"), ("camera", tmp_path, "--to", "tcp://127.0.0.1:1")):
+        alone = run_vqad(*command, "--curve-server-key", server_public, check=False, timeout=60)
+        assert alone.returncode == 2 and "needs both" in alone.stderr, alone.stderr
+    missing = run_vqad("watch", "tcp://127.0.0.1:1", "--curve-secret", tmp_path / "clients" / "integrator.key_secret",
+                       "--curve-server-key", tmp_path / "server.key", check=False, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and f"CURVE key file not found: {tmp_path / 'server.key'}" in missing.stderr
     topics = [m[0] for m in good]
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
     assert bad == [] and plain_results == []

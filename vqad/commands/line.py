@@ -427,8 +427,6 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     # A reload loads and warms up a model; every other command is answered at once, so a
     # daemon that is not there is named within seconds.
     timeout_s = args.timeout or (RELOAD_TIMEOUT_S if args.command == "reload" else CTL_TIMEOUT_S)
-    if bool(args.curve_secret) != bool(args.curve_server_key):
-        raise ConfigError("CURVE needs both --curve-secret and --curve-server-key")
     reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=timeout_s,
                     curve_secret=args.curve_secret, curve_server_key=args.curve_server_key)  # fmt: skip
     print(json.dumps(reply, indent=2))
