@@ -206,9 +206,13 @@ class _Outputs:
                 self.unwritten.log("result not written to %s: %s", self.jsonl, exc)
         if self.folder and header.get("decision") == "fail":
             try:
-                save_overlay(self.folder, header, amap, frame_jpeg)
+                saved = save_overlay(self.folder, header, amap, frame_jpeg)
             except OSError as exc:
                 self.unsaved.log("overlay not saved: %s", exc)
+            else:
+                if saved is None:
+                    self.unsaved.log("overlay not saved: the daemon publishes neither maps nor frames "
+                                     "(edge.publish_maps, edge.publish_frames)")  # fmt: skip
 
     def close(self) -> None:
         if self.sink:

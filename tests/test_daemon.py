@@ -1125,7 +1125,8 @@ def test_watch_says_why_the_camera_health_gate_failed_a_frame():
 
 def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_path, caplog):
     """A camera id is any printable text: its overlay stays in --save-dir. A folder gone (or a
-    full disk) costs the overlays, logged once, not the results."""
+    full disk) costs the overlays, logged once, not the results; so does a stream that carries
+    neither maps nor frames, which is said once."""
     import threading
 
     import zmq
@@ -1147,30 +1148,40 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
     again = save_overlay(folder, fail("../../x", 1), np.zeros((16, 16), np.float32), None)
     assert again.name == ".._.._x_00000001_2.png" and saved.is_file()
 
-    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
-    pub = zmq.Context.instance().socket(zmq.PUB)
-    pub.bind(endpoint)
-    got = {}
-    watcher = threading.Thread(
-        target=lambda: got.update(
-            summary=run_watch(endpoint, save_dir=folder, quiet=True, count=3, timeout_s=10.0, jsonl="/dev/full")
-        ),  # a JSONL on a full disk, too
-        daemon=True,
-    )
+    def watch(message, before=lambda: None, **kw):
+        """run_watch for 3 results while a publisher sends `message(frame_id)`; -> its summary."""
+        endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.bind(endpoint)
+        got = {}
+        watcher = threading.Thread(
+            target=lambda: got.update(summary=run_watch(endpoint, quiet=True, count=3, timeout_s=10.0, **kw)),
+            daemon=True,
+        )
+        try:
+            with caplog.at_level(logging.WARNING, logger="edge.watch"):
+                watcher.start()
+                time.sleep(0.5)  # the subscription is made, and the folder with it
+                before()
+                deadline = time.monotonic() + 10.0
+                frame_id = 0
+                while watcher.is_alive() and time.monotonic() < deadline:
+                    pub.send_multipart(message(frame_id))
+                    frame_id += 1
+                    watcher.join(0.1)
+        finally:
+            pub.close(linger=0)
+        assert not watcher.is_alive()
+        return got["summary"]
+
     amap = bytes(range(256))
-    try:
-        with caplog.at_level(logging.WARNING, logger="edge.watch"):
-            watcher.start()
-            time.sleep(0.5)  # the subscription is made, and the folder with it
-            shutil.rmtree(folder)
-            deadline = time.monotonic() + 10.0
-            frame_id = 0
-            while watcher.is_alive() and time.monotonic() < deadline:
-                pub.send_multipart(result_message(fail("cam0", frame_id), amap))
-                frame_id += 1
-                watcher.join(0.1)
-    finally:
-        pub.close(linger=0)
-    assert not watcher.is_alive() and got["summary"].by_status["ok"] == 3
+    summary = watch(lambda i: result_message(fail("cam0", i), amap), lambda: shutil.rmtree(folder), save_dir=folder,
+                    jsonl="/dev/full")  # a JSONL on a full disk, too  # fmt: skip
+    assert summary.by_status["ok"] == 3
     assert sum("overlay not saved: cannot write" in r.getMessage() for r in caplog.records) == 1
     assert sum("result not written to /dev/full" in r.getMessage() for r in caplog.records) == 1
+    # A daemon that publishes neither maps nor frames (publish_maps and publish_frames off): said, once.
+    mapless = {k: v for k, v in fail("cam0", 0).items() if k != "map"}
+    watch(lambda i: result_message({**mapless, "frame_id": i}), save_dir=tmp_path / "none")
+    assert sum("publishes neither maps nor frames" in r.getMessage() for r in caplog.records) == 1
+    assert not list((tmp_path / "none").iterdir())
