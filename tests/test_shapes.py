@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,23 @@ def test_image_size_auto_keeps_the_training_images_aspect(wide_root, tmp_path):
     bad = run_vqad("train", wide_root, "--out", tmp_path / "bad", "--image-size", "12x", check=False)
     assert bad.returncode == 2 and "N or HxW" in bad.stderr
     shutil.rmtree(run)
+
+
+def test_an_input_that_stretches_the_training_images_is_warned_of(caplog):
+    """A size given by hand, or kept from the run a fine-tuning starts from, that does not fit the
+    images' aspect is warned of; auto's own size, and a strip squeezed to MAX_ASPECT, are not."""
+    from train.data import input_scale
+
+    tall, strip = [(1250, 500)] * 3, [(64, 1024)] * 3
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        input_scale(tall, (128, 128))
+        input_scale(tall, (320, 128))  # auto's: 2.5 for 2.516
+        input_scale(strip, (64, 256))  # capped at 1:4 by auto, too
+        input_scale([(256, 256)] * 3, (320, 128))  # a square product fine-tuned from a tall one's run
+    stretched = [r.getMessage() for r in caplog.records if "stretches" in r.getMessage()]
+    assert len(stretched) == 2, stretched
+    assert "128x128 (HxW)" in stretched[0] and "median aspect 2.500" in stretched[0]
+    assert "320x128 (HxW)" in stretched[1] and "--image-size auto" in stretched[1]
 
 
 def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):

@@ -297,7 +297,27 @@ def input_scale(shapes: list[tuple[int, int]], size: Size) -> dict[str, Any]:
         *size, *camera, per_pixel, 2 * per_pixel,
     )  # fmt: skip
     _warn_mixed_shapes(shapes)
+    _warn_stretched(shapes, size)
     return {"camera_size": camera, "camera_pixels_per_input_pixel": round(per_pixel, 3)}
+
+
+# An input whose aspect ratio is this far from the one `auto` would give the training images:
+# well past the rounding of its long side to a multiple of 16 (KolektorSDD's 2.516 -> 2.5).
+STRETCHED = 1.25
+
+
+def _warn_stretched(shapes: list[tuple[int, int]], size: Size) -> None:
+    """A warning when the input stretches the training images: a size given by hand, or kept
+    from the run a fine-tuning starts from (--init-from) when these images have another shape.
+    A strip past MAX_ASPECT is squeezed by `auto` too, and is not warned of."""
+    median = float(np.median([h / w for h, w in shapes]))
+    fitted = min(MAX_ASPECT, max(median, 1 / MAX_ASPECT))  # auto_image_size's aspect, before rounding
+    if max(size[0] / size[1] / fitted, fitted * size[1] / size[0]) > STRETCHED:
+        log.warning(
+            "the input %dx%d (HxW) stretches these training images (median aspect %.3f, height / width, against "
+            "its %.3f): thin defects lose rows; --image-size auto fits the input to them",
+            *size, median, size[0] / size[1],
+        )  # fmt: skip
 
 
 def _warn_mixed_shapes(shapes: list[tuple[int, int]]) -> None:
