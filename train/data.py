@@ -315,7 +315,8 @@ def _warn_stretched(shapes: list[tuple[int, int]], size: Size) -> None:
     if max(size[0] / size[1] / fitted, fitted * size[1] / size[0]) > STRETCHED:
         log.warning(
             "the input %dx%d (HxW) stretches these training images (median aspect %.3f, height / width, against "
-            "its %.3f): thin defects lose rows; --image-size auto fits the input to them",
+            "its %.3f): thin defects lose rows. A new training with --image-size auto fits the input to them; a "
+            "fine-tuning (--init-from) keeps its run's input, made for that product's images",
             *size, median, size[0] / size[1],
         )  # fmt: skip
 
