@@ -211,10 +211,7 @@ def _frames_socket(
     """A PUSH socket connected to the daemon's frames endpoint, holding at most `sndhwm` frames."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    if curve_secret or curve_server_key:
-        from edge.security import make_curve_client
-
-        make_curve_client(sock, curve_secret, curve_server_key)
+    transport.secure_client(sock, curve_secret, curve_server_key)
     transport.connect(sock, endpoint, "frames")
     return sock
 

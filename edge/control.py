@@ -43,10 +43,7 @@ class Control:
         if endpoint:
             self.sock = daemon.ctx.socket(zmq.REP)
             self.sock.setsockopt(zmq.LINGER, 0)
-            if daemon.cfg.curve.enabled:
-                from edge.security import make_curve_server
-
-                make_curve_server(self.sock, daemon.cfg.curve.server_secret_key)
+            transport.secure_server(self.sock, daemon.cfg)
             transport.bind(self.sock, endpoint, "control")
 
     def run(self) -> None:
@@ -226,10 +223,7 @@ def request(
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        if curve_secret or curve_server_key:
-            from edge.security import make_curve_client
-
-            make_curve_client(sock, curve_secret, curve_server_key)
+        transport.secure_client(sock, curve_secret, curve_server_key)
         transport.connect(sock, endpoint, "control")
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
         if not sock.poll(int(timeout_s * 1000)):

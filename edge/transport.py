@@ -71,11 +71,21 @@ def ipc_in_use(endpoint: str) -> bool:
     return True
 
 
-def _secure(sock: zmq.Socket, cfg: EdgeConfig) -> None:
+def secure_server(sock: zmq.Socket, cfg: EdgeConfig) -> None:
+    """A daemon's socket as a CURVE server, when its config turns CURVE on."""
     if cfg.curve.enabled:
         from edge.security import make_curve_server
 
         make_curve_server(sock, cfg.curve.server_secret_key)
+
+
+def secure_client(sock: zmq.Socket, curve_secret: str | None, curve_server_key: str | None) -> None:
+    """A client's socket (camera, watch, dashboard, ctl) as a CURVE client when either key is
+    given; edge.security refuses one without the other."""
+    if curve_secret or curve_server_key:
+        from edge.security import make_curve_client
+
+        make_curve_client(sock, curve_secret, curve_server_key)
 
 
 def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
@@ -83,7 +93,7 @@ def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes + cfg.max_header_bytes)
     sock.setsockopt(zmq.LINGER, 0)
-    _secure(sock, cfg)
+    secure_server(sock, cfg)
     if cfg.frames_mode == "pull":
         bind(sock, cfg.frames_endpoint, "frames")
     else:
@@ -97,7 +107,7 @@ def results_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
     sock.setsockopt(zmq.LINGER, cfg.linger_ms)
-    _secure(sock, cfg)
+    secure_server(sock, cfg)
     bind(sock, cfg.results_endpoint, "results")
     return sock
 
@@ -116,10 +126,7 @@ def results_subscriber(
     one camera also matches longer ids: the reader filters on the header's camera_id."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
-    if curve_secret or curve_server_key:
-        from edge.security import make_curve_client
-
-        make_curve_client(sock, curve_secret, curve_server_key)
+    secure_client(sock, curve_secret, curve_server_key)
     sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
     sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
     connect(sock, endpoint, "results")
