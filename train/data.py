@@ -249,8 +249,8 @@ def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 
     the long side rounded to a multiple of `step` (up to MAX_ASPECT times the short side): a tall
     part or a line-scan strip keeps its shape instead of being squeezed into a square, so its
     thin cracks and scratches keep their rows. `shapes`: the training images' (camera_shapes)."""
-    aspect = float(np.median([h / w for h, w in shapes]))  # height / width
-    stretch = min(MAX_ASPECT, max(aspect, 1 / aspect))
+    aspect, fitted = _fitted_aspect(shapes)
+    stretch = max(fitted, 1 / fitted)
     long_side = max(short_side, round(short_side * stretch / step) * step)
     size = (long_side, short_side) if aspect >= 1 else (short_side, long_side)
     log.info(
@@ -258,6 +258,13 @@ def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 
         aspect, len(shapes), *size,
     )  # fmt: skip
     return size
+
+
+def _fitted_aspect(shapes: list[tuple[int, int]]) -> tuple[float, float]:
+    """(the training images' median aspect, height / width; the input's aspect that `auto` fits
+    to it: the same, within MAX_ASPECT either way)."""
+    aspect = float(np.median([h / w for h, w in shapes]))
+    return aspect, min(MAX_ASPECT, max(aspect, 1 / MAX_ASPECT))
 
 
 def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int]]:
@@ -310,8 +317,7 @@ def _warn_stretched(shapes: list[tuple[int, int]], size: Size) -> None:
     """A warning when the input stretches the training images: a size given by hand, or kept
     from the run a fine-tuning starts from (--init-from) when these images have another shape.
     A strip past MAX_ASPECT is squeezed by `auto` too, and is not warned of."""
-    median = float(np.median([h / w for h, w in shapes]))
-    fitted = min(MAX_ASPECT, max(median, 1 / MAX_ASPECT))  # auto_image_size's aspect, before rounding
+    median, fitted = _fitted_aspect(shapes)  # auto_image_size's aspect, before its rounding
     if max(size[0] / size[1] / fitted, fitted * size[1] / size[0]) > STRETCHED:
         log.warning(
             "the input %dx%d (HxW) stretches these training images (median aspect %.3f, height / width, against "
