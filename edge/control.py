@@ -23,7 +23,7 @@ import zmq
 from edge import transport
 from edge.errors import PackageError, VqadError
 from edge.protocol import MAX_ID_LENGTH, is_id
-from edge.serving import configured_threshold, load_serving
+from edge.serving import Serving, configured_threshold, load_serving
 from edge.watchdog import notify
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ class Control:
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             notify("READY=1")
             raise VqadError(str(exc)) from exc
-        d.swap(new)  # a new model, a new health gate and drift reference: the windows start again
+        keep_drift_windows(old, new)
+        d.swap(new)  # a new model, a new health gate; a new drift reference starts the windows again
         if d.overrides.threshold is not None:  # the package's threshold serves now, after a restart too
             d.overrides.threshold = None
             d.overrides.save()
@@ -235,3 +236,13 @@ def request(
         return json.loads(sock.recv())
     finally:
         sock.close(linger=0)
+
+
+def keep_drift_windows(old: Serving, new: Serving) -> None:
+    """`new` keeps `old`'s drift windows and alarms when it is the same model on the same
+    calibration scores: a reload of an unchanged package (a SIGHUP from a deploy script, a
+    `current` symlink set again) would otherwise forget 200 frames a camera and log a camera's
+    standing alarm again."""
+    same_model = new.package.sha256 == old.package.sha256
+    if same_model and old.drift is not None and new.drift is not None and new.drift.measures_as(old.drift):
+        new.drift = old.drift

@@ -7,7 +7,7 @@ The alarm is raised when the statistic exceeds its critical value at ALPHA for t
 sizes, c(ALPHA) * sqrt((n + m) / (n m)), and clears under CLEAR_FRACTION of it. A lamp that
 ages or a lens that dirties moves the whole distribution; a single bad part does not. Gauges per
 camera; a log line when the alarm is raised and when it clears; everything resets when the
-model (and so its reference) changes.
+model or its calibration (and so its reference) changes, and carries on over a reload of the same.
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ class DriftMonitor:
         self.scores: RecentDict[str, collections.deque[float]] = RecentDict(on_evict=self._forget)
         self.alarmed: set[str] = set()
         self.lock = threading.Lock()
+
+    def measures_as(self, other: DriftMonitor) -> bool:
+        """True when `other` compares the same windows with the same reference scores: a reload
+        of the same calibration keeps `other`'s windows and alarms, instead of starting them again."""
+        return (self.window, self.limit) == (other.window, other.limit) and np.array_equal(
+            self.reference, other.reference
+        )
 
     def _forget(self, camera_id: str, _window: object) -> None:
         self.alarmed.discard(camera_id)

@@ -150,3 +150,38 @@ def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
     assert _gauge_cameras(daemon.metrics) == {"cam0"}
     daemon.swap(serving(DriftMonitor(np.zeros(100), daemon.metrics, window=20)))
     assert _gauge_cameras(daemon.metrics) == set()
+
+
+def test_a_reload_of_the_same_calibration_keeps_the_windows_and_a_new_one_starts_them_again(
+    tiny_model, synth_root, tmp_path
+):
+    """SIGHUP or `vqad ctl reload` on an unchanged package: a camera's standing alarm stays
+    (no second log line, no window of 200 frames unwatched). The same package recalibrated on
+    other good images has another reference: its windows start again."""
+    import shutil
+
+    from edge.control import Control
+    from edge.daemon import Daemon
+    from edge.serving import load_serving
+    from edge.settings import EdgeConfig
+    from tests.conftest import run_vqad
+
+    package = tmp_path / "model"
+    shutil.copytree(tiny_model, package)
+    daemon = Daemon(package, EdgeConfig())
+    daemon.swap(load_serving(package, daemon.cfg, daemon.metrics))
+    control = Control(daemon, "")
+    monitor = daemon.serving.drift
+    for _ in range(WINDOW):
+        monitor.add("cam0", 1e6)
+    assert monitor.alarmed == {"cam0"} and _gauge_cameras(daemon.metrics) == {"cam0"}
+
+    assert control.handle({"command": "reload", "by": "test"})["ok"]
+    assert daemon.serving.drift is monitor and monitor.alarmed == {"cam0"}
+    assert _gauge_cameras(daemon.metrics) == {"cam0"}
+
+    run_vqad("calibrate", package, synth_root / "bracket" / "test" / "good")
+    assert control.handle({"command": "reload", "by": "test"})["ok"]
+    assert daemon.serving.drift is not monitor and daemon.serving.drift.alarmed == set()
+    assert _gauge_cameras(daemon.metrics) == set()
+    daemon.serving.close()
