@@ -814,6 +814,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             assert border[0] == "rgb(210, 153, 34)", border  # the pill's amber, not a silent camera's red
             assert not driver.find_element("css selector", '[data-field="latest-image"]').is_displayed()
             assert wait_for(lambda: "not on this machine's disk" in tiles[2].text, 5), tiles[2].text  # the oldest
+            assert wait_for(lambda: "removed by the disk quota" in tiles[1].text, 5), tiles[1].text
+            loaded = "return document.querySelector('.reject img')?.className"
+            assert wait_for(lambda: driver.execute_script(loaded) == "", 5)  # frame 2's: grey until it loaded
             assert wait_for(lambda: _field(driver, "standing", "daily").split()[2] == "3", 10)  # results that day
             tiles[0].click()  # frame 2, whose heat map loads
             assert wait_for(lambda: driver.execute_script(
@@ -868,16 +871,38 @@ def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(
         dashboard.stop()
 
 
-def _publish_rejects(sock, start: int, n: int, rate: float = 100.0, cameras: int = 0) -> None:
-    """n results at `rate` a second, every one a reject with a small map: of camera "storm", or
-    with `cameras`, of cameras "cam<i>" for i from `start`."""
-    amap = bytes(16 * 16)
+def _publish_rejects(sock, start: int, n: int, rate: float = 100.0, cameras: int = 0, maps: bool = True) -> None:
+    """n results at `rate` a second, every one a reject with a small map (`maps`, else without
+    one): of camera "storm", or with `cameras`, of cameras "cam<i>" for i from `start`."""
+    amap = bytes(16 * 16) if maps else b""
+    map_info = {"shape": [16, 16], "dtype": "uint8", "scale": 0.01} if maps else None
     for i in range(start, start + n):
         header = result_header(f"cam{i}" if cameras else "storm", i, time.time_ns(), "ok", 1.0,
                                {"name": "m", "sha256": "ab" * 32}, score=2.0, decision="fail", batch_size=1,
-                               map_info={"shape": [16, 16], "dtype": "uint8", "scale": 0.01})  # fmt: skip
+                               map_info=map_info)  # fmt: skip
         sock.send_multipart(result_message(header, amap))
         time.sleep(1 / rate)
+
+
+def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
+    """`publish_maps: false` and `publish_frames: false`: a reject has no picture to draw. Its
+    tile was a black square, the same as a picture still loading."""
+    endpoint = f"ipc://{tmp_path}/results"
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.bind(endpoint)
+    dashboard = DashboardProcess("--results", endpoint, log_path=tmp_path / "dashboard.log").start()
+    driver = headless_chromium()
+    try:
+        driver.get(dashboard.url + "/")
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        _publish_rejects(sock, 0, 3, maps=False)
+        tiles = wait_for(lambda: len(t := driver.find_elements("css selector", ".reject")) == 3 and t, 10)
+        assert all("no picture kept" in tile.text for tile in tiles), [tile.text for tile in tiles]
+        assert not driver.find_elements("css selector", ".reject img")
+    finally:
+        driver.quit()
+        dashboard.stop()
+        sock.close(linger=0)
 
 
 def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):

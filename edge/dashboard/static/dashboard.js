@@ -338,18 +338,33 @@ function newTile(r) {
   tile.type = "button";
   tile.dataset.frameId = r.frame_id;
   tile.dataset.key = tileKey(r);
-  const img = document.createElement("img");
-  img.loading = "lazy";
-  img.alt = `frame ${r.frame_id}`;
-  img.onerror = () => img.replaceWith(pictureMissing(img.src, "no-image"));
-  if (r.images.overlay || r.images.frame) img.src = r.images.overlay || r.images.frame; // none: the stream carries neither
   const caption = document.createElement("span");
   const unfit = unfitReasons(r) ? " unfit" : ""; // failed by the camera health gate, whatever its score
   caption.textContent = (r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`) + unfit;
   const reviewed = document.createElement("span");
   reviewed.className = "reviewed";
-  tile.append(img, caption, reviewed);
+  tile.append(tilePicture(r), caption, reviewed);
   return tile;
+}
+
+// A tile's picture: its overlay, else its frame; grey while it loads; where none is kept (the
+// evidence quota removed it, or the stream carries neither), a note that says so.
+function tilePicture(r) {
+  const url = r.images.overlay || r.images.frame;
+  if (!url) {
+    const note = document.createElement("span");
+    note.className = "no-image";
+    note.textContent = "no picture kept";
+    return note;
+  }
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.alt = `frame ${r.frame_id}`;
+  img.className = "loading";
+  img.onload = () => img.classList.remove("loading");
+  img.onerror = () => img.replaceWith(pictureMissing(img.src, "no-image"));
+  img.src = url;
+  return img;
 }
 
 // In place of a picture that does not load, why: the API's answer for it ("the evidence was
