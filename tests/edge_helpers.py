@@ -16,6 +16,7 @@ from pathlib import Path
 import zmq
 
 from edge.protocol import parse_result
+from edge.security import make_curve_client
 from tests.conftest import ROOT
 
 # What a Jetson installed with `vqad[edge]` lacks: train/, and the packages of the train extra
@@ -107,9 +108,12 @@ class DaemonProcess:
 
 
 class Subscriber:
-    def __init__(self, endpoint: str, topic: bytes = b"result."):
+    def __init__(self, endpoint: str, topic: bytes = b"result.", curve: tuple[Path, Path] | None = None):
+        """`curve`: (this client's secret key file, the daemon's public key file)."""
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
+        if curve is not None:
+            make_curve_client(self.sock, *curve)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         self.sock.connect(endpoint)

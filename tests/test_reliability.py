@@ -494,6 +494,47 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert "refused a peer" in log
 
 
+def test_with_curve_a_daemon_that_subscribes_to_cameras_takes_frames_only_from_authorized_keys(tiny_model, tmp_path):
+    """`frames_mode: sub` with CURVE on (docs/protocol.md, "Security"): the daemon stays the
+    CURVE server on the SUB it connects, and a publishing camera is a CURVE client of its key,
+    though it binds. A camera whose key is not authorized is heard by nobody."""
+    create_keys(tmp_path / "server", "server")
+    create_keys(tmp_path / "clients", "cam")
+    create_keys(tmp_path / "strangers", "mallory")
+    server_public = tmp_path / "server" / "server.key"
+    ctx = zmq.Context.instance()
+    cameras = {}
+    for name, secret in (("cam", tmp_path / "clients" / "cam.key_secret"),
+                         ("mallory", tmp_path / "strangers" / "mallory.key_secret")):  # fmt: skip
+        pub = ctx.socket(zmq.PUB)
+        make_curve_client(pub, secret, server_public)
+        pub.bind(endpoint := f"tcp://127.0.0.1:{free_loopback_port()}")
+        cameras[name] = (pub, endpoint)
+    try:
+        with DaemonProcess(
+            tiny_model,
+            "--set", "edge.frames_mode=sub",
+            "--set", f"edge.camera_endpoints={cameras['cam'][1]},{cameras['mallory'][1]}",
+            "--set", "edge.curve.enabled=true",
+            "--set", f"edge.curve.server_secret_key={tmp_path / 'server' / 'server.key_secret'}",
+            "--set", f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}",
+        ) as daemon:  # fmt: skip
+            sub = Subscriber(daemon.results, curve=(tmp_path / "clients" / "cam.key_secret", server_public))
+            time.sleep(1.0)  # the daemon's SUB joins both cameras' PUBs, and this subscriber the results
+            for i in range(3):
+                for name, (pub, _) in cameras.items():
+                    pub.send_multipart(frame_message(name, i, FRAME))
+            results = sub.collect(3, timeout=30)
+            late = sub.collect(1, timeout=1.0)
+            sub.close()
+            log = daemon.log_text()
+    finally:
+        for pub, _ in cameras.values():
+            pub.close(linger=0)
+    assert sorted((h["camera_id"], h["frame_id"]) for h, _ in results) == [("cam", 0), ("cam", 1), ("cam", 2)]
+    assert late == [] and "refused a peer" in log
+
+
 def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch, caplog):
     """No daemon at the endpoint: the frames queue up to the high-water mark, the camera waits,
     says so once, and stops when asked."""
