@@ -144,8 +144,8 @@ class Control:
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             notify("READY=1")
             raise VqadError(str(exc)) from exc
-        keep_drift_windows(old, new)
-        d.swap(new)  # a new model, a new health gate; a new drift reference starts the windows again
+        keep_camera_state(old, new)
+        d.swap(new)  # another model or calibration: the drift windows and the health gate's counts start again
         if d.overrides.threshold is not None:  # the package's threshold serves now, after a restart too
             d.overrides.threshold = None
             d.overrides.save()
@@ -238,11 +238,15 @@ def request(
         sock.close(linger=0)
 
 
-def keep_drift_windows(old: Serving, new: Serving) -> None:
-    """`new` keeps `old`'s drift windows and alarms when it is the same model on the same
-    calibration scores: a reload of an unchanged package (a SIGHUP from a deploy script, a
-    `current` symlink set again) would otherwise forget 200 frames a camera and log a camera's
-    standing alarm again."""
-    same_model = new.package.sha256 == old.package.sha256
-    if same_model and old.drift is not None and new.drift is not None and new.drift.measures_as(old.drift):
+def keep_camera_state(old: Serving, new: Serving) -> None:
+    """`new` keeps what `old` knows of each camera when it is the same model measured the same
+    way: the drift windows and alarms on the same calibration scores, the health gate's count of
+    a frozen camera's repeats on the same figures. A reload of an unchanged package (a SIGHUP
+    from a deploy script, a `current` symlink set again) would otherwise forget 200 frames a
+    camera, log a standing drift alarm again, and give a frozen camera frozen_after more frames."""
+    if new.package.sha256 != old.package.sha256:
+        return
+    if old.drift is not None and new.drift is not None and new.drift.measures_as(old.drift):
         new.drift = old.drift
+    if old.health is not None and new.health is not None and new.health.checks_as(old.health):
+        new.health = old.health

@@ -170,6 +170,11 @@ class HealthGate:
             reasons.append("frozen")
         return {"ok": not reasons, "reasons": reasons, **{k: round(v, 5) for k, v in figures.items()}}
 
+    def checks_as(self, other: HealthGate) -> bool:
+        """True when `other` checks frames against the same figures and limits: a reload of the
+        same package keeps `other`'s count of a frozen camera's repeats and the shapes it told of."""
+        return self.limits == other.limits and self.stats == other.stats
+
     def _frozen(self, camera_id: str, image: np.ndarray) -> bool:
         """Whether `image` is the camera's previous frame again, frozen_after times or more."""
         digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()

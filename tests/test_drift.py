@@ -156,8 +156,8 @@ def test_a_reload_of_the_same_calibration_keeps_the_windows_and_a_new_one_starts
     tiny_model, synth_root, tmp_path
 ):
     """SIGHUP or `vqad ctl reload` on an unchanged package: a camera's standing alarm stays
-    (no second log line, no window of 200 frames unwatched). The same package recalibrated on
-    other good images has another reference: its windows start again."""
+    (no second log line, no window of 200 frames unwatched), and so does the health gate. The
+    same package recalibrated on other good images has another reference: its windows start again."""
     import shutil
 
     from edge.control import Control
@@ -176,8 +176,10 @@ def test_a_reload_of_the_same_calibration_keeps_the_windows_and_a_new_one_starts
         monitor.add("cam0", 1e6)
     assert monitor.alarmed == {"cam0"} and _gauge_cameras(daemon.metrics) == {"cam0"}
 
+    gate = daemon.serving.health
     assert control.handle({"command": "reload", "by": "test"})["ok"]
     assert daemon.serving.drift is monitor and monitor.alarmed == {"cam0"}
+    assert daemon.serving.health is gate  # a frozen camera's count of repeats goes on
     assert _gauge_cameras(daemon.metrics) == {"cam0"}
 
     run_vqad("calibrate", package, synth_root / "bracket" / "test" / "good")
