@@ -4,6 +4,7 @@ against a real daemon with a tiny model: the counts streamed, a reject in the ga
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -11,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -884,9 +887,9 @@ def _publish_rejects(sock, start: int, n: int, rate: float = 100.0, cameras: int
         time.sleep(1 / rate)
 
 
-def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
-    """`publish_maps: false` and `publish_frames: false`: a reject has no picture to draw. Its
-    tile was a black square, the same as a picture still loading."""
+@contextlib.contextmanager
+def _page_of_published_results(tmp_path: Path) -> Iterator[tuple[zmq.Socket, object]]:
+    """(a PUB socket the dashboard takes its results from, a headless browser showing its page)."""
     endpoint = f"ipc://{tmp_path}/results"
     sock = zmq.Context.instance().socket(zmq.PUB)
     sock.bind(endpoint)
@@ -894,15 +897,22 @@ def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
     driver = headless_chromium()
     try:
         driver.get(dashboard.url + "/")
+        yield sock, driver
+    finally:
+        driver.quit()
+        dashboard.stop()
+        sock.close(linger=0)
+
+
+def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
+    """`publish_maps: false` and `publish_frames: false`: a reject has no picture to draw. Its
+    tile was a black square, the same as a picture still loading."""
+    with _page_of_published_results(tmp_path) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
         _publish_rejects(sock, 0, 3, maps=False)
         tiles = wait_for(lambda: len(t := driver.find_elements("css selector", ".reject")) == 3 and t, 10)
         assert all("no picture kept" in tile.text for tile in tiles), [tile.text for tile in tiles]
         assert not driver.find_elements("css selector", ".reject img")
-    finally:
-        driver.quit()
-        dashboard.stop()
-        sock.close(linger=0)
 
 
 def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
@@ -911,13 +921,7 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     camera the dashboard no longer keeps kept its section, frozen at its last state."""
     from edge.dashboard.browser import page_footprint
 
-    endpoint = f"ipc://{tmp_path}/results"
-    sock = zmq.Context.instance().socket(zmq.PUB)
-    sock.bind(endpoint)
-    dashboard = DashboardProcess("--results", endpoint, log_path=tmp_path / "dashboard.log").start()
-    driver = headless_chromium()
-    try:
-        driver.get(dashboard.url + "/")
+    with _page_of_published_results(tmp_path) as (sock, driver):
         _publish_rejects(sock, 0, 300)  # 3 s: the gallery full, the page settled
         before, fetches = page_footprint(driver), driver.execute_script("return window.vqadStats.galleryFetches")
         _publish_rejects(sock, 300, 800)  # 8 s: a refresh every 1.5 s at most, 12 new tiles each
@@ -933,10 +937,6 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
             lambda: "storm" not in (ids := driver.execute_script(sections)) and len(ids) == CAMERAS_SHOWN and ids, 10
         )
         assert shown and set(shown) == {f"cam{i}" for i in range(CAMERAS_SHOWN)}, driver.execute_script(sections)
-    finally:
-        driver.quit()
-        dashboard.stop()
-        sock.close(linger=0)
 
 
 def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_page(postgres_url, tmp_path):
