@@ -8,6 +8,10 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The tests run in up to 4 processes (pytest-xdist), each taking one test file at a time, so that
+# a file's daemons and fixtures stay together: 8 minutes instead of 13 on 2 cores.
+# TEST_WORKERS=0 runs them in pytest's own process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 # make bench REAL=DIR (and bench-quick REAL=DIR) adds every real category (MVTec layout) under DIR
 # to the accuracy part;
 # BENCH_ARGS passes more flags to benchmarks.run (e.g. "--steps 1000 --minutes 90").
@@ -40,7 +44,7 @@ $(EDGE_STAMP): pyproject.toml
 	touch $(EDGE_STAMP)
 
 test: install $(if $(EDGE_PYTHON),$(EDGE_STAMP))
-	$(if $(EDGE_PYTHON),VQAD_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(if $(EDGE_PYTHON),VQAD_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/vqad demo --workdir demo
