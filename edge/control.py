@@ -151,7 +151,8 @@ class Control:
             d.overrides.save()
         notify("READY=1")
         d.metrics.reloads.inc()
-        swapped = {"from": old.scoring.model, "to": new.scoring.model}
+        swapped = {"from": old.scoring.model, "to": new.scoring.model,
+                   "threshold": {"from": old.scoring.threshold, "to": new.scoring.threshold}}  # fmt: skip
         self._change("reload", swapped, by)
         return swapped
 

@@ -78,6 +78,7 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
         status = _ctl(control, "status")
     assert refused.returncode != 0 and "refused" in refused.stderr
     assert swapped["ok"] and swapped["to"]["sha256"] == load_package(b).sha256
+    assert swapped["threshold"] == {"from": load_package(a).threshold, "to": load_package(b).threshold}
     assert status["model"]["sha256"] == load_package(b).sha256 and status["stalled"] is False
     assert status["recording"] and status["record"]["unrecorded"] == 0 and status["record"]["behind_s"] < 60
     keys = [(h["camera_id"], h["frame_id"]) for h, _ in results]

@@ -793,6 +793,14 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         conn.execute(sa.text("UPDATE results SET evidence_removed = true WHERE frame_id = 1"))
     engine.dispose()
     _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a record they share
+    from edge.record import RecordWriter
+
+    writer = RecordWriter(url, tmp_path / "evidence").start()  # what was changed on the daemon meanwhile
+    model = {"name": "m", "sha256": "ab" * 32}
+    writer.event("set-threshold", {"from": 1.0, "to": 1.25, "reason": "audit 42", "model": model}, "ann")
+    writer.event("pause", {"camera": "line4-cam", "model": model}, "bob")  # another camera's: not in this section
+    writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.25, "to": 0.9}}, "SIGHUP")
+    writer.close()
     nowhere = f"ipc://{tmp_path}/no-daemon"
     with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
         every = wait_for(lambda: len(c := _json(dashboard.url + "/api/summary")[1]["cameras"]) == 2 and c, 10)
@@ -821,6 +829,11 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             loaded = "return document.querySelector('.reject img')?.className"
             assert wait_for(lambda: driver.execute_script(loaded) == "", 5)  # frame 2's: grey until it loaded
             assert wait_for(lambda: _field(driver, "standing", "daily").split()[2] == "3", 10)  # results that day
+            changes = [row.text for row in driver.find_elements("css selector", '[data-camera="standing"] '
+                                                                             '[data-field="changes"] tr')]  # fmt: skip
+            assert len(changes) == 2, changes  # newest first; line4-cam's pause in its own section
+            assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[0], changes
+            assert "threshold 1.000 → 1.250: audit 42" in changes[1] and "ann on " in changes[1], changes
             tiles[0].click()  # frame 2, whose heat map loads
             assert wait_for(lambda: driver.execute_script(
                 "return document.getElementById('detail-overlay').naturalWidth") > 0, 5)  # fmt: skip

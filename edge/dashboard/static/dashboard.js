@@ -173,12 +173,48 @@ async function loadDaily(cam, id) {
       return tr;
     });
     $(cam.node, "daily").replaceChildren(...rows);
+    drawChanges(cam, id, body.changes);
     const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
     setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
     $(cam.node, "daily-box").hidden = false;
     setText(cam.node, "daily-status", "");
   } catch (err) {
     cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
+  }
+}
+
+// The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, a start that dropped
+// a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
+// pause or resume is left to its own section.
+function drawChanges(cam, id, changes) {
+  const mine = changes.filter((e) => !(e.detail && e.detail.camera) || e.detail.camera === id);
+  const rows = mine.map((e) => {
+    const tr = document.createElement("tr");
+    const host = e.detail && e.detail.daemon ? ` on ${e.detail.daemon.host}` : ""; // boxes may share a record
+    const cells = [when(e.ts_ns), changeText(e), (e.by || "–") + host];
+    tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = v; return td; }));
+    return tr;
+  });
+  $(cam.node, "changes").replaceChildren(...rows);
+  $(cam.node, "changes-none").hidden = rows.length > 0;
+}
+
+function changeText(e) {
+  const d = e.detail || {};
+  const model = (m) => (m && m.sha256 ? `${m.name} ${m.sha256.slice(0, 12)}` : "–");
+  switch (e.kind) {
+    case "set-threshold": return `threshold ${num(d.from)} → ${num(d.to)}${d.reason ? `: ${d.reason}` : ""}`;
+    case "threshold-dropped":
+      return `threshold ${num(d.from)} (set by ${d.set_by || "–"}) dropped at a start: ${num(d.to)} serves`;
+    case "reload": {
+      const same = d.from && d.to && d.from.sha256 === d.to.sha256;
+      const t = d.threshold; // absent from the reloads an older vqad recorded
+      const threshold = t && t.from !== t.to ? `, threshold ${num(t.from)} → ${num(t.to)}` : "";
+      return (same ? `model ${model(d.to)} reloaded` : `model ${model(d.from)} → ${model(d.to)}`) + threshold;
+    }
+    case "pause": return `camera ${d.camera} paused`;
+    case "resume": return `camera ${d.camera} resumed`;
+    default: return `${e.kind} ${JSON.stringify(d)}`;
   }
 }
 
