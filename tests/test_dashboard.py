@@ -820,6 +820,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             driver.get(base + "/")
             tiles = wait_for(lambda: len(t := driver.find_elements("css selector", ".reject")) == 3 and t, 10)
             assert "from the record" in _field(driver, "standing", "liveness")
+            assert "no --metrics" in _field(driver, "standing", "drift")  # not "not measured yet", for good
             border = driver.execute_script("""const n = document.querySelector('[data-camera="standing"]');
                 return [getComputedStyle(n).borderLeftColor, n.className]""")
             assert border[0] == "rgb(210, 153, 34)", border  # the pill's amber, not a silent camera's red

@@ -243,7 +243,13 @@ async function openQueue(cam, id, d) {
 }
 
 function drawDrift(el, drift, daemon) {
-  if (!drift) { pill(el, daemon.up ? "drift: not measured yet" : "drift: unknown", ""); return; }
+  if (!drift) {
+    // The alarm is read from the daemon's metrics: without them it is never measured here.
+    const why = !daemon.metrics ? "drift: not shown (no --metrics)" : daemon.up ? "drift: not measured yet" : "drift: unknown";
+    pill(el, why, "");
+    if (!daemon.metrics) el.title = "the drift alarm is read from the daemon's Prometheus endpoint: start the dashboard with --metrics URL";
+    return;
+  }
   pill(el, drift.alarm ? `DRIFT (KS ${num(drift.ks, 3)})` : `no drift (KS ${num(drift.ks, 3)})`, drift.alarm ? "bad" : "ok");
 }
 
