@@ -388,6 +388,11 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         )
         assert shown, [_field(driver, "line1", f) for f in ("frames", "pass", "fail")]
         assert len(streamed) == len(frames)
+        latency_lines = driver.execute_script(  # the widest latency a slow box shows, on one line
+            'const b = document.querySelector(\'[data-camera="line1"] [data-field="latency"]\');'
+            "b.textContent = '1580.4 / 2937.8 ms'; return b.getClientRects().length"
+        )
+        assert latency_lines == 1, latency_lines
 
         # A certain reject: a threshold below every score, then one more frame.
         run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "dashboard test", "--by", "test")
