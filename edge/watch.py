@@ -193,7 +193,8 @@ class _Outputs:
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.sink = open(jsonl, "a") if jsonl else None
-        self.unsaved, self.unwritten = RepeatedLog(log), RepeatedLog(log)
+        # One per message: a message logged within another's interval would only be counted.
+        self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
 
     def write(self, line: str, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> None:
         if self.out is not None:
@@ -211,7 +212,7 @@ class _Outputs:
                 self.unsaved.log("overlay not saved: %s", exc)
             else:
                 if saved is None:
-                    self.unsaved.log("overlay not saved: the daemon publishes neither maps nor frames "
+                    self.undrawable.log("overlay not saved: the daemon publishes neither maps nor frames "
                                      "(edge.publish_maps, edge.publish_frames)")  # fmt: skip
 
     def close(self) -> None:

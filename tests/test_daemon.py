@@ -1185,3 +1185,11 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
     watch(lambda i: result_message({**mapless, "frame_id": i}), save_dir=tmp_path / "none")
     assert sum("publishes neither maps nor frames" in r.getMessage() for r in caplog.records) == 1
     assert not list((tmp_path / "none").iterdir())
+    # Both faults in one stream: each is said, neither is only counted within the other's interval.
+    caplog.clear()
+    both = tmp_path / "both"
+    both.mkdir()
+    watch(lambda i: result_message(fail("cam0", i), amap) if i % 2 == 0 else result_message({**mapless, "frame_id": i}),
+          lambda: shutil.rmtree(both), save_dir=both)  # fmt: skip
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in said) == 1 and sum("neither maps nor frames" in m for m in said) == 1, said
