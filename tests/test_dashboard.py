@@ -802,6 +802,8 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
 
     writer = RecordWriter(url, tmp_path / "evidence").start()  # what was changed on the daemon meanwhile
     model = {"name": "m", "sha256": "ab" * 32}
+    for _ in range(20):  # a deploy script's reloads, before the changes a person made
+        writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.0, "to": 1.0}}, "SIGHUP")
     writer.event("set-threshold", {"from": 1.0, "to": 1.25, "reason": "audit 42", "model": model}, "ann")
     writer.event("pause", {"camera": "line4-cam", "model": model}, "bob")  # another camera's: not in this section
     writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.25, "to": 0.9}}, "SIGHUP")
@@ -837,7 +839,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             assert wait_for(lambda: _field(driver, "standing", "daily").split()[2] == "3", 10)  # results that day
             changes = [row.text for row in driver.find_elements("css selector", '[data-camera="standing"] '
                                                                              '[data-field="changes"] tr')]  # fmt: skip
-            assert len(changes) == 2, changes  # newest first; line4-cam's pause in its own section
+            assert len(changes) == 20, changes  # the newest 20; line4-cam's pause in its own section
+            assert _field(driver, "standing", "changes-none") == "and 2 more: vqad records --daily"
+            assert "model m abababababab reloaded SIGHUP on " in changes[2]  # the same threshold: not named
             assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[0], changes
             assert "threshold 1.000 → 1.250: audit 42" in changes[1] and "ann on " in changes[1], changes
             tiles[0].click()  # frame 2, whose heat map loads

@@ -183,12 +183,15 @@ async function loadDaily(cam, id) {
   }
 }
 
+// A deploy script that reloads after every copy makes a change an hour: the newest are shown.
+const CHANGES_SHOWN = 20;
+
 // The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, a start that dropped
 // a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
 // pause or resume is left to its own section.
 function drawChanges(cam, id, changes) {
   const mine = changes.filter((e) => !(e.detail && e.detail.camera) || e.detail.camera === id);
-  const rows = mine.map((e) => {
+  const rows = mine.slice(0, CHANGES_SHOWN).map((e) => {
     const tr = document.createElement("tr");
     const host = e.detail && e.detail.daemon ? ` on ${e.detail.daemon.host}` : ""; // boxes may share a record
     const cells = [when(e.ts_ns), changeText(e), (e.by || "–") + host];
@@ -196,7 +199,9 @@ function drawChanges(cam, id, changes) {
     return tr;
   });
   $(cam.node, "changes").replaceChildren(...rows);
-  $(cam.node, "changes-none").hidden = rows.length > 0;
+  const more = mine.length - rows.length;
+  setText(cam.node, "changes-none", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
+  $(cam.node, "changes-none").hidden = rows.length > 0 && !more;
 }
 
 function changeText(e) {
