@@ -56,6 +56,32 @@ log = logging.getLogger(__name__)
 MANY_CAMERAS = 64
 
 
+class _StatusLog:
+    """The daemon's status line, every `every_s` while results are published. An idle line (a
+    night, a weekend) is said once, not every interval: a box logs for months into a journal it
+    shares with the system."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self.next_at = clock() + every_s
+        self.last_published, self.idle_said = 0, False
+
+    def tick(self, accepted: int, published: int, queued: int) -> None:
+        now = self.clock()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        new, self.last_published = published - self.last_published, published
+        if new == 0 and queued == 0:
+            if not self.idle_said:
+                log.info("idle: no frame in the last %.0f s (accepted %d, published %d); status lines "
+                         "resume with the frames", self.every_s, accepted, published)  # fmt: skip
+            self.idle_said = True
+            return
+        self.idle_said = False
+        log.info("accepted %d, published %d (%.1f/s), queue %d", accepted, published, new / self.every_s, queued)
+
+
 class Daemon:
     def __init__(self, model_dir: str | Path, cfg: EdgeConfig, ready_file: str | Path | None = None):
         self.model_dir = Path(model_dir)
@@ -244,8 +270,7 @@ class Daemon:
         """Worker `index`: take a batch (numbered, with the serving in force when it is taken)
         and infer it on its own backend instance of that serving."""
         cfg = self.cfg
-        next_log = time.monotonic() + cfg.log_every_s
-        last_published = 0
+        status = _StatusLog(cfg.log_every_s) if log_progress else None
         while True:
             self.liveness.beat(f"inference-{index}")
             with self._take_lock:
@@ -263,19 +288,9 @@ class Daemon:
                     self._busy[index].release()
             elif self.receiver_done.is_set() and len(self.queue) == 0:
                 break
-            now = time.monotonic()
-            if log_progress and now >= next_log:
+            if status is not None:
                 with self._count_lock:
-                    rate = (self.published - last_published) / cfg.log_every_s
-                    last_published = self.published
-                    log.info(
-                        "accepted %d, published %d (%.1f/s), queue %d",
-                        self.accepted,
-                        self.published,
-                        rate,
-                        len(self.queue),
-                    )
-                next_log = now + cfg.log_every_s
+                    status.tick(self.accepted, self.published, len(self.queue))
 
     def shutdown(self) -> None:
         notify("STOPPING=1")

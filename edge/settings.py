@@ -80,7 +80,7 @@ class EdgeConfig:
     linger_ms: int = 5000
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    log_every_s: float = 10.0
+    log_every_s: float = 60.0
     # Inference workers: each takes its own batches from the queue and runs its own backend
     # instance, so one batch is post-processed (and another formed) while the next runs.
     # On a CPU, 2 single-threaded ONNX Runtime sessions outrun 1 two-threaded one and do not

@@ -1193,3 +1193,22 @@ def test_watch_saves_overlays_inside_its_folder_and_goes_on_when_it_cannot(tmp_p
           lambda: shutil.rmtree(both), save_dir=both)  # fmt: skip
     said = [r.getMessage() for r in caplog.records]
     assert sum("cannot write" in m for m in said) == 1 and sum("neither maps nor frames" in m for m in said) == 1, said
+
+
+def test_the_status_line_comes_while_frames_flow_and_an_idle_line_is_said_once(caplog):
+    """A line that stands for a night logged "published N (0.0/s)" every interval, for months,
+    into the journal it shares with the system."""
+    from edge.daemon import _StatusLog
+
+    clock = [0.0]
+    status = _StatusLog(60.0, clock=lambda: clock[0])
+    published = 0
+    with caplog.at_level(logging.INFO, logger="edge.daemon"):
+        for minute, frames in enumerate([1800, 1800, 0, 0, 0, 0, 600, 0]):
+            published += frames
+            clock[0] = 60.0 * (minute + 1)
+            status.tick(published, published, 0)
+            status.tick(published, published, 0)  # within the interval: nothing more
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split(" ")[0] for m in said] == ["accepted", "accepted", "idle:", "accepted", "idle:"], said
+    assert said[0] == "accepted 1800, published 1800 (30.0/s), queue 0"
