@@ -21,6 +21,10 @@ class DataError(VqadError):
     exit_code = 3
 
 
+class RecordMissingError(DataError):
+    """A SQLite record that is not there (yet): the daemon creates it at its first start."""
+
+
 class PackageError(VqadError):
     """A model package (model.json and its files) is missing, corrupt or inconsistent."""
 

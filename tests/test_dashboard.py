@@ -989,6 +989,29 @@ def test_a_record_server_that_does_not_answer_costs_the_page_its_record_not_the_
         admin.dispose()
 
 
+def test_a_dashboard_makes_no_record_and_uses_the_one_its_daemon_makes(tmp_path):
+    """A mistyped --record path made an empty record (and its folder): the page showed no rejects
+    and no tally, and its reviews went to a file nobody reads. A box whose dashboard starts before
+    its daemon's first start waits for the daemon's record instead."""
+    from edge.record import RecordWriter
+
+    database = tmp_path / "state" / "line.db"
+    url = f"sqlite:///{database}"
+    dashboard = DashboardProcess("--record", url, log_path=tmp_path / "dashboard.log").start()
+    try:
+        status, body = _json(dashboard.url + "/api/rejects")
+        assert status == 200 and body["rejects"] == [], body
+        assert body["record_error"] == f"no record at {database}: the daemon creates it (vqad serve --record)"
+        review = json.dumps({"camera_id": "c", "frame_id": 1, "verdict": "defect"}).encode()
+        assert _json(dashboard.url + "/api/review", {"content-type": "application/json"}, review)[0] == 503
+        assert not database.parent.exists()  # neither the file nor its folder
+        RecordWriter(url, tmp_path / "evidence").start().close()  # the daemon's first start
+        assert wait_for(lambda: _json(dashboard.url + "/api/rejects")[1]["record_error"] is None, 15, 0.5)
+    finally:
+        dashboard.stop()
+    assert "no record at" in (tmp_path / "dashboard.log").read_text()
+
+
 def test_without_a_metrics_endpoint_the_heartbeat_says_whether_the_daemon_is_up(tiny_model, tmp_path):
     """The daemon's metrics are off by default: its heartbeat tells the page that it serves,
     and its silence that it is gone."""

@@ -1,6 +1,7 @@
 """`RecordLink`: the line's record as the dashboard reaches it. A database server that does not
-answer (at start, or for a while later) costs the page its record-backed parts, with the reason,
-and never the page: the live view goes on, and the record is opened again when it answers.
+answer (at start, or for a while later), or a SQLite record its daemon has not made yet, costs
+the page its record-backed parts, with the reason, and never the page: the live view goes on,
+and the record is opened again when it answers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 import sqlalchemy as sa
 
-from edge.errors import DataError
+from edge.errors import DataError, RecordMissingError
 from edge.record import Record
 from edge.record.store import database_reason, is_sqlite, shown_url
 
@@ -28,12 +29,16 @@ class RecordUnavailableError(Exception):
 class RecordLink:
     def __init__(self, url: str):
         """Open the record now. A SQLite file that cannot be opened is this machine's mistake
-        (DataError, the start stops); a server that does not answer is tried again later."""
+        (DataError, the start stops); a server that does not answer, or a SQLite file that is not
+        there yet, is tried again later. The dashboard never creates a record: a mistyped path
+        would give a page of "no rejects" over an empty file, and its reviews would go there."""
         self.url, self.where = url, shown_url(url)
         self._record: Record | None = None
         self._error, self._next_try = "", 0.0
         try:
-            self._record = Record(url)
+            self._record = Record(url, must_exist=True)
+        except RecordMissingError as exc:  # a box whose daemon has not started yet
+            self._failed(str(exc))
         except DataError as exc:
             if is_sqlite(url):
                 raise
@@ -43,7 +48,7 @@ class RecordLink:
         """The open record; RecordUnavailableError while its server does not answer."""
         if self._record is None and time.monotonic() >= self._next_try:
             try:
-                self._record = Record(self.url)
+                self._record = Record(self.url, must_exist=True)
                 log.info("the record at %s answers now", self.where)
             except DataError as exc:
                 self._failed(str(exc))

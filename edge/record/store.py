@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from edge.errors import ConfigError, DataError
+from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
 from edge.record.housekeeping import BUSY_TIMEOUT_MS, free_bytes, sqlite_file
@@ -79,7 +79,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
         database = engine.url.database
         if database and database != ":memory:":
             if must_exist and not Path(database).is_file():
-                raise DataError(f"no record at {database}: the daemon creates it (vqad serve --record)")
+                raise RecordMissingError(f"no record at {database}: the daemon creates it (vqad serve --record)")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
         @sa.event.listens_for(engine, "connect")
