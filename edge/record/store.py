@@ -78,6 +78,8 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
+            if Path(database).is_dir():
+                raise DataError(f"{database} is a folder: a SQLite record is a file in one (e.g. {database}/line.db)")
             if must_exist and not Path(database).is_file():
                 raise RecordMissingError(f"no record at {database}: the daemon creates it (vqad serve --record)")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
