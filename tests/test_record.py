@@ -1482,7 +1482,7 @@ def test_a_record_is_named_by_url_or_by_path_and_a_missing_one_is_not_created(tm
     proc = run_vqad("review", f"sqlite:///{db}", "cam1", "7", "--verdict", "false_reject", check=False)
     assert proc.returncode == 3 and not db.exists()
     for must_exist in (True, False):  # a folder named for the file: said, for a reader or the daemon
-        with pytest.raises(DataError, match=f"{tmp_path} is a folder: a SQLite record is a file in one"):
+        with pytest.raises(DataError, match=f"{tmp_path} is a folder; a SQLite record is a file in one"):
             Record(f"sqlite:///{tmp_path}", must_exist=must_exist)
     Record(f"sqlite:///{db}")  # a writer (the daemon) creates it
     assert db.is_file()

@@ -78,9 +78,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            if Path(database).is_dir():
-                raise DataError(f"{database} is a folder: a SQLite record is a file in one (e.g. {database}/line.db)")
-            if must_exist and not Path(database).is_file():
+            if must_exist and not Path(database).exists():
                 raise RecordMissingError(f"no record at {database}: the daemon creates it (vqad serve --record)")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
@@ -143,6 +141,11 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
     database, or a damaged one ("file is not a database"). The DataError's cause is the driver's
     error: an OperationalError is a database that may answer later."""
     engine = create_engine(url, must_exist)
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and Path(database).is_dir():  # SQLite's own word is "unable to open database file"
+        engine.dispose()
+        raise DataError(f"cannot open the record at {shown_url(url)}: {database} is a folder; a SQLite record is a "
+                        f"file in one (e.g. {database}/line.db)")  # fmt: skip
     try:
         migrate(engine)
     except sa.exc.DatabaseError as exc:
