@@ -90,11 +90,12 @@ class Publisher:
         total_ms = result.ms_since_arrival()
         header["latency_ms"]["total"] = round(total_ms, 3)
         header["run"], header["seq"] = d.run_id, d.published  # the stream's order (this thread alone counts)
-        sock.send_multipart(result_message(header, result.published_map, result.extra))
-        if d.recorder is not None:
-            d.recorder.put(result, time.time_ns())
+        # Counted before it is sent: a program that has a result then reads it in the metrics.
         d.metrics.results.labels(header["status"], header["decision"] or "none").inc()
         if header["status"] == "ok":
             d.metrics.latency.labels("total").observe(total_ms)
+        sock.send_multipart(result_message(header, result.published_map, result.extra))
+        if d.recorder is not None:
+            d.recorder.put(result, time.time_ns())
         with d._count_lock:
             d.published += 1
