@@ -840,7 +840,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             changes = [row.text for row in driver.find_elements("css selector", '[data-camera="standing"] '
                                                                              '[data-field="changes"] tr')]  # fmt: skip
             assert len(changes) == 20, changes  # the newest 20; line4-cam's pause in its own section
-            assert _field(driver, "standing", "changes-none") == "and 2 more: vqad records --daily"
+            assert _field(driver, "standing", "changes-note") == "and 2 more: vqad records --daily"
             assert "model m abababababab reloaded SIGHUP on " in changes[2]  # the same threshold: not named
             assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[0], changes
             assert "threshold 1.000 → 1.250: audit 42" in changes[1] and "ann on " in changes[1], changes

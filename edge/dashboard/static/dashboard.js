@@ -162,11 +162,9 @@ async function loadDaily(cam, id) {
     const body = await api(`api/daily?camera=${encodeURIComponent(id)}&days=7`);
     const gone = body.removed; // results that have left the record: the days up to it are counted in part
     const rows = body.days.slice().reverse().map((d) => {
-      const tr = document.createElement("tr");
       const inPart = gone && d.day <= gone.up_to_day;
-      const cells = [inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results, d.fail,
-        pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit];
-      tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
+      const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
+        d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
@@ -192,16 +190,20 @@ const CHANGES_SHOWN = 20;
 function drawChanges(cam, id, changes) {
   const mine = changes.filter((e) => !(e.detail && e.detail.camera) || e.detail.camera === id);
   const rows = mine.slice(0, CHANGES_SHOWN).map((e) => {
-    const tr = document.createElement("tr");
     const host = e.detail && e.detail.daemon ? ` on ${e.detail.daemon.host}` : ""; // boxes may share a record
-    const cells = [when(e.ts_ns), changeText(e), (e.by || "–") + host];
-    tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = v; return td; }));
-    return tr;
+    return tableRow([when(e.ts_ns), changeText(e), (e.by || "–") + host]);
   });
   $(cam.node, "changes").replaceChildren(...rows);
   const more = mine.length - rows.length;
-  setText(cam.node, "changes-none", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
-  $(cam.node, "changes-none").hidden = rows.length > 0 && !more;
+  setText(cam.node, "changes-note", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
+  $(cam.node, "changes-note").hidden = rows.length > 0 && !more;
+}
+
+// A table row of `cells`, each shown as text.
+function tableRow(cells) {
+  const tr = document.createElement("tr");
+  tr.replaceChildren(...cells.map((v) => { const td = document.createElement("td"); td.textContent = String(v); return td; }));
+  return tr;
 }
 
 function changeText(e) {
