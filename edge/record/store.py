@@ -141,8 +141,8 @@ def open_record(url: str, must_exist: bool = False) -> sa.Engine:
     database, or a damaged one ("file is not a database"). The DataError's cause is the driver's
     error: an OperationalError is a database that may answer later."""
     engine = create_engine(url, must_exist)
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if database and Path(database).is_dir():  # SQLite's own word is "unable to open database file"
+    database = sqlite_file(engine)
+    if database is not None and database.is_dir():  # SQLite's own word is "unable to open database file"
         engine.dispose()
         raise DataError(f"cannot open the record at {shown_url(url)}: {database} is a folder; a SQLite record is a "
                         f"file in one (e.g. {database}/line.db)")  # fmt: skip
