@@ -66,6 +66,10 @@ class _StatusLog:
         self.next_at = clock() + every_s
         self.last_published, self.idle_said = 0, False
 
+    def due(self) -> bool:
+        """Whether a line is due: checked on every turn of the loop, so without its lock."""
+        return self.clock() >= self.next_at
+
     def tick(self, accepted: int, published: int, queued: int) -> None:
         now = self.clock()
         if now < self.next_at:
@@ -288,7 +292,7 @@ class Daemon:
                     self._busy[index].release()
             elif self.receiver_done.is_set() and len(self.queue) == 0:
                 break
-            if status is not None:
+            if status is not None and status.due():
                 with self._count_lock:
                     status.tick(self.accepted, self.published, len(self.queue))
 
