@@ -296,3 +296,19 @@ def test_good_images_that_are_all_one_image_are_refused(tmp_path):
     paths = [_write(tmp_path / f"{i}.png", 7) for i in range(6)]
     with pytest.raises(DataError, match="hold 1 different ones"):
         split_train_val(paths, 0.15, seed=0)
+
+
+def test_an_input_larger_than_the_training_images_is_warned_of(caplog):
+    """A size typed by hand past the camera's resolution (2048 for 256-pixel images) is warned of:
+    it adds no detail and costs the line its pixel count. An input at or under the images' size,
+    on either side, is not."""
+    with caplog.at_level(logging.INFO, logger="train.data"):
+        input_scale([(256, 256)] * 4, (2048, 2048))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "magnifies the training images (median 256x256) 8.0 times" in warnings[0]
+    assert "a defect under about 0.25 camera pixels" in caplog.text  # not rounded to "0"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        input_scale([(256, 256)] * 4, (256, 256))
+        input_scale([(64, 1024)] * 4, (128, 512))  # a strip: more rows, fewer columns
+    assert not caplog.records, caplog.text

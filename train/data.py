@@ -299,12 +299,13 @@ def input_scale(shapes: list[tuple[int, int]], size: Size) -> dict[str, Any]:
     per_pixel = max(camera[0] / size[0], camera[1] / size[1])
     log.info(
         "input %dx%d from training images of median %dx%d (HxW): one input pixel covers %.1f camera pixels "
-        "a side, so a defect under about %.0f camera pixels across is one or two input pixels (model.short_side "
+        "a side, so a defect under about %.2g camera pixels across is one or two input pixels (model.short_side "
         "sets the resolution; the line's compute grows with its square)",
         *size, *camera, per_pixel, 2 * per_pixel,
     )  # fmt: skip
     _warn_mixed_shapes(shapes)
     _warn_stretched(shapes, size)
+    _warn_magnified(camera, size)
     return {"camera_size": camera, "camera_pixels_per_input_pixel": round(per_pixel, 3)}
 
 
@@ -324,6 +325,19 @@ def _warn_stretched(shapes: list[tuple[int, int]], size: Size) -> None:
             "its %.3f): thin defects lose rows. A new training with --image-size auto fits the input to them; a "
             "fine-tuning (--init-from) keeps its run's input, made for that product's images",
             *size, median, size[0] / size[1],
+        )  # fmt: skip
+
+
+def _warn_magnified(camera: list[int], size: Size) -> None:
+    """A warning when the input is larger than the camera's images on both sides: the resizing
+    adds pixels and no detail, and the line pays for each one."""
+    magnified = min(size[0] / camera[0], size[1] / camera[1])
+    if magnified > 1:
+        log.warning(
+            "the input %dx%d (HxW) magnifies the training images (median %dx%d) %.1f times: it adds no detail, "
+            "and the line's compute grows with its pixel count. --image-size auto takes model.short_side (128) "
+            "pixels on the short side",
+            *size, *camera, magnified,
         )  # fmt: skip
 
 
