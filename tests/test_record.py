@@ -341,6 +341,18 @@ def test_a_server_connection_carries_its_timeouts_unless_the_url_sets_them(postg
     assert given["tcp_user_timeout"] == "30000"
 
 
+def test_a_record_url_of_another_database_is_refused_by_name(tmp_path, monkeypatch):
+    """A MySQL or other URL is a config error that names the two databases a record is made for
+    (and hides the password), not a missing-driver error; a relative SQLite path is shown whole."""
+    with pytest.raises(
+        ConfigError, match=r"SQLite file .* or a PostgreSQL database .*not mysql: 'mysql://u:\*\*\*@h/db'"
+    ):
+        store.create_engine("mysql://u:secret@h/db")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"no record at {tmp_path / 'line.db'}:"):
+        store.create_engine("sqlite:///line.db", must_exist=True)
+
+
 def test_a_sqlite_record_on_a_full_disk_does_not_stop_the_line(tmp_path, monkeypatch, caplog):
     """A SQLite record that cannot be opened while its disk is full (something else filled it):
     the start goes on, the results wait in the buffer, and they are recorded once there is

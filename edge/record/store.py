@@ -68,7 +68,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
     must_exist: DataError for a SQLite file that is not there, instead of creating it."""
     url = record_url(url)
     try:
-        target = _with_driver(sa.make_url(url))
+        target = _with_driver(_supported(sa.make_url(url)))
         engine = sa.create_engine(target, pool_pre_ping=True, connect_args=_server_timeouts(target))
     except ImportError as exc:  # a driver not installed: psycopg comes with vqad's postgresql extra
         hint = " (PostgreSQL needs psycopg: pip install 'vqad[postgresql]')" if "postgresql" in url else ""
@@ -79,7 +79,9 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
         database = engine.url.database
         if database and database != ":memory:":
             if must_exist and not Path(database).exists():
-                raise RecordMissingError(f"no record at {database}: the daemon creates it (vqad serve --record)")
+                raise RecordMissingError(
+                    f"no record at {Path(database).resolve()}: the daemon creates it (vqad serve --record)"
+                )
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
         @sa.event.listens_for(engine, "connect")
@@ -100,6 +102,20 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
             cursor.close()
 
     return engine
+
+
+# The databases a record is written, queried and tested on (tests/test_record.py runs both).
+DIALECTS = ("sqlite", "postgresql")
+
+
+def _supported(url: sa.URL) -> sa.URL:
+    """`url`, if it names a database the record is made for; ConfigError naming them otherwise."""
+    if url.get_backend_name() not in DIALECTS:
+        raise ConfigError(
+            f"a record is a SQLite file (a path or sqlite:///PATH) or a PostgreSQL database (postgresql://...), "
+            f"not {url.get_backend_name()}: {url.render_as_string(hide_password=True)!r}"
+        )
+    return url
 
 
 def _with_driver(url: sa.URL) -> sa.URL:
