@@ -241,6 +241,24 @@ def test_a_set_without_masks_names_a_few_and_counts_the_rest(tmp_path, caplog):
     assert sum(m.startswith("no mask for") for m in lines) == 3 and "6 defect image(s) without a mask" in lines[-1]
 
 
+def test_masks_that_belong_to_no_test_image_are_named(tmp_path, caplog):
+    """Masks spelt in a way the loader does not read, or under a kind folder named apart from the
+    images', are warned of with a count and an example; a set whose masks all match is quiet."""
+    cat = make_category(tmp_path / "cat")
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        load_test_set(cat, 16, 3)
+    assert not caplog.records, caplog.text
+    mask = cat / "ground_truth" / "scratch" / "0_mask.png"
+    mask.rename(mask.with_name("0_gt.png"))
+    (cat / "ground_truth" / "Hole").mkdir()
+    cv2.imwrite(str(cat / "ground_truth" / "Hole" / "0_mask.png"), np.zeros((30, 40), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        load_test_set(cat, 16, 3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("no mask for") and str(cat / "test" / "scratch" / "0.png") in lines[0]
+    assert "2 mask(s) under" in lines[-1] and "belong to no test image (e.g." in lines[-1], lines
+
+
 def test_training_images_of_several_shapes_are_named_in_a_warning(caplog):
     """Two cameras' images in one folder train without error, each stretched to the one input;
     the warning names the shapes, so the engineer sees it before judging the model."""

@@ -208,7 +208,30 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
         raise DataError(f"no test images under {test_dir}")
     if missing_masks:
         log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
+    _warn_unmatched_masks(category / "ground_truth", listed)
     return samples
+
+
+def _warn_unmatched_masks(ground_truth: Path, listed: list[tuple[str, Path]]) -> None:
+    """A warning naming masks that belong to no test image: a spelling the loader does not read
+    (`000_gt.png`), or a kind folder named apart from its images' (`Hole` for `test/hole`).
+    Their defects would count as unmasked, and the pixel figures would leave them out."""
+    if not ground_truth.is_dir():
+        return
+    stems = {(kind, path.stem) for kind, path in listed}
+    kinds = sorted(p.name for p in ground_truth.iterdir() if p.is_dir() and not is_hidden(p.name))
+    unmatched = [
+        paths[0]
+        for kind in kinds
+        for stem, paths in mask_files(ground_truth / kind).items()
+        if (kind, stem) not in stems
+    ]
+    if unmatched:
+        log.warning(
+            "%d mask(s) under %s belong to no test image (e.g. %s): a mask is named <stem>_mask.png, <stem>.png or "
+            "<stem>/ after its image, in the folder of its image's kind",
+            len(unmatched), ground_truth, unmatched[0],
+        )  # fmt: skip
 
 
 def without_copies_of(test: list[TestSample], own: Sequence[str | Path]) -> tuple[list[TestSample], list[str]]:
