@@ -62,6 +62,37 @@ def test_a_refusal_that_names_no_file_says_where_to_find_it(monkeypatch, caplog)
     assert "cannot use a file or folder (-v shows which): No space left on device" in caplog.text
 
 
+def test_a_reader_that_leaves_early_ends_the_command_in_silence(monkeypatch, caplog):
+    """`vqad records ... | head`: the pipe closed under the command's output is exit 141 and no
+    log line (it was "cannot use a file or folder: Broken pipe", exit 7). A broken pipe that is
+    not standard output's is not hidden."""
+    import os
+
+    from vqad import cli
+    from vqad.commands import line
+
+    def long_listing(_args):
+        for n in range(10_000):
+            print(f"result {n:>8} " + "x" * 60)
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader, gone
+    monkeypatch.setattr(line, "cmd_dashboard", long_listing)
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write_end, "w"))
+    assert cli.main(["dashboard"]) == 141
+    assert not caplog.records, caplog.text
+    print("after the reader left")  # now into /dev/null, not a second BrokenPipeError
+    sys.stdout.flush()
+    sys.stdout.close()
+
+    def socket_error(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(line, "cmd_dashboard", socket_error)
+    monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))
+    assert cli.main(["dashboard"]) == 7
+
+
 def test_a_runs_broken_json_file_is_one_line_naming_it(tiny_run, synth_root, tmp_path):
     """threshold.json or split.json edited by hand and broken: the file is named, no traceback."""
     import shutil

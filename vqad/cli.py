@@ -4,13 +4,18 @@ import torch.
 
 Errors: domain exceptions (edge.errors.VqadError) become one log line and their exit code; so
 does an OSError, a file or folder the system refused (exit 7; the traceback with --verbose), and
-a training package missing where only the line's packages are installed (exit 1).
+a training package missing where only the line's packages are installed (exit 1). A reader of
+the output that leaves early (`vqad records ... | head`) ends the command in silence, as it
+ends `cat`: exit 141, the shell's code for a pipe closed under a writer.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
+import select
 import sys
 
 from edge.errors import VqadError
@@ -21,6 +26,8 @@ log = logging.getLogger("vqad")
 GROUPS = (data, model, export, line, tools)
 # After VqadError's codes (1-6): the system refused a file or folder (space, permission).
 SYSTEM_EXIT_CODE = 7
+# 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe.
+CLOSED_PIPE_EXIT_CODE = 141
 # What the train extra installs and a line's box (`vqad[edge]`) has not: a command that needs
 # one (train, eval, export, embed, synth's pictures) says which extra brings it. Exit code 1,
 # VqadError's own.
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     except OSError as exc:  # a file the system refused: no space, no permission, a folder gone
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return CLOSED_PIPE_EXIT_CODE
         log.debug("the system's refusal", exc_info=True)
         # A write to a file already open (a full disk) names none: -v's traceback shows where.
         where = f" {exc.filename}" if exc.filename else " a file or folder (-v shows which)"
@@ -64,6 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its
+    write end). If so, it is pointed at /dev/null, so that the interpreter's last flush at exit
+    does not fail again and print a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # replaced, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
 
 
 if __name__ == "__main__":
