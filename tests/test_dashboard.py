@@ -798,6 +798,18 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         conn.execute(sa.text("UPDATE results SET evidence_removed = true WHERE frame_id = 1"))
     engine.dispose()
     _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a record they share
+    nowhere = f"ipc://{tmp_path}/no-daemon"
+    with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
+        every = wait_for(lambda: len(c := _json(dashboard.url + "/api/summary")[1]["cameras"]) == 2 and c, 10)
+        assert set(every) == {"standing", "line4-cam"}  # read in the background, after the first summary
+        driver = headless_chromium()
+        try:  # nothing changed on the daemon yet: a word, not a table's header over no rows
+            driver.get(dashboard.url + "/")
+            assert wait_for(lambda: _field(driver, "line4-cam", "changes-note") == "none", 10)
+            assert not driver.find_element("css selector", '[data-camera="line4-cam"] [data-field="changes-table"]'
+                                           ).is_displayed()  # fmt: skip
+        finally:
+            driver.quit()
     from edge.record import RecordWriter
 
     writer = RecordWriter(url, tmp_path / "evidence").start()  # what was changed on the daemon meanwhile
@@ -808,10 +820,6 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
     writer.event("pause", {"camera": "line4-cam", "model": model}, "bob")  # another camera's: not in this section
     writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.25, "to": 0.9}}, "SIGHUP")
     writer.close()
-    nowhere = f"ipc://{tmp_path}/no-daemon"
-    with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
-        every = wait_for(lambda: len(c := _json(dashboard.url + "/api/summary")[1]["cameras"]) == 2 and c, 10)
-        assert set(every) == {"standing", "line4-cam"}  # read in the background, after the first summary
     with DashboardProcess(
         "--record", url, "--results", nowhere, "--record-cameras", "stand*,line3-*", log_path=tmp_path / "dashboard.log"
     ) as dashboard:

@@ -194,6 +194,7 @@ function drawChanges(cam, id, changes) {
     return tableRow([when(e.ts_ns), changeText(e), (e.by || "–") + host]);
   });
   $(cam.node, "changes").replaceChildren(...rows);
+  $(cam.node, "changes-table").hidden = rows.length === 0; // no header over nothing
   const more = mine.length - rows.length;
   setText(cam.node, "changes-note", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
   $(cam.node, "changes-note").hidden = rows.length > 0 && !more;
