@@ -1470,6 +1470,11 @@ def test_an_export_of_reviews_takes_one_cameras_results_captured_in_a_time(tmp_p
     assert dt.datetime.fromtimestamp(day / 1e9, dt.timezone.utc).date() == dt.date(2026, 11, 18)
     run_vqad("records", url, "--export-reviewed", tmp_path / "one", "--camera", "brackets", *day_one)
     assert sorted(p.name for p in (tmp_path / "one").rglob("*.png")) == ["brackets_1.png"]
+    the_day = ("--since", "2026-11-18", "--until", "2026-11-18", "--timezone", "UTC")  # a date alone: to its end
+    run_vqad("records", url, "--export-reviewed", tmp_path / "day", "--camera", "brackets", *the_day)
+    assert sorted(p.name for p in (tmp_path / "day").rglob("*.png")) == ["brackets_1.png"]
+    backwards = run_vqad("records", url, "--since", "2026-11-19", "--until", "2026-11-18", check=False)
+    assert backwards.returncode == 2 and "--since 2026-11-19 is after --until 2026-11-18" in backwards.stderr
     assert record.export_reviewed(tmp_path / "all") == {"test/crack": 3}
     refused = run_vqad("records", url, "--export-reviewed", tmp_path / "x", "--decision", "fail", check=False)
     assert refused.returncode == 2 and "--decision" in refused.stderr and not (tmp_path / "x").exists()

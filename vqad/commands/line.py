@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, DataError
 from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
 
 if TYPE_CHECKING:
@@ -235,13 +236,10 @@ def cmd_records(args: argparse.Namespace) -> int:
 def _query_records(record, args: argparse.Namespace) -> int:
     """What `vqad records` asks of the open record: its reviewed evidence exported, the daily
     tally, or the results printed as they are read."""
-    from edge.record.store import parse_time
-
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
+    since_ns, until_ns = _time_window(args, zone)
     if args.export_reviewed:
-        counts = record.export_reviewed(
-            args.export_reviewed, args.camera, parse_time(args.since, zone), parse_time(args.until, zone)
-        )
+        counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns)
         for folder, n in sorted(counts.items()):
             print(f"{n} images -> {args.export_reviewed / folder}")
         if not counts:
@@ -253,8 +251,8 @@ def _query_records(record, args: argparse.Namespace) -> int:
         args.limit,
         camera=args.camera,
         decision=args.decision,
-        since_ns=parse_time(args.since, zone),
-        until_ns=parse_time(args.until, zone),
+        since_ns=since_ns,
+        until_ns=until_ns,
         frame_id=args.frame_id,
         part_id=args.part_id,
         reviewed=args.reviewed,
@@ -317,14 +315,36 @@ DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", 
                  "false_reject", "defect", "unreviewed", "unfit")  # fmt: skip
 
 
+def _time_window(args: argparse.Namespace, zone) -> tuple[int | None, int | None]:
+    """--since and --until in ns, read in `zone` when they carry no offset; --until as a date alone
+    is that day's end, so that `--since D --until D` is the day D. ConfigError (exit 2)
+    for a time that is not ISO 8601, or a window that ends before it starts: it holds nothing,
+    and "0 results" would read as a line that decided nothing."""
+    from edge.record.store import parse_time
+
+    try:
+        since, until = parse_time(args.since, zone), parse_time(_day_end(args.until), zone)
+    except DataError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from exc
+    if since is not None and until is not None and since > until:
+        raise ConfigError(f"--since {args.since} is after --until {args.until}")
+    return since, until
+
+
+def _day_end(text: str | None) -> str | None:
+    """`text`, or its day's last microsecond when it is a date alone (YYYY-MM-DD)."""
+    try:
+        day = dt.date.fromisoformat(text) if text and len(text) == 10 else None
+    except ValueError:
+        return text  # parse_time names it
+    return f"{day.isoformat()}T23:59:59.999999" if day else text
+
+
 def _print_daily(record, args: argparse.Namespace) -> int:
     """`vqad records --daily`: what the line decided per day, camera and model, and the changes
     made to the daemon in the same period."""
-
-    from edge.record.store import parse_time
-
     days = _line_days(args)
-    since, until = parse_time(args.since, days.zone), parse_time(args.until, days.zone)
+    since, until = _time_window(args, days.zone)
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
     removed = record.removed()
@@ -608,7 +628,9 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         metavar="ISO8601",
         help="from this time (without an offset, in --timezone: this machine's by default)",
     )
-    r.add_argument("--until", metavar="ISO8601", help="up to this time, included (read as --since is)")
+    r.add_argument(
+        "--until", metavar="ISO8601", help="up to this time, included (read as --since is); a date alone: to its end"
+    )
     r.add_argument("--frame-id", type=int, metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
     reviewed = r.add_mutually_exclusive_group()
