@@ -100,7 +100,7 @@ def _panel(
     captions = [
         "input",
         "reconstruction",
-        f"{score:.4g} {decision}",
+        f"{score:#.4g} {decision}",
         truth_caption or ("ground truth" if mask is not None else "no mask"),
     ]
     colours = [(255, 255, 255), (255, 255, 255), (0, 0, 255) if decision == "FAIL" else (0, 255, 0), (255, 255, 255)]

@@ -76,7 +76,7 @@ def write_report_page(
     ]
     if pictures:
         calibration = [
-            (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:.4g}")
+            (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:#.4g}")
             for e in threshold.get("highest_images") or []
         ]
         body += [
@@ -157,13 +157,13 @@ def _lone_warning(threshold: dict[str, Any]) -> str:
     if not lone:
         return ""
     return (
-        f'<p class="warn">{_e(Path(str(lone["image"])).name)} scores {lone["score"]:.4g}, {lone["ratio"]:.1f} times '
-        f"the next good image ({lone['next_score']:.4g}): {_e(lone['note'])}.</p>"
+        f'<p class="warn">{_e(Path(str(lone["image"])).name)} scores {lone["score"]:#.4g}, {lone["ratio"]:.1f} times '
+        f"the next good image ({lone['next_score']:#.4g}): {_e(lone['note'])}.</p>"
     )
 
 
 def _panel_entry(sample: TestSample, score: float) -> tuple[str, str]:
-    return panel_path(sample), f"{sample.kind}/{sample.path.name}: {float(score):.4g}"
+    return panel_path(sample), f"{sample.kind}/{sample.path.name}: {float(score):#.4g}"
 
 
 def _by_kind(test: Sequence[TestSample], scores: np.ndarray) -> list[int]:
