@@ -1203,7 +1203,8 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         tally = json.loads(shown.stdout)
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
         table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
-        assert "2026-11-19" in table and "60.00" in table and "1 changes to the daemon" in table
+        assert "2026-11-19" in table and "60.00" in table and "1 change(s) to the daemon" in table
+        assert "2 day(s) (" in table and "2 row(s) of a day, camera and model" in table, table
         refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
         assert refused.returncode == 2 and "do not apply" in refused.stderr
 

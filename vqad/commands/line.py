@@ -366,7 +366,9 @@ def _print_daily(record, args: argparse.Namespace) -> int:
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6}")  # fmt: skip
         for e in changes:
             print(_change_line(e, days.zone))
-        print(f"{len(rows)} days ({days.describe()}) x cameras x models; {len(changes)} changes to the daemon")
+        n_days = len({r["day"] for r in rows})
+        print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
+              f"{len(changes)} change(s) to the daemon")  # fmt: skip
     if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
         log.warning("results captured up to %s have left the record (%d to keep its disk's floor, %d past "
                     "record_keep_days; reviewed ones stay): the days up to it are counted in part",
