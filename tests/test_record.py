@@ -1242,7 +1242,7 @@ def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(
         assert shown["days"] == json.loads(json.dumps(rows))
         assert (shown["timezone"], shown["day_starts"]) == ("Europe/Berlin", "06:00")
         table = run_vqad("records", record_url, "--daily", *flags).stdout
-        assert "3 days (Europe/Berlin, from 06:00)" in table
+        assert "3 day(s) (Europe/Berlin, from 06:00), 3 row(s)" in table
         by_machine = run_vqad("records", record_url, "--daily", "--format", "json", env={"TZ": "Asia/Tokyo"})
         assert json.loads(by_machine.stdout)["timezone"] == "Asia/Tokyo"  # no flag: the machine's zone
         for bad, why in ((("--timezone", "Europe/Berln"), "unknown time zone"), (("--day-starts", "6:10"), "HH:MM")):
