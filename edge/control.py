@@ -99,6 +99,8 @@ class Control:
             "model": s.scoring.model,
             "threshold": s.scoring.threshold,
             "threshold_source": s.scoring.threshold_source,
+            "run": d.run_id,
+            "previous_runs": d.previous_runs,
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),

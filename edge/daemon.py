@@ -45,7 +45,7 @@ from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
-from edge.state import Overrides, hold_state_folder, mark_running
+from edge.state import Overrides, follow_runs, hold_state_folder, mark_running
 from edge.watchdog import Liveness, Watchdog, notify
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class Daemon:
         # This start of the daemon: each result names it with its `seq`, and its record rows carry
         # both, so that a subscriber catches up on what it missed (docs/protocol.md).
         self.run_id = uuid.uuid4().hex
+        self.previous_runs: list[str] = []  # the state folder's runs before this one, oldest first
         self._count_lock = threading.Lock()
         self.serving: Serving | None = None  # the model, its backends and scoring; replaced between batches
         self._take_lock = threading.Lock()  # one worker at a time forms a batch and numbers it
@@ -343,6 +344,7 @@ class Daemon:
     def _check_previous_exit(self) -> None:
         self._state_lock = hold_state_folder(self.state_dir)  # before the marker: another daemon's is not a crash
         self._marker = mark_running(self.state_dir, self.metrics)
+        self.previous_runs = follow_runs(self.state_dir, self.run_id)
 
     def _restore(self, overrides: Overrides) -> None:
         """Put back what `vqad ctl` changed before the restart (edge.state.Overrides): its

@@ -76,6 +76,7 @@ class Publisher:
             "threshold": serving.scoring.threshold if serving else None,
             "threshold_source": serving.scoring.threshold_source if serving else None,
             "run": d.run_id,
+            "previous_runs": d.previous_runs,
             "accepted": d.accepted,
             "published": d.published,
             "queue": len(d.queue),

@@ -1,7 +1,7 @@
 """The daemon's state folder: a lock that one daemon at a time holds, a marker that it is
 running (left behind by a kill or a power cut, so the next start knows), how many unclean exits
-the folder has seen, and what `vqad ctl` changed (`Overrides`), so that a restart does not undo
-it."""
+the folder has seen, the runs of the daemons before this one (their results' `run`), and what
+`vqad ctl` changed (`Overrides`), so that a restart does not undo it."""
 
 from __future__ import annotations
 
@@ -117,6 +117,34 @@ def _read_state(state_file: Path) -> dict[str, int]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s): the count of unclean exits starts again", state_file, exc)
         return {"unclean_exits": 0}
+
+
+RUNS_FILE = "vqad-serve.runs.json"
+# The runs a heartbeat names before its own (33 bytes each in every heartbeat): enough for a
+# subscriber away across a night of watchdog restarts.
+RUNS_KEPT = 16
+
+
+def follow_runs(state_dir: Path, run_id: str) -> list[str]:
+    """Add this daemon's run to the state folder's list of runs. -> the runs of the daemons that
+    used the folder before it, oldest first (at most RUNS_KEPT - 1): the heartbeat names them, so
+    that a subscriber away across restarts learns which runs it never saw, and asks the record
+    for their results. A list that cannot be read starts again, one that cannot be written leaves
+    this run out of the next start's; each with a warning, and the daemon serves."""
+    path = state_dir / RUNS_FILE
+    runs: list[str] = []
+    try:
+        if path.is_file():
+            runs = [str(run) for run in json.loads(path.read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is unreadable (%s): the heartbeat names no run before this one", path, exc)
+    previous = runs[-(RUNS_KEPT - 1) :]
+    try:
+        write_whole(path, {"runs": [*previous, run_id]})
+    except OSError as exc:
+        log.warning("%s cannot be written (%s): the next start's heartbeat will not name this run",
+                    path, exc.strerror or exc)  # fmt: skip
+    return previous
 
 
 def write_whole(path: Path, data: dict[str, Any]) -> None:

@@ -834,7 +834,10 @@ def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when
 def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_once_in_order(tiny_model, tmp_path):
     """The docs' MES subscriber, reading slower than the daemon publishes (ZeroMQ drops what it
     cannot take), fills each gap from the record through the dashboard's API, also the gap at
-    the end of a burst, and follows the daemon into its next run."""
+    the end of a burst, and follows the daemon into its next runs: also a run it never saw a
+    message of (a daemon that started and stopped while the subscriber could not reach it),
+    which the next run's heartbeat names."""
+    from edge.record import Record
     from tests.browser import DashboardProcess
 
     code = _doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
@@ -854,18 +857,28 @@ def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_o
     reader = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []  # every line, as soon as it is printed
     threading.Thread(target=lambda: [lines.append(line.strip()) for line in reader.stdout], daemon=True).start()
-    first, then = 40, 10
+    first, unseen, then = 40, 6, 10
+    frame = lambda i: frame_message("mes", i, np.full((64, 64, 3), 80 + i % 50, np.uint8), "raw")  # noqa: E731
     try:
         time.sleep(1.5)  # PUB/SUB: connected before results go out
         cam = Camera(daemon.frames)
         for i in range(first):
-            cam.send(frame_message("mes", i, np.full((64, 64, 3), 80 + i % 50, np.uint8), "raw"))
+            cam.send(frame(i))
         wait_for(lambda: len(lines) >= first, 30)
         daemon.stop()
-        daemon.start()  # a new run, on the same endpoints
-        for i in range(first, first + then):
-            cam.send(frame_message("mes", i, np.full((64, 64, 3), 80 + i % 50, np.uint8), "raw"))
-        wait_for(lambda: len(lines) >= first + then, 30)
+        # A run the subscriber cannot reach: the same state folder and record, other endpoints.
+        elsewhere = DaemonProcess(tiny_model, "--record", url, "--set", f"edge.state_dir={daemon.dir}").start()
+        other_cam = Camera(elsewhere.frames)
+        for i in range(first, first + unseen):
+            other_cam.send(frame(i))
+        record = Record(url)
+        wait_for(lambda: len(record.results(limit=100)) == first + unseen, 20)
+        other_cam.close()
+        assert elsewhere.stop() == 0
+        daemon.start()  # a new run, on the first endpoints
+        for i in range(first + unseen, first + unseen + then):
+            cam.send(frame(i))
+        wait_for(lambda: len(lines) >= first + unseen + then, 30)
         cam.close()
     finally:
         reader.kill()
@@ -874,11 +887,13 @@ def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_o
     rows = [line.split() for line in lines]
     runs = list(dict.fromkeys(row[1] for row in rows))
     start = int(rows[0][2])  # the first result this subscriber read: from it on, every one
-    assert len(runs) == 2 and start < 5, lines
-    for run, seqs, frame_of_seq0 in zip(runs, (range(start, first), range(then)), (0, first), strict=True):
+    assert len(runs) == 3 and start < 5, lines
+    seqs_of_runs = (range(start, first), range(unseen), range(then))
+    for run, seqs, frame_of_seq0 in zip(runs, seqs_of_runs, (0, first, first + unseen), strict=True):
         handled = [(int(row[2]), int(row[4])) for row in rows if row[1] == run]
         assert handled == [(seq, frame_of_seq0 + seq) for seq in seqs], lines  # each once, in order
     assert {row[0] for row in rows} == {"api", "zmq"}, lines  # some from the record: the gaps were filled
+    assert {row[0] for row in rows if row[1] == runs[1]} == {"api"}, lines  # the unseen run: all from the record
 
 
 def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
@@ -911,6 +926,7 @@ def test_an_idle_daemon_says_it_is_alive_on_its_own_topic(tiny_model):
     assert got[0]["model"]["sha256"] and got[0]["threshold"] > 0
     assert 0.1e9 < got[2]["ts_ns"] - got[1]["ts_ns"] < 1e9  # about every 0.2 s
     assert len(got[0]["run"]) == 32 and {b["run"] for b in got} == {got[0]["run"]} and got[2]["published"] == 0
+    assert got[0]["previous_runs"] == []  # the first daemon on its state folder
 
 
 def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():

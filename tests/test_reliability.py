@@ -212,6 +212,32 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
     )
 
 
+def test_the_state_folder_names_the_runs_before_this_one_and_forgets_the_oldest(tmp_path, monkeypatch, caplog):
+    """Each start adds its run; the heartbeat's `previous_runs` is the 15 before it, oldest
+    first. A list that cannot be read starts again, and a full disk leaves the start going on;
+    each with a warning."""
+    import errno
+
+    from edge.state import RUNS_FILE, RUNS_KEPT, follow_runs
+
+    runs = [f"{i:032x}" for i in range(RUNS_KEPT + 3)]
+    told = [follow_runs(tmp_path, run) for run in runs]
+    assert told[0] == [] and told[1] == runs[:1] and told[2] == runs[:2]
+    assert told[-1] == runs[-RUNS_KEPT:-1] and len(told[-1]) == RUNS_KEPT - 1
+    (tmp_path / RUNS_FILE).write_text('{"runs": ["a", "b"')  # a power cut while an older version wrote it
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        assert follow_runs(tmp_path, "c" * 32) == []
+        assert follow_runs(tmp_path, "d" * 32) == ["c" * 32]
+
+        def full(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(Path, "write_text", full)
+        assert follow_runs(tmp_path, "e" * 32) == ["c" * 32, "d" * 32]
+    assert "is unreadable" in caplog.text and "the heartbeat names no run before this one" in caplog.text
+    assert "cannot be written (No space left on device): the next start's heartbeat will not name" in caplog.text
+
+
 def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_cannot_be_locked(
     tmp_path, monkeypatch, caplog
 ):
