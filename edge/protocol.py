@@ -374,6 +374,37 @@ class StreamGaps:
         return gap
 
 
+class RunsHeard:
+    """The daemon runs a subscriber has read a message of, and those it never heard: runs that
+    a later run's heartbeat names (`previous_runs`) after the newest one it had heard, daemons
+    that started and stopped while it could not reach them. Their results are in the record."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []  # in the order first read
+        self.unseen: list[str] = []
+        self._checked: set[str] = set()
+
+    def hear(self, header: dict[str, Any]) -> list[str]:
+        """Note the run of a result or heartbeat header; -> the runs newly found unseen (only a
+        run's heartbeat names them: its first one is checked)."""
+        run = header.get("run")
+        if not isinstance(run, str):
+            return []
+        if run not in self.heard:
+            self.heard.append(run)
+        previous = header.get("previous_runs")
+        if run in self._checked or not isinstance(previous, list):
+            return []
+        self._checked.add(run)
+        before = [r for r in self.heard if r != run]
+        if not before:  # the first run this subscriber heard: what came before it is not missed
+            return []
+        read = [i for i, r in enumerate(previous) if r in before]
+        found = [r for r in previous[read[-1] + 1 if read else 0 :] if isinstance(r, str) and r not in self.heard]
+        self.unseen += found
+        return found
+
+
 def heartbeat_overdue(age_s: float, header: dict[str, Any]) -> bool:
     """Whether a heartbeat `age_s` old (its header as sent) says the daemon is gone: more than
     HEARTBEAT_MISSED of its intervals (`every_s`) have passed without the next one."""

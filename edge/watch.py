@@ -21,6 +21,7 @@ from edge.overlay import result_picture
 from edge.protocol import (
     HEARTBEAT_TOPIC,
     RECORD_BEHIND_S,
+    RunsHeard,
     StreamGaps,
     file_name,
     heartbeat_overdue,
@@ -47,6 +48,7 @@ class Summary:
         self.last: float | None = None
         self.every_camera = every_camera
         self.gaps = StreamGaps()
+        self.runs = RunsHeard()
 
     def add(self, header: dict[str, Any]) -> int:
         """Count a result; -> how many results of its daemon run were missed just before it (a
@@ -61,11 +63,14 @@ class Summary:
             self.by_decision[header["decision"]] += 1
         if latency is not None:
             self.latency.append(latency)
+        self.runs.hear(header)
         return self.gaps.follow(header) if self.every_camera else 0
 
-    def beat(self, header: dict[str, Any]) -> int:
-        """-> how many results the daemon's heartbeat shows were missed since the last one read."""
-        return self.gaps.follow_heartbeat(header) if self.every_camera else 0
+    def beat(self, header: dict[str, Any]) -> tuple[int, list[str]]:
+        """-> how many results the daemon's heartbeat shows were missed since the last one read,
+        and the daemon runs it names that this reader never heard (RunsHeard)."""
+        unseen = self.runs.hear(header)
+        return (self.gaps.follow_heartbeat(header) if self.every_camera else 0), unseen
 
     @property
     def missed(self) -> int:
@@ -82,6 +87,7 @@ class Summary:
             "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat) else {},
             "rate_per_s": (n - 1) / span if span > 0 else None,
             "missed": self.missed if self.every_camera else None,
+            "unseen_runs": self.runs.unseen,
         }
 
     def text(self) -> str:
@@ -89,9 +95,10 @@ class Summary:
         lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
         rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
         missed = f"; missed {self.missed} (a daemon's record keeps them)" if self.missed else ""
+        unseen = f"; {len(self.runs.unseen)} daemon run(s) never heard" if self.runs.unseen else ""
         return (
             f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
-            f"latency {lat or 'n/a'}{missed}"
+            f"latency {lat or 'n/a'}{missed}{unseen}"
         )
 
 
@@ -252,8 +259,14 @@ def run_watch(
                 parts = sock.recv_multipart()
                 if parts[0] == HEARTBEAT_TOPIC:
                     beat = daemon.beat(parts)
-                    if beat is not None and (missed := summary.beat(beat)):
-                        _say_missed(gaps, missed, beat["run"], beat["published"])
+                    if beat is not None:
+                        missed, unseen = summary.beat(beat)
+                        if missed:
+                            _say_missed(gaps, missed, beat["run"], beat["published"])
+                        if unseen:
+                            log.warning("the daemon started and stopped %d time(s) while this reader could not "
+                                        "hear it (runs %s); a daemon with a record has their results: vqad records "
+                                        "RECORD --run RUN", len(unseen), ", ".join(unseen))  # fmt: skip
                     continue
                 try:
                     header, amap = parse_result(parts)

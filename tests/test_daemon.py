@@ -946,10 +946,18 @@ def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
     assert [one_camera.add(h) for h in stream] == [0] * len(stream)
     # A heartbeat's `published` is the seq of the next result: the end of a burst, dropped, shows.
     beats = [{"run": "b", "published": 5}, {"run": "b", "published": 7}, {"run": "c", "published": 3}, {}]
-    assert [every.beat(b) for b in beats] == [0, 2, 0, 0] and [one_camera.beat(b) for b in beats] == [0] * 4
+    assert [every.beat(b)[0] for b in beats] == [0, 2, 0, 0] and [one_camera.beat(b)[0] for b in beats] == [0] * 4
     assert every.add(result("c", 3)) == 0 and every.add(result("c", 5)) == 1  # from the first beat of c on
     assert every.missed == 7 and every.as_dict()["missed"] == 7 and "missed 7" in every.text()
     assert one_camera.as_dict()["missed"] is None
+    # Runs that started and stopped unheard: named by the next run's first heartbeat, after the
+    # newest run read; those before the first run read are not this reader's to miss.
+    assert every.beat({"run": "f", "published": 0, "previous_runs": ["z", "a", "b", "c", "d", "e"]})[1] == ["d", "e"]
+    assert every.beat({"run": "f", "published": 0, "previous_runs": ["x", "y"]})[1] == []  # its first beat only
+    assert one_camera.beat({"run": "g", "previous_runs": ["b", "c"]})[1] == []  # c was heard
+    first = Summary()
+    assert first.beat({"run": "h", "published": 2, "previous_runs": ["a", "b"]}) == (0, [])
+    assert every.as_dict()["unseen_runs"] == ["d", "e"] and "2 daemon run(s) never heard" in every.text()
 
 
 def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):
