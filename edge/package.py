@@ -101,6 +101,10 @@ def load_package(root: str | Path) -> ModelPackage:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError as exc:
+        if (root / "checkpoint.pt").is_file():  # a training run's folder (train.checkpoint)
+            raise PackageError(
+                f"{root} is a training run, not a model package: export it first (vqad export {root} --out MODEL_DIR)"
+            ) from exc
         raise PackageError(f"no {MODEL_JSON} in {root}: is this an exported model? (vqad export)") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PackageError(f"{path} is not valid JSON: {exc}") from exc

@@ -120,6 +120,16 @@ def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, t
         assert "give the run it was exported from (" in proc.stderr
 
 
+def test_a_training_run_given_for_a_model_package_says_to_export_it(tiny_run, synth_root, tmp_path):
+    """score and serve read a model package; given the training run it came from, they said
+    "no model.json: is this an exported model?", a question the engineer must answer alone."""
+    images = synth_root / "bracket" / "test" / "good"
+    for args in (["score", tiny_run, images, "--out", tmp_path / "s"], ["serve", tiny_run, "--check"]):
+        proc = run_vqad(*args, check=False)
+        assert proc.returncode == 4 and "is a training run, not a model package: export it first" in proc.stderr
+        assert f"(vqad export {tiny_run} --out MODEL_DIR)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     """--summary-json in a folder that is not there was found after the watch (hours, on a line)."""
     proc = run_vqad(
