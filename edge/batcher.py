@@ -5,8 +5,11 @@
   started looking).
 - `backpressure`: `put` blocks while the queue is full; the reader stops reading and
   ZeroMQ's high-water mark pushes back on the cameras.
-- `drop_oldest`: `put` never blocks; when full, the oldest item is evicted and returned
-  to the caller, who reports it as dropped. Nothing disappears silently.
+- `drop_oldest`: `put` never blocks; when full, an old item is evicted and returned to the
+  caller, who reports it as dropped. Nothing disappears silently. With a `source` (the
+  camera), the item evicted is the oldest of the source with the most items waiting: a camera
+  that floods the daemon (a wrong frame rate, a trigger that bounces) loses its own frames,
+  not the other cameras'. With one source, it is the oldest item.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -22,12 +26,15 @@ POLICIES = ("backpressure", "drop_oldest")
 
 
 class FrameQueue(Generic[T]):
-    def __init__(self, capacity: int, policy: str = "backpressure"):
+    def __init__(self, capacity: int, policy: str = "backpressure", source: Callable[[T], Hashable] | None = None):
+        """source: where an item came from (its camera), for drop_oldest to evict from the
+        source with the most items waiting; None: every item from one source."""
         if capacity < 1:
             raise ValueError("queue capacity must be >= 1")
         if policy not in POLICIES:
             raise ValueError(f"unknown overload policy {policy!r}; use one of {POLICIES}")
         self.capacity, self.policy = capacity, policy
+        self._source = source or (lambda _item: None)
         self._items: collections.deque[tuple[float, T]] = collections.deque()
         self._cond = threading.Condition()
 
@@ -43,7 +50,7 @@ class FrameQueue(Generic[T]):
             evicted: list[T] = []
             if self.policy == "drop_oldest":
                 while len(self._items) >= self.capacity:
-                    evicted.append(self._items.popleft()[1])
+                    evicted.append(self._evict())
             elif len(self._items) >= self.capacity:
                 if not self._cond.wait_for(lambda: len(self._items) < self.capacity, timeout):
                     return False, []
@@ -51,6 +58,17 @@ class FrameQueue(Generic[T]):
             self._items.append((now, item))
             self._cond.notify_all()
             return True, evicted
+
+    def _evict(self) -> T:
+        """Remove the oldest item of the source with the most items waiting (the first of them
+        to have queued, on a tie). Called with the lock held."""
+        sources = [self._source(item) for _, item in self._items]
+        waiting = collections.Counter(sources)
+        most = max(waiting.values())
+        index = next(i for i, source in enumerate(sources) if waiting[source] == most)
+        item = self._items[index][1]
+        del self._items[index]
+        return item
 
     def get_batch(self, max_batch: int, max_delay_s: float, timeout: float) -> list[T]:
         """Wait up to `timeout` for a first item, then return a batch by the rules above."""

@@ -100,7 +100,7 @@ class Daemon:
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
-        self.queue: FrameQueue[Pending] = FrameQueue(cfg.queue_size, cfg.overload)
+        self.queue: FrameQueue[Pending] = FrameQueue(cfg.queue_size, cfg.overload, source=lambda p: p.camera_id)
         self.outbox: queue.Queue = queue.Queue()
         self.accepted = 0
         self.published = 0  # also the next result's `seq` (only the publisher thread adds to it)

@@ -465,6 +465,27 @@ def test_drop_oldest_under_a_burst_reports_every_frame(tiny_model):
     assert "dropped" in statuses.values() and "ok" in statuses.values()
 
 
+def test_drop_oldest_takes_a_flooding_cameras_frames_not_the_others():
+    """A camera sending far more than the daemon infers (a wrong frame rate, a bouncing trigger)
+    filled the queue, and each eviction took the oldest frame whatever its camera: the steady
+    cameras lost theirs to it. The frame evicted is now the oldest of the camera with the most
+    waiting; with one camera, the oldest, as before."""
+    from edge.batcher import FrameQueue
+
+    queue = FrameQueue(8, "drop_oldest", source=lambda frame: frame[0])  # nothing inferred meanwhile
+    evicted = []
+    for frame in [("steady", 0), ("flood", 0), ("flood", 1), ("flood", 2)]:
+        evicted += queue.put(frame)[1]
+    for i in range(3, 30):  # the flood goes on; a steady frame now and then
+        evicted += queue.put(("flood", i))[1]
+        if i % 10 == 0:
+            evicted += queue.put(("steady", i // 10))[1]
+    assert evicted and {camera for camera, _ in evicted} == {"flood"}
+    assert [f for f in queue.drain() if f[0] == "steady"] == [("steady", 0), ("steady", 1), ("steady", 2)]
+    one = FrameQueue(2, "drop_oldest")
+    assert [one.put(i)[1] for i in range(4)] == [[], [], [0], [1]]  # one source: the oldest
+
+
 def test_missing_or_corrupt_model_is_refused_clearly(tiny_model, tmp_path):
     broken = tmp_path / "model"
     shutil.copytree(tiny_model, broken)
