@@ -335,6 +335,25 @@ def test_resume_continues_the_run(synth_root, tmp_path):
     assert changed.returncode == 6 and "different model config (it has model.width=8)" in changed.stderr
 
 
+def test_a_resume_names_the_images_added_since_its_split_and_refuses_one_gone(synth_root, tmp_path):
+    """Good images added to the folder after the run's split were left out of a resume without a
+    word; one removed stopped it with "cannot read image", which does not say why it was read."""
+    import shutil
+
+    category, run = tmp_path / "weave", tmp_path / "run"
+    shutil.copytree(synth_root / "weave", category)
+    run_vqad("train", category, "--out", run, "--steps", "5", *TINY_MODEL, *TINY_TRAIN)
+    good = category / "train" / "good"
+    shutil.copy(good / sorted(p.name for p in good.iterdir())[0], good / "added_later.png")
+    resumed = run_vqad("train", category, "--out", run, "--steps", "6", "--resume")
+    assert "1 good image(s) in" in resumed.stderr and "(e.g. added_later.png) and are left out" in resumed.stderr
+    gone = Path(json.loads((run / "split.json").read_text())["train"][0])
+    gone.unlink()
+    refused = run_vqad("train", category, "--out", run, "--steps", "7", "--resume", check=False)
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    assert f"names 1 good image(s) that are gone (e.g. {gone})" in refused.stderr
+
+
 def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(

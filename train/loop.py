@@ -99,6 +99,7 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         split = read_split(run_dir)
         train_paths, val_paths = split["train"], split["val"]
         _warn_if_split_policy_changed(run_dir, train_cfg)
+        _check_split_against_folder(category, [*train_paths, *val_paths])
     else:
         paths = train_image_paths(category)
         train_paths, val_paths = split_train_val(
@@ -121,6 +122,26 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
 
 # The train config keys that draw the split: a resume under other values keeps the saved split.
 SPLIT_KEYS = ("seed", "val_fraction", "min_val_images")
+
+
+def _check_split_against_folder(category: Path, split: list[Path]) -> None:
+    """A resume keeps its split (split.json). DataError when images it names are gone from
+    their folder (a clean-up that left the run unresumable: every one is needed); a warning
+    naming the good images added since, which the resumed run does not train on."""
+    gone = [p for p in split if not p.is_file()]
+    if gone:
+        raise DataError(
+            f"the run's split (split.json) names {len(gone)} good image(s) that are gone (e.g. {gone[0]}): a resume "
+            "keeps its split; put them back, or train a new run (--init-from RUN starts it from this one's weights)"
+        )
+    named = {p.resolve() for p in split}
+    added = [p for p in train_image_paths(category) if p.resolve() not in named]
+    if added:
+        log.warning(
+            "%d good image(s) in %s are not in the run's split (e.g. %s) and are left out: a resume keeps its split; a "
+            "new run trains on them (--init-from RUN starts it from this one's weights)",
+            len(added), Path(category) / "train" / "good", added[0].name,
+        )  # fmt: skip
 
 
 def _warn_if_split_policy_changed(run_dir: Path, train_cfg: TrainConfig) -> None:
