@@ -65,6 +65,24 @@ def rate_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -
     return hi
 
 
+# A false-reject bound past this says the threshold rests on too few images to promise a line
+# anything: 29 good images, none above the threshold, bring it under (1 - 0.05 ** (1 / 29) = 9.8%).
+WIDE_FRR_BOUND = 0.10
+
+
+def _warn_if_few(n: int, above: int) -> None:
+    """A warning when n good images (`above` of them over the threshold) bound the false-reject
+    rate above WIDE_FRR_BOUND, with how many would bring it under."""
+    bound = frr_upper_bound(n, above)
+    if bound > WIDE_FRR_BOUND:
+        enough = math.ceil(math.log(0.05) / math.log(1 - WIDE_FRR_BOUND))
+        log.warning(
+            "only %d good images set the threshold: new good parts may be rejected up to %.0f%% of the time (95%% "
+            "confidence); %d or more, none over it, bound that under %.0f%%",
+            n, 100 * bound, enough, 100 * WIDE_FRR_BOUND,
+        )  # fmt: skip
+
+
 def calibrate_threshold(
     scores: np.ndarray, target_frr: float, source: dict[str, Any], names: Sequence[str | os.PathLike] | None = None
 ) -> dict[str, Any]:
@@ -82,6 +100,7 @@ def calibrate_threshold(
     value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
     above = int((scores >= value).sum())
     n = int(scores.size)
+    _warn_if_few(n, above)
     return {
         "value": value,
         "score_at_quantile": at_quantile,

@@ -82,6 +82,23 @@ def test_threshold_sits_clear_of_the_validation_quantile():
     assert (scores >= cal["value"]).sum() <= 1  # at most the single image above the quantile fails
 
 
+def test_a_threshold_set_on_too_few_images_is_warned_of(caplog):
+    """Three good images set a threshold whose false-reject bound is 63%: the calibration says so
+    in a warning with how many would do (29); 29 images, none over the threshold, are quiet."""
+    import numpy as np
+
+    from edge.threshold import calibrate_threshold
+
+    with caplog.at_level("WARNING", logger="edge.threshold"):
+        calibrate_threshold(np.array([1.0, 1.1, 1.2]), target_frr=0.01, source={"by": "test"})
+    assert "only 3 good images set the threshold" in caplog.text and "up to 63%" in caplog.text
+    assert "29 or more, none over it, bound that under 10%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge.threshold"):
+        calibrate_threshold(np.linspace(1.0, 1.1, 29), target_frr=0.01, source={"by": "test"})
+    assert not caplog.records, caplog.text
+
+
 def test_a_good_image_that_alone_sets_the_threshold_is_named(caplog):
     """One good image far above the rest sets the threshold: it is named, with its ratio to the
     next, and a warning says so; a tail without such an image names none."""
