@@ -75,11 +75,11 @@ def _warn_if_few(n: int, above: int) -> None:
     rate above WIDE_FRR_BOUND, with how many would bring it under."""
     bound = frr_upper_bound(n, above)
     if bound > WIDE_FRR_BOUND:
-        enough = math.ceil(math.log(0.05) / math.log(1 - WIDE_FRR_BOUND))
+        enough = math.ceil(math.log(1 - BOUND_CONFIDENCE) / math.log(1 - WIDE_FRR_BOUND))
         log.warning(
-            "only %d good images set the threshold: new good parts may be rejected up to %.0f%% of the time (95%% "
+            "only %d good images set the threshold: new good parts may be rejected up to %.0f%% of the time (%.0f%% "
             "confidence); %d or more, none over it, bound that under %.0f%%",
-            n, 100 * bound, enough, 100 * WIDE_FRR_BOUND,
+            n, 100 * bound, 100 * BOUND_CONFIDENCE, enough, 100 * WIDE_FRR_BOUND,
         )  # fmt: skip
 
 
