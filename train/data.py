@@ -358,8 +358,8 @@ def _warn_magnified(camera: list[int], size: Size) -> None:
     if magnified > 1:
         log.warning(
             "the input %dx%d (HxW) magnifies the training images (median %dx%d) %.1f times: it adds no detail, "
-            "and the line's compute grows with its pixel count. --image-size auto takes model.short_side (128) "
-            "pixels on the short side",
+            "and the line's compute grows with its pixel count. --image-size auto takes model.short_side pixels "
+            "on the short side",
             *size, *camera, magnified,
         )  # fmt: skip
 
