@@ -443,6 +443,30 @@ def test_the_frames_waiting_for_their_evidence_are_bounded_by_their_bytes(tmp_pa
     assert writer.frames_let_go == 0 and writer.frames_held == 0
 
 
+def test_a_storm_of_one_cameras_fails_leaves_the_other_cameras_rejects_their_images(tmp_path, monkeypatch):
+    """Every frame of one camera fails (its lamp went out) while the writer is behind: past the
+    bound, that camera gives up its newest waiting frames for another camera's rejects, down to
+    an even share; the bytes held never pass the bound. Before, the other camera's rejects were
+    all recorded without images while the storm lasted."""
+    from edge.record import writer as writer_module
+
+    frame_bytes = _result("c", 0).frame.nbytes
+    monkeypatch.setattr(writer_module, "FRAMES_HELD_BYTES", 4 * frame_bytes)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev")  # not started: a database that does not keep up
+    for i in range(4):
+        writer.put(_result("storm", i), time.time_ns())
+    for i in range(3):
+        writer.put(_result("steady", i), time.time_ns())
+        assert writer.frames_held <= 4 * frame_bytes
+    writer.put(_result("storm", 4), time.time_ns())  # an even share each: its own waits without
+    assert writer.frames_held == 4 * frame_bytes and writer.frames_let_go == 4
+    writer.start().close()
+    kept = {(r["camera_id"], r["frame_id"]) for r in Record(url).results(limit=20) if r["evidence"] is not None}
+    assert kept == {("storm", 0), ("storm", 1), ("steady", 0), ("steady", 1)}, kept
+    assert writer.frames_held == 0 and writer.recorded == 8
+
+
 def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_path):
     """A camera bridge restarted within the day sends frame 7 again: the first frame 7's
     evidence is not overwritten, and each row names its own files. A sender without a clock

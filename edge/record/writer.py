@@ -105,6 +105,8 @@ class RecordWriter:
         self._behind_since: float | None = None  # when the record fell RECORD_BEHIND_S behind (monotonic)
         self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
         self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
+        self._held_by: collections.Counter[str] = collections.Counter()  # camera -> bytes of its frames held
+        self._in_flight = 0  # the buffer's first results, which the writer thread is storing (under self.lock)
         self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
@@ -213,7 +215,7 @@ class RecordWriter:
                     "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
                 )
                 return
-            if result.frame is not None and not self._hold(result.frame.nbytes):
+            if result.frame is not None and not self._hold(result):
                 result.frame = None
             self.buffer.append((result, published_ns, time.monotonic()))
             self.handed += 1
@@ -221,19 +223,55 @@ class RecordWriter:
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
 
-    def _hold(self, nbytes: int) -> bool:
-        """Whether a frame of `nbytes` may wait in the buffer for its evidence (under self.lock);
-        past FRAMES_HELD_BYTES its result waits without it, counted in vqad_evidence_failed."""
+    def _hold(self, result: Result) -> bool:
+        """Whether `result`'s frame may wait in the buffer for its evidence (under self.lock).
+        Past FRAMES_HELD_BYTES, a camera that holds more than this one would (a storm of one
+        camera's fails: its lamp went out) gives up its newest waiting frames for it, so that the
+        other cameras' rejects keep their images; otherwise this result waits without its frame.
+        Each frame given up is counted in vqad_evidence_failed."""
+        nbytes, camera = result.frame.nbytes, _camera_of(result)
+        while self.frames_held + nbytes > FRAMES_HELD_BYTES and self._give_up_one_for(camera, nbytes):
+            pass
         if self.frames_held + nbytes <= FRAMES_HELD_BYTES:
             self.frames_held += nbytes
+            self._held_by[camera] += nbytes
             return True
+        self._let_go(result)
+        return False
+
+    def _give_up_one_for(self, camera: str, nbytes: int) -> bool:
+        """Drop the newest waiting frame of the camera holding the most, if it holds more than
+        `camera` would with `nbytes` more and the writer thread is not storing it. -> whether one
+        was dropped."""
+        most, held = max(self._held_by.items(), key=lambda item: item[1], default=(None, 0))
+        if most is None or most == camera or held <= self._held_by[camera] + nbytes:
+            return False
+        for index in range(len(self.buffer) - 1, self._in_flight - 1, -1):
+            waiting = self.buffer[index][0]
+            if waiting.frame is not None and _camera_of(waiting) == most:
+                self._release(waiting)
+                self._let_go(waiting)
+                waiting.frame = None
+                return True
+        return False
+
+    def _release(self, result: Result) -> None:
+        """Its frame no longer waits (under self.lock)."""
+        nbytes, camera = result.frame.nbytes, _camera_of(result)
+        self.frames_held -= nbytes
+        self._held_by[camera] -= nbytes
+        if self._held_by[camera] <= 0:
+            del self._held_by[camera]
+
+    def _let_go(self, result: Result) -> None:
+        """Count and log a result that will be recorded without its images."""
         self.frames_let_go += 1
         self.metrics.evidence_failed.inc()
         self._let_go_log.log(
             "the frames waiting for the record take %d MiB, its bound: %d results recorded without their images "
-            "(the database or the disk is slower than the line's rejects)", self.frames_held >> 20, self.frames_let_go,
+            "(the database or the disk is slower than the line's rejects; the camera with the most waiting gives "
+            "up its newest first)", self.frames_held >> 20, self.frames_let_go,
         )  # fmt: skip
-        return False
 
     def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
         """A change made to the running daemon, written at once (its own transaction). Its detail
@@ -271,6 +309,7 @@ class RecordWriter:
                 if len(self.buffer) < BATCH_ROWS and not self.stopping:
                     self.lock.wait(FLUSH_S)
                 batch = [self.buffer[i] for i in range(min(BATCH_ROWS, len(self.buffer)))]
+                self._in_flight = len(batch)  # their frames are the writer's now: none is given up
             if not batch:
                 continue
             try:
@@ -312,7 +351,8 @@ class RecordWriter:
         for _ in range(n):
             result, _published_ns, _queued = self.buffer.popleft()
             if result.frame is not None:
-                self.frames_held -= result.frame.nbytes
+                self._release(result)
+        self._in_flight = 0
         self.metrics.record_pending.set(len(self.buffer))
 
     def _count_unrecorded(self, n: int) -> None:
@@ -458,3 +498,7 @@ def default_evidence_dir(engine: sa.Engine) -> Path:
     """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
     database = sqlite_file(engine)
     return Path(f"{database}.evidence") if database else Path("evidence")
+
+
+def _camera_of(result: Result) -> str:
+    return str(result.header.get("camera_id"))
