@@ -917,6 +917,57 @@ def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_o
     assert {row[0] for row in rows if row[1] == runs[1]} == {"api"}, lines  # the unseen run: all from the record
 
 
+def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_goes_on():
+    """Results the record could not keep (a buffer full while its database was down: the
+    heartbeat's record.unrecorded) left the docs' subscriber waiting for them for ever once the
+    record held later ones, and skipped a hole in the middle without a word. Its functions, run
+    as written against an API that holds seqs 0-2, 5, 6 and 9 of a run: 3-4 and 7-8 are lost."""
+    import contextlib
+    import http.server
+    import io
+    import json
+    import urllib.parse
+
+    held = [{"run": "r", "seq": seq, "camera_id": "c", "frame_id": seq, "status": "ok", "decision": "pass"}
+            for seq in (0, 1, 2, 5, 6, 9)]  # fmt: skip
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            after = int(query["after_seq"][0])
+            body = json.dumps({"results": [r for r in held if r["seq"] > after]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = _doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
+    api = "http://127.0.0.1:8080/api/results"
+    functions = code.split("\nwhile True:", 1)[0].replace(api, f"http://127.0.0.1:{server.server_port}/api/results")
+    scope: dict = {}
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(functions, scope)  # the imports, the socket (connected to nothing) and the functions
+            scope["last"]["r"] = -1
+            done = threading.Event()
+            worker = threading.Thread(target=lambda: (scope["catch_up"]("r", 8), done.set()), daemon=True)
+            worker.start()
+            assert done.wait(10), "the subscriber waited for results the record will never have"
+            scope["catch_up"]("r")  # the run's end
+    finally:
+        server.shutdown()
+        scope.get("sock") is not None and scope["sock"].close(linger=0)
+    lines = out.getvalue().split("\n")[:-1]
+    assert lines == ["r 0 c 0 ok pass", "r 1 c 1 ok pass", "r 2 c 2 ok pass", "lost r 3 4", "r 5 c 5 ok pass",
+                     "r 6 c 6 ok pass", "lost r 7 8", "r 9 c 9 ok pass"], lines  # fmt: skip
+
+
 def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
     """The lines `proc` has printed by now (read without blocking), added to `lines`."""
     lines = [] if lines is None else lines
