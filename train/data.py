@@ -208,14 +208,17 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
         raise DataError(f"no test images under {test_dir}")
     if missing_masks:
         log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
-    _warn_unmatched_masks(category / "ground_truth", listed)
+    _warn_unmatched_masks(category / "ground_truth", listed, masks_of)
     return samples
 
 
-def _warn_unmatched_masks(ground_truth: Path, listed: list[tuple[str, Path]]) -> None:
+def _warn_unmatched_masks(
+    ground_truth: Path, listed: list[tuple[str, Path]], masks_of: dict[str, dict[str, list[Path]]]
+) -> None:
     """A warning naming masks that belong to no test image: a spelling the loader does not read
     (`000_gt.png`), or a kind folder named apart from its images' (`Hole` for `test/hole`).
-    Their defects would count as unmasked, and the pixel figures would leave them out."""
+    Their defects would count as unmasked, and the pixel figures would leave them out.
+    `masks_of`: the test kinds' masks, as load_test_set read them; other kinds' are read here."""
     if not ground_truth.is_dir():
         return
     stems = {(kind, path.stem) for kind, path in listed}
@@ -223,7 +226,7 @@ def _warn_unmatched_masks(ground_truth: Path, listed: list[tuple[str, Path]]) ->
     unmatched = [
         paths[0]
         for kind in kinds
-        for stem, paths in mask_files(ground_truth / kind).items()
+        for stem, paths in (masks_of[kind] if kind in masks_of else mask_files(ground_truth / kind)).items()
         if (kind, stem) not in stems
     ]
     if unmatched:
