@@ -921,7 +921,8 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
     """Results the record could not keep (a buffer full while its database was down: the
     heartbeat's record.unrecorded) left the docs' subscriber waiting for them for ever once the
     record held later ones, and skipped a hole in the middle without a word. Its functions, run
-    as written against an API that holds seqs 0-2, 5, 6 and 9 of a run: 3-4 and 7-8 are lost."""
+    as written against an API that holds seqs 0-2, 5, 6 and 9 of a run whose last heartbeat
+    counted 12: 3-4, 7-8 and, once the next run starts, 10-11 are lost."""
     import contextlib
     import http.server
     import io
@@ -959,13 +960,16 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
             worker = threading.Thread(target=lambda: (scope["catch_up"]("r", 8), done.set()), daemon=True)
             worker.start()
             assert done.wait(10), "the subscriber waited for results the record will never have"
-            scope["catch_up"]("r")  # the run's end
+            scope["catch_up"]("r")  # up to the run's last recorded result
+            scope["ends"]["r"] = 11  # its last heartbeat said 12 were published
+            scope["follow"](b"heartbeat", {"run": "n", "published": 0, "previous_runs": ["r"]})  # a new run
     finally:
         server.shutdown()
         scope.get("sock") is not None and scope["sock"].close(linger=0)
     lines = out.getvalue().split("\n")[:-1]
     assert lines == ["r 0 c 0 ok pass", "r 1 c 1 ok pass", "r 2 c 2 ok pass", "lost r 3 4", "r 5 c 5 ok pass",
-                     "r 6 c 6 ok pass", "lost r 7 8", "r 9 c 9 ok pass"], lines  # fmt: skip
+                     "r 6 c 6 ok pass", "lost r 7 8", "r 9 c 9 ok pass", "lost r 10 11"], lines  # fmt: skip
+    assert scope["last"] == {"n": -1} and scope["ends"] == {"n": -1}
 
 
 def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
