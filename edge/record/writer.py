@@ -106,7 +106,10 @@ class RecordWriter:
         self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
         self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
         self._held_by: collections.Counter[str] = collections.Counter()  # camera -> bytes of its frames held
-        self._in_flight = 0  # the buffer's first results, which the writer thread is storing (under self.lock)
+        # camera -> its buffered results that hold a frame, oldest first: the newest is found at
+        # once, not by a walk through a buffer of up to max_buffer results (under self.lock)
+        self._holding: dict[str, collections.deque[Result]] = {}
+        self._in_flight: set[int] = set()  # ids of the results the writer thread is storing (under self.lock)
         self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
@@ -235,6 +238,7 @@ class RecordWriter:
         if self.frames_held + nbytes <= FRAMES_HELD_BYTES:
             self.frames_held += nbytes
             self._held_by[camera] += nbytes
+            self._holding.setdefault(camera, collections.deque()).append(result)
             return True
         self._let_go(result)
         return False
@@ -246,22 +250,22 @@ class RecordWriter:
         most, held = max(self._held_by.items(), key=lambda item: item[1], default=(None, 0))
         if most is None or most == camera or held <= self._held_by[camera] + nbytes:
             return False
-        for index in range(len(self.buffer) - 1, self._in_flight - 1, -1):
-            waiting = self.buffer[index][0]
-            if waiting.frame is not None and _camera_of(waiting) == most:
-                self._release(waiting)
-                self._let_go(waiting)
-                waiting.frame = None
-                return True
-        return False
+        holding = self._holding[most]
+        if id(holding[-1]) in self._in_flight:  # the batch is the buffer's head: so are the older ones
+            return False
+        waiting = holding.pop()
+        self._release(waiting)
+        self._let_go(waiting)
+        waiting.frame = None
+        return True
 
     def _release(self, result: Result) -> None:
-        """Its frame no longer waits (under self.lock)."""
+        """Its frame no longer waits (under self.lock); the caller takes it off self._holding."""
         nbytes, camera = result.frame.nbytes, _camera_of(result)
         self.frames_held -= nbytes
         self._held_by[camera] -= nbytes
-        if self._held_by[camera] <= 0:
-            del self._held_by[camera]
+        if not self._holding[camera]:  # its last frame held
+            del self._holding[camera], self._held_by[camera]
 
     def _let_go(self, result: Result) -> None:
         """Count and log a result that will be recorded without its images."""
@@ -309,7 +313,7 @@ class RecordWriter:
                 if len(self.buffer) < BATCH_ROWS and not self.stopping:
                     self.lock.wait(FLUSH_S)
                 batch = [self.buffer[i] for i in range(min(BATCH_ROWS, len(self.buffer)))]
-                self._in_flight = len(batch)  # their frames are the writer's now: none is given up
+                self._in_flight = {id(result) for result, _, _ in batch}  # their frames are the writer's now
             if not batch:
                 continue
             try:
@@ -351,8 +355,9 @@ class RecordWriter:
         for _ in range(n):
             result, _published_ns, _queued = self.buffer.popleft()
             if result.frame is not None:
+                self._holding[_camera_of(result)].popleft()  # the buffer leaves in order: its oldest
                 self._release(result)
-        self._in_flight = 0
+        self._in_flight = set()
         self.metrics.record_pending.set(len(self.buffer))
 
     def _count_unrecorded(self, n: int) -> None:
