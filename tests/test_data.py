@@ -1,4 +1,5 @@
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -121,6 +122,17 @@ def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
     shutil.rmtree(cat / "test")
     with pytest.raises(DataError, match="test"):
         load_test_set(cat, 16, 3)
+
+
+def test_a_category_given_as_one_of_its_own_folders_is_pointed_to(tmp_path):
+    """`bracket/train/good` or `bracket/test` typed for `bracket`: the error names the category."""
+    cat = make_category(tmp_path / "cat")
+    for inner in (cat / "train" / "good", cat / "train", cat / "test"):
+        with pytest.raises(DataError, match=rf"did you mean {re.escape(str(cat.resolve()))}\?$"):
+            train_image_paths(inner)
+    with pytest.raises(DataError) as refused:
+        train_image_paths(tmp_path / "nothing")
+    assert "did you mean" not in str(refused.value)
 
 
 def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, caplog):

@@ -54,15 +54,24 @@ class TestSample:
 LAYOUT = "CATEGORY/train/good/ (defect-free images), and for eval CATEGORY/test/good/, CATEGORY/test/<defect kind>/"
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def _require_dir(path: Path, what: str, category: Path) -> Path:
     if not path.is_dir():
-        raise DataError(f"missing {what} folder: {path} (a category's layout: {LAYOUT})")
+        raise DataError(f"missing {what} folder: {path} (a category's layout: {LAYOUT}){category_hint(category)}")
     return path
+
+
+def category_hint(category: str | Path) -> str:
+    """A hint when CATEGORY was given as one of its own folders (`bracket/train/good` for
+    `bracket`), the commonest slip with this layout; "" when no folder above it is a category."""
+    for above in list(Path(category).resolve().parents)[:2]:
+        if (above / "train" / "good").is_dir():
+            return f"; did you mean {above}?"
+    return ""
 
 
 def train_image_paths(category: str | Path) -> list[Path]:
     """Sorted image paths of CAT/train/good; DataError when the folder is missing or empty."""
-    folder = _require_dir(Path(category) / "train" / "good", "training")
+    folder = _require_dir(Path(category) / "train" / "good", "training", Path(category))
     paths = list_images(folder)
     if not paths:
         raise DataError(f"no images ({IMAGE_KINDS}) in {folder}")
@@ -183,7 +192,7 @@ def load_test_set(category: str | Path, size: int | Size, channels: int) -> list
     """Every test image with its label and mask at size (H, W; N = N x N), checked. DataError
     names the bad file."""
     category, size = Path(category), as_size(size)
-    test_dir = _require_dir(category / "test", "test")
+    test_dir = _require_dir(category / "test", "test", category)
     kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not kinds:
         raise DataError(f"no <kind> folders in {test_dir}")

@@ -27,7 +27,7 @@ from edge.overlay import heatmap_overlay, label
 from edge.progress import progress
 from edge.threshold import calibrate_threshold
 from train import plots
-from train.data import TestSample, has_test_set, load_images, load_test_set, without_copies_of
+from train.data import TestSample, category_hint, has_test_set, load_images, load_test_set, without_copies_of
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.report_page import PANELS, calibration_panel_path, panel_path, write_report_page
@@ -117,7 +117,11 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     test = load_test_set(category, size, channels) if has_test_set(category) else []
     test, own = without_copies_of(test, split["train"] + split["val"])
     if not test:
-        log.warning("no test images in %s: the threshold is calibrated, nothing is measured", category)
+        log.warning(
+            "no test images in %s: the threshold is calibrated, nothing is measured%s",
+            category,
+            category_hint(category),
+        )
     val_paths = split["val"]
     val_images = load_images(val_paths, size, channels)
 
