@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 WATCH_RCVHWM = 100_000
 
 
+# The summary line gives a rate only over results that spanned this long: 3 results read in a
+# burst are "7647.4/s", a figure of the socket's buffer, not the line's. as_dict keeps the
+# figure for the benchmarks, whose short streams are such bursts on purpose.
+TEXT_RATE_MIN_SPAN_S = 1.0
+
+
 class Summary:
     def __init__(self, every_camera: bool = True) -> None:
         """every_camera: the subscription is to every camera's results, so that a gap in a
@@ -93,7 +99,8 @@ class Summary:
     def text(self) -> str:
         d = self.as_dict()
         lat = " ".join(f"{k} {v:.1f} ms" for k, v in d["latency_ms"].items())
-        rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] else ""
+        span = (self.last or 0.0) - (self.first or 0.0)
+        rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] and span >= TEXT_RATE_MIN_SPAN_S else ""
         missed = f"; missed {self.missed} (a daemon's record keeps them)" if self.missed else ""
         unseen = f"; {len(self.runs.unseen)} daemon run(s) never heard" if self.runs.unseen else ""
         return (

@@ -1034,6 +1034,10 @@ def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
     first = Summary()
     assert first.beat({"run": "h", "published": 2, "previous_runs": ["a", "b"]}) == (0, [])
     assert every.as_dict()["unseen_runs"] == ["d", "e"] and "2 daemon run(s) never heard" in every.text()
+    # A burst read at once has no rate worth a summary line; results over seconds do.
+    assert every.as_dict()["rate_per_s"] > 0 and "/s;" not in every.text()
+    every.first -= 4.0
+    assert f"{every.as_dict()['rate_per_s']:.1f}/s;" in every.text()
 
 
 def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):
