@@ -93,22 +93,7 @@ class Control:
             self.daemon.recorder.event(kind, detail, by)
 
     def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        d = self.daemon
-        s = d.serving
-        return {
-            "model": s.scoring.model,
-            "threshold": s.scoring.threshold,
-            "threshold_source": s.scoring.threshold_source,
-            "run": d.run_id,
-            "previous_runs": d.previous_runs,
-            "accepted": d.accepted,
-            "published": d.published,
-            "queue": len(d.queue),
-            "stalled": d.stalled,
-            "paused": sorted(d.paused),
-            "recording": d.recorder is not None,
-            "record": d.record_status(),
-        }
+        return {**self.daemon.state(), "recording": self.daemon.recorder is not None}
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")

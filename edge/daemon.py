@@ -221,6 +221,24 @@ class Daemon:
         """The record's state as the heartbeat and `vqad ctl status` say it (None without a record)."""
         return self.recorder.status() if self.recorder is not None else None
 
+    def state(self) -> dict[str, Any]:
+        """What the heartbeat and `vqad ctl status` both say of the daemon (docs/protocol.md): its
+        model and threshold (None while the first package loads), its runs, counts and record."""
+        scoring = self.serving.scoring if self.serving else None
+        return {
+            "model": scoring.model if scoring else None,
+            "threshold": scoring.threshold if scoring else None,
+            "threshold_source": scoring.threshold_source if scoring else None,
+            "run": self.run_id,
+            "previous_runs": self.previous_runs,
+            "accepted": self.accepted,
+            "published": self.published,
+            "queue": len(self.queue),
+            "stalled": self.stalled,
+            "paused": sorted(self.paused),
+            "record": self.record_status(),
+        }
+
     @property
     def stalled(self) -> bool:
         """Whether the watchdog finds a loop of the pipeline that has not come round."""

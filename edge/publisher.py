@@ -68,22 +68,7 @@ class Publisher:
 
     def heartbeat(self, sock: zmq.Socket) -> None:
         """The daemon's sign of life: its model, threshold and counts (docs/protocol.md)."""
-        d, serving = self.d, self.d.serving
-        header = {
-            "ts_ns": time.time_ns(),
-            "every_s": d.cfg.heartbeat_s,
-            "model": serving.scoring.model if serving else None,
-            "threshold": serving.scoring.threshold if serving else None,
-            "threshold_source": serving.scoring.threshold_source if serving else None,
-            "run": d.run_id,
-            "previous_runs": d.previous_runs,
-            "accepted": d.accepted,
-            "published": d.published,
-            "queue": len(d.queue),
-            "stalled": d.stalled,
-            "paused": sorted(d.paused),
-            "record": d.record_status(),
-        }
+        header = {"ts_ns": time.time_ns(), "every_s": self.d.cfg.heartbeat_s, **self.d.state()}
         sock.send_multipart(heartbeat_message(header))
 
     def publish(self, sock: zmq.Socket, result: Result) -> None:
