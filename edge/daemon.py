@@ -95,7 +95,7 @@ class Daemon:
         self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._nonfinite_log = RepeatedLog(log, logging.ERROR)
         self._clock_log = RepeatedLog(log)
-        self._ids_back_log = RepeatedLog(log)
+        self._ids_back_logs: dict[str, RepeatedLog] = {}  # per camera, so that each is named
         self._fault_log = RepeatedLog(log, logging.ERROR)
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
@@ -514,20 +514,23 @@ class Daemon:
             )  # fmt: skip
 
     def _check_frame_id(self, camera_id: str, frame_id: int) -> None:
-        """Count, and say at most a line a minute, when a camera's frame ids go back: a sender
-        restarted that counts from 0 again. Every frame still gets its result and its row, but
-        a review or a picture asked for by camera and frame id is of the newest of them."""
+        """Count, and say at most a line a minute, when a camera's frame id is not above its
+        previous one: a sender restarted that counts from 0 again, or two senders given one camera
+        id (two `vqad camera` processes left at cam0 send 0, 0, 1, 1, ...). Every frame still gets
+        its result and its row, but a review or a picture asked for by camera and frame id is of
+        the newest of them."""
         last = self._last_frame_ids.get(camera_id)
         if last is None and len(self._last_frame_ids) >= MANY_CAMERAS:
             return
         self._last_frame_ids[camera_id] = frame_id
-        if last is not None and frame_id < last:
+        if last is not None and frame_id <= last:
             self.metrics.frame_ids_back.inc()
-            self._ids_back_log.log(
-                "camera %s's frame ids went back from %d to %d (a sender restarted?): the record keeps both "
-                "frames, but a review or a picture asked for by camera and frame id is of the newest of them. "
-                "Give each start of a sender new ids (vqad camera --start-id time)",
-                camera_id, last, frame_id,
+            self._ids_back_logs.setdefault(camera_id, RepeatedLog(log)).log(
+                "camera %s sent frame id %d after %d (a sender restarted? or, if this repeats, two senders with "
+                "one camera id): the record keeps both frames, but a review or a picture asked for by camera and "
+                "frame id is of the newest of them. Give each sender its own --camera-id, and each start of a "
+                "sender new ids (vqad camera --start-id time)",
+                camera_id, frame_id, last,
             )  # fmt: skip
 
     def has_seen(self, camera_id: str) -> bool | None:

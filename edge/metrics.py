@@ -24,7 +24,8 @@ class DaemonMetrics:
         )
         self.frame_ids_back = Counter(
             "vqad_frame_ids_back",
-            "Frames whose frame_id is lower than their camera's previous one: a restarted sender counting from 0",
+            "Frames whose frame_id is not above their camera's previous one: a restarted sender counting from 0, "
+            "or two senders with one camera id",
             registry=r,
         )
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
