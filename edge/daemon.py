@@ -465,6 +465,7 @@ class Daemon:
             return
         with self._count_lock:
             self.accepted += 1
+        self.metrics.count_camera_frame(frame.camera_id, "unchecked" if health is None else _fit(health))
         item = Pending(
             frame.camera_id,
             frame.frame_id,
@@ -642,3 +643,8 @@ def _ts(parts: list[bytes | memoryview]) -> int:
         return ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
     except Exception:  # noqa: BLE001 - an unreadable ts is reported as 0
         return 0
+
+
+def _fit(health: dict[str, Any]) -> str:
+    """A frame's health as vqad_camera_frames labels it."""
+    return "fit" if health["ok"] else "unfit"

@@ -5,13 +5,25 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from edge.errors import ConfigError
+from edge.recent import RecentDict
 
 _LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+
+
+# vqad_camera_frames' health label: the camera health gate's verdict on a frame.
+HEALTH_LABELS = ("fit", "unfit", "unchecked")
 
 
 class DaemonMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.camera_frames = Counter(
+            "vqad_camera_frames",
+            "Frames taken for inference per camera, by the camera health gate's verdict (fit, unfit, unchecked)",
+            ["camera", "health"],
+            registry=r,
+        )
+        self._counted_cameras: RecentDict[str, bool] = RecentDict(on_evict=self._forget_camera)
         self.frames_in = Counter("vqad_frames_in", "Frame messages read from the frames socket", registry=r)
         self.unreadable = Counter(
             "vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r
@@ -88,6 +100,20 @@ class DaemonMetrics:
             "Results removed from a SQLite record, oldest first, to keep record_min_free_gb on its disk",
             registry=r,
         )
+
+    def count_camera_frame(self, camera_id: str, health: str) -> None:
+        """One frame of `camera_id` taken for inference; health: fit, unfit (the camera health
+        gate fails it) or unchecked (no gate). The 1,024 cameras seen most recently keep their
+        counts; an older one's leave the endpoint, as its drift gauges do."""
+        self._counted_cameras[camera_id] = True
+        self.camera_frames.labels(camera_id, health).inc()
+
+    def _forget_camera(self, camera_id: str, _value: object) -> None:
+        for health in HEALTH_LABELS:
+            try:
+                self.camera_frames.remove(camera_id, health)
+            except KeyError:
+                pass
 
     def forget_drift(self, camera_id: str | None = None) -> None:
         """Drop one camera's drift gauges, or every camera's (None: a new model, new windows)."""

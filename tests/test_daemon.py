@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -268,6 +269,14 @@ def test_a_sender_whose_frame_ids_start_again_is_named_and_counted(tiny_model):
     assert "vqad_frame_ids_back_total 2.0" in metrics
     assert "camera line1 sent frame id 0 after 6" in log_text and "steady" not in log_text
     assert "camera twice sent frame id 3 after 3" in log_text  # two senders left at one camera id
+    # Each camera's frames, by the health gate's verdict (a flat grey frame is unfit: blurred).
+    per_camera = collections.Counter()
+    for camera, health, count in re.findall(
+        r'vqad_camera_frames_total\{camera="(\w+)",health="(\w+)"\} (\S+)', metrics
+    ):
+        per_camera[camera] += float(count)
+        assert health in ("fit", "unfit")
+    assert per_camera == {"line1": 4, "steady": 2, "twice": 2}
 
 
 def test_a_camera_started_again_with_start_id_time_sends_new_frame_ids(tmp_path):

@@ -128,6 +128,21 @@ def test_a_camera_dropped_for_newer_ones_takes_its_alarm_and_gauges_with_it():
     assert _gauge_cameras(metrics) == {"b", "c"} and monitor.alarmed == {"b"}
 
 
+def test_a_camera_dropped_for_newer_ones_takes_its_frame_counts_with_it():
+    """vqad_camera_frames is bounded as the drift gauges are: one series per camera and verdict
+    for the cameras seen most recently."""
+    metrics = DaemonMetrics()
+    metrics._counted_cameras.capacity = 2
+    for camera, health in (("a", "fit"), ("a", "unfit"), ("b", "fit"), ("a", "fit")):
+        metrics.count_camera_frame(camera, health)
+    counts = {tuple(s.labels.values()): s.value for m in metrics.camera_frames.collect() for s in m.samples
+              if s.name.endswith("_total")}  # fmt: skip
+    assert counts == {("a", "fit"): 2, ("a", "unfit"): 1, ("b", "fit"): 1}
+    metrics.count_camera_frame("c", "unchecked")  # "b", seen longest ago, goes; "a" was seen since
+    cameras = {s.labels["camera"] for m in metrics.camera_frames.collect() for s in m.samples}
+    assert cameras == {"a", "c"}
+
+
 def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
     """After a reload the windows start again; an alarm raised against the old model's scores
     must not stay on the endpoint (and in the alerts) until the new window fills."""
