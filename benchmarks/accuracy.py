@@ -177,6 +177,7 @@ def accuracy_row(run_dir: Path) -> dict[str, Any]:
         "f1_max",
         "threshold",
         "per_kind_image_auroc",
+        "per_kind_misses",
         "false_reject_rate",
         "miss_rate",
         "miss_rate_at_1pct_frr",

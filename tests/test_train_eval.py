@@ -88,7 +88,16 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     rejected, missed = panels("0", "fail", True), panels("1", "pass", False)
     assert parser.sections[f"Good test images rejected ({len(rejected)})"] == rejected
     assert parser.sections[f"Defects that pass ({len(missed)})"] == missed
-    threshold = json.loads((report / "metrics.json").read_text())["threshold"]
+    metrics = json.loads((report / "metrics.json").read_text())
+    # Which kinds of defect pass: by kind, as scores.csv decided them, and on the page.
+    kinds = sorted({r["kind"] for r in rows} - {"good"})
+    assert kinds and sorted(metrics["per_kind_misses"]) == kinds
+    for kind in kinds:
+        of_kind = [r for r in rows if r["kind"] == kind]
+        passed = sum(r["decision"] == "pass" for r in of_kind)
+        assert metrics["per_kind_misses"][kind] == {"passed": passed, "of": len(of_kind), "rate": passed / len(of_kind)}
+        assert f'<th>{kind} that pass</th><td class="n">{passed} of {len(of_kind)}: ' in page
+    threshold = metrics["threshold"]
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
     assert parser.sections["The good images that set the threshold"] == [
@@ -134,6 +143,8 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
         assert "no test images" in proc.stderr
     elif "scratch" in kinds:
         assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["per_kind_image_auroc"]["scratch"] is not None
+        scratch = metrics["per_kind_misses"]["scratch"]
+        assert f"defects (scratch {scratch['passed']} of {scratch['of']});" in proc.stdout
 
 
 def test_metrics_csv_has_the_training_scalars(tiny_run):

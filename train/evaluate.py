@@ -164,7 +164,8 @@ def _test_metrics(
     run: Run, test: list[TestSample], maps: np.ndarray, scores: np.ndarray, threshold: dict[str, Any]
 ) -> dict[str, Any]:
     """metrics.json: AUROCs, AUPRO and F1-max over the test set; the rates at the calibrated
-    threshold and at 1% and 5% false rejects; what the figures were measured on."""
+    threshold (the misses by kind too) and at 1% and 5% false rejects; what the figures were
+    measured on."""
     size = run.model_cfg.image_size
     labels = np.array([s.label for s in test], dtype=int)
     with_mask = np.array([s.mask is not None for s in test], dtype=bool)
@@ -190,6 +191,7 @@ def _test_metrics(
         "threshold_margin_over_val_max": threshold.get("margin_over_max"),
         "frr_upper_bound_95": threshold.get("frr_upper_bound_95"),
         "per_kind_image_auroc": {},
+        "per_kind_misses": {},
         "image_size": list(size),
         "score_scale": run.model_cfg.score.scale,
         "score_fuse_scales": list(run.model_cfg.score.fuse_scales),
@@ -200,6 +202,13 @@ def _test_metrics(
     for kind in sorted({s.kind for s in test} - {"good"}):
         sel = np.array([s.kind in ("good", kind) for s in test])
         metrics["per_kind_image_auroc"][kind] = image_auroc(labels[sel], scores[sel])
+        passed = ~decisions[np.array([s.kind == kind for s in test])]
+        # Which kinds of defect the line would let through: the miss rate at the threshold, by kind.
+        metrics["per_kind_misses"][kind] = {
+            "passed": int(passed.sum()),
+            "of": len(passed),
+            "rate": float(passed.mean()),
+        }
     return metrics
 
 

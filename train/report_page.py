@@ -136,6 +136,8 @@ def _at_threshold_rows(metrics: dict[str, Any], labels: np.ndarray, decisions: n
                                       f"{percent(metrics['false_reject_rate'])}"),
         ("defects that pass", f"{int((~decisions[defects]).sum())} of {int(defects.sum())}: "
                               f"{percent(metrics['miss_rate'])}"),
+        *[(f"{kind} that pass", f"{m['passed']} of {m['of']}: {percent(m['rate'])}")
+          for kind, m in metrics.get("per_kind_misses", {}).items()],
         ("defects that pass at 1% / 5% false rejects",
          f"{percent(metrics['miss_rate_at_1pct_frr'])} / {percent(metrics['miss_rate_at_5pct_frr'])}"),
         ("the threshold over the highest calibration score", percent(metrics.get("threshold_margin_over_val_max"))),

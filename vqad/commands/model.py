@@ -106,7 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if m["false_reject_rate"] is not None:
         rates.append(f"false rejects {percent(m['false_reject_rate'])} of {m['n_good']} good")
     if m["miss_rate"] is not None:
-        rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects")
+        by_kind = ", ".join(f"{kind} {k['passed']} of {k['of']}" for kind, k in m["per_kind_misses"].items())
+        rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects ({by_kind})")
     if m["miss_rate_at_1pct_frr"] is not None:
         rates.append(
             f"misses at 1% / 5% false rejects: {percent(m['miss_rate_at_1pct_frr'])} / "
