@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import DataError
-from edge.frames import read_image, to_model_input
+from edge.errors import DataError, FrameError
+from edge.frames import decode_image, read_image, to_model_input
 from train.data import input_scale, load_images, load_test_set, split_train_val, train_image_paths, validation_count
 
 
@@ -342,3 +342,23 @@ def test_an_input_larger_than_the_training_images_is_warned_of(caplog):
         input_scale([(256, 256)] * 4, (256, 256))
         input_scale([(64, 1024)] * 4, (128, 512))  # a strip: more rows, fewer columns
     assert not caplog.records, caplog.text
+
+
+def test_a_damaged_png_is_refused_by_what_is_wrong_without_a_line_from_libpng(capfd):
+    """libpng writes "libpng error: IDAT: CRC error" to the process's stderr for each damaged PNG,
+    past the logging's line a minute: a sender of damaged frames would fill the journal. The
+    chunks are checked first, and the error says what happened to the bytes."""
+    png = bytearray(cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1])
+    assert decode_image(bytes(png)).shape == (64, 64, 3)
+    flipped = bytearray(png)
+    flipped[200] ^= 0xFF  # inside the first IDAT chunk
+    damaged = {
+        "flipped": (bytes(flipped), "'IDAT' chunk fails its CRC"),
+        "cut": (bytes(png[: len(png) // 2]), "cut short inside its 'IDAT' chunk"),
+        "no end": (bytes(png[:-12]), "no IEND chunk"),
+    }
+    for data, said in damaged.values():
+        with pytest.raises(FrameError, match=re.escape(said)):
+            decode_image(data)
+    assert decode_image(bytes(png) + b"trailing bytes").shape == (64, 64, 3)  # after IEND: not the image's
+    assert "libpng" not in capfd.readouterr().err
