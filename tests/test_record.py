@@ -467,6 +467,43 @@ def test_a_storm_of_one_cameras_fails_leaves_the_other_cameras_rejects_their_ima
     assert writer.frames_held == 0 and writer.recorded == 8
 
 
+def test_a_storm_gives_up_the_frames_of_the_batch_the_writer_has_not_reached(tmp_path, monkeypatch):
+    """The writer stores a batch of up to 256 results, encoding their frames one by one. A frame
+    of that batch it has not reached is given up for another camera's reject as any other is;
+    the one it is encoding is not. Before, a storm's whole batch was kept while every frame held
+    was in it, and the other camera's rejects waited without their images."""
+    import threading
+
+    from edge.record import writer as writer_module
+
+    frame_bytes = _result("c", 0).frame.nbytes
+    monkeypatch.setattr(writer_module, "FRAMES_HELD_BYTES", 4 * frame_bytes)
+    encoding, go_on = threading.Event(), threading.Event()
+    real_write = writer_module.write_image
+
+    def slow_write(path, image):  # the first frame's PNG takes until the test lets it go on
+        encoding.set()
+        assert go_on.wait(30)
+        real_write(path, image)
+
+    monkeypatch.setattr(writer_module, "write_image", slow_write)
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev")
+    for i in range(4):
+        writer.put(_result("storm", i), time.time_ns())
+    writer.start()
+    try:
+        assert encoding.wait(30)  # the writer took the four as its batch and is encoding storm 0
+        writer.put(_result("steady", 0), time.time_ns())
+        assert writer.frames_let_go == 1 and writer.frames_held == 4 * frame_bytes
+    finally:
+        go_on.set()
+        writer.close()
+    kept = {(r["camera_id"], r["frame_id"]) for r in Record(url).results(limit=20) if r["evidence"] is not None}
+    assert kept == {("storm", 0), ("storm", 1), ("storm", 2), ("steady", 0)}, kept
+    assert writer.frames_held == 0 and writer.recorded == 5
+
+
 def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_path):
     """A camera bridge restarted within the day sends frame 7 again: the first frame 7's
     evidence is not overwritten, and each row names its own files. A sender without a clock

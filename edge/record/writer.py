@@ -109,7 +109,9 @@ class RecordWriter:
         # camera -> its buffered results that hold a frame, oldest first: the newest is found at
         # once, not by a walk through a buffer of up to max_buffer results (under self.lock)
         self._holding: dict[str, collections.deque[Result]] = {}
-        self._in_flight: set[int] = set()  # ids of the results the writer thread is storing (under self.lock)
+        # Ids of the results whose frames the writer thread has begun to store (under self.lock): a
+        # frame of the batch it has not reached may still be given up for another camera's reject.
+        self._claimed: set[int] = set()
         self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
@@ -251,7 +253,7 @@ class RecordWriter:
         if most is None or most == camera or held <= self._held_by[camera] + nbytes:
             return False
         holding = self._holding[most]
-        if id(holding[-1]) in self._in_flight:  # the batch is the buffer's head: so are the older ones
+        if id(holding[-1]) in self._claimed:  # frames are stored oldest first: so are its older ones
             return False
         waiting = holding.pop()
         self._release(waiting)
@@ -313,7 +315,6 @@ class RecordWriter:
                 if len(self.buffer) < BATCH_ROWS and not self.stopping:
                     self.lock.wait(FLUSH_S)
                 batch = [self.buffer[i] for i in range(min(BATCH_ROWS, len(self.buffer)))]
-                self._in_flight = {id(result) for result, _, _ in batch}  # their frames are the writer's now
             if not batch:
                 continue
             try:
@@ -357,7 +358,7 @@ class RecordWriter:
             if result.frame is not None:
                 self._holding[_camera_of(result)].popleft()  # the buffer leaves in order: its oldest
                 self._release(result)
-        self._in_flight = set()
+        self._claimed = set()
         self.metrics.record_pending.set(len(self.buffer))
 
     def _count_unrecorded(self, n: int) -> None:
@@ -376,14 +377,22 @@ class RecordWriter:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
 
+    def _claim(self, result: Result) -> np.ndarray | None:
+        """The frame of `result` for its evidence, None when it waits without one; from now on
+        it is not given up (under self.lock: _give_up_one_for may be taking it this moment)."""
+        with self.lock:
+            self._claimed.add(id(result))
+            return result.frame
+
     def _row(self, result: Result, published_ns: int) -> dict[str, Any]:
         h = result.header
         # A sender without a clock (ts_ns 0), or with one far off: the record's time is then the
         # daemon's receive time, so that queries by time, the order of rows and the daily tally
         # hold. The published result echoes the sender's ts_ns as it came.
         ts_ns = capture_time_ns(h["ts_ns"], result.recv_ns or published_ns)
+        frame = self._claim(result)
         frame_path, overlay_path = (
-            self._evidence_or_none(result, ts_ns, published_ns) if result.frame is not None else (None, None)
+            self._evidence_or_none(result, frame, ts_ns, published_ns) if frame is not None else (None, None)
         )
         return {
             "camera_id": h["camera_id"],
@@ -410,7 +419,9 @@ class RecordWriter:
             "seq": h.get("seq"),
         }
 
-    def _evidence_or_none(self, result: Result, ts_ns: int, published_ns: int) -> tuple[str | None, str | None]:
+    def _evidence_or_none(
+        self, result: Result, frame: np.ndarray, ts_ns: int, published_ns: int
+    ) -> tuple[str | None, str | None]:
         """_evidence, or no evidence when it cannot be written (a full disk, a folder gone, a frame
         the codec refuses): the row is kept without it, and the writer goes on; counted and logged
         now and then."""
@@ -419,7 +430,7 @@ class RecordWriter:
                 raise OSError("its disk is under record_min_free_gb, with no evidence left to remove")
             if free_bytes(self.evidence_dir) < FULL_DISK_BYTES:  # what is left is the rows'
                 raise OSError(f"its disk has less than {FULL_DISK_BYTES >> 20} MiB free")
-            return self._evidence(result, ts_ns, published_ns)
+            return self._evidence(result, frame, ts_ns, published_ns)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self.evidence_failed += 1
             self.metrics.evidence_failed.inc()
@@ -427,7 +438,9 @@ class RecordWriter:
                                           self.evidence_failed, exc)  # fmt: skip
             return None, None
 
-    def _evidence(self, result: Result, ts_ns: int, published_ns: int) -> tuple[str | None, str | None]:
+    def _evidence(
+        self, result: Result, frame: np.ndarray, ts_ns: int, published_ns: int
+    ) -> tuple[str | None, str | None]:
         """The frame as received (PNG, lossless) and its anomaly-map overlay (JPEG), in the
         camera's folder of the record's day (`ts_ns`). Named by the frame id and the time the
         result was published: a sender whose frame ids start again (a restarted camera bridge)
@@ -438,14 +451,14 @@ class RecordWriter:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{h['frame_id']}_{published_ns}"
         frame_path = folder / f"{stem}.png"
-        write_image(frame_path, one_channel_if_grey(result.frame))
+        write_image(frame_path, one_channel_if_grey(frame))
         self.house.added(frame_path)
         overlay_path = None
         info = h.get("map") or result.map_info  # the map is drawn whether or not it was published
         if result.map_bytes and info:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = folder / f"{stem}_overlay.jpg"
-            overlay = heatmap_overlay(result.frame, amap, vmax=2 * h["threshold"])
+            overlay = heatmap_overlay(frame, amap, vmax=2 * h["threshold"])
             write_image(overlay_path, draw_regions(overlay, h.get("regions") or []))  # regions: frame pixels
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
