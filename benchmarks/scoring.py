@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,7 @@ def scoring_ablation(
     base = template_settings(size, cfg.score.scale)
     rows: dict[str, Any] = {}
     for name, variant in selected(names).items():
+        started = time.monotonic()
         terms = variant.get("terms", cfg.score.terms)
         if ("head" in terms or "memory" in terms) and prob is None:
             continue
@@ -179,6 +181,10 @@ def scoring_ablation(
             "miss_rate_at_5pct_frr": miss_rate_at_frr(labels, score, 0.05),
             "terms": scorer.describe()["terms"],
         }
+        # A line a variant: on a slow CPU the ablation of one category takes tens of minutes.
+        auroc = rows[name]["image_auroc"]
+        print(f"[scoring] {category.name} / {name}: image AUROC {'-' if auroc is None else f'{auroc:.3f}'} "
+              f"({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
     return {"run": str(run_dir), "half": half, "n_test": len(test), "variants": rows}
 
 
