@@ -162,12 +162,13 @@ def drift_markdown(drift: dict[str, Any] | None) -> list[str]:
     """The drift alarm: false alarms on good windows, and how soon a gain raises it."""
     if not drift:
         return []
+    after = drift["gain_1.2_alarm_after_frames"]
+    gain = f"raised it after {after} frames" if after is not None else f"did not raise it in {drift['window']} frames"
     lines = [
         "## Drift alarm",
         "",
         f"- false alarms on {drift['good_windows']} held-out good windows of {drift['window']}: "
-        f"{100 * drift['false_alarm_rate']:.1f}%; a +20% gain raised it after "
-        f"{drift['gain_1.2_alarm_after_frames']} frames",
+        f"{100 * drift['false_alarm_rate']:.1f}%; a +20% gain {gain}",
         "",
     ]
     return lines
