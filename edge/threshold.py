@@ -70,10 +70,9 @@ def rate_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -
 WIDE_FRR_BOUND = 0.10
 
 
-def _warn_if_few(n: int, above: int) -> None:
-    """A warning when n good images (`above` of them over the threshold) bound the false-reject
-    rate above WIDE_FRR_BOUND, with how many would bring it under."""
-    bound = frr_upper_bound(n, above)
+def _warn_if_few(n: int, bound: float) -> None:
+    """A warning when n good images bound the false-reject rate (`bound`) above WIDE_FRR_BOUND,
+    with how many would bring it under."""
     if bound > WIDE_FRR_BOUND:
         enough = math.ceil(math.log(1 - BOUND_CONFIDENCE) / math.log(1 - WIDE_FRR_BOUND))
         log.warning(
@@ -100,7 +99,8 @@ def calibrate_threshold(
     value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
     above = int((scores >= value).sum())
     n = int(scores.size)
-    _warn_if_few(n, above)
+    bound = frr_upper_bound(n, above)
+    _warn_if_few(n, bound)
     return {
         "value": value,
         "score_at_quantile": at_quantile,
@@ -113,10 +113,10 @@ def calibrate_threshold(
         # The margin over the good images: how far their highest score sits below the threshold.
         "margin_over_max": float(value / scores.max() - 1.0) if scores.max() > 0 else None,
         "frr_on_calibration_images": above / n,
-        "frr_upper_bound_95": frr_upper_bound(n, above),
+        "frr_upper_bound_95": bound,
         "frr_bound_note": (
             f"with {n} good images, the false-reject rate on new good images from the same population "
-            f"is at most {frr_upper_bound(n, above):.1%} with 95% confidence (Clopper-Pearson); "
+            f"is at most {bound:.1%} with 95% confidence (Clopper-Pearson); "
             "more good images tighten it (vqad calibrate)"
         ),
         **highest_images(scores, at_quantile, names),
