@@ -14,6 +14,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from edge.durable import write_synced
 from edge.errors import DataError, FrameError
 from edge.progress import progress
 
@@ -139,10 +140,18 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"unreadable image {path}: {exc.reason}") from exc
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """cv2.imwrite, which answers a full disk or a missing folder with False, raising OSError."""
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write {path}")
+def write_image(path: str | Path, image: np.ndarray, synced: bool = False) -> None:
+    """Encode `image` by `path`'s suffix and write it. OSError when it cannot be written (a full
+    disk, a missing folder), or encoded. `synced`: wait until the file is on the disk (fsync), for
+    a file that a database row will name (edge.durable)."""
+    if not synced:
+        if not cv2.imwrite(str(path), image):  # False for a full disk or a missing folder
+            raise OSError(f"cannot write {path}")
+        return
+    ok, encoded = cv2.imencode(Path(path).suffix, image)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    write_synced(path, encoded.tobytes())
 
 
 def one_channel_if_grey(image: np.ndarray) -> np.ndarray:

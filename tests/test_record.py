@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import json
 import logging
+import os
 import socket
 import sqlite3
 import threading
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from edge.durable import write_synced
 from edge.errors import ConfigError, DataError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter, store
@@ -481,10 +484,10 @@ def test_a_storm_gives_up_the_frames_of_the_batch_the_writer_has_not_reached(tmp
     encoding, go_on = threading.Event(), threading.Event()
     real_write = writer_module.write_image
 
-    def slow_write(path, image):  # the first frame's PNG takes until the test lets it go on
+    def slow_write(path, image, **kwargs):  # the first frame's PNG takes until the test lets it go on
         encoding.set()
         assert go_on.wait(30)
-        real_write(path, image)
+        real_write(path, image, **kwargs)
 
     monkeypatch.setattr(writer_module, "write_image", slow_write)
     url = f"sqlite:///{tmp_path / 'line.db'}"
@@ -527,6 +530,45 @@ def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_pat
     assert images[0].any() and not images[1].any()  # the first frame 7 as it was, then the second
     today = time.strftime("%Y%m%d", time.gmtime())
     assert Path(by_frame[8][0]["evidence_frame"]).parent.name == today
+
+
+def test_evidence_is_on_the_disk_before_the_rows_that_name_it_commit(tmp_path, monkeypatch):
+    """A power cut after a commit must not leave rows naming empty files (what a new file still in
+    the page cache comes back as on ext4): at each commit, every evidence file and the folders
+    that name them have been synced. A file that cannot be synced (a full disk) leaves nothing."""
+    synced: set[Path] = set()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.add(Path(os.readlink(f"/proc/self/fd/{fd}")))
+
+    monkeypatch.setattr("edge.durable.os.fsync", fsync)
+    evidence = tmp_path / "ev"
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", evidence)
+    unsynced_at_commit: list[Path] = []
+
+    def on_commit(_conn) -> None:
+        written = list(evidence.rglob("*")) + ([evidence] if evidence.exists() else [])
+        unsynced_at_commit.extend(p for p in written if p not in synced)
+
+    sa.event.listen(writer.engine, "commit", on_commit)
+    writer.start()
+    for i in range(3):
+        writer.put(_result(f"cam{i % 2}", i), time.time_ns())
+    writer.close()
+    rows = Record(f"sqlite:///{tmp_path / 'line.db'}").results(limit=10)
+    assert len(rows) == 3 and all(r["evidence_frame"] for r in rows)
+    assert {Path(r["evidence_frame"]) for r in rows} <= synced and evidence / "cam1" in synced
+    assert not unsynced_at_commit
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edge.durable.os.fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_synced(tmp_path / "cut.png", b"x" * 1000)
+    assert not (tmp_path / "cut.png").exists()
 
 
 def test_a_mono_cameras_frame_sent_as_colour_is_kept_as_grey_and_reads_back_the_same(tmp_path):

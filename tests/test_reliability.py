@@ -202,6 +202,7 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr("edge.state.write_synced", lambda *args: full(None))
     metrics = DaemonMetrics()
     with caplog.at_level(logging.WARNING, logger="edge.state"):
         marker = mark_running(tmp_path, metrics)
@@ -229,10 +230,10 @@ def test_the_state_folder_names_the_runs_before_this_one_and_forgets_the_oldest(
         assert follow_runs(tmp_path, "c" * 32) == []
         assert follow_runs(tmp_path, "d" * 32) == ["c" * 32]
 
-        def full(self, *args, **kwargs):
+        def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(Path, "write_text", full)
+        monkeypatch.setattr("edge.state.write_synced", full)
         assert follow_runs(tmp_path, "e" * 32) == ["c" * 32, "d" * 32]
     assert "is unreadable" in caplog.text and "the heartbeat names no run before this one" in caplog.text
     assert "cannot be written (No space left on device): the next start's heartbeat will not name" in caplog.text

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from edge.durable import sync_folders
 from edge.errors import DataError
 from edge.frames import one_channel_if_grey, write_image
 from edge.logrepeat import RepeatedLog
@@ -112,6 +113,7 @@ class RecordWriter:
         # Ids of the results whose frames the writer thread has begun to store (under self.lock): a
         # frame of the batch it has not reached may still be given up for another camera's reject.
         self._claimed: set[int] = set()
+        self._folders_changed: set[Path] = set()  # evidence folders with new names, synced before the commit
         self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
@@ -374,6 +376,10 @@ class RecordWriter:
             self._report_previous_run()
         self._save_state()
         rows = [self._row(result, published_ns) for result, published_ns, _queued in batch]
+        # The evidence is on the disk before the rows that name it commit (edge.durable): after a
+        # power cut, a row's images are whole, or the row is not there.
+        sync_folders(self._folders_changed)
+        self._folders_changed.clear()
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
 
@@ -448,10 +454,13 @@ class RecordWriter:
         h = result.header
         day = time.strftime("%Y%m%d", time.gmtime(ts_ns / 1e9))
         folder = self.evidence_dir / file_name(h["camera_id"]) / day
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():  # a new camera's or day's: the folders above gain a name
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders_changed.update((folder.parent, folder.parent.parent))
+        self._folders_changed.add(folder)
         stem = f"{h['frame_id']}_{published_ns}"
         frame_path = folder / f"{stem}.png"
-        write_image(frame_path, one_channel_if_grey(frame))
+        write_image(frame_path, one_channel_if_grey(frame), synced=True)
         self.house.added(frame_path)
         overlay_path = None
         info = h.get("map") or result.map_info  # the map is drawn whether or not it was published
@@ -459,7 +468,8 @@ class RecordWriter:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
             overlay_path = folder / f"{stem}_overlay.jpg"
             overlay = heatmap_overlay(frame, amap, vmax=2 * h["threshold"])
-            write_image(overlay_path, draw_regions(overlay, h.get("regions") or []))  # regions: frame pixels
+            picture = draw_regions(overlay, h.get("regions") or [])  # regions: frame pixels
+            write_image(overlay_path, picture, synced=True)
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 

@@ -1,0 +1,43 @@
+"""Files that outlast a power cut. A line's box is often switched off with the line, and the
+kernel keeps what was written in memory for up to 30 s (vm.dirty_expire_centisecs) before it
+reaches the disk. A database row committed (SQLite and PostgreSQL sync their own writes) that
+names a file still in memory then names an empty or cut file after the cut: on ext4, a new file
+whose blocks were not yet allocated comes back with 0 bytes. So a file that a record will name
+is synced before the record commits, and a folder that gained a name is synced too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def write_synced(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` and wait until it is on the disk (fsync). OSError as the disk says
+    (a full disk: ENOSPC), and no part of the file is left. The folder's new entry is synced by
+    `sync_folders`."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
+
+
+def sync_folders(folders: Iterable[str | Path]) -> None:
+    """Sync each folder's entries to the disk: the names of files and folders made in it since.
+    A folder that cannot be opened (gone, or a system without folder fsync) is left as it is."""
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some filesystems refuse fsync on a folder; their entries are theirs to keep
+        finally:
+            os.close(fd)
