@@ -41,3 +41,14 @@ def sync_folders(folders: Iterable[str | Path]) -> None:
             pass  # some filesystems refuse fsync on a folder; their entries are theirs to keep
         finally:
             os.close(fd)
+
+
+def replace_synced(path: str | Path, data: bytes) -> None:
+    """Give `path` the content `data` whole or not at all: written beside it, synced, then renamed
+    over it, and the rename synced. After a power cut the file holds the old content or the new,
+    never a part or nothing (a model.json, an engine, the daemon's state)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write_synced(tmp, data)
+    tmp.replace(path)
+    sync_folders([path.parent])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.durable import replace_synced
 from edge.errors import PackageError
 from edge.frames import as_size
 
@@ -139,10 +140,8 @@ def load_package(root: str | Path) -> ModelPackage:
 
 
 def write_model_json(root: str | Path, meta: dict[str, Any]) -> Path:
-    """Write model.json atomically (temp file, then rename)."""
-    root = Path(root)
-    path = root / MODEL_JSON
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    """Write model.json whole or not at all, as the disk keeps it through a power cut (a
+    calibration on the line's box, then the line switched off)."""
+    path = Path(root) / MODEL_JSON
+    replace_synced(path, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
     return path

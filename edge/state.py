@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edge.durable import write_synced
+from edge.durable import replace_synced
 from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
 
@@ -151,9 +151,7 @@ def follow_runs(state_dir: Path, run_id: str) -> list[str]:
 def write_whole(path: Path, data: dict[str, Any]) -> None:
     """Write JSON whole or not at all (a power cut mid-write leaves the older file): the new one is
     on the disk before it takes the name."""
-    tmp = path.with_suffix(".tmp")
-    write_synced(tmp, json.dumps(data).encode())
-    tmp.replace(path)
+    replace_synced(path, json.dumps(data).encode())
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.backends.tensorrt_backend import find_engine, import_tensorrt
 from edge.cuda_memory import load_cudart
+from edge.durable import replace_synced
 from edge.engine_cache import ENGINE_DIR, onnx_file_for, trt_major
 from edge.errors import BackendError
 from edge.package import load_package
@@ -102,10 +103,10 @@ def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 
     if plan is None:
         raise BackendError("TensorRT failed to build the engine (see its log above)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".plan.tmp")
-    tmp.write_bytes(bytes(plan))
-    tmp.replace(path)
-    cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+    # Whole or not at all through a power cut: a first start often builds, and a line switched
+    # off minutes later must not leave an empty engine that the next start cannot read.
+    replace_synced(path, bytes(plan))
+    replace_synced(cache_file, bytes(config.get_timing_cache().serialize()))
     log.info("built %s in %.0f s", path, time.monotonic() - t0)
     return path
 

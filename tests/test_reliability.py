@@ -202,7 +202,7 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", full)
-    monkeypatch.setattr("edge.state.write_synced", lambda *args: full(None))
+    monkeypatch.setattr("edge.state.replace_synced", lambda *args: full(None))
     metrics = DaemonMetrics()
     with caplog.at_level(logging.WARNING, logger="edge.state"):
         marker = mark_running(tmp_path, metrics)
@@ -233,10 +233,51 @@ def test_the_state_folder_names_the_runs_before_this_one_and_forgets_the_oldest(
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr("edge.state.write_synced", full)
+        monkeypatch.setattr("edge.state.replace_synced", full)
         assert follow_runs(tmp_path, "e" * 32) == ["c" * 32, "d" * 32]
     assert "is unreadable" in caplog.text and "the heartbeat names no run before this one" in caplog.text
     assert "cannot be written (No space left on device): the next start's heartbeat will not name" in caplog.text
+
+
+def test_files_the_next_start_reads_are_replaced_whole_through_a_power_cut(tiny_model, tmp_path, monkeypatch):
+    """model.json (a calibration on the line's box), the engine and the daemon's state: the new
+    content is synced before it takes the name, and the rename is synced too. A write that fails
+    leaves the old file as it was and no part of the new one."""
+    import errno
+
+    from edge.durable import replace_synced
+    from edge.package import load_package, write_model_json
+
+    done: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        done.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(self: Path, target: Path) -> Path:
+        done.append(("rename", str(self)))
+        return real_replace(self, target)
+
+    monkeypatch.setattr("edge.durable.os.fsync", fsync)
+    monkeypatch.setattr(Path, "replace", replace)
+    package = tmp_path / "model"
+    package.mkdir()
+    (package / "model.json").write_text((tiny_model / "model.json").read_text())
+    meta = load_package(tiny_model).meta
+    write_model_json(package, {**meta, "threshold": 7.5})
+    tmp = str(package / "model.json.tmp")
+    assert done == [("sync", tmp), ("rename", tmp), ("sync", str(package))]
+    assert json.loads((package / "model.json").read_text())["threshold"] == 7.5
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edge.durable.os.fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        replace_synced(package / "model.json", b"{}")
+    assert json.loads((package / "model.json").read_text())["threshold"] == 7.5
+    assert sorted(p.name for p in package.iterdir()) == ["model.json"]
 
 
 def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_cannot_be_locked(
