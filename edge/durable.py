@@ -1,9 +1,11 @@
 """Files that outlast a power cut. A line's box is often switched off with the line, and the
 kernel keeps what was written in memory for up to 30 s (vm.dirty_expire_centisecs) before it
-reaches the disk. A database row committed (SQLite and PostgreSQL sync their own writes) that
-names a file still in memory then names an empty or cut file after the cut: on ext4, a new file
-whose blocks were not yet allocated comes back with 0 bytes. So a file that a record will name
-is synced before the record commits, and a folder that gained a name is synced too.
+reaches the disk, while a database keeps its commits its own way (PostgreSQL syncs each one;
+a SQLite record in WAL with synchronous=NORMAL may lose its last transactions, never the file).
+A row that outlasts the cut and names a file still in memory then names an empty or cut file:
+on ext4, a new file whose blocks were not yet allocated comes back with 0 bytes. So a file that
+a record will name is synced before the record commits, and a folder that gained a name is
+synced too; a file that a start reads is replaced whole (`replace_synced`).
 """
 
 from __future__ import annotations
