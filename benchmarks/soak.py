@@ -46,6 +46,10 @@ from edge.record.writer import BATCH_ROWS
 PASS_FRACTION = 0.1
 
 
+# File descriptors or threads the daemon may hold at the end over the start: a reload in flight
+# (its new session's threads) or a reconnecting socket; a leak grows with every reload or hour.
+HANDLES_SLACK = 8
+
 # The burst that measures the throughput the soak offers a share of.
 BURST_FRAMES = 200
 
@@ -106,6 +110,11 @@ class Soak:
 
     def rss(self) -> int:
         return self.proc.memory_info().rss
+
+    def handles(self) -> dict[str, int]:
+        """The daemon's open file descriptors (sockets, files, the record's) and threads: a leak of
+        either ends a daemon after months (systemd's LimitNOFILE) that no RSS figure shows."""
+        return {"fds": self.proc.num_fds(), "threads": self.proc.num_threads()}
 
     def reload_every(self, control: str, every_s: float) -> None:
         """Reload the model through `control` every `every_s` seconds, in a thread, until stop()."""
@@ -183,6 +192,7 @@ def _soak(
     rate = load * throughput
     rss_after_startup = soak.rss()
     rss_start = None
+    handles_start = soak.handles()
     rss_windows: list[dict[str, float]] = []
     next_rss_t = t_start = time.monotonic()
     deadline = t_start + minutes * 60
@@ -190,16 +200,17 @@ def _soak(
         soak.send(malformed=bool(soak.rng.random() < malformed))
         now = time.monotonic()
         if rss_start is None and now - t_start >= min(warmup_s, 0.5 * minutes * 60):
-            rss_start = soak.rss()
+            rss_start, handles_start = soak.rss(), soak.handles()
             if reload_every_s > 0:
                 soak.reload_every(control, reload_every_s)
         if now >= next_rss_t:
-            rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": soak.rss() / 2**20})
+            rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": soak.rss() / 2**20, **soak.handles()})
             next_rss_t = now + window_s
         time.sleep(max(0.0, t_start + (soak.sent - BURST_FRAMES) / rate - time.monotonic()))
     soak.drain()
-    rss_end = soak.rss()
+    rss_end, handles_end = soak.rss(), soak.handles()
     rss_start = rss_start or rss_after_startup
+    handles_grown = {k: handles_end[k] - handles_start[k] for k in handles_end}
     soak.stop()
     by_status: dict[str, int] = {}
     for status in soak.received.values():
@@ -225,6 +236,8 @@ def _soak(
         "rss_growth": (rss_end - rss_start) / rss_start,
         "p99_latency_windows": soak.p99_windows(t_start, deadline, window_s),
         "rss_windows": rss_windows,
+        "handles_start": handles_start,
+        "handles_end": handles_end,
         "record": record,
         "reload_every_s": reload_every_s,
         "reloads": soak.reloads,
@@ -232,6 +245,7 @@ def _soak(
         and wrong == 0
         and soak.reloads["failed"] == 0
         and (rss_end - rss_start) / rss_start < 0.05
+        and all(grown <= HANDLES_SLACK for grown in handles_grown.values())
         and (record is None or record["passed"]),
     }
 
