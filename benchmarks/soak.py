@@ -5,7 +5,8 @@ messages mixed in. Not part of CI.
                                         [--warmup-s 60] [--record [--record-max-gb 0.02]] [--reload-every-s S]
 
 Reports frames sent, results by status, frames lost (must be 0), the daemon's RSS at the
-start and the end (growth must stay under 5%), and p99 latency and RSS per time window.
+start and the end (growth must stay under 5%), its open file descriptors and threads (at most
+HANDLES_SLACK more at the end), and p99 latency, RSS and handles per time window.
 "Start" is after a warm-up at the soak's own rate (default 60 s, counted in the run): the
 allocators' first growth to the working set is not a leak. The RSS right after startup is
 reported too, so the warm-up's share is visible.
