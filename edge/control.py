@@ -2,7 +2,8 @@
 daemon's is on) and SIGHUP, served by one thread so that loading a model never stalls inference.
 
 Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON with "ok".
-Commands: status; set-threshold (value, reason), applied from the next batch; reload (the
+Commands: status; set-threshold (value, reason; force for RAISED_REFUSED times the calibrated
+threshold or more), applied from the next batch; reload (the
 model package at MODEL_DIR, as it is now: switch a `current` symlink to a new one first);
 pause and resume (a camera). Every change is logged, and written to the record with who made
 it and when. The threshold set and the paused cameras are kept in the state folder, so that a
@@ -24,6 +25,7 @@ from edge import transport
 from edge.errors import PackageError, VqadError
 from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import Serving, configured_threshold, load_serving
+from edge.threshold import RAISED_REFUSED
 from edge.watchdog import notify
 
 if TYPE_CHECKING:
@@ -97,11 +99,22 @@ class Control:
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")
+        force = args.get("force", False)
         if not 0 < value < math.inf:  # NaN or infinity would pass every frame
             raise ValueError(f"a threshold must be a finite number > 0, got {value}")
         if not reason:
             raise ValueError("set-threshold needs a reason")
+        if not isinstance(force, bool):
+            raise ValueError(f"argument 'force' must be true or false, got {json.dumps(force)[:40]}")
         d = self.daemon
+        # Measured against the calibrated threshold (the package's, or edge.threshold), as vqad
+        # calibrate measures a new one against the old: a way back to it is never refused.
+        calibrated = configured_threshold(d.serving.package, d.cfg)
+        if value >= RAISED_REFUSED * calibrated and not force:
+            raise ValueError(
+                f"{value:g} is {value / calibrated:.3g} times the calibrated threshold ({calibrated:.6g}): every "
+                "defect scoring between the two would pass. A slip of the decimal point? To set it anyway, --force"
+            )
         at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         source = {"by": "vqad ctl set-threshold", "who": by, "reason": reason, "at": at}
         old = d.swap(d.serving.with_threshold(value, source), close_old=False).scoring.threshold

@@ -24,6 +24,7 @@ from edge.metrics import DaemonMetrics
 from edge.package import FP32_FILE, ModelPackage, load_package
 from edge.results import FrameSampler, Scoring
 from edge.settings import EdgeConfig
+from edge.threshold import RAISED_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
             f"expects edge.input_size={list(cfg.input_size)}: wrong model for this line?"
         )
     pkg.verify(FP32_FILE)
+    warn_of_a_raised_threshold(pkg, cfg)
     scoring = Scoring(
         threshold=configured_threshold(pkg, cfg),
         model={"name": pkg.name, "sha256": pkg.sha256},
@@ -123,6 +125,16 @@ def health_gate(pkg: ModelPackage, limits: HealthLimits) -> HealthGate | None:
         log.warning("%s has no camera_health figures (exported before them): the health gate is off", pkg.root)
         return None
     return HealthGate(stats, limits)
+
+
+def warn_of_a_raised_threshold(pkg: ModelPackage, cfg: EdgeConfig) -> None:
+    """A warning when edge.threshold (or --threshold) is RAISED_REFUSED times the package's
+    calibrated threshold or more: every defect scoring between the two passes. The config is the
+    integrator's decision, so it serves; a slip of the decimal point is said at each start."""
+    if cfg.threshold is not None and cfg.threshold >= RAISED_REFUSED * pkg.threshold:
+        log.warning("edge.threshold %g is %.3g times the package's calibrated threshold (%.6g): every defect "
+                    "scoring between the two passes. A slip of the decimal point?", cfg.threshold,
+                    cfg.threshold / pkg.threshold, pkg.threshold)  # fmt: skip
 
 
 def configured_threshold(pkg: ModelPackage, cfg: EdgeConfig) -> float:

@@ -104,7 +104,10 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
             cam.send(frame_message("c", 0, goods[0], "raw"))
             before = sub.collect(1)[0][0]
             before_source = _ctl(control, "status")["threshold_source"]
-            reply = _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
+            # A threshold that would pass every defect is a slip until said otherwise.
+            slip = run_vqad("ctl", control, "set-threshold", "123.5", "--reason", "audit 42", check=False)
+            unchanged = _ctl(control, "status")["threshold"]
+            reply = _ctl(control, "set-threshold", "123.5", "--reason", "audit 42", "--force")
             source = _ctl(control, "status")["threshold_source"]
             cam.send(frame_message("c", 1, goods[1], "raw"))
             after = sub.collect(1)[0][0]
@@ -123,6 +126,8 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
         bad = run_vqad("ctl", control, "set-threshold", "1.0", check=False)  # no reason: refused
         endless = run_vqad("ctl", control, "set-threshold", "inf", "--reason", "x", check=False)  # passes all
         kept = _ctl(control, "status")["threshold"]
+    assert slip.returncode == 1 and "times the calibrated threshold" in slip.stderr and "--force" in slip.stderr
+    assert unchanged == before["threshold"]
     assert reply["previous"] == before["threshold"] and after["threshold"] == 123.5 and after["decision"] == "pass"
     assert paused["status"] == "error" and "paused" in paused["error"] and resumed["status"] == "ok"
     assert {k: paused_reply[k] for k in ("paused", "changed", "seen")} == {
@@ -166,7 +171,7 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     daemon = DaemonProcess(tiny_model, "--control", control, ipc_dir=state)
     with daemon:
         configured = _ctl(control, "status")["threshold"]
-        _ctl(control, "set-threshold", "123.5", "--reason", "audit 42")
+        _ctl(control, "set-threshold", "123.5", "--reason", "audit 42", "--force")
         _ctl(control, "pause", "left")
     check = run_vqad("serve", tiny_model, "--check", "--set", f"edge.state_dir={state}").stdout
     assert "threshold 123.5, set with vqad ctl by test (audit 42), kept over" in check, check
@@ -200,7 +205,7 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     )
     with daemon:  # on the package's threshold again: the dropped one does not come back
         assert _ctl(control, "status")["threshold"] == configured
-        _ctl(control, "set-threshold", "99", "--reason", "x")
+        _ctl(control, "set-threshold", "99", "--reason", "x", "--force")
         _ctl(control, "resume", "left")
         _ctl(control, "reload")
     kept = Overrides.load(state)  # what the next start would put back
@@ -234,6 +239,7 @@ def test_a_malformed_control_request_is_refused_and_the_daemon_goes_on(tiny_mode
         ({"command": "set-threshold", "args": {"threshold": 2.0, "reason": "x"}}, "missing argument 'value'"),
         ({"command": "set-threshold", "args": {"value": 2.0, "reason": ["x"]}}, "argument 'reason' must be str"),
         ({"command": "set-threshold", "args": {"value": True, "reason": "x"}}, "argument 'value' must be"),
+        ({"command": "set-threshold", "args": {"value": 2.0, "reason": "x", "force": "yes"}}, "'force' must be true"),
         ({"command": "pause", "args": {"camera": ["a"]}}, "argument 'camera' must be str"),
         ({"command": "resume", "args": {}}, "missing argument 'camera'"),
         ({"command": "pause", "args": {"camera": ""}}, "argument 'camera' must be 1..128 printable characters"),
@@ -300,3 +306,16 @@ def test_a_closed_model_gives_the_heap_back(tiny_model):
     serving.close()
     assert psutil.Process().memory_info().rss < freed - 200 * 2**20
     assert last.sum() == 8192
+
+
+def test_a_configured_threshold_far_over_the_calibrated_one_is_warned_of_at_each_start(tiny_model, caplog):
+    """edge.threshold (or --threshold) is the integrator's decision and serves; three times the
+    package's calibrated threshold or more is said, since every defect between the two passes."""
+    calibrated = load_package(tiny_model).threshold
+    with caplog.at_level(logging.WARNING, logger="edge.serving"):
+        for threshold in (None, 2.9 * calibrated, 10 * calibrated):
+            serving = load_serving(tiny_model, EdgeConfig(threshold=threshold), DaemonMetrics())
+            assert serving.scoring.threshold == (threshold or calibrated)
+            serving.close()
+    warnings = [r.getMessage() for r in caplog.records if "calibrated threshold" in r.getMessage()]
+    assert len(warnings) == 1 and "is 10 times the package's calibrated threshold" in warnings[0], warnings

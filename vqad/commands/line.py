@@ -434,7 +434,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             raise VqadError(f"set-threshold needs a number, got {args.arg!r}") from None
         if not args.reason:
             raise VqadError("set-threshold needs VALUE and --reason TEXT")
-        payload = {"value": args.value, "reason": args.reason}
+        payload = {"value": args.value, "reason": args.reason, "force": args.force}
     elif args.command in ("pause", "resume"):
         args.camera = args.arg
         if not args.camera:
@@ -719,6 +719,8 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ctl(sub: argparse._SubParsersAction) -> None:
+    from edge.threshold import RAISED_REFUSED
+
     c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
     c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
     c.add_argument(
@@ -726,6 +728,11 @@ def _add_ctl(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
     c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help=f"set-threshold: to {RAISED_REFUSED:g} times the calibrated threshold or more (refused without)",
+    )
     c.add_argument("--by", help="who makes the change (default: this user)")
     c.add_argument(
         "--timeout",
