@@ -87,7 +87,7 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert page.record == f"sqlite:///{tmp_path}/line.db" and page.metrics.endswith(":9108/metrics")
     # The page reads the record the daemon writes: a daemon unit without one left the page of a
     # fresh install on a record that nothing made.
-    assert serve.record == page.record
+    assert serve.record == page.record and serve.results_endpoint == page.results
 
 
 def test_the_systemd_units_verify(tmp_path):
