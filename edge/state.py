@@ -97,7 +97,8 @@ def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
             # Written whole or not at all: a power cut mid-write must not leave a file the next
             # start cannot read (it read it before, and the daemon then never started again).
             write_whole(state_file, state)
-        marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        # On the disk at once: a power cut in the daemon's first half minute is an unclean exit too.
+        replace_synced(marker, f"pid {os.getpid()} started {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode())
     except OSError as exc:
         log.error(
             "the state folder %s cannot be written (%s): the daemon serves, but the next start cannot tell whether "

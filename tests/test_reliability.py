@@ -246,7 +246,9 @@ def test_files_the_next_start_reads_are_replaced_whole_through_a_power_cut(tiny_
     import errno
 
     from edge.durable import replace_synced
+    from edge.metrics import DaemonMetrics
     from edge.package import load_package, write_model_json
+    from edge.state import mark_running
 
     done: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, Path.replace
@@ -269,6 +271,11 @@ def test_files_the_next_start_reads_are_replaced_whole_through_a_power_cut(tiny_
     tmp = str(package / "model.json.tmp")
     assert done == [("sync", tmp), ("rename", tmp), ("sync", str(package))]
     assert json.loads((package / "model.json").read_text())["threshold"] == 7.5
+    done.clear()
+    state = tmp_path / "state"
+    mark_running(state, DaemonMetrics())  # the marker a power cut leaves, so the next start knows
+    marker = str(state / "vqad-serve.running")
+    assert done == [("sync", marker + ".tmp"), ("rename", marker + ".tmp"), ("sync", str(state))]
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
