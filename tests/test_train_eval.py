@@ -610,3 +610,20 @@ def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures
     assert "1 defect test images are copies of the run's good training images" in proc.stderr
     page = html.unescape((tmp_path / "eval" / "report.html").read_text())
     assert "(2 more left out: copies of the run's own good images)" in page
+
+
+def test_a_set_of_one_defect_kind_is_not_broken_down_by_kind():
+    """KolektorSDD's defects are one kind: its row by kind would repeat the whole's figure."""
+    from train.report_page import _at_threshold_rows, _ranking_rows
+
+    labels, decisions = np.array([0, 0, 1, 1]), np.array([False, True, True, False])
+    metrics = {"threshold": 1.0, "threshold_calibration": {}, "false_reject_rate": 0.5, "miss_rate": 0.5, "miss_rate_at_1pct_frr": 0.5,
+               "miss_rate_at_5pct_frr": 0.5, "image_auroc": 0.5, "pixel_auroc": None, "aupro": None,
+               "per_kind_misses": {"crack": {"passed": 1, "of": 2, "rate": 0.5}},
+               "per_kind_image_auroc": {"crack": 0.5}}  # fmt: skip
+    shown = [name for name, _ in _at_threshold_rows(metrics, labels, decisions) + _ranking_rows(metrics, labels)]
+    assert "defects that pass" in shown and "image AUROC" in shown and not any("crack" in name for name in shown)
+    metrics["per_kind_misses"]["pit"] = {"passed": 0, "of": 1, "rate": 0.0}
+    metrics["per_kind_image_auroc"]["pit"] = 1.0
+    shown = [name for name, _ in _at_threshold_rows(metrics, labels, decisions) + _ranking_rows(metrics, labels)]
+    assert {"crack that pass", "pit that pass", "image AUROC, crack against good"} <= set(shown)

@@ -137,7 +137,7 @@ def _at_threshold_rows(metrics: dict[str, Any], labels: np.ndarray, decisions: n
         ("defects that pass", f"{int((~decisions[defects]).sum())} of {int(defects.sum())}: "
                               f"{percent(metrics['miss_rate'])}"),
         *[(f"{kind} that pass", f"{m['passed']} of {m['of']}: {percent(m['rate'])}")
-          for kind, m in metrics.get("per_kind_misses", {}).items()],
+          for kind, m in _apart(metrics.get("per_kind_misses", {})).items()],
         ("defects that pass at 1% / 5% false rejects",
          f"{percent(metrics['miss_rate_at_1pct_frr'])} / {percent(metrics['miss_rate_at_5pct_frr'])}"),
         ("the threshold over the highest calibration score", percent(metrics.get("threshold_margin_over_val_max"))),
@@ -150,8 +150,14 @@ def _ranking_rows(metrics: dict[str, Any], labels: np.ndarray) -> list[tuple[str
         ("pixel AUROC", figure(metrics["pixel_auroc"])),
         ("AUPRO (to 30% FPR)", figure(metrics["aupro"])),
     ]
-    rows += [(f"image AUROC, {kind} against good", figure(v)) for kind, v in metrics["per_kind_image_auroc"].items()]
+    by_kind = _apart(metrics["per_kind_image_auroc"])
+    rows += [(f"image AUROC, {kind} against good", figure(v)) for kind, v in by_kind.items()]
     return rows
+
+
+def _apart(by_kind: dict[str, Any]) -> dict[str, Any]:
+    """Figures by defect kind, where there are two kinds or more: one kind's repeat the whole's."""
+    return by_kind if len(by_kind) > 1 else {}
 
 
 def _lone_warning(threshold: dict[str, Any]) -> str:

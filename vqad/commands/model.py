@@ -107,7 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rates.append(f"false rejects {percent(m['false_reject_rate'])} of {m['n_good']} good")
     if m["miss_rate"] is not None:
         by_kind = ", ".join(f"{kind} {k['passed']} of {k['of']}" for kind, k in m["per_kind_misses"].items())
-        rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects ({by_kind})")
+        apart = f" ({by_kind})" if len(m["per_kind_misses"]) > 1 else ""  # one kind's figures are the whole's
+        rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects{apart}")
     if m["miss_rate_at_1pct_frr"] is not None:
         rates.append(
             f"misses at 1% / 5% false rejects: {percent(m['miss_rate_at_1pct_frr'])} / "
