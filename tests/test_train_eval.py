@@ -617,7 +617,8 @@ def test_a_set_of_one_defect_kind_is_not_broken_down_by_kind():
     from train.report_page import _at_threshold_rows, _ranking_rows
 
     labels, decisions = np.array([0, 0, 1, 1]), np.array([False, True, True, False])
-    metrics = {"threshold": 1.0, "threshold_calibration": {}, "false_reject_rate": 0.5, "miss_rate": 0.5, "miss_rate_at_1pct_frr": 0.5,
+    metrics = {"threshold": 1.0, "threshold_calibration": {}, "false_reject_rate": 0.5, "miss_rate": 0.5,
+               "miss_rate_at_1pct_frr": 0.5,
                "miss_rate_at_5pct_frr": 0.5, "image_auroc": 0.5, "pixel_auroc": None, "aupro": None,
                "per_kind_misses": {"crack": {"passed": 1, "of": 2, "rate": 0.5}},
                "per_kind_image_auroc": {"crack": 0.5}}  # fmt: skip
