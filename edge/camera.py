@@ -6,6 +6,8 @@ frame_id -> source, so results can be joined with ground truth."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -268,6 +270,9 @@ def run_camera(
         out.write("camera_id,frame_id,source\n")
     pace = Pacer(fps)
     sent, dropped = 0, False
+    # This process, in each frame: two senders left at one camera id are seen by the daemon even
+    # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
+    sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
         for name, image in iter_source(source, loop, stop):
             if stop is not None and stop():
@@ -275,7 +280,7 @@ def run_camera(
             pace.wait()
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
-            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id)
+            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id, sender=sender)
             if not _wait_for_room(sock, stop, endpoint):
                 break
             sock.send_multipart(message, copy=False)

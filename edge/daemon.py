@@ -116,6 +116,8 @@ class Daemon:
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
         self._cameras_seen: set[str] = set()  # up to MANY_CAMERAS ids, for one warning
         self._last_frame_ids: dict[str, int] = {}  # of up to MANY_CAMERAS cameras
+        self._senders: dict[str, tuple[str, str | None]] = {}  # camera -> its latest two senders (MANY_CAMERAS)
+        self._senders_logs: dict[str, RepeatedLog] = {}
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
@@ -449,6 +451,7 @@ class Daemon:
         self._note_camera(frame.camera_id)
         self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
         self._check_frame_id(frame.camera_id, frame.frame_id)
+        self._check_sender(frame.camera_id, frame.sender)
         if frame.camera_id in self.paused:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
@@ -532,6 +535,25 @@ class Daemon:
                 "frame id is of the newest of them. Give each sender its own --camera-id, and each start of a "
                 "sender new ids (vqad camera --start-id time)",
                 camera_id, frame_id, last,
+            )  # fmt: skip
+
+    def _check_sender(self, camera_id: str, sender: str | None) -> None:
+        """Count, and say at most a line a minute, when a camera's frame comes from the sender
+        before its previous frame's (A, B, A): two senders at once with one camera id, which
+        frame ids that only grow (--start-id time) do not show. A sender that starts again under
+        a new name (A, B) is one change, not counted."""
+        senders = self._senders.get(camera_id)  # (the latest sender, the one before it)
+        if sender is None or (senders is None and len(self._senders) >= MANY_CAMERAS):
+            return
+        if senders is not None and sender == senders[0]:
+            return
+        self._senders[camera_id] = (sender, senders[0] if senders else None)
+        if senders is not None and sender == senders[1]:
+            self.metrics.senders_mixed.inc()
+            self._senders_logs.setdefault(camera_id, RepeatedLog(log)).log(
+                "camera %s gets frames from two senders at once (%s and %s): their results, records and drift are "
+                "mixed under one id. Give each sender its own --camera-id",
+                camera_id, sender, senders[0],
             )  # fmt: skip
 
     def has_seen(self, camera_id: str) -> bool | None:

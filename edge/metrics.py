@@ -40,6 +40,12 @@ class DaemonMetrics:
             "or two senders with one camera id",
             registry=r,
         )
+        self.senders_mixed = Counter(
+            "vqad_camera_senders_mixed",
+            "Frames of a camera id from the sender before its previous frame's: two senders at once with one camera "
+            "id (frames that name their sender, as vqad camera's do)",
+            registry=r,
+        )
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
         self.batch_size = Histogram(
             "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r

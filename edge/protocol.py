@@ -4,7 +4,8 @@ Frames in (PUSH -> the daemon's PULL, or camera PUB -> the daemon's SUB), 2 part
   1. UTF-8 JSON header {"v": 1, "camera_id", "frame_id", "ts_ns", "shape": [H, W, C],
      "dtype": "uint8" | "uint16" (raw), "encoding": "raw" | "jpeg" | "png"}   (shape optional
      for jpeg/png; an optional "part_id", the part's own identity, is echoed in its result and
-     recorded; an optional "color_order": "RGB" for raw frames in that order)
+     recorded; an optional "color_order": "RGB" for raw frames in that order; an optional
+     "sender", the sending process, by which two senders given one camera id are seen)
   2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1, BGRA or BGRx
      when C = 4)
 
@@ -81,6 +82,7 @@ class Frame:
     image: np.ndarray  # (H, W, C) uint8, C 1 or 3 (BGR): a raw 4-channel, 16-bit or RGB frame converted
     recv_ns: int
     part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
+    sender: str | None = None  # the sending process (vqad camera: host:pid), when it said
 
 
 def is_frame_id(value: Any) -> bool:
@@ -113,15 +115,15 @@ def _read_ids(header: Any) -> tuple[str, int]:
     return camera_id, frame_id
 
 
-def read_part_id(header: dict[str, Any]) -> str | None:
-    """The header's optional `part_id` (None when absent). ValueError when it is not a string of
-    1..MAX_ID_LENGTH printable characters."""
-    part_id = header.get("part_id")
-    if part_id is None:
+def read_optional_id(header: dict[str, Any], key: str) -> str | None:
+    """The header's optional id `key` (`part_id`, `sender`; None when absent). ValueError when it
+    is not a string of 1..MAX_ID_LENGTH printable characters."""
+    value = header.get(key)
+    if value is None:
         return None
-    if not is_id(part_id):
-        raise ValueError(f"part_id must be a string of 1..{MAX_ID_LENGTH} printable characters")
-    return part_id
+    if not is_id(value):
+        raise ValueError(f"{key} must be a string of 1..{MAX_ID_LENGTH} printable characters")
+    return value
 
 
 def parse_header(raw: bytes, limits: Limits) -> tuple[dict[str, Any], str, int]:
@@ -164,12 +166,17 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         raise UnreadableMessageError("empty message")
     header, camera_id, frame_id = parse_header(parts[0], limits)
     try:
-        part_id = read_part_id(header)
+        part_id = read_optional_id(header, "part_id")
     except ValueError as exc:
         raise FrameError(str(exc), camera_id, frame_id) from None
 
     def fail(reason: str) -> FrameError:
         return FrameError(reason, camera_id, frame_id, part_id)
+
+    try:
+        sender = read_optional_id(header, "sender")
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     if len(parts) != 2:
         raise fail(f"expected 2 message parts, got {len(parts)}")
@@ -223,7 +230,7 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
             raise fail(f"decoded image {image.shape[1]}x{image.shape[0]} exceeds {limits.max_frame_pixels} pixels")
         if shape is not None and tuple(image.shape[:2]) != shape[:2]:
             raise fail(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
-    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id)
+    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id, sender)
 
 
 def _raw_image(pixels: np.ndarray, order: str) -> np.ndarray:
@@ -254,10 +261,12 @@ def frame_message(
     ts_ns: int | None = None,
     part_id: str | None = None,
     color_order: str = "BGR",
+    sender: str | None = None,
 ) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
     camera` sends; `color_order` RGB for a raw image in that order); `part_id`, the part's
-    identity, comes back in its result."""
+    identity, comes back in its result; `sender`, the sending process, lets the daemon tell two
+    senders given one camera id apart."""
     if image.ndim == 2:
         image = image[:, :, None]
     header: dict[str, Any] = {
@@ -271,6 +280,8 @@ def frame_message(
     }
     if part_id is not None:
         header["part_id"] = part_id
+    if sender is not None:
+        header["sender"] = sender
     if color_order != "BGR":
         header["color_order"] = color_order
     if encoding == "raw":

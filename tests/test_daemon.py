@@ -30,7 +30,7 @@ from edge.postprocess import find_regions
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
 from tests.browser import wait_for
-from tests.conftest import ROOT
+from tests.conftest import ROOT, VQAD
 from tests.edge_helpers import AS_ON_THE_EDGE, Camera, DaemonProcess, Subscriber, header, short_ipc_dir
 
 pytestmark = pytest.mark.timeout(180)
@@ -146,6 +146,7 @@ MALFORMED = {
     "ts type": [header("bad", 10, ts_ns="yesterday", shape=[2, 2, 3]), b"\0" * 12],
     "channels": [header("bad", 11, shape=[2, 2, 5]), b"\0" * 20],
     "part_id": [header("bad", 12, shape=[2, 2, 3], part_id="a\nb"), b"\0" * 12],
+    "sender": [header("bad", 13, shape=[2, 2, 3], sender=["a"]), b"\0" * 12],
 }
 UNREADABLE = [
     [b"\xff\xfe not utf-8", b""],
@@ -172,6 +173,7 @@ def test_each_kind_of_malformed_message(tiny_model):
     by_id = {(h["camera_id"], h["frame_id"]): h for h, _ in results}
     assert by_id[("good", 0)]["status"] == "ok"
     assert "part_id must be a string" in by_id[("bad", 12)]["error"] and "part_id" not in by_id[("bad", 12)]
+    assert "sender must be a string" in by_id[("bad", 13)]["error"]
     for i, name in enumerate(MALFORMED, start=1):
         h = by_id[("bad", i)]
         assert h["status"] == "error" and h["error"], name
@@ -241,6 +243,41 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
     assert all(before <= recorded[key] <= after for key in (("zoned", 0), ("uptime", 0)))
     assert "vqad_frames_clock_off_total 2.0" in metrics
     assert "camera zoned sent ts_ns 3.0 h off this machine's clock" in log_text
+
+
+def test_two_cameras_left_at_one_id_are_seen_by_their_senders_though_their_ids_only_grow(tiny_model, synth_root):
+    """Two `vqad camera` processes left at --camera-id cam0, both counting from the time: ids that
+    only grow, which the frame id check cannot see. Each frame names its sender, and the daemon
+    counts the switches back (A, B, A) and names both; a sender that starts again is no switch
+    back."""
+    import urllib.request
+
+    from edge.transport import free_loopback_port
+
+    port, folder = free_loopback_port(), synth_root / "bracket" / "test" / "good"
+
+    def camera(count: int) -> subprocess.Popen:  # 20 frames/s: two started together overlap for seconds
+        args = ["camera", str(folder), "--loop", "--to", daemon.frames, "--camera-id", "cam0", "--start-id", "time",
+                "--fps", "20", "--count", str(count)]  # fmt: skip
+        return subprocess.Popen([*VQAD, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def metric(name: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+    with DaemonProcess(tiny_model, "--metrics-port", str(port)) as daemon:
+        for _ in range(2):  # one sender, then it starts again: a new process, a new name
+            assert camera(5).wait(60) == 0
+        assert wait_for(lambda: metric("vqad_frames_in_total") == 10, 30)
+        after_restart = metric("vqad_camera_senders_mixed_total")
+        pair = [camera(40), camera(40)]
+        assert all(proc.wait(60) == 0 for proc in pair)
+        assert wait_for(lambda: metric("vqad_frames_in_total") == 90, 30)
+        after_pair = metric("vqad_camera_senders_mixed_total")
+        log_text = daemon.log_text()
+    assert after_restart == 0 and after_pair >= 5, (after_restart, after_pair)
+    said = re.search(r"camera cam0 gets frames from two senders at once \((\S+) and (\S+)\)", log_text)
+    assert said and said.group(1) != said.group(2) and said.group(1).endswith(tuple(f":{p.pid}" for p in pair))
 
 
 def test_a_sender_whose_frame_ids_start_again_is_named_and_counted(tiny_model):

@@ -142,6 +142,9 @@ ALERT_CASES = [
     # Two senders left at one camera id, at 1 frame/s each: an id again every other frame.
     ("VqadFrameIdsRepeating", [("vqad_frame_ids_back_total", {}, "0 0+15x20")], "30s"),
     ("VqadFrameIdsRepeating", [("vqad_frame_ids_back_total", {}, "0 1x20 2x20")], None),  # two restarts
+    # Two cameras left at one id, 1 frame/s each, taking turns: a switch back every frame.
+    ("VqadCameraIdShared", [("vqad_camera_senders_mixed_total", {}, "0 0+15x20")], "30s"),
+    ("VqadCameraIdShared", [("vqad_camera_senders_mixed_total", {}, "0 1x20 2x20")], None),  # one now and then
     ("VqadRecordLosingResults", [("vqad_unrecorded_total", {}, "0 0 12x4")], "30s"),
     # A database down: its writer retries every 5 s at most, each failure counted.
     ("VqadRecordUnavailable", [("vqad_record_errors_total", {}, "0 0+3x30")], "5m30s"),
