@@ -94,6 +94,7 @@ def test_bad_train_config_raises_value_error(overrides, match):
         ({"warmup_runs": "-1"}, "warmup_runs must be >= 0"),
         ({"rcvhwm": "0"}, "edge.rcvhwm must be >= 1, got 0"),  # named, not "socket options"
         ({"record_min_free_gb": "-1"}, "record_min_free_gb must be >= 0"),
+        ({"max_delay_ms": "10000"}, r"max_delay_ms must be in \[0, 1000\], got 10000"),  # each result 10 s late
     ],
 )
 def test_bad_edge_config_raises_value_error(overrides, match):
