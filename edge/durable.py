@@ -19,14 +19,14 @@ def write_synced(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` and wait until it is on the disk (fsync). OSError as the disk says
     (a full disk: ENOSPC), and no part of the file is left. The folder's new entry is synced by
     `sync_folders`."""
-    try:
-        with open(path, "wb") as f:
+    with open(path, "wb") as f:  # a file that cannot be opened is left as it is
+        try:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except OSError:
-        Path(path).unlink(missing_ok=True)
-        raise
+        except OSError:
+            Path(path).unlink(missing_ok=True)
+            raise
 
 
 def sync_folders(folders: Iterable[str | Path]) -> None:
