@@ -302,6 +302,28 @@ def test_corrupt_checkpoint_is_refused(tiny_run, tmp_path):
         load_checkpoint(tmp_path / "checkpoint.pt")
 
 
+def test_a_checkpoint_is_on_the_disk_before_it_replaces_the_last(tiny_run, tmp_path, monkeypatch):
+    """A training box switched off after a save must resume from the last checkpoint or the one
+    before, never from an empty file that replaced a good one."""
+    import torch
+
+    from train.checkpoint import save_checkpoint
+
+    done: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        done.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr("edge.durable.os.fsync", fsync)
+    path = tmp_path / "checkpoint.pt"
+    digest = save_checkpoint(path, {"w": torch.ones(3)}, {"step": 1})
+    assert done == [str(path) + ".tmp", str(tmp_path)] and not (tmp_path / "checkpoint.pt.tmp").exists()
+    loaded = load_checkpoint(path)
+    assert loaded["meta"]["content_sha256"] == digest and torch.equal(loaded["model"]["w"], torch.ones(3))
+
+
 def test_a_product_with_good_images_only_trains_calibrates_and_exports(synth_root, tmp_path):
     """No test folder yet: the line has not shown the product a defect. Training, the
     threshold and the model package need none."""

@@ -10,13 +10,14 @@ upgraded on load by train/migrate.py; the content hash is that of the weights as
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edge.durable import replace_synced
 from edge.errors import CheckpointError
 from train.migrate import VERSION, upgrade
 
@@ -41,7 +42,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
 ) -> str:
-    """Write a checkpoint atomically; returns the weights' content hash."""
+    """Write a checkpoint whole or not at all, through a power cut too (edge.durable: a resume
+    after the cut finds the last checkpoint or the one before); returns the weights' content hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model_state.items()}
@@ -50,9 +52,9 @@ def save_checkpoint(
     payload = {"format": FORMAT, "version": VERSION, "meta_json": json.dumps(meta), "model": state}
     if optimizer_state is not None:
         payload["optimizer"] = optimizer_state
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    replace_synced(path, buffer.getvalue())
     return digest
 
 
