@@ -116,7 +116,7 @@ class Daemon:
         self.paused: set[str] = set()  # cameras whose frames get an error result instead of a score
         self._cameras_seen: set[str] = set()  # up to MANY_CAMERAS ids, for one warning
         self._last_frame_ids: dict[str, int] = {}  # of up to MANY_CAMERAS cameras
-        self._senders: dict[str, tuple[str, str | None]] = {}  # camera -> its latest two senders (MANY_CAMERAS)
+        self._senders: dict[str, tuple[str, str | None]] = {}  # camera -> (its latest sender, the one before)
         self._senders_logs: dict[str, RepeatedLog] = {}
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
@@ -542,18 +542,18 @@ class Daemon:
         before its previous frame's (A, B, A): two senders at once with one camera id, which
         frame ids that only grow (--start-id time) do not show. A sender that starts again under
         a new name (A, B) is one change, not counted."""
-        senders = self._senders.get(camera_id)  # (the latest sender, the one before it)
-        if sender is None or (senders is None and len(self._senders) >= MANY_CAMERAS):
+        if sender is None:
             return
-        if senders is not None and sender == senders[0]:
+        latest, before = self._senders.get(camera_id, (None, None))
+        if sender == latest or (latest is None and len(self._senders) >= MANY_CAMERAS):
             return
-        self._senders[camera_id] = (sender, senders[0] if senders else None)
-        if senders is not None and sender == senders[1]:
+        self._senders[camera_id] = (sender, latest)
+        if sender == before:
             self.metrics.senders_mixed.inc()
             self._senders_logs.setdefault(camera_id, RepeatedLog(log)).log(
                 "camera %s gets frames from two senders at once (%s and %s): their results, records and drift are "
                 "mixed under one id. Give each sender its own --camera-id",
-                camera_id, sender, senders[0],
+                camera_id, sender, latest,
             )  # fmt: skip
 
     def has_seen(self, camera_id: str) -> bool | None:
