@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import shutil
 import signal
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -1076,3 +1078,22 @@ def test_the_page_says_when_the_daemon_stalls_and_when_it_runs_again(tiny_model,
                 cam.close()
     finally:
         driver.quit()
+
+
+def test_the_browser_leaves_nothing_in_the_temporary_folder(monkeypatch):
+    """`make demo`'s screenshot starts Chromium once a run, and the tests dozens of times:
+    left to itself, Chromium leaves a folder in /tmp at every start."""
+    # A short path: Chromium's socket in it must fit a socket address's 108 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="b"))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    try:
+        driver = headless_chromium(width=500, height=900)
+        try:
+            driver.get("about:blank")
+            assert list(folder.iterdir()), "the browser's profile is not under the temporary folder"
+        finally:
+            driver.quit()
+        assert list(folder.iterdir()) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

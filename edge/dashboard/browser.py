@@ -3,7 +3,9 @@ bench. Debian's `chromium` and `chromium-driver`, driven by Selenium (a dev depe
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +17,10 @@ class BrowserMissingError(VqadError):
 
 
 def headless_chromium(width: int = 1400, height: int = 1000):
-    """A Selenium driver for headless Chromium; BrowserMissingError says what to install."""
+    """A Selenium driver for headless Chromium; BrowserMissingError says what to install.
+
+    Chromium's profile and its temporary files live in one folder that `quit()` removes:
+    left to itself, Chromium leaves a folder in /tmp at every start."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         raise BrowserMissingError("headless Chromium is not installed (apt-get install chromium chromium-driver)")
@@ -25,11 +30,35 @@ def headless_chromium(width: int = 1400, height: int = 1000):
         from selenium.webdriver.chrome.service import Service
     except ImportError as exc:
         raise BrowserMissingError("Selenium is not installed (pip install -e '.[dev]')") from exc
+
+    class Chrome(webdriver.Chrome):
+        def quit(self) -> None:
+            try:
+                super().quit()
+            finally:
+                _remove(scratch)
+
+    scratch = tempfile.mkdtemp(prefix="vqad-chromium-")
     options = Options()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
+                f"--user-data-dir={scratch}/profile"):  # fmt: skip
         options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        return Chrome(options=options, service=Service(driver, env={**os.environ, "TMPDIR": scratch}))
+    except BaseException:
+        _remove(scratch)
+        raise
+
+
+def _remove(folder: str, tries: int = 20) -> None:
+    """Remove `folder`, which Chromium's last processes may still write to for a moment after
+    `quit()` returns."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            return
+        time.sleep(0.1)
 
 
 def page_footprint(driver) -> dict[str, float]:
