@@ -1817,3 +1817,61 @@ def test_times_are_read_as_programs_write_them():
     for bad in ("", "Z", "yesterday", "2026-13-01"):
         with pytest.raises(DataError, match="not an ISO 8601 time"):
             parse_time(bad)
+
+
+class _PowerCut(BaseException):
+    """The box loses power: the writer's thread stops where it is."""
+
+
+@pytest.mark.parametrize("cut", ["before the commit", "after the commit"])
+def test_a_power_cut_leaves_no_evidence_that_no_row_names(cut, tmp_path, monkeypatch, caplog):
+    """Evidence is on the disk before its rows commit; a cut between the two left files that no
+    row named, outside expiry and in the quota's count for good. The state file lists the batch's
+    files before they are written: the next start removes those whose rows are not there."""
+    from edge.record import writer as writer_module
+
+    url, evidence, state = f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", tmp_path / "record.json"
+    first = RecordWriter(url, evidence, state_file=state).start()
+    first.put(_result("c", 0), time.time_ns())
+    assert wait_for(lambda: first.recorded == 1)
+
+    def power_cut(*args, **kwargs):
+        raise _PowerCut
+
+    if cut == "before the commit":
+        monkeypatch.setattr(writer_module, "sync_folders", power_cut)  # after the files, before the rows
+    else:
+        monkeypatch.setattr(first.house, "run", power_cut)  # after the rows, before the next batch
+    stopped = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: stopped.append(hook.exc_type))
+    with first.lock:  # one batch
+        first.put(_result("c", 1), time.time_ns())
+        first.put(_result("c", 2), time.time_ns())
+    first.thread.join(10)
+    assert stopped == [_PowerCut] and len(list(evidence.rglob("*.png"))) == 3
+    first.engine.dispose()
+    monkeypatch.undo()
+
+    with caplog.at_level(logging.INFO, "edge.record.writer"):
+        RecordWriter(url, evidence, state_file=state).start().close()
+    with sa.create_engine(url).connect() as conn:
+        named = set(conn.execute(sa.select(results.c.evidence_frame)).scalars())
+    on_disk = {str(p) for p in evidence.rglob("*.png")}
+    assert on_disk == named and len(named) == (1 if cut == "before the commit" else 3)
+    removed = "removed 2 evidence files of the previous run that no row names"
+    assert (removed in caplog.text) == (cut == "before the commit"), caplog.text
+
+
+def test_a_result_left_out_after_its_evidence_was_written_leaves_no_file(tmp_path):
+    """A result that fails to become a row once its images are on the disk (here a malformed
+    health report) is counted unrecorded, and its images go with it."""
+    url, evidence = f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev"
+    writer = RecordWriter(url, evidence, max_gb=1.0).start()
+    writer.put(_result("c", 0, health={"ok": False, "reasons": 5}), time.time_ns())
+    assert wait_for(lambda: writer.unrecorded == 1)
+    writer.put(_result("c", 1), time.time_ns())
+    assert wait_for(lambda: writer.recorded == 1)
+    writer.close()
+    (row,) = Record(url).results(limit=10)
+    assert [str(p) for p in evidence.rglob("*.png")] == [row["evidence"]]
+    assert writer.evidence_bytes == Path(row["evidence"]).stat().st_size

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -392,6 +393,21 @@ class Housekeeping:
             return True
         named = Path(path)
         return not named.is_absolute() or named.is_relative_to(self.evidence_dir) or named.exists()
+
+    def forget(self, paths: Iterable[str], counted: bool = True) -> None:
+        """Remove evidence files that no row will name (a batch that was never stored); `counted`:
+        they were `added` to the quota's count, and leave it."""
+        for path in paths:
+            try:
+                size = Path(path).stat().st_size
+                Path(path).unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("evidence %s that no row names could not be removed: %s", path, exc)
+                continue
+            if counted and self.evidence_bytes is not None:
+                self.evidence_bytes -= size
 
     def _remove_files(self, *paths: str | None) -> None:
         """Delete evidence files that are there, and take them off the quota's count."""

@@ -114,6 +114,10 @@ class RecordWriter:
         # frame of the batch it has not reached may still be given up for another camera's reject.
         self._claimed: set[int] = set()
         self._folders_changed: set[Path] = set()  # evidence folders with new names, synced before the commit
+        # The evidence the batch in flight may write, [camera, frame id, frame file, overlay file]
+        # each: in the state file before the files are written, so that a start after a power cut
+        # removes those its rows never came to name (_unnamed_evidence).
+        self._pending: list[list[Any]] = []
         self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
@@ -349,6 +353,8 @@ class RecordWriter:
         with self.lock:
             self._take_off(len(batch))
             self._count_unrecorded(len(batch))
+        self.house.forget(path for entry in self._pending for path in entry[2:])
+        self._pending = []
         message = "%d results could not be stored and are left out of the record (%s: %s)"
         if self._unstorable_log.log(message, len(batch), type(exc).__name__, exc):
             log.debug("the failure", exc_info=exc)
@@ -374,14 +380,21 @@ class RecordWriter:
             self._migrated = True
             log.info("the record at %s answers now", self.where)
             self._report_previous_run()
+        timed = [(result, pub, self._record_time(result, pub)) for result, pub, _queued in batch]
+        self._pending = [
+            [result.header["camera_id"], result.header["frame_id"], *map(str, self._evidence_paths(result, ts, pub))]
+            for result, pub, ts in timed
+            if result.frame is not None
+        ]
         self._save_state()
-        rows = [self._row(result, published_ns) for result, published_ns, _queued in batch]
+        rows = [self._row(result, pub, ts) for result, pub, ts in timed]
         # The evidence is on the disk before the rows that name it commit (edge.durable): after a
         # power cut, a row's images are whole, or the row is not there.
         sync_folders(self._folders_changed)
         self._folders_changed.clear()
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
+        self._pending = []
 
     def _claim(self, result: Result) -> np.ndarray | None:
         """The frame of `result` for its evidence, None when it waits without one; from now on
@@ -390,12 +403,15 @@ class RecordWriter:
             self._claimed.add(id(result))
             return result.frame
 
-    def _row(self, result: Result, published_ns: int) -> dict[str, Any]:
+    @staticmethod
+    def _record_time(result: Result, published_ns: int) -> int:
+        """A sender without a clock (ts_ns 0), or with one far off: the record's time is then the
+        daemon's receive time, so that queries by time, the order of rows and the daily tally
+        hold. The published result echoes the sender's ts_ns as it came."""
+        return capture_time_ns(result.header["ts_ns"], result.recv_ns or published_ns)
+
+    def _row(self, result: Result, published_ns: int, ts_ns: int) -> dict[str, Any]:
         h = result.header
-        # A sender without a clock (ts_ns 0), or with one far off: the record's time is then the
-        # daemon's receive time, so that queries by time, the order of rows and the daily tally
-        # hold. The published result echoes the sender's ts_ns as it came.
-        ts_ns = capture_time_ns(h["ts_ns"], result.recv_ns or published_ns)
         frame = self._claim(result)
         frame_path, overlay_path = (
             self._evidence_or_none(result, frame, ts_ns, published_ns) if frame is not None else (None, None)
@@ -452,35 +468,44 @@ class RecordWriter:
         result was published: a sender whose frame ids start again (a restarted camera bridge)
         must not overwrite an earlier frame's evidence, and a retried batch rewrites its own."""
         h = result.header
-        day = time.strftime("%Y%m%d", time.gmtime(ts_ns / 1e9))
-        folder = self.evidence_dir / file_name(h["camera_id"]) / day
+        frame_path, overlay_path = self._evidence_paths(result, ts_ns, published_ns)
+        folder = frame_path.parent
         if not folder.is_dir():  # a new camera's or day's: the folders above gain a name
             folder.mkdir(parents=True, exist_ok=True)
             self._folders_changed.update((folder.parent, folder.parent.parent))
         self._folders_changed.add(folder)
-        stem = f"{h['frame_id']}_{published_ns}"
-        frame_path = folder / f"{stem}.png"
         write_image(frame_path, one_channel_if_grey(frame), synced=True)
         self.house.added(frame_path)
-        overlay_path = None
         info = h.get("map") or result.map_info  # the map is drawn whether or not it was published
-        if result.map_bytes and info:
+        if not (result.map_bytes and info):
+            overlay_path = None
+        else:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
-            overlay_path = folder / f"{stem}_overlay.jpg"
             overlay = heatmap_overlay(frame, amap, vmax=2 * h["threshold"])
             picture = draw_regions(overlay, h.get("regions") or [])  # regions: frame pixels
             write_image(overlay_path, picture, synced=True)
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
+    def _evidence_paths(self, result: Result, ts_ns: int, published_ns: int) -> tuple[Path, Path]:
+        """Where `result`'s frame and overlay go: the camera's folder of the record's day."""
+        h = result.header
+        day = time.strftime("%Y%m%d", time.gmtime(ts_ns / 1e9))
+        stem = f"{h['frame_id']}_{published_ns}"
+        folder = self.evidence_dir / file_name(h["camera_id"]) / day
+        return folder / f"{stem}.png", folder / f"{stem}_overlay.jpg"
+
     def _save_state(self) -> None:
         """How many results this run was handed, before each transaction: after a kill, the
         rows this run lacks are at least that count minus the rows it has."""
         if self.state_file is None:
             return
+        pending = self._pending
+        if self._previous is not None:  # the record has not answered yet: the previous run's stay listed
+            pending = pending + self._previous.get("evidence_pending", [])
         try:
             write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id,
-                                          "record": self.where})  # fmt: skip
+                                          "record": self.where, "evidence_pending": pending})  # fmt: skip
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
@@ -498,9 +523,9 @@ class RecordWriter:
             return None
 
     def _report_previous_run(self) -> None:
-        """Log how many of the previous run's results have no row (a kill, a power cut). Its rows
-        follow the id the state file names: counted from there, not over months of rows (0.33 s
-        at 2 million rows of SQLite, in the daemon's start)."""
+        """Log how many of the previous run's results have no row (a kill, a power cut), and remove
+        the evidence it wrote for them. Its rows follow the id the state file names: counted from
+        there, not over months of rows (0.33 s at 2 million rows of SQLite, in the daemon's start)."""
         state, self._previous = self._previous, None
         with self.engine.connect() as conn:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
@@ -514,12 +539,47 @@ class RecordWriter:
                 results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
             )
             rows = conn.execute(previous).scalar_one()
+            unnamed = _unnamed_evidence(conn, state.get("evidence_pending") or [])
         missing = int(state["handed"]) - rows
         if missing > 0:
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
                         "(it stopped before they were committed)", rows, missing)  # fmt: skip
         else:
             log.info("the previous run's %d results are all recorded", rows)
+        if unnamed:
+            # Counted from the folder when the quota first runs, after this: not taken off a count.
+            self.house.forget(unnamed, counted=False)
+            log.warning("removed %d evidence files of the previous run that no row names (it stopped before "
+                        "their results were committed)", len(unnamed))  # fmt: skip
+
+
+def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
+    """The files among `pending` (the state file's [camera, frame id, frame file, overlay file]
+    entries) that are on the disk while no row names the frame file: the evidence of a batch
+    that never committed. Found by the camera and frame id's index, not by a scan."""
+    unnamed = []
+    for entry in pending:
+        try:
+            camera, frame_id, *paths = entry
+            if len(paths) != 2 or not all(_is_evidence_name(p) for p in paths):
+                raise ValueError(entry)
+        except (TypeError, ValueError):
+            log.warning("the record's state file names evidence as %r, not as this vqad writes it: left", entry)
+            continue
+        there = [p for p in paths if Path(p).is_file()]
+        if not there:
+            continue
+        named = sa.select(results.c.id).where(
+            results.c.camera_id == camera, results.c.frame_id == frame_id, results.c.evidence_frame == paths[0]
+        )
+        if conn.execute(named.limit(1)).first() is None:
+            unnamed += there
+    return unnamed
+
+
+def _is_evidence_name(path: Any) -> bool:
+    """An absolute path to a PNG frame or a JPEG overlay, as _evidence_paths names them."""
+    return isinstance(path, str) and Path(path).is_absolute() and path.endswith((".png", "_overlay.jpg"))
 
 
 def default_evidence_dir(engine: sa.Engine) -> Path:
