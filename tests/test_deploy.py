@@ -90,6 +90,61 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert serve.record == page.record and serve.results_endpoint == page.results
 
 
+def _station_env() -> dict[str, str]:
+    """deploy/station.env's KEY=VALUE lines."""
+    lines = (ROOT / "deploy" / "station.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _as_station(argv: list[str], station: str, env: dict[str, str], tmp_path: Path) -> list[str]:
+    """A template unit's command as systemd runs it for `station`: %i and ${VAR} filled in (a
+    KeyError names a variable that deploy/station.env lacks), then made this checkout's."""
+    filled = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a.replace("%i", station)) for a in argv]
+    return _on_this_checkout(filled, tmp_path)
+
+
+def test_the_station_units_give_each_station_its_own_package_state_and_record_and_agree(tmp_path):
+    """deploy/vqad@.service and vqad-dashboard@.service, for several stations (one model each) on
+    one box: the daemon's commands parse with deploy/station.env's values, each station keeps its
+    own package, state folder and record, and its page reads what its daemon writes."""
+    example = _station_env()
+    assert set(example) == {"FRAMES", "RESULTS", "CONTROL", "METRICS_PORT", "DASHBOARD_PORT"}
+    # A second station's numbers of its own: a value the units wrote instead of its variable shows.
+    other = {"FRAMES": "tcp://0.0.0.0:6555", "RESULTS": "tcp://127.0.0.1:6556", "CONTROL": "tcp://127.0.0.1:6557",
+             "METRICS_PORT": "9208", "DASHBOARD_PORT": "8081"}  # fmt: skip
+    daemon = _exec_lines(ROOT / "deploy" / "vqad@.service")
+    dashboard = _exec_lines(ROOT / "deploy" / "vqad-dashboard@.service")
+    assert set(daemon) == {"ExecStartPre", "ExecStart"} and set(dashboard) == {"ExecStart"}
+    parser = build_parser()
+    serves = {}
+    for station, env in (("press1", example), ("press2", other)):
+        engine = parser.parse_args(_as_station(daemon["ExecStartPre"], station, env, tmp_path))
+        serve_args = parser.parse_args(_as_station(daemon["ExecStart"], station, env, tmp_path))
+        serve = serves[station] = serve_config(serve_args)
+        assert engine.model == serve_args.model == Path(f"/opt/vqad/stations/{station}/current")
+        assert engine.config == serve_args.config and engine_settings(engine) == (
+            serve.max_batch,
+            serve.tensorrt_workspace_mb,
+        )
+        assert (serve.frames_endpoint, serve.results_endpoint, serve.control_endpoint) == (
+            env["FRAMES"],
+            env["RESULTS"],
+            env["CONTROL"],
+        )
+        assert serve.metrics_port == int(env["METRICS_PORT"]) and serve.backend == "tensorrt"
+        assert serve.state_dir == str(tmp_path / station) and serve.record == f"sqlite:///{tmp_path}/{station}/line.db"
+        page = dashboard_config(parser.parse_args(_as_station(dashboard["ExecStart"], station, env, tmp_path)))
+        assert page.record == serve.record and page.results == serve.results_endpoint
+        assert page.metrics == f"http://127.0.0.1:{serve.metrics_port}/metrics" and page.port == int(
+            env["DASHBOARD_PORT"]
+        )
+    assert (
+        serves["press1"].state_dir != serves["press2"].state_dir and serves["press1"].record != serves["press2"].record
+    )
+    unit = (ROOT / "deploy" / "vqad@.service").read_text()
+    assert "StateDirectory=vqad/%i" in unit and "EnvironmentFile=/etc/vqad/stations/%i.env" in unit
+
+
 def test_the_systemd_units_verify(tmp_path):
     """systemd's own check of the units (a key misspelt is ignored by systemd, with a warning in
     the journal only), with vqad at this checkout's path."""
