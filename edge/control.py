@@ -1,5 +1,8 @@
-"""The daemon's control: a REP socket (`control_endpoint`, off by default; CURVE when the
-daemon's is on) and SIGHUP, served by one thread so that loading a model never stalls inference.
+"""The daemon's control: a ROUTER socket for `vqad ctl`'s REQ (`control_endpoint`, off by
+default; CURVE when the daemon's is on) and SIGHUP, served by one thread so that loading a model
+never stalls inference. A reload loads in a thread of its own and is answered when it is done;
+meanwhile `status` is answered at once (it names the reload), and a change is refused, so that a
+slow or hung load does not leave the line's control silent.
 
 Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON with "ok".
 Commands: status; set-threshold (value, reason; force for RAISED_REFUSED times the calibrated
@@ -16,6 +19,8 @@ import datetime as dt
 import json
 import logging
 import math
+import queue
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +47,10 @@ class Control:
         stops the start instead of a thread."""
         self.daemon, self.endpoint = daemon, endpoint
         self.sock: zmq.Socket | None = None
+        self.reloading: dict[str, str] | None = None  # {"since", "by"} while a reload runs
+        self._reloaded: queue.SimpleQueue[tuple[list[bytes] | None, dict[str, Any]]] = queue.SimpleQueue()
         if endpoint:
-            self.sock = daemon.ctx.socket(zmq.REP)
+            self.sock = daemon.ctx.socket(zmq.ROUTER)
             self.sock.setsockopt(zmq.LINGER, 0)
             transport.secure_server(self.sock, daemon.cfg)
             transport.bind(self.sock, endpoint, "control")
@@ -53,20 +60,54 @@ class Control:
         d, sock = self.daemon, self.sock
         try:
             while not d.should_exit.is_set():
-                if d.reload_requested.is_set():
+                self._answer_reloaded()
+                if d.reload_requested.is_set() and self.reloading is None:  # one after another
                     d.reload_requested.clear()
-                    self.handle({"command": "reload", "by": "SIGHUP"})
+                    self._start_reload(None, "SIGHUP")
                 if sock is not None and sock.poll(100):
+                    *envelope, body = sock.recv_multipart()
                     try:
-                        request = json.loads(sock.recv())
+                        request = json.loads(body)
                     except (ValueError, UnicodeDecodeError):
                         request = {}
-                    sock.send(json.dumps(self.handle(request)).encode())
+                    self._serve(envelope, request if isinstance(request, dict) else {})
                 elif sock is None:
                     time.sleep(0.1)
         finally:
             if sock is not None:
                 sock.close(linger=0)
+
+    def _serve(self, envelope: list[bytes], request: dict[str, Any]) -> None:
+        """Answer a request now, or, for a reload, once it is done."""
+        command, by = request.get("command"), str(request.get("by") or "unknown")
+        if command == "reload" and self.reloading is None:
+            self._start_reload(envelope, by)
+            return
+        if self.reloading is not None and command in ("reload", "set-threshold", "pause", "resume"):
+            reply = {"ok": False, "error": f"a reload is under way (since {self.reloading['since']}, by "
+                                           f"{self.reloading['by']}): {command} after it is done"}  # fmt: skip
+        else:
+            reply = self.handle(request)
+        self.sock.send_multipart([*envelope, json.dumps(reply).encode()])
+
+    def _start_reload(self, envelope: list[bytes] | None, by: str) -> None:
+        """Reload in a thread of its own; its reply goes to `envelope` (None: a SIGHUP's, logged)."""
+        self.reloading = {"since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "by": by}
+
+        def reload() -> None:
+            self._reloaded.put((envelope, self.handle({"command": "reload", "by": by})))
+
+        threading.Thread(target=reload, name="reload", daemon=True).start()
+
+    def _answer_reloaded(self) -> None:
+        """Send a finished reload's reply (ZeroMQ sockets are this thread's alone)."""
+        try:
+            envelope, reply = self._reloaded.get_nowait()
+        except queue.Empty:
+            return
+        self.reloading = None
+        if envelope is not None and self.sock is not None:
+            self.sock.send_multipart([*envelope, json.dumps(reply).encode()])
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One command -> its JSON reply; a refused one says why and changes nothing. No request,
@@ -95,7 +136,7 @@ class Control:
             self.daemon.recorder.event(kind, detail, by)
 
     def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        return {**self.daemon.state(), "recording": self.daemon.recorder is not None}
+        return {**self.daemon.state(), "recording": self.daemon.recorder is not None, "reloading": self.reloading}
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")
@@ -133,6 +174,9 @@ class Control:
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             new = load_serving(d.model_dir, d.cfg, d.metrics)
+            if d.should_exit.is_set():  # the daemon began to stop while the package loaded
+                new.close()
+                raise VqadError("the daemon is stopping: the new package is not swapped in")
             if new.package.input_shape != old.package.input_shape:
                 new.close()
                 raise PackageError(

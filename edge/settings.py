@@ -55,7 +55,7 @@ class EdgeConfig:
     # The line's record (edge/record/): a database URL (sqlite:///PATH or postgresql://...;
     # "" = none), the evidence folder ("" = beside a SQLite file), the share of passes whose
     # evidence is kept too (every fail's is), and the evidence's disk quota (0 = none).
-    # The control socket (REP; `vqad ctl`): off when empty; loopback unless you change it.
+    # The control socket (ROUTER, for `vqad ctl`'s REQ): off when empty; loopback unless you change it.
     control_endpoint: str = ""
     record: str = ""
     evidence_dir: str = ""

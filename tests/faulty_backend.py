@@ -8,6 +8,9 @@ and score, as an FP16 overflow would.
 Loaded by the daemon through the registry's `module:Class` form:
     vqad serve MODEL --backend tests.faulty_backend:FaultyBackend
 
+While the file VQAD_SLOW_LOAD_FILE names is there, each instance takes VQAD_SLOW_LOAD_S (default
+3) seconds to load, as a model on a slow disk or a hung filesystem would.
+
 With VQAD_BREAK_PUBLISHER=1 in its environment, the daemon's publisher raises on its first
 result, as a thread with a bug would.
 """
@@ -34,6 +37,9 @@ class FaultyBackend(OnnxRuntimeBackend):
     name = "faulty"
 
     def __init__(self, package, options):
+        slow_load = os.environ.get("VQAD_SLOW_LOAD_FILE")
+        if slow_load and os.path.exists(slow_load):
+            time.sleep(float(os.environ.get("VQAD_SLOW_LOAD_S", "3")))
         super().__init__(package, options)
         self.poison = int(os.environ.get("VQAD_POISON_VALUE", "13"))
         self.slow = int(os.environ.get("VQAD_SLOW_VALUE", "200"))

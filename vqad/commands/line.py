@@ -524,7 +524,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--ready-file", type=Path, help="write this file once warmed up and serving")
     s.add_argument("--record", metavar="URL", help="keep every result: sqlite:///PATH, postgresql://..., or a PATH")
-    s.add_argument("--control", metavar="ENDPOINT", help="a REP socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
+    s.add_argument("--control", metavar="ENDPOINT", help="a socket for vqad ctl (e.g. tcp://127.0.0.1:5557)")
     s.add_argument("--evidence-dir", metavar="DIR", help="frames and overlays of fails (default: beside a SQLite file)")
     set_arg(s, "edge")
     s.add_argument("--check", action="store_true",
