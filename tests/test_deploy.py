@@ -103,10 +103,11 @@ def _as_station(argv: list[str], station: str, env: dict[str, str], tmp_path: Pa
     return _on_this_checkout(filled, tmp_path)
 
 
-def test_the_station_units_give_each_station_its_own_package_state_and_record_and_agree(tmp_path):
+def test_the_station_units_give_each_station_its_own_package_state_and_record_and_agree(tmp_path, monkeypatch):
     """deploy/vqad@.service and vqad-dashboard@.service, for several stations (one model each) on
     one box: the daemon's commands parse with deploy/station.env's values, each station keeps its
     own package, state folder and record, and its page reads what its daemon writes."""
+    monkeypatch.setenv("VQAD_DASHBOARD_TOKEN", "x" * 32)  # /etc/vqad/dashboard.env gives it
     example = _station_env()
     assert set(example) == {"FRAMES", "RESULTS", "CONTROL", "METRICS_PORT", "DASHBOARD_PORT"}
     # A second station's numbers of its own: a value the units wrote instead of its variable shows.
