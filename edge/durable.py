@@ -29,6 +29,15 @@ def write_synced(path: str | Path, data: bytes) -> None:
             raise
 
 
+def sync_file(path: str | Path) -> None:
+    """Wait until what was written to the file at `path` is on the disk (fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sync_folders(folders: Iterable[str | Path]) -> None:
     """Sync each folder's entries to the disk: the names of files and folders made in it since.
     A folder that cannot be opened (gone, or a system without folder fsync) is left as it is."""

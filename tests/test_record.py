@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -1039,6 +1040,53 @@ def test_compacting_an_older_record_shrinks_it_and_turns_the_give_back_on(tmp_pa
     assert refused.returncode == 2 and "only a SQLite record is compacted" in refused.stderr
     one_camera = run_vqad("records", database, "--compact", "--camera", "c", check=False)  # compacts no part
     assert one_camera.returncode == 2 and "takes no filter" in one_camera.stderr
+
+
+def test_a_backup_while_the_writer_writes_is_one_checked_snapshot_in_one_file(tmp_path, postgres_url):
+    """`vqad records PATH --backup DEST` while a daemon's writer commits twice a second: a `cp`
+    of a SQLite file in WAL mode can tear; the backup is one snapshot, in one file that opens
+    as a record, and replaces an earlier backup whole. A server's database is refused (exit 2)."""
+    database = tmp_path / "line.db"
+    url = f"sqlite:///{database}"
+    writer = RecordWriter(url, tmp_path / "ev", pass_fraction=0.0).start()
+    stop = threading.Event()
+
+    def line() -> None:
+        i = 0
+        while not stop.is_set() and i < 20_000:
+            writer.put(_result("c", i, decision="pass"), time.time_ns())
+            i += 1
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=line)
+    feeder.start()
+    try:
+        assert wait_for(lambda: writer.recorded >= 500, timeout=30)
+        dest = tmp_path / "backups" / "line.db"
+        dest.parent.mkdir()
+        dest.write_bytes(b"yesterday's backup")
+        done = run_vqad("records", database, "--backup", dest)
+        recorded_after = writer.recorded
+        into_folder = run_vqad("records", url, "--backup", dest.parent)
+    finally:
+        stop.set()
+        feeder.join(timeout=10)
+        writer.close()
+    count = int(done.stdout.split("\n")[1].split(" results")[0])
+    assert 500 <= count <= recorded_after and f"-> {dest} in" in done.stdout, done.stdout
+    (timed,) = [p for p in dest.parent.iterdir() if p != dest]  # no -wal, no .partial beside them
+    assert re.fullmatch(r"line-\d{8}T\d{6}Z\.db", timed.name) and f"-> {timed} in" in into_folder.stdout
+    with sqlite3.connect(dest) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        ids = [r[0] for r in conn.execute("SELECT frame_id FROM results ORDER BY id")]
+    assert ids == list(range(count))  # a snapshot: a prefix of the line's results, none torn
+    assert len(Record(f"sqlite:///{dest}").results(limit=10)) == 10
+    refused = run_vqad("records", postgres_url, "--backup", tmp_path / "pg.db", check=False)
+    assert refused.returncode == 2 and "pg_dump" in refused.stderr
+    nowhere = run_vqad("records", url, "--backup", tmp_path / "missing" / "line.db", check=False)
+    assert nowhere.returncode == 3 and "there is no folder" in nowhere.stderr, nowhere.stderr
+    itself = run_vqad("records", url, "--backup", database, check=False)
+    assert itself.returncode == 3 and "the record itself" in itself.stderr
 
 
 def test_a_housekeeping_that_fails_every_pass_neither_stops_the_writer_nor_floods_the_log(

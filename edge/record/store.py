@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from edge.durable import sync_file, sync_folders
 from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
@@ -206,6 +207,63 @@ def compact(url: str) -> tuple[int, int]:
         return before, database.stat().st_size
     finally:
         engine.dispose()
+
+
+def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
+    """A copy of a SQLite record at `dest` (a file, or a folder for a new file named by the time)
+    while daemons write to it: SQLite's online backup, all pages in one step, so one snapshot
+    that their commits neither tear nor restart (a `cp` of a file in WAL mode may copy a page
+    the writer moves meanwhile). The copy is checked (PRAGMA quick_check), in one file (a
+    rollback journal, no WAL beside it), and put in place whole: written beside `dest`, synced,
+    renamed over it. -> (the copy's path, its results, its size in bytes). ConfigError for a
+    server's database (pg_dump is its administrator's); DataError when it cannot be made."""
+    if not is_sqlite(url):
+        raise ConfigError("only a SQLite record is backed up here: a database server's with its own tools (pg_dump)")
+    engine = open_record(url, must_exist=True)
+    try:
+        database = sqlite_file(engine)
+        dest = _backup_path(database, Path(dest))
+        partial = dest.with_name(dest.name + ".partial")
+        try:
+            with engine.connect() as conn:
+                copy = sqlite3.connect(partial)
+                try:
+                    conn.connection.driver_connection.backup(copy)  # pages=-1: one step, one snapshot
+                    copy.execute("PRAGMA journal_mode=DELETE")
+                    check = copy.execute("PRAGMA quick_check").fetchone()[0]
+                    count = copy.execute("SELECT count(*) FROM results").fetchone()[0]
+                finally:
+                    copy.close()
+            if check != "ok":
+                raise DataError(f"the copy of {database} fails SQLite's check: {check}")
+            sync_file(partial)
+            partial.replace(dest)
+            sync_folders([dest.parent])
+        except sqlite3.Error as exc:
+            raise DataError(f"cannot back {database} up to {dest}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest, count, dest.stat().st_size
+    finally:
+        engine.dispose()
+
+
+def _backup_path(database: Path, dest: Path) -> Path:
+    """Where `backup` writes: `dest`, or in the folder `dest` a file named by the record and the
+    UTC time; DataError for a folder that is not there, the record itself, or a disk without
+    room for it."""
+    if dest.is_dir():
+        dest = dest / f"{database.stem}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.db"
+    if not dest.parent.is_dir():
+        raise DataError(f"cannot back the record up to {dest}: there is no folder {dest.parent}")
+    if dest.exists() and dest.samefile(database):
+        raise DataError(f"{dest} is the record itself: back it up to another file")
+    wal = database.with_name(database.name + "-wal")
+    needed = database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    if free_bytes(dest.parent) < needed:
+        raise DataError(f"backing {database} up needs {needed / 1e9:.2f} GB free in {dest.parent}; its disk has "
+                        f"{free_bytes(dest.parent) / 1e9:.2f} GB")  # fmt: skip
+    return dest
 
 
 def check_seq_cursor(run: str | None, after_seq: int | None) -> None:

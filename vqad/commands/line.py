@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,7 +199,7 @@ RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the line's record; or export its reviewed evidence as training data."""
     from edge.record import Record
-    from edge.record.store import compact, refusals_named, shown_url
+    from edge.record.store import refusals_named
 
     if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None
                        or args.reviewed is not None):  # fmt: skip
@@ -207,9 +208,9 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.after_seq is not None and args.run is None:
         raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
-    if args.run is not None and (args.daily or args.export_reviewed or args.compact):
-        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed and --compact "
-                          "do not take them")  # fmt: skip
+    if args.run is not None and (args.daily or args.export_reviewed or args.compact or args.backup):
+        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, --compact "
+                          "and --backup do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if args.export_reviewed and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
@@ -218,19 +219,36 @@ def cmd_records(args: argparse.Namespace) -> int:
             "--export-reviewed exports every reviewed result, or a camera's (--camera) captured in a time "
             "(--since, --until): --daily, --decision, --frame-id, --part-id and --(un)reviewed do not apply"
         )
-    if args.compact and (args.camera or args.decision or args.since or args.until or args.frame_id is not None
-                         or args.part_id is not None or args.reviewed is not None or args.daily
-                         or args.export_reviewed):  # fmt: skip
-        raise ConfigError("--compact rewrites the whole record: it takes no filter, --daily nor --export-reviewed")
+    if args.compact or args.backup:
+        return _whole_record(args)
+    record = Record(args.url, must_exist=True)
+    with refusals_named(args.url):
+        return _query_records(record, args)
+
+
+def _whole_record(args: argparse.Namespace) -> int:
+    """`vqad records --compact` or `--backup`: the SQLite file as a whole."""
+    from edge.record.store import backup, compact, shown_url
+
+    whole = "--compact rewrites" if args.compact else "--backup copies"
+    if args.compact and args.backup:
+        raise ConfigError("--compact and --backup: one at a time")
+    filtered = (args.camera or args.decision or args.since or args.until or args.frame_id is not None
+                or args.part_id is not None or args.reviewed is not None)  # fmt: skip
+    if filtered or args.daily or args.export_reviewed:
+        raise ConfigError(f"{whole} the whole record: it takes no filter, --daily nor --export-reviewed")
     if args.compact:
         print(f"compacting {shown_url(args.url)}...", flush=True)
         before, after = compact(args.url)
         print(f"{before / 1e9:.3f} GB -> {after / 1e9:.3f} GB; rows that expire from now on give their space back "
               "to the disk")  # fmt: skip
         return 0
-    record = Record(args.url, must_exist=True)
-    with refusals_named(args.url):
-        return _query_records(record, args)
+    print(f"backing up {shown_url(args.url)}...", flush=True)
+    started = time.monotonic()
+    path, count, size = backup(args.url, args.backup)
+    print(f"{count} results, {size / 1e9:.3f} GB -> {path} in {time.monotonic() - started:.1f} s; the evidence "
+          "files its rows name are not in it: copy their folder as it is (rsync -a)")  # fmt: skip
+    return 0
 
 
 def _query_records(record, args: argparse.Namespace) -> int:
@@ -662,6 +680,13 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rewrite a SQLite record without the room removed rows left, so that expired rows give their space "
         "back to the disk from then on (with the daemon stopped; needs as much free space as the file)",
+    )
+    r.add_argument(
+        "--backup",
+        type=Path,
+        metavar="DEST",
+        help="copy a SQLite record to DEST (a file, or a folder for a file named by the time) while daemons write "
+        "to it: one consistent snapshot, checked, in one file (the evidence files apart: rsync -a)",
     )
     r.add_argument(
         "--daily",
