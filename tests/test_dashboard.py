@@ -820,6 +820,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.0, "to": 1.0}}, "SIGHUP")
     writer.event("set-threshold", {"from": 1.0, "to": 1.25, "reason": "audit 42", "model": model}, "ann")
     writer.event("pause", {"camera": "line4-cam", "model": model}, "bob")  # another camera's: not in this section
+    other = {"name": "other-part", "sha256": "cd" * 32}  # another line's daemon on the shared record
+    writer.event("set-threshold", {"from": 2.0, "to": 2.5, "reason": "line 4", "model": other}, "carl")
+    writer.event("reload", {"from": other, "to": other, "threshold": {"from": 2.5, "to": 2.0}}, "SIGHUP")
     writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.25, "to": 0.9}}, "SIGHUP")
     writer.close()
     with DashboardProcess(
@@ -850,6 +853,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             changes = [row.text for row in driver.find_elements("css selector", '[data-camera="standing"] '
                                                                              '[data-field="changes"] tr')]  # fmt: skip
             assert len(changes) == 20, changes  # the newest 20; line4-cam's pause in its own section
+            assert not any("other-part" in c or "line 4" in c for c in changes), changes  # nor line 4's model
             assert _field(driver, "standing", "changes-note") == "and 2 more: vqad records --daily"
             assert "model m abababababab reloaded SIGHUP on " in changes[2]  # the same threshold: not named
             assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[0], changes

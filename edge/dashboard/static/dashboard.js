@@ -171,7 +171,7 @@ async function loadDaily(cam, id) {
       return tr;
     });
     $(cam.node, "daily").replaceChildren(...rows);
-    drawChanges(cam, id, body.changes);
+    drawChanges(cam, id, body.changes, body.days);
     const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
     setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
     $(cam.node, "daily-box").hidden = false;
@@ -186,9 +186,12 @@ const CHANGES_SHOWN = 20;
 
 // The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, a start that dropped
 // a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
-// pause or resume is left to its own section.
-function drawChanges(cam, id, changes) {
-  const mine = changes.filter((e) => !(e.detail && e.detail.camera) || e.detail.camera === id);
+// pause or resume is left to its own section, and so is a change to a model that scored none of
+// this camera's results in those days (`days`: its tally's rows): another line's daemon, on a
+// record boxes share.
+function drawChanges(cam, id, changes, days) {
+  const scored = new Set(days.map((d) => d.model_sha256).filter(Boolean));
+  const mine = changes.filter((e) => concerns(e.detail || {}, id, scored));
   const rows = mine.slice(0, CHANGES_SHOWN).map((e) => {
     const host = e.detail && e.detail.daemon ? ` on ${e.detail.daemon.host}` : ""; // boxes may share a record
     return tableRow([when(e.ts_ns), changeText(e), (e.by || "–") + host]);
@@ -198,6 +201,15 @@ function drawChanges(cam, id, changes) {
   const more = mine.length - rows.length;
   setText(cam.node, "changes-note", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
   $(cam.node, "changes-note").hidden = rows.length > 0 && !more;
+}
+
+// Whether a change (its `detail`) concerns camera `id`, whose results the models `scored` (their
+// sha256) scored: its own pause or resume, or a change to one of those models; a change that
+// names no model (an older vqad's) concerns every camera.
+function concerns(detail, id, scored) {
+  if (detail.camera) return detail.camera === id;
+  const models = [detail.model, detail.from, detail.to].filter((m) => m && typeof m === "object" && m.sha256);
+  return models.length === 0 || models.some((m) => scored.has(m.sha256));
 }
 
 // A table row of `cells`, each shown as text.
