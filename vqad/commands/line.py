@@ -467,14 +467,38 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     # A reload loads and warms up a model; every other command is answered at once, so a
     # daemon that is not there is named within seconds.
     timeout_s = args.timeout or (RELOAD_TIMEOUT_S if args.command == "reload" else CTL_TIMEOUT_S)
-    reply = request(args.endpoint, args.command, payload, by=args.by or getpass.getuser(), timeout_s=timeout_s,
-                    curve_secret=args.curve_secret, curve_server_key=args.curve_server_key)  # fmt: skip
+    keys = {"curve_secret": args.curve_secret, "curve_server_key": args.curve_server_key}
+    by = args.by or getpass.getuser()
+    try:
+        reply = request(args.endpoint, args.command, payload, by=by, timeout_s=timeout_s, **keys)
+    except VqadError:
+        if args.command == "reload":
+            _reload_still_loading(args.endpoint, by, timeout_s, keys)
+        raise
     print(json.dumps(reply, indent=2))
     if not reply.get("ok"):
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
     if args.command in ("pause", "resume"):
         _warn_pause_unchanged(args.command, args.camera, reply)
     return 0
+
+
+def _reload_still_loading(endpoint: str, by: str, waited_s: float, keys: dict) -> None:
+    """A reload not answered within its wait: VqadError saying so when the daemon answers that it
+    is still loading (a slow disk, a large engine), rather than that it does not answer."""
+    from edge.control import request
+    from edge.errors import VqadError
+
+    try:
+        status = request(endpoint, "status", {}, by=by, timeout_s=CTL_TIMEOUT_S, **keys)
+    except VqadError:
+        return
+    if status.get("reloading"):
+        since, who = status["reloading"].get("since"), status["reloading"].get("by")
+        raise VqadError(
+            f"the reload (since {since}, by {who}) goes on past {waited_s:g} s: `vqad ctl {endpoint} "
+            "status` says when it is done (reloading: null, and the model); --timeout S waits longer"
+        )
 
 
 def _warn_pause_unchanged(command: str, camera: str, reply: dict) -> None:
