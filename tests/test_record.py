@@ -1085,6 +1085,9 @@ def test_a_backup_while_the_writer_writes_is_one_checked_snapshot_in_one_file(tm
     assert refused.returncode == 2 and "pg_dump" in refused.stderr
     nowhere = run_vqad("records", url, "--backup", tmp_path / "missing" / "line.db", check=False)
     assert nowhere.returncode == 3 and "there is no folder" in nowhere.stderr, nowhere.stderr
+    no_folder = run_vqad("records", url, "--backup", f"{tmp_path / 'missing'}/", check=False)  # not a file "missing"
+    assert no_folder.returncode == 3 and "there is no such folder" in no_folder.stderr, no_folder.stderr
+    assert not (tmp_path / "missing").exists()
     itself = run_vqad("records", url, "--backup", database, check=False)
     assert itself.returncode == 3 and "the record itself" in itself.stderr
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -210,7 +211,8 @@ def compact(url: str) -> tuple[int, int]:
 
 
 def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
-    """A copy of a SQLite record at `dest` (a file, or a folder for a new file named by the time)
+    """A copy of a SQLite record at `dest` (a file, or a folder for a new file named by the time:
+    a name that ends in a slash is one)
     while daemons write to it: SQLite's online backup, all pages in one step, so one snapshot
     that their commits neither tear nor restart (a `cp` of a file in WAL mode may copy a page
     the writer moves meanwhile). The copy is checked (PRAGMA quick_check), in one file (a
@@ -222,7 +224,7 @@ def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
     engine = open_record(url, must_exist=True)
     try:
         database = sqlite_file(engine)
-        dest = _backup_path(database, Path(dest))
+        dest = _backup_path(database, Path(dest), str(dest).endswith(("/", os.sep)))
         partial = dest.with_name(dest.name + ".partial")
         try:
             with engine.connect() as conn:
@@ -248,12 +250,14 @@ def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
         engine.dispose()
 
 
-def _backup_path(database: Path, dest: Path) -> Path:
+def _backup_path(database: Path, dest: Path, meant_folder: bool) -> Path:
     """Where `backup` writes: `dest`, or in the folder `dest` a file named by the record and the
-    UTC time; DataError for a folder that is not there, the record itself, or a disk without
-    room for it."""
+    UTC time; DataError for a folder that is not there (`meant_folder`: `dest` was written with
+    a trailing slash), the record itself, or a disk without room for it."""
     if dest.is_dir():
         dest = dest / f"{database.stem}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.db"
+    elif meant_folder:
+        raise DataError(f"cannot back the record up into {dest}/: there is no such folder")
     if not dest.parent.is_dir():
         raise DataError(f"cannot back the record up to {dest}: there is no folder {dest.parent}")
     if dest.exists() and dest.samefile(database):

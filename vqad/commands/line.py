@@ -246,7 +246,8 @@ def _whole_record(args: argparse.Namespace) -> int:
     print(f"backing up {shown_url(args.url)}...", flush=True)
     started = time.monotonic()
     path, count, size = backup(args.url, args.backup)
-    print(f"{count} results, {size / 1e9:.3f} GB -> {path} in {time.monotonic() - started:.1f} s; the evidence "
+    shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    print(f"{count} results, {shown} -> {path} in {time.monotonic() - started:.1f} s; the evidence "
           "files its rows name are not in it: copy their folder as it is (rsync -a)")  # fmt: skip
     return 0
 
@@ -707,7 +708,6 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--backup",
-        type=Path,
         metavar="DEST",
         help="copy a SQLite record to DEST (a file, or a folder for a file named by the time) while daemons write "
         "to it: one consistent snapshot, checked, in one file (the evidence files apart: rsync -a)",
