@@ -90,6 +90,21 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert serve.record == page.record and serve.results_endpoint == page.results
 
 
+def test_the_backup_unit_copies_the_record_and_the_evidence_the_daemon_writes(tmp_path):
+    """deploy/vqad-backup.service backs up the record the daemon's unit writes, and the evidence
+    folder beside it, only while the backup disk is mounted."""
+    daemon = serve_config(build_parser().parse_args(_on_this_checkout(
+        _exec_lines(ROOT / "deploy" / "vqad.service")["ExecStart"], tmp_path)))  # fmt: skip
+    unit = ROOT / "deploy" / "vqad-backup.service"
+    backup = build_parser().parse_args(_on_this_checkout(_exec_lines(unit)["ExecStart"], tmp_path))
+    assert backup.command == "records" and backup.url == daemon.record and backup.backup.startswith("/mnt/vqad-backup/")
+    text = unit.read_text()
+    evidence = f"{daemon.record.removeprefix('sqlite:///')}.evidence/".replace(str(tmp_path), "/var/lib/vqad")
+    assert f"rsync -a --delete {evidence} /mnt/vqad-backup/" in text  # the default evidence_dir, beside the file
+    assert "ConditionPathIsMountPoint=/mnt/vqad-backup" in text
+    assert "Unit=" not in (ROOT / "deploy" / "vqad-backup.timer").read_text()  # the timer starts its namesake
+
+
 def _station_env() -> dict[str, str]:
     """deploy/station.env's KEY=VALUE lines."""
     lines = (ROOT / "deploy" / "station.env").read_text().splitlines()
@@ -155,7 +170,7 @@ def test_the_systemd_units_verify(tmp_path):
             raise RuntimeError("systemd-analyze is missing: .ci/run installs Debian's systemd package")
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     vqad = Path(sys.executable).with_name("vqad")
-    for unit in sorted((ROOT / "deploy").glob("*.service")):
+    for unit in sorted([*(ROOT / "deploy").glob("*.service"), *(ROOT / "deploy").glob("*.timer")]):
         copy = tmp_path / unit.name
         copy.write_text(unit.read_text().replace("/opt/vqad/venv/bin/vqad", str(vqad)))
         done = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
