@@ -211,14 +211,14 @@ def compact(url: str) -> tuple[int, int]:
 
 
 def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
-    """A copy of a SQLite record at `dest` (a file, or a folder for a new file named by the time:
-    a name that ends in a slash is one)
-    while daemons write to it: SQLite's online backup, all pages in one step, so one snapshot
-    that their commits neither tear nor restart (a `cp` of a file in WAL mode may copy a page
-    the writer moves meanwhile). The copy is checked (PRAGMA quick_check), in one file (a
-    rollback journal, no WAL beside it), and put in place whole: written beside `dest`, synced,
-    renamed over it. -> (the copy's path, its results, its size in bytes). ConfigError for a
-    server's database (pg_dump is its administrator's); DataError when it cannot be made."""
+    """A copy of a SQLite record at `dest` while daemons write to it. `dest` is a file, or a
+    folder (one that is there, or a name ending in a slash) for a new file named by the time.
+    SQLite's online backup, all pages in one step: one snapshot, which the writers' commits
+    neither tear nor restart (a `cp` of a file in WAL mode may copy a page the writer moves
+    meanwhile). The copy is checked (PRAGMA quick_check), in one file (a rollback journal, no
+    WAL beside it), and put in place whole: written beside `dest`, synced, renamed over it.
+    -> (the copy's path, its results, its size in bytes). ConfigError for a server's database
+    (pg_dump is its administrator's); DataError when it cannot be made."""
     if not is_sqlite(url):
         raise ConfigError("only a SQLite record is backed up here: a database server's with its own tools (pg_dump)")
     engine = open_record(url, must_exist=True)
