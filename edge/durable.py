@@ -11,6 +11,7 @@ synced too; a file that a start reads is replaced whole (`replace_synced`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -57,9 +58,22 @@ def sync_folders(folders: Iterable[str | Path]) -> None:
 def replace_synced(path: str | Path, data: bytes) -> None:
     """Give `path` the content `data` whole or not at all: written beside it, synced, then renamed
     over it, and the rename synced. After a power cut the file holds the old content or the new,
-    never a part or nothing (a model.json, an engine, the daemon's state)."""
+    never a part or nothing (a model.json, an engine, the daemon's state). Two threads that
+    replace one file take turns: both wrote one file beside it, and one renamed the other's
+    while it was half written."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write_synced(tmp, data)
-    tmp.replace(path)
-    sync_folders([path.parent])
+    with _replacing(path):
+        write_synced(tmp, data)
+        tmp.replace(path)
+        sync_folders([path.parent])
+
+
+_locks_guard = threading.Lock()
+_locks: dict[Path, threading.Lock] = {}
+
+
+def _replacing(path: Path) -> threading.Lock:
+    """The lock of the file at `path`, one per path in this process."""
+    with _locks_guard:
+        return _locks.setdefault(path.absolute(), threading.Lock())

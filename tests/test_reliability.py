@@ -287,6 +287,42 @@ def test_files_the_next_start_reads_are_replaced_whole_through_a_power_cut(tiny_
     assert sorted(p.name for p in package.iterdir()) == ["model.json"]
 
 
+def test_two_threads_replacing_one_file_never_leave_it_half_written(tmp_path):
+    """The record writer's state file is replaced by its thread before each transaction, and by
+    close() on the way out; a writer held by its database past close()'s wait is still saving.
+    Both wrote the same file beside it, and one renamed the other's while it was half written:
+    readers found broken JSON, and the writer's next save failed."""
+    import threading
+
+    from edge.durable import replace_synced
+
+    state = tmp_path / "vqad-serve.record.json"
+    failures: list[BaseException] = []
+    broken = 0
+
+    def replace(n: int) -> None:
+        for i in range(200):
+            try:
+                replace_synced(state, json.dumps({"writer": n, "save": i, "pad": "x" * 4096}).encode())
+            except OSError as exc:
+                failures.append(exc)
+
+    writers = [threading.Thread(target=replace, args=(n,)) for n in range(2)]
+    for writer in writers:
+        writer.start()
+    while any(w.is_alive() for w in writers):
+        try:
+            json.loads(state.read_text())
+        except FileNotFoundError:
+            pass
+        except json.JSONDecodeError:
+            broken += 1
+    for writer in writers:
+        writer.join()
+    assert broken == 0 and failures == [], (broken, failures[:3])
+    assert json.loads(state.read_text())["save"] == 199
+
+
 def test_a_state_folder_is_held_by_one_holder_and_served_unlocked_where_it_cannot_be_locked(
     tmp_path, monkeypatch, caplog
 ):
