@@ -90,19 +90,29 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert serve.record == page.record and serve.results_endpoint == page.results
 
 
-def test_the_backup_unit_copies_the_record_and_the_evidence_the_daemon_writes(tmp_path):
-    """deploy/vqad-backup.service backs up the record the daemon's unit writes, and the evidence
-    folder beside it, only while the backup disk is mounted."""
-    daemon = serve_config(build_parser().parse_args(_on_this_checkout(
-        _exec_lines(ROOT / "deploy" / "vqad.service")["ExecStart"], tmp_path)))  # fmt: skip
-    unit = ROOT / "deploy" / "vqad-backup.service"
-    backup = build_parser().parse_args(_on_this_checkout(_exec_lines(unit)["ExecStart"], tmp_path))
-    assert backup.command == "records" and backup.url == daemon.record and backup.backup.startswith("/mnt/vqad-backup/")
-    text = unit.read_text()
+@pytest.mark.parametrize("station", [None, "press1"])
+def test_the_backup_unit_copies_the_record_and_the_evidence_the_daemon_writes(station, tmp_path):
+    """deploy/vqad-backup.service (vqad-backup@.service for a station of vqad@.service) backs up
+    the record the daemon's unit writes, and the evidence folder beside it, only while the
+    backup disk is mounted."""
+    suffix = "" if station is None else "@"
+    daemon_argv = _exec_lines(ROOT / "deploy" / f"vqad{suffix}.service")["ExecStart"]
+    unit = ROOT / "deploy" / f"vqad-backup{suffix}.service"
+    backup_argv = _exec_lines(unit)["ExecStart"]
+    if station is not None:
+        daemon_argv = _as_station(daemon_argv, station, _station_env(), tmp_path)
+        backup_argv = [a.replace("%i", station) for a in backup_argv]
+    daemon = serve_config(build_parser().parse_args(_on_this_checkout(daemon_argv, tmp_path)))
+    backup = build_parser().parse_args(_on_this_checkout(backup_argv, tmp_path))
+    folder = "/mnt/vqad-backup/" + (f"{station}/" if station else "")
+    assert backup.command == "records" and backup.url == daemon.record and backup.backup == folder + "line.db"
+    text = unit.read_text().replace("%i", station or "")
     evidence = f"{daemon.record.removeprefix('sqlite:///')}.evidence/".replace(str(tmp_path), "/var/lib/vqad")
-    assert f"rsync -a --delete {evidence} /mnt/vqad-backup/" in text  # the default evidence_dir, beside the file
+    assert f"rsync -a --delete {evidence} {folder}line.db.evidence/" in text  # the default evidence_dir
     assert "ConditionPathIsMountPoint=/mnt/vqad-backup" in text
-    assert "Unit=" not in (ROOT / "deploy" / "vqad-backup.timer").read_text()  # the timer starts its namesake
+    if station is not None:
+        assert f"ExecStartPre=/bin/mkdir -p {folder.rstrip('/')}" in text  # --backup refuses a missing folder
+    assert "Unit=" not in (ROOT / "deploy" / f"vqad-backup{suffix}.timer").read_text()  # it starts its namesake
 
 
 def _station_env() -> dict[str, str]:
