@@ -65,8 +65,14 @@ def replace_synced(path: str | Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with _replacing(path):
         write_synced(tmp, data)
-        tmp.replace(path)
-        sync_folders([path.parent])
+        rename_synced(tmp, path)
+
+
+def rename_synced(written: Path, path: Path) -> None:
+    """The file `written`, already on the disk (synced), takes the name `path`, replacing what
+    was there, and the rename is synced: after a power cut `path` is the old file or the new."""
+    written.replace(path)
+    sync_folders([path.parent])
 
 
 _locks_guard = threading.Lock()

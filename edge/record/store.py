@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from edge.durable import sync_file, sync_folders
+from edge.durable import rename_synced, sync_file
 from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
@@ -239,8 +239,7 @@ def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
             if check != "ok":
                 raise DataError(f"the copy of {database} fails SQLite's check: {check}")
             sync_file(partial)
-            partial.replace(dest)
-            sync_folders([dest.parent])
+            rename_synced(partial, dest)
         except sqlite3.Error as exc:
             raise DataError(f"cannot back {database} up to {dest}: {exc}") from exc
         finally:
