@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "set-threshold", "reload", "pause", "resume")
+CHANGES = ("set-threshold", "reload", "pause", "resume")  # refused while a reload runs
+COMMANDS = ("status", *CHANGES)
 
 
 class Control:
@@ -83,7 +84,7 @@ class Control:
         if command == "reload" and self.reloading is None:
             self._start_reload(envelope, by)
             return
-        if self.reloading is not None and command in ("reload", "set-threshold", "pause", "resume"):
+        if self.reloading is not None and command in CHANGES:
             reply = {"ok": False, "error": f"a reload is under way (since {self.reloading['since']}, by "
                                            f"{self.reloading['by']}): {command} after it is done"}  # fmt: skip
         else:
