@@ -46,8 +46,11 @@ def wait_for(check, timeout: float = 10.0, every: float = 0.05):
 class DashboardProcess:
     """`vqad dashboard` in a process of its own, with torch and train/ unimportable."""
 
-    def __init__(self, *args: str, log_path: Path, env: dict | None = None, python: str = sys.executable):
+    def __init__(
+        self, *args: str, log_path: Path, env: dict | None = None, python: str = sys.executable, cwd: Path = ROOT
+    ):
         self.port = free_loopback_port()
+        self.cwd = cwd
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [python, "-c", BLOCKED_LAUNCH, "dashboard", "--port", str(self.port), *args]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
@@ -55,7 +58,7 @@ class DashboardProcess:
 
     def start(self, timeout: float = 30.0, headers: dict | None = None) -> DashboardProcess:
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
 
         if not wait_until_serving(self.url, self.proc, timeout, headers):
             how = f"exited {self.proc.returncode}" if self.proc.poll() is not None else f"not answering in {timeout}s"

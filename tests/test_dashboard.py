@@ -871,6 +871,90 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             driver.quit()
 
 
+class _CountingPeer:
+    """An HTTP server on loopback that answers 404 to everything and counts what it is asked."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        asked = self.asked = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                asked.append(self.path)
+                self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_picture_on_another_boxs_disk_is_fetched_from_that_boxs_dashboard(tmp_path):
+    """On a record that boxes share, each box keeps its evidence on its own disk: a plant's
+    dashboard showed another line's rejects with "not on this machine's disk" where their
+    pictures belonged, so they could not be reviewed there. With `peers`, it asks the other
+    boxes' dashboards (real processes here; each box's disk is its working folder, the row's path
+    relative to it) and sends on the picture of the one that has it."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    rows = _recorded_fails(url, tmp_path / "evidence", "line4-cam", 2)
+    box_b, box_a = tmp_path / "box-b", tmp_path / "box-a"
+    on_b = box_b / "evidence" / "line4-cam" / "0_overlay.jpg"
+    on_b.parent.mkdir(parents=True)
+    shutil.copy(rows[0]["evidence_overlay"], on_b)
+    box_a.mkdir()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # frame 0's overlay on box B's disk alone; frame 1's on no box's
+        conn.execute(sa.text("UPDATE results SET evidence_overlay = 'evidence/line4-cam/0_overlay.jpg' "
+                             "WHERE frame_id = 0"))  # fmt: skip
+        conn.execute(sa.text("UPDATE results SET evidence_overlay = 'evidence/line4-cam/1_overlay.jpg' "
+                             "WHERE frame_id = 1"))  # fmt: skip
+    engine.dispose()
+    token = "plant-token-0123456789"
+    nowhere = f"ipc://{tmp_path}/no-daemon"
+    dead = f"http://127.0.0.1:{free_loopback_port()}"  # a box switched off
+    counting = _CountingPeer()  # box B's own peer: a peer's request must never reach it
+    try:
+        with (
+            DashboardProcess("--record", url, "--results", nowhere, "--token", token, "--peers", counting.url,
+                             log_path=tmp_path / "b.log", cwd=box_b) as b,
+            DashboardProcess("--record", url, "--results", nowhere, "--peers", f"{dead},{b.url}",
+                             log_path=tmp_path / "a.log", cwd=box_a, env={"VQAD_PEERS_TOKEN": token}) as a,
+        ):  # fmt: skip
+            picture = f"/api/image/line4-cam/0/overlay?result={rows[0]['id']}"
+            with urllib.request.urlopen(a.url + picture, timeout=10) as response:
+                assert response.status == 200 and response.headers["content-type"] == "image/jpeg"
+                assert response.read() == on_b.read_bytes()
+            status, body = _json(a.url + f"/api/image/line4-cam/1/overlay?result={rows[1]['id']}")
+            assert status == 404, body
+            here = "not on this machine's disk: evidence/line4-cam/1_overlay.jpg, nor on its peers' ("
+            assert body["error"].startswith(here), body
+            assert f"{b.url}: not on its disk either" in body["error"], body
+            assert f"{dead}: not asked: it did not answer within the last 30 s" in body["error"], body
+            assert counting.asked == [], counting.asked  # B answered A from its own disk alone
+            status, body = _json(b.url + picture)  # without the token: B's gate stands
+            assert status == 401, body
+            # B's own page asks its peer for what is not on its disk
+            status, body = _json(b.url + f"/api/image/line4-cam/1/overlay?result={rows[1]['id']}",
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            assert status == 404 and counting.asked == [f"/api/image/line4-cam/1/overlay?result={rows[1]['id']}"]
+        assert "dashboard peer " + dead + " did not answer" in (tmp_path / "a.log").read_text()
+    finally:
+        counting.close()
+
+
+def test_a_dashboards_peers_are_urls():
+    with pytest.raises(ValueError, match="peers: each a dashboard's http"):
+        DashboardConfig(peers=("line4-box:8080",))
+
+
 def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(line, tmp_path):
     """A plant's gateway serves each line's dashboard under a path of its own (/line3/) and takes
     it off before passing the request on: the page streams, draws a reject's overlay and takes

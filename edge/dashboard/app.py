@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.dashboard.daily import DailyTally
 from edge.dashboard.live import CAMERAS_SHOWN, LiveFrame, LiveView
+from edge.dashboard.peers import NOT_HERE, PEER_HEADER, Peers, Picture
 from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RETRY_S as RECORD_RETRY_S
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
@@ -140,9 +141,12 @@ class Dashboard:
         record: RecordLink | None,
         days: ProductionDays,
         record_cameras: tuple[str, ...] = ("*",),
+        peers: Peers | None = None,
     ) -> None:
-        """record_cameras: patterns of the record's cameras shown while they send nothing."""
+        """record_cameras: patterns of the record's cameras shown while they send nothing;
+        peers: the other boxes' dashboards, asked for pictures that are on their disks."""
         self.view, self.probe, self.record, self.record_cameras = view, probe, record, record_cameras
+        self.peers = peers or Peers(())
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
         self.daily = DailyTally(days)
@@ -330,8 +334,9 @@ class Dashboard:
         # The record's evidence first: the frame as received, at full size. The stream's
         # picture (model size) while the writer has not stored it yet, or without a record.
         result_id = _frame_id_or_none(request.query_params.get("result", ""))  # a recorded result's own
+        from_peer = PEER_HEADER in request.headers  # another box's dashboard: this disk's alone
         try:
-            evidence = self._evidence(camera, frame_id, kind, result_id) if self.record is not None else None
+            evidence = self._evidence(camera, frame_id, kind, result_id, from_peer) if self.record is not None else None
         except RecordUnavailableError:
             evidence = None
         if evidence is not None and evidence.status_code != 404:
@@ -352,10 +357,14 @@ class Dashboard:
             held = self._latest_held[camera] = (now, self.view.find(camera, "latest"))
         return held[1]
 
-    def _evidence(self, camera: str, frame_id: int, kind: str, result_id: int | None) -> Response | None:
+    def _evidence(
+        self, camera: str, frame_id: int, kind: str, result_id: int | None, from_peer: bool = False
+    ) -> Response | None:
         """The evidence of the newest result of `camera` and `frame_id`, or of the result
         `result_id` (a sender that started its ids again recorded more than one); 410 when the
-        quota removed it, 404 naming the file when it is not on this machine; None without it."""
+        quota removed it; when the file is not on this machine, the peer's that has it, else 404
+        naming the file (and each peer's answer); None without it. A peer's request
+        (`from_peer`) is answered from this disk alone."""
         query = functools.partial(Record.results, camera=camera, frame_id=frame_id, result_id=result_id, limit=1)
         rows = self._from_record(query)
         if not rows:
@@ -365,9 +374,21 @@ class Dashboard:
             return JSONResponse({"error": "the evidence was removed by the disk quota"}, 410)
         if not path:
             return None
-        if not Path(path).is_file():  # a record shared by boxes: each keeps its images on its own disk
-            return JSONResponse({"error": f"not on this machine's disk: {path}"}, 404)
-        return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
+        if Path(path).is_file():
+            return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
+        # A record shared by boxes: each keeps its images on its own disk.
+        not_here = f"{NOT_HERE}: {path}"
+        if from_peer or not self.peers:
+            return JSONResponse({"error": not_here}, 404)
+        row = rows[0]
+        answer = self.peers.fetch(f"/api/image/{quote(camera, safe='')}/{frame_id}/{kind}?result={row['id']}",
+                                  row.get("daemon_run"))  # fmt: skip
+        if isinstance(answer, Picture):
+            return Response(answer.content, media_type=answer.media_type,
+                            headers={"cache-control": "private, max-age=86400"})  # fmt: skip
+        if answer.removed:
+            return JSONResponse({"error": answer.removed}, 410)
+        return JSONResponse({"error": f"{not_here}, nor on its peers' ({answer.describe()})"}, 404)
 
     # -- review ---------------------------------------------------------------------------
     async def api_review(self, request: Request) -> Response:
@@ -490,7 +511,8 @@ def _result_item(row: dict[str, Any], root: str = "") -> dict[str, Any]:
 def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
-    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras)
+    peers = Peers(cfg.peers, cfg.peers_token or cfg.token)  # a plant's dashboards share one, often
+    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers)
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

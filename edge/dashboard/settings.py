@@ -56,6 +56,13 @@ class DashboardConfig:
     # dashboard started while the line stands), as fnmatch patterns. On a record that boxes
     # share, a line's own ("line3-*"); the stream's cameras are shown whatever.
     record_cameras: tuple[str, ...] = ("*",)
+    # The other boxes' dashboards on a record they share (http://HOST:PORT, with the path a
+    # proxy serves one under): a reject's picture that is not on this machine's disk is asked of
+    # them, since each box keeps its evidence on its own disk. () = none.
+    peers: tuple[str, ...] = ()
+    # The token the peers require; "" = this dashboard's own (one for the plant's dashboards).
+    # Also read from the VQAD_PEERS_TOKEN environment variable.
+    peers_token: str = ""
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
@@ -79,6 +86,11 @@ class DashboardConfig:
             f"root_path must start with / and not end with one (/line3), got {self.root_path!r}",
         )
         require(all(p.strip() for p in self.record_cameras), "record_cameras: patterns, none empty ('*': every camera)")
+        for peer in self.peers:
+            require(
+                peer.startswith(("http://", "https://")) and "?" not in peer and "#" not in peer,
+                f"peers: each a dashboard's http(s)://HOST:PORT[/PREFIX], got {peer!r}",
+            )
         self.production_days()  # an unknown zone or a start off the quarter hour: ValueError
 
     def production_days(self) -> ProductionDays:

@@ -529,11 +529,13 @@ def dashboard_config(args: argparse.Namespace) -> DashboardConfig:
     from edge.dashboard.settings import DashboardConfig
 
     keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path",
-            "record_cameras")  # fmt: skip
+            "record_cameras", "peers")  # fmt: skip
     over = {key: getattr(args, key) for key in keys}
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
         over["token"] = os.environ["VQAD_DASHBOARD_TOKEN"]
+    if os.environ.get("VQAD_PEERS_TOKEN"):
+        over["peers_token"] = os.environ["VQAD_PEERS_TOKEN"]
     return load_config(DashboardConfig, args.config or default_config("dashboard"), over)
 
 
@@ -607,6 +609,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--record-cameras", metavar="PATTERNS", help="the record's cameras shown while they send nothing: comma-"
         "separated patterns, e.g. 'line3-*' on a record that boxes share (default: every camera)",
+    )  # fmt: skip
+    d.add_argument(
+        "--peers", metavar="URLS", help="the other boxes' dashboards on a record they share, comma-separated "
+        "(http://line4-box:8080): a picture on one of their disks is asked of them (their token: $VQAD_PEERS_TOKEN)",
     )  # fmt: skip
     _add_day_flags(d)
     d.set_defaults(func=cmd_dashboard)
