@@ -7,6 +7,7 @@ import collections
 import contextlib
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,13 +44,48 @@ WATCH_RCVHWM = 100_000
 TEXT_RATE_MIN_SPAN_S = 1.0
 
 
+# The latencies the summary's percentiles come from: every one up to this many results, then a
+# uniform sample of this many (reservoir sampling), so that a subscriber left running for months
+# (30 results/s: 78 million a month, 2.5 GB as a list) holds 0.8 MB. A p99 from 100,000 draws
+# is within a few hundredths of a percentile of the whole stream's.
+LATENCY_SAMPLE = 100_000
+
+
+class LatencySample:
+    """A uniform random sample of at most `size` of the values added (Vitter's algorithm R),
+    all of them while there are no more; seeded, so that a summary reads the same twice."""
+
+    def __init__(self, size: int = LATENCY_SAMPLE) -> None:
+        self.size = size
+        self.values = np.empty(size, np.float64)
+        self.seen = 0
+        self._rng = random.Random(0)
+
+    def add(self, value: float) -> None:
+        if self.seen < self.size:
+            self.values[self.seen] = value
+        else:
+            slot = self._rng.randrange(self.seen + 1)
+            if slot < self.size:
+                self.values[slot] = value
+        self.seen += 1
+
+    def __len__(self) -> int:
+        return min(self.seen, self.size)
+
+    def percentiles(self, qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
+        """{"p50": ..., ...} of the sample; {} before the first value."""
+        kept = self.values[: len(self)]
+        return {f"p{q}": float(np.percentile(kept, q)) for q in qs} if len(kept) else {}
+
+
 class Summary:
     def __init__(self, every_camera: bool = True) -> None:
         """every_camera: the subscription is to every camera's results, so that a gap in a
         daemon run's `seq` is results this subscriber missed (one camera's leave gaps of others)."""
         self.by_status: collections.Counter[str] = collections.Counter()
         self.by_decision: collections.Counter[str] = collections.Counter()
-        self.latency: list[float] = []
+        self.latency = LatencySample()
         self.first: float | None = None
         self.last: float | None = None
         self.every_camera = every_camera
@@ -68,7 +104,7 @@ class Summary:
         if header.get("decision"):
             self.by_decision[header["decision"]] += 1
         if latency is not None:
-            self.latency.append(latency)
+            self.latency.add(latency)
         self.runs.hear(header)
         return self.gaps.follow(header) if self.every_camera else 0
 
@@ -83,14 +119,13 @@ class Summary:
         return self.gaps.missed
 
     def as_dict(self) -> dict[str, Any]:
-        lat = np.array(self.latency) if self.latency else np.zeros(0)
         n = sum(self.by_status.values())
         span = (self.last - self.first) if self.first and self.last and self.last > self.first else 0.0
         return {
             "results": n,
             "by_status": dict(self.by_status),
             "by_decision": dict(self.by_decision),
-            "latency_ms": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat) else {},
+            "latency_ms": self.latency.percentiles(),
             "rate_per_s": (n - 1) / span if span > 0 else None,
             "missed": self.missed if self.every_camera else None,
             "unseen_runs": self.runs.unseen,

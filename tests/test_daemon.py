@@ -1096,6 +1096,28 @@ def test_watch_counts_the_results_it_missed_by_the_gaps_in_their_seq():
     assert f"{every.as_dict()['rate_per_s']:.1f}/s;" in every.text()
 
 
+def test_watch_holds_a_bounded_sample_of_latencies_for_a_run_of_months():
+    """`vqad watch` kept every result's latency for its closing percentiles: a subscriber left
+    running on a line (30 results/s) grew by 2.5 GB a month. It keeps every latency up to a
+    bound, then a uniform sample of that many, whose percentiles stay those of the stream."""
+    from edge.watch import LatencySample, Summary
+
+    summary = Summary()
+    for latency in (3.0, 1.0, 2.0):
+        summary.add({"status": "ok", "decision": "pass", "latency_ms": {"total": latency}})
+    assert summary.as_dict()["latency_ms"] == {"p50": 2.0, "p90": 2.8, "p99": 2.98}  # exact under the bound
+    assert Summary().as_dict()["latency_ms"] == {}
+    sample = LatencySample(size=5000)
+    stream = np.random.default_rng(0).permutation(np.arange(200_000) / 2000.0)  # 0-100 ms, every value once
+    for latency in stream:
+        sample.add(float(latency))
+    assert len(sample) == 5000 and sample.values.size == 5000 and sample.seen == 200_000
+    got = sample.percentiles()
+    for q in (50, 90, 99):
+        assert abs(got[f"p{q}"] - q) < 2.5, got  # the stream's own percentile is q ms
+    assert sample.values.min() < 1 and sample.values.max() > 99  # drawn from all of it
+
+
 def test_watch_says_when_the_daemon_falls_silent(tiny_model, caplog):
     import threading
 
