@@ -950,6 +950,46 @@ def test_a_picture_on_another_boxs_disk_is_fetched_from_that_boxs_dashboard(tmp_
         counting.close()
 
 
+def test_reviewed_evidence_on_another_boxs_disk_is_exported_from_that_boxs_dashboard(tmp_path):
+    """`vqad records --export-reviewed` on a record that boxes share left out the reviewed
+    results of other lines as if their files were gone. With --peers it asks those boxes'
+    dashboards for the frames, and names what none of them has."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    rows = _recorded_fails(url, tmp_path / "evidence", "line4-cam", 3)
+    Record(url).review("line4-cam", 0, "defect", kind="scratch", by="ann")
+    Record(url).review("line4-cam", 1, "false_reject", by="ann")
+    Record(url).review("line4-cam", 2, "false_reject", by="ann")
+    box_b, folder = tmp_path / "box-b", f"evidence-{uuid.uuid4().hex}/line4-cam"  # relative: each box's own
+    (box_b / folder).mkdir(parents=True)
+    shutil.copy(rows[0]["evidence_frame"], box_b / folder / "0.png")
+    engine = create_engine(url)
+    with engine.begin() as conn:  # frames 0 and 1 on box B's disk alone (1 removed there); 2 on this one's
+        for frame_id in (0, 1):
+            conn.execute(sa.text(f"UPDATE results SET evidence_frame = '{folder}/{frame_id}.png' "
+                                 f"WHERE frame_id = {frame_id}"))  # fmt: skip
+    engine.dispose()
+    token = "plant-token-0123456789"
+    nowhere = f"ipc://{tmp_path}/no-daemon"
+    alone = run_vqad("records", url, "--export-reviewed", tmp_path / "alone")
+    assert "2 whose evidence file is not on this machine's disk (on a record that boxes share, another box's: " \
+           "--peers)" in alone.stderr, alone.stderr  # fmt: skip
+    with DashboardProcess("--record", url, "--results", nowhere, "--token", token, log_path=tmp_path / "b.log",
+                          cwd=box_b) as b:  # fmt: skip
+        done = run_vqad("records", url, "--export-reviewed", tmp_path / "out", "--peers", b.url,
+                        env={"VQAD_PEERS_TOKEN": token})  # fmt: skip
+        refused = run_vqad("records", url, "--export-reviewed", tmp_path / "refused", "--peers", b.url, check=False)
+    assert (tmp_path / "out" / "test" / "scratch" / "line4-cam_0.png").read_bytes() == (box_b / folder / "0.png"
+                                                                                       ).read_bytes()  # fmt: skip
+    assert (tmp_path / "out" / "train" / "good" / "line4-cam_2.png").is_file()  # this box's own
+    assert "1 images -> " in done.stdout and "2 images -> " not in done.stdout, done.stdout
+    assert f"line4-cam frame 1 (result {rows[1]['id']}): {b.url}: not on its disk either" in done.stderr
+    assert "1 reviewed results left out: 1 whose evidence file is on neither this machine's disk nor a peer's" \
+           in done.stderr, done.stderr  # fmt: skip
+    assert refused.returncode == 0 and f"{b.url}: a token is required" in refused.stderr, refused.stderr
+    bad = run_vqad("records", url, "--peers", b.url, check=False)
+    assert bad.returncode != 0 and "--peers fetches the evidence that --export-reviewed writes" in bad.stderr
+
+
 def test_a_dashboards_peers_are_urls():
     with pytest.raises(ValueError, match="peers: each a dashboard's http"):
         DashboardConfig(peers=("line4-box:8080",))

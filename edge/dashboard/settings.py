@@ -23,6 +23,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_peer(url: str) -> None:
+    """ValueError unless `url` is a dashboard's base URL: http(s)://HOST:PORT[/PREFIX]."""
+    require(
+        url.startswith(("http://", "https://")) and "?" not in url and "#" not in url,
+        f"peers: each a dashboard's http(s)://HOST:PORT[/PREFIX], got {url!r}",
+    )
+
+
 @dataclass(frozen=True)
 class DashboardConfig:
     # The daemon's results endpoint (a SUB socket connects to it).
@@ -87,10 +95,7 @@ class DashboardConfig:
         )
         require(all(p.strip() for p in self.record_cameras), "record_cameras: patterns, none empty ('*': every camera)")
         for peer in self.peers:
-            require(
-                peer.startswith(("http://", "https://")) and "?" not in peer and "#" not in peer,
-                f"peers: each a dashboard's http(s)://HOST:PORT[/PREFIX], got {peer!r}",
-            )
+            check_peer(peer)
         self.production_days()  # an unknown zone or a start off the quarter hour: ValueError
 
     def production_days(self) -> ProductionDays:

@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -532,15 +532,23 @@ class Record:
         return row
 
     def export_reviewed(
-        self, out: str | Path, camera: str | None = None, since_ns: int | None = None, until_ns: int | None = None
+        self,
+        out: str | Path,
+        camera: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        elsewhere: Callable[[dict[str, Any]], bytes | None] | None = None,
     ) -> dict[str, int]:
         """The reviewed evidence in the MVTec layout: false rejects into OUT/train/good (new
         good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
         The latest review of a result decides. -> how many images went where. A reviewed result
-        without its evidence (not kept, removed by the quota, or its file gone) is left out, and
-        a warning counts those. `camera`, `since_ns`, `until_ns`: one camera's results, captured
-        in that time (a record keeps the lines of several products, and each model is trained
-        and calibrated on its own product's images)."""
+        without its evidence (not kept, removed by the quota, or its file not on this machine)
+        is left out, and a warning counts those. `camera`, `since_ns`, `until_ns`: one camera's
+        results, captured in that time (a record keeps the lines of several products, and each
+        model is trained and calibrated on its own product's images). `elsewhere(row)`: the
+        frame's bytes when its file is not on this machine's disk (another box's, on a record
+        that boxes share), else None; `row` has the result's id, camera_id, frame_id and
+        daemon_run."""
         out = Path(out)
         counts: dict[str, int] = {}
         left_out: dict[str, int] = {}
@@ -561,11 +569,13 @@ class Record:
             # their files are told apart by the record's id of each.
             pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
             for result_id, r in sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0])):
-                row = conn.execute(
-                    sa.select(results.c.evidence_frame, results.c.evidence_removed).where(results.c.id == result_id)
-                ).first()
+                columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
+                           results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
+                row = conn.execute(sa.select(*columns).where(results.c.id == result_id)).first()
                 why = _no_evidence(row)
-                if why:
+                content = elsewhere(dict(row._mapping)) if why == NOT_ON_THIS_DISK and elsewhere else None
+                if why and content is None:
+                    why = NOR_ON_PEERS if why == NOT_ON_THIS_DISK and elsewhere else why
                     left_out[why] = left_out.get(why, 0) + 1
                     continue
                 source = Path(row.evidence_frame)
@@ -575,7 +585,10 @@ class Record:
                 folder.mkdir(parents=True, exist_ok=True)
                 name = f"{file_name(r.camera_id)}_{r.frame_id}"
                 name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
-                shutil.copyfile(source, folder / f"{name}{source.suffix}")
+                if content is None:
+                    shutil.copyfile(source, folder / f"{name}{source.suffix}")
+                else:
+                    (folder / f"{name}{source.suffix}").write_bytes(content)
                 key = str(folder.relative_to(out))
                 counts[key] = counts.get(key, 0) + 1
         if left_out:
@@ -658,5 +671,13 @@ def _no_evidence(row: Any) -> str:
     if row.evidence_removed:
         return "whose evidence the disk quota removed (edge.record_max_gb)"
     if not Path(row.evidence_frame).is_file():
-        return "whose evidence file is gone"
+        return NOT_ON_THIS_DISK
     return ""
+
+
+# A reviewed result whose evidence file this machine does not have: removed by hand, or on
+# another box's disk (a record that boxes share keeps each box's evidence on that box).
+NOT_ON_THIS_DISK = (
+    "whose evidence file is not on this machine's disk (on a record that boxes share, another box's: --peers)"
+)
+NOR_ON_PEERS = "whose evidence file is on neither this machine's disk nor a peer's"

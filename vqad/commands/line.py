@@ -213,6 +213,8 @@ def cmd_records(args: argparse.Namespace) -> int:
                           "and --backup do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
+    if args.peers and not args.export_reviewed:
+        raise ConfigError("--peers fetches the evidence that --export-reviewed writes: give --export-reviewed DIR")
     if args.export_reviewed and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
                                  or args.reviewed is not None):  # fmt: skip
         raise ConfigError(
@@ -252,13 +254,40 @@ def _whole_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_frames(args: argparse.Namespace):
+    """With --peers: row -> the frame's bytes from the other boxes' dashboards (their token from
+    $VQAD_PEERS_TOKEN), for the reviewed results whose evidence is on their disks; else None."""
+    import os
+    from urllib.parse import quote
+
+    from edge.dashboard.peers import Peers, Picture
+    from edge.dashboard.settings import check_peer
+
+    if not args.peers:
+        return None
+    urls = tuple(url.strip() for url in args.peers.split(",") if url.strip())
+    for url in urls:
+        check_peer(url)
+    peers = Peers(urls, os.environ.get("VQAD_PEERS_TOKEN", ""))
+
+    def frame(row: dict) -> bytes | None:
+        path = f"/api/image/{quote(row['camera_id'], safe='')}/{row['frame_id']}/frame?result={row['id']}"
+        answer = peers.fetch(path, row["daemon_run"])
+        if isinstance(answer, Picture):
+            return answer.content
+        log.warning("%s frame %s (result %s): %s", row["camera_id"], row["frame_id"], row["id"], answer.describe())
+        return None
+
+    return frame
+
+
 def _query_records(record, args: argparse.Namespace) -> int:
     """What `vqad records` asks of the open record: its reviewed evidence exported, the daily
     tally, or the results printed as they are read."""
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     since_ns, until_ns = _time_window(args, zone)
     if args.export_reviewed:
-        counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns)
+        counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns, _peer_frames(args))
         for folder, n in sorted(counts.items()):
             print(f"{n} images -> {args.export_reviewed / folder}")
         if not counts:
@@ -706,6 +735,11 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write reviewed evidence in the MVTec layout (one camera's with --camera, captured in --since/--until)",
     )
+    r.add_argument(
+        "--peers", metavar="URLS", help="with --export-reviewed: the other boxes' dashboards (comma-separated, "
+        "http://line4-box:8080), asked for the evidence on their disks, on a record that boxes share (their "
+        "token: $VQAD_PEERS_TOKEN)",
+    )  # fmt: skip
     r.add_argument(
         "--compact",
         action="store_true",
