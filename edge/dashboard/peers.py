@@ -49,7 +49,6 @@ class Picture:
 
     content: bytes
     media_type: str
-    peer: str
 
 
 @dataclass
@@ -115,7 +114,7 @@ class Peers:
                 media_type = response.headers.get_content_type()
                 if not media_type.startswith("image/"):
                     return 502, f"sent {media_type}, not a picture"
-                return Picture(content, media_type, url)
+                return Picture(content, media_type)
         except urllib.error.HTTPError as exc:  # the peer answered: not there, removed, refused
             message = _error_message(exc)
             return exc.code, "not on its disk either" if message.startswith(NOT_HERE) else message
