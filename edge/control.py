@@ -2,7 +2,9 @@
 default; CURVE when the daemon's is on) and SIGHUP, served by one thread so that loading a model
 never stalls inference. A reload loads in a thread of its own and is answered when it is done;
 meanwhile `status` is answered at once (it names the reload), and a change is refused, so that a
-slow or hung load does not leave the line's control silent.
+slow or hung load does not leave the line's control silent. A reload not done within
+`edge.reload_timeout_s` is given up: its requester is answered so, changes are taken again, and
+should its load return after all, the model it loaded is closed, never swapped in.
 
 Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON with "ok".
 Commands: status; set-threshold (value, reason; force for RAISED_REFUSED times the calibrated
@@ -49,7 +51,13 @@ class Control:
         self.daemon, self.endpoint = daemon, endpoint
         self.sock: zmq.Socket | None = None
         self.reloading: dict[str, str] | None = None  # {"since", "by"} while a reload runs
-        self._reloaded: queue.SimpleQueue[tuple[list[bytes] | None, dict[str, Any]]] = queue.SimpleQueue()
+        # Each reload's number; one given up gets a new number, which its thread no longer holds.
+        self._generation = 0
+        self._swapped = 0  # the number of the reload that swapped its model in last
+        self._swap_lock = threading.Lock()  # a reload's swap and its giving up: one or the other
+        self._started_reload: tuple[float, list[bytes] | None] = (0.0, None)  # the running one's start, requester
+        self._thread = threading.local()  # a reload thread's own number
+        self._reloaded: queue.SimpleQueue[tuple[int, list[bytes] | None, dict[str, Any]]] = queue.SimpleQueue()
         if endpoint:
             self.sock = daemon.ctx.socket(zmq.ROUTER)
             self.sock.setsockopt(zmq.LINGER, 0)
@@ -62,6 +70,7 @@ class Control:
         try:
             while not d.should_exit.is_set():
                 self._answer_reloaded()
+                self._give_up_late_reload()
                 if d.reload_requested.is_set() and self.reloading is None:  # one after another
                     d.reload_requested.clear()
                     self._start_reload(None, "SIGHUP")
@@ -89,24 +98,57 @@ class Control:
                                            f"{self.reloading['by']}): {command} after it is done"}  # fmt: skip
         else:
             reply = self.handle(request)
-        self.sock.send_multipart([*envelope, json.dumps(reply).encode()])
+        self._send(envelope, reply)
 
     def _start_reload(self, envelope: list[bytes] | None, by: str) -> None:
         """Reload in a thread of its own; its reply goes to `envelope` (None: a SIGHUP's, logged)."""
         self.reloading = {"since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "by": by}
+        self._started_reload = (time.monotonic(), envelope)
+        with self._swap_lock:
+            self._generation += 1
+            generation = self._generation
 
         def reload() -> None:
-            self._reloaded.put((envelope, self.handle({"command": "reload", "by": by})))
+            self._thread.generation = generation
+            self._reloaded.put((generation, envelope, self.handle({"command": "reload", "by": by})))
 
         threading.Thread(target=reload, name="reload", daemon=True).start()
 
     def _answer_reloaded(self) -> None:
-        """Send a finished reload's reply (ZeroMQ sockets are this thread's alone)."""
+        """Send a finished reload's reply (ZeroMQ sockets are this thread's alone); a given-up
+        reload's, which returned after all, is only logged."""
         try:
-            envelope, reply = self._reloaded.get_nowait()
+            generation, envelope, reply = self._reloaded.get_nowait()
         except queue.Empty:
             return
+        if generation != self._generation:
+            log.warning("the reload given up earlier returned after all: %s; its model was not swapped in",
+                        "loaded" if reply.get("ok") else reply.get("error"))  # fmt: skip
+            return
         self.reloading = None
+        self._send(envelope, reply)
+
+    def _give_up_late_reload(self) -> None:
+        """Give up a reload that has run past edge.reload_timeout_s; its requester is told."""
+        started, envelope = self._started_reload
+        timeout = self.daemon.cfg.reload_timeout_s
+        if self.reloading is None or time.monotonic() - started < timeout:
+            return
+        with self._swap_lock:
+            if self._swapped == self._generation:  # swapped in: its reply is on its way
+                return
+            self._generation += 1  # its thread's swap is refused from now on
+        since, by = self.reloading["since"], self.reloading["by"]
+        self.reloading = None
+        self.daemon.metrics.reload_failures.inc()
+        message = (f"the reload (since {since}, by {by}) did not finish within {timeout:g} s "
+                   "(edge.reload_timeout_s): given up, the old model serves on and changes are taken again; "
+                   "its load still holds what it took until it returns (a restart frees it)")  # fmt: skip
+        log.error(message)
+        notify("READY=1")
+        self._send(envelope, {"ok": False, "error": message})
+
+    def _send(self, envelope: list[bytes] | None, reply: dict[str, Any]) -> None:
         if envelope is not None and self.sock is not None:
             self.sock.send_multipart([*envelope, json.dumps(reply).encode()])
 
@@ -185,12 +227,19 @@ class Control:
                     f"{old.package.input_shape}: frames already queued could not be scored; not swapped"
                 )
         except Exception as exc:
-            d.metrics.reload_failures.inc()
+            if getattr(self._thread, "generation", self._generation) == self._generation:  # not given up
+                d.metrics.reload_failures.inc()
             log.error("reload of %s failed, the old model keeps serving: %s", d.model_dir, exc)
             notify("READY=1")
             raise VqadError(str(exc)) from exc
-        keep_camera_state(old, new)
-        d.swap(new)  # another model or calibration: the drift windows and the health gate's counts start again
+        generation = getattr(self._thread, "generation", None)  # None: not in a reload thread
+        with self._swap_lock:
+            if generation is not None and generation != self._generation:
+                new.close()
+                raise VqadError("given up (edge.reload_timeout_s) before it finished loading: not swapped in")
+            keep_camera_state(old, new)
+            d.swap(new)  # another model or calibration: the drift windows and the health gate's counts start again
+            self._swapped = self._generation
         if d.overrides.threshold is not None:  # the package's threshold serves now, after a restart too
             d.overrides.threshold = None
             d.overrides.save()

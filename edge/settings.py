@@ -107,6 +107,11 @@ class EdgeConfig:
     # a fresh one. The daemon then stops with exit code 8 for its supervisor to restart it.
     # 0 = never: it answers each frame with an error result for as long as it runs.
     backend_failure_exit_s: float = 60.0
+    # A reload (vqad ctl reload, SIGHUP) not done within this long is given up: the old model
+    # serves on and changes (vqad ctl) are taken again, instead of waiting for a load that hung
+    # (a stalled network filesystem) until the daemon restarts. A TensorRT engine built for the
+    # new package on a Jetson takes minutes: as long as deploy/vqad.service gives a start.
+    reload_timeout_s: float = 1800.0
     # Where the daemon keeps its run marker (to detect an unclean previous exit); "" = the model dir.
     state_dir: str = ""
     tensorrt_workspace_mb: int = 1024
@@ -128,6 +133,7 @@ class EdgeConfig:
             "for its batch to fill, and its result with it",
         )
         require(self.heartbeat_s >= 0, "edge.heartbeat_s must be >= 0 (0 = no heartbeat)")
+        require(self.reload_timeout_s > 0, "edge.reload_timeout_s must be > 0 (seconds a reload may take)")
         require(self.backend_failure_exit_s >= 0, "edge.backend_failure_exit_s must be >= 0 (0 = never)")
         require(self.queue_size >= self.max_batch, "edge.queue_size must be >= max_batch")
         require(self.max_frame_pixels >= 64, "edge.max_frame_pixels is too small")

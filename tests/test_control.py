@@ -322,6 +322,40 @@ def test_status_is_answered_while_a_slow_reload_loads_and_changes_wait_for_it(ti
         assert _ctl(control, "pause", "cam0")["paused"] == ["cam0"]
 
 
+def test_a_reload_that_hangs_is_given_up_and_its_late_model_is_never_swapped_in(tiny_model, tmp_path):
+    """A reload whose load never returned (a stalled network filesystem) kept every change
+    refused until the daemon restarted. Past edge.reload_timeout_s it is given up: its requester
+    is told, the old model serves on, changes are taken again, and the model it loads, should
+    it return after all, is closed, not swapped in."""
+    control, slow = f"ipc://{tmp_path}/ctl", tmp_path / "slow"
+    b = _twin(tiny_model, tmp_path / "b")
+    current = tmp_path / "current"
+    current.symlink_to(tiny_model)
+    env = {"VQAD_SLOW_LOAD_FILE": str(slow), "VQAD_SLOW_LOAD_S": "4"}
+    backend = ("--backend", "tests.faulty_backend:FaultyBackend", "--set", "edge.reload_timeout_s=2")
+    with DaemonProcess(current, *backend, "--control", control, env=env) as daemon:
+        current.unlink()
+        current.symlink_to(b)
+        slow.touch()  # each backend takes 4 s to load from now on: the reload's two, 8 s
+        started = time.monotonic()
+        given_up = run_vqad("ctl", control, "reload", "--timeout", "20", "--by", "test", check=False)
+        assert given_up.returncode != 0 and "did not finish within 2 s (edge.reload_timeout_s): given up" in \
+            given_up.stderr, given_up.stderr  # fmt: skip
+        assert time.monotonic() - started < 7  # answered at the deadline, not when the load ended
+        status = _ctl(control, "status")
+        assert status["reloading"] is None and status["model"]["sha256"] == load_package(tiny_model).sha256
+        assert _ctl(control, "pause", "cam0")["paused"] == ["cam0"]  # changes are taken again
+        slow.unlink()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "returned after all" not in daemon.log_text():
+            time.sleep(0.2)
+        assert "the reload given up earlier returned after all" in daemon.log_text()
+        status = _ctl(control, "status")
+        assert status["model"]["sha256"] == load_package(tiny_model).sha256  # b never served
+        assert _ctl(control, "reload")["to"]["sha256"] == load_package(b).sha256  # the next one does
+        assert daemon.alive()
+
+
 @pytest.mark.skipif(serving_module._MALLOC_TRIM is None, reason="glibc's malloc_trim only")
 def test_a_closed_model_gives_the_heap_back(tiny_model):
     """A reload closes the old model; the heap freed meanwhile goes back to the system. glibc
