@@ -558,39 +558,39 @@ class Record:
         if since_ns is not None or until_ns is not None:  # the reviews of results captured then
             reviewed = _within(reviewed.join(results, results.c.id == reviews.c.result_id), results.c.ts_ns,
                                since_ns, until_ns)  # fmt: skip
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
             latest: dict[int, Any] = {}
             for r in conn.execute(reviewed):
                 if r.result_id is None:  # reviewed before v5, of a result no longer in the record
                     left_out[_no_evidence(None)] = left_out.get(_no_evidence(None), 0) + 1
                     continue
                 latest[r.result_id] = r
-            # A camera and frame id reviewed in two results (a sender that started its ids again):
-            # their files are told apart by the record's id of each.
-            pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
-            for result_id, r in sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0])):
-                columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
-                           results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
-                row = conn.execute(sa.select(*columns).where(results.c.id == result_id)).first()
-                why = _no_evidence(row)
-                content = elsewhere(dict(row._mapping)) if why == NOT_ON_THIS_DISK and elsewhere else None
-                if why and content is None:
-                    why = NOR_ON_PEERS if why == NOT_ON_THIS_DISK and elsewhere else why
-                    left_out[why] = left_out.get(why, 0) + 1
-                    continue
-                source = Path(row.evidence_frame)
-                folder = (
-                    out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
-                )
-                folder.mkdir(parents=True, exist_ok=True)
-                name = f"{file_name(r.camera_id)}_{r.frame_id}"
-                name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
-                if content is None:
-                    shutil.copyfile(source, folder / f"{name}{source.suffix}")
-                else:
-                    (folder / f"{name}{source.suffix}").write_bytes(content)
-                key = str(folder.relative_to(out))
-                counts[key] = counts.get(key, 0) + 1
+            columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
+                       results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
+            in_order = sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0]))
+            found = [(result_id, r, conn.execute(sa.select(*columns).where(results.c.id == result_id)).first())
+                     for result_id, r in in_order]  # fmt: skip
+        # A camera and frame id reviewed in two results (a sender that started its ids again):
+        # their files are told apart by the record's id of each.
+        pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
+        for result_id, r, row in found:
+            why = _no_evidence(row)
+            content = elsewhere(dict(row._mapping)) if why == NOT_ON_THIS_DISK and elsewhere else None
+            if why and content is None:
+                why = NOR_ON_PEERS if why == NOT_ON_THIS_DISK and elsewhere else why
+                left_out[why] = left_out.get(why, 0) + 1
+                continue
+            source = Path(row.evidence_frame)
+            folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{file_name(r.camera_id)}_{r.frame_id}"
+            name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
+            if content is None:
+                shutil.copyfile(source, folder / f"{name}{source.suffix}")
+            else:
+                (folder / f"{name}{source.suffix}").write_bytes(content)
+            key = str(folder.relative_to(out))
+            counts[key] = counts.get(key, 0) + 1
         if left_out:
             log.warning(
                 "%d reviewed results left out: %s",
