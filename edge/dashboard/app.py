@@ -380,9 +380,7 @@ class Dashboard:
         not_here = f"{NOT_HERE}: {path}"
         if from_peer or not self.peers:
             return JSONResponse({"error": not_here}, 404)
-        row = rows[0]
-        answer = self.peers.fetch(f"/api/image/{quote(camera, safe='')}/{frame_id}/{kind}?result={row['id']}",
-                                  row.get("daemon_run"))  # fmt: skip
+        answer = self.peers.fetch(rows[0], kind)
         if isinstance(answer, Picture):
             return Response(answer.content, media_type=answer.media_type,
                             headers={"cache-control": "private, max-age=86400"})  # fmt: skip

@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
 
 from edge.recent import RecentDict
 
@@ -77,10 +79,12 @@ class Peers:
     def __bool__(self) -> bool:
         return bool(self.urls)
 
-    def fetch(self, path: str, run: str | None) -> Picture | PeerMiss:
-        """The picture at the API `path` (with its query) from the first peer that has it; the
-        peer that had `run`'s pictures before is asked first, a peer that did not answer lately
-        not at all."""
+    def fetch(self, row: dict[str, Any], kind: str) -> Picture | PeerMiss:
+        """The picture `kind` (overlay or frame) of the recorded result `row` (its id, camera_id,
+        frame_id and daemon_run) from the first peer that has it; the peer that had the run's
+        pictures before is asked first, a peer that did not answer lately not at all."""
+        path = f"/api/image/{quote(str(row['camera_id']), safe='')}/{row['frame_id']}/{kind}?result={row['id']}"
+        run = row.get("daemon_run")
         miss = PeerMiss()
         now = time.monotonic()
         with self._lock:

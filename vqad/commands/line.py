@@ -258,7 +258,6 @@ def _peer_frames(args: argparse.Namespace):
     """With --peers: row -> the frame's bytes from the other boxes' dashboards (their token from
     $VQAD_PEERS_TOKEN), for the reviewed results whose evidence is on their disks; else None."""
     import os
-    from urllib.parse import quote
 
     from edge.dashboard.peers import Peers, Picture
     from edge.dashboard.settings import check_peer
@@ -271,8 +270,7 @@ def _peer_frames(args: argparse.Namespace):
     peers = Peers(urls, os.environ.get("VQAD_PEERS_TOKEN", ""))
 
     def frame(row: dict) -> bytes | None:
-        path = f"/api/image/{quote(row['camera_id'], safe='')}/{row['frame_id']}/frame?result={row['id']}"
-        answer = peers.fetch(path, row["daemon_run"])
+        answer = peers.fetch(row, "frame")
         if isinstance(answer, Picture):
             return answer.content
         log.warning("%s frame %s (result %s): %s", row["camera_id"], row["frame_id"], row["id"], answer.describe())
