@@ -121,9 +121,8 @@ class Control:
             generation, envelope, reply = self._reloaded.get_nowait()
         except queue.Empty:
             return
-        if generation != self._generation:
-            log.warning("the reload given up earlier returned after all: %s; its model was not swapped in",
-                        "loaded" if reply.get("ok") else reply.get("error"))  # fmt: skip
+        if generation != self._generation:  # its swap was refused, or its load failed
+            log.warning("the reload given up earlier returned after all: %s", reply.get("error"))
             return
         self.reloading = None
         self._send(envelope, reply)
