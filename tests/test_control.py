@@ -331,17 +331,17 @@ def test_a_reload_that_hangs_is_given_up_and_its_late_model_is_never_swapped_in(
     b = _twin(tiny_model, tmp_path / "b")
     current = tmp_path / "current"
     current.symlink_to(tiny_model)
-    env = {"VQAD_SLOW_LOAD_FILE": str(slow), "VQAD_SLOW_LOAD_S": "4"}
+    env = {"VQAD_SLOW_LOAD_FILE": str(slow), "VQAD_SLOW_LOAD_S": "6"}
     backend = ("--backend", "tests.faulty_backend:FaultyBackend", "--set", "edge.reload_timeout_s=2")
     with DaemonProcess(current, *backend, "--control", control, env=env) as daemon:
         current.unlink()
         current.symlink_to(b)
-        slow.touch()  # each backend takes 4 s to load from now on: the reload's two, 8 s
+        slow.touch()  # each backend takes 6 s to load from now on: the reload's two, 12 s
         started = time.monotonic()
         given_up = run_vqad("ctl", control, "reload", "--timeout", "20", "--by", "test", check=False)
         assert given_up.returncode != 0 and "did not finish within 2 s (edge.reload_timeout_s): given up" in \
             given_up.stderr, given_up.stderr  # fmt: skip
-        assert time.monotonic() - started < 7  # answered at the deadline, not when the load ended
+        assert time.monotonic() - started < 10  # answered at the deadline (and ctl's start), not the load's end
         status = _ctl(control, "status")
         assert status["reloading"] is None and status["model"]["sha256"] == load_package(tiny_model).sha256
         assert _ctl(control, "pause", "cam0")["paused"] == ["cam0"]  # changes are taken again
