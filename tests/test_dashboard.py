@@ -925,7 +925,7 @@ def test_a_picture_on_another_boxs_disk_is_fetched_from_that_boxs_dashboard(tmp_
         with (
             DashboardProcess("--record", url, "--results", nowhere, "--token", token, "--peers", counting.url,
                              log_path=tmp_path / "b.log", cwd=box_b) as b,
-            DashboardProcess("--record", url, "--results", nowhere, "--peers", f"{dead},{b.url}",
+            DashboardProcess("--record", url, "--results", "", "--peers", f"{dead},{b.url}",
                              log_path=tmp_path / "a.log", cwd=box_a, env={"VQAD_PEERS_TOKEN": token}) as a,
         ):  # fmt: skip
             picture = f"/api/image/line4-cam/0/overlay?result={rows[0]['id']}"
@@ -939,6 +939,16 @@ def test_a_picture_on_another_boxs_disk_is_fetched_from_that_boxs_dashboard(tmp_
             assert f"{b.url}: not on its disk either" in body["error"], body
             assert f"{dead}: not asked: it did not answer within the last 30 s" in body["error"], body
             assert counting.asked == [], counting.asked  # B answered A from its own disk alone
+            # A follows no daemon's stream (a plant's view): its page says so, not "not heard from yet"
+            assert _json(a.url + "/api/summary")[1]["daemon"]["streamed"] is False
+            assert _json(b.url + "/api/summary", headers={"Authorization": f"Bearer {token}"})[1]["daemon"]["streamed"]
+            driver = headless_chromium()
+            try:
+                driver.get(a.url + "/")
+                pill = driver.find_element("css selector", '[data-field="daemon-state"]')
+                assert wait_for(lambda: "the record alone" in pill.text, 10), pill.text
+            finally:
+                driver.quit()
             status, body = _json(b.url + picture)  # without the token: B's gate stands
             assert status == 401, body
             # B's own page asks its peer for what is not on its disk
@@ -990,9 +1000,12 @@ def test_reviewed_evidence_on_another_boxs_disk_is_exported_from_that_boxs_dashb
     assert bad.returncode != 0 and "--peers fetches the evidence that --export-reviewed writes" in bad.stderr
 
 
-def test_a_dashboards_peers_are_urls():
+def test_a_dashboards_peers_are_urls_and_one_without_a_stream_needs_a_record():
     with pytest.raises(ValueError, match="peers: each a dashboard's http"):
         DashboardConfig(peers=("line4-box:8080",))
+    with pytest.raises(ValueError, match="without a results endpoint needs a record"):
+        DashboardConfig(results="")
+    assert DashboardConfig(results="", record="sqlite:///line.db").results == ""
 
 
 def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(line, tmp_path):

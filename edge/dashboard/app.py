@@ -142,11 +142,14 @@ class Dashboard:
         days: ProductionDays,
         record_cameras: tuple[str, ...] = ("*",),
         peers: Peers | None = None,
+        streamed: bool = True,
     ) -> None:
         """record_cameras: patterns of the record's cameras shown while they send nothing;
-        peers: the other boxes' dashboards, asked for pictures that are on their disks."""
+        peers: the other boxes' dashboards, asked for pictures that are on their disks;
+        streamed: whether a daemon's results stream is followed (False: the record alone)."""
         self.view, self.probe, self.record, self.record_cameras = view, probe, record, record_cameras
         self.peers = peers or Peers(())
+        self.streamed = streamed
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
         self.daily = DailyTally(days)
@@ -174,6 +177,7 @@ class Dashboard:
             results_missed=self.view.gaps.missed,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
+            streamed=self.streamed,
             record_behind=behind is not None and behind >= RECORD_BEHIND_S,
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
@@ -510,7 +514,7 @@ def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
     peers = Peers(cfg.peers, cfg.peers_token or cfg.token)  # a plant's dashboards share one, often
-    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers)
+    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers, bool(cfg.results))
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

@@ -69,9 +69,10 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     cv2.setNumThreads(1)
     record = RecordLink(cfg.record) if cfg.record else None
     view = LiveView(cfg.silent_after_s)
-    feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key)
+    feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key) if cfg.results else None
     probe = MetricsProbe(cfg.metrics) if cfg.metrics else None
-    feed.start()
+    if feed:
+        feed.start()
     if probe:
         probe.start()
     app = create_app(cfg, view, probe, record)
@@ -88,14 +89,15 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(
         "dashboard on http://%s:%d/ (results %s, record %s, metrics %s%s%s)",
-        shown, cfg.port, cfg.results, record.where if record else "none", cfg.metrics or "none",
+        shown, cfg.port, cfg.results or "none", record.where if record else "none", cfg.metrics or "none",
         f", peers {', '.join(cfg.peers)}" if cfg.peers else "", ", token required" if cfg.token else "",
     )  # fmt: skip
     try:
         with _signals_handled_here():
             server.run(sockets=[sock])
     finally:
-        feed.stop()
+        if feed:
+            feed.stop()
         if probe:
             probe.stop()
         if record:

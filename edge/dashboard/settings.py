@@ -33,7 +33,8 @@ def check_peer(url: str) -> None:
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    # The daemon's results endpoint (a SUB socket connects to it).
+    # The daemon's results endpoint (a SUB socket connects to it). "" = none: a plant's view of
+    # a record that boxes share, its cameras' rejects, tally and reviews from the record alone.
     results: str = "tcp://127.0.0.1:5556"
     # The line's record (sqlite:///PATH or postgresql://...): rejects with their evidence, and
     # reviews from the page. "" = the live stream only, without reviews.
@@ -74,7 +75,9 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
-        check_endpoint(self.results, "the results endpoint")
+        if self.results:
+            check_endpoint(self.results, "the results endpoint")
+        require(bool(self.results) or bool(self.record), "a dashboard without a results endpoint needs a record")
         require(self.silent_after_s > 0, "silent_after_s must be > 0")
         require(0 <= self.nice <= 19, f"nice must be 0-19, got {self.nice}")
         require(

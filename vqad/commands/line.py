@@ -621,7 +621,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("dashboard", help="serve a live view of the line in the browser (and its JSON API)")
     d.add_argument("--config", type=Path, help="dashboard config YAML (default configs/dashboard.yaml)")
-    d.add_argument("--results", metavar="ENDPOINT", help="the daemon's results endpoint")
+    d.add_argument(
+        "--results", metavar="ENDPOINT", help="the daemon's results endpoint ('' = none: a record's view alone)"
+    )
     d.add_argument("--record", metavar="URL", help="the line's record: rejects' evidence, and reviews from the page")
     d.add_argument(
         "--metrics", metavar="URL", help="the daemon's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics"

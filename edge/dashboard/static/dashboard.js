@@ -71,7 +71,8 @@ function draw() {
 function drawDaemon(d) {
   const bar = document.getElementById("daemon");
   const el = $(bar, "daemon-state");
-  if (d.up === null || d.up === undefined) pill(el, "daemon: not heard from yet", "warn");
+  if (d.streamed === false) pill(el, "the record alone: no daemon's stream followed", "ok");
+  else if (d.up === null || d.up === undefined) pill(el, "daemon: not heard from yet", "warn");
   else if (!d.up) pill(el, "daemon down", "bad");
   else if (d.stalled) pill(el, "daemon stalled: inference not returning", "bad");
   else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
