@@ -574,10 +574,11 @@ class Record:
         # their files are told apart by the record's id of each.
         pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
         for result_id, r, row in found:
-            why = _no_evidence(row)
-            content = elsewhere(dict(row._mapping)) if why == NOT_ON_THIS_DISK and elsewhere else None
-            if why and content is None:
-                why = NOR_ON_PEERS if why == NOT_ON_THIS_DISK and elsewhere else why
+            why, content = _no_evidence(row), None
+            if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
+                content = elsewhere(dict(row._mapping))
+                why = "" if content is not None else NOR_ON_PEERS
+            if why:
                 left_out[why] = left_out.get(why, 0) + 1
                 continue
             source = Path(row.evidence_frame)
