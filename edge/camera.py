@@ -19,7 +19,7 @@ import zmq
 
 from edge import transport
 from edge.errors import DataError
-from edge.frames import IMAGE_SUFFIXES, find_images, read_image
+from edge.frames import IMAGE_SUFFIXES, PIXEL_BITS, find_images, read_image
 from edge.logrepeat import RepeatedLog
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
@@ -47,15 +47,16 @@ def is_live(source: str) -> bool:
     return source.isdigit() or "://" in source or source.startswith("/dev/")
 
 
-def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, image) from a folder (recursive, sorted), a video file, or a capture device
-    or stream URL (reopened when it stops giving frames, until `stop()`)."""
+def iter_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, image) from a folder (recursive, sorted; a 16-bit image file read by its low
+    `pixel_bits` bits), a video file, or a capture device or stream URL (reopened when it stops
+    giving frames, until `stop()`)."""
     path = Path(source)
     if path.is_dir():
-        yield from _folder_frames(path, loop)
+        yield from _folder_frames(path, loop, pixel_bits)
         return
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        image = read_image(path)
+        image = read_image(path, pixel_bits)
         while True:
             yield str(path), image
             if not loop:
@@ -81,7 +82,7 @@ def iter_source(source: str, loop: bool, stop=None) -> Iterator[tuple[str, np.nd
             return
 
 
-def _folder_frames(path: Path, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
+def _folder_frames(path: Path, loop: bool, pixel_bits: int) -> Iterator[tuple[str, np.ndarray]]:
     """A folder's images in order. One that cannot be read (a file still being copied, a broken
     one) is skipped with a warning, so that it does not end the replay of the thousands after
     it; a folder with none readable is a DataError."""
@@ -94,7 +95,7 @@ def _folder_frames(path: Path, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
     while True:
         skipped = 0
         for f in files:
-            image = cache[f] if cache is not None and f in cache else _readable(f, skipped_log)
+            image = cache[f] if cache is not None and f in cache else _readable(f, skipped_log, pixel_bits)
             if cache is not None:
                 cache[f] = image
             if image is None:
@@ -109,10 +110,10 @@ def _folder_frames(path: Path, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
             return
 
 
-def _readable(file: Path, skipped_log: RepeatedLog) -> np.ndarray | None:
+def _readable(file: Path, skipped_log: RepeatedLog, pixel_bits: int) -> np.ndarray | None:
     """read_image, or None after a warning when the file cannot be read."""
     try:
-        return read_image(file)
+        return read_image(file, pixel_bits)
     except DataError as exc:
         skipped_log.log("%s; skipped", exc)
         return None
@@ -248,6 +249,7 @@ def run_camera(
     sndhwm: int = 4,
     linger_s: float = 30.0,
     part_id_from_name: bool = False,
+    pixel_bits: int = PIXEL_BITS,
 ) -> Sent:
     """Send frames until the source ends, `count` frames went out, or `stop()` is true. -> how
     many were handed over, and whether the last were dropped.
@@ -256,7 +258,8 @@ def run_camera(
     backpressure policy), sending blocks here instead of piling frames up in memory. On the
     way out it waits up to `linger_s` for the queued frames to leave, and says so if they did not.
     part_id_from_name: each frame's part_id is its file's name (a video's: SOURCE#N), for trying
-    the record's part lookup with a folder of parts.
+    the record's part lookup with a folder of parts. pixel_bits: the bits a 16-bit image file's
+    counts fill (12 for a Mono12 camera's), by which it is read into the 8-bit frame sent.
     """
     if sndhwm < 1:
         raise ValueError("sndhwm must be >= 1")
@@ -274,7 +277,7 @@ def run_camera(
     # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
     sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
-        for name, image in iter_source(source, loop, stop):
+        for name, image in iter_source(source, loop, stop, pixel_bits):
             if stop is not None and stop():
                 break
             pace.wait()

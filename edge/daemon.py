@@ -437,7 +437,8 @@ class Daemon:
         recv_ns, arrived_mono_ns = time.time_ns(), time.monotonic_ns()
         self.metrics.frames_in.inc()
         try:
-            frame = parse_frame(parts, self.limits, recv_ns)
+            serving = self.serving  # one model for the frame's reading and its input
+            frame = parse_frame(parts, self.limits, recv_ns, serving.package.pixel_bits)
         except UnreadableMessageError as exc:
             self.metrics.unreadable.inc()
             self._unreadable_log.log("unreadable message (%d parts) ignored: %s", len(parts), exc)
@@ -456,7 +457,6 @@ class Daemon:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
             return
-        serving = self.serving
         try:
             model_input = to_model_input(frame.image, serving.package.image_size, serving.package.channels)
             health = None

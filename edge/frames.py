@@ -27,33 +27,64 @@ IMAGE_KINDS = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)  # for messages
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-# A 16-bit image whose every pixel is below this holds a 12-bit (or less) camera's counts in the
-# low bits, and its top 8 bits are nearly black.
+# A 16-bit image holds a camera's counts in its low `pixel_bits` bits: 16 for Mono16, 12 for
+# Mono12 (values 0..4095), 10 or 14 for others. Read by its top 8 of those bits, a Mono12 frame
+# read as Mono16 keeps only its top 4 (values 0..15) and is nearly black.
+PIXEL_BITS = 16
+PIXEL_BITS_RANGE = (8, 16)
+# A 16-bit image whose every pixel is below this, read as 16 bits, holds a 12-bit (or fewer)
+# camera's counts: said once, with the setting that reads it.
 LOW_BITS_LIMIT = 1 << 12
 _warned_low_bits = False
+_warned_above_bits = False
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Scale 16-bit or float images to uint8; leave uint8 alone. A 16-bit image is read by its
-    top 8 bits, the same for every frame, so a scale never varies with the content."""
+def check_pixel_bits(bits: object, name: str = "pixel_bits") -> int:
+    """`bits` as the significant bits of a 16-bit pixel; ValueError names `name` otherwise."""
+    low, high = PIXEL_BITS_RANGE
+    if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high} (12 for a Mono12 camera), got {bits!r}")
+    return bits
+
+
+def to_uint8(image: np.ndarray, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
+    """Scale 16-bit or float images to uint8; leave uint8 alone. A 16-bit image is read by the
+    top 8 of its low `pixel_bits` bits, the same for every frame, so a scale never varies with
+    the content; a count above 2**pixel_bits - 1 (a camera that fills more bits than it was
+    said to) saturates at 255."""
     if image.dtype == np.uint8:
         return image
     if image.dtype.kind == "u" and image.dtype.itemsize == 2:
-        _warn_if_low_bits(image)
-        return (image >> 8).astype(np.uint8)
+        _warn_if_bits_misfit(image, pixel_bits)
+        shifted = image >> (pixel_bits - 8)
+        return (shifted if pixel_bits == 16 else np.minimum(shifted, 255)).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     raise FrameError(f"unsupported pixel type {image.dtype}")
 
 
-def _warn_if_low_bits(image: np.ndarray) -> None:
-    global _warned_low_bits
-    if not _warned_low_bits and 0 < int(image.max()) < LOW_BITS_LIMIT:
+def _warn_if_bits_misfit(image: np.ndarray, pixel_bits: int) -> None:
+    """Say once when 16-bit counts do not fit the bits they are read by: all low (a 12-bit
+    camera read as 16 bits), or some above them (a 16-bit camera read as fewer)."""
+    global _warned_low_bits, _warned_above_bits
+    if _warned_low_bits and _warned_above_bits:
+        return
+    peak = int(image.max())
+    if pixel_bits == 16 and not _warned_low_bits and 0 < peak < LOW_BITS_LIMIT:
         _warned_low_bits = True
         log.warning(
-            "a 16-bit image uses 12 bits or fewer (max %d of 65535): vqad reads the top 8 bits, which "
-            "are nearly black here; save 8-bit images, or scale the camera's counts to the full 16 bits",
-            int(image.max()),
+            "a 16-bit image uses 12 bits or fewer (max %d of 65535): read by its top 8 of 16 bits it is "
+            "nearly black; say how many bits the camera fills (model.pixel_bits for images on disk and "
+            'the frames that do not say, a frame\'s "pixel_bits", vqad camera --pixel-bits)',
+            peak,
+        )
+    elif peak >> pixel_bits and not _warned_above_bits:
+        _warned_above_bits = True
+        log.warning(
+            "a 16-bit image holds counts up to %d, above the %d bits it is read by: they saturate at "
+            "white; the camera fills more bits than pixel_bits says",
+            peak,
+            pixel_bits,
         )
 
 
@@ -113,8 +144,9 @@ def png_damage(data: bytes | memoryview) -> str | None:
     return f"the PNG is cut short: no IEND chunk in its {len(view)} bytes"
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG/BMP/TIFF bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array.
+def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/TIFF bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array; a
+    16-bit image by its low `pixel_bits` bits (to_uint8).
 
     Raises FrameError when the bytes are not a decodable image.
     """
@@ -126,14 +158,14 @@ def decode_image(data: bytes) -> np.ndarray:
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise FrameError("image data could not be decoded")
-    return to_uint8(image)
+    return to_uint8(image, pixel_bits)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file. Raises DataError naming the file when it is unreadable."""
+def read_image(path: str | Path, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
+    """Read an image file (decode_image). Raises DataError naming the file when it is unreadable."""
     path = Path(path)
     try:
-        return decode_image(path.read_bytes())
+        return decode_image(path.read_bytes(), pixel_bits)
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     except FrameError as exc:
@@ -230,17 +262,22 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
 
 
 def load_images(
-    paths: Sequence[Path], size: int | Sequence[int], channels: int, shapes: list[tuple[int, int]] | None = None
+    paths: Sequence[Path],
+    size: int | Sequence[int],
+    channels: int,
+    shapes: list[tuple[int, int]] | None = None,
+    pixel_bits: int = PIXEL_BITS,
 ) -> np.ndarray:
     """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
-    progress on a terminal; each image's (H, W) as read is appended to `shapes` when given.
+    progress on a terminal; each image's (H, W) as read is appended to `shapes` when given; a
+    16-bit image is read by its low `pixel_bits` bits.
     DataError, after reading them all, names the files that cannot be read: a folder with
     several is mended in one go, not one file per try."""
     out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
     unreadable: list[str] = []
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
         try:
-            image = read_image(path)
+            image = read_image(path, pixel_bits)
         except DataError as exc:
             unreadable.append(str(exc))
             continue

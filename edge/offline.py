@@ -104,8 +104,8 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
 
 def _pending(serving: Serving, index: int, path: Path) -> Pending:
     """An image file as the daemon's receiver makes a frame ready for inference."""
-    image = read_image(path)
     pkg = serving.package
+    image = read_image(path, pkg.pixel_bits)
     model_input = to_model_input(image, pkg.image_size, pkg.channels)
     health = None if serving.health is None else serving.health.check(CAMERA_ID, model_input, image.shape[:2], False)
     now, arrived = time.time_ns(), time.monotonic_ns()

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.durable import replace_synced
 from edge.errors import PackageError
-from edge.frames import as_size
+from edge.frames import PIXEL_BITS, as_size, check_pixel_bits
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -45,6 +45,7 @@ class ModelPackage:
     image_size: tuple[int, int]  # (height, width)
     channels: int
     color_order: str
+    pixel_bits: int  # the bits of a 16-bit image the camera fills (edge.frames.to_uint8)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     threshold: float
@@ -121,6 +122,8 @@ def load_package(root: str | Path) -> ModelPackage:
             image_size=as_size(_get(meta, "input", "size")),  # N (square), or [H, W]
             channels=int(_get(meta, "input", "channels")),
             color_order=str(_get(meta, "input", "color_order")),
+            # A package exported before the field read 16-bit images by their top 8 of 16 bits.
+            pixel_bits=check_pixel_bits(meta["input"].get("pixel_bits", PIXEL_BITS), "input.pixel_bits"),
             mean=tuple(float(v) for v in _get(meta, "normalization", "mean")),
             std=tuple(float(v) for v in _get(meta, "normalization", "std")),
             threshold=float(_get(meta, "threshold", "value")),

@@ -5,7 +5,9 @@ Frames in (PUSH -> the daemon's PULL, or camera PUB -> the daemon's SUB), 2 part
      "dtype": "uint8" | "uint16" (raw), "encoding": "raw" | "jpeg" | "png"}   (shape optional
      for jpeg/png; an optional "part_id", the part's own identity, is echoed in its result and
      recorded; an optional "color_order": "RGB" for raw frames in that order; an optional
-     "sender", the sending process, by which two senders given one camera id are seen)
+     "sender", the sending process, by which two senders given one camera id are seen; an
+     optional "pixel_bits", 8..16, the bits a 16-bit frame's counts fill: 12 for Mono12, the
+     model's own when absent)
   2. the pixel bytes (raw: C-contiguous HWC, BGR when C = 3, grey when C = 1, BGRA or BGRx
      when C = 4)
 
@@ -29,7 +31,7 @@ import cv2
 import numpy as np
 
 from edge.errors import FrameError
-from edge.frames import decode_image, encoded_size, to_uint8
+from edge.frames import PIXEL_BITS, check_pixel_bits, decode_image, encoded_size, to_uint8
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
@@ -157,8 +159,11 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
     return h, w, c
 
 
-def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | None = None) -> Frame:
-    """Validate and decode one frame message. See the module docstring for the contract.
+def parse_frame(
+    parts: list[bytes | memoryview], limits: Limits, recv_ns: int | None = None, pixel_bits: int = PIXEL_BITS
+) -> Frame:
+    """Validate and decode one frame message. See the module docstring for the contract. A
+    16-bit frame is read by its header's "pixel_bits", else by `pixel_bits` (the model's).
 
     The payload may be a memoryview of the socket's buffer (zero copy); a raw image is then
     a view of it too, valid while that buffer lives."""
@@ -200,6 +205,10 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         raise fail(exc.reason) from None
     if shape is not None and shape[0] * shape[1] > limits.max_frame_pixels:
         raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
+    try:
+        pixel_bits = check_pixel_bits(header.get("pixel_bits", pixel_bits))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     order = header.get("color_order", "BGR")
     if not isinstance(order, str) or order not in COLOR_ORDERS or (order != "BGR" and encoding != "raw"):
         raise fail(f"color_order must be BGR or RGB (RGB for raw frames only), got {json.dumps(order)[:40]}")
@@ -209,7 +218,7 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         if len(payload) != h * w * c * pixel_type.itemsize:
             raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {dtype} needs "
                        f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
-        image = _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), order)
+        image = _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), order, pixel_bits)
     else:
         # Decoders return partial images from truncated files; a complete file ends with its end marker.
         end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
@@ -219,7 +228,7 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
         if claimed is not None and claimed[0] * claimed[1] > limits.max_frame_pixels:
             raise fail(f"{encoding} image {claimed[1]}x{claimed[0]} exceeds {limits.max_frame_pixels} pixels")
         try:
-            image = decode_image(payload)
+            image = decode_image(payload, pixel_bits)
         except FrameError as exc:
             raise fail(f"{encoding} {exc.reason}") from None
         if image.ndim == 2:
@@ -233,11 +242,11 @@ def parse_frame(parts: list[bytes | memoryview], limits: Limits, recv_ns: int | 
     return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id, sender)
 
 
-def _raw_image(pixels: np.ndarray, order: str) -> np.ndarray:
-    """A raw frame's (H, W, C) pixels -> the uint8 image training reads: a 16-bit frame by its top
-    8 bits (as a 16-bit image file), the channels in BGR order, a fourth channel (the alpha or
-    padding byte of BGRA, BGRx, RGBA, RGBx) dropped."""
-    image = to_uint8(pixels)
+def _raw_image(pixels: np.ndarray, order: str, pixel_bits: int) -> np.ndarray:
+    """A raw frame's (H, W, C) pixels -> the uint8 image training reads: a 16-bit frame by the top
+    8 of its `pixel_bits` (as a 16-bit image file), the channels in BGR order, a fourth channel
+    (the alpha or padding byte of BGRA, BGRx, RGBA, RGBx) dropped."""
+    image = to_uint8(pixels, pixel_bits)
     channels = image.shape[2]
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if order == "RGB" else cv2.COLOR_BGRA2BGR)
@@ -262,11 +271,13 @@ def frame_message(
     part_id: str | None = None,
     color_order: str = "BGR",
     sender: str | None = None,
+    pixel_bits: int | None = None,
 ) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
     camera` sends; `color_order` RGB for a raw image in that order); `part_id`, the part's
     identity, comes back in its result; `sender`, the sending process, lets the daemon tell two
-    senders given one camera id apart."""
+    senders given one camera id apart; `pixel_bits` says how many bits a 16-bit image's counts
+    fill (12 for Mono12), when not the model's."""
     if image.ndim == 2:
         image = image[:, :, None]
     header: dict[str, Any] = {
@@ -284,6 +295,8 @@ def frame_message(
         header["sender"] = sender
     if color_order != "BGR":
         header["color_order"] = color_order
+    if pixel_bits is not None:
+        header["pixel_bits"] = pixel_bits
     if encoding == "raw":
         payload = np.ascontiguousarray(image, RAW_DTYPES[header["dtype"]]).data  # the array's memory, no copy
     elif encoding in ("jpeg", "png"):

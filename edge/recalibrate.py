@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError, PackageError
-from edge.frames import batched, find_images, load_images
+from edge.frames import PIXEL_BITS, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
 from edge.package import FP16_FILE, FP32_FILE, load_package, sha256_file, write_model_json
 from edge.progress import progress
@@ -76,12 +76,16 @@ def identical_files(paths: Sequence[str | Path], prints: Sequence[str] | None = 
 
 
 def good_frames(
-    folder: str | Path, size: tuple[int, int], channels: int, shapes: list[tuple[int, int]] | None = None
+    folder: str | Path,
+    size: tuple[int, int],
+    channels: int,
+    shapes: list[tuple[int, int]] | None = None,
+    pixel_bits: int = PIXEL_BITS,
 ) -> tuple[np.ndarray, list[Path]]:
     """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths); their (H, W)
     as read are appended to `shapes` when given."""
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images"
-    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
+    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes, pixel_bits)
 
 
 def calibration_images(
@@ -91,6 +95,7 @@ def calibration_images(
     trained_on: Collection[str],
     shapes: list[tuple[int, int]] | None = None,
     defects_dir: str | Path | None = None,
+    pixel_bits: int = PIXEL_BITS,
 ) -> tuple[np.ndarray, list[Path], dict[str, Any]]:
     """good_frames of the images under `folder` that the model did not train on (`trained_on`:
     its training images' fingerprints) -> (frames, paths, the threshold's source: `vqad
@@ -112,7 +117,7 @@ def calibration_images(
     if copies:
         source["copies_left_out"] = copies
         why += f" ({copies} more are copies of others)"
-    frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes)
+    frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes, pixel_bits)
     return frames, paths, source
 
 
@@ -198,13 +203,15 @@ def training_fingerprints(meta: dict[str, Any]) -> list[str]:
     return list(meta.get("source", {}).get("training_images", []))
 
 
-def defect_frames(folder: str | Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[Path]]:
+def defect_frames(
+    folder: str | Path, size: tuple[int, int], channels: int, pixel_bits: int = PIXEL_BITS
+) -> tuple[np.ndarray, list[Path]]:
     """Every confirmed defect image under `folder` at the model's input -> (frames, paths).
     Images in a folder named "good" below it are left out, so an MVTec-layout test/ folder
     gives its defects alone."""
     defects = defect_images(folder)
     why = "checking a threshold against defects needs at least 1 defect image (good/ left out)"
-    return _frames(defects, folder, size, channels, 1, why)
+    return _frames(defects, folder, size, channels, 1, why, pixel_bits=pixel_bits)
 
 
 def defect_images(folder: str | Path) -> list[Path]:
@@ -218,12 +225,12 @@ def defect_images(folder: str | Path) -> list[Path]:
 
 def _frames(
     paths: list[Path], folder: str | Path, size: tuple[int, int], channels: int, least: int, why: str,
-    shapes: list[tuple[int, int]] | None = None,
+    shapes: list[tuple[int, int]] | None = None, pixel_bits: int = PIXEL_BITS,
 ) -> tuple[np.ndarray, list[Path]]:  # fmt: skip
     """`paths` (found under `folder`) at the model's input, or DataError(why) with fewer than `least`."""
     if len(paths) < least:
         raise DataError(f"{folder}: {why}, found {len(paths)}")
-    return load_images(paths, size, channels, shapes), paths
+    return load_images(paths, size, channels, shapes, pixel_bits), paths
 
 
 def health_findings(
@@ -267,10 +274,10 @@ def health_findings(
 
 def check_defects(
     defects_dir: str | Path, size: tuple[int, int], channels: int, score: Callable[[np.ndarray], np.ndarray],
-    threshold: float, previous: float | None,
+    threshold: float, previous: float | None, pixel_bits: int = PIXEL_BITS,
 ) -> dict[str, Any]:  # fmt: skip
     """defect_check of the images under `defects_dir`, scored by `score` (frames -> scores)."""
-    frames, paths = defect_frames(defects_dir, size, channels)
+    frames, paths = defect_frames(defects_dir, size, channels, pixel_bits)
     source = {"folder": str(Path(defects_dir).resolve()), "n_images": len(paths)}
     return defect_check(score(frames), threshold, source, names=paths, previous=previous)
 
@@ -308,7 +315,9 @@ def calibrate_package(
     pkg = load_package(model_dir)
     shapes: list[tuple[int, int]] = []
     trained_on = training_fingerprints(pkg.meta)
-    frames, paths, source = calibration_images(good_dir, pkg.image_size, pkg.channels, trained_on, shapes, defects_dir)
+    frames, paths, source = calibration_images(
+        good_dir, pkg.image_size, pkg.channels, trained_on, shapes, defects_dir, pkg.pixel_bits
+    )
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     health = health_findings(pkg.meta.get("camera_health"), frames, shapes, paths, force)
@@ -332,7 +341,7 @@ def calibrate_package(
     }
     if defects_dir is not None:
         threshold["defects"] = check_defects(
-            defects_dir, pkg.image_size, pkg.channels, fp32, threshold["value"], old["value"]
+            defects_dir, pkg.image_size, pkg.channels, fp32, threshold["value"], old["value"], pkg.pixel_bits
         )
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]

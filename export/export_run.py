@@ -47,14 +47,14 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     """Every validation image plus `per_kind` test images of each kind (if the data is still there)."""
     from train.data import load_images, load_test_set
 
-    size, channels = run.model_cfg.image_size, run.model_cfg.channels
+    size, channels, bits = run.model_cfg.image_size, run.model_cfg.channels, run.model_cfg.pixel_bits
     val_paths = run.split()["val"]
-    frames = [load_images(val_paths, size, channels)]
+    frames = [load_images(val_paths, size, channels, pixel_bits=bits)]
     names = [str(p) for p in val_paths]
     data = Path(run.meta.get("data", ""))
     if per_kind > 0 and (data / "test").is_dir():
         picked: dict[str, int] = {}
-        for sample in load_test_set(data, size, channels):
+        for sample in load_test_set(data, size, channels, bits):
             if picked.get(sample.kind, 0) < per_kind:
                 picked[sample.kind] = picked.get(sample.kind, 0) + 1
                 frames.append(sample.image[None])
@@ -102,6 +102,9 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
             "dtype": "uint8",
             "layout": "NHWC",
             "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
+            # How a 16-bit image from the camera becomes these uint8 pixels (edge.frames.to_uint8):
+            # the daemon reads a 16-bit frame that does not say its bits as training read the files.
+            "pixel_bits": m.pixel_bits,
         },
         "normalization": {
             "mean": list(m.channel_mean()),

@@ -396,7 +396,7 @@ def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tm
 
     daemon = Daemon(tmp_path, EdgeConfig())
     scoring = Scoring(1.0, {"name": "m", "sha256": "0"}, 0.01, 4, True, FrameSampler(False))
-    daemon.serving = SimpleNamespace(scoring=scoring)
+    daemon.serving = SimpleNamespace(scoring=scoring, package=SimpleNamespace(pixel_bits=16))
 
     def parser_bug(*args, **kwargs):
         raise RuntimeError("a parser bug")

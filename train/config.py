@@ -7,7 +7,7 @@ from typing import Literal
 
 from edge.config import require
 from edge.errors import ConfigError
-from edge.frames import as_size
+from edge.frames import PIXEL_BITS, as_size, check_pixel_bits
 
 ErrorKind = Literal["l2", "ssim", "gms"]
 TermName = Literal["head", "errors", "template", "memory"]
@@ -72,6 +72,11 @@ class ModelConfig:
     image_size: tuple[int, ...] | Literal["auto"] = "auto"
     short_side: int = 128
     channels: int = 3
+    # The bits a 16-bit image's counts fill: 16 (Mono16), or 12 for a Mono12 camera (values
+    # 0..4095), 10 or 14 for others. Such images, on disk or from the line, are read by the top 8
+    # of these bits; 8-bit images are unaffected. Saved with the model, so that the daemon reads a
+    # 16-bit frame that does not say its bits as training read the camera's files.
+    pixel_bits: int = PIXEL_BITS
     # Capacity: the encoder/decoder width, the latent grid's downsampling, residual blocks per
     # stage, the codebook's size and code dimension. Larger is slower on the line.
     width: int = 48
@@ -95,6 +100,10 @@ class ModelConfig:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"model.image_size is N, [H, W] or auto, got {self.image_size!r}") from exc
         require(self.channels in (1, 3), f"model.channels must be 1 or 3, got {self.channels}")
+        try:
+            check_pixel_bits(self.pixel_bits, "model.pixel_bits")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         require(self.downsample in (2, 4, 8, 16), f"model.downsample must be 2, 4, 8 or 16, got {self.downsample}")
         # Multiples of 16 whatever the downsampling: the scoring pools by 2 and 4 (registration,
         # blob filter) and the map must come back to the same size.

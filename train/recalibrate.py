@@ -69,7 +69,7 @@ def calibrate_run(
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
     shapes: list[tuple[int, int]] = []
     frames, paths, source = calibration_images(
-        good_dir, cfg.image_size, cfg.channels, _trained_on(run), shapes, defects_dir
+        good_dir, cfg.image_size, cfg.channels, _trained_on(run), shapes, defects_dir, cfg.pixel_bits
     )
     health = health_findings(_camera_health(run), frames, shapes, paths, force)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
@@ -105,7 +105,7 @@ def calibrate_run(
     if defects_dir is not None:
         threshold["defects"] = check_defects(
             defects_dir, cfg.image_size, cfg.channels, lambda f: score_frames(run.model, f)[2], threshold["value"],
-            previous["value"] if comparable else None,
+            previous["value"] if comparable else None, cfg.pixel_bits,
         )  # fmt: skip
     (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
     log.info(
@@ -141,7 +141,7 @@ def choose_map_scale(
     with the scale whose threshold lets the fewest confirmed defects pass -> (what was compared
     and chosen, the good frames' scores at that scale)."""
     cfg = cfg or run.model_cfg
-    defects, _ = defect_frames(defects_dir, cfg.image_size, cfg.channels)
+    defects, _ = defect_frames(defects_dir, cfg.image_size, cfg.channels, cfg.pixel_bits)
     if len(defects) < FEW_DEFECTS:
         log.warning("choosing the map scale on %d confirmed defects: a defect or two decides it", len(defects))
     train_images, val_images = _good_images(run)
@@ -180,8 +180,8 @@ def rebuild_map(run: Run, cfg: ModelConfig, train_images: np.ndarray, val_images
 def _good_images(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's own good training and validation images, as its training split them."""
     cfg, split = run.model_cfg, run.split()
-    train = load_images(split["train"], cfg.image_size, cfg.channels)
-    return train, load_images(split["val"], cfg.image_size, cfg.channels)
+    train = load_images(split["train"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
+    return train, load_images(split["val"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
 
 
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:

@@ -41,7 +41,8 @@ class Run:
         """The training images' figures for the line's camera health gate (model.json's
         `camera_health`), each image read once."""
         m, shapes = self.model_cfg, []
-        return training_stats(load_images(self.split()["train"], m.image_size, m.channels, shapes), shapes)
+        images = load_images(self.split()["train"], m.image_size, m.channels, shapes, m.pixel_bits)
+        return training_stats(images, shapes)
 
 
 def read_split(run_dir: Path) -> dict[str, list[Path]]:

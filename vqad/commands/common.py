@@ -65,6 +65,16 @@ def at_least(minimum: float, kind: type = int):
     return parse
 
 
+def pixel_bits_arg(text: str) -> int:
+    """An argparse type: the bits a 16-bit image's counts fill (edge.frames.check_pixel_bits)."""
+    from edge.frames import check_pixel_bits
+
+    try:
+        return check_pixel_bits(int(text) if text.isdigit() else text, "--pixel-bits")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def identifier(text: str) -> str:
     """An argparse type: a camera id as the protocol takes it (1..128 printable characters), or a
     usage error. A daemon drops a frame whose camera id it cannot read, with no result to say so."""

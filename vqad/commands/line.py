@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError, DataError
-from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
+from vqad.commands.common import at_least, default_config, identifier, overrides, pixel_bits_arg, set_arg
 
 if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
@@ -150,6 +150,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
             sndhwm=args.hwm,
             linger_s=args.linger_s,
             part_id_from_name=args.part_id_from_name,
+            pixel_bits=args.pixel_bits,
         )
     except KeyboardInterrupt:
         return 130
@@ -666,6 +667,13 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
     c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
+    c.add_argument(
+        "--pixel-bits",
+        type=pixel_bits_arg,
+        default=16,
+        metavar="N",
+        help="the bits a 16-bit image file's counts fill, 8 to 16: 12 for a Mono12 camera's (default 16)",
+    )
     c.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
     c.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     c.add_argument(

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from edge.frames import parse_size
-from vqad.commands.common import config_args, default_config, overrides
+from vqad.commands.common import config_args, default_config, overrides, pixel_bits_arg
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def model_and_train_configs(args: argparse.Namespace):
     size = getattr(args, "image_size", None)
     if size:
         m_over["image_size"] = size if size == "auto" else list(parse_size(size))
+    if getattr(args, "pixel_bits", None) is not None:
+        m_over["pixel_bits"] = args.pixel_bits
     if getattr(args, "max_minutes", None) is not None:  # 0 is refused by the config, not ignored
         t_over["max_minutes"] = args.max_minutes
     if getattr(args, "steps", None) is not None:
@@ -238,6 +240,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="N|HxW|auto",
         help="model input: N x N, height x width, or auto (configs/model.yaml's default: the training "
         "images' median aspect ratio, the short side model.short_side)",
+    )
+    t.add_argument(
+        "--pixel-bits",
+        type=pixel_bits_arg,
+        metavar="N",
+        help="the bits a 16-bit image's counts fill, 8 to 16: 12 for a Mono12 camera (model.pixel_bits; default 16)",
     )
     t.add_argument("--max-minutes", type=float, help="a guard on the training's wall time (train.max_minutes)")
     t.add_argument("--steps", type=int, help="training steps (train.steps)")
