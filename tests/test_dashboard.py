@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +34,7 @@ from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.package import load_package
-from edge.protocol import frame_message, result_header, result_message
+from edge.protocol import frame_message, heartbeat_message, result_header, result_message
 from edge.record import Record
 from edge.record.days import ProductionDays
 from edge.record.schema import add_removed
@@ -1005,7 +1006,7 @@ def test_a_dashboards_peers_are_urls_and_one_without_a_stream_needs_a_record():
         DashboardConfig(peers=("line4-box:8080",))
     with pytest.raises(ValueError, match="without a results endpoint needs a record"):
         DashboardConfig(results="")
-    assert DashboardConfig(results="", record="sqlite:///line.db").results == ""
+    assert DashboardConfig(results="", record="sqlite:///line.db").results == ()
 
 
 def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(line, tmp_path):
@@ -1219,6 +1220,102 @@ def test_the_page_says_when_the_daemon_stalls_and_when_it_runs_again(tiny_model,
                 cam.close()
     finally:
         driver.quit()
+
+
+class _LineDaemon:
+    """A line's daemon as its results socket shows it: a real PUB socket on loopback sending
+    heartbeats every 0.2 s from a thread (for at most 60 s) until `fall_silent()`, and results
+    when asked."""
+
+    def __init__(self, name: str):
+        self.endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock.bind(self.endpoint)
+        self.run, self.seq, self.lock = f"run-{name}", 0, threading.Lock()
+        self.beating = threading.Event()
+        self.beating.set()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        deadline = time.monotonic() + 60
+        while self.beating.is_set() and time.monotonic() < deadline:
+            beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": self.run, "published": self.seq, "threshold": 1.0,
+                    "stalled": False, "record": None, "model": {"name": "m", "sha256": "ab" * 32}}  # fmt: skip
+            with self.lock:
+                self.sock.send_multipart(heartbeat_message(beat))
+            time.sleep(0.2)
+
+    def publish(self, camera: str, score: float) -> None:
+        header = result_header(camera, self.seq, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
+                               score=score, decision="fail" if score > 1.0 else "pass", batch_size=1,
+                               map_info={"shape": [16, 16], "dtype": "uint8", "scale": 0.01})  # fmt: skip
+        with self.lock:
+            self.sock.send_multipart(result_message({**header, "run": self.run, "seq": self.seq}, bytes(256)))
+            self.seq += 1
+
+    def fall_silent(self) -> None:
+        self.beating.clear()
+        self.thread.join(2)
+
+    def close(self) -> None:
+        self.fall_silent()
+        self.sock.close(linger=0)
+
+
+def test_one_page_follows_several_lines_daemons_each_named_with_its_state(tmp_path):
+    """A plant's screen: `--results A,B` follows two daemons. Each camera is counted from its
+    own daemon's stream and says which that is; the header has a pill per daemon from its own
+    heartbeat, and one for all of them: a daemon that falls silent turns its pill and that one
+    red, while the other stays ready."""
+    lines = [_LineDaemon("line1"), _LineDaemon("line2")]
+    driver = headless_chromium()
+    dashboard = DashboardProcess("--results", ",".join(d.endpoint for d in lines), log_path=tmp_path / "d.log")
+    try:
+        dashboard.start()
+        summary = lambda: _json(dashboard.url + "/api/summary")[1]  # noqa: E731
+        assert wait_for(lambda: summary()["daemon"]["up"], 10), summary()["daemon"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(summary()["cameras"]) < 2:  # past the subscribers' slow join
+            lines[0].publish("line1-cam", 0.5)
+            lines[1].publish("line2-cam", 2.0)
+            time.sleep(0.3)
+        cameras = summary()["cameras"]
+        assert cameras["line1-cam"]["daemon"] == lines[0].endpoint and cameras["line1-cam"]["fail"] == 0
+        assert cameras["line2-cam"]["daemon"] == lines[1].endpoint and cameras["line2-cam"]["fail"] >= 1
+        daemon = summary()["daemon"]
+        assert [d["endpoint"] for d in daemon["daemons"]] == [d.endpoint for d in lines]
+        assert all(d["up"] and d["ready"] for d in daemon["daemons"]) and daemon["results_missed"] == 0
+        driver.get(dashboard.url + "/")
+        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        each = "return [...document.querySelectorAll('[data-field=daemons] .pill')].map(e => e.textContent)"
+        assert wait_for(lambda: state() == "2 daemons ready", 10), state()
+        names = [d.endpoint.removeprefix("tcp://") for d in lines]
+        assert driver.execute_script(each) == [f"{names[0]}: ready", f"{names[1]}: ready"]
+        model = "return document.querySelector('section[data-camera=line2-cam] [data-field=model]').textContent"
+        assert driver.execute_script(model).endswith(f"· from {names[1]}")
+        lines[1].fall_silent()
+        assert wait_for(lambda: state() == "1 down of 2 daemons", 5), state()
+        assert driver.execute_script(each) == [f"{names[0]}: ready", f"{names[1]}: down"]
+        daemon = summary()["daemon"]
+        assert daemon["up"] is False and [d["up"] for d in daemon["daemons"]] == [True, False]
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+        dashboard.stop()
+        for line in lines:
+            line.close()
+
+
+def test_a_dashboards_results_are_one_endpoint_or_several_each_once():
+    assert DashboardConfig(results="tcp://a:1").results == ("tcp://a:1",)
+    assert DashboardConfig(results=("tcp://a:1", "tcp://b:1")).results == ("tcp://a:1", "tcp://b:1")
+    with pytest.raises(ValueError, match="an endpoint given twice"):
+        DashboardConfig(results=("tcp://a:1", "tcp://a:1"))
+    from edge.config import config_from
+
+    assert config_from(DashboardConfig, {"results": "tcp://a:1,tcp://b:2"}).results == ("tcp://a:1", "tcp://b:2")
+    assert config_from(DashboardConfig, {"results": "", "record": "sqlite:///x.db"}).results == ()
 
 
 def test_the_browser_leaves_nothing_in_the_temporary_folder(monkeypatch):

@@ -87,7 +87,7 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert page.record == f"sqlite:///{tmp_path}/line.db" and page.metrics.endswith(":9108/metrics")
     # The page reads the record the daemon writes: a daemon unit without one left the page of a
     # fresh install on a record that nothing made.
-    assert serve.record == page.record and serve.results_endpoint == page.results
+    assert serve.record == page.record and page.results == (serve.results_endpoint,)
 
 
 @pytest.mark.parametrize("station", [None, "press1"])
@@ -160,7 +160,7 @@ def test_the_station_units_give_each_station_its_own_package_state_and_record_an
         assert serve.metrics_port == int(env["METRICS_PORT"]) and serve.backend == "tensorrt"
         assert serve.state_dir == str(tmp_path / station) and serve.record == f"sqlite:///{tmp_path}/{station}/line.db"
         page = dashboard_config(parser.parse_args(_as_station(dashboard["ExecStart"], station, env, tmp_path)))
-        assert page.record == serve.record and page.results == serve.results_endpoint
+        assert page.record == serve.record and page.results == (serve.results_endpoint,)
         assert page.metrics == f"http://127.0.0.1:{serve.metrics_port}/metrics" and page.port == int(
             env["DASHBOARD_PORT"]
         )

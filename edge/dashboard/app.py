@@ -142,14 +142,15 @@ class Dashboard:
         days: ProductionDays,
         record_cameras: tuple[str, ...] = ("*",),
         peers: Peers | None = None,
-        streamed: bool = True,
+        streams: tuple[str, ...] = ("",),
     ) -> None:
         """record_cameras: patterns of the record's cameras shown while they send nothing;
         peers: the other boxes' dashboards, asked for pictures that are on their disks;
-        streamed: whether a daemon's results stream is followed (False: the record alone)."""
+        streams: the results endpoints followed, the `source` of the view's results and
+        heartbeats (one daemon's, several lines', or none: the record alone)."""
         self.view, self.probe, self.record, self.record_cameras = view, probe, record, record_cameras
         self.peers = peers or Peers(())
-        self.streamed = streamed
+        self.streams = streams
         self._cached: tuple[float, str] = (0.0, "{}")
         self._latest_held: RecentDict[str, tuple[float, LiveFrame | None]] = RecentDict(CAMERAS_SHOWN)
         self.daily = DailyTally(days)
@@ -168,7 +169,10 @@ class Dashboard:
     def _summary(self) -> dict[str, Any]:
         cameras = self.view.summary(self._recorded)
         daemon = self.probe.snapshot() if self.probe else {"up": None, "metrics": None}
-        daemon.update(self._heartbeat(daemon["up"] is None))
+        if len(self.streams) > 1:
+            daemon.update(self._daemons())
+        else:
+            daemon.update(self._heartbeat(self.streams[0] if self.streams else "", daemon["up"] is None))
         for camera, view in cameras.items():
             view["drift"] = daemon.get("drift", {}).get(camera)
         behind = daemon.get("record_behind_s")
@@ -177,16 +181,38 @@ class Dashboard:
             results_missed=self.view.gaps.missed,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
-            streamed=self.streamed,
+            streamed=bool(self.streams),
             record_behind=behind is not None and behind >= RECORD_BEHIND_S,
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
-    def _heartbeat(self, stands_in: bool) -> dict[str, Any]:
-        """What the daemon's heartbeat says: its age, where its threshold came from, and, without
-        a metrics endpoint (`stands_in`), whether the daemon is up (a beat within
+    def _daemons(self) -> dict[str, Any]:
+        """The daemons of several results endpoints: each one's heartbeat (`daemons`, in the
+        order configured), and together, whether all are up and ready, whether any has stalled,
+        and their record's figures at the worst (the metrics endpoint, if any, is one daemon's)."""
+        each = [{"endpoint": e, "up": None, **self._heartbeat(e, True)} for e in self.streams]
+        ups = [d["up"] for d in each]
+        behind = [d["record_behind_s"] for d in each if d.get("record_behind_s") is not None]
+        return {
+            "daemons": each,
+            "up": None if None in ups else all(ups),
+            "ready": all(d.get("ready") for d in each),
+            "stalled": any(d.get("stalled") for d in each),
+            "heartbeat_age_s": max(
+                (d["heartbeat_age_s"] for d in each if d["heartbeat_age_s"] is not None), default=None
+            ),
+            "threshold": None,  # each camera's own, on its section
+            "threshold_source": None,
+            "record_behind_s": max(behind, default=None),
+            "record_pending": sum(d.get("record_pending") or 0 for d in each),
+            "unrecorded": sum(d.get("unrecorded") or 0 for d in each),
+        }
+
+    def _heartbeat(self, source: str, stands_in: bool) -> dict[str, Any]:
+        """What the heartbeat from `source` says: its age, where its threshold came from, and,
+        without a metrics endpoint (`stands_in`), whether the daemon is up (a beat within
         HEARTBEAT_MISSED intervals) and whether its inference has stalled."""
-        beat = self.view.last_heartbeat()
+        beat = self.view.last_heartbeat(source)
         if beat is None:
             return {"heartbeat_age_s": None, "threshold_source": None}
         age, header = beat
@@ -514,7 +540,7 @@ def create_app(
     cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
 ) -> Starlette:
     peers = Peers(cfg.peers, cfg.peers_token or cfg.token)  # a plant's dashboards share one, often
-    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers, bool(cfg.results))
+    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers, cfg.results)
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

@@ -3,7 +3,9 @@ rate over time, recent scores and latencies, the latest result and the latest re
 
 `LiveView.add` takes each result as the subscriber reads it and only updates counters and
 bounded buffers; pictures are drawn when a page asks for one. `ResultsFeed` is the subscriber
-thread. The stream is the truth for "now"; the record (when given) is the truth for history.
+thread, of one daemon's results or of several (a plant's lines on one page); each result and
+heartbeat is known by the endpoint it came from. The stream is the truth for "now"; the record
+(when given) is the truth for history.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class CameraView:
     latest: LiveFrame | None = None
     latest_framed: LiveFrame | None = None
     rejects: collections.deque = field(default_factory=lambda: collections.deque(maxlen=REJECTS_KEPT))
+    source: str = ""  # the results endpoint it was last read from: which daemon serves it
 
     def add(self, frame: LiveFrame) -> None:
         h, now = frame.header, frame.seen_mono
@@ -175,6 +178,7 @@ class CameraView:
             "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 3) for q in (50, 99)} if len(lat) else None,
             "threshold": self.threshold,
             "model": self.model,
+            "daemon": self.source or None,
             "latest": _brief(latest) if latest else None,
             "fail_rate_series": self.fail_rate_series(now),
             "histogram": self.histogram(),
@@ -197,10 +201,11 @@ class LiveView:
         self.cameras: RecentDict[str, CameraView] = RecentDict(CAMERAS_SHOWN)
         self.lock = threading.Lock()
         self.results_seen = 0
-        self.gaps = StreamGaps()  # what the feed missed: the counts are short by it
-        self._heartbeat: tuple[float, dict[str, Any]] | None = None
+        self.gaps = StreamGaps()  # what the feed missed: the counts are short by it (seq per daemon run)
+        self._heartbeats: dict[str, tuple[float, dict[str, Any]]] = {}  # by the endpoint it came from
 
-    def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None) -> None:
+    def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None, source: str = "") -> None:
+        """A result read from the results endpoint `source`."""
         frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic())
         with self.lock:
             self.results_seen += 1
@@ -208,17 +213,19 @@ class LiveView:
             camera = str(header["camera_id"])
             view = self.cameras.get(camera) or CameraView()
             self.cameras[camera] = view  # the most recent: a camera that sends is never the one dropped
+            view.source = source
             view.add(frame)
 
-    def heartbeat(self, header: dict[str, Any]) -> None:
+    def heartbeat(self, header: dict[str, Any], source: str = "") -> None:
+        """A heartbeat read from the results endpoint `source`."""
         with self.lock:
-            self._heartbeat = (time.monotonic(), header)
+            self._heartbeats[source] = (time.monotonic(), header)
             self.gaps.follow_heartbeat(header)
 
-    def last_heartbeat(self) -> tuple[float, dict[str, Any]] | None:
-        """(seconds since the daemon's last heartbeat, its header), or None before the first."""
+    def last_heartbeat(self, source: str = "") -> tuple[float, dict[str, Any]] | None:
+        """(seconds since the last heartbeat from `source`, its header), or None before the first."""
         with self.lock:
-            beat = self._heartbeat
+            beat = self._heartbeats.get(source)
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
 
     def summary(self, recorded: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -257,30 +264,43 @@ class LiveView:
 
 
 class ResultsFeed(threading.Thread):
-    """Subscribes to the daemon's results and adds each to a LiveView until stopped."""
+    """Subscribes to the results of one daemon or several (`endpoints`) and adds each to a
+    LiveView, known by its endpoint, until stopped."""
 
-    def __init__(self, endpoint: str, view: LiveView, curve_secret: str = "", curve_server_key: str = ""):
+    def __init__(
+        self, endpoints: str | tuple[str, ...], view: LiveView, curve_secret: str = "", curve_server_key: str = ""
+    ):
         super().__init__(name="results-feed", daemon=True)
-        self.endpoint, self.view = endpoint, view
+        self.endpoints = (endpoints,) if isinstance(endpoints, str) else tuple(endpoints)
+        self.view = view
         self.curve = (curve_secret, curve_server_key) if curve_secret else (None, None)
         self.malformed = RepeatedLog(log)
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        # The dashboard must never slow the daemon: past this many unread results, ZeroMQ drops
-        # this subscriber's messages (PUB never blocks) and the counts show a gap, not a stall.
-        sock = transport.results_subscriber(zmq.Context.instance(), self.endpoint, 10000, None, *self.curve)
+        # A socket per daemon, so that each heartbeat says which daemon is up. The dashboard must
+        # never slow a daemon: past this many unread results, ZeroMQ drops this subscriber's
+        # messages (PUB never blocks) and the counts show a gap, not a stall.
+        ctx = zmq.Context.instance()
+        socks = {transport.results_subscriber(ctx, e, 10000, None, *self.curve): e for e in self.endpoints}
+        poller = zmq.Poller()
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
         try:
             while not self.stopping.is_set():
-                if sock.poll(100):
-                    self._drain(sock)
+                ready = dict(poller.poll(100))
+                for sock, endpoint in socks.items():
+                    if sock in ready:
+                        self._drain(sock, endpoint)
+                if ready:
                     # Read in batches: a wake-up per result costs more than the result at line
                     # rates, and a page never needs a result sooner than this.
                     self.stopping.wait(BATCH_S)
         finally:
-            sock.close(linger=0)
+            for sock in socks:
+                sock.close(linger=0)
 
-    def _drain(self, sock: zmq.Socket) -> None:
+    def _drain(self, sock: zmq.Socket, endpoint: str) -> None:
         """Every result waiting on the socket into the view."""
         while True:
             try:
@@ -289,10 +309,10 @@ class ResultsFeed(threading.Thread):
                 return
             try:
                 if parts[0] == HEARTBEAT_TOPIC:
-                    self.view.heartbeat(parse_heartbeat(parts))
+                    self.view.heartbeat(parse_heartbeat(parts), endpoint)
                     continue
                 header = parse_result_header(parts)
-                self.view.add(header, parts[2], parts[3] if len(parts) > 3 else None)
+                self.view.add(header, parts[2], parts[3] if len(parts) > 3 else None, endpoint)
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
                 self.malformed.log("ignoring a malformed result: %s", exc)
             except Exception as exc:  # noqa: BLE001 - one result the page cannot take must not end its feed

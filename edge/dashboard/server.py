@@ -89,7 +89,7 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(
         "dashboard on http://%s:%d/ (results %s, record %s, metrics %s%s%s)",
-        shown, cfg.port, cfg.results or "none", record.where if record else "none", cfg.metrics or "none",
+        shown, cfg.port, ", ".join(cfg.results) or "none", record.where if record else "none", cfg.metrics or "none",
         f", peers {', '.join(cfg.peers)}" if cfg.peers else "", ", token required" if cfg.token else "",
     )  # fmt: skip
     try:

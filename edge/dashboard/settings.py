@@ -33,9 +33,11 @@ def check_peer(url: str) -> None:
 
 @dataclass(frozen=True)
 class DashboardConfig:
-    # The daemon's results endpoint (a SUB socket connects to it). "" = none: a plant's view of
-    # a record that boxes share, its cameras' rejects, tally and reviews from the record alone.
-    results: str = "tcp://127.0.0.1:5556"
+    # The daemon's results endpoint (a SUB socket connects to it), or several daemons' (a list;
+    # "a,b" on the command line): a plant's lines live on one page, each daemon's state in the
+    # header. "" = none: a plant's view of a record that boxes share, its cameras' rejects, tally
+    # and reviews from the record alone.
+    results: tuple[str, ...] = ("tcp://127.0.0.1:5556",)
     # The line's record (sqlite:///PATH or postgresql://...): rejects with their evidence, and
     # reviews from the page. "" = the live stream only, without reviews.
     record: str = ""
@@ -75,8 +77,13 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
-        if self.results:
-            check_endpoint(self.results, "the results endpoint")
+        if isinstance(self.results, str):  # one endpoint, or "a,b", from Python as from a command line
+            object.__setattr__(self, "results", tuple(e.strip() for e in self.results.split(",") if e.strip()))
+        for endpoint in self.results:
+            check_endpoint(endpoint, "the results endpoint")
+        require(
+            len(set(self.results)) == len(self.results), f"results: an endpoint given twice in {list(self.results)}"
+        )
         require(bool(self.results) or bool(self.record), "a dashboard without a results endpoint needs a record")
         require(self.silent_after_s > 0, "silent_after_s must be > 0")
         require(0 <= self.nice <= 19, f"nice must be 0-19, got {self.nice}")

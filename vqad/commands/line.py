@@ -623,7 +623,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("dashboard", help="serve a live view of the line in the browser (and its JSON API)")
     d.add_argument("--config", type=Path, help="dashboard config YAML (default configs/dashboard.yaml)")
     d.add_argument(
-        "--results", metavar="ENDPOINT", help="the daemon's results endpoint ('' = none: a record's view alone)"
+        "--results",
+        metavar="ENDPOINTS",
+        help="the daemon's results endpoint, or several daemons' comma-separated "
+        "(a plant's lines on one page); '' = none: a record's view alone",
     )
     d.add_argument("--record", metavar="URL", help="the line's record: rejects' evidence, and reviews from the page")
     d.add_argument(

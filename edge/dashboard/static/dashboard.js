@@ -72,10 +72,9 @@ function drawDaemon(d) {
   const bar = document.getElementById("daemon");
   const el = $(bar, "daemon-state");
   if (d.streamed === false) pill(el, "the record alone: no daemon's stream followed", "ok");
-  else if (d.up === null || d.up === undefined) pill(el, "daemon: not heard from yet", "warn");
-  else if (!d.up) pill(el, "daemon down", "bad");
-  else if (d.stalled) pill(el, "daemon stalled: inference not returning", "bad");
-  else pill(el, d.ready ? "daemon ready" : "daemon up, not ready", d.ready ? "ok" : "warn");
+  else if (d.daemons) pill(el, ...daemonsState(d.daemons));
+  else pill(el, ...daemonState(d));
+  drawDaemons($(bar, "daemons"), d.daemons);
   drawRecordState($(bar, "record-state"), d);
   // Results the page's feed missed (the gaps in their seq: it fell behind a burst): its counts
   // are short by them; the record's tally is not.
@@ -88,6 +87,44 @@ function drawDaemon(d) {
   setText(bar, "threshold-source", thresholdSource(d.threshold_source));
   setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
   setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
+}
+
+// [text, kind] of one daemon's pill: from its metrics, or its heartbeat without them.
+function daemonState(d) {
+  if (d.up === null || d.up === undefined) return ["daemon: not heard from yet", "warn"];
+  if (!d.up) return ["daemon down", "bad"];
+  if (d.stalled) return ["daemon stalled: inference not returning", "bad"];
+  return d.ready ? ["daemon ready", "ok"] : ["daemon up, not ready", "warn"];
+}
+
+// [text, kind] of several daemons' pill (a plant's lines on one page): the worst of them counted.
+function daemonsState(daemons) {
+  const count = (test) => daemons.filter(test).length;
+  const n = daemons.length;
+  const down = count((d) => d.up === false), stalled = count((d) => d.up && d.stalled);
+  const unheard = count((d) => d.up === null || d.up === undefined);
+  if (down || stalled) {
+    const parts = [down ? `${down} down` : "", stalled ? `${stalled} stalled` : ""].filter(Boolean);
+    return [`${parts.join(", ")} of ${n} daemons`, "bad"];
+  }
+  if (unheard) return [`${unheard} of ${n} daemons not heard from yet`, "warn"];
+  const ready = count((d) => d.ready);
+  return ready === n ? [`${n} daemons ready`, "ok"] : [`${n - ready} of ${n} daemons up, not ready`, "warn"];
+}
+
+// Each daemon's own pill, named by its results endpoint (its host and port), when the page
+// follows several.
+function drawDaemons(el, daemons) {
+  el.hidden = !daemons;
+  if (!daemons) return;
+  while (el.children.length < daemons.length) el.appendChild(document.createElement("span"));
+  while (el.children.length > daemons.length) el.lastChild.remove();
+  daemons.forEach((d, i) => {
+    const [text, kind] = daemonState(d);
+    const name = String(d.endpoint).replace(/^[a-z]+:\/\//, "");
+    pill(el.children[i], `${name}: ${text.replace(/^daemon:? /, "")}`, kind);
+    el.children[i].dataset.endpoint = d.endpoint;
+  });
 }
 
 // The record's trouble, shown only while there is some: results that will have no row (since
@@ -142,7 +179,10 @@ function drawCamera(id, c, daemon) {
   setText(n, "fail-rate-1h", pct(c.fail_rate_1h));
   setText(n, "cam-throughput", `${num(c.throughput_per_s, 3)}/s`);
   setText(n, "latency", c.latency_ms ? `${c.latency_ms.p50.toFixed(1)} / ${c.latency_ms.p99.toFixed(1)} ms` : "–");
-  setText(n, "model", c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "");
+  const model = c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "";
+  // Several daemons on the page: which one serves this camera (its results endpoint).
+  const from = daemon.daemons && c.daemon ? ` · from ${String(c.daemon).replace(/^[a-z]+:\/\//, "")}` : "";
+  setText(n, "model", model + from);
   n.classList.toggle("silent", c.silent && !c.recorded_only); // never streamed here: not known to be down
   n.classList.toggle("recorded-only", c.recorded_only);
   const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
