@@ -48,7 +48,10 @@ def mono12_root(synth_root, tmp_path_factory) -> Path:
 def mono12_model(mono12_root, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mono12_run")
     run, model = work / "run", work / "model"
-    run_vqad("train", mono12_root, "--out", run, "--steps", "10", "--pixel-bits", "12", *TINY_MODEL, *TINY_TRAIN)
+    trained = run_vqad(
+        "train", mono12_root, "--out", run, "--steps", "10", "--pixel-bits", "12", *TINY_MODEL, *TINY_TRAIN
+    )
+    (work / "train.log").write_text(trained.stderr)
     run_vqad("eval", run, mono12_root, "--out", run / "eval", "--no-pictures")
     run_vqad("export", run, "--out", model)
     return model
@@ -65,6 +68,7 @@ def test_a_mono12_category_trains_as_its_8_bit_twin_reads(mono12_model, mono12_r
     originals = np.stack([s.image for s in load_test_set(synth_root / "bracket", 32, 3)])
     assert np.array_equal(as_12, originals)
     assert np.stack([s.image for s in load_test_set(mono12_root, 32, 3)]).max() <= 16  # as 16 bits: black
+    assert "nearly black" not in (mono12_model.parent / "train.log").read_text()  # read by 12 bits throughout
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0
 

@@ -305,20 +305,21 @@ def _fitted_aspect(shapes: list[tuple[int, int]]) -> tuple[float, float]:
     return aspect, min(MAX_ASPECT, max(aspect, 1 / MAX_ASPECT))
 
 
-def camera_shapes(category: str | Path, sample: int = 64) -> list[tuple[int, int]]:
+def camera_shapes(category: str | Path, sample: int = 64, pixel_bits: int = PIXEL_BITS) -> list[tuple[int, int]]:
     """(H, W) of up to `sample` training images, evenly spaced over the sorted list."""
-    return image_shapes(train_image_paths(category), sample)
+    return image_shapes(train_image_paths(category), sample, pixel_bits)
 
 
-def image_shapes(paths: list[Path], sample: int = 64) -> list[tuple[int, int]]:
-    """(H, W) of up to `sample` of `paths` as read, evenly spaced over the list. Unreadable ones
-    are left out: reading the images (load_images) names them all at once. DataError when none
-    of the sample can be read."""
+def image_shapes(paths: list[Path], sample: int = 64, pixel_bits: int = PIXEL_BITS) -> list[tuple[int, int]]:
+    """(H, W) of up to `sample` of `paths` as read (a 16-bit image by `pixel_bits`, which says
+    nothing of its shape but keeps its warnings true), evenly spaced over the list. Unreadable
+    ones are left out: reading the images (load_images) names them all at once. DataError when
+    none of the sample can be read."""
     sampled = paths[:: max(1, len(paths) // sample)][:sample]
     shapes, unreadable = [], []
     for path in sampled:
         try:
-            shapes.append(read_image(path).shape[:2])
+            shapes.append(read_image(path, pixel_bits).shape[:2])
         except DataError as exc:
             unreadable.append(str(exc))
     if unreadable and not shapes:
@@ -418,5 +419,6 @@ def resolve_image_size(
     `shapes`: the training images' (camera_shapes), read here when not given."""
     if model_cfg.image_size != "auto":
         return model_cfg
-    size = auto_image_size(shapes or camera_shapes(category), model_cfg.short_side, model_cfg.size_step())
+    shapes = shapes or camera_shapes(category, pixel_bits=model_cfg.pixel_bits)
+    size = auto_image_size(shapes, model_cfg.short_side, model_cfg.size_step())
     return dataclasses.replace(model_cfg, image_size=size)

@@ -221,7 +221,7 @@ def set_up(
 ) -> Session:
     """Device and seeds, the model (resumed from its checkpoint), the data (every image read
     and checked before anything is written), the run directory's files and the optimiser."""
-    shapes = camera_shapes(category)  # read once: the size auto picks, and the scale it logs
+    shapes = camera_shapes(category, pixel_bits=model_cfg.pixel_bits)  # once: the size auto picks, the scale logged
     model_cfg = resolve_image_size(model_cfg, category, shapes)
     device = pick_device(train_cfg.device)
     dist = setup_distributed(device)
