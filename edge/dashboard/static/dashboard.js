@@ -121,11 +121,13 @@ function drawDaemons(el, daemons) {
   while (el.children.length > daemons.length) el.lastChild.remove();
   daemons.forEach((d, i) => {
     const [text, kind] = daemonState(d);
-    const name = String(d.endpoint).replace(/^[a-z]+:\/\//, "");
-    pill(el.children[i], `${name}: ${text.replace(/^daemon:? /, "")}`, kind);
+    pill(el.children[i], `${endpointName(d.endpoint)}: ${text.replace(/^daemon:? /, "")}`, kind);
     el.children[i].dataset.endpoint = d.endpoint;
   });
 }
+
+// A daemon named by its results endpoint, less the transport: "line4-box:5556".
+function endpointName(endpoint) { return String(endpoint).replace(/^[a-z]+:\/\//, ""); }
 
 // The record's trouble, shown only while there is some: results that will have no row (since
 // the daemon started), or a record that has fallen behind the line (its rejects cannot be
@@ -181,7 +183,7 @@ function drawCamera(id, c, daemon) {
   setText(n, "latency", c.latency_ms ? `${c.latency_ms.p50.toFixed(1)} / ${c.latency_ms.p99.toFixed(1)} ms` : "–");
   const model = c.model ? `${c.model.name || ""} ${(c.model.sha256 || "").slice(0, 12)}` : "";
   // Several daemons on the page: which one serves this camera (its results endpoint).
-  const from = daemon.daemons && c.daemon ? ` · from ${String(c.daemon).replace(/^[a-z]+:\/\//, "")}` : "";
+  const from = daemon.daemons && c.daemon ? ` · from ${endpointName(c.daemon)}` : "";
   setText(n, "model", model + from);
   n.classList.toggle("silent", c.silent && !c.recorded_only); // never streamed here: not known to be down
   n.classList.toggle("recorded-only", c.recorded_only);
