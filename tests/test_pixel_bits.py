@@ -70,7 +70,8 @@ def test_a_mono12_category_trains_as_its_8_bit_twin_reads(mono12_model, mono12_r
     assert np.stack([s.image for s in load_test_set(mono12_root, 32, 3)]).max() <= 16  # as 16 bits: black
     assert "nearly black" not in (mono12_model.parent / "train.log").read_text()  # read by 12 bits throughout
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_bits"] == 12
+    assert "a 16-bit image read by its low 12 bits" in (run / "eval" / "report.html").read_text()
 
 
 def test_the_daemon_reads_a_mono12_frame_by_the_models_bits_or_the_frames_own(mono12_model, synth_root):

@@ -193,6 +193,7 @@ def _test_metrics(
         "per_kind_image_auroc": {},
         "per_kind_misses": {},
         "image_size": list(size),
+        "pixel_bits": run.model_cfg.pixel_bits,
         "score_scale": run.model_cfg.score.scale,
         "score_fuse_scales": list(run.model_cfg.score.fuse_scales),
         "run": str(run.root),

@@ -114,8 +114,10 @@ def _measured_on(metrics: dict[str, Any]) -> str:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     copies = metrics.get("n_left_out_copies") or 0
     left_out = f" ({copies} more left out: copies of the run's own good images)" if copies else ""
+    bits = metrics.get("pixel_bits", 16)
+    read_by = f", a 16-bit image read by its low {bits} bits" if bits != 16 else ""
     return (
-        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images{left_out} at {size} px (HxW); "
+        f"{metrics['n_good']} good and {metrics['n_defect']} defect test images{left_out} at {size} px (HxW){read_by}; "
         f"run {metrics['run']}, step {metrics['step']}, checkpoint {sha or 'unknown'}; written {when}"
     )
 
