@@ -1307,6 +1307,77 @@ def test_one_page_follows_several_lines_daemons_each_named_with_its_state(tmp_pa
             line.close()
 
 
+class _MetricsEndpoint:
+    """A daemon's Prometheus endpoint on loopback: its DaemonMetrics' text, as the daemon serves it."""
+
+    def __init__(self, metrics: DaemonMetrics):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(metrics.registry)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_several_daemons_metrics_each_give_their_own_cameras_drift_and_queue(tmp_path):
+    """`--metrics` with several `--results`: one per daemon, in the same order. Each daemon's
+    pill, queue and reloads are its metrics', a camera's drift alarm its own daemon's, and the
+    header adds their queues."""
+    lines = [_LineDaemon("line1"), _LineDaemon("line2")]
+    endpoints = []
+    for i, camera in enumerate(("line1-cam", "line2-cam")):
+        m = DaemonMetrics()
+        m.ready.set(1)
+        m.queue_depth.set(2 + i)
+        m.reloads.inc(i)
+        m.drift_ks.labels(camera).set(0.1 + 0.3 * i)
+        m.drift_alarm.labels(camera).set(i)
+        endpoints.append(_MetricsEndpoint(m))
+    dashboard = DashboardProcess(
+        "--results", ",".join(d.endpoint for d in lines), "--metrics", ",".join(e.url for e in endpoints),
+        log_path=tmp_path / "d.log",
+    )  # fmt: skip
+    try:
+        dashboard.start()
+        summary = lambda: _json(dashboard.url + "/api/summary")[1]  # noqa: E731
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(summary()["cameras"]) < 2:  # past the subscribers' slow join
+            lines[0].publish("line1-cam", 0.5)
+            lines[1].publish("line2-cam", 0.5)
+            time.sleep(0.3)
+        daemon = wait_for(lambda: (d := summary()["daemon"])["queue_depth"] == 5 and d, 10)
+        assert daemon, summary()["daemon"]
+        assert [(d["up"], d["ready"], d["queue_depth"], d["reloads"]) for d in daemon["daemons"]] == [
+            (True, True, 2, 0), (True, True, 3, 1)
+        ]  # fmt: skip
+        assert daemon["metrics"] == [e.url for e in endpoints] and daemon["reloads"] == 1
+        cameras = summary()["cameras"]
+        assert cameras["line1-cam"]["drift"] == {"ks": 0.1, "alarm": False}
+        assert cameras["line2-cam"]["drift"] == {"ks": 0.4, "alarm": True}
+        endpoints[1].close()
+        down = wait_for(lambda: (d := summary()["daemon"])["up"] is False and d, 10)
+        assert down and [d["up"] for d in down["daemons"]] == [True, False], down
+    finally:
+        dashboard.stop()
+        for line in lines:
+            line.close()
+        endpoints[0].close()
+
+
 def test_a_dashboards_results_are_one_endpoint_or_several_each_once():
     assert DashboardConfig(results="tcp://a:1").results == ("tcp://a:1",)
     assert DashboardConfig(results=("tcp://a:1", "tcp://b:1")).results == ("tcp://a:1", "tcp://b:1")
@@ -1316,6 +1387,14 @@ def test_a_dashboards_results_are_one_endpoint_or_several_each_once():
 
     assert config_from(DashboardConfig, {"results": "tcp://a:1,tcp://b:2"}).results == ("tcp://a:1", "tcp://b:2")
     assert config_from(DashboardConfig, {"results": "", "record": "sqlite:///x.db"}).results == ()
+    both = ("tcp://a:1", "tcp://b:1")
+    assert DashboardConfig(results=both, metrics="http://a:9/metrics,http://b:9/metrics").metrics == (
+        "http://a:9/metrics", "http://b:9/metrics"
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="one Prometheus endpoint per results endpoint"):
+        DashboardConfig(results=both, metrics="http://a:9/metrics")
+    with pytest.raises(ValueError, match="one Prometheus endpoint per results endpoint"):
+        DashboardConfig(metrics="http://a:9/metrics,http://b:9/metrics")
 
 
 def test_the_browser_leaves_nothing_in_the_temporary_folder(monkeypatch):

@@ -84,7 +84,11 @@ def test_the_systemd_units_commands_parse_and_their_configs_load(tmp_path, monke
     assert engine_settings(engine) == (serve.max_batch, serve.tensorrt_workspace_mb)
     assert serve.state_dir == str(tmp_path)
     page = dashboard_config(parser.parse_args(_on_this_checkout(dashboard["ExecStart"], tmp_path)))
-    assert page.record == f"sqlite:///{tmp_path}/line.db" and page.metrics.endswith(":9108/metrics")
+    assert (
+        page.record == f"sqlite:///{tmp_path}/line.db"
+        and page.metrics[0].endswith(":9108/metrics")
+        and len(page.metrics) == 1
+    )
     # The page reads the record the daemon writes: a daemon unit without one left the page of a
     # fresh install on a record that nothing made.
     assert serve.record == page.record and page.results == (serve.results_endpoint,)
@@ -161,7 +165,7 @@ def test_the_station_units_give_each_station_its_own_package_state_and_record_an
         assert serve.state_dir == str(tmp_path / station) and serve.record == f"sqlite:///{tmp_path}/{station}/line.db"
         page = dashboard_config(parser.parse_args(_as_station(dashboard["ExecStart"], station, env, tmp_path)))
         assert page.record == serve.record and page.results == (serve.results_endpoint,)
-        assert page.metrics == f"http://127.0.0.1:{serve.metrics_port}/metrics" and page.port == int(
+        assert page.metrics == (f"http://127.0.0.1:{serve.metrics_port}/metrics",) and page.port == int(
             env["DASHBOARD_PORT"]
         )
     assert (

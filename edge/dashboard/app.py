@@ -132,23 +132,24 @@ class TokenGate:
 
 
 class Dashboard:
-    """The handlers, over the live view, the daemon probe and the record (any may be absent)."""
+    """The handlers, over the live view, the daemons' probes and the record (any may be absent)."""
 
     def __init__(
         self,
         view: LiveView,
-        probe: MetricsProbe | None,
+        probes: tuple[MetricsProbe, ...] | None,
         record: RecordLink | None,
         days: ProductionDays,
         record_cameras: tuple[str, ...] = ("*",),
         peers: Peers | None = None,
         streams: tuple[str, ...] = ("",),
     ) -> None:
-        """record_cameras: patterns of the record's cameras shown while they send nothing;
+        """probes: the daemons' metrics, one per stream in its order (or none);
+        record_cameras: patterns of the record's cameras shown while they send nothing;
         peers: the other boxes' dashboards, asked for pictures that are on their disks;
         streams: the results endpoints followed, the `source` of the view's results and
         heartbeats (one daemon's, several lines', or none: the record alone)."""
-        self.view, self.probe, self.record, self.record_cameras = view, probe, record, record_cameras
+        self.view, self.probes, self.record, self.record_cameras = view, tuple(probes or ()), record, record_cameras
         self.peers = peers or Peers(())
         self.streams = streams
         self._cached: tuple[float, str] = (0.0, "{}")
@@ -168,11 +169,10 @@ class Dashboard:
 
     def _summary(self) -> dict[str, Any]:
         cameras = self.view.summary(self._recorded)
-        daemon = self.probe.snapshot() if self.probe else {"up": None, "metrics": None}
         if len(self.streams) > 1:
-            daemon.update(self._daemons())
+            daemon = self._daemons()
         else:
-            daemon.update(self._heartbeat(self.streams[0] if self.streams else "", daemon["up"] is None))
+            daemon = self._daemon(self.streams[0] if self.streams else "", self.probes[0] if self.probes else None)
         for camera, view in cameras.items():
             view["drift"] = daemon.get("drift", {}).get(camera)
         behind = daemon.get("record_behind_s")
@@ -186,26 +186,34 @@ class Dashboard:
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
+    def _daemon(self, source: str, probe: MetricsProbe | None) -> dict[str, Any]:
+        """One daemon's state: its metrics when it is probed, and what its heartbeat from `source`
+        says (without metrics, whether it is up)."""
+        daemon = probe.snapshot() if probe else {"up": None, "metrics": None}
+        daemon.update(self._heartbeat(source, daemon["up"] is None))
+        return daemon
+
     def _daemons(self) -> dict[str, Any]:
-        """The daemons of several results endpoints: each one's heartbeat (`daemons`, in the
-        order configured), and together, whether all are up and ready, whether any has stalled,
-        and their record's figures at the worst (the metrics endpoint, if any, is one daemon's)."""
-        each = [{"endpoint": e, "up": None, **self._heartbeat(e, True)} for e in self.streams]
+        """The daemons of several results endpoints: each one's state (`daemons`, in the order
+        configured), and together, whether all are up and ready, whether any has stalled, their
+        queues, reloads and drift alarms, and their record's figures at the worst."""
+        probes = self.probes or (None,) * len(self.streams)
+        each = [{"endpoint": e, **self._daemon(e, p)} for e, p in zip(self.streams, probes, strict=True)]
         ups = [d["up"] for d in each]
-        behind = [d["record_behind_s"] for d in each if d.get("record_behind_s") is not None]
         return {
             "daemons": each,
+            "metrics": [d["metrics"] for d in each if d["metrics"]] or None,
             "up": None if None in ups else all(ups),
             "ready": all(d.get("ready") for d in each),
             "stalled": any(d.get("stalled") for d in each),
-            "heartbeat_age_s": max(
-                (d["heartbeat_age_s"] for d in each if d["heartbeat_age_s"] is not None), default=None
-            ),
+            "heartbeat_age_s": _at_most(max, each, "heartbeat_age_s"),
             "threshold": None,  # each camera's own, on its section
             "threshold_source": None,
-            "record_behind_s": max(behind, default=None),
-            "record_pending": sum(d.get("record_pending") or 0 for d in each),
-            "unrecorded": sum(d.get("unrecorded") or 0 for d in each),
+            "drift": {camera: v for d in each for camera, v in (d.get("drift") or {}).items()},
+            **{key: _at_most(sum, each, key) for key in ("queue_depth", "reloads", "reload_failures")},
+            "record_behind_s": _at_most(max, each, "record_behind_s"),
+            "record_pending": _at_most(sum, each, "record_pending"),
+            "unrecorded": _at_most(sum, each, "unrecorded"),
         }
 
     def _heartbeat(self, source: str, stands_in: bool) -> dict[str, Any]:
@@ -536,11 +544,17 @@ def _result_item(row: dict[str, Any], root: str = "") -> dict[str, Any]:
     return item
 
 
+def _at_most(reduce: Callable, daemons: list[dict[str, Any]], key: str) -> Any:
+    """`reduce` (max, sum) of the daemons' `key` where they have one; None where none has."""
+    values = [d[key] for d in daemons if d.get(key) is not None]
+    return reduce(values) if values else None
+
+
 def create_app(
-    cfg: DashboardConfig, view: LiveView, probe: MetricsProbe | None, record: RecordLink | None
+    cfg: DashboardConfig, view: LiveView, probes: tuple[MetricsProbe, ...], record: RecordLink | None
 ) -> Starlette:
     peers = Peers(cfg.peers, cfg.peers_token or cfg.token)  # a plant's dashboards share one, often
-    d = Dashboard(view, probe, record, cfg.production_days(), cfg.record_cameras, peers, cfg.results)
+    d = Dashboard(view, probes, record, cfg.production_days(), cfg.record_cameras, peers, cfg.results)
     routes = [
         Route("/api/summary", d.api_summary),
         Route("/api/rejects", d.api_rejects),

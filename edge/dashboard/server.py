@@ -70,12 +70,12 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     record = RecordLink(cfg.record) if cfg.record else None
     view = LiveView(cfg.silent_after_s)
     feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key) if cfg.results else None
-    probe = MetricsProbe(cfg.metrics) if cfg.metrics else None
+    probes = tuple(MetricsProbe(url) for url in cfg.metrics)
     if feed:
         feed.start()
-    if probe:
+    for probe in probes:
         probe.start()
-    app = create_app(cfg, view, probe, record)
+    app = create_app(cfg, view, probes, record)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -89,7 +89,8 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info(
         "dashboard on http://%s:%d/ (results %s, record %s, metrics %s%s%s)",
-        shown, cfg.port, ", ".join(cfg.results) or "none", record.where if record else "none", cfg.metrics or "none",
+        shown, cfg.port, ", ".join(cfg.results) or "none", record.where if record else "none",
+        ", ".join(cfg.metrics) or "none",
         f", peers {', '.join(cfg.peers)}" if cfg.peers else "", ", token required" if cfg.token else "",
     )  # fmt: skip
     try:
@@ -98,7 +99,7 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     finally:
         if feed:
             feed.stop()
-        if probe:
+        for probe in probes:
             probe.stop()
         if record:
             record.close()

@@ -41,8 +41,9 @@ class DashboardConfig:
     # The line's record (sqlite:///PATH or postgresql://...): rejects with their evidence, and
     # reviews from the page. "" = the live stream only, without reviews.
     record: str = ""
-    # The daemon's Prometheus endpoint (http://HOST:PORT/metrics): up, ready, queue, drift. "" = none.
-    metrics: str = ""
+    # The daemon's Prometheus endpoint (http://HOST:PORT/metrics): up, ready, queue, drift. With
+    # several results endpoints, one per daemon in the same order, or none. "" = none.
+    metrics: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8080
     # Required off loopback. Also read from the VQAD_DASHBOARD_TOKEN environment variable.
@@ -77,8 +78,9 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, f"port must be 1-65535, got {self.port}")
-        if isinstance(self.results, str):  # one endpoint, or "a,b", from Python as from a command line
-            object.__setattr__(self, "results", tuple(e.strip() for e in self.results.split(",") if e.strip()))
+        for name in ("results", "metrics"):  # one, or "a,b", from Python as from a command line
+            if isinstance(value := getattr(self, name), str):
+                object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
         for endpoint in self.results:
             check_endpoint(endpoint, "the results endpoint")
         require(
@@ -97,7 +99,12 @@ class DashboardConfig:
             f"the token must have at least {MIN_TOKEN_CHARS} characters "
             "(python3 -c 'import secrets; print(secrets.token_urlsafe())' makes one)",
         )
-        require(self.metrics == "" or self.metrics.startswith(("http://", "https://")), "metrics: an http(s) URL")
+        require(all(m.startswith(("http://", "https://")) for m in self.metrics), "metrics: http(s) URLs")
+        require(
+            len(self.metrics) <= 1 if len(self.results) <= 1 else len(self.metrics) in (0, len(self.results)),
+            f"metrics: one Prometheus endpoint per results endpoint, in the same order, or none; got "
+            f"{len(self.metrics)} for {len(self.results)}",
+        )
         require(bool(self.curve_secret) == bool(self.curve_server_key), "CURVE needs curve_secret and curve_server_key")
         require(
             self.root_path == "" or (self.root_path.startswith("/") and not self.root_path.endswith("/")),

@@ -630,7 +630,10 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--record", metavar="URL", help="the line's record: rejects' evidence, and reviews from the page")
     d.add_argument(
-        "--metrics", metavar="URL", help="the daemon's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics"
+        "--metrics",
+        metavar="URLS",
+        help="the daemon's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics; with several --results, "
+        "one per daemon in the same order, comma-separated",
     )
     d.add_argument("--host", help="address to listen on (default 127.0.0.1; any other needs a token)")
     d.add_argument("--port", type=int, help="port to listen on (default 8080)")
