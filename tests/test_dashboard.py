@@ -1290,6 +1290,8 @@ def test_one_page_follows_several_lines_daemons_each_named_with_its_state(tmp_pa
         state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
         each = "return [...document.querySelectorAll('[data-field=daemons] .pill')].map(e => e.textContent)"
         assert wait_for(lambda: state() == "2 daemons ready", 10), state()
+        threshold = driver.find_element("css selector", '[data-field="threshold"]').text
+        assert threshold == "per camera"  # each daemon's own, on each camera's histogram
         names = [d.endpoint.removeprefix("tcp://") for d in lines]
         assert driver.execute_script(each) == [f"{names[0]}: ready", f"{names[1]}: ready"]
         model = "return document.querySelector('section[data-camera=line2-cam] [data-field=model]').textContent"

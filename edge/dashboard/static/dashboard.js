@@ -83,7 +83,7 @@ function drawDaemon(d) {
   if (d.results_missed) feed.textContent = `page missed ${d.results_missed} results: counts are short, the tally is not`;
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
-  setText(bar, "threshold", num(d.threshold));
+  setText(bar, "threshold", d.daemons ? "per camera" : num(d.threshold)); // several daemons: on each histogram
   setText(bar, "threshold-source", thresholdSource(d.threshold_source));
   setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
   setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
