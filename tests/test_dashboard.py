@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 import shutil
 import signal
 import tempfile
@@ -1227,8 +1228,8 @@ class _LineDaemon:
     heartbeats every 0.2 s from a thread (for at most 60 s) until `fall_silent()`, and results
     when asked."""
 
-    def __init__(self, name: str):
-        self.endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    def __init__(self, name: str, endpoint: str = ""):
+        self.endpoint = endpoint or f"tcp://127.0.0.1:{free_loopback_port()}"
         self.sock = zmq.Context.instance().socket(zmq.PUB)
         self.sock.bind(self.endpoint)
         self.run, self.seq, self.lock = f"run-{name}", 0, threading.Lock()
@@ -1307,6 +1308,40 @@ def test_one_page_follows_several_lines_daemons_each_named_with_its_state(tmp_pa
         dashboard.stop()
         for line in lines:
             line.close()
+
+
+def test_a_daemon_never_heard_from_is_down_after_silent_after_s_and_ready_once_it_beats(tmp_path):
+    """A plant's screen started while one line's box is off: that daemon sends nothing at all.
+    After `silent_after_s` without a message from it, its pill is red and says for how long it
+    was never heard from, as a daemon that fell silent is; once it starts, it is ready."""
+    config = tmp_path / "dashboard.yaml"
+    config.write_text("silent_after_s: 1.5\n")
+    on, later = _LineDaemon("line1"), f"tcp://127.0.0.1:{free_loopback_port()}"
+    driver = headless_chromium()
+    dashboard = DashboardProcess("--config", str(config), "--results", f"{on.endpoint},{later}",
+                                 log_path=tmp_path / "d.log")  # fmt: skip
+    off = None
+    try:
+        dashboard.start()
+        summary = lambda: _json(dashboard.url + "/api/summary")[1]["daemon"]  # noqa: E731
+        driver.get(dashboard.url + "/")
+        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        assert wait_for(lambda: state() == "1 down of 2 daemons", 10), state()
+        unheard = summary()["daemons"][1]
+        assert unheard["up"] is False and unheard["never_heard_s"] > 1.5 and unheard["heartbeat_age_s"] is None
+        each = "return [...document.querySelectorAll('[data-field=daemons] .pill')].map(e => e.textContent)"
+        pill = driver.execute_script(each)[1]
+        assert re.fullmatch(rf"{later.removeprefix('tcp://')}: down: never heard from in \d+ s", pill), pill
+        assert summary()["daemons"][0]["up"] is True and "never_heard_s" not in summary()["daemons"][0]
+        off = _LineDaemon("line2", later)  # the box comes up
+        assert wait_for(lambda: state() == "2 daemons ready", 10), state()
+        assert "never_heard_s" not in summary()["daemons"][1]
+    finally:
+        driver.quit()
+        dashboard.stop()
+        for line in (on, off):
+            if line is not None:
+                line.close()
 
 
 class _MetricsEndpoint:

@@ -219,12 +219,18 @@ class Dashboard:
     def _heartbeat(self, source: str, stands_in: bool) -> dict[str, Any]:
         """What the heartbeat from `source` says: its age, where its threshold came from, and,
         without a metrics endpoint (`stands_in`), whether the daemon is up (a beat within
-        HEARTBEAT_MISSED intervals) and whether its inference has stalled."""
+        HEARTBEAT_MISSED intervals; never a message for `silent_after_s` since the page's server
+        began to listen is down too) and whether its inference has stalled."""
         beat = self.view.last_heartbeat(source)
         if beat is None:
-            return {"heartbeat_age_s": None, "threshold_source": None}
+            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None}
+            unheard = self.view.never_heard_s(source) if self.streams else None
+            if stands_in and unheard is not None and unheard > self.view.silent_after_s:
+                # A box that has been off since the dashboard started is as down as one that fell silent.
+                said.update(up=False, ready=False, never_heard_s=round(unheard, 1))
+            return said
         age, header = beat
-        said: dict[str, Any] = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source")}
+        said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source")}
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))

@@ -203,12 +203,15 @@ class LiveView:
         self.results_seen = 0
         self.gaps = StreamGaps()  # what the feed missed: the counts are short by it (seq per daemon run)
         self._heartbeats: dict[str, tuple[float, dict[str, Any]]] = {}  # by the endpoint it came from
+        self._heard: set[str] = set()  # the endpoints any message came from
+        self.started = time.monotonic()  # when the feed began to listen
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None, source: str = "") -> None:
         """A result read from the results endpoint `source`."""
         frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic())
         with self.lock:
             self.results_seen += 1
+            self._heard.add(source)
             self.gaps.follow(header)
             camera = str(header["camera_id"])
             view = self.cameras.get(camera) or CameraView()
@@ -220,6 +223,7 @@ class LiveView:
         """A heartbeat read from the results endpoint `source`."""
         with self.lock:
             self._heartbeats[source] = (time.monotonic(), header)
+            self._heard.add(source)
             self.gaps.follow_heartbeat(header)
 
     def last_heartbeat(self, source: str = "") -> tuple[float, dict[str, Any]] | None:
@@ -227,6 +231,13 @@ class LiveView:
         with self.lock:
             beat = self._heartbeats.get(source)
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
+
+    def never_heard_s(self, source: str = "") -> float | None:
+        """Seconds the view has listened for `source` without a message from it (a heartbeat or a
+        result); None once one came."""
+        with self.lock:
+            heard = source in self._heard
+        return None if heard else time.monotonic() - self.started
 
     def summary(self, recorded: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
         """Each camera's figures, by camera id. `recorded`: cameras the record knows; one the

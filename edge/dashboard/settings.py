@@ -48,7 +48,8 @@ class DashboardConfig:
     port: int = 8080
     # Required off loopback. Also read from the VQAD_DASHBOARD_TOKEN environment variable.
     token: str = ""
-    # A camera with no result for this long is shown as silent (red).
+    # A camera with no result for this long is shown as silent (red); a daemon never heard from
+    # (no heartbeat, no result) for this long since the dashboard started, as down.
     silent_after_s: float = 10.0
     # The dashboard is best effort: at this niceness (0-19) the daemon's inference keeps the
     # CPU whenever both want it, and the page still gets what is idle.

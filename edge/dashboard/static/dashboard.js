@@ -92,9 +92,15 @@ function drawDaemon(d) {
 // [text, kind] of one daemon's pill: from its metrics, or its heartbeat without them.
 function daemonState(d) {
   if (d.up === null || d.up === undefined) return ["daemon: not heard from yet", "warn"];
-  if (!d.up) return ["daemon down", "bad"];
+  if (!d.up) return [d.never_heard_s ? `daemon down: never heard from in ${span(d.never_heard_s)}` : "daemon down", "bad"];
   if (d.stalled) return ["daemon stalled: inference not returning", "bad"];
   return d.ready ? ["daemon ready", "ok"] : ["daemon up, not ready", "warn"];
+}
+
+// A span of seconds as a person reads it: "40 s", "12 min", "3 h".
+function span(s) {
+  if (s < 120) return `${Math.round(s)} s`;
+  return s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
 }
 
 // [text, kind] of several daemons' pill (a plant's lines on one page): the worst of them counted.
