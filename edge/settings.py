@@ -66,9 +66,10 @@ class EdgeConfig:
     # removed each reject's images after about 6 hours, before a shift's end.
     record_pass_fraction: float = 0.01
     record_max_gb: float = 0.0
-    # The free space the evidence's disk keeps: below it the oldest evidence is removed, as past
-    # the quota, and with none left no more is written. 1 GB leaves a Jetson's system on the
-    # same disk room for its logs and updates. 0 = no floor.
+    # The free space the evidence's disk keeps: below it the evidence older than a day is removed,
+    # as past the quota, then a SQLite record's results older than a day, then the last day's
+    # evidence; with none left no more is written. 1 GB leaves a Jetson's system on the same
+    # disk room for its logs and updates. 0 = no floor.
     record_min_free_gb: float = 1.0
     # Results older than this many days leave the record, with their evidence; reviewed ones
     # stay (a person's verdict is training data and an audit). 0 keeps every result.

@@ -848,6 +848,51 @@ def test_a_sqlite_record_on_a_full_disk_lets_its_oldest_results_go_and_records_e
     assert "removed the oldest" in caplog.text and "Set record_keep_days" in caplog.text
 
 
+def test_under_the_floor_the_last_days_rejects_keep_their_images_and_older_rows_leave_first(tmp_path, monkeypatch):
+    """No quota and no record_keep_days (the defaults), the rows and the evidence on one disk.
+    The rows grow by a day's worth a day while the oldest evidence leaves for them: once none
+    was left, the rows that then left kept their room in the file, the disk stayed at its floor,
+    and every reject from then on was recorded without its images. Now the images older than a
+    day go first, then the results older than a day, whose room in the file goes back to the
+    disk: the last day's rejects keep theirs. The disk is simulated: its free space is what the
+    evidence and the SQLite file leave (its WAL is bounded apart, WAL_BOUND_BYTES)."""
+    from edge.record import housekeeping
+
+    monkeypatch.setattr(housekeeping, "ROOM_BYTES", 16 * 1024)
+    monkeypatch.setattr(housekeeping, "EXPIRE_ROWS", 100)  # rows leave 100 at a time, not 5,000
+    evidence, database, second = tmp_path / "ev", tmp_path / "line.db", 10**9
+    url, start = f"sqlite:///{database}", time.time_ns() - 3 * 86400 * second  # three days ago
+    writer = RecordWriter(url, evidence).start()
+    for i in range(3000):  # four rejects with their images, then passes without, a second apart
+        at = start + i * second
+        result = _result("c", i, "fail" if i < 4 else "pass", ts_ns=at)
+        result.frame = result.frame if i < 4 else None
+        writer.put(result, at)
+    writer.close()
+    assert housekeeping.gives_space_back(writer.engine)
+    floor, file_bytes = 100_000, database.stat().st_size
+
+    def free(_folder: Path) -> int:
+        return disk - database.stat().st_size - sum(p.stat().st_size for p in evidence.rglob("*") if p.is_file())
+
+    disk = 0
+    disk = floor + 30_000 - free(evidence)  # room for two of today's images over the floor
+    monkeypatch.setattr(housekeeping, "free_bytes", free)
+    writer = RecordWriter(url, evidence, min_free_gb=floor / 1e9).start()
+    for i in range(3000, 3012):  # today's rejects: twelve images of about 12 kB, room for two
+        _store(writer, _result("c", i))
+    writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=10_000)}
+    today = [rows[i] for i in range(3000, 3012)]
+    assert all(r["evidence"] is not None and not r["evidence_removed"] for r in today)
+    assert all(Path(r["evidence_frame"]).is_file() for r in today)
+    assert all(rows[i]["evidence_removed"] for i in range(4) if i in rows)  # the old images went first
+    gone = set(range(3000)) - set(rows)
+    assert gone == set(range(max(gone) + 1)) and 0 < len(gone) < 3000, len(gone)  # the oldest rows, not all
+    assert writer.removed_for_space == len(gone) and not writer.house.low_disk
+    assert database.stat().st_size < file_bytes and free(evidence) >= floor  # their room went to the disk
+
+
 def _serve_check_lines(database: Path) -> list[str]:
     """What `vqad serve --check` says of a record."""
     from edge.preflight import _record_lines

@@ -39,11 +39,12 @@ EXPIRE_CHUNKS = 20
 # EXPIRE_EVERY_S: a line of more than 100,000 results in 10 minutes (170 frames/s) would
 # otherwise fall behind for good. The writer's own transactions run in between.
 EXPIRE_BACKLOG_S = 2.0
-# Under the free-space floor with no evidence left to remove, the oldest results leave a SQLite
-# record until its file holds this much free space: SQLite writes new rows into the pages of
-# deleted ones, so the file stops growing. The pages stay in the file, for the rows (only expiry
-# gives pages back to the disk, `_give_back`). 8 MiB is about 30,000 results, a
-# quarter of an hour of a 30 frames/s line, so such a pass is due a few times an hour.
+# Under the free-space floor with no evidence older than a day left to remove, the oldest results
+# leave a SQLite record until its file holds this much free space: SQLite writes new rows into the
+# pages of deleted ones, so the file stops growing. These pages stay in the file, for the rows;
+# a file made with incremental auto-vacuum gives those past them back to the disk
+# (`_give_back`), for the evidence. 8 MiB is about 30,000 results, a quarter of an hour of a
+# 30 frames/s line, so such a pass is due a few times an hour.
 ROOM_BYTES = 8 * 2**20
 # Evidence held back under the floor is written again once the disk has this much over it (or a
 # tenth of the floor, if less): at the floor, the SQLite WAL's checkpoints swing the free space by
@@ -145,12 +146,21 @@ class Housekeeping:
                 log.debug("the failure", exc_info=exc)
 
     def _keep_free(self) -> None:
-        """Under the floor of free space, the oldest evidence goes as past the quota; when none
-        is left (the database, or another program, fills the disk), new evidence is held back
-        (`low_disk`) until the disk has room again (RESUME_MARGIN_BYTES over the floor), and a
-        SQLite record's oldest results leave (`_make_room`). A full disk would stop more than
-        the evidence: every result after it unrecorded, and on a Jetson the system on the same
-        disk."""
+        """Under the floor of free space, the oldest evidence older than a day goes as past the
+        quota; then a SQLite record's oldest results older than a day leave (`_make_room`), their
+        room back to the disk where the file can give it; then the last day's evidence, oldest
+        first. When none is left (the database, or another program, fills the disk), new evidence
+        is held back (`low_disk`) until the disk has room again (RESUME_MARGIN_BYTES over the
+        floor). A full disk would stop more than the evidence: every result after it unrecorded,
+        and on a Jetson the system on the same disk. The last day's images go last: they are the
+        rejects operators review, and without rows leaving first, the rows that take the disk in
+        the end left none at all."""
+        cutoff = time.time_ns() - KEEP_NEWEST_NS
+        short = self.min_free_bytes - free_bytes(self.evidence_dir)
+        if short > 0:
+            self._remove_oldest(short, "free-space floor", before_ns=cutoff)
+        if self.database is not None and free_bytes(self.database.parent) < self.min_free_bytes:
+            self._make_room(cutoff)
         short = self.min_free_bytes - free_bytes(self.evidence_dir)
         if short > 0:
             self._remove_oldest(short, "free-space floor")
@@ -166,27 +176,33 @@ class Housekeeping:
                 log.info("the disk of %s is over record_min_free_gb %g again: evidence is written", self.evidence_dir,
                          floor_gb)  # fmt: skip
         self.low_disk = low
-        if self.database is not None and free_bytes(self.database.parent) < self.min_free_bytes:
-            self._make_room()
 
     @property
     def _resume_margin(self) -> int:
         """How far over the floor the disk must be for evidence to be written again."""
         return min(RESUME_MARGIN_BYTES, self.min_free_bytes // 10)
 
-    def _make_room(self) -> None:
-        """The oldest results leave the SQLite record, with their files, until its file holds
-        ROOM_BYTES of free pages for the rows to come; reviewed results and those of the last
-        day stay. Called only under the floor, after the evidence (when it shares the disk)."""
-        removed, cutoff, roomy = 0, time.time_ns() - KEEP_NEWEST_NS, False
+    def _make_room(self, cutoff: int) -> None:
+        """The oldest results published before `cutoff` (ns) leave the SQLite record, with their
+        files, until its file holds ROOM_BYTES of free pages for the rows to come, and, where the
+        file gives pages back to the disk, as many more as the disk is short of the floor and its
+        resume margin: those go back to the disk, for the evidence. Reviewed results stay. Called
+        only under the floor."""
+        want = ROOM_BYTES
+        if gives_space_back(self.engine):
+            want += self.min_free_bytes + self._resume_margin - free_bytes(self.database.parent)
+        removed, roomy = 0, False
         for _ in range(EXPIRE_CHUNKS):
-            roomy = self._free_bytes_inside() >= ROOM_BYTES
+            roomy = self._free_bytes_inside() >= want
             if roomy:
                 break
             count, more = self._remove_results(cutoff, "for_space")
             removed += count
             if not more:
                 break
+        if want > ROOM_BYTES and self._free_bytes_inside() > ROOM_BYTES:
+            self._give_back()
+            self._checkpoint()  # the pages leave the disk only once the WAL's copy of them is in the file
         if removed:
             self.removed_for_space += removed
             self.metrics.results_removed_for_space.inc(removed)
@@ -198,7 +214,7 @@ class Housekeeping:
                 removed,
                 self.removed_for_space,
             )
-        elif not roomy:  # nothing removed, so the room is as last read
+        elif not roomy and self._free_bytes_inside() < ROOM_BYTES:  # no room for the rows to come
             self._full_log.log(
                 "the disk of %s is under record_min_free_gb %g and the record has no result older than a day "
                 "that is not reviewed: it fills the disk",
@@ -231,6 +247,11 @@ class Housekeeping:
         if now < self._next_wal_try or _size(self.database.with_name(self.database.name + "-wal")) <= WAL_BOUND_BYTES:
             return
         self._next_wal_try = now + WAL_RETRY_S
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the SQLite WAL into the file in full, which the file's pages given back then leave,
+        and start it again; WAL_WAIT_MS at most for the readers of the moment."""
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
             driver.execute(f"PRAGMA busy_timeout={WAL_WAIT_MS}")
@@ -252,22 +273,23 @@ class Housekeeping:
             pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
             return pages, conn.exec_driver_sql("PRAGMA page_size").scalar_one()
 
-    def _remove_oldest(self, excess: int, why: str) -> None:
-        """Remove the oldest evidence until `excess` bytes are freed (or none is left); mark and
-        count each. A reviewed result's evidence stays (its share is _bound_reviewed's): an
-        operator's verdict on a reject is the labelled image recalibration and evaluation take
-        (`vqad records --export-reviewed`). The search starts after the last row marked: from
-        the first row, it would read every row whose evidence is gone or was never kept, at
-        each pass (0.17 s at 2 million rows, and a pass follows nearly every transaction once
-        the quota is reached). A result reviewed after the search passed it has already lost
-        its images."""
-        removed, up_to = 0, self._quota_up_to
+    def _remove_oldest(self, excess: int, why: str, before_ns: int | None = None) -> None:
+        """Remove the oldest evidence until `excess` bytes are freed (or none is left, or, with
+        `before_ns`, none of a result published before it); mark and count each. A reviewed
+        result's evidence stays (its share is _bound_reviewed's): an operator's verdict on a
+        reject is the labelled image recalibration and evaluation take (`vqad records
+        --export-reviewed`). The search starts after the last row marked: from the first row, it
+        would read every row whose evidence is gone or was never kept, at each pass (0.17 s at 2
+        million rows, and a pass follows nearly every transaction once the quota is reached). A
+        result reviewed after the search passed it has already lost its images."""
+        removed, up_to, young = 0, self._quota_up_to, False
         target = self.evidence_bytes - excess
         kept = sa.exists().where(reviews.c.result_id == results.c.id).label("kept")  # reviewed
+        published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
         with self.engine.begin() as conn:
-            while self.evidence_bytes > target:
+            while self.evidence_bytes > target and not young:
                 oldest = conn.execute(
-                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay, kept)
+                    sa.select(results.c.id, results.c.evidence_frame, results.c.evidence_overlay, kept, published)
                     .where(results.c.id > up_to, results.c.evidence_frame.is_not(None),
                            results.c.evidence_removed.is_(False))
                     .order_by(results.c.id)
@@ -277,6 +299,10 @@ class Housekeeping:
                     break
                 marked = []
                 for row in oldest:
+                    # Rows are written in time order: the first one young enough ends the search.
+                    young = before_ns is not None and row.at >= before_ns
+                    if young:
+                        break
                     up_to = row.id
                     if row.kept or not self.owns(row.evidence_frame):
                         continue
@@ -374,8 +400,14 @@ class Housekeeping:
             if gone:
                 conn.execute(sa.delete(results).where(results.c.id.in_([r.id for r in gone])))
                 add_removed(conn, why, len(gone), max(r.ts_ns for r in gone))
+                newest = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
         if young:
             self._expired_up_to = rows[young - 1].id  # once committed
+        if gone and newest < self._expired_up_to:
+            # The newest rows went too (a line idle for longer than what is kept): SQLite gives the
+            # next row the greatest id left plus one, an id the scans have passed. From there on.
+            self._expired_up_to = newest
+            self._quota_up_to = min(self._quota_up_to, newest)
         for r in gone:
             self._remove_files(r.evidence_frame, r.evidence_overlay)
         return len(gone), young == len(rows) == EXPIRE_ROWS
