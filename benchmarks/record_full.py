@@ -25,6 +25,7 @@ import numpy as np
 
 FAIL_EVERY = 50  # 2% fails, each with its frame and overlay as evidence
 SPACING_NS = 2 * 10**8
+NEWEST_FAILS = 100  # the rejects an operator reviews next: do they still have their images?
 
 
 def fill(folder: Path, n: int, floor_mb: float) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def fill(folder: Path, n: int, floor_mb: float) -> dict[str, Any]:
         writer.close(timeout=60)  # a full disk (the record of an older vqad) never empties the buffer
     finally:
         housekeeping.Housekeeping.run = run  # type: ignore[method-assign]
+    newest_fails = _newest_fails_with_images(f"sqlite:///{folder / 'line.db'}", NEWEST_FAILS)
     return {
         "results": n, "recorded": writer.recorded, "unrecorded": writer.unrecorded,
         "removed_for_space": getattr(writer, "removed_for_space", None), "evidence_removed": writer.evidence_removed,
@@ -67,7 +69,16 @@ def fill(folder: Path, n: int, floor_mb: float) -> dict[str, Any]:
         "min_free_mb": round(min_free / 1e6, 1), "end_free_mb": round(shutil.disk_usage(folder).free / 1e6, 1),
         "database_mb": round((folder / "line.db").stat().st_size / 1e6, 1), "peak_pending": peak_pending,
         "longest_housekeeping_s": round(longest[0], 3), "wall_s": round(time.perf_counter() - t0, 1),
+        f"newest_{NEWEST_FAILS}_fails_with_images": newest_fails,
     }  # fmt: skip
+
+
+def _newest_fails_with_images(url: str, n: int) -> int:
+    """How many of the record's newest `n` fails have their frame on the disk."""
+    from edge.record import Record
+
+    fails = Record(url).results(decision="fail", limit=n)
+    return sum(1 for r in fails if r["evidence_frame"] and Path(r["evidence_frame"]).is_file())
 
 
 def main() -> None:
