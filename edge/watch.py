@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -157,15 +158,30 @@ def format_line(h: dict[str, Any]) -> str:
     return f"{h['camera_id']} #{h['frame_id']}{part} {h['status'].upper()} {h.get('error') or ''}"
 
 
+# A daemon that has sent nothing at all (no heartbeat, no result) for this long since the reader
+# connected is warned of: ten of the default heartbeat's intervals, where a connection on a
+# plant's network takes well under one.
+NEVER_HEARD_S = 10.0
+
+
 class DaemonSilence:
     """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
     same when its heartbeat says its inference has stalled (edge.watchdog), and when it says its
-    record has fallen RECORD_BEHIND_S behind. A daemon never heard from (not started, or its
-    heartbeat off) is not warned of."""
+    record has fallen RECORD_BEHIND_S behind. A daemon that has sent nothing for NEVER_HEARD_S
+    since the reader started (not running, or another endpoint) is warned of once."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic):
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
+        self.clock, self.started = clock, clock()
+        self.heard_any = False  # a heartbeat or a result came
+        self.never_heard_said = False
+
+    def heard(self) -> None:
+        """A result came: the daemon is there, even with its heartbeat off."""
+        if self.never_heard_said:
+            log.info("the daemon at %s is heard from", self.endpoint)
+        self.heard_any, self.never_heard_said = True, False
 
     def beat(self, parts: list[bytes]) -> dict[str, Any] | None:
         """Take a heartbeat message; -> its header, None for one that is not a heartbeat."""
@@ -175,7 +191,8 @@ class DaemonSilence:
             return None
         if self.silent:
             log.info("the daemon at %s sends heartbeats again", self.endpoint)
-        self.last, self.silent = (time.monotonic(), header), False
+        self.heard()
+        self.last, self.silent = (self.clock(), header), False
         stalled = bool(header.get("stalled"))
         if stalled != self.stalled:
             if stalled:
@@ -197,9 +214,16 @@ class DaemonSilence:
         self.record_behind = behind
 
     def check(self) -> None:
+        if not self.heard_any:
+            waited_s = self.clock() - self.started
+            if waited_s > NEVER_HEARD_S and not self.never_heard_said:
+                self.never_heard_said = True
+                log.warning("nothing from the daemon at %s in %.0f s: is it running, and are these its results "
+                            "(edge.results_endpoint)?", self.endpoint, waited_s)  # fmt: skip
+            return
         if self.last is None or self.silent:
             return
-        quiet_s = time.monotonic() - self.last[0]
+        quiet_s = self.clock() - self.last[0]
         if heartbeat_overdue(quiet_s, self.last[1]):
             self.silent = True
             log.warning("no heartbeat from the daemon at %s for %.1f s: is it running?", self.endpoint, quiet_s)
@@ -310,6 +334,7 @@ def run_watch(
                                         "hear it (runs %s); a daemon with a record has their results: vqad records "
                                         "RECORD --run RUN", len(unseen), ", ".join(unseen))  # fmt: skip
                     continue
+                daemon.heard()
                 try:
                     header, amap = parse_result(parts)
                     if camera and header.get("camera_id") != camera:

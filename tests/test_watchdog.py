@@ -211,3 +211,47 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record
         "the daemon at tcp://127.0.0.1:5556 says its record is 61 s behind (1800 results wait for their rows)",
         "the daemon at tcp://127.0.0.1:5556 says its record has caught up",
     ]
+
+
+def test_watch_says_once_when_nothing_comes_from_the_daemon_and_once_when_something_does(monkeypatch, caplog):
+    """A reader started against a daemon that is not running (or on another port) printed
+    nothing and said nothing, for ever. A real PUB socket that stays silent, then publishes."""
+    import threading
+
+    import zmq
+
+    from edge import watch
+    from edge.protocol import result_header, result_message
+    from edge.transport import free_loopback_port
+
+    monkeypatch.setattr(watch, "NEVER_HEARD_S", 0.5)
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    reader_done = threading.Event()
+
+    def publish_once_warned() -> None:  # one result after the warning, sent until the reader has it
+        deadline = time.monotonic() + 10
+        while "nothing from the daemon" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        header = result_header("c", 0, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=0.5,
+                               decision="pass", batch_size=1, map_info={"shape": [4, 4], "dtype": "uint8",
+                               "scale": 0.01})  # fmt: skip
+        while not reader_done.is_set() and time.monotonic() < deadline:
+            pub.send_multipart(result_message({**header, "run": "r", "seq": 0}, bytes(16)))
+            reader_done.wait(0.1)
+
+    sender = threading.Thread(target=publish_once_warned, daemon=True)
+    try:
+        with caplog.at_level(logging.INFO, "edge.watch"):
+            sender.start()
+            until = time.monotonic() + 10
+            watch.run_watch(endpoint, count=1, quiet=True, stop=lambda: time.monotonic() > until)
+            reader_done.set()
+    finally:
+        sender.join(2)
+        pub.close(linger=0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.watch"]
+    never = [line for line in lines if line.startswith("nothing from the daemon")]
+    assert len(never) == 1 and endpoint in never[0] and "is it running" in never[0], lines
+    assert f"the daemon at {endpoint} is heard from" in lines
