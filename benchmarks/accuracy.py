@@ -79,6 +79,7 @@ def _spread(values: list[float | None]) -> dict[str, Any]:
 
 def baseline_metrics(category: Path, image_size: str) -> dict[str, Any]:
     """The per-pixel Gaussian at the input size the model trains at (`--image-size` IMAGE_SIZE)."""
+    from edge.frames import InputFormat
     from train.baseline import PixelGaussian
     from train.data import load_images, load_test_set, train_image_paths, without_copies_of
     from train.metrics import aupro, f1_max, image_auroc, pixel_auroc
@@ -86,8 +87,8 @@ def baseline_metrics(category: Path, image_size: str) -> dict[str, Any]:
     size = input_size(category, image_size)
     own = train_image_paths(category)
     with Timer() as t:
-        model = PixelGaussian().fit(load_images(own, size, 3))
-    test, _ = without_copies_of(load_test_set(category, size, 3), own)  # as vqad eval leaves them out
+        model = PixelGaussian().fit(load_images(own, InputFormat(size, 3)))
+    test, _ = without_copies_of(load_test_set(category, InputFormat(size, 3)), own)  # as vqad eval leaves them out
     maps, scores = model.score(np.stack([s.image for s in test]))
     labels = np.array([s.label for s in test])
     has = np.array([s.mask is not None for s in test])

@@ -29,7 +29,7 @@ def bench_drift(model_dir: Path, category: Path, windows: int = 200, seed: int =
     reference = reference or pkg.meta["threshold"].get("scores")
     if not reference:
         raise SystemExit(f"{model_dir}: its threshold keeps no calibration scores (export it again)")
-    frames, _ = good_frames(category / "test" / "good", pkg.image_size, pkg.channels, pixel_bits=pkg.pixel_bits)
+    frames, _ = good_frames(category / "test" / "good", pkg.input_format)
     scores = graph_scorer(model_dir / FP32_FILE)
     good = scores(frames)
     gained = scores(np.clip(frames.astype(np.float32) * 1.2, 0, 255).astype(np.uint8))

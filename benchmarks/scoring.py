@@ -122,16 +122,14 @@ def scoring_ablation(
     cfg, model = run.model_cfg, run.model
     size = cfg.image_size
     split = run.split()
-    test, _ = without_copies_of(
-        load_test_set(category, cfg.image_size, cfg.channels, cfg.pixel_bits), split["train"] + split["val"]
-    )
+    test, _ = without_copies_of(load_test_set(category, cfg.input_format), split["train"] + split["val"])
     test = [s for s in test if in_half(Path(s.path), half)]
     frames = np.stack([s.image for s in test])
     labels = np.array([s.label for s in test])
     with_mask = np.array([s.mask is not None for s in test])
     masks = np.stack([s.mask if s.mask is not None else np.zeros(frames.shape[1:3], bool) for s in test])
-    train_images = load_images(split["train"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
-    val_images = load_images(split["val"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
+    train_images = load_images(split["train"], cfg.input_format)
+    val_images = load_images(split["val"], cfg.input_format)
     x_val, r_val = model.reconstruct_frames(val_images)
     x_test, r_test = model.reconstruct_frames(frames)
     latents_test = torch.cat([model.latents(x) for x in batched(x_test, 16)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -230,6 +231,25 @@ def as_size(size: int | Sequence[int]) -> Size:
     return (int(size[0]), int(size[1]))
 
 
+@dataclass(frozen=True)
+class InputFormat:
+    """How an image becomes the model's input: its (H, W) (N -> (N, N)), its channels (1 grey,
+    3 BGR), and the bits of a 16-bit image that the camera fills (to_uint8). A training config
+    and a model package each give theirs (`input_format`), and every reader of images takes it
+    whole, so that one the model reads differently cannot be passed in part."""
+
+    size: Size
+    channels: int
+    pixel_bits: int = PIXEL_BITS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", as_size(self.size))
+
+    def frame(self, image: np.ndarray) -> np.ndarray:
+        """A decoded image (already 8-bit) -> the model's uint8 HxWxC input."""
+        return to_model_input(image, self.size, self.channels)
+
+
 def parse_size(text: str) -> Size:
     """ "128" -> (128, 128); "128x320" (height x width) -> (128, 320). ValueError otherwise."""
     parts = text.lower().replace(" ", "").split("x")
@@ -261,29 +281,23 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
     return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
 
 
-def load_images(
-    paths: Sequence[Path],
-    size: int | Sequence[int],
-    channels: int,
-    shapes: list[tuple[int, int]] | None = None,
-    pixel_bits: int = PIXEL_BITS,
-) -> np.ndarray:
-    """Read and resize every image to size (H, W; N = N x N) -> (M, H, W, channels) uint8, with
-    progress on a terminal; each image's (H, W) as read is appended to `shapes` when given; a
-    16-bit image is read by its low `pixel_bits` bits.
+def load_images(paths: Sequence[Path], fmt: InputFormat, shapes: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Read every image into the model's input `fmt` -> (M, H, W, C) uint8, with progress on a
+    terminal; each image's (H, W) as read is appended to `shapes` when given; a 16-bit image is
+    read by the low `fmt.pixel_bits` bits its camera fills.
     DataError, after reading them all, names the files that cannot be read: a folder with
     several is mended in one go, not one file per try."""
-    out = np.empty((len(paths), *as_size(size), channels), dtype=np.uint8)
+    out = np.empty((len(paths), *fmt.size, fmt.channels), dtype=np.uint8)
     unreadable: list[str] = []
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
         try:
-            image = read_image(path, pixel_bits)
+            image = read_image(path, fmt.pixel_bits)
         except DataError as exc:
             unreadable.append(str(exc))
             continue
         if shapes is not None:
             shapes.append(image.shape[:2])
-        out[i] = to_model_input(image, size, channels)
+        out[i] = fmt.frame(image)
     if unreadable:
         raise DataError(unreadable_message(unreadable, len(paths)))
     return out

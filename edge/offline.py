@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, to_model_input, write_image
+from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, write_image
 from edge.metrics import DaemonMetrics
 from edge.overlay import result_picture
 from edge.progress import progress
@@ -104,9 +104,9 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
 
 def _pending(serving: Serving, index: int, path: Path) -> Pending:
     """An image file as the daemon's receiver makes a frame ready for inference."""
-    pkg = serving.package
-    image = read_image(path, pkg.pixel_bits)
-    model_input = to_model_input(image, pkg.image_size, pkg.channels)
+    fmt = serving.package.input_format
+    image = read_image(path, fmt.pixel_bits)
+    model_input = fmt.frame(image)
     health = None if serving.health is None else serving.health.check(CAMERA_ID, model_input, image.shape[:2], False)
     now, arrived = time.time_ns(), time.monotonic_ns()
     return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, arrived, None, health, path.name[:128])

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.durable import replace_synced
 from edge.errors import PackageError
-from edge.frames import PIXEL_BITS, as_size, check_pixel_bits
+from edge.frames import PIXEL_BITS, InputFormat, as_size, check_pixel_bits
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -52,6 +52,11 @@ class ModelPackage:
     map_scale: float
     files: dict[str, str]
     meta: dict[str, Any] = field(repr=False)
+
+    @property
+    def input_format(self) -> InputFormat:
+        """How an image becomes this model's input (edge.frames.InputFormat)."""
+        return InputFormat(self.image_size, self.channels, self.pixel_bits)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

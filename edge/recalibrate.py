@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError, PackageError
-from edge.frames import PIXEL_BITS, batched, find_images, load_images
+from edge.frames import InputFormat, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
 from edge.package import FP16_FILE, FP32_FILE, load_package, sha256_file, write_model_json
 from edge.progress import progress
@@ -76,26 +76,20 @@ def identical_files(paths: Sequence[str | Path], prints: Sequence[str] | None = 
 
 
 def good_frames(
-    folder: str | Path,
-    size: tuple[int, int],
-    channels: int,
-    shapes: list[tuple[int, int]] | None = None,
-    pixel_bits: int = PIXEL_BITS,
+    folder: str | Path, fmt: InputFormat, shapes: list[tuple[int, int]] | None = None
 ) -> tuple[np.ndarray, list[Path]]:
-    """Every image under `folder` at the model's input -> ((M, H, W, C) uint8, paths); their (H, W)
-    as read are appended to `shapes` when given."""
+    """Every image under `folder` at the model's input `fmt` -> ((M, H, W, C) uint8, paths); their
+    (H, W) as read are appended to `shapes` when given."""
     why = f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images"
-    return _frames(find_images(folder), folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes, pixel_bits)
+    return _frames(find_images(folder), folder, fmt, MIN_CALIBRATION_IMAGES, why, shapes)
 
 
 def calibration_images(
     folder: str | Path,
-    size: tuple[int, int],
-    channels: int,
+    fmt: InputFormat,
     trained_on: Collection[str],
     shapes: list[tuple[int, int]] | None = None,
     defects_dir: str | Path | None = None,
-    pixel_bits: int = PIXEL_BITS,
 ) -> tuple[np.ndarray, list[Path], dict[str, Any]]:
     """good_frames of the images under `folder` that the model did not train on (`trained_on`:
     its training images' fingerprints) -> (frames, paths, the threshold's source: `vqad
@@ -117,7 +111,7 @@ def calibration_images(
     if copies:
         source["copies_left_out"] = copies
         why += f" ({copies} more are copies of others)"
-    frames, paths = _frames(paths, folder, size, channels, MIN_CALIBRATION_IMAGES, why, shapes, pixel_bits)
+    frames, paths = _frames(paths, folder, fmt, MIN_CALIBRATION_IMAGES, why, shapes)
     return frames, paths, source
 
 
@@ -203,15 +197,13 @@ def training_fingerprints(meta: dict[str, Any]) -> list[str]:
     return list(meta.get("source", {}).get("training_images", []))
 
 
-def defect_frames(
-    folder: str | Path, size: tuple[int, int], channels: int, pixel_bits: int = PIXEL_BITS
-) -> tuple[np.ndarray, list[Path]]:
-    """Every confirmed defect image under `folder` at the model's input -> (frames, paths).
+def defect_frames(folder: str | Path, fmt: InputFormat) -> tuple[np.ndarray, list[Path]]:
+    """Every confirmed defect image under `folder` at the model's input `fmt` -> (frames, paths).
     Images in a folder named "good" below it are left out, so an MVTec-layout test/ folder
     gives its defects alone."""
     defects = defect_images(folder)
     why = "checking a threshold against defects needs at least 1 defect image (good/ left out)"
-    return _frames(defects, folder, size, channels, 1, why, pixel_bits=pixel_bits)
+    return _frames(defects, folder, fmt, 1, why)
 
 
 def defect_images(folder: str | Path) -> list[Path]:
@@ -224,13 +216,13 @@ def defect_images(folder: str | Path) -> list[Path]:
 
 
 def _frames(
-    paths: list[Path], folder: str | Path, size: tuple[int, int], channels: int, least: int, why: str,
-    shapes: list[tuple[int, int]] | None = None, pixel_bits: int = PIXEL_BITS,
+    paths: list[Path], folder: str | Path, fmt: InputFormat, least: int, why: str,
+    shapes: list[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, list[Path]]:  # fmt: skip
     """`paths` (found under `folder`) at the model's input, or DataError(why) with fewer than `least`."""
     if len(paths) < least:
         raise DataError(f"{folder}: {why}, found {len(paths)}")
-    return load_images(paths, size, channels, shapes, pixel_bits), paths
+    return load_images(paths, fmt, shapes), paths
 
 
 def health_findings(
@@ -273,11 +265,11 @@ def health_findings(
 
 
 def check_defects(
-    defects_dir: str | Path, size: tuple[int, int], channels: int, score: Callable[[np.ndarray], np.ndarray],
-    threshold: float, previous: float | None, pixel_bits: int = PIXEL_BITS,
+    defects_dir: str | Path, fmt: InputFormat, score: Callable[[np.ndarray], np.ndarray], threshold: float,
+    previous: float | None,
 ) -> dict[str, Any]:  # fmt: skip
     """defect_check of the images under `defects_dir`, scored by `score` (frames -> scores)."""
-    frames, paths = defect_frames(defects_dir, size, channels, pixel_bits)
+    frames, paths = defect_frames(defects_dir, fmt)
     source = {"folder": str(Path(defects_dir).resolve()), "n_images": len(paths)}
     return defect_check(score(frames), threshold, source, names=paths, previous=previous)
 
@@ -315,9 +307,7 @@ def calibrate_package(
     pkg = load_package(model_dir)
     shapes: list[tuple[int, int]] = []
     trained_on = training_fingerprints(pkg.meta)
-    frames, paths, source = calibration_images(
-        good_dir, pkg.image_size, pkg.channels, trained_on, shapes, defects_dir, pkg.pixel_bits
-    )
+    frames, paths, source = calibration_images(good_dir, pkg.input_format, trained_on, shapes, defects_dir)
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     health = health_findings(pkg.meta.get("camera_health"), frames, shapes, paths, force)
@@ -340,9 +330,7 @@ def calibrate_package(
         "fp16_vs_fp32_decision_agreement": agreement,
     }
     if defects_dir is not None:
-        threshold["defects"] = check_defects(
-            defects_dir, pkg.image_size, pkg.channels, fp32, threshold["value"], old["value"], pkg.pixel_bits
-        )
+        threshold["defects"] = check_defects(defects_dir, pkg.input_format, fp32, threshold["value"], old["value"])
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
     meta["threshold"] = threshold

@@ -47,14 +47,14 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     """Every validation image plus `per_kind` test images of each kind (if the data is still there)."""
     from train.data import load_images, load_test_set
 
-    size, channels, bits = run.model_cfg.image_size, run.model_cfg.channels, run.model_cfg.pixel_bits
+    fmt = run.model_cfg.input_format
     val_paths = run.split()["val"]
-    frames = [load_images(val_paths, size, channels, pixel_bits=bits)]
+    frames = [load_images(val_paths, fmt)]
     names = [str(p) for p in val_paths]
     data = Path(run.meta.get("data", ""))
     if per_kind > 0 and (data / "test").is_dir():
         picked: dict[str, int] = {}
-        for sample in load_test_set(data, size, channels, bits):
+        for sample in load_test_set(data, fmt):
             if picked.get(sample.kind, 0) < per_kind:
                 picked[sample.kind] = picked.get(sample.kind, 0) + 1
                 frames.append(sample.image[None])

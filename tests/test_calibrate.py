@@ -157,7 +157,7 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     t = load_package(model).meta["threshold"]
     d = t["defects"]
     pkg = load_package(model)
-    frames, paths = good_frames(defects, pkg.image_size, pkg.channels)
+    frames, paths = good_frames(defects, pkg.input_format)
     kept = np.array([p.parent.name != "good" for p in paths])  # test/good is not a defect
     frames, paths = frames[kept], [p for p, k in zip(paths, kept, strict=True) if k]
     scores = graph_scores(model / "model.onnx", frames)  # the line's own graph, scored here independently
@@ -332,7 +332,7 @@ def test_fusing_a_runs_maps_without_retraining(tiny_run, tiny_model, synth_root,
     good, defects = line_good, synth_root / "bracket" / "test"
     before = load_run(run)
     assert len(before.model.scorer.maps()) == 2  # trained under the shipped fused map
-    frames = load_images(sorted(defects.rglob("*.png")), before.model_cfg.image_size, before.model_cfg.channels)
+    frames = load_images(sorted(defects.rglob("*.png")), before.model_cfg.input_format)
     # No factors: one map, the run's coarse map alone, recalibrated to the very plan it had.
     proc = run_vqad("calibrate", run, good, "--defects", defects, "--fuse-scales")
     one = load_run(run)

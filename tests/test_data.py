@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.errors import DataError, FrameError
-from edge.frames import decode_image, read_image, to_model_input
+from edge.frames import InputFormat, decode_image, read_image, to_model_input
 from train.data import input_scale, load_images, load_test_set, split_train_val, train_image_paths, validation_count
 
 
@@ -30,9 +30,9 @@ def make_category(root, channels=3, size=(40, 30), fmt="png"):
 def test_loader_reads_colour_and_grey_into_the_model_channels(tmp_path, channels, fmt):
     cat = make_category(tmp_path / "cat", channels=channels, fmt=fmt)
     for model_channels in (1, 3):
-        images = load_images(train_image_paths(cat), 16, model_channels)
+        images = load_images(train_image_paths(cat), InputFormat(16, model_channels))
         assert images.shape == (4, 16, 16, model_channels) and images.dtype == np.uint8
-    test = load_test_set(cat, 16, 3)
+    test = load_test_set(cat, InputFormat(16, 3))
     assert [(s.kind, s.label) for s in test] == [("good", 0), ("scratch", 1)]
     assert test[1].mask.shape == (16, 16) and test[1].mask.any() and not test[0].mask.any()
 
@@ -53,7 +53,7 @@ def test_a_16_bit_image_is_read_by_its_top_bits_and_a_12_bit_one_is_named(tmp_pa
 def test_resize_is_the_shared_function(tmp_path):
     cat = make_category(tmp_path / "cat")
     path = train_image_paths(cat)[0]
-    assert np.array_equal(load_images([path], 16, 3)[0], to_model_input(read_image(path), 16, 3))
+    assert np.array_equal(load_images([path], InputFormat(16, 3))[0], to_model_input(read_image(path), 16, 3))
 
 
 def test_unreadable_image_is_named_before_training(tmp_path):
@@ -61,7 +61,7 @@ def test_unreadable_image_is_named_before_training(tmp_path):
     bad = cat / "train" / "good" / "9.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DataError, match="9.png"):
-        load_images(train_image_paths(cat), 16, 3)
+        load_images(train_image_paths(cat), InputFormat(16, 3))
 
 
 def test_every_unreadable_training_image_is_named_in_one_error(tmp_path):
@@ -82,14 +82,14 @@ def test_every_unreadable_training_image_is_named_in_one_error(tmp_path):
     for i in range(11):
         (good / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DataError, match=r"13 of 17 images cannot be read: .*; and 3 more$"):
-        load_images(train_image_paths(cat), 16, 3)
+        load_images(train_image_paths(cat), InputFormat(16, 3))
 
 
 def test_mask_of_the_wrong_size_is_named(tmp_path):
     cat = make_category(tmp_path / "cat")
     cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0_mask.png"), np.zeros((7, 7), np.uint8))
     with pytest.raises(DataError, match="0_mask.png"):
-        load_test_set(cat, 16, 3)
+        load_test_set(cat, InputFormat(16, 3))
 
 
 def test_a_copy_made_on_a_mac_trains_and_tests_on_its_images_alone(tmp_path):
@@ -104,7 +104,7 @@ def test_a_copy_made_on_a_mac_trains_and_tests_on_its_images_alone(tmp_path):
     (cat / "test" / ".thumbnails").mkdir()
     cv2.imwrite(str(cat / "test" / ".thumbnails" / "0.png"), np.zeros((8, 8, 3), np.uint8))
     assert [p.name for p in train_image_paths(cat)] == ["0.png", "1.png", "2.png", "3.png"]
-    test = load_test_set(cat, 16, 3)
+    test = load_test_set(cat, InputFormat(16, 3))
     assert sorted((s.kind, s.path.name) for s in test) == [("good", "0.png"), ("scratch", "0.png")]
     assert next(s for s in test if s.kind == "scratch").mask.any()
     assert [p.relative_to(cat / "test").as_posix() for p in find_images(cat / "test")] == [
@@ -121,7 +121,7 @@ def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
 
     shutil.rmtree(cat / "test")
     with pytest.raises(DataError, match="test"):
-        load_test_set(cat, 16, 3)
+        load_test_set(cat, InputFormat(16, 3))
 
 
 def test_a_category_given_as_one_of_its_own_folders_is_pointed_to(tmp_path):
@@ -139,7 +139,7 @@ def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, ca
     cat = make_category(tmp_path / "cat")
     (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
     with caplog.at_level(logging.WARNING):
-        test = load_test_set(cat, 16, 3)
+        test = load_test_set(cat, InputFormat(16, 3))
     assert test[1].label == 1 and test[1].mask is None
     assert "no mask" in caplog.text
 
@@ -161,7 +161,7 @@ def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout):
         (folder / "0").mkdir()
         cv2.imwrite(str(folder / "0" / "000.png"), top)
         cv2.imwrite(str(folder / "0" / "001.png"), bottom)
-    mask = load_test_set(cat, 16, 3)[1].mask
+    mask = load_test_set(cat, InputFormat(16, 3))[1].mask
     assert mask is not None and mask[:3].all() and mask[-3:].all() and not mask[6:10].any()
 
 
@@ -184,7 +184,7 @@ def test_a_mask_folder_with_one_mask_of_the_wrong_size_is_named(tmp_path):
     cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0" / "000.png"), np.zeros((30, 40), np.uint8))
     cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0" / "001.png"), np.zeros((7, 7), np.uint8))
     with pytest.raises(DataError, match="001.png"):
-        load_test_set(cat, 16, 3)
+        load_test_set(cat, InputFormat(16, 3))
 
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path):
@@ -237,7 +237,7 @@ def test_long_reading_shows_progress_on_a_terminal_only(tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
     for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
         monkeypatch.setattr(sys, "stderr", stream)
-        assert load_images(paths, 16, 3).shape == (4, 16, 16, 3)
+        assert load_images(paths, InputFormat(16, 3)).shape == (4, 16, 16, 3)
         assert ("reading images" in stream.getvalue()) == shown and ("0/4" in stream.getvalue()) == shown
 
 
@@ -247,7 +247,7 @@ def test_a_set_without_masks_names_a_few_and_counts_the_rest(tmp_path, caplog):
     for i in range(1, 6):
         cv2.imwrite(str(cat / "test" / "scratch" / f"{i}.png"), np.zeros((30, 40, 3), np.uint8))
     with caplog.at_level(logging.WARNING, logger="train.data"):
-        test = load_test_set(cat, 16, 3)
+        test = load_test_set(cat, InputFormat(16, 3))
     assert sum(s.mask is None for s in test) == 6
     lines = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("no mask for") for m in lines) == 3 and "6 defect image(s) without a mask" in lines[-1]
@@ -258,14 +258,14 @@ def test_masks_that_belong_to_no_test_image_are_named(tmp_path, caplog):
     images', are warned of with a count and an example; a set whose masks all match is quiet."""
     cat = make_category(tmp_path / "cat")
     with caplog.at_level(logging.WARNING, logger="train.data"):
-        load_test_set(cat, 16, 3)
+        load_test_set(cat, InputFormat(16, 3))
     assert not caplog.records, caplog.text
     mask = cat / "ground_truth" / "scratch" / "0_mask.png"
     mask.rename(mask.with_name("0_gt.png"))
     (cat / "ground_truth" / "Hole").mkdir()
     cv2.imwrite(str(cat / "ground_truth" / "Hole" / "0_mask.png"), np.zeros((30, 40), np.uint8))
     with caplog.at_level(logging.WARNING, logger="train.data"):
-        load_test_set(cat, 16, 3)
+        load_test_set(cat, InputFormat(16, 3))
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("no mask for") and str(cat / "test" / "scratch" / "0.png") in lines[0]
     assert "2 mask(s) under" in lines[-1] and "belong to no test image (e.g." in lines[-1], lines
@@ -362,3 +362,14 @@ def test_a_damaged_png_is_refused_by_what_is_wrong_without_a_line_from_libpng(ca
             decode_image(data)
     assert decode_image(bytes(png) + b"trailing bytes").shape == (64, 64, 3)  # after IEND: not the image's
     assert "libpng" not in capfd.readouterr().err
+
+
+def test_an_input_format_is_the_models_size_channels_and_bits_whole():
+    """Every reader of images takes the model's input as one value, from its training config
+    or its package; a config whose size a training has not resolved yet has none."""
+    from train.config import ModelConfig
+
+    assert InputFormat(16, 3) == InputFormat((16, 16), 3, 16) and InputFormat([8, 32], 1, 12).size == (8, 32)
+    assert ModelConfig(image_size=(32, 64), channels=1, pixel_bits=12).input_format == InputFormat((32, 64), 1, 12)
+    with pytest.raises(ValueError, match="still auto"):
+        _ = ModelConfig().input_format

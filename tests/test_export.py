@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from edge.frames import InputFormat
 from edge.package import load_package, sha256_file
 from export.parity import onnx_outputs
 from tests.conftest import ROOT, SHARED_TOOLS, run_vqad
@@ -20,7 +21,7 @@ from train.run import load_run
 
 @pytest.fixture(scope="module")
 def frames(synth_root):
-    return np.stack([s.image for s in load_test_set(synth_root / "bracket", 32, 3)])
+    return np.stack([s.image for s in load_test_set(synth_root / "bracket", InputFormat(32, 3))])
 
 
 def test_package_files_and_metadata(tiny_model, tiny_run):

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.frames import InputFormat
 from edge.health import HealthGate, HealthLimits, training_stats
 from edge.package import load_package
 from edge.protocol import frame_message
@@ -16,8 +17,8 @@ from train.data import load_images, load_test_set
 
 
 def _gate(synth_root, category: str) -> tuple[HealthGate, list[np.ndarray]]:
-    train = load_images(sorted((synth_root / category / "train" / "good").glob("*.png")), 32, 3)
-    goods = [s.image for s in load_test_set(synth_root / category, 32, 3) if s.label == 0]
+    train = load_images(sorted((synth_root / category / "train" / "good").glob("*.png")), InputFormat(32, 3))
+    goods = [s.image for s in load_test_set(synth_root / category, InputFormat(32, 3)) if s.label == 0]
     return HealthGate(training_stats(train), HealthLimits()), goods
 
 

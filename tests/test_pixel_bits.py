@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge.errors import FrameError
-from edge.frames import find_images, read_image
+from edge.frames import InputFormat, find_images, read_image
 from edge.package import load_package
 from edge.protocol import Limits, frame_message, parse_frame
 from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, run_vqad
@@ -64,10 +64,10 @@ def test_a_mono12_category_trains_as_its_8_bit_twin_reads(mono12_model, mono12_r
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["model_config"]["pixel_bits"] == 12
     assert load_package(mono12_model).pixel_bits == 12
     assert json.loads((mono12_model / "model.json").read_text())["input"]["pixel_bits"] == 12
-    as_12 = np.stack([s.image for s in load_test_set(mono12_root, 32, 3, 12)])
-    originals = np.stack([s.image for s in load_test_set(synth_root / "bracket", 32, 3)])
+    as_12 = np.stack([s.image for s in load_test_set(mono12_root, InputFormat(32, 3, 12))])
+    originals = np.stack([s.image for s in load_test_set(synth_root / "bracket", InputFormat(32, 3))])
     assert np.array_equal(as_12, originals)
-    assert np.stack([s.image for s in load_test_set(mono12_root, 32, 3)]).max() <= 16  # as 16 bits: black
+    assert np.stack([s.image for s in load_test_set(mono12_root, InputFormat(32, 3))]).max() <= 16  # as 16 bits: black
     assert "nearly black" not in (mono12_model.parent / "train.log").read_text()  # read by 12 bits throughout
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_bits"] == 12

@@ -18,7 +18,7 @@ import pytest
 
 from edge.config import load_config
 from edge.errors import BackendError, ConfigError
-from edge.frames import parse_size
+from edge.frames import InputFormat, parse_size
 from edge.package import load_package
 from edge.protocol import frame_message
 from export.parity import onnx_outputs
@@ -68,7 +68,7 @@ def test_a_wide_model_trains_exports_and_scores_at_its_own_shape(wide_model, wid
     graph = onnx.load(str(wide_model / "model.onnx")).graph
     dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [32, 64, 3]  # N x H x W x C
-    frames = np.stack([s.image for s in load_test_set(wide_root, (32, 64), 3)])
+    frames = np.stack([s.image for s in load_test_set(wide_root, InputFormat((32, 64), 3))])
     maps, scores = onnx_outputs(wide_model / "model_fp16.onnx", frames)
     assert maps.shape == (len(frames), 1, 32, 64) and np.isfinite(scores).all()
     assert pkg.meta["parity"]["passed"]

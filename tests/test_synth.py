@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.frames import InputFormat
 from train.baseline import PixelGaussian
 from train.data import load_images, load_test_set, train_image_paths
 from train.metrics import image_auroc
@@ -57,7 +58,7 @@ def test_defects_are_too_subtle_for_the_per_pixel_gaussian(tmp_path, category):
     spec = SynthSpec(size=128, n_train=60, n_test_good=20, n_per_defect=6)
     synth(tmp_path, seed=0, spec=spec, categories=(category,))
     root = tmp_path / category
-    model = PixelGaussian().fit(load_images(train_image_paths(root), 128, 3))
-    test = load_test_set(root, 128, 3)
+    model = PixelGaussian().fit(load_images(train_image_paths(root), InputFormat(128, 3)))
+    test = load_test_set(root, InputFormat(128, 3))
     _, scores = model.score(np.stack([s.image for s in test]))
     assert image_auroc(np.array([s.label for s in test]), scores) < 0.85

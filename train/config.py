@@ -7,7 +7,7 @@ from typing import Literal
 
 from edge.config import require
 from edge.errors import ConfigError
-from edge.frames import PIXEL_BITS, as_size, check_pixel_bits
+from edge.frames import PIXEL_BITS, InputFormat, as_size, check_pixel_bits
 
 ErrorKind = Literal["l2", "ssim", "gms"]
 TermName = Literal["head", "errors", "template", "memory"]
@@ -135,6 +135,14 @@ class ModelConfig:
             "head" not in self.score.terms or self.head_width > 0,
             "score.terms names the head, which needs a comparison head (model.head_width > 0)",
         )
+
+    @property
+    def input_format(self) -> InputFormat:
+        """How an image becomes the model's input (edge.frames.InputFormat); the image size must be
+        resolved ("auto" is, by a training)."""
+        if self.image_size == "auto":
+            raise ValueError("model.image_size is still auto: a training resolves it from the images")
+        return InputFormat(self.image_size, self.channels, self.pixel_bits)
 
     def size_step(self) -> int:
         """Each side of the input is a multiple of this."""

@@ -25,8 +25,8 @@ from edge.errors import DataError
 from edge.frames import (
     IMAGE_KINDS,
     PIXEL_BITS,
+    InputFormat,
     Size,
-    as_size,
     is_hidden,
     is_image,
     list_images,
@@ -189,12 +189,10 @@ def has_test_set(category: str | Path) -> bool:
     return (Path(category) / "test").is_dir()
 
 
-def load_test_set(
-    category: str | Path, size: int | Size, channels: int, pixel_bits: int = PIXEL_BITS
-) -> list[TestSample]:
-    """Every test image with its label and mask at size (H, W; N = N x N), checked; a 16-bit
-    image read by its low `pixel_bits` bits. DataError names the bad file."""
-    category, size = Path(category), as_size(size)
+def load_test_set(category: str | Path, fmt: InputFormat) -> list[TestSample]:
+    """Every test image with its label and mask at the model's input `fmt`, checked. DataError
+    names the bad file."""
+    category, size = Path(category), fmt.size
     test_dir = _require_dir(category / "test", "test", category)
     kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not kinds:
@@ -204,7 +202,7 @@ def load_test_set(
     listed = [(kind, path) for kind in kinds for path in list_images(test_dir / kind)]
     masks_of = {kind: mask_files(category / "ground_truth" / kind) for kind in kinds if kind != "good"}
     shapes: list[tuple[int, int]] = []  # each image's (H, W) as read: its mask's must match
-    images = load_images([path for _, path in listed], size, channels, shapes, pixel_bits)
+    images = load_images([path for _, path in listed], fmt, shapes)
     for (kind, path), image, shape in zip(listed, images, shapes, strict=True):
         masks = masks_of.get(kind, {})
         label = 0 if kind == "good" else 1

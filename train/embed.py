@@ -43,7 +43,7 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     run = load_run(run_dir)
     cfg = run.model_cfg
     paths = image_paths(source)
-    images = load_images(paths, cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
+    images = load_images(paths, cfg.input_format)
     K = cfg.codebook_size
     chunks = []
     for batch in batched(images, batch_size):

@@ -112,9 +112,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     """Calibrate and store the threshold, score the test set, write metrics.json and pictures."""
     run = load_run(run_dir)
     out = Path(out)
-    size, channels, bits = run.model_cfg.image_size, run.model_cfg.channels, run.model_cfg.pixel_bits
     split = run.split()
-    test = load_test_set(category, size, channels, bits) if has_test_set(category) else []
+    test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []
     test, own = without_copies_of(test, split["train"] + split["val"])
     if not test:
         log.warning(
@@ -123,7 +122,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
             category_hint(category),
         )
     val_paths = split["val"]
-    val_images = load_images(val_paths, size, channels, pixel_bits=bits)
+    val_images = load_images(val_paths, run.model_cfg.input_format)
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
     threshold = _threshold(run, val_scores, val_paths)
@@ -261,8 +260,7 @@ def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: d
     for name in sorted(set(named) - set(val) - set(on_disk)):
         log.warning("calibration image %s is not on disk: no panel", name)
     if on_disk:
-        cfg = run.model_cfg
-        images = load_images([Path(n) for n in on_disk], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
+        images = load_images([Path(n) for n in on_disk], run.model_cfg.input_format)
         recons, maps, scores = score_frames(run.model, images)
         val = {**val, **_by_path(on_disk, images, recons, maps, scores)}
     (out / PANELS).mkdir(exist_ok=True)  # a category without a test set draws these alone

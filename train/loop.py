@@ -110,13 +110,11 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
     )  # fmt: skip
     # One read of both, so that an error names every unreadable image of the folder at once.
-    images = load_images(
-        [*train_paths, *val_paths], model_cfg.image_size, model_cfg.channels, pixel_bits=model_cfg.pixel_bits
-    )
+    images = load_images([*train_paths, *val_paths], model_cfg.input_format)
     train_images, val_images = images[: len(train_paths)], images[len(train_paths) :]
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
     if has_test_set(category):
-        load_test_set(category, model_cfg.image_size, model_cfg.channels, model_cfg.pixel_bits)
+        load_test_set(category, model_cfg.input_format)
     else:
         log.info("no test folder in %s: vqad eval will calibrate the threshold and measure nothing", category)
     return train_paths, val_paths, train_images, val_images

@@ -68,9 +68,7 @@ def calibrate_run(
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
     shapes: list[tuple[int, int]] = []
-    frames, paths, source = calibration_images(
-        good_dir, cfg.image_size, cfg.channels, _trained_on(run), shapes, defects_dir, cfg.pixel_bits
-    )
+    frames, paths, source = calibration_images(good_dir, cfg.input_format, _trained_on(run), shapes, defects_dir)
     health = health_findings(_camera_health(run), frames, shapes, paths, force)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
@@ -104,8 +102,8 @@ def calibrate_run(
         threshold["fused"] = fused
     if defects_dir is not None:
         threshold["defects"] = check_defects(
-            defects_dir, cfg.image_size, cfg.channels, lambda f: score_frames(run.model, f)[2], threshold["value"],
-            previous["value"] if comparable else None, cfg.pixel_bits,
+            defects_dir, cfg.input_format, lambda f: score_frames(run.model, f)[2], threshold["value"],
+            previous["value"] if comparable else None,
         )  # fmt: skip
     (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
     log.info(
@@ -141,7 +139,7 @@ def choose_map_scale(
     with the scale whose threshold lets the fewest confirmed defects pass -> (what was compared
     and chosen, the good frames' scores at that scale)."""
     cfg = cfg or run.model_cfg
-    defects, _ = defect_frames(defects_dir, cfg.image_size, cfg.channels, cfg.pixel_bits)
+    defects, _ = defect_frames(defects_dir, cfg.input_format)
     if len(defects) < FEW_DEFECTS:
         log.warning("choosing the map scale on %d confirmed defects: a defect or two decides it", len(defects))
     train_images, val_images = _good_images(run)
@@ -180,8 +178,7 @@ def rebuild_map(run: Run, cfg: ModelConfig, train_images: np.ndarray, val_images
 def _good_images(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's own good training and validation images, as its training split them."""
     cfg, split = run.model_cfg, run.split()
-    train = load_images(split["train"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
-    return train, load_images(split["val"], cfg.image_size, cfg.channels, pixel_bits=cfg.pixel_bits)
+    return load_images(split["train"], cfg.input_format), load_images(split["val"], cfg.input_format)
 
 
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:

@@ -40,8 +40,8 @@ class Run:
     def camera_health(self) -> dict[str, Any]:
         """The training images' figures for the line's camera health gate (model.json's
         `camera_health`), each image read once."""
-        m, shapes = self.model_cfg, []
-        images = load_images(self.split()["train"], m.image_size, m.channels, shapes, m.pixel_bits)
+        shapes: list[tuple[int, int]] = []
+        images = load_images(self.split()["train"], self.model_cfg.input_format, shapes)
         return training_stats(images, shapes)
 
 
