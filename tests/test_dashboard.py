@@ -595,6 +595,36 @@ def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tal
         driver.quit()
 
 
+def test_a_queue_reviewed_meanwhile_on_another_screen_says_so_under_the_tally(line):
+    """Two screens work down the same day: one clicks a "not reviewed" count that the other has
+    just worked down. The click found nothing, refreshed the tally and said nothing, and a
+    message of the click's (a failure to read the rejects) was wiped by that refresh."""
+    base, camera = line["dashboard"].url, f"other-{uuid.uuid4().hex[:6]}"
+    cam, driver = Camera(line["daemon"].frames), headless_chromium()
+    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "queue test", "--by", "test")
+    try:
+        for frame_id, image in enumerate(line["images"][:2]):
+            cam.send(frame_message(camera, frame_id, cv2.imread(str(image)), "raw"))
+        query = f"/api/results?camera={camera}&decision=fail&reviewed=false"
+        assert wait_for(lambda: len(_json(base + query)[1]["results"]) == 2, 20)
+        driver.get(base + "/")
+        button = f'[data-camera="{camera}"] [data-field="daily"] button.queue'
+        assert wait_for(lambda: [b.text for b in driver.find_elements("css selector", button)] == ["2"], 10)
+        for frame_id in range(2):  # the other screen
+            Record(line["url"]).review(camera, frame_id, "defect", by="operator 2")
+        driver.find_element("css selector", button).click()
+        status = f'[data-camera="{camera}"] [data-field="daily-status"]'
+        said = lambda: driver.find_element("css selector", status).text  # noqa: E731
+        assert wait_for(lambda: "left to review: reviewed meanwhile" in said(), 10), said()
+        time.sleep(2)  # the tally's refresh the click started has come back (its answer is held up to 20 s)
+        assert "reviewed meanwhile" in said()  # that refresh used to wipe what the click said
+        assert not driver.execute_script("return document.getElementById('detail').open")
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "queue test done", check=False)
+        cam.close()
+        driver.quit()
+
+
 def _status(url, headers=None, data=None):
     request = urllib.request.Request(url, headers=headers or {}, data=data)
     try:

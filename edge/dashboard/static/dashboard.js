@@ -224,7 +224,7 @@ async function loadDaily(cam, id) {
     const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
     setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
     $(cam.node, "daily-box").hidden = false;
-    setText(cam.node, "daily-status", "");
+    setText(cam.node, "daily-status", performance.now() < (cam.queueSaidUntil || 0) ? cam.queueSaid : "");
   } catch (err) {
     cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
   }
@@ -301,14 +301,27 @@ function queueButton(cam, id, d) {
 
 async function openQueue(cam, id, d) {
   const model = d.model_sha256 ? `&model=${encodeURIComponent(d.model_sha256)}` : "";
+  sayOfQueue(cam, "");
   try {
     const body = await api(`api/results?camera=${encodeURIComponent(id)}&decision=fail&reviewed=false` +
       `&day=${encodeURIComponent(d.day)}${model}&limit=${QUEUE_SIZE}`);
-    if (!body.results.length) { loadDaily(cam, id); return; } // reviewed meanwhile: the tally catches up
+    if (!body.results.length) { // reviewed meanwhile (another screen): said, and the tally catches up
+      sayOfQueue(cam, `none of ${d.day}'s rejects is left to review: reviewed meanwhile`);
+      loadDaily(cam, id);
+      return;
+    }
     openDetail(body.results[0], body.results, { camera: id, day: d.day, more: body.limit_reached });
   } catch (err) {
-    setText(cam.node, "daily-status", `the day's rejects could not be read: ${err.message}`);
+    sayOfQueue(cam, `the day's rejects could not be read: ${err.message}`);
   }
+}
+
+// What a click on "not reviewed" came to, under the tally for a minute (DAILY_EVERY_MS): the
+// tally's refresh, which the click itself may start, must not take it away before it is read.
+function sayOfQueue(cam, text) {
+  cam.queueSaid = text;
+  cam.queueSaidUntil = performance.now() + DAILY_EVERY_MS;
+  setText(cam.node, "daily-status", text);
 }
 
 function drawDrift(el, drift, daemon) {
