@@ -178,7 +178,7 @@ class DaemonSilence:
         self.never_heard_said = False
 
     def heard(self) -> None:
-        """A result came: the daemon is there, even with its heartbeat off."""
+        """A message came (a result, or a heartbeat): the daemon is there, even with its heartbeat off."""
         if self.never_heard_said:
             log.info("the daemon at %s is heard from", self.endpoint)
         self.heard_any, self.never_heard_said = True, False
