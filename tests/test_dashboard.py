@@ -542,22 +542,36 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_
         driver.quit()
 
 
+@contextlib.contextmanager
+def _rejects_to_review(line, camera: str, n: int) -> Iterator[tuple[object, str]]:
+    """`n` rejects of a new `camera` (the threshold near 0 meanwhile), and a browser on the page
+    whose daily tally counts them as not reviewed -> (the browser, the selector of that count's
+    button)."""
+    cam, driver = Camera(line["daemon"].frames), headless_chromium()
+    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "queue test", "--by", "test")
+    try:
+        for frame_id, image in enumerate(line["images"][:n]):
+            cam.send(frame_message(camera, frame_id, cv2.imread(str(image)), "raw"))
+        query = f"{line['dashboard'].url}/api/results?camera={camera}&decision=fail&reviewed=false"
+        assert wait_for(lambda: len(_json(query)[1]["results"]) == n, 20)
+        driver.get(line["dashboard"].url + "/")
+        button = f'[data-camera="{camera}"] [data-field="daily"] button.queue'
+        assert wait_for(lambda: [b.text for b in driver.find_elements("css selector", button)] == [str(n)], 10)
+        yield driver, button
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "queue test done", check=False)
+        cam.close()
+        driver.quit()
+
+
 def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tally(line):
     """The tally's "not reviewed" count could not be worked down from the page: the gallery
     holds the latest 12 rejects, and a shift makes hundreds. Its count opens the day's rejects
     nobody has reviewed, and each review moves on to the next."""
     base, camera = line["dashboard"].url, f"queue-{uuid.uuid4().hex[:6]}"
-    cam, driver = Camera(line["daemon"].frames), headless_chromium()
-    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "queue test", "--by", "test")
-    try:
-        for frame_id, image in enumerate(line["images"][:4]):
-            cam.send(frame_message(camera, frame_id, cv2.imread(str(image)), "raw"))
-        query = f"/api/results?camera={camera}&decision=fail&reviewed=false&day="
-        today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
-        assert wait_for(lambda: len(_json(base + query + today)[1]["results"]) == 4, 20)
-        driver.get(base + "/")
-        button = f'[data-camera="{camera}"] [data-field="daily"] button.queue'
-        assert wait_for(lambda: [b.text for b in driver.find_elements("css selector", button)] == ["4"], 10)
+    query = f"/api/results?camera={camera}&decision=fail&reviewed=false&day="
+    today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
+    with _rejects_to_review(line, camera, 4) as (driver, button):
         driver.find_element("css selector", button).click()
         position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
         daily_status = f'[data-camera="{camera}"] [data-field="daily-status"]'
@@ -589,27 +603,14 @@ def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tal
         assert _json(base + query + yesterday)[1]["results"] == []
         for bad in ("reviewed=maybe", "day=today", f"day={today}&since=2026-01-01"):
             assert _json(base + "/api/results?" + bad)[0] == 400, bad
-    finally:
-        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "queue test done", check=False)
-        cam.close()
-        driver.quit()
 
 
 def test_a_queue_reviewed_meanwhile_on_another_screen_says_so_under_the_tally(line):
     """Two screens work down the same day: one clicks a "not reviewed" count that the other has
     just worked down. The click found nothing, refreshed the tally and said nothing, and a
     message of the click's (a failure to read the rejects) was wiped by that refresh."""
-    base, camera = line["dashboard"].url, f"other-{uuid.uuid4().hex[:6]}"
-    cam, driver = Camera(line["daemon"].frames), headless_chromium()
-    run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "queue test", "--by", "test")
-    try:
-        for frame_id, image in enumerate(line["images"][:2]):
-            cam.send(frame_message(camera, frame_id, cv2.imread(str(image)), "raw"))
-        query = f"/api/results?camera={camera}&decision=fail&reviewed=false"
-        assert wait_for(lambda: len(_json(base + query)[1]["results"]) == 2, 20)
-        driver.get(base + "/")
-        button = f'[data-camera="{camera}"] [data-field="daily"] button.queue'
-        assert wait_for(lambda: [b.text for b in driver.find_elements("css selector", button)] == ["2"], 10)
+    camera = f"other-{uuid.uuid4().hex[:6]}"
+    with _rejects_to_review(line, camera, 2) as (driver, button):
         for frame_id in range(2):  # the other screen
             Record(line["url"]).review(camera, frame_id, "defect", by="operator 2")
         driver.find_element("css selector", button).click()
@@ -619,10 +620,6 @@ def test_a_queue_reviewed_meanwhile_on_another_screen_says_so_under_the_tally(li
         time.sleep(2)  # the tally's refresh the click started has come back (its answer is held up to 20 s)
         assert "reviewed meanwhile" in said()  # that refresh used to wipe what the click said
         assert not driver.execute_script("return document.getElementById('detail').open")
-    finally:
-        run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "queue test done", check=False)
-        cam.close()
-        driver.quit()
 
 
 def _status(url, headers=None, data=None):
