@@ -64,10 +64,25 @@ def score_histogram(
     legend = [(f"{good_label}: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
     if bad.size:
         legend.append((f"{defect_label}: {bad.size}, {int((bad < threshold).sum())} under it (passed)", DEFECT))
-    cv2.putText(image, title, (LEFT, 22), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
+    width = WIDTH - LEFT - 4
+    cv2.putText(image, fitted(title, 0.55, width), (LEFT, 22), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
     for i, (text, colour) in enumerate(legend):
-        cv2.putText(image, text, (LEFT, 44 + 18 * i), FONT, 0.45, colour, 1, cv2.LINE_AA)
+        cv2.putText(image, fitted(text, 0.45, width), (LEFT, 44 + 18 * i), FONT, 0.45, colour, 1, cv2.LINE_AA)
     return image
+
+
+def fitted(text: str, scale: float, width: int) -> str:
+    """`text` as it fits in `width` pixels at `scale`: when it is too long, its middle (a long
+    folder's path, mostly) is given up for "...", so that its start and its end, which say what
+    the figure is of, both show."""
+    if cv2.getTextSize(text, FONT, scale, 1)[0][0] <= width:
+        return text
+    for keep in range(len(text) - 1, 0, -1):  # the characters of `text` kept beside "..."
+        head = (keep + 1) // 2
+        shown = text[:head] + "..." + text[len(text) - (keep - head) :]
+        if cv2.getTextSize(shown, FONT, scale, 1)[0][0] <= width:
+            return shown
+    return "..."
 
 
 def _axis(image: np.ndarray, lo: float, hi: float, top: int, clipped: bool):

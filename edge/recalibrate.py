@@ -134,7 +134,7 @@ def refuse_defects_among_good(
         )
     if defects_dir is None or not paths:
         return
-    defects = set(fingerprints(defect_images(defects_dir)))
+    defects = set(fingerprints(defect_images(defects_dir, say=False)))  # defect_frames says it
     among = [p for p, f in zip(paths, prints or fingerprints(paths), strict=True) if f in defects]
     if among:
         raise DataError(
@@ -206,11 +206,12 @@ def defect_frames(folder: str | Path, fmt: InputFormat) -> tuple[np.ndarray, lis
     return _frames(defects, folder, fmt, 1, why)
 
 
-def defect_images(folder: str | Path) -> list[Path]:
-    """The images under `folder`, less those in a folder named "good" below it."""
+def defect_images(folder: str | Path, say: bool = True) -> list[Path]:
+    """The images under `folder`, less those in a folder named "good" below it (logged, unless
+    not `say`)."""
     paths = find_images(folder)
     defects = [p for p in paths if "good" not in p.relative_to(folder).parts[:-1]]
-    if len(defects) < len(paths):
+    if say and len(defects) < len(paths):
         log.info("%s: %d images under good/ left out of the defects", folder, len(paths) - len(defects))
     return defects
 

@@ -412,6 +412,25 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     assert (far[row, x_far] == THRESHOLD).all()
 
 
+def test_a_long_title_keeps_its_start_and_its_end_inside_the_picture(monkeypatch):
+    """A calibration on a deep folder ran its title past the picture's right edge, and the
+    target it was calibrated for was cut off."""
+    import cv2
+
+    from edge import histogram
+
+    drawn = []
+    monkeypatch.setattr(histogram.cv2, "putText", lambda image, text, org, font, scale, *a, **k: drawn.append(
+        (text, org, scale)
+    ))  # fmt: skip
+    title = f"p1: 65 good images under /mnt/line/{'station-7/' * 8}good, target 1.0% false rejects"
+    histogram.score_histogram(np.linspace(0, 1, 65), 1.01, title=title)
+    shown, (x, _), scale = next(d for d in drawn if d[0].startswith("p1: "))
+    assert shown.startswith("p1: 65 good images under /mnt/line/") and shown.endswith("target 1.0% false rejects")
+    assert "..." in shown and x + cv2.getTextSize(shown, histogram.FONT, scale, 1)[0][0] <= histogram.WIDTH
+    assert histogram.fitted("p1: 65 good images", scale, histogram.WIDTH) == "p1: 65 good images"  # short: as it is
+
+
 @pytest.mark.parametrize("threshold, previous", [(0.9904, 1.01), (1.01, 0.9904), (0.5, 1.0), (0.02, 0.025)])
 def test_the_thresholds_labels_never_meet(threshold, previous, monkeypatch):
     """Two thresholds near the picture's right edge both took their label on the left, one over
