@@ -79,6 +79,8 @@ class Soak:
         self.reader.start()
         self.proc = psutil.Process(self.daemon.proc.pid)
         self.reloads = {"ok": 0, "failed": 0}
+        self.reloads_end = threading.Event()
+        self.reloader: threading.Thread | None = None
 
     def _receive(self) -> None:
         while not self.stopping.is_set() or self.sub.poll(2000):
@@ -118,17 +120,26 @@ class Soak:
         return {"fds": self.proc.num_fds(), "threads": self.proc.num_threads()}
 
     def reload_every(self, control: str, every_s: float) -> None:
-        """Reload the model through `control` every `every_s` seconds, in a thread, until stop()."""
+        """Reload the model through `control` every `every_s` seconds, in a thread, until
+        end_reloads()."""
 
         def reload() -> None:
-            while not self.stopping.wait(every_s):
+            while not self.reloads_end.wait(every_s):
                 try:
                     ok = request(control, "reload", {}, "soak", timeout_s=60)["ok"]
                 except VqadError:  # no answer: a failed reload, counted
                     ok = False
                 self.reloads["ok" if ok else "failed"] += 1
 
-        threading.Thread(target=reload, daemon=True).start()
+        self.reloader = threading.Thread(target=reload, daemon=True)
+        self.reloader.start()
+
+    def end_reloads(self) -> None:
+        """No reload after this, and the one in flight has answered: the RSS read next is of one
+        model, not of the two a reload holds for a moment."""
+        self.reloads_end.set()
+        if self.reloader is not None:
+            self.reloader.join(timeout=70)  # a reload's request times out at 60 s
 
     def drain(self) -> None:
         """Let the daemon work off its backlog: a frame still queued in ZeroMQ when the daemon
@@ -140,6 +151,7 @@ class Soak:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        self.end_reloads()
         self.daemon.stop()
         self.stopping.set()
         self.reader.join(timeout=10)
@@ -208,6 +220,7 @@ def _soak(
             rss_windows.append({"t_s": round(now - t_start, 1), "rss_mib": soak.rss() / 2**20, **soak.handles()})
             next_rss_t = now + window_s
         time.sleep(max(0.0, t_start + (soak.sent - BURST_FRAMES) / rate - time.monotonic()))
+    soak.end_reloads()
     soak.drain()
     rss_end, handles_end = soak.rss(), soak.handles()
     rss_start = rss_start or rss_after_startup
