@@ -547,12 +547,17 @@ def test_without_a_terminal_training_logs_lines_not_a_bar(synth_root, tmp_path, 
     losses = {"loss": torch.tensor(0.5), "l2": torch.tensor(0.01), "head": torch.tensor(0.3)}
     session = SimpleNamespace(
         train_cfg=TrainConfig(steps=3000), step=1200, start_step=0, t0=time.monotonic() - 600,
-        category=Path("kolektor"), progress_at=0.0,
+        category=Path("kolektor"), progress_at=0.0, elapsed=lambda: 600.0,
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="train.loop"):
         _progress_line(session, losses)
     assert "train kolektor: step 1200 of 3000 (40%), 2.00 steps/s, about 15 min left; loss 0.5000" in caplog.text
     assert session.progress_at > 0
+    # A 12-minute budget ends it first: 2 minutes left, not the 15 its steps would take.
+    session.train_cfg = TrainConfig(steps=3000, max_minutes=12.0)
+    with caplog.at_level(logging.INFO, logger="train.loop"):
+        _progress_line(session, losses)
+    assert "2.00 steps/s, about 2 min left (train.max_minutes ends it); loss" in caplog.text
 
 
 def test_random_crops_cut_a_larger_input_and_leave_a_fitting_one_alone():

@@ -447,16 +447,25 @@ def random_crops(images: np.ndarray, rng: np.random.Generator, crop: int | None 
 
 
 def _progress_line(s: Session, losses: dict[str, Any]) -> None:
-    """The bar's figures as a log line: step, share, pace, time left, losses."""
+    """The bar's figures as a log line: step, share, pace, time left (to the steps' end, or to
+    the time budget's when that comes first), losses."""
     now = time.monotonic()
     pace = (s.step - s.start_step) / max(1e-6, now - s.t0)
-    left_min = (s.train_cfg.steps - s.step) / max(1e-6, pace) / 60
+    left_min, until = time_left_min(s.train_cfg, s.step, pace, s.elapsed())
     log.info(
-        "train %s: step %d of %d (%.0f%%), %.2f steps/s, about %.0f min left; loss %.4f, l2 %.5f, head %.4f",
-        s.category.name, s.step, s.train_cfg.steps, 100 * s.step / s.train_cfg.steps, pace, left_min,
+        "train %s: step %d of %d (%.0f%%), %.2f steps/s, about %.0f min left%s; loss %.4f, l2 %.5f, head %.4f",
+        s.category.name, s.step, s.train_cfg.steps, 100 * s.step / s.train_cfg.steps, pace, left_min, until,
         losses["loss"].item(), losses["l2"].item(), losses["head"].item(),
     )  # fmt: skip
     s.progress_at = now
+
+
+def time_left_min(cfg: TrainConfig, step: int, pace: float, elapsed_s: float) -> tuple[float, str]:
+    """The minutes the training has left at `pace` (steps/s), and "" when its steps end it, or
+    " (train.max_minutes ends it)" when the time budget comes first."""
+    by_steps = (cfg.steps - step) / max(1e-6, pace) / 60
+    by_time = max(0.0, cfg.max_minutes - elapsed_s / 60)
+    return (by_steps, "") if by_steps <= by_time else (by_time, " (train.max_minutes ends it)")
 
 
 def _log_step(s: Session, losses: dict[str, Any]) -> None:
