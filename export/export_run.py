@@ -19,7 +19,6 @@ import numpy as np
 from edge.config import to_dict
 from edge.errors import PackageError
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
-from edge.recalibrate import fingerprints
 from export.config import ExportConfig
 from export.onnx_graph import INPUT_NAME, OUTPUT_NAMES, export_graph
 from export.parity import compare, onnx_outputs
@@ -48,10 +47,10 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     from train.data import load_images, load_test_set
 
     fmt = run.model_cfg.input_format
-    val_paths = run.split()["val"]
+    val_paths = run.split_images("val", "the parity proof runs on them")
     frames = [load_images(val_paths, fmt)]
     names = [str(p) for p in val_paths]
-    data = Path(run.meta.get("data", ""))
+    data = run.data or Path(run.meta.get("data", ""))
     if per_kind > 0 and (data / "test").is_dir():
         picked: dict[str, int] = {}
         for sample in load_test_set(data, fmt):
@@ -137,7 +136,7 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
             "checkpoint_sha256": run.meta.get("content_sha256"),
             "step": run.meta.get("step"),
             # vqad calibrate leaves these images out: a threshold on them would sit too low.
-            "training_images": fingerprints(run.split()["train"]),
+            "training_images": run.training_fingerprints(),
         },
         "model_config": to_dict(m),
         # What the training images looked like, for the daemon's camera health gate (edge/health.py).
@@ -152,12 +151,15 @@ def _rebuilt(run) -> dict[str, Any]:
     return {"rebuilt": rebuilt} if rebuilt else {}
 
 
-def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: bool = False) -> dict[str, Any]:
-    """Export, prove parity, write the package. Returns model.json's content."""
+def export_run(
+    run_dir: str | Path, out: str | Path, cfg: ExportConfig, force: bool = False, data: str | Path | None = None
+) -> dict[str, Any]:
+    """Export, prove parity, write the package. Returns model.json's content. `data`: the run's
+    category folder where it is now, when it has moved since training."""
     from train.pipeline import half_precision_copy
     from train.run import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, data)
     threshold = run.threshold()
     if threshold is None:
         raise PackageError(f"{run.root} has no threshold.json: run `vqad eval {run.root} DATA_CAT --out REPORT` first")

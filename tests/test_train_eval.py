@@ -387,6 +387,54 @@ def test_a_resume_names_the_images_added_since_its_split_and_refuses_one_gone(sy
     assert f"names 1 good image(s) that are gone (e.g. {gone})" in refused.stderr
 
 
+def test_a_run_whose_data_folder_moved_is_evaluated_exported_and_calibrated_where_it_is_now(synth_root, tmp_path):
+    """split.json names the images where training read them, and a folder given relative named
+    them relative: a data folder moved since, a run taken to another machine or a command run
+    from another directory stopped eval and export with every image unreadable. Eval's DATA
+    and --data say where the folder is now; what training found of its training images is kept
+    in the run, so that export and calibrate do not read them again."""
+    from edge.frames import load_images
+    from edge.health import training_stats
+    from edge.recalibrate import fingerprints
+
+    category, run, model = tmp_path / "weave", tmp_path / "run", tmp_path / "model"
+    shutil.copytree(synth_root / "weave", category)
+    run_vqad("train", os.path.relpath(category, ROOT), "--out", run, "--steps", "3", *TINY_MODEL, *TINY_TRAIN)
+    split = json.loads((run / "split.json").read_text())
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in split["train"] + split["val"])
+    kept = json.loads((run / "training_images.json").read_text())
+    assert kept["fingerprints"] == fingerprints(split["train"])
+    shapes: list = []
+    images = load_images([Path(p) for p in split["train"]], load_run(run).model_cfg.input_format, shapes)
+    assert kept["camera_health"] == json.loads(json.dumps(training_stats(images, shapes)))
+
+    moved = tmp_path / "elsewhere" / "weave"
+    shutil.move(category, moved)
+    evaluated = run_vqad("eval", run, moved, "--out", tmp_path / "eval", "--no-pictures")
+    n_val = len(split["val"])
+    n = len(split["train"]) + n_val
+    assert f"{n} of the run's {n} good images are gone from {category}: read from {moved}" in evaluated.stderr
+    refused = run_vqad("export", run, "--out", model, check=False)
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    assert f"{n_val} of the run's {n_val} validation images are gone" in refused.stderr
+    assert "(--data CAT)" in refused.stderr
+    run_vqad("export", run, "--out", model, "--data", moved)
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["source"]["training_images"] == kept["fingerprints"]
+    assert meta["camera_health"] == kept["camera_health"]
+    # The training images themselves are not needed: calibrate leaves them out by their
+    # fingerprints and checks the good images against the kept figures.
+    calibrated = run_vqad("calibrate", run, moved / "train" / "good")
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["source"]["training_images_left_out"] == len(split["train"])
+    assert threshold["n_val"] == n_val and threshold["health"] is not None
+    assert "not checked against the line's camera health gate" not in calibrated.stderr
+    package = run_vqad("calibrate", model, moved / "train" / "good", "--data", moved, check=False)
+    assert package.returncode == 3 and "a model package: it needs no training data" in package.stderr
+    resumed = run_vqad("train", moved, "--out", run, "--steps", "4", "--resume")
+    assert f"read from {moved}" in resumed.stderr and "are gone" in resumed.stderr
+
+
 def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(

@@ -110,7 +110,7 @@ def _panel(
 
 def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, pictures: bool = True) -> dict[str, Any]:
     """Calibrate and store the threshold, score the test set, write metrics.json and pictures."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, category)
     out = Path(out)
     split = run.split()
     test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []
@@ -121,7 +121,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
             category,
             category_hint(category),
         )
-    val_paths = split["val"]
+    val_paths = run.split_images("val", "the threshold is calibrated on them")
     val_images = load_images(val_paths, run.model_cfg.input_format)
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)

@@ -3,7 +3,9 @@
 Life of a run directory:
     config.json   model + train config (written once the data checks pass; each --resume
                   appends the train config it continued under to `resumes`)
-    split.json    which good images are train and which are validation
+    split.json    which good images are train and which are validation (absolute paths)
+    training_images.json  the training images' fingerprints and camera health figures, for
+                  export and calibration without them
     checkpoint.pt the latest self-describing checkpoint (atomic writes)
     metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
 
@@ -52,7 +54,7 @@ from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel, calibrate_scorer
-from train.run import load_weights_from, read_json, read_split
+from train.run import load_weights_from, read_json, read_split, write_training_images
 from train.runlog import MetricsLog
 from train.scoring import SSIM, ScorerPlan
 
@@ -96,7 +98,7 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
     """Read and check every image the run will touch before anything is written. A resumed run
     (`run_dir`) keeps the split it saved, whatever the folder or the config holds now."""
     if run_dir is not None:
-        split = read_split(run_dir)
+        split = read_split(run_dir, category)
         train_paths, val_paths = split["train"], split["val"]
         _warn_if_split_policy_changed(run_dir, train_cfg)
         _check_split_against_folder(category, [*train_paths, *val_paths])
@@ -110,14 +112,15 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
     )  # fmt: skip
     # One read of both, so that an error names every unreadable image of the folder at once.
-    images = load_images([*train_paths, *val_paths], model_cfg.input_format)
+    shapes: list[tuple[int, int]] = []
+    images = load_images([*train_paths, *val_paths], model_cfg.input_format, shapes)
     train_images, val_images = images[: len(train_paths)], images[len(train_paths) :]
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
     if has_test_set(category):
         load_test_set(category, model_cfg.input_format)
     else:
         log.info("no test folder in %s: vqad eval will calibrate the threshold and measure nothing", category)
-    return train_paths, val_paths, train_images, val_images
+    return train_paths, val_paths, train_images, val_images, shapes[: len(train_paths)]
 
 
 # The train config keys that draw the split: a resume under other values keeps the saved split.
@@ -231,13 +234,15 @@ def set_up(
     if init_from is not None:
         load_weights_from(Path(init_from), model, model_cfg)
     model = model.to(device)
-    train_paths, val_paths, train_images, val_images = load_run_data(
+    train_paths, val_paths, train_images, val_images, train_shapes = load_run_data(
         category, model_cfg, train_cfg, run_dir if resume else None
     )
     if dist.main and resume:
         _record_resume(run_dir, category, model_cfg, train_cfg, start_step)
     elif dist.main:
         _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
+    if dist.main:
+        write_training_images(run_dir, train_paths, train_images, train_shapes)
     net, head_net = model.vqvae, model.head
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
@@ -311,13 +316,15 @@ def _record_resume(
 
 
 def _run_config(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category)}
+    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category.resolve())}
 
 
 def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:
+    """config.json and split.json; the split's paths absolute, so that the run reads its images
+    from any working directory."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(_run_config(category, model_cfg, train_cfg), indent=2))
-    split = {"train": [str(p) for p in train_paths], "val": [str(p) for p in val_paths]}
+    split = {"train": [str(p.resolve()) for p in train_paths], "val": [str(p.resolve()) for p in val_paths]}
     (run_dir / "split.json").write_text(json.dumps(split, indent=2))
 
 
@@ -522,7 +529,7 @@ def save(s: Session, reason: str) -> None:
         "metrics": s.summary,
         "scoring": s.model.scorer.plan.to_dict(),
         "reason": reason,
-        "data": str(s.category),
+        "data": str(s.category.resolve()),
     }
     save_checkpoint(s.run_dir / CHECKPOINT_NAME, s.model.state_dict(), meta, s.opt.state_dict())
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import DataError
-from edge.recalibrate import calibration_images, check_defects, defect_frames, fingerprints, health_findings
+from edge.recalibrate import calibration_images, check_defects, defect_frames, health_findings
 from edge.threshold import calibrate_threshold, check_against_previous
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
@@ -50,6 +50,7 @@ def calibrate_run(
     choose_scale: bool = False,
     fuse_scales: tuple[float, ...] | None = None,
     force: bool = False,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Recalibrate RUN_DIR's threshold on the good images under GOOD_DIR (threshold.json), and
     with `defects_dir` say how many confirmed defect images would pass it. With `choose_scale`
@@ -57,10 +58,11 @@ def calibrate_run(
     `fuse_scales` (() = one map) the map is rebuilt with those fused maps first and saved.
     DataError when most good images would be unfit on the line (edge.recalibrate.health_findings
     against the run's training images), or the threshold would rise RAISED_REFUSED times or more
-    (edge.threshold.check_against_previous), unless `force`."""
+    (edge.threshold.check_against_previous), unless `force`. `data`: the run's category folder
+    where it is now, when it has moved since training."""
     if choose_scale and defects_dir is None:
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
-    run = load_run(run_dir)
+    run = load_run(run_dir, data)
     cfg, fused = run.model_cfg, None
     if fuse_scales is not None:  # validated as the config's own field (ConfigError)
         cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, fuse_scales=tuple(fuse_scales)))
@@ -68,7 +70,9 @@ def calibrate_run(
         fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
         fused["fuse_scales"] = list(cfg.score.fuse_scales)
     shapes: list[tuple[int, int]] = []
-    frames, paths, source = calibration_images(good_dir, cfg.input_format, _trained_on(run), shapes, defects_dir)
+    frames, paths, source = calibration_images(
+        good_dir, cfg.input_format, run.training_fingerprints(), shapes, defects_dir
+    )
     health = health_findings(_camera_health(run), frames, shapes, paths, force)
     target = float(target_frr if target_frr is not None else run.train_cfg.target_frr)
     previous = run.threshold()
@@ -117,18 +121,13 @@ def calibrate_run(
 
 
 def _camera_health(run: Run) -> dict[str, Any] | None:
-    """The run's training images' figures for the health gate; None (logged) when they are gone."""
-    missing = [p for p in run.split()["train"] if not Path(p).is_file()]
-    if missing:
-        log.warning("%d of the run's training images are gone (e.g. %s): the good images are not checked "
-                    "against the line's camera health gate", len(missing), missing[0])  # fmt: skip
+    """The run's training images' figures for the health gate; None (logged) when a run trained
+    before training kept them has lost its images."""
+    try:
+        return run.camera_health()
+    except DataError as exc:
+        log.warning("%s: the good images are not checked against the line's camera health gate", exc)
         return None
-    return run.camera_health()
-
-
-def _trained_on(run: Run) -> list[str]:
-    """The fingerprints of the run's training images still where the split names them."""
-    return fingerprints([p for p in run.split()["train"] if Path(p).is_file()])
 
 
 def choose_map_scale(
@@ -177,8 +176,9 @@ def rebuild_map(run: Run, cfg: ModelConfig, train_images: np.ndarray, val_images
 
 def _good_images(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's own good training and validation images, as its training split them."""
-    cfg, split = run.model_cfg, run.split()
-    return load_images(split["train"], cfg.input_format), load_images(split["val"], cfg.input_format)
+    why = "the map is rebuilt and calibrated on them"
+    fmt = run.model_cfg.input_format
+    return load_images(run.split_images("train", why), fmt), load_images(run.split_images("val", why), fmt)
 
 
 def _at_scale(cfg: ModelConfig, scale: float) -> ModelConfig:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edge.config import from_mapping, to_dict
 from edge.errors import CheckpointError, DataError
 from edge.health import training_stats
+from edge.recalibrate import fingerprints
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import load_images
@@ -20,6 +23,9 @@ from train.scoring import ScorerPlan
 log = logging.getLogger(__name__)
 
 THRESHOLD_FILE = "threshold.json"
+# What training found of its training images, for what comes after it without them: their
+# fingerprints (vqad calibrate leaves them out) and their camera health figures (model.json).
+TRAINING_IMAGES_FILE = "training_images.json"
 
 
 @dataclass
@@ -29,9 +35,30 @@ class Run:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     meta: dict[str, Any]
+    data: Path | None = None  # the category folder where it is now, when the user says (read_split)
+    _split: dict[str, list[Path]] | None = field(default=None, repr=False)
 
     def split(self) -> dict[str, list[Path]]:
-        return read_split(self.root)
+        if self._split is None:
+            self._split = read_split(self.root, self.data)
+        return self._split
+
+    def split_images(self, part: str, why: str) -> list[Path]:
+        """The paths of the split's `part` ("train" or "val"); DataError when some are gone,
+        saying `why` they are read and where the data can be named."""
+        paths = self.split()[part]
+        gone = [p for p in paths if not p.is_file()]
+        if gone:
+            where = (
+                f"they are not under {self.data} either"
+                if self.data is not None
+                else "if the data folder has moved, say where its category folder is now (--data CAT)"
+            )
+            kind = "validation" if part == "val" else "training"
+            raise DataError(
+                f"{len(gone)} of the run's {len(paths)} {kind} images are gone (e.g. {gone[0]}): {why}; {where}"
+            )
+        return paths
 
     def threshold(self) -> dict[str, Any] | None:
         path = self.root / THRESHOLD_FILE
@@ -39,22 +66,82 @@ class Run:
 
     def camera_health(self) -> dict[str, Any]:
         """The training images' figures for the line's camera health gate (model.json's
-        `camera_health`), each image read once."""
+        `camera_health`): as training found them, or (a run trained before it kept them) its
+        training images read again."""
+        kept = self._training_images()
+        if kept is not None:
+            return kept["camera_health"]
         shapes: list[tuple[int, int]] = []
-        images = load_images(self.split()["train"], self.model_cfg.input_format, shapes)
+        paths = self.split_images("train", "the camera health gate's figures are read from them")
+        images = load_images(paths, self.model_cfg.input_format, shapes)
         return training_stats(images, shapes)
 
+    def training_fingerprints(self) -> list[str]:
+        """The fingerprints of the training images (edge.recalibrate.fingerprints): as training
+        found them, or (a run trained before it kept them) those of the files still there."""
+        kept = self._training_images()
+        if kept is not None:
+            return list(kept["fingerprints"])
+        return fingerprints([p for p in self.split()["train"] if p.is_file()])
 
-def read_split(run_dir: Path) -> dict[str, list[Path]]:
-    """RUN_DIR/split.json -> {"train": [Path, ...], "val": [Path, ...]}, as the training drew it."""
+    def _training_images(self) -> dict[str, Any] | None:
+        path = self.root / TRAINING_IMAGES_FILE
+        return read_json(path) if path.is_file() else None
+
+
+def write_training_images(run_dir: Path, paths: list[Path], images: np.ndarray, shapes: list[tuple[int, int]]) -> None:
+    """RUN_DIR/training_images.json: the fingerprints and camera health figures of the training
+    images (`images` at the model's input, `shapes` as read), so that export and calibration
+    need not read them again, nor find them where training did."""
+    kept = {"fingerprints": fingerprints(paths), "camera_health": training_stats(images, shapes)}
+    (run_dir / TRAINING_IMAGES_FILE).write_text(json.dumps(kept, indent=2) + "\n")
+
+
+def read_split(run_dir: Path, data: Path | None = None) -> dict[str, list[Path]]:
+    """RUN_DIR/split.json -> {"train": [Path, ...], "val": [Path, ...]}, as the training drew it.
+    With `data` (the category folder where it is now), an image gone from where the split names
+    it is read from the same place under `data`: a data folder moved, or the run taken to
+    another machine."""
     path = run_dir / "split.json"
     if not path.is_file():
         raise DataError(f"{path} is missing: the run's validation split is unknown")
     split = read_json(path)
     try:
-        return {part: [Path(p) for p in paths] for part, paths in split.items()}
+        split = {part: [Path(p) for p in paths] for part, paths in split.items()}
     except (AttributeError, TypeError) as exc:
         raise DataError(f"{path} is not a split ({{'train': [...], 'val': [...]}}): {exc}") from exc
+    return moved_to(split, Path(data)) if data is not None else split
+
+
+def moved_to(split: dict[str, list[Path]], data: Path) -> dict[str, list[Path]]:
+    """`split` with each image that is gone replaced by its namesake under `data`, at the same
+    place relative to the category folder (the one whose train/good/ holds the images), where
+    that one is there; logged once."""
+    paths = [p for part in split.values() for p in part]
+    trained_in = _category_of(paths)
+    if trained_in is None or not any(not p.is_file() for p in paths):
+        return split
+
+    def found(p: Path) -> Path:
+        if p.is_file() or not p.is_relative_to(trained_in):
+            return p
+        there = data / p.relative_to(trained_in)
+        return there if there.is_file() else p
+
+    moved = {part: [found(p) for p in part_paths] for part, part_paths in split.items()}
+    n = sum(a != b for part in split for a, b in zip(split[part], moved[part], strict=True))
+    if n:
+        log.info("%d of the run's %d good images are gone from %s: read from %s", n, len(paths), trained_in, data)
+    return moved
+
+
+def _category_of(paths: list[Path]) -> Path | None:
+    """The category folder of a split's images: the one that holds train/good/ above the first."""
+    for p in paths[:1]:
+        for folder in p.parents:
+            if folder.name == "good" and folder.parent.name == "train":
+                return folder.parent.parent
+    return None
 
 
 def read_json(path: Path) -> Any:
@@ -65,8 +152,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Load RUN_DIR/checkpoint.pt (weights_only; older formats upgraded) into an eval-mode InspectionModel."""
+def load_run(run_dir: str | Path, data: str | Path | None = None) -> Run:
+    """Load RUN_DIR/checkpoint.pt (weights_only; older formats upgraded) into an eval-mode
+    InspectionModel. `data`: the category folder where it is now, when it has moved since
+    training (read_split)."""
     root = Path(run_dir)
     if not root.is_dir():
         raise DataError(f"run directory not found: {root}")
@@ -84,7 +173,7 @@ def load_run(run_dir: str | Path) -> Run:
     state = ckpt["model"]
     model.load_state_dict(state)
     model.eval()
-    return Run(root, model, model_cfg, train_cfg, meta)
+    return Run(root, model, model_cfg, train_cfg, meta, Path(data) if data is not None else None)
 
 
 def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConfig) -> None:

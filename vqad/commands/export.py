@@ -14,7 +14,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.export_run import export_run
 
     cfg = load_config(ExportConfig, args.config or default_config("export"), overrides(args, "export"))
-    meta = export_run(args.run, args.out, cfg, force=args.force)
+    meta = export_run(args.run, args.out, cfg, force=args.force, data=args.data)
     p = meta["parity"]
     a, b = p["fp32_vs_torch"], p["fp16_vs_fp32"]
     print(f"parity on {p['n_images']} images:")
@@ -70,6 +70,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--config", type=Path, help="export config YAML (default configs/export.yaml)")
     set_arg(x, "export")
     x.add_argument("--force", action="store_true", help="replace an existing package in MODEL_DIR")
+    x.add_argument(
+        "--data",
+        type=Path,
+        metavar="DATA_CAT",
+        help="the run's category folder where it is now, when it has moved since training (the parity proof "
+        "reads its validation images)",
+    )
     x.set_defaults(func=cmd_export)
     b = sub.add_parser("build-engine", help="build the TensorRT FP16 engine on this GPU (Jetson or any NVIDIA GPU)")
     b.add_argument(

@@ -132,6 +132,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
+        if args.data is not None:
+            raise DataError(f"{args.target} is a model package: it needs no training data (--data is for a run)")
         if args.choose_scale or args.fuse_scales is not None:  # a package's map is its graph
             raise DataError(
                 f"{args.target} is a model package: another map scale is another graph, and so are other fused "
@@ -144,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         fuse = None if args.fuse_scales is None else tuple(args.fuse_scales)
         threshold = calibrate_run(
-            args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse, args.force
+            args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse, args.force, args.data
         )
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
@@ -262,7 +264,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="calibrate the threshold and evaluate on CAT/test")
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
-    e.add_argument("data", type=Path, metavar="DATA_CAT", help="the category folder it was trained on, with its test/")
+    e.add_argument(
+        "data",
+        type=Path,
+        metavar="DATA_CAT",
+        help="the category folder it was trained on, with its test/ (where it is now: a moved folder is read here)",
+    )
     e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="where the report and its pictures go")
     e.add_argument("--no-pictures", action="store_true", help="the figures only, without the report's pictures")
     e.set_defaults(func=cmd_eval)
@@ -299,6 +306,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="a run only: rebuild its map fused with maps at these factors of its scale (none: one map), "
         "calibrated on the run's own good images as training does (saved in the checkpoint; export again)",
+    )
+    c.add_argument(
+        "--data",
+        type=Path,
+        metavar="DATA_CAT",
+        help="a run only: its category folder where it is now, when it has moved since training (--choose-scale "
+        "and --fuse-scales read the run's good images)",
     )
     c.add_argument(
         "--force",
