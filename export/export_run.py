@@ -163,6 +163,12 @@ def export_run(
     threshold = run.threshold()
     if threshold is None:
         raise PackageError(f"{run.root} has no threshold.json: run `vqad eval {run.root} DATA_CAT --out REPORT` first")
+    if run.threshold_is_stale(threshold):
+        raise PackageError(
+            f"{run.root}'s threshold.json was calibrated for its weights before it was trained further or its map "
+            f"rebuilt (checkpoint {threshold['checkpoint_sha256'][:12]}, now {run.meta['content_sha256'][:12]}): run "
+            f"`vqad eval {run.root} DATA_CAT --out REPORT` again (then vqad calibrate, if the line's images set it)"
+        )
     out = Path(out)
     if (out / MODEL_JSON).exists() and not force:
         raise PackageError(f"{out} already holds a model package; pass --force to replace it")

@@ -433,6 +433,33 @@ def test_a_run_whose_data_folder_moved_is_evaluated_exported_and_calibrated_wher
     assert package.returncode == 3 and "a model package: it needs no training data" in package.stderr
     resumed = run_vqad("train", moved, "--out", run, "--steps", "4", "--resume")
     assert f"read from {moved}" in resumed.stderr and "are gone" in resumed.stderr
+    # The resumed run names its images where they are now: no DATA needed after it.
+    assert json.loads((run / "split.json").read_text()) == {
+        part: [str(moved / Path(p).relative_to(category)) for p in paths] for part, paths in split.items()
+    }
+    run_vqad("calibrate", run, moved / "train" / "good")  # for the weights the resume trained
+    run_vqad("export", run, "--out", model, "--force")
+
+
+def test_a_threshold_calibrated_for_weights_trained_further_is_not_exported(synth_root, tmp_path):
+    """threshold.json outlived a resume: export packaged a threshold (and the drift alarm's
+    reference scores) of the weights before it, and vqad eval kept one that vqad calibrate had
+    set on the line's images. A threshold names its checkpoint now."""
+    run, model = tmp_path / "run", tmp_path / "model"
+    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "3", *TINY_MODEL, *TINY_TRAIN)
+    run_vqad("calibrate", run, synth_root / "weave" / "train" / "good")  # the validation images are new to it
+    calibrated = json.loads((run / "threshold.json").read_text())
+    assert calibrated["checkpoint_sha256"] == load_checkpoint(run / "checkpoint.pt")["meta"]["content_sha256"]
+    kept = run_vqad("eval", run, synth_root / "weave", "--out", tmp_path / "eval", "--no-pictures")
+    assert "keeping the threshold vqad calibrate set on" in kept.stderr
+    run_vqad("train", synth_root / "weave", "--out", run, "--steps", "5", "--resume")
+    refused = run_vqad("export", run, "--out", model, check=False)
+    assert refused.returncode == 4 and "Traceback" not in refused.stderr, refused.stderr
+    assert "threshold.json was calibrated for its weights before it was trained further" in refused.stderr
+    again = run_vqad("eval", run, synth_root / "weave", "--out", tmp_path / "eval", "--no-pictures")
+    assert "was for the run's weights before it was trained further" in again.stderr
+    assert json.loads((run / "threshold.json").read_text())["source"]["by"] == "vqad eval"
+    run_vqad("export", run, "--out", model)
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):

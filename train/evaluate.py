@@ -31,7 +31,7 @@ from train.data import TestSample, category_hint, has_test_set, load_images, loa
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
 from train.report_page import PANELS, calibration_panel_path, panel_path, write_report_page
-from train.run import THRESHOLD_FILE, Run, load_run
+from train.run import Run, load_run
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,18 @@ def _threshold(run: Run, val_scores: np.ndarray, val_paths: list[str]) -> dict[s
     otherwise it is calibrated on the validation split and written to threshold.json."""
     saved = run.threshold()
     if saved is not None and saved.get("source", {}).get("by") == "vqad calibrate":
-        log.info("keeping the threshold vqad calibrate set on %s", saved["source"].get("folder"))
-        return saved
+        folder = saved["source"].get("folder")
+        if not run.threshold_is_stale(saved):
+            log.info("keeping the threshold vqad calibrate set on %s", folder)
+            return saved
+        log.warning(
+            "the threshold vqad calibrate set on %s was for the run's weights before it was trained further or its "
+            "map rebuilt: calibrated again on the validation split; run vqad calibrate on the line's images again",
+            folder,
+        )
     source = {"by": "vqad eval", "images": "the run's validation split (split.json)", "run": str(run.root)}
     threshold = calibrate_threshold(val_scores, run.train_cfg.target_frr, source, names=val_paths)
-    (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+    run.write_threshold(threshold)
     return threshold
 
 

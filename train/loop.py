@@ -239,6 +239,7 @@ def set_up(
     )
     if dist.main and resume:
         _record_resume(run_dir, category, model_cfg, train_cfg, start_step)
+        _write_split(run_dir, train_paths, val_paths)  # the same images, where they are now
     elif dist.main:
         _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
     if dist.main:
@@ -324,6 +325,10 @@ def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_p
     from any working directory."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(_run_config(category, model_cfg, train_cfg), indent=2))
+    _write_split(run_dir, train_paths, val_paths)
+
+
+def _write_split(run_dir: Path, train_paths: list[Path], val_paths: list[Path]) -> None:
     split = {"train": [str(p.resolve()) for p in train_paths], "val": [str(p.resolve()) for p in val_paths]}
     (run_dir / "split.json").write_text(json.dumps(split, indent=2))
 

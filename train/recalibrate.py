@@ -29,7 +29,7 @@ from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig
 from train.data import load_images
 from train.pipeline import build_scorer, calibrate_scorer, score_frames
-from train.run import THRESHOLD_FILE, Run, load_run, read_json
+from train.run import Run, load_run, read_json
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def calibrate_run(
     # A threshold of another map says nothing of this map's scores.
     same_scale = choice is None or choice["chosen"] == choice["before"]
     same_map = same_scale and (fused is None or fused["fuse_scales"] == fused["before"])
-    comparable = previous is not None and same_map
+    comparable = previous is not None and same_map and not run.threshold_is_stale(previous)
     if previous is not None:
         threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
     if comparable:  # before anything is saved: it may refuse
@@ -109,7 +109,7 @@ def calibrate_run(
             defects_dir, cfg.input_format, lambda f: score_frames(run.model, f)[2], threshold["value"],
             previous["value"] if comparable else None,
         )  # fmt: skip
-    (run.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+    run.write_threshold(threshold)
     log.info(
         "%s: threshold %.6g on %d good images (%s)",
         run.root,
@@ -202,7 +202,8 @@ def save_scoring(run: Run, record: dict[str, Any]) -> None:
     meta["model_config"] = dict(meta["model_config"], score=dict(before, **changed))
     meta["scoring"] = run.model.scorer.plan.to_dict()
     meta.update(record)
-    save_checkpoint(path, run.model.state_dict(), meta, ckpt.get("optimizer"))
+    digest = save_checkpoint(path, run.model.state_dict(), meta, ckpt.get("optimizer"))
+    run.meta = dict(meta, content_sha256=digest)  # the threshold written next is this checkpoint's
     config_record = run.root / "config.json"  # the run's record of its config follows the checkpoint
     if config_record.is_file():
         config = read_json(config_record)

@@ -64,6 +64,18 @@ class Run:
         path = self.root / THRESHOLD_FILE
         return read_json(path) if path.is_file() else None
 
+    def write_threshold(self, threshold: dict[str, Any]) -> None:
+        """threshold.json, stamped with the checkpoint it was calibrated for (`checkpoint_sha256`)."""
+        threshold["checkpoint_sha256"] = self.meta.get("content_sha256")
+        (self.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+
+    def threshold_is_stale(self, threshold: dict[str, Any]) -> bool:
+        """Whether `threshold` was calibrated for other weights than the checkpoint's now (a
+        resume or a rebuilt map since). One written before thresholds were stamped is taken as
+        the checkpoint's."""
+        stamped = threshold.get("checkpoint_sha256")
+        return stamped is not None and stamped != self.meta.get("content_sha256")
+
     def camera_health(self) -> dict[str, Any]:
         """The training images' figures for the line's camera health gate (model.json's
         `camera_health`): as training found them, or (a run trained before it kept them) its
