@@ -149,11 +149,8 @@ def moved_to(split: dict[str, list[Path]], data: Path) -> dict[str, list[Path]]:
 
 def _category_of(paths: list[Path]) -> Path | None:
     """The category folder of a split's images: the one that holds train/good/ above the first."""
-    for p in paths[:1]:
-        for folder in p.parents:
-            if folder.name == "good" and folder.parent.name == "train":
-                return folder.parent.parent
-    return None
+    folders = paths[0].parents if paths else []
+    return next((f.parent.parent for f in folders if f.name == "good" and f.parent.name == "train"), None)
 
 
 def read_json(path: Path) -> Any:
