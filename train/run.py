@@ -131,7 +131,7 @@ def moved_to(split: dict[str, list[Path]], data: Path) -> dict[str, list[Path]]:
     that one is there; logged once."""
     paths = [p for part in split.values() for p in part]
     trained_in = _category_of(paths)
-    if trained_in is None or not any(not p.is_file() for p in paths):
+    if trained_in is None:
         return split
 
     def found(p: Path) -> Path:
