@@ -192,8 +192,9 @@ def distinct_images(paths: list[Path], prints: list[str] | None = None) -> list[
 
 
 def training_fingerprints(meta: dict[str, Any]) -> list[str]:
-    """The fingerprints of a package's training images (model.json's source.training_images);
-    none for a package exported before they were kept."""
+    """The fingerprints of the images a package's weights were trained on (model.json's
+    source.training_images: a fine-tune's source's too); none for a package exported before
+    they were kept."""
     return list(meta.get("source", {}).get("training_images", []))
 
 

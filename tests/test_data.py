@@ -308,6 +308,23 @@ def test_copies_of_an_image_are_trained_on_not_held_out(tmp_path, caplog):
     assert "8 of 42 good training images are copies of another" in caplog.text
 
 
+def test_images_the_weights_were_trained_on_are_not_held_out(tmp_path, caplog):
+    """A fine-tune's split: the images its source's weights were trained on stay in training;
+    held out, they would score as learned. With too few others, the threshold's minimum is made
+    up from them, and said."""
+    from edge.recalibrate import fingerprints
+
+    paths = [_write(tmp_path / f"{i:02d}.png", i) for i in range(40)]
+    prints = fingerprints(paths)
+    for seed in range(4):
+        train, val = split_train_val(paths, 0.15, seed=seed, min_val_images=100, prints=prints, trained_on=prints[:30])
+        assert set(val) <= set(paths[30:]) and len(val) == 10 and set(paths[:30]) <= set(train)
+    with caplog.at_level("WARNING", logger="train.data"):
+        train, val = split_train_val(paths, 0.15, seed=0, trained_on=fingerprints(paths[1:]))
+    assert paths[0] in val and len(val) == 2 and "trained on all but 1 of the 40 good images" in caplog.text
+    assert "2 held out to calibrate the threshold, not 6, 1 of them trained on" in caplog.text
+
+
 def test_a_folder_copied_twice_holds_out_both_copies_of_an_image(tmp_path):
     paths = sorted(_write(tmp_path / f"{i:02d}_{c}.png", i) for i in range(12) for c in "ab")
     train, val = split_train_val(paths, 0.15, seed=0)

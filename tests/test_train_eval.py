@@ -586,6 +586,27 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
     assert bad.returncode != 0 and "another model (it has model.width=8)" in bad.stderr
 
 
+def test_a_fine_tune_holds_out_none_of_the_images_its_source_was_trained_on(tiny_run, synth_root, tmp_path):
+    """The fine-tune's data: the source's folder copied elsewhere, with two new good images. Its
+    threshold is calibrated on images the source's weights never saw (they would score as
+    learned), and what it says it was trained on (for vqad calibrate) includes the source's."""
+    from edge.recalibrate import fingerprints
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "bracket", data)
+    for new in sorted((data / "test" / "good").iterdir())[:2]:
+        shutil.copy(new, data / "train" / "good" / f"new_{new.name}")
+    source = set(json.loads((tiny_run / "training_images.json").read_text())["fingerprints"])
+    run = tmp_path / "tuned"
+    proc = run_vqad("train", data, "--out", run, "--steps", "1", "--init-from", tiny_run, *TINY_TRAIN)
+    assert "were trained on by the weights the fine-tune starts from: not held out" in proc.stderr
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 6 and not source & set(fingerprints(split["val"]))  # 5 held out before, 2 new
+    kept = json.loads((run / "training_images.json").read_text())["fingerprints"]
+    assert kept[: len(split["train"])] == fingerprints(split["train"]) and source <= set(kept)
+    assert source <= set(load_run(run).training_fingerprints())  # what export and calibrate leave out
+
+
 @pytest.mark.parametrize(("max_minutes", "expected"), [(60.0, "about 25 min"), (5.0, "near step 600 of 3000")])
 def test_the_pace_says_how_long_the_steps_take_or_where_the_time_budget_ends(caplog, max_minutes, expected):
     from types import SimpleNamespace

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from edge.frames import (
     resize_mask,
     unreadable_message,
 )
-from edge.recalibrate import identical_files
+from edge.recalibrate import fingerprints, identical_files
 from edge.threshold import MIN_CALIBRATION_IMAGES
 from train.config import ModelConfig
 
@@ -99,14 +99,21 @@ def validation_count(n_images: int, val_fraction: float, min_val_images: int = 0
 
 
 def split_train_val(
-    paths: list[Path], val_fraction: float, seed: int, min_val_images: int = 0
+    paths: list[Path],
+    val_fraction: float,
+    seed: int,
+    min_val_images: int = 0,
+    prints: Sequence[str] | None = None,
+    trained_on: Collection[str] = (),
 ) -> tuple[list[Path], list[Path]]:
     """Hold out a seeded random validation set of the good images: `validation_count` of the
     different ones. Copies of one image (equal files: a part saved twice, a folder copied twice,
     a camera's blank frame) are trained on, not held out: a held-out copy of a training image
     scores as the model learned it, not as a new part, and says nothing of the threshold. Only
-    when too few images have no copy are whole sets of copies held out. Without copies the
-    split is the plain seeded one."""
+    when too few images have no copy are whole sets of copies held out. So are the images whose
+    fingerprint is in `trained_on`: those that the weights a fine-tune starts from were trained
+    on (`prints`: the fingerprints of `paths`, when already read). Without copies or such images
+    the split is the plain seeded one."""
     if len(paths) < MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES:
         raise DataError(
             f"need at least {MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES} good training images: "
@@ -115,7 +122,9 @@ def split_train_val(
         )
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.permutation(len(paths))]
-    copies = identical_files(paths)
+    if trained_on and prints is None:
+        prints = fingerprints(paths)
+    copies = identical_files(paths, prints)
     different = len(paths) - sum(len(g) - 1 for g in copies)
     if different < MIN_TRAIN_IMAGES + MIN_CALIBRATION_IMAGES:
         raise DataError(
@@ -130,14 +139,36 @@ def split_train_val(
         )  # fmt: skip
     n_val = validation_count(different, val_fraction, min_val_images)
     group_of = {i: g for g in copies for i in g}
-    held = [i for i in order if i not in group_of][:n_val]
+    seen = {i for i, p in enumerate(prints or ()) if p in trained_on}
+    held = [i for i in order if i not in group_of and i not in seen][:n_val]
     for i in order:  # too few without a copy: whole sets of copies, while training keeps its minimum
         group = group_of.get(i, [])
-        if len(held) < n_val and group and i == group[0] and len(paths) - len(held) - len(group) >= MIN_TRAIN_IMAGES:
+        fits = len(paths) - len(held) - len(group) >= MIN_TRAIN_IMAGES and not seen.intersection(group)
+        if len(held) < n_val and group and i == group[0] and fits:
             held += group
+    if seen:
+        held = _held_out_of_seen(held, n_val, [i for i in order if i in seen and i not in group_of], len(paths))
     val = sorted(paths[i] for i in held)
     train = sorted(set(paths) - set(val))
     return train, val
+
+
+def _held_out_of_seen(held: list[int], n_val: int, seen: list[int], n_paths: int) -> list[int]:
+    """`held`, the images held out that the source weights of a fine-tune were not trained on,
+    topped up from `seen` (those they were, in the seeded order) only to the
+    MIN_CALIBRATION_IMAGES a threshold needs; each shortfall logged."""
+    if len(held) >= n_val:
+        log.info("%d of %d good images were trained on by the weights the fine-tune starts from: not held out",
+                 len(seen), n_paths)  # fmt: skip
+        return held
+    short = max(0, MIN_CALIBRATION_IMAGES - len(held))
+    log.warning(
+        "the weights the fine-tune starts from were trained on all but %d of the %d good images: %d held out to "
+        "calibrate the threshold, not %d%s; recalibrate on the line's good images (vqad calibrate)",
+        len(held), n_paths, len(held) + short, n_val,
+        f", {short} of them trained on, which score lower than a new part" if short else "",
+    )  # fmt: skip
+    return held + seen[:short]
 
 
 def mask_files(folder: Path) -> dict[str, list[Path]]:

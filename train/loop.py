@@ -4,8 +4,9 @@ Life of a run directory:
     config.json   model + train config (written once the data checks pass; each --resume
                   appends the train config it continued under to `resumes`)
     split.json    which good images are train and which are validation (absolute paths)
-    training_images.json  the training images' fingerprints and camera health figures, for
-                  export and calibration without them
+    training_images.json  the fingerprints of the images the weights were trained on (a
+                  fine-tune's source's too) and the training images' camera health
+                  figures, for export and calibration without them
     checkpoint.pt the latest self-describing checkpoint (atomic writes)
     metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
 
@@ -25,10 +26,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from edge.config import from_mapping, to_dict
 from edge.errors import CheckpointError, DataError
 from edge.frames import batched
+from edge.recalibrate import fingerprints
 from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
@@ -54,7 +57,14 @@ from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
 from train.model import denormalize, normalize, uint8_nhwc_to_float
 from train.pipeline import InspectionModel, calibrate_scorer
-from train.run import load_weights_from, read_json, read_split, write_training_images
+from train.run import (
+    TRAINING_IMAGES_FILE,
+    load_weights_from,
+    read_json,
+    read_split,
+    trained_on_by,
+    write_training_images,
+)
 from train.runlog import MetricsLog
 from train.scoring import SSIM, ScorerPlan
 
@@ -94,19 +104,41 @@ def lr_at(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
     return LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path | None = None):
+class RunData(NamedTuple):
+    """The good images a training run holds: its split, read, and its training images' fingerprints."""
+
+    train_paths: list[Path]
+    val_paths: list[Path]
+    train_images: np.ndarray  # (N, H, W, C) uint8 at the model's input
+    val_images: np.ndarray
+    train_shapes: list[tuple[int, int]]  # each training image's (H, W) as read
+    train_prints: list[str]  # edge.recalibrate.fingerprints of train_paths
+
+
+def load_run_data(
+    category: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path | None = None,
+    trained_on: Collection[str] = (),
+) -> RunData:
     """Read and check every image the run will touch before anything is written. A resumed run
-    (`run_dir`) keeps the split it saved, whatever the folder or the config holds now."""
+    (`run_dir`) keeps the split it saved, whatever the folder or the config holds now. A new one
+    holds none of `trained_on` out (fingerprints of the images that the weights a fine-tune
+    starts from were trained on: they score as learned, not as a new part)."""
     if run_dir is not None:
         split = read_split(run_dir, category)
         train_paths, val_paths = split["train"], split["val"]
         _warn_if_split_policy_changed(run_dir, train_cfg)
         _check_split_against_folder(category, [*train_paths, *val_paths])
+        train_prints = fingerprints(train_paths)
     else:
         paths = train_image_paths(category)
+        prints = dict(zip(paths, fingerprints(paths), strict=True))
         train_paths, val_paths = split_train_val(
-            paths, train_cfg.val_fraction, train_cfg.seed, train_cfg.min_val_images
+            paths, train_cfg.val_fraction, train_cfg.seed, train_cfg.min_val_images, list(prints.values()), trained_on
         )
+        train_prints = [prints[p] for p in train_paths]
     log.info(
         "%d good images: %d to train on, %d held out to calibrate the threshold",
         len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
@@ -120,7 +152,7 @@ def load_run_data(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         load_test_set(category, model_cfg.input_format)
     else:
         log.info("no test folder in %s: vqad eval will calibrate the threshold and measure nothing", category)
-    return train_paths, val_paths, train_images, val_images, shapes[: len(train_paths)]
+    return RunData(train_paths, val_paths, train_images, val_images, shapes[: len(train_paths)], train_prints)
 
 
 # The train config keys that draw the split: a resume under other values keeps the saved split.
@@ -231,19 +263,23 @@ def set_up(
     torch.manual_seed(train_cfg.seed + dist.rank)
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
     model, start_step, optimizer_state, elapsed_before = _model(run_dir, model_cfg, resume)
+    # The images the weights have already been trained on: the fine-tune's source's (and on a
+    # resume, those training_images.json names, a fine-tune's source's among them).
+    trained_on: list[str] = []
     if init_from is not None:
         load_weights_from(Path(init_from), model, model_cfg)
+        trained_on = trained_on_by(Path(init_from))
+    elif resume and (run_dir / TRAINING_IMAGES_FILE).is_file():
+        trained_on = trained_on_by(run_dir)
     model = model.to(device)
-    train_paths, val_paths, train_images, val_images, train_shapes = load_run_data(
-        category, model_cfg, train_cfg, run_dir if resume else None
-    )
+    data = load_run_data(category, model_cfg, train_cfg, run_dir if resume else None, set(trained_on))
     if dist.main and resume:
         _record_resume(run_dir, category, model_cfg, train_cfg, start_step)
-        _write_split(run_dir, train_paths, val_paths)  # the same images, where they are now
+        _write_split(run_dir, data.train_paths, data.val_paths)  # the same images, where they are now
     elif dist.main:
-        _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths)
+        _write_run_files(run_dir, category, model_cfg, train_cfg, data.train_paths, data.val_paths)
     if dist.main:
-        write_training_images(run_dir, train_paths, train_images, train_shapes)
+        write_training_images(run_dir, data.train_prints, data.train_images, data.train_shapes, trained_on)
     net, head_net = model.vqvae, model.head
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
@@ -256,7 +292,7 @@ def set_up(
     log.info("training forward pass in %s", "bf16 autocast" if amp_dtype is not None else "fp32")
     s = Session(
         category, run_dir, model_cfg, train_cfg, device, dist, rng, model, net, head_net, opt,
-        SSIM(model_cfg.channels).to(device), amp_dtype, train_images, val_images,
+        SSIM(model_cfg.channels).to(device), amp_dtype, data.train_images, data.val_images,
         step=start_step, start_step=start_step, elapsed_before=elapsed_before,
     )  # fmt: skip
     s.last_log = (time.monotonic(), start_step)

@@ -89,23 +89,40 @@ class Run:
         return training_stats(images, shapes)
 
     def training_fingerprints(self) -> list[str]:
-        """The fingerprints of the training images (edge.recalibrate.fingerprints): as training
-        found them, or (a run trained before it kept them) those of the files still there."""
-        kept = self._training_images()
-        if kept is not None:
-            return list(kept["fingerprints"])
-        return fingerprints([p for p in self.split()["train"] if p.is_file()])
+        """The fingerprints of the images its weights were trained on (trained_on_by)."""
+        return trained_on_by(self.root, self.data)
 
     def _training_images(self) -> dict[str, Any] | None:
         path = self.root / TRAINING_IMAGES_FILE
         return read_json(path) if path.is_file() else None
 
 
-def write_training_images(run_dir: Path, paths: list[Path], images: np.ndarray, shapes: list[tuple[int, int]]) -> None:
-    """RUN_DIR/training_images.json: the fingerprints and camera health figures of the training
-    images (`images` at the model's input, `shapes` as read), so that export and calibration
-    need not read them again, nor find them where training did."""
-    kept = {"fingerprints": fingerprints(paths), "camera_health": training_stats(images, shapes)}
+def trained_on_by(run_dir: Path, data: Path | None = None) -> list[str]:
+    """The fingerprints (edge.recalibrate.fingerprints) of the images RUN_DIR's weights were
+    trained on: as training found them (training_images.json: its training images, then those
+    its fine-tune's source was trained on), or (a run trained before it kept them) those of its
+    split's training files still there (`data`: read_split's)."""
+    path = run_dir / TRAINING_IMAGES_FILE
+    if path.is_file():
+        return list(read_json(path)["fingerprints"])
+    return fingerprints([p for p in read_split(run_dir, data)["train"] if p.is_file()])
+
+
+def write_training_images(
+    run_dir: Path,
+    prints: list[str],
+    images: np.ndarray,
+    shapes: list[tuple[int, int]],
+    also_trained_on: list[str] | None = None,
+) -> None:
+    """RUN_DIR/training_images.json: the fingerprints of the images the weights were trained on
+    (`prints`, the training images', then those of `also_trained_on` not among them: a
+    fine-tune's source's) and the camera health figures of the training images (`images` at the
+    model's input, `shapes` as read), so that export and calibration need not read them again,
+    nor find them where training did."""
+    own = set(prints)
+    earlier = [p for p in dict.fromkeys(also_trained_on or ()) if p not in own]
+    kept = {"fingerprints": [*prints, *earlier], "camera_health": training_stats(images, shapes)}
     (run_dir / TRAINING_IMAGES_FILE).write_text(json.dumps(kept, indent=2) + "\n")
 
 
