@@ -596,15 +596,21 @@ def test_a_fine_tune_holds_out_none_of_the_images_its_source_was_trained_on(tiny
     shutil.copytree(synth_root / "bracket", data)
     for new in sorted((data / "test" / "good").iterdir())[:2]:
         shutil.copy(new, data / "train" / "good" / f"new_{new.name}")
+    source_split = json.loads((tiny_run / "split.json").read_text())
+    learned = data / "train" / "good" / Path(source_split["train"][0]).name
+    learned.rename(data / "test" / "good" / "learned.png")  # a test image the source's weights learned
     source = set(json.loads((tiny_run / "training_images.json").read_text())["fingerprints"])
     run = tmp_path / "tuned"
     proc = run_vqad("train", data, "--out", run, "--steps", "1", "--init-from", tiny_run, *TINY_TRAIN)
     assert "were trained on by the weights the fine-tune starts from: not held out" in proc.stderr
     split = json.loads((run / "split.json").read_text())
-    assert len(split["val"]) == 6 and not source & set(fingerprints(split["val"]))  # 5 held out before, 2 new
+    assert len(split["val"]) == 5 and not source & set(fingerprints(split["val"]))  # 5 held out before, 2 new
     kept = json.loads((run / "training_images.json").read_text())["fingerprints"]
     assert kept[: len(split["train"])] == fingerprints(split["train"]) and source <= set(kept)
     assert source <= set(load_run(run).training_fingerprints())  # what export and calibrate leave out
+    run_vqad("eval", run, data, "--out", run / "eval")
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert str(data / "test" / "good" / "learned.png") in metrics["left_out_copies"]
 
 
 @pytest.mark.parametrize(("max_minutes", "expected"), [(60.0, "about 25 min"), (5.0, "near step 600 of 3000")])

@@ -278,22 +278,27 @@ def _warn_unmatched_masks(
         )  # fmt: skip
 
 
-def without_copies_of(test: list[TestSample], own: Sequence[str | Path]) -> tuple[list[TestSample], list[str]]:
+def without_copies_of(
+    test: list[TestSample], own: Sequence[str | Path], learned: Collection[str] = ()
+) -> tuple[list[TestSample], list[str]]:
     """The test set without its good images that are copies of the model's `own` good images
-    (its training and validation images), and the paths of those left out. The model learned
-    them, or they set its threshold: scored as test images they would count as new good parts
-    that pass. A defect that is a copy of one of `own` stays, with a warning: the training
-    folder holds a defect."""
+    (its training and validation images) or whose fingerprint is in `learned` (the images its
+    weights were trained on: a fine-tune's source's too), and the paths of those left out. The
+    model learned them, or they set its threshold: scored as test images they would count as new
+    good parts that pass. A defect that is a copy of one of `own` stays, with a warning: the
+    training folder holds a defect."""
     paths = [str(p) for p in own] + [str(s.path) for s in test]
     copied = {i - len(own) for g in identical_files(paths) if g[0] < len(own) for i in g if i >= len(own)}
+    if learned:
+        copied |= {i for i, p in enumerate(fingerprints([s.path for s in test])) if p in learned}
     defects = [str(test[i].path) for i in sorted(copied) if test[i].label]
     if defects:
         log.warning("%d defect test images are copies of the run's good training images (e.g. %s): "
                     "its train/good folder holds a defect", len(defects), defects[0])  # fmt: skip
     left_out = [str(test[i].path) for i in sorted(copied) if not test[i].label]
     if left_out:
-        log.warning("%d good test images are copies of the run's own training or validation images and are "
-                    "left out of the figures (e.g. %s)", len(left_out), left_out[0])  # fmt: skip
+        log.warning("%d good test images are copies of the images the run's weights were trained on or its threshold "
+                    "was set on, and are left out of the figures (e.g. %s)", len(left_out), left_out[0])  # fmt: skip
     return [s for i, s in enumerate(test) if i not in copied or s.label], left_out
 
 

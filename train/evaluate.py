@@ -121,7 +121,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out = Path(out)
     split = run.split()
     test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []
-    test, own = without_copies_of(test, split["train"] + split["val"])
+    test, own = without_copies_of(test, split["train"] + split["val"], set(run.training_fingerprints()))
     if not test:
         log.warning(
             "no test images in %s: the threshold is calibrated, nothing is measured%s",
