@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from edge.durable import rename_synced, sync_file
 from edge.errors import ConfigError, DataError, RecordMissingError
+from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
 from edge.record.housekeeping import BUSY_TIMEOUT_MS, free_bytes, sqlite_file
@@ -573,7 +574,7 @@ class Record:
         # A camera and frame id reviewed in two results (a sender that started its ids again):
         # their files are told apart by the record's id of each.
         pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
-        for result_id, r, row in found:
+        for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
             why, content = _no_evidence(row), None
             if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
                 content = elsewhere(dict(row._mapping))
