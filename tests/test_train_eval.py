@@ -584,6 +584,15 @@ def test_fine_tuning_starts_from_another_runs_weights(tiny_run, synth_root, tmp_
         check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "another model (it has model.width=8)" in bad.stderr
+    package = tmp_path / "package"  # an exported model holds no weights to train on
+    package.mkdir()
+    (package / "model.json").write_text(json.dumps({"source": {"run": str(tiny_run)}}))
+    bad = run_vqad("train", synth_root / "bracket", "--out", tmp_path / "p", "--init-from", package, check=False)
+    assert (
+        bad.returncode == 3
+        and f"is a model package, not a training run: give the run it was exported from ({tiny_run})" in bad.stderr
+    )
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_fine_tune_holds_out_none_of_the_images_its_source_was_trained_on(tiny_run, synth_root, tmp_path):

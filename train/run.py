@@ -178,19 +178,25 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} cannot be read as JSON: {exc}") from exc
 
 
-def load_run(run_dir: str | Path, data: str | Path | None = None) -> Run:
-    """Load RUN_DIR/checkpoint.pt (weights_only; older formats upgraded) into an eval-mode
-    InspectionModel. `data`: the category folder where it is now, when it has moved since
-    training (read_split)."""
-    root = Path(run_dir)
+def check_run_dir(root: Path, why: str = "") -> None:
+    """DataError when `root` is not a folder, or is a model package, which holds no weights to
+    train or calibrate (it names the run it was exported from); `why` leads the message."""
     if not root.is_dir():
-        raise DataError(f"run directory not found: {root}")
+        raise DataError(f"{why}run directory not found: {root}")
     if not (root / CHECKPOINT_NAME).is_file() and (root / "model.json").is_file():
         meta = read_json(root / "model.json")
         source = meta.get("source") if isinstance(meta, dict) else None
         run = source.get("run") if isinstance(source, dict) else None
         named = f" ({run})" if run else ""
-        raise DataError(f"{root} is a model package, not a training run: give the run it was exported from{named}")
+        raise DataError(f"{why}{root} is a model package, not a training run: give the run it was exported from{named}")
+
+
+def load_run(run_dir: str | Path, data: str | Path | None = None) -> Run:
+    """Load RUN_DIR/checkpoint.pt (weights_only; older formats upgraded) into an eval-mode
+    InspectionModel. `data`: the category folder where it is now, when it has moved since
+    training (read_split)."""
+    root = Path(run_dir)
+    check_run_dir(root)
     ckpt = load_checkpoint(root / CHECKPOINT_NAME)
     meta = ckpt["meta"]
     model_cfg = from_mapping(ModelConfig, meta["model_config"], "model")

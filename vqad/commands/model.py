@@ -52,6 +52,10 @@ def model_and_train_configs(args: argparse.Namespace):
     resumed = getattr(args, "out", None) if getattr(args, "resume", False) else None
     saved = _saved_meta(resumed, f"resuming with {resumed}'s model and train config")
     tuned_from = getattr(args, "init_from", None)
+    if tuned_from:
+        from train.run import check_run_dir
+
+        check_run_dir(Path(tuned_from), "--init-from: ")
     source = saved or _saved_meta(tuned_from, f"fine-tuning with {tuned_from}'s model config")
     if source and not args.model_config:
         model_cfg = config_from(ModelConfig, source["model_config"], m_over, "model")
