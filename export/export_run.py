@@ -135,6 +135,8 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
             "run": str(run.root),
             "checkpoint_sha256": run.meta.get("content_sha256"),
             "step": run.meta.get("step"),
+            # A fine-tune's lineage: the run its weights started from, that run's weights and step.
+            **({"fine_tuned_from": run.meta["fine_tuned_from"]} if run.meta.get("fine_tuned_from") else {}),
             # vqad calibrate leaves these images out: a threshold on them would sit too low. A
             # fine-tuned run's are its source's too: its weights were trained on them.
             "training_images": run.training_fingerprints(),

@@ -617,9 +617,24 @@ def test_a_fine_tune_holds_out_none_of_the_images_its_source_was_trained_on(tiny
     kept = json.loads((run / "training_images.json").read_text())["fingerprints"]
     assert kept[: len(split["train"])] == fingerprints(split["train"]) and source <= set(kept)
     assert source <= set(load_run(run).training_fingerprints())  # what export and calibrate leave out
+    lineage = load_run(run).meta["fine_tuned_from"]
+    assert lineage == {"run": str(tiny_run.resolve()), "step": 200,
+                       "checkpoint_sha256": load_run(tiny_run).meta["content_sha256"]}  # fmt: skip
+    # The same command given again with --resume goes on from the run's own weights, not its source's.
+    again = run_vqad("train", data, "--out", run, "--steps", "2", "--init-from", tiny_run, "--resume", *TINY_TRAIN)
+    assert "--resume goes on from its own checkpoint" in again.stderr and "fine-tuning from" not in again.stderr
+    after = load_run(run)
+    assert after.meta["step"] == 2 and after.meta["fine_tuned_from"] == lineage
+    other = run_vqad("train", data, "--out", run, "--init-from", run, "--resume", *TINY_TRAIN, check=False)
+    assert (
+        other.returncode == 2 and "it was fine-tuned from" in other.stderr and "Leave out --init-from" in other.stderr
+    )
     run_vqad("eval", run, data, "--out", run / "eval")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert str(data / "test" / "good" / "learned.png") in metrics["left_out_copies"]
+    run_vqad("export", run, "--out", tmp_path / "model")
+    source_of = json.loads((tmp_path / "model" / "model.json").read_text())["source"]
+    assert source_of["fine_tuned_from"] == lineage and source <= set(source_of["training_images"])
 
 
 @pytest.mark.parametrize(("max_minutes", "expected"), [(60.0, "about 25 min"), (5.0, "near step 600 of 3000")])

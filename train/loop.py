@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from edge.config import from_mapping, to_dict
-from edge.errors import CheckpointError, DataError
+from edge.errors import CheckpointError, ConfigError, DataError
 from edge.frames import batched
 from edge.recalibrate import fingerprints
 from train.anomalies import paint_anomalies
@@ -216,6 +216,7 @@ class Session:
     progress_lines: bool = False  # no terminal (a log file, systemd, CI): a line a minute instead of a bar
     progress_at: float = 0.0  # monotonic time of the last such line
     dead_total: int = 0
+    fine_tuned_from: dict[str, Any] | None = None  # load_weights_from's: the run the weights started from
     last_log: tuple[float, int] = (0.0, 0)  # (monotonic time, step) of the last log row
 
     def elapsed(self) -> float:
@@ -262,14 +263,16 @@ def set_up(
         torch.set_num_threads(train_cfg.num_threads)
     torch.manual_seed(train_cfg.seed + dist.rank)
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
-    model, start_step, optimizer_state, elapsed_before = _model(run_dir, model_cfg, resume)
+    model, start_step, optimizer_state, elapsed_before, tuned_from = _model(run_dir, model_cfg, resume)
     # The images the weights have already been trained on: the fine-tune's source's (and on a
     # resume, those training_images.json names, a fine-tune's source's among them).
     trained_on: list[str] = []
-    if init_from is not None:
-        load_weights_from(Path(init_from), model, model_cfg)
+    if init_from is not None and resume:
+        _check_resumed_fine_tune(run_dir, Path(init_from), tuned_from)
+    elif init_from is not None:
+        tuned_from = load_weights_from(Path(init_from), model, model_cfg)
         trained_on = trained_on_by(Path(init_from))
-    elif resume and (run_dir / TRAINING_IMAGES_FILE).is_file():
+    if resume and (run_dir / TRAINING_IMAGES_FILE).is_file():
         trained_on = trained_on_by(run_dir)
     model = model.to(device)
     data = load_run_data(category, model_cfg, train_cfg, run_dir if resume else None, set(trained_on))
@@ -293,7 +296,7 @@ def set_up(
     s = Session(
         category, run_dir, model_cfg, train_cfg, device, dist, rng, model, net, head_net, opt,
         SSIM(model_cfg.channels).to(device), amp_dtype, data.train_images, data.val_images,
-        step=start_step, start_step=start_step, elapsed_before=elapsed_before,
+        step=start_step, start_step=start_step, elapsed_before=elapsed_before, fine_tuned_from=tuned_from,
     )  # fmt: skip
     s.last_log = (time.monotonic(), start_step)
     if dist.main:
@@ -309,13 +312,16 @@ def set_up(
     return s
 
 
-def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[InspectionModel, int, Any, float]:
-    """A new model, or the run's, resumed: (model, step, optimiser state, elapsed seconds)."""
+def _model(
+    run_dir: Path, model_cfg: ModelConfig, resume: bool
+) -> tuple[InspectionModel, int, Any, float, dict[str, Any] | None]:
+    """A new model, or the run's, resumed: (model, step, optimiser state, elapsed seconds, the
+    run it was fine-tuned from or None)."""
     checkpoint = run_dir / CHECKPOINT_NAME
     if not resume:
         if checkpoint.exists():
             raise DataError(f"{run_dir} already holds a run; use --resume or another --out")
-        return InspectionModel(model_cfg), 0, None, 0.0
+        return InspectionModel(model_cfg), 0, None, 0.0, None
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
     # Read through the config class, so that keys added since the run was saved take their defaults.
@@ -326,7 +332,21 @@ def _model(run_dir: Path, model_cfg: ModelConfig, resume: bool) -> tuple[Inspect
     model = InspectionModel(model_cfg, ScorerPlan.from_dict(meta["scoring"]))
     model.load_state_dict(ckpt["model"])
     log.info("resuming %s from step %d", run_dir, int(meta["step"]))
-    return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0))
+    return model, int(meta["step"]), ckpt["optimizer"], float(meta.get("elapsed_s", 0.0)), meta.get("fine_tuned_from")
+
+
+def _check_resumed_fine_tune(run_dir: Path, init_from: Path, tuned_from: dict[str, Any] | None) -> None:
+    """--resume with --init-from (a fine-tune's command given again after a stop): the run goes on
+    from its own checkpoint, whose weights --init-from's would replace. Allowed when the run was
+    fine-tuned from that run, which is logged; ConfigError otherwise."""
+    if tuned_from is not None and Path(tuned_from["run"]) == init_from.resolve():
+        log.info("%s was fine-tuned from %s: --resume goes on from its own checkpoint", run_dir, init_from)
+        return
+    was = f"it was fine-tuned from {tuned_from['run']}" if tuned_from else "it is not a fine-tune of it"
+    raise ConfigError(
+        f"--resume goes on from {run_dir}'s own checkpoint, and --init-from {init_from} would replace its "
+        f"weights: {was}. Leave out --init-from, or fine-tune into a new --out"
+    )
 
 
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -571,6 +591,7 @@ def save(s: Session, reason: str) -> None:
         "scoring": s.model.scorer.plan.to_dict(),
         "reason": reason,
         "data": str(s.category.resolve()),
+        **({"fine_tuned_from": s.fine_tuned_from} if s.fine_tuned_from else {}),
     }
     save_checkpoint(s.run_dir / CHECKPOINT_NAME, s.model.state_dict(), meta, s.opt.state_dict())
 

@@ -208,9 +208,10 @@ def load_run(run_dir: str | Path, data: str | Path | None = None) -> Run:
     return Run(root, model, model_cfg, train_cfg, meta, Path(data) if data is not None else None)
 
 
-def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConfig) -> None:
+def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConfig) -> dict[str, Any]:
     """Start from `source`'s trained weights (the VQ-VAE, its codebook state and the head);
-    the scorer is calibrated afresh at the end, on the new run's images."""
+    the scorer is calibrated afresh at the end, on the new run's images. -> the checkpoint meta's
+    `fine_tuned_from`: the source run, its weights' content hash and step."""
     ckpt = load_checkpoint(source / CHECKPOINT_NAME)
     saved = {k: v for k, v in ckpt["meta"]["model_config"].items() if k != "score"}
     differ = sorted(k for k, v in to_dict(model_cfg).items() if k != "score" and saved.get(k) != v)
@@ -222,3 +223,8 @@ def load_weights_from(source: Path, model: InspectionModel, model_cfg: ModelConf
     if unexpected or any(not k.startswith("scorer.") for k in missing):
         raise CheckpointError(f"--init-from: {source}'s weights do not fit this model ({missing or unexpected})")
     log.info("fine-tuning from %s (trained %s steps)", source, ckpt["meta"].get("step"))
+    return {
+        "run": str(source.resolve()),
+        "checkpoint_sha256": ckpt["meta"].get("content_sha256"),
+        "step": ckpt["meta"].get("step"),
+    }
