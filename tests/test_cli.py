@@ -28,6 +28,12 @@ from tests.conftest import ROOT, run_vqad
         # 0 was taken for "not given": a 3,000-step training, or a 60-minute guard.
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--steps", "0"], "train.steps must be >= 1"),
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--max-minutes", "0"], "train.max_minutes must be > 0"),
+        # numpy's generator takes no negative seed: a traceback from deep in training.
+        (
+            ["train", "{synth}/bracket", "--out", "{tmp}/run", "--seed", "-1"],
+            "train.seed must be in [0, 2**32), got -1",
+        ),
+        (["synth", "{tmp}/s", "--seed", "-1"], "--seed: must be at least 0, got -1"),
         # NaN or infinity would pass every frame.
         (["serve", "{tmp}/model", "--set", "edge.threshold=inf"], "edge.threshold must be a finite number > 0"),
     ],

@@ -185,6 +185,7 @@ class TrainConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**32, f"train.seed must be in [0, 2**32), got {self.seed}")
         require(self.batch_size >= 1, "train.batch_size must be >= 1")
         require(self.steps >= 1, "train.steps must be >= 1")
         require(self.max_minutes > 0, "train.max_minutes must be > 0")

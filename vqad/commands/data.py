@@ -38,7 +38,7 @@ def synth_categories(text: str) -> tuple[str, ...]:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path, metavar="OUT_DIR", help="where to write one MVTec-layout folder per category")
-    s.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
+    s.add_argument("--seed", type=at_least(0), default=0, help="the same seed writes the same images")
     s.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
     # 4: what vqad train needs
     s.add_argument("--n-train", type=at_least(4), default=160, help="good training images per category")
