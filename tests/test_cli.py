@@ -114,6 +114,14 @@ def test_a_runs_broken_json_file_is_one_line_naming_it(tiny_run, synth_root, tmp
     assert proc.returncode == 3 and "is not a split" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_eval_of_a_data_folder_that_is_not_there_is_refused(tiny_run, tmp_path):
+    """A mistyped DATA_CAT calibrated the threshold, measured nothing and exited 0."""
+    before = (tiny_run / "threshold.json").read_bytes()
+    proc = run_vqad("eval", tiny_run, tmp_path / "bracekt", "--out", tmp_path / "eval", check=False)
+    assert proc.returncode == 3 and f"no such folder: {tmp_path / 'bracekt'}" in proc.stderr
+    assert not (tmp_path / "eval").exists() and (tiny_run / "threshold.json").read_bytes() == before
+
+
 def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, tmp_path):
     """eval, export and embed read a training run; given the package exported from it, they said
     "checkpoint not found", which a quality engineer who just exported it cannot act on."""

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label
@@ -116,7 +117,10 @@ def _panel(
 
 
 def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, pictures: bool = True) -> dict[str, Any]:
-    """Calibrate and store the threshold, score the test set, write metrics.json and pictures."""
+    """Calibrate and store the threshold, score the test set, write metrics.json and pictures.
+    DataError when `category` is not a folder (a mistyped path would calibrate and measure nothing)."""
+    if not Path(category).is_dir():
+        raise DataError(f"no such folder: {category} (DATA_CAT: the category folder the run was trained on)")
     run = load_run(run_dir, category)
     out = Path(out)
     split = run.split()
