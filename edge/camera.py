@@ -64,6 +64,8 @@ def iter_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS
     if is_live(source):
         yield from _live_frames(source, stop)
         return
+    if not path.exists():  # neither a folder, an image, a video file, a device nor a stream URL
+        raise DataError(f"no such file or folder: {source} (images, a folder of them, a video, a device, a URL)")
     while True:  # a video file: to its end, again with loop
         cap = _open_video(source)
         if cap is None:

@@ -683,6 +683,8 @@ def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkey
     plan[:] = [None]  # a source that cannot be opened at all is the user's to fix: said at once
     with pytest.raises(DataError, match="cannot open video source 7"):
         next(camera.iter_source("7", loop=False))
+    with pytest.raises(DataError, match="no such file or folder: parts/line3"):  # a mistyped folder
+        next(camera.iter_source("parts/line3", loop=False))
 
 
 def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
