@@ -632,6 +632,8 @@ def test_a_fine_tune_holds_out_none_of_the_images_its_source_was_trained_on(tiny
     run_vqad("eval", run, data, "--out", run / "eval")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert str(data / "test" / "good" / "learned.png") in metrics["left_out_copies"]
+    assert metrics["fine_tuned_from"] == lineage
+    assert f"(fine-tuned from {tiny_run.resolve()}, step 200)" in (run / "eval" / "report.html").read_text()
     run_vqad("export", run, "--out", tmp_path / "model")
     source_of = json.loads((tmp_path / "model" / "model.json").read_text())["source"]
     assert source_of["fine_tuned_from"] == lineage and source <= set(source_of["training_images"])
@@ -759,7 +761,9 @@ def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures
     assert (metrics["n_good"], metrics["n_defect"]) == (n_good, n_defect + 1)
     assert metrics["n_left_out_copies"] == 2
     assert sorted(Path(p).name for p in metrics["left_out_copies"]) == ["calibrated_on.png", "trained_on.png"]
-    assert "2 good test images are copies of the run's own training or validation images" in proc.stderr
+    assert (
+        "2 good test images are copies of the images the run's weights were trained on or its threshold" in proc.stderr
+    )
     assert "1 defect test images are copies of the run's good training images" in proc.stderr
     page = html.unescape((tmp_path / "eval" / "report.html").read_text())
     assert "(2 more left out: copies of the run's own good images)" in page

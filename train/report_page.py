@@ -116,9 +116,11 @@ def _measured_on(metrics: dict[str, Any]) -> str:
     left_out = f" ({copies} more left out: copies of the run's own good images)" if copies else ""
     bits = metrics.get("pixel_bits", 16)
     read_by = f", a 16-bit image read by its low {bits} bits" if bits != 16 else ""
+    origin = metrics.get("fine_tuned_from")
+    tuned = f" (fine-tuned from {origin['run']}, step {origin['step']})" if origin else ""
     return (
         f"{metrics['n_good']} good and {metrics['n_defect']} defect test images{left_out} at {size} px (HxW){read_by}; "
-        f"run {metrics['run']}, step {metrics['step']}, checkpoint {sha or 'unknown'}; written {when}"
+        f"run {metrics['run']}, step {metrics['step']}{tuned}, checkpoint {sha or 'unknown'}; written {when}"
     )
 
 
