@@ -183,3 +183,39 @@ def test_training_on_a_box_with_the_lines_packages_only_names_the_extra(tmp_path
         assert proc.returncode == 1, proc.stderr
         assert f"vqad {args[0]} needs {missing}" in proc.stderr and "pip install 'vqad[train]'" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _option_strings(parser) -> set[str]:
+    """Every flag `parser` and the subcommands under it take."""
+    import argparse
+
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def test_every_flag_the_docs_give_a_command_is_one_it_takes():
+    """`vqad SUBCOMMAND ... --flag` in the README and docs/: each flag is the subcommand's (a flag
+    renamed in the code and not in the docs sends a reader to an argparse error)."""
+    import argparse
+    import re
+
+    from vqad.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    takes = {name: _option_strings(sub) for name, sub in subcommands.items()}
+    checked, unknown = 0, []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for n, line in enumerate(doc.read_text().splitlines(), 1):
+            # A command runs to the end of its inline code, a table cell, a comment or the line.
+            for command in re.finditer(r"vqad ([a-z-]+)((?:[^`|;#\n]|`[^`]*`)*)", line):
+                name, rest = command.groups()
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest) if name in takes else []:
+                    checked += 1
+                    if flag not in takes[name]:
+                        unknown.append(f"{doc.name}:{n}: vqad {name} {flag}")
+    assert checked > 100 and not unknown, unknown
