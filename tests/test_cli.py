@@ -211,7 +211,10 @@ def test_every_flag_the_docs_give_a_command_is_one_it_takes():
     checked, unknown = 0, []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for n, line in enumerate(doc.read_text().splitlines(), 1):
-            # A command runs to the end of its inline code, a table cell, a comment or the line.
+            # A command runs to the end of its inline code, a table cell, a comment or the line;
+            # a comment that lists its options ("# [--config FILE] ...") is the command's.
+            line = line.replace("# [--", "[--")
+            line = line if line.lstrip().startswith("|") else line.replace("|", "/")  # a cell only in a table
             for command in re.finditer(r"vqad ([a-z-]+)((?:[^`|;#\n]|`[^`]*`)*)", line):
                 name, rest = command.groups()
                 for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest) if name in takes else []:
