@@ -163,6 +163,7 @@ def export_run(
     from train.run import load_run
 
     run = load_run(run_dir, data)
+    run.require_finished("exported")
     threshold = run.threshold()
     if threshold is None:
         raise PackageError(f"{run.root} has no threshold.json: run `vqad eval {run.root} DATA_CAT --out REPORT` first")

@@ -496,6 +496,15 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     meta = load_checkpoint(run / "checkpoint.pt")["meta"]
     assert meta["reason"] == "interrupted" and meta["step"] > 0
     stopped_at = meta["step"]
+    # Its map was never calibrated: eval says so, export and calibrate refuse it.
+    evaluated = run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval")
+    assert (
+        f"it stopped at step {stopped_at} of 100000 (interrupted) and its map was never calibrated" in evaluated.stderr
+    )
+    for args in (("export", run, "--out", run / "model"), ("calibrate", run, synth_root / "bracket" / "test" / "good")):
+        refused = run_vqad(*args, check=False)
+        assert refused.returncode == 3 and f"{run} cannot be" in refused.stderr and "--resume" in refused.stderr
+    assert not (run / "model").exists()
     run_vqad(
         "train",
         synth_root / "bracket",
@@ -510,6 +519,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
         "train.checkpoint_every=100000",
     )
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == stopped_at + 3
+    assert load_run(run).unfinished() is None
 
 
 def test_bad_data_stops_before_anything_is_written(synth_root, tmp_path):

@@ -122,6 +122,9 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if not Path(category).is_dir():
         raise DataError(f"no such folder: {category} (DATA_CAT: the category folder the run was trained on)")
     run = load_run(run_dir, category)
+    if run.unfinished():
+        log.warning("%s: %s; its figures are not the finished model's, and vqad export refuses it. Finish it: "
+                    "vqad train %s --out %s --resume", run.root, run.unfinished(), category, run.root)  # fmt: skip
     out = Path(out)
     split = run.split()
     test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []

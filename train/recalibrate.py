@@ -63,6 +63,7 @@ def calibrate_run(
     if choose_scale and defects_dir is None:
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     run = load_run(run_dir, data)
+    run.require_finished("calibrated")
     cfg, fused = run.model_cfg, None
     if fuse_scales is not None:  # validated as the config's own field (ConfigError)
         cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, fuse_scales=tuple(fuse_scales)))

@@ -60,6 +60,27 @@ class Run:
             )
         return paths
 
+    def unfinished(self) -> str | None:
+        """Why the checkpoint is not a finished training's, or None: one saved on the way
+        ("periodic": the process then stopped without a word) or at a Ctrl-C ("interrupted")
+        holds weights whose map was never calibrated on the good images, so its units and
+        threshold are not the model's. A checkpoint from before the reason was kept is taken as
+        finished."""
+        reason = self.meta.get("reason", "final")
+        if reason == "final":
+            return None
+        steps = self.train_cfg.steps
+        return f"it stopped at step {self.meta.get('step')} of {steps} ({reason}) and its map was never calibrated"
+
+    def require_finished(self, doing: str) -> None:
+        """DataError when the run is unfinished (see `unfinished`), saying how to finish it."""
+        why = self.unfinished()
+        if why:
+            raise DataError(
+                f"{self.root} cannot be {doing}: {why}. Finish it: vqad train DATA_CAT --out {self.root} --resume "
+                "(--steps N ends it sooner)"
+            )
+
     def threshold(self) -> dict[str, Any] | None:
         path = self.root / THRESHOLD_FILE
         return read_json(path) if path.is_file() else None

@@ -72,11 +72,20 @@ def _prepare(workdir: Path, category: str, minutes: float, image_size: str) -> N
     data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
     if not (data / category).is_dir():
         _step("synthesise a benchmark", "synth", str(data))
+    train = ["train", str(data / category), "--out", str(run), "--max-minutes", str(minutes)]
     if not (run / "checkpoint.pt").is_file():
-        train = ["train", str(data / category), "--out", str(run), "--max-minutes", str(minutes)]
         _step(f"train {category} for {minutes:g} min", *train, "--image-size", str(image_size))
+    elif _unfinished(run):  # a demo stopped while it trained: its run goes on
+        _step(f"go on training {category} for {minutes:g} min", *train, "--resume")
     _step("evaluate on the test set", "eval", str(run), str(data / category), "--out", str(report))
     _step("export ONNX FP32 + FP16", "export", str(run), "--out", str(model), "--force")
+
+
+def _unfinished(run: Path) -> bool:
+    """Whether the run's checkpoint is from before its training's end (train.run.Run.unfinished)."""
+    from train.run import load_run
+
+    return load_run(run).unfinished() is not None
 
 
 def _start_daemon(workdir: Path, model: Path, frames: str, results: str, metrics_port: int) -> subprocess.Popen:
