@@ -23,15 +23,23 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "vqad-serve.lock"
 
 
-def hold_state_folder(state_dir: Path) -> IO[str] | None:
-    """Take the state folder for this daemon: an exclusive lock, which the kernel lets go when the
-    process ends, however it ends. -> the open lock file, to close at the end; None when the folder
-    cannot be written (mark_running says so). ConfigError when another running daemon holds it:
-    two daemons on one folder (a second line's, started from a copy of the first's unit) would
-    each take the other's marker for a crash and the other's `vqad ctl` changes for their own."""
+class LockHeldError(Exception):
+    """Another running process holds the lock (`holder`: "pid N", as it wrote)."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold_lock(path: Path, holders: str) -> IO[str] | None:
+    """An exclusive lock on the file at `path` (made, with its folder), which the kernel lets go
+    when the process ends, however it ends; "pid N" written in it for the next to be refused.
+    -> the open lock file, to close at the end; None when it cannot be made. LockHeldError when
+    another process holds it. On a filesystem without locks (ENOLCK on some network mounts) a
+    warning says that a second of `holders` (e.g. "daemon") would not be refused, and None."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(state_dir / LOCK_FILE, "a+")  # held open for the daemon's life
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")  # held open for the holder's life
     except OSError:
         return None
     try:
@@ -39,21 +47,33 @@ def hold_state_folder(state_dir: Path) -> IO[str] | None:
     except BlockingIOError:
         holder = _holder(lock)
         lock.close()
-        raise ConfigError(
-            f"the state folder {state_dir} is in use by a running daemon ({holder}): give each daemon a "
-            "state_dir of its own (edge.state_dir)"
-        ) from None
-    except OSError as exc:  # a filesystem without locks (ENOLCK on some network mounts): serve unlocked
+        raise LockHeldError(holder) from None
+    except OSError as exc:
         lock.close()
-        log.warning("the state folder %s cannot be locked (%s): a second daemon on it would not be refused",
-                    state_dir, exc.strerror or exc)  # fmt: skip
+        log.warning("%s cannot be locked (%s): a second %s on it would not be refused",
+                    path.parent, exc.strerror or exc, holders)  # fmt: skip
         return None
-    try:  # who holds it, for a second daemon's refusal; unbuffered, so that a full disk leaves it unnamed
+    try:  # who holds it, for a second one's refusal; unbuffered, so that a full disk leaves it unnamed
         os.ftruncate(lock.fileno(), 0)
         os.write(lock.fileno(), f"pid {os.getpid()}\n".encode())
     except OSError:
         pass
     return lock
+
+
+def hold_state_folder(state_dir: Path) -> IO[str] | None:
+    """Take the state folder for this daemon (hold_lock). -> the open lock file, to close at the
+    end; None when the folder cannot be written (mark_running says so) or locked. ConfigError
+    when another running daemon holds it: two daemons on one folder (a second line's, started
+    from a copy of the first's unit) would each take the other's marker for a crash and the
+    other's `vqad ctl` changes for their own."""
+    try:
+        return hold_lock(state_dir / LOCK_FILE, "daemon")
+    except LockHeldError as held:
+        raise ConfigError(
+            f"the state folder {state_dir} is in use by a running daemon ({held.holder}): give each daemon a "
+            "state_dir of its own (edge.state_dir)"
+        ) from None
 
 
 def state_folder_holder(state_dir: Path) -> str | None:

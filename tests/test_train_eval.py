@@ -490,6 +490,9 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     # Interrupt mid-training: once the first scalars are written, the loop is running.
     while time.monotonic() < deadline and not (csv_path.exists() and len(csv_path.read_text().splitlines()) >= 2):
         time.sleep(0.2)
+    # The same run started again (a --resume from another terminal) while it trains is refused.
+    second = run_vqad("train", synth_root / "bracket", "--out", run, "--resume", *TINY_TRAIN, check=False)
+    assert second.returncode == 2 and f"{run} is being trained by another vqad train (pid {proc.pid})" in second.stderr
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

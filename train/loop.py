@@ -9,6 +9,7 @@ Life of a run directory:
                   figures, for export and calibration without them
     checkpoint.pt the latest self-describing checkpoint (atomic writes)
     metrics.csv   scalars every `log_every` steps (and TensorBoard events if installed)
+    train.lock    held by the training writing the run (one at a time)
 
 `train()` is a short sequence: set up (device, model, data, optimiser), the steps (each paints
 synthetic defects, reconstructs, and updates the VQ-VAE and the head), logging and periodic
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -40,6 +43,7 @@ from edge.config import from_mapping, to_dict
 from edge.errors import CheckpointError, ConfigError, DataError
 from edge.frames import batched
 from edge.recalibrate import fingerprints
+from edge.state import LockHeldError, hold_lock
 from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
@@ -239,9 +243,41 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a run; `init_from` fine-tunes: a new run that starts from another
     run's weights (the same model config). Returns a summary dict; writes the run directory."""
-    s = set_up(Path(category), Path(run_dir), model_cfg, train_cfg, resume, progress, init_from)
-    interrupted = run_steps(s)
-    return finish(s, interrupted)
+    with holding_run_dir(Path(run_dir)):
+        s = set_up(Path(category), Path(run_dir), model_cfg, train_cfg, resume, progress, init_from)
+        interrupted = run_steps(s)
+        return finish(s, interrupted)
+
+
+# The lock a training holds on its run directory (edge.state.hold_lock).
+TRAIN_LOCK = "train.lock"
+
+
+@contextmanager
+def holding_run_dir(run_dir: Path):
+    """One training at a time in RUN_DIR: a second one (a command started again in another
+    terminal, a --resume of a training still running) would write the same checkpoint, split and
+    metrics. ConfigError naming the holder. Only the first process of a distributed run locks.
+    A folder made here that nothing else was written to is removed again (bad data stops a
+    training before anything is written)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    made = not run_dir.exists()
+    try:
+        lock = hold_lock(run_dir / TRAIN_LOCK, "training")
+    except LockHeldError as held:
+        raise ConfigError(
+            f"{run_dir} is being trained by another vqad train ({held.holder}): let it end, or stop it (Ctrl-C saves a "
+            "checkpoint) and go on with --resume"
+        ) from None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+        if made and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [TRAIN_LOCK]:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def set_up(
