@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from edge.errors import CheckpointError
-from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, run_vqad
+from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN, VQAD, run_vqad
 from train.checkpoint import load_checkpoint, state_hash
 from train.pipeline import score_frames
 from train.run import load_run
@@ -523,6 +523,22 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     )
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["step"] == stopped_at + 3
     assert load_run(run).unfinished() is None
+
+
+def test_a_training_stopped_by_sigterm_saves_its_checkpoint(synth_root, tmp_path):
+    """`kill`, a job scheduler's or a container's stop: SIGTERM ends the training at a step's end
+    with a checkpoint, as Ctrl-C does, not with the last periodic one (250 steps back at most)."""
+    run = tmp_path / "run"
+    args = ["train", synth_root / "bracket", "--out", run, "--steps", "100000", *TINY_MODEL, *TINY_TRAIN]
+    proc = subprocess.Popen([*VQAD, *map(str, args)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run / "metrics.csv").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "saving a checkpoint" in err, err
+    meta = load_checkpoint(run / "checkpoint.pt")["meta"]
+    assert meta["reason"] == "interrupted" and meta["step"] > 0
 
 
 def test_bad_data_stops_before_anything_is_written(synth_root, tmp_path):

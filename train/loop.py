@@ -427,9 +427,10 @@ def _write_split(run_dir: Path, train_paths: list[Path], val_paths: list[Path]) 
 
 @contextmanager
 def stop_on_ctrl_c():
-    """Ctrl-C only sets a flag (yielded as a one-item list); the loop stops at the next step
-    boundary and saves a checkpoint. A KeyboardInterrupt raised mid-step could land inside a
-    lock (tqdm's, a logging handler's) and hang the save. A second Ctrl-C stops at once."""
+    """Ctrl-C, or SIGTERM (`kill`, a job scheduler's or a container's stop), only sets a flag
+    (yielded as a one-item list); the loop stops at the next step boundary and saves a
+    checkpoint. A KeyboardInterrupt raised mid-step could land inside a lock (tqdm's, a logging
+    handler's) and hang the save. A second signal stops at once."""
     flag = [False]
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -437,14 +438,14 @@ def stop_on_ctrl_c():
             raise KeyboardInterrupt
         flag[0] = True
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_steps(s: Session) -> bool:
