@@ -504,6 +504,8 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_resume(synth_root, tmp_path):
     assert (
         f"it stopped at step {stopped_at} of 100000 (interrupted) and its map was never calibrated" in evaluated.stderr
     )
+    assert json.loads((run / "eval" / "metrics.json").read_text())["unfinished"].startswith("it stopped at step")
+    assert "Unfinished: it stopped at step" in (run / "eval" / "report.html").read_text()
     for args in (("export", run, "--out", run / "model"), ("calibrate", run, synth_root / "bracket" / "test" / "good")):
         refused = run_vqad(*args, check=False)
         assert refused.returncode == 3 and f"{run} cannot be" in refused.stderr and "--resume" in refused.stderr

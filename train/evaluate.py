@@ -213,6 +213,7 @@ def _test_metrics(
         "step": run.meta.get("step"),
         "checkpoint_sha256": run.meta.get("content_sha256"),
         "fine_tuned_from": run.meta.get("fine_tuned_from"),  # None: trained from scratch
+        "unfinished": run.unfinished(),  # None: the training ran to its end
     }
     for kind in sorted({s.kind for s in test} - {"good"}):
         sel = np.array([s.kind in ("good", kind) for s in test])

@@ -68,6 +68,14 @@ def write_report_page(
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">{_e(_measured_on(metrics))}</p>',
+        *(
+            [
+                f'<p class="warn">Unfinished: {_e(metrics["unfinished"])}. These are not the finished model\'s '
+                "figures, and vqad export refuses it: finish it with vqad train --resume.</p>"
+            ]
+            if metrics.get("unfinished")
+            else []
+        ),
         "<h2>At the threshold</h2>",
         _table(_at_threshold_rows(metrics, labels, decisions)),
         _lone_warning(threshold),
