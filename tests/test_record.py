@@ -1384,7 +1384,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     record.review("a", 0, "defect", kind="scratch")
     record.review("a", 1, "defect")
     record.review("a", 1, "false_reject")  # the latest review decides
-    record.review("a", 3, "false_reject")  # a pass reviewed: not a fail's verdict
+    record.review("a", 3, "defect")  # a pass reviewed: a defect the line missed, not a fail's verdict
+    with pytest.raises(DataError, match="frame 4 was not rejected \\(decision pass\\): a false_reject is a good part"):
+        record.review("a", 4, "false_reject")  # the line rejected nothing to be wrong about
     rows = record.daily()
     assert [(r["day"], r["camera_id"]) for r in rows] == [("2026-11-18", "a"), ("2026-11-18", "b"), ("2026-11-19", "a")]
     a1, b1, a2 = rows
@@ -1647,7 +1649,7 @@ def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
     passed = _result("c", 1, decision="pass")
     writer.put(Result(passed.header, recv_ns=passed.recv_ns), time.time_ns())  # kept without its frame
     writer.close()
-    Record(url).review("c", 1, "false_reject")
+    Record(url).review("c", 1, "defect")  # a defect the line passed
     proc = run_vqad("records", url, "--export-reviewed", tmp_path / "out")
     assert "no reviewed evidence to export" in proc.stdout and not (tmp_path / "out").exists()
     assert "1 reviewed results left out: 1 without evidence" in proc.stderr
@@ -1706,7 +1708,8 @@ def test_a_record_is_named_by_url_or_by_path_and_a_missing_one_is_not_created(tm
     monkeypatch.chdir(tmp_path)
     with sqlite3.connect(db) as conn:
         conn.execute(
-            "INSERT INTO results (camera_id, frame_id, ts_ns, status, evidence_removed) VALUES ('cam1', 7, 1, 'ok', 0)"
+            "INSERT INTO results (camera_id, frame_id, ts_ns, status, decision, evidence_removed) "
+            "VALUES ('cam1', 7, 1, 'ok', 'fail', 0)"
         )
     record = Record("line.db", must_exist=True)  # a relative path names the same file
     assert [r["frame_id"] for r in record.results()] == [7]

@@ -504,8 +504,9 @@ class Record:
         """Record a person's verdict on a recorded result, as a row of its own: the result
         `result_id` (the record's id of it), which must be of this camera and frame, or else the
         newest result of the camera and frame (a sender that started its ids again has older
-        ones). DataError for an id or verdict of another type, or a result the record does not
-        hold."""
+        ones). DataError for an id or verdict of another type, a result the record does not
+        hold, or a false_reject of a result the line did not reject (a pass reviewed as a
+        `defect` is a defect the line missed)."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
@@ -520,13 +521,18 @@ class Record:
             if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
                 raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
         with self.engine.begin() as conn:
-            q = sa.select(results.c.id).where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
+            q = sa.select(results.c.id, results.c.decision)
+            q = q.where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
             if result_id is not None:
                 q = q.where(results.c.id == result_id)
             found = conn.execute(q.order_by(results.c.id.desc()).limit(1)).first()
             if found is None:
                 which = f" with result_id {result_id}" if result_id is not None else ""
                 raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}")
+            if verdict == "false_reject" and found.decision != "fail":  # a pass, or no decision (error, dropped)
+                decided = found.decision or "none"
+                raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision {decided}): "
+                                "a false_reject is a good part the line rejected")  # fmt: skip
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
                    "reviewer": by, "note": note, "created_ns": time.time_ns(), "result_id": found.id}  # fmt: skip
             conn.execute(sa.insert(reviews).values(**row))
