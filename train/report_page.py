@@ -68,14 +68,7 @@ def write_report_page(
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">{_e(_measured_on(metrics))}</p>',
-        *(
-            [
-                f'<p class="warn">Unfinished: {_e(metrics["unfinished"])}. These are not the finished model\'s '
-                "figures, and vqad export refuses it: finish it with vqad train --resume.</p>"
-            ]
-            if metrics.get("unfinished")
-            else []
-        ),
+        _unfinished_warning(metrics),
         "<h2>At the threshold</h2>",
         _table(_at_threshold_rows(metrics, labels, decisions)),
         _lone_warning(threshold),
@@ -170,6 +163,15 @@ def _ranking_rows(metrics: dict[str, Any], labels: np.ndarray) -> list[tuple[str
 def _apart(by_kind: dict[str, Any]) -> dict[str, Any]:
     """Figures by defect kind, where there are two kinds or more: one kind's repeat the whole's."""
     return by_kind if len(by_kind) > 1 else {}
+
+
+def _unfinished_warning(metrics: dict[str, Any]) -> str:
+    if not metrics.get("unfinished"):
+        return ""
+    return (
+        f'<p class="warn">Unfinished: {_e(metrics["unfinished"])}. These are not the finished model\'s figures, '
+        "and vqad export refuses it: finish it with vqad train --resume.</p>"
+    )
 
 
 def _lone_warning(threshold: dict[str, Any]) -> str:
