@@ -4,6 +4,9 @@
   same batch size, both measured in this run.
 - Latency p50 / p99 at 50% and 90% of that throughput (the camera paced at that rate).
 - The daemon's peak RSS (VmHWM).
+- The decoding stage alone: frames a second parsed, decoded and shrunk to the model's input,
+  handed on in order, at 1, 2 and 4 `decode_workers`, per encoding (what one receiver thread
+  caps a daemon at when a GPU infers, and what more threads buy).
 
     python -m benchmarks.daemon MODEL_DIR
 """
@@ -25,6 +28,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import ROOT, scratch_dir, stats
+from edge.inorder import InOrder
 from edge.transport import free_loopback_port
 
 # `vqad serve --set` for a daemon whose every frame passes: a threshold no score reaches, and no
@@ -241,7 +245,50 @@ def bench_daemon(
             out["x".join(map(str, shape))] = _bench_shape(
                 model_dir, shape, workdir, max_batch, max_delay_ms, quick, repeats, transport
             )
+    out["decoding"] = bench_decoding(model_dir, seconds=1.0 if quick else 3.0)
     return out
+
+
+def bench_decoding(
+    model_dir: Path, shape: tuple[int, int, int] = (1024, 1280, 3), workers=(1, 2, 4), seconds: float = 3.0
+) -> dict[str, Any]:
+    """Frames a second through the daemon's decoding stage alone (edge.protocol.parse_frame and
+    edge.frames.to_model_input, as Daemon._decode runs them, handed on in order by
+    edge.inorder), per encoding and count of decode threads; 1 is the receiver alone."""
+    from edge.frames import to_model_input
+    from edge.package import load_package
+    from edge.protocol import Limits, frame_message, parse_frame
+
+    package = load_package(model_dir)
+    limits = Limits(65536, 4096 * 4096, 8 * 4096 * 4096)
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), (0, 0), 3)
+
+    def decode(parts: list) -> np.ndarray:
+        frame = parse_frame(parts, limits, 0, package.pixel_bits)
+        return to_model_input(frame.image, package.image_size, package.channels)
+
+    out: dict[str, Any] = {"frame": "x".join(map(str, shape)), "model_input": list(package.image_size)}
+    for encoding in ("raw", "jpeg", "png"):
+        parts = [bytes(p) for p in frame_message("bench", 0, image, encoding)]
+        rates = {str(n): _decoded_per_s(decode, parts, n, seconds) for n in workers}
+        out[encoding] = {"fps_by_decode_workers": rates, "bytes": len(parts[1])}
+    return out
+
+
+def _decoded_per_s(decode: Any, parts: list[bytes], workers: int, seconds: float) -> float:
+    """Messages a second `decode` gets through for `seconds`, on the caller's thread (1) or on
+    `workers` threads handed on in order, every one finished."""
+    stage = None if workers == 1 else InOrder(workers, decode, lambda _: None, 2 * workers, "bench-decode")
+    start, sent = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        if stage is None:
+            decode(parts)
+        else:
+            stage.submit(parts)
+        sent += 1
+    if stage is not None:
+        stage.close()
+    return sent / (time.perf_counter() - start)
 
 
 def _bench_shape(

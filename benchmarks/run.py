@@ -309,7 +309,29 @@ def daemon_markdown(dm: dict[str, Any] | None) -> list[str]:
             )
         )
     lines.append("")
-    return lines
+    return lines + decoding_markdown(dm.get("decoding"))
+
+
+def decoding_markdown(dec: dict[str, Any] | None) -> list[str]:
+    """The daemon's decoding stage alone, per encoding and count of `edge.decode_workers`."""
+    if not dec:
+        return []
+    counts = list(dec["raw"]["fps_by_decode_workers"])
+    lines = [
+        f"### Decoding {dec['frame']} frames to the model's input, the stage alone (frames/s)",
+        "",
+        "What one receiver thread (1) caps the daemon at when inference is elsewhere (a GPU), and "
+        "what more decoding threads (`edge.decode_workers`) take, each camera's frames kept in order.",
+        "",
+        "| encoding | message bytes | " + " | ".join(f"{n} decode worker(s)" for n in counts) + " |",
+        "|---|---|" + "---|" * len(counts),
+    ]
+    for encoding in ("raw", "jpeg", "png"):
+        rates = dec[encoding]["fps_by_decode_workers"]
+        lines.append(
+            f"| {encoding} | {dec[encoding]['bytes']:,} | " + " | ".join(f"{rates[n]:.0f}" for n in counts) + " |"
+        )
+    return lines + [""]
 
 
 def transport_markdown(tr: dict[str, Any] | None) -> list[str]:

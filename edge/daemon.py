@@ -26,6 +26,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,9 +39,10 @@ from edge.batcher import FrameQueue
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.frames import to_model_input
+from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.protocol import Limits, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
+from edge.protocol import Frame, Limits, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
 from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
@@ -54,6 +56,20 @@ log = logging.getLogger(__name__)
 # edge.recent.CAMERAS_KEPT) and in the dashboard. More distinct ids than this are a sender that
 # names its parts as cameras.
 MANY_CAMERAS = 64
+
+
+@dataclass
+class Decoded:
+    """A message as the receiver (or a decoding thread) read it: the frame and its model input,
+    or what failed; `serving`, the model in force when it was read."""
+
+    parts: list[bytes | memoryview]
+    recv_ns: int
+    arrived_mono_ns: int
+    serving: Serving
+    frame: Frame | None = None
+    model_input: np.ndarray | None = None
+    failure: Exception | None = None
 
 
 class _StatusLog:
@@ -125,6 +141,8 @@ class Daemon:
         self.results_sock: zmq.Socket | None = None
         self.control: Control | None = None
         self.threads: list[threading.Thread] = []
+        self._decoders: InOrder[Decoded] | None = None  # decode_workers > 1: frames decoded side by side
+        self._admitter = "receiver"  # the loop that admits decoded frames (liveness)
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
@@ -190,6 +208,7 @@ class Daemon:
                 state_file=self._marker.with_name("vqad-serve.record.json"), run_id=self.run_id,
             ).start()  # fmt: skip
         self._restore(Overrides.load(self.state_dir))
+        self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
             for loop, name in ((self._receive_loop, "receiver"), (Publisher(self).run, "publisher"),
@@ -199,13 +218,14 @@ class Daemon:
             t.start()
         self.metrics.ready.set(1)
         log.info(
-            "ready: model %s (%s…) threshold %.6g, backend %s x %d, frames %s (%s), results %s, max_batch %d, "
-            "max_delay %.1f ms, overload %s",
+            "ready: model %s (%s…) threshold %.6g, backend %s x %d, decoders %d, frames %s (%s), results %s, "
+            "max_batch %d, max_delay %.1f ms, overload %s",
             pkg.name,
             pkg.sha256[:12],
             serving.scoring.threshold,
             cfg.backend,
             len(serving.backends),
+            cfg.decoders(),
             cfg.frames_endpoint if cfg.frames_mode == "pull" else ",".join(cfg.camera_endpoints),
             cfg.frames_mode,
             cfg.results_endpoint,
@@ -218,6 +238,17 @@ class Daemon:
                 json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
             )
         notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def _start_decoders(self) -> None:
+        """With decode_workers > 1, a pool that decodes frames side by side for the receiver and
+        one thread that admits them in the order they came (edge.inorder)."""
+        workers = self.cfg.decoders()
+        if workers > 1:
+            self._admitter = "decode-order"
+            self._decoders = InOrder(
+                workers, self._decode, self._admit, window=2 * workers, name=self._admitter,
+                beat=lambda: self.liveness.beat(self._admitter), guard=lambda run: self._guarded(run, self._admitter),
+            )  # fmt: skip
 
     def record_status(self) -> dict[str, Any] | None:
         """The record's state as the heartbeat and `vqad ctl status` say it (None without a record)."""
@@ -345,6 +376,8 @@ class Daemon:
     def _release(self) -> None:
         """The end of a shutdown, or of a start that failed, once no socket is open: the record's
         writer, the authenticator, the context, the backends and the running marker."""
+        if self._decoders is not None:
+            self._decoders.close(timeout=5)  # after the receiver's own close: a start that failed
         if self.recorder is not None:
             self.recorder.close()
         if self.auth is not None:
@@ -421,33 +454,50 @@ class Daemon:
             while not self.should_exit.is_set():
                 self.liveness.beat("receiver")
                 if poller.poll(100):
-                    self._accept(transport.message_parts(sock.recv_multipart(copy=False)))
+                    self._receive(transport.message_parts(sock.recv_multipart(copy=False)))
             # Frames the socket already holds were delivered to us: answer them too (bounded).
             for _ in range(self.cfg.rcvhwm + self.cfg.queue_size):
                 try:
                     parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._accept(transport.message_parts(parts))
+                self._receive(transport.message_parts(parts))
         finally:
             sock.close(linger=0)
+            if self._decoders is not None:
+                self._decoders.close()  # every frame received is queued or answered first
             self.receiver_done.set()
 
-    def _accept(self, parts: list[bytes | memoryview]) -> None:
-        recv_ns, arrived_mono_ns = time.time_ns(), time.monotonic_ns()
+    def _receive(self, parts: list[bytes | memoryview]) -> None:
+        """A message as it arrives: decoded here, or by the decoding threads, then admitted in
+        the order it came."""
+        arrived = time.time_ns(), time.monotonic_ns()
         self.metrics.frames_in.inc()
+        if self._decoders is None:
+            self._admit(self._decode(parts, *arrived))
+        else:
+            self._decoders.submit(parts, *arrived, waiting=lambda: self.liveness.beat("receiver"))
+
+    def _decode(self, parts: list[bytes | memoryview], recv_ns: int, arrived_mono_ns: int) -> Decoded:
+        """The costly, thread-safe part of accepting a frame: parse and decode the message and
+        bring the frame to the model's input. Never raises: what failed is in the result."""
+        serving = self.serving  # one model for the frame's reading and its input
+        decoded = Decoded(parts, recv_ns, arrived_mono_ns, serving)
         try:
-            serving = self.serving  # one model for the frame's reading and its input
-            frame = parse_frame(parts, self.limits, recv_ns, serving.package.pixel_bits)
-        except UnreadableMessageError as exc:
-            self.metrics.unreadable.inc()
-            self._unreadable_log.log("unreadable message (%d parts) ignored: %s", len(parts), exc)
-            return
-        except FrameError as exc:
-            self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
-            return
-        except Exception as exc:  # noqa: BLE001 - a fault of the parser is this message's, not the line's
-            self._parser_fault(parts, exc, recv_ns)
+            decoded.frame = parse_frame(parts, self.limits, recv_ns, serving.package.pixel_bits)
+            decoded.model_input = to_model_input(
+                decoded.frame.image, serving.package.image_size, serving.package.channels
+            )
+        except Exception as exc:  # noqa: BLE001 - the frame's own failure: _admit answers it
+            decoded.failure = exc
+        return decoded
+
+    def _admit(self, decoded: Decoded) -> None:
+        """A decoded message, in the order messages came: an error result for a malformed frame
+        or a paused camera, else the health gate's verdict and a place in the queue."""
+        parts, recv_ns, frame, failure = decoded.parts, decoded.recv_ns, decoded.frame, decoded.failure
+        if frame is None:
+            self._answer_unparsed(parts, failure, recv_ns)
             return
         self._note_camera(frame.camera_id)
         self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
@@ -458,10 +508,11 @@ class Daemon:
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
             return
         try:
-            model_input = to_model_input(frame.image, serving.package.image_size, serving.package.channels)
+            if failure is not None:
+                raise failure
             health = None
-            if serving.health is not None:
-                health = serving.health.check(frame.camera_id, model_input, frame.image.shape[:2])
+            if decoded.serving.health is not None:
+                health = decoded.serving.health.check(frame.camera_id, decoded.model_input, frame.image.shape[:2])
         except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this frame's error, not the daemon's
             reason = exc.reason if isinstance(exc, FrameError) else f"preprocessing failed: {exc}"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)
@@ -475,14 +526,28 @@ class Daemon:
             frame.ts_ns,
             recv_ns,
             frame.image.shape[:2],
-            model_input,
-            arrived_mono_ns,
+            decoded.model_input,
+            decoded.arrived_mono_ns,
             frame.image if self.recorder is not None else None,
             health,
             frame.part_id,
         )
+        self._enqueue(item)
+
+    def _answer_unparsed(self, parts: list[bytes | memoryview], exc: BaseException | None, recv_ns: int) -> None:
+        """A message the parser refused: an error result when its ids can be read."""
+        if isinstance(exc, UnreadableMessageError):
+            self.metrics.unreadable.inc()
+            self._unreadable_log.log("unreadable message (%d parts) ignored: %s", len(parts), exc)
+        elif isinstance(exc, FrameError):
+            self._reject(exc.camera_id, exc.frame_id, _ts(parts), exc.reason, recv_ns, exc.part_id)
+        else:  # a fault of the parser is this message's, not the line's
+            self._parser_fault(parts, exc, recv_ns)
+
+    def _enqueue(self, item: Pending) -> None:
+        """Queue an accepted frame, waiting while the queue is full (backpressure)."""
         while True:
-            self.liveness.beat("receiver")  # waiting on a full queue is a turn too; a stalled worker is found
+            self.liveness.beat(self._admitter)  # waiting on a full queue is a turn too; a stalled worker is found
             queued, evicted = self.queue.put(item, timeout=0.1)
             for old in evicted:
                 self.outbox.put(dropped_result(old, self.serving.scoring))
@@ -497,7 +562,7 @@ class Daemon:
         ids can be read, the traceback logged (at most a line a minute), and the receiver goes on."""
         self._fault_log.log(
             "a message the parser failed on (%s: %s) gets an error result; please report it:\n%s",
-            type(exc).__name__, exc, traceback.format_exc(),
+            type(exc).__name__, exc, "".join(traceback.format_exception(exc)),
         )  # fmt: skip
         try:
             _, camera_id, frame_id = parse_header(parts[0], self.limits)

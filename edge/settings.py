@@ -102,6 +102,12 @@ class EdgeConfig:
     # preprocessing with inference; splitting one resize over the cores inference uses costs
     # more than it saves (1280x1024 -> 128 px: 2.5 ms on 2 threads, 1.5 ms on 1). 0 = OpenCV's default.
     opencv_threads: int = 1
+    # Threads that decode and resize frames side by side, their frames admitted in the order they
+    # came (edge/inorder.py). One receiver thread decodes about 120 JPEG frames of 1280 x 1024 a
+    # second on a core of the reference CPU (45 as PNG): a GPU infers faster than that. 1 = the
+    # receiver alone. 0 = automatic: 1 for onnxruntime, whose inference wants the cores, and for
+    # tensorrt half the cores, at most 4 (the rest left to ZeroMQ, the publisher and the record).
+    decode_workers: int = 0
     warmup_runs: int = 2
     # A backend whose every batch has failed for this many seconds (3 batches at least) is taken
     # as broken: a CUDA error leaves the process's context unusable, and only a new process gets
@@ -154,6 +160,7 @@ class EdgeConfig:
             "edge.curve.enabled needs curve.server_secret_key",
         )
         require(self.threshold is None or 0 < self.threshold < math.inf, "edge.threshold must be a finite number > 0")
+        require(self.decode_workers >= 0, "edge.decode_workers must be >= 0 (0 = automatic)")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
         require(self.log_every_s > 0, "edge.log_every_s must be > 0 (seconds between status lines)")
         require(self.warmup_runs >= 0, "edge.warmup_runs must be >= 0")
@@ -184,6 +191,12 @@ class EdgeConfig:
         if self.inference_workers:
             return self.inference_workers
         return 1 if self.backend == "tensorrt" else min(2, os.cpu_count() or 1)
+
+    def decoders(self) -> int:
+        """How many threads decode frames (decode_workers, or its automatic choice; 1 = the receiver)."""
+        if self.decode_workers:
+            return self.decode_workers
+        return min(4, max(1, (os.cpu_count() or 1) // 2)) if self.backend == "tensorrt" else 1
 
     def threads_per_worker(self) -> int:
         """intra_op_threads, or with several workers and 0, the cores shared among them (0 = ORT's default)."""

@@ -35,3 +35,16 @@ def test_the_daemon_table_shows_where_the_cores_went_and_renders_older_reports()
     assert "| 0.95 | 34.8 / 8.8 |" in markdown(report)
     report["daemon"]["1024x1280x3"] = _daemon_row(False)
     assert "| 0.95 | n/a |" in markdown(report)
+
+
+def test_the_decoding_stage_has_a_row_per_encoding_and_a_column_per_count_of_threads():
+    def rates(*fps: float) -> dict:
+        return {"fps_by_decode_workers": dict(zip(("1", "2", "4"), fps, strict=True)), "bytes": 1000}
+
+    decoding = {"frame": "1024x1280x3", "model_input": [128, 128], "raw": rates(700, 1300, 1300),
+                "jpeg": rates(150, 280, 230), "png": rates(32, 70, 70)}  # fmt: skip
+    daemon = {"max_batch": 8, "max_delay_ms": 10.0, "1024x1280x3": _daemon_row(True), "decoding": decoding}
+    report = {"date": "2026-12-05 00:00", "machine": {"cpu": "a CPU", "cores": 2}, "daemon": daemon}
+    text = markdown(report)
+    assert "| 1 decode worker(s) | 2 decode worker(s) | 4 decode worker(s) |" in text
+    assert "| jpeg | 1,000 | 150 | 280 | 230 |" in text and "| png | 1,000 | 32 | 70 | 70 |" in text

@@ -403,8 +403,8 @@ def test_a_parser_fault_is_its_messages_error_result_and_the_receiver_goes_on(tm
 
     monkeypatch.setattr(daemon_module, "parse_frame", parser_bug)
     with caplog.at_level(logging.ERROR, logger="edge.daemon"):
-        daemon._accept([bytes(p) for p in frame_message("cam0", 7, np.zeros((4, 4, 3), np.uint8))])
-        daemon._accept([b"\xff not a header", b""])
+        daemon._receive([bytes(p) for p in frame_message("cam0", 7, np.zeros((4, 4, 3), np.uint8))])
+        daemon._receive([b"\xff not a header", b""])
     result = daemon.outbox.get_nowait()
     assert (result.header["camera_id"], result.header["frame_id"], result.header["status"]) == ("cam0", 7, "error")
     assert result.header["error"] == "the daemon could not read this frame (RuntimeError)"

@@ -696,3 +696,86 @@ def test_the_pacer_holds_the_rate_and_catches_up_by_two_frames_only(monkeypatch)
     # Two frames go early to catch up, not the 50 it missed: 10 frames take 7 periods.
     assert now[0] - stalled_at == pytest.approx(0.7)
     assert camera.Pacer(0).period == 0.0
+
+
+def test_inorder_hands_results_on_in_the_order_they_came_and_bounds_what_is_in_flight():
+    """Decoding side by side (edge.inorder): an item whose work finishes last still goes on
+    first; a full window holds the submitter back; a hand-on that fails stops the submitter."""
+    import threading
+
+    from edge.inorder import InOrder
+
+    handed: list[int] = []
+    release = threading.Event()
+
+    def work(i: int) -> int:
+        if i == 0:
+            release.wait(5)  # the first item finishes after every other
+        return i
+
+    waited: list[int] = []
+    pool = InOrder(3, work, handed.append, window=4, name="t-order")
+    for i in range(5):  # item 0 awaited, 1-4 in the window
+        pool.submit(i)
+    blocked = threading.Thread(target=lambda: pool.submit(5, waiting=lambda: waited.append(1)))
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive() and waited and handed == []  # the window of 4 is full behind item 0
+    release.set()
+    blocked.join(5)
+    for i in range(6, 40):
+        pool.submit(i)
+    pool.close(timeout=10)
+    assert handed == list(range(40))
+
+    def broken(_: int) -> None:
+        raise RuntimeError("a bug")
+
+    failing = InOrder(2, work, broken, window=1, name="t-broken", guard=lambda run: lambda: _swallow(run))
+    release.set()
+    with pytest.raises(RuntimeError, match="t-broken thread has stopped"):
+        for i in range(1, 50):  # bounded: the first hand-on fails, then the window stays full
+            failing.submit(i)
+    failing.close(timeout=1)
+
+
+def _swallow(run) -> None:
+    try:
+        run()
+    except RuntimeError:
+        pass
+
+
+def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tiny_model):
+    """`edge.decode_workers` 3: large PNG frames (slow to decode) between small raw ones, two
+    cameras, a malformed frame and a camera that repeats its frame. Each camera's results come
+    in the order it sent them, none is taken for an id that went back, and the repeated frame is
+    still found frozen."""
+    rng = np.random.default_rng(7)
+    big = rng.integers(0, 255, (960, 1280, 3), dtype=np.uint8)
+    messages, sent = [], {"a": [], "b": []}
+    for i in range(24):
+        camera = "ab"[i % 2]
+        image = big if i % 3 == 0 else FRAME
+        encoding = "png" if image is big else "raw"
+        messages.append(frame_message(camera, i, image, encoding))
+        sent[camera].append(i)
+    short = {"v": 1, "camera_id": "a", "frame_id": 100, "ts_ns": 0, "encoding": "raw", "shape": [4, 4, 3]}
+    messages.insert(5, [json.dumps({**short, "dtype": "uint8"}).encode(), b"too short"])
+    messages += [frame_message("c", 0, FRAME), frame_message("c", 1, FRAME)]  # frozen: the same frame again
+    with DaemonProcess(tiny_model, "--set", "edge.decode_workers=3", "--max-batch", "4") as daemon:
+        sub = Subscriber(daemon.results)
+        cam = Camera(daemon.frames)
+        for message in messages:
+            cam.send(message)
+        results = [h for h, _ in sub.collect(len(messages), timeout=60)]
+        cam.close()
+        log_text = daemon.log_text()
+    assert len(results) == len(messages)
+    for camera, ids in sent.items():
+        assert [h["frame_id"] for h in results if h["camera_id"] == camera and h["status"] == "ok"] == ids
+    malformed = [h for h in results if h["frame_id"] == 100]
+    assert malformed[0]["status"] == "error" and "bytes" in malformed[0]["error"]
+    repeated = [h for h in results if h["camera_id"] == "c"]
+    assert "frozen" in repeated[1]["health"]["reasons"] and "frozen" not in repeated[0]["health"]["reasons"]
+    assert "sent frame id" not in log_text and "decoders 3" in log_text
