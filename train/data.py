@@ -326,8 +326,9 @@ def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 
     long_side = max(short_side, round(short_side * stretch / step) * step)
     size = (long_side, short_side) if aspect >= 1 else (short_side, long_side)
     log.info(
-        "image size auto: median aspect (height / width) %.3f of %d training images -> %dx%d (HxW)",
-        aspect, len(shapes), *size,
+        "image size auto: median aspect (height / width) %.3f of %d training images read (at most %d, evenly "
+        "spaced) -> %dx%d (HxW)",
+        aspect, len(shapes), SHAPES_READ, *size,
     )  # fmt: skip
     return size
 
@@ -339,12 +340,19 @@ def _fitted_aspect(shapes: list[tuple[int, int]]) -> tuple[float, float]:
     return aspect, min(MAX_ASPECT, max(aspect, 1 / MAX_ASPECT))
 
 
-def camera_shapes(category: str | Path, sample: int = 64, pixel_bits: int = PIXEL_BITS) -> list[tuple[int, int]]:
+# The training images whose shapes are read for `auto`'s aspect and the shape warnings: their
+# median is what counts, and 64 evenly spaced images find it without reading every header.
+SHAPES_READ = 64
+
+
+def camera_shapes(
+    category: str | Path, sample: int = SHAPES_READ, pixel_bits: int = PIXEL_BITS
+) -> list[tuple[int, int]]:
     """(H, W) of up to `sample` training images, evenly spaced over the sorted list."""
     return image_shapes(train_image_paths(category), sample, pixel_bits)
 
 
-def image_shapes(paths: list[Path], sample: int = 64, pixel_bits: int = PIXEL_BITS) -> list[tuple[int, int]]:
+def image_shapes(paths: list[Path], sample: int = SHAPES_READ, pixel_bits: int = PIXEL_BITS) -> list[tuple[int, int]]:
     """(H, W) of up to `sample` of `paths` as read (a 16-bit image by `pixel_bits`, which says
     nothing of its shape but keeps its warnings true), evenly spaced over the list. Unreadable
     ones are left out: reading the images (load_images) names them all at once. DataError when
