@@ -64,12 +64,16 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
             f"(HxW) x {pkg.channels}, its graph's sha256 verified",
             *_threshold_lines(scoring.threshold, source, pkg.sha256, overrides),
             f"backend {cfg.backend} x {len(serving.backends)}: built and warmed up in {built_s:.1f} s; "
-            f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms",
+            f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms; frames decoded by {_decoders(cfg.decoders())}",
             "camera health gate " + ("on" if serving.health else "off")
             + ", drift alarm " + ("on" if serving.drift else "off"),
         ]  # fmt: skip
     finally:
         serving.close()
+
+
+def _decoders(n: int) -> str:
+    return "the receiver thread" if n == 1 else f"{n} threads side by side (edge.decode_workers)"
 
 
 def _threshold_lines(configured: float, source: dict, sha256: str, overrides: Overrides) -> list[str]:

@@ -568,7 +568,11 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
         ok = run_vqad("serve", tiny_model, "--check", "--record", db, "--frames", daemon.frames,
                       "--results", daemon.results, "--set", f"edge.state_dir={daemon.dir}")  # fmt: skip
         assert daemon.alive() and sorted(daemon.dir.iterdir()) == held  # nothing made in its state folder
-    assert "its graph's sha256 verified" in ok.stdout and "a batch of" in ok.stdout
+    assert (
+        "its graph's sha256 verified" in ok.stdout
+        and "a batch of" in ok.stdout
+        and "decoded by the receiver thread" in ok.stdout
+    )
     assert f"in use now (by the daemon this one would replace?): frames {daemon.frames}" in ok.stdout
     assert f"note: the state folder is held now by a running daemon (pid {daemon.proc.pid})" in ok.stdout
     assert ok.stdout.strip().endswith("would start with this config")
