@@ -243,6 +243,7 @@ class Daemon:
         """With decode_workers > 1, a pool that decodes frames side by side for the receiver and
         one thread that admits them in the order they came (edge.inorder)."""
         workers = self.cfg.decoders()
+        self.metrics.decode_workers.set(workers)
         if workers > 1:
             self._admitter = "decode-order"
             self._decoders = InOrder(
@@ -481,6 +482,7 @@ class Daemon:
     def _decode(self, parts: list[bytes | memoryview], recv_ns: int, arrived_mono_ns: int) -> Decoded:
         """The costly, thread-safe part of accepting a frame: parse and decode the message and
         bring the frame to the model's input. Never raises: what failed is in the result."""
+        started = time.perf_counter()
         serving = self.serving  # one model for the frame's reading and its input
         decoded = Decoded(parts, recv_ns, arrived_mono_ns, serving)
         try:
@@ -490,6 +492,7 @@ class Daemon:
             )
         except Exception as exc:  # noqa: BLE001 - the frame's own failure: _admit answers it
             decoded.failure = exc
+        self.metrics.decode_seconds.inc(time.perf_counter() - started)
         return decoded
 
     def _admit(self, decoded: Decoded) -> None:

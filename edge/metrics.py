@@ -47,6 +47,15 @@ class DaemonMetrics:
             registry=r,
         )
         self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
+        self.decode_seconds = Counter(
+            "vqad_decode_seconds",
+            "Seconds spent reading frames into the model's input (parse, decode, resize), all decoding threads "
+            "together: near vqad_decode_workers a second, decoding sets the daemon's pace",
+            registry=r,
+        )
+        self.decode_workers = Gauge(
+            "vqad_decode_workers", "Threads that decode frames (1: the receiver thread alone)", registry=r
+        )
         self.batch_size = Histogram(
             "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )

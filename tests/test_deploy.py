@@ -209,6 +209,19 @@ ALERT_CASES = [
     ("VqadStalled", [("vqad_stalled", {}, "0 1 0x6")], None),  # one slow batch
     ("VqadBackendFailing", [("vqad_backend_errors_total", {}, "0 0 3x4")], "30s"),
     ("VqadRestartedUnclean", [("vqad_previous_exit_unclean", {}, "0 1x4")], "15s"),
+    # A PNG camera at 35 frames/s on one decoding thread of 29 ms a frame: busy all the time from
+    # the start, over 0.9 of the 5-minute rate's window at 4m45s, and 10 minutes after that.
+    (
+        "VqadDecodingSaturated",
+        [("vqad_decode_seconds_total", {}, "0+15x80"), ("vqad_decode_workers", {}, "1x80")],
+        "14m45s",
+    ),
+    # Two threads busy half of the time: room left.
+    (
+        "VqadDecodingSaturated",
+        [("vqad_decode_seconds_total", {}, "0+15x80"), ("vqad_decode_workers", {}, "2x80")],
+        None,
+    ),
     ("VqadCameraDrift", [("vqad_drift_alarm", CAM0, "1x24")], "5m"),
     ("VqadCameraDrift", [("vqad_drift_alarm", CAM0, "1x10 0x14")], None),
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.

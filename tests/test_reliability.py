@@ -763,7 +763,9 @@ def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tin
     short = {"v": 1, "camera_id": "a", "frame_id": 100, "ts_ns": 0, "encoding": "raw", "shape": [4, 4, 3]}
     messages.insert(5, [json.dumps({**short, "dtype": "uint8"}).encode(), b"too short"])
     messages += [frame_message("c", 0, FRAME), frame_message("c", 1, FRAME)]  # frozen: the same frame again
-    with DaemonProcess(tiny_model, "--set", "edge.decode_workers=3", "--max-batch", "4") as daemon:
+    port = free_loopback_port()
+    args = ("--set", "edge.decode_workers=3", "--max-batch", "4", "--metrics-port", str(port))
+    with DaemonProcess(tiny_model, *args) as daemon:
         sub = Subscriber(daemon.results)
         cam = Camera(daemon.frames)
         for message in messages:
@@ -771,6 +773,7 @@ def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tin
         results = [h for h, _ in sub.collect(len(messages), timeout=60)]
         cam.close()
         log_text = daemon.log_text()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert len(results) == len(messages)
     for camera, ids in sent.items():
         assert [h["frame_id"] for h in results if h["camera_id"] == camera and h["status"] == "ok"] == ids
@@ -779,3 +782,6 @@ def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tin
     repeated = [h for h in results if h["camera_id"] == "c"]
     assert "frozen" in repeated[1]["health"]["reasons"] and "frozen" not in repeated[0]["health"]["reasons"]
     assert "sent frame id" not in log_text and "decoders 3" in log_text
+    # The time the decoding threads took, for the alert that says they set the daemon's pace.
+    assert re.search(r"^vqad_decode_workers 3\.0$", metrics, re.M)
+    assert 0 < float(re.search(r"^vqad_decode_seconds_total (\S+)$", metrics, re.M).group(1)) < 60
