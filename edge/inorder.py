@@ -1,7 +1,7 @@
 """Work done side by side, handed on in the order it came: the daemon's frame decoding.
 
-A 1280 x 1024 JPEG takes about 6 ms to decode and 2 ms to shrink on one core of the reference
-CPU (a PNG 21 ms), so one receiver thread caps a daemon near 120 such frames a second (45 as
+A 1280 x 1024 JPEG takes about 6 ms to read into the model's input on a core of a 2-core AMD
+EPYC (a PNG 29 ms), so one receiver thread caps a daemon near 170 such frames a second (34 as
 PNG), whatever the GPU does. `InOrder` runs that work on a pool of threads (OpenCV releases the
 GIL) and hands each result on from one thread of its own, in the order the items came: the
 checks that follow (a frozen camera, frame ids that go back, the queue's order) see each

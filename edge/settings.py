@@ -104,7 +104,7 @@ class EdgeConfig:
     opencv_threads: int = 1
     # Threads that decode and resize frames side by side, their frames admitted in the order they
     # came (edge/inorder.py). One receiver thread decodes about 120 JPEG frames of 1280 x 1024 a
-    # second on a core of the reference CPU (45 as PNG): a GPU infers faster than that. 1 = the
+    # second on a core of a 2-core AMD EPYC (34 as PNG): a GPU infers faster than that. 1 = the
     # receiver alone. 0 = automatic: 1 for onnxruntime, whose inference wants the cores, and for
     # tensorrt half the cores, at most 4 (the rest left to ZeroMQ, the publisher and the record).
     decode_workers: int = 0
