@@ -103,7 +103,7 @@ class EdgeConfig:
     # more than it saves (1280x1024 -> 128 px: 2.5 ms on 2 threads, 1.5 ms on 1). 0 = OpenCV's default.
     opencv_threads: int = 1
     # Threads that decode and resize frames side by side, their frames admitted in the order they
-    # came (edge/inorder.py). One receiver thread decodes about 120 JPEG frames of 1280 x 1024 a
+    # came (edge/inorder.py). One receiver thread decodes about 170 JPEG frames of 1280 x 1024 a
     # second on a core of a 2-core AMD EPYC (34 as PNG): a GPU infers faster than that. 1 = the
     # receiver alone. 0 = automatic: 1 for onnxruntime, whose inference wants the cores, and for
     # tensorrt half the cores, at most 4 (the rest left to ZeroMQ, the publisher and the record).
