@@ -3,7 +3,9 @@
 Threads, each owning its own sockets (ZeroMQ sockets are not thread-safe):
 - receiver: reads frame messages, parses and preprocesses them (decode, resize: this
   overlaps with inference of the current batch), and queues them. Malformed frames
-  become error results at once.
+  become error results at once. With `decode_workers` > 1 it hands the parsing and
+  preprocessing to that many threads, and one more ("decode-order") queues the frames in
+  the order they came (edge.inorder).
 - inference workers (the main thread, plus `inference_workers - 1` more, each with its own
   backend instance): dynamic batching and inference, then post-processing into results.
   Batches are numbered as they leave the queue.
