@@ -19,7 +19,7 @@ import zmq
 
 from edge import transport
 from edge.errors import DataError
-from edge.frames import IMAGE_SUFFIXES, PIXEL_BITS, find_images, read_image
+from edge.frames import IMAGE_SUFFIXES, PIXEL_BITS, encoded_size, find_images, read_image
 from edge.logrepeat import RepeatedLog
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
@@ -82,6 +82,28 @@ def iter_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS
             cap.release()
         if not loop or index == 0:
             return
+
+
+# The files whose own bytes travel when the frames go in their encoding.
+_FILE_ENCODINGS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
+
+
+def own_bytes(name: str, encoding: str, image: np.ndarray) -> bytes | None:
+    """A JPEG or PNG file's own bytes when its frames travel in its encoding: the daemon then
+    decodes the pixels the file holds, as `vqad score` and training read them (a JPEG encoded
+    again would be compressed twice), and this process encodes nothing. None when the frame must
+    be encoded: another encoding, a frame of a video or a device, or a file whose 16-bit counts
+    were read by `pixel_bits` into the 8-bit frame."""
+    path = Path(name)
+    if _FILE_ENCODINGS.get(path.suffix.lower()) != encoding:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if encoded_size(data) != image.shape[:2] or (encoding == "png" and data[24] > 8):  # IHDR's bit depth
+        return None
+    return data
 
 
 def _folder_frames(path: Path, loop: bool, pixel_bits: int) -> Iterator[tuple[str, np.ndarray]]:
@@ -285,7 +307,8 @@ def run_camera(
             pace.wait()
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
-            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id, sender=sender)
+            own = own_bytes(name, encoding, image)
+            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id, sender=sender, encoded=own)
             if not _wait_for_room(sock, stop, endpoint):
                 break
             sock.send_multipart(message, copy=False)

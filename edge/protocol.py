@@ -272,12 +272,14 @@ def frame_message(
     color_order: str = "BGR",
     sender: str | None = None,
     pixel_bits: int | None = None,
+    encoded: bytes | None = None,
 ) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
     camera` sends; `color_order` RGB for a raw image in that order); `part_id`, the part's
     identity, comes back in its result; `sender`, the sending process, lets the daemon tell two
     senders given one camera id apart; `pixel_bits` says how many bits a 16-bit image's counts
-    fill (12 for Mono12), when not the model's."""
+    fill (12 for Mono12), when not the model's. `encoded`: `image` already encoded as
+    `encoding` (jpeg or png: a file's own bytes), sent as they are."""
     if image.ndim == 2:
         image = image[:, :, None]
     header: dict[str, Any] = {
@@ -299,6 +301,8 @@ def frame_message(
         header["pixel_bits"] = pixel_bits
     if encoding == "raw":
         payload = np.ascontiguousarray(image, RAW_DTYPES[header["dtype"]]).data  # the array's memory, no copy
+    elif encoding in ("jpeg", "png") and encoded is not None:
+        payload = encoded
     elif encoding in ("jpeg", "png"):
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image)
         if not ok:

@@ -785,3 +785,35 @@ def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tin
     # The time the decoding threads took, for the alert that says they set the daemon's pace.
     assert re.search(r"^vqad_decode_workers 3\.0$", metrics, re.M)
     assert 0 < float(re.search(r"^vqad_decode_seconds_total (\S+)$", metrics, re.M).group(1)) < 60
+
+
+def test_a_camera_sends_jpeg_and_png_files_as_they_are_in_their_own_encoding(tmp_path):
+    """`vqad camera DIR --encoding jpeg|png`: a file of that encoding travels as its own bytes,
+    so the daemon decodes the pixels training and `vqad score` read (a JPEG encoded again would
+    be compressed twice); a 16-bit PNG, read by its pixel_bits, and a file of the other encoding
+    are encoded from the frame."""
+    from edge import camera
+    from edge.frames import read_image
+    from edge.protocol import decode_image
+
+    rng = np.random.default_rng(3)
+    colour = cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "a.jpg"), colour, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    cv2.imwrite(str(tmp_path / "b.png"), colour[:, :, 0])
+    cv2.imwrite(str(tmp_path / "c.png"), (rng.integers(0, 4096, (60, 80)) * 16).astype(np.uint16))
+    for encoding, own in (("jpeg", {"a.jpg"}), ("png", {"b.png"})):
+        ctx = zmq.Context.instance()
+        pull = ctx.socket(zmq.PULL)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        try:
+            camera.run_camera(str(tmp_path), f"tcp://127.0.0.1:{port}", encoding=encoding, linger_s=5)
+            received = [pull.recv_multipart() for _ in range(3) if pull.poll(5000)]
+        finally:
+            pull.close(linger=0)
+        assert len(received) == 3
+        for (head, payload), name in zip(received, ("a.jpg", "b.png", "c.png"), strict=True):
+            assert json.loads(head)["encoding"] == encoding
+            file = tmp_path / name
+            assert (payload == file.read_bytes()) == (name in own), (encoding, name)
+            if name in own or encoding == "png":  # what the daemon decodes is what training reads
+                np.testing.assert_array_equal(decode_image(payload), read_image(file))

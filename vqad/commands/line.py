@@ -661,8 +661,9 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--fps", type=at_least(0, float), default=0.0, help="frames per second (0 = as fast as accepted)")
     c.add_argument("--camera-id", type=identifier, default="cam0", help="the camera's id in each frame (default cam0)")
     c.add_argument(
-        "--encoding", choices=["raw", "jpeg", "png"], default="raw", help="how each frame travels (default raw pixels)"
-    )
+        "--encoding", choices=["raw", "jpeg", "png"], default="raw",
+        help="how each frame travels (default raw pixels); a JPEG or PNG file in its own encoding travels as it is",
+    )  # fmt: skip
     c.add_argument("--loop", action="store_true", help="start the folder or file again at its end")
     c.add_argument("--count", type=at_least(0), default=0, help="stop after this many frames (0 = no limit)")
     c.add_argument(
