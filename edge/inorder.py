@@ -25,8 +25,9 @@ class InOrder(Generic[Done]):
     """`work(*args)` on `workers` threads; `then(result)` on one thread (named `name`), in the
     order of `submit`. At most `window` items wait behind the one being handed on: `submit`
     waits (calling `waiting` each tenth of a second) while the window is full, which passes
-    backpressure on to the caller. `work` must not raise (it returns what failed); an exception of `then` ends the
-    ordering thread through `guard` (which reports it) and makes `submit` raise."""
+    backpressure on to the caller. `work` must not raise (it returns what failed); an
+    exception of `then` ends the ordering thread through `guard` (which reports it) and makes
+    `submit` raise."""
 
     def __init__(
         self,
