@@ -253,19 +253,17 @@ def bench_decoding(
     model_dir: Path, shape: tuple[int, int, int] = (1024, 1280, 3), workers=(1, 2, 4), seconds: float = 3.0
 ) -> dict[str, Any]:
     """Frames a second through the daemon's decoding stage alone (edge.protocol.parse_frame and
-    edge.frames.to_model_input, as Daemon._decode runs them, handed on in order by
+    edge.frames.InputFormat.frame, as Daemon._decode runs them, handed on in order by
     edge.inorder), per encoding and count of decode threads; 1 is the receiver alone."""
-    from edge.frames import to_model_input
     from edge.package import load_package
     from edge.protocol import Limits, frame_message, parse_frame
 
     package = load_package(model_dir)
-    limits = Limits(65536, 4096 * 4096, 8 * 4096 * 4096)
+    limits = Limits()  # the protocol's default bounds
     image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), (0, 0), 3)
 
     def decode(parts: list) -> np.ndarray:
-        frame = parse_frame(parts, limits, 0, package.pixel_bits)
-        return to_model_input(frame.image, package.image_size, package.channels)
+        return package.input_format.frame(parse_frame(parts, limits, 0, package.pixel_bits).image)
 
     out: dict[str, Any] = {"frame": "x".join(map(str, shape)), "model_input": list(package.image_size)}
     for encoding in ("raw", "jpeg", "png"):

@@ -40,7 +40,6 @@ from edge import transport
 from edge.batcher import FrameQueue
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
-from edge.frames import to_model_input
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
@@ -489,9 +488,7 @@ class Daemon:
         decoded = Decoded(parts, recv_ns, arrived_mono_ns, serving)
         try:
             decoded.frame = parse_frame(parts, self.limits, recv_ns, serving.package.pixel_bits)
-            decoded.model_input = to_model_input(
-                decoded.frame.image, serving.package.image_size, serving.package.channels
-            )
+            decoded.model_input = serving.package.input_format.frame(decoded.frame.image)
         except Exception as exc:  # noqa: BLE001 - the frame's own failure: _admit answers it
             decoded.failure = exc
         self.metrics.decode_seconds.inc(time.perf_counter() - started)
