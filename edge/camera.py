@@ -19,7 +19,15 @@ import zmq
 
 from edge import transport
 from edge.errors import DataError
-from edge.frames import IMAGE_SUFFIXES, PIXEL_BITS, encoded_size, find_images, read_image
+from edge.frames import (
+    IMAGE_SUFFIXES,
+    PIXEL_BITS,
+    find_images,
+    png_bit_depth,
+    png_damage,
+    read_image,
+    stated_size,
+)
 from edge.logrepeat import RepeatedLog
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
@@ -47,18 +55,21 @@ def is_live(source: str) -> bool:
     return source.isdigit() or "://" in source or source.startswith("/dev/")
 
 
-def iter_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, image) from a folder (recursive, sorted; a 16-bit image file read by its low
-    `pixel_bits` bits), a video file, or a capture device or stream URL (reopened when it stops
-    giving frames, until `stop()`)."""
+def iter_source(
+    source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
+) -> Iterator[tuple[str, np.ndarray | bytes]]:
+    """Yield (name, frame) from a folder (recursive, sorted), an image file, a video file, or a
+    capture device or stream URL (reopened when it stops giving frames, until `stop()`). A frame
+    is an image, or a JPEG or PNG file's own bytes when the frames travel in its `encoding`
+    (as_sent); a 16-bit image file is read by its low `pixel_bits` bits."""
     path = Path(source)
     if path.is_dir():
-        yield from _folder_frames(path, loop, pixel_bits)
+        yield from _folder_frames(path, loop, pixel_bits, encoding)
         return
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        image = read_image(path, pixel_bits)
+        frame = as_sent(path, encoding, pixel_bits)
         while True:
-            yield str(path), image
+            yield str(path), frame
             if not loop:
                 return
     if is_live(source):
@@ -88,44 +99,46 @@ def iter_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS
 _FILE_ENCODINGS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 
 
-def own_bytes(name: str, encoding: str, image: np.ndarray) -> bytes | None:
-    """A JPEG or PNG file's own bytes when its frames travel in its encoding: the daemon then
-    decodes the pixels the file holds, as `vqad score` and training read them (a JPEG encoded
-    again would be compressed twice), and this process encodes nothing. None when the frame must
-    be encoded: another encoding, a frame of a video or a device, or a file whose 16-bit counts
-    were read by `pixel_bits` into the 8-bit frame."""
-    path = Path(name)
-    if _FILE_ENCODINGS.get(path.suffix.lower()) != encoding:
-        return None
+def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarray | bytes:
+    """The frame an image file becomes: its own bytes, not decoded, when it is a JPEG or PNG and
+    the frames travel in its encoding (the daemon then decodes the pixels the file holds, as
+    `vqad score` and training read them: a JPEG encoded again would be compressed twice, and
+    this process spends nothing on it); else its image (read_image), which frame_message
+    encodes. A PNG's chunks are checked first and a damaged one is read, to be refused here; a
+    JPEG's data past its header is not, and the daemon's result says what is wrong with it.
+    A 16-bit PNG is read by `pixel_bits` into the 8-bit frame. DataError when it cannot be read."""
+    if _FILE_ENCODINGS.get(file.suffix.lower()) != encoding:
+        return read_image(file, pixel_bits)
     try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if encoded_size(data) != image.shape[:2] or (encoding == "png" and data[24] > 8):  # IHDR's bit depth
-        return None
-    return data
+        data = file.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {file}: {exc.strerror or exc}") from exc
+    whole = stated_size(data, encoding) is not None
+    if whole and encoding == "png":
+        whole = (png_bit_depth(data) or 16) <= 8 and png_damage(data) is None
+    return data if whole else read_image(file, pixel_bits, data)
 
 
-def _folder_frames(path: Path, loop: bool, pixel_bits: int) -> Iterator[tuple[str, np.ndarray]]:
-    """A folder's images in order. One that cannot be read (a file still being copied, a broken
-    one) is skipped with a warning, so that it does not end the replay of the thousands after
-    it; a folder with none readable is a DataError."""
+def _folder_frames(path: Path, loop: bool, pixel_bits: int, encoding: str) -> Iterator[tuple[str, np.ndarray | bytes]]:
+    """A folder's images in order (as_sent). One that cannot be read (a file still being copied,
+    a broken one) is skipped with a warning, so that it does not end the replay of the thousands
+    after it; a folder with none readable is a DataError."""
     files = find_images(path)
     if not files:
         raise DataError(f"no images in {path}")
-    # A looped small folder is decoded once: the sender should cost the line nothing.
-    cache: dict[Path, np.ndarray | None] | None = {} if loop and len(files) <= 256 else None
+    # A looped small folder is read once: the sender should cost the line nothing.
+    cache: dict[Path, np.ndarray | bytes | None] | None = {} if loop and len(files) <= 256 else None
     skipped_log = RepeatedLog(log)
     while True:
         skipped = 0
         for f in files:
-            image = cache[f] if cache is not None and f in cache else _readable(f, skipped_log, pixel_bits)
+            frame = cache[f] if cache is not None and f in cache else _readable(f, skipped_log, pixel_bits, encoding)
             if cache is not None:
-                cache[f] = image
-            if image is None:
+                cache[f] = frame
+            if frame is None:
                 skipped += 1
             else:
-                yield str(f), image
+                yield str(f), frame
         if skipped == len(files):
             raise DataError(f"no readable images in {path} (of {len(files)})")
         if skipped and cache is None:
@@ -134,10 +147,10 @@ def _folder_frames(path: Path, loop: bool, pixel_bits: int) -> Iterator[tuple[st
             return
 
 
-def _readable(file: Path, skipped_log: RepeatedLog, pixel_bits: int) -> np.ndarray | None:
-    """read_image, or None after a warning when the file cannot be read."""
+def _readable(file: Path, skipped_log: RepeatedLog, pixel_bits: int, encoding: str) -> np.ndarray | bytes | None:
+    """as_sent, or None after a warning when the file cannot be read."""
     try:
-        return read_image(file, pixel_bits)
+        return as_sent(file, encoding, pixel_bits)
     except DataError as exc:
         skipped_log.log("%s; skipped", exc)
         return None
@@ -301,14 +314,13 @@ def run_camera(
     # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
     sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
-        for name, image in iter_source(source, loop, stop, pixel_bits):
+        for name, frame in iter_source(source, loop, stop, pixel_bits, encoding):
             if stop is not None and stop():
                 break
             pace.wait()
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
-            own = own_bytes(name, encoding, image)
-            message = frame_message(camera_id, frame_id, image, encoding, part_id=part_id, sender=sender, encoded=own)
+            message = frame_message(camera_id, frame_id, frame, encoding, part_id=part_id, sender=sender)
             if not _wait_for_room(sock, stop, endpoint):
                 break
             sock.send_multipart(message, copy=False)

@@ -105,6 +105,24 @@ def encoded_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
+# The first bytes of the encodings a frame's file may travel in, as it is.
+SIGNATURES = {"jpeg": b"\xff\xd8", "png": PNG_SIGNATURE}
+
+
+def stated_size(data: bytes | memoryview, encoding: str) -> tuple[int, int] | None:
+    """(height, width) that JPEG or PNG bytes state, when they are of `encoding`; else None."""
+    signature = SIGNATURES.get(encoding)
+    return encoded_size(data) if signature is not None and bytes(data[: len(signature)]) == signature else None
+
+
+def png_bit_depth(data: bytes | memoryview) -> int | None:
+    """The bits per sample a PNG's IHDR states (1, 2, 4, 8 or 16); None for another format."""
+    head = bytes(data[:25])
+    if len(head) == 25 and head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
 def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """Walk the JPEG's marker segments to its start-of-frame; None if it is not reached."""
     pos, end = 2, len(data)
@@ -162,11 +180,12 @@ def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
     return to_uint8(image, pixel_bits)
 
 
-def read_image(path: str | Path, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
-    """Read an image file (decode_image). Raises DataError naming the file when it is unreadable."""
+def read_image(path: str | Path, pixel_bits: int = PIXEL_BITS, data: bytes | None = None) -> np.ndarray:
+    """Read an image file (decode_image); `data`: its bytes, when already read. Raises DataError
+    naming the file when it is unreadable."""
     path = Path(path)
     try:
-        return decode_image(path.read_bytes(), pixel_bits)
+        return decode_image(path.read_bytes() if data is None else data, pixel_bits)
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     except FrameError as exc:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from edge.errors import FrameError
-from edge.frames import PIXEL_BITS, check_pixel_bits, decode_image, encoded_size, to_uint8
+from edge.frames import PIXEL_BITS, check_pixel_bits, decode_image, encoded_size, stated_size, to_uint8
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
@@ -265,30 +265,34 @@ def capture_time_ns(ts_ns: int, recv_ns: int) -> int:
 def frame_message(
     camera_id: str,
     frame_id: int,
-    image: np.ndarray,
+    image: np.ndarray | bytes,
     encoding: str = "raw",
     ts_ns: int | None = None,
     part_id: str | None = None,
     color_order: str = "BGR",
     sender: str | None = None,
     pixel_bits: int | None = None,
-    encoded: bytes | None = None,
 ) -> list[bytes | memoryview]:
     """Build a v1 frame message from an (H, W[, C]) uint8 image, or uint16 for raw (what `vqad
-    camera` sends; `color_order` RGB for a raw image in that order); `part_id`, the part's
-    identity, comes back in its result; `sender`, the sending process, lets the daemon tell two
-    senders given one camera id apart; `pixel_bits` says how many bits a 16-bit image's counts
-    fill (12 for Mono12), when not the model's. `encoded`: `image` already encoded as
-    `encoding` (jpeg or png: a file's own bytes), sent as they are."""
-    if image.ndim == 2:
-        image = image[:, :, None]
+    camera` sends; `color_order` RGB for a raw image in that order), or from a JPEG or PNG
+    file's own bytes in that `encoding`, sent as they are (shape [H, W], from their header);
+    `part_id`, the part's identity, comes back in its result; `sender`, the sending process,
+    lets the daemon tell two senders given one camera id apart; `pixel_bits` says how many bits
+    a 16-bit image's counts fill (12 for Mono12), when not the model's."""
+    if isinstance(image, bytes):
+        shape = _encoded_shape(image, encoding)
+    else:
+        image = image[:, :, None] if image.ndim == 2 else image
+        shape = list(image.shape)
     header: dict[str, Any] = {
         "v": VERSION,
         "camera_id": camera_id,
         "frame_id": int(frame_id),
         "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
-        "shape": list(image.shape),
-        "dtype": "uint16" if image.dtype.itemsize == 2 and encoding == "raw" else "uint8",
+        "shape": shape,
+        "dtype": "uint16"
+        if not isinstance(image, bytes) and image.dtype.itemsize == 2 and encoding == "raw"
+        else "uint8",
         "encoding": encoding,
     }
     if part_id is not None:
@@ -299,10 +303,10 @@ def frame_message(
         header["color_order"] = color_order
     if pixel_bits is not None:
         header["pixel_bits"] = pixel_bits
-    if encoding == "raw":
+    if isinstance(image, bytes):
+        payload = image
+    elif encoding == "raw":
         payload = np.ascontiguousarray(image, RAW_DTYPES[header["dtype"]]).data  # the array's memory, no copy
-    elif encoding in ("jpeg", "png") and encoded is not None:
-        payload = encoded
     elif encoding in ("jpeg", "png"):
         ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image)
         if not ok:
@@ -311,6 +315,14 @@ def frame_message(
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     return [json.dumps(header).encode(), payload]
+
+
+def _encoded_shape(data: bytes, encoding: str) -> list[int]:
+    """[H, W] that a JPEG or PNG file's header states; ValueError for bytes of another kind."""
+    size = stated_size(data, encoding)
+    if size is None:
+        raise ValueError(f"a frame's own bytes are a JPEG or PNG whose header states its size, in {encoding!r}")
+    return list(size)
 
 
 def result_header(

@@ -699,13 +699,19 @@ def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
     for name in ("a.png", "c.png"):
         cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), 9, np.uint8))
     (tmp_path / "b.png").write_bytes(b"half a file")
-    with caplog.at_level(logging.WARNING, "edge.camera"):
-        once = [Path(name).name for name, _ in camera.iter_source(str(tmp_path), loop=False)]
-        looped = camera.iter_source(str(tmp_path), loop=True)
-        twice = [Path(next(looped)[0]).name for _ in range(4)]
-    assert once == ["a.png", "c.png"] and twice == ["a.png", "c.png", "a.png", "c.png"]
-    assert "unreadable image" in caplog.text and "b.png" in caplog.text
-    assert "1 of 3 images in" in caplog.text
+    whole = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b2.png").write_bytes(whole[: len(whole) // 2])  # its header whole, its data cut
+    for encoding in ("raw", "png"):  # a PNG sent as its own bytes is checked all the same
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "edge.camera"):
+            once = [Path(name).name for name, _ in camera.iter_source(str(tmp_path), False, encoding=encoding)]
+            looped = camera.iter_source(str(tmp_path), loop=True, encoding=encoding)
+            twice = [Path(next(looped)[0]).name for _ in range(4)]
+        assert once == ["a.png", "c.png"] and twice == ["a.png", "c.png", "a.png", "c.png"], encoding
+        assert "unreadable image" in caplog.text and "b.png" in caplog.text  # once a minute: b2 is counted
+        assert "2 of 4 images in" in caplog.text
+        with pytest.raises(DataError, match="b2.png: the PNG is cut short"):
+            camera.as_sent(tmp_path / "b2.png", encoding)
     for name in ("a.png", "c.png"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(DataError, match="no readable images"):

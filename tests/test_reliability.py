@@ -787,14 +787,17 @@ def test_frames_decoded_side_by_side_keep_each_cameras_order_and_every_check(tin
     assert 0 < float(re.search(r"^vqad_decode_seconds_total (\S+)$", metrics, re.M).group(1)) < 60
 
 
-def test_a_camera_sends_jpeg_and_png_files_as_they_are_in_their_own_encoding(tmp_path):
+def test_a_camera_sends_jpeg_and_png_files_as_they_are_in_their_own_encoding(tmp_path, monkeypatch):
     """`vqad camera DIR --encoding jpeg|png`: a file of that encoding travels as its own bytes,
-    so the daemon decodes the pixels training and `vqad score` read (a JPEG encoded again would
-    be compressed twice); a 16-bit PNG, read by its pixel_bits, and a file of the other encoding
-    are encoded from the frame."""
+    not decoded by the camera, so the daemon decodes the pixels training and `vqad score` read
+    (a JPEG encoded again would be compressed twice); a 16-bit PNG, read by its pixel_bits, and
+    a file of the other encoding are decoded and encoded from the frame."""
     from edge import camera
     from edge.frames import read_image
     from edge.protocol import decode_image
+
+    decoded: list[str] = []
+    monkeypatch.setattr(camera, "read_image", lambda path, *a: decoded.append(path.name) or read_image(path, *a))
 
     rng = np.random.default_rng(3)
     colour = cv2.GaussianBlur(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (0, 0), 2)
@@ -802,6 +805,7 @@ def test_a_camera_sends_jpeg_and_png_files_as_they_are_in_their_own_encoding(tmp
     cv2.imwrite(str(tmp_path / "b.png"), colour[:, :, 0])
     cv2.imwrite(str(tmp_path / "c.png"), (rng.integers(0, 4096, (60, 80)) * 16).astype(np.uint16))
     for encoding, own in (("jpeg", {"a.jpg"}), ("png", {"b.png"})):
+        decoded.clear()
         ctx = zmq.Context.instance()
         pull = ctx.socket(zmq.PULL)
         port = pull.bind_to_random_port("tcp://127.0.0.1")
@@ -811,8 +815,9 @@ def test_a_camera_sends_jpeg_and_png_files_as_they_are_in_their_own_encoding(tmp
         finally:
             pull.close(linger=0)
         assert len(received) == 3
+        assert sorted(decoded) == sorted({"a.jpg", "b.png", "c.png"} - own), encoding
         for (head, payload), name in zip(received, ("a.jpg", "b.png", "c.png"), strict=True):
-            assert json.loads(head)["encoding"] == encoding
+            assert json.loads(head)["encoding"] == encoding and json.loads(head)["shape"][:2] == [60, 80]
             file = tmp_path / name
             assert (payload == file.read_bytes()) == (name in own), (encoding, name)
             if name in own or encoding == "png":  # what the daemon decodes is what training reads
