@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # names its parts as cameras.
 MANY_CAMERAS = 64
 
+DECODE_ORDER = "decode-order"  # the thread that admits frames decoded side by side, in order
+
 
 @dataclass
 class Decoded:
@@ -143,7 +145,6 @@ class Daemon:
         self.control: Control | None = None
         self.threads: list[threading.Thread] = []
         self._decoders: InOrder[Decoded] | None = None  # decode_workers > 1: frames decoded side by side
-        self._admitter = "receiver"  # the loop that admits decoded frames (liveness)
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
@@ -246,11 +247,15 @@ class Daemon:
         workers = self.cfg.decoders()
         self.metrics.decode_workers.set(workers)
         if workers > 1:
-            self._admitter = "decode-order"
             self._decoders = InOrder(
-                workers, self._decode, self._admit, window=2 * workers, name=self._admitter,
+                workers, self._decode, self._admit, window=2 * workers, name=DECODE_ORDER,
                 beat=lambda: self.liveness.beat(self._admitter), guard=lambda run: self._guarded(run, self._admitter),
             )  # fmt: skip
+
+    @property
+    def _admitter(self) -> str:
+        """The loop that admits decoded frames, by its liveness name."""
+        return DECODE_ORDER if self._decoders is not None else "receiver"
 
     def record_status(self) -> dict[str, Any] | None:
         """The record's state as the heartbeat and `vqad ctl status` say it (None without a record)."""
