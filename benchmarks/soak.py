@@ -3,6 +3,7 @@ messages mixed in. Not part of CI.
 
     python -m benchmarks.soak MODEL_DIR [--minutes 10] [--load 0.8] [--malformed 0.01] [--window-s 30]
                                         [--warmup-s 60] [--record [--record-max-gb 0.02]] [--reload-every-s S]
+                                        [--encoding raw|jpeg|png] [--decode-workers N]
 
 Reports frames sent, results by status, frames lost (must be 0), the daemon's RSS at the
 start and the end (growth must stay under 5%), its open file descriptors and threads (at most
@@ -19,7 +20,9 @@ evidence quota small enough that the oldest evidence is removed throughout; ever
 requires a row for every result and the evidence within its quota. With `--reload-every-s S`
 the model is reloaded through the control socket (`vqad ctl reload`) every S seconds from the
 RSS "start" on, as a line that updates its model; every reload must succeed, and the growth
-then covers them.
+then covers them. With `--encoding png` (or jpeg) the frames travel encoded, and with
+`--decode-workers N` the daemon decodes them on N threads (edge.decode_workers; 0: its default):
+the malformed frames' error results then come through the pool that keeps the frames in order.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ BURST_FRAMES = 200
 class Soak:
     """A daemon, a sender and a subscriber thread that keeps every result's status and latency."""
 
-    def __init__(self, model_dir: Path, workdir: Path, settings: tuple[str, ...], shape: tuple[int, int, int]):
+    def __init__(
+        self, model_dir: Path, workdir: Path, settings: tuple[str, ...], shape: tuple[int, int, int], encoding: str
+    ):
         self.daemon = Daemon(model_dir, workdir, max_batch=8, max_delay_ms=10.0, settings=settings)
         ctx = zmq.Context.instance()
         self.sub = ctx.socket(zmq.SUB)
@@ -69,7 +74,10 @@ class Soak:
         self.push.connect(self.daemon.frames)
         time.sleep(0.5)
         self.rng = np.random.default_rng(0)
-        self.frames = [self.rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(16)]
+        images = [self.rng.integers(0, 255, shape, dtype=np.uint8) for _ in range(16)]
+        # Encoded once: the sender must not be what sets the pace.
+        self.frames = images if encoding == "raw" else [frame_message("", 0, im, encoding)[1] for im in images]
+        self.encoding = encoding
         self.received: dict[int, str] = {}
         self.latencies: list[tuple[float, float]] = []  # (when, total latency ms) of ok results
         self.malformed_ids: set[int] = set()
@@ -93,7 +101,7 @@ class Soak:
     def send(self, malformed: bool) -> None:
         """The next frame; a malformed one (its byte count does not match its shape) must get an
         error result."""
-        message = frame_message("soak", self.sent, self.frames[self.sent % len(self.frames)])
+        message = frame_message("soak", self.sent, self.frames[self.sent % len(self.frames)], self.encoding)
         if malformed:
             header = json.loads(message[0])
             header["shape"] = [7, 7, 3]
@@ -177,21 +185,27 @@ def run_soak(
     shape: tuple[int, int, int] = (256, 256, 3),
     record_max_gb: float | None = None,
     reload_every_s: float = 0.0,
+    encoding: str = "raw",
+    decode_workers: int = 0,
 ) -> dict[str, Any]:
     """record_max_gb: record every result with this evidence quota (None: no record);
-    reload_every_s: reload the model this often after the warm-up (0: never)."""
+    reload_every_s: reload the model this often after the warm-up (0: never); encoding: how
+    the frames travel; decode_workers: edge.decode_workers (0: the daemon's default)."""
     with scratch_dir("vqs") as workdir:
         return _soak(
-            workdir, model_dir, minutes, load, malformed, window_s, warmup_s, shape, record_max_gb, reload_every_s
-        )
+            workdir, model_dir, minutes, load, malformed, window_s, warmup_s, shape, record_max_gb, reload_every_s,
+            encoding, decode_workers,
+        )  # fmt: skip
 
 
 def _soak(
     workdir: Path, model_dir: Path, minutes: float, load: float, malformed: float, window_s: float, warmup_s: float,
-    shape: tuple[int, int, int], record_max_gb: float | None, reload_every_s: float,
+    shape: tuple[int, int, int], record_max_gb: float | None, reload_every_s: float, encoding: str,
+    decode_workers: int,
 ) -> dict[str, Any]:  # fmt: skip
     database, evidence, control = workdir / "line.db", workdir / "evidence", f"ipc://{workdir}/control"
     settings: tuple[str, ...] = (f"edge.control_endpoint={control}",) if reload_every_s > 0 else ()
+    settings += (f"edge.decode_workers={decode_workers}",)
     if record_max_gb is not None:
         settings += (
             f"edge.record=sqlite:///{database}",
@@ -200,7 +214,7 @@ def _soak(
             f"edge.record_max_gb={record_max_gb}",
             *EVERY_FRAME_PASSES,
         )
-    soak = Soak(model_dir, workdir, settings, shape)
+    soak = Soak(model_dir, workdir, settings, shape, encoding)
     throughput = soak.burst_throughput()
     rate = load * throughput
     rss_after_startup = soak.rss()
@@ -237,6 +251,8 @@ def _soak(
         "measured_throughput_fps": throughput,
         "offered_fps": rate,
         "frame_shape": list(shape),
+        "encoding": encoding,
+        "decode_workers": decode_workers,
         "frames_sent": soak.sent,
         "valid_sent": soak.sent - len(soak.malformed_ids),
         "malformed_sent": len(soak.malformed_ids),
@@ -297,6 +313,8 @@ if __name__ == "__main__":
     ap.add_argument("--record", action="store_true", help="record every result in SQLite, under an evidence quota")
     ap.add_argument("--record-max-gb", type=float, default=0.02, help="the evidence quota with --record")
     ap.add_argument("--reload-every-s", type=float, default=0.0, help="reload the model this often (0 = never)")
+    ap.add_argument("--encoding", choices=("raw", "jpeg", "png"), default="raw", help="how the frames travel")
+    ap.add_argument("--decode-workers", type=int, default=0, help="edge.decode_workers (0 = the daemon's default)")
     args = ap.parse_args()
     result = run_soak(
         args.model,
@@ -307,6 +325,8 @@ if __name__ == "__main__":
         args.warmup_s,
         record_max_gb=args.record_max_gb if args.record else None,
         reload_every_s=args.reload_every_s,
+        encoding=args.encoding,
+        decode_workers=args.decode_workers,
     )
     print(json.dumps(result, indent=2))
     raise SystemExit(0 if result["passed"] else 1)

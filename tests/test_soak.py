@@ -1,5 +1,6 @@
 """`python -m benchmarks.soak`, for a few seconds: every frame answered, every malformed one an
-error result, the RSS and latency windows reported; with the record, a row for every result. Its
+error result, the RSS and latency windows reported; with the record, a row for every result; PNG
+frames decoded side by side come back in full, the malformed ones as errors, as raw ones do. Its
 folder (sockets, database, evidence) is gone when it returns."""
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from benchmarks import soak
 from benchmarks.soak import BURST_FRAMES, run_soak
 
 
-@pytest.mark.parametrize("record", [False, True])
-def test_a_short_soak_answers_every_frame(tiny_model, record, monkeypatch):
+@pytest.mark.parametrize(
+    ("record", "encoding", "decode_workers"), [(False, "raw", 0), (True, "raw", 0), (False, "png", 2)]
+)
+def test_a_short_soak_answers_every_frame(tiny_model, record, encoding, decode_workers, monkeypatch):
     made: list[Path] = []  # the soak's own folder: other processes of the suite make /tmp folders too
     real_scratch_dir = soak.scratch_dir
 
@@ -27,7 +30,7 @@ def test_a_short_soak_answers_every_frame(tiny_model, record, monkeypatch):
     monkeypatch.setattr(soak, "scratch_dir", noted_scratch_dir)
     out = run_soak(
         tiny_model, minutes=0.05, load=0.5, malformed=0.2, window_s=1.0, warmup_s=1.0, shape=(32, 32, 3),
-        record_max_gb=0.001 if record else None,
+        record_max_gb=0.001 if record else None, encoding=encoding, decode_workers=decode_workers,
     )  # fmt: skip
     assert out["frames_sent"] > BURST_FRAMES and out["malformed_sent"] > 0
     assert out["frames_lost"] == 0 and out["malformed_without_error_result"] == 0
