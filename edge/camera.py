@@ -29,6 +29,7 @@ from edge.frames import (
     stated_size,
 )
 from edge.logrepeat import RepeatedLog
+from edge.progress import progress
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,29 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
     if whole and encoding == "png":
         whole = (png_bit_depth(data) or 16) <= 8 and png_damage(data) is None
     return data if whole else read_image(file, pixel_bits, data)
+
+
+def _replay_length(source: str, loop: bool, count: int) -> int | None:
+    """How many frames a replay of a folder or a file sends, where that is known before it starts
+    (a folder's unreadable images are skipped: a bar may end short of it)."""
+    if count:
+        return count
+    path = Path(source)
+    if loop:
+        return None
+    if path.is_dir():
+        return len(find_images(path))
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    if not path.is_file():  # iter_source says what it is not
+        return None
+    cap = _open_video(source)
+    if cap is None:
+        return None
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # 0 where the container does not say
+    finally:
+        cap.release()
 
 
 def _folder_frames(path: Path, loop: bool, pixel_bits: int, encoding: str) -> Iterator[tuple[str, np.ndarray | bytes]]:
@@ -314,7 +338,10 @@ def run_camera(
     # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
     sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
-        for name, frame in iter_source(source, loop, stop, pixel_bits, encoding):
+        frames = iter_source(source, loop, stop, pixel_bits, encoding)
+        if not is_live(source):  # a replay has an end, a bar on a terminal shows how near
+            frames = progress(frames, f"camera {camera_id}", total=_replay_length(source, loop, count), unit="frame")
+        for name, frame in frames:
             if stop is not None and stop():
                 break
             pace.wait()

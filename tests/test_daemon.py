@@ -718,6 +718,37 @@ def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
         list(camera.iter_source(str(tmp_path), loop=True))
 
 
+def test_a_replay_shows_its_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    """`vqad camera FOLDER` sending thousands of images: a bar on a terminal says how far it is,
+    of how many; in a log or a pipe, nothing but the closing line."""
+    import io
+
+    import zmq
+
+    from edge import camera, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8), 9 * i, np.uint8))
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+            monkeypatch.setattr(sys, "stderr", stream)
+            sent = camera.run_camera(str(tmp_path), f"tcp://127.0.0.1:{port}", camera_id="line3", linger_s=5)
+            received = [pull.recv_multipart() for _ in range(3) if pull.poll(5000)]
+            assert sent.frames == 3 and len(received) == 3
+            assert ("camera line3" in stream.getvalue() and "0/3" in stream.getvalue()) == shown
+    finally:
+        pull.close(linger=0)
+    assert camera._replay_length(str(tmp_path), loop=True, count=0) is None
+    assert camera._replay_length(str(tmp_path), loop=True, count=10) == 10
+
+
 def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
     with DaemonProcess(tiny_model, "--threshold", "1e-9", "--set", "edge.publish_frames=true") as daemon:
         watch = subprocess.Popen(
