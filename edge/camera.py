@@ -123,11 +123,9 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
 def _replay_length(source: str, loop: bool, count: int) -> int | None:
     """How many frames a replay of a folder or a file sends, where that is known before it starts
     (a folder's unreadable images are skipped: a bar may end short of it)."""
-    if count:
-        return count
+    if count or loop:
+        return count or None
     path = Path(source)
-    if loop:
-        return None
     if path.is_dir():
         return len(find_images(path))
     if path.suffix.lower() in IMAGE_SUFFIXES:

@@ -280,19 +280,17 @@ def frame_message(
     lets the daemon tell two senders given one camera id apart; `pixel_bits` says how many bits
     a 16-bit image's counts fill (12 for Mono12), when not the model's."""
     if isinstance(image, bytes):
-        shape = _encoded_shape(image, encoding)
+        shape, dtype = _encoded_shape(image, encoding), "uint8"
     else:
         image = image[:, :, None] if image.ndim == 2 else image
-        shape = list(image.shape)
+        shape, dtype = list(image.shape), "uint16" if image.dtype.itemsize == 2 and encoding == "raw" else "uint8"
     header: dict[str, Any] = {
         "v": VERSION,
         "camera_id": camera_id,
         "frame_id": int(frame_id),
         "ts_ns": int(ts_ns if ts_ns is not None else time.time_ns()),
         "shape": shape,
-        "dtype": "uint16"
-        if not isinstance(image, bytes) and image.dtype.itemsize == 2 and encoding == "raw"
-        else "uint8",
+        "dtype": dtype,
         "encoding": encoding,
     }
     if part_id is not None:
