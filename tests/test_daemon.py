@@ -747,6 +747,13 @@ def test_a_replay_shows_its_progress_on_a_terminal_only(tmp_path, monkeypatch):
         pull.close(linger=0)
     assert camera._replay_length(str(tmp_path), loop=True, count=0) is None
     assert camera._replay_length(str(tmp_path), loop=True, count=10) == 10
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (8, 8))
+    for i in range(5):
+        writer.write(np.full((8, 8, 3), 40 * i, np.uint8))
+    writer.release()
+    assert camera._replay_length(str(video), loop=False, count=0) == 5
+    assert camera._replay_length(str(tmp_path / "gone.avi"), loop=False, count=0) is None
 
 
 def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
