@@ -23,6 +23,7 @@ from edge.frames import (
     IMAGE_SUFFIXES,
     PIXEL_BITS,
     find_images,
+    image_bytes,
     png_bit_depth,
     png_damage,
     read_image,
@@ -110,10 +111,7 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
     A 16-bit PNG is read by `pixel_bits` into the 8-bit frame. DataError when it cannot be read."""
     if _FILE_ENCODINGS.get(file.suffix.lower()) != encoding:
         return read_image(file, pixel_bits)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read image {file}: {exc.strerror or exc}") from exc
+    data = image_bytes(file)
     whole = stated_size(data, encoding) is not None
     if whole and encoding == "png":
         whole = (png_bit_depth(data) or 16) <= 8 and png_damage(data) is None

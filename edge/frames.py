@@ -180,14 +180,20 @@ def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
     return to_uint8(image, pixel_bits)
 
 
+def image_bytes(path: str | Path) -> bytes:
+    """An image file's bytes. Raises DataError naming the file when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+
+
 def read_image(path: str | Path, pixel_bits: int = PIXEL_BITS, data: bytes | None = None) -> np.ndarray:
     """Read an image file (decode_image); `data`: its bytes, when already read. Raises DataError
     naming the file when it is unreadable."""
-    path = Path(path)
+    data = image_bytes(path) if data is None else data
     try:
-        return decode_image(path.read_bytes() if data is None else data, pixel_bits)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+        return decode_image(data, pixel_bits)
     except FrameError as exc:
         raise DataError(f"unreadable image {path}: {exc.reason}") from exc
 
