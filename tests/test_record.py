@@ -1387,6 +1387,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     record.review("a", 3, "defect")  # a pass reviewed: a defect the line missed, not a fail's verdict
     with pytest.raises(DataError, match="frame 4 was not rejected \\(decision pass\\): a false_reject is a good part"):
         record.review("a", 4, "false_reject")  # the line rejected nothing to be wrong about
+    for frame_id in (5, 6):  # an error and a dropped frame: the line judged nothing to review
+        with pytest.raises(DataError, match=f"frame {frame_id} has no decision"):
+            record.review("a", frame_id, "defect")
     rows = record.daily()
     assert [(r["day"], r["camera_id"]) for r in rows] == [("2026-11-18", "a"), ("2026-11-18", "b"), ("2026-11-19", "a")]
     a1, b1, a2 = rows

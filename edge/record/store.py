@@ -505,8 +505,9 @@ class Record:
         `result_id` (the record's id of it), which must be of this camera and frame, or else the
         newest result of the camera and frame (a sender that started its ids again has older
         ones). DataError for an id or verdict of another type, a result the record does not
-        hold, or a false_reject of a result the line did not reject (a pass reviewed as a
-        `defect` is a defect the line missed)."""
+        hold, a result without a decision (an error or a dropped frame: nothing was judged), or a
+        false_reject of a result the line did not reject (a pass reviewed as a `defect` is a defect
+        the line missed)."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
@@ -529,10 +530,12 @@ class Record:
             if found is None:
                 which = f" with result_id {result_id}" if result_id is not None else ""
                 raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}")
-            if verdict == "false_reject" and found.decision != "fail":  # a pass, or no decision (error, dropped)
-                decided = found.decision or "none"
-                raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision {decided}): "
-                                "a false_reject is a good part the line rejected")  # fmt: skip
+            if found.decision is None:  # an error or a dropped frame: the model judged nothing
+                raise DataError(f"camera {camera_id!r}, frame {frame_id} has no decision (the frame was an error "
+                                "or dropped): a review judges what the line decided")  # fmt: skip
+            if verdict == "false_reject" and found.decision != "fail":
+                raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision "
+                                f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
                    "reviewer": by, "note": note, "created_ns": time.time_ns(), "result_id": found.id}  # fmt: skip
             conn.execute(sa.insert(reviews).values(**row))
