@@ -57,32 +57,62 @@ def is_live(source: str) -> bool:
     return source.isdigit() or "://" in source or source.startswith("/dev/")
 
 
-def iter_source(
-    source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
-) -> Iterator[tuple[str, np.ndarray | bytes]]:
-    """Yield (name, frame) from a folder (recursive, sorted), an image file, a video file, or a
-    capture device or stream URL (reopened when it stops giving frames, until `stop()`). A frame
-    is an image, or a JPEG or PNG file's own bytes when the frames travel in its `encoding`
-    (as_sent); a 16-bit image file is read by its low `pixel_bits` bits."""
+Frame = tuple[str, np.ndarray | bytes]  # (name, image or a file's own bytes)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source opened: its `frames`, and how many one pass of a replay sends where that is known
+    before it starts (`length`; None for a loop, a device, a stream, or a video whose container
+    does not say). A folder is listed, and a video file opened, once for both."""
+
+    frames: Iterator[Frame]
+    length: int | None
+
+
+def open_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw") -> Source:
+    """A folder (recursive, sorted), an image file, a video file, or a capture device or stream
+    URL (reopened when it stops giving frames, until `stop()`). A frame is an image, or a JPEG or
+    PNG file's own bytes when the frames travel in its `encoding` (as_sent); a 16-bit image file
+    is read by its low `pixel_bits` bits. DataError for a source that is none of those, a folder
+    without images, or a video that cannot be opened."""
     path = Path(source)
     if path.is_dir():
-        yield from _folder_frames(path, loop, pixel_bits, encoding)
-        return
+        files = find_images(path)
+        if not files:
+            raise DataError(f"no images in {path}")
+        return Source(_folder_frames(path, files, loop, pixel_bits, encoding), None if loop else len(files))
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        frame = as_sent(path, encoding, pixel_bits)
-        while True:
-            yield str(path), frame
-            if not loop:
-                return
+        return Source(_image_frames(path, loop, pixel_bits, encoding), None if loop else 1)
     if is_live(source):
-        yield from _live_frames(source, stop)
-        return
+        return Source(_live_frames(source, stop), None)
     if not path.exists():  # neither a folder, an image, a video file, a device nor a stream URL
         raise DataError(f"no such file or folder: {source} (images, a folder of them, a video, a device, a URL)")
-    while True:  # a video file: to its end, again with loop
-        cap = _open_video(source)
-        if cap is None:
-            raise DataError(f"cannot open video source {source}")
+    cap = _open_video(source)
+    if cap is None:
+        raise DataError(f"cannot open video source {source}")
+    length = None if loop else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # 0: the container does not say
+    return Source(_video_frames(source, cap, loop), length)
+
+
+def iter_source(
+    source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
+) -> Iterator[Frame]:
+    """open_source's frames, the source opened at the first one."""
+    yield from open_source(source, loop, stop, pixel_bits, encoding).frames
+
+
+def _image_frames(path: Path, loop: bool, pixel_bits: int, encoding: str) -> Iterator[Frame]:
+    frame = as_sent(path, encoding, pixel_bits)
+    while True:
+        yield str(path), frame
+        if not loop:
+            return
+
+
+def _video_frames(source: str, cap: cv2.VideoCapture, loop: bool) -> Iterator[Frame]:
+    """A video file's frames to its end, from `cap` (opened), and from its start again with loop."""
+    while True:
         index = 0
         try:
             while True:
@@ -95,6 +125,9 @@ def iter_source(
             cap.release()
         if not loop or index == 0:
             return
+        cap = _open_video(source)
+        if cap is None:
+            raise DataError(f"cannot open video source {source}")
 
 
 # The files whose own bytes travel when the frames go in their encoding.
@@ -118,34 +151,10 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
     return data if whole else read_image(file, pixel_bits, data)
 
 
-def _replay_length(source: str, loop: bool, count: int) -> int | None:
-    """How many frames a replay of a folder or a file sends, where that is known before it starts
-    (a folder's unreadable images are skipped: a bar may end short of it)."""
-    if count or loop:
-        return count or None
-    path = Path(source)
-    if path.is_dir():
-        return len(find_images(path))
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return 1
-    if not path.is_file():  # iter_source says what it is not
-        return None
-    cap = _open_video(source)
-    if cap is None:
-        return None
-    try:
-        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # 0 where the container does not say
-    finally:
-        cap.release()
-
-
-def _folder_frames(path: Path, loop: bool, pixel_bits: int, encoding: str) -> Iterator[tuple[str, np.ndarray | bytes]]:
-    """A folder's images in order (as_sent). One that cannot be read (a file still being copied,
-    a broken one) is skipped with a warning, so that it does not end the replay of the thousands
-    after it; a folder with none readable is a DataError."""
-    files = find_images(path)
-    if not files:
-        raise DataError(f"no images in {path}")
+def _folder_frames(path: Path, files: list[Path], loop: bool, pixel_bits: int, encoding: str) -> Iterator[Frame]:
+    """The folder `path`'s images `files` in order (as_sent). One that cannot be read (a file
+    still being copied, a broken one) is skipped with a warning, so that it does not end the
+    replay of the thousands after it; a folder with none readable is a DataError."""
     # A looped small folder is read once: the sender should cost the line nothing.
     cache: dict[Path, np.ndarray | bytes | None] | None = {} if loop and len(files) <= 256 else None
     skipped_log = RepeatedLog(log)
@@ -191,7 +200,7 @@ def _open_video(source: str) -> cv2.VideoCapture | None:
     return None
 
 
-def _live_frames(source: str, stop) -> Iterator[tuple[str, np.ndarray]]:
+def _live_frames(source: str, stop) -> Iterator[Frame]:
     """Frames from a device or stream URL until `stop()`; one that cannot be opened at first is
     a DataError, one that stops giving frames later is reopened (logged when it goes and when it
     is back)."""
@@ -334,9 +343,12 @@ def run_camera(
     # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
     sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
-        frames = iter_source(source, loop, stop, pixel_bits, encoding)
+        opened = open_source(source, loop, stop, pixel_bits, encoding)
+        frames = opened.frames
         if not is_live(source):  # a replay has an end, a bar on a terminal shows how near
-            frames = progress(frames, f"camera {camera_id}", total=_replay_length(source, loop, count), unit="frame")
+            # A folder's unreadable images are skipped: the bar may end short of its total.
+            known = [n for n in (count, opened.length) if n]
+            frames = progress(frames, f"camera {camera_id}", total=min(known, default=None), unit="frame")
         for name, frame in frames:
             if stop is not None and stop():
                 break

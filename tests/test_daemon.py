@@ -745,15 +745,25 @@ def test_a_replay_shows_its_progress_on_a_terminal_only(tmp_path, monkeypatch):
             assert ("camera line3" in stream.getvalue() and "0/3" in stream.getvalue()) == shown
     finally:
         pull.close(linger=0)
-    assert camera._replay_length(str(tmp_path), loop=True, count=0) is None
-    assert camera._replay_length(str(tmp_path), loop=True, count=10) == 10
+    assert camera.open_source(str(tmp_path), loop=True).length is None
+    assert camera.open_source(str(tmp_path / "0.png"), loop=False).length == 1
     video = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (8, 8))
     for i in range(5):
         writer.write(np.full((8, 8, 3), 40 * i, np.uint8))
     writer.release()
-    assert camera._replay_length(str(video), loop=False, count=0) == 5
-    assert camera._replay_length(str(tmp_path / "gone.avi"), loop=False, count=0) is None
+    opened: list[str] = []  # a video is opened once for its length and its frames, again for a loop
+    real_open = camera._open_video
+    monkeypatch.setattr(camera, "_open_video", lambda source: opened.append(source) or real_open(source))
+    replay = camera.open_source(str(video), loop=False)
+    assert replay.length == 5 and len(list(replay.frames)) == 5 and opened == [str(video)]
+    looped = camera.open_source(str(video), loop=True)
+    assert looped.length is None and len([next(looped.frames) for _ in range(7)]) == 7 and len(opened) == 3
+    listed: list[Path] = []  # a folder is listed once for its length and its frames
+    real_find = camera.find_images
+    monkeypatch.setattr(camera, "find_images", lambda path: listed.append(path) or real_find(path))
+    replay = camera.open_source(str(tmp_path), loop=False)
+    assert replay.length == 3 and len(list(replay.frames)) == 3 and listed == [tmp_path]
 
 
 def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root, tmp_path):
