@@ -24,6 +24,7 @@ from edge.frames import (
     PIXEL_BITS,
     find_images,
     image_bytes,
+    jpeg_whole,
     png_bit_depth,
     png_damage,
     read_image,
@@ -139,15 +140,18 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
     the frames travel in its encoding (the daemon then decodes the pixels the file holds, as
     `vqad score` and training read them: a JPEG encoded again would be compressed twice, and
     this process spends nothing on it); else its image (read_image), which frame_message
-    encodes. A PNG's chunks are checked first and a damaged one is read, to be refused here; a
-    JPEG's data past its header is not, and the daemon's result says what is wrong with it.
-    A 16-bit PNG is read by `pixel_bits` into the 8-bit frame. DataError when it cannot be read."""
+    encodes. A PNG's chunks are checked first, and a JPEG's end, and a damaged file is read, to
+    be refused here; a JPEG's data is not checked (it has no checksum), and the daemon's result
+    says what is wrong with it. A 16-bit PNG is read by `pixel_bits` into the 8-bit frame.
+    DataError when it cannot be read."""
     if _FILE_ENCODINGS.get(file.suffix.lower()) != encoding:
         return read_image(file, pixel_bits)
     data = image_bytes(file)
     whole = stated_size(data, encoding) is not None
     if whole and encoding == "png":
         whole = (png_bit_depth(data) or 16) <= 8 and png_damage(data) is None
+    elif whole:
+        whole = jpeg_whole(data)
     return data if whole else read_image(file, pixel_bits, data)
 
 

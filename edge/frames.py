@@ -115,6 +115,13 @@ def stated_size(data: bytes | memoryview, encoding: str) -> tuple[int, int] | No
     return encoded_size(data) if signature is not None and bytes(data[: len(signature)]) == signature else None
 
 
+def jpeg_whole(data: bytes | memoryview) -> bool:
+    """Whether JPEG bytes end with their end-of-image marker (FF D9; zero bytes a camera pads
+    with aside). A file cut short (still being copied) does not: it would reach the daemon only
+    to be refused there. A JPEG has no checksum: damage inside its data is found by decoding."""
+    return bytes(data[-64:]).rstrip(b"\0").endswith(b"\xff\xd9")
+
+
 def png_bit_depth(data: bytes | memoryview) -> int | None:
     """The bits per sample a PNG's IHDR states (1, 2, 4, 8 or 16); None for another format."""
     head = bytes(data[:25])

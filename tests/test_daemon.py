@@ -712,7 +712,13 @@ def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
         assert "2 of 4 images in" in caplog.text
         with pytest.raises(DataError, match="b2.png: the PNG is cut short"):
             camera.as_sent(tmp_path / "b2.png", encoding)
-    for name in ("a.png", "c.png"):
+    ok, jpeg = cv2.imencode(".jpg", np.full((8, 8), 9, np.uint8))
+    (tmp_path / "d.jpg").write_bytes(jpeg.tobytes() + bytes(16))  # a camera's padding: sent as it is
+    (tmp_path / "e.jpg").write_bytes(jpeg.tobytes()[:-40])  # cut short: skipped here, not refused there
+    assert camera.as_sent(tmp_path / "d.jpg", "jpeg") == jpeg.tobytes() + bytes(16)
+    with pytest.raises(DataError, match="unreadable image .*e.jpg"):
+        camera.as_sent(tmp_path / "e.jpg", "jpeg")
+    for name in ("a.png", "c.png", "d.jpg"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(DataError, match="no readable images"):
         list(camera.iter_source(str(tmp_path), loop=True))
