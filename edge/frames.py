@@ -183,7 +183,8 @@ def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise FrameError("image data could not be decoded")
+        cut = bytes(data[:2]) == SIGNATURES["jpeg"] and not jpeg_whole(data)
+        raise FrameError("the JPEG is cut short: no end-of-image marker" if cut else "image data could not be decoded")
     return to_uint8(image, pixel_bits)
 
 

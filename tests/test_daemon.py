@@ -716,7 +716,7 @@ def test_a_folder_replay_skips_an_unreadable_image(tmp_path, caplog):
     (tmp_path / "d.jpg").write_bytes(jpeg.tobytes() + bytes(16))  # a camera's padding: sent as it is
     (tmp_path / "e.jpg").write_bytes(jpeg.tobytes()[:-40])  # cut short: skipped here, not refused there
     assert camera.as_sent(tmp_path / "d.jpg", "jpeg") == jpeg.tobytes() + bytes(16)
-    with pytest.raises(DataError, match="unreadable image .*e.jpg"):
+    with pytest.raises(DataError, match="unreadable image .*e.jpg: the JPEG is cut short"):
         camera.as_sent(tmp_path / "e.jpg", "jpeg")
     for name in ("a.png", "c.png", "d.jpg"):
         (tmp_path / name).write_bytes(b"")
