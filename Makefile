@@ -44,7 +44,7 @@ $(EDGE_STAMP): pyproject.toml
 	touch $(EDGE_STAMP)
 
 test: install $(if $(EDGE_PYTHON),$(EDGE_STAMP))
-	$(if $(EDGE_PYTHON),VQAD_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(if $(EDGE_PYTHON),VQAD_EDGE_PYTHON=$(abspath $(EDGE_VENV))/bin/python) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/vqad demo --workdir demo
