@@ -52,6 +52,8 @@ def image_paths(sources: Sequence[str | Path]) -> list[Path]:
             paths.extend(find_images(source))
         elif is_image(source):
             paths.append(source)
+        elif not source.exists():  # a name mistyped, or a file not copied yet
+            raise DataError(f"{source}: no such file or folder")
         else:
             raise DataError(f"{source}: neither an image file ({IMAGE_KINDS}) nor a folder")
     if not paths:

@@ -48,4 +48,7 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
     table = _score(tiny_model, images / "good", "--threshold", "1e-9").stdout
     assert "FAIL" in table and "PASS" not in table and "threshold 1e-09" in table
     refused = _score(tiny_model, tmp_path / "nothing_here", check=False)
-    assert refused.returncode == 3 and "neither an image file" in refused.stderr
+    assert refused.returncode == 3 and "nothing_here: no such file or folder" in refused.stderr
+    (tmp_path / "notes.txt").write_text("not an image")
+    refused = _score(tiny_model, tmp_path / "notes.txt", check=False)
+    assert refused.returncode == 3 and "notes.txt: neither an image file" in refused.stderr
