@@ -9,11 +9,14 @@ import cv2
 import numpy as np
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.45) -> np.ndarray:
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.7) -> np.ndarray:
     """image: (H, W, C) uint8 (C 1 or 3); anomaly_map: (h, w) float, any size.
 
     The map is scaled so that `vmax` (e.g. twice the threshold) is full red, resized to the
-    image and blended over it. Returns (H, W, 3) BGR uint8.
+    image and blended over it where it is high: its colour weighs `alpha` from half of `vmax`
+    (the threshold) up, and less below, by the square of the level, so that a good image's low
+    map leaves the part as the camera saw it and a reject's defect stands out in colour (a
+    fixed blend washed every part blue). Returns (H, W, 3) BGR uint8.
     """
     base = (
         image
@@ -22,9 +25,12 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alp
     )
     h, w = base.shape[:2]
     m = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    scaled = np.clip(m / max(vmax, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(scaled, cv2.COLORMAP_JET)
-    return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
+    level = np.clip(m * np.float32(1.0 / max(vmax, 1e-12)), 0.0, 1.0)  # (H, W) float32, 1 at vmax
+    colour = cv2.applyColorMap((level * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    weight = np.minimum(2.0 * level, 1.0)  # 1 at vmax / 2 and above
+    weight *= weight
+    weight *= alpha
+    return cv2.blendLinear(colour, np.ascontiguousarray(base), weight, 1.0 - weight)
 
 
 def draw_regions(image: np.ndarray, regions: list[dict], colour: tuple[int, int, int] = (0, 0, 255)) -> np.ndarray:

@@ -145,6 +145,21 @@ def test_a_saved_picture_is_wide_enough_for_its_label_and_the_pages_is_left_to_t
     assert not (page[:6, :, 2] > 200).any()  # no label
 
 
+def test_the_heat_map_colours_the_part_only_where_the_map_is_high():
+    """A reject's picture is read by an operator: the part as the camera saw it where the map is
+    low (a fixed blend washed every part blue), the map's colour where it nears the threshold."""
+    from edge.overlay import heatmap_overlay
+
+    part = np.full((40, 60), 120, np.uint8)
+    amap = np.zeros((40, 60), np.float32)
+    amap[:, 20:30] = 0.2  # a fifth of the threshold: a good image's level
+    amap[:, 40:50] = 1.0  # at the threshold
+    picture = heatmap_overlay(part, amap, vmax=2.0)  # full red at twice the threshold
+    assert (picture[:, :20] == 120).all()  # no map, no colour
+    assert np.abs(picture[:, 20:30].astype(int) - 120).max() <= 12  # a low map: barely tinted
+    assert np.abs(picture[:, 40:50].astype(int) - 120).max() > 60  # at the threshold: in colour
+
+
 def test_a_stream_without_maps_still_shows_the_part_and_names_no_picture_it_cannot_draw():
     """`publish_maps: false`: the page's pictures of a streamed result are its frame, regions
     boxed; a result with neither map nor frame links no picture (a broken image, else)."""
