@@ -319,6 +319,25 @@ return bars;
 """
 
 
+# The fail-rate chart of a line that stood for most of the hour: its points 10 s apart are
+# joined, the two runs are not. -> the pixels of the line's red in the middle of the chart,
+# where the gap is, and in the last run's span, on the row of their common rate (the top's).
+RATE_LINE_ACROSS_A_GAP = """
+const canvas = document.createElement("canvas");
+canvas.width = 420; canvas.height = 160;
+drawRateChart(canvas, [[3590, 0.5], [3580, 0.5], [3570, 0.5], [120, 0.5], [110, 0.5], [100, 0.5]]);
+const ctx = canvas.getContext("2d"), y = 8;  // the highest rate's row: the chart's top
+const red = (x0, x1) => {
+  const row = ctx.getImageData(x0, y - 1, x1 - x0, 3).data;
+  let n = 0;
+  for (let i = 0; i < row.length; i += 4) if (row[i] > 200 && row[i + 1] < 120) n++;
+  return n;
+};
+const at = (ago) => 24 + (420 - 24 - 4) * (1 - ago / 3600);
+return [red(Math.round(at(3000)), Math.round(at(600))), red(Math.round(at(118)), Math.round(at(102)))];
+"""
+
+
 # The header's record pill for a record that keeps up, one that is behind, and one that also lost
 # results: [hidden, text, class] each.
 RECORD_STATES = """
@@ -477,6 +496,8 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert driver.execute_script(LABELS_OUTSIDE_THE_CHARTS) == []
         assert driver.execute_script(BARS_IN_THE_LABELS_BAND) == 0  # the label is not drawn over a bar
+        across_gap, within_run = driver.execute_script(RATE_LINE_ACROSS_A_GAP)
+        assert across_gap == 0 and within_run > 0, (across_gap, within_run)  # no slope drawn over the gap
         assert not driver.find_element("css selector", '[data-field="record-state"]').is_displayed()  # it keeps up
         assert driver.execute_script(RECORD_STATES) == [
             [True, ""],

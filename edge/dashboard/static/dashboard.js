@@ -366,6 +366,11 @@ function labelAtRight(ctx, text, right, y) {
   ctx.textAlign = "left";
 }
 
+// The fail rate's bins, as edge/dashboard/live.py's BIN_S. Two points more than a bin and a half
+// apart have bins without a decided result between them (no frames: a line stopped, a daemon
+// down): they are not joined, so that a gap does not read as a slope from one rate to the other.
+const RATE_BIN_S = 10;
+
 function drawRateChart(canvas, series) {
   const ctx = canvasContext(canvas);
   const w = canvas.width, h = canvas.height, pad = 24;
@@ -377,7 +382,8 @@ function drawRateChart(canvas, series) {
   ctx.strokeStyle = "#f85149";
   ctx.fillStyle = "#f85149";
   ctx.beginPath();
-  points.forEach(([x, y], i) => (i === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
+  const apart = (i) => i === 0 || series[i - 1][0] - series[i][0] > 1.5 * RATE_BIN_S;
+  points.forEach(([x, y], i) => (apart(i) ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
   ctx.stroke();
   for (const [x, y] of points) ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
 }
