@@ -140,9 +140,15 @@ class Summary:
         missed = f"; missed {self.missed} (a daemon's record keeps them)" if self.missed else ""
         unseen = f"; {len(self.runs.unseen)} daemon run(s) never heard" if self.runs.unseen else ""
         return (
-            f"{d['results']} results{rate}; status {dict(self.by_status)}; decision {dict(self.by_decision)}; "
+            f"{d['results']} results{rate}; status {_counts(self.by_status)}; "
+            f"decision {_counts(self.by_decision)}; "
             f"latency {lat or 'n/a'}{missed}{unseen}"
         )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """{"fail": 2, "pass": 4} -> "fail 2, pass 4" (most first); "none" when empty."""
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
 
 
 def format_line(h: dict[str, Any]) -> str:

@@ -805,7 +805,7 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
         cam.close()
     lines = [line for line in out.splitlines() if line.startswith("w #")]
     assert len(lines) == 4 and all("FAIL" in line for line in lines), out + err
-    assert "summary: 4 results" in out and "p99" in out
+    assert "summary: 4 results" in out and "status ok 4; decision fail 4;" in out and "p99" in out
     overlays = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(overlays) == 4
     picture = cv2.imread(str(overlays[0]))
