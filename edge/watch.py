@@ -147,7 +147,7 @@ class Summary:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    """{"fail": 2, "pass": 4} -> "fail 2, pass 4" (most first); "none" when empty."""
+    """{"fail": 2, "pass": 4} -> "pass 4, fail 2": the most first; "none" when empty."""
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
 
 
