@@ -203,6 +203,7 @@ def test_a_clock_set_while_the_page_is_open_moves_neither_a_cameras_age_nor_its_
     c = view.summary()["c"]
     assert not c["silent"] and c["age_s"] < 5 and c["throughput_per_s"] > 0
     assert c["fail_rate_5min"] == pytest.approx(1 / 4) and len(c["fail_rate_series"]) <= 2
+    assert c["fail_rate_bin_s"] == 10
     view.add(_header(4, score=1.5), b"", None)
     monkeypatch.setattr(time, "time", lambda: set_at - 86400)  # and two days back
     view.add(_header(5, score=1.5), b"", None)
@@ -298,7 +299,7 @@ ctx.fillText = (text, x, y) => {
   fill(text, x, y);
 };
 drawHistogram(canvas, {counts: [3, 1, 2], edges: [0, 1.2345e9, 2.469e9, 3.7035e9]}, 3.2e9);
-drawRateChart(canvas, [[3590, 0.0123], [0, 0.75]]);
+drawRateChart(canvas, [[3590, 0.0123], [0, 0.75]], 10);
 return outside;
 """
 
@@ -325,7 +326,7 @@ return bars;
 RATE_LINE_ACROSS_A_GAP = """
 const canvas = document.createElement("canvas");
 canvas.width = 420; canvas.height = 160;
-drawRateChart(canvas, [[3590, 0.5], [3580, 0.5], [3570, 0.5], [120, 0.5], [110, 0.5], [100, 0.5]]);
+drawRateChart(canvas, [[3590, 0.5], [3580, 0.5], [3570, 0.5], [120, 0.5], [110, 0.5], [100, 0.5]], 10);
 const ctx = canvas.getContext("2d"), y = 8;  // the highest rate's row: the chart's top
 const red = (x0, x1) => {
   const row = ctx.getImageData(x0, y - 1, x1 - x0, 3).data;

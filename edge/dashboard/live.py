@@ -181,6 +181,7 @@ class CameraView:
             "daemon": self.source or None,
             "latest": _brief(latest) if latest else None,
             "fail_rate_series": self.fail_rate_series(now),
+            "fail_rate_bin_s": BIN_S,
             "histogram": self.histogram(),
         }
 

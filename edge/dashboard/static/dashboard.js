@@ -198,7 +198,7 @@ function drawCamera(id, c, daemon) {
   else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
-  drawRateChart($(n, "rate-chart"), c.fail_rate_series);
+  drawRateChart($(n, "rate-chart"), c.fail_rate_series, c.fail_rate_bin_s);
   drawHistogram($(n, "histogram"), c.histogram, c.threshold);
   if (c.fail !== cam.galleryFails) scheduleGallery(cam, id, c.fail);
   if (daemon.record && performance.now() - cam.dailyAt >= DAILY_EVERY_MS) loadDaily(cam, id);
@@ -366,12 +366,10 @@ function labelAtRight(ctx, text, right, y) {
   ctx.textAlign = "left";
 }
 
-// The fail rate's bins, as edge/dashboard/live.py's BIN_S. Two points more than a bin and a half
-// apart have bins without a decided result between them (no frames: a line stopped, a daemon
-// down): they are not joined, so that a gap does not read as a slope from one rate to the other.
-const RATE_BIN_S = 10;
-
-function drawRateChart(canvas, series) {
+// Two points more than a bin and a half apart (`binS`, the summary's fail_rate_bin_s) have bins
+// without a decided result between them (no frames: a line stopped, a daemon down): they are not
+// joined, so that a gap does not read as a slope from one rate to the other.
+function drawRateChart(canvas, series, binS) {
   const ctx = canvasContext(canvas);
   const w = canvas.width, h = canvas.height, pad = 24;
   const top = Math.max(0.05, ...series.map((p) => p[1]));
@@ -382,7 +380,7 @@ function drawRateChart(canvas, series) {
   ctx.strokeStyle = "#f85149";
   ctx.fillStyle = "#f85149";
   ctx.beginPath();
-  const apart = (i) => i === 0 || series[i - 1][0] - series[i][0] > 1.5 * RATE_BIN_S;
+  const apart = (i) => i === 0 || series[i - 1][0] - series[i][0] > 1.5 * binS;
   points.forEach(([x, y], i) => (apart(i) ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
   ctx.stroke();
   for (const [x, y] of points) ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
