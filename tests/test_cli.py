@@ -25,6 +25,8 @@ from tests.conftest import ROOT, run_vqad
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--camera-id", ""], "--camera-id: an id is 1..128"),
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--start-id", "-1"], "--start-id: must be at least 0"),
         (["ctl", "tcp://127.0.0.1:5557", "status", "--timeout", "0"], "--timeout: must be at least 0.1"),
+        (["ctl", "status", "tcp://127.0.0.1:5557"], "the endpoint comes first: vqad ctl tcp://127.0.0.1:5557 status"),
+        (["ctl", "tcp://127.0.0.1:5557", "stop"], "invalid choice: 'stop' (choose from status, set-threshold,"),
         # 0 was taken for "not given": a 3,000-step training, or a 60-minute guard.
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--steps", "0"], "train.steps must be >= 1"),
         (["train", "{synth}/bracket", "--out", "{tmp}/run", "--max-minutes", "0"], "train.max_minutes must be > 0"),

@@ -193,6 +193,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 CTL_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 60.0
+CTL_COMMANDS = ("status", "set-threshold", "reload", "pause", "resume")
+
+
+class _CtlCommand(argparse.Action):
+    """`vqad ctl`'s COMMAND, checked here instead of by choices=, so that a command given before
+    the endpoint (`vqad ctl status tcp://…`) is told so rather than refused as an endpoint."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if value not in CTL_COMMANDS:
+            if namespace.endpoint in CTL_COMMANDS:
+                parser.error(f"the endpoint comes first: vqad ctl {value} {namespace.endpoint}")
+            parser.error(f"argument command: invalid choice: {value!r} (choose from {', '.join(CTL_COMMANDS)})")
+        setattr(namespace, self.dest, value)
+
 
 RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score", "threshold", "model_sha256")
 
@@ -828,7 +842,7 @@ def _add_ctl(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
     c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
     c.add_argument(
-        "command", choices=["status", "set-threshold", "reload", "pause", "resume"], help="what to ask or change"
+        "command", action=_CtlCommand, metavar="{" + ",".join(CTL_COMMANDS) + "}", help="what to ask or change"
     )
     c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
     c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
