@@ -219,12 +219,14 @@ class DaemonSilence:
             log.info("the daemon at %s says its record has caught up", self.endpoint)
         self.record_behind = behind
 
-    def check(self) -> None:
+    def check(self, ending: bool = False) -> None:
+        """Warn of what the daemon's silence says; `ending`: the reader stops now (its --timeout,
+        --count or a stop), so a daemon never heard is named even before NEVER_HEARD_S."""
         if not self.heard_any:
             waited_s = self.clock() - self.started
-            if waited_s > NEVER_HEARD_S and not self.never_heard_said:
+            if (waited_s > NEVER_HEARD_S or ending) and not self.never_heard_said:
                 self.never_heard_said = True
-                log.warning("nothing from the daemon at %s in %.0f s: is it running, and are these its results "
+                log.warning("nothing from the daemon at %s in %.1f s: is it running, and are these its results "
                             "(edge.results_endpoint)?", self.endpoint, waited_s)  # fmt: skip
             return
         if self.last is None or self.silent:
@@ -363,4 +365,5 @@ def run_watch(
     finally:
         sock.close(linger=0)
         outputs.close()
+    daemon.check(ending=True)
     return summary

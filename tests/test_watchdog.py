@@ -255,3 +255,9 @@ def test_watch_says_once_when_nothing_comes_from_the_daemon_and_once_when_someth
     never = [line for line in lines if line.startswith("nothing from the daemon")]
     assert len(never) == 1 and endpoint in never[0] and "is it running" in never[0], lines
     assert f"the daemon at {endpoint} is heard from" in lines
+    # A reader that gives up before NEVER_HEARD_S (its --timeout) says so as it ends.
+    monkeypatch.setattr(watch, "NEVER_HEARD_S", 60.0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "edge.watch"):
+        watch.run_watch(f"tcp://127.0.0.1:{free_loopback_port()}", count=1, timeout_s=0.3, quiet=True)
+    assert "nothing from the daemon at tcp://127.0.0.1:" in caplog.text, caplog.text
