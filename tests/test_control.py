@@ -229,6 +229,15 @@ def test_an_overrides_file_cut_short_is_no_reason_not_to_start(tmp_path, caplog)
     assert Overrides.load(tmp_path).paused == ["left"]
 
 
+def test_vqad_ctl_offers_the_commands_the_daemon_answers():
+    """The command line keeps its own list (edge.control is too heavy to import for every vqad
+    command's parser): the two must not drift apart."""
+    from edge.control import COMMANDS
+    from vqad.commands.line import CTL_COMMANDS
+
+    assert CTL_COMMANDS == COMMANDS
+
+
 def test_a_malformed_control_request_is_refused_and_the_daemon_goes_on(tiny_model, tmp_path):
     """A request missing an argument, or with one of another type, is answered with the reason;
     it ended the control thread, and the daemon with it (exit 8), before."""
