@@ -99,7 +99,7 @@ def tiny_model(tiny_run, tmp_path_factory) -> Path:
 
 # The files that take longest, collected first: each of `make test`'s workers takes a whole file
 # at a time (--dist loadfile, in collection order with --no-loadscope-reorder), and a long file
-# taken last ends the run alone. Seconds per file at d5a48ef (--durations=0, two workers):
+# taken last ends the run alone. Seconds per file at 4f5e479 (--durations=0, two workers):
 # test_demo 72 in one test, test_train_eval 229, the next 209 and less. xdist's own order (most
 # tests first) took test_demo last: 609 s for 1,122 s of tests; these two first, 601 s for 1,141.
 LONGEST_FILES = ("test_demo.py", "test_train_eval.py")
