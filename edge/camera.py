@@ -150,7 +150,7 @@ def as_sent(file: Path, encoding: str, pixel_bits: int = PIXEL_BITS) -> np.ndarr
     whole = stated_size(data, encoding) is not None
     if whole and encoding == "png":
         whole = (png_bit_depth(data) or 16) <= 8 and png_damage(data) is None
-    elif whole:
+    elif whole and encoding == "jpeg":
         whole = jpeg_whole(data)
     return data if whole else read_image(file, pixel_bits, data)
 
