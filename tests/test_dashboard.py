@@ -526,6 +526,15 @@ return ["detail-overlay", "detail-frame"].map((id) => {
 """
 
 
+# Each detail picture's caption: [text, shown, its width, its picture's width].
+DETAIL_CAPTIONS = """
+return ["detail-overlay", "detail-frame"].map((id) => {
+  const img = document.getElementById(id), caption = img.closest("figure").querySelector("figcaption");
+  return [caption.textContent, caption.getClientRects().length > 0, caption.getBoundingClientRect().width,
+          img.getBoundingClientRect().width]; });
+"""
+
+
 def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_proportions(line):
     """An operator's tablet or phone: the page keeps to the window's width. The week's tally,
     wider than a phone, scrolls inside its card; the charts shrink with it. A reject's heat map
@@ -572,6 +581,13 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_
         (overlay_w, overlay_h), (frame_w, frame_h) = got
         assert abs(overlay_w / overlay_h - 1.0) < 0.02 and abs(frame_w / frame_h - 200 / 120) < 0.02, got
         assert abs(overlay_h - frame_h) <= 1, got
+        # Each picture says what it is, in a caption no wider than itself.
+        captions = driver.execute_script(DETAIL_CAPTIONS)
+        assert [c[0] for c in captions] == [
+            "heat map: full colour from the threshold (green), red at twice it",
+            "the frame as received, its regions boxed",
+        ], captions
+        assert all(shown and width <= picture_width + 1 for _, shown, width, picture_width in captions), captions
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "narrow test done", check=False)
         sub.close()
@@ -931,7 +947,8 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             time.sleep(1)
             shown = driver.execute_script("""const o = document.getElementById('detail-overlay');
                 const why = document.getElementById('detail-missing').textContent;
-                return [getComputedStyle(o).display, o.naturalWidth, why]""")
+                const figure = document.getElementById('detail-mapped');  // the picture and its caption
+                return [getComputedStyle(figure).display, o.naturalWidth, why]""")
             assert shown[:2] == ["none", 0] and "removed by the" in shown[2], shown  # not frame 2's heat map
         finally:
             driver.quit()

@@ -515,19 +515,21 @@ function openDetail(r, list = [r], queue = state.queue) {
   state.openList = list;
   state.queue = queue;
   const overlay = document.getElementById("detail-overlay");
-  overlay.hidden = !r.images.overlay; // removed by the disk quota
+  const mapped = document.getElementById("detail-mapped"); // the overlay and its caption
+  mapped.hidden = !r.images.overlay; // removed by the disk quota
   overlay.onload = () => fitDetailImages(r);
   const missing = document.getElementById("detail-missing");
   missing.textContent = r.images.overlay || r.images.frame ? "" : "No picture is kept of it (removed by the evidence quota, or never stored).";
-  const notLoaded = (img) => () => { img.hidden = true; missing.replaceChildren(pictureMissing(img.src, "")); };
-  overlay.onerror = notLoaded(overlay);
+  const notLoaded = (img, figure) => () => { figure.hidden = true; missing.replaceChildren(pictureMissing(img.src, "")); };
+  overlay.onerror = notLoaded(overlay, mapped);
   if (r.images.overlay) overlay.src = r.images.overlay;
   else overlay.removeAttribute("src"); // never the previous reject's picture
   const frame = document.getElementById("detail-frame");
-  document.getElementById("detail-framed").hidden = !r.images.frame;
+  const framed = document.getElementById("detail-framed"); // the frame, its regions and caption
+  framed.hidden = !r.images.frame;
   document.getElementById("detail-regions").replaceChildren();
   frame.onload = () => fitDetailImages(r);
-  frame.onerror = () => { document.getElementById("detail-framed").hidden = true; notLoaded(frame)(); };
+  frame.onerror = notLoaded(frame, framed);
   if (r.images.frame) frame.src = r.images.frame;
   else frame.removeAttribute("src");
   const rows = [
@@ -569,8 +571,9 @@ function stepDetail(by) {
 // window, and each at most 45% of its width. Fitted again as each loads; the regions follow.
 function fitDetailImages(r) {
   const overlay = document.getElementById("detail-overlay"), frame = document.getElementById("detail-frame");
+  const mapped = !document.getElementById("detail-mapped").hidden;
   const framed = !document.getElementById("detail-framed").hidden;
-  const shown = [[overlay, !overlay.hidden], [frame, framed]].filter(([i, on]) => on && i.complete && i.naturalWidth)
+  const shown = [[overlay, mapped], [frame, framed]].filter(([i, on]) => on && i.complete && i.naturalWidth)
     .map(([i]) => i);
   let height = Math.min(0.5 * window.innerHeight, 480);
   for (const i of shown) height = Math.min(height, (0.45 * window.innerWidth * i.naturalHeight) / i.naturalWidth);
