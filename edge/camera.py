@@ -65,10 +65,12 @@ Frame = tuple[str, np.ndarray | bytes]  # (name, image or a file's own bytes)
 class Source:
     """A source opened: its `frames`, and how many one pass of a replay sends where that is known
     before it starts (`length`; None for a loop, a device, a stream, or a video whose container
-    does not say). A folder is listed, and a video file opened, once for both."""
+    does not say), and whether it is `live` (a device or stream: no end). A folder is listed, and
+    a video file opened, once for all."""
 
     frames: Iterator[Frame]
     length: int | None
+    live: bool = False
 
 
 def open_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw") -> Source:
@@ -86,7 +88,7 @@ def open_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return Source(_image_frames(path, loop, pixel_bits, encoding), None if loop else 1)
     if is_live(source):
-        return Source(_live_frames(source, stop), None)
+        return Source(_live_frames(source, stop), None, live=True)
     if not path.exists():  # neither a folder, an image, a video file, a device nor a stream URL
         raise DataError(f"no such file or folder: {source} (images, a folder of them, a video, a device, a URL)")
     cap = _open_video(source)
@@ -349,7 +351,7 @@ def run_camera(
     try:
         opened = open_source(source, loop, stop, pixel_bits, encoding)
         frames = opened.frames
-        if not is_live(source):  # a replay has an end, a bar on a terminal shows how near
+        if not opened.live:  # a replay has an end, a bar on a terminal shows how near
             # A folder's unreadable images are skipped: the bar may end short of its total.
             known = [n for n in (count, opened.length) if n]
             frames = progress(frames, f"camera {camera_id}", total=min(known, default=None), unit="frame")

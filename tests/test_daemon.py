@@ -752,6 +752,8 @@ def test_a_replay_shows_its_progress_on_a_terminal_only(tmp_path, monkeypatch):
     finally:
         pull.close(linger=0)
     assert camera.open_source(str(tmp_path), loop=True).length is None
+    assert camera.open_source("rtsp://cam0/stream", loop=False).live  # no bar: it has no end
+    assert not camera.open_source(str(tmp_path), loop=True).live
     assert camera.open_source(str(tmp_path / "0.png"), loop=False).length == 1
     video = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (8, 8))
