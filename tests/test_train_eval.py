@@ -776,6 +776,33 @@ def test_a_reports_picture_is_as_large_as_it_needs_and_a_strip_stacks_its_tiles(
     assert panel.shape == (*picture, 3)
 
 
+def test_a_panel_rings_the_maps_peak_where_no_colour_shows_it():
+    """A defect that passes scores far under the threshold, where the overlay has no colour: the
+    panel rings the map's peak on the overlay and the ground truth, so the engineer sees whether
+    the model looked at the defect. A peak on the scored region's edge is ringed there, not in
+    the margin that repeats it."""
+    from edge.overlay import map_peak
+    from train.evaluate import _panel
+
+    amap = np.zeros((32, 32), np.float32)
+    amap[20, 10] = 0.2  # a fifth of the threshold
+    assert map_peak(amap) == ((20 + 0.5) / 32, (10 + 0.5) / 32)
+    margin = np.zeros((28, 28), np.float32)
+    margin[0, 27] = 1.0  # the peak at the scored region's top-right corner, repeated into a 2-px margin
+    assert map_peak(np.pad(margin, 2, mode="edge")) == ((2 + 0.5) / 32, (29 + 0.5) / 32)
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    recon = np.full((3, 32, 32), 0.5, np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[18:23, 8:13] = True
+    panel = _panel(image, recon, amap, mask, 0.2, 1.0)  # four 256-px tiles in a row
+    ring_row = panel[(20 * 8 + 4) - 11 : (20 * 8 + 4) + 12, :]  # the ring's span around the peak's row (8x)
+    for tile in range(4):
+        x = tile * 256 + 10 * 8 + 4  # the peak's column in this tile
+        ringed = (ring_row[:, x - 12 : x + 13] > 230).all(axis=2).any()  # white
+        assert ringed == (tile >= 2), tile  # the overlay and the ground truth; not input or reconstruction
+
+
 def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures(tiny_run, synth_root, tmp_path):
     """A good test image saved twice, once among the training images, is not a new part: eval
     leaves it out and says so. A defect copied among the training images stays, with a warning."""

@@ -24,7 +24,7 @@ import torch
 from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
-from edge.overlay import heatmap_overlay, label
+from edge.overlay import heatmap_overlay, label, map_peak, mark_peak
 from edge.progress import progress
 from edge.threshold import calibrate_threshold
 from train import plots
@@ -90,7 +90,9 @@ def _panel(
     truth_caption: str | None = None,
 ) -> np.ndarray:
     """original | reconstruction | heat-map overlay | ground-truth contour: one row, or one column
-    for a strip more than twice as wide as it is high."""
+    for a strip more than twice as wide as it is high. The overlay and the ground truth ring the
+    map's peak, where the score comes from: on a defect that passes, whether the model looked at
+    it at all (the overlay's colour starts near the threshold)."""
     bgr = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     recon = np.clip(recon01.transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8)
     recon = recon if recon.shape[2] == 3 else cv2.cvtColor(recon, cv2.COLOR_GRAY2BGR)
@@ -105,6 +107,9 @@ def _panel(
     tiles = [
         cv2.resize(t, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for t in (bgr, recon, overlay, truth)
     ]
+    peak = map_peak(amap)
+    for tile in tiles[2:]:
+        mark_peak(tile, peak)
     captions = [
         "input",
         "reconstruction",

@@ -88,8 +88,9 @@ def write_report_page(
             f"<h2>Good test images rejected ({len(rejected)})</h2>",
             _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
             f"<h2>Defects that pass ({len(missed)})</h2>",
-            "<p>Lowest score first. A map hot on the defect but under the threshold is a threshold question; "
-            "a map cold there, a defect the model does not see.</p>",
+            "<p>Lowest score first. The ring marks the map's peak, where the score comes from. A peak on the "
+            "defect but under the threshold is a threshold question; a peak elsewhere, a defect the model does "
+            "not see.</p>",
             _gallery(out, [_panel_entry(test[i], scores[i]) for i in missed]),
             "<h2>Scores, ROC, training, codebook</h2>",
             '<div class="plots">'
