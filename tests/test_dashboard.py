@@ -526,12 +526,13 @@ return ["detail-overlay", "detail-frame"].map((id) => {
 """
 
 
-# Each detail picture's caption: [text, shown, its width, its picture's width].
-DETAIL_CAPTIONS = """
+# Each detail picture's caption: [text, shown, its width, its picture's width, links the picture].
+DETAIL_CAPTIONS = r"""
 return ["detail-overlay", "detail-frame"].map((id) => {
   const img = document.getElementById(id), caption = img.closest("figure").querySelector("figcaption");
-  return [caption.textContent, caption.getClientRects().length > 0, caption.getBoundingClientRect().width,
-          img.getBoundingClientRect().width]; });
+  return [caption.textContent.replace(/\s+/g, " "), caption.getClientRects().length > 0,
+          caption.getBoundingClientRect().width, img.getBoundingClientRect().width,
+          caption.querySelector("a").href === img.src]; });
 """
 
 
@@ -584,10 +585,12 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_
         # Each picture says what it is, in a caption no wider than itself.
         captions = driver.execute_script(DETAIL_CAPTIONS)
         assert [c[0] for c in captions] == [
-            "heat map: full colour from the threshold (green), red at twice it",
-            "the frame as received, its regions boxed",
+            "heat map: full colour from the threshold (green), red at twice it; full size",
+            "the frame as received, its regions boxed; full size",
         ], captions
-        assert all(shown and width <= picture_width + 1 for _, shown, width, picture_width in captions), captions
+        assert all(
+            shown and width <= picture_width + 1 and link for _, shown, width, picture_width, link in captions
+        ), captions
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "narrow test done", check=False)
         sub.close()
@@ -943,6 +946,10 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             tiles[0].click()  # frame 2, whose heat map loads
             assert wait_for(lambda: driver.execute_script(
                 "return document.getElementById('detail-overlay').naturalWidth") > 0, 5)  # fmt: skip
+            full = driver.find_element("id", "detail-frame-full").get_attribute("href")  # the frame's own pixels
+            with urllib.request.urlopen(full, timeout=5) as response:
+                kept = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert kept.shape[:2] == (64, 64) and int(kept.max()) == 120, full  # frame 2 of _recorded_fails
             driver.find_element("id", "detail-older").click()  # frame 1: its pictures removed
             time.sleep(1)
             shown = driver.execute_script("""const o = document.getElementById('detail-overlay');

@@ -524,6 +524,7 @@ function openDetail(r, list = [r], queue = state.queue) {
   overlay.onerror = notLoaded(overlay, mapped);
   if (r.images.overlay) overlay.src = r.images.overlay;
   else overlay.removeAttribute("src"); // never the previous reject's picture
+  document.getElementById("detail-overlay-full").href = r.images.overlay || "";
   const frame = document.getElementById("detail-frame");
   const framed = document.getElementById("detail-framed"); // the frame, its regions and caption
   framed.hidden = !r.images.frame;
@@ -532,6 +533,7 @@ function openDetail(r, list = [r], queue = state.queue) {
   frame.onerror = notLoaded(frame, framed);
   if (r.images.frame) frame.src = r.images.frame;
   else frame.removeAttribute("src");
+  document.getElementById("detail-frame-full").href = r.images.frame || ""; // a speck, seen at the camera's pixels
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
