@@ -801,6 +801,8 @@ def test_a_panel_rings_the_maps_peak_where_no_colour_shows_it():
         x = tile * 256 + 10 * 8 + 4  # the peak's column in this tile
         ringed = (ring_row[:, x - 12 : x + 13] > 230).all(axis=2).any()  # white
         assert ringed == (tile >= 2), tile  # the overlay and the ground truth; not input or reconstruction
+    flat = _panel(image, recon, np.zeros((32, 32), np.float32), mask, 0.0, 1.0)
+    assert not (flat > 230).all(axis=2)[40:, :].any()  # a flat map: no ring (the labels are at the top)
 
 
 def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures(tiny_run, synth_root, tmp_path):

@@ -107,9 +107,10 @@ def _panel(
     tiles = [
         cv2.resize(t, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for t in (bgr, recon, overlay, truth)
     ]
-    peak = map_peak(amap)
-    for tile in tiles[2:]:
-        mark_peak(tile, peak)
+    if amap.max() > amap.min():  # a flat map has no peak to show
+        peak = map_peak(amap)
+        for tile in tiles[2:]:
+            mark_peak(tile, peak)
     captions = [
         "input",
         "reconstruction",
