@@ -44,27 +44,25 @@ def draw_regions(image: np.ndarray, regions: list[dict], colour: tuple[int, int,
     return image
 
 
-def map_peak(anomaly_map: np.ndarray) -> tuple[float, float]:
-    """(y, x) of the map's maximum, where the image score comes from, as fractions of the map's
-    height and width (the pixel's centre). Of equal maxima, the one farthest from the edge: the
-    map's unscored margin repeats its nearest scored pixel, and that pixel is the peak."""
+def map_peak(anomaly_map: np.ndarray) -> tuple[int, int]:
+    """(y, x), the pixel of the map's maximum, where the image score comes from. Of equal
+    maxima, the one farthest from the edge: the map's unscored margin repeats its nearest scored
+    pixel, and that pixel is the peak."""
     h, w = anomaly_map.shape
     ys, xs = np.nonzero(anomaly_map >= anomaly_map.max())
     inward = np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs))
     i = int(np.argmax(inward))
-    return (ys[i] + 0.5) / h, (xs[i] + 0.5) / w
+    return int(ys[i]), int(xs[i])
 
 
-def mark_peak(
-    image: np.ndarray, peak: tuple[float, float], colour: tuple[int, int, int] = (255, 255, 255)
-) -> np.ndarray:
-    """Ring the point `peak` ((y, x) fractions, map_peak's) on a BGR image, in place, with a dark
-    edge so that it shows on any colour; returns it."""
+def mark_peak(image: np.ndarray, peak: tuple[int, int], map_shape: tuple[int, int]) -> np.ndarray:
+    """Ring the map pixel `peak` ((y, x), map_peak's, of a map of `map_shape`) on a BGR image of
+    any size, in place, white with a dark edge so that it shows on any colour; returns it."""
     h, w = image.shape[:2]
-    centre = (int(peak[1] * w), int(peak[0] * h))
+    centre = (int((peak[1] + 0.5) * w / map_shape[1]), int((peak[0] + 0.5) * h / map_shape[0]))
     radius = max(4, round(min(h, w) / 24))
     cv2.circle(image, centre, radius, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.circle(image, centre, radius, colour, 1, cv2.LINE_AA)
+    cv2.circle(image, centre, radius, (255, 255, 255), 1, cv2.LINE_AA)
     return image
 
 

@@ -97,6 +97,10 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
         passed = sum(r["decision"] == "pass" for r in of_kind)
         assert metrics["per_kind_misses"][kind] == {"passed": passed, "of": len(of_kind), "rate": passed / len(of_kind)}
         assert f'<th>{kind} that pass</th><td class="n">{passed} of {len(of_kind)}: ' in page
+    peaks = metrics["defect_peaks"]  # every defect counted once, passed or caught as scores.csv says
+    defects = [r for r in rows if r["label"] == "1"]
+    assert sum(peaks["passed"].values()) + sum(peaks["caught"].values()) + peaks["without_mask"] == len(defects)
+    assert "defects that pass, peaking on the defect / elsewhere" in page
     threshold = metrics["threshold"]
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
@@ -786,10 +790,10 @@ def test_a_panel_rings_the_maps_peak_where_no_colour_shows_it():
 
     amap = np.zeros((32, 32), np.float32)
     amap[20, 10] = 0.2  # a fifth of the threshold
-    assert map_peak(amap) == ((20 + 0.5) / 32, (10 + 0.5) / 32)
+    assert map_peak(amap) == (20, 10)
     margin = np.zeros((28, 28), np.float32)
     margin[0, 27] = 1.0  # the peak at the scored region's top-right corner, repeated into a 2-px margin
-    assert map_peak(np.pad(margin, 2, mode="edge")) == ((2 + 0.5) / 32, (29 + 0.5) / 32)
+    assert map_peak(np.pad(margin, 2, mode="edge")) == (2, 29)
 
     image = np.full((32, 32, 3), 128, np.uint8)
     recon = np.full((3, 32, 32), 0.5, np.float32)
@@ -803,6 +807,43 @@ def test_a_panel_rings_the_maps_peak_where_no_colour_shows_it():
         assert ringed == (tile >= 2), tile  # the overlay and the ground truth; not input or reconstruction
     flat = _panel(image, recon, np.zeros((32, 32), np.float32), mask, 0.0, 1.0)
     assert not (flat > 230).all(axis=2)[40:, :].any()  # a flat map: no ring (the labels are at the top)
+
+
+def test_a_defects_peak_on_it_or_elsewhere_is_counted_by_whether_it_passes():
+    """Of the defects that pass, those whose map peaks on the defect are a threshold question,
+    the others a defect the model does not see; a caught defect peaking elsewhere was rejected
+    for something else. A peak beside a thin defect's mask, within PEAK_ON_DEFECT_PX, is on it."""
+    from train.data import TestSample
+    from train.evaluate import PEAK_ON_DEFECT_PX, defect_peaks
+
+    def sample(label, mask_at=None):
+        mask = None
+        if mask_at is not None:
+            mask = np.zeros((32, 32), bool)
+            mask[mask_at, 10:20] = True  # a crack a pixel wide, along row mask_at
+        return TestSample(Path("x.png"), "crack" if label else "good", np.zeros((32, 32, 3), np.uint8), mask, label)
+
+    def peaking_at(y, x):
+        amap = np.zeros((32, 32), np.float32)
+        amap[y, x] = 1.0
+        return amap
+
+    test = [
+        sample(0),  # a good image: not counted
+        sample(1, 12),  # passes, peak on the crack
+        sample(1, 12 - PEAK_ON_DEFECT_PX),  # passes, peak beside it: on it
+        sample(1, 2),  # passes, peak far from it
+        sample(1, 20),  # caught, peak elsewhere
+        sample(1),  # no mask
+    ]
+    maps = np.stack([peaking_at(12, 15)] * 6)
+    decisions = np.array([False, False, False, False, True, True])
+    assert defect_peaks(test, maps, decisions) == {
+        "passed": {"on_defect": 2, "elsewhere": 1},
+        "caught": {"on_defect": 0, "elsewhere": 1},
+        "without_mask": 1,
+        "within_px": PEAK_ON_DEFECT_PX,
+    }
 
 
 def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures(tiny_run, synth_root, tmp_path):

@@ -110,7 +110,7 @@ def _panel(
     if amap.max() > amap.min():  # a flat map has no peak to show
         peak = map_peak(amap)
         for tile in tiles[2:]:
-            mark_peak(tile, peak)
+            mark_peak(tile, peak, amap.shape)
     captions = [
         "input",
         "reconstruction",
@@ -209,6 +209,7 @@ def _test_metrics(
         "miss_rate_at_5pct_frr": miss_rate_at_frr(labels, scores, 0.05),
         "threshold_margin_over_val_max": threshold.get("margin_over_max"),
         "frr_upper_bound_95": threshold.get("frr_upper_bound_95"),
+        "defect_peaks": defect_peaks(test, maps, decisions),
         "per_kind_image_auroc": {},
         "per_kind_misses": {},
         "image_size": list(size),
@@ -232,6 +233,37 @@ def _test_metrics(
             "rate": float(passed.mean()),
         }
     return metrics
+
+
+# A defect's map peaks on it within this many map pixels of its mask: the map is smoothed (the
+# head's by a sigma of 1 px, the errors' over a few pixels) and a crack's mask is a pixel or two
+# wide at the model's size, so a peak just beside a thin defect is still the defect's.
+PEAK_ON_DEFECT_PX = 2
+
+
+def defect_peaks(test: list[TestSample], maps: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
+    """Where each defect's map peaks (map_peak: the pixel its score comes from), counted by
+    whether the defect passes the threshold or is caught: `on_defect` (within PEAK_ON_DEFECT_PX
+    of its mask) or `elsewhere`. A defect that passes with its peak on it is a threshold
+    question; elsewhere, one the model does not see. A caught defect whose peak is elsewhere was
+    rejected for something else. Defects without a mask are counted apart (`without_mask`)."""
+    near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * PEAK_ON_DEFECT_PX + 1,) * 2)
+    counts: dict[str, Any] = {
+        "passed": {"on_defect": 0, "elsewhere": 0},
+        "caught": {"on_defect": 0, "elsewhere": 0},
+        "without_mask": 0,
+        "within_px": PEAK_ON_DEFECT_PX,
+    }
+    for sample, amap, fails in zip(test, maps, decisions, strict=True):
+        if sample.label != 1:
+            continue
+        if sample.mask is None:
+            counts["without_mask"] += 1
+            continue
+        y, x = map_peak(amap)
+        on_defect = cv2.dilate(sample.mask.astype(np.uint8), near)[y, x] > 0
+        counts["caught" if fails else "passed"]["on_defect" if on_defect else "elsewhere"] += 1
+    return counts
 
 
 def _write_scores_csv(path: Path, test: list[TestSample], scores: np.ndarray, decisions: np.ndarray) -> None:

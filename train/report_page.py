@@ -144,9 +144,24 @@ def _at_threshold_rows(metrics: dict[str, Any], labels: np.ndarray, decisions: n
                               f"{percent(metrics['miss_rate'])}"),
         *[(f"{kind} that pass", f"{m['passed']} of {m['of']}: {percent(m['rate'])}")
           for kind, m in _apart(metrics.get("per_kind_misses", {})).items()],
+        *_peak_rows(metrics.get("defect_peaks")),
         ("defects that pass at 1% / 5% false rejects",
          f"{percent(metrics['miss_rate_at_1pct_frr'])} / {percent(metrics['miss_rate_at_5pct_frr'])}"),
         ("the threshold over the highest calibration score", percent(metrics.get("threshold_margin_over_val_max"))),
+    ]  # fmt: skip
+
+
+def _peak_rows(peaks: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Where the defects' maps peak, passed and caught (metrics.json's defect_peaks), where any
+    defect has a mask."""
+    if not peaks or not any(sum(peaks[k].values()) for k in ("passed", "caught")):
+        return []
+    near = f"the map's peak within {peaks['within_px']} px of it"
+    return [
+        ("defects that pass, peaking on the defect / elsewhere",
+         f"{peaks['passed']['on_defect']} / {peaks['passed']['elsewhere']} ({near})"),
+        ("defects caught, peaking on the defect / elsewhere",
+         f"{peaks['caught']['on_defect']} / {peaks['caught']['elsewhere']}"),
     ]  # fmt: skip
 
 
