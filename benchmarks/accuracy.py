@@ -186,6 +186,7 @@ def accuracy_row(run_dir: Path) -> dict[str, Any]:
         "frr_upper_bound_95",
     )
     return {k: m[k] for k in keys} | {
+        "defect_peaks": m.get("defect_peaks"),  # None in a report written before it was counted
         "train_seconds": meta["elapsed_s"],
         "steps": meta["step"],
         "ended_by": meta["metrics"].get("ended_by"),  # steps, or max_minutes: the guard stopped it short

@@ -22,6 +22,8 @@ def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tm
     for key in ("image_auroc", "false_reject_rate", "miss_rate", "miss_rate_at_1pct_frr", "frr_upper_bound_95"):
         assert ours[key] is not None, key
     assert ours["input_size"] == [32, 32]
+    peaks = ours["defect_peaks"]  # where the defects' maps peak, as vqad eval counted them
+    assert sum(peaks["passed"].values()) + sum(peaks["caught"].values()) + peaks["without_mask"] > 0
     assert (ours["steps"], ours["ended_by"], acc["budget"]) == (6, "steps", {"steps": 6, "minutes": 5.0})
     table = "\n".join(real_markdown(acc))
     assert "6 steps (guard 5 min) per model" in table
