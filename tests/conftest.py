@@ -86,7 +86,8 @@ def tiny_run(synth_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "bracket"
     # 200 steps (a few seconds): enough for its scores to see a +20% gain (the drift test).
     run_vqad("train", synth_root / "bracket", "--out", run, "--steps", "200", "--plot", *TINY_MODEL, *TINY_TRAIN)
-    run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval")
+    evaluated = run_vqad("eval", run, synth_root / "bracket", "--out", run / "eval")
+    (run / "eval" / "stdout.txt").write_text(evaluated.stdout)  # what the command printed, for its tests
     return run
 
 

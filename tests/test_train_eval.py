@@ -101,6 +101,9 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     defects = [r for r in rows if r["label"] == "1"]
     assert sum(peaks["passed"].values()) + sum(peaks["caught"].values()) + peaks["without_mask"] == len(defects)
     assert "defects that pass, peaking on the defect / elsewhere" in page
+    printed = (report / "stdout.txt").read_text()  # the closing line says it where a defect passes
+    said = f"the misses' maps peak on the defect in {peaks['passed']['on_defect']}, elsewhere in "
+    assert (said in printed) == (sum(peaks["passed"].values()) > 0), printed
     threshold = metrics["threshold"]
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
@@ -149,6 +152,7 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
         assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["per_kind_image_auroc"]["scratch"] is not None
         scratch = metrics["per_kind_misses"]["scratch"]  # one kind: the closing line's figure is its figure
         assert f"of {scratch['of']} defects;" in proc.stdout and "(scratch" not in proc.stdout
+        assert "maps peak" not in proc.stdout  # no masks: where a peak lies says nothing
 
 
 def test_metrics_csv_has_the_training_scalars(tiny_run):

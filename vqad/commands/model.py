@@ -115,6 +115,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         by_kind = ", ".join(f"{kind} {k['passed']} of {k['of']}" for kind, k in m["per_kind_misses"].items())
         apart = f" ({by_kind})" if len(m["per_kind_misses"]) > 1 else ""  # one kind's figures are the whole's
         rates.append(f"misses {percent(m['miss_rate'])} of {m['n_defect']} defects{apart}")
+        passed = m["defect_peaks"]["passed"]  # a threshold question, or a defect the model does not see
+        if sum(passed.values()):
+            rates.append(
+                f"the misses' maps peak on the defect in {passed['on_defect']}, elsewhere in {passed['elsewhere']}"
+            )
     if m["miss_rate_at_1pct_frr"] is not None:
         rates.append(
             f"misses at 1% / 5% false rejects: {percent(m['miss_rate_at_1pct_frr'])} / "
