@@ -170,76 +170,107 @@ def parse_frame(
     if not parts:
         raise UnreadableMessageError("empty message")
     header, camera_id, frame_id = parse_header(parts[0], limits)
+    part_id = None
     try:
-        part_id = read_optional_id(header, "part_id")
-    except ValueError as exc:
-        raise FrameError(str(exc), camera_id, frame_id) from None
+        part_id = _optional_id(header, "part_id")
+        sender = _optional_id(header, "sender")
+        if len(parts) != 2:
+            raise FrameError(f"expected 2 message parts, got {len(parts)}")
+        layout = _read_layout(header, len(parts[1]), limits, pixel_bits)
+        image = (
+            _raw_payload(parts[1], layout) if layout.encoding == "raw" else _encoded_payload(parts[1], layout, limits)
+        )
+    except FrameError as exc:  # raised without the ids, which only this level knows
+        raise FrameError(exc.reason, camera_id, frame_id, part_id) from None
+    return Frame(
+        camera_id, frame_id, header["ts_ns"], image, recv_ns if recv_ns is not None else time.time_ns(), part_id, sender
+    )
 
-    def fail(reason: str) -> FrameError:
-        return FrameError(reason, camera_id, frame_id, part_id)
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a frame's payload is laid out, as its header says, checked."""
+
+    encoding: str
+    dtype: str
+    shape: tuple[int, int, int] | None  # required for raw; optional for JPEG and PNG
+    pixel_bits: int
+    color_order: str
+
+
+def _optional_id(header: dict[str, Any], key: str) -> str | None:
     try:
-        sender = read_optional_id(header, "sender")
+        return read_optional_id(header, key)
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise FrameError(str(exc)) from None
 
-    if len(parts) != 2:
-        raise fail(f"expected 2 message parts, got {len(parts)}")
+
+def _read_layout(header: dict[str, Any], payload_bytes: int, limits: Limits, pixel_bits: int) -> _Layout:
+    """The header's version, time and payload layout, checked against `limits`. FrameError
+    (without ids) names the first field that is wrong."""
     if header.get("v") != VERSION:
-        raise fail(f"unsupported protocol version {json.dumps(header.get('v'))[:20]}; this daemon speaks v{VERSION}")
+        raise FrameError(
+            f"unsupported protocol version {json.dumps(header.get('v'))[:20]}; this daemon speaks v{VERSION}"
+        )
     ts_ns = header.get("ts_ns")
     if isinstance(ts_ns, bool) or not isinstance(ts_ns, int) or ts_ns < 0:
-        raise fail("ts_ns must be a non-negative integer (ns since the epoch)")
+        raise FrameError("ts_ns must be a non-negative integer (ns since the epoch)")
     encoding = header.get("encoding")
     if encoding not in ENCODINGS:
-        raise fail(f"encoding must be one of {', '.join(ENCODINGS)}")
+        raise FrameError(f"encoding must be one of {', '.join(ENCODINGS)}")
     dtype = header.get("dtype", "uint8" if encoding != "raw" else None)
     if not isinstance(dtype, str) or dtype not in RAW_DTYPES or (dtype != "uint8" and encoding != "raw"):
-        raise fail(f"unsupported dtype {json.dumps(dtype)[:40]}; uint8, or uint16 for raw frames")
-    payload = parts[1]
-    if len(payload) > limits.max_frame_bytes:
-        raise fail(f"frame of {len(payload)} bytes exceeds the limit of {limits.max_frame_bytes}")
-    try:
-        shape = _shape(header, required=encoding == "raw")
-    except FrameError as exc:
-        raise fail(exc.reason) from None
+        raise FrameError(f"unsupported dtype {json.dumps(dtype)[:40]}; uint8, or uint16 for raw frames")
+    if payload_bytes > limits.max_frame_bytes:
+        raise FrameError(f"frame of {payload_bytes} bytes exceeds the limit of {limits.max_frame_bytes}")
+    shape = _shape(header, required=encoding == "raw")
     if shape is not None and shape[0] * shape[1] > limits.max_frame_pixels:
-        raise fail(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
+        raise FrameError(f"shape {list(shape)} exceeds the limit of {limits.max_frame_pixels} pixels")
     try:
         pixel_bits = check_pixel_bits(header.get("pixel_bits", pixel_bits))
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise FrameError(str(exc)) from None
     order = header.get("color_order", "BGR")
     if not isinstance(order, str) or order not in COLOR_ORDERS or (order != "BGR" and encoding != "raw"):
-        raise fail(f"color_order must be BGR or RGB (RGB for raw frames only), got {json.dumps(order)[:40]}")
-    if encoding == "raw":
-        h, w, c = shape  # type: ignore[misc]
-        pixel_type = RAW_DTYPES[dtype]
-        if len(payload) != h * w * c * pixel_type.itemsize:
-            raise fail(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {dtype} needs "
-                       f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
-        image = _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), order, pixel_bits)
-    else:
-        # Decoders return partial images from truncated files; a complete file ends with its end marker.
-        end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
-        if end_marker not in bytes(payload[-64:]):
-            raise fail(f"{encoding} data is truncated (no end marker)")
-        claimed = encoded_size(payload)
-        if claimed is not None and claimed[0] * claimed[1] > limits.max_frame_pixels:
-            raise fail(f"{encoding} image {claimed[1]}x{claimed[0]} exceeds {limits.max_frame_pixels} pixels")
-        try:
-            image = decode_image(payload, pixel_bits)
-        except FrameError as exc:
-            raise fail(f"{encoding} {exc.reason}") from None
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.shape[2] == 4:
-            image = image[:, :, :3]
-        if image.shape[0] * image.shape[1] > limits.max_frame_pixels:
-            raise fail(f"decoded image {image.shape[1]}x{image.shape[0]} exceeds {limits.max_frame_pixels} pixels")
-        if shape is not None and tuple(image.shape[:2]) != shape[:2]:
-            raise fail(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
-    return Frame(camera_id, frame_id, ts_ns, image, recv_ns if recv_ns is not None else time.time_ns(), part_id, sender)
+        raise FrameError(f"color_order must be BGR or RGB (RGB for raw frames only), got {json.dumps(order)[:40]}")
+    return _Layout(encoding, dtype, shape, pixel_bits, order)
+
+
+def _raw_payload(payload: bytes | memoryview, layout: _Layout) -> np.ndarray:
+    """A raw payload -> the (H, W, C) uint8 image; its size must be what the shape says."""
+    h, w, c = layout.shape  # type: ignore[misc]
+    pixel_type = RAW_DTYPES[layout.dtype]
+    if len(payload) != h * w * c * pixel_type.itemsize:
+        raise FrameError(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {layout.dtype} needs "
+                         f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
+    return _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), layout.color_order, layout.pixel_bits)
+
+
+def _encoded_payload(payload: bytes | memoryview, layout: _Layout, limits: Limits) -> np.ndarray:
+    """A JPEG or PNG payload -> the (H, W, C) uint8 image, C 1 or 3. The file must be whole,
+    claim no more than the pixel limit before it is decoded, and match the header's shape."""
+    encoding = layout.encoding
+    # Decoders return partial images from truncated files; a complete file ends with its end marker.
+    end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
+    if end_marker not in bytes(payload[-64:]):
+        raise FrameError(f"{encoding} data is truncated (no end marker)")
+    claimed = encoded_size(payload)
+    if claimed is not None and claimed[0] * claimed[1] > limits.max_frame_pixels:
+        raise FrameError(f"{encoding} image {claimed[1]}x{claimed[0]} exceeds {limits.max_frame_pixels} pixels")
+    try:
+        image = decode_image(payload, layout.pixel_bits)
+    except FrameError as exc:
+        raise FrameError(f"{encoding} {exc.reason}") from None
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.shape[0] * image.shape[1] > limits.max_frame_pixels:
+        raise FrameError(f"decoded image {image.shape[1]}x{image.shape[0]} exceeds {limits.max_frame_pixels} pixels")
+    shape = layout.shape
+    if shape is not None and tuple(image.shape[:2]) != shape[:2]:
+        raise FrameError(f"decoded image is {image.shape[0]}x{image.shape[1]} but shape says {shape[0]}x{shape[1]}")
+    return image
 
 
 def _raw_image(pixels: np.ndarray, order: str, pixel_bits: int) -> np.ndarray:
