@@ -292,6 +292,41 @@ def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | Non
     return int(moment.timestamp() * 1e9)
 
 
+def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, reviewed: bool | None) -> sa.Select:
+    """`q` over the results, kept to those whose columns equal `equal`'s values (column name ->
+    value; None: any), published after `after_seq`, and reviewed (True), not reviewed (False) or
+    either (None)."""
+    for name, value in equal.items():
+        if value is not None:
+            column = results.c[name]
+            if name == "camera_id" and equal.get("part_id") is not None:
+                # Asked for a part, its few rows by their index: SQLite, without statistics, took
+                # the camera's index and sorted every row of the camera (0.28 s at 2 million
+                # results). An expression on the camera keeps it off that index, on any database.
+                column = column + ""
+            q = q.where(column == value)
+    if after_seq is not None:
+        q = q.where(results.c.seq > after_seq)
+    if reviewed:  # from the reviews (few) to their results; an EXISTS would walk every result
+        q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
+    elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
+        q = q.where(~sa.exists().where(reviews.c.result_id == results.c.id))
+    return q
+
+
+def _reviews_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The reviews of the results of `ids`, by result id, oldest first."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    # These results' reviews only (by their index): a camera's months of reviews would
+    # otherwise be read for every page of rejects. In chunks: SQLite takes a bounded
+    # number of parameters in one statement.
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        for r in conn.execute(sa.select(reviews).where(reviews.c.result_id.in_(chunk)).order_by(reviews.c.id)):
+            found.setdefault(r.result_id, []).append(dict(r._mapping))
+    return found
+
+
 class Record:
     def __init__(self, url: str, must_exist: bool = False):
         """must_exist: refuse a SQLite file that is not there (a query or a review of a
@@ -327,25 +362,9 @@ class Record:
         results published after the one of that `seq`, the oldest first, in the order they were
         published: a subscriber's catch-up, whatever their capture times."""
         check_seq_cursor(run, after_seq)
-        # Asked for a part, its few rows by their index: SQLite, without statistics, took the
-        # camera's index and sorted every row of the camera (0.28 s at 2 million results). An
-        # expression on the camera keeps it off that index, on any database.
-        by_camera = results.c.camera_id if part_id is None else results.c.camera_id + ""
-        q = sa.select(results)
-        for column, value in ((by_camera, camera), (results.c.decision, decision), (results.c.frame_id, frame_id),
-                              (results.c.part_id, part_id), (results.c.id, result_id)):  # fmt: skip
-            if value is not None:
-                q = q.where(column == value)
-        if model_sha256 is not None:
-            q = q.where(results.c.model_sha256 == model_sha256)
-        if run is not None:
-            q = q.where(results.c.daemon_run == run)
-        if after_seq is not None:
-            q = q.where(results.c.seq > after_seq)
-        if reviewed:  # from the reviews (few) to their results; an EXISTS would walk every result
-            q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
-        elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
-            q = q.where(~sa.exists().where(reviews.c.result_id == results.c.id))
+        equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
+                 "model_sha256": model_sha256, "daemon_run": run}  # fmt: skip
+        q = _results_where(sa.select(results), equal, after_seq, reviewed)
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         if before is not None:  # the range on ts_ns first, which the time indexes serve
             ts, row_id = before
@@ -359,15 +378,7 @@ class Record:
         )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
-            found: dict[int, list[dict[str, Any]]] = {}
-            ids = [r["id"] for r in rows]
-            # These results' reviews only (by their index): a camera's months of reviews would
-            # otherwise be read for every page of rejects. In chunks: SQLite takes a bounded
-            # number of parameters in one statement.
-            for start in range(0, len(ids), LOOKUP_CHUNK):
-                chunk = ids[start : start + LOOKUP_CHUNK]
-                for r in conn.execute(sa.select(reviews).where(reviews.c.result_id.in_(chunk)).order_by(reviews.c.id)):
-                    found.setdefault(r.result_id, []).append(dict(r._mapping))
+            found = _reviews_of(conn, [r["id"] for r in rows])
         for row in rows:
             row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
