@@ -104,6 +104,7 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     printed = (report / "stdout.txt").read_text()  # the closing line says it where a defect passes
     said = f"the misses' maps peak on the defect in {peaks['passed']['on_defect']}, elsewhere in "
     assert (said in printed) == (sum(peaks["passed"].values()) > 0), printed
+    assert ("When too many defects pass" in printed) == (metrics["miss_rate"] > 0), printed
     threshold = metrics["threshold"]
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]

@@ -131,6 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"at the threshold: {'; '.join(rates)}")
     print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
+    if m["miss_rate"]:
+        print('what to do for each kind of miss: docs/new-product.md, "When too many defects pass"')
     return 0
 
 
