@@ -71,7 +71,7 @@ def _prepare(workdir: Path, category: str, minutes: float, image_size: str) -> N
     """The data (synthesised once), a trained run (kept), its evaluation and its export."""
     data, run, report, model = workdir / "data", workdir / "run", workdir / "report", workdir / "model"
     if not (data / category).is_dir():
-        _step("synthesise a benchmark", "synth", str(data))
+        _step(f"synthesise a benchmark of {category}", "synth", str(data), "--categories", category)
     train = ["train", str(data / category), "--out", str(run), "--max-minutes", str(minutes)]
     if not (run / "checkpoint.pt").is_file():
         _step(f"train {category} for {minutes:g} min", *train, "--image-size", str(image_size))
