@@ -332,32 +332,13 @@ def run_watch(
             if sock.poll(100):
                 parts = sock.recv_multipart()
                 if parts[0] == HEARTBEAT_TOPIC:
-                    beat = daemon.beat(parts)
-                    if beat is not None:
-                        missed, unseen = summary.beat(beat)
-                        if missed:
-                            _say_missed(gaps, missed, beat["run"], beat["published"])
-                        if unseen:
-                            log.warning("the daemon started and stopped %d time(s) while this reader could not "
-                                        "hear it (runs %s); a daemon with a record has their results: vqad records "
-                                        "RECORD --run RUN", len(unseen), ", ".join(unseen))  # fmt: skip
+                    _hear_beat(daemon.beat(parts), summary, gaps)
                     continue
                 daemon.heard()
-                try:
-                    header, amap = parse_result(parts)
-                    if camera and header.get("camera_id") != camera:
-                        continue  # the topic prefix also matches longer ids
-                    line = format_line(header)
-                    missed = summary.add(header)
-                except (ValueError, KeyError, TypeError) as exc:  # a publisher that is not a vqad daemon
-                    malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
-                    continue
-                if missed:
-                    _say_missed(gaps, missed, header["run"], header["seq"])
-                last = time.monotonic()
-                outputs.write(line, header, amap, parts[3] if len(parts) > 3 else None)
-                if count and sum(summary.by_status.values()) >= count:
-                    break
+                if _take_result(parts, camera, summary, outputs, malformed, gaps):
+                    last = time.monotonic()
+                    if count and sum(summary.by_status.values()) >= count:
+                        break
             elif timeout_s and time.monotonic() - last > timeout_s:
                 break
     except KeyboardInterrupt:
@@ -367,3 +348,38 @@ def run_watch(
         outputs.close()
     daemon.check(ending=True)
     return summary
+
+
+def _hear_beat(beat: dict[str, Any] | None, summary: Summary, gaps: RepeatedLog) -> None:
+    """A daemon's heartbeat (None: not one to count): say the results it shows were missed since
+    the last one read, and the daemon runs this reader never heard."""
+    if beat is None:
+        return
+    missed, unseen = summary.beat(beat)
+    if missed:
+        _say_missed(gaps, missed, beat["run"], beat["published"])
+    if unseen:
+        log.warning("the daemon started and stopped %d time(s) while this reader could not "
+                    "hear it (runs %s); a daemon with a record has their results: vqad records "
+                    "RECORD --run RUN", len(unseen), ", ".join(unseen))  # fmt: skip
+
+
+def _take_result(
+    parts: list[bytes], camera: str | None, summary: Summary, outputs: _Outputs, malformed: RepeatedLog,
+    gaps: RepeatedLog,
+) -> bool:  # fmt: skip
+    """Count, print and save one result message; -> whether it was counted (not another camera's,
+    not malformed)."""
+    try:
+        header, amap = parse_result(parts)
+        if camera and header.get("camera_id") != camera:
+            return False  # the topic prefix also matches longer ids
+        line = format_line(header)
+        missed = summary.add(header)
+    except (ValueError, KeyError, TypeError) as exc:  # a publisher that is not a vqad daemon
+        malformed.log("ignoring a malformed result: %s: %s", type(exc).__name__, exc)
+        return False
+    if missed:
+        _say_missed(gaps, missed, header["run"], header["seq"])
+    outputs.write(line, header, amap, parts[3] if len(parts) > 3 else None)
+    return True
