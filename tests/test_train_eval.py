@@ -105,6 +105,7 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     said = f"the misses' maps peak on the defect in {peaks['passed']['on_defect']}, elsewhere in "
     assert (said in printed) == (sum(peaks["passed"].values()) > 0), printed
     assert ("When too many defects pass" in printed) == (metrics["miss_rate"] > 0), printed
+    assert "What to do for each: docs/new-product.md, &quot;When too many defects pass&quot;." in page
     threshold = metrics["threshold"]
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]

@@ -20,6 +20,8 @@ from train.data import TestSample
 from train.metrics import figure, percent
 
 PAGE = "report.html"
+# Where the guide says what to do about defects that pass, by where their maps peak.
+MISSES_GUIDE = 'docs/new-product.md, "When too many defects pass"'
 PANELS = "images"  # the folder of REPORT_DIR that holds the panels
 
 
@@ -90,7 +92,7 @@ def write_report_page(
             f"<h2>Defects that pass ({len(missed)})</h2>",
             "<p>Lowest score first. The ring marks the map's peak, where the score comes from. A peak on the "
             "defect but under the threshold is a threshold question; a peak elsewhere, a defect the model does "
-            "not see.</p>",
+            f"not see. What to do for each: {_e(MISSES_GUIDE)}.</p>",
             _gallery(out, [_panel_entry(test[i], scores[i]) for i in missed]),
             "<h2>Scores, ROC, training, codebook</h2>",
             '<div class="plots">'

@@ -101,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate
     from train.metrics import figure, percent
+    from train.report_page import MISSES_GUIDE
 
     m = evaluate(args.run, args.data, args.out, pictures=not args.no_pictures)
     print(
@@ -132,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"at the threshold: {'; '.join(rates)}")
     print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
     if m["miss_rate"]:
-        print('what to do for each kind of miss: docs/new-product.md, "When too many defects pass"')
+        print(f"what to do for each kind of miss: {MISSES_GUIDE}")
     return 0
 
 
