@@ -39,6 +39,11 @@ LONE_RATIO = 1.5
 log = logging.getLogger(__name__)
 
 
+# Where the guide says what to do about defects that pass, by where their maps peak: named by
+# `vqad eval`, its report page and `vqad calibrate --defects` when a defect passes.
+MISSES_GUIDE = 'docs/new-product.md, "When too many defects pass"'
+
+
 def frr_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -> float:
     """One-sided Clopper-Pearson upper bound on the false-reject rate when `above` of `n` good
     images score at or over the threshold: with `confidence`, new good images from the same

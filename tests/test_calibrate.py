@@ -172,6 +172,7 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     lowest = sorted(scores)[: min(d["missed"], 5)]
     assert [m["score"] for m in d["lowest_missed"]] == [round(float(s), 6) for s in lowest]
     assert f"{d['missed']} of {len(paths)} score under the threshold" in proc.stdout
+    assert ('"When too many defects pass"' in proc.stdout) == (d["missed"] > 0), proc.stdout
     # The defects given as good images are refused, as a test set is: a threshold over them
     # would pass them.
     for given in (defects, defects.parent):
@@ -195,6 +196,7 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     d = load_package(model).meta["threshold"]["defects"]
     assert d["missed"] == len(paths) and len(d["lowest_missed"]) == min(len(paths), 5)
     assert "lowest: " in proc.stdout and "would pass" in proc.stderr
+    assert 'what to do for each kind of miss: docs/new-product.md, "When too many defects pass"' in proc.stdout
 
 
 def test_calibrating_a_run_with_confirmed_defects(tiny_run, synth_root, tmp_path, line_good):

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.threshold import MISSES_GUIDE
 from train.data import TestSample
 from train.metrics import figure, percent
 
 PAGE = "report.html"
-# Where the guide says what to do about defects that pass, by where their maps peak.
-MISSES_GUIDE = 'docs/new-product.md, "When too many defects pass"'
 PANELS = "images"  # the folder of REPORT_DIR that holds the panels
 
 

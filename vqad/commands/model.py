@@ -7,9 +7,13 @@ import logging
 from pathlib import Path
 
 from edge.frames import parse_size
+from edge.threshold import MISSES_GUIDE
 from vqad.commands.common import config_args, default_config, overrides, pixel_bits_arg
 
 log = logging.getLogger(__name__)
+
+# Said by `vqad eval` and `vqad calibrate --defects` when a defect passes.
+MISSES_HINT = f"what to do for each kind of miss: {MISSES_GUIDE}"
 
 
 def _frr(text: str) -> float:
@@ -101,7 +105,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate
     from train.metrics import figure, percent
-    from train.report_page import MISSES_GUIDE
 
     m = evaluate(args.run, args.data, args.out, pictures=not args.no_pictures)
     print(
@@ -133,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"at the threshold: {'; '.join(rates)}")
     print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
     if m["miss_rate"]:
-        print(f"what to do for each kind of miss: {MISSES_GUIDE}")
+        print(MISSES_HINT)
     return 0
 
 
@@ -180,6 +183,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(_scale_line(threshold["scale"]))
     if "defects" in threshold:
         print(_defects_line(threshold["defects"], args.defects))
+        if threshold["defects"]["missed"]:
+            print(MISSES_HINT)
     return 0
 
 
