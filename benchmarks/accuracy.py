@@ -64,11 +64,30 @@ def run_slug(variant: str, repeat: int = 0) -> str:
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row from repeated trainings (seeds 0..n-1): the median of each figure, with
-    min, max and n under "spread"; the other fields (run dir, FLOPs) from the seed-0 run."""
+    min, max and n under "spread"; where the defects' maps peak, added up over the runs; the
+    other fields (run dir, FLOPs) from the seed-0 run."""
     row = dict(rows[0])
     row["spread"] = {k: _spread([r[k] for r in rows]) for k in SPREAD_KEYS}
     row.update({k: row["spread"][k]["median"] for k in SPREAD_KEYS})
+    if "defect_peaks" in row:  # the baseline's row has none
+        row["defect_peaks"] = summed_peaks([r.get("defect_peaks") for r in rows])
     return row
+
+
+def summed_peaks(counted: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The runs' `defect_peaks` (vqad eval's counts of where each defect's map peaks) added up,
+    with `runs`, how many counted: counts of defects, so a sum over the seeds, not a median.
+    None where no run counted them (a report written before they were)."""
+    known = [c for c in counted if c]
+    if not known:
+        return None
+    total = {group: {k: sum(c[group][k] for c in known) for k in ("on_defect", "elsewhere")}
+             for group in ("passed", "caught")}  # fmt: skip
+    return total | {
+        "without_mask": sum(c["without_mask"] for c in known),
+        "within_px": known[0]["within_px"],
+        "runs": len(known),
+    }
 
 
 def _spread(values: list[float | None]) -> dict[str, Any]:

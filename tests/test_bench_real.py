@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from benchmarks.accuracy import Budget, bench_real, median_row, real_categories
-from benchmarks.run import real_markdown, steps_cell
+from benchmarks.accuracy import SPREAD_KEYS, Budget, bench_real, median_row, real_categories
+from benchmarks.run import peaks_cell, real_markdown, steps_cell
 
 
 def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tmp_path, capsys):
@@ -28,12 +28,36 @@ def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tm
     table = "\n".join(real_markdown(acc))
     assert "6 steps (guard 5 min) per model" in table
     assert "| part | ours (configs/) | 32 x 32 | 6 |" in table and "| part | per-pixel Gaussian |" in table
+    passed = peaks["passed"]
+    assert f"| {passed['on_defect']} / {passed['elsewhere']} |" in table and "misses peaking on the defect" in table
     assert "false rejects" in table and "%" in table
     # A long run shows its progress: each training's start and end, then the category's figures.
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[train] part / ours: started ")
     assert lines[1].startswith("[train] part / ours: 6 steps (ended by steps), image AUROC ")
     assert lines[2].startswith("[real] part: image AUROC ")
+
+
+def test_a_rows_defect_peaks_add_up_its_runs():
+    """Where the defects' maps peak is a count of defects: over three seeds, the row adds the
+    three runs' counts (it kept seed 0's alone), and says how many runs counted."""
+
+    def run(passed_on, passed_else, caught_on, caught_else, without_mask=0):
+        peaks = {"passed": {"on_defect": passed_on, "elsewhere": passed_else},
+                 "caught": {"on_defect": caught_on, "elsewhere": caught_else},
+                 "without_mask": without_mask, "within_px": 2}  # fmt: skip
+        return dict.fromkeys(SPREAD_KEYS, 0.5) | {"defect_peaks": peaks}
+
+    row = median_row([run(13, 11, 27, 1), run(10, 9, 30, 3, 1), run(12, 10, 29, 1)])
+    assert row["defect_peaks"] == {
+        "passed": {"on_defect": 35, "elsewhere": 30}, "caught": {"on_defect": 86, "elsewhere": 5},
+        "without_mask": 1, "within_px": 2, "runs": 3,
+    }  # fmt: skip
+    older = median_row([dict(run(1, 2, 3, 4), defect_peaks=None), run(1, 2, 3, 4)])  # a report before the count
+    assert older["defect_peaks"]["runs"] == 1 and older["defect_peaks"]["passed"] == {"on_defect": 1, "elsewhere": 2}
+    assert median_row([dict(run(1, 2, 3, 4), defect_peaks=None)])["defect_peaks"] is None
+    assert peaks_cell(row) == "35 / 30 over 3 runs" and peaks_cell(older) == "1 / 2" and peaks_cell({}) == ""
+    assert "defect_peaks" not in median_row([dict.fromkeys(SPREAD_KEYS, 0.5)])  # the baseline's row
 
 
 def test_a_training_the_guard_stopped_short_is_marked():
