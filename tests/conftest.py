@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import forked_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 VQAD = [sys.executable, "-m", "vqad.cli"]
@@ -41,11 +43,16 @@ TINY_TRAIN = [
 
 
 def run_vqad(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """`vqad ARGS` in a process, from the repository's root; `env` adds to this one's."""
+    """`vqad ARGS` in a process of its own, from the repository's root; `env` adds to this one's.
+    The process is forked from one that has imported the CLI's dependencies (tests/forked_cli.py),
+    unless another subprocess.run option is given."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **kw.pop("env", {}))
-    proc = subprocess.run(
-        [*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kw
-    )
+    if forked_cli.ENABLED and not kw:  # a forked process, torch already imported (tests/forked_cli.py)
+        proc = forked_cli.run_forked(list(map(str, args)), ROOT, env, timeout)
+    else:
+        proc = subprocess.run(
+            [*VQAD, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kw
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"vqad {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -3,6 +3,8 @@ never a value quietly taken for another."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -224,3 +226,35 @@ def test_every_flag_the_docs_give_a_command_is_one_it_takes():
                     if flag not in takes[name]:
                         unknown.append(f"{doc.name}:{n}: vqad {name} {flag}")
     assert checked > 100 and not unknown, unknown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["records", "{tmp}/none/line.db"],  # refused: exit 3, one line on stderr
+        "synth {tmp}/s --categories bracket --size 32 --n-train 4 --n-test-good 1 --n-per-defect 1".split(),
+        ["train", "--help"],  # argparse's own exit, on stdout
+        ["synth", "{tmp}/s", "--size", "0"],  # argparse's refusal: exit 2
+    ],
+)
+def test_a_forked_command_answers_as_python_m_vqad_cli_does(args, tmp_path):
+    """run_vqad forks its commands from a process that holds their imports (tests/forked_cli.py):
+    the exit code, standard output and error must be those of `python -m vqad.cli` itself."""
+    from tests import forked_cli
+
+    answers = []
+    for way in ("forked", "python -m"):
+        out = tmp_path / way
+        argv = [a.format(tmp=out) for a in args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if way == "forked":
+            proc = forked_cli.run_forked(argv, ROOT, env, timeout=120)
+        else:
+            proc = subprocess.run([sys.executable, "-m", "vqad.cli", *argv], capture_output=True, text=True,
+                                  timeout=120, cwd=ROOT, env=env)  # fmt: skip
+        # Log lines carry their time, synth its duration; the folders differ by name.
+        stderr = re.sub(r"^\S+ \S+ ", "", proc.stderr.replace(str(out), "OUT"), flags=re.M)
+        stdout = re.sub(r" in [\d.]+s ", " in Ts ", proc.stdout.replace(str(out), "OUT"))
+        answers.append((proc.returncode, stdout, stderr))
+    assert answers[0] == answers[1]
+    assert answers[0][1] or answers[0][2]  # something was said
