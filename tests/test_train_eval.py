@@ -727,6 +727,11 @@ def test_without_a_terminal_training_logs_lines_not_a_bar(synth_root, tmp_path, 
     with caplog.at_level(logging.INFO, logger="train.loop"):
         _progress_line(session, losses)
     assert "2.00 steps/s, about 2 min left (train.max_minutes ends it); loss" in caplog.text
+    # A short training's time left is in seconds: "about 0 min" read as done.
+    session.train_cfg, session.step, session.t0 = TrainConfig(steps=1300), 1220, time.monotonic() - 610
+    with caplog.at_level(logging.INFO, logger="train.loop"):
+        _progress_line(session, losses)
+    assert "step 1220 of 1300 (94%), 2.00 steps/s, about 40 s left; loss" in caplog.text
 
 
 def test_random_crops_cut_a_larger_input_and_leave_a_fitting_one_alone():

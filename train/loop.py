@@ -479,6 +479,12 @@ def run_steps(s: Session) -> bool:
     return interrupted
 
 
+def duration_text(seconds: float) -> str:
+    """A time left as a person reads it: "15 min", or "40 s" under a minute and a half (a short
+    training's "0 min" read as done)."""
+    return f"{seconds / 60.0:.0f} min" if seconds >= 90 else f"{max(0.0, seconds):.0f} s"
+
+
 def log_pace(s: Session) -> None:
     """How long the remaining steps will take at the pace so far; a warning when `max_minutes`
     will end the training first, and near which step."""
@@ -487,7 +493,7 @@ def log_pace(s: Session) -> None:
     left_s = cfg.max_minutes * 60.0 - s.elapsed()
     need_s = (cfg.steps - s.step) * per_step
     if need_s <= left_s:
-        log.info("%.2f s a step: about %.0f min for the %d steps left", per_step, need_s / 60.0, cfg.steps - s.step)
+        log.info("%.2f s a step: about %s for the %d steps left", per_step, duration_text(need_s), cfg.steps - s.step)
         return
     log.warning(
         "%.2f s a step: the %g-minute budget (train.max_minutes) ends this training near step %d of %d; "
@@ -558,8 +564,9 @@ def _progress_line(s: Session, losses: dict[str, Any]) -> None:
     pace = (s.step - s.start_step) / max(1e-6, now - s.t0)
     left_min, until = time_left_min(s.train_cfg, s.step, pace, s.elapsed())
     log.info(
-        "train %s: step %d of %d (%.0f%%), %.2f steps/s, about %.0f min left%s; loss %.4f, l2 %.5f, head %.4f",
-        s.category.name, s.step, s.train_cfg.steps, 100 * s.step / s.train_cfg.steps, pace, left_min, until,
+        "train %s: step %d of %d (%.0f%%), %.2f steps/s, about %s left%s; loss %.4f, l2 %.5f, head %.4f",
+        s.category.name, s.step, s.train_cfg.steps, 100 * s.step / s.train_cfg.steps, pace,
+        duration_text(60.0 * left_min), until,
         losses["loss"].item(), losses["l2"].item(), losses["head"].item(),
     )  # fmt: skip
     s.progress_at = now
