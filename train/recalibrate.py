@@ -64,12 +64,7 @@ def calibrate_run(
         raise DataError("--choose-scale needs confirmed defects to choose by (--defects DIR)")
     run = load_run(run_dir, data)
     run.require_finished("calibrated")
-    cfg, fused = run.model_cfg, None
-    if fuse_scales is not None:  # validated as the config's own field (ConfigError)
-        cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, fuse_scales=tuple(fuse_scales)))
-        before = list(run.model_cfg.score.fuse_scales)
-        fused = {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before}
-        fused["fuse_scales"] = list(cfg.score.fuse_scales)
+    cfg, fused = _fused_config(run, fuse_scales)
     shapes: list[tuple[int, int]] = []
     frames, paths, source = calibration_images(
         good_dir, cfg.input_format, run.training_fingerprints(), shapes, defects_dir
@@ -81,30 +76,18 @@ def calibrate_run(
     if choose_scale:
         choice, scores = choose_map_scale(run, frames, defects_dir, target, cfg)
         choice["good"] = str(Path(good_dir).resolve())
-    elif fused is not None:
-        rebuild_map(run, cfg, *_good_images(run))
-        _, _, scores = score_frames(run.model, frames)
     else:
+        if fused is not None:
+            rebuild_map(run, cfg, *_good_images(run))
         _, _, scores = score_frames(run.model, frames)
     threshold = calibrate_threshold(scores, target, source, names=paths)
     # A threshold of another map says nothing of this map's scores.
     same_scale = choice is None or choice["chosen"] == choice["before"]
     same_map = same_scale and (fused is None or fused["fuse_scales"] == fused["before"])
     comparable = previous is not None and same_map and not run.threshold_is_stale(previous)
-    if previous is not None:
-        threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
-    if comparable:  # before anything is saved: it may refuse
-        threshold["against_previous"] = check_against_previous(
-            scores, float(previous["value"]), threshold["value"], force
-        )
+    _add_previous(threshold, previous, scores, comparable, force)  # before anything is saved: it may refuse
     threshold["health"] = health
-    if choice is not None or fused is not None:
-        scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
-        save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
-    if choice is not None:
-        threshold["scale"] = choice
-    if fused is not None:
-        threshold["fused"] = fused
+    _save_map_choices(run, threshold, choice, fused)
     if defects_dir is not None:
         threshold["defects"] = check_defects(
             defects_dir, cfg.input_format, lambda f: score_frames(run.model, f)[2], threshold["value"],
@@ -119,6 +102,52 @@ def calibrate_run(
         threshold["frr_bound_note"],
     )
     return threshold
+
+
+def _fused_config(run: Run, fuse_scales: tuple[float, ...] | None) -> tuple[ModelConfig, dict[str, Any] | None]:
+    """The run's model config, with `fuse_scales` in place of its own (validated as the config's
+    field: ConfigError), and the record of that change; (config, None) when not given."""
+    if fuse_scales is None:
+        return run.model_cfg, None
+    cfg = dataclasses.replace(
+        run.model_cfg, score=dataclasses.replace(run.model_cfg.score, fuse_scales=tuple(fuse_scales))
+    )
+    fused = {
+        "by": "vqad calibrate --fuse-scales",
+        "calibrated": _now(),
+        "before": list(run.model_cfg.score.fuse_scales),
+    }
+    fused["fuse_scales"] = list(cfg.score.fuse_scales)
+    return cfg, fused
+
+
+def _add_previous(
+    threshold: dict[str, Any], previous: dict[str, Any] | None, scores: np.ndarray, comparable: bool, force: bool
+) -> None:
+    """The previous threshold into the new one's record, and, when it was of the same map, how
+    the two compare (check_against_previous: DataError for a rise it refuses, unless `force`)."""
+    if previous is None:
+        return
+    threshold["previous"] = {k: previous.get(k) for k in ("value", "calibrated", "source", "n_val")}
+    if comparable:
+        threshold["against_previous"] = check_against_previous(
+            scores, float(previous["value"]), threshold["value"], force
+        )
+
+
+def _save_map_choices(
+    run: Run, threshold: dict[str, Any], choice: dict[str, Any] | None, fused: dict[str, Any] | None
+) -> None:
+    """A chosen scale or fused maps into the checkpoint (export again), and into the threshold's
+    record; nothing when neither was asked for."""
+    if choice is None and fused is None:
+        return
+    scale_choice = None if choice is None else {k: v for k, v in choice.items() if k != "compared"}
+    save_scoring(run, {k: v for k, v in (("scale_choice", scale_choice), ("fuse_choice", fused)) if v})
+    if choice is not None:
+        threshold["scale"] = choice
+    if fused is not None:
+        threshold["fused"] = fused
 
 
 def _camera_health(run: Run) -> dict[str, Any] | None:
