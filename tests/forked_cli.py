@@ -59,7 +59,11 @@ def run_forked(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) 
         out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
         process = _forkserver().Process(target=_command, args=(argv, str(cwd), env, str(out), str(err)))
         process.start()
-        process.join(timeout)
+        try:
+            process.join(timeout)
+        except BaseException:  # the test stopped (pytest-timeout, Ctrl-C): as subprocess.run does
+            process.kill()
+            raise
         if process.exitcode is None:
             process.kill()
             process.join()
