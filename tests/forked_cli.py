@@ -8,7 +8,9 @@ still runs in its own process, with its own files, exit code, standard output an
 tests see what a user's shell sees. `python -m vqad.cli` itself is still run by the calls that
 need a fresh interpreter (an environment read at import) and by the tests of the command's start.
 
-Set VQAD_TEST_FORK=0 to run every command as `python -m vqad.cli`.
+Set VQAD_TEST_FORK=0 to run every command as `python -m vqad.cli`. The fork server imports the
+main module of the process that starts it again, as multiprocessing does: pytest's (`python -m
+pytest`, `pytest`, an xdist worker) is safe to import. A forked command reads no standard input.
 """
 
 from __future__ import annotations
