@@ -112,13 +112,8 @@ def _fused_config(run: Run, fuse_scales: tuple[float, ...] | None) -> tuple[Mode
     cfg = dataclasses.replace(
         run.model_cfg, score=dataclasses.replace(run.model_cfg.score, fuse_scales=tuple(fuse_scales))
     )
-    fused = {
-        "by": "vqad calibrate --fuse-scales",
-        "calibrated": _now(),
-        "before": list(run.model_cfg.score.fuse_scales),
-    }
-    fused["fuse_scales"] = list(cfg.score.fuse_scales)
-    return cfg, fused
+    before, after = list(run.model_cfg.score.fuse_scales), list(cfg.score.fuse_scales)
+    return cfg, {"by": "vqad calibrate --fuse-scales", "calibrated": _now(), "before": before, "fuse_scales": after}
 
 
 def _add_previous(
