@@ -314,10 +314,16 @@ def to_model_input(image: np.ndarray, size: int | Sequence[int], channels: int) 
     return np.ascontiguousarray(resize_to(to_channels(image, channels), size))
 
 
-def load_images(paths: Sequence[Path], fmt: InputFormat, shapes: list[tuple[int, int]] | None = None) -> np.ndarray:
+def load_images(
+    paths: Sequence[Path],
+    fmt: InputFormat,
+    shapes: list[tuple[int, int]] | None = None,
+    greys: list[bool] | None = None,
+) -> np.ndarray:
     """Read every image into the model's input `fmt` -> (M, H, W, C) uint8, with progress on a
-    terminal; each image's (H, W) as read is appended to `shapes` when given; a 16-bit image is
-    read by the low `fmt.pixel_bits` bits its camera fills.
+    terminal; each image's (H, W) as read is appended to `shapes` when given, and whether it is
+    grey (one channel, or three equal ones) to `greys`; a 16-bit image is read by the low
+    `fmt.pixel_bits` bits its camera fills.
     DataError, after reading them all, names the files that cannot be read: a folder with
     several is mended in one go, not one file per try."""
     out = np.empty((len(paths), *fmt.size, fmt.channels), dtype=np.uint8)
@@ -330,6 +336,8 @@ def load_images(paths: Sequence[Path], fmt: InputFormat, shapes: list[tuple[int,
             continue
         if shapes is not None:
             shapes.append(image.shape[:2])
+        if greys is not None:
+            greys.append(one_channel_if_grey(image).ndim == 2)
         out[i] = fmt.frame(image)
     if unreadable:
         raise DataError(unreadable_message(unreadable, len(paths)))

@@ -290,6 +290,38 @@ def test_training_images_of_several_shapes_are_named_in_a_warning(caplog):
     assert "2500x1000 (2)" in caplog.text and "another scale" in caplog.text
 
 
+def test_grey_images_among_colour_ones_are_named_in_a_warning(tmp_path, caplog):
+    """A mono and a colour camera's images of one shape: the shapes' warnings do not see them.
+    A colour file whose three channels are equal is a mono camera's, saved as colour."""
+    from train.data import warn_mixed_colour
+
+    rng = np.random.default_rng(0)
+    colour = [tmp_path / f"c{i}.png" for i in range(4)]
+    for path in colour:
+        cv2.imwrite(str(path), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    grey, grey_as_colour = tmp_path / "g.png", tmp_path / "g3.png"
+    cv2.imwrite(str(grey), rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    cv2.imwrite(str(grey_as_colour), np.repeat(rng.integers(0, 255, (16, 16, 1), dtype=np.uint8), 3, axis=2))
+    paths, greys = [*colour, grey, grey_as_colour], []
+    load_images(paths, InputFormat(size=(16, 16), channels=3), greys=greys)
+    assert greys == [False] * 4 + [True, True]
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        warn_mixed_colour(greys[:4], paths[:4], 3)  # one kind: nothing to say
+        warn_mixed_colour([True] * 4, paths[:4], 1)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        warn_mixed_colour(greys, paths, 3)
+    assert "2 of 6 good images read are grey (one channel, or three equal ones) and 4 colour" in caplog.text
+    assert f"The grey ones: {grey}, {grey_as_colour}. Each is made the model's colour input" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.data"):  # the fewer are colour; a few named
+        warn_mixed_colour([False] * 5 + [True] * 6, [tmp_path / f"{i}.png" for i in range(11)], 1)
+    assert (
+        f"The colour ones: {tmp_path / '0.png'}, {tmp_path / '1.png'}, {tmp_path / '2.png'} and 2 more." in caplog.text
+    )
+    assert "the model's grey input (model.channels: 1)" in caplog.text
+
+
 def _write(path, value):
     cv2.imwrite(str(path), np.full((8, 8), value, np.uint8))
     return path

@@ -422,6 +422,32 @@ def _warn_magnified(camera: list[int], size: Size) -> None:
         )  # fmt: skip
 
 
+# The warning of grey and colour images names this many of the fewer kind.
+NAMED_MIXED = 3
+
+
+def warn_mixed_colour(greys: list[bool], paths: Sequence[Path], channels: int) -> None:
+    """A warning when the good images are some grey (one channel, or three equal ones) and some
+    colour: a mono and a colour camera's images in one folder, which the shapes alone do not
+    show. Each becomes the model's `channels`, and the exported camera check takes both kinds'
+    figures as normal. It names a few of the fewer kind, `paths` being the images of `greys`."""
+    n_grey = sum(greys)
+    if not 0 < n_grey < len(greys):
+        return
+    fewer_grey = 2 * n_grey < len(greys)
+    fewer = [str(p) for p, grey in zip(paths, greys, strict=True) if grey == fewer_grey]
+    named = ", ".join(fewer[:NAMED_MIXED]) + (
+        f" and {len(fewer) - NAMED_MIXED} more" if len(fewer) > NAMED_MIXED else ""
+    )
+    log.warning(
+        "%d of %d good images read are grey (one channel, or three equal ones) and %d colour: two cameras' images "
+        "in one folder? The %s ones: %s. Each is made the model's %s input (model.channels: %d). One camera's "
+        "images train one model.",
+        n_grey, len(greys), len(greys) - n_grey, "grey" if fewer_grey else "colour", named,
+        "grey" if channels == 1 else "colour", channels,
+    )  # fmt: skip
+
+
 def _warn_mixed_shapes(shapes: list[tuple[int, int]]) -> None:
     """A warning when some training images have another aspect ratio than most: two cameras'
     images in one folder, or crops of several sizes. Each is resized to the one input, so those

@@ -56,6 +56,7 @@ from train.data import (
     resolve_image_size,
     split_train_val,
     train_image_paths,
+    warn_mixed_colour,
 )
 from train.device import Dist, autocast_dtype, pick_device, setup_distributed
 from train.head import head_loss
@@ -149,7 +150,9 @@ def load_run_data(
     )  # fmt: skip
     # One read of both, so that an error names every unreadable image of the folder at once.
     shapes: list[tuple[int, int]] = []
-    images = load_images([*train_paths, *val_paths], model_cfg.input_format, shapes)
+    greys: list[bool] = []
+    images = load_images([*train_paths, *val_paths], model_cfg.input_format, shapes, greys)
+    warn_mixed_colour(greys, [*train_paths, *val_paths], model_cfg.input_format.channels)
     train_images, val_images = images[: len(train_paths)], images[len(train_paths) :]
     # The test set is checked too (unreadable images, mismatched masks), so eval cannot fail later.
     if has_test_set(category):
