@@ -348,6 +348,12 @@ def load_images(
 NAMED_UNREADABLE = 10
 
 
+def named_few(names: Sequence[str], limit: int) -> str:
+    """The first `limit` of `names`, comma-separated, then how many more: "a, b, c and 4 more"."""
+    rest = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {rest} more" if rest > 0 else "")
+
+
 def unreadable_message(reasons: list[str], total: int) -> str:
     """One line for the DataErrors of `reasons` (their messages) among `total` images."""
     if len(reasons) == 1:

@@ -258,3 +258,18 @@ def test_a_forked_command_answers_as_python_m_vqad_cli_does(args, tmp_path):
         answers.append((proc.returncode, stdout, stderr))
     assert answers[0] == answers[1]
     assert answers[0][1] or answers[0][2]  # something was said
+
+
+def test_vqad_score_names_a_few_unscored_images_and_counts_the_rest(caplog):
+    """A folder with unreadable files is not read as judged: exit 3, five named, the rest counted."""
+    import logging
+
+    from edge.frames import named_few
+    from vqad.commands.line import _unscored_exit
+
+    rows = [{"image": f"{i}.png", "status": "error" if i < 7 else "ok"} for i in range(9)]
+    with caplog.at_level(logging.ERROR):
+        assert _unscored_exit(rows) == 3
+    assert "7 of 9 images not scored: 0.png, 1.png, 2.png, 3.png, 4.png and 2 more" in caplog.text
+    assert _unscored_exit(rows[7:]) == 0
+    assert named_few(["a", "b"], 2) == "a, b" and named_few(["a", "b", "c"], 2) == "a, b and 1 more"

@@ -31,6 +31,7 @@ from edge.frames import (
     is_image,
     list_images,
     load_images,
+    named_few,
     read_image,
     resize_mask,
     unreadable_message,
@@ -436,14 +437,11 @@ def warn_mixed_colour(greys: list[bool], paths: Sequence[Path], channels: int) -
         return
     fewer_grey = 2 * n_grey < len(greys)
     fewer = [str(p) for p, grey in zip(paths, greys, strict=True) if grey == fewer_grey]
-    named = ", ".join(fewer[:NAMED_MIXED]) + (
-        f" and {len(fewer) - NAMED_MIXED} more" if len(fewer) > NAMED_MIXED else ""
-    )
     log.warning(
         "%d of %d good images read are grey (one channel, or three equal ones) and %d colour: two cameras' images "
         "in one folder? The %s ones: %s. Each is made the model's %s input (model.channels: %d). One camera's "
         "images train one model.",
-        n_grey, len(greys), len(greys) - n_grey, "grey" if fewer_grey else "colour", named,
+        n_grey, len(greys), len(greys) - n_grey, "grey" if fewer_grey else "colour", named_few(fewer, NAMED_MIXED),
         "grey" if channels == 1 else "colour", channels,
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError, DataError
+from edge.frames import named_few
 from vqad.commands.common import at_least, default_config, identifier, overrides, pixel_bits_arg, set_arg
 
 if TYPE_CHECKING:
@@ -110,8 +111,7 @@ def _unscored_exit(rows: list[dict]) -> int:
     unscored = [r["image"] for r in rows if r["status"] == "error"]
     if not unscored:
         return 0
-    named = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
-    log.error("%d of %d images not scored: %s", len(unscored), len(rows), named)
+    log.error("%d of %d images not scored: %s", len(unscored), len(rows), named_few(unscored, 5))
     return 3
 
 
