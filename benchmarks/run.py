@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, a dated JSON report and a Markdown table.
 
     python -m benchmarks.run [--quick] [--data DIR] [--real DIR] [--steps N] [--minutes M] [--ablation]
-                             [--only accuracy,backends,daemon,transport]
+                             [--only accuracy,scoring,backends,daemon,transport] [--accuracy-from WORKDIR]
 
 The backend and daemon figures are measured on the model trained by the accuracy part
 ("ours" on the first category), so every figure in one report comes from one run.
@@ -21,7 +21,7 @@ import zmq
 from benchmarks.accuracy import Budget, budget_text, real_categories
 from benchmarks.common import machine, vqad, write_report
 
-PARTS = ("accuracy", "backends", "daemon", "record", "dashboard", "drift", "health", "transport")
+PARTS = ("accuracy", "scoring", "backends", "daemon", "record", "dashboard", "drift", "health", "transport")
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -382,7 +382,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 2 min per training, fewer repeats")
     ap.add_argument("--data", type=Path, help="an MVTec-layout root instead of vqad synth")
@@ -401,137 +401,212 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--repeats", type=int, default=1, help="trainings per accuracy variant (seeds 0..N-1): median, min, max"
     )
-    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--only", default=",".join(PARTS), help=f"the parts to run, comma-separated: {','.join(PARTS)}")
     ap.add_argument(
         "--workdir",
         type=Path,
         help="where the trained runs, synthesised data and exported model are kept (default: a new /tmp folder)",
     )
     ap.add_argument("--accuracy-from", type=Path, help="reuse the trained runs of an earlier --workdir")
-    return ap.parse_args()
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.only.split(",")) - set(PARTS))
+    if unknown:
+        ap.error(f"--only: no part named {', '.join(unknown)} (the parts: {', '.join(PARTS)})")
+    return args
 
 
-def main() -> None:
-    args = parse_args()
-    parts = args.only.split(",")
-    budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
-    t0 = time.monotonic()
-    # The measurements' own scratch folders are removed as each ends; this one is kept, for
-    # --accuracy-from and for a look at the runs behind the figures.
-    print(f"[bench] the runs and the model are kept in {workdir}", flush=True)
+class Bench:
+    """One `make bench` run: its arguments, the report as its parts fill it (written after each,
+    so that a part that fails keeps the ones before), and the run and model package that the
+    speed parts measure."""
 
-    def begin(part: str) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.parts = set(args.only.split(","))
+        self.budget = Budget.quick() if args.quick else Budget(args.steps, args.minutes)
+        self.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vqad-bench-"))
+        self.t0 = time.monotonic()
+        self.report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": machine(),
+            "quick": args.quick,
+        }
+        self.report["machine"]["cpu_peak"].pop("flags", None)
+        self._model_dir: Path | None = None
+        self._speed_run: Path | None = None
+
+    def begin(self, part: str) -> None:
         """A line as each part starts: the whole run is minutes (--quick) to hours."""
-        print(
-            f"[bench] {part}: started {time.strftime('%H:%M')}, {(time.monotonic() - t0) / 60:.0f} min in", flush=True
-        )
+        minutes = (time.monotonic() - self.t0) / 60
+        print(f"[bench] {part}: started {time.strftime('%H:%M')}, {minutes:.0f} min in", flush=True)
 
-    report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "quick": args.quick,
-    }
-    report["machine"]["cpu_peak"].pop("flags", None)
-    run_dir = model_dir = None
-    if args.accuracy_from:
+    def keep(self, key: str, value: Any) -> None:
+        self.report[key] = value
+        write_report(self.report)
+
+    @property
+    def accuracy(self) -> dict[str, Any] | None:
+        return self.report.get("accuracy")
+
+    def data_of(self, category: str) -> Path:
+        return Path(self.report["accuracy"]["data"]) / category
+
+    def run_dir(self) -> Path:
+        """The default run of the accuracy part's first category; without that part, a short
+        training of its own (enough to measure speed), once per bench run."""
+        if self.accuracy:
+            first = next(iter(self.accuracy["categories"].values()))
+            return Path(first["ours (configs/)"]["run"])
+        if self._speed_run is None:
+            data, self._speed_run = self.workdir / "data", self.workdir / "speed-run"
+            vqad("synth", data, "--categories", "bracket")
+            vqad(
+                "train",
+                data / "bracket",
+                "--out",
+                self._speed_run,
+                "--steps",
+                "30",
+                "--image-size",
+                self.args.image_size,
+            )
+            vqad("eval", self._speed_run, data / "bracket", "--out", self._speed_run / "eval", "--no-pictures")
+        return self._speed_run
+
+    def model_dir(self) -> Path:
+        """run_dir() exported, once per bench run."""
+        if self._model_dir is None:
+            self._model_dir = self.workdir / "model"
+            vqad("export", self.run_dir(), "--out", self._model_dir, "--force")
+        return self._model_dir
+
+
+def _accuracy(b: Bench) -> None:
+    if b.args.accuracy_from:
         from benchmarks.accuracy import collect_accuracy
 
-        report["accuracy"] = acc = collect_accuracy(args.accuracy_from, args.image_size)
-        first = next(iter(acc["categories"].values()))
-        run_dir = Path(first["ours (configs/)"]["run"])
-    elif "accuracy" in parts:
+        b.report["accuracy"] = collect_accuracy(b.args.accuracy_from, b.args.image_size)
+    elif "accuracy" in b.parts:
         from benchmarks.accuracy import bench_accuracy
 
-        begin("accuracy")
-        report["accuracy"] = acc = bench_accuracy(
-            args.data, budget, args.image_size, args.ablation, workdir, repeats=args.repeats
+        b.begin("accuracy")
+        args = b.args
+        b.keep(
+            "accuracy",
+            bench_accuracy(args.data, b.budget, args.image_size, args.ablation, b.workdir, repeats=args.repeats),
         )
-        write_report(report)
-    if args.real and "accuracy" in parts:
+
+
+def _accuracy_real(b: Bench) -> None:
+    if b.args.real and "accuracy" in b.parts:
         from benchmarks.accuracy import bench_real
 
-        begin(f"accuracy on the real categories under {args.real}")
-        report["accuracy_real"] = bench_real(args.real, budget, args.image_size, workdir, repeats=args.repeats)
-        write_report(report)
-    if report.get("accuracy"):
+        b.begin(f"accuracy on the real categories under {b.args.real}")
+        b.keep("accuracy_real", bench_real(b.args.real, b.budget, b.args.image_size, b.workdir, repeats=b.args.repeats))
+
+
+def _scoring_ablation(b: Bench) -> None:
+    if "scoring" in b.parts and b.accuracy:
         from benchmarks.scoring import scoring_ablation
 
-        begin("scoring ablation")
+        b.begin("scoring ablation")
         # The scorer ablated post hoc on each category's default run (no extra training).
-        report["scoring_ablation"] = {
-            cat: scoring_ablation(Path(rows["ours (configs/)"]["run"]), Path(report["accuracy"]["data"]) / cat)
-            for cat, rows in report["accuracy"]["categories"].items()
-            if "ours (configs/)" in rows
-        }
-        write_report(report)
-        first = next(iter(acc["categories"].values()))
-        run_dir = Path(first["ours (configs/)"]["run"])
-    if {"backends", "daemon", "record", "dashboard"} & set(parts):
-        if run_dir is None:  # speed alone: a short training is enough to measure speed
-            data = workdir / "data"
-            vqad("synth", data, "--categories", "bracket")
-            run_dir = workdir / "speed-run"
-            vqad("train", data / "bracket", "--out", run_dir, "--steps", "30", "--image-size", args.image_size)
-            vqad("eval", run_dir, data / "bracket", "--out", run_dir / "eval", "--no-pictures")
-        model_dir = workdir / "model"
-        vqad("export", run_dir, "--out", model_dir, "--force")
-    if "backends" in parts:
+        categories = b.accuracy["categories"].items()
+        runs = {cat: rows["ours (configs/)"]["run"] for cat, rows in categories if "ours (configs/)" in rows}
+        b.keep("scoring_ablation", {cat: scoring_ablation(Path(run), b.data_of(cat)) for cat, run in runs.items()})
+
+
+def _backends(b: Bench) -> None:
+    if "backends" in b.parts:
         from benchmarks.backends import bench_backends
 
-        begin("backends")
-        report["backends"] = bench_backends(run_dir, model_dir, repeats=3 if args.quick else 5)
-        write_report(report)  # each part is kept even if a later one fails
-    if "daemon" in parts:
+        run_dir, model_dir = b.run_dir(), b.model_dir()
+        b.begin("backends")
+        b.keep("backends", bench_backends(run_dir, model_dir, repeats=3 if b.args.quick else 5))
+
+
+def _daemon(b: Bench) -> None:
+    if "daemon" in b.parts:
         from benchmarks.daemon import bench_daemon
 
-        begin("daemon")
-        report["daemon"] = bench_daemon(model_dir, quick=args.quick, repeats=2 if args.quick else 3)
-        write_report(report)
-    if "record" in parts:
+        model_dir = b.model_dir()
+        b.begin("daemon")
+        b.keep("daemon", bench_daemon(model_dir, quick=b.args.quick, repeats=2 if b.args.quick else 3))
+
+
+def _record(b: Bench) -> None:
+    if "record" in b.parts:
         from benchmarks.record import bench_record
 
-        begin("record")
-        report["record"] = bench_record(model_dir, quick=args.quick)
-        write_report(report)
-    if "dashboard" in parts:
+        model_dir = b.model_dir()
+        b.begin("record")
+        b.keep("record", bench_record(model_dir, quick=b.args.quick))
+
+
+def _dashboard(b: Bench) -> None:
+    if "dashboard" in b.parts:
         from benchmarks.dashboard import bench_dashboard
 
-        begin("dashboard")
-        report["dashboard"] = bench_dashboard(model_dir, quick=args.quick)
-        write_report(report)
-    if "drift" in parts and report.get("accuracy"):
+        model_dir = b.model_dir()
+        b.begin("dashboard")
+        b.keep("dashboard", bench_dashboard(model_dir, quick=b.args.quick))
+
+
+def _drift(b: Bench) -> None:
+    if "drift" in b.parts and b.accuracy:
         from benchmarks.drift import bench_drift
 
-        begin("drift")
+        model_dir = b.model_dir()
+        b.begin("drift")
         # The default run of the first category: its package, its good test images.
-        first = next(iter(report["accuracy"]["categories"]))
-        report["drift"] = bench_drift(model_dir, Path(report["accuracy"]["data"]) / first)
-        write_report(report)
-    if "health" in parts and (report.get("accuracy") or args.real):
+        b.keep("drift", bench_drift(model_dir, b.data_of(next(iter(b.accuracy["categories"])))))
+
+
+def _health(b: Bench) -> None:
+    if "health" in b.parts and (b.accuracy or b.args.real):
         from benchmarks.health import bench_health
 
-        begin("camera health gate")
-        roots = [Path(report["accuracy"]["data"]) / c for c in report.get("accuracy", {}).get("categories", {})]
-        roots += list(real_categories(args.real).values()) if args.real else []
-        report["health"] = bench_health(roots, args.image_size)  # each root at its own input size
-        write_report(report)
-    if "transport" in parts:
+        b.begin("camera health gate")
+        roots = [b.data_of(c) for c in (b.accuracy or {}).get("categories", {})]
+        roots += list(real_categories(b.args.real).values()) if b.args.real else []
+        b.keep("health", bench_health(roots, b.args.image_size))  # each root at its own input size
+
+
+def _transport(b: Bench) -> None:
+    if "transport" in b.parts:
         from benchmarks.transport import bench_transport
 
-        begin("transport")
+        b.begin("transport")
         try:
-            report["transport"] = bench_transport(quick=args.quick)
+            b.keep("transport", bench_transport(quick=b.args.quick))
         except zmq.Again:
-            report["transport"] = None
+            b.keep("transport", None)
             print("transport: a sender process did not deliver within 30 s; not measured")
-    report["seconds"] = time.monotonic() - t0
+
+
+# In this order: the speed parts measure the accuracy part's first run, exported once.
+STEPS = (_accuracy, _accuracy_real, _scoring_ablation, _backends, _daemon, _record, _dashboard, _drift, _health,
+         _transport)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the parts --only names; write the dated JSON report and its Markdown table; return the
+    report's path."""
+    bench = Bench(parse_args(argv))
+    # The measurements' own scratch folders are removed as each ends; this one is kept, for
+    # --accuracy-from and for a look at the runs behind the figures.
+    print(f"[bench] the runs and the model are kept in {bench.workdir}", flush=True)
+    for step in STEPS:
+        step(bench)
+    report = bench.report
+    report["seconds"] = time.monotonic() - bench.t0
     path = write_report(report)
     table = markdown(report)
-    (path.with_suffix(".md")).write_text(table + "\n")
+    path.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nreport: {path}  (took {report['seconds'] / 60:.1f} min)")
     print(json.dumps({"report": str(path)}))
+    return path
 
 
 if __name__ == "__main__":

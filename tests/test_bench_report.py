@@ -1,8 +1,15 @@
-"""The bench report's Markdown: written at the end of an hours-long run, from the JSON that each
-part left, so it must render reports with and without the figures later commits added."""
+"""The bench report: the parts that --only names, and its Markdown, written at the end of an
+hours-long run from the JSON that each part left, so it must render reports with and without the
+figures later commits added."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
+import benchmarks.run as bench_run
+from benchmarks.common import write_report
 from benchmarks.run import markdown
 
 
@@ -48,3 +55,25 @@ def test_the_decoding_stage_has_a_row_per_encoding_and_a_column_per_count_of_thr
     text = markdown(report)
     assert "| 1 decode worker(s) | 2 decode worker(s) | 4 decode worker(s) |" in text
     assert "| jpeg | 1,000 | 150 | 280 | 230 |" in text and "| png | 1,000 | 32 | 70 | 70 |" in text
+
+
+def test_a_part_alone_on_an_earlier_workdir_exports_what_it_measures(synth_root, tiny_run, tmp_path, monkeypatch):
+    """`--only drift --accuracy-from WORKDIR`: the drift part measures the accuracy part's first run,
+    exported by the bench itself when no speed part ran before it; the parts not named do not run."""
+    workdir = tmp_path / "bench"
+    (workdir / "runs" / "bracket").mkdir(parents=True)
+    (workdir / "data").symlink_to(synth_root)
+    (workdir / "runs" / "bracket" / "ours__configs__").symlink_to(tiny_run)
+    monkeypatch.setattr(bench_run, "write_report", lambda report: write_report(report, tmp_path / "results"))
+    argv = ["--only", "drift", "--accuracy-from", str(workdir), "--workdir", str(workdir), "--image-size", "32"]
+    report = json.loads(bench_run.main(argv).read_text())
+    assert (workdir / "model" / "model.json").is_file()
+    assert report["drift"]["good_windows"] > 0 and report["drift"]["false_alarm_rate"] is not None
+    assert set(report) == {"date", "machine", "quick", "accuracy", "drift", "seconds"}
+
+
+def test_a_part_not_named_in_only_is_refused(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_run.parse_args(["--only", "accuracy,drfit"])
+    assert stopped.value.code == 2
+    assert "no part named drfit" in capsys.readouterr().err
