@@ -93,18 +93,7 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         "name": m.name,
         "version": cfg.version,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {
-            "name": INPUT_NAME,
-            "size": list(m.image_size),  # [height, width]
-            "channels": m.channels,
-            "color_order": "BGR" if m.channels == 3 else "GRAY",
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
-            # How a 16-bit image from the camera becomes these uint8 pixels (edge.frames.to_uint8):
-            # the daemon reads a 16-bit frame that does not say its bits as training read the files.
-            "pixel_bits": m.pixel_bits,
-        },
+        "input": _input_section(m),
         "normalization": {
             "mean": list(m.channel_mean()),
             "std": list(m.channel_std()),
@@ -131,21 +120,42 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
         "exporter": "torch.onnx (TorchScript tracer)",
         "versions": _versions(),
         "parity": parity,
-        "source": {
-            "run": str(run.root),
-            "checkpoint_sha256": run.meta.get("content_sha256"),
-            "step": run.meta.get("step"),
-            # A fine-tune's lineage: the run its weights started from, that run's weights and step.
-            **({"fine_tuned_from": run.meta["fine_tuned_from"]} if run.meta.get("fine_tuned_from") else {}),
-            # vqad calibrate leaves these images out: a threshold on them would sit too low. A
-            # fine-tuned run's are its source's too: its weights were trained on them.
-            "training_images": run.training_fingerprints(),
-        },
+        "source": _source_section(run),
         "model_config": to_dict(m),
         # What the training images looked like, for the daemon's camera health gate (edge/health.py).
         "camera_health": run.camera_health(),
     }
     return meta
+
+
+def _input_section(m) -> dict[str, Any]:
+    """model.json's "input": the frames the graph takes, and how a camera's frame becomes one."""
+    return {
+        "name": INPUT_NAME,
+        "size": list(m.image_size),  # [height, width]
+        "channels": m.channels,
+        "color_order": "BGR" if m.channels == 3 else "GRAY",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "resize": "edge.frames.to_model_input (INTER_AREA when shrinking, linear when enlarging)",
+        # How a 16-bit image from the camera becomes these uint8 pixels (edge.frames.to_uint8):
+        # the daemon reads a 16-bit frame that does not say its bits as training read the files.
+        "pixel_bits": m.pixel_bits,
+    }
+
+
+def _source_section(run) -> dict[str, Any]:
+    """model.json's "source": the run and checkpoint the package was exported from."""
+    return {
+        "run": str(run.root),
+        "checkpoint_sha256": run.meta.get("content_sha256"),
+        "step": run.meta.get("step"),
+        # A fine-tune's lineage: the run its weights started from, that run's weights and step.
+        **({"fine_tuned_from": run.meta["fine_tuned_from"]} if run.meta.get("fine_tuned_from") else {}),
+        # vqad calibrate leaves these images out: a threshold on them would sit too low. A
+        # fine-tuned run's are its source's too: its weights were trained on them.
+        "training_images": run.training_fingerprints(),
+    }
 
 
 def _rebuilt(run) -> dict[str, Any]:
