@@ -184,12 +184,13 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())  # only a flag, too
 
     def startup(self) -> None:
+        """Load the model, bind the sockets, open the record, start the loops; then say ready (the
+        log, the ready file, systemd). A step that fails raises before the daemon says ready."""
         cfg = self.cfg
         if cfg.opencv_threads:
             cv2.setNumThreads(cfg.opencv_threads)
         self.serving = serving = load_serving(self.model_dir, cfg, self.metrics)
         self.metrics.threshold.set(serving.scoring.threshold)
-        pkg = serving.package
         self._busy = [threading.Lock() for _ in serving.backends]
         # The sockets and ports before the state folder: a taken one (the daemon before this
         # one still running) stops the start before it touches that daemon's marker.
@@ -202,13 +203,7 @@ class Daemon:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._check_previous_exit()
         if cfg.record:
-            from edge.record import RecordWriter
-
-            self.recorder = RecordWriter(
-                cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
-                max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
-                state_file=self._marker.with_name("vqad-serve.record.json"), run_id=self.run_id,
-            ).start()  # fmt: skip
+            self._start_recorder()
         self._restore(Overrides.load(self.state_dir))
         self._start_decoders()
         self.threads = [
@@ -219,6 +214,27 @@ class Daemon:
         for t in self.threads:
             t.start()
         self.metrics.ready.set(1)
+        self._log_ready()
+        if self.ready_file:
+            self.ready_file.write_text(
+                json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
+            )
+        notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def _start_recorder(self) -> None:
+        from edge.record import RecordWriter
+
+        cfg = self.cfg
+        self.recorder = RecordWriter(
+            cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
+            max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
+            state_file=self._marker.with_name("vqad-serve.record.json"), run_id=self.run_id,
+        ).start()  # fmt: skip
+
+    def _log_ready(self) -> None:
+        """The start's one line: what is served, on what, where, and how frames are batched."""
+        cfg, serving = self.cfg, self.serving
+        pkg = serving.package
         log.info(
             "ready: model %s (%s…) threshold %.6g, backend %s x %d, decoders %d, frames %s (%s), results %s, "
             "max_batch %d, max_delay %.1f ms, overload %s",
@@ -235,11 +251,6 @@ class Daemon:
             cfg.max_delay_ms,
             cfg.overload,
         )
-        if self.ready_file:
-            self.ready_file.write_text(
-                json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
-            )
-        notify(f"READY=1\nSTATUS={self._status_line()}")
 
     def _start_decoders(self) -> None:
         """With decode_workers > 1, a pool that decodes frames side by side for the receiver and
