@@ -303,30 +303,12 @@ def set_up(
     torch.manual_seed(train_cfg.seed + dist.rank)
     rng = np.random.default_rng(train_cfg.seed + 1000 * dist.rank)
     model, start_step, optimizer_state, elapsed_before, tuned_from = _model(run_dir, model_cfg, resume)
-    # The images the weights have already been trained on: the fine-tune's source's (and on a
-    # resume, those training_images.json names, a fine-tune's source's among them).
-    trained_on: list[str] = []
-    if init_from is not None and resume:
-        _check_resumed_fine_tune(run_dir, Path(init_from), tuned_from)
-    elif init_from is not None:
-        tuned_from = load_weights_from(Path(init_from), model, model_cfg)
-        trained_on = trained_on_by(Path(init_from))
-    if resume and (run_dir / TRAINING_IMAGES_FILE).is_file():
-        trained_on = trained_on_by(run_dir)
+    tuned_from, trained_on = _lineage(run_dir, init_from, resume, model, model_cfg, tuned_from)
     model = model.to(device)
     data = load_run_data(category, model_cfg, train_cfg, run_dir if resume else None, set(trained_on))
-    if dist.main and resume:
-        _record_resume(run_dir, category, model_cfg, train_cfg, start_step)
-        _write_split(run_dir, data.train_paths, data.val_paths)  # the same images, where they are now
-    elif dist.main:
-        _write_run_files(run_dir, category, model_cfg, train_cfg, data.train_paths, data.val_paths)
     if dist.main:
-        write_training_images(run_dir, data.train_prints, data.train_images, data.train_shapes, trained_on)
-    net, head_net = model.vqvae, model.head
-    if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model.vqvae)
-        if model.head is not None:
-            head_net = torch.nn.parallel.DistributedDataParallel(model.head)
+        _write_run_record(run_dir, category, model_cfg, train_cfg, data, trained_on, start_step if resume else None)
+    net, head_net = _per_rank(model, dist.world)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
@@ -349,6 +331,56 @@ def set_up(
             # A bar redraws itself with carriage returns: in a log it is one line of megabytes.
             s.progress_lines, s.progress_at = progress, time.monotonic()
     return s
+
+
+def _lineage(
+    run_dir: Path,
+    init_from: str | Path | None,
+    resume: bool,
+    model: InspectionModel,
+    model_cfg: ModelConfig,
+    tuned_from: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """A fine-tune's source loaded into `model` (or, on a resume, checked against the run's own)
+    -> (the run it was fine-tuned from or None, the images its weights were already trained on:
+    the source's, and on a resume those training_images.json names, the source's among them)."""
+    trained_on: list[str] = []
+    if init_from is not None and resume:
+        _check_resumed_fine_tune(run_dir, Path(init_from), tuned_from)
+    elif init_from is not None:
+        tuned_from = load_weights_from(Path(init_from), model, model_cfg)
+        trained_on = trained_on_by(Path(init_from))
+    if resume and (run_dir / TRAINING_IMAGES_FILE).is_file():
+        trained_on = trained_on_by(run_dir)
+    return tuned_from, trained_on
+
+
+def _write_run_record(
+    run_dir: Path,
+    category: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: RunData,
+    trained_on: list[str],
+    resumed_at: int | None,
+) -> None:
+    """The run folder's files: a new run's config and split, or a resumed run's record of the
+    resume and its split where the images are now; then the training images' fingerprints."""
+    if resumed_at is not None:
+        _record_resume(run_dir, category, model_cfg, train_cfg, resumed_at)
+        _write_split(run_dir, data.train_paths, data.val_paths)  # the same images, where they are now
+    else:
+        _write_run_files(run_dir, category, model_cfg, train_cfg, data.train_paths, data.val_paths)
+    write_training_images(run_dir, data.train_prints, data.train_images, data.train_shapes, trained_on)
+
+
+def _per_rank(model: InspectionModel, world: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The VQ-VAE and the head as each rank trains them: wrapped in DistributedDataParallel
+    when more than one process trains."""
+    if world <= 1:
+        return model.vqvae, model.head
+    head = torch.nn.parallel.DistributedDataParallel(model.head) if model.head is not None else None
+    return torch.nn.parallel.DistributedDataParallel(model.vqvae), head
 
 
 def _model(
