@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def model_flops(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def _time_backend(infer, frames: np.ndarray, batch: int, repeats: int, min_seconds: float) -> dict[str, Any]:
+def _time_backend(
+    infer: Callable[[np.ndarray], Any], frames: np.ndarray, batch: int, repeats: int, min_seconds: float
+) -> dict[str, Any]:
     x = frames[:batch]
     for _ in range(2):
         infer(x)
@@ -59,7 +62,11 @@ def _time_backend(infer, frames: np.ndarray, batch: int, repeats: int, min_secon
 
 
 def bench_backends(
-    run_dir: Path, model_dir: Path, batch_sizes=(1, 4, 8, 16), repeats: int = 5, min_seconds: float = 0.5
+    run_dir: Path,
+    model_dir: Path,
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16),
+    repeats: int = 5,
+    min_seconds: float = 0.5,
 ) -> dict[str, Any]:
     import torch
 

@@ -222,7 +222,7 @@ def _stream(daemon: Daemon, folder: Path, count: int, fps: float, workdir: Path,
 
 def bench_daemon(
     model_dir: Path,
-    shapes=((256, 256, 3), (1024, 1280, 3)),
+    shapes: tuple[tuple[int, int, int], ...] = ((256, 256, 3), (1024, 1280, 3)),
     max_batch: int = 8,
     max_delay_ms: float = 10.0,
     quick: bool = False,
@@ -250,7 +250,10 @@ def bench_daemon(
 
 
 def bench_decoding(
-    model_dir: Path, shape: tuple[int, int, int] = (1024, 1280, 3), workers=(1, 2, 4), seconds: float = 3.0
+    model_dir: Path,
+    shape: tuple[int, int, int] = (1024, 1280, 3),
+    workers: tuple[int, ...] = (1, 2, 4),
+    seconds: float = 3.0,
 ) -> dict[str, Any]:
     """Frames a second through the daemon's decoding stage alone (edge.protocol.parse_frame and
     edge.frames.InputFormat.frame, as Daemon._decode runs them, handed on in order by

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,13 @@ UNFIT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _load(folder: Path, size, channels: int) -> list[np.ndarray]:
+def _load(folder: Path, size: int | Sequence[int], channels: int) -> list[np.ndarray]:
     return [to_model_input(read_image(p), size, channels) for p in find_images(folder)]
 
 
-def measure_category(root: Path, size, channels: int, limits: HealthLimits | None = None) -> dict[str, Any]:
+def measure_category(
+    root: Path, size: int | Sequence[int], channels: int, limits: HealthLimits | None = None
+) -> dict[str, Any]:
     """How often the gate flags good test images, and catches each kind of unfit frame."""
     limits = limits or HealthLimits()
     stats = training_stats(_load(root / "train" / "good", size, channels))

@@ -154,7 +154,7 @@ def accuracy_markdown(acc: dict[str, Any] | None) -> list[str]:
             flops = m.get("flops_per_frame")
             spread = m.get("spread", {})
 
-            def cell(key: str, nd: int = 3, spread=spread, m=m) -> str:
+            def cell(key: str, nd: int = 3, spread: dict = spread, m: dict = m) -> str:
                 sp = spread.get(key)
                 if sp and sp["n"] > 1:  # median (min-max) over the repeats
                     return f"{_f(sp['median'], nd)} ({_f(sp['min'], nd)}–{_f(sp['max'], nd)})"

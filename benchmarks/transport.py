@@ -48,7 +48,9 @@ def one_run(endpoint: str, shape: tuple[int, int, int], n: int) -> float:
     return (n - 1) / seconds
 
 
-def bench_transport(shapes=((256, 256, 3), (1024, 1280, 3)), repeats: int = 3, quick: bool = False) -> dict[str, Any]:
+def bench_transport(
+    shapes: tuple[tuple[int, int, int], ...] = ((256, 256, 3), (1024, 1280, 3)), repeats: int = 3, quick: bool = False
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for shape in shapes:
         frame_bytes = shape[0] * shape[1] * shape[2]

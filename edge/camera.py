@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ from edge.progress import progress
 from edge.protocol import MAX_ID_LENGTH, frame_message
 
 log = logging.getLogger(__name__)
+# Asked whether to stop (a signal handler's flag): checked between frames and while blocked.
+StopFlag = Callable[[], bool]
 
 STOP_LINGER_S = 3.0  # on a stop request, the longest wait for queued frames to leave
 
@@ -73,7 +75,9 @@ class Source:
     live: bool = False
 
 
-def open_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw") -> Source:
+def open_source(
+    source: str, loop: bool, stop: StopFlag | None = None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
+) -> Source:
     """A folder (recursive, sorted), an image file, a video file, or a capture device or stream
     URL (reopened when it stops giving frames, until `stop()`). A frame is an image, or a JPEG or
     PNG file's own bytes when the frames travel in its `encoding` (as_sent); a 16-bit image file
@@ -99,7 +103,7 @@ def open_source(source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS
 
 
 def iter_source(
-    source: str, loop: bool, stop=None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
+    source: str, loop: bool, stop: StopFlag | None = None, pixel_bits: int = PIXEL_BITS, encoding: str = "raw"
 ) -> Iterator[Frame]:
     """open_source's frames, the source opened at the first one."""
     yield from open_source(source, loop, stop, pixel_bits, encoding).frames
@@ -206,7 +210,7 @@ def _open_video(source: str) -> cv2.VideoCapture | None:
     return None
 
 
-def _live_frames(source: str, stop) -> Iterator[Frame]:
+def _live_frames(source: str, stop: StopFlag | None) -> Iterator[Frame]:
     """Frames from a device or stream URL until `stop()`; one that cannot be opened at first is
     a DataError, one that stops giving frames later is reopened (logged when it goes and when it
     is back)."""
@@ -247,7 +251,7 @@ def _live_frames(source: str, stop) -> Iterator[Frame]:
 WAIT_HINT_S = 10.0
 
 
-def _wait_for_room(sock: zmq.Socket, stop, endpoint: str = "") -> bool:
+def _wait_for_room(sock: zmq.Socket, stop: StopFlag | None, endpoint: str = "") -> bool:
     """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False).
 
     Polls in bounded slices, so that a stop request is seen while the daemon holds us back; a
@@ -317,7 +321,7 @@ def run_camera(
     start_id: int = 0,
     curve_secret: str | None = None,
     curve_server_key: str | None = None,
-    stop=None,
+    stop: StopFlag | None = None,
     sndhwm: int = 4,
     linger_s: float = 30.0,
     part_id_from_name: bool = False,

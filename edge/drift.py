@@ -17,10 +17,14 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.recent import RecentDict
+
+if TYPE_CHECKING:
+    from edge.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,13 @@ def critical_value(n: int, m: int, alpha: float = ALPHA) -> float:
 
 
 class DriftMonitor:
-    def __init__(self, reference: Sequence[float], metrics=None, window: int = WINDOW, alpha: float = ALPHA):
+    def __init__(
+        self,
+        reference: Sequence[float],
+        metrics: DaemonMetrics | None = None,
+        window: int = WINDOW,
+        alpha: float = ALPHA,
+    ):
         self.reference = np.asarray(reference, dtype=np.float64)
         self.window, self.metrics = window, metrics
         self.limit = critical_value(len(self.reference), window, alpha)

@@ -5,7 +5,7 @@ a plotting library."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -15,6 +15,7 @@ WIDTH, HEIGHT = 720, 400
 LEFT, RIGHT, TOP, BOTTOM = 50, 20, 95, 50
 BINS = 40
 SPAN = 3.0  # the axis reaches this many times the highest good score or threshold
+Colour = tuple[int, int, int]  # BGR
 GOOD, DEFECT = (60, 160, 60), (50, 50, 220)  # BGR
 THRESHOLD, PREVIOUS, TEXT = (0, 0, 0), (150, 150, 150), (40, 40, 40)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -108,7 +109,9 @@ def _axis(image: np.ndarray, lo: float, hi: float, top: int, clipped: bool):
     return x_of
 
 
-def _bars(image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, colour, x_of) -> None:
+def _bars(
+    image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, colour: Colour, x_of: Callable[[float], int]
+) -> None:
     """One bar per non-empty bin, blended so that good and defect bars show through each other."""
     layer = image.copy()
     y1 = HEIGHT - BOTTOM
@@ -125,7 +128,9 @@ def _bars(image: np.ndarray, edges: np.ndarray, counts: np.ndarray, top: int, co
         cv2.putText(image, str(n), (min(x, WIDTH - tw - 2), TOP - 4), FONT, 0.4, colour, 1, cv2.LINE_AA)
 
 
-def _vertical(image: np.ndarray, x: int, colour, text: str, right: bool, labelled: list[tuple[int, int]]) -> None:
+def _vertical(
+    image: np.ndarray, x: int, colour: Colour, text: str, right: bool, labelled: list[tuple[int, int]]
+) -> None:
     """A full-height line at x, labelled above the plot on the side away from the other line
     (or the side there is room on); a row higher when the label would meet one of `labelled`
     (the labels drawn before, as (left, right) pixel spans), which it joins. Two thresholds near

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
@@ -16,6 +17,9 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from edge.errors import ConfigError
 from edge.logrepeat import RepeatedLog
+
+if TYPE_CHECKING:
+    from edge.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def authorized_keys(keys_dir: str | Path) -> set[bytes]:
 class _AllowList:
     """zmq.auth credentials provider: the authorised public keys, logging each refusal."""
 
-    def __init__(self, keys_dir: str, metrics) -> None:
+    def __init__(self, keys_dir: str, metrics: DaemonMetrics | None) -> None:
         self.allowed = authorized_keys(keys_dir)
         self.metrics, self.refusals = metrics, RepeatedLog(log)
         log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), keys_dir)
@@ -85,7 +89,7 @@ class _AllowList:
         return False
 
 
-def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics=None) -> ThreadAuthenticator:
+def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics: DaemonMetrics | None = None) -> ThreadAuthenticator:
     provider = _AllowList(keys_dir, metrics)
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("edge.security.zap"))
     auth.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -14,6 +15,9 @@ from edge.errors import ConfigError
 from edge.metrics import DaemonMetrics
 from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX
 from edge.settings import EdgeConfig
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 
 def free_loopback_port() -> int:
@@ -24,7 +28,7 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics):
+def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics) -> ThreadAuthenticator | None:
     """The CURVE authenticator (None when CURVE is off)."""
     if not cfg.curve.enabled:
         return None

@@ -310,7 +310,7 @@ def run_watch(
     timeout_s: float = 0.0,
     jsonl: str | Path | None = None,
     quiet: bool = False,
-    stop=None,
+    stop: Callable[[], bool] | None = None,
     out: TextIO | None = None,
     curve_secret: str | None = None,
     curve_server_key: str | None = None,

@@ -12,7 +12,7 @@ import logging
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha25
 from export.config import ExportConfig
 from export.onnx_graph import INPUT_NAME, OUTPUT_NAMES, export_graph
 from export.parity import compare, onnx_outputs
+
+if TYPE_CHECKING:
+    from train.config import ModelConfig
+    from train.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
+def parity_frames(run: Run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     """Every validation image plus `per_kind` test images of each kind (if the data is still there)."""
     from train.data import load_images, load_test_set
 
@@ -61,7 +65,7 @@ def parity_frames(run, per_kind: int) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(frames), names
 
 
-def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dict[str, Any]:
+def prove_parity(run: Run, staging: Path, threshold: float, cfg: ExportConfig) -> dict[str, Any]:
     """PyTorch vs the FP32 graph vs the FP16 graph on the validation images and a few test
     images per kind: the figures, and whether the config's bounds hold."""
     from train.pipeline import score_frames
@@ -83,7 +87,7 @@ def prove_parity(run, staging: Path, threshold: float, cfg: ExportConfig) -> dic
     return parity
 
 
-def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
+def model_json(run: Run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
     """model.json's content: what the package is, how it was made, and what it measured."""
     report = run.root / "eval" / "metrics.json"
     eval_metrics = json.loads(report.read_text()) if report.is_file() else {}
@@ -128,7 +132,7 @@ def model_json(run, staging: Path, threshold: dict[str, Any], parity: dict[str, 
     return meta
 
 
-def _input_section(m) -> dict[str, Any]:
+def _input_section(m: ModelConfig) -> dict[str, Any]:
     """model.json's "input": the frames the graph takes, and how a camera's frame becomes one."""
     return {
         "name": INPUT_NAME,
@@ -144,7 +148,7 @@ def _input_section(m) -> dict[str, Any]:
     }
 
 
-def _source_section(run) -> dict[str, Any]:
+def _source_section(run: Run) -> dict[str, Any]:
     """model.json's "source": the run and checkpoint the package was exported from."""
     return {
         "run": str(run.root),
@@ -158,7 +162,7 @@ def _source_section(run) -> dict[str, Any]:
     }
 
 
-def _rebuilt(run) -> dict[str, Any]:
+def _rebuilt(run: Run) -> dict[str, Any]:
     """{"rebuilt": ...} when `vqad calibrate` rebuilt the run's map after training, else {}."""
     rebuilt = {k: run.meta[k] for k in ("scale_choice", "fuse_choice") if k in run.meta}
     return {"rebuilt": rebuilt} if rebuilt else {}

@@ -285,7 +285,17 @@ def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.zeros((0, *size, run.model_cfg.channels), np.uint8), np.zeros((0, *size), np.float32), np.zeros(0)
 
 
-def _pictures(run, out, test, recons, maps, scores, threshold, labels, val_images) -> None:
+def _pictures(
+    run: Run,
+    out: Path,
+    test: list[TestSample],
+    recons: np.ndarray,
+    maps: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    labels: np.ndarray,
+    val_images: np.ndarray,
+) -> None:
     img_dir = out / PANELS
     img_dir.mkdir(exist_ok=True)
     panels = zip(test, recons, maps, scores, strict=True)

@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +229,7 @@ class Session:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.t0
 
-    def autocast(self):
+    def autocast(self) -> torch.autocast:
         # The quantiser turns autocast off inside itself: distances, argmin and EMA stay FP32.
         enabled = self.amp_dtype is not None
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=enabled)
@@ -257,7 +257,7 @@ TRAIN_LOCK = "train.lock"
 
 
 @contextmanager
-def holding_run_dir(run_dir: Path):
+def holding_run_dir(run_dir: Path) -> Iterator[None]:
     """One training at a time in RUN_DIR: a second one (a command started again in another
     terminal, a --resume of a training still running) would write the same checkpoint, split and
     metrics. ConfigError naming the holder. Only the first process of a distributed run locks.
@@ -447,7 +447,14 @@ def _run_config(category: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) 
     return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(category.resolve())}
 
 
-def _write_run_files(run_dir, category, model_cfg, train_cfg, train_paths, val_paths) -> None:
+def _write_run_files(
+    run_dir: Path,
+    category: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_paths: list[str],
+    val_paths: list[str],
+) -> None:
     """config.json and split.json; the split's paths absolute, so that the run reads its images
     from any working directory."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +468,7 @@ def _write_split(run_dir: Path, train_paths: list[Path], val_paths: list[Path]) 
 
 
 @contextmanager
-def stop_on_ctrl_c():
+def stop_on_ctrl_c() -> Iterator[list[bool]]:
     """Ctrl-C, or SIGTERM (`kill`, a job scheduler's or a container's stop), only sets a flag
     (yielded as a one-item list); the loop stops at the next step boundary and saves a
     checkpoint. A KeyboardInterrupt raised mid-step could land inside a lock (tqdm's, a logging

@@ -90,7 +90,7 @@ class InspectionModel(nn.Module):
         return recon, prob, features, z
 
     @torch.no_grad()
-    def reconstruct_frames(self, frames, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct_frames(self, frames: np.ndarray, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """numpy (M, H, W, C) uint8 -> (inputs, reconstructions), both (M, C, H, W) float32 [0,1], in batches."""
 
         x01 = uint8_nhwc_to_float(torch.from_numpy(np.ascontiguousarray(frames)))
@@ -104,7 +104,7 @@ class InspectionModel(nn.Module):
         return z_q, codes
 
     @torch.no_grad()
-    def codes_of(self, frames, batch_size: int = 16) -> torch.Tensor:
+    def codes_of(self, frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
         """numpy (M, H, W, C) uint8 -> the codes inference picks, (M, h, w), in batches."""
 
         return torch.cat(
@@ -112,7 +112,7 @@ class InspectionModel(nn.Module):
         )
 
     @torch.no_grad()
-    def code_margins(self, frames, batch_size: int = 16) -> torch.Tensor:
+    def code_margins(self, frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
         """numpy (M, H, W, C) uint8 -> (M,): per image, the smallest relative margin of the
         nearest code over its latent cells at every level (VectorQuantizer.margins)."""
 
@@ -159,7 +159,9 @@ def half_precision_copy(model: InspectionModel) -> InspectionModel:
 
 
 @torch.no_grad()
-def score_frames(model: InspectionModel, frames, batch_size: int = 16):
+def score_frames(
+    model: InspectionModel, frames: np.ndarray, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """numpy (M, H, W, C) uint8 -> numpy (recon01 (M,C,H,W), maps (M,H,W), scores (M,)), in batches."""
 
     model.eval()

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DEFECT_KINDS = ("scratch", "hole", "stain", "foreign", "missing")
 CATEGORIES = ("weave", "bracket")
+# A painted defect: (the image with it, float32 H x W x C; where it is, bool H x W).
+Defect = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def _blend(image: np.ndarray, mask: np.ndarray, target: np.ndarray, alpha: np.nd
     return image * (1 - m) + target * m
 
 
-def scratch(rng, image, allowed):
+def scratch(rng: np.random.Generator, image: np.ndarray, allowed: np.ndarray) -> Defect:
     size = image.shape[0]
     s = size / 256
     mask = np.zeros((size, size), np.uint8)
@@ -142,7 +144,7 @@ def scratch(rng, image, allowed):
     return _blend(image, mask > 0, image + sign * rng.uniform(28, 40)), mask > 0
 
 
-def hole(rng, image, allowed):
+def hole(rng: np.random.Generator, image: np.ndarray, allowed: np.ndarray) -> Defect:
     size = image.shape[0]
     s = size / 256
     mask = np.zeros((size, size), np.uint8)
@@ -154,7 +156,7 @@ def hole(rng, image, allowed):
     return _blend(image, mask > 0, image * (1 - 0.35 * depth) - 10 * depth), mask > 0
 
 
-def stain(rng, image, allowed):
+def stain(rng: np.random.Generator, image: np.ndarray, allowed: np.ndarray) -> Defect:
     size = image.shape[0]
     s = size / 256
     x, y = _centre(rng, allowed, int(30 * s))
@@ -169,7 +171,7 @@ def stain(rng, image, allowed):
     return _blend(image, np.ones_like(mask), target, blob), mask
 
 
-def foreign(rng, image, allowed):
+def foreign(rng: np.random.Generator, image: np.ndarray, allowed: np.ndarray) -> Defect:
     size = image.shape[0]
     s = size / 256
     x, y = _centre(rng, allowed, int(24 * s))
@@ -189,7 +191,9 @@ def foreign(rng, image, allowed):
     return _blend(image, mask > 0, target), mask > 0
 
 
-def missing(rng, image, allowed, background: float | None = None):
+def missing(
+    rng: np.random.Generator, image: np.ndarray, allowed: np.ndarray, background: float | None = None
+) -> Defect:
     size = image.shape[0]
     s = size / 256
     x, y = _centre(rng, allowed, int(24 * s))
@@ -204,7 +208,7 @@ def missing(rng, image, allowed, background: float | None = None):
     return _blend(image, mask > 0, fill), mask > 0
 
 
-DefectFn = Callable[[np.random.Generator, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+DefectFn = Callable[[np.random.Generator, np.ndarray, np.ndarray], Defect]
 
 
 def _category(

@@ -10,6 +10,7 @@ images from the line. Each step is the real command in its own process.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -285,7 +286,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
 
 
-def main_demo(args) -> int:
+def main_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     endpoints = {"frames": args.frames or FRAMES, "results": args.results or RESULTS}
     summary = run_demo(Path(args.workdir), args.category, args.minutes, args.image_size, **endpoints)

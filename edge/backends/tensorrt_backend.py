@@ -11,6 +11,7 @@ release the GIL).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,9 @@ def numpy_dtype(trt_dtype: Any, tensor: str) -> np.dtype:
     return np.dtype(_NUMPY_DTYPES[name])
 
 
-def find_engine(package: ModelPackage, max_batch: int, workspace_mb: int, trt: Any, cudart: Any):
+def find_engine(
+    package: ModelPackage, max_batch: int, workspace_mb: int, trt: Any, cudart: Any
+) -> tuple[Path, str, EngineSettings]:
     """-> (path, key, settings) of the engine this GPU and TensorRT need for `package`."""
     settings = EngineSettings(max_batch, workspace_mb, build_mode(trt.__version__))
     gpu, cc = gpu_identity(cudart)

@@ -8,15 +8,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import VqadError
+
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 
 class BrowserMissingError(VqadError):
     """No headless Chromium here (or no Selenium)."""
 
 
-def headless_chromium(width: int = 1400, height: int = 1000):
+def headless_chromium(width: int = 1400, height: int = 1000) -> WebDriver:
     """A Selenium driver for headless Chromium; BrowserMissingError says what to install.
 
     Chromium's profile and its temporary files live in one folder that `quit()` removes:
@@ -61,7 +65,7 @@ def _remove(folder: str, tries: int = 20) -> None:
         time.sleep(0.1)
 
 
-def page_footprint(driver) -> dict[str, float]:
+def page_footprint(driver: WebDriver) -> dict[str, float]:
     """What an open page holds, after a full garbage collection (Chrome DevTools): its
     JavaScript heap in MB, its DOM nodes (attached or not) and its event listeners."""
     driver.execute_cdp_cmd("Performance.enable", {})

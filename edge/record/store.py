@@ -88,7 +88,7 @@ def create_engine(url: str, must_exist: bool = False) -> sa.Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
         @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:
+        def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             # A new file gives back to the disk what expired rows leave (the housekeeping's
             # incremental_vacuum). Set only on an empty file: on one that has tables it changes

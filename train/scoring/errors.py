@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,7 +76,14 @@ class ReconstructionErrors(Term):
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-12))
         return self.plan
 
-    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         # Fused maps differ in their smoothing and gain only: the weighted sum is computed once.
         key = ("errors", self.plan.kinds, self.plan.weights, self.plan.scales)
         smoothed = self.blur(computed_once(shared, key, lambda: self.weighted(x, recon)))

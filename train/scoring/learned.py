@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,7 +43,14 @@ class LearnedComparison(Term):
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-6))
         return self.plan
 
-    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if head_prob is None:
             raise ValueError("the head term needs the comparison head's probability")
         smoothed = self.blur(head_prob)

@@ -12,6 +12,7 @@ matrix product and a min, in FP32.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -95,7 +96,14 @@ class FeatureMemory(Term):
         up = F.interpolate(self.distance(features), size=self.size, mode="bilinear", align_corners=False)
         return self.blur(up)  # (N, 1, H, W)
 
-    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if features is None:
             raise ValueError("the memory term needs the comparison head's features")
         return self.plan.gain * self.raw_map(features)

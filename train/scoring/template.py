@@ -12,7 +12,7 @@ What the product is, aligned or not, is measured on the training images at calib
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -198,7 +198,14 @@ class GoldenTemplate(Term):
         spread, blobs = self._readings(x)
         return spread if blobs is None else 0.5 * (spread + blobs)
 
-    def forward(self, x, recon, head_prob, features=None, shared=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        recon: torch.Tensor,
+        head_prob: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+        shared: dict[Hashable, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         return self.plan.gain * self.raw_map(x)
 
     def describe(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import VqadError
@@ -46,12 +47,12 @@ def set_arg(sp: argparse.ArgumentParser, section: str) -> None:
     )
 
 
-def at_least(minimum: float, kind: type = int):
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
     """An argparse type: a number of `kind` no smaller than `minimum`, or argparse's one-line
     usage error (a count of 0 or a size of -1 would otherwise fail deep inside, or mean
     something else)."""
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:

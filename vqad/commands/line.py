@@ -20,6 +20,7 @@ from vqad.commands.common import at_least, default_config, identifier, overrides
 
 if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
+    from edge.record import Record
     from edge.settings import EdgeConfig
 
 log = logging.getLogger("vqad")
@@ -202,7 +203,13 @@ class _CtlCommand(argparse.Action):
     """`vqad ctl`'s COMMAND, checked here instead of by choices=, so that a command given before
     the endpoint (`vqad ctl status tcp://…`) is told so rather than refused as an endpoint."""
 
-    def __call__(self, parser, namespace, value, option_string=None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: str,
+        option_string: str | None = None,
+    ) -> None:
         if value not in CTL_COMMANDS:
             if namespace.endpoint in CTL_COMMANDS:
                 parser.error(f"the endpoint comes first: vqad ctl {value} {namespace.endpoint}")
@@ -296,7 +303,7 @@ def _peer_frames(args: argparse.Namespace):
     return frame
 
 
-def _query_records(record, args: argparse.Namespace) -> int:
+def _query_records(record: Record, args: argparse.Namespace) -> int:
     """What `vqad records` asks of the open record: its reviewed evidence exported, the daily
     tally, or the results printed as they are read."""
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
@@ -331,7 +338,7 @@ def _query_records(record, args: argparse.Namespace) -> int:
 
 # `vqad records`' three formats. Each prints the results as they are read, a page at a time
 # (Record.iter_results), and returns how many it printed.
-def _print_json(rows: Iterable[dict], _zone) -> int:
+def _print_json(rows: Iterable[dict], _zone: dt.tzinfo) -> int:
     n = 0
     for n, r in enumerate(rows, 1):
         print("[" if n == 1 else ",", json.dumps(r, default=str))
@@ -339,7 +346,7 @@ def _print_json(rows: Iterable[dict], _zone) -> int:
     return n
 
 
-def _print_csv(rows: Iterable[dict], zone) -> int:
+def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them)."""
@@ -357,7 +364,7 @@ def _print_csv(rows: Iterable[dict], zone) -> int:
     return n
 
 
-def _print_table(rows: Iterable[dict], zone) -> int:
+def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     n = 0
     for n, r in enumerate(rows, 1):
         if n == 1:
@@ -378,7 +385,7 @@ DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", 
                  "false_reject", "defect", "unreviewed", "unfit")  # fmt: skip
 
 
-def _time_window(args: argparse.Namespace, zone) -> tuple[int | None, int | None]:
+def _time_window(args: argparse.Namespace, zone: dt.tzinfo) -> tuple[int | None, int | None]:
     """--since and --until in ns, read in `zone` when they carry no offset; --until as a date alone
     is that day's end, so that `--since D --until D` is the day D. ConfigError (exit 2)
     for a time that is not ISO 8601, or a window that ends before it starts: it holds nothing,
@@ -403,7 +410,7 @@ def _day_end(text: str | None) -> str | None:
     return f"{day.isoformat()}T23:59:59.999999" if day else text
 
 
-def _print_daily(record, args: argparse.Namespace) -> int:
+def _print_daily(record: Record, args: argparse.Namespace) -> int:
     """`vqad records --daily`: what the line decided per day, camera and model, and the changes
     made to the daemon in the same period."""
     days = _line_days(args)
@@ -442,7 +449,7 @@ def _print_daily(record, args: argparse.Namespace) -> int:
     return 0
 
 
-def _change_line(event: dict, zone) -> str:
+def _change_line(event: dict, zone: dt.tzinfo) -> str:
     """A change made to the daemon, for a person: when, what, by whom, on which box and model
     (the record keeps them whole: --format json)."""
     detail = dict(event["detail"] or {})
@@ -464,7 +471,7 @@ def _line_days(args: argparse.Namespace):
         raise ConfigError(str(exc)) from exc
 
 
-def _local_time(ts_ns: int, zone) -> str:
+def _local_time(ts_ns: int, zone: dt.tzinfo) -> str:
     """'2026-12-02 07:15:03+01:00': an instant in the line's time zone, its offset shown."""
     import datetime as dt
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.frames import parse_size
 from edge.threshold import MISSES_GUIDE
 from vqad.commands.common import config_args, default_config, overrides, pixel_bits_arg
+
+if TYPE_CHECKING:
+    from train.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def size_arg(text: str) -> str:
     return text
 
 
-def model_and_train_configs(args: argparse.Namespace):
+def model_and_train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     from edge.config import config_from, load_config
     from train.config import ModelConfig, TrainConfig
 
