@@ -251,6 +251,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The model's commands: train, eval, calibrate, embed."""
+    _add_train(sub)
+    _add_eval(sub)
+    _add_calibrate(sub)
+    _add_embed(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a VQ-VAE on CAT/train/good")
     t.add_argument(
         "data", type=Path, metavar="DATA_CAT", help="a category folder: its train/good images are trained on"
@@ -283,6 +291,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--plot", action="store_true", help="render RUN_DIR/curves.png at the end")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="calibrate the threshold and evaluate on CAT/test")
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument(
@@ -295,6 +305,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-pictures", action="store_true", help="the figures only, without the report's pictures")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("calibrate", help="recalibrate the threshold of a run or model package on new good images")
     c.add_argument(
         "target", type=Path, metavar="RUN_OR_MODEL_DIR", help="a run (vqad train) or a model package (vqad export)"
@@ -343,6 +355,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     c.set_defaults(func=cmd_calibrate)
 
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("embed", help="extract codes, quantised latents or pooled vectors of images")
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
