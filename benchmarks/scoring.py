@@ -103,37 +103,46 @@ def in_half(path: Path, half: str) -> bool:
     return (digest % 2 == 0) == (half == "select")
 
 
-@torch.no_grad()
-def scoring_ablation(
-    run_dir: Path, category: Path, half: str = "all", names: list[str] | None = None
-) -> dict[str, Any]:
-    """{variant: {image_auroc, pixel_auroc, aupro, false_reject_rate, miss_rate,
-    miss_rate_at_5pct_frr, terms}} for one trained run."""
-    from edge.frames import batched
-    from edge.threshold import calibrate_threshold
-    from train.data import load_images, load_test_set, without_copies_of
-    from train.evaluate import miss_rate_at_frr
-    from train.metrics import aupro, image_auroc, pixel_auroc
-    from train.model import uint8_nhwc_to_float
-    from train.run import load_run
-    from train.scoring import AnomalyScorer, GoodImages, initial_plan, template_settings
+@dataclasses.dataclass
+class Passes:
+    """What every variant shares, computed once: the test images with their labels and masks,
+    the network's passes over them and over the validation images, and the good images that
+    calibrate a scorer."""
 
-    run = load_run(run_dir)
+    test: list  # train.data.TestSample, in the half scored
+    labels: np.ndarray  # (M,) 1 for a defect
+    masks: np.ndarray  # (M, H, W) bool, all False where an image has no mask
+    with_mask: np.ndarray  # (M,) bool
+    x_test: torch.Tensor
+    r_test: torch.Tensor
+    latents_test: torch.Tensor
+    x_val: torch.Tensor
+    r_val: torch.Tensor
+    latents_val: torch.Tensor
+    good: Any  # train.scoring.GoodImages
+    prob: torch.Tensor | None = None  # the head's probability and coarsest features (no head: None)
+    z_test: torch.Tensor | None = None
+    val_head: torch.Tensor | None = None
+    z_val: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def network_passes(run: Any, category: Path, half: str) -> Passes:
+    """The run's reconstructions, latents and head outputs on `half` of the category's test
+    images (the run's own training images left out) and on its validation images."""
+    from edge.frames import batched
+    from train.data import load_images, load_test_set, without_copies_of
+    from train.model import uint8_nhwc_to_float
+    from train.scoring import GoodImages
+
     cfg, model = run.model_cfg, run.model
-    size = cfg.image_size
     split = run.split()
     test, _ = without_copies_of(load_test_set(category, cfg.input_format), split["train"] + split["val"])
     test = [s for s in test if in_half(Path(s.path), half)]
     frames = np.stack([s.image for s in test])
-    labels = np.array([s.label for s in test])
-    with_mask = np.array([s.mask is not None for s in test])
-    masks = np.stack([s.mask if s.mask is not None else np.zeros(frames.shape[1:3], bool) for s in test])
     train_images = load_images(split["train"], cfg.input_format)
-    val_images = load_images(split["val"], cfg.input_format)
-    x_val, r_val = model.reconstruct_frames(val_images)
+    x_val, r_val = model.reconstruct_frames(load_images(split["val"], cfg.input_format))
     x_test, r_test = model.reconstruct_frames(frames)
-    latents_test = torch.cat([model.latents(x) for x in batched(x_test, 16)])
-    latents_val = torch.cat([model.latents(x) for x in batched(x_val, 16)])
 
     def head_pass(x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability, coarsest features) of the comparison head, in batches."""
@@ -152,40 +161,84 @@ def scoring_ablation(
         features=model.features if model.head is not None else None,
         outputs=model.outputs,
     )
-    base = template_settings(size, cfg.score.scale)
+    return Passes(
+        test=test,
+        labels=np.array([s.label for s in test]),
+        masks=np.stack([s.mask if s.mask is not None else np.zeros(frames.shape[1:3], bool) for s in test]),
+        with_mask=np.array([s.mask is not None for s in test]),
+        x_test=x_test,
+        r_test=r_test,
+        latents_test=torch.cat([model.latents(x) for x in batched(x_test, 16)]),
+        x_val=x_val,
+        r_val=r_val,
+        latents_val=torch.cat([model.latents(x) for x in batched(x_val, 16)]),
+        good=good,
+        prob=prob,
+        z_test=z_test,
+        val_head=val_head,
+        z_val=z_val,
+    )
+
+
+@torch.no_grad()
+def variant_row(run: Any, passes: Passes, variant: dict[str, Any]) -> dict[str, Any] | None:
+    """One variant's scorer, built and calibrated as training does, on the shared passes -> its
+    figures; None for a variant that needs the head of a run without one."""
+    from edge.threshold import calibrate_threshold
+    from train.evaluate import miss_rate_at_frr
+    from train.metrics import aupro, image_auroc, pixel_auroc
+    from train.scoring import AnomalyScorer, initial_plan, template_settings
+
+    cfg = run.model_cfg
+    terms = variant.get("terms", cfg.score.terms)
+    if ("head" in terms or "memory" in terms) and passes.prob is None:
+        return None
+    border = variant.get("border", cfg.score.border)
+    errors, peers = variant.get("errors", cfg.score.errors), variant.get("peers", cfg.score.peers)
+    fuse = variant.get("fuse", cfg.score.fuse_scales)
+    plan = initial_plan(terms, errors, border, cfg.image_size, peers, cfg.score.scale, fuse)
+    template = dataclasses.replace(template_settings(cfg.image_size, cfg.score.scale), **variant.get("template", {}))
+    scorer = AnomalyScorer(plan, cfg.channels, cfg.image_size, template)
+    for each_map in scorer.maps():
+        each_map.weights.update(variant.get("weights", {}))
+    scorer.calibrate(passes.good)
+    maps, scores = scorer(passes.x_test, passes.r_test, passes.prob, passes.z_test, passes.latents_test)
+    amap, score = maps[:, 0].numpy(), scores.numpy()
+    val_score = scorer(passes.x_val, passes.r_val, passes.val_head, passes.z_val, passes.latents_val)[1].numpy()
+    threshold = calibrate_threshold(val_score, run.train_cfg.target_frr, {"by": "benchmarks.scoring"})["value"]
+    masks, m = passes.masks[passes.with_mask], amap[passes.with_mask]
+    return {
+        "image_auroc": image_auroc(passes.labels, score),
+        "pixel_auroc": pixel_auroc(masks, m) if passes.with_mask.any() else None,
+        "aupro": aupro(masks, m, fpr_limit=0.3) if passes.with_mask.any() else None,
+        "false_reject_rate": _share(score[passes.labels == 0] >= threshold),
+        "miss_rate": _share(score[passes.labels == 1] < threshold),
+        "miss_rate_at_5pct_frr": miss_rate_at_frr(passes.labels, score, 0.05),
+        "terms": scorer.describe()["terms"],
+    }
+
+
+def scoring_ablation(
+    run_dir: Path, category: Path, half: str = "all", names: list[str] | None = None
+) -> dict[str, Any]:
+    """{variant: {image_auroc, pixel_auroc, aupro, false_reject_rate, miss_rate,
+    miss_rate_at_5pct_frr, terms}} for one trained run."""
+    from train.run import load_run
+
+    run = load_run(run_dir)
+    passes = network_passes(run, category, half)
     rows: dict[str, Any] = {}
     for name, variant in selected(names).items():
         started = time.monotonic()
-        terms = variant.get("terms", cfg.score.terms)
-        if ("head" in terms or "memory" in terms) and prob is None:
+        row = variant_row(run, passes, variant)
+        if row is None:
             continue
-        border = variant.get("border", cfg.score.border)
-        errors, peers = variant.get("errors", cfg.score.errors), variant.get("peers", cfg.score.peers)
-        fuse = variant.get("fuse", cfg.score.fuse_scales)
-        plan = initial_plan(terms, errors, border, size, peers, cfg.score.scale, fuse)
-        template = dataclasses.replace(base, **variant.get("template", {}))
-        scorer = AnomalyScorer(plan, cfg.channels, size, template)
-        for each_map in scorer.maps():
-            each_map.weights.update(variant.get("weights", {}))
-        scorer.calibrate(good)
-        maps, scores = scorer(x_test, r_test, prob, z_test, latents_test)
-        amap, score = maps[:, 0].numpy(), scores.numpy()
-        val_score = scorer(x_val, r_val, val_head, z_val, latents_val)[1].numpy()
-        threshold = calibrate_threshold(val_score, run.train_cfg.target_frr, {"by": "benchmarks.scoring"})["value"]
-        rows[name] = {
-            "image_auroc": image_auroc(labels, score),
-            "pixel_auroc": pixel_auroc(masks[with_mask], amap[with_mask]) if with_mask.any() else None,
-            "aupro": aupro(masks[with_mask], amap[with_mask], fpr_limit=0.3) if with_mask.any() else None,
-            "false_reject_rate": _share(score[labels == 0] >= threshold),
-            "miss_rate": _share(score[labels == 1] < threshold),
-            "miss_rate_at_5pct_frr": miss_rate_at_frr(labels, score, 0.05),
-            "terms": scorer.describe()["terms"],
-        }
+        rows[name] = row
         # A line a variant: on a slow CPU the ablation of one category takes tens of minutes.
-        auroc = rows[name]["image_auroc"]
+        auroc = row["image_auroc"]
         print(f"[scoring] {category.name} / {name}: image AUROC {'-' if auroc is None else f'{auroc:.3f}'} "
               f"({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
-    return {"run": str(run_dir), "half": half, "n_test": len(test), "variants": rows}
+    return {"run": str(run_dir), "half": half, "n_test": len(passes.test), "variants": rows}
 
 
 def _share(flags: np.ndarray) -> float | None:
@@ -196,7 +249,7 @@ def _fmt(value: float | None) -> str:
     return "  -  " if value is None else f"{value:.3f}"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     from train.metrics import percent
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -204,7 +257,7 @@ if __name__ == "__main__":
     ap.add_argument("category", type=Path)
     ap.add_argument("--half", choices=("select", "report", "all"), default="all")
     ap.add_argument("--variant", action="append", help="only this variant (repeatable)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result = scoring_ablation(args.run, args.category, args.half, args.variant)
     for name, r in result["variants"].items():
         figures = (
@@ -213,3 +266,7 @@ if __name__ == "__main__":
             f"misses at 5% FRR {percent(r['miss_rate_at_5pct_frr'])}"
         )
         print(f"{name:46s} {figures}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
