@@ -9,8 +9,9 @@ import json
 import pytest
 
 import benchmarks.run as bench_run
+from benchmarks.backends import bench_backends
 from benchmarks.common import write_report
-from benchmarks.run import markdown
+from benchmarks.run import backends_markdown, markdown
 
 
 def _daemon_row(with_cpu: bool) -> dict:
@@ -77,3 +78,16 @@ def test_a_part_not_named_in_only_is_refused(capsys):
         bench_run.parse_args(["--only", "accuracy,drfit"])
     assert stopped.value.code == 2
     assert "no part named drfit" in capsys.readouterr().err
+
+
+def test_the_backends_part_times_each_backend_and_says_why_tensorrt_is_not_measured(tiny_run, tiny_model):
+    """The 60 frames/s target is read from this part: each backend at each batch size, the
+    FLOPs behind them, and TensorRT's absence said, not raised, where it is not installed."""
+    be = bench_backends(tiny_run, tiny_model, batch_sizes=(1, 8), repeats=1, min_seconds=0.01)
+    for name in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_fp16"):
+        assert all(be[name][b]["frames_per_s"]["median"] > 0 for b in ("1", "8")), name
+    assert be["flops_per_frame"]["total"] > be["flops_per_frame"]["vqvae"] > 0
+    table = "\n".join(backends_markdown(be))
+    assert "| onnxruntime_fp32 | " in table and "Achieved at batch 8: pytorch_eager" in table
+    if be["tensorrt_fp16"].get("measured") is False:  # no TensorRT here: the reason, in the table
+        assert be["tensorrt_fp16"]["reason"] and "| tensorrt_fp16 | not measured: " in table
