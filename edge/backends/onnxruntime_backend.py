@@ -13,6 +13,10 @@ from edge.package import FP16_FILE, FP32_FILE, ModelPackage
 
 log = logging.getLogger(__name__)
 
+# The sessions this process has said it loaded: the daemon's inference workers each load the
+# same graph, and one line says it for all of them (the ready line counts the workers).
+_said: set[tuple[str, str, str]] = set()
+
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
@@ -55,7 +59,10 @@ class OnnxRuntimeBackend:
             raise BackendError(f"{path} takes {inp.shape}, but model.json says {expected}")
         self.input_name = inp.name
         self.providers = self.session.get_providers()
-        log.info("onnxruntime %s on %s (%s)", ort.__version__, self.providers[0], path.name)
+        said = (str(path), package.sha256, self.providers[0])
+        log.log(logging.DEBUG if said in _said else logging.INFO, "onnxruntime %s on %s (%s)", ort.__version__,
+                self.providers[0], path.name)  # fmt: skip
+        _said.add(said)
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(frames)})
