@@ -571,55 +571,68 @@ class Record:
         that boxes share), else None; `row` has the result's id, camera_id, frame_id and
         daemon_run."""
         out = Path(out)
-        counts: dict[str, int] = {}
-        left_out: dict[str, int] = {}
-        reviewed = sa.select(reviews).order_by(reviews.c.id)
-        if camera is not None:
-            reviewed = reviewed.where(reviews.c.camera_id == camera)
-        if since_ns is not None or until_ns is not None:  # the reviews of results captured then
-            reviewed = _within(reviewed.join(results, results.c.id == reviews.c.result_id), results.c.ts_ns,
-                               since_ns, until_ns)  # fmt: skip
-        with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
-            latest: dict[int, Any] = {}
-            for r in conn.execute(reviewed):
-                if r.result_id is None:  # reviewed before v5, of a result no longer in the record
-                    left_out[_no_evidence(None)] = left_out.get(_no_evidence(None), 0) + 1
-                    continue
-                latest[r.result_id] = r
-            columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
-                       results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
-            in_order = sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0]))
-            found = [(result_id, r, conn.execute(sa.select(*columns).where(results.c.id == result_id)).first())
-                     for result_id, r in in_order]  # fmt: skip
+        found, left_out = self._latest_reviews(camera, since_ns, until_ns)
         # A camera and frame id reviewed in two results (a sender that started its ids again):
         # their files are told apart by the record's id of each.
-        pairs = Counter((r.camera_id, r.frame_id) for r in latest.values())
+        pairs = Counter((r.camera_id, r.frame_id) for _, r, _ in found)
+        counts: Counter[str] = Counter()
         for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
             why, content = _no_evidence(row), None
             if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
                 content = elsewhere(dict(row._mapping))
                 why = "" if content is not None else NOR_ON_PEERS
             if why:
-                left_out[why] = left_out.get(why, 0) + 1
+                left_out[why] += 1
                 continue
-            source = Path(row.evidence_frame)
             folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
-            folder.mkdir(parents=True, exist_ok=True)
             name = f"{file_name(r.camera_id)}_{r.frame_id}"
             name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
-            if content is None:
-                shutil.copyfile(source, folder / f"{name}{source.suffix}")
-            else:
-                (folder / f"{name}{source.suffix}").write_bytes(content)
-            key = str(folder.relative_to(out))
-            counts[key] = counts.get(key, 0) + 1
+            _write_evidence(Path(row.evidence_frame), folder, name, content)
+            counts[str(folder.relative_to(out))] += 1
         if left_out:
             log.warning(
                 "%d reviewed results left out: %s",
                 sum(left_out.values()),
                 ", ".join(f"{n} {why}" for why, n in sorted(left_out.items())),
             )
-        return counts
+        return dict(counts)
+
+    def _latest_reviews(
+        self, camera: str | None, since_ns: int | None, until_ns: int | None
+    ) -> tuple[list[tuple[int, Any, Any]], Counter[str]]:
+        """The latest review of each reviewed result (of `camera`, captured in the period), by
+        camera and frame id -> ([(result id, review row, the result's evidence row)], the reviews
+        left out and why: those of a result no longer in the record)."""
+        reviewed = sa.select(reviews).order_by(reviews.c.id)
+        if camera is not None:
+            reviewed = reviewed.where(reviews.c.camera_id == camera)
+        if since_ns is not None or until_ns is not None:  # the reviews of results captured then
+            reviewed = _within(reviewed.join(results, results.c.id == reviews.c.result_id), results.c.ts_ns,
+                               since_ns, until_ns)  # fmt: skip
+        left_out: Counter[str] = Counter()
+        columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
+                   results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
+        with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
+            latest: dict[int, Any] = {}
+            for r in conn.execute(reviewed):
+                if r.result_id is None:  # reviewed before v5, of a result no longer in the record
+                    left_out[_no_evidence(None)] += 1
+                    continue
+                latest[r.result_id] = r
+            in_order = sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0]))
+            found = [(result_id, r, conn.execute(sa.select(*columns).where(results.c.id == result_id)).first())
+                     for result_id, r in in_order]  # fmt: skip
+        return found, left_out
+
+
+def _write_evidence(source: Path, folder: Path, name: str, content: bytes | None) -> None:
+    """The evidence frame `source` into `folder` as `name` (its suffix kept): copied from this
+    disk, or `content`, the bytes a peer gave for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        shutil.copyfile(source, folder / f"{name}{source.suffix}")
+    else:
+        (folder / f"{name}{source.suffix}").write_bytes(content)
 
 
 def _defect_folder(kind: str | None) -> str:
