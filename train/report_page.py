@@ -77,31 +77,7 @@ def write_report_page(
         _table(_ranking_rows(metrics, labels)),
     ]
     if pictures:
-        calibration = [
-            (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:#.4g}")
-            for e in threshold.get("highest_images") or []
-        ]
-        body += [
-            "<h2>The good images that set the threshold</h2>",
-            "<p>The highest-scoring good calibration images. A defect among them raises the threshold over every "
-            "defect that scores less: leave it out and calibrate again.</p>",
-            _gallery(out, calibration),
-            f"<h2>Good test images rejected ({len(rejected)})</h2>",
-            _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
-            f"<h2>Defects that pass ({len(missed)})</h2>",
-            "<p>Lowest score first. The ring marks the map's peak, where the score comes from. A peak on the "
-            "defect but under the threshold is a threshold question; a peak elsewhere, a defect the model does "
-            f"not see. What to do for each: {_e(MISSES_GUIDE)}.</p>",
-            _gallery(out, [_panel_entry(test[i], scores[i]) for i in missed]),
-            "<h2>Scores, ROC, training, codebook</h2>",
-            '<div class="plots">'
-            + _gallery(out, [(n, "") for n in ("histogram.png", "roc.png", "curves.png", "codebook.png")])
-            + "</div>",
-            "<h2>Every test image</h2>",
-            "<details><summary>by kind, highest score first</summary>",
-            _gallery(out, [_panel_entry(test[i], scores[i]) for i in _by_kind(test, scores)], fold=False),
-            "</details>",
-        ]
+        body += _picture_sections(out, threshold, test, scores, rejected, missed)
     page = out / PAGE
     page.write_text(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -109,6 +85,44 @@ def write_report_page(
         encoding="utf-8",
     )
     return page
+
+
+def _picture_sections(
+    out: Path,
+    threshold: dict[str, Any],
+    test: Sequence[TestSample],
+    scores: np.ndarray,
+    rejected: list[int],
+    missed: list[int],
+) -> list[str]:
+    """The page's pictures: the good images that set the threshold, the good test images rejected
+    (`rejected`, indices into `test`), the defects that pass (`missed`), the plots, and every
+    test image by kind."""
+    calibration = [
+        (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:#.4g}")
+        for e in threshold.get("highest_images") or []
+    ]
+    return [
+        "<h2>The good images that set the threshold</h2>",
+        "<p>The highest-scoring good calibration images. A defect among them raises the threshold over every "
+        "defect that scores less: leave it out and calibrate again.</p>",
+        _gallery(out, calibration),
+        f"<h2>Good test images rejected ({len(rejected)})</h2>",
+        _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
+        f"<h2>Defects that pass ({len(missed)})</h2>",
+        "<p>Lowest score first. The ring marks the map's peak, where the score comes from. A peak on the "
+        "defect but under the threshold is a threshold question; a peak elsewhere, a defect the model does "
+        f"not see. What to do for each: {_e(MISSES_GUIDE)}.</p>",
+        _gallery(out, [_panel_entry(test[i], scores[i]) for i in missed]),
+        "<h2>Scores, ROC, training, codebook</h2>",
+        '<div class="plots">'
+        + _gallery(out, [(n, "") for n in ("histogram.png", "roc.png", "curves.png", "codebook.png")])
+        + "</div>",
+        "<h2>Every test image</h2>",
+        "<details><summary>by kind, highest score first</summary>",
+        _gallery(out, [_panel_entry(test[i], scores[i]) for i in _by_kind(test, scores)], fold=False),
+        "</details>",
+    ]
 
 
 def _measured_on(metrics: dict[str, Any]) -> str:
