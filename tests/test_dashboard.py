@@ -1081,9 +1081,9 @@ def test_reviewed_evidence_on_another_boxs_disk_is_exported_from_that_boxs_dashb
     assert (tmp_path / "out" / "test" / "scratch" / "line4-cam_0.png").read_bytes() == (box_b / folder / "0.png"
                                                                                        ).read_bytes()  # fmt: skip
     assert (tmp_path / "out" / "train" / "good" / "line4-cam_2.png").is_file()  # this box's own
-    assert "1 images -> " in done.stdout and "2 images -> " not in done.stdout, done.stdout
+    assert "1 image -> " in done.stdout and "2 images -> " not in done.stdout, done.stdout
     assert f"line4-cam frame 1 (result {rows[1]['id']}): {b.url}: not on its disk either" in done.stderr
-    assert "1 reviewed results left out: 1 whose evidence file is on neither this machine's disk nor a peer's" \
+    assert "1 reviewed result left out: 1 whose evidence file is on neither this machine's disk nor a peer's" \
            in done.stderr, done.stderr  # fmt: skip
     assert refused.returncode == 0 and f"{b.url}: a token is required" in refused.stderr, refused.stderr
     bad = run_vqad("records", url, "--peers", b.url, check=False)

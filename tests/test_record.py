@@ -1655,7 +1655,7 @@ def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
     Record(url).review("c", 1, "defect")  # a defect the line passed
     proc = run_vqad("records", url, "--export-reviewed", tmp_path / "out")
     assert "no reviewed evidence to export" in proc.stdout and not (tmp_path / "out").exists()
-    assert "1 reviewed results left out: 1 without evidence" in proc.stderr
+    assert "1 reviewed result left out: 1 without evidence" in proc.stderr
 
 
 def test_an_export_of_reviews_takes_one_cameras_results_captured_in_a_time(tmp_path):

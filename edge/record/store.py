@@ -590,10 +590,12 @@ class Record:
             _write_evidence(Path(row.evidence_frame), folder, name, content)
             counts[str(folder.relative_to(out))] += 1
         if left_out:
+            n = sum(left_out.values())
             log.warning(
-                "%d reviewed results left out: %s",
-                sum(left_out.values()),
-                ", ".join(f"{n} {why}" for why, n in sorted(left_out.items())),
+                "%d reviewed result%s left out: %s",
+                n,
+                "" if n == 1 else "s",
+                ", ".join(f"{k} {why}" for why, k in sorted(left_out.items())),
             )
         return dict(counts)
 

@@ -311,7 +311,7 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
     if args.export_reviewed:
         counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns, _peer_frames(args))
         for folder, n in sorted(counts.items()):
-            print(f"{n} images -> {args.export_reviewed / folder}")
+            print(f"{n} image{'' if n == 1 else 's'} -> {args.export_reviewed / folder}")
         if not counts:
             print("no reviewed evidence to export")
         return 0
