@@ -20,10 +20,15 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from train.data import TestSample
+    from train.run import Run
+    from train.scoring import GoodImages
 
 # name -> what the variant changes: terms, error kinds, golden-template settings, weights,
 # peers, fused map scales (each left out = the run's own, the constants' or WEIGHTS).
@@ -109,7 +114,7 @@ class Passes:
     the network's passes over them and over the validation images, and the good images that
     calibrate a scorer."""
 
-    test: list  # train.data.TestSample, in the half scored
+    test: list[TestSample]  # in the half scored
     labels: np.ndarray  # (M,) 1 for a defect
     masks: np.ndarray  # (M, H, W) bool, all False where an image has no mask
     with_mask: np.ndarray  # (M,) bool
@@ -119,7 +124,7 @@ class Passes:
     x_val: torch.Tensor
     r_val: torch.Tensor
     latents_val: torch.Tensor
-    good: Any  # train.scoring.GoodImages
+    good: GoodImages
     prob: torch.Tensor | None = None  # the head's probability and coarsest features (no head: None)
     z_test: torch.Tensor | None = None
     val_head: torch.Tensor | None = None
@@ -127,7 +132,7 @@ class Passes:
 
 
 @torch.no_grad()
-def network_passes(run: Any, category: Path, half: str) -> Passes:
+def network_passes(run: Run, category: Path, half: str) -> Passes:
     """The run's reconstructions, latents and head outputs on `half` of the category's test
     images (the run's own training images left out) and on its validation images."""
     from edge.frames import batched
@@ -181,7 +186,7 @@ def network_passes(run: Any, category: Path, half: str) -> Passes:
 
 
 @torch.no_grad()
-def variant_row(run: Any, passes: Passes, variant: dict[str, Any]) -> dict[str, Any] | None:
+def variant_row(run: Run, passes: Passes, variant: dict[str, Any]) -> dict[str, Any] | None:
     """One variant's scorer, built and calibrated as training does, on the shared passes -> its
     figures; None for a variant that needs the head of a run without one."""
     from edge.threshold import calibrate_threshold
