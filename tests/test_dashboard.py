@@ -30,7 +30,7 @@ from selenium.webdriver.common.keys import Keys
 
 from edge.dashboard.app import _reject_item
 from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
-from edge.dashboard.probe import read_metrics
+from edge.dashboard.probe import MetricsProbe, read_metrics
 from edge.dashboard.settings import DashboardConfig
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
@@ -1438,9 +1438,11 @@ class _MetricsEndpoint:
     def __init__(self, metrics: DaemonMetrics):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        self.metrics, endpoint = metrics, self  # replaced: a daemon restarted
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = generate_latest(metrics.registry)
+                body = generate_latest(endpoint.metrics.registry)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -1501,6 +1503,67 @@ def test_several_daemons_metrics_each_give_their_own_cameras_drift_and_queue(tmp
         for line in lines:
             line.close()
         endpoints[0].close()
+
+
+def test_the_probe_counts_the_results_published_since_it_began_and_all_of_a_restarted_daemons():
+    m = DaemonMetrics()
+    m.results.labels("ok", "pass").inc(7)
+    m.results.labels("ok", "fail").inc(3)
+    endpoint = _MetricsEndpoint(m)
+    probe = MetricsProbe(endpoint.url)
+    probe.start()
+    try:
+        assert wait_for(lambda: probe.snapshot().get("published") == 10, 5), probe.snapshot()
+        assert probe.snapshot()["published_since_start"] == 0
+        m.results.labels("error", "error").inc(2)
+        assert wait_for(lambda: probe.snapshot().get("published_since_start") == 2, 5), probe.snapshot()
+        restarted = DaemonMetrics()  # its counters begin again at 0
+        restarted.results.labels("ok", "pass").inc(4)
+        endpoint.metrics = restarted
+        assert wait_for(lambda: probe.snapshot().get("published_since_start") == 4, 5), probe.snapshot()
+    finally:
+        probe.stop()
+        endpoint.close()
+
+
+def test_a_daemon_whose_results_do_not_reach_the_page_is_named_in_the_header_and_the_log(tmp_path):
+    """The dashboard's `--results` is not where the daemon publishes (its metrics are right): the
+    page said "daemon ready" over cameras that never sent. Once the daemon's metrics count
+    results published since the page started and nothing came from the endpoint for
+    `silent_after_s`, the pill says so in red, the log once; a stream heard there ends it."""
+    config = tmp_path / "dashboard.yaml"
+    config.write_text("silent_after_s: 1.5\n")
+    m = DaemonMetrics()
+    m.ready.set(1)
+    metrics, results = _MetricsEndpoint(m), f"tcp://127.0.0.1:{free_loopback_port()}"
+    log_path = tmp_path / "d.log"
+    dashboard = DashboardProcess("--config", str(config), "--results", results, "--metrics", metrics.url,
+                                 log_path=log_path)  # fmt: skip
+    driver = headless_chromium()
+    line = None
+    try:
+        dashboard.start()
+        summary = lambda: _json(dashboard.url + "/api/summary")[1]["daemon"]  # noqa: E731
+        driver.get(dashboard.url + "/")
+        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        assert wait_for(lambda: state() == "daemon ready", 10), state()
+        time.sleep(2)  # past silent_after_s: nothing published, nothing to say
+        assert state() == "daemon ready" and summary()["results_unheard"] is None
+        m.results.labels("ok", "pass").inc(5)
+        said = f"daemon up, but none of its 5 results since this page started came from {results[6:]}"
+        assert wait_for(lambda: state() == f"{said}: check the dashboard's --results", 10), state()
+        assert summary()["results_unheard"] == {"published": 5, "endpoint": results}
+        line = _LineDaemon("line1", results)  # the daemon's results, where the page listens
+        assert wait_for(lambda: state() == "daemon ready", 10), state()
+        assert summary()["results_unheard"] is None
+    finally:
+        driver.quit()
+        dashboard.stop()
+        metrics.close()
+        if line is not None:
+            line.close()
+    warned = [row for row in log_path.read_text().splitlines() if "none came from" in row]
+    assert len(warned) == 1 and "has published 5 results since this dashboard started" in warned[0], warned
 
 
 def test_a_dashboards_results_are_one_endpoint_or_several_each_once():

@@ -27,6 +27,7 @@ import datetime as dt
 import fnmatch
 import functools
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from edge.record.days import ProductionDays
 from edge.record.store import check_seq_cursor, parse_time
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "vqad_token"
@@ -158,6 +160,7 @@ class Dashboard:
         self._recorded: list[str] = []  # the cameras of the record's week (_refresh_recorded_cameras)
         self._recorded_next = 0.0  # when they are read again (monotonic)
         self._recorded_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
+        self._unheard_said: set[str] = set()  # the results endpoints whose silence was logged
 
     # -- summary and its stream -----------------------------------------------------------
     def summary_json(self) -> str:
@@ -191,7 +194,27 @@ class Dashboard:
         says (without metrics, whether it is up)."""
         daemon = probe.snapshot() if probe else {"up": None, "metrics": None}
         daemon.update(self._heartbeat(source, daemon["up"] is None))
+        if daemon["up"]:
+            daemon["results_unheard"] = self._results_unheard(source, daemon)
         return daemon
+
+    def _results_unheard(self, source: str, daemon: dict[str, Any]) -> dict[str, Any] | None:
+        """{published, endpoint} when the daemon's metrics count results published since the
+        page began to listen, and nothing (no result, no heartbeat) came from `source` for
+        `silent_after_s`: the page follows another endpoint than the daemon publishes on, or
+        with keys it refuses. The page showed "daemon ready" over cameras that sent nothing."""
+        unheard = self.view.never_heard_s(source) if source else None
+        published = daemon.get("published_since_start") or 0
+        if unheard is None or unheard <= self.view.silent_after_s or published <= 0:
+            return None
+        if source not in self._unheard_said:
+            self._unheard_said.add(source)
+            log.warning(
+                "the daemon at %s has published %d results since this dashboard started, and none came from %s:"
+                " is that its results endpoint (vqad serve --results), and are the CURVE keys its own?",
+                daemon["metrics"], published, source,
+            )  # fmt: skip
+        return {"published": published, "endpoint": source}
 
     def _daemons(self) -> dict[str, Any]:
         """The daemons of several results endpoints: each one's state (`daemons`, in the order

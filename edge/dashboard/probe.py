@@ -1,6 +1,7 @@
 """The daemon's own state, read from its Prometheus endpoint: whether it is up, ready or
 stalled (a loop of its pipeline not coming round, edge.watchdog), its queue, the threshold in
-force, reloads and the drift alarm per camera.
+force, reloads, the drift alarm per camera, and how many results it has published since the
+probe began (so that the page can tell a daemon whose results do not reach it).
 
 One thread scrapes every PROBE_EVERY_S, whatever the number of open pages, so browsers never
 add load on the daemon.
@@ -41,8 +42,12 @@ def read_metrics(text: str) -> dict[str, Any]:
     """The daemon's Prometheus text -> the fields the dashboard shows."""
     state: dict[str, Any] = {"drift": {}}
     for family in text_string_to_metric_families(text):
+        if family.name == "vqad_results":  # before its first result, a family without samples
+            state["published"] = 0
         for sample in family.samples:
-            if sample.name in _SCALARS:
+            if sample.name == "vqad_results_total":  # one sample per status and decision
+                state["published"] += int(sample.value)
+            elif sample.name in _SCALARS:
                 state[_SCALARS[sample.name]] = sample.value
             elif sample.name in ("vqad_drift_ks", "vqad_drift_alarm"):
                 camera = sample.labels.get("camera", "")
@@ -63,6 +68,7 @@ class MetricsProbe(threading.Thread):
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.state: dict[str, Any] = {"up": None, "metrics": url or None}
+        self._published_before: int | None = None  # the daemon's count at the first scrape
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -73,7 +79,7 @@ class MetricsProbe(threading.Thread):
         try:
             with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT_S) as response:
                 found = read_metrics(response.read().decode("utf-8", "replace"))
-            found.update(up=True, error=None)
+            found.update(up=True, error=None, published_since_start=self._since_start(found.get("published")))
         except Exception as exc:  # noqa: BLE001 - any answer not the metrics: one cut short
             # (http.client.IncompleteRead), one that is not HTTP, text the parser refuses. Uncaught,
             # it ended this thread, and the page showed the last state for good.
@@ -86,6 +92,17 @@ class MetricsProbe(threading.Thread):
                 log.info("the daemon's metrics answer at %s", self.url)
             else:
                 log.warning("the daemon's metrics do not answer at %s: %s", self.url, found["error"])
+
+    def _since_start(self, published: int | None) -> int | None:
+        """Results the daemon published since this probe's first scrape; all of them when its
+        count went back (a daemon restarted since: a counter begins again at 0)."""
+        if published is None:
+            return None
+        if self._published_before is None:
+            self._published_before = published
+        elif published < self._published_before:
+            self._published_before = 0
+        return published - self._published_before
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

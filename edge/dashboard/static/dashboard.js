@@ -94,6 +94,10 @@ function daemonState(d) {
   if (d.up === null || d.up === undefined) return ["daemon: not heard from yet", "warn"];
   if (!d.up) return [d.never_heard_s ? `daemon down: never heard from in ${span(d.never_heard_s)}` : "daemon down", "bad"];
   if (d.stalled) return ["daemon stalled: inference not returning", "bad"];
+  if (d.results_unheard) {
+    const u = d.results_unheard;
+    return [`daemon up, but none of its ${u.published} results since this page started came from ${endpointName(u.endpoint)}: check the dashboard's --results`, "bad"];
+  }
   return d.ready ? ["daemon ready", "ok"] : ["daemon up, not ready", "warn"];
 }
 
@@ -109,8 +113,10 @@ function daemonsState(daemons) {
   const n = daemons.length;
   const down = count((d) => d.up === false), stalled = count((d) => d.up && d.stalled);
   const unheard = count((d) => d.up === null || d.up === undefined);
-  if (down || stalled) {
-    const parts = [down ? `${down} down` : "", stalled ? `${stalled} stalled` : ""].filter(Boolean);
+  const lost = count((d) => d.up && !d.stalled && d.results_unheard);
+  if (down || stalled || lost) {
+    const parts = [down ? `${down} down` : "", stalled ? `${stalled} stalled` : "",
+      lost ? `${lost} publishing where this page does not hear` : ""].filter(Boolean);
     return [`${parts.join(", ")} of ${n} daemons`, "bad"];
   }
   if (unheard) return [`${unheard} of ${n} daemons not heard from yet`, "warn"];
