@@ -6,6 +6,7 @@ the pixels it saw in evaluation.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -374,12 +375,22 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 def find_images(folder: str | Path) -> list[Path]:
     """Image files anywhere under `folder`, sorted by path, hidden ones left out (is_image);
     DataError when `folder` is not a folder (a mistyped path would otherwise read as a folder
-    without images)."""
+    without images). A linked folder is searched as the training layout reads one (`defects/crack
+    -> /data/kos/test/defect`; Path.rglob did not follow it, and found no defect), each real
+    folder once, so that a link to a folder above ends."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"no such folder: {folder}")
-    found = (p for p in folder.rglob("*") if not any(map(is_hidden, p.relative_to(folder).parts)))
-    return sorted(p for p in found if is_image(p))
+    found, searched = [], set()
+    for root, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:
+            subfolders.clear()
+            continue
+        searched.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not is_hidden(name))  # the first way in, by name
+        found.extend(path for name in files if is_image(path := Path(root, name)))
+    return sorted(found)
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -113,6 +113,22 @@ def test_a_copy_made_on_a_mac_trains_and_tests_on_its_images_alone(tmp_path):
     ]
 
 
+def test_a_folder_of_images_is_searched_through_its_links_each_real_folder_once(tmp_path):
+    """`vqad calibrate --defects defs` where `defs/crack` links to a category's defect folder
+    found no defect; a link back to a folder above would have no end."""
+    from edge.frames import find_images
+
+    cat = make_category(tmp_path / "cat")
+    defects = tmp_path / "defs"
+    defects.mkdir()
+    (defects / "crack").symlink_to(cat / "test" / "scratch", target_is_directory=True)
+    (defects / "again").symlink_to(cat / "test" / "scratch", target_is_directory=True)
+    (defects / "crack" / "loop").symlink_to(defects, target_is_directory=True)
+    (defects / "one.png").symlink_to(cat / "test" / "good" / "0.png")
+    found = [p.relative_to(defects).as_posix() for p in find_images(defects)]
+    assert found == ["again/0.png", "one.png"]  # the scratch folder by its first way in, by name
+
+
 def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
     with pytest.raises(DataError, match=r"missing training folder: .*nothing/train/good \(a category's layout: "):
         train_image_paths(tmp_path / "nothing")
