@@ -110,7 +110,7 @@ def calibration_images(
         why += f" ({left_out} more trained it)"
     if copies:
         source["copies_left_out"] = copies
-        why += f" ({copies} more are copies of others)"
+        why += f" ({copies} more {'is a copy of another' if copies == 1 else 'are copies of others'})"
     frames, paths = _frames(paths, folder, fmt, MIN_CALIBRATION_IMAGES, why, shapes)
     return frames, paths, source
 
@@ -169,10 +169,10 @@ def unseen_images(paths: list[Path], trained_on: Collection[str], prints: list[s
     seen = [f in known for f in prints or fingerprints(paths)]
     if any(seen):
         log.warning(
-            "%d of %d good images trained the model and are left out of the calibration (e.g. %s): a model "
+            "%d of %d good images trained the model and %s left out of the calibration (e.g. %s): a model "
             "scores the images it learned from lower than new ones, so a threshold on them would reject good "
             "parts on the line",
-            sum(seen), len(paths), paths[seen.index(True)],
+            sum(seen), len(paths), "is" if sum(seen) == 1 else "are", paths[seen.index(True)],
         )  # fmt: skip
     return [p for p, trained in zip(paths, seen, strict=True) if not trained]
 
@@ -186,8 +186,9 @@ def distinct_images(paths: list[Path], prints: list[str] | None = None) -> list[
     if not copies:
         return paths
     extra = {i for g in copies for i in g[1:]}
-    log.warning("%d of %d good images are copies of another (e.g. %s and %s): each is calibrated on once",
-                len(extra), len(paths), paths[copies[0][0]], paths[copies[0][1]])  # fmt: skip
+    log.warning("%d of %d good images %s of another (e.g. %s and %s): each is calibrated on once",
+                len(extra), len(paths), "is a copy" if len(extra) == 1 else "are copies",
+                paths[copies[0][0]], paths[copies[0][1]])  # fmt: skip
     return [p for i, p in enumerate(paths) if i not in extra]
 
 

@@ -258,6 +258,17 @@ def test_a_good_image_saved_many_times_is_calibrated_on_once(tiny_model, tmp_pat
     assert (source["n_images"], source["copies_left_out"]) == (n, 5)
 
 
+def test_one_copy_is_said_in_the_singular(tmp_path, caplog):
+    from edge.recalibrate import distinct_images
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path, body in zip(paths, (b"a", b"b", b"a"), strict=True):
+        path.write_bytes(body)
+    with caplog.at_level("WARNING"):
+        assert distinct_images(paths) == paths[:2]
+    assert "1 of 3 good images is a copy of another" in caplog.text
+
+
 def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path, line_good):
     proc = run_vqad("calibrate", tmp_path, tmp_path, check=False)
     assert proc.returncode != 0 and "neither a run" in proc.stderr

@@ -876,7 +876,7 @@ def test_test_images_that_are_copies_of_the_runs_own_are_left_out_of_the_figures
     assert (
         "2 good test images are copies of the images the run's weights were trained on or its threshold" in proc.stderr
     )
-    assert "1 defect test images are copies of the run's good training images" in proc.stderr
+    assert "1 defect test image is a copy of the run's good training images" in proc.stderr
     page = html.unescape((tmp_path / "eval" / "report.html").read_text())
     assert "(2 more left out: copies of the run's own good images)" in page
 

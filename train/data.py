@@ -134,9 +134,10 @@ def split_train_val(
         )
     if copies:
         log.warning(
-            "%d of %d good training images are copies of another (e.g. %s and %s): copies are trained on, "
+            "%d of %d good training images %s of another (e.g. %s and %s): copies are trained on, "
             "not held out to calibrate the threshold",
-            len(paths) - different, len(paths), paths[copies[0][0]], paths[copies[0][1]],
+            len(paths) - different, len(paths), "is a copy" if len(paths) - different == 1 else "are copies",
+            paths[copies[0][0]], paths[copies[0][1]],
         )  # fmt: skip
     n_val = validation_count(different, val_fraction, min_val_images)
     group_of = {i: g for g in copies for i in g}
@@ -294,12 +295,15 @@ def without_copies_of(
         copied |= {i for i, p in enumerate(fingerprints([s.path for s in test])) if p in learned}
     defects = [str(test[i].path) for i in sorted(copied) if test[i].label]
     if defects:
-        log.warning("%d defect test images are copies of the run's good training images (e.g. %s): "
-                    "its train/good folder holds a defect", len(defects), defects[0])  # fmt: skip
+        log.warning("%d defect test %s of the run's good training images (e.g. %s): its train/good folder "
+                    "holds a defect", len(defects), "image is a copy" if len(defects) == 1 else "images are copies",
+                    defects[0])  # fmt: skip
     left_out = [str(test[i].path) for i in sorted(copied) if not test[i].label]
     if left_out:
-        log.warning("%d good test images are copies of the images the run's weights were trained on or its threshold "
-                    "was set on, and are left out of the figures (e.g. %s)", len(left_out), left_out[0])  # fmt: skip
+        one = len(left_out) == 1
+        log.warning("%d good test %s of the images the run's weights were trained on or its threshold was set on, "
+                    "and %s left out of the figures (e.g. %s)", len(left_out),
+                    "image is a copy" if one else "images are copies", "is" if one else "are", left_out[0])  # fmt: skip
     return [s for i, s in enumerate(test) if i not in copied or s.label], left_out
 
 

@@ -171,7 +171,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     left_out, copies = (threshold["source"].get(k, 0) for k in ("training_images_left_out", "copies_left_out"))
     unseen = f", {left_out} the model trained on left out" if left_out else ""
-    unseen += f", {copies} copies of others left out" if copies else ""
+    unseen += f", {copies} {'copy of another' if copies == 1 else 'copies of others'} left out" if copies else ""
     print(
         f"threshold {threshold['value']:.6g} ({threshold['quantile']:.3g} quantile of {threshold['n_val']} good images "
         f"under {args.good}{unseen}, +1%); {threshold['frr_bound_note']}"
