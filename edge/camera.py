@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from edge import transport
-from edge.errors import DataError
+from edge.errors import DataError, HandshakeError
 from edge.frames import (
     IMAGE_SUFFIXES,
     PIXEL_BITS,
@@ -251,20 +251,30 @@ def _live_frames(source: str, stop: StopFlag | None) -> Iterator[Frame]:
 WAIT_HINT_S = 10.0
 
 
-def _wait_for_room(sock: zmq.Socket, stop: StopFlag | None, endpoint: str = "") -> bool:
-    """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False).
+def _wait_for_room(
+    sock: zmq.Socket, stop: StopFlag | None, endpoint: str = "", handshakes: transport.HandshakeWatch | None = None
+) -> bool:
+    """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False);
+    HandshakeError when the daemon refuses the connection.
 
     Polls in bounded slices, so that a stop request is seen while the daemon holds us back; a
     wait past WAIT_HINT_S is logged once (a daemon not started, or busy).
     """
     started, hinted = time.monotonic(), False
     while not sock.poll(100, zmq.POLLOUT):
+        _check_handshake(handshakes)
         if stop is not None and stop():
             return False
         if not hinted and time.monotonic() - started > WAIT_HINT_S:
             hinted = True
             log.warning("waiting %.0f s for the daemon at %s to take a frame: is it running?", WAIT_HINT_S, endpoint)
     return True
+
+
+def _check_handshake(handshakes: transport.HandshakeWatch | None, wait_s: float = 0.0) -> None:
+    """HandshakeError when the daemon refused the connection's last handshake."""
+    if handshakes is not None and (why := handshakes.refusal(wait_s)):
+        raise HandshakeError(why)
 
 
 class Pacer:
@@ -286,22 +296,40 @@ class Pacer:
 
 def _frames_socket(
     ctx: zmq.Context, endpoint: str, sndhwm: int, curve_secret: str | None, curve_server_key: str | None
-) -> zmq.Socket:
-    """A PUSH socket connected to the daemon's frames endpoint, holding at most `sndhwm` frames."""
+) -> tuple[zmq.Socket, transport.HandshakeWatch]:
+    """A PUSH socket connected to the daemon's frames endpoint, holding at most `sndhwm` frames,
+    and the watch on its handshakes."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     transport.secure_client(sock, curve_secret, curve_server_key)
+    handshakes = transport.HandshakeWatch(sock, endpoint, "camera", bool(curve_secret or curve_server_key))
     transport.connect(sock, endpoint, "frames")
-    return sock
+    return sock, handshakes
 
 
-def _flush_and_close(ctx: zmq.Context, sock: zmq.Socket, linger_s: float, who: str, endpoint: str) -> bool:
-    """Give the queued frames up to `linger_s` to leave, and say so when some did not.
-    -> whether some were dropped."""
-    sock.close(linger=int(linger_s * 1000))
-    started = time.monotonic()
+def _flush_and_close(
+    ctx: zmq.Context,
+    sock: zmq.Socket,
+    handshakes: transport.HandshakeWatch,
+    sent: int,
+    linger_s: float,
+    who: str,
+    endpoint: str,
+) -> bool:
+    """Give the queued frames up to `linger_s` to leave, and say so when some did not: no
+    daemon's handshake came in that time, or the frames were still queued at its end.
+    -> whether some were dropped; HandshakeError when the daemon refused the connection."""
+    started, refused, unheard = time.monotonic(), None, False
+    if sent and linger_s > 0 and not handshakes.succeeded:  # every frame was sent before a handshake
+        refused = handshakes.refusal(linger_s)
+        unheard = not (refused or handshakes.succeeded or handshakes.monitor is None)
+    handshakes.close()  # before the context ends: its monitor is a socket of the context
+    left_s = 0.0 if refused or unheard else max(0.0, linger_s - (time.monotonic() - started))
+    sock.close(linger=int(left_s * 1000))
     ctx.term()  # blocks until the queued frames are sent, or LINGER runs out
-    if linger_s > 0 and time.monotonic() - started >= linger_s - 0.05:
+    if refused:
+        raise HandshakeError(refused)
+    if unheard or (left_s > 0 and time.monotonic() - started >= linger_s - 0.05):
         log.warning(
             "%s: frames still queued after %g s were dropped: is the daemon at %s running?", who, linger_s, endpoint
         )
@@ -343,7 +371,7 @@ def run_camera(
     # only flushed (within LINGER) by terminating the context; a process that just exits
     # drops them.
     ctx = zmq.Context()
-    sock = _frames_socket(ctx, endpoint, sndhwm, curve_secret, curve_server_key)
+    sock, handshakes = _frames_socket(ctx, endpoint, sndhwm, curve_secret, curve_server_key)
     out = open(manifest, "w") if manifest else None
     if out:
         out.write("camera_id,frame_id,source\n")
@@ -366,14 +394,18 @@ def run_camera(
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
             message = frame_message(camera_id, frame_id, frame, encoding, part_id=part_id, sender=sender)
-            if not _wait_for_room(sock, stop, endpoint):
+            if not _wait_for_room(sock, stop, endpoint, handshakes):
                 break
             sock.send_multipart(message, copy=False)
+            _check_handshake(handshakes)
             if out:
                 out.write(f"{camera_id},{frame_id},{name}\n")
             sent += 1
             if count and sent >= count:
                 break
+    except HandshakeError:
+        linger_s = 0.0  # nothing queued can reach the daemon
+        raise
     finally:
         if out:
             out.close()
@@ -381,7 +413,7 @@ def run_camera(
         # daemon that is gone must not hold the stop for the full linger.
         if stop is not None and stop():
             linger_s = min(linger_s, STOP_LINGER_S)
-        dropped = _flush_and_close(ctx, sock, linger_s, f"camera {camera_id}", endpoint)
+        dropped = _flush_and_close(ctx, sock, handshakes, sent, linger_s, f"camera {camera_id}", endpoint)
     if not dropped:
         log.info("camera %s sent %d frames to %s", camera_id, sent, endpoint)
     return Sent(sent, dropped)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge import transport
-from edge.errors import PackageError, VqadError
+from edge.errors import HandshakeError, PackageError, VqadError
 from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import Serving, configured_threshold, load_serving
 from edge.threshold import RAISED_REFUSED
@@ -313,22 +313,31 @@ def request(
     curve_server_key: str | None = None,
 ) -> dict[str, Any]:
     """One request to a daemon's control socket (`vqad ctl`), as a CURVE client when given this
-    client's secret key file and the daemon's public one; VqadError when it does not answer."""
+    client's secret key file and the daemon's public one; VqadError when it does not answer,
+    HandshakeError as soon as it refuses the connection (its keys)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    handshakes = None
     try:
         transport.secure_client(sock, curve_secret, curve_server_key)
+        handshakes = transport.HandshakeWatch(sock, endpoint, "client", bool(curve_secret or curve_server_key))
         transport.connect(sock, endpoint, "control")
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
-        if not sock.poll(int(timeout_s * 1000)):
-            # A daemon with CURVE on drops a request without a key it knows, and says so only in its log.
-            keys = "" if curve_secret else "; with CURVE on, give --curve-secret and --curve-server-key"
-            raise VqadError(
-                f"no answer from {endpoint} within {timeout_s:g} s: is the daemon running with --control{keys}?"
-            )
+        deadline = time.monotonic() + timeout_s
+        while not sock.poll(100):
+            if why := handshakes.refusal():
+                raise HandshakeError(why)
+            if time.monotonic() >= deadline:
+                # Without the monitor's handshake events (an older libzmq), a refusal reads as silence.
+                keys = "" if curve_secret else "; with CURVE on, give --curve-secret and --curve-server-key"
+                raise VqadError(
+                    f"no answer from {endpoint} within {timeout_s:g} s: is the daemon running with --control{keys}?"
+                )
         return json.loads(sock.recv())
     finally:
+        if handshakes is not None:
+            handshakes.close()
         sock.close(linger=0)
 
 

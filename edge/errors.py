@@ -56,6 +56,13 @@ class CheckpointError(VqadError):
     exit_code = 6
 
 
+class HandshakeError(VqadError):
+    """The daemon refused this client's connection (its CURVE keys, or their absence): ZeroMQ
+    retries such a connection for ever without a word, so the client says why and stops."""
+
+    exit_code = 1
+
+
 class DaemonThreadError(VqadError):
     """A thread of the running daemon failed, or its backend failed every batch for a while; the
     daemon stopped so that its supervisor restarts it (a daemon that stays up without

@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edge.endpoints import check_endpoint
 from edge.errors import ConfigError
@@ -92,6 +94,74 @@ def secure_client(sock: zmq.Socket, curve_secret: str | None, curve_server_key: 
         make_curve_client(sock, curve_secret, curve_server_key)
 
 
+# The monitor's handshake events (libzmq >= 4.3). Without them (an older libzmq), a client learns
+# of a refused handshake only from the silence that follows.
+_SUCCEEDED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
+_FAILED = {
+    getattr(zmq, name, 0): name
+    for name in ("EVENT_HANDSHAKE_FAILED_NO_DETAIL", "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_AUTH")
+}
+_MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
+
+
+class HandshakeWatch:
+    """Whether a client socket's connection got through the daemon's handshake. ZeroMQ retries a
+    refused one without a word: a camera with the wrong CURVE keys said "sent 122 frames" of
+    frames the daemon never had, and a subscriber heard nothing with no reason given. Made
+    before the socket connects, so that no event is missed."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        endpoint: str,
+        who: str,
+        curve: bool,
+        keys: tuple[str, str] = ("--curve-secret", "--curve-server-key"),
+    ) -> None:
+        """who: what this side is ("camera"); curve: whether it uses CURVE keys; keys: where its
+        secret key and the daemon's public key are given, for the messages."""
+        self.sock, self.endpoint, self.who, self.curve, self.keys = sock, endpoint, who, curve, keys
+        self.succeeded = False  # a handshake got through (the last event said so)
+        available = _SUCCEEDED and 0 not in _FAILED
+        events = _SUCCEEDED | sum(_FAILED) if available else 0
+        self.monitor = sock.get_monitor_socket(events) if available else None
+
+    def refusal(self, wait_s: float = 0.0) -> str | None:
+        """The reason the daemon refused the last handshake, or None (none refused, or it got
+        through since); waits up to `wait_s` for a first outcome while there is none."""
+        deadline = time.monotonic() + wait_s
+        reason = None
+        while self.monitor is not None:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000)) if not (reason or self.succeeded) else 0
+            if not self.monitor.poll(left_ms):
+                return reason
+            event = recv_monitor_message(self.monitor)
+            self.succeeded = event["event"] == _SUCCEEDED
+            reason = None if self.succeeded else self._reason(event["event"], event["value"])
+        return None
+
+    def _reason(self, event: int, value: int) -> str:
+        daemon, who, (secret, server) = f"the daemon at {self.endpoint}", f"this {self.who}", self.keys
+        if _FAILED.get(event) == "EVENT_HANDSHAKE_FAILED_AUTH":
+            return (
+                f"{daemon} refused {who}'s CURVE key (status {value}): is its public key in the daemon's "
+                "edge.curve.authorized_keys_dir?"
+            )
+        if not self.curve:
+            return f"{daemon} refused {who}'s connection: it uses CURVE, and {who} has no keys ({secret}, {server})"
+        if _FAILED.get(event) == "EVENT_HANDSHAKE_FAILED_PROTOCOL" and value == _MECHANISM_MISMATCH:
+            return (
+                f"{daemon} does not use CURVE, and {who} does: leave out {secret} and {server}, or turn edge.curve on"
+            )
+        return f"the CURVE handshake with {daemon} failed: is {server} the daemon's public key (its server.key)?"
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+
+
 def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
     sock = ctx.socket(zmq.PULL if cfg.frames_mode == "pull" else zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
@@ -123,9 +193,12 @@ def results_subscriber(
     camera: str | None = None,
     curve_secret: str | None = None,
     curve_server_key: str | None = None,
-) -> zmq.Socket:
+    who: str = "subscriber",
+    keys: tuple[str, str] = ("--curve-secret", "--curve-server-key"),
+) -> tuple[zmq.Socket, HandshakeWatch]:
     """A SUB socket on the daemon's results (one camera's, or every camera's) and its heartbeats,
-    as `vqad watch` and the dashboard read them. Past `rcvhwm` unread messages ZeroMQ drops this
+    as `vqad watch` and the dashboard read them, and the watch on its handshakes (`who` and `keys`
+    name this side in its messages). Past `rcvhwm` unread messages ZeroMQ drops this
     subscriber's: PUB never blocks, so a slow reader never slows the daemon. The topic prefix of
     one camera also matches longer ids: the reader filters on the header's camera_id."""
     sock = ctx.socket(zmq.SUB)
@@ -133,8 +206,9 @@ def results_subscriber(
     secure_client(sock, curve_secret, curve_server_key)
     sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
     sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+    handshakes = HandshakeWatch(sock, endpoint, who, bool(curve_secret or curve_server_key), keys)
     connect(sock, endpoint, "results")
-    return sock
+    return sock, handshakes
 
 
 def message_parts(frames: list[zmq.Frame]) -> list[bytes | memoryview]:

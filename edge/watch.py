@@ -92,6 +92,7 @@ class Summary:
         self.every_camera = every_camera
         self.gaps = StreamGaps()
         self.runs = RunsHeard()
+        self.refused: str | None = None  # why the daemon refused this reader's connection
 
     def add(self, header: dict[str, Any]) -> int:
         """Count a result; -> how many results of its daemon run were missed just before it (a
@@ -318,8 +319,8 @@ def run_watch(
     """Subscribe and print until `count` results, `timeout_s` idle seconds, or `stop()`; returns the summary."""
     import sys
 
-    sock = transport.results_subscriber(
-        zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key
+    sock, handshakes = transport.results_subscriber(
+        zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key, "reader"
     )
     malformed, gaps = RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
@@ -329,6 +330,9 @@ def run_watch(
     try:
         while not (stop and stop()):
             daemon.check()
+            summary.refused = handshakes.refusal()
+            if summary.refused:
+                break
             if sock.poll(100):
                 parts = sock.recv_multipart()
                 if parts[0] == HEARTBEAT_TOPIC:
@@ -344,9 +348,11 @@ def run_watch(
     except KeyboardInterrupt:
         pass
     finally:
+        handshakes.close()
         sock.close(linger=0)
         outputs.close()
-    daemon.check(ending=True)
+    if not summary.refused:
+        daemon.check(ending=True)
     return summary
 
 

@@ -23,6 +23,7 @@ import zmq
 from edge.protocol import frame_message
 from edge.security import create_keys, make_curve_client
 from edge.transport import free_loopback_port
+from tests.browser import DashboardProcess, wait_for
 from tests.conftest import ROOT, run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
@@ -513,9 +514,24 @@ def test_a_key_pair_is_never_replaced_unasked(tmp_path):
     assert run_vqad("keys", tmp_path, "--name", "../elsewhere", check=False).returncode == 2
 
 
+def _folder_of_one(tmp_path: Path) -> Path:
+    """A folder holding one frame, for `vqad camera`."""
+    folder = tmp_path / "one_frame"
+    folder.mkdir(exist_ok=True)
+    cv2.imwrite(str(folder / "0.png"), FRAME)
+    return folder
+
+
+def _summary(url: str) -> dict:
+    with urllib.request.urlopen(url + "/api/summary", timeout=5) as response:
+        return json.loads(response.read())
+
+
 def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     """With CURVE on, only the authorized keys send frames, read results and control the daemon
-    (`vqad ctl --curve-secret --curve-server-key`)."""
+    (`vqad ctl --curve-secret --curve-server-key`). A client it refuses says why and exits 1: a
+    camera said "sent 1 frames" of a frame the daemon never had, a reader and a dashboard
+    waited in silence."""
     create_keys(tmp_path / "server", "server")
     create_keys(tmp_path / "clients", "cam")
     create_keys(tmp_path / "clients", "dashboard")
@@ -587,10 +603,32 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
         stranger = ctl("--curve-secret", tmp_path / "strangers" / "mallory.key_secret", "--curve-server-key",
                        server_public)  # fmt: skip
         plain, half = ctl(), ctl("--curve-secret", tmp_path / "clients" / "integrator.key_secret")
+        stranger_keys = ("--curve-secret", tmp_path / "strangers" / "mallory.key_secret", "--curve-server-key",
+                         server_public)  # fmt: skip
+        wrong_server = ("--curve-secret", tmp_path / "clients" / "cam.key_secret", "--curve-server-key",
+                        tmp_path / "clients" / "dashboard.key")  # fmt: skip
+        one = _folder_of_one(tmp_path)
+        keys_of = {"plain": (), "stranger": stranger_keys, "wrong server": wrong_server}
+        cameras = {name: run_vqad("camera", one, "--to", daemon.frames, "--linger-s", "10", *keys, check=False,
+                                  timeout=60) for name, keys in keys_of.items()}  # fmt: skip
+        reader = run_vqad("watch", daemon.results, "--count", "1", check=False, timeout=60)
+        dashboard = DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log").start()
+        try:
+            refused = wait_for(lambda: _summary(dashboard.url)["daemon"]["results_refused"], 10)
+        finally:
+            dashboard.stop()
         log = daemon.log_text()
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["ok"] is True, allowed.stderr
-    assert stranger.returncode == 1 and "no answer" in stranger.stderr
-    assert plain.returncode == 1 and "give --curve-secret and --curve-server-key" in plain.stderr
+    assert stranger.returncode == 1 and "refused this client's CURVE key (status 400)" in stranger.stderr
+    assert plain.returncode == 1 and "it uses CURVE, and this client has no keys" in plain.stderr
+    assert all(c.returncode == 1 and "sent 1 frames" not in c.stdout for c in cameras.values()), cameras
+    assert "it uses CURVE, and this camera has no keys" in cameras["plain"].stderr
+    assert "refused this camera's CURVE key (status 400): is its public key in" in cameras["stranger"].stderr
+    assert "is --curve-server-key the daemon's public key" in cameras["wrong server"].stderr
+    assert reader.returncode == 1 and "it uses CURVE, and this reader has no keys" in reader.stderr
+    assert "summary: 0 results" in reader.stdout
+    assert refused == f"the daemon at {daemon.results} refused this dashboard's connection: it uses CURVE, and " \
+                      "this dashboard has no keys (curve_secret, curve_server_key)"  # fmt: skip
     assert half.returncode == 2 and "needs both" in half.stderr
     # The same rule for every client, in one place: a server key alone would read in the clear.
     for command in (("watch", "tcp://127.0.0.1:1", "--count", "1"), ("camera", tmp_path, "--to", "tcp://127.0.0.1:1")):

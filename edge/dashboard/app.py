@@ -194,6 +194,7 @@ class Dashboard:
         says (without metrics, whether it is up)."""
         daemon = probe.snapshot() if probe else {"up": None, "metrics": None}
         daemon.update(self._heartbeat(source, daemon["up"] is None))
+        daemon["results_refused"] = self.view.refusal(source)
         if daemon["up"]:
             daemon["results_unheard"] = self._results_unheard(source, daemon)
         return daemon

@@ -205,6 +205,7 @@ class LiveView:
         self.gaps = StreamGaps()  # what the feed missed: the counts are short by it (seq per daemon run)
         self._heartbeats: dict[str, tuple[float, dict[str, Any]]] = {}  # by the endpoint it came from
         self._heard: set[str] = set()  # the endpoints any message came from
+        self._refused: dict[str, str] = {}  # why the daemon at an endpoint refuses the page's connection
         self.started = time.monotonic()  # when the feed began to listen
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None, source: str = "") -> None:
@@ -232,6 +233,19 @@ class LiveView:
         with self.lock:
             beat = self._heartbeats.get(source)
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
+
+    def refuse(self, source: str, why: str | None) -> None:
+        """The daemon at `source` refuses the feed's connection, for `why`; None: no longer."""
+        with self.lock:
+            if why:
+                self._refused[source] = why
+            else:
+                self._refused.pop(source, None)
+
+    def refusal(self, source: str = "") -> str | None:
+        """Why the daemon at `source` refuses the feed's connection, or None."""
+        with self.lock:
+            return self._refused.get(source)
 
     def never_heard_s(self, source: str = "") -> float | None:
         """Seconds the view has listened for `source` without a message from it (a heartbeat or a
@@ -294,12 +308,17 @@ class ResultsFeed(threading.Thread):
         # never slow a daemon: past this many unread results, ZeroMQ drops this subscriber's
         # messages (PUB never blocks) and the counts show a gap, not a stall.
         ctx = zmq.Context.instance()
-        socks = {transport.results_subscriber(ctx, e, 10000, None, *self.curve): e for e in self.endpoints}
+        keys = ("curve_secret", "curve_server_key")
+        subscribed = {e: transport.results_subscriber(ctx, e, 10000, None, *self.curve, "dashboard", keys)
+                      for e in self.endpoints}  # fmt: skip
+        socks = {sock: e for e, (sock, _) in subscribed.items()}
         poller = zmq.Poller()
         for sock in socks:
             poller.register(sock, zmq.POLLIN)
         try:
             while not self.stopping.is_set():
+                for endpoint, (_, handshakes) in subscribed.items():
+                    self._follow_handshakes(endpoint, handshakes)
                 ready = dict(poller.poll(100))
                 for sock, endpoint in socks.items():
                     if sock in ready:
@@ -309,8 +328,21 @@ class ResultsFeed(threading.Thread):
                     # rates, and a page never needs a result sooner than this.
                     self.stopping.wait(BATCH_S)
         finally:
-            for sock in socks:
+            for sock, handshakes in subscribed.values():
+                handshakes.close()
                 sock.close(linger=0)
+
+    def _follow_handshakes(self, endpoint: str, handshakes: transport.HandshakeWatch) -> None:
+        """Whether the daemon at `endpoint` refuses this page's connection, into the view; said
+        in the log when it begins and when it ends."""
+        refused = handshakes.refusal()
+        if refused == self.view.refusal(endpoint) or (refused is None and not handshakes.succeeded):
+            return
+        if refused:
+            log.error("%s", refused)
+        else:
+            log.info("the daemon at %s accepts this dashboard's connection", endpoint)
+        self.view.refuse(endpoint, refused)
 
     def _drain(self, sock: zmq.Socket, endpoint: str) -> None:
         """Every result waiting on the socket into the view."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.errors import ConfigError, DataError
+from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
 from vqad.commands.common import at_least, default_config, identifier, overrides, pixel_bits_arg, set_arg
 
@@ -189,6 +189,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     print("summary: " + summary.text())
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2))
+    if summary.refused:
+        raise HandshakeError(summary.refused)
     return 0
 
 

@@ -91,6 +91,7 @@ function drawDaemon(d) {
 
 // [text, kind] of one daemon's pill: from its metrics, or its heartbeat without them.
 function daemonState(d) {
+  if (d.results_refused) return [d.results_refused, "bad"];
   if (d.up === null || d.up === undefined) return ["daemon: not heard from yet", "warn"];
   if (!d.up) return [d.never_heard_s ? `daemon down: never heard from in ${span(d.never_heard_s)}` : "daemon down", "bad"];
   if (d.stalled) return ["daemon stalled: inference not returning", "bad"];
@@ -111,12 +112,12 @@ function span(s) {
 function daemonsState(daemons) {
   const count = (test) => daemons.filter(test).length;
   const n = daemons.length;
-  const down = count((d) => d.up === false), stalled = count((d) => d.up && d.stalled);
+  const down = count((d) => d.up === false && !d.results_refused), stalled = count((d) => d.up && d.stalled);
   const unheard = count((d) => d.up === null || d.up === undefined);
-  const lost = count((d) => d.up && !d.stalled && d.results_unheard);
+  const lost = count((d) => d.results_refused || (d.up && !d.stalled && d.results_unheard));
   if (down || stalled || lost) {
     const parts = [down ? `${down} down` : "", stalled ? `${stalled} stalled` : "",
-      lost ? `${lost} publishing where this page does not hear` : ""].filter(Boolean);
+      lost ? `${lost} not heard by this page` : ""].filter(Boolean);
     return [`${parts.join(", ")} of ${n} daemons`, "bad"];
   }
   if (unheard) return [`${unheard} of ${n} daemons not heard from yet`, "warn"];
