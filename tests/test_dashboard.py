@@ -598,6 +598,57 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_
         driver.quit()
 
 
+# A reject opened in the detail with a heat map and a frame of the sizes given ([w, h] each).
+OPEN_A_REJECT_OF_SIZES = """
+const [[mw, mh], [fw, fh]] = arguments;
+const image = (w, h) => { const c = document.createElement("canvas"); c.width = w; c.height = h;
+  c.getContext("2d").fillRect(0, 0, w, h); return c.toDataURL(); };
+openDetail({camera_id: "tall", frame_id: 1, part_id: null, ts_ns: Date.now() * 1e6, score: 2, threshold: 1,
+            unfit: null, model: null, regions: [], reviews: [], frame_shape: [fh, fw],
+            images: {overlay: image(mw, mh), frame: image(fw, fh)}});
+"""
+# Where the detail's frame, its details (the verdict buttons' block) and the Defect button are:
+# [frame right, frame bottom, details left, details top, Defect's bottom, window height].
+DETAIL_LAYOUT = """
+const f = document.getElementById("detail-frame").getBoundingClientRect();
+const info = document.querySelector("#detail .detail-info").getBoundingClientRect();
+const defect = document.getElementById("review-defect").getBoundingClientRect();
+return [f.right, f.bottom, info.left, info.top, defect.bottom, window.innerHeight];
+"""
+
+
+def test_a_tall_parts_pictures_stand_beside_its_details_as_tall_as_the_window_allows(line):
+    """A commutator 2.5 times as tall as wide: its heat map and frame were 170 px wide above the
+    details, at half the window's height. On a wide window they stand beside the details, as
+    tall as the window leaves room for, each in its proportions, with the verdict buttons still
+    in sight; a square part's stay above the details, and so do a tall one's on a phone."""
+    driver = headless_chromium(width=1300, height=900)
+    try:
+        driver.get(line["dashboard"].url + "/")
+        assert wait_for(lambda: driver.execute_script("return typeof openDetail === 'function'"), 10)
+
+        def opened(map_size, frame_size):
+            driver.execute_script(OPEN_A_REJECT_OF_SIZES, map_size, frame_size)
+            sizes = wait_for(lambda: (s := driver.execute_script(DETAIL_IMAGE_SIZES)) and all(s[0] + s[1]) and s, 10)
+            assert sizes, driver.execute_script(DETAIL_IMAGE_SIZES)
+            return sizes, driver.execute_script(DETAIL_LAYOUT)
+
+        (map_shown, frame_shown), layout = opened([128, 320], [500, 1250])
+        frame_right, _, info_left, _, defect_bottom, window_height = layout
+        assert info_left >= frame_right and defect_bottom <= window_height, layout
+        assert frame_shown[1] > 0.7 * window_height and abs(map_shown[1] - frame_shown[1]) <= 1, (layout, frame_shown)
+        assert abs(frame_shown[0] / frame_shown[1] - 0.4) < 0.02 and abs(map_shown[0] / map_shown[1] - 0.4) < 0.02
+
+        (_, frame_shown), layout = opened([64, 64], [200, 120])
+        assert layout[3] >= layout[1] and frame_shown[1] <= 0.5 * window_height, layout  # above the details
+
+        driver.set_window_size(500, 900)
+        (_, frame_shown), layout = opened([128, 320], [500, 1250])
+        assert layout[3] >= layout[1], layout
+    finally:
+        driver.quit()
+
+
 @contextlib.contextmanager
 def _rejects_to_review(line, camera: str, n: int) -> Iterator[tuple[object, str]]:
     """`n` rejects of a new `camera` (the threshold near 0 meanwhile), and a browser on the page

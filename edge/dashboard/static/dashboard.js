@@ -15,6 +15,11 @@ const STORM_TILES = 6;
 const DAILY_EVERY_MS = 60000;
 // A day's unreviewed rejects are walked from one answer of /api/results, its largest.
 const QUEUE_SIZE = 1000;
+// A reject's pictures stand beside its details when taller than this over their width, on a
+// window at least this wide (a phone keeps them above).
+const TALL_PICTURE = 1.3;
+const BESIDE_MIN_WIDTH = 900;
+const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
 
 // `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
 // {camera, day, more}; null while it walks the gallery.
@@ -577,15 +582,22 @@ function stepDetail(by) {
 
 // The heat map (at the model's size, or the frame's) and the frame (at its own) are shown at one
 // height, each in its own proportions, so that they compare at a glance: as tall as half the
-// window, and each at most 45% of its width. Fitted again as each loads; the regions follow.
+// window, and each at most 45% of its width. A tall part's pictures (a commutator, 2.5 times as
+// tall as wide, was 170 px wide above its details) stand beside the details instead, as tall as
+// the window leaves room for, on a window wide enough. Fitted again as each loads; the regions follow.
 function fitDetailImages(r) {
   const overlay = document.getElementById("detail-overlay"), frame = document.getElementById("detail-frame");
   const mapped = !document.getElementById("detail-mapped").hidden;
   const framed = !document.getElementById("detail-framed").hidden;
   const shown = [[overlay, mapped], [frame, framed]].filter(([i, on]) => on && i.complete && i.naturalWidth)
     .map(([i]) => i);
-  let height = Math.min(0.5 * window.innerHeight, 480);
-  for (const i of shown) height = Math.min(height, (0.45 * window.innerWidth * i.naturalHeight) / i.naturalWidth);
+  const tall = shown.length > 0 && shown.every((i) => i.naturalHeight > TALL_PICTURE * i.naturalWidth);
+  const beside = tall && window.innerWidth >= BESIDE_MIN_WIDTH;
+  document.getElementById("detail-body").classList.toggle("beside", beside);
+  // Beside: the dialog's margins, the close button and the captions take about 9 rem of the height.
+  let height = beside ? window.innerHeight - 9 * REM : Math.min(0.5 * window.innerHeight, 480);
+  const share = beside ? 0.3 : 0.45; // of the window's width, each picture (beside: the details take the rest)
+  for (const i of shown) height = Math.min(height, (share * window.innerWidth * i.naturalHeight) / i.naturalWidth);
   for (const i of shown) {
     i.style.height = `${Math.round(height)}px`;
     i.style.width = `${Math.round((height * i.naturalWidth) / i.naturalHeight)}px`;
