@@ -62,13 +62,21 @@ def load_public_key(path: str | Path) -> bytes:
 
 
 def authorized_keys(keys_dir: str | Path) -> set[bytes]:
-    """The public keys of the clients allowed in: every key file in `keys_dir`."""
+    """The public keys of the clients allowed in: every key file in `keys_dir`. ConfigError when
+    there is none: the authenticator reads them once, so such a daemon refuses every camera and
+    subscriber until it is restarted, and `vqad serve --check` passed it."""
     if not keys_dir:
         raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
     folder = Path(keys_dir)
     if not folder.is_dir():
         raise ConfigError(f"CURVE authorized_keys_dir not found: {folder}")
-    return set(zmq.auth.load_certificates(str(folder)).keys())
+    allowed = set(zmq.auth.load_certificates(str(folder)).keys())
+    if not allowed:
+        raise ConfigError(
+            f"CURVE authorized_keys_dir {folder} holds no public key (*.key): every camera and subscriber would be "
+            "refused; copy theirs there (vqad keys DIR --name NAME writes a pair)"
+        )
+    return allowed
 
 
 class _AllowList:

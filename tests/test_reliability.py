@@ -20,8 +20,9 @@ import psutil
 import pytest
 import zmq
 
+from edge.errors import ConfigError
 from edge.protocol import frame_message
-from edge.security import create_keys, make_curve_client
+from edge.security import authorized_keys, create_keys, make_curve_client
 from edge.transport import free_loopback_port
 from tests.browser import DashboardProcess, wait_for
 from tests.conftest import ROOT, run_vqad
@@ -641,6 +642,17 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
     assert bad == [] and plain_results == []
     assert "refused a peer" in log
+
+
+def test_an_authorized_keys_dir_without_a_key_is_refused(tmp_path):
+    """A daemon that would refuse every client, and read its keys only at its start, is not started."""
+    keys = tmp_path / "clients"
+    keys.mkdir()
+    create_keys(tmp_path / "server", "server")  # a pair elsewhere: not an allowed client
+    with pytest.raises(ConfigError, match=r"clients holds no public key \(\*\.key\): every camera and subscriber"):
+        authorized_keys(keys)
+    create_keys(keys, "cam0")
+    assert len(authorized_keys(keys)) == 1
 
 
 def test_with_curve_a_daemon_that_subscribes_to_cameras_takes_frames_only_from_authorized_keys(tiny_model, tmp_path):
