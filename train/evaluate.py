@@ -132,15 +132,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         log.warning("%s: %s; its figures are not the finished model's, and vqad export refuses it. Finish it: "
                     "vqad train %s --out %s --resume", run.root, run.unfinished(), category, run.root)  # fmt: skip
     out = Path(out)
-    split = run.split()
-    test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []
-    test, own = without_copies_of(test, split["train"] + split["val"], set(run.training_fingerprints()))
-    if not test:
-        log.warning(
-            "no test images in %s: the threshold is calibrated, nothing is measured%s",
-            category,
-            category_hint(category),
-        )
+    test, own = _test_set(run, category)
     val_paths = run.split_images("val", "the threshold is calibrated on them")
     val_images = load_images(val_paths, run.model_cfg.input_format)
 
@@ -163,6 +155,26 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         _calibration_pictures(run, out, threshold, val)
     title = f"{run.root.name} on {Path(category).name}"
     page = write_report_page(out, metrics, test, scores, title, pictures)
+    _log_figures(metrics, page)
+    return metrics
+
+
+def _test_set(run: Run, category: str | Path) -> tuple[list[TestSample], list[str]]:
+    """The category's test images (none without a test/ folder), less the good ones that are
+    copies of the run's own images -> (the test set, those copies' paths)."""
+    split = run.split()
+    test = load_test_set(category, run.model_cfg.input_format) if has_test_set(category) else []
+    test, own = without_copies_of(test, split["train"] + split["val"], set(run.training_fingerprints()))
+    if not test:
+        log.warning(
+            "no test images in %s: the threshold is calibrated, nothing is measured%s",
+            category,
+            category_hint(category),
+        )
+    return test, own
+
+
+def _log_figures(metrics: dict[str, Any], page: Path) -> None:
     log.info(
         "eval: image AUROC %s, pixel AUROC %s, AUPRO %s; at the threshold: false rejects %s, misses %s",
         figure(metrics["image_auroc"]),
@@ -172,7 +184,6 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         percent(metrics["miss_rate"]),
     )
     log.info("eval: the report on one page: %s", page)
-    return metrics
 
 
 # metrics.json names this many of the good test images left out as copies, and counts them all.
@@ -191,7 +202,8 @@ def _test_metrics(
     masks = np.array([s.mask if s.mask is not None else np.zeros(size, bool) for s in test], bool).reshape(maps.shape)
     f1, f1_threshold = f1_max(labels, scores)
     decisions = scores >= threshold["value"]
-    metrics = {
+    per_kind_auroc, per_kind_misses = _per_kind(test, labels, scores, decisions)
+    return {
         "image_auroc": image_auroc(labels, scores),
         "pixel_auroc": pixel_auroc(masks[with_mask], maps[with_mask]),
         "aupro": aupro(masks[with_mask], maps[with_mask], fpr_limit=0.3),
@@ -210,9 +222,16 @@ def _test_metrics(
         "threshold_margin_over_val_max": threshold.get("margin_over_max"),
         "frr_upper_bound_95": threshold.get("frr_upper_bound_95"),
         "defect_peaks": defect_peaks(test, maps, decisions),
-        "per_kind_image_auroc": {},
-        "per_kind_misses": {},
-        "image_size": list(size),
+        "per_kind_image_auroc": per_kind_auroc,
+        "per_kind_misses": per_kind_misses,
+        **_measured_on(run),
+    }
+
+
+def _measured_on(run: Run) -> dict[str, Any]:
+    """What metrics.json's figures were measured on: the input, the map's scale, the run."""
+    return {
+        "image_size": list(run.model_cfg.image_size),
         "pixel_bits": run.model_cfg.pixel_bits,
         "score_scale": run.model_cfg.score.scale,
         "score_fuse_scales": list(run.model_cfg.score.fuse_scales),
@@ -222,17 +241,20 @@ def _test_metrics(
         "fine_tuned_from": run.meta.get("fine_tuned_from"),  # None: trained from scratch
         "unfinished": run.unfinished(),  # None: the training ran to its end
     }
+
+
+def _per_kind(
+    test: list[TestSample], labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray
+) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """Each kind of defect's image AUROC against the good images, and how many of it pass the
+    threshold: which kinds the line would let through."""
+    aurocs, misses = {}, {}
     for kind in sorted({s.kind for s in test} - {"good"}):
         sel = np.array([s.kind in ("good", kind) for s in test])
-        metrics["per_kind_image_auroc"][kind] = image_auroc(labels[sel], scores[sel])
+        aurocs[kind] = image_auroc(labels[sel], scores[sel])
         passed = ~decisions[np.array([s.kind == kind for s in test])]
-        # Which kinds of defect the line would let through: the miss rate at the threshold, by kind.
-        metrics["per_kind_misses"][kind] = {
-            "passed": int(passed.sum()),
-            "of": len(passed),
-            "rate": float(passed.mean()),
-        }
-    return metrics
+        misses[kind] = {"passed": int(passed.sum()), "of": len(passed), "rate": float(passed.mean())}
+    return aurocs, misses
 
 
 # A defect's map peaks on it within this many map pixels of its mask: the map is smoothed (the
