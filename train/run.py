@@ -216,7 +216,7 @@ def load_run(run_dir: str | Path, data: str | Path | None = None) -> Run:
     """Load RUN_DIR/checkpoint.pt (weights_only; older formats upgraded) into an eval-mode
     InspectionModel. `data`: the category folder where it is now, when it has moved since
     training (read_split)."""
-    root = Path(run_dir)
+    root = Path(run_dir).absolute()  # provenance (metrics.json, model.json) names it wherever it is read from
     check_run_dir(root)
     ckpt = load_checkpoint(root / CHECKPOINT_NAME)
     meta = ckpt["meta"]
