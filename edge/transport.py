@@ -122,6 +122,7 @@ class HandshakeWatch:
         secret key and the daemon's public key are given, for the messages."""
         self.sock, self.endpoint, self.who, self.curve, self.keys = sock, endpoint, who, curve, keys
         self.succeeded = False  # a handshake got through (the last event said so)
+        self.vague = 0  # failures without detail in a row: one often comes before the one that says why
         available = _SUCCEEDED and 0 not in _FAILED
         events = _SUCCEEDED | sum(_FAILED) if available else 0
         self.monitor = sock.get_monitor_socket(events) if available else None
@@ -137,7 +138,10 @@ class HandshakeWatch:
                 return reason
             event = recv_monitor_message(self.monitor)
             self.succeeded = event["event"] == _SUCCEEDED
-            reason = None if self.succeeded else self._reason(event["event"], event["value"])
+            vague = _FAILED.get(event["event"]) == "EVENT_HANDSHAKE_FAILED_NO_DETAIL"
+            self.vague = self.vague + 1 if vague else 0
+            said = not self.succeeded and (not vague or self.vague > 1)  # a vague one when it comes again
+            reason = self._reason(event["event"], event["value"]) if said else None
         return None
 
     def _reason(self, event: int, value: int) -> str:
@@ -151,9 +155,15 @@ class HandshakeWatch:
             return f"{daemon} refused {who}'s connection: it uses CURVE, and {who} has no keys ({secret}, {server})"
         if _FAILED.get(event) == "EVENT_HANDSHAKE_FAILED_PROTOCOL" and value == _MECHANISM_MISMATCH:
             return (
-                f"{daemon} does not use CURVE, and {who} does: leave out {secret} and {server}, or turn edge.curve on"
+                f"{daemon} does not use CURVE, and {who} does: leave out {secret} and {server}, "
+                "or turn its edge.curve on"
             )
-        return f"the CURVE handshake with {daemon} failed: is {server} the daemon's public key (its server.key)?"
+        # Without detail: the daemon could not read this side's hello (another server key), or it
+        # closed the connection first on seeing CURVE where it uses none.
+        return (
+            f"the CURVE handshake with {daemon} failed: is {server} the daemon's public key (its server.key), "
+            "and does the daemon use CURVE (edge.curve)?"
+        )
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -625,7 +625,7 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert all(c.returncode == 1 and "sent 1 frames" not in c.stdout for c in cameras.values()), cameras
     assert "it uses CURVE, and this camera has no keys" in cameras["plain"].stderr
     assert "refused this camera's CURVE key (status 400): is its public key in" in cameras["stranger"].stderr
-    assert "is --curve-server-key the daemon's public key" in cameras["wrong server"].stderr
+    assert "is --curve-server-key the daemon's public key (its server.key)" in cameras["wrong server"].stderr
     assert reader.returncode == 1 and "it uses CURVE, and this reader has no keys" in reader.stderr
     assert "summary: 0 results" in reader.stdout
     assert refused == f"the daemon at {daemon.results} refused this dashboard's connection: it uses CURVE, and " \
@@ -642,6 +642,28 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
     assert bad == [] and plain_results == []
     assert "refused a peer" in log
+
+
+def test_a_camera_with_keys_to_a_daemon_without_curve_says_so(tmp_path):
+    """The reverse of a camera without keys: ZeroMQ refuses a CURVE client on a plain socket."""
+    from edge.camera import run_camera
+    from edge.errors import HandshakeError
+
+    create_keys(tmp_path / "keys", "server")
+    create_keys(tmp_path / "keys", "cam")
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    plain = zmq.Context.instance().socket(zmq.PULL)
+    plain.bind(endpoint)
+    try:
+        keys = {"curve_secret": str(tmp_path / "keys" / "cam.key_secret"),
+                "curve_server_key": str(tmp_path / "keys" / "server.key")}  # fmt: skip
+        # Whichever side reads the other's greeting first says so: the daemon's side closes without a word.
+        said = r"does not use CURVE, and this camera does: leave out --curve-secret|does the daemon use CURVE"
+        with pytest.raises(HandshakeError, match=said):
+            run_camera(str(_folder_of_one(tmp_path)), endpoint, linger_s=10, **keys)
+        assert not plain.poll(200)  # nothing came through in the clear
+    finally:
+        plain.close(linger=0)
 
 
 def test_an_authorized_keys_dir_without_a_key_is_refused(tmp_path):
