@@ -271,6 +271,23 @@ def _wait_for_room(
     return True
 
 
+def _send(
+    sock: zmq.Socket, message: list, stop: StopFlag | None, endpoint: str, handshakes: transport.HandshakeWatch
+) -> bool:
+    """Send one frame when the socket has room (-> True), or not when `stop()` turns true (->
+    False); HandshakeError when the daemon refuses the connection. Without blocking: the room
+    that a poll saw goes with a connection torn down before the send (a refused handshake), and
+    a blocking send then waited for ever."""
+    while _wait_for_room(sock, stop, endpoint, handshakes):
+        try:
+            sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            continue
+        _check_handshake(handshakes)
+        return True
+    return False
+
+
 def _check_handshake(handshakes: transport.HandshakeWatch | None, wait_s: float = 0.0) -> None:
     """HandshakeError when the daemon refused the connection's last handshake."""
     if handshakes is not None and (why := handshakes.refusal(wait_s)):
@@ -394,10 +411,8 @@ def run_camera(
             frame_id = start_id + sent
             part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
             message = frame_message(camera_id, frame_id, frame, encoding, part_id=part_id, sender=sender)
-            if not _wait_for_room(sock, stop, endpoint, handshakes):
+            if not _send(sock, message, stop, endpoint, handshakes):
                 break
-            sock.send_multipart(message, copy=False)
-            _check_handshake(handshakes)
             if out:
                 out.write(f"{camera_id},{frame_id},{name}\n")
             sent += 1
