@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -50,6 +50,9 @@ from edge.serving import Serving, load_serving
 from edge.settings import EdgeConfig
 from edge.state import Overrides, follow_runs, hold_state_folder, mark_running
 from edge.watchdog import Liveness, Watchdog, notify
+
+if TYPE_CHECKING:
+    from edge.security import HandshakeRefusals
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,7 @@ class Daemon:
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
         self.auth = None
+        self.refusals: HandshakeRefusals | None = None
         self.frames_sock: zmq.Socket | None = None
         self.results_sock: zmq.Socket | None = None
         self.control: Control | None = None
@@ -199,6 +203,11 @@ class Daemon:
         self.frames_sock = transport.frames_socket(self.ctx, cfg)
         self.results_sock = transport.results_socket(self.ctx, cfg)
         self.control = Control(self, cfg.control_endpoint)
+        if cfg.curve.enabled:
+            from edge.security import watch_refusals
+
+            socks = {"frames": self.frames_sock, "results": self.results_sock, "control": self.control.sock}
+            self.refusals = watch_refusals(socks, self.metrics)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._check_previous_exit()
@@ -400,6 +409,8 @@ class Daemon:
             self.recorder.close()
         if self.auth is not None:
             self.auth.stop()
+        if self.refusals is not None:
+            self.refusals.stop()  # its monitors are sockets of the context
         if self.ctx is not None:
             self.ctx.term()
         if self.serving is not None:

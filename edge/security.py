@@ -2,18 +2,22 @@
 
 `vqad keys DIR [--name NAME]` writes a key pair (NAME.key public, NAME.key_secret secret).
 The daemon loads its secret key, and accepts only clients whose public key file is in
-`authorized_keys_dir`. A refused peer is logged (and counted) by the credentials callback.
+`authorized_keys_dir`. A refused peer is logged (and counted): an unknown key by the
+credentials callback, a peer that fails the handshake before it (no keys, another server key)
+by HandshakeRefusals.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from edge.errors import ConfigError
 from edge.logrepeat import RepeatedLog
@@ -124,3 +128,57 @@ def make_curve_client(
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_serverkey = load_public_key(server_public_file)
+
+
+# The handshakes a CURVE server fails before its authenticator is asked (libzmq >= 4.3 reports
+# them). A peer that only connects and leaves (a port check) fails without detail: not counted.
+_FAILED_PROTOCOL = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)
+_MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
+
+
+class HandshakeRefusals(threading.Thread):
+    """Logs and counts (vqad_curve_refusals) the peers a CURVE daemon's sockets refuse before its
+    authenticator sees them: one whose hello it cannot read (another server key), and one
+    without keys when this side reads its greeting first (when the peer's side does, it closes,
+    and says so itself). Only unknown keys reached the log. The monitors are made on the
+    sockets before their threads use them; `stop()` before the context ends."""
+
+    def __init__(self, socks: dict[str, zmq.Socket], metrics: DaemonMetrics | None) -> None:
+        super().__init__(name="curve-refusals", daemon=True)
+        self.monitors = {sock.get_monitor_socket(_FAILED_PROTOCOL): name for name, sock in socks.items()}
+        self.metrics, self.stopping = metrics, threading.Event()
+        self.said: dict[tuple[str, int], RepeatedLog] = {}  # a line every so often per socket and cause
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for monitor in self.monitors:
+            poller.register(monitor, zmq.POLLIN)
+        while not self.stopping.is_set():
+            for monitor, _ in poller.poll(200):
+                self._refused(self.monitors[monitor], recv_monitor_message(monitor))
+
+    def _refused(self, socket_name: str, event: dict) -> None:
+        why = "a peer without CURVE keys"
+        if event["value"] != _MECHANISM_MISMATCH:
+            why = f"a peer whose CURVE hello it cannot read (protocol error {event['value']:#x}: another server key?)"
+        where = event["endpoint"].decode(errors="replace")
+        said = self.said.setdefault((socket_name, event["value"]), RepeatedLog(log))
+        said.log("CURVE: the %s socket (%s) refused %s", socket_name, where, why)
+        if self.metrics is not None:
+            self.metrics.curve_refusals.inc()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(2.0)
+        for monitor in self.monitors:
+            monitor.close(linger=0)
+
+
+def watch_refusals(socks: dict[str, zmq.Socket | None], metrics: DaemonMetrics | None) -> HandshakeRefusals | None:
+    """A started HandshakeRefusals on the daemon's CURVE sockets (None where the libzmq reports
+    no handshake events)."""
+    if not _FAILED_PROTOCOL:
+        return None
+    refusals = HandshakeRefusals({name: sock for name, sock in socks.items() if sock is not None}, metrics)
+    refusals.start()
+    return refusals

@@ -642,6 +642,12 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert topics == [b"result.cam"]  # the stranger's frames were never accepted
     assert bad == [] and plain_results == []
     assert "refused a peer" in log
+    # A peer refused before the authenticator is asked is in the daemon's log too: one with
+    # another server key always (it tries again), one without keys when the daemon's side reads
+    # its greeting first (else the peer's own side closes).
+    assert f"CURVE: the frames socket ({daemon.frames}) refused a peer whose CURVE hello it cannot read" in log, log
+    without = re.findall(r"CURVE: the (\w+) socket \(.*\) refused a peer without CURVE keys", log)
+    assert set(without) <= {"frames", "results", "control"}, without
 
 
 def test_a_camera_with_keys_to_a_daemon_without_curve_says_so(tmp_path):
