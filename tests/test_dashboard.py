@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -738,6 +738,16 @@ def _status(url, headers=None, data=None):
         return exc.code
 
 
+def _daemon_pill(driver) -> Callable[[], str]:
+    """The header's daemon pill's text, to poll."""
+    return lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text
+
+
+def _daemon_summary(dashboard: DashboardProcess) -> Callable[[], dict]:
+    """The summary's daemon part, to poll."""
+    return lambda: _json(dashboard.url + "/api/summary")[1]["daemon"]
+
+
 def _json(url, headers=None, data=None):
     request = urllib.request.Request(url, headers=headers or {}, data=data)
     try:
@@ -1348,7 +1358,7 @@ def test_the_page_says_when_the_daemon_stalls_and_when_it_runs_again(tiny_model,
             DaemonProcess(tiny_model, *backend, env=env) as daemon,
             DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log") as dashboard,
         ):
-            state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+            state = _daemon_pill(driver)
             driver.get(dashboard.url + "/")
             assert wait_for(lambda: state() == "daemon ready", timeout=10), state()
             cam = Camera(daemon.frames)
@@ -1427,7 +1437,7 @@ def test_one_page_follows_several_lines_daemons_each_named_with_its_state(tmp_pa
         assert [d["endpoint"] for d in daemon["daemons"]] == [d.endpoint for d in lines]
         assert all(d["up"] and d["ready"] for d in daemon["daemons"]) and daemon["results_missed"] == 0
         driver.get(dashboard.url + "/")
-        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        state = _daemon_pill(driver)
         each = "return [...document.querySelectorAll('[data-field=daemons] .pill')].map(e => e.textContent)"
         assert wait_for(lambda: state() == "2 daemons ready", 10), state()
         threshold = driver.find_element("css selector", '[data-field="threshold"]').text
@@ -1462,9 +1472,9 @@ def test_a_daemon_never_heard_from_is_down_after_silent_after_s_and_ready_once_i
     off = None
     try:
         dashboard.start()
-        summary = lambda: _json(dashboard.url + "/api/summary")[1]["daemon"]  # noqa: E731
+        summary = _daemon_summary(dashboard)
         driver.get(dashboard.url + "/")
-        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        state = _daemon_pill(driver)
         assert wait_for(lambda: state() == "1 down of 2 daemons", 10), state()
         unheard = summary()["daemons"][1]
         assert unheard["up"] is False and unheard["never_heard_s"] >= 1.5 and unheard["heartbeat_age_s"] is None
@@ -1594,9 +1604,9 @@ def test_a_daemon_whose_results_do_not_reach_the_page_is_named_in_the_header_and
     line = None
     try:
         dashboard.start()
-        summary = lambda: _json(dashboard.url + "/api/summary")[1]["daemon"]  # noqa: E731
+        summary = _daemon_summary(dashboard)
         driver.get(dashboard.url + "/")
-        state = lambda: driver.find_element("css selector", '[data-field="daemon-state"]').text  # noqa: E731
+        state = _daemon_pill(driver)
         assert wait_for(lambda: state() == "daemon ready", 10), state()
         time.sleep(2)  # past silent_after_s: nothing published, nothing to say
         assert state() == "daemon ready" and summary()["results_unheard"] is None
