@@ -267,7 +267,8 @@ def _wait_for_room(
             return False
         if not hinted and time.monotonic() - started > WAIT_HINT_S:
             hinted = True
-            log.warning("waiting %.0f s for the daemon at %s to take a frame: is it running?", WAIT_HINT_S, endpoint)
+            log.warning("waiting %.0f s for the daemon at %s to take a frame: is it running, and is that its frames "
+                        "endpoint (vqad serve --frames)?", WAIT_HINT_S, endpoint)  # fmt: skip
     return True
 
 
@@ -319,7 +320,7 @@ def _frames_socket(
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     transport.secure_client(sock, curve_secret, curve_server_key)
-    handshakes = transport.HandshakeWatch(sock, endpoint, "camera", bool(curve_secret or curve_server_key))
+    handshakes = transport.HandshakeWatch(sock, endpoint, "camera", "frames", bool(curve_secret or curve_server_key))
     transport.connect(sock, endpoint, "frames")
     return sock, handshakes
 

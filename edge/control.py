@@ -321,7 +321,9 @@ def request(
     handshakes = None
     try:
         transport.secure_client(sock, curve_secret, curve_server_key)
-        handshakes = transport.HandshakeWatch(sock, endpoint, "client", bool(curve_secret or curve_server_key))
+        handshakes = transport.HandshakeWatch(
+            sock, endpoint, "client", "control", bool(curve_secret or curve_server_key)
+        )
         transport.connect(sock, endpoint, "control")
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
         deadline = time.monotonic() + timeout_s

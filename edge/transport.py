@@ -115,12 +115,15 @@ class HandshakeWatch:
         sock: zmq.Socket,
         endpoint: str,
         who: str,
+        serves: str,
         curve: bool,
         keys: tuple[str, str] = ("--curve-secret", "--curve-server-key"),
     ) -> None:
-        """who: what this side is ("camera"); curve: whether it uses CURVE keys; keys: where its
-        secret key and the daemon's public key are given, for the messages."""
-        self.sock, self.endpoint, self.who, self.curve, self.keys = sock, endpoint, who, curve, keys
+        """who: what this side is ("camera"); serves: which of the daemon's endpoints it connects
+        to ("frames"); curve: whether it uses CURVE keys; keys: where its secret key and the
+        daemon's public key are given. All for the messages."""
+        self.sock, self.endpoint, self.who, self.serves = sock, endpoint, who, serves
+        self.curve, self.keys = curve, keys
         self.succeeded = False  # a handshake got through (the last event said so)
         self.vague = 0  # failures without detail in a row: one often comes before the one that says why
         available = _SUCCEEDED and 0 not in _FAILED
@@ -146,23 +149,32 @@ class HandshakeWatch:
 
     def _reason(self, event: int, value: int) -> str:
         daemon, who, (secret, server) = f"the daemon at {self.endpoint}", f"this {self.who}", self.keys
-        if _FAILED.get(event) == "EVENT_HANDSHAKE_FAILED_AUTH":
+        kind, endpoint = _FAILED.get(event), f"is {self.endpoint} its {self.serves} endpoint"
+        if kind == "EVENT_HANDSHAKE_FAILED_AUTH":
             return (
                 f"{daemon} refused {who}'s CURVE key (status {value}): is its public key in the daemon's "
                 "edge.curve.authorized_keys_dir?"
             )
-        if not self.curve:
+        if kind == "EVENT_HANDSHAKE_FAILED_PROTOCOL" and value == _MECHANISM_MISMATCH:
+            if self.curve:
+                return (
+                    f"{daemon} does not use CURVE, and {who} does: leave out {secret} and {server}, "
+                    "or turn its curve on"
+                )
             return f"{daemon} refused {who}'s connection: it uses CURVE, and {who} has no keys ({secret}, {server})"
-        if _FAILED.get(event) == "EVENT_HANDSHAKE_FAILED_PROTOCOL" and value == _MECHANISM_MISMATCH:
+        if kind == "EVENT_HANDSHAKE_FAILED_PROTOCOL":
+            return f"{daemon} refused {who}'s connection (protocol error {value:#x}): {endpoint}?"
+        # Without detail, the other side closed first: it could not read this side's hello
+        # (another server key), it uses CURVE where this side does not or the reverse, or it is
+        # another of the daemon's sockets (frames, results, control).
+        if self.curve:
             return (
-                f"{daemon} does not use CURVE, and {who} does: leave out {secret} and {server}, "
-                "or turn its edge.curve on"
+                f"the CURVE handshake with {daemon} failed: is {server} the daemon's public key (its server.key), "
+                f"does the daemon use CURVE (edge.curve), and {endpoint}?"
             )
-        # Without detail: the daemon could not read this side's hello (another server key), or it
-        # closed the connection first on seeing CURVE where it uses none.
         return (
-            f"the CURVE handshake with {daemon} failed: is {server} the daemon's public key (its server.key), "
-            "and does the daemon use CURVE (edge.curve)?"
+            f"{daemon} closed {who}'s connection in its handshake: does it use CURVE (then give {secret} and "
+            f"{server}), and {endpoint}?"
         )
 
     def close(self) -> None:
@@ -216,7 +228,7 @@ def results_subscriber(
     secure_client(sock, curve_secret, curve_server_key)
     sock.setsockopt(zmq.SUBSCRIBE, RESULT_TOPIC_PREFIX + (camera.encode() if camera else b""))
     sock.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-    handshakes = HandshakeWatch(sock, endpoint, who, bool(curve_secret or curve_server_key), keys)
+    handshakes = HandshakeWatch(sock, endpoint, who, "results", bool(curve_secret or curve_server_key), keys)
     connect(sock, endpoint, "results")
     return sock, handshakes
 

@@ -523,6 +523,13 @@ def _folder_of_one(tmp_path: Path) -> Path:
     return folder
 
 
+# What a client without keys says of a daemon with CURVE on: the daemon's "mechanism mismatch",
+# or, where the daemon's side read the client's greeting first and closed, a failure without
+# detail whose causes the line names.
+_NO_KEYS = r"it uses CURVE, and this {who} has no keys \({keys}|closed this {who}'s connection in its handshake: " \
+           r"does it use CURVE \(then give {keys}"  # fmt: skip
+
+
 def _summary(url: str) -> dict:
     with urllib.request.urlopen(url + "/api/summary", timeout=5) as response:
         return json.loads(response.read())
@@ -621,15 +628,15 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
         log = daemon.log_text()
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["ok"] is True, allowed.stderr
     assert stranger.returncode == 1 and "refused this client's CURVE key (status 400)" in stranger.stderr
-    assert plain.returncode == 1 and "it uses CURVE, and this client has no keys" in plain.stderr
+    assert plain.returncode == 1 and re.search(_NO_KEYS.format(who="client", keys="--curve-secret"), plain.stderr)
     assert all(c.returncode == 1 and "sent 1 frames" not in c.stdout for c in cameras.values()), cameras
-    assert "it uses CURVE, and this camera has no keys" in cameras["plain"].stderr
+    assert re.search(_NO_KEYS.format(who="camera", keys="--curve-secret"), cameras["plain"].stderr)
     assert "refused this camera's CURVE key (status 400): is its public key in" in cameras["stranger"].stderr
     assert "is --curve-server-key the daemon's public key (its server.key)" in cameras["wrong server"].stderr
-    assert reader.returncode == 1 and "it uses CURVE, and this reader has no keys" in reader.stderr
+    assert reader.returncode == 1 and re.search(_NO_KEYS.format(who="reader", keys="--curve-secret"), reader.stderr)
     assert "summary: 0 results" in reader.stdout
-    assert refused == f"the daemon at {daemon.results} refused this dashboard's connection: it uses CURVE, and " \
-                      "this dashboard has no keys (curve_secret, curve_server_key)"  # fmt: skip
+    assert refused.startswith(f"the daemon at {daemon.results} ")
+    assert re.search(_NO_KEYS.format(who="dashboard", keys="curve_secret"), refused), refused
     assert half.returncode == 2 and "needs both" in half.stderr
     # The same rule for every client, in one place: a server key alone would read in the clear.
     for command in (("watch", "tcp://127.0.0.1:1", "--count", "1"), ("camera", tmp_path, "--to", "tcp://127.0.0.1:1")):
@@ -670,6 +677,45 @@ def test_a_camera_with_keys_to_a_daemon_without_curve_says_so(tmp_path):
         assert not plain.poll(200)  # nothing came through in the clear
     finally:
         plain.close(linger=0)
+
+
+def test_a_refused_handshake_is_named_by_what_the_monitor_says():
+    """The monitor's event and this side's keys name the cause; a failure without detail, whose
+    causes are several, names them all, the endpoint's kind among them (a camera pointed at the
+    results socket is closed without detail too)."""
+    from edge.transport import HandshakeWatch
+
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    plain = HandshakeWatch(sock, "tcp://box:5556", "camera", "frames", curve=False)
+    keyed = HandshakeWatch(sock, "tcp://box:5556", "camera", "frames", curve=True)
+    try:
+        said = {
+            (watch is keyed, event): watch._reason(event, value)
+            for watch in (plain, keyed)
+            for event, value in ((zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32),
+                                 (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH))
+        }  # fmt: skip
+    finally:
+        plain.close()
+        keyed.close()
+        sock.close(linger=0)
+    no_detail, mismatch = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    assert said[(True, zmq.EVENT_HANDSHAKE_FAILED_AUTH)].startswith(
+        "the daemon at tcp://box:5556 refused this camera's CURVE key (status 400)"
+    )
+    assert said[(False, mismatch)] == (
+        "the daemon at tcp://box:5556 refused this camera's connection: it uses CURVE, and this camera has no keys "
+        "(--curve-secret, --curve-server-key)"
+    )
+    assert said[(True, mismatch)].startswith("the daemon at tcp://box:5556 does not use CURVE, and this camera does")
+    assert said[(False, no_detail)] == (
+        "the daemon at tcp://box:5556 closed this camera's connection in its handshake: does it use CURVE (then "
+        "give --curve-secret and --curve-server-key), and is tcp://box:5556 its frames endpoint?"
+    )
+    assert said[(True, no_detail)].endswith(
+        "is --curve-server-key the daemon's public key (its server.key), does the daemon use CURVE (edge.curve), "
+        "and is tcp://box:5556 its frames endpoint?"
+    )
 
 
 def test_an_authorized_keys_dir_without_a_key_is_refused(tmp_path):
@@ -737,7 +783,7 @@ def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch,
         sent = camera.run_camera(
             str(tmp_path), endpoint, loop=True, sndhwm=1, linger_s=0, stop=lambda: time.monotonic() > deadline
         )
-    waits = [r for r in caplog.records if "to take a frame: is it running?" in r.getMessage()]
+    waits = [r for r in caplog.records if "to take a frame: is it running, and is that its frames" in r.getMessage()]
     assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent.frames >= 1
 
 
