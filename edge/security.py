@@ -134,6 +134,7 @@ def make_curve_client(
 # them). A peer that only connects and leaves (a port check) fails without detail: not counted.
 _FAILED_PROTOCOL = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)
 _MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
+_CRYPTOGRAPHIC = getattr(zmq, "PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC", 0x11000001)
 
 
 class HandshakeRefusals(threading.Thread):
@@ -158,9 +159,10 @@ class HandshakeRefusals(threading.Thread):
                 self._refused(self.monitors[monitor], recv_monitor_message(monitor))
 
     def _refused(self, socket_name: str, event: dict) -> None:
-        why = "a peer without CURVE keys"
-        if event["value"] != _MECHANISM_MISMATCH:
-            why = f"a peer whose CURVE hello it cannot read (protocol error {event['value']:#x}: another server key?)"
+        why = {
+            _MECHANISM_MISMATCH: "a peer without CURVE keys",
+            _CRYPTOGRAPHIC: "a peer whose CURVE hello it cannot read (another server key?)",
+        }.get(event["value"], f"a peer's handshake (protocol error {event['value']:#x}: a client of another socket?)")
         where = event["endpoint"].decode(errors="replace")
         said = self.said.setdefault((socket_name, event["value"]), RepeatedLog(log))
         said.log("CURVE: the %s socket (%s) refused %s", socket_name, where, why)
