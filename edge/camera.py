@@ -252,7 +252,7 @@ WAIT_HINT_S = 10.0
 
 
 def _wait_for_room(
-    sock: zmq.Socket, stop: StopFlag | None, endpoint: str = "", handshakes: transport.HandshakeWatch | None = None
+    sock: zmq.Socket, stop: StopFlag | None, endpoint: str, handshakes: transport.HandshakeWatch
 ) -> bool:
     """Block until the socket can take a frame (-> True) or `stop()` turns true (-> False);
     HandshakeError when the daemon refuses the connection.
@@ -262,7 +262,7 @@ def _wait_for_room(
     """
     started, hinted = time.monotonic(), False
     while not sock.poll(100, zmq.POLLOUT):
-        _check_handshake(handshakes)
+        handshakes.check()
         if stop is not None and stop():
             return False
         if not hinted and time.monotonic() - started > WAIT_HINT_S:
@@ -284,15 +284,9 @@ def _send(
             sock.send_multipart(message, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             continue
-        _check_handshake(handshakes)
+        handshakes.check()
         return True
     return False
-
-
-def _check_handshake(handshakes: transport.HandshakeWatch | None, wait_s: float = 0.0) -> None:
-    """HandshakeError when the daemon refused the connection's last handshake."""
-    if handshakes is not None and (why := handshakes.refusal(wait_s)):
-        raise HandshakeError(why)
 
 
 class Pacer:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from edge import transport
-from edge.errors import HandshakeError, PackageError, VqadError
+from edge.errors import PackageError, VqadError
 from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import Serving, configured_threshold, load_serving
 from edge.threshold import RAISED_REFUSED
@@ -328,8 +328,7 @@ def request(
         sock.send(json.dumps({"command": command, "args": args, "by": by}).encode())
         deadline = time.monotonic() + timeout_s
         while not sock.poll(100):
-            if why := handshakes.refusal():
-                raise HandshakeError(why)
+            handshakes.check()
             if time.monotonic() >= deadline:
                 # Without the monitor's handshake events (an older libzmq), a refusal reads as silence.
                 keys = "" if curve_secret else "; with CURVE on, give --curve-secret and --curve-server-key"

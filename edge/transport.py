@@ -13,7 +13,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from edge.endpoints import check_endpoint
-from edge.errors import ConfigError
+from edge.errors import ConfigError, HandshakeError
 from edge.metrics import DaemonMetrics
 from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX
 from edge.settings import EdgeConfig
@@ -146,6 +146,11 @@ class HandshakeWatch:
             said = not self.succeeded and (not vague or self.vague > 1)  # a vague one when it comes again
             reason = self._reason(event["event"], event["value"]) if said else None
         return None
+
+    def check(self) -> None:
+        """HandshakeError when the daemon refused the last handshake (refusal)."""
+        if why := self.refusal():
+            raise HandshakeError(why)
 
     def _reason(self, event: int, value: int) -> str:
         daemon, who, (secret, server) = f"the daemon at {self.endpoint}", f"this {self.who}", self.keys
