@@ -23,7 +23,7 @@ import numpy as np
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, write_image
 from edge.metrics import DaemonMetrics
-from edge.overlay import result_picture
+from edge.overlay import map_peak, mark_peak, result_picture
 from edge.progress import progress
 from edge.protocol import file_name, unfit_reasons
 from edge.results import Pending, Result, error_result, scored_results
@@ -65,10 +65,11 @@ def score_images(
     model_dir: Path, sources: Sequence[str | Path], cfg: EdgeConfig, out: Path | None = None
 ) -> Iterator[Scored]:
     """Score every image under `sources` as the line would with `cfg` (its threshold, backend,
-    health limits); with `out`, draw each result (the map over the frame, regions boxed,
-    labelled with the file's name) into out/<name>.png. Yields one Scored per image, in order."""
+    health limits); with `out`, draw each result (the map over the image at its own size, regions
+    boxed, the peak ringed, labelled with the file's name) into out/<name>.png. Yields one Scored
+    per image, in order."""
     paths = image_paths(sources)
-    cfg = dataclasses.replace(cfg, inference_workers=1, publish_frames=True, publish_maps=True, warmup_runs=1)
+    cfg = dataclasses.replace(cfg, inference_workers=1, publish_frames=False, publish_maps=True, warmup_runs=1)
     serving = load_serving(model_dir, cfg, DaemonMetrics())
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -84,40 +85,45 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
     """The batch's verdicts in its order: an unreadable image is an error result, as a
     malformed frame is on the line, and the others are scored together."""
     verdicts: dict[int, Scored] = {}
-    pending: list[tuple[Path, Pending]] = []
+    pending: list[tuple[Path, Pending, np.ndarray]] = []
     for index, path in batch:
         try:
-            pending.append((path, _pending(serving, index, path)))
+            pending.append((path, *_pending(serving, index, path)))
         except DataError as exc:
             now = time.time_ns()
             error = error_result(CAMERA_ID, index, now, str(exc), now, serving.scoring, path.name[:128])
             verdicts[index] = Scored(path, error.header)
     if pending:
         start_mono_ns = time.monotonic_ns()
-        maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p in pending]))
+        maps, scores = serving.backends[0].infer(np.stack([p.model_input for _, p, _ in pending]))
         infer_ms = (time.monotonic_ns() - start_mono_ns) / 1e6
-        results = scored_results([p for _, p in pending], maps, scores, start_mono_ns, infer_ms, serving.scoring)
-        for (path, p), result, amap in zip(pending, results, maps, strict=True):
+        results = scored_results([p for _, p, _ in pending], maps, scores, start_mono_ns, infer_ms, serving.scoring)
+        for (path, p, image), result, amap in zip(pending, results, maps, strict=True):
             if out is not None and result.header["status"] == "ok":
-                _draw(result, amap[0], path, out)
+                _draw(result, amap[0], image, path, out)
             verdicts[p.frame_id] = Scored(path, result.header)
     return [verdicts[index] for index, _ in batch]
 
 
-def _pending(serving: Serving, index: int, path: Path) -> Pending:
-    """An image file as the daemon's receiver makes a frame ready for inference."""
+def _pending(serving: Serving, index: int, path: Path) -> tuple[Pending, np.ndarray]:
+    """An image file as the daemon's receiver makes a frame ready for inference, and the image
+    as read."""
     fmt = serving.package.input_format
     image = read_image(path, fmt.pixel_bits)
     model_input = fmt.frame(image)
     health = None if serving.health is None else serving.health.check(CAMERA_ID, model_input, image.shape[:2], False)
     now, arrived = time.time_ns(), time.monotonic_ns()
-    return Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, arrived, None, health, path.name[:128])
+    pending = Pending(CAMERA_ID, index, now, now, image.shape[:2], model_input, arrived, None, health, path.name[:128])
+    return pending, image
 
 
-def _draw(result: Result, amap: np.ndarray, path: Path, out: Path) -> None:
-    frame_jpeg = result.extra[0] if result.extra else None
+def _draw(result: Result, amap: np.ndarray, image: np.ndarray, path: Path, out: Path) -> None:
+    """The map over the image at its own size, as the record's evidence draws a fail: a defect
+    a few camera pixels wide is seen as the camera saw it, not at the model's size. The map's
+    peak, where the score comes from, is ringed as in `vqad eval`'s pictures: on a pass near the
+    threshold, the colour is faint and the ring shows where the model looked."""
     labelled = {**result.header, "camera_id": path.name}  # the label names the file
-    picture = result_picture(labelled, amap, frame_jpeg)
+    picture = mark_peak(result_picture(labelled, amap, frame=image), map_peak(amap), amap.shape)
     write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 
 def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.7) -> np.ndarray:
-    """image: (H, W, C) uint8 (C 1 or 3); anomaly_map: (h, w) float, any size.
+    """image: (H, W) or (H, W, C) uint8 (C 1, 3 or 4); anomaly_map: (h, w) float, any size.
 
     The map is scaled so that `vmax` (e.g. twice the threshold) is full red, resized to the
     image and blended over it where it is high: its colour weighs `alpha` from half of `vmax`
@@ -18,11 +18,7 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alp
     map leaves the part as the camera saw it and a reject's defect stands out in colour (a
     fixed blend washed every part blue). Returns (H, W, 3) BGR uint8.
     """
-    base = (
-        image
-        if image.ndim == 3 and image.shape[2] == 3
-        else cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
-    )
+    base = as_bgr(image)
     h, w = base.shape[:2]
     m = cv2.resize(anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     level = np.clip(m * np.float32(1.0 / max(vmax, 1e-12)), 0.0, 1.0)  # (H, W) float32, 1 at vmax
@@ -81,15 +77,31 @@ def label(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255
 LABELLED_MIN_WIDTH = 256
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """A decoded frame (grey (H, W) or (H, W, 1), BGR, BGRA) as (H, W, 3) BGR, for drawing."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) if image.shape[2] == 4 else image
+
+
 def result_picture(
-    header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None = None, labelled: bool = True
+    header: dict[str, Any],
+    amap: np.ndarray | None,
+    frame_jpeg: bytes | None = None,
+    labelled: bool = True,
+    frame: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """A published result as a picture: its map over the streamed frame (the map alone when the
-    stream carries no frame, the frame alone when it carries no map), its regions boxed, and,
-    when `labelled`, a label (camera, frame, score, verdict; the picture then at least
-    LABELLED_MIN_WIDTH wide). -> (h, w, 3) BGR at the map's size or larger; None when the
-    stream carries neither. The dashboard draws it unlabelled: its page writes the label."""
-    base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR) if frame_jpeg else None
+    """A published result as a picture: its map over the frame (the map alone when there is no
+    frame, the frame alone when there is no map), its regions boxed, and, when `labelled`, a
+    label (camera, frame, score, verdict; the picture then at least LABELLED_MIN_WIDTH wide).
+    The frame is `frame`, decoded at the camera's own size (an image file scored offline), or
+    else the stream's model-size `frame_jpeg`. -> (h, w, 3) BGR at the map's size or larger;
+    None when there is neither frame nor map. The dashboard draws it unlabelled: its page writes
+    the label."""
+    if frame is not None:
+        base = as_bgr(frame)
+    else:
+        base = cv2.imdecode(np.frombuffer(frame_jpeg, np.uint8), cv2.IMREAD_COLOR) if frame_jpeg else None
     if base is None and amap is None:
         return None
     if base is None:

@@ -52,3 +52,28 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
     (tmp_path / "notes.txt").write_text("not an image")
     refused = _score(tiny_model, tmp_path / "notes.txt", check=False)
     assert refused.returncode == 3 and "notes.txt: neither an image file" in refused.stderr
+
+
+def test_pictures_are_drawn_over_each_image_at_its_own_size_whatever_its_channels(tiny_model, synth_root, tmp_path):
+    """--out draws the map over the image file as the camera took it (the record's evidence does
+    the same), not over the model's 32-pixel input: colour, grey and BGRA files alike."""
+    import cv2
+
+    defect = sorted((synth_root / "bracket" / "test").glob("[!g]*/*.png"))[0]
+    colour = cv2.resize(cv2.imread(str(defect), cv2.IMREAD_COLOR), (400, 320), interpolation=cv2.INTER_LINEAR)
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "colour.png"), colour)
+    cv2.imwrite(str(images / "grey.png"), cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(images / "alpha.png"), cv2.cvtColor(colour, cv2.COLOR_BGR2BGRA))
+    scored = _score(tiny_model, images, "--format", "json", "--threshold", "1e-9", "--out", tmp_path / "p")
+    rows = json.loads(scored.stdout)
+    assert {r["decision"] for r in rows} == {"fail"}
+    for row in rows:
+        stem = row["image"].rsplit("/", 1)[1].removesuffix(".png")
+        (picture,) = (tmp_path / "p").glob(f"{stem}_*.png")
+        drawn = cv2.imread(str(picture), cv2.IMREAD_UNCHANGED)
+        assert drawn.shape == (320, 400, 3), stem
+        x, y, w, h = (row["result"]["regions"][0][k] for k in "xywh")  # frame pixels: the picture's own
+        left_edge = drawn[y + h // 4 : y + 3 * h // 4, x]  # below the label, and mostly clear of the peak's ring
+        assert (left_edge == [0, 0, 255]).all(axis=1).mean() > 0.8, stem

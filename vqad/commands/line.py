@@ -634,7 +634,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("score", help="what the line would decide on image files, offline (no daemon)")
     s.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export)")
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively")
-    s.add_argument("--out", type=Path, metavar="DIR", help="draw each result: its map over the image, regions boxed")
+    s.add_argument(
+        "--out", type=Path, metavar="DIR", help="draw each result: its map over the image at its own size, peak ringed"
+    )
     s.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     s.add_argument("--config", type=Path, help="edge config YAML (default configs/edge.yaml): threshold, health limits")
     s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
