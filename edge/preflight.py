@@ -148,7 +148,10 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         return [f"note: {exc}, and its disk is full; the daemon would serve and record once there is room"]
     try:
         evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
-        lines = [f"record {shown_url(cfg.record)}: opened", _writable_line("evidence folder", evidence)]
+        lines = [f"record {shown_url(cfg.record)}: opened"]
+        if database:  # SQLite writes its WAL beside the file: a read-only disk opens, and refuses every row
+            lines.append(_writable_line("record's folder", Path(database).parent))
+        lines.append(_writable_line("evidence folder", evidence))
         if database and not gives_space_back(engine):
             lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
                          f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -384,6 +385,70 @@ def test_a_sqlite_record_on_a_full_disk_does_not_stop_the_line(tmp_path, monkeyp
     (tmp_path / "other.db").mkdir()
     with pytest.raises(DataError, match="cannot open the record"):  # with room, the path is the mistake
         RecordWriter(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "ev")
+
+
+def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_once_it_is_not(
+    tmp_path, monkeypatch, caplog
+):
+    """The kernel makes a worn SD card or eMMC read-only after a write error, and SQLite then
+    says only "disk I/O error". The start and the outage's lines name the read-only filesystem,
+    the line of a record a minute behind gives that error rather than guess at a lock, a batch
+    retried writes its images again, and counts none as missing once the disk is writable and
+    they are written, and `vqad serve --check` refuses the record's folder."""
+    import types
+
+    from edge import preflight
+    from edge.record import housekeeping
+    from edge.record import writer as writer_module
+
+    database = tmp_path / "line.db"
+    read_only = threading.Event()
+    read_only.set()
+
+    def probe_file(*args, **kwargs):  # what creating a file on a read-only filesystem raises
+        if read_only.is_set():
+            raise OSError(errno.EROFS, "Read-only file system")
+        return tempfile.TemporaryFile(*args, **kwargs)
+
+    def write_image(path, image, synced=False):
+        if read_only.is_set():
+            raise OSError(errno.EROFS, f"Read-only file system: {path!r}")
+        real_write_image(path, image, synced)
+
+    real_write_image = writer_module.write_image
+    for module in (housekeeping, preflight):
+        monkeypatch.setattr(module, "tempfile", types.SimpleNamespace(TemporaryFile=probe_file))
+    monkeypatch.setattr(writer_module, "write_image", write_image)
+    monkeypatch.setattr(writer_module, "RECORD_BEHIND_S", 0.5)
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        writer = RecordWriter(f"sqlite:///{database}", tmp_path / "ev")
+        real_begin = writer.engine.begin
+
+        def begin():
+            if read_only.is_set():
+                raise sa.exc.OperationalError("INSERT INTO results", {}, sqlite3.OperationalError("disk I/O error"))
+            return real_begin()
+
+        monkeypatch.setattr(writer.engine, "begin", begin)
+        writer.start()
+        _waiting(writer, 3)
+        assert wait_for(lambda: writer.metrics.record_errors._value.get() >= 3, 20)  # retried twice or more
+        assert wait_for(lambda: writer.behind_s() >= 0.6, 5)
+        writer.watch_lag()
+        read_only.clear()
+        assert wait_for(lambda: writer.recorded == 3, 20)
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records]
+    named = [line for line in lines if "is on a read-only filesystem" in line]
+    assert named and all(f"the record {database} is on a read-only filesystem ({tmp_path})" in n for n in named)
+    assert "a failing SD card or eMMC" in named[0] and len(named) == 2  # at start, and with the outage's line
+    assert any("behind: 3 results wait for their rows (the last error: (sqlite3.OperationalError) disk I/O" in line
+               for line in lines)  # fmt: skip
+    assert writer.evidence_failed == 0 and writer.metrics.evidence_failed._value.get() == 0  # written at last
+    assert all(row["evidence"] for row in Record(f"sqlite:///{database}").results(limit=10))
+    read_only.set()
+    with pytest.raises(DataError, match=f"the record's folder {tmp_path} cannot be written .*Read-only file system"):
+        _serve_check_lines(database)
 
 
 def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):

@@ -13,10 +13,12 @@ and never stops the writer: the line's rows come first.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -507,6 +509,25 @@ def network_filesystem_note(database: Path) -> str | None:
     return (f"the SQLite record {database} is on a network filesystem ({kind}), where SQLite's locking does not hold "
             "and the file can be damaged: keep it on this machine's disk, or use a PostgreSQL server for a record "
             "off it")  # fmt: skip
+
+
+def unwritable_note(path: Path, what: str) -> str | None:
+    """A line when no file can be written where `path` is (or would be: its nearest existing
+    parent), by trying; None when one can. SQLite then says only "disk I/O error", and the
+    likeliest cause on an edge box is its own: the kernel turns a worn SD card or eMMC read-only
+    after a write error, and nothing is written there again until the disk is checked or
+    replaced. Its mount flags may still say rw (ext4's emergency_ro), hence the try."""
+    place = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    folder = place if place.is_dir() else place.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            return f"{what} {path} cannot be written ({folder}: {exc.strerror or exc})"
+    return (f"{what} {path} is on a read-only filesystem ({folder}): the kernel makes a failing SD card or "
+            "eMMC read-only after a write error (see dmesg); nothing is written there until it is writable "
+            "again")  # fmt: skip
 
 
 def _size(path: Path) -> int:

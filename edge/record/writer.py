@@ -33,7 +33,13 @@ from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import RECORD_BEHIND_S, capture_time_ns, file_name, unfit_reasons
-from edge.record.housekeeping import Housekeeping, free_bytes, network_filesystem_note, sqlite_file
+from edge.record.housekeeping import (
+    Housekeeping,
+    free_bytes,
+    network_filesystem_note,
+    sqlite_file,
+    unwritable_note,
+)
 from edge.record.schema import events, migrate, results
 from edge.record.store import create_engine, is_sqlite, open_record, record_url, shown_url
 from edge.results import Result
@@ -113,6 +119,10 @@ class RecordWriter:
         # Ids of the results whose frames the writer thread has begun to store (under self.lock): a
         # frame of the batch it has not reached may still be given up for another camera's reject.
         self._claimed: set[int] = set()
+        # Ids of the batch's results whose evidence could not be written (writer thread only):
+        # counted once their rows commit without it, since a batch retried while the database is
+        # down writes it again, and a disk writable again takes it.
+        self._evidence_missed: set[int] = set()
         self._folders_changed: set[Path] = set()  # evidence folders with new names, synced before the commit
         # The evidence the batch in flight may write, [camera, frame id, frame file, overlay file]
         # each: in the state file before the files are written, so that a start after a power cut
@@ -128,6 +138,8 @@ class RecordWriter:
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
+        self._last_error: str | None = None  # the database's last refusal, while results wait
+        self._log_unwritable(logging.ERROR)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = run_id or uuid.uuid4().hex  # the daemon's, which its results name
         self.handed = 0
@@ -201,10 +213,16 @@ class RecordWriter:
         behind = self.behind_s()
         if behind >= RECORD_BEHIND_S and self._behind_since is None:
             self._behind_since = time.monotonic() - behind
+            # Without an error, the writer is held, not refused: by a lock or a server that does not answer.
+            cause = (
+                f"the last error: {self._last_error}"
+                if self._last_error
+                else "a database that does not answer, or a query held by a lock?"
+            )
             log.error(
-                "the record is %.0f s behind: %d results wait for their rows (a database that does not answer, "
-                "or a query held by a lock?); subscribers that catch up from the record miss them until it is back",
-                behind, len(self.buffer),
+                "the record is %.0f s behind: %d results wait for their rows (%s); subscribers that catch up from the "
+                "record miss them until it is back",
+                behind, len(self.buffer), cause,
             )  # fmt: skip
         elif self._behind_since is not None and behind < RECORD_BEHIND_S / 2:  # not a line per result near it
             log.warning("the record has caught up after %.0f s behind", time.monotonic() - self._behind_since)
@@ -328,8 +346,10 @@ class RecordWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
-                self._outage_log.log("the record is unavailable (%s); %d results wait, retrying every %.0f s at most",
-                                     str(exc).splitlines()[0][:200], len(self.buffer), RETRY_MAX_S)  # fmt: skip
+                self._last_error = str(exc).splitlines()[0][:200]
+                message = "the record is unavailable (%s); %d results wait, retrying every %.0f s at most"
+                if self._outage_log.log(message, self._last_error, len(self.buffer), RETRY_MAX_S):
+                    self._log_unwritable(logging.WARNING)
                 if self.stopping and pause >= RETRY_MAX_S:
                     return  # shutting down against a database that stays down: close() counts the rest
                 time.sleep(pause)
@@ -340,12 +360,22 @@ class RecordWriter:
             if pause:
                 log.info("the record is available again")
                 self._outage_log.reset()
+                self._last_error = None
             pause = 0.0
             self.house.run()
             with self.lock:
                 self._take_off(len(batch))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
+
+    def _log_unwritable(self, level: int) -> None:
+        """Say so when the record's folder or its evidence folder cannot be written (a read-only
+        filesystem): at start, where the daemon serves all the same, and with a failed write's
+        line. One line: the two share a disk unless configured apart."""
+        places = [("the record", self.house.database), ("the evidence folder", self.evidence_dir)]
+        notes = (unwritable_note(path, what) for what, path in places if path is not None)
+        if note := next((n for n in notes if n), None):
+            log.log(level, "%s; the results wait in memory (%d at most)", note, self.max_buffer)
 
     def _leave_out(self, batch: list[tuple[Result, int, float]], exc: Exception) -> None:
         """A batch that failed for a reason of its own, not the database's, is counted unrecorded
@@ -367,6 +397,7 @@ class RecordWriter:
                 self._holding[_camera_of(result)].popleft()  # the buffer leaves in order: its oldest
                 self._release(result)
         self._claimed = set()
+        self._evidence_missed = set()
         self.metrics.record_pending.set(len(self.buffer))
 
     def _count_unrecorded(self, n: int) -> None:
@@ -395,6 +426,10 @@ class RecordWriter:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(results), rows)
         self._pending = []
+        missed = sum(row["evidence_frame"] is None and id(result) in self._evidence_missed
+                     for row, (result, _pub, _queued) in zip(rows, batch, strict=True))  # fmt: skip
+        self.evidence_failed += missed
+        self.metrics.evidence_failed.inc(missed)
 
     def _claim(self, result: Result) -> np.ndarray | None:
         """The frame of `result` for its evidence, None when it waits without one; from now on
@@ -454,10 +489,8 @@ class RecordWriter:
                 raise OSError(f"its disk has less than {FULL_DISK_BYTES >> 20} MiB free")
             return self._evidence(result, frame, ts_ns, published_ns)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
-            self.evidence_failed += 1
-            self.metrics.evidence_failed.inc()
-            self._evidence_failed_log.log("evidence not written (%d so far), the results are recorded without it: %s",
-                                          self.evidence_failed, exc)  # fmt: skip
+            self._evidence_missed.add(id(result))
+            self._evidence_failed_log.log("evidence not written, its result is recorded without it: %s", exc)
             return None, None
 
     def _evidence(
