@@ -221,6 +221,38 @@ def test_a_database_that_is_down_for_a_while_loses_nothing(tmp_path, record_url)
     assert len(Record(record_url).results(limit=100)) == 10
 
 
+def test_a_change_to_the_daemon_made_while_the_database_is_down_is_recorded_once_it_is_back(
+    tmp_path, record_url, caplog
+):
+    """A threshold set, or a camera paused, while the database refuses the writer is the audit's
+    row all the same: it waits in memory and is written, in order and with the time it was made,
+    once the record answers; it was logged as lost and never written."""
+    writer = RecordWriter(record_url, tmp_path / "evidence").start()
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        with database_down(record_url):
+            before = time.time_ns()
+            writer.event("set-threshold", {"from": 1.0, "to": 1.2, "reason": "audit"}, "ann")
+            writer.event("pause", {"camera": "cam0"}, "bob")  # behind the first, whatever the record does
+            made = time.time_ns()
+            assert "the record cannot keep the set-threshold by ann now" in caplog.text
+            assert len(writer._events_waiting) == 2
+        assert wait_for(lambda: not writer._events_waiting, 20)
+        writer.close()
+    assert "change(s) to the daemon that waited for it" in caplog.text  # in one go or two: the writer's timing
+    rows = Record(record_url).events()[::-1]  # oldest first
+    assert [(r["kind"], r["by"]) for r in rows] == [("set-threshold", "ann"), ("pause", "bob")]
+    assert all(before <= r["ts_ns"] <= made for r in rows) and rows[0]["detail"]["reason"] == "audit"
+
+
+def test_changes_the_record_never_took_are_named_when_the_writer_stops(tmp_path, caplog):
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}", tmp_path / "evidence").start()
+    with caplog.at_level(logging.ERROR, logger="edge.record.writer"), database_down(f"sqlite:///{database}"):
+        writer.event("set-threshold", {"from": 1.0, "to": 1.2}, "ann")
+        writer.close(timeout=1)
+    assert "the record's writer stopped with changes to the daemon unrecorded: set-threshold by ann" in caplog.text
+
+
 def test_a_database_server_down_at_start_does_not_stop_the_line(tmp_path, record_url, caplog):
     """The box boots before the plant's database server: the writer starts, the results wait in
     its buffer, and they are recorded once the server answers. A SQLite file that cannot be

@@ -139,6 +139,9 @@ class RecordWriter:
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
         self._last_error: str | None = None  # the database's last refusal, while results wait
+        # Changes to the daemon (vqad ctl, a reload) that the record refused when they were made:
+        # an audit's rows, written by the writer thread once it answers (under self.lock).
+        self._events_waiting: collections.deque[dict[str, Any]] = collections.deque()
         self._log_unwritable(logging.ERROR)
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = run_id or uuid.uuid4().hex  # the daemon's, which its results name
@@ -304,16 +307,45 @@ class RecordWriter:
         )  # fmt: skip
 
     def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
-        """A change made to the running daemon, written at once (its own transaction). Its detail
-        names the daemon (`daemon`: the box's host name, and the run its result rows name as
+        """A change made to the running daemon, written at once (its own transaction), or, when
+        the record refuses it then, kept in memory and written by the writer thread, in order,
+        once the record answers (as results wait for it). Its detail names the daemon (`daemon`: the box's host name, and the run its result rows name as
         `daemon_run`): boxes on several lines may share one record, and an audit asks which
         line's threshold changed."""
-        detail = {**detail, "daemon": {"host": socket.gethostname(), "run": self.run_id}}
+        row = {"ts_ns": time.time_ns(), "kind": kind, "by": by,
+               "detail": {**detail, "daemon": {"host": socket.gethostname(), "run": self.run_id}}}  # fmt: skip
+        with self.lock:
+            # Behind earlier ones, in their order; or for the writer thread to bring the schema up.
+            if self._events_waiting or not self._migrated:
+                self._events_waiting.append(row)
+                self.lock.notify()
+                return
         try:
-            with self.engine.begin() as conn:
-                conn.execute(sa.insert(events).values(ts_ns=time.time_ns(), kind=kind, detail=detail, by=by))
+            self._insert_events([row])
         except sa.exc.SQLAlchemyError as exc:
-            log.error("the record could not keep the %s by %s: %s", kind, by, str(exc).splitlines()[0][:200])
+            with self.lock:
+                self._events_waiting.append(row)
+                self.lock.notify()
+            log.warning("the record cannot keep the %s by %s now (%s): it waits in memory and is written when the "
+                        "record answers", kind, by, str(exc).splitlines()[0][:200])  # fmt: skip
+
+    def _insert_events(self, rows: list[dict[str, Any]]) -> None:
+        """Audit rows in one transaction. SQLAlchemyError when the record refuses them."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(events), rows)
+
+    def _store_waiting_events(self) -> None:
+        """The changes that waited for the record, in their order (the writer thread)."""
+        with self.lock:
+            waiting = list(self._events_waiting)
+        if not waiting:
+            return
+        self._ensure_migrated()
+        self._insert_events(waiting)
+        with self.lock:
+            for _ in waiting:
+                self._events_waiting.popleft()
+        log.info("the record kept the %d change(s) to the daemon that waited for it", len(waiting))
 
     def close(self, timeout: float = 30.0) -> None:
         """Store what is buffered (within `timeout`), then stop; what is left is counted unrecorded."""
@@ -326,6 +358,9 @@ class RecordWriter:
         if left:
             self._count_unrecorded(left)
             log.error("the record's writer stopped with %d results unrecorded", left)
+        if self._events_waiting:
+            kinds = ", ".join(f"{e['kind']} by {e['by']}" for e in self._events_waiting)
+            log.error("the record's writer stopped with changes to the daemon unrecorded: %s", kinds)
         self.engine.dispose()
         log.info("record: %d results recorded, %d unrecorded", self.recorded, self.unrecorded)
 
@@ -334,15 +369,17 @@ class RecordWriter:
         pause = 0.0
         while True:
             with self.lock:
-                if not self.buffer and self.stopping:
+                if not self.buffer and not self._events_waiting and self.stopping:
                     return
                 if len(self.buffer) < BATCH_ROWS and not self.stopping:
                     self.lock.wait(FLUSH_S)
                 batch = [self.buffer[i] for i in range(min(BATCH_ROWS, len(self.buffer)))]
-            if not batch:
-                continue
+                if not batch and not self._events_waiting:
+                    continue
             try:
-                self._store(batch)
+                self._store_waiting_events()
+                if batch:
+                    self._store(batch)
             except sa.exc.SQLAlchemyError as exc:
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
@@ -405,12 +442,17 @@ class RecordWriter:
         self.unrecorded += n
         self.metrics.unrecorded.inc(n)
 
-    def _store(self, batch: list[tuple[Result, int, float]]) -> None:
-        if not self._migrated:  # the server did not answer at start; an OperationalError retries
+    def _ensure_migrated(self) -> None:
+        """The schema brought up to date, once: the server did not answer at start. An
+        OperationalError when it still does not."""
+        if not self._migrated:
             migrate(self.engine)
             self._migrated = True
             log.info("the record at %s answers now", self.where)
             self._report_previous_run()
+
+    def _store(self, batch: list[tuple[Result, int, float]]) -> None:
+        self._ensure_migrated()
         timed = [(result, pub, self._record_time(result, pub)) for result, pub, _queued in batch]
         self._pending = [
             [result.header["camera_id"], result.header["frame_id"], *map(str, self._evidence_paths(result, ts, pub))]
