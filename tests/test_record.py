@@ -483,6 +483,31 @@ def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_
         _serve_check_lines(database)
 
 
+def test_a_sqlite_write_its_disk_refuses_is_named_with_its_likeliest_cause(tmp_path):
+    """A review from the page, or `vqad review`, on a SQLite record whose disk the kernel made
+    read-only: SQLite's own words, the likeliest cause, and "cannot be written", not a server
+    that "does not answer"."""
+    from edge.dashboard.record_link import RecordLink
+
+    def refused(message: str) -> sa.exc.OperationalError:
+        return sa.exc.OperationalError("INSERT INTO reviews", {}, sqlite3.OperationalError(message))
+
+    assert store.database_reason(refused("attempt to write a readonly database")) == (
+        "attempt to write a readonly database (is its disk read-only? the kernel makes a failing SD card or eMMC so "
+        "after a write error: see dmesg)"
+    )
+    assert store.database_reason(refused("database is locked")) == "database is locked"
+    database = tmp_path / "line.db"
+    Record(f"sqlite:///{database}").close()  # made, as by the daemon
+    link = RecordLink(f"sqlite:///{database}")
+    try:
+        message = str(link.failed(refused("disk I/O error")))
+        assert message.startswith(f"the record at sqlite:///{database} cannot be written: disk I/O error (is its disk")
+        assert "does not answer" in str(link.failed(refused("unable to open database file")))
+    finally:
+        link.close()
+
+
 def test_a_full_buffer_counts_what_it_could_not_keep(tmp_path, record_url):
     writer = RecordWriter(record_url, tmp_path / "ev", max_buffer=5)  # not started
     for i in range(8):

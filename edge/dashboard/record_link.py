@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from edge.errors import DataError, RecordMissingError
 from edge.record import Record
-from edge.record.store import database_reason, is_sqlite, shown_url
+from edge.record.store import SQLITE_WRITE_REFUSALS, database_reason, is_sqlite, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class RecordLink:
     def failed(self, exc: sa.exc.SQLAlchemyError) -> RecordUnavailableError:
         """A query on the open record failed (its server went away): the reason, to raise or
         answer with. The engine reconnects by itself once the server is back."""
-        return RecordUnavailableError(f"the record at {self.where} does not answer: {database_reason(exc)}")
+        refused = is_sqlite(self.url) and str(getattr(exc, "orig", "")).startswith(SQLITE_WRITE_REFUSALS)
+        what = "cannot be written" if refused else "does not answer"
+        return RecordUnavailableError(f"the record at {self.where} {what}: {database_reason(exc)}")
 
     def close(self) -> None:
         if self._record is not None:

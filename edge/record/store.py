@@ -148,9 +148,17 @@ def is_sqlite(url: str) -> bool:
     return sa.make_url(record_url(url)).get_backend_name() == "sqlite"
 
 
+# What SQLite says when its file's disk refuses a write: the kernel makes a worn SD card or eMMC
+# read-only after a write error, and SQLite names neither the disk nor the cause.
+SQLITE_WRITE_REFUSALS = ("attempt to write a readonly database", "disk I/O error")
+READ_ONLY_HINT = "is its disk read-only? the kernel makes a failing SD card or eMMC so after a write error: see dmesg"
+
+
 def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
-    """The first line of what the database driver said, without SQLAlchemy's wrapping."""
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    """The first line of what the database driver said, without SQLAlchemy's wrapping; with a
+    SQLite write refused by its disk, the likeliest cause."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return f"{reason} ({READ_ONLY_HINT})" if reason.startswith(SQLITE_WRITE_REFUSALS) else reason
 
 
 def open_record(url: str, must_exist: bool = False) -> sa.Engine:

@@ -309,9 +309,10 @@ class RecordWriter:
     def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
         """A change made to the running daemon, written at once (its own transaction), or, when
         the record refuses it then, kept in memory and written by the writer thread, in order,
-        once the record answers (as results wait for it). Its detail names the daemon (`daemon`: the box's host name, and the run its result rows name as
-        `daemon_run`): boxes on several lines may share one record, and an audit asks which
-        line's threshold changed."""
+        once the record answers (as results wait for it). Its detail names the daemon
+        (`daemon`: the box's host name, and the run its result rows name as `daemon_run`): boxes
+        on several lines may share one record, and an audit asks which line's threshold
+        changed."""
         row = {"ts_ns": time.time_ns(), "kind": kind, "by": by,
                "detail": {**detail, "daemon": {"host": socket.gethostname(), "run": self.run_id}}}  # fmt: skip
         with self.lock:
