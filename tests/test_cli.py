@@ -23,6 +23,8 @@ from tests.conftest import ROOT, run_vqad
         (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--hwm", "0"], "--hwm: must be at least 1"),
         (["watch", "tcp://127.0.0.1:5556", "--count", "many"], "--count: expected an integer"),
+        (["watch", "--count", "3"], "one of the arguments ENDPOINT --results is required"),
+        (["watch", "tcp://127.0.0.1:5556", "--results", "tcp://127.0.0.1:5656"], "--results: not allowed with"),
         # Frames whose ids the daemon cannot read are dropped without a result.
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--camera-id", ""], "--camera-id: an id is 1..128"),
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--start-id", "-1"], "--start-id: must be at least 0"),

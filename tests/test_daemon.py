@@ -371,7 +371,8 @@ def test_a_live_source_counts_its_frame_ids_from_the_time_and_a_folder_from_0(tm
     try:
         for name, source in (("live", f"file://{video}"), ("folder", folder)):
             manifest = tmp_path / f"{name}.csv"
-            run_vqad("camera", source, "--to", endpoint, "--count", "3", "--manifest", manifest)
+            to = "--to" if name == "live" else "--frames"  # the same flag, as vqad serve names it
+            run_vqad("camera", source, to, endpoint, "--count", "3", "--manifest", manifest)
             received = [json.loads(pull.recv_multipart()[0])["frame_id"] for _ in range(3)]
             ids[name] = [int(r["frame_id"]) for r in csv.DictReader(open(manifest))]
             assert received == ids[name], (received, ids[name])
@@ -782,6 +783,7 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
                 "-m",
                 "vqad.cli",
                 "watch",
+                "--results",  # as vqad serve names it; the endpoint alone, as most tests give it
                 daemon.results,
                 "--save-dir",
                 str(tmp_path / "overlays"),

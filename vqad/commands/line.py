@@ -175,7 +175,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise OSError(errno.EACCES, f"{folder} is no folder this user may write in", str(args.summary_json))
     stop = _stop_on_sigterm()
     summary = run_watch(
-        args.endpoint,
+        args.endpoint or args.results,
         camera=args.camera,
         save_dir=args.save_dir,
         count=args.count,
@@ -684,7 +684,9 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
 def _add_camera(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("camera", help="send frames from a folder, video file, or device to the daemon")
     c.add_argument("source", help="folder of images, image or video file, device index, or URL")
-    c.add_argument("--to", required=True, metavar="ENDPOINT", help="the daemon's frames endpoint (vqad serve --frames)")
+    c.add_argument(
+        "--to", "--frames", required=True, metavar="ENDPOINT", help="the daemon's frames endpoint (vqad serve --frames)"
+    )
     c.add_argument("--fps", type=at_least(0, float), default=0.0, help="frames per second (0 = as fast as accepted)")
     c.add_argument("--camera-id", type=identifier, default="cam0", help="the camera's id in each frame (default cam0)")
     c.add_argument(
@@ -727,7 +729,9 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="print results; save overlays of failed frames")
-    w.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's results endpoint (vqad serve --results)")
+    where = w.add_mutually_exclusive_group(required=True)
+    where.add_argument("endpoint", nargs="?", metavar="ENDPOINT", help="the daemon's results endpoint (--results)")
+    where.add_argument("--results", metavar="ENDPOINT", help="the same, named as vqad serve and the dashboard name it")
     w.add_argument("--camera", type=identifier, metavar="ID", help="this camera's results only")
     w.add_argument("--save-dir", type=Path, metavar="DIR", help="save each failed frame's overlay here")
     w.add_argument("--count", type=at_least(0), default=0, help="exit after this many results")
