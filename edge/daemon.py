@@ -152,6 +152,8 @@ class Daemon:
         self.recorder = None  # edge.record.RecordWriter with --record
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
+        self._previous_unclean = False  # the run before this one left its running marker
+        self.stop_signal: str | None = None  # the signal that stopped the daemon (SIGTERM, SIGINT)
         self._state_lock: IO[str] | None = None  # edge.state.hold_state_folder's, held while serving
         self.state_dir = cfg.state_folder(model_dir)
         self.overrides = Overrides(self.state_dir / Overrides.FILE_NAME)  # what vqad ctl changed; loaded at start
@@ -181,6 +183,7 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: Any) -> None:
+            self.stop_signal = signal.Signals(signum).name  # for the record's "stop"
             self.should_exit.set()  # only a flag: the loops notice it
 
         signal.signal(signal.SIGTERM, handle)
@@ -214,6 +217,7 @@ class Daemon:
         if cfg.record:
             self._start_recorder()
         self._restore(Overrides.load(self.state_dir))
+        self._record_change("start", previous_exit="unclean" if self._previous_unclean else "clean")
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -388,6 +392,10 @@ class Daemon:
         self.outbox.put(STOP)
         for t in self.threads[1:]:
             t.join(timeout=max(10, self.cfg.linger_ms / 1000 + 5))
+        cause = (
+            f"the failure of its {', '.join(self.failed)}" if self.failed else self.stop_signal or "its main loop's end"
+        )
+        self._record_change("stop", cause=cause, accepted=self.accepted, published=self.published)
         self._release()
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
 
@@ -425,8 +433,17 @@ class Daemon:
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:
         self._state_lock = hold_state_folder(self.state_dir)  # before the marker: another daemon's is not a crash
-        self._marker = mark_running(self.state_dir, self.metrics)
+        self._marker, self._previous_unclean = mark_running(self.state_dir, self.metrics)
         self.previous_runs = follow_runs(self.state_dir, self.run_id)
+
+    def _record_change(self, kind: str, **detail: Any) -> None:
+        """The daemon's own start or stop in the record's changes, beside those `vqad ctl` makes:
+        an audit tells a line that was not inspected (the daemon stopped, or killed: a start
+        whose `previous_exit` is unclean) from one that made no parts."""
+        if self.recorder is not None:
+            scoring = self.serving.scoring
+            about = {"model": scoring.model, "threshold": scoring.threshold, "run": self.run_id}
+            self.recorder.event(kind, {**about, **detail, "pid": os.getpid()}, "vqad serve")
 
     def _restore(self, overrides: Overrides) -> None:
         """Put back what `vqad ctl` changed before the restart (edge.state.Overrides): its

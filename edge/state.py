@@ -95,17 +95,19 @@ def _holder(lock: IO[str]) -> str:
     return lock.read().strip()[:100] or "another process"
 
 
-def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
+def mark_running(state_dir: Path, metrics: DaemonMetrics) -> tuple[Path, bool]:
     """Check for a previous run that did not stop cleanly (log, count, metrics), then mark this
-    one as running. -> the marker, which a clean shutdown removes. A state folder whose disk is
+    one as running. -> the marker, which a clean shutdown removes, and whether the previous
+    run left its own (killed, crashed, or the power lost). A state folder whose disk is
     full is an error in the log, not a start refused: the line's inspection needs no disk, and
     under systemd a refused start is refused again every 2 s."""
     state_dir.mkdir(parents=True, exist_ok=True)
     marker = state_dir / "vqad-serve.running"
     state_file = state_dir / "vqad-serve.state.json"
     state = _read_state(state_file)
+    unclean = marker.exists()
     try:
-        if marker.exists():
+        if unclean:
             state["unclean_exits"] += 1
             log.warning(
                 "the previous daemon (%s) did not shut down cleanly; results it had not published are lost "
@@ -125,7 +127,7 @@ def mark_running(state_dir: Path, metrics: DaemonMetrics) -> Path:
             "this one stopped cleanly, nor keep what vqad ctl changes", state_dir, exc.strerror or exc,
         )  # fmt: skip
     metrics.unclean_exits.set(state["unclean_exits"])
-    return marker
+    return marker, unclean
 
 
 def _read_state(state_file: Path) -> dict[str, int]:

@@ -148,8 +148,8 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     }
     assert source["at"].startswith(time.strftime("%Y-", time.gmtime()))
     events = Record(url).events()
-    assert [e["kind"] for e in events][::-1] == ["set-threshold", "pause", "resume", "resume"]
-    assert events[-1]["by"] == "test" and events[-1]["detail"]["reason"] == "audit 42"
+    assert [e["kind"] for e in events][::-1] == ["start", "set-threshold", "pause", "resume", "resume", "stop"]
+    assert events[-2]["by"] == "test" and events[-2]["detail"]["reason"] == "audit 42"
     # Boxes on several lines may share a record: each change names its box, its run and its model.
     assert {e["detail"]["daemon"]["host"] for e in events} == {socket.gethostname()}
     assert len({e["detail"]["daemon"]["run"] for e in events}) == 1
@@ -188,7 +188,8 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     with reconfigured:
         status = _ctl(control, "status")
     assert status["threshold"] == 50 and status["paused"] == ["left"]
-    (event,) = Record(url).events()  # the audit says why the line's threshold changed
+    start, event = [e for e in Record(url).events() if e["kind"] != "stop"]  # why the line's threshold changed
+    assert (start["kind"], start["detail"]["threshold"]) == ("start", 50)  # after the drop: the one it serves
     assert (event["kind"], event["by"]) == ("threshold-dropped", "vqad serve (start)")
     package = load_package(tiny_model)
     model = {"name": package.name, "sha256": package.sha256}

@@ -970,6 +970,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
     writer.event("set-threshold", {"from": 2.0, "to": 2.5, "reason": "line 4", "model": other}, "carl")
     writer.event("reload", {"from": other, "to": other, "threshold": {"from": 2.5, "to": 2.0}}, "SIGHUP")
     writer.event("reload", {"from": model, "to": model, "threshold": {"from": 1.25, "to": 0.9}}, "SIGHUP")
+    run = {"model": model, "threshold": 0.9, "run": "5f0c" * 8}  # the daemon's own start and stop, as it records them
+    writer.event("start", {**run, "previous_exit": "unclean", "pid": 41}, "vqad serve")
+    writer.event("stop", {**run, "cause": "SIGTERM", "accepted": 12, "published": 12, "pid": 41}, "vqad serve")
     writer.close()
     with DashboardProcess(
         "--record", url, "--results", nowhere, "--record-cameras", "stand*,line3-*", log_path=tmp_path / "dashboard.log"
@@ -1000,10 +1003,13 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
                                                                              '[data-field="changes"] tr')]  # fmt: skip
             assert len(changes) == 20, changes  # the newest 20; line4-cam's pause in its own section
             assert not any("other-part" in c or "line 4" in c for c in changes), changes  # nor line 4's model
-            assert _field(driver, "standing", "changes-note") == "and 2 more: vqad records --daily"
-            assert "model m abababababab reloaded SIGHUP on " in changes[2]  # the same threshold: not named
-            assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[0], changes
-            assert "threshold 1.000 → 1.250: audit 42" in changes[1] and "ann on " in changes[1], changes
+            assert _field(driver, "standing", "changes-note") == "and 4 more: vqad records --daily"
+            assert "vqad serve stopped (SIGTERM) after 12 results vqad serve on " in changes[0], changes
+            assert "vqad serve started: model m abababababab, threshold 0.9000; the run before it ended without " \
+                   "stopping (killed, crashed or the power lost)" in changes[1], changes  # fmt: skip
+            assert "model m abababababab reloaded SIGHUP on " in changes[4]  # the same threshold: not named
+            assert "model m abababababab reloaded, threshold 1.250 → 0.9000" in changes[2], changes
+            assert "threshold 1.000 → 1.250: audit 42" in changes[3] and "ann on " in changes[3], changes
             tiles[0].click()  # frame 2, whose heat map loads
             assert wait_for(lambda: driver.execute_script(
                 "return document.getElementById('detail-overlay').naturalWidth") > 0, 5)  # fmt: skip

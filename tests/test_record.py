@@ -1900,6 +1900,14 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert (f"at least {expected} of it have no row" in text) if expected else ("are all recorded" in text), text[
         -2000:
     ]
+    # The record's changes tell the audit when the line was inspected: the killed run has no stop,
+    # and the next start says the run before it ended without one.
+    changes = [(e["kind"], e["by"], e["detail"]) for e in Record(url).events()][::-1]
+    assert [(kind, by) for kind, by, _ in changes] == [("start", "vqad serve")] * 2 + [("stop", "vqad serve")]
+    first, second, stop = (detail for _, _, detail in changes)
+    assert first["previous_exit"] == "clean" and second["previous_exit"] == "unclean"
+    assert first["run"] != second["run"] == stop["run"] and second["model"]["sha256"] == first["model"]["sha256"]
+    assert stop["cause"] == "SIGTERM" and stop["published"] == stop["accepted"]  # frames the camera had queued
 
 
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):

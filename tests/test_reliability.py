@@ -207,7 +207,7 @@ def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path
     monkeypatch.setattr("edge.state.replace_synced", lambda *args: full(None))
     metrics = DaemonMetrics()
     with caplog.at_level(logging.WARNING, logger="edge.state"):
-        marker = mark_running(tmp_path, metrics)
+        marker, _unclean = mark_running(tmp_path, metrics)
     assert marker == tmp_path / "vqad-serve.running"
     assert "the previous daemon (pid 41 started" in caplog.text and metrics.unclean_exits._value.get() == 1
     assert f"the state folder {tmp_path} cannot be written (No space left on device): the daemon serves" in (

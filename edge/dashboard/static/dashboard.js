@@ -245,8 +245,8 @@ async function loadDaily(cam, id) {
 // A deploy script that reloads after every copy makes a change an hour: the newest are shown.
 const CHANGES_SHOWN = 20;
 
-// The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, a start that dropped
-// a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
+// The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, its starts and stops, a
+// start that dropped a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
 // pause or resume is left to its own section, and so is a change to a model that scored none of
 // this camera's results in those days (`days`: its tally's rows): another line's daemon, on a
 // record boxes share.
@@ -293,6 +293,11 @@ function changeText(e) {
       const threshold = t && t.from !== t.to ? `, threshold ${num(t.from)} → ${num(t.to)}` : "";
       return (same ? `model ${model(d.to)} reloaded` : `model ${model(d.from)} → ${model(d.to)}`) + threshold;
     }
+    case "start": {
+      const before = d.previous_exit === "unclean" ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
+      return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}`;
+    }
+    case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
     case "pause": return `camera ${d.camera} paused`;
     case "resume": return `camera ${d.camera} resumed`;
     default: return `${e.kind} ${JSON.stringify(d)}`;
