@@ -493,8 +493,8 @@ def test_a_sqlite_write_its_disk_refuses_is_named_with_its_likeliest_cause(tmp_p
         return sa.exc.OperationalError("INSERT INTO reviews", {}, sqlite3.OperationalError(message))
 
     assert store.database_reason(refused("attempt to write a readonly database")) == (
-        "attempt to write a readonly database (is its disk read-only? the kernel makes a failing SD card or eMMC so "
-        "after a write error: see dmesg)"
+        "attempt to write a readonly database (is its disk read-only? the kernel makes a failing SD card or eMMC "
+        "read-only after a write error (see dmesg))"
     )
     assert store.database_reason(refused("database is locked")) == "database is locked"
     database = tmp_path / "line.db"

@@ -511,6 +511,10 @@ def network_filesystem_note(database: Path) -> str | None:
             "off it")  # fmt: skip
 
 
+# Why a disk an edge box writes to turns read-only, said where that shows: the kernel's doing.
+FAILING_DISK = "the kernel makes a failing SD card or eMMC read-only after a write error (see dmesg)"
+
+
 def unwritable_note(path: Path, what: str) -> str | None:
     """A line when no file can be written where `path` is (or would be: its nearest existing
     parent), by trying; None when one can. SQLite then says only "disk I/O error", and the
@@ -525,9 +529,8 @@ def unwritable_note(path: Path, what: str) -> str | None:
     except OSError as exc:
         if exc.errno != errno.EROFS:
             return f"{what} {path} cannot be written ({folder}: {exc.strerror or exc})"
-    return (f"{what} {path} is on a read-only filesystem ({folder}): the kernel makes a failing SD card or "
-            "eMMC read-only after a write error (see dmesg); nothing is written there until it is writable "
-            "again")  # fmt: skip
+    after = "nothing is written there until it is writable again"
+    return f"{what} {path} is on a read-only filesystem ({folder}): {FAILING_DISK}; {after}"
 
 
 def _size(path: Path) -> int:

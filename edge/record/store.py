@@ -27,7 +27,7 @@ from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
-from edge.record.housekeeping import BUSY_TIMEOUT_MS, free_bytes, sqlite_file
+from edge.record.housekeeping import BUSY_TIMEOUT_MS, FAILING_DISK, free_bytes, sqlite_file
 from edge.record.schema import events, migrate, results, reviews, stored_removed
 
 log = logging.getLogger(__name__)
@@ -148,17 +148,15 @@ def is_sqlite(url: str) -> bool:
     return sa.make_url(record_url(url)).get_backend_name() == "sqlite"
 
 
-# What SQLite says when its file's disk refuses a write: the kernel makes a worn SD card or eMMC
-# read-only after a write error, and SQLite names neither the disk nor the cause.
+# What SQLite says when its file's disk refuses a write, naming neither the disk nor the cause.
 SQLITE_WRITE_REFUSALS = ("attempt to write a readonly database", "disk I/O error")
-READ_ONLY_HINT = "is its disk read-only? the kernel makes a failing SD card or eMMC so after a write error: see dmesg"
 
 
 def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
     """The first line of what the database driver said, without SQLAlchemy's wrapping; with a
     SQLite write refused by its disk, the likeliest cause."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    return f"{reason} ({READ_ONLY_HINT})" if reason.startswith(SQLITE_WRITE_REFUSALS) else reason
+    return f"{reason} (is its disk read-only? {FAILING_DISK})" if reason.startswith(SQLITE_WRITE_REFUSALS) else reason
 
 
 def open_record(url: str, must_exist: bool = False) -> sa.Engine:

@@ -245,9 +245,9 @@ async function loadDaily(cam, id) {
 // A deploy script that reloads after every copy makes a change an hour: the newest are shown.
 const CHANGES_SHOWN = 20;
 
-// The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, its starts and stops, a
-// start that dropped a kept threshold), newest first: what explains a day whose fail rate moved. Another camera's
-// pause or resume is left to its own section, and so is a change to a model that scored none of
+// The changes made to the daemon in the tally's days (`vqad ctl`, SIGHUP, its starts and stops,
+// a start that dropped a kept threshold), newest first: what explains a day whose fail rate
+// moved, and when the line was not inspected. Another camera's pause or resume is left to its own section, and so is a change to a model that scored none of
 // this camera's results in those days (`days`: its tally's rows): another line's daemon, on a
 // record boxes share.
 function drawChanges(cam, id, changes, days) {
@@ -294,7 +294,8 @@ function changeText(e) {
       return (same ? `model ${model(d.to)} reloaded` : `model ${model(d.from)} → ${model(d.to)}`) + threshold;
     }
     case "start": {
-      const before = d.previous_exit === "unclean" ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
+      const before = d.previous_exit === "unclean"
+        ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
       return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}`;
     }
     case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
