@@ -217,7 +217,6 @@ class Daemon:
         if cfg.record:
             self._start_recorder()
         self._restore(Overrides.load(self.state_dir))
-        self._record_change("start", previous_exit="unclean" if self._previous_unclean else "clean")
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -226,6 +225,7 @@ class Daemon:
         ]  # fmt: skip
         for t in self.threads:
             t.start()
+        self._record_change("start", previous_exit="unclean" if self._previous_unclean else "clean")  # serving now
         self.metrics.ready.set(1)
         self._log_ready()
         if self.ready_file:
