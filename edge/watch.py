@@ -214,8 +214,9 @@ class DaemonSilence:
     def _record(self, record: dict[str, Any]) -> None:
         behind = (record.get("behind_s") or 0.0) >= RECORD_BEHIND_S
         if behind and not self.record_behind:
-            log.warning("the daemon at %s says its record is %.0f s behind (%s results wait for their rows)",
-                        self.endpoint, record["behind_s"], record.get("pending", "?"))  # fmt: skip
+            why = f"; the record's last error: {record['error']}" if record.get("error") else ""
+            log.warning("the daemon at %s says its record is %.0f s behind (%s results wait for their rows%s)",
+                        self.endpoint, record["behind_s"], record.get("pending", "?"), why)  # fmt: skip
         elif self.record_behind and not behind:
             log.info("the daemon at %s says its record has caught up", self.endpoint)
         self.record_behind = behind

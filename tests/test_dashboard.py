@@ -105,12 +105,15 @@ def test_without_metrics_the_heartbeat_says_how_far_behind_the_record_is():
     beat = {"ts_ns": time.time_ns(), "every_s": 1.0, "threshold": 1.0, "stalled": False, "record": None}
     view.heartbeat(beat)
     assert page._summary()["daemon"]["record_behind"] is False
-    view.heartbeat(beat | {"record": {"pending": 900, "behind_s": 75.2, "unrecorded": 4}})
+    view.heartbeat(beat | {"record": {"pending": 900, "behind_s": 75.2, "unrecorded": 4}})  # an older daemon's
     said = page._summary()["daemon"]
-    assert said["record_behind"] is True and said["record_behind_s"] == 75.2
+    assert said["record_behind"] is True and said["record_behind_s"] == 75.2 and said["record_error"] is None
     assert said["record_pending"] == 900 and said["unrecorded"] == 4
-    view.heartbeat(beat | {"record": {"pending": 3, "behind_s": 0.4, "unrecorded": 4}})
-    assert page._summary()["daemon"]["record_behind"] is False
+    refused = "disk I/O error (is its disk read-only? …)"  # the database's last refusal, for the pill to say
+    view.heartbeat(beat | {"record": {"pending": 950, "behind_s": 80.0, "unrecorded": 4, "error": refused}})
+    assert page._summary()["daemon"]["record_error"] == refused
+    view.heartbeat(beat | {"record": {"pending": 3, "behind_s": 0.4, "unrecorded": 4, "error": None}})
+    assert page._summary()["daemon"]["record_behind"] is False and page._summary()["daemon"]["record_error"] is None
 
 
 def test_the_results_the_pages_feed_missed_are_counted_by_the_gaps_in_their_seq():
@@ -345,7 +348,9 @@ RECORD_STATES = """
 const el = document.createElement("span"), seen = [];
 for (const d of [{unrecorded: 0, record_behind: false, record_behind_s: 0.2},
                  {unrecorded: 0, record_behind: true, record_behind_s: 95.2},
-                 {unrecorded: 4, record_behind: true, record_behind_s: 95.2}]) {
+                 {unrecorded: 4, record_behind: true, record_behind_s: 95.2},
+                 {unrecorded: 0, record_behind: true, record_behind_s: 95.2, record_error: "disk I/O error"},
+                 {unrecorded: 0, record_behind: false, record_behind_s: 0.1, record_error: "disk I/O error"}]) {
   drawRecordState(el, d);
   seen.push(el.hidden ? [true, ""] : [false, el.textContent, el.className]);
 }
@@ -504,6 +509,8 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
             [True, ""],
             [False, "record: 95 s behind", "pill warn"],
             [False, "record: 4 results unrecorded, 95 s behind", "pill bad"],
+            [False, "record: 95 s behind: disk I/O error", "pill warn"],  # why, while it refuses
+            [True, ""],  # a refusal within the minute: no pill yet
         ]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)

@@ -296,7 +296,8 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
             conn.rollback()
             assert wait_for(lambda: writer.recorded == 3, 10)
             writer.watch_lag()
-        assert writer.behind_s() == 0.0 and writer.status() == {"pending": 0, "behind_s": 0.0, "unrecorded": 0}
+        assert writer.behind_s() == 0.0 and writer.status() == {"pending": 0, "behind_s": 0.0, "unrecorded": 0,
+                                                                "error": None}  # held, never refused  # fmt: skip
         behind = [r.getMessage() for r in caplog.records if "behind: 3 results wait" in r.getMessage()]
         assert len(behind) == 1 and "the record is" in behind[0]
         assert "the record has caught up after" in caplog.text
@@ -467,6 +468,7 @@ def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_
         assert wait_for(lambda: writer.metrics.record_errors._value.get() >= 3, 20)  # retried twice or more
         assert wait_for(lambda: writer.behind_s() >= 0.6, 5)
         writer.watch_lag()
+        assert writer.status()["error"].startswith("disk I/O error (is its disk read-only?")  # for the heartbeat
         read_only.clear()
         assert wait_for(lambda: writer.recorded == 3, 20)
         writer.close()
@@ -474,8 +476,9 @@ def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_
     named = [line for line in lines if "is on a read-only filesystem" in line]
     assert named and all(f"the record {database} is on a read-only filesystem ({tmp_path})" in n for n in named)
     assert "a failing SD card or eMMC" in named[0] and len(named) == 2  # at start, and with the outage's line
-    assert any("behind: 3 results wait for their rows (the last error: (sqlite3.OperationalError) disk I/O" in line
+    assert any("behind: 3 results wait for their rows (the last error: disk I/O error (is its disk read-only?" in line
                for line in lines)  # fmt: skip
+    assert writer.status()["error"] is None  # answered again
     assert writer.evidence_failed == 0 and writer.metrics.evidence_failed._value.get() == 0  # written at last
     assert all(row["evidence"] for row in Record(f"sqlite:///{database}").results(limit=10))
     read_only.set()

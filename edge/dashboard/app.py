@@ -236,6 +236,7 @@ class Dashboard:
             "drift": {camera: v for d in each for camera, v in (d.get("drift") or {}).items()},
             **{key: _at_most(sum, each, key) for key in ("queue_depth", "reloads", "reload_failures")},
             "record_behind_s": _at_most(max, each, "record_behind_s"),
+            "record_error": next((d["record_error"] for d in each if d.get("record_error")), None),
             "record_pending": _at_most(sum, each, "record_pending"),
             "unrecorded": _at_most(sum, each, "unrecorded"),
         }
@@ -254,11 +255,13 @@ class Dashboard:
                 said.update(up=False, ready=False, never_heard_s=round(unheard, 1))
             return said
         age, header = beat
-        said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source")}
+        record = header.get("record") or {}
+        said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
+                "record_error": record.get("error")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))
-            if record := header.get("record"):
+            if record:
                 said.update(record_pending=record.get("pending"), record_behind_s=record.get("behind_s"),
                             unrecorded=record.get("unrecorded"))  # fmt: skip
         return said

@@ -41,7 +41,7 @@ from edge.record.housekeeping import (
     unwritable_note,
 )
 from edge.record.schema import events, migrate, results
-from edge.record.store import create_engine, is_sqlite, open_record, record_url, shown_url
+from edge.record.store import create_engine, database_reason, is_sqlite, open_record, record_url, shown_url
 from edge.results import Result
 from edge.state import write_whole
 
@@ -206,8 +206,10 @@ class RecordWriter:
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat says of the record: results waiting for their rows, how long the
-        oldest has waited, and how many will have none."""
-        return {"pending": len(self.buffer), "behind_s": round(self.behind_s(), 1), "unrecorded": self.unrecorded}
+        oldest has waited, how many will have none, and the database's last refusal while it
+        refuses (None otherwise)."""
+        return {"pending": len(self.buffer), "behind_s": round(self.behind_s(), 1), "unrecorded": self.unrecorded,
+                "error": self._last_error}  # fmt: skip
 
     def watch_lag(self) -> None:
         """Log once when the record falls RECORD_BEHIND_S behind, and once when it has caught up.
@@ -384,7 +386,7 @@ class RecordWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
-                self._last_error = str(exc).splitlines()[0][:200]
+                self._last_error = database_reason(exc)[:300]
                 message = "the record is unavailable (%s); %d results wait, retrying every %.0f s at most"
                 if self._outage_log.log(message, self._last_error, len(self.buffer), RETRY_MAX_S):
                     self._log_unwritable(logging.WARNING)

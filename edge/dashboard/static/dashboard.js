@@ -149,13 +149,15 @@ function endpointName(endpoint) { return String(endpoint).replace(/^[a-z]+:\/\//
 
 // The record's trouble, shown only while there is some: results that will have no row (since
 // the daemon started), or a record that has fallen behind the line (its rejects cannot be
-// reviewed yet, and a program catching up from the record misses them).
+// reviewed yet, and a program catching up from the record misses them), with the database's
+// last refusal when there is one (a read-only disk, a server gone).
 function drawRecordState(el, d) {
   const parts = [];
   if (d.unrecorded) parts.push(`${d.unrecorded} results unrecorded`);
   if (d.record_behind) parts.push(`${Math.round(d.record_behind_s)} s behind`);
   el.hidden = parts.length === 0;
-  if (parts.length) pill(el, `record: ${parts.join(", ")}`, d.unrecorded ? "bad" : "warn");
+  const why = d.record_error ? `: ${d.record_error}` : "";
+  if (parts.length) pill(el, `record: ${parts.join(", ")}${why}`, d.unrecorded ? "bad" : "warn");
 }
 
 // Where the serving threshold came from, in a few words: the operator's and the auditor's
