@@ -204,12 +204,16 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record
         for behind_s, pending in ((0.2, 1), (61.0, 1800), (95.0, 2900), (0.0, 0)):  # the record's, once each way
             silence.beat(heartbeat_message({**beat, "record": {"pending": pending, "behind_s": behind_s}}))
         silence.beat(heartbeat_message({**beat, "record": None}))  # a daemon without a record
+        refused = {"pending": 1900, "behind_s": 62.0, "error": "disk I/O error (is its disk read-only? …)"}
+        silence.beat(heartbeat_message({**beat, "record": refused}))  # behind, and the database says why
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
         "the daemon at tcp://127.0.0.1:5556 says its inference runs again",
         "the daemon at tcp://127.0.0.1:5556 says its record is 61 s behind (1800 results wait for their rows)",
         "the daemon at tcp://127.0.0.1:5556 says its record has caught up",
+        "the daemon at tcp://127.0.0.1:5556 says its record is 62 s behind (1900 results wait for their rows; "
+        "the record's last error: disk I/O error (is its disk read-only? …))",
     ]
 
 
