@@ -386,10 +386,10 @@ class RecordWriter:
             except sa.exc.SQLAlchemyError as exc:
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
-                self._last_error = database_reason(exc)[:300]
+                self._last_error = database_reason(exc)[:300]  # with its likeliest cause, for the heartbeat
                 message = "the record is unavailable (%s); %d results wait, retrying every %.0f s at most"
-                if self._outage_log.log(message, self._last_error, len(self.buffer), RETRY_MAX_S):
-                    self._log_unwritable(logging.WARNING)
+                if self._outage_log.log(message, str(exc).splitlines()[0][:200], len(self.buffer), RETRY_MAX_S):
+                    self._log_unwritable(logging.WARNING)  # the log names the read-only folder itself
                 if self.stopping and pause >= RETRY_MAX_S:
                     return  # shutting down against a database that stays down: close() counts the rest
                 time.sleep(pause)
@@ -535,7 +535,7 @@ class RecordWriter:
             return self._evidence(result, frame, ts_ns, published_ns)
         except Exception as exc:  # noqa: BLE001 - a full disk, or a frame no codec takes: the row stays
             self._evidence_missed.add(id(result))
-            self._evidence_failed_log.log("evidence not written, its result is recorded without it: %s", exc)
+            self._evidence_failed_log.log("evidence not written (its row, when stored, goes without it): %s", exc)
             return None, None
 
     def _evidence(
