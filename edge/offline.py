@@ -85,10 +85,11 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
     """The batch's verdicts in its order: an unreadable image is an error result, as a
     malformed frame is on the line, and the others are scored together."""
     verdicts: dict[int, Scored] = {}
-    pending: list[tuple[Path, Pending, np.ndarray]] = []
+    pending: list[tuple[Path, Pending, np.ndarray | None]] = []
     for index, path in batch:
         try:
-            pending.append((path, *_pending(serving, index, path)))
+            ready, image = _pending(serving, index, path)
+            pending.append((path, ready, image if out is not None else None))  # a batch of full frames: only to draw
         except DataError as exc:
             now = time.time_ns()
             error = error_result(CAMERA_ID, index, now, str(exc), now, serving.scoring, path.name[:128])
