@@ -286,6 +286,25 @@ def test_calibrate_refuses_what_it_cannot_use(tiny_model, synth_root, tmp_path, 
     assert (tiny_model / "model.json").read_text() == before  # nothing written
 
 
+def test_a_package_on_a_read_only_mount_is_refused_before_its_images_are_scored(tmp_path, monkeypatch):
+    """The new threshold goes into the package's model.json: on a read-only mount (an image-based
+    update of an edge box), the calibration scored every image (minutes there) and then failed
+    to write it. The refusal comes first now, naming the folder and what to do."""
+    import os
+    import types
+
+    from vqad.commands import model as model_commands
+
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)  # what a read-only mount answers
+    monkeypatch.setattr(os, "statvfs", lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(OSError) as refused:
+        model_commands._writable_before_scoring(tmp_path)
+    assert refused.value.filename == str(tmp_path)
+    assert refused.value.strerror.startswith("the new threshold is written there, and it is read-only: calibrate")
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    model_commands._writable_before_scoring(tmp_path)  # a writable folder passes
+
+
 def test_choosing_the_map_scale_from_confirmed_defects(tiny_run, synth_root, tmp_path, line_good):
     from train.recalibrate import SCALES
     from train.run import load_run

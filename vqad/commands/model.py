@@ -144,10 +144,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_before_scoring(folder: Path) -> None:
+    """OSError (exit 7) unless `folder`, where the new threshold is written, can be written: found
+    before the images are scored (minutes on an edge box), not after. A package on a read-only
+    mount (an image-based update of the box) is calibrated as a copy."""
+    import errno
+    import os
+
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        reason = "read-only" if os.statvfs(folder).f_flag & os.ST_RDONLY else "not writable by this user"
+        raise OSError(errno.EACCES, f"the new threshold is written there, and it is {reason}: calibrate a copy "
+                      "in a folder this user writes, and serve that", str(folder))  # fmt: skip
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """A run's or a model package's threshold, on new good images; a package needs no torch."""
     from edge.errors import DataError
 
+    _writable_before_scoring(args.target)
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
