@@ -18,16 +18,19 @@ from pathlib import Path
 
 def write_synced(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` and wait until it is on the disk (fsync). OSError as the disk says
-    (a full disk: ENOSPC), and no part of the file is left. The folder's new entry is synced by
-    `sync_folders`."""
-    with open(path, "wb") as f:  # a file that cannot be opened is left as it is
-        try:
+    (a full disk: ENOSPC), naming the file, and no part of the file is left. The folder's new
+    entry is synced by `sync_folders`."""
+    f = open(path, "wb")  # a file that cannot be opened is left as it is
+    try:
+        with f:  # its close flushes again, and fails again, on a full disk: caught here too
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        except OSError:
-            Path(path).unlink(missing_ok=True)
-            raise
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        if exc.filename is None:  # a write to an open file names none: "No space left" of what?
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def sync_file(path: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -187,6 +188,28 @@ def test_sigkill_then_restart_is_clean_and_reported(tiny_model):
     assert "did not shut down cleanly" in second.log_text()
     assert "vqad-serve.state.json is unreadable" in second.log_text()
     assert json.loads((ipc / "vqad-serve.state.json").read_text()) == {"unclean_exits": 1}
+
+
+def test_a_file_written_to_a_full_disk_is_named_and_left_out(tmp_path):
+    """A full disk fails the write to an open file, which names no file ("No space left on
+    device" of what?), and its close flushes and fails again, hiding the first error. The
+    error names the file now, and no part of it is left. /dev/full answers every write so."""
+    from edge.durable import replace_synced, write_synced
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    target = tmp_path / "checkpoint.pt"
+    target.symlink_to("/dev/full")  # a file on a disk with no room left
+    for data in (b"x" * 100, b"x" * 2**20):  # held in the file's buffer until its close, or written at once
+        with pytest.raises(OSError) as full:
+            write_synced(target, data)
+        assert full.value.errno == errno.ENOSPC and full.value.filename == str(target)
+        assert not os.path.lexists(target)
+        target.symlink_to("/dev/full")
+    (tmp_path / "model.json.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left") as full:
+        replace_synced(tmp_path / "model.json", b"{}")
+    assert full.value.filename == str(tmp_path / "model.json.tmp") and not (tmp_path / "model.json").exists()
 
 
 def test_a_full_state_folder_is_an_error_in_the_log_not_a_start_refused(tmp_path, monkeypatch, caplog):

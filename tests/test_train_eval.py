@@ -157,6 +157,35 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
         assert "maps peak" not in proc.stdout  # no masks: where a peak lies says nothing
 
 
+def test_a_training_its_disk_cannot_hold_is_refused_at_the_start_not_at_its_first_save(tmp_path, monkeypatch):
+    """A run folder on a nearly full disk trained for its whole budget and then failed to write
+    its checkpoint: an hour lost on this CPU. The room two checkpoints need is checked first."""
+    import collections
+
+    from train import loop
+    from train.checkpoint import save_checkpoint
+    from train.config import ModelConfig
+    from train.pipeline import InspectionModel
+
+    model = InspectionModel(ModelConfig(image_size=(320, 128)))  # the shipped model, at KolektorSDD's size
+    opt = loop.torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda _path: Usage(10**9, 10**9, 2**20))
+    with pytest.raises(OSError) as full:
+        loop.check_room_for_checkpoints(tmp_path, model)
+    assert full.value.errno == 28 and full.value.filename == str(tmp_path)
+    assert "its disk has 1.0 MiB free, and the training needs about" in full.value.strerror
+    needed = float(full.value.strerror.split("needs about ")[1].split(" MiB")[0]) * 2**20
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda _path: Usage(10**9, 0, int(needed) + 2**20))
+    loop.check_room_for_checkpoints(tmp_path, model)  # room enough
+    for p in model.parameters():  # AdamW's moments, as after a step
+        p.grad = loop.torch.zeros_like(p)
+    opt.step()
+    save_checkpoint(tmp_path / "checkpoint.pt", model.state_dict(), {}, opt.state_dict())
+    written = (tmp_path / "checkpoint.pt").stat().st_size
+    assert abs((needed - loop.RUN_MARGIN_BYTES) - 2 * written) <= 0.03 * 2 * written  # the file's size, near enough
+
+
 def test_metrics_csv_has_the_training_scalars(tiny_run):
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(5, 201, 5))

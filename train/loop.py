@@ -312,6 +312,8 @@ def set_up(
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
+    if dist.main:
+        check_room_for_checkpoints(run_dir, model)
     amp_dtype = autocast_dtype(device, train_cfg.precision)
     log.info("training forward pass in %s", "bf16 autocast" if amp_dtype is not None else "fp32")
     s = Session(
@@ -331,6 +333,24 @@ def set_up(
             # A bar redraws itself with carriage returns: in a log it is one line of megabytes.
             s.progress_lines, s.progress_at = progress, time.monotonic()
     return s
+
+
+# Room a run's disk keeps beyond its checkpoints: the metrics, the plots, eval's pictures.
+RUN_MARGIN_BYTES = 16 * 2**20
+
+
+def check_room_for_checkpoints(run_dir: Path, model: torch.nn.Module) -> None:
+    """OSError (ENOSPC, exit 7) when the run's disk cannot hold two checkpoints (each one is
+    written beside the one it replaces): found at the start, not at the first save, which
+    would lose every step before it. A checkpoint is the state dict (weights and buffers) and
+    AdamW's two moments of each trained weight: about 8.3 MiB for the shipped model."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need, free = 2 * (state + moments) + RUN_MARGIN_BYTES, shutil.disk_usage(run_dir).free
+    if free < need:
+        raise OSError(28, f"its disk has {free / 2**20:.1f} MiB free, and the training needs about "
+                      f"{need / 2**20:.1f} MiB for its checkpoints: free some, or train into another folder (--out)",
+                      str(run_dir))  # fmt: skip
 
 
 def _lineage(
