@@ -20,6 +20,7 @@ the run is data-parallel (DDP; gloo on CPU, NCCL on GPU) and only rank 0 writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -348,7 +349,7 @@ def check_room_for_checkpoints(run_dir: Path, model: torch.nn.Module) -> None:
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     need, free = 2 * (state + moments) + RUN_MARGIN_BYTES, shutil.disk_usage(run_dir).free
     if free < need:
-        raise OSError(28, f"its disk has {free / 2**20:.1f} MiB free, and the training needs about "
+        raise OSError(errno.ENOSPC, f"its disk has {free / 2**20:.1f} MiB free, and the training needs about "
                       f"{need / 2**20:.1f} MiB for its checkpoints: free some, or train into another folder (--out)",
                       str(run_dir))  # fmt: skip
 
