@@ -17,6 +17,7 @@ import torch
 
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images
+from edge.progress import progress
 from train.data import load_images
 from train.run import load_run
 
@@ -46,7 +47,7 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     images = load_images(paths, cfg.input_format)
     K = cfg.codebook_size
     chunks = []
-    for batch in batched(images, batch_size):
+    for batch in progress(batched(images, batch_size), "embedding", total=-(-len(images) // batch_size), unit="batch"):
         z_q, codes = run.model.encode_frames(torch.from_numpy(batch))  # (B,D,h,w), (B,h,w)
         if kind == "codes":
             chunks.append(codes.numpy().astype(np.int32))
