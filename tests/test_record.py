@@ -1911,6 +1911,9 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert first["previous_exit"] == "clean" and second["previous_exit"] == "unclean"
     assert first["run"] != second["run"] == stop["run"] and second["model"]["sha256"] == first["model"]["sha256"]
     assert stop["cause"] == "SIGTERM" and stop["published"] == stop["accepted"]  # frames the camera had queued
+    table = run_vqad("records", db, "--daily").stdout  # in words, as the dashboard says them
+    assert f"run {second['run'][:12]} started, threshold " in table and "ended without stopping (killed" in table
+    assert f"run {second['run'][:12]} stopped (SIGTERM) after {stop['published']} results" in table, table
 
 
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):

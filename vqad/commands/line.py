@@ -459,8 +459,21 @@ def _change_line(event: dict, zone: dt.tzinfo) -> str:
     where = f" on {daemon['host']}" if isinstance(daemon, dict) and daemon.get("host") else ""
     if isinstance(model, dict) and model.get("sha256"):
         where += f" (model {model.get('name')} {str(model['sha256'])[:12]})"
-    said = json.dumps(detail, default=str)
+    said = _daemon_run_said(event["kind"], detail) or json.dumps(detail, default=str)
     return f"{_local_time(event['ts_ns'], zone)} {event['kind']} by {event['by'] or '-'}{where}: {said}"
+
+
+def _daemon_run_said(kind: str, detail: dict) -> str | None:
+    """The daemon's own start or stop in words, as the dashboard says them (None for the other
+    changes: their detail is shown whole). The run names what its results' `daemon_run` names."""
+    run = str(detail.get("run", ""))[:12]
+    if kind == "start":
+        before = ("; the run before it ended without stopping (killed, crashed or the power lost)"
+                  if detail.get("previous_exit") == "unclean" else "")  # fmt: skip
+        return f"run {run} started, threshold {detail.get('threshold')}{before}"
+    if kind == "stop":
+        return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results"
+    return None
 
 
 def _line_days(args: argparse.Namespace):
