@@ -153,6 +153,7 @@ class Daemon:
         self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
         self._marker: Path | None = None
         self._previous_unclean = False  # the run before this one left its running marker
+        self._stop_change: tuple[str, dict[str, Any], str] | None = None  # the record's last row of this run
         self.stop_signal: str | None = None  # the signal that stopped the daemon (SIGTERM, SIGINT)
         self._state_lock: IO[str] | None = None  # edge.state.hold_state_folder's, held while serving
         self.state_dir = cfg.state_folder(model_dir)
@@ -225,7 +226,8 @@ class Daemon:
         ]  # fmt: skip
         for t in self.threads:
             t.start()
-        self._record_change("start", previous_exit="unclean" if self._previous_unclean else "clean")  # serving now
+        if self.recorder is not None:  # serving now
+            self.recorder.event(*self._change("start", previous_exit="unclean" if self._previous_unclean else "clean"))
         self.metrics.ready.set(1)
         self._log_ready()
         if self.ready_file:
@@ -395,7 +397,7 @@ class Daemon:
         cause = (
             f"the failure of its {', '.join(self.failed)}" if self.failed else self.stop_signal or "its main loop's end"
         )
-        self._record_change("stop", cause=cause, accepted=self.accepted, published=self.published)
+        self._stop_change = self._change("stop", cause=cause, accepted=self.accepted, published=self.published)
         self._release()
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
 
@@ -414,7 +416,7 @@ class Daemon:
         if self._decoders is not None:
             self._decoders.close(timeout=5)  # after the receiver's own close: a start that failed
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(last_change=self._stop_change)  # after the results it counts
         if self.auth is not None:
             self.auth.stop()
         if self.refusals is not None:
@@ -436,14 +438,14 @@ class Daemon:
         self._marker, self._previous_unclean = mark_running(self.state_dir, self.metrics)
         self.previous_runs = follow_runs(self.state_dir, self.run_id)
 
-    def _record_change(self, kind: str, **detail: Any) -> None:
-        """The daemon's own start or stop in the record's changes, beside those `vqad ctl` makes:
-        an audit tells a line that was not inspected (the daemon stopped, or killed: a start
-        whose `previous_exit` is unclean) from one that made no parts."""
-        if self.recorder is not None:
-            scoring = self.serving.scoring
-            about = {"model": scoring.model, "threshold": scoring.threshold, "run": self.run_id}
-            self.recorder.event(kind, {**about, **detail, "pid": os.getpid()}, "vqad serve")
+    def _change(self, kind: str, **detail: Any) -> tuple[str, dict[str, Any], str]:
+        """The daemon's own start or stop as a change for the record (kind, detail, by), beside
+        those `vqad ctl` makes: an audit tells a line that was not inspected (the daemon stopped,
+        or killed: a start whose `previous_exit` is unclean) from one that made no parts, and a
+        subscriber learns where a run it never heard ends (`published`)."""
+        scoring = self.serving.scoring
+        about = {"model": scoring.model, "threshold": scoring.threshold, "run": self.run_id}
+        return kind, {**about, **detail, "pid": os.getpid()}, "vqad serve"
 
     def _restore(self, overrides: Overrides) -> None:
         """Put back what `vqad ctl` changed before the restart (edge.state.Overrides): its

@@ -1048,21 +1048,25 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
     heartbeat's record.unrecorded) left the docs' subscriber waiting for them for ever once the
     record held later ones, and skipped a hole in the middle without a word. Its functions, run
     as written against an API that holds seqs 0-2, 5, 6 and 9 of a run whose last heartbeat
-    counted 12: 3-4, 7-8 and, once the next run starts, 10-11 are lost."""
+    counted 12: 3-4, 7-8 and, once the next run starts, 10-11 are lost. So are 2-3 of a run the
+    subscriber never heard, which the record holds up to 1 and whose stop row counts 4."""
     import contextlib
     import http.server
     import io
     import json
     import urllib.parse
 
-    held = [{"run": "r", "seq": seq, "camera_id": "c", "frame_id": seq, "status": "ok", "decision": "pass"}
-            for seq in (0, 1, 2, 5, 6, 9)]  # fmt: skip
+    held = [{"run": run, "seq": seq, "camera_id": "c", "frame_id": seq, "status": "ok", "decision": "pass"}
+            for run, seqs in (("r", (0, 1, 2, 5, 6, 9)), ("u", (0, 1))) for seq in seqs]  # fmt: skip
+    # Run u started and stopped while the subscriber was away: its stop row counts 4 results.
+    published = {"r": None, "u": 4}  # r's stop row is not read: the subscriber heard r's heartbeats
 
     class Api(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-            after = int(query["after_seq"][0])
-            body = json.dumps({"results": [r for r in held if r["seq"] > after]}).encode()
+            run, after = query["run"][0], int(query["after_seq"][0])
+            rows = [r for r in held if r["run"] == run and r["seq"] > after]
+            body = json.dumps({"results": rows, "run_published": published[run]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -1088,13 +1092,14 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
             assert done.wait(10), "the subscriber waited for results the record will never have"
             scope["catch_up"]("r")  # up to the run's last recorded result
             scope["ends"]["r"] = 11  # its last heartbeat said 12 were published
-            scope["follow"](b"heartbeat", {"run": "n", "published": 0, "previous_runs": ["r"]})  # a new run
+            scope["follow"](b"heartbeat", {"run": "n", "published": 0, "previous_runs": ["r", "u"]})  # a new run
     finally:
         server.shutdown()
         scope.get("sock") is not None and scope["sock"].close(linger=0)
     lines = out.getvalue().split("\n")[:-1]
     assert lines == ["r 0 c 0 ok pass", "r 1 c 1 ok pass", "r 2 c 2 ok pass", "lost r 3 4", "r 5 c 5 ok pass",
-                     "r 6 c 6 ok pass", "lost r 7 8", "r 9 c 9 ok pass", "lost r 10 11"], lines  # fmt: skip
+                     "r 6 c 6 ok pass", "lost r 7 8", "r 9 c 9 ok pass", "lost r 10 11",
+                     "u 0 c 0 ok pass", "u 1 c 1 ok pass", "lost u 2 3"], lines  # fmt: skip
     assert scope["last"] == {"n": -1} and scope["ends"] == {"n": -1}
 
 

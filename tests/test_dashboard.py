@@ -805,8 +805,10 @@ def test_the_api_serves_programs_too(line):
     # A subscriber's catch-up: what its daemon run published after the result of frame 1.
     first = _json(base + "/api/results?camera=api&frame_id=1")[1]["results"][0]
     assert isinstance(first["run"], str) and isinstance(first["seq"], int)
-    after = _json(base + f"/api/results?run={first['run']}&after_seq={first['seq']}&camera=api")[1]["results"]
+    caught_up = _json(base + f"/api/results?run={first['run']}&after_seq={first['seq']}&camera=api")[1]
+    after = caught_up["results"]
     assert [(r["frame_id"], r["run"]) for r in after] == [(2, first["run"])] and after[0]["seq"] > first["seq"]
+    assert caught_up["run_published"] is None  # the run serves on: it has no stop row yet
     for bad in (
         "limit=0",
         "limit=x",

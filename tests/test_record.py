@@ -244,6 +244,22 @@ def test_a_change_to_the_daemon_made_while_the_database_is_down_is_recorded_once
     assert all(before <= r["ts_ns"] <= made for r in rows) and rows[0]["detail"]["reason"] == "audit"
 
 
+def test_a_stopped_runs_count_is_read_from_its_stop_row_after_every_result_it_counts(tmp_path, record_url, monkeypatch):
+    """The daemon's stop goes to the record after the results the writer still held: a reader
+    that finds the row finds every result it counts that the record will ever hold."""
+    run, written = "a" * 32, []
+    writer = RecordWriter(record_url, tmp_path / "evidence", run_id=run)  # not started: all 3 wait
+    for method, what in (("_store", "results"), ("_insert_events", "stop")):
+        real = getattr(writer, method)
+        monkeypatch.setattr(writer, method, lambda *args, real=real, what=what: (written.append(what), real(*args)))
+    for i in range(3):
+        writer.put(_result("c", i), time.time_ns())
+    writer.start().close(last_change=("stop", {"run": run, "published": 3, "cause": "SIGTERM"}, "vqad serve"))
+    assert written == ["results", "stop"] and writer.recorded == 3
+    record = Record(record_url)
+    assert record.run_published(run) == 3 and record.run_published("b" * 32) is None  # a run killed: no row
+
+
 def test_changes_the_record_never_took_are_named_when_the_writer_stops(tmp_path, caplog):
     database = tmp_path / "line.db"
     writer = RecordWriter(f"sqlite:///{database}", tmp_path / "evidence").start()

@@ -360,13 +360,16 @@ class Dashboard:
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
             model_sha256=params.get("model") or None, run=params.get("run") or None, after_seq=after_seq,
         )  # fmt: skip
+        run = params.get("run") or None
         try:
             rows = self._from_record(query)
+            # A stopped run's count, so that a subscriber catching up on a run it never heard knows its end.
+            ended = {"run_published": self._from_record(lambda record: record.run_published(run))} if run else {}
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)
         root = request.scope.get("root_path", "")
         items = [_result_item(row, root) for row in rows]
-        return JSONResponse({"results": items, "limit_reached": len(rows) == limit})
+        return JSONResponse({"results": items, "limit_reached": len(rows) == limit, **ended})
 
     def api_daily(self, request: Request) -> Response:
         """The record's daily tally over the line's last `days` days (today included; the

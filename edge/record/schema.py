@@ -98,7 +98,8 @@ events = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts_ns", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),  # set-threshold | reload | pause | resume
+    # set-threshold | reload | pause | resume | threshold-dropped | start | stop (the daemon's own)
+    sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("detail", sa.JSON),
     sa.Column("by", sa.String(128)),
 )

@@ -416,6 +416,22 @@ class Record:
         return {"up_to_ns": held.get("removed_up_to_ns", 0), "for_space": held.get("removed_for_space", 0),
                 "past_keep_days": held.get("removed_past_keep_days", 0)}  # fmt: skip
 
+    def run_published(self, run: str) -> int | None:
+        """How many results the daemon's run `run` published in all, from the `stop` row it wrote
+        as it stopped; None while it serves, or when it ended without one (killed, or the power
+        lost). A subscriber that never heard the run learns from it where the run's results end,
+        and so whether the record lacks its last ones."""
+        q = (
+            sa.select(events.c.detail)
+            .where(events.c.kind == "stop", events.c.detail["run"].as_string() == run)
+            .order_by(events.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            detail = conn.execute(q).scalar_one_or_none()
+        published = (detail or {}).get("published")
+        return int(published) if published is not None else None
+
     def events(
         self, limit: int = 100, since_ns: int | None = None, until_ns: int | None = None
     ) -> list[dict[str, Any]]:

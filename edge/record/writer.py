@@ -13,6 +13,7 @@ in flight; on restart the record is intact (SQLite in WAL mode; transactions on 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import random
@@ -350,12 +351,19 @@ class RecordWriter:
                 self._events_waiting.popleft()
         log.info("the record kept the %d change(s) to the daemon that waited for it", len(waiting))
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Store what is buffered (within `timeout`), then stop; what is left is counted unrecorded."""
+    def close(self, timeout: float = 30.0, last_change: tuple[str, dict[str, Any], str] | None = None) -> None:
+        """Store what is buffered (within `timeout`), then `last_change` (kind, detail, by: the
+        daemon's stop, whose row then follows every result row it counts), then stop; what is
+        left is counted unrecorded."""
         with self.lock:
             self.stopping = True
             self.lock.notify()
         self.thread.join(timeout)
+        if last_change is not None:
+            self.event(*last_change)
+            if self._events_waiting and not self.thread.is_alive():  # one more try, from here
+                with contextlib.suppress(sa.exc.SQLAlchemyError):
+                    self._store_waiting_events()
         self._save_state()
         left = len(self.buffer)
         if left:
