@@ -355,12 +355,12 @@ class Dashboard:
             return JSONResponse(
                 {"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail, reviewed true or false"}, 400
             )
+        run = params.get("run") or None
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
-            model_sha256=params.get("model") or None, run=params.get("run") or None, after_seq=after_seq,
+            model_sha256=params.get("model") or None, run=run, after_seq=after_seq,
         )  # fmt: skip
-        run = params.get("run") or None
         try:
             rows = self._from_record(query)
             # A stopped run's count, so that a subscriber catching up on a run it never heard knows its end.
