@@ -779,6 +779,32 @@ def test_the_quota_removes_the_oldest_evidence_first_and_marks_it(tmp_path, reco
     assert sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*.png")) == again.evidence_bytes <= quota / 2
 
 
+def test_evidence_removed_by_hand_is_measured_again_and_the_new_images_stay(tmp_path, caplog):
+    """An integrator clears the evidence folder to make room while the daemon runs. The quota's
+    count still held those files, so every new reject's images were removed as soon as they
+    were written, for as long as the daemon ran. Files found gone now mark their results and
+    have the folder measured again; the new images stay."""
+    import shutil
+
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    quota = 60_000  # about four frames' PNGs
+    writer = RecordWriter(url, tmp_path / "ev", max_gb=quota / 1e9).start()
+    with caplog.at_level(logging.INFO, logger="edge.record.housekeeping"):
+        for i in range(6):
+            _store(writer, _result("c", i))
+        assert writer.evidence_removed >= 1  # at its quota
+        shutil.rmtree(tmp_path / "ev")  # by hand: the count still holds about 60 kB
+        for i in range(6, 9):
+            _store(writer, _result("c", i))
+        writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results(limit=100)}
+    assert all(rows[f]["evidence_removed"] for f in range(6))  # gone, and marked so
+    new = [rows[f] for f in range(6, 9)]
+    assert all(not r["evidence_removed"] and Path(r["evidence_frame"]).is_file() for r in new), new
+    assert writer.evidence_bytes == sum(p.stat().st_size for p in (tmp_path / "ev").rglob("*") if p.is_file())
+    assert "evidence files were removed by hand from" in caplog.text
+
+
 def _store(writer: RecordWriter, result: Result) -> None:
     """Hand `result` to the writer, and wait (10 s at most) until it has its row."""
     want = writer.recorded + 1

@@ -115,6 +115,7 @@ class Housekeeping:
         self._next_wal_try = 0.0  # monotonic time before which the WAL is not checkpointed again
         self._next_reviewed = 0.0  # monotonic time of the next look at the reviewed images' share
         self._reviewed_log = RepeatedLog(log)
+        self._hand_removed_log = RepeatedLog(log)
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
     def added(self, path: Path) -> None:
@@ -284,7 +285,7 @@ class Housekeeping:
         would read every row whose evidence is gone or was never kept, at each pass (0.17 s at 2
         million rows, and a pass follows nearly every transaction once the quota is reached). A
         result reviewed after the search passed it has already lost its images."""
-        removed, up_to, young = 0, self._quota_up_to, False
+        removed, up_to, young, stale = 0, self._quota_up_to, False, False
         target = self.evidence_bytes - excess
         kept = sa.exists().where(reviews.c.result_id == results.c.id).label("kept")  # reviewed
         published = sa.func.coalesce(results.c.published_ns, results.c.ts_ns).label("at")
@@ -305,9 +306,17 @@ class Housekeeping:
                     young = before_ns is not None and row.at >= before_ns
                     if young:
                         break
-                    up_to = row.id
                     if row.kept or not self.owns(row.evidence_frame):
+                        up_to = row.id
                         continue
+                    if not _any_file(row.evidence_frame, row.evidence_overlay):  # removed by hand: marked
+                        stale, up_to = True, row.id
+                        marked.append(row.id)
+                        continue
+                    if stale:  # the count holds bytes no longer there: measured again before any removal
+                        young = True
+                        break
+                    up_to = row.id
                     self._remove_files(row.evidence_frame, row.evidence_overlay)
                     marked.append(row.id)
                     if self.evidence_bytes <= target:
@@ -316,6 +325,8 @@ class Housekeeping:
                     conn.execute(sa.update(results).where(results.c.id.in_(marked)).values(evidence_removed=True))
                 removed += len(marked)
         self._quota_up_to = up_to  # once committed
+        if stale:
+            self._measure_again()
         self.evidence_removed += removed
         self.metrics.evidence_removed.inc(removed)
         if removed:  # at its bound, nearly every transaction removes some: a line a minute says so
@@ -443,12 +454,28 @@ class Housekeeping:
             if counted and self.evidence_bytes is not None:
                 self.evidence_bytes -= size
 
+    def _measure_again(self) -> None:
+        """The evidence's size read from the disk again: files were removed by hand (a folder
+        cleared to make room), and the count still held them. The quota would otherwise remove
+        every new image as soon as it was written, for as long as the daemon ran."""
+        before, self.evidence_bytes = self.evidence_bytes, _folder_bytes(self.evidence_dir)
+        self._hand_removed_log.log(
+            "evidence files were removed by hand from %s: its size is measured again (%.1f MB, not %.1f MB); "
+            "their results are marked as without evidence", self.evidence_dir, self.evidence_bytes / 1e6,
+            (before or 0) / 1e6,
+        )  # fmt: skip
+
     def _remove_files(self, *paths: str | None) -> None:
         """Delete evidence files that are there, and take them off the quota's count."""
         for path in paths:
             if path and Path(path).is_file():
                 self.evidence_bytes -= Path(path).stat().st_size
                 Path(path).unlink()
+
+
+def _any_file(*paths: str | None) -> bool:
+    """Whether any of the evidence files named is on the disk."""
+    return any(path and Path(path).is_file() for path in paths)
 
 
 def gives_space_back(engine: sa.Engine) -> bool:
