@@ -11,6 +11,7 @@ synced too; a file that a start reads is replaced whole (`replace_synced`).
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +32,23 @@ def write_synced(path: str | Path, data: bytes) -> None:
         if exc.filename is None:  # a write to an open file names none: "No space left" of what?
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (the root at worst): where a file or
+    folder not made yet would go."""
+    return next((place for place in (path, *path.parents) if place.exists()), Path(path.anchor or "/"))
+
+
+def write_refusal(folder: Path) -> OSError | None:
+    """The OSError a new file in `folder` meets (EROFS on a read-only filesystem, EACCES), None
+    when one can be written. Tried, with a file written and gone: neither the mount's flags
+    (ext4's emergency_ro still reads rw) nor permissions (root's reach) tell."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc
 
 
 def sync_file(path: str | Path) -> None:

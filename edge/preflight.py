@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
@@ -104,13 +104,8 @@ def _curve_line(cfg: EdgeConfig) -> str:
 
 def _writable_line(what: str, folder: Path) -> str:
     """DataError unless `folder`, or the nearest folder above it that exists, can be written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:  # a file written and gone: permissions alone do not tell a read-only mount, or root's reach
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
+    existing = nearest_existing(folder)
+    if (exc := write_refusal(existing)) is not None:
         raise DataError(f"the {what} {folder} cannot be written ({existing}: {exc.strerror or exc})") from exc
     return f"{what} {folder}: writable" + ("" if existing == folder else " (to be created)")
 

@@ -290,18 +290,21 @@ def test_a_package_on_a_read_only_mount_is_refused_before_its_images_are_scored(
     """The new threshold goes into the package's model.json: on a read-only mount (an image-based
     update of an edge box), the calibration scored every image (minutes there) and then failed
     to write it. The refusal comes first now, naming the folder and what to do."""
-    import os
+    import errno
     import types
 
+    from edge import durable
     from vqad.commands import model as model_commands
 
-    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)  # what a read-only mount answers
-    monkeypatch.setattr(os, "statvfs", lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+    def read_only(*args, **kwargs):  # what creating a file on a read-only mount raises
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(durable, "tempfile", types.SimpleNamespace(TemporaryFile=read_only))
     with pytest.raises(OSError) as refused:
         model_commands._writable_before_scoring(tmp_path)
     assert refused.value.filename == str(tmp_path)
     assert refused.value.strerror.startswith("the new threshold is written there, and it is read-only: calibrate")
-    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.undo()
     model_commands._writable_before_scoring(tmp_path)  # a writable folder passes
 
 

@@ -446,8 +446,7 @@ def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_
     they are written, and `vqad serve --check` refuses the record's folder."""
     import types
 
-    from edge import preflight
-    from edge.record import housekeeping
+    from edge import durable
     from edge.record import writer as writer_module
 
     database = tmp_path / "line.db"
@@ -465,8 +464,7 @@ def test_a_record_whose_disk_turns_read_only_is_named_so_and_its_images_written_
         real_write_image(path, image, synced)
 
     real_write_image = writer_module.write_image
-    for module in (housekeeping, preflight):
-        monkeypatch.setattr(module, "tempfile", types.SimpleNamespace(TemporaryFile=probe_file))
+    monkeypatch.setattr(durable, "tempfile", types.SimpleNamespace(TemporaryFile=probe_file))  # the one trial file
     monkeypatch.setattr(writer_module, "write_image", write_image)
     monkeypatch.setattr(writer_module, "RECORD_BEHIND_S", 0.5)
     with caplog.at_level(logging.INFO, logger="edge.record.writer"):

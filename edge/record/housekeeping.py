@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from edge.durable import nearest_existing, write_refusal
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.record.schema import add_removed, results, reviews
@@ -487,10 +487,7 @@ def gives_space_back(engine: sa.Engine) -> bool:
 
 def free_bytes(folder: Path) -> int:
     """The free space of the disk that holds `folder` (or would: its nearest existing parent)."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            return shutil.disk_usage(place).free
-    return shutil.disk_usage("/").free
+    return shutil.disk_usage(nearest_existing(folder)).free
 
 
 # Filesystems where SQLite's locks do not hold and its WAL's shared memory is not shared
@@ -510,7 +507,7 @@ def filesystem_type(path: Path) -> str | None:
         mountinfo = Path("/proc/self/mountinfo").read_text()
     except OSError:
         return None
-    return mount_type(next((p for p in (path, *path.parents) if p.exists()), Path("/")).resolve(), mountinfo)
+    return mount_type(nearest_existing(path).resolve(), mountinfo)
 
 
 def mount_type(place: Path, mountinfo: str) -> str | None:
@@ -548,14 +545,12 @@ def unwritable_note(path: Path, what: str) -> str | None:
     likeliest cause on an edge box is its own: the kernel turns a worn SD card or eMMC read-only
     after a write error, and nothing is written there again until the disk is checked or
     replaced. Its mount flags may still say rw (ext4's emergency_ro), hence the try."""
-    place = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    place = nearest_existing(path)
     folder = place if place.is_dir() else place.parent
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return None
-    except OSError as exc:
-        if exc.errno != errno.EROFS:
-            return f"{what} {path} cannot be written ({folder}: {exc.strerror or exc})"
+    if (exc := write_refusal(folder)) is None:
+        return None
+    if exc.errno != errno.EROFS:
+        return f"{what} {path} cannot be written ({folder}: {exc.strerror or exc})"
     after = "nothing is written there until it is writable again"
     return f"{what} {path} is on a read-only filesystem ({folder}): {FAILING_DISK}; {after}"
 

@@ -149,11 +149,12 @@ def _writable_before_scoring(folder: Path) -> None:
     before the images are scored (minutes on an edge box), not after. A package on a read-only
     mount (an image-based update of the box) is calibrated as a copy."""
     import errno
-    import os
 
-    if folder.is_dir() and not os.access(folder, os.W_OK):
-        reason = "read-only" if os.statvfs(folder).f_flag & os.ST_RDONLY else "not writable by this user"
-        raise OSError(errno.EACCES, f"the new threshold is written there, and it is {reason}: calibrate a copy "
+    from edge.durable import write_refusal
+
+    if folder.is_dir() and (refused := write_refusal(folder)) is not None:
+        reason = "read-only" if refused.errno == errno.EROFS else "not writable by this user"
+        raise OSError(refused.errno, f"the new threshold is written there, and it is {reason}: calibrate a copy "
                       "in a folder this user writes, and serve that", str(folder))  # fmt: skip
 
 
