@@ -59,9 +59,13 @@ class RecordLink:
     def failed(self, exc: sa.exc.SQLAlchemyError) -> RecordUnavailableError:
         """A query on the open record failed (its server went away): the reason, to raise or
         answer with. The engine reconnects by itself once the server is back."""
-        refused = is_sqlite(self.url) and str(getattr(exc, "orig", "")).startswith(SQLITE_WRITE_REFUSALS)
-        what = "cannot be written" if refused else "does not answer"
-        return RecordUnavailableError(f"the record at {self.where} {what}: {database_reason(exc)}")
+        reason = database_reason(exc)
+        what = (
+            "cannot be written"
+            if is_sqlite(self.url) and reason.startswith(SQLITE_WRITE_REFUSALS)
+            else "does not answer"
+        )
+        return RecordUnavailableError(f"the record at {self.where} {what}: {reason}")
 
     def close(self) -> None:
         if self._record is not None:
