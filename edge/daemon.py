@@ -38,6 +38,7 @@ import zmq
 
 from edge import transport
 from edge.batcher import FrameQueue
+from edge.clock import ClockWatch
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.inorder import InOrder
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 MANY_CAMERAS = 64
 
 DECODE_ORDER = "decode-order"  # the thread that admits frames decoded side by side, in order
+# The times this machine's clock has passed, as its warnings name them (edge.clock).
+PACKAGE_MADE, RECORD_NEWEST = "the model package's export", "the record's newest result"
 
 
 @dataclass
@@ -162,6 +165,7 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
         self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
+        self.clock = ClockWatch()  # this machine's clock, against times it has passed (edge.clock)
 
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
@@ -199,6 +203,7 @@ class Daemon:
             cv2.setNumThreads(cfg.opencv_threads)
         self.serving = serving = load_serving(self.model_dir, cfg, self.metrics)
         self.metrics.threshold.set(serving.scoring.threshold)
+        self.clock.passed(PACKAGE_MADE, serving.package.created_ns)
         self._busy = [threading.Lock() for _ in serving.backends]
         # The sockets and ports before the state folder: a taken one (the daemon before this
         # one still running) stops the start before it touches that daemon's marker.
@@ -217,6 +222,7 @@ class Daemon:
         self._check_previous_exit()
         if cfg.record:
             self._start_recorder()
+        self.watch_clock()  # with the record's newest result, when it answers now
         self._restore(Overrides.load(self.state_dir))
         self._start_decoders()
         self.threads = [
@@ -227,7 +233,10 @@ class Daemon:
         for t in self.threads:
             t.start()
         if self.recorder is not None:  # serving now
-            self.recorder.event(*self._change("start", previous_exit="unclean" if self._previous_unclean else "clean"))
+            clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
+            self.recorder.event(
+                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock)
+            )
         self.metrics.ready.set(1)
         self._log_ready()
         if self.ready_file:
@@ -303,7 +312,22 @@ class Daemon:
             "stalled": self.stalled,
             "paused": sorted(self.paused),
             "record": self.record_status(),
+            "clock": self.clock.status(),
         }
+
+    def watch_clock(self) -> None:
+        """Every second or so (the publisher's thread): this machine's clock against the times
+        it has passed (the package's export, the record's newest result), and its steps, each
+        a `clock` row among the record's changes (edge.clock)."""
+        if self.recorder is not None:
+            self.clock.passed(RECORD_NEWEST, self.recorder.newest_ns)
+        step = self.clock.check()
+        status = self.clock.status()
+        self.metrics.clock_behind.set(status["behind_s"] if status else 0.0)
+        if step is not None:
+            self.metrics.clock_steps.inc()
+            if self.recorder is not None:
+                self.recorder.event(*self._change("clock", **step.detail()))
 
     @property
     def stalled(self) -> bool:
@@ -484,6 +508,7 @@ class Daemon:
         with self._take_lock:
             old, self.serving = self.serving, new
         self.metrics.threshold.set(new.scoring.threshold)
+        self.clock.passed(PACKAGE_MADE, new.package.created_ns)
         for lock in self._busy:  # wait for the batches in flight on the old backends
             with lock:
                 pass
@@ -624,6 +649,13 @@ class Daemon:
         """Count, and say at most a line a minute, when a frame's ts_ns is no capture time."""
         if ts_ns and capture_time_ns(ts_ns, recv_ns) != ts_ns:
             self.metrics.clock_off.inc()
+            if (behind := self.clock.behind(recv_ns)) is not None:
+                self._clock_log.log(
+                    "camera %s sent ts_ns %.1f h off this machine's clock, which reads before %s: the record "
+                    "keeps this machine's time. Set this machine's clock (docs/deploy.md, \"The box's clock\")",
+                    camera_id, (ts_ns - recv_ns) / 3.6e12, behind[0],
+                )  # fmt: skip
+                return
             self._clock_log.log(
                 "camera %s sent ts_ns %.1f h off this machine's clock: the record keeps the receive time. "
                 "Send the capture time in ns since the epoch (UTC) from a synchronised clock, or 0",

@@ -34,6 +34,15 @@ class DaemonMetrics:
             "Frames whose ts_ns is more than 5 minutes off the daemon's receive time (the log names the camera)",
             registry=r,
         )
+        self.clock_behind = Gauge(
+            "vqad_clock_behind_seconds",
+            "How far this machine's clock reads before a time it has passed (the model package's export, the "
+            "record's newest result); 0 when it reads after both",
+            registry=r,
+        )
+        self.clock_steps = Counter(
+            "vqad_clock_steps", "Steps of this machine's wall clock over a minute (NTP, a person, an RTC)", registry=r
+        )
         self.frame_ids_back = Counter(
             "vqad_frame_ids_back",
             "Frames whose frame_id is not above their camera's previous one: a restarted sender counting from 0, "

@@ -9,6 +9,7 @@ daemon trusts nothing it cannot verify: a file whose sha256 differs is refused.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -62,6 +63,16 @@ class ModelPackage:
     def input_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of one frame at the model input."""
         return (*self.image_size, self.channels)
+
+    @property
+    def created_ns(self) -> int | None:
+        """When `vqad export` made the package (ns since the epoch, UTC), from model.json's
+        `created`; None where it is missing or unreadable."""
+        try:
+            made = dt.datetime.fromisoformat(str(self.meta["created"]))
+        except (KeyError, ValueError):
+            return None
+        return int(made.replace(tzinfo=made.tzinfo or dt.timezone.utc).timestamp() * 1e9)
 
     @property
     def sha256(self) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.clock import ClockWatch, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
@@ -67,9 +68,23 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
             f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms; frames decoded by {_decoders(cfg.decoders())}",
             "camera health gate " + ("on" if serving.health else "off")
             + ", drift alarm " + ("on" if serving.drift else "off"),
+            _clock_line(pkg.created_ns),
         ]  # fmt: skip
     finally:
         serving.close()
+
+
+def _clock_line(created_ns: int | None) -> str:
+    """This machine's clock against the package's export (edge.clock): a box whose clock reads
+    before it files the line's results on the wrong days."""
+    now = time.time_ns()
+    clock = ClockWatch()
+    clock.passed("the model package's export", created_ns)
+    if (behind := clock.behind(now)) is None:
+        return f"clock: {iso(now)}" + (f", after the package's export ({iso(created_ns)})" if created_ns else "")
+    return (f"note: this machine's clock reads {iso(now)}, {span((behind[1] - now) / 1e9)} before {behind[0]} "
+            f"({iso(behind[1])}): the record would file results at its time. Set it (docs/deploy.md, "
+            "\"The box's clock\")")  # fmt: skip
 
 
 def _decoders(n: int) -> str:

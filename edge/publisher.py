@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 STOP = object()  # put in the daemon's outbox when nothing more will come
 # The longest wait for a result before the loop comes round (and beats, edge.watchdog).
 TURN_S = 0.1
-# How often the loop looks at how far behind the record is (edge.record.writer.watch_lag).
+# How often the loop looks at how far behind the record is (edge.record.writer.watch_lag), and
+# at this machine's clock (edge.clock).
 LAG_CHECK_S = 1.0
 
 
@@ -41,8 +42,10 @@ class Publisher:
                 if every and time.monotonic() >= next_beat:  # on this thread: a socket is not thread-safe
                     self.heartbeat(sock)
                     next_beat = time.monotonic() + every
-                if self.d.recorder is not None and time.monotonic() >= next_lag_check:
-                    self.d.recorder.watch_lag()  # here, not on the writer's thread, which may be the one held
+                if time.monotonic() >= next_lag_check:
+                    self.d.watch_clock()
+                    if self.d.recorder is not None:
+                        self.d.recorder.watch_lag()  # here, not on the writer's thread, which may be the one held
                     next_lag_check = time.monotonic() + LAG_CHECK_S
                 self.d.liveness.beat("publisher")
                 wait = min(next_beat - time.monotonic(), TURN_S) if every else TURN_S

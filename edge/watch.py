@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 
 from edge import transport
+from edge.clock import span
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
@@ -179,6 +180,7 @@ class DaemonSilence:
 
     def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic):
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
+        self.clock_behind = False
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
         self.clock, self.started = clock, clock()
         self.heard_any = False  # a heartbeat or a result came
@@ -209,7 +211,20 @@ class DaemonSilence:
                 log.info("the daemon at %s says its inference runs again", self.endpoint)
         self.stalled = stalled
         self._record(header.get("record") or {})
+        self._clock(header.get("clock"))
         return header
+
+    def _clock(self, clock: dict[str, Any] | None) -> None:
+        """Say once that the daemon's box's clock reads before a time it has passed, and once
+        that it no longer does (edge.clock)."""
+        behind = clock is not None
+        if behind and not self.clock_behind:
+            log.warning("the daemon at %s says its box's clock reads %s, %s before %s (%s): its record files "
+                        "results at that clock's time", self.endpoint, clock.get("reads"),
+                        span(clock.get("behind_s") or 0.0), clock.get("behind"), clock.get("behind_at"))  # fmt: skip
+        elif self.clock_behind and not behind:
+            log.info("the daemon at %s says its box's clock reads after what it had passed again", self.endpoint)
+        self.clock_behind = behind
 
     def _record(self, record: dict[str, Any]) -> None:
         behind = (record.get("behind_s") or 0.0) >= RECORD_BEHIND_S

@@ -48,9 +48,12 @@ def stop_process(proc: subprocess.Popen, log, sig: int = signal.SIGTERM, timeout
 class DaemonProcess:
     def __init__(
         self, model_dir: Path, *extra: str, ipc_dir: Path | None = None, env: dict | None = None,
-        python: str = sys.executable,
+        python: str = sys.executable, wall_clock: Path | None = None,
     ):  # fmt: skip
+        """wall_clock: a file whose number (seconds) the daemon's wall clock reads ahead of the
+        real one (tests.wall_clock), written again to step it."""
         self.dir = ipc_dir or short_ipc_dir()
+        launch = ("import tests.wall_clock; " if wall_clock else "") + BLOCKED_LAUNCH
         self.frames = f"ipc://{self.dir}/frames"
         self.results = f"ipc://{self.dir}/results"
         self.ready = self.dir / "ready.json"
@@ -58,7 +61,7 @@ class DaemonProcess:
         self.args = [
             python,
             "-c",
-            BLOCKED_LAUNCH,
+            launch,
             "serve",
             str(model_dir),
             "--frames",
@@ -74,6 +77,8 @@ class DaemonProcess:
             *extra,
         ]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        if wall_clock:
+            self.env["VQAD_WALL_CLOCK_FILE"] = str(wall_clock)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> DaemonProcess:

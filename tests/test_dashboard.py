@@ -358,6 +358,39 @@ return seen;
 """
 
 
+# The header's clock pill for a box whose clock reads right, one that reads 1970, and one daemon's
+# of several; and a step of that clock among the changes, forward and back.
+CLOCK_STATES = """
+const el = document.createElement("span"), seen = [];
+const behind = {behind: "the model package's export", behind_at: "2026-12-05T23:07:00Z", behind_s: 1795981582.5,
+                reads: "1970-01-07T03:20:33Z"};
+for (const d of [{clock: null}, {clock: behind}, {clock: {...behind, endpoint: "tcp://line4-box:5556"}}]) {
+  drawClockState(el, d);
+  seen.push(el.hidden ? [true, ""] : [false, el.textContent, el.className]);
+}
+for (const stepped_s of [1795981582.5, -7200]) {
+  seen.push(changeText({kind: "clock", detail: {stepped_s, from: "1970-01-07T03:20:59Z", to: "2026-12-06T04:14:19Z"}}));
+}
+seen.push(changeText({kind: "start", detail: {model: null, threshold: 1.01, previous_exit: "clean", clock: behind}}));
+return seen;
+"""
+
+
+def test_without_metrics_the_heartbeat_says_the_boxs_clock_reads_before_times_it_has_passed():
+    from edge.dashboard.app import Dashboard
+    from edge.record.days import UTC_DAYS
+
+    view = LiveView()
+    page = Dashboard(view, None, None, UTC_DAYS)
+    beat = {"ts_ns": time.time_ns(), "every_s": 1.0, "threshold": 1.0, "stalled": False, "record": None}
+    view.heartbeat(beat)  # an older daemon's: no clock said
+    assert page._summary()["daemon"]["clock"] is None
+    behind = {"behind": "the record's newest result", "behind_at": "2026-12-05T23:07:00Z", "behind_s": 9e8,
+              "reads": "1998-01-01T00:00:00Z"}  # fmt: skip
+    view.heartbeat(beat | {"clock": behind})
+    assert page._summary()["daemon"]["clock"] == behind
+
+
 def test_a_metrics_endpoint_that_answers_garbage_reads_as_down_not_as_its_last_good_state(monkeypatch):
     """A scrape cut short (the daemon killed mid-answer) or answered by something that is not
     HTTP raised an error the probe did not catch: its thread ended, and the page went on showing
@@ -511,6 +544,18 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
             [False, "record: 4 results unrecorded, 95 s behind", "pill bad"],
             [False, "record: 95 s behind: disk I/O error", "pill warn"],  # why, while it refuses
             [True, ""],  # a refusal within the minute: no pill yet
+        ]
+        said = "the box's clock reads 1970-01-07, 20,787 days before the model package's export (2026-12-05): "
+        assert driver.execute_script(CLOCK_STATES) == [
+            [True, ""],
+            [False, said + "results are filed at its time", "pill bad"],
+            [False, "line4-box:5556: " + said + "results are filed at its time", "pill bad"],
+            "the box's clock set forward by 20,787 days (1970-01-07T03:20:59Z → 2026-12-06T04:14:19Z): "
+            "results before it keep the old time",
+            "the box's clock set back by 2 h (1970-01-07T03:20:59Z → 2026-12-06T04:14:19Z): "
+            "results before it keep the old time",
+            "vqad serve started: model –, threshold 1.010; the box's clock read 20,787 days before the model "
+            "package's export (2026-12-05)",
         ]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", "1.0", "--reason", "dashboard test done", check=False)

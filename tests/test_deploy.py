@@ -252,6 +252,9 @@ ALERT_CASES = [
     ("VqadEvidenceNotWritten", [("vqad_evidence_failed_total", {}, "0 0 1x4")], "30s"),
     ("VqadRecordFull", [("vqad_results_removed_for_space_total", {}, "0 0 5000x4")], "30s"),
     ("VqadModelReloadRefused", [("vqad_model_reload_failures_total", {}, "0 0 1x4")], "30s"),
+    # A box that boots in 1970 and NTP sets three minutes later; one that NTP sets within a minute.
+    ("VqadClockBehind", [("vqad_clock_behind_seconds", {}, "1.79e9x11 0x10")], "2m"),
+    ("VqadClockBehind", [("vqad_clock_behind_seconds", {}, "1.79e9x3 0x20")], None),
 ]
 
 

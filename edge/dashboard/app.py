@@ -237,6 +237,7 @@ class Dashboard:
             **{key: _at_most(sum, each, key) for key in ("queue_depth", "reloads", "reload_failures")},
             "record_behind_s": _at_most(max, each, "record_behind_s"),
             "record_error": next((d["record_error"] for d in each if d.get("record_error")), None),
+            "clock": next(({"endpoint": d["endpoint"], **d["clock"]} for d in each if d.get("clock")), None),
             "record_pending": _at_most(sum, each, "record_pending"),
             "unrecorded": _at_most(sum, each, "unrecorded"),
         }
@@ -248,7 +249,7 @@ class Dashboard:
         began to listen is down too) and whether its inference has stalled."""
         beat = self.view.last_heartbeat(source)
         if beat is None:
-            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None}
+            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "clock": None}
             unheard = self.view.never_heard_s(source) if self.streams else None
             if stands_in and unheard is not None and unheard > self.view.silent_after_s:
                 # A box that has been off since the dashboard started is as down as one that fell silent.
@@ -257,7 +258,7 @@ class Dashboard:
         age, header = beat
         record = header.get("record") or {}
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
-                "record_error": record.get("error")}  # fmt: skip
+                "record_error": record.get("error"), "clock": header.get("clock")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))

@@ -150,6 +150,9 @@ class RecordWriter:
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
         self._after_id = 0  # every row of this run has a greater id (known once the record answers)
+        # The record's latest result time: one this machine's clock has passed (edge.clock;
+        # known once the record answers, None for an empty record).
+        self.newest_ns: int | None = None
         if self._migrated:
             self._report_previous_run()
 
@@ -615,6 +618,9 @@ class RecordWriter:
         state, self._previous = self._previous, None
         with self.engine.connect() as conn:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
+            # The latest time among the rows (ix_results_ts), not the last row's: a run whose clock
+            # read 1970 wrote the last ones.
+            self.newest_ns = conn.execute(sa.select(sa.func.max(results.c.ts_ns))).scalar_one()
             if state is None:
                 return
             if state.get("record", self.where) != self.where:  # older state files do not say

@@ -464,15 +464,26 @@ def _change_line(event: dict, zone: dt.tzinfo) -> str:
 
 
 def _daemon_run_said(kind: str, detail: dict) -> str | None:
-    """The daemon's own start or stop in words, as the dashboard says them (None for the other
-    changes: their detail is shown whole). The run names what its results' `daemon_run` names."""
+    """The daemon's own start or stop, or its box's clock set, in words, as the dashboard says
+    them (None for the other changes: their detail is shown whole). The run names what its
+    results' `daemon_run` names."""
     run = str(detail.get("run", ""))[:12]
     if kind == "start":
         before = ("; the run before it ended without stopping (killed, crashed or the power lost)"
                   if detail.get("previous_exit") == "unclean" else "")  # fmt: skip
+        clock = detail.get("clock")
+        if isinstance(clock, dict):
+            from edge.clock import span
+
+            before += (f"; the box's clock read {span(float(clock.get('behind_s') or 0))} before "
+                       f"{clock.get('behind')} ({clock.get('behind_at')})")  # fmt: skip
         return f"run {run} started, threshold {detail.get('threshold')}{before}"
     if kind == "stop":
         return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results"
+    if kind == "clock":
+        from edge.clock import step_words
+
+        return f"the box's clock {step_words(detail)}; results before it keep the old time"
     return None
 
 

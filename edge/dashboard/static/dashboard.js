@@ -81,6 +81,7 @@ function drawDaemon(d) {
   else pill(el, ...daemonState(d));
   drawDaemons($(bar, "daemons"), d.daemons);
   drawRecordState($(bar, "record-state"), d);
+  drawClockState($(bar, "clock-state"), d);
   // Results the page's feed missed (the gaps in their seq: it fell behind a burst): its counts
   // are short by them; the record's tally is not.
   const feed = $(bar, "feed-state");
@@ -107,9 +108,10 @@ function daemonState(d) {
   return d.ready ? ["daemon ready", "ok"] : ["daemon up, not ready", "warn"];
 }
 
-// A span of seconds as a person reads it: "40 s", "12 min", "3 h".
+// A span of seconds as a person reads it: "40 s", "12 min", "3 h", "20,430 days".
 function span(s) {
   if (s < 120) return `${Math.round(s)} s`;
+  if (s >= 172800) return `${Math.round(s / 86400).toLocaleString("en")} days`;
   return s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
 }
 
@@ -158,6 +160,18 @@ function drawRecordState(el, d) {
   el.hidden = parts.length === 0;
   const why = d.record_error ? `: ${d.record_error}` : "";
   if (parts.length) pill(el, `record: ${parts.join(", ")}${why}`, d.unrecorded ? "bad" : "warn");
+}
+
+// A daemon's box whose clock reads before a time it has passed (its model package's export, the
+// record's newest result), from its heartbeat: the record files the line's results at that
+// clock's time, on days the tally of the right days does not show.
+function drawClockState(el, d) {
+  const c = d.clock;
+  el.hidden = !c;
+  if (!c) return;
+  const box = c.endpoint ? `${endpointName(c.endpoint)}: ` : "";
+  pill(el, `${box}the box's clock reads ${day(c.reads)}, ${span(c.behind_s)} before ${c.behind} (${day(c.behind_at)}): `
+    + "results are filed at its time", "bad");
 }
 
 // Where the serving threshold came from, in a few words: the operator's and the auditor's
@@ -298,9 +312,15 @@ function changeText(e) {
     case "start": {
       const before = d.previous_exit === "unclean"
         ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
-      return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}`;
+      const clock = d.clock ? `; the box's clock read ${span(d.clock.behind_s)} before ${d.clock.behind} (${day(d.clock.behind_at)})` : "";
+      return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
     }
     case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
+    case "clock": {
+      const by = Number(d.stepped_s) || 0;
+      return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
+        + "results before it keep the old time";
+    }
     case "pause": return `camera ${d.camera} paused`;
     case "resume": return `camera ${d.camera} resumed`;
     default: return `${e.kind} ${JSON.stringify(d)}`;
