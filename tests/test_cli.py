@@ -157,6 +157,11 @@ def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     )
     assert proc.returncode == 7 and "summary:" not in proc.stdout
     assert f"cannot use {tmp_path / 'gone' / 's.json'}: {tmp_path / 'gone'} is no folder" in proc.stderr
+    # A folder no file can be made in, which os.access calls writable for root (a read-only disk
+    # too: ext4's emergency_ro still reads rw): tried with a file, as the record's folders are.
+    proc = run_vqad("watch", "tcp://127.0.0.1:5599", "--timeout", "30", "--summary-json", "/proc/s.json", check=False)
+    assert proc.returncode == 7 and "summary:" not in proc.stdout
+    assert "cannot use /proc/s.json: /proc cannot be written (" in proc.stderr, proc.stderr
 
 
 def test_every_argument_says_what_it_is():
