@@ -376,6 +376,19 @@ return seen;
 """
 
 
+# A restart loop's starts and stops, newest first, folded into one change; two starts in a row
+# are not a loop, and a change between them keeps its place.
+FOLDED_RESTARTS = """
+const e = (kind, s, detail = {}) => ({kind, ts_ns: s * 1e9, by: "vqad serve", detail});
+const folded = foldRestarts([
+  e("stop", 100, {cause: "SIGTERM", published: 5}), e("start", 99, {previous_exit: "unclean"}),
+  e("start", 90, {previous_exit: "unclean"}), e("stop", 80, {cause: "SIGTERM", published: 0}),
+  e("start", 70, {previous_exit: "clean"}), e("set-threshold", 60, {from: 1, to: 2, reason: "audit"}),
+  e("start", 50), e("stop", 40, {cause: "SIGTERM", published: 9}), e("start", 30)]);
+return [folded.map((x) => x.kind), changeText(folded[0]), folded[0].detail.since_ns];
+"""
+
+
 def test_without_metrics_the_heartbeat_says_the_boxs_clock_reads_before_times_it_has_passed():
     from edge.dashboard.app import Dashboard
     from edge.record.days import UTC_DAYS
@@ -545,6 +558,10 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
             [False, "record: 95 s behind: disk I/O error", "pill warn"],  # why, while it refuses
             [True, ""],  # a refusal within the minute: no pill yet
         ]
+        kinds, text, since_ns = driver.execute_script(FOLDED_RESTARTS)
+        assert kinds == ["restarts", "set-threshold", "start", "stop", "start"], kinds
+        assert text.startswith("vqad serve started 3 times since ") and since_ns == 70e9, text
+        assert text.endswith(", 2 of them after a run that ended without stopping: vqad records --daily lists each")
         said = "the box's clock reads 1970-01-07, 20,787 days before the model package's export (2026-12-05): "
         assert driver.execute_script(CLOCK_STATES) == [
             [True, ""],

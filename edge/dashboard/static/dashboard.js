@@ -268,7 +268,7 @@ const CHANGES_SHOWN = 20;
 // record boxes share.
 function drawChanges(cam, id, changes, days) {
   const scored = new Set(days.map((d) => d.model_sha256).filter(Boolean));
-  const mine = changes.filter((e) => concerns(e.detail || {}, id, scored));
+  const mine = foldRestarts(changes.filter((e) => concerns(e.detail || {}, id, scored)));
   const rows = mine.slice(0, CHANGES_SHOWN).map((e) => {
     const host = e.detail && e.detail.daemon ? ` on ${e.detail.daemon.host}` : ""; // boxes may share a record
     return tableRow([when(e.ts_ns), changeText(e), (e.by || "–") + host]);
@@ -278,6 +278,32 @@ function drawChanges(cam, id, changes, days) {
   const more = mine.length - rows.length;
   setText(cam.node, "changes-note", rows.length ? (more ? `and ${more} more: vqad records --daily` : "") : "none");
   $(cam.node, "changes-note").hidden = rows.length > 0 && !more;
+}
+
+// The daemon's starts and stops in a row, newest first, as one change when they hold
+// RESTARTS_FOLDED starts or more: a restart loop (a thread that fails minutes after each start,
+// systemd restarting it every 2 s) filled the table's rows with them, and the threshold set before
+// it left the page.
+const RESTARTS_FOLDED = 3;
+function foldRestarts(changes) {
+  const out = [];
+  let run = [];
+  const flush = () => {
+    const starts = run.filter((e) => e.kind === "start");
+    if (starts.length < RESTARTS_FOLDED) out.push(...run);
+    else {
+      const unclean = starts.filter((e) => (e.detail || {}).previous_exit === "unclean").length;
+      out.push({ kind: "restarts", ts_ns: run[0].ts_ns, by: run[0].by,
+                 detail: { ...run[0].detail, starts: starts.length, unclean, since_ns: run[run.length - 1].ts_ns } });
+    }
+    run = [];
+  };
+  for (const e of changes) {
+    if (e.kind === "start" || e.kind === "stop") run.push(e);
+    else { flush(); out.push(e); }
+  }
+  flush();
+  return out;
 }
 
 // Whether a change (its `detail`) concerns camera `id`, whose results the models `scored` (their
@@ -316,6 +342,10 @@ function changeText(e) {
       return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
     }
     case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
+    case "restarts": {
+      const unclean = d.unclean ? `, ${d.unclean} of them after a run that ended without stopping` : "";
+      return `vqad serve started ${d.starts} times since ${when(d.since_ns)}${unclean}: vqad records --daily lists each`;
+    }
     case "clock": {
       const by = Number(d.stepped_s) || 0;
       return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
