@@ -327,7 +327,7 @@ class Daemon:
         if step is not None:
             self.metrics.clock_steps.inc()
             if self.recorder is not None:
-                self.recorder.event(*self._change("clock", **step.detail()))
+                self.recorder.event(*self._change("clock", **step.detail()), by_writer=True)
 
     @property
     def stalled(self) -> bool:

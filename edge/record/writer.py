@@ -312,18 +312,19 @@ class RecordWriter:
             "up its newest first)", self.frames_held >> 20, self.frames_let_go,
         )  # fmt: skip
 
-    def event(self, kind: str, detail: dict[str, Any], by: str) -> None:
+    def event(self, kind: str, detail: dict[str, Any], by: str, by_writer: bool = False) -> None:
         """A change made to the running daemon, written at once (its own transaction), or, when
         the record refuses it then, kept in memory and written by the writer thread, in order,
-        once the record answers (as results wait for it). Its detail names the daemon
-        (`daemon`: the box's host name, and the run its result rows name as `daemon_run`): boxes
-        on several lines may share one record, and an audit asks which line's threshold
-        changed."""
+        once the record answers (as results wait for it). `by_writer`: left to the writer thread
+        from the start, for a caller that must not wait on the database (the publisher's thread).
+        Its detail names the daemon (`daemon`: the box's host name, and the run its result rows
+        name as `daemon_run`): boxes on several lines may share one record, and an audit asks
+        which line's threshold changed."""
         row = {"ts_ns": time.time_ns(), "kind": kind, "by": by,
                "detail": {**detail, "daemon": {"host": socket.gethostname(), "run": self.run_id}}}  # fmt: skip
         with self.lock:
             # Behind earlier ones, in their order; or for the writer thread to bring the schema up.
-            if self._events_waiting or not self._migrated:
+            if by_writer or self._events_waiting or not self._migrated:
                 self._events_waiting.append(row)
                 self.lock.notify()
                 return
