@@ -34,6 +34,13 @@ BEHIND_TOLERANCE_S = CLOCK_TOLERANCE_S
 STEP_TOLERANCE_S = 60.0
 
 
+def since_boot_ns() -> int:
+    """Nanoseconds since the box booted, suspends counted (CLOCK_BOOTTIME, where there is one):
+    a monotonic clock that stops while the box sleeps would read its waking as a step of the
+    wall clock."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic_ns()
+
+
 def iso(ns: int) -> str:
     """'2026-12-06T04:30:00Z': an instant in UTC, to the second."""
     return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -77,11 +84,12 @@ def step_words(detail: dict[str, Any]) -> str:
 
 
 class ClockWatch:
-    """Times this machine has passed (`passed`), and the wall clock's offset from the monotonic
-    clock, which a step of the wall clock moves and nothing else does. `check()` is called
-    every second or so from one thread; `behind()` and `status()` from any."""
+    """Times this machine has passed (`passed`), and the wall clock's offset from a monotonic
+    clock (since_boot_ns), which a step of the wall clock moves and nothing else does.
+    `check()` is called every second or so from one thread; `behind()` and `status()` from
+    any."""
 
-    def __init__(self, wall: Callable[[], int] = time.time_ns, monotonic: Callable[[], int] = time.monotonic_ns):
+    def __init__(self, wall: Callable[[], int] = time.time_ns, monotonic: Callable[[], int] = since_boot_ns):
         self.wall, self.monotonic = wall, monotonic
         self._offset = wall() - monotonic()
         self._passed: dict[str, int] = {}  # what -> the time (ns) it happened

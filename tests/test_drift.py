@@ -154,7 +154,13 @@ def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
     daemon = Daemon(tmp_path, EdgeConfig())
 
     def serving(drift):
-        return SimpleNamespace(scoring=SimpleNamespace(threshold=1.0), backends=[], drift=drift, close=lambda: None)
+        return SimpleNamespace(
+            scoring=SimpleNamespace(threshold=1.0),
+            package=SimpleNamespace(created_ns=None),
+            backends=[],
+            drift=drift,
+            close=lambda: None,
+        )
 
     old = serving(DriftMonitor(np.zeros(100), daemon.metrics, window=20))
     daemon.swap(old)
