@@ -32,6 +32,8 @@ BEHIND_TOLERANCE_S = CLOCK_TOLERANCE_S
 # slews small errors and steps a few seconds at a box's start; under a minute a result's time
 # stays within a frame's own tolerance, and an audit has no use for it.
 STEP_TOLERANCE_S = 60.0
+# The times a box knows it has passed, as the warnings name them.
+PACKAGE_MADE, RECORD_NEWEST = "the model package's export", "the record's newest result"
 
 
 def since_boot_ns() -> int:
@@ -150,3 +152,17 @@ class ClockWatch:
         elif self._behind is not None:
             log.info("this machine's clock reads %s, after %s again", iso(now), self._behind[0])
         self._behind = behind
+
+
+def package_clock_note(created_ns: int | None, doing: str) -> dict[str, Any] | None:
+    """For a command that dates what it writes (`doing`, e.g. "the new threshold's calibration
+    time"): this machine's clock against the package's export. A warning, and the clock's
+    status (ClockWatch.status) to keep beside the date, when it reads before it; else None."""
+    watch = ClockWatch()
+    watch.passed(PACKAGE_MADE, created_ns)
+    status = watch.status()
+    if status is not None:
+        log.warning("this machine's clock reads %s, %s before %s (%s): %s is dated by it. Set the clock "
+                    "(docs/deploy.md, \"The box's clock\")", status["reads"], span(status["behind_s"]),
+                    PACKAGE_MADE, status["behind_at"], doing)  # fmt: skip
+    return status

@@ -38,7 +38,7 @@ import zmq
 
 from edge import transport
 from edge.batcher import FrameQueue
-from edge.clock import ClockWatch
+from edge.clock import PACKAGE_MADE, RECORD_NEWEST, ClockWatch
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.inorder import InOrder
@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 MANY_CAMERAS = 64
 
 DECODE_ORDER = "decode-order"  # the thread that admits frames decoded side by side, in order
-# The times this machine's clock has passed, as its warnings name them (edge.clock).
-PACKAGE_MADE, RECORD_NEWEST = "the model package's export", "the record's newest result"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.clock import ClockWatch, iso, span
+from edge.clock import PACKAGE_MADE, ClockWatch, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
@@ -79,7 +79,7 @@ def _clock_line(created_ns: int | None) -> str:
     before it files the line's results on the wrong days."""
     now = time.time_ns()
     clock = ClockWatch()
-    clock.passed("the model package's export", created_ns)
+    clock.passed(PACKAGE_MADE, created_ns)
     if (behind := clock.behind(now)) is None:
         return f"clock: {iso(now)}" + (f", after the package's export ({iso(created_ns)})" if created_ns else "")
     return (f"note: this machine's clock reads {iso(now)}, {span((behind[1] - now) / 1e9)} before {behind[0]} "

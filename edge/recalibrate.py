@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.clock import package_clock_note
 from edge.errors import DataError, PackageError
 from edge.frames import InputFormat, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
@@ -319,6 +320,8 @@ def calibrate_package(
     threshold = calibrate_threshold(scores, target, source, names=paths)
     threshold["against_previous"] = check_against_previous(scores, float(old["value"]), threshold["value"], force)
     threshold["health"] = health
+    if clock := package_clock_note(pkg.created_ns, "the new threshold's calibration time"):
+        threshold["clock"] = clock  # an audit reads `calibrated` beside the clock that dated it
     fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
     agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
     bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)

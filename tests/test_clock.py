@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -163,6 +164,27 @@ def test_serve_check_names_a_clock_that_reads_before_the_packages_export(tiny_mo
     assert "note: this machine's clock reads" in checked.stdout and "10 days before the model package's export" in (
         checked.stdout
     ), checked.stdout
+
+
+def test_a_threshold_calibrated_on_a_box_whose_clock_reads_before_the_export_keeps_that_clock_beside_its_date(
+    tiny_model, tmp_path, line_good, caplog
+):
+    """`vqad calibrate MODEL_DIR` on the line's box dates the threshold by the box's clock: one that
+    reads 1970 wrote "calibrated": "1970-…" into the audit's provenance without a word."""
+    from edge.recalibrate import calibrate_package
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**meta, "created": "2099-01-01T00:00:00+00:00"}))  # clock behind
+    with caplog.at_level(logging.WARNING, "edge.clock"):
+        threshold = calibrate_package(model, line_good)
+    assert threshold["clock"]["behind"] == "the model package's export", threshold
+    assert threshold["clock"]["behind_at"] == "2099-01-01T00:00:00Z"
+    assert load_package(model).meta["threshold"]["clock"] == threshold["clock"]  # kept in model.json
+    assert any("the new threshold's calibration time is dated by it" in r.getMessage() for r in caplog.records)
+    shutil.copytree(tiny_model, tmp_path / "as_exported")
+    assert "clock" not in calibrate_package(tmp_path / "as_exported", line_good)  # a clock after the export
 
 
 def _next_heartbeat(beats: Subscriber) -> dict:
