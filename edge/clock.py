@@ -154,13 +154,19 @@ class ClockWatch:
         self._behind = behind
 
 
-def package_clock_note(created_ns: int | None, doing: str) -> dict[str, Any] | None:
-    """For a command that dates what it writes (`doing`, e.g. "the new threshold's calibration
-    time"): this machine's clock against the package's export. A warning, and the clock's
-    status (ClockWatch.status) to keep beside the date, when it reads before it; else None."""
+def against_package(created_ns: int | None) -> dict[str, Any] | None:
+    """This machine's clock against a package's export (`created_ns`): ClockWatch.status, None
+    while it reads after it (or the package does not say when it was made)."""
     watch = ClockWatch()
     watch.passed(PACKAGE_MADE, created_ns)
-    status = watch.status()
+    return watch.status()
+
+
+def package_clock_note(created_ns: int | None, doing: str) -> dict[str, Any] | None:
+    """For a command that dates what it writes (`doing`, e.g. "the new threshold's calibration
+    time"): a warning when this machine's clock reads before the package's export, and the
+    clock's status (against_package) to keep beside the date; else None."""
+    status = against_package(created_ns)
     if status is not None:
         log.warning("this machine's clock reads %s, %s before %s (%s): %s is dated by it. Set the clock "
                     "(docs/deploy.md, \"The box's clock\")", status["reads"], span(status["behind_s"]),

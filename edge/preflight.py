@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.clock import PACKAGE_MADE, ClockWatch, iso, span
+from edge.clock import against_package, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
@@ -77,14 +77,12 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
 def _clock_line(created_ns: int | None) -> str:
     """This machine's clock against the package's export (edge.clock): a box whose clock reads
     before it files the line's results on the wrong days."""
-    now = time.time_ns()
-    clock = ClockWatch()
-    clock.passed(PACKAGE_MADE, created_ns)
-    if (behind := clock.behind(now)) is None:
-        return f"clock: {iso(now)}" + (f", after the package's export ({iso(created_ns)})" if created_ns else "")
-    return (f"note: this machine's clock reads {iso(now)}, {span((behind[1] - now) / 1e9)} before {behind[0]} "
-            f"({iso(behind[1])}): the record would file results at its time. Set it (docs/deploy.md, "
-            "\"The box's clock\")")  # fmt: skip
+    if (behind := against_package(created_ns)) is None:
+        made = f", after the package's export ({iso(created_ns)})" if created_ns else ""
+        return f"clock: {iso(time.time_ns())}{made}"
+    return (f"note: this machine's clock reads {behind['reads']}, {span(behind['behind_s'])} before "
+            f"{behind['behind']} ({behind['behind_at']}): the record would file results at its time. Set it "
+            "(docs/deploy.md, \"The box's clock\")")  # fmt: skip
 
 
 def _decoders(n: int) -> str:
