@@ -654,10 +654,12 @@ class Daemon:
                     camera_id, (ts_ns - recv_ns) / 3.6e12, behind[0],
                 )  # fmt: skip
                 return
+            # A frame from the past may be one its sender held (a network outage), not a clock off.
+            held = " (or it held the frame that long: a network outage?)" if ts_ns < recv_ns else ""
             self._clock_log.log(
-                "camera %s sent ts_ns %.1f h off this machine's clock: the record keeps the receive time. "
+                "camera %s sent ts_ns %.1f h off this machine's clock%s: the record keeps the receive time. "
                 "Send the capture time in ns since the epoch (UTC) from a synchronised clock, or 0",
-                camera_id, (ts_ns - recv_ns) / 3.6e12,
+                camera_id, (ts_ns - recv_ns) / 3.6e12, held,
             )  # fmt: skip
 
     def _check_frame_id(self, camera_id: str, frame_id: int) -> None:

@@ -155,6 +155,27 @@ def test_a_daemon_on_a_box_that_boots_in_1970_says_so_and_records_when_ntp_sets_
     assert "the box's clock read 20," in shown.stdout and "before the model package's export" in shown.stdout
 
 
+def test_a_frames_time_off_the_clock_is_said_as_what_it_likely_is(tmp_path, caplog):
+    """A camera's ts_ns over 5 minutes off: the box's own clock when it reads before a time it has
+    passed; else the camera's clock, or, for a frame from the past, one its sender held."""
+    from edge.daemon import Daemon
+    from edge.settings import EdgeConfig
+
+    now = time.time_ns()
+    said = []
+    for passed_ns, ts_ns in ((None, now - 600 * S), (None, now + 3 * 3600 * S), (now + 86400 * S, now + 86400 * S)):
+        daemon = Daemon(tmp_path, EdgeConfig())
+        daemon.clock.passed("the model package's export", passed_ns)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "edge.daemon"):
+            daemon._check_clock("cam0", ts_ns, now)
+        said.append(caplog.records[-1].getMessage())
+    late, ahead, box = said
+    assert "camera cam0 sent ts_ns -0.2 h off this machine's clock (or it held the frame that long" in late, late
+    assert "3.0 h off this machine's clock: the record keeps the receive time" in ahead, ahead
+    assert "which reads before the model package's export: the record keeps this machine's time" in box, box
+
+
 def test_serve_check_names_a_clock_that_reads_before_the_packages_export(tiny_model, tmp_path):
     offset = tmp_path / "wall_clock_offset"
     offset.write_text("-864000")  # ten days behind

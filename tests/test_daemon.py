@@ -242,7 +242,7 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
     assert recorded[("synced", 0)] == sent[("synced", 0)]
     assert all(before <= recorded[key] <= after for key in (("zoned", 0), ("uptime", 0)))
     assert "vqad_frames_clock_off_total 2.0" in metrics
-    assert "camera zoned sent ts_ns 3.0 h off this machine's clock" in log_text
+    assert "camera zoned sent ts_ns 3.0 h off this machine's clock: the record keeps" in log_text
 
 
 def test_two_cameras_left_at_one_id_are_seen_by_their_senders_though_their_ids_only_grow(tiny_model, synth_root):
