@@ -13,10 +13,11 @@ import errno
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.clock import against_package, iso, span
+from edge.clock import RECORD_NEWEST, ClockWatch, against_package, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
@@ -24,6 +25,9 @@ from edge.serving import load_serving
 from edge.settings import EdgeConfig
 from edge.state import Overrides, state_folder_holder
 from edge.transport import ipc_in_use
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 # A passed frame's row in a SQLite record, with its share of the indexes: 282 bytes over 80,000
 # rows (2026-12-03); 0.73 GB a day at LINE_FPS, a common area camera's rate on a line.
@@ -80,6 +84,24 @@ def _clock_line(created_ns: int | None) -> str:
     if (behind := against_package(created_ns)) is None:
         made = f", after the package's export ({iso(created_ns)})" if created_ns else ""
         return f"clock: {iso(time.time_ns())}{made}"
+    return _behind_note(behind)
+
+
+def _record_clock_lines(engine: sa.Engine) -> list[str]:
+    """A note when this machine's clock reads before the record's newest result (edge.clock)."""
+    from sqlalchemy import func, select
+
+    from edge.record.schema import results
+
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(results.c.ts_ns))).scalar_one()
+    watch = ClockWatch()
+    watch.passed(RECORD_NEWEST, newest)
+    return [] if (behind := watch.status()) is None else [_behind_note(behind)]
+
+
+def _behind_note(behind: dict) -> str:
+    """The note for a clock that reads before a time it has passed (ClockWatch.status)."""
     return (f"note: this machine's clock reads {behind['reads']}, {span(behind['behind_s'])} before "
             f"{behind['behind']} ({behind['behind_at']}): the record would file results at its time. Set it "
             "(docs/deploy.md, \"The box's clock\")")  # fmt: skip
@@ -160,6 +182,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         if database:  # SQLite writes its WAL beside the file: a read-only disk opens, and refuses every row
             lines.append(_writable_line("record's folder", Path(database).parent))
         lines.append(_writable_line("evidence folder", evidence))
+        lines += _record_clock_lines(engine)
         if database and not gives_space_back(engine):
             lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
                          f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "

@@ -208,6 +208,38 @@ def test_a_threshold_calibrated_on_a_box_whose_clock_reads_before_the_export_kee
     assert "clock" not in calibrate_package(tmp_path / "as_exported", line_good)  # a clock after the export
 
 
+def test_the_records_newest_result_is_a_time_the_writer_and_serve_check_read_the_clock_against(tmp_path):
+    """A record whose newest result is a day ahead of this machine's clock: the writer's start
+    reads that time for the daemon's check, and `vqad serve --check` notes it; a record whose
+    results are all past says nothing."""
+    from edge.preflight import _record_lines
+    from edge.record import RecordWriter
+    from edge.results import Result, result_header
+    from edge.settings import EdgeConfig
+
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    assert writer.newest_ns is None  # an empty record: no time
+    ahead = time.time_ns() + 86400 * S
+    header = result_header("cam0", 0, ahead, "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=0.5,
+                           decision="pass", batch_size=1)  # fmt: skip
+    writer.put(Result(header, recv_ns=ahead), ahead)
+    writer.close()
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    assert writer.newest_ns == ahead
+    writer.close()
+    notes = [line for line in _record_lines(EdgeConfig(record=str(database))) if "clock" in line]
+    assert len(notes) == 1 and "before the record's newest result" in notes[0], notes
+    assert "24.0 h before the record's newest result" in notes[0], notes
+    past = tmp_path / "past.db"
+    writer = RecordWriter(f"sqlite:///{past}").start()
+    header = result_header("cam0", 0, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=0.5,
+                           decision="pass", batch_size=1)  # fmt: skip
+    writer.put(Result(header, recv_ns=time.time_ns()), time.time_ns())
+    writer.close()
+    assert not [line for line in _record_lines(EdgeConfig(record=str(past))) if "clock" in line]
+
+
 def _next_heartbeat(beats: Subscriber) -> dict:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
