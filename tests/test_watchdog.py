@@ -193,7 +193,9 @@ def test_a_backend_that_fails_every_batch_for_the_limit_stops_the_daemon_for_a_r
     assert "every batch has failed for 1 s" in log and "the failure of its inference backend" in log
 
 
-def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record_behind_and_once_when_not(caplog):
+def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or_clock_behind_and_once_when_not(
+    caplog,
+):
     from edge.watch import DaemonSilence
 
     silence = DaemonSilence("tcp://127.0.0.1:5556")
@@ -206,6 +208,10 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record
         silence.beat(heartbeat_message({**beat, "record": None}))  # a daemon without a record
         refused = {"pending": 1900, "behind_s": 62.0, "error": "disk I/O error (is its disk read-only? …)"}
         silence.beat(heartbeat_message({**beat, "record": refused}))  # behind, and the database says why
+        behind = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07:00Z",
+                  "behind_s": 1795981582.5, "reads": "1970-01-07T03:20:33Z"}  # fmt: skip
+        for clock in (None, behind, behind, None, None):  # the box's clock, once each way
+            silence.beat(heartbeat_message({**beat, "record": refused, "clock": clock}))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
@@ -214,6 +220,9 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_or_the_record
         "the daemon at tcp://127.0.0.1:5556 says its record has caught up",
         "the daemon at tcp://127.0.0.1:5556 says its record is 62 s behind (1900 results wait for their rows; "
         "the record's last error: disk I/O error (is its disk read-only? …))",
+        "the daemon at tcp://127.0.0.1:5556 says its box's clock reads 1970-01-07T03:20:33Z, 20,787 days before "
+        "the model package's export (2026-12-05T23:07:00Z): its record files results at that clock's time",
+        "the daemon at tcp://127.0.0.1:5556 says its box's clock reads after what it had passed again",
     ]
 
 
