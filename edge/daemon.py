@@ -164,6 +164,7 @@ class Daemon:
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
         self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
         self.clock = ClockWatch()  # this machine's clock, against times it has passed (edge.clock)
+        self.metrics.clock_behind.set_function(lambda: (self.clock.status() or {}).get("behind_s", 0.0))
 
     # -- life cycle -------------------------------------------------------------------------
     def serve(self) -> int:
@@ -320,8 +321,6 @@ class Daemon:
         if self.recorder is not None:
             self.clock.passed(RECORD_NEWEST, self.recorder.newest_ns)
         step = self.clock.check()
-        status = self.clock.status()
-        self.metrics.clock_behind.set(status["behind_s"] if status else 0.0)
         if step is not None:
             self.metrics.clock_steps.inc()
             if self.recorder is not None:

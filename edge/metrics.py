@@ -37,7 +37,7 @@ class DaemonMetrics:
         self.clock_behind = Gauge(
             "vqad_clock_behind_seconds",
             "How far this machine's clock reads before a time it has passed (the model package's export, the "
-            "record's newest result); 0 when it reads after both",
+            "record's newest result), read at each scrape; 0 when it reads after both",
             registry=r,
         )
         self.clock_steps = Counter(

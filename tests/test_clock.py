@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sqlite3
 import subprocess
 import time
+import urllib.request
 
 import cv2
 import pytest
@@ -17,6 +19,7 @@ from edge.clock import BEHIND_TOLERANCE_S, STEP_TOLERANCE_S, ClockWatch, span, s
 from edge.frames import list_images
 from edge.package import load_package
 from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+from edge.transport import free_loopback_port
 from tests.browser import wait_for
 from tests.conftest import ROOT, run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber
@@ -122,20 +125,24 @@ def test_a_daemon_on_a_box_that_boots_in_1970_says_so_and_records_when_ntp_sets_
     logged and kept among the record's changes, and the heartbeat says nothing more."""
     offset = tmp_path / "wall_clock_offset"
     offset.write_text(str(-(time.time_ns() // S - 4 * 86400)))  # 1970-01-05
-    database = tmp_path / "line.db"
+    database, port = tmp_path / "line.db", free_loopback_port()
     daemon = DaemonProcess(tiny_model, "--record", f"sqlite:///{database}", "--set", "edge.heartbeat_s=0.2",
-                           wall_clock=offset).start()  # fmt: skip
+                           "--metrics-port", str(port), wall_clock=offset).start()  # fmt: skip
+    metric = lambda name: float(re.search(rf"^{name} (\S+)$", _metrics(port), re.M).group(1))  # noqa: E731
     beats = Subscriber(daemon.results, HEARTBEAT_TOPIC)
     cam = Camera(daemon.frames)
     try:
         said = _next_heartbeat(beats)["clock"]
         assert said["behind"] == "the model package's export" and said["reads"].startswith("1970-01-05T"), said
         assert said["behind_s"] > 20_000 * 86400
+        assert metric("vqad_clock_behind_seconds") > 20_000 * 86400 and metric("vqad_clock_steps_total") == 0
         image = cv2.imread(str(list_images(synth_root / "bracket" / "test" / "good")[0]))
         cam.send(frame_message("cam0", 0, image, ts_ns=0))  # a camera on the same box: no clock of its own
         assert wait_for(lambda: _rows(database, "select count(*) from results")[0][0] == 1, 20)
         offset.write_text("0")  # NTP answers
         assert wait_for(lambda: _next_heartbeat(beats)["clock"] is None, 10)
+        assert metric("vqad_clock_behind_seconds") == 0  # read at the scrape
+        assert wait_for(lambda: metric("vqad_clock_steps_total") == 1, 10)  # seen within a second
         cam.send(frame_message("cam0", 1, image, ts_ns=0))
         assert wait_for(lambda: _rows(database, "select count(*) from results")[0][0] == 2, 20)
     finally:
@@ -246,6 +253,10 @@ def _next_heartbeat(beats: Subscriber) -> dict:
         if beats.sock.poll(100):
             return parse_heartbeat(beats.sock.recv_multipart())
     raise AssertionError("no heartbeat in 10 s")
+
+
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 
 
 def _rows(database, query: str) -> list[tuple]:
