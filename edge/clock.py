@@ -154,19 +154,19 @@ class ClockWatch:
         self._behind = behind
 
 
-def against_package(created_ns: int | None) -> dict[str, Any] | None:
-    """This machine's clock against a package's export (`created_ns`): ClockWatch.status, None
-    while it reads after it (or the package does not say when it was made)."""
+def clock_against(what: str, ns: int | None) -> dict[str, Any] | None:
+    """This machine's clock against one time it has passed (`what`, at `ns`): ClockWatch.status,
+    None while it reads after it (or there is no time: None, 0)."""
     watch = ClockWatch()
-    watch.passed(PACKAGE_MADE, created_ns)
+    watch.passed(what, ns)
     return watch.status()
 
 
 def package_clock_note(created_ns: int | None, doing: str) -> dict[str, Any] | None:
     """For a command that dates what it writes (`doing`, e.g. "the new threshold's calibration
     time"): a warning when this machine's clock reads before the package's export, and the
-    clock's status (against_package) to keep beside the date; else None."""
-    status = against_package(created_ns)
+    clock's status (clock_against) to keep beside the date; else None."""
+    status = clock_against(PACKAGE_MADE, created_ns)
     if status is not None:
         log.warning("this machine's clock reads %s, %s before %s (%s): %s is dated by it. Set the clock "
                     "(docs/deploy.md, \"The box's clock\")", status["reads"], span(status["behind_s"]),

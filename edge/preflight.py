@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.clock import RECORD_NEWEST, ClockWatch, against_package, iso, span
+from edge.clock import PACKAGE_MADE, RECORD_NEWEST, clock_against, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.metrics import DaemonMetrics
@@ -81,7 +81,7 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
 def _clock_line(created_ns: int | None) -> str:
     """This machine's clock against the package's export (edge.clock): a box whose clock reads
     before it files the line's results on the wrong days."""
-    if (behind := against_package(created_ns)) is None:
+    if (behind := clock_against(PACKAGE_MADE, created_ns)) is None:
         made = f", after the package's export ({iso(created_ns)})" if created_ns else ""
         return f"clock: {iso(time.time_ns())}{made}"
     return _behind_note(behind)
@@ -89,15 +89,11 @@ def _clock_line(created_ns: int | None) -> str:
 
 def _record_clock_lines(engine: sa.Engine) -> list[str]:
     """A note when this machine's clock reads before the record's newest result (edge.clock)."""
-    from sqlalchemy import func, select
-
-    from edge.record.schema import results
+    from edge.record.schema import newest_result_ns
 
     with engine.connect() as conn:
-        newest = conn.execute(select(func.max(results.c.ts_ns))).scalar_one()
-    watch = ClockWatch()
-    watch.passed(RECORD_NEWEST, newest)
-    return [] if (behind := watch.status()) is None else [_behind_note(behind)]
+        behind = clock_against(RECORD_NEWEST, newest_result_ns(conn))
+    return [] if behind is None else [_behind_note(behind)]
 
 
 def _behind_note(behind: dict) -> str:

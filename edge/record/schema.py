@@ -147,6 +147,12 @@ STEPS: dict[int, Callable[[sa.Connection], None]] = {
 REMOVED = ("removed_up_to_ns", "removed_for_space", "removed_past_keep_days")
 
 
+def newest_result_ns(conn: sa.Connection) -> int | None:
+    """The latest `ts_ns` among the results (by ix_results_ts), None for an empty record: a time
+    the machine that reads it has passed (edge.clock)."""
+    return conn.execute(sa.select(sa.func.max(results.c.ts_ns))).scalar_one()
+
+
 def stored_removed(conn: sa.Connection) -> dict[str, int]:
     """meta's counts of what left the record, by key (REMOVED); empty if nothing has."""
     return {row.key: int(row.value) for row in conn.execute(sa.select(meta).where(meta.c.key.in_(REMOVED)))}

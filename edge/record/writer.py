@@ -41,7 +41,7 @@ from edge.record.housekeeping import (
     sqlite_file,
     unwritable_note,
 )
-from edge.record.schema import events, migrate, results
+from edge.record.schema import events, migrate, newest_result_ns, results
 from edge.record.store import create_engine, database_reason, is_sqlite, open_record, record_url, shown_url
 from edge.results import Result
 from edge.state import write_whole
@@ -621,7 +621,7 @@ class RecordWriter:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
             # The latest time among the rows (ix_results_ts), not the last row's: a run whose clock
             # read 1970 wrote the last ones.
-            self.newest_ns = conn.execute(sa.select(sa.func.max(results.c.ts_ns))).scalar_one()
+            self.newest_ns = newest_result_ns(conn)
             if state is None:
                 return
             if state.get("record", self.where) != self.where:  # older state files do not say
