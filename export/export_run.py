@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.config import to_dict
+from edge.durable import sync_folders
 from edge.errors import PackageError
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
 from export.config import ExportConfig
@@ -202,8 +203,9 @@ def export_run(
         meta = model_json(run, staging, threshold, parity, cfg)
         write_model_json(staging, meta)
         out.mkdir(parents=True, exist_ok=True)
-        for name in (FP32_FILE, FP16_FILE, MODEL_JSON):
+        for name in (FP32_FILE, FP16_FILE, MODEL_JSON):  # each synced in staging
             (staging / name).replace(out / name)
+        sync_folders([out, out.parent])
         stale = out / "engines"
         if stale.is_dir():
             log.info("keeping %s: engines are keyed by the ONNX sha256, stale ones are never loaded", stale)

@@ -9,6 +9,7 @@ it as written.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from edge.durable import write_synced
 from train.pipeline import InspectionModel
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,12 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
-    """Trace `model` (eval mode) to `path` with a dynamic batch; check and clean the graph."""
+    """Trace `model` (eval mode) to `path` with a dynamic batch; check and clean the graph.
+    The graph is built in memory and written once, synced (edge.durable.write_synced): a full
+    disk is an OSError that names `path`, and a package moved into place after a power cut
+    holds whole graphs."""
     path = Path(path)
+    traced = io.BytesIO()
     cfg = model.cfg
     example = torch.zeros(2, *cfg.image_size, cfg.channels, dtype=torch.uint8)
     dynamic = {INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}}
@@ -56,7 +62,7 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            traced,
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -64,7 +70,7 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
             dynamic_axes=dynamic,
             do_constant_folding=True,
         )
-    proto = constants_to_initializers(onnx.load(str(path)))
+    proto = constants_to_initializers(onnx.load_from_string(traced.getvalue()))
     # The tracer leaves the map's non-batch dims symbolic; they are fixed by the input size.
     out_dims = {OUTPUT_NAMES[0]: (1, *cfg.image_size)}
     for output in proto.graph.output:
@@ -74,5 +80,5 @@ def export_graph(model: InspectionModel, path: str | Path, opset: int) -> Path:
     proto.producer_name = "vqad"
     proto.doc_string = "vqad inspection model: uint8 NHWC frames -> anomaly_map (N,1,H,W), score (N)"
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    write_synced(path, proto.SerializeToString())
     return path

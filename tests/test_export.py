@@ -152,6 +152,26 @@ def test_export_refuses_to_overwrite_without_force(tiny_model, tiny_run):
 WITHOUT_TORCH = AS_ON_THE_EDGE
 
 
+def test_a_graph_written_to_a_full_disk_names_its_file(tiny_run, tmp_path):
+    """The tracer wrote the graph to its file and the disk's refusal named none ("cannot use a
+    file or folder (-v shows which)"); the graph is written whole now, its refusal naming the
+    file, and nothing of it left. /dev/full answers every write with ENOSPC."""
+    import errno
+
+    from export.onnx_graph import export_graph
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    target = tmp_path / "model.onnx"
+    target.symlink_to("/dev/full")
+    with pytest.raises(OSError) as full:
+        export_graph(load_run(tiny_run).model, target, 17)
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(target)
+    assert not os.path.lexists(target)
+    written = export_graph(load_run(tiny_run).model, tmp_path / "ok.onnx", 17)
+    onnx.checker.check_model(onnx.load(str(written)), full_check=True)
+
+
 def test_tensorrt_modules_import_without_tensorrt_or_torch():
     code = (
         WITHOUT_TORCH
