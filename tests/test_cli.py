@@ -18,6 +18,8 @@ from tests.conftest import ROOT, run_vqad
     [
         (["synth", "{tmp}/s", "--size", "0"], "--size: must be at least 16"),
         (["synth", "{tmp}/s", "--n-train", "2"], "--n-train: must be at least 4"),
+        # A traceback: "Unable to allocate 149. GiB".
+        (["synth", "{tmp}/s", "--size", "100000"], "--size: must be at most 4096, got 100000"),
         # A name checked only when its turn came left the categories before it written.
         (["synth", "{tmp}/s", "--categories", "weave,foo"], "--categories: unknown category foo"),
         (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),

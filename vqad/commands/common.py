@@ -47,10 +47,10 @@ def set_arg(sp: argparse.ArgumentParser, section: str) -> None:
     )
 
 
-def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` no smaller than `minimum`, or argparse's one-line
-    usage error (a count of 0 or a size of -1 would otherwise fail deep inside, or mean
-    something else)."""
+def at_least(minimum: float, kind: type = int, at_most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` no smaller than `minimum` (nor larger than `at_most`),
+    or argparse's one-line usage error (a count of 0 or a size of -1 would otherwise fail deep
+    inside, or mean something else; a side of 100,000 pixels asks for 149 GiB)."""
 
     def parse(text: str) -> float:
         try:
@@ -61,6 +61,8 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
             ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most:g}, got {text}")
         return value
 
     return parse

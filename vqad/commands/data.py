@@ -7,6 +7,10 @@ from pathlib import Path
 
 from vqad.commands.common import at_least
 
+# The largest synthetic image side: the daemon's default largest frame (4096 x 4096,
+# edge.settings max_frame_pixels). Larger sides only fill the memory (2 x 8 bytes a pixel).
+SYNTH_MAX_SIZE = 4096
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     import time
@@ -39,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path, metavar="OUT_DIR", help="where to write one MVTec-layout folder per category")
     s.add_argument("--seed", type=at_least(0), default=0, help="the same seed writes the same images")
-    s.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
+    s.add_argument("--size", type=at_least(16, at_most=SYNTH_MAX_SIZE), default=256, help="image side in pixels")
     # 4: what vqad train needs
     s.add_argument("--n-train", type=at_least(4), default=160, help="good training images per category")
     s.add_argument("--n-test-good", type=at_least(0), default=40, help="good test images per category")
