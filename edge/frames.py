@@ -6,7 +6,9 @@ the pixels it saw in evaluation.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ T = TypeVar("T")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGE_KINDS = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)  # for messages that find none
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The largest frame the daemon takes by default (edge.max_frame_pixels), and the largest model
+# input: a model twice as large on each side already needs gigabytes a frame on a Jetson.
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
 
 
 # A 16-bit image holds a camera's counts in its low `pixel_bits` bits: 16 for Mono16, 12 for
@@ -326,7 +331,10 @@ def load_images(
     grey (one channel, or three equal ones) to `greys`; a 16-bit image is read by the low
     `fmt.pixel_bits` bits its camera fills.
     DataError, after reading them all, names the files that cannot be read: a folder with
-    several is mended in one go, not one file per try."""
+    several is mended in one go, not one file per try. DataError before reading any when the
+    images at `fmt`'s size need more memory than the machine has free (the kernel would kill the
+    process, without a word, once the array had filled it)."""
+    require_memory(len(paths) * math.prod(fmt.size) * fmt.channels, f"{len(paths)} images at {size_words(fmt.size)}")
     out = np.empty((len(paths), *fmt.size, fmt.channels), dtype=np.uint8)
     unreadable: list[str] = []
     for i, path in enumerate(progress(paths, "reading images", total=len(paths))):
@@ -343,6 +351,42 @@ def load_images(
     if unreadable:
         raise DataError(unreadable_message(unreadable, len(paths)))
     return out
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still be given without swapping: the kernel's MemAvailable, or
+    its control group's limit less its usage where that is less (a container); None where
+    neither can be read."""
+    free: list[int] = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        if found := re.search(r"^MemAvailable:\s*(\d+) kB", meminfo, re.MULTILINE):
+            free.append(int(found.group(1)) * 1024)
+    except OSError:
+        pass
+    try:
+        group = Path("/sys/fs/cgroup")
+        limit = (group / "memory.max").read_text().strip()
+        if limit.isdigit():
+            free.append(int(limit) - int((group / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def require_memory(needed: int, what: str) -> None:
+    """DataError when `needed` bytes (for `what`) exceed the memory this machine has free."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise DataError(
+            f"{what} need {needed / 2**30:.1f} GiB of memory, and this machine has {max(free, 0) / 2**30:.1f} GiB "
+            "free: a smaller --image-size (or model.short_side), or fewer images"
+        )
+
+
+def size_words(size: Sequence[int]) -> str:
+    """(height, width) as "HxW"."""
+    return "x".join(str(side) for side in size)
 
 
 # An error names this many unreadable files at most, and counts the rest.

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from edge.config import require
 from edge.endpoints import check_endpoint
+from edge.frames import DEFAULT_MAX_FRAME_PIXELS
 from edge.health import HealthLimits
 from edge.protocol import MAX_BYTES_PER_PIXEL
 from edge.results import PublishFrames
@@ -79,7 +80,7 @@ class EdgeConfig:
     # per camera every 0.5 s (the dashboard's live picture); false: none.
     publish_frames: PublishFrames = "preview"
     min_region_area: int = 4
-    max_frame_pixels: int = 4096 * 4096
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     max_header_bytes: int = 65536
     rcvhwm: int = 32
     sndhwm: int = 10000

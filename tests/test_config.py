@@ -55,6 +55,9 @@ def test_overrides_are_converted_by_field_type():
         ({"image_size": "[64, 40]"}, "multiple of 16"),
         ({"image_size": "[64, 64, 3]"}, "N, \\[H, W\\] or auto"),
         ({"image_size": "auto", "short_side": "100"}, "short_side must be >= 16 and a multiple of 16"),
+        # The model's own buffers at 20000 x 20000 filled the memory: the kernel killed the process.
+        ({"image_size": "20000"}, "is 400,000,000 pixels, more than the 16,777,216"),
+        ({"image_size": "auto", "short_side": "8192"}, "short_side 8192 is more than the 4096"),
         ({"score": {"errors": "l2,l2"}}, "duplicates"),
         ({"score": {"terms": "head,glitter"}}, "not one of"),
         ({"head_width": "0"}, "needs a comparison head"),

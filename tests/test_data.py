@@ -85,6 +85,22 @@ def test_every_unreadable_training_image_is_named_in_one_error(tmp_path):
         load_images(train_image_paths(cat), InputFormat(16, 3))
 
 
+def test_images_that_would_fill_the_memory_are_refused_before_reading(tmp_path, monkeypatch):
+    """The kernel kills a process whose array of images fills the memory, without a word: the
+    images' need is read against the memory free first, and named."""
+    import edge.frames
+
+    cat = make_category(tmp_path / "cat")
+    free = edge.frames.available_memory()
+    assert free is None or free > 0
+    monkeypatch.setattr(edge.frames, "available_memory", lambda: 4 * 64 * 64 * 3 - 1)
+    with pytest.raises(
+        DataError, match=r"^4 images at 64x64 need 0.0 GiB of memory, and this machine has 0.0 GiB free"
+    ):
+        load_images(train_image_paths(cat), InputFormat(64, 3))
+    assert load_images(train_image_paths(cat), InputFormat(32, 3)).shape == (4, 32, 32, 3)
+
+
 def test_mask_of_the_wrong_size_is_named(tmp_path):
     cat = make_category(tmp_path / "cat")
     cv2.imwrite(str(cat / "ground_truth" / "scratch" / "0_mask.png"), np.zeros((7, 7), np.uint8))

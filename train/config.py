@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from edge.config import require
 from edge.errors import ConfigError
-from edge.frames import PIXEL_BITS, InputFormat, as_size, check_pixel_bits
+from edge.frames import DEFAULT_MAX_FRAME_PIXELS, PIXEL_BITS, InputFormat, as_size, check_pixel_bits
 
 ErrorKind = Literal["l2", "ssim", "gms"]
 TermName = Literal["head", "errors", "template", "memory"]
@@ -114,11 +115,20 @@ class ModelConfig:
                 self.short_side % step == 0 and self.short_side >= 16,
                 f"model.short_side must be >= 16 and a multiple of {step}, got {self.short_side}",
             )
+            require(
+                self.short_side**2 <= DEFAULT_MAX_FRAME_PIXELS,
+                f"model.short_side {self.short_side} is more than the 4096 of the largest frame the daemon takes",
+            )
         else:
             sides = self.image_size
             require(
                 all(side % step == 0 and side >= 16 for side in sides),
                 f"model.image_size {list(sides)}: each side must be >= 16 and a multiple of {step}",
+            )
+            require(
+                math.prod(sides) <= DEFAULT_MAX_FRAME_PIXELS,
+                f"model.image_size {list(sides)} is {math.prod(sides):,} pixels, more than the "
+                f"{DEFAULT_MAX_FRAME_PIXELS:,} (4096 x 4096) of the largest frame the daemon takes",
             )
         require(
             2 * self.score.border < min(sides),
