@@ -2033,6 +2033,14 @@ def test_a_catch_up_follows_the_order_published_whatever_the_capture_times_and_p
     assert [r["seq"] for r in record.results(run="run-b", after_seq=-1)] == [0]
     with pytest.raises(ValueError, match="name its run"):
         record.results(after_seq=3)
+    # Where each run's results end, on stderr, as /api/results' run_published says it.
+    said = run_vqad("records", record_url, "--run", "run-a", "--after-seq", "5", "--format", "json")
+    assert [r["seq"] for r in json.loads(said.stdout)] == [6]
+    assert "run run-a has no stop row: it serves still, or it ended without one" in said.stderr
+    writer = RecordWriter(record_url, tmp_path / "ev", run_id="run-a").start()
+    writer.close(last_change=("stop", {"run": "run-a", "published": 7}, "vqad serve"))
+    said = run_vqad("records", record_url, "--run", "run-a", "--after-seq", "6", "--format", "json")
+    assert json.loads(said.stdout) == [] and "run run-a stopped after publishing 7 results: seq 0 to 6" in said.stderr
 
 
 def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):

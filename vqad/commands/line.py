@@ -337,7 +337,20 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
     if printed == args.limit:  # to stderr: a CSV or JSON export stays clean
         which = "first" if args.after_seq is not None else "newest"
         log.warning("the %s %d results are shown; there may be more (--limit N)", which, args.limit)
+    if args.run is not None:
+        _say_run_end(record, args.run)
     return 0
+
+
+def _say_run_end(record: Record, run: str) -> None:
+    """To stderr, as the dashboard's /api/results says in `run_published`: where the run's
+    results end, so that a catch-up knows whether the record lacks its last ones."""
+    published = record.run_published(run)
+    if published is None:
+        log.info("run %s has no stop row: it serves still, or it ended without one (killed, or the power lost)", run)
+    else:
+        last = f": seq 0 to {published - 1}" if published else ""
+        log.info("run %s stopped after publishing %d result%s%s", run, published, "" if published == 1 else "s", last)
 
 
 # `vqad records`' three formats. Each prints the results as they are read, a page at a time
