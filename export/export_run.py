@@ -72,6 +72,7 @@ def prove_parity(run: Run, staging: Path, threshold: float, cfg: ExportConfig) -
     from train.pipeline import score_frames
 
     frames, names = parity_frames(run, cfg.parity_test_per_kind)
+    log.info("proving parity on %d images: PyTorch, the FP32 graph, the FP16 graph", len(frames))
     _, t_maps, t_scores = score_frames(run.model, frames)
     near_tie = (run.model.code_margins(frames) < cfg.fp32_tie_tolerance).numpy()
     parity = compare(
