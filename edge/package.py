@@ -110,6 +110,14 @@ def _get(meta: dict[str, Any], *keys: str) -> Any:
     return node
 
 
+def newer_vqad_hint(version: object, newest: int, or_else: str = "") -> str:
+    """The remedy, when a file's format `version` is newer than the `newest` this vqad reads: a
+    package or checkpoint made by a newer vqad (a box not upgraded with the training machine)."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > newest:
+        return "; a newer vqad made it: upgrade vqad here" + (f", or {or_else}" if or_else else "")
+    return ""
+
+
 def load_package(root: str | Path) -> ModelPackage:
     """Read and check `root/model.json`. Raises PackageError with the reason."""
     root = Path(root)
@@ -128,8 +136,9 @@ def load_package(root: str | Path) -> ModelPackage:
         raise PackageError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise PackageError(f"{path} must hold a JSON object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if (version := meta.get("format_version")) != FORMAT_VERSION:
+        hint = newer_vqad_hint(version, FORMAT_VERSION, "export it with this one")
+        raise PackageError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}{hint}")
     try:
         pkg = ModelPackage(
             root=root,

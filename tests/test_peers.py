@@ -3,6 +3,7 @@ it; the plan and its tensors travel with the checkpoint; runs saved before it sc
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -146,3 +147,25 @@ def test_a_run_saved_before_fused_maps_loads_with_one_map_and_scores_as_it_did(t
         prob, features = new.model.head_outputs(x01, recon)
         first_map, first_score = new.model.scorer.single_map(x01, recon, prob, features, z)
     assert torch.allclose(old_score, first_score) and torch.allclose(old_map, first_map)
+
+
+def test_a_checkpoint_or_package_of_a_newer_vqad_names_the_upgrade(tiny_run, tiny_model, tmp_path):
+    """A box not upgraded with the training machine meets a newer checkpoint or model.json: the
+    refusal says a newer vqad made it, and what to do; a version that is no number does not."""
+    from edge.errors import CheckpointError, PackageError
+    from edge.package import FORMAT_VERSION, load_package
+
+    saved = load_checkpoint(tiny_run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=rf"version {VERSION + 1} .*; a newer vqad made it: upgrade vqad here$"):
+        upgrade({"version": VERSION + 1, "meta": saved["meta"], "model": saved["model"]})
+    with pytest.raises(CheckpointError, match=r"version 'x' is not one this vqad reads \(1\.\.\d+\)$"):
+        upgrade({"version": "x", "meta": saved["meta"], "model": saved["model"]})
+    package = tmp_path / "model"
+    shutil.copytree(tiny_model, package)
+    meta = json.loads((package / "model.json").read_text())
+    for version, told in ((FORMAT_VERSION + 1, True), ("1", False)):
+        (package / "model.json").write_text(json.dumps({**meta, "format_version": version}))
+        with pytest.raises(PackageError, match=f"format_version {version!r}, expected {FORMAT_VERSION}") as refused:
+            load_package(package)
+        said = "; a newer vqad made it: upgrade vqad here, or export it with this one"
+        assert str(refused.value).endswith(said) is told

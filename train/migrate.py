@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from edge.errors import CheckpointError
+from edge.package import newer_vqad_hint
 
 VERSION = 4
 
@@ -50,7 +51,8 @@ def upgrade(payload: dict[str, Any]) -> dict[str, Any]:
     """{'version', 'meta', 'model'} of any saved version -> the current version's."""
     version = payload.get("version")
     if not isinstance(version, int) or not 1 <= version <= VERSION:
-        raise CheckpointError(f"checkpoint version {version!r} is not one this vqad reads (1..{VERSION})")
+        raise CheckpointError(f"checkpoint version {version!r} is not one this vqad reads (1..{VERSION})"
+                              f"{newer_vqad_hint(version, VERSION)}")  # fmt: skip
     steps = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
     while payload["version"] < VERSION:
         payload = steps[payload["version"]](payload)
