@@ -51,6 +51,16 @@ def write_refusal(folder: Path) -> OSError | None:
         return exc
 
 
+def require_writable(folder: Path, target: str | Path) -> None:
+    """OSError (exit code 7 in the CLI), naming `target`, unless a file can be made in `folder`,
+    or, where it is not made yet, in the nearest folder above it: for a command that writes
+    `target` after minutes or hours of work, found before that work."""
+    existing = nearest_existing(folder)
+    if (refused := write_refusal(existing)) is not None:  # a read-only disk too, which os.access misses
+        where = "no file can be made in it" if existing == Path(target) else f"{existing} cannot be written"
+        raise OSError(refused.errno, f"{where} ({refused.strerror})", str(target))
+
+
 def sync_file(path: str | Path) -> None:
     """Wait until what was written to the file at `path` is on the disk (fsync)."""
     fd = os.open(path, os.O_RDONLY)

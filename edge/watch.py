@@ -18,6 +18,7 @@ import zmq
 
 from edge import transport
 from edge.clock import span
+from edge.durable import require_writable
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
@@ -290,6 +291,7 @@ class _Outputs:
         self.folder = Path(save_dir) if save_dir else None
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
+            require_writable(self.folder, self.folder)  # an existing folder on a read-only disk
         self.sink = open(jsonl, "a") if jsonl else None
         # One per message: a message logged within another's interval would only be counted.
         self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)

@@ -164,6 +164,15 @@ def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     proc = run_vqad("watch", "tcp://127.0.0.1:5599", "--timeout", "30", "--summary-json", "/proc/s.json", check=False)
     assert proc.returncode == 7 and "summary:" not in proc.stdout
     assert "cannot use /proc/s.json: /proc cannot be written (" in proc.stderr, proc.stderr
+    # Overlays into a folder that is there but takes no file: each fail logged "not saved".
+    proc = run_vqad("watch", "tcp://127.0.0.1:5599", "--timeout", "30", "--save-dir", "/proc", check=False)
+    assert proc.returncode == 7 and "cannot use /proc: no file can be made in it (" in proc.stderr, proc.stderr
+
+
+def test_embed_refuses_an_output_it_could_not_write_before_encoding(tiny_run):
+    """The embeddings' file was refused after every image was read and encoded."""
+    proc = run_vqad("embed", tiny_run, tiny_run, "--out", "/proc/sub/e.npz", check=False)
+    assert proc.returncode == 7 and "cannot use /proc/sub/e.npz: /proc cannot be written (" in proc.stderr
 
 
 def test_every_argument_says_what_it_is():

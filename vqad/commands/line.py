@@ -166,15 +166,14 @@ def cmd_camera(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import errno
 
-    from edge.durable import write_refusal
+    from edge.durable import require_writable
     from edge.watch import run_watch
 
     folder = Path(args.summary_json).parent if args.summary_json else None
     if folder is not None:  # found at the start, not after hours of watching
         if not folder.is_dir():
             raise OSError(errno.ENOENT, f"{folder} is no folder", str(args.summary_json))
-        if (refused := write_refusal(folder)) is not None:  # a read-only disk too, which os.access misses
-            raise OSError(refused.errno, f"{folder} cannot be written ({refused.strerror})", str(args.summary_json))
+        require_writable(folder, args.summary_json)
     stop = _stop_on_sigterm()
     summary = run_watch(
         args.endpoint or args.results,

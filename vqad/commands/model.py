@@ -258,8 +258,10 @@ def _defects_line(d: dict, folder: Path) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from edge.durable import require_writable
     from train.embed import write_embeddings
 
+    require_writable(Path(args.out).parent, args.out)  # before the images are read and encoded
     result = write_embeddings(args.run, args.images, args.out, args.kind)
     print(f"wrote {args.out}: {args.kind} {result[args.kind].shape} for {len(result['paths'])} images")
     return 0
