@@ -169,10 +169,15 @@ def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     assert proc.returncode == 7 and "cannot use /proc: no file can be made in it (" in proc.stderr, proc.stderr
 
 
-def test_embed_refuses_an_output_it_could_not_write_before_encoding(tiny_run):
-    """The embeddings' file was refused after every image was read and encoded."""
+def test_embed_and_eval_refuse_an_output_they_could_not_write_before_the_work(tiny_run, synth_root):
+    """The embeddings' file was refused after every image was read and encoded, the report's
+    folder after the threshold was calibrated and the test set scored."""
     proc = run_vqad("embed", tiny_run, tiny_run, "--out", "/proc/sub/e.npz", check=False)
     assert proc.returncode == 7 and "cannot use /proc/sub/e.npz: /proc cannot be written (" in proc.stderr
+    before = (tiny_run / "threshold.json").read_bytes()
+    proc = run_vqad("eval", tiny_run, synth_root / "bracket", "--out", "/proc/sub/eval", check=False)
+    assert proc.returncode == 7 and "cannot use /proc/sub/eval: /proc cannot be written (" in proc.stderr
+    assert (tiny_run / "threshold.json").read_bytes() == before
 
 
 def test_every_argument_says_what_it_is():

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
@@ -132,6 +133,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         log.warning("%s: %s; its figures are not the finished model's, and vqad export refuses it. Finish it: "
                     "vqad train %s --out %s --resume", run.root, run.unfinished(), category, run.root)  # fmt: skip
     out = Path(out)
+    require_writable(out, out)  # found before the images are scored, not after
     test, own = _test_set(run, category)
     val_paths = run.split_images("val", "the threshold is calibrated on them")
     val_images = load_images(val_paths, run.model_cfg.input_format)
