@@ -58,6 +58,9 @@ def test_a_folder_the_system_refuses_is_one_line_and_exit_7(tiny_run, tmp_path):
     proc = run_vqad("export", tiny_run, "--out", blocker / "model", check=False)
     assert proc.returncode == 7 and "Traceback" not in proc.stderr
     assert f"cannot use {blocker}" in proc.stderr.strip().splitlines()[-1]
+    # A run's folder given as a file: "cannot use a_file: File exists" said what the system saw.
+    proc = run_vqad("train", tiny_run, "--out", blocker, check=False)
+    assert proc.returncode == 2 and f"--out {blocker} is a file: a run is a folder" in proc.stderr
 
 
 def test_a_refusal_that_names_no_file_says_where_to_find_it(monkeypatch, caplog):

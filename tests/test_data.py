@@ -165,6 +165,13 @@ def test_a_category_given_as_one_of_its_own_folders_is_pointed_to(tmp_path):
     with pytest.raises(DataError) as refused:
         train_image_paths(tmp_path / "nothing")
     assert "did you mean" not in str(refused.value)
+    # The folder that holds the categories, as `vqad synth data/` writes them.
+    for name in ("bolt", "nut", "washer", "zip"):
+        make_category(tmp_path / name)
+    (tmp_path / "notes").mkdir()
+    first = " or ".join(str(tmp_path / name) for name in ("bolt", "cat", "nut"))
+    with pytest.raises(DataError, match=re.escape(f"it holds categories: did you mean {first} (or one of 2 more)?")):
+        train_image_paths(tmp_path)
 
 
 def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, caplog):

@@ -64,11 +64,19 @@ def _require_dir(path: Path, what: str, category: Path) -> Path:
 
 def category_hint(category: str | Path) -> str:
     """A hint when CATEGORY was given as one of its own folders (`bracket/train/good` for
-    `bracket`), the commonest slip with this layout; "" when no folder above it is a category."""
+    `bracket`), the commonest slip with this layout, or as the folder of categories (`data` for
+    `data/bracket`, as `vqad synth` writes them); "" when neither is so."""
     for above in list(Path(category).resolve().parents)[:2]:
         if (above / "train" / "good").is_dir():
             return f"; did you mean {above}?"
-    return ""
+    try:
+        inside = sorted(sub for sub in Path(category).iterdir() if (sub / "train" / "good").is_dir())
+    except OSError:  # not a folder, or not readable: the error above says what is missing
+        return ""
+    if not inside:
+        return ""
+    more = f" (or one of {len(inside) - 3} more)" if len(inside) > 3 else ""
+    return f"; it holds categories: did you mean {' or '.join(map(str, inside[:3]))}{more}?"
 
 
 def train_image_paths(category: str | Path) -> list[Path]:

@@ -267,6 +267,8 @@ def holding_run_dir(run_dir: Path) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file: a run is a folder (one that is not there yet, or a run's)")
     made = not run_dir.exists()
     try:
         lock = hold_lock(run_dir / TRAIN_LOCK, "training")
