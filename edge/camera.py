@@ -97,7 +97,7 @@ def open_source(
         raise DataError(f"no such file or folder: {source} (images, a folder of them, a video, a device, a URL)")
     cap = _open_video(source)
     if cap is None:
-        raise DataError(f"cannot open video source {source}")
+        raise DataError(unopened(source))
     length = None if loop else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # 0: the container does not say
     return Source(_video_frames(source, cap, loop), length)
 
@@ -210,13 +210,31 @@ def _open_video(source: str) -> cv2.VideoCapture | None:
     return None
 
 
+def video_devices() -> list[str]:
+    """This machine's video capture devices (V4L2's /dev/video*)."""
+    return sorted(str(found) for found in Path("/dev").glob("video*"))
+
+
+def unopened(source: str) -> str:
+    """Why OpenCV could not open `source`, as far as this machine tells: OpenCV says nothing."""
+    said = f"cannot open video source {source}"
+    if not is_live(source):
+        return f"{said}: not a video this OpenCV reads (its container or its codec)"
+    if "://" in source:
+        return f"{said}: the stream does not answer (its address, port or credentials; whether this machine reaches it)"
+    device = Path(f"/dev/video{source}" if source.isdigit() else source)
+    if not device.exists():
+        return f"{said}: no {device} on this machine (its video devices: {', '.join(video_devices()) or 'none'})"
+    return f"{said}: {device} is in use by another program, is no camera, or this user may not read it (video group)"
+
+
 def _live_frames(source: str, stop: StopFlag | None) -> Iterator[Frame]:
     """Frames from a device or stream URL until `stop()`; one that cannot be opened at first is
     a DataError, one that stops giving frames later is reopened (logged when it goes and when it
     is back)."""
     cap = _open_video(source)
     if cap is None:
-        raise DataError(f"cannot open video source {source}")
+        raise DataError(unopened(source))
     stopped = stop or (lambda: False)
     index, lost_at, pause = 0, None, RECONNECT_FIRST_S
     try:

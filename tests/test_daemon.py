@@ -650,7 +650,7 @@ def test_camera_streams_a_video_file(tiny_model, tmp_path):
     assert all(h["status"] == "ok" and h["camera_id"] == "video" for h, _ in results)
 
 
-def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkeypatch, caplog):
+def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkeypatch, caplog, tmp_path):
     """A stream camera that reboots: its first open gives 3 frames and then none, a reopen
     fails, the next gives frames again. A video file ends at its end; a live source ended the
     camera process there too, with exit code 0, which a supervisor does not restart. (A fake
@@ -688,6 +688,20 @@ def test_a_live_source_that_stops_giving_frames_is_reopened_until_stopped(monkey
     plan[:] = [None]  # a source that cannot be opened at all is the user's to fix: said at once
     with pytest.raises(DataError, match="cannot open video source 7"):
         next(camera.iter_source("7", loop=False))
+    # OpenCV says nothing of why: the likeliest reason of each kind of source is named.
+    monkeypatch.setattr(camera, "video_devices", lambda: ["/dev/video0"])
+    plan[:] = [None] * 4  # none of them opens
+    for source, why in (
+        ("/dev/video97", "no /dev/video97 on this machine (its video devices: /dev/video0)"),
+        ("/dev/null", "/dev/null is in use by another program, is no camera, or this user may not read it"),
+        ("rtsp://cam0/stream", "the stream does not answer (its address, port or credentials;"),
+    ):
+        with pytest.raises(DataError, match=re.escape(f"cannot open video source {source}: {why}")):
+            next(camera.iter_source(source, loop=False))
+    video = tmp_path / "part.mp4"
+    video.write_bytes(b"not a video")
+    with pytest.raises(DataError, match="not a video this OpenCV reads"):
+        next(camera.iter_source(str(video), loop=False))
     with pytest.raises(DataError, match="no such file or folder: parts/line3"):  # a mistyped folder
         next(camera.iter_source("parts/line3", loop=False))
 
