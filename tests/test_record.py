@@ -196,7 +196,9 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     if len(fails) > 1:
         assert (exported / "test" / "scratch" / f"cam1_{fails[1]['frame_id']}.png").is_file()
     bad = run_vqad("review", url, "cam1", 99999, "--verdict", "defect", check=False)
-    assert bad.returncode != 0 and "no recorded result" in bad.stderr
+    assert bad.returncode != 0 and "no recorded result for camera 'cam1', frame 99999\n" in bad.stderr
+    bad = run_vqad("review", url, "CAM1", target["frame_id"], "--verdict", "defect", check=False)  # ids are exact
+    assert bad.returncode != 0 and "(the record holds no result of a camera 'CAM1' at all)" in bad.stderr
 
 
 def _waiting(writer: RecordWriter, n: int, timeout_s: float = 20.0) -> None:

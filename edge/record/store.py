@@ -562,7 +562,9 @@ class Record:
             found = conn.execute(q.order_by(results.c.id.desc()).limit(1)).first()
             if found is None:
                 which = f" with result_id {result_id}" if result_id is not None else ""
-                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}")
+                known = conn.execute(sa.select(results.c.id).where(results.c.camera_id == camera_id).limit(1)).first()
+                unknown = "" if known else f" (the record holds no result of a camera {camera_id!r} at all)"
+                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}{unknown}")
             if found.decision is None:  # an error or a dropped frame: the model judged nothing
                 raise DataError(f"camera {camera_id!r}, frame {frame_id} has no decision (the frame was an error "
                                 "or dropped): a review judges what the line decided")  # fmt: skip
