@@ -117,7 +117,8 @@ class ModelConfig:
             )
             require(
                 self.short_side**2 <= DEFAULT_MAX_FRAME_PIXELS,
-                f"model.short_side {self.short_side} is more than the 4096 of the largest frame the daemon takes",
+                f"model.short_side {self.short_side} is more than the {math.isqrt(DEFAULT_MAX_FRAME_PIXELS)} of the "
+                "largest frame the daemon takes",
             )
         else:
             sides = self.image_size
@@ -128,7 +129,7 @@ class ModelConfig:
             require(
                 math.prod(sides) <= DEFAULT_MAX_FRAME_PIXELS,
                 f"model.image_size {list(sides)} is {math.prod(sides):,} pixels, more than the "
-                f"{DEFAULT_MAX_FRAME_PIXELS:,} (4096 x 4096) of the largest frame the daemon takes",
+                f"{DEFAULT_MAX_FRAME_PIXELS:,} of the largest frame the daemon takes",
             )
         require(
             2 * self.score.border < min(sides),
