@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import load_config, parse_overrides
+from edge.config import load_config, parse_overrides, read_yaml
 from edge.dashboard.settings import DashboardConfig
 from edge.errors import ConfigError
 from edge.settings import EdgeConfig
@@ -122,6 +122,20 @@ def test_yaml_errors_name_the_file(tmp_path):
     assert "\n" not in str(refused.value) and str(refused.value).endswith("at line 2, column 1")  # one log line
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainConfig, tmp_path / "missing.yaml")
+
+
+def test_a_key_given_twice_is_refused_and_a_merge_key_is_read(tmp_path):
+    """PyYAML kept a key's last value: a setting changed at one of its two places in a long file
+    was served at the other, without a word."""
+    twice = tmp_path / "edge.yaml"
+    twice.write_text("max_batch: 8\nqueue_size: 64\nmax_batch: 4\n")
+    with pytest.raises(ConfigError, match=r"'max_batch' is given twice \(first at line 1\) at line 3, column 1$"):
+        load_config(EdgeConfig, twice)
+    twice.write_text("curve:\n  enabled: false\n  enabled: true\n")
+    with pytest.raises(ConfigError, match=r"the key 'enabled' is given twice \(first at line 2\) at line 3"):
+        load_config(EdgeConfig, twice)
+    twice.write_text("base: &base {max_batch: 4, queue_size: 32}\nedge:\n  <<: *base\n  queue_size: 16\n")
+    assert read_yaml(twice)["edge"] == {"max_batch": 4, "queue_size": 16}  # a key over a merge's is no repeat
 
 
 def test_the_map_scale_is_bounded_and_older_configs_take_its_default():
