@@ -23,6 +23,7 @@ from tests.conftest import ROOT, run_vqad
         # A name checked only when its turn came left the categories before it written.
         (["synth", "{tmp}/s", "--categories", "weave,foo"], "--categories: unknown category foo"),
         (["records", "{tmp}/line.db", "--limit", "-1"], "--limit: must be at least 1"),
+        (["records", "{tmp}/line.db", "--frame-id", "-5"], "--frame-id: must be at least 0"),  # was "0 results"
         (["camera", "{tmp}", "--to", "tcp://127.0.0.1:5555", "--hwm", "0"], "--hwm: must be at least 1"),
         (["watch", "tcp://127.0.0.1:5556", "--count", "many"], "--count: expected an integer"),
         (["watch", "--count", "3"], "one of the arguments ENDPOINT --results is required"),

@@ -795,7 +795,7 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--until", metavar="ISO8601", help="up to this time, included (read as --since is); a date alone: to its end"
     )
-    r.add_argument("--frame-id", type=int, metavar="N", help="the results with this frame_id")
+    r.add_argument("--frame-id", type=at_least(0), metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
     reviewed = r.add_mutually_exclusive_group()
     reviewed.add_argument("--reviewed", action="store_const", const=True, help="the results a person has reviewed")
