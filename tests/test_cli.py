@@ -173,6 +173,16 @@ def test_watch_refuses_a_summary_it_could_not_write_before_watching(tmp_path):
     assert proc.returncode == 7 and "cannot use /proc: no file can be made in it (" in proc.stderr, proc.stderr
 
 
+def test_an_export_of_reviews_into_a_folder_it_could_not_write_is_refused_first(tmp_path):
+    """The reviewed evidence, read from the disk or fetched from the peers' dashboards, was
+    refused at its first image."""
+    from edge.record import Record
+
+    Record(f"sqlite:///{tmp_path / 'line.db'}")
+    proc = run_vqad("records", tmp_path / "line.db", "--export-reviewed", "/proc/sub/reviewed", check=False)
+    assert proc.returncode == 7 and "cannot use /proc/sub/reviewed: /proc cannot be written (" in proc.stderr
+
+
 def test_embed_and_eval_refuse_an_output_they_could_not_write_before_the_work(tiny_run, synth_root):
     """The embeddings' file was refused after every image was read and encoded, the report's
     folder after the threshold was calibrated and the test set scored."""

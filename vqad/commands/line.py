@@ -312,6 +312,9 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     since_ns, until_ns = _time_window(args, zone)
     if args.export_reviewed:
+        from edge.durable import require_writable
+
+        require_writable(args.export_reviewed, args.export_reviewed)  # before the evidence is read, or fetched
         counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns, _peer_frames(args))
         for folder, n in sorted(counts.items()):
             print(f"{n} image{'' if n == 1 else 's'} -> {args.export_reviewed / folder}")
