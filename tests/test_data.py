@@ -156,6 +156,29 @@ def test_missing_folders_are_named_with_the_layout_a_category_needs(tmp_path):
         load_test_set(cat, InputFormat(16, 3))
 
 
+def test_good_images_kept_in_subfolders_are_trained_on(tmp_path):
+    """A line's good images kept by day: train/good held none of its own, and the training said
+    "no images"; `vqad calibrate` read such a folder whole. Hidden folders stay out."""
+    import shutil
+
+    cat = make_category(tmp_path / "cat")
+    good = cat / "train" / "good"
+    flat = train_image_paths(cat)
+    for day, images in (("day1", flat[:2]), ("day2", flat[2:])):
+        (good / day).mkdir()
+        for image in images:
+            shutil.move(image, good / day / image.name)
+    (good / ".thumbnails").mkdir()
+    shutil.copy(good / "day1" / flat[0].name, good / ".thumbnails" / flat[0].name)
+    found = train_image_paths(cat)
+    assert found == sorted(found) and [p.relative_to(good).as_posix() for p in found] == [
+        "day1/0.png",
+        "day1/1.png",
+        "day2/2.png",
+        "day2/3.png",
+    ]
+
+
 def test_a_category_given_as_one_of_its_own_folders_is_pointed_to(tmp_path):
     """`bracket/train/good` or `bracket/test` typed for `bracket`: the error names the category."""
     cat = make_category(tmp_path / "cat")

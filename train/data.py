@@ -27,6 +27,7 @@ from edge.frames import (
     PIXEL_BITS,
     InputFormat,
     Size,
+    find_images,
     is_hidden,
     is_image,
     list_images,
@@ -80,9 +81,11 @@ def category_hint(category: str | Path) -> str:
 
 
 def train_image_paths(category: str | Path) -> list[Path]:
-    """Sorted image paths of CAT/train/good; DataError when the folder is missing or empty."""
+    """Sorted image paths under CAT/train/good, its subfolders too (a line's good images kept by
+    day or by batch), as `vqad calibrate` reads its folder; DataError when the folder is missing
+    or holds none."""
     folder = _require_dir(Path(category) / "train" / "good", "training", Path(category))
-    paths = list_images(folder)
+    paths = find_images(folder)
     if not paths:
         raise DataError(f"no images ({IMAGE_KINDS}) in {folder}")
     return paths
