@@ -31,7 +31,15 @@ import cv2
 import numpy as np
 
 from edge.errors import FrameError
-from edge.frames import PIXEL_BITS, check_pixel_bits, decode_image, encoded_size, stated_size, to_uint8
+from edge.frames import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    PIXEL_BITS,
+    check_pixel_bits,
+    decode_image,
+    encoded_size,
+    stated_size,
+    to_uint8,
+)
 
 VERSION = 1
 ENCODINGS = ("raw", "jpeg", "png")
@@ -72,8 +80,8 @@ class UnreadableMessageError(Exception):
 @dataclass(frozen=True)
 class Limits:
     max_header_bytes: int = 65536
-    max_frame_pixels: int = 4096 * 4096
-    max_frame_bytes: int = 4096 * 4096 * MAX_BYTES_PER_PIXEL
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_PIXELS * MAX_BYTES_PER_PIXEL
 
 
 @dataclass

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from edge.frames import DEFAULT_MAX_FRAME_PIXELS
 from vqad.commands.common import at_least
 
-# The largest synthetic image side: the daemon's default largest frame (4096 x 4096,
-# edge.settings max_frame_pixels). Larger sides only fill the memory (2 x 8 bytes a pixel).
-SYNTH_MAX_SIZE = 4096
+# The largest synthetic image side: the side of the daemon's default largest frame
+# (edge.settings max_frame_pixels). Larger sides only fill the memory (2 x 8 bytes a pixel).
+SYNTH_MAX_SIZE = math.isqrt(DEFAULT_MAX_FRAME_PIXELS)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
