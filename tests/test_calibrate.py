@@ -135,10 +135,10 @@ def test_calibrating_a_run_is_kept_by_eval_and_exported(tiny_run, synth_root, tm
     metrics = json.loads((run / "eval2" / "metrics.json").read_text())
     assert metrics["threshold"] == saved["value"]  # eval keeps the line's threshold
     # Its calibration panels are the line's images that set that threshold.
-    named = {Path(h["image"]) for h in saved["highest_images"]}
+    named = [Path(h["image"]) for h in saved["highest_images"]]
     assert named and all(p.parent.resolve() == good.resolve() for p in named)
     panels = {p.name for p in (run / "eval2" / "images").glob("calibration_*.png")}
-    assert panels == {f"calibration_{p.stem}.png" for p in named}
+    assert panels == {f"calibration_{rank}_{p.stem}.png" for rank, p in enumerate(named, start=1)}
     for key in ("miss_rate_at_1pct_frr", "miss_rate_at_5pct_frr", "threshold_margin_over_val_max"):
         assert key in metrics
     run_vqad("export", run, "--out", tmp_path / "model")

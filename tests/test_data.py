@@ -206,11 +206,18 @@ def test_defect_without_mask_warns_and_is_left_out_of_pixel_metrics(tmp_path, ca
     assert "no mask" in caplog.text
 
 
+@pytest.mark.parametrize("subfolder", ["", "day1/"], ids=["in-the-kind", "in-a-subfolder"])
 @pytest.mark.parametrize("layout", ["mvtec_ad", "same_stem", "folder_of_masks"])
-def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout):
+def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout, subfolder):
+    """Each layout, with the test image in its kind's folder or in a subfolder of it (kept by
+    day), its masks in the same subfolder of ground_truth/<kind>."""
     cat = make_category(tmp_path / "cat")
-    folder = cat / "ground_truth" / "scratch"
-    (folder / "0_mask.png").unlink()
+    folder = cat / "ground_truth" / "scratch" / subfolder
+    (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
+    if subfolder:
+        (cat / "test" / "scratch" / subfolder).mkdir()
+        (cat / "test" / "scratch" / "0.png").rename(cat / "test" / "scratch" / subfolder / "0.png")
+        folder.mkdir()
     top, bottom = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
     top[0:8, :] = 255
     bottom[22:30, :] = 1  # a class index, as VisA writes it
@@ -223,8 +230,42 @@ def test_masks_are_found_in_the_layouts_public_sets_use(tmp_path, layout):
         (folder / "0").mkdir()
         cv2.imwrite(str(folder / "0" / "000.png"), top)
         cv2.imwrite(str(folder / "0" / "001.png"), bottom)
-    mask = load_test_set(cat, InputFormat(16, 3))[1].mask
-    assert mask is not None and mask[:3].all() and mask[-3:].all() and not mask[6:10].any()
+    sample = load_test_set(cat, InputFormat(16, 3))[1]
+    assert sample.name == f"{subfolder}0"
+    assert sample.mask is not None and sample.mask[:3].all() and sample.mask[-3:].all() and not sample.mask[6:10].any()
+
+
+def test_test_images_kept_in_subfolders_are_read_each_with_its_own_mask_and_panel(tmp_path, caplog):
+    """Defects kept by day, the same file names on two days: the training refused the category
+    ("no test images") when every kind's images lay in subfolders. Each image is read with the
+    mask of its own subfolder, and gets its own panel in the report."""
+    from train.report_page import calibration_panel_path, panel_path
+
+    cat = make_category(tmp_path / "cat")
+    for kind in ("good", "scratch"):
+        for day in ("day1", "day2"):
+            (cat / "test" / kind / day).mkdir()
+            cv2.imwrite(str(cat / "test" / kind / day / "0.png"), np.full((30, 40, 3), 90, np.uint8))
+        (cat / "test" / kind / "0.png").unlink()
+    (cat / "ground_truth" / "scratch" / "0_mask.png").unlink()
+    for day, rows in (("day1", slice(0, 8)), ("day2", slice(22, 30))):
+        (cat / "ground_truth" / "scratch" / day).mkdir()
+        mask = np.zeros((30, 40), np.uint8)
+        mask[rows] = 255
+        cv2.imwrite(str(cat / "ground_truth" / "scratch" / day / "0_mask.png"), mask)
+    with caplog.at_level(logging.WARNING):
+        test = load_test_set(cat, InputFormat(16, 3))
+    assert [(s.kind, s.name) for s in test] == [
+        ("good", "day1/0"),
+        ("good", "day2/0"),
+        ("scratch", "day1/0"),
+        ("scratch", "day2/0"),
+    ]
+    day1, day2 = test[2].mask, test[3].mask
+    assert day1[:3].all() and not day1[-3:].any() and day2[-3:].all() and not day2[:3].any()
+    assert not caplog.records  # every mask found its image
+    assert len({panel_path(s) for s in test}) == 4
+    assert calibration_panel_path(1, "a/0.png") != calibration_panel_path(2, "b/0.png")
 
 
 def test_a_jpeg_masks_compression_noise_is_no_defect(tmp_path):

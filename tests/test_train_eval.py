@@ -42,7 +42,9 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     highest = threshold["highest_images"]
     assert [h["score"] for h in highest] == sorted(threshold["scores"], reverse=True)[:5]
     assert {h["image"] for h in highest} <= set(json.loads((tiny_run / "split.json").read_text())["val"])
-    assert sorted(p.name for p in calibration) == sorted(f"calibration_{Path(h['image']).stem}.png" for h in highest)
+    assert sorted(p.name for p in calibration) == sorted(
+        f"calibration_{rank}_{Path(h['image']).stem}.png" for rank, h in enumerate(highest, start=1)
+    )
 
 
 class _Sections(HTMLParser):
@@ -110,7 +112,7 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
     assert parser.sections["The good images that set the threshold"] == [
-        f"images/calibration_{Path(h['image']).stem}.png" for h in highest
+        f"images/calibration_{rank}_{Path(h['image']).stem}.png" for rank, h in enumerate(highest, start=1)
     ]
     shown = [src for srcs in parser.sections.values() for src in srcs]
     assert len(shown) >= len(rows) + len(highest) and all((report / src).is_file() for src in shown)
@@ -861,7 +863,8 @@ def test_a_defects_peak_on_it_or_elsewhere_is_counted_by_whether_it_passes():
         if mask_at is not None:
             mask = np.zeros((32, 32), bool)
             mask[mask_at, 10:20] = True  # a crack a pixel wide, along row mask_at
-        return TestSample(Path("x.png"), "crack" if label else "good", np.zeros((32, 32, 3), np.uint8), mask, label)
+        kind = "crack" if label else "good"
+        return TestSample(Path("x.png"), kind, "x", np.zeros((32, 32, 3), np.uint8), mask, label)
 
     def peaking_at(y, x):
         amap = np.zeros((32, 32), np.float32)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 class TestSample:
     path: Path
     kind: str
+    name: str  # the image's path under its kind's folder, without suffix: `001`, `day1/001`
     image: np.ndarray  # (H, W, C) uint8 at the model input size
     mask: np.ndarray | None  # (H, W) bool, None for a defect image with no mask
     label: int  # 0 good, 1 defect
@@ -184,24 +185,35 @@ def _held_out_of_seen(held: list[int], n_val: int, seen: list[int], n_paths: int
     return held + seen[:short]
 
 
-def mask_files(folder: Path) -> dict[str, list[Path]]:
-    """The masks in one `ground_truth/<kind>` folder, by the stem of the test image they belong
-    to, in the three layouts public sets use: `<stem>_mask.png` (MVTec AD), `<stem>.png` (VisA,
-    BTAD) and a folder `<stem>/` of masks whose union is the defect (MVTec LOCO). Any image
-    suffix. Empty when the folder is missing."""
+def mask_files(folder: Path, image_names: Collection[str] = ()) -> dict[str, list[Path]]:
+    """The masks in one `ground_truth/<kind>` folder, by the name of the test image they belong
+    to (TestSample.name), in the three layouts public sets use: `<stem>_mask.png` (MVTec AD),
+    `<stem>.png` (VisA, BTAD) and a folder `<stem>/` of masks whose union is the defect (MVTec
+    LOCO). Any image suffix. A subfolder that `image_names` have images under (`day1/` for
+    `day1/001`) holds masks by the same layouts. Empty when the folder is missing."""
     if not folder.is_dir():
         return {}
     found: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_dir() and not is_hidden(path.name):
-            found.setdefault(path.name, []).extend(list_images(path))
-        elif is_image(path):
-            found.setdefault(path.stem, []).append(path)
-    plain = {stem: paths for stem, paths in found.items() if paths and not stem.endswith("_mask")}
+    _find_masks(folder, "", frozenset(image_names), found)
+    plain = {name: paths for name, paths in found.items() if paths and not name.endswith("_mask")}
     # `<stem>_mask` wins over `<stem>`: a set holding both spellings is read as MVTec AD.
     return plain | {
-        stem.removesuffix("_mask"): paths for stem, paths in found.items() if stem.endswith("_mask") and paths
+        name.removesuffix("_mask"): paths for name, paths in found.items() if name.endswith("_mask") and paths
     }
+
+
+def _find_masks(folder: Path, prefix: str, image_names: frozenset[str], found: dict[str, list[Path]]) -> None:
+    """Add the masks in `folder` (named `prefix` + each file's stem) to `found`; a subfolder is
+    searched the same way when some image name lies under it, else it is one image's masks."""
+    for path in sorted(folder.iterdir()):
+        if is_hidden(path.name):
+            continue
+        if path.is_dir() and any(name.startswith(f"{prefix}{path.name}/") for name in image_names):
+            _find_masks(path, f"{prefix}{path.name}/", image_names, found)
+        elif path.is_dir():
+            found.setdefault(prefix + path.name, []).extend(list_images(path))
+        elif is_image(path):
+            found.setdefault(prefix + path.stem, []).append(path)
 
 
 def read_mask(paths: list[Path], image_path: Path, image_shape: tuple[int, ...], size: Size) -> np.ndarray:
@@ -243,50 +255,73 @@ def load_test_set(category: str | Path, fmt: InputFormat) -> list[TestSample]:
         raise DataError(f"no <kind> folders in {test_dir}")
     samples: list[TestSample] = []
     missing_masks = 0
-    listed = [(kind, path) for kind in kinds for path in list_images(test_dir / kind)]
-    masks_of = {kind: mask_files(category / "ground_truth" / kind) for kind in kinds if kind != "good"}
+    listed, masks_of = _test_images(category, kinds)
     shapes: list[tuple[int, int]] = []  # each image's (H, W) as read: its mask's must match
-    images = load_images([path for _, path in listed], fmt, shapes)
-    for (kind, path), image, shape in zip(listed, images, shapes, strict=True):
+    images = load_images([path for _, path, _ in listed], fmt, shapes)
+    for (kind, path, name), image, shape in zip(listed, images, shapes, strict=True):
         masks = masks_of.get(kind, {})
         label = 0 if kind == "good" else 1
         mask = np.zeros(size, dtype=bool) if not label else None
-        if label and path.stem in masks:
-            mask = read_mask(masks[path.stem], path, shape, size)
+        if label and name in masks:
+            mask = read_mask(masks[name], path, shape, size)
         elif label:
             missing_masks += 1
             if missing_masks <= MISSING_MASKS_NAMED:
                 log.warning("no mask for %s: counted as fully anomalous, left out of pixel metrics", path)
-        samples.append(TestSample(path, kind, image, mask, label))
+        samples.append(TestSample(path, kind, name, image, mask, label))
     if not samples:
         raise DataError(f"no test images under {test_dir}")
     if missing_masks:
         log.warning("%d defect image(s) without a mask in %s", missing_masks, category)
-    _warn_unmatched_masks(category / "ground_truth", listed, masks_of)
+    _warn_unmatched_masks(category / "ground_truth", [(s.kind, s.name) for s in samples], masks_of)
     return samples
 
 
+def _test_images(
+    category: Path, kinds: list[str]
+) -> tuple[list[tuple[str, Path, str]], dict[str, dict[str, list[Path]]]]:
+    """Each test image's (kind, path, name), and each defect kind's masks by image name. A kind's
+    images in subfolders (kept by day or by batch) are read, as train/good's are."""
+    listed = [
+        (kind, path, _name_under(category / "test" / kind, path))
+        for kind in kinds
+        for path in find_images(category / "test" / kind)
+    ]
+    masks_of = {
+        kind: mask_files(category / "ground_truth" / kind, [name for k, _, name in listed if k == kind])
+        for kind in kinds
+        if kind != "good"
+    }
+    return listed, masks_of
+
+
+def _name_under(folder: Path, path: Path) -> str:
+    """`path`'s name under `folder`, without its suffix: TestSample.name."""
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
 def _warn_unmatched_masks(
-    ground_truth: Path, listed: list[tuple[str, Path]], masks_of: dict[str, dict[str, list[Path]]]
+    ground_truth: Path, named: list[tuple[str, str]], masks_of: dict[str, dict[str, list[Path]]]
 ) -> None:
     """A warning naming masks that belong to no test image: a spelling the loader does not read
     (`000_gt.png`), or a kind folder named apart from its images' (`Hole` for `test/hole`).
     Their defects would count as unmasked, and the pixel figures would leave them out.
-    `masks_of`: the test kinds' masks, as load_test_set read them; other kinds' are read here."""
+    `named`: each test image's (kind, name); `masks_of`: the test kinds' masks, as
+    load_test_set read them; other kinds' are read here."""
     if not ground_truth.is_dir():
         return
-    stems = {(kind, path.stem) for kind, path in listed}
+    held = set(named)
     kinds = sorted(p.name for p in ground_truth.iterdir() if p.is_dir() and not is_hidden(p.name))
     unmatched = [
         paths[0]
         for kind in kinds
-        for stem, paths in (masks_of[kind] if kind in masks_of else mask_files(ground_truth / kind)).items()
-        if (kind, stem) not in stems
+        for name, paths in (masks_of[kind] if kind in masks_of else mask_files(ground_truth / kind)).items()
+        if (kind, name) not in held
     ]
     if unmatched:
         log.warning(
             "%d mask(s) under %s belong to no test image (e.g. %s): a mask is named <stem>_mask.png, <stem>.png or "
-            "<stem>/ after its image, in the folder of its image's kind",
+            "<stem>/ after its image, in the folder of its image's kind (and subfolder)",
             len(unmatched), ground_truth, unmatched[0],
         )  # fmt: skip
 

@@ -5,8 +5,8 @@ REPORT_DIR/
     report.html          all of it on one page, the figures at the threshold first
     metrics.json         image_auroc, pixel_auroc, aupro, f1_max, threshold, n_images, ...
     histogram.png, roc.png, codebook.png, curves.png
-    images/<kind>_<stem>.png   original | reconstruction | heat-map overlay | ground truth
-    images/calibration_<stem>.png  the same for the good images the threshold names as its
+    images/<kind>_<name>.png   original | reconstruction | heat-map overlay | ground truth
+    images/calibration_<rank>_<stem>.png  the same for the good images the threshold names as its
                          highest: the validation split's, or those `vqad calibrate` used
 """
 
@@ -352,11 +352,11 @@ def _calibration_pictures(run: Run, out: Path, threshold: dict[str, Any], val: d
         recons, maps, scores = score_frames(run.model, images)
         val = {**val, **_by_path(on_disk, images, recons, maps, scores)}
     (out / PANELS).mkdir(exist_ok=True)  # a category without a test set draws these alone
-    for name in named:
+    for rank, name in enumerate(named, start=1):
         if name in val:
             image, recon, amap, score = val[name]
             panel = _panel(image, recon, amap, None, float(score), threshold["value"], "good (calibration)")
-            write_image(out / calibration_panel_path(name), panel)
+            write_image(out / calibration_panel_path(rank, name), panel)
 
 
 def _by_path(paths: list, *columns: np.ndarray) -> dict[str, tuple]:

@@ -25,13 +25,23 @@ PANELS = "images"  # the folder of REPORT_DIR that holds the panels
 
 
 def panel_path(sample: TestSample) -> str:
-    """A test image's panel, relative to REPORT_DIR: images/<kind>_<stem>.png."""
-    return f"{PANELS}/{sample.kind}_{sample.path.stem}.png"
+    """A test image's panel, relative to REPORT_DIR: images/<kind>_<name>.png, a subfolder's `/`
+    in its name written `__` (`hole_day1__001.png`)."""
+    return f"{PANELS}/{sample.kind}_{sample.name.replace('/', '__')}.png"
 
 
-def calibration_panel_path(image: str | Path) -> str:
-    """A calibration image's panel, relative to REPORT_DIR: images/calibration_<stem>.png."""
-    return f"{PANELS}/calibration_{Path(str(image)).stem}.png"
+def calibration_panel_path(rank: int, image: str | Path) -> str:
+    """The panel of the calibration image that scores `rank`-th highest (from 1), relative to
+    REPORT_DIR: images/calibration_<rank>_<stem>.png. The rank keeps apart two images of one
+    name in two folders (train/good/day1/001.png and day2/001.png)."""
+    return f"{PANELS}/calibration_{rank}_{Path(str(image)).stem}.png"
+
+
+def _shown_name(image: str | Path) -> str:
+    """A calibration image's name as a panel's caption shows it: with its folder, as two of one
+    name in two folders are told apart (`day1/001.png`)."""
+    path = Path(str(image))
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 # The most pictures a gallery shows before the rest is folded away: a browser opens a page of
@@ -99,8 +109,8 @@ def _picture_sections(
     (`rejected`, indices into `test`), the defects that pass (`missed`), the plots, and every
     test image by kind."""
     calibration = [
-        (calibration_panel_path(e["image"]), f"{Path(str(e['image'])).name}: {e['score']:#.4g}")
-        for e in threshold.get("highest_images") or []
+        (calibration_panel_path(rank, e["image"]), f"{_shown_name(e['image'])}: {e['score']:#.4g}")
+        for rank, e in enumerate(threshold.get("highest_images") or [], start=1)
     ]
     return [
         "<h2>The good images that set the threshold</h2>",
@@ -210,13 +220,13 @@ def _lone_warning(threshold: dict[str, Any]) -> str:
     if not lone:
         return ""
     return (
-        f'<p class="warn">{_e(Path(str(lone["image"])).name)} scores {lone["score"]:#.4g}, {lone["ratio"]:.1f} times '
+        f'<p class="warn">{_e(_shown_name(lone["image"]))} scores {lone["score"]:#.4g}, {lone["ratio"]:.1f} times '
         f"the next good image ({lone['next_score']:#.4g}): {_e(lone['note'])}.</p>"
     )
 
 
 def _panel_entry(sample: TestSample, score: float) -> tuple[str, str]:
-    return panel_path(sample), f"{sample.kind}/{sample.path.name}: {float(score):#.4g}"
+    return panel_path(sample), f"{sample.kind}/{sample.name}{sample.path.suffix}: {float(score):#.4g}"
 
 
 def _by_kind(test: Sequence[TestSample], scores: np.ndarray) -> list[int]:
