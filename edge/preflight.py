@@ -147,8 +147,8 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     import sqlalchemy as sa
 
     from edge.record.housekeeping import gives_space_back
-    from edge.record.store import is_sqlite, open_record, record_url, shown_url
-    from edge.record.writer import default_evidence_dir, disk_is_full
+    from edge.record.store import default_evidence_dir, is_sqlite, open_record, record_url, shown_url
+    from edge.record.writer import disk_is_full
 
     database = sa.make_url(record_url(cfg.record)).database if is_sqlite(cfg.record) else None
     if database and not Path(database).exists():  # the start creates it; the check does not

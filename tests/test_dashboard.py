@@ -1209,8 +1209,8 @@ def test_reviewed_evidence_on_another_boxs_disk_is_exported_from_that_boxs_dashb
     token = "plant-token-0123456789"
     nowhere = f"ipc://{tmp_path}/no-daemon"
     alone = run_vqad("records", url, "--export-reviewed", tmp_path / "alone")
-    assert "2 whose evidence file is not on this machine's disk (on a record that boxes share, another box's: " \
-           "--peers)" in alone.stderr, alone.stderr  # fmt: skip
+    assert "2 whose evidence file is not on this machine's disk (a copy of the evidence folder: --evidence-dir; " \
+           "on a record that boxes share, another box's: --peers)" in alone.stderr, alone.stderr  # fmt: skip
     with DashboardProcess("--record", url, "--results", nowhere, "--token", token, log_path=tmp_path / "b.log",
                           cwd=box_b) as b:  # fmt: skip
         done = run_vqad("records", url, "--export-reviewed", tmp_path / "out", "--peers", b.url,

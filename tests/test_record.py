@@ -830,6 +830,47 @@ def test_evidence_written_under_a_relative_folder_is_found_from_any_working_dire
     assert record.export_reviewed(tmp_path / "reviewed") == {"test/defect": 1}
 
 
+def test_a_backup_opened_on_another_machine_finds_its_evidence_beside_it(tmp_path):
+    """A quality engineer audits the box's backup (`--backup` and an rsync of line.db.evidence,
+    as deploy/vqad-backup.service writes them) on another machine: the rows name the box's paths,
+    and every reviewed image was "not on this machine's disk". The images are found beside the
+    copied record, or in the folder --evidence-dir names, by the list and the export, and the
+    dashboard shows them."""
+    import shutil
+    import urllib.request
+
+    from tests.browser import DashboardProcess
+
+    box, usb = tmp_path / "box", tmp_path / "usb"
+    writer = RecordWriter(f"sqlite:///{box / 'line.db'}", None).start()
+    _store(writer, _result("c", 7))
+    writer.close()
+    Record(f"sqlite:///{box / 'line.db'}").review("c", 7, "defect", kind="crack")
+    usb.mkdir()  # a mounted drive
+    run_vqad("records", box / "line.db", "--backup", usb / "line.db")
+    shutil.copytree(box / "line.db.evidence", usb / "line.db.evidence")
+    stored = Record(f"sqlite:///{box / 'line.db'}").results()[0]
+    shutil.rmtree(box)  # the box's disk is not on this machine
+    beside = json.loads(run_vqad("records", usb / "line.db", "--format", "json").stdout)[0]
+    assert stored["evidence_overlay"] is None  # a result without a map has no overlay
+    for key in ("evidence", "evidence_frame"):
+        assert beside[key] == str(usb / "line.db.evidence" / Path(stored[key]).relative_to(box / "line.db.evidence"))
+        assert Path(beside[key]).is_file()
+    exported = run_vqad("records", usb / "line.db", "--export-reviewed", tmp_path / "audit")
+    assert (tmp_path / "audit" / "test" / "crack" / "c_7.png").is_file(), exported.stderr
+    (usb / "line.db.evidence").rename(tmp_path / "copied")
+    assert not Path(Record(f"sqlite:///{usb / 'line.db'}").results()[0]["evidence"]).exists()
+    named = run_vqad("records", usb / "line.db", "--export-reviewed", tmp_path / "x", check=False)
+    assert "--evidence-dir" in named.stderr and not (tmp_path / "x").exists()
+    frame = tmp_path / "copied" / Path(stored["evidence"]).relative_to(box / "line.db.evidence")
+    run_vqad("records", usb / "line.db", "--export-reviewed", tmp_path / "again", "--evidence-dir", tmp_path / "copied")
+    assert (tmp_path / "again" / "test" / "crack" / "c_7.png").read_bytes() == frame.read_bytes()
+    with DashboardProcess("--record", usb / "line.db", "--evidence-dir", tmp_path / "copied", "--results", "",
+                          log_path=tmp_path / "dashboard.log") as dashboard:  # fmt: skip
+        with urllib.request.urlopen(f"{dashboard.url}/api/image/c/7/frame", timeout=10) as answer:
+            assert answer.status == 200 and answer.read() == frame.read_bytes()
+
+
 def _simulated_disk(monkeypatch, evidence: Path, disk: int):
     """A disk of `disk` bytes for the housekeeping: its free space is what the evidence under
     `evidence` and "another program" (the returned dict's "bytes") leave of it. -> (that dict,

@@ -27,16 +27,16 @@ class RecordUnavailableError(Exception):
 
 
 class RecordLink:
-    def __init__(self, url: str):
-        """Open the record now. A SQLite file that cannot be opened is this machine's mistake
+    def __init__(self, url: str, evidence_dir: str = ""):
+        """Open the record now (Record's `evidence_dir`). A SQLite file that cannot be opened is this machine's mistake
         (DataError, the start stops); a server that does not answer, or a SQLite file that is not
         there yet, is tried again later. The dashboard never creates a record: a mistyped path
         would give a page of "no rejects" over an empty file, and its reviews would go there."""
-        self.url, self.where = url, shown_url(url)
+        self.url, self.where, self.evidence_dir = url, shown_url(url), evidence_dir
         self._record: Record | None = None
         self._error, self._next_try = "", 0.0
         try:
-            self._record = Record(url, must_exist=True)
+            self._record = Record(url, must_exist=True, evidence_dir=evidence_dir)
         except RecordMissingError as exc:  # a box whose daemon has not started yet
             self._failed(str(exc))
         except DataError as exc:
@@ -48,7 +48,7 @@ class RecordLink:
         """The open record; RecordUnavailableError while its server does not answer."""
         if self._record is None and time.monotonic() >= self._next_try:
             try:
-                self._record = Record(self.url, must_exist=True)
+                self._record = Record(self.url, must_exist=True, evidence_dir=self.evidence_dir)
                 log.info("the record at %s answers now", self.where)
             except DataError as exc:
                 self._failed(str(exc))

@@ -67,7 +67,7 @@ def run_dashboard(cfg: DashboardConfig) -> int:
         os.nice(cfg.nice)
     # OpenCV's worker threads would spin on every core for a small picture: draw on this one.
     cv2.setNumThreads(1)
-    record = RecordLink(cfg.record) if cfg.record else None
+    record = RecordLink(cfg.record, cfg.evidence_dir) if cfg.record else None
     view = LiveView(cfg.silent_after_s)
     feed = ResultsFeed(cfg.results, view, cfg.curve_secret, cfg.curve_server_key) if cfg.results else None
     probes = tuple(MetricsProbe(url) for url in cfg.metrics)

@@ -41,6 +41,9 @@ class DashboardConfig:
     # The line's record (sqlite:///PATH or postgresql://...): rejects with their evidence, and
     # reviews from the page. "" = the live stream only, without reviews.
     record: str = ""
+    # The record's evidence folder on this machine, where a picture not at the path its row names
+    # is looked for ("" = beside a SQLite file: a backup's copy of the record and its evidence).
+    evidence_dir: str = ""
     # The daemon's Prometheus endpoint (http://HOST:PORT/metrics): up, ready, queue, drift. With
     # several results endpoints, one per daemon in the same order, or none. "" = none.
     metrics: tuple[str, ...] = ()

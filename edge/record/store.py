@@ -42,6 +42,9 @@ LOOKUP_CHUNK = 500
 # An export reads the record this many results at a time (about 10 MB of them in Python): a
 # month of a line's results read at once held gigabytes (2.1 GB for a million).
 PAGE_ROWS = 5000
+# An evidence file's path under its record's evidence folder: camera/day/file, as the daemon
+# names it (RecordWriter._evidence_paths).
+EVIDENCE_DEPTH = 3
 # A database server that stops answering (its host switched off, the network cut, a server that
 # takes the connection and never answers) fails a connection within connect_timeout, and one
 # open connection within about a minute, as errors that the writer retries, instead of blocking
@@ -333,12 +336,35 @@ def _reviews_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[dict[str,
     return found
 
 
+def default_evidence_dir(engine: sa.Engine) -> Path:
+    """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
+    database = sqlite_file(engine)
+    return Path(f"{database}.evidence") if database else Path("evidence")
+
+
 class Record:
-    def __init__(self, url: str, must_exist: bool = False):
+    def __init__(self, url: str, must_exist: bool = False, evidence_dir: str | Path = ""):
         """must_exist: refuse a SQLite file that is not there (a query or a review of a
-        mistyped path would otherwise create an empty record and answer "0 results")."""
+        mistyped path would otherwise create an empty record and answer "0 results").
+        evidence_dir: the record's evidence folder on this machine ("" = beside a SQLite file,
+        where the daemon writes it and its backup unit copies it; none for a server's record),
+        where an evidence file is looked for when it is not where its row names it
+        (evidence_file)."""
         self.url = url
         self.engine = open_record(url, must_exist)
+        self.evidence_dir = Path(evidence_dir) if evidence_dir else None
+        if not evidence_dir and is_sqlite(url):
+            self.evidence_dir = default_evidence_dir(self.engine)
+
+    def evidence_file(self, named: str | None) -> str | None:
+        """The evidence file a row names, on this machine: where the row says, or else the same
+        camera/day/file under this record's evidence folder (a backup opened on another machine,
+        a record moved to another disk: the rows keep the paths the daemon wrote). `named` when
+        neither is a file (removed, or on another box's disk), None for None."""
+        if named is None or self.evidence_dir is None or os.path.isfile(named):
+            return named
+        moved = self.evidence_dir.joinpath(*Path(named).parts[-EVIDENCE_DEPTH:])
+        return str(moved) if moved.is_file() else named
 
     def close(self) -> None:
         self.engine.dispose()
@@ -387,6 +413,9 @@ class Record:
             found = _reviews_of(conn, [r["id"] for r in rows])
         for row in rows:
             row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
+            if not row["evidence_removed"]:
+                row["evidence_frame"] = self.evidence_file(row["evidence_frame"])
+                row["evidence_overlay"] = self.evidence_file(row["evidence_overlay"])
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
             row["reviews"] = found.get(row["id"], [])
         return rows
@@ -601,7 +630,8 @@ class Record:
         pairs = Counter((r.camera_id, r.frame_id) for _, r, _ in found)
         counts: Counter[str] = Counter()
         for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
-            why, content = _no_evidence(row), None
+            frame = self.evidence_file(row.evidence_frame) if row is not None else None
+            why, content = _no_evidence(row, frame), None
             if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
                 content = elsewhere(dict(row._mapping))
                 why = "" if content is not None else NOR_ON_PEERS
@@ -611,7 +641,7 @@ class Record:
             folder = out / "train" / "good" if r.verdict == "false_reject" else out / "test" / _defect_folder(r.kind)
             name = f"{file_name(r.camera_id)}_{r.frame_id}"
             name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
-            _write_evidence(Path(row.evidence_frame), folder, name, content)
+            _write_evidence(Path(str(frame)), folder, name, content)
             counts[str(folder.relative_to(out))] += 1
         if left_out:
             n = sum(left_out.values())
@@ -642,7 +672,7 @@ class Record:
             latest: dict[int, Any] = {}
             for r in conn.execute(reviewed):
                 if r.result_id is None:  # reviewed before v5, of a result no longer in the record
-                    left_out[_no_evidence(None)] += 1
+                    left_out[_no_evidence(None, None)] += 1
                     continue
                 latest[r.result_id] = r
             in_order = sorted(latest.items(), key=lambda item: (item[1].camera_id, item[1].frame_id, item[0]))
@@ -723,22 +753,25 @@ def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | Non
     return q
 
 
-def _no_evidence(row: Any) -> str:
-    """Why a reviewed result has no evidence to export ("" when it has)."""
+def _no_evidence(row: Any, frame: str | None) -> str:
+    """Why a reviewed result has no evidence to export ("" when it has); `frame`, its evidence
+    frame on this machine (Record.evidence_file)."""
     if row is None:
         return "without a recorded result"
     if row.evidence_frame is None:
         return "without evidence (none was kept: passes keep it only for edge.record_pass_fraction)"
     if row.evidence_removed:
         return "whose evidence the disk quota removed (edge.record_max_gb)"
-    if not Path(row.evidence_frame).is_file():
+    if not Path(str(frame)).is_file():
         return NOT_ON_THIS_DISK
     return ""
 
 
-# A reviewed result whose evidence file this machine does not have: removed by hand, or on
-# another box's disk (a record that boxes share keeps each box's evidence on that box).
+# A reviewed result whose evidence file this machine does not have: removed by hand, copied
+# elsewhere with its record, or on another box's disk (a record that boxes share keeps each
+# box's evidence on that box).
 NOT_ON_THIS_DISK = (
-    "whose evidence file is not on this machine's disk (on a record that boxes share, another box's: --peers)"
+    "whose evidence file is not on this machine's disk (a copy of the evidence folder: --evidence-dir; on a "
+    "record that boxes share, another box's: --peers)"
 )
 NOR_ON_PEERS = "whose evidence file is on neither this machine's disk nor a peer's"

@@ -38,11 +38,18 @@ from edge.record.housekeeping import (
     Housekeeping,
     free_bytes,
     network_filesystem_note,
-    sqlite_file,
     unwritable_note,
 )
 from edge.record.schema import events, migrate, newest_result_ns, results
-from edge.record.store import create_engine, database_reason, is_sqlite, open_record, record_url, shown_url
+from edge.record.store import (
+    create_engine,
+    database_reason,
+    default_evidence_dir,
+    is_sqlite,
+    open_record,
+    record_url,
+    shown_url,
+)
 from edge.results import Result
 from edge.state import write_whole
 
@@ -673,12 +680,6 @@ def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
 def _is_evidence_name(path: Any) -> bool:
     """An absolute path to a PNG frame or a JPEG overlay, as _evidence_paths names them."""
     return isinstance(path, str) and Path(path).is_absolute() and path.endswith((".png", "_overlay.jpg"))
-
-
-def default_evidence_dir(engine: sa.Engine) -> Path:
-    """Beside a SQLite file (DB.evidence/); ./evidence for a server database."""
-    database = sqlite_file(engine)
-    return Path(f"{database}.evidence") if database else Path("evidence")
 
 
 def _camera_of(result: Result) -> str:

@@ -220,6 +220,10 @@ class _CtlCommand(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+EVIDENCE_DIR_HELP = (
+    "the record's evidence folder on this machine, where an image not at the path its row names is looked "
+    "for: a backup's copy, a record moved to another disk (default: beside a SQLite file)"
+)
 RECORD_COLUMNS = ("camera_id", "frame_id", "ts_ns", "status", "decision", "score", "threshold", "model_sha256")
 
 
@@ -250,7 +254,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.compact or args.backup:
         return _whole_record(args)
-    record = Record(args.url, must_exist=True)
+    record = Record(args.url, must_exist=True, evidence_dir=args.evidence_dir or "")
     with refusals_named(args.url):
         return _query_records(record, args)
 
@@ -622,8 +626,8 @@ def dashboard_config(args: argparse.Namespace) -> DashboardConfig:
     from edge.config import load_config
     from edge.dashboard.settings import DashboardConfig
 
-    keys = ("results", "record", "metrics", "host", "port", "token", "timezone", "day_starts", "root_path",
-            "record_cameras", "peers")  # fmt: skip
+    keys = ("results", "record", "evidence_dir", "metrics", "host", "port", "token", "timezone", "day_starts",
+            "root_path", "record_cameras", "peers")  # fmt: skip
     over = {key: getattr(args, key) for key in keys}
     over = {key: value for key, value in over.items() if value is not None}
     if "token" not in over and os.environ.get("VQAD_DASHBOARD_TOKEN"):
@@ -697,6 +701,7 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
         "(a plant's lines on one page); '' = none: a record's view alone",
     )
     d.add_argument("--record", metavar="URL", help="the line's record: rejects' evidence, and reviews from the page")
+    d.add_argument("--evidence-dir", metavar="DIR", help=EVIDENCE_DIR_HELP)
     d.add_argument(
         "--metrics",
         metavar="URLS",
@@ -822,6 +827,7 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write reviewed evidence in the MVTec layout (one camera's with --camera, captured in --since/--until)",
     )
+    r.add_argument("--evidence-dir", metavar="DIR", help=EVIDENCE_DIR_HELP)
     r.add_argument(
         "--peers", metavar="URLS", help="with --export-reviewed: the other boxes' dashboards (comma-separated, "
         "http://line4-box:8080), asked for the evidence on their disks, on a record that boxes share (their "
