@@ -65,40 +65,16 @@ def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 
     package = load_package(model_dir)
     path, key, settings = find_engine(package, max_batch, workspace_mb, trt, cudart)
     logger = trt.Logger(trt.Logger.WARNING)
-    if path.is_file() and not force:
-        if trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes()) is not None:
-            log.info("engine %s is cached and valid", path.name)
-            return path
-        log.warning("cached engine %s does not deserialize: rebuilding", path.name)
-    major = trt_major(trt.__version__)
+    if not force and _cached_engine_loads(trt, logger, path):
+        return path
     onnx_path = package.verify(onnx_file_for(settings.mode))
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt, major))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if major < 10:
-        pinned = _constrain_fp32_islands(trt, network, config)
-        log.info("TensorRT %s: FP16 flag with %d layers pinned to FP32", trt.__version__, pinned)
-    one = package.input_shape
-    profile = builder.create_optimization_profile()
-    profile.set_shape("frames", (1, *one), (max_batch, *one), (max_batch, *one))
-    config.add_optimization_profile(profile)
+    network = _parsed_network(trt, builder, logger, onnx_path)
     cache_file = package.root / ENGINE_DIR / "timing.cache"
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config = _builder_config(trt, builder, network, package.input_shape, max_batch, workspace_mb, cache_file)
     t0 = time.monotonic()
-    log.info(
-        "building %s from %s (max batch %d, workspace %d MiB, %s)",
-        key,
-        onnx_path.name,
-        max_batch,
-        workspace_mb,
-        settings.mode,
-    )
+    log.info("building %s from %s (max batch %d, workspace %d MiB, %s)", key, onnx_path.name, max_batch,
+             workspace_mb, settings.mode)  # fmt: skip
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendError("TensorRT failed to build the engine (see its log above)")
@@ -109,6 +85,53 @@ def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 
     replace_synced(cache_file, bytes(config.get_timing_cache().serialize()))
     log.info("built %s in %.0f s", path, time.monotonic() - t0)
     return path
+
+
+def _cached_engine_loads(trt: Any, logger: Any, path: Path) -> bool:
+    """Whether the engine cached at `path` deserializes on this GPU; one that does not is warned
+    of, to be rebuilt."""
+    if not path.is_file():
+        return False
+    if trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes()) is not None:
+        log.info("engine %s is cached and valid", path.name)
+        return True
+    log.warning("cached engine %s does not deserialize: rebuilding", path.name)
+    return False
+
+
+def _parsed_network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
+    """The network of the ONNX graph at `onnx_path`; BackendError with the parser's errors."""
+    network = builder.create_network(_network_flags(trt, trt_major(trt.__version__)))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    return network
+
+
+def _builder_config(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    one: tuple[int, ...],
+    max_batch: int,
+    workspace_mb: int,
+    cache_file: Path,
+) -> Any:
+    """The build's settings: the workspace limit, TensorRT 8's FP16 flag and FP32 islands, one
+    optimisation profile of batches 1 to `max_batch` of frames of shape `one` (H, W, C), and the
+    timing cache read from `cache_file` when there is one."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if trt_major(trt.__version__) < 10:
+        pinned = _constrain_fp32_islands(trt, network, config)
+        log.info("TensorRT %s: FP16 flag with %d layers pinned to FP32", trt.__version__, pinned)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("frames", (1, *one), (max_batch, *one), (max_batch, *one))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
 
 
 def verify_engine(model_dir: str | Path, max_batch: int, workspace_mb: int, n_frames: int = 8, seed: int = 0) -> dict:

@@ -9,7 +9,13 @@ checks against TensorRT 8.6 to 11.4) and to what those calls do:
 - an "engine" is a plan file holding an ONNX graph and its profile's largest batch
   (`write_plan`); it runs the graph with ONNX Runtime on the input read from device memory at
   the shape set, and writes each output packed, batch first, at its tensor's address, in the
-  graph's own dtypes, as TensorRT does.
+  graph's own dtypes, as TensorRT does;
+- the builder parses a graph ONNX Runtime loads and serialises it into such a plan, refusing a
+  build its version would refuse: a network without the creation flag the version needs
+  (strong typing from 10, explicit batch on 8), no optimisation profile for the frames input or
+  one that does not start at batch 1, FP16 without TensorRT 8's precision constraints. Each
+  version has the names its release has: 11 has no explicit batch flag, FP16 builder flag or
+  precision constraints.
 
 Install both with `install(monkeypatch)`; a process started with tests/fake_gpu first on its
 PYTHONPATH imports them as `tensorrt` and `cuda.bindings.runtime`.
@@ -209,13 +215,171 @@ class _Runtime:
         return _Engine(graph, json.loads(header)["max_batch"], self.device)
 
 
+# -- TensorRT's builder ---------------------------------------------------------------------
+class _Layer:
+    """One node of the parsed graph, its outputs FP32 until pinned otherwise."""
+
+    def __init__(self, name: str, num_outputs: int):
+        self.name, self.num_outputs, self.precision = name, num_outputs, None
+        self.output_types = [DataType.FLOAT] * num_outputs
+
+    def get_output(self, j: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(dtype=self.output_types[j])
+
+    def set_output_type(self, j: int, dtype: DataType) -> None:
+        self.output_types[j] = dtype
+
+
+class _Network:
+    def __init__(self, flags: int):
+        self.flags, self.graph, self.layers = flags, b"", []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, i: int) -> _Layer:
+        return self.layers[i]
+
+
+class _OnnxParser:
+    def __init__(self, network: _Network, _logger: Any):
+        self.network, self.errors = network, []
+
+    def parse(self, graph: bytes) -> bool:
+        try:
+            import onnx  # on the test machines; the graph's node names are TensorRT's layer names
+        except ImportError:
+            onnx = None
+        try:
+            ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors share no base but Exception
+            self.errors = [f"In node -1: {exc}"]
+            return False
+        self.network.graph = graph
+        if onnx is not None:
+            nodes = onnx.load_from_string(graph).graph.node
+            self.network.layers = [_Layer(n.name, len(n.output)) for n in nodes]
+        return True
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> str:
+        return self.errors[i]
+
+
+class _Profile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    def set_shape(self, name: str, low: tuple, opt: tuple, high: tuple) -> None:
+        self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+
+
+class _TimingCache:
+    def __init__(self, data: bytes):
+        self.data = bytes(data) or b"FAKE-TIMING-CACHE"
+
+    def serialize(self) -> memoryview:
+        return memoryview(self.data)
+
+
+class _BuilderConfig:
+    def __init__(self) -> None:
+        self.flags: set[Any] = set()
+        self.pools: dict[Any, int] = {}
+        self.profiles: list[_Profile] = []
+        self.cache: _TimingCache | None = None
+
+    def set_flag(self, flag: Any) -> None:
+        self.flags.add(flag)
+
+    def set_memory_pool_limit(self, pool: Any, nbytes: int) -> None:
+        self.pools[pool] = nbytes
+
+    def add_optimization_profile(self, profile: _Profile) -> int:
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def create_timing_cache(self, data: bytes) -> _TimingCache:
+        return _TimingCache(data)
+
+    def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self) -> _TimingCache:
+        return self.cache or _TimingCache(b"")
+
+
+class _Builder:
+    def __init__(self, trt: types.ModuleType):
+        self.trt = trt
+
+    def create_network(self, flags: int) -> _Network:
+        return _Network(flags)
+
+    def create_builder_config(self) -> _BuilderConfig:
+        return _BuilderConfig()
+
+    def create_optimization_profile(self) -> _Profile:
+        return _Profile()
+
+    def build_serialized_network(self, network: _Network, config: _BuilderConfig) -> memoryview | None:
+        """The plan, or None (with the reason printed, as TensorRT logs it) for a build this
+        version refuses."""
+        refused = _refusal(self.trt, network, config)
+        if refused:
+            print(f"[fake TensorRT] {refused}")
+            return None
+        _, _, high = config.profiles[0].shapes["frames"]
+        header = json.dumps({"max_batch": high[0]}).encode() + b"\n"
+        return memoryview(_PLAN_MAGIC + header + network.graph)
+
+
+def _refusal(trt: types.ModuleType, network: _Network, config: _BuilderConfig) -> str:
+    """Why TensorRT `trt.__version__` would not build `network` with `config` ("" if it would)."""
+    major = int(trt.__version__.split(".")[0])
+    flag = trt.NetworkDefinitionCreationFlag
+    needed = flag.STRONGLY_TYPED if major >= 10 else flag.EXPLICIT_BATCH
+    if not network.flags & (1 << int(needed)):
+        return f"the network lacks {needed.name}"
+    if not network.graph:
+        return "no graph parsed into the network"
+    if len(config.profiles) != 1 or "frames" not in config.profiles[0].shapes:
+        return "one optimisation profile for the input 'frames' is needed"
+    low, opt, high = config.profiles[0].shapes["frames"]
+    if low[0] != 1 or not low[1:] == opt[1:] == high[1:] or not 1 <= opt[0] <= high[0]:
+        return f"profile shapes {low}, {opt}, {high} are not batches 1..N of one frame shape"
+    if trt.MemoryPoolType.WORKSPACE not in config.pools:
+        return "no workspace limit"
+    if (
+        major < 10
+        and trt.BuilderFlag.FP16 in config.flags
+        and trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS not in config.flags
+    ):
+        return "FP16 without precision constraints: the VQ argmin would run in FP16"
+    return ""
+
+
 def make_tensorrt(cudart: types.SimpleNamespace, version: str = VERSION) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
+    major = int(version.split(".")[0])
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity=2: None})
     trt.Runtime = lambda logger: _Runtime(logger, cudart.device)
     trt.TensorIOMode = TensorIOMode
     trt.DataType = DataType
+    trt.float32 = DataType.FLOAT
+    trt.Builder = lambda logger: _Builder(trt)
+    trt.OnnxParser = _OnnxParser
+    creation = {"EXPLICIT_BATCH": 0} if major < 11 else {}
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {**creation, "STRONGLY_TYPED": 5})
+    builder_flags = {"FP16": 0, "OBEY_PRECISION_CONSTRAINTS": 12} if major < 11 else {"TF32": 1}
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     return trt
 
 

@@ -215,6 +215,38 @@ def test_build_engine_checks_a_cached_engine_without_torch(tiny_model, tmp_path)
     assert "is cached and valid" in proc.stderr
 
 
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.4.0"])
+def test_build_engine_builds_what_each_tensorrt_release_accepts(tiny_model, tmp_path, monkeypatch, caplog, version):
+    """The build itself, on the stand-in builder of each release the checker knows
+    (tests/fake_tensorrt.py): the network flag, the optimisation profile, the workspace and 8.6's
+    FP32 islands as that release requires them, a plan that runs within the FP16 bounds, the
+    timing cache kept, and the engine reused until --force."""
+    import logging
+
+    from export.engine import build_engine, verify_engine
+    from tests import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch, version)
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    with caplog.at_level(logging.INFO, logger="export.engine"):
+        plan = build_engine(model, max_batch=4, workspace_mb=256)
+    assert plan.is_file() and (model / "engines" / "timing.cache").is_file()
+    pinned = [r.getMessage() for r in caplog.records if "pinned to FP32" in r.getMessage()]
+    if version.startswith("8."):  # the FP16 flag on model.onnx, the VQ argmin and scoring pinned
+        assert len(pinned) == 1 and int(pinned[0].split(" with ")[1].split()[0]) > 0, pinned
+    else:  # model_fp16.onnx strongly typed: its precision is the graph's
+        assert not pinned
+    checked = verify_engine(model, max_batch=4, workspace_mb=256)
+    assert checked["n_frames"] == 4 and checked["decision_agreement"] == 1.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="export.engine"):
+        assert build_engine(model, max_batch=4, workspace_mb=256) == plan
+        assert "is cached and valid" in caplog.text
+        build_engine(model, max_batch=4, workspace_mb=256, force=True)
+        assert "building" in caplog.text
+
+
 def _has_trt_gpu() -> bool:
     try:
         import tensorrt  # noqa: F401
