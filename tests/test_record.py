@@ -864,6 +864,8 @@ def test_a_backup_opened_on_another_machine_finds_its_evidence_beside_it(tmp_pat
     assert "--evidence-dir" in named.stderr and not (tmp_path / "x").exists()
     frame = tmp_path / "copied" / Path(stored["evidence"]).relative_to(box / "line.db.evidence")
     run_vqad("records", usb / "line.db", "--export-reviewed", tmp_path / "again", "--evidence-dir", tmp_path / "copied")
+    mistyped = run_vqad("records", usb / "line.db", "--evidence-dir", tmp_path / "copie", check=False)
+    assert mistyped.returncode != 0 and f"no evidence folder {tmp_path / 'copie'}" in mistyped.stderr
     assert (tmp_path / "again" / "test" / "crack" / "c_7.png").read_bytes() == frame.read_bytes()
     with DashboardProcess("--record", usb / "line.db", "--evidence-dir", tmp_path / "copied", "--results", "",
                           log_path=tmp_path / "dashboard.log") as dashboard:  # fmt: skip

@@ -350,6 +350,8 @@ class Record:
         where the daemon writes it and its backup unit copies it; none for a server's record),
         where an evidence file is looked for when it is not where its row names it
         (evidence_file)."""
+        if evidence_dir and not Path(evidence_dir).is_dir():  # a mistyped folder would hide every image
+            raise DataError(f"no evidence folder {evidence_dir} (--evidence-dir)")
         self.url = url
         self.engine = open_record(url, must_exist)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else None
