@@ -528,7 +528,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         zone_shown = lambda: [e.text for e in driver.find_elements("css selector", header)]  # noqa: E731
         assert wait_for(lambda: zone_shown() == ["day (Asia/Kathmandu, from 05:45)"], 10), zone_shown()
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
-        assert row and row[0].split()[-4:-2] == ["0", "1"], row  # false rejects, defects
+        assert row and row[0].split()[-5:-3] == ["0", "1"], row  # false rejects, defects
         # Results of today leave the record (its disk's floor): today is counted in part, and says so.
         _results_left(line["url"], time.time_ns())
         driver.refresh()
@@ -999,6 +999,59 @@ def _recorded_fails(url: str, evidence, camera: str, n: int) -> list[dict]:
     wait_for(lambda: writer.recorded == n, 10)
     writer.close()
     return sorted(Record(url).results(camera=camera), key=lambda r: r["frame_id"])
+
+
+def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_path):
+    """An operator with a part in hand (or a customer's complaint) asked what the line decided of
+    it: the page showed the latest rejects and the tally, never a part. Its id typed or scanned
+    opens its results, newest first and passes too, each camera's; a pass found defective is
+    reviewed there as a defect."""
+    from edge.record import RecordWriter
+    from edge.results import Result
+
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "evidence").start()
+    model = {"name": "m", "sha256": "ab" * 32}
+    for camera, frame_id, part, decision in (("top", 0, "SN-7", "fail"), ("side", 0, "SN-7", "pass"),
+                                             ("top", 1, "SN-8", "fail")):  # fmt: skip
+        header = result_header(camera, frame_id, time.time_ns(), "ok", 1.0, model, score=2.0 if decision == "fail"
+                               else 0.4, decision=decision, batch_size=1, part_id=part)  # fmt: skip
+        info = {"shape": [32, 32], "dtype": "uint8", "scale": 0.01}  # a fail's heat map, as the daemon hands it
+        result = Result(header, bytes(32 * 32), recv_ns=time.time_ns(), frame=np.full((32, 32, 3), 90, np.uint8),
+                        map_info=info)  # fmt: skip
+        writer.put(result, time.time_ns())
+        time.sleep(0.01)
+    assert wait_for(lambda: writer.recorded == 3, 10)
+    writer.close()
+    with DashboardProcess("--record", url, "--results", "", log_path=tmp_path / "dashboard.log") as dashboard:
+        driver = headless_chromium()
+        try:
+            driver.get(dashboard.url + "/")
+            query, status = driver.find_element("id", "part-query"), driver.find_element("id", "part-status")
+            position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
+            meta = lambda: driver.find_element("id", "detail-meta").text  # noqa: E731
+            query.send_keys("SN-7", Keys.ENTER)
+            assert wait_for(lambda: position() == "1 of 2", 10), (position(), status.text)
+            assert status.text == "2 results" and "side" in meta() and "pass" in meta() and "SN-7" in meta()
+            overlay = driver.find_element("id", "detail-overlay")
+            assert wait_for(lambda: driver.execute_script("return arguments[0].naturalWidth", overlay) > 0, 5)
+            driver.find_element("id", "review-by").send_keys("ann")
+            driver.find_element("id", "review-kind").send_keys("crack")
+            driver.find_element("id", "review-defect").click()
+            assert wait_for(lambda: "Recorded: defect" in driver.find_element("id", "review-status").text, 5)
+            ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+            assert wait_for(lambda: position() == "2 of 2" and "top" in meta() and "fail" in meta(), 5), meta()
+            driver.find_element("css selector", "#detail .close button").click()
+            query.clear()
+            query.send_keys("SN-404", Keys.ENTER)
+            assert wait_for(lambda: status.text == "no result for part SN-404", 5), status.text
+            assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        finally:
+            driver.quit()
+    (miss,) = Record(url).results(part_id="SN-7", reviewed=True)
+    assert (miss["camera_id"], miss["decision"]) == ("side", "pass")
+    assert [(v["verdict"], v["kind"], v["reviewer"]) for v in miss["reviews"]] == [("defect", "crack", "ann")]
+    assert [row["missed"] for row in Record(url).daily(camera="side")] == [1]  # the tally's "misses found"
 
 
 def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and_says_why_a_picture_is_missing(

@@ -1606,6 +1606,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     assert (a1["results"], a1["pass"], a1["fail"], a1["error"], a1["dropped"]) == (7, 2, 3, 1, 1)
     assert a1["fail_rate"] == pytest.approx(3 / 5) and a1["model_sha256"] == "ab" * 32
     assert (a1["false_reject"], a1["defect"], a1["unreviewed"], a1["unfit"]) == (1, 1, 1, 1)
+    assert (a1["missed"], b1["missed"], a2["missed"]) == (1, 0, 0)  # frame 3: a pass a person found defective
     assert (b1["results"], b1["fail_rate"], a2["fail"], a2["unreviewed"], a2["unfit"]) == (2, 0.0, 1, 1, 0)
     assert record.results(camera="a", frame_id=2)[0]["unfit"] == "exposure,clipped"
     assert record.results(camera="b", frame_id=1)[0]["ts_ns"] == day1 + 8
@@ -1618,6 +1619,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
         table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
         assert "2026-11-19" in table and "60.00" in table and "1 change(s) to the daemon" in table
+        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-1] == "1", table
         assert "2 day(s) (" in table and "2 row(s) of a day, camera and model" in table, table
         refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
         assert refused.returncode == 2 and "do not apply" in refused.stderr

@@ -33,6 +33,8 @@ from edge.record.schema import events, migrate, results, reviews, stored_removed
 log = logging.getLogger(__name__)
 
 VERDICTS = ("false_reject", "defect")
+# The daily tally's count of passes reviewed as defects: the misses people found.
+MISSED = "missed"
 # A review's note is a sentence or a few: this bounds what a page or a script can store in one.
 NOTE_MAX_CHARS = 2000
 # The SQLite WAL file's size kept between checkpoints (PRAGMA journal_size_limit).
@@ -482,8 +484,8 @@ class Record:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
         model: results, passes, fails, errors, drops, the fail rate, and what people found in
         the fails they reviewed (the latest review of a result decides): false rejects, confirmed
-        defects, fails not reviewed; and the fails the camera health gate made (unfit frames).
-        Oldest first."""
+        defects, fails not reviewed; the fails the camera health gate made (unfit frames); and
+        the passes reviewed as defects (missed). Oldest first."""
         window = (camera, since_ns, until_ns, days)
         return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
 
@@ -529,10 +531,12 @@ class Record:
         until_ns: int | None = None,
         days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's reviewed fails, by (day, camera, model): the latest review of each reviewed
-        result (a person's few a day), then those results that failed in the period, looked up
-        by their ids. Two steps, not one join: SQLite's planner may walk every result to meet
-        the reviews, which took minutes at 2 million rows and 20,000 reviews."""
+        """daily's reviewed results, by (day, camera, model): each fail's verdict (false_reject,
+        defect), and the passes reviewed as defects ("missed": what the line let through, found
+        downstream). The latest review of each reviewed result (a person's few a day), then those
+        results in the period, looked up by their ids. Two steps, not one join: SQLite's planner
+        may walk every result to meet the reviews, which took minutes at 2 million rows and
+        20,000 reviews."""
         r = results.c
         reviewed = reviews.c.result_id
         latest = sa.select(sa.func.max(reviews.c.id)).where(reviewed.is_not(None)).group_by(reviewed)
@@ -544,15 +548,18 @@ class Record:
             verdicts = {row.result_id: row.verdict for row in conn.execute(q)}
             ids = sorted(verdicts)
             for start in range(0, len(ids), LOOKUP_CHUNK):
-                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256)
+                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision)
                 # The period is applied here, not in SQL: given a time range, SQLite walks the rows
                 # by time instead of looking the results up.
-                rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]), r.decision == "fail")
-                for result_id, ts_ns, camera_id, model in conn.execute(rq):
+                rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]))
+                for result_id, ts_ns, camera_id, model, decision in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys(VERDICTS, 0))
-                        counts[verdicts[result_id]] += 1
+                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys((*VERDICTS, MISSED), 0))
+                        if decision == "fail":
+                            counts[verdicts[result_id]] += 1
+                        elif verdicts[result_id] == "defect":  # a pass (review refuses a pass's false_reject)
+                            counts[MISSED] += 1
         return tally
 
     def review(
@@ -726,6 +733,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             **reviewed,
             "unreviewed": counts["fail"] - sum(reviewed.values()),
             "unfit": counts["unfit"],
+            MISSED: found.get(MISSED, 0),
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
         })  # fmt: skip
     return rows

@@ -15,6 +15,8 @@ const STORM_TILES = 6;
 const DAILY_EVERY_MS = 60000;
 // A day's unreviewed rejects are walked from one answer of /api/results, its largest.
 const QUEUE_SIZE = 1000;
+// A part's results, newest first: each camera that saw it, and each time it came by again.
+const PART_RESULTS = 50;
 // A reject's pictures stand beside its details when taller than this over their width, on a
 // window at least this wide (a phone keeps them above).
 const TALL_PICTURE = 1.3;
@@ -241,7 +243,7 @@ async function loadDaily(cam, id) {
     const rows = body.days.slice().reverse().map((d) => {
       const inPart = gone && d.day <= gone.up_to_day;
       const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
-        d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit]);
+        d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
@@ -606,6 +608,7 @@ function openDetail(r, list = [r], queue = state.queue) {
   document.getElementById("detail-frame-full").href = r.images.frame || ""; // a speck, seen at the camera's pixels
   const rows = [
     ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
+    ["decision", r.status === "ok" || !r.status ? r.decision || "–" : `${r.status}: ${r.error || ""}`],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
     ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "no fault found"],
     ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
@@ -676,6 +679,26 @@ function drawRegions(img, r) {
   }));
 }
 
+// -- a part's results ------------------------------------------------------------------------
+// A part's id typed or scanned: its results open in the detail, newest first, passes too. A pass
+// a customer found defective is reviewed there as a defect: a miss, kept for the next training.
+async function findPart(event) {
+  event.preventDefault();
+  const part = document.getElementById("part-query").value.trim();
+  const status = document.getElementById("part-status");
+  if (!part) { status.textContent = ""; return; }
+  status.textContent = "…";
+  try {
+    const answer = await api(`api/results?part_id=${encodeURIComponent(part)}&limit=${PART_RESULTS}`);
+    const found = answer.results;
+    if (!found.length) { status.textContent = `no result for part ${part}`; return; }
+    status.textContent = `${found.length}${answer.limit_reached ? "+" : ""} result${found.length > 1 ? "s" : ""}`;
+    openDetail(found[0], found, null);
+  } catch (err) {
+    status.textContent = `part ${part}: ${err.message}`;
+  }
+}
+
 async function review(verdict) {
   const r = state.open;
   const by = document.getElementById("review-by").value.trim();
@@ -713,6 +736,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("review-defect").addEventListener("click", () => review("defect"));
   document.getElementById("detail-newer").addEventListener("click", () => stepDetail(-1));
   document.getElementById("detail-older").addEventListener("click", () => stepDetail(1));
+  document.getElementById("part-search").addEventListener("submit", findPart);
   document.getElementById("detail").addEventListener("keydown", (event) => {
     if (event.target.tagName === "INPUT") return; // typing a kind or a note
     if (event.key === "ArrowLeft") stepDetail(-1);
