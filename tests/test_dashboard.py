@@ -1031,7 +1031,7 @@ def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_p
             position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
             meta = lambda: driver.find_element("id", "detail-meta").text  # noqa: E731
             query.send_keys("SN-7", Keys.ENTER)
-            assert wait_for(lambda: position() == "1 of 2", 10), (position(), status.text)
+            assert wait_for(lambda: position() == "part SN-7: 1 of 2", 10), (position(), status.text)
             assert status.text == "2 results" and "side" in meta() and "pass" in meta() and "SN-7" in meta()
             overlay = driver.find_element("id", "detail-overlay")
             assert wait_for(lambda: driver.execute_script("return arguments[0].naturalWidth", overlay) > 0, 5)
@@ -1039,8 +1039,9 @@ def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_p
             driver.find_element("id", "review-kind").send_keys("crack")
             driver.find_element("id", "review-defect").click()
             assert wait_for(lambda: "Recorded: defect" in driver.find_element("id", "review-status").text, 5)
+            assert position() == "part SN-7: 1 of 2"  # a review stays on the result it is of
             ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
-            assert wait_for(lambda: position() == "2 of 2" and "top" in meta() and "fail" in meta(), 5), meta()
+            assert wait_for(lambda: position().endswith("2 of 2") and "top" in meta() and "fail" in meta(), 5), meta()
             driver.find_element("css selector", "#detail .close button").click()
             query.clear()
             query.send_keys("SN-404", Keys.ENTER)

@@ -24,7 +24,7 @@ const BESIDE_MIN_WIDTH = 900;
 const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
 
 // `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
-// {camera, day, more}; null while it walks the gallery.
+// {camera, day, more}; a part's results, {part, more}; null while it walks the gallery.
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
@@ -626,7 +626,7 @@ function openDetail(r, list = [r], queue = state.queue) {
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
   const at = list.indexOf(r);
-  const where = queue ? `not reviewed, ${queue.camera} ${queue.day}: ` : "";
+  const where = !queue ? "" : "part" in queue ? `part ${queue.part}: ` : `not reviewed, ${queue.camera} ${queue.day}: `;
   document.getElementById("detail-position").textContent =
     `${where}${at + 1} of ${list.length}${queue && queue.more ? "+" : ""}`;
   document.getElementById("detail-newer").disabled = at <= 0;
@@ -693,7 +693,7 @@ async function findPart(event) {
     const found = answer.results;
     if (!found.length) { status.textContent = `no result for part ${part}`; return; }
     status.textContent = `${found.length}${answer.limit_reached ? "+" : ""} result${found.length > 1 ? "s" : ""}`;
-    openDetail(found[0], found, null);
+    openDetail(found[0], found, { part, more: answer.limit_reached });
   } catch (err) {
     status.textContent = `part ${part}: ${err.message}`;
   }
@@ -716,7 +716,8 @@ async function review(verdict) {
     const done = `Recorded: ${verdict.replace("_", " ")} of frame ${r.frame_id}.`;
     const cam = state.cameras.get(r.camera_id);
     if (cam) loadGallery(cam, r.camera_id, cam.galleryFails);
-    if (!state.queue || state.open !== r) { status.textContent = done; return; }
+    // A part's results are not a queue: each is reviewed where it stands.
+    if (!state.queue || "part" in state.queue || state.open !== r) { status.textContent = done; return; }
     // Walking a day's unreviewed rejects: on to the next, and the tally counts the review.
     const list = state.openList, next = list[list.indexOf(r) + 1];
     if (cam) loadDaily(cam, r.camera_id);
