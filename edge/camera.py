@@ -367,6 +367,15 @@ def _flush_and_close(
     return False
 
 
+def _with_progress(opened: Source, count: int, camera_id: str) -> Iterator[Frame]:
+    """The source's frames; a replay's with a bar on a terminal (it has an end to show how near).
+    A folder's unreadable images are skipped: the bar may end short of its total."""
+    if opened.live:
+        return opened.frames
+    known = [n for n in (count, opened.length) if n]
+    return progress(opened.frames, f"camera {camera_id}", total=min(known, default=None), unit="frame")
+
+
 def run_camera(
     source: str,
     endpoint: str,
@@ -411,13 +420,7 @@ def run_camera(
     # when their frame ids only grow (--start-id time), which ZeroMQ's PULL socket cannot tell.
     sender = f"{socket.gethostname()}:{os.getpid()}"[-MAX_ID_LENGTH:]
     try:
-        opened = open_source(source, loop, stop, pixel_bits, encoding)
-        frames = opened.frames
-        if not opened.live:  # a replay has an end, a bar on a terminal shows how near
-            # A folder's unreadable images are skipped: the bar may end short of its total.
-            known = [n for n in (count, opened.length) if n]
-            frames = progress(frames, f"camera {camera_id}", total=min(known, default=None), unit="frame")
-        for name, frame in frames:
+        for name, frame in _with_progress(open_source(source, loop, stop, pixel_bits, encoding), count, camera_id):
             if stop is not None and stop():
                 break
             pace.wait()
