@@ -98,6 +98,11 @@ class DaemonMetrics:
             registry=r,
         )
         self.record_errors = Counter("vqad_record_errors", "Record transactions that failed (retried)", registry=r)
+        self.record_set_aside = Counter(
+            "vqad_record_set_aside",
+            "Damaged SQLite records set aside with their evidence, a new one started in their place",
+            registry=r,
+        )
         self.reloads = Counter("vqad_model_reloads", "Model packages swapped in while serving", registry=r)
         self.reload_failures = Counter(
             "vqad_model_reload_failures", "Reloads refused: the package failed to load, verify or warm up", registry=r

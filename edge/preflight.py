@@ -147,7 +147,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     import sqlalchemy as sa
 
     from edge.record.housekeeping import gives_space_back
-    from edge.record.store import default_evidence_dir, is_sqlite, open_record, record_url, shown_url
+    from edge.record.store import default_evidence_dir, is_sqlite, open_record, record_url, shown_url, sqlite_damage
     from edge.record.writer import disk_is_full
 
     database = sa.make_url(record_url(cfg.record)).database if is_sqlite(cfg.record) else None
@@ -167,6 +167,8 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     try:
         engine = open_record(cfg.record)
     except DataError as exc:
+        if is_sqlite(cfg.record) and sqlite_damage(exc):
+            return [_damaged_note(cfg.record, exc)]
         if not is_sqlite(cfg.record):
             return [f"note: {exc}; the daemon would serve and record once it answers"]
         if not disk_is_full(cfg.record):
@@ -178,7 +180,12 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         if database:  # SQLite writes its WAL beside the file: a read-only disk opens, and refuses every row
             lines.append(_writable_line("record's folder", Path(database).parent))
         lines.append(_writable_line("evidence folder", evidence))
-        lines += _record_clock_lines(engine)
+        try:
+            lines += _record_clock_lines(engine)
+        except sa.exc.DatabaseError as exc:  # a damaged page that opening the record did not read
+            if not (database and sqlite_damage(exc)):
+                raise
+            return [_damaged_note(cfg.record, exc)]
         if database and not gives_space_back(engine):
             lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
                          f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "
@@ -186,6 +193,14 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         return lines + ([*_network_note(Path(database)), *_rows_note(Path(database), cfg)] if database else [])
     finally:
         engine.dispose()
+
+
+def _damaged_note(url: str, exc: BaseException) -> str:
+    """What the start does with a damaged SQLite record: it does not stop the line."""
+    from edge.record.store import shown_url, sqlite_damage
+
+    return (f"note: the record {shown_url(url)} is damaged ({sqlite_damage(exc)}): the start sets it aside with its "
+            "evidence and records on a new one (docs/deploy.md, \"A damaged record\")")  # fmt: skip
 
 
 def _network_note(database: Path) -> list[str]:

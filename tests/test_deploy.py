@@ -247,6 +247,7 @@ ALERT_CASES = [
     # A database down: its writer retries every 5 s at most, each failure counted.
     ("VqadRecordUnavailable", [("vqad_record_errors_total", {}, "0 0+3x30")], "5m30s"),
     ("VqadRecordUnavailable", [("vqad_record_errors_total", {}, "0 0 1x40")], None),  # one failed write
+    ("VqadRecordSetAside", [("vqad_record_set_aside_total", {}, "0 0 1x4")], "30s"),
     ("VqadRecordBehind", [("vqad_record_behind_seconds", {}, "0 30 61+15x10")], "2m30s"),
     ("VqadRecordBehind", [("vqad_record_behind_seconds", {}, "0 61 75 0x10")], None),
     ("VqadEvidenceNotWritten", [("vqad_evidence_failed_total", {}, "0 0 1x4")], "30s"),

@@ -873,6 +873,104 @@ def test_a_backup_opened_on_another_machine_finds_its_evidence_beside_it(tmp_pat
             assert answer.status == 200 and answer.read() == frame.read_bytes()
 
 
+def _damage(database: Path, table: str) -> None:
+    """Overwrite the root page of `table` in the SQLite file `database`, as a failing card does."""
+    with sqlite3.connect(database) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the rows in the file itself, as after a clean stop
+    with open(database, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xde\xad" * (page_size // 2))
+
+
+@pytest.mark.parametrize("table", ["results", "meta"], ids=["a-data-page", "the-schemas-page"])
+def test_a_damaged_sqlite_record_is_set_aside_with_its_evidence_and_a_new_one_records(tmp_path, caplog, table):
+    """A SQLite file damaged by its disk stopped the daemon's start with a driver's traceback
+    ("database disk image is malformed"), and a restart loop stopped the line. The file (its WAL
+    too) and its evidence folder are set aside for a person to read back, and a new record takes
+    the results; an audit finds the set-aside among the changes, and Prometheus counts it. The
+    damage shows in the schema's own page (the meta table, read as the record opens) or only in
+    the first query on the results."""
+    from edge.metrics import DaemonMetrics
+
+    database, evidence = tmp_path / "line.db", tmp_path / "line.db.evidence"
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    for frame_id in range(5):
+        _store(writer, _result("c", frame_id))
+    writer.close()
+    kept = sorted(p.relative_to(evidence) for p in evidence.rglob("*.png"))
+    _damage(database, table)
+    metrics = DaemonMetrics()
+    with caplog.at_level(logging.ERROR, logger="edge.record.writer"):
+        writer = RecordWriter(f"sqlite:///{database}", metrics=metrics).start()
+    _store(writer, _result("c", 5))
+    writer.close()
+    (moved,) = [p for p in tmp_path.glob("line.db.damaged-*") if not p.name.endswith(("-wal", "-shm"))]
+    (moved_evidence,) = tmp_path.glob("line.db.evidence.damaged-*")
+    assert moved_evidence.name.removeprefix("line.db.evidence.") == moved.name.removeprefix("line.db.")
+    assert sorted(p.relative_to(moved_evidence) for p in moved_evidence.rglob("*.png")) == kept and len(kept) == 5
+    assert f"the record {database} is damaged (database disk image is malformed): set aside as {moved}" in caplog.text
+    record = Record(f"sqlite:///{database}")
+    assert [r["frame_id"] for r in record.results()] == [5] and Path(record.results()[0]["evidence"]).is_file()
+    (change,) = record.events()
+    assert change["kind"] == "record-set-aside" and change["detail"]["damaged"] == str(moved)
+    assert change["detail"]["evidence"] == str(moved_evidence)
+    assert metrics.record_set_aside._value.get() == 1
+
+
+def test_the_daemon_starts_on_a_damaged_record_and_records_on_a_new_one(tiny_model, tmp_path):
+    """The daemon itself, as systemd starts it after a power cut that damaged its record."""
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    _store(writer, _result("c", 0))
+    writer.close()
+    _damage(database, "meta")
+    url = f"sqlite:///{database}"
+    checked = run_vqad("serve", tiny_model, "--record", url, "--check")  # says what the start will do, moves nothing
+    assert f"note: the record {url} is damaged (database disk image is malformed): the start sets it aside" in (
+        checked.stdout + checked.stderr
+    ) and not list(tmp_path.glob("*.damaged-*"))
+    with DaemonProcess(tiny_model, "--record", url) as daemon:
+        cam = Camera(daemon.frames)
+        try:
+            cam.send(frame_message("cam1", 7, np.full((48, 48, 3), 90, np.uint8), "raw"))
+        finally:
+            cam.close()
+        assert wait_for(lambda: _count(url) == 1, 30)
+    said = daemon.log_path.read_text()
+    assert "is damaged (database disk image is malformed): set aside as" in said and "Traceback" not in said, said
+    assert [r["frame_id"] for r in Record(url).results()] == [7]
+
+
+def test_a_record_damaged_while_the_daemon_serves_is_set_aside_and_the_waiting_results_go_to_a_new_one(
+    tmp_path, monkeypatch
+):
+    """SQLite may find the damage at any write, months into a run: the batch that met it is
+    stored again on the new record, and the results after it follow."""
+    database = tmp_path / "line.db"
+    writer = RecordWriter(f"sqlite:///{database}").start()
+    _store(writer, _result("c", 0))
+    store, met = writer._store, []
+
+    def damaged_once(batch):
+        if not met:
+            met.append(len(batch))
+            raise sa.exc.DatabaseError(
+                "INSERT INTO results", {}, sqlite3.DatabaseError("database disk image is malformed")
+            )
+        return store(batch)
+
+    monkeypatch.setattr(writer, "_store", damaged_once)
+    _store(writer, _result("c", 1))
+    _store(writer, _result("c", 2))
+    writer.close()
+    assert met == [1] and writer.unrecorded == 0
+    assert sorted(r["frame_id"] for r in Record(f"sqlite:///{database}").results()) == [1, 2]
+    (moved,) = [p for p in tmp_path.glob("line.db.damaged-*") if not p.name.endswith(("-wal", "-shm"))]
+    assert [r["frame_id"] for r in Record(f"sqlite:///{moved}").results()] == [0]  # the rows before it, kept
+
+
 def _simulated_disk(monkeypatch, evidence: Path, disk: int):
     """A disk of `disk` bytes for the housekeeping: its free space is what the evidence under
     `evidence` and "another program" (the returned dict's "bytes") leave of it. -> (that dict,
@@ -1845,8 +1943,8 @@ def test_a_record_that_cannot_be_reached_is_one_line_without_its_password():
 
 
 def test_a_file_that_is_not_a_database_is_one_line_naming_it(tmp_path):
-    """A record path mistyped onto another file, or a damaged one: the driver's "file is not a
-    database" came as a traceback from records, review and the daemon's start."""
+    """A record path mistyped onto another file: the driver's "file is not a database" came as a
+    traceback from records, review and the daemon's start."""
     not_a_database = tmp_path / "line.db"
     not_a_database.write_text("camera_id,frame_id\n")
     with pytest.raises(DataError, match="cannot open the record .*file is not a database"):
@@ -1856,6 +1954,7 @@ def test_a_file_that_is_not_a_database_is_one_line_naming_it(tmp_path):
         assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
         assert "file is not a database" in proc.stderr
     assert not_a_database.read_text() == "camera_id,frame_id\n"
+    assert sorted(tmp_path.iterdir()) == [not_a_database]  # not set aside as a damaged record: not the daemon's
 
 
 def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):

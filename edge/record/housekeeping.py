@@ -118,6 +118,14 @@ class Housekeeping:
         self._hand_removed_log = RepeatedLog(log)
         self._expired_up_to = 0  # rows up to this id were examined (reviewed ones stay behind it)
 
+    def started_anew(self, engine: sa.Engine) -> None:
+        """The record and its evidence folder were set aside (a damaged SQLite file) and begin
+        again empty on `engine`: what was measured and examined of the old ones is forgotten."""
+        self.engine = engine
+        self.evidence_bytes = None if self.max_bytes or self.min_free_bytes else 0
+        self._quota_up_to = self._expired_up_to = 0
+        self._next_expiry = 0.0
+
     def added(self, path: Path) -> None:
         """An evidence file the writer wrote: counted against the quota (once it is measured;
         the measurement finds the file itself)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from edge.durable import rename_synced, sync_file
+from edge.durable import rename_synced, sync_file, sync_folders
 from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
@@ -161,6 +161,8 @@ def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
     """The first line of what the database driver said, without SQLAlchemy's wrapping; with a
     SQLite write refused by its disk, the likeliest cause."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if reason.startswith(SQLITE_DAMAGED[0]):  # "file is not a database" is as often another file named
+        return f'{reason}: the file is damaged (docs/deploy.md, "A damaged record", says how to read back its rows)'
     return f"{reason} (is its disk read-only? {FAILING_DISK})" if reason.startswith(SQLITE_WRITE_REFUSALS) else reason
 
 
@@ -336,6 +338,46 @@ def _reviews_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[dict[str,
         for r in conn.execute(sa.select(reviews).where(reviews.c.result_id.in_(chunk)).order_by(reviews.c.id)):
             found.setdefault(r.result_id, []).append(dict(r._mapping))
     return found
+
+
+# SQLite's words for a file it cannot read as a database: a damaged page (SQLITE_CORRUPT) or a
+# damaged header (SQLITE_NOTADB). Python 3.10's sqlite3 gives the message, not the code.
+SQLITE_DAMAGED = ("database disk image is malformed", "file is not a database")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_damage(exc: BaseException | None) -> str | None:
+    """SQLite's words when `exc`, or an error it was raised from, is its error for a damaged
+    file; None for any other error."""
+    seen = 0
+    while exc is not None and seen < 8:  # DataError -> SQLAlchemy's DatabaseError -> sqlite3's
+        if isinstance(exc, sqlite3.DatabaseError) and str(exc).startswith(SQLITE_DAMAGED):
+            return str(exc)
+        exc, seen = getattr(exc, "orig", None) or exc.__cause__, seen + 1
+    return None
+
+
+def set_aside(database: Path, evidence_dir: Path | None) -> tuple[Path, Path | None]:
+    """Rename a damaged SQLite record, its WAL and shared-memory files, and its evidence folder
+    to `NAME.damaged-<UTC time>` beside each, for a person to recover the rows (sqlite3's
+    `.recover`) and read them with their images (`--evidence-dir`). -> (the record's new path,
+    the evidence folder's, None when there was none). DataError for a file that does not begin
+    as a SQLite database does: the record's URL names another file, not the daemon's to move."""
+    with open(database, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise DataError(f"cannot open the record {database}: file is not a database (it does not begin as a "
+                            "SQLite file does: does the record's URL name the right file?)")  # fmt: skip
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = database.with_name(f"{database.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{database}{suffix}"):
+            os.replace(f"{database}{suffix}", f"{moved}{suffix}")
+    moved_evidence = None
+    if evidence_dir is not None and evidence_dir.is_dir():
+        moved_evidence = evidence_dir.with_name(f"{evidence_dir.name}.damaged-{stamp}")
+        os.replace(evidence_dir, moved_evidence)
+    sync_folders({database.parent, *([evidence_dir.parent] if moved_evidence else [])})
+    return moved, moved_evidence
 
 
 def default_evidence_dir(engine: sa.Engine) -> Path:

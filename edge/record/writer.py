@@ -48,7 +48,9 @@ from edge.record.store import (
     is_sqlite,
     open_record,
     record_url,
+    set_aside,
     shown_url,
+    sqlite_damage,
 )
 from edge.results import Result
 from edge.state import write_whole
@@ -104,7 +106,7 @@ class RecordWriter:
         its rows name (`daemon_run`), the `run` of the results it publishes; a new one if None."""
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.where = shown_url(url)  # as logs and the state file name it: no password
-        self.engine, self._migrated = self._open(url, max_buffer)
+        self.engine, self._migrated, damaged = self._open(url, max_buffer)
         # Absolute: the rows name their files, and the dashboard, `vqad records --export-reviewed`
         # and `vqad review` read them from other working directories (a server record's default
         # folder, ./evidence, was stored as "evidence/...").
@@ -143,6 +145,7 @@ class RecordWriter:
         self._state_failed = False
         self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
         self._unstorable_log = RepeatedLog(log, logging.ERROR)
+        self._set_aside_log = RepeatedLog(log, logging.ERROR)  # a damaged record that cannot be moved
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
@@ -160,20 +163,31 @@ class RecordWriter:
         # The record's latest result time: one this machine's clock has passed (edge.clock;
         # known once the record answers, None for an empty record).
         self.newest_ns: int | None = None
+        if damaged is not None:
+            self._start_anew(damaged)
         if self._migrated:
-            self._report_previous_run()
+            try:
+                self._report_previous_run()
+            except sa.exc.DatabaseError as exc:  # a damaged page the schema's did not show
+                if not self._damaged(exc):
+                    raise
+                self._start_anew(exc)
+                self._report_previous_run()
 
     @staticmethod
-    def _open(url: str, max_buffer: int) -> tuple[sa.Engine, bool]:
-        """The engine, and whether the record could be opened now. A database server that does
-        not answer at start (the box booted before the plant's server) is not a reason to stop
-        the line: the results wait in the buffer, as when it goes down later. Nor is a SQLite
-        file on a disk that is full: it is opened once there is room. A SQLite file that cannot
-        be opened otherwise is this machine's mistake, and stops the start (DataError), as does a
-        server that answers with a refusal (no permission to create the tables)."""
+    def _open(url: str, max_buffer: int) -> tuple[sa.Engine, bool, DataError | None]:
+        """The engine, whether the record could be opened now, and SQLite's refusal of a damaged
+        file (to be set aside, _start_anew). A database server that does not answer at start (the
+        box booted before the plant's server) is not a reason to stop the line: the results wait
+        in the buffer, as when it goes down later. Nor is a SQLite file on a disk that is full:
+        it is opened once there is room. A SQLite file that cannot be opened otherwise is this
+        machine's mistake, and stops the start (DataError), as does a server that answers with a
+        refusal (no permission to create the tables)."""
         try:
-            return open_record(url), True
+            return open_record(url), True, None
         except DataError as exc:
+            if is_sqlite(url) and sqlite_damage(exc):
+                return create_engine(url), False, exc
             if is_sqlite(url):
                 if not disk_is_full(url):
                     raise
@@ -183,7 +197,35 @@ class RecordWriter:
                 log.warning("%s; the results wait in the buffer (%d at most) until it answers", exc, max_buffer)
             else:
                 raise
-            return create_engine(url), False
+            return create_engine(url), False, None
+
+    def _damaged(self, exc: BaseException) -> bool:
+        """Whether `exc` is SQLite's refusal of this writer's record file as damaged."""
+        return self.house.database is not None and sqlite_damage(exc) is not None
+
+    def _start_anew(self, exc: BaseException) -> None:
+        """The SQLite record is damaged (a failing SD card, a power cut on a disk that lies about
+        its writes): it and its evidence folder are set aside, and the results go to a new record
+        in its place, so that the line goes on and keeps every result from now on. The old rows
+        wait for a person to recover them. DataError when they cannot be set aside."""
+        reason = sqlite_damage(exc)
+        self.engine.dispose()
+        try:
+            moved, moved_evidence = set_aside(self.house.database, self.evidence_dir)
+        except OSError as failed:
+            raise DataError(f"the record {self.house.database} is damaged ({reason}) and could not be set aside: "
+                            f"{failed}") from exc  # fmt: skip
+        self.engine, self._migrated = open_record(self.url), True
+        self.house.started_anew(self.engine)
+        self._after_id, self.newest_ns, self._previous = 0, None, None
+        self.metrics.record_set_aside.inc()
+        log.error(
+            "the record %s is damaged (%s): set aside as %s%s, and a new record started in its place; docs/deploy.md "
+            "(\"A damaged record\") says how to read back the rows it still holds, with their images",
+            self.house.database, reason, moved, f" (its evidence as {moved_evidence})" if moved_evidence else "",
+        )  # fmt: skip
+        detail = {"damaged": str(moved), "evidence": str(moved_evidence) if moved_evidence else None, "reason": reason}
+        self.event("record-set-aside", detail, "vqad serve", by_writer=True)
 
     @property
     def evidence_bytes(self) -> int | None:
@@ -403,6 +445,8 @@ class RecordWriter:
                 if batch:
                     self._store(batch)
             except sa.exc.SQLAlchemyError as exc:
+                if self._damaged(exc) and self._started_anew(exc):
+                    continue  # the batch again, on the new record
                 self.metrics.record_errors.inc()
                 pause = min(RETRY_MAX_S, max(0.1, 2 * pause))
                 self._last_error = database_reason(exc)[:300]  # with its likeliest cause, for the heartbeat
@@ -426,6 +470,16 @@ class RecordWriter:
                 self._take_off(len(batch))
             self.recorded += len(batch)
             self.metrics.recorded.inc(len(batch))
+
+    def _started_anew(self, exc: BaseException) -> bool:
+        """_start_anew while the daemon serves; False, logged, when it could not be set aside
+        (a read-only disk): the results then wait, as for a record that does not answer."""
+        try:
+            self._start_anew(exc)
+        except DataError as failed:
+            self._set_aside_log.log("%s; the results wait in memory (%d at most)", failed, self.max_buffer)
+            return False
+        return True
 
     def _log_unwritable(self, level: int) -> None:
         """Say so when the record's folder or its evidence folder cannot be written (a read-only
