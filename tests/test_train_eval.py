@@ -213,6 +213,18 @@ def test_checkpoint_describes_itself(tiny_run):
     assert template.lighting and template.band[0] < template.band[1] / 16  # the gain plane, the aligned band
 
 
+def test_a_checkpoint_cut_short_is_named_as_such(tiny_run, tmp_path):
+    """A run copied off the training machine by a copy that stopped early: it read "not a safe
+    vqad checkpoint", as if it held code, and the message ended mid-sentence."""
+    whole = (tiny_run / "checkpoint.pt").read_bytes()
+    cut = tmp_path / "checkpoint.pt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        CheckpointError, match=r"the file is damaged or cut short \([\d,]+ bytes, not a whole checkpoint"
+    ):
+        load_checkpoint(cut)
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/vqad-pwned",))
@@ -222,7 +234,7 @@ class Evil:
 def test_malicious_pickle_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": "vqad-checkpoint", "version": 1, "evil": Evil()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused to load .*: not a safe vqad checkpoint"):
         load_checkpoint(path)
     with open(tmp_path / "raw.pt", "wb") as fh:
         pickle.dump(Evil(), fh)

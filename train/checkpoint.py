@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ def save_checkpoint(
     return digest
 
 
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """Why torch.load refused `path`: a file cut short or damaged (torch.save writes a zip
+    archive, and its directory at the end is missing: a copy that stopped early, a disk fault),
+    or content other than weights, which vqad never unpickles."""
+    if not zipfile.is_zipfile(path):
+        return (f"the file is damaged or cut short ({path.stat().st_size:,} bytes, not a whole checkpoint: a copy "
+                "that stopped early?)")  # fmt: skip
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"not a safe vqad checkpoint ({first[:200]})"
+
+
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """-> {'model': state_dict, 'meta': dict, 'optimizer': dict | None}. CheckpointError on anything odd."""
     path = Path(path)
@@ -66,8 +78,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refused to load {path}: not a safe vqad checkpoint ({first[:200]})") from exc
+        raise CheckpointError(f"refused to load {path}: {_why_unloadable(path, exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vqad checkpoint")
     try:
