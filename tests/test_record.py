@@ -873,6 +873,30 @@ def test_a_backup_opened_on_another_machine_finds_its_evidence_beside_it(tmp_pat
             assert answer.status == 200 and answer.read() == frame.read_bytes()
 
 
+def test_a_record_moved_to_another_disk_with_its_evidence_keeps_its_quota_and_its_images(tmp_path):
+    """An integrator moves /var/lib/vqad/line.db and line.db.evidence to a bigger disk. The rows
+    name the old paths: the quota's pass took every moved image for one removed by hand, marked
+    its row (the page then showed no picture), and left the file on the disk for good."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    writer = RecordWriter(f"sqlite:///{old / 'line.db'}").start()
+    for frame_id in range(6):
+        _store(writer, _result("c", frame_id))
+    writer.close()
+    shutil.move(old, new)
+    url = f"sqlite:///{new / 'line.db'}"
+    each = (new / "line.db.evidence").rglob("*.png").__next__().stat().st_size
+    writer = RecordWriter(url, max_gb=4.5 * each / 1e9).start()  # room for four of the seven
+    _store(writer, _result("c", 6))
+    writer.close()
+    rows = {r["frame_id"]: r for r in Record(url).results()}
+    removed = sorted(f for f, r in rows.items() if r["evidence_removed"])
+    assert removed == [0, 1, 2], removed  # the oldest, by the quota
+    assert len(list((new / "line.db.evidence").rglob("*.png"))) == 4  # their files went with their rows
+    assert all(Path(rows[f]["evidence"]).is_file() for f in (3, 4, 5, 6))  # the rest are shown where they are now
+
+
 def _damage(database: Path, table: str) -> None:
     """Overwrite the root page of `table` in the SQLite file `database`, as a failing card does."""
     with sqlite3.connect(database) as conn:

@@ -317,7 +317,7 @@ class Housekeeping:
                     if row.kept or not self.owns(row.evidence_frame):
                         up_to = row.id
                         continue
-                    if not _any_file(row.evidence_frame, row.evidence_overlay):  # removed by hand: marked
+                    if not _any_file(*self._here(row.evidence_frame, row.evidence_overlay)):  # removed by hand: marked
                         stale, up_to = True, row.id
                         marked.append(row.id)
                         continue
@@ -357,7 +357,7 @@ class Housekeeping:
         )
         with self.engine.connect() as conn:
             rows = [r for r in conn.execute(query).all() if self.owns(r.evidence_frame)]
-        sizes = [sum(_size(Path(p)) for p in (r.evidence_frame, r.evidence_overlay) if p) for r in rows]
+        sizes = [sum(_size(Path(p)) for p in self._here(r.evidence_frame, r.evidence_overlay) if p) for r in rows]
         excess = sum(sizes) - int(REVIEWED_SHARE * self.max_bytes) if self.max_bytes else 0
         if self.low_disk:
             excess = max(excess, self.min_free_bytes + self._resume_margin - free_bytes(self.evidence_dir))
@@ -473,9 +473,13 @@ class Housekeeping:
             (before or 0) / 1e6,
         )  # fmt: skip
 
+    def _here(self, *paths: str | None) -> list[str | None]:
+        """The evidence files rows name, where they are on this machine (located)."""
+        return [located(path, self.evidence_dir) for path in paths]
+
     def _remove_files(self, *paths: str | None) -> None:
         """Delete evidence files that are there, and take them off the quota's count."""
-        for path in paths:
+        for path in self._here(*paths):
             if path and Path(path).is_file():
                 self.evidence_bytes -= Path(path).stat().st_size
                 Path(path).unlink()
@@ -484,6 +488,22 @@ class Housekeeping:
 def _any_file(*paths: str | None) -> bool:
     """Whether any of the evidence files named is on the disk."""
     return any(path and Path(path).is_file() for path in paths)
+
+
+# An evidence file's path under its record's evidence folder: camera/day/file, as the daemon
+# names it (RecordWriter._evidence_paths).
+EVIDENCE_DEPTH = 3
+
+
+def located(named: str | None, evidence_dir: Path | None) -> str | None:
+    """The evidence file a row names, on this machine: where the row says, or else the same
+    camera/day/file under `evidence_dir` (a record and its evidence moved to another disk, a
+    backup opened on another machine: the rows keep the paths the daemon wrote). `named` when
+    neither is a file (removed, or on another box's disk); None for None."""
+    if named is None or evidence_dir is None or os.path.isfile(named):
+        return named
+    moved = evidence_dir.joinpath(*Path(named).parts[-EVIDENCE_DEPTH:])
+    return str(moved) if moved.is_file() else named
 
 
 def gives_space_back(engine: sa.Engine) -> bool:

@@ -27,7 +27,7 @@ from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
-from edge.record.housekeeping import BUSY_TIMEOUT_MS, FAILING_DISK, free_bytes, sqlite_file
+from edge.record.housekeeping import BUSY_TIMEOUT_MS, FAILING_DISK, free_bytes, located, sqlite_file
 from edge.record.schema import events, migrate, results, reviews, stored_removed
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,6 @@ LOOKUP_CHUNK = 500
 # An export reads the record this many results at a time (about 10 MB of them in Python): a
 # month of a line's results read at once held gigabytes (2.1 GB for a million).
 PAGE_ROWS = 5000
-# An evidence file's path under its record's evidence folder: camera/day/file, as the daemon
-# names it (RecordWriter._evidence_paths).
-EVIDENCE_DEPTH = 3
 # A database server that stops answering (its host switched off, the network cut, a server that
 # takes the connection and never answers) fails a connection within connect_timeout, and one
 # open connection within about a minute, as errors that the writer retries, instead of blocking
@@ -407,10 +404,7 @@ class Record:
         camera/day/file under this record's evidence folder (a backup opened on another machine,
         a record moved to another disk: the rows keep the paths the daemon wrote). `named` when
         neither is a file (removed, or on another box's disk), None for None."""
-        if named is None or self.evidence_dir is None or os.path.isfile(named):
-            return named
-        moved = self.evidence_dir.joinpath(*Path(named).parts[-EVIDENCE_DEPTH:])
-        return str(moved) if moved.is_file() else named
+        return located(named, self.evidence_dir)
 
     def close(self) -> None:
         self.engine.dispose()
