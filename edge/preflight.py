@@ -88,11 +88,16 @@ def _clock_line(created_ns: int | None) -> str:
 
 
 def _record_clock_lines(engine: sa.Engine) -> list[str]:
-    """A note when this machine's clock reads before the record's newest result (edge.clock)."""
-    from edge.record.schema import newest_result_ns
+    """A note when this machine's clock reads before the record's newest result (edge.clock).
+    The start's own first query (the newest row's id) is made too, so that a damaged table the
+    start would meet shows here (sa.exc.DatabaseError)."""
+    import sqlalchemy as sa
+
+    from edge.record.schema import newest_result_ns, results
 
     with engine.connect() as conn:
         behind = clock_against(RECORD_NEWEST, newest_result_ns(conn))
+        conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one()
     return [] if behind is None else [_behind_note(behind)]
 
 

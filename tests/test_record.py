@@ -949,7 +949,7 @@ def test_the_daemon_starts_on_a_damaged_record_and_records_on_a_new_one(tiny_mod
     writer = RecordWriter(f"sqlite:///{database}").start()
     _store(writer, _result("c", 0))
     writer.close()
-    _damage(database, "meta")
+    _damage(database, "results")  # a data page: opening the record does not read it; the start's first query does
     url = f"sqlite:///{database}"
     checked = run_vqad("serve", tiny_model, "--record", url, "--check")  # says what the start will do, moves nothing
     assert f"note: the record {url} is damaged (database disk image is malformed): the start sets it aside" in (
