@@ -30,8 +30,9 @@ class RecordLink:
     def __init__(self, url: str, evidence_dir: str = ""):
         """Open the record now (`evidence_dir`: Record's). A SQLite file that cannot be opened is
         this machine's mistake (DataError, the start stops); a server that does not answer, or a
-        SQLite file that is not there yet, is tried again later. The dashboard never creates a record: a mistyped path
-        would give a page of "no rejects" over an empty file, and its reviews would go there."""
+        SQLite file that is not there yet, is tried again later. The dashboard never creates a
+        record: a mistyped path would give a page of "no rejects" over an empty file, and its
+        reviews would go there."""
         self.url, self.where, self.evidence_dir = url, shown_url(url), evidence_dir
         self._record: Record | None = None
         self._error, self._next_try = "", 0.0
