@@ -114,6 +114,11 @@ def test_without_metrics_the_heartbeat_says_how_far_behind_the_record_is():
     assert page._summary()["daemon"]["record_error"] == refused
     view.heartbeat(beat | {"record": {"pending": 3, "behind_s": 0.4, "unrecorded": 4, "error": None}})
     assert page._summary()["daemon"]["record_behind"] is False and page._summary()["daemon"]["record_error"] is None
+    aside = {"damaged": "/var/lib/vqad/line.db.damaged-20261206T085844Z", "evidence": None, "reason": "…", "at_ns": 1}
+    view.heartbeat(
+        beat | {"record": {"pending": 0, "behind_s": 0.0, "unrecorded": 0, "error": None, "set_aside": aside}}
+    )
+    assert page._summary()["daemon"]["record_set_aside"] == aside  # for the pill: a person has rows to read back
 
 
 def test_the_results_the_pages_feed_missed_are_counted_by_the_gaps_in_their_seq():
@@ -1045,6 +1050,11 @@ def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_p
             driver.find_element("css selector", "#detail .close button").click()
             query.clear()
             query.send_keys("SN-404", Keys.ENTER)
+            pill = driver.execute_script(
+                "const el = document.createElement('span'); drawRecordState(el, {record_set_aside: "
+                "{at_ns: 1e18, damaged: '/var/lib/vqad/line.db.damaged-X'}}); return [el.hidden, el.textContent];"
+            )  # the header's record pill for a damaged file the daemon set aside
+            assert pill[0] is False and "damaged file set aside" in pill[1] and "line.db.damaged-X" in pill[1], pill
             assert wait_for(lambda: status.text == "no result for part SN-404", 5), status.text
             assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         finally:

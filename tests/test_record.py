@@ -941,6 +941,7 @@ def test_a_damaged_sqlite_record_is_set_aside_with_its_evidence_and_a_new_one_re
     assert change["kind"] == "record-set-aside" and change["detail"]["damaged"] == str(moved)
     assert change["detail"]["evidence"] == str(moved_evidence)
     assert metrics.record_set_aside._value.get() == 1
+    assert writer.status()["set_aside"]["damaged"] == str(moved)  # the heartbeat's, for the dashboard's pill
 
 
 def test_the_daemon_starts_on_a_damaged_record_and_records_on_a_new_one(tiny_model, tmp_path):

@@ -237,6 +237,7 @@ class Dashboard:
             **{key: _at_most(sum, each, key) for key in ("queue_depth", "reloads", "reload_failures")},
             "record_behind_s": _at_most(max, each, "record_behind_s"),
             "record_error": next((d["record_error"] for d in each if d.get("record_error")), None),
+            "record_set_aside": next((d["record_set_aside"] for d in each if d.get("record_set_aside")), None),
             "clock": next(({"endpoint": d["endpoint"], **d["clock"]} for d in each if d.get("clock")), None),
             "record_pending": _at_most(sum, each, "record_pending"),
             "unrecorded": _at_most(sum, each, "unrecorded"),
@@ -258,7 +259,8 @@ class Dashboard:
         age, header = beat
         record = header.get("record") or {}
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
-                "record_error": record.get("error"), "clock": header.get("clock")}  # fmt: skip
+                "record_error": record.get("error"), "record_set_aside": record.get("set_aside"),
+                "clock": header.get("clock")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))

@@ -150,6 +150,8 @@ class RecordWriter:
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
         self._last_error: str | None = None  # the database's last refusal, while results wait
+        # The damaged file this run set aside, for the heartbeat: a person has its rows to read back.
+        self.set_aside: dict[str, Any] | None = None
         # Changes to the daemon (vqad ctl, a reload) that the record refused when they were made:
         # an audit's rows, written by the writer thread once it answers (under self.lock).
         self._events_waiting: collections.deque[dict[str, Any]] = collections.deque()
@@ -225,6 +227,7 @@ class RecordWriter:
             self.house.database, reason, moved, f" (its evidence as {moved_evidence})" if moved_evidence else "",
         )  # fmt: skip
         detail = {"damaged": str(moved), "evidence": str(moved_evidence) if moved_evidence else None, "reason": reason}
+        self.set_aside = {**detail, "at_ns": time.time_ns()}
         self.event("record-set-aside", detail, "vqad serve", by_writer=True)
 
     @property
@@ -259,10 +262,10 @@ class RecordWriter:
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat says of the record: results waiting for their rows, how long the
-        oldest has waited, how many will have none, and the database's last refusal while it
-        refuses (None otherwise)."""
+        oldest has waited, how many will have none, the database's last refusal while it
+        refuses (None otherwise), and the damaged file this run set aside (None if none)."""
         return {"pending": len(self.buffer), "behind_s": round(self.behind_s(), 1), "unrecorded": self.unrecorded,
-                "error": self._last_error}  # fmt: skip
+                "error": self._last_error, "set_aside": self.set_aside}  # fmt: skip
 
     def watch_lag(self) -> None:
         """Log once when the record falls RECORD_BEHIND_S behind, and once when it has caught up.

@@ -159,6 +159,9 @@ function drawRecordState(el, d) {
   const parts = [];
   if (d.unrecorded) parts.push(`${d.unrecorded} results unrecorded`);
   if (d.record_behind) parts.push(`${Math.round(d.record_behind_s)} s behind`);
+  // A damaged SQLite file the daemon set aside: the line records on, and its old rows wait for a person.
+  const aside = d.record_set_aside;
+  if (aside) parts.push(`damaged file set aside ${when(aside.at_ns)} as ${aside.damaged} (docs/deploy.md, "A damaged record")`);
   el.hidden = parts.length === 0;
   const why = d.record_error ? `: ${d.record_error}` : "";
   if (parts.length) pill(el, `record: ${parts.join(", ")}${why}`, d.unrecorded ? "bad" : "warn");
