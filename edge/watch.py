@@ -176,12 +176,14 @@ NEVER_HEARD_S = 10.0
 class DaemonSilence:
     """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
     same when its heartbeat says its inference has stalled (edge.watchdog), and when it says its
-    record has fallen RECORD_BEHIND_S behind. A daemon that has sent nothing for NEVER_HEARD_S
-    since the reader started (not running, or another endpoint) is warned of once."""
+    record has fallen RECORD_BEHIND_S behind; once for each damaged record it says it set aside.
+    A daemon that has sent nothing for NEVER_HEARD_S since the reader started (not running, or
+    another endpoint) is warned of once."""
 
     def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic):
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.clock_behind = False
+        self.set_aside_at: int | None = None  # the time of the damaged record last said set aside
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
         self.clock, self.started = clock, clock()
         self.heard_any = False  # a heartbeat or a result came
@@ -236,6 +238,12 @@ class DaemonSilence:
         elif self.record_behind and not behind:
             log.info("the daemon at %s says its record has caught up", self.endpoint)
         self.record_behind = behind
+        aside = record.get("set_aside")
+        if aside and aside.get("at_ns") != self.set_aside_at:  # once per file set aside
+            self.set_aside_at = aside.get("at_ns")
+            log.warning("the daemon at %s says its record was damaged (%s) and set aside as %s; it records on a new "
+                        "one (docs/deploy.md, \"A damaged record\")", self.endpoint, aside.get("reason"),
+                        aside.get("damaged"))  # fmt: skip
 
     def check(self, ending: bool = False) -> None:
         """Warn of what the daemon's silence says; `ending`: the reader stops now (its --timeout,

@@ -212,6 +212,10 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
                   "behind_s": 1795981582.5, "reads": "1970-01-07T03:20:33Z"}  # fmt: skip
         for clock in (None, behind, behind, None, None):  # the box's clock, once each way
             silence.beat(heartbeat_message({**beat, "record": refused, "clock": clock}))
+        aside = {"damaged": "/var/lib/vqad/line.db.damaged-20261206T085844Z", "evidence": None,
+                 "reason": "database disk image is malformed", "at_ns": 5}  # fmt: skip
+        for _ in range(3):  # a damaged record set aside: once, though every heartbeat says it
+            silence.beat(heartbeat_message({**beat, "record": {"pending": 0, "behind_s": 0.0, "set_aside": aside}}))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
@@ -223,6 +227,10 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
         "the daemon at tcp://127.0.0.1:5556 says its box's clock reads 1970-01-07T03:20:33Z, 20,787 days before "
         "the model package's export (2026-12-05T23:07:00Z): its record files results at that clock's time",
         "the daemon at tcp://127.0.0.1:5556 says its box's clock reads after what it had passed again",
+        "the daemon at tcp://127.0.0.1:5556 says its record has caught up",
+        "the daemon at tcp://127.0.0.1:5556 says its record was damaged (database disk image is malformed) and set "
+        "aside as /var/lib/vqad/line.db.damaged-20261206T085844Z; it records on a new one (docs/deploy.md, "
+        '"A damaged record")',
     ]
 
 
