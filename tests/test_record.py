@@ -314,8 +314,9 @@ def test_a_query_held_by_a_lock_shows_as_a_record_that_falls_behind(tmp_path, po
             conn.rollback()
             assert wait_for(lambda: writer.recorded == 3, 10)
             writer.watch_lag()
+        # Held, never refused: no error; and nothing set aside.
         assert writer.behind_s() == 0.0 and writer.status() == {"pending": 0, "behind_s": 0.0, "unrecorded": 0,
-                                                                "error": None}  # held, never refused  # fmt: skip
+                                                                "error": None, "set_aside": None}  # fmt: skip
         behind = [r.getMessage() for r in caplog.records if "behind: 3 results wait" in r.getMessage()]
         assert len(behind) == 1 and "the record is" in behind[0]
         assert "the record has caught up after" in caplog.text
