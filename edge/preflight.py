@@ -88,17 +88,23 @@ def _clock_line(created_ns: int | None) -> str:
 
 
 def _record_clock_lines(engine: sa.Engine) -> list[str]:
-    """A note when this machine's clock reads before the record's newest result (edge.clock).
-    The start's own first query (the newest row's id) is made too, so that a damaged table the
-    start would meet shows here (sa.exc.DatabaseError)."""
-    import sqlalchemy as sa
-
-    from edge.record.schema import newest_result_ns, results
+    """A note when this machine's clock reads before the record's newest result (edge.clock)."""
+    from edge.record.schema import newest_result_ns
 
     with engine.connect() as conn:
         behind = clock_against(RECORD_NEWEST, newest_result_ns(conn))
-        conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one()
     return [] if behind is None else [_behind_note(behind)]
+
+
+def _read_as_the_start_does(engine: sa.Engine) -> None:
+    """The writer's first query at the start (the newest row's id), so that a damaged table the
+    start would meet shows in the check too (sa.exc.DatabaseError)."""
+    import sqlalchemy as sa
+
+    from edge.record.schema import results
+
+    with engine.connect() as conn:
+        conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one()
 
 
 def _behind_note(behind: dict) -> str:
@@ -186,6 +192,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
             lines.append(_writable_line("record's folder", Path(database).parent))
         lines.append(_writable_line("evidence folder", evidence))
         try:
+            _read_as_the_start_does(engine)
             lines += _record_clock_lines(engine)
         except sa.exc.DatabaseError as exc:  # a damaged page that opening the record did not read
             if not (database and sqlite_damage(exc)):
