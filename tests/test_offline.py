@@ -49,6 +49,13 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
     assert "FAIL" in table and "PASS" not in table and "threshold 1e-09" in table
     refused = _score(tiny_model, tmp_path / "nothing_here", check=False)
     assert refused.returncode == 3 and "nothing_here: no such file or folder" in refused.stderr
+    lot = tmp_path / "lot 7, line 2"  # a comma in a path keeps the CSV's columns
+    shutil.copytree(images / "good", lot)
+    as_csv = list(csv.DictReader(_score(tiny_model, lot, "--format", "csv").stdout.splitlines()))
+    as_json = json.loads(_score(tiny_model, lot, "--format", "json").stdout)
+    assert [(r["image"], float(r["score"]), r["decision"]) for r in as_csv] == [
+        (r["image"], r["score"], r["decision"]) for r in as_json
+    ]
     (tmp_path / "notes.txt").write_text("not an image")
     refused = _score(tiny_model, tmp_path / "notes.txt", check=False)
     assert refused.returncode == 3 and "notes.txt: neither an image file" in refused.stderr

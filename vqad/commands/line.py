@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import logging
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
+from edge.spreadsheet import SpreadsheetCsv
 from vqad.commands.common import at_least, default_config, identifier, overrides, pixel_bits_arg, set_arg
 
 if TYPE_CHECKING:
@@ -90,9 +90,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([{**row, "result": s.header} for row, s in zip(rows, scored, strict=True)], indent=2))
     elif args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, SCORE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+        table = SpreadsheetCsv(sys.stdout, SCORE_COLUMNS)
+        for row in rows:
+            table.row(row[c] for c in SCORE_COLUMNS)
     else:
         for r in rows:
             verdict = (r["decision"] or r["status"]).upper()
@@ -373,9 +373,8 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them)."""
-    writer = csv.writer(sys.stdout)
-    writer.writerow([*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time", "overlay",
-                     "run", "seq"])  # fmt: skip
+    table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id",
+                                        "time", "overlay", "run", "seq"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -383,7 +382,7 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
         seq = "" if r["seq"] is None else r["seq"]
-        writer.writerow([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq])
+        table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq])
     return n
 
 
@@ -444,10 +443,9 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps({"days": rows, "changes": changes, "removed": removed, **days.named()}, indent=2, default=str))
     elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(DAILY_COLUMNS)
+        table = SpreadsheetCsv(sys.stdout, DAILY_COLUMNS)
         for r in rows:
-            writer.writerow(["" if r[c] is None else r[c] for c in DAILY_COLUMNS])
+            table.row(r[c] for c in DAILY_COLUMNS)
     else:
         print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
               f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
