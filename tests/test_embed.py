@@ -40,3 +40,15 @@ def test_train_plot_renders_curves(tiny_run, synth_root, tmp_path):
 def test_embed_rejects_a_missing_folder(tiny_run, tmp_path):
     proc = run_vqad("embed", tiny_run, tmp_path / "nope", "--out", tmp_path / "x.npz", check=False)
     assert proc.returncode != 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_embed_names_the_file_it_wrote_and_refuses_a_folder(tiny_run, synth_root, tmp_path):
+    """numpy adds `.npz` to a name without it: "wrote emb.txt" named a file that was not there."""
+    images = synth_root / "bracket" / "test" / "good"
+    proc = run_vqad("embed", tiny_run, images, "--out", tmp_path / "emb.txt", "--kind", "codes")
+    assert f"wrote {tmp_path / 'emb.txt.npz'}:" in proc.stdout and not (tmp_path / "emb.txt").exists()
+    assert np.load(tmp_path / "emb.txt.npz")["codes"].shape[0] == len(np.load(tmp_path / "emb.txt.npz")["paths"])
+    assert [p.name for p in tmp_path.iterdir()] == ["emb.txt.npz"]  # written beside, then renamed: no .tmp left
+    (tmp_path / "folder.npz").mkdir()
+    refused = run_vqad("embed", tiny_run, images, "--out", tmp_path / "folder.npz", check=False)
+    assert refused.returncode != 0 and "is a folder: name the file to write" in refused.stderr

@@ -10,11 +10,13 @@ The npz also holds `paths` (the images, in the sorted order used) and `kind`.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edge.durable import replace_synced
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images
 from edge.progress import progress
@@ -64,9 +66,18 @@ def embed(run_dir: str | Path, source: str | Path, kind: str = "pooled", batch_s
     return {kind: np.concatenate(chunks), "paths": np.array([str(p) for p in paths]), "kind": np.array(kind)}
 
 
-def write_embeddings(run_dir: str | Path, source: str | Path, out: str | Path, kind: str) -> dict[str, np.ndarray]:
-    result = embed(run_dir, source, kind)
+def npz_path(out: str | Path) -> Path:
+    """The file `--out` names, as numpy names it: `.npz` added unless it ends so."""
     out = Path(out)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
+def write_embeddings(run_dir: str | Path, source: str | Path, out: Path, kind: str) -> dict[str, np.ndarray]:
+    """Embed the images and write the npz at `out` whole or not at all (a run stopped while it
+    writes leaves the file it replaces)."""
+    result = embed(run_dir, source, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **result)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **result)
+    replace_synced(out, buffer.getvalue())
     return result

@@ -259,11 +259,15 @@ def _defects_line(d: dict, folder: Path) -> str:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from edge.durable import require_writable
-    from train.embed import write_embeddings
+    from edge.errors import DataError
+    from train.embed import npz_path, write_embeddings
 
-    require_writable(Path(args.out).parent, args.out)  # before the images are read and encoded
-    result = write_embeddings(args.run, args.images, args.out, args.kind)
-    print(f"wrote {args.out}: {args.kind} {result[args.kind].shape} for {len(result['paths'])} images")
+    out = npz_path(args.out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder: name the file to write (emb.npz)")
+    require_writable(out.parent, out)  # before the images are read and encoded
+    result = write_embeddings(args.run, args.images, out, args.kind)
+    print(f"wrote {out}: {args.kind} {result[args.kind].shape} for {len(result['paths'])} images")
     return 0
 
 
@@ -378,7 +382,11 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained run (vqad train)")
     e.add_argument("images", type=Path, metavar="IMAGES", help="an image or a folder (searched recursively)")
     e.add_argument(
-        "--out", type=Path, required=True, metavar="FILE.npz", help="the npz to write: the arrays and the images' paths"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE.npz",
+        help="the npz to write (.npz is added to a name without it): the arrays and the images' paths",
     )
     e.add_argument(
         "--kind",
