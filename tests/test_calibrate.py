@@ -429,6 +429,10 @@ def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, t
     proc = run_vqad("calibrate", model, good, "--picture", tmp_path / "missing" / "x.png")
     assert "its picture could not be written" in proc.stderr and "picture:" not in proc.stdout
     assert load_package(model).meta["threshold"]["calibrated"]
+    before = load_package(model).meta["threshold"]
+    refused = run_vqad("calibrate", model, good, "--picture", tmp_path / "line.txt", check=False)
+    assert refused.returncode == 2 and "--picture is an image file (png, jpg" in refused.stderr  # before scoring
+    assert load_package(model).meta["threshold"] == before
 
 
 def test_the_histogram_draws_each_threshold_where_its_score_is():

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.frames import parse_size
+from edge.frames import IMAGE_KINDS, IMAGE_SUFFIXES, parse_size
 from edge.threshold import MISSES_GUIDE
 from vqad.commands.common import config_args, default_config, overrides, pixel_bits_arg
 
@@ -28,6 +28,14 @@ def _frr(text: str) -> float:
     if not 0.0 < value < 0.5:
         raise argparse.ArgumentTypeError(f"--target-frr must be in (0, 0.5), got {text}")
     return value
+
+
+def _picture(text: str) -> Path:
+    """--picture: a file whose suffix names an image format, found before the images are scored."""
+    path = Path(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"--picture is an image file ({IMAGE_KINDS}), got {text!r}")
+    return path
 
 
 def size_arg(text: str) -> str:
@@ -336,7 +344,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
     c.add_argument(
         "--picture",
-        type=Path,
+        type=_picture,
         metavar="PNG",
         help="where to draw the scores against the new and the previous threshold (default: TARGET/calibration.png)",
     )
