@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.config import to_dict
-from edge.durable import sync_folders
+from edge.durable import require_writable, sync_folders
 from edge.errors import PackageError
 from edge.package import FORMAT_VERSION, FP16_FILE, FP32_FILE, MODEL_JSON, sha256_file, write_model_json
 from export.config import ExportConfig
@@ -192,6 +192,7 @@ def export_run(
     out = Path(out)
     if (out / MODEL_JSON).exists() and not force:
         raise PackageError(f"{out} already holds a model package; pass --force to replace it")
+    require_writable(out, out)  # a file, or a read-only folder: found before the graphs and their proof
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -192,6 +193,17 @@ def test_embed_and_eval_refuse_an_output_they_could_not_write_before_the_work(ti
     proc = run_vqad("eval", tiny_run, synth_root / "bracket", "--out", "/proc/sub/eval", check=False)
     assert proc.returncode == 7 and "cannot use /proc/sub/eval: /proc cannot be written (" in proc.stderr
     assert (tiny_run / "threshold.json").read_bytes() == before
+
+
+def test_export_refuses_an_output_it_could_not_write_before_the_graphs_and_their_proof(tiny_run, tmp_path):
+    """A file at --out, or a folder no file can be made in, was refused when the package was
+    moved into place: after the graphs were traced and their parity proved (a minute)."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", Path("/proc")):
+        proc = run_vqad("export", tiny_run, "--out", out, check=False)
+        assert proc.returncode == 7 and f"cannot use {out}: no file can be made in it (" in proc.stderr, proc.stderr
+        assert "exporting FP32 graph" not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]  # no staging folder left
 
 
 def test_every_argument_says_what_it_is():
