@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, write_image
 from edge.metrics import DaemonMetrics
@@ -69,6 +70,8 @@ def score_images(
     boxed, the peak ringed, labelled with the file's name) into out/<name>.png. Yields one Scored
     per image, in order."""
     paths = image_paths(sources)
+    if out is not None:
+        require_writable(out, out)  # a file there, or a read-only folder: said before the model loads
     cfg = dataclasses.replace(cfg, inference_workers=1, publish_frames=False, publish_maps=True, warmup_runs=1)
     serving = load_serving(model_dir, cfg, DaemonMetrics())
     if out is not None:

@@ -206,6 +206,14 @@ def test_export_refuses_an_output_it_could_not_write_before_the_graphs_and_their
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]  # no staging folder left
 
 
+def test_score_refuses_a_folder_for_its_pictures_that_it_could_not_write_before_the_model_loads(tiny_model, tmp_path):
+    """`vqad score --out` on a read-only folder failed at its first picture, after a batch was scored."""
+    (tmp_path / "a.png").write_bytes(b"")  # never read: the refusal comes first
+    proc = run_vqad("score", tiny_model, tmp_path / "a.png", "--out", "/proc", check=False)
+    assert proc.returncode == 7 and "cannot use /proc: no file can be made in it (" in proc.stderr, proc.stderr
+    assert "onnxruntime" not in proc.stderr
+
+
 def test_every_argument_says_what_it_is():
     """`vqad COMMAND --help` explains each positional and option: an integrator on the line
     has the help, not the source."""
