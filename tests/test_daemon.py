@@ -992,6 +992,65 @@ def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when
     assert gone, lines
 
 
+def test_the_protocol_docs_bridge_for_several_cameras_ships_a_part_only_when_every_camera_passed_it(
+    tiny_model, synth_root
+):
+    """docs/protocol.md's bridge for a part seen by a top and a side camera, run as written: both
+    passes ship it; an error, a late pass or a camera that never answers holds it, naming the
+    camera; a result after its part's verdict, or from another station's camera, says nothing."""
+    code = _doc_example("A part seen by several cameras (pyzmq alone)")
+    assert "tcp://127.0.0.1:5556" in code and "while True:" in code and "GATE_MS = 500" in code
+    daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2").start()
+    bounded = "deadline = time.monotonic() + 40\nwhile time.monotonic() < deadline:"  # at most 40 s
+    code = code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
+    code = code.replace("GATE_MS = 500", "GATE_MS = 5_000")  # a loaded test machine is no late line
+    bridge = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    goods = [cv2.imread(str(path)) for path in list_images(synth_root / "bracket" / "test" / "good")]
+    sent = collections.Counter()
+
+    def view(camera, part, image=None, **kwargs):  # a camera's frame of the part, never its frame before
+        sent[camera] += 1
+        image = goods[sent[camera] % len(goods)] if image is None else image
+        cam.send(frame_message(camera, sent[camera], image, part_id=part, **kwargs))
+
+    try:
+        cam = Camera(daemon.frames)
+        for i in range(50):  # until the bridge (a fresh process) has joined and shipped a part
+            if any(line.startswith("ship W") for line in _lines_so_far(bridge, lines)) or bridge.poll() is not None:
+                break
+            view("top", f"W{i}")
+            view("side", f"W{i}")
+            time.sleep(0.2)
+        view("top", "P1")
+        view("side", "P1")
+        view("top", "P2")
+        sent["side"] += 1
+        cam.send([header("side", sent["side"], part_id="P2", encoding="webp"), b"x"])  # an error result
+        view("side", "P1")  # P1 was decided: its verdict stands (else held by the gate before P3)
+        view("other", "P6")  # another station's camera
+        view("side", "P5")
+        view("top", "P5", ts_ns=time.time_ns() - 120 * 10**9)  # a pass after the part reached its gate
+        sent["top"] += 1
+        cam.send([header("top", sent["top"], part_id="P7", encoding="webp"), b"x"])
+        view("top", "P7")  # a second frame of the part that passes: the error stands
+        view("side", "P7")
+        view("top", "P3")  # its side camera never answers
+        assert wait_for(lambda: any(line.startswith("hold P3") for line in _lines_so_far(bridge, lines)), 20), lines
+        cam.close()
+    finally:
+        daemon.stop()
+        bridge.kill()
+    verdicts = [line for line in lines if not line.startswith(("ship W", "hold W"))]
+    assert verdicts == [
+        "ship P1",
+        "hold P2 side:error",
+        "hold P5 top:late",
+        "hold P7 top:error",
+        "hold P3 side:missing",
+    ]
+
+
 def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_once_in_order(tiny_model, tmp_path):
     """The docs' MES subscriber, reading slower than the daemon publishes (ZeroMQ drops what it
     cannot take), fills each gap from the record through the dashboard's API, also the gap at
