@@ -2069,6 +2069,59 @@ def test_a_query_cut_by_its_limit_says_so_and_its_csv_stays_clean(tmp_path):
     assert len(whole.stdout.splitlines()) == 4 and "--limit" not in whole.stderr
 
 
+def test_the_passes_kept_frames_are_exported_as_the_lines_good_images_for_calibration(tmp_path, record_url):
+    """`--export-passes`: the frames the record kept of passes, spread over the period, a folder
+    a camera, as they were received; a fail, a pass without its frame and a pass reviewed as a
+    defect (a miss found later) are not good images from the line."""
+    url = record_url
+    writer = RecordWriter(url, tmp_path / "ev", pass_fraction=1.0).start()
+    t0 = time.time_ns() - 60 * 10**9
+    for i in range(10):
+        writer.put(_result("cam1", i, decision="pass", ts_ns=t0 + i * 10**9), time.time_ns())
+    writer.put(_result("cam1", 10, decision="fail", ts_ns=t0 + 10 * 10**9), time.time_ns())
+    blind = _result("cam1", 11, decision="pass", ts_ns=t0 + 11 * 10**9)
+    blind.frame = None  # its frame was not kept
+    writer.put(blind, time.time_ns())
+    for i in range(2):
+        writer.put(_result("cam 2", i, decision="pass", ts_ns=t0 + (12 + i) * 10**9), time.time_ns())
+    writer.close()
+    Record(url).review("cam1", 9, "defect", kind="scratch", by="ann")
+    out = tmp_path / "line_good"
+    proc = run_vqad("records", url, "--export-passes", out, "--camera", "cam1", "--limit", "4")
+    assert sorted(p.name for p in (out / "cam1").iterdir()) == [f"cam1_{i}.png" for i in (0, 3, 5, 8)]  # 0..8, spread
+    assert [p.name for p in out.iterdir()] == ["cam1"]
+    row = Record(url).results(camera="cam1", frame_id=5)[0]
+    assert (out / "cam1" / "cam1_5.png").read_bytes() == Path(row["evidence"]).read_bytes()
+    assert f"4 images -> {out / 'cam1'}" in proc.stdout and "4 of the 9 passes whose frames" in proc.stdout
+    assert f"then vqad calibrate MODEL {out / 'cam1'}" in proc.stdout
+    everything = tmp_path / "all"
+    proc = run_vqad("records", url, "--export-passes", everything)
+    assert sorted(p.name for p in everything.iterdir()) == ["cam1", "cam_2"]
+    assert len(list((everything / "cam1").iterdir())) == 9 and len(list((everything / "cam_2").iterdir())) == 2
+    assert f"then vqad calibrate MODEL {everything / 'CAMERA'}" in proc.stdout
+    late = dt.datetime.fromtimestamp((t0 + 11.5 * 10**9) / 1e9, dt.timezone.utc).isoformat()  # after the blind pass
+    proc = run_vqad("records", url, "--export-passes", tmp_path / "late", "--since", late)
+    assert [p.name for p in (tmp_path / "late").iterdir()] == ["cam_2"] and "2 of the 2 passes" in proc.stdout
+    proc = run_vqad("records", url, "--export-passes", tmp_path / "none", "--camera", "cam3")
+    assert "no pass in the period has its frame kept" in proc.stdout
+    refused = run_vqad("records", url, "--export-passes", tmp_path / "x", "--decision", "pass", check=False)
+    assert refused.returncode == 2 and "--export-passes exports the passes' kept frames" in refused.stderr
+    refused = run_vqad("records", url, "--export-passes", tmp_path / "x", "--export-reviewed", tmp_path / "y",
+                       check=False)  # fmt: skip
+    assert refused.returncode == 2 and "one at a time" in refused.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_spread_evenly_takes_the_first_and_the_last_and_no_place_twice():
+    assert store.spread_evenly(list(range(10)), 4) == [0, 3, 6, 9]
+    assert store.spread_evenly(list(range(5)), 5) == list(range(5)) and store.spread_evenly([1, 2], 9) == [1, 2]
+    assert store.spread_evenly(list(range(7)), 1) == [6]
+    for n in range(2, 60):
+        for k in range(2, n):
+            picked = store.spread_evenly(list(range(n)), k)
+            assert len(set(picked)) == k and picked[0] == 0 and picked[-1] == n - 1
+
+
 def test_the_csv_shows_a_formula_from_the_wire_as_text_and_keeps_its_columns(tmp_path):
     """A part label read `=HYPERLINK(...)` and a camera named `@cam,1`: a spreadsheet opening the
     CSV would run the one and split the other. The CSV writes them as text, the JSON as they are."""

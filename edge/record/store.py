@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from edge.durable import rename_synced, sync_file, sync_folders
 from edge.errors import ConfigError, DataError, RecordMissingError
+from edge.frames import batched
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
@@ -688,15 +689,57 @@ class Record:
             name += f"_{result_id}" if pairs[(r.camera_id, r.frame_id)] > 1 else ""
             _write_evidence(Path(str(frame)), folder, name, content)
             counts[str(folder.relative_to(out))] += 1
-        if left_out:
-            n = sum(left_out.values())
-            log.warning(
-                "%d reviewed result%s left out: %s",
-                n,
-                "" if n == 1 else "s",
-                ", ".join(f"{k} {why}" for why, k in sorted(left_out.items())),
-            )
+        _warn_left_out(left_out, "reviewed result")
         return dict(counts)
+
+    def export_passes(
+        self,
+        out: str | Path,
+        limit: int,
+        camera: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        elsewhere: Callable[[dict[str, Any]], bytes | None] | None = None,
+    ) -> tuple[dict[str, int], int]:
+        """Good images from the line, for `vqad calibrate`: the frames the record kept of passes
+        (`edge.record_pass_fraction` of them), `limit` at most, spread evenly over the period from
+        the oldest to the newest, into OUT/<camera>/<camera>_<frame id>.<suffix>. A reviewed
+        pass is left out (a pass takes one verdict, a defect: `export_reviewed` writes it). The
+        others are the model's passes, which no person has seen. -> (how many images went into
+        each camera's folder, how many passes in the period have their frame kept). `camera`,
+        `since_ns`, `until_ns` and `elsewhere` as in `export_reviewed`."""
+        r = results.c
+        kept = (
+            sa.select(r.id)
+            .where(r.decision == "pass", r.evidence_frame.is_not(None), r.evidence_removed.is_(False),
+                   ~sa.exists().where(reviews.c.result_id == r.id))
+            .order_by(r.id)
+        )  # fmt: skip
+        if camera is not None:
+            kept = kept.where(r.camera_id == camera)
+        columns = (r.id, r.camera_id, r.frame_id, r.daemon_run, r.evidence_frame, r.evidence_removed)
+        with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
+            ids = conn.execute(_within(kept, r.ts_ns, since_ns, until_ns)).scalars().all()
+            chosen = [row for part in batched(spread_evenly(ids, limit), 500)
+                      for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
+        pairs = Counter((row.camera_id, row.frame_id) for row in chosen)
+        counts: Counter[str] = Counter()
+        left_out: Counter[str] = Counter()
+        for row in progress(chosen, "exporting passes' images", total=len(chosen)):
+            frame = self.evidence_file(row.evidence_frame)
+            why, content = _no_evidence(row, frame), None
+            if why == NOT_ON_THIS_DISK and elsewhere:
+                content = elsewhere(dict(row._mapping))
+                why = "" if content is not None else NOR_ON_PEERS
+            if why:
+                left_out[why] += 1
+                continue
+            folder = file_name(row.camera_id)
+            name = f"{folder}_{row.frame_id}" + (f"_{row.id}" if pairs[(row.camera_id, row.frame_id)] > 1 else "")
+            _write_evidence(Path(str(frame)), Path(out) / folder, name, content)
+            counts[folder] += 1
+        _warn_left_out(left_out, "pass")
+        return dict(counts), len(ids)
 
     def _latest_reviews(
         self, camera: str | None, since_ns: int | None, until_ns: int | None
@@ -734,6 +777,25 @@ def _write_evidence(source: Path, folder: Path, name: str, content: bytes | None
         shutil.copyfile(source, folder / f"{name}{source.suffix}")
     else:
         (folder / f"{name}{source.suffix}").write_bytes(content)
+
+
+def _warn_left_out(left_out: Counter[str], what: str) -> None:
+    """One warning: how many `what`s an export left out, and why."""
+    if left_out:
+        n = sum(left_out.values())
+        reasons = ", ".join(f"{k} {why}" for why, k in sorted(left_out.items()))
+        log.warning("%d %s%s left out: %s", n, what, "" if n == 1 else "s", reasons)
+
+
+def spread_evenly(items: list[Any], k: int) -> list[Any]:
+    """`k` of `items` at evenly spaced places, the first and the last among them; all of them
+    when there are no more than `k`; the last alone when `k` is 1."""
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return [items[-1]]
+    step = (len(items) - 1) / (k - 1)  # over 1: no place is taken twice
+    return [items[round(i * step)] for i in range(k)]
 
 
 def _defect_folder(kind: str | None) -> str:

@@ -239,18 +239,25 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.after_seq is not None and args.run is None:
         raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
-    if args.run is not None and (args.daily or args.export_reviewed or args.compact or args.backup):
-        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, --compact "
-                          "and --backup do not take them")  # fmt: skip
+    exporting = args.export_reviewed or args.export_passes
+    if args.run is not None and (args.daily or exporting or args.compact or args.backup):
+        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, "
+                          "--export-passes, --compact and --backup do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
-    if args.peers and not args.export_reviewed:
-        raise ConfigError("--peers fetches the evidence that --export-reviewed writes: give --export-reviewed DIR")
-    if args.export_reviewed and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
-                                 or args.reviewed is not None):  # fmt: skip
+    if args.peers and not exporting:
         raise ConfigError(
-            "--export-reviewed exports every reviewed result, or a camera's (--camera) captured in a time "
-            "(--since, --until): --daily, --decision, --frame-id, --part-id and --(un)reviewed do not apply"
+            "--peers fetches the evidence that --export-reviewed or --export-passes writes: give one of them"
+        )
+    if args.export_reviewed and args.export_passes:
+        raise ConfigError("--export-reviewed and --export-passes: one at a time")
+    if exporting and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
+                      or args.reviewed is not None):  # fmt: skip
+        flag = "--export-reviewed exports every reviewed result" if args.export_reviewed else (
+            "--export-passes exports the passes' kept frames")  # fmt: skip
+        raise ConfigError(
+            f"{flag}, or a camera's (--camera) captured in a time (--since, --until): --daily, --decision, "
+            "--frame-id, --part-id and --(un)reviewed do not apply"
         )
     if args.compact or args.backup:
         return _whole_record(args)
@@ -268,8 +275,8 @@ def _whole_record(args: argparse.Namespace) -> int:
         raise ConfigError("--compact and --backup: one at a time")
     filtered = (args.camera or args.decision or args.since or args.until or args.frame_id is not None
                 or args.part_id is not None or args.reviewed is not None)  # fmt: skip
-    if filtered or args.daily or args.export_reviewed:
-        raise ConfigError(f"{whole} the whole record: it takes no filter, --daily nor --export-reviewed")
+    if filtered or args.daily or args.export_reviewed or args.export_passes:
+        raise ConfigError(f"{whole} the whole record: it takes no filter, --daily nor an export")
     if args.compact:
         print(f"compacting {shown_url(args.url)}...", flush=True)
         before, after = compact(args.url)
@@ -325,6 +332,8 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
         if not counts:
             print("no reviewed evidence to export")
         return 0
+    if args.export_passes:
+        return _export_passes(record, args, since_ns, until_ns)
     if args.daily:
         return _print_daily(record, args)
     rows = record.iter_results(
@@ -789,6 +798,25 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=cmd_watch)
 
 
+def _export_passes(record: Record, args: argparse.Namespace, since_ns: int | None, until_ns: int | None) -> int:
+    """`vqad records --export-passes DIR`: good images from the line for `vqad calibrate`."""
+    from edge.durable import require_writable
+
+    out = args.export_passes
+    require_writable(out, out)  # before the evidence is read, or fetched
+    counts, kept = record.export_passes(out, args.limit, args.camera, since_ns, until_ns, _peer_frames(args))
+    for folder, n in sorted(counts.items()):
+        print(f"{n} image{'' if n == 1 else 's'} -> {out / folder}")
+    if not kept:
+        print("no pass in the period has its frame kept (edge.record_pass_fraction keeps a share of them)")
+    elif counts:
+        folder = out / (next(iter(counts)) if len(counts) == 1 else "CAMERA")  # a model is one camera's
+        print(f"{sum(counts.values())} of the {kept} passes whose frames the record kept in the period, spread "
+              "over it. The model passed them and no person has seen them: look through them, move out any "
+              f"defect, then vqad calibrate MODEL {folder}")  # fmt: skip
+    return 0
+
+
 def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
     r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
@@ -818,7 +846,8 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     r.add_argument(
         "--limit", type=at_least(1), default=100, metavar="N",
-        help="the newest N results at most, or the first N with --after-seq (default 100)",
+        help="the newest N results at most, the first N with --after-seq, or with --export-passes N passes spread "
+        "over the period (default 100)",
     )  # fmt: skip
     r.add_argument(
         "--export-reviewed",
@@ -826,9 +855,16 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write reviewed evidence in the MVTec layout (one camera's with --camera, captured in --since/--until)",
     )
+    r.add_argument(
+        "--export-passes",
+        type=Path,
+        metavar="DIR",
+        help="good images for vqad calibrate: the frames kept of passes (edge.record_pass_fraction), --limit of them "
+        "spread over --since/--until, into DIR/<camera>/; reviewed passes left out",
+    )
     r.add_argument("--evidence-dir", metavar="DIR", help=EVIDENCE_DIR_HELP)
     r.add_argument(
-        "--peers", metavar="URLS", help="with --export-reviewed: the other boxes' dashboards (comma-separated, "
+        "--peers", metavar="URLS", help="with an export: the other boxes' dashboards (comma-separated, "
         "http://line4-box:8080), asked for the evidence on their disks, on a record that boxes share (their "
         "token: $VQAD_PEERS_TOKEN)",
     )  # fmt: skip
