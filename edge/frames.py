@@ -176,9 +176,9 @@ def png_damage(data: bytes | memoryview) -> str | None:
     return f"the PNG is cut short: no IEND chunk in its {len(view)} bytes"
 
 
-def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
+def decode_image(data: bytes, pixel_bits: int | None = PIXEL_BITS) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to an HxW (grey) or HxWxC (BGR/BGRA) uint8 array; a
-    16-bit image by its low `pixel_bits` bits (to_uint8).
+    16-bit image by its low `pixel_bits` bits (to_uint8), or with its counts as they are (None).
 
     Raises FrameError when the bytes are not a decodable image.
     """
@@ -191,7 +191,7 @@ def decode_image(data: bytes, pixel_bits: int = PIXEL_BITS) -> np.ndarray:
     if image is None or image.size == 0:
         cut = bytes(data[:2]) == SIGNATURES["jpeg"] and not jpeg_whole(data)
         raise FrameError("the JPEG is cut short: no end-of-image marker" if cut else "image data could not be decoded")
-    return to_uint8(image, pixel_bits)
+    return image if pixel_bits is None else to_uint8(image, pixel_bits)
 
 
 def image_bytes(path: str | Path) -> bytes:

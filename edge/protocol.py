@@ -89,7 +89,9 @@ class Frame:
     camera_id: str
     frame_id: int
     ts_ns: int
-    image: np.ndarray  # (H, W, C) uint8, C 1 or 3 (BGR): a raw 4-channel, 16-bit or RGB frame converted
+    # (H, W, C) uint8, C 1 or 3 (BGR): a raw 4-channel, 16-bit or RGB frame converted (a 16-bit
+    # frame's uint16 counts with parse_frame's keep_counts)
+    image: np.ndarray
     recv_ns: int
     part_id: str | None = None  # the part's identity (a serial, a trace id), when the sender gave one
     sender: str | None = None  # the sending process (vqad camera: host:pid), when it said
@@ -168,10 +170,16 @@ def _shape(header: dict[str, Any], required: bool) -> tuple[int, int, int] | Non
 
 
 def parse_frame(
-    parts: list[bytes | memoryview], limits: Limits, recv_ns: int | None = None, pixel_bits: int = PIXEL_BITS
+    parts: list[bytes | memoryview],
+    limits: Limits,
+    recv_ns: int | None = None,
+    pixel_bits: int = PIXEL_BITS,
+    keep_counts: bool = False,
 ) -> Frame:
     """Validate and decode one frame message. See the module docstring for the contract. A
-    16-bit frame is read by its header's "pixel_bits", else by `pixel_bits` (the model's).
+    16-bit frame is read by its header's "pixel_bits", else by `pixel_bits` (the model's);
+    `keep_counts`: its counts kept as they are (uint16), for a file that training reads by its
+    own pixel_bits (vqad collect).
 
     The payload may be a memoryview of the socket's buffer (zero copy); a raw image is then
     a view of it too, valid while that buffer lives."""
@@ -185,8 +193,11 @@ def parse_frame(
         if len(parts) != 2:
             raise FrameError(f"expected 2 message parts, got {len(parts)}")
         layout = _read_layout(header, len(parts[1]), limits, pixel_bits)
+        bits = None if keep_counts else layout.pixel_bits
         image = (
-            _raw_payload(parts[1], layout) if layout.encoding == "raw" else _encoded_payload(parts[1], layout, limits)
+            _raw_payload(parts[1], layout, bits)
+            if layout.encoding == "raw"
+            else _encoded_payload(parts[1], layout, limits, bits)
         )
     except FrameError as exc:  # raised without the ids, which only this level knows
         raise FrameError(exc.reason, camera_id, frame_id, part_id) from None
@@ -244,19 +255,22 @@ def _read_layout(header: dict[str, Any], payload_bytes: int, limits: Limits, pix
     return _Layout(encoding, dtype, shape, pixel_bits, order)
 
 
-def _raw_payload(payload: bytes | memoryview, layout: _Layout) -> np.ndarray:
-    """A raw payload -> the (H, W, C) uint8 image; its size must be what the shape says."""
+def _raw_payload(payload: bytes | memoryview, layout: _Layout, pixel_bits: int | None) -> np.ndarray:
+    """A raw payload -> the (H, W, C) image (_raw_image); its size must be what the shape says."""
     h, w, c = layout.shape  # type: ignore[misc]
     pixel_type = RAW_DTYPES[layout.dtype]
     if len(payload) != h * w * c * pixel_type.itemsize:
         raise FrameError(f"payload has {len(payload)} bytes but shape {[h, w, c]} of {layout.dtype} needs "
                          f"{h * w * c * pixel_type.itemsize}")  # fmt: skip
-    return _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), layout.color_order, layout.pixel_bits)
+    return _raw_image(np.frombuffer(payload, dtype=pixel_type).reshape(h, w, c), layout.color_order, pixel_bits)
 
 
-def _encoded_payload(payload: bytes | memoryview, layout: _Layout, limits: Limits) -> np.ndarray:
-    """A JPEG or PNG payload -> the (H, W, C) uint8 image, C 1 or 3. The file must be whole,
-    claim no more than the pixel limit before it is decoded, and match the header's shape."""
+def _encoded_payload(
+    payload: bytes | memoryview, layout: _Layout, limits: Limits, pixel_bits: int | None
+) -> np.ndarray:
+    """A JPEG or PNG payload -> the (H, W, C) image, C 1 or 3, uint8 (a 16-bit PNG read by
+    `pixel_bits`; None: its counts kept). The file must be whole, claim no more than the pixel
+    limit before it is decoded, and match the header's shape."""
     encoding = layout.encoding
     # Decoders return partial images from truncated files; a complete file ends with its end marker.
     end_marker = b"\xff\xd9" if encoding == "jpeg" else b"IEND"
@@ -266,7 +280,7 @@ def _encoded_payload(payload: bytes | memoryview, layout: _Layout, limits: Limit
     if claimed is not None and claimed[0] * claimed[1] > limits.max_frame_pixels:
         raise FrameError(f"{encoding} image {claimed[1]}x{claimed[0]} exceeds {limits.max_frame_pixels} pixels")
     try:
-        image = decode_image(payload, layout.pixel_bits)
+        image = decode_image(payload, pixel_bits)
     except FrameError as exc:
         raise FrameError(f"{encoding} {exc.reason}") from None
     if image.ndim == 2:
@@ -281,11 +295,11 @@ def _encoded_payload(payload: bytes | memoryview, layout: _Layout, limits: Limit
     return image
 
 
-def _raw_image(pixels: np.ndarray, order: str, pixel_bits: int) -> np.ndarray:
+def _raw_image(pixels: np.ndarray, order: str, pixel_bits: int | None) -> np.ndarray:
     """A raw frame's (H, W, C) pixels -> the uint8 image training reads: a 16-bit frame by the top
-    8 of its `pixel_bits` (as a 16-bit image file), the channels in BGR order, a fourth channel
-    (the alpha or padding byte of BGRA, BGRx, RGBA, RGBx) dropped."""
-    image = to_uint8(pixels, pixel_bits)
+    8 of its `pixel_bits` (as a 16-bit image file; None: its counts kept), the channels in BGR
+    order, a fourth channel (the alpha or padding byte of BGRA, BGRx, RGBA, RGBx) dropped."""
+    image = pixels if pixel_bits is None else to_uint8(pixels, pixel_bits)
     channels = image.shape[2]
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if order == "RGB" else cv2.COLOR_BGRA2BGR)

@@ -49,17 +49,17 @@ def connect(sock: zmq.Socket, endpoint: str, what: str) -> None:
         raise ConfigError(f"cannot connect the {what} socket to {endpoint}: {exc.strerror}") from exc
 
 
-def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
+def bind(sock: zmq.Socket, endpoint: str, what: str, who: str = "the daemon") -> None:
     """sock.bind(endpoint); an endpoint that is taken (another daemon still running) or
-    refused closes the socket and is one clear error instead of a traceback. EdgeConfig has
-    checked the endpoint's form (check_endpoint)."""
+    refused closes the socket and is one clear error, naming `who` binds, instead of a
+    traceback. EdgeConfig has checked the endpoint's form (check_endpoint)."""
     try:
         if ipc_in_use(endpoint):
             raise zmq.ZMQError(errno.EADDRINUSE, "the path is in use by another process")
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)
-        raise ConfigError(f"the daemon cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
+        raise ConfigError(f"{who} cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
 
 
 def ipc_in_use(endpoint: str) -> bool:
@@ -189,14 +189,16 @@ class HandshakeWatch:
             self.monitor = None
 
 
-def frames_socket(ctx: zmq.Context, cfg: EdgeConfig) -> zmq.Socket:
+def frames_socket(ctx: zmq.Context, cfg: EdgeConfig, who: str = "the daemon") -> zmq.Socket:
+    """The socket frames come in on, as `cfg` sets it (bound PULL, or SUB connected to the
+    cameras), with CURVE when it is on; `who` takes them, for a refused bind's error."""
     sock = ctx.socket(zmq.PULL if cfg.frames_mode == "pull" else zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes + cfg.max_header_bytes)
     sock.setsockopt(zmq.LINGER, 0)
     secure_server(sock, cfg)
     if cfg.frames_mode == "pull":
-        bind(sock, cfg.frames_endpoint, "frames")
+        bind(sock, cfg.frames_endpoint, "frames", who)
     else:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         for endpoint in cfg.camera_endpoints:

@@ -1,13 +1,17 @@
-"""Data: `vqad synth`."""
+"""Data: `vqad synth`, `vqad collect`."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.frames import DEFAULT_MAX_FRAME_PIXELS
-from vqad.commands.common import at_least
+from vqad.commands.common import at_least, default_config, identifier, set_arg
+
+if TYPE_CHECKING:
+    from edge.collect import Collected
 
 # The largest synthetic image side: the side of the daemon's default largest frame
 # (edge.settings max_frame_pixels). Larger sides only fill the memory (2 x 8 bytes a pixel).
@@ -41,7 +45,53 @@ def synth_categories(text: str) -> tuple[str, ...]:
     return names
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """`vqad collect DIR`: a camera's frames, as the daemon reads them, saved for training."""
+    import signal
+
+    from edge.collect import collect_frames
+    from edge.config import load_config
+    from edge.settings import EdgeConfig
+    from vqad.commands.common import overrides
+
+    over = overrides(args, "edge")
+    if args.frames is not None:
+        over["frames_endpoint"] = args.frames
+    cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
+    stopping = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))  # the handler only sets a flag
+    try:
+        collected = collect_frames(args.out, cfg, args.count, args.camera, args.every_s, args.timeout,
+                                   stop=lambda: bool(stopping))  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _say_collected(collected)
+    return 0
+
+
+def _say_collected(collected: Collected) -> None:
+    """What `vqad collect` wrote and left, and what to do with it."""
+    for folder, n in sorted(collected.written.items()):
+        print(f"{n} frame{'' if n == 1 else 's'} -> {folder}")
+    left = [(collected.unreadable, "no readable frame (the log says why)"),
+            (collected.other_cameras, "of other cameras (--camera)"),
+            (collected.too_soon, "within --every-s of their camera's last one")]  # fmt: skip
+    said = ", ".join(f"{n} {why}" for n, why in left if n)
+    if said:
+        print(f"left: {said}")
+    for camera, bits in sorted(collected.sixteen_bit.items()):
+        told = f"their headers say {bits} bits: vqad train DATA --pixel-bits {bits}" if bits else (
+            "say the bits the camera fills when training: vqad train DATA --pixel-bits N (12 for Mono12)")  # fmt: skip
+        print(f"{camera}: 16-bit frames, saved as their counts (16-bit PNG); {told}")
+    if collected.written:
+        print("look through them: a model learns from defect-free parts only; then put them under DATA/train/good/ "
+              "(a camera's folder a model) and vqad train DATA")  # fmt: skip
+    else:
+        print("no frame was collected")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_collect(sub)
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path, metavar="OUT_DIR", help="where to write one MVTec-layout folder per category")
     s.add_argument("--seed", type=at_least(0), default=0, help="the same seed writes the same images")
@@ -54,3 +104,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--categories", type=synth_categories, help="comma-separated subset of: weave,bracket (default: both)"
     )
     s.set_defaults(func=cmd_synth)
+
+
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "collect", help="save the frames cameras send, decoded as the daemon decodes them: images to train on"
+    )
+    c.add_argument("out", type=Path, metavar="DIR", help="where each camera's frames go, as PNG: DIR/<camera>/")
+    c.add_argument(
+        "--frames", metavar="ENDPOINT", help="where to bind for frames (default: the edge config's, the daemon's)"
+    )
+    c.add_argument("--config", type=Path, help="edge config YAML: its frames endpoint, CURVE keys and frame limits")
+    set_arg(c, "edge")
+    c.add_argument("--camera", type=identifier, metavar="ID", help="this camera's frames only")
+    c.add_argument("--count", type=at_least(1), default=300, metavar="N", help="stop after N frames (default 300)")
+    c.add_argument(
+        "--every-s", type=at_least(0.0, float), default=0.0, metavar="S",
+        help="a camera's frame at most every S seconds: a line at rest sends the same part again (default: each)",
+    )  # fmt: skip
+    c.add_argument(
+        "--timeout", type=at_least(0.0, float), default=0.0, metavar="S",
+        help="stop after S seconds without a frame (default: wait until --count, Ctrl-C or SIGTERM)",
+    )  # fmt: skip
+    c.set_defaults(func=cmd_collect)

@@ -1,0 +1,124 @@
+"""`vqad collect`: a camera's frames saved for training, decoded as the daemon decodes them."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.frames import read_image
+from edge.protocol import Limits, frame_message, parse_frame
+from edge.transport import free_loopback_port
+from tests.browser import wait_for
+from tests.conftest import ROOT, VQAD, run_vqad
+from tests.edge_helpers import Camera, header
+
+
+def _collect(out, *args) -> tuple[subprocess.Popen, str]:
+    """`vqad collect OUT ARGS` as a process on a free loopback port -> (process, its endpoint)."""
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    proc = subprocess.Popen([*VQAD, "collect", str(out), "--frames", endpoint, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return proc, endpoint
+
+
+def _bound(proc: subprocess.Popen) -> str:
+    """Wait until the collector has bound its socket, which its first log line says (at most
+    30 s) -> that line."""
+    ready = select.select([proc.stderr], [], [], 30)[0]  # it writes the line, or ends (an empty line)
+    first = proc.stderr.readline() if ready else "nothing said in 30 s"
+    assert "collecting frames at" in first, first + proc.stderr.read()
+    return first
+
+
+def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path):
+    """RGB raw, a Mono12 camera's 16-bit counts, a JPEG and a grey frame: each PNG holds the
+    pixels the daemon's parse_frame gives for the same message; another camera's frames, a
+    message that is no frame and a frame id sent again are handled, and --count ends it."""
+    rng = np.random.default_rng(0)
+    colour = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    mono12 = (rng.random((40, 60)) * 4095).astype(np.uint16)
+    grey = (rng.random((40, 60)) * 255).astype(np.uint8)
+    messages = [
+        frame_message("top", 7, colour[:, :, ::-1], color_order="RGB"),
+        frame_message("top", 8, mono12, pixel_bits=12),
+        frame_message("top", 9, colour, "jpeg"),
+        frame_message("side", 1, grey),
+        frame_message("top", 7, grey),  # a sender that started its ids again
+    ]
+    out = tmp_path / "good"
+    proc, endpoint = _collect(out, "--count", 5, "--camera", "top", "--timeout", 60)
+    try:
+        _bound(proc)
+        cam = Camera(endpoint)
+        cam.send([header("top", 1, encoding="webp"), b"x"])  # no readable frame
+        for message in messages:
+            cam.send(message)
+        cam.send(frame_message("top", 10, grey))  # the count's fifth
+        cam.close()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert f"5 frames -> {out / 'top'}" in stdout, stdout
+    assert "left: 1 no readable frame (the log says why), 1 of other cameras (--camera)" in stdout
+    assert "top: frames of 40x60, 3 channels" in stderr and "one camera's images train one model" in stderr
+    saved = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (out / "top").iterdir()}
+    (again,) = [n for n in saved if n.startswith("top_7_")]  # named by its receive time too
+    assert set(saved) == {"top_7.png", "top_8.png", "top_9.png", "top_10.png", again}
+    np.testing.assert_array_equal(saved["top_7.png"], colour)  # RGB read as the BGR it is
+    np.testing.assert_array_equal(saved["top_8.png"], mono12)  # the counts, for training's --pixel-bits
+    np.testing.assert_array_equal(saved[again], grey)
+    assert "top: 16-bit frames, saved as their counts (16-bit PNG); their headers say 12 bits: vqad train DATA " \
+        "--pixel-bits 12" in stdout  # fmt: skip
+    # What training reads of each file (by --pixel-bits 12, which the model keeps) is what the
+    # daemon reads of the same message (by the model's bits).
+    for name, message in (("top_7.png", messages[0]), ("top_8.png", messages[1]), ("top_9.png", messages[2])):
+        served = parse_frame([bytes(part) for part in message], Limits(), pixel_bits=12).image  # as received
+        trained = read_image(out / "top" / name, pixel_bits=12)
+        np.testing.assert_array_equal(trained.reshape(served.shape), served, err_msg=name)
+    assert not (out / "side").exists()
+
+
+def test_every_s_keeps_a_cameras_frame_at_most_so_often_and_sigterm_ends_with_the_summary(tmp_path):
+    rng = np.random.default_rng(1)
+    proc, endpoint = _collect(tmp_path / "good", "--every-s", 3600)
+    try:
+        _bound(proc)
+        cam = Camera(endpoint)
+        for i in range(3):
+            cam.send(frame_message("cam0", i, (rng.random((16, 16)) * 255).astype(np.uint8)))
+        assert wait_for(lambda: (tmp_path / "good" / "cam0" / "cam0_0.png").exists(), 30)
+        time.sleep(1.0)  # the other two arrive
+        cam.close()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "1 frame -> " in stdout and "left: 2 within --every-s of their camera's last one" in stdout
+    assert [p.name for p in (tmp_path / "good" / "cam0").iterdir()] == ["cam0_0.png"]
+
+
+@pytest.mark.parametrize("where", ["unwritable", "taken"])
+def test_a_folder_it_cannot_write_or_an_endpoint_taken_is_refused_at_once(tmp_path, where):
+    import zmq
+
+    if where == "unwritable":
+        proc = run_vqad("collect", "/proc/good", "--timeout", 5, check=False)
+        assert proc.returncode == 7 and "cannot use /proc/good: /proc cannot be written (" in proc.stderr
+        return
+    endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
+    holder = zmq.Context.instance().socket(zmq.PULL)
+    holder.bind(endpoint)  # a daemon serving there
+    try:
+        proc = run_vqad("collect", tmp_path / "good", "--frames", endpoint, "--timeout", 5, check=False)
+    finally:
+        holder.close(linger=0)
+    assert proc.returncode != 0 and f"vqad collect cannot bind its frames socket to {endpoint}: " in proc.stderr
+    assert not (tmp_path / "good").exists()
