@@ -951,16 +951,23 @@ def test_protocol_doc_examples_work_against_the_daemon(tiny_model):
     assert all(line.split()[3] in ("pass", "fail") for line in lines)
 
 
+def _docs_bridge(title: str, daemon: DaemonProcess, seconds: int, gate_ms: int) -> subprocess.Popen:
+    """The bridge under `## title` in docs/protocol.md, run as written but for the daemon's
+    endpoint, its loop bounded to `seconds`, and its gate at `gate_ms` (a loaded test machine
+    is no late line)."""
+    code = _doc_example(title)
+    assert "tcp://127.0.0.1:5556" in code and "while True:" in code and "GATE_MS = 500" in code
+    bounded = f"deadline = time.monotonic() + {seconds}\nwhile time.monotonic() < deadline:"
+    code = code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
+    code = code.replace("GATE_MS = 500", f"GATE_MS = {gate_ms}")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when_the_daemon_goes(
     tiny_model, synth_root
 ):
-    bridge_code = _doc_example("A PLC bridge that fails safe (pyzmq alone)")
-    assert "tcp://127.0.0.1:5556" in bridge_code and "while True:" in bridge_code and "GATE_MS = 500" in bridge_code
     daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2").start()
-    bounded = "deadline = time.monotonic() + 20\nwhile time.monotonic() < deadline:"  # at most 20 s
-    code = bridge_code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
-    code = code.replace("GATE_MS = 500", "GATE_MS = 60_000")  # a loaded test machine is no late line
-    bridge = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bridge = _docs_bridge("A PLC bridge that fails safe (pyzmq alone)", daemon, seconds=20, gate_ms=60_000)
     lines: list[str] = []
     try:
         cam = Camera(daemon.frames)
@@ -998,13 +1005,8 @@ def test_the_protocol_docs_bridge_for_several_cameras_ships_a_part_only_when_eve
     """docs/protocol.md's bridge for a part seen by a top and a side camera, run as written: both
     passes ship it; an error, a late pass or a camera that never answers holds it, naming the
     camera; a result after its part's verdict, or from another station's camera, says nothing."""
-    code = _doc_example("A part seen by several cameras (pyzmq alone)")
-    assert "tcp://127.0.0.1:5556" in code and "while True:" in code and "GATE_MS = 500" in code
     daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2").start()
-    bounded = "deadline = time.monotonic() + 40\nwhile time.monotonic() < deadline:"  # at most 40 s
-    code = code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
-    code = code.replace("GATE_MS = 500", "GATE_MS = 5_000")  # a loaded test machine is no late line
-    bridge = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bridge = _docs_bridge("A part seen by several cameras (pyzmq alone)", daemon, seconds=40, gate_ms=5_000)
     lines: list[str] = []
     goods = [cv2.imread(str(path)) for path in list_images(synth_root / "bracket" / "test" / "good")]
     sent = collections.Counter()
