@@ -676,11 +676,7 @@ class Record:
         pairs = Counter((r.camera_id, r.frame_id) for _, r, _ in found)
         counts: Counter[str] = Counter()
         for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
-            frame = self.evidence_file(row.evidence_frame) if row is not None else None
-            why, content = _no_evidence(row, frame), None
-            if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
-                content = elsewhere(dict(row._mapping))
-                why = "" if content is not None else NOR_ON_PEERS
+            frame, content, why = self._frame_to_export(row, elsewhere)
             if why:
                 left_out[why] += 1
                 continue
@@ -726,11 +722,7 @@ class Record:
         counts: Counter[str] = Counter()
         left_out: Counter[str] = Counter()
         for row in progress(chosen, "exporting passes' images", total=len(chosen)):
-            frame = self.evidence_file(row.evidence_frame)
-            why, content = _no_evidence(row, frame), None
-            if why == NOT_ON_THIS_DISK and elsewhere:
-                content = elsewhere(dict(row._mapping))
-                why = "" if content is not None else NOR_ON_PEERS
+            frame, content, why = self._frame_to_export(row, elsewhere)
             if why:
                 left_out[why] += 1
                 continue
@@ -740,6 +732,19 @@ class Record:
             counts[folder] += 1
         _warn_left_out(left_out, "pass")
         return dict(counts), len(ids)
+
+    def _frame_to_export(
+        self, row: Any, elsewhere: Callable[[dict[str, Any]], bytes | None] | None
+    ) -> tuple[str | None, bytes | None, str]:
+        """A result's evidence frame for an export (`row`: its evidence columns, or None) ->
+        (its file on this machine, the bytes a peer gave for it when the file is another box's,
+        and why there is none: "" when there is one)."""
+        frame = self.evidence_file(row.evidence_frame) if row is not None else None
+        why, content = _no_evidence(row, frame), None
+        if why == NOT_ON_THIS_DISK and elsewhere:  # another box's, asked of its dashboard
+            content = elsewhere(dict(row._mapping))
+            why = "" if content is not None else NOR_ON_PEERS
+        return frame, content, why
 
     def _latest_reviews(
         self, camera: str | None, since_ns: int | None, until_ns: int | None
@@ -862,8 +867,8 @@ def _within(q: sa.Select, column: Any, since_ns: int | None, until_ns: int | Non
 
 
 def _no_evidence(row: Any, frame: str | None) -> str:
-    """Why a reviewed result has no evidence to export ("" when it has); `frame`, its evidence
-    frame on this machine (Record.evidence_file)."""
+    """Why a result has no evidence to export ("" when it has); `frame`, its evidence frame on
+    this machine (Record.evidence_file)."""
     if row is None:
         return "without a recorded result"
     if row.evidence_frame is None:

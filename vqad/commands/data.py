@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.frames import DEFAULT_MAX_FRAME_PIXELS
-from vqad.commands.common import at_least, default_config, identifier, set_arg
+from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
 
 if TYPE_CHECKING:
     from edge.collect import Collected
@@ -52,7 +52,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from edge.collect import collect_frames
     from edge.config import load_config
     from edge.settings import EdgeConfig
-    from vqad.commands.common import overrides
 
     over = overrides(args, "edge")
     if args.frames is not None:
@@ -91,7 +90,12 @@ def _say_collected(collected: Collected) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The data's commands: synth, collect."""
+    _add_synth(sub)
     _add_collect(sub)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("synth", help="write a synthetic MVTec-layout benchmark")
     s.add_argument("out", type=Path, metavar="OUT_DIR", help="where to write one MVTec-layout folder per category")
     s.add_argument("--seed", type=at_least(0), default=0, help="the same seed writes the same images")
