@@ -25,6 +25,7 @@ from edge import transport
 from edge.durable import require_writable
 from edge.errors import FrameError
 from edge.frames import write_image
+from edge.health import HealthLimits
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.progress import progress
@@ -132,14 +133,18 @@ def _kept_frames(
 
 
 def _say_shape(frame: Frame, shapes: dict[str, tuple[int, ...]], told: set[str]) -> None:
-    """Log a camera's first frame's shape, and once a frame of another shape than its first."""
+    """Log a camera's first frame's shape, and once a frame of another camera's shape than its
+    first: other channels, or an aspect ratio further off than the daemon's camera check allows
+    (a few rows more or less, as KolektorSDD's commutators have, are one camera's)."""
     shape, first = frame.image.shape, shapes.get(frame.camera_id)
     if first is None:
         shapes[frame.camera_id] = shape
         log.info("%s: frames of %dx%d, %d channel%s, %d-bit%s", frame.camera_id, shape[0], shape[1], shape[2],
                  "" if shape[2] == 1 else "s", 8 * frame.image.itemsize,
                  f", from {frame.sender}" if frame.sender else "")  # fmt: skip
-    elif shape != first and frame.camera_id not in told:
+        return
+    aspect_change = abs((shape[0] / shape[1]) / (first[0] / first[1]) - 1)
+    if (shape[2] != first[2] or aspect_change > HealthLimits.max_aspect_change) and frame.camera_id not in told:
         told.add(frame.camera_id)
         log.warning("%s: frame %d is %dx%dx%d, its first was %dx%dx%d: one camera's images train one model",
                     frame.camera_id, frame.frame_id, *shape, *first)  # fmt: skip
