@@ -247,7 +247,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         raise ConfigError("--day-starts sets the days of --daily")
     if args.peers and not exporting:
         raise ConfigError(
-            "--peers fetches the evidence that --export-reviewed or --export-passes writes: give one of them"
+            "--peers fetches the evidence that --export-reviewed writes, or --export-passes: give one of them"
         )
     if args.export_reviewed and args.export_passes:
         raise ConfigError("--export-reviewed and --export-passes: one at a time")
