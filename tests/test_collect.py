@@ -27,13 +27,17 @@ def _collect(out, *args) -> tuple[subprocess.Popen, str]:
     return proc, endpoint
 
 
-def _bound(proc: subprocess.Popen) -> str:
-    """Wait until the collector has bound its socket, which its first log line says (at most
-    30 s) -> that line."""
-    ready = select.select([proc.stderr], [], [], 30)[0]  # it writes the line, or ends (an empty line)
-    first = proc.stderr.readline() if ready else "nothing said in 30 s"
-    assert "collecting frames at" in first, first + proc.stderr.read()
-    return first
+def _bound(proc: subprocess.Popen) -> None:
+    """Wait until the collector has bound its socket, which a log line says (at most 30 s)."""
+    said, deadline = "", time.monotonic() + 30
+    while "collecting frames at" not in said and time.monotonic() < deadline:
+        if not select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        line = proc.stderr.readline()  # empty once the process has ended
+        if not line:
+            break
+        said += line
+    assert "collecting frames at" in said, said + (proc.stderr.read() if proc.poll() is not None else "")
 
 
 def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path):
@@ -122,3 +126,47 @@ def test_a_folder_it_cannot_write_or_an_endpoint_taken_is_refused_at_once(tmp_pa
         holder.close(linger=0)
     assert proc.returncode != 0 and f"vqad collect cannot bind its frames socket to {endpoint}: " in proc.stderr
     assert not (tmp_path / "good").exists()
+
+
+def test_with_curve_on_only_an_authorized_cameras_frames_are_collected(tmp_path):
+    """The edge config's CURVE keys hold for the collection as for the daemon: a camera whose
+    key is not among the authorized ones is not heard."""
+    import zmq
+
+    from edge.security import create_keys, make_curve_client
+
+    create_keys(tmp_path / "server", "server")
+    create_keys(tmp_path / "clients", "cam")
+    create_keys(tmp_path / "strangers", "mallory")
+    server_public = tmp_path / "server" / "server.key"
+    proc, endpoint = _collect(tmp_path / "good", "--count", 1, "--timeout", 60,
+                              "--set", "edge.curve.enabled=true",
+                              "--set", f"edge.curve.server_secret_key={tmp_path / 'server' / 'server.key_secret'}",
+                              "--set", f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}")  # fmt: skip
+    ctx = zmq.Context.instance()
+    sockets = []
+
+    def camera_with(key):
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        make_curve_client(sock, key, server_public)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    try:
+        _bound(proc)
+        stranger = camera_with(tmp_path / "strangers" / "mallory.key_secret")
+        allowed = camera_with(tmp_path / "clients" / "cam.key_secret")
+        for sock, camera_id in ((stranger, "mallory"), (allowed, "cam")):
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLOUT)
+            if poller.poll(5000):  # a refused peer's handshake never completes: its send would wait
+                sock.send_multipart(frame_message(camera_id, 0, np.full((16, 16), 99, np.uint8)))
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        for sock in sockets:
+            sock.close(linger=0)
+    assert proc.returncode == 0, stderr
+    assert [p.name for p in (tmp_path / "good").iterdir()] == ["cam"], stdout
