@@ -131,6 +131,16 @@ def _draw(result: Result, amap: np.ndarray, image: np.ndarray, path: Path, out: 
     write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
 
 
+def by_folder(scored: Sequence[Scored]) -> list[tuple[Path, list[Scored]]]:
+    """The scored images grouped by the folder each lies in, in the order found: a folder of
+    known good parts beside one of a defect kind (`vqad records --export-reviewed`'s layout, or
+    a test set's) reads as the rejects and passes of each."""
+    groups: dict[Path, list[Scored]] = {}
+    for s in scored:
+        groups.setdefault(s.path.parent, []).append(s)
+    return list(groups.items())
+
+
 def summary(scored: Sequence[Scored]) -> str:
     """'12 images: 9 pass, 3 fail (1 unfit), 0 not scored' (unreadable files)."""
     decisions = [s.header.get("decision") for s in scored]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,10 @@ def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, 
         assert row["decision"] == ref["decision"] and row["result"]["model"]["sha256"]
     assert len(list((tmp_path / "pictures").glob("*.png"))) == len(expected)
     (images / "good" / "broken.png").unlink()
+    table = _score(tiny_model, images).stdout  # known good parts beside each defect kind: a line per folder
+    for kind in sorted(p.name for p in images.iterdir()):
+        n = len(list((images / kind).iterdir()))
+        assert re.search(rf"^{re.escape(str(images / kind))}: {n} images: \d+ pass, \d+ fail", table, re.M), table
     table = _score(tiny_model, images / "good", "--threshold", "1e-9").stdout
     assert "FAIL" in table and "PASS" not in table and "threshold 1e-09" in table
     refused = _score(tiny_model, tmp_path / "nothing_here", check=False)

@@ -73,7 +73,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     """`vqad score MODEL IMAGE_OR_FOLDER...`: the line's decision on image files, offline."""
 
     from edge.config import load_config
-    from edge.offline import score_images, summary
+    from edge.offline import by_folder, score_images, summary
     from edge.protocol import unfit_reasons
     from edge.settings import EdgeConfig
 
@@ -99,6 +99,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             score = "-" if r["score"] is None else f"{r['score']:.5g}"
             why = f"  unfit: {r['unfit']}" if r["unfit"] else (f"  {r['error']}" if r["error"] else "")
             print(f"{verdict:5} {score:>9}  regions {r['regions']}  {r['image']}{why}")
+        folders = by_folder(scored)
+        for folder, group in folders if len(folders) > 1 else ():
+            print(f"{folder}: {summary(group)}")
         threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
         print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
     if args.out:
