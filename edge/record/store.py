@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -713,10 +713,11 @@ class Record:
         )  # fmt: skip
         if camera is not None:
             kept = kept.where(r.camera_id == camera)
+        kept = _within(kept, r.ts_ns, since_ns, until_ns)
         columns = (r.id, r.camera_id, r.frame_id, r.daemon_run, r.evidence_frame, r.evidence_removed)
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
-            ids = conn.execute(_within(kept, r.ts_ns, since_ns, until_ns)).scalars().all()
-            chosen = [row for part in batched(spread_evenly(ids, limit), 500)
+            ids, n = _evenly_spaced(conn, kept, limit)
+            chosen = [row for part in batched(ids, 500)
                       for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
         pairs = Counter((row.camera_id, row.frame_id) for row in chosen)
         counts: Counter[str] = Counter()
@@ -731,7 +732,7 @@ class Record:
             _write_evidence(Path(str(frame)), Path(out) / folder, name, content)
             counts[folder] += 1
         _warn_left_out(left_out, "pass")
-        return dict(counts), len(ids)
+        return dict(counts), n
 
     def _frame_to_export(
         self, row: Any, elsewhere: Callable[[dict[str, Any]], bytes | None] | None
@@ -792,7 +793,20 @@ def _warn_left_out(left_out: Counter[str], what: str) -> None:
         log.warning("%d %s%s left out: %s", n, what, "" if n == 1 else "s", reasons)
 
 
-def spread_evenly(items: list[Any], k: int) -> list[Any]:
+def _evenly_spaced(conn: sa.Connection, ids: sa.Select, k: int) -> tuple[list[int], int]:
+    """`k` of the ids the query `ids` selects, in its order, at evenly spaced places (spread_evenly)
+    -> (them, how many it selects). The places are counted first, then the ids streamed past
+    them: months of a line's passes are millions of ids, which a list would hold all at once."""
+    n = conn.execute(sa.select(sa.func.count()).select_from(ids.subquery())).scalar_one()
+    places = set(spread_evenly(range(n), k))
+    streamed = conn.execution_options(yield_per=10_000).execute(ids)
+    try:  # rows written since the count come after it, and are not taken: zip stops at n
+        return [id_ for place, id_ in zip(range(n), streamed.scalars(), strict=False) if place in places], n
+    finally:
+        streamed.close()
+
+
+def spread_evenly(items: Sequence[Any], k: int) -> list[Any]:
     """`k` of `items` at evenly spaced places, the first and the last among them; all of them
     when there are no more than `k`; the last alone when `k` is 1."""
     if len(items) <= k:
