@@ -745,6 +745,41 @@ def _rejects_to_review(line, camera: str, n: int) -> Iterator[tuple[object, str]
         driver.quit()
 
 
+# A browser's fetch of the camera's tally that the server answers now and the page reads late:
+# the answer of a request overtaken by a newer one, as a loaded box may deliver it.
+LATE_DAILY_ANSWER = """
+const camera = arguments[0], done = arguments[arguments.length - 1];
+const real = window.fetch;
+let late = true;
+window.fetch = (path, options) => {
+  const answer = real(path, options);
+  if (!late || !String(path).startsWith("api/daily")) return answer;
+  late = false;
+  return answer.then((r) => new Promise((resolve) => setTimeout(() => resolve(r), 1500)));
+};
+loadDaily(state.cameras.get(camera), camera);
+done();
+"""
+
+
+def test_the_tallys_older_answer_arriving_late_does_not_put_its_figures_back(line):
+    """Each review asks for the tally again; the server answers side by side, so an older
+    answer could arrive after a newer one and show a reject reviewed meanwhile as not reviewed
+    until the next minute's refresh."""
+    camera = f"late-{uuid.uuid4().hex[:6]}"
+    with _rejects_to_review(line, camera, 2) as (driver, button):
+        driver.execute_async_script(LATE_DAILY_ANSWER, camera)  # answered "2 not reviewed", read in 1.5 s
+        time.sleep(0.5)  # the server has answered it
+        review = json.dumps({"camera_id": camera, "frame_id": 0, "verdict": "false_reject"}).encode()
+        assert _json(f"{line['dashboard'].url}/api/review", {"content-type": "application/json"}, review)[0] == 201
+        driver.execute_script("loadDaily(state.cameras.get(arguments[0]), arguments[0])", camera)  # "1", at once
+        texts = "return [...document.querySelectorAll(arguments[0])].map((b) => b.textContent)"  # read at once
+        shown = lambda: driver.execute_script(texts, button)  # noqa: E731 (a redraw between reads: stale)
+        assert wait_for(lambda: shown() == ["1"], 5), shown()
+        time.sleep(1.5)  # past the late answer's arrival
+        assert shown() == ["1"]
+
+
 def test_the_days_unreviewed_rejects_are_reviewed_one_after_another_from_the_tally(line):
     """The tally's "not reviewed" count could not be worked down from the page: the gallery
     holds the latest 12 rejects, and a shift makes hundreds. Its count opens the day's rejects

@@ -237,11 +237,24 @@ function drawCamera(id, c, daemon) {
   if (daemon.record && performance.now() - cam.dailyAt >= DAILY_EVERY_MS) loadDaily(cam, id);
 }
 
+// A camera's requests of one kind may be answered out of order (the server takes them side by
+// side, and a review asks for the tally and the gallery again at once): an answer drawn after a
+// newer one's would put the older figures back until the next refresh. Each request is numbered;
+// only the newest one's answer is drawn.
+function asking(cam, kind) {
+  cam.asked = cam.asked || {};
+  cam.asked[kind] = (cam.asked[kind] || 0) + 1;
+  const n = cam.asked[kind];
+  return () => cam.asked[kind] === n; // still the newest?
+}
+
 // -- the record's daily tally -------------------------------------------------------------
 async function loadDaily(cam, id) {
   cam.dailyAt = performance.now();
+  const newest = asking(cam, "daily");
   try {
     const body = await api(`api/daily?camera=${encodeURIComponent(id)}&days=7`);
+    if (!newest()) return;
     const gone = body.removed; // results that have left the record: the days up to it are counted in part
     const rows = body.days.slice().reverse().map((d) => {
       const inPart = gone && d.day <= gone.up_to_day;
@@ -259,7 +272,7 @@ async function loadDaily(cam, id) {
     $(cam.node, "daily-box").hidden = false;
     setText(cam.node, "daily-status", performance.now() < (cam.queueSaidUntil || 0) ? cam.queueSaid : "");
   } catch (err) {
-    cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
+    if (newest()) cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
   }
 }
 
@@ -496,14 +509,16 @@ async function loadGallery(cam, id, fails) {
   cam.galleryTimer = null;
   cam.galleryAt = performance.now();
   window.vqadStats.galleryFetches += 1;
+  const newest = asking(cam, "gallery");
   try {
     const body = await api(`api/rejects?camera=${encodeURIComponent(id)}&limit=${GALLERY_SIZE}`);
+    if (!newest()) return;
     cam.galleryFails = fails;
     cam.galleryNew = drawGallery($(cam.node, "gallery"), body.rejects);
     // Rejects not in the record yet (its writer commits every half second): look again soon.
     if (body.record && body.rejects.some((r) => !r.recorded)) scheduleGallery(cam, id, fails);
   } catch (err) {
-    setText(cam.node, "gallery", `rejects unavailable: ${err.message}`);
+    if (newest()) setText(cam.node, "gallery", `rejects unavailable: ${err.message}`);
   }
 }
 
