@@ -326,15 +326,7 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
     zone = _line_days(args).zone  # the table's times, and --since/--until without an offset
     since_ns, until_ns = _time_window(args, zone)
     if args.export_reviewed:
-        from edge.durable import require_writable
-
-        require_writable(args.export_reviewed, args.export_reviewed)  # before the evidence is read, or fetched
-        counts = record.export_reviewed(args.export_reviewed, args.camera, since_ns, until_ns, _peer_frames(args))
-        for folder, n in sorted(counts.items()):
-            print(f"{n} image{'' if n == 1 else 's'} -> {args.export_reviewed / folder}")
-        if not counts:
-            print("no reviewed evidence to export")
-        return 0
+        return _export_reviewed(record, args, since_ns, until_ns)
     if args.export_passes:
         return _export_passes(record, args, since_ns, until_ns)
     if args.daily:
@@ -799,6 +791,20 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
     w.add_argument("--curve-server-key", help="the daemon's public .key (CURVE)")
     w.set_defaults(func=cmd_watch)
+
+
+def _export_reviewed(record: Record, args: argparse.Namespace, since_ns: int | None, until_ns: int | None) -> int:
+    """`vqad records --export-reviewed DIR`: the reviewed evidence in the MVTec layout."""
+    from edge.durable import require_writable
+
+    out = args.export_reviewed
+    require_writable(out, out)  # before the evidence is read, or fetched
+    counts = record.export_reviewed(out, args.camera, since_ns, until_ns, _peer_frames(args))
+    for folder, n in sorted(counts.items()):
+        print(f"{n} image{'' if n == 1 else 's'} -> {out / folder}")
+    if not counts:
+        print("no reviewed evidence to export")
+    return 0
 
 
 def _export_passes(record: Record, args: argparse.Namespace, since_ns: int | None, until_ns: int | None) -> int:
