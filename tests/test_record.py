@@ -2069,44 +2069,51 @@ def test_a_query_cut_by_its_limit_says_so_and_its_csv_stays_clean(tmp_path):
     assert len(whole.stdout.splitlines()) == 4 and "--limit" not in whole.stderr
 
 
-def test_the_passes_kept_frames_are_exported_as_the_lines_good_images_for_calibration(tmp_path, record_url):
-    """`--export-passes`: the frames the record kept of passes, spread over the period, a folder
-    a camera, as they were received; a fail, a pass without its frame and a pass reviewed as a
-    defect (a miss found later) are not good images from the line."""
+def test_a_sample_of_the_lines_frames_holds_its_rejects_in_the_share_the_line_rejected(tmp_path, record_url):
+    """`--export-sample`, the good images a threshold is recalibrated on: passes alone would lack
+    every good part that scored over the threshold in force, and set a lower one. Per camera,
+    `--limit` passes with their frames kept, spread over the period, and the rejects in the
+    line's share (a false reject among them); results reviewed as defects left out."""
     url = record_url
     writer = RecordWriter(url, tmp_path / "ev", pass_fraction=1.0).start()
     t0 = time.time_ns() - 60 * 10**9
-    for i in range(10):
-        writer.put(_result("cam1", i, decision="pass", ts_ns=t0 + i * 10**9), time.time_ns())
-    writer.put(_result("cam1", 10, decision="fail", ts_ns=t0 + 10 * 10**9), time.time_ns())
-    blind = _result("cam1", 11, decision="pass", ts_ns=t0 + 11 * 10**9)
-    blind.frame = None  # its frame was not kept
-    writer.put(blind, time.time_ns())
+    for i in range(25):  # 20 passes, one without its frame, then 4 rejects
+        result = _result("cam1", i, decision="pass" if i <= 20 else "fail", ts_ns=t0 + i * 10**8)
+        result.frame = None if i == 20 else result.frame
+        writer.put(result, time.time_ns())
     for i in range(2):
-        writer.put(_result("cam 2", i, decision="pass", ts_ns=t0 + (12 + i) * 10**9), time.time_ns())
+        writer.put(_result("cam 2", i, decision="pass", ts_ns=t0 + 10 * 10**9 + i), time.time_ns())
     writer.close()
-    Record(url).review("cam1", 9, "defect", kind="scratch", by="ann")
+    record = Record(url)
+    record.review("cam1", 8, "defect", kind="scratch", by="ann")  # a miss found later
+    record.review("cam1", 24, "defect", kind="dent", by="ann")
+    record.review("cam1", 21, "false_reject", by="ann")
     out = tmp_path / "line_good"
-    proc = run_vqad("records", url, "--export-passes", out, "--camera", "cam1", "--limit", "4")
-    assert sorted(p.name for p in (out / "cam1").iterdir()) == [f"cam1_{i}.png" for i in (0, 3, 5, 8)]  # 0..8, spread
+    proc = run_vqad("records", url, "--export-sample", out, "--camera", "cam1", "--limit", "10")
+    # 10 of the 20 kept passes, spread; round(10 x 4 / 21) = 2 of the 4 rejects, spread: 21 and 24
+    passes = [f"cam1_{i}_pass.png" for i in (0, 2, 4, 6, 11, 13, 15, 17, 19)]  # and 8, reviewed a defect
+    assert sorted(p.name for p in (out / "cam1").iterdir()) == sorted([*passes, "cam1_21_fail.png"])
     assert [p.name for p in out.iterdir()] == ["cam1"]
-    row = Record(url).results(camera="cam1", frame_id=5)[0]
-    assert (out / "cam1" / "cam1_5.png").read_bytes() == Path(row["evidence"]).read_bytes()
-    assert f"4 images -> {out / 'cam1'}" in proc.stdout and "4 of the 9 passes whose frames" in proc.stdout
-    assert f"then vqad calibrate MODEL {out / 'cam1'}" in proc.stdout
+    row = record.results(camera="cam1", frame_id=21)[0]
+    assert (out / "cam1" / "cam1_21_fail.png").read_bytes() == Path(row["evidence"]).read_bytes()
+    assert (f"cam1: 9 passes and 1 reject -> {out / 'cam1'} (the line passed 21 and rejected 4 in the period, and "
+            "kept the frames of 20 passes; left out: 2 reviewed as defects)") in proc.stdout  # fmt: skip
+    assert f"then vqad calibrate MODEL {out / 'cam1'}" in proc.stdout and "ends in _fail" in proc.stdout
     everything = tmp_path / "all"
-    proc = run_vqad("records", url, "--export-passes", everything)
+    proc = run_vqad("records", url, "--export-sample", everything)
     assert sorted(p.name for p in everything.iterdir()) == ["cam1", "cam_2"]
-    assert len(list((everything / "cam1").iterdir())) == 9 and len(list((everything / "cam_2").iterdir())) == 2
+    assert sorted(p.name for p in (everything / "cam_2").iterdir()) == ["cam_2_0_pass.png", "cam_2_1_pass.png"]
+    assert len(list((everything / "cam1").iterdir())) == 19 + 3  # 20 passes, round(20 x 4 / 21) = 4 rejects; 2 out
     assert f"then vqad calibrate MODEL {everything / 'CAMERA'}" in proc.stdout
-    late = dt.datetime.fromtimestamp((t0 + 11.5 * 10**9) / 1e9, dt.timezone.utc).isoformat()  # after the blind pass
-    proc = run_vqad("records", url, "--export-passes", tmp_path / "late", "--since", late)
-    assert [p.name for p in (tmp_path / "late").iterdir()] == ["cam_2"] and "2 of the 2 passes" in proc.stdout
-    proc = run_vqad("records", url, "--export-passes", tmp_path / "none", "--camera", "cam3")
+    late = dt.datetime.fromtimestamp((t0 + 5 * 10**9) / 1e9, dt.timezone.utc).isoformat()
+    proc = run_vqad("records", url, "--export-sample", tmp_path / "late", "--since", late)
+    assert [p.name for p in (tmp_path / "late").iterdir()] == ["cam_2"]
+    assert "cam 2: 2 passes and 0 rejects" in proc.stdout
+    proc = run_vqad("records", url, "--export-sample", tmp_path / "none", "--camera", "cam3")
     assert "no pass in the period has its frame kept" in proc.stdout
-    refused = run_vqad("records", url, "--export-passes", tmp_path / "x", "--decision", "pass", check=False)
-    assert refused.returncode == 2 and "--export-passes exports the passes' kept frames" in refused.stderr
-    refused = run_vqad("records", url, "--export-passes", tmp_path / "x", "--export-reviewed", tmp_path / "y",
+    refused = run_vqad("records", url, "--export-sample", tmp_path / "x", "--decision", "pass", check=False)
+    assert refused.returncode == 2 and "--export-sample exports a sample of the line's frames" in refused.stderr
+    refused = run_vqad("records", url, "--export-sample", tmp_path / "x", "--export-reviewed", tmp_path / "y",
                        check=False)  # fmt: skip
     assert refused.returncode == 2 and "one at a time" in refused.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -8,6 +8,7 @@ PATH names a SQLite file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -688,7 +689,7 @@ class Record:
         _warn_left_out(left_out, "reviewed result")
         return dict(counts)
 
-    def export_passes(
+    def export_sample(
         self,
         out: str | Path,
         limit: int,
@@ -696,43 +697,64 @@ class Record:
         since_ns: int | None = None,
         until_ns: int | None = None,
         elsewhere: Callable[[dict[str, Any]], bytes | None] | None = None,
-    ) -> tuple[dict[str, int], int]:
-        """Good images from the line, for `vqad calibrate`: the frames the record kept of passes
-        (`edge.record_pass_fraction` of them), `limit` at most, spread evenly over the period from
-        the oldest to the newest, into OUT/<camera>/<camera>_<frame id>.<suffix>. A reviewed
-        pass is left out (a pass takes one verdict, a defect: `export_reviewed` writes it). The
-        others are the model's passes, which no person has seen. -> (how many images went into
-        each camera's folder, how many passes in the period have their frame kept). `camera`,
+    ) -> list[SampleDrawn]:
+        """The line's frames for `vqad calibrate` to set a threshold on, per camera: `limit` of
+        the passes whose frames the record kept (`edge.record_pass_fraction` of them), and its
+        rejects in the share the line rejected in the period, each spread evenly over it, into
+        OUT/<camera>/<camera>_<frame id>_<pass|fail>.<suffix>. Passes alone lack every good part
+        that scored over the threshold in force (it was rejected): a threshold set on them comes
+        out under that one, and lower again at each recalibration. A result reviewed as a defect
+        is left out; the rest are the model's decisions, for a person to look through. `camera`,
         `since_ns`, `until_ns` and `elsewhere` as in `export_reviewed`."""
         r = results.c
-        kept = (
-            sa.select(r.id)
-            .where(r.decision == "pass", r.evidence_frame.is_not(None), r.evidence_removed.is_(False),
-                   ~sa.exists().where(reviews.c.result_id == r.id))
-            .order_by(r.id)
-        )  # fmt: skip
-        if camera is not None:
-            kept = kept.where(r.camera_id == camera)
-        kept = _within(kept, r.ts_ns, since_ns, until_ns)
-        columns = (r.id, r.camera_id, r.frame_id, r.daemon_run, r.evidence_frame, r.evidence_removed)
+        in_period = _within(sa.select(r.id), r.ts_ns, since_ns, until_ns)
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
-            ids, n = _evenly_spaced(conn, kept, limit)
-            chosen = [row for part in batched(ids, 500)
-                      for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
-        pairs = Counter((row.camera_id, row.frame_id) for row in chosen)
-        counts: Counter[str] = Counter()
+            passed = _within(sa.select(r.camera_id).distinct().where(r.decision == "pass"), r.ts_ns, since_ns, until_ns)
+            cameras = [camera] if camera is not None else conn.execute(passed).scalars().all()
+            drawn = [self._draw_sample(conn, in_period.where(r.camera_id == c), c, limit) for c in sorted(cameras)]
         left_out: Counter[str] = Counter()
-        for row in progress(chosen, "exporting passes' images", total=len(chosen)):
+        for sample in drawn:
+            self._write_sample(sample, Path(out), elsewhere, left_out)
+        _warn_left_out(left_out, "sampled result")
+        return [sample for sample in drawn if sample.passes_in_period]
+
+    def _draw_sample(self, conn: sa.Connection, in_period: sa.Select, camera: str, limit: int) -> SampleDrawn:
+        """One camera's sample (export_sample), drawn; its rows, not yet written."""
+        r = results.c
+        kept = (r.evidence_frame.is_not(None), r.evidence_removed.is_(False))
+        passes, kept_passes = _evenly_spaced(conn, in_period.where(r.decision == "pass", *kept).order_by(r.id), limit)
+        decided = dict(conn.execute(sa.select(r.decision, sa.func.count()).where(r.id.in_(in_period))
+                                    .group_by(r.decision)).all())  # fmt: skip
+        n_pass, n_fail = decided.get("pass", 0), decided.get("fail", 0)
+        rejects_wanted = round(len(passes) * n_fail / n_pass) if n_pass else 0
+        rejects, _ = _evenly_spaced(conn, in_period.where(r.decision == "fail", *kept).order_by(r.id), rejects_wanted)
+        columns = (r.id, r.camera_id, r.frame_id, r.daemon_run, r.evidence_frame, r.evidence_removed, r.decision)
+        rows = [row for part in batched(passes + rejects, 500)
+                for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
+        defects = set(_latest_verdicts(conn, [row.id for row in rows], "defect"))
+        sample = SampleDrawn(camera, n_pass, n_fail, kept_passes, rejects_wanted)
+        sample.rows = [row for row in rows if row.id not in defects]
+        sample.defects_left_out = len(rows) - len(sample.rows)
+        return sample
+
+    def _write_sample(
+        self,
+        sample: SampleDrawn,
+        out: Path,
+        elsewhere: Callable[[dict[str, Any]], bytes | None] | None,
+        left_out: Counter[str],
+    ) -> None:
+        """A drawn sample's frames into OUT/<camera>/, counted by decision in `sample`."""
+        sample.folder = out / file_name(sample.camera)
+        pairs = Counter(row.frame_id for row in sample.rows)
+        for row in progress(sample.rows, f"exporting {sample.camera}'s sample", total=len(sample.rows)):
             frame, content, why = self._frame_to_export(row, elsewhere)
             if why:
                 left_out[why] += 1
                 continue
-            folder = file_name(row.camera_id)
-            name = f"{folder}_{row.frame_id}" + (f"_{row.id}" if pairs[(row.camera_id, row.frame_id)] > 1 else "")
-            _write_evidence(Path(str(frame)), Path(out) / folder, name, content)
-            counts[folder] += 1
-        _warn_left_out(left_out, "pass")
-        return dict(counts), n
+            name = f"{file_name(sample.camera)}_{row.frame_id}" + (f"_{row.id}" if pairs[row.frame_id] > 1 else "")
+            _write_evidence(Path(str(frame)), sample.folder, f"{name}_{row.decision}", content)
+            sample.written[row.decision] += 1
 
     def _frame_to_export(
         self, row: Any, elsewhere: Callable[[dict[str, Any]], bytes | None] | None
@@ -773,6 +795,33 @@ class Record:
             found = [(result_id, r, conn.execute(sa.select(*columns).where(results.c.id == result_id)).first())
                      for result_id, r in in_order]  # fmt: skip
         return found, left_out
+
+
+@dataclasses.dataclass
+class SampleDrawn:
+    """One camera's sample of the line's frames (Record.export_sample): the period's passes and
+    rejects, the passes whose frames the record kept, the rejects drawn to match the line's
+    share; then the rows drawn, those left out as reviewed defects, where they went and how
+    many of each decision were written."""
+
+    camera: str
+    passes_in_period: int
+    rejects_in_period: int
+    passes_kept: int
+    rejects_wanted: int
+    rows: list[Any] = dataclasses.field(default_factory=list)
+    defects_left_out: int = 0
+    folder: Path | None = None
+    written: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
+def _latest_verdicts(conn: sa.Connection, result_ids: list[int], verdict: str) -> list[int]:
+    """Of `result_ids`, those whose latest review is `verdict`."""
+    latest: dict[int, str] = {}
+    for part in batched(result_ids, 500):
+        q = sa.select(reviews.c.result_id, reviews.c.verdict).where(reviews.c.result_id.in_(part))
+        latest.update(conn.execute(q.order_by(reviews.c.id)).all())  # the later rows win
+    return [result_id for result_id, said in latest.items() if said == verdict]
 
 
 def _write_evidence(source: Path, folder: Path, name: str, content: bytes | None) -> None:

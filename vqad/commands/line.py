@@ -242,22 +242,22 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.after_seq is not None and args.run is None:
         raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
-    exporting = args.export_reviewed or args.export_passes
+    exporting = args.export_reviewed or args.export_sample
     if args.run is not None and (args.daily or exporting or args.compact or args.backup):
         raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, "
-                          "--export-passes, --compact and --backup do not take them")  # fmt: skip
+                          "--export-sample, --compact and --backup do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if args.peers and not exporting:
         raise ConfigError(
-            "--peers fetches the evidence that --export-reviewed writes, or --export-passes: give one of them"
+            "--peers fetches the evidence that --export-reviewed writes, or --export-sample: give one of them"
         )
-    if args.export_reviewed and args.export_passes:
-        raise ConfigError("--export-reviewed and --export-passes: one at a time")
+    if args.export_reviewed and args.export_sample:
+        raise ConfigError("--export-reviewed and --export-sample: one at a time")
     if exporting and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
                       or args.reviewed is not None):  # fmt: skip
         flag = "--export-reviewed exports every reviewed result" if args.export_reviewed else (
-            "--export-passes exports the passes' kept frames")  # fmt: skip
+            "--export-sample exports a sample of the line's frames")  # fmt: skip
         raise ConfigError(
             f"{flag}, or a camera's (--camera) captured in a time (--since, --until): --daily, --decision, "
             "--frame-id, --part-id and --(un)reviewed do not apply"
@@ -278,7 +278,7 @@ def _whole_record(args: argparse.Namespace) -> int:
         raise ConfigError("--compact and --backup: one at a time")
     filtered = (args.camera or args.decision or args.since or args.until or args.frame_id is not None
                 or args.part_id is not None or args.reviewed is not None)  # fmt: skip
-    if filtered or args.daily or args.export_reviewed or args.export_passes:
+    if filtered or args.daily or args.export_reviewed or args.export_sample:
         raise ConfigError(f"{whole} the whole record: it takes no filter, --daily nor an export")
     if args.compact:
         print(f"compacting {shown_url(args.url)}...", flush=True)
@@ -327,8 +327,8 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
     since_ns, until_ns = _time_window(args, zone)
     if args.export_reviewed:
         return _export_reviewed(record, args, since_ns, until_ns)
-    if args.export_passes:
-        return _export_passes(record, args, since_ns, until_ns)
+    if args.export_sample:
+        return _export_sample(record, args, since_ns, until_ns)
     if args.daily:
         return _print_daily(record, args)
     rows = record.iter_results(
@@ -807,22 +807,30 @@ def _export_reviewed(record: Record, args: argparse.Namespace, since_ns: int | N
     return 0
 
 
-def _export_passes(record: Record, args: argparse.Namespace, since_ns: int | None, until_ns: int | None) -> int:
-    """`vqad records --export-passes DIR`: good images from the line for `vqad calibrate`."""
+def _count_of(n: int, one: str, many: str | None = None) -> str:
+    """'1 pass', '2 passes'."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _export_sample(record: Record, args: argparse.Namespace, since_ns: int | None, until_ns: int | None) -> int:
+    """`vqad records --export-sample DIR`: the line's frames for `vqad calibrate`, a folder a camera."""
     from edge.durable import require_writable
 
-    out = args.export_passes
+    out = args.export_sample
     require_writable(out, out)  # before the evidence is read, or fetched
-    counts, kept = record.export_passes(out, args.limit, args.camera, since_ns, until_ns, _peer_frames(args))
-    for folder, n in sorted(counts.items()):
-        print(f"{n} image{'' if n == 1 else 's'} -> {out / folder}")
-    if not kept:
+    samples = record.export_sample(out, args.limit, args.camera, since_ns, until_ns, _peer_frames(args))
+    for s in samples:
+        defects = f"; left out: {s.defects_left_out} reviewed as defects" if s.defects_left_out else ""
+        drawn = f"{_count_of(s.written['pass'], 'pass', 'passes')} and {_count_of(s.written['fail'], 'reject')}"
+        print(f"{s.camera}: {drawn} -> {s.folder} (the line passed {s.passes_in_period} and rejected "
+              f"{s.rejects_in_period} in the period, and kept the frames of "
+              f"{_count_of(s.passes_kept, 'pass', 'passes')}{defects})")  # fmt: skip
+    if not samples:
         print("no pass in the period has its frame kept (edge.record_pass_fraction keeps a share of them)")
-    elif counts:
-        folder = out / (next(iter(counts)) if len(counts) == 1 else "CAMERA")  # a model is one camera's
-        print(f"{sum(counts.values())} of the {kept} passes whose frames the record kept in the period, spread "
-              "over it. The model passed them and no person has seen them: look through them, move out any "
-              f"defect, then vqad calibrate MODEL {folder}")  # fmt: skip
+        return 0
+    folder = samples[0].folder if len(samples) == 1 else out / "CAMERA"  # a model is one camera's
+    print("The model decided them and no person has seen them: look through them, move out every defect (a "
+          f"reject's file name ends in _fail), then vqad calibrate MODEL {folder}")  # fmt: skip
     return 0
 
 
@@ -855,8 +863,8 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
     r.add_argument(
         "--limit", type=at_least(1), default=100, metavar="N",
-        help="the newest N results at most, the first N with --after-seq, or with --export-passes N passes spread "
-        "over the period (default 100)",
+        help="the newest N results at most, the first N with --after-seq, or with --export-sample N passes a camera "
+        "(default 100)",
     )  # fmt: skip
     r.add_argument(
         "--export-reviewed",
@@ -865,11 +873,12 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         help="write reviewed evidence in the MVTec layout (one camera's with --camera, captured in --since/--until)",
     )
     r.add_argument(
-        "--export-passes",
+        "--export-sample",
         type=Path,
         metavar="DIR",
-        help="good images for vqad calibrate: the frames kept of passes (edge.record_pass_fraction), --limit of them "
-        "spread over --since/--until, into DIR/<camera>/; reviewed passes left out",
+        help="the line's frames for vqad calibrate, into DIR/<camera>/: --limit passes whose frames were kept "
+        "(edge.record_pass_fraction) and the rejects in the share the line rejected, spread over --since/--until; "
+        "results reviewed as defects left out",
     )
     r.add_argument("--evidence-dir", metavar="DIR", help=EVIDENCE_DIR_HELP)
     r.add_argument(
