@@ -2111,6 +2111,12 @@ def test_a_sample_of_the_lines_frames_holds_its_rejects_in_the_share_the_line_re
     assert "cam 2: 2 passes and 0 rejects" in proc.stdout
     proc = run_vqad("records", url, "--export-sample", tmp_path / "none", "--camera", "cam3")
     assert "no pass in the period has its frame kept" in proc.stdout
+    engine = sa.create_engine(url)  # the evidence quota removed two rejects' frames
+    with engine.begin() as conn:
+        conn.execute(sa.update(results).where(results.c.frame_id.in_([22, 23])).values(evidence_removed=True))
+    engine.dispose()
+    proc = run_vqad("records", url, "--export-sample", tmp_path / "quota", "--camera", "cam1")
+    assert "; 2 of the rejects wanted have lost their frames)" in proc.stdout, proc.stdout
     refused = run_vqad("records", url, "--export-sample", tmp_path / "x", "--decision", "pass", check=False)
     assert refused.returncode == 2 and "--export-sample exports a sample of the line's frames" in refused.stderr
     refused = run_vqad("records", url, "--export-sample", tmp_path / "x", "--export-reviewed", tmp_path / "y",

@@ -732,7 +732,7 @@ class Record:
         rows = [row for part in batched(passes + rejects, 500)
                 for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
         defects = set(_latest_verdicts(conn, [row.id for row in rows], "defect"))
-        sample = SampleDrawn(camera, n_pass, n_fail, kept_passes, rejects_wanted)
+        sample = SampleDrawn(camera, n_pass, n_fail, kept_passes, rejects_wanted, len(rejects))
         sample.rows = [row for row in rows if row.id not in defects]
         sample.defects_left_out = len(rows) - len(sample.rows)
         return sample
@@ -800,15 +800,16 @@ class Record:
 @dataclasses.dataclass
 class SampleDrawn:
     """One camera's sample of the line's frames (Record.export_sample): the period's passes and
-    rejects, the passes whose frames the record kept, the rejects drawn to match the line's
-    share; then the rows drawn, those left out as reviewed defects, where they went and how
-    many of each decision were written."""
+    rejects, the passes whose frames the record kept, the rejects wanted to match the line's
+    share and those drawn; then the rows drawn, those left out as reviewed defects, where they
+    went and how many of each decision were written."""
 
     camera: str
     passes_in_period: int
     rejects_in_period: int
     passes_kept: int
     rejects_wanted: int
+    rejects_drawn: int  # fewer than wanted where the evidence quota has removed rejects' frames
     rows: list[Any] = dataclasses.field(default_factory=list)
     defects_left_out: int = 0
     folder: Path | None = None

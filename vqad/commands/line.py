@@ -821,6 +821,8 @@ def _export_sample(record: Record, args: argparse.Namespace, since_ns: int | Non
     samples = record.export_sample(out, args.limit, args.camera, since_ns, until_ns, _peer_frames(args))
     for s in samples:
         defects = f"; left out: {s.defects_left_out} reviewed as defects" if s.defects_left_out else ""
+        if s.rejects_drawn < s.rejects_wanted:  # the quota removed them: the sample lacks the high scores
+            defects += f"; {s.rejects_wanted - s.rejects_drawn} of the rejects wanted have lost their frames"
         drawn = f"{_count_of(s.written['pass'], 'pass', 'passes')} and {_count_of(s.written['fail'], 'reject')}"
         print(f"{s.camera}: {drawn} -> {s.folder} (the line passed {s.passes_in_period} and rejected "
               f"{s.rejects_in_period} in the period, and kept the frames of "
