@@ -2083,6 +2083,9 @@ def test_a_sample_of_the_lines_frames_holds_its_rejects_in_the_share_the_line_re
         writer.put(result, time.time_ns())
     for i in range(2):
         writer.put(_result("cam 2", i, decision="pass", ts_ns=t0 + 10 * 10**9 + i), time.time_ns())
+    blind = _result("cam3", 0, decision="pass", ts_ns=t0)
+    blind.frame = None  # a camera none of whose passes kept its frame
+    writer.put(blind, time.time_ns())
     writer.close()
     record = Record(url)
     record.review("cam1", 8, "defect", kind="scratch", by="ann")  # a miss found later
@@ -2105,12 +2108,14 @@ def test_a_sample_of_the_lines_frames_holds_its_rejects_in_the_share_the_line_re
     assert sorted(p.name for p in (everything / "cam_2").iterdir()) == ["cam_2_0_pass.png", "cam_2_1_pass.png"]
     assert len(list((everything / "cam1").iterdir())) == 19 + 3  # 20 passes, round(20 x 4 / 21) = 4 rejects; 2 out
     assert f"then vqad calibrate MODEL {everything / 'CAMERA'}" in proc.stdout
+    assert "cam3: the line passed 1 in the period and kept the frame of none" in proc.stdout
     late = dt.datetime.fromtimestamp((t0 + 5 * 10**9) / 1e9, dt.timezone.utc).isoformat()
     proc = run_vqad("records", url, "--export-sample", tmp_path / "late", "--since", late)
     assert [p.name for p in (tmp_path / "late").iterdir()] == ["cam_2"]
     assert "cam 2: 2 passes and 0 rejects" in proc.stdout
-    proc = run_vqad("records", url, "--export-sample", tmp_path / "none", "--camera", "cam3")
-    assert "no pass in the period has its frame kept" in proc.stdout
+    for camera in ("cam3", "cam4"):  # none kept, none at all
+        proc = run_vqad("records", url, "--export-sample", tmp_path / "none", "--camera", camera)
+        assert "no pass in the period has its frame kept" in proc.stdout and not (tmp_path / "none").exists()
     engine = sa.create_engine(url)  # the evidence quota removed two rejects' frames
     with engine.begin() as conn:
         conn.execute(sa.update(results).where(results.c.frame_id.in_([22, 23])).values(evidence_removed=True))

@@ -820,6 +820,9 @@ def _export_sample(record: Record, args: argparse.Namespace, since_ns: int | Non
     require_writable(out, out)  # before the evidence is read, or fetched
     samples = record.export_sample(out, args.limit, args.camera, since_ns, until_ns, _peer_frames(args))
     for s in samples:
+        if not s.passes_kept:
+            print(f"{s.camera}: the line passed {s.passes_in_period} in the period and kept the frame of none")
+            continue
         defects = f"; left out: {s.defects_left_out} reviewed as defects" if s.defects_left_out else ""
         if s.rejects_drawn < s.rejects_wanted:  # the quota removed them: the sample lacks the high scores
             defects += f"; {s.rejects_wanted - s.rejects_drawn} of the rejects wanted have lost their frames"
@@ -827,10 +830,11 @@ def _export_sample(record: Record, args: argparse.Namespace, since_ns: int | Non
         print(f"{s.camera}: {drawn} -> {s.folder} (the line passed {s.passes_in_period} and rejected "
               f"{s.rejects_in_period} in the period, and kept the frames of "
               f"{_count_of(s.passes_kept, 'pass', 'passes')}{defects})")  # fmt: skip
-    if not samples:
+    drawn_from = [s for s in samples if s.passes_kept]
+    if not drawn_from:
         print("no pass in the period has its frame kept (edge.record_pass_fraction keeps a share of them)")
         return 0
-    folder = samples[0].folder if len(samples) == 1 else out / "CAMERA"  # a model is one camera's
+    folder = drawn_from[0].folder if len(drawn_from) == 1 else out / "CAMERA"  # a model is one camera's
     print("The model decided them and no person has seen them: look through them, move out every defect (a "
           f"reject's file name ends in _fail), then vqad calibrate MODEL {folder}")  # fmt: skip
     return 0
