@@ -426,10 +426,18 @@ def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, t
     elsewhere.parent.mkdir()
     proc = run_vqad("calibrate", model, good, "--picture", elsewhere)
     assert elsewhere.is_file() and f"picture: {elsewhere}" in proc.stdout
-    proc = run_vqad("calibrate", model, good, "--picture", tmp_path / "missing" / "x.png")
+    made = tmp_path / "missing" / "x.png"  # its folder made, as eval's --out is
+    proc = run_vqad("calibrate", model, good, "--picture", made)
+    assert made.is_file() and f"picture: {made}" in proc.stdout
+    full = tmp_path / "full.png"  # a disk that refuses the write after the scoring: warned of
+    full.symlink_to("/dev/full")
+    proc = run_vqad("calibrate", model, good, "--picture", full)
     assert "its picture could not be written" in proc.stderr and "picture:" not in proc.stdout
     assert load_package(model).meta["threshold"]["calibrated"]
     before = load_package(model).meta["threshold"]
+    refused = run_vqad("calibrate", model, good, "--picture", "/proc/sub/x.png", check=False)
+    assert refused.returncode == 7 and "cannot use /proc/sub/x.png: /proc cannot be written (" in refused.stderr
+    assert load_package(model).meta["threshold"] == before  # refused before the scoring
     refused = run_vqad("calibrate", model, good, "--picture", tmp_path / "line.txt", check=False)
     assert refused.returncode == 2 and "--picture is an image file (png, jpg" in refused.stderr  # before scoring
     assert load_package(model).meta["threshold"] == before

@@ -171,6 +171,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from edge.errors import DataError
 
     _writable_before_scoring(args.target)
+    if args.picture is not None:
+        from edge.durable import require_writable
+
+        require_writable(args.picture.parent, args.picture)  # a folder it could not make: said before the scoring
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
@@ -233,8 +237,9 @@ def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | No
     picture = score_histogram(threshold["scores"], threshold["value"], previous, defects, title)
     path = args.picture or args.target / "calibration.png"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # --picture pictures/line.png, a folder not made yet
         written = cv2.imwrite(str(path), picture)
-    except cv2.error:  # a suffix OpenCV does not write
+    except (OSError, cv2.error):  # the folder refused after all, or a suffix OpenCV does not write
         written = False
     if not written:
         log.warning("the threshold is saved; its picture could not be written to %s", path)
