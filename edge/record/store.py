@@ -729,9 +729,10 @@ class Record:
         rejects_wanted = round(len(passes) * n_fail / n_pass) if n_pass else 0
         rejects, _ = _evenly_spaced(conn, in_period.where(r.decision == "fail", *kept).order_by(r.id), rejects_wanted)
         columns = (r.id, r.camera_id, r.frame_id, r.daemon_run, r.evidence_frame, r.evidence_removed, r.decision)
-        rows = [row for part in batched(passes + rejects, 500)
+        rows = [row for part in batched(passes + rejects, LOOKUP_CHUNK)
                 for row in conn.execute(sa.select(*columns).where(r.id.in_(part)).order_by(r.id))]  # fmt: skip
-        defects = set(_latest_verdicts(conn, [row.id for row in rows], "defect"))
+        reviewed = _reviews_of(conn, [row.id for row in rows])  # oldest first: the last one decides
+        defects = {result_id for result_id, said in reviewed.items() if said[-1]["verdict"] == "defect"}
         sample = SampleDrawn(camera, n_pass, n_fail, kept_passes, rejects_wanted, len(rejects))
         sample.rows = [row for row in rows if row.id not in defects]
         sample.defects_left_out = len(rows) - len(sample.rows)
@@ -814,15 +815,6 @@ class SampleDrawn:
     defects_left_out: int = 0
     folder: Path | None = None
     written: Counter[str] = dataclasses.field(default_factory=Counter)
-
-
-def _latest_verdicts(conn: sa.Connection, result_ids: list[int], verdict: str) -> list[int]:
-    """Of `result_ids`, those whose latest review is `verdict`."""
-    latest: dict[int, str] = {}
-    for part in batched(result_ids, 500):
-        q = sa.select(reviews.c.result_id, reviews.c.verdict).where(reviews.c.result_id.in_(part))
-        latest.update(conn.execute(q.order_by(reviews.c.id)).all())  # the later rows win
-    return [result_id for result_id, said in latest.items() if said == verdict]
 
 
 def _write_evidence(source: Path, folder: Path, name: str, content: bytes | None) -> None:
