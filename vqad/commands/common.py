@@ -1,4 +1,4 @@
-"""What the command groups share: the shipped configs and --set overrides."""
+"""What the command groups share: the shipped configs, --set overrides, argument types and the stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -86,3 +86,12 @@ def identifier(text: str) -> str:
     if not is_id(text):
         raise argparse.ArgumentTypeError(f"an id is 1..{MAX_ID_LENGTH} printable characters, got {text!r}")
     return text
+
+
+def stop_on_sigterm() -> Callable[[], bool]:
+    """A check that turns true once SIGTERM arrives (the handler only sets the flag)."""
+    import signal
+
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    return lambda: bool(stopping)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.frames import DEFAULT_MAX_FRAME_PIXELS
-from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg
+from vqad.commands.common import at_least, default_config, identifier, overrides, set_arg, stop_on_sigterm
 
 if TYPE_CHECKING:
     from edge.collect import Collected
@@ -47,8 +47,6 @@ def synth_categories(text: str) -> tuple[str, ...]:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """`vqad collect DIR`: a camera's frames, as the daemon reads them, saved for training."""
-    import signal
-
     from edge.collect import collect_frames
     from edge.config import load_config
     from edge.settings import EdgeConfig
@@ -57,13 +55,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.frames is not None:
         over["frames_endpoint"] = args.frames
     cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
-    stopping = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))  # the handler only sets a flag
-    try:
-        collected = collect_frames(args.out, cfg, args.count, args.camera, args.every_s, args.timeout,
-                                   stop=lambda: bool(stopping))  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    collected = collect_frames(args.out, cfg, args.count, args.camera, args.every_s, args.timeout,
+                               stop=stop_on_sigterm())  # fmt: skip
     _say_collected(collected)
     return 0
 

@@ -9,14 +9,22 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
 from edge.spreadsheet import SpreadsheetCsv
-from vqad.commands.common import at_least, default_config, identifier, overrides, pixel_bits_arg, set_arg
+from vqad.commands.common import (
+    at_least,
+    default_config,
+    identifier,
+    overrides,
+    pixel_bits_arg,
+    set_arg,
+    stop_on_sigterm,
+)
 
 if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
@@ -119,15 +127,6 @@ def _unscored_exit(rows: list[dict]) -> int:
     return 3
 
 
-def _stop_on_sigterm() -> Callable[[], bool]:
-    """A check that turns true once SIGTERM arrives (the handler only sets the flag)."""
-    import signal
-
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    return lambda: bool(stopping)
-
-
 def cmd_camera(args: argparse.Namespace) -> int:
 
     from edge.camera import is_live, run_camera
@@ -136,7 +135,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
     if start_id is None:  # a live camera restarted would send its frame ids again from 0
         start_id = _start_id("time" if is_live(args.source) else "0")
         log.info("frame ids from %d (%s)", start_id, "time, a live source" if start_id else "0, a folder or file")
-    stop = _stop_on_sigterm()
+    stop = stop_on_sigterm()
     try:
         sent = run_camera(
             args.source,
@@ -177,7 +176,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise OSError(errno.ENOENT, f"{folder} is no folder", str(args.summary_json))
         require_writable(folder, args.summary_json)
-    stop = _stop_on_sigterm()
+    stop = stop_on_sigterm()
     summary = run_watch(
         args.endpoint or args.results,
         camera=args.camera,
