@@ -63,12 +63,12 @@ def image_paths(sources: Sequence[str | Path]) -> list[Path]:
 
 
 def score_images(
-    model_dir: Path, sources: Sequence[str | Path], cfg: EdgeConfig, out: Path | None = None
+    model_dir: Path, sources: Sequence[str | Path], cfg: EdgeConfig, out: Path | None = None, label: str = "scoring"
 ) -> Iterator[Scored]:
     """Score every image under `sources` as the line would with `cfg` (its threshold, backend,
     health limits); with `out`, draw each result (the map over the image at its own size, regions
     boxed, the peak ringed, labelled with the file's name) into out/<name>.png. Yields one Scored
-    per image, in order."""
+    per image, in order; `label` names the progress bar."""
     paths = image_paths(sources)
     if out is not None:
         require_writable(out, out)  # a file there, or a read-only folder: said before the model loads
@@ -78,7 +78,7 @@ def score_images(
         out.mkdir(parents=True, exist_ok=True)
     try:
         batches = batched(list(enumerate(paths)), cfg.max_batch)
-        for batch in progress(batches, "scoring", total=-(-len(paths) // cfg.max_batch), unit="batch"):
+        for batch in progress(batches, label, total=-(-len(paths) // cfg.max_batch), unit="batch"):
             yield from _score_batch(serving, batch, out)
     finally:
         serving.close()
@@ -139,6 +139,19 @@ def by_folder(scored: Sequence[Scored]) -> list[tuple[Path, list[Scored]]]:
     for s in scored:
         groups.setdefault(s.path.parent, []).append(s)
     return list(groups.items())
+
+
+def changes(scored: Sequence[Scored], against: Sequence[Scored]) -> str:
+    """What the package of `scored` decides otherwise than the one of `against` (the same
+    images, in the same order): '2 of 40 decisions change: 1 pass → fail, 1 fail → pass'. An
+    image that either could not score is not counted."""
+    pairs = [(s.header.get("decision"), a.header.get("decision")) for s, a in zip(scored, against, strict=True)]
+    decided = [(new, old) for new, old in pairs if new and old]
+    to_fail = sum(1 for new, old in decided if (old, new) == ("pass", "fail"))
+    to_pass = sum(1 for new, old in decided if (old, new) == ("fail", "pass"))
+    if not to_fail + to_pass:
+        return f"no decision of {len(decided)} changes"
+    return f"{to_fail + to_pass} of {len(decided)} decisions change: {to_fail} pass → fail, {to_pass} fail → pass"
 
 
 def summary(scored: Sequence[Scored]) -> str:

@@ -89,3 +89,45 @@ def test_pictures_are_drawn_over_each_image_at_its_own_size_whatever_its_channel
         x, y, w, h = (row["result"]["regions"][0][k] for k in "xywh")  # frame pixels: the picture's own
         left_edge = drawn[y + h // 4 : y + 3 * h // 4, x]  # below the label, and mostly clear of the peak's ring
         assert (left_edge == [0, 0, 255]).all(axis=1).mean() > 0.8, stem
+
+
+def test_a_new_package_is_scored_against_the_one_in_service(tiny_model, synth_root, tmp_path):
+    """--against: each image's decision by both packages, each at its own threshold, and the
+    decisions that change, per folder and in all; a recalibrated copy stands for the new one."""
+    from edge.package import write_model_json
+
+    images = synth_root / "bracket" / "test"
+    in_service = json.loads(_score(tiny_model, images, "--format", "json").stdout)
+    good_scores = sorted(r["score"] for r in in_service if "/good/" in r["image"])
+    new = tmp_path / "recalibrated"
+    shutil.copytree(tiny_model, new)
+    meta = json.loads((new / "model.json").read_text())
+    meta["threshold"]["value"] = good_scores[len(good_scores) // 2]  # half the good parts now fail
+    write_model_json(new, meta)
+    alone = json.loads(_score(new, images, "--format", "json").stdout)
+    both = json.loads(_score(new, images, "--format", "json", "--against", tiny_model).stdout)
+    assert [(r["image"], r["decision"]) for r in both] == [(r["image"], r["decision"]) for r in alone]
+    assert [(r["against"]["decision"], r["against"]["score"]) for r in both] == [
+        (r["decision"], r["score"]) for r in in_service
+    ]
+    flips = [(r["against"]["decision"], r["decision"]) for r in both if r["against"]["decision"] != r["decision"]]
+    to_fail, to_pass = flips.count(("pass", "fail")), flips.count(("fail", "pass"))
+    assert to_fail >= len(good_scores) // 3 and to_pass == 0, flips  # a lower threshold passes nothing it failed
+
+    table = _score(new, images, "--against", tiny_model).stdout.splitlines()
+    assert sum("(was PASS " in line for line in table) == to_fail
+    old_threshold = json.loads((tiny_model / "model.json").read_text())["threshold"]["value"]
+    assert table[-1] == (
+        f"against {tiny_model} (threshold {old_threshold:.6g}): "
+        f"{to_fail} of {len(both)} decisions change: {to_fail} pass → fail, 0 fail → pass"
+    )
+    good_flips = sum(1 for r in both if "/good/" in r["image"] and r["against"]["decision"] != r["decision"])
+    assert any(line.startswith(f"{images / 'good'}: ") and f"; {good_flips} of " in line for line in table), table
+    rows = list(csv.DictReader(_score(new, images, "--format", "csv", "--against", tiny_model).stdout.splitlines()))
+    assert [r["against_decision"] for r in rows] == [r["decision"] for r in in_service]
+
+    unchanged = _score(tiny_model, images / "good", "--against", tiny_model).stdout.splitlines()
+    assert unchanged[-1].endswith(f": no decision of {len(good_scores)} changes")
+    refused = _score(new, images, "--against", tmp_path / "models" / "p0", check=False)
+    assert refused.returncode == 4 and "model package folder not found" in refused.stderr
+    assert "scoring" not in refused.stdout

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
@@ -28,6 +28,7 @@ from vqad.commands.common import (
 
 if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
+    from edge.offline import Scored
     from edge.record import Record
     from edge.settings import EdgeConfig
 
@@ -75,46 +76,91 @@ def serve_config(args: argparse.Namespace) -> EdgeConfig:
 
 
 SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "regions", "error")
+AGAINST_COLUMNS = ("against_score", "against_threshold", "against_decision")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """`vqad score MODEL IMAGE_OR_FOLDER...`: the line's decision on image files, offline."""
+    """`vqad score MODEL IMAGE_OR_FOLDER...`: the line's decision on image files, offline; with
+    `--against OLD_MODEL`, beside the decisions of the package in service."""
 
     from edge.config import load_config
-    from edge.offline import by_folder, score_images, summary
-    from edge.protocol import unfit_reasons
+    from edge.offline import score_images
+    from edge.package import load_package
     from edge.settings import EdgeConfig
 
+    if args.against is not None:
+        load_package(args.against)  # a mistyped folder said before the first package scores a thing
     over = overrides(args, "edge")
-    for flag in ("backend", "precision", "threshold"):
+    for flag in ("backend", "precision"):
         if getattr(args, flag) is not None:
             over[flag] = getattr(args, flag)
-    cfg = load_config(EdgeConfig, args.config or default_config("edge"), over)
-    scored = list(score_images(args.model, args.images, cfg, args.out))
-    rows = [{"image": str(s.path), "status": s.header["status"], "score": s.header.get("score"),
-             "threshold": s.header.get("threshold"), "decision": s.header.get("decision"),
-             "unfit": unfit_reasons(s.header), "regions": len(s.header.get("regions") or []),
-             "error": s.header.get("error")} for s in scored]  # fmt: skip
+    config_file = args.config or default_config("edge")
+    threshold = {} if args.threshold is None else {"threshold": args.threshold}
+    scored = list(
+        score_images(args.model, args.images, load_config(EdgeConfig, config_file, {**over, **threshold}), args.out)
+    )
+    against: list[Scored] = []
+    if args.against is not None:  # the package in service, by its own threshold: --threshold is the new one's
+        old_cfg = load_config(EdgeConfig, config_file, over)
+        against = list(score_images(args.against, args.images, old_cfg, label="scoring --against"))
+    rows = [_score_row(s, against[i] if against else None) for i, s in enumerate(scored)]
     if args.format == "json":
-        print(json.dumps([{**row, "result": s.header} for row, s in zip(rows, scored, strict=True)], indent=2))
+        print(json.dumps(rows, indent=2))
     elif args.format == "csv":
-        table = SpreadsheetCsv(sys.stdout, SCORE_COLUMNS)
+        columns = SCORE_COLUMNS + (AGAINST_COLUMNS if against else ())
+        table = SpreadsheetCsv(sys.stdout, columns)
         for row in rows:
-            table.row(row[c] for c in SCORE_COLUMNS)
+            table.row((row.get("against") or {}).get(c.removeprefix("against_")) if c in AGAINST_COLUMNS else row[c]
+                      for c in columns)  # fmt: skip
     else:
-        for r in rows:
-            verdict = (r["decision"] or r["status"]).upper()
-            score = "-" if r["score"] is None else f"{r['score']:.5g}"
-            why = f"  unfit: {r['unfit']}" if r["unfit"] else (f"  {r['error']}" if r["error"] else "")
-            print(f"{verdict:5} {score:>9}  regions {r['regions']}  {r['image']}{why}")
-        folders = by_folder(scored)
-        for folder, group in folders if len(folders) > 1 else ():
-            print(f"{folder}: {summary(group)}")
-        threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
-        print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
+        _print_score_table(rows, scored, against, args.against)
     if args.out:
         print(f"pictures: {args.out}", file=sys.stderr if args.format != "table" else sys.stdout)
     return _unscored_exit(rows)
+
+
+def _score_row(scored: Scored, against: Scored | None) -> dict[str, Any]:
+    """One image's row of `vqad score`: its verdict, the result header, and with `against`, the
+    other package's score, threshold and decision."""
+    from edge.protocol import unfit_reasons
+
+    h = scored.header
+    row = {"image": str(scored.path), "status": h["status"], "score": h.get("score"), "threshold": h.get("threshold"),
+           "decision": h.get("decision"), "unfit": unfit_reasons(h), "regions": len(h.get("regions") or []),
+           "error": h.get("error"), "result": h}  # fmt: skip
+    if against is not None:
+        a = against.header
+        row["against"] = {k: a.get(k) for k in ("status", "score", "threshold", "decision", "error", "model")}
+    return row
+
+
+def _print_score_table(rows: list[dict], scored: list[Scored], against: list[Scored], against_dir: Path | None) -> None:
+    """A line per image (a changed decision says what the other package decided), then each
+    folder's passes and fails, and the decisions that change, when the images lie in several."""
+    from edge.offline import by_folder, changes, summary
+
+    for r in rows:
+        verdict = (r["decision"] or r["status"]).upper()
+        score = "-" if r["score"] is None else f"{r['score']:.5g}"
+        why = f"  unfit: {r['unfit']}" if r["unfit"] else (f"  {r['error']}" if r["error"] else "")
+        was = r.get("against") or {}
+        if was.get("decision") and r["decision"] and was["decision"] != r["decision"]:
+            why += f"  (was {was['decision'].upper()} {was['score']:.5g})"
+        print(f"{verdict:5} {score:>9}  regions {r['regions']}  {r['image']}{why}")
+    old = dict(zip(map(id, scored), against, strict=True)) if against else {}
+    folders = by_folder(scored)
+    for folder, group in folders if len(folders) > 1 else ():
+        changed = f"; {changes(group, [old[id(s)] for s in group])}" if against else ""
+        print(f"{folder}: {summary(group)}{changed}")
+    threshold = next((r["threshold"] for r in rows if r["threshold"] is not None), None)
+    print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
+    if against:
+        was = next((r["against"]["threshold"] for r in rows if r["against"]["threshold"] is not None), None)
+        print(
+            f"against {against_dir}"
+            + ("" if was is None else f" (threshold {was:.6g})")
+            + f": {changes(scored, against)}"
+        )
 
 
 def _unscored_exit(rows: list[dict]) -> int:
@@ -689,6 +735,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", help="onnxruntime | tensorrt (or module:Class)")
     s.add_argument("--precision", choices=["fp32", "fp16"], help="onnxruntime graph to run")
     s.add_argument("--threshold", type=float, help="override model.json's threshold")
+    s.add_argument(
+        "--against",
+        type=Path,
+        metavar="OLD_MODEL_DIR",
+        help="also score by this package (the one in service, at its own threshold): the decisions that change",
+    )
     set_arg(s, "edge")
     s.set_defaults(func=cmd_score)
 
