@@ -1416,6 +1416,53 @@ def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
         assert not driver.find_elements("css selector", ".reject img")
 
 
+# Each camera's latest picture and reject tiles as the page draws them: {camera: [[w, h] of the
+# latest, [w, h] of each tile's picture, whether the latest stays inside its card]}.
+PICTURE_BOXES = """
+const boxes = {};
+for (const card of document.querySelectorAll("[data-camera]")) {
+  const latest = card.querySelector('[data-field="latest-image"]').getBoundingClientRect();
+  const tiles = [...card.querySelectorAll(".reject img")].map((i) => [i.clientWidth, i.clientHeight]);
+  boxes[card.dataset.camera] = [[latest.width, latest.height], tiles,
+                                latest.right <= card.getBoundingClientRect().right];
+}
+return boxes;
+"""
+
+
+def test_a_tall_part_and_a_line_scan_strip_fill_their_pictures_boxes(tmp_path):
+    """A commutator 2.5 times as tall as wide, and a line-scan strip of 256 x 4096: in the square
+    boxes of the latest picture and the reject tiles they were slivers between black bars (a
+    strip 8 px high in a tile of 128). Each box now covers about the same area in its frame's
+    shape, up to 16:1."""
+    shapes = {"tall": ([1250, 500], [128, 48]), "strip": ([256, 4096], [16, 256])}  # frame, map: [h, w]
+    with _page_of_published_results(tmp_path) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        for i in range(4):
+            for camera, (frame_shape, map_shape) in shapes.items():
+                header = result_header(camera, i, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
+                                       score=2.0, decision="fail", batch_size=1,
+                                       map_info={"shape": map_shape, "dtype": "uint8", "scale": 0.01})  # fmt: skip
+                header["frame_shape"] = frame_shape
+                sock.send_multipart(result_message(header, bytes(map_shape[0] * map_shape[1])))
+            time.sleep(0.05)
+
+        def drawn():
+            boxes = driver.execute_script(PICTURE_BOXES)
+            loaded = driver.execute_script("return document.querySelectorAll('.reject img.loading').length") == 0
+            sized = all(c in boxes and len(boxes[c][1]) == 4 and boxes[c][0][1] > 30 for c in shapes)
+            return loaded and sized and boxes
+
+        boxes = wait_for(drawn, 15)
+        assert boxes, driver.execute_script(PICTURE_BOXES)
+        (latest_w, latest_h), tiles, inside = boxes["tall"]
+        assert abs(latest_h / latest_w - 2.5) < 0.1 and 380 < latest_h < 420 and inside, boxes
+        assert all(abs(h / w - 2.5) < 0.2 and 190 < h < 215 for w, h in tiles), boxes
+        (latest_w, latest_h), tiles, inside = boxes["strip"]
+        assert abs(latest_w / latest_h - 16) < 0.5 and inside, boxes
+        assert all(abs(w / h - 16) < 0.5 and w == 512 for w, h in tiles), boxes
+
+
 def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     """The line's monitor shows the page for months. Each gallery refresh kept the tiles it
     replaced (a click handler's closure held them): 60 DOM nodes a refresh, for good. And a

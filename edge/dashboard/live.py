@@ -186,8 +186,9 @@ class CameraView:
         }
 
 
+# The latest result as the page gets it; its frame_shape sizes the page's picture.
 BRIEF_KEYS = ("camera_id", "frame_id", "part_id", "ts_ns", "status", "score", "threshold", "decision", "regions",
-              "health")  # fmt: skip
+              "health", "frame_shape")  # fmt: skip
 
 
 def _brief(h: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,10 @@
 "use strict";
 
 const GALLERY_SIZE = 12;
+// A reject's tile and the latest picture cover about these sides squared, in the frame's shape.
+const TILE_SIDE = 128;
+const LATEST_SIDE = 256;
+const frameShapes = new Map(); // camera id -> [h, w] of its latest frame
 const IMAGE_EVERY_MS = 1000; // the latest result's picture, at most once a second per camera
 // The gallery refreshes at most twice a second, so a reject shows within 2 s. In a storm of
 // rejects (a refresh that brought more than STORM_TILES new ones) a person cannot look at every
@@ -206,7 +210,7 @@ function cameraSection(id) {
   node.dataset.camera = id;
   $(node, "name").textContent = id;
   document.getElementById("cameras").appendChild(node);
-  cam = { node, imageAt: 0, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null, galleryNew: 0,
+  cam = { node, imageAt: -Infinity, imageFrame: null, galleryAt: 0, galleryFails: -1, galleryTimer: null, galleryNew: 0,
           dailyAt: -Infinity };
   state.cameras.set(id, cam);
   return cam;
@@ -434,7 +438,9 @@ function drawLatest(cam, id, latest) {
   if (latest.frame_id === cam.imageFrame || now - cam.imageAt < IMAGE_EVERY_MS) return;
   cam.imageAt = now;
   cam.imageFrame = latest.frame_id;
-  $(cam.node, "latest-image").src = `api/image/${encodeURIComponent(id)}/latest/overlay?f=${latest.frame_id}`;
+  if (latest.frame_shape) frameShapes.set(id, latest.frame_shape);
+  const image = fitBox($(cam.node, "latest-image"), latest.frame_shape, LATEST_SIDE);
+  image.src = `api/image/${encodeURIComponent(id)}/latest/overlay?f=${latest.frame_id}`;
 }
 
 // -- charts (plain canvas) ------------------------------------------------------------------
@@ -566,23 +572,40 @@ function newTile(r) {
 }
 
 // A tile's picture: its overlay, else its frame; grey while it loads; where none is kept (the
-// evidence quota removed it, or the stream carries neither), a note that says so.
+// evidence quota removed it, or the stream carries neither), a note that says so. Each is of
+// about TILE_SIDE² pixels in its frame's shape: the result's, else its camera's latest (the
+// record keeps none), and once loaded the picture's own.
 function tilePicture(r) {
   const url = r.images.overlay || r.images.frame;
+  const shape = r.frame_shape || frameShapes.get(r.camera_id);
   if (!url) {
     const note = document.createElement("span");
     note.className = "no-image";
     note.textContent = "no picture kept";
-    return note;
+    return fitBox(note, shape, TILE_SIDE);
   }
   const img = document.createElement("img");
   img.loading = "lazy";
   img.alt = `frame ${r.frame_id}`;
   img.className = "loading";
-  img.onload = () => img.classList.remove("loading");
-  img.onerror = () => img.replaceWith(pictureMissing(img.src, "no-image"));
+  img.onload = () => {
+    img.classList.remove("loading");
+    fitBox(img, [img.naturalHeight, img.naturalWidth], TILE_SIDE);
+  };
+  img.onerror = () => img.replaceWith(fitBox(pictureMissing(img.src, "no-image"), shape, TILE_SIDE));
   img.src = url;
-  return img;
+  return fitBox(img, shape, TILE_SIDE);
+}
+
+// `node` sized to about side² pixels in the shape [h, w] of its frame (a square when unknown): a
+// tall part, or a line-scan strip of 64 × 1024, fills its box, where a square box showed it as
+// a sliver between black bars. Past 16:1 the box stays 4 sides long and the picture is letterboxed.
+function fitBox(node, shape, side) {
+  const [h, w] = shape && shape[0] > 0 && shape[1] > 0 ? shape : [1, 1];
+  const stretch = Math.sqrt(Math.min(16, Math.max(1 / 16, w / h)));
+  node.style.width = `${Math.round(side * stretch)}px`;
+  node.style.height = `${Math.round(side / stretch)}px`;
+  return node;
 }
 
 // In place of a picture that does not load, why: the API's answer for it ("the evidence was
