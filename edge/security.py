@@ -67,8 +67,8 @@ def load_public_key(path: str | Path) -> bytes:
 
 def authorized_keys(keys_dir: str | Path) -> set[bytes]:
     """The public keys of the clients allowed in: every key file in `keys_dir`. ConfigError when
-    there is none: the authenticator reads them once, so such a daemon refuses every camera and
-    subscriber until it is restarted, and `vqad serve --check` passed it."""
+    there is none: such a daemon would refuse every camera and subscriber, and `vqad serve
+    --check` would have passed it."""
     if not keys_dir:
         raise ConfigError("curve.enabled needs curve.authorized_keys_dir (the clients' public keys)")
     folder = Path(keys_dir)
@@ -84,14 +84,21 @@ def authorized_keys(keys_dir: str | Path) -> set[bytes]:
 
 
 class _AllowList:
-    """zmq.auth credentials provider: the authorised public keys, logging each refusal."""
+    """zmq.auth credentials provider: the authorised public keys, logging each refusal. The
+    folder is looked at again at each handshake (a few stats): a new camera's key copied there
+    is taken, and a key removed refuses its next connection, without a restart of the line. A
+    folder left without keys, or with a key file that does not parse (one being copied), keeps
+    the keys read before, with a warning, until it reads whole again."""
 
     def __init__(self, keys_dir: str, metrics: DaemonMetrics | None) -> None:
+        self.folder = Path(keys_dir)
         self.allowed = authorized_keys(keys_dir)
+        self.read_as = _key_files(self.folder)
         self.metrics, self.refusals = metrics, RepeatedLog(log)
         log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), keys_dir)
 
     def callback(self, domain: str, key: bytes) -> bool:
+        self._read_again_if_changed()
         if key in self.allowed:
             return True
         # A refused peer reconnects every 100 ms or so, for as long as it runs.
@@ -99,6 +106,30 @@ class _AllowList:
         if self.metrics is not None:
             self.metrics.curve_refusals.inc()
         return False
+
+    def _read_again_if_changed(self) -> None:
+        files = _key_files(self.folder)
+        if files == self.read_as:
+            return
+        self.read_as = files
+        try:
+            allowed = authorized_keys(self.folder)
+        except (ConfigError, OSError, ValueError) as exc:  # ValueError: a key file half written
+            log.warning("CURVE: %s; the %d key(s) read before stay authorised", exc, len(self.allowed))
+            return
+        added, removed = len(allowed - self.allowed), len(self.allowed - allowed)
+        self.allowed = allowed
+        log.info("CURVE: %d authorised client key(s) from %s now (%d added, %d removed; a removed key's "
+                 "connections stay until they reconnect)", len(allowed), self.folder, added, removed)  # fmt: skip
+
+
+def _key_files(folder: Path) -> frozenset[tuple[str, int, int]] | None:
+    """What the folder's public key files are now: (name, size, mtime) each; None without the
+    folder."""
+    try:
+        return frozenset((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in folder.glob("*.key"))
+    except OSError:
+        return None
 
 
 def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics: DaemonMetrics | None = None) -> ThreadAuthenticator:

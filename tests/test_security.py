@@ -1,0 +1,69 @@
+"""CURVE's authorised keys on a running line: a camera's key copied into the folder, or taken
+out of it, without a restart (edge.security)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+
+import zmq
+
+from edge.security import create_keys, make_curve_client, make_curve_server, start_authenticator
+
+
+def _heard(server: zmq.Socket, client_secret, server_public, ctx: zmq.Context, message: bytes) -> bool:
+    """Whether a new client with the key pair `client_secret` gets `message` to `server` within 1.5 s."""
+    client = ctx.socket(zmq.PUSH)
+    client.linger = 0
+    make_curve_client(client, client_secret, server_public)
+    client.connect(server.last_endpoint.decode())
+    try:
+        client.send(message)
+        if server.poll(1500):
+            assert server.recv() == message
+            return True
+        return False
+    finally:
+        client.close(linger=0)
+
+
+def test_a_key_added_or_removed_on_a_running_line_is_heeded_at_the_next_connection(tmp_path, caplog):
+    """A line that runs for months gains a camera: its key was read at the start only, so the
+    new camera stayed unheard until a restart stopped the line. A key removed (a camera retired,
+    a key leaked) now refuses its next connection; a folder emptied or a key file half copied
+    keeps the keys read before, and says so."""
+    caplog.set_level(logging.INFO, logger="edge.security")
+    clients, others = tmp_path / "clients", tmp_path / "others"
+    server_public, server_secret = create_keys(tmp_path, "server")
+    cam0 = create_keys(clients, "cam0")[1]
+    cam1_public, cam1 = create_keys(others, "cam1")
+    ctx = zmq.Context()
+    auth = start_authenticator(ctx, str(clients))
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    make_curve_server(server, server_secret)
+    server.bind("tcp://127.0.0.1:*")
+    try:
+        assert _heard(server, cam0, server_public, ctx, b"cam0 at the start")
+        assert not _heard(server, cam1, server_public, ctx, b"cam1 before its key")
+        shutil.copy(cam1_public, clients)  # the integrator adds the new camera's key
+        assert _heard(server, cam1, server_public, ctx, b"cam1 with its key")
+        assert "2 authorised client key(s)" in caplog.text and "(1 added, 0 removed" in caplog.text
+
+        (clients / "cam0.key").unlink()  # cam0 retired
+        assert not _heard(server, cam0, server_public, ctx, b"cam0 retired")
+        assert _heard(server, cam1, server_public, ctx, b"cam1 still")
+
+        (clients / "cam2.key").write_bytes(b"")  # a copy under way
+        assert _heard(server, cam1, server_public, ctx, b"cam1 while a key is copied")
+        assert "No public key found in" in caplog.text and "cam2.key" in caplog.text
+        (clients / "cam2.key").unlink()
+        (clients / "cam1.key").unlink()  # the folder emptied (a deploy script's first step)
+        time.sleep(0.01)
+        assert _heard(server, cam1, server_public, ctx, b"cam1 with the folder empty")
+        assert "holds no public key" in caplog.text and "the 1 key(s) read before stay authorised" in caplog.text
+    finally:
+        server.close(linger=0)
+        auth.stop()
+        ctx.term()
