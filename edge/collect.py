@@ -29,7 +29,7 @@ from edge.health import HealthLimits
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.progress import progress
-from edge.protocol import Frame, Limits, UnreadableMessageError, file_name, parse_frame
+from edge.protocol import Frame, UnreadableMessageError, file_name, parse_frame
 from edge.settings import EdgeConfig
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _kept_frames(
     collected: Collected,
 ) -> Iterator[Frame]:
     """The frames to write, as they come; what is left is counted in `collected`."""
-    limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
+    limits = cfg.frame_limits()
     unreadable = RepeatedLog(log)
     last_kept: dict[str, float] = {}  # camera -> when its last frame was kept (monotonic)
     shapes: dict[str, tuple[int, ...]] = {}  # camera -> its first frame's shape

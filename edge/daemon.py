@@ -44,7 +44,7 @@ from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.protocol import Frame, Limits, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
+from edge.protocol import Frame, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
 from edge.publisher import STOP, Publisher
 from edge.results import BatchResults, Pending, Result, dropped_result, error_result, scored_results
 from edge.serving import Serving, load_serving
@@ -151,7 +151,7 @@ class Daemon:
         self.threads: list[threading.Thread] = []
         self._decoders: InOrder[Decoded] | None = None  # decode_workers > 1: frames decoded side by side
         self.recorder = None  # edge.record.RecordWriter with --record
-        self.limits = Limits(cfg.max_header_bytes, cfg.max_frame_pixels, cfg.max_frame_bytes)
+        self.limits = cfg.frame_limits()
         self._marker: Path | None = None
         self._previous_unclean = False  # the run before this one left its running marker
         self._stop_change: tuple[str, dict[str, Any], str] | None = None  # the record's last row of this run

@@ -12,7 +12,7 @@ from edge.config import require
 from edge.endpoints import check_endpoint
 from edge.frames import DEFAULT_MAX_FRAME_PIXELS
 from edge.health import HealthLimits
-from edge.protocol import MAX_BYTES_PER_PIXEL
+from edge.protocol import MAX_BYTES_PER_PIXEL, Limits
 from edge.results import PublishFrames
 
 # The longest a frame may wait for its batch to fill. A batch is a throughput measure; a line at
@@ -214,3 +214,8 @@ class EdgeConfig:
     def max_frame_bytes(self) -> int:
         """The largest raw frame within max_frame_pixels: 4 channels of 16 bits a pixel."""
         return self.max_frame_pixels * MAX_BYTES_PER_PIXEL
+
+    def frame_limits(self) -> Limits:
+        """What a frame message may hold, as the frames socket's readers check it (the daemon's,
+        `vqad collect`'s)."""
+        return Limits(self.max_header_bytes, self.max_frame_pixels, self.max_frame_bytes)
