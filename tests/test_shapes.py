@@ -129,16 +129,20 @@ def test_an_input_that_stretches_the_training_images_is_warned_of(caplog):
     assert "320x128 (HxW)" in stretched[1] and "--image-size auto" in stretched[1]
 
 
-def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path):
-    """configs/model.yaml ships auto; a line-scan strip (1:10) is squeezed to MAX_ASPECT (1:4)."""
+def test_auto_is_the_shipped_default_and_caps_a_strip(tmp_path, caplog):
+    """configs/model.yaml ships auto; a line-scan strip (1:10) is squeezed to MAX_ASPECT (1:4),
+    and the log says by how much and what keeps its shape."""
     model_cfg = load_config(ModelConfig, default_config("model"))
     assert model_cfg.image_size == "auto" and model_cfg.short_side == 128
     strip = tmp_path / "strip"
     (strip / "train" / "good").mkdir(parents=True)
     for i in range(3):
         cv2.imwrite(str(strip / "train" / "good" / f"{i}.png"), np.full((20, 200, 3), 40 * i, np.uint8))
-    sized = resolve_image_size(dataclasses.replace(model_cfg, short_side=32), strip)
+    with caplog.at_level(logging.INFO, logger="train.data"):
+        sized = resolve_image_size(dataclasses.replace(model_cfg, short_side=32), strip)
     assert sized.image_size == (32, 32 * int(MAX_ASPECT))
+    assert "10.0 times as long as wide, the input at most 4 times: each is squeezed 2.5 times" in caplog.text
+    assert "--image-size HxW keeps their shape" in caplog.text
     assert resolve_image_size(sized, strip) is sized  # a resolved size stays as it is
     with pytest.raises(ConfigError, match="short_side"):
         dataclasses.replace(model_cfg, short_side=40)

@@ -381,6 +381,12 @@ def auto_image_size(shapes: list[tuple[int, int]], short_side: int, step: int = 
         "spaced) -> %dx%d (HxW)",
         aspect, len(shapes), SHAPES_READ, *size,
     )  # fmt: skip
+    if stretch < max(aspect, 1 / aspect) / STRETCHED:
+        log.info(
+            "image size auto: the images are %.1f times as long as wide, the input at most %g times: each is "
+            "squeezed %.1f times along its length (--image-size HxW keeps their shape, at its pixel count's compute)",
+            max(aspect, 1 / aspect), MAX_ASPECT, max(aspect, 1 / aspect) / stretch,
+        )  # fmt: skip
     return size
 
 

@@ -156,11 +156,8 @@ def _print_score_table(rows: list[dict], scored: list[Scored], against: list[Sco
     print(summary(scored) + ("" if threshold is None else f"; threshold {threshold:.6g}"))
     if against:
         was = next((r["against"]["threshold"] for r in rows if r["against"]["threshold"] is not None), None)
-        print(
-            f"against {against_dir}"
-            + ("" if was is None else f" (threshold {was:.6g})")
-            + f": {changes(scored, against)}"
-        )
+        at = "" if was is None else f" (threshold {was:.6g})"
+        print(f"against {against_dir}{at}: {changes(scored, against)}")
 
 
 def _unscored_exit(rows: list[dict]) -> int:
