@@ -306,8 +306,8 @@ def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | Non
 
 def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, reviewed: bool | None) -> sa.Select:
     """`q` over the results, kept to those whose columns equal `equal`'s values (column name ->
-    value; None: any), published after `after_seq`, and reviewed (True), not reviewed (False) or
-    either (None)."""
+    value; None: any), published after `after_seq`, and reviewed (True), awaiting a review (False:
+    not reviewed, and not failed by the camera health gate) or either (None)."""
     for name, value in equal.items():
         if value is not None:
             column = results.c[name]
@@ -322,7 +322,9 @@ def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, r
     if reviewed:  # from the reviews (few) to their results; an EXISTS would walk every result
         q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
     elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
-        q = q.where(~sa.exists().where(reviews.c.result_id == results.c.id))
+        # A fail of the camera health gate (a frame too dark, blurred, moved, frozen) waits for
+        # the camera to be seen to, not for a verdict on a part its frame does not show.
+        q = q.where(results.c.unfit.is_(None), ~sa.exists().where(reviews.c.result_id == results.c.id))
     return q
 
 
@@ -522,8 +524,8 @@ class Record:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
         model: results, passes, fails, errors, drops, the fail rate, and what people found in
         the fails they reviewed (the latest review of a result decides): false rejects, confirmed
-        defects, fails not reviewed; the fails the camera health gate made (unfit frames); and
-        the passes reviewed as defects (missed). Oldest first."""
+        defects, fails not reviewed (of frames the camera health gate passed); the fails the gate
+        made (unfit frames); and the passes reviewed as defects (missed). Oldest first."""
         window = (camera, since_ns, until_ns, days)
         return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
 
@@ -586,16 +588,18 @@ class Record:
             verdicts = {row.result_id: row.verdict for row in conn.execute(q)}
             ids = sorted(verdicts)
             for start in range(0, len(ids), LOOKUP_CHUNK):
-                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision)
+                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision, r.unfit)
                 # The period is applied here, not in SQL: given a time range, SQLite walks the rows
                 # by time instead of looking the results up.
                 rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]))
-                for result_id, ts_ns, camera_id, model, decision in conn.execute(rq):
+                for result_id, ts_ns, camera_id, model, decision, unfit in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys((*VERDICTS, MISSED), 0))
+                        keys = (*VERDICTS, MISSED, REVIEWED_UNFIT)
+                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys(keys, 0))
                         if decision == "fail":
                             counts[verdicts[result_id]] += 1
+                            counts[REVIEWED_UNFIT] += unfit is not None
                         elif verdicts[result_id] == "defect":  # a pass (review refuses a pass's false_reject)
                             counts[MISSED] += 1
         return tally
@@ -866,6 +870,9 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
+# daily_verdicts' count of the reviewed fails that the camera health gate made (not a column).
+REVIEWED_UNFIT = "reviewed_unfit"
+
 # (day, camera_id, model_sha256): what Record.daily counts by.
 DayKey = tuple[dt.date, str, str | None]
 
@@ -890,7 +897,8 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "model_sha256": model,
             **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},
             **reviewed,
-            "unreviewed": counts["fail"] - sum(reviewed.values()),
+            # The fails that wait for a verdict: the camera health gate's wait for the camera.
+            "unreviewed": counts["fail"] - counts["unfit"] - (sum(reviewed.values()) - found.get(REVIEWED_UNFIT, 0)),
             "unfit": counts["unfit"],
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,

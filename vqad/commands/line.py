@@ -907,7 +907,8 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     reviewed.add_argument("--reviewed", action="store_const", const=True, help="the results a person has reviewed")
     reviewed.add_argument(
         "--unreviewed", dest="reviewed", action="store_const", const=False,
-        help="the results nobody has reviewed yet (with --decision fail: what --daily counts as not reviewed)",
+        help="the results waiting for a review: nobody has reviewed them, and the camera health gate did not fail "
+        "them (with --decision fail: what --daily counts as not reviewed)",
     )  # fmt: skip
     r.add_argument("--run", metavar="RUN", help="one start of the daemon's results (their header's `run`)")
     r.add_argument(
