@@ -7,7 +7,6 @@ after the parity proof passed, so a failed export leaves no half-written package
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import platform
 import shutil
@@ -91,8 +90,7 @@ def prove_parity(run: Run, staging: Path, threshold: float, cfg: ExportConfig) -
 
 def model_json(run: Run, staging: Path, threshold: dict[str, Any], parity: dict[str, Any], cfg: ExportConfig) -> dict:
     """model.json's content: what the package is, how it was made, and what it measured."""
-    report = run.root / "eval" / "metrics.json"
-    eval_metrics = json.loads(report.read_text()) if report.is_file() else {}
+    eval_metrics = run.evaluation() or {}
     m = run.model_cfg
     meta = {
         "format_version": FORMAT_VERSION,

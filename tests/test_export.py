@@ -135,6 +135,26 @@ def test_export_refuses_a_run_without_threshold(tiny_run, tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
 
 
+def test_the_evaluation_is_packaged_wherever_its_report_went_and_not_when_stale(tiny_run, synth_root, tmp_path):
+    """`vqad eval RUN DATA --out REPORT` put its figures in REPORT alone, and the export looked for
+    them in RUN/eval: a report elsewhere (the demo's, or the export's own hint, `--out REPORT`)
+    left model.json without its evaluation. The run now keeps them; those of earlier weights
+    are left out."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval", "evaluation.json"))
+    run_vqad("eval", run, synth_root / "bracket", "--out", tmp_path / "report")
+    run_vqad("export", run, "--out", tmp_path / "m")
+    evaluation = load_package(tmp_path / "m").meta["metrics"]["evaluation"]
+    measured = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert evaluation["image_auroc"] == measured["image_auroc"] and evaluation["n_images"] == measured["n_images"]
+    assert evaluation["report"] == str(tmp_path / "report")
+    figures = json.loads((run / "evaluation.json").read_text())
+    (run / "evaluation.json").write_text(json.dumps({**figures, "checkpoint_sha256": "0" * 64}))  # other weights
+    proc = run_vqad("export", run, "--out", tmp_path / "m2")
+    assert load_package(tmp_path / "m2").meta["metrics"]["evaluation"] == {}
+    assert "measured the run's weights before they were trained further" in proc.stderr
+
+
 def test_export_refuses_a_corrupt_checkpoint(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

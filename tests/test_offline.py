@@ -131,3 +131,54 @@ def test_a_new_package_is_scored_against_the_one_in_service(tiny_model, synth_ro
     refused = _score(new, images, "--against", tmp_path / "models" / "p0", check=False)
     assert refused.returncode == 4 and "model package folder not found" in refused.stderr
     assert "scoring" not in refused.stdout
+
+
+def _info(*args, check=True) -> subprocess.CompletedProcess:
+    """`vqad info ARGS` as the edge box runs it: without torch or train/."""
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_LAUNCH, "info", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_a_packages_card_says_what_it_is_and_whether_its_graphs_are_whole(tiny_model, tmp_path):
+    """`vqad info`: where the package came from, its input, each graph's sha256 (the record
+    names a result's model by model.onnx's) checked against the file, the threshold with its
+    provenance and the ones before it, the evaluation and the parity; exit 4 for a graph changed
+    since the export, on the edge box."""
+    from edge.package import write_model_json
+
+    meta = json.loads((tiny_model / "model.json").read_text())
+    card = _info(tiny_model).stdout.splitlines()
+    assert card[0].startswith(f"{tiny_model}: model {meta['name']}, version {meta['version']}, exported ")
+    assert f"step {meta['source']['step']}" in card[0]
+    assert "input      32x32 (HxW) x 3 channels (BGR)" in card[1]
+    assert f"graph      model.onnx: sha256 {meta['files']['model.onnx']} verified" in card
+    threshold = meta["threshold"]
+    assert any(line.startswith(f"threshold  {threshold['value']:.6g}: vqad eval ") for line in card), card
+    evaluation = next(line for line in card if line.startswith("evaluation "))
+    assert f"image AUROC {meta['metrics']['evaluation']['image_auroc']:.3f}" in evaluation
+    assert any(line.startswith("parity     ") and "decisions agree" in line for line in card)
+
+    copy = tmp_path / "recalibrated"
+    shutil.copytree(tiny_model, copy)
+    meta["threshold_history"] = [*meta.get("threshold_history", []), threshold]
+    meta["threshold"] = {**threshold, "value": 0.5, "source": {"by": "vqad calibrate", "folder": "/line/good"}}
+    write_model_json(copy, meta)
+    card = _info(copy).stdout.splitlines()
+    at = next(i for i, line in enumerate(card) if line.startswith("threshold  0.5: vqad calibrate"))
+    assert "from /line/good" in card[at] and card[at + 1].startswith(f"  before   {threshold['value']:.6g}: vqad eval")
+    as_json = json.loads(_info(copy, "--format", "json").stdout)
+    assert as_json["threshold"]["value"] == 0.5 and as_json["graphs"] == {
+        "model.onnx": "verified",
+        "model_fp16.onnx": "verified",
+    }
+
+    with open(copy / "model_fp16.onnx", "ab") as graph:
+        graph.write(b"\0")  # a copy cut or changed on its way to the box
+    changed = _info(copy, check=False)
+    assert changed.returncode == 4 and "model_fp16.onnx: sha256" in changed.stdout and "DIFFERS" in changed.stdout
+    assert "not the file(s) it was exported with" in changed.stderr
+    refused = _info(tmp_path / "nothing", check=False)
+    assert refused.returncode == 4 and "model package folder not found" in refused.stderr

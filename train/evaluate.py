@@ -150,6 +150,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    run.write_evaluation(metrics, out)
     _write_scores_csv(out / "scores.csv", test, scores, scores >= threshold["value"])
     if pictures and test:
         _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)

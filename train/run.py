@@ -23,6 +23,8 @@ from train.scoring import ScorerPlan
 log = logging.getLogger(__name__)
 
 THRESHOLD_FILE = "threshold.json"
+# The latest `vqad eval`'s figures, wherever its report went: what the export puts in model.json.
+EVALUATION_FILE = "evaluation.json"
 # What training found of its training images, for what comes after it without them: their
 # fingerprints (vqad calibrate leaves them out) and their camera health figures (model.json).
 TRAINING_IMAGES_FILE = "training_images.json"
@@ -89,6 +91,25 @@ class Run:
         """threshold.json, stamped with the checkpoint it was calibrated for (`checkpoint_sha256`)."""
         threshold["checkpoint_sha256"] = self.meta.get("content_sha256")
         (self.root / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=2) + "\n")
+
+    def write_evaluation(self, metrics: dict[str, Any], report: Path) -> None:
+        """evaluation.json: `metrics` (stamped with the checkpoint they measured) and where their
+        report is. The report goes where `vqad eval --out` says; the run keeps its figures."""
+        figures = {**metrics, "report": str(Path(report).absolute())}
+        (self.root / EVALUATION_FILE).write_text(json.dumps(figures, indent=2, allow_nan=False) + "\n")
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """The latest evaluation of the weights as they are now (evaluation.json; a run evaluated
+        before it, its eval/metrics.json), or None: none, or one of earlier weights (logged)."""
+        for path in (self.root / EVALUATION_FILE, self.root / "eval" / "metrics.json"):
+            if path.is_file():
+                figures = read_json(path)
+                if figures.get("checkpoint_sha256") in (None, self.meta.get("content_sha256")):
+                    return figures
+                log.warning("%s measured the run's weights before they were trained further or their map rebuilt: "
+                            "not packaged (vqad eval again first)", path)  # fmt: skip
+                return None
+        return None
 
     def threshold_is_stale(self, threshold: dict[str, Any]) -> bool:
         """Whether `threshold` was calibrated for other weights than the checkpoint's now (a

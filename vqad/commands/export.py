@@ -1,11 +1,15 @@
-"""Export: `vqad export`, `vqad build-engine`."""
+"""Export: `vqad export`, `vqad build-engine`, `vqad info`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from pathlib import Path
 
 from vqad.commands.common import at_least, default_config, overrides, set_arg
+
+log = logging.getLogger("vqad")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -63,6 +67,25 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """`vqad info MODEL_DIR`: the package's card (or its model.json); exit 4 when a graph is not
+    the file it was exported with."""
+    from edge.card import graph_states, package_card
+    from edge.package import load_package
+
+    pkg = load_package(args.model)
+    if args.format == "json":
+        print(json.dumps({**pkg.meta, "graphs": graph_states(pkg)}, indent=2))
+    else:
+        print("\n".join(package_card(pkg)))
+    broken = [name for name, state in graph_states(pkg).items() if state != "verified"]
+    if broken:
+        log.error("%s: %s not the file(s) it was exported with: export it again, or copy it whole", pkg.root,
+                  ", ".join(broken))  # fmt: skip
+        return 4
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export", help="export a run to ONNX FP32 + FP16 and model.json, with a parity proof")
     x.add_argument("run", type=Path, metavar="RUN_DIR", help="a trained and evaluated run (vqad train, vqad eval)")
@@ -92,3 +115,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workspace-mb", type=at_least(1), help="TensorRT's build workspace in MiB (default: the config's)")
     b.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     b.set_defaults(func=cmd_build_engine)
+    i = sub.add_parser(
+        "info", help="what a model package is: origin, input, graphs, threshold and its history, figures"
+    )
+    i.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export)")
+    i.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table: a line per subject; json: model.json, with each graph's check")  # fmt: skip
+    i.set_defaults(func=cmd_info)

@@ -1,0 +1,128 @@
+"""`vqad info MODEL_DIR`: what a model package is, in the lines a person reads before serving it
+or when an audit names it by its sha256: where it came from, what it takes in, its threshold and
+that threshold's history, what its evaluation measured, and whether its graphs are the files it
+was exported with. Read from model.json alone (and the graphs' bytes, for their sha256): it runs
+on the edge box, without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge.package import ModelPackage, sha256_file
+
+
+def package_card(pkg: ModelPackage) -> list[str]:
+    """The package's card, a line per subject; the graphs' sha256 checked against model.json."""
+    meta = pkg.meta
+    return [
+        _origin(pkg),
+        _input(pkg),
+        *_files(pkg),
+        f"threshold  {pkg.threshold:.6g}: {_calibration(meta.get('threshold') or {})}",
+        *(
+            f"  before   {h.get('value', float('nan')):.6g}: {_calibration(h)}"
+            for h in reversed(meta.get("threshold_history") or [])
+        ),  # fmt: skip
+        _evaluation((meta.get("metrics") or {}).get("evaluation") or {}),
+        _parity(meta.get("parity") or {}),
+        _training(meta),
+    ]
+
+
+def _origin(pkg: ModelPackage) -> str:
+    source = pkg.meta.get("source") or {}
+    run = f" from the run {source['run']}" if source.get("run") else ""
+    step = f" at step {source['step']}" if source.get("step") is not None else ""
+    checkpoint = f" (checkpoint {source['checkpoint_sha256'][:12]})" if source.get("checkpoint_sha256") else ""
+    return f"{pkg.root}: model {pkg.name}, version {pkg.version}, exported {pkg.meta.get('created', '?')}{run}{step}" \
+           f"{checkpoint}"  # fmt: skip
+
+
+def _input(pkg: ModelPackage) -> str:
+    h, w = pkg.image_size
+    return (
+        f"input      {h}x{w} (HxW) x {pkg.channels} channel{'s' if pkg.channels > 1 else ''} ({pkg.color_order}); "
+        f"16-bit frames read by their {pkg.pixel_bits} bits"
+    )
+
+
+GRAPH_STATES = {
+    "verified": "verified",
+    "differs": "DIFFERS: the file changed since the export",
+    "missing": "MISSING",
+}
+
+
+def graph_states(pkg: ModelPackage) -> dict[str, str]:
+    """Each graph model.json lists: "verified" (its sha256 is model.json's), "differs" or "missing"."""
+    states = {}
+    for name, listed in sorted(pkg.files.items()):
+        path = pkg.root / name
+        states[name] = "missing" if not path.is_file() else "verified" if sha256_file(path) == listed else "differs"
+    return states
+
+
+def _files(pkg: ModelPackage) -> list[str]:
+    """A line per graph: its sha256 as model.json lists it (the record names a result's model by
+    model.onnx's), and whether the file still has it."""
+    return [
+        f"graph      {name}: sha256 {pkg.files[name]} {GRAPH_STATES[state]}"
+        for name, state in graph_states(pkg).items()
+    ]
+
+
+def _calibration(c: dict[str, Any]) -> str:
+    """Who set a threshold, when, on what, and the bound its image count puts on false rejects."""
+    source = c.get("source") or {}
+    on = source.get("folder") or source.get("images") or "?"
+    n = c.get("n_val")
+    bound = c.get("frr_upper_bound_95")
+    return "; ".join(
+        part
+        for part in (
+            f"{source.get('by') or 'set'} {c.get('calibrated') or ''}".strip(),
+            f"{n} good images from {on}" if n else "",
+            f"the {c['quantile']:g} quantile, +1%" if c.get("quantile") is not None else "",
+            f"false rejects on new good images <= {bound:.1%} (95% confidence)" if bound is not None else "",
+        )
+        if part
+    )
+
+
+def _evaluation(e: dict[str, Any]) -> str:
+    if not e.get("n_images"):
+        return "evaluation none: the run had no test images when it was exported"
+    figures = ", ".join(
+        f"{label} {e[key]:.3f}" for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
+        if e.get(key) is not None
+    )  # fmt: skip
+    at = (
+        f"at its threshold {e['threshold']:.6g}: false rejects {e['false_reject_rate']:.1%} of {e.get('n_good')} good, "
+        f"misses {e['miss_rate']:.1%} of {e.get('n_defect')} defects"
+        if e.get("false_reject_rate") is not None and e.get("miss_rate") is not None
+        else ""
+    )
+    return f"evaluation {figures or 'no figure'} on {e['n_images']} test images" + (f"; {at}" if at else "")
+
+
+def _parity(p: dict[str, Any]) -> str:
+    torch_fp32, fp16 = p.get("fp32_vs_torch") or {}, p.get("fp16_vs_fp32") or {}
+    if not torch_fp32:
+        return "parity     none recorded"
+    score_error, bound = torch_fp32.get("score_max_abs_error", float("nan")), torch_fp32.get("bound_max_abs_error", 0)
+    agree = fp16.get("decision_agreement")
+    return (
+        f"parity     {p.get('n_images')} images: FP32 graph vs PyTorch, score max abs error {score_error:.2g} "
+        f"(bound {bound:.2g}); FP16 vs FP32, map relative error {fp16.get('map_relative_error', float('nan')):.2g}"
+        + (f", decisions agree {agree:.3f}" if agree is not None else "")
+    )
+
+
+def _training(meta: dict[str, Any]) -> str:
+    t = (meta.get("metrics") or {}).get("training") or {}
+    versions = meta.get("versions") or {}
+    built = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("vqad", "torch"))
+    ended = f" (ended by {t['ended_by']})" if t.get("ended_by") else ""
+    images = f", {t['n_train']} images trained on, {t.get('n_val')} held out" if t.get("n_train") is not None else ""
+    return f"training   {t.get('step', '?')} steps{ended}{images}" + (f"; {built}" if built else "")
