@@ -15,13 +15,17 @@ from tests.conftest import ROOT
 from tests.edge_helpers import BLOCKED_LAUNCH
 
 
-def _score(*args, check=True) -> subprocess.CompletedProcess:
-    """`vqad score ARGS` as the edge box runs it: without torch or train/."""
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_LAUNCH, "score", *map(str, args)], cwd=ROOT,
+def _on_the_edge(command: str, *args, check=True) -> subprocess.CompletedProcess:
+    """`vqad COMMAND ARGS` as the edge box runs it: without torch or train/."""
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_LAUNCH, command, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def _score(*args, check=True) -> subprocess.CompletedProcess:
+    return _on_the_edge("score", *args, check=check)
 
 
 def test_image_files_are_decided_as_the_line_decides_them_and_drawn(tiny_model, tiny_run, synth_root, tmp_path):
@@ -134,12 +138,7 @@ def test_a_new_package_is_scored_against_the_one_in_service(tiny_model, synth_ro
 
 
 def _info(*args, check=True) -> subprocess.CompletedProcess:
-    """`vqad info ARGS` as the edge box runs it: without torch or train/."""
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_LAUNCH, "info", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return _on_the_edge("info", *args, check=check)
 
 
 def test_a_packages_card_says_what_it_is_and_whether_its_graphs_are_whole(tiny_model, tmp_path):
