@@ -229,6 +229,24 @@ def _frames(
     return load_images(paths, fmt, shapes), paths
 
 
+def unfit_images(
+    stats: dict[str, Any], frames: np.ndarray, shapes: list[tuple[int, int]], paths: list[Path]
+) -> tuple[list[dict[str, Any]], collections.Counter[str]]:
+    """The images the line's camera health gate (its default limits, against `stats`: the
+    training images' figures) would call unfit, each with its reasons, and the reasons counted.
+    Stills: a folder's repeated image is not a frozen camera."""
+    gate = HealthGate(stats, HealthLimits())
+    gate.tell_shapes = False  # the callers' one message counts them
+    reasons: collections.Counter[str] = collections.Counter()
+    unfit = []
+    for path, frame, shape in zip(paths, frames, shapes, strict=True):
+        found = gate.check("still", frame, shape, stream=False)["reasons"]
+        reasons.update(found)
+        if found:
+            unfit.append({"image": str(path), "reasons": found})
+    return unfit, reasons
+
+
 def health_findings(
     stats: dict[str, Any] | None, frames: np.ndarray, shapes: list[tuple[int, int]], paths: list[Path],
     force: bool = False,
@@ -243,15 +261,7 @@ def health_findings(
     camera: that check is left out."""
     if not stats:
         return None
-    gate = HealthGate(stats, HealthLimits())
-    gate.tell_shapes = False  # the one message below counts them
-    reasons: collections.Counter[str] = collections.Counter()
-    unfit = []
-    for path, frame, shape in zip(paths, frames, shapes, strict=True):
-        found = gate.check("calibration", frame, shape, stream=False)["reasons"]
-        reasons.update(found)
-        if found:
-            unfit.append({"image": str(path), "reasons": found})
+    unfit, reasons = unfit_images(stats, frames, shapes, paths)
     if unfit:
         what = (
             f"{len(unfit)} of {len(paths)} good images would be unfit on the line "

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -165,6 +166,7 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
     assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
     assert "good test images rejected" in (tmp_path / "eval" / "report.html").read_text()
+    assert "would be unfit on the line" not in proc.stderr  # the run's own product
     if kinds in [("good",), ()]:
         assert metrics["image_auroc"] is None and metrics["f1_max"] is None and metrics["miss_rate"] is None
     if not kinds:
@@ -176,6 +178,16 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
         scratch = metrics["per_kind_misses"]["scratch"]  # one kind: the closing line's figure is its figure
         assert f"of {scratch['of']} defects;" in proc.stdout and "(scratch" not in proc.stdout
         assert "maps peak" not in proc.stdout  # no masks: where a peak lies says nothing
+
+
+def test_a_test_set_of_another_product_is_warned_of(tiny_run, synth_root, tmp_path):
+    """A bracket run evaluated on the weave's folder (a category mistyped) measured the weave and
+    said nothing: the camera health gate calls most of its good images unfit, and eval says so."""
+    proc = run_vqad("eval", tiny_run, synth_root / "weave", "--out", tmp_path / "eval")
+    n = len(list((synth_root / "weave" / "test" / "good").iterdir()))
+    assert re.search(rf"(\d+) of {n} good test images under {re.escape(str(synth_root / 'weave'))} would be unfit "
+                     r"on the line \(", proc.stderr), proc.stderr  # fmt: skip
+    assert "are they this run's product, camera and lighting?" in proc.stderr
 
 
 def test_a_training_its_disk_cannot_hold_is_refused_at_the_start_not_at_its_first_save(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from edge.frames import write_image
 from edge.histogram import score_histogram
 from edge.overlay import heatmap_overlay, label, map_peak, mark_peak
 from edge.progress import progress
+from edge.recalibrate import UNFIT_REFUSED, unfit_images
 from edge.spreadsheet import SpreadsheetCsv
 from edge.threshold import calibrate_threshold
 from train import plots
@@ -136,6 +137,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out = Path(out)
     require_writable(out, out)  # found before the images are scored, not after
     test, own = _test_set(run, category)
+    _warn_another_product(run, test, category)
     val_paths = run.split_images("val", "the threshold is calibrated on them")
     val_images = load_images(val_paths, run.model_cfg.input_format)
 
@@ -161,6 +163,27 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     page = write_report_page(out, metrics, test, scores, title, pictures)
     _log_figures(metrics, page)
     return metrics
+
+
+def _warn_another_product(run: Run, test: list[TestSample], category: str | Path) -> None:
+    """A warning when the line's camera health gate would call half the good test images or more
+    unfit: they are another product's, camera's or lighting's than the run's training images
+    (a category mistyped), and the figures would measure that, not the model."""
+    good = [s for s in test if s.label == 0]
+    try:
+        stats = run.camera_health()
+    except DataError as exc:  # a run trained before the figures were kept, its images gone
+        log.info("the test images are not checked against the camera health gate: %s", exc)
+        return
+    frames = np.stack([s.image for s in good]) if good else np.zeros((0, 1, 1, 1), np.uint8)
+    unfit, reasons = unfit_images(stats, frames, [s.image.shape[:2] for s in good], [s.path for s in good])
+    if good and len(unfit) >= UNFIT_REFUSED * len(good):
+        log.warning(
+            "%d of %d good test images under %s would be unfit on the line (%s; e.g. %s): are they this run's "
+            "product, camera and lighting? Its figures on them measure another one",
+            len(unfit), len(good), category, ", ".join(f"{r} {n}" for r, n in reasons.most_common()),
+            unfit[0]["image"],
+        )  # fmt: skip
 
 
 def _test_set(run: Run, category: str | Path) -> tuple[list[TestSample], list[str]]:
