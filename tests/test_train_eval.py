@@ -167,6 +167,7 @@ def test_a_figure_that_cannot_be_computed_is_null_in_metrics_json(tiny_run, synt
     assert "pixel AUROC -" in proc.stdout and "false rejects" in proc.stdout
     assert "good test images rejected" in (tmp_path / "eval" / "report.html").read_text()
     assert "would be unfit on the line" not in proc.stderr  # the run's own product
+    assert "would be unfit on the line" not in (tmp_path / "eval" / "report.html").read_text()
     if kinds in [("good",), ()]:
         assert metrics["image_auroc"] is None and metrics["f1_max"] is None and metrics["miss_rate"] is None
     if not kinds:
@@ -188,6 +189,9 @@ def test_a_test_set_of_another_product_is_warned_of(tiny_run, synth_root, tmp_pa
     assert re.search(rf"(\d+) of {n} good test images under {re.escape(str(synth_root / 'weave'))} would be unfit "
                      r"on the line \(", proc.stderr), proc.stderr  # fmt: skip
     assert "are they this run's product, camera and lighting?" in proc.stderr
+    found = json.loads((tmp_path / "eval" / "metrics.json").read_text())["good_test_unfit"]
+    assert found["of"] == n and found["unfit"] * 2 >= n and found["examples"][0]["reasons"]
+    assert "good test images would be unfit on the line" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_a_training_its_disk_cannot_hold_is_refused_at_the_start_not_at_its_first_save(tmp_path, monkeypatch):

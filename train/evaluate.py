@@ -137,7 +137,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     out = Path(out)
     require_writable(out, out)  # found before the images are scored, not after
     test, own = _test_set(run, category)
-    _warn_another_product(run, test, category)
+    unfit = _unfit_test_images(run, test, category)
     val_paths = run.split_images("val", "the threshold is calibrated on them")
     val_images = load_images(val_paths, run.model_cfg.input_format)
 
@@ -148,6 +148,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     metrics = _test_metrics(run, test, maps, scores, threshold)
     metrics["n_left_out_copies"] = len(own)  # good test images that are the run's own
     metrics["left_out_copies"] = own[:COPIES_NAMED]
+    metrics["good_test_unfit"] = unfit  # the camera health gate's verdict on the good test images
     labels = np.array([s.label for s in test], dtype=int)
     out.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
@@ -165,18 +166,24 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     return metrics
 
 
-def _warn_another_product(run: Run, test: list[TestSample], category: str | Path) -> None:
-    """A warning when the line's camera health gate would call half the good test images or more
-    unfit: they are another product's, camera's or lighting's than the run's training images
-    (a category mistyped), and the figures would measure that, not the model."""
+# metrics.json names this many of the good test images the camera health gate calls unfit.
+UNFIT_NAMED = 5
+
+
+def _unfit_test_images(run: Run, test: list[TestSample], category: str | Path) -> dict[str, Any] | None:
+    """How many good test images the line's camera health gate would call unfit, and why (None
+    for a run without the gate's figures); a warning when half or more: they are another
+    product's, camera's or lighting's than the run's training images (a category mistyped), and
+    the figures would measure that, not the model."""
     good = [s for s in test if s.label == 0]
     try:
         stats = run.camera_health()
     except DataError as exc:  # a run trained before the figures were kept, its images gone
         log.info("the test images are not checked against the camera health gate: %s", exc)
-        return
+        return None
     frames = np.stack([s.image for s in good]) if good else np.zeros((0, 1, 1, 1), np.uint8)
     unfit, reasons = unfit_images(stats, frames, [s.image.shape[:2] for s in good], [s.path for s in good])
+    found = {"unfit": len(unfit), "of": len(good), "reasons": dict(reasons), "examples": unfit[:UNFIT_NAMED]}
     if good and len(unfit) >= UNFIT_REFUSED * len(good):
         log.warning(
             "%d of %d good test images under %s would be unfit on the line (%s; e.g. %s): are they this run's "
@@ -184,6 +191,7 @@ def _warn_another_product(run: Run, test: list[TestSample], category: str | Path
             len(unfit), len(good), category, ", ".join(f"{r} {n}" for r, n in reasons.most_common()),
             unfit[0]["image"],
         )  # fmt: skip
+    return found
 
 
 def _test_set(run: Run, category: str | Path) -> tuple[list[TestSample], list[str]]:

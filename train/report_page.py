@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.recalibrate import UNFIT_REFUSED
 from edge.threshold import MISSES_GUIDE
 from train.data import TestSample
 from train.metrics import figure, percent
@@ -80,6 +81,7 @@ def write_report_page(
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">{_e(_measured_on(metrics))}</p>',
         _unfinished_warning(metrics),
+        _another_product_warning(metrics),
         "<h2>At the threshold</h2>",
         _table(_at_threshold_rows(metrics, labels, decisions)),
         _lone_warning(threshold),
@@ -212,6 +214,17 @@ def _unfinished_warning(metrics: dict[str, Any]) -> str:
     return (
         f'<p class="warn">Unfinished: {_e(metrics["unfinished"])}. These are not the finished model\'s figures, '
         "and vqad export refuses it: finish it with vqad train --resume.</p>"
+    )
+
+
+def _another_product_warning(metrics: dict[str, Any]) -> str:
+    found = metrics.get("good_test_unfit") or {}
+    if not found.get("of") or found["unfit"] < UNFIT_REFUSED * found["of"]:
+        return ""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(found["reasons"].items(), key=lambda kv: -kv[1]))
+    return (
+        f'<p class="warn">{found["unfit"]} of {found["of"]} good test images would be unfit on the line '
+        f"({_e(reasons)}): are they this run's product, camera and lighting? These figures measure another one.</p>"
     )
 
 
