@@ -40,13 +40,15 @@ class Collected:
     """What a collection kept and left: images written per camera folder; per camera that sent
     16-bit frames, the bits their headers said they fill (None: not said); messages that were no
     readable frame; frames of other cameras than the one asked for; and frames that came within
-    `every_s` of their camera's last kept one."""
+    `every_s` of their camera's last kept one; and the error of a frame that could not be
+    written (a full disk), which ended the collection."""
 
     written: collections.Counter[Path] = dataclasses.field(default_factory=collections.Counter)
     sixteen_bit: dict[str, int | None] = dataclasses.field(default_factory=dict)
     unreadable: int = 0
     other_cameras: int = 0
     too_soon: int = 0
+    write_failed: OSError | None = None  # what ended the collection at a frame it could not write
 
 
 def collect_frames(
@@ -63,7 +65,8 @@ def collect_frames(
     written, `timeout_s` seconds pass without a frame (0: never), or `stop()`. `camera`: that
     camera's frames only; `every_s`: a camera's frame at most every so many seconds (a line at
     rest sends the same part again and again). OSError before anything is bound when OUT
-    cannot be written; ConfigError when the endpoint cannot be bound."""
+    cannot be written; ConfigError when the endpoint cannot be bound. A frame that cannot be
+    written ends the collection (Collected.write_failed)."""
     require_writable(out, out)
     collected = Collected()
     ctx = zmq.Context()
@@ -75,7 +78,11 @@ def collect_frames(
         log.info("collecting frames at %s into %s", where, out)
         frames = _kept_frames(sock, cfg, camera, every_s, timeout_s, stop, collected)
         for frame in progress(frames, "collecting", total=count, unit="frame"):
-            collected.written[_write(out, frame)] += 1
+            try:
+                collected.written[_write(out, frame)] += 1
+            except OSError as exc:  # a full disk: what was written stays, and is said
+                collected.write_failed = exc
+                break
             if sum(collected.written.values()) >= count:
                 break
     except KeyboardInterrupt:

@@ -17,16 +17,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def write_synced(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` and wait until it is on the disk (fsync). OSError as the disk says
-    (a full disk: ENOSPC), naming the file, and no part of the file is left. The folder's new
-    entry is synced by `sync_folders`."""
+def write_synced(path: str | Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `path` and wait until it is on the disk (fsync; not with `sync` False).
+    OSError as the disk says (a full disk: ENOSPC), naming the file, and no part of the file is
+    left. The folder's new entry is synced by `sync_folders`."""
     f = open(path, "wb")  # a file that cannot be opened is left as it is
     try:
         with f:  # its close flushes again, and fails again, on a full disk: caught here too
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
     except OSError as exc:
         Path(path).unlink(missing_ok=True)
         if exc.filename is None:  # a write to an open file names none: "No space left" of what?

@@ -213,17 +213,15 @@ def read_image(path: str | Path, pixel_bits: int = PIXEL_BITS, data: bytes | Non
 
 
 def write_image(path: str | Path, image: np.ndarray, synced: bool = False) -> None:
-    """Encode `image` by `path`'s suffix and write it. OSError when it cannot be written (a full
-    disk, a missing folder), or encoded. `synced`: wait until the file is on the disk (fsync), for
-    a file that a database row will name (edge.durable)."""
-    if not synced:
-        if not cv2.imwrite(str(path), image):  # False for a full disk or a missing folder
-            raise OSError(f"cannot write {path}")
-        return
+    """Encode `image` by `path`'s suffix and write it. OSError when it cannot be encoded, or
+    written: as the system says (a full disk: "No space left on device"), naming the file, with
+    no part of it left. `synced`: wait until the file is on the disk (fsync), for a file that a
+    database row will name (edge.durable). Encoded in memory: cv2.imwrite only answers False to
+    a full disk, with libpng's "Write Error" on the process's stderr."""
     ok, encoded = cv2.imencode(Path(path).suffix, image)
     if not ok:
         raise OSError(f"cannot encode {path}")
-    write_synced(path, encoded.tobytes())
+    write_synced(path, encoded.tobytes(), sync=synced)
 
 
 def one_channel_if_grey(image: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import select
 import signal
 import subprocess
@@ -19,12 +20,21 @@ from tests.conftest import ROOT, VQAD, run_vqad
 from tests.edge_helpers import Camera, header
 
 
-def _collect(out, *args) -> tuple[subprocess.Popen, str]:
+def _collect(out, *args, preexec_fn=None) -> tuple[subprocess.Popen, str]:
     """`vqad collect OUT ARGS` as a process on a free loopback port -> (process, its endpoint)."""
     endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
     proc = subprocess.Popen([*VQAD, "collect", str(out), "--frames", endpoint, *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)  # fmt: skip
     return proc, endpoint
+
+
+def _files_of_at_most(size: int) -> None:
+    """In the child before it runs: no file it writes may pass `size` bytes (EFBIG, "File too
+    large"; SIGXFSZ ignored, so that the write fails instead of the process): a disk that fills
+    at a frame, without a filesystem of its own."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
 def _bound(proc: subprocess.Popen) -> None:
@@ -87,6 +97,30 @@ def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path)
         trained = read_image(out / "top" / name, pixel_bits=12)
         np.testing.assert_array_equal(trained.reshape(served.shape), served, err_msg=name)
     assert not (out / "side").exists()
+
+
+def test_a_frame_it_cannot_write_ends_the_collection_and_says_what_was_written(tmp_path):
+    """A full disk at the third frame: libpng said "Write Error" on stderr and the command only
+    "cannot write …", without why or what it had written. It now says what it wrote, then the
+    system's reason for the file it could not write (exit 7), and leaves no part of that file."""
+    rng = np.random.default_rng(2)
+    small, large = np.zeros((16, 16), np.uint8), (rng.random((200, 200, 3)) * 255).astype(np.uint8)
+    out = tmp_path / "good"
+    proc, endpoint = _collect(out, "--timeout", 60, preexec_fn=lambda: _files_of_at_most(20_000))
+    try:
+        _bound(proc)
+        cam = Camera(endpoint)
+        for i, image in enumerate((small, small, large, small)):
+            cam.send(frame_message("cam0", i, image))
+        cam.close()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 7, stderr
+    assert f"2 frames -> {out / 'cam0'}" in stdout, stdout
+    assert f"cannot use {out / 'cam0' / 'cam0_2.png'}: File too large" in stderr, stderr
+    assert "libpng" not in stderr
+    assert sorted(p.name for p in (out / "cam0").iterdir()) == ["cam0_0.png", "cam0_1.png"]
 
 
 def test_every_s_keeps_a_cameras_frame_at_most_so_often_and_sigterm_ends_with_the_summary(tmp_path):

@@ -58,6 +58,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     collected = collect_frames(args.out, cfg, args.count, args.camera, args.every_s, args.timeout,
                                stop=stop_on_sigterm())  # fmt: skip
     _say_collected(collected)
+    if collected.write_failed is not None:
+        raise collected.write_failed  # one line and exit 7, after what was written
     return 0
 
 
