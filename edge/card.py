@@ -35,8 +35,8 @@ def _origin(pkg: ModelPackage) -> str:
     run = f" from the run {source['run']}" if source.get("run") else ""
     step = f" at step {source['step']}" if source.get("step") is not None else ""
     checkpoint = f" (checkpoint {source['checkpoint_sha256'][:12]})" if source.get("checkpoint_sha256") else ""
-    return f"{pkg.root}: model {pkg.name}, version {pkg.version}, exported {pkg.meta.get('created', '?')}{run}{step}" \
-           f"{checkpoint}"  # fmt: skip
+    exported = pkg.meta.get("created", "?")
+    return f"{pkg.root}: model {pkg.name}, version {pkg.version}, exported {exported}{run}{step}{checkpoint}"
 
 
 def _input(pkg: ModelPackage) -> str:
@@ -92,7 +92,7 @@ def _calibration(c: dict[str, Any]) -> str:
 
 def _evaluation(e: dict[str, Any]) -> str:
     if not e.get("n_images"):
-        return "evaluation none: the run had no test images when it was exported"
+        return "evaluation none packaged: the run had no test images, or none evaluated its weights before the export"
     figures = ", ".join(
         f"{label} {e[key]:.3f}" for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"))
         if e.get(key) is not None
