@@ -180,6 +180,14 @@ def test_a_stream_without_maps_still_shows_the_part_and_names_no_picture_it_cann
     framed = {**header, "frame": {"shape": [32, 48, 3], "encoding": "jpeg"}}
     assert _reject_item(framed, recorded=False)["images"]["overlay"].startswith("/api/image/c/7/overlay?t=")
     assert _reject_item(header, recorded=False)["images"] == {"overlay": None, "frame": None}
+    # A recorded fail whose frame was kept without an overlay (its result had no map) links the
+    # frame alone: its overlay's link answered 404, and the tile said "no such image".
+    row = {**header, "id": 3, "evidence": "/ev/7.png", "evidence_overlay": None}
+    assert _reject_item(row, recorded=True)["images"] == {"overlay": None, "frame": "/api/image/c/7/frame?result=3"}
+    with_overlay = _reject_item({**row, "evidence_overlay": "/ev/7_overlay.jpg"}, recorded=True)["images"]
+    assert with_overlay["overlay"] == "/api/image/c/7/overlay?result=3"
+    unwritten = _reject_item({**row, "evidence": None}, recorded=True)["images"]  # the stream's, while held
+    assert unwritten == {"overlay": "/api/image/c/7/overlay?result=3", "frame": None}
 
 
 def test_the_live_view_counts_rates_histogram_and_rejects():

@@ -552,8 +552,11 @@ def _reject_item(src: dict[str, Any], recorded: bool, root: str = "") -> dict[st
     item = {k: src.get(k) for k in keys}
     has_frame = bool(src.get("evidence")) if recorded else bool(src.get("frame"))
     # A streamed result's picture is its map, its frame, or both (`publish_maps: false` still
-    # shows the part); a recorded one's is its overlay, or the stream's while the record has none.
-    has_picture = recorded or bool(src.get("map")) or has_frame
+    # shows the part); a recorded one's is its overlay, or the stream's while the record has none
+    # (its evidence not written: a full disk). A recorded frame without an overlay (a result
+    # without a map) links the frame alone, not an overlay that is not there.
+    has_picture = (bool(src.get("evidence_overlay")) or not has_frame) if recorded else (
+        bool(src.get("map")) or has_frame)  # fmt: skip
     item.update(
         # The camera health gate's reasons: a fail it caused is the camera's, whatever the score.
         unfit=src.get("unfit") if recorded else unfit_reasons(src),
