@@ -29,6 +29,20 @@ def _collect(out, *args, preexec_fn=None) -> tuple[subprocess.Popen, str]:
     return proc, endpoint
 
 
+def _sent_to_the_end(proc: subprocess.Popen, endpoint: str, messages: list) -> tuple[str, str]:
+    """`messages` sent to the collector once it is bound; its (stdout, stderr) once it ends (at
+    most 60 s)."""
+    try:
+        _bound(proc)
+        cam = Camera(endpoint)
+        for message in messages:
+            cam.send(message)
+        cam.close()
+        return proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+
 def _files_of_at_most(size: int) -> None:
     """In the child before it runs: no file it writes may pass `size` bytes (EFBIG, "File too
     large"; SIGXFSZ ignored, so that the write fails instead of the process): a disk that fills
@@ -67,17 +81,8 @@ def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path)
     ]
     out = tmp_path / "good"
     proc, endpoint = _collect(out, "--count", 5, "--camera", "top", "--timeout", 60)
-    try:
-        _bound(proc)
-        cam = Camera(endpoint)
-        cam.send([header("top", 1, encoding="webp"), b"x"])  # no readable frame
-        for message in messages:
-            cam.send(message)
-        cam.send(frame_message("top", 10, grey))  # the count's fifth
-        cam.close()
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    unreadable = [header("top", 1, encoding="webp"), b"x"]  # no readable frame
+    stdout, stderr = _sent_to_the_end(proc, endpoint, [unreadable, *messages, frame_message("top", 10, grey)])
     assert proc.returncode == 0, stderr
     assert f"5 frames -> {out / 'top'}" in stdout, stdout
     assert "left: 1 no readable frame (the log says why), 1 of other cameras (--camera)" in stdout
@@ -107,15 +112,8 @@ def test_a_frame_it_cannot_write_ends_the_collection_and_says_what_was_written(t
     small, large = np.zeros((16, 16), np.uint8), (rng.random((200, 200, 3)) * 255).astype(np.uint8)
     out = tmp_path / "good"
     proc, endpoint = _collect(out, "--timeout", 60, preexec_fn=lambda: _files_of_at_most(20_000))
-    try:
-        _bound(proc)
-        cam = Camera(endpoint)
-        for i, image in enumerate((small, small, large, small)):
-            cam.send(frame_message("cam0", i, image))
-        cam.close()
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    frames = [frame_message("cam0", i, image) for i, image in enumerate((small, small, large, small))]
+    stdout, stderr = _sent_to_the_end(proc, endpoint, frames)
     assert proc.returncode == 7, stderr
     assert f"2 frames -> {out / 'cam0'}" in stdout, stdout
     assert f"cannot use {out / 'cam0' / 'cam0_2.png'}: File too large" in stderr, stderr
