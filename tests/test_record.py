@@ -2436,3 +2436,60 @@ def test_a_result_left_out_after_its_evidence_was_written_leaves_no_file(tmp_pat
     (row,) = Record(url).results(limit=10)
     assert [str(p) for p in evidence.rglob("*.png")] == [row["evidence"]]
     assert writer.evidence_bytes == Path(row["evidence"]).stat().st_size
+
+
+def _day_row(day: str, passes: int, model: str = "ab" * 32, **fails: int) -> dict:
+    """A row of Record.daily for camera "cam0": `fails` by what reviews found (defect,
+    false_reject, unreviewed, unfit)."""
+    found = {k: fails.get(k, 0) for k in ("defect", "false_reject", "unreviewed", "unfit")}
+    fail = sum(found.values())
+    return {"day": day, "camera_id": "cam0", "model_sha256": model, "pass": passes, "fail": fail, **found}
+
+
+def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found():
+    """A bar a day, as tall as its fail rate and split by its fails' verdicts; a day without
+    results is a gap; a day whose model is not the day before's is marked and named."""
+    from edge.record.trend import LEFT, MODEL_LINE, PANEL_HEIGHT, PARTS, RIGHT, TITLE_HEIGHT, daily_picture
+
+    rows = [
+        _day_row("2026-12-01", 98, defect=2),  # 2%
+        _day_row("2026-12-03", 80, false_reject=10, unreviewed=10),  # 20%, the 2nd without results
+        _day_row("2026-12-04", 90, model="cd" * 32, defect=5, unfit=5),  # 10%, another model
+    ]
+    image = daily_picture(rows, "fail rate per day")
+    assert image.shape[0] == TITLE_HEIGHT + PANEL_HEIGHT
+    step = (image.shape[1] - LEFT - RIGHT) / 4
+    colours = {key: np.array(colour, np.uint8) for key, _, colour in PARTS}
+
+    def column(n: int, key: str) -> int:
+        """Pixels of `key`'s colour in day n's bar."""
+        middle = int(LEFT + (n + 0.5) * step)
+        return int((image[TITLE_HEIGHT:, middle] == colours[key]).all(axis=1).sum())
+
+    assert column(0, "defect") > 0 and column(1, "defect") == column(1, "unreviewed") == 0  # the gap
+    assert column(2, "false_reject") + column(2, "unreviewed") > 8 * column(0, "defect")  # 20% against 2%
+    assert abs(column(2, "false_reject") - column(2, "unreviewed")) <= 1
+    assert column(3, "defect") > 0 and column(3, "unfit") > 0
+    model_colour = np.array(MODEL_LINE, np.uint8)
+    edge = int(LEFT + 3 * step)
+    assert (image[TITLE_HEIGHT:, edge - 2 : edge + 1] == model_colour).all(axis=2).sum() > 20  # where it began
+    assert not (image[TITLE_HEIGHT:, int(LEFT + 2 * step) - 1] == model_colour).all(axis=1).any()
+
+
+def test_records_daily_draws_its_picture_and_refuses_one_it_cannot_name(tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    writer = RecordWriter(url, tmp_path / "ev").start()
+    for i, decision in enumerate(["fail", "pass", "pass", "fail"]):
+        writer.put(_result("cam0", i, decision, ts_ns=time.time_ns() - 86400 * 10**9 * (i % 2)), time.time_ns())
+    writer.close()
+    shown = run_vqad("records", url, "--daily", "--picture", tmp_path / "pictures" / "days.png")
+    assert f"picture: {tmp_path / 'pictures' / 'days.png'}" in shown.stdout
+    assert cv2.imread(str(tmp_path / "pictures" / "days.png")).shape[1] >= 640
+    as_json = run_vqad("records", url, "--daily", "--format", "json", "--picture", tmp_path / "d.png")
+    assert json.loads(as_json.stdout)["days"] and "picture:" in as_json.stderr  # stdout stays JSON
+    refused = run_vqad("records", url, "--daily", "--picture", tmp_path / "days.txt", check=False)
+    assert refused.returncode == 2 and "--picture is an image file" in refused.stderr
+    refused = run_vqad("records", url, "--picture", tmp_path / "days.png", check=False)
+    assert refused.returncode == 2 and "--picture draws the days of --daily" in refused.stderr
+    refused = run_vqad("records", url, "--daily", "--picture", "/proc/days.png", check=False)
+    assert refused.returncode == 7

@@ -11,6 +11,16 @@ from edge.errors import VqadError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
+def picture_arg(text: str) -> Path:
+    """--picture: a file whose suffix names an image format, found before the work that draws it."""
+    from edge.frames import IMAGE_KINDS, IMAGE_SUFFIXES
+
+    path = Path(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"--picture is an image file ({IMAGE_KINDS}), got {text!r}")
+    return path
+
+
 def default_config(name: str) -> Path | None:
     """configs/<name>.yaml of this checkout, if it has one (the documented defaults)."""
     path = CONFIG_DIR / f"{name}.yaml"

@@ -21,6 +21,7 @@ from vqad.commands.common import (
     default_config,
     identifier,
     overrides,
+    picture_arg,
     pixel_bits_arg,
     set_arg,
     stop_on_sigterm,
@@ -290,6 +291,8 @@ def cmd_records(args: argparse.Namespace) -> int:
                           "--export-sample, --compact and --backup do not take them")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
+    if not args.daily and args.picture is not None:
+        raise ConfigError("--picture draws the days of --daily")
     if args.peers and not exporting:
         raise ConfigError(
             "--peers fetches the evidence that --export-reviewed writes, or --export-sample: give one of them"
@@ -478,11 +481,26 @@ def _day_end(text: str | None) -> str | None:
     return f"{day.isoformat()}T23:59:59.999999" if day else text
 
 
+def _draw_daily(rows: list[dict], days: Any, path: Path, to: Any) -> None:
+    """The days' picture (edge.record.trend) written to `path`, whose folder is made."""
+    from edge.frames import write_image
+    from edge.record.trend import daily_picture
+
+    span = f"{rows[0]['day']} to {rows[-1]['day']}" if rows else "no results"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, daily_picture(rows, f"fail rate per day ({days.describe()}), {span}"))
+    print(f"picture: {path}", file=to)
+
+
 def _print_daily(record: Record, args: argparse.Namespace) -> int:
     """`vqad records --daily`: what the line decided per day, camera and model, and the changes
     made to the daemon in the same period."""
     days = _line_days(args)
     since, until = _time_window(args, days.zone)
+    if args.picture is not None:
+        from edge.durable import require_writable
+
+        require_writable(args.picture.parent, args.picture)  # a file there, or a read-only folder: said first
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
     removed = record.removed()
@@ -507,6 +525,8 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
         n_days = len({r["day"] for r in rows})
         print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
               f"{len(changes)} change(s) to the daemon")  # fmt: skip
+    if args.picture is not None:
+        _draw_daily(rows, days, args.picture, to=sys.stdout if args.format == "table" else sys.stderr)
     if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
         log.warning("results captured up to %s have left the record (%d to keep its disk's floor, %d past "
                     "record_keep_days; reviewed ones stay): the days up to it are counted in part",
@@ -959,6 +979,9 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         help="per day (--timezone, --day-starts), camera and model: results, passes, fails, the fail rate, errors, "
         "drops, the reviewed fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
     )
+    r.add_argument("--picture", type=picture_arg, metavar="PNG",
+                   help="with --daily: draw each camera's days (the fail rate, split by what reviews found; a "
+                   "change of model marked) into this image")  # fmt: skip
     _add_day_flags(r)
     r.set_defaults(func=cmd_records)
 

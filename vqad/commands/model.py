@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.frames import IMAGE_KINDS, IMAGE_SUFFIXES, parse_size
+from edge.frames import parse_size
 from edge.threshold import MISSES_GUIDE
-from vqad.commands.common import config_args, default_config, overrides, pixel_bits_arg
+from vqad.commands.common import config_args, default_config, overrides, picture_arg, pixel_bits_arg
 
 if TYPE_CHECKING:
     from train.config import ModelConfig, TrainConfig
@@ -28,14 +28,6 @@ def _frr(text: str) -> float:
     if not 0.0 < value < 0.5:
         raise argparse.ArgumentTypeError(f"--target-frr must be in (0, 0.5), got {text}")
     return value
-
-
-def _picture(text: str) -> Path:
-    """--picture: a file whose suffix names an image format, found before the images are scored."""
-    path = Path(text)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise argparse.ArgumentTypeError(f"--picture is an image file ({IMAGE_KINDS}), got {text!r}")
-    return path
 
 
 def size_arg(text: str) -> str:
@@ -349,7 +341,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--target-frr", type=_frr, help="share of good images to reject (default: as calibrated before)")
     c.add_argument(
         "--picture",
-        type=_picture,
+        type=picture_arg,
         metavar="PNG",
         help="where to draw the scores against the new and the previous threshold (default: TARGET/calibration.png)",
     )
