@@ -12,13 +12,14 @@ from typing import Any
 from edge.package import ModelPackage, sha256_file
 
 
-def package_card(pkg: ModelPackage) -> list[str]:
-    """The package's card, a line per subject; the graphs' sha256 checked against model.json."""
+def package_card(pkg: ModelPackage, states: dict[str, str] | None = None) -> list[str]:
+    """The package's card, a line per subject; the graphs' sha256 checked against model.json
+    (`states`: graph_states(pkg), when already computed: each graph is read whole to hash it)."""
     meta = pkg.meta
     return [
         _origin(pkg),
         _input(pkg),
-        *_files(pkg),
+        *_files(pkg, graph_states(pkg) if states is None else states),
         f"threshold  {pkg.threshold:.6g}: {_calibration(meta.get('threshold') or {})}",
         *(
             f"  before   {h.get('value', float('nan')):.6g}: {_calibration(h)}"
@@ -63,13 +64,10 @@ def graph_states(pkg: ModelPackage) -> dict[str, str]:
     return states
 
 
-def _files(pkg: ModelPackage) -> list[str]:
+def _files(pkg: ModelPackage, states: dict[str, str]) -> list[str]:
     """A line per graph: its sha256 as model.json lists it (the record names a result's model by
     model.onnx's), and whether the file still has it."""
-    return [
-        f"graph      {name}: sha256 {pkg.files[name]} {GRAPH_STATES[state]}"
-        for name, state in graph_states(pkg).items()
-    ]
+    return [f"graph      {name}: sha256 {pkg.files[name]} {GRAPH_STATES[state]}" for name, state in states.items()]
 
 
 def _calibration(c: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,7 @@ def _frames(
 
 
 def unfit_images(
-    stats: dict[str, Any], frames: np.ndarray, shapes: list[tuple[int, int]], paths: list[Path]
+    stats: dict[str, Any], frames: Iterable[np.ndarray], shapes: list[tuple[int, int]], paths: list[Path]
 ) -> tuple[list[dict[str, Any]], collections.Counter[str]]:
     """The images the line's camera health gate (its default limits, against `stats`: the
     training images' figures) would call unfit, each with its reasons, and the reasons counted.

@@ -181,8 +181,8 @@ def _unfit_test_images(run: Run, test: list[TestSample], category: str | Path) -
     except DataError as exc:  # a run trained before the figures were kept, its images gone
         log.info("the test images are not checked against the camera health gate: %s", exc)
         return None
-    frames = np.stack([s.image for s in good]) if good else np.zeros((0, 1, 1, 1), np.uint8)
-    unfit, reasons = unfit_images(stats, frames, [s.image.shape[:2] for s in good], [s.path for s in good])
+    images = [s.image for s in good]
+    unfit, reasons = unfit_images(stats, images, [image.shape[:2] for image in images], [s.path for s in good])
     found = {"unfit": len(unfit), "of": len(good), "reasons": dict(reasons), "examples": unfit[:UNFIT_NAMED]}
     if good and len(unfit) >= UNFIT_REFUSED * len(good):
         log.warning(

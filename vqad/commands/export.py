@@ -74,11 +74,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     from edge.package import load_package
 
     pkg = load_package(args.model)
+    states = graph_states(pkg)  # each graph read whole once
     if args.format == "json":
-        print(json.dumps({**pkg.meta, "graphs": graph_states(pkg)}, indent=2))
+        print(json.dumps({**pkg.meta, "graphs": states}, indent=2))
     else:
-        print("\n".join(package_card(pkg)))
-    broken = [name for name, state in graph_states(pkg).items() if state != "verified"]
+        print("\n".join(package_card(pkg, states)))
+    broken = [name for name, state in states.items() if state != "verified"]
     if broken:
         log.error("%s: %s not the file(s) it was exported with: export it again, or copy it whole", pkg.root,
                   ", ".join(broken))  # fmt: skip

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
     from edge.offline import Scored
     from edge.record import Record
+    from edge.record.days import ProductionDays
     from edge.settings import EdgeConfig
 
 log = logging.getLogger("vqad")
@@ -481,7 +482,7 @@ def _day_end(text: str | None) -> str | None:
     return f"{day.isoformat()}T23:59:59.999999" if day else text
 
 
-def _draw_daily(rows: list[dict], days: Any, path: Path, to: Any) -> None:
+def _draw_daily(rows: list[dict], days: ProductionDays, path: Path, to: TextIO) -> None:
     """The days' picture (edge.record.trend) written to `path`, whose folder is made."""
     from edge.frames import write_image
     from edge.record.trend import daily_picture
