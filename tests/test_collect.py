@@ -190,11 +190,15 @@ def test_with_curve_on_only_an_authorized_cameras_frames_are_collected(tmp_path)
         _bound(proc)
         stranger = camera_with(tmp_path / "strangers" / "mallory.key_secret")
         allowed = camera_with(tmp_path / "clients" / "cam.key_secret")
-        for sock, camera_id in ((stranger, "mallory"), (allowed, "cam")):
+        # A refused peer's handshake never completes, so its send would wait: it gets 5 s. The
+        # allowed camera's handshake completes, in well under a second unless the CPU is shared.
+        for sock, camera_id, wait_ms in ((stranger, "mallory", 5000), (allowed, "cam", 30000)):
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLOUT)
-            if poller.poll(5000):  # a refused peer's handshake never completes: its send would wait
+            if poller.poll(wait_ms):
                 sock.send_multipart(frame_message(camera_id, 0, np.full((16, 16), 99, np.uint8)))
+            else:
+                assert camera_id == "mallory", "the authorized camera's handshake did not complete in 30 s"
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
