@@ -178,7 +178,16 @@ class Control:
             self.daemon.recorder.event(kind, detail, by)
 
     def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        return {**self.daemon.state(), "recording": self.daemon.recorder is not None, "reloading": self.reloading}
+        """The daemon's state, and where its package is: MODEL_DIR as it was given (a `current`
+        symlink, say) and the folder the serving package was loaded from. When the symlink now
+        points elsewhere, a reload has not yet followed it."""
+        d = self.daemon
+        serving = d.serving.package.root if d.serving else None
+        points_to = d.model_dir.resolve()
+        return {**d.state(), "recording": d.recorder is not None, "reloading": self.reloading,
+                "model_dir": str(d.model_dir), "model_dir_now": str(points_to),
+                "serving_from": str(serving) if serving else None,
+                "reload_pending": serving is not None and points_to != serving}  # fmt: skip
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")

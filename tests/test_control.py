@@ -67,6 +67,7 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
                 if i == 40:
                     current.unlink()
                     current.symlink_to(broken)  # a bad package: refused, the old one serves on
+                    pending = run_vqad("ctl", control, "status", "--by", "test")
                     refused = run_vqad("ctl", control, "reload", check=False)
                     current.unlink()
                     current.symlink_to(b)
@@ -80,6 +81,13 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
     assert swapped["ok"] and swapped["to"]["sha256"] == load_package(b).sha256
     assert swapped["threshold"] == {"from": load_package(a).threshold, "to": load_package(b).threshold}
     assert status["model"]["sha256"] == load_package(b).sha256 and status["stalled"] is False
+    # Where the package is: the symlink as given, the folder serving, and a repointed symlink
+    # that no reload has followed (the broken package's, while `a` served on).
+    assert status["model_dir"] == str(current) and status["serving_from"] == str(b.resolve())
+    assert status["reload_pending"] is False
+    said = json.loads(pending.stdout)
+    assert said["serving_from"] == str(a.resolve()) and said["reload_pending"] is True
+    assert f"{current} now points to {broken.resolve()}" in pending.stderr, pending.stderr
     assert status["recording"] and status["record"]["unrecorded"] == 0 and status["record"]["behind_s"] < 60
     keys = [(h["camera_id"], h["frame_id"]) for h, _ in results]
     assert len(keys) == 2 * n and len(set(keys)) == 2 * n  # none lost, none answered twice
