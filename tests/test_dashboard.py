@@ -1424,6 +1424,21 @@ def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
         assert not driver.find_elements("css selector", ".reject img")
 
 
+def test_the_cameras_cards_stand_in_the_order_of_their_ids_however_late_one_first_sent(tmp_path):
+    """A card was appended when its camera first appeared on the page: a camera that started
+    after the page was opened, or a record's camera known a moment later, stood last, and
+    elsewhere on the next visit. The cards follow the summary's order (by id)."""
+    sections = "return [...document.querySelectorAll('section.camera')].map(e => e.dataset.camera)"
+    with _page_of_published_results(tmp_path) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        _publish_rejects(sock, 5, 1, cameras=1)
+        assert wait_for(lambda: driver.execute_script(sections) == ["cam5"], 10), driver.execute_script(sections)
+        _publish_rejects(sock, 1, 1, cameras=1)
+        _publish_rejects(sock, 8, 1, cameras=1)
+        shown = wait_for(lambda: len(ids := driver.execute_script(sections)) == 3 and ids, 10)
+        assert shown == ["cam1", "cam5", "cam8"], shown
+
+
 # Each camera's latest picture and reject tiles as the page draws them: {camera: [[w, h] of the
 # latest, [w, h] of each tile's picture, whether the latest stays inside its card]}.
 PICTURE_BOXES = """

@@ -76,6 +76,7 @@ function draw() {
     cam.node.remove();
     state.cameras.delete(id);
   }
+  placeInOrder(ids);
   window.vqadStats.renders += 1;
 }
 
@@ -214,6 +215,16 @@ function cameraSection(id) {
           dailyAt: -Infinity };
   state.cameras.set(id, cam);
   return cam;
+}
+
+// The cards stand in the summary's order (by camera id), however late each camera first
+// appeared: an operator finds a camera where it was before the page was opened again.
+function placeInOrder(ids) {
+  const box = document.getElementById("cameras");
+  const cards = ids.map((id) => state.cameras.get(id).node);
+  const shown = [...box.querySelectorAll(":scope > section.camera")];
+  if (cards.every((card, i) => shown[i] === card)) return;
+  for (const card of cards) box.appendChild(card);
 }
 
 function drawCamera(id, c, daemon) {
