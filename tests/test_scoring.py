@@ -11,6 +11,7 @@ from train.scoring import (
     AnomalyScorer,
     GoodImages,
     ScorerPlan,
+    TermInputs,
     circular_filter,
     dft_matrix,
     gaussian_kernel1d,
@@ -288,7 +289,7 @@ def test_the_golden_template_travels_as_plan_and_state_dict():
     loaded = GoldenTemplate(template.plan, 1, (32, 32), 2, template.settings)
     x = _aligned_part(3, seed=5)
     with pytest.raises(ValueError, match="no template was fitted or loaded"):
-        loaded(x, x, None)  # a registering plan without its template: refused, not scored unregistered
+        loaded(TermInputs(x, x))  # a registering plan without its template: refused, not scored unregistered
     loaded.load_state_dict(template.state_dict())
     assert loaded.registration is not None and loaded.plan.shift == 2
     assert torch.equal(_score(loaded, x), _score(template, x))
@@ -412,11 +413,12 @@ def test_the_memory_scores_features_it_never_saw_and_travels_with_its_plan():
     plan = memory.calibrate(calibration)
     assert plan.size == 3 * 4 * 64 and plan.dim == 8 and 0 < plan.gain < 1e6  # every cell fits in 2048
     odd = good[4].clone()  # good features the memory has not seen, and a patch of odd ones
+    not_read = torch.empty(0)  # the memory reads the features alone, not the images
     odd[0, :, 3:5, 3:5] += 3.0  # a patch of features never seen in training
-    m = memory(None, None, None, odd)
+    m = memory(TermInputs(not_read, not_read, features=odd))
     peak = m[0, 0].flatten().argmax()
     assert 8 <= int(peak) // 32 <= 24 and 8 <= int(peak) % 32 <= 24  # where the patch is (cells 3-4 of 8)
     assert float(m[0].max()) > 5 * float(m[1:].max())
     loaded = FeatureMemory(plan, 1, (32, 32), 2)
     loaded.load_state_dict(memory.state_dict())
-    assert torch.equal(loaded(None, None, None, odd), m)
+    assert torch.equal(loaded(TermInputs(not_read, not_read, features=odd)), m)

@@ -1,7 +1,7 @@
 """Scoring: input, reconstruction and head probability -> anomaly map and image score, as a
 weighted sum of terms (`scorer.py`), each a small module with calibrate / forward / describe."""
 
-from train.scoring.base import GoodImages, Term
+from train.scoring.base import GoodImages, Term, TermInputs
 from train.scoring.filters import (
     SSIM,
     GaussianBlur,
@@ -23,6 +23,7 @@ __all__ = [
     "GoodImages",
     "ScorerPlan",
     "Term",
+    "TermInputs",
     "circular_filter",
     "dft_matrix",
     "gaussian_kernel1d",

@@ -43,6 +43,23 @@ class GoodImages:
         return list(batched(self.val, size))
 
 
+@dataclass(frozen=True)
+class TermInputs:
+    """What one scorer call hands each of its terms.
+
+    x, recon: (N, C, H, W) [0,1] input and reconstruction; head_prob: (N, 1, H, W) the head's
+    probability, or None; features: (N, D, h, w) the head's coarsest features, or None;
+    shared: what the terms of the same call computed on these inputs, for a fused map's term to
+    take instead of computing it again (`computed_once`), or None.
+    """
+
+    x: torch.Tensor
+    recon: torch.Tensor
+    head_prob: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    shared: dict[Hashable, torch.Tensor] | None = None
+
+
 class Term(nn.Module):
     """One additive part of the anomaly map.
 
@@ -63,18 +80,9 @@ class Term(nn.Module):
         """Fit on good images; return (and adopt) the plan the term then scores by."""
         raise NotImplementedError
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        recon: torch.Tensor,
-        head_prob: torch.Tensor | None,
-        features: torch.Tensor | None = None,
-        shared: dict[Hashable, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """(N, C, H, W) [0,1] input and reconstruction, (N, 1, H, W) head probability or None,
-        (N, D, h, w) encoder features or None -> the term's map (N, 1, H, W) float32, in the
-        unit `describe()` names. shared: what the terms of one scorer call computed on these
-        inputs, for a fused map's term to take instead of computing it again (`computed_once`)."""
+    def forward(self, inputs: TermInputs) -> torch.Tensor:
+        """The term's map (N, 1, H, W) float32 of one scorer call's inputs, in the unit
+        `describe()` names."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from edge.frames import batched
-from train.scoring.base import GoodImages, Term, computed_once, peak_quantile, plan_to_dict
+from train.scoring.base import GoodImages, Term, TermInputs, computed_once, peak_quantile, plan_to_dict
 from train.scoring.filters import SSIM, GaussianBlur, gms_map, roi_mask
 
 
@@ -72,21 +71,14 @@ class ReconstructionErrors(Term):
         means = [max(float(error.mean()), 1e-12) for error in self.raw(good.val, good.val_recon)]
         self.plan = replace(self.plan, scales=tuple(1.0 / m for m in means), gain=1.0)
         pairs = zip(batched(good.val, 32), batched(good.val_recon, 32), strict=True)
-        peak = peak_quantile((self(x, r, None) for x, r in pairs), self.roi)
+        peak = peak_quantile((self(TermInputs(x, r)) for x, r in pairs), self.roi)
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-12))
         return self.plan
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        recon: torch.Tensor,
-        head_prob: torch.Tensor | None,
-        features: torch.Tensor | None = None,
-        shared: dict[Hashable, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, inputs: TermInputs) -> torch.Tensor:
         # Fused maps differ in their smoothing and gain only: the weighted sum is computed once.
         key = ("errors", self.plan.kinds, self.plan.weights, self.plan.scales)
-        smoothed = self.blur(computed_once(shared, key, lambda: self.weighted(x, recon)))
+        smoothed = self.blur(computed_once(inputs.shared, key, lambda: self.weighted(inputs.x, inputs.recon)))
         return smoothed if self.plan.gain == 1.0 else self.plan.gain * smoothed
 
     def describe(self) -> dict[str, Any]:

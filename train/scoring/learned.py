@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from edge.frames import batched
-from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.base import GoodImages, Term, TermInputs, peak_quantile, plan_to_dict
 from train.scoring.filters import GaussianBlur, roi_mask
 
 
@@ -43,17 +42,10 @@ class LearnedComparison(Term):
         self.plan = replace(self.plan, gain=1.0 / max(peak, 1e-6))
         return self.plan
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        recon: torch.Tensor,
-        head_prob: torch.Tensor | None,
-        features: torch.Tensor | None = None,
-        shared: dict[Hashable, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        if head_prob is None:
+    def forward(self, inputs: TermInputs) -> torch.Tensor:
+        if inputs.head_prob is None:
             raise ValueError("the head term needs the comparison head's probability")
-        smoothed = self.blur(head_prob)
+        smoothed = self.blur(inputs.head_prob)
         return smoothed if self.plan.gain == 1.0 else self.plan.gain * smoothed
 
     def describe(self) -> dict[str, Any]:

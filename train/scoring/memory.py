@@ -12,14 +12,13 @@ matrix product and a min, in FP32.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.base import GoodImages, Term, TermInputs, peak_quantile, plan_to_dict
 from train.scoring.filters import GaussianBlur, roi_mask
 
 # At most this many training cells enter the coreset search (a random subset beyond it), and
@@ -96,17 +95,10 @@ class FeatureMemory(Term):
         up = F.interpolate(self.distance(features), size=self.size, mode="bilinear", align_corners=False)
         return self.blur(up)  # (N, 1, H, W)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        recon: torch.Tensor,
-        head_prob: torch.Tensor | None,
-        features: torch.Tensor | None = None,
-        shared: dict[Hashable, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        if features is None:
+    def forward(self, inputs: TermInputs) -> torch.Tensor:
+        if inputs.features is None:
             raise ValueError("the memory term needs the comparison head's features")
-        return self.plan.gain * self.raw_map(features)
+        return self.plan.gain * self.raw_map(inputs.features)
 
     @torch.no_grad()
     def calibrate(self, good: GoodImages) -> MemoryPlan:

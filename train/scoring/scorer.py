@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.scoring.base import GoodImages, Term, plan_from_dict, plan_to_dict
+from train.scoring.base import GoodImages, Term, TermInputs, plan_from_dict, plan_to_dict
 from train.scoring.errors import ErrorPlan, ReconstructionErrors
 from train.scoring.learned import HeadPlan, LearnedComparison
 from train.scoring.memory import FeatureMemory, MemoryPlan
@@ -266,11 +266,12 @@ class AnomalyScorer(nn.Module):
         """This map alone, without the finer ones and its unit: (map (N, 1, H, W), score (N,)).
         shared: what other maps' terms computed in the same call, on the same inputs."""
         anomaly_map = None
+        inputs = TermInputs(x, recon, head_prob, features, shared)
         for name, term in self.terms.items():
             weight = self.weights[name]
             if weight <= 0:
                 continue
-            part = term(x, recon, head_prob, features, shared)
+            part = term(inputs)
             part = part if weight == 1.0 else weight * part
             anomaly_map = part if anomaly_map is None else anomaly_map + part
         if anomaly_map is None:

@@ -12,7 +12,7 @@ What the product is, aligned or not, is measured on the training images at calib
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.scoring.base import GoodImages, Term, peak_quantile, plan_to_dict
+from train.scoring.base import GoodImages, Term, TermInputs, peak_quantile, plan_to_dict
 from train.scoring.filters import GaussianBlur, circular_filter, dft_matrix, roi_mask
 from train.scoring.registration import Registration
 
@@ -198,15 +198,8 @@ class GoldenTemplate(Term):
         spread, blobs = self._readings(x)
         return spread if blobs is None else 0.5 * (spread + blobs)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        recon: torch.Tensor,
-        head_prob: torch.Tensor | None,
-        features: torch.Tensor | None = None,
-        shared: dict[Hashable, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        return self.plan.gain * self.raw_map(x)
+    def forward(self, inputs: TermInputs) -> torch.Tensor:
+        return self.plan.gain * self.raw_map(inputs.x)
 
     def describe(self) -> dict[str, Any]:
         return {"unit": "the good validation images' 99th-percentile peak", "plan": plan_to_dict(self.plan)}
