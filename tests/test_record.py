@@ -19,6 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -1755,6 +1756,26 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert refused.returncode == 2 and "do not apply" in refused.stderr
     record.review("a", 2, "false_reject")  # a person who reviews the gate's fail anyway
     assert (record.daily()[0]["false_reject"], record.daily()[0]["unreviewed"]) == (2, 0)
+
+
+def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url):
+    """A package put in service at noon: the day's rows were in sha256 order, so the tally and
+    the daily picture could name the morning's model as the one the day ended with."""
+    from edge.record.trend import daily_picture
+
+    noon = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9 + 12 * 3600 * 10**9
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    for i, (sha, hour) in enumerate([("ff" * 32, -3), ("00" * 32, 1), ("ff" * 32, -2), ("00" * 32, 2)]):
+        result = _result("a", i, "pass", ts_ns=noon + hour * 3600 * 10**9)
+        result.header["model"] = {"name": "m", "sha256": sha}
+        writer.put(result, noon)
+    writer.close()
+    rows = Record(record_url).daily()
+    assert [(r["model_sha256"][:2], r["results"]) for r in rows] == [("ff", 2), ("00", 2)]
+    named = []
+    with mock.patch("edge.record.trend._model_line", lambda panel, x, y0, y1, model: named.append(model)):
+        daily_picture(rows, "fail rate per day")
+    assert named == ["00" * 32]
 
 
 def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(tmp_path, record_url):

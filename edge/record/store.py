@@ -558,7 +558,8 @@ class Record:
         with self.engine.connect() as conn:
             rows = conn.execute(_within(q, r.ts_ns, since_ns, until_ns)).all()
         tally: dict[DayKey, dict[str, int]] = {}
-        for quarter, cam, model, *counts in rows:
+        # In time order: a day's models are keyed in the order they served (daily_rows keeps it).
+        for quarter, cam, model, *counts in sorted(rows, key=lambda row: row[0]):
             day_counts = tally.setdefault((days.day_of_quarter(int(quarter)), cam, model), dict.fromkeys(counted, 0))
             for name, n in zip(counted, counts, strict=True):
                 day_counts[name] += int(n or 0)
@@ -884,9 +885,10 @@ def _count(*conditions: Any) -> Any:
 
 def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dict[str, int]]) -> list[dict[str, Any]]:
     """Record.daily's rows, oldest first, from its two tallies (Record.daily_decisions and
-    Record.daily_verdicts over the same period)."""
+    Record.daily_verdicts over the same period); a day and camera's models in the order
+    `decided` first saw them, which Record.daily_decisions makes the order they served in."""
     rows = []
-    for day, camera, model in sorted(decided, key=lambda k: (k[0], k[1], k[2] is not None, k[2] or "")):
+    for day, camera, model in sorted(decided, key=lambda k: (k[0], k[1])):  # stable: the models' order kept
         counts = decided[(day, camera, model)]
         found = verdicts.get((day, camera, model), {})
         reviewed = {v: found.get(v, 0) for v in VERDICTS}
