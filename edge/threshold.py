@@ -73,13 +73,15 @@ def rate_upper_bound(n: int, above: int, confidence: float = BOUND_CONFIDENCE) -
 # A false-reject bound past this says the threshold rests on too few images to promise a line
 # anything: 29 good images, none above the threshold, bring it under (1 - 0.05 ** (1 / 29) = 9.8%).
 WIDE_FRR_BOUND = 0.10
+# The good images that, none above the threshold, bound the false-reject rate under it.
+ENOUGH_CALIBRATION_IMAGES = math.ceil(math.log(1 - BOUND_CONFIDENCE) / math.log(1 - WIDE_FRR_BOUND))
 
 
 def _warn_if_few(n: int, bound: float) -> None:
     """A warning when n good images bound the false-reject rate (`bound`) above WIDE_FRR_BOUND,
     with how many would bring it under."""
     if bound > WIDE_FRR_BOUND:
-        enough = math.ceil(math.log(1 - BOUND_CONFIDENCE) / math.log(1 - WIDE_FRR_BOUND))
+        enough = ENOUGH_CALIBRATION_IMAGES
         log.warning(
             "only %d good images set the threshold: new good parts may be rejected up to %.0f%% of the time (%.0f%% "
             "confidence); %d or more, none over it, bound that under %.0f%%",

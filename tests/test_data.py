@@ -525,3 +525,29 @@ def test_an_input_format_is_the_models_size_channels_and_bits_whole():
     assert ModelConfig(image_size=(32, 64), channels=1, pixel_bits=12).input_format == InputFormat((32, 64), 1, 12)
     with pytest.raises(ValueError, match="still auto"):
         _ = ModelConfig().input_format
+
+
+def test_a_training_that_holds_out_too_few_images_to_bound_false_rejects_says_so_before_it_trains(tmp_path, caplog):
+    """The threshold's weakness was said by vqad eval, after an hour of training; the split knows
+    it before the first step."""
+    from edge.threshold import ENOUGH_CALIBRATION_IMAGES, frr_upper_bound
+    from train.config import ModelConfig, TrainConfig
+    from train.loop import load_run_data
+
+    def held_out_of(n: int) -> tuple[int, str]:
+        """(images held out of a folder of n, what the split warned)."""
+        good = tmp_path / str(n) / "train" / "good"
+        good.mkdir(parents=True)
+        for i in range(n):
+            _write(good / f"{i:03d}.png", i)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="train.loop"):
+            data = load_run_data(good.parent.parent, ModelConfig(image_size=(16, 16)), TrainConfig())
+        return len(data.val_paths), caplog.text
+
+    few, said = held_out_of(10)
+    bound = round(100 * frr_upper_bound(few, 0))
+    assert few < ENOUGH_CALIBRATION_IMAGES and f"only {few} good images are held out" in said, said
+    assert f"at {bound}% at best ({ENOUGH_CALIBRATION_IMAGES} images bring it under 10%)" in said, said
+    enough, said = held_out_of(3 * ENOUGH_CALIBRATION_IMAGES)
+    assert enough >= ENOUGH_CALIBRATION_IMAGES and "are held out" not in said, said

@@ -45,6 +45,7 @@ from edge.errors import CheckpointError, ConfigError, DataError
 from edge.frames import batched
 from edge.recalibrate import fingerprints
 from edge.state import LockHeldError, hold_lock
+from edge.threshold import ENOUGH_CALIBRATION_IMAGES, WIDE_FRR_BOUND, frr_upper_bound
 from train.anomalies import paint_anomalies
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
@@ -121,6 +122,18 @@ class RunData(NamedTuple):
     train_prints: list[str]  # edge.recalibrate.fingerprints of train_paths
 
 
+def _warn_if_few_held_out(n: int) -> None:
+    """Said before training, not after it: a threshold from n held-out images cannot bound the
+    line's false rejects under WIDE_FRR_BOUND, whatever the model learns."""
+    if n < ENOUGH_CALIBRATION_IMAGES:
+        log.warning(
+            "only %d good images are held out: the threshold vqad eval calibrates on them bounds new good parts' "
+            "false rejects at %.0f%% at best (%d images bring it under %.0f%%): add good images to train/good, "
+            "or run vqad calibrate on the line's good parts before it decides",
+            n, 100 * frr_upper_bound(n, 0), ENOUGH_CALIBRATION_IMAGES, 100 * WIDE_FRR_BOUND,
+        )  # fmt: skip
+
+
 def load_run_data(
     category: Path,
     model_cfg: ModelConfig,
@@ -149,6 +162,7 @@ def load_run_data(
         "%d good images: %d to train on, %d held out to calibrate the threshold",
         len(train_paths) + len(val_paths), len(train_paths), len(val_paths),
     )  # fmt: skip
+    _warn_if_few_held_out(len(val_paths))
     # One read of both, so that an error names every unreadable image of the folder at once.
     shapes: list[tuple[int, int]] = []
     greys: list[bool] = []
