@@ -213,9 +213,9 @@ class Control:
         package = d.serving.package
         d.overrides.threshold = {"value": value, "source": source, "model_sha256": package.sha256,
                                  "replaces": configured_threshold(package, d.cfg)}  # fmt: skip
-        d.overrides.save()
+        kept = d.overrides.save()
         self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
-        return {"threshold": value, "previous": old}
+        return {"threshold": value, "previous": old, "kept": kept}
 
     def _reload(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         """Load, verify and warm up MODEL_DIR as it is now, beside the serving model; switch
@@ -262,28 +262,30 @@ class Control:
         camera = _camera(args)
         changed = camera not in self.daemon.paused
         self.daemon.paused.add(camera)
-        self._keep_paused()
+        kept = self._keep_paused()
         self._change("pause", {"camera": camera}, by)
-        return self._paused(camera, changed)
+        return self._paused(camera, changed, kept)
 
     def _resume(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         camera = _camera(args)
         changed = camera in self.daemon.paused
         self.daemon.paused.discard(camera)
-        self._keep_paused()
+        kept = self._keep_paused()
         self._change("resume", {"camera": camera}, by)
-        return self._paused(camera, changed)
+        return self._paused(camera, changed, kept)
 
-    def _keep_paused(self) -> None:
-        """The paused cameras, kept for the next start (edge.state.Overrides)."""
+    def _keep_paused(self) -> bool:
+        """The paused cameras, kept for the next start (edge.state.Overrides) -> whether kept."""
         self.daemon.overrides.paused = sorted(self.daemon.paused)
-        self.daemon.overrides.save()
+        return self.daemon.overrides.save()
 
-    def _paused(self, camera: str, changed: bool) -> dict[str, Any]:
+    def _paused(self, camera: str, changed: bool, kept: bool) -> dict[str, Any]:
         """The reply to pause and resume: the paused cameras; whether this request changed that
-        (a resume of a camera that was not paused did not); and whether the camera has sent
-        frames since the start (a mistyped id pauses nothing that runs)."""
-        return {"paused": sorted(self.daemon.paused), "changed": changed, "seen": self.daemon.has_seen(camera)}
+        (a resume of a camera that was not paused did not); whether the camera has sent frames
+        since the start (a mistyped id pauses nothing that runs); and whether the state folder
+        kept it for the next start."""
+        return {"paused": sorted(self.daemon.paused), "changed": changed, "seen": self.daemon.has_seen(camera),
+                "kept": kept}  # fmt: skip
 
 
 _REQUIRED = object()

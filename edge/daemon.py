@@ -251,7 +251,7 @@ class Daemon:
         self.recorder = RecordWriter(
             cfg.record, cfg.evidence_dir or None, cfg.record_pass_fraction, metrics=self.metrics,
             max_gb=cfg.record_max_gb, keep_days=cfg.record_keep_days, min_free_gb=cfg.record_min_free_gb,
-            state_file=self._marker.with_name("vqad-serve.record.json"), run_id=self.run_id,
+            state_file=self.state_dir / "vqad-serve.record.json", run_id=self.run_id,
         ).start()  # fmt: skip
 
     def _log_ready(self) -> None:
@@ -447,11 +447,24 @@ class Daemon:
         if self.serving is not None:
             self.serving.close()
         if self._marker is not None:
-            self._marker.unlink(missing_ok=True)
+            self._remove_marker()
         if self._state_lock is not None:
             self._state_lock.close()  # lets the folder go
         if self.watchdog is not None:
             self.watchdog.stop()
+
+    def _remove_marker(self) -> None:
+        """A clean stop's last word to the next start. A marker that a read-only folder never
+        took is no error (unlink says EROFS even of a missing file), and a disk that turned
+        read-only meanwhile (ext4's errors=remount-ro) must not turn the stop into a failure,
+        or skip the rest of it."""
+        if not self._marker.exists():
+            return
+        try:
+            self._marker.unlink()
+        except OSError as exc:
+            log.warning("%s cannot be removed (%s): the next start will count this clean stop as unclean",
+                        self._marker, exc.strerror or exc)  # fmt: skip
 
     # -- startup pieces -------------------------------------------------------------------
     def _check_previous_exit(self) -> None:

@@ -43,7 +43,8 @@ def check_start(model_dir: Path, cfg: EdgeConfig) -> list[str]:
     lines = _serving_lines(model_dir, cfg, Overrides.load(state_dir))
     if cfg.curve.enabled:
         lines.append(_curve_line(cfg))
-    lines.append(_writable_line("state folder", state_dir))
+    # The daemon would serve without it, forgetting its crash marker and what vqad ctl changes.
+    lines.append(_writable_line("state folder", state_dir, "edge.state_dir names another folder"))
     if holder := state_folder_holder(state_dir):
         lines.append(f"note: the state folder is held now by a running daemon ({holder}): the one this "
                      "start would replace? Another daemon beside it needs a state_dir of its own")  # fmt: skip
@@ -144,11 +145,12 @@ def _curve_line(cfg: EdgeConfig) -> str:
     return f"CURVE: the server key reads, {len(allowed)} authorised client key(s)"
 
 
-def _writable_line(what: str, folder: Path) -> str:
+def _writable_line(what: str, folder: Path, remedy: str = "") -> str:
     """DataError unless `folder`, or the nearest folder above it that exists, can be written."""
     existing = nearest_existing(folder)
     if (exc := write_refusal(existing)) is not None:
-        raise DataError(f"the {what} {folder} cannot be written ({existing}: {exc.strerror or exc})") from exc
+        said = f"the {what} {folder} cannot be written ({existing}: {exc.strerror or exc})"
+        raise DataError(said + (f": {remedy}" if remedy else "")) from exc
     return f"{what} {folder}: writable" + ("" if existing == folder else " (to be created)")
 
 

@@ -97,10 +97,11 @@ def _holder(lock: IO[str]) -> str:
 
 def mark_running(state_dir: Path, metrics: DaemonMetrics) -> tuple[Path, bool]:
     """Check for a previous run that did not stop cleanly (log, count, metrics), then mark this
-    one as running. -> the marker, which a clean shutdown removes, and whether the previous
-    run left its own (killed, crashed, or the power lost). A state folder whose disk is
-    full is an error in the log, not a start refused: the line's inspection needs no disk, and
-    under systemd a refused start is refused again every 2 s."""
+    one as running. -> the marker, which a clean shutdown removes where it is, and whether the
+    previous run left its own (killed, crashed, or the power lost).
+    A state folder whose disk is full or read-only is an error in the log, not a start refused:
+    the line's inspection needs no disk, and under systemd a refused start is refused again
+    every 2 s."""
     state_dir.mkdir(parents=True, exist_ok=True)
     marker = state_dir / "vqad-serve.running"
     state_file = state_dir / "vqad-serve.state.json"
@@ -124,7 +125,8 @@ def mark_running(state_dir: Path, metrics: DaemonMetrics) -> tuple[Path, bool]:
     except OSError as exc:
         log.error(
             "the state folder %s cannot be written (%s): the daemon serves, but the next start cannot tell whether "
-            "this one stopped cleanly, nor keep what vqad ctl changes", state_dir, exc.strerror or exc,
+            "this one stopped cleanly, nor keep what vqad ctl changes (edge.state_dir names another folder)",
+            state_dir, exc.strerror or exc,
         )  # fmt: skip
     metrics.unclean_exits.set(state["unclean_exits"])
     return marker, unclean
@@ -223,11 +225,13 @@ class Overrides:
         kept = self.threshold
         return kept is not None and kept["model_sha256"] == model_sha256 and kept["replaces"] == configured
 
-    def save(self) -> None:
-        """Keep the overrides; a disk that refuses leaves them in force until the next start,
-        with an error in the log."""
+    def save(self) -> bool:
+        """Keep the overrides -> whether they were kept. A disk that refuses leaves them in
+        force until the next start, with an error in the log."""
         try:
             write_whole(self.path, {"threshold": self.threshold, "paused": self.paused})
         except OSError as exc:
             log.error("%s cannot be written (%s): what vqad ctl changed holds until the daemon restarts", self.path,
                       exc)  # fmt: skip
+            return False
+        return True

@@ -144,7 +144,7 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
         "seen": True,
     }
     assert (resumed_reply["paused"], resumed_reply["changed"]) == ([], True)
-    assert json.loads(mistyped.stdout) == {"ok": True, "paused": [], "changed": False, "seen": False}
+    assert json.loads(mistyped.stdout) == {"ok": True, "paused": [], "changed": False, "seen": False, "kept": True}
     assert "camera 'C' was not paused" in mistyped.stderr and "'C' has sent no frame" in mistyped.stderr
     assert bad.returncode != 0 and "--reason" in bad.stderr
     assert endless.returncode == 1 and "finite" in endless.stderr and kept == 123.5
@@ -219,6 +219,35 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
         _ctl(control, "reload")
     kept = Overrides.load(state)  # what the next start would put back
     assert kept.threshold is None and kept.paused == []
+
+
+def test_a_state_folder_that_keeps_nothing_is_said_to_ctl_and_a_stop_is_still_clean(tiny_model, tmp_path):
+    """A model folder on a read-only root filesystem, as the state folder: the daemon serves. A
+    SIGTERM then ended in "cannot use …/vqad-serve.running" and exit 7 (the marker it never
+    wrote could not be removed), and systemd counted a failure. A threshold set with vqad ctl
+    was answered ok, silent that a restart would drop it. (Names taken by folders stand in for
+    a read-only disk, which root's tests cannot make.)"""
+    control, state = f"ipc://{tmp_path}/ctl", short_ipc_dir()
+    for name in ("vqad-serve.running", "vqad-serve.overrides.json"):
+        (state / name).mkdir()
+        (state / name / "in the way").write_text("")
+    daemon = DaemonProcess(tiny_model, "--control", control, ipc_dir=state).start()
+    try:
+        said = run_vqad("ctl", control, "set-threshold", "2.5", "--reason", "audit", "--by", "test")
+        assert json.loads(said.stdout)["kept"] is False and json.loads(said.stdout)["threshold"] == 2.5
+        assert "could not keep this for its next start" in said.stderr, said.stderr
+        paused = run_vqad("ctl", control, "pause", "left", "--by", "test")
+        assert json.loads(paused.stdout)["kept"] is False and "could not keep this" in paused.stderr
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.log_text()
+    assert "shut down cleanly" in daemon.log_text() and "cannot use" not in daemon.log_text()
+    assert "edge.state_dir names another folder" in daemon.log_text()
+    (tmp_path / "a file").write_text("")  # a folder under it cannot be made
+    check = run_vqad("serve", tiny_model, "--check", "--set", f"edge.state_dir={tmp_path / 'a file' / 'state'}",
+                     check=False)  # fmt: skip
+    assert check.returncode == 3 and "cannot be written" in check.stderr, check.stderr
+    assert "edge.state_dir names another folder" in check.stderr
 
 
 def test_an_overrides_file_cut_short_is_no_reason_not_to_start(tmp_path, caplog):

@@ -645,6 +645,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
     if args.command in ("pause", "resume"):
         _warn_pause_unchanged(args.command, args.camera, reply)
+    if reply.get("kept") is False:
+        log.warning("the daemon could not keep this for its next start (its state folder cannot be written: its log "
+                    "says why): a restart goes back to what it started with")  # fmt: skip
     if args.command == "status" and reply.get("reload_pending"):
         print(f"{reply['model_dir']} now points to {reply['model_dir_now']}, but the daemon serves "
               f"{reply['serving_from']}: `vqad ctl {args.endpoint} reload` to switch", file=sys.stderr)  # fmt: skip
