@@ -25,7 +25,7 @@ import numpy as np
 
 from edge.backends.tensorrt_backend import find_engine, import_tensorrt
 from edge.cuda_memory import load_cudart
-from edge.durable import replace_synced
+from edge.durable import replace_synced, require_writable
 from edge.engine_cache import ENGINE_DIR, onnx_file_for, trt_major
 from edge.errors import BackendError
 from edge.package import load_package
@@ -67,6 +67,7 @@ def build_engine(model_dir: str | Path, max_batch: int = 8, workspace_mb: int = 
     logger = trt.Logger(trt.Logger.WARNING)
     if not force and _cached_engine_loads(trt, logger, path):
         return path
+    require_writable(path.parent, path)  # a read-only package folder is found before minutes of building
     onnx_path = package.verify(onnx_file_for(settings.mode))
     builder = trt.Builder(logger)
     network = _parsed_network(trt, builder, logger, onnx_path)

@@ -267,6 +267,24 @@ def test_build_engine_builds_what_each_tensorrt_release_accepts(tiny_model, tmp_
         assert "building" in caplog.text
 
 
+def test_build_engine_refuses_a_folder_it_cannot_write_before_it_builds(tiny_model, tmp_path, monkeypatch):
+    """A package copied onto a read-only root filesystem: the build took its minutes, then failed
+    on the write. The refusal comes first (exit 7 in the CLI), naming the engine's path. (A file
+    named `engines` stands in for the read-only folder, which root's tests cannot make.)"""
+    from export.engine import build_engine
+    from tests import fake_tensorrt
+
+    fake_tensorrt.install(monkeypatch, "10.3.0")
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    (model / "engines").write_text("")
+    built = []
+    monkeypatch.setattr("export.engine._parsed_network", lambda *args: built.append(args))
+    with pytest.raises(OSError, match=r"engines/.*\.plan"):
+        build_engine(model, max_batch=4, workspace_mb=256)
+    assert not built
+
+
 def _has_trt_gpu() -> bool:
     try:
         import tensorrt  # noqa: F401
