@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -831,6 +834,68 @@ def test_evidence_written_under_a_relative_folder_is_found_from_any_working_dire
     assert Path(record.results()[0]["evidence"]).is_absolute()
     record.review("c", 7, "defect")
     assert record.export_reviewed(tmp_path / "reviewed") == {"test/defect": 1}
+
+
+@contextmanager
+def _write_protected(*paths: Path) -> Iterator[None]:
+    """`paths` immutable (chattr +i): not even root writes them, as on a read-only medium or
+    disk, which a test cannot mount. Skipped where the filesystem has no such attribute."""
+    protected: list[Path] = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not possible here (not root, or a filesystem without the attribute)")
+            protected.append(path)
+        yield
+    finally:
+        for path in reversed(protected):
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_record_on_a_disk_that_cannot_be_written_is_read_as_it_is(tmp_path):
+    """A backup on a write-protected stick or a read-only share, or a record whose card the
+    kernel made read-only: every query of `vqad records` was refused with "attempt to write a
+    readonly database" (opening it brings its schema up to date, and sets WAL). It is read as
+    it is, its WAL's transactions included; a review is refused, naming the cause."""
+    live = tmp_path / "live" / "line.db"
+    writer = RecordWriter(f"sqlite:///{live}", tmp_path / "ev").start()
+    for i, decision in enumerate(["fail", "pass", "fail"]):
+        writer.put(_result("cam0", i, decision), time.time_ns())
+    writer.close()
+    copy = tmp_path / "stick"
+    copy.mkdir()
+    shutil.copy(live, copy / "line.db")  # a file alone (a backup), and one with a WAL beside it
+    holder = sqlite3.connect(live)  # transactions left in the WAL: a copy of a record in use
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint=0")
+        holder.execute("UPDATE results SET score = score + 10 WHERE decision = 'fail'")
+        holder.commit()
+        copy_wal = tmp_path / "share"
+        copy_wal.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copy(f"{live}{suffix}", copy_wal / f"line.db{suffix}")
+    finally:
+        holder.close()
+    older = tmp_path / "older"  # a record an older vqad wrote, which nothing here may bring up to date
+    older.mkdir()
+    shutil.copy(copy / "line.db", older / "line.db")
+    with sqlite3.connect(older / "line.db") as con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+    files = [copy / "line.db", older / "line.db", *(copy_wal / f"line.db{s}" for s in ("", "-wal", "-shm"))]
+    with _write_protected(*files, copy, copy_wal, older):
+        for folder, fail_score in ((copy, 2.0), (copy_wal, 12.0)):
+            shown = run_vqad("records", folder / "line.db", "--decision", "fail", "--format", "json")
+            assert [r["score"] for r in json.loads(shown.stdout)] == [fail_score, fail_score], shown.stderr
+            assert "cannot be written here: read as it is" in shown.stderr
+            daily = run_vqad("records", folder / "line.db", "--daily", "--format", "json")
+            assert json.loads(daily.stdout)["days"][0]["fail"] == 2
+        backed_up = run_vqad("records", copy_wal / "line.db", "--backup", tmp_path / "restored.db")
+        assert "3 results" in backed_up.stdout
+        refused = run_vqad("review", copy / "line.db", "cam0", "0", "--verdict", "defect", check=False)
+        assert refused.returncode != 0 and "cannot be written by this process" in refused.stderr, refused.stderr
+        refused = run_vqad("records", older / "line.db", check=False)
+        assert refused.returncode != 0 and "older than this vqad's" in refused.stderr, refused.stderr
+        assert "copy it to a folder this user can write" in refused.stderr
 
 
 def test_a_backup_opened_on_another_machine_finds_its_evidence_beside_it(tmp_path):

@@ -37,7 +37,7 @@ class RecordLink:
         self._record: Record | None = None
         self._error, self._next_try = "", 0.0
         try:
-            self._record = Record(url, must_exist=True, evidence_dir=evidence_dir)
+            self._record = Record(url, must_exist=True, evidence_dir=evidence_dir, reading=True)
         except RecordMissingError as exc:  # a box whose daemon has not started yet
             self._failed(str(exc))
         except DataError as exc:
@@ -49,7 +49,7 @@ class RecordLink:
         """The open record; RecordUnavailableError while its server does not answer."""
         if self._record is None and time.monotonic() >= self._next_try:
             try:
-                self._record = Record(self.url, must_exist=True, evidence_dir=self.evidence_dir)
+                self._record = Record(self.url, must_exist=True, evidence_dir=self.evidence_dir, reading=True)
                 log.info("the record at %s answers now", self.where)
             except DataError as exc:
                 self._failed(str(exc))

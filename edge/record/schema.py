@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,24 @@ def stored_version(conn: sa.Connection) -> int | None:
         return None
     row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
     return int(row[0]) if row else None
+
+
+def check_readable(engine: sa.Engine) -> int:
+    """The schema version of a record that nothing may migrate (a file opened read-only): this
+    vqad's, or a newer one that it still writes. DataError for an older one, whose missing
+    columns its queries would name, and for a database that holds no record."""
+    with engine.connect() as conn:
+        version = stored_version(conn)
+        if version is None:
+            raise DataError("it holds no record (no schema): is it the daemon's record file?")
+        if version > SCHEMA_VERSION:
+            return _newer(conn, version)
+    if version < SCHEMA_VERSION:
+        raise DataError(
+            f"its schema is version {version}, older than this vqad's ({SCHEMA_VERSION}), and it cannot be written "
+            "to bring it up to date: copy it to a folder this user can write, and open the copy"
+        )
+    return version
 
 
 def migrate(engine: sa.Engine) -> int:

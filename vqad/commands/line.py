@@ -310,7 +310,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         )
     if args.compact or args.backup:
         return _whole_record(args)
-    record = Record(args.url, must_exist=True, evidence_dir=args.evidence_dir or "")
+    record = Record(args.url, must_exist=True, evidence_dir=args.evidence_dir or "", reading=True)
     with refusals_named(args.url):
         return _query_records(record, args)
 
