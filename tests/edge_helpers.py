@@ -11,8 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import zmq
 
 from edge.protocol import parse_result
@@ -166,3 +169,19 @@ def header(camera_id="cam0", frame_id=0, **kw) -> bytes:
     }
     h.update(kw)
     return json.dumps(h).encode()
+
+
+@contextmanager
+def write_protected(*paths: Path) -> Iterator[None]:
+    """`paths` immutable (chattr +i): not even root writes them, as on a read-only medium or
+    disk, which a test cannot mount. Skipped where the filesystem has no such attribute."""
+    protected: list[Path] = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not possible here (not root, or a filesystem without the attribute)")
+            protected.append(path)
+        yield
+    finally:
+        for path in reversed(protected):
+            subprocess.run(["chattr", "-i", str(path)], check=True)

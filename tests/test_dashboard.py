@@ -43,7 +43,7 @@ from edge.record.store import create_engine
 from edge.transport import free_loopback_port
 from tests.browser import DashboardProcess, PrefixProxy, headless_chromium, wait_for
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber, stop_process
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, stop_process, write_protected
 
 TOKEN = "t0ken-for-the-dashboard-tests"
 # The line's days in the dashboard tests: a zone a quarter hour off the hour, from a quarter-hour shift start.
@@ -1106,6 +1106,36 @@ def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_p
     assert (miss["camera_id"], miss["decision"]) == ("side", "pass")
     assert [(v["verdict"], v["kind"], v["reviewer"]) for v in miss["reviews"]] == [("defect", "crack", "ann")]
     assert [row["missed"] for row in Record(url).daily(camera="side")] == [1]  # the tally's "misses found"
+
+
+def test_a_record_this_dashboard_cannot_write_is_shown_and_its_reviews_are_off_saying_why(tmp_path):
+    """A plant's view of a backup on a read-only share: the dashboard refused to start ("attempt
+    to write a readonly database"). It shows the record's rejects; the review buttons are off,
+    saying why, and the API refuses a review with the cause."""
+    folder = tmp_path / "share"
+    url = f"sqlite:///{folder / 'line.db'}"
+    _recorded_fails(url, tmp_path / "evidence", "ro-cam", 2)
+    nowhere = f"ipc://{tmp_path}/no-daemon"
+    with write_protected(folder / "line.db", folder):
+        with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "ro.log") as dashboard:
+            summary = lambda: _json(dashboard.url + "/api/summary")[1]  # noqa: E731
+            assert wait_for(lambda: "ro-cam" in summary()["cameras"], 10)
+            assert summary()["daemon"]["record_read_only"] is True
+            review = json.dumps({"camera_id": "ro-cam", "frame_id": 1, "verdict": "defect"}).encode()
+            status, body = _json(dashboard.url + "/api/review", {"Content-Type": "application/json"}, review)
+            assert status >= 400 and "cannot be written" in body["error"], body
+            driver = headless_chromium()
+            try:
+                driver.get(dashboard.url + "/")
+                tiles = wait_for(lambda: driver.find_elements("css selector", '[data-camera="ro-cam"] .reject'), 10)
+                assert tiles and len(tiles) == 2
+                tiles[0].click()
+                said = wait_for(lambda: driver.find_element("id", "review-status").text, 5)
+                assert "cannot be written here" in said, said
+                assert not driver.find_element("id", "review-defect").is_enabled()
+                assert not driver.find_element("id", "review-false-reject").is_enabled()
+            finally:
+                driver.quit()
 
 
 def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and_says_why_a_picture_is_missing(

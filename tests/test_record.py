@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -38,7 +37,7 @@ from edge.results import Result
 from edge.transport import free_loopback_port
 from tests.browser import wait_for
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, write_protected
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -836,22 +835,6 @@ def test_evidence_written_under_a_relative_folder_is_found_from_any_working_dire
     assert record.export_reviewed(tmp_path / "reviewed") == {"test/defect": 1}
 
 
-@contextmanager
-def _write_protected(*paths: Path) -> Iterator[None]:
-    """`paths` immutable (chattr +i): not even root writes them, as on a read-only medium or
-    disk, which a test cannot mount. Skipped where the filesystem has no such attribute."""
-    protected: list[Path] = []
-    try:
-        for path in paths:
-            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-                pytest.skip("chattr +i is not possible here (not root, or a filesystem without the attribute)")
-            protected.append(path)
-        yield
-    finally:
-        for path in reversed(protected):
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_a_record_on_a_disk_that_cannot_be_written_is_read_as_it_is(tmp_path):
     """A backup on a write-protected stick or a read-only share, or a record whose card the
     kernel made read-only: every query of `vqad records` was refused with "attempt to write a
@@ -882,7 +865,7 @@ def test_a_record_on_a_disk_that_cannot_be_written_is_read_as_it_is(tmp_path):
     with sqlite3.connect(older / "line.db") as con:
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
     files = [copy / "line.db", older / "line.db", *(copy_wal / f"line.db{s}" for s in ("", "-wal", "-shm"))]
-    with _write_protected(*files, copy, copy_wal, older):
+    with write_protected(*files, copy, copy_wal, older):
         for folder, fail_score in ((copy, 2.0), (copy_wal, 12.0)):
             shown = run_vqad("records", folder / "line.db", "--decision", "fail", "--format", "json")
             assert [r["score"] for r in json.loads(shown.stdout)] == [fail_score, fail_score], shown.stderr
@@ -2432,7 +2415,6 @@ def test_names_from_the_wire_or_a_reviewer_stay_inside_their_folders(tmp_path):
 def test_a_postgresql_record_without_its_driver_says_which_extra_to_install(tiny_model):
     """A box installed with `vqad[edge]` alone has no psycopg: a PostgreSQL record is refused at
     the start with the extra that brings it, and the URL's password is not shown."""
-    import subprocess
     import sys
 
     from tests.conftest import ROOT

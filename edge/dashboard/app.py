@@ -184,6 +184,7 @@ class Dashboard:
             results_missed=self.view.gaps.missed,
             throughput_per_s=round(sum(v["throughput_per_s"] for v in cameras.values()), 2),
             record=bool(self.record),
+            record_read_only=bool(self.record) and self.record.read_only,
             streamed=bool(self.streams),
             record_behind=behind is not None and behind >= RECORD_BEHIND_S,
         )

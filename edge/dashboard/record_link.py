@@ -68,6 +68,11 @@ class RecordLink:
         )
         return RecordUnavailableError(f"the record at {self.where} {what}: {reason}")
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the open record is a file this process cannot write: read, never reviewed."""
+        return self._record is not None and self._record.read_only
+
     def close(self) -> None:
         if self._record is not None:
             self._record.close()

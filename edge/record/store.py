@@ -199,15 +199,13 @@ def database_reason(exc: sa.exc.SQLAlchemyError) -> str:
     return f"{reason} (is its disk read-only? {FAILING_DISK})" if reason.startswith(SQLITE_WRITE_REFUSALS) else reason
 
 
-def open_record(url: str, must_exist: bool = False, reading: bool = False) -> sa.Engine:
+def open_record(url: str, must_exist: bool = False, read_only: bool = False) -> sa.Engine:
     """create_engine, then the schema brought up to date: a database that cannot be reached
     (a PostgreSQL server down, a SQLite file that cannot be written) is one DataError that names
     it, without its password, instead of a driver's traceback. So is a file that is not a SQLite
     database, or a damaged one ("file is not a database"). The DataError's cause is the driver's
-    error: an OperationalError is a database that may answer later. reading: for a process that
-    only reads, a SQLite file it cannot write is opened read-only, its schema as it is
-    (`check_readable`), instead of refused."""
-    read_only = reading and unwritable_file(url) is not None
+    error: an OperationalError is a database that may answer later. read_only: a SQLite file
+    (`unwritable_file`) opened read-only, its schema as it is (`check_readable`)."""
     if read_only:
         log.info("%s cannot be written here: read as it is", shown_url(url))
     engine = create_engine(url, must_exist, read_only)
@@ -282,7 +280,7 @@ def backup(url: str, dest: str | Path) -> tuple[Path, int, int]:
     (pg_dump is its administrator's); DataError when it cannot be made."""
     if not is_sqlite(url):
         raise ConfigError("only a SQLite record is backed up here: a database server's with its own tools (pg_dump)")
-    engine = open_record(url, must_exist=True, reading=True)
+    engine = open_record(url, must_exist=True, read_only=unwritable_file(url) is not None)
     try:
         database = sqlite_file(engine)
         dest = _backup_path(database, Path(dest), str(dest).endswith(("/", os.sep)))
@@ -439,7 +437,8 @@ class Record:
     def __init__(self, url: str, must_exist: bool = False, evidence_dir: str | Path = "", reading: bool = False):
         """must_exist: refuse a SQLite file that is not there (a query or a review of a
         mistyped path would otherwise create an empty record and answer "0 results").
-        reading: this process only queries; a SQLite file it cannot write is read as it is.
+        reading: this process only queries, or can do without reviews; a SQLite file it cannot
+        write is read as it is (`read_only`).
         evidence_dir: the record's evidence folder on this machine ("" = beside a SQLite file,
         where the daemon writes it and its backup unit copies it; none for a server's record),
         where an evidence file is looked for when it is not where its row names it
@@ -447,7 +446,8 @@ class Record:
         if evidence_dir and not Path(evidence_dir).is_dir():  # a mistyped folder would hide every image
             raise DataError(f"no evidence folder {evidence_dir} (--evidence-dir)")
         self.url = url
-        self.engine = open_record(url, must_exist, reading)
+        self.read_only = reading and unwritable_file(url) is not None
+        self.engine = open_record(url, must_exist, self.read_only)
         self.evidence_dir = Path(evidence_dir) if evidence_dir else None
         if not evidence_dir and is_sqlite(url):
             self.evidence_dir = default_evidence_dir(self.engine)

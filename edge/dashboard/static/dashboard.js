@@ -674,9 +674,12 @@ function openDetail(r, list = [r], queue = state.queue) {
     return [dt, dd];
   }));
   // A fresh reject may reach the record a moment after the stream: the record answers for it.
-  const canReview = Boolean(state.summary && state.summary.daemon.record);
+  const record = state.summary ? state.summary.daemon : {};
+  const canReview = Boolean(record.record && !record.record_read_only);
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
-  document.getElementById("review-status").textContent = canReview ? "" : "Reviews need the line's record (vqad dashboard --record URL).";
+  document.getElementById("review-status").textContent = canReview ? ""
+    : record.record_read_only ? "This record cannot be written here (a read-only disk or medium): it is read, not reviewed."
+    : "Reviews need the line's record (vqad dashboard --record URL).";
   const at = list.indexOf(r);
   const where = !queue ? "" : "part" in queue ? `part ${queue.part}: ` : `not reviewed, ${queue.camera} ${queue.day}: `;
   document.getElementById("detail-position").textContent =
