@@ -147,6 +147,18 @@ def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, t
         assert "give the run it was exported from (" in proc.stderr
 
 
+def test_a_data_folder_given_for_a_run_says_to_train_on_it(synth_root, tmp_path):
+    """eval and export given the category's folder (the arguments' order mixed up, or no
+    training yet) said "checkpoint not found: …/checkpoint.pt"."""
+    data = synth_root / "bracket"
+    for args in (["eval", data, data, "--out", tmp_path / "e"], ["export", data, "--out", tmp_path / "m"]):
+        proc = run_vqad(*args, check=False)
+        assert proc.returncode == 3 and "is a data folder (train/good), not a training run" in proc.stderr, proc.stderr
+        assert f"(vqad train {data} --out RUN_DIR)" in proc.stderr
+    proc = run_vqad("calibrate", data, data / "train" / "good", check=False)
+    assert proc.returncode == 3 and "is a data folder (train/good), not a run nor a model package" in proc.stderr
+
+
 def test_a_training_run_given_for_a_model_package_says_to_export_it(tiny_run, synth_root, tmp_path):
     """score and serve read a model package; given the training run it came from, they said
     "no model.json: is this an exported model?", a question the engineer must answer alone."""

@@ -222,9 +222,13 @@ def read_json(path: Path) -> Any:
 
 def check_run_dir(root: Path, why: str = "") -> None:
     """DataError when `root` is not a folder, or is a model package, which holds no weights to
-    train or calibrate (it names the run it was exported from); `why` leads the message."""
+    train or calibrate (it names the run it was exported from), or a data folder, not trained
+    yet; `why` leads the message."""
     if not root.is_dir():
         raise DataError(f"{why}run directory not found: {root}")
+    if not (root / CHECKPOINT_NAME).is_file() and (root / "train" / "good").is_dir():
+        raise DataError(f"{why}{root} is a data folder (train/good), not a training run: train on it first "
+                        f"(vqad train {root} --out RUN_DIR)")  # fmt: skip
     if not (root / CHECKPOINT_NAME).is_file() and (root / "model.json").is_file():
         meta = read_json(root / "model.json")
         source = meta.get("source") if isinstance(meta, dict) else None

@@ -186,6 +186,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         threshold = calibrate_run(
             args.target, args.good, args.target_frr, args.defects, args.choose_scale, fuse, args.force, args.data
         )
+    elif (args.target / "train" / "good").is_dir():
+        raise DataError(f"{args.target} is a data folder (train/good), not a run nor a model package: the GOOD_DIR "
+                        "comes second (vqad calibrate RUN_OR_MODEL_DIR GOOD_DIR)")  # fmt: skip
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     left_out, copies = (threshold["source"].get(k, 0) for k in ("training_images_left_out", "copies_left_out"))
