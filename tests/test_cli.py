@@ -147,7 +147,9 @@ def test_a_model_package_given_for_a_run_names_the_run(tiny_model, synth_root, t
         assert "give the run it was exported from (" in proc.stderr
 
 
-def test_a_data_folder_given_for_a_run_says_to_train_on_it(synth_root, tmp_path):
+def test_a_data_folder_given_for_a_run_says_to_train_on_it_and_a_run_for_data_says_so(
+    synth_root, tiny_run, tiny_model, tmp_path
+):
     """eval and export given the category's folder (the arguments' order mixed up, or no
     training yet) said "checkpoint not found: …/checkpoint.pt"."""
     data = synth_root / "bracket"
@@ -155,6 +157,9 @@ def test_a_data_folder_given_for_a_run_says_to_train_on_it(synth_root, tmp_path)
         proc = run_vqad(*args, check=False)
         assert proc.returncode == 3 and "is a data folder (train/good), not a training run" in proc.stderr, proc.stderr
         assert f"(vqad train {data} --out RUN_DIR)" in proc.stderr
+    for run_or_model, what in ((tiny_run, "a training run"), (tiny_model, "a model package")):
+        proc = run_vqad("train", run_or_model, "--out", tmp_path / "r", check=False)
+        assert proc.returncode == 3 and f"{run_or_model} is {what}, not a data folder" in proc.stderr, proc.stderr
     proc = run_vqad("calibrate", data, data / "train" / "good", check=False)
     assert proc.returncode == 3 and "is a data folder (train/good), not a run nor a model package" in proc.stderr
 

@@ -66,8 +66,12 @@ def _require_dir(path: Path, what: str, category: Path) -> Path:
 
 def category_hint(category: str | Path) -> str:
     """A hint when CATEGORY was given as one of its own folders (`bracket/train/good` for
-    `bracket`), the commonest slip with this layout, or as the folder of categories (`data` for
-    `data/bracket`, as `vqad synth` writes them); "" when neither is so."""
+    `bracket`), the commonest slip with this layout, as the folder of categories (`data` for
+    `data/bracket`, as `vqad synth` writes them), or as a training run or a model package (the
+    arguments mixed up); "" when none is so."""
+    if (Path(category) / "checkpoint.pt").is_file() or (Path(category) / "model.json").is_file():
+        what = "a training run" if (Path(category) / "checkpoint.pt").is_file() else "a model package"
+        return f"; {category} is {what}, not a data folder: CATEGORY comes first (vqad train CATEGORY --out RUN_DIR)"
     for above in list(Path(category).resolve().parents)[:2]:
         if (above / "train" / "good").is_dir():
             return f"; did you mean {above}?"
