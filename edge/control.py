@@ -24,12 +24,14 @@ import math
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from edge import transport
 from edge.errors import PackageError, VqadError
+from edge.package import ModelPackage, load_package
 from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import Serving, configured_threshold, load_serving
 from edge.threshold import RAISED_REFUSED
@@ -58,6 +60,7 @@ class Control:
         self._started_reload: tuple[float, list[bytes] | None] = (0.0, None)  # the running one's start, requester
         self._thread = threading.local()  # a reload thread's own number
         self._reloaded: queue.SimpleQueue[tuple[int, list[bytes] | None, dict[str, Any]]] = queue.SimpleQueue()
+        self._package_look = PackageLook(daemon.model_dir)
         if endpoint:
             self.sock = daemon.ctx.socket(zmq.ROUTER)
             self.sock.setsockopt(zmq.LINGER, 0)
@@ -179,15 +182,17 @@ class Control:
 
     def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         """The daemon's state, and where its package is: MODEL_DIR as it was given (a `current`
-        symlink, say) and the folder the serving package was loaded from. When the symlink now
-        points elsewhere, a reload has not yet followed it."""
+        symlink, say), where it points now and the folder the serving package was loaded from;
+        and what a reload would load that does not serve: another folder (the symlink moved),
+        another model, or another calibration (`vqad calibrate` rewrote model.json)."""
         d = self.daemon
-        serving = d.serving.package.root if d.serving else None
-        points_to = d.model_dir.resolve()
+        serving = d.serving.package if d.serving else None
+        now = self._package_look.now()
+        pending = _what_a_reload_changes(serving, now)
         return {**d.state(), "recording": d.recorder is not None, "reloading": self.reloading,
-                "model_dir": str(d.model_dir), "model_dir_now": str(points_to),
-                "serving_from": str(serving) if serving else None,
-                "reload_pending": serving is not None and points_to != serving}  # fmt: skip
+                "model_dir": str(d.model_dir), "model_dir_now": now.get("dir"), "model_dir_error": now.get("error"),
+                "serving_from": str(serving.root) if serving else None,
+                "reload_pending": bool(pending), "reload_would_load": pending}  # fmt: skip
 
     def _set_threshold(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         value, reason = float(_arg(args, "value", (int, float, str))), _arg(args, "reason", str, "")
@@ -286,6 +291,59 @@ class Control:
         kept it for the next start."""
         return {"paused": sorted(self.daemon.paused), "changed": changed, "seen": self.daemon.has_seen(camera),
                 "kept": kept}  # fmt: skip
+
+
+# How long `status` waits to read MODEL_DIR: a filesystem that hangs (a network mount) must cost
+# the answer this, never the answer itself.
+PACKAGE_LOOK_S = 2.0
+
+
+class PackageLook:
+    """What MODEL_DIR holds now, read in a thread of its own: where it points, and its package's
+    model and threshold (model.json alone; the graph is not hashed). One look at a time: a look
+    still hanging is waited on again, not joined by another."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = model_dir
+        self._found: dict[str, Any] = {}
+        self._done = threading.Event()
+        self._done.set()  # none under way
+
+    def now(self) -> dict[str, Any]:
+        """{"dir", "sha256", "threshold"} as found, or {"dir", "error"}; {"error"} when the
+        folder does not answer within PACKAGE_LOOK_S."""
+        if self._done.is_set():
+            self._done.clear()
+            threading.Thread(target=self._look, name="vqad-package-look", daemon=True).start()
+        if not self._done.wait(PACKAGE_LOOK_S):
+            return {"dir": None, "error": f"{self.model_dir} did not answer within {PACKAGE_LOOK_S:g} s"}
+        return self._found
+
+    def _look(self) -> None:
+        try:
+            points_to = self.model_dir.resolve()
+            try:
+                package = load_package(points_to)
+                self._found = {"dir": str(points_to), "sha256": package.sha256, "threshold": package.threshold}
+            except PackageError as exc:
+                self._found = {"dir": str(points_to), "error": str(exc)}
+        except OSError as exc:
+            self._found = {"dir": None, "error": f"{self.model_dir}: {exc.strerror or exc}"}
+        finally:
+            self._done.set()
+
+
+def _what_a_reload_changes(serving: ModelPackage | None, now: dict[str, Any]) -> list[str]:
+    """What MODEL_DIR as it is now (PackageLook.now) holds that the serving package is not;
+    nothing when either is not known."""
+    if serving is None or now.get("error") or now.get("dir") is None:
+        return []
+    changes = ["another folder"] if Path(now["dir"]) != serving.root else []
+    if now["sha256"] != serving.sha256:
+        changes.append("another model")
+    elif now["threshold"] != serving.threshold:
+        changes.append("another calibration")
+    return changes
 
 
 _REQUIRED = object()

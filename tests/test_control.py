@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 
 import cv2
@@ -84,10 +85,11 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
     # Where the package is: the symlink as given, the folder serving, and a repointed symlink
     # that no reload has followed (the broken package's, while `a` served on).
     assert status["model_dir"] == str(current) and status["serving_from"] == str(b.resolve())
-    assert status["reload_pending"] is False
+    assert status["reload_pending"] is False and status["reload_would_load"] == []
     said = json.loads(pending.stdout)
     assert said["serving_from"] == str(a.resolve()) and said["reload_pending"] is True
-    assert f"{current} now points to {broken.resolve()}" in pending.stderr, pending.stderr
+    assert said["reload_would_load"] == ["another folder", "another model"]
+    assert f"a reload would load another folder and another model ({current} -> {broken.resolve()}" in pending.stderr
     assert status["recording"] and status["record"]["unrecorded"] == 0 and status["record"]["behind_s"] < 60
     keys = [(h["camera_id"], h["frame_id"]) for h, _ in results]
     assert len(keys) == 2 * n and len(set(keys)) == 2 * n  # none lost, none answered twice
@@ -219,6 +221,54 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
         _ctl(control, "reload")
     kept = Overrides.load(state)  # what the next start would put back
     assert kept.threshold is None and kept.paused == []
+
+
+def test_a_package_recalibrated_in_place_is_a_reload_pending_until_reloaded(tiny_model, line_good, tmp_path):
+    """`vqad calibrate MODEL_DIR` on the serving package rewrites its threshold; the daemon
+    decides by the one it loaded until a reload, and nothing said so: `vqad ctl status` named the
+    model alone, which had not changed."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    control = f"ipc://{tmp_path}/ctl"
+    with DaemonProcess(model, "--control", control):
+        before = _ctl(control, "status")
+        assert before["reload_pending"] is False and before["model_dir_error"] is None
+        calibrated = run_vqad("calibrate", model, line_good, "--target-frr", "0.2", "--force")
+        assert f"a daemon serving {model} decides by the threshold it loaded until" in calibrated.stdout
+        said = run_vqad("ctl", control, "status", "--by", "test")
+        status = json.loads(said.stdout)
+        assert status["reload_would_load"] == ["another calibration"] and status["threshold"] == before["threshold"]
+        assert "a reload would load another calibration" in said.stderr, said.stderr
+        _ctl(control, "reload")
+        after = _ctl(control, "status")
+    assert after["reload_pending"] is False and after["threshold"] == load_package(model).threshold
+    assert after["threshold"] != before["threshold"]
+
+
+def test_a_model_folder_that_hangs_costs_status_two_seconds_not_its_answer(tiny_model, monkeypatch):
+    """The look at MODEL_DIR runs in a thread of its own: a network mount that hangs must not
+    leave `status` unanswered (docs/decisions.md, "`vqad ctl status` answers while a reload
+    loads"), nor start a thread a call."""
+    from edge import control
+
+    release = threading.Event()
+    looks = []
+
+    def hanging(root):
+        looks.append(root)
+        release.wait(10)
+        return load_package(root)
+
+    monkeypatch.setattr(control, "load_package", hanging)
+    monkeypatch.setattr(control, "PACKAGE_LOOK_S", 0.3)
+    look = control.PackageLook(tiny_model)
+    for _ in range(2):
+        t0 = time.monotonic()
+        assert "did not answer within 0.3 s" in look.now()["error"]
+        assert time.monotonic() - t0 < 2
+    assert len(looks) == 1  # the hung look waited on again
+    release.set()
+    assert look.now()["sha256"] == load_package(tiny_model).sha256
 
 
 def test_a_state_folder_that_keeps_nothing_is_said_to_ctl_and_a_stop_is_still_clean(tiny_model, tmp_path):

@@ -649,8 +649,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         log.warning("the daemon could not keep this for its next start (its state folder cannot be written: its log "
                     "says why): a restart goes back to what it started with")  # fmt: skip
     if args.command == "status" and reply.get("reload_pending"):
-        print(f"{reply['model_dir']} now points to {reply['model_dir_now']}, but the daemon serves "
-              f"{reply['serving_from']}: `vqad ctl {args.endpoint} reload` to switch", file=sys.stderr)  # fmt: skip
+        print(f"a reload would load {' and '.join(reply['reload_would_load'])} ({reply['model_dir']} -> "
+              f"{reply['model_dir_now']}; the daemon serves {reply['serving_from']}): `vqad ctl {args.endpoint} "
+              "reload` to switch", file=sys.stderr)  # fmt: skip
+    elif args.command == "status" and reply.get("model_dir_error"):
+        print(f"a reload now would find no package to load: {reply['model_dir_error']}", file=sys.stderr)
     return 0
 
 

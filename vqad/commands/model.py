@@ -211,6 +211,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(_defects_line(threshold["defects"], args.defects))
         if threshold["defects"]["missed"]:
             print(MISSES_HINT)
+    if (args.target / "model.json").is_file():  # a daemon reads its package's threshold when it loads it
+        print(f"a daemon serving {args.target} decides by the threshold it loaded until `vqad ctl ENDPOINT reload` "
+              "(or systemctl reload vqad)")  # fmt: skip
     return 0
 
 
