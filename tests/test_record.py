@@ -876,6 +876,8 @@ def test_a_record_on_a_disk_that_cannot_be_written_is_read_as_it_is(tmp_path):
         assert "3 results" in backed_up.stdout
         refused = run_vqad("review", copy / "line.db", "cam0", "0", "--verdict", "defect", check=False)
         assert refused.returncode != 0 and "cannot be written by this process" in refused.stderr, refused.stderr
+        with pytest.raises(DataError, match=f"no file can be made in {copy}: Operation not permitted"):
+            Record(f"sqlite:///{copy / 'new.db'}")  # a daemon's new record there: said why, not just "unable"
         refused = run_vqad("records", older / "line.db", check=False)
         assert refused.returncode != 0 and "older than this vqad's" in refused.stderr, refused.stderr
         assert "copy it to a folder this user can write" in refused.stderr

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from edge.durable import rename_synced, sync_file, sync_folders
+from edge.durable import rename_synced, sync_file, sync_folders, write_refusal
 from edge.errors import ConfigError, DataError, RecordMissingError
 from edge.frames import batched
 from edge.progress import progress
@@ -119,12 +119,30 @@ def unwritable_file(url: str) -> Path | None:
     """A SQLite record's file that this process cannot write: on a read-only disk or medium (a
     backup on a share, a write-protected stick, a card the kernel made read-only) or of another
     user's. None for a file it can write, one that is not there, or a server's database."""
+    database = sqlite_file_of(url)
+    if database is None or not database.is_file():
+        return None
+    return None if os.access(database, os.W_OK) else database
+
+
+def sqlite_file_of(url: str) -> Path | None:
+    """The file a SQLite record's URL names; None for a server's database or an in-memory one."""
     if not is_sqlite(url):
         return None
     database = sa.make_url(record_url(url)).database
-    if not database or database == ":memory:" or not Path(database).is_file():
-        return None
-    return None if os.access(database, os.W_OK) else Path(database)
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _why_unwritable(url: str) -> str:
+    """What SQLite's "unable to open database file" leaves unsaid of a record to be written: its
+    file, or the folder to make it in, that this process cannot write; "" when neither is so."""
+    if (unwritable := unwritable_file(url)) is not None:
+        return f" ({unwritable} cannot be written by this process: a read-only disk or medium, another user's)"
+    database = sqlite_file_of(url)
+    if database is None or database.exists() or not database.parent.is_dir():
+        return ""
+    refused = write_refusal(database.parent)
+    return "" if refused is None else f" (no file can be made in {database.parent}: {refused.strerror or refused})"
 
 
 def _read_only_engine(url: str) -> sa.Engine:
@@ -218,9 +236,7 @@ def open_record(url: str, must_exist: bool = False, read_only: bool = False) -> 
         check_readable(engine) if read_only else migrate(engine)
     except sa.exc.DatabaseError as exc:
         engine.dispose()
-        reason = database_reason(exc)
-        if not read_only and (unwritable := unwritable_file(url)) is not None:  # SQLite names no cause
-            reason += f" ({unwritable} cannot be written by this process: a read-only disk or medium, another user's)"
+        reason = database_reason(exc) + ("" if read_only else _why_unwritable(url))
         raise DataError(f"cannot open the record at {shown_url(url)}: {reason}") from exc
     except DataError as exc:
         engine.dispose()
