@@ -310,8 +310,8 @@ class PackageLook:
         self._done.set()  # none under way
 
     def now(self) -> dict[str, Any]:
-        """{"dir", "sha256", "threshold"} as found, or {"dir", "error"}; {"error"} when the
-        folder does not answer within PACKAGE_LOOK_S."""
+        """{"dir", "sha256", "threshold"} as found, or {"dir", "error"} (dir None when the folder
+        cannot be resolved, or does not answer within PACKAGE_LOOK_S)."""
         if self._done.is_set():
             self._done.clear()
             threading.Thread(target=self._look, name="vqad-package-look", daemon=True).start()

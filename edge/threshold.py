@@ -81,11 +81,10 @@ def _warn_if_few(n: int, bound: float) -> None:
     """A warning when n good images bound the false-reject rate (`bound`) above WIDE_FRR_BOUND,
     with how many would bring it under."""
     if bound > WIDE_FRR_BOUND:
-        enough = ENOUGH_CALIBRATION_IMAGES
         log.warning(
             "only %d good images set the threshold: new good parts may be rejected up to %.0f%% of the time (%.0f%% "
             "confidence); %d or more, none over it, bound that under %.0f%%",
-            n, 100 * bound, 100 * BOUND_CONFIDENCE, enough, 100 * WIDE_FRR_BOUND,
+            n, 100 * bound, 100 * BOUND_CONFIDENCE, ENOUGH_CALIBRATION_IMAGES, 100 * WIDE_FRR_BOUND,
         )  # fmt: skip
 
 

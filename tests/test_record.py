@@ -2434,7 +2434,7 @@ def test_a_postgresql_record_without_its_driver_says_which_extra_to_install(tiny
 def test_times_are_read_as_programs_write_them():
     """`--since`/`until` and the API's since/until: ISO 8601 with an offset, a trailing Z (what
     JavaScript's toISOString and most programs write; Python 3.10's fromisoformat refuses it),
-    or none (the line's zone)."""
+    or none (the line's zone); or as long ago as "7d" (an audit of the last week)."""
     from zoneinfo import ZoneInfo
 
     from edge.record.store import parse_time
@@ -2445,8 +2445,10 @@ def test_times_are_read_as_programs_write_them():
         assert parse_time(text) == int(utc8), text
     assert parse_time("2026-12-03 09:00", ZoneInfo("Europe/Berlin")) == int(utc8)
     assert parse_time(None) is None
-    for bad in ("", "Z", "yesterday", "2026-13-01"):
-        with pytest.raises(DataError, match="not an ISO 8601 time"):
+    for ago, seconds in (("7d", 7 * 86400), ("24h", 86400), ("30m", 1800), ("90s", 90), ("1.5h", 5400)):
+        assert abs(time.time_ns() - seconds * 10**9 - parse_time(ago)) < 5 * 10**9, ago  # as long ago
+    for bad in ("", "Z", "yesterday", "2026-13-01", "7 days", "-3d"):
+        with pytest.raises(DataError, match="not an ISO 8601 time, nor one as long ago as 7d"):
             parse_time(bad)
 
 

@@ -69,8 +69,9 @@ def category_hint(category: str | Path) -> str:
     `bracket`), the commonest slip with this layout, as the folder of categories (`data` for
     `data/bracket`, as `vqad synth` writes them), or as a training run or a model package (the
     arguments mixed up); "" when none is so."""
-    if (Path(category) / "checkpoint.pt").is_file() or (Path(category) / "model.json").is_file():
-        what = "a training run" if (Path(category) / "checkpoint.pt").is_file() else "a model package"
+    run, package = (Path(category) / "checkpoint.pt").is_file(), (Path(category) / "model.json").is_file()
+    if run or package:
+        what = "a training run" if run else "a model package"
         return f"; {category} is {what}, not a data folder: CATEGORY comes first (vqad train CATEGORY --out RUN_DIR)"
     for above in list(Path(category).resolve().parents)[:2]:
         if (above / "train" / "good").is_dir():

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -351,16 +352,24 @@ def check_seq_cursor(run: str | None, after_seq: int | None) -> None:
         raise ValueError("after_seq counts within one start of the daemon: name its run")
 
 
+# A time as long ago: "30m", "24h", "7d" (an audit's "the last week", without a date to type).
+AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_time(text: str | None, zone: dt.tzinfo = dt.timezone.utc) -> int | None:
-    """ISO 8601 (a time without an offset is read in `zone`, UTC unless given) -> ns since the
-    epoch; None stays None. A trailing Z (UTC, as JavaScript's toISOString and most programs
-    write it) is read on every Python: before 3.11, fromisoformat refuses it."""
+    """ISO 8601 (a time without an offset is read in `zone`, UTC unless given), or a time as
+    long ago as "7d", "24h", "30m" or "90s" -> ns since the epoch; None stays None. A trailing Z
+    (UTC, as JavaScript's toISOString and most programs write it) is read on every Python:
+    before 3.11, fromisoformat refuses it."""
     if text is None:
         return None
+    if ago := AGO.fullmatch(text.strip()):
+        return time.time_ns() - int(float(ago[1]) * AGO_S[ago[2]] * 1e9)
     try:
         moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
     except ValueError as exc:
-        raise DataError(f"not an ISO 8601 time: {text!r}") from exc
+        raise DataError(f"not an ISO 8601 time, nor one as long ago as 7d, 24h or 30m: {text!r}") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return int(moment.timestamp() * 1e9)

@@ -926,7 +926,8 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--since",
         metavar="ISO8601",
-        help="from this time (without an offset, in --timezone: this machine's by default)",
+        help="from this time (without an offset, in --timezone: this machine's by default), or as long ago as 7d, "
+        "24h, 30m",
     )
     r.add_argument(
         "--until", metavar="ISO8601", help="up to this time, included (read as --since is); a date alone: to its end"
