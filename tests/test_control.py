@@ -268,6 +268,7 @@ def test_a_model_folder_that_hangs_costs_status_two_seconds_not_its_answer(tiny_
         assert time.monotonic() - t0 < 2
     assert len(looks) == 1  # the hung look waited on again
     release.set()
+    monkeypatch.setattr(control, "PACKAGE_LOOK_S", 30.0)  # a loaded CPU's thread start and read
     assert look.now()["sha256"] == load_package(tiny_model).sha256
 
 
