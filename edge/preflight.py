@@ -160,11 +160,11 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
     import sqlalchemy as sa
 
     from edge.record.housekeeping import gives_space_back
-    from edge.record.store import default_evidence_dir, is_sqlite, open_record, record_url, shown_url, sqlite_damage
+    from edge.record.store import default_evidence_dir, is_sqlite, open_record, shown_url, sqlite_damage, sqlite_file_of
     from edge.record.writer import disk_is_full
 
-    database = sa.make_url(record_url(cfg.record)).database if is_sqlite(cfg.record) else None
-    if database and not Path(database).exists():  # the start creates it; the check does not
+    database = sqlite_file_of(cfg.record)
+    if database and not database.exists():  # the start creates it; the check does not
         evidence = (
             Path(cfg.evidence_dir)
             if cfg.evidence_dir
@@ -172,10 +172,10 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         )
         return [
             f"record {shown_url(cfg.record)}: created by the start",
-            _writable_line("record's folder", Path(database).parent),
+            _writable_line("record's folder", database.parent),
             _writable_line("evidence folder", evidence),
-            *_network_note(Path(database)),
-            *_rows_note(Path(database), cfg),
+            *_network_note(database),
+            *_rows_note(database, cfg),
         ]
     try:
         engine = open_record(cfg.record)
@@ -191,7 +191,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
         evidence = Path(cfg.evidence_dir) if cfg.evidence_dir else default_evidence_dir(engine)
         lines = [f"record {shown_url(cfg.record)}: opened"]
         if database:  # SQLite writes its WAL beside the file: a read-only disk opens, and refuses every row
-            lines.append(_writable_line("record's folder", Path(database).parent))
+            lines.append(_writable_line("record's folder", database.parent))
         lines.append(_writable_line("evidence folder", evidence))
         try:
             _read_as_the_start_does(engine)
@@ -204,7 +204,7 @@ def _record_lines(cfg: EdgeConfig) -> list[str]:
             lines.append(f"note: the record was made without incremental auto-vacuum: expired rows leave their "
                          f"space in the file, not to the disk (vqad records {database} --compact, with the daemon "
                          "stopped)")  # fmt: skip
-        return lines + ([*_network_note(Path(database)), *_rows_note(Path(database), cfg)] if database else [])
+        return lines + ([*_network_note(database), *_rows_note(database, cfg)] if database else [])
     finally:
         engine.dispose()
 

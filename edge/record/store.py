@@ -152,7 +152,7 @@ def _read_only_engine(url: str) -> sa.Engine:
     Never with a WAL: an immutable reader leaves the WAL's transactions out (measured: 0 rows of
     10 with SQLite 3.40), and mode=ro reads them through the -shm beside it. The engine's URL
     stays the file's, which evidence_dir and the messages read."""
-    database = Path(sa.make_url(url).database)
+    database = sqlite_file_of(url)
     fixed = not os.access(database.parent, os.W_OK) and not Path(f"{database}-wal").exists()
     uri = f"file:{quote(str(database))}?mode=ro" + ("&immutable=1" if fixed else "")
     engine = sa.create_engine(url, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))

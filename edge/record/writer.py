@@ -47,10 +47,10 @@ from edge.record.store import (
     default_evidence_dir,
     is_sqlite,
     open_record,
-    record_url,
     set_aside,
     shown_url,
     sqlite_damage,
+    sqlite_file_of,
 )
 from edge.results import Result
 from edge.state import write_whole
@@ -78,8 +78,8 @@ FULL_DISK_BYTES = 16 * 2**20
 
 def disk_is_full(url: str) -> bool:
     """Whether a SQLite record's disk has less than FULL_DISK_BYTES free."""
-    database = sa.make_url(record_url(url)).database
-    return bool(database) and free_bytes(Path(database).parent) < FULL_DISK_BYTES
+    database = sqlite_file_of(url)
+    return database is not None and free_bytes(database.parent) < FULL_DISK_BYTES
 
 
 class RecordWriter:
