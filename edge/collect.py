@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -32,7 +33,13 @@ from edge.progress import progress
 from edge.protocol import Frame, UnreadableMessageError, file_name, parse_frame
 from edge.settings import EdgeConfig
 
+if TYPE_CHECKING:
+    from edge.security import CurveGate
+
 log = logging.getLogger(__name__)
+
+# How often the CURVE keys' folder is looked at, as the daemon does (edge.publisher.LAG_CHECK_S).
+KEYS_LOOK_S = 1.0
 
 
 @dataclasses.dataclass
@@ -76,7 +83,7 @@ def collect_frames(
         sock = transport.frames_socket(ctx, cfg, who="vqad collect")
         where = cfg.frames_endpoint if cfg.frames_mode == "pull" else ", ".join(cfg.camera_endpoints)
         log.info("collecting frames at %s into %s", where, out)
-        frames = _kept_frames(sock, cfg, camera, every_s, timeout_s, stop, collected)
+        frames = _kept_frames(sock, cfg, camera, every_s, timeout_s, stop, collected, auth)
         for frame in progress(frames, "collecting", total=count, unit="frame"):
             try:
                 collected.written[_write(out, frame)] += 1
@@ -104,22 +111,30 @@ def _kept_frames(
     timeout_s: float,
     stop: Callable[[], bool],
     collected: Collected,
+    curve: CurveGate | None,
 ) -> Iterator[Frame]:
-    """The frames to write, as they come; what is left is counted in `collected`."""
+    """The frames to write, as they come; what is left is counted in `collected`. With CURVE
+    on (`curve`), a camera whose key was removed from the folder is no longer heard."""
     limits = cfg.frame_limits()
     unreadable = RepeatedLog(log)
     last_kept: dict[str, float] = {}  # camera -> when its last frame was kept (monotonic)
     shapes: dict[str, tuple[int, ...]] = {}  # camera -> its first frame's shape
     told: set[str] = set()  # the cameras whose frames changed shape, said once
-    heard = time.monotonic()
+    heard = keys_read = time.monotonic()
     while not stop():
+        if curve is not None and time.monotonic() - keys_read >= KEYS_LOOK_S:
+            curve.keys.refresh()
+            keys_read = time.monotonic()
         if not sock.poll(100):
             if timeout_s and time.monotonic() - heard > timeout_s:
                 log.info("no frame for %.0f s: the collection ends", timeout_s)
                 return
             continue
-        parts = sock.recv_multipart()
+        message = sock.recv_multipart(copy=False)
         heard = time.monotonic()
+        if curve is not None and not curve.keys.admits(message[0], "frames"):
+            continue
+        parts = [part.bytes for part in message]
         try:
             frame = parse_frame(parts, limits, keep_counts=True)
         except (UnreadableMessageError, FrameError) as exc:

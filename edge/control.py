@@ -78,17 +78,26 @@ class Control:
                     d.reload_requested.clear()
                     self._start_reload(None, "SIGHUP")
                 if sock is not None and sock.poll(100):
-                    *envelope, body = sock.recv_multipart()
-                    try:
-                        request = json.loads(body)
-                    except (ValueError, UnicodeDecodeError):
-                        request = {}
-                    self._serve(envelope, request if isinstance(request, dict) else {})
+                    *envelope, body = sock.recv_multipart(copy=False)
+                    self._serve_admitted([part.bytes for part in envelope], body)
                 elif sock is None:
                     time.sleep(0.1)
         finally:
             if sock is not None:
                 sock.close(linger=0)
+
+    def _serve_admitted(self, envelope: list[bytes], body: zmq.Frame) -> None:
+        """A request's answer, unless it came from a client whose CURVE key was removed."""
+        curve = self.daemon.curve
+        if curve is not None and not curve.keys.admits(body, "a control request"):
+            self._send(envelope, {"ok": False, "error": "this client's CURVE key was removed from the daemon's "
+                                                        "authorized_keys_dir"})  # fmt: skip
+            return
+        try:
+            request = json.loads(body.bytes)
+        except (ValueError, UnicodeDecodeError):
+            request = {}
+        self._serve(envelope, request if isinstance(request, dict) else {})
 
     def _serve(self, envelope: list[bytes], request: dict[str, Any]) -> None:
         """Answer a request now, or, for a reload, once it is done."""

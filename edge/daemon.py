@@ -53,7 +53,7 @@ from edge.state import Overrides, follow_runs, hold_state_folder, mark_running
 from edge.watchdog import Liveness, Watchdog, notify
 
 if TYPE_CHECKING:
-    from edge.security import HandshakeRefusals
+    from edge.security import CurveGate, HandshakeRefusals
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Daemon:
         self._senders_logs: dict[str, RepeatedLog] = {}
         self._batch_seq = 0
         self.ctx: zmq.Context | None = None
-        self.auth = None
+        self.curve: CurveGate | None = None  # the authenticator and its keys, with CURVE on
         self.refusals: HandshakeRefusals | None = None
         self.frames_sock: zmq.Socket | None = None
         self.results_sock: zmq.Socket | None = None
@@ -207,7 +207,7 @@ class Daemon:
         # The sockets and ports before the state folder: a taken one (the daemon before this
         # one still running) stops the start before it touches that daemon's marker.
         self.ctx = zmq.Context()
-        self.auth = transport.start_auth(self.ctx, cfg, self.metrics)
+        self.curve = transport.start_auth(self.ctx, cfg, self.metrics)
         self.frames_sock = transport.frames_socket(self.ctx, cfg)
         self.results_sock = transport.results_socket(self.ctx, cfg)
         self.control = Control(self, cfg.control_endpoint)
@@ -438,8 +438,8 @@ class Daemon:
             self._decoders.close(timeout=5)  # after the receiver's own close: a start that failed
         if self.recorder is not None:
             self.recorder.close(last_change=self._stop_change)  # after the results it counts
-        if self.auth is not None:
-            self.auth.stop()
+        if self.curve is not None:
+            self.curve.stop()
         if self.refusals is not None:
             self.refusals.stop()  # its monitors are sockets of the context
         if self.ctx is not None:
@@ -537,19 +537,24 @@ class Daemon:
             while not self.should_exit.is_set():
                 self.liveness.beat("receiver")
                 if poller.poll(100):
-                    self._receive(transport.message_parts(sock.recv_multipart(copy=False)))
+                    self._receive_admitted(sock.recv_multipart(copy=False))
             # Frames the socket already holds were delivered to us: answer them too (bounded).
             for _ in range(self.cfg.rcvhwm + self.cfg.queue_size):
                 try:
                     parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._receive(transport.message_parts(parts))
+                self._receive_admitted(parts)
         finally:
             sock.close(linger=0)
             if self._decoders is not None:
                 self._decoders.close()  # every frame received is queued or answered first
             self.receiver_done.set()
+
+    def _receive_admitted(self, message: list[zmq.Frame]) -> None:
+        """A message as it arrives, unless it came from a camera whose CURVE key was removed."""
+        if self.curve is None or self.curve.keys.admits(message[0], "frames"):
+            self._receive(transport.message_parts(message))
 
     def _receive(self, parts: list[bytes | memoryview]) -> None:
         """A message as it arrives: decoded here, or by the decoding threads, then admitted in

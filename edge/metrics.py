@@ -86,7 +86,9 @@ class DaemonMetrics:
             registry=r,
         )
         self.unclean_exits = Gauge("vqad_unclean_exits", "Unclean exits seen by this state dir, ever", registry=r)
-        self.curve_refusals = Counter("vqad_curve_refusals", "Peers refused by CURVE authentication", registry=r)
+        self.curve_refusals = Counter(
+            "vqad_curve_refusals", "Peers, and a removed key's messages, refused by CURVE", registry=r
+        )
         self.recorded = Counter("vqad_recorded", "Results written to the line's record", registry=r)
         self.unrecorded = Counter(
             "vqad_unrecorded", "Results not recorded: the record's buffer was full, or the daemon stopped", registry=r

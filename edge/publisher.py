@@ -7,29 +7,34 @@ several inference workers, batch n+1 can finish before batch n).
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from typing import TYPE_CHECKING
 
 import zmq
 
+from edge import transport
 from edge.protocol import heartbeat_message, result_message
 from edge.results import BatchResults, Result
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
 
+log = logging.getLogger(__name__)
+
 STOP = object()  # put in the daemon's outbox when nothing more will come
 # The longest wait for a result before the loop comes round (and beats, edge.watchdog).
 TURN_S = 0.1
-# How often the loop looks at how far behind the record is (edge.record.writer.watch_lag), and
-# at this machine's clock (edge.clock).
+# How often the loop looks at how far behind the record is (edge.record.writer.watch_lag), at
+# this machine's clock (edge.clock), and at the CURVE keys' folder (edge.security.AllowList).
 LAG_CHECK_S = 1.0
 
 
 class Publisher:
     def __init__(self, daemon: Daemon):
         self.d = daemon
+        self.key_removals = 0  # the CURVE keys' removals whose subscribers were cut off
 
     def run(self) -> None:
         sock = self.d.results_sock
@@ -46,6 +51,7 @@ class Publisher:
                     self.d.watch_clock()
                     if self.d.recorder is not None:
                         self.d.recorder.watch_lag()  # here, not on the writer's thread, which may be the one held
+                    self.cut_off_removed_keys(sock)
                     next_lag_check = time.monotonic() + LAG_CHECK_S
                 self.d.liveness.beat("publisher")
                 wait = min(next_beat - time.monotonic(), TURN_S) if every else TURN_S
@@ -68,6 +74,26 @@ class Publisher:
                     self.publish(sock, result)
         finally:
             sock.close(linger=self.d.cfg.linger_ms)
+
+    def cut_off_removed_keys(self, sock: zmq.Socket) -> None:
+        """With CURVE on, a subscriber whose key was removed stops receiving results: the socket
+        is bound again, which closes every connection, and the handshakes that follow refuse
+        that key. Every other subscriber reconnects within 0.1 s; the results published
+        meanwhile reach none of them (a subscriber sees the gap in `seq`, and the record keeps
+        them). A bind that fails is tried again at the next look."""
+        curve = self.d.curve
+        if curve is None or (removals := curve.keys.refresh()) == self.key_removals:
+            return
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.d.cfg.results_endpoint
+        try:
+            transport.bind_again(sock, endpoint)
+        except zmq.ZMQError as exc:
+            log.error("cannot bind the results socket to %s again, to cut off a removed CURVE key's "
+                      "subscribers: %s; trying again in %.0f s", endpoint, exc.strerror, LAG_CHECK_S)  # fmt: skip
+            return
+        self.key_removals = removals
+        log.warning("CURVE: a client key was removed: the results socket (%s) was bound again, so that its "
+                    "subscribers reconnect through a new handshake", endpoint)  # fmt: skip
 
     def heartbeat(self, sock: zmq.Socket) -> None:
         """The daemon's sign of life: its model, threshold and counts (docs/protocol.md)."""

@@ -83,35 +83,60 @@ def authorized_keys(keys_dir: str | Path) -> set[bytes]:
     return allowed
 
 
-class _AllowList:
+class AllowList:
     """zmq.auth credentials provider: the authorised public keys, logging each refusal. The
-    folder is looked at again at each handshake (a few stats): a new camera's key copied there
-    is taken, and a key removed refuses its next connection, without a restart of the line. A
-    folder left without keys, or with a key file that does not parse (one being copied), keeps
-    the keys read before, with a warning, until it reads whole again."""
+    folder is looked at again at each handshake, and every second by the daemon (`refresh`; a
+    few stats): a new camera's key copied there is taken, and a key removed refuses its next
+    connection, its messages on the connections it holds (`admits`), and, once the results'
+    socket is bound again, its subscription, without a restart of the line. A folder left
+    without keys, or with a key file that does not parse (one being copied), keeps the keys
+    read before, with a warning, until it reads whole again."""
 
     def __init__(self, keys_dir: str, metrics: DaemonMetrics | None) -> None:
         self.folder = Path(keys_dir)
         self.allowed = authorized_keys(keys_dir)
         self.read_as = _key_files(self.folder)
-        self.metrics, self.refusals = metrics, RepeatedLog(log)
+        self.removals = 0  # how many readings took a key away: the results' socket is bound again at each
+        self._lock = threading.Lock()  # the authenticator's thread and the daemon's read the folder
+        self.metrics, self.refusals, self.removed_said = metrics, RepeatedLog(log), RepeatedLog(log)
         log.info("CURVE on: %d authorised client key(s) from %s", len(self.allowed), keys_dir)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        self._read_again_if_changed()
+        self.refresh()
         if key in self.allowed:
             return True
         # A refused peer reconnects every 100 ms or so, for as long as it runs.
         self.refusals.log("CURVE: refused a peer with unknown public key %s", key.decode(errors="replace"))
-        if self.metrics is not None:
-            self.metrics.curve_refusals.inc()
+        self._count_refusal()
         return False
 
-    def _read_again_if_changed(self) -> None:
-        files = _key_files(self.folder)
-        if files == self.read_as:
-            return
-        self.read_as = files
+    def admits(self, first_part: zmq.Frame, what: str) -> bool:
+        """Whether a message received on a CURVE socket (its first part, received with
+        copy=False) came from a key authorised now. CURVE checks a key at the handshake only: a
+        client whose key was removed keeps its connection, and its messages are refused here
+        (logged, counted in vqad_curve_refusals); `what` names them in the log."""
+        try:
+            key = first_part.get("User-Id").encode()  # the authenticator's user id: the key in z85
+        except zmq.ZMQError:  # no user id: a socket without the authenticator
+            return True
+        if key in self.allowed:
+            return True
+        self.removed_said.log("CURVE: refused %s from a client whose key %s was removed from %s", what,
+                              key.decode(errors="replace"), self.folder)  # fmt: skip
+        self._count_refusal()
+        return False
+
+    def refresh(self) -> int:
+        """Read the folder again if its key files changed -> `removals`, which rises with each
+        reading that took a key away."""
+        with self._lock:
+            files = _key_files(self.folder)
+            if files != self.read_as:
+                self.read_as = files
+                self._read_again()
+            return self.removals
+
+    def _read_again(self) -> None:
         try:
             allowed = authorized_keys(self.folder)
         except (ConfigError, OSError, ValueError) as exc:  # ValueError: a key file half written
@@ -119,8 +144,13 @@ class _AllowList:
             return
         added, removed = len(allowed - self.allowed), len(self.allowed - allowed)
         self.allowed = allowed
-        log.info("CURVE: %d authorised client key(s) from %s now (%d added, %d removed; a removed key's "
-                 "connections stay until they reconnect)", len(allowed), self.folder, added, removed)  # fmt: skip
+        self.removals += bool(removed)
+        log.info("CURVE: %d authorised client key(s) from %s now (%d added, %d removed)", len(allowed),
+                 self.folder, added, removed)  # fmt: skip
+
+    def _count_refusal(self) -> None:
+        if self.metrics is not None:
+            self.metrics.curve_refusals.inc()
 
 
 def _key_files(folder: Path) -> frozenset[tuple[str, int, int]] | None:
@@ -132,12 +162,18 @@ def _key_files(folder: Path) -> frozenset[tuple[str, int, int]] | None:
         return None
 
 
-def start_authenticator(ctx: zmq.Context, keys_dir: str, metrics: DaemonMetrics | None = None) -> ThreadAuthenticator:
-    provider = _AllowList(keys_dir, metrics)
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("edge.security.zap"))
-    auth.start()
-    auth.configure_curve_callback(domain="*", credentials_provider=provider)
-    return auth
+class CurveGate:
+    """A CURVE server process's authenticator and the keys it lets in (`keys`); `stop()` before
+    the context ends."""
+
+    def __init__(self, ctx: zmq.Context, keys_dir: str, metrics: DaemonMetrics | None = None) -> None:
+        self.keys = AllowList(keys_dir, metrics)
+        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("edge.security.zap"))
+        self.auth.start()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self.keys)
+
+    def stop(self) -> None:
+        self.auth.stop()
 
 
 def make_curve_server(sock: zmq.Socket, secret_key_file: str) -> None:

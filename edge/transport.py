@@ -19,7 +19,7 @@ from edge.protocol import HEARTBEAT_TOPIC, RESULT_TOPIC_PREFIX
 from edge.settings import EdgeConfig
 
 if TYPE_CHECKING:
-    from zmq.auth.thread import ThreadAuthenticator
+    from edge.security import CurveGate
 
 
 def free_loopback_port() -> int:
@@ -30,13 +30,13 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics) -> ThreadAuthenticator | None:
-    """The CURVE authenticator (None when CURVE is off)."""
+def start_auth(ctx: zmq.Context, cfg: EdgeConfig, metrics: DaemonMetrics) -> CurveGate | None:
+    """The CURVE authenticator and its keys (None when CURVE is off)."""
     if not cfg.curve.enabled:
         return None
-    from edge.security import start_authenticator
+    from edge.security import CurveGate
 
-    return start_authenticator(ctx, cfg.curve.authorized_keys_dir, metrics)
+    return CurveGate(ctx, cfg.curve.authorized_keys_dir, metrics)
 
 
 def connect(sock: zmq.Socket, endpoint: str, what: str) -> None:
@@ -60,6 +60,28 @@ def bind(sock: zmq.Socket, endpoint: str, what: str, who: str = "the daemon") ->
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise ConfigError(f"{who} cannot bind its {what} socket to {endpoint}: {exc.strerror}") from exc
+
+
+# How long a socket's endpoint may take to be free again after its unbind: ZeroMQ's I/O thread
+# closes the listener (a few ms on a 2-core box).
+REBIND_S = 1.0
+
+
+def bind_again(sock: zmq.Socket, endpoint: str) -> None:
+    """Close every connection of a bound socket by binding its endpoint (the one it was bound
+    to: LAST_ENDPOINT) again. Its clients reconnect within ZeroMQ's reconnect interval (0.1 s),
+    each through a new handshake. ZMQError when the endpoint cannot be bound again within
+    REBIND_S."""
+    sock.unbind(endpoint)
+    give_up = time.monotonic() + REBIND_S
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:  # EADDRINUSE while ZeroMQ's I/O thread closes the listener
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > give_up:
+                raise
+            time.sleep(0.01)
 
 
 def ipc_in_use(endpoint: str) -> bool:

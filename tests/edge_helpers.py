@@ -145,8 +145,11 @@ class Subscriber:
 
 
 class Camera:
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, curve: tuple[Path, Path] | None = None):
+        """`curve`: (this camera's secret key file, the daemon's public key file)."""
         self.sock = zmq.Context.instance().socket(zmq.PUSH)
+        if curve is not None:
+            make_curve_client(self.sock, *curve)
         self.sock.setsockopt(zmq.LINGER, 5000)
         self.sock.setsockopt(zmq.SNDTIMEO, 10000)
         self.sock.connect(endpoint)

@@ -53,15 +53,20 @@ def _files_of_at_most(size: int) -> None:
 
 def _bound(proc: subprocess.Popen) -> None:
     """Wait until the collector has bound its socket, which a log line says (at most 30 s)."""
+    _said(proc, "collecting frames at")
+
+
+def _said(proc: subprocess.Popen, text: str) -> None:
+    """Wait until the collector's log says `text` (at most 30 s)."""
     said, deadline = "", time.monotonic() + 30
-    while "collecting frames at" not in said and time.monotonic() < deadline:
+    while text not in said and time.monotonic() < deadline:
         if not select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
             break
         line = proc.stderr.readline()  # empty once the process has ended
         if not line:
             break
         said += line
-    assert "collecting frames at" in said, said + (proc.stderr.read() if proc.poll() is not None else "")
+    assert text in said, said + (proc.stderr.read() if proc.poll() is not None else "")
 
 
 def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path):
@@ -206,3 +211,35 @@ def test_with_curve_on_only_an_authorized_cameras_frames_are_collected(tmp_path)
             sock.close(linger=0)
     assert proc.returncode == 0, stderr
     assert [p.name for p in (tmp_path / "good").iterdir()] == ["cam"], stdout
+
+
+def test_a_camera_whose_key_is_removed_is_no_longer_collected(tmp_path):
+    """A key removed from authorized_keys_dir while its camera is connected: that camera's next
+    frames are not written, as the daemon refuses them; the other camera's are."""
+    from edge.security import create_keys
+
+    keys = {name: create_keys(tmp_path / "clients", name)[1] for name in ("kept", "gone")}
+    server_public = create_keys(tmp_path / "server", "server")[0]
+    proc, endpoint = _collect(tmp_path / "good", "--count", 2, "--timeout", 60,
+                              "--set", "edge.curve.enabled=true",
+                              "--set", f"edge.curve.server_secret_key={tmp_path / 'server' / 'server.key_secret'}",
+                              "--set", f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}")  # fmt: skip
+    cameras = {}
+    try:
+        _bound(proc)
+        cameras = {name: Camera(endpoint, (key, server_public)) for name, key in keys.items()}
+        cameras["gone"].send(frame_message("gone", 0, np.full((16, 16), 99, np.uint8)))
+        _said(proc, "gone: frames of 16x16")  # its handshake is done: it holds a connection
+        (tmp_path / "clients" / "gone.key").unlink()
+        _said(proc, "(0 added, 1 removed)")
+        cameras["gone"].send(frame_message("gone", 1, np.full((16, 16), 99, np.uint8)))
+        _said(proc, "refused frames from a client whose key")
+        cameras["kept"].send(frame_message("kept", 0, np.full((16, 16), 99, np.uint8)))
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        for camera in cameras.values():
+            camera.sock.close(linger=0)
+    assert proc.returncode == 0, stderr
+    written = sorted(p.relative_to(tmp_path / "good").as_posix() for p in (tmp_path / "good").rglob("*.png"))
+    assert written == ["gone/gone_0.png", "kept/kept_0.png"], stdout

@@ -680,6 +680,64 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
     assert set(without) <= {"frames", "results", "control"}, without
 
 
+def test_a_key_removed_while_its_clients_are_connected_cuts_them_off(tiny_model, tmp_path):
+    """A camera retired, or whose key left the plant, is cut off when its key leaves
+    authorized_keys_dir: CURVE checks a key at the handshake only, and the connections it held
+    went on sending frames, reading results and controlling the daemon until a restart stopped
+    the line. Now its frames get no result, its subscriber stops hearing, and its control
+    requests are refused; the other clients go on."""
+    keys = {name: create_keys(tmp_path / "clients", name)[1] for name in ("kept", "gone")}
+    server_public = create_keys(tmp_path / "server", "server")[0]
+    control = f"tcp://127.0.0.1:{free_loopback_port()}"
+    curve = ("edge.curve.enabled=true", f"edge.curve.server_secret_key={tmp_path / 'server' / 'server.key_secret'}",
+             f"edge.curve.authorized_keys_dir={tmp_path / 'clients'}")  # fmt: skip
+    with DaemonProcess(tiny_model, "--control", control, *[a for kv in curve for a in ("--set", kv)]) as daemon:
+        cameras = {name: Camera(daemon.frames, (key, server_public)) for name, key in keys.items()}
+        readers = {name: Subscriber(daemon.results, curve=(key, server_public)) for name, key in keys.items()}
+        operator = zmq.Context.instance().socket(zmq.REQ)  # a program that keeps its control connection
+        operator.linger, operator.rcvtimeo = 0, 10000
+        make_curve_client(operator, keys["gone"], server_public)
+        operator.connect(control)
+
+        def ask_status() -> dict:
+            operator.send_json({"command": "status", "by": "mes"})
+            return operator.recv_json()
+
+        def heard(first_id: int) -> dict[str, set[tuple[str, int]]]:
+            """Each reader's results of frames from `first_id` on, while each camera sends one
+            every 0.2 s: until the kept reader hears the kept camera's (10 s at most), and 1 s more."""
+            got = {name: set() for name in readers}
+            end, frame_id = time.monotonic() + 10, first_id
+            while time.monotonic() < end:
+                for name, camera in cameras.items():
+                    camera.send(frame_message(name, frame_id, FRAME))
+                frame_id += 1
+                for name, reader in readers.items():
+                    got[name] |= {(h["camera_id"], h["frame_id"]) for h, _ in reader.collect(10, timeout=0.2)
+                                  if h["frame_id"] >= first_id}  # fmt: skip
+                if any(camera == "kept" for camera, _ in got["kept"]):
+                    end = min(end, time.monotonic() + 1.0)
+            return got
+
+        before = heard(0)
+        status_before = ask_status()
+        (tmp_path / "clients" / "gone.key").unlink()
+        cut = wait_for(lambda: "the results socket" in daemon.log_text() and "was bound again" in daemon.log_text())
+        after = heard(1000)
+        status_after = ask_status()
+        for client in (*cameras.values(), *readers.values(), operator):
+            client.close()
+        assert daemon.alive()
+        log = daemon.log_text()
+    assert {camera for camera, _ in before["kept"]} == {camera for camera, _ in before["gone"]} == {"kept", "gone"}
+    assert status_before["ok"] is True
+    assert cut, log
+    assert after["gone"] == set(), after  # the removed subscriber hears nothing more
+    assert {camera for camera, _ in after["kept"]} == {"kept"}, after  # the removed camera's frames get no result
+    assert status_after["ok"] is False and "CURVE key was removed" in status_after["error"]
+    assert "CURVE: refused frames from a client whose key" in log and "(0 added, 1 removed)" in log
+
+
 def test_a_camera_with_keys_to_a_daemon_without_curve_says_so(tmp_path):
     """The reverse of a camera without keys: ZeroMQ refuses a CURVE client on a plain socket."""
     from edge.camera import run_camera

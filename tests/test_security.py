@@ -9,7 +9,8 @@ import time
 
 import zmq
 
-from edge.security import create_keys, make_curve_client, make_curve_server, start_authenticator
+from edge.security import CurveGate, create_keys, make_curve_client, make_curve_server
+from edge.transport import bind_again
 
 
 def _heard(server: zmq.Socket, client_secret, server_public, ctx: zmq.Context, message: bytes) -> bool:
@@ -45,7 +46,7 @@ def test_a_key_added_or_removed_on_a_running_line_is_heeded_at_the_next_connecti
     cam0 = create_keys(clients, "cam0")[1]
     cam1_public, cam1 = create_keys(others, "cam1")
     ctx = zmq.Context()
-    auth = start_authenticator(ctx, str(clients))
+    auth = CurveGate(ctx, str(clients))
     server = ctx.socket(zmq.PULL)
     server.linger = 0
     make_curve_server(server, server_secret)
@@ -72,4 +73,73 @@ def test_a_key_added_or_removed_on_a_running_line_is_heeded_at_the_next_connecti
     finally:
         server.close(linger=0)
         auth.stop()
+        ctx.term()
+
+
+def _curve_socket(ctx: zmq.Context, kind: int, client_secret, server_public, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    make_curve_client(sock, client_secret, server_public)
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    return sock
+
+
+def test_a_removed_key_is_refused_on_the_connections_it_holds(tmp_path, caplog):
+    """CURVE checks a key at the handshake only: a camera whose key was removed went on sending
+    on the connection it held, and a subscriber went on reading, until they reconnected. Their
+    messages are now refused as they arrive (AllowList.admits), and binding the results socket
+    again (transport.bind_again) makes every subscriber hand-shake again, the removed one in vain."""
+    caplog.set_level(logging.INFO, logger="edge.security")
+    clients = tmp_path / "clients"
+    server_public, server_secret = create_keys(tmp_path, "server")
+    secrets = {name: create_keys(clients, name)[1] for name in ("kept", "gone")}
+    ctx = zmq.Context()
+    gate = CurveGate(ctx, str(clients))
+    pull, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
+    for sock in (pull, pub):
+        sock.linger = 0
+        make_curve_server(sock, server_secret)
+        sock.bind("tcp://127.0.0.1:*")
+    endpoints = {sock: sock.last_endpoint.decode() for sock in (pull, pub)}
+    senders = {n: _curve_socket(ctx, zmq.PUSH, s, server_public, endpoints[pull]) for n, s in secrets.items()}
+    readers = {n: _curve_socket(ctx, zmq.SUB, s, server_public, endpoints[pub]) for n, s in secrets.items()}
+
+    def admitted(name: str) -> bool:
+        senders[name].send(name.encode())
+        assert pull.poll(5000), f"{name}'s message did not arrive"
+        message = pull.recv_multipart(copy=False)
+        assert message[0].bytes == name.encode()
+        return gate.keys.admits(message[0], "frames")
+
+    def heard(wanted: set[str]) -> set[str]:
+        """The readers that hear what the socket publishes every 50 ms: until `wanted` have
+        (5 s at most), and 0.5 s more."""
+        got, end = set(), time.monotonic() + 5.0
+        while time.monotonic() < end:
+            pub.send(b"result")
+            time.sleep(0.05)
+            got |= {name for name, reader in readers.items() if reader.poll(0) and reader.recv()}
+            if wanted <= got:
+                end = min(end, time.monotonic() + 0.5)
+        return got
+
+    try:
+        assert admitted("kept") and admitted("gone")
+        assert heard({"kept", "gone"}) == {"kept", "gone"}
+
+        (clients / "gone.key").unlink()  # the camera retired, or its key leaked
+        assert gate.keys.refresh() == 1
+        assert admitted("kept") and not admitted("gone")
+        assert "refused frames from a client whose key" in caplog.text and "was removed from" in caplog.text
+        for reader in readers.values():  # what each heard before the cut
+            while reader.poll(0):
+                reader.recv()
+        bind_again(pub, endpoints[pub])
+        assert heard({"kept"}) == {"kept"}
+    finally:
+        for sock in (pull, pub, *senders.values(), *readers.values()):
+            sock.close(linger=0)
+        gate.stop()
         ctx.term()
