@@ -1469,6 +1469,55 @@ def test_the_cameras_cards_stand_in_the_order_of_their_ids_however_late_one_firs
         assert shown == ["cam1", "cam5", "cam8"], shown
 
 
+def test_a_line_of_cameras_at_a_glance_leads_to_each_card_and_a_stations_screen_keeps_to_its_own(tmp_path):
+    """A line of 12 cameras was 12 cards of about 900 px each: an operator scrolled 10,000 px to
+    find the camera that failed or went silent. A tile per camera above the cards gives its
+    latest decision, fail rate and last frame, and a click brings its card under the header;
+    `?camera=ID,PATTERN*` keeps a station's screen to its own cameras."""
+    tiles = "return [...document.querySelectorAll('#overview a.glance')].map(t => [t.dataset.glance, t.innerText])"
+    sections = "return [...document.querySelectorAll('section.camera')].map(e => e.dataset.camera)"
+    # How far under the header cam8's card begins, and whether the page is scrolled to its end
+    # (which a last card may reach before its top reaches the header).
+    card_top = """const header = document.querySelector('header').getBoundingClientRect().bottom;
+                  const end = window.scrollY + window.innerHeight >= document.documentElement.scrollHeight - 1;
+                  const card = document.querySelector('[data-camera="cam8"].camera');
+                  return [card ? card.getBoundingClientRect().top - header : -1, end, window.scrollY]"""
+    with _page_of_published_results(tmp_path) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        _publish_rejects(sock, 8, 1, cameras=1)
+        assert wait_for(lambda: driver.execute_script(sections) == ["cam8"], 10)
+        assert not driver.find_element("id", "overview").is_displayed()  # one camera: its card says it all
+        _publish_rejects(sock, 1, 1, cameras=1)
+        _publish_rejects(sock, 5, 1, cameras=1)
+        shown = wait_for(lambda: len(t := driver.execute_script(tiles)) == 3 and t, 10)
+        assert [camera for camera, _ in shown] == ["cam1", "cam5", "cam8"], shown
+        assert all("FAIL 2.00" in text and "fail rate 5 min 100.0%" in text and "last frame" in text
+                   for _, text in shown), shown  # fmt: skip
+        assert driver.execute_script(card_top)[2] == 0
+        driver.find_element("css selector", '#overview a[data-glance="cam8"]').click()
+        went = wait_for(lambda: (at := driver.execute_script(card_top))[2] > 0 and (0 <= at[0] < 40 or at[1]), 5)
+        assert went, driver.execute_script(card_top)
+        assert 0 <= driver.execute_script(card_top)[0] < driver.execute_script("return window.innerHeight") / 2
+        assert driver.execute_script("return location.hash") == "#cam8"
+        driver.refresh()  # the link kept: the page opens at that card
+        went = wait_for(lambda: (at := driver.execute_script(card_top))[2] > 0 and (0 <= at[0] < 40 or at[1]), 10)
+        assert went, driver.execute_script(card_top)
+
+        driver.get(driver.current_url.split("#")[0] + "?camera=cam5,cam8")
+        assert wait_for(lambda: driver.execute_script(sections) == ["cam5", "cam8"], 10), driver.execute_script(
+            sections
+        )
+        note = driver.find_element("id", "overview-filter")
+        assert note.text == "2 of 3 cameras (?camera=cam5,cam8) · show all"
+        driver.get(driver.current_url.split("?")[0] + "?camera=cam1*")
+        assert wait_for(lambda: driver.execute_script(sections) == ["cam1"], 10), driver.execute_script(sections)
+        driver.get(driver.current_url.split("?")[0] + "?camera=line9")
+        empty = driver.find_element("id", "no-cameras")
+        assert wait_for(lambda: empty.text == "None of the 3 cameras is one of ?camera=line9.", 10), empty.text
+        driver.find_element("link text", "show all").click()
+        assert wait_for(lambda: driver.execute_script(sections) == ["cam1", "cam5", "cam8"], 10)
+
+
 # Each camera's latest picture and reject tiles as the page draws them: {camera: [[w, h] of the
 # latest, [w, h] of each tile's picture, whether the latest stays inside its card]}.
 PICTURE_BOXES = """

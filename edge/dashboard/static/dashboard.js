@@ -29,7 +29,8 @@ const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 1
 
 // `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
 // {camera, day, more}; a part's results, {part, more}; null while it walks the gallery.
-const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null };
+const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null,
+                glances: new Map() };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -65,19 +66,122 @@ function draw() {
   const s = state.summary;
   if (!s) return;
   drawDaemon(s.daemon);
-  const ids = Object.keys(s.cameras);
-  document.getElementById("no-cameras").hidden = ids.length > 0;
+  const all = Object.keys(s.cameras);
+  const ids = CAMERA_FILTER ? all.filter(CAMERA_FILTER.matches) : all;
+  drawNoCameras(all, ids);
   for (const id of ids) drawCamera(id, s.cameras[id], s.daemon);
+  drawOverview(ids, all.length, s.cameras);
   // A camera the dashboard no longer keeps (past CAMERAS_SHOWN newer ones: a sender that names
   // its parts as cameras) leaves the page too, instead of showing its last state for good.
+  const kept = new Set(ids);
   for (const [id, cam] of state.cameras) {
-    if (id in s.cameras) continue;
+    if (kept.has(id)) continue;
     clearTimeout(cam.galleryTimer);
     cam.node.remove();
     state.cameras.delete(id);
   }
   placeInOrder(ids);
+  goToLinkedCard();
   window.vqadStats.renders += 1;
+}
+
+function drawNoCameras(all, ids) {
+  const empty = document.getElementById("no-cameras");
+  empty.hidden = ids.length > 0;
+  if (all.length && !ids.length) {
+    empty.textContent = `None of the ${all.length} cameras is one of ?camera=${CAMERA_FILTER.text}.`;
+  }
+}
+
+// -- the line at a glance ---------------------------------------------------------------------
+// `?camera=ID,ID` (an id, or a pattern with *) keeps the page to those cameras: a station's
+// screen. A camera's tile above the cards says whether it is well, and a click goes to its card.
+const CAMERA_FILTER = cameraFilter(new URLSearchParams(location.search).get("camera"));
+
+function cameraFilter(text) {
+  const patterns = (text || "").split(",").map((p) => p.trim()).filter(Boolean);
+  if (!patterns.length) return null;
+  const escaped = (p) => p.replace(/[.+?^$|()[\]{}\\]/g, "\\$&"); // all but *, which stands for any run
+  const regexes = patterns.map((p) => new RegExp("^" + escaped(p).replace(/\*/g, ".*") + "$"));
+  return { text: patterns.join(","), matches: (id) => regexes.some((re) => re.test(id)) };
+}
+
+function drawOverview(ids, total, cameras) {
+  const nav = document.getElementById("overview");
+  nav.hidden = ids.length < 2 && !(CAMERA_FILTER && total);
+  const filter = document.getElementById("overview-filter");
+  filter.hidden = !CAMERA_FILTER;
+  if (CAMERA_FILTER) {
+    filter.replaceChildren(`${ids.length} of ${total} cameras (?camera=${CAMERA_FILTER.text}) · `);
+    const all = document.createElement("a");
+    all.href = location.pathname;
+    all.textContent = "show all";
+    filter.appendChild(all);
+  }
+  for (const id of ids) drawGlance(id, cameras[id]);
+  const kept = new Set(ids);
+  for (const [id, tile] of state.glances) {
+    if (kept.has(id)) continue;
+    tile.remove();
+    state.glances.delete(id);
+  }
+  const tiles = ids.map((id) => state.glances.get(id));
+  const shown = [...nav.querySelectorAll(":scope > a.glance")];
+  if (!tiles.every((tile, i) => shown[i] === tile)) for (const tile of tiles) nav.appendChild(tile);
+}
+
+function drawGlance(id, c) {
+  let tile = state.glances.get(id);
+  if (!tile) {
+    tile = document.createElement("a");
+    tile.href = `#${encodeURIComponent(id)}`;
+    tile.dataset.glance = id;
+    for (const field of ["name", "decision", "rate", "age"]) {
+      const part = document.createElement(field === "name" ? "b" : "span");
+      part.dataset.field = field;
+      tile.appendChild(part);
+    }
+    $(tile, "name").textContent = id;
+    tile.addEventListener("click", (event) => { event.preventDefault(); goToCard(id); });
+    state.glances.set(id, tile);
+  }
+  const [kind, why] = glanceState(c);
+  tile.className = `glance ${kind}`;
+  tile.title = why;
+  const latest = c.latest;
+  const decision = $(tile, "decision");
+  decision.className = latest ? latest.decision || "error" : "";
+  const unfit = latest && unfitReasons(latest) ? " camera unfit" : ""; // a fail whatever its score
+  setText(tile, "decision", latest ? `${(latest.decision || latest.status).toUpperCase()}${unfit} ${num(latest.score, 3)}` : "–");
+  setText(tile, "rate", `fail rate 5 min ${pct(c.fail_rate_5min)}`);
+  setText(tile, "age", why);
+}
+
+// [kind, words] of a camera's tile: what an operator must see from across the room first.
+function glanceState(c) {
+  if (c.recorded_only) return ["warn", "no frame since the dashboard started"];
+  const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
+  if (c.silent) return ["bad", `silent: ${age}`];
+  if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
+  return ["ok", age];
+}
+
+// A link to a camera's card (…/#cam3, kept from a click on its tile) opens at that card, once
+// the card is drawn.
+function goToLinkedCard() {
+  const id = decodeURIComponent(location.hash.slice(1));
+  if (state.linkFollowed || !id || !state.cameras.has(id)) return;
+  state.linkFollowed = true;
+  requestAnimationFrame(() => goToCard(id));
+}
+
+// The camera's card at the top of the window, below the header that stays there.
+function goToCard(id) {
+  const cam = state.cameras.get(id);
+  if (!cam) return;
+  const header = document.querySelector("header").getBoundingClientRect().height;
+  window.scrollTo({ top: cam.node.getBoundingClientRect().top + window.scrollY - header - 8 });
+  history.replaceState(null, "", `${location.search}#${encodeURIComponent(id)}`);
 }
 
 function drawDaemon(d) {
