@@ -289,7 +289,9 @@ class Control:
         return self._paused(camera, changed, kept)
 
     def _keep_paused(self) -> bool:
-        """The paused cameras, kept for the next start (edge.state.Overrides) -> whether kept."""
+        """The paused cameras, in the metrics and kept for the next start (edge.state.Overrides)
+        -> whether kept."""
+        self.daemon.metrics.show_paused(self.daemon.paused)
         self.daemon.overrides.paused = sorted(self.daemon.paused)
         return self.daemon.overrides.save()
 

@@ -508,6 +508,7 @@ class Daemon:
                     self.recorder.event("threshold-dropped", detail, "vqad serve (start)")
         if overrides.paused:
             self.paused.update(overrides.paused)
+            self.metrics.show_paused(self.paused)
             log.info("paused before the restart, and still paused: %s (vqad ctl ... resume CAMERA)",
                      ", ".join(overrides.paused))  # fmt: skip
 

@@ -114,6 +114,12 @@ class DaemonMetrics:
             "vqad_drift_ks", "KS statistic: recent scores vs the calibration images'", ["camera"], registry=r
         )
         self.drift_alarm = Gauge("vqad_drift_alarm", "1 while a camera's scores have drifted", ["camera"], registry=r)
+        self.camera_paused = Gauge(
+            "vqad_camera_paused",
+            "1 while vqad ctl pause holds a camera: its frames get an error result, not a decision",
+            ["camera"],
+            registry=r,
+        )
         self.evidence_failed = Counter(
             "vqad_evidence_failed",
             "Results recorded without their evidence: it could not be written, or the frames waiting for it "
@@ -145,6 +151,12 @@ class DaemonMetrics:
                 self.camera_frames.remove(camera_id, health)
             except KeyError:
                 pass
+
+    def show_paused(self, cameras: set[str]) -> None:
+        """vqad_camera_paused: 1 for each camera in `cameras`; a camera resumed leaves it."""
+        self.camera_paused.clear()
+        for camera_id in cameras:
+            self.camera_paused.labels(camera_id).set(1)
 
     def forget_drift(self, camera_id: str | None = None) -> None:
         """Drop one camera's drift gauges, or every camera's (None: a new model, new windows)."""

@@ -12,12 +12,14 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 
 import cv2
 import numpy as np
 import onnx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge import serving as serving_module
 from edge.metrics import DaemonMetrics
@@ -26,6 +28,7 @@ from edge.protocol import frame_message
 from edge.record import Record
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
+from edge.transport import free_loopback_port
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
 
@@ -104,11 +107,21 @@ def test_a_swap_during_a_stream_loses_nothing_and_changes_the_model_once_per_cam
     assert "reload of" in daemon.log_text() and "failed, the old model keeps serving" in daemon.log_text()
 
 
+def _paused_in_metrics(port: int) -> dict[str, float]:
+    """vqad_camera_paused's samples on the daemon's metrics endpoint, {camera: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return {s.labels["camera"]: s.value for f in families if f.name == "vqad_camera_paused" for s in f.samples}
+
+
 def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model, synth_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'line.db'}"
     control = f"ipc://{tmp_path}/ctl"
     goods = [cv2.imread(str(p)) for p in sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))]
-    with DaemonProcess(tiny_model, "--control", control, "--record", url) as daemon:
+    metrics_port = free_loopback_port()
+    with DaemonProcess(
+        tiny_model, "--control", control, "--record", url, "--metrics-port", str(metrics_port)
+    ) as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
             cam.send(frame_message("c", 0, goods[0], "raw"))
@@ -124,7 +137,9 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
             paused_reply = _ctl(control, "pause", "c")
             cam.send(frame_message("c", 2, goods[2], "raw"))
             paused = sub.collect(1)[0][0]
+            paused_metrics = _paused_in_metrics(metrics_port)
             resumed_reply = _ctl(control, "resume", "c")
+            resumed_metrics = _paused_in_metrics(metrics_port)
             cam.send(frame_message("c", 3, goods[3], "raw"))
             resumed = sub.collect(1)[0][0]
         finally:
@@ -146,6 +161,7 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
         "seen": True,
     }
     assert (resumed_reply["paused"], resumed_reply["changed"]) == ([], True)
+    assert (paused_metrics, resumed_metrics) == ({"c": 1.0}, {})  # for VqadCameraPaused
     assert json.loads(mistyped.stdout) == {"ok": True, "paused": [], "changed": False, "seen": False, "kept": True}
     assert "camera 'C' was not paused" in mistyped.stderr and "'C' has sent no frame" in mistyped.stderr
     assert bad.returncode != 0 and "--reason" in bad.stderr
@@ -194,10 +210,13 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     assert {k: kept["threshold_source"][k] for k in ("who", "reason")} == {"who": "test", "reason": "audit 42"}
     assert "threshold 123.5 kept from before the restart (set by test: audit 42)" in daemon.log_text()
     url = f"sqlite:///{tmp_path / 'line.db'}"
-    reconfigured = DaemonProcess(tiny_model, "--control", control, "--threshold", "50", "--record", url, ipc_dir=state)
+    metrics_port = free_loopback_port()
+    reconfigured = DaemonProcess(tiny_model, "--control", control, "--threshold", "50", "--record", url,
+                                 "--metrics-port", str(metrics_port), ipc_dir=state)  # fmt: skip
     with reconfigured:
         status = _ctl(control, "status")
-    assert status["threshold"] == 50 and status["paused"] == ["left"]
+        paused_metrics = _paused_in_metrics(metrics_port)
+    assert status["threshold"] == 50 and status["paused"] == ["left"] and paused_metrics == {"left": 1.0}
     start, event = [e for e in Record(url).events() if e["kind"] != "stop"]  # why the line's threshold changed
     assert (start["kind"], start["detail"]["threshold"]) == ("start", 50)  # after the drop: the one it serves
     assert (event["kind"], event["by"]) == ("threshold-dropped", "vqad serve (start)")

@@ -1006,6 +1006,33 @@ def test_a_reject_the_camera_health_gate_caused_says_so_from_the_stream_and_the_
     assert _json(base + "/api/results?camera=wide")[1]["results"][0]["unfit"] == "aspect"
 
 
+def test_a_camera_paused_by_the_lines_control_says_so_on_its_card_and_its_tile(line):
+    """`vqad ctl pause CAMERA` answers its frames with error results: the card showed errors
+    rising and nothing said why, so an operator took a paused camera for a broken one, or did
+    not see that its parts went uninspected. Its card and its tile say so until it is resumed."""
+    base = line["dashboard"].url
+    frame = cv2.imread(str(line["images"][0]))
+    pill = 'return document.querySelector(\'[data-camera="paused-cam"].camera [data-field="paused"]\')?.hidden'
+    driver, cam = headless_chromium(), Camera(line["daemon"].frames)
+    try:
+        run_vqad("ctl", line["control"], "pause", "paused-cam", "--by", "test")
+        driver.get(base + "/")
+        for frame_id in range(1, 4):
+            cam.send(frame_message("paused-cam", frame_id, frame, "raw"))
+            cam.send(frame_message("running-cam", frame_id, frame, "raw"))
+        assert wait_for(lambda: driver.execute_script(pill) is False, 15), _json(base + "/api/summary")[1]["cameras"]
+        cameras = _json(base + "/api/summary")[1]["cameras"]
+        assert cameras["paused-cam"]["paused"] is True and cameras["running-cam"]["paused"] is False
+        tile = driver.find_element("css selector", '#overview a[data-glance="paused-cam"]')
+        assert "warn" in tile.get_attribute("class") and "paused: not inspected" in tile.text, tile.text
+        run_vqad("ctl", line["control"], "resume", "paused-cam", "--by", "test")
+        assert wait_for(lambda: driver.execute_script(pill) is True, 15)
+    finally:
+        run_vqad("ctl", line["control"], "resume", "paused-cam", check=False)
+        cam.close()
+        driver.quit()
+
+
 def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(line, tmp_path):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     review = json.dumps({"camera_id": "line1", "frame_id": 0, "verdict": "false_reject"}).encode()

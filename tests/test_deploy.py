@@ -31,6 +31,7 @@ def _exposed_names() -> set[str]:
     m.drift_ks.labels("cam0").set(0.1)
     m.drift_alarm.labels("cam0").set(0)
     m.count_camera_frame("cam0", "fit")
+    m.show_paused({"cam0"})
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -237,6 +238,8 @@ ALERT_CASES = [
         [("vqad_camera_frames_total", FIT, "0+45x40"), ("vqad_camera_frames_total", UNFIT, "0+15x40")],
         None,
     ),
+    # A camera paused for a changeover and left so.
+    ("VqadCameraPaused", [("vqad_camera_paused", CAM0, "1x250")], "60m"),
     # Two senders left at one camera id, at 1 frame/s each: an id again every other frame.
     ("VqadFrameIdsRepeating", [("vqad_frame_ids_back_total", {}, "0 0+15x20")], "30s"),
     ("VqadFrameIdsRepeating", [("vqad_frame_ids_back_total", {}, "0 1x20 2x20")], None),  # two restarts

@@ -176,8 +176,10 @@ class Dashboard:
             daemon = self._daemons()
         else:
             daemon = self._daemon(self.streams[0] if self.streams else "", self.probes[0] if self.probes else None)
+        paused = self._paused()
         for camera, view in cameras.items():
             view["drift"] = daemon.get("drift", {}).get(camera)
+            view["paused"] = camera in paused.get(view["daemon"], ())
         behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,
@@ -189,6 +191,12 @@ class Dashboard:
             record_behind=behind is not None and behind >= RECORD_BEHIND_S,
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
+
+    def _paused(self) -> dict[str, set[str]]:
+        """The cameras each followed daemon pauses (`vqad ctl pause`), by its results endpoint: what
+        its last heartbeat said. A paused camera's frames get an error result, not a decision."""
+        beats = {source: self.view.last_heartbeat(source) for source in self.streams}
+        return {source: set(beat[1].get("paused") or ()) for source, beat in beats.items() if beat is not None}
 
     def _daemon(self, source: str, probe: MetricsProbe | None) -> dict[str, Any]:
         """One daemon's state: its metrics when it is probed, and what its heartbeat from `source`

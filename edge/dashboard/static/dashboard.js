@@ -162,6 +162,7 @@ function glanceState(c) {
   if (c.recorded_only) return ["warn", "no frame since the dashboard started"];
   const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
   if (c.silent) return ["bad", `silent: ${age}`];
+  if (c.paused) return ["warn", `paused: not inspected, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
   return ["ok", age];
 }
@@ -348,6 +349,8 @@ function drawCamera(id, c, daemon) {
   const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
   if (c.recorded_only) pill($(n, "liveness"), "no frame since the dashboard started: rejects and tally from the record", "warn");
   else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
+  $(n, "paused").hidden = !c.paused;
+  n.classList.toggle("paused", Boolean(c.paused));
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
   drawRateChart($(n, "rate-chart"), c.fail_rate_series, c.fail_rate_bin_s);
