@@ -157,10 +157,12 @@ function drawGlance(id, c) {
   setText(tile, "age", why);
 }
 
+function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
+
 // [kind, words] of a camera's tile: what an operator must see from across the room first.
 function glanceState(c) {
   if (c.recorded_only) return ["warn", "no frame since the dashboard started"];
-  const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
+  const age = lastFrameAge(c);
   if (c.silent) return ["bad", `silent: ${age}`];
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
@@ -170,7 +172,8 @@ function glanceState(c) {
 // A link to a camera's card (…/#cam3, kept from a click on its tile) opens at that card, once
 // the card is drawn.
 function goToLinkedCard() {
-  const id = decodeURIComponent(location.hash.slice(1));
+  let id = location.hash.slice(1);
+  try { id = decodeURIComponent(id); } catch { /* a hash typed by hand, not encoded: as it is */ }
   if (state.linkFollowed || !id || !state.cameras.has(id)) return;
   state.linkFollowed = true;
   requestAnimationFrame(() => goToCard(id));
@@ -346,7 +349,7 @@ function drawCamera(id, c, daemon) {
   setText(n, "model", model + from);
   n.classList.toggle("silent", c.silent && !c.recorded_only); // never streamed here: not known to be down
   n.classList.toggle("recorded-only", c.recorded_only);
-  const age = c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`;
+  const age = lastFrameAge(c);
   if (c.recorded_only) pill($(n, "liveness"), "no frame since the dashboard started: rejects and tally from the record", "warn");
   else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
   $(n, "paused").hidden = !c.paused;
