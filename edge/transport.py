@@ -119,6 +119,7 @@ def secure_client(sock: zmq.Socket, curve_secret: str | None, curve_server_key: 
 # The monitor's handshake events (libzmq >= 4.3). Without them (an older libzmq), a client learns
 # of a refused handshake only from the silence that follows.
 _SUCCEEDED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
+_NO_DETAIL = getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
 _FAILED = {
     getattr(zmq, name, 0): name
     for name in ("EVENT_HANDSHAKE_FAILED_NO_DETAIL", "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_AUTH")
@@ -148,8 +149,13 @@ class HandshakeWatch:
         self.curve, self.keys = curve, keys
         self.succeeded = False  # a handshake got through (the last event said so)
         self.vague = 0  # failures without detail in a row: one often comes before the one that says why
+        # A connection made whose handshake has no outcome yet. Closed so, it was refused without
+        # an event: a plain camera at the daemon's results socket, which reads the other
+        # side's socket type first, or a port that is no ZeroMQ socket.
+        self.handshaking = False
+        self.accepted_once = False  # a handshake got through once: this is the daemon's socket of that kind
         available = _SUCCEEDED and 0 not in _FAILED
-        events = _SUCCEEDED | sum(_FAILED) if available else 0
+        events = _SUCCEEDED | sum(_FAILED) | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED if available else 0
         self.monitor = sock.get_monitor_socket(events) if available else None
 
     def refusal(self, wait_s: float = 0.0) -> str | None:
@@ -161,13 +167,31 @@ class HandshakeWatch:
             left_ms = max(0, int((deadline - time.monotonic()) * 1000)) if not (reason or self.succeeded) else 0
             if not self.monitor.poll(left_ms):
                 return reason
-            event = recv_monitor_message(self.monitor)
-            self.succeeded = event["event"] == _SUCCEEDED
-            vague = _FAILED.get(event["event"]) == "EVENT_HANDSHAKE_FAILED_NO_DETAIL"
+            event, value, vague = self._outcome(recv_monitor_message(self.monitor))
+            if event is None:
+                continue
+            self.succeeded = event == _SUCCEEDED
             self.vague = self.vague + 1 if vague else 0
             said = not self.succeeded and (not vague or self.vague > 1)  # a vague one when it comes again
-            reason = self._reason(event["event"], event["value"]) if said else None
+            reason = self._reason(event, value) if said else None
         return None
+
+    def _outcome(self, event: dict) -> tuple[int | None, int, bool]:
+        """(a handshake's outcome, its value, whether it is a failure without detail that may
+        come before one that says why) from a monitor event; None for a connection made, or
+        closed after its outcome was known (a daemon that stops). A connection closed in its
+        handshake is a failure without detail too, and final: ZeroMQ gives such a connection
+        up (it does not connect again), so it comes only once. Once a handshake got through, the
+        endpoint is known to be right, and such a close is a daemon that stops as it starts."""
+        if event["event"] == zmq.EVENT_CONNECTED:
+            self.handshaking = True
+            return None, 0, False
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            refused, self.handshaking = self.handshaking and not self.accepted_once, False
+            return (_NO_DETAIL, 0, False) if refused else (None, 0, False)
+        self.handshaking = False
+        self.accepted_once |= event["event"] == _SUCCEEDED
+        return event["event"], event["value"], event["event"] == _NO_DETAIL
 
     def check(self) -> None:
         """HandshakeError when the daemon refused the last handshake (refusal)."""

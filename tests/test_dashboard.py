@@ -1015,18 +1015,24 @@ def test_a_camera_paused_by_the_lines_control_says_so_on_its_card_and_its_tile(l
     pill = 'return document.querySelector(\'[data-camera="paused-cam"].camera [data-field="paused"]\')?.hidden'
     driver, cam = headless_chromium(), Camera(line["daemon"].frames)
     try:
+        frame_ids = iter(range(1, 1000))
+
+        def sending(check):  # the cameras send on, so that neither is silent however slow the CPU
+            frame_id = next(frame_ids)
+            for camera in ("paused-cam", "running-cam"):
+                cam.send(frame_message(camera, frame_id, frame, "raw"))
+            return check()
+
         run_vqad("ctl", line["control"], "pause", "paused-cam", "--by", "test")
         driver.get(base + "/")
-        for frame_id in range(1, 4):
-            cam.send(frame_message("paused-cam", frame_id, frame, "raw"))
-            cam.send(frame_message("running-cam", frame_id, frame, "raw"))
-        assert wait_for(lambda: driver.execute_script(pill) is False, 15), _json(base + "/api/summary")[1]["cameras"]
+        shown = wait_for(lambda: sending(lambda: driver.execute_script(pill) is False), 30, every=0.5)
+        assert shown, _json(base + "/api/summary")[1]["cameras"]
         cameras = _json(base + "/api/summary")[1]["cameras"]
         assert cameras["paused-cam"]["paused"] is True and cameras["running-cam"]["paused"] is False
         tile = driver.find_element("css selector", '#overview a[data-glance="paused-cam"]')
         assert "warn" in tile.get_attribute("class") and "paused: not inspected" in tile.text, tile.text
         run_vqad("ctl", line["control"], "resume", "paused-cam", "--by", "test")
-        assert wait_for(lambda: driver.execute_script(pill) is True, 15)
+        assert wait_for(lambda: sending(lambda: driver.execute_script(pill) is True), 30, every=0.5)
     finally:
         run_vqad("ctl", line["control"], "resume", "paused-cam", check=False)
         cam.close()

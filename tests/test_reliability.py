@@ -760,6 +760,44 @@ def test_a_camera_with_keys_to_a_daemon_without_curve_says_so(tmp_path):
         plain.close(linger=0)
 
 
+def test_a_client_pointed_at_another_of_the_daemons_sockets_says_so_at_once(tiny_model, tmp_path):
+    """A camera given the results endpoint, a reader given the frames endpoint and `vqad ctl` the
+    frames endpoint: the daemon's socket closes the connection in its handshake (the socket
+    types do not pair), without an event on the client's side, and ZeroMQ does not connect
+    again. The camera waited with "is that its frames endpoint?" and then said "sent 0 frames",
+    the reader heard nothing, and ctl said "no answer". Each now names the endpoint and exits 1."""
+    with DaemonProcess(tiny_model) as daemon:
+        camera = run_vqad("camera", _folder_of_one(tmp_path), "--to", daemon.results, check=False, timeout=60)
+        reader = run_vqad("watch", daemon.frames, "--count", "1", check=False, timeout=60)
+        ctl = run_vqad("ctl", daemon.frames, "status", check=False, timeout=60)
+        assert daemon.alive()
+    said = "closed this {who}'s connection in its handshake: does it use CURVE (then give --curve-secret and " \
+           "--curve-server-key), and is {endpoint} its {kind} endpoint?"  # fmt: skip
+    assert camera.returncode == 1 and said.format(who="camera", endpoint=daemon.results, kind="frames") in camera.stderr
+    assert "sent 0 frames" not in camera.stdout
+    assert reader.returncode == 1 and said.format(who="reader", endpoint=daemon.frames, kind="results") in reader.stderr
+    assert ctl.returncode == 1 and said.format(who="client", endpoint=daemon.frames, kind="control") in ctl.stderr
+
+
+def test_a_connection_closed_in_its_handshake_is_a_refusal_only_before_one_got_through():
+    """A live camera bridge must not end on the moment a restarting daemon closes a connection
+    it had just made: once a handshake got through, the endpoint is the right one."""
+    from edge.transport import HandshakeWatch
+
+    connected, closed = {"event": zmq.EVENT_CONNECTED, "value": 0}, {"event": zmq.EVENT_DISCONNECTED, "value": 0}
+    succeeded = {"event": zmq.EVENT_HANDSHAKE_SUCCEEDED, "value": 0}
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    watch = HandshakeWatch(sock, "tcp://box:5556", "camera", "frames", curve=False)
+    try:
+        first = [watch._outcome(e) for e in (connected, closed)]
+        later = [watch._outcome(e) for e in (connected, succeeded, closed, connected, closed)]
+    finally:
+        watch.close()
+        sock.close(linger=0)
+    assert first == [(None, 0, False), (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0, False)]
+    assert [event for event, _, _ in later] == [None, zmq.EVENT_HANDSHAKE_SUCCEEDED, None, None, None]
+
+
 def test_a_refused_handshake_is_named_by_what_the_monitor_says():
     """The monitor's event and this side's keys name the cause; a failure without detail, whose
     causes are several, names them all, the endpoint's kind among them (a camera pointed at the
