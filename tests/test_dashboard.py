@@ -1541,7 +1541,7 @@ def test_a_line_of_cameras_at_a_glance_leads_to_each_card_and_a_stations_screen_
             sections
         )
         note = driver.find_element("id", "overview-filter")
-        assert note.text == "2 of 3 cameras (?camera=cam5,cam8) · show all"
+        assert note.text == "2 of 3 cameras (?camera=cam5,cam8) · show all" and driver.title == "vqad: cam5,cam8"
         driver.get(driver.current_url.split("?")[0] + "?camera=cam1*")
         assert wait_for(lambda: driver.execute_script(sections) == ["cam1"], 10), driver.execute_script(sections)
         driver.get(driver.current_url.split("?")[0] + "?camera=line9")

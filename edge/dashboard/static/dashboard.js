@@ -97,6 +97,7 @@ function drawNoCameras(all, ids) {
 // `?camera=ID,ID` (an id, or a pattern with *) keeps the page to those cameras: a station's
 // screen. A camera's tile above the cards says whether it is well, and a click goes to its card.
 const CAMERA_FILTER = cameraFilter(new URLSearchParams(location.search).get("camera"));
+if (CAMERA_FILTER) document.title = `vqad: ${CAMERA_FILTER.text}`; // a station's tab says whose it is
 
 function cameraFilter(text) {
   const patterns = (text || "").split(",").map((p) => p.trim()).filter(Boolean);
