@@ -1039,6 +1039,34 @@ def test_a_camera_paused_by_the_lines_control_says_so_on_its_card_and_its_tile(l
         driver.quit()
 
 
+def test_each_cameras_tile_says_how_many_of_its_fails_wait_for_a_review(line):
+    """The review work of a line of cameras was in each card's tally, 900 px apart: the tiles
+    above the cards say where it waits."""
+    base = line["dashboard"].url
+    threshold = json.loads(run_vqad("ctl", line["control"], "status").stdout)["threshold"]
+    driver, cam = headless_chromium(), Camera(line["daemon"].frames)
+
+    def unreviewed(camera):
+        days = _json(f"{base}/api/daily?camera={camera}&days=7")[1]["days"]
+        return sum(d["unreviewed"] for d in days)
+
+    try:
+        run_vqad("ctl", line["control"], "set-threshold", "1e-9", "--reason", "tiles", "--by", "test")
+        for frame_id, image in enumerate(line["images"][:3]):  # of other parts: not a frozen camera
+            cam.send(frame_message("review-a", frame_id, cv2.imread(str(image)), "raw"))
+        cam.send(frame_message("review-b", 0, cv2.imread(str(line["images"][3])), "raw"))
+        assert wait_for(lambda: (unreviewed("review-a"), unreviewed("review-b")) == (3, 1), 30)
+        driver.get(base + "/")
+        tile = "return document.querySelector('#overview a[data-glance=\"{}\"] [data-field=unreviewed]')?.textContent"
+        said = wait_for(lambda: driver.execute_script(tile.format("review-a")) == "3 not reviewed (7 days)", 15)
+        assert said, driver.execute_script(tile.format("review-a"))
+        assert driver.execute_script(tile.format("review-b")) == "1 not reviewed (7 days)"
+    finally:
+        run_vqad("ctl", line["control"], "set-threshold", str(threshold), "--reason", "tiles done", check=False)
+        cam.close()
+        driver.quit()
+
+
 def test_with_a_token_every_request_needs_it_and_a_browser_keeps_it_in_a_cookie(line, tmp_path):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     review = json.dumps({"camera_id": "line1", "frame_id": 0, "verdict": "false_reject"}).encode()

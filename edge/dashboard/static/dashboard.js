@@ -137,7 +137,7 @@ function drawGlance(id, c) {
     tile = document.createElement("a");
     tile.href = `#${encodeURIComponent(id)}`;
     tile.dataset.glance = id;
-    for (const field of ["name", "decision", "rate", "age"]) {
+    for (const field of ["name", "decision", "rate", "age", "unreviewed"]) {
       const part = document.createElement(field === "name" ? "b" : "span");
       part.dataset.field = field;
       tile.appendChild(part);
@@ -156,6 +156,9 @@ function drawGlance(id, c) {
   setText(tile, "decision", latest ? `${(latest.decision || latest.status).toUpperCase()}${unfit} ${num(latest.score, 3)}` : "–");
   setText(tile, "rate", `fail rate 5 min ${pct(c.fail_rate_5min)}`);
   setText(tile, "age", why);
+  // Where the review work waits: the fails of the card's 7 days nobody has reviewed (its tally).
+  const unreviewed = state.cameras.get(id)?.unreviewed;
+  setText(tile, "unreviewed", unreviewed ? `${unreviewed} not reviewed (7 days)` : "");
 }
 
 function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
@@ -392,6 +395,7 @@ async function loadDaily(cam, id) {
       return tr;
     });
     $(cam.node, "daily").replaceChildren(...rows);
+    cam.unreviewed = body.days.reduce((n, d) => n + (d.unreviewed || 0), 0); // for its tile
     drawChanges(cam, id, body.changes, body.days);
     const from = body.day_starts === "00:00" ? "" : `, from ${body.day_starts}`;
     setText(cam.node, "daily-day", `day (${body.timezone}${from})`);
