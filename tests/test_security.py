@@ -13,15 +13,23 @@ from edge.security import CurveGate, create_keys, make_curve_client, make_curve_
 from edge.transport import bind_again
 
 
+def _curve_socket(ctx: zmq.Context, kind: int, client_secret, server_public, endpoint: str) -> zmq.Socket:
+    """A CURVE client socket of `kind` (a SUB takes every topic) connected to `endpoint`."""
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    make_curve_client(sock, client_secret, server_public)
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    return sock
+
+
 def _heard(server: zmq.Socket, client_secret, server_public, ctx: zmq.Context, message: bytes) -> bool:
     """Whether a new client with the key pair `client_secret` gets `message` to `server` within 1.5 s."""
-    client = ctx.socket(zmq.PUSH)
-    client.linger = 0
+    client = _curve_socket(ctx, zmq.PUSH, client_secret, server_public, server.last_endpoint.decode())
     # A refused handshake can end the connection before the send: PUSH then has no peer, and a
     # send without a timeout waits for one for ever.
     client.sndtimeo = 1500
-    make_curve_client(client, client_secret, server_public)
-    client.connect(server.last_endpoint.decode())
     try:
         try:
             client.send(message)
@@ -74,16 +82,6 @@ def test_a_key_added_or_removed_on_a_running_line_is_heeded_at_the_next_connecti
         server.close(linger=0)
         auth.stop()
         ctx.term()
-
-
-def _curve_socket(ctx: zmq.Context, kind: int, client_secret, server_public, endpoint: str) -> zmq.Socket:
-    sock = ctx.socket(kind)
-    sock.linger = 0
-    make_curve_client(sock, client_secret, server_public)
-    if kind == zmq.SUB:
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
-    return sock
 
 
 def test_a_removed_key_is_refused_on_the_connections_it_holds(tmp_path, caplog):
