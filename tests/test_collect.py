@@ -98,8 +98,9 @@ def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path)
     np.testing.assert_array_equal(saved["top_7.png"], colour)  # RGB read as the BGR it is
     np.testing.assert_array_equal(saved["top_8.png"], mono12)  # the counts, for training's --pixel-bits
     np.testing.assert_array_equal(saved[again], grey)
-    assert "top: 16-bit frames, saved as their counts (16-bit PNG); their headers say 12 bits: vqad train DATA " \
-        "--pixel-bits 12" in stdout  # fmt: skip
+    assert "top: 16-bit frames, saved as their counts (16-bit PNG; an image viewer shows counts of fewer than 16 " \
+        "bits dark: stretch its levels to look); their headers say 12 bits: vqad train DATA --pixel-bits 12" \
+        in stdout  # fmt: skip
     # What training reads of each file (by --pixel-bits 12, which the model keeps) is what the
     # daemon reads of the same message (by the model's bits).
     for name, message in (("top_7.png", messages[0]), ("top_8.png", messages[1]), ("top_9.png", messages[2])):

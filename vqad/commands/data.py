@@ -76,7 +76,8 @@ def _say_collected(collected: Collected) -> None:
     for camera, bits in sorted(collected.sixteen_bit.items()):
         told = f"their headers say {bits} bits: vqad train DATA --pixel-bits {bits}" if bits else (
             "say the bits the camera fills when training: vqad train DATA --pixel-bits N (12 for Mono12)")  # fmt: skip
-        print(f"{camera}: 16-bit frames, saved as their counts (16-bit PNG); {told}")
+        print(f"{camera}: 16-bit frames, saved as their counts (16-bit PNG; an image viewer shows counts of fewer "
+              f"than 16 bits dark: stretch its levels to look); {told}")  # fmt: skip
     if collected.written:
         print("look through them: a model learns from defect-free parts only; then put them under DATA/train/good/ "
               "(a camera's folder a model) and vqad train DATA")  # fmt: skip
