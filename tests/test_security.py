@@ -141,3 +141,28 @@ def test_a_removed_key_is_refused_on_the_connections_it_holds(tmp_path, caplog):
             sock.close(linger=0)
         gate.stop()
         ctx.term()
+
+
+def test_binding_again_after_a_bind_that_failed_binds_the_endpoint():
+    """A bind that failed after its unbind (the port taken meanwhile) is tried again a second
+    later: that try found nothing to unbind, refused, and the results socket stayed unbound."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    try:
+        pub.bind("tcp://127.0.0.1:*")
+        endpoint = pub.last_endpoint.decode()
+        pub.unbind(endpoint)  # where a failed try leaves it
+        bind_again(pub, endpoint)
+        sub = ctx.socket(zmq.SUB)  # a plain reader: the socket under test has no CURVE
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(endpoint)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not sub.poll(50):
+                pub.send(b"result")
+            assert sub.poll(0) and sub.recv() == b"result"
+        finally:
+            sub.close(linger=0)
+    finally:
+        pub.close(linger=0)
