@@ -55,7 +55,7 @@ def storm(image: Path, seconds: float, bounded: bool) -> dict[str, Any]:
                                    batch_size=1)  # fmt: skip
             writer.put(Result(header, recv_ns=time.time_ns(), frame=noisy), time.time_ns())
             handed += 1
-            peak_rss, peak_held = max(peak_rss, rss_mib()), max(peak_held, writer.frames_held)
+            peak_rss, peak_held = max(peak_rss, rss_mib()), max(peak_held, writer.held.bytes)
             time.sleep(max(0.0, start + handed / FPS - time.monotonic()))
         end_rss, recorded_by_end = rss_mib(), writer.recorded
         writer.close()
@@ -63,7 +63,7 @@ def storm(image: Path, seconds: float, bounded: bool) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "bounded": bounded, "seconds": seconds, "handed": handed, "recorded_by_the_end": recorded_by_end,
-        "recorded": writer.recorded, "without_images": writer.frames_let_go,
+        "recorded": writer.recorded, "without_images": writer.held.let_go,
         "rss_mib": {"start": round(start_rss, 1), "peak": round(peak_rss, 1), "end": round(end_rss, 1)},
         "frames_held_peak_mib": round(peak_held / 2**20, 1),
     }  # fmt: skip

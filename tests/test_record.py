@@ -577,10 +577,10 @@ def test_the_frames_waiting_for_their_evidence_are_bounded_by_their_bytes(tmp_pa
     with caplog.at_level(logging.ERROR, logger="edge.record.writer"):
         for i in range(5):
             writer.put(_result("c", i), time.time_ns())
-    assert writer.frames_held == 3 * frame_bytes and writer.frames_let_go == 2
+    assert writer.held.bytes == 3 * frame_bytes and writer.held.let_go == 2
     assert writer.metrics.evidence_failed._value.get() == 2 and "recorded without their images" in caplog.text
     writer.start().close()
-    assert writer.recorded == 5 and writer.frames_held == 0
+    assert writer.recorded == 5 and writer.held.bytes == 0
     rows = sorted(Record(url).results(limit=10), key=lambda row: row["frame_id"])
     assert [row["evidence"] is not None for row in rows] == [True, True, True, False, False]
     writer = RecordWriter(url, tmp_path / "ev").start()  # the bound is of frames waiting, not of a run's
@@ -590,7 +590,7 @@ def test_the_frames_waiting_for_their_evidence_are_bounded_by_their_bytes(tmp_pa
         while time.monotonic() < deadline and writer.recorded < i - 4:
             time.sleep(0.05)
     writer.close()
-    assert writer.frames_let_go == 0 and writer.frames_held == 0
+    assert writer.held.let_go == 0 and writer.held.bytes == 0
 
 
 def test_a_storm_of_one_cameras_fails_leaves_the_other_cameras_rejects_their_images(tmp_path, monkeypatch):
@@ -608,13 +608,13 @@ def test_a_storm_of_one_cameras_fails_leaves_the_other_cameras_rejects_their_ima
         writer.put(_result("storm", i), time.time_ns())
     for i in range(3):
         writer.put(_result("steady", i), time.time_ns())
-        assert writer.frames_held <= 4 * frame_bytes
+        assert writer.held.bytes <= 4 * frame_bytes
     writer.put(_result("storm", 4), time.time_ns())  # an even share each: its own waits without
-    assert writer.frames_held == 4 * frame_bytes and writer.frames_let_go == 4
+    assert writer.held.bytes == 4 * frame_bytes and writer.held.let_go == 4
     writer.start().close()
     kept = {(r["camera_id"], r["frame_id"]) for r in Record(url).results(limit=20) if r["evidence"] is not None}
     assert kept == {("storm", 0), ("storm", 1), ("steady", 0), ("steady", 1)}, kept
-    assert writer.frames_held == 0 and writer.recorded == 8
+    assert writer.held.bytes == 0 and writer.recorded == 8
 
 
 def test_a_storm_gives_up_the_frames_of_the_batch_the_writer_has_not_reached(tmp_path, monkeypatch):
@@ -645,13 +645,13 @@ def test_a_storm_gives_up_the_frames_of_the_batch_the_writer_has_not_reached(tmp
     try:
         assert encoding.wait(30)  # the writer took the four as its batch and is encoding storm 0
         writer.put(_result("steady", 0), time.time_ns())
-        assert writer.frames_let_go == 1 and writer.frames_held == 4 * frame_bytes
+        assert writer.held.let_go == 1 and writer.held.bytes == 4 * frame_bytes
     finally:
         go_on.set()
         writer.close()
     kept = {(r["camera_id"], r["frame_id"]) for r in Record(url).results(limit=20) if r["evidence"] is not None}
     assert kept == {("storm", 0), ("storm", 1), ("storm", 2), ("steady", 0)}, kept
-    assert writer.frames_held == 0 and writer.recorded == 5
+    assert writer.held.bytes == 0 and writer.recorded == 5
 
 
 def test_a_sender_whose_frame_ids_start_again_keeps_each_frames_evidence(tmp_path):

@@ -34,6 +34,7 @@ from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
 from edge.overlay import draw_regions, heatmap_overlay
 from edge.protocol import RECORD_BEHIND_S, capture_time_ns, file_name, unfit_reasons
+from edge.record.held import HeldFrames
 from edge.record.housekeeping import (
     Housekeeping,
     free_bytes,
@@ -120,15 +121,7 @@ class RecordWriter:
         self.stopping = False
         self.recorded = self.unrecorded = 0
         self._behind_since: float | None = None  # when the record fell RECORD_BEHIND_S behind (monotonic)
-        self.frames_held = 0  # bytes of the buffered results' frames (under self.lock)
-        self.frames_let_go = 0  # results whose frame did not fit under FRAMES_HELD_BYTES
-        self._held_by: collections.Counter[str] = collections.Counter()  # camera -> bytes of its frames held
-        # camera -> its buffered results that hold a frame, oldest first: the newest is found at
-        # once, not by a walk through a buffer of up to max_buffer results (under self.lock)
-        self._holding: dict[str, collections.deque[Result]] = {}
-        # Ids of the results whose frames the writer thread has begun to store (under self.lock): a
-        # frame of the batch it has not reached may still be given up for another camera's reject.
-        self._claimed: set[int] = set()
+        self.held = HeldFrames(FRAMES_HELD_BYTES)  # the buffered results' frames (under self.lock)
         # Ids of the batch's results whose evidence could not be written (writer thread only):
         # counted once their rows commit without it, since a batch retried while the database is
         # down writes it again, and a disk writable again takes it.
@@ -305,63 +298,21 @@ class RecordWriter:
                     "the record's buffer is full (%d): %d results unrecorded", self.max_buffer, self.unrecorded
                 )
                 return
-            if result.frame is not None and not self._hold(result):
-                result.frame = None
+            if result.frame is not None and (let_go := self.held.hold(result)):
+                self._let_go(let_go)
             self.buffer.append((result, published_ns, time.monotonic()))
             self.handed += 1
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
 
-    def _hold(self, result: Result) -> bool:
-        """Whether `result`'s frame may wait in the buffer for its evidence (under self.lock).
-        Past FRAMES_HELD_BYTES, a camera that holds more than this one would (a storm of one
-        camera's fails: its lamp went out) gives up its newest waiting frames for it, so that the
-        other cameras' rejects keep their images; otherwise this result waits without its frame.
-        Each frame given up is counted in vqad_evidence_failed."""
-        nbytes, camera = result.frame.nbytes, _camera_of(result)
-        while self.frames_held + nbytes > FRAMES_HELD_BYTES and self._give_up_one_for(camera, nbytes):
-            pass
-        if self.frames_held + nbytes <= FRAMES_HELD_BYTES:
-            self.frames_held += nbytes
-            self._held_by[camera] += nbytes
-            self._holding.setdefault(camera, collections.deque()).append(result)
-            return True
-        self._let_go(result)
-        return False
-
-    def _give_up_one_for(self, camera: str, nbytes: int) -> bool:
-        """Drop the newest waiting frame of the camera holding the most, if it holds more than
-        `camera` would with `nbytes` more and the writer thread is not storing it. -> whether one
-        was dropped."""
-        most, held = max(self._held_by.items(), key=lambda item: item[1], default=(None, 0))
-        if most is None or most == camera or held <= self._held_by[camera] + nbytes:
-            return False
-        holding = self._holding[most]
-        if id(holding[-1]) in self._claimed:  # frames are stored oldest first: so are its older ones
-            return False
-        waiting = holding.pop()
-        self._release(waiting)
-        self._let_go(waiting)
-        waiting.frame = None
-        return True
-
-    def _release(self, result: Result) -> None:
-        """Its frame no longer waits (under self.lock); the caller takes it off self._holding."""
-        nbytes, camera = result.frame.nbytes, _camera_of(result)
-        self.frames_held -= nbytes
-        self._held_by[camera] -= nbytes
-        if not self._holding[camera]:  # its last frame held
-            del self._holding[camera], self._held_by[camera]
-
-    def _let_go(self, result: Result) -> None:
-        """Count and log a result that will be recorded without its images."""
-        self.frames_let_go += 1
-        self.metrics.evidence_failed.inc()
+    def _let_go(self, n: int) -> None:
+        """Count and log n results that will be recorded without their images (under self.lock)."""
+        self.metrics.evidence_failed.inc(n)
         self._let_go_log.log(
             "the frames waiting for the record take %d MiB, its bound: %d results recorded without their images "
             "(the database or the disk is slower than the line's rejects; the camera with the most waiting gives "
-            "up its newest first)", self.frames_held >> 20, self.frames_let_go,
+            "up its newest first)", self.held.bytes >> 20, self.held.let_go,
         )  # fmt: skip
 
     def event(self, kind: str, detail: dict[str, Any], by: str, by_writer: bool = False) -> None:
@@ -509,10 +460,8 @@ class RecordWriter:
         """The first n buffered results leave the buffer (the caller holds self.lock)."""
         for _ in range(n):
             result, _published_ns, _queued = self.buffer.popleft()
-            if result.frame is not None:
-                self._holding[_camera_of(result)].popleft()  # the buffer leaves in order: its oldest
-                self._release(result)
-        self._claimed = set()
+            self.held.leave(result)
+        self.held.batch_done()
         self._evidence_missed = set()
         self.metrics.record_pending.set(len(self.buffer))
 
@@ -554,10 +503,9 @@ class RecordWriter:
 
     def _claim(self, result: Result) -> np.ndarray | None:
         """The frame of `result` for its evidence, None when it waits without one; from now on
-        it is not given up (under self.lock: _give_up_one_for may be taking it this moment)."""
+        it is not given up (under self.lock: HeldFrames.hold may be giving it up this moment)."""
         with self.lock:
-            self._claimed.add(id(result))
-            return result.frame
+            return self.held.claim(result)
 
     @staticmethod
     def _record_time(result: Result, published_ns: int) -> int:
@@ -737,7 +685,3 @@ def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
 def _is_evidence_name(path: Any) -> bool:
     """An absolute path to a PNG frame or a JPEG overlay, as _evidence_paths names them."""
     return isinstance(path, str) and Path(path).is_absolute() and path.endswith((".png", "_overlay.jpg"))
-
-
-def _camera_of(result: Result) -> str:
-    return str(result.header.get("camera_id"))
