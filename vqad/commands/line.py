@@ -921,6 +921,31 @@ def _export_sample(record: Record, args: argparse.Namespace, since_ns: int | Non
 def _add_records(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="query the line's record (or export its reviewed evidence)")
     r.add_argument("url", metavar="URL", help="sqlite:///PATH, postgresql://... or a SQLite file's PATH")
+    _add_record_filters(r.add_argument_group("which results"))
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
+    r.add_argument(
+        "--limit", type=at_least(1), default=100, metavar="N",
+        help="the newest N results at most, the first N with --after-seq, or with --export-sample N passes a camera "
+        "(default 100)",
+    )  # fmt: skip
+    _add_record_exports(r.add_argument_group("exports: images for training and calibration"))
+    _add_record_upkeep(r.add_argument_group("upkeep of a SQLite record"))
+    daily = r.add_argument_group("the daily tally, and the line's days and times")
+    daily.add_argument(
+        "--daily",
+        action="store_true",
+        help="per day (--timezone, --day-starts), camera and model: results, passes, fails, the fail rate, errors, "
+        "drops, the reviewed fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
+    )
+    daily.add_argument("--picture", type=picture_arg, metavar="PNG",
+                       help="with --daily: draw each camera's days (the fail rate, split by what reviews found; a "
+                       "change of model marked) into this image")  # fmt: skip
+    _add_day_flags(daily)
+    r.set_defaults(func=cmd_records)
+
+
+def _add_record_filters(r: argparse._ArgumentGroup) -> None:
+    """The results a query, an export or the tally reads."""
     r.add_argument("--camera", type=identifier, metavar="ID", help="this camera's results only")
     r.add_argument("--decision", choices=["pass", "fail"], help="passes or fails only")
     r.add_argument(
@@ -946,12 +971,10 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         "--after-seq", type=int, metavar="N",
         help="with --run: its results published after the one of seq N, oldest first (a subscriber's catch-up)",
     )  # fmt: skip
-    r.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how to print the results")
-    r.add_argument(
-        "--limit", type=at_least(1), default=100, metavar="N",
-        help="the newest N results at most, the first N with --after-seq, or with --export-sample N passes a camera "
-        "(default 100)",
-    )  # fmt: skip
+
+
+def _add_record_exports(r: argparse._ArgumentGroup) -> None:
+    """Evidence written out as folders of images, from this box's disk or its peers'."""
     r.add_argument(
         "--export-reviewed",
         type=Path,
@@ -972,6 +995,10 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         "http://line4-box:8080), asked for the evidence on their disks, on a record that boxes share (their "
         "token: $VQAD_PEERS_TOKEN)",
     )  # fmt: skip
+
+
+def _add_record_upkeep(r: argparse._ArgumentGroup) -> None:
+    """A SQLite file's maintenance: its space back, its backup."""
     r.add_argument(
         "--compact",
         action="store_true",
@@ -984,20 +1011,9 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
         help="copy a SQLite record to DEST (a file, or a folder for a file named by the time) while daemons write "
         "to it: one consistent snapshot, checked, in one file (the evidence files apart: rsync -a)",
     )
-    r.add_argument(
-        "--daily",
-        action="store_true",
-        help="per day (--timezone, --day-starts), camera and model: results, passes, fails, the fail rate, errors, "
-        "drops, the reviewed fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
-    )
-    r.add_argument("--picture", type=picture_arg, metavar="PNG",
-                   help="with --daily: draw each camera's days (the fail rate, split by what reviews found; a "
-                   "change of model marked) into this image")  # fmt: skip
-    _add_day_flags(r)
-    r.set_defaults(func=cmd_records)
 
 
-def _add_day_flags(parser: argparse.ArgumentParser) -> None:
+def _add_day_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The line's days, as the daily tally counts them."""
     parser.add_argument(
         "--timezone",
