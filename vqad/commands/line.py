@@ -609,26 +609,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from edge.control import request
     from edge.errors import VqadError
 
-    args.value, args.camera = None, None
-    if args.command == "set-threshold":
-        try:
-            args.value = float(args.arg)
-        except (TypeError, ValueError):
-            raise VqadError(f"set-threshold needs a number, got {args.arg!r}") from None
-        if not args.reason:
-            raise VqadError("set-threshold needs VALUE and --reason TEXT")
-        payload = {"value": args.value, "reason": args.reason, "force": args.force}
-    elif args.command in ("pause", "resume"):
-        args.camera = args.arg
-        if not args.camera:
-            raise VqadError(f"{args.command} needs a CAMERA")
-        payload = {"camera": args.camera}
-    elif args.arg is not None:
-        # A daemon serves the one MODEL_DIR it was started with: a path here would be ignored.
-        hint = ": it reloads the daemon's own MODEL_DIR as it is now" if args.command == "reload" else ""
-        raise VqadError(f"{args.command} takes no argument, got {args.arg!r}{hint}")
-    else:
-        payload = {}
+    payload = _ctl_payload(args)
     # A reload loads and warms up a model; every other command is answered at once, so a
     # daemon that is not there is named within seconds.
     timeout_s = args.timeout or (RELOAD_TIMEOUT_S if args.command == "reload" else CTL_TIMEOUT_S)
@@ -655,6 +636,34 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     elif args.command == "status" and reply.get("model_dir_error"):
         print(f"a reload now would find no package to load: {reply['model_dir_error']}", file=sys.stderr)
     return 0
+
+
+def _ctl_payload(args: argparse.Namespace) -> dict:
+    """What `vqad ctl` sends with its command (args.value and args.camera set); VqadError for a
+    missing or extra argument."""
+    from edge.errors import VqadError
+
+    args.value, args.camera = None, None
+    if args.command == "set-threshold":
+        try:
+            args.value = float(args.arg)
+        except (TypeError, ValueError):
+            raise VqadError(f"set-threshold needs a number, got {args.arg!r}") from None
+        if not args.reason:
+            raise VqadError("set-threshold needs VALUE and --reason TEXT")
+        payload = {"value": args.value, "reason": args.reason, "force": args.force}
+    elif args.command in ("pause", "resume"):
+        args.camera = args.arg
+        if not args.camera:
+            raise VqadError(f"{args.command} needs a CAMERA")
+        payload = {"camera": args.camera}
+    elif args.arg is not None:
+        # A daemon serves the one MODEL_DIR it was started with: a path here would be ignored.
+        hint = ": it reloads the daemon's own MODEL_DIR as it is now" if args.command == "reload" else ""
+        raise VqadError(f"{args.command} takes no argument, got {args.arg!r}{hint}")
+    else:
+        payload = {}
+    return payload
 
 
 def _reload_still_loading(endpoint: str, by: str, waited_s: float, keys: dict) -> None:

@@ -160,13 +160,21 @@ def _writable_before_scoring(folder: Path) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """A run's or a model package's threshold, on new good images; a package needs no torch."""
-    from edge.errors import DataError
-
     _writable_before_scoring(args.target)
     if args.picture is not None:
         from edge.durable import require_writable
 
         require_writable(args.picture.parent, args.picture)  # a folder it could not make: said before the scoring
+    threshold = _calibrate_target(args)
+    _print_calibration(threshold, args)
+    return 0
+
+
+def _calibrate_target(args: argparse.Namespace) -> dict:
+    """The new threshold of the package or run at args.target (written there); DataError for
+    anything else, or a flag that does not fit it."""
+    from edge.errors import DataError
+
     if (args.target / "model.json").is_file():
         from edge.recalibrate import calibrate_package
 
@@ -191,6 +199,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                         "comes second (vqad calibrate RUN_OR_MODEL_DIR GOOD_DIR)")  # fmt: skip
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
+    return threshold
+
+
+def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
+    """What `vqad calibrate` set, the picture it drew, and what a serving daemon does with it."""
     left_out, copies = (threshold["source"].get(k, 0) for k in ("training_images_left_out", "copies_left_out"))
     unseen = f", {left_out} the model trained on left out" if left_out else ""
     unseen += f", {copies} {'copy of another' if copies == 1 else 'copies of others'} left out" if copies else ""
@@ -214,7 +227,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.target / "model.json").is_file():  # a daemon reads its package's threshold when it loads it
         print(f"a daemon serving {args.target} decides by the threshold it loaded until `vqad ctl ENDPOINT reload` "
               "(or systemctl reload vqad)")  # fmt: skip
-    return 0
 
 
 def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | None:
