@@ -39,7 +39,8 @@ HISTORY_S = 3600
 RECENT = 2000
 # Rejects kept in memory per camera (the record keeps all of them): at 200 rejects/s a page
 # that asked for the latest 12 still finds their pictures half a second later; 100 maps of
-# 128 x 128 are 6.5 MB.
+# 128 x 128 are 1.6 MB as published (a byte a pixel), a few MB with their frames' and drawn
+# pictures' JPEGs.
 REJECTS_KEPT = 100
 # Pictures are JPEG: a fifth of PNG's encoding time, and a heat map loses nothing a person sees.
 JPEG_QUALITY = 90
