@@ -16,7 +16,7 @@ from referencing import Registry, Resource
 from edge.errors import FrameError
 from edge.protocol import HEARTBEAT_TOPIC, Limits, UnreadableMessageError, frame_message, parse_frame
 from tests.conftest import ROOT
-from tests.edge_helpers import Camera, DaemonProcess
+from tests.edge_helpers import Camera, DaemonProcess, short_ipc_dir
 
 SCHEMAS = ROOT / "docs" / "schema"
 
@@ -37,8 +37,8 @@ def _errors(kind: str, header: dict) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATORS[kind].iter_errors(header)]
 
 
-def test_the_schemas_are_the_three_messages_a_program_reads_or_sends():
-    assert sorted(VALIDATORS) == ["frame-header", "heartbeat", "result-header"]
+def test_the_schemas_are_the_messages_a_program_reads_or_sends():
+    assert sorted(VALIDATORS) == ["control-reply", "control-request", "frame-header", "heartbeat", "result-header"]
 
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
@@ -201,3 +201,57 @@ def test_a_result_header_that_breaks_the_contract_is_invalid():
     no_map = dict(ok)
     del no_map["map"]
     assert _errors("result-header", no_map)
+
+
+def _control(endpoint: str, request: dict) -> dict:
+    """One raw request on the control socket, as a program in any language sends it."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(json.dumps(request).encode())
+        assert sock.poll(60_000), f"no answer to {request}"
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path):
+    """Each command as the schema describes it is answered ok, with a reply of that command's
+    shape; each request the schema refuses, the daemon refuses too, with a reply of the
+    error's shape."""
+    control = f"ipc://{short_ipc_dir()}/ctl"
+    good = {
+        "status": {"command": "status", "by": "mes"},
+        "set-threshold": {"command": "set-threshold", "args": {"value": 1.5, "reason": "audit 7"}, "by": "mes"},
+        "set-threshold as text": {"command": "set-threshold", "args": {"value": "1.25", "reason": "audit 8"}},
+        "pause": {"command": "pause", "args": {"camera": "cam7"}, "by": "mes"},
+        "resume": {"command": "resume", "args": {"camera": "cam7"}, "by": "mes"},
+        "reload": {"command": "reload", "by": "mes"},
+    }
+    bad = {
+        "an unknown command": {"command": "restart"},
+        "no command": {"args": {}},
+        "a threshold without a reason": {"command": "set-threshold", "args": {"value": 1.5}},
+        "a threshold of 0": {"command": "set-threshold", "args": {"value": 0, "reason": "r"}},
+        "a threshold as a word": {"command": "set-threshold", "args": {"value": "high", "reason": "r"}},
+        "force as text": {"command": "set-threshold", "args": {"value": 1.5, "reason": "r", "force": "yes"}},
+        "a pause without a camera": {"command": "pause", "args": {}},
+        "a camera with a newline": {"command": "pause", "args": {"camera": "a\nb"}},
+    }
+    with DaemonProcess(tiny_model, "--control", control, "--record", f"sqlite:///{tmp_path / 'line.db'}"):
+        for name, request in good.items():
+            assert _errors("control-request", request) == [], name
+            reply = _control(control, request)
+            assert reply["ok"] is True, (name, reply)
+            shape = {"set-threshold as text": "set-threshold", "resume": "pause"}.get(name, name)
+            assert _errors("control-reply", reply) == [], (name, reply)
+            assert (
+                VALIDATORS["control-reply"]
+                .evolve(schema={"$ref": f"control-reply.json#/$defs/{shape}"})
+                .is_valid(reply)
+            ), (name, reply)
+        for name, request in bad.items():
+            assert _errors("control-request", request), f"the schema let {name} through"
+            reply = _control(control, request)
+            assert reply["ok"] is False and _errors("control-reply", reply) == [], (name, reply)
