@@ -875,6 +875,83 @@ def _json(url, headers=None, data=None):
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+OPENAPI_ID = "urn:vqad:dashboard-api"
+
+
+def _openapi_validator(document: dict, path: str, method: str, status: int) -> Callable[[object], list[str]]:
+    """The errors of a JSON answer against the OpenAPI document's schema of that answer."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    registry = Registry().with_resource(OPENAPI_ID, Resource.from_contents(document, DRAFT202012))
+    pointer = "/".join(
+        p.replace("~", "~0").replace("/", "~1") for p in ("paths", path, method, "responses", str(status))
+    )
+    response = document["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:  # a shared answer (an error's), by name
+        pointer = response["$ref"].removeprefix("#/")
+    validator = Draft202012Validator(
+        {"$ref": f"{OPENAPI_ID}#/{pointer}/content/application~1json/schema"}, registry=registry
+    )
+    return lambda answer: [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(answer)]
+
+
+def test_the_openapi_description_names_every_route_and_no_other():
+    from edge.dashboard.app import OPENAPI, create_app
+
+    app = create_app(DashboardConfig(), LiveView(), (), None)
+    routes = {route.path for route in app.routes if route.path.startswith("/api/")}
+    document = json.loads(OPENAPI.read_text())
+    assert set(document["paths"]) == routes
+    assert document["openapi"].startswith("3.1")
+
+
+def test_the_apis_answers_hold_to_its_openapi_description(line):
+    """What a program reads from each route, ok or refused, is what the OpenAPI document the
+    dashboard serves says it is."""
+    base = line["dashboard"].url
+    status, document = _json(base + "/api/openapi.json")
+    assert status == 200
+    camera = f"openapi-{uuid.uuid4().hex[:6]}"
+    cam = Camera(line["daemon"].frames)
+    try:
+        for frame_id, image in enumerate(line["images"][:3]):
+            cam.send(frame_message(camera, frame_id, cv2.imread(str(image)), "raw", part_id=f"SN-{frame_id}"))
+        assert wait_for(lambda: len(_json(f"{base}/api/results?camera={camera}")[1]["results"]) == 3, 20)
+    finally:
+        cam.close()
+    status, row = _json(f"{base}/api/results?camera={camera}&limit=1")
+    frame_id = row["results"][0]["frame_id"]
+    review = json.dumps({"camera_id": camera, "frame_id": frame_id, "verdict": "defect", "by": "qa"}).encode()
+    json_type = {"Content-Type": "application/json"}
+    answers = [  # (path in the document, method, the request's URL, body, headers)
+        ("/api/summary", "get", "/api/summary", None, None),
+        ("/api/rejects", "get", f"/api/rejects?camera={camera}", None, None),
+        ("/api/rejects", "get", "/api/rejects?limit=many", None, None),
+        ("/api/results", "get", f"/api/results?camera={camera}&part_id=SN-1", None, None),
+        ("/api/results", "get", f"/api/results?run={row['results'][0]['run']}&after_seq=0", None, None),
+        ("/api/results", "get", "/api/results?limit=0", None, None),
+        ("/api/daily", "get", f"/api/daily?camera={camera}&days=2", None, None),
+        ("/api/daily", "get", "/api/daily?days=400", None, None),
+        ("/api/review", "post", "/api/review", review, json_type),
+        ("/api/review", "post", "/api/review", b'{"camera_id": "x"}', json_type),
+        ("/api/review", "post", "/api/review", review, {"Content-Type": "text/plain"}),
+        ("/api/review", "post", "/api/review", review.replace(b'"qa"', b'"qa", "result_id": 999999999'), json_type),
+        ("/api/image/{camera}/{frame}/{kind}", "get", f"/api/image/{camera}/{frame_id}/picture", None, None),
+    ]
+    statuses = set()
+    for path, method, url, body, headers in answers:
+        status, answer = _json(base + url, headers=headers, data=body)
+        statuses.add((path, status))
+        assert str(status) in document["paths"][path][method]["responses"], (url, status, answer)
+        assert _openapi_validator(document, path, method, status)(answer) == [], (url, status, answer)
+    assert {s for _, s in statuses} == {200, 201, 400, 404, 415}, statuses
+    with urllib.request.urlopen(f"{base}/api/image/{camera}/latest/overlay", timeout=5) as response:
+        assert response.headers["content-type"] in document["paths"]["/api/image/{camera}/{frame}/{kind}"]["get"][
+            "responses"]["200"]["content"]  # fmt: skip
+
+
 def test_the_api_serves_programs_too(line):
     base = line["dashboard"].url
     daemon, cam = line["daemon"], Camera(line["daemon"].frames)

@@ -64,6 +64,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+# The API described for other programs (OpenAPI 3.1), served as it is: tests/test_dashboard.py
+# holds the live answers to it.
+OPENAPI = Path(__file__).parent / "openapi.json"
 COOKIE = "vqad_token"
 # The page gets at most this many summaries a second, whatever the result rate: at 200
 # results/s a browser redraws twice a second instead of 200 times.
@@ -601,6 +604,11 @@ def _at_most(reduce: Callable, daemons: list[dict[str, Any]], key: str) -> Any:
     return reduce(values) if values else None
 
 
+def api_openapi(request: Request) -> Response:
+    """The API's OpenAPI description (edge/dashboard/openapi.json)."""
+    return Response(OPENAPI.read_bytes(), media_type="application/json")
+
+
 def create_app(
     cfg: DashboardConfig, view: LiveView, probes: tuple[MetricsProbe, ...], record: RecordLink | None
 ) -> Starlette:
@@ -614,6 +622,7 @@ def create_app(
         Route("/api/events", d.api_events),
         Route("/api/image/{camera}/{frame}/{kind}", d.api_image),
         Route("/api/review", d.api_review, methods=["POST"]),
+        Route("/api/openapi.json", api_openapi),
         Mount("/", StaticFiles(directory=STATIC, html=True)),
     ]
     middleware = [Middleware(TokenGate, token=cfg.token)]

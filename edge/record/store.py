@@ -695,7 +695,7 @@ class Record:
         ones). DataError for an id or verdict of another type, a result the record does not
         hold, a result without a decision (an error or a dropped frame: nothing was judged), or a
         false_reject of a result the line did not reject (a pass reviewed as a `defect` is a defect
-        the line missed)."""
+        the line missed). -> the review's row, its `id` included."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
@@ -728,7 +728,7 @@ class Record:
                                 f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
                    "reviewer": by, "note": note, "created_ns": time.time_ns(), "result_id": found.id}  # fmt: skip
-            conn.execute(sa.insert(reviews).values(**row))
+            row["id"] = conn.execute(sa.insert(reviews).values(**row)).inserted_primary_key[0]
         return row
 
     def export_reviewed(
