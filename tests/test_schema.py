@@ -119,11 +119,12 @@ def test_what_only_a_raw_frame_may_say_is_invalid_on_an_encoded_one(change):
     assert _errors("frame-header", header)
 
 
-def _read_stream(sub: zmq.Socket, results: int, timeout_s: float) -> tuple[list[dict], list[dict]]:
-    """Up to `results` result headers and the heartbeats that came meanwhile, within `timeout_s`."""
+def _read_stream(sub: zmq.Socket, results: int, timeout_s: float, beat: bool = True) -> tuple[list[dict], list[dict]]:
+    """Up to `results` result headers and the heartbeats that came meanwhile (with `beat`, one at
+    least), within `timeout_s`."""
     got, beats = [], []
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and (len(got) < results or not beats):
+    while time.monotonic() < deadline and (len(got) < results or (beat and not beats)):
         if sub.poll(50):
             parts = sub.recv_multipart()
             (beats if parts[0] == HEARTBEAT_TOPIC else got).append(json.loads(parts[1]))
@@ -151,12 +152,17 @@ def test_the_daemons_results_and_heartbeats_are_valid(tiny_model, synth_root, tm
         time.sleep(0.3)  # the subscription reaches the publisher
         cam = Camera(daemon.frames)
         try:
-            cam.send(frame_message("schema", 0, image, part_id="SN-1"))
-            cam.send(frame_message("schema", 1, image, "png"))
-            cam.send(frame_message("schema", 2, cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)))
-            cam.send(_bad("schema", 3, shape=[2, 2, 3]))  # the byte count: an error result
-            cam.send(_bad("schema", 4, part_id="SN-2", encoding="webp"))
-            results, _ = _read_stream(sub, 5, 30)  # answered before the burst, which drops the oldest
+            one_by_one = [  # each answered before the next: the queue of 2 would drop the oldest
+                frame_message("schema", 0, image, part_id="SN-1"),
+                frame_message("schema", 1, image, "png"),
+                frame_message("schema", 2, cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)),
+                _bad("schema", 3, shape=[2, 2, 3]),  # the byte count: an error result
+                _bad("schema", 4, part_id="SN-2", encoding="webp"),
+            ]
+            results = []
+            for message in one_by_one:
+                cam.send(message)
+                results += _read_stream(sub, 1, 30, beat=False)[0]
             burst = 100  # faster than it infers, one frame a batch: some are dropped
             for i in range(burst):
                 cam.send(frame_message("burst", i, image))
