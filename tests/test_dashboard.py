@@ -1541,6 +1541,8 @@ def test_the_page_and_its_links_work_behind_a_proxy_that_serves_it_under_a_path(
             overlay = body["rejects"][0]["images"]["overlay"]
             assert status == 200 and overlay.startswith(f"{prefix}/api/image/line3cam/1/overlay"), overlay
             assert _status(proxy.url + overlay, {"Authorization": f"Bearer {TOKEN}"}) == 200
+            described = _json(f"{base}/api/openapi.json", {"Authorization": f"Bearer {TOKEN}"})[1]
+            assert described["servers"] == [{"url": prefix}]  # a client generated from it finds the API
             assert driver.get_cookie("vqad_token")["path"] == prefix
             assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert "GET /api/events" in proxy.requests and "GET /" in proxy.requests and not proxy.refused, proxy.refused

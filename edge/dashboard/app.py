@@ -605,8 +605,12 @@ def _at_most(reduce: Callable, daemons: list[dict[str, Any]], key: str) -> Any:
 
 
 def api_openapi(request: Request) -> Response:
-    """The API's OpenAPI description (edge/dashboard/openapi.json)."""
-    return Response(OPENAPI.read_bytes(), media_type="application/json")
+    """The API's OpenAPI description (edge/dashboard/openapi.json); behind a reverse proxy's
+    prefix (--root-path), its server is that prefix, which the paths follow."""
+    document = json.loads(OPENAPI.read_text())
+    if root := request.scope.get("root_path", ""):
+        document["servers"] = [{"url": root}]
+    return JSONResponse(document)
 
 
 def create_app(
