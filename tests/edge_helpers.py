@@ -174,6 +174,13 @@ def header(camera_id="cam0", frame_id=0, **kw) -> bytes:
     return json.dumps(h).encode()
 
 
+def protocol_doc_example(title: str) -> str:
+    """The Python block under `## <title>` in docs/protocol.md, to run as written."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split(f"## {title}", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
 @contextmanager
 def write_protected(*paths: Path) -> Iterator[None]:
     """`paths` immutable (chattr +i): not even root writes them, as on a read-only medium or

@@ -31,7 +31,15 @@ from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
 from edge.results import FrameSampler
 from tests.browser import wait_for
 from tests.conftest import ROOT, VQAD
-from tests.edge_helpers import AS_ON_THE_EDGE, Camera, DaemonProcess, Subscriber, header, short_ipc_dir
+from tests.edge_helpers import (
+    AS_ON_THE_EDGE,
+    Camera,
+    DaemonProcess,
+    Subscriber,
+    header,
+    protocol_doc_example,
+    short_ipc_dir,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -905,18 +913,11 @@ def test_camera_delivers_every_frame_to_a_slow_reader_before_exiting(tmp_path):
     assert frame_ids == list(range(count))
 
 
-def _doc_example(title: str) -> str:
-    """The Python block under `## <title>` in docs/protocol.md."""
-    text = (ROOT / "docs" / "protocol.md").read_text()
-    section = text.split(f"## {title}", 1)[1]
-    return section.split("```python", 1)[1].split("```", 1)[0]
-
-
 def test_protocol_doc_examples_work_against_the_daemon(tiny_model):
     """The ten-line camera and subscriber in docs/protocol.md, run as written (endpoints and
     counts swapped for the test's), exchange frames and results with a real daemon."""
-    camera_code = _doc_example("A camera in ten lines (pyzmq alone)")
-    subscriber_code = _doc_example("A subscriber in ten lines (pyzmq alone)")
+    camera_code = protocol_doc_example("A camera in ten lines (pyzmq alone)")
+    subscriber_code = protocol_doc_example("A subscriber in ten lines (pyzmq alone)")
     assert "tcp://127.0.0.1:5555" in camera_code and "range(100)" in subscriber_code + camera_code
     assert "tcp://127.0.0.1:5556" in subscriber_code and "while True:" in subscriber_code
     with DaemonProcess(tiny_model) as daemon:
@@ -955,7 +956,7 @@ def _docs_bridge(title: str, daemon: DaemonProcess, seconds: int, gate_ms: int) 
     """The bridge under `## title` in docs/protocol.md, run as written but for the daemon's
     endpoint, its loop bounded to `seconds`, and its gate at `gate_ms` (a loaded test machine
     is no late line)."""
-    code = _doc_example(title)
+    code = protocol_doc_example(title)
     assert "tcp://127.0.0.1:5556" in code and "while True:" in code and "GATE_MS = 500" in code
     bounded = f"deadline = time.monotonic() + {seconds}\nwhile time.monotonic() < deadline:"
     code = code.replace("tcp://127.0.0.1:5556", daemon.results).replace("while True:", bounded)
@@ -1062,7 +1063,7 @@ def test_the_protocol_docs_subscriber_that_misses_nothing_handles_every_result_o
     from edge.record import Record
     from tests.browser import DashboardProcess
 
-    code = _doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
+    code = protocol_doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
     api, results = "http://127.0.0.1:8080/api/results", "tcp://127.0.0.1:5556"
     assert api in code and results in code and "while True:" in code and '    print(r["run"], r["seq"]' in code
     url = f"sqlite:///{tmp_path / 'line.db'}"
@@ -1152,7 +1153,7 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    code = _doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
+    code = protocol_doc_example("A subscriber that misses nothing (pyzmq and the dashboard's API)")
     api = "http://127.0.0.1:8080/api/results"
     functions = code.split("\nwhile True:", 1)[0].replace(api, f"http://127.0.0.1:{server.server_port}/api/results")
     scope: dict = {}

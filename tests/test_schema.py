@@ -4,6 +4,8 @@ daemon's own messages hold to them, and the frame headers the daemon refuses, th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import cv2
@@ -16,7 +18,7 @@ from referencing import Registry, Resource
 from edge.errors import FrameError
 from edge.protocol import HEARTBEAT_TOPIC, Limits, UnreadableMessageError, frame_message, parse_frame
 from tests.conftest import ROOT
-from tests.edge_helpers import Camera, DaemonProcess, short_ipc_dir
+from tests.edge_helpers import Camera, DaemonProcess, protocol_doc_example, short_ipc_dir
 
 SCHEMAS = ROOT / "docs" / "schema"
 
@@ -261,3 +263,13 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
             assert _errors("control-request", request), f"the schema let {name} through"
             reply = _control(control, request)
             assert reply["ok"] is False and _errors("control-reply", reply) == [], (name, reply)
+        example = protocol_doc_example("The control socket (pyzmq alone)")  # docs/protocol.md's, run as written
+        assert "tcp://127.0.0.1:5557" in example
+        run = subprocess.run(
+            [sys.executable, "-c", example.replace("tcp://127.0.0.1:5557", control)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        reply = json.loads(run.stdout)
+        assert reply["ok"] is True and reply["paused"] == ["cam7"] and reply["changed"] is True, reply
+        assert VALIDATORS["control-reply"].evolve(schema={"$ref": "control-reply.json#/$defs/pause"}).is_valid(reply)
