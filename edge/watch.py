@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -300,7 +301,8 @@ class _Outputs:
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
             require_writable(self.folder, self.folder)  # an existing folder on a read-only disk
-        self.sink = open(jsonl, "a") if jsonl else None
+        # "-": stdout, a pipe's (into jq, or a program); the caller then prints nothing else there
+        self.sink = sys.stdout if str(jsonl) == "-" else open(jsonl, "a") if jsonl else None
         # One per message: a message logged within another's interval would only be counted.
         self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
 
@@ -324,7 +326,7 @@ class _Outputs:
                                      "(edge.publish_maps, edge.publish_frames)")  # fmt: skip
 
     def close(self) -> None:
-        if self.sink:
+        if self.sink and self.sink is not sys.stdout:
             with contextlib.suppress(OSError):  # what a full disk kept back is logged above
                 self.sink.close()
 
@@ -343,8 +345,6 @@ def run_watch(
     curve_server_key: str | None = None,
 ) -> Summary:
     """Subscribe and print until `count` results, `timeout_s` idle seconds, or `stop()`; returns the summary."""
-    import sys
-
     sock, handshakes = transport.results_subscriber(
         zmq.Context.instance(), endpoint, WATCH_RCVHWM, camera, curve_secret, curve_server_key, "reader"
     )

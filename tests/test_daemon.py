@@ -839,6 +839,30 @@ def test_watch_prints_lines_saves_overlays_and_summarises(tiny_model, synth_root
     assert picture.shape == (LABELLED_MIN_WIDTH, LABELLED_MIN_WIDTH, 3) and picture.std() > 5
 
 
+def test_watch_writes_the_headers_alone_to_stdout_for_a_pipe(tiny_model, synth_root):
+    """`vqad watch EP --jsonl -`: stdout is a JSON object a line, every result's header, for jq
+    or a program; the summary goes to stderr."""
+    with DaemonProcess(tiny_model) as daemon:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "vqad.cli", "watch", daemon.results, "--jsonl", "-", "--count", "3",
+             "--timeout", "30"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        cam = Camera(daemon.frames)
+        image = cv2.imread(str(list_images(synth_root / "bracket" / "test" / "good")[0]))
+        for i in range(200):  # until the watcher (a fresh process that may join late) has its 3
+            if watch.poll() is not None:
+                break
+            cam.send(frame_message("piped", i, image, part_id=f"SN-{i}"))
+            time.sleep(0.15)
+        out, err = watch.communicate(timeout=60)
+        cam.close()
+    headers = [json.loads(line) for line in out.splitlines()]
+    assert len(headers) == 3 and all(h["camera_id"] == "piped" and h["status"] == "ok" for h in headers), out
+    assert all(h["part_id"] == f"SN-{h['frame_id']}" for h in headers)
+    assert "summary: 3 results" in err and not (ROOT / "-").exists()
+
+
 def test_sub_mode_connects_to_publishing_cameras(tiny_model):
     import zmq
 

@@ -222,6 +222,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise OSError(errno.ENOENT, f"{folder} is no folder", str(args.summary_json))
         require_writable(folder, args.summary_json)
     stop = stop_on_sigterm()
+    piped = str(args.jsonl) == "-"  # stdout carries the headers alone
     summary = run_watch(
         args.endpoint or args.results,
         camera=args.camera,
@@ -229,12 +230,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         count=args.count,
         timeout_s=args.timeout,
         jsonl=args.jsonl,
-        quiet=args.quiet,
+        quiet=args.quiet or piped,
         stop=stop,
         curve_secret=args.curve_secret,
         curve_server_key=args.curve_server_key,
     )
-    print("summary: " + summary.text())
+    print("summary: " + summary.text(), file=sys.stderr if piped else sys.stdout)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2))
     if summary.refused:
@@ -872,7 +873,11 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--save-dir", type=Path, metavar="DIR", help="save each failed frame's overlay here")
     w.add_argument("--count", type=at_least(0), default=0, help="exit after this many results")
     w.add_argument("--timeout", type=at_least(0, float), default=0.0, help="exit after this many idle seconds")
-    w.add_argument("--jsonl", type=Path, help="append every result header to this file")
+    w.add_argument(
+        "--jsonl", type=Path, metavar="FILE",
+        help="append every result header to this file, a JSON object a line; - writes them to stdout alone "
+        "(a pipe into jq or a program: the line per result is left out, the summary goes to stderr)",
+    )  # fmt: skip
     w.add_argument("--summary-json", type=Path, help="write the summary here on exit")
     w.add_argument("--quiet", action="store_true", help="no line per result")
     w.add_argument("--curve-secret", help="this client's .key_secret (CURVE)")
