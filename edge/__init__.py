@@ -5,3 +5,14 @@ alone. train/ and export/ import the pieces they share with it (frame decoding a
 resizing, the model package format, the typed-config loader) from here; nothing in
 edge/ imports them back.
 """
+
+
+def vqad_version() -> str:
+    """The installed vqad's version, as pip names it ("unknown" in a source tree never installed):
+    the daemon's start line, its heartbeat and its metrics say which vqad decides."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vqad")
+    except PackageNotFoundError:
+        return "unknown"

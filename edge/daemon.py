@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import zmq
 
-from edge import transport
+from edge import transport, vqad_version
 from edge.batcher import FrameQueue
 from edge.clock import PACKAGE_MADE, RECORD_NEWEST, ClockWatch
 from edge.control import Control
@@ -130,6 +130,8 @@ class Daemon:
         # This start of the daemon: each result names it with its `seq`, and its record rows carry
         # both, so that a subscriber catches up on what it missed (docs/protocol.md).
         self.run_id = uuid.uuid4().hex
+        self.version = vqad_version()  # said at the start, in each heartbeat and in vqad_build_info
+        self.metrics.show_version(self.version)
         self.previous_runs: list[str] = []  # the state folder's runs before this one, oldest first
         self._count_lock = threading.Lock()
         self.serving: Serving | None = None  # the model, its backends and scoring; replaced between batches
@@ -259,8 +261,9 @@ class Daemon:
         cfg, serving = self.cfg, self.serving
         pkg = serving.package
         log.info(
-            "ready: model %s (%s…) threshold %.6g, backend %s x %d, decoders %d, frames %s (%s), results %s, "
+            "ready: vqad %s, model %s (%s…) threshold %.6g, backend %s x %d, decoders %d, frames %s (%s), results %s, "
             "max_batch %d, max_delay %.1f ms, overload %s",
+            self.version,
             pkg.name,
             pkg.sha256[:12],
             serving.scoring.threshold,
@@ -305,6 +308,7 @@ class Daemon:
             "threshold_source": scoring.threshold_source if scoring else None,
             "run": self.run_id,
             "previous_runs": self.previous_runs,
+            "vqad_version": self.version,
             "accepted": self.accepted,
             "published": self.published,
             "queue": len(self.queue),

@@ -120,6 +120,10 @@ class DaemonMetrics:
             ["camera"],
             registry=r,
         )
+        self.build_info = Gauge(
+            "vqad_build_info", "1, labelled with the vqad version that serves: a fleet's versions in one query",
+            ["version"], registry=r,
+        )  # fmt: skip
         self.evidence_failed = Counter(
             "vqad_evidence_failed",
             "Results recorded without their evidence: it could not be written, or the frames waiting for it "
@@ -151,6 +155,11 @@ class DaemonMetrics:
                 self.camera_frames.remove(camera_id, health)
             except KeyError:
                 pass
+
+    def show_version(self, version: str) -> None:
+        """vqad_build_info{version} 1."""
+        self.build_info.clear()
+        self.build_info.labels(version).set(1)
 
     def show_paused(self, cameras: set[str]) -> None:
         """vqad_camera_paused: 1 for each camera in `cameras`; a camera resumed leaves it."""

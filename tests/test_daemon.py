@@ -253,6 +253,32 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
     assert "camera zoned sent ts_ns 3.0 h off this machine's clock: the record keeps" in log_text
 
 
+def test_the_daemon_says_which_vqad_serves(tiny_model):
+    """A plant upgraded box by box: the start line, each heartbeat and vqad_build_info name the
+    installed vqad, the version `vqad --version` prints."""
+    import urllib.request
+
+    from edge import vqad_version
+    from edge.transport import free_loopback_port
+
+    version = vqad_version()
+    printed = subprocess.run([*VQAD, "--version"], capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == f"vqad {version}" and version != "unknown"
+    port = free_loopback_port()
+    with DaemonProcess(tiny_model, "--metrics-port", str(port)) as daemon:
+        sub = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
+        try:
+            assert sub.sock.poll(10_000)
+            beat = parse_heartbeat(sub.sock.recv_multipart())
+        finally:
+            sub.close()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        log_text = daemon.log_text()
+    assert beat["vqad_version"] == version
+    assert f'vqad_build_info{{version="{version}"}} 1.0' in metrics
+    assert f"ready: vqad {version}, model" in log_text
+
+
 def test_two_cameras_left_at_one_id_are_seen_by_their_senders_though_their_ids_only_grow(tiny_model, synth_root):
     """Two `vqad camera` processes left at --camera-id cam0, both counting from the time: ids that
     only grow, which the frame id check cannot see. Each frame names its sender, and the daemon

@@ -19,6 +19,7 @@ import select
 import sys
 
 from edge.errors import VqadError
+from vqad import __version__
 from vqad.commands import data, export, line, model, tools
 
 log = logging.getLogger("vqad")
@@ -37,6 +38,7 @@ TRAINING_PACKAGES = {"torch", "onnx", "sklearn", "matplotlib", "scipy", "psutil"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqad", description="VQ-VAE visual inspection: train, export, serve.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"vqad {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.add_commands(sub)
