@@ -28,6 +28,7 @@ from prometheus_client import generate_latest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
+from edge import vqad_version
 from edge.dashboard.app import _reject_item
 from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe, read_metrics
@@ -966,6 +967,7 @@ def test_the_api_serves_programs_too(line):
         assert key in camera, key
     assert status == 200 and camera["frames"] >= 1 and summary["daemon"]["up"] is True
     assert summary["daemon"]["ready"] is True and daemon.alive()
+    assert summary["daemon"]["vqad_version"] == vqad_version()  # from its heartbeat
     assert summary["daemon"]["record_behind"] is False and summary["daemon"]["record_behind_s"] < 60  # its metric
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True

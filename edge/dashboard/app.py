@@ -262,7 +262,8 @@ class Dashboard:
         began to listen is down too) and whether its inference has stalled."""
         beat = self.view.last_heartbeat(source)
         if beat is None:
-            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "clock": None}
+            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "clock": None,
+                                    "vqad_version": None}  # fmt: skip
             unheard = self.view.never_heard_s(source) if self.streams else None
             if stands_in and unheard is not None and unheard > self.view.silent_after_s:
                 # A box that has been off since the dashboard started is as down as one that fell silent.
@@ -272,7 +273,7 @@ class Dashboard:
         record = header.get("record") or {}
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
                 "record_error": record.get("error"), "record_set_aside": record.get("set_aside"),
-                "clock": header.get("clock")}  # fmt: skip
+                "clock": header.get("clock"), "vqad_version": header.get("vqad_version")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))

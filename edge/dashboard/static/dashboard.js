@@ -198,6 +198,7 @@ function drawDaemon(d) {
   if (d.streamed === false) pill(el, "the record alone: no daemon's stream followed", "ok");
   else if (d.daemons) pill(el, ...daemonsState(d.daemons));
   else pill(el, ...daemonState(d));
+  el.title = d.vqad_version ? `vqad ${d.vqad_version}` : ""; // a box upgraded, or not yet
   drawDaemons($(bar, "daemons"), d.daemons);
   drawRecordState($(bar, "record-state"), d);
   drawClockState($(bar, "clock-state"), d);
@@ -262,6 +263,7 @@ function drawDaemons(el, daemons) {
     const [text, kind] = daemonState(d);
     pill(el.children[i], `${endpointName(d.endpoint)}: ${text.replace(/^daemon:? /, "")}`, kind);
     el.children[i].dataset.endpoint = d.endpoint;
+    el.children[i].title = d.vqad_version ? `vqad ${d.vqad_version}` : "";
   });
 }
 
