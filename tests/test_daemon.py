@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge import vqad_version
 from edge.daemon import MANY_CAMERAS
 from edge.errors import DataError, FrameError, PackageError
 from edge.frames import list_images
@@ -258,7 +259,6 @@ def test_the_daemon_says_which_vqad_serves(tiny_model):
     installed vqad, the version `vqad --version` prints."""
     import urllib.request
 
-    from edge import vqad_version
     from edge.transport import free_loopback_port
 
     version = vqad_version()
@@ -611,6 +611,7 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
     assert f"in use now (by the daemon this one would replace?): frames {daemon.frames}" in ok.stdout
     assert f"note: the state folder is held now by a running daemon (pid {daemon.proc.pid})" in ok.stdout
     assert ok.stdout.strip().endswith("would start with this config")
+    assert f"check passed: vqad {vqad_version()} serve" in ok.stdout  # which vqad would serve
     assert "note: record_keep_days is 0: at 30 frames/s the rows take" in ok.stdout  # the disk's days said
     assert not db.exists()  # nothing made
     blocker = tmp_path / "a_file"

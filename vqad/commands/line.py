@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from edge.errors import ConfigError, DataError, HandshakeError
 from edge.frames import named_few
 from edge.spreadsheet import SpreadsheetCsv
+from vqad import __version__
 from vqad.commands.common import (
     at_least,
     default_config,
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         for line in check_start(args.model, cfg):
             print(line)
-        print(f"check passed: vqad serve {args.model} would start with this config")
+        print(f"check passed: vqad {__version__} serve {args.model} would start with this config")
         return 0
     return Daemon(args.model, cfg, ready_file=args.ready_file).serve()
 
