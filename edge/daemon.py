@@ -482,7 +482,12 @@ class Daemon:
         or killed: a start whose `previous_exit` is unclean) from one that made no parts, and a
         subscriber learns where a run it never heard ends (`published`)."""
         scoring = self.serving.scoring
-        about = {"model": scoring.model, "threshold": scoring.threshold, "run": self.run_id}
+        about = {
+            "model": scoring.model,
+            "threshold": scoring.threshold,
+            "run": self.run_id,
+            "vqad_version": self.version,
+        }  # an upgrade of the box, in the line's audit
         return kind, {**about, **detail, "pid": os.getpid()}, "vqad serve"
 
     def _restore(self, overrides: Overrides) -> None:

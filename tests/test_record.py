@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from edge import vqad_version
 from edge.durable import write_synced
 from edge.errors import ConfigError, DataError
 from edge.protocol import frame_message, result_header
@@ -2298,7 +2299,9 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert first["run"] != second["run"] == stop["run"] and second["model"]["sha256"] == first["model"]["sha256"]
     assert stop["cause"] == "SIGTERM" and stop["published"] == stop["accepted"]  # frames the camera had queued
     table = run_vqad("records", db, "--daily").stdout  # in words, as the dashboard says them
-    assert f"run {second['run'][:12]} started, threshold " in table and "ended without stopping (killed" in table
+    assert first["vqad_version"] == vqad_version()  # an upgrade of the box shows in the audit
+    started = f"run {second['run'][:12]} started by vqad {vqad_version()}, threshold "
+    assert started in table and "ended without stopping (killed" in table
     assert f"run {second['run'][:12]} stopped (SIGTERM) after {stop['published']} results" in table, table
 
 

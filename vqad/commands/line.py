@@ -566,7 +566,8 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
 
             before += (f"; the box's clock read {span(float(clock.get('behind_s') or 0))} before "
                        f"{clock.get('behind')} ({clock.get('behind_at')})")  # fmt: skip
-        return f"run {run} started, threshold {detail.get('threshold')}{before}"
+        version = f" by vqad {detail['vqad_version']}" if detail.get("vqad_version") else ""
+        return f"run {run} started{version}, threshold {detail.get('threshold')}{before}"
     if kind == "stop":
         return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results"
     if kind == "clock":

@@ -489,7 +489,8 @@ function changeText(e) {
       const before = d.previous_exit === "unclean"
         ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
       const clock = d.clock ? `; the box's clock read ${span(d.clock.behind_s)} before ${d.clock.behind} (${day(d.clock.behind_at)})` : "";
-      return `vqad serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
+      const version = d.vqad_version ? ` ${d.vqad_version}` : ""; // a box upgraded shows in its changes
+      return `vqad${version} serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
     }
     case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
     case "restarts": {
