@@ -594,7 +594,12 @@ def _size(path: Path) -> int:
 def sqlite_file(engine: sa.Engine) -> Path | None:
     """The file of a SQLite record; None for a database server (its disk is not this machine's
     to keep) or an in-memory one."""
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return database_file(engine.url)
+
+
+def database_file(url: sa.URL) -> Path | None:
+    """The file a SQLite URL names; None for a server's database or an in-memory one."""
+    database = url.database if url.get_backend_name() == "sqlite" else None
     return Path(database) if database and database != ":memory:" else None
 
 

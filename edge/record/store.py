@@ -31,7 +31,14 @@ from edge.frames import batched
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
-from edge.record.housekeeping import BUSY_TIMEOUT_MS, FAILING_DISK, free_bytes, located, sqlite_file
+from edge.record.housekeeping import (
+    BUSY_TIMEOUT_MS,
+    FAILING_DISK,
+    database_file,
+    free_bytes,
+    located,
+    sqlite_file,
+)
 from edge.record.schema import check_readable, events, migrate, results, reviews, stored_removed
 
 log = logging.getLogger(__name__)
@@ -128,10 +135,7 @@ def unwritable_file(url: str) -> Path | None:
 
 def sqlite_file_of(url: str) -> Path | None:
     """The file a SQLite record's URL names; None for a server's database or an in-memory one."""
-    if not is_sqlite(url):
-        return None
-    database = sa.make_url(record_url(url)).database
-    return Path(database) if database and database != ":memory:" else None
+    return database_file(sa.make_url(record_url(url)))
 
 
 def _why_unwritable(url: str) -> str:
