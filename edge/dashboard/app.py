@@ -605,13 +605,16 @@ def _at_most(reduce: Callable, daemons: list[dict[str, Any]], key: str) -> Any:
     return reduce(values) if values else None
 
 
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    return json.loads(OPENAPI.read_text())
+
+
 def api_openapi(request: Request) -> Response:
-    """The API's OpenAPI description (edge/dashboard/openapi.json); behind a reverse proxy's
-    prefix (--root-path), its server is that prefix, which the paths follow."""
-    document = json.loads(OPENAPI.read_text())
-    if root := request.scope.get("root_path", ""):
-        document["servers"] = [{"url": root}]
-    return JSONResponse(document)
+    """The API's OpenAPI description (edge/dashboard/openapi.json, read once); behind a reverse
+    proxy's prefix (--root-path), its server is that prefix, which the paths follow."""
+    root = request.scope.get("root_path", "")
+    return JSONResponse({**_openapi_document(), "servers": [{"url": root}]} if root else _openapi_document())
 
 
 def create_app(
