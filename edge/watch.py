@@ -290,6 +290,12 @@ def save_overlay(
     return path
 
 
+def jsonl_to_stdout(jsonl: str | Path | None) -> bool:
+    """Whether `--jsonl` names stdout ("-"): a pipe's, into jq or a program, which then carries
+    the headers alone (no line per result, the summary elsewhere)."""
+    return jsonl is not None and str(jsonl) == "-"
+
+
 class _Outputs:
     """Where `vqad watch` writes each result: its line to `out` (unless quiet), its header to the
     JSONL file, and a fail's picture to the overlay folder. A file that cannot be written (a full
@@ -301,8 +307,7 @@ class _Outputs:
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
             require_writable(self.folder, self.folder)  # an existing folder on a read-only disk
-        # "-": stdout, a pipe's (into jq, or a program); the caller then prints nothing else there
-        self.sink = sys.stdout if str(jsonl) == "-" else open(jsonl, "a") if jsonl else None
+        self.sink = sys.stdout if jsonl_to_stdout(jsonl) else open(jsonl, "a") if jsonl else None
         # One per message: a message logged within another's interval would only be counted.
         self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
 
@@ -350,7 +355,7 @@ def run_watch(
     )
     malformed, gaps = RepeatedLog(log), RepeatedLog(log)
     daemon = DaemonSilence(endpoint)
-    outputs = _Outputs(None if quiet else out or sys.stdout, jsonl, save_dir)
+    outputs = _Outputs(None if quiet or jsonl_to_stdout(jsonl) else out or sys.stdout, jsonl, save_dir)
     summary = Summary(every_camera=not camera)
     last = time.monotonic()
     try:

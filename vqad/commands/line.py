@@ -215,7 +215,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import errno
 
     from edge.durable import require_writable
-    from edge.watch import run_watch
+    from edge.watch import jsonl_to_stdout, run_watch
 
     folder = Path(args.summary_json).parent if args.summary_json else None
     if folder is not None:  # found at the start, not after hours of watching
@@ -223,7 +223,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise OSError(errno.ENOENT, f"{folder} is no folder", str(args.summary_json))
         require_writable(folder, args.summary_json)
     stop = stop_on_sigterm()
-    piped = str(args.jsonl) == "-"  # stdout carries the headers alone
     summary = run_watch(
         args.endpoint or args.results,
         camera=args.camera,
@@ -231,12 +230,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         count=args.count,
         timeout_s=args.timeout,
         jsonl=args.jsonl,
-        quiet=args.quiet or piped,
+        quiet=args.quiet,
         stop=stop,
         curve_secret=args.curve_secret,
         curve_server_key=args.curve_server_key,
     )
-    print("summary: " + summary.text(), file=sys.stderr if piped else sys.stdout)
+    print("summary: " + summary.text(), file=sys.stderr if jsonl_to_stdout(args.jsonl) else sys.stdout)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2))
     if summary.refused:
