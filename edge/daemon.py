@@ -41,6 +41,7 @@ from edge.batcher import FrameQueue
 from edge.clock import PACKAGE_MADE, RECORD_NEWEST, ClockWatch
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
+from edge.fail_rate import FailRateAlarm
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
@@ -166,6 +167,9 @@ class Daemon:
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
         self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
         self.clock = ClockWatch()  # this machine's clock, against times it has passed (edge.clock)
+        # Each camera's decisions, as they are published, against edge.fail_rate_alarm (0 = off).
+        self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, self._fail_rate_changed)
+                          if cfg.fail_rate_alarm else None)  # fmt: skip
         self.metrics.clock_behind.set_function(lambda: (self.clock.status() or {}).get("behind_s", 0.0))
 
     # -- life cycle -------------------------------------------------------------------------
@@ -316,7 +320,15 @@ class Daemon:
             "paused": sorted(self.paused),
             "record": self.record_status(),
             "clock": self.clock.status(),
+            "fail_rate": self.fail_rate.state() if self.fail_rate else None,
         }
+
+    def _fail_rate_changed(self, change: str, detail: dict[str, Any]) -> None:
+        """A camera's fail-rate alarm raised or cleared (the publisher's thread), among the
+        record's changes: an audit of the day says when the line rejected too much, and on
+        which model and threshold."""
+        if self.recorder is not None:
+            self.recorder.event(*self._change("fail-rate-alarm", state=change, **detail), by_writer=True)
 
     def watch_clock(self) -> None:
         """Every second or so (the publisher's thread): this machine's clock against the times

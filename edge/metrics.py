@@ -114,6 +114,15 @@ class DaemonMetrics:
             "vqad_drift_ks", "KS statistic: recent scores vs the calibration images'", ["camera"], registry=r
         )
         self.drift_alarm = Gauge("vqad_drift_alarm", "1 while a camera's scores have drifted", ["camera"], registry=r)
+        self.fail_rate = Gauge(
+            "vqad_fail_rate", "The share of a camera's last 100 decisions that failed", ["camera"], registry=r
+        )
+        self.fail_rate_alarm = Gauge(
+            "vqad_fail_rate_alarm",
+            "1 while a camera's fails among its last 100 decisions are over edge.fail_rate_alarm",
+            ["camera"],
+            registry=r,
+        )
         self.camera_paused = Gauge(
             "vqad_camera_paused",
             "1 while vqad ctl pause holds a camera: its frames get an error result, not a decision",
@@ -177,6 +186,14 @@ class DaemonMetrics:
                     gauge.remove(camera_id)
                 except KeyError:  # no window of that camera ever filled
                     pass
+
+    def forget_fail_rate(self, camera_id: str) -> None:
+        """Drop a camera's fail-rate gauges (it was dropped for newer camera ids)."""
+        for gauge in (self.fail_rate, self.fail_rate_alarm):
+            try:
+                gauge.remove(camera_id)
+            except KeyError:  # no decision of that camera was counted
+                pass
 
     def serve(self, port: int, host: str) -> None:
         try:

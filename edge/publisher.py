@@ -107,6 +107,8 @@ class Publisher:
         header["run"], header["seq"] = d.run_id, d.published  # the stream's order (this thread alone counts)
         # Counted before it is sent: a program that has a result then reads it in the metrics.
         d.metrics.results.labels(header["status"], header["decision"] or "none").inc()
+        if d.fail_rate is not None:
+            d.fail_rate.add(header["camera_id"], header["decision"])
         if header["status"] == "ok":
             d.metrics.latency.labels("total").observe(total_ms)
         sock.send_multipart(result_message(header, result.published_map, result.extra))

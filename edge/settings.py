@@ -80,6 +80,10 @@ class EdgeConfig:
     # per camera every 0.5 s (the dashboard's live picture); false: none.
     publish_frames: PublishFrames = "preview"
     min_region_area: int = 4
+    # A camera whose fails are more than this share of its last 100 decisions raises the
+    # fail-rate alarm (edge/fail_rate.py): a log line, vqad_fail_rate_alarm, the heartbeat, the
+    # record's changes, the dashboard. Set it well above the line's usual reject rate. 0 = off.
+    fail_rate_alarm: float = 0.2
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     max_header_bytes: int = 65536
     rcvhwm: int = 32
@@ -163,6 +167,7 @@ class EdgeConfig:
         require(self.threshold is None or 0 < self.threshold < math.inf, "edge.threshold must be a finite number > 0")
         require(self.decode_workers >= 0, "edge.decode_workers must be >= 0 (0 = automatic)")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
+        require(0.0 <= self.fail_rate_alarm < 1.0, "edge.fail_rate_alarm must be a share in [0, 1) (0 = off)")
         require(self.log_every_s > 0, "edge.log_every_s must be > 0 (seconds between status lines)")
         require(self.warmup_runs >= 0, "edge.warmup_runs must be >= 0")
         require(

@@ -552,8 +552,8 @@ def _change_line(event: dict, zone: dt.tzinfo) -> str:
 
 
 def _daemon_run_said(kind: str, detail: dict) -> str | None:
-    """The daemon's own start or stop, or its box's clock set, in words, as the dashboard says
-    them (None for the other changes: their detail is shown whole). The run names what its
+    """The daemon's own start or stop, its box's clock set, or a camera's fail-rate alarm, in
+    words, as the dashboard says them (None for the other changes: their detail is shown whole). The run names what its
     results' `daemon_run` names."""
     run = str(detail.get("run", ""))[:12]
     if kind == "start":
@@ -573,6 +573,10 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
         from edge.clock import step_words
 
         return f"the box's clock {step_words(detail)}; results before it keep the old time"
+    if kind == "fail-rate-alarm":
+        from edge.fail_rate import fail_rate_words
+
+        return fail_rate_words(detail)
     return None
 
 

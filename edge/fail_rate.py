@@ -1,0 +1,133 @@
+"""The fail-rate alarm: for each camera, how many of its last WINDOW decisions were fails, against
+the line's limit (`edge.fail_rate_alarm`, a share).
+
+A line rejects a few parts in a hundred. When one camera's rejects climb far past that, something
+has changed that a person must see to: a tool that marks every part, a new batch of material, or
+a camera or threshold that rejects good parts. The drift alarm sees the scores move; this one
+sees what the line does with them, in the line's own terms: the share of parts it rejects.
+
+The alarm is raised when the fails among a camera's last WINDOW decisions exceed the limit's
+share of WINDOW, and clears when they fall to CLEAR_FRACTION of it. Counting against the whole
+window from the first decision, a camera's first few fails after a start raise nothing. Errors
+and dropped frames are not decisions and are not counted. A log line, gauges, the heartbeat and
+the record's changes say when it is raised and when it clears.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edge.recent import RecentDict
+
+if TYPE_CHECKING:
+    from edge.metrics import DaemonMetrics
+
+log = logging.getLogger(__name__)
+
+# The decisions a camera's rate is read over. At a limit of 0.2 a line that normally rejects 5%
+# (5 of 100, spread 2.2) is 7 spreads below the alarm, and a camera that rejects every part
+# raises it at its 21st frame: under a second at 30 frames/s, half a minute at one part a second.
+WINDOW = 100
+# A raised alarm clears when the fails fall to this share of the limit (16 of 100 at 0.2): a rate
+# hovering at the limit would otherwise raise and clear it part after part, as the drift alarm's
+# clearing margin keeps its statistic from doing.
+CLEAR_FRACTION = 0.8
+
+
+def fail_rate_words(detail: dict[str, Any]) -> str:
+    """A fail-rate alarm's change row (its `detail`) in words, for `vqad records --daily`; the
+    dashboard's changes say the same."""
+    said = f"camera {detail.get('camera')} failed {detail.get('fails')} of its last {detail.get('of')} decisions"
+    if detail.get("state") == "raised":
+        return f"alarm raised: {said}, over the limit of {100 * float(detail.get('limit') or 0):.0f}%"
+    return f"alarm cleared: {said}"
+
+
+class _Window:
+    """A camera's last `size` decisions (True: a fail) and how many of them failed."""
+
+    def __init__(self, size: int):
+        self.decisions: collections.deque[bool] = collections.deque(maxlen=size)
+        self.fails = 0
+
+    def add(self, failed: bool) -> None:
+        if len(self.decisions) == self.decisions.maxlen:
+            self.fails -= self.decisions[0]
+        self.decisions.append(failed)
+        self.fails += failed
+
+
+class FailRateAlarm:
+    """Per camera: `add` each decision in the order they are published; `alarms` names the
+    cameras whose alarm is raised. `on_change(change, detail)` is told of each raise ("raised")
+    and clear ("cleared"), for the record's changes."""
+
+    def __init__(
+        self,
+        limit: float,
+        metrics: DaemonMetrics | None = None,
+        on_change: Callable[[str, dict[str, Any]], None] | None = None,
+        window: int = WINDOW,
+    ):
+        if not 0.0 < limit < 1.0:
+            raise ValueError(f"a fail-rate limit must be a share in (0, 1), not {limit}")
+        self.limit, self.window, self.metrics, self.on_change = limit, window, metrics, on_change
+        self.raise_above = limit * window  # fails; strictly more raise the alarm
+        self.clear_at = CLEAR_FRACTION * limit * window  # fails; this many or fewer clear it
+        # A camera id dropped for newer ones takes its window, alarm and gauges with it.
+        self.windows: RecentDict[str, _Window] = RecentDict(on_evict=self._forget)
+        self.raised: dict[str, int] = {}  # camera -> when its alarm was raised (time_ns)
+        self.lock = threading.Lock()
+
+    def add(self, camera_id: str, decision: str | None) -> None:
+        """One published result's decision ("pass", "fail"; None for an error or a drop: not counted)."""
+        if decision is None:
+            return
+        with self.lock:
+            window = self.windows.get(camera_id) or _Window(self.window)
+            self.windows[camera_id] = window  # the most recent camera
+            window.add(decision == "fail")
+            was = camera_id in self.raised
+            alarm = window.fails > self.clear_at if was else window.fails > self.raise_above
+            if alarm and not was:
+                self.raised[camera_id] = time.time_ns()
+            elif was and not alarm:
+                del self.raised[camera_id]
+            fails, seen = window.fails, len(window.decisions)
+        if self.metrics is not None:
+            self.metrics.fail_rate.labels(camera_id).set(fails / seen)
+            self.metrics.fail_rate_alarm.labels(camera_id).set(float(alarm))
+        if alarm != was:
+            self._tell("raised" if alarm else "cleared", camera_id, fails, seen)
+
+    def _tell(self, change: str, camera_id: str, fails: int, seen: int) -> None:
+        if change == "raised":
+            log.warning("fail-rate alarm: camera %s failed %d of its last %d decisions, over the line's limit of "
+                        "%.0f%%: see to the process (a tool, the material) and to the camera", camera_id, fails, seen,
+                        100 * self.limit)  # fmt: skip
+        else:
+            log.info("fail-rate alarm cleared: camera %s failed %d of its last %d decisions", camera_id, fails, seen)
+        if self.on_change is not None:
+            detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": self.limit}
+            self.on_change(change, detail)
+
+    def state(self) -> dict[str, Any]:
+        """What the heartbeat says: the limit, the window, and each raised alarm's camera with
+        its fails among its last `window` decisions and when it was raised (time_ns)."""
+        with self.lock:
+            alarms = {
+                camera: {"fails": self.windows[camera].fails, "since_ns": since}
+                for camera, since in sorted(self.raised.items())
+                if camera in self.windows
+            }
+        return {"limit": self.limit, "window": self.window, "alarms": alarms}
+
+    def _forget(self, camera_id: str, _window: object) -> None:
+        self.raised.pop(camera_id, None)
+        if self.metrics is not None:
+            self.metrics.forget_fail_rate(camera_id)

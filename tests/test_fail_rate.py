@@ -1,0 +1,137 @@
+"""The fail-rate alarm: a camera whose fails among its last 100 decisions pass the line's limit
+raises it, once, and clears it once they fall back; a line's usual rejects raise nothing."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from edge.fail_rate import WINDOW, FailRateAlarm
+from edge.metrics import DaemonMetrics
+
+
+def _gauges(metrics: DaemonMetrics) -> dict[tuple[str, str], float]:
+    return {(m.name, s.labels["camera"]): s.value for g in (metrics.fail_rate, metrics.fail_rate_alarm)
+            for m in g.collect() for s in m.samples}  # fmt: skip
+
+
+def test_a_camera_that_fails_every_part_raises_the_alarm_at_its_21st_fail_and_clears_it_once(caplog):
+    metrics, changes = DaemonMetrics(), []
+    alarm = FailRateAlarm(0.2, metrics, lambda change, detail: changes.append((change, detail)))
+    with caplog.at_level(logging.INFO, logger="edge.fail_rate"):
+        for i in range(30):
+            alarm.add("press1", "fail")
+            assert ("press1" in alarm.raised) == (i >= 20), i  # more than 20 of 100
+        state = alarm.state()
+        assert state["limit"] == 0.2 and state["window"] == WINDOW
+        assert state["alarms"]["press1"]["fails"] == 30 and state["alarms"]["press1"]["since_ns"] > 0
+        assert _gauges(metrics) == {("vqad_fail_rate", "press1"): 1.0, ("vqad_fail_rate_alarm", "press1"): 1.0}
+        for i in range(WINDOW):  # the line put right: passes push the fails out of the window
+            alarm.add("press1", "pass")
+            assert ("press1" in alarm.raised) == (i < WINDOW - 16 - 1), i  # cleared at 16 fails, not 20
+    assert alarm.state()["alarms"] == {}
+    assert _gauges(metrics) == {("vqad_fail_rate", "press1"): 0.0, ("vqad_fail_rate_alarm", "press1"): 0.0}
+    assert changes == [
+        ("raised", {"camera": "press1", "fails": 21, "of": 21, "limit": 0.2}),
+        ("cleared", {"camera": "press1", "fails": 16, "of": WINDOW, "limit": 0.2}),
+    ]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("fail-rate alarm: camera press1 failed 21 of its last 21 decisions, over the line's")
+    assert "limit of 20%: see to the process" in lines[0]
+    assert lines[1] == "fail-rate alarm cleared: camera press1 failed 16 of its last 100 decisions"
+
+
+def test_a_lines_usual_rejects_and_a_short_burst_raise_nothing_and_errors_are_not_decisions():
+    rng = np.random.default_rng(0)
+    alarm = FailRateAlarm(0.2)
+    for failed in rng.random(20_000) < 0.05:  # 5% rejects, 200 windows' worth
+        alarm.add("steady", "fail" if failed else "pass")
+    for _ in range(20):  # a burst of 20 fails in a row: the limit, not over it
+        alarm.add("burst", "fail")
+    for _ in range(1000):  # a paused camera's errors and a storm's drops decide nothing
+        alarm.add("burst", None)
+        alarm.add("paused", None)
+    assert alarm.raised == {} and "paused" not in alarm.windows
+    alarm.add("burst", "fail")
+    assert set(alarm.raised) == {"burst"}
+
+
+def test_a_camera_dropped_for_newer_ones_takes_its_alarm_and_gauges_with_it():
+    metrics = DaemonMetrics()
+    alarm = FailRateAlarm(0.5, metrics, window=4)
+    alarm.windows.capacity = 2
+    for camera in ("a", "b"):
+        for _ in range(3):
+            alarm.add(camera, "fail")
+    assert set(alarm.raised) == {"a", "b"}
+    alarm.add("c", "pass")  # a third camera: "a", seen longest ago, goes
+    assert set(alarm.raised) == {"b"} and set(alarm.state()["alarms"]) == {"b"}
+    assert {camera for _, camera in _gauges(metrics)} == {"b", "c"}
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.0, -0.1, 1.5])
+def test_a_limit_that_is_not_a_share_is_refused(limit):
+    with pytest.raises(ValueError, match="share in"):
+        FailRateAlarm(limit)
+
+
+def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_looks(tiny_model, synth_root, tmp_path):
+    """The whole path: a daemon process at a threshold that fails every part of one camera and
+    none of another. The alarm is in the log, the metrics, each heartbeat (for a PLC bridge or
+    the dashboard) and the record's changes, which `vqad records --daily` reads out."""
+    import json
+    import urllib.request
+
+    import cv2
+
+    from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+    from edge.record import Record
+    from edge.transport import free_loopback_port
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+    from tests.test_schema import _errors
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    url, port = f"sqlite:///{tmp_path / 'line.db'}", free_loopback_port()
+    # A threshold no score reaches fails every part; the gate's own verdict stays out of it.
+    args = ("--threshold", "1e-9", "--record", url, "--metrics-port", str(port), "--set", "edge.heartbeat_s=0.2",
+            "--set", "edge.health.enabled=false")  # fmt: skip
+    with DaemonProcess(tiny_model, *args) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i in range(25):
+                cam.send(frame_message("press1", i, image, "raw"))
+            assert len(sub.collect(25, timeout=60)) == 25
+        finally:
+            sub.close()
+            cam.close()
+        beats = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
+        try:
+            assert beats.sock.poll(10_000)
+            beat = parse_heartbeat(beats.sock.recv_multipart())
+        finally:
+            beats.close()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        log_text = daemon.log_text()
+    assert beat["fail_rate"]["limit"] == 0.2 and beat["fail_rate"]["window"] == WINDOW
+    assert list(beat["fail_rate"]["alarms"]) == ["press1"] and beat["fail_rate"]["alarms"]["press1"]["fails"] == 25
+    assert 'vqad_fail_rate_alarm{camera="press1"} 1.0' in metrics and 'vqad_fail_rate{camera="press1"} 1.0' in metrics
+    assert "fail-rate alarm: camera press1 failed 21 of its last 21 decisions" in log_text
+    changes = [e for e in Record(url).events() if e["kind"] == "fail-rate-alarm"]
+    assert len(changes) == 1 and changes[0]["by"] == "vqad serve", changes
+    detail = changes[0]["detail"]
+    assert (detail["state"], detail["camera"], detail["fails"], detail["of"]) == ("raised", "press1", 21, 21)
+    assert detail["threshold"] == 1e-9 and detail["model"]["sha256"]  # the audit's when, on what
+    daily = run_vqad("records", url, "--daily").stdout
+    assert "fail-rate-alarm by vqad serve" in daily and "camera press1 failed 21 of its last 21 decisions" in daily
+    assert "over the limit of 20%" in daily, daily
+    off = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm=1", check=False)
+    assert off.returncode != 0 and "edge.fail_rate_alarm must be a share in [0, 1)" in off.stderr
+    # The heartbeat's schema (docs/schema/heartbeat.json) describes the alarm as the daemon sends it.
+    assert _errors("heartbeat", beat) == []
+    broken = json.loads(json.dumps(beat))
+    broken["fail_rate"]["alarms"]["press1"]["fails"] = "25"
+    assert _errors("heartbeat", broken)
