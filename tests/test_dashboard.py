@@ -1600,6 +1600,55 @@ def test_a_reject_streamed_without_a_picture_says_so_on_its_tile(tmp_path):
         assert not driver.find_elements("css selector", ".reject img")
 
 
+def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_when(tmp_path):
+    """A camera that fails part after part showed a rising fail rate among the other figures:
+    nothing on the page told an operator across the room that its daemon had raised the
+    fail-rate alarm. Its tile and card turn red and say so while the heartbeat names it."""
+    since_ns = time.time_ns() - 60 * 10**9
+    alarm = {"limit": 0.2, "window": 100, "alarms": {"cam1": {"fails": 23, "since_ns": since_ns}}}
+    tiles = """return [...document.querySelectorAll('#overview a.glance')]
+               .map(t => [t.dataset.glance, t.className, t.innerText])"""
+    card = """const card = document.querySelector('[data-camera="' + arguments[0] + '"].camera');
+              const pill = card.querySelector('[data-field="fail-rate-alarm"]');
+              return [card.className, pill.hidden, pill.textContent]"""
+    with _page_of_published_results(tmp_path) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+
+        def beating(fail_rate, check):  # a heartbeat every 0.2 s, as the daemon's
+            beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
+                    "stalled": False, "record": None, "paused": [], "fail_rate": fail_rate}  # fmt: skip
+            sock.send_multipart(heartbeat_message(beat))
+            _publish_rejects(sock, 1, 1, cameras=1)
+            _publish_rejects(sock, 5, 1, cameras=1)
+            return check()
+
+        red = lambda t: len(t) == 2 and "bad" in t[0][1]  # noqa: E731
+        shown = wait_for(lambda: beating(alarm, lambda: red(t := driver.execute_script(tiles)) and t), 20, every=0.2)
+        assert shown, driver.execute_script(tiles)
+        (cam1, cam1_class, cam1_text), (cam5, cam5_class, cam5_text) = shown
+        assert "fail-rate alarm: 23 of the last 100 failed (limit 20%) since" in cam1_text, cam1_text
+        assert "ok" in cam5_class and "fail-rate" not in cam5_text, cam5_text
+        classes, hidden, text = driver.execute_script(card, "cam1")
+        assert "fail-rate-alarm" in classes and not hidden and text.startswith("fail-rate alarm: 23 of the last 100")
+        assert driver.execute_script(card, "cam5")[1] is True
+        summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
+        assert summary["cam1"]["fail_rate_alarm"] == {"fails": 23, "since_ns": since_ns, "window": 100, "limit": 0.2}
+        assert summary["cam5"]["fail_rate_alarm"] is None
+        cleared = {**alarm, "alarms": {}}
+        assert wait_for(lambda: beating(cleared, lambda: driver.execute_script(card, "cam1")[1] is True), 20, every=0.2)
+        assert "ok" in driver.execute_script(tiles)[0][1]
+        # The record's fail-rate-alarm changes under the card, as `vqad records --daily` says them.
+        raised = {"kind": "fail-rate-alarm", "detail": {"state": "raised", "camera": "cam1", "fails": 21, "of": 21,
+                                                          "limit": 0.2}}  # fmt: skip
+        said = driver.execute_script("return changeText(arguments[0])", raised)
+        assert said == "fail-rate alarm raised: camera cam1 failed 21 of its last 21 decisions, over the limit of 20%"
+
+
+def dashboard_url(driver) -> str:
+    """The page's origin, from the browser that shows it."""
+    return driver.execute_script("return location.origin")
+
+
 def test_the_cameras_cards_stand_in_the_order_of_their_ids_however_late_one_first_sent(tmp_path):
     """A card was appended when its camera first appeared on the page: a camera that started
     after the page was opened, or a record's camera known a moment later, stood last, and

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from edge.fail_rate import FailRateAlarm
 from edge.metrics import DaemonMetrics
 from tests.conftest import ROOT
 from vqad.cli import build_parser
@@ -32,6 +33,7 @@ def _exposed_names() -> set[str]:
     m.drift_alarm.labels("cam0").set(0)
     m.count_camera_frame("cam0", "fit")
     m.show_paused({"cam0"})
+    FailRateAlarm(0.2, m).add("cam0", "pass")
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -225,6 +227,8 @@ ALERT_CASES = [
     ),
     ("VqadCameraDrift", [("vqad_drift_alarm", CAM0, "1x24")], "5m"),
     ("VqadCameraDrift", [("vqad_drift_alarm", CAM0, "1x10 0x14")], None),
+    ("VqadCameraFailRate", [("vqad_fail_rate_alarm", CAM0, "0 1x10")], "1m15s"),
+    ("VqadCameraFailRate", [("vqad_fail_rate_alarm", CAM0, "0 1x2 0x10")], None),  # raised and cleared at once
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.
     (
         "VqadCameraUnfit",

@@ -179,10 +179,13 @@ class Dashboard:
             daemon = self._daemons()
         else:
             daemon = self._daemon(self.streams[0] if self.streams else "", self.probes[0] if self.probes else None)
-        paused = self._paused()
+        beats = self._heartbeats()
         for camera, view in cameras.items():
+            beat = beats.get(view["daemon"], {})
             view["drift"] = daemon.get("drift", {}).get(camera)
-            view["paused"] = camera in paused.get(view["daemon"], ())
+            # A paused camera's frames get an error result, not a decision (`vqad ctl pause`).
+            view["paused"] = camera in (beat.get("paused") or ())
+            view["fail_rate_alarm"] = fail_rate_alarm(beat, camera)
         behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,
@@ -195,11 +198,10 @@ class Dashboard:
         )
         return {"cameras": cameras, "daemon": daemon, "now_ns": time.time_ns()}
 
-    def _paused(self) -> dict[str, set[str]]:
-        """The cameras each followed daemon pauses (`vqad ctl pause`), by its results endpoint: what
-        its last heartbeat said. A paused camera's frames get an error result, not a decision."""
+    def _heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Each followed daemon's last heartbeat, by its results endpoint (none before the first)."""
         beats = {source: self.view.last_heartbeat(source) for source in self.streams}
-        return {source: set(beat[1].get("paused") or ()) for source, beat in beats.items() if beat is not None}
+        return {source: beat[1] for source, beat in beats.items() if beat is not None}
 
     def _daemon(self, source: str, probe: MetricsProbe | None) -> dict[str, Any]:
         """One daemon's state: its metrics when it is probed, and what its heartbeat from `source`
@@ -640,3 +642,13 @@ def create_app(
         hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     return Starlette(routes=routes, middleware=middleware)
+
+
+def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
+    """{fails, window, limit, since_ns} while the heartbeat names `camera`'s fail-rate alarm
+    (edge/fail_rate.py), else None."""
+    fail_rate = beat.get("fail_rate") or {}
+    alarm = (fail_rate.get("alarms") or {}).get(camera)
+    if not isinstance(alarm, dict):
+        return None
+    return {**alarm, "window": fail_rate.get("window"), "limit": fail_rate.get("limit")}

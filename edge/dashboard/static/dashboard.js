@@ -161,6 +161,12 @@ function drawGlance(id, c) {
   setText(tile, "unreviewed", unreviewed ? `${unreviewed} not reviewed (7 days)` : "");
 }
 
+// A camera's fail-rate alarm (its daemon's heartbeat, edge/fail_rate.py) in words.
+function failRateAlarmText(a) {
+  const since = new Date(a.since_ns / 1e6).toLocaleTimeString();
+  return `fail-rate alarm: ${a.fails} of the last ${a.window} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
+}
+
 function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
 
 // [kind, words] of a camera's tile: what an operator must see from across the room first.
@@ -169,6 +175,7 @@ function glanceState(c) {
   const age = lastFrameAge(c);
   if (c.silent) return ["bad", `silent: ${age}`];
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
+  if (c.fail_rate_alarm) return ["bad", `${failRateAlarmText(c.fail_rate_alarm)}, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
   return ["ok", age];
 }
@@ -360,6 +367,13 @@ function drawCamera(id, c, daemon) {
   else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
   $(n, "paused").hidden = !c.paused;
   n.classList.toggle("paused", Boolean(c.paused));
+  const alarm = $(n, "fail-rate-alarm");
+  alarm.hidden = !c.fail_rate_alarm;
+  n.classList.toggle("fail-rate-alarm", Boolean(c.fail_rate_alarm));
+  if (c.fail_rate_alarm) {
+    setText(n, "fail-rate-alarm", failRateAlarmText(c.fail_rate_alarm));
+    alarm.title = "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
+  }
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
   drawRateChart($(n, "rate-chart"), c.fail_rate_series, c.fail_rate_bin_s);
@@ -501,6 +515,11 @@ function changeText(e) {
       const by = Number(d.stepped_s) || 0;
       return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
         + "results before it keep the old time";
+    }
+    case "fail-rate-alarm": {
+      const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions`;
+      return d.state === "raised" ? `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`
+        : `fail-rate alarm cleared: ${said}`;
     }
     case "pause": return `camera ${d.camera} paused`;
     case "resume": return `camera ${d.camera} resumed`;
