@@ -176,14 +176,16 @@ NEVER_HEARD_S = 10.0
 
 class DaemonSilence:
     """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
-    same when its heartbeat says its inference has stalled (edge.watchdog), and when it says its
-    record has fallen RECORD_BEHIND_S behind; once for each damaged record it says it set aside.
+    same when its heartbeat says its inference has stalled (edge.watchdog), when it says its
+    record has fallen RECORD_BEHIND_S behind, and for each camera's fail-rate alarm; once for
+    each damaged record it says it set aside.
     A daemon that has sent nothing for NEVER_HEARD_S since the reader started (not running, or
     another endpoint) is warned of once."""
 
     def __init__(self, endpoint: str, clock: Callable[[], float] = time.monotonic):
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.clock_behind = False
+        self.fail_rate_alarms: set[str] = set()  # the cameras whose fail-rate alarm the heartbeat names
         self.set_aside_at: int | None = None  # the time of the damaged record last said set aside
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
         self.clock, self.started = clock, clock()
@@ -216,7 +218,19 @@ class DaemonSilence:
         self.stalled = stalled
         self._record(header.get("record") or {})
         self._clock(header.get("clock"))
+        self._fail_rate(header.get("fail_rate") or {})
         return header
+
+    def _fail_rate(self, fail_rate: dict[str, Any]) -> None:
+        """Say once when the daemon raises a camera's fail-rate alarm, and once when it clears."""
+        alarms = fail_rate.get("alarms") or {}
+        for camera in sorted(alarms.keys() - self.fail_rate_alarms):
+            log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed, "
+                        "over the limit of %.0f%%", self.endpoint, camera, alarms[camera].get("fails"),
+                        fail_rate.get("window"), 100 * float(fail_rate.get("limit") or 0))  # fmt: skip
+        for camera in sorted(self.fail_rate_alarms - alarms.keys()):
+            log.info("the daemon at %s cleared camera %s's fail-rate alarm", self.endpoint, camera)
+        self.fail_rate_alarms = set(alarms)
 
     def _clock(self, clock: dict[str, Any] | None) -> None:
         """Say once that the daemon's box's clock reads before a time it has passed, and once
