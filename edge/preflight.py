@@ -20,6 +20,7 @@ import numpy as np
 from edge.clock import PACKAGE_MADE, RECORD_NEWEST, clock_against, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
+from edge.fail_rate import WINDOW as FAIL_RATE_WINDOW
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
@@ -72,7 +73,9 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
             f"backend {cfg.backend} x {len(serving.backends)}: built and warmed up in {built_s:.1f} s; "
             f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms; frames decoded by {_decoders(cfg.decoders())}",
             "camera health gate " + ("on" if serving.health else "off")
-            + ", drift alarm " + ("on" if serving.drift else "off"),
+            + ", drift alarm " + ("on" if serving.drift else "off")
+            + ", fail-rate alarm " + (f"over {cfg.fail_rate_alarm:.0%} of a camera's last {FAIL_RATE_WINDOW} decisions"
+                                      if cfg.fail_rate_alarm else "off"),
             _clock_line(pkg.created_ns),
         ]  # fmt: skip
     finally:

@@ -130,6 +130,8 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     assert "over the limit of 20%" in daily, daily
     off = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm=1", check=False)
     assert off.returncode != 0 and "edge.fail_rate_alarm must be a share in [0, 1)" in off.stderr
+    check = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm=0.05").stdout
+    assert "fail-rate alarm over 5% of a camera's last 100 decisions" in check, check
     # The heartbeat's schema (docs/schema/heartbeat.json) describes the alarm as the daemon sends it.
     assert _errors("heartbeat", beat) == []
     broken = json.loads(json.dumps(beat))

@@ -2292,7 +2292,8 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     ]
     # The record's changes tell the audit when the line was inspected: the killed run has no stop,
     # and the next start says the run before it ended without one.
-    changes = [(e["kind"], e["by"], e["detail"]) for e in Record(url).events()][::-1]
+    # (Its frames' fails may raise and clear cam9's fail-rate alarm among them: not the daemon's runs.)
+    changes = [(e["kind"], e["by"], e["detail"]) for e in Record(url).events() if e["kind"] in ("start", "stop")][::-1]
     assert [(kind, by) for kind, by, _ in changes] == [("start", "vqad serve")] * 2 + [("stop", "vqad serve")]
     first, second, stop = (detail for _, _, detail in changes)
     assert first["previous_exit"] == "clean" and second["previous_exit"] == "unclean"
