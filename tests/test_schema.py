@@ -243,6 +243,7 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
         "a threshold without a reason": {"command": "set-threshold", "args": {"value": 1.5}},
         "a threshold of 0": {"command": "set-threshold", "args": {"value": 0, "reason": "r"}},
         "a threshold as a word": {"command": "set-threshold", "args": {"value": "high", "reason": "r"}},
+        "a threshold of 0 as text": {"command": "set-threshold", "args": {"value": " 0.000e5", "reason": "r"}},
         "force as text": {"command": "set-threshold", "args": {"value": 1.5, "reason": "r", "force": "yes"}},
         "a pause without a camera": {"command": "pause", "args": {}},
         "a camera with a newline": {"command": "pause", "args": {"camera": "a\nb"}},
