@@ -44,8 +44,8 @@ def fail_rate_words(detail: dict[str, Any]) -> str:
     dashboard's changes say the same."""
     said = f"camera {detail.get('camera')} failed {detail.get('fails')} of its last {detail.get('of')} decisions"
     if detail.get("state") == "raised":
-        return f"alarm raised: {said}, over the limit of {100 * float(detail.get('limit') or 0):.0f}%"
-    return f"alarm cleared: {said}"
+        return f"raised: {said}, over the limit of {100 * float(detail.get('limit') or 0):.0f}%"
+    return f"cleared: {said}"
 
 
 class _Window:
