@@ -44,6 +44,7 @@ from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.fail_rate import FailRateAlarm
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
+from edge.master import MasterParts
 from edge.metrics import DaemonMetrics
 from edge.protocol import Frame, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
 from edge.publisher import STOP, Publisher
@@ -170,6 +171,9 @@ class Daemon:
         # Each camera's decisions, as they are published, against edge.fail_rate_alarm (0 = off).
         self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, self._fail_rate_changed)
                           if cfg.fail_rate_alarm else None)  # fmt: skip
+        self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics,
+                                    self._master_checked)
+                        if cfg.master_good_parts or cfg.master_defective_parts else None)  # fmt: skip
         self.metrics.clock_behind.set_function(lambda: (self.clock.status() or {}).get("behind_s", 0.0))
 
     # -- life cycle -------------------------------------------------------------------------
@@ -321,7 +325,14 @@ class Daemon:
             "record": self.record_status(),
             "clock": self.clock.status(),
             "fail_rate": self.fail_rate.state() if self.fail_rate else None,
+            "master_parts": self.masters.state() if self.masters else None,
         }
+
+    def _master_checked(self, detail: dict[str, Any]) -> None:
+        """A master part checked (the publisher's thread), among the record's changes: the line's
+        proof, for an audit, that its inspection worked then, or did not."""
+        if self.recorder is not None:
+            self.recorder.event(*self._change("master-part", **detail), by_writer=True)
 
     def _fail_rate_changed(self, change: str, detail: dict[str, Any]) -> None:
         """A camera's fail-rate alarm raised or cleared (the publisher's thread), among the

@@ -114,6 +114,13 @@ class DaemonMetrics:
             "vqad_drift_ks", "KS statistic: recent scores vs the calibration images'", ["camera"], registry=r
         )
         self.drift_alarm = Gauge("vqad_drift_alarm", "1 while a camera's scores have drifted", ["camera"], registry=r)
+        self.master_parts = Counter(
+            "vqad_master_parts",
+            "Master parts checked (edge.master_good_parts, edge.master_defective_parts): right, decided as "
+            "expected, or wrong",
+            ["camera", "outcome"],
+            registry=r,
+        )
         self.fail_rate = Gauge(
             "vqad_fail_rate", "The share of a camera's last 100 decisions that failed", ["camera"], registry=r
         )

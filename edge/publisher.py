@@ -105,6 +105,8 @@ class Publisher:
         total_ms = result.ms_since_arrival()
         header["latency_ms"]["total"] = round(total_ms, 3)
         header["run"], header["seq"] = d.run_id, d.published  # the stream's order (this thread alone counts)
+        if d.masters is not None:
+            d.masters.check(header)  # a master part's result says whether it got its expected decision
         # Counted before it is sent: a program that has a result then reads it in the metrics.
         d.metrics.results.labels(header["status"], header["decision"] or "none").inc()
         if d.fail_rate is not None:

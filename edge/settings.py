@@ -84,6 +84,12 @@ class EdgeConfig:
     # fail-rate alarm (edge/fail_rate.py): a log line, vqad_fail_rate_alarm, the heartbeat, the
     # record's changes, the dashboard. Set it well above the line's usual reject rate. 0 = off.
     fail_rate_alarm: float = 0.2
+    # Master parts (edge/master.py): good and defective parts of known verdict, run through the
+    # line to prove its inspection works (each shift's start, a changeover), named by the
+    # part_id patterns (fnmatch) of their frames. Each is checked against its expected
+    # decision: its result's `master`, the log, the metrics, the heartbeat, the record.
+    master_good_parts: tuple[str, ...] = ()
+    master_defective_parts: tuple[str, ...] = ()
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     max_header_bytes: int = 65536
     rcvhwm: int = 32
@@ -167,6 +173,10 @@ class EdgeConfig:
         require(self.threshold is None or 0 < self.threshold < math.inf, "edge.threshold must be a finite number > 0")
         require(self.decode_workers >= 0, "edge.decode_workers must be >= 0 (0 = automatic)")
         require(self.opencv_threads >= 0, "edge.opencv_threads must be >= 0 (0 = OpenCV's default)")
+        both = set(self.master_good_parts) & set(self.master_defective_parts)
+        require(not both, f"edge.master_good_parts and edge.master_defective_parts both name {sorted(both)}")
+        masters = self.master_good_parts + self.master_defective_parts
+        require(all(masters), "edge.master_good_parts and edge.master_defective_parts take patterns, not empty text")
         require(0.0 <= self.fail_rate_alarm < 1.0, "edge.fail_rate_alarm must be a share in [0, 1) (0 = off)")
         require(self.log_every_s > 0, "edge.log_every_s must be > 0 (seconds between status lines)")
         require(self.warmup_runs >= 0, "edge.warmup_runs must be >= 0")

@@ -157,6 +157,9 @@ def _counts(counts: dict[str, int]) -> str:
 
 def format_line(h: dict[str, Any]) -> str:
     part = f" part {h['part_id']}" if h.get("part_id") else ""
+    master = h.get("master")
+    if master:  # a part of known verdict (edge/master.py)
+        part += f" (master: {'as expected' if master['ok'] else 'WRONG, expected ' + master['expected']})"
     if h["status"] == "ok":
         regions = len(h.get("regions") or [])
         unfit = unfit_reasons(h)

@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from edge.fail_rate import FailRateAlarm
+from edge.master import MasterParts
 from edge.metrics import DaemonMetrics
 from tests.conftest import ROOT
 from vqad.cli import build_parser
@@ -34,6 +35,8 @@ def _exposed_names() -> set[str]:
     m.count_camera_frame("cam0", "fit")
     m.show_paused({"cam0"})
     FailRateAlarm(0.2, m).add("cam0", "pass")
+    MasterParts(["OK-*"], [], m).check({"camera_id": "cam0", "frame_id": 1, "part_id": "OK-1", "decision": "pass",
+                                        "score": 0.5})  # fmt: skip
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -229,6 +232,14 @@ ALERT_CASES = [
     ("VqadCameraDrift", [("vqad_drift_alarm", CAM0, "1x10 0x14")], None),
     ("VqadCameraFailRate", [("vqad_fail_rate_alarm", CAM0, "0 1x10")], "1m15s"),
     ("VqadCameraFailRate", [("vqad_fail_rate_alarm", CAM0, "0 1x2 0x10")], None),  # raised and cleared at once
+    # A shift's red rabbit that passes: at the next evaluation; right ones raise nothing.
+    (
+        "VqadMasterPartWrong",
+        [("vqad_master_parts_total", {**CAM0, "outcome": "wrong"}, "0x4 1x10")],
+        "1m15s",
+        {**BOX, **CAM0, "outcome": "wrong"},
+    ),
+    ("VqadMasterPartWrong", [("vqad_master_parts_total", {**CAM0, "outcome": "right"}, "0x4 1x10 2x10")], None),
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.
     (
         "VqadCameraUnfit",

@@ -186,6 +186,7 @@ class Dashboard:
             # A paused camera's frames get an error result, not a decision (`vqad ctl pause`).
             view["paused"] = camera in (beat.get("paused") or ())
             view["fail_rate_alarm"] = fail_rate_alarm(beat, camera)
+            view["master_part"] = (beat.get("master_parts") or {}).get(camera)  # its latest check
         behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,

@@ -552,9 +552,9 @@ def _change_line(event: dict, zone: dt.tzinfo) -> str:
 
 
 def _daemon_run_said(kind: str, detail: dict) -> str | None:
-    """The daemon's own start or stop, its box's clock set, or a camera's fail-rate alarm, in
-    words, as the dashboard says them (None for the other changes: their detail is shown whole). The run names what its
-    results' `daemon_run` names."""
+    """The daemon's own start or stop, its box's clock set, a camera's fail-rate alarm or a
+    master part's check, in words, as the dashboard says them (None for the other changes:
+    their detail is shown whole). The run names what its results' `daemon_run` names."""
     run = str(detail.get("run", ""))[:12]
     if kind == "start":
         before = ("; the run before it ended without stopping (killed, crashed or the power lost)"
@@ -573,6 +573,10 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
         from edge.clock import step_words
 
         return f"the box's clock {step_words(detail)}; results before it keep the old time"
+    if kind == "master-part":
+        from edge.master import master_words
+
+        return master_words(detail)
     if kind == "fail-rate-alarm":
         from edge.fail_rate import fail_rate_words
 

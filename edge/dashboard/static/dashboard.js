@@ -167,6 +167,12 @@ function failRateAlarmText(a) {
   return `fail-rate alarm: ${a.fails} of the last ${a.window} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
 }
 
+// A master part's check (its daemon's heartbeat, or a record's change; edge/master.py) in words.
+function masterText(m) {
+  if (m.ok) return `master part ${m.part_id}: ${m.decision}, as expected`;
+  return `master part ${m.part_id}: ${m.decision === null ? "no decision (an error)" : m.decision}, expected ${m.expected}`;
+}
+
 function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
 
 // [kind, words] of a camera's tile: what an operator must see from across the room first.
@@ -175,6 +181,7 @@ function glanceState(c) {
   const age = lastFrameAge(c);
   if (c.silent) return ["bad", `silent: ${age}`];
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
+  if (c.master_part && !c.master_part.ok) return ["bad", `${masterText(c.master_part)}, ${age}`];
   if (c.fail_rate_alarm) return ["bad", `${failRateAlarmText(c.fail_rate_alarm)}, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
   return ["ok", age];
@@ -374,6 +381,8 @@ function drawCamera(id, c, daemon) {
     setText(n, "fail-rate-alarm", failRateAlarmText(c.fail_rate_alarm));
     alarm.title = "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
   }
+  drawMaster($(n, "master-part"), c.master_part);
+  n.classList.toggle("master-wrong", Boolean(c.master_part && !c.master_part.ok));
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
   drawRateChart($(n, "rate-chart"), c.fail_rate_series, c.fail_rate_bin_s);
@@ -516,6 +525,7 @@ function changeText(e) {
       return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
         + "results before it keep the old time";
     }
+    case "master-part": return masterText(d);
     case "fail-rate-alarm": {
       const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions`;
       return d.state === "raised" ? `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`
@@ -562,6 +572,16 @@ function sayOfQueue(cam, text) {
   cam.queueSaid = text;
   cam.queueSaidUntil = performance.now() + DAILY_EVERY_MS;
   setText(cam.node, "daily-status", text);
+}
+
+// The camera's latest master part, green when it got its expected decision, red until the next
+// one does when it did not: the parts since the last right one are suspect.
+function drawMaster(el, m) {
+  el.hidden = !m;
+  if (!m) return;
+  pill(el, `${masterText(m)} (${new Date(m.ts_ns / 1e6).toLocaleTimeString()})`, m.ok ? "ok" : "bad");
+  el.title = m.ok ? "the latest master part of known verdict got it: the inspection worked then"
+    : "the latest master part did not get its known verdict: the parts since this camera's last right master part are suspect";
 }
 
 function drawDrift(el, drift, daemon) {

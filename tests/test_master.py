@@ -1,0 +1,143 @@
+"""Master parts: a part of known verdict, named by its part_id, is checked against the decision it
+must get, and the line is told whether its inspection still works."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from edge.config import load_config
+from edge.master import MasterParts, master_words
+from edge.metrics import DaemonMetrics
+from edge.settings import EdgeConfig
+
+
+def _header(part_id: str | None, decision: str | None, camera: str = "press1") -> dict:
+    return {"camera_id": camera, "frame_id": 7, "part_id": part_id, "decision": decision,
+            "score": None if decision is None else 1.5}  # fmt: skip
+
+
+def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_are_left_alone(caplog):
+    metrics, checks = DaemonMetrics(), []
+    masters = MasterParts(["OK-*"], ["RR-*", "OK-SCRATCHED"], metrics, checks.append)
+    assert [masters.expected(p) for p in ("OK-1", "RR-7", "OK-SCRATCHED", "SN-1", None, "")] == [
+        "pass",
+        "fail",
+        "fail",
+        None,
+        None,
+        None,
+    ]  # fmt: skip (a defective pattern wins over a good one)
+    product, error = _header("SN-1", "fail"), _header("RR-2", None, camera="press2")
+    with caplog.at_level(logging.INFO, logger="edge.master"):
+        masters.check(product)
+        for header in (right := _header("RR-1", "fail"), wrong := _header("OK-1", "fail"), error):
+            masters.check(header)
+    assert "master" not in product
+    assert right["master"] == {"expected": "fail", "ok": True} and wrong["master"] == {"expected": "pass", "ok": False}
+    assert error["master"] == {"expected": "fail", "ok": False}  # no decision is no proof
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("INFO", "master part RR-1 on camera press1: fail, as expected"),
+        ("ERROR", "master part OK-1 on camera press1: fail, expected pass: the inspection does not decide it as it "
+                  "must; the parts since this camera's last right master part are suspect"),
+        ("ERROR", "master part RR-2 on camera press2: no decision (an error), expected fail: the inspection does not "
+                  "decide it as it must; the parts since this camera's last right master part are suspect"),
+    ]  # fmt: skip
+    state = masters.state()  # each camera's latest
+    assert list(state) == ["press1", "press2"] and state["press1"]["part_id"] == "OK-1" and not state["press1"]["ok"]
+    assert state["press1"]["ts_ns"] > 0 and state["press2"]["decision"] is None
+    assert [c["part_id"] for c in checks] == ["RR-1", "OK-1", "RR-2"]
+    counts = {tuple(s.labels.values()): s.value for m in metrics.master_parts.collect() for s in m.samples
+              if s.name.endswith("_total")}  # fmt: skip
+    assert counts == {("press1", "right"): 1.0, ("press1", "wrong"): 1.0, ("press2", "wrong"): 1.0}
+    assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
+
+
+@pytest.mark.parametrize(
+    ("good", "defective", "said"),
+    [
+        (["RR-*"], ["RR-*"], "both name ['RR-*']"),
+        ([""], [], "take patterns, not empty text"),
+    ],
+)
+def test_master_part_patterns_that_cannot_be_meant_are_refused(tmp_path, good, defective, said):
+    path = tmp_path / "edge.yaml"
+    path.write_text(json.dumps({"master_good_parts": good, "master_defective_parts": defective}))
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_config(EdgeConfig, path)
+
+
+def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_metrics_and_record(
+    tiny_model, synth_root, tmp_path
+):
+    """A daemon process whose threshold fails every part: the defective master fails, as it
+    must; the good master fails too, which the result, the log, the metrics, the heartbeat, the
+    record's changes and `vqad records --daily` each say; a product is left alone."""
+    import urllib.request
+
+    import cv2
+
+    from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+    from edge.record import Record
+    from edge.transport import free_loopback_port
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+    from tests.test_schema import _errors
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    url, port = f"sqlite:///{tmp_path / 'line.db'}", free_loopback_port()
+    args = ("--threshold", "1e-9", "--record", url, "--metrics-port", str(port), "--set", "edge.heartbeat_s=0.2",
+            "--set", "edge.master_good_parts=[MASTER-OK-*]", "--set", "edge.master_defective_parts=[RR-*]")  # fmt: skip
+    with DaemonProcess(tiny_model, *args) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i, part in enumerate(("RR-1", "SN-100", "MASTER-OK-1")):
+                cam.send(frame_message("press1", i, image, "raw", part_id=part))
+            results = {h["part_id"]: h for h, _ in sub.collect(3, timeout=60)}
+        finally:
+            sub.close()
+            cam.close()
+        beats = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
+        try:
+            assert beats.sock.poll(10_000)
+            beat = parse_heartbeat(beats.sock.recv_multipart())
+        finally:
+            beats.close()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        log_text = daemon.log_text()
+    assert results["RR-1"]["master"] == {"expected": "fail", "ok": True}
+    assert results["MASTER-OK-1"]["master"] == {"expected": "pass", "ok": False}
+    assert "master" not in results["SN-100"]
+    assert all(_errors("result-header", h) == [] for h in results.values())
+    latest = beat["master_parts"]["press1"]
+    assert (latest["part_id"], latest["decision"], latest["ok"]) == ("MASTER-OK-1", "fail", False)
+    assert _errors("heartbeat", beat) == []
+    assert 'vqad_master_parts_total{camera="press1",outcome="right"} 1.0' in metrics
+    assert 'vqad_master_parts_total{camera="press1",outcome="wrong"} 1.0' in metrics
+    assert "master part RR-1 on camera press1: fail, as expected" in log_text
+    assert "master part MASTER-OK-1 on camera press1: fail, expected pass: the inspection does not" in log_text
+    changes = [e["detail"] for e in Record(url).events() if e["kind"] == "master-part"][::-1]
+    assert [(c["part_id"], c["ok"], c["threshold"]) for c in changes] == [
+        ("RR-1", True, 1e-9),
+        ("MASTER-OK-1", False, 1e-9),
+    ]
+    daily = run_vqad("records", url, "--daily").stdout
+    assert (
+        "master-part by vqad serve" in daily
+        and "master part MASTER-OK-1 on camera press1: fail, expected pass" in daily
+    )
+
+
+def test_watch_says_which_results_are_master_parts_and_whether_they_got_their_verdict():
+    from edge.protocol import result_header
+    from edge.watch import format_line
+
+    h = result_header("press1", 7, 1, "ok", 2.0, {"name": "m", "sha256": "0"}, score=0.4, decision="pass")
+    h["part_id"], h["master"] = "RR-3", {"expected": "fail", "ok": False}
+    assert format_line(h).startswith("press1 #7 part RR-3 (master: WRONG, expected fail) PASS score 0.4")
+    h["decision"], h["master"] = "fail", {"expected": "fail", "ok": True}
+    assert format_line(h).startswith("press1 #7 part RR-3 (master: as expected) FAIL")
