@@ -84,6 +84,13 @@ class FailRateAlarm:
         self.raised: dict[str, int] = {}  # camera -> when its alarm was raised (time_ns)
         self.lock = threading.Lock()
 
+    def count(self, header: dict[str, Any]) -> None:
+        """A published result header: its decision is added, unless it is a master part's (its
+        `master`, edge/master.py): a part run to prove the inspection is not the line's product,
+        and a shift's red rabbits would otherwise count as its rejects."""
+        if "master" not in header:
+            self.add(header["camera_id"], header["decision"])
+
     def add(self, camera_id: str, decision: str | None) -> None:
         """One published result's decision ("pass", "fail"; None for an error or a drop: not counted)."""
         if decision is None:

@@ -5,9 +5,13 @@ changeover), as a quality system asks of every error-proofing device.
 A frame whose `part_id` matches one of `edge.master_good_parts` or `edge.master_defective_parts`
 (fnmatch patterns, defective first) is a master part: its result says what it was expected to
 get and whether it did (`master`), and the log, `vqad_master_parts_total{camera,outcome}`, the
-heartbeat (each camera's latest) and the record's changes say it too. A defective master that
-passes is the line's proof that it lets that defect through: the parts since its last right
-check are suspect.
+heartbeat and the record's changes say it too. A defective master that passes is the line's
+proof that it lets that defect through: the parts since its last right check are suspect.
+
+The heartbeat keeps each master part's latest check, per camera: a shift's proof is a set of
+master parts, and a red rabbit for one defect that fails rightly proves nothing of another
+that passed. A wrong check stands until that master part (its `part_id`, the same at each run)
+gets its verdict again.
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The master parts kept per camera, the most recent: a line keeps a handful per camera (a good
+# one and a red rabbit per defect kind); a bridge that numbers each run's master anew would
+# otherwise grow the heartbeat for months.
+MASTERS_KEPT = 32
+
 
 def master_words(detail: dict[str, Any]) -> str:
-    """A master part's check (a `master-part` change row's detail, or a camera's latest in the
-    heartbeat) in words, for `vqad records --daily`; the dashboard says the same."""
+    """A master part's check (a `master-part` change row's detail, or one in the heartbeat) in
+    words, for `vqad records --daily`; the dashboard says the same."""
     part, expected, decision = detail.get("part_id"), detail.get("expected"), detail.get("decision")
     if detail.get("ok"):
         return f"master part {part} on camera {detail.get('camera')}: {decision}, as expected"
@@ -49,18 +58,19 @@ class MasterParts:
     ):
         self.patterns = [(pattern, "fail") for pattern in defective] + [(pattern, "pass") for pattern in good]
         self.metrics, self.on_check = metrics, on_check
-        self.latest: RecentDict[str, dict[str, Any]] = RecentDict()  # camera -> its latest check
+        # camera -> master part_id -> its latest check; a camera's master parts are a handful.
+        self.latest: RecentDict[str, RecentDict[str, dict[str, Any]]] = RecentDict()
         self.lock = threading.Lock()
 
     def expected(self, part_id: str | None) -> str | None:
-        """ "pass" for a good master, "fail" for a defective one, None for any other part."""
+        """A good master's decision ("pass"), a defective one's ("fail"); None for any other part."""
         if not part_id:
             return None
         return next((decision for pattern, decision in self.patterns if fnmatch.fnmatchcase(part_id, pattern)), None)
 
     def check(self, header: dict[str, Any]) -> None:
         """A result about to be published: a master part's header gets `master`, and its check
-        is logged, counted, kept as its camera's latest and told to `on_check`."""
+        is logged, counted, kept as that master part's latest and told to `on_check`."""
         expected = self.expected(header.get("part_id"))
         if expected is None:
             return
@@ -69,18 +79,21 @@ class MasterParts:
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
         with self.lock:
-            self.latest[header["camera_id"]] = {**detail, "ts_ns": time.time_ns()}
+            parts = self.latest.get(header["camera_id"]) or RecentDict(MASTERS_KEPT)
+            parts[header["part_id"]] = {**detail, "ts_ns": time.time_ns()}
+            self.latest[header["camera_id"]] = parts
         if ok:
             log.info("%s", master_words(detail))
         else:
-            log.error("%s: the inspection does not decide it as it must; the parts since this camera's last right "
-                      "master part are suspect", master_words(detail))  # fmt: skip
+            log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
+                      "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
             self.metrics.master_parts.labels(header["camera_id"], "right" if ok else "wrong").inc()
         if self.on_check is not None:
             self.on_check(detail)
 
-    def state(self) -> dict[str, dict[str, Any]]:
-        """Each camera's latest master part check (the heartbeat's `master_parts`)."""
+    def state(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each camera's master parts, each one's latest check (the heartbeat's `master_parts`)."""
         with self.lock:
-            return {camera: dict(check) for camera, check in sorted(self.latest.items())}
+            return {camera: {part: dict(check) for part, check in sorted(parts.items())}
+                    for camera, parts in sorted(self.latest.items())}  # fmt: skip

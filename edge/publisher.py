@@ -110,7 +110,7 @@ class Publisher:
         # Counted before it is sent: a program that has a result then reads it in the metrics.
         d.metrics.results.labels(header["status"], header["decision"] or "none").inc()
         if d.fail_rate is not None:
-            d.fail_rate.add(header["camera_id"], header["decision"])
+            d.fail_rate.count(header)
         if header["status"] == "ok":
             d.metrics.latency.labels("total").observe(total_ms)
         sock.send_multipart(result_message(header, result.published_map, result.extra))

@@ -1644,20 +1644,22 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
         assert said == "fail-rate alarm raised: camera cam1 failed 21 of its last 21 decisions, over the limit of 20%"
 
 
-def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_one_gets_it(tmp_path):
+def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_gets_it(tmp_path):
     """A red rabbit that passed is the line's proof that its inspection lets that defect through.
-    The camera's card says which master part got what, and its tile and card stay red until a
-    master part gets its verdict again."""
+    The camera's card says which master part got what, and its tile and card stay red until
+    that master part gets its verdict: another one's right check proves nothing of it."""
     card = """const card = document.querySelector('[data-camera="' + arguments[0] + '"].camera');
-              const pill = card.querySelector('[data-field="master-part"]');
+              const pill = card.querySelector('[data-field="master-parts"]');
               return [card.className, pill.hidden, pill.className, pill.textContent]"""
     tile = "return document.querySelector('#overview a[data-glance=\"cam1\"]')?.className || ''"
     wrong = {"camera": "cam1", "part_id": "RR-3", "frame_id": 4, "expected": "fail", "decision": "pass",
              "score": 0.8, "ok": False, "ts_ns": time.time_ns()}  # fmt: skip
+    other = {**wrong, "part_id": "RR-4", "frame_id": 5, "decision": "fail", "score": 3.1, "ok": True}
     with _page_of_published_results(tmp_path) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
 
-        def beating(masters, check):  # a heartbeat every 0.2 s, as the daemon's
+        def beating(checks, check):  # a heartbeat every 0.2 s, as the daemon's
+            masters = {"cam1": {c["part_id"]: c for c in checks}}
             beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
                     "stalled": False, "record": None, "paused": [], "master_parts": masters}  # fmt: skip
             sock.send_multipart(heartbeat_message(beat))
@@ -1666,15 +1668,18 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_one_ge
             return check()
 
         shown = lambda: driver.execute_script(card, "cam1")  # noqa: E731
-        assert wait_for(lambda: beating({"cam1": wrong}, lambda: "bad" in driver.execute_script(tile)), 20, every=0.2)
+        red = lambda: "bad" in driver.execute_script(tile)  # noqa: E731
+        assert wait_for(lambda: beating([wrong, other], red), 20, every=0.2)
         classes, hidden, pill_class, text = shown()
         assert "master-wrong" in classes and not hidden and "bad" in pill_class, shown()
         assert text.startswith("master part RR-3: pass, expected fail ("), text
+        assert "master part RR-3: pass, expected fail" in driver.execute_script(tile.replace("className", "innerText"))
         assert driver.execute_script(card, "cam5")[1] is True  # no master part seen: no pill
-        assert _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]["cam1"]["master_part"] == wrong
-        right = {**wrong, "part_id": "RR-4", "decision": "fail", "ok": True}
-        assert wait_for(lambda: beating({"cam1": right}, lambda: "ok" in shown()[2]), 20, every=0.2), shown()
-        assert "master-wrong" not in shown()[0] and shown()[3].startswith("master part RR-4: fail, as expected")
+        summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
+        assert summary["cam1"]["master_parts"] == [wrong, other] and summary["cam5"]["master_parts"] is None
+        right = {**wrong, "decision": "fail", "ok": True}
+        assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
+        assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
         said = driver.execute_script("return changeText(arguments[0])", {"kind": "master-part", "detail": wrong})
         assert said == "master part RR-3: pass, expected fail"
 

@@ -43,17 +43,23 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
     assert lines == [
         ("INFO", "master part RR-1 on camera press1: fail, as expected"),
         ("ERROR", "master part OK-1 on camera press1: fail, expected pass: the inspection does not decide it as it "
-                  "must; the parts since this camera's last right master part are suspect"),
+                  "must; the parts since this master part's last right check are suspect"),
         ("ERROR", "master part RR-2 on camera press2: no decision (an error), expected fail: the inspection does not "
-                  "decide it as it must; the parts since this camera's last right master part are suspect"),
+                  "decide it as it must; the parts since this master part's last right check are suspect"),
     ]  # fmt: skip
-    state = masters.state()  # each camera's latest
-    assert list(state) == ["press1", "press2"] and state["press1"]["part_id"] == "OK-1" and not state["press1"]["ok"]
-    assert state["press1"]["ts_ns"] > 0 and state["press2"]["decision"] is None
-    assert [c["part_id"] for c in checks] == ["RR-1", "OK-1", "RR-2"]
+    state = masters.state()  # each master part's latest, per camera
+    assert {camera: {part: check["ok"] for part, check in parts.items()} for camera, parts in state.items()} == {
+        "press1": {"OK-1": False, "RR-1": True}, "press2": {"RR-2": False},
+    }  # fmt: skip
+    assert state["press1"]["OK-1"]["ts_ns"] > 0 and state["press2"]["RR-2"]["decision"] is None
+    masters.check(_header("RR-1", "fail"))  # another master's right check does not undo OK-1's wrong one
+    assert not masters.state()["press1"]["OK-1"]["ok"]
+    masters.check(_header("OK-1", "pass"))  # that master part's own does
+    assert masters.state()["press1"]["OK-1"]["ok"]
+    assert [c["part_id"] for c in checks] == ["RR-1", "OK-1", "RR-2", "RR-1", "OK-1"]
     counts = {tuple(s.labels.values()): s.value for m in metrics.master_parts.collect() for s in m.samples
               if s.name.endswith("_total")}  # fmt: skip
-    assert counts == {("press1", "right"): 1.0, ("press1", "wrong"): 1.0, ("press2", "wrong"): 1.0}
+    assert counts == {("press1", "right"): 3.0, ("press1", "wrong"): 1.0, ("press2", "wrong"): 1.0}
     assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
 
 
@@ -113,8 +119,10 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     assert results["MASTER-OK-1"]["master"] == {"expected": "pass", "ok": False}
     assert "master" not in results["SN-100"]
     assert all(_errors("result-header", h) == [] for h in results.values())
-    latest = beat["master_parts"]["press1"]
-    assert (latest["part_id"], latest["decision"], latest["ok"]) == ("MASTER-OK-1", "fail", False)
+    checked = beat["master_parts"]["press1"]
+    assert {part: (c["decision"], c["ok"]) for part, c in checked.items()} == {
+        "MASTER-OK-1": ("fail", False), "RR-1": ("fail", True),
+    }  # fmt: skip
     assert _errors("heartbeat", beat) == []
     assert 'vqad_master_parts_total{camera="press1",outcome="right"} 1.0' in metrics
     assert 'vqad_master_parts_total{camera="press1",outcome="wrong"} 1.0' in metrics

@@ -186,7 +186,7 @@ class Dashboard:
             # A paused camera's frames get an error result, not a decision (`vqad ctl pause`).
             view["paused"] = camera in (beat.get("paused") or ())
             view["fail_rate_alarm"] = fail_rate_alarm(beat, camera)
-            view["master_part"] = (beat.get("master_parts") or {}).get(camera)  # its latest check
+            view["master_parts"] = master_parts(beat, camera)
         behind = daemon.get("record_behind_s")
         daemon.update(
             results_seen=self.view.results_seen,
@@ -653,3 +653,10 @@ def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
     if not isinstance(alarm, dict):
         return None
     return {**alarm, "window": fail_rate.get("window"), "limit": fail_rate.get("limit")}
+
+
+def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | None:
+    """`camera`'s master parts, each one's latest check, by part_id, while the heartbeat names
+    any (edge/master.py), else None."""
+    parts = (beat.get("master_parts") or {}).get(camera)
+    return [parts[part] for part in sorted(parts)] if isinstance(parts, dict) and parts else None

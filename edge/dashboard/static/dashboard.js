@@ -173,6 +173,10 @@ function masterText(m) {
   return `master part ${m.part_id}: ${m.decision === null ? "no decision (an error)" : m.decision}, expected ${m.expected}`;
 }
 
+// The camera's master parts whose latest check did not get their verdict.
+function wrongMasters(c) { return (c.master_parts || []).filter((m) => !m.ok); }
+function moreWrong(wrong) { return wrong.length > 1 ? ` and ${wrong.length - 1} more wrong` : ""; }
+
 function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
 
 // [kind, words] of a camera's tile: what an operator must see from across the room first.
@@ -181,7 +185,8 @@ function glanceState(c) {
   const age = lastFrameAge(c);
   if (c.silent) return ["bad", `silent: ${age}`];
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
-  if (c.master_part && !c.master_part.ok) return ["bad", `${masterText(c.master_part)}, ${age}`];
+  const wrong = wrongMasters(c);
+  if (wrong.length) return ["bad", `${masterText(wrong[0])}${moreWrong(wrong)}, ${age}`];
   if (c.fail_rate_alarm) return ["bad", `${failRateAlarmText(c.fail_rate_alarm)}, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
   return ["ok", age];
@@ -381,8 +386,8 @@ function drawCamera(id, c, daemon) {
     setText(n, "fail-rate-alarm", failRateAlarmText(c.fail_rate_alarm));
     alarm.title = "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
   }
-  drawMaster($(n, "master-part"), c.master_part);
-  n.classList.toggle("master-wrong", Boolean(c.master_part && !c.master_part.ok));
+  drawMasters($(n, "master-parts"), c.master_parts);
+  n.classList.toggle("master-wrong", wrongMasters(c).length > 0);
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
   drawRateChart($(n, "rate-chart"), c.fail_rate_series, c.fail_rate_bin_s);
@@ -574,14 +579,21 @@ function sayOfQueue(cam, text) {
   setText(cam.node, "daily-status", text);
 }
 
-// The camera's latest master part, green when it got its expected decision, red until the next
-// one does when it did not: the parts since the last right one are suspect.
-function drawMaster(el, m) {
-  el.hidden = !m;
-  if (!m) return;
-  pill(el, `${masterText(m)} (${new Date(m.ts_ns / 1e6).toLocaleTimeString()})`, m.ok ? "ok" : "bad");
-  el.title = m.ok ? "the latest master part of known verdict got it: the inspection worked then"
-    : "the latest master part did not get its known verdict: the parts since this camera's last right master part are suspect";
+// The camera's master parts: green while each one's latest check got its verdict; red while one
+// did not, until that master part gets it again (the parts since its last right check are suspect).
+function drawMasters(el, masters) {
+  el.hidden = !masters;
+  if (!masters) return;
+  const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString();
+  const wrong = masters.filter((m) => !m.ok);
+  if (wrong.length) {
+    pill(el, `${masterText(wrong[0])} (${time(wrong[0])})${moreWrong(wrong)}`, "bad");
+    el.title = "a master part of known verdict did not get it: the parts since its last right check are suspect";
+  } else {
+    const latest = masters.reduce((a, b) => (b.ts_ns > a.ts_ns ? b : a));
+    pill(el, `master parts right: ${masters.length}, the latest at ${time(latest)}`, "ok");
+    el.title = masters.map((m) => `${masterText(m)} (${time(m)})`).join("\n");
+  }
 }
 
 function drawDrift(el, drift, daemon) {
