@@ -1018,14 +1018,16 @@ def _docs_bridge(title: str, daemon: DaemonProcess, seconds: int, gate_ms: int) 
 def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when_the_daemon_goes(
     tiny_model, synth_root
 ):
-    daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2").start()
+    daemon = DaemonProcess(tiny_model, "--threshold", "1e9", "--set", "edge.heartbeat_s=0.2",
+                           "--set", "edge.master_defective_parts=[RR-*]").start()  # fmt: skip
     bridge = _docs_bridge("A PLC bridge that fails safe (pyzmq alone)", daemon, seconds=20, gate_ms=60_000)
     lines: list[str] = []
     try:
         cam = Camera(daemon.frames)
         goods = [cv2.imread(str(path)) for path in list_images(synth_root / "bracket" / "test" / "good")[:4]]
         for i in range(50):  # until the bridge (a fresh process) has joined and read a pass, an error, a late pass
-            if {line[:4] for line in lines} >= {"ship", "hold"} and any(" ok pass" in line for line in lines):
+            seen = {line.split()[0] for line in lines if line}
+            if seen >= {"ship", "hold", "master"} and any(" ok pass" in line for line in lines):
                 break
             if bridge.poll() is not None:
                 break
@@ -1035,6 +1037,8 @@ def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when
             captured_2_min_ago = time.time_ns() - 120 * 10**9  # a pass after the part reached its gate
             late = goods[(i + 2) % len(goods)]
             cam.send(frame_message("cam0", 3 * i + 2, late, ts_ns=captured_2_min_ago, part_id=f"SN-{i}late"))
+            if i % 5 == 0:  # a red rabbit, which passes at this threshold: out of the flow, and the line stopped
+                cam.send(frame_message("cam1", i, goods[(i + 1) % len(goods)], part_id=f"RR-{i}"))
             time.sleep(0.2)
             _lines_so_far(bridge, lines)
         cam.close()
@@ -1048,6 +1052,8 @@ def test_the_protocol_docs_plc_bridge_ships_passes_holds_the_rest_and_stops_when
     assert shipped and all(re.fullmatch(r"ship cam0 SN-\d+", line) for line in shipped), lines
     assert held and all(re.fullmatch(r"hold cam0 SN-\d+(b error None|late ok pass)", line) for line in held), lines
     assert any(line.endswith("late ok pass") for line in held), lines
+    masters = [line for line in lines if line.startswith("master")]
+    assert masters and all(re.fullmatch(r"master cam1 RR-\d+ WRONG: stop the line", line) for line in masters), lines
     assert gone, lines
 
 
