@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from edge.protocol import parse_result
+from edge.protocol import HEARTBEAT_TOPIC, parse_heartbeat, parse_result
 from edge.security import make_curve_client
 from tests.conftest import ROOT
 
@@ -142,6 +142,24 @@ class Subscriber:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def next_heartbeat(endpoint: str, timeout_s: float = 10.0) -> dict:
+    """The daemon's next heartbeat from its results `endpoint`, its header parsed."""
+    sub = Subscriber(endpoint, topic=HEARTBEAT_TOPIC)
+    try:
+        assert sub.sock.poll(int(timeout_s * 1000)), f"no heartbeat from {endpoint} in {timeout_s} s"
+        return parse_heartbeat(sub.sock.recv_multipart())
+    finally:
+        sub.close()
+
+
+def metrics_text(port: int) -> str:
+    """The daemon's Prometheus endpoint on loopback `port`, as text."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 class Camera:

@@ -38,6 +38,8 @@ from tests.edge_helpers import (
     DaemonProcess,
     Subscriber,
     header,
+    metrics_text,
+    next_heartbeat,
     protocol_doc_example,
     short_ipc_dir,
 )
@@ -257,8 +259,6 @@ def test_a_sender_whose_clock_is_off_is_named_and_recorded_at_the_receive_time(t
 def test_the_daemon_says_which_vqad_serves(tiny_model):
     """A plant upgraded box by box: the start line, each heartbeat and vqad_build_info name the
     installed vqad, the version `vqad --version` prints."""
-    import urllib.request
-
     from edge.transport import free_loopback_port
 
     version = vqad_version()
@@ -266,14 +266,7 @@ def test_the_daemon_says_which_vqad_serves(tiny_model):
     assert printed.strip() == f"vqad {version}" and version != "unknown"
     port = free_loopback_port()
     with DaemonProcess(tiny_model, "--metrics-port", str(port)) as daemon:
-        sub = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
-        try:
-            assert sub.sock.poll(10_000)
-            beat = parse_heartbeat(sub.sock.recv_multipart())
-        finally:
-            sub.close()
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        log_text = daemon.log_text()
+        beat, metrics, log_text = next_heartbeat(daemon.results), metrics_text(port), daemon.log_text()
     assert beat["vqad_version"] == version
     assert f'vqad_build_info{{version="{version}"}} 1.0' in metrics
     assert f"ready: vqad {version}, model" in log_text

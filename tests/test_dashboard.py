@@ -1614,12 +1614,8 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
     with _page_of_published_results(tmp_path) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
 
-        def beating(fail_rate, check):  # a heartbeat every 0.2 s, as the daemon's
-            beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
-                    "stalled": False, "record": None, "paused": [], "fail_rate": fail_rate}  # fmt: skip
-            sock.send_multipart(heartbeat_message(beat))
-            _publish_rejects(sock, 1, 1, cameras=1)
-            _publish_rejects(sock, 5, 1, cameras=1)
+        def beating(fail_rate, check):
+            _beat_with_two_cameras(sock, fail_rate=fail_rate)
             return check()
 
         red = lambda t: len(t) == 2 and "bad" in t[0][1]  # noqa: E731
@@ -1658,13 +1654,8 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
     with _page_of_published_results(tmp_path) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
 
-        def beating(checks, check):  # a heartbeat every 0.2 s, as the daemon's
-            masters = {"cam1": {c["part_id"]: c for c in checks}}
-            beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
-                    "stalled": False, "record": None, "paused": [], "master_parts": masters}  # fmt: skip
-            sock.send_multipart(heartbeat_message(beat))
-            _publish_rejects(sock, 1, 1, cameras=1)
-            _publish_rejects(sock, 5, 1, cameras=1)
+        def beating(checks, check):
+            _beat_with_two_cameras(sock, master_parts={"cam1": {c["part_id"]: c for c in checks}})
             return check()
 
         shown = lambda: driver.execute_script(card, "cam1")  # noqa: E731
@@ -1682,6 +1673,16 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
         said = driver.execute_script("return changeText(arguments[0])", {"kind": "master-part", "detail": wrong})
         assert said == "master part RR-3: pass, expected fail"
+
+
+def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:
+    """A daemon's heartbeat saying `state`, and a reject of cam1 and of cam5: one turn of a line
+    polled every 0.2 s, as the daemon beats."""
+    beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
+            "stalled": False, "record": None, "paused": [], **state}  # fmt: skip
+    sock.send_multipart(heartbeat_message(beat))
+    _publish_rejects(sock, 1, 1, cameras=1)
+    _publish_rejects(sock, 5, 1, cameras=1)
 
 
 def dashboard_url(driver) -> str:

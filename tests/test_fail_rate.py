@@ -86,15 +86,14 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     none of another. The alarm is in the log, the metrics, each heartbeat (for a PLC bridge or
     the dashboard) and the record's changes, which `vqad records --daily` reads out."""
     import json
-    import urllib.request
 
     import cv2
 
-    from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+    from edge.protocol import frame_message
     from edge.record import Record
     from edge.transport import free_loopback_port
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat
     from tests.test_schema import _errors
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
@@ -111,13 +110,7 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
         finally:
             sub.close()
             cam.close()
-        beats = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
-        try:
-            assert beats.sock.poll(10_000)
-            beat = parse_heartbeat(beats.sock.recv_multipart())
-        finally:
-            beats.close()
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
     assert beat["fail_rate"]["limit"] == 0.2 and beat["fail_rate"]["window"] == WINDOW
     assert list(beat["fail_rate"]["alarms"]) == ["press1"] and beat["fail_rate"]["alarms"]["press1"]["fails"] == 25

@@ -83,15 +83,14 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     """A daemon process whose threshold fails every part: the defective master fails, as it
     must; the good master fails too, which the result, the log, the metrics, the heartbeat, the
     record's changes and `vqad records --daily` each say; a product is left alone."""
-    import urllib.request
 
     import cv2
 
-    from edge.protocol import HEARTBEAT_TOPIC, frame_message, parse_heartbeat
+    from edge.protocol import frame_message
     from edge.record import Record
     from edge.transport import free_loopback_port
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat
     from tests.test_schema import _errors
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
@@ -107,13 +106,7 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
         finally:
             sub.close()
             cam.close()
-        beats = Subscriber(daemon.results, topic=HEARTBEAT_TOPIC)
-        try:
-            assert beats.sock.poll(10_000)
-            beat = parse_heartbeat(beats.sock.recv_multipart())
-        finally:
-            beats.close()
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
     assert results["RR-1"]["master"] == {"expected": "fail", "ok": True}
     assert results["MASTER-OK-1"]["master"] == {"expected": "pass", "ok": False}
