@@ -76,6 +76,7 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
             + ", drift alarm " + ("on" if serving.drift else "off")
             + ", fail-rate alarm " + (f"over {cfg.fail_rate_alarm:.0%} of a camera's last {FAIL_RATE_WINDOW} decisions"
                                       if cfg.fail_rate_alarm else "off"),
+            _masters_line(cfg),
             _clock_line(pkg.created_ns),
         ]  # fmt: skip
     finally:
@@ -120,6 +121,15 @@ def _behind_note(behind: dict) -> str:
 
 def _decoders(n: int) -> str:
     return "the receiver thread" if n == 1 else f"{n} threads side by side (edge.decode_workers)"
+
+
+def _masters_line(cfg: EdgeConfig) -> str:
+    """Which part ids name master parts (edge/master.py), and the verdict each must get."""
+    named = [f"{', '.join(cfg.master_defective_parts)} must fail"] if cfg.master_defective_parts else []
+    named += [f"{', '.join(cfg.master_good_parts)} must pass"] if cfg.master_good_parts else []
+    return "master parts: " + (
+        "; ".join(named) if named else "none named (edge.master_good_parts, edge.master_defective_parts)"
+    )
 
 
 def _threshold_lines(configured: float, source: dict, sha256: str, overrides: Overrides) -> list[str]:

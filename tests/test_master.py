@@ -126,6 +126,8 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
         ("RR-1", True, 1e-9),
         ("MASTER-OK-1", False, 1e-9),
     ]
+    check = run_vqad("serve", tiny_model, "--check", "--set", "edge.master_defective_parts=[RR-*, SCRAP-*]").stdout
+    assert "master parts: RR-*, SCRAP-* must fail\n" in check, check
     daily = run_vqad("records", url, "--daily").stdout
     assert (
         "master-part by vqad serve" in daily
