@@ -1325,6 +1325,10 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
     run = {"model": model, "threshold": 0.9, "run": "5f0c" * 8}  # the daemon's own start and stop, as it records them
     writer.event("start", {**run, "previous_exit": "unclean", "pid": 41}, "vqad serve")
     writer.event("stop", {**run, "cause": "SIGTERM", "accepted": 12, "published": 12, "pid": 41}, "vqad serve")
+    for i in range(120):  # a plant's master parts since: checks, not changes, and more than the API reads
+        check = {"camera": "standing", "part_id": f"RR-{i % 5}", "frame_id": i, "expected": "fail", "decision": "fail",
+                 "score": 2.0, "ok": True, "model": model}  # fmt: skip
+        writer.event("master-part", check, "vqad serve")
     writer.close()
     with DashboardProcess(
         "--record", url, "--results", nowhere, "--record-cameras", "stand*,line3-*", log_path=tmp_path / "dashboard.log"

@@ -76,6 +76,10 @@ MAX_REJECTS = 200
 MAX_RESULTS = 1000
 # /api/daily reaches back at most a year: a tally over more scans more rows than a page should wait for.
 MAX_DAILY_DAYS = 366
+# The record's rows that are not changes to the daemon, left out of a card's changes: a shift's
+# master parts on a plant's cameras are hundreds a day, and the newest 100 rows would hold
+# nothing else; the card's pill shows them live, and `vqad records --daily` lists them.
+NOT_CHANGES = ("master-part",)
 # The page's tally: a week, read every minute (static/dashboard.js). The cameras it shows from the
 # record alone are that week's, read as often: the tally's counts are held for its pages anyway.
 DAILY_DAYS_SHOWN = 7
@@ -407,7 +411,7 @@ class Dashboard:
         since = line_days.start_ns(line_days.today() - dt.timedelta(days=days - 1))
         try:
             rows = self._from_record(lambda record: self.daily.rows(record, camera, since))
-            changes = self._from_record(lambda record: record.events(since_ns=since))
+            changes = self._from_record(lambda record: record.events(since_ns=since, kinds_left_out=NOT_CHANGES))
             removed = self._from_record(lambda record: record.removed())
         except RecordUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, 503)

@@ -584,10 +584,17 @@ class Record:
         return int(published) if published is not None else None
 
     def events(
-        self, limit: int = 100, since_ns: int | None = None, until_ns: int | None = None
+        self,
+        limit: int = 100,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        kinds_left_out: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """The latest changes made to the running daemon (in the period given), newest first."""
+        """The latest changes made to the running daemon (in the period given), newest first,
+        but those of `kinds_left_out`."""
         q = _within(sa.select(events), events.c.ts_ns, since_ns, until_ns)
+        if kinds_left_out:
+            q = q.where(events.c.kind.not_in(kinds_left_out))
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(events.c.id.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
