@@ -44,7 +44,7 @@ from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.fail_rate import FailRateAlarm
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
-from edge.master import MasterParts
+from edge.master import MASTERS_FILE, MasterParts
 from edge.metrics import DaemonMetrics
 from edge.protocol import Frame, UnreadableMessageError, capture_time_ns, parse_frame, parse_header
 from edge.publisher import STOP, Publisher
@@ -172,7 +172,7 @@ class Daemon:
         self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, self._fail_rate_changed)
                           if cfg.fail_rate_alarm else None)  # fmt: skip
         self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics,
-                                    self._master_checked)
+                                    self._master_checked, self.state_dir / MASTERS_FILE)
                         if cfg.master_good_parts or cfg.master_defective_parts else None)  # fmt: skip
         self.metrics.clock_behind.set_function(lambda: (self.clock.status() or {}).get("behind_s", 0.0))
 
@@ -233,6 +233,8 @@ class Daemon:
             self._start_recorder()
         self.watch_clock()  # with the record's newest result, when it answers now
         self._restore(Overrides.load(self.state_dir))
+        if self.masters is not None:
+            self.masters.restore()  # a master part that missed its verdict before the restart: it stands
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)

@@ -11,19 +11,23 @@ proof that it lets that defect through: the parts since its last right check are
 The heartbeat keeps each master part's latest check, per camera: a shift's proof is a set of
 master parts, and a red rabbit for one defect that fails rightly proves nothing of another
 that passed. A wrong check stands until that master part (its `part_id`, the same at each run)
-gets its verdict again.
+gets its verdict again, across restarts: the checks are kept in the state folder
+(`vqad-serve.masters.json`), since restarting the daemon is no proof either.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.recent import RecentDict
+from edge.state import write_whole
 
 if TYPE_CHECKING:
     from edge.metrics import DaemonMetrics
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 # one and a red rabbit per defect kind); a bridge that numbers each run's master anew would
 # otherwise grow the heartbeat for months.
 MASTERS_KEPT = 32
+MASTERS_FILE = "vqad-serve.masters.json"  # in the state folder
 
 
 def master_words(detail: dict[str, Any]) -> str:
@@ -55,9 +60,12 @@ class MasterParts:
         defective: Sequence[str],
         metrics: DaemonMetrics | None = None,
         on_check: Callable[[dict[str, Any]], None] | None = None,
+        kept: Path | None = None,
     ):
+        """kept: the file that keeps the checks over a restart (`restore` reads it)."""
         self.patterns = [(pattern, "fail") for pattern in defective] + [(pattern, "pass") for pattern in good]
-        self.metrics, self.on_check = metrics, on_check
+        self.metrics, self.on_check, self.kept = metrics, on_check, kept
+        self._keep_failed = False  # the file refused: said once
         # camera -> master part_id -> its latest check; a camera's master parts are a handful.
         self.latest: RecentDict[str, RecentDict[str, dict[str, Any]]] = RecentDict()
         self.lock = threading.Lock()
@@ -82,6 +90,7 @@ class MasterParts:
             parts = self.latest.get(header["camera_id"]) or RecentDict(MASTERS_KEPT)
             parts[header["part_id"]] = {**detail, "ts_ns": time.time_ns()}
             self.latest[header["camera_id"]] = parts
+            self._keep()
         if ok:
             log.info("%s", master_words(detail))
         else:
@@ -91,6 +100,42 @@ class MasterParts:
             self.metrics.master_parts.labels(header["camera_id"], "right" if ok else "wrong").inc()
         if self.on_check is not None:
             self.on_check(detail)
+
+    def restore(self) -> None:
+        """The checks kept before the restart, of the part ids that still name master parts; a
+        wrong one is said again, since it stands until that master part is checked right."""
+        if self.kept is None or not self.kept.is_file():
+            return
+        try:
+            kept = json.loads(self.kept.read_text())
+            checks = [check for parts in kept.values() for check in parts.values()]
+            for check in sorted(checks, key=lambda c: c["ts_ns"]):
+                if self.expected(check["part_id"]) == check["expected"]:
+                    parts = self.latest.get(check["camera"]) or RecentDict(MASTERS_KEPT)
+                    parts[check["part_id"]] = check
+                    self.latest[check["camera"]] = parts
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s): the master parts' checks before the restart are not restored",
+                        self.kept, exc)  # fmt: skip
+            self.latest.clear()
+            return
+        for camera, parts in self.latest.items():
+            for check in parts.values():
+                if not check["ok"]:
+                    log.error("%s, before the restart: it stands until that master part is checked right",
+                              master_words({**check, "camera": camera}))  # fmt: skip
+
+    def _keep(self) -> None:
+        """The checks, whole, in the state folder (under the lock): a handful a shift."""
+        if self.kept is None:
+            return
+        try:
+            write_whole(self.kept, {camera: dict(parts) for camera, parts in self.latest.items()})
+        except OSError as exc:
+            if not self._keep_failed:
+                log.error("%s cannot be written (%s): the master parts' checks are not kept over a restart",
+                          self.kept, exc)  # fmt: skip
+            self._keep_failed = True
 
     def state(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Each camera's master parts, each one's latest check (the heartbeat's `master_parts`)."""

@@ -144,3 +144,43 @@ def test_watch_says_which_results_are_master_parts_and_whether_they_got_their_ve
     assert format_line(h).startswith("press1 #7 part RR-3 (master: WRONG, expected fail) PASS score 0.4")
     h["decision"], h["master"] = "fail", {"expected": "fail", "ok": True}
     assert format_line(h).startswith("press1 #7 part RR-3 (master: as expected) FAIL")
+
+
+def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_root, tmp_path):
+    """Restarting the daemon is no proof that the line catches the defect its red rabbit
+    missed: the checks are kept in the state folder, and the wrong one is said again."""
+    import cv2
+
+    from edge.protocol import frame_message
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    args = ("--threshold", "1e9", "--set", "edge.heartbeat_s=0.2", "--set", "edge.master_defective_parts=[RR-*]")
+    folder = short_ipc_dir()  # the state folder of both runs
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as daemon:  # a threshold no part reaches: RR-1 passes
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            cam.send(frame_message("press1", 0, image, "raw", part_id="RR-1"))
+            assert sub.collect(1, timeout=60)[0][0]["master"] == {"expected": "fail", "ok": False}
+        finally:
+            sub.close()
+            cam.close()
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as again:
+        beat, log_text = next_heartbeat(again.results), again.log_text()
+    kept = beat["master_parts"]["press1"]["RR-1"]
+    assert (kept["decision"], kept["ok"]) == ("pass", False), beat["master_parts"]
+    assert "master part RR-1 on camera press1: pass, expected fail, before the restart: it stands" in log_text
+    # A pattern no longer configured names no master part: its checks are not put back.
+    with DaemonProcess(tiny_model, "--set", "edge.master_defective_parts=[SCRAP-*]", ipc_dir=folder) as other:
+        assert next_heartbeat(other.results)["master_parts"] == {}
+
+
+def test_an_unreadable_file_of_checks_is_warned_of_and_the_daemon_starts_without_them(tmp_path, caplog):
+    kept = tmp_path / "vqad-serve.masters.json"
+    kept.write_text('{"press1": ["not a check"]}')
+    masters = MasterParts([], ["RR-*"], kept=kept)
+    with caplog.at_level(logging.WARNING, logger="edge.master"):
+        masters.restore()
+    assert masters.state() == {} and "is unreadable" in caplog.text
+    masters.check(_header("RR-1", "fail"))  # and it keeps them anew
+    assert json.loads(kept.read_text())["press1"]["RR-1"]["ok"] is True
