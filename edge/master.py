@@ -98,6 +98,7 @@ class MasterParts:
                       "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
             self.metrics.master_parts.labels(header["camera_id"], "right" if ok else "wrong").inc()
+            self.metrics.master_checked.labels(header["camera_id"]).set(time.time())
         if self.on_check is not None:
             self.on_check(detail)
 
@@ -120,6 +121,8 @@ class MasterParts:
             self.latest.clear()
             return
         for camera, parts in self.latest.items():
+            if self.metrics is not None and parts:  # a shift's check overdue is seen across restarts
+                self.metrics.master_checked.labels(camera).set(max(c["ts_ns"] for c in parts.values()) / 1e9)
             for check in parts.values():
                 if not check["ok"]:
                     log.error("%s, before the restart: it stands until that master part is checked right",

@@ -121,6 +121,12 @@ class DaemonMetrics:
             ["camera", "outcome"],
             registry=r,
         )
+        self.master_checked = Gauge(
+            "vqad_master_parts_checked_timestamp_seconds",
+            "When a camera's latest master part was checked (Unix time; kept over restarts)",
+            ["camera"],
+            registry=r,
+        )
         self.fail_rate = Gauge(
             "vqad_fail_rate", "The share of a camera's last 100 decisions that failed", ["camera"], registry=r
         )

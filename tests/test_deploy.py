@@ -240,6 +240,8 @@ ALERT_CASES = [
         {**BOX, **CAM0, "outcome": "wrong"},
     ),
     ("VqadMasterPartWrong", [("vqad_master_parts_total", {**CAM0, "outcome": "right"}, "0x4 1x10 2x10")], None),
+    # Master parts checked at the start (t = 0), then none for a shift and an hour.
+    ("VqadMasterPartsOverdue", [("vqad_master_parts_checked_timestamp_seconds", CAM0, "0x2200")], "9h15s"),
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.
     (
         "VqadCameraUnfit",
@@ -300,7 +302,7 @@ def test_the_alert_rules_fire_when_they_should_and_not_on_a_blip(tmp_path):
         if due:
             # Quiet a sample before it is due, firing from then on, with its labels and summary.
             labels = aggregated[0] if aggregated else {**BOX, **series[0][1]}
-            seconds = sum(int(n) * {"m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+)([ms])", due))
+            seconds = sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+)([hms])", due))
             exp = {"exp_labels": {**labels, **rules[alert]["labels"]},
                    "exp_annotations": {"summary": _summary(rules[alert], labels)}}  # fmt: skip
             checks = [{"eval_time": f"{seconds - 15}s", "alertname": alert, "exp_alerts": []},

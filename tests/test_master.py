@@ -113,12 +113,15 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     assert "master" not in results["SN-100"]
     assert all(_errors("result-header", h) == [] for h in results.values())
     checked = beat["master_parts"]["press1"]
+    latest_ns = max(c["ts_ns"] for c in checked.values())
     assert {part: (c["decision"], c["ok"]) for part, c in checked.items()} == {
         "MASTER-OK-1": ("fail", False), "RR-1": ("fail", True),
     }  # fmt: skip
     assert _errors("heartbeat", beat) == []
     assert 'vqad_master_parts_total{camera="press1",outcome="right"} 1.0' in metrics
     assert 'vqad_master_parts_total{camera="press1",outcome="wrong"} 1.0' in metrics
+    checked = re.search(r'^vqad_master_parts_checked_timestamp_seconds\{camera="press1"\} (\S+)$', metrics, re.M)
+    assert checked and abs(float(checked.group(1)) - latest_ns / 1e9) < 1, metrics
     assert "master part RR-1 on camera press1: fail, as expected" in log_text
     assert "master part MASTER-OK-1 on camera press1: fail, expected pass: the inspection does not" in log_text
     changes = [e["detail"] for e in Record(url).events() if e["kind"] == "master-part"][::-1]
@@ -152,7 +155,8 @@ def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_roo
     import cv2
 
     from edge.protocol import frame_message
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+    from edge.transport import free_loopback_port
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat, short_ipc_dir
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
     args = ("--threshold", "1e9", "--set", "edge.heartbeat_s=0.2", "--set", "edge.master_defective_parts=[RR-*]")
@@ -165,11 +169,14 @@ def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_roo
         finally:
             sub.close()
             cam.close()
-    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as again:
-        beat, log_text = next_heartbeat(again.results), again.log_text()
+    port = free_loopback_port()
+    with DaemonProcess(tiny_model, *args, "--metrics-port", str(port), ipc_dir=folder) as again:
+        beat, log_text, metrics = next_heartbeat(again.results), again.log_text(), metrics_text(port)
     kept = beat["master_parts"]["press1"]["RR-1"]
     assert (kept["decision"], kept["ok"]) == ("pass", False), beat["master_parts"]
     assert "master part RR-1 on camera press1: pass, expected fail, before the restart: it stands" in log_text
+    checked = re.search(r'^vqad_master_parts_checked_timestamp_seconds\{camera="press1"\} (\S+)$', metrics, re.M)
+    assert checked and float(checked.group(1)) == pytest.approx(kept["ts_ns"] / 1e9), metrics
     # A pattern no longer configured names no master part: its checks are not put back.
     with DaemonProcess(tiny_model, "--set", "edge.master_defective_parts=[SCRAP-*]", ipc_dir=folder) as other:
         assert next_heartbeat(other.results)["master_parts"] == {}
