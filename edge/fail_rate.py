@@ -125,12 +125,13 @@ class FailRateAlarm:
 
     def state(self) -> dict[str, Any]:
         """What the heartbeat says: the limit, the window, and each raised alarm's camera with
-        its fails among its last `window` decisions and when it was raised (time_ns)."""
+        its fails among its last `of` decisions (`window`, once it has made as many) and when
+        it was raised (time_ns)."""
         with self.lock:
+            windows = {camera: self.windows[camera] for camera in sorted(self.raised) if camera in self.windows}
             alarms = {
-                camera: {"fails": self.windows[camera].fails, "since_ns": since}
-                for camera, since in sorted(self.raised.items())
-                if camera in self.windows
+                camera: {"fails": w.fails, "of": len(w.decisions), "since_ns": self.raised[camera]}
+                for camera, w in windows.items()
             }
         return {"limit": self.limit, "window": self.window, "alarms": alarms}
 

@@ -1609,7 +1609,7 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
     nothing on the page told an operator across the room that its daemon had raised the
     fail-rate alarm. Its tile and card turn red and say so while the heartbeat names it."""
     since_ns = time.time_ns() - 60 * 10**9
-    alarm = {"limit": 0.2, "window": 100, "alarms": {"cam1": {"fails": 23, "since_ns": since_ns}}}
+    alarm = {"limit": 0.2, "window": 100, "alarms": {"cam1": {"fails": 23, "of": 100, "since_ns": since_ns}}}
     tiles = """return [...document.querySelectorAll('#overview a.glance')]
                .map(t => [t.dataset.glance, t.className, t.innerText])"""
     card = """const card = document.querySelector('[data-camera="' + arguments[0] + '"].camera');
@@ -1632,7 +1632,9 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
         assert "fail-rate-alarm" in classes and not hidden and text.startswith("fail-rate alarm: 23 of the last 100")
         assert driver.execute_script(card, "cam5")[1] is True
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
-        assert summary["cam1"]["fail_rate_alarm"] == {"fails": 23, "since_ns": since_ns, "window": 100, "limit": 0.2}
+        assert summary["cam1"]["fail_rate_alarm"] == {
+            "fails": 23, "of": 100, "since_ns": since_ns, "window": 100, "limit": 0.2,
+        }  # fmt: skip
         assert summary["cam5"]["fail_rate_alarm"] is None
         cleared = {**alarm, "alarms": {}}
         assert wait_for(lambda: beating(cleared, lambda: driver.execute_script(card, "cam1")[1] is True), 20, every=0.2)

@@ -26,7 +26,8 @@ def test_a_camera_that_fails_every_part_raises_the_alarm_at_its_21st_fail_and_cl
             assert ("press1" in alarm.raised) == (i >= 20), i  # more than 20 of 100
         state = alarm.state()
         assert state["limit"] == 0.2 and state["window"] == WINDOW
-        assert state["alarms"]["press1"]["fails"] == 30 and state["alarms"]["press1"]["since_ns"] > 0
+        assert state["alarms"]["press1"]["fails"] == 30 and state["alarms"]["press1"]["of"] == 30
+        assert state["alarms"]["press1"]["since_ns"] > 0
         assert _gauges(metrics) == {("vqad_fail_rate", "press1"): 1.0, ("vqad_fail_rate_alarm", "press1"): 1.0}
         for i in range(WINDOW):  # the line put right: passes push the fails out of the window
             alarm.add("press1", "pass")
@@ -113,7 +114,8 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
         beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
     assert beat["fail_rate"]["limit"] == 0.2 and beat["fail_rate"]["window"] == WINDOW
-    assert list(beat["fail_rate"]["alarms"]) == ["press1"] and beat["fail_rate"]["alarms"]["press1"]["fails"] == 25
+    assert list(beat["fail_rate"]["alarms"]) == ["press1"]
+    assert (beat["fail_rate"]["alarms"]["press1"]["fails"], beat["fail_rate"]["alarms"]["press1"]["of"]) == (25, 25)
     assert 'vqad_fail_rate_alarm{camera="press1"} 1.0' in metrics and 'vqad_fail_rate{camera="press1"} 1.0' in metrics
     assert "fail-rate alarm: camera press1 failed 21 of its last 21 decisions" in log_text
     changes = [e for e in Record(url).events() if e["kind"] == "fail-rate-alarm"]

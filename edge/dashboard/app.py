@@ -650,7 +650,7 @@ def create_app(
 
 
 def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
-    """{fails, window, limit, since_ns} while the heartbeat names `camera`'s fail-rate alarm
+    """{fails, of, window, limit, since_ns} while the heartbeat names `camera`'s fail-rate alarm
     (edge/fail_rate.py), else None."""
     fail_rate = beat.get("fail_rate") or {}
     alarm = (fail_rate.get("alarms") or {}).get(camera)

@@ -164,7 +164,7 @@ function drawGlance(id, c) {
 // A camera's fail-rate alarm (its daemon's heartbeat, edge/fail_rate.py) in words.
 function failRateAlarmText(a) {
   const since = new Date(a.since_ns / 1e6).toLocaleTimeString();
-  return `fail-rate alarm: ${a.fails} of the last ${a.window} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
+  return `fail-rate alarm: ${a.fails} of the last ${a.of} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
 }
 
 // A master part's check (its daemon's heartbeat, or a record's change; edge/master.py) in words.
