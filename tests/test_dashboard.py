@@ -542,7 +542,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         zone_shown = lambda: [e.text for e in driver.find_elements("css selector", header)]  # noqa: E731
         assert wait_for(lambda: zone_shown() == ["day (Asia/Kathmandu, from 05:45)"], 10), zone_shown()
         row = wait_for(lambda: [r.text for r in driver.find_elements("css selector", daily) if today in r.text], 10)
-        assert row and row[0].split()[-5:-3] == ["0", "1"], row  # false rejects, defects
+        assert row and row[0].split()[-6:-4] == ["0", "1"], row  # false rejects, defects
         # Results of today leave the record (its disk's floor): today is counted in part, and says so.
         _results_left(line["url"], time.time_ns())
         driver.refresh()
@@ -1679,6 +1679,13 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
         said = driver.execute_script("return changeText(arguments[0])", {"kind": "master-part", "detail": wrong})
         assert said == "master part RR-3: pass, expected fail"
+        # A master part's reject says its known decision, for the review dialog.
+        header = result_header("cam1", 99, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
+                               decision="fail", batch_size=1, part_id="RR-4")  # fmt: skip
+        sock.send_multipart(result_message({**header, "master": {"expected": "fail", "ok": True}}, b""))
+        rejects = lambda: _json(dashboard_url(driver) + "/api/rejects?camera=cam1")[1]["rejects"]  # noqa: E731
+        shown = wait_for(lambda: [r for r in rejects() if r["part_id"] == "RR-4"], 10)
+        assert shown and shown[0]["master"] == "fail" and all(r["master"] is None for r in rejects()[1:]), shown
 
 
 def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:

@@ -124,6 +124,8 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     assert checked and abs(float(checked.group(1)) - latest_ns / 1e9) < 1, metrics
     assert "master part RR-1 on camera press1: fail, as expected" in log_text
     assert "master part MASTER-OK-1 on camera press1: fail, expected pass: the inspection does not" in log_text
+    kept = {r["part_id"]: r["master"] for r in Record(url).results(camera="press1")}
+    assert kept == {"RR-1": "fail", "SN-100": None, "MASTER-OK-1": "pass"}  # the record knows its masters
     changes = [e["detail"] for e in Record(url).events() if e["kind"] == "master-part"][::-1]
     assert [(c["part_id"], c["ok"], c["threshold"]) for c in changes] == [
         ("RR-1", True, 1e-9),

@@ -1568,7 +1568,7 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id, unfit, the reviews' result_id and seq) is brought to the
+    """A version 2 record (before part_id, unfit, the reviews' result_id, seq and master) is brought to the
     current version on first use, and gets the indexes it lacks. Its review of a frame id that a
     restarted sender used twice is given the result it was made after."""
     engine = sa.create_engine(record_url)
@@ -1578,6 +1578,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         conn.execute(sa.text("DROP INDEX ix_results_camera_decision_ts"))  # a record from before the index
         conn.execute(sa.text("DROP INDEX ix_reviews_result"))
         conn.execute(sa.text("DROP INDEX ix_results_run_seq"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN master"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN seq"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN unfit"))
@@ -1600,7 +1601,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert [len(r["reviews"]) for r in old] == [1, 0]  # reviewed at 20: the result of 5, not of 50
     assert [r["seq"] for r in old] == [None, None]  # published before results were numbered
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 6
+        assert stored_version(conn) == SCHEMA_VERSION == 7
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
     assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq"} <= indexes
 
@@ -1799,7 +1800,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
         table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
         assert "2026-11-19" in table and "60.00" in table and "1 change(s) to the daemon" in table
-        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-1] == "1", table
+        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-2] == "1", table  # then master
         assert "2 day(s) (" in table and "2 row(s) of a day, camera and model" in table, table
         waiting = run_vqad("records", path, "--decision", "fail", "--unreviewed", "--format", "json").stdout
         assert [(r["camera_id"], r["frame_id"]) for r in json.loads(waiting)] == [("a", 10)]
@@ -1827,6 +1828,34 @@ def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url)
     with mock.patch("edge.record.trend._model_line", lambda panel, x, y0, y1, model: named.append(model)):
         daily_picture(rows, "fail rate per day")
     assert named == ["00" * 32]
+
+
+def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_url):
+    """A shift's red rabbits fail as they must: they were counted among the fails not reviewed,
+    and opened in the review queue, at every shift. The record keeps a master part's expected
+    decision; the tally counts master parts apart, and the queue leaves them out."""
+    day1 = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    parts = [("SN-1", "fail", None), ("RR-1", "fail", "fail"), ("RR-2", "fail", "fail"), ("OK-1", "pass", "pass"),
+             ("RR-3", "pass", "fail")]  # the last a red rabbit that passed  # fmt: skip
+    for i, (part, decision, expected) in enumerate(parts):
+        result = _result("a", i, decision, ts_ns=day1 + 60 * 10**9 * i)
+        result.header["part_id"] = part
+        if expected:
+            result.header["master"] = {"expected": expected, "ok": decision == expected}
+        writer.put(result, day1)
+    writer.close()
+    record = Record(record_url)
+    assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail"]
+    assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
+    (day,) = record.daily()
+    assert (day["fail"], day["master"], day["unreviewed"]) == (3, 4, 1), day
+    record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
+    (day,) = record.daily()
+    assert (day["defect"], day["unreviewed"]) == (1, 1), day
+    if record_url.startswith("sqlite"):
+        table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
+        assert table[0].split()[-1] == "master" and table[1].split()[-1] == "4", table
 
 
 def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(tmp_path, record_url):

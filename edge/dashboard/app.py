@@ -580,6 +580,8 @@ def _reject_item(src: dict[str, Any], recorded: bool, root: str = "") -> dict[st
     item.update(
         # The camera health gate's reasons: a fail it caused is the camera's, whatever the score.
         unfit=src.get("unfit") if recorded else unfit_reasons(src),
+        # A master part's known decision (edge/master.py): run to prove the inspection, not a product.
+        master=src.get("master") if recorded else (src.get("master") or {}).get("expected"),
         model=src.get("model"),
         recorded=recorded,
         reviews=src.get("reviews", []) if recorded else [],

@@ -11,6 +11,8 @@ ids again gives two results the same camera and frame id; each earlier review is
 newest result of its camera and frame published before it.
 Version 6 adds `results.seq`: the result's place in its daemon run's stream (the header's
 `seq`), so that a subscriber catches up on what it missed in the order it was published.
+Version 7 adds `results.master`: a master part's expected decision (edge/master.py), so that
+the review queue and the daily tally leave out the parts run to prove the inspection.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
 capture time among them, so that a tally of the days before it is known to be in part.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
@@ -29,7 +31,7 @@ from edge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The oldest schema version whose vqad may write a record of this one, kept in meta as
 # `oldest_writer`. A plant's server record is shared by a box per line, upgraded one at a time:
 # the first box upgraded migrates it under the others, which refused a newer schema at their
@@ -67,6 +69,7 @@ results = sa.Table(
     sa.Column("part_id", sa.String(128)),  # the part's identity (a serial), when its frame gave one
     sa.Column("unfit", sa.String(128)),  # the camera health gate's reasons when it failed the frame
     sa.Column("seq", sa.BigInteger),  # its place in the daemon run's published stream, from 0
+    sa.Column("master", sa.String(8)),  # a master part's expected decision (pass, fail); NULL for a product
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
     # A camera's newest fails (the dashboard's gallery of a camera's rejects, asked up to twice a
@@ -136,9 +139,13 @@ def _add_seq(conn: sa.Connection) -> None:
     next(i for i in results.indexes if i.name == "ix_results_run_seq").create(conn)
 
 
+def _add_master(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN master VARCHAR(8)"))
+
+
 # version n -> what brings version n to n + 1.
 STEPS: dict[int, Callable[[sa.Connection], None]] = {
-    1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result, 5: _add_seq,
+    1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result, 5: _add_seq, 6: _add_master,
 }  # fmt: skip
 
 

@@ -398,8 +398,10 @@ def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, r
         q = q.where(results.c.id.in_(sa.select(reviews.c.result_id)))
     elif reviewed is False:  # NOT IN would find none where a review's result_id is NULL (before v5)
         # A fail of the camera health gate (a frame too dark, blurred, moved, frozen) waits for
-        # the camera to be seen to, not for a verdict on a part its frame does not show.
-        q = q.where(results.c.unfit.is_(None), ~sa.exists().where(reviews.c.result_id == results.c.id))
+        # the camera to be seen to, not for a verdict on a part its frame does not show; a master
+        # part's verdict is known (edge/master.py).
+        q = q.where(results.c.unfit.is_(None), results.c.master.is_(None),
+                    ~sa.exists().where(reviews.c.result_id == results.c.id))  # fmt: skip
     return q
 
 
@@ -636,6 +638,8 @@ class Record:
             "error": _count(r.status == "error"),
             "dropped": _count(r.status == "dropped"),
             "unfit": _count(fail, r.unfit.is_not(None)),
+            "master": _count(r.master.is_not(None)),
+            MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
         }
         q = sa.select(*key, *counted.values()).group_by(*key)
         if camera is not None:
@@ -674,18 +678,19 @@ class Record:
             verdicts = {row.result_id: row.verdict for row in conn.execute(q)}
             ids = sorted(verdicts)
             for start in range(0, len(ids), LOOKUP_CHUNK):
-                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision, r.unfit)
+                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision, r.unfit, r.master)
                 # The period is applied here, not in SQL: given a time range, SQLite walks the rows
                 # by time instead of looking the results up.
                 rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]))
-                for result_id, ts_ns, camera_id, model, decision, unfit in conn.execute(rq):
+                for result_id, ts_ns, camera_id, model, decision, unfit, master in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        keys = (*VERDICTS, MISSED, REVIEWED_UNFIT)
+                        keys = (*VERDICTS, MISSED, REVIEWED_UNFIT, REVIEWED_MASTER)
                         counts = tally.setdefault((day, camera_id, model), dict.fromkeys(keys, 0))
                         if decision == "fail":
                             counts[verdicts[result_id]] += 1
                             counts[REVIEWED_UNFIT] += unfit is not None
+                            counts[REVIEWED_MASTER] += unfit is None and master is not None
                         elif verdicts[result_id] == "defect":  # a pass (review refuses a pass's false_reject)
                             counts[MISSED] += 1
         return tally
@@ -956,8 +961,11 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
-# daily_verdicts' count of the reviewed fails that the camera health gate made (not a column).
+# daily_verdicts' count of the reviewed fails that the camera health gate made, and of the master
+# parts' others; daily_decisions' of the master parts' fails the gate did not make (not columns).
 REVIEWED_UNFIT = "reviewed_unfit"
+REVIEWED_MASTER = "reviewed_master"
+MASTER_FAILS = "master_fails"
 
 # (day, camera_id, model_sha256): what Record.daily counts by.
 DayKey = tuple[dt.date, str, str | None]
@@ -984,9 +992,12 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "model_sha256": model,
             **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},
             **reviewed,
-            # The fails that wait for a verdict: the camera health gate's wait for the camera.
-            "unreviewed": counts["fail"] - counts["unfit"] - (sum(reviewed.values()) - found.get(REVIEWED_UNFIT, 0)),
+            # The fails that wait for a verdict: the camera health gate's wait for the camera, and a
+            # master part's verdict is known.
+            "unreviewed": counts["fail"] - counts["unfit"] - counts[MASTER_FAILS]
+            - (sum(reviewed.values()) - found.get(REVIEWED_UNFIT, 0) - found.get(REVIEWED_MASTER, 0)),
             "unfit": counts["unfit"],
+            "master": counts["master"],  # master parts run through, right or wrong
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
         })  # fmt: skip

@@ -543,6 +543,7 @@ class RecordWriter:
             "part_id": h.get("part_id"),
             "unfit": unfit_reasons(h),
             "seq": h.get("seq"),
+            "master": (h.get("master") or {}).get("expected"),
         }
 
     def _evidence_or_none(

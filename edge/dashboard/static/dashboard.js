@@ -418,7 +418,7 @@ async function loadDaily(cam, id) {
     const rows = body.days.slice().reverse().map((d) => {
       const inPart = gone && d.day <= gone.up_to_day;
       const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
-        d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed]);
+        d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed, d.master]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
@@ -828,7 +828,9 @@ function openDetail(r, list = [r], queue = state.queue) {
   else frame.removeAttribute("src");
   document.getElementById("detail-frame-full").href = r.images.frame || ""; // a speck, seen at the camera's pixels
   const rows = [
-    ["camera", r.camera_id], ["frame", r.frame_id], ["part", r.part_id || "–"], ["time", when(r.ts_ns)],
+    ["camera", r.camera_id], ["frame", r.frame_id],
+    ["part", r.part_id ? `${r.part_id}${r.master ? ` (a master part: it must ${r.master})` : ""}` : "–"],
+    ["time", when(r.ts_ns)],
     ["decision", r.status === "ok" || !r.status ? r.decision || "–" : `${r.status}: ${r.error || ""}`],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
     ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "no fault found"],
