@@ -63,9 +63,9 @@ class _Window:
 
 
 class FailRateAlarm:
-    """Per camera: `add` each decision in the order they are published; `alarms` names the
-    cameras whose alarm is raised. `on_change(change, detail)` is told of each raise ("raised")
-    and clear ("cleared"), for the record's changes."""
+    """Per camera: `add` (or `count`) each decision in the order they are published; `raised`
+    names the cameras whose alarm is raised, and since when. `on_change(change, detail)` is
+    told of each raise ("raised") and clear ("cleared"), for the record's changes."""
 
     def __init__(
         self,

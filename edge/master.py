@@ -86,9 +86,10 @@ class MasterParts:
         header["master"] = {"expected": expected, "ok": ok}
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
+        checked_ns = time.time_ns()
         with self.lock:
             parts = self.latest.get(header["camera_id"]) or RecentDict(MASTERS_KEPT)
-            parts[header["part_id"]] = {**detail, "ts_ns": time.time_ns()}
+            parts[header["part_id"]] = {**detail, "ts_ns": checked_ns}
             self.latest[header["camera_id"]] = parts
             self._keep()
         if ok:
@@ -98,7 +99,7 @@ class MasterParts:
                       "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
             self.metrics.master_parts.labels(header["camera_id"], "right" if ok else "wrong").inc()
-            self.metrics.master_checked.labels(header["camera_id"]).set(time.time())
+            self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
         if self.on_check is not None:
             self.on_check(detail)
 

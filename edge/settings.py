@@ -86,7 +86,7 @@ class EdgeConfig:
     fail_rate_alarm: float = 0.2
     # Master parts (edge/master.py): good and defective parts of known verdict, run through the
     # line to prove its inspection works (each shift's start, a changeover), named by the
-    # part_id patterns (fnmatch) of their frames. Each is checked against its expected
+    # part_id patterns (fnmatch, case-sensitive) of their frames. Each is checked against its expected
     # decision: its result's `master`, the log, the metrics, the heartbeat, the record.
     master_good_parts: tuple[str, ...] = ()
     master_defective_parts: tuple[str, ...] = ()

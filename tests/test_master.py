@@ -193,3 +193,13 @@ def test_an_unreadable_file_of_checks_is_warned_of_and_the_daemon_starts_without
     assert masters.state() == {} and "is unreadable" in caplog.text
     masters.check(_header("RR-1", "fail"))  # and it keeps them anew
     assert json.loads(kept.read_text())["press1"]["RR-1"]["ok"] is True
+
+
+def test_a_state_folder_that_refuses_the_checks_is_said_once_and_the_checks_go_on(tmp_path, caplog):
+    masters = MasterParts([], ["RR-*"], kept=tmp_path / "gone" / "vqad-serve.masters.json")
+    with caplog.at_level(logging.ERROR, logger="edge.master"):
+        for i in range(3):
+            masters.check(_header(f"RR-{i}", "fail"))
+    refusals = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(refusals) == 1 and "not kept over a restart" in refusals[0], refusals
+    assert sorted(masters.state()["press1"]) == ["RR-0", "RR-1", "RR-2"]
