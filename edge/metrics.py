@@ -17,13 +17,13 @@ HEALTH_LABELS = ("fit", "unfit", "unchecked")
 class DaemonMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.camera_frames = Counter(
-            "vqad_camera_frames",
-            "Frames taken for inference per camera, by the camera health gate's verdict (fit, unfit, unchecked)",
-            ["camera", "health"],
-            registry=r,
-        )
-        self._counted_cameras: RecentDict[str, bool] = RecentDict(on_evict=self._forget_camera)
+        self._pipeline(r)
+        self._record(r)
+        self._model(r)
+        self._cameras(r)
+
+    def _pipeline(self, r: CollectorRegistry) -> None:
+        """Frames in, their decoding and inference, results out; the daemon's life."""
         self.frames_in = Counter("vqad_frames_in", "Frame messages read from the frames socket", registry=r)
         self.unreadable = Counter(
             "vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r
@@ -89,6 +89,9 @@ class DaemonMetrics:
         self.curve_refusals = Counter(
             "vqad_curve_refusals", "Peers, and a removed key's messages, refused by CURVE", registry=r
         )
+
+    def _record(self, r: CollectorRegistry) -> None:
+        """The line's record and its evidence."""
         self.recorded = Counter("vqad_recorded", "Results written to the line's record", registry=r)
         self.unrecorded = Counter(
             "vqad_unrecorded", "Results not recorded: the record's buffer was full, or the daemon stopped", registry=r
@@ -105,11 +108,45 @@ class DaemonMetrics:
             "Damaged SQLite records set aside with their evidence, a new one started in their place",
             registry=r,
         )
+        self.evidence_failed = Counter(
+            "vqad_evidence_failed",
+            "Results recorded without their evidence: it could not be written, or the frames waiting for it "
+            "were at their bound",
+            registry=r,
+        )
+        self.results_expired = Counter(
+            "vqad_results_expired", "Results removed from the record past record_keep_days", registry=r
+        )
+        self.evidence_removed = Counter(
+            "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
+        )
+        self.results_removed_for_space = Counter(
+            "vqad_results_removed_for_space",
+            "Results removed from a SQLite record, oldest first, to keep record_min_free_gb on its disk",
+            registry=r,
+        )
+
+    def _model(self, r: CollectorRegistry) -> None:
+        """The model that serves, its threshold and reloads, and the vqad that serves it."""
         self.reloads = Counter("vqad_model_reloads", "Model packages swapped in while serving", registry=r)
         self.reload_failures = Counter(
             "vqad_model_reload_failures", "Reloads refused: the package failed to load, verify or warm up", registry=r
         )
         self.threshold = Gauge("vqad_threshold", "The threshold in force", registry=r)
+        self.build_info = Gauge(
+            "vqad_build_info", "1, labelled with the vqad version that serves: a fleet's versions in one query",
+            ["version"], registry=r,
+        )  # fmt: skip
+
+    def _cameras(self, r: CollectorRegistry) -> None:
+        """Per camera: its frames, alarms, master parts and pause (the 1,024 seen most recently)."""
+        self.camera_frames = Counter(
+            "vqad_camera_frames",
+            "Frames taken for inference per camera, by the camera health gate's verdict (fit, unfit, unchecked)",
+            ["camera", "health"],
+            registry=r,
+        )
+        self._counted_cameras: RecentDict[str, bool] = RecentDict(on_evict=self._forget_camera)
         self.drift_ks = Gauge(
             "vqad_drift_ks", "KS statistic: recent scores vs the calibration images'", ["camera"], registry=r
         )
@@ -140,27 +177,6 @@ class DaemonMetrics:
             "vqad_camera_paused",
             "1 while vqad ctl pause holds a camera: its frames get an error result, not a decision",
             ["camera"],
-            registry=r,
-        )
-        self.build_info = Gauge(
-            "vqad_build_info", "1, labelled with the vqad version that serves: a fleet's versions in one query",
-            ["version"], registry=r,
-        )  # fmt: skip
-        self.evidence_failed = Counter(
-            "vqad_evidence_failed",
-            "Results recorded without their evidence: it could not be written, or the frames waiting for it "
-            "were at their bound",
-            registry=r,
-        )
-        self.results_expired = Counter(
-            "vqad_results_expired", "Results removed from the record past record_keep_days", registry=r
-        )
-        self.evidence_removed = Counter(
-            "vqad_evidence_removed", "Frames whose evidence the disk quota removed (oldest first)", registry=r
-        )
-        self.results_removed_for_space = Counter(
-            "vqad_results_removed_for_space",
-            "Results removed from a SQLite record, oldest first, to keep record_min_free_gb on its disk",
             registry=r,
         )
 
