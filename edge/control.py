@@ -31,6 +31,7 @@ import zmq
 
 from edge import transport
 from edge.errors import PackageError, VqadError
+from edge.master import TAG_S
 from edge.package import ModelPackage, load_package
 from edge.protocol import MAX_ID_LENGTH, is_id
 from edge.serving import Serving, configured_threshold, load_serving
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANGES = ("set-threshold", "reload", "pause", "resume")  # refused while a reload runs
-COMMANDS = ("status", *CHANGES)
+COMMANDS = ("status", *CHANGES, "master")
 
 
 class Control:
@@ -288,6 +289,19 @@ class Control:
         self._change("resume", {"camera": camera}, by)
         return self._paused(camera, changed, kept)
 
+    def _master(self, args: dict[str, Any], by: str) -> dict[str, Any]:
+        """The camera's next frame without a part_id (within edge.master.TAG_S) is the master part
+        `part_id`: a line whose camera sends no part ids runs its master parts so."""
+        camera, part_id = _camera(args), _id_arg(args, "part_id")
+        masters = self.daemon.masters
+        if masters is None:
+            raise ValueError("no master parts are named (edge.master_good_parts, edge.master_defective_parts)")
+        expected = masters.tag(camera, part_id)
+        log.info("control: master part %s for camera %s's next frame (it must %s), by %s", part_id, camera, expected,
+                 by)  # fmt: skip
+        return {"camera": camera, "part_id": part_id, "expected": expected, "for_s": TAG_S,
+                "seen": self.daemon.has_seen(camera)}  # fmt: skip
+
     def _keep_paused(self) -> bool:
         """The paused cameras, in the metrics and kept for the next start (edge.state.Overrides)
         -> whether kept."""
@@ -362,10 +376,15 @@ _REQUIRED = object()
 
 def _camera(args: dict[str, Any]) -> str:
     """The `camera` argument: an id as frames carry it (edge.protocol.is_id)."""
-    camera = _arg(args, "camera", str)
-    if not is_id(camera):
-        raise ValueError(f"argument 'camera' must be 1..{MAX_ID_LENGTH} printable characters, got {camera!r}"[:200])
-    return camera
+    return _id_arg(args, "camera")
+
+
+def _id_arg(args: dict[str, Any], name: str) -> str:
+    """The argument `name`: an id as frames carry one (edge.protocol.is_id)."""
+    value = _arg(args, name, str)
+    if not is_id(value):
+        raise ValueError(f"argument '{name}' must be 1..{MAX_ID_LENGTH} printable characters, got {value!r}"[:200])
+    return value
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:

@@ -626,6 +626,8 @@ class Daemon:
         self._check_clock(frame.camera_id, frame.ts_ns, recv_ns)
         self._check_frame_id(frame.camera_id, frame.frame_id)
         self._check_sender(frame.camera_id, frame.sender)
+        if frame.part_id is None and self.masters is not None:  # vqad ctl master named this frame's part
+            frame.part_id = self.masters.take_tag(frame.camera_id)
         if frame.camera_id in self.paused:
             reason = "camera paused by the line's control"
             self._reject(frame.camera_id, frame.frame_id, frame.ts_ns, reason, recv_ns, frame.part_id)

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # otherwise grow the heartbeat for months.
 MASTERS_KEPT = 32
 MASTERS_FILE = "vqad-serve.masters.json"  # in the state folder
+# How long `vqad ctl master` waits for the camera's next frame: a person puts the part under the
+# camera after naming it, in seconds rather than minutes; a tag left over would name a product.
+TAG_S = 60.0
 
 
 def master_words(detail: dict[str, Any]) -> str:
@@ -68,6 +71,7 @@ class MasterParts:
         self._keep_failed = False  # the file refused: said once
         # camera -> master part_id -> its latest check; a camera's master parts are a handful.
         self.latest: RecentDict[str, RecentDict[str, dict[str, Any]]] = RecentDict()
+        self.tags: dict[str, tuple[str, float]] = {}  # camera -> (master part_id, until: monotonic), vqad ctl master
         self.lock = threading.Lock()
 
     def expected(self, part_id: str | None) -> str | None:
@@ -75,6 +79,28 @@ class MasterParts:
         if not part_id:
             return None
         return next((decision for pattern, decision in self.patterns if fnmatch.fnmatchcase(part_id, pattern)), None)
+
+    def tag(self, camera_id: str, part_id: str) -> str:
+        """`vqad ctl master`: the camera's next frame without a part_id, within TAG_S, is the
+        master part `part_id` (a line whose camera sends no part ids runs its master parts so)
+        -> the decision it must get. ValueError for an id that names no master part."""
+        expected = self.expected(part_id)
+        if expected is None:
+            named = ", ".join(pattern for pattern, _ in self.patterns)
+            raise ValueError(f"{part_id!r} names no master part (edge.master_good_parts, edge.master_defective_parts: "
+                             f"{named})")  # fmt: skip
+        with self.lock:
+            self.tags[camera_id] = (part_id, time.monotonic() + TAG_S)
+        return expected
+
+    def take_tag(self, camera_id: str) -> str | None:
+        """The master part_id `vqad ctl master` named for this camera's next frame, once; None
+        when none was, or it was named over TAG_S ago."""
+        if not self.tags:  # the frame path's usual answer, without the lock
+            return None
+        with self.lock:
+            part_id, until = self.tags.pop(camera_id, (None, 0.0))
+        return part_id if time.monotonic() < until else None
 
     def check(self, header: dict[str, Any]) -> None:
         """A result about to be published: a master part's header gets `master`, and its check

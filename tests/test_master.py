@@ -203,3 +203,53 @@ def test_a_state_folder_that_refuses_the_checks_is_said_once_and_the_checks_go_o
     refusals = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
     assert len(refusals) == 1 and "not kept over a restart" in refusals[0], refusals
     assert sorted(masters.state()["press1"]) == ["RR-0", "RR-1", "RR-2"]
+
+
+def test_a_master_part_named_for_a_cameras_next_frame_is_taken_once_and_not_after_its_time(monkeypatch):
+    from edge import master
+
+    masters = MasterParts(["OK-*"], ["RR-*"])
+    with pytest.raises(ValueError, match="'SN-1' names no master part .*RR-\\*, OK-\\*"):
+        masters.tag("press1", "SN-1")
+    assert masters.tag("press1", "RR-HOLE-1") == "fail"
+    assert masters.take_tag("press2") is None  # another camera's frame
+    assert masters.take_tag("press1") == "RR-HOLE-1"
+    assert masters.take_tag("press1") is None  # once: the frame after it is a product
+    monkeypatch.setattr(master, "TAG_S", -1.0)  # named longer ago than a person takes to put it down
+    masters.tag("press1", "OK-1")
+    assert masters.take_tag("press1") is None
+
+
+def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids(tiny_model, synth_root):
+    """A line whose camera sends no part ids (a plain `vqad camera 0`) runs its master parts by
+    naming each before it goes under the camera: `vqad ctl EP master CAMERA --part-id ID`."""
+    import cv2
+
+    from edge.protocol import frame_message
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    control = f"ipc://{short_ipc_dir()}/ctl"
+    args = ("--threshold", "1e-9", "--control", control, "--set", "edge.master_defective_parts=[RR-*]",
+            "--set", "edge.health.enabled=false")  # fmt: skip
+    with DaemonProcess(tiny_model, *args) as daemon:
+        told = run_vqad("ctl", control, "master", "press1", "--part-id", "RR-HOLE-1", "--by", "ann")
+        reply = json.loads(told.stdout)
+        assert (reply["ok"], reply["part_id"], reply["expected"], reply["for_s"]) == (True, "RR-HOLE-1", "fail", 60.0)
+        refused = run_vqad("ctl", control, "master", "press1", "--part-id", "SN-1", check=False)
+        assert refused.returncode != 0 and "names no master part" in refused.stdout + refused.stderr
+        missing = run_vqad("ctl", control, "master", "press1", check=False)
+        assert missing.returncode != 0 and "master needs CAMERA and --part-id ID" in missing.stderr
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i in range(2):
+                cam.send(frame_message("press1", i, image, "raw"))
+            got = [h for h, _ in sub.collect(2, timeout=60)]
+        finally:
+            sub.close()
+            cam.close()
+        log_text = daemon.log_text()
+    assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True}
+    assert "part_id" not in got[1] and "master" not in got[1]  # named once: the next frame is a product
+    assert "control: master part RR-HOLE-1 for camera press1's next frame (it must fail), by ann" in log_text

@@ -236,6 +236,7 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
         "pause": {"command": "pause", "args": {"camera": "cam7"}, "by": "mes"},
         "resume": {"command": "resume", "args": {"camera": "cam7"}, "by": "mes"},
         "reload": {"command": "reload", "by": "mes"},
+        "master": {"command": "master", "args": {"camera": "cam7", "part_id": "RR-1"}, "by": "ann"},
     }
     bad = {
         "an unknown command": {"command": "restart"},
@@ -247,8 +248,10 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
         "force as text": {"command": "set-threshold", "args": {"value": 1.5, "reason": "r", "force": "yes"}},
         "a pause without a camera": {"command": "pause", "args": {}},
         "a camera with a newline": {"command": "pause", "args": {"camera": "a\nb"}},
+        "a master part without its id": {"command": "master", "args": {"camera": "cam7"}},
     }
-    with DaemonProcess(tiny_model, "--control", control, "--record", f"sqlite:///{tmp_path / 'line.db'}"):
+    with DaemonProcess(tiny_model, "--control", control, "--record", f"sqlite:///{tmp_path / 'line.db'}",
+                       "--set", "edge.master_defective_parts=[RR-*]"):  # fmt: skip
         for name, request in good.items():
             assert _errors("control-request", request) == [], name
             reply = _control(control, request)

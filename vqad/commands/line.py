@@ -247,7 +247,7 @@ CTL_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 60.0
 # edge.control.COMMANDS, which takes a third of a second to import for every vqad command's parser
 # (tests/test_control.py keeps the two equal).
-CTL_COMMANDS = ("status", "set-threshold", "reload", "pause", "resume")
+CTL_COMMANDS = ("status", "set-threshold", "reload", "pause", "resume", "master")
 
 
 class _CtlCommand(argparse.Action):
@@ -662,11 +662,15 @@ def _ctl_payload(args: argparse.Namespace) -> dict:
         if not args.reason:
             raise VqadError("set-threshold needs VALUE and --reason TEXT")
         payload = {"value": args.value, "reason": args.reason, "force": args.force}
-    elif args.command in ("pause", "resume"):
+    elif args.command in ("pause", "resume", "master"):
         args.camera = args.arg
         if not args.camera:
             raise VqadError(f"{args.command} needs a CAMERA")
         payload = {"camera": args.camera}
+        if args.command == "master":
+            if not args.part_id:
+                raise VqadError("master needs CAMERA and --part-id ID: the master part its next frame shows")
+            payload["part_id"] = args.part_id
     elif args.arg is not None:
         # A daemon serves the one MODEL_DIR it was started with: a path here would be ignored.
         hint = ": it reloads the daemon's own MODEL_DIR as it is now" if args.command == "reload" else ""
@@ -1084,13 +1088,16 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
 def _add_ctl(sub: argparse._SubParsersAction) -> None:
     from edge.threshold import RAISED_REFUSED
 
-    c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume")
+    c = sub.add_parser("ctl", help="control a running daemon: status, set-threshold, reload, pause, resume, master")
     c.add_argument("endpoint", metavar="ENDPOINT", help="the daemon's --control endpoint")
     c.add_argument(
         "command", action=_CtlCommand, metavar="{" + ",".join(CTL_COMMANDS) + "}", help="what to ask or change"
     )
     c.add_argument("arg", nargs="?", metavar="VALUE|CAMERA", help="the threshold, or the camera to pause or resume")
     c.add_argument("--reason", help="why the threshold changes (required by set-threshold)")
+    c.add_argument(
+        "--part-id", metavar="ID", help="master: the master part the camera's next frame shows (within 60 s)"
+    )
     c.add_argument(
         "--force",
         action="store_true",
