@@ -78,7 +78,6 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     """A daemon process whose threshold fails every part: the defective master fails, as it
     must; the good master fails too, which the result, the log, the metrics, the heartbeat, the
     record's changes and `vqad records --daily` each say; a product is left alone."""
-
     import cv2
 
     from edge.protocol import frame_message
