@@ -231,6 +231,7 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
         told = run_vqad("ctl", control, "master", "press1", "--part-id", "RR-HOLE-1", "--by", "ann")
         reply = json.loads(told.stdout)
         assert (reply["ok"], reply["part_id"], reply["expected"], reply["for_s"]) == (True, "RR-HOLE-1", "fail", 60.0)
+        assert "camera 'press1' has sent no frame since the daemon started: is its id right?" in told.stderr
         refused = run_vqad("ctl", control, "master", "press1", "--part-id", "SN-1", check=False)
         assert refused.returncode != 0 and "names no master part" in refused.stdout + refused.stderr
         missing = run_vqad("ctl", control, "master", "press1", check=False)

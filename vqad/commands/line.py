@@ -636,6 +636,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
     if args.command in ("pause", "resume"):
         _warn_pause_unchanged(args.command, args.camera, reply)
+    elif args.command == "master" and reply.get("seen") is False:  # its next frame would never come
+        log.warning("camera %r has sent no frame since the daemon started: is its id right?", args.camera)
     if reply.get("kept") is False:
         log.warning("the daemon could not keep this for its next start (its state folder cannot be written: its log "
                     "says why): a restart goes back to what it started with")  # fmt: skip
