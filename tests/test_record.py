@@ -179,7 +179,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq")
+        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master")
         and "SN-0001" in "".join(csv_lines)
     )
     by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
@@ -1578,6 +1578,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         conn.execute(sa.text("DROP INDEX ix_results_camera_decision_ts"))  # a record from before the index
         conn.execute(sa.text("DROP INDEX ix_reviews_result"))
         conn.execute(sa.text("DROP INDEX ix_results_run_seq"))
+        conn.execute(sa.text("DROP INDEX ix_results_master_ts"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN master"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN seq"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
@@ -1603,7 +1604,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     with record.engine.connect() as conn:
         assert stored_version(conn) == SCHEMA_VERSION == 7
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
-    assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq"} <= indexes
+    assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq", "ix_results_master_ts"} <= indexes
 
 
 @contextmanager
@@ -1853,9 +1854,19 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day
+    assert [r["part_id"] for r in record.results(master=True)] == ["RR-3", "OK-1", "RR-2", "RR-1"]
+    assert [r["part_id"] for r in record.results(master=False)] == ["SN-1"]
     if record_url.startswith("sqlite"):
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
         assert table[0].split()[-1] == "master" and table[1].split()[-1] == "4", table
+        # The line's proofs, for an audit: each master part's check, right or wrong.
+        shown = run_vqad("records", record_url, "--master-parts").stdout
+        assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown
+        assert "SN-1" not in shown and shown.strip().endswith("4 results"), shown
+        csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
+        assert csv_rows[0].endswith(",master") and csv_rows[1].endswith(",fail"), csv_rows
+        refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)
+        assert refused.returncode != 0 and "--master-parts selects results to print" in refused.stderr
 
 
 def test_the_daily_tally_counts_the_lines_days_in_its_zone_from_its_shift_start(tmp_path, record_url):

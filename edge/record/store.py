@@ -508,6 +508,7 @@ class Record:
         before: tuple[int, int] | None = None,
         run: str | None = None,
         after_seq: int | None = None,
+        master: bool | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews.
         `result_id`: the record's own id of a result (its row). `reviewed`: only results a
@@ -516,11 +517,14 @@ class Record:
         result; only those after it in this order (the next page of an export, iter_results).
         `run`: one start of the daemon's results (their header's `run`). With `after_seq`, its
         results published after the one of that `seq`, the oldest first, in the order they were
-        published: a subscriber's catch-up, whatever their capture times."""
+        published: a subscriber's catch-up, whatever their capture times. `master`: only master
+        parts' results (True: the line's proofs, edge/master.py) or only products' (False)."""
         check_seq_cursor(run, after_seq)
         equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
                  "model_sha256": model_sha256, "daemon_run": run}  # fmt: skip
         q = _results_where(sa.select(results), equal, after_seq, reviewed)
+        if master is not None:
+            q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         if before is not None:  # the range on ts_ns first, which the time indexes serve
             ts, row_id = before

@@ -291,6 +291,9 @@ def cmd_records(args: argparse.Namespace) -> int:
     if args.run is not None and (args.daily or exporting or args.compact or args.backup):
         raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, "
                           "--export-sample, --compact and --backup do not take them")  # fmt: skip
+    if args.master_parts and (args.daily or exporting or args.compact or args.backup):
+        raise ConfigError("--master-parts selects results to print: --daily, --export-reviewed, --export-sample, "
+                          "--compact and --backup do not take it")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if not args.daily and args.picture is not None:
@@ -389,6 +392,7 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
         reviewed=args.reviewed,
         run=args.run,
         after_seq=args.after_seq,
+        master=True if args.master_parts else None,
     )
     printed = {"json": _print_json, "csv": _print_csv}.get(args.format, _print_table)(rows, zone)
     if printed == args.limit:  # to stderr: a CSV or JSON export stays clean
@@ -423,9 +427,10 @@ def _print_json(rows: Iterable[dict], _zone: dt.tzinfo) -> int:
 def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
-    `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them)."""
+    `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them);
+    `master` is a master part's known decision (empty for a product)."""
     table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id",
-                                        "time", "overlay", "run", "seq"])  # fmt: skip
+                                        "time", "overlay", "run", "seq", "master"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -433,8 +438,17 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         row = [*(r[c] for c in RECORD_COLUMNS), r["evidence"] or "", reviews, r["part_id"] or "", r["unfit"] or ""]
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
         seq = "" if r["seq"] is None else r["seq"]
-        table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq])
+        table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq,
+                   r.get("master") or ""])  # fmt: skip
     return n
+
+
+def _part(r: dict) -> str:
+    """A result's part for a person: its id, and for a master part whether it got its verdict."""
+    if not r.get("master"):
+        return r["part_id"] or "-"
+    right = "right" if r["decision"] == r["master"] else "WRONG"
+    return f"{r['part_id']}(master:must-{r['master']},{right})"
 
 
 def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
@@ -449,7 +463,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
               f"{r['decision'] or '-':>5} {score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} "
-              f"{r['part_id'] or '-'} {unfit} {r['evidence'] or ''}")  # fmt: skip
+              f"{_part(r)} {unfit} {r['evidence'] or ''}")  # fmt: skip
     print(f"{n} results")
     return n
 
@@ -988,6 +1002,10 @@ def _add_record_filters(r: argparse._ArgumentGroup) -> None:
     )
     r.add_argument("--frame-id", type=at_least(0), metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
+    r.add_argument(
+        "--master-parts", action="store_true",
+        help="the master parts' results: each check of the inspection with parts of known verdict, right or wrong",
+    )  # fmt: skip
     reviewed = r.add_mutually_exclusive_group()
     reviewed.add_argument("--reviewed", action="store_const", const=True, help="the results a person has reviewed")
     reviewed.add_argument(
