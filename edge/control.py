@@ -10,9 +10,11 @@ Requests are JSON: {"command": NAME, "args": {...}, "by": WHO}; replies are JSON
 Commands: status; set-threshold (value, reason; force for RAISED_REFUSED times the calibrated
 threshold or more), applied from the next batch; reload (the
 model package at MODEL_DIR, as it is now: switch a `current` symlink to a new one first);
-pause and resume (a camera). Every change is logged, and written to the record with who made
-it and when. The threshold set and the paused cameras are kept in the state folder, so that a
-restart does not undo them (edge.state.Overrides).
+pause and resume (a camera); master (a camera and a master part's id: its next frame without
+a part id, edge/master.py). Every change is logged, and written to the record with who made
+it and when (master is not a change: the check it leads to is the record's row). The threshold
+set and the paused cameras are kept in the state folder, so that a restart does not undo them
+(edge.state.Overrides).
 """
 
 from __future__ import annotations
