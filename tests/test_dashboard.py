@@ -1686,6 +1686,11 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         rejects = lambda: _json(dashboard_url(driver) + "/api/rejects?camera=cam1")[1]["rejects"]  # noqa: E731
         shown = wait_for(lambda: [r for r in rejects() if r["part_id"] == "RR-4"], 10)
         assert shown and shown[0]["master"] == "fail" and all(r["master"] is None for r in rejects()[1:]), shown
+        captions = lambda: driver.execute_script(  # noqa: E731 (the gallery's tiles' captions)
+            "return [...document.querySelectorAll('[data-camera=\"cam1\"] .reject span')].map(s => s.textContent)"
+        )
+        marked = lambda: any(c.startswith("RR-4 ") and c.endswith(" master") for c in captions())  # noqa: E731
+        assert wait_for(marked, 10), captions()
 
 
 def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:

@@ -744,7 +744,8 @@ function newTile(r) {
   tile.dataset.key = tileKey(r);
   const caption = document.createElement("span");
   const unfit = unfitReasons(r) ? " unfit" : ""; // failed by the camera health gate, whatever its score
-  caption.textContent = (r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`) + unfit;
+  const master = r.master ? " master" : ""; // a part of known verdict, run to prove the inspection: no review
+  caption.textContent = (r.part_id ? `${r.part_id} ${num(r.score)}` : `#${r.frame_id} ${num(r.score)}`) + unfit + master;
   const reviewed = document.createElement("span");
   reviewed.className = "reviewed";
   tile.append(tilePicture(r), caption, reviewed);
