@@ -447,7 +447,10 @@ class Daemon:
         cause = (
             f"the failure of its {', '.join(self.failed)}" if self.failed else self.stop_signal or "its main loop's end"
         )
-        self._stop_change = self._change("stop", cause=cause, accepted=self.accepted, published=self.published)
+        # An alarm still raised ends with the run (a start's windows are empty): the audit's interval closes here.
+        raised = {"fail_rate_alarms": sorted(self.fail_rate.raised)} if self.fail_rate and self.fail_rate.raised else {}
+        self._stop_change = self._change("stop", cause=cause, accepted=self.accepted, published=self.published,
+                                         **raised)  # fmt: skip
         self._release()
         log.info("shut down cleanly: accepted %d frames, published %d results", self.accepted, self.published)
 

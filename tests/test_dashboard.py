@@ -1644,6 +1644,9 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
                                                           "limit": 0.2}}  # fmt: skip
         said = driver.execute_script("return changeText(arguments[0])", raised)
         assert said == "fail-rate alarm raised: camera cam1 failed 21 of its last 21 decisions, over the limit of 20%"
+        stopped = {"kind": "stop", "detail": {"cause": "SIGTERM", "published": 25, "fail_rate_alarms": ["cam1"]}}
+        said = driver.execute_script("return changeText(arguments[0])", stopped)
+        assert said == "vqad serve stopped (SIGTERM) after 25 results, the fail-rate alarm raised on cam1"
 
 
 def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_gets_it(tmp_path):

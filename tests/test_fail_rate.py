@@ -123,8 +123,11 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     detail = changes[0]["detail"]
     assert (detail["state"], detail["camera"], detail["fails"], detail["of"]) == ("raised", "press1", 21, 21)
     assert detail["threshold"] == 1e-9 and detail["model"]["sha256"]  # the audit's when, on what
+    (stop,) = [e["detail"] for e in Record(url).events() if e["kind"] == "stop"]
+    assert stop["fail_rate_alarms"] == ["press1"]  # raised still when the run ended: its interval closes there
     daily = run_vqad("records", url, "--daily").stdout
     assert "fail-rate-alarm by vqad serve" in daily and "camera press1 failed 21 of its last 21 decisions" in daily
+    assert "after 25 results, the fail-rate alarm raised on press1" in daily, daily
     assert "over the limit of 20%" in daily, daily
     off = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm=1", check=False)
     assert off.returncode != 0 and "edge.fail_rate_alarm must be a share in [0, 1)" in off.stderr

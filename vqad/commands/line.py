@@ -582,7 +582,9 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
         version = f" by vqad {detail['vqad_version']}" if detail.get("vqad_version") else ""
         return f"run {run} started{version}, threshold {detail.get('threshold')}{before}"
     if kind == "stop":
-        return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results"
+        raised = detail.get("fail_rate_alarms")
+        with_alarms = f", the fail-rate alarm raised on {', '.join(map(str, raised))}" if raised else ""
+        return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results{with_alarms}"
     if kind == "clock":
         from edge.clock import step_words
 

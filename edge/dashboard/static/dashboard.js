@@ -520,7 +520,10 @@ function changeText(e) {
       const version = d.vqad_version ? ` ${d.vqad_version}` : ""; // a box upgraded shows in its changes
       return `vqad${version} serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
     }
-    case "stop": return `vqad serve stopped (${d.cause}) after ${d.published} results`;
+    case "stop": {
+      const raised = (d.fail_rate_alarms || []).length ? `, the fail-rate alarm raised on ${d.fail_rate_alarms.join(", ")}` : "";
+      return `vqad serve stopped (${d.cause}) after ${d.published} results${raised}`;
+    }
     case "restarts": {
       const unclean = d.unclean ? `, ${d.unclean} of them after a run that ended without stopping` : "";
       return `vqad serve started ${d.starts} times since ${when(d.since_ns)}${unclean}: vqad records --daily lists each`;
