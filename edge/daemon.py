@@ -168,11 +168,14 @@ class Daemon:
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
         self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
         self.clock = ClockWatch()  # this machine's clock, against times it has passed (edge.clock)
-        # Each camera's decisions, as they are published, against edge.fail_rate_alarm (0 = off).
-        self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, self._fail_rate_changed)
-                          if cfg.fail_rate_alarm else None)  # fmt: skip
-        self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics,
-                                    self._master_checked, self.state_dir / MASTERS_FILE)
+        # Each camera's decisions, as they are published, against edge.fail_rate_alarm (0 = off);
+        # the master parts' checks. Both are rows of the record's changes: an audit says when the
+        # line rejected too much, and when its inspection was proved, on which model and threshold.
+        on_alarm = lambda change, detail: self._note("fail-rate-alarm", state=change, **detail)  # noqa: E731
+        self.fail_rate = FailRateAlarm(cfg.fail_rate_alarm, self.metrics, on_alarm) if cfg.fail_rate_alarm else None
+        on_check = lambda detail: self._note("master-part", **detail)  # noqa: E731
+        self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics, on_check,
+                                    self.state_dir / MASTERS_FILE)
                         if cfg.master_good_parts or cfg.master_defective_parts else None)  # fmt: skip
         self.metrics.clock_behind.set_function(lambda: (self.clock.status() or {}).get("behind_s", 0.0))
 
@@ -330,18 +333,13 @@ class Daemon:
             "master_parts": self.masters.state() if self.masters else None,
         }
 
-    def _master_checked(self, detail: dict[str, Any]) -> None:
-        """A master part checked (the publisher's thread), among the record's changes: the line's
-        proof, for an audit, that its inspection worked then, or did not."""
+    def _note(self, kind: str, **detail: Any) -> None:
+        """What the daemon saw happen, from the publisher's thread, as a row among the record's
+        changes (left to the writer thread: the publisher must not wait on the database), with
+        the model and threshold then: a step of the box's clock, a master part's check, a
+        camera's fail-rate alarm raised or cleared."""
         if self.recorder is not None:
-            self.recorder.event(*self._change("master-part", **detail), by_writer=True)
-
-    def _fail_rate_changed(self, change: str, detail: dict[str, Any]) -> None:
-        """A camera's fail-rate alarm raised or cleared (the publisher's thread), among the
-        record's changes: an audit of the day says when the line rejected too much, and on
-        which model and threshold."""
-        if self.recorder is not None:
-            self.recorder.event(*self._change("fail-rate-alarm", state=change, **detail), by_writer=True)
+            self.recorder.event(*self._change(kind, **detail), by_writer=True)
 
     def watch_clock(self) -> None:
         """Every second or so (the publisher's thread): this machine's clock against the times
@@ -352,8 +350,7 @@ class Daemon:
         step = self.clock.check()
         if step is not None:
             self.metrics.clock_steps.inc()
-            if self.recorder is not None:
-                self.recorder.event(*self._change("clock", **step.detail()), by_writer=True)
+            self._note("clock", **step.detail())
 
     @property
     def stalled(self) -> bool:

@@ -114,9 +114,7 @@ class MasterParts:
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
         checked_ns = time.time_ns()
         with self.lock:
-            parts = self.latest.get(header["camera_id"]) or RecentDict(MASTERS_KEPT)
-            parts[header["part_id"]] = {**detail, "ts_ns": checked_ns}
-            self.latest[header["camera_id"]] = parts
+            self._hold({**detail, "ts_ns": checked_ns})
             self._keep()
         if ok:
             log.info("%s", master_words(detail))
@@ -139,9 +137,7 @@ class MasterParts:
             checks = [check for parts in kept.values() for check in parts.values()]
             for check in sorted(checks, key=lambda c: c["ts_ns"]):
                 if self.expected(check["part_id"]) == check["expected"]:
-                    parts = self.latest.get(check["camera"]) or RecentDict(MASTERS_KEPT)
-                    parts[check["part_id"]] = check
-                    self.latest[check["camera"]] = parts
+                    self._hold(check)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): the master parts' checks before the restart are not restored",
                         self.kept, exc)  # fmt: skip
@@ -154,6 +150,12 @@ class MasterParts:
                 if not check["ok"]:
                     log.error("%s, before the restart: it stands until that master part is checked right",
                               master_words({**check, "camera": camera}))  # fmt: skip
+
+    def _hold(self, check: dict[str, Any]) -> None:
+        """`check` as its master part's latest, its camera the most recent (under the lock)."""
+        parts = self.latest.get(check["camera"]) or RecentDict(MASTERS_KEPT)
+        parts[check["part_id"]] = check
+        self.latest[check["camera"]] = parts
 
     def _keep(self) -> None:
         """The checks, whole, in the state folder (under the lock): a handful a shift."""

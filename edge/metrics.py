@@ -189,10 +189,7 @@ class DaemonMetrics:
 
     def _forget_camera(self, camera_id: str, _value: object) -> None:
         for health in HEALTH_LABELS:
-            try:
-                self.camera_frames.remove(camera_id, health)
-            except KeyError:
-                pass
+            _remove(self.camera_frames, camera_id, health)
 
     def show_version(self, version: str) -> None:
         """vqad_build_info{version} 1."""
@@ -211,21 +208,24 @@ class DaemonMetrics:
             if camera_id is None:
                 gauge.clear()
             else:
-                try:
-                    gauge.remove(camera_id)
-                except KeyError:  # no window of that camera ever filled
-                    pass
+                _remove(gauge, camera_id)
 
     def forget_fail_rate(self, camera_id: str) -> None:
         """Drop a camera's fail-rate gauges (it was dropped for newer camera ids)."""
         for gauge in (self.fail_rate, self.fail_rate_alarm):
-            try:
-                gauge.remove(camera_id)
-            except KeyError:  # no decision of that camera was counted
-                pass
+            _remove(gauge, camera_id)
 
     def serve(self, port: int, host: str) -> None:
         try:
             start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             raise ConfigError(f"the daemon cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    """Drop one series of a labelled metric; none is there when nothing of it was ever counted
+    (a drift window that never filled, a camera without a decision)."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
