@@ -1809,6 +1809,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert refused.returncode == 2 and "do not apply" in refused.stderr
     record.review("a", 2, "false_reject")  # a person who reviews the gate's fail anyway
     assert (record.daily()[0]["false_reject"], record.daily()[0]["unreviewed"]) == (2, 0)
+    # The fails by what they were add up to the fails: the gate's reviewed one counted once.
+    fails = record.daily()[0]["fails"]
+    assert fails == {"false_reject": 1, "defect": 1, "unreviewed": 0, "unfit": 1, "master": 0}, fails
 
 
 def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url):
@@ -1854,6 +1857,8 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day
+    # The fails by what they were add up to the fails: the red rabbits among the master parts.
+    assert day["fails"] == {"false_reject": 0, "defect": 0, "unreviewed": 1, "unfit": 0, "master": 2}, day
     assert [r["part_id"] for r in record.results(master=True)] == ["RR-3", "OK-1", "RR-2", "RR-1"]
     assert [r["part_id"] for r in record.results(master=False)] == ["SN-1"]
     if record_url.startswith("sqlite"):
@@ -2555,11 +2560,11 @@ def test_a_result_left_out_after_its_evidence_was_written_leaves_no_file(tmp_pat
 
 
 def _day_row(day: str, passes: int, model: str = "ab" * 32, **fails: int) -> dict:
-    """A row of Record.daily for camera "cam0": `fails` by what reviews found (defect,
-    false_reject, unreviewed, unfit)."""
-    found = {k: fails.get(k, 0) for k in ("defect", "false_reject", "unreviewed", "unfit")}
-    fail = sum(found.values())
-    return {"day": day, "camera_id": "cam0", "model_sha256": model, "pass": passes, "fail": fail, **found}
+    """A row of Record.daily for camera "cam0": `fails` by what they were (defect, false_reject,
+    unreviewed, unfit, master)."""
+    found = {k: fails.get(k, 0) for k in ("defect", "false_reject", "unreviewed", "unfit", "master")}
+    return {"day": day, "camera_id": "cam0", "model_sha256": model, "pass": passes, "fail": sum(found.values()),
+            "fails": found}  # fmt: skip
 
 
 def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found():
@@ -2570,7 +2575,7 @@ def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found
     rows = [
         _day_row("2026-12-01", 98, defect=2),  # 2%
         _day_row("2026-12-03", 80, false_reject=10, unreviewed=10),  # 20%, the 2nd without results
-        _day_row("2026-12-04", 90, model="cd" * 32, defect=5, unfit=5),  # 10%, another model
+        _day_row("2026-12-04", 90, model="cd" * 32, defect=5, unfit=3, master=2),  # 10%, another model
     ]
     image = daily_picture(rows, "fail rate per day")
     assert image.shape[0] == TITLE_HEIGHT + PANEL_HEIGHT
@@ -2585,7 +2590,8 @@ def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found
     assert column(0, "defect") > 0 and column(1, "defect") == column(1, "unreviewed") == 0  # the gap
     assert column(2, "false_reject") + column(2, "unreviewed") > 8 * column(0, "defect")  # 20% against 2%
     assert abs(column(2, "false_reject") - column(2, "unreviewed")) <= 1
-    assert column(3, "defect") > 0 and column(3, "unfit") > 0
+    assert column(3, "defect") > 0 and column(3, "unfit") > 0 and column(3, "master") > 0
+    assert abs(sum(column(3, key) for key, _, _ in PARTS) - column(0, "defect") * 5) <= 5  # the whole 10%
     model_colour = np.array(MODEL_LINE, np.uint8)
     edge = int(LEFT + 3 * step)
     assert (image[TITLE_HEIGHT:, edge - 2 : edge + 1] == model_colour).all(axis=2).sum() > 20  # where it began

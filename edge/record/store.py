@@ -689,12 +689,12 @@ class Record:
                 for result_id, ts_ns, camera_id, model, decision, unfit, master in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        keys = (*VERDICTS, MISSED, REVIEWED_UNFIT, REVIEWED_MASTER)
+                        keys = (*VERDICTS, MISSED, *PRODUCT_VERDICTS.values())
                         counts = tally.setdefault((day, camera_id, model), dict.fromkeys(keys, 0))
                         if decision == "fail":
                             counts[verdicts[result_id]] += 1
-                            counts[REVIEWED_UNFIT] += unfit is not None
-                            counts[REVIEWED_MASTER] += unfit is None and master is not None
+                            if unfit is None and master is None:  # the model's own fail, of a product
+                                counts[PRODUCT_VERDICTS[verdicts[result_id]]] += 1
                         elif verdicts[result_id] == "defect":  # a pass (review refuses a pass's false_reject)
                             counts[MISSED] += 1
         return tally
@@ -965,10 +965,10 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
-# daily_verdicts' count of the reviewed fails that the camera health gate made, and of the master
-# parts' others; daily_decisions' of the master parts' fails the gate did not make (not columns).
-REVIEWED_UNFIT = "reviewed_unfit"
-REVIEWED_MASTER = "reviewed_master"
+# daily_verdicts' count of each verdict among the model's own fails of products (not the camera
+# health gate's, nor a master part's); daily_decisions' of the master parts' fails the gate did
+# not make. Neither is a column of the tally.
+PRODUCT_VERDICTS = {verdict: f"product_{verdict}" for verdict in VERDICTS}
 MASTER_FAILS = "master_fails"
 
 # (day, camera_id, model_sha256): what Record.daily counts by.
@@ -989,6 +989,10 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
         counts = decided[(day, camera, model)]
         found = verdicts.get((day, camera, model), {})
         reviewed = {v: found.get(v, 0) for v in VERDICTS}
+        product_reviewed = {v: found.get(PRODUCT_VERDICTS[v], 0) for v in VERDICTS}
+        # The fails that wait for a verdict: the camera health gate's wait for the camera, and a
+        # master part's verdict is known.
+        unreviewed = counts["fail"] - counts["unfit"] - counts[MASTER_FAILS] - sum(product_reviewed.values())
         decided_n = counts["pass"] + counts["fail"]
         rows.append({
             "day": day.isoformat(),
@@ -996,14 +1000,16 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "model_sha256": model,
             **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},
             **reviewed,
-            # The fails that wait for a verdict: the camera health gate's wait for the camera, and a
-            # master part's verdict is known.
-            "unreviewed": counts["fail"] - counts["unfit"] - counts[MASTER_FAILS]
-            - (sum(reviewed.values()) - found.get(REVIEWED_UNFIT, 0) - found.get(REVIEWED_MASTER, 0)),
+            "unreviewed": unreviewed,
             "unfit": counts["unfit"],
             "master": counts["master"],  # master parts run through, right or wrong
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
+            # The fails parted by what they were, adding up to `fail`: a fail of the camera health
+            # gate or of a master part counted there alone, reviewed or not; the model's own fails
+            # of products by their verdicts, and those not reviewed yet.
+            "fails": {**product_reviewed, "unreviewed": unreviewed, "unfit": counts["unfit"],
+                      "master": counts[MASTER_FAILS]},
         })  # fmt: skip
     return rows
 

@@ -1,6 +1,7 @@
 """The picture of `vqad records --daily`: per camera, each day's fail rate as a bar, split by
-what people found among the fails (confirmed defects, false rejects, not reviewed yet, and the
-camera health gate's unfit frames), with each change of model marked where it began. A quality
+what the fails were (the model's confirmed defects, false rejects and those not reviewed yet,
+the camera health gate's unfit frames, and master parts), with each change of model marked
+where it began. A quality
 engineer's month at a glance: where the rate moved, whether reviews called it defects or false
 rejects, and whether a new package came in that day. Drawn with OpenCV, as on the edge box.
 """
@@ -19,14 +20,17 @@ from edge.histogram import FONT, TEXT, Colour, fitted
 PANEL_HEIGHT, TITLE_HEIGHT = 210, 54
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 34  # a panel's plot area inside it
 MIN_WIDTH, DAY_WIDTH, MAX_DAY_WIDTH = 640, 6, 28  # pixels: the picture, and a day's bar at least / most
-# The parts of a day's fails, bottom up, with their colours (BGR).
+# The parts of a day's fails (a daily row's `fails`, which add up to its `fail`), bottom up,
+# with their colours (BGR).
 PARTS: tuple[tuple[str, str, Colour], ...] = (
     ("defect", "confirmed defects", (50, 50, 220)),
     ("unreviewed", "not reviewed", (40, 150, 240)),
     ("false_reject", "false rejects", (150, 150, 150)),
     ("unfit", "camera unfit", (200, 120, 40)),
+    ("master", "master parts", (60, 160, 60)),
 )
 MODEL_LINE = (120, 40, 120)
+MODEL_LABEL = "another model from this day"
 
 
 def daily_picture(rows: Sequence[dict[str, Any]], title: str) -> np.ndarray:
@@ -35,20 +39,29 @@ def daily_picture(rows: Sequence[dict[str, Any]], title: str) -> np.ndarray:
     not the day before's, labelled with the new model's sha256's start."""
     days = _days(rows)
     cameras = sorted({r["camera_id"] for r in rows})
-    width = max(MIN_WIDTH, LEFT + RIGHT + len(days) * min(MAX_DAY_WIDTH, max(DAY_WIDTH, 900 // max(len(days), 1))))
+    bars = LEFT + RIGHT + len(days) * min(MAX_DAY_WIDTH, max(DAY_WIDTH, 900 // max(len(days), 1)))
+    width = max(MIN_WIDTH, bars, _legend(None) + 8)
     image = np.full((TITLE_HEIGHT + PANEL_HEIGHT * max(len(cameras), 1), width, 3), 255, np.uint8)
     cv2.putText(image, fitted(title, 0.55, width - 16), (8, 20), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
-    x = 8
-    for _, label, colour in PARTS:
-        cv2.rectangle(image, (x, 32), (x + 10, 42), colour, -1)
-        cv2.putText(image, label, (x + 14, 42), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
-        x += 24 + cv2.getTextSize(label, FONT, 0.42, 1)[0][0]
-    cv2.line(image, (x, 37), (x + 12, 37), MODEL_LINE, 2)
-    cv2.putText(image, "another model from this day", (x + 16, 42), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+    _legend(image)
     for i, camera in enumerate(cameras):
         top = TITLE_HEIGHT + i * PANEL_HEIGHT
         _panel(image[top : top + PANEL_HEIGHT], camera, days, [r for r in rows if r["camera_id"] == camera])
     return image
+
+
+def _legend(image: np.ndarray | None) -> int:
+    """Draw the legend under the title of `image` (None: only measure it). -> its right end."""
+    x = 8
+    for _, label, colour in PARTS:
+        if image is not None:
+            cv2.rectangle(image, (x, 32), (x + 10, 42), colour, -1)
+            cv2.putText(image, label, (x + 14, 42), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+        x += 24 + cv2.getTextSize(label, FONT, 0.42, 1)[0][0]
+    if image is not None:
+        cv2.line(image, (x, 37), (x + 12, 37), MODEL_LINE, 2)
+        cv2.putText(image, MODEL_LABEL, (x + 16, 42), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+    return x + 16 + cv2.getTextSize(MODEL_LABEL, FONT, 0.42, 1)[0][0]
 
 
 def _days(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -69,7 +82,7 @@ def _panel(panel: np.ndarray, camera: str, days: list[str], rows: list[dict[str,
         day["decided"] += r["pass"] + r["fail"]
         day["fail"] += r["fail"]
         for key, _, _ in PARTS:
-            day[key] += r[key]
+            day[key] += r["fails"][key]
         day["models"].append(r["model_sha256"] or "-")
     rates = [d["fail"] / d["decided"] for d in by_day.values() if d["decided"]]
     peak = max([0.01, *rates])  # at least 1%: a quiet line's bars are not drawn as tall as a bad day's
