@@ -1801,7 +1801,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
         table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
         assert "2026-11-19" in table and "60.00" in table and "1 change(s) to the daemon" in table
-        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-2] == "1", table  # then master
+        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-3] == "1", table  # then 2 master
         assert "2 day(s) (" in table and "2 row(s) of a day, camera and model" in table, table
         waiting = run_vqad("records", path, "--decision", "fail", "--unreviewed", "--format", "json").stdout
         assert [(r["camera_id"], r["frame_id"]) for r in json.loads(waiting)] == [("a", 10)]
@@ -1853,7 +1853,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail"]
     assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
     (day,) = record.daily()
-    assert (day["fail"], day["master"], day["unreviewed"]) == (3, 4, 1), day
+    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"]) == (3, 4, 1, 1), day
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day
@@ -1863,7 +1863,10 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     assert [r["part_id"] for r in record.results(master=False)] == ["SN-1"]
     if record_url.startswith("sqlite"):
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
-        assert table[0].split()[-1] == "master" and table[1].split()[-1] == "4", table
+        assert table[0].split()[-2:] == ["master", "wrong"] and table[1].split()[-2:] == ["4", "1"], table
+        assert "4 master part(s) run through, 1 not decided as they must be" in table[-2], table
+        daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
+        assert daily_csv[0].endswith(",master,master_wrong") and daily_csv[1].endswith(",4,1"), daily_csv
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown

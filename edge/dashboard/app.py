@@ -58,7 +58,7 @@ from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
-from edge.record.store import check_seq_cursor, parse_time
+from edge.record.store import NOT_CHANGES, check_seq_cursor, parse_time
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -76,10 +76,6 @@ MAX_REJECTS = 200
 MAX_RESULTS = 1000
 # /api/daily reaches back at most a year: a tally over more scans more rows than a page should wait for.
 MAX_DAILY_DAYS = 366
-# The record's rows that are not changes to the daemon, left out of a card's changes: a shift's
-# master parts on a plant's cameras are hundreds a day, and the newest 100 rows would hold
-# nothing else; the card's pill shows them live, and `vqad records --daily` lists them.
-NOT_CHANGES = ("master-part",)
 # The page's tally: a week, read every minute (static/dashboard.js). The cameras it shows from the
 # record alone are that week's, read as often: the tally's counts are held for its pages anyway.
 DAILY_DAYS_SHOWN = 7

@@ -644,6 +644,8 @@ class Record:
             "unfit": _count(fail, r.unfit.is_not(None)),
             "master": _count(r.master.is_not(None)),
             MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
+            # A master part not decided as it must be: the other decision, or none (an error).
+            "master_wrong": _count(r.master.is_not(None), sa.or_(r.decision.is_(None), r.decision != r.master)),
         }
         q = sa.select(*key, *counted.values()).group_by(*key)
         if camera is not None:
@@ -1003,6 +1005,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "unreviewed": unreviewed,
             "unfit": counts["unfit"],
             "master": counts["master"],  # master parts run through, right or wrong
+            "master_wrong": counts["master_wrong"],  # of them, those not decided as they must be
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
             # The fails parted by what they were, adding up to `fail`: a fail of the camera health
@@ -1013,6 +1016,12 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
         })  # fmt: skip
     return rows
 
+
+# The record's rows among the changes that are not changes made to the daemon: each master part's
+# check (edge/master.py). A plant's shifts make hundreds a day, and the newest 100 changes would
+# hold nothing else; the daily tally counts them (`master`, `master_wrong`), and `vqad records
+# --master-parts` lists them.
+NOT_CHANGES = ("master-part",)
 
 # The order results() answers in; its queries and their parts sort by the same columns.
 NEWEST_FIRST = (results.c.ts_ns.desc(), results.c.id.desc())

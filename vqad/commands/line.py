@@ -469,7 +469,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
 
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
-                 "false_reject", "defect", "unreviewed", "unfit", "missed", "master")  # fmt: skip
+                 "false_reject", "defect", "unreviewed", "unfit", "missed", "master", "master_wrong")  # fmt: skip
 
 
 def _time_window(args: argparse.Namespace, zone: dt.tzinfo) -> tuple[int | None, int | None]:
@@ -511,6 +511,8 @@ def _draw_daily(rows: list[dict], days: ProductionDays, path: Path, to: TextIO) 
 def _print_daily(record: Record, args: argparse.Namespace) -> int:
     """`vqad records --daily`: what the line decided per day, camera and model, and the changes
     made to the daemon in the same period."""
+    from edge.record.store import NOT_CHANGES
+
     days = _line_days(args)
     since, until = _time_window(args, days.zone)
     if args.picture is not None:
@@ -518,7 +520,7 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
 
         require_writable(args.picture.parent, args.picture)  # a file there, or a read-only folder: said first
     rows = record.daily(camera=args.camera, since_ns=since, until_ns=until, days=days)
-    changes = record.events(limit=args.limit, since_ns=since, until_ns=until)
+    changes = record.events(limit=args.limit, since_ns=since, until_ns=until, kinds_left_out=NOT_CHANGES)
     removed = record.removed()
     if args.format == "json":
         print(json.dumps({"days": rows, "changes": changes, "removed": removed, **days.named()}, indent=2, default=str))
@@ -529,15 +531,19 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     else:
         print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
               f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
-              f"{'unfit':>6} {'missed':>6} {'master':>6}")  # fmt: skip
+              f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5}")  # fmt: skip
         for r in rows:
             rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
             print(f"{r['day']:10} {r['camera_id']:>10} {(r['model_sha256'] or '-')[:12]:12} {r['results']:>8} "
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
-                  f"{r['missed']:>6} {r['master']:>6}")  # fmt: skip
+                  f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5}")  # fmt: skip
         for e in changes:
             print(_change_line(e, days.zone))
+        masters, wrong = sum(r["master"] for r in rows), sum(r["master_wrong"] for r in rows)
+        if masters:
+            print(f"{masters} master part(s) run through, {wrong} not decided as they must be "
+                  "(vqad records --master-parts lists each)")  # fmt: skip
         n_days = len({r["day"] for r in rows})
         print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
               f"{len(changes)} change(s) to the daemon")  # fmt: skip
@@ -566,9 +572,9 @@ def _change_line(event: dict, zone: dt.tzinfo) -> str:
 
 
 def _daemon_run_said(kind: str, detail: dict) -> str | None:
-    """The daemon's own start or stop, its box's clock set, a camera's fail-rate alarm or a
-    master part's check, in words, as the dashboard says them (None for the other changes:
-    their detail is shown whole). The run names what its results' `daemon_run` names."""
+    """The daemon's own start or stop, its box's clock set or a camera's fail-rate alarm, in
+    words, as the dashboard says them (None for the other changes: their detail is shown whole).
+    The run names what its results' `daemon_run` names."""
     run = str(detail.get("run", ""))[:12]
     if kind == "start":
         before = ("; the run before it ended without stopping (killed, crashed or the power lost)"
@@ -589,10 +595,6 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
         from edge.clock import step_words
 
         return f"the box's clock {step_words(detail)}; results before it keep the old time"
-    if kind == "master-part":
-        from edge.master import master_words
-
-        return master_words(detail)
     if kind == "fail-rate-alarm":
         from edge.fail_rate import fail_rate_words
 

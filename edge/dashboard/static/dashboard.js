@@ -420,6 +420,11 @@ async function loadDaily(cam, id) {
       const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
         d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed, d.master]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
+      if (d.master_wrong > 0) { // a master part the inspection did not decide as it must: the day's proof failed
+        tr.children[10].textContent = `${d.master} (${d.master_wrong} wrong)`;
+        tr.children[10].classList.add("bad");
+        tr.children[10].title = "master parts not decided as they must be: vqad records --master-parts lists each";
+      }
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
       return tr;
@@ -533,7 +538,6 @@ function changeText(e) {
       return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
         + "results before it keep the old time";
     }
-    case "master-part": return masterText(d);
     case "fail-rate-alarm": {
       const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions`;
       return d.state === "raised" ? `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`
