@@ -298,7 +298,7 @@ class Control:
         masters = self.daemon.masters
         if masters is None:
             raise ValueError("no master parts are named (edge.master_good_parts, edge.master_defective_parts)")
-        expected = masters.tag(camera, part_id)
+        expected = masters.tag(camera, part_id, by)
         log.info("control: master part %s for camera %s's next frame (it must %s), by %s", part_id, camera, expected,
                  by)  # fmt: skip
         return {"camera": camera, "part_id": part_id, "expected": expected, "for_s": TAG_S,

@@ -71,7 +71,10 @@ class MasterParts:
         self._keep_failed = False  # the file refused: said once
         # camera -> master part_id -> its latest check; a camera's master parts are a handful.
         self.latest: RecentDict[str, RecentDict[str, dict[str, Any]]] = RecentDict()
-        self.tags: dict[str, tuple[str, float]] = {}  # camera -> (master part_id, until: monotonic), vqad ctl master
+        # camera -> (master part_id, until: monotonic, by whom), vqad ctl master
+        self.tags: dict[str, tuple[str, float, str]] = {}
+        # (camera, master part_id) -> who named the frame taken for it, until its check
+        self.named: RecentDict[tuple[str, str], str] = RecentDict(MASTERS_KEPT)
         self.lock = threading.Lock()
 
     def expected(self, part_id: str | None) -> str | None:
@@ -80,27 +83,38 @@ class MasterParts:
             return None
         return next((decision for pattern, decision in self.patterns if fnmatch.fnmatchcase(part_id, pattern)), None)
 
-    def tag(self, camera_id: str, part_id: str) -> str:
+    def tag(self, camera_id: str, part_id: str, by: str = "unknown") -> str:
         """`vqad ctl master`: the camera's next frame without a part_id, within TAG_S, is the
-        master part `part_id` (a line whose camera sends no part ids runs its master parts so)
-        -> the decision it must get. ValueError for an id that names no master part."""
+        master part `part_id` (a line whose camera sends no part ids runs its master parts so),
+        named by `by` -> the decision it must get. ValueError for an id that names no master
+        part."""
         expected = self.expected(part_id)
         if expected is None:
             named = ", ".join(pattern for pattern, _ in self.patterns)
             raise ValueError(f"{part_id!r} names no master part (edge.master_good_parts, edge.master_defective_parts: "
                              f"{named})")  # fmt: skip
         with self.lock:
-            self.tags[camera_id] = (part_id, time.monotonic() + TAG_S)
+            self.tags[camera_id] = (part_id, time.monotonic() + TAG_S, by)
         return expected
 
     def take_tag(self, camera_id: str) -> str | None:
         """The master part_id `vqad ctl master` named for this camera's next frame, once; None
-        when none was, or it was named over TAG_S ago."""
+        when none was, or it was named over TAG_S ago (said: that frame may show the master
+        part, put under the camera late, and is taken for a product)."""
         if not self.tags:  # the frame path's usual answer, without the lock
             return None
         with self.lock:
-            part_id, until = self.tags.pop(camera_id, (None, 0.0))
-        return part_id if time.monotonic() < until else None
+            tag = self.tags.pop(camera_id, None)
+            if tag is None:
+                return None
+            part_id, until, by = tag
+            if time.monotonic() < until:
+                self.named[(camera_id, part_id)] = by
+                return part_id
+        log.warning("master part %s, named by %s for camera %s's next frame, was not seen within %g s: the frame "
+                    "that came now is taken for a product; name the master part again, then put it under the camera",
+                    part_id, by, camera_id, TAG_S)  # fmt: skip
+        return None
 
     def check(self, header: dict[str, Any]) -> None:
         """A result about to be published: a master part's header gets `master`, and its check
@@ -114,6 +128,9 @@ class MasterParts:
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
         checked_ns = time.time_ns()
         with self.lock:
+            named_by = self.named.pop((header["camera_id"], header["part_id"]), None)
+            if named_by is not None:  # the frame vqad ctl master named, by whom: the audit's who
+                detail["named_by"] = named_by
             self._hold({**detail, "ts_ns": checked_ns})
             self._keep()
         if ok:

@@ -201,19 +201,31 @@ def test_a_state_folder_that_refuses_the_checks_is_said_once_and_the_checks_go_o
     assert sorted(masters.state()["press1"]) == ["RR-0", "RR-1", "RR-2"]
 
 
-def test_a_master_part_named_for_a_cameras_next_frame_is_taken_once_and_not_after_its_time(monkeypatch):
+def test_a_master_part_named_for_a_cameras_next_frame_is_taken_once_and_not_after_its_time(monkeypatch, caplog):
+    """Its check says who named it; a name that came too early is said, since the frame taken for
+    a product then may show the master part, put under the camera late."""
     from edge import master
 
-    masters = MasterParts(["OK-*"], ["RR-*"])
+    checks = []
+    masters = MasterParts(["OK-*"], ["RR-*"], on_check=checks.append)
     with pytest.raises(ValueError, match="'SN-1' names no master part .*RR-\\*, OK-\\*"):
         masters.tag("press1", "SN-1")
-    assert masters.tag("press1", "RR-HOLE-1") == "fail"
+    assert masters.tag("press1", "RR-HOLE-1", "ann") == "fail"
     assert masters.take_tag("press2") is None  # another camera's frame
     assert masters.take_tag("press1") == "RR-HOLE-1"
     assert masters.take_tag("press1") is None  # once: the frame after it is a product
+    masters.check(_header("RR-HOLE-1", "fail"))
+    masters.check(_header("RR-HOLE-1", "fail"))  # the same master part, its id sent by the camera
+    assert [c.get("named_by") for c in checks] == ["ann", None]
+    assert masters.state()["press1"]["RR-HOLE-1"].get("named_by") is None  # the latest check's
     monkeypatch.setattr(master, "TAG_S", -1.0)  # named longer ago than a person takes to put it down
-    masters.tag("press1", "OK-1")
-    assert masters.take_tag("press1") is None
+    masters.tag("press1", "OK-1", "bob")
+    with caplog.at_level(logging.WARNING, logger="edge.master"):
+        assert masters.take_tag("press1") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "master part OK-1, named by bob for camera press1's next frame, was not seen within -1 s: the frame that came "
+        "now is taken for a product; name the master part again, then put it under the camera"
+    ]
 
 
 def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids(tiny_model, synth_root):
@@ -223,7 +235,8 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
 
     from edge.protocol import frame_message
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, short_ipc_dir
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+    from tests.test_schema import _errors
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
     control = f"ipc://{short_ipc_dir()}/ctl"
@@ -246,7 +259,10 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
         finally:
             sub.close()
             cam.close()
+        beat = next_heartbeat(daemon.results)
         log_text = daemon.log_text()
     assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True}
+    assert beat["master_parts"]["press1"]["RR-HOLE-1"]["named_by"] == "ann"  # who named the frame, for the audit
+    assert _errors("heartbeat", beat) == []
     assert "part_id" not in got[1] and "master" not in got[1]  # named once: the next frame is a product
     assert "control: master part RR-HOLE-1 for camera press1's next frame (it must fail), by ann" in log_text
