@@ -207,6 +207,13 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
     assert view.find("c", 4).picture_jpeg()[:2] == b"\xff\xd8"
     assert view.find("c", "latest").header["frame_id"] == 4
     assert LiveView(silent_after_s=0.01).summary() == {}
+    # A shift's red rabbits are not the line's fails: the rates leave master parts out, as the
+    # daemon's fail-rate alarm does; they stay among the rejects, marked.
+    for i in range(7, 10):
+        view.add({**_header(i, score=3.0), "part_id": f"RR-{i}", "master": {"expected": "fail", "ok": True}}, b"", None)
+    c = view.summary()["c"]
+    assert c["fail_rate_5min"] == c["fail_rate_1h"] == pytest.approx(2 / 5) and c["fail"] == 5
+    assert [f.header["frame_id"] for f in view.rejects("c", 2)] == [9, 8]
 
 
 def test_a_clock_set_while_the_page_is_open_moves_neither_a_cameras_age_nor_its_rates(monkeypatch):

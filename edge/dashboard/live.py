@@ -107,7 +107,8 @@ class CameraView:
         if not self.per_second or self.per_second[-1][0] != second:
             self.per_second.append([second, 0])
         self.per_second[-1][1] += 1
-        self._count_in_bin(now, decision if status == "ok" else None)
+        # A master part's decision is the line's proof, not its rate (edge/master.py): not counted.
+        self._count_in_bin(now, decision if status == "ok" and not h.get("master") else None)
         if status != "ok":
             return
         self.scores.append(float(h["score"]))
