@@ -376,6 +376,16 @@ def _with_progress(opened: Source, count: int, camera_id: str) -> Iterator[Frame
     return progress(opened.frames, f"camera {camera_id}", total=min(known, default=None), unit="frame")
 
 
+def part_id_of(name: str) -> str:
+    """The part id `--part-id-from-name` sends for a frame named `name` (a path, or a video's
+    SOURCE#N): an image file's name without its suffix, as a serial number is typed into the
+    record's part lookup ("RR-SCRATCH-1.png" is RR-SCRATCH-1); its last MAX_ID_LENGTH
+    characters."""
+    path = Path(name)
+    named = path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+    return named[-MAX_ID_LENGTH:]
+
+
 def run_camera(
     source: str,
     endpoint: str,
@@ -400,8 +410,9 @@ def run_camera(
     At most `sndhwm` frames wait in this process: when the daemon stops reading (its
     backpressure policy), sending blocks here instead of piling frames up in memory. On the
     way out it waits up to `linger_s` for the queued frames to leave, and says so if they did not.
-    part_id_from_name: each frame's part_id is its file's name (a video's: SOURCE#N), for trying
-    the record's part lookup with a folder of parts. pixel_bits: the bits a 16-bit image file's
+    part_id_from_name: each frame's part_id is its file's name without the image suffix (a
+    video's: SOURCE#N), for trying the record's part lookup, or master parts, with a folder of
+    photos of parts. pixel_bits: the bits a 16-bit image file's
     counts fill (12 for a Mono12 camera's), by which it is read into the 8-bit frame sent.
     """
     if sndhwm < 1:
@@ -425,7 +436,7 @@ def run_camera(
                 break
             pace.wait()
             frame_id = start_id + sent
-            part_id = Path(name).name[-MAX_ID_LENGTH:] if part_id_from_name else None
+            part_id = part_id_of(name) if part_id_from_name else None
             message = frame_message(camera_id, frame_id, frame, encoding, part_id=part_id, sender=sender)
             if not _send(sock, message, stop, endpoint, handshakes):
                 break

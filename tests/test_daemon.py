@@ -79,7 +79,7 @@ def test_frames_in_give_results_out_matching_offline_evaluation(tiny_model, tiny
     assert sorted(h["frame_id"] for h, _ in results) == sorted(sent)
     for h, amap in results:
         assert h["status"] == "ok" and h["camera_id"] == "line1" and h["v"] == 1
-        assert h["part_id"] == Path(sent[h["frame_id"]]).name  # the part's identity, echoed
+        assert h["part_id"] == Path(sent[h["frame_id"]]).stem  # the part's identity, echoed
         ref = expected[sent[h["frame_id"]]]
         assert h["score"] == pytest.approx(float(ref["score"]), rel=1e-4, abs=1e-5)
         assert h["decision"] == ref["decision"]

@@ -906,6 +906,18 @@ def test_a_camera_without_a_daemon_says_what_it_waits_for(tmp_path, monkeypatch,
     assert len(waits) == 1 and endpoint in waits[0].getMessage() and sent.frames >= 1
 
 
+def test_a_part_id_from_a_file_name_is_the_name_a_person_types():
+    """`vqad camera --part-id-from-name`: a photo of master part RR-SCRATCH-1 named
+    RR-SCRATCH-1.png was sent as part "RR-SCRATCH-1.png", which the record's part lookup did
+    not find under RR-SCRATCH-1."""
+    from edge.camera import part_id_of
+
+    assert part_id_of("/line/masters/RR-SCRATCH-1.png") == "RR-SCRATCH-1"
+    assert part_id_of("SN.2026.0042.TIFF") == "SN.2026.0042"  # only an image suffix goes
+    assert part_id_of("run.mp4#12") == "run.mp4#12"  # a video's frame keeps its number
+    assert part_id_of("x" * 200 + ".png") == "x" * 128
+
+
 def test_a_camera_whose_frames_cannot_leave_says_so_on_the_way_out(tmp_path):
     """Frames still queued when the linger runs out are dropped: the camera names the endpoint,
     does not claim to have sent them, and exits 1. It printed "sent 1 frames" and exited 0."""

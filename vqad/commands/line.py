@@ -872,7 +872,11 @@ def _add_camera(sub: argparse._SubParsersAction) -> None:
         "systemd never sends a frame id again (default: time for a device or stream URL, 0 for a folder or file)",
     )
     c.add_argument("--manifest", type=Path, help="write camera_id,frame_id,source CSV")
-    c.add_argument("--part-id-from-name", action="store_true", help="send each file's name as its frame's part_id")
+    c.add_argument(
+        "--part-id-from-name",
+        action="store_true",
+        help="send each file's name, without its image suffix (RR-SCRATCH-1.png: RR-SCRATCH-1), as its frame's part_id",
+    )
     c.add_argument(
         "--pixel-bits",
         type=pixel_bits_arg,
