@@ -34,6 +34,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _convert_literal(value, typing.get_args(tp), where)
     if origin in (tuple, list):
         return _convert_sequence(value, origin, typing.get_args(tp), where)
+    if origin is dict:
+        return _convert_mapping(value, typing.get_args(tp), where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -131,6 +133,17 @@ def _convert_sequence(value: Any, origin: type, args: tuple, where: str) -> Any:
     item_tp = args[0] if args else Any
     items = [_convert(v.strip() if isinstance(v, str) else v, item_tp, where) for v in value]
     return tuple(items) if origin is tuple else items
+
+
+def _convert_mapping(value: Any, args: tuple, where: str) -> dict[Any, Any]:
+    """A dict field: a YAML mapping, or from a command line `field.KEY=VALUE` (parse_overrides
+    nests it) or "{}" for none; each key and value converted by the field's types."""
+    if isinstance(value, str) and value.strip() in ("", "{}"):
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping (KEY: VALUE), got {value!r}")
+    key_tp, value_tp = args if args else (Any, Any)
+    return {_convert(k, key_tp, where): _convert(v, value_tp, f"{where}.{k}") for k, v in value.items()}
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:

@@ -172,7 +172,9 @@ class Daemon:
         # the master parts' checks. Both are rows of the record's changes: an audit says when the
         # line rejected too much, and when its inspection was proved, on which model and threshold.
         on_alarm = lambda change, detail: self._note("fail-rate-alarm", state=change, **detail)  # noqa: E731
-        self.fail_rate = FailRateAlarm(cfg.fail_rate_alarm, self.metrics, on_alarm) if cfg.fail_rate_alarm else None
+        counted = cfg.fail_rate_alarm or any(cfg.fail_rate_alarm_cameras.values())
+        self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, on_alarm, limits=cfg.fail_rate_alarm_cameras)
+                          if counted else None)  # fmt: skip
         on_check = lambda detail: self._note("master-part", **detail)  # noqa: E731
         self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics, on_check,
                                     self.state_dir / MASTERS_FILE)

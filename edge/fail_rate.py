@@ -1,5 +1,6 @@
 """The fail-rate alarm: for each camera, how many of its last WINDOW decisions were fails, against
-the line's limit (`edge.fail_rate_alarm`, a share).
+the line's limit (`edge.fail_rate_alarm`, a share), or the camera's own
+(`edge.fail_rate_alarm_cameras`).
 
 A line rejects a few parts in a hundred. When one camera's rejects climb far past that, something
 has changed that a person must see to: a tool that marks every part, a new batch of material, or
@@ -19,7 +20,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edge.recent import RecentDict
@@ -73,12 +74,15 @@ class FailRateAlarm:
         metrics: DaemonMetrics | None = None,
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
         window: int = WINDOW,
+        limits: Mapping[str, float] | None = None,
     ):
-        if not 0.0 < limit < 1.0:
-            raise ValueError(f"a fail-rate limit must be a share in (0, 1), not {limit}")
+        """limit: the share of a camera's last `window` decisions that its fails may reach (0:
+        none counted); limits: the cameras' own, by camera id, over it (0: that camera's off)."""
+        self.limits = dict(limits or {})
+        for share in (limit, *self.limits.values()):
+            if not 0.0 <= share < 1.0:
+                raise ValueError(f"a fail-rate limit must be a share in [0, 1) (0 = off), not {share}")
         self.limit, self.window, self.metrics, self.on_change = limit, window, metrics, on_change
-        self.raise_above = limit * window  # fails; strictly more raise the alarm
-        self.clear_at = CLEAR_FRACTION * limit * window  # fails; this many or fewer clear it
         # A camera id dropped for newer ones takes its window, alarm and gauges with it.
         self.windows: RecentDict[str, _Window] = RecentDict(on_evict=self._forget)
         self.raised: dict[str, int] = {}  # camera -> when its alarm was raised (time_ns)
@@ -92,15 +96,19 @@ class FailRateAlarm:
             self.add(header["camera_id"], header["decision"])
 
     def add(self, camera_id: str, decision: str | None) -> None:
-        """One published result's decision ("pass", "fail"; None for an error or a drop: not counted)."""
-        if decision is None:
+        """One published result's decision ("pass", "fail"; None for an error or a drop: not
+        counted, nor is a camera's whose limit is 0)."""
+        limit = self.limit_of(camera_id)
+        if decision is None or not limit:
             return
         with self.lock:
             window = self.windows.get(camera_id) or _Window(self.window)
             self.windows[camera_id] = window  # the most recent camera
             window.add(decision == "fail")
             was = camera_id in self.raised
-            alarm = window.fails > self.clear_at if was else window.fails > self.raise_above
+            # Strictly more fails than the limit's share of the window raise the alarm; as many as
+            # CLEAR_FRACTION of it, or fewer, clear it.
+            alarm = window.fails > CLEAR_FRACTION * limit * self.window if was else window.fails > limit * self.window
             if alarm and not was:
                 self.raised[camera_id] = time.time_ns()
             elif was and not alarm:
@@ -112,28 +120,35 @@ class FailRateAlarm:
         if alarm != was:
             self._tell("raised" if alarm else "cleared", camera_id, fails, seen)
 
+    def limit_of(self, camera_id: str) -> float:
+        """The share of its last decisions that `camera_id`'s fails may reach (0: not counted)."""
+        return self.limits.get(camera_id, self.limit)
+
     def _tell(self, change: str, camera_id: str, fails: int, seen: int) -> None:
+        limit = self.limit_of(camera_id)
         if change == "raised":
-            log.warning("fail-rate alarm: camera %s failed %d of its last %d decisions, over the line's limit of "
-                        "%.0f%%: see to the process (a tool, the material) and to the camera", camera_id, fails, seen,
-                        100 * self.limit)  # fmt: skip
+            whose = "its own" if camera_id in self.limits else "the line's"
+            log.warning("fail-rate alarm: camera %s failed %d of its last %d decisions, over %s limit of %.0f%%: see "
+                        "to the process (a tool, the material) and to the camera", camera_id, fails, seen, whose,
+                        100 * limit)  # fmt: skip
         else:
             log.info("fail-rate alarm cleared: camera %s failed %d of its last %d decisions", camera_id, fails, seen)
         if self.on_change is not None:
-            detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": self.limit}
+            detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": limit}
             self.on_change(change, detail)
 
     def state(self) -> dict[str, Any]:
-        """What the heartbeat says: the limit, the window, and each raised alarm's camera with
-        its fails among its last `of` decisions (`window`, once it has made as many) and when
-        it was raised (time_ns)."""
+        """What the heartbeat says: the limit, the cameras' own, the window, and each raised
+        alarm's camera with its fails among its last `of` decisions (`window`, once it has made
+        as many), the limit they are over, and when it was raised (time_ns)."""
         with self.lock:
             windows = {camera: self.windows[camera] for camera in sorted(self.raised) if camera in self.windows}
             alarms = {
-                camera: {"fails": w.fails, "of": len(w.decisions), "since_ns": self.raised[camera]}
+                camera: {"fails": w.fails, "of": len(w.decisions), "since_ns": self.raised[camera],
+                         "limit": self.limit_of(camera)}
                 for camera, w in windows.items()
-            }
-        return {"limit": self.limit, "window": self.window, "alarms": alarms}
+            }  # fmt: skip
+        return {"limit": self.limit, "limits": dict(self.limits), "window": self.window, "alarms": alarms}
 
     def _forget(self, camera_id: str, _window: object) -> None:
         self.raised.pop(camera_id, None)

@@ -74,8 +74,7 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
             f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms; frames decoded by {_decoders(cfg.decoders())}",
             "camera health gate " + ("on" if serving.health else "off")
             + ", drift alarm " + ("on" if serving.drift else "off")
-            + ", fail-rate alarm " + (f"over {cfg.fail_rate_alarm:.0%} of a camera's last {FAIL_RATE_WINDOW} decisions"
-                                      if cfg.fail_rate_alarm else "off"),
+            + ", fail-rate alarm " + _fail_rate_words(cfg),
             _masters_line(cfg),
             _clock_line(pkg.created_ns),
         ]  # fmt: skip
@@ -121,6 +120,18 @@ def _behind_note(behind: dict) -> str:
 
 def _decoders(n: int) -> str:
     return "the receiver thread" if n == 1 else f"{n} threads side by side (edge.decode_workers)"
+
+
+def _fail_rate_words(cfg: EdgeConfig) -> str:
+    """The fail-rate alarm's limits, the line's and the cameras' own, in words."""
+    own = [f"{camera} {'off' if limit == 0 else f'{limit:.0%}'}"
+           for camera, limit in sorted(cfg.fail_rate_alarm_cameras.items())]  # fmt: skip
+    line = (
+        f"over {cfg.fail_rate_alarm:.0%} of a camera's last {FAIL_RATE_WINDOW} decisions"
+        if cfg.fail_rate_alarm
+        else "off"
+    )
+    return f"{line}; cameras of their own: {', '.join(own)}" if own else line
 
 
 def _masters_line(cfg: EdgeConfig) -> str:

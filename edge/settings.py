@@ -12,7 +12,7 @@ from edge.config import require
 from edge.endpoints import check_endpoint
 from edge.frames import DEFAULT_MAX_FRAME_PIXELS
 from edge.health import HealthLimits
-from edge.protocol import MAX_BYTES_PER_PIXEL, Limits
+from edge.protocol import MAX_BYTES_PER_PIXEL, Limits, is_id
 from edge.results import PublishFrames
 
 # The longest a frame may wait for its batch to fill. A batch is a throughput measure; a line at
@@ -84,6 +84,9 @@ class EdgeConfig:
     # fail-rate alarm (edge/fail_rate.py): a log line, vqad_fail_rate_alarm, the heartbeat, the
     # record's changes, the dashboard. Set it well above the line's usual reject rate. 0 = off.
     fail_rate_alarm: float = 0.2
+    # Per camera id, its own limit over fail_rate_alarm (0 = off for that camera): a camera whose
+    # product is usually rejected more, or far less, than the others'.
+    fail_rate_alarm_cameras: dict[str, float] = field(default_factory=dict)
     # Master parts (edge/master.py): good and defective parts of known verdict, run through the
     # line to prove its inspection works (each shift's start, a changeover), named by the
     # part_id patterns (fnmatch, case-sensitive) of their frames. Each is checked against its expected
@@ -178,6 +181,9 @@ class EdgeConfig:
         masters = self.master_good_parts + self.master_defective_parts
         require(all(masters), "edge.master_good_parts and edge.master_defective_parts take patterns, not empty text")
         require(0.0 <= self.fail_rate_alarm < 1.0, "edge.fail_rate_alarm must be a share in [0, 1) (0 = off)")
+        for camera, limit in self.fail_rate_alarm_cameras.items():
+            require(is_id(camera), f"edge.fail_rate_alarm_cameras: {camera!r} is no camera id (1-128 characters)")
+            require(0.0 <= limit < 1.0, f"edge.fail_rate_alarm_cameras.{camera} must be a share in [0, 1) (0 = off)")
         require(self.log_every_s > 0, "edge.log_every_s must be > 0 (seconds between status lines)")
         require(self.warmup_runs >= 0, "edge.warmup_runs must be >= 0")
         require(

@@ -231,7 +231,8 @@ class DaemonSilence:
             alarm = alarms[camera]
             log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed, "
                         "over the limit of %.0f%%", self.endpoint, camera, alarm.get("fails"),
-                        alarm.get("of", fail_rate.get("window")), 100 * float(fail_rate.get("limit") or 0))  # fmt: skip
+                        alarm.get("of", fail_rate.get("window")),
+                        100 * float(alarm.get("limit", fail_rate.get("limit")) or 0))  # fmt: skip
         for camera in sorted(self.fail_rate_alarms - alarms.keys()):
             log.info("the daemon at %s cleared camera %s's fail-rate alarm", self.endpoint, camera)
         self.fail_rate_alarms = set(alarms)

@@ -114,6 +114,23 @@ def test_config_is_frozen():
         cfg.steps = 1  # type: ignore[misc]
 
 
+def test_a_mapping_setting_is_read_from_yaml_and_added_to_from_the_command_line(tmp_path):
+    """Per camera settings (edge.fail_rate_alarm_cameras): a YAML mapping, its keys added to or
+    changed by `--set FIELD.KEY=VALUE`, each value converted and checked by the field's type."""
+    edge = tmp_path / "edge.yaml"
+    edge.write_text("fail_rate_alarm_cameras:\n  press1: 0.05\n  trim: 0\n")
+    cfg = load_config(EdgeConfig, edge, parse_overrides(["fail_rate_alarm_cameras.press2=0.3",
+                                                         "fail_rate_alarm_cameras.trim=0.1"]))  # fmt: skip
+    assert cfg.fail_rate_alarm_cameras == {"press1": 0.05, "trim": 0.1, "press2": 0.3}
+    assert load_config(EdgeConfig, None, {"fail_rate_alarm_cameras": "{}"}).fail_rate_alarm_cameras == {}
+    with pytest.raises(ConfigError, match=r"fail_rate_alarm_cameras\.press1: expected a number, got 'high'"):
+        load_config(EdgeConfig, None, parse_overrides(["fail_rate_alarm_cameras.press1=high"]))
+    with pytest.raises(ConfigError, match="fail_rate_alarm_cameras: expected a mapping"):
+        load_config(EdgeConfig, None, {"fail_rate_alarm_cameras": ["press1"]})
+    with pytest.raises(ConfigError, match="is no camera id"):
+        load_config(EdgeConfig, None, {"fail_rate_alarm_cameras": {"": 0.1}})
+
+
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [1, 2\n")

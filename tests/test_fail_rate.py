@@ -25,7 +25,8 @@ def test_a_camera_that_fails_every_part_raises_the_alarm_at_its_21st_fail_and_cl
             alarm.add("press1", "fail")
             assert ("press1" in alarm.raised) == (i >= 20), i  # more than 20 of 100
         state = alarm.state()
-        assert state["limit"] == 0.2 and state["window"] == WINDOW
+        assert state["limit"] == 0.2 and state["window"] == WINDOW and state["limits"] == {}
+        assert state["alarms"]["press1"]["limit"] == 0.2
         assert state["alarms"]["press1"]["fails"] == 30 and state["alarms"]["press1"]["of"] == 30
         assert state["alarms"]["press1"]["since_ns"] > 0
         assert _gauges(metrics) == {("vqad_fail_rate", "press1"): 1.0, ("vqad_fail_rate_alarm", "press1"): 1.0}
@@ -76,10 +77,38 @@ def test_a_camera_dropped_for_newer_ones_takes_its_alarm_and_gauges_with_it():
     assert {camera for _, camera in _gauges(metrics)} == {"b", "c"}
 
 
-@pytest.mark.parametrize("limit", [0.0, 1.0, -0.1, 1.5])
+def test_a_camera_of_its_own_limit_is_held_to_it_and_one_at_0_is_not_counted(caplog):
+    """A sorter that rejects 1 part in 200 on a line whose limit is set for a press that rejects
+    8%: at the line's 20% its rejects could climb twentyfold unseen."""
+    changes = []
+    alarm = FailRateAlarm(0.2, on_change=lambda change, detail: changes.append(detail),
+                          limits={"sorter": 0.05, "trim": 0.0})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="edge.fail_rate"):
+        for i in range(25):
+            for camera in ("sorter", "press1", "trim"):
+                alarm.add(camera, "fail")
+            assert ("sorter" in alarm.raised) == (i >= 5) and ("press1" in alarm.raised) == (i >= 20), i
+    assert "trim" not in alarm.windows  # its limit 0: not counted at all
+    state = alarm.state()
+    assert state["limits"] == {"sorter": 0.05, "trim": 0.0}
+    assert {camera: a["limit"] for camera, a in state["alarms"].items()} == {"press1": 0.2, "sorter": 0.05}
+    assert [(d["camera"], d["fails"], d["limit"]) for d in changes] == [("sorter", 6, 0.05), ("press1", 21, 0.2)]
+    said = [r.getMessage() for r in caplog.records]
+    assert "camera sorter failed 6 of its last 6 decisions, over its own limit of 5%" in said[0], said
+    assert "camera press1 failed 21 of its last 21 decisions, over the line's limit of 20%" in said[1], said
+    only = FailRateAlarm(0.0, limits={"sorter": 0.05})  # the line's off, one camera's on
+    for _ in range(10):
+        only.add("sorter", "fail")
+        only.add("press1", "fail")
+    assert set(only.raised) == {"sorter"} and set(only.windows) == {"sorter"}
+
+
+@pytest.mark.parametrize("limit", [1.0, -0.1, 1.5])
 def test_a_limit_that_is_not_a_share_is_refused(limit):
     with pytest.raises(ValueError, match="share in"):
         FailRateAlarm(limit)
+    with pytest.raises(ValueError, match="share in"):
+        FailRateAlarm(0.2, limits={"press1": limit})
 
 
 def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_looks(tiny_model, synth_root, tmp_path):
@@ -101,7 +130,7 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     url, port = f"sqlite:///{tmp_path / 'line.db'}", free_loopback_port()
     # A threshold no score reaches fails every part; the gate's own verdict stays out of it.
     args = ("--threshold", "1e-9", "--record", url, "--metrics-port", str(port), "--set", "edge.heartbeat_s=0.2",
-            "--set", "edge.health.enabled=false")  # fmt: skip
+            "--set", "edge.health.enabled=false", "--set", "edge.fail_rate_alarm_cameras.press9=0.5")  # fmt: skip
     with DaemonProcess(tiny_model, *args) as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
@@ -114,6 +143,7 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
         beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
     assert beat["fail_rate"]["limit"] == 0.2 and beat["fail_rate"]["window"] == WINDOW
+    assert beat["fail_rate"]["limits"] == {"press9": 0.5} and beat["fail_rate"]["alarms"]["press1"]["limit"] == 0.2
     assert list(beat["fail_rate"]["alarms"]) == ["press1"]
     assert (beat["fail_rate"]["alarms"]["press1"]["fails"], beat["fail_rate"]["alarms"]["press1"]["of"]) == (25, 25)
     assert 'vqad_fail_rate_alarm{camera="press1"} 1.0' in metrics and 'vqad_fail_rate{camera="press1"} 1.0' in metrics
@@ -133,6 +163,12 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     assert off.returncode != 0 and "edge.fail_rate_alarm must be a share in [0, 1)" in off.stderr
     check = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm=0.05").stdout
     assert "fail-rate alarm over 5% of a camera's last 100 decisions" in check, check
+    own = ("--set", "edge.fail_rate_alarm=0", "--set", "edge.fail_rate_alarm_cameras.trim=0",
+           "--set", "edge.fail_rate_alarm_cameras.sorter=0.05")  # fmt: skip
+    check = run_vqad("serve", tiny_model, "--check", *own).stdout
+    assert "fail-rate alarm off; cameras of their own: sorter 5%, trim off" in check, check
+    bad = run_vqad("serve", tiny_model, "--check", "--set", "edge.fail_rate_alarm_cameras.sorter=5", check=False)
+    assert bad.returncode != 0 and "edge.fail_rate_alarm_cameras.sorter must be a share in [0, 1)" in bad.stderr
     # The heartbeat's schema (docs/schema/heartbeat.json) describes the alarm as the daemon sends it.
     assert _errors("heartbeat", beat) == []
     broken = json.loads(json.dumps(beat))

@@ -654,7 +654,7 @@ def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
     alarm = (fail_rate.get("alarms") or {}).get(camera)
     if not isinstance(alarm, dict):
         return None
-    return {**alarm, "window": fail_rate.get("window"), "limit": fail_rate.get("limit")}
+    return {"window": fail_rate.get("window"), "limit": fail_rate.get("limit"), **alarm}  # the camera's own limit
 
 
 def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | None:
