@@ -2305,6 +2305,24 @@ def test_a_restart_onto_another_record_does_not_count_the_previous_runs_results_
         RecordWriter(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "ev", state_file=state).start().close()
     assert "have no row" not in caplog.text
     assert f"the previous run of the daemon recorded to sqlite:///{tmp_path / 'old.db'}, not here" in caplog.text
+    # The same place, another record: the file deleted and started again (as `make demo` does), or
+    # one put back from a copy. The rows counted are the previous run's in the record it wrote.
+    caplog.clear()
+    (tmp_path / "new.db").unlink()
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        RecordWriter(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "ev", state_file=state).start().close()
+    assert "have no row" not in caplog.text
+    assert "the previous run of the daemon recorded to another record at sqlite:///" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):  # the same record again: counted
+        writer = RecordWriter(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "ev", state_file=state).start()
+    writer.put(_result("c", 9, decision="pass"), time.time_ns())
+    writer.close()
+    assert "the previous run's 0 results are all recorded" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        RecordWriter(f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "ev", state_file=state).start().close()
+    assert "the previous run's 1 results are all recorded" in caplog.text, caplog.text
 
 
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):

@@ -14,7 +14,8 @@ Version 6 adds `results.seq`: the result's place in its daemon run's stream (the
 Version 7 adds `results.master`: a master part's expected decision (edge/master.py), so that
 the review queue and the daily tally leave out the parts run to prove the inspection.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
-capture time among them, so that a tally of the days before it is known to be in part.
+capture time among them, so that a tally of the days before it is known to be in part; and the
+record's own identity (`RECORD_ID`), which a daemon's state file names.
 `migrate(engine)` creates a new database or brings an older one to SCHEMA_VERSION, one step at
 a time; it creates any index the record lacks. A newer one it uses as it is when the newer
 vqad's steps only added to it (meta's `oldest_writer`), and refuses otherwise.
@@ -23,6 +24,7 @@ vqad's steps only added to it (meta's `oldest_writer`), and refuses otherwise.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -181,6 +183,22 @@ def add_removed(conn: sa.Connection, why: str, count: int, up_to_ns: int) -> Non
             conn.execute(sa.insert(meta).values(key=key, value=str(value)))
 
 
+# meta's key for the record's own identity, made once with the record (or by the first vqad that
+# knows it): a daemon's state file names the record its run wrote, so that a record made anew at
+# the same place (a file deleted and started again, or put back from a copy) is told apart.
+RECORD_ID = "record_id"
+
+
+def stored_record_id(conn: sa.Connection) -> str | None:
+    """The record's identity (meta's RECORD_ID); None for one that no vqad knowing it has written."""
+    return conn.execute(sa.select(meta.c.value).where(meta.c.key == RECORD_ID)).scalar_one_or_none()
+
+
+def _name_record(conn: sa.Connection) -> None:
+    if stored_record_id(conn) is None:
+        conn.execute(sa.insert(meta).values(key=RECORD_ID, value=uuid.uuid4().hex))
+
+
 def stored_version(conn: sa.Connection) -> int | None:
     if not sa.inspect(conn).has_table("meta"):
         return None
@@ -239,6 +257,7 @@ def _migrate(engine: sa.Engine) -> int:
             metadata.create_all(conn)
             conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
             _set_oldest_writer(conn)
+            _name_record(conn)
             return SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             return _newer(conn, version)
@@ -247,6 +266,7 @@ def _migrate(engine: sa.Engine) -> int:
             version += 1
             conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version)))
         _set_oldest_writer(conn)
+        _name_record(conn)
         _add_indexes(conn)
         return version
 

@@ -41,7 +41,7 @@ from edge.record.housekeeping import (
     network_filesystem_note,
     unwritable_note,
 )
-from edge.record.schema import events, migrate, newest_result_ns, results
+from edge.record.schema import events, migrate, newest_result_ns, results, stored_record_id
 from edge.record.store import (
     create_engine,
     database_reason,
@@ -155,6 +155,7 @@ class RecordWriter:
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
         self._after_id = 0  # every row of this run has a greater id (known once the record answers)
+        self.record_id: str | None = None  # the record's identity (schema.RECORD_ID), once it answers
         # The record's latest result time: one this machine's clock has passed (edge.clock;
         # known once the record answers, None for an empty record).
         self.newest_ns: int | None = None
@@ -213,6 +214,8 @@ class RecordWriter:
         self.engine, self._migrated = open_record(self.url), True
         self.house.started_anew(self.engine)
         self._after_id, self.newest_ns, self._previous = 0, None, None
+        with self.engine.connect() as conn:  # the new record's own: this run's state file names it
+            self.record_id = stored_record_id(conn)
         self.metrics.record_set_aside.inc()
         log.error(
             "the record %s is damaged (%s): set aside as %s%s, and a new record started in its place; docs/deploy.md "
@@ -608,7 +611,8 @@ class RecordWriter:
             pending = pending + self._previous.get("evidence_pending", [])
         try:
             write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id,
-                                          "record": self.where, "evidence_pending": pending})  # fmt: skip
+                                          "record": self.where, "record_id": self.record_id,
+                                          "evidence_pending": pending})  # fmt: skip
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
@@ -635,11 +639,16 @@ class RecordWriter:
             # The latest time among the rows (ix_results_ts), not the last row's: a run whose clock
             # read 1970 wrote the last ones.
             self.newest_ns = newest_result_ns(conn)
+            self.record_id = stored_record_id(conn)
             if state is None:
                 return
             if state.get("record", self.where) != self.where:  # older state files do not say
                 log.info("the previous run of the daemon recorded to %s, not here: its results are not counted",
                          state["record"])  # fmt: skip
+                return
+            if state.get("record_id") not in (None, self.record_id):  # older state files do not say this
+                log.info("the previous run of the daemon recorded to another record at %s (made anew since, or put "
+                         "back from a copy): its results are not counted", self.where)  # fmt: skip
                 return
             previous = sa.select(sa.func.count()).where(
                 results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
