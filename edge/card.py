@@ -2,14 +2,17 @@
 or when an audit names it by its sha256: where it came from, what it takes in, its threshold and
 that threshold's history, what its evaluation measured, and whether its graphs are the files it
 was exported with. Read from model.json alone (and the graphs' bytes, for their sha256): it runs
-on the edge box, without torch.
+on the edge box, without torch. What a daemon's state folder keeps over the package (`vqad ctl`'s
+threshold and paused cameras) is said after it: the line serves that, not the card's threshold.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from edge.package import ModelPackage, sha256_file
+from edge.state import Overrides
 
 
 def package_card(pkg: ModelPackage, states: dict[str, str] | None = None) -> list[str]:
@@ -124,3 +127,23 @@ def _training(meta: dict[str, Any]) -> str:
     ended = f" (ended by {t['ended_by']})" if t.get("ended_by") else ""
     images = f", {t['n_train']} images trained on, {t.get('n_val')} held out" if t.get("n_train") is not None else ""
     return f"training   {t.get('step', '?')} steps{ended}{images}" + (f"; {built}" if built else "")
+
+
+def served_lines(pkg: ModelPackage, state_dir: Path) -> list[str]:
+    """What a daemon started on `pkg` with the state folder `state_dir` keeps over the package
+    (edge.state.Overrides): the threshold set with `vqad ctl` that it serves instead of the
+    package's, or one it drops at its start; the cameras it keeps paused. Empty when none."""
+    overrides = Overrides.load(state_dir)
+    kept, lines = overrides.threshold, []
+    if kept is not None:
+        said = (f"{kept['value']:.6g}: vqad ctl set-threshold by {kept['source'].get('who') or 'unknown'} at "
+                f"{kept['source'].get('at') or '?'} ({kept['source'].get('reason') or 'no reason'})")  # fmt: skip
+        if overrides.applies(pkg.sha256, pkg.threshold):
+            lines.append(f"served at  {said}, kept in {overrides.path}: a daemon started on this package serves it, "
+                         f"not {pkg.threshold:.6g} (unless edge.threshold is set)")  # fmt: skip
+        else:
+            lines.append(f"note       {said}, kept in {overrides.path}, replaced {kept['replaces']:.6g} on another "
+                         "package or calibration: a daemon's start drops it")  # fmt: skip
+    if overrides.paused:
+        lines.append(f"paused     {', '.join(overrides.paused)}: with vqad ctl pause, kept in {overrides.path}")
+    return lines

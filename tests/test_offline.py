@@ -174,6 +174,34 @@ def test_a_packages_card_says_what_it_is_and_whether_its_graphs_are_whole(tiny_m
         "model_fp16.onnx": "verified",
     }
 
+    assert not any(line.startswith(("served at", "paused", "note")) for line in card), card
+
+    # A daemon's state folder keeps what vqad ctl changed over the package: the card says what
+    # the line serves. The package's folder by default, as edge.state_dir.
+    from edge.package import load_package
+    from edge.state import Overrides
+
+    source = {
+        "by": "vqad ctl set-threshold",
+        "who": "ann",
+        "reason": "lamp replaced",
+        "at": "2026-12-07T06:00:00+00:00",
+    }
+    kept = {"value": 0.7, "source": source, "model_sha256": load_package(copy).sha256, "replaces": 0.5}
+    Overrides(copy / Overrides.FILE_NAME, kept, ["cam7"]).save()
+    card = _info(copy).stdout.splitlines()
+    assert card[-2].startswith("served at  0.7: vqad ctl set-threshold by ann at 2026-12-07T06:00:00+00:00 (lamp "
+                               "replaced), kept in "), card  # fmt: skip
+    assert card[-2].endswith("a daemon started on this package serves it, not 0.5 (unless edge.threshold is set)")
+    assert card[-1].startswith("paused     cam7: with vqad ctl pause")
+    served = json.loads(_info(copy, "--format", "json").stdout)["served"]
+    assert served["threshold"]["value"] == 0.7 and served["threshold_applies"] and served["paused"] == ["cam7"]
+    elsewhere = tmp_path / "state"  # a box's /var/lib/vqad; there, a threshold of another calibration
+    elsewhere.mkdir()
+    Overrides(elsewhere / Overrides.FILE_NAME, {**kept, "replaces": 0.9}, []).save()
+    card = _info(copy, "--state-dir", elsewhere).stdout.splitlines()
+    assert card[-1].startswith("note       0.7: vqad ctl set-threshold by ann") and "drops it" in card[-1], card
+
     with open(copy / "model_fp16.onnx", "ab") as graph:
         graph.write(b"\0")  # a copy cut or changed on its way to the box
     changed = _info(copy, check=False)

@@ -226,7 +226,10 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
     _step("export the reviewed evidence", "records", url, "--export-reviewed", str(exported))
     line_good = workdir / "line_good"  # the line's good parts, and what the operator cleared
     shutil.rmtree(line_good, ignore_errors=True)
-    shutil.copytree(data / "test" / "good", line_good)
+    # The cleared reject is a frame of one of these images (the demo's camera sends the test set):
+    # that image goes, so that the folder holds each part once, as a line's would.
+    cleared = {sources[(r["camera_id"], r["frame_id"])].name for r in good[:1]}
+    shutil.copytree(data / "test" / "good", line_good, ignore=lambda _folder, names: [n for n in names if n in cleared])
     if (exported / "train" / "good").is_dir():
         shutil.copytree(exported / "train" / "good", line_good, dirs_exist_ok=True)
     confirmed = exported / "test"  # the defects the operator confirmed: how many the new threshold lets pass

@@ -70,15 +70,20 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     """`vqad info MODEL_DIR`: the package's card (or its model.json); exit 4 when a graph is not
     the file it was exported with."""
-    from edge.card import graph_states, package_card
+    from edge.card import graph_states, package_card, served_lines
     from edge.package import load_package
+    from edge.state import Overrides
 
     pkg = load_package(args.model)
     states = graph_states(pkg)  # each graph read whole once
+    state_dir = args.state_dir or pkg.root  # edge.state_dir's default: the package's folder
     if args.format == "json":
-        print(json.dumps({**pkg.meta, "graphs": states}, indent=2))
+        kept = Overrides.load(state_dir)
+        served = {"state_dir": str(state_dir), "threshold": kept.threshold, "paused": kept.paused,
+                  "threshold_applies": kept.applies(pkg.sha256, pkg.threshold)}  # fmt: skip
+        print(json.dumps({**pkg.meta, "graphs": states, "served": served}, indent=2))
     else:
-        print("\n".join(package_card(pkg, states)))
+        print("\n".join(package_card(pkg, states) + served_lines(pkg, state_dir)))
     broken = [name for name, state in states.items() if state != "verified"]
     if broken:
         log.error("%s: %s not the file(s) it was exported with: export it again, or copy it whole", pkg.root,
@@ -122,4 +127,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model package (vqad export)")
     i.add_argument("--format", choices=["table", "json"], default="table",
                    help="table: a line per subject; json: model.json, with each graph's check")  # fmt: skip
+    i.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="the daemon's state folder (edge.state_dir; default MODEL_DIR): the threshold set with vqad "
+                   "ctl and the paused cameras it keeps over the package")  # fmt: skip
     i.set_defaults(func=cmd_info)
