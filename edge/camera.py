@@ -412,8 +412,8 @@ def run_camera(
     way out it waits up to `linger_s` for the queued frames to leave, and says so if they did not.
     part_id_from_name: each frame's part_id is its file's name without the image suffix (a
     video's: SOURCE#N), for trying the record's part lookup, or master parts, with a folder of
-    photos of parts. pixel_bits: the bits a 16-bit image file's
-    counts fill (12 for a Mono12 camera's), by which it is read into the 8-bit frame sent.
+    photos of parts. pixel_bits: the bits a 16-bit image file's counts fill (12 for a Mono12
+    camera's), by which it is read into the 8-bit frame sent.
     """
     if sndhwm < 1:
         raise ValueError("sndhwm must be >= 1")
