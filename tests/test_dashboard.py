@@ -1681,7 +1681,7 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
               return [card.className, pill.hidden, pill.className, pill.textContent]"""
     tile = "return document.querySelector('#overview a[data-glance=\"cam1\"]')?.className || ''"
     wrong = {"camera": "cam1", "part_id": "RR-3", "frame_id": 4, "expected": "fail", "decision": "pass",
-             "score": 0.8, "ok": False, "ts_ns": time.time_ns()}  # fmt: skip
+             "score": 0.8, "ok": False, "ts_ns": time.time_ns(), "named_by": "ann"}  # fmt: skip
     other = {**wrong, "part_id": "RR-4", "frame_id": 5, "decision": "fail", "score": 3.1, "ok": True}
     url = f"sqlite:///{tmp_path / 'line.db'}"
     _recorded_master_parts(url, tmp_path / "evidence", "cam5", [("RR-1", "pass"), ("RR-2", "fail")])
@@ -1697,7 +1697,7 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert wait_for(lambda: beating([wrong, other], red), 20, every=0.2)
         classes, hidden, pill_class, text = shown()
         assert "master-wrong" in classes and not hidden and "bad" in pill_class, shown()
-        assert text.startswith("master part RR-3: pass, expected fail ("), text
+        assert text.startswith("master part RR-3: pass, expected fail (") and ", named by ann)" in text, text
         assert "master part RR-3: pass, expected fail" in driver.execute_script(tile.replace("className", "innerText"))
         assert driver.execute_script(card, "cam5")[1] is True  # no master part seen: no pill
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]

@@ -167,7 +167,7 @@ function failRateAlarmText(a) {
   return `fail-rate alarm: ${a.fails} of the last ${a.of} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
 }
 
-// A master part's check (its daemon's heartbeat, or a record's change; edge/master.py) in words.
+// A master part's check (its daemon's heartbeat; edge/master.py) in words.
 function masterText(m) {
   if (m.ok) return `master part ${m.part_id}: ${m.decision}, as expected`;
   return `master part ${m.part_id}: ${m.decision === null ? "no decision (an error)" : m.decision}, expected ${m.expected}`;
@@ -591,7 +591,8 @@ function sayOfQueue(cam, text) {
 function drawMasters(el, masters) {
   el.hidden = !masters;
   if (!masters) return;
-  const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString();
+  // when, and who named the frame that master part (vqad ctl master), where someone did
+  const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString() + (m.named_by ? `, named by ${m.named_by}` : "");
   const wrong = masters.filter((m) => !m.ok);
   if (wrong.length) {
     pill(el, `${masterText(wrong[0])} (${time(wrong[0])})${moreWrong(wrong)}`, "bad");
