@@ -18,17 +18,44 @@ class DaemonMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self._pipeline(r)
+        self._senders(r)
+        self._life(r)
         self._record(r)
         self._model(r)
         self._cameras(r)
 
     def _pipeline(self, r: CollectorRegistry) -> None:
-        """Frames in, their decoding and inference, results out; the daemon's life."""
+        """Frames in, their decoding and inference, results out."""
         self.frames_in = Counter("vqad_frames_in", "Frame messages read from the frames socket", registry=r)
         self.unreadable = Counter(
             "vqad_unreadable_messages", "Messages without readable camera_id/frame_id", registry=r
         )
         self.results = Counter("vqad_results", "Results published", ["status", "decision"], registry=r)
+        self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
+        self.decode_seconds = Counter(
+            "vqad_decode_seconds",
+            "Seconds spent reading frames into the model's input (parse, decode, resize), all decoding threads "
+            "together: near vqad_decode_workers a second, decoding sets the daemon's pace",
+            registry=r,
+        )
+        self.decode_workers = Gauge(
+            "vqad_decode_workers", "Threads that decode frames (1: the receiver thread alone)", registry=r
+        )
+        self.batch_size = Histogram(
+            "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.latency = Histogram(
+            "vqad_latency_ms",
+            "Latency per frame, by stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.backend_errors = Counter("vqad_backend_errors", "Inference batches that raised", registry=r)
+
+    def _senders(self, r: CollectorRegistry) -> None:
+        """What the frames' senders got wrong: their clocks, their frame ids, their keys; and this
+        machine's own clock."""
         self.clock_off = Counter(
             "vqad_frames_clock_off",
             "Frames whose ts_ns is more than 5 minutes off the daemon's receive time (the log names the camera)",
@@ -55,27 +82,12 @@ class DaemonMetrics:
             "id (frames that name their sender, as vqad camera's do)",
             registry=r,
         )
-        self.queue_depth = Gauge("vqad_queue_depth", "Frames waiting for inference", registry=r)
-        self.decode_seconds = Counter(
-            "vqad_decode_seconds",
-            "Seconds spent reading frames into the model's input (parse, decode, resize), all decoding threads "
-            "together: near vqad_decode_workers a second, decoding sets the daemon's pace",
-            registry=r,
+        self.curve_refusals = Counter(
+            "vqad_curve_refusals", "Peers, and a removed key's messages, refused by CURVE", registry=r
         )
-        self.decode_workers = Gauge(
-            "vqad_decode_workers", "Threads that decode frames (1: the receiver thread alone)", registry=r
-        )
-        self.batch_size = Histogram(
-            "vqad_batch_size", "Frames per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
-        )
-        self.latency = Histogram(
-            "vqad_latency_ms",
-            "Latency per frame, by stage",
-            ["stage"],
-            buckets=_LATENCY_BUCKETS_MS,
-            registry=r,
-        )
-        self.backend_errors = Counter("vqad_backend_errors", "Inference batches that raised", registry=r)
+
+    def _life(self, r: CollectorRegistry) -> None:
+        """The daemon's life: ready, stalled, and how its runs before this one ended."""
         self.ready = Gauge("vqad_ready", "1 once warmed up and serving", registry=r)
         self.stalled = Gauge(
             "vqad_stalled", "1 while a loop of the daemon has not come round (edge.watchdog)", registry=r
@@ -86,9 +98,6 @@ class DaemonMetrics:
             registry=r,
         )
         self.unclean_exits = Gauge("vqad_unclean_exits", "Unclean exits seen by this state dir, ever", registry=r)
-        self.curve_refusals = Counter(
-            "vqad_curve_refusals", "Peers, and a removed key's messages, refused by CURVE", registry=r
-        )
 
     def _record(self, r: CollectorRegistry) -> None:
         """The line's record and its evidence."""
