@@ -131,14 +131,10 @@ class RecordWriter:
         # each: in the state file before the files are written, so that a start after a power cut
         # removes those its rows never came to name (_unnamed_evidence).
         self._pending: list[list[Any]] = []
-        self._let_go_log = RepeatedLog(log, logging.ERROR)
         self._random = random.Random(0)
         self.evidence_failed = 0
-        self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
         self._state_failed = False
-        self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
-        self._unstorable_log = RepeatedLog(log, logging.ERROR)
-        self._set_aside_log = RepeatedLog(log, logging.ERROR)  # a damaged record that cannot be moved
+        self._throttle_logs()
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
@@ -159,6 +155,19 @@ class RecordWriter:
         # The record's latest result time: one this machine's clock has passed (edge.clock;
         # known once the record answers, None for an empty record).
         self.newest_ns: int | None = None
+        self._first_look(damaged)
+
+    def _throttle_logs(self) -> None:
+        """The writer's repeated complaints, each said at most once a while (edge.logrepeat)."""
+        self._let_go_log = RepeatedLog(log, logging.ERROR)
+        self._buffer_full_log, self._evidence_failed_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
+        self._outage_log = RepeatedLog(log)  # a database down for hours: a line a minute, not one a retry
+        self._unstorable_log = RepeatedLog(log, logging.ERROR)
+        self._set_aside_log = RepeatedLog(log, logging.ERROR)  # a damaged record that cannot be moved
+
+    def _first_look(self, damaged: DataError | None) -> None:
+        """At the start: a damaged record set aside for a new one, and the previous run's rows
+        counted, once the record answers (else at its first answer: _ensure_migrated)."""
         if damaged is not None:
             self._start_anew(damaged)
         if self._migrated:
