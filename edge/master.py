@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.protocol import unfit_reasons
 from edge.recent import RecentDict
 from edge.state import write_whole
 
@@ -45,13 +46,17 @@ TAG_S = 60.0
 
 
 def master_words(detail: dict[str, Any]) -> str:
-    """A master part's check (a `master-part` change row's detail, or one in the heartbeat) in
-    words, for `vqad records --daily`; the dashboard says the same."""
+    """A master part's check (a `master-part` row's detail, or one in the heartbeat) in words,
+    for the log; the dashboard says the same."""
     part, expected, decision = detail.get("part_id"), detail.get("expected"), detail.get("decision")
+    named = f" (named by {detail['named_by']})" if detail.get("named_by") else ""
+    said = f"master part {part}{named} on camera {detail.get('camera')}"
     if detail.get("ok"):
-        return f"master part {part} on camera {detail.get('camera')}: {decision}, as expected"
+        return f"{said}: {decision}, as expected"
+    if detail.get("unfit"):
+        return f"{said}: failed by the camera health gate ({detail['unfit']}), not by the model"
     got = "no decision (an error)" if decision is None else decision
-    return f"master part {part} on camera {detail.get('camera')}: {got}, expected {expected}"
+    return f"{said}: {got}, expected {expected}"
 
 
 class MasterParts:
@@ -122,10 +127,15 @@ class MasterParts:
         expected = self.expected(header.get("part_id"))
         if expected is None:
             return
-        ok = header["decision"] == expected
+        # A frame the camera health gate failed (dark, blurred, frozen) shows nothing of the part: its
+        # fail is the gate's, and the model's score on it proves nothing either way.
+        unfit = unfit_reasons(header)
+        ok = header["decision"] == expected and not unfit
         header["master"] = {"expected": expected, "ok": ok}
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
+        if unfit:
+            detail["unfit"] = unfit
         checked_ns = time.time_ns()
         with self.lock:
             named_by = self.named.pop((header["camera_id"], header["part_id"]), None)
@@ -135,6 +145,9 @@ class MasterParts:
             self._keep()
         if ok:
             log.info("%s", master_words(detail))
+        elif unfit:
+            log.error("%s: no proof of the inspection; see to the camera, then run this master part again",
+                      master_words(detail))  # fmt: skip
         else:
             log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
                       "right check are suspect", master_words(detail))  # fmt: skip

@@ -58,6 +58,24 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
     assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
 
 
+def test_a_master_part_failed_by_the_camera_health_gate_proves_nothing(caplog):
+    """A red rabbit whose frame came frozen (a camera that sent its last frame again) failed as
+    it must, and was counted a right check: the gate's fail, not the model's, and the model's
+    score on a dark or frozen frame says nothing of the part."""
+    masters = MasterParts(["OK-*"], ["RR-*"])
+    frozen = {**_header("RR-1", "fail"), "health": {"ok": False, "reasons": ["frozen"]}}
+    fit = {**_header("RR-2", "fail"), "health": {"ok": True, "reasons": []}}
+    with caplog.at_level(logging.ERROR, logger="edge.master"):
+        masters.check(frozen)
+        masters.check(fit)
+    assert frozen["master"] == {"expected": "fail", "ok": False} and fit["master"]["ok"]
+    assert masters.state()["press1"]["RR-1"]["unfit"] == "frozen" and "unfit" not in masters.state()["press1"]["RR-2"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "master part RR-1 on camera press1: failed by the camera health gate (frozen), not by the model: no proof of "
+        "the inspection; see to the camera, then run this master part again"
+    ]
+
+
 @pytest.mark.parametrize(
     ("good", "defective", "said"),
     [
@@ -87,14 +105,15 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat
     from tests.test_schema import _errors
 
-    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    # Three parts, three pictures: one frame sent again would be a frozen camera's, unfit.
+    images = [cv2.imread(str(p)) for p in sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[:3]]
     url, port = f"sqlite:///{tmp_path / 'line.db'}", free_loopback_port()
     args = ("--threshold", "1e-9", "--record", url, "--metrics-port", str(port), "--set", "edge.heartbeat_s=0.2",
             "--set", "edge.master_good_parts=[MASTER-OK-*]", "--set", "edge.master_defective_parts=[RR-*]")  # fmt: skip
     with DaemonProcess(tiny_model, *args) as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
-            for i, part in enumerate(("RR-1", "SN-100", "MASTER-OK-1")):
+            for i, (part, image) in enumerate(zip(("RR-1", "SN-100", "MASTER-OK-1"), images, strict=True)):
                 cam.send(frame_message("press1", i, image, "raw", part_id=part))
             results = {h["part_id"]: h for h, _ in sub.collect(3, timeout=60)}
         finally:

@@ -1841,36 +1841,39 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     day1 = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9  # a UTC midnight
     writer = RecordWriter(record_url, tmp_path / "ev").start()
     parts = [("SN-1", "fail", None), ("RR-1", "fail", "fail"), ("RR-2", "fail", "fail"), ("OK-1", "pass", "pass"),
-             ("RR-3", "pass", "fail")]  # the last a red rabbit that passed  # fmt: skip
+             ("RR-3", "pass", "fail"), ("RR-4", "fail", "fail")]  # RR-3 passed; RR-4's frame was frozen  # fmt: skip
     for i, (part, decision, expected) in enumerate(parts):
-        result = _result("a", i, decision, ts_ns=day1 + 60 * 10**9 * i)
+        unfit = {"ok": False, "reasons": ["frozen"]} if part == "RR-4" else None
+        result = _result("a", i, decision, ts_ns=day1 + 60 * 10**9 * i, health=unfit)
         result.header["part_id"] = part
         if expected:
             result.header["master"] = {"expected": expected, "ok": decision == expected}
         writer.put(result, day1)
     writer.close()
     record = Record(record_url)
-    assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail"]
+    assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail", "fail"]
     assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
     (day,) = record.daily()
-    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"]) == (3, 4, 1, 1), day
+    # RR-4 failed as it must, but by the camera health gate: no proof of the model, so wrong.
+    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"]) == (4, 5, 2, 1), day
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day
     # The fails by what they were add up to the fails: the red rabbits among the master parts.
-    assert day["fails"] == {"false_reject": 0, "defect": 0, "unreviewed": 1, "unfit": 0, "master": 2}, day
-    assert [r["part_id"] for r in record.results(master=True)] == ["RR-3", "OK-1", "RR-2", "RR-1"]
+    assert day["fails"] == {"false_reject": 0, "defect": 0, "unreviewed": 1, "unfit": 1, "master": 2}, day
+    assert [r["part_id"] for r in record.results(master=True)] == ["RR-4", "RR-3", "OK-1", "RR-2", "RR-1"]
     assert [r["part_id"] for r in record.results(master=False)] == ["SN-1"]
     if record_url.startswith("sqlite"):
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
-        assert table[0].split()[-2:] == ["master", "wrong"] and table[1].split()[-2:] == ["4", "1"], table
-        assert "4 master part(s) run through, 1 not decided as they must be" in table[-2], table
+        assert table[0].split()[-2:] == ["master", "wrong"] and table[1].split()[-2:] == ["5", "2"], table
+        assert "5 master part(s) run through, 2 not decided as they must be" in table[-2], table
         daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
-        assert daily_csv[0].endswith(",master,master_wrong") and daily_csv[1].endswith(",4,1"), daily_csv
+        assert daily_csv[0].endswith(",master,master_wrong") and daily_csv[1].endswith(",5,2"), daily_csv
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown
-        assert "SN-1" not in shown and shown.strip().endswith("4 results"), shown
+        assert "RR-4(master:must-fail,WRONG) unfit:frozen" in shown, shown
+        assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
         assert csv_rows[0].endswith(",master") and csv_rows[1].endswith(",fail"), csv_rows
         refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)

@@ -644,8 +644,11 @@ class Record:
             "unfit": _count(fail, r.unfit.is_not(None)),
             "master": _count(r.master.is_not(None)),
             MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
-            # A master part not decided as it must be: the other decision, or none (an error).
-            "master_wrong": _count(r.master.is_not(None), sa.or_(r.decision.is_(None), r.decision != r.master)),
+            # A master part not decided as it must be: the other decision, none (an error), or the
+            # camera health gate's fail, which proves nothing of the model (edge/master.py).
+            "master_wrong": _count(
+                r.master.is_not(None), sa.or_(r.decision.is_(None), r.decision != r.master, r.unfit.is_not(None))
+            ),
         }
         q = sa.select(*key, *counted.values()).group_by(*key)
         if camera is not None:

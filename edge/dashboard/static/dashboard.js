@@ -170,6 +170,7 @@ function failRateAlarmText(a) {
 // A master part's check (its daemon's heartbeat; edge/master.py) in words.
 function masterText(m) {
   if (m.ok) return `master part ${m.part_id}: ${m.decision}, as expected`;
+  if (m.unfit) return `master part ${m.part_id}: failed by the camera health gate (${m.unfit}), not by the model`;
   return `master part ${m.part_id}: ${m.decision === null ? "no decision (an error)" : m.decision}, expected ${m.expected}`;
 }
 
