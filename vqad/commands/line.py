@@ -586,7 +586,9 @@ def _daemon_run_said(kind: str, detail: dict) -> str | None:
             before += (f"; the box's clock read {span(float(clock.get('behind_s') or 0))} before "
                        f"{clock.get('behind')} ({clock.get('behind_at')})")  # fmt: skip
         version = f" by vqad {detail['vqad_version']}" if detail.get("vqad_version") else ""
-        return f"run {run} started{version}, threshold {detail.get('threshold')}{before}"
+        threshold = detail.get("threshold")
+        threshold = f"{threshold:.6g}" if isinstance(threshold, int | float) else threshold
+        return f"run {run} started{version}, threshold {threshold}{before}"
     if kind == "stop":
         raised = detail.get("fail_rate_alarms")
         with_alarms = f", the fail-rate alarm raised on {', '.join(map(str, raised))}" if raised else ""
