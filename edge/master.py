@@ -132,8 +132,12 @@ class MasterParts:
         unfit = unfit_reasons(header)
         ok = header["decision"] == expected and not unfit
         header["master"] = {"expected": expected, "ok": ok}
+        # The model and threshold it proves: a reload or a threshold set afterwards is another
+        # inspection, which its checks do not prove (the dashboard tells them apart).
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],
-                  "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok}  # fmt: skip
+                  "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok,
+                  "model_sha256": (header.get("model") or {}).get("sha256"),
+                  "threshold": header.get("threshold")}  # fmt: skip
         if unfit:
             detail["unfit"] = unfit
         checked_ns = time.time_ns()

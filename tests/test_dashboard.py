@@ -1705,6 +1705,14 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
+        # A check proves the model and threshold it was made on: cam1 serves model abab… at 1.0.
+        before = {**right, "model_sha256": "cd" * 32, "threshold": 1.0}
+        now = {**other, "model_sha256": "ab" * 32, "threshold": 1.0}
+        assert wait_for(lambda: beating([before, {**now, "threshold": 0.8}], lambda: "warn" in shown()[2]), 20,
+                        every=0.2), shown()  # fmt: skip
+        assert shown()[3].startswith("master parts not run since the model or threshold changed (the last at ")
+        assert wait_for(lambda: beating([before, now], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
+        assert shown()[3].endswith(" (1 more before the model or threshold changed)"), shown()
         # The day's tally counts a camera's master parts, and says in red that one was wrong.
         cell = """const row = document.querySelector('[data-camera="cam5"] [data-field="daily"] tr');
                   return row ? [row.children[10].textContent, row.children[10].className] : null"""

@@ -17,7 +17,8 @@ from edge.settings import EdgeConfig
 
 def _header(part_id: str | None, decision: str | None, camera: str = "press1") -> dict:
     return {"camera_id": camera, "frame_id": 7, "part_id": part_id, "decision": decision,
-            "score": None if decision is None else 1.5}  # fmt: skip
+            "score": None if decision is None else 1.5, "model": {"name": "m", "sha256": "ab" * 32},
+            "threshold": 1.2}  # fmt: skip
 
 
 def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_are_left_alone(caplog):
@@ -47,6 +48,7 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
         "press1": {"OK-1": False, "RR-1": True}, "press2": {"RR-2": False},
     }  # fmt: skip
     assert state["press1"]["OK-1"]["ts_ns"] > 0 and state["press2"]["RR-2"]["decision"] is None
+    assert (state["press1"]["RR-1"]["model_sha256"], state["press1"]["RR-1"]["threshold"]) == ("ab" * 32, 1.2)
     masters.check(_header("RR-1", "fail"))  # another master's right check does not undo OK-1's wrong one
     assert not masters.state()["press1"]["OK-1"]["ok"]
     masters.check(_header("OK-1", "pass"))  # that master part's own does
