@@ -561,6 +561,9 @@ class Daemon:
                 pass
         if old is not None and new.drift is not old.drift:
             self.metrics.forget_drift()  # the old model's alarms: its windows start again
+        if old is not None and self.masters is not None and _inspection(old) != _inspection(new):
+            log.info("the master parts' checks so far were made on the model and threshold before: run them again "
+                     "to prove this inspection")  # fmt: skip
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old
@@ -871,3 +874,8 @@ def _ts(parts: list[bytes | memoryview]) -> int:
 def _fit(health: dict[str, Any]) -> str:
     """A frame's health as vqad_camera_frames labels it."""
     return "fit" if health["ok"] else "unfit"
+
+
+def _inspection(serving: Serving) -> tuple[str, float]:
+    """What a master part's check proves (edge/master.py): the model, and the threshold."""
+    return serving.package.sha256, serving.scoring.threshold

@@ -281,9 +281,11 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
             sub.close()
             cam.close()
         beat = next_heartbeat(daemon.results)
+        run_vqad("ctl", control, "set-threshold", "2e-9", "--reason", "a new inspection", "--by", "ann")
         log_text = daemon.log_text()
     assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True}
     assert beat["master_parts"]["press1"]["RR-HOLE-1"]["named_by"] == "ann"  # who named the frame, for the audit
     assert _errors("heartbeat", beat) == []
     assert "part_id" not in got[1] and "master" not in got[1]  # named once: the next frame is a product
     assert "control: master part RR-HOLE-1 for camera press1's next frame (it must fail), by ann" in log_text
+    assert "the master parts' checks so far were made on the model and threshold before: run them again" in log_text
