@@ -28,6 +28,7 @@ from edge.errors import FrameError
 from edge.frames import write_image
 from edge.health import HealthLimits
 from edge.logrepeat import RepeatedLog
+from edge.master import MasterParts
 from edge.metrics import DaemonMetrics
 from edge.progress import progress
 from edge.protocol import Frame, UnreadableMessageError, file_name, parse_frame
@@ -47,14 +48,15 @@ class Collected:
     """What a collection kept and left: images written per camera folder; per camera that sent
     16-bit frames, the bits their headers said they fill (None: not said); messages that were no
     readable frame; frames of other cameras than the one asked for; and frames that came within
-    `every_s` of their camera's last kept one; and the error of a frame that could not be
-    written (a full disk), which ended the collection."""
+    `every_s` of their camera's last kept one; frames of master parts; and the error of a frame
+    that could not be written (a full disk), which ended the collection."""
 
     written: collections.Counter[Path] = dataclasses.field(default_factory=collections.Counter)
     sixteen_bit: dict[str, int | None] = dataclasses.field(default_factory=dict)
     unreadable: int = 0
     other_cameras: int = 0
     too_soon: int = 0
+    master_parts: int = 0  # frames of master parts (edge.master_good_parts, edge.master_defective_parts)
     write_failed: OSError | None = None  # what ended the collection at a frame it could not write
 
 
@@ -116,6 +118,9 @@ def _kept_frames(
     """The frames to write, as they come; what is left is counted in `collected`. With CURVE
     on (`curve`), a camera whose key was removed from the folder is no longer heard."""
     limits = cfg.frame_limits()
+    # A shift's master parts are no product to learn from: a red rabbit would teach its defect
+    # as good, and the good master is one part again and again.
+    masters = MasterParts(cfg.master_good_parts, cfg.master_defective_parts)
     unreadable = RepeatedLog(log)
     last_kept: dict[str, float] = {}  # camera -> when its last frame was kept (monotonic)
     shapes: dict[str, tuple[int, ...]] = {}  # camera -> its first frame's shape
@@ -143,6 +148,9 @@ def _kept_frames(
             continue
         if camera is not None and frame.camera_id != camera:
             collected.other_cameras += 1
+            continue
+        if masters.expected(frame.part_id) is not None:
+            collected.master_parts += 1
             continue
         if every_s and heard - last_kept.get(frame.camera_id, -every_s) < every_s:
             collected.too_soon += 1

@@ -72,7 +72,8 @@ def _said(proc: subprocess.Popen, text: str) -> None:
 def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path):
     """RGB raw, a Mono12 camera's 16-bit counts, a JPEG and a grey frame: each PNG holds the
     pixels the daemon's parse_frame gives for the same message; another camera's frames, a
-    message that is no frame and a frame id sent again are handled, and --count ends it."""
+    message that is no frame, a frame id sent again and a master part's frame are handled, and
+    --count ends it."""
     rng = np.random.default_rng(0)
     colour = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
     mono12 = (rng.random((40, 60)) * 4095).astype(np.uint16)
@@ -83,14 +84,16 @@ def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path)
         frame_message("top", 9, colour, "jpeg"),
         frame_message("side", 1, grey),
         frame_message("top", 7, grey),  # a sender that started its ids again
+        frame_message("top", 11, grey, part_id="RR-SCRATCH-1"),  # a red rabbit, at the shift's start
     ]
     out = tmp_path / "good"
-    proc, endpoint = _collect(out, "--count", 5, "--camera", "top", "--timeout", 60)
+    proc, endpoint = _collect(out, "--count", 5, "--camera", "top", "--timeout", 60,
+                              "--set", "edge.master_defective_parts=[RR-*]")  # fmt: skip
     unreadable = [header("top", 1, encoding="webp"), b"x"]  # no readable frame
     stdout, stderr = _sent_to_the_end(proc, endpoint, [unreadable, *messages, frame_message("top", 10, grey)])
     assert proc.returncode == 0, stderr
     assert f"5 frames -> {out / 'top'}" in stdout, stdout
-    assert "left: 1 no readable frame (the log says why), 1 of other cameras (--camera)" in stdout
+    assert "left: 1 no readable frame (the log says why), 1 of other cameras (--camera), 1 of master parts" in stdout
     assert "top: frames of 40x60, 3 channels" in stderr and "one camera's images train one model" in stderr
     saved = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (out / "top").iterdir()}
     (again,) = [n for n in saved if n.startswith("top_7_")]  # named by its receive time too

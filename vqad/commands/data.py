@@ -69,7 +69,8 @@ def _say_collected(collected: Collected) -> None:
         print(f"{n} frame{'' if n == 1 else 's'} -> {folder}")
     left = [(collected.unreadable, "no readable frame (the log says why)"),
             (collected.other_cameras, "of other cameras (--camera)"),
-            (collected.too_soon, "within --every-s of their camera's last one")]  # fmt: skip
+            (collected.too_soon, "within --every-s of their camera's last one"),
+            (collected.master_parts, "of master parts (edge.master_*_parts): no product")]  # fmt: skip
     said = ", ".join(f"{n} {why}" for n, why in left if n)
     if said:
         print(f"left: {said}")
