@@ -2214,6 +2214,17 @@ def test_a_sample_of_the_lines_frames_holds_its_rejects_in_the_share_the_line_re
         writer.put(result, time.time_ns())
     for i in range(2):
         writer.put(_result("cam 2", i, decision="pass", ts_ns=t0 + 10 * 10**9 + i), time.time_ns())
+    # Neither the shift's master parts (a red rabbit that wrongly passed among them) nor a frame
+    # the camera health gate failed is a part of the line's to calibrate on.
+    for i, (part, decision) in enumerate([("OK-1", "pass"), ("RR-1", "pass"), ("RR-2", "fail")], start=2):
+        master = _result("cam 2", i, decision=decision, ts_ns=t0 + 10 * 10**9 + i)
+        master.header.update(part_id=part, master={"expected": "pass" if part.startswith("OK") else "fail",
+                                                   "ok": part != "RR-1"})  # fmt: skip
+        writer.put(master, time.time_ns())
+    dark = _result(
+        "cam 2", 5, decision="fail", ts_ns=t0 + 10 * 10**9 + 5, health={"ok": False, "reasons": ["exposure"]}
+    )
+    writer.put(dark, time.time_ns())
     blind = _result("cam3", 0, decision="pass", ts_ns=t0)
     blind.frame = None  # a camera none of whose passes kept its frame
     writer.put(blind, time.time_ns())

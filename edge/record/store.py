@@ -808,14 +808,18 @@ class Record:
         OUT/<camera>/<camera>_<frame id>_<pass|fail>.<suffix>. Passes alone lack every good part
         that scored over the threshold in force (it was rejected): a threshold set on them comes
         out under that one, and lower again at each recalibration. A result reviewed as a defect
-        is left out; the rest are the model's decisions, for a person to look through. `camera`,
+        is left out, as are master parts and the camera health gate's unfit frames; the rest are
+        the model's decisions, for a person to look through. `camera`,
         `since_ns`, `until_ns` and `elsewhere` as in `export_reviewed`."""
         r = results.c
         in_period = _within(sa.select(r.id), r.ts_ns, since_ns, until_ns)
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
             passed = _within(sa.select(r.camera_id).distinct().where(r.decision == "pass"), r.ts_ns, since_ns, until_ns)
             cameras = [camera] if camera is not None else conn.execute(passed).scalars().all()
-            drawn = [self._draw_sample(conn, in_period.where(r.camera_id == c), c, limit) for c in sorted(cameras)]
+            # The line's parts alone: not a master part (a red rabbit that passed wrongly would be
+            # a defect among the good), nor a frame the camera health gate failed (no part seen).
+            parts = in_period.where(r.master.is_(None), r.unfit.is_(None))
+            drawn = [self._draw_sample(conn, parts.where(r.camera_id == c), c, limit) for c in sorted(cameras)]
         left_out: Counter[str] = Counter()
         for sample in drawn:
             self._write_sample(sample, Path(out), elsewhere, left_out)
