@@ -1812,6 +1812,10 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
     # The fails by what they were add up to the fails: the gate's reviewed one counted once.
     fails = record.daily()[0]["fails"]
     assert fails == {"false_reject": 1, "defect": 1, "unreviewed": 0, "unfit": 1, "master": 0}, fails
+    # Its frame, too bright, is no picture of the part: not a good image to train on as good.
+    exported = {p.name for p in (tmp_path / "reviewed").rglob("*.png")} if record.export_reviewed(
+        tmp_path / "reviewed", camera="a") else set()  # fmt: skip
+    assert exported and not any(name.startswith("a_2") for name in exported), exported
 
 
 def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url):

@@ -767,13 +767,13 @@ class Record:
         """The reviewed evidence in the MVTec layout: false rejects into OUT/train/good (new
         good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
         The latest review of a result decides. -> how many images went where. A reviewed result
-        without its evidence (not kept, removed by the quota, or its file not on this machine)
-        is left out, and a warning counts those. `camera`, `since_ns`, `until_ns`: one camera's
-        results, captured in that time (a record keeps the lines of several products, and each
-        model is trained and calibrated on its own product's images). `elsewhere(row)`: the
-        frame's bytes when its file is not on this machine's disk (another box's, on a record
-        that boxes share), else None; `row` has the result's id, camera_id, frame_id and
-        daemon_run."""
+        without its evidence (not kept, removed by the quota, or its file not on this machine),
+        or whose frame the camera health gate failed, is left out, and a warning counts those.
+        `camera`, `since_ns`, `until_ns`: one camera's results, captured in that time (a record
+        keeps the lines of several products, and each model is trained and calibrated on its own
+        product's images). `elsewhere(row)`: the frame's bytes when its file is not on this
+        machine's disk (another box's, on a record that boxes share), else None; `row` has the
+        result's id, camera_id, frame_id and daemon_run."""
         out = Path(out)
         found, left_out = self._latest_reviews(camera, since_ns, until_ns)
         # A camera and frame id reviewed in two results (a sender that started its ids again):
@@ -782,6 +782,10 @@ class Record:
         counts: Counter[str] = Counter()
         for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
             frame, content, why = self._frame_to_export(row, elsewhere)
+            if row is not None and row.unfit is not None:
+                # A dark, blurred or frozen frame shows no part: a good image to train on as good,
+                # or a defect to test on, it is neither, whatever the review said of the part.
+                why = "whose frame the camera health gate found unfit (no picture of the part)"
             if why:
                 left_out[why] += 1
                 continue
@@ -892,7 +896,7 @@ class Record:
                                since_ns, until_ns)  # fmt: skip
         left_out: Counter[str] = Counter()
         columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
-                   results.c.evidence_frame, results.c.evidence_removed)  # fmt: skip
+                   results.c.evidence_frame, results.c.evidence_removed, results.c.unfit)  # fmt: skip
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
             latest: dict[int, Any] = {}
             for r in conn.execute(reviewed):
