@@ -210,7 +210,8 @@ def _review_loop(workdir: Path, data: Path, manifest: Path) -> dict:
 
     url = _record_url(workdir)
     sources = {(r["camera_id"], int(r["frame_id"])): Path(r["source"]) for r in csv.DictReader(open(manifest))}
-    rejects = Record(url).results(decision="fail", limit=10_000)
+    # The model's rejects: a frame the camera health gate failed shows no part to review.
+    rejects = [r for r in Record(url).results(decision="fail", limit=10_000) if r["unfit"] is None]
     good = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name == "good"]
     defects = [r for r in rejects if sources[(r["camera_id"], r["frame_id"])].parent.name != "good"]
     reviewed = []
