@@ -59,6 +59,13 @@ def master_words(detail: dict[str, Any]) -> str:
     return f"{said}: {got}, expected {expected}"
 
 
+def checked_right(decision: str | None, expected: str, unfit: str | None) -> bool:
+    """Whether a master part got the decision it must get: by the model, on a frame the camera
+    health gate found fit (a dark, blurred or frozen frame's fail is the gate's, and the model's
+    score on it proves nothing either way). The record's `master_wrong` counts the rest."""
+    return decision == expected and not unfit
+
+
 class MasterParts:
     """`check` each published result header: a master part's gets `master`: {"expected", "ok"}."""
 
@@ -127,10 +134,8 @@ class MasterParts:
         expected = self.expected(header.get("part_id"))
         if expected is None:
             return
-        # A frame the camera health gate failed (dark, blurred, frozen) shows nothing of the part: its
-        # fail is the gate's, and the model's score on it proves nothing either way.
         unfit = unfit_reasons(header)
-        ok = header["decision"] == expected and not unfit
+        ok = checked_right(header["decision"], expected, unfit)
         header["master"] = {"expected": expected, "ok": ok}
         # The model and threshold it proves: a reload or a threshold set afterwards is another
         # inspection, which its checks do not prove (the dashboard tells them apart).

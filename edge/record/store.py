@@ -644,8 +644,8 @@ class Record:
             "unfit": _count(fail, r.unfit.is_not(None)),
             "master": _count(r.master.is_not(None)),
             MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
-            # A master part not decided as it must be: the other decision, none (an error), or the
-            # camera health gate's fail, which proves nothing of the model (edge/master.py).
+            # A master part not decided as it must be (edge.master.checked_right, in SQL): the other
+            # decision, none (an error), or the camera health gate's fail, which proves nothing.
             "master_wrong": _count(
                 r.master.is_not(None), sa.or_(r.decision.is_(None), r.decision != r.master, r.unfit.is_not(None))
             ),

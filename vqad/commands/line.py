@@ -447,7 +447,9 @@ def _part(r: dict) -> str:
     """A result's part for a person: its id, and for a master part whether it got its verdict."""
     if not r.get("master"):
         return r["part_id"] or "-"
-    right = "right" if r["decision"] == r["master"] and not r.get("unfit") else "WRONG"  # edge/master.py
+    from edge.master import checked_right
+
+    right = "right" if checked_right(r["decision"], r["master"], r.get("unfit")) else "WRONG"
     return f"{r['part_id']}(master:must-{r['master']},{right})"
 
 
