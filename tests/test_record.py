@@ -1857,9 +1857,10 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     record = Record(record_url)
     assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail", "fail"]
     assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
+    record.review("a", 4, "defect")  # the red rabbit that passed: the line's proof failed, no part escaped
     (day,) = record.daily()
     # RR-4 failed as it must, but by the camera health gate: no proof of the model, so wrong.
-    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"]) == (4, 5, 2, 1), day
+    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"], day["missed"]) == (4, 5, 2, 1, 0), day
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day

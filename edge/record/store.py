@@ -700,7 +700,9 @@ class Record:
                             counts[verdicts[result_id]] += 1
                             if unfit is None and master is None:  # the model's own fail, of a product
                                 counts[PRODUCT_VERDICTS[verdicts[result_id]]] += 1
-                        elif verdicts[result_id] == "defect":  # a pass (review refuses a pass's false_reject)
+                        elif verdicts[result_id] == "defect" and master is None:
+                            # A product's pass found defective (review refuses a pass's false_reject);
+                            # a master part's wrong pass is the tally's master_wrong, not a miss.
                             counts[MISSED] += 1
         return tally
 
