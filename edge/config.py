@@ -143,7 +143,19 @@ def _convert_mapping(value: Any, args: tuple, where: str) -> dict[Any, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a mapping (KEY: VALUE), got {value!r}")
     key_tp, value_tp = args if args else (Any, Any)
+    if typing.get_origin(value_tp) is not dict and not dataclasses.is_dataclass(value_tp):
+        value = dict(_dotted(value))
     return {_convert(k, key_tp, where): _convert(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+
+
+def _dotted(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """A mapping of scalars whose keys may hold dots ("line3.press1"), as parse_overrides nests
+    `FIELD.line3.press1=V`: its keys joined again."""
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:

@@ -123,6 +123,8 @@ def test_a_mapping_setting_is_read_from_yaml_and_added_to_from_the_command_line(
                                                          "fail_rate_alarm_cameras.trim=0.1"]))  # fmt: skip
     assert cfg.fail_rate_alarm_cameras == {"press1": 0.05, "trim": 0.1, "press2": 0.3}
     assert load_config(EdgeConfig, None, {"fail_rate_alarm_cameras": "{}"}).fail_rate_alarm_cameras == {}
+    dotted = load_config(EdgeConfig, None, parse_overrides(["fail_rate_alarm_cameras.line3.press1=0.1"]))
+    assert dotted.fail_rate_alarm_cameras == {"line3.press1": 0.1}  # a camera id with a dot
     with pytest.raises(ConfigError, match=r"fail_rate_alarm_cameras\.press1: expected a number, got 'high'"):
         load_config(EdgeConfig, None, parse_overrides(["fail_rate_alarm_cameras.press1=high"]))
     with pytest.raises(ConfigError, match="fail_rate_alarm_cameras: expected a mapping"):
