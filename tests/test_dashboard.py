@@ -1688,8 +1688,9 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
     with _page_of_published_results(tmp_path, "--record", url) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
 
-        def beating(checks, check):
-            _beat_with_two_cameras(sock, master_parts={"cam1": {c["part_id"]: c for c in checks}})
+        def beating(checks, check, threshold=1.0):
+            _beat_with_two_cameras(sock, master_parts={"cam1": {c["part_id"]: c for c in checks}},
+                                   model={"name": "m", "sha256": "ab" * 32}, threshold=threshold)  # fmt: skip
             return check()
 
         shown = lambda: driver.execute_script(card, "cam1")  # noqa: E731
@@ -1701,14 +1702,16 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert "master part RR-3: pass, expected fail" in driver.execute_script(tile.replace("className", "innerText"))
         assert driver.execute_script(card, "cam5")[1] is True  # no master part seen: no pill
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
-        assert summary["cam1"]["master_parts"] == [wrong, other] and summary["cam5"]["master_parts"] is None
+        assert summary["cam1"]["master_parts"] == [{**wrong, "proves_now": True}, {**other, "proves_now": True}]
+        assert summary["cam5"]["master_parts"] is None
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
-        # A check proves the model and threshold it was made on: cam1 serves model abab… at 1.0.
+        # A check proves the model and threshold it was made on: the daemon serves model abab… at
+        # 1.0, then at 1.2 (vqad ctl set-threshold: cam1's results since, if any, would say so).
         before = {**right, "model_sha256": "cd" * 32, "threshold": 1.0}
         now = {**other, "model_sha256": "ab" * 32, "threshold": 1.0}
-        assert wait_for(lambda: beating([before, {**now, "threshold": 0.8}], lambda: "warn" in shown()[2]), 20,
+        assert wait_for(lambda: beating([before, now], lambda: "warn" in shown()[2], threshold=1.2), 20,
                         every=0.2), shown()  # fmt: skip
         assert shown()[3].startswith("master parts not run since the model or threshold changed (the last at ")
         assert wait_for(lambda: beating([before, now], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
@@ -1729,6 +1732,32 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         )
         marked = lambda: any(c.startswith("RR-4 ") and c.endswith(" master") for c in captions())  # noqa: E731
         assert wait_for(marked, 10), captions()
+
+
+def test_a_camera_known_from_the_record_shows_what_its_daemons_heartbeat_says_of_it(tmp_path):
+    """A line at rest, or a dashboard started since its camera last sent: the card came from the
+    record, and the heartbeat's word on that camera (a wrong master part, which stands until it
+    is checked right; a pause) was not shown, since no result had named its daemon."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    _recorded_master_parts(url, tmp_path / "evidence", "standing", [("RR-1", "pass")])
+    wrong = {"camera": "standing", "part_id": "RR-1", "frame_id": 0, "expected": "fail", "decision": "pass",
+             "score": 0.8, "ok": False, "ts_ns": time.time_ns()}  # fmt: skip
+    beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 1, "threshold": 1.0, "stalled": False,
+            "record": None, "paused": ["standing"], "master_parts": {"standing": {"RR-1": wrong}}}  # fmt: skip
+    pill = """const card = document.querySelector('[data-camera="standing"].camera');
+              const pill = card && card.querySelector('[data-field="master-parts"]');
+              return pill && !pill.hidden ? [pill.className, pill.textContent, card.className] : null"""
+    with _page_of_published_results(tmp_path, "--record", url) as (sock, driver):
+
+        def shown():
+            sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns()}))
+            return driver.execute_script(pill)
+
+        said = wait_for(shown, 20, every=0.2)
+        assert said and "bad" in said[0] and said[1].startswith("master part RR-1: pass, expected fail"), said
+        assert "paused" in said[2], said
+        cameras = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
+        assert cameras["standing"]["recorded_only"] and cameras["standing"]["paused"]
 
 
 def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:

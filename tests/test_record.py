@@ -1861,6 +1861,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     (day,) = record.daily()
     # RR-4 failed as it must, but by the camera health gate: no proof of the model, so wrong.
     assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"], day["missed"]) == (4, 5, 2, 1, 0), day
+    assert day["fail_rate"] == 1.0  # the products': SN-1 alone; the shift's master parts are no rejects of the line
     record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
     (day,) = record.daily()
     assert (day["defect"], day["unreviewed"]) == (1, 1), day

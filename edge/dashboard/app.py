@@ -181,7 +181,7 @@ class Dashboard:
             daemon = self._daemon(self.streams[0] if self.streams else "", self.probes[0] if self.probes else None)
         beats = self._heartbeats()
         for camera, view in cameras.items():
-            beat = beats.get(view["daemon"], {})
+            beat = beats.get(view["daemon"]) or _beat_naming(beats, camera)
             view["drift"] = daemon.get("drift", {}).get(camera)
             # A paused camera's frames get an error result, not a decision (`vqad ctl pause`).
             view["paused"] = camera in (beat.get("paused") or ())
@@ -657,8 +657,29 @@ def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
     return {"window": fail_rate.get("window"), "limit": fail_rate.get("limit"), **alarm}  # the camera's own limit
 
 
+def _beat_naming(beats: dict[str, dict[str, Any]], camera: str) -> dict[str, Any]:
+    """For a camera none of whose results the page has seen (known from the record: a line at
+    rest, a dashboard started since), the heartbeat that names it: paused, its fail-rate alarm,
+    its master parts. A wrong master part stands until checked right, idle line or not."""
+    for beat in beats.values():
+        named = (
+            beat.get("paused") or (),
+            (beat.get("fail_rate") or {}).get("alarms") or {},
+            beat.get("master_parts") or {},
+        )
+        if any(camera in said for said in named):
+            return beat
+    return {}
+
+
 def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | None:
     """`camera`'s master parts, each one's latest check, by part_id, while the heartbeat names
-    any (edge/master.py), else None."""
+    any (edge/master.py), else None; each with `proves_now`: whether it was made on the model
+    and threshold the daemon serves now (a check proves the inspection it was made on; one kept
+    by a vqad that did not name them is taken as made on it)."""
     parts = (beat.get("master_parts") or {}).get(camera)
-    return [parts[part] for part in sorted(parts)] if isinstance(parts, dict) and parts else None
+    if not isinstance(parts, dict) or not parts:
+        return None
+    serving = ((beat.get("model") or {}).get("sha256"), beat.get("threshold"))
+    return [{**check, "proves_now": not check.get("model_sha256") or (check["model_sha256"], check.get("threshold"))
+             == serving} for check in (parts[part] for part in sorted(parts))]  # fmt: skip

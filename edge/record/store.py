@@ -644,6 +644,8 @@ class Record:
             "unfit": _count(fail, r.unfit.is_not(None)),
             "master": _count(r.master.is_not(None)),
             MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
+            MASTER_DECIDED: _count(r.master.is_not(None), r.decision.is_not(None)),
+            MASTER_FAILED: _count(fail, r.master.is_not(None)),
             # A master part not decided as it must be (edge.master.checked_right, in SQL): the other
             # decision, none (an error), or the camera health gate's fail, which proves nothing.
             "master_wrong": _count(
@@ -985,6 +987,9 @@ def _defect_folder(kind: str | None) -> str:
 # not make. Neither is a column of the tally.
 PRODUCT_VERDICTS = {verdict: f"product_{verdict}" for verdict in VERDICTS}
 MASTER_FAILS = "master_fails"
+# daily_decisions' counts of the master parts decided, and of those failed (the gate's fails too):
+# left out of the day's fail rate, which is the products' (not columns either).
+MASTER_DECIDED, MASTER_FAILED = "master_decided", "master_failed"
 
 # (day, camera_id, model_sha256): what Record.daily counts by.
 DayKey = tuple[dt.date, str, str | None]
@@ -1008,7 +1013,10 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
         # The fails that wait for a verdict: the camera health gate's wait for the camera, and a
         # master part's verdict is known.
         unreviewed = counts["fail"] - counts["unfit"] - counts[MASTER_FAILS] - sum(product_reviewed.values())
-        decided_n = counts["pass"] + counts["fail"]
+        # The products' fail rate: a shift's master parts, red rabbits failed as they must, are not
+        # the line's rejects (the fail-rate alarm and the page's live rates leave them out too).
+        decided_n = counts["pass"] + counts["fail"] - counts[MASTER_DECIDED]
+        failed_n = counts["fail"] - counts[MASTER_FAILED]
         rows.append({
             "day": day.isoformat(),
             "camera_id": camera,
@@ -1020,7 +1028,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "master": counts["master"],  # master parts run through, right or wrong
             "master_wrong": counts["master_wrong"],  # of them, those not decided as they must be
             MISSED: found.get(MISSED, 0),
-            "fail_rate": round(counts["fail"] / decided_n, 6) if decided_n else None,
+            "fail_rate": round(failed_n / decided_n, 6) if decided_n else None,
             # The fails parted by what they were, adding up to `fail`: a fail of the camera health
             # gate or of a master part counted there alone, reviewed or not; the model's own fails
             # of products by their verdicts, and those not reviewed yet.

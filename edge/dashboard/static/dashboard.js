@@ -387,7 +387,7 @@ function drawCamera(id, c, daemon) {
     setText(n, "fail-rate-alarm", failRateAlarmText(c.fail_rate_alarm));
     alarm.title = "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
   }
-  drawMasters($(n, "master-parts"), c);
+  drawMasters($(n, "master-parts"), c.master_parts);
   n.classList.toggle("master-wrong", wrongMasters(c).length > 0);
   drawDrift($(n, "drift"), c.drift, daemon);
   drawLatest(cam, id, c.latest);
@@ -587,25 +587,20 @@ function sayOfQueue(cam, text) {
   setText(cam.node, "daily-status", text);
 }
 
-// Whether master part check `m` was made on the model and threshold camera `c` is served on now:
-// a check proves the inspection it was made on, not one reloaded or set since (a check kept
-// from a vqad that did not say is taken as made on it).
-function provesNow(m, c) {
-  if (!m.model_sha256 || !c.model) return true;
-  return m.model_sha256 === c.model.sha256 && m.threshold === c.threshold;
-}
+// Whether master part check `m` was made on the model and threshold its daemon serves now (the
+// server's `proves_now`): a check proves the inspection it was made on, not one reloaded or set since.
+function provesNow(m) { return m.proves_now !== false; }
 
 // The camera's master parts: green while each one's latest check got its verdict; red while one
 // did not, until that master part gets it again (the parts since its last right check are suspect);
 // amber while none was run on the model and threshold served now.
-function drawMasters(el, c) {
-  const masters = c.master_parts;
+function drawMasters(el, masters) {
   el.hidden = !masters;
   if (!masters) return;
   // when, and who named the frame that master part (vqad ctl master), where someone did
   const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString() + (m.named_by ? `, named by ${m.named_by}` : "");
   const wrong = masters.filter((m) => !m.ok);
-  const now = masters.filter((m) => provesNow(m, c));
+  const now = masters.filter(provesNow);
   const latest = (checks) => checks.reduce((a, b) => (b.ts_ns > a.ts_ns ? b : a));
   if (wrong.length) {
     pill(el, `${masterText(wrong[0])} (${time(wrong[0])})${moreWrong(wrong)}`, "bad");
@@ -619,7 +614,7 @@ function drawMasters(el, c) {
     const before = masters.length - now.length;
     pill(el, `master parts right: ${now.length}, the latest at ${time(latest(now))}` +
       (before ? ` (${before} more before the model or threshold changed)` : ""), "ok");
-    el.title = masters.map((m) => `${masterText(m)} (${time(m)})${provesNow(m, c) ? "" : ", on the model or threshold before"}`).join("\n");
+    el.title = masters.map((m) => `${masterText(m)} (${time(m)})${provesNow(m) ? "" : ", on the model or threshold before"}`).join("\n");
   }
 }
 
