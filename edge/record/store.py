@@ -613,7 +613,8 @@ class Record:
         days: ProductionDays = UTC_DAYS,
     ) -> list[dict[str, Any]]:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
-        model: results, passes, fails, errors, drops, the fail rate, and what people found in
+        model: results, passes, fails, errors, drops, the products' fail rate (master parts left
+        out), and what people found in
         the fails they reviewed (the latest review of a result decides): false rejects, confirmed
         defects, fails not reviewed (of frames the camera health gate passed); the fails the gate
         made (unfit frames); and the passes reviewed as defects (missed). Oldest first."""
