@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from edge.protocol import unfit_reasons
 from edge.recent import RecentDict
 
 if TYPE_CHECKING:
@@ -40,27 +41,39 @@ WINDOW = 100
 CLEAR_FRACTION = 0.8
 
 
+def fails_words(detail: dict[str, Any]) -> str:
+    """A camera's fails among its last decisions (a fail-rate alarm's `detail`) in words."""
+    said = f"camera {detail.get('camera')} failed {detail.get('fails')} of its last {detail.get('of')} decisions"
+    if detail.get("unfit"):
+        said += f" ({detail['unfit']} of them frames the camera health gate found unfit)"
+    return said
+
+
 def fail_rate_words(detail: dict[str, Any]) -> str:
     """A fail-rate alarm's change row (its `detail`) in words, for `vqad records --daily`; the
     dashboard's changes say the same."""
-    said = f"camera {detail.get('camera')} failed {detail.get('fails')} of its last {detail.get('of')} decisions"
+    said = fails_words(detail)
     if detail.get("state") == "raised":
         return f"raised: {said}, over the limit of {100 * float(detail.get('limit') or 0):.0f}%"
     return f"cleared: {said}"
 
 
 class _Window:
-    """A camera's last `size` decisions (True: a fail) and how many of them failed."""
+    """A camera's last `size` decisions ((failed, by the camera health gate)), how many of them
+    failed, and how many of those the gate failed (unfit frames: the camera, not the parts)."""
 
     def __init__(self, size: int):
-        self.decisions: collections.deque[bool] = collections.deque(maxlen=size)
-        self.fails = 0
+        self.decisions: collections.deque[tuple[bool, bool]] = collections.deque(maxlen=size)
+        self.fails = self.unfit = 0
 
-    def add(self, failed: bool) -> None:
+    def add(self, failed: bool, unfit: bool) -> None:
         if len(self.decisions) == self.decisions.maxlen:
-            self.fails -= self.decisions[0]
-        self.decisions.append(failed)
+            old_failed, old_unfit = self.decisions[0]
+            self.fails -= old_failed
+            self.unfit -= old_unfit
+        self.decisions.append((failed, unfit))
         self.fails += failed
+        self.unfit += unfit
 
 
 class FailRateAlarm:
@@ -93,18 +106,18 @@ class FailRateAlarm:
         `master`, edge/master.py): a part run to prove the inspection is not the line's product,
         and a shift's red rabbits would otherwise count as its rejects."""
         if "master" not in header:
-            self.add(header["camera_id"], header["decision"])
+            self.add(header["camera_id"], header["decision"], unfit=unfit_reasons(header) is not None)
 
-    def add(self, camera_id: str, decision: str | None) -> None:
+    def add(self, camera_id: str, decision: str | None, unfit: bool = False) -> None:
         """One published result's decision ("pass", "fail"; None for an error or a drop: not
-        counted, nor is a camera's whose limit is 0)."""
+        counted, nor is a camera's whose limit is 0); `unfit`: a fail of the camera health gate."""
         limit = self.limit_of(camera_id)
         if decision is None or not limit:
             return
         with self.lock:
             window = self.windows.get(camera_id) or _Window(self.window)
             self.windows[camera_id] = window  # the most recent camera
-            window.add(decision == "fail")
+            window.add(decision == "fail", unfit and decision == "fail")
             was = camera_id in self.raised
             # Strictly more fails than the limit's share of the window raise the alarm; as many as
             # CLEAR_FRACTION of it, or fewer, clear it.
@@ -113,28 +126,30 @@ class FailRateAlarm:
                 self.raised[camera_id] = time.time_ns()
             elif was and not alarm:
                 del self.raised[camera_id]
-            fails, seen = window.fails, len(window.decisions)
+            fails, seen, unfit_n = window.fails, len(window.decisions), window.unfit
         if self.metrics is not None:
             self.metrics.fail_rate.labels(camera_id).set(fails / seen)
             self.metrics.fail_rate_alarm.labels(camera_id).set(float(alarm))
         if alarm != was:
-            self._tell("raised" if alarm else "cleared", camera_id, fails, seen)
+            self._tell("raised" if alarm else "cleared", camera_id, fails, seen, unfit_n)
 
     def limit_of(self, camera_id: str) -> float:
         """The share of its last decisions that `camera_id`'s fails may reach (0: not counted)."""
         return self.limits.get(camera_id, self.limit)
 
-    def _tell(self, change: str, camera_id: str, fails: int, seen: int) -> None:
+    def _tell(self, change: str, camera_id: str, fails: int, seen: int, unfit: int) -> None:
         limit = self.limit_of(camera_id)
+        detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": limit, "unfit": unfit}
         if change == "raised":
             whose = "its own" if camera_id in self.limits else "the line's"
-            log.warning("fail-rate alarm: camera %s failed %d of its last %d decisions, over %s limit of %.0f%%: see "
-                        "to the process (a tool, the material) and to the camera", camera_id, fails, seen, whose,
-                        100 * limit)  # fmt: skip
+            # Mostly the camera health gate's fails: the camera (its light, focus, position), not the parts.
+            see_to = ("the camera: most of its frames are unfit" if 2 * unfit > fails
+                      else "the process (a tool, the material) and to the camera")  # fmt: skip
+            log.warning("fail-rate alarm: %s, over %s limit of %.0f%%: see to %s", fails_words(detail), whose,
+                        100 * limit, see_to)  # fmt: skip
         else:
-            log.info("fail-rate alarm cleared: camera %s failed %d of its last %d decisions", camera_id, fails, seen)
+            log.info("fail-rate alarm cleared: %s", fails_words(detail))
         if self.on_change is not None:
-            detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": limit}
             self.on_change(change, detail)
 
     def state(self) -> dict[str, Any]:
@@ -145,7 +160,7 @@ class FailRateAlarm:
             windows = {camera: self.windows[camera] for camera in sorted(self.raised) if camera in self.windows}
             alarms = {
                 camera: {"fails": w.fails, "of": len(w.decisions), "since_ns": self.raised[camera],
-                         "limit": self.limit_of(camera)}
+                         "limit": self.limit_of(camera), "unfit": w.unfit}
                 for camera, w in windows.items()
             }  # fmt: skip
         return {"limit": self.limit, "limits": dict(self.limits), "window": self.window, "alarms": alarms}

@@ -33,6 +33,7 @@ from edge.dashboard.app import _reject_item
 from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe, read_metrics
 from edge.dashboard.settings import DashboardConfig
+from edge.fail_rate import fails_words
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.package import load_package
@@ -1667,6 +1668,13 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
                                                           "limit": 0.2}}  # fmt: skip
         said = driver.execute_script("return changeText(arguments[0])", raised)
         assert said == "fail-rate alarm raised: camera cam1 failed 21 of its last 21 decisions, over the limit of 20%"
+        dark = {**raised, "detail": {**raised["detail"], "unfit": 15}}  # a lamp out: the camera's fails
+        said = driver.execute_script("return changeText(arguments[0])", dark)
+        assert said == (f"fail-rate alarm raised: {fails_words({**dark['detail'], 'camera': 'cam1'})}, over the "
+                        "limit of 20%")  # as edge.fail_rate says it  # fmt: skip
+        text = driver.execute_script("return failRateAlarmText(arguments[0])", {**summary["cam1"]["fail_rate_alarm"],
+                                                                                "unfit": 20})  # fmt: skip
+        assert text.startswith("fail-rate alarm: 23 of the last 100 failed, 20 of them unfit frames (limit 20%)"), text
         stopped = {"kind": "stop", "detail": {"cause": "SIGTERM", "published": 25, "fail_rate_alarms": ["cam1"]}}
         said = driver.execute_script("return changeText(arguments[0])", stopped)
         assert said == "vqad serve stopped (SIGTERM) after 25 results, the fail-rate alarm raised on cam1"

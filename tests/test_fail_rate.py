@@ -36,8 +36,8 @@ def test_a_camera_that_fails_every_part_raises_the_alarm_at_its_21st_fail_and_cl
     assert alarm.state()["alarms"] == {}
     assert _gauges(metrics) == {("vqad_fail_rate", "press1"): 0.0, ("vqad_fail_rate_alarm", "press1"): 0.0}
     assert changes == [
-        ("raised", {"camera": "press1", "fails": 21, "of": 21, "limit": 0.2}),
-        ("cleared", {"camera": "press1", "fails": 16, "of": WINDOW, "limit": 0.2}),
+        ("raised", {"camera": "press1", "fails": 21, "of": 21, "limit": 0.2, "unfit": 0}),
+        ("cleared", {"camera": "press1", "fails": 16, "of": WINDOW, "limit": 0.2, "unfit": 0}),
     ]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
@@ -75,6 +75,28 @@ def test_a_camera_dropped_for_newer_ones_takes_its_alarm_and_gauges_with_it():
     alarm.add("c", "pass")  # a third camera: "a", seen longest ago, goes
     assert set(alarm.raised) == {"b"} and set(alarm.state()["alarms"]) == {"b"}
     assert {camera for _, camera in _gauges(metrics)} == {"b", "c"}
+
+
+def test_an_alarm_of_mostly_unfit_frames_says_to_see_to_the_camera(caplog):
+    """A lamp out: every frame too dark, failed by the camera health gate. The alarm came within
+    21 frames and sent a person to the process; the gate's own alert waits 5 minutes."""
+    changes = []
+    alarm = FailRateAlarm(0.2, on_change=lambda change, detail: changes.append(detail))
+    dark = {"camera_id": "press1", "decision": "fail", "health": {"ok": False, "reasons": ["exposure"]}}
+    with caplog.at_level(logging.WARNING, logger="edge.fail_rate"):
+        for _ in range(15):
+            alarm.count(dark)
+        for _ in range(6):
+            alarm.count({"camera_id": "press1", "decision": "fail", "health": {"ok": True, "reasons": []}})
+    assert changes == [{"camera": "press1", "fails": 21, "of": 21, "limit": 0.2, "unfit": 15}]
+    assert alarm.state()["alarms"]["press1"]["unfit"] == 15
+    assert [r.getMessage() for r in caplog.records] == [
+        "fail-rate alarm: camera press1 failed 21 of its last 21 decisions (15 of them frames the camera health gate "
+        "found unfit), over the line's limit of 20%: see to the camera: most of its frames are unfit"
+    ]
+    for _ in range(WINDOW):  # the lamp replaced: the unfit frames leave the window with their fails
+        alarm.count({"camera_id": "press1", "decision": "pass"})
+    assert alarm.windows["press1"].unfit == alarm.windows["press1"].fails == 0
 
 
 def test_a_camera_of_its_own_limit_is_held_to_it_and_one_at_0_is_not_counted(caplog):

@@ -164,7 +164,9 @@ function drawGlance(id, c) {
 // A camera's fail-rate alarm (its daemon's heartbeat, edge/fail_rate.py) in words.
 function failRateAlarmText(a) {
   const since = new Date(a.since_ns / 1e6).toLocaleTimeString();
-  return `fail-rate alarm: ${a.fails} of the last ${a.of} failed (limit ${Math.round(100 * a.limit)}%) since ${since}`;
+  // mostly the camera health gate's fails: the camera is to be seen to, not the process
+  const unfit = a.unfit ? `, ${a.unfit} of them unfit frames` : "";
+  return `fail-rate alarm: ${a.fails} of the last ${a.of} failed${unfit} (limit ${Math.round(100 * a.limit)}%) since ${since}`;
 }
 
 // A master part's check (its daemon's heartbeat; edge/master.py) in words.
@@ -540,7 +542,8 @@ function changeText(e) {
         + "results before it keep the old time";
     }
     case "fail-rate-alarm": {
-      const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions`;
+      const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions` +
+        (d.unfit ? ` (${d.unfit} of them frames the camera health gate found unfit)` : "");
       return d.state === "raised" ? `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`
         : `fail-rate alarm cleared: ${said}`;
     }
