@@ -229,9 +229,10 @@ class DaemonSilence:
         alarms = fail_rate.get("alarms") or {}
         for camera in sorted(alarms.keys() - self.fail_rate_alarms):
             alarm = alarms[camera]
-            log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed, "
+            unfit = f" ({alarm['unfit']} of them unfit frames: see to the camera)" if alarm.get("unfit") else ""
+            log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed%s, "
                         "over the limit of %.0f%%", self.endpoint, camera, alarm.get("fails"),
-                        alarm.get("of", fail_rate.get("window")),
+                        alarm.get("of", fail_rate.get("window")), unfit,
                         100 * float(alarm.get("limit", fail_rate.get("limit")) or 0))  # fmt: skip
         for camera in sorted(self.fail_rate_alarms - alarms.keys()):
             log.info("the daemon at %s cleared camera %s's fail-rate alarm", self.endpoint, camera)
