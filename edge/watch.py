@@ -229,7 +229,9 @@ class DaemonSilence:
         alarms = fail_rate.get("alarms") or {}
         for camera in sorted(alarms.keys() - self.fail_rate_alarms):
             alarm = alarms[camera]
-            unfit = f" ({alarm['unfit']} of them unfit frames: see to the camera)" if alarm.get("unfit") else ""
+            unfit, fails = alarm.get("unfit") or 0, alarm.get("fails") or 0
+            camera_first = ": see to the camera" if 2 * unfit > fails else ""  # as edge.fail_rate says it
+            unfit = f" ({unfit} of them unfit frames{camera_first})" if unfit else ""
             log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed%s, "
                         "over the limit of %.0f%%", self.endpoint, camera, alarm.get("fails"),
                         alarm.get("of", fail_rate.get("window")), unfit,

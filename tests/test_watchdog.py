@@ -217,7 +217,8 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
         for _ in range(3):  # a damaged record set aside: once, though every heartbeat says it
             silence.beat(heartbeat_message({**beat, "record": {"pending": 0, "behind_s": 0.0, "set_aside": aside}}))
         rate = {"limit": 0.2, "window": 100, "alarms": {}}
-        press1, press2 = {"fails": 21, "of": 21, "since_ns": 5}, {"fails": 30, "of": 100, "since_ns": 6, "unfit": 28}
+        press1 = {"fails": 21, "of": 21, "since_ns": 5, "unfit": 2}
+        press2 = {"fails": 30, "of": 100, "since_ns": 6, "unfit": 28}
         for alarms in ({}, {"press1": press1}, {"press1": {**press1, "fails": 25}}, {"press2": press2}, {}, {}):
             silence.beat(heartbeat_message({**beat, "fail_rate": {**rate, "alarms": alarms}}))  # once each way
     lines = [r.getMessage() for r in caplog.records]
@@ -236,7 +237,7 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
         "aside as /var/lib/vqad/line.db.damaged-20261206T085844Z; it records on a new one (docs/deploy.md, "
         '"A damaged record")',
         "the daemon at tcp://127.0.0.1:5556 raised camera press1's fail-rate alarm: 21 of its last 21 decisions "
-        "failed, over the limit of 20%",
+        "failed (2 of them unfit frames), over the limit of 20%",
         "the daemon at tcp://127.0.0.1:5556 raised camera press2's fail-rate alarm: 30 of its last 100 decisions "
         "failed (28 of them unfit frames: see to the camera), over the limit of 20%",
         "the daemon at tcp://127.0.0.1:5556 cleared camera press1's fail-rate alarm",
