@@ -49,6 +49,12 @@ def fails_words(detail: dict[str, Any]) -> str:
     return said
 
 
+def mostly_unfit(alarm: dict[str, Any]) -> bool:
+    """Whether most of an alarm's fails (its `fails`, `unfit`) are the camera health gate's: the
+    camera (its light, focus, position) is to be seen to, not the parts."""
+    return 2 * (alarm.get("unfit") or 0) > (alarm.get("fails") or 0)
+
+
 def fail_rate_words(detail: dict[str, Any]) -> str:
     """A fail-rate alarm's change row (its `detail`) in words, for `vqad records --daily`; the
     dashboard's changes say the same."""
@@ -142,8 +148,7 @@ class FailRateAlarm:
         detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": limit, "unfit": unfit}
         if change == "raised":
             whose = "its own" if camera_id in self.limits else "the line's"
-            # Mostly the camera health gate's fails: the camera (its light, focus, position), not the parts.
-            see_to = ("the camera: most of its frames are unfit" if 2 * unfit > fails
+            see_to = ("the camera: most of its frames are unfit" if mostly_unfit(detail)
                       else "the process (a tool, the material) and to the camera")  # fmt: skip
             log.warning("fail-rate alarm: %s, over %s limit of %.0f%%: see to %s", fails_words(detail), whose,
                         100 * limit, see_to)  # fmt: skip

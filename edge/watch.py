@@ -20,6 +20,7 @@ import zmq
 from edge import transport
 from edge.clock import span
 from edge.durable import require_writable
+from edge.fail_rate import mostly_unfit
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
@@ -229,9 +230,8 @@ class DaemonSilence:
         alarms = fail_rate.get("alarms") or {}
         for camera in sorted(alarms.keys() - self.fail_rate_alarms):
             alarm = alarms[camera]
-            unfit, fails = alarm.get("unfit") or 0, alarm.get("fails") or 0
-            camera_first = ": see to the camera" if 2 * unfit > fails else ""  # as edge.fail_rate says it
-            unfit = f" ({unfit} of them unfit frames{camera_first})" if unfit else ""
+            camera_first = ": see to the camera" if mostly_unfit(alarm) else ""
+            unfit = f" ({alarm['unfit']} of them unfit frames{camera_first})" if alarm.get("unfit") else ""
             log.warning("the daemon at %s raised camera %s's fail-rate alarm: %s of its last %s decisions failed%s, "
                         "over the limit of %.0f%%", self.endpoint, camera, alarm.get("fails"),
                         alarm.get("of", fail_rate.get("window")), unfit,
