@@ -160,7 +160,8 @@ class FailRateAlarm:
     def state(self) -> dict[str, Any]:
         """What the heartbeat says: the limit, the cameras' own, the window, and each raised
         alarm's camera with its fails among its last `of` decisions (`window`, once it has made
-        as many), the limit they are over, and when it was raised (time_ns)."""
+        as many), how many of them the camera health gate made, the limit they are over, and
+        when it was raised (time_ns)."""
         with self.lock:
             windows = {camera: self.windows[camera] for camera in sorted(self.raised) if camera in self.windows}
             alarms = {
