@@ -1657,9 +1657,16 @@ def test_a_cameras_fail_rate_alarm_turns_its_tile_and_card_red_and_says_since_wh
         assert driver.execute_script(card, "cam5")[1] is True
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
         assert summary["cam1"]["fail_rate_alarm"] == {
-            "fails": 23, "of": 100, "since_ns": since_ns, "window": 100, "limit": 0.2,
+            "fails": 23, "of": 100, "since_ns": since_ns, "window": 100, "limit": 0.2, "mostly_unfit": False,
         }  # fmt: skip
         assert summary["cam5"]["fail_rate_alarm"] is None
+        title = 'return document.querySelector(\'[data-camera="cam1"] [data-field="fail-rate-alarm"]\').title'
+        assert driver.execute_script(title).endswith("see to the process (a tool, the material), then to the camera "
+                                                     "and its threshold")  # fmt: skip
+        dark = {**alarm, "alarms": {"cam1": {"fails": 23, "of": 100, "since_ns": since_ns, "unfit": 20}}}  # a lamp out
+        assert wait_for(lambda: beating(dark, lambda: "see to the camera" in driver.execute_script(title)), 20,
+                        every=0.2), driver.execute_script(title)  # fmt: skip
+        assert "23 of the last 100 failed, 20 of them unfit frames" in driver.execute_script(card, "cam1")[2]
         cleared = {**alarm, "alarms": {}}
         assert wait_for(lambda: beating(cleared, lambda: driver.execute_script(card, "cam1")[1] is True), 20, every=0.2)
         assert "ok" in driver.execute_script(tiles)[0][1]

@@ -54,6 +54,7 @@ from edge.dashboard.record_link import RETRY_S as RECORD_RETRY_S
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
+from edge.fail_rate import mostly_unfit
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
@@ -648,13 +649,15 @@ def create_app(
 
 
 def fail_rate_alarm(beat: dict[str, Any], camera: str) -> dict[str, Any] | None:
-    """{fails, of, window, limit, since_ns} while the heartbeat names `camera`'s fail-rate alarm
+    """{fails, of, unfit, window, limit, since_ns, mostly_unfit} while the heartbeat names `camera`'s fail-rate alarm
     (edge/fail_rate.py), else None."""
     fail_rate = beat.get("fail_rate") or {}
     alarm = (fail_rate.get("alarms") or {}).get(camera)
     if not isinstance(alarm, dict):
         return None
-    return {"window": fail_rate.get("window"), "limit": fail_rate.get("limit"), **alarm}  # the camera's own limit
+    # the camera's own limit; and whether the camera, not the process, is to be seen to first
+    return {"window": fail_rate.get("window"), "limit": fail_rate.get("limit"), **alarm,
+            "mostly_unfit": mostly_unfit(alarm)}  # fmt: skip
 
 
 def _beat_naming(beats: dict[str, dict[str, Any]], camera: str) -> dict[str, Any]:

@@ -387,7 +387,9 @@ function drawCamera(id, c, daemon) {
   n.classList.toggle("fail-rate-alarm", Boolean(c.fail_rate_alarm));
   if (c.fail_rate_alarm) {
     setText(n, "fail-rate-alarm", failRateAlarmText(c.fail_rate_alarm));
-    alarm.title = "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
+    alarm.title = c.fail_rate_alarm.mostly_unfit
+      ? "most of this camera's fails are frames the camera health gate found unfit: see to the camera (its light, focus, position)"
+      : "far more of this camera's parts fail than the line's usual: see to the process (a tool, the material), then to the camera and its threshold";
   }
   drawMasters($(n, "master-parts"), c.master_parts);
   n.classList.toggle("master-wrong", wrongMasters(c).length > 0);
