@@ -5,8 +5,9 @@ changeover), as a quality system asks of every error-proofing device.
 A frame whose `part_id` matches one of `edge.master_good_parts` or `edge.master_defective_parts`
 (fnmatch patterns, defective first) is a master part: its result says what it was expected to
 get and whether it did (`master`), and the log, `vqad_master_parts_total{camera,outcome}`, the
-heartbeat and the record's changes say it too. A defective master that passes is the line's
-proof that it lets that defect through: the parts since its last right check are suspect.
+heartbeat and the record (a `master-part` row, which the daily tally counts) say it too. A
+defective master that passes is the line's proof that it lets that defect through: the parts
+since its last right check are suspect.
 
 The heartbeat keeps each master part's latest check, per camera: a shift's proof is a set of
 master parts, and a red rabbit for one defect that fails rightly proves nothing of another

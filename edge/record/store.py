@@ -786,11 +786,13 @@ class Record:
         pairs = Counter((r.camera_id, r.frame_id) for _, r, _ in found)
         counts: Counter[str] = Counter()
         for result_id, r, row in progress(found, "exporting reviewed images", total=len(found)):
-            frame, content, why = self._frame_to_export(row, elsewhere)
             if row is not None and row.unfit is not None:
                 # A dark, blurred or frozen frame shows no part: a good image to train on as good,
                 # or a defect to test on, it is neither, whatever the review said of the part.
-                why = "whose frame the camera health gate found unfit (no picture of the part)"
+                # Said before its file is looked for, or asked of a peer.
+                left_out["whose frame the camera health gate found unfit (no picture of the part)"] += 1
+                continue
+            frame, content, why = self._frame_to_export(row, elsewhere)
             if why:
                 left_out[why] += 1
                 continue
