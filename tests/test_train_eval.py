@@ -671,7 +671,8 @@ def test_distributed_training_on_two_cpu_processes(synth_root, tmp_path):
         capture_output=True,
         text=True,
         timeout=240,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        # torchrun keeps its workers' logs in a folder of TMPDIR, which it leaves behind.
+        env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = load_checkpoint(run / "checkpoint.pt")["meta"]
