@@ -298,6 +298,9 @@ class Control:
         masters = self.daemon.masters
         if masters is None:
             raise ValueError("no master parts are named (edge.master_good_parts, edge.master_defective_parts)")
+        if camera in self.daemon.paused:  # its next frame would get an error result: a check that proves nothing
+            raise ValueError(f"camera {camera!r} is paused, so its frames are not inspected and a master part "
+                             f"proves nothing: resume it first (vqad ctl ENDPOINT resume {camera})")  # fmt: skip
         expected = masters.tag(camera, part_id, by)
         log.info("control: master part %s for camera %s's next frame (it must %s), by %s", part_id, camera, expected,
                  by)  # fmt: skip

@@ -56,8 +56,9 @@ def master_words(detail: dict[str, Any]) -> str:
         return f"{said}: {decision}, as expected"
     if detail.get("unfit"):
         return f"{said}: failed by the camera health gate ({detail['unfit']}), not by the model"
-    got = "no decision (an error)" if decision is None else decision
-    return f"{said}: {got}, expected {expected}"
+    if decision is None:  # an error result: a paused camera, a failed batch, a stop
+        return f"{said}: no decision ({detail.get('error') or 'an error'}), expected {expected}"
+    return f"{said}: {decision}, expected {expected}"
 
 
 def checked_right(decision: str | None, expected: str, unfit: str | None) -> bool:
@@ -146,6 +147,8 @@ class MasterParts:
                   "threshold": header.get("threshold")}  # fmt: skip
         if unfit:
             detail["unfit"] = unfit
+        if header["decision"] is None:
+            detail["error"] = header.get("error") or "an error"
         checked_ns = time.time_ns()
         with self.lock:
             named_by = self.named.pop((header["camera_id"], header["part_id"]), None)
@@ -158,6 +161,9 @@ class MasterParts:
         elif unfit:
             log.error("%s: no proof of the inspection; see to the camera, then run this master part again",
                       master_words(detail))  # fmt: skip
+        elif header["decision"] is None:  # the frame was not judged: nothing is known of the parts since
+            log.error("%s: no proof of the inspection; run this master part again once the camera's frames are "
+                      "judged", master_words(detail))  # fmt: skip
         else:
             log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
                       "right check are suspect", master_words(detail))  # fmt: skip

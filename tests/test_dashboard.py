@@ -1719,6 +1719,13 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
         assert summary["cam1"]["master_parts"] == [{**wrong, "proves_now": True}, {**other, "proves_now": True}]
         assert summary["cam5"]["master_parts"] is None
+        # A check whose frame got no decision (its camera paused) is no proof either, and says why.
+        errored = {**wrong, "decision": None, "score": None, "error": "camera paused by the line's control"}
+        assert wait_for(lambda: beating([errored, other], lambda: "no decision" in shown()[3]), 20, every=0.2), shown()
+        assert shown()[3].startswith("master part RR-3: no decision (camera paused by the line's control), "
+                                     "expected fail (")  # fmt: skip
+        title = 'return document.querySelector(\'[data-camera="cam1"].camera [data-field="master-parts"]\').title'
+        assert driver.execute_script(title).startswith("the master part's frame was not judged by the model: no proof")
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")

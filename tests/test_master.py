@@ -16,9 +16,10 @@ from edge.settings import EdgeConfig
 
 
 def _header(part_id: str | None, decision: str | None, camera: str = "press1") -> dict:
+    error = "camera paused by the line's control" if decision is None else None  # an error result's
     return {"camera_id": camera, "frame_id": 7, "part_id": part_id, "decision": decision,
             "score": None if decision is None else 1.5, "model": {"name": "m", "sha256": "ab" * 32},
-            "threshold": 1.2}  # fmt: skip
+            "threshold": 1.2, "error": error}  # fmt: skip
 
 
 def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_are_left_alone(caplog):
@@ -40,14 +41,17 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
         ("INFO", "master part RR-1 on camera press1: fail, as expected"),
         ("ERROR", "master part OK-1 on camera press1: fail, expected pass: the inspection does not decide it as it "
                   "must; the parts since this master part's last right check are suspect"),
-        ("ERROR", "master part RR-2 on camera press2: no decision (an error), expected fail: the inspection does not "
-                  "decide it as it must; the parts since this master part's last right check are suspect"),
+        # The frame was not judged: nothing is said of the parts since.
+        ("ERROR", "master part RR-2 on camera press2: no decision (camera paused by the line's control), expected "
+                  "fail: no proof of the inspection; run this master part again once the camera's frames are judged"),
     ]  # fmt: skip
     state = masters.state()  # each master part's latest, per camera
     assert {camera: {part: check["ok"] for part, check in parts.items()} for camera, parts in state.items()} == {
         "press1": {"OK-1": False, "RR-1": True}, "press2": {"RR-2": False},
     }  # fmt: skip
     assert state["press1"]["OK-1"]["ts_ns"] > 0 and state["press2"]["RR-2"]["decision"] is None
+    assert state["press2"]["RR-2"]["error"] == "camera paused by the line's control"
+    assert "error" not in state["press1"]["OK-1"]
     assert (state["press1"]["RR-1"]["model_sha256"], state["press1"]["RR-1"]["threshold"]) == ("ab" * 32, 1.2)
     masters.check(_header("RR-1", "fail"))  # another master's right check does not undo OK-1's wrong one
     assert not masters.state()["press1"]["OK-1"]["ok"]
@@ -272,6 +276,10 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
         assert refused.returncode != 0 and "names no master part" in refused.stdout + refused.stderr
         missing = run_vqad("ctl", control, "master", "press1", check=False)
         assert missing.returncode != 0 and "master needs CAMERA and --part-id ID" in missing.stderr
+        # A paused camera's next frame gets an error result, which would prove nothing.
+        run_vqad("ctl", control, "pause", "press2")
+        paused = run_vqad("ctl", control, "master", "press2", "--part-id", "RR-HOLE-1", check=False)
+        assert paused.returncode != 0 and "camera 'press2' is paused" in paused.stdout + paused.stderr
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
             for i in range(2):

@@ -173,7 +173,15 @@ function failRateAlarmText(a) {
 function masterText(m) {
   if (m.ok) return `master part ${m.part_id}: ${m.decision}, as expected`;
   if (m.unfit) return `master part ${m.part_id}: failed by the camera health gate (${m.unfit}), not by the model`;
-  return `master part ${m.part_id}: ${m.decision === null ? "no decision (an error)" : m.decision}, expected ${m.expected}`;
+  if (m.decision === null) return `master part ${m.part_id}: no decision (${m.error || "an error"}), expected ${m.expected}`;
+  return `master part ${m.part_id}: ${m.decision}, expected ${m.expected}`;
+}
+
+// Why a master part's check is no proof, for the pill's tooltip: only a decision the model made on
+// a fit frame says the parts since its last right check are suspect.
+function masterWrongWhy(m) {
+  if (m.unfit || m.decision === null) return "the master part's frame was not judged by the model: no proof of the inspection; run it again";
+  return "a master part of known verdict did not get it: the parts since its last right check are suspect";
 }
 
 // The camera's master parts whose latest check did not get their verdict.
@@ -609,7 +617,7 @@ function drawMasters(el, masters) {
   const latest = (checks) => checks.reduce((a, b) => (b.ts_ns > a.ts_ns ? b : a));
   if (wrong.length) {
     pill(el, `${masterText(wrong[0])} (${time(wrong[0])})${moreWrong(wrong)}`, "bad");
-    el.title = "a master part of known verdict did not get it: the parts since its last right check are suspect";
+    el.title = masterWrongWhy(wrong[0]);
   } else if (!now.length) {
     const last = latest(masters);
     pill(el, `master parts not run since the model or threshold changed (the last at ${time(last)}, ` +
