@@ -837,7 +837,8 @@ class Daemon:
         scored = [r for r in results if r.header["status"] == "ok"]
         if serving.drift is not None:  # the scores go to the alarm of the model that made them
             for result in scored:
-                serving.drift.add(result.header["camera_id"], result.header["score"])
+                if not self._is_master_part(result.header):  # the line's products drift, not its test pieces
+                    serving.drift.add(result.header["camera_id"], result.header["score"])
         if self.recorder is not None:
             for result, p in zip(results, batch, strict=True):
                 if self.recorder.wants_evidence(result.header):
@@ -846,6 +847,11 @@ class Daemon:
             self.metrics.latency.labels("queue").observe(result.header["latency_ms"]["queue"])
             self.metrics.latency.labels("infer").observe(infer_ms)
         return results
+
+    def _is_master_part(self, header: dict[str, Any]) -> bool:
+        """Whether a result is a master part's (edge/master.py): a part of known verdict, run
+        through again and again, whose scores say nothing of how the line's products drift."""
+        return self.masters is not None and self.masters.expected(header.get("part_id")) is not None
 
     # -- publishing -----------------------------------------------------------------------
     def _error_result(

@@ -66,7 +66,8 @@ def test_the_drift_bench_runs_a_real_package_on_its_good_images(tiny_model, synt
 
 def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny_model, synth_root, tmp_path):
     """The whole path: a package calibrated on the camera's good images, a daemon process, one
-    window of those images (quiet) and one window of them under +20% gain (the alarm)."""
+    window of those images (quiet) and one window of them under +20% gain (the alarm). A camera
+    whose gained frames are all master parts raises none: they are not the line's products."""
     import shutil
     import urllib.request
 
@@ -89,20 +90,22 @@ def test_a_gain_drift_through_the_daemon_raises_the_alarm_within_one_window(tiny
     run_vqad("calibrate", package, goods_dir)  # the reference: these images' scores
     goods = [cv2.imread(str(p)) for p in sorted(goods_dir.glob("*.png"))]
     port = free_loopback_port()
-    with DaemonProcess(package, "--metrics-port", str(port), "--threshold", "1e9") as daemon:
+    masters = ("--set", "edge.master_good_parts=[OK-*]")
+    with DaemonProcess(package, "--metrics-port", str(port), "--threshold", "1e9", *masters) as daemon:
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
-            for camera, gain in (("steady", 1.0), ("gained", 1.2)):
+            for camera, gain, part_id in (("steady", 1.0, None), ("gained", 1.2, None), ("masters", 1.2, "OK-1")):
                 for i in range(WINDOW):
                     image = np.clip(goods[i % len(goods)].astype(np.float32) * gain, 0, 255).astype(np.uint8)
-                    cam.send(frame_message(camera, i, image, "raw"))
-            assert len(sub.collect(2 * WINDOW, timeout=120)) == 2 * WINDOW
+                    cam.send(frame_message(camera, i, image, "raw", part_id=part_id))
+            assert len(sub.collect(3 * WINDOW, timeout=180)) == 3 * WINDOW
         finally:
             sub.close()
             cam.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             drift = read_metrics(response.read().decode())["drift"]
     assert drift["steady"]["alarm"] is False and drift["gained"]["alarm"] is True, drift
+    assert "masters" not in drift, drift  # its window never filled
     assert "drift" in daemon.log_text().lower() and "gained" in daemon.log_text()
 
 
