@@ -1130,6 +1130,34 @@ def test_a_camera_paused_by_the_lines_control_says_so_on_its_card_and_its_tile(l
         driver.quit()
 
 
+def test_a_paused_camera_that_falls_silent_is_paused_not_down(tmp_path):
+    """A camera paused for a changeover stops sending while its line is stopped. Shown red and
+    "silent", as a broken camera is, it would teach operators to look away from red: while it is
+    paused, its silence is amber; another camera's silence stays red."""
+    config = tmp_path / "dashboard.yaml"
+    config.write_text("silent_after_s: 1.5\n")
+    glance = """const tile = (c) => document.querySelector('#overview a[data-glance="' + c + '"]');
+                const card = (c) => document.querySelector('[data-camera="' + c + '"].camera');
+                return ["cam1", "cam5"].map((c) => tile(c) && [tile(c).className, tile(c).innerText,
+                  card(c).className, card(c).querySelector('[data-field="liveness"]').className])"""
+    with _page_of_published_results(tmp_path, "--config", str(config)) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+
+        def beating(check):  # the daemon beats on; the cameras sent once and then nothing
+            beat = {"ts_ns": time.time_ns(), "every_s": 0.2, "run": "r", "published": 2, "threshold": 1.0,
+                    "stalled": False, "record": None, "paused": ["cam1"]}  # fmt: skip
+            sock.send_multipart(heartbeat_message(beat))
+            return check()
+
+        _beat_with_two_cameras(sock, paused=["cam1"])
+        cam5_silent = lambda: "silent: last frame" in (driver.execute_script(glance)[1] or ["", ""])[1]  # noqa: E731
+        assert wait_for(lambda: beating(cam5_silent), 20, every=0.2), driver.execute_script(glance)
+        (paused_tile, paused_text, paused_card, paused_pill), (tile, text, card, pill) = driver.execute_script(glance)
+        assert "warn" in paused_tile and "paused: not inspected, last frame" in paused_text, paused_text
+        assert "silent" not in paused_card.split() and "warn" in paused_pill and "bad" not in paused_pill
+        assert "bad" in tile and "silent" in card.split() and "bad" in pill
+
+
 def test_each_cameras_tile_says_how_many_of_its_fails_wait_for_a_review(line):
     """The review work of a line of cameras was in each card's tally, 900 px apart: the tiles
     above the cards say where it waits."""

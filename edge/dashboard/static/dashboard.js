@@ -194,8 +194,9 @@ function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last fram
 function glanceState(c) {
   if (c.recorded_only) return ["warn", "no frame since the dashboard started"];
   const age = lastFrameAge(c);
-  if (c.silent) return ["bad", `silent: ${age}`];
+  // A paused camera's silence is the line's own (a changeover, a repair): it says paused, not down.
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
+  if (c.silent) return ["bad", `silent: ${age}`];
   const wrong = wrongMasters(c);
   if (wrong.length) return ["bad", `${masterText(wrong[0])}${moreWrong(wrong)}, ${age}`];
   if (c.fail_rate_alarm) return ["bad", `${failRateAlarmText(c.fail_rate_alarm)}, ${age}`];
@@ -383,11 +384,13 @@ function drawCamera(id, c, daemon) {
   // Several daemons on the page: which one serves this camera (its results endpoint).
   const from = daemon.daemons && c.daemon ? ` · from ${endpointName(c.daemon)}` : "";
   setText(n, "model", model + from);
-  n.classList.toggle("silent", c.silent && !c.recorded_only); // never streamed here: not known to be down
+  // Never streamed here: not known to be down; paused: silent, as the line may be while it is.
+  const down = c.silent && !c.recorded_only && !c.paused;
+  n.classList.toggle("silent", down);
   n.classList.toggle("recorded-only", c.recorded_only);
   const age = lastFrameAge(c);
   if (c.recorded_only) pill($(n, "liveness"), "no frame since the dashboard started: rejects and tally from the record", "warn");
-  else pill($(n, "liveness"), c.silent ? `silent: ${age}` : age, c.silent ? "bad" : "ok");
+  else pill($(n, "liveness"), down ? `silent: ${age}` : age, down ? "bad" : c.silent ? "warn" : "ok");
   $(n, "paused").hidden = !c.paused;
   n.classList.toggle("paused", Boolean(c.paused));
   const alarm = $(n, "fail-rate-alarm");
