@@ -163,7 +163,8 @@ class DaemonMetrics:
         self.master_parts = Counter(
             "vqad_master_parts",
             "Master parts checked (edge.master_good_parts, edge.master_defective_parts): right, decided as "
-            "expected, or wrong",
+            "expected; wrong, decided otherwise by the model; or unproven, a frame it did not judge (unfit, "
+            "an error)",
             ["camera", "outcome"],
             registry=r,
         )

@@ -240,6 +240,14 @@ ALERT_CASES = [
         {**BOX, **CAM0, "outcome": "wrong"},
     ),
     ("VqadMasterPartWrong", [("vqad_master_parts_total", {**CAM0, "outcome": "right"}, "0x4 1x10 2x10")], None),
+    # A red rabbit under a dark lamp: no proof, and none against the parts since.
+    ("VqadMasterPartWrong", [("vqad_master_parts_total", {**CAM0, "outcome": "unproven"}, "0x4 1x10")], None),
+    (
+        "VqadMasterPartUnproven",
+        [("vqad_master_parts_total", {**CAM0, "outcome": "unproven"}, "0x4 1x10")],
+        "1m15s",
+        {**BOX, **CAM0, "outcome": "unproven"},
+    ),
     # Master parts checked at the start (t = 0), then none for a shift and an hour.
     ("VqadMasterPartsOverdue", [("vqad_master_parts_checked_timestamp_seconds", CAM0, "0x2200")], "9h15s"),
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.

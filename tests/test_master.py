@@ -60,7 +60,7 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
     assert [c["part_id"] for c in checks] == ["RR-1", "OK-1", "RR-2", "RR-1", "OK-1"]
     counts = {tuple(s.labels.values()): s.value for m in metrics.master_parts.collect() for s in m.samples
               if s.name.endswith("_total")}  # fmt: skip
-    assert counts == {("press1", "right"): 3.0, ("press1", "wrong"): 1.0, ("press2", "wrong"): 1.0}
+    assert counts == {("press1", "right"): 3.0, ("press1", "wrong"): 1.0, ("press2", "unproven"): 1.0}
     assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
 
 
@@ -68,7 +68,8 @@ def test_a_master_part_failed_by_the_camera_health_gate_proves_nothing(caplog):
     """A red rabbit whose frame came frozen (a camera that sent its last frame again) failed as
     it must, and was counted a right check: the gate's fail, not the model's, and the model's
     score on a dark or frozen frame says nothing of the part."""
-    masters = MasterParts(["OK-*"], ["RR-*"])
+    metrics = DaemonMetrics()
+    masters = MasterParts(["OK-*"], ["RR-*"], metrics)
     frozen = {**_header("RR-1", "fail"), "health": {"ok": False, "reasons": ["frozen"]}}
     fit = {**_header("RR-2", "fail"), "health": {"ok": True, "reasons": []}}
     with caplog.at_level(logging.ERROR, logger="edge.master"):
@@ -80,6 +81,9 @@ def test_a_master_part_failed_by_the_camera_health_gate_proves_nothing(caplog):
         "master part RR-1 on camera press1: failed by the camera health gate (frozen), not by the model: no proof of "
         "the inspection; see to the camera, then run this master part again"
     ]
+    outcomes = {s.labels["outcome"]: s.value for m in metrics.master_parts.collect() for s in m.samples
+                if s.name.endswith("_total")}  # fmt: skip
+    assert outcomes == {"unproven": 1.0, "right": 1.0}  # VqadMasterPartUnproven, not VqadMasterPartWrong
 
 
 @pytest.mark.parametrize(
