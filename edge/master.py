@@ -68,10 +68,12 @@ def checked_right(decision: str | None, expected: str, unfit: str | None) -> boo
     return decision == expected and not unfit
 
 
-def _outcome(ok: bool, unfit: str | None, decision: str | None) -> str:
-    """A check as vqad_master_parts_total labels it: a wrong decision of the model makes the parts
-    since suspect (VqadMasterPartWrong); a frame it did not judge proves nothing either way."""
-    if ok:
+def outcome(decision: str | None, expected: str, unfit: str | None) -> str:
+    """A check as vqad_master_parts_total labels it, and the record's listings and `vqad watch`
+    name it: "right"; "wrong", the model's decision otherwise, which makes the parts since
+    suspect (VqadMasterPartWrong); "unproven", a frame the model did not judge (unfit, an
+    error), which proves nothing either way."""
+    if checked_right(decision, expected, unfit):
         return "right"
     return "unproven" if unfit or decision is None else "wrong"
 
@@ -176,7 +178,7 @@ class MasterParts:
             log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
                       "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
-            self.metrics.master_parts.labels(header["camera_id"], _outcome(ok, unfit, header["decision"])).inc()
+            self.metrics.master_parts.labels(header["camera_id"], outcome(header["decision"], expected, unfit)).inc()
             self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
         if self.on_check is not None:
             self.on_check(detail)

@@ -23,6 +23,7 @@ from edge.durable import require_writable
 from edge.fail_rate import mostly_unfit
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
+from edge.master import outcome
 from edge.overlay import result_picture
 from edge.protocol import (
     HEARTBEAT_TOPIC,
@@ -160,7 +161,9 @@ def format_line(h: dict[str, Any]) -> str:
     part = f" part {h['part_id']}" if h.get("part_id") else ""
     master = h.get("master")
     if master:  # a part of known verdict (edge/master.py)
-        part += f" (master: {'as expected' if master['ok'] else 'WRONG, expected ' + master['expected']})"
+        checked = outcome(h.get("decision"), master["expected"], unfit_reasons(h))
+        said = "as expected" if checked == "right" else f"{checked.upper()}, expected {master['expected']}"
+        part += f" (master: {said})"
     if h["status"] == "ok":
         regions = len(h.get("regions") or [])
         unfit = unfit_reasons(h)

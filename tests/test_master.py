@@ -174,6 +174,8 @@ def test_watch_says_which_results_are_master_parts_and_whether_they_got_their_ve
     assert format_line(h).startswith("press1 #7 part RR-3 (master: WRONG, expected fail) PASS score 0.4")
     h["decision"], h["master"] = "fail", {"expected": "fail", "ok": True}
     assert format_line(h).startswith("press1 #7 part RR-3 (master: as expected) FAIL")
+    h["health"], h["master"] = {"ok": False, "reasons": ["frozen"]}, {"expected": "fail", "ok": False}
+    assert format_line(h).startswith("press1 #7 part RR-3 (master: UNPROVEN, expected fail) FAIL")  # the gate's
 
 
 def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_root, tmp_path):

@@ -1878,7 +1878,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown
-        assert "RR-4(master:must-fail,WRONG) unfit:frozen" in shown, shown
+        assert "RR-4(master:must-fail,UNPROVEN) unfit:frozen" in shown, shown  # the gate's fail, no proof
         assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
         assert csv_rows[0].endswith(",master") and csv_rows[1].endswith(",fail"), csv_rows

@@ -447,10 +447,10 @@ def _part(r: dict) -> str:
     """A result's part for a person: its id, and for a master part whether it got its verdict."""
     if not r.get("master"):
         return r["part_id"] or "-"
-    from edge.master import checked_right
+    from edge.master import outcome
 
-    right = "right" if checked_right(r["decision"], r["master"], r.get("unfit")) else "WRONG"
-    return f"{r['part_id']}(master:must-{r['master']},{right})"
+    checked = outcome(r["decision"], r["master"], r.get("unfit"))
+    return f"{r['part_id']}(master:must-{r['master']},{checked if checked == 'right' else checked.upper()})"
 
 
 def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
