@@ -1782,6 +1782,15 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         )
         marked = lambda: any(c.startswith("RR-4 ") and c.endswith(" master") for c in captions())  # noqa: E731
         assert wait_for(marked, 10), captions()
+        # Its verdict is known: the dialog takes no review of it, nor does the record.
+        driver.execute_script("[...document.querySelectorAll('[data-camera=\"cam1\"] .reject')]"
+                              ".find((t) => t.textContent.includes('RR-4 ')).click()")  # fmt: skip
+        said = wait_for(lambda: driver.find_element("id", "review-status").text, 5)
+        assert said == "A master part's verdict is known (it must fail): it is not reviewed.", said
+        assert not driver.find_element("id", "review-false-reject").is_enabled()
+        review = json.dumps({"camera_id": "cam5", "frame_id": 1, "verdict": "false_reject"}).encode()
+        status, body = _json(dashboard_url(driver) + "/api/review", {"Content-Type": "application/json"}, review)
+        assert status == 400 and "is master part RR-2, whose verdict is known" in body["error"], (status, body)
 
 
 def test_a_camera_known_from_the_record_shows_what_its_daemons_heartbeat_says_of_it(tmp_path):

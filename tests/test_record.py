@@ -1838,7 +1838,19 @@ def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url)
     assert named == ["00" * 32]
 
 
-def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_url):
+def _review_as_an_older_vqad_took_it(record: Record, camera: str, frame_id: int, verdict: str) -> None:
+    """A review row written straight into the record, as a vqad that took reviews of master parts
+    wrote it."""
+    from edge.record.schema import reviews
+
+    with record.engine.begin() as conn:
+        where = (results.c.camera_id == camera, results.c.frame_id == frame_id)
+        result_id = conn.execute(sa.select(results.c.id).where(*where)).scalar_one()
+        conn.execute(sa.insert(reviews).values(camera_id=camera, frame_id=frame_id, verdict=verdict,
+                                               created_ns=time.time_ns(), result_id=result_id))  # fmt: skip
+
+
+def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_url, caplog):
     """A shift's red rabbits fail as they must: they were counted among the fails not reviewed,
     and opened in the review queue, at every shift. The record keeps a master part's expected
     decision; the tally counts master parts apart, and the queue leaves them out."""
@@ -1857,14 +1869,22 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     record = Record(record_url)
     assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail", "fail"]
     assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
-    record.review("a", 4, "defect")  # the red rabbit that passed: the line's proof failed, no part escaped
+    # A master part's verdict is known: a red rabbit reviewed as a false reject would be exported
+    # to train on as good. Reviews an older vqad took of master parts count as nothing.
+    with pytest.raises(DataError, match=r"frame 4 is master part RR-3, whose verdict is known \(it must fail\)"):
+        record.review("a", 4, "defect")
+    _review_as_an_older_vqad_took_it(record, "a", 4, "defect")  # the red rabbit that passed: no part escaped
     (day,) = record.daily()
     # RR-4 failed as it must, but by the camera health gate: no proof of the model, so wrong.
     assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"], day["missed"]) == (4, 5, 2, 1, 0), day
     assert day["fail_rate"] == 1.0  # the products': SN-1 alone; the shift's master parts are no rejects of the line
-    record.review("a", 1, "defect")  # a person who reviewed a red rabbit anyway: nothing goes below 0
+    _review_as_an_older_vqad_took_it(record, "a", 1, "false_reject")  # nothing goes below 0
     (day,) = record.daily()
-    assert (day["defect"], day["unreviewed"]) == (1, 1), day
+    assert (day["false_reject"], day["unreviewed"]) == (1, 1), day
+    with caplog.at_level(logging.WARNING, logger="edge.record.store"):
+        exported = record.export_reviewed(tmp_path / "reviewed")  # a red rabbit is no good image to train on
+    assert exported == {} and not (tmp_path / "reviewed").exists(), exported
+    assert "2 reviewed results left out: 2 of a master part (its verdict is known)" in caplog.text, caplog.text
     # The fails by what they were add up to the fails: the red rabbits among the master parts.
     assert day["fails"] == {"false_reject": 0, "defect": 0, "unreviewed": 1, "unfit": 1, "master": 2}, day
     assert [r["part_id"] for r in record.results(master=True)] == ["RR-4", "RR-3", "OK-1", "RR-2", "RR-1"]

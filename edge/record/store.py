@@ -723,7 +723,8 @@ class Record:
         `result_id` (the record's id of it), which must be of this camera and frame, or else the
         newest result of the camera and frame (a sender that started its ids again has older
         ones). DataError for an id or verdict of another type, a result the record does not
-        hold, a result without a decision (an error or a dropped frame: nothing was judged), or a
+        hold, a result without a decision (an error or a dropped frame: nothing was judged), a
+        master part's (its verdict is known, edge/master.py), or a
         false_reject of a result the line did not reject (a pass reviewed as a `defect` is a defect
         the line missed). -> the review's row, its `id` included."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
@@ -740,7 +741,7 @@ class Record:
             if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
                 raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
         with self.engine.begin() as conn:
-            q = sa.select(results.c.id, results.c.decision)
+            q = sa.select(results.c.id, results.c.decision, results.c.master, results.c.part_id)
             q = q.where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
             if result_id is not None:
                 q = q.where(results.c.id == result_id)
@@ -753,6 +754,10 @@ class Record:
             if found.decision is None:  # an error or a dropped frame: the model judged nothing
                 raise DataError(f"camera {camera_id!r}, frame {frame_id} has no decision (the frame was an error "
                                 "or dropped): a review judges what the line decided")  # fmt: skip
+            if found.master is not None:  # a red rabbit reviewed as good would be exported to train on as good
+                raise DataError(f"camera {camera_id!r}, frame {frame_id} is master part {found.part_id}, whose "
+                                f"verdict is known (it must {found.master}): a review judges the line's "
+                                "products")  # fmt: skip
             if verdict == "false_reject" and found.decision != "fail":
                 raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision "
                                 f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
@@ -773,7 +778,8 @@ class Record:
         good images), confirmed defects into OUT/test/<kind> (kind "defect" when none was given).
         The latest review of a result decides. -> how many images went where. A reviewed result
         without its evidence (not kept, removed by the quota, or its file not on this machine),
-        or whose frame the camera health gate failed, is left out, and a warning counts those.
+        whose frame the camera health gate failed, or a master part's (reviewed before vqad
+        refused such reviews), is left out, and a warning counts those.
         `camera`, `since_ns`, `until_ns`: one camera's results, captured in that time (a record
         keeps the lines of several products, and each model is trained and calibrated on its own
         product's images). `elsewhere(row)`: the frame's bytes when its file is not on this
@@ -791,6 +797,9 @@ class Record:
                 # or a defect to test on, it is neither, whatever the review said of the part.
                 # Said before its file is looked for, or asked of a peer.
                 left_out["whose frame the camera health gate found unfit (no picture of the part)"] += 1
+                continue
+            if row is not None and row.master is not None:  # a red rabbit is no good image, whatever its review
+                left_out["of a master part (its verdict is known)"] += 1
                 continue
             frame, content, why = self._frame_to_export(row, elsewhere)
             if why:
@@ -903,7 +912,7 @@ class Record:
                                since_ns, until_ns)  # fmt: skip
         left_out: Counter[str] = Counter()
         columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
-                   results.c.evidence_frame, results.c.evidence_removed, results.c.unfit)  # fmt: skip
+                   results.c.evidence_frame, results.c.evidence_removed, results.c.unfit, results.c.master)  # fmt: skip
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
             latest: dict[int, Any] = {}
             for r in conn.execute(reviewed):

@@ -885,9 +885,12 @@ function openDetail(r, list = [r], queue = state.queue) {
   }));
   // A fresh reject may reach the record a moment after the stream: the record answers for it.
   const record = state.summary ? state.summary.daemon : {};
-  const canReview = Boolean(record.record && !record.record_read_only);
+  // A master part's verdict is known: reviewed as a false reject, a red rabbit would be exported
+  // to train on as good (the record refuses such a review too).
+  const canReview = Boolean(record.record && !record.record_read_only && !r.master);
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? ""
+    : r.master ? `A master part's verdict is known (it must ${r.master}): it is not reviewed.`
     : record.record_read_only ? "This record cannot be written here (a read-only disk or medium): it is read, not reviewed."
     : "Reviews need the line's record (vqad dashboard --record URL).";
   const at = list.indexOf(r);
