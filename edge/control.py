@@ -289,6 +289,8 @@ class Control:
         self.daemon.paused.discard(camera)
         kept = self._keep_paused()
         self._change("resume", {"camera": camera}, by)
+        if changed and self.daemon.fail_rate is not None:  # a repair or changeover is done: its parts counted anew
+            self.daemon.fail_rate.start_again(camera, "camera resumed")
         return self._paused(camera, changed, kept)
 
     def _master(self, args: dict[str, Any], by: str) -> dict[str, Any]:

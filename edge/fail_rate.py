@@ -61,6 +61,8 @@ def fail_rate_words(detail: dict[str, Any]) -> str:
     said = fails_words(detail)
     if detail.get("state") == "raised":
         return f"raised: {said}, over the limit of {100 * float(detail.get('limit') or 0):.0f}%"
+    if detail.get("why"):
+        return f"cleared, {detail['why']}: counted anew ({said})"
     return f"cleared: {said}"
 
 
@@ -139,19 +141,35 @@ class FailRateAlarm:
         if alarm != was:
             self._tell("raised" if alarm else "cleared", camera_id, fails, seen, unfit_n)
 
+    def start_again(self, camera_id: str, why: str) -> None:
+        """Count `camera_id`'s decisions anew: its window is emptied, and a raised alarm clears,
+        said with `why` ("camera resumed": a repair or a changeover done while it was paused, whose
+        decisions from before would hold the alarm for up to a window of parts)."""
+        with self.lock:
+            window = self.windows.pop(camera_id, None)
+            was = self.raised.pop(camera_id, None) is not None
+        if self.metrics is not None:
+            self.metrics.forget_fail_rate(camera_id)
+        if was and window is not None:
+            self._tell("cleared", camera_id, window.fails, len(window.decisions), window.unfit, why)
+
     def limit_of(self, camera_id: str) -> float:
         """The share of its last decisions that `camera_id`'s fails may reach (0: not counted)."""
         return self.limits.get(camera_id, self.limit)
 
-    def _tell(self, change: str, camera_id: str, fails: int, seen: int, unfit: int) -> None:
+    def _tell(self, change: str, camera_id: str, fails: int, seen: int, unfit: int, why: str | None = None) -> None:
         limit = self.limit_of(camera_id)
         detail = {"camera": camera_id, "fails": fails, "of": seen, "limit": limit, "unfit": unfit}
+        if why is not None:  # cleared by a start again, not by the camera's decisions
+            detail["why"] = why
         if change == "raised":
             whose = "its own" if camera_id in self.limits else "the line's"
             see_to = ("the camera: most of its frames are unfit" if mostly_unfit(detail)
                       else "the process (a tool, the material) and to the camera")  # fmt: skip
             log.warning("fail-rate alarm: %s, over %s limit of %.0f%%: see to %s", fails_words(detail), whose,
                         100 * limit, see_to)  # fmt: skip
+        elif why is not None:
+            log.info("fail-rate alarm cleared, %s: its decisions are counted anew (%s)", why, fails_words(detail))
         else:
             log.info("fail-rate alarm cleared: %s", fails_words(detail))
         if self.on_change is not None:

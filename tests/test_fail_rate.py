@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from edge.fail_rate import WINDOW, FailRateAlarm
+from edge.fail_rate import WINDOW, FailRateAlarm, fail_rate_words
 from edge.metrics import DaemonMetrics
 
 
@@ -196,3 +196,61 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     broken = json.loads(json.dumps(beat))
     broken["fail_rate"]["alarms"]["press1"]["fails"] = "25"
     assert _errors("heartbeat", broken)
+
+
+def test_a_camera_resumed_after_a_repair_counts_its_decisions_anew(caplog):
+    """An alarm raised, the camera paused while its tool is changed, then resumed: the fails from
+    before the repair would hold the alarm for up to a window of good parts. Its decisions are
+    counted anew, and the alarm clears saying why; a camera that still fails raises it again."""
+    metrics, changes = DaemonMetrics(), []
+    alarm = FailRateAlarm(0.2, metrics, lambda change, detail: changes.append((change, detail)))
+    for _ in range(30):
+        alarm.add("press1", "fail")
+    alarm.add("press2", "pass")
+    caplog.clear()  # the raise's warning
+    with caplog.at_level(logging.INFO, logger="edge.fail_rate"):
+        alarm.start_again("press1", "camera resumed")
+        alarm.start_again("press2", "camera resumed")  # nothing raised: nothing said
+    assert alarm.raised == {} and "press1" not in alarm.windows and "press2" not in alarm.windows
+    assert changes[-1] == ("cleared", {"camera": "press1", "fails": 30, "of": 30, "limit": 0.2, "unfit": 0,
+                                       "why": "camera resumed"})  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "fail-rate alarm cleared, camera resumed: its decisions are counted anew (camera press1 failed 30 of its last "
+        "30 decisions)"
+    ]
+    assert ("vqad_fail_rate_alarm", "press1") not in _gauges(metrics)
+    assert fail_rate_words({**changes[-1][1], "state": "cleared"}).startswith("cleared, camera resumed: counted anew")
+    for _ in range(21):
+        alarm.add("press1", "fail")
+    assert "press1" in alarm.raised and changes[-1][1]["fails"] == 21
+
+
+def test_vqad_ctl_resume_clears_a_raised_alarm_and_the_record_says_why(tiny_model, synth_root, tmp_path):
+    import cv2
+
+    from edge.protocol import frame_message
+    from edge.record import Record
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    url, control = f"sqlite:///{tmp_path / 'line.db'}", f"ipc://{short_ipc_dir()}/ctl"
+    args = ("--threshold", "1e-9", "--record", url, "--control", control, "--set", "edge.heartbeat_s=0.2",
+            "--set", "edge.health.enabled=false")  # fmt: skip
+    with DaemonProcess(tiny_model, *args) as daemon:
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            for i in range(25):
+                cam.send(frame_message("press1", i, image, "raw"))
+            assert len(sub.collect(25, timeout=60)) == 25
+        finally:
+            sub.close()
+            cam.close()
+        assert list(next_heartbeat(daemon.results)["fail_rate"]["alarms"]) == ["press1"]
+        run_vqad("ctl", control, "pause", "press1", "--reason", "tool change")
+        run_vqad("ctl", control, "resume", "press1")
+        assert next_heartbeat(daemon.results)["fail_rate"]["alarms"] == {}
+        log_text = daemon.log_text()
+    assert "fail-rate alarm cleared, camera resumed: its decisions are counted anew (camera press1" in log_text
+    cleared = [e["detail"] for e in Record(url).events() if e["kind"] == "fail-rate-alarm"][0]
+    assert (cleared["state"], cleared["why"]) == ("cleared", "camera resumed"), cleared

@@ -557,8 +557,8 @@ function changeText(e) {
     case "fail-rate-alarm": {
       const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions` +
         (d.unfit ? ` (${d.unfit} of them frames the camera health gate found unfit)` : "");
-      return d.state === "raised" ? `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`
-        : `fail-rate alarm cleared: ${said}`;
+      if (d.state === "raised") return `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`;
+      return d.why ? `fail-rate alarm cleared, ${d.why}: counted anew (${said})` : `fail-rate alarm cleared: ${said}`;
     }
     case "pause": return `camera ${d.camera} paused`;
     case "resume": return `camera ${d.camera} resumed`;
