@@ -133,6 +133,21 @@ def test_a_limit_that_is_not_a_share_is_refused(limit):
         FailRateAlarm(0.2, limits={"press1": limit})
 
 
+def _send_and_collect(daemon, image, n: int) -> None:
+    """`n` frames of camera press1 into the daemon, and their `n` results out."""
+    from edge.protocol import frame_message
+    from tests.edge_helpers import Camera, Subscriber
+
+    sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+    try:
+        for i in range(n):
+            cam.send(frame_message("press1", i, image, "raw"))
+        assert len(sub.collect(n, timeout=60)) == n
+    finally:
+        sub.close()
+        cam.close()
+
+
 def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_looks(tiny_model, synth_root, tmp_path):
     """The whole path: a daemon process at a threshold that fails every part of one camera and
     none of another. The alarm is in the log, the metrics, each heartbeat (for a PLC bridge or
@@ -141,11 +156,10 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
 
     import cv2
 
-    from edge.protocol import frame_message
     from edge.record import Record
     from edge.transport import free_loopback_port
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat
+    from tests.edge_helpers import DaemonProcess, metrics_text, next_heartbeat
     from tests.test_schema import _errors
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
@@ -154,14 +168,7 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     args = ("--threshold", "1e-9", "--record", url, "--metrics-port", str(port), "--set", "edge.heartbeat_s=0.2",
             "--set", "edge.health.enabled=false", "--set", "edge.fail_rate_alarm_cameras.press9=0.5")  # fmt: skip
     with DaemonProcess(tiny_model, *args) as daemon:
-        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
-        try:
-            for i in range(25):
-                cam.send(frame_message("press1", i, image, "raw"))
-            assert len(sub.collect(25, timeout=60)) == 25
-        finally:
-            sub.close()
-            cam.close()
+        _send_and_collect(daemon, image, 25)
         beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
     assert beat["fail_rate"]["limit"] == 0.2 and beat["fail_rate"]["window"] == WINDOW
@@ -228,24 +235,16 @@ def test_a_camera_resumed_after_a_repair_counts_its_decisions_anew(caplog):
 def test_vqad_ctl_resume_clears_a_raised_alarm_and_the_record_says_why(tiny_model, synth_root, tmp_path):
     import cv2
 
-    from edge.protocol import frame_message
     from edge.record import Record
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+    from tests.edge_helpers import DaemonProcess, next_heartbeat, short_ipc_dir
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
     url, control = f"sqlite:///{tmp_path / 'line.db'}", f"ipc://{short_ipc_dir()}/ctl"
     args = ("--threshold", "1e-9", "--record", url, "--control", control, "--set", "edge.heartbeat_s=0.2",
             "--set", "edge.health.enabled=false")  # fmt: skip
     with DaemonProcess(tiny_model, *args) as daemon:
-        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
-        try:
-            for i in range(25):
-                cam.send(frame_message("press1", i, image, "raw"))
-            assert len(sub.collect(25, timeout=60)) == 25
-        finally:
-            sub.close()
-            cam.close()
+        _send_and_collect(daemon, image, 25)
         assert list(next_heartbeat(daemon.results)["fail_rate"]["alarms"]) == ["press1"]
         run_vqad("ctl", control, "pause", "press1", "--reason", "tool change")
         run_vqad("ctl", control, "resume", "press1")
