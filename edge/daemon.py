@@ -240,6 +240,7 @@ class Daemon:
         self._restore(Overrides.load(self.state_dir))
         if self.masters is not None:
             self.masters.restore()  # a master part that missed its verdict before the restart: it stands
+            self.masters.show_current(*_inspection(self.serving))
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -564,6 +565,7 @@ class Daemon:
         if old is not None and self.masters is not None and _inspection(old) != _inspection(new):
             log.info("the master parts' checks so far were made on the model and threshold before: run them again "
                      "to prove this inspection")  # fmt: skip
+            self.masters.show_current(*_inspection(new))
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old

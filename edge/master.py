@@ -68,6 +68,13 @@ def checked_right(decision: str | None, expected: str, unfit: str | None) -> boo
     return decision == expected and not unfit
 
 
+def proves(check: dict[str, Any], model_sha256: str | None, threshold: float | None) -> bool:
+    """Whether a master part's check proves the inspection of model `model_sha256` at
+    `threshold`: it was made on them (one kept by a vqad that did not name them is taken as made
+    on it). A reload of another model, or a threshold set, is another inspection."""
+    return not check.get("model_sha256") or (check["model_sha256"], check.get("threshold")) == (model_sha256, threshold)
+
+
 def outcome(decision: str | None, expected: str, unfit: str | None) -> str:
     """A check as vqad_master_parts_total labels it, and the record's listings and `vqad watch`
     name it: "right"; "wrong", the model's decision otherwise, which makes the parts since
@@ -180,6 +187,7 @@ class MasterParts:
         if self.metrics is not None:
             self.metrics.master_parts.labels(header["camera_id"], outcome(header["decision"], expected, unfit)).inc()
             self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
+            self.metrics.master_current.labels(header["camera_id"]).set(1.0)  # made on the inspection served
         if self.on_check is not None:
             self.on_check(detail)
 
@@ -206,6 +214,18 @@ class MasterParts:
                 if not check["ok"]:
                     log.error("%s, before the restart: it stands until that master part is checked right",
                               master_words({**check, "camera": camera}))  # fmt: skip
+
+    def show_current(self, model_sha256: str, threshold: float) -> None:
+        """vqad_master_parts_current, for each camera with checks: whether one of them proves the
+        inspection served now (model `model_sha256` at `threshold`). Set at the start and at each
+        change of model or threshold; a check sets its camera's to 1."""
+        if self.metrics is None:
+            return
+        with self.lock:
+            current = {camera: any(proves(check, model_sha256, threshold) for check in parts.values())
+                       for camera, parts in self.latest.items()}  # fmt: skip
+        for camera, proving in current.items():
+            self.metrics.master_current.labels(camera).set(float(proving))
 
     def _hold(self, check: dict[str, Any]) -> None:
         """`check` as its master part's latest, its camera the most recent (under the lock)."""

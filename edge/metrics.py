@@ -174,6 +174,13 @@ class DaemonMetrics:
             ["camera"],
             registry=r,
         )
+        self.master_current = Gauge(
+            "vqad_master_parts_current",
+            "1 while a camera's master parts include one checked on the model and threshold served now; 0 "
+            "after a reload or a threshold set, until they are run again",
+            ["camera"],
+            registry=r,
+        )
         self.fail_rate = Gauge(
             "vqad_fail_rate", "The share of a camera's last 100 decisions that failed", ["camera"], registry=r
         )

@@ -248,6 +248,8 @@ ALERT_CASES = [
         "1m15s",
         {**BOX, **CAM0, "outcome": "unproven"},
     ),
+    # A threshold set at 1 minute, and master parts not run again since.
+    ("VqadMasterPartsNotRunSinceChange", [("vqad_master_parts_current", CAM0, "1x4 0x250")], "61m15s"),
     # Master parts checked at the start (t = 0), then none for a shift and an hour.
     ("VqadMasterPartsOverdue", [("vqad_master_parts_checked_timestamp_seconds", CAM0, "0x2200")], "9h15s"),
     # A camera at 4 frames/s whose lamp fails at 1 minute: from then on every frame is unfit.

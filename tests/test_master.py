@@ -206,6 +206,9 @@ def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_roo
     assert "master part RR-1 on camera press1: pass, expected fail, before the restart: it stands" in log_text
     checked = re.search(r'^vqad_master_parts_checked_timestamp_seconds\{camera="press1"\} (\S+)$', metrics, re.M)
     assert checked and float(checked.group(1)) == pytest.approx(kept["ts_ns"] / 1e9), metrics
+    assert 'vqad_master_parts_current{camera="press1"} 1.0' in metrics  # the same model and threshold
+    with DaemonProcess(tiny_model, "--threshold", "2e9", *args[2:], "--metrics-port", str(port), ipc_dir=folder):
+        assert 'vqad_master_parts_current{camera="press1"} 0.0' in metrics_text(port)  # another threshold
     # A pattern no longer configured names no master part: its checks are not put back.
     with DaemonProcess(tiny_model, "--set", "edge.master_defective_parts=[SCRAP-*]", ipc_dir=folder) as other:
         assert next_heartbeat(other.results)["master_parts"] == {}
@@ -265,14 +268,15 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
     import cv2
 
     from edge.protocol import frame_message
+    from edge.transport import free_loopback_port
     from tests.conftest import run_vqad
-    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat, short_ipc_dir
+    from tests.edge_helpers import Camera, DaemonProcess, Subscriber, metrics_text, next_heartbeat, short_ipc_dir
     from tests.test_schema import _errors
 
     image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
-    control = f"ipc://{short_ipc_dir()}/ctl"
+    control, port = f"ipc://{short_ipc_dir()}/ctl", free_loopback_port()
     args = ("--threshold", "1e-9", "--control", control, "--set", "edge.master_defective_parts=[RR-*]",
-            "--set", "edge.health.enabled=false")  # fmt: skip
+            "--set", "edge.health.enabled=false", "--metrics-port", str(port))  # fmt: skip
     with DaemonProcess(tiny_model, *args) as daemon:
         told = run_vqad("ctl", control, "master", "press1", "--part-id", "RR-HOLE-1", "--by", "ann")
         reply = json.loads(told.stdout)
@@ -295,7 +299,10 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
             sub.close()
             cam.close()
         beat = next_heartbeat(daemon.results)
+        current = 'vqad_master_parts_current{camera="press1"}'
+        assert f"{current} 1.0" in metrics_text(port)  # the inspection served is proved
         run_vqad("ctl", control, "set-threshold", "2e-9", "--reason", "a new inspection", "--by", "ann")
+        assert f"{current} 0.0" in metrics_text(port)  # another one, until they are run again
         log_text = daemon.log_text()
     assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True}
     assert beat["master_parts"]["press1"]["RR-HOLE-1"]["named_by"] == "ann"  # who named the frame, for the audit

@@ -55,6 +55,7 @@ from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError
 from edge.fail_rate import mostly_unfit
+from edge.master import proves
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
@@ -684,5 +685,4 @@ def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | No
     if not isinstance(parts, dict) or not parts:
         return None
     serving = ((beat.get("model") or {}).get("sha256"), beat.get("threshold"))
-    return [{**check, "proves_now": not check.get("model_sha256") or (check["model_sha256"], check.get("threshold"))
-             == serving} for check in (parts[part] for part in sorted(parts))]  # fmt: skip
+    return [{**check, "proves_now": proves(check, *serving)} for check in (parts[part] for part in sorted(parts))]
