@@ -562,13 +562,21 @@ class Daemon:
                 pass
         if old is not None and new.drift is not old.drift:
             self.metrics.forget_drift()  # the old model's alarms: its windows start again
-        if old is not None and self.masters is not None and _inspection(old) != _inspection(new):
-            log.info("the master parts' checks so far were made on the model and threshold before: run them again "
-                     "to prove this inspection")  # fmt: skip
-            self.masters.show_current(*_inspection(new))
+        if old is not None and _inspection(old) != _inspection(new):
+            self._another_inspection(new)
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old
+
+    def _another_inspection(self, new: Serving) -> None:
+        """Another model or threshold serves: the master parts' checks prove the one before, and
+        the fails before say nothing of this one (a threshold set to end false rejects)."""
+        if self.masters is not None:
+            log.info("the master parts' checks so far were made on the model and threshold before: run them again "
+                     "to prove this inspection")  # fmt: skip
+            self.masters.show_current(*_inspection(new))
+        if self.fail_rate is not None:
+            self.fail_rate.start_all_again("the model or threshold changed")
 
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:

@@ -153,6 +153,14 @@ class FailRateAlarm:
         if was and window is not None:
             self._tell("cleared", camera_id, window.fails, len(window.decisions), window.unfit, why)
 
+    def start_all_again(self, why: str) -> None:
+        """`start_again` for every camera (`why`: the model or the threshold changed, whose fails
+        before say nothing of the inspection served now)."""
+        with self.lock:
+            cameras = list(self.windows)
+        for camera_id in cameras:
+            self.start_again(camera_id, why)
+
     def limit_of(self, camera_id: str) -> float:
         """The share of its last decisions that `camera_id`'s fails may reach (0: not counted)."""
         return self.limits.get(camera_id, self.limit)

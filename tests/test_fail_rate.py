@@ -133,14 +133,14 @@ def test_a_limit_that_is_not_a_share_is_refused(limit):
         FailRateAlarm(0.2, limits={"press1": limit})
 
 
-def _send_and_collect(daemon, image, n: int) -> None:
-    """`n` frames of camera press1 into the daemon, and their `n` results out."""
+def _send_and_collect(daemon, image, n: int, start: int = 0) -> None:
+    """`n` frames of camera press1 (ids from `start`) into the daemon, and their `n` results out."""
     from edge.protocol import frame_message
     from tests.edge_helpers import Camera, Subscriber
 
     sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
     try:
-        for i in range(n):
+        for i in range(start, start + n):
             cam.send(frame_message("press1", i, image, "raw"))
         assert len(sub.collect(n, timeout=60)) == n
     finally:
@@ -232,7 +232,11 @@ def test_a_camera_resumed_after_a_repair_counts_its_decisions_anew(caplog):
     assert "press1" in alarm.raised and changes[-1][1]["fails"] == 21
 
 
-def test_vqad_ctl_resume_clears_a_raised_alarm_and_the_record_says_why(tiny_model, synth_root, tmp_path):
+def test_vqad_ctl_resume_or_a_new_threshold_clears_a_raised_alarm_and_the_record_says_why(
+    tiny_model, synth_root, tmp_path
+):
+    """A resume after a repair, and a threshold set to end false rejects: the fails before say
+    nothing of the line after, and a camera that still fails raises the alarm again."""
     import cv2
 
     from edge.record import Record
@@ -243,13 +247,21 @@ def test_vqad_ctl_resume_clears_a_raised_alarm_and_the_record_says_why(tiny_mode
     url, control = f"sqlite:///{tmp_path / 'line.db'}", f"ipc://{short_ipc_dir()}/ctl"
     args = ("--threshold", "1e-9", "--record", url, "--control", control, "--set", "edge.heartbeat_s=0.2",
             "--set", "edge.health.enabled=false")  # fmt: skip
+    alarms = lambda: list(next_heartbeat(daemon.results)["fail_rate"]["alarms"])  # noqa: E731
     with DaemonProcess(tiny_model, *args) as daemon:
         _send_and_collect(daemon, image, 25)
-        assert list(next_heartbeat(daemon.results)["fail_rate"]["alarms"]) == ["press1"]
+        assert alarms() == ["press1"]
         run_vqad("ctl", control, "pause", "press1", "--reason", "tool change")
         run_vqad("ctl", control, "resume", "press1")
-        assert next_heartbeat(daemon.results)["fail_rate"]["alarms"] == {}
+        assert alarms() == []
+        _send_and_collect(daemon, image, 25, start=25)  # the tool still marks every part
+        assert alarms() == ["press1"]
+        run_vqad("ctl", control, "set-threshold", "2e-9", "--reason", "a new inspection")
+        assert alarms() == []
         log_text = daemon.log_text()
     assert "fail-rate alarm cleared, camera resumed: its decisions are counted anew (camera press1" in log_text
-    cleared = [e["detail"] for e in Record(url).events() if e["kind"] == "fail-rate-alarm"][0]
-    assert (cleared["state"], cleared["why"]) == ("cleared", "camera resumed"), cleared
+    assert "fail-rate alarm cleared, the model or threshold changed: its decisions are counted anew" in log_text
+    changes = [(e["detail"]["state"], e["detail"].get("why")) for e in Record(url).events()[::-1]
+               if e["kind"] == "fail-rate-alarm"]  # fmt: skip
+    assert changes == [("raised", None), ("cleared", "camera resumed"), ("raised", None),
+                       ("cleared", "the model or threshold changed")]  # fmt: skip
