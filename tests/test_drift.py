@@ -159,7 +159,7 @@ def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
     def serving(drift):
         return SimpleNamespace(
             scoring=SimpleNamespace(threshold=1.0),
-            package=SimpleNamespace(created_ns=None),
+            package=SimpleNamespace(created_ns=None, sha256="ab" * 32),
             backends=[],
             drift=drift,
             close=lambda: None,
