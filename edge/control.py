@@ -216,13 +216,16 @@ class Control:
         if not isinstance(force, bool):
             raise ValueError(f"argument 'force' must be true or false, got {json.dumps(force)[:40]}")
         d = self.daemon
-        # Measured against the calibrated threshold (the package's, or edge.threshold), as vqad
-        # calibrate measures a new one against the old: a way back to it is never refused.
-        calibrated = configured_threshold(d.serving.package, d.cfg)
-        if value >= RAISED_REFUSED * calibrated and not force:
+        # Measured against the package's calibrated threshold, or edge.threshold where it is higher,
+        # as vqad calibrate measures a new one against the old: a way back to either is never
+        # refused (a daemon started at a trial threshold far under the calibration's included).
+        reference, which = float(d.serving.package.threshold), "the calibrated threshold"
+        if (configured := configured_threshold(d.serving.package, d.cfg)) > reference:
+            reference, which = configured, "edge.threshold"
+        if value >= RAISED_REFUSED * reference and not force:
             raise ValueError(
-                f"{value:g} is {value / calibrated:.3g} times the calibrated threshold ({calibrated:.6g}): every "
-                "defect scoring between the two would pass. A slip of the decimal point? To set it anyway, --force"
+                f"{value:g} is {value / reference:.3g} times {which} ({reference:.6g}): every defect scoring "
+                "between the two would pass. A slip of the decimal point? To set it anyway, --force"
             )
         at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         source = {"by": "vqad ctl set-threshold", "who": by, "reason": reason, "at": at}

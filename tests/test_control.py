@@ -242,6 +242,23 @@ def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, 
     assert kept.threshold is None and kept.paused == []
 
 
+def test_a_way_back_to_the_calibrated_threshold_is_never_refused(tiny_model, tmp_path):
+    """A daemon started at a trial threshold far under the package's (`--threshold`,
+    edge.threshold): `ctl set-threshold` back to the calibration's was refused as "100 times the
+    calibrated threshold", which named the trial one. Three times the higher of the two is
+    refused, and the refusal names which it is."""
+    calibrated = load_package(tiny_model).threshold
+    control = f"ipc://{tmp_path}/ctl"
+    with DaemonProcess(tiny_model, "--control", control, "--threshold", str(calibrated / 100)):
+        back = _ctl(control, "set-threshold", str(calibrated), "--reason", "the trial is over")
+        slip = run_vqad("ctl", control, "set-threshold", str(3 * calibrated), "--reason", "x", check=False)
+    assert back["threshold"] == calibrated
+    assert slip.returncode == 1 and f"3 times the calibrated threshold ({calibrated:.6g})" in slip.stderr
+    with DaemonProcess(tiny_model, "--control", control, "--threshold", str(2 * calibrated)):
+        up = run_vqad("ctl", control, "set-threshold", str(7 * calibrated), "--reason", "x", check=False)
+    assert up.returncode == 1 and f"3.5 times edge.threshold ({2 * calibrated:.6g})" in up.stderr, up.stderr
+
+
 def test_a_package_recalibrated_in_place_is_a_reload_pending_until_reloaded(tiny_model, line_good, tmp_path):
     """`vqad calibrate MODEL_DIR` on the serving package rewrites its threshold; the daemon
     decides by the one it loaded until a reload, and nothing said so: `vqad ctl status` named the
