@@ -229,12 +229,13 @@ class Control:
             )
         at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         source = {"by": "vqad ctl set-threshold", "who": by, "reason": reason, "at": at}
-        old = d.swap(d.serving.with_threshold(value, source), close_old=False).scoring.threshold
+        old = d.serving.scoring.threshold
+        self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)  # before what it causes
+        d.swap(d.serving.with_threshold(value, source), close_old=False)
         package = d.serving.package
         d.overrides.threshold = {"value": value, "source": source, "model_sha256": package.sha256,
                                  "replaces": configured_threshold(package, d.cfg)}  # fmt: skip
         kept = d.overrides.save()
-        self._change("set-threshold", {"from": old, "to": value, "reason": reason}, by)
         return {"threshold": value, "previous": old, "kept": kept}
 
     def _reload(self, args: dict[str, Any], by: str) -> dict[str, Any]:
@@ -261,10 +262,13 @@ class Control:
             notify("READY=1")
             raise VqadError(str(exc)) from exc
         generation = getattr(self._thread, "generation", None)  # None: not in a reload thread
+        swapped = {"from": old.scoring.model, "to": new.scoring.model,
+                   "threshold": {"from": old.scoring.threshold, "to": new.scoring.threshold}}  # fmt: skip
         with self._swap_lock:
             if generation is not None and generation != self._generation:
                 new.close()
                 raise VqadError("given up (edge.reload_timeout_s) before it finished loading: not swapped in")
+            self._change("reload", swapped, by)  # before what it causes (alarms cleared, windows started again)
             keep_camera_state(old, new)
             d.swap(new)  # another model or calibration: the drift windows and the health gate's counts start again
             self._swapped = self._generation
@@ -273,9 +277,6 @@ class Control:
             d.overrides.save()
         notify("READY=1")
         d.metrics.reloads.inc()
-        swapped = {"from": old.scoring.model, "to": new.scoring.model,
-                   "threshold": {"from": old.scoring.threshold, "to": new.scoring.threshold}}  # fmt: skip
-        self._change("reload", swapped, by)
         return swapped
 
     def _pause(self, args: dict[str, Any], by: str) -> dict[str, Any]:
