@@ -285,7 +285,11 @@ class Control:
         self.daemon.paused.add(camera)
         kept = self._keep_paused()
         self._change("pause", {"camera": camera}, by)
-        return self._paused(camera, changed, kept)
+        dropped = self.daemon.masters.drop_tag(camera) if self.daemon.masters is not None else None
+        if dropped is not None:  # its next frame gets an error result, which would prove nothing
+            log.warning("control: master part %s, named for camera %s's next frame, is dropped by the pause: name it "
+                        "again after the resume", dropped, camera)  # fmt: skip
+        return {**self._paused(camera, changed, kept), **({"master_dropped": dropped} if dropped else {})}
 
     def _resume(self, args: dict[str, Any], by: str) -> dict[str, Any]:
         camera = _camera(args)

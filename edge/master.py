@@ -147,6 +147,13 @@ class MasterParts:
                     part_id, by, camera_id, TAG_S)  # fmt: skip
         return None
 
+    def drop_tag(self, camera_id: str) -> str | None:
+        """The master part_id `vqad ctl master` named for this camera's next frame, dropped (its
+        camera paused: that frame would get no decision); None when none waits."""
+        with self.lock:
+            tag = self.tags.pop(camera_id, None)
+        return None if tag is None else tag[0]
+
     def check(self, header: dict[str, Any]) -> None:
         """A result about to be published: a master part's header gets `master`, and its check
         is logged, counted, kept as that master part's latest and told to `on_check`."""

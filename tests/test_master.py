@@ -286,8 +286,12 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
         assert refused.returncode != 0 and "names no master part" in refused.stdout + refused.stderr
         missing = run_vqad("ctl", control, "master", "press1", check=False)
         assert missing.returncode != 0 and "master needs CAMERA and --part-id ID" in missing.stderr
-        # A paused camera's next frame gets an error result, which would prove nothing.
-        run_vqad("ctl", control, "pause", "press2")
+        # A paused camera's next frame gets an error result, which would prove nothing: a name
+        # waiting for it is dropped by the pause, and none is taken while it lasts.
+        run_vqad("ctl", control, "master", "press2", "--part-id", "RR-HOLE-2")
+        pause = run_vqad("ctl", control, "pause", "press2")
+        assert json.loads(pause.stdout)["master_dropped"] == "RR-HOLE-2"
+        assert "master part RR-HOLE-2, named for the next frame of camera 'press2', is dropped" in pause.stderr
         paused = run_vqad("ctl", control, "master", "press2", "--part-id", "RR-HOLE-1", check=False)
         assert paused.returncode != 0 and "camera 'press2' is paused" in paused.stdout + paused.stderr
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)

@@ -233,10 +233,10 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
         "status": {"command": "status", "by": "mes"},
         "set-threshold": {"command": "set-threshold", "args": {"value": 1.5, "reason": "audit 7"}, "by": "mes"},
         "set-threshold as text": {"command": "set-threshold", "args": {"value": "1.25", "reason": "audit 8"}},
-        "pause": {"command": "pause", "args": {"camera": "cam7"}, "by": "mes"},
+        "master": {"command": "master", "args": {"camera": "cam7", "part_id": "RR-1"}, "by": "ann"},
+        "pause": {"command": "pause", "args": {"camera": "cam7"}, "by": "mes"},  # drops RR-1's name
         "resume": {"command": "resume", "args": {"camera": "cam7"}, "by": "mes"},
         "reload": {"command": "reload", "by": "mes"},
-        "master": {"command": "master", "args": {"camera": "cam7", "part_id": "RR-1"}, "by": "ann"},
     }
     bad = {
         "an unknown command": {"command": "restart"},
@@ -256,6 +256,7 @@ def test_the_control_sockets_requests_and_replies_are_valid(tiny_model, tmp_path
             assert _errors("control-request", request) == [], name
             reply = _control(control, request)
             assert reply["ok"] is True, (name, reply)
+            assert reply.get("master_dropped") == ("RR-1" if name == "pause" else None), (name, reply)
             shape = {"set-threshold as text": "set-threshold", "resume": "pause"}.get(name, name)
             assert _errors("control-reply", reply) == [], (name, reply)
             assert (
