@@ -184,8 +184,8 @@ NEVER_HEARD_S = 10.0
 class DaemonSilence:
     """Says once when a daemon that sent heartbeats falls silent, and once when it is back; the
     same when its heartbeat says its inference has stalled (edge.watchdog), when it says its
-    record has fallen RECORD_BEHIND_S behind, and for each camera's fail-rate alarm; once for
-    each damaged record it says it set aside.
+    record has fallen RECORD_BEHIND_S behind, for each camera's fail-rate alarm, and for each
+    camera paused by the line's control; once for each damaged record it says it set aside.
     A daemon that has sent nothing for NEVER_HEARD_S since the reader started (not running, or
     another endpoint) is warned of once."""
 
@@ -193,6 +193,7 @@ class DaemonSilence:
         self.endpoint, self.silent, self.stalled, self.record_behind = endpoint, False, False, False
         self.clock_behind = False
         self.fail_rate_alarms: set[str] = set()  # the cameras whose fail-rate alarm the heartbeat names
+        self.paused: set[str] = set()  # the cameras the heartbeat names paused (vqad ctl pause)
         self.set_aside_at: int | None = None  # the time of the damaged record last said set aside
         self.last: tuple[float, dict[str, Any]] | None = None  # (when, the heartbeat's header)
         self.clock, self.started = clock, clock()
@@ -226,7 +227,19 @@ class DaemonSilence:
         self._record(header.get("record") or {})
         self._clock(header.get("clock"))
         self._fail_rate(header.get("fail_rate") or {})
+        if "paused" in header:  # a daemon that knows pauses
+            self._paused(set(header["paused"] or ()))
         return header
+
+    def _paused(self, paused: set[str]) -> None:
+        """Say once when the daemon's control pauses a camera, and once when it resumes it: a
+        paused camera's frames get error results, and a stopped line's camera sends none."""
+        for camera in sorted(paused - self.paused):
+            log.warning("the daemon at %s says camera %s is paused by the line's control: its parts are not "
+                        "inspected until vqad ctl ENDPOINT resume %s", self.endpoint, camera, camera)  # fmt: skip
+        for camera in sorted(self.paused - paused):
+            log.info("the daemon at %s says camera %s is resumed", self.endpoint, camera)
+        self.paused = paused
 
     def _fail_rate(self, fail_rate: dict[str, Any]) -> None:
         """Say once when the daemon raises a camera's fail-rate alarm, and once when it clears."""

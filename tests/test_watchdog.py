@@ -193,7 +193,7 @@ def test_a_backend_that_fails_every_batch_for_the_limit_stops_the_daemon_for_a_r
     assert "every batch has failed for 1 s" in log and "the failure of its inference backend" in log
 
 
-def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or_clock_behind_or_a_fail_rate_alarm(
+def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or_clock_behind_an_alarm_or_a_pause(
     caplog,
 ):
     from edge.watch import DaemonSilence
@@ -221,6 +221,8 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
         press2 = {"fails": 30, "of": 100, "since_ns": 6, "unfit": 28}
         for alarms in ({}, {"press1": press1}, {"press1": {**press1, "fails": 25}}, {"press2": press2}, {}, {}):
             silence.beat(heartbeat_message({**beat, "fail_rate": {**rate, "alarms": alarms}}))  # once each way
+        for paused in ([], ["press1"], ["press1"], ["press1", "press2"], ["press2"], []):  # once each way
+            silence.beat(heartbeat_message({**beat, "paused": paused}))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "the daemon at tcp://127.0.0.1:5556 says its inference has stalled (9 frames wait)",
@@ -242,6 +244,12 @@ def test_watch_says_once_when_the_heartbeat_says_inference_stalled_the_record_or
         "failed (28 of them unfit frames: see to the camera), over the limit of 20%",
         "the daemon at tcp://127.0.0.1:5556 cleared camera press1's fail-rate alarm",
         "the daemon at tcp://127.0.0.1:5556 cleared camera press2's fail-rate alarm",
+        "the daemon at tcp://127.0.0.1:5556 says camera press1 is paused by the line's control: its parts are not "
+        "inspected until vqad ctl ENDPOINT resume press1",
+        "the daemon at tcp://127.0.0.1:5556 says camera press2 is paused by the line's control: its parts are not "
+        "inspected until vqad ctl ENDPOINT resume press2",
+        "the daemon at tcp://127.0.0.1:5556 says camera press1 is resumed",
+        "the daemon at tcp://127.0.0.1:5556 says camera press2 is resumed",
     ]
 
 
