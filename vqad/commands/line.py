@@ -658,9 +658,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         raise VqadError(f"{args.command} refused: {reply.get('error')}")
     if args.command in ("pause", "resume"):
         _warn_pause_unchanged(args.command, args.camera, reply)
-    if reply.get("master_dropped"):  # the pause took the master part named for the camera's next frame
-        log.warning("master part %s, named for the next frame of camera %r, is dropped by the pause: name it again "
-                    "after the resume", reply["master_dropped"], args.camera)  # fmt: skip
+        if reply.get("master_dropped"):  # the pause took the master part named for the camera's next frame
+            log.warning("master part %s, named for the next frame of camera %r, is dropped by the pause: name it "
+                        "again after the resume", reply["master_dropped"], args.camera)  # fmt: skip
     elif args.command == "master" and reply.get("seen") is False:  # its next frame would never come
         log.warning("camera %r has sent no frame since the daemon started: is its id right?", args.camera)
     if reply.get("kept") is False:
