@@ -1808,8 +1808,9 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
         assert refused.returncode == 2 and "do not apply" in refused.stderr
     record.review("a", 2, "false_reject")  # a person who reviews the gate's fail anyway
-    assert (record.daily()[0]["false_reject"], record.daily()[0]["unreviewed"]) == (2, 0)
-    # The fails by what they were add up to the fails: the gate's reviewed one counted once.
+    # The gate's fail, reviewed or not, is counted once, in `unfit`: the model rejected nothing.
+    assert (record.daily()[0]["false_reject"], record.daily()[0]["unreviewed"]) == (1, 0)
+    # The fails by what they were add up to the fails.
     fails = record.daily()[0]["fails"]
     assert fails == {"false_reject": 1, "defect": 1, "unreviewed": 0, "unfit": 1, "master": 0}, fails
     # Its frame, too bright, is no picture of the part: not a good image to train on as good.
@@ -1880,7 +1881,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     assert day["fail_rate"] == 1.0  # the products': SN-1 alone; the shift's master parts are no rejects of the line
     _review_as_an_older_vqad_took_it(record, "a", 1, "false_reject")  # nothing goes below 0
     (day,) = record.daily()
-    assert (day["false_reject"], day["unreviewed"]) == (1, 1), day
+    assert (day["false_reject"], day["unreviewed"]) == (0, 1), day  # a master part's fail is no false reject
     with caplog.at_level(logging.WARNING, logger="edge.record.store"):
         exported = record.export_reviewed(tmp_path / "reviewed")  # a red rabbit is no good image to train on
     assert exported == {} and not (tmp_path / "reviewed").exists(), exported

@@ -615,9 +615,10 @@ class Record:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
         model: results, passes, fails, errors, drops, the products' fail rate (master parts left
         out), and what people found in
-        the fails they reviewed (the latest review of a result decides): false rejects, confirmed
-        defects, fails not reviewed (of frames the camera health gate passed); the fails the gate
-        made (unfit frames); and the passes reviewed as defects (missed). Oldest first."""
+        the model's fails of products they reviewed (the latest review of a result decides): false
+        rejects, confirmed defects, and those not reviewed; the fails the camera health gate made
+        (unfit frames), reviewed or not; and the passes reviewed as defects (missed). Oldest
+        first."""
         window = (camera, since_ns, until_ns, days)
         return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
 
@@ -673,12 +674,13 @@ class Record:
         until_ns: int | None = None,
         days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's reviewed results, by (day, camera, model): each fail's verdict (false_reject,
-        defect), and the passes reviewed as defects ("missed": what the line let through, found
-        downstream). The latest review of each reviewed result (a person's few a day), then those
-        results in the period, looked up by their ids. Two steps, not one join: SQLite's planner
-        may walk every result to meet the reviews, which took minutes at 2 million rows and
-        20,000 reviews."""
+        """daily's reviewed results, by (day, camera, model): the verdict (false_reject, defect) of
+        each of the model's own fails of a product (the camera health gate's fails and master
+        parts' are counted apart, reviewed or not), and the products' passes reviewed as defects
+        ("missed": what the line let through, found downstream). The latest review of each
+        reviewed result (a person's few a day), then those results in the period, looked up by
+        their ids. Two steps, not one join: SQLite's planner may walk every result to meet the
+        reviews, which took minutes at 2 million rows and 20,000 reviews."""
         r = results.c
         reviewed = reviews.c.result_id
         latest = sa.select(sa.func.max(reviews.c.id)).where(reviewed.is_not(None)).group_by(reviewed)
@@ -697,12 +699,10 @@ class Record:
                 for result_id, ts_ns, camera_id, model, decision, unfit, master in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        keys = (*VERDICTS, MISSED, *PRODUCT_VERDICTS.values())
-                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys(keys, 0))
+                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys((*VERDICTS, MISSED), 0))
                         if decision == "fail":
-                            counts[verdicts[result_id]] += 1
                             if unfit is None and master is None:  # the model's own fail, of a product
-                                counts[PRODUCT_VERDICTS[verdicts[result_id]]] += 1
+                                counts[verdicts[result_id]] += 1
                         elif verdicts[result_id] == "defect" and master is None:
                             # A product's pass found defective (review refuses a pass's false_reject);
                             # a master part's wrong pass is the tally's master_wrong, not a miss.
@@ -994,10 +994,7 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
-# daily_verdicts' count of each verdict among the model's own fails of products (not the camera
-# health gate's, nor a master part's); daily_decisions' of the master parts' fails the gate did
-# not make. Neither is a column of the tally.
-PRODUCT_VERDICTS = {verdict: f"product_{verdict}" for verdict in VERDICTS}
+# daily_decisions' count of the master parts' fails the gate did not make: not a column of the tally.
 MASTER_FAILS = "master_fails"
 # daily_decisions' counts of the master parts decided, and of those failed (the gate's fails too):
 # left out of the day's fail rate, which is the products' (not columns either).
@@ -1020,11 +1017,10 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
     for day, camera, model in sorted(decided, key=lambda k: (k[0], k[1])):  # stable: the models' order kept
         counts = decided[(day, camera, model)]
         found = verdicts.get((day, camera, model), {})
+        # The model's own fails of products, by their verdicts; the rest wait for one. The camera
+        # health gate's fails wait for the camera, and a master part's verdict is known.
         reviewed = {v: found.get(v, 0) for v in VERDICTS}
-        product_reviewed = {v: found.get(PRODUCT_VERDICTS[v], 0) for v in VERDICTS}
-        # The fails that wait for a verdict: the camera health gate's wait for the camera, and a
-        # master part's verdict is known.
-        unreviewed = counts["fail"] - counts["unfit"] - counts[MASTER_FAILS] - sum(product_reviewed.values())
+        unreviewed = counts["fail"] - counts["unfit"] - counts[MASTER_FAILS] - sum(reviewed.values())
         # The products' fail rate: a shift's master parts, red rabbits failed as they must, are not
         # the line's rejects (the fail-rate alarm and the page's live rates leave them out too).
         decided_n = counts["pass"] + counts["fail"] - counts[MASTER_DECIDED]
@@ -1044,7 +1040,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             # The fails parted by what they were, adding up to `fail`: a fail of the camera health
             # gate or of a master part counted there alone, reviewed or not; the model's own fails
             # of products by their verdicts, and those not reviewed yet.
-            "fails": {**product_reviewed, "unreviewed": unreviewed, "unfit": counts["unfit"],
+            "fails": {**reviewed, "unreviewed": unreviewed, "unfit": counts["unfit"],
                       "master": counts[MASTER_FAILS]},
         })  # fmt: skip
     return rows
