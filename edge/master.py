@@ -161,7 +161,8 @@ class MasterParts:
         if expected is None:
             return
         unfit = unfit_reasons(header)
-        ok = checked_right(header["decision"], expected, unfit)
+        checked = outcome(header["decision"], expected, unfit)
+        ok = checked == "right"
         header["master"] = {"expected": expected, "ok": ok}
         # The model and threshold it proves: a reload or a threshold set afterwards is another
         # inspection, which its checks do not prove (the dashboard tells them apart).
@@ -182,17 +183,15 @@ class MasterParts:
             self._keep()
         if ok:
             log.info("%s", master_words(detail))
-        elif unfit:
-            log.error("%s: no proof of the inspection; see to the camera, then run this master part again",
-                      master_words(detail))  # fmt: skip
-        elif header["decision"] is None:  # the frame was not judged: nothing is known of the parts since
-            log.error("%s: no proof of the inspection; run this master part again once the camera's frames are "
-                      "judged", master_words(detail))  # fmt: skip
+        elif checked == "unproven":  # the frame was not judged: nothing is known of the parts since
+            then = "see to the camera, then run this master part again" if unfit else (
+                "run this master part again once the camera's frames are judged")  # fmt: skip
+            log.error("%s: no proof of the inspection; %s", master_words(detail), then)
         else:
             log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
                       "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
-            self.metrics.master_parts.labels(header["camera_id"], outcome(header["decision"], expected, unfit)).inc()
+            self.metrics.master_parts.labels(header["camera_id"], checked).inc()
             self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
             self.metrics.master_current.labels(header["camera_id"]).set(1.0)  # made on the inspection served
         if self.on_check is not None:
