@@ -86,7 +86,8 @@ def outcome(decision: str | None, expected: str, unfit: str | None) -> str:
 
 
 class MasterParts:
-    """`check` each published result header: a master part's gets `master`: {"expected", "ok"}."""
+    """`check` each published result header: a master part's gets `master`: {"expected", "ok",
+    "outcome"}."""
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class MasterParts:
         unfit = unfit_reasons(header)
         checked = outcome(header["decision"], expected, unfit)
         ok = checked == "right"
-        header["master"] = {"expected": expected, "ok": ok}
+        header["master"] = {"expected": expected, "ok": ok, "outcome": checked}
         # The model and threshold it proves: a reload or a threshold set afterwards is another
         # inspection, which its checks do not prove (the dashboard tells them apart).
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],

@@ -34,8 +34,9 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
         for header in (right := _header("RR-1", "fail"), wrong := _header("OK-1", "fail"), error):
             masters.check(header)
     assert "master" not in product
-    assert right["master"] == {"expected": "fail", "ok": True} and wrong["master"] == {"expected": "pass", "ok": False}
-    assert error["master"] == {"expected": "fail", "ok": False}  # no decision is no proof
+    assert right["master"] == {"expected": "fail", "ok": True, "outcome": "right"}
+    assert wrong["master"] == {"expected": "pass", "ok": False, "outcome": "wrong"}
+    assert error["master"] == {"expected": "fail", "ok": False, "outcome": "unproven"}  # no decision is no proof
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert lines == [
         ("INFO", "master part RR-1 on camera press1: fail, as expected"),
@@ -75,7 +76,7 @@ def test_a_master_part_failed_by_the_camera_health_gate_proves_nothing(caplog):
     with caplog.at_level(logging.ERROR, logger="edge.master"):
         masters.check(frozen)
         masters.check(fit)
-    assert frozen["master"] == {"expected": "fail", "ok": False} and fit["master"]["ok"]
+    assert frozen["master"] == {"expected": "fail", "ok": False, "outcome": "unproven"} and fit["master"]["ok"]
     assert masters.state()["press1"]["RR-1"]["unfit"] == "frozen" and "unfit" not in masters.state()["press1"]["RR-2"]
     assert [r.getMessage() for r in caplog.records] == [
         "master part RR-1 on camera press1: failed by the camera health gate (frozen), not by the model: no proof of "
@@ -131,8 +132,8 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
             cam.close()
         beat, metrics = next_heartbeat(daemon.results), metrics_text(port)
         log_text = daemon.log_text()
-    assert results["RR-1"]["master"] == {"expected": "fail", "ok": True}
-    assert results["MASTER-OK-1"]["master"] == {"expected": "pass", "ok": False}
+    assert results["RR-1"]["master"] == {"expected": "fail", "ok": True, "outcome": "right"}
+    assert results["MASTER-OK-1"]["master"] == {"expected": "pass", "ok": False, "outcome": "wrong"}
     assert "master" not in results["SN-100"]
     assert all(_errors("result-header", h) == [] for h in results.values())
     checked = beat["master_parts"]["press1"]
@@ -194,7 +195,7 @@ def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_roo
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
             cam.send(frame_message("press1", 0, image, "raw", part_id="RR-1"))
-            assert sub.collect(1, timeout=60)[0][0]["master"] == {"expected": "fail", "ok": False}
+            assert sub.collect(1, timeout=60)[0][0]["master"] == {"expected": "fail", "ok": False, "outcome": "wrong"}
         finally:
             sub.close()
             cam.close()
@@ -308,7 +309,7 @@ def test_vqad_ctl_master_names_the_next_frame_of_a_camera_that_sends_no_part_ids
         run_vqad("ctl", control, "set-threshold", "2e-9", "--reason", "a new inspection", "--by", "ann")
         assert f"{current} 0.0" in metrics_text(port)  # another one, until they are run again
         log_text = daemon.log_text()
-    assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True}
+    assert got[0]["part_id"] == "RR-HOLE-1" and got[0]["master"] == {"expected": "fail", "ok": True, "outcome": "right"}
     assert beat["master_parts"]["press1"]["RR-HOLE-1"]["named_by"] == "ann"  # who named the frame, for the audit
     assert _errors("heartbeat", beat) == []
     assert "part_id" not in got[1] and "master" not in got[1]  # named once: the next frame is a product
