@@ -1747,13 +1747,22 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
         assert summary["cam1"]["master_parts"] == [{**wrong, "proves_now": True}, {**other, "proves_now": True}]
         assert summary["cam5"]["master_parts"] is None
-        # A check whose frame got no decision (its camera paused) is no proof either, and says why.
+        # A check whose frame got no decision (its camera paused), or that the camera health gate
+        # failed, is no proof either way: amber, not the red of a wrong one, and it says why.
         errored = {**wrong, "decision": None, "score": None, "error": "camera paused by the line's control"}
-        assert wait_for(lambda: beating([errored, other], lambda: "no decision" in shown()[3]), 20, every=0.2), shown()
+        unfit = {**other, "decision": "fail", "ok": False, "unfit": "frozen"}
+        assert wait_for(lambda: beating([errored, unfit], lambda: "no decision" in shown()[3]), 20, every=0.2), shown()
         assert shown()[3].startswith("master part RR-3: no decision (camera paused by the line's control), "
                                      "expected fail (")  # fmt: skip
+        assert shown()[3].endswith(") and 1 more not judged"), shown()
+        assert "warn" in shown()[2] and "master-wrong" not in shown()[0], shown()
+        assert "warn" in driver.execute_script(tile) and not red(), driver.execute_script(tile)
         title = 'return document.querySelector(\'[data-camera="cam1"].camera [data-field="master-parts"]\').title'
         assert driver.execute_script(title).startswith("the master part's frame was not judged by the model: no proof")
+        # A wrong check among them is said first, in red.
+        assert wait_for(lambda: beating([errored, unfit, {**wrong, "part_id": "RR-5"}], red), 20, every=0.2)
+        assert shown()[3].startswith("master part RR-5: pass, expected fail (") and "bad" in shown()[2], shown()
+        assert not shown()[3].endswith("more wrong"), shown()  # the two not judged are not wrong
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")

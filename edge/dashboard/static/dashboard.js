@@ -177,16 +177,23 @@ function masterText(m) {
   return `master part ${m.part_id}: ${m.decision}, expected ${m.expected}`;
 }
 
+// Whether a master part's check was made on a frame the model did not judge (an error result, a
+// fail of the camera health gate): no proof either way, as edge.master.outcome's "unproven".
+function unjudged(m) { return !m.ok && (Boolean(m.unfit) || m.decision === null); }
+
 // Why a master part's check is no proof, for the pill's tooltip: only a decision the model made on
 // a fit frame says the parts since its last right check are suspect.
 function masterWrongWhy(m) {
-  if (m.unfit || m.decision === null) return "the master part's frame was not judged by the model: no proof of the inspection; run it again";
+  if (unjudged(m)) return "the master part's frame was not judged by the model: no proof of the inspection; run it again";
   return "a master part of known verdict did not get it: the parts since its last right check are suspect";
 }
 
-// The camera's master parts whose latest check did not get their verdict.
-function wrongMasters(c) { return (c.master_parts || []).filter((m) => !m.ok); }
-function moreWrong(wrong) { return wrong.length > 1 ? ` and ${wrong.length - 1} more wrong` : ""; }
+// The camera's master parts whose latest check the model decided wrongly (red), and those whose
+// latest frame it did not judge (amber: run them again).
+function wrongMasters(c) { return (c.master_parts || []).filter((m) => !m.ok && !unjudged(m)); }
+function unjudgedMasters(c) { return (c.master_parts || []).filter(unjudged); }
+// How many more checks there are like the first one said: " and 2 more wrong".
+function moreLike(checks, like) { return checks.length > 1 ? ` and ${checks.length - 1} more ${like}` : ""; }
 
 function lastFrameAge(c) { return c.age_s === null ? "no frame yet" : `last frame ${c.age_s.toFixed(1)} s ago`; }
 
@@ -197,10 +204,11 @@ function glanceState(c) {
   // A paused camera's silence is the line's own (a changeover, a repair): it says paused, not down.
   if (c.paused) return ["warn", `paused: not inspected, ${age}`];
   if (c.silent) return ["bad", `silent: ${age}`];
-  const wrong = wrongMasters(c);
-  if (wrong.length) return ["bad", `${masterText(wrong[0])}${moreWrong(wrong)}, ${age}`];
+  const wrong = wrongMasters(c), unjudgedChecks = unjudgedMasters(c);
+  if (wrong.length) return ["bad", `${masterText(wrong[0])}${moreLike(wrong, "wrong")}, ${age}`];
   if (c.fail_rate_alarm) return ["bad", `${failRateAlarmText(c.fail_rate_alarm)}, ${age}`];
   if (c.drift && c.drift.alarm) return ["bad", `drift alarm (KS ${num(c.drift.ks, 3)}), ${age}`];
+  if (unjudgedChecks.length) return ["warn", `${masterText(unjudgedChecks[0])}${moreLike(unjudgedChecks, "not judged")}, ${age}`];
   return ["ok", age];
 }
 
@@ -615,12 +623,13 @@ function drawMasters(el, masters) {
   if (!masters) return;
   // when, and who named the frame that master part (vqad ctl master), where someone did
   const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString() + (m.named_by ? `, named by ${m.named_by}` : "");
-  const wrong = masters.filter((m) => !m.ok);
+  const wrong = wrongMasters({ master_parts: masters }), unjudgedChecks = unjudgedMasters({ master_parts: masters });
   const now = masters.filter(provesNow);
   const latest = (checks) => checks.reduce((a, b) => (b.ts_ns > a.ts_ns ? b : a));
-  if (wrong.length) {
-    pill(el, `${masterText(wrong[0])} (${time(wrong[0])})${moreWrong(wrong)}`, "bad");
-    el.title = masterWrongWhy(wrong[0]);
+  if (wrong.length || unjudgedChecks.length) {
+    const [checks, like, kind] = wrong.length ? [wrong, "wrong", "bad"] : [unjudgedChecks, "not judged", "warn"];
+    pill(el, `${masterText(checks[0])} (${time(checks[0])})${moreLike(checks, like)}`, kind);
+    el.title = masterWrongWhy(checks[0]);
   } else if (!now.length) {
     const last = latest(masters);
     pill(el, `master parts not run since the model or threshold changed (the last at ${time(last)}, ` +
