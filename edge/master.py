@@ -85,6 +85,12 @@ def outcome(decision: str | None, expected: str, unfit: str | None) -> str:
     return "unproven" if unfit or decision is None else "wrong"
 
 
+def outcome_of(check: dict[str, Any]) -> str:
+    """A check's outcome (a heartbeat's or a kept one's), as it names it; one kept or sent by a
+    vqad that did not name it, worked out from its decision."""
+    return check.get("outcome") or outcome(check.get("decision"), check["expected"], check.get("unfit"))
+
+
 class MasterParts:
     """`check` each published result header: a master part's gets `master`: {"expected", "ok",
     "outcome"}."""
@@ -169,6 +175,7 @@ class MasterParts:
         # inspection, which its checks do not prove (the dashboard tells them apart).
         detail = {"camera": header["camera_id"], "part_id": header["part_id"], "frame_id": header["frame_id"],
                   "expected": expected, "decision": header["decision"], "score": header["score"], "ok": ok,
+                  "outcome": checked,
                   "model_sha256": (header.get("model") or {}).get("sha256"),
                   "threshold": header.get("threshold")}  # fmt: skip
         if unfit:
@@ -208,7 +215,7 @@ class MasterParts:
             checks = [check for parts in kept.values() for check in parts.values()]
             for check in sorted(checks, key=lambda c: c["ts_ns"]):
                 if self.expected(check["part_id"]) == check["expected"]:
-                    self._hold(check)
+                    self._hold({**check, "outcome": outcome_of(check)})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): the master parts' checks before the restart are not restored",
                         self.kept, exc)  # fmt: skip

@@ -52,6 +52,7 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
     }  # fmt: skip
     assert state["press1"]["OK-1"]["ts_ns"] > 0 and state["press2"]["RR-2"]["decision"] is None
     assert state["press2"]["RR-2"]["error"] == "camera paused by the line's control"
+    assert [state["press1"]["OK-1"]["outcome"], state["press2"]["RR-2"]["outcome"]] == ["wrong", "unproven"]
     assert "error" not in state["press1"]["OK-1"]
     assert (state["press1"]["RR-1"]["model_sha256"], state["press1"]["RR-1"]["threshold"]) == ("ab" * 32, 1.2)
     masters.check(_header("RR-1", "fail"))  # another master's right check does not undo OK-1's wrong one
@@ -138,8 +139,8 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     assert all(_errors("result-header", h) == [] for h in results.values())
     checked = beat["master_parts"]["press1"]
     latest_ns = max(c["ts_ns"] for c in checked.values())
-    assert {part: (c["decision"], c["ok"]) for part, c in checked.items()} == {
-        "MASTER-OK-1": ("fail", False), "RR-1": ("fail", True),
+    assert {part: (c["decision"], c["ok"], c["outcome"]) for part, c in checked.items()} == {
+        "MASTER-OK-1": ("fail", False, "wrong"), "RR-1": ("fail", True, "right"),
     }  # fmt: skip
     assert _errors("heartbeat", beat) == []
     assert 'vqad_master_parts_total{camera="press1",outcome="right"} 1.0' in metrics
@@ -213,6 +214,23 @@ def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_roo
     # A pattern no longer configured names no master part: its checks are not put back.
     with DaemonProcess(tiny_model, "--set", "edge.master_defective_parts=[SCRAP-*]", ipc_dir=folder) as other:
         assert next_heartbeat(other.results)["master_parts"] == {}
+
+
+def test_checks_kept_without_their_outcome_are_restored_with_it(tmp_path):
+    """A state folder whose checks were kept before the checks named their outcome: the
+    heartbeat still tells a wrong check from one whose frame the model did not judge."""
+    kept = tmp_path / "vqad-serve.masters.json"
+    old = {"RR-1": {**_header("RR-1", "pass"), "expected": "fail", "ok": False},
+           "RR-2": {**_header("RR-2", None), "expected": "fail", "ok": False},
+           "RR-3": {**_header("RR-3", "fail"), "expected": "fail", "ok": False, "unfit": "frozen"},
+           "RR-4": {**_header("RR-4", "fail"), "expected": "fail", "ok": True}}  # fmt: skip
+    for part, check in old.items():
+        check.update(camera="press1", ts_ns=1 + len(part), part_id=part)
+    kept.write_text(json.dumps({"press1": old}))
+    masters = MasterParts([], ["RR-*"], kept=kept)
+    masters.restore()
+    outcomes = {part: check["outcome"] for part, check in masters.state()["press1"].items()}
+    assert outcomes == {"RR-1": "wrong", "RR-2": "unproven", "RR-3": "unproven", "RR-4": "right"}
 
 
 def test_an_unreadable_file_of_checks_is_warned_of_and_the_daemon_starts_without_them(tmp_path, caplog):

@@ -178,8 +178,8 @@ function masterText(m) {
 }
 
 // Whether a master part's check was made on a frame the model did not judge (an error result, a
-// fail of the camera health gate): no proof either way, as edge.master.outcome's "unproven".
-function unjudged(m) { return !m.ok && (Boolean(m.unfit) || m.decision === null); }
+// fail of the camera health gate): no proof either way (the API's `outcome`, edge.master.outcome).
+function unjudged(m) { return m.outcome === "unproven"; }
 
 // Why a master part's check is no proof, for the pill's tooltip: only a decision the model made on
 // a fit frame says the parts since its last right check are suspect.
@@ -190,7 +190,7 @@ function masterWrongWhy(m) {
 
 // The camera's master parts whose latest check the model decided wrongly (red), and those whose
 // latest frame it did not judge (amber: run them again).
-function wrongMasters(c) { return (c.master_parts || []).filter((m) => !m.ok && !unjudged(m)); }
+function wrongMasters(c) { return (c.master_parts || []).filter((m) => m.outcome === "wrong"); }
 function unjudgedMasters(c) { return (c.master_parts || []).filter(unjudged); }
 // How many more checks there are like the first one said: " and 2 more wrong".
 function moreLike(checks, like) { return checks.length > 1 ? ` and ${checks.length - 1} more ${like}` : ""; }
