@@ -25,6 +25,15 @@ class RecordMissingError(DataError):
     """A SQLite record that is not there (yet): the daemon creates it at its first start."""
 
 
+class ReviewedSinceError(DataError):
+    """A review sent as made after the result's newest review its sender saw, when another was
+    recorded since: `newer`, those reviews, oldest first."""
+
+    def __init__(self, message: str, newer: list[dict]):
+        super().__init__(message)
+        self.newer = newer
+
+
 class PackageError(VqadError):
     """A model package (model.json and its files) is missing, corrupt or inconsistent."""
 

@@ -856,6 +856,43 @@ def test_a_queue_reviewed_meanwhile_on_another_screen_says_so_under_the_tally(li
         assert not driver.execute_script("return document.getElementById('detail').open")
 
 
+def test_a_reject_reviewed_on_another_screen_while_shown_is_not_reviewed_over_unseen(line):
+    """Two screens on one queue: the dialog shows a reject, and another person records a verdict
+    on it meanwhile. The dialog's verdict had been recorded after it, unseen, and the latest
+    review decides what the export learns. Now it is not recorded: the dialog shows the other
+    review and why; a second click records it after that one, as the person chose."""
+    camera = f"both-{uuid.uuid4().hex[:6]}"
+    with _rejects_to_review(line, camera, 2) as (driver, button):
+        driver.find_element("css selector", button).click()
+        position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
+        assert wait_for(lambda: position().endswith(": 1 of 2"), 10), position()
+        meta = lambda: driver.find_element("id", "detail-meta").text  # noqa: E731
+        shown = int(meta().split("frame\n", 1)[1].split("\n")[0])
+        Record(line["url"]).review(camera, shown, "defect", kind="crack", by="operator 2")  # the other screen
+        driver.find_element("id", "review-by").send_keys("operator 1")
+        driver.find_element("id", "review-false-reject").click()
+        status = lambda: driver.find_element("id", "review-status").text  # noqa: E731
+        assert wait_for(lambda: "reviewed since you saw it" in status(), 5), status()
+        assert status().startswith(f"Not recorded: camera '{camera}', frame {shown} was reviewed since you saw it: "
+                                   "defect (crack) by operator 2 at "), status()  # fmt: skip
+        assert "reviews\ndefect (crack) by operator 2" in meta() and position().endswith(": 1 of 2"), meta()
+        driver.find_element("id", "review-false-reject").click()  # seen, and chosen again
+        assert wait_for(lambda: position().endswith(": 2 of 2"), 5), (position(), status())
+        (result,) = Record(line["url"]).results(camera=camera, frame_id=shown)
+        assert [(r["verdict"], r["reviewer"]) for r in result["reviews"]] == [
+            ("defect", "operator 2"), ("false_reject", "operator 1"),
+        ]  # fmt: skip
+        # A program names the newest review it saw the same way; one that names none is not checked.
+        review = {"camera_id": camera, "frame_id": shown, "verdict": "defect", "after_review_id": 0}
+        code, body = _json(line["dashboard"].url + "/api/review", {"Content-Type": "application/json"},
+                           json.dumps(review).encode())  # fmt: skip
+        assert code == 412 and [r["reviewer"] for r in body["reviews"]] == ["operator 2", "operator 1"], body
+        review["after_review_id"] = body["reviews"][-1]["id"]
+        code, body = _json(line["dashboard"].url + "/api/review", {"Content-Type": "application/json"},
+                           json.dumps(review).encode())  # fmt: skip
+        assert code == 201, body
+
+
 def _status(url, headers=None, data=None):
     request = urllib.request.Request(url, headers=headers or {}, data=data)
     try:

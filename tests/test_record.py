@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from edge import vqad_version
 from edge.durable import write_synced
-from edge.errors import ConfigError, DataError
+from edge.errors import ConfigError, DataError, ReviewedSinceError
 from edge.protocol import frame_message, result_header
 from edge.record import Record, RecordWriter, store
 from edge.record.schema import SCHEMA_VERSION, meta, metadata, results, stored_version
@@ -1750,6 +1750,32 @@ def test_a_review_is_of_one_result_when_a_sender_used_its_frame_id_twice(tmp_pat
     assert record.export_reviewed(tmp_path / "out") == {"test/crack": 1, "train/good": 1}
     names = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
     assert names == [f"c_3_{older['id']}.png", f"c_3_{newer['id']}.png"]
+
+
+def test_a_review_made_after_the_newest_one_seen_is_refused_when_another_came_since(tmp_path, record_url):
+    """Two people on one queue: a review names the newest review its person saw (0: none), and
+    one recorded since is named back instead of being overwritten unseen."""
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    writer.put(_result("c", 3), time.time_ns())
+    writer.close()
+    record = Record(record_url)
+    first = record.review("c", 3, "defect", kind="crack", by="ann", after_review_id=0)
+    said = r"frame 3 was reviewed since you saw it: defect \(crack\) by ann at [-\d]{10} [:\d]{8} UTC; look again"
+    with pytest.raises(ReviewedSinceError, match=said) as refused:
+        record.review("c", 3, "false_reject", by="bob", after_review_id=0)
+    assert [r["id"] for r in refused.value.newer] == [first["id"]]
+    second = record.review("c", 3, "false_reject", by="bob", after_review_id=first["id"])  # seen, and chosen
+    record.review("c", 3, "defect", by="cy")  # no review named: no check (vqad review)
+    (result,) = record.results(camera="c")
+    assert [(r["verdict"], r["reviewer"]) for r in result["reviews"]] == [
+        ("defect", "ann"), ("false_reject", "bob"), ("defect", "cy"),
+    ]  # fmt: skip
+    with pytest.raises(ReviewedSinceError) as refused:
+        record.review("c", 3, "defect", by="ann", after_review_id=second["id"])
+    assert [r["reviewer"] for r in refused.value.newer] == ["cy"]
+    for bad in (-1, "3", 1.5, True):
+        with pytest.raises(DataError, match="an after_review_id is the id of the newest review seen"):
+            record.review("c", 3, "defect", after_review_id=bad)
 
 
 def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_and_model(tmp_path, record_url):

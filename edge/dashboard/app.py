@@ -53,7 +53,7 @@ from edge.dashboard.probe import MetricsProbe
 from edge.dashboard.record_link import RETRY_S as RECORD_RETRY_S
 from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
-from edge.errors import DataError
+from edge.errors import DataError, ReviewedSinceError
 from edge.fail_rate import mostly_unfit
 from edge.master import outcome_of, proves
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
@@ -495,15 +495,18 @@ class Dashboard:
             return JSONResponse({"error": "the body is not JSON"}, 400)
         if not isinstance(body, dict) or not {"camera_id", "frame_id", "verdict"} <= set(body):
             return JSONResponse({"error": "a review is a JSON object with camera_id, frame_id and verdict"}, 400)
-        frame_id, result_id = (_integer_or_as_sent(body.get(key)) for key in ("frame_id", "result_id"))
+        ids = ("frame_id", "result_id", "after_review_id")
+        frame_id, result_id, after_review_id = (_integer_or_as_sent(body.get(key)) for key in ids)
         review = functools.partial(
             Record.review, camera_id=body["camera_id"], frame_id=frame_id, verdict=body["verdict"],
             kind=body.get("kind") or None, by=body.get("by") or None, note=body.get("note") or None,
-            result_id=result_id,
+            result_id=result_id, after_review_id=after_review_id,
         )  # fmt: skip
         try:
             row = await run_in_threadpool(self._from_record, review)  # the database, off the event loop
             self.daily.forget_answers()  # the page's tally counts the review at its next read
+        except ReviewedSinceError as exc:  # another person's verdict came first: shown, not overwritten unseen
+            return JSONResponse({"error": str(exc), "reviews": exc.newer}, 412)
         except DataError as exc:
             return JSONResponse({"error": str(exc)}, 404 if "no recorded" in str(exc) else 400)
         except RecordUnavailableError as exc:

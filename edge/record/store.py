@@ -26,7 +26,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from edge.durable import rename_synced, sync_file, sync_folders, write_refusal
-from edge.errors import ConfigError, DataError, RecordMissingError
+from edge.errors import ConfigError, DataError, RecordMissingError, ReviewedSinceError
 from edge.frames import batched
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
@@ -405,6 +405,23 @@ def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, r
     return q
 
 
+def _not_reviewed_since(conn: sa.Connection, camera_id: str, frame_id: int, result_id: int, seen: int) -> None:
+    """ReviewedSinceError when result `result_id` has a review newer than review `seen`."""
+    q = sa.select(reviews).where(reviews.c.result_id == result_id, reviews.c.id > seen).order_by(reviews.c.id)
+    newer = [dict(r._mapping) for r in conn.execute(q)]
+    if newer:
+        said = "; ".join(map(_review_words, newer))
+        raise ReviewedSinceError(f"camera {camera_id!r}, frame {frame_id} was reviewed since you saw it: {said}; "
+                                 "look again, and send yours once more to record it after that", newer)  # fmt: skip
+
+
+def _review_words(review: dict[str, Any]) -> str:
+    """A review row in words: 'defect (scratch) by ann at 2026-12-07 10:02:11 UTC'."""
+    kind = f" ({review['kind']})" if review["kind"] else ""
+    when = dt.datetime.fromtimestamp(review["created_ns"] / 1e9, dt.timezone.utc)
+    return f"{review['verdict']}{kind} by {review['reviewer'] or 'someone unnamed'} at {when:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _reviews_of(conn: sa.Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """The reviews of the results of `ids`, by result id, oldest first."""
     found: dict[int, list[dict[str, Any]]] = {}
@@ -718,6 +735,7 @@ class Record:
         by: str | None = None,
         note: str | None = None,
         result_id: int | None = None,
+        after_review_id: int | None = None,
     ) -> dict[str, Any]:
         """Record a person's verdict on a recorded result, as a row of its own: the result
         `result_id` (the record's id of it), which must be of this camera and frame, or else the
@@ -726,12 +744,20 @@ class Record:
         hold, a result without a decision (an error or a dropped frame: nothing was judged), a
         master part's (its verdict is known, edge/master.py), or a
         false_reject of a result the line did not reject (a pass reviewed as a `defect` is a defect
-        the line missed). -> the review's row, its `id` included."""
+        the line missed). `after_review_id`: the id of the result's newest review the reviewer
+        saw (0: none); ReviewedSinceError when another was recorded since (two people on one
+        queue: the second is shown the first's verdict, not overwriting it unseen). None: no
+        such check. -> the review's row, its `id` included."""
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
         if result_id is not None and (not isinstance(result_id, int) or isinstance(result_id, bool) or result_id < 1):
             raise DataError(f"a result_id is the record's id of a result, an integer from 1; got {result_id!r:.30}")
+        if after_review_id is not None and (
+            not isinstance(after_review_id, int) or isinstance(after_review_id, bool) or after_review_id < 0
+        ):
+            raise DataError(f"an after_review_id is the id of the newest review seen, an integer from 0 (none "
+                            f"seen); got {after_review_id!r:.30}")  # fmt: skip
         if verdict not in VERDICTS:
             raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
         if kind and verdict != "defect":  # export_reviewed would file it as good, its kind lost
@@ -761,6 +787,8 @@ class Record:
             if verdict == "false_reject" and found.decision != "fail":
                 raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision "
                                 f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
+            if after_review_id is not None:
+                _not_reviewed_since(conn, camera_id, frame_id, found.id, after_review_id)
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
                    "reviewer": by, "note": note, "created_ns": time.time_ns(), "result_id": found.id}  # fmt: skip
             row["id"] = conn.execute(sa.insert(reviews).values(**row)).inserted_primary_key[0]

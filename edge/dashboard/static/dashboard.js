@@ -43,7 +43,12 @@ function pill(el, text, kind) { el.textContent = text; el.className = `pill ${ki
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const err = new Error(body.error || `${response.status} ${response.statusText}`);
+    err.status = response.status;
+    err.body = body;
+    throw err;
+  }
   return body;
 }
 
@@ -984,6 +989,8 @@ async function review(verdict) {
     camera_id: r.camera_id, frame_id: r.frame_id, result_id: r.result_id ?? null, verdict, by,
     kind: verdict === "defect" ? document.getElementById("review-kind").value.trim() : "",
     note: document.getElementById("review-note").value.trim(),
+    // The newest review shown: one another person records meanwhile is shown, not overwritten unseen.
+    after_review_id: r.reviews.length ? r.reviews[r.reviews.length - 1].id : 0,
   };
   const status = document.getElementById("review-status");
   try {
@@ -1004,7 +1011,11 @@ async function review(verdict) {
       ? `${done} ${left}${state.queue.more ? "+" : ""} left.`
       : `${done} That was the last of the day's unreviewed rejects${left ? ` but ${left} skipped` : ""}.`;
   } catch (err) {
-    status.textContent = `Not recorded: ${err.message}`;
+    if (err.status === 412 && state.open === r) { // reviewed since it was shown: its reviews now, and why
+      r.reviews = [...r.reviews, ...err.body.reviews];
+      openDetail(r, state.openList);
+    }
+    document.getElementById("review-status").textContent = `Not recorded: ${err.message}`;
   }
 }
 
