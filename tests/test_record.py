@@ -146,7 +146,8 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert fails, "random frames should fail the tiny model"
     # Review through the CLI; the decision itself is never overwritten.
     target = fails[0]
-    run_vqad("review", url, "cam1", target["frame_id"], "--verdict", "false_reject", "--by", "ann")
+    said = run_vqad("review", url, "cam1", target["frame_id"], "--verdict", "false_reject", "--by", "ann").stderr
+    assert "reviewed before" not in said, said
     if len(fails) > 1:
         run_vqad("review", url, "cam1", fails[1]["frame_id"], "--verdict", "defect", "--kind", "scratch")
     assert {r["frame_id"]: r["part_id"] for r in rows} == {i: f"SN-{i:04d}" if i % 2 else None for i in range(n)}
@@ -156,6 +157,13 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert error["status"] == "error" and error["camera_id"] == "cam2" and "truncated" in error["error"]
     out = json.loads(run_vqad("records", url, "--frame-id", target["frame_id"], "--format", "json").stdout)
     assert len(out) == 1 and out[0]["decision"] == "fail" and out[0]["reviews"][0]["verdict"] == "false_reject"
+    # Another verdict on it says which it follows: the latest counts.
+    said = run_vqad("review", url, "cam1", target["frame_id"], "--verdict", "defect", "--kind", "dent").stderr
+    assert re.search(r"WARNING .*it was reviewed before: false_reject by ann at [-\d]{10} [:\d]{8} UTC; this review, "
+                     r"the latest, is the one the daily tally counts", said), said  # fmt: skip
+    assert [r["verdict"] for r in record.results(frame_id=target["frame_id"], camera="cam1")[0]["reviews"]] == [
+        "false_reject", "defect",
+    ]  # fmt: skip
     for key in (
         "camera_id",
         "frame_id",

@@ -410,12 +410,12 @@ def _not_reviewed_since(conn: sa.Connection, camera_id: str, frame_id: int, resu
     q = sa.select(reviews).where(reviews.c.result_id == result_id, reviews.c.id > seen).order_by(reviews.c.id)
     newer = [dict(r._mapping) for r in conn.execute(q)]
     if newer:
-        said = "; ".join(map(_review_words, newer))
+        said = "; ".join(map(review_words, newer))
         raise ReviewedSinceError(f"camera {camera_id!r}, frame {frame_id} was reviewed since you saw it: {said}; "
                                  "look again, and send yours once more to record it after that", newer)  # fmt: skip
 
 
-def _review_words(review: dict[str, Any]) -> str:
+def review_words(review: dict[str, Any]) -> str:
     """A review row in words: 'defect (scratch) by ann at 2026-12-07 10:02:11 UTC'."""
     kind = f" ({review['kind']})" if review["kind"] else ""
     when = dt.datetime.fromtimestamp(review["created_ns"] / 1e9, dt.timezone.utc)

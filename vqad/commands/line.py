@@ -625,12 +625,17 @@ def _local_time(ts_ns: int, zone: dt.tzinfo) -> str:
 
 def cmd_review(args: argparse.Namespace) -> int:
     from edge.record import Record
-    from edge.record.store import refusals_named
+    from edge.record.store import refusals_named, review_words
 
     record = Record(args.url, must_exist=True)
     with refusals_named(args.url):
         row = record.review(args.camera_id, args.frame_id, args.verdict, args.kind, args.by, args.note, args.result_id)
     print(f"review recorded: {row['camera_id']} frame {row['frame_id']} (result {row['result_id']}): {row['verdict']}")
+    (reviewed,) = record.results(result_id=row["result_id"], limit=1)
+    earlier = [r for r in reviewed["reviews"] if r["id"] < row["id"]]
+    if earlier and (earlier[-1]["verdict"], earlier[-1]["kind"]) != (row["verdict"], row["kind"]):
+        log.warning("it was reviewed before: %s; this review, the latest, is the one the daily tally counts and "
+                    "--export-reviewed learns", "; ".join(map(review_words, earlier)))  # fmt: skip
     return 0
 
 
