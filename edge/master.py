@@ -13,7 +13,9 @@ The heartbeat keeps each master part's latest check, per camera: a shift's proof
 master parts, and a red rabbit for one defect that fails rightly proves nothing of another
 that passed. A wrong check stands until that master part (its `part_id`, the same at each run)
 gets its verdict again, across restarts: the checks are kept in the state folder
-(`vqad-serve.masters.json`), since restarting the daemon is no proof either.
+(`vqad-serve.masters.json`), since restarting the daemon is no proof either. Nor is a run whose
+frame the model did not judge (a paused camera's, an unfit frame): it is kept beside the
+master part's judged check, as its `unjudged`, and replaces none.
 """
 
 from __future__ import annotations
@@ -200,8 +202,9 @@ class MasterParts:
                       "right check are suspect", master_words(detail))  # fmt: skip
         if self.metrics is not None:
             self.metrics.master_parts.labels(header["camera_id"], checked).inc()
-            self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
-            self.metrics.master_current.labels(header["camera_id"]).set(1.0)  # made on the inspection served
+            if checked != "unproven":  # judged by the model: a check of the inspection served
+                self.metrics.master_checked.labels(header["camera_id"]).set(checked_ns / 1e9)
+                self.metrics.master_current.labels(header["camera_id"]).set(1.0)
         if self.on_check is not None:
             self.on_check(detail)
 
@@ -222,8 +225,9 @@ class MasterParts:
             self.latest.clear()
             return
         for camera, parts in self.latest.items():
-            if self.metrics is not None and parts:  # a shift's check overdue is seen across restarts
-                self.metrics.master_checked.labels(camera).set(max(c["ts_ns"] for c in parts.values()) / 1e9)
+            judged = [c["ts_ns"] for c in parts.values() if c["outcome"] != "unproven"]
+            if self.metrics is not None and judged:  # a shift's check overdue is seen across restarts
+                self.metrics.master_checked.labels(camera).set(max(judged) / 1e9)
             for check in parts.values():
                 if not check["ok"]:
                     log.error("%s, before the restart: it stands until that master part is checked right",
@@ -236,14 +240,20 @@ class MasterParts:
         if self.metrics is None:
             return
         with self.lock:
-            current = {camera: any(proves(check, model_sha256, threshold) for check in parts.values())
+            current = {camera: any(proves(check, model_sha256, threshold) and check["outcome"] != "unproven"
+                                   for check in parts.values())
                        for camera, parts in self.latest.items()}  # fmt: skip
         for camera, proving in current.items():
             self.metrics.master_current.labels(camera).set(float(proving))
 
     def _hold(self, check: dict[str, Any]) -> None:
-        """`check` as its master part's latest, its camera the most recent (under the lock)."""
+        """`check` as its master part's latest, its camera the most recent (under the lock). One
+        whose frame the model did not judge (unproven) replaces no judged check: that stands (a
+        wrong one until the master part is checked right), with the attempt as its `unjudged`."""
         parts = self.latest.get(check["camera"]) or RecentDict(MASTERS_KEPT)
+        kept = parts.get(check["part_id"])
+        if check["outcome"] == "unproven" and kept is not None and kept["outcome"] != "unproven":
+            check = {**kept, "unjudged": check}
         parts[check["part_id"]] = check
         self.latest[check["camera"]] = parts
 

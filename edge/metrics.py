@@ -170,7 +170,7 @@ class DaemonMetrics:
         )
         self.master_checked = Gauge(
             "vqad_master_parts_checked_timestamp_seconds",
-            "When a camera's latest master part was checked (Unix time; kept over restarts)",
+            "When the model last judged one of a camera's master parts (Unix time; kept over restarts)",
             ["camera"],
             registry=r,
         )

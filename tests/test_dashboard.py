@@ -1802,6 +1802,14 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert wait_for(lambda: beating([errored, unfit, {**wrong, "part_id": "RR-5"}], red), 20, every=0.2)
         assert shown()[3].startswith("master part RR-5: pass, expected fail (") and "bad" in shown()[2], shown()
         assert not shown()[3].endswith("more wrong"), shown()  # the two not judged are not wrong
+        # A right check whose master part was run since on a paused camera: that run, in amber; a
+        # wrong one stands, whatever came since (edge.master keeps such a run as `unjudged`).
+        attempt = {**errored, "ts_ns": time.time_ns(), "outcome": "unproven"}
+        right_then = {**wrong, "decision": "fail", "ok": True, "unjudged": attempt}
+        assert wait_for(lambda: beating([right_then, other], lambda: "warn" in shown()[2]), 20, every=0.2), shown()
+        assert shown()[3].startswith("master part RR-3: no decision (camera paused by the line's control)"), shown()
+        assert wait_for(lambda: beating([{**wrong, "unjudged": attempt}, other], red), 20, every=0.2)
+        assert shown()[3].startswith("master part RR-3: pass, expected fail (") and "bad" in shown()[2], shown()
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")

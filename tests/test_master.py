@@ -66,6 +66,35 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
     assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
 
 
+def test_a_run_the_model_did_not_judge_undoes_no_judged_check():
+    """A red rabbit that passed (wrong), run again while its camera was paused: the unproven
+    run had replaced the wrong check, and the heartbeat, the page and a restart forgot that the
+    parts since were suspect. It is kept beside the judged check instead, as its `unjudged`;
+    nor does it count as a check of the inspection in the gauges."""
+    metrics = DaemonMetrics()
+    masters = MasterParts(["OK-*"], ["RR-*"], metrics)
+    masters.check(_header("RR-1", "pass"))  # wrong
+    masters.check(_header("OK-1", "pass"))  # right
+    checked_at = metrics.master_checked.labels("press1")._value.get()
+    masters.show_current("cd" * 32, 1.2)  # another model: nothing proves it
+    paused = "camera paused by the line's control"
+    for part in ("RR-1", "OK-1", "RR-2"):  # RR-2: run for the first time, while paused
+        masters.check(_header(part, None))
+    state = masters.state()["press1"]
+    assert [state["RR-1"]["outcome"], state["RR-1"]["decision"], state["RR-1"]["unjudged"]["error"]] == [
+        "wrong", "pass", paused,
+    ]  # fmt: skip
+    assert state["OK-1"]["outcome"] == "right" and state["OK-1"]["unjudged"]["outcome"] == "unproven"
+    assert state["RR-2"]["outcome"] == "unproven" and "unjudged" not in state["RR-2"]
+    assert metrics.master_checked.labels("press1")._value.get() == checked_at  # no check of the inspection
+    assert metrics.master_current.labels("press1")._value.get() == 0.0
+    masters.show_current("ab" * 32, 1.2)  # the model they were judged on
+    assert metrics.master_current.labels("press1")._value.get() == 1.0
+    masters.check(_header("RR-1", "fail"))  # judged again: the attempt is gone with the wrong check
+    judged = masters.state()["press1"]["RR-1"]
+    assert judged["outcome"] == "right" and "unjudged" not in judged
+
+
 def test_a_master_part_failed_by_the_camera_health_gate_proves_nothing(caplog):
     """A red rabbit whose frame came frozen (a camera that sent its last frame again) failed as
     it must, and was counted a right check: the gate's fail, not the model's, and the model's

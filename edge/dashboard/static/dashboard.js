@@ -193,10 +193,14 @@ function masterWrongWhy(m) {
   return "a master part of known verdict did not get it: the parts since its last right check are suspect";
 }
 
-// The camera's master parts whose latest check the model decided wrongly (red), and those whose
-// latest frame it did not judge (amber: run them again).
+// The check said of a master part: its latest judged one, but for a right one whose master part
+// was run since on a frame the model did not judge: that run (a wrong one stands whatever came since).
+function shownCheck(m) { return m.outcome === "right" && m.unjudged ? m.unjudged : m; }
+
+// The camera's master parts whose check the model decided wrongly (red), and those whose latest
+// run it did not judge (amber: run them again).
 function wrongMasters(c) { return (c.master_parts || []).filter((m) => m.outcome === "wrong"); }
-function unjudgedMasters(c) { return (c.master_parts || []).filter(unjudged); }
+function unjudgedMasters(c) { return (c.master_parts || []).map(shownCheck).filter(unjudged); }
 // How many more checks there are like the first one said: " and 2 more wrong".
 function moreLike(checks, like) { return checks.length > 1 ? ` and ${checks.length - 1} more ${like}` : ""; }
 
