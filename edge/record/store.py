@@ -405,6 +405,11 @@ def _results_where(q: sa.Select, equal: dict[str, Any], after_seq: int | None, r
     return q
 
 
+def _integer_from(value: Any, least: int) -> bool:
+    """Whether `value` is an integer (not a bool) of at least `least`: a row's id from a program."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _not_reviewed_since(conn: sa.Connection, camera_id: str, frame_id: int, result_id: int, seen: int) -> None:
     """ReviewedSinceError when result `result_id` has a review newer than review `seen`."""
     q = sa.select(reviews).where(reviews.c.result_id == result_id, reviews.c.id > seen).order_by(reviews.c.id)
@@ -751,11 +756,9 @@ class Record:
         if not is_id(camera_id) or not is_frame_id(frame_id):
             raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
                             f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
-        if result_id is not None and (not isinstance(result_id, int) or isinstance(result_id, bool) or result_id < 1):
+        if result_id is not None and not _integer_from(result_id, 1):
             raise DataError(f"a result_id is the record's id of a result, an integer from 1; got {result_id!r:.30}")
-        if after_review_id is not None and (
-            not isinstance(after_review_id, int) or isinstance(after_review_id, bool) or after_review_id < 0
-        ):
+        if after_review_id is not None and not _integer_from(after_review_id, 0):
             raise DataError(f"an after_review_id is the id of the newest review seen, an integer from 0 (none "
                             f"seen); got {after_review_id!r:.30}")  # fmt: skip
         if verdict not in VERDICTS:
