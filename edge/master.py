@@ -66,7 +66,7 @@ def master_words(detail: dict[str, Any]) -> str:
 def checked_right(decision: str | None, expected: str, unfit: str | None) -> bool:
     """Whether a master part got the decision it must get: by the model, on a frame the camera
     health gate found fit (a dark, blurred or frozen frame's fail is the gate's, and the model's
-    score on it proves nothing either way). The record's `master_wrong` counts the rest."""
+    score on it proves nothing either way)."""
     return decision == expected and not unfit
 
 

@@ -1668,15 +1668,19 @@ def _page_of_published_results(tmp_path: Path, *args: str) -> Iterator[tuple[zmq
 
 
 def _recorded_master_parts(url: str, evidence: Path, camera: str, parts: list[tuple[str, str]]) -> None:
-    """Red rabbits of `camera` in a new record: (part_id, decision), each one that must fail."""
+    """Red rabbits of `camera` in a new record: (part_id, decision), each one that must fail; a
+    decision "unfit" is a fail of the camera health gate (a frozen frame)."""
     from edge.record import RecordWriter
     from edge.results import Result
 
     writer = RecordWriter(url, evidence).start()
     for frame_id, (part_id, decision) in enumerate(parts):
+        unfit, decision = decision == "unfit", "fail" if decision == "unfit" else decision
         header = result_header(camera, frame_id, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32},
                                score=2.0, decision=decision, batch_size=1, part_id=part_id)  # fmt: skip
-        header["master"] = {"expected": "fail", "ok": decision == "fail"}
+        header["master"] = {"expected": "fail", "ok": decision == "fail" and not unfit}
+        if unfit:
+            header["health"] = {"ok": False, "reasons": ["frozen"]}
         writer.put(Result(header, recv_ns=time.time_ns()), time.time_ns())
     assert wait_for(lambda: writer.recorded == len(parts), 10)
     writer.close()
@@ -1764,7 +1768,7 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
              "score": 0.8, "ok": False, "ts_ns": time.time_ns(), "named_by": "ann"}  # fmt: skip
     other = {**wrong, "part_id": "RR-4", "frame_id": 5, "decision": "fail", "score": 3.1, "ok": True}
     url = f"sqlite:///{tmp_path / 'line.db'}"
-    _recorded_master_parts(url, tmp_path / "evidence", "cam5", [("RR-1", "pass"), ("RR-2", "fail")])
+    _recorded_master_parts(url, tmp_path / "evidence", "cam5", [("RR-1", "pass"), ("RR-2", "fail"), ("RR-3", "unfit")])
     with _page_of_published_results(tmp_path, "--record", url) as (sock, driver):
         assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
 
@@ -1825,7 +1829,8 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         # The day's tally counts a camera's master parts, and says in red that one was wrong.
         cell = """const row = document.querySelector('[data-camera="cam5"] [data-field="daily"] tr');
                   return row ? [row.children[10].textContent, row.children[10].className] : null"""
-        assert wait_for(lambda: driver.execute_script(cell) == ["2 (1 wrong)", "bad"], 20), driver.execute_script(cell)
+        said = ["3 (1 wrong, 1 not judged)", "bad"]  # RR-3's frame came frozen: the gate's fail proves nothing
+        assert wait_for(lambda: driver.execute_script(cell) == said, 20), driver.execute_script(cell)
         # A master part's reject says its known decision, for the review dialog.
         header = result_header("cam1", 99, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
                                decision="fail", batch_size=1, part_id="RR-4")  # fmt: skip

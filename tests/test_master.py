@@ -189,7 +189,7 @@ def test_a_daemon_checks_each_master_part_and_says_so_in_its_result_heartbeat_me
     assert "master parts: RR-*, SCRAP-* must fail\n" in check, check
     # The day's checks counted, not listed among the changes made to the daemon (hundreds a day).
     daily = run_vqad("records", url, "--daily").stdout
-    assert "master-part by" not in daily and "2 master part(s) run through, 1 not decided as they must be" in daily
+    assert "master-part by" not in daily and "2 master part(s) run through, 1 decided wrongly, 0 not judged" in daily
     (day,) = json.loads(run_vqad("records", url, "--daily", "--format", "json").stdout)["days"]
     assert (day["master"], day["master_wrong"]) == (2, 1)
     assert not [c for c in json.loads(run_vqad("records", url, "--daily", "--format", "json").stdout)["changes"]

@@ -1835,7 +1835,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         assert tally["days"] == json.loads(json.dumps(rows)) and tally["changes"][0]["kind"] == "set-threshold"
         table = run_vqad("records", record_url, "--daily", "--camera", "a", "--timezone", "UTC").stdout
         assert "2026-11-19" in table and "60.00" in table and "1 change(s) to the daemon" in table
-        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-3] == "1", table  # then 2 master
+        assert "missed" in table.splitlines()[0] and table.splitlines()[1].split()[-4] == "1", table  # then 3 master
         assert "2 day(s) (" in table and "2 row(s) of a day, camera and model" in table, table
         waiting = run_vqad("records", path, "--decision", "fail", "--unreviewed", "--format", "json").stdout
         assert [(r["camera_id"], r["frame_id"]) for r in json.loads(waiting)] == [("a", 10)]
@@ -1910,8 +1910,10 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         record.review("a", 4, "defect")
     _review_as_an_older_vqad_took_it(record, "a", 4, "defect")  # the red rabbit that passed: no part escaped
     (day,) = record.daily()
-    # RR-4 failed as it must, but by the camera health gate: no proof of the model, so wrong.
-    assert (day["fail"], day["master"], day["master_wrong"], day["unreviewed"], day["missed"]) == (4, 5, 2, 1, 0), day
+    # RR-3 passed: wrong. RR-4 failed as it must, but by the camera health gate: no proof of the
+    # model either way.
+    counts = ("fail", "master", "master_wrong", "master_unproven", "unreviewed", "missed")
+    assert tuple(day[c] for c in counts) == (4, 5, 1, 1, 1, 0), day
     assert day["fail_rate"] == 1.0  # the products': SN-1 alone; the shift's master parts are no rejects of the line
     _review_as_an_older_vqad_took_it(record, "a", 1, "false_reject")  # nothing goes below 0
     (day,) = record.daily()
@@ -1926,10 +1928,10 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     assert [r["part_id"] for r in record.results(master=False)] == ["SN-1"]
     if record_url.startswith("sqlite"):
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
-        assert table[0].split()[-2:] == ["master", "wrong"] and table[1].split()[-2:] == ["5", "2"], table
-        assert "5 master part(s) run through, 2 not decided as they must be" in table[-2], table
+        assert table[0].split()[-3:] == ["master", "wrong", "unjudged"] and table[1].split()[-3:] == ["5", "1", "1"]
+        assert "5 master part(s) run through, 1 decided wrongly, 1 not judged by the model" in table[-2], table
         daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
-        assert daily_csv[0].endswith(",master,master_wrong") and daily_csv[1].endswith(",5,2"), daily_csv
+        assert daily_csv[0].endswith(",master,master_wrong,master_unproven") and daily_csv[1].endswith(",5,1,1")
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown

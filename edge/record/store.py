@@ -670,11 +670,11 @@ class Record:
             MASTER_FAILS: _count(fail, r.master.is_not(None), r.unfit.is_(None)),  # not among the unfit
             MASTER_DECIDED: _count(r.master.is_not(None), r.decision.is_not(None)),
             MASTER_FAILED: _count(fail, r.master.is_not(None)),
-            # A master part not decided as it must be (edge.master.checked_right, in SQL): the other
-            # decision, none (an error), or the camera health gate's fail, which proves nothing.
-            "master_wrong": _count(
-                r.master.is_not(None), sa.or_(r.decision.is_(None), r.decision != r.master, r.unfit.is_not(None))
-            ),
+            # A master part's check (edge.master.outcome, in SQL): wrong, the model's other decision
+            # on a fit frame; unproven, a frame it did not judge (an error, or the camera health
+            # gate's fail, which proves nothing).
+            "master_wrong": _count(r.master.is_not(None), r.unfit.is_(None), r.decision != r.master),
+            "master_unproven": _count(r.master.is_not(None), sa.or_(r.decision.is_(None), r.unfit.is_not(None))),
         }
         q = sa.select(*key, *counted.values()).group_by(*key)
         if camera is not None:
@@ -1064,8 +1064,9 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             **reviewed,
             "unreviewed": unreviewed,
             "unfit": counts["unfit"],
-            "master": counts["master"],  # master parts run through, right or wrong
-            "master_wrong": counts["master_wrong"],  # of them, those not decided as they must be
+            "master": counts["master"],  # master parts run through, right or not
+            "master_wrong": counts["master_wrong"],  # of them, those the model decided otherwise
+            "master_unproven": counts["master_unproven"],  # and those whose frame it did not judge
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(failed_n / decided_n, 6) if decided_n else None,
             # The fails parted by what they were, adding up to `fail`: a fail of the camera health
@@ -1079,7 +1080,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
 
 # The record's rows among the changes that are not changes made to the daemon: each master part's
 # check (edge/master.py). A plant's shifts make hundreds a day, and the newest 100 changes would
-# hold nothing else; the daily tally counts them (`master`, `master_wrong`), and `vqad records
+# hold nothing else; the daily tally counts them (`master`, `master_wrong`, `master_unproven`), and `vqad records
 # --master-parts` lists them.
 NOT_CHANGES = ("master-part",)
 

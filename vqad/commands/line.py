@@ -471,7 +471,8 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
 
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
-                 "false_reject", "defect", "unreviewed", "unfit", "missed", "master", "master_wrong")  # fmt: skip
+                 "false_reject", "defect", "unreviewed", "unfit", "missed", "master", "master_wrong",
+                 "master_unproven")  # fmt: skip
 
 
 def _time_window(args: argparse.Namespace, zone: dt.tzinfo) -> tuple[int | None, int | None]:
@@ -533,19 +534,20 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     else:
         print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
               f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
-              f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5}")  # fmt: skip
+              f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5} {'unjudged':>8}")  # fmt: skip
         for r in rows:
             rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
             print(f"{r['day']:10} {r['camera_id']:>10} {(r['model_sha256'] or '-')[:12]:12} {r['results']:>8} "
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
-                  f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5}")  # fmt: skip
+                  f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5} {r['master_unproven']:>8}")  # fmt: skip
         for e in changes:
             print(_change_line(e, days.zone))
         masters, wrong = sum(r["master"] for r in rows), sum(r["master_wrong"] for r in rows)
         if masters:
-            print(f"{masters} master part(s) run through, {wrong} not decided as they must be "
-                  "(vqad records --master-parts lists each)")  # fmt: skip
+            unjudged = sum(r["master_unproven"] for r in rows)
+            print(f"{masters} master part(s) run through, {wrong} decided wrongly, {unjudged} not judged by the "
+                  "model (a paused camera, an unfit frame) (vqad records --master-parts lists each)")  # fmt: skip
         n_days = len({r["day"] for r in rows})
         print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
               f"{len(changes)} change(s) to the daemon")  # fmt: skip

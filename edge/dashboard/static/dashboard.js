@@ -453,10 +453,14 @@ async function loadDaily(cam, id) {
       const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
         d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed, d.master]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
-      if (d.master_wrong > 0) { // a master part the inspection did not decide as it must: the day's proof failed
-        tr.children[10].textContent = `${d.master} (${d.master_wrong} wrong)`;
-        tr.children[10].classList.add("bad");
-        tr.children[10].title = "master parts not decided as they must be: vqad records --master-parts lists each";
+      // A master part the model decided wrongly: the day's proof failed (red); one whose frame it did
+      // not judge proves nothing (amber).
+      const notRight = [[d.master_wrong, "wrong"], [d.master_unproven, "not judged"]].filter(([n]) => n > 0);
+      if (notRight.length) {
+        tr.children[10].textContent = `${d.master} (${notRight.map(([n, what]) => `${n} ${what}`).join(", ")})`;
+        tr.children[10].classList.add(d.master_wrong > 0 ? "bad" : "warn");
+        tr.children[10].title = "master parts decided wrongly, or not judged by the model (a paused camera, an " +
+          "unfit frame): vqad records --master-parts lists each";
       }
       if (inPart) tr.title = `results up to ${new Date(gone.up_to_ns / 1e6).toLocaleString()} have left the record ` +
         `(${gone.for_space} for the disk's free space, ${gone.past_keep_days} past record_keep_days); reviewed ones stay`;
