@@ -196,7 +196,7 @@ class MasterParts:
         elif checked == "unproven":  # the frame was not judged: nothing is known of the parts since
             then = "see to the camera, then run this master part again" if unfit else (
                 "run this master part again once the camera's frames are judged")  # fmt: skip
-            log.error("%s: no proof of the inspection; %s", master_words(detail), then)
+            log.warning("%s: no proof of the inspection; %s", master_words(detail), then)  # as its alert
         else:
             log.error("%s: the inspection does not decide it as it must; the parts since this master part's last "
                       "right check are suspect", master_words(detail))  # fmt: skip
