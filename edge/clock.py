@@ -79,10 +79,10 @@ class ClockStep:
 
 def step_words(detail: dict[str, Any]) -> str:
     """A step (ClockStep.detail, or a `clock` change of the record) in words: 'set forward by
-    20,430 days (1970-01-02T09:00:05Z -> 2026-12-06T04:30:00Z)'."""
+    20,430 days (1970-01-02T09:00:05Z → 2026-12-06T04:30:00Z)'."""
     by_s = float(detail.get("stepped_s") or 0.0)
     way = "forward" if by_s > 0 else "back"
-    return f"set {way} by {span(by_s)} ({detail.get('from')} -> {detail.get('to')})"
+    return f"set {way} by {span(by_s)} ({detail.get('from')} → {detail.get('to')})"
 
 
 class ClockWatch:

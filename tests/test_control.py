@@ -182,8 +182,8 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     package = load_package(tiny_model)
     assert events[-1]["detail"]["model"]["sha256"] == package.sha256
     daily = run_vqad("records", url, "--daily").stdout  # for a person: the box and the model, shortly
-    said = f"set-threshold by test on {socket.gethostname()} (model {package.name} {package.sha256[:12]}): "
-    assert said + '{"from": ' in daily and '"reason": "audit 42"}' in daily, daily
+    said = f"set-threshold by test on {socket.gethostname()} (model {package.name} {package.sha256[:12]}): threshold "
+    assert said in daily and " → 123.5: audit 42\n" in daily, daily
 
 
 def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, tmp_path):

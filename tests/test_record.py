@@ -2444,9 +2444,11 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     assert stop["cause"] == "SIGTERM" and stop["published"] == stop["accepted"]  # frames the camera had queued
     table = run_vqad("records", db, "--daily").stdout  # in words, as the dashboard says them
     assert first["vqad_version"] == vqad_version()  # an upgrade of the box shows in the audit
-    started = f"run {second['run'][:12]} started by vqad {vqad_version()}, threshold {second['threshold']:.6g}; "
+    model = f"{second['model']['name']} {second['model']['sha256'][:12]}"
+    started = (f"vqad {vqad_version()} serve run {second['run'][:12]} started: model {model}, threshold "
+               f"{second['threshold']:.6g}; ")  # fmt: skip
     assert started in table and "ended without stopping (killed" in table
-    assert f"run {second['run'][:12]} stopped (SIGTERM) after {stop['published']} results" in table, table
+    assert f"vqad serve run {second['run'][:12]} stopped (SIGTERM) after {stop['published']} results" in table, table
 
 
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):

@@ -564,48 +564,17 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
 
 
 def _change_line(event: dict, zone: dt.tzinfo) -> str:
-    """A change made to the daemon, for a person: when, what, by whom, on which box and model
-    (the record keeps them whole: --format json)."""
-    detail = dict(event["detail"] or {})
-    daemon, model = detail.pop("daemon", None), detail.pop("model", None)
+    """A change made to the daemon, for a person: when, what (edge.changes, as the dashboard
+    says it), by whom, on which box and model (the record keeps them whole: --format json)."""
+    from edge.changes import NAMES_MODEL, change_words
+
+    detail = event["detail"] or {}
+    daemon, model = detail.get("daemon"), detail.get("model")
     where = f" on {daemon['host']}" if isinstance(daemon, dict) and daemon.get("host") else ""
-    if isinstance(model, dict) and model.get("sha256"):
+    if isinstance(model, dict) and model.get("sha256") and event["kind"] not in NAMES_MODEL:
         where += f" (model {model.get('name')} {str(model['sha256'])[:12]})"
-    said = _daemon_run_said(event["kind"], detail) or json.dumps(detail, default=str)
+    said = change_words(event["kind"], detail)
     return f"{_local_time(event['ts_ns'], zone)} {event['kind']} by {event['by'] or '-'}{where}: {said}"
-
-
-def _daemon_run_said(kind: str, detail: dict) -> str | None:
-    """The daemon's own start or stop, its box's clock set or a camera's fail-rate alarm, in
-    words, as the dashboard says them (None for the other changes: their detail is shown whole).
-    The run names what its results' `daemon_run` names."""
-    run = str(detail.get("run", ""))[:12]
-    if kind == "start":
-        before = ("; the run before it ended without stopping (killed, crashed or the power lost)"
-                  if detail.get("previous_exit") == "unclean" else "")  # fmt: skip
-        clock = detail.get("clock")
-        if isinstance(clock, dict):
-            from edge.clock import span
-
-            before += (f"; the box's clock read {span(float(clock.get('behind_s') or 0))} before "
-                       f"{clock.get('behind')} ({clock.get('behind_at')})")  # fmt: skip
-        version = f" by vqad {detail['vqad_version']}" if detail.get("vqad_version") else ""
-        threshold = detail.get("threshold")
-        threshold = f"{threshold:.6g}" if isinstance(threshold, int | float) else threshold
-        return f"run {run} started{version}, threshold {threshold}{before}"
-    if kind == "stop":
-        raised = detail.get("fail_rate_alarms")
-        with_alarms = f", the fail-rate alarm raised on {', '.join(map(str, raised))}" if raised else ""
-        return f"run {run} stopped ({detail.get('cause')}) after {detail.get('published')} results{with_alarms}"
-    if kind == "clock":
-        from edge.clock import step_words
-
-        return f"the box's clock {step_words(detail)}; results before it keep the old time"
-    if kind == "fail-rate-alarm":
-        from edge.fail_rate import fail_rate_words
-
-        return fail_rate_words(detail)
-    return None
 
 
 def _line_days(args: argparse.Namespace):

@@ -542,49 +542,15 @@ function tableRow(cells) {
   return tr;
 }
 
+// A change in words: the server's (edge.changes, as `vqad records --daily` says it), but for a
+// restart loop's starts and stops that the page folds into one (foldRestarts).
 function changeText(e) {
   const d = e.detail || {};
-  const model = (m) => (m && m.sha256 ? `${m.name} ${m.sha256.slice(0, 12)}` : "–");
-  switch (e.kind) {
-    case "set-threshold": return `threshold ${num(d.from)} → ${num(d.to)}${d.reason ? `: ${d.reason}` : ""}`;
-    case "threshold-dropped":
-      return `threshold ${num(d.from)} (set by ${d.set_by || "–"}) dropped at a start: ${num(d.to)} serves`;
-    case "reload": {
-      const same = d.from && d.to && d.from.sha256 === d.to.sha256;
-      const t = d.threshold; // absent from the reloads an older vqad recorded
-      const threshold = t && t.from !== t.to ? `, threshold ${num(t.from)} → ${num(t.to)}` : "";
-      return (same ? `model ${model(d.to)} reloaded` : `model ${model(d.from)} → ${model(d.to)}`) + threshold;
-    }
-    case "start": {
-      const before = d.previous_exit === "unclean"
-        ? "; the run before it ended without stopping (killed, crashed or the power lost)" : "";
-      const clock = d.clock ? `; the box's clock read ${span(d.clock.behind_s)} before ${d.clock.behind} (${day(d.clock.behind_at)})` : "";
-      const version = d.vqad_version ? ` ${d.vqad_version}` : ""; // a box upgraded shows in its changes
-      return `vqad${version} serve started: model ${model(d.model)}, threshold ${num(d.threshold)}${before}${clock}`;
-    }
-    case "stop": {
-      const raised = (d.fail_rate_alarms || []).length ? `, the fail-rate alarm raised on ${d.fail_rate_alarms.join(", ")}` : "";
-      return `vqad serve stopped (${d.cause}) after ${d.published} results${raised}`;
-    }
-    case "restarts": {
-      const unclean = d.unclean ? `, ${d.unclean} of them after a run that ended without stopping` : "";
-      return `vqad serve started ${d.starts} times since ${when(d.since_ns)}${unclean}: vqad records --daily lists each`;
-    }
-    case "clock": {
-      const by = Number(d.stepped_s) || 0;
-      return `the box's clock set ${by > 0 ? "forward" : "back"} by ${span(Math.abs(by))} (${d.from} → ${d.to}): `
-        + "results before it keep the old time";
-    }
-    case "fail-rate-alarm": {
-      const said = `camera ${d.camera} failed ${d.fails} of its last ${d.of} decisions` +
-        (d.unfit ? ` (${d.unfit} of them frames the camera health gate found unfit)` : "");
-      if (d.state === "raised") return `fail-rate alarm raised: ${said}, over the limit of ${Math.round(100 * d.limit)}%`;
-      return d.why ? `fail-rate alarm cleared, ${d.why}: counted anew (${said})` : `fail-rate alarm cleared: ${said}`;
-    }
-    case "pause": return `camera ${d.camera} paused`;
-    case "resume": return `camera ${d.camera} resumed`;
-    default: return `${e.kind} ${JSON.stringify(d)}`;
+  if (e.kind === "restarts") {
+    const unclean = d.unclean ? `, ${d.unclean} of them after a run that ended without stopping` : "";
+    return `vqad serve started ${d.starts} times since ${when(d.since_ns)}${unclean}: vqad records --daily lists each`;
   }
+  return e.said || `${e.kind} ${JSON.stringify(d)}`;
 }
 
 // "not reviewed" as a button: it opens the day's fails nobody has reviewed yet, one after
