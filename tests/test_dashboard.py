@@ -1761,11 +1761,17 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert wait_for(lambda: beating([wrong, other], red), 20, every=0.2)
         classes, hidden, pill_class, text = shown()
         assert "master-wrong" in classes and not hidden and "bad" in pill_class, shown()
-        assert text.startswith("master part RR-3: pass, expected fail (") and ", named by ann)" in text, text
-        assert "master part RR-3: pass, expected fail" in driver.execute_script(tile.replace("className", "innerText"))
+        # In the daemon's log's words (edge.master.master_words), who named its frame included.
+        assert text.startswith("master part RR-3 (named by ann) on camera cam1: pass, expected fail ("), text
+        assert "master part RR-3 (named by ann) on camera cam1: pass, expected fail" in driver.execute_script(
+            tile.replace("className", "innerText")
+        )
         assert driver.execute_script(card, "cam5")[1] is True  # no master part seen: no pill
         summary = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
         # The outcome a daemon that did not name it leaves out, worked out (edge.master.outcome_of).
+        said = {m["part_id"]: m.pop("said") for m in summary["cam1"]["master_parts"]}  # as the daemon's log says it
+        assert said == {"RR-3": "master part RR-3 (named by ann) on camera cam1: pass, expected fail",
+                        "RR-4": "master part RR-4 (named by ann) on camera cam1: fail, as expected"}  # fmt: skip
         assert summary["cam1"]["master_parts"] == [{**wrong, "proves_now": True, "outcome": "wrong"},
                                                    {**other, "proves_now": True, "outcome": "right"}]  # fmt: skip
         assert summary["cam5"]["master_parts"] is None
@@ -1774,8 +1780,8 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         errored = {**wrong, "decision": None, "score": None, "error": "camera paused by the line's control"}
         unfit = {**other, "decision": "fail", "ok": False, "unfit": "frozen"}
         assert wait_for(lambda: beating([errored, unfit], lambda: "no decision" in shown()[3]), 20, every=0.2), shown()
-        assert shown()[3].startswith("master part RR-3: no decision (camera paused by the line's control), "
-                                     "expected fail (")  # fmt: skip
+        assert shown()[3].startswith("master part RR-3 (named by ann) on camera cam1: no decision (camera paused "
+                                     "by the line's control), expected fail (")  # fmt: skip
         assert shown()[3].endswith(") and 1 more not judged"), shown()
         assert "warn" in shown()[2] and "master-wrong" not in shown()[0], shown()
         assert "warn" in driver.execute_script(tile) and not red(), driver.execute_script(tile)
@@ -1783,16 +1789,17 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         assert driver.execute_script(title).startswith("the master part's frame was not judged by the model: no proof")
         # A wrong check among them is said first, in red.
         assert wait_for(lambda: beating([errored, unfit, {**wrong, "part_id": "RR-5"}], red), 20, every=0.2)
-        assert shown()[3].startswith("master part RR-5: pass, expected fail (") and "bad" in shown()[2], shown()
+        assert shown()[3].startswith("master part RR-5 (named by ann) on camera cam1: pass, expected fail (")
         assert not shown()[3].endswith("more wrong"), shown()  # the two not judged are not wrong
         # A right check whose master part was run since on a paused camera: that run, in amber; a
         # wrong one stands, whatever came since (edge.master keeps such a run as `unjudged`).
         attempt = {**errored, "ts_ns": time.time_ns(), "outcome": "unproven"}
         right_then = {**wrong, "decision": "fail", "ok": True, "unjudged": attempt}
         assert wait_for(lambda: beating([right_then, other], lambda: "warn" in shown()[2]), 20, every=0.2), shown()
-        assert shown()[3].startswith("master part RR-3: no decision (camera paused by the line's control)"), shown()
+        assert "RR-3 (named by ann) on camera cam1: no decision (camera paused by the line's" in shown()[3], shown()
         assert wait_for(lambda: beating([{**wrong, "unjudged": attempt}, other], red), 20, every=0.2)
-        assert shown()[3].startswith("master part RR-3: pass, expected fail (") and "bad" in shown()[2], shown()
+        assert shown()[3].startswith("master part RR-3 (named by ann) on camera cam1: pass, expected fail (")
+        assert "bad" in shown()[2], shown()
         right = {**wrong, "decision": "fail", "ok": True}
         assert wait_for(lambda: beating([right, other], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
         assert "master-wrong" not in shown()[0] and shown()[3].startswith("master parts right: 2, the latest at ")
@@ -1853,7 +1860,8 @@ def test_a_camera_known_from_the_record_shows_what_its_daemons_heartbeat_says_of
             return driver.execute_script(pill)
 
         said = wait_for(shown, 20, every=0.2)
-        assert said and "bad" in said[0] and said[1].startswith("master part RR-1: pass, expected fail"), said
+        assert said and "bad" in said[0], said
+        assert said[1].startswith("master part RR-1 on camera standing: pass, expected fail"), said
         assert "paused" in said[2], said
         cameras = _json(dashboard_url(driver) + "/api/summary")[1]["cameras"]
         assert cameras["standing"]["recorded_only"] and cameras["standing"]["paused"]

@@ -56,7 +56,7 @@ from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError, ReviewedSinceError
 from edge.fail_rate import mostly_unfit
-from edge.master import outcome_of, proves
+from edge.master import master_words, outcome_of, proves
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
@@ -685,11 +685,20 @@ def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | No
     """`camera`'s master parts, each one's latest check, by part_id, while the heartbeat names
     any (edge/master.py), else None; each with `proves_now`: whether it was made on the model
     and threshold the daemon serves now (a check proves the inspection it was made on; one kept
-    by a vqad that did not name them is taken as made on it), and its `outcome` (right, wrong,
-    unproven), which a daemon that did not name it leaves to be worked out here."""
+    by a vqad that did not name them is taken as made on it), its `outcome` (right, wrong,
+    unproven), which a daemon that did not name it leaves to be worked out here, and `said`."""
     parts = (beat.get("master_parts") or {}).get(camera)
     if not isinstance(parts, dict) or not parts:
         return None
     serving = ((beat.get("model") or {}).get("sha256"), beat.get("threshold"))
-    return [{**check, "proves_now": proves(check, *serving), "outcome": outcome_of(check)}
-            for check in (parts[part] for part in sorted(parts))]  # fmt: skip
+    checks = (parts[part] for part in sorted(parts))
+    return [{**_in_words(check), "proves_now": proves(check, *serving)} for check in checks]
+
+
+def _in_words(check: dict[str, Any]) -> dict[str, Any]:
+    """A master part's check with its `outcome` and `said` (the log's words, edge.master), and
+    so its `unjudged` run, where it has one."""
+    words = {"outcome": outcome_of(check), "said": master_words(check)}
+    if isinstance(check.get("unjudged"), dict):
+        words["unjudged"] = _in_words(check["unjudged"])
+    return {**check, **words}

@@ -174,13 +174,9 @@ function failRateAlarmText(a) {
   return `fail-rate alarm: ${a.fails} of the last ${a.of} failed${unfit} (limit ${Math.round(100 * a.limit)}%) since ${since}`;
 }
 
-// A master part's check (its daemon's heartbeat; edge/master.py) in words.
-function masterText(m) {
-  if (m.ok) return `master part ${m.part_id}: ${m.decision}, as expected`;
-  if (m.unfit) return `master part ${m.part_id}: failed by the camera health gate (${m.unfit}), not by the model`;
-  if (m.decision === null) return `master part ${m.part_id}: no decision (${m.error || "an error"}), expected ${m.expected}`;
-  return `master part ${m.part_id}: ${m.decision}, expected ${m.expected}`;
-}
+// A master part's check (its daemon's heartbeat) in words: the server's, as the daemon's log says
+// it (edge.master.master_words).
+function masterText(m) { return m.said; }
 
 // Whether a master part's check was made on a frame the model did not judge (an error result, a
 // fail of the camera health gate): no proof either way (the API's `outcome`, edge.master.outcome).
@@ -600,8 +596,8 @@ function provesNow(m) { return m.proves_now !== false; }
 function drawMasters(el, masters) {
   el.hidden = !masters;
   if (!masters) return;
-  // when, and who named the frame that master part (vqad ctl master), where someone did
-  const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString() + (m.named_by ? `, named by ${m.named_by}` : "");
+  // when (who named the frame that master part, vqad ctl master, is in its words)
+  const time = (m) => new Date(m.ts_ns / 1e6).toLocaleTimeString();
   const wrong = wrongMasters({ master_parts: masters }), unjudgedChecks = unjudgedMasters({ master_parts: masters });
   const now = masters.filter(provesNow);
   const latest = (checks) => checks.reduce((a, b) => (b.ts_ns > a.ts_ns ? b : a));
