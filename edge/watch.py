@@ -91,6 +91,7 @@ class Summary:
         daemon run's `seq` is results this subscriber missed (one camera's leave gaps of others)."""
         self.by_status: collections.Counter[str] = collections.Counter()
         self.by_decision: collections.Counter[str] = collections.Counter()
+        self.by_master: collections.Counter[str] = collections.Counter()  # master parts' checks, by outcome
         self.latency = LatencySample()
         self.first: float | None = None
         self.last: float | None = None
@@ -110,6 +111,8 @@ class Summary:
         self.by_status[header["status"]] += 1
         if header.get("decision"):
             self.by_decision[header["decision"]] += 1
+        if header.get("master"):
+            self.by_master[master_outcome(header)] += 1
         if latency is not None:
             self.latency.add(latency)
         self.runs.hear(header)
@@ -132,6 +135,7 @@ class Summary:
             "results": n,
             "by_status": dict(self.by_status),
             "by_decision": dict(self.by_decision),
+            "master_parts": dict(self.by_master),
             "latency_ms": self.latency.percentiles(),
             "rate_per_s": (n - 1) / span if span > 0 else None,
             "missed": self.missed if self.every_camera else None,
@@ -145,9 +149,10 @@ class Summary:
         rate = f", {d['rate_per_s']:.1f}/s" if d["rate_per_s"] and span >= TEXT_RATE_MIN_SPAN_S else ""
         missed = f"; missed {self.missed} (a daemon's record keeps them)" if self.missed else ""
         unseen = f"; {len(self.runs.unseen)} daemon run(s) never heard" if self.runs.unseen else ""
+        masters = f"master parts {_counts(self.by_master)}; " if self.by_master else ""
         return (
             f"{d['results']} results{rate}; status {_counts(self.by_status)}; "
-            f"decision {_counts(self.by_decision)}; "
+            f"decision {_counts(self.by_decision)}; {masters}"
             f"latency {lat or 'n/a'}{missed}{unseen}"
         )
 
@@ -157,11 +162,18 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
 
 
+def master_outcome(h: dict[str, Any]) -> str:
+    """A master part's result's outcome (right, wrong, unproven): as its `master` names it, or
+    worked out for a daemon that did not name it (edge.master.outcome)."""
+    master = h["master"]
+    return master.get("outcome") or outcome(h.get("decision"), master["expected"], unfit_reasons(h))
+
+
 def format_line(h: dict[str, Any]) -> str:
     part = f" part {h['part_id']}" if h.get("part_id") else ""
     master = h.get("master")
     if master:  # a part of known verdict (edge/master.py)
-        checked = outcome(h.get("decision"), master["expected"], unfit_reasons(h))
+        checked = master_outcome(h)
         said = "as expected" if checked == "right" else f"{checked.upper()}, expected {master['expected']}"
         part += f" (master: {said})"
     if h["status"] == "ok":

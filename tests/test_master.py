@@ -207,6 +207,20 @@ def test_watch_says_which_results_are_master_parts_and_whether_they_got_their_ve
     assert format_line(h).startswith("press1 #7 part RR-3 (master: as expected) FAIL")
     h["health"], h["master"] = {"ok": False, "reasons": ["frozen"]}, {"expected": "fail", "ok": False}
     assert format_line(h).startswith("press1 #7 part RR-3 (master: UNPROVEN, expected fail) FAIL")  # the gate's
+    # Its summary counts a shift's master parts by outcome, as their results name it (or, from a
+    # daemon that did not, as it works it out).
+    from edge.watch import Summary
+
+    summary = Summary()
+    made = lambda decision, **master: {  # noqa: E731
+        **result_header("press1", 9, 1, "ok", 2.0, {"name": "m", "sha256": "0"}, score=0.4, decision=decision),
+        "part_id": "RR-3", "master": {"expected": "fail", **master},
+    }  # fmt: skip
+    for header in (made("fail", ok=True, outcome="right"), made("pass", ok=False, outcome="wrong"), h):
+        summary.add(header)  # h, the frozen one: its outcome worked out
+    summary.add(result_header("press1", 10, 1, "ok", 2.0, {"name": "m", "sha256": "0"}, score=0.4, decision="pass"))
+    assert summary.as_dict()["master_parts"] == {"right": 1, "wrong": 1, "unproven": 1}
+    assert "; master parts right 1, unproven 1, wrong 1; latency " in summary.text(), summary.text()
 
 
 def test_a_wrong_check_stands_over_a_restart_of_the_daemon(tiny_model, synth_root, tmp_path):
