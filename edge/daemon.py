@@ -41,7 +41,7 @@ from edge.batcher import FrameQueue
 from edge.clock import PACKAGE_MADE, RECORD_NEWEST, ClockWatch
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
-from edge.fail_rate import FailRateAlarm
+from edge.fail_rate import FAIL_RATE_FILE, FailRateAlarm
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.master import MASTERS_FILE, MasterParts
@@ -173,7 +173,8 @@ class Daemon:
         # line rejected too much, and when its inspection was proved, on which model and threshold.
         on_alarm = lambda change, detail: self._note("fail-rate-alarm", state=change, **detail)  # noqa: E731
         counted = cfg.fail_rate_alarm or any(cfg.fail_rate_alarm_cameras.values())
-        self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, on_alarm, limits=cfg.fail_rate_alarm_cameras)
+        self.fail_rate = (FailRateAlarm(cfg.fail_rate_alarm, self.metrics, on_alarm, limits=cfg.fail_rate_alarm_cameras,
+                                        kept=self.state_dir / FAIL_RATE_FILE)
                           if counted else None)  # fmt: skip
         on_check = lambda detail: self._note("master-part", **detail)  # noqa: E731
         self.masters = (MasterParts(cfg.master_good_parts, cfg.master_defective_parts, self.metrics, on_check,
@@ -241,6 +242,8 @@ class Daemon:
         if self.masters is not None:
             self.masters.restore()  # a master part that missed its verdict before the restart: it stands
             self.masters.show_current(*_inspection(self.serving))
+        # The alarms the run before left raised: counted anew, and named in the start's row.
+        left_raised = self.fail_rate.take_left_raised() if self.fail_rate is not None else []
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -251,8 +254,9 @@ class Daemon:
             t.start()
         if self.recorder is not None:  # serving now
             clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
+            left = {"fail_rate_alarms_left": left_raised} if left_raised else {}
             self.recorder.event(
-                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock)
+                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock, **left)
             )
         self.metrics.ready.set(1)
         self._log_ready()

@@ -17,14 +17,17 @@ the record's changes say when it is raised and when it clears.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.protocol import unfit_reasons
 from edge.recent import RecentDict
+from edge.state import write_whole
 
 if TYPE_CHECKING:
     from edge.metrics import DaemonMetrics
@@ -84,10 +87,17 @@ class _Window:
         self.unfit += unfit
 
 
+# In the state folder: the cameras whose alarm is raised, kept at each raise and clear. A run
+# killed (or stopped) while one was raised leaves its "raised" row with nothing after it in the
+# record; the next start names those cameras (`take_left_raised`), whose decisions it counts anew.
+FAIL_RATE_FILE = "vqad-serve.fail-rate.json"
+
+
 class FailRateAlarm:
     """Per camera: `add` (or `count`) each decision in the order they are published; `raised`
     names the cameras whose alarm is raised, and since when. `on_change(change, detail)` is
-    told of each raise ("raised") and clear ("cleared"), for the record's changes."""
+    told of each raise ("raised") and clear ("cleared"), for the record's changes. `kept`: the
+    file that keeps the raised cameras for the next start (`take_left_raised`)."""
 
     def __init__(
         self,
@@ -96,6 +106,7 @@ class FailRateAlarm:
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
         window: int = WINDOW,
         limits: Mapping[str, float] | None = None,
+        kept: Path | None = None,
     ):
         """limit: the share of a camera's last `window` decisions that its fails may reach (0:
         none counted); limits: the cameras' own, by camera id, over it (0: that camera's off)."""
@@ -108,6 +119,7 @@ class FailRateAlarm:
         self.windows: RecentDict[str, _Window] = RecentDict(on_evict=self._forget)
         self.raised: dict[str, int] = {}  # camera -> when its alarm was raised (time_ns)
         self.lock = threading.Lock()
+        self.kept, self._keep_failed = kept, False  # _keep_failed: the file refused, said once
 
     def count(self, header: dict[str, Any]) -> None:
         """A published result header: its decision is added, unless it is a master part's (its
@@ -134,6 +146,8 @@ class FailRateAlarm:
                 self.raised[camera_id] = time.time_ns()
             elif was and not alarm:
                 del self.raised[camera_id]
+            if alarm != was:
+                self._keep()
             fails, seen, unfit_n = window.fails, len(window.decisions), window.unfit
         if self.metrics is not None:
             self.metrics.fail_rate.labels(camera_id).set(fails / seen)
@@ -148,6 +162,8 @@ class FailRateAlarm:
         with self.lock:
             window = self.windows.pop(camera_id, None)
             was = self.raised.pop(camera_id, None) is not None
+            if was:
+                self._keep()
         if self.metrics is not None:
             self.metrics.forget_fail_rate(camera_id)
         if was and window is not None:
@@ -198,6 +214,37 @@ class FailRateAlarm:
         return {"limit": self.limit, "limits": dict(self.limits), "window": self.window, "alarms": alarms}
 
     def _forget(self, camera_id: str, _window: object) -> None:
-        self.raised.pop(camera_id, None)
+        if self.raised.pop(camera_id, None) is not None:
+            self._keep()
         if self.metrics is not None:
             self.metrics.forget_fail_rate(camera_id)
+
+    def take_left_raised(self) -> list[str]:
+        """At the start, the state folder held: the cameras whose alarm the run before left
+        raised (none without the file, or from one unreadable), its decisions counted anew here;
+        the file then names this run's."""
+        left: list[str] = []
+        if self.kept is not None and self.kept.is_file():
+            try:
+                left = sorted(str(camera) for camera in json.loads(self.kept.read_text())["raised"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("%s is unreadable (%s): the fail-rate alarms the run before left raised are not named",
+                            self.kept, exc)  # fmt: skip
+        with self.lock:
+            self._keep()
+        if left:
+            log.info("the fail-rate alarm the run before left raised on %s: its decisions are counted anew",
+                     ", ".join(left))  # fmt: skip
+        return left
+
+    def _keep(self) -> None:
+        """The raised cameras, whole, in the state folder (under the lock): a handful a day."""
+        if self.kept is None:
+            return
+        try:
+            write_whole(self.kept, {"raised": sorted(self.raised)})
+        except OSError as exc:
+            if not self._keep_failed:
+                log.error("%s cannot be written (%s): an alarm raised when the daemon stops is not named at the next "
+                          "start", self.kept, exc)  # fmt: skip
+            self._keep_failed = True

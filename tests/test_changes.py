@@ -81,6 +81,17 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
             "the record was damaged (disk image is malformed): set aside as /var/lib/vqad/line.db.damaged-1, and "
             "this record started in its place",
         ),
+        (
+            "start",
+            {
+                "model": MODEL,
+                "threshold": 1.01,
+                "previous_exit": "unclean",
+                "fail_rate_alarms_left": ["press1", "trim"],
+            },
+            "vqad serve started: model m abababababab, threshold 1.01; the run before it ended without stopping "
+            "(killed, crashed or the power lost); the fail-rate alarm it left raised on press1, trim counted anew",
+        ),
         ("pause", {"camera": "press1"}, "camera press1 paused"),
         ("resume", {"camera": "press1"}, "camera press1 resumed"),
         ("calibrate-twice", {"a": 1}, 'calibrate-twice {"a": 1}'),  # a newer vqad's kind, on a shared record

@@ -46,6 +46,28 @@ def test_a_camera_that_fails_every_part_raises_the_alarm_at_its_21st_fail_and_cl
     assert lines[1] == "fail-rate alarm cleared: camera press1 failed 16 of its last 100 decisions"
 
 
+def test_the_cameras_a_run_leaves_raised_are_named_at_the_next_start(tmp_path, caplog):
+    """A run killed while an alarm was raised left its "raised" row with nothing after it: the
+    state folder keeps the raised cameras, and the next start takes them (its decisions counted
+    anew), once."""
+    kept = tmp_path / "vqad-serve.fail-rate.json"
+    run = FailRateAlarm(0.2, kept=kept)
+    assert run.take_left_raised() == []  # no file: a first start
+    for camera in ("press2", "press1", "trim"):
+        for _ in range(25):
+            run.add(camera, "fail")
+    run.start_again("trim", "camera resumed")  # cleared: not left raised
+    next_run = FailRateAlarm(0.2, kept=kept)  # the run killed now
+    with caplog.at_level(logging.INFO, logger="edge.fail_rate"):
+        assert next_run.take_left_raised() == ["press1", "press2"]
+    assert "the fail-rate alarm the run before left raised on press1, press2: its decisions are counted anew" in (
+        caplog.text
+    )
+    assert FailRateAlarm(0.2, kept=kept).take_left_raised() == []  # taken: the next run left none
+    kept.write_text("{not json")
+    assert FailRateAlarm(0.2, kept=kept).take_left_raised() == [] and "is unreadable" in caplog.text
+
+
 def test_a_lines_usual_rejects_and_a_short_burst_raise_nothing_and_errors_are_not_decisions():
     rng = np.random.default_rng(0)
     alarm = FailRateAlarm(0.2)
@@ -203,6 +225,33 @@ def test_a_daemon_whose_camera_fails_every_part_says_so_everywhere_the_line_look
     broken = json.loads(json.dumps(beat))
     broken["fail_rate"]["alarms"]["press1"]["fails"] = "25"
     assert _errors("heartbeat", broken)
+
+
+def test_a_run_killed_while_its_alarm_was_raised_is_named_at_the_next_start(tiny_model, synth_root, tmp_path):
+    """The record held the alarm's "raised" row, then the next run's start, and nothing between:
+    an audit could not tell whether press1's parts still failed. The start's row names the
+    cameras the killed run left raised, counted anew, and `vqad records --daily` says so."""
+    import signal
+
+    import cv2
+
+    from edge.record import Record
+    from tests.conftest import run_vqad
+    from tests.edge_helpers import DaemonProcess, short_ipc_dir
+
+    image = cv2.imread(str(sorted((synth_root / "bracket" / "test" / "good").glob("*.png"))[0]))
+    url, folder = f"sqlite:///{tmp_path / 'line.db'}", short_ipc_dir()  # one record and state folder
+    args = ("--threshold", "1e-9", "--record", url, "--set", "edge.health.enabled=false")
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as daemon:
+        _send_and_collect(daemon, image, 22)
+        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as daemon:
+        log_text = daemon.log_text()
+    first, second = [e["detail"] for e in Record(url).events() if e["kind"] == "start"][::-1]
+    assert "fail_rate_alarms_left" not in first and second["fail_rate_alarms_left"] == ["press1"], second
+    assert "the fail-rate alarm the run before left raised on press1: its decisions are counted anew" in log_text
+    daily = run_vqad("records", url, "--daily").stdout
+    assert "; the fail-rate alarm it left raised on press1 counted anew" in daily, daily
 
 
 def test_a_camera_resumed_after_a_repair_counts_its_decisions_anew(caplog):
