@@ -26,6 +26,12 @@ def change_words(kind: str, detail: dict[str, Any] | None) -> str:
     return said(detail) if said else f"{kind} {json.dumps(detail, default=str)}"
 
 
+def said_each(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The record's change rows (Record.events), each with its `said`: as `/api/daily` and
+    `vqad records --daily --format json` answer them."""
+    return [{**e, "said": change_words(e["kind"], e["detail"])} for e in changes]
+
+
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
 

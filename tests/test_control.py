@@ -184,6 +184,9 @@ def test_a_new_threshold_applies_from_the_next_batch_and_is_recorded(tiny_model,
     daily = run_vqad("records", url, "--daily").stdout  # for a person: the box and the model, shortly
     said = f"set-threshold by test on {socket.gethostname()} (model {package.name} {package.sha256[:12]}): threshold "
     assert said in daily and " → 123.5: audit 42\n" in daily, daily
+    changes = json.loads(run_vqad("records", url, "--daily", "--format", "json").stdout)["changes"]
+    (threshold,) = [c for c in changes if c["kind"] == "set-threshold"]  # for a program, the same words
+    assert threshold["said"].startswith("threshold ") and threshold["said"].endswith(" → 123.5: audit 42"), threshold
 
 
 def test_what_ctl_changed_outlives_a_restart_until_a_newer_decision(tiny_model, tmp_path):

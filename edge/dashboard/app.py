@@ -46,7 +46,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.changes import change_words
+from edge.changes import said_each
 from edge.dashboard.daily import DailyTally
 from edge.dashboard.live import CAMERAS_SHOWN, LiveFrame, LiveView
 from edge.dashboard.peers import NOT_HERE, PEER_HEADER, Peers, Picture
@@ -416,8 +416,7 @@ class Dashboard:
             return JSONResponse({"error": str(exc)}, 503)
         if removed:
             removed["up_to_day"] = line_days.day_of(removed["up_to_ns"]).isoformat()
-        changes = [{**e, "said": change_words(e["kind"], e["detail"])} for e in changes]  # as vqad records says them
-        return JSONResponse({"days": rows, "changes": changes, "removed": removed, **line_days.named()})
+        return JSONResponse({"days": rows, "changes": said_each(changes), "removed": removed, **line_days.named()})
 
     def api_image(self, request: Request) -> Response:
         camera, kind, frame_ref = (request.path_params[k] for k in ("camera", "kind", "frame"))

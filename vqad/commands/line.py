@@ -526,7 +526,10 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     changes = record.events(limit=args.limit, since_ns=since, until_ns=until, kinds_left_out=NOT_CHANGES)
     removed = record.removed()
     if args.format == "json":
-        print(json.dumps({"days": rows, "changes": changes, "removed": removed, **days.named()}, indent=2, default=str))
+        from edge.changes import said_each
+
+        said = said_each(changes)
+        print(json.dumps({"days": rows, "changes": said, "removed": removed, **days.named()}, indent=2, default=str))
     elif args.format == "csv":
         table = SpreadsheetCsv(sys.stdout, DAILY_COLUMNS)
         for r in rows:
