@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.protocol import unfit_reasons
 from edge.recent import RecentDict
-from edge.state import write_whole
+from edge.state import KeptFile
 
 if TYPE_CHECKING:
     from edge.metrics import DaemonMetrics
@@ -119,7 +119,8 @@ class FailRateAlarm:
         self.windows: RecentDict[str, _Window] = RecentDict(on_evict=self._forget)
         self.raised: dict[str, int] = {}  # camera -> when its alarm was raised (time_ns)
         self.lock = threading.Lock()
-        self.kept, self._keep_failed = kept, False  # _keep_failed: the file refused, said once
+        lost = "an alarm raised when the daemon stops is not named at the next start"
+        self.kept = KeptFile(kept, lost) if kept else None
 
     def count(self, header: dict[str, Any]) -> None:
         """A published result header: its decision is added, unless it is a master part's (its
@@ -224,12 +225,12 @@ class FailRateAlarm:
         raised (none without the file, or from one unreadable), its decisions counted anew here;
         the file then names this run's."""
         left: list[str] = []
-        if self.kept is not None and self.kept.is_file():
+        if self.kept is not None and self.kept.path.is_file():
             try:
-                left = sorted(str(camera) for camera in json.loads(self.kept.read_text())["raised"])
+                left = sorted(str(camera) for camera in json.loads(self.kept.path.read_text())["raised"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s is unreadable (%s): the fail-rate alarms the run before left raised are not named",
-                            self.kept, exc)  # fmt: skip
+                            self.kept.path, exc)  # fmt: skip
         with self.lock:
             self._keep()
         if left:
@@ -239,12 +240,5 @@ class FailRateAlarm:
 
     def _keep(self) -> None:
         """The raised cameras, whole, in the state folder (under the lock): a handful a day."""
-        if self.kept is None:
-            return
-        try:
-            write_whole(self.kept, {"raised": sorted(self.raised)})
-        except OSError as exc:
-            if not self._keep_failed:
-                log.error("%s cannot be written (%s): an alarm raised when the daemon stops is not named at the next "
-                          "start", self.kept, exc)  # fmt: skip
-            self._keep_failed = True
+        if self.kept is not None:
+            self.kept.write({"raised": sorted(self.raised)})

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.protocol import unfit_reasons
 from edge.recent import RecentDict
-from edge.state import write_whole
+from edge.state import KeptFile
 
 if TYPE_CHECKING:
     from edge.metrics import DaemonMetrics
@@ -107,8 +107,8 @@ class MasterParts:
     ):
         """kept: the file that keeps the checks over a restart (`restore` reads it)."""
         self.patterns = [(pattern, "fail") for pattern in defective] + [(pattern, "pass") for pattern in good]
-        self.metrics, self.on_check, self.kept = metrics, on_check, kept
-        self._keep_failed = False  # the file refused: said once
+        self.metrics, self.on_check = metrics, on_check
+        self.kept = KeptFile(kept, "the master parts' checks are not kept over a restart") if kept else None
         # camera -> master part_id -> its latest check; a camera's master parts are a handful.
         self.latest: RecentDict[str, RecentDict[str, dict[str, Any]]] = RecentDict()
         # camera -> (master part_id, until: monotonic, by whom), vqad ctl master
@@ -211,17 +211,17 @@ class MasterParts:
     def restore(self) -> None:
         """The checks kept before the restart, of the part ids that still name master parts; a
         wrong one is said again, since it stands until that master part is checked right."""
-        if self.kept is None or not self.kept.is_file():
+        if self.kept is None or not self.kept.path.is_file():
             return
         try:
-            kept = json.loads(self.kept.read_text())
+            kept = json.loads(self.kept.path.read_text())
             checks = [check for parts in kept.values() for check in parts.values()]
             for check in sorted(checks, key=lambda c: c["ts_ns"]):
                 if self.expected(check["part_id"]) == check["expected"]:
                     self._hold({**check, "outcome": outcome_of(check)})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): the master parts' checks before the restart are not restored",
-                        self.kept, exc)  # fmt: skip
+                        self.kept.path, exc)  # fmt: skip
             self.latest.clear()
             return
         for camera, parts in self.latest.items():
@@ -259,15 +259,8 @@ class MasterParts:
 
     def _keep(self) -> None:
         """The checks, whole, in the state folder (under the lock): a handful a shift."""
-        if self.kept is None:
-            return
-        try:
-            write_whole(self.kept, {camera: dict(parts) for camera, parts in self.latest.items()})
-        except OSError as exc:
-            if not self._keep_failed:
-                log.error("%s cannot be written (%s): the master parts' checks are not kept over a restart",
-                          self.kept, exc)  # fmt: skip
-            self._keep_failed = True
+        if self.kept is not None:
+            self.kept.write({camera: dict(parts) for camera, parts in self.latest.items()})
 
     def state(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Each camera's master parts, each one's latest check (the heartbeat's `master_parts`)."""

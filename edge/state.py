@@ -179,6 +179,23 @@ def write_whole(path: Path, data: dict[str, Any]) -> None:
     replace_synced(path, json.dumps(data).encode())
 
 
+class KeptFile:
+    """A file of the state folder that the daemon writes whole at each change of what it keeps
+    over a restart (edge.master's checks, edge.fail_rate's raised cameras). A refusal (a full or
+    read-only disk) is said once, with what it costs (`lost`): the daemon serves on without it."""
+
+    def __init__(self, path: Path, lost: str):
+        self.path, self.lost, self._refused = path, lost, False
+
+    def write(self, data: dict[str, Any]) -> None:
+        try:
+            write_whole(self.path, data)
+        except OSError as exc:
+            if not self._refused:
+                log.error("%s cannot be written (%s): %s", self.path, exc, self.lost)
+            self._refused = True
+
+
 @dataclass
 class Overrides:
     """What `vqad ctl` changed in the running daemon, kept in STATE_DIR/vqad-serve.overrides.json
