@@ -23,7 +23,7 @@ from edge.durable import require_writable
 from edge.fail_rate import mostly_unfit
 from edge.frames import write_image
 from edge.logrepeat import RepeatedLog
-from edge.master import outcome
+from edge.master import outcome_of
 from edge.overlay import result_picture
 from edge.protocol import (
     HEARTBEAT_TOPIC,
@@ -165,8 +165,7 @@ def _counts(counts: dict[str, int]) -> str:
 def master_outcome(h: dict[str, Any]) -> str:
     """A master part's result's outcome (right, wrong, unproven): as its `master` names it, or
     worked out for a daemon that did not name it (edge.master.outcome)."""
-    master = h["master"]
-    return master.get("outcome") or outcome(h.get("decision"), master["expected"], unfit_reasons(h))
+    return outcome_of({**h["master"], "decision": h.get("decision"), "unfit": unfit_reasons(h)})
 
 
 def format_line(h: dict[str, Any]) -> str:
