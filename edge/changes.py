@@ -78,6 +78,9 @@ def _start(d: dict[str, Any]) -> str:
     if d.get("fail_rate_alarms_left"):
         cameras = ", ".join(map(str, d["fail_rate_alarms_left"]))
         said += f"; the fail-rate alarm it left raised on {cameras} counted anew"
+    if d.get("fail_rate_alarms_ended"):
+        cameras = ", ".join(map(str, d["fail_rate_alarms_ended"]))
+        said += f"; the fail-rate alarm it left raised on {cameras} ended: the alarm is off"
     clock = d.get("clock")
     if isinstance(clock, dict):
         said += (f"; the box's clock read {span(float(clock.get('behind_s') or 0))} before {clock.get('behind')} "

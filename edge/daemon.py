@@ -41,7 +41,7 @@ from edge.batcher import FrameQueue
 from edge.clock import PACKAGE_MADE, RECORD_NEWEST, ClockWatch
 from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
-from edge.fail_rate import FAIL_RATE_FILE, FailRateAlarm
+from edge.fail_rate import FAIL_RATE_FILE, FailRateAlarm, end_left_raised
 from edge.inorder import InOrder
 from edge.logrepeat import RepeatedLog
 from edge.master import MASTERS_FILE, MasterParts
@@ -242,8 +242,12 @@ class Daemon:
         if self.masters is not None:
             self.masters.restore()  # a master part that missed its verdict before the restart: it stands
             self.masters.show_current(*_inspection(self.serving))
-        # The alarms the run before left raised: counted anew, and named in the start's row.
-        left_raised = self.fail_rate.take_left_raised() if self.fail_rate is not None else []
+        # The alarms the run before left raised: counted anew (or ended, with the alarm off here),
+        # and named in the start's row.
+        if self.fail_rate is not None:
+            left = {"fail_rate_alarms_left": self.fail_rate.take_left_raised()}
+        else:
+            left = {"fail_rate_alarms_ended": end_left_raised(self.state_dir / FAIL_RATE_FILE)}
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -254,10 +258,10 @@ class Daemon:
             t.start()
         if self.recorder is not None:  # serving now
             clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
-            left = {"fail_rate_alarms_left": left_raised} if left_raised else {}
             self.recorder.event(
-                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock, **left)
-            )
+                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock,
+                              **{key: cameras for key, cameras in left.items() if cameras})
+            )  # fmt: skip
         self.metrics.ready.set(1)
         self._log_ready()
         if self.ready_file:

@@ -222,15 +222,8 @@ class FailRateAlarm:
 
     def take_left_raised(self) -> list[str]:
         """At the start, the state folder held: the cameras whose alarm the run before left
-        raised (none without the file, or from one unreadable), its decisions counted anew here;
-        the file then names this run's."""
-        left: list[str] = []
-        if self.kept is not None and self.kept.path.is_file():
-            try:
-                left = sorted(str(camera) for camera in json.loads(self.kept.path.read_text())["raised"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s is unreadable (%s): the fail-rate alarms the run before left raised are not named",
-                            self.kept.path, exc)  # fmt: skip
+        raised (`left_raised`), its decisions counted anew here; the file then names this run's."""
+        left = left_raised(self.kept.path) if self.kept is not None else []
         with self.lock:
             self._keep()
         if left:
@@ -242,3 +235,30 @@ class FailRateAlarm:
         """The raised cameras, whole, in the state folder (under the lock): a handful a day."""
         if self.kept is not None:
             self.kept.write({"raised": sorted(self.raised)})
+
+
+def left_raised(path: Path) -> list[str]:
+    """The cameras whose fail-rate alarm the run before left raised, as its `path` keeps them:
+    none without the file, or from one unreadable (warned of)."""
+    if not path.is_file():
+        return []
+    try:
+        return sorted(str(camera) for camera in json.loads(path.read_text())["raised"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is unreadable (%s): the fail-rate alarms the run before left raised are not named", path, exc)
+        return []
+
+
+def end_left_raised(path: Path) -> list[str]:
+    """At the start of a run with the fail-rate alarm off: the cameras the run before left
+    raised (`left_raised`), whose alarm ends here. The file goes, so that a later run with the
+    alarm on does not name them again."""
+    left = left_raised(path)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s cannot be removed (%s): a later run with the fail-rate alarm on names its cameras", path, exc)
+    if left:
+        log.info("the fail-rate alarm the run before left raised on %s ends: the alarm is off in this run",
+                 ", ".join(left))  # fmt: skip
+    return left

@@ -92,6 +92,12 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
             "vqad serve started: model m abababababab, threshold 1.01; the run before it ended without stopping "
             "(killed, crashed or the power lost); the fail-rate alarm it left raised on press1, trim counted anew",
         ),
+        (
+            "start",
+            {"model": {"name": "m", "sha256": "ab" * 32}, "threshold": 1.01, "fail_rate_alarms_ended": ["press1"]},
+            "vqad serve started: model m abababababab, threshold 1.01; the fail-rate alarm it left raised on press1 "
+            "ended: the alarm is off",
+        ),
         ("pause", {"camera": "press1"}, "camera press1 paused"),
         ("resume", {"camera": "press1"}, "camera press1 resumed"),
         ("calibrate-twice", {"a": 1}, 'calibrate-twice {"a": 1}'),  # a newer vqad's kind, on a shared record

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from edge.fail_rate import WINDOW, FailRateAlarm, fail_rate_words
+from edge.fail_rate import WINDOW, FailRateAlarm, end_left_raised, fail_rate_words
 from edge.metrics import DaemonMetrics
 
 
@@ -66,6 +66,20 @@ def test_the_cameras_a_run_leaves_raised_are_named_at_the_next_start(tmp_path, c
     assert FailRateAlarm(0.2, kept=kept).take_left_raised() == []  # taken: the next run left none
     kept.write_text("{not json")
     assert FailRateAlarm(0.2, kept=kept).take_left_raised() == [] and "is unreadable" in caplog.text
+
+
+def test_a_run_with_the_alarm_off_ends_the_alarms_the_run_before_left_raised(tmp_path, caplog):
+    """The run before left press1 raised; this one has the alarm off: press1's alarm ends here,
+    and its file goes, or a later run with the alarm on would name press1 again."""
+    kept = tmp_path / "vqad-serve.fail-rate.json"
+    run = FailRateAlarm(0.2, kept=kept)
+    for _ in range(25):
+        run.add("press1", "fail")
+    with caplog.at_level(logging.INFO, logger="edge.fail_rate"):
+        assert end_left_raised(kept) == ["press1"]
+    assert "the fail-rate alarm the run before left raised on press1 ends: the alarm is off in this run" in caplog.text
+    assert not kept.exists() and end_left_raised(kept) == []
+    assert FailRateAlarm(0.2, kept=kept).take_left_raised() == []
 
 
 def test_a_lines_usual_rejects_and_a_short_burst_raise_nothing_and_errors_are_not_decisions():
@@ -252,6 +266,21 @@ def test_a_run_killed_while_its_alarm_was_raised_is_named_at_the_next_start(tiny
     assert "the fail-rate alarm the run before left raised on press1: its decisions are counted anew" in log_text
     daily = run_vqad("records", url, "--daily").stdout
     assert "; the fail-rate alarm it left raised on press1 counted anew" in daily, daily
+    # Killed again with it raised, then a run with the alarm off: the alarm ends there, and a
+    # later run with it on names no camera that an earlier run left raised.
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder) as daemon:
+        _send_and_collect(daemon, image, 22)
+        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    with DaemonProcess(tiny_model, *args, "--set", "edge.fail_rate_alarm=0", ipc_dir=folder) as daemon:
+        assert "fail-rate alarm the run before left raised on press1 ends: the alarm is off" in daemon.log_text()
+    with DaemonProcess(tiny_model, *args, ipc_dir=folder):
+        pass
+    third, off, on = [e["detail"] for e in Record(url).events() if e["kind"] == "start"][2::-1]
+    assert "fail_rate_alarms_left" not in third, third  # the run before it stopped cleanly with none raised
+    assert off["fail_rate_alarms_ended"] == ["press1"] and "fail_rate_alarms_left" not in off, off
+    assert "fail_rate_alarms_left" not in on and "fail_rate_alarms_ended" not in on, on
+    daily = run_vqad("records", url, "--daily").stdout
+    assert "; the fail-rate alarm it left raised on press1 ended: the alarm is off" in daily, daily
 
 
 def test_a_camera_resumed_after_a_repair_counts_its_decisions_anew(caplog):
