@@ -1817,6 +1817,11 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
                   return row ? [row.children[10].textContent, row.children[10].className] : null"""
         said = ["3 (1 wrong, 1 not judged)", "bad"]  # RR-3's frame came frozen: the gate's fail proves nothing
         assert wait_for(lambda: driver.execute_script(cell) == said, 20), driver.execute_script(cell)
+        # Its fails name the master parts' among them: RR-2 failed as it must, and is no reject
+        # of the line's (the fail rate beside it counts products alone; RR-3's is the gate's).
+        fails = cell.replace("children[10]", "children[3]").replace(".className", ".title")
+        shown_fails = driver.execute_script(fails)
+        assert shown_fails[0] == "2 (1 master part)" and "not the line's rejects" in shown_fails[1], shown_fails
         # A master part's reject says its known decision, for the review dialog.
         header = result_header("cam1", 99, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
                                decision="fail", batch_size=1, part_id="RR-4")  # fmt: skip

@@ -1930,6 +1930,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
         assert table[0].split()[-3:] == ["master", "wrong", "unjudged"] and table[1].split()[-3:] == ["5", "1", "1"]
         assert "5 master part(s) run through, 1 decided wrongly, 1 not judged by the model" in table[-2], table
+        assert table[-2].endswith("; 2 of the fails are theirs, left out of the fail rate"), table
         daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
         assert daily_csv[0].endswith(",master,master_wrong,master_unproven") and daily_csv[1].endswith(",5,1,1")
         # The line's proofs, for an audit: each master part's check, right or wrong.

@@ -549,8 +549,10 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
         masters, wrong = sum(r["master"] for r in rows), sum(r["master_wrong"] for r in rows)
         if masters:
             unjudged = sum(r["master_unproven"] for r in rows)
+            failed = sum(r["fails"]["master"] for r in rows)
             print(f"{masters} master part(s) run through, {wrong} decided wrongly, {unjudged} not judged by the "
-                  "model (a paused camera, an unfit frame) (vqad records --master-parts lists each)")  # fmt: skip
+                  "model (a paused camera, an unfit frame) (vqad records --master-parts lists each); "
+                  f"{failed} of the fails are theirs, left out of the fail rate")  # fmt: skip
         n_days = len({r["day"] for r in rows})
         print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
               f"{len(changes)} change(s) to the daemon")  # fmt: skip

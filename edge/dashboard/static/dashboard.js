@@ -449,6 +449,14 @@ async function loadDaily(cam, id) {
       const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
         d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed, d.master]);
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
+      // A master part's fail (a red rabbit failed as it must) is no reject of the line's products:
+      // without a word, "4 fails" beside a fail rate of 0% and nothing to review reads as an error.
+      const masterFails = d.fails ? d.fails.master : 0;
+      if (masterFails > 0) {
+        tr.children[3].textContent = `${d.fail} (${masterFails} master part${masterFails > 1 ? "s" : ""})`;
+        tr.children[3].title = "master parts' fails are not the line's rejects: the fail rate and the review " +
+          "queue leave them out (the master parts column says whether they failed as they must)";
+      }
       // A master part the model decided wrongly: the day's proof failed (red); one whose frame it did
       // not judge proves nothing (amber).
       const notRight = [[d.master_wrong, "wrong"], [d.master_unproven, "not judged"]].filter(([n]) => n > 0);
