@@ -213,6 +213,7 @@ def test_the_live_view_counts_rates_histogram_and_rejects():
         view.add({**_header(i, score=3.0), "part_id": f"RR-{i}", "master": {"expected": "fail", "ok": True}}, b"", None)
     c = view.summary()["c"]
     assert c["fail_rate_5min"] == c["fail_rate_1h"] == pytest.approx(2 / 5) and c["fail"] == 5
+    assert c["master_fails"] == 3  # named among the fails, which count every decision
     assert [f.header["frame_id"] for f in view.rejects("c", 2)] == [9, 8]
 
 
@@ -1834,6 +1835,8 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         )
         marked = lambda: any(c.startswith("RR-4 ") and c.endswith(" master") for c in captions())  # noqa: E731
         assert wait_for(marked, 10), captions()
+        label = 'return document.querySelector(\'[data-camera="cam1"] [data-field="fail-label"]\').textContent'
+        assert wait_for(lambda: driver.execute_script(label) == "fail, 1 master part", 10), driver.execute_script(label)
         # Its verdict is known: the dialog takes no review of it, nor does the record.
         driver.execute_script("[...document.querySelectorAll('[data-camera=\"cam1\"] .reject')]"
                               ".find((t) => t.textContent.includes('RR-4 ')).click()")  # fmt: skip

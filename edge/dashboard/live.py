@@ -118,6 +118,7 @@ class CameraView:
             self.latest_framed = frame
         if decision == "fail":
             self.rejects.append(frame)
+            self.counts["master_fail"] += bool(h.get("master"))
 
     @property
     def pictured(self) -> LiveFrame | None:
@@ -169,6 +170,7 @@ class CameraView:
             "frames": c["frames"],
             "pass": c["pass"],
             "fail": c["fail"],
+            "master_fails": c["master_fail"],  # of the fails, the master parts' (no rejects of the line's)
             "error": c["error"],
             "dropped": c["dropped"],
             "last_ts_ns": self.last_ts_ns,

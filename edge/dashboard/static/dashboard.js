@@ -389,6 +389,8 @@ function drawCamera(id, c, daemon) {
   const cam = cameraSection(id);
   const n = cam.node;
   for (const key of ["frames", "pass", "fail", "error", "dropped"]) setText(n, key, String(c[key]));
+  // The master parts' fails are no rejects of the line's: the fail rates beside them leave them out.
+  setText(n, "fail-label", c.master_fails ? `fail, ${c.master_fails} master part${c.master_fails > 1 ? "s" : ""}` : "fail");
   setText(n, "fail-rate-5min", pct(c.fail_rate_5min));
   setText(n, "fail-rate-1h", pct(c.fail_rate_1h));
   setText(n, "cam-throughput", `${num(c.throughput_per_s, 3)}/s`);
