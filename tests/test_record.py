@@ -153,6 +153,10 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert {r["frame_id"]: r["part_id"] for r in rows} == {i: f"SN-{i:04d}" if i % 2 else None for i in range(n)}
     part = json.loads(run_vqad("records", url, "--part-id", "SN-0003", "--format", "json").stdout)
     assert [(r["camera_id"], r["frame_id"]) for r in part] == [("cam1", 3)]
+    # The table says what an audit asks first: the decision, and the score beside its threshold.
+    header, row = run_vqad("records", url, "--part-id", "SN-0003").stdout.splitlines()[:2]
+    assert header.split()[5:8] == ["dec.", "score", "threshold"], header
+    assert row.split()[6:9] == [part[0]["decision"], f"{part[0]['score']:.4g}", f"{part[0]['threshold']:.4g}"], row
     (error,) = record.results(part_id="SN-9999")
     assert error["status"] == "error" and error["camera_id"] == "cam2" and "truncated" in error["error"]
     out = json.loads(run_vqad("records", url, "--frame-id", target["frame_id"], "--format", "json").stdout)

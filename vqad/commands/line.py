@@ -458,13 +458,14 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     for n, r in enumerate(rows, 1):
         if n == 1:
             print(f"{'time':<25} {'camera':>10} {'frame':>8} {'result':>8} {'status':>7} {'dec.':>5} {'score':>8} "
-                  f"{'model':<12} reviews part unfit evidence")  # fmt: skip
+                  f"{'threshold':>9} {'model':<12} reviews part unfit evidence")  # fmt: skip
         when = _local_time(r["ts_ns"], zone)
-        score = "-" if r["score"] is None else f"{r['score']:.4g}"
+        # The score beside the threshold it was decided at: an audit reads how near the line it was.
+        score, threshold = ("-" if r[k] is None else f"{r[k]:.4g}" for k in ("score", "threshold"))
         verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
-              f"{r['decision'] or '-':>5} {score:>8} {(r['model_sha256'] or '')[:12]} {verdicts} "
+              f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {(r['model_sha256'] or '')[:12]} {verdicts} "
               f"{_part(r)} {unfit} {r['evidence'] or ''}")  # fmt: skip
     print(f"{n} results")
     return n
