@@ -1875,6 +1875,48 @@ def test_a_camera_known_from_the_record_shows_what_its_daemons_heartbeat_says_of
         assert cameras["standing"]["recorded_only"] and cameras["standing"]["paused"]
 
 
+def test_a_reject_its_killed_run_never_recorded_says_so_and_is_not_asked_for_again(tmp_path):
+    """A daemon killed before its writer committed its last rejects: the page showed them as
+    "not recorded yet" for good, asked the record for them twice a second for as long as they
+    stayed in the gallery, and their review was a 404. Once the daemon's next run beats, such a
+    reject says why it will never be recorded, and the page neither asks again nor offers a
+    review."""
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    from edge.record import Record
+
+    Record(url).close()  # a record that holds none of the stream's results
+    beat = {"ts_ns": 0, "every_s": 0.2, "published": 1, "threshold": 1.0, "stalled": False, "record": None,
+            "paused": []}  # fmt: skip
+    header = result_header("cam1", 7, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
+                           decision="fail", batch_size=1, part_id="SN-7")  # fmt: skip
+    rejects_asked = "return window.vqadStats.galleryFetches"
+    caption = "return document.querySelector('[data-camera=\"cam1\"] .reject .reviewed')?.textContent"
+    with _page_of_published_results(tmp_path, "--record", url) as (sock, driver):
+        assert wait_for(lambda: driver.execute_script("return window.vqadStats && window.vqadStats.events"), 10)
+        rejects = lambda: _json(dashboard_url(driver) + "/api/rejects?camera=cam1")[1]["rejects"]  # noqa: E731
+
+        def beating(run: str) -> bool:
+            sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": run}))
+            return _json(dashboard_url(driver) + "/api/summary")[1]["daemon"].get("up")
+
+        assert wait_for(lambda: beating("killed"), 10)
+        sock.send_multipart(result_message({**header, "run": "killed", "seq": 0}, b""))
+        (shown,) = wait_for(rejects, 10)
+        assert not shown["recorded"] and shown["unrecordable"] is None, shown  # its writer may yet commit it
+        sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": "next"}))
+        assert wait_for(lambda: rejects()[0]["unrecordable"], 10), rejects()
+        assert rejects()[0]["unrecordable"].startswith("the daemon run that decided it ended before recording it")
+        # The page's next look marks its tile, then stops asking.
+        assert wait_for(lambda: driver.execute_script(caption) == "not recorded", 10), driver.execute_script(caption)
+        asked = driver.execute_script(rejects_asked)
+        time.sleep(2.0)  # four of the page's half-second looks, were it still waiting for the record
+        assert driver.execute_script(rejects_asked) - asked <= 1, (asked, driver.execute_script(rejects_asked))
+        driver.execute_script("document.querySelector('[data-camera=\"cam1\"] .reject').click()")
+        said = wait_for(lambda: driver.find_element("id", "review-status").text, 5)
+        assert said.startswith("Not in the record: the daemon run that decided it ended before recording it"), said
+        assert not driver.find_element("id", "review-defect").is_enabled()
+
+
 def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:
     """A daemon's heartbeat saying `state`, and a reject of cam1 and of cam5: one turn of a line
     polled every 0.2 s, as the daemon beats."""

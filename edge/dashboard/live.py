@@ -67,6 +67,7 @@ class LiveFrame:
     frame_jpeg: bytes | None
     seen_s: float  # wall time the dashboard read it: matched against the record's publication times
     seen_mono: float  # the monotonic clock then: ages, rates and order, which a clock set does not move
+    source: str = ""  # the results endpoint it came from: its daemon
     _picture: bytes | None = None
 
     def picture_jpeg(self) -> bytes | None:
@@ -215,7 +216,7 @@ class LiveView:
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None, source: str = "") -> None:
         """A result read from the results endpoint `source`."""
-        frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic())
+        frame = LiveFrame(header, map_bytes, frame_jpeg, time.time(), time.monotonic(), source)
         with self.lock:
             self.results_seen += 1
             self._heard.add(source)
@@ -238,6 +239,15 @@ class LiveView:
         with self.lock:
             beat = self._heartbeats.get(source)
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
+
+    def run_ended(self, frame: LiveFrame) -> bool:
+        """Whether the daemon run that published `frame` has ended: its daemon's latest heartbeat
+        names another run. A result of that run not in the record by now never will be (a killed
+        run's writer had not committed it; a clean stop records every result first)."""
+        with self.lock:
+            beat = self._heartbeats.get(frame.source)
+        run, now_serving = frame.header.get("run"), beat[1].get("run") if beat else None
+        return bool(run and now_serving and run != now_serving)
 
     def refuse(self, source: str, why: str | None) -> None:
         """The daemon at `source` refuses the feed's connection, for `why`; None: no longer."""

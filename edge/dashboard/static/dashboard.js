@@ -733,8 +733,9 @@ async function loadGallery(cam, id, fails) {
     if (!newest()) return;
     cam.galleryFails = fails;
     cam.galleryNew = drawGallery($(cam.node, "gallery"), body.rejects);
-    // Rejects not in the record yet (its writer commits every half second): look again soon.
-    if (body.record && body.rejects.some((r) => !r.recorded)) scheduleGallery(cam, id, fails);
+    // Rejects not in the record yet (its writer commits every half second): look again soon; not
+    // for one that its ended run never recorded, which a look again would ask for all day.
+    if (body.record && body.rejects.some((r) => !r.recorded && !r.unrecordable)) scheduleGallery(cam, id, fails);
   } catch (err) {
     if (newest()) setText(cam.node, "gallery", `rejects unavailable: ${err.message}`);
   }
@@ -752,7 +753,11 @@ function drawGallery(gallery, rejects) {
     const tile = kept.get(tileKey(r)) || newTile(r);
     tile.onclick = opener(r, rejects);
     const verdict = r.reviews.length ? r.reviews[r.reviews.length - 1].verdict.replace("_", " ") : "";
-    tile.querySelector(".reviewed").textContent = verdict;
+    // A reject its ended run never recorded is known as such only later, once the daemon's next
+    // run beats: its tile says so from then on.
+    tile.querySelector(".reviewed").textContent = verdict || (r.unrecordable ? "not recorded" : "");
+    tile.title = r.unrecordable || "";
+    tile.classList.toggle("unrecordable", Boolean(r.unrecordable));
     return tile;
   });
   if (!tiles.length) { gallery.textContent = "none"; return 0; }
@@ -881,10 +886,11 @@ function openDetail(r, list = [r], queue = state.queue) {
   const record = state.summary ? state.summary.daemon : {};
   // A master part's verdict is known: reviewed as a false reject, a red rabbit would be exported
   // to train on as good (the record refuses such a review too).
-  const canReview = Boolean(record.record && !record.record_read_only && !r.master);
+  const canReview = Boolean(record.record && !record.record_read_only && !r.master && !r.unrecordable);
   for (const id of ["review-false-reject", "review-defect"]) document.getElementById(id).disabled = !canReview;
   document.getElementById("review-status").textContent = canReview ? ""
     : r.master ? `A master part's verdict is known (it must ${r.master}): it is not reviewed.`
+    : r.unrecordable ? `Not in the record: ${r.unrecordable}.`
     : record.record_read_only ? "This record cannot be written here (a read-only disk or medium): it is read, not reviewed."
     : "Reviews need the line's record (vqad dashboard --record URL).";
   const at = list.indexOf(r);
