@@ -1885,7 +1885,8 @@ def test_a_reject_its_killed_run_never_recorded_says_so_and_is_not_asked_for_aga
     from edge.record import Record
 
     Record(url).close()  # a record that holds none of the stream's results
-    beat = {"ts_ns": 0, "every_s": 0.2, "published": 1, "threshold": 1.0, "stalled": False, "record": None,
+    recording = {"pending": 0, "behind_s": 0.0, "unrecorded": 0, "error": None, "set_aside": None}
+    beat = {"ts_ns": 0, "every_s": 0.2, "published": 1, "threshold": 1.0, "stalled": False, "record": recording,
             "paused": []}  # fmt: skip
     header = result_header("cam1", 7, time.time_ns(), "ok", 1.0, {"name": "m", "sha256": "ab" * 32}, score=2.0,
                            decision="fail", batch_size=1, part_id="SN-7")  # fmt: skip
@@ -1915,6 +1916,12 @@ def test_a_reject_its_killed_run_never_recorded_says_so_and_is_not_asked_for_aga
         said = wait_for(lambda: driver.find_element("id", "review-status").text, 5)
         assert said.startswith("Not in the record: the daemon run that decided it ended before recording it"), said
         assert not driver.find_element("id", "review-defect").is_enabled()
+        # A daemon started without a record: none of its rejects will be in the page's record.
+        sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": "bare", "record": None}))
+        sock.send_multipart(result_message({**header, "frame_id": 9, "run": "bare", "seq": 0}, b""))
+        newest = lambda: rejects()[0]  # noqa: E731
+        assert wait_for(lambda: newest()["frame_id"] == 9 and newest()["unrecordable"], 10), newest()
+        assert newest()["unrecordable"].startswith("its daemon keeps no record (vqad serve --record)"), newest()
 
 
 def _beat_with_two_cameras(sock: zmq.Socket, **state) -> None:

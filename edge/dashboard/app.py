@@ -345,7 +345,7 @@ class Dashboard:
         for row in rows:
             published.setdefault((row["camera_id"], row["frame_id"]), []).append((row["published_ns"] or 0) / 1e9)
         streamed = self.view.rejects(camera, limit)
-        items += [_reject_item(f.header, False, root, unrecordable=self.view.run_ended(f))
+        items += [_reject_item(f.header, False, root, unrecordable=self.view.never_recorded(f))
                   for f in streamed if not _recorded(f, published)]  # fmt: skip
         items = sorted(items, key=lambda r: (r["ts_ns"], r["frame_id"]), reverse=True)[:limit]
         return JSONResponse({"rejects": items, "record": self.record is not None, "record_error": record_error})
@@ -562,15 +562,12 @@ def _live_image(live: LiveFrame, kind: str) -> Response:
     return Response(picture, media_type="image/jpeg")
 
 
-# Why a streamed reject that its ended run did not record is reviewed nowhere (`unrecordable`).
-RUN_ENDED_UNRECORDED = ("the daemon run that decided it ended before recording it (killed, crashed or the power "
-                        "lost): it is not in the record, and cannot be reviewed")  # fmt: skip
-
-
-def _reject_item(src: dict[str, Any], recorded: bool, root: str = "", unrecordable: bool = False) -> dict[str, Any]:
+def _reject_item(
+    src: dict[str, Any], recorded: bool, root: str = "", unrecordable: str | None = None
+) -> dict[str, Any]:
     """A reject as the API gives it, from a streamed header or a record row; its image links
-    under `root`, the prefix a reverse proxy serves the dashboard under. `unrecordable`: a
-    streamed one that its ended run never recorded."""
+    under `root`, the prefix a reverse proxy serves the dashboard under. `unrecordable`: why a
+    streamed one will never be in the record (LiveView.never_recorded)."""
     camera, frame_id = str(src["camera_id"]), int(src["frame_id"])
     result_id = src.get("id") if recorded else None
     base = f"{root}/api/image/{quote(camera, safe='')}/{frame_id}"
@@ -593,7 +590,7 @@ def _reject_item(src: dict[str, Any], recorded: bool, root: str = "", unrecordab
         master=src.get("master") if recorded else (src.get("master") or {}).get("expected"),
         model=src.get("model"),
         recorded=recorded,
-        unrecordable=RUN_ENDED_UNRECORDED if unrecordable else None,
+        unrecordable=unrecordable,
         reviews=src.get("reviews", []) if recorded else [],
         result_id=result_id,
         images={

@@ -58,6 +58,12 @@ RATE_WINDOW_S = 10.0
 BATCH_S = 0.05
 
 
+# Why a streamed reject is not in the record, and never will be (LiveView.never_recorded).
+RUN_ENDED_UNRECORDED = ("the daemon run that decided it ended before recording it (killed, crashed or the power "
+                        "lost): it is not in the record, and cannot be reviewed")  # fmt: skip
+NO_RECORD_UNRECORDED = "its daemon keeps no record (vqad serve --record): it cannot be reviewed"
+
+
 @dataclass
 class LiveFrame:
     """A result as streamed: its header, its map (None when not published), its frame as JPEG."""
@@ -240,14 +246,21 @@ class LiveView:
             beat = self._heartbeats.get(source)
         return None if beat is None else (time.monotonic() - beat[0], beat[1])
 
-    def run_ended(self, frame: LiveFrame) -> bool:
-        """Whether the daemon run that published `frame` has ended: its daemon's latest heartbeat
-        names another run. A result of that run not in the record by now never will be (a killed
-        run's writer had not committed it; a clean stop records every result first)."""
+    def never_recorded(self, frame: LiveFrame) -> str | None:
+        """Why the streamed `frame`, not in the record now, never will be, as its daemon's latest
+        heartbeat tells: that daemon keeps no record, or the run that published it has ended (a
+        killed run's writer had not committed it; a clean stop records every result first).
+        None while it may yet be recorded."""
         with self.lock:
             beat = self._heartbeats.get(frame.source)
-        run, now_serving = frame.header.get("run"), beat[1].get("run") if beat else None
-        return bool(run and now_serving and run != now_serving)
+        if beat is None:
+            return None
+        run, now = frame.header.get("run"), beat[1]
+        if run and now.get("run") and run != now["run"]:
+            return RUN_ENDED_UNRECORDED
+        if run == now.get("run") and "record" in now and now["record"] is None:
+            return NO_RECORD_UNRECORDED
+        return None
 
     def refuse(self, source: str, why: str | None) -> None:
         """The daemon at `source` refuses the feed's connection, for `why`; None: no longer."""
