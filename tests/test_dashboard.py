@@ -1830,6 +1830,10 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         rejects = lambda: _json(dashboard_url(driver) + "/api/rejects?camera=cam1")[1]["rejects"]  # noqa: E731
         shown = wait_for(lambda: [r for r in rejects() if r["part_id"] == "RR-4"], 10)
         assert shown and shown[0]["master"] == "fail" and all(r["master"] is None for r in rejects()[1:]), shown
+        assert shown[0]["master_outcome"] == "right" and rejects()[1]["master_outcome"] is None, shown
+        recorded = _json(dashboard_url(driver) + "/api/results?camera=cam5")[1]["results"]
+        assert [(r["part_id"], r["master_outcome"]) for r in recorded] == [
+            ("RR-3", "unproven"), ("RR-2", "right"), ("RR-1", "wrong")], recorded  # fmt: skip
         captions = lambda: driver.execute_script(  # noqa: E731 (the gallery's tiles' captions)
             "return [...document.querySelectorAll('[data-camera=\"cam1\"] .reject span')].map(s => s.textContent)"
         )

@@ -191,7 +191,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master")
+        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome")
         and "SN-0001" in "".join(csv_lines)
     )
     by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
@@ -1907,6 +1907,9 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
     writer.close()
     record = Record(record_url)
     assert [r["master"] for r in record.results(camera="a")][::-1] == [None, "fail", "fail", "pass", "fail", "fail"]
+    # What each check came to, as the stream names it: a program reads it without the rule.
+    outcomes = [r["master_outcome"] for r in record.results(camera="a")][::-1]
+    assert outcomes == [None, "right", "right", "right", "wrong", "unproven"], outcomes
     assert [r["part_id"] for r in record.results(camera="a", decision="fail", reviewed=False)] == ["SN-1"]
     # A master part's verdict is known: a red rabbit reviewed as a false reject would be exported
     # to train on as good. Reviews an older vqad took of master parts count as nothing.
@@ -1943,7 +1946,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "RR-4(master:must-fail,UNPROVEN) unfit:frozen" in shown, shown  # the gate's fail, no proof
         assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
-        assert csv_rows[0].endswith(",master") and csv_rows[1].endswith(",fail"), csv_rows
+        assert csv_rows[0].endswith(",master,master_outcome") and csv_rows[1].endswith(",fail,unproven"), csv_rows
         refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)
         assert refused.returncode != 0 and "--master-parts selects results to print" in refused.stderr
 

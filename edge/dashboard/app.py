@@ -56,7 +56,7 @@ from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError, ReviewedSinceError
 from edge.fail_rate import mostly_unfit
-from edge.master import master_words, outcome_of, proves
+from edge.master import master_words, outcome, outcome_of, proves
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
 from edge.record import Record
@@ -598,6 +598,9 @@ def _reject_item(
             "frame": f"{base}/frame{query}" if has_frame else None,
         },
     )
+    # What its check of the inspection came to, for a program that reads a master part's result
+    # as the stream's subscribers and the page read it (edge.master.outcome).
+    item["master_outcome"] = outcome(item["decision"], item["master"], item["unfit"]) if item["master"] else None
     return item
 
 

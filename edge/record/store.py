@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from edge.durable import rename_synced, sync_file, sync_folders, write_refusal
 from edge.errors import ConfigError, DataError, RecordMissingError, ReviewedSinceError
 from edge.frames import batched
+from edge.master import outcome
 from edge.progress import progress
 from edge.protocol import file_name, is_frame_id, is_id
 from edge.record.days import QUARTER_NS, UTC_DAYS, ProductionDays
@@ -568,6 +569,8 @@ class Record:
                 row["evidence_overlay"] = self.evidence_file(row["evidence_overlay"])
             row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
             row["reviews"] = found.get(row["id"], [])
+            # A master part's check, as the stream and the heartbeat name it (edge.master.outcome).
+            row["master_outcome"] = outcome(row["decision"], row["master"], row["unfit"]) if row["master"] else None
         return rows
 
     def iter_results(self, limit: int, page: int = PAGE_ROWS, **filters: Any) -> Iterator[dict[str, Any]]:

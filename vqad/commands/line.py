@@ -428,9 +428,10 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     """One row a result. `time` is `ts_ns` in the line's zone, for a spreadsheet; `overlay` is the
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them);
-    `master` is a master part's known decision (empty for a product)."""
+    `master` is a master part's known decision (empty for a product), `master_outcome` what its
+    check came to (right, wrong or unproven)."""
     table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id",
-                                        "time", "overlay", "run", "seq", "master"])  # fmt: skip
+                                        "time", "overlay", "run", "seq", "master", "master_outcome"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -439,7 +440,7 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
         seq = "" if r["seq"] is None else r["seq"]
         table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq,
-                   r.get("master") or ""])  # fmt: skip
+                   r.get("master") or "", r.get("master_outcome") or ""])  # fmt: skip
     return n
 
 
@@ -447,9 +448,7 @@ def _part(r: dict) -> str:
     """A result's part for a person: its id, and for a master part whether it got its verdict."""
     if not r.get("master"):
         return r["part_id"] or "-"
-    from edge.master import outcome
-
-    checked = outcome(r["decision"], r["master"], r.get("unfit"))
+    checked = r["master_outcome"]
     return f"{r['part_id']}(master:must-{r['master']},{checked if checked == 'right' else checked.upper()})"
 
 
