@@ -1908,7 +1908,12 @@ def test_a_reject_its_killed_run_never_recorded_says_so_and_is_not_asked_for_aga
         sock.send_multipart(result_message({**header, "run": "killed", "seq": 0}, b""))
         (shown,) = wait_for(rejects, 10)
         assert not shown["recorded"] and shown["unrecordable"] is None, shown  # its writer may yet commit it
-        sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": "next"}))
+        # Another daemon's run on the same socket (not one that follows it) proves nothing lost.
+        sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": "other"}))
+        time.sleep(1.0)
+        assert rejects()[0]["unrecordable"] is None, rejects()
+        follows = {"run": "next", "previous_runs": ["earlier", "killed"]}
+        sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), **follows}))
         assert wait_for(lambda: rejects()[0]["unrecordable"], 10), rejects()
         assert rejects()[0]["unrecordable"].startswith("the daemon run that decided it ended before recording it")
         # The page's next look marks its tile, then stops asking.

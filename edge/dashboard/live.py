@@ -248,15 +248,15 @@ class LiveView:
 
     def never_recorded(self, frame: LiveFrame) -> str | None:
         """Why the streamed `frame`, not in the record now, never will be, as its daemon's latest
-        heartbeat tells: that daemon keeps no record, or the run that published it has ended (a
-        killed run's writer had not committed it; a clean stop records every result first).
-        None while it may yet be recorded."""
+        heartbeat tells: that daemon keeps no record, or it names the run that published the
+        frame among the runs before it (`previous_runs`: a killed run's writer had not committed
+        it; a clean stop records every result first). None while it may yet be recorded."""
         with self.lock:
             beat = self._heartbeats.get(frame.source)
         if beat is None:
             return None
         run, now = frame.header.get("run"), beat[1]
-        if run and now.get("run") and run != now["run"]:
+        if run and run != now.get("run") and run in (now.get("previous_runs") or ()):
             return RUN_ENDED_UNRECORDED
         if run == now.get("run") and "record" in now and now["record"] is None:
             return NO_RECORD_UNRECORDED
