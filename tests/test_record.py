@@ -2410,6 +2410,34 @@ def test_a_restart_onto_another_record_does_not_count_the_previous_runs_results_
     assert "the previous run's 1 results are all recorded" in caplog.text, caplog.text
 
 
+def test_the_count_of_results_handed_is_kept_while_a_slow_batch_writes_its_evidence(tmp_path, monkeypatch, caplog):
+    """The state file's count was written before each transaction only: a daemon killed while a
+    batch of fails wrote its evidence (a second or more for large frames) left the results handed
+    meanwhile uncounted, and the next start said the previous run's results were all recorded
+    while 29 had no row. The count is kept while the batch is written; a run that did not stop
+    is said to have counted only what it had."""
+    state = tmp_path / "vqad-serve.record.json"
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", state_file=state).start()
+    row = writer._row
+    monkeypatch.setattr(writer, "_row", lambda *args: (time.sleep(0.1), row(*args))[1])  # 0.1 s of evidence a row
+    for i in range(20):
+        writer.put(_result("c", i), time.time_ns())
+    handed = lambda: json.loads(state.read_text())["handed"] if state.is_file() else 0  # noqa: E731
+    assert wait_for(lambda: handed() == 20, 5), handed()  # the batch of 20 is being written
+    for i in range(20, 25):  # published while it is
+        writer.put(_result("c", i), time.time_ns())
+    assert wait_for(lambda: handed() == 25 and writer.recorded == 0, 1.5), (handed(), writer.recorded)
+    writer.close()
+    assert json.loads(state.read_text())["closed"] is True and writer.recorded == 25
+    # A run that ended without its close (killed): its count is what it had kept.
+    kept = {**json.loads(state.read_text()), "closed": False}
+    state.write_text(json.dumps(kept))
+    with caplog.at_level(logging.INFO, logger="edge.record.writer"):
+        RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", state_file=state).start().close()
+    said = "the previous run's 25 results counted before it ended are all recorded; it ended without stopping"
+    assert said in caplog.text and "are all recorded\n" not in caplog.text, caplog.text
+
+
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):
     db = tmp_path / "line.db"
     url = f"sqlite:///{db}"

@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 # milliseconds on SQLite and PostgreSQL alike; a commit per row would be the bottleneck.
 BATCH_ROWS = 256
 FLUSH_S = 0.5
+# While a batch's evidence is written (the fails of large frames: seconds for a batch), the state
+# file's count of the results handed to the writer is brought up to date this often: a kill then
+# leaves the results of about this long uncounted, not those of the whole batch.
+STATE_EVERY_S = 0.25
 RETRY_MAX_S = 5.0
 # The frames that wait in the buffer for their evidence to be written, at most. Each is held as
 # received, 3.9 MB at 1280 x 1024 in colour: without a bound, 500 fails held while the database
@@ -148,6 +152,7 @@ class RecordWriter:
         self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
         self.run_id = run_id or uuid.uuid4().hex  # the daemon's, which its results name
         self.handed = 0
+        self._state_saved = 0.0  # when the state file was last written (monotonic)
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
         self._after_id = 0  # every row of this run has a greater id (known once the record answers)
@@ -383,7 +388,7 @@ class RecordWriter:
             if self._events_waiting and not self.thread.is_alive():  # one more try, from here
                 with contextlib.suppress(sa.exc.SQLAlchemyError):
                     self._store_waiting_events()
-        self._save_state()
+        self._save_state(closed=True)
         left = len(self.buffer)
         if left:
             self._count_unrecorded(left)
@@ -500,7 +505,11 @@ class RecordWriter:
             if result.frame is not None
         ]
         self._save_state()
-        rows = [self._row(result, pub, ts) for result, pub, ts in timed]
+        rows = []
+        for result, pub, ts in timed:
+            rows.append(self._row(result, pub, ts))
+            if time.monotonic() - self._state_saved >= STATE_EVERY_S:
+                self._save_state()
         # The evidence is on the disk before the rows that name it commit (edge.durable): after a
         # power cut, a row's images are whole, or the row is not there.
         sync_folders(self._folders_changed)
@@ -610,9 +619,11 @@ class RecordWriter:
         folder = self.evidence_dir / file_name(h["camera_id"]) / day
         return folder / f"{stem}.png", folder / f"{stem}_overlay.jpg"
 
-    def _save_state(self) -> None:
-        """How many results this run was handed, before each transaction: after a kill, the
-        rows this run lacks are at least that count minus the rows it has."""
+    def _save_state(self, closed: bool = False) -> None:
+        """How many results this run was handed, before each transaction and while one writes its
+        evidence: after a kill, the rows this run lacks are at least that count minus the rows it
+        has. `closed`: the writer has stopped, and the count is whole."""
+        self._state_saved = time.monotonic()
         if self.state_file is None:
             return
         pending = self._pending
@@ -621,7 +632,7 @@ class RecordWriter:
         try:
             write_whole(self.state_file, {"run": self.run_id, "handed": self.handed, "after_id": self._after_id,
                                           "record": self.where, "record_id": self.record_id,
-                                          "evidence_pending": pending})  # fmt: skip
+                                          "evidence_pending": pending, "closed": closed})  # fmt: skip
         except OSError as exc:  # a full disk: the rows matter more than the count of them
             if not self._state_failed:
                 log.error("the record's state file %s cannot be written (%s): a restart after a kill will "
@@ -668,8 +679,12 @@ class RecordWriter:
         if missing > 0:
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
                         "(it stopped before they were committed)", rows, missing)  # fmt: skip
-        else:
+        elif state.get("closed"):
             log.info("the previous run's %d results are all recorded", rows)
+        else:  # killed: results handed since its count was last kept are not in it
+            log.info("the previous run's %d results counted before it ended are all recorded; it ended without "
+                     "stopping, and those of its last moments (under a second, while the record answered) may "
+                     "have no row: its subscribers had them", rows)  # fmt: skip
         if unnamed:
             # Counted from the folder when the quota first runs, after this: not taken off a count.
             self.house.forget(unnamed, counted=False)
