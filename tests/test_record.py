@@ -1939,7 +1939,8 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "5 master part(s) run through, 1 decided wrongly, 1 not judged by the model" in table[-2], table
         assert table[-2].endswith("; 2 of the fails are theirs, left out of the fail rate"), table
         daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
-        assert daily_csv[0].endswith(",master,master_wrong,master_unproven") and daily_csv[1].endswith(",5,1,1")
+        assert daily_csv[0].endswith(",master,master_wrong,master_unproven,products_decided,products_failed")
+        assert daily_csv[1].endswith(",5,1,1,1,1"), daily_csv  # SN-1 alone is a product: decided, and failed
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown
@@ -2699,23 +2700,28 @@ def _day_row(day: str, passes: int, model: str = "ab" * 32, **fails: int) -> dic
     """A row of Record.daily for camera "cam0": `fails` by what they were (defect, false_reject,
     unreviewed, unfit, master)."""
     found = {k: fails.get(k, 0) for k in ("defect", "false_reject", "unreviewed", "unfit", "master")}
+    products_failed = sum(found.values()) - found["master"]  # the master parts passed none here
     return {"day": day, "camera_id": "cam0", "model_sha256": model, "pass": passes, "fail": sum(found.values()),
-            "fails": found}  # fmt: skip
+            "fails": found, "products_decided": passes + products_failed,
+            "products_failed": products_failed}  # fmt: skip
 
 
 def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found():
-    """A bar a day, as tall as its fail rate and split by its fails' verdicts; a day without
-    results is a gap; a day whose model is not the day before's is marked and named."""
+    """A bar a day, as tall as its products' fail rate (the tally's) and split by its fails'
+    verdicts; a day without results is a gap; a day whose model is not the day before's is
+    marked and named. A shift's master parts are no products: a camera whose products all
+    passed was drawn at a fail rate of 2.48%, all of it master parts, beside a tally of 0%."""
     from edge.record.trend import LEFT, MODEL_LINE, PANEL_HEIGHT, PARTS, RIGHT, TITLE_HEIGHT, daily_picture
 
     rows = [
         _day_row("2026-12-01", 98, defect=2),  # 2%
         _day_row("2026-12-03", 80, false_reject=10, unreviewed=10),  # 20%, the 2nd without results
-        _day_row("2026-12-04", 90, model="cd" * 32, defect=5, unfit=3, master=2),  # 10%, another model
+        _day_row("2026-12-04", 90, model="cd" * 32, defect=5, unfit=3, master=2),  # 8 of 98, another model
+        _day_row("2026-12-05", 95, master=5),  # 0%: the master parts' fails are no products'
     ]
     image = daily_picture(rows, "fail rate per day")
     assert image.shape[0] == TITLE_HEIGHT + PANEL_HEIGHT
-    step = (image.shape[1] - LEFT - RIGHT) / 4
+    step = (image.shape[1] - LEFT - RIGHT) / 5
     colours = {key: np.array(colour, np.uint8) for key, _, colour in PARTS}
 
     def column(n: int, key: str) -> int:
@@ -2726,8 +2732,10 @@ def test_the_daily_picture_draws_each_days_fail_rate_split_by_what_reviews_found
     assert column(0, "defect") > 0 and column(1, "defect") == column(1, "unreviewed") == 0  # the gap
     assert column(2, "false_reject") + column(2, "unreviewed") > 8 * column(0, "defect")  # 20% against 2%
     assert abs(column(2, "false_reject") - column(2, "unreviewed")) <= 1
-    assert column(3, "defect") > 0 and column(3, "unfit") > 0 and column(3, "master") > 0
-    assert abs(sum(column(3, key) for key, _, _ in PARTS) - column(0, "defect") * 5) <= 5  # the whole 10%
+    assert column(3, "defect") > 0 and column(3, "unfit") > 0
+    assert abs(sum(column(3, key) for key, _, _ in PARTS) - column(0, "defect") * (8 / 98) / (2 / 100)) <= 5
+    assert sum(column(4, key) for key, _, _ in PARTS) == 0  # nothing drawn for the master parts'
+    assert "master" not in colours
     model_colour = np.array(MODEL_LINE, np.uint8)
     edge = int(LEFT + 3 * step)
     assert (image[TITLE_HEIGHT:, edge - 2 : edge + 1] == model_colour).all(axis=2).sum() > 20  # where it began

@@ -1072,6 +1072,9 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "master_unproven": counts["master_unproven"],  # and those whose frame it did not judge
             MISSED: found.get(MISSED, 0),
             "fail_rate": round(failed_n / decided_n, 6) if decided_n else None,
+            # Its denominator and numerator: the products' decisions and fails (master parts left out).
+            "products_decided": decided_n,
+            "products_failed": failed_n,
             # The fails parted by what they were, adding up to `fail`: a fail of the camera health
             # gate or of a master part counted there alone, reviewed or not; the model's own fails
             # of products by their verdicts, and those not reviewed yet.

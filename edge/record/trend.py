@@ -1,7 +1,7 @@
-"""The picture of `vqad records --daily`: per camera, each day's fail rate as a bar, split by
-what the fails were (the model's confirmed defects, false rejects and those not reviewed yet,
-the camera health gate's unfit frames, and master parts), with each change of model marked
-where it began. A quality
+"""The picture of `vqad records --daily`: per camera, each day's fail rate of the line's products
+as a bar (the tally's `fail_rate`: a shift's master parts are no products), split by what the
+fails were (the model's confirmed defects, false rejects and those not reviewed yet, the camera
+health gate's unfit frames), with each change of model marked where it began. A quality
 engineer's month at a glance: where the rate moved, whether reviews called it defects or false
 rejects, and whether a new package came in that day. Drawn with OpenCV, as on the edge box.
 """
@@ -20,15 +20,17 @@ from edge.histogram import FONT, TEXT, Colour, fitted
 PANEL_HEIGHT, TITLE_HEIGHT = 210, 54
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 34  # a panel's plot area inside it
 MIN_WIDTH, DAY_WIDTH, MAX_DAY_WIDTH = 640, 6, 28  # pixels: the picture, and a day's bar at least / most
-# The parts of a day's fails (a daily row's `fails`, which add up to its `fail`), bottom up,
-# with their colours (BGR).
+# The parts of a day's fails of products (a daily row's `fails` less the master parts', which add
+# up to its `products_failed`), bottom up, with their colours (BGR).
 PARTS: tuple[tuple[str, str, Colour], ...] = (
     ("defect", "confirmed defects", (50, 50, 220)),
     ("unreviewed", "not reviewed", (40, 150, 240)),
     ("false_reject", "false rejects", (150, 150, 150)),
     ("unfit", "camera unfit", (200, 120, 40)),
-    ("master", "master parts", (60, 160, 60)),
 )
+# The model's own fails of products, by their verdicts: the rest of a day's products' fails are
+# the camera health gate's (`unfit` counts a master part's unfit frame too).
+VERDICT_PARTS = ("defect", "unreviewed", "false_reject")
 MODEL_LINE = (120, 40, 120)
 MODEL_LABEL = "another model from this day"
 
@@ -79,10 +81,11 @@ def _panel(panel: np.ndarray, camera: str, days: list[str], rows: list[dict[str,
     by_day: dict[str, dict[str, Any]] = {}
     for r in rows:  # a day with two models has a row of each
         day = by_day.setdefault(r["day"], {"decided": 0, "fail": 0, "models": [], **{k: 0 for k, _, _ in PARTS}})
-        day["decided"] += r["pass"] + r["fail"]
-        day["fail"] += r["fail"]
-        for key, _, _ in PARTS:
+        day["decided"] += r["products_decided"]
+        day["fail"] += r["products_failed"]
+        for key in VERDICT_PARTS:
             day[key] += r["fails"][key]
+        day["unfit"] += r["products_failed"] - sum(r["fails"][key] for key in VERDICT_PARTS)
         day["models"].append(r["model_sha256"] or "-")
     rates = [d["fail"] / d["decided"] for d in by_day.values() if d["decided"]]
     peak = max([0.01, *rates])  # at least 1%: a quiet line's bars are not drawn as tall as a bad day's

@@ -472,7 +472,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
                  "false_reject", "defect", "unreviewed", "unfit", "missed", "master", "master_wrong",
-                 "master_unproven")  # fmt: skip
+                 "master_unproven", "products_decided", "products_failed")  # fmt: skip
 
 
 def _time_window(args: argparse.Namespace, zone: dt.tzinfo) -> tuple[int | None, int | None]:
@@ -507,7 +507,7 @@ def _draw_daily(rows: list[dict], days: ProductionDays, path: Path, to: TextIO) 
 
     span = f"{rows[0]['day']} to {rows[-1]['day']}" if rows else "no results"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_image(path, daily_picture(rows, f"fail rate per day ({days.describe()}), {span}"))
+    write_image(path, daily_picture(rows, f"products' fail rate per day ({days.describe()}), {span}"))
     print(f"picture: {path}", file=to)
 
 
