@@ -129,21 +129,28 @@ def _training(meta: dict[str, Any]) -> str:
     return f"training   {t.get('step', '?')} steps{ended}{images}" + (f"; {built}" if built else "")
 
 
-def served_lines(pkg: ModelPackage, state_dir: Path) -> list[str]:
+def served_lines(pkg: ModelPackage, state_dir: Path, edge_threshold: float | None = None) -> list[str]:
     """What a daemon started on `pkg` with the state folder `state_dir` keeps over the package
     (edge.state.Overrides): the threshold set with `vqad ctl` that it serves instead of the
-    package's, or one it drops at its start; the cameras it keeps paused. Empty when none."""
+    configured one, or one it drops at its start; the cameras it keeps paused. `edge_threshold`:
+    its config's edge.threshold, when `vqad info --config` names one, which it serves instead of
+    the package's. Empty when none."""
     overrides = Overrides.load(state_dir)
     kept, lines = overrides.threshold, []
+    configured = pkg.threshold if edge_threshold is None else edge_threshold
+    if edge_threshold is not None:
+        lines.append(f"configured {edge_threshold:.6g}: edge.threshold in the config, served instead of the "
+                     f"package's {pkg.threshold:.6g}")  # fmt: skip
     if kept is not None:
         said = (f"{kept['value']:.6g}: vqad ctl set-threshold by {kept['source'].get('who') or 'unknown'} at "
                 f"{kept['source'].get('at') or '?'} ({kept['source'].get('reason') or 'no reason'})")  # fmt: skip
-        if overrides.applies(pkg.sha256, pkg.threshold):
+        if overrides.applies(pkg.sha256, configured):
+            unless = " (unless edge.threshold is set: vqad info --config)" if edge_threshold is None else ""
             lines.append(f"served at  {said}, kept in {overrides.path}: a daemon started on this package serves it, "
-                         f"not {pkg.threshold:.6g} (unless edge.threshold is set)")  # fmt: skip
+                         f"not {configured:.6g}{unless}")  # fmt: skip
         else:
             lines.append(f"note       {said}, kept in {overrides.path}, replaced {kept['replaces']:.6g} on another "
-                         "package or calibration: a daemon's start drops it")  # fmt: skip
+                         "package, calibration or edge.threshold: a daemon's start drops it")  # fmt: skip
     if overrides.paused:
         lines.append(f"paused     {', '.join(overrides.paused)}: with vqad ctl pause, kept in {overrides.path}")
     return lines

@@ -192,7 +192,7 @@ def test_a_packages_card_says_what_it_is_and_whether_its_graphs_are_whole(tiny_m
     card = _info(copy).stdout.splitlines()
     assert card[-2].startswith("served at  0.7: vqad ctl set-threshold by ann at 2026-12-07T06:00:00+00:00 (lamp "
                                "replaced), kept in "), card  # fmt: skip
-    assert card[-2].endswith("a daemon started on this package serves it, not 0.5 (unless edge.threshold is set)")
+    assert card[-2].endswith("serves it, not 0.5 (unless edge.threshold is set: vqad info --config)"), card
     assert card[-1].startswith("paused     cam7: with vqad ctl pause")
     served = json.loads(_info(copy, "--format", "json").stdout)["served"]
     assert served["threshold"]["value"] == 0.7 and served["threshold_applies"] and served["paused"] == ["cam7"]
@@ -201,6 +201,18 @@ def test_a_packages_card_says_what_it_is_and_whether_its_graphs_are_whole(tiny_m
     Overrides(elsewhere / Overrides.FILE_NAME, {**kept, "replaces": 0.9}, []).save()
     card = _info(copy, "--state-dir", elsewhere).stdout.splitlines()
     assert card[-1].startswith("note       0.7: vqad ctl set-threshold by ann") and "drops it" in card[-1], card
+    # The config the daemon runs with: its edge.threshold is what the line serves, and the
+    # threshold kept with vqad ctl replaced that one, on its state folder.
+    config = tmp_path / "edge.yaml"
+    config.write_text(f"threshold: 0.9\nstate_dir: {elsewhere}\n")
+    card = _info(copy, "--config", config).stdout.splitlines()
+    assert card[-2] == "configured 0.9: edge.threshold in the config, served instead of the package's 0.5", card
+    assert card[-1].startswith("served at  0.7: vqad ctl") and card[-1].endswith("serves it, not 0.9"), card
+    served = json.loads(_info(copy, "--config", config, "--format", "json").stdout)["served"]
+    assert served["state_dir"] == str(elsewhere) and served["configured_threshold"] == 0.9, served
+    assert served["threshold_applies"] is True, served
+    card = _info(copy, "--config", config, "--set", "edge.threshold=0.8").stdout.splitlines()
+    assert card[-2].startswith("configured 0.8") and card[-1].startswith("note       0.7"), card  # it replaced 0.9
 
     with open(copy / "model_fp16.onnx", "ab") as graph:
         graph.write(b"\0")  # a copy cut or changed on its way to the box

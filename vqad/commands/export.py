@@ -71,19 +71,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     """`vqad info MODEL_DIR`: the package's card (or its model.json); exit 4 when a graph is not
     the file it was exported with."""
     from edge.card import graph_states, package_card, served_lines
+    from edge.config import load_config
     from edge.package import load_package
+    from edge.settings import EdgeConfig
     from edge.state import Overrides
 
     pkg = load_package(args.model)
     states = graph_states(pkg)  # each graph read whole once
-    state_dir = args.state_dir or pkg.root  # edge.state_dir's default: the package's folder
+    over = overrides(args, "edge")
+    cfg = load_config(EdgeConfig, args.config, over) if args.config or over else None
+    # The daemon's: --state-dir, else the config's edge.state_dir, else the package's folder.
+    state_dir = args.state_dir or (cfg.state_folder(pkg.root) if cfg else pkg.root)
+    edge_threshold = cfg.threshold if cfg else None
     if args.format == "json":
         kept = Overrides.load(state_dir)
+        configured = pkg.threshold if edge_threshold is None else edge_threshold
         served = {"state_dir": str(state_dir), "threshold": kept.threshold, "paused": kept.paused,
-                  "threshold_applies": kept.applies(pkg.sha256, pkg.threshold)}  # fmt: skip
+                  "configured_threshold": configured if cfg else None,
+                  "threshold_applies": kept.applies(pkg.sha256, configured)}  # fmt: skip
         print(json.dumps({**pkg.meta, "graphs": states, "served": served}, indent=2))
     else:
-        print("\n".join(package_card(pkg, states) + served_lines(pkg, state_dir)))
+        print("\n".join(package_card(pkg, states) + served_lines(pkg, state_dir, edge_threshold)))
     broken = [name for name, state in states.items() if state != "verified"]
     if broken:
         log.error("%s: %s not the file(s) it was exported with: export it again, or copy it whole", pkg.root,
@@ -130,4 +138,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="the daemon's state folder (edge.state_dir; default MODEL_DIR): the threshold set with vqad "
                    "ctl and the paused cameras it keeps over the package")  # fmt: skip
+    i.add_argument("--config", type=Path, metavar="EDGE_YAML",
+                   help="the edge config the daemon runs with: its edge.threshold, served instead of the package's, "
+                   "and its edge.state_dir")  # fmt: skip
+    set_arg(i, "edge")
     i.set_defaults(func=cmd_info)
