@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 import zmq
@@ -213,3 +215,37 @@ def write_protected(*paths: Path) -> Iterator[None]:
     finally:
         for path in reversed(protected):
             subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+class PipeLines:
+    """The lines a child process has written to a pipe so far, read without blocking. The pipe's
+    descriptor is read directly: select() on a buffered file object misses the lines its buffer
+    already holds, and a wait for the second of two lines written together ran to its end."""
+
+    def __init__(self, stream: IO):
+        self.fd, self.lines, self.ended = stream.fileno(), [], False
+        self._partial = b""
+
+    def read(self, timeout: float = 0.0) -> list[str]:
+        """Every line so far, after reading what the pipe holds (waiting up to `timeout` seconds
+        for something when it holds nothing)."""
+        wait = timeout
+        while not self.ended and select.select([self.fd], [], [], wait)[0]:
+            chunk = os.read(self.fd, 65536)
+            self.ended = not chunk  # the process closed its end
+            *done, self._partial = (self._partial + chunk).split(b"\n")
+            self.lines += [line.decode(errors="replace").strip() for line in done]
+            wait = 0.0
+        return self.lines
+
+    def text(self) -> str:
+        """What was read, as the pipe gave it (a last line without its newline included)."""
+        done = "".join(f"{line}\n" for line in self.lines)
+        return done + self._partial.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """Everything said until a line holds `text`, the pipe ends, or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines) and not self.ended and time.monotonic() < deadline:
+            self.read(timeout=max(0.0, deadline - time.monotonic()))
+        return "\n".join(self.lines)

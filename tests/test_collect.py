@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import select
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ from edge.protocol import Limits, frame_message, parse_frame
 from edge.transport import free_loopback_port
 from tests.browser import wait_for
 from tests.conftest import ROOT, VQAD, run_vqad
-from tests.edge_helpers import Camera, header
+from tests.edge_helpers import Camera, PipeLines, header
 
 
 def _collect(out, *args, preexec_fn=None) -> tuple[subprocess.Popen, str]:
@@ -38,7 +37,7 @@ def _sent_to_the_end(proc: subprocess.Popen, endpoint: str, messages: list) -> t
         for message in messages:
             cam.send(message)
         cam.close()
-        return proc.communicate(timeout=60)
+        return _to_the_end(proc, 60)
     finally:
         proc.kill()
 
@@ -56,17 +55,24 @@ def _bound(proc: subprocess.Popen) -> None:
     _said(proc, "collecting frames at")
 
 
+def _log_of(proc: subprocess.Popen) -> PipeLines:
+    """The collector's log as read so far: one reader for the process, so that a line read while
+    waiting for another is kept."""
+    if not hasattr(proc, "log_lines"):
+        proc.log_lines = PipeLines(proc.stderr)
+    return proc.log_lines
+
+
 def _said(proc: subprocess.Popen, text: str) -> None:
     """Wait until the collector's log says `text` (at most 30 s)."""
-    said, deadline = "", time.monotonic() + 30
-    while text not in said and time.monotonic() < deadline:
-        if not select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            break
-        line = proc.stderr.readline()  # empty once the process has ended
-        if not line:
-            break
-        said += line
-    assert text in said, said + (proc.stderr.read() if proc.poll() is not None else "")
+    said = _log_of(proc).wait_for(text, 30)
+    assert text in said, said
+
+
+def _to_the_end(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The collector's (stdout, stderr) once it ends, its log whole: what waits read included."""
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return stdout, _log_of(proc).text() + stderr
 
 
 def test_frames_are_saved_as_the_daemon_decodes_them_a_folder_a_camera(tmp_path):
@@ -142,7 +148,7 @@ def test_every_s_keeps_a_cameras_frame_at_most_so_often_and_sigterm_ends_with_th
         time.sleep(1.0)  # the other two arrive
         cam.close()
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
+        stdout, stderr = _to_the_end(proc, 30)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
@@ -208,7 +214,7 @@ def test_with_curve_on_only_an_authorized_cameras_frames_are_collected(tmp_path)
                 sock.send_multipart(frame_message(camera_id, 0, np.full((16, 16), 99, np.uint8)))
             else:
                 assert camera_id == "mallory", "the authorized camera's handshake did not complete in 30 s"
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = _to_the_end(proc, 60)
     finally:
         proc.kill()
         for sock in sockets:
@@ -239,7 +245,7 @@ def test_a_camera_whose_key_is_removed_is_no_longer_collected(tmp_path):
         cameras["gone"].send(frame_message("gone", 1, np.full((16, 16), 99, np.uint8)))
         _said(proc, "refused frames from a client whose key")
         cameras["kept"].send(frame_message("kept", 0, np.full((16, 16), 99, np.uint8)))
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = _to_the_end(proc, 60)
     finally:
         proc.kill()
         for camera in cameras.values():

@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from tests.edge_helpers import (
     AS_ON_THE_EDGE,
     Camera,
     DaemonProcess,
+    PipeLines,
     Subscriber,
     header,
     metrics_text,
@@ -1238,13 +1238,12 @@ def test_the_protocol_docs_subscriber_reports_results_the_record_never_got_and_g
 
 
 def _lines_so_far(proc: subprocess.Popen, lines: list[str] | None = None) -> list[str]:
-    """The lines `proc` has printed by now (read without blocking), added to `lines`."""
+    """The lines `proc` has printed by now (read without blocking), in `lines` (cleared and
+    refilled: one reader for the process keeps them, edge_helpers.PipeLines)."""
+    if not hasattr(proc, "printed"):
+        proc.printed = PipeLines(proc.stdout)
     lines = [] if lines is None else lines
-    while select.select([proc.stdout], [], [], 0)[0]:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.strip())
+    lines[:] = proc.printed.read()
     return lines
 
 
