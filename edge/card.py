@@ -129,23 +129,23 @@ def _training(meta: dict[str, Any]) -> str:
     return f"training   {t.get('step', '?')} steps{ended}{images}" + (f"; {built}" if built else "")
 
 
-def served_lines(pkg: ModelPackage, state_dir: Path, edge_threshold: float | None = None) -> list[str]:
+def served_lines(pkg: ModelPackage, state_dir: Path, configured: float | None = None) -> list[str]:
     """What a daemon started on `pkg` with the state folder `state_dir` keeps over the package
     (edge.state.Overrides): the threshold set with `vqad ctl` that it serves instead of the
-    configured one, or one it drops at its start; the cameras it keeps paused. `edge_threshold`:
-    its config's edge.threshold, when `vqad info --config` names one, which it serves instead of
-    the package's. Empty when none."""
+    configured one, or one it drops at its start; the cameras it keeps paused. `configured`: the
+    threshold its config starts it on (edge.serving.configured_threshold), when `vqad info
+    --config` names the config; None: the package's, edge.threshold unknown. Empty when none."""
     overrides = Overrides.load(state_dir)
     kept, lines = overrides.threshold, []
-    configured = pkg.threshold if edge_threshold is None else edge_threshold
-    if edge_threshold is not None:
-        lines.append(f"configured {edge_threshold:.6g}: edge.threshold in the config, served instead of the "
+    if configured is not None and configured != pkg.threshold:
+        lines.append(f"configured {configured:.6g}: edge.threshold in the config, served instead of the "
                      f"package's {pkg.threshold:.6g}")  # fmt: skip
+    unless = " (unless edge.threshold is set: vqad info --config)" if configured is None else ""
+    configured = pkg.threshold if configured is None else configured
     if kept is not None:
         said = (f"{kept['value']:.6g}: vqad ctl set-threshold by {kept['source'].get('who') or 'unknown'} at "
                 f"{kept['source'].get('at') or '?'} ({kept['source'].get('reason') or 'no reason'})")  # fmt: skip
         if overrides.applies(pkg.sha256, configured):
-            unless = " (unless edge.threshold is set: vqad info --config)" if edge_threshold is None else ""
             lines.append(f"served at  {said}, kept in {overrides.path}: a daemon started on this package serves it, "
                          f"not {configured:.6g}{unless}")  # fmt: skip
         else:

@@ -73,6 +73,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from edge.card import graph_states, package_card, served_lines
     from edge.config import load_config
     from edge.package import load_package
+    from edge.serving import configured_threshold
     from edge.settings import EdgeConfig
     from edge.state import Overrides
 
@@ -82,16 +83,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     cfg = load_config(EdgeConfig, args.config, over) if args.config or over else None
     # The daemon's: --state-dir, else the config's edge.state_dir, else the package's folder.
     state_dir = args.state_dir or (cfg.state_folder(pkg.root) if cfg else pkg.root)
-    edge_threshold = cfg.threshold if cfg else None
+    configured = configured_threshold(pkg, cfg) if cfg else None  # None: edge.threshold unknown
     if args.format == "json":
-        kept = Overrides.load(state_dir)
-        configured = pkg.threshold if edge_threshold is None else edge_threshold
+        kept, starts_on = Overrides.load(state_dir), pkg.threshold if configured is None else configured
         served = {"state_dir": str(state_dir), "threshold": kept.threshold, "paused": kept.paused,
-                  "configured_threshold": configured if cfg else None,
-                  "threshold_applies": kept.applies(pkg.sha256, configured)}  # fmt: skip
+                  "configured_threshold": configured,
+                  "threshold_applies": kept.applies(pkg.sha256, starts_on)}  # fmt: skip
         print(json.dumps({**pkg.meta, "graphs": states, "served": served}, indent=2))
     else:
-        print("\n".join(package_card(pkg, states) + served_lines(pkg, state_dir, edge_threshold)))
+        print("\n".join(package_card(pkg, states) + served_lines(pkg, state_dir, configured)))
     broken = [name for name, state in states.items() if state != "verified"]
     if broken:
         log.error("%s: %s not the file(s) it was exported with: export it again, or copy it whole", pkg.root,
