@@ -75,6 +75,9 @@ def _start(d: dict[str, Any]) -> str:
     )
     if d.get("previous_exit") == "unclean":
         said += "; the run before it ended without stopping (killed, crashed or the power lost)"
+    lost = d.get("previous_results_without_row")
+    if isinstance(lost, dict) and lost.get("without_row"):
+        said += f"; at least {lost['without_row']} results of the run before it have no row (its subscribers had them)"
     if d.get("fail_rate_alarms_left"):
         cameras = ", ".join(map(str, d["fail_rate_alarms_left"]))
         said += f"; the fail-rate alarm it left raised on {cameras} counted anew"

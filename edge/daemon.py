@@ -245,9 +245,9 @@ class Daemon:
         # The alarms the run before left raised: counted anew (or ended, with the alarm off here),
         # and named in the start's row.
         if self.fail_rate is not None:
-            left = {"fail_rate_alarms_left": self.fail_rate.take_left_raised()}
+            alarms = {"fail_rate_alarms_left": self.fail_rate.take_left_raised()}
         else:
-            left = {"fail_rate_alarms_ended": end_left_raised(self.state_dir / FAIL_RATE_FILE)}
+            alarms = {"fail_rate_alarms_ended": end_left_raised(self.state_dir / FAIL_RATE_FILE)}
         self._start_decoders()
         self.threads = [
             threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
@@ -258,9 +258,12 @@ class Daemon:
             t.start()
         if self.recorder is not None:  # serving now
             clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
+            # And the results of the run before that have no row (killed before its writer committed
+            # them): the audit reads them in the record, not only in this box's log.
+            noted = {**alarms, "previous_results_without_row": self.recorder.previous_lost}
             self.recorder.event(
                 *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock,
-                              **{key: cameras for key, cameras in left.items() if cameras})
+                              **{key: value for key, value in noted.items() if value})
             )  # fmt: skip
         self.metrics.ready.set(1)
         self._log_ready()

@@ -94,9 +94,14 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
         ),
         (
             "start",
-            {"model": {"name": "m", "sha256": "ab" * 32}, "threshold": 1.01, "fail_rate_alarms_ended": ["press1"]},
-            "vqad serve started: model m abababababab, threshold 1.01; the fail-rate alarm it left raised on press1 "
-            "ended: the alarm is off",
+            {
+                "model": {"name": "m", "sha256": "ab" * 32},
+                "threshold": 1.01,
+                "fail_rate_alarms_ended": ["press1"],
+                "previous_results_without_row": {"run": "5f0c", "without_row": 27},
+            },
+            "vqad serve started: model m abababababab, threshold 1.01; at least 27 results of the run before it have "
+            "no row (its subscribers had them); the fail-rate alarm it left raised on press1 ended: the alarm is off",
         ),
         ("pause", {"camera": "press1"}, "camera press1 paused"),
         ("resume", {"camera": "press1"}, "camera press1 resumed"),

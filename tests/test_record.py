@@ -2437,6 +2437,11 @@ def test_the_count_of_results_handed_is_kept_while_a_slow_batch_writes_its_evide
         RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", state_file=state).start().close()
     said = "the previous run's 25 results counted before it ended are all recorded; it ended without stopping"
     assert said in caplog.text and "are all recorded\n" not in caplog.text, caplog.text
+    # One whose count holds 5 more than its rows: the start's row will name them (daemon.start).
+    state.write_text(json.dumps({**kept, "handed": 30}))
+    writer = RecordWriter(f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "ev", state_file=state).start()
+    writer.close()
+    assert writer.previous_lost == {"run": kept["run"], "without_row": 5}, writer.previous_lost
 
 
 def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_is_missing(tiny_model, tmp_path):
@@ -2486,6 +2491,14 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
                f"{second['threshold']:.6g}; ")  # fmt: skip
     assert started in table and "ended without stopping (killed" in table
     assert f"vqad serve run {second['run'][:12]} stopped (SIGTERM) after {stop['published']} results" in table, table
+    # The results the killed run had counted without their rows: in the record's start row,
+    # for an audit that reads the record, not the box's log.
+    if expected:
+        lost = second["previous_results_without_row"]
+        assert lost == {"run": first["run"], "without_row": expected}, second
+        assert f"; at least {expected} results of the run before it have no row (its subscribers" in table, table
+    else:
+        assert "previous_results_without_row" not in second, second
 
 
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):

@@ -155,6 +155,9 @@ class RecordWriter:
         self._state_saved = 0.0  # when the state file was last written (monotonic)
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
+        # How many of the previous run's results have no row, at least (its run id and the
+        # count), once the record answered at this start: the start's row names them.
+        self.previous_lost: dict[str, Any] | None = None
         self._after_id = 0  # every row of this run has a greater id (known once the record answers)
         self.record_id: str | None = None  # the record's identity (schema.RECORD_ID), once it answers
         # The record's latest result time: one this machine's clock has passed (edge.clock;
@@ -677,6 +680,7 @@ class RecordWriter:
             unnamed = _unnamed_evidence(conn, state.get("evidence_pending") or [])
         missing = int(state["handed"]) - rows
         if missing > 0:
+            self.previous_lost = {"run": state["run"], "without_row": missing}
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
                         "(it stopped before they were committed)", rows, missing)  # fmt: skip
         elif state.get("closed"):
