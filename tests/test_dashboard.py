@@ -1925,6 +1925,14 @@ def test_a_reject_its_killed_run_never_recorded_says_so_and_is_not_asked_for_aga
         said = wait_for(lambda: driver.find_element("id", "review-status").text, 5)
         assert said.startswith("Not in the record: the daemon run that decided it ended before recording it"), said
         assert not driver.find_element("id", "review-defect").is_enabled()
+        driver.find_element("css selector", "#detail .close button").click()
+        # A search for its part finds it, though the record has no row of it.
+        driver.find_element("id", "part-query").send_keys("SN-7", Keys.ENTER)
+        status = lambda: driver.find_element("id", "part-status").text  # noqa: E731
+        assert wait_for(lambda: status() == "1 result (1 not in the record)", 10), status()
+        said = driver.find_element("id", "review-status").text
+        assert said.startswith("Not in the record: the daemon run that decided it ended"), said
+        driver.find_element("css selector", "#detail .close button").click()
         # A daemon started without a record: none of its rejects will be in the page's record.
         sock.send_multipart(heartbeat_message({**beat, "ts_ns": time.time_ns(), "run": "bare", "record": None}))
         sock.send_multipart(result_message({**header, "frame_id": 9, "run": "bare", "seq": 0}, b""))

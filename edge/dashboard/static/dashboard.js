@@ -21,6 +21,7 @@ const DAILY_EVERY_MS = 60000;
 const QUEUE_SIZE = 1000;
 // A part's results, newest first: each camera that saw it, and each time it came by again.
 const PART_RESULTS = 50;
+const STREAMED_REJECTS = 200; // the stream's rejects a part search looks among (/api/rejects' most)
 // A reject's pictures stand beside its details when taller than this over their width, on a
 // window at least this wide (a phone keeps them above).
 const TALL_PICTURE = 1.3;
@@ -957,10 +958,17 @@ async function findPart(event) {
   if (!part) { status.textContent = ""; return; }
   status.textContent = "…";
   try {
-    const answer = await api(`api/results?part_id=${encodeURIComponent(part)}&limit=${PART_RESULTS}`);
-    const found = answer.results;
+    const [answer, streamed] = await Promise.all([
+      api(`api/results?part_id=${encodeURIComponent(part)}&limit=${PART_RESULTS}`),
+      api(`api/rejects?limit=${STREAMED_REJECTS}`).catch(() => ({ rejects: [] })), // the record's answer decides
+    ]);
+    // Its rejects the stream brought and the record does not hold: not yet, or never (a run
+    // killed before its writer committed them), said so in their dialog.
+    const unrecorded = streamed.rejects.filter((r) => !r.recorded && r.part_id === part);
+    const found = [...answer.results, ...unrecorded].sort((a, b) => b.ts_ns - a.ts_ns);
     if (!found.length) { status.textContent = `no result for part ${part}`; return; }
-    status.textContent = `${found.length}${answer.limit_reached ? "+" : ""} result${found.length > 1 ? "s" : ""}`;
+    const notIn = unrecorded.length ? ` (${unrecorded.length} not in the record)` : "";
+    status.textContent = `${found.length}${answer.limit_reached ? "+" : ""} result${found.length > 1 ? "s" : ""}${notIn}`;
     openDetail(found[0], found, { part, more: answer.limit_reached });
   } catch (err) {
     status.textContent = `part ${part}: ${err.message}`;
