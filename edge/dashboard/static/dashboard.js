@@ -386,12 +386,15 @@ function placeInOrder(ids) {
   for (const card of cards) box.appendChild(card);
 }
 
+// "1 master part", "4 master parts": the fails of a camera's card and of its tally's days.
+function masterParts(n) { return `${n} master part${n > 1 ? "s" : ""}`; }
+
 function drawCamera(id, c, daemon) {
   const cam = cameraSection(id);
   const n = cam.node;
   for (const key of ["frames", "pass", "fail", "error", "dropped"]) setText(n, key, String(c[key]));
   // The master parts' fails are no rejects of the line's: the fail rates beside them leave them out.
-  setText(n, "fail-label", c.master_fails ? `fail, ${c.master_fails} master part${c.master_fails > 1 ? "s" : ""}` : "fail");
+  setText(n, "fail-label", c.master_fails ? `fail, ${masterParts(c.master_fails)}` : "fail");
   setText(n, "fail-rate-5min", pct(c.fail_rate_5min));
   setText(n, "fail-rate-1h", pct(c.fail_rate_1h));
   setText(n, "cam-throughput", `${num(c.throughput_per_s, 3)}/s`);
@@ -456,7 +459,7 @@ async function loadDaily(cam, id) {
       // without a word, "4 fails" beside a fail rate of 0% and nothing to review reads as an error.
       const masterFails = d.fails ? d.fails.master : 0;
       if (masterFails > 0) {
-        tr.children[3].textContent = `${d.fail} (${masterFails} master part${masterFails > 1 ? "s" : ""})`;
+        tr.children[3].textContent = `${d.fail} (${masterParts(masterFails)})`;
         tr.children[3].title = "master parts' fails are not the line's rejects: the fail rate and the review " +
           "queue leave them out (the master parts column says whether they failed as they must)";
       }
