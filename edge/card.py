@@ -22,6 +22,7 @@ def package_card(pkg: ModelPackage, states: dict[str, str] | None = None) -> lis
     return [
         _origin(pkg),
         _input(pkg),
+        _inspection(meta),
         *_files(pkg, graph_states(pkg) if states is None else states),
         f"threshold  {pkg.threshold:.6g}: {_calibration(meta.get('threshold') or {})}",
         *(
@@ -68,9 +69,26 @@ def graph_states(pkg: ModelPackage) -> dict[str, str]:
 
 
 def _files(pkg: ModelPackage, states: dict[str, str]) -> list[str]:
-    """A line per graph: its sha256 as model.json lists it (the record names a result's model by
-    model.onnx's), and whether the file still has it."""
-    return [f"graph      {name}: sha256 {pkg.files[name]} {GRAPH_STATES[state]}" for name, state in states.items()]
+    """A line per graph (and the inspection mask): its sha256 as model.json lists it (the record
+    names a result's model by model.onnx's), and whether the file still has it."""
+    return [
+        f"{'graph' if name.endswith('.onnx') else 'mask':<10} {name}: sha256 {pkg.files[name]} {GRAPH_STATES[state]}"
+        for name, state in states.items()
+    ]
+
+
+def _inspection(meta: dict[str, Any]) -> str:
+    """What of the frame the decision judges: the whole, or what the inspection mask leaves in."""
+    inspection = meta.get("inspection")
+    if not inspection:
+        return "inspects   the whole frame"
+    if "rectangles" in inspection:
+        h, w = inspection["frame"]
+        rects = " ".join(",".join(str(v) for v in r) for r in inspection["rectangles"])
+        given = f"rectangles X,Y,W,H {rects} of {w}x{h} (WxH) frames left out"
+    else:
+        given = f"the mask image {inspection.get('image', '?')}"
+    return f"inspects   {inspection['inspected_share']:.1%} of the frame: {given} (vqad calibrate, with the threshold)"
 
 
 def _calibration(c: dict[str, Any]) -> str:

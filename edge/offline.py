@@ -23,8 +23,9 @@ import numpy as np
 from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, write_image
+from edge.inspection import InspectionMask, draw_ignored
 from edge.metrics import DaemonMetrics
-from edge.overlay import map_peak, mark_peak, result_picture
+from edge.overlay import as_bgr, map_peak, mark_peak, result_picture
 from edge.progress import progress
 from edge.protocol import file_name, unfit_reasons
 from edge.results import Pending, Result, error_result, scored_results
@@ -104,7 +105,7 @@ def _score_batch(serving: Serving, batch: Sequence[tuple[int, Path]], out: Path 
         results = scored_results([p for _, p, _ in pending], maps, scores, start_mono_ns, infer_ms, serving.scoring)
         for (path, p, image), result, amap in zip(pending, results, maps, strict=True):
             if out is not None and result.header["status"] == "ok":
-                _draw(result, amap[0], image, path, out)
+                _draw(result, amap[0], image, path, out, serving.mask)
             verdicts[p.frame_id] = Scored(path, result.header)
     return [verdicts[index] for index, _ in batch]
 
@@ -121,13 +122,17 @@ def _pending(serving: Serving, index: int, path: Path) -> tuple[Pending, np.ndar
     return pending, image
 
 
-def _draw(result: Result, amap: np.ndarray, image: np.ndarray, path: Path, out: Path) -> None:
+def _draw(
+    result: Result, amap: np.ndarray, image: np.ndarray, path: Path, out: Path, mask: InspectionMask | None
+) -> None:
     """The map over the image at its own size, as the record's evidence draws a fail: a defect
     a few camera pixels wide is seen as the camera saw it, not at the model's size. The map's
     peak, where the score comes from, is ringed as in `vqad eval`'s pictures: on a pass near the
-    threshold, the colour is faint and the ring shows where the model looked."""
+    threshold, the colour is faint and the ring shows where the model looked. What the package's
+    inspection mask leaves out is hatched."""
     labelled = {**result.header, "camera_id": path.name}  # the label names the file
-    picture = mark_peak(result_picture(labelled, amap, frame=image), map_peak(amap), amap.shape)
+    frame = image if mask is None else draw_ignored(as_bgr(image), mask.keep)
+    picture = mark_peak(result_picture(labelled, amap, frame=frame), map_peak(amap), amap.shape)
     write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
 
 

@@ -23,6 +23,15 @@ from edge.clock import package_clock_note
 from edge.errors import DataError, PackageError
 from edge.frames import InputFormat, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
+from edge.inspection import (
+    InspectionMask,
+    MaskRequest,
+    load_mask,
+    mask_note,
+    remove_unnamed_masks,
+    requested_mask,
+    with_mask,
+)
 from edge.package import FP16_FILE, FP32_FILE, load_package, sha256_file, write_model_json
 from edge.progress import progress
 from edge.threshold import (
@@ -288,22 +297,27 @@ def check_defects(
     return defect_check(score(frames), threshold, source, names=paths, previous=previous)
 
 
-def graph_scorer(path: Path, batch: int = 8) -> Callable[[np.ndarray], np.ndarray]:
-    """The image scores of an ONNX graph on ONNX Runtime's CPU: one session, for many calls."""
+def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The image scores of an ONNX graph on ONNX Runtime's CPU, through the package's inspection
+    `mask` as the line scores them: one session, for many calls."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
+    def batch_scores(frames: np.ndarray) -> np.ndarray:
+        maps, scores = session.run(None, {name: np.ascontiguousarray(frames)})
+        return scores if mask is None else mask.apply(maps, scores)[1]
+
     def scores(frames: np.ndarray) -> np.ndarray:
         batches = progress(batched(frames, batch), "scoring", total=-(-len(frames) // batch), unit="batch")
-        return np.concatenate([session.run(None, {name: np.ascontiguousarray(b)})[1] for b in batches])
+        return np.concatenate([batch_scores(b) for b in batches])
 
     return scores
 
 
-def graph_scores(path: Path, frames: np.ndarray, batch: int = 8) -> np.ndarray:
-    return graph_scorer(path, batch)(frames)
+def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: InspectionMask | None = None) -> np.ndarray:
+    return graph_scorer(path, batch, mask)(frames)
 
 
 def calibrate_package(
@@ -312,10 +326,13 @@ def calibrate_package(
     target_frr: float | None = None,
     defects_dir: str | Path | None = None,
     force: bool = False,
+    mask_request: MaskRequest | None = None,
 ) -> dict[str, Any]:
     """Recalibrate MODEL_DIR's threshold on the good images under GOOD_DIR; rewrites model.json
     and returns the new threshold entry. With `defects_dir` (confirmed defect images, such as
     `vqad records --export-reviewed`'s test/), the entry's "defects" says how many would pass.
+    With `mask_request`, the package's inspection mask is set (edge.inspection) and the threshold
+    calibrated through it; without, the package's mask stays and is calibrated through.
     DataError when most good images would be unfit on the line (health_findings), or the threshold
     would rise RAISED_REFUSED times or more (check_against_previous), unless `force`."""
     pkg = load_package(model_dir)
@@ -325,14 +342,16 @@ def calibrate_package(
     old = pkg.meta["threshold"]
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     health = health_findings(pkg.meta.get("camera_health"), frames, shapes, paths, force)
-    fp32 = graph_scorer(pkg.root / FP32_FILE)  # scores the good images, then any defects
+    mask, how = requested_mask(mask_request, pkg, shapes) if mask_request is not None else (load_mask(pkg), None)
+    fp32 = graph_scorer(pkg.root / FP32_FILE, mask=mask)  # scores the good images, then any defects
     scores = fp32(frames)
     threshold = calibrate_threshold(scores, target, source, names=paths)
     threshold["against_previous"] = check_against_previous(scores, float(old["value"]), threshold["value"], force)
     threshold["health"] = health
     if clock := package_clock_note(pkg.created_ns, "the new threshold's calibration time"):
         threshold["clock"] = clock  # an audit reads `calibrated` beside the clock that dated it
-    fp16 = graph_scores(pkg.root / FP16_FILE, frames) if (pkg.root / FP16_FILE).is_file() else scores
+    threshold["inspection"] = mask_note(mask)
+    fp16 = graph_scores(pkg.root / FP16_FILE, frames, mask=mask) if (pkg.root / FP16_FILE).is_file() else scores
     agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
     bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)
     if agreement < bound:
@@ -350,9 +369,12 @@ def calibrate_package(
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
     meta["threshold"] = threshold
+    mask_file = with_mask(pkg.root, meta, mask, how) if mask_request is not None else None
     # The map bytes keep their meaning relative to the threshold (255 = the same multiple of it).
     meta["output"] = dict(meta["output"], map_scale=meta["output"]["map_scale"] * threshold["value"] / old["value"])
     write_model_json(pkg.root, meta)
+    if mask_request is not None:
+        remove_unnamed_masks(pkg.root, mask_file)
     log.info(
         "%s: threshold %.6g -> %.6g on %d good images (%s)",
         pkg.root,

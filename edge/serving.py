@@ -20,6 +20,7 @@ from edge.drift import DriftMonitor
 from edge.errors import BackendError, PackageError
 from edge.frames import as_size
 from edge.health import HealthGate, HealthLimits
+from edge.inspection import InspectionMask, load_mask, masked
 from edge.metrics import DaemonMetrics
 from edge.package import FP32_FILE, ModelPackage, load_package
 from edge.results import FrameSampler, Scoring
@@ -36,6 +37,7 @@ class Serving:
     scoring: Scoring
     health: HealthGate | None = None  # against the package's camera_health figures
     drift: DriftMonitor | None = None  # against the scores its threshold was calibrated on
+    mask: InspectionMask | None = None  # what of the frame the decision leaves out (edge.inspection)
 
     def with_threshold(self, threshold: float, source: dict[str, Any]) -> Serving:
         """The same model, backends, health gate and drift alarm, scoring at another threshold
@@ -71,10 +73,11 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         frames=FrameSampler(cfg.publish_frames),
         threshold_source=threshold_source(pkg.meta.get("threshold", {}), cfg.threshold is not None),
     )
+    mask = load_mask(pkg)  # the parts of the frame the package's decision leaves out, checked
     backends: list[Backend] = []
     try:
         for _ in range(cfg.workers()):
-            backends.append(create_backend(cfg.backend, pkg, cfg.backend_options()))
+            backends.append(masked(create_backend(cfg.backend, pkg, cfg.backend_options()), mask))
         dummy = np.zeros((cfg.max_batch, *pkg.input_shape), np.uint8)
         for backend in backends:
             for _ in range(cfg.warmup_runs):
@@ -89,7 +92,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         for backend in backends:
             backend.close()
         raise
-    serving = Serving(pkg, backends, scoring, health_gate(pkg, cfg.health))
+    serving = Serving(pkg, backends, scoring, health_gate(pkg, cfg.health), mask=mask)
     serving.drift = drift_monitor(serving, metrics)
     return serving
 

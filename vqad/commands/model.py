@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.frames import parse_size
+from edge.inspection import MaskRequest, parse_rectangle
 from edge.threshold import MISSES_GUIDE
 from vqad.commands.common import config_args, default_config, overrides, picture_arg, pixel_bits_arg
 
@@ -28,6 +29,14 @@ def _frr(text: str) -> float:
     if not 0.0 < value < 0.5:
         raise argparse.ArgumentTypeError(f"--target-frr must be in (0, 0.5), got {text}")
     return value
+
+
+def _rectangle(text: str) -> tuple[int, int, int, int]:
+    """argparse type of --ignore: X,Y,W,H in the frame's pixels."""
+    try:
+        return parse_rectangle(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def size_arg(text: str) -> str:
@@ -186,9 +195,17 @@ def _calibrate_target(args: argparse.Namespace) -> dict:
                 "maps. Rebuild the map on the training run (vqad calibrate RUN_DIR GOOD_DIR --defects DIR "
                 "--choose-scale, or --fuse-scales F ...), then export again"
             )
-        threshold = calibrate_package(args.target, args.good, args.target_frr, args.defects, args.force)
+        threshold = calibrate_package(
+            args.target, args.good, args.target_frr, args.defects, args.force, _mask_request(args)
+        )
     elif (args.target / "checkpoint.pt").is_file():
         from train.recalibrate import calibrate_run
+
+        if _mask_request(args) is not None:
+            raise DataError(
+                f"{args.target} is a training run: an inspection mask is set on the model package the line serves "
+                f"(vqad export {args.target} --out MODEL_DIR, then vqad calibrate MODEL_DIR {args.good} --ignore ...)"
+            )
 
         fuse = None if args.fuse_scales is None else tuple(args.fuse_scales)
         threshold = calibrate_run(
@@ -200,6 +217,13 @@ def _calibrate_target(args: argparse.Namespace) -> dict:
     else:
         raise DataError(f"{args.target} is neither a run (checkpoint.pt) nor a model package (model.json)")
     return threshold
+
+
+def _mask_request(args: argparse.Namespace) -> MaskRequest | None:
+    """What the flags ask of the inspection mask; None to keep the package's."""
+    if not (args.ignore or args.mask is not None or args.inspect_all):
+        return None
+    return MaskRequest(tuple(args.ignore or ()), args.mask, args.inspect_all)
 
 
 def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
@@ -224,9 +248,25 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
         print(_defects_line(threshold["defects"], args.defects))
         if threshold["defects"]["missed"]:
             print(MISSES_HINT)
+    if (args.target / "model.json").is_file():
+        _print_inspection(threshold, args)
     if (args.target / "model.json").is_file():  # a daemon reads its package's threshold when it loads it
         print(f"a daemon serving {args.target} decides by the threshold it loaded until `vqad ctl ENDPOINT reload` "
               "(or systemctl reload vqad)")  # fmt: skip
+
+
+def _print_inspection(threshold: dict, args: argparse.Namespace) -> None:
+    """The inspection mask the threshold was calibrated through, and its picture over a good image."""
+    from edge.inspection import inspection_picture
+
+    share = threshold["inspection"]["inspected_share"]
+    if threshold["inspection"]["mask_sha256"] is None:
+        if args.inspect_all:
+            print("inspection mask removed: the whole frame is judged")
+        return
+    picture = inspection_picture(args.target, args.good)
+    drawn = f" (drawn over a good image: {picture})" if picture is not None else ""
+    print(f"inspection mask: {share:.1%} of the frame judged, the rest left out of the decision{drawn}")
 
 
 def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | None:
@@ -397,7 +437,33 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="calibrate even when most good images would be unfit on the line (the camera health gate): "
         "images of another product, camera or lighting",
     )
+    _add_mask_flags(c)
     c.set_defaults(func=cmd_calibrate)
+
+
+def _add_mask_flags(c: argparse.ArgumentParser) -> None:
+    """The inspection mask's flags of `vqad calibrate` (edge.inspection): a package only."""
+    c.add_argument(
+        "--ignore",
+        type=_rectangle,
+        action="append",
+        metavar="X,Y,W,H",
+        help="a model package only: leave this rectangle of the frame (in the good images' pixels: left, top, "
+        "width, height) out of the decision, e.g. a date code printed on each part; repeat for more. The "
+        "threshold is calibrated through the mask, which the package keeps (drawn in TARGET/inspection.png)",
+    )
+    c.add_argument(
+        "--mask",
+        type=Path,
+        metavar="MASK_IMAGE",
+        help="a model package only: the frame's inspection mask as an image of the frame's aspect, black where "
+        "the frame is left out of the decision",
+    )
+    c.add_argument(
+        "--inspect-all",
+        action="store_true",
+        help="a model package only: remove its inspection mask, and judge the whole frame again",
+    )
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,157 @@
+"""The inspection mask: the parts of the frame a package's decision leaves out, set with its
+threshold by `vqad calibrate --ignore` / `--mask`, and applied alike by `vqad score`, the daemon
+and the calibration itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge.errors import DataError
+from edge.frames import to_model_input
+from edge.inspection import (
+    InspectionMask,
+    check_keep,
+    keep_from_image,
+    keep_from_rectangles,
+    parse_rectangle,
+)
+from edge.package import load_package
+from edge.protocol import frame_message
+from tests.conftest import run_vqad
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+
+
+def test_the_mask_zeroes_what_it_leaves_out_and_scores_the_rest():
+    keep = np.ones((12, 16), bool)
+    keep[2:6, 0:5] = False  # reaches into the 2-pixel margin on the left
+    mask = InspectionMask(keep, border=2, sha256="x")
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 1, (3, 1, 12, 16)).astype(np.float32)
+    maps[:, :, 3, 3] = 9.0  # the hottest pixel of every map, where the mask leaves out
+    scores = maps[:, 0, 2:-2, 2:-2].reshape(3, -1).max(axis=1)  # the graph's: its inner maximum
+    scores[2] = np.nan  # a frame the graph could not score
+    masked_maps, masked_scores = mask.apply(maps, scores)
+    inner = np.zeros_like(keep)
+    inner[2:-2, 2:-2] = True
+    expected = maps[:2, 0][:, keep & inner].max(axis=1)
+    assert np.array_equal(masked_scores[:2], expected) and (expected < 9.0).all()
+    assert np.isnan(masked_scores[2])  # still an error result, not a score of what was left
+    assert (masked_maps[:, 0, 2:6, 2:5] == 0).all()  # the ignored inner pixels ...
+    assert (masked_maps[:, 0, 2:6, 0:2] == 0).all()  # ... and the margin that repeats them
+    assert np.array_equal(masked_maps[:, 0, 8:, :], maps[:, 0, 8:, :])  # the rest as the graph drew it
+    assert masked_maps.dtype == np.float32
+    whole = InspectionMask(np.ones((12, 16), bool), border=2, sha256="y")
+    assert np.array_equal(whole.apply(maps, scores)[1][:2], scores[:2])  # all kept: the graph's own score
+
+
+def test_a_rectangle_of_the_frame_leaves_out_every_model_pixel_it_touches():
+    keep = keep_from_rectangles([(10, 20, 5, 4)], (100, 200), (50, 100))  # frame 200x100 (WxH), model half
+    out = np.argwhere(~keep)
+    assert out[:, 0].min() == 10 and out[:, 0].max() == 11  # rows 20..23 -> 10..11
+    assert out[:, 1].min() == 5 and out[:, 1].max() == 7  # columns 10..14 -> 5..7 (7.5 rounds out)
+    clipped = keep_from_rectangles([(190, 90, 50, 50)], (100, 200), (50, 100))  # past the frame's edge
+    assert (~clipped).sum() == 5 * 5 and not clipped[45:, 95:].any()
+    with pytest.raises(DataError, match="starts outside the 200x100"):
+        keep_from_rectangles([(200, 0, 5, 5)], (100, 200), (50, 100))
+    for bad, said in (("1,2,3", "X,Y,W,H"), ("1,2,0,4", "above 0"), ("-1,2,3,4", "from 0"), ("a,b,c,d", "X,Y,W,H")):
+        with pytest.raises(ValueError, match=said):
+            parse_rectangle(bad)
+
+
+def test_a_mask_image_leaves_out_its_black_and_a_mask_of_nearly_nothing_is_refused(tmp_path):
+    image = np.full((90, 120), 255, np.uint8)
+    image[:, :30] = 0  # the left quarter left out
+    cv2.imwrite(str(tmp_path / "mask.png"), image)
+    keep = keep_from_image(tmp_path / "mask.png", (30, 40))
+    assert not keep[:, :10].any() and keep[:, 10:].all()
+    assert check_keep(keep, 1, "--mask m.png").inspected_share == pytest.approx(28 * 29 / (28 * 38))
+    nearly_all = np.zeros((30, 40), bool)
+    nearly_all[5, 5] = True
+    with pytest.raises(DataError, match="leaves 0.1% of the frame inspected"):
+        check_keep(nearly_all, 1, "--ignore 0,0,40,30")
+
+
+def _peak_rectangle(graph_map: np.ndarray, border: int) -> tuple[int, int, int, int]:
+    """An 8 x 8 rectangle of a 64-pixel frame (X,Y,W,H) around the peak of the 32-pixel map's
+    scored pixels: where the frame's score comes from."""
+    inner = graph_map[border:-border, border:-border]
+    py, px = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    return int(min(max(2 * (px + border) - 4, 0), 56)), int(min(max(2 * (py + border) - 4, 0), 56)), 8, 8
+
+
+def _scored(model: Path, image: Path) -> dict:
+    proc = run_vqad("score", model, image, "--format", "json")
+    return json.loads(proc.stdout)[0]
+
+
+def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offline_and_on_the_line(
+    tiny_model, synth_root, line_good, tmp_path
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    image = sorted((synth_root / "bracket" / "test").glob("[!g]*/*.png"))[0]  # a defect image
+    frame = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"frames": to_model_input(frame, 32, 3)[None]})  # the graph's own
+    graph_map, graph_score = maps[0, 0], scores[0]
+    x, y, w, h = _peak_rectangle(graph_map, load_package(model).meta["scoring"]["border"])
+    proc = run_vqad("calibrate", model, line_good, "--ignore", f"{x},{y},{w},{h}")
+    pkg = load_package(model)
+    inspection = pkg.meta["inspection"]
+    assert inspection["rectangles"] == [[x, y, w, h]] and inspection["frame"] == [64, 64]
+    assert pkg.files[inspection["file"]] == pkg.meta["threshold"]["inspection"]["mask_sha256"]
+    assert "of the frame judged" in proc.stdout and (model / "inspection.png").is_file()
+    keep = cv2.imread(str(model / inspection["file"]), cv2.IMREAD_GRAYSCALE) > 0  # 32x32, the model's size
+    assert not keep[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any() and keep.sum() == 32 * 32 - w * h // 4
+    border = pkg.meta["scoring"]["border"]
+    scored = keep.copy()
+    scored[:border], scored[-border:], scored[:, :border], scored[:, -border:] = False, False, False, False
+    expected = float(graph_map[scored].max())
+    assert expected < float(graph_score)  # the frame's peak is left out
+    result = _scored(model, image)
+    assert result["score"] == pytest.approx(expected, rel=1e-5)
+    card = run_vqad("info", model).stdout
+    assert f"rectangles X,Y,W,H {x},{y},{w},{h} of 64x64 (WxH) frames left out" in card
+    assert f"mask       {inspection['file']}" in card and "verified" in card
+
+    with DaemonProcess(model) as daemon:  # the line decides as `vqad score` does, and draws nothing there
+        sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        try:
+            cam.send(frame_message("cam0", 1, frame, "raw"))
+            got = sub.collect(1, timeout=30)
+        finally:
+            cam.close()
+            sub.close()
+    assert got, daemon.log_text()
+    line, line_map = got[0]  # the map decoded, (32, 32) float32
+    assert line["score"] == pytest.approx(result["score"], rel=1e-5)
+    assert not line_map[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any()
+
+    run_vqad("calibrate", model, line_good, "--inspect-all")  # the whole frame judged again
+    pkg = load_package(model)
+    assert "inspection" not in pkg.meta and not list(model.glob("inspect_mask-*.png"))
+    assert pkg.meta["threshold"]["inspection"] == {"mask_sha256": None, "inspected_share": 1.0}
+    assert _scored(model, image)["score"] == pytest.approx(float(graph_score), rel=1e-5)
+
+
+def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tiny_run, line_good, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    both = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--inspect-all", check=False)
+    assert both.returncode == 3 and "give one of them" in both.stderr, both.stderr
+    run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--ignore", "56,56,8,8")
+    mask_file = model / load_package(model).meta["inspection"]["file"]
+    cv2.imwrite(str(mask_file), np.full((32, 32), 255, np.uint8))  # someone "clears" the mask by hand
+    altered = run_vqad("score", model, line_good, check=False)
+    assert altered.returncode == 4 and "does not match its sha256" in altered.stderr, altered.stderr
+    ran = run_vqad("calibrate", tiny_run, line_good, "--ignore", "0,0,8,8", check=False)
+    assert ran.returncode == 3 and "is a training run: an inspection mask is set on the model package" in ran.stderr
+    malformed = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8", check=False)
+    assert malformed.returncode == 2 and "give X,Y,W,H in the frame's pixels" in malformed.stderr
