@@ -146,7 +146,17 @@ def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tin
     shutil.copytree(tiny_model, model)
     both = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--inspect-all", check=False)
     assert both.returncode == 3 and "give one of them" in both.stderr, both.stderr
+    inverted = np.zeros((64, 64), np.uint8)
+    inverted[:8, :8] = 255  # drawn the other way round: white where the engineer meant to leave out
+    cv2.imwrite(str(tmp_path / "inverted.png"), inverted)
+    refused = run_vqad("calibrate", model, line_good, "--mask", tmp_path / "inverted.png", check=False)
+    assert refused.returncode == 3 and "of the frame inspected (at least 5%)" in refused.stderr, refused.stderr
+    assert "inspection" not in load_package(model).meta and not list(model.glob("inspect_mask-*"))
+    cv2.imwrite(str(tmp_path / "mask.png"), 255 - inverted)
+    run_vqad("calibrate", model, line_good, "--mask", tmp_path / "mask.png")
+    assert load_package(model).meta["inspection"]["image"] == str(tmp_path / "mask.png")
     run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--ignore", "56,56,8,8")
+    assert len(list(model.glob("inspect_mask-*"))) == 1  # the image's mask removed once replaced
     mask_file = model / load_package(model).meta["inspection"]["file"]
     cv2.imwrite(str(mask_file), np.full((32, 32), 255, np.uint8))  # someone "clears" the mask by hand
     altered = run_vqad("score", model, line_good, check=False)
