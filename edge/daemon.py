@@ -43,6 +43,7 @@ from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.fail_rate import FAIL_RATE_FILE, FailRateAlarm, end_left_raised
 from edge.inorder import InOrder
+from edge.inspection import mask_note
 from edge.logrepeat import RepeatedLog
 from edge.master import MASTERS_FILE, MasterParts
 from edge.metrics import DaemonMetrics
@@ -288,12 +289,13 @@ class Daemon:
         cfg, serving = self.cfg, self.serving
         pkg = serving.package
         log.info(
-            "ready: vqad %s, model %s (%s…) threshold %.6g, backend %s x %d, decoders %d, frames %s (%s), results %s, "
-            "max_batch %d, max_delay %.1f ms, overload %s",
+            "ready: vqad %s, model %s (%s…) threshold %.6g%s, backend %s x %d, decoders %d, frames %s (%s), "
+            "results %s, max_batch %d, max_delay %.1f ms, overload %s",
             self.version,
             pkg.name,
             pkg.sha256[:12],
             serving.scoring.threshold,
+            "" if serving.mask is None else f" on {serving.mask.inspected_share:.1%} of the frame (inspection mask)",
             cfg.backend,
             len(serving.backends),
             cfg.decoders(),
@@ -333,6 +335,7 @@ class Daemon:
             "model": scoring.model if scoring else None,
             "threshold": scoring.threshold if scoring else None,
             "threshold_source": scoring.threshold_source if scoring else None,
+            "inspection": mask_note(self.serving.mask) if self.serving else None,
             "run": self.run_id,
             "previous_runs": self.previous_runs,
             "vqad_version": self.version,

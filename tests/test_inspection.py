@@ -25,7 +25,7 @@ from edge.inspection import (
 from edge.package import load_package
 from edge.protocol import frame_message
 from tests.conftest import run_vqad
-from tests.edge_helpers import Camera, DaemonProcess, Subscriber
+from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat
 
 
 def test_the_mask_zeroes_what_it_leaves_out_and_scores_the_rest():
@@ -129,7 +129,11 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
         finally:
             cam.close()
             sub.close()
+        beat = next_heartbeat(daemon.results)
     assert got, daemon.log_text()
+    assert beat["inspection"] == {"mask_sha256": pkg.files[inspection["file"]], "inspected_share": pytest.approx(
+        inspection["inspected_share"], abs=1e-4)}  # fmt: skip
+    assert f"on {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
     assert not line_map[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any()
