@@ -538,6 +538,11 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert "daemon ready" in driver.find_element("css selector", '[data-field="daemon-state"]').text
         source = lambda: driver.find_element("css selector", '[data-field="threshold-source"]').text  # noqa: E731
         assert wait_for(lambda: "(set by test " in source() and source().endswith(": dashboard test)"), 5), source()
+        masked = driver.execute_script(  # a package whose inspection mask leaves a part of the frame out
+            "return thresholdSource({by: 'vqad calibrate', calibrated: '2026-12-07T08:00:00Z', n_images: 40, "
+            "frr_upper_bound_95: 0.072}, {mask_sha256: 'ab', inspected_share: 0.971})"
+        )
+        assert masked.endswith("false rejects ≤ 7.2%; 97.1% of the frame judged (inspection mask))"), masked
         # The record's daily tally, read again on a fresh page: today's row counts the reviewed defect.
         driver.refresh()
         today = ProductionDays.parse(LINE_ZONE, LINE_DAY_STARTS).today().isoformat()
@@ -1006,6 +1011,7 @@ def test_the_api_serves_programs_too(line):
     assert status == 200 and camera["frames"] >= 1 and summary["daemon"]["up"] is True
     assert summary["daemon"]["ready"] is True and daemon.alive()
     assert summary["daemon"]["vqad_version"] == vqad_version()  # from its heartbeat
+    assert summary["daemon"]["inspection"] == {"mask_sha256": None, "inspected_share": 1.0}  # the whole frame
     assert summary["daemon"]["record_behind"] is False and summary["daemon"]["record_behind_s"] < 60  # its metric
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True

@@ -251,6 +251,7 @@ class Dashboard:
             "heartbeat_age_s": _at_most(max, each, "heartbeat_age_s"),
             "threshold": None,  # each camera's own, on its section
             "threshold_source": None,
+            "inspection": None,
             "drift": {camera: v for d in each for camera, v in (d.get("drift") or {}).items()},
             **{key: _at_most(sum, each, key) for key in ("queue_depth", "reloads", "reload_failures")},
             "record_behind_s": _at_most(max, each, "record_behind_s"),
@@ -268,8 +269,8 @@ class Dashboard:
         began to listen is down too) and whether its inference has stalled."""
         beat = self.view.last_heartbeat(source)
         if beat is None:
-            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "clock": None,
-                                    "vqad_version": None}  # fmt: skip
+            said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "inspection": None,
+                                    "clock": None, "vqad_version": None}  # fmt: skip
             unheard = self.view.never_heard_s(source) if self.streams else None
             if stands_in and unheard is not None and unheard > self.view.silent_after_s:
                 # A box that has been off since the dashboard started is as down as one that fell silent.
@@ -278,7 +279,7 @@ class Dashboard:
         age, header = beat
         record = header.get("record") or {}
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
-                "record_error": record.get("error"), "record_set_aside": record.get("set_aside"),
+                "inspection": header.get("inspection"), "record_error": record.get("error"), "record_set_aside": record.get("set_aside"),
                 "clock": header.get("clock"), "vqad_version": header.get("vqad_version")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)

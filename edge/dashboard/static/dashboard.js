@@ -255,7 +255,7 @@ function drawDaemon(d) {
   setText(bar, "throughput", num(d.throughput_per_s, 3));
   setText(bar, "queue", d.queue_depth === undefined ? "–" : String(d.queue_depth));
   setText(bar, "threshold", d.daemons ? "per camera" : num(d.threshold)); // several daemons: on each histogram
-  setText(bar, "threshold-source", thresholdSource(d.threshold_source));
+  setText(bar, "threshold-source", thresholdSource(d.threshold_source, d.inspection));
   setText(bar, "reloads", d.reloads === undefined ? "–" : `${d.reloads} (${d.reload_failures || 0} refused)`);
   setText(bar, "updated", `updated ${new Date().toLocaleTimeString()}`);
 }
@@ -344,14 +344,17 @@ function drawClockState(el, d) {
 }
 
 // Where the serving threshold came from, in a few words: the operator's and the auditor's
-// first question about a reject.
-function thresholdSource(src) {
-  if (!src) return "";
-  if (src.by === "vqad ctl set-threshold") return `(set by ${src.who} ${day(src.at)}: ${src.reason})`;
-  if (!src.calibrated) return src.by ? `(${src.by})` : "";
+// first question about a reject. And what of the frame it judges, when an inspection mask
+// leaves a part out: an operator looking at a defect there sees why it passed.
+function thresholdSource(src, inspection) {
+  const masked = inspection && inspection.mask_sha256
+    ? `; ${pct(inspection.inspected_share)} of the frame judged (inspection mask)` : "";
+  if (!src) return masked ? `(${masked.slice(2)})` : "";
+  if (src.by === "vqad ctl set-threshold") return `(set by ${src.who} ${day(src.at)}: ${src.reason}${masked})`;
+  if (!src.calibrated) return src.by ? `(${src.by}${masked})` : "";
   const bound = src.frr_upper_bound_95 === null || src.frr_upper_bound_95 === undefined ? ""
     : `, false rejects ≤ ${pct(src.frr_upper_bound_95)}`;
-  return `(${src.by} ${day(src.calibrated)}, ${src.n_images} good images${bound})`;
+  return `(${src.by} ${day(src.calibrated)}, ${src.n_images} good images${bound}${masked})`;
 }
 
 // Why the camera health gate failed a reject's frame: the record keeps the reasons (`unfit`),
