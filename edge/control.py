@@ -350,7 +350,7 @@ class PackageLook:
         self._done.set()  # none under way
 
     def now(self) -> dict[str, Any]:
-        """{"dir", "sha256", "threshold"} as found, or {"dir", "error"} (dir None when the folder
+        """{"dir", "sha256", "threshold", "calibration", "mask"} as found, or {"dir", "error"} (dir None when the folder
         cannot be resolved, or does not answer within PACKAGE_LOOK_S)."""
         if self._done.is_set():
             self._done.clear()
@@ -364,7 +364,8 @@ class PackageLook:
             points_to = self.model_dir.resolve()
             try:
                 package = load_package(points_to)
-                self._found = {"dir": str(points_to), "sha256": package.sha256, "threshold": package.threshold}
+                self._found = {"dir": str(points_to), "sha256": package.sha256, "threshold": package.threshold,
+                               "calibration": calibration_of(package), "mask": mask_of(package)}  # fmt: skip
             except PackageError as exc:
                 self._found = {"dir": str(points_to), "error": str(exc)}
         except OSError as exc:
@@ -381,9 +382,22 @@ def _what_a_reload_changes(serving: ModelPackage | None, now: dict[str, Any]) ->
     changes = ["another folder"] if Path(now["dir"]) != serving.root else []
     if now["sha256"] != serving.sha256:
         changes.append("another model")
-    elif now["threshold"] != serving.threshold:
+    elif now["calibration"] != calibration_of(serving):
         changes.append("another calibration")
+    if now["sha256"] == serving.sha256 and now["mask"] != mask_of(serving):
+        changes.append("another inspection mask" if now["mask"] else "no inspection mask")
     return changes
+
+
+def calibration_of(package: ModelPackage) -> tuple[float, Any]:
+    """A package's threshold and when it was calibrated: a calibration that came out at the same
+    value (the same good images again, a mask that left out nothing high) is another all the same."""
+    return package.threshold, (package.meta.get("threshold") or {}).get("calibrated")
+
+
+def mask_of(package: ModelPackage) -> str | None:
+    """The file of a package's inspection mask (named by its content), None for none."""
+    return (package.meta.get("inspection") or {}).get("file")
 
 
 _REQUIRED = object()
