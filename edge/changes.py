@@ -65,7 +65,25 @@ def _reload(d: dict[str, Any]) -> str:
     threshold = d.get("threshold")  # absent from the reloads an older vqad recorded
     if isinstance(threshold, dict) and threshold.get("from") != threshold.get("to"):
         said += f", threshold {_number(threshold.get('from'))} → {_number(threshold.get('to'))}"
+    inspection = d.get("inspection")  # absent from the reloads an older vqad recorded
+    if isinstance(inspection, dict) and _masks(inspection.get("from")) != _masks(inspection.get("to")):
+        said += f", {_judged(inspection.get('from'))} → {_judged(inspection.get('to'))}"
     return said
+
+
+def _masks(note: object) -> object:
+    return note.get("mask_sha256") if isinstance(note, dict) else None
+
+
+def _judged(note: object) -> str:
+    """What of the frame an inspection mask (edge.inspection.mask_note) leaves judged."""
+    if not isinstance(note, dict) or not note.get("mask_sha256"):
+        return "the whole frame judged"
+    return f"{_share(note.get('inspected_share'))} of the frame judged (inspection mask)"
+
+
+def _share(value: object) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "?"
 
 
 def _start(d: dict[str, Any]) -> str:
@@ -73,6 +91,8 @@ def _start(d: dict[str, Any]) -> str:
     said = (
         f"vqad{version} serve{_run(d)} started: model {_model(d.get('model'))}, threshold {_number(d.get('threshold'))}"
     )
+    if _masks(d.get("inspection")):
+        said += f" on {_judged(d['inspection'])}"
     if d.get("previous_exit") == "unclean":
         said += "; the run before it ended without stopping (killed, crashed or the power lost)"
     lost = d.get("previous_results_without_row")

@@ -20,6 +20,7 @@ set and the paused cameras are kept in the state folder, so that a restart does 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ import zmq
 
 from edge import transport
 from edge.errors import PackageError, VqadError
+from edge.inspection import mask_note
 from edge.master import TAG_S
 from edge.package import ModelPackage, load_package
 from edge.protocol import MAX_ID_LENGTH, is_id
@@ -263,7 +265,8 @@ class Control:
             raise VqadError(str(exc)) from exc
         generation = getattr(self._thread, "generation", None)  # None: not in a reload thread
         swapped = {"from": old.scoring.model, "to": new.scoring.model,
-                   "threshold": {"from": old.scoring.threshold, "to": new.scoring.threshold}}  # fmt: skip
+                   "threshold": {"from": old.scoring.threshold, "to": new.scoring.threshold},
+                   "inspection": {"from": mask_note(old.mask), "to": mask_note(new.mask)}}  # fmt: skip
         with self._swap_lock:
             if generation is not None and generation != self._generation:
                 new.close()
@@ -389,10 +392,13 @@ def _what_a_reload_changes(serving: ModelPackage | None, now: dict[str, Any]) ->
     return changes
 
 
-def calibration_of(package: ModelPackage) -> tuple[float, Any]:
-    """A package's threshold and when it was calibrated: a calibration that came out at the same
-    value (the same good images again, a mask that left out nothing high) is another all the same."""
-    return package.threshold, (package.meta.get("threshold") or {}).get("calibrated")
+def calibration_of(package: ModelPackage) -> str:
+    """A package's threshold entry, all of it, as a digest: a calibration that came out at the
+    same value (the same good images again, a mask that left out nothing high) is another all
+    the same, while one written twice within a second of its `calibrated` time is told apart by
+    what it was calibrated on."""
+    entry = json.dumps(package.meta.get("threshold"), sort_keys=True, default=str)
+    return hashlib.sha256(entry.encode()).hexdigest()
 
 
 def mask_of(package: ModelPackage) -> str | None:

@@ -527,6 +527,7 @@ class Daemon:
         about = {
             "model": scoring.model,
             "threshold": scoring.threshold,
+            "inspection": mask_note(self.serving.mask),
             "run": self.run_id,
             "vqad_version": self.version,
         }  # an upgrade of the box, in the line's audit

@@ -9,6 +9,7 @@ from edge.changes import change_words
 from edge.fail_rate import fails_words
 
 MODEL = {"name": "m", "sha256": "ab" * 32}
+WHOLE, MASKED = {"mask_sha256": None, "inspected_share": 1.0}, {"mask_sha256": "cd" * 32, "inspected_share": 0.9712}
 BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07:00Z", "behind_s": 1795981582.5}
 
 
@@ -36,6 +37,32 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
             "model m abababababab → n cdcdcdcdcdcd, threshold 1.25 → 0.9",
         ),
         ("reload", {"from": MODEL, "to": MODEL}, "model m abababababab reloaded"),  # recorded without its threshold
+        (
+            "reload",
+            {
+                "from": MODEL,
+                "to": MODEL,
+                "threshold": {"from": 1.0, "to": 0.8},
+                "inspection": {"from": WHOLE, "to": MASKED},
+            },
+            "model m abababababab reloaded, threshold 1 → 0.8, the whole frame judged → 97.1% of the frame judged "
+            "(inspection mask)",
+        ),  # fmt: skip
+        (
+            "reload",
+            {"from": MODEL, "to": MODEL, "inspection": {"from": WHOLE, "to": WHOLE}},
+            "model m abababababab reloaded",
+        ),
+        (
+            "start",
+            {"model": MODEL, "threshold": 0.8, "inspection": MASKED, "previous_exit": "clean"},
+            "vqad serve started: model m abababababab, threshold 0.8 on 97.1% of the frame judged (inspection mask)",
+        ),
+        (
+            "start",
+            {"model": MODEL, "threshold": 0.8, "inspection": WHOLE, "previous_exit": "clean"},
+            "vqad serve started: model m abababababab, threshold 0.8",
+        ),
         (
             "start",
             {"model": MODEL, "threshold": 1.01, "run": "5f0c" * 8, "vqad_version": "0.1.0", "previous_exit": "unclean"},

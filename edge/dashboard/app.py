@@ -279,8 +279,9 @@ class Dashboard:
         age, header = beat
         record = header.get("record") or {}
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
-                "inspection": header.get("inspection"), "record_error": record.get("error"), "record_set_aside": record.get("set_aside"),
-                "clock": header.get("clock"), "vqad_version": header.get("vqad_version")}  # fmt: skip
+                "inspection": header.get("inspection"), "record_error": record.get("error"),
+                "record_set_aside": record.get("set_aside"), "clock": header.get("clock"),
+                "vqad_version": header.get("vqad_version")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))
