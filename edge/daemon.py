@@ -907,6 +907,7 @@ def _fit(health: dict[str, Any]) -> str:
     return "fit" if health["ok"] else "unfit"
 
 
-def _inspection(serving: Serving) -> tuple[str, float]:
-    """What a master part's check proves (edge/master.py): the model, and the threshold."""
-    return serving.package.sha256, serving.scoring.threshold
+def _inspection(serving: Serving) -> tuple[str, float, str | None]:
+    """What a master part's check proves (edge/master.py): the model, the threshold, and the
+    inspection mask (None for the whole frame)."""
+    return serving.package.sha256, serving.scoring.threshold, serving.scoring.model.get("mask_sha256")

@@ -70,11 +70,18 @@ def checked_right(decision: str | None, expected: str, unfit: str | None) -> boo
     return decision == expected and not unfit
 
 
-def proves(check: dict[str, Any], model_sha256: str | None, threshold: float | None) -> bool:
+def proves(
+    check: dict[str, Any], model_sha256: str | None, threshold: float | None, mask_sha256: str | None = None
+) -> bool:
     """Whether a master part's check proves the inspection of model `model_sha256` at
-    `threshold`: it was made on them (one kept by a vqad that did not name them is taken as made
-    on it). A reload of another model, or a threshold set, is another inspection."""
-    return not check.get("model_sha256") or (check["model_sha256"], check.get("threshold")) == (model_sha256, threshold)
+    `threshold` through the inspection mask `mask_sha256` (None: the whole frame): it was made
+    on them (one kept by a vqad that did not name them is taken as made on it; one that names no
+    mask, on the whole frame). A reload of another model or mask, or a threshold set, is another
+    inspection: a red rabbit whose defect lies where a new mask leaves out proves nothing of it."""
+    made_on = (
+        (check["model_sha256"], check.get("threshold"), check.get("mask_sha256")) if check.get("model_sha256") else None
+    )
+    return made_on is None or made_on == (model_sha256, threshold, mask_sha256)
 
 
 def outcome(decision: str | None, expected: str, unfit: str | None) -> str:
@@ -180,6 +187,8 @@ class MasterParts:
                   "outcome": checked,
                   "model_sha256": (header.get("model") or {}).get("sha256"),
                   "threshold": header.get("threshold")}  # fmt: skip
+        if mask := (header.get("model") or {}).get("mask_sha256"):
+            detail["mask_sha256"] = mask  # the inspection mask it was judged through
         if unfit:
             detail["unfit"] = unfit
         if header["decision"] is None:
@@ -233,15 +242,16 @@ class MasterParts:
                     log.error("%s, before the restart: it stands until that master part is checked right",
                               master_words({**check, "camera": camera}))  # fmt: skip
 
-    def show_current(self, model_sha256: str, threshold: float) -> None:
+    def show_current(self, model_sha256: str, threshold: float, mask_sha256: str | None = None) -> None:
         """vqad_master_parts_current, for each camera with checks: whether one of them proves the
-        inspection served now (model `model_sha256` at `threshold`). Set at the start and at each
-        change of model or threshold; a check sets its camera's to 1."""
+        inspection served now (model `model_sha256` at `threshold`, through mask `mask_sha256`).
+        Set at the start and at each change of model, threshold or mask; a check sets its
+        camera's to 1."""
         if self.metrics is None:
             return
         with self.lock:
-            current = {camera: any(proves(check, model_sha256, threshold) and check["outcome"] != "unproven"
-                                   for check in parts.values())
+            current = {camera: any(proves(check, model_sha256, threshold, mask_sha256)
+                                   and check["outcome"] != "unproven" for check in parts.values())
                        for camera, parts in self.latest.items()}  # fmt: skip
         for camera, proving in current.items():
             self.metrics.master_current.labels(camera).set(float(proving))

@@ -64,16 +64,16 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         )
     pkg.verify(FP32_FILE)
     warn_of_a_raised_threshold(pkg, cfg)
+    mask = load_mask(pkg)  # the parts of the frame the package's decision leaves out, checked
     scoring = Scoring(
         threshold=configured_threshold(pkg, cfg),
-        model={"name": pkg.name, "sha256": pkg.sha256},
+        model=model_identity(pkg, mask),
         map_scale=float(pkg.map_scale),
         min_region_area=cfg.min_region_area,
         publish_maps=cfg.publish_maps,
         frames=FrameSampler(cfg.publish_frames),
         threshold_source=threshold_source(pkg.meta.get("threshold", {}), cfg.threshold is not None),
     )
-    mask = load_mask(pkg)  # the parts of the frame the package's decision leaves out, checked
     backends: list[Backend] = []
     try:
         for _ in range(cfg.workers()):
@@ -95,6 +95,13 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
     serving = Serving(pkg, backends, scoring, health_gate(pkg, cfg.health), mask=mask)
     serving.drift = drift_monitor(serving, metrics)
     return serving
+
+
+def model_identity(pkg: ModelPackage, mask: InspectionMask | None) -> dict[str, str]:
+    """What decides, as each result and heartbeat names it: the model by its FP32 graph's
+    sha256, and its inspection mask's when one leaves a part of the frame out."""
+    model = {"name": pkg.name, "sha256": pkg.sha256}
+    return model if mask is None else {**model, "mask_sha256": mask.sha256}
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

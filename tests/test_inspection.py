@@ -136,6 +136,7 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert f"on {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
+    assert line["model"]["mask_sha256"] == pkg.files[inspection["file"]]  # what decided it, in each result
     assert not line_map[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any()
 
     run_vqad("calibrate", model, line_good, "--inspect-all")  # the whole frame judged again

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from edge.config import load_config
-from edge.master import MasterParts, master_words
+from edge.master import MasterParts, master_words, proves
 from edge.metrics import DaemonMetrics
 from edge.settings import EdgeConfig
 
@@ -64,6 +64,26 @@ def test_a_master_part_is_checked_against_its_expected_decision_and_other_parts_
               if s.name.endswith("_total")}  # fmt: skip
     assert counts == {("press1", "right"): 3.0, ("press1", "wrong"): 1.0, ("press2", "unproven"): 1.0}
     assert master_words({**checks[0], "camera": "press1"}) == "master part RR-1 on camera press1: fail, as expected"
+
+
+def test_a_check_proves_the_inspection_mask_it_was_judged_through_and_no_other():
+    """A red rabbit whose defect lies where a new inspection mask leaves out would pass: its
+    check on the whole frame proves nothing of the masked inspection, at the same model and
+    threshold (a threshold set in the config, or a calibration that came out at the same value)."""
+    metrics, mask = DaemonMetrics(), "ef" * 32
+    masters = MasterParts(["OK-*"], ["RR-*"], metrics)
+    masters.check(_header("RR-1", "fail"))  # judged on the whole frame
+    whole = masters.state()["press1"]["RR-1"]
+    assert "mask_sha256" not in whole and proves(whole, "ab" * 32, 1.2) and not proves(whole, "ab" * 32, 1.2, mask)
+    masters.show_current("ab" * 32, 1.2, mask)
+    assert metrics.master_current.labels("press1")._value.get() == 0.0
+    masked = _header("RR-1", "fail")
+    masked["model"] = {**masked["model"], "mask_sha256": mask}
+    masters.check(masked)
+    check = masters.state()["press1"]["RR-1"]
+    assert check["mask_sha256"] == mask and proves(check, "ab" * 32, 1.2, mask) and not proves(check, "ab" * 32, 1.2)
+    assert metrics.master_current.labels("press1")._value.get() == 1.0
+    assert proves({"part_id": "RR-1", "ok": True}, "ab" * 32, 1.2, mask)  # kept by a vqad that named no model
 
 
 def test_a_run_the_model_did_not_judge_undoes_no_judged_check():

@@ -699,7 +699,8 @@ def master_parts(beat: dict[str, Any], camera: str) -> list[dict[str, Any]] | No
     parts = (beat.get("master_parts") or {}).get(camera)
     if not isinstance(parts, dict) or not parts:
         return None
-    serving = ((beat.get("model") or {}).get("sha256"), beat.get("threshold"))
+    model = beat.get("model") or {}
+    serving = (model.get("sha256"), beat.get("threshold"), model.get("mask_sha256"))
     checks = (parts[part] for part in sorted(parts))
     return [{**_in_words(check), "proves_now": proves(check, *serving)} for check in checks]
 
