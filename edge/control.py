@@ -34,7 +34,7 @@ import zmq
 
 from edge import transport
 from edge.errors import PackageError, VqadError
-from edge.inspection import mask_note
+from edge.inspection import mask_file, mask_note
 from edge.master import TAG_S
 from edge.package import ModelPackage, load_package
 from edge.protocol import MAX_ID_LENGTH, is_id
@@ -368,7 +368,7 @@ class PackageLook:
             try:
                 package = load_package(points_to)
                 self._found = {"dir": str(points_to), "sha256": package.sha256, "threshold": package.threshold,
-                               "calibration": calibration_of(package), "mask": mask_of(package)}  # fmt: skip
+                               "calibration": calibration_of(package), "mask": mask_file(package.meta)}  # fmt: skip
             except PackageError as exc:
                 self._found = {"dir": str(points_to), "error": str(exc)}
         except OSError as exc:
@@ -387,7 +387,7 @@ def _what_a_reload_changes(serving: ModelPackage | None, now: dict[str, Any]) ->
         changes.append("another model")
     elif now["calibration"] != calibration_of(serving):
         changes.append("another calibration")
-    if now["sha256"] == serving.sha256 and now["mask"] != mask_of(serving):
+    if now["sha256"] == serving.sha256 and now["mask"] != mask_file(serving.meta):
         changes.append("another inspection mask" if now["mask"] else "no inspection mask")
     return changes
 
@@ -399,11 +399,6 @@ def calibration_of(package: ModelPackage) -> str:
     what it was calibrated on."""
     entry = json.dumps(package.meta.get("threshold"), sort_keys=True, default=str)
     return hashlib.sha256(entry.encode()).hexdigest()
-
-
-def mask_of(package: ModelPackage) -> str | None:
-    """The file of a package's inspection mask (named by its content), None for none."""
-    return (package.meta.get("inspection") or {}).get("file")
 
 
 _REQUIRED = object()

@@ -276,6 +276,19 @@ def mask_note(mask: InspectionMask | None) -> dict[str, Any]:
     return {"mask_sha256": mask.sha256, "inspected_share": round(mask.inspected_share, 4)}
 
 
+def mask_file(meta: dict[str, Any]) -> str | None:
+    """The file of a package's inspection mask (model.json; named by its content), None for none."""
+    return (meta.get("inspection") or {}).get("file")
+
+
+def judged_words(meta: dict[str, Any]) -> str:
+    """What of the frame a package's decision judges, in words."""
+    inspection = meta.get("inspection")
+    if not inspection:
+        return "the whole frame"
+    return f"{inspection.get('inspected_share', 0):.1%} of the frame (inspection mask)"
+
+
 def describe(mask: InspectionMask, how: dict[str, Any]) -> dict[str, Any]:
     """model.json's `inspection` for `mask`, with `how` it was given (rectangles and the frame
     size they are in, or a mask image)."""

@@ -117,6 +117,10 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert expected < float(graph_score)  # the frame's peak is left out
     result = _scored(model, image)
     assert result["score"] == pytest.approx(expected, rel=1e-5)
+    compared = run_vqad("score", tiny_model, image, "--against", model)  # a new export beside the one in service
+    assert f"{tiny_model} judges the whole frame, {model} {inspection['inspected_share']:.1%} of the frame" in (
+        compared.stderr
+    )
     card = run_vqad("info", model).stdout
     assert f"rectangles X,Y,W,H {x},{y},{w},{h} of 64x64 (WxH) frames left out" in card
     assert f"mask       {inspection['file']}" in card and "verified" in card

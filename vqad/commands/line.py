@@ -31,6 +31,7 @@ from vqad.commands.common import (
 if TYPE_CHECKING:
     from edge.dashboard.settings import DashboardConfig
     from edge.offline import Scored
+    from edge.package import ModelPackage
     from edge.record import Record
     from edge.record.days import ProductionDays
     from edge.settings import EdgeConfig
@@ -91,8 +92,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from edge.package import load_package
     from edge.settings import EdgeConfig
 
-    if args.against is not None:
-        load_package(args.against)  # a mistyped folder said before the first package scores a thing
+    if args.against is not None:  # a mistyped folder said before the first package scores a thing
+        _warn_of_other_masks(load_package(args.model), load_package(args.against))
     over = overrides(args, "edge")
     for flag in ("backend", "precision"):
         if getattr(args, flag) is not None:
@@ -120,6 +121,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.out:
         print(f"pictures: {args.out}", file=sys.stderr if args.format != "table" else sys.stdout)
     return _unscored_exit(rows)
+
+
+def _warn_of_other_masks(new: ModelPackage, old: ModelPackage) -> None:
+    """A warning when the two packages judge other parts of the frame (edge.inspection): a new
+    export has no inspection mask, and the decisions that change would be the mask's too."""
+    from edge.inspection import judged_words, mask_file
+
+    if mask_file(new.meta) != mask_file(old.meta):
+        log.warning(
+            "%s judges %s, %s %s: decisions change by the inspection mask too (a new export has none: set the "
+            "one in service with vqad calibrate %s GOOD_DIR --ignore X,Y,W,H ..., as vqad info %s says it)",
+            new.root, judged_words(new.meta), old.root, judged_words(old.meta), new.root, old.root,
+        )  # fmt: skip
 
 
 def _score_row(scored: Scored, against: Scored | None) -> dict[str, Any]:
