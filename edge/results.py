@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cv2
@@ -54,6 +54,7 @@ class Result:
     frame: np.ndarray | None = None
     arrived_mono_ns: int = 0
     map_info: dict[str, Any] | None = None
+    judged: np.ndarray | None = None
 
     @property
     def published_map(self) -> bytes:
@@ -121,6 +122,9 @@ class Scoring:
     frames: FrameSampler
     # Where the threshold came from, as the heartbeat tells it (edge.serving.threshold_source).
     threshold_source: dict[str, Any] | None = None
+    # (h, w) bool at the map's size, True where the inspection mask judges (edge.inspection): the
+    # record's evidence hatches the rest. None: the whole frame.
+    judged: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def error_result(
@@ -189,6 +193,14 @@ def scored_results(
         # Quantised either way: the record's evidence draws the map a subscriber was not sent.
         map_bytes = quantize_map(amap2d, s.map_scale)
         results.append(
-            Result(header, map_bytes, extra, p.recv_ns, arrived_mono_ns=p.arrived_mono_ns, map_info=map_info)
+            Result(
+                header,
+                map_bytes,
+                extra,
+                p.recv_ns,
+                arrived_mono_ns=p.arrived_mono_ns,
+                map_info=map_info,
+                judged=s.judged,
+            )  # fmt: skip
         )
     return results

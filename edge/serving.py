@@ -73,6 +73,7 @@ def load_serving(model_dir: Path, cfg: EdgeConfig, metrics: DaemonMetrics) -> Se
         publish_maps=cfg.publish_maps,
         frames=FrameSampler(cfg.publish_frames),
         threshold_source=threshold_source(pkg.meta.get("threshold", {}), cfg.threshold is not None),
+        judged=None if mask is None else mask.keep,
     )
     backends: list[Backend] = []
     try:

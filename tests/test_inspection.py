@@ -24,6 +24,7 @@ from edge.inspection import (
 )
 from edge.package import load_package
 from edge.protocol import frame_message
+from tests.browser import wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat
 
@@ -174,3 +175,27 @@ def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tin
     assert ran.returncode == 3 and "is a training run: an inspection mask is set on the model package" in ran.stderr
     malformed = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8", check=False)
     assert malformed.returncode == 2 and "give X,Y,W,H in the frame's pixels" in malformed.stderr
+
+
+def test_the_records_evidence_hatches_what_the_mask_leaves_out(tiny_model, line_good, tmp_path):
+    """An operator reviewing a reject sees which part of the frame was not judged: the record's
+    overlay darkens and hatches it, where the map is zero, while the rest is coloured by it."""
+    from edge.record import Record
+
+    model, url = tmp_path / "model", f"sqlite:///{tmp_path / 'line.db'}"
+    shutil.copytree(tiny_model, model)
+    run_vqad("calibrate", model, line_good, "--ignore", "16,16,16,16")
+    frame = np.full((64, 64, 3), 200, np.uint8)  # every judged pixel over a threshold of 1e-9: all red
+    with DaemonProcess(model, "--record", url, "--threshold", "1e-9") as daemon:
+        cam = Camera(daemon.frames)
+        try:
+            cam.send(frame_message("cam0", 1, frame, "raw"))
+            rows = wait_for(lambda: Record(url).results(camera="cam0", frame_id=1), timeout=30)
+        finally:
+            cam.close()
+    assert rows and rows[0]["decision"] == "fail", daemon.log_text()
+    overlay = cv2.imread(rows[0]["evidence_overlay"]).astype(int)  # (64, 64, 3) BGR
+    inside, outside = overlay[19:29, 19:29], overlay[40:60, 40:60]
+    chroma = lambda px: (px.max(axis=2) - px.min(axis=2)).mean()  # noqa: E731
+    assert chroma(inside) < 15 and 70 < inside.mean() < 140, inside.mean(axis=(0, 1))  # grey, darkened, hatched
+    assert chroma(outside) > 60  # the heat colours what is judged

@@ -30,9 +30,10 @@ import sqlalchemy as sa
 from edge.durable import sync_folders
 from edge.errors import DataError
 from edge.frames import one_channel_if_grey, write_image
+from edge.inspection import draw_ignored
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.overlay import draw_regions, heatmap_overlay
+from edge.overlay import as_bgr, draw_regions, heatmap_overlay
 from edge.protocol import RECORD_BEHIND_S, capture_time_ns, file_name, unfit_reasons
 from edge.record.held import HeldFrames
 from edge.record.housekeeping import (
@@ -608,7 +609,8 @@ class RecordWriter:
             overlay_path = None
         else:
             amap = np.frombuffer(result.map_bytes, np.uint8).reshape(info["shape"]).astype(np.float32) * info["scale"]
-            overlay = heatmap_overlay(frame, amap, vmax=2 * h["threshold"])
+            shown = frame if result.judged is None else draw_ignored(as_bgr(frame), result.judged)
+            overlay = heatmap_overlay(shown, amap, vmax=2 * h["threshold"])
             picture = draw_regions(overlay, h.get("regions") or [])  # regions: frame pixels
             write_image(overlay_path, picture, synced=True)
             self.house.added(overlay_path)
