@@ -158,7 +158,7 @@ def test_a_new_model_clears_the_old_ones_drift_gauges(tmp_path):
 
     def serving(drift):
         return SimpleNamespace(
-            scoring=SimpleNamespace(threshold=1.0),
+            scoring=SimpleNamespace(threshold=1.0, model={"name": "m", "sha256": "ab" * 32}),
             package=SimpleNamespace(created_ns=None, sha256="ab" * 32),
             backends=[],
             drift=drift,
