@@ -24,6 +24,7 @@ from edge.inspection import (
 )
 from edge.package import load_package
 from edge.protocol import frame_message
+from edge.record import Record
 from tests.browser import wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat
@@ -126,16 +127,20 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert f"rectangles X,Y,W,H {x},{y},{w},{h} of 64x64 (WxH) frames left out" in card
     assert f"mask       {inspection['file']}" in card and "verified" in card
 
-    with DaemonProcess(model) as daemon:  # the line decides as `vqad score` does, and draws nothing there
+    url = f"sqlite:///{tmp_path / 'line.db'}"
+    uniform = np.full((64, 64, 3), 200, np.uint8)  # every judged pixel over a threshold of 1e-9: all red
+    with DaemonProcess(model, "--record", url, "--threshold", "1e-9") as daemon:  # as `vqad score` decides
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
         try:
             cam.send(frame_message("cam0", 1, frame, "raw"))
-            got = sub.collect(1, timeout=30)
+            cam.send(frame_message("cam0", 2, uniform, "raw"))
+            got = sub.collect(2, timeout=30)
+            rows = wait_for(lambda: Record(url).results(camera="cam0", frame_id=2), timeout=30)
         finally:
             cam.close()
             sub.close()
         beat = next_heartbeat(daemon.results)
-    assert got, daemon.log_text()
+    assert len(got) == 2 and rows, daemon.log_text()
     assert beat["inspection"] == {"mask_sha256": pkg.files[inspection["file"]], "inspected_share": pytest.approx(
         inspection["inspected_share"], abs=1e-4)}  # fmt: skip
     assert f"on {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
@@ -143,6 +148,14 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
     assert line["model"]["mask_sha256"] == pkg.files[inspection["file"]]  # what decided it, in each result
     assert not line_map[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any()
+    # An operator reviewing the reject sees what was not judged: the record's overlay darkens and
+    # hatches it, where the map is zero, while the heat colours the rest.
+    overlay = cv2.imread(rows[0]["evidence_overlay"]).astype(int)  # (64, 64, 3) BGR
+    oy, ox = (44 if y < 32 else 4), (44 if x < 32 else 4)
+    inside, outside = overlay[y + 2 : y + 6, x + 2 : x + 6], overlay[oy : oy + 16, ox : ox + 16]
+    chroma = lambda px: (px.max(axis=2) - px.min(axis=2)).mean()  # noqa: E731
+    assert chroma(inside) < 15 and 70 < inside.mean() < 140, inside.mean(axis=(0, 1))  # grey, darkened, hatched
+    assert chroma(outside) > 60
 
     run_vqad("calibrate", model, line_good, "--inspect-all")  # the whole frame judged again
     pkg = load_package(model)
@@ -175,27 +188,3 @@ def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tin
     assert ran.returncode == 3 and "is a training run: an inspection mask is set on the model package" in ran.stderr
     malformed = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8", check=False)
     assert malformed.returncode == 2 and "give X,Y,W,H in the frame's pixels" in malformed.stderr
-
-
-def test_the_records_evidence_hatches_what_the_mask_leaves_out(tiny_model, line_good, tmp_path):
-    """An operator reviewing a reject sees which part of the frame was not judged: the record's
-    overlay darkens and hatches it, where the map is zero, while the rest is coloured by it."""
-    from edge.record import Record
-
-    model, url = tmp_path / "model", f"sqlite:///{tmp_path / 'line.db'}"
-    shutil.copytree(tiny_model, model)
-    run_vqad("calibrate", model, line_good, "--ignore", "16,16,16,16")
-    frame = np.full((64, 64, 3), 200, np.uint8)  # every judged pixel over a threshold of 1e-9: all red
-    with DaemonProcess(model, "--record", url, "--threshold", "1e-9") as daemon:
-        cam = Camera(daemon.frames)
-        try:
-            cam.send(frame_message("cam0", 1, frame, "raw"))
-            rows = wait_for(lambda: Record(url).results(camera="cam0", frame_id=1), timeout=30)
-        finally:
-            cam.close()
-    assert rows and rows[0]["decision"] == "fail", daemon.log_text()
-    overlay = cv2.imread(rows[0]["evidence_overlay"]).astype(int)  # (64, 64, 3) BGR
-    inside, outside = overlay[19:29, 19:29], overlay[40:60, 40:60]
-    chroma = lambda px: (px.max(axis=2) - px.min(axis=2)).mean()  # noqa: E731
-    assert chroma(inside) < 15 and 70 < inside.mean() < 140, inside.mean(axis=(0, 1))  # grey, darkened, hatched
-    assert chroma(outside) > 60  # the heat colours what is judged
