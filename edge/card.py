@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge.inspection import judged_words
 from edge.package import ModelPackage, sha256_file
 from edge.state import Overrides
 
@@ -81,14 +82,14 @@ def _inspection(meta: dict[str, Any]) -> str:
     """What of the frame the decision judges: the whole, or what the inspection mask leaves in."""
     inspection = meta.get("inspection")
     if not inspection:
-        return "inspects   the whole frame"
+        return f"inspects   {judged_words(inspection)}"
     if "rectangles" in inspection:
         h, w = inspection["frame"]
         rects = " ".join(",".join(str(v) for v in r) for r in inspection["rectangles"])
         given = f"rectangles X,Y,W,H {rects} of {w}x{h} (WxH) frames left out"
     else:
         given = f"the mask image {inspection.get('image', '?')}"
-    return f"inspects   {inspection['inspected_share']:.1%} of the frame: {given} (vqad calibrate, with the threshold)"
+    return f"inspects   {judged_words(inspection)}: {given} (vqad calibrate, with the threshold)"
 
 
 def _calibration(c: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge.clock import span, step_words
 from edge.fail_rate import fail_rate_words
+from edge.inspection import judged_words
 
 # The kinds whose words name the model (a start's, a reload's from and to): a listing that
 # names the model of each change leaves it out of theirs.
@@ -67,23 +68,12 @@ def _reload(d: dict[str, Any]) -> str:
         said += f", threshold {_number(threshold.get('from'))} → {_number(threshold.get('to'))}"
     inspection = d.get("inspection")  # absent from the reloads an older vqad recorded
     if isinstance(inspection, dict) and _masks(inspection.get("from")) != _masks(inspection.get("to")):
-        said += f", {_judged(inspection.get('from'))} → {_judged(inspection.get('to'))}"
+        said += f", judging {judged_words(inspection.get('from'))} → {judged_words(inspection.get('to'))}"
     return said
 
 
 def _masks(note: object) -> object:
     return note.get("mask_sha256") if isinstance(note, dict) else None
-
-
-def _judged(note: object) -> str:
-    """What of the frame an inspection mask (edge.inspection.mask_note) leaves judged."""
-    if not isinstance(note, dict) or not note.get("mask_sha256"):
-        return "the whole frame judged"
-    return f"{_share(note.get('inspected_share'))} of the frame judged (inspection mask)"
-
-
-def _share(value: object) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "?"
 
 
 def _start(d: dict[str, Any]) -> str:
@@ -92,7 +82,7 @@ def _start(d: dict[str, Any]) -> str:
         f"vqad{version} serve{_run(d)} started: model {_model(d.get('model'))}, threshold {_number(d.get('threshold'))}"
     )
     if _masks(d.get("inspection")):
-        said += f" on {_judged(d['inspection'])}"
+        said += f", judging {judged_words(d['inspection'])}"
     if d.get("previous_exit") == "unclean":
         said += "; the run before it ended without stopping (killed, crashed or the power lost)"
     lost = d.get("previous_results_without_row")

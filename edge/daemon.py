@@ -43,7 +43,7 @@ from edge.control import Control
 from edge.errors import BackendError, DaemonThreadError, FrameError
 from edge.fail_rate import FAIL_RATE_FILE, FailRateAlarm, end_left_raised
 from edge.inorder import InOrder
-from edge.inspection import mask_note
+from edge.inspection import judged_words, mask_note
 from edge.logrepeat import RepeatedLog
 from edge.master import MASTERS_FILE, MasterParts
 from edge.metrics import DaemonMetrics
@@ -295,7 +295,7 @@ class Daemon:
             pkg.name,
             pkg.sha256[:12],
             serving.scoring.threshold,
-            "" if serving.mask is None else f" on {serving.mask.inspected_share:.1%} of the frame (inspection mask)",
+            "" if serving.mask is None else f" judging {judged_words(mask_note(serving.mask))}",
             cfg.backend,
             len(serving.backends),
             cfg.decoders(),

@@ -28,8 +28,9 @@ import numpy as np
 from edge.backends import Backend
 from edge.durable import sync_folders, write_synced
 from edge.errors import DataError, PackageError
-from edge.frames import read_image
-from edge.package import ModelPackage
+from edge.frames import find_images, read_image
+from edge.overlay import as_bgr
+from edge.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
 
@@ -281,12 +282,13 @@ def mask_file(meta: dict[str, Any]) -> str | None:
     return (meta.get("inspection") or {}).get("file")
 
 
-def judged_words(meta: dict[str, Any]) -> str:
-    """What of the frame a package's decision judges, in words."""
-    inspection = meta.get("inspection")
-    if not inspection:
+def judged_words(note: dict[str, Any] | None) -> str:
+    """What of the frame a decision judges, in words, from model.json's `inspection` or a
+    mask_note: "the whole frame", or "97.1% of the frame (inspection mask)"."""
+    share = (note or {}).get("inspected_share")
+    if not note or not (note.get("file") or note.get("mask_sha256")) or not isinstance(share, int | float):
         return "the whole frame"
-    return f"{inspection.get('inspected_share', 0):.1%} of the frame (inspection mask)"
+    return f"{share:.1%} of the frame (inspection mask)"
 
 
 def describe(mask: InspectionMask, how: dict[str, Any]) -> dict[str, Any]:
@@ -316,14 +318,11 @@ def inspection_picture(root: Path, good_dir: Path) -> Path | None:
     """ROOT/inspection.png: the package's mask over the first good image under `good_dir`, at the
     image's own size -> its path; None (and a warning) where it cannot be drawn or written: the
     mask and the threshold are saved by then, and stand."""
-    from edge.frames import find_images
-    from edge.package import load_package
-
     path = root / "inspection.png"
     try:
-        mask = load_mask(load_package(root))
-        image = read_image(find_images(good_dir)[0])
-        picture = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        pkg = load_package(root)
+        mask = load_mask(pkg)
+        picture = as_bgr(read_image(find_images(good_dir)[0], pkg.pixel_bits))
         if mask is None or not cv2.imwrite(str(path), draw_ignored(picture, mask.keep)):
             return None
     except (DataError, PackageError, OSError, IndexError, cv2.error) as exc:

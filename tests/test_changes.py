@@ -45,7 +45,7 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
                 "threshold": {"from": 1.0, "to": 0.8},
                 "inspection": {"from": WHOLE, "to": MASKED},
             },
-            "model m abababababab reloaded, threshold 1 → 0.8, the whole frame judged → 97.1% of the frame judged "
+            "model m abababababab reloaded, threshold 1 → 0.8, judging the whole frame → 97.1% of the frame "
             "(inspection mask)",
         ),  # fmt: skip
         (
@@ -56,7 +56,7 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
         (
             "start",
             {"model": MODEL, "threshold": 0.8, "inspection": MASKED, "previous_exit": "clean"},
-            "vqad serve started: model m abababababab, threshold 0.8 on 97.1% of the frame judged (inspection mask)",
+            "vqad serve started: model m abababababab, threshold 0.8, judging 97.1% of the frame (inspection mask)",
         ),
         (
             "start",

@@ -143,7 +143,7 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert len(got) == 2 and rows, daemon.log_text()
     assert beat["inspection"] == {"mask_sha256": pkg.files[inspection["file"]], "inspected_share": pytest.approx(
         inspection["inspected_share"], abs=1e-4)}  # fmt: skip
-    assert f"on {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
+    assert f"judging {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
     assert line["model"]["mask_sha256"] == pkg.files[inspection["file"]]  # what decided it, in each result

@@ -132,7 +132,8 @@ def _warn_of_other_masks(new: ModelPackage, old: ModelPackage) -> None:
         log.warning(
             "%s judges %s, %s %s: decisions change by the inspection mask too (a new export has none: set the "
             "one in service with vqad calibrate %s GOOD_DIR --ignore X,Y,W,H ..., as vqad info %s says it)",
-            new.root, judged_words(new.meta), old.root, judged_words(old.meta), new.root, old.root,
+            new.root, judged_words(new.meta.get("inspection")), old.root, judged_words(old.meta.get("inspection")),
+            new.root, old.root,
         )  # fmt: skip
 
 

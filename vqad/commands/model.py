@@ -248,9 +248,8 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
         print(_defects_line(threshold["defects"], args.defects))
         if threshold["defects"]["missed"]:
             print(MISSES_HINT)
-    if (args.target / "model.json").is_file():
-        _print_inspection(threshold, args)
     if (args.target / "model.json").is_file():  # a daemon reads its package's threshold when it loads it
+        _print_inspection(threshold, args)
         print(f"a daemon serving {args.target} decides by the threshold it loaded until `vqad ctl ENDPOINT reload` "
               "(or systemctl reload vqad)")  # fmt: skip
 
