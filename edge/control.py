@@ -387,7 +387,7 @@ def _what_a_reload_changes(serving: ModelPackage | None, now: dict[str, Any]) ->
         changes.append("another model")
     elif now["calibration"] != calibration_of(serving):
         changes.append("another calibration")
-    if now["sha256"] == serving.sha256 and now["mask"] != mask_file(serving.meta):
+    if now["mask"] != mask_file(serving.meta):  # a new export has none: the mask in service would go
         changes.append("another inspection mask" if now["mask"] else "no inspection mask")
     return changes
 

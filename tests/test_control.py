@@ -279,19 +279,22 @@ def test_a_package_recalibrated_in_place_is_a_reload_pending_until_reloaded(tiny
         assert status["reload_would_load"] == ["another calibration"] and status["threshold"] == before["threshold"]
         assert "a reload would load another calibration" in said.stderr, said.stderr
         _ctl(control, "reload")
-        after = _ctl(control, "status")
+        after, loaded = _ctl(control, "status"), load_package(model).threshold
         run_vqad("calibrate", model, line_good, "--target-frr", "0.2", "--force", "--ignore", "0,0,16,16")
         masked = _ctl(control, "status")["reload_would_load"]
         _ctl(control, "reload")
         served = _ctl(control, "status")
+        time.sleep(1.1)  # a calibration is stamped to the second: the same images, a second later, differ
         run_vqad("calibrate", model, line_good, "--target-frr", "0.2", "--force")  # the same images again
         again = _ctl(control, "status")
-    assert after["reload_pending"] is False and after["threshold"] == load_package(model).threshold
-    assert after["threshold"] != before["threshold"]
+        shutil.copy(tiny_model / "model.json", model / "model.json")  # the package as exported: no mask
+        unmasked = _ctl(control, "status")
+    assert after["reload_pending"] is False and after["threshold"] == loaded != before["threshold"]
     assert masked == ["another calibration", "another inspection mask"], masked
     assert served["reload_pending"] is False and served["inspection"]["mask_sha256"] is not None
     # The same threshold, calibrated anew: another calibration all the same (its time, its images).
     assert again["reload_would_load"] == ["another calibration"] and again["threshold"] == served["threshold"]
+    assert unmasked["reload_would_load"] == ["another calibration", "no inspection mask"]
 
 
 def test_a_model_folder_that_hangs_costs_status_two_seconds_not_its_answer(tiny_model, monkeypatch):
