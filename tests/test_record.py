@@ -157,6 +157,11 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     header, row = run_vqad("records", url, "--part-id", "SN-0003").stdout.splitlines()[:2]
     assert header.split()[5:8] == ["dec.", "score", "threshold"], header
     assert row.split()[6:9] == [part[0]["decision"], f"{part[0]['score']:.4g}", f"{part[0]['threshold']:.4g}"], row
+    # And the highest region's box, as `vqad calibrate --ignore` takes it (a date code, a label).
+    top = max(part[0]["regions"], key=lambda g: g["peak"]) if part[0]["regions"] else None
+    assert header.split()[8:10] == ["region", "X,Y,W,H"] and row.split()[9] == (
+        f"{top['x']},{top['y']},{top['w']},{top['h']}" if top else "-"
+    ), row
     (error,) = record.results(part_id="SN-9999")
     assert error["status"] == "error" and error["camera_id"] == "cam2" and "truncated" in error["error"]
     out = json.loads(run_vqad("records", url, "--frame-id", target["frame_id"], "--format", "json").stdout)
@@ -191,13 +196,15 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome")
+        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome,region")
         and "SN-0001" in "".join(csv_lines)
     )
     by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
     for r in rows:  # the time as a spreadsheet reads it, and a fail's heat map beside its frame
         assert dt.datetime.fromisoformat(by_frame[r["frame_id"]]["time"]).timestamp() == r["ts_ns"] // 10**9
         assert by_frame[r["frame_id"]]["overlay"] == (r["evidence_overlay"] if r["evidence"] else "")
+        top = max(r["regions"], key=lambda g: g["peak"]) if r["regions"] else None
+        assert by_frame[r["frame_id"]]["region"] == (",".join(str(top[k]) for k in "xywh") if top else "")
     # Noise is not the part: the daemon's camera health gate fails such frames, and the record says why.
     reasons = {"aspect", "blurred", "exposure", "clipped", "moved", "frozen"}
     assert any(r["unfit"] for r in rows) and all(set((r["unfit"] or "exposure").split(",")) <= reasons for r in rows)
@@ -1947,7 +1954,9 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "RR-4(master:must-fail,UNPROVEN) unfit:frozen" in shown, shown  # the gate's fail, no proof
         assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
-        assert csv_rows[0].endswith(",master,master_outcome") and csv_rows[1].endswith(",fail,unproven"), csv_rows
+        first = next(csv.DictReader(csv_rows))
+        assert csv_rows[0].endswith(",master,master_outcome,region") and (first["master"], first["master_outcome"]) == (
+            "fail", "unproven"), csv_rows  # fmt: skip
         refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)
         assert refused.returncode != 0 and "--master-parts selects results to print" in refused.stderr
 

@@ -444,9 +444,9 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them);
     `master` is a master part's known decision (empty for a product), `master_outcome` what its
-    check came to (right, wrong or unproven)."""
-    table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id",
-                                        "time", "overlay", "run", "seq", "master", "master_outcome"])  # fmt: skip
+    check came to (right, wrong or unproven); `region` the box of its highest region, X,Y,W,H."""
+    table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time",
+                                        "overlay", "run", "seq", "master", "master_outcome", "region"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -455,7 +455,7 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
         seq = "" if r["seq"] is None else r["seq"]
         table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq,
-                   r.get("master") or "", r.get("master_outcome") or ""])  # fmt: skip
+                   r.get("master") or "", r.get("master_outcome") or "", _region(r) or ""])  # fmt: skip
     return n
 
 
@@ -467,19 +467,30 @@ def _part(r: dict) -> str:
     return f"{r['part_id']}(master:must-{r['master']},{checked if checked == 'right' else checked.upper()})"
 
 
+def _region(r: dict) -> str | None:
+    """A result's highest region as X,Y,W,H in the frame's pixels: what `vqad calibrate --ignore`
+    takes, when the region is a date code or a label and no defect. None without one."""
+    regions = [g for g in r.get("regions") or [] if isinstance(g, dict)]
+    if not regions:
+        return None
+    top = max(regions, key=lambda g: g.get("peak") or 0)
+    return ",".join(str(top.get(k, "?")) for k in ("x", "y", "w", "h"))
+
+
 def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     n = 0
     for n, r in enumerate(rows, 1):
         if n == 1:
             print(f"{'time':<25} {'camera':>10} {'frame':>8} {'result':>8} {'status':>7} {'dec.':>5} {'score':>8} "
-                  f"{'threshold':>9} {'model':<12} reviews part unfit evidence")  # fmt: skip
+                  f"{'threshold':>9} {'region X,Y,W,H':>15} {'model':<12} reviews part unfit evidence")  # fmt: skip
         when = _local_time(r["ts_ns"], zone)
         # The score beside the threshold it was decided at: an audit reads how near the line it was.
         score, threshold = ("-" if r[k] is None else f"{r[k]:.4g}" for k in ("score", "threshold"))
         verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
-              f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {(r['model_sha256'] or '')[:12]} {verdicts} "
+              f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {_region(r) or '-':>15} "
+              f"{(r['model_sha256'] or '')[:12]} {verdicts} "
               f"{_part(r)} {unfit} {r['evidence'] or ''}")  # fmt: skip
     print(f"{n} results")
     return n
