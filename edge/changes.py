@@ -85,6 +85,10 @@ def _start(d: dict[str, Any]) -> str:
         said += f", judging {judged_words(d['inspection'])}"
     if d.get("previous_exit") == "unclean":
         said += "; the run before it ended without stopping (killed, crashed or the power lost)"
+    back = d.get("previous_results_recovered")
+    if isinstance(back, dict) and back.get("recovered"):
+        said += (f"; {back['recovered']} results of the run before it put back from its journal (it ended before "
+                 "they were committed), without their images")  # fmt: skip
     lost = d.get("previous_results_without_row")
     if isinstance(lost, dict) and lost.get("without_row"):
         said += f"; at least {lost['without_row']} results of the run before it have no row (its subscribers had them)"

@@ -261,7 +261,8 @@ class Daemon:
             clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
             # And the results of the run before that have no row (killed before its writer committed
             # them): the audit reads them in the record, not only in this box's log.
-            noted = {**alarms, "previous_results_without_row": self.recorder.previous_lost}
+            noted = {**alarms, "previous_results_without_row": self.recorder.previous_lost,
+                     "previous_results_recovered": self.recorder.previous_recovered}  # fmt: skip
             self.recorder.event(
                 *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock,
                               **{key: value for key, value in noted.items() if value})

@@ -130,6 +130,14 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
             "vqad serve started: model m abababababab, threshold 1.01; at least 27 results of the run before it have "
             "no row (its subscribers had them); the fail-rate alarm it left raised on press1 ended: the alarm is off",
         ),
+        (
+            "start",
+            {"model": MODEL, "threshold": 1.01, "previous_exit": "unclean",
+             "previous_results_recovered": {"run": "5f0c", "recovered": 368}},
+            "vqad serve started: model m abababababab, threshold 1.01; the run before it ended without stopping "
+            "(killed, crashed or the power lost); 368 results of the run before it put back from its journal (it "
+            "ended before they were committed), without their images",
+        ),  # fmt: skip
         ("pause", {"camera": "press1"}, "camera press1 paused"),
         ("resume", {"camera": "press1"}, "camera press1 resumed"),
         ("calibrate-twice", {"a": 1}, 'calibrate-twice {"a": 1}'),  # a newer vqad's kind, on a shared record

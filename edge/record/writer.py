@@ -42,6 +42,7 @@ from edge.record.housekeeping import (
     network_filesystem_note,
     unwritable_note,
 )
+from edge.record.journal import Journal, journal_rows, previous_journals
 from edge.record.schema import events, migrate, newest_result_ns, results, stored_record_id
 from edge.record.store import (
     create_engine,
@@ -58,6 +59,8 @@ from edge.results import Result
 from edge.state import write_whole
 
 log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = frozenset(c.name for c in results.columns) - {"id"}  # what a journal's row may set
 
 # Rows per transaction and the longest a row waits for one: a few hundred rows commit in
 # milliseconds on SQLite and PostgreSQL alike; a commit per row would be the bottleneck.
@@ -156,6 +159,12 @@ class RecordWriter:
         self._state_saved = 0.0  # when the state file was last written (monotonic)
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
+        # Each result handed over, until its row commits: a kill loses none (edge.record.journal).
+        # The previous runs' journals are read once the record answers (_report_previous_run).
+        folder = self.state_file.parent if self.state_file else None
+        self._journals_left = previous_journals(folder, self.run_id) if folder else {}
+        self._journal = Journal(folder, self.run_id) if folder else None
+        self.previous_recovered: dict[str, Any] | None = None  # {"run", "recovered"}: its rows put back
         # How many of the previous run's results have no row, at least (its run id and the
         # count), once the record answered at this start: the start's row names them.
         self.previous_lost: dict[str, Any] | None = None
@@ -323,6 +332,8 @@ class RecordWriter:
                 self._let_go(let_go)
             self.buffer.append((result, published_ns, time.monotonic()))
             self.handed += 1
+            if self._journal is not None:
+                self._journal.add(self._row_fields(result, published_ns, self._record_time(result, published_ns)))
             self.metrics.record_pending.set(len(self.buffer))
             if len(self.buffer) >= BATCH_ROWS:
                 self.lock.notify()
@@ -393,6 +404,8 @@ class RecordWriter:
                 with contextlib.suppress(sa.exc.SQLAlchemyError):
                     self._store_waiting_events()
         self._save_state(closed=True)
+        if self._journal is not None:  # each result is committed or counted unrecorded below
+            self._journal.close()
         left = len(self.buffer)
         if left:
             self._count_unrecorded(left)
@@ -485,6 +498,8 @@ class RecordWriter:
         self.held.batch_done()
         self._evidence_missed = set()
         self.metrics.record_pending.set(len(self.buffer))
+        if not self.buffer and self._journal is not None:  # nothing handed over waits: none to put back
+            self._journal.emptied()
 
     def _count_unrecorded(self, n: int) -> None:
         """n results that will have no row (under self.lock, or once the writer has stopped)."""
@@ -540,11 +555,17 @@ class RecordWriter:
         return capture_time_ns(result.header["ts_ns"], result.recv_ns or published_ns)
 
     def _row(self, result: Result, published_ns: int, ts_ns: int) -> dict[str, Any]:
-        h = result.header
         frame = self._claim(result)
         frame_path, overlay_path = (
             self._evidence_or_none(result, frame, ts_ns, published_ns) if frame is not None else (None, None)
         )
+        return {**self._row_fields(result, published_ns, ts_ns), "evidence_frame": frame_path,
+                "evidence_overlay": overlay_path}  # fmt: skip
+
+    def _row_fields(self, result: Result, published_ns: int, ts_ns: int) -> dict[str, Any]:
+        """`result`'s row without its evidence: as the journal keeps it, and the record once the
+        evidence is written."""
+        h = result.header
         return {
             "camera_id": h["camera_id"],
             "frame_id": h["frame_id"],
@@ -561,8 +582,8 @@ class RecordWriter:
             "model_sha256": (h.get("model") or {}).get("sha256"),
             "latency_ms": h.get("latency_ms"),
             "batch_size": h.get("batch_size"),
-            "evidence_frame": frame_path,
-            "evidence_overlay": overlay_path,
+            "evidence_frame": None,
+            "evidence_overlay": None,
             "evidence_removed": False,
             "daemon_run": self.run_id,
             "part_id": h.get("part_id"),
@@ -629,6 +650,8 @@ class RecordWriter:
         evidence: after a kill, the rows this run lacks are at least that count minus the rows it
         has. `closed`: the writer has stopped, and the count is whole."""
         self._state_saved = time.monotonic()
+        if self._journal is not None:
+            self._journal.sync()
         if self.state_file is None:
             return
         pending = self._pending
@@ -655,31 +678,33 @@ class RecordWriter:
             return None
 
     def _report_previous_run(self) -> None:
-        """Log how many of the previous run's results have no row (a kill, a power cut), and remove
-        the evidence it wrote for them. Its rows follow the id the state file names: counted from
+        """Put back the rows the previous runs' journals hold and the record lacks (a kill, a power
+        cut), log how many of the previous run's results still have no row, and remove the
+        evidence it wrote for them. Its rows follow the id the state file names: counted from
         there, not over months of rows (0.33 s at 2 million rows of SQLite, in the daemon's start)."""
         state, self._previous = self._previous, None
+        journals, self._journals_left = self._journals_left, {}
         with self.engine.connect() as conn:
             self._after_id = conn.execute(sa.select(sa.func.max(results.c.id))).scalar_one() or 0
             # The latest time among the rows (ix_results_ts), not the last row's: a run whose clock
             # read 1970 wrote the last ones.
             self.newest_ns = newest_result_ns(conn)
             self.record_id = stored_record_id(conn)
-            if state is None:
-                return
-            if state.get("record", self.where) != self.where:  # older state files do not say
-                log.info("the previous run of the daemon recorded to %s, not here: its results are not counted",
-                         state["record"])  # fmt: skip
-                return
-            if state.get("record_id") not in (None, self.record_id):  # older state files do not say this
-                log.info("the previous run of the daemon recorded to another record at %s (made anew since, or put "
-                         "back from a copy): its results are not counted", self.where)  # fmt: skip
-                return
+        if state is None or not self._same_record(state):
+            for path in journals.values():  # another record's rows, or none known to be this one's
+                path.unlink(missing_ok=True)
+            return
+        back = self._recover(journals).get(state["run"], 0)
+        with self.engine.connect() as conn:
             previous = sa.select(sa.func.count()).where(
                 results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
             )
             rows = conn.execute(previous).scalar_one()
             unnamed = _unnamed_evidence(conn, state.get("evidence_pending") or [])
+        if back:
+            self.previous_recovered = {"run": state["run"], "recovered": back}
+            log.warning("the previous run of the daemon ended before %d of its results were committed: their rows "
+                        "are put back from its journal, without their images", back)  # fmt: skip
         missing = int(state["handed"]) - rows
         if missing > 0:
             self.previous_lost = {"run": state["run"], "without_row": missing}
@@ -696,6 +721,40 @@ class RecordWriter:
             self.house.forget(unnamed, counted=False)
             log.warning("removed %d evidence files of the previous run that no row names (it stopped before "
                         "their results were committed)", len(unnamed))  # fmt: skip
+
+    def _same_record(self, state: dict[str, Any]) -> bool:
+        """Whether the previous run recorded here, to this record (older state files do not say)."""
+        if state.get("record", self.where) != self.where:
+            log.info("the previous run of the daemon recorded to %s, not here: its results are not counted",
+                     state["record"])  # fmt: skip
+            return False
+        if state.get("record_id") not in (None, self.record_id):
+            log.info("the previous run of the daemon recorded to another record at %s (made anew since, or put "
+                     "back from a copy): its results are not counted", self.where)  # fmt: skip
+            return False
+        return True
+
+    def _recover(self, journals: dict[str, Path]) -> dict[str, int]:
+        """The rows the previous runs' journals hold and the record lacks (by run and seq),
+        inserted without their images -> how many, by run. Each journal goes once read."""
+        recovered = {}
+        for run, path in journals.items():
+            rows = [r for r in journal_rows(path) if r.get("daemon_run") == run and isinstance(r.get("seq"), int)]
+            if rows:
+                recovered[run] = self._put_back(run, rows)
+            path.unlink(missing_ok=True)
+        return recovered
+
+    def _put_back(self, run: str, rows: list[dict[str, Any]]) -> int:
+        """Insert those of `rows` (run `run`'s, from its journal) the record lacks -> how many."""
+        first = min(r["seq"] for r in rows)
+        with self.engine.begin() as conn:
+            query = sa.select(results.c.seq).where(results.c.daemon_run == run, results.c.seq >= first)
+            have = set(conn.execute(query).scalars())
+            missing = [{k: v for k, v in r.items() if k in RESULT_COLUMNS} for r in rows if r["seq"] not in have]
+            if missing:
+                conn.execute(sa.insert(results), missing)
+        return len(missing)
 
 
 def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
