@@ -132,8 +132,12 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
         ),
         (
             "start",
-            {"model": MODEL, "threshold": 1.01, "previous_exit": "unclean",
-             "previous_results_recovered": {"run": "5f0c", "recovered": 368}},
+            {
+                "model": MODEL,
+                "threshold": 1.01,
+                "previous_exit": "unclean",
+                "previous_results_recovered": {"run": "5f0c", "recovered": 368},
+            },
             "vqad serve started: model m abababababab, threshold 1.01; the run before it ended without stopping "
             "(killed, crashed or the power lost); 368 results of the run before it put back from its journal (it "
             "ended before they were committed), without their images",

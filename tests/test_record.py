@@ -326,6 +326,28 @@ def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path
     assert not list(state.glob(f"{JOURNAL_PREFIX}*"))  # a clean stop leaves none
 
 
+def test_a_journal_past_its_bound_takes_no_more_lines_until_the_writer_catches_up(tmp_path, monkeypatch, caplog):
+    """A record down for long: the results wait in memory (counted), and the journal stops at
+    its bound instead of filling the state folder's disk; it takes lines again once emptied."""
+    from edge.record import journal as journal_module
+    from edge.record.journal import Journal, journal_rows, previous_journals
+
+    monkeypatch.setattr(journal_module, "JOURNAL_MAX_BYTES", 300)
+    journal = Journal(tmp_path, "r1")
+    for i in range(10):
+        journal.add({"seq": i, "camera_id": "c", "regions": [{"x": 1, "y": 2, "w": 3, "h": 4}]})
+    kept = journal_rows(journal.path)
+    assert 0 < len(kept) < 10 and [r["seq"] for r in kept] == list(range(len(kept))) and journal.full
+    assert "until the record catches up, a kill loses the results waiting for it" in caplog.text
+    journal.emptied()
+    journal.add({"seq": 10})
+    journal.sync()
+    assert journal_rows(journal.path) == [{"seq": 10}] and not journal.full
+    assert previous_journals(tmp_path, "r2") == {"r1": journal.path} and previous_journals(tmp_path, "r1") == {}
+    journal.close()
+    assert not journal.path.exists()
+
+
 def test_changes_the_record_never_took_are_named_when_the_writer_stops(tmp_path, caplog):
     database = tmp_path / "line.db"
     writer = RecordWriter(f"sqlite:///{database}", tmp_path / "evidence").start()
