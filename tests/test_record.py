@@ -326,6 +326,33 @@ def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path
     assert not list(state.glob(f"{JOURNAL_PREFIX}*"))  # a clean stop leaves none
 
 
+def test_results_left_at_a_stop_while_the_record_is_down_are_put_back_at_the_next_start(tmp_path, monkeypatch):
+    """A daemon stopped while its record does not answer (a database server in maintenance)
+    counted the results it held unrecorded, and they were gone. Its journal stays for them."""
+    from edge.record.journal import JOURNAL_PREFIX
+
+    url, state, down = f"sqlite:///{tmp_path / 'line.db'}", tmp_path / "state", "a" * 32
+    state.mkdir()
+    writer = RecordWriter(url, tmp_path / "evidence", state_file=state / "vqad-serve.record.json", run_id=down)
+
+    def unanswered(batch):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("the server does not answer"))
+
+    monkeypatch.setattr(writer, "_store", unanswered)
+    for i in range(3):
+        result = _result("c", i)
+        result.header["seq"] = i
+        writer.put(result, time.time_ns())
+    writer.start().close(timeout=0.5)
+    assert writer.unrecorded == 3 and (state / f"{JOURNAL_PREFIX}{down}.jsonl").exists()
+    again = RecordWriter(url, tmp_path / "evidence", state_file=state / "vqad-serve.record.json", run_id="b" * 32)
+    try:
+        assert again.previous_recovered == {"run": down, "recovered": 3}
+        assert sorted(r["seq"] for r in Record(url).results(camera="c")) == [0, 1, 2]
+    finally:
+        again.start().close()
+
+
 def test_a_journal_past_its_bound_takes_no_more_lines_until_the_writer_catches_up(tmp_path, monkeypatch, caplog):
     """A record down for long: the results wait in memory (counted), and the journal stops at
     its bound instead of filling the state folder's disk; it takes lines again once emptied."""

@@ -12,7 +12,8 @@ images, and says how many (edge.record.writer).
 
 The file starts again whenever the writer has nothing left to commit, and stops taking lines
 at JOURNAL_MAX_BYTES (a record down for long: the results wait in memory, counted), so it
-stays small. One file a run (`vqad-serve.journal.<run>.jsonl`): the next start reads the
+stays small. It goes at a clean stop, unless results are left there (a record that did not
+answer): the next start puts those back too. One file a run (`vqad-serve.journal.<run>.jsonl`): the next start reads the
 previous runs' before its own writer adds to its own.
 """
 
@@ -90,13 +91,16 @@ class Journal:
         except (OSError, ValueError):  # closed meanwhile, or the disk refused: said by add()
             pass
 
-    def close(self) -> None:
-        """A clean stop: every row was committed or counted unrecorded; the file goes."""
+    def close(self, keep: bool = False) -> None:
+        """The writer has stopped: the file goes, or with `keep` (results left uncommitted, the
+        record down at the stop), stays for the next start to put back."""
         if self.file is None:
             return
+        self.sync()
         self.file.close()
         self.file = None
-        self.path.unlink(missing_ok=True)
+        if not keep:
+            self.path.unlink(missing_ok=True)
 
 
 def previous_journals(folder: Path, run_id: str) -> dict[str, Path]:

@@ -404,12 +404,13 @@ class RecordWriter:
                 with contextlib.suppress(sa.exc.SQLAlchemyError):
                     self._store_waiting_events()
         self._save_state(closed=True)
-        if self._journal is not None:  # each result is committed or counted unrecorded below
-            self._journal.close()
         left = len(self.buffer)
+        if self._journal is not None:  # kept when results are left: the next start puts them back
+            self._journal.close(keep=bool(left))
         if left:
             self._count_unrecorded(left)
-            log.error("the record's writer stopped with %d results unrecorded", left)
+            kept = " (kept in its journal: the next start puts them back once the record answers)"
+            log.error("the record's writer stopped with %d results unrecorded%s", left, kept if self._journal else "")
         if self._events_waiting:
             kinds = ", ".join(f"{e['kind']} by {e['by']}" for e in self._events_waiting)
             log.error("the record's writer stopped with changes to the daemon unrecorded: %s", kinds)
