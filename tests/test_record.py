@@ -2579,12 +2579,7 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     # back (without their images), and the record holds every one.
     with sqlite3.connect(db) as conn:
         kept = conn.execute("SELECT COUNT(*) FROM results WHERE daemon_run = ?", (state["run"],)).fetchone()[0]
-    assert kept >= state["handed"], (kept, state)
-    assert (
-        (f"before {expected} of its results were committed: their rows are put back" in text)
-        if expected
-        else ("are all recorded" in text)
-    ), text[-2000:]
+    assert kept >= state["handed"], (kept, state)  # the journal may hold more than the count last kept
     # The record's changes tell the audit when the line was inspected: the killed run has no stop,
     # and the next start says the run before it ended without one.
     # (Its frames' fails may raise and clear cam9's fail-rate alarm among them: not the daemon's runs.)
@@ -2604,11 +2599,13 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
     # The results the killed run had counted without their rows: in the record's start row,
     # for an audit that reads the record, not the box's log.
     assert "previous_results_without_row" not in second, second
-    if expected:
-        assert second["previous_results_recovered"] == {"run": first["run"], "recovered": expected}, second
-        assert f"; {expected} results of the run before it put back from its journal" in table, table
-    else:
-        assert "previous_results_recovered" not in second, second
+    recovered = (second.get("previous_results_recovered") or {}).get("recovered", 0)
+    assert kept == rows + recovered and recovered >= expected, (kept, rows, second)
+    if recovered:
+        assert second["previous_results_recovered"]["run"] == first["run"], second
+        assert f"; {recovered} results of the run before it put back from its journal" in table, table
+        assert f"before {recovered} of its results were committed: their rows are put back" in text, text[-2000:]
+    assert f"the previous run's {kept} results are all recorded" in text, text[-2000:]
 
 
 def test_a_slow_subscriber_loses_results_and_the_record_keeps_them_all(tiny_model, tmp_path):

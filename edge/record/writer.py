@@ -711,8 +711,8 @@ class RecordWriter:
             self.previous_lost = {"run": state["run"], "without_row": missing}
             log.warning("the previous run of the daemon recorded %d results; at least %d of it have no row "
                         "(it stopped before they were committed)", rows, missing)  # fmt: skip
-        elif state.get("closed"):
-            log.info("the previous run's %d results are all recorded", rows)
+        elif state.get("closed") or state["run"] in journals:  # its journal held each result handed over
+            log.info("the previous run's %d results are all recorded%s", rows, f", {back} put back" if back else "")
         else:  # killed: results handed since its count was last kept are not in it
             log.info("the previous run's %d results counted before it ended are all recorded; it ended without "
                      "stopping, and those of its last moments (under a second, while the record answered) may "
