@@ -406,7 +406,8 @@ class RecordWriter:
         self._save_state(closed=True)
         left = len(self.buffer)
         if self._journal is not None:  # kept when results are left: the next start puts them back
-            self._journal.close(keep=bool(left))
+            with self.lock:  # a writer whose join timed out may be emptying it this moment
+                self._journal.close(keep=bool(left))
         if left:
             self._count_unrecorded(left)
             kept = " (kept in its journal: the next start puts them back once the record answers)"
