@@ -1366,7 +1366,11 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
                              "evidence_frame = '/elsewhere/0.png' WHERE frame_id = 0"))  # fmt: skip
         conn.execute(sa.text("UPDATE results SET evidence_removed = true WHERE frame_id = 1"))
     engine.dispose()
-    _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a record they share
+    (other_line,) = _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a shared record
+    with engine.begin() as conn:  # its images never written: a row put back from a killed daemon's journal
+        conn.execute(sa.text("UPDATE results SET evidence_overlay = NULL, evidence_frame = NULL "
+                             "WHERE camera_id = 'line4-cam'"))  # fmt: skip
+    engine.dispose()
     nowhere = f"ipc://{tmp_path}/no-daemon"
     with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
         every = wait_for(lambda: len(c := _json(dashboard.url + "/api/summary")[1]["cameras"]) == 2 and c, 10)
@@ -1409,6 +1413,8 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         assert cameras["standing"]["recorded_only"] is True and cameras["standing"]["frames"] == 0
         status, body = _json(base + f"/api/image/standing/0/overlay?result={rows[0]['id']}")
         assert status == 404 and body["error"] == "not on this machine's disk: /elsewhere/0_overlay.jpg"
+        status, body = _json(base + f"/api/image/line4-cam/0/overlay?result={other_line['id']}")
+        assert status == 404 and body["error"].startswith("no picture kept: its images were not written"), body
         driver = headless_chromium()
         try:
             driver.get(base + "/")

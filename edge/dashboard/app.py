@@ -471,8 +471,8 @@ class Dashboard:
         path = rows[0]["evidence_overlay" if kind == "overlay" else "evidence_frame"]
         if rows[0]["evidence_removed"]:
             return JSONResponse({"error": "the evidence was removed by the disk quota"}, 410)
-        if not path:
-            return None
+        if not path:  # a pass not sampled, or a result whose images were never written
+            return JSONResponse({"error": NO_PICTURE_KEPT}, 404)
         if Path(path).is_file():
             return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
         # A record shared by boxes: each keeps its images on its own disk.
@@ -562,6 +562,11 @@ def _live_image(live: LiveFrame, kind: str) -> Response:
     if picture is None:
         return JSONResponse({"error": "the stream carries no maps (edge publish_maps)"}, 404)
     return Response(picture, media_type="image/jpeg")
+
+
+# Why a recorded result has no picture, where the stream's is gone too: a pass not sampled, a
+# full disk, or a row put back from the daemon's journal after a kill (edge.record.journal).
+NO_PICTURE_KEPT = "no picture kept: its images were not written (a full disk, or the daemon ended first)"
 
 
 def _reject_item(
