@@ -1822,9 +1822,11 @@ def test_a_master_part_that_missed_its_verdict_turns_its_camera_red_until_it_get
         now = {**other, "model_sha256": "ab" * 32, "threshold": 1.0}
         assert wait_for(lambda: beating([before, now], lambda: "warn" in shown()[2], threshold=1.2), 20,
                         every=0.2), shown()  # fmt: skip
-        assert shown()[3].startswith("master parts not run since the model or threshold changed (the last at ")
+        assert shown()[3].startswith(
+            "master parts not run since the model, threshold or inspection mask changed (the last at "
+        )
         assert wait_for(lambda: beating([before, now], lambda: "ok" in shown()[2]), 20, every=0.2), shown()
-        assert shown()[3].endswith(" (1 more before the model or threshold changed)"), shown()
+        assert shown()[3].endswith(" (1 more before the model, threshold or inspection mask changed)"), shown()
         # The day's tally counts a camera's master parts, and says in red that one was wrong.
         cell = """const row = document.querySelector('[data-camera="cam5"] [data-field="daily"] tr');
                   return row ? [row.children[10].textContent, row.children[10].className] : null"""

@@ -624,14 +624,14 @@ function drawMasters(el, masters) {
     el.title = masterWrongWhy(checks[0]);
   } else if (!now.length) {
     const last = latest(masters);
-    pill(el, `master parts not run since the model or threshold changed (the last at ${time(last)}, ` +
+    pill(el, `master parts not run since the model, threshold or inspection mask changed (the last at ${time(last)}, ` +
       `threshold ${num(last.threshold)})`, "warn");
-    el.title = "each master part's check proves the model and threshold it was made on: run them again";
+    el.title = "each master part's check proves the model, threshold and inspection mask it was made on: run them again";
   } else {
     const before = masters.length - now.length;
     pill(el, `master parts right: ${now.length}, the latest at ${time(latest(now))}` +
-      (before ? ` (${before} more before the model or threshold changed)` : ""), "ok");
-    el.title = masters.map((m) => `${masterText(m)} (${time(m)})${provesNow(m) ? "" : ", on the model or threshold before"}`).join("\n");
+      (before ? ` (${before} more before the model, threshold or inspection mask changed)` : ""), "ok");
+    el.title = masters.map((m) => `${masterText(m)} (${time(m)})${provesNow(m) ? "" : ", on the model, threshold or inspection mask before"}`).join("\n");
   }
 }
 
