@@ -87,8 +87,10 @@ def _start(d: dict[str, Any]) -> str:
         said += "; the run before it ended without stopping (killed, crashed or the power lost)"
     back = d.get("previous_results_recovered")
     if isinstance(back, dict) and back.get("recovered"):
+        imaged = back.get("with_images") or 0
+        images = f"{imaged} with their images" if imaged else "without their images"
         said += (f"; {back['recovered']} results of the run before it put back from its journal (it ended before "
-                 "they were committed), without their images")  # fmt: skip
+                 f"they were committed), {images}")  # fmt: skip
     lost = d.get("previous_results_without_row")
     if isinstance(lost, dict) and lost.get("without_row"):
         said += f"; at least {lost['without_row']} results of the run before it have no row (its subscribers had them)"

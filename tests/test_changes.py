@@ -142,6 +142,16 @@ BEHIND = {"behind": "the model package's export", "behind_at": "2026-12-05T23:07
             "(killed, crashed or the power lost); 368 results of the run before it put back from its journal (it "
             "ended before they were committed), without their images",
         ),  # fmt: skip
+        (
+            "start",
+            {
+                "model": MODEL,
+                "threshold": 1.01,
+                "previous_results_recovered": {"run": "5f0c", "recovered": 40, "with_images": 32},
+            },
+            "vqad serve started: model m abababababab, threshold 1.01; 40 results of the run before it put back from "
+            "its journal (it ended before they were committed), 32 with their images",
+        ),  # fmt: skip
         ("pause", {"camera": "press1"}, "camera press1 paused"),
         ("resume", {"camera": "press1"}, "camera press1 resumed"),
         ("calibrate-twice", {"a": 1}, 'calibrate-twice {"a": 1}'),  # a newer vqad's kind, on a shared record

@@ -286,11 +286,24 @@ def test_a_stopped_runs_count_is_read_from_its_stop_row_after_every_result_it_co
     assert record.run_published(run) == 3 and record.run_published("b" * 32) is None  # a run killed: no row
 
 
+class _KilledError(Exception):
+    pass
+
+
+class _KilledAtCommit:
+    """An engine whose transaction never begins: the process killed between a batch's images
+    and its commit."""
+
+    def begin(self):
+        raise _KilledError
+
+
 def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path, record_url):
     """A daemon killed while its writer held results (a batch writing its evidence, the rest
     waiting) lost them: a probe at 40 fails/s lost 43 of 129. Each result handed over is in the
     run's journal, in the kernel before put() returns; the next start puts back the rows the
-    record lacks, by run and seq, without their images, and the journal goes."""
+    record lacks, by run and seq, with the images the killed batch had written whole, and the
+    journal goes."""
     from edge.record.journal import JOURNAL_PREFIX
 
     state, killed_run = tmp_path / "state", "a" * 32
@@ -304,18 +317,27 @@ def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path
     killed._store(list(killed.buffer)[:2])  # its first batch committed, then the kill
     with killed.lock:
         killed._take_off(2)
+    committed, killed.engine = killed.engine, _KilledAtCommit()  # the next batch's images written, then the kill
+    with pytest.raises(_KilledError):
+        killed._store(list(killed.buffer)[:2])
+    frames = sorted((tmp_path / "evidence" / "c").rglob("[23]_*.png"))
+    assert len(frames) == 2
+    frames[1].write_bytes(frames[1].read_bytes()[:500])  # seq 3's, cut (a power cut would leave it so)
     journal = state / f"{JOURNAL_PREFIX}{killed_run}.jsonl"
     assert len(journal.read_bytes().splitlines()) == 5  # the whole run's, until its writer has none left
     with journal.open("ab") as f:
         f.write(b'{"camera_id": "c", "frame_id": 9, "se')  # a line the kill cut
-    killed.engine.dispose()
+    committed.dispose()
     again = RecordWriter(record_url, tmp_path / "evidence", state_file=state / "vqad-serve.record.json",
                          run_id="b" * 32)  # fmt: skip
     try:
         rows = sorted(Record(record_url).results(camera="c"), key=lambda r: r["seq"])
         assert [(r["seq"], r["daemon_run"], r["decision"]) for r in rows] == [(i, killed_run, "fail") for i in range(5)]
-        assert [bool(r["evidence"]) for r in rows] == [True, True, False, False, False]  # put back without images
-        assert again.previous_recovered == {"run": killed_run, "recovered": 3} and again.previous_lost is None
+        # seq 2 with the images its batch had written whole; seq 3's cut, and seq 4 never had any
+        assert [bool(r["evidence"]) for r in rows] == [True, True, True, False, False]
+        assert Path(rows[2]["evidence"]).is_file() and not frames[1].exists()  # the cut one removed, no row names it
+        assert again.previous_recovered == {"run": killed_run, "recovered": 3, "with_images": 1}
+        assert again.previous_lost is None
         assert not journal.exists() and (state / f"{JOURNAL_PREFIX}{'b' * 32}.jsonl").exists()
         again.start()
         again.put(_result("c", 10), time.time_ns())
@@ -347,7 +369,7 @@ def test_results_left_at_a_stop_while_the_record_is_down_are_put_back_at_the_nex
     assert writer.unrecorded == 3 and (state / f"{JOURNAL_PREFIX}{down}.jsonl").exists()
     again = RecordWriter(url, tmp_path / "evidence", state_file=state / "vqad-serve.record.json", run_id="b" * 32)
     try:
-        assert again.previous_recovered == {"run": down, "recovered": 3}
+        assert again.previous_recovered == {"run": down, "recovered": 3, "with_images": 0}
         assert sorted(r["seq"] for r in Record(url).results(camera="c")) == [0, 1, 2]
     finally:
         again.start().close()

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from edge.durable import sync_folders
 from edge.errors import DataError
-from edge.frames import one_channel_if_grey, write_image
+from edge.frames import PNG_SIGNATURE, jpeg_whole, one_channel_if_grey, png_damage, write_image
 from edge.inspection import draw_ignored
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
@@ -696,7 +696,7 @@ class RecordWriter:
             for path in journals.values():  # another record's rows, or none known to be this one's
                 path.unlink(missing_ok=True)
             return
-        back = self._recover(journals).get(state["run"], 0)
+        back, imaged = self._recover(journals, state.get("evidence_pending") or []).get(state["run"], (0, 0))
         with self.engine.connect() as conn:
             previous = sa.select(sa.func.count()).where(
                 results.c.id > int(state.get("after_id") or 0), results.c.daemon_run == state["run"]
@@ -704,9 +704,10 @@ class RecordWriter:
             rows = conn.execute(previous).scalar_one()
             unnamed = _unnamed_evidence(conn, state.get("evidence_pending") or [])
         if back:
-            self.previous_recovered = {"run": state["run"], "recovered": back}
+            self.previous_recovered = {"run": state["run"], "recovered": back, "with_images": imaged}
             log.warning("the previous run of the daemon ended before %d of its results were committed: their rows "
-                        "are put back from its journal, without their images", back)  # fmt: skip
+                        "are put back from its journal, %d with the images it had written whole",
+                        back, imaged)  # fmt: skip
         missing = int(state["handed"]) - rows
         if missing > 0:
             self.previous_lost = {"run": state["run"], "without_row": missing}
@@ -736,27 +737,39 @@ class RecordWriter:
             return False
         return True
 
-    def _recover(self, journals: dict[str, Path]) -> dict[str, int]:
+    def _recover(self, journals: dict[str, Path], pending: list[Any]) -> dict[str, tuple[int, int]]:
         """The rows the previous runs' journals hold and the record lacks (by run and seq),
-        inserted without their images -> how many, by run. Each journal goes once read."""
+        inserted -> by run, how many, and how many with images. Each journal goes once read. A row
+        whose images the killed batch had written whole (`pending`: the state file's
+        evidence_pending) names them; the others have none."""
+        written = _written_evidence(pending)
         recovered = {}
         for run, path in journals.items():
             rows = [r for r in journal_rows(path) if r.get("daemon_run") == run and isinstance(r.get("seq"), int)]
             if rows:
-                recovered[run] = self._put_back(run, rows)
+                recovered[run] = self._put_back(run, rows, written)
             path.unlink(missing_ok=True)
         return recovered
 
-    def _put_back(self, run: str, rows: list[dict[str, Any]]) -> int:
-        """Insert those of `rows` (run `run`'s, from its journal) the record lacks -> how many."""
+    def _put_back(
+        self, run: str, rows: list[dict[str, Any]], written: dict[tuple[Any, ...], list[str]]
+    ) -> tuple[int, int]:
+        """Insert those of `rows` (run `run`'s, from its journal) the record lacks, with the
+        images `written` for them whole -> how many, and how many with images."""
         first = min(r["seq"] for r in rows)
         with self.engine.begin() as conn:
             query = sa.select(results.c.seq).where(results.c.daemon_run == run, results.c.seq >= first)
             have = set(conn.execute(query).scalars())
             missing = [{k: v for k, v in r.items() if k in RESULT_COLUMNS} for r in rows if r["seq"] not in have]
+            for row in missing:
+                frame, overlay = written.get((row.get("camera_id"), row.get("frame_id"), row.get("published_ns")),
+                                             (None, None))  # fmt: skip
+                if frame and _whole_images(frame, overlay):
+                    row["evidence_frame"] = frame
+                    row["evidence_overlay"] = overlay if Path(overlay).is_file() else None
             if missing:
                 conn.execute(sa.insert(results), missing)
-        return len(missing)
+        return len(missing), sum(row.get("evidence_frame") is not None for row in missing)
 
 
 def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
@@ -781,6 +794,32 @@ def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
         if conn.execute(named.limit(1)).first() is None:
             unnamed += there
     return unnamed
+
+
+def _written_evidence(pending: list[Any]) -> dict[tuple[Any, ...], list[str]]:
+    """The state file's evidence_pending entries by (camera, frame id, published_ns): the frame
+    file is named `<frame id>_<published_ns>.png` (RecordWriter._evidence_paths)."""
+    found = {}
+    for entry in pending:
+        try:
+            camera, frame_id, frame, overlay = entry
+            published_ns = int(Path(frame).stem.split("_")[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        found[(camera, frame_id, published_ns)] = [frame, overlay]
+    return found
+
+
+def _whole_images(frame: str, overlay: str) -> bool:
+    """Whether a killed batch's frame file is a whole PNG, and its overlay (if there) a whole
+    JPEG: a kill of the process leaves what it wrote; a power cut may leave them cut or empty."""
+    try:
+        data = Path(frame).read_bytes()
+        if not data.startswith(PNG_SIGNATURE) or png_damage(data) is not None:
+            return False
+        return not Path(overlay).is_file() or jpeg_whole(Path(overlay).read_bytes())
+    except OSError:
+        return False
 
 
 def _is_evidence_name(path: Any) -> bool:
