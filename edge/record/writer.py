@@ -164,7 +164,7 @@ class RecordWriter:
         folder = self.state_file.parent if self.state_file else None
         self._journals_left = previous_journals(folder, self.run_id) if folder else {}
         self._journal = Journal(folder, self.run_id) if folder else None
-        self.previous_recovered: dict[str, Any] | None = None  # {"run", "recovered"}: its rows put back
+        self.previous_recovered: dict[str, Any] | None = None  # {"run", "recovered", "with_images"}
         # How many of the previous run's results have no row, at least (its run id and the
         # count), once the record answered at this start: the start's row names them.
         self.previous_lost: dict[str, Any] | None = None
