@@ -585,11 +585,12 @@ class Daemon:
         return old
 
     def _another_inspection(self, new: Serving) -> None:
-        """Another model or threshold serves: the master parts' checks prove the one before, and
-        the fails before say nothing of this one (a threshold set to end false rejects)."""
+        """Another model, threshold or inspection mask serves: the master parts' checks prove the
+        one before, and the fails before say nothing of this one (a threshold set to end false
+        rejects). The fail-rate alarm's reason keeps its words (docs/protocol.md)."""
         if self.masters is not None:
-            log.info("the master parts' checks so far were made on the model and threshold before: run them again "
-                     "to prove this inspection")  # fmt: skip
+            log.info("the master parts' checks so far were made on the model, threshold or inspection mask before: "
+                     "run them again to prove this inspection")  # fmt: skip
             self.masters.show_current(*_inspection(new))
         if self.fail_rate is not None:
             self.fail_rate.start_all_again("the model or threshold changed")
