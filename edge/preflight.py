@@ -21,6 +21,7 @@ from edge.clock import PACKAGE_MADE, RECORD_NEWEST, clock_against, iso, span
 from edge.durable import nearest_existing, write_refusal
 from edge.errors import DataError
 from edge.fail_rate import WINDOW as FAIL_RATE_WINDOW
+from edge.inspection import InspectionMask
 from edge.metrics import DaemonMetrics
 from edge.serving import load_serving
 from edge.settings import EdgeConfig
@@ -68,7 +69,7 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
         source = scoring.threshold_source or {}
         return [
             f"model {pkg.name} ({pkg.sha256[:12]}…) from {pkg.root}: input {pkg.image_size[0]}x{pkg.image_size[1]} "
-            f"(HxW) x {pkg.channels}, its graph's sha256 verified",
+            f"(HxW) x {pkg.channels}, its graph's sha256 verified; {_judged(serving.mask)}",
             *_threshold_lines(scoring.threshold, source, pkg.sha256, overrides),
             f"backend {cfg.backend} x {len(serving.backends)}: built and warmed up in {built_s:.1f} s; "
             f"a batch of {cfg.max_batch} takes {batch_ms:.1f} ms; frames decoded by {_decoders(cfg.decoders())}",
@@ -80,6 +81,13 @@ def _serving_lines(model_dir: Path, cfg: EdgeConfig, overrides: Overrides) -> li
         ]  # fmt: skip
     finally:
         serving.close()
+
+
+def _judged(mask: InspectionMask | None) -> str:
+    """What of the frame the package judges (edge.inspection), its mask checked at the load."""
+    if mask is None:
+        return "the whole frame judged"
+    return f"its inspection mask's sha256 verified: {mask.inspected_share:.1%} of the frame judged"
 
 
 def _clock_line(created_ns: int | None) -> str:

@@ -597,7 +597,7 @@ def test_serve_check_verifies_a_start_without_taking_its_place(tiny_model, tmp_p
                       "--results", daemon.results, "--set", f"edge.state_dir={daemon.dir}")  # fmt: skip
         assert daemon.alive() and sorted(daemon.dir.iterdir()) == held  # nothing made in its state folder
     assert (
-        "its graph's sha256 verified" in ok.stdout
+        "its graph's sha256 verified; the whole frame judged" in ok.stdout
         and "a batch of" in ok.stdout
         and "decoded by the receiver thread" in ok.stdout
     )

@@ -123,6 +123,8 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     assert f"{tiny_model} judges the whole frame, {model} {inspection['inspected_share']:.1%} of the frame" in (
         compared.stderr
     )
+    checked = run_vqad("serve", model, "--check", "--set", f"edge.state_dir={tmp_path / 'check'}").stdout
+    assert f"its inspection mask's sha256 verified: {inspection['inspected_share']:.1%} of the frame judged" in checked
     card = run_vqad("info", model).stdout
     assert f"rectangles X,Y,W,H {x},{y},{w},{h} of 64x64 (WxH) frames left out" in card
     assert f"mask       {inspection['file']}" in card and "verified" in card
