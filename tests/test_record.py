@@ -2309,13 +2309,17 @@ def test_a_file_that_is_not_a_database_is_one_line_naming_it(tmp_path):
 def test_exporting_reviews_without_evidence_says_what_was_left_out(tmp_path):
     url = f"sqlite:///{tmp_path / 'line.db'}"
     writer = RecordWriter(url, tmp_path / "ev").start()
-    passed = _result("c", 1, decision="pass")
+    passed, failed = _result("c", 1, decision="pass"), _result("c", 2)
     writer.put(Result(passed.header, recv_ns=passed.recv_ns), time.time_ns())  # kept without its frame
+    writer.put(Result(failed.header, recv_ns=failed.recv_ns), time.time_ns())  # a fail's images never written
     writer.close()
     Record(url).review("c", 1, "defect")  # a defect the line passed
+    Record(url).review("c", 2, "false_reject")  # a row put back from a killed daemon's journal, say
     proc = run_vqad("records", url, "--export-reviewed", tmp_path / "out")
     assert "no reviewed evidence to export" in proc.stdout and not (tmp_path / "out").exists()
-    assert "1 reviewed result left out: 1 without evidence" in proc.stderr
+    assert "2 reviewed results left out: 1 without evidence" in proc.stderr
+    assert "1 without evidence (none was kept: passes keep it only for edge.record_pass_fraction)" in proc.stderr
+    assert "1 without evidence (its images were not written: a full disk, or the daemon ended first)" in proc.stderr
 
 
 def test_an_export_of_reviews_takes_one_cameras_results_captured_in_a_time(tmp_path):

@@ -945,7 +945,7 @@ class Record:
             reviewed = _within(reviewed.join(results, results.c.id == reviews.c.result_id), results.c.ts_ns,
                                since_ns, until_ns)  # fmt: skip
         left_out: Counter[str] = Counter()
-        columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run,
+        columns = (results.c.id, results.c.camera_id, results.c.frame_id, results.c.daemon_run, results.c.decision,
                    results.c.evidence_frame, results.c.evidence_removed, results.c.unfit, results.c.master)  # fmt: skip
         with self.engine.connect() as conn:  # read first: files copied or fetched hold no snapshot
             latest: dict[int, Any] = {}
@@ -1119,6 +1119,8 @@ def _no_evidence(row: Any, frame: str | None) -> str:
     this machine (Record.evidence_file)."""
     if row is None:
         return "without a recorded result"
+    if row.evidence_frame is None and getattr(row, "decision", None) == "fail":  # every fail's is kept, if it can be
+        return "without evidence (its images were not written: a full disk, or the daemon ended first)"
     if row.evidence_frame is None:
         return "without evidence (none was kept: passes keep it only for edge.record_pass_fraction)"
     if row.evidence_removed:
