@@ -521,7 +521,11 @@ class RecordWriter:
         self._ensure_migrated()
         timed = [(result, pub, self._record_time(result, pub)) for result, pub, _queued in batch]
         self._pending = [
-            [result.header["camera_id"], result.header["frame_id"], *map(str, self._evidence_paths(result, ts, pub))]
+            [
+                result.header["camera_id"],
+                result.header["frame_id"],
+                *map(str, self._evidence_paths(result.header, ts, pub)),
+            ]
             for result, pub, ts in timed
             if result.frame is not None
         ]
@@ -619,7 +623,7 @@ class RecordWriter:
         result was published: a sender whose frame ids start again (a restarted camera bridge)
         must not overwrite an earlier frame's evidence, and a retried batch rewrites its own."""
         h = result.header
-        frame_path, overlay_path = self._evidence_paths(result, ts_ns, published_ns)
+        frame_path, overlay_path = self._evidence_paths(result.header, ts_ns, published_ns)
         folder = frame_path.parent
         if not folder.is_dir():  # a new camera's or day's: the folders above gain a name
             folder.mkdir(parents=True, exist_ok=True)
@@ -639,9 +643,9 @@ class RecordWriter:
             self.house.added(overlay_path)
         return str(frame_path), (str(overlay_path) if overlay_path else None)
 
-    def _evidence_paths(self, result: Result, ts_ns: int, published_ns: int) -> tuple[Path, Path]:
-        """Where `result`'s frame and overlay go: the camera's folder of the record's day."""
-        h = result.header
+    def _evidence_paths(self, h: dict[str, Any], ts_ns: int, published_ns: int) -> tuple[Path, Path]:
+        """Where the frame and overlay of the result (or row) `h` go: the camera's folder of the
+        record's day."""
         day = time.strftime("%Y%m%d", time.gmtime(ts_ns / 1e9))
         stem = f"{h['frame_id']}_{published_ns}"
         folder = self.evidence_dir / file_name(h["camera_id"]) / day
@@ -742,7 +746,7 @@ class RecordWriter:
         inserted -> by run, how many, and how many with images. Each journal goes once read. A row
         whose images the killed batch had written whole (`pending`: the state file's
         evidence_pending) names them; the others have none."""
-        written = _written_evidence(pending)
+        written = {str(entry[2]) for entry in pending if isinstance(entry, list) and len(entry) == 4}  # frame files
         recovered = {}
         for run, path in journals.items():
             rows = [r for r in journal_rows(path) if r.get("daemon_run") == run and isinstance(r.get("seq"), int)]
@@ -751,20 +755,18 @@ class RecordWriter:
             path.unlink(missing_ok=True)
         return recovered
 
-    def _put_back(
-        self, run: str, rows: list[dict[str, Any]], written: dict[tuple[Any, ...], list[str]]
-    ) -> tuple[int, int]:
-        """Insert those of `rows` (run `run`'s, from its journal) the record lacks, with the
-        images `written` for them whole -> how many, and how many with images."""
+    def _put_back(self, run: str, rows: list[dict[str, Any]], written: set[str]) -> tuple[int, int]:
+        """Insert those of `rows` (run `run`'s, from its journal) the record lacks, with their
+        images where the killed batch had `written` them (its frame files) whole -> how many, and
+        how many with images."""
         first = min(r["seq"] for r in rows)
         with self.engine.begin() as conn:
             query = sa.select(results.c.seq).where(results.c.daemon_run == run, results.c.seq >= first)
             have = set(conn.execute(query).scalars())
             missing = [{k: v for k, v in r.items() if k in RESULT_COLUMNS} for r in rows if r["seq"] not in have]
             for row in missing:
-                frame, overlay = written.get((row.get("camera_id"), row.get("frame_id"), row.get("published_ns")),
-                                             (None, None))  # fmt: skip
-                if frame and _whole_images(frame, overlay):
+                frame, overlay = map(str, self._evidence_paths(row, row["ts_ns"], row["published_ns"]))
+                if frame in written and _whole_images(frame, overlay):
                     row["evidence_frame"] = frame
                     row["evidence_overlay"] = overlay if Path(overlay).is_file() else None
             if missing:
@@ -794,20 +796,6 @@ def _unnamed_evidence(conn: sa.Connection, pending: list[Any]) -> list[str]:
         if conn.execute(named.limit(1)).first() is None:
             unnamed += there
     return unnamed
-
-
-def _written_evidence(pending: list[Any]) -> dict[tuple[Any, ...], list[str]]:
-    """The state file's evidence_pending entries by (camera, frame id, published_ns): the frame
-    file is named `<frame id>_<published_ns>.png` (RecordWriter._evidence_paths)."""
-    found = {}
-    for entry in pending:
-        try:
-            camera, frame_id, frame, overlay = entry
-            published_ns = int(Path(frame).stem.split("_")[1])
-        except (TypeError, ValueError, IndexError):
-            continue
-        found[(camera, frame_id, published_ns)] = [frame, overlay]
-    return found
 
 
 def _whole_images(frame: str, overlay: str) -> bool:
