@@ -122,17 +122,15 @@ def load_mask(pkg: ModelPackage) -> InspectionMask | None:
     if not inspection:
         return None
     name = str(inspection.get("file", ""))
-    path = pkg.root / name
-    expected = pkg.files.get(name)
-    if expected is None or not path.is_file():
-        raise PackageError(f"{pkg.root}/model.json names the inspection mask {name!r}, which is not there")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise PackageError(f"the inspection mask {path} does not match its sha256 in model.json: altered?")
-    keep = read_image(path, data=data)
+    try:
+        path = pkg.verify(name)  # as each graph is: listed, there, and its sha256 model.json's
+    except PackageError as exc:
+        why = f"the inspection mask does not match its sha256 in model.json, or is missing: {exc}"
+        raise PackageError(why) from exc
+    keep = read_image(path)
     if keep.ndim != 2 or keep.shape != pkg.image_size:
         raise PackageError(f"the inspection mask {path} is {keep.shape}, the model's input {pkg.image_size}")
-    return InspectionMask(keep > 0, border_of(pkg.meta), expected)
+    return InspectionMask(keep > 0, border_of(pkg.meta), pkg.files[name])
 
 
 def border_of(meta: dict[str, Any]) -> int:
