@@ -244,7 +244,8 @@ def with_mask(root: Path, meta: dict[str, Any], mask: InspectionMask | None, how
         return None
     name = write_mask(root, mask)
     meta["files"] = {**files, name: mask.sha256}
-    meta["inspection"] = {"file": name, **describe(mask, how or {})}
+    # How it was given: rectangles and the frame size they are in, or a mask image.
+    meta["inspection"] = {"file": name, "inspected_share": mask_note(mask)["inspected_share"], **(how or {})}
     return name
 
 
@@ -294,12 +295,6 @@ def judged_words(note: dict[str, Any] | None) -> str:
     if not note or not (note.get("file") or note.get("mask_sha256")) or not isinstance(share, int | float):
         return "the whole frame"
     return f"{share:.1%} of the frame (inspection mask)"
-
-
-def describe(mask: InspectionMask, how: dict[str, Any]) -> dict[str, Any]:
-    """model.json's `inspection` for `mask`, with `how` it was given (rectangles and the frame
-    size they are in, or a mask image)."""
-    return {"inspected_share": round(mask.inspected_share, 4), **how}
 
 
 def draw_ignored(picture: np.ndarray, keep: np.ndarray) -> np.ndarray:
