@@ -614,14 +614,14 @@ def test_curve_refuses_unknown_peers(tiny_model, tmp_path):
         good_push = push_with(tmp_path / "clients" / "cam.key_secret")
         good_push.send_multipart(frame_message("cam", 7, FRAME))
 
-        def drain(s, seconds):
+        def drain(s, seconds, until=None):
             out, end = [], time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end and len(out) != until:
                 if s.poll(50):
                     out.append(s.recv_multipart())
             return out
 
-        good = drain(good_sub, 4)
+        good = drain(good_sub, 10, until=1) + drain(good_sub, 0.5)  # its result, then none after it
         bad, plain_results = drain(bad_sub, 0.5), drain(plain_sub, 0.5)
         for s in (good_sub, bad_sub, plain_sub, bad_push, good_push):
             s.close(linger=0)
