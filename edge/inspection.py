@@ -168,18 +168,38 @@ def keep_from_rectangles(
     return keep
 
 
-def keep_from_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+# A mask image and the frames differ in aspect by more than this: it was drawn on another
+# camera's frame, or a crop of one, and would leave out other parts than the ones drawn. 2%
+# passes a frame scaled to whole pixels (1280x1024 drawn at 500x400 is 0.0%, at 501x400 0.2%).
+ASPECT_TOLERANCE = 0.02
+
+
+def keep_from_image(path: Path, size: tuple[int, int], frames: Sequence[tuple[int, int]] = ()) -> np.ndarray:
     """(H, W) bool at the model's `size` from a mask image of the frame (any size of the same
     aspect; black left out, anything brighter inspected): a model pixel is inspected only where
-    all of the image under it is."""
+    all of the image under it is. `frames`: the frames' (H, W); DataError where the image's
+    aspect is not theirs."""
     try:
         image = read_image(path)
     except DataError as exc:
         raise DataError(f"--mask {path}: {exc}") from exc
+    check_aspect(path, image.shape[:2], frames)
     grey = image if image.ndim == 2 else image.max(axis=2)
     inspected = (grey > 0).astype(np.float32)
     area = cv2.resize(inspected, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return area >= 1.0 - 1e-6
+
+
+def check_aspect(path: Path, mask_hw: tuple[int, int], frames: Sequence[tuple[int, int]]) -> None:
+    """DataError when the mask image at `path`, of (H, W) `mask_hw`, is not of every frame
+    size's aspect."""
+    mh, mw = mask_hw
+    for fh, fw in sorted(set(frames)):
+        if abs((mw / mh) / (fw / fh) - 1.0) > ASPECT_TOLERANCE:
+            raise DataError(
+                f"--mask {path} is {mw}x{mh} (WxH), not of the aspect of the {fw}x{fh} good images: draw the mask "
+                "on one of the camera's frames, whole, at its size or scaled"
+            )
 
 
 def check_keep(keep: np.ndarray, border: int, what: str) -> InspectionMask:
@@ -218,7 +238,7 @@ def requested_mask(
         return None, None
     border = border_of(pkg.meta)
     if request.image is not None:
-        keep = keep_from_image(request.image, pkg.image_size)
+        keep = keep_from_image(request.image, pkg.image_size, shapes)
         return check_keep(keep, border, f"--mask {request.image}"), {"image": str(request.image.resolve())}
     sizes = sorted(set(shapes))
     if len(sizes) != 1:

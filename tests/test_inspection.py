@@ -71,8 +71,11 @@ def test_a_mask_image_leaves_out_its_black_and_a_mask_of_nearly_nothing_is_refus
     image = np.full((90, 120), 255, np.uint8)
     image[:, :30] = 0  # the left quarter left out
     cv2.imwrite(str(tmp_path / "mask.png"), image)
-    keep = keep_from_image(tmp_path / "mask.png", (30, 40))
+    keep = keep_from_image(tmp_path / "mask.png", (30, 40), [(1024, 1366), (300, 400)])  # 4:3, as drawn
     assert not keep[:, :10].any() and keep[:, 10:].all()
+    # Drawn on a frame of another aspect (another camera's, a crop): refused, not stretched.
+    with pytest.raises(DataError, match=r"mask.png is 120x90 \(WxH\), not of the aspect of the 1280x720 good"):
+        keep_from_image(tmp_path / "mask.png", (30, 40), [(300, 400), (720, 1280)])
     assert check_keep(keep, 1, "--mask m.png").inspected_share == pytest.approx(28 * 29 / (28 * 38))
     nearly_all = np.zeros((30, 40), bool)
     nearly_all[5, 5] = True
@@ -177,6 +180,9 @@ def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tin
     refused = run_vqad("calibrate", model, line_good, "--mask", tmp_path / "inverted.png", check=False)
     assert refused.returncode == 3 and "of the frame inspected (at least 5%)" in refused.stderr, refused.stderr
     assert "inspection" not in load_package(model).meta and not list(model.glob("inspect_mask-*"))
+    cv2.imwrite(str(tmp_path / "wide.png"), np.full((64, 128), 255, np.uint8))  # another camera's frame
+    wide = run_vqad("calibrate", model, line_good, "--mask", tmp_path / "wide.png", check=False)
+    assert wide.returncode == 3 and "not of the aspect of the 64x64 good images" in wide.stderr, wide.stderr
     cv2.imwrite(str(tmp_path / "mask.png"), 255 - inverted)
     run_vqad("calibrate", model, line_good, "--mask", tmp_path / "mask.png")
     assert load_package(model).meta["inspection"]["image"] == str(tmp_path / "mask.png")
