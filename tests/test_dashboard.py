@@ -521,6 +521,9 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         wait_for(lambda: driver.find_element("id", "review-defect").is_displayed(), timeout=5)
         assert "SN-1000" in driver.find_element("id", "detail-meta").text
         assert "camera health\nno fault found" in driver.find_element("id", "detail-meta").text  # failed by its score
+        top = reject["regions"][0]  # in the words `vqad calibrate --ignore` takes, to leave a date code out
+        said = driver.find_element("id", "detail-meta").text.split("regions X,Y,W,H\n", 1)[1]
+        assert said.startswith(f"{top['x']},{top['y']},{top['w']},{top['h']} (peak "), said
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()

@@ -880,7 +880,8 @@ function openDetail(r, list = [r], queue = state.queue) {
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
     ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "no fault found"],
     ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
-    ["regions", (r.regions || []).map((g) => `${g.w}×${g.h} at (${g.x}, ${g.y}), peak ${num(g.peak, 3)}`).join("; ") || "none"],
+    // As `vqad calibrate --ignore` takes one: a date code's region, left out of the decision.
+    ["regions X,Y,W,H", (r.regions || []).map((g) => `${g.x},${g.y},${g.w},${g.h} (peak ${num(g.peak, 3)})`).join("; ") || "none"],
     ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
   ];
   const meta = document.getElementById("detail-meta");
