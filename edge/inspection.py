@@ -15,8 +15,11 @@ model.json's `inspection` says where it came from; `files` holds its sha256, che
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +35,7 @@ from edge.errors import DataError, PackageError
 from edge.frames import find_images, read_image
 from edge.overlay import as_bgr
 from edge.package import ModelPackage, load_package
+from edge.recent import RecentDict
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,12 @@ class InspectionMask:
             return self.keep.astype(np.float32)
         inner = self.keep[b:-b, b:-b].astype(np.float32)
         return np.pad(inner, b, mode="edge")
+
+    @cached_property  # computed once: each heartbeat carries it
+    def png_base64(self) -> str:
+        """The mask as the heartbeat carries it (`inspection.mask_png`): its PNG (255 judged, 0
+        left out, at the model's input size) in base64."""
+        return base64.b64encode(mask_png(self.keep)).decode("ascii")
 
     @property
     def inspected_share(self) -> float:
@@ -315,6 +325,51 @@ def judged_words(note: dict[str, Any] | None) -> str:
     if not note or not (note.get("file") or note.get("mask_sha256")) or not isinstance(share, int | float):
         return "the whole frame"
     return f"{share:.1%} of the frame (inspection mask)"
+
+
+# The masks a subscriber keeps: one per package a followed daemon served since it started.
+MASKS_KEPT = 16
+
+
+class StreamMasks:
+    """A subscriber's inspection masks, learnt from the daemons' heartbeats (`inspection.mask_png`)
+    by their sha256, which each streamed result names (`model.mask_sha256`): a picture of the
+    result hatches what its decision left out. Thread-safe: a feed learns, pages draw."""
+
+    def __init__(self) -> None:
+        self._keeps: RecentDict[str, np.ndarray] = RecentDict(MASKS_KEPT)
+        self._lock = threading.Lock()
+
+    def learn(self, heartbeat: dict[str, Any]) -> None:
+        """Keep the mask a heartbeat carries (a mask that cannot be read is logged and left out:
+        its results are drawn unhatched)."""
+        note = heartbeat.get("inspection") or {}
+        sha, png = note.get("mask_sha256"), note.get("mask_png")
+        if not isinstance(sha, str) or not isinstance(png, str):
+            return
+        with self._lock:
+            if sha in self._keeps:
+                return
+        try:
+            keep = cv2.imdecode(np.frombuffer(base64.b64decode(png, validate=True), np.uint8), cv2.IMREAD_GRAYSCALE)
+        except (binascii.Error, cv2.error):
+            keep = None
+        if keep is None:
+            log.warning("a heartbeat's inspection mask %s… is not a PNG: its results are drawn without it", sha[:12])
+            keep = np.ones((1, 1), np.uint8)  # asked for once, not at every heartbeat
+        with self._lock:
+            self._keeps[sha] = keep > 0
+
+    def of(self, header: dict[str, Any]) -> tuple[bool, np.ndarray | None]:
+        """A streamed result's mask: (known, keep), keep (H, W) bool (True where judged) or None
+        for a result judged on its whole frame; known False while the heartbeat that carries its
+        mask has not come."""
+        sha = (header.get("model") or {}).get("mask_sha256")
+        if not sha:
+            return True, None
+        with self._lock:
+            keep = self._keeps.get(sha)
+        return keep is not None, keep
 
 
 def draw_ignored(picture: np.ndarray, keep: np.ndarray) -> np.ndarray:

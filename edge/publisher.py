@@ -98,6 +98,13 @@ class Publisher:
     def heartbeat(self, sock: zmq.Socket) -> None:
         """The daemon's sign of life: its model, threshold and counts (docs/protocol.md)."""
         header = {"ts_ns": time.time_ns(), "every_s": self.d.cfg.heartbeat_s, **self.d.state()}
+        if (note := header["inspection"]) is not None:
+            # The mask itself, for a subscriber's pictures (edge.inspection.StreamMasks): a few
+            # hundred bytes for a few rectangles, at most a few KB. Of the package state() named
+            # (a reload may have swapped it since).
+            mask = self.d.serving.mask if self.d.serving else None
+            same = mask is not None and mask.sha256 == note["mask_sha256"]
+            header["inspection"] = {**note, "mask_png": mask.png_base64 if same else None}
         sock.send_multipart(heartbeat_message(header))
 
     def publish(self, sock: zmq.Socket, result: Result) -> None:

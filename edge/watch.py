@@ -22,6 +22,7 @@ from edge.clock import span
 from edge.durable import require_writable
 from edge.fail_rate import mostly_unfit
 from edge.frames import write_image
+from edge.inspection import StreamMasks, draw_ignored
 from edge.logrepeat import RepeatedLog
 from edge.master import outcome_of
 from edge.overlay import result_picture
@@ -321,15 +322,23 @@ def _say_missed(said: RepeatedLog, missed: int, run: str, seq: int) -> None:
 
 
 def save_overlay(
-    folder: Path, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None
+    folder: Path,
+    header: dict[str, Any],
+    amap: np.ndarray | None,
+    frame_jpeg: bytes | None,
+    keep: np.ndarray | None = None,
 ) -> Path | None:
     """The result's picture as FOLDER/<camera>_<frame>.png, or <camera>_<frame>_2.png and on when
     that is taken (a sender that started its frame ids again: an earlier picture is never
-    overwritten); None when the stream carries neither its map nor its frame. OSError when it
-    cannot be written. The camera id becomes a file name, so it cannot reach outside FOLDER."""
+    overwritten); None when the stream carries neither its map nor its frame. `keep`: the
+    inspection mask it was judged through (edge.inspection.StreamMasks), what it left out
+    hatched. OSError when it cannot be written. The camera id becomes a file name, so it cannot
+    reach outside FOLDER."""
     picture = result_picture(header, amap, frame_jpeg)
     if picture is None:
         return None
+    if keep is not None:
+        picture = draw_ignored(picture, keep)
     stem = f"{file_name(header['camera_id'])}_{header['frame_id']:08d}"
     path, n = folder / f"{stem}.png", 1
     while path.exists():
@@ -359,6 +368,7 @@ class _Outputs:
         self.sink = sys.stdout if jsonl_to_stdout(jsonl) else open(jsonl, "a") if jsonl else None
         # One per message: a message logged within another's interval would only be counted.
         self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
+        self.masks = StreamMasks()  # from the heartbeats: a picture before the first is not hatched
 
     def write(self, line: str, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> None:
         if self.out is not None:
@@ -371,7 +381,7 @@ class _Outputs:
                 self.unwritten.log("result not written to %s: %s", self.jsonl, exc)
         if self.folder and header.get("decision") == "fail":
             try:
-                saved = save_overlay(self.folder, header, amap, frame_jpeg)
+                saved = save_overlay(self.folder, header, amap, frame_jpeg, self.masks.of(header)[1])
             except OSError as exc:
                 self.unsaved.log("overlay not saved: %s", exc)
             else:
@@ -416,7 +426,10 @@ def run_watch(
             if sock.poll(100):
                 parts = sock.recv_multipart()
                 if parts[0] == HEARTBEAT_TOPIC:
-                    _hear_beat(daemon.beat(parts), summary, gaps)
+                    beat = daemon.beat(parts)
+                    _hear_beat(beat, summary, gaps)
+                    if beat is not None:
+                        outputs.masks.learn(beat)
                     continue
                 daemon.heard()
                 if _take_result(parts, camera, summary, outputs, malformed, gaps):

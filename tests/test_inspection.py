@@ -4,8 +4,13 @@ and the calibration itself."""
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import shutil
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -13,21 +18,26 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edge.dashboard.live import LiveFrame
 from edge.errors import DataError
 from edge.frames import to_model_input
 from edge.inspection import (
     InspectionMask,
+    StreamMasks,
     check_keep,
     keep_from_image,
     keep_from_rectangles,
+    mask_digest,
     parse_rectangle,
 )
 from edge.package import load_package
 from edge.protocol import frame_message
 from edge.record import Record
-from tests.browser import wait_for
+from edge.watch import run_watch
+from tests.browser import DashboardProcess, wait_for
 from tests.conftest import run_vqad
 from tests.edge_helpers import Camera, DaemonProcess, Subscriber, next_heartbeat
+from tests.test_schema import _errors
 
 
 def test_the_mask_zeroes_what_it_leaves_out_and_scores_the_rest():
@@ -83,12 +93,49 @@ def test_a_mask_image_leaves_out_its_black_and_a_mask_of_nearly_nothing_is_refus
         check_keep(nearly_all, 1, "--ignore 0,0,40,30")
 
 
+def test_a_subscriber_learns_each_mask_from_the_heartbeat_and_hatches_what_it_left_out(caplog):
+    keep = np.ones((32, 32), bool)
+    keep[:8, :8] = False
+    mask = InspectionMask(keep, 1, mask_digest(keep))
+    masks, judged = StreamMasks(), {"model": {"name": "m", "sha256": "ab" * 32, "mask_sha256": mask.sha256}}
+    assert masks.of(judged) == (False, None)  # before its heartbeat: drawn plain, and again later
+    assert masks.of({"model": {"name": "m", "sha256": "ab" * 32}}) == (True, None)  # the whole frame judged
+    masks.learn({"inspection": {"mask_sha256": mask.sha256, "inspected_share": 0.9, "mask_png": mask.png_base64}})
+    known, learnt = masks.of(judged)
+    assert known and np.array_equal(learnt, keep)
+    header = {**judged, "camera_id": "c", "frame_id": 1, "status": "ok", "score": 2.0, "decision": "fail",
+              "threshold": 1.0, "map": {"shape": [32, 32], "dtype": "uint8", "scale": 0.01}}  # fmt: skip
+    frame = np.full((32, 32, 3), 200, np.uint8)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    plain, hatched = (
+        LiveFrame(header, bytes(32 * 32), jpeg, 0.0, 0.0),
+        LiveFrame(header, bytes(32 * 32), jpeg, 0.0, 0.0),
+    )
+    assert plain.picture_jpeg(StreamMasks()) is not None and plain._picture is None  # not kept: drawn again
+    picture = cv2.imdecode(np.frombuffer(hatched.picture_jpeg(masks), np.uint8), cv2.IMREAD_COLOR).astype(int)
+    assert picture[1:7, 1:7].mean() < 140 < picture[12:, 12:].mean()  # left out: darkened and hatched
+    unreadable = "cd" * 32
+    with caplog.at_level(logging.WARNING, "edge.inspection"):
+        masks.learn({"inspection": {"mask_sha256": unreadable, "inspected_share": 0.5, "mask_png": "not a PNG"}})
+        masks.learn({"inspection": {"mask_sha256": unreadable, "inspected_share": 0.5, "mask_png": "not a PNG"}})
+    assert [r.getMessage() for r in caplog.records] == [
+        "a heartbeat's inspection mask cdcdcdcdcdcd… is not a PNG: its results are drawn without it"
+    ]
+    known, learnt = masks.of({"model": {"mask_sha256": unreadable}})
+    assert known and learnt.all()
+
+
 def _peak_rectangle(graph_map: np.ndarray, border: int) -> tuple[int, int, int, int]:
     """An 8 x 8 rectangle of a 64-pixel frame (X,Y,W,H) around the peak of the 32-pixel map's
     scored pixels: where the frame's score comes from."""
     inner = graph_map[border:-border, border:-border]
     py, px = np.unravel_index(int(np.argmax(inner)), inner.shape)
     return int(min(max(2 * (px + border) - 4, 0), 56)), int(min(max(2 * (py + border) - 4, 0), 56)), 8, 8
+
+
+def _json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def _scored(model: Path, image: Path) -> dict:
@@ -134,20 +181,37 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
 
     url = f"sqlite:///{tmp_path / 'line.db'}"
     uniform = np.full((64, 64, 3), 200, np.uint8)  # every judged pixel over a threshold of 1e-9: all red
-    with DaemonProcess(model, "--record", url, "--threshold", "1e-9") as daemon:  # as `vqad score` decides
+    args = ("--record", url, "--threshold", "1e-9", "--set", "edge.publish_frames=true")
+    with DaemonProcess(model, *args) as daemon:  # as `vqad score` decides
         sub, cam = Subscriber(daemon.results), Camera(daemon.frames)
+        watched = tmp_path / "watched"  # `vqad watch --save-dir`'s pictures of the fails
+        watch = threading.Thread(target=run_watch, args=(daemon.results,), daemon=True,
+                                 kwargs={"save_dir": watched, "count": 2, "timeout_s": 30, "quiet": True})  # fmt: skip
+        watch.start()
+        page = DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log").start()
         try:
+            assert wait_for(lambda: _json(page.url + "/api/summary")["daemon"]["heartbeat_age_s"] is not None, 10)
+            time.sleep(1.5)  # a heartbeat interval: the watch has its heartbeat, and the mask in it, too
             cam.send(frame_message("cam0", 1, frame, "raw"))
             cam.send(frame_message("cam0", 2, uniform, "raw"))
             got = sub.collect(2, timeout=30)
             rows = wait_for(lambda: Record(url).results(camera="cam0", frame_id=2), timeout=30)
+            assert wait_for(lambda: _json(page.url + "/api/summary")["cameras"].get("cam0", {}).get("frames") == 2, 10)
+            with urllib.request.urlopen(page.url + "/api/image/cam0/2/overlay", timeout=10) as answer:
+                live = cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_COLOR)  # the page's picture
+            watch.join(30)
         finally:
+            page.stop()
             cam.close()
             sub.close()
         beat = next_heartbeat(daemon.results)
     assert len(got) == 2 and rows, daemon.log_text()
     assert beat["inspection"] == {"mask_sha256": pkg.files[inspection["file"]], "inspected_share": pytest.approx(
-        inspection["inspected_share"], abs=1e-4)}  # fmt: skip
+        inspection["inspected_share"], abs=1e-4), "mask_png": beat["inspection"]["mask_png"]}  # fmt: skip
+    # The heartbeat carries the mask itself, for a subscriber's pictures: the package's.
+    carried = cv2.imdecode(np.frombuffer(base64.b64decode(beat["inspection"]["mask_png"]), np.uint8), 0)
+    assert np.array_equal(carried, cv2.imread(str(model / inspection["file"]), cv2.IMREAD_GRAYSCALE))
+    assert _errors("heartbeat", beat) == []
     assert f"judging {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
@@ -161,6 +225,14 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     chroma = lambda px: (px.max(axis=2) - px.min(axis=2)).mean()  # noqa: E731
     assert chroma(inside) < 15 and 70 < inside.mean() < 140, inside.mean(axis=(0, 1))  # grey, darkened, hatched
     assert chroma(outside) > 60
+    # And so do the page's live picture and `vqad watch --save-dir`'s, at the stream's model size
+    # (32 x 32 JPEG) and the frame's (64 x 64), from the mask the heartbeat carried.
+    (saved,) = [cv2.imread(str(p)).astype(int) for p in watched.glob("cam0_00000002*.png")]
+    for picture in (live.astype(int), saved):
+        at = picture.shape[0] / 64  # picture pixels a frame pixel
+        inside = picture[round((y + 2) * at) : round((y + 6) * at), round((x + 2) * at) : round((x + 6) * at)]
+        outside = picture[round(oy * at) : round((oy + 16) * at), round(ox * at) : round((ox + 16) * at)]
+        assert chroma(inside) < 30 and inside.mean() < 140 and chroma(outside) > 60, (at, inside.mean(axis=(0, 1)))
 
     run_vqad("calibrate", model, line_good, "--inspect-all")  # the whole frame judged again
     pkg = load_package(model)

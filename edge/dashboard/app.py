@@ -56,6 +56,7 @@ from edge.dashboard.record_link import RecordLink, RecordUnavailableError
 from edge.dashboard.settings import DashboardConfig, is_loopback
 from edge.errors import DataError, ReviewedSinceError
 from edge.fail_rate import mostly_unfit
+from edge.inspection import StreamMasks
 from edge.master import master_words, outcome, outcome_of, proves
 from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit_reasons
 from edge.recent import RecentDict
@@ -278,8 +279,10 @@ class Dashboard:
             return said
         age, header = beat
         record = header.get("record") or {}
+        # The mask's sha256 and share; its picture (mask_png) hatches the page's, not each summary.
+        inspection = {k: v for k, v in (header.get("inspection") or {}).items() if k != "mask_png"} or None
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
-                "inspection": header.get("inspection"), "record_error": record.get("error"),
+                "inspection": inspection, "record_error": record.get("error"),
                 "record_set_aside": record.get("set_aside"), "clock": header.get("clock"),
                 "vqad_version": header.get("vqad_version")}  # fmt: skip
         if stands_in:
@@ -429,7 +432,7 @@ class Dashboard:
             return missing
         if frame_id is None:  # the latest: it changes, so it is not cached
             live = self._latest(camera)
-            return _live_image(live, kind) if live is not None else missing
+            return _live_image(live, kind, self.view.masks) if live is not None else missing
         # The record's evidence first: the frame as received, at full size. The stream's
         # picture (model size) while the writer has not stored it yet, or without a record.
         result_id = _frame_id_or_none(request.query_params.get("result", ""))  # a recorded result's own
@@ -443,7 +446,7 @@ class Dashboard:
         live = self.view.find(camera, frame_id, _frame_id_or_none(request.query_params.get("t", "")))
         if live is None:
             return evidence or missing
-        response = _live_image(live, kind)
+        response = _live_image(live, kind, self.view.masks)
         response.headers["cache-control"] = "private, max-age=86400, immutable"  # a result's picture never changes
         return response
 
@@ -553,12 +556,12 @@ def _frame_id_or_none(text: str) -> int | None:
     return frame_id if is_frame_id(frame_id) else None
 
 
-def _live_image(live: LiveFrame, kind: str) -> Response:
+def _live_image(live: LiveFrame, kind: str, masks: StreamMasks) -> Response:
     if kind == "frame":
         if not live.frame_jpeg:
             return JSONResponse({"error": "the stream carries no frames (edge publish_frames)"}, 404)
         return Response(live.frame_jpeg, media_type="image/jpeg")
-    picture = live.picture_jpeg()
+    picture = live.picture_jpeg(masks)
     if picture is None:
         return JSONResponse({"error": "the stream carries no maps (edge publish_maps)"}, 404)
     return Response(picture, media_type="image/jpeg")

@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from edge import transport
+from edge.inspection import StreamMasks, draw_ignored
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
 from edge.protocol import HEARTBEAT_TOPIC, StreamGaps, decode_map, parse_heartbeat, parse_result_header
@@ -76,16 +77,23 @@ class LiveFrame:
     source: str = ""  # the results endpoint it came from: its daemon
     _picture: bytes | None = None
 
-    def picture_jpeg(self) -> bytes | None:
-        """The result drawn as a JPEG (its map over the frame, or either alone, regions boxed);
-        None when the stream carries neither. Drawn once, however many pages ask."""
-        if self._picture is None and self.header.get("score") is not None:
-            amap = decode_map(self.header, self.map_bytes)
-            picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False)  # the page labels it
-            if picture is not None:
-                ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                self._picture = jpeg.tobytes() if ok else None
-        return self._picture
+    def picture_jpeg(self, masks: StreamMasks | None = None) -> bytes | None:
+        """The result drawn as a JPEG (its map over the frame, or either alone, regions boxed, and
+        what its inspection mask left out hatched); None when the stream carries neither. Drawn
+        once, however many pages ask (again while its mask has not come in a heartbeat)."""
+        if self._picture is not None or self.header.get("score") is None:
+            return self._picture
+        known, keep = masks.of(self.header) if masks is not None else (True, None)
+        amap = decode_map(self.header, self.map_bytes)
+        picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False)  # the page labels it
+        if picture is None:
+            return None
+        if keep is not None:
+            picture = draw_ignored(picture, keep)
+        ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if ok and known:
+            self._picture = jpeg.tobytes()
+        return jpeg.tobytes() if ok else None
 
 
 @dataclass
@@ -218,6 +226,7 @@ class LiveView:
         self._heartbeats: dict[str, tuple[float, dict[str, Any]]] = {}  # by the endpoint it came from
         self._heard: set[str] = set()  # the endpoints any message came from
         self._refused: dict[str, str] = {}  # why the daemon at an endpoint refuses the page's connection
+        self.masks = StreamMasks()  # the inspection masks the heartbeats carry: hatched in the pictures
         self.started = time.monotonic()  # when the feed began to listen
 
     def add(self, header: dict[str, Any], map_bytes: bytes, frame_jpeg: bytes | None, source: str = "") -> None:
@@ -235,6 +244,7 @@ class LiveView:
 
     def heartbeat(self, header: dict[str, Any], source: str = "") -> None:
         """A heartbeat read from the results endpoint `source`."""
+        self.masks.learn(header)
         with self.lock:
             self._heartbeats[source] = (time.monotonic(), header)
             self._heard.add(source)
