@@ -93,6 +93,14 @@ def test_pictures_are_drawn_over_each_image_at_its_own_size_whatever_its_channel
         x, y, w, h = (row["result"]["regions"][0][k] for k in "xywh")  # frame pixels: the picture's own
         left_edge = drawn[y + h // 4 : y + 3 * h // 4, x]  # below the label, and mostly clear of the peak's ring
         assert (left_edge == [0, 0, 255]).all(axis=1).mean() > 0.8, stem
+    # Each line and CSV row gives the highest region as `vqad calibrate --ignore` takes it.
+    tops = {r["image"]: "{x},{y},{w},{h}".format(**max(r["result"]["regions"], key=lambda g: g["peak"])) for r in rows}
+    counts = {r["image"]: len(r["result"]["regions"]) for r in rows}
+    table = _score(tiny_model, images, "--threshold", "1e-9").stdout.splitlines()
+    for image, top in tops.items():
+        assert any(f"regions {counts[image]} (top X,Y,W,H {top})  {image}" in line for line in table), table
+    as_csv = csv.DictReader(_score(tiny_model, images, "--threshold", "1e-9", "--format", "csv").stdout.splitlines())
+    assert {r["image"]: r["region"] for r in as_csv} == tops
 
 
 def test_a_new_package_is_scored_against_the_one_in_service(tiny_model, synth_root, tmp_path):

@@ -79,7 +79,7 @@ def serve_config(args: argparse.Namespace) -> EdgeConfig:
     return load_config(EdgeConfig, args.config or default_config("edge"), over)
 
 
-SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "regions", "error")
+SCORE_COLUMNS = ("image", "status", "score", "threshold", "decision", "unfit", "regions", "region", "error")
 AGAINST_COLUMNS = ("against_score", "against_threshold", "against_decision")
 
 
@@ -145,7 +145,7 @@ def _score_row(scored: Scored, against: Scored | None) -> dict[str, Any]:
     h = scored.header
     row = {"image": str(scored.path), "status": h["status"], "score": h.get("score"), "threshold": h.get("threshold"),
            "decision": h.get("decision"), "unfit": unfit_reasons(h), "regions": len(h.get("regions") or []),
-           "error": h.get("error"), "result": h}  # fmt: skip
+           "region": _region(h), "error": h.get("error"), "result": h}  # fmt: skip
     if against is not None:
         a = against.header
         row["against"] = {k: a.get(k) for k in ("status", "score", "threshold", "decision", "error", "model")}
@@ -164,7 +164,8 @@ def _print_score_table(rows: list[dict], scored: list[Scored], against: list[Sco
         was = r.get("against") or {}
         if was.get("decision") and r["decision"] and was["decision"] != r["decision"]:
             why += f"  (was {was['decision'].upper()} {was['score']:.5g})"
-        print(f"{verdict:5} {score:>9}  regions {r['regions']}  {r['image']}{why}")
+        top = f" (top X,Y,W,H {r['region']})" if r["region"] else ""  # what `vqad calibrate --ignore` takes
+        print(f"{verdict:5} {score:>9}  regions {r['regions']}{top}  {r['image']}{why}")
     old = dict(zip(map(id, scored), against, strict=True)) if against else {}
     folders = by_folder(scored)
     for folder, group in folders if len(folders) > 1 else ():
