@@ -225,8 +225,8 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     chroma = lambda px: (px.max(axis=2) - px.min(axis=2)).mean()  # noqa: E731
     assert chroma(inside) < 15 and 70 < inside.mean() < 140, inside.mean(axis=(0, 1))  # grey, darkened, hatched
     assert chroma(outside) > 60
-    # And so do the page's live picture and `vqad watch --save-dir`'s, at the stream's model size
-    # (32 x 32 JPEG) and the frame's (64 x 64), from the mask the heartbeat carried.
+    # And so do the page's live picture, at the stream's model size (a 32 x 32 JPEG), and `vqad
+    # watch --save-dir`'s, labelled and so enlarged, from the mask the heartbeat carried.
     (saved,) = [cv2.imread(str(p)).astype(int) for p in watched.glob("cam0_00000002*.png")]
     for picture in (live.astype(int), saved):
         at = picture.shape[0] / 64  # picture pixels a frame pixel
