@@ -33,6 +33,7 @@ from edge.dashboard.app import _reject_item
 from edge.dashboard.live import CAMERAS_SHOWN, FRAMED_HOLD_S, CameraView, LiveFrame, LiveView
 from edge.dashboard.probe import MetricsProbe, read_metrics
 from edge.dashboard.settings import DashboardConfig
+from edge.inspection import parse_rectangle
 from edge.metrics import DaemonMetrics
 from edge.overlay import LABELLED_MIN_WIDTH, result_picture
 from edge.package import load_package
@@ -524,6 +525,23 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         top = reject["regions"][0]  # in the words `vqad calibrate --ignore` takes, to leave a date code out
         said = driver.find_element("id", "detail-meta").text.split("regions X,Y,W,H\n", 1)[1]
         assert said.startswith(f"{top['x']},{top['y']},{top['w']},{top['h']} (peak "), said
+        # A quality engineer drags over the frame: the part to leave out, in the frame's pixels,
+        # and the command that sets it (the page sets nothing).
+        frame = driver.find_element("id", "detail-frame")
+        assert wait_for(lambda: frame.get_property("naturalWidth") and frame.get_property("clientWidth"), 5)
+        cw, ch = frame.get_property("clientWidth"), frame.get_property("clientHeight")
+        fh, fw = reject.get("frame_shape") or (frame.get_property("naturalHeight"), frame.get_property("naturalWidth"))
+        drag = ActionChains(driver).move_to_element_with_offset(frame, -(cw // 4), -(ch // 4)).click_and_hold()
+        drag.move_by_offset(cw // 2, ch // 3).release().perform()
+        command = driver.find_element("id", "detail-ignore-command").text
+        assert command.startswith("vqad calibrate MODEL_DIR GOOD_DIR --ignore "), command
+        x, y, w, h = parse_rectangle(command.rsplit(" ", 1)[1])  # as `vqad calibrate --ignore` reads it
+        px = fw / cw + 1  # a CSS pixel's frame pixels, and one for rounding out
+        expected = (fw / 4, fh / 4, fw / 2, fh / 3)
+        assert all(abs(a - b) <= 2 * px for a, b in zip((x, y, w, h), expected, strict=True)), (command, expected)
+        assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box")) == 1  # drawn, hatched
+        driver.find_element("id", "detail-ignore-clear").click()
+        assert not driver.find_element("id", "detail-ignore").is_displayed()
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()

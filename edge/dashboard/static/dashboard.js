@@ -30,8 +30,9 @@ const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 1
 
 // `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
 // {camera, day, more}; a part's results, {part, more}; null while it walks the gallery.
+// `ignored`: the rectangles measured on the open reject's frame, in its pixels (measureIgnored).
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null,
-                glances: new Map() };
+                glances: new Map(), ignored: [] };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -850,6 +851,8 @@ function pictureMissing(url, className) {
 // through, so a person reviews one after another.
 function openDetail(r, list = [r], queue = state.queue) {
   state.open = r;
+  state.ignored = []; // measured on another frame, perhaps another camera's
+  showIgnored();
   state.openList = list;
   state.queue = queue;
   const overlay = document.getElementById("detail-overlay");
@@ -939,20 +942,88 @@ function fitDetailImages(r) {
     i.style.height = `${Math.round(height)}px`;
     i.style.width = `${Math.round((height * i.naturalWidth) / i.naturalHeight)}px`;
   }
-  if (shown.includes(frame)) drawRegions(frame, r);
+  if (shown.includes(frame)) {
+    drawRegions(frame, r);
+    showIgnored();
+  }
 }
 
-// The regions are in the frame's own pixels: boxes over the frame as shown, at its scale (the
-// record keeps the frame as received; the stream's picture is at the model's size).
-function drawRegions(img, r) {
+// The frame's own size and its scale as shown -> [sx, sy, fw, fh]: the record keeps the frame as
+// received; the stream's picture is at the model's size, and the result names the frame's.
+function frameScale(img, r) {
   const [fh, fw] = r.frame_shape || [img.naturalHeight, img.naturalWidth];
-  const sx = img.clientWidth / fw, sy = img.clientHeight / fh;
-  document.getElementById("detail-regions").replaceChildren(...(r.regions || []).map((g) => {
-    const box = document.createElement("div");
-    box.className = "region";
-    Object.assign(box.style, { left: `${g.x * sx}px`, top: `${g.y * sy}px`, width: `${g.w * sx}px`, height: `${g.h * sy}px` });
-    return box;
-  }));
+  return [img.clientWidth / fw, img.clientHeight / fh, fw, fh];
+}
+
+// A box over the frame as shown, of a rectangle {x, y, w, h} in the frame's own pixels.
+function frameBox(img, r, g, className) {
+  const [sx, sy] = frameScale(img, r);
+  const box = document.createElement("div");
+  box.className = className;
+  Object.assign(box.style, { left: `${g.x * sx}px`, top: `${g.y * sy}px`, width: `${g.w * sx}px`, height: `${g.h * sy}px` });
+  return box;
+}
+
+// The regions are in the frame's own pixels: boxes over the frame as shown, at its scale.
+function drawRegions(img, r) {
+  document.getElementById("detail-regions").replaceChildren(...(r.regions || []).map((g) => frameBox(img, r, g, "region")));
+}
+
+// -- a part of the frame to leave out --------------------------------------------------------
+// A date code or a label that fails good parts: the quality engineer drags over it on the frame,
+// and the dialog gives it in the frame's pixels as `vqad calibrate --ignore` takes it
+// (docs/threshold.md), with the command. The page sets nothing: the mask and the threshold are
+// set together, on good images, by that command.
+const MIN_DRAG_PX = 3; // a shorter drag is a click
+
+function measureIgnored() {
+  const framed = document.querySelector("#detail-framed .framed"), frame = document.getElementById("detail-frame");
+  let start = null;
+  const at = (event) => {
+    const box = frame.getBoundingClientRect();
+    return [Math.min(Math.max(event.clientX - box.left, 0), box.width), Math.min(Math.max(event.clientY - box.top, 0), box.height)];
+  };
+  framed.addEventListener("pointerdown", (event) => {
+    if (!state.open || !frame.naturalWidth) return;
+    event.preventDefault();
+    framed.setPointerCapture(event.pointerId);
+    start = at(event);
+  });
+  framed.addEventListener("pointermove", (event) => { if (start) showIgnored(cssRectangle(start, at(event))); });
+  framed.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const drawn = cssRectangle(start, at(event));
+    start = null;
+    const g = drawn.w >= MIN_DRAG_PX && drawn.h >= MIN_DRAG_PX ? toFramePixels(frame, state.open, drawn) : null;
+    if (g) state.ignored.push(g);
+    showIgnored();
+  });
+  document.getElementById("detail-ignore-clear").addEventListener("click", () => { state.ignored = []; showIgnored(); });
+}
+
+function cssRectangle([x0, y0], [x1, y1]) {
+  return { x: Math.min(x0, x1), y: Math.min(y0, y1), w: Math.abs(x1 - x0), h: Math.abs(y1 - y0) };
+}
+
+// A rectangle over the frame as shown -> {x, y, w, h} in its own pixels, every pixel it touches;
+// null for one of no pixel.
+function toFramePixels(img, r, c) {
+  const [sx, sy, fw, fh] = frameScale(img, r);
+  const x = Math.max(0, Math.floor(c.x / sx)), y = Math.max(0, Math.floor(c.y / sy));
+  const w = Math.min(fw, Math.ceil((c.x + c.w) / sx)) - x, h = Math.min(fh, Math.ceil((c.y + c.h) / sy)) - y;
+  return w > 0 && h > 0 ? { x, y, w, h } : null;
+}
+
+// The rectangles measured on this reject's frame (and the one being dragged, in CSS pixels), and
+// the command that leaves them out.
+function showIgnored(dragging = null) {
+  const frame = document.getElementById("detail-frame"), r = state.open;
+  const boxes = r && frame.naturalWidth ? state.ignored.map((g) => frameBox(frame, r, g, "ignore-box")) : [];
+  if (dragging) boxes.push(frameBox(frame, { frame_shape: [frame.clientHeight, frame.clientWidth] }, dragging, "ignore-box"));
+  document.getElementById("detail-ignored").replaceChildren(...boxes);
+  const flags = state.ignored.map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
+  document.getElementById("detail-ignore").hidden = !flags;
+  document.getElementById("detail-ignore-command").textContent = `vqad calibrate MODEL_DIR GOOD_DIR ${flags}`;
 }
 
 // -- a part's results ------------------------------------------------------------------------
@@ -1027,6 +1098,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("detail-newer").addEventListener("click", () => stepDetail(-1));
   document.getElementById("detail-older").addEventListener("click", () => stepDetail(1));
   document.getElementById("part-search").addEventListener("submit", findPart);
+  measureIgnored();
   document.getElementById("detail").addEventListener("keydown", (event) => {
     if (event.target.tagName === "INPUT") return; // typing a kind or a note
     if (event.key === "ArrowLeft") stepDetail(-1);
