@@ -693,7 +693,7 @@ def test_a_narrow_window_scrolls_only_the_tally_sideways_and_a_reject_keeps_its_
         captions = driver.execute_script(DETAIL_CAPTIONS)
         assert [c[0] for c in captions] == [
             "heat map: full colour from the threshold (green), red at twice it; full size",
-            "the frame as received, its regions boxed; full size",
+            "the frame as received, its regions boxed; full size; drag over it to measure a part to leave out",
         ], captions
         assert all(
             shown and width <= picture_width + 1 and link for _, shown, width, picture_width, link in captions
