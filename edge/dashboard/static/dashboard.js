@@ -955,13 +955,18 @@ function frameScale(img, r) {
   return [img.clientWidth / fw, img.clientHeight / fh, fw, fh];
 }
 
+// A box over the frame as shown, of a rectangle {x, y, w, h} in CSS pixels.
+function cssBox(c, className) {
+  const box = document.createElement("div");
+  box.className = className;
+  Object.assign(box.style, { left: `${c.x}px`, top: `${c.y}px`, width: `${c.w}px`, height: `${c.h}px` });
+  return box;
+}
+
 // A box over the frame as shown, of a rectangle {x, y, w, h} in the frame's own pixels.
 function frameBox(img, r, g, className) {
   const [sx, sy] = frameScale(img, r);
-  const box = document.createElement("div");
-  box.className = className;
-  Object.assign(box.style, { left: `${g.x * sx}px`, top: `${g.y * sy}px`, width: `${g.w * sx}px`, height: `${g.h * sy}px` });
-  return box;
+  return cssBox({ x: g.x * sx, y: g.y * sy, w: g.w * sx, h: g.h * sy }, className);
 }
 
 // The regions are in the frame's own pixels: boxes over the frame as shown, at its scale.
@@ -998,6 +1003,7 @@ function measureIgnored() {
     if (g) state.ignored.push(g);
     showIgnored();
   });
+  framed.addEventListener("pointercancel", () => { start = null; showIgnored(); }); // the browser took the pointer
   document.getElementById("detail-ignore-clear").addEventListener("click", () => { state.ignored = []; showIgnored(); });
 }
 
@@ -1019,7 +1025,7 @@ function toFramePixels(img, r, c) {
 function showIgnored(dragging = null) {
   const frame = document.getElementById("detail-frame"), r = state.open;
   const boxes = r && frame.naturalWidth ? state.ignored.map((g) => frameBox(frame, r, g, "ignore-box")) : [];
-  if (dragging) boxes.push(frameBox(frame, { frame_shape: [frame.clientHeight, frame.clientWidth] }, dragging, "ignore-box"));
+  if (dragging) boxes.push(cssBox(dragging, "ignore-box"));
   document.getElementById("detail-ignored").replaceChildren(...boxes);
   const flags = state.ignored.map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
   document.getElementById("detail-ignore").hidden = !flags;
