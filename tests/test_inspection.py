@@ -5,6 +5,7 @@ and the calibration itself."""
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import logging
 import shutil
@@ -216,6 +217,14 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)
     assert line["model"]["mask_sha256"] == pkg.files[inspection["file"]]  # what decided it, in each result
+    # And in each row of the record: an audit reads the model, threshold and mask that decided it.
+    recorded = Record(url).results(camera="cam0")
+    assert {r["mask_sha256"] for r in recorded} == {pkg.files[inspection["file"]]}
+    assert all(r["model"] == line["model"] for r in recorded)  # as the stream names it
+    as_csv = list(csv.DictReader(run_vqad("records", url, "--format", "csv").stdout.splitlines()))
+    assert {r["mask_sha256"] for r in as_csv} == {pkg.files[inspection["file"]]}
+    table = run_vqad("records", url).stdout.splitlines()[1:3]
+    assert all(f" {pkg.files['model.onnx'][:12]}+mask " in row for row in table), table
     assert not line_map[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2].any()
     # An operator reviewing the reject sees what was not judged: the record's overlay darkens and
     # hatches it, where the map is zero, while the heat colours the rest.

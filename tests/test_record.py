@@ -139,6 +139,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert sorted(r["frame_id"] for r in rows) == list(range(n))
     sha = json.loads((tiny_model / "model.json").read_text())["files"]["model.onnx"]
     assert all(r["model_sha256"] == sha and r["status"] == "ok" and r["published_ns"] >= r["received_ns"] for r in rows)
+    assert all(r["mask_sha256"] is None and "mask_sha256" not in r["model"] for r in rows)  # the whole frame judged
     fails = [r for r in rows if r["decision"] == "fail"]
     passes = [r for r in rows if r["decision"] == "pass"]
     assert all(r["evidence"].startswith(str(evidence)) and r["evidence_overlay"] for r in fails)  # every fail's
@@ -196,7 +197,9 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     csv_lines = run_vqad("records", url, "--camera", "cam1", "--format", "csv").stdout.splitlines()
     assert (
         len(csv_lines) == n + 1
-        and csv_lines[0].endswith(",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome,region")
+        and csv_lines[0].endswith(
+            ",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome,region,mask_sha256"
+        )
         and "SN-0001" in "".join(csv_lines)
     )
     by_frame = {int(r["frame_id"]): r for r in csv.DictReader(csv_lines)}
@@ -1698,7 +1701,7 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id, unfit, the reviews' result_id, seq and master) is brought to the
+    """A version 2 record (before part_id, unfit, the reviews' result_id, seq, master and mask_sha256) is brought to the
     current version on first use, and gets the indexes it lacks. Its review of a frame id that a
     restarted sender used twice is given the result it was made after."""
     engine = sa.create_engine(record_url)
@@ -1709,6 +1712,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         conn.execute(sa.text("DROP INDEX ix_reviews_result"))
         conn.execute(sa.text("DROP INDEX ix_results_run_seq"))
         conn.execute(sa.text("DROP INDEX ix_results_master_ts"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN mask_sha256"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN master"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN seq"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN part_id"))
@@ -1732,7 +1736,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert [len(r["reviews"]) for r in old] == [1, 0]  # reviewed at 20: the result of 5, not of 50
     assert [r["seq"] for r in old] == [None, None]  # published before results were numbered
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 7
+        assert stored_version(conn) == SCHEMA_VERSION == 8
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
     assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq", "ix_results_master_ts"} <= indexes
 
@@ -2066,8 +2070,8 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
         first = next(csv.DictReader(csv_rows))
-        assert csv_rows[0].endswith(",master,master_outcome,region") and (first["master"], first["master_outcome"]) == (
-            "fail", "unproven"), csv_rows  # fmt: skip
+        assert csv_rows[0].endswith(",master,master_outcome,region,mask_sha256"), csv_rows
+        assert (first["master"], first["master_outcome"]) == ("fail", "unproven"), csv_rows
         refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)
         assert refused.returncode != 0 and "--master-parts selects results to print" in refused.stderr
 

@@ -13,6 +13,9 @@ Version 6 adds `results.seq`: the result's place in its daemon run's stream (the
 `seq`), so that a subscriber catches up on what it missed in the order it was published.
 Version 7 adds `results.master`: a master part's expected decision (edge/master.py), so that
 the review queue and the daily tally leave out the parts run to prove the inspection.
+Version 8 adds `results.mask_sha256`: the inspection mask the result was judged through
+(edge/inspection.py; NULL for the whole frame), so that a row says all that decided it: model,
+threshold and mask.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
 capture time among them, so that a tally of the days before it is known to be in part; and the
 record's own identity (`RECORD_ID`), which a daemon's state file names.
@@ -33,7 +36,7 @@ from edge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The oldest schema version whose vqad may write a record of this one, kept in meta as
 # `oldest_writer`. A plant's server record is shared by a box per line, upgraded one at a time:
 # the first box upgraded migrates it under the others, which refused a newer schema at their
@@ -72,6 +75,7 @@ results = sa.Table(
     sa.Column("unfit", sa.String(128)),  # the camera health gate's reasons when it failed the frame
     sa.Column("seq", sa.BigInteger),  # its place in the daemon run's published stream, from 0
     sa.Column("master", sa.String(8)),  # a master part's expected decision (pass, fail); NULL for a product
+    sa.Column("mask_sha256", sa.String(64)),  # the inspection mask that judged it; NULL for the whole frame
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
     # A camera's newest fails (the dashboard's gallery of a camera's rejects, asked up to twice a
@@ -148,9 +152,14 @@ def _add_master(conn: sa.Connection) -> None:
     next(i for i in results.indexes if i.name == "ix_results_master_ts").create(conn)
 
 
+def _add_mask_sha256(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN mask_sha256 VARCHAR(64)"))
+
+
 # version n -> what brings version n to n + 1.
 STEPS: dict[int, Callable[[sa.Connection], None]] = {
     1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result, 5: _add_seq, 6: _add_master,
+    7: _add_mask_sha256,
 }  # fmt: skip
 
 

@@ -563,7 +563,10 @@ class Record:
             rows = [dict(r._mapping) for r in conn.execute(q)]
             found = _reviews_of(conn, [r["id"] for r in rows])
         for row in rows:
+            # As the stream names it (edge.serving.model_identity): the mask only where one judged.
             row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
+            if row.get("mask_sha256"):
+                row["model"]["mask_sha256"] = row["mask_sha256"]
             if not row["evidence_removed"]:
                 row["evidence_frame"] = self.evidence_file(row["evidence_frame"])
                 row["evidence_overlay"] = self.evidence_file(row["evidence_overlay"])

@@ -586,6 +586,7 @@ class RecordWriter:
             "regions": h.get("regions") or [],
             "model_name": (h.get("model") or {}).get("name"),
             "model_sha256": (h.get("model") or {}).get("sha256"),
+            "mask_sha256": (h.get("model") or {}).get("mask_sha256"),
             "latency_ms": h.get("latency_ms"),
             "batch_size": h.get("batch_size"),
             "evidence_frame": None,

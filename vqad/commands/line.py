@@ -445,9 +445,11 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     heat map's file beside the frame's (`evidence`), and both are empty once the quota removed them.
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them);
     `master` is a master part's known decision (empty for a product), `master_outcome` what its
-    check came to (right, wrong or unproven); `region` the box of its highest region, X,Y,W,H."""
+    check came to (right, wrong or unproven); `region` the box of its highest region, X,Y,W,H;
+    `mask_sha256` the inspection mask that judged it (empty for the whole frame)."""
     table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time",
-                                        "overlay", "run", "seq", "master", "master_outcome", "region"])  # fmt: skip
+                                        "overlay", "run", "seq", "master", "master_outcome", "region",
+                                        "mask_sha256"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -456,7 +458,8 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         overlay = (r["evidence"] and r.get("evidence_overlay")) or ""
         seq = "" if r["seq"] is None else r["seq"]
         table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq,
-                   r.get("master") or "", r.get("master_outcome") or "", _region(r) or ""])  # fmt: skip
+                   r.get("master") or "", r.get("master_outcome") or "", _region(r) or "",
+                   r.get("mask_sha256") or ""])  # fmt: skip
     return n
 
 
@@ -491,7 +494,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
               f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {_region(r) or '-':>15} "
-              f"{(r['model_sha256'] or '')[:12]} {verdicts} "
+              f"{(r['model_sha256'] or '')[:12]}{'+mask' if r.get('mask_sha256') else ''} {verdicts} "
               f"{_part(r)} {unfit} {r['evidence'] or ''}")  # fmt: skip
     print(f"{n} results")
     return n
