@@ -33,7 +33,7 @@ from edge.backends import Backend
 from edge.durable import sync_folders, write_synced
 from edge.errors import DataError, PackageError
 from edge.frames import find_images, read_image
-from edge.overlay import as_bgr
+from edge.overlay import as_bgr, draw_ignored
 from edge.package import ModelPackage, load_package
 from edge.recent import RecentDict
 
@@ -370,23 +370,6 @@ class StreamMasks:
         with self._lock:
             keep = self._keeps.get(sha)
         return keep is not None, keep
-
-
-def draw_ignored(picture: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """`picture` (H', W', 3) with the left-out parts darkened and hatched, and outlined: an
-    operator reviewing a reject, and the engineer who set the mask, see what was not judged."""
-    h, w = picture.shape[:2]
-    out_mask = cv2.resize((~keep).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-    if not out_mask.any():
-        return picture
-    out = picture.copy()
-    out[out_mask] = (out[out_mask] * 0.45).astype(out.dtype)
-    yy, xx = np.mgrid[0:h, 0:w]
-    hatch = out_mask & (((xx + yy) // 2) % 8 == 0)
-    out[hatch] = (160, 160, 160)
-    contours, _ = cv2.findContours(out_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (200, 200, 200), 1)
-    return out
 
 
 def inspection_picture(root: Path, good_dir: Path) -> Path | None:

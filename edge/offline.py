@@ -23,9 +23,9 @@ import numpy as np
 from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import IMAGE_KINDS, batched, find_images, is_image, read_image, write_image
-from edge.inspection import InspectionMask, draw_ignored
+from edge.inspection import InspectionMask
 from edge.metrics import DaemonMetrics
-from edge.overlay import as_bgr, map_peak, mark_peak, result_picture
+from edge.overlay import map_peak, mark_peak, result_picture
 from edge.progress import progress
 from edge.protocol import file_name, unfit_reasons
 from edge.results import Pending, Result, error_result, scored_results
@@ -131,8 +131,8 @@ def _draw(
     threshold, the colour is faint and the ring shows where the model looked. What the package's
     inspection mask leaves out is hatched."""
     labelled = {**result.header, "camera_id": path.name}  # the label names the file
-    frame = image if mask is None else draw_ignored(as_bgr(image), mask.keep)
-    picture = mark_peak(result_picture(labelled, amap, frame=frame), map_peak(amap), amap.shape)
+    keep = mask.keep if mask is not None else None
+    picture = mark_peak(result_picture(labelled, amap, frame=image, keep=keep), map_peak(amap), amap.shape)
     write_image(out / f"{file_name(path.stem)}_{result.header['frame_id']}.png", picture)
 
 

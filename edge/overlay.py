@@ -84,20 +84,39 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR) if image.shape[2] == 4 else image
 
 
+def draw_ignored(picture: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`picture` (H', W', 3) with the left-out parts darkened and hatched, and outlined: an
+    operator reviewing a reject, and the engineer who set the mask, see what was not judged."""
+    h, w = picture.shape[:2]
+    out_mask = cv2.resize((~keep).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    if not out_mask.any():
+        return picture
+    out = picture.copy()
+    out[out_mask] = (out[out_mask] * 0.45).astype(out.dtype)
+    yy, xx = np.mgrid[0:h, 0:w]
+    hatch = out_mask & (((xx + yy) // 2) % 8 == 0)
+    out[hatch] = (160, 160, 160)
+    contours, _ = cv2.findContours(out_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (200, 200, 200), 1)
+    return out
+
+
 def result_picture(
     header: dict[str, Any],
     amap: np.ndarray | None,
     frame_jpeg: bytes | None = None,
     labelled: bool = True,
     frame: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """A published result as a picture: its map over the frame (the map alone when there is no
     frame, the frame alone when there is no map), its regions boxed, and, when `labelled`, a
     label (camera, frame, score, verdict; the picture then at least LABELLED_MIN_WIDTH wide).
     The frame is `frame`, decoded at the camera's own size (an image file scored offline), or
-    else the stream's model-size `frame_jpeg`. -> (h, w, 3) BGR at the map's size or larger;
-    None when there is neither frame nor map. The dashboard draws it unlabelled: its page writes
-    the label."""
+    else the stream's model-size `frame_jpeg`. `keep`: the inspection mask it was judged
+    through, True where judged; the rest is hatched under the map, as the record's overlay draws
+    it. -> (h, w, 3) BGR at the map's size or larger; None when there is neither frame nor map.
+    The dashboard draws it unlabelled: its page writes the label."""
     if frame is not None:
         base = as_bgr(frame)
     else:
@@ -106,6 +125,8 @@ def result_picture(
         return None
     if base is None:
         base = np.zeros((*amap.shape, 3), np.uint8)
+    if keep is not None:
+        base = draw_ignored(base, keep)
     picture = base.copy() if amap is None else heatmap_overlay(base, amap, vmax=2 * header["threshold"])
     if labelled and picture.shape[1] < LABELLED_MIN_WIDTH:
         grow = LABELLED_MIN_WIDTH / picture.shape[1]

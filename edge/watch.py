@@ -22,7 +22,7 @@ from edge.clock import span
 from edge.durable import require_writable
 from edge.fail_rate import mostly_unfit
 from edge.frames import write_image
-from edge.inspection import StreamMasks, draw_ignored
+from edge.inspection import StreamMasks
 from edge.logrepeat import RepeatedLog
 from edge.master import outcome_of
 from edge.overlay import result_picture
@@ -334,11 +334,9 @@ def save_overlay(
     inspection mask it was judged through (edge.inspection.StreamMasks), what it left out
     hatched. OSError when it cannot be written. The camera id becomes a file name, so it cannot
     reach outside FOLDER."""
-    picture = result_picture(header, amap, frame_jpeg)
+    picture = result_picture(header, amap, frame_jpeg, keep=keep)
     if picture is None:
         return None
-    if keep is not None:
-        picture = draw_ignored(picture, keep)
     stem = f"{file_name(header['camera_id'])}_{header['frame_id']:08d}"
     path, n = folder / f"{stem}.png", 1
     while path.exists():

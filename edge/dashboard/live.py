@@ -24,7 +24,7 @@ import numpy as np
 import zmq
 
 from edge import transport
-from edge.inspection import StreamMasks, draw_ignored
+from edge.inspection import StreamMasks
 from edge.logrepeat import RepeatedLog
 from edge.overlay import result_picture
 from edge.protocol import HEARTBEAT_TOPIC, StreamGaps, decode_map, parse_heartbeat, parse_result_header
@@ -85,11 +85,9 @@ class LiveFrame:
             return self._picture
         known, keep = masks.of(self.header) if masks is not None else (True, None)
         amap = decode_map(self.header, self.map_bytes)
-        picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False)  # the page labels it
+        picture = result_picture(self.header, amap, self.frame_jpeg, labelled=False, keep=keep)  # the page labels it
         if picture is None:
             return None
-        if keep is not None:
-            picture = draw_ignored(picture, keep)
         ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if ok and known:
             self._picture = jpeg.tobytes()

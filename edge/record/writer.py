@@ -30,10 +30,9 @@ import sqlalchemy as sa
 from edge.durable import sync_folders
 from edge.errors import DataError
 from edge.frames import PNG_SIGNATURE, jpeg_whole, one_channel_if_grey, png_damage, write_image
-from edge.inspection import draw_ignored
 from edge.logrepeat import RepeatedLog
 from edge.metrics import DaemonMetrics
-from edge.overlay import as_bgr, draw_regions, heatmap_overlay
+from edge.overlay import as_bgr, draw_ignored, draw_regions, heatmap_overlay
 from edge.protocol import RECORD_BEHIND_S, capture_time_ns, file_name, unfit_reasons
 from edge.record.held import HeldFrames
 from edge.record.housekeeping import (
