@@ -542,6 +542,14 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box")) == 1  # drawn, hatched
         driver.find_element("id", "detail-ignore-clear").click()
         assert not driver.find_element("id", "detail-ignore").is_displayed()
+        # A result judged through an inspection mask names it after its model.
+        driver.execute_script(
+            "window.shown = [state.open, state.openList];"
+            "openDetail({...state.open, model: {...state.open.model, mask_sha256: 'e7'.repeat(32)}})"
+        )
+        said = driver.find_element("id", "detail-meta").text.split("model\n", 1)[1].split("\n")[0]
+        assert said.endswith(f"{reject['model']['sha256']}, through inspection mask e7e7e7e7e7e7…"), said
+        driver.execute_script("openDetail(...window.shown)")  # the reject itself again, to review it
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()

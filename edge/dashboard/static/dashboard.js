@@ -882,7 +882,7 @@ function openDetail(r, list = [r], queue = state.queue) {
     ["decision", r.status === "ok" || !r.status ? r.decision || "–" : `${r.status}: ${r.error || ""}`],
     ["score", `${num(r.score, 6)} (threshold ${num(r.threshold, 6)})`],
     ["camera health", unfitReasons(r) ? `unfit: ${unfitReasons(r)} (failed whatever its score)` : "no fault found"],
-    ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}` : "–"],
+    ["model", r.model ? `${r.model.name || ""} ${r.model.sha256 || ""}${inspectionMask(r.model)}` : "–"],
     // As `vqad calibrate --ignore` takes one: a date code's region, left out of the decision.
     ["regions X,Y,W,H", (r.regions || []).map((g) => `${g.x},${g.y},${g.w},${g.h} (peak ${num(g.peak, 3)})`).join("; ") || "none"],
     ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
@@ -946,6 +946,11 @@ function fitDetailImages(r) {
     drawRegions(frame, r);
     showIgnored();
   }
+}
+
+// The inspection mask a result was judged through, after its model: an audit's "what decided it".
+function inspectionMask(model) {
+  return model.mask_sha256 ? `, through inspection mask ${model.mask_sha256.slice(0, 12)}…` : "";
 }
 
 // The frame's own size and its scale as shown -> [sx, sy, fw, fh]: the record keeps the frame as
