@@ -352,6 +352,12 @@ def jsonl_to_stdout(jsonl: str | Path | None) -> bool:
     return jsonl is not None and str(jsonl) == "-"
 
 
+# A fail whose inspection mask no heartbeat has carried yet waits this long for it (a heartbeat
+# a second, as shipped), and at most this many wait: then they are drawn unhatched.
+MASK_WAIT_S = 3.0
+MASK_WAIT_FAILS = 64
+
+
 class _Outputs:
     """Where `vqad watch` writes each result: its line to `out` (unless quiet), its header to the
     JSONL file, and a fail's picture to the overlay folder. A file that cannot be written (a full
@@ -366,7 +372,10 @@ class _Outputs:
         self.sink = sys.stdout if jsonl_to_stdout(jsonl) else open(jsonl, "a") if jsonl else None
         # One per message: a message logged within another's interval would only be counted.
         self.unsaved, self.undrawable, self.unwritten = RepeatedLog(log), RepeatedLog(log), RepeatedLog(log)
-        self.masks = StreamMasks()  # from the heartbeats: a picture before the first is not hatched
+        self.masks = StreamMasks()  # from the heartbeats: what each fail's picture hatches
+        # Fails whose inspection mask no heartbeat has carried yet (a reader just connected, a
+        # reload): drawn once it comes, or unhatched after MASK_WAIT_S or MASK_WAIT_FAILS of them.
+        self.waiting: list[tuple[float, dict[str, Any], np.ndarray | None, bytes | None]] = []
 
     def write(self, line: str, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None) -> None:
         if self.out is not None:
@@ -378,16 +387,43 @@ class _Outputs:
             except OSError as exc:
                 self.unwritten.log("result not written to %s: %s", self.jsonl, exc)
         if self.folder and header.get("decision") == "fail":
-            try:
-                saved = save_overlay(self.folder, header, amap, frame_jpeg, self.masks.of(header)[1])
-            except OSError as exc:
-                self.unsaved.log("overlay not saved: %s", exc)
+            self.waiting.append((time.monotonic(), header, amap, frame_jpeg))
+            self.save_waiting()
+
+    def heartbeat(self, beat: dict[str, Any]) -> None:
+        """A heartbeat read: the mask it carries, and the fails that waited for it drawn."""
+        self.masks.learn(beat)
+        self.save_waiting()
+
+    def save_waiting(self, every: bool = False) -> None:
+        """Draw the waiting fails whose mask is known, and all of them (unhatched where it is not)
+        once the oldest waited MASK_WAIT_S, MASK_WAIT_FAILS wait, or `every`."""
+        if not self.waiting:
+            return
+        every = every or time.monotonic() - self.waiting[0][0] > MASK_WAIT_S or len(self.waiting) > MASK_WAIT_FAILS
+        still = []
+        for waited in self.waiting:
+            known, keep = self.masks.of(waited[1])
+            if known or every:
+                self._save(*waited[1:], keep)
             else:
-                if saved is None:
-                    self.undrawable.log("overlay not saved: the daemon publishes neither maps nor frames "
-                                     "(edge.publish_maps, edge.publish_frames)")  # fmt: skip
+                still.append(waited)
+        self.waiting = still
+
+    def _save(
+        self, header: dict[str, Any], amap: np.ndarray | None, frame_jpeg: bytes | None, keep: np.ndarray | None
+    ) -> None:
+        try:
+            saved = save_overlay(self.folder, header, amap, frame_jpeg, keep)
+        except OSError as exc:
+            self.unsaved.log("overlay not saved: %s", exc)
+        else:
+            if saved is None:
+                self.undrawable.log("overlay not saved: the daemon publishes neither maps nor frames "
+                                    "(edge.publish_maps, edge.publish_frames)")  # fmt: skip
 
     def close(self) -> None:
+        self.save_waiting(every=True)
         if self.sink and self.sink is not sys.stdout:
             with contextlib.suppress(OSError):  # what a full disk kept back is logged above
                 self.sink.close()
@@ -418,6 +454,7 @@ def run_watch(
     try:
         while not (stop and stop()):
             daemon.check()
+            outputs.save_waiting()  # those whose mask's wait is over, on a line gone idle too
             summary.refused = handshakes.refusal()
             if summary.refused:
                 break
@@ -427,7 +464,7 @@ def run_watch(
                     beat = daemon.beat(parts)
                     _hear_beat(beat, summary, gaps)
                     if beat is not None:
-                        outputs.masks.learn(beat)
+                        outputs.heartbeat(beat)
                     continue
                 daemon.heard()
                 if _take_result(parts, camera, summary, outputs, malformed, gaps):

@@ -126,6 +126,36 @@ def test_a_subscriber_learns_each_mask_from_the_heartbeat_and_hatches_what_it_le
     assert known and learnt.all()
 
 
+def test_vqad_watch_draws_a_fail_once_the_heartbeat_with_its_mask_has_come(tmp_path):
+    """A reader just connected (or a reload) gets results before the heartbeat that carries their
+    mask: their pictures wait for it, a few seconds at most, rather than being saved unhatched."""
+    from edge.watch import _Outputs
+
+    keep = np.ones((32, 32), bool)
+    keep[:, :8] = False  # the left quarter left out
+    mask = InspectionMask(keep, 1, mask_digest(keep))
+    model = {"name": "m", "sha256": "ab" * 32, "mask_sha256": mask.sha256}
+    header = {"camera_id": "c", "frame_id": 1, "status": "ok", "score": 2.0, "decision": "fail", "threshold": 1.0,
+              "model": model}  # fmt: skip
+    jpeg = cv2.imencode(".jpg", np.full((32, 32, 3), 200, np.uint8))[1].tobytes()
+    outputs, folder = _Outputs(None, None, tmp_path / "watched"), tmp_path / "watched"
+    outputs.write("a line", header, np.zeros((32, 32), np.float32), jpeg)
+    assert not list(folder.glob("*.png"))  # waiting for its mask
+    outputs.heartbeat(
+        {"inspection": {"mask_sha256": mask.sha256, "inspected_share": 0.75, "mask_png": mask.png_base64}}
+    )
+    (saved,) = folder.glob("c_00000001*.png")
+    picture = cv2.imread(str(saved)).astype(int)
+    h, w = picture.shape[:2]
+    assert picture[h // 2 :, : w // 5].mean() < 140 < picture[h // 2 :, w // 2 :].mean()  # hatched where left out
+    never = {**header, "frame_id": 2, "model": {**model, "mask_sha256": "cd" * 32}}  # no heartbeat carries it
+    outputs.write("a line", never, np.zeros((32, 32), np.float32), jpeg)
+    assert not list(folder.glob("c_00000002*.png"))
+    outputs.close()  # the reader stops: nothing it took is lost, drawn unhatched
+    (unhatched,) = folder.glob("c_00000002*.png")
+    assert cv2.imread(str(unhatched)).astype(int)[h // 2 :, : w // 5].mean() > 140
+
+
 def _peak_rectangle(graph_map: np.ndarray, border: int) -> tuple[int, int, int, int]:
     """An 8 x 8 rectangle of a 64-pixel frame (X,Y,W,H) around the peak of the 32-pixel map's
     scored pixels: where the frame's score comes from."""
