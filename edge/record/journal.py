@@ -7,8 +7,9 @@ watchdog's SIGKILL, a power cut) lost every result in memory: a probe at 40 fail
 of 129. Each line is written to the kernel as the result is handed over, so a kill of the
 process loses none; it is synced with the writer's state file (before each transaction, and
 every quarter second while evidence is written), so a power cut loses what came since. The
-next start inserts the rows its record lacks (by the run and its `seq`), without their
-images, and says how many (edge.record.writer).
+next start inserts the rows its record lacks (by the run and its `seq`), with the images the
+killed batch had written whole and the others without, and says how many
+(edge.record.writer).
 
 The file starts again whenever the writer has nothing left to commit, and stops taking lines
 at JOURNAL_MAX_BYTES (a record down for long: the results wait in memory, counted), so it
