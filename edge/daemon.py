@@ -579,21 +579,21 @@ class Daemon:
         if old is not None and new.drift is not old.drift:
             self.metrics.forget_drift()  # the old model's alarms: its windows start again
         if old is not None and _inspection(old) != _inspection(new):
-            self._another_inspection(new)
+            self._another_inspection(_inspection(old), new)
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old
 
-    def _another_inspection(self, new: Serving) -> None:
+    def _another_inspection(self, old_inspection: tuple[str, float, str | None], new: Serving) -> None:
         """Another model, threshold or inspection mask serves: the master parts' checks prove the
         one before, and the fails before say nothing of this one (a threshold set to end false
-        rejects). The fail-rate alarm's reason keeps its words (docs/protocol.md)."""
+        rejects). The fail-rate alarm's reason says which changed (docs/protocol.md)."""
         if self.masters is not None:
             log.info("the master parts' checks so far were made on the model, threshold or inspection mask before: "
                      "run them again to prove this inspection")  # fmt: skip
             self.masters.show_current(*_inspection(new))
         if self.fail_rate is not None:
-            self.fail_rate.start_all_again("the model or threshold changed")
+            self.fail_rate.start_all_again(_what_changed(old_inspection, _inspection(new)))
 
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -907,6 +907,14 @@ def _ts(parts: list[bytes | memoryview]) -> int:
 def _fit(health: dict[str, Any]) -> str:
     """A frame's health as vqad_camera_frames labels it."""
     return "fit" if health["ok"] else "unfit"
+
+
+def _what_changed(old: tuple[str, float, str | None], new: tuple[str, float, str | None]) -> str:
+    """The fail-rate alarm's reason for counting anew. A mask alone has words of its own; a
+    model or threshold change keeps the words programs already match (docs/protocol.md)."""
+    if old[:2] == new[:2]:
+        return "the inspection mask changed"
+    return "the model or threshold changed"
 
 
 def _inspection(serving: Serving) -> tuple[str, float, str | None]:

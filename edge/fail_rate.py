@@ -171,8 +171,8 @@ class FailRateAlarm:
             self._tell("cleared", camera_id, window.fails, len(window.decisions), window.unfit, why)
 
     def start_all_again(self, why: str) -> None:
-        """`start_again` for every camera (`why`: the model or the threshold changed, whose fails
-        before say nothing of the inspection served now)."""
+        """`start_again` for every camera (`why`: the model, the threshold or the inspection mask
+        changed, whose fails before say nothing of the inspection served now)."""
         with self.lock:
             cameras = list(self.windows)
         for camera_id in cameras:

@@ -345,3 +345,14 @@ def test_vqad_ctl_resume_or_a_new_threshold_clears_a_raised_alarm_and_the_record
                        ("fail-rate-alarm", "cleared", "camera resumed"), ("fail-rate-alarm", "raised", None),
                        ("set-threshold", None, None),  # each change before the clear it causes
                        ("fail-rate-alarm", "cleared", "the model or threshold changed")]  # fmt: skip
+
+
+def test_the_reason_for_counting_anew_names_a_mask_changed_alone():
+    """A reload that changed only the inspection mask is said to be one; a new model or threshold
+    keeps the words that programs already match, whether or not the mask changed with it."""
+    from edge.daemon import _what_changed
+
+    whole, masked = ("ab" * 32, 1.2, None), ("ab" * 32, 1.2, "ef" * 32)
+    assert _what_changed(whole, masked) == "the inspection mask changed"
+    assert _what_changed(masked, ("ab" * 32, 1.3, "ef" * 32)) == "the model or threshold changed"
+    assert _what_changed(whole, ("cd" * 32, 1.3, "ef" * 32)) == "the model or threshold changed"
