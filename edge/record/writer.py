@@ -115,11 +115,15 @@ class RecordWriter:
         self.url, self.pass_fraction, self.max_buffer = url, pass_fraction, max_buffer
         self.where = shown_url(url)  # as logs and the state file name it: no password
         self.engine, self._migrated, damaged = self._open(url, max_buffer)
-        # Absolute: the rows name their files, and the dashboard, `vqad records --export-reviewed`
-        # and `vqad review` read them from other working directories (a server record's default
-        # folder, ./evidence, was stored as "evidence/...").
-        self.evidence_dir = (Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)).absolute()
         self.metrics = metrics or DaemonMetrics()
+        self._set_up_buffer()
+        self._set_up_evidence(evidence_dir, max_gb, keep_days, min_free_gb)
+        self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
+        self._set_up_run(state_file, run_id)
+        self._first_look(damaged)
+
+    def _set_up_buffer(self) -> None:
+        """The results handed over and not yet committed, and what is counted of them."""
         # (result, published_ns, when it was queued: monotonic, so that a clock set at boot, as on a
         # board without a clock battery, is not taken for a record hours behind)
         self.buffer: collections.deque[tuple[Result, int, float]] = collections.deque()
@@ -129,6 +133,20 @@ class RecordWriter:
         self.recorded = self.unrecorded = 0
         self._behind_since: float | None = None  # when the record fell RECORD_BEHIND_S behind (monotonic)
         self.held = HeldFrames(FRAMES_HELD_BYTES)  # the buffered results' frames (under self.lock)
+        self._throttle_logs()
+        self._last_error: str | None = None  # the database's last refusal, while results wait
+        # Changes to the daemon (vqad ctl, a reload) that the record refused when they were made:
+        # an audit's rows, written by the writer thread once it answers (under self.lock).
+        self._events_waiting: collections.deque[dict[str, Any]] = collections.deque()
+
+    def _set_up_evidence(
+        self, evidence_dir: str | Path | None, max_gb: float, keep_days: float, min_free_gb: float
+    ) -> None:
+        """The evidence folder, its housekeeping, and what the batch in flight may write there."""
+        # Absolute: the rows name their files, and the dashboard, `vqad records --export-reviewed`
+        # and `vqad review` read them from other working directories (a server record's default
+        # folder, ./evidence, was stored as "evidence/...").
+        self.evidence_dir = (Path(evidence_dir) if evidence_dir else default_evidence_dir(self.engine)).absolute()
         # Ids of the batch's results whose evidence could not be written (writer thread only):
         # counted once their rows commit without it, since a batch retried while the database is
         # down writes it again, and a disk writable again takes it.
@@ -140,21 +158,18 @@ class RecordWriter:
         self._pending: list[list[Any]] = []
         self._random = random.Random(0)
         self.evidence_failed = 0
-        self._state_failed = False
-        self._throttle_logs()
         self.house = Housekeeping(self.engine, self.evidence_dir, self.metrics, max_gb, keep_days, min_free_gb)
         if self.house.database is not None and (note := network_filesystem_note(self.house.database)):
             log.warning(note)
-        self._last_error: str | None = None  # the database's last refusal, while results wait
         # The damaged file this run set aside, for the heartbeat: a person has its rows to read back.
         self.set_aside: dict[str, Any] | None = None
-        # Changes to the daemon (vqad ctl, a reload) that the record refused when they were made:
-        # an audit's rows, written by the writer thread once it answers (under self.lock).
-        self._events_waiting: collections.deque[dict[str, Any]] = collections.deque()
         self._log_unwritable(logging.ERROR)
-        self.thread = threading.Thread(target=self._loop, name="record-writer", daemon=True)
+
+    def _set_up_run(self, state_file: str | Path | None, run_id: str | None) -> None:
+        """This run of the daemon, its state file and journal, and what is known of the runs before."""
         self.run_id = run_id or uuid.uuid4().hex  # the daemon's, which its results name
         self.handed = 0
+        self._state_failed = False
         self._state_saved = 0.0  # when the state file was last written (monotonic)
         self.state_file = Path(state_file) if state_file else None
         self._previous = self._previous_state()  # read before this run's first write replaces it
@@ -165,14 +180,13 @@ class RecordWriter:
         self._journal = Journal(folder, self.run_id) if folder else None
         self.previous_recovered: dict[str, Any] | None = None  # {"run", "recovered", "with_images"}
         # How many of the previous run's results have no row, at least (its run id and the
-        # count), once the record answered at this start: the start's row names them.
+        # count), once the record answers at this start: the start's row names them.
         self.previous_lost: dict[str, Any] | None = None
         self._after_id = 0  # every row of this run has a greater id (known once the record answers)
         self.record_id: str | None = None  # the record's identity (schema.RECORD_ID), once it answers
         # The record's latest result time: one this machine's clock has passed (edge.clock;
         # known once the record answers, None for an empty record).
         self.newest_ns: int | None = None
-        self._first_look(damaged)
 
     def _throttle_logs(self) -> None:
         """The writer's repeated complaints, each said at most once a while (edge.logrepeat)."""
