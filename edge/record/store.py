@@ -411,6 +411,63 @@ def _integer_from(value: Any, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _check_review(
+    camera_id: Any,
+    frame_id: Any,
+    verdict: Any,
+    kind: Any,
+    by: Any,
+    note: Any,
+    result_id: Any,
+    after_review_id: Any,
+) -> None:
+    """DataError for a review whose fields are of another type or too long (Record.review)."""
+    if not is_id(camera_id) or not is_frame_id(frame_id):
+        raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
+                        f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
+    if result_id is not None and not _integer_from(result_id, 1):
+        raise DataError(f"a result_id is the record's id of a result, an integer from 1; got {result_id!r:.30}")
+    if after_review_id is not None and not _integer_from(after_review_id, 0):
+        raise DataError(f"an after_review_id is the id of the newest review seen, an integer from 0 (none "
+                        f"seen); got {after_review_id!r:.30}")  # fmt: skip
+    if verdict not in VERDICTS:
+        raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
+    if kind and verdict != "defect":  # export_reviewed would file it as good, its kind lost
+        raise DataError(f"a kind names a confirmed defect's kind; a {verdict} has none (a note says why)")
+    limits = {"kind": reviews.c.kind.type.length, "by": reviews.c.reviewer.type.length, "note": NOTE_MAX_CHARS}
+    for name, value in (("kind", kind), ("by", by), ("note", note)):
+        if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
+            raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
+
+
+def _reviewable_result(
+    conn: sa.Connection, camera_id: str, frame_id: int, verdict: str, result_id: int | None
+) -> sa.Row[Any]:
+    """The result a review of camera_id's frame_id judges (result_id's, else the newest), or
+    DataError where there is none, or nothing of the line's own to judge (Record.review)."""
+    q = sa.select(results.c.id, results.c.decision, results.c.master, results.c.part_id)
+    q = q.where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
+    if result_id is not None:
+        q = q.where(results.c.id == result_id)
+    found = conn.execute(q.order_by(results.c.id.desc()).limit(1)).first()
+    if found is None:
+        which = f" with result_id {result_id}" if result_id is not None else ""
+        known = conn.execute(sa.select(results.c.id).where(results.c.camera_id == camera_id).limit(1)).first()
+        unknown = "" if known else f" (the record holds no result of a camera {camera_id!r} at all)"
+        raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}{unknown}")
+    if found.decision is None:  # an error or a dropped frame: the model judged nothing
+        raise DataError(f"camera {camera_id!r}, frame {frame_id} has no decision (the frame was an error "
+                        "or dropped): a review judges what the line decided")  # fmt: skip
+    if found.master is not None:  # a red rabbit reviewed as good would be exported to train on as good
+        raise DataError(f"camera {camera_id!r}, frame {frame_id} is master part {found.part_id}, whose "
+                        f"verdict is known (it must {found.master}): a review judges the line's "
+                        "products")  # fmt: skip
+    if verdict == "false_reject" and found.decision != "fail":
+        raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision "
+                        f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
+    return found
+
+
 def _not_reviewed_since(conn: sa.Connection, camera_id: str, frame_id: int, result_id: int, seen: int) -> None:
     """ReviewedSinceError when result `result_id` has a review newer than review `seen`."""
     q = sa.select(reviews).where(reviews.c.result_id == result_id, reviews.c.id > seen).order_by(reviews.c.id)
@@ -759,43 +816,9 @@ class Record:
         saw (0: none); ReviewedSinceError when another was recorded since (two people on one
         queue: the second is shown the first's verdict, not overwriting it unseen). None: no
         such check. -> the review's row, its `id` included."""
-        if not is_id(camera_id) or not is_frame_id(frame_id):
-            raise DataError(f"a review names a result: camera_id text, frame_id an integer 0..2^63-1; got "
-                            f"{camera_id!r:.60}, {frame_id!r:.30}")  # fmt: skip
-        if result_id is not None and not _integer_from(result_id, 1):
-            raise DataError(f"a result_id is the record's id of a result, an integer from 1; got {result_id!r:.30}")
-        if after_review_id is not None and not _integer_from(after_review_id, 0):
-            raise DataError(f"an after_review_id is the id of the newest review seen, an integer from 0 (none "
-                            f"seen); got {after_review_id!r:.30}")  # fmt: skip
-        if verdict not in VERDICTS:
-            raise DataError(f"a verdict is one of {', '.join(VERDICTS)}, got {verdict!r}")
-        if kind and verdict != "defect":  # export_reviewed would file it as good, its kind lost
-            raise DataError(f"a kind names a confirmed defect's kind; a {verdict} has none (a note says why)")
-        limits = {"kind": reviews.c.kind.type.length, "by": reviews.c.reviewer.type.length, "note": NOTE_MAX_CHARS}
-        for name, value in (("kind", kind), ("by", by), ("note", note)):
-            if value is not None and (not isinstance(value, str) or len(value) > limits[name]):
-                raise DataError(f"a review's {name} is text of at most {limits[name]} characters")
+        _check_review(camera_id, frame_id, verdict, kind, by, note, result_id, after_review_id)
         with self.engine.begin() as conn:
-            q = sa.select(results.c.id, results.c.decision, results.c.master, results.c.part_id)
-            q = q.where(results.c.camera_id == camera_id, results.c.frame_id == frame_id)
-            if result_id is not None:
-                q = q.where(results.c.id == result_id)
-            found = conn.execute(q.order_by(results.c.id.desc()).limit(1)).first()
-            if found is None:
-                which = f" with result_id {result_id}" if result_id is not None else ""
-                known = conn.execute(sa.select(results.c.id).where(results.c.camera_id == camera_id).limit(1)).first()
-                unknown = "" if known else f" (the record holds no result of a camera {camera_id!r} at all)"
-                raise DataError(f"no recorded result for camera {camera_id!r}, frame {frame_id}{which}{unknown}")
-            if found.decision is None:  # an error or a dropped frame: the model judged nothing
-                raise DataError(f"camera {camera_id!r}, frame {frame_id} has no decision (the frame was an error "
-                                "or dropped): a review judges what the line decided")  # fmt: skip
-            if found.master is not None:  # a red rabbit reviewed as good would be exported to train on as good
-                raise DataError(f"camera {camera_id!r}, frame {frame_id} is master part {found.part_id}, whose "
-                                f"verdict is known (it must {found.master}): a review judges the line's "
-                                "products")  # fmt: skip
-            if verdict == "false_reject" and found.decision != "fail":
-                raise DataError(f"camera {camera_id!r}, frame {frame_id} was not rejected (decision "
-                                f"{found.decision}): a false_reject is a good part the line rejected")  # fmt: skip
+            found = _reviewable_result(conn, camera_id, frame_id, verdict, result_id)
             if after_review_id is not None:
                 _not_reviewed_since(conn, camera_id, frame_id, found.id, after_review_id)
             row = {"camera_id": camera_id, "frame_id": frame_id, "verdict": verdict, "kind": kind,
