@@ -32,7 +32,7 @@ from edge.inspection import (
     requested_mask,
     with_mask,
 )
-from edge.package import FP16_FILE, FP32_FILE, load_package, sha256_file, write_model_json
+from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, sha256_file, write_model_json
 from edge.progress import progress
 from edge.threshold import (
     HIGHEST_NAMED,
@@ -320,6 +320,27 @@ def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: Inspectio
     return graph_scorer(path, batch, mask)(frames)
 
 
+def parity_at(
+    pkg: ModelPackage, frames: np.ndarray, mask: np.ndarray | None, scores: np.ndarray, value: float
+) -> dict[str, Any]:
+    """Whether the FP16 graph decides as the FP32 graph's `scores` at the threshold `value`, on
+    the calibration `frames`: the parity entry of the new threshold, or PackageError under the
+    package's bound (the ONNX files are unchanged, so the proof of their maps holds)."""
+    fp16 = graph_scores(pkg.root / FP16_FILE, frames, mask=mask) if (pkg.root / FP16_FILE).is_file() else scores
+    agreement = float(((fp16 >= value) == (scores >= value)).mean())
+    bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)
+    if agreement < bound:
+        raise PackageError(
+            f"at the new threshold {value:.6g} the FP16 and FP32 graphs agree on {agreement:.1%} of "
+            f"the calibration images, under the package's bound {bound:.0%}: threshold not changed"
+        )
+    return {
+        "note": "the ONNX files are unchanged, so the parity proof of their maps and scores holds; the "
+        "decision agreement below is measured at this threshold on the calibration images",
+        "fp16_vs_fp32_decision_agreement": agreement,
+    }
+
+
 def calibrate_package(
     model_dir: str | Path,
     good_dir: str | Path,
@@ -351,19 +372,7 @@ def calibrate_package(
     if clock := package_clock_note(pkg.created_ns, "the new threshold's calibration time"):
         threshold["clock"] = clock  # an audit reads `calibrated` beside the clock that dated it
     threshold["inspection"] = mask_note(mask)
-    fp16 = graph_scores(pkg.root / FP16_FILE, frames, mask=mask) if (pkg.root / FP16_FILE).is_file() else scores
-    agreement = float(((fp16 >= threshold["value"]) == (scores >= threshold["value"])).mean())
-    bound = pkg.meta.get("parity", {}).get("fp16_vs_fp32", {}).get("bound_decision_agreement", 0.99)
-    if agreement < bound:
-        raise PackageError(
-            f"at the new threshold {threshold['value']:.6g} the FP16 and FP32 graphs agree on {agreement:.1%} of "
-            f"the calibration images, under the package's bound {bound:.0%}: threshold not changed"
-        )
-    threshold["parity"] = {
-        "note": "the ONNX files are unchanged, so the parity proof of their maps and scores holds; the "
-        "decision agreement below is measured at this threshold on the calibration images",
-        "fp16_vs_fp32_decision_agreement": agreement,
-    }
+    threshold["parity"] = parity_at(pkg, frames, mask, scores, threshold["value"])
     if defects_dir is not None:
         threshold["defects"] = check_defects(defects_dir, pkg.input_format, fp32, threshold["value"], old["value"])
     meta = dict(pkg.meta)
