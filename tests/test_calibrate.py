@@ -528,3 +528,22 @@ def test_good_images_the_line_would_call_unfit_are_refused_or_warned_of(tiny_mod
         shutil.copy(path, turned / path.name)
     proc = run_vqad("calibrate", model, turned, check=False)
     assert proc.returncode == 3 and "6 of 6 good images would be unfit on the line" in proc.stderr
+
+
+def test_a_threshold_the_fp16_graph_would_decide_otherwise_is_refused(tmp_path, monkeypatch):
+    """At the new threshold the FP16 graph (the GPU's engine) must decide as the FP32 graph on
+    the calibration images, within the package's bound; under it nothing is changed."""
+    from types import SimpleNamespace
+
+    import edge.recalibrate as recalibrate
+    from edge.errors import PackageError
+
+    (tmp_path / "model_fp16.onnx").write_bytes(b"")
+    pkg = SimpleNamespace(root=tmp_path, meta={"parity": {"fp16_vs_fp32": {"bound_decision_agreement": 0.99}}})
+    scores = np.array([0.5, 0.9, 0.98, 1.2])
+    fp16 = scores.copy()
+    monkeypatch.setattr(recalibrate, "graph_scores", lambda path, frames, mask=None: fp16)
+    assert recalibrate.parity_at(pkg, np.zeros(4), None, scores, 1.0)["fp16_vs_fp32_decision_agreement"] == 1.0
+    fp16[2] = 1.01  # over the threshold in FP16 only
+    with pytest.raises(PackageError, match="agree on 75.0% of the calibration images, under the package's bound 99%"):
+        recalibrate.parity_at(pkg, np.zeros(4), None, scores, 1.0)
