@@ -118,11 +118,7 @@ class Daemon:
         self.cfg = cfg
         self.ready_file = Path(ready_file) if ready_file else None
         self.metrics = DaemonMetrics()
-        self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
-        self._nonfinite_log = RepeatedLog(log, logging.ERROR)
-        self._clock_log = RepeatedLog(log)
-        self._ids_back_logs: dict[str, RepeatedLog] = {}  # per camera, so that each is named
-        self._fault_log = RepeatedLog(log, logging.ERROR)
+        self._throttle_logs()
         self.should_exit = threading.Event()  # set by signals: stop reading, finish, exit
         self.receiver_done = threading.Event()
         self.inference_stopped = threading.Event()  # the main loop is gone: nothing more will be dequeued
@@ -169,6 +165,19 @@ class Daemon:
         self.failed: list[str] = []  # what failed (a thread, the backend): the exit is then DaemonThreadError's
         self._failing: tuple[float, int] | None = None  # since when, and how many, batches have all failed
         self.clock = ClockWatch()  # this machine's clock, against times it has passed (edge.clock)
+        self._set_up_watches()
+
+    def _throttle_logs(self) -> None:
+        """The daemon's repeated complaints, each said at most once a while (edge.logrepeat)."""
+        self._unreadable_log, self._failed_batch_log = RepeatedLog(log), RepeatedLog(log, logging.ERROR)
+        self._nonfinite_log = RepeatedLog(log, logging.ERROR)
+        self._clock_log = RepeatedLog(log)
+        self._ids_back_logs: dict[str, RepeatedLog] = {}  # per camera, so that each is named
+        self._fault_log = RepeatedLog(log, logging.ERROR)
+
+    def _set_up_watches(self) -> None:
+        """What watches the line beside the model: each camera's fail rate, the master parts, the clock."""
+        cfg = self.cfg
         # Each camera's decisions, as they are published, against edge.fail_rate_alarm (0 = off);
         # the master parts' checks. Both are rows of the record's changes: an audit says when the
         # line rejected too much, and when its inspection was proved, on which model and threshold.
