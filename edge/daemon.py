@@ -232,16 +232,7 @@ class Daemon:
         self._busy = [threading.Lock() for _ in serving.backends]
         # The sockets and ports before the state folder: a taken one (the daemon before this
         # one still running) stops the start before it touches that daemon's marker.
-        self.ctx = zmq.Context()
-        self.curve = transport.start_auth(self.ctx, cfg, self.metrics)
-        self.frames_sock = transport.frames_socket(self.ctx, cfg)
-        self.results_sock = transport.results_socket(self.ctx, cfg)
-        self.control = Control(self, cfg.control_endpoint)
-        if cfg.curve.enabled:
-            from edge.security import watch_refusals
-
-            socks = {"frames": self.frames_sock, "results": self.results_sock, "control": self.control.sock}
-            self.refusals = watch_refusals(socks, self.metrics)
+        self._open_sockets()
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._check_previous_exit()
@@ -259,23 +250,9 @@ class Daemon:
         else:
             alarms = {"fail_rate_alarms_ended": end_left_raised(self.state_dir / FAIL_RATE_FILE)}
         self._start_decoders()
-        self.threads = [
-            threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
-            for loop, name in ((self._receive_loop, "receiver"), (Publisher(self).run, "publisher"),
-                               (self.control.run, "control"))
-        ]  # fmt: skip
-        for t in self.threads:
-            t.start()
+        self._start_threads()
         if self.recorder is not None:  # serving now
-            clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
-            # And the results of the run before that have no row (killed before its writer committed
-            # them): the audit reads them in the record, not only in this box's log.
-            noted = {**alarms, "previous_results_without_row": self.recorder.previous_lost,
-                     "previous_results_recovered": self.recorder.previous_recovered}  # fmt: skip
-            self.recorder.event(
-                *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock,
-                              **{key: value for key, value in noted.items() if value})
-            )  # fmt: skip
+            self._record_start(alarms)
         self.metrics.ready.set(1)
         self._log_ready()
         if self.ready_file:
@@ -283,6 +260,43 @@ class Daemon:
                 json.dumps({"pid": os.getpid(), "frames": cfg.frames_endpoint, "results": cfg.results_endpoint})
             )
         notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def _open_sockets(self) -> None:
+        """The frames', results' and control sockets, with CURVE's authenticator where it is on."""
+        cfg = self.cfg
+        self.ctx = zmq.Context()
+        self.curve = transport.start_auth(self.ctx, cfg, self.metrics)
+        self.frames_sock = transport.frames_socket(self.ctx, cfg)
+        self.results_sock = transport.results_socket(self.ctx, cfg)
+        self.control = Control(self, cfg.control_endpoint)
+        if cfg.curve.enabled:
+            from edge.security import watch_refusals
+
+            socks = {"frames": self.frames_sock, "results": self.results_sock, "control": self.control.sock}
+            self.refusals = watch_refusals(socks, self.metrics)
+
+    def _start_threads(self) -> None:
+        """The receiver, the publisher and the control thread (the workers are main_loop's)."""
+        self.threads = [
+            threading.Thread(target=self._guarded(loop, name), name=name, daemon=True)
+            for loop, name in ((self._receive_loop, "receiver"), (Publisher(self).run, "publisher"),
+                               (self.control.run, "control"))
+        ]  # fmt: skip
+        for t in self.threads:
+            t.start()
+
+    def _record_start(self, alarms: dict[str, Any]) -> None:
+        """The start's row among the record's changes: how the run before ended, the clock, the
+        alarms it left raised, and its results put back or without a row."""
+        clock = {"clock": status} if (status := self.clock.status()) else {}  # the times it files are off
+        # The results of the run before that have no row (killed before its writer committed
+        # them): the audit reads them in the record, not only in this box's log.
+        noted = {**alarms, "previous_results_without_row": self.recorder.previous_lost,
+                 "previous_results_recovered": self.recorder.previous_recovered}  # fmt: skip
+        self.recorder.event(
+            *self._change("start", previous_exit="unclean" if self._previous_unclean else "clean", **clock,
+                          **{key: value for key, value in noted.items() if value})
+        )  # fmt: skip
 
     def _start_recorder(self) -> None:
         from edge.record import RecordWriter
