@@ -313,6 +313,17 @@ def mask_note(mask: InspectionMask | None) -> dict[str, Any]:
     return {"mask_sha256": mask.sha256, "inspected_share": round(mask.inspected_share, 4)}
 
 
+def mask_given(inspection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How a package's inspection mask was given, from model.json's `inspection`: the rectangles
+    (X,Y,W,H) and the frame (H, W) they are in, or the mask image's path; None for none. A new
+    `--ignore` replaces the mask, so a command that adds a rectangle gives these too."""
+    if not inspection:
+        return None
+    if "rectangles" in inspection:
+        return {"rectangles": inspection["rectangles"], "frame": inspection["frame"]}
+    return {"image": inspection.get("image")}
+
+
 def mask_file(meta: dict[str, Any]) -> str | None:
     """The file of a package's inspection mask (model.json; named by its content), None for none."""
     return (meta.get("inspection") or {}).get("file")

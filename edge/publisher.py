@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from edge import transport
+from edge.inspection import mask_given
 from edge.protocol import heartbeat_message, result_message
 from edge.results import BatchResults, Result
 
@@ -100,11 +101,17 @@ class Publisher:
         header = {"ts_ns": time.time_ns(), "every_s": self.d.cfg.heartbeat_s, **self.d.state()}
         if (note := header["inspection"]) is not None:
             # The mask itself, for a subscriber's pictures (edge.inspection.StreamMasks): a few
-            # hundred bytes for a few rectangles, at most a few KB. Of the package state() named
-            # (a reload may have swapped it since).
-            mask = self.d.serving.mask if self.d.serving else None
+            # hundred bytes for a few rectangles, at most a few KB; and how it was given, which a
+            # command adding to it repeats. Of the package state() named (a reload may have
+            # swapped it since).
+            serving = self.d.serving
+            mask = serving.mask if serving else None
             same = mask is not None and mask.sha256 == note["mask_sha256"]
-            header["inspection"] = {**note, "mask_png": mask.png_base64 if same else None}
+            header["inspection"] = {
+                **note,
+                "mask_png": mask.png_base64 if same else None,
+                "given": mask_given(serving.package.meta.get("inspection")) if same else None,
+            }
         sock.send_multipart(heartbeat_message(header))
 
     def publish(self, sock: zmq.Socket, result: Result) -> None:

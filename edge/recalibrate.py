@@ -27,6 +27,7 @@ from edge.inspection import (
     InspectionMask,
     MaskRequest,
     load_mask,
+    mask_given,
     mask_note,
     remove_unnamed_masks,
     requested_mask,
@@ -320,6 +321,16 @@ def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: Inspectio
     return graph_scorer(path, batch, mask)(frames)
 
 
+def replaced_mask(pkg: ModelPackage, mask: InspectionMask | None) -> dict[str, Any] | None:
+    """The package's inspection mask that `mask` replaces (its sha256, and how it was given:
+    edge.inspection.mask_given), None where it had none, or `mask` is the same one or none (the
+    whole frame, which the command says in its own words)."""
+    before = pkg.meta.get("inspection")
+    if not before or mask is None or pkg.files.get(before["file"]) == mask.sha256:
+        return None
+    return {"mask_sha256": pkg.files.get(before["file"]), **(mask_given(before) or {})}
+
+
 def parity_at(
     pkg: ModelPackage, frames: np.ndarray, mask: np.ndarray | None, scores: np.ndarray, value: float
 ) -> dict[str, Any]:
@@ -372,6 +383,8 @@ def calibrate_package(
     if clock := package_clock_note(pkg.created_ns, "the new threshold's calibration time"):
         threshold["clock"] = clock  # an audit reads `calibrated` beside the clock that dated it
     threshold["inspection"] = mask_note(mask)
+    if mask_request is not None and (replaced := replaced_mask(pkg, mask)) is not None:
+        threshold["inspection"]["replaced"] = replaced
     threshold["parity"] = parity_at(pkg, frames, mask, scores, threshold["value"])
     if defects_dir is not None:
         threshold["defects"] = check_defects(defects_dir, pkg.input_format, fp32, threshold["value"], old["value"])

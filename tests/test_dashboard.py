@@ -549,7 +549,38 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         )
         said = driver.find_element("id", "detail-meta").text.split("model\n", 1)[1].split("\n")[0]
         assert said.endswith(f"{reject['model']['sha256']}, through inspection mask e7e7e7e7e7e7…"), said
+
+        # `vqad calibrate --ignore` replaces the package's mask: the command that adds a rectangle
+        # repeats the rectangles of the mask the reject was judged through (the heartbeat's
+        # `inspection.given`, learnt from the summary), where they are in this frame's pixels.
+        def dragged_command(given):
+            driver.execute_script(f"learnMasks({{daemons: [{{inspection: {{mask_sha256: 'e7'.repeat(32), "
+                                  f"given: {json.dumps(given)}}}}}]}}); showIgnored()")  # fmt: skip
+            ActionChains(driver).move_to_element_with_offset(
+                frame, -(cw // 4), -(ch // 4)
+            ).click_and_hold().move_by_offset(cw // 2, ch // 3).release().perform()  # as above
+            shown = (
+                driver.find_element("id", "detail-ignore-command").text,
+                driver.find_element("id", "detail-ignore-note").text,
+            )
+            driver.find_element("id", "detail-ignore-clear").click()
+            return shown
+
+        command, note = dragged_command({"rectangles": [[1, 2, 3, 4], [5, 6, 7, 8]], "frame": [fh, fw]})
+        assert command.startswith("vqad calibrate MODEL_DIR GOOD_DIR --ignore 1,2,3,4 --ignore 5,6,7,8 --ignore ")
+        assert parse_rectangle(command.rsplit(" ", 1)[1]) == (x, y, w, h)  # the dragged one last
+        assert note == "(the first 2 are the rectangles its inspection mask leaves out already)", note
+        command, note = dragged_command({"rectangles": [[1, 2, 3, 4]], "frame": [fh * 2, fw * 2]})
+        assert command.count("--ignore") == 1 and f"in {fw * 2}x{fh * 2} frames, this frame is {fw}x{fh}" in note, note
+        command, note = dragged_command({"image": "/line/mask.png"})
+        assert command.count("--ignore") == 1 and "given as an image" in note and "--mask" in note, note
+        driver.execute_script("openDetail({...state.open, model: {...state.open.model, mask_sha256: 'ab'.repeat(32)}})")
+        command, note = dragged_command({"image": None})  # another mask than the one learnt: not known here
+        assert "give the rectangles that mask leaves out too, as vqad info MODEL_DIR lists them" in note, note
         driver.execute_script("openDetail(...window.shown)")  # the reject itself again, to review it
+        assert not driver.find_element("id", "detail-ignore").is_displayed()
+        command, note = dragged_command({"image": None})
+        assert command.count("--ignore") == 1 and note == "", note  # judged through no mask: nothing to repeat
         driver.find_element("id", "review-by").send_keys("operator 7")
         driver.find_element("id", "review-kind").send_keys("scratch")
         driver.find_element("id", "review-defect").click()
@@ -1040,7 +1071,7 @@ def test_the_api_serves_programs_too(line):
     assert status == 200 and camera["frames"] >= 1 and summary["daemon"]["up"] is True
     assert summary["daemon"]["ready"] is True and daemon.alive()
     assert summary["daemon"]["vqad_version"] == vqad_version()  # from its heartbeat
-    assert summary["daemon"]["inspection"] == {"mask_sha256": None, "inspected_share": 1.0}  # the whole frame
+    assert summary["daemon"]["inspection"] == {"mask_sha256": None, "inspected_share": 1.0, "given": None}  # whole
     assert summary["daemon"]["record_behind"] is False and summary["daemon"]["record_behind_s"] < 60  # its metric
     status, body = _json(base + "/api/rejects?limit=3")
     assert status == 200 and len(body["rejects"]) <= 3 and body["record"] is True

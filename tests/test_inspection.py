@@ -222,6 +222,7 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
         page = DashboardProcess("--results", daemon.results, log_path=tmp_path / "dashboard.log").start()
         try:
             assert wait_for(lambda: _json(page.url + "/api/summary")["daemon"]["heartbeat_age_s"] is not None, 10)
+            summary_inspection = _json(page.url + "/api/summary")["daemon"]["inspection"]
             time.sleep(1.5)  # a heartbeat interval: the watch has its heartbeat, and the mask in it, too
             cam.send(frame_message("cam0", 1, frame, "raw"))
             cam.send(frame_message("cam0", 2, uniform, "raw"))
@@ -237,8 +238,11 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
             sub.close()
         beat = next_heartbeat(daemon.results)
     assert len(got) == 2 and rows, daemon.log_text()
+    given = {"rectangles": [[x, y, w, h]], "frame": [64, 64]}  # how it was given: a command adding one repeats it
     assert beat["inspection"] == {"mask_sha256": pkg.files[inspection["file"]], "inspected_share": pytest.approx(
-        inspection["inspected_share"], abs=1e-4), "mask_png": beat["inspection"]["mask_png"]}  # fmt: skip
+        inspection["inspected_share"], abs=1e-4), "mask_png": beat["inspection"]["mask_png"],
+        "given": given}  # fmt: skip
+    assert "mask_png" not in summary_inspection and summary_inspection["given"] == given, summary_inspection
     # The heartbeat carries the mask itself, for a subscriber's pictures: the package's.
     carried = cv2.imdecode(np.frombuffer(base64.b64decode(beat["inspection"]["mask_png"]), np.uint8), 0)
     assert np.array_equal(carried, cv2.imread(str(model / inspection["file"]), cv2.IMREAD_GRAYSCALE))
@@ -297,8 +301,20 @@ def test_an_altered_mask_a_run_and_two_masks_at_once_are_refused(tiny_model, tin
     cv2.imwrite(str(tmp_path / "mask.png"), 255 - inverted)
     run_vqad("calibrate", model, line_good, "--mask", tmp_path / "mask.png")
     assert load_package(model).meta["inspection"]["image"] == str(tmp_path / "mask.png")
-    run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--ignore", "56,56,8,8")
+    replacing = run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,8", "--ignore", "56,56,8,8").stdout
     assert len(list(model.glob("inspect_mask-*"))) == 1  # the image's mask removed once replaced
+    assert f"it replaces the mask image {tmp_path / 'mask.png'}: what only that one left out is judged again" in (
+        replacing
+    )
+    # `--ignore` sets the whole mask: one more rectangle alone would judge the first two again.
+    added = run_vqad("calibrate", model, line_good, "--ignore", "0,56,8,8").stdout
+    assert "it replaces the mask that left out X,Y,W,H 0,0,8,8 56,56,8,8 of 64x64 (WxH) frames: what only that one " \
+        "left out is judged again (to leave it out too, calibrate again with --ignore 0,0,8,8 --ignore 56,56,8,8 " \
+        "beside the new ones)" in added, added  # fmt: skip
+    replaced = load_package(model).meta["threshold"]["inspection"]["replaced"]
+    assert replaced["rectangles"] == [[0, 0, 8, 8], [56, 56, 8, 8]] and replaced["frame"] == [64, 64]
+    same = run_vqad("calibrate", model, line_good, "--ignore", "0,56,8,8").stdout
+    assert "it replaces" not in same and "replaced" not in load_package(model).meta["threshold"]["inspection"]
     mask_file = model / load_package(model).meta["inspection"]["file"]
     cv2.imwrite(str(mask_file), np.full((32, 32), 255, np.uint8))  # someone "clears" the mask by hand
     altered = run_vqad("score", model, line_good, check=False)

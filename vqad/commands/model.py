@@ -266,6 +266,21 @@ def _print_inspection(threshold: dict, args: argparse.Namespace) -> None:
     picture = inspection_picture(args.target, args.good)
     drawn = f" (drawn over a good image: {picture})" if picture is not None else ""
     print(f"inspection mask: {share:.1%} of the frame judged, the rest left out of the decision{drawn}")
+    if (replaced := threshold["inspection"].get("replaced")) is not None:
+        print(_replaced_words(replaced))
+
+
+def _replaced_words(replaced: dict) -> str:
+    """What a new mask replaced, and how to keep it: `--ignore` sets the whole mask, not a part."""
+    if "rectangles" not in replaced:
+        return (f"it replaces the mask image {replaced.get('image') or '?'}: what only that one left out is "
+                "judged again")  # fmt: skip
+    rects = [",".join(str(v) for v in r) for r in replaced["rectangles"]]
+    h, w = replaced["frame"]
+    keep = " ".join(f"--ignore {r}" for r in rects)
+    return (f"it replaces the mask that left out X,Y,W,H {' '.join(rects)} of {w}x{h} (WxH) frames: what only "
+            f"that one left out is judged again (to leave it out too, calibrate again with {keep} beside the "
+            "new ones)")  # fmt: skip
 
 
 def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | None:

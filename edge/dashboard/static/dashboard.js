@@ -31,8 +31,9 @@ const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 1
 // `queue`: while the detail walks a day's unreviewed rejects (from the tally), that day's
 // {camera, day, more}; a part's results, {part, more}; null while it walks the gallery.
 // `ignored`: the rectangles measured on the open reject's frame, in its pixels (measureIgnored).
+// `masks`: how each inspection mask the daemons served was given, by its sha256 (learnMasks).
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null,
-                glances: new Map(), ignored: [] };
+                glances: new Map(), ignored: [], masks: new Map() };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -59,6 +60,7 @@ function connect() {
   const source = new EventSource("api/events");
   source.addEventListener("summary", (event) => {
     state.summary = JSON.parse(event.data);
+    learnMasks(state.summary.daemon);
     window.vqadStats.events += 1;
     if (!state.drawPending) {
       state.drawPending = true;
@@ -1032,9 +1034,42 @@ function showIgnored(dragging = null) {
   const boxes = r && frame.naturalWidth ? state.ignored.map((g) => frameBox(frame, r, g, "ignore-box")) : [];
   if (dragging) boxes.push(cssBox(dragging, "ignore-box"));
   document.getElementById("detail-ignored").replaceChildren(...boxes);
-  const flags = state.ignored.map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
-  document.getElementById("detail-ignore").hidden = !flags;
+  const [kept, note] = state.ignored.length && r ? maskKept(r, frame) : [[], ""];
+  const flags = [...kept, ...state.ignored].map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
+  document.getElementById("detail-ignore").hidden = !state.ignored.length;
   document.getElementById("detail-ignore-command").textContent = `vqad calibrate MODEL_DIR GOOD_DIR ${flags}`;
+  document.getElementById("detail-ignore-note").textContent = note;
+}
+
+// How each inspection mask the daemons serve was given (the heartbeat's `inspection.given`), kept
+// by its sha256 for as long as the page is open: a reject judged through a mask served before a
+// reload still finds it.
+function learnMasks(daemon) {
+  for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
+    const i = d && d.inspection;
+    if (i && i.mask_sha256 && i.given) state.masks.set(i.mask_sha256, i.given);
+  }
+}
+
+// `vqad calibrate --ignore` sets the package's whole mask: a command that adds a rectangle to the
+// mask reject `r` was judged through repeats that mask's rectangles first. -> [those rectangles,
+// a note where they cannot be repeated].
+function maskKept(r, frame) {
+  const sha = r.model && r.model.mask_sha256;
+  if (!sha) return [[], ""];
+  const given = state.masks.get(sha);
+  const [, , fw, fh] = frameScale(frame, r);
+  if (given && given.rectangles && given.frame[0] === fh && given.frame[1] === fw) {
+    const n = given.rectangles.length;
+    const kept = given.rectangles.map(([x, y, w, h]) => ({ x, y, w, h }));
+    return [kept, `(the first ${n === 1 ? "is the rectangle" : `${n} are the rectangles`} its inspection mask leaves out already)`];
+  }
+  if (given && given.rectangles) {
+    return [[], `(its inspection mask's rectangles are in ${given.frame[1]}x${given.frame[0]} frames, this frame is ` +
+      `${fw}x${fh}: the command replaces that mask, so give its rectangles too, as vqad info MODEL_DIR lists them)`];
+  }
+  if (given) return [[], "(its inspection mask was given as an image, which this command replaces: draw these into that image and give it with --mask instead)"];
+  return [[], "(the command replaces its inspection mask: give the rectangles that mask leaves out too, as vqad info MODEL_DIR lists them)"];
 }
 
 // -- a part's results ------------------------------------------------------------------------
