@@ -570,6 +570,10 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert command.startswith("vqad calibrate MODEL_DIR GOOD_DIR --ignore 1,2,3,4 --ignore 5,6,7,8 --ignore ")
         assert parse_rectangle(command.rsplit(" ", 1)[1]) == (x, y, w, h)  # the dragged one last
         assert note == "(the first 2 are the rectangles its inspection mask leaves out already)", note
+        assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box.kept")) == 0  # cleared
+        driver.execute_script("state.ignored = [{x: 0, y: 0, w: 2, h: 2}]; showIgnored()")
+        assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box.kept")) == 2  # drawn, dotted
+        driver.find_element("id", "detail-ignore-clear").click()
         command, note = dragged_command({"rectangles": [[1, 2, 3, 4]], "frame": [fh * 2, fw * 2]})
         assert command.count("--ignore") == 1 and f"in {fw * 2}x{fh * 2} frames, this frame is {fw}x{fh}" in note, note
         command, note = dragged_command({"image": "/line/mask.png"})

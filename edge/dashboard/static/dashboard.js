@@ -1031,10 +1031,12 @@ function toFramePixels(img, r, c) {
 // the command that leaves them out.
 function showIgnored(dragging = null) {
   const frame = document.getElementById("detail-frame"), r = state.open;
-  const boxes = r && frame.naturalWidth ? state.ignored.map((g) => frameBox(frame, r, g, "ignore-box")) : [];
+  // With the rectangles its mask leaves out already, which the command repeats: the whole mask it sets.
+  const [kept, note] = state.ignored.length && r ? maskKept(r, frame) : [[], ""];
+  const shown = [...kept.map((g) => [g, "ignore-box kept"]), ...state.ignored.map((g) => [g, "ignore-box"])];
+  const boxes = r && frame.naturalWidth ? shown.map(([g, className]) => frameBox(frame, r, g, className)) : [];
   if (dragging) boxes.push(cssBox(dragging, "ignore-box"));
   document.getElementById("detail-ignored").replaceChildren(...boxes);
-  const [kept, note] = state.ignored.length && r ? maskKept(r, frame) : [[], ""];
   const flags = [...kept, ...state.ignored].map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
   document.getElementById("detail-ignore").hidden = !state.ignored.length;
   document.getElementById("detail-ignore-command").textContent = `vqad calibrate MODEL_DIR GOOD_DIR ${flags}`;
