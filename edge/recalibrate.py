@@ -332,7 +332,7 @@ def replaced_mask(pkg: ModelPackage, mask: InspectionMask | None) -> dict[str, A
 
 
 def parity_at(
-    pkg: ModelPackage, frames: np.ndarray, mask: np.ndarray | None, scores: np.ndarray, value: float
+    pkg: ModelPackage, frames: np.ndarray, mask: InspectionMask | None, scores: np.ndarray, value: float
 ) -> dict[str, Any]:
     """Whether the FP16 graph decides as the FP32 graph's `scores` at the threshold `value`, on
     the calibration `frames`: the parity entry of the new threshold, or PackageError under the
