@@ -88,6 +88,13 @@ def _warn_if_few(n: int, bound: float) -> None:
         )  # fmt: skip
 
 
+def threshold_at(scores: np.ndarray, target_frr: float) -> tuple[float, float]:
+    """Good-image `scores`' (1 - target_frr) quantile (a score of theirs) and the threshold over
+    it, THRESHOLD_MARGIN above: the one rule every calibration follows."""
+    at_quantile = float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - target_frr, method="higher"))
+    return at_quantile, at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
+
+
 def calibrate_threshold(
     scores: np.ndarray, target_frr: float, source: dict[str, Any], names: Sequence[str | os.PathLike] | None = None
 ) -> dict[str, Any]:
@@ -101,8 +108,7 @@ def calibrate_threshold(
             f"calibrating a threshold needs at least {MIN_CALIBRATION_IMAGES} good images, got {scores.size}"
         )
     check_scores(scores, names, "good")
-    at_quantile = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
-    value = at_quantile + max(1e-6, THRESHOLD_MARGIN * abs(at_quantile))
+    at_quantile, value = threshold_at(scores, target_frr)
     above = int((scores >= value).sum())
     n = int(scores.size)
     bound = frr_upper_bound(n, above)

@@ -48,6 +48,33 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     )
 
 
+def test_eval_gives_the_trade_each_target_frr_would_make_on_the_test_images(tiny_run):
+    """`--target-frr` trades false rejects for misses: for 1%, 2%, 3% and 5%, eval sets the
+    threshold on the validation images as it sets its own, and says what each rejects and misses
+    of the test images, in metrics.json, its last closing line and the report."""
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    validation = np.array(json.loads((tiny_run / "threshold.json").read_text())["scores"])
+    with open(tiny_run / "eval" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    good = np.array([float(r["score"]) for r in rows if r["label"] == "0"])
+    defects = np.array([float(r["score"]) for r in rows if r["label"] == "1"])
+    choices = metrics["target_frr_choices"]
+    assert [c["target_frr"] for c in choices] == [0.01, 0.02, 0.03, 0.05]
+    for c in choices:
+        at = np.quantile(validation, 1 - c["target_frr"], method="higher")
+        assert c["threshold"] == pytest.approx(at * 1.01, rel=1e-5)  # the quantile + 1%, as calibrated
+        assert c["false_reject_rate"] == pytest.approx((good >= c["threshold"]).mean())
+        assert c["miss_rate"] == pytest.approx((defects < c["threshold"]).mean())
+    assert [c["threshold"] for c in choices] == sorted((c["threshold"] for c in choices), reverse=True)
+    shipped = choices[0]  # the run's own target: the threshold eval set
+    assert (shipped["threshold"], shipped["false_reject_rate"], shipped["miss_rate"]) == (
+        metrics["threshold"], metrics["false_reject_rate"], metrics["miss_rate"])  # fmt: skip
+    said = (tiny_run / "eval" / "stdout.txt").read_text().splitlines()
+    assert said[2].startswith("--target-frr, its threshold set on the validation images: 1% rejects "), said
+    assert f"5% rejects {choices[3]['false_reject_rate']:.1%} and misses {choices[3]['miss_rate']:.1%}" in said[2]
+    assert "--target-frr 0.05: false rejects / misses" in (tiny_run / "eval" / "report.html").read_text()
+
+
 class _Sections(HTMLParser):
     """A page's pictures by the heading (h2) they stand under: {heading: [img src, ...]}."""
 

@@ -175,6 +175,17 @@ def _at_threshold_rows(metrics: dict[str, Any], labels: np.ndarray, decisions: n
         ("defects that pass at 1% / 5% false rejects",
          f"{percent(metrics['miss_rate_at_1pct_frr'])} / {percent(metrics['miss_rate_at_5pct_frr'])}"),
         ("the threshold over the highest calibration score", percent(metrics.get("threshold_margin_over_val_max"))),
+        *_choice_rows(metrics.get("target_frr_choices") or []),
+    ]  # fmt: skip
+
+
+def _choice_rows(choices: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What each false-reject target would give, its threshold set on the validation images as
+    vqad eval sets it (vqad calibrate --target-frr): the trade a quality engineer chooses from."""
+    return [
+        (f"--target-frr {c['target_frr']:g}: false rejects / misses",
+         f"{percent(c['false_reject_rate'])} / {percent(c['miss_rate'])} (threshold {c['threshold']:.5g})")
+        for c in choices
     ]  # fmt: skip
 
 

@@ -147,10 +147,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"(95% confidence, {m['threshold_calibration']['n_val']} calibration images)"
     )
     print(f"at the threshold: {'; '.join(rates)}")
+    if (choices := _choices_line(m)) is not None:
+        print(choices)
     print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
     if m["miss_rate"]:
         print(MISSES_HINT)
     return 0
+
+
+def _choices_line(m: dict) -> str | None:
+    """The other false-reject targets, set on the validation images as the threshold is, and
+    what each rejects and misses here: the trade `vqad calibrate --target-frr` makes."""
+    from train.metrics import percent
+
+    if m["miss_rate"] is None and m["false_reject_rate"] is None:
+        return None
+    said = "; ".join(
+        f"{c['target_frr']:.0%} rejects {percent(c['false_reject_rate'])} and misses {percent(c['miss_rate'])} "
+        f"({c['threshold']:.5g})"
+        for c in m["target_frr_choices"]
+    )
+    return f"--target-frr, its threshold set on the validation images: {said}"
 
 
 def _writable_before_scoring(folder: Path) -> None:
