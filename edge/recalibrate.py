@@ -290,12 +290,13 @@ def health_findings(
 
 def check_defects(
     defects_dir: str | Path, fmt: InputFormat, score: Callable[[np.ndarray], np.ndarray], threshold: float,
-    previous: float | None,
+    previous: float | None, calibration: np.ndarray | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """defect_check of the images under `defects_dir`, scored by `score` (frames -> scores)."""
+    """defect_check of the images under `defects_dir`, scored by `score` (frames -> scores);
+    `calibration`: the good images' scores, for what other false-reject targets would let pass."""
     frames, paths = defect_frames(defects_dir, fmt)
     source = {"folder": str(Path(defects_dir).resolve()), "n_images": len(paths)}
-    return defect_check(score(frames), threshold, source, names=paths, previous=previous)
+    return defect_check(score(frames), threshold, source, names=paths, previous=previous, calibration=calibration)
 
 
 def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -387,7 +388,9 @@ def calibrate_package(
         threshold["inspection"]["replaced"] = replaced
     threshold["parity"] = parity_at(pkg, frames, mask, scores, threshold["value"])
     if defects_dir is not None:
-        threshold["defects"] = check_defects(defects_dir, pkg.input_format, fp32, threshold["value"], old["value"])
+        threshold["defects"] = check_defects(
+            defects_dir, pkg.input_format, fp32, threshold["value"], old["value"], calibration=scores
+        )
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
     meta["threshold"] = threshold

@@ -172,6 +172,17 @@ def test_calibrating_with_confirmed_defects_reports_those_that_would_pass(tiny_m
     lowest = sorted(scores)[: min(d["missed"], 5)]
     assert [m["score"] for m in d["lowest_missed"]] == [round(float(s), 6) for s in lowest]
     assert f"{d['missed']} of {len(paths)} score under the threshold" in proc.stdout
+    # The trade --target-frr makes: each target's threshold on these good images, and how many
+    # of the confirmed defects it lets pass.
+    trade, good_scores = d["target_frr_choices"], np.array(t["scores"])
+    assert [c["target_frr"] for c in trade] == [0.01, 0.02, 0.03, 0.05]
+    for c in trade:
+        at = np.quantile(good_scores, 1 - c["target_frr"], method="higher")
+        assert c["threshold"] == pytest.approx(at * 1.01, rel=1e-5) and c["false_reject_rate"] is None
+        assert c["miss_rate"] == pytest.approx((scores < c["threshold"]).mean())
+    assert trade[0]["threshold"] == pytest.approx(t["value"]) and t["target_frr"] == 0.01  # the package's own
+    said = f"1% lets {d['missed']} pass ({t['value']:.5g})"
+    assert f"--target-frr, its threshold set on these good images: {said}" in proc.stdout, proc.stdout
     assert ('"When too many defects pass"' in proc.stdout) == (d["missed"] > 0), proc.stdout
     # The defects given as good images are refused, as a test set is: a threshold over them
     # would pass them.
@@ -207,6 +218,7 @@ def test_calibrating_a_run_with_confirmed_defects(tiny_run, synth_root, tmp_path
     run_vqad("calibrate", run, line_good, "--defects", kinds[0])
     d = json.loads((run / "threshold.json").read_text())["defects"]
     assert d["n_images"] == len(list(kinds[0].glob("*.png"))) and "at_previous_threshold" in d
+    assert [c["target_frr"] for c in d["target_frr_choices"]] == [0.01, 0.02, 0.03, 0.05]
 
 
 def test_the_models_own_training_images_are_left_out_of_a_calibration(tiny_model, tiny_run, synth_root, tmp_path):

@@ -29,7 +29,7 @@ from edge.overlay import heatmap_overlay, label, map_peak, mark_peak
 from edge.progress import progress
 from edge.recalibrate import UNFIT_REFUSED, unfit_images
 from edge.spreadsheet import SpreadsheetCsv
-from edge.threshold import calibrate_threshold, threshold_at
+from edge.threshold import calibrate_threshold, target_frr_trade
 from train import plots
 from train.data import TestSample, category_hint, has_test_set, load_images, load_test_set, without_copies_of
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
@@ -49,30 +49,6 @@ def miss_rate_at_frr(labels: np.ndarray, scores: np.ndarray, frr: float) -> floa
         return None
     cut = float(np.quantile(good, 1.0 - frr, method="higher"))
     return float((defects <= cut).mean())
-
-
-# The false-reject targets a line may set instead (`vqad calibrate --target-frr`), each reported
-# as the threshold the validation images would give and what it rejects and misses on the test
-# set: the trade a quality engineer chooses from, measured on the product's own images.
-TARGET_FRR_CHOICES = (0.01, 0.02, 0.03, 0.05)
-
-
-def target_frr_choices(val_scores: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-    """For each of TARGET_FRR_CHOICES: the threshold calibrated on the good validation images'
-    `val_scores` as `vqad eval` calibrates, and the test set's false-reject and miss rates at it
-    (null where the test set has no good images, or no defects)."""
-    good, defects = labels == 0, labels == 1
-    choices = []
-    for target in TARGET_FRR_CHOICES:
-        value = threshold_at(val_scores, target)[1]
-        fails = scores >= value
-        choices.append({
-            "target_frr": target,
-            "threshold": value,
-            "false_reject_rate": float(fails[good].mean()) if good.any() else None,
-            "miss_rate": float((~fails[defects]).mean()) if defects.any() else None,
-        })  # fmt: skip
-    return choices
 
 
 def _threshold(run: Run, val_scores: np.ndarray, val_paths: list[str]) -> dict[str, Any]:
@@ -174,7 +150,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     metrics["left_out_copies"] = own[:COPIES_NAMED]
     metrics["good_test_unfit"] = unfit  # the camera health gate's verdict on the good test images
     labels = np.array([s.label for s in test], dtype=int)
-    metrics["target_frr_choices"] = target_frr_choices(val_scores, labels, scores)
+    # The trade --target-frr makes, each threshold set on the validation images as this one is.
+    metrics["target_frr_choices"] = target_frr_trade(val_scores, scores[labels == 0], scores[labels == 1])
     out.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a figure that cannot be computed is null (None), and a NaN is a bug.
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")

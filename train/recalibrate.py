@@ -91,7 +91,7 @@ def calibrate_run(
     if defects_dir is not None:
         threshold["defects"] = check_defects(
             defects_dir, cfg.input_format, lambda f: score_frames(run.model, f)[2], threshold["value"],
-            previous["value"] if comparable else None,
+            previous["value"] if comparable else None, calibration=scores,
         )  # fmt: skip
     run.write_threshold(threshold)
     log.info(

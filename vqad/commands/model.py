@@ -348,6 +348,12 @@ def _defects_line(d: dict, folder: Path) -> str:
         line += f"; {d['at_previous_threshold']['missed']} passed the previous threshold"
     if d["lowest_missed"]:
         line += "; lowest: " + ", ".join(f"{m['image']} ({m['score']:.4g})" for m in d["lowest_missed"])
+    if d.get("target_frr_choices"):  # the trade --target-frr makes on these good images and defects
+        trade = "; ".join(
+            f"{c['target_frr']:.0%} lets {round(c['miss_rate'] * d['n_images'])} pass ({c['threshold']:.5g})"
+            for c in d["target_frr_choices"]
+        )
+        line += f"\n--target-frr, its threshold set on these good images: {trade}"
     return line
 
 
