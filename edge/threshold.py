@@ -196,7 +196,8 @@ def highest_images(scores: np.ndarray, at_quantile: float, names: Sequence[str |
             "next_score": float(below.max()),
             "ratio": float(at_quantile / below.max()),
             "note": "this good image alone sets the threshold; if it holds a defect, leave it out of the good "
-            "images and calibrate again (vqad calibrate): defects scoring between the two pass now",
+            "images and calibrate again (vqad calibrate): defects scoring between the two pass now. What a "
+            "higher --target-frr would reject and let pass instead: its trade, in vqad eval's last line and report",
         }
         log.warning(
             "the threshold rests on one good image: %s scores %.4g, %.1f times the next (%.4g); if it holds a "

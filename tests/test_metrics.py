@@ -112,7 +112,7 @@ def test_a_good_image_that_alone_sets_the_threshold_is_named(caplog):
         cal = calibrate_threshold(scores, target_frr=0.01, source={"by": "test"}, names=names)
     assert cal["score_at_quantile"] == 9.0
     assert cal["lone_image"]["image"] == "good_091.png" and cal["lone_image"]["ratio"] == 3.0
-    assert "good_091.png" in caplog.text
+    assert "good_091.png" in caplog.text and "higher --target-frr" in cal["lone_image"]["note"]
     assert [h["image"] for h in cal["highest_images"]] == [
         "good_091.png",
         *(f"good_{i:03d}.png" for i in (90, 89, 88, 87)),
