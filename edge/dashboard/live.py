@@ -89,9 +89,10 @@ class LiveFrame:
         if picture is None:
             return None
         ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if ok and known:
-            self._picture = jpeg.tobytes()
-        return jpeg.tobytes() if ok else None
+        drawn = jpeg.tobytes() if ok else None
+        if known:
+            self._picture = drawn
+        return drawn
 
 
 @dataclass
