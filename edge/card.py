@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge.inspection import judged_words
+from edge.inspection import judged_words, rectangles_words
 from edge.package import ModelPackage, sha256_file
 from edge.state import Overrides
 
@@ -84,9 +84,7 @@ def _inspection(meta: dict[str, Any]) -> str:
     if not inspection:
         return f"inspects   {judged_words(inspection)}"
     if "rectangles" in inspection:
-        h, w = inspection["frame"]
-        rects = " ".join(",".join(str(v) for v in r) for r in inspection["rectangles"])
-        given = f"rectangles X,Y,W,H {rects} of {w}x{h} (WxH) frames left out"
+        given = f"rectangles {rectangles_words(inspection)} left out"
     else:
         given = f"the mask image {inspection.get('image', '?')}"
     return f"inspects   {judged_words(inspection)}: {given} (vqad calibrate, with the threshold)"

@@ -324,6 +324,14 @@ def mask_given(inspection: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"image": inspection.get("image")}
 
 
+def rectangles_words(given: dict[str, Any]) -> str:
+    """A mask's rectangles in `--ignore`'s words, with the frame they are in (mask_given's
+    {"rectangles", "frame"}): "X,Y,W,H 0,180,256,76 40,10,8,8 of 256x256 (WxH) frames"."""
+    rects = " ".join(",".join(str(v) for v in r) for r in given["rectangles"])
+    h, w = given["frame"]
+    return f"X,Y,W,H {rects} of {w}x{h} (WxH) frames"
+
+
 def mask_file(meta: dict[str, Any]) -> str | None:
     """The file of a package's inspection mask (model.json; named by its content), None for none."""
     return (meta.get("inspection") or {}).get("file")

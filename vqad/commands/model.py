@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.frames import parse_size
-from edge.inspection import MaskRequest, parse_rectangle
+from edge.inspection import MaskRequest, parse_rectangle, rectangles_words
 from edge.threshold import MISSES_GUIDE
 from vqad.commands.common import config_args, default_config, overrides, picture_arg, pixel_bits_arg
 
@@ -292,12 +292,9 @@ def _replaced_words(replaced: dict) -> str:
     if "rectangles" not in replaced:
         return (f"it replaces the mask image {replaced.get('image') or '?'}: what only that one left out is "
                 "judged again")  # fmt: skip
-    rects = [",".join(str(v) for v in r) for r in replaced["rectangles"]]
-    h, w = replaced["frame"]
-    keep = " ".join(f"--ignore {r}" for r in rects)
-    return (f"it replaces the mask that left out X,Y,W,H {' '.join(rects)} of {w}x{h} (WxH) frames: what only "
-            f"that one left out is judged again (to leave it out too, calibrate again with {keep} beside the "
-            "new ones)")  # fmt: skip
+    keep = " ".join("--ignore " + ",".join(str(v) for v in r) for r in replaced["rectangles"])
+    return (f"it replaces the mask that left out {rectangles_words(replaced)}: what only that one left out is "
+            f"judged again (to leave it out too, calibrate again with {keep} beside the new ones)")  # fmt: skip
 
 
 def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | None:
