@@ -601,22 +601,22 @@ class Daemon:
                 pass
         if old is not None and new.drift is not old.drift:
             self.metrics.forget_drift()  # the old model's alarms: its windows start again
-        if old is not None and _inspection(old) != _inspection(new):
-            self._another_inspection(_inspection(old), new)
+        if old is not None and (before := _inspection(old)) != (after := _inspection(new)):
+            self._another_inspection(before, after)
         if close_old and old is not None and old.backends is not new.backends:
             old.close()
         return old
 
-    def _another_inspection(self, old_inspection: tuple[str, float, str | None], new: Serving) -> None:
+    def _another_inspection(self, before: tuple[str, float, str | None], after: tuple[str, float, str | None]) -> None:
         """Another model, threshold or inspection mask serves: the master parts' checks prove the
         one before, and the fails before say nothing of this one (a threshold set to end false
         rejects). The fail-rate alarm's reason says which changed (docs/protocol.md)."""
         if self.masters is not None:
             log.info("the master parts' checks so far were made on the model, threshold or inspection mask before: "
                      "run them again to prove this inspection")  # fmt: skip
-            self.masters.show_current(*_inspection(new))
+            self.masters.show_current(*after)
         if self.fail_rate is not None:
-            self.fail_rate.start_all_again(_what_changed(old_inspection, _inspection(new)))
+            self.fail_rate.start_all_again(_what_changed(before, after))
 
     # -- receiver thread ------------------------------------------------------------------
     def _receive_loop(self) -> None:
