@@ -1437,8 +1437,9 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
     engine.dispose()
     (other_line,) = _recorded_fails(url, tmp_path / "evidence", "line4-cam", 1)  # another line's, on a shared record
     with engine.begin() as conn:  # its images never written: a row put back from a killed daemon's journal
-        conn.execute(sa.text("UPDATE results SET evidence_overlay = NULL, evidence_frame = NULL "
-                             "WHERE camera_id = 'line4-cam'"))  # fmt: skip
+        put_back_ns = other_line["ts_ns"] + 60 * 10**9
+        conn.execute(sa.text("UPDATE results SET evidence_overlay = NULL, evidence_frame = NULL, "
+                             f"recovered_ns = {put_back_ns} WHERE camera_id = 'line4-cam'"))  # fmt: skip
     engine.dispose()
     nowhere = f"ipc://{tmp_path}/no-daemon"
     with DashboardProcess("--record", url, "--results", nowhere, log_path=tmp_path / "every.log") as dashboard:
@@ -1450,6 +1451,13 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             assert wait_for(lambda: _field(driver, "line4-cam", "changes-note") == "none", 10)
             assert not driver.find_element("css selector", '[data-camera="line4-cam"] [data-field="changes-table"]'
                                            ).is_displayed()  # fmt: skip
+            # A row put back from its run's journal says why it has no picture, and when it came back.
+            wait_for(lambda: driver.find_elements("css selector", '[data-camera="line4-cam"] .reject'), 10)[0].click()
+            journal = lambda: "journal" in driver.find_element("id", "detail-missing").text  # noqa: E731
+            why = wait_for(journal, 5) and driver.find_element("id", "detail-missing").text  # the API's answer
+            assert "put its row back from the run's journal, without the images" in why, why
+            meta = driver.find_element("id", "detail-meta").text
+            assert "put back from its run's journal" in meta.splitlines()[-1], meta
         finally:
             driver.quit()
     from edge.record import RecordWriter
@@ -1483,7 +1491,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         status, body = _json(base + f"/api/image/standing/0/overlay?result={rows[0]['id']}")
         assert status == 404 and body["error"] == "not on this machine's disk: /elsewhere/0_overlay.jpg"
         status, body = _json(base + f"/api/image/line4-cam/0/overlay?result={other_line['id']}")
-        assert status == 404 and body["error"].startswith("no picture kept: its images were not written"), body
+        assert status == 404 and body["error"].startswith("no picture kept: its daemon run ended before the"), body
         driver = headless_chromium()
         try:
             driver.get(base + "/")

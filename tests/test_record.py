@@ -206,7 +206,7 @@ def test_every_result_is_recorded_with_no_subscriber_and_reviews_feed_training(t
     assert (
         len(csv_lines) == n + 1
         and csv_lines[0].endswith(
-            ",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome,region,mask_sha256"
+            ",part_id,unfit,result_id,time,overlay,run,seq,master,master_outcome,region,mask_sha256,recovered"
         )
         and "SN-0001" in "".join(csv_lines)
     )
@@ -339,6 +339,7 @@ def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path
     with journal.open("ab") as f:
         f.write(b'{"camera_id": "c", "frame_id": 9, "se')  # a line the kill cut
     committed.dispose()
+    started_ns = time.time_ns()
     again = RecordWriter(record_url, tmp_path / "evidence", state_file=state / "vqad-serve.record.json",
                          run_id="b" * 32)  # fmt: skip
     try:
@@ -348,6 +349,9 @@ def test_the_results_a_killed_writer_held_are_put_back_from_its_journal(tmp_path
         assert [bool(r["evidence"]) for r in rows] == [True, True, True, False, False]
         assert Path(rows[2]["evidence"]).is_file() and not frames[1].exists()  # the cut one removed, no row names it
         assert again.previous_recovered == {"run": killed_run, "recovered": 3, "with_images": 1}
+        # Each row put back says when, so that an audit tells its lost images from the quota's work.
+        assert [r["recovered_ns"] for r in rows[:2]] == [None, None]  # its own run committed these
+        assert all(started_ns <= r["recovered_ns"] <= time.time_ns() for r in rows[2:]), rows
         assert again.previous_lost is None
         assert not journal.exists() and (state / f"{JOURNAL_PREFIX}{'b' * 32}.jsonl").exists()
         again.start()
@@ -1709,7 +1713,8 @@ def test_expiry_with_more_old_rows_than_a_pass_takes_goes_on_soon(tmp_path, reco
 
 
 def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, record_url):
-    """A version 2 record (before part_id, unfit, the reviews' result_id, seq, master and mask_sha256) is brought to the
+    """A version 2 record (before part_id, unfit, the reviews' result_id, seq, master, mask_sha256 and
+    recovered_ns) is brought to the
     current version on first use, and gets the indexes it lacks. Its review of a frame id that a
     restarted sender used twice is given the result it was made after."""
     engine = sa.create_engine(record_url)
@@ -1720,6 +1725,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
         conn.execute(sa.text("DROP INDEX ix_reviews_result"))
         conn.execute(sa.text("DROP INDEX ix_results_run_seq"))
         conn.execute(sa.text("DROP INDEX ix_results_master_ts"))
+        conn.execute(sa.text("ALTER TABLE results DROP COLUMN recovered_ns"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN mask_sha256"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN master"))
         conn.execute(sa.text("ALTER TABLE results DROP COLUMN seq"))
@@ -1744,7 +1750,7 @@ def test_a_record_of_an_older_schema_is_migrated_and_keeps_its_rows(tmp_path, re
     assert [len(r["reviews"]) for r in old] == [1, 0]  # reviewed at 20: the result of 5, not of 50
     assert [r["seq"] for r in old] == [None, None]  # published before results were numbered
     with record.engine.connect() as conn:
-        assert stored_version(conn) == SCHEMA_VERSION == 8
+        assert stored_version(conn) == SCHEMA_VERSION == 9
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("results")}
     assert {"ix_results_part", "ix_results_camera_decision_ts", "ix_results_run_seq", "ix_results_master_ts"} <= indexes
 
@@ -2078,7 +2084,7 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "SN-1" not in shown and shown.strip().endswith("5 results"), shown
         csv_rows = run_vqad("records", record_url, "--master-parts", "--format", "csv").stdout.splitlines()
         first = next(csv.DictReader(csv_rows))
-        assert csv_rows[0].endswith(",master,master_outcome,region,mask_sha256"), csv_rows
+        assert csv_rows[0].endswith(",master,master_outcome,region,mask_sha256,recovered"), csv_rows
         assert (first["master"], first["master_outcome"]) == ("fail", "unproven"), csv_rows
         refused = run_vqad("records", record_url, "--daily", "--master-parts", check=False)
         assert refused.returncode != 0 and "--master-parts selects results to print" in refused.stderr
@@ -2643,6 +2649,14 @@ def test_kill_9_mid_stream_leaves_an_intact_record_and_the_restart_counts_what_i
         assert second["previous_results_recovered"]["run"] == first["run"], second
         assert f"; {recovered} results of the run before it put back from its journal" in table, table
         assert f"before {recovered} of its results were committed: their rows are put back" in text, text[-2000:]
+        # Each row put back says so, where its missing images are read: the table and the CSV.
+        with sqlite3.connect(db) as conn:
+            marked = conn.execute("SELECT COUNT(*) FROM results WHERE recovered_ns IS NOT NULL").fetchone()[0]
+        assert marked == recovered, (marked, recovered)
+        listed = run_vqad("records", db, "--limit", "1000").stdout
+        assert listed.count(" (put back from its run's journal)") == recovered, listed[-2000:]
+        as_csv = csv.DictReader(run_vqad("records", db, "--limit", "1000", "--format", "csv").stdout.splitlines())
+        assert sum(bool(r["recovered"]) for r in as_csv) == recovered
     assert f"the previous run's {kept} results are all recorded" in text, text[-2000:]
 
 

@@ -475,7 +475,7 @@ class Dashboard:
         if rows[0]["evidence_removed"]:
             return JSONResponse({"error": "the evidence was removed by the disk quota"}, 410)
         if not path:  # a pass not sampled, or a result whose images were never written
-            return JSONResponse({"error": NO_PICTURE_KEPT}, 404)
+            return JSONResponse({"error": NO_PICTURE_PUT_BACK if rows[0].get("recovered_ns") else NO_PICTURE_KEPT}, 404)
         if Path(path).is_file():
             return FileResponse(path, headers={"cache-control": "private, max-age=86400"})
         # A record shared by boxes: each keeps its images on its own disk.
@@ -570,6 +570,10 @@ def _live_image(live: LiveFrame, kind: str, masks: StreamMasks) -> Response:
 # Why a recorded result has no picture, where the stream's is gone too: a pass not sampled, a
 # full disk, or a row put back from the daemon's journal after a kill (edge.record.journal).
 NO_PICTURE_KEPT = "no picture kept: its images were not written (a full disk, or the daemon ended first)"
+# ... and where its row says it was put back (results.recovered_ns): the run's end is why.
+NO_PICTURE_PUT_BACK = ("no picture kept: its daemon run ended before the record took it (killed, its power lost, or "
+                       "stopped while the record did not answer), and the next start put its row back from the run's "
+                       "journal, without the images it had not written")  # fmt: skip
 
 
 def _reject_item(
@@ -603,6 +607,8 @@ def _reject_item(
         unrecordable=unrecordable,
         reviews=src.get("reviews", []) if recorded else [],
         result_id=result_id,
+        # When a start put it back from its daemon run's journal (the run ended before committing it).
+        recovered_ns=src.get("recovered_ns") if recorded else None,
         images={
             "overlay": f"{base}/overlay{query}" if has_picture else None,
             "frame": f"{base}/frame{query}" if has_frame else None,

@@ -16,6 +16,9 @@ the review queue and the daily tally leave out the parts run to prove the inspec
 Version 8 adds `results.mask_sha256`: the inspection mask the result was judged through
 (edge/inspection.py; NULL for the whole frame), so that a row says all that decided it: model,
 threshold and mask.
+Version 9 adds `results.recovered_ns`: when a start put the row back from its daemon run's
+journal (edge.record.journal; NULL for a row its own run committed), so that an audit tells a
+row whose images were lost with a killed process from one whose images were never kept.
 `meta` also keeps what has left the record (`REMOVED`): how many results, why, and the newest
 capture time among them, so that a tally of the days before it is known to be in part; and the
 record's own identity (`RECORD_ID`), which a daemon's state file names.
@@ -36,7 +39,7 @@ from edge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The oldest schema version whose vqad may write a record of this one, kept in meta as
 # `oldest_writer`. A plant's server record is shared by a box per line, upgraded one at a time:
 # the first box upgraded migrates it under the others, which refused a newer schema at their
@@ -76,6 +79,7 @@ results = sa.Table(
     sa.Column("seq", sa.BigInteger),  # its place in the daemon run's published stream, from 0
     sa.Column("master", sa.String(8)),  # a master part's expected decision (pass, fail); NULL for a product
     sa.Column("mask_sha256", sa.String(64)),  # the inspection mask that judged it; NULL for the whole frame
+    sa.Column("recovered_ns", sa.BigInteger),  # when it was put back from its run's journal; NULL if committed by it
     sa.Index("ix_results_camera_frame", "camera_id", "frame_id"),
     sa.Index("ix_results_ts", "ts_ns"),
     # A camera's newest fails (the dashboard's gallery of a camera's rejects, asked up to twice a
@@ -156,10 +160,14 @@ def _add_mask_sha256(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE results ADD COLUMN mask_sha256 VARCHAR(64)"))
 
 
+def _add_recovered_ns(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN recovered_ns BIGINT"))
+
+
 # version n -> what brings version n to n + 1.
 STEPS: dict[int, Callable[[sa.Connection], None]] = {
     1: _add_events, 2: _add_part_id, 3: _add_unfit, 4: _add_review_result, 5: _add_seq, 6: _add_master,
-    7: _add_mask_sha256,
+    7: _add_mask_sha256, 8: _add_recovered_ns,
 }  # fmt: skip
 
 

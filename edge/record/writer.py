@@ -771,14 +771,15 @@ class RecordWriter:
 
     def _put_back(self, run: str, rows: list[dict[str, Any]], written: set[str]) -> tuple[int, int]:
         """Insert those of `rows` (run `run`'s, from its journal) the record lacks, with their
-        images where the killed batch had `written` them (its frame files) whole -> how many, and
-        how many with images."""
-        first = min(r["seq"] for r in rows)
+        images where the killed batch had `written` them (its frame files) whole, each marked with
+        the time it was put back (`recovered_ns`) -> how many, and how many with images."""
+        first, now_ns = min(r["seq"] for r in rows), time.time_ns()
         with self.engine.begin() as conn:
             query = sa.select(results.c.seq).where(results.c.daemon_run == run, results.c.seq >= first)
             have = set(conn.execute(query).scalars())
             missing = [{k: v for k, v in r.items() if k in RESULT_COLUMNS} for r in rows if r["seq"] not in have]
             for row in missing:
+                row["recovered_ns"] = now_ns
                 frame, overlay = map(str, self._evidence_paths(row, row["ts_ns"], row["published_ns"]))
                 if frame in written and _whole_images(frame, overlay):
                     row["evidence_frame"] = frame

@@ -446,10 +446,12 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
     `run` and `seq` place it in its daemon's published stream (empty in rows of a vqad before them);
     `master` is a master part's known decision (empty for a product), `master_outcome` what its
     check came to (right, wrong or unproven); `region` the box of its highest region, X,Y,W,H;
-    `mask_sha256` the inspection mask that judged it (empty for the whole frame)."""
+    `mask_sha256` the inspection mask that judged it (empty for the whole frame); `recovered` when
+    a start put the row back from its daemon run's journal (its run ended before committing it:
+    the images it had not written whole are lost), empty for a row its run committed."""
     table = SpreadsheetCsv(sys.stdout, [*RECORD_COLUMNS, "evidence", "reviews", "part_id", "unfit", "result_id", "time",
                                         "overlay", "run", "seq", "master", "master_outcome", "region",
-                                        "mask_sha256"])  # fmt: skip
+                                        "mask_sha256", "recovered"])  # fmt: skip
     n = 0
     for r in rows:
         n += 1
@@ -459,7 +461,8 @@ def _print_csv(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         seq = "" if r["seq"] is None else r["seq"]
         table.row([*row, r["id"], _local_time(r["ts_ns"], zone), overlay, r["daemon_run"] or "", seq,
                    r.get("master") or "", r.get("master_outcome") or "", _region(r) or "",
-                   r.get("mask_sha256") or ""])  # fmt: skip
+                   r.get("mask_sha256") or "", _local_time(r["recovered_ns"], zone) if r.get("recovered_ns") else "",
+                   ])  # fmt: skip
     return n
 
 
@@ -492,10 +495,12 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         score, threshold = ("-" if r[k] is None else f"{r[k]:.4g}" for k in ("score", "threshold"))
         verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
+        # A row put back after its run ended: why it may lack the images a fail keeps.
+        put_back = " (put back from its run's journal)" if r.get("recovered_ns") else ""
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
               f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {_region(r) or '-':>15} "
               f"{(r['model_sha256'] or '')[:12]}{'+mask' if r.get('mask_sha256') else ''} {verdicts} "
-              f"{_part(r)} {unfit} {r['evidence'] or ''}")  # fmt: skip
+              f"{_part(r)} {unfit} {r['evidence'] or ''}{put_back}")  # fmt: skip
     print(f"{n} results")
     return n
 

@@ -889,6 +889,8 @@ function openDetail(r, list = [r], queue = state.queue) {
     ["regions X,Y,W,H", (r.regions || []).map((g) => `${g.x},${g.y},${g.w},${g.h} (peak ${num(g.peak, 3)})`).join("; ") || "none"],
     ["reviews", r.reviews.map((v) => `${v.verdict}${v.kind ? ` (${v.kind})` : ""} by ${v.reviewer || "?"}`).join("; ") || "none"],
   ];
+  // A row its own run did not commit: an audit reads why its images may be missing.
+  if (r.recovered_ns) rows.push(["recorded", `put back from its run's journal ${when(r.recovered_ns)}`]);
   const meta = document.getElementById("detail-meta");
   meta.replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;
