@@ -71,7 +71,28 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     row.update({k: row["spread"][k]["median"] for k in SPREAD_KEYS})
     if "defect_peaks" in row:  # the baseline's row has none
         row["defect_peaks"] = summed_peaks([r.get("defect_peaks") for r in rows])
+    if "target_frr_choices" in row:
+        row["target_frr_choices"] = median_trade([r.get("target_frr_choices") for r in rows])
     return row
+
+
+def median_trade(trades: list[list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
+    """The runs' `target_frr_choices` (vqad eval's trade: for each target, the test images' false
+    rejects and misses at the threshold the validation images set) as one list: per target, the
+    median of each rate over the runs that gave it, with `runs`. Each seed's threshold is its own,
+    so no threshold is given. None where no run gave one (a report written before it was)."""
+    known = [t for t in trades if t]
+    if not known:
+        return None
+    by_target: dict[float, list[dict[str, Any]]] = {}
+    for trade in known:
+        for choice in trade:
+            by_target.setdefault(choice["target_frr"], []).append(choice)
+    return [
+        {"target_frr": target, "runs": len(choices)}
+        | {k: _spread([c[k] for c in choices])["median"] for k in ("false_reject_rate", "miss_rate")}
+        for target, choices in sorted(by_target.items())
+    ]
 
 
 def summed_peaks(counted: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -206,6 +227,7 @@ def accuracy_row(run_dir: Path) -> dict[str, Any]:
     )
     return {k: m[k] for k in keys} | {
         "defect_peaks": m.get("defect_peaks"),  # None in a report written before it was counted
+        "target_frr_choices": m.get("target_frr_choices"),  # None in a report written before it was
         "train_seconds": meta["elapsed_s"],
         "steps": meta["step"],
         "ended_by": meta["metrics"].get("ended_by"),  # steps, or max_minutes: the guard stopped it short

@@ -52,6 +52,29 @@ def real_markdown(acc: dict[str, Any] | None) -> list[str]:
                 f"| {_pct(m.get('miss_rate_at_1pct_frr'))} / "
                 f"{_pct(m.get('miss_rate_at_5pct_frr'))} | {_pct(m.get('frr_upper_bound_95'))} |"
             )
+    return [*lines, "", *trade_markdown(acc)]
+
+
+def trade_markdown(acc: dict[str, Any]) -> list[str]:
+    """What `--target-frr` would trade on each real category (vqad eval's `target_frr_choices`):
+    per target, the test images' false rejects and misses at the threshold its validation images
+    set, the median over the row's runs. Nothing where no row gave it (the baseline, an older report)."""
+    traded = {(cat, name): m["target_frr_choices"] for cat, rows in acc["categories"].items()
+              for name, m in rows.items() if m.get("target_frr_choices")}  # fmt: skip
+    if not traded:
+        return []
+    targets = sorted({c["target_frr"] for trade in traded.values() for c in trade})
+    lines = [
+        "What `--target-frr` would trade: for each target (a column), false rejects / misses on the test images "
+        "at the threshold the target sets on the validation images (the rule `vqad calibrate` follows), the "
+        "median over the runs.",
+        "",
+        "| category | model | " + " | ".join(f"{100 * t:g}%" for t in targets) + " |",
+        "|---|---|" + "---|" * len(targets),
+    ]
+    for (cat, name), trade in traded.items():
+        cells = {c["target_frr"]: f"{_pct(c['false_reject_rate'])} / {_pct(c['miss_rate'])}" for c in trade}
+        lines.append(f"| {cat} | {name} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
     return [*lines, ""]
 
 

@@ -31,6 +31,11 @@ def test_real_categories_are_measured_at_the_calibrated_threshold(synth_root, tm
     passed = peaks["passed"]
     assert f"| {passed['on_defect']} / {passed['elsewhere']} |" in table and "misses peaking on the defect" in table
     assert "false rejects" in table and "%" in table
+    # What --target-frr would trade, as vqad eval gave it for this run (one seed: its own rates).
+    trade = ours["target_frr_choices"]
+    assert [c["target_frr"] for c in trade] == [0.01, 0.02, 0.03, 0.05] and all(c["runs"] == 1 for c in trade)
+    cells = " | ".join(f"{100 * c['false_reject_rate']:.1f}% / {100 * c['miss_rate']:.1f}%" for c in trade)
+    assert "| category | model | 1% | 2% | 3% | 5% |" in table and f"| part | ours (configs/) | {cells} |" in table
     # A long run shows its progress: each training's start and end, then the category's figures.
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[train] part / ours: started ")
@@ -58,6 +63,38 @@ def test_a_rows_defect_peaks_add_up_its_runs():
     assert median_row([dict(run(1, 2, 3, 4), defect_peaks=None)])["defect_peaks"] is None
     assert peaks_cell(row) == "35 / 30 over 3 runs" and peaks_cell(older) == "1 / 2" and peaks_cell({}) == ""
     assert "defect_peaks" not in median_row([dict.fromkeys(SPREAD_KEYS, 0.5)])  # the baseline's row
+
+
+def test_a_rows_target_frr_trade_is_the_median_of_its_runs_per_target():
+    """`make bench REAL=` over three seeds gives, per --target-frr, the median of the seeds' false
+    rejects and misses at each seed's own threshold, and a column per target in the table."""
+
+    def run(*rates):
+        trade = [{"target_frr": t, "threshold": 1.0 - t, "false_reject_rate": fr, "miss_rate": miss}
+                 for t, (fr, miss) in zip((0.01, 0.02, 0.05), rates, strict=True)]  # fmt: skip
+        return dict.fromkeys(SPREAD_KEYS, 0.5) | {
+            "target_frr_choices": trade,
+            "input_size": [32, 32],
+            "budget": {"steps": 3000, "minutes": 60.0},
+        }
+
+    runs = [run((0.0, 0.7), (0.0, 0.4), (0.08, 0.3)), run((0.0, 0.9), (0.02, 0.6), (0.03, 0.5)),
+            run((0.02, 0.6), (0.02, 0.5), (0.05, 0.4))]  # fmt: skip
+    row = median_row(runs)
+    assert row["target_frr_choices"] == [
+        {"target_frr": 0.01, "runs": 3, "false_reject_rate": 0.0, "miss_rate": 0.7},
+        {"target_frr": 0.02, "runs": 3, "false_reject_rate": 0.02, "miss_rate": 0.5},
+        {"target_frr": 0.05, "runs": 3, "false_reject_rate": 0.05, "miss_rate": 0.4},
+    ]
+    older = median_row([dict(runs[0], target_frr_choices=None), runs[1]])  # a report before the trade
+    assert [c["runs"] for c in older["target_frr_choices"]] == [1, 1, 1]
+    assert median_row([dict(runs[0], target_frr_choices=None)])["target_frr_choices"] is None
+    acc = {"data": "d", "image_size": "auto", "budget": {"steps": 3000, "minutes": 60.0},
+           "categories": {"part": {"ours (configs/)": row}}}  # fmt: skip
+    table = "\n".join(real_markdown(acc))
+    assert "| part | ours (configs/) | 0.0% / 70.0% | 2.0% / 50.0% | 5.0% / 40.0% |" in table, table
+    assert "What `--target-frr` would trade" not in "\n".join(real_markdown({**acc, "categories": {"part": {
+        "ours (configs/)": median_row([dict(runs[0], target_frr_choices=None)])}}}))  # fmt: skip
 
 
 def test_a_training_the_guard_stopped_short_is_marked():
