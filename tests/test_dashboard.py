@@ -1455,7 +1455,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
             wait_for(lambda: driver.find_elements("css selector", '[data-camera="line4-cam"] .reject'), 10)[0].click()
             journal = lambda: "journal" in driver.find_element("id", "detail-missing").text  # noqa: E731
             why = wait_for(journal, 5) and driver.find_element("id", "detail-missing").text  # the API's answer
-            assert "put its row back from the run's journal, without the images" in why, why
+            assert why == "no picture kept: its row came back from the journal of a run that ended first", why
             meta = driver.find_element("id", "detail-meta").text
             assert "put back from its run's journal" in meta.splitlines()[-1], meta
         finally:
@@ -1491,7 +1491,7 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
         status, body = _json(base + f"/api/image/standing/0/overlay?result={rows[0]['id']}")
         assert status == 404 and body["error"] == "not on this machine's disk: /elsewhere/0_overlay.jpg"
         status, body = _json(base + f"/api/image/line4-cam/0/overlay?result={other_line['id']}")
-        assert status == 404 and body["error"].startswith("no picture kept: its daemon run ended before the"), body
+        assert status == 404 and body["error"].startswith("no picture kept: its row came back from the journal"), body
         driver = headless_chromium()
         try:
             driver.get(base + "/")

@@ -571,9 +571,9 @@ def _live_image(live: LiveFrame, kind: str, masks: StreamMasks) -> Response:
 # full disk, or a row put back from the daemon's journal after a kill (edge.record.journal).
 NO_PICTURE_KEPT = "no picture kept: its images were not written (a full disk, or the daemon ended first)"
 # ... and where its row says it was put back (results.recovered_ns): the run's end is why.
-NO_PICTURE_PUT_BACK = ("no picture kept: its daemon run ended before the record took it (killed, its power lost, or "
-                       "stopped while the record did not answer), and the next start put its row back from the run's "
-                       "journal, without the images it had not written")  # fmt: skip
+# Short: a gallery's tile shows it. A run that ended first: killed, its power lost, or stopped
+# while the record did not answer (edge.record.journal).
+NO_PICTURE_PUT_BACK = "no picture kept: its row came back from the journal of a run that ended first"
 
 
 def _reject_item(

@@ -496,11 +496,12 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         verdicts = ",".join(v["verdict"] for v in r["reviews"]) or "-"
         unfit = "unfit:" + r["unfit"] if r["unfit"] else "-"
         # A row put back after its run ended: why it may lack the images a fail keeps.
-        put_back = " (put back from its run's journal)" if r.get("recovered_ns") else ""
+        put_back = "(put back from its run's journal)" if r.get("recovered_ns") else ""
+        evidence = " ".join(filter(None, (r["evidence"], put_back)))
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
               f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {_region(r) or '-':>15} "
               f"{(r['model_sha256'] or '')[:12]}{'+mask' if r.get('mask_sha256') else ''} {verdicts} "
-              f"{_part(r)} {unfit} {r['evidence'] or ''}{put_back}")  # fmt: skip
+              f"{_part(r)} {unfit} {evidence}")  # fmt: skip
     print(f"{n} results")
     return n
 
