@@ -88,6 +88,7 @@ def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
     from edge.record import Record
     from edge.record.days import ProductionDays
     from edge.record.schema import migrate, results, reviews
+    from edge.record.store import WHOLE_FRAME
 
     # A plant's days: its zone, summer time included, from its first shift's start.
     line_days = ProductionDays.parse("Europe/Berlin", "06:00")
@@ -135,7 +136,7 @@ def _queries_cost(url: str, n: int, days: int) -> dict[str, Any]:
     since_ns, until_ns = line_days.period_ns(line_days.today(now) - dt.timedelta(days=1))
     t0 = time.perf_counter()
     queue = record.results(camera="cam0", decision="fail", reviewed=False, model_sha256="0" * 64, limit=1000,
-                           since_ns=since_ns, until_ns=until_ns)  # fmt: skip
+                           since_ns=since_ns, until_ns=until_ns, mask_sha256=WHOLE_FRAME)  # fmt: skip
     queue_s = time.perf_counter() - t0
     record.close()
     if any(r["reviews"] for r in queue):

@@ -1040,6 +1040,7 @@ def test_the_apis_answers_hold_to_its_openapi_description(line):
         ("/api/results", "get", f"/api/results?camera={camera}&part_id=SN-1", None, None),
         ("/api/results", "get", f"/api/results?run={row['results'][0]['run']}&after_seq=0", None, None),
         ("/api/results", "get", "/api/results?limit=0", None, None),
+        ("/api/results", "get", f"/api/results?camera={camera}&decision=fail&reviewed=false&mask=none", None, None),
         ("/api/daily", "get", f"/api/daily?camera={camera}&days=2", None, None),
         ("/api/daily", "get", "/api/daily?days=400", None, None),
         ("/api/review", "post", "/api/review", review, json_type),
@@ -1329,6 +1330,44 @@ def _recorded_fails(url: str, evidence, camera: str, n: int) -> list[dict]:
     wait_for(lambda: writer.recorded == n, 10)
     writer.close()
     return sorted(Record(url).results(camera=camera), key=lambda r: r["frame_id"])
+
+
+def test_a_mask_set_midday_gives_the_tally_a_row_of_its_own_with_its_own_review_queue(tmp_path):
+    """A quality engineer who left a date code out an hour ago read the day's fail rate with the
+    whole frame's fails in it, and the day's "not reviewed" opened both. The day has a row of the
+    model through the mask, marked so, whose count opens its own rejects."""
+    from edge.record import RecordWriter
+    from edge.results import Result
+
+    url, mask, now = f"sqlite:///{tmp_path / 'line.db'}", "cd" * 32, time.time_ns()
+    writer = RecordWriter(url, tmp_path / "evidence").start()
+    for frame_id, masked in enumerate((False, False, True)):  # two fails through the whole frame, then one
+        model = {"name": "m", "sha256": "ab" * 32, **({"mask_sha256": mask} if masked else {})}
+        ts = now - (60 - 20 * frame_id) * 10**9
+        header = result_header("cam", frame_id, ts, "ok", 1.0, model, score=2.0, decision="fail", batch_size=1)
+        writer.put(Result(header, recv_ns=ts, frame=np.full((32, 32, 3), 90, np.uint8)), ts)
+    assert wait_for(lambda: writer.recorded == 3, 10)
+    writer.close()
+    with DashboardProcess("--record", url, "--results", "", log_path=tmp_path / "dashboard.log") as dashboard:
+        days = _json(dashboard.url + "/api/daily?camera=cam&days=1")[1]["days"]
+        assert [(d["mask_sha256"], d["fail"], d["unreviewed"]) for d in days] == [(None, 2, 2), (mask, 1, 1)], days
+        for asked, frames in (("none", [1, 0]), (mask, [2])):
+            found = _json(f"{dashboard.url}/api/results?camera=cam&decision=fail&reviewed=false&mask={asked}")[1]
+            assert [r["frame_id"] for r in found["results"]] == frames, (asked, found)
+        driver = headless_chromium()
+        try:
+            driver.get(dashboard.url + "/")
+            daily = lambda: driver.find_elements("css selector", '[data-field="daily"] tr')  # noqa: E731
+            rows = wait_for(lambda: len(r := daily()) == 2 and r, 10)
+            cells = [row.find_elements("css selector", "td") for row in rows]  # the newest first
+            assert [c[1].text for c in cells] == ["abababababab+mask", "abababababab"], [c[1].text for c in cells]
+            assert cells[0][1].get_attribute("title") == f"judged through inspection mask {mask}"
+            cells[0][7].find_element("css selector", "button").click()  # the masked row's one not reviewed
+            position = lambda: driver.find_element("id", "detail-position").text  # noqa: E731
+            assert wait_for(lambda: position().endswith(": 1 of 1"), 10), position()
+            assert driver.find_element("css selector", "#detail-meta").text.count("frame\n2") == 1
+        finally:
+            driver.quit()
 
 
 def test_a_parts_results_open_from_its_id_and_a_pass_is_reviewed_as_a_miss(tmp_path):

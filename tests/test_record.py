@@ -2010,7 +2010,48 @@ def test_a_days_models_are_listed_in_the_order_they_served(tmp_path, record_url)
     named = []
     with mock.patch("edge.record.trend._model_line", lambda panel, x, y0, y1, model: named.append(model)):
         daily_picture(rows, "fail rate per day")
-    assert named == ["00" * 32]
+    assert named == ["00" * 4]  # its sha256's start
+
+
+def test_a_mask_set_midday_parts_the_days_tally_and_its_review_queue(tmp_path, record_url):
+    """A quality engineer who left a date code out at noon read one fail rate for the day, the
+    morning's whole-frame fails and the afternoon's together. The tally parts a day by the model
+    as the stream names it, its mask too; each row's review queue holds its own fails."""
+    from edge.record.store import WHOLE_FRAME
+    from edge.record.trend import daily_picture
+
+    noon = 1_795_000_000 * 10**9 // (86400 * 10**9) * 86400 * 10**9 + 12 * 3600 * 10**9
+    mask = "cd" * 32
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    # The morning, through the whole frame: 3 fails of 4; the afternoon, through the mask: 1 of 4.
+    for i, (hour, decision) in enumerate([(-4, "fail"), (-3, "fail"), (-2, "fail"), (-1, "pass"),
+                                          (1, "fail"), (2, "pass"), (3, "pass"), (4, "pass")]):  # fmt: skip
+        result = _result("a", i, decision, ts_ns=noon + hour * 3600 * 10**9)
+        if hour > 0:
+            result.header["model"] = {**result.header["model"], "mask_sha256": mask}
+        writer.put(result, noon)
+    writer.close()
+    record = Record(record_url)
+    record.review("a", 0, "false_reject")  # the date code, in the morning
+    rows = record.daily()
+    got = [
+        (r["mask_sha256"], r["results"], r["fail"], r["fail_rate"], r["false_reject"], r["unreviewed"]) for r in rows
+    ]
+    assert got == [(None, 4, 3, 0.75, 1, 2), (mask, 4, 1, 0.25, 0, 1)], got  # in the order they served
+    assert {r["model_sha256"] for r in rows} == {"ab" * 32}
+    whole = record.results(camera="a", decision="fail", reviewed=False, mask_sha256=WHOLE_FRAME)
+    masked = record.results(camera="a", decision="fail", reviewed=False, mask_sha256=mask)
+    assert sorted(r["frame_id"] for r in whole) == [1, 2] and [r["frame_id"] for r in masked] == [4]
+    assert len(record.results(camera="a", decision="fail", reviewed=False)) == 3  # no mask asked: both
+    named = []
+    with mock.patch("edge.record.trend._model_line", lambda panel, x, y0, y1, model: named.append(model)):
+        daily_picture(rows, "fail rate per day")
+    assert named == ["abababab+mask"]  # the day the mask came
+    if record_url.startswith("sqlite"):
+        table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
+        assert [line.split()[2] for line in table[1:3]] == ["abababababab", "abababababab+mask"], table
+        as_csv = list(csv.DictReader(run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()))
+        assert [(r["mask_sha256"], r["fail"]) for r in as_csv] == [("", "3"), (mask, "1")], as_csv
 
 
 def _review_as_an_older_vqad_took_it(record: Record, camera: str, frame_id: int, verdict: str) -> None:
@@ -2075,8 +2116,9 @@ def test_master_parts_are_counted_apart_and_wait_for_no_review(tmp_path, record_
         assert "5 master part(s) run through, 1 decided wrongly, 1 not judged by the model" in table[-2], table
         assert table[-2].endswith("; 2 of the fails are theirs, left out of the fail rate"), table
         daily_csv = run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()
-        assert daily_csv[0].endswith(",master,master_wrong,master_unproven,products_decided,products_failed")
-        assert daily_csv[1].endswith(",5,1,1,1,1"), daily_csv  # SN-1 alone is a product: decided, and failed
+        header = ",master,master_wrong,master_unproven,products_decided,products_failed,mask_sha256"
+        assert daily_csv[0].endswith(header), daily_csv
+        assert daily_csv[1].endswith(",5,1,1,1,1,"), daily_csv  # SN-1 alone is a product: decided, and failed
         # The line's proofs, for an audit: each master part's check, right or wrong.
         shown = run_vqad("records", record_url, "--master-parts").stdout
         assert "RR-3(master:must-fail,WRONG)" in shown and "OK-1(master:must-pass,right)" in shown, shown

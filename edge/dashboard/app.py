@@ -62,7 +62,7 @@ from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
-from edge.record.store import NOT_CHANGES, check_seq_cursor, parse_time
+from edge.record.store import NOT_CHANGES, WHOLE_FRAME, check_seq_cursor, parse_time
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -384,10 +384,12 @@ class Dashboard:
                 {"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail, reviewed true or false"}, 400
             )
         run = params.get("run") or None
+        # A daily row's results: through its mask, or through none ("none", its mask_sha256 null).
+        mask = {"none": WHOLE_FRAME, "": None}.get(params.get("mask", ""), params.get("mask"))
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
-            model_sha256=params.get("model") or None, run=run, after_seq=after_seq,
+            model_sha256=params.get("model") or None, run=run, after_seq=after_seq, mask_sha256=mask,
         )  # fmt: skip
         try:
             rows = self._from_record(query)

@@ -589,6 +589,7 @@ class Record:
         run: str | None = None,
         after_seq: int | None = None,
         master: bool | None = None,
+        mask_sha256: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest results matching every filter given, newest first, each with its reviews.
         `result_id`: the record's own id of a result (its row). `reviewed`: only results a
@@ -598,13 +599,17 @@ class Record:
         `run`: one start of the daemon's results (their header's `run`). With `after_seq`, its
         results published after the one of that `seq`, the oldest first, in the order they were
         published: a subscriber's catch-up, whatever their capture times. `master`: only master
-        parts' results (True: the line's proofs, edge/master.py) or only products' (False)."""
+        parts' results (True: the line's proofs, edge/master.py) or only products' (False).
+        `mask_sha256`: only those judged through that inspection mask; WHOLE_FRAME ("") those judged
+        through none (a daily row's, whose `mask_sha256` is None)."""
         check_seq_cursor(run, after_seq)
         equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
                  "model_sha256": model_sha256, "daemon_run": run}  # fmt: skip
         q = _results_where(sa.select(results), equal, after_seq, reviewed)
         if master is not None:
             q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
+        if mask_sha256 is not None:
+            q = q.where(results.c.mask_sha256 == mask_sha256 if mask_sha256 else results.c.mask_sha256.is_(None))
         q = _within(q, results.c.ts_ns, since_ns, until_ns)
         if before is not None:  # the range on ts_ns first, which the time indexes serve
             ts, row_id = before
@@ -698,12 +703,12 @@ class Record:
         days: ProductionDays = UTC_DAYS,
     ) -> list[dict[str, Any]]:
         """What the line decided, per day (`days`: UTC calendar days unless given), camera and
-        model: results, passes, fails, errors, drops, the products' fail rate (master parts left
-        out), and what people found in
-        the model's fails of products they reviewed (the latest review of a result decides): false
-        rejects, confirmed defects, and those not reviewed; the fails the camera health gate made
-        (unfit frames), reviewed or not; and the passes reviewed as defects (missed). Oldest
-        first."""
+        model as the stream names it (its sha256 and the inspection mask that judged): results,
+        passes, fails, errors, drops, the products' fail rate (master parts left out), and what
+        people found in the model's fails of products they reviewed (the latest review of a
+        result decides): false rejects, confirmed defects, and those not reviewed; the fails the
+        camera health gate made (unfit frames), reviewed or not; and the passes reviewed as
+        defects (missed). Oldest first."""
         window = (camera, since_ns, until_ns, days)
         return daily_rows(self.daily_decisions(*window), self.daily_verdicts(*window))
 
@@ -714,13 +719,13 @@ class Record:
         until_ns: int | None = None,
         days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's counts of what the line decided, by (day, camera, model): one pass over the
+        """daily's counts of what the line decided, by (day, camera, model, mask): one pass over the
         results in the period, without the reviews, counted by quarter hour in SQL and added up
         into `days` here (no SQL dialect knows the line's time zone)."""
         r = results.c
         # The very key objects in the select and the grouping: PostgreSQL groups by the same
         # expression only with the same bound parameter.
-        key = ((r.ts_ns // QUARTER_NS).label("quarter"), r.camera_id, r.model_sha256)
+        key = ((r.ts_ns // QUARTER_NS).label("quarter"), r.camera_id, r.model_sha256, r.mask_sha256)
         fail = r.decision == "fail"
         counted = {
             "results": sa.func.count(),
@@ -746,8 +751,9 @@ class Record:
             rows = conn.execute(_within(q, r.ts_ns, since_ns, until_ns)).all()
         tally: dict[DayKey, dict[str, int]] = {}
         # In time order: a day's models are keyed in the order they served (daily_rows keeps it).
-        for quarter, cam, model, *counts in sorted(rows, key=lambda row: row[0]):
-            day_counts = tally.setdefault((days.day_of_quarter(int(quarter)), cam, model), dict.fromkeys(counted, 0))
+        for quarter, cam, model, mask, *counts in sorted(rows, key=lambda row: row[0]):
+            day_key = (days.day_of_quarter(int(quarter)), cam, model, mask)
+            day_counts = tally.setdefault(day_key, dict.fromkeys(counted, 0))
             for name, n in zip(counted, counts, strict=True):
                 day_counts[name] += int(n or 0)
         return tally
@@ -759,7 +765,7 @@ class Record:
         until_ns: int | None = None,
         days: ProductionDays = UTC_DAYS,
     ) -> dict[DayKey, dict[str, int]]:
-        """daily's reviewed results, by (day, camera, model): the verdict (false_reject, defect) of
+        """daily's reviewed results, by (day, camera, model, mask): the verdict (false_reject, defect) of
         each of the model's own fails of a product (the camera health gate's fails and master
         parts' are counted apart, reviewed or not), and the products' passes reviewed as defects
         ("missed": what the line let through, found downstream). The latest review of each
@@ -777,14 +783,16 @@ class Record:
             verdicts = {row.result_id: row.verdict for row in conn.execute(q)}
             ids = sorted(verdicts)
             for start in range(0, len(ids), LOOKUP_CHUNK):
-                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.decision, r.unfit, r.master)
+                rq = sa.select(r.id, r.ts_ns, r.camera_id, r.model_sha256, r.mask_sha256, r.decision, r.unfit,
+                               r.master)  # fmt: skip
                 # The period is applied here, not in SQL: given a time range, SQLite walks the rows
                 # by time instead of looking the results up.
                 rq = rq.where(r.id.in_(ids[start : start + LOOKUP_CHUNK]))
-                for result_id, ts_ns, camera_id, model, decision, unfit, master in conn.execute(rq):
+                for result_id, ts_ns, camera_id, model, mask, decision, unfit, master in conn.execute(rq):
                     if (since_ns is None or ts_ns >= since_ns) and (until_ns is None or ts_ns <= until_ns):
                         day = days.day_of_quarter(ts_ns // QUARTER_NS)
-                        counts = tally.setdefault((day, camera_id, model), dict.fromkeys((*VERDICTS, MISSED), 0))
+                        key = (day, camera_id, model, mask)
+                        counts = tally.setdefault(key, dict.fromkeys((*VERDICTS, MISSED), 0))
                         if decision == "fail":
                             if unfit is None and master is None:  # the model's own fail, of a product
                                 counts[verdicts[result_id]] += 1
@@ -1054,14 +1062,18 @@ def _defect_folder(kind: str | None) -> str:
     return "defect" if folder == "good" else folder
 
 
+# Record.results' mask_sha256 for the results judged through no inspection mask (the column's NULL).
+WHOLE_FRAME = ""
+
 # daily_decisions' count of the master parts' fails the gate did not make: not a column of the tally.
 MASTER_FAILS = "master_fails"
 # daily_decisions' counts of the master parts decided, and of those failed (the gate's fails too):
 # left out of the day's fail rate, which is the products' (not columns either).
 MASTER_DECIDED, MASTER_FAILED = "master_decided", "master_failed"
 
-# (day, camera_id, model_sha256): what Record.daily counts by.
-DayKey = tuple[dt.date, str, str | None]
+# (day, camera_id, model_sha256, mask_sha256): what Record.daily counts by. The model as the
+# stream names it (edge.serving.model_identity): a mask set midday parts the day's fail rate.
+DayKey = tuple[dt.date, str, str | None, str | None]
 
 
 def _count(*conditions: Any) -> Any:
@@ -1074,9 +1086,9 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
     Record.daily_verdicts over the same period); a day and camera's models in the order
     `decided` first saw them, which Record.daily_decisions makes the order they served in."""
     rows = []
-    for day, camera, model in sorted(decided, key=lambda k: (k[0], k[1])):  # stable: the models' order kept
-        counts = decided[(day, camera, model)]
-        found = verdicts.get((day, camera, model), {})
+    for key in sorted(decided, key=lambda k: (k[0], k[1])):  # stable: the models' order kept
+        day, camera, model, mask = key
+        counts, found = decided[key], verdicts.get(key, {})
         # The model's own fails of products, by their verdicts; the rest wait for one. The camera
         # health gate's fails wait for the camera, and a master part's verdict is known.
         reviewed = {v: found.get(v, 0) for v in VERDICTS}
@@ -1089,6 +1101,7 @@ def daily_rows(decided: dict[DayKey, dict[str, int]], verdicts: dict[DayKey, dic
             "day": day.isoformat(),
             "camera_id": camera,
             "model_sha256": model,
+            "mask_sha256": mask,  # the inspection mask that judged them; None for the whole frame
             **{k: counts[k] for k in ("results", "pass", "fail", "error", "dropped")},
             **reviewed,
             "unreviewed": unreviewed,

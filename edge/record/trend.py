@@ -32,7 +32,7 @@ PARTS: tuple[tuple[str, str, Colour], ...] = (
 # the camera health gate's (`unfit` counts a master part's unfit frame too).
 VERDICT_PARTS = ("defect", "unreviewed", "false_reject")
 MODEL_LINE = (120, 40, 120)
-MODEL_LABEL = "another model from this day"
+MODEL_LABEL = "another model or inspection mask from this day"
 
 
 def daily_picture(rows: Sequence[dict[str, Any]], title: str) -> np.ndarray:
@@ -79,14 +79,14 @@ def _panel(panel: np.ndarray, camera: str, days: list[str], rows: list[dict[str,
     height, width = panel.shape[:2]
     x0, x1, y0, y1 = LEFT, width - RIGHT, TOP, height - BOTTOM
     by_day: dict[str, dict[str, Any]] = {}
-    for r in rows:  # a day with two models has a row of each
+    for r in rows:  # a day with two models (or a model and then its mask) has a row of each
         day = by_day.setdefault(r["day"], {"decided": 0, "fail": 0, "models": [], **{k: 0 for k, _, _ in PARTS}})
         day["decided"] += r["products_decided"]
         day["fail"] += r["products_failed"]
         for key in VERDICT_PARTS:
             day[key] += r["fails"][key]
         day["unfit"] += r["products_failed"] - sum(r["fails"][key] for key in VERDICT_PARTS)
-        day["models"].append(r["model_sha256"] or "-")
+        day["models"].append((r["model_sha256"] or "-")[:8] + ("+mask" if r.get("mask_sha256") else ""))
     rates = [d["fail"] / d["decided"] for d in by_day.values() if d["decided"]]
     peak = max([0.01, *rates])  # at least 1%: a quiet line's bars are not drawn as tall as a bad day's
     step = (x1 - x0) / max(len(days), 1)
@@ -123,7 +123,8 @@ def _bar(panel: np.ndarray, d: dict[str, Any], left: int, right: int, y0: int, y
 
 
 def _model_line(panel: np.ndarray, x: int, y0: int, y1: int, model: str) -> None:
-    """A dashed line where a day brings another model, labelled with its sha256's start."""
+    """A dashed line where a day brings another model or mask, labelled with the model's sha256's
+    start ("+mask" where a mask judged)."""
     for y in range(y0, y1, 8):
         cv2.line(panel, (x, y), (x, min(y + 4, y1)), MODEL_LINE, 2)
-    cv2.putText(panel, model[:8], (x + 3, y0 - 4), FONT, 0.38, MODEL_LINE, 1, cv2.LINE_AA)
+    cv2.putText(panel, model, (x + 3, y0 - 4), FONT, 0.38, MODEL_LINE, 1, cv2.LINE_AA)

@@ -508,7 +508,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
 
 DAILY_COLUMNS = ("day", "camera_id", "model_sha256", "results", "pass", "fail", "fail_rate", "error", "dropped",
                  "false_reject", "defect", "unreviewed", "unfit", "missed", "master", "master_wrong",
-                 "master_unproven", "products_decided", "products_failed")  # fmt: skip
+                 "master_unproven", "products_decided", "products_failed", "mask_sha256")  # fmt: skip
 
 
 def _time_window(args: argparse.Namespace, zone: dt.tzinfo) -> tuple[int | None, int | None]:
@@ -571,12 +571,13 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
         for r in rows:
             table.row(r[c] for c in DAILY_COLUMNS)
     else:
-        print(f"{'day':10} {'camera':>10} {'model':12} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
+        print(f"{'day':10} {'camera':>10} {'model':17} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
               f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
               f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5} {'unjudged':>8}")  # fmt: skip
         for r in rows:
             rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
-            print(f"{r['day']:10} {r['camera_id']:>10} {(r['model_sha256'] or '-')[:12]:12} {r['results']:>8} "
+            model = (r["model_sha256"] or "-")[:12] + ("+mask" if r["mask_sha256"] else "")
+            print(f"{r['day']:10} {r['camera_id']:>10} {model:17} {r['results']:>8} "
                   f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
                   f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
                   f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5} {r['master_unproven']:>8}")  # fmt: skip
@@ -590,7 +591,8 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
                   "model (a paused camera, an unfit frame) (vqad records --master-parts lists each); "
                   f"{failed} of the fails are theirs, left out of the fail rate")  # fmt: skip
         n_days = len({r["day"] for r in rows})
-        print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model; "
+        print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model (+mask: "
+              "judged through an inspection mask); "
               f"{len(changes)} change(s) to the daemon")  # fmt: skip
     if args.picture is not None:
         _draw_daily(rows, days, args.picture, to=sys.stdout if args.format == "table" else sys.stderr)

@@ -458,8 +458,9 @@ async function loadDaily(cam, id) {
     const gone = body.removed; // results that have left the record: the days up to it are counted in part
     const rows = body.days.slice().reverse().map((d) => {
       const inPart = gone && d.day <= gone.up_to_day;
-      const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, (d.model_sha256 || "–").slice(0, 12), d.results,
+      const tr = tableRow([inPart ? `${d.day} (in part)` : d.day, modelCell(d), d.results,
         d.fail, pct(d.fail_rate), d.false_reject, d.defect, d.unreviewed, d.unfit, d.missed, d.master]);
+      if (d.mask_sha256) tr.children[1].title = `judged through inspection mask ${d.mask_sha256}`;
       if (d.unreviewed > 0) tr.children[7].replaceChildren(queueButton(cam, id, d));
       // A master part's fail (a red rabbit failed as it must) is no reject of the line's products:
       // without a word, "4 fails" beside a fail rate of 0% and nothing to review reads as an error.
@@ -492,6 +493,12 @@ async function loadDaily(cam, id) {
   } catch (err) {
     if (newest()) cam.dailyAt = performance.now() - DAILY_EVERY_MS + 5000; // the record is down: try again in 5 s
   }
+}
+
+// A daily row's model as `vqad records --daily` writes it: its sha256's start, "+mask" where an
+// inspection mask judged its results (a mask set midday gives the day a row before it and one after).
+function modelCell(d) {
+  return `${(d.model_sha256 || "–").slice(0, 12)}${d.mask_sha256 ? "+mask" : ""}`;
 }
 
 // A deploy script that reloads after every copy makes a change an hour: the newest are shown.
@@ -582,7 +589,9 @@ function queueButton(cam, id, d) {
 }
 
 async function openQueue(cam, id, d) {
-  const model = d.model_sha256 ? `&model=${encodeURIComponent(d.model_sha256)}` : "";
+  // The row's own results: its model's, through its mask or through none.
+  const model = (d.model_sha256 ? `&model=${encodeURIComponent(d.model_sha256)}` : "") +
+    `&mask=${encodeURIComponent(d.mask_sha256 || "none")}`;
   sayOfQueue(cam, "");
   try {
     const body = await api(`api/results?camera=${encodeURIComponent(id)}&decision=fail&reviewed=false` +
