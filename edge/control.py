@@ -204,7 +204,7 @@ class Control:
         now = self._package_look.now()
         pending = _what_a_reload_changes(serving, now)
         return {**d.state(), "recording": d.recorder is not None, "reloading": self.reloading,
-                "model_dir": str(d.model_dir), "model_dir_now": now.get("dir"), "model_dir_error": now.get("error"),
+                "model_dir_now": now.get("dir"), "model_dir_error": now.get("error"),
                 "serving_from": str(serving.root) if serving else None,
                 "reload_pending": bool(pending), "reload_would_load": pending}  # fmt: skip
 

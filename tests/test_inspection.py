@@ -247,6 +247,7 @@ def test_a_package_calibrated_with_a_rectangle_left_out_decides_without_it_offli
     carried = cv2.imdecode(np.frombuffer(base64.b64decode(beat["inspection"]["mask_png"]), np.uint8), 0)
     assert np.array_equal(carried, cv2.imread(str(model / inspection["file"]), cv2.IMREAD_GRAYSCALE))
     assert _errors("heartbeat", beat) == []
+    assert beat["model_dir"] == str(model)  # where vqad calibrate sets its mask, as the page's dialog says
     assert f"judging {inspection['inspected_share']:.1%} of the frame (inspection mask)" in daemon.log_text()
     line, line_map = got[0]  # the map decoded, (32, 32) float32
     assert line["score"] == pytest.approx(result["score"], rel=1e-5)

@@ -271,7 +271,8 @@ class Dashboard:
         beat = self.view.last_heartbeat(source)
         if beat is None:
             said: dict[str, Any] = {"heartbeat_age_s": None, "threshold_source": None, "inspection": None,
-                                    "clock": None, "vqad_version": None}  # fmt: skip
+                                    "clock": None, "vqad_version": None, "model_dir": None,
+                                    "model_sha256": None}  # fmt: skip
             unheard = self.view.never_heard_s(source) if self.streams else None
             if stands_in and unheard is not None and unheard > self.view.silent_after_s:
                 # A box that has been off since the dashboard started is as down as one that fell silent.
@@ -284,7 +285,9 @@ class Dashboard:
         said = {"heartbeat_age_s": round(age, 2), "threshold_source": header.get("threshold_source"),
                 "inspection": inspection, "record_error": record.get("error"),
                 "record_set_aside": record.get("set_aside"), "clock": header.get("clock"),
-                "vqad_version": header.get("vqad_version")}  # fmt: skip
+                "vqad_version": header.get("vqad_version"), "model_dir": header.get("model_dir"),
+                # The package's folder and model, for the reject dialog's command (by the reject's model).
+                "model_sha256": (header.get("model") or {}).get("sha256")}  # fmt: skip
         if stands_in:
             up = not heartbeat_overdue(age, header)
             said.update(up=up, ready=up, threshold=header.get("threshold"), stalled=bool(header.get("stalled")))

@@ -33,7 +33,7 @@ const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 1
 // `ignored`: the rectangles measured on the open reject's frame, in its pixels (measureIgnored).
 // `masks`: how each inspection mask the daemons served was given, by its sha256 (learnMasks).
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null,
-                glances: new Map(), ignored: [], masks: new Map() };
+                glances: new Map(), ignored: [], masks: new Map(), packages: new Map() };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
 
 function $(root, field) { return root.querySelector(`[data-field="${field}"]`); }
@@ -1050,18 +1050,28 @@ function showIgnored(dragging = null) {
   document.getElementById("detail-ignored").replaceChildren(...boxes);
   const flags = [...kept, ...state.ignored].map((g) => `--ignore ${g.x},${g.y},${g.w},${g.h}`).join(" ");
   document.getElementById("detail-ignore").hidden = !state.ignored.length;
-  document.getElementById("detail-ignore-command").textContent = `vqad calibrate MODEL_DIR GOOD_DIR ${flags}`;
+  document.getElementById("detail-ignore-command").textContent = `vqad calibrate ${packageDir(r)} GOOD_DIR ${flags}`;
   document.getElementById("detail-ignore-note").textContent = note;
 }
 
 // How each inspection mask the daemons serve was given (the heartbeat's `inspection.given`), kept
 // by its sha256 for as long as the page is open: a reject judged through a mask served before a
-// reload still finds it.
+// reload still finds it. And the folder each model is served from (`model_dir`), by its sha256.
 function learnMasks(daemon) {
   for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
     const i = d && d.inspection;
     if (i && i.mask_sha256 && i.given) state.masks.set(i.mask_sha256, i.given);
+    if (d && d.model_sha256 && d.model_dir) state.packages.set(d.model_sha256, d.model_dir);
   }
+}
+
+// The folder of the package that judged reject `r`, on its daemon's machine, for the command that
+// sets its mask; MODEL_DIR where no heartbeat on this page has named it (an older daemon, a model
+// no longer served). A path with a space or a quote is quoted for a POSIX shell.
+function packageDir(r) {
+  const dir = r && r.model && state.packages.get(r.model.sha256);
+  if (!dir) return "MODEL_DIR";
+  return /^[\w@%+=:,./-]+$/.test(dir) ? dir : `'${dir.replace(/'/g, "'\\''")}'`;
 }
 
 // `vqad calibrate --ignore` sets the package's whole mask: a command that adds a rectangle to the
@@ -1079,10 +1089,10 @@ function maskKept(r, frame) {
   }
   if (given && given.rectangles) {
     return [[], `(its inspection mask's rectangles are in ${given.frame[1]}x${given.frame[0]} frames, this frame is ` +
-      `${fw}x${fh}: the command replaces that mask, so give its rectangles too, as vqad info MODEL_DIR lists them)`];
+      `${fw}x${fh}: the command replaces that mask, so give its rectangles too, as vqad info ${packageDir(r)} lists them)`];
   }
   if (given) return [[], "(its inspection mask was given as an image, which this command replaces: draw these into that image and give it with --mask instead)"];
-  return [[], "(the command replaces its inspection mask: give the rectangles that mask leaves out too, as vqad info MODEL_DIR lists them)"];
+  return [[], `(the command replaces its inspection mask: give the rectangles that mask leaves out too, as vqad info ${packageDir(r)} lists them)`];
 }
 
 // -- a part's results ------------------------------------------------------------------------
