@@ -357,9 +357,10 @@ class Daemon:
         scoring = self.serving.scoring if self.serving else None
         return {
             "model": scoring.model if scoring else None,
-            # The package's folder as the daemon was given it (a `current` symlink, say): where
-            # `vqad calibrate` sets its threshold and mask, as the dashboard's dialog says.
-            "model_dir": str(self.model_dir),
+            # The package's folder as the daemon was given it (a `current` symlink, say), made
+            # absolute: where `vqad calibrate` sets its threshold and mask, as the dashboard's
+            # dialog says to a person who is not in the daemon's working folder.
+            "model_dir": os.path.abspath(self.model_dir),
             "threshold": scoring.threshold if scoring else None,
             "threshold_source": scoring.threshold_source if scoring else None,
             "inspection": mask_note(self.serving.mask) if self.serving else None,
