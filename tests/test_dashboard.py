@@ -543,6 +543,17 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         assert all(abs(a - b) <= 2 * px for a, b in zip((x, y, w, h), expected, strict=True)), (command, expected)
         assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box")) == 1  # drawn, hatched
         driver.find_element("id", "detail-ignore-clear").click()
+        # The command that appears as one drags does not widen the dialog: the frame stays under
+        # the pointer, however long the package's folder.
+        rect = "return JSON.stringify(document.getElementById('detail-frame').getBoundingClientRect())"
+        before = driver.execute_script(rect)
+        driver.execute_script("state.packages.get = () => '/srv/' + 'line-7/'.repeat(60)")  # for the heartbeat's
+        ActionChains(driver).move_to_element_with_offset(frame, -(cw // 4), -(ch // 4)).click_and_hold().move_by_offset(
+            cw // 2, ch // 3).release().perform()  # fmt: skip
+        assert "/srv/line-7/line-7/" in driver.find_element("id", "detail-ignore-command").text
+        assert driver.execute_script(rect) == before
+        driver.execute_script("delete state.packages.get")
+        driver.find_element("id", "detail-ignore-clear").click()
         assert not driver.find_element("id", "detail-ignore").is_displayed()
         # A result judged through an inspection mask names it after its model.
         driver.execute_script(
