@@ -18,6 +18,7 @@ SPAN = 3.0  # the axis reaches this many times the highest good score or thresho
 Colour = tuple[int, int, int]  # BGR
 GOOD, DEFECT = (60, 160, 60), (50, 50, 220)  # BGR
 THRESHOLD, PREVIOUS, TEXT = (0, 0, 0), (150, 150, 150), (40, 40, 40)
+CHOICE = (150, 100, 40)  # BGR: the other --target-frr choices' thresholds, dashed
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Labels closer than LABEL_GAP pixels are drawn LABEL_ROW pixels apart (a row of 0.42-scale text
 # is 9 pixels high; the legend's second line ends above the higher row).
@@ -32,10 +33,14 @@ def score_histogram(
     title: str = "",
     good_label: str = "good",
     defect_label: str = "confirmed defects",
+    choices: Sequence[dict[str, float]] = (),
 ) -> np.ndarray:
     """(HEIGHT, WIDTH, 3) BGR uint8: a histogram of the good scores (green) and the defects'
     (red), the threshold (a black line) and the previous one (grey), with what falls on the
-    wrong side of the threshold in the legend (a frame fails at score >= threshold)."""
+    wrong side of the threshold in the legend (a frame fails at score >= threshold).
+    `choices`: edge.threshold.target_frr_trade's entries; each target whose threshold is not
+    this one is a dashed line labelled with its target, where a quality engineer sees which
+    defects it would catch and which good images it would reject."""
     good = np.asarray(good, np.float64)
     bad = np.asarray(defects if defects is not None else [], np.float64)
     lines = [threshold] + ([previous] if previous is not None else [])
@@ -61,6 +66,7 @@ def score_histogram(
     if previous is not None:
         _vertical(image, x_of(previous), PREVIOUS, f"previous {previous:.4g}", previous_right, labelled)
     _vertical(image, x_of(threshold), THRESHOLD, f"threshold {threshold:.4g}", not previous_right, labelled)
+    drawn = _choices(image, choices, threshold, x_of)
     failed = int((good >= threshold).sum())
     legend = [(f"{good_label}: {good.size}, {failed} at or over the threshold (rejected)", GOOD)]
     if bad.size:
@@ -69,7 +75,36 @@ def score_histogram(
     cv2.putText(image, fitted(title, 0.55, width), (LEFT, 22), FONT, 0.55, TEXT, 1, cv2.LINE_AA)
     for i, (text, colour) in enumerate(legend):
         cv2.putText(image, fitted(text, 0.45, width), (LEFT, 44 + 18 * i), FONT, 0.45, colour, 1, cv2.LINE_AA)
+    if drawn:
+        said = f"dashed: --target-frr {', '.join(drawn)}"  # beside "image score", under the axis
+        (tw, _), _ = cv2.getTextSize(said, FONT, 0.4, 1)
+        cv2.putText(image, said, (WIDTH - RIGHT - tw, HEIGHT - 12), FONT, 0.4, CHOICE, 1, cv2.LINE_AA)
     return image
+
+
+def _choices(
+    image: np.ndarray, choices: Sequence[dict[str, float]], threshold: float, x_of: Callable[[float], int]
+) -> list[str]:
+    """The other targets' thresholds as dashed lines, each labelled inside the plot's top, left
+    of its line (a higher target's threshold is lower: the label stays off the threshold's line),
+    in the first row where it meets no label drawn before; one equal to `threshold` (the fused
+    maps often give 1% and 2% one) is not drawn again. -> the targets drawn, as "2%"."""
+    drawn, labelled = [], []  # labelled: (left, right, row) of each label drawn
+    for choice in sorted(choices, key=lambda c: c["threshold"], reverse=True):
+        value = choice["threshold"]
+        if abs(value - threshold) <= 1e-9 * max(1.0, abs(threshold)):
+            continue
+        x, text = x_of(value), f"{100 * choice['target_frr']:g}%"
+        for y in range(TOP, HEIGHT - BOTTOM, 8):
+            cv2.line(image, (x, y), (x, min(y + 4, HEIGHT - BOTTOM)), CHOICE, 1)
+        (tw, _), _ = cv2.getTextSize(text, FONT, 0.38, 1)
+        left = max(x - 3 - tw, LEFT + 2)
+        taken = {row for start, end, row in labelled if left < end + LABEL_GAP and start < left + tw + LABEL_GAP}
+        row = min(set(range(len(labelled) + 1)) - taken)
+        labelled.append((left, left + tw, row))
+        cv2.putText(image, text, (left, TOP + 12 + 12 * row), FONT, 0.38, CHOICE, 1, cv2.LINE_AA)
+        drawn.append(text)
+    return sorted(drawn, key=lambda t: float(t[:-1]))
 
 
 def fitted(text: str, scale: float, width: int) -> str:

@@ -414,7 +414,7 @@ def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, t
     picture that cannot be written is warned of, and the threshold stands."""
     import cv2
 
-    from edge.histogram import DEFECT, GOOD, HEIGHT, WIDTH
+    from edge.histogram import CHOICE, DEFECT, GOOD, HEIGHT, WIDTH
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -433,6 +433,9 @@ def test_the_calibration_is_drawn_beside_the_threshold(tiny_model, synth_root, t
         return bool((np.abs(picture.astype(float) - tint).max(axis=2) < 3).any())
 
     assert shows(GOOD) and shows(DEFECT)
+    # The other --target-frr choices dashed where their thresholds differ from this one.
+    other = [c for c in t["defects"]["target_frr_choices"] if abs(c["threshold"] - t["value"]) > 1e-9]
+    assert bool((picture == CHOICE).all(axis=2).any()) == bool(other), other
     assert load_package(model).threshold == t["value"]
     elsewhere = tmp_path / "pictures" / "line.png"
     elsewhere.parent.mkdir()
@@ -469,6 +472,38 @@ def test_the_histogram_draws_each_threshold_where_its_score_is():
     far = score_histogram(good, threshold=2.0, defects=[1000.0])
     x_far = round(LEFT + 2.0 / 6.3 * (WIDTH - RIGHT - LEFT))
     assert (far[row, x_far] == THRESHOLD).all()
+
+
+def test_the_histogram_draws_each_target_frr_choice_dashed_with_labels_that_never_meet(monkeypatch):
+    """Where the thresholds of the other --target-frr choices fall among the scores: a dashed line
+    each, labelled with its target; one equal to the threshold (the fused maps often give 1% and
+    2% one) is the threshold's own line; three close together keep their labels apart."""
+    import cv2
+
+    from edge import histogram
+
+    good = np.linspace(0.0, 1.0, 50)
+    x_of = lambda s: round(histogram.LEFT + s / 2.1 * (histogram.WIDTH - histogram.RIGHT - histogram.LEFT))  # noqa: E731
+    choices = [{"target_frr": t, "threshold": v} for t, v in ((0.01, 2.0), (0.02, 2.0), (0.03, 1.5), (0.05, 1.46),
+                                                             (0.1, 1.42))]  # fmt: skip
+    picture = histogram.score_histogram(good, threshold=2.0, choices=choices)
+    column = picture[histogram.TOP : histogram.HEIGHT - histogram.BOTTOM, x_of(1.5)]
+    dashed = (column == histogram.CHOICE).all(axis=1)
+    assert 0.3 < dashed.mean() < 0.8, dashed.mean()  # dashed, not solid
+    assert (picture[histogram.TOP + 40, x_of(1.0)] == 255).all()  # no line where no choice is
+    drawn = []
+    monkeypatch.setattr(histogram.cv2, "putText", lambda image, text, org, *a, **k: drawn.append((text, org)))
+    histogram.score_histogram(good, threshold=2.0, choices=choices)
+    labels = {text: org for text, org in drawn if text.endswith("%") and " " not in text}
+    assert sorted(labels) == ["10%", "3%", "5%"], labels  # 2% is the threshold's own
+    boxes = [(x, y - 9, x + cv2.getTextSize(t, histogram.FONT, 0.38, 1)[0][0], y) for t, (x, y) in labels.items()]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], boxes
+    assert "dashed: --target-frr 3%, 5%, 10%" in [text for text, _ in drawn]
+    drawn.clear()
+    histogram.score_histogram(good, threshold=2.0)
+    assert not [text for text, _ in drawn if text.startswith("dashed")]  # no choices given: none drawn
 
 
 def test_a_long_title_keeps_its_start_and_its_end_inside_the_picture(monkeypatch):

@@ -158,7 +158,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     run.write_evaluation(metrics, out)
     _write_scores_csv(out / "scores.csv", test, scores, scores >= threshold["value"])
     if pictures and test:
-        _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images)
+        _pictures(run, out, test, recons, maps, scores, threshold["value"], labels, val_images,
+                  metrics["target_frr_choices"])  # fmt: skip
     if pictures:
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
@@ -351,6 +352,7 @@ def _pictures(
     threshold: float,
     labels: np.ndarray,
     val_images: np.ndarray,
+    choices: list[dict[str, Any]],
 ) -> None:
     img_dir = out / PANELS
     img_dir.mkdir(exist_ok=True)
@@ -359,7 +361,7 @@ def _pictures(
         write_image(out / panel_path(s), _panel(s.image, recon, amap, s.mask, float(score), threshold))
     histogram = score_histogram(
         scores[labels == 0], threshold, defects=scores[labels == 1], title=f"{run.root.name}: the test set",
-        good_label="good test images", defect_label="defect test images",
+        good_label="good test images", defect_label="defect test images", choices=choices,
     )  # fmt: skip
     write_image(out / "histogram.png", histogram)
     if labels.min() != labels.max():

@@ -312,7 +312,8 @@ def _calibration_picture(threshold: dict, args: argparse.Namespace) -> Path | No
         f"{args.target.name}: {threshold['n_val']} good images under {args.good}, "
         f"target {threshold['target_frr']:.1%} false rejects"
     )
-    picture = score_histogram(threshold["scores"], threshold["value"], previous, defects, title)
+    choices = threshold.get("defects", {}).get("target_frr_choices") or ()  # with --defects: what each would let pass
+    picture = score_histogram(threshold["scores"], threshold["value"], previous, defects, title, choices=choices)
     path = args.picture or args.target / "calibration.png"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # --picture pictures/line.png, a folder not made yet
