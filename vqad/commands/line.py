@@ -1011,7 +1011,8 @@ def _add_records(sub: argparse._SubParsersAction) -> None:
     daily.add_argument(
         "--daily",
         action="store_true",
-        help="per day (--timezone, --day-starts), camera and model: results, passes, fails, the fail rate, errors, "
+        help="per day (--timezone, --day-starts), camera and model (+mask: through an inspection mask): results, "
+        "passes, fails, the fail rate, errors, "
         "drops, the reviewed fails (false rejects, defects, not yet reviewed); and the changes made to the daemon",
     )
     daily.add_argument("--picture", type=picture_arg, metavar="PNG",
