@@ -606,37 +606,29 @@ class Record:
         equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
                  "model_sha256": model_sha256, "daemon_run": run}  # fmt: skip
         q = _results_where(sa.select(results), equal, after_seq, reviewed)
-        if master is not None:
-            q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
-        if mask_sha256 is not None:
-            q = q.where(results.c.mask_sha256 == mask_sha256 if mask_sha256 else results.c.mask_sha256.is_(None))
-        q = _within(q, results.c.ts_ns, since_ns, until_ns)
-        if before is not None:  # the range on ts_ns first, which the time indexes serve
-            ts, row_id = before
-            q = q.where(results.c.ts_ns <= ts, sa.or_(results.c.ts_ns < ts, results.c.id < row_id))
-        q = (
-            q.order_by(results.c.seq).limit(limit)
-            if after_seq is not None
-            else _newest_of_camera(q, limit)
-            if camera is not None and decision is None and frame_id is None and part_id is None and result_id is None
-            else q.order_by(*NEWEST_FIRST).limit(limit)
-        )
+        q = _kept_to(q, master, mask_sha256, since_ns, until_ns, before)
+        of_camera = camera is not None and decision is None and frame_id is None and part_id is None
+        q = _ordered(q, limit, after_seq, of_camera and result_id is None)
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
             found = _reviews_of(conn, [r["id"] for r in rows])
-        for row in rows:
-            # As the stream names it (edge.serving.model_identity): the mask only where one judged.
-            row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
-            if row.get("mask_sha256"):
-                row["model"]["mask_sha256"] = row["mask_sha256"]
-            if not row["evidence_removed"]:
-                row["evidence_frame"] = self.evidence_file(row["evidence_frame"])
-                row["evidence_overlay"] = self.evidence_file(row["evidence_overlay"])
-            row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
-            row["reviews"] = found.get(row["id"], [])
-            # A master part's check, as the stream and the heartbeat name it (edge.master.outcome).
-            row["master_outcome"] = outcome(row["decision"], row["master"], row["unfit"]) if row["master"] else None
-        return rows
+        return [self._result(row, found.get(row["id"], [])) for row in rows]
+
+    def _result(self, row: dict[str, Any], reviews: list[dict[str, Any]]) -> dict[str, Any]:
+        """A results row as results() gives it: its model as the stream names it, its evidence
+        files on this machine (evidence_file), its reviews, and a master part's outcome."""
+        # As the stream names it (edge.serving.model_identity): the mask only where one judged.
+        row["model"] = {"name": row.pop("model_name"), "sha256": row.get("model_sha256")}
+        if row.get("mask_sha256"):
+            row["model"]["mask_sha256"] = row["mask_sha256"]
+        if not row["evidence_removed"]:
+            row["evidence_frame"] = self.evidence_file(row["evidence_frame"])
+            row["evidence_overlay"] = self.evidence_file(row["evidence_overlay"])
+        row["evidence"] = None if row["evidence_removed"] else row["evidence_frame"]
+        row["reviews"] = reviews
+        # A master part's check, as the stream and the heartbeat name it (edge.master.outcome).
+        row["master_outcome"] = outcome(row["decision"], row["master"], row["unfit"]) if row["master"] else None
+        return row
 
     def iter_results(self, limit: int, page: int = PAGE_ROWS, **filters: Any) -> Iterator[dict[str, Any]]:
         """results(**filters), the newest `limit` at most (with `after_seq`, the first), read `page`
@@ -1131,6 +1123,37 @@ NOT_CHANGES = ("master-part",)
 
 # The order results() answers in; its queries and their parts sort by the same columns.
 NEWEST_FIRST = (results.c.ts_ns.desc(), results.c.id.desc())
+
+
+def _kept_to(
+    q: sa.Select,
+    master: bool | None,
+    mask_sha256: str | None,
+    since_ns: int | None,
+    until_ns: int | None,
+    before: tuple[int, int] | None,
+) -> sa.Select:
+    """`q` (Record.results') kept to master parts' results or products' (`master`; None: both),
+    to those judged through one inspection mask or through none (WHOLE_FRAME), to the period,
+    and to those after `before` (ts_ns, id) newest first."""
+    if master is not None:
+        q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
+    if mask_sha256 is not None:
+        q = q.where(results.c.mask_sha256 == mask_sha256 if mask_sha256 else results.c.mask_sha256.is_(None))
+    q = _within(q, results.c.ts_ns, since_ns, until_ns)
+    if before is not None:  # the range on ts_ns first, which the time indexes serve
+        ts, row_id = before
+        q = q.where(results.c.ts_ns <= ts, sa.or_(results.c.ts_ns < ts, results.c.id < row_id))
+    return q
+
+
+def _ordered(q: sa.Select, limit: int, after_seq: int | None, a_cameras_newest: bool) -> sa.Select:
+    """`q` in Record.results' order, `limit` rows: with `after_seq`, by seq (a subscriber's
+    catch-up); a camera's newest of any decision by its index (_newest_of_camera); else newest
+    first."""
+    if after_seq is not None:
+        return q.order_by(results.c.seq).limit(limit)
+    return _newest_of_camera(q, limit) if a_cameras_newest else q.order_by(*NEWEST_FIRST).limit(limit)
 
 
 def _newest_of_camera(q: sa.Select, limit: int) -> sa.Select:
