@@ -155,52 +155,45 @@ def scored_results(
     engine) gets an error result: NaN compares as a pass, and JSON cannot carry either."""
     results, now_s = [], time.monotonic()
     for p, amap, score in zip(batch, maps, scores, strict=True):
-        score_f, amap2d = float(score), amap[0]
+        score_f = float(score)
         if not math.isfinite(score_f):
             reason = f"{NONFINITE_SCORE} ({score_f}): the frame was not judged"
             results.append(error_result(p.camera_id, p.frame_id, p.ts_ns, reason, p.recv_ns, s, p.part_id))
             continue
-        map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale}
-        header = result_header(
-            p.camera_id,
-            p.frame_id,
-            p.ts_ns,
-            "ok",
-            s.threshold,
-            s.model,
-            score=score_f,
-            decision=decide(score_f, s.threshold),
-            regions=find_regions(amap2d, s.threshold, p.frame_hw, s.min_region_area),
-            latency_ms={
-                "queue": round((start_mono_ns - p.arrived_mono_ns) / 1e6, 3),
-                "infer": round(infer_ms, 3),
-                "total": 0.0,
-            },
-            batch_size=len(batch),
-            map_info=map_info if s.publish_maps else None,
-            part_id=p.part_id,
-        )
-        header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
-        if p.health is not None:  # extension: the camera health gate; an unfit frame never passes
-            header["health"] = p.health
-            if not p.health["ok"]:
-                header["decision"] = "fail"
-        extra = None
-        if s.frames.wants(p.camera_id, header["decision"], now_s):
-            ok, jpg = cv2.imencode(".jpg", p.model_input)
-            header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
-            extra = [jpg.tobytes() if ok else b""]
-        # Quantised either way: the record's evidence draws the map a subscriber was not sent.
-        map_bytes = quantize_map(amap2d, s.map_scale)
-        results.append(
-            Result(
-                header,
-                map_bytes,
-                extra,
-                p.recv_ns,
-                arrived_mono_ns=p.arrived_mono_ns,
-                map_info=map_info,
-                judged=s.judged,
-            )  # fmt: skip
-        )
+        latency = {"queue": round((start_mono_ns - p.arrived_mono_ns) / 1e6, 3), "infer": round(infer_ms, 3),
+                   "total": 0.0}  # fmt: skip
+        results.append(_judged_result(p, amap[0], score_f, latency, len(batch), s, now_s))
     return results
+
+
+def _judged_result(
+    p: Pending, amap2d: np.ndarray, score: float, latency: dict[str, float], batch_size: int, s: Scoring, now_s: float
+) -> Result:
+    """The result of a frame the model judged: its decision (an unfit frame's is a fail whatever
+    its score), regions, quantised map, and the frame itself where the stream carries it."""
+    map_info = {"shape": list(amap2d.shape), "dtype": "uint8", "scale": s.map_scale}
+    header = result_header(
+        p.camera_id, p.frame_id, p.ts_ns, "ok", s.threshold, s.model, score=score,
+        decision=decide(score, s.threshold), regions=find_regions(amap2d, s.threshold, p.frame_hw, s.min_region_area),
+        latency_ms=latency, batch_size=batch_size, map_info=map_info if s.publish_maps else None, part_id=p.part_id,
+    )  # fmt: skip
+    header["frame_shape"] = list(p.frame_hw)  # extension: the frame size the regions refer to
+    if p.health is not None:  # extension: the camera health gate; an unfit frame never passes
+        header["health"] = p.health
+        if not p.health["ok"]:
+            header["decision"] = "fail"
+    extra = _published_frame(p, header, s, now_s)
+    # Quantised either way: the record's evidence draws the map a subscriber was not sent.
+    map_bytes = quantize_map(amap2d, s.map_scale)
+    return Result(header, map_bytes, extra, p.recv_ns, arrived_mono_ns=p.arrived_mono_ns, map_info=map_info,
+                  judged=s.judged)  # fmt: skip
+
+
+def _published_frame(p: Pending, header: dict[str, Any], s: Scoring, now_s: float) -> list[bytes] | None:
+    """The model's input as a JPEG for the stream, where `edge.publish_frames` wants this
+    camera's frame now (named in `header`'s `frame`); None where it does not."""
+    if not s.frames.wants(p.camera_id, header["decision"], now_s):
+        return None
+    ok, jpg = cv2.imencode(".jpg", p.model_input)
+    header["frame"] = {"shape": list(p.model_input.shape), "encoding": "jpeg"}
+    return [jpg.tobytes() if ok else b""]
