@@ -87,14 +87,13 @@ def _choices(
 ) -> list[str]:
     """The other targets' thresholds as dashed lines, each labelled inside the plot's top, left
     of its line (a higher target's threshold is lower: the label stays off the threshold's line),
-    in the first row where it meets no label drawn before; one equal to `threshold` (the fused
-    maps often give 1% and 2% one) is not drawn again. -> the targets drawn, as "2%"."""
-    drawn, labelled = [], []  # labelled: (left, right, row) of each label drawn
-    for choice in sorted(choices, key=lambda c: c["threshold"], reverse=True):
-        value = choice["threshold"]
-        if abs(value - threshold) <= 1e-9 * max(1.0, abs(threshold)):
-            continue
-        x, text = x_of(value), f"{100 * choice['target_frr']:g}%"
+    in the first row where it meets no label drawn before; targets of one threshold share a line
+    ("3%, 5%"), and one equal to `threshold` (the fused maps often give 1% and 2% one) is not
+    drawn again. -> the targets drawn, as "2%", the lowest first."""
+    lines = _choice_lines(choices, threshold)
+    labelled: list[tuple[int, int, int]] = []  # (left, right, row) of each label drawn
+    for value, targets in sorted(lines, reverse=True):
+        x, text = x_of(value), ", ".join(targets)
         for y in range(TOP, HEIGHT - BOTTOM, 8):
             cv2.line(image, (x, y), (x, min(y + 4, HEIGHT - BOTTOM)), CHOICE, 1)
         (tw, _), _ = cv2.getTextSize(text, FONT, 0.38, 1)
@@ -103,8 +102,24 @@ def _choices(
         row = min(set(range(len(labelled) + 1)) - taken)
         labelled.append((left, left + tw, row))
         cv2.putText(image, text, (left, TOP + 12 + 12 * row), FONT, 0.38, CHOICE, 1, cv2.LINE_AA)
-        drawn.append(text)
-    return sorted(drawn, key=lambda t: float(t[:-1]))
+    return [target for _, targets in lines for target in targets]
+
+
+def _choice_lines(choices: Sequence[dict[str, float]], threshold: float) -> list[tuple[float, list[str]]]:
+    """The other targets' thresholds, each with its targets ("2%"), the lowest target first; a
+    target whose threshold is `threshold` is left out."""
+    same = lambda a, b: abs(a - b) <= 1e-9 * max(1.0, abs(b))  # noqa: E731
+    lines: list[tuple[float, list[str]]] = []
+    for choice in sorted(choices, key=lambda c: c["target_frr"]):
+        if same(choice["threshold"], threshold):
+            continue
+        target = f"{100 * choice['target_frr']:g}%"
+        line = next((line for line in lines if same(choice["threshold"], line[0])), None)
+        if line is None:
+            lines.append((choice["threshold"], [target]))
+        else:
+            line[1].append(target)
+    return lines
 
 
 def fitted(text: str, scale: float, width: int) -> str:

@@ -501,6 +501,9 @@ def test_the_histogram_draws_each_target_frr_choice_dashed_with_labels_that_neve
         for b in boxes[i + 1 :]:
             assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], boxes
     assert "dashed: --target-frr 3%, 5%, 10%" in [text for text, _ in drawn]
+    drawn.clear()  # two targets of one threshold: one line, its label naming both
+    histogram.score_histogram(good, threshold=2.0, choices=[*choices[:3], {"target_frr": 0.05, "threshold": 1.5}])
+    assert [text for text, _ in drawn if text.endswith("%")] == ["3%, 5%", "dashed: --target-frr 3%, 5%"], drawn
     drawn.clear()
     histogram.score_histogram(good, threshold=2.0)
     assert not [text for text, _ in drawn if text.startswith("dashed")]  # no choices given: none drawn
