@@ -32,6 +32,7 @@ const REM = parseFloat(getComputedStyle(document.documentElement).fontSize) || 1
 // {camera, day, more}; a part's results, {part, more}; null while it walks the gallery.
 // `ignored`: the rectangles measured on the open reject's frame, in its pixels (measureIgnored).
 // `masks`: how each inspection mask the daemons served was given, by its sha256 (learnMasks).
+// `packages`: the folder each model is served from, by its sha256 (learnPackages).
 const state = { summary: null, drawPending: false, cameras: new Map(), open: null, openList: [], queue: null,
                 glances: new Map(), ignored: [], masks: new Map(), packages: new Map() };
 window.vqadStats = { events: 0, renders: 0, galleryFetches: 0 }; // read by tests and the bench
@@ -61,6 +62,7 @@ function connect() {
   source.addEventListener("summary", (event) => {
     state.summary = JSON.parse(event.data);
     learnMasks(state.summary.daemon);
+    learnPackages(state.summary.daemon);
     window.vqadStats.events += 1;
     if (!state.drawPending) {
       state.drawPending = true;
@@ -1056,11 +1058,17 @@ function showIgnored(dragging = null) {
 
 // How each inspection mask the daemons serve was given (the heartbeat's `inspection.given`), kept
 // by its sha256 for as long as the page is open: a reject judged through a mask served before a
-// reload still finds it. And the folder each model is served from (`model_dir`), by its sha256.
+// reload still finds it.
 function learnMasks(daemon) {
   for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
     const i = d && d.inspection;
     if (i && i.mask_sha256 && i.given) state.masks.set(i.mask_sha256, i.given);
+  }
+}
+
+// The folder each model is served from (the heartbeat's `model_dir`), kept by the model's sha256.
+function learnPackages(daemon) {
+  for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
     if (d && d.model_sha256 && d.model_dir) state.packages.set(d.model_sha256, d.model_dir);
   }
 }
