@@ -582,7 +582,10 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         command, note = dragged_command({"rectangles": [[1, 2, 3, 4], [5, 6, 7, 8]], "frame": [fh, fw]})
         assert command.startswith(f"vqad calibrate {line['model_dir']} GOOD_DIR --ignore 1,2,3,4 --ignore 5,6,7,8 "
                                   "--ignore "), command  # fmt: skip
-        assert parse_rectangle(command.rsplit(" ", 1)[1]) == (x, y, w, h)  # the dragged one last
+        # The dragged one last: the same drag, within a frame pixel (the dialog, as wide as the
+        # reject's model line, puts the frame at another fraction of a CSS pixel).
+        dragged = parse_rectangle(command.rsplit(" ", 1)[1])
+        assert all(abs(a - b) <= 1 for a, b in zip(dragged, (x, y, w, h), strict=True)), (dragged, (x, y, w, h))
         assert note == "(the first 2 are the rectangles its inspection mask leaves out already)", note
         assert len(driver.find_elements("css selector", "#detail-ignored .ignore-box.kept")) == 0  # cleared
         driver.execute_script("state.ignored = [{x: 0, y: 0, w: 2, h: 2}]; showIgnored()")
