@@ -52,6 +52,8 @@ SPREAD_KEYS = (
     "steps",
     "false_reject_rate",
     "miss_rate",
+    "miss_rate_at_1pct_frr",
+    "miss_rate_at_5pct_frr",
 )
 SEED_SUFFIX = "__seed"
 
@@ -67,7 +69,7 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     min, max and n under "spread"; where the defects' maps peak, added up over the runs; the
     other fields (run dir, FLOPs) from the seed-0 run."""
     row = dict(rows[0])
-    row["spread"] = {k: _spread([r[k] for r in rows]) for k in SPREAD_KEYS}
+    row["spread"] = {k: _spread([r.get(k) for r in rows]) for k in SPREAD_KEYS}  # None: not in an older report
     row.update({k: row["spread"][k]["median"] for k in SPREAD_KEYS})
     if "defect_peaks" in row:  # the baseline's row has none
         row["defect_peaks"] = summed_peaks([r.get("defect_peaks") for r in rows])

@@ -86,6 +86,8 @@ def test_a_rows_target_frr_trade_is_the_median_of_its_runs_per_target():
         {"target_frr": 0.02, "runs": 3, "false_reject_rate": 0.02, "miss_rate": 0.5},
         {"target_frr": 0.05, "runs": 3, "false_reject_rate": 0.05, "miss_rate": 0.4},
     ]
+    at_5pct = [dict(r, miss_rate_at_5pct_frr=m) for r, m in zip(runs, (0.169, 0.056, 0.056), strict=True)]
+    assert median_row(at_5pct)["miss_rate_at_5pct_frr"] == 0.056  # the seeds' median, not seed 0's
     older = median_row([dict(runs[0], target_frr_choices=None), runs[1]])  # a report before the trade
     assert [c["runs"] for c in older["target_frr_choices"]] == [1, 1, 1]
     assert median_row([dict(runs[0], target_frr_choices=None)])["target_frr_choices"] is None
