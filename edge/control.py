@@ -195,10 +195,11 @@ class Control:
             self.daemon.recorder.event(kind, detail, by)
 
     def _status(self, args: dict[str, Any], by: str) -> dict[str, Any]:
-        """The daemon's state, and where its package is: MODEL_DIR as it was given (a `current`
-        symlink, say), where it points now and the folder the serving package was loaded from;
-        and what a reload would load that does not serve: another folder (the symlink moved),
-        another model, or another calibration (`vqad calibrate` rewrote model.json)."""
+        """The daemon's state, and where its package is: MODEL_DIR as it was given, made absolute
+        (a `current` symlink, say: the heartbeat's `model_dir`), where it points now and the
+        folder the serving package was loaded from; and what a reload would load that does not
+        serve: another folder (the symlink moved), another model, or another calibration (`vqad
+        calibrate` rewrote model.json)."""
         d = self.daemon
         serving = d.serving.package if d.serving else None
         now = self._package_look.now()
