@@ -94,11 +94,10 @@ def _choices(
     labelled: list[tuple[int, int, int]] = []  # (left, right, row) of each label drawn
     for value, targets in sorted(lines, reverse=True):
         x, text = x_of(value), ", ".join(targets)
-        for y in range(TOP, HEIGHT - BOTTOM, 8):
-            cv2.line(image, (x, y), (x, min(y + 4, HEIGHT - BOTTOM)), CHOICE, 1)
+        dashed_line(image, x, TOP, HEIGHT - BOTTOM, CHOICE, 1)
         (tw, _), _ = cv2.getTextSize(text, FONT, 0.38, 1)
         left = max(x - 3 - tw, LEFT + 2)
-        taken = {row for start, end, row in labelled if left < end + LABEL_GAP and start < left + tw + LABEL_GAP}
+        taken = {row for start, end, row in labelled if _meet((left, left + tw), (start, end))}
         row = min(set(range(len(labelled) + 1)) - taken)
         labelled.append((left, left + tw, row))
         cv2.putText(image, text, (left, TOP + 12 + 12 * row), FONT, 0.38, CHOICE, 1, cv2.LINE_AA)
@@ -120,6 +119,17 @@ def _choice_lines(choices: Sequence[dict[str, float]], threshold: float) -> list
         else:
             line[1].append(target)
     return lines
+
+
+def dashed_line(image: np.ndarray, x: int, y0: int, y1: int, colour: Colour, thickness: int) -> None:
+    """A vertical line at x from y0 to y1, in dashes of 4 pixels every 8."""
+    for y in range(y0, y1, 8):
+        cv2.line(image, (x, y), (x, min(y + 4, y1)), colour, thickness)
+
+
+def _meet(label: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether two labels' (left, right) pixel spans come closer than LABEL_GAP."""
+    return label[0] < other[1] + LABEL_GAP and other[0] < label[1] + LABEL_GAP
 
 
 def fitted(text: str, scale: float, width: int) -> str:
@@ -192,6 +202,6 @@ def _vertical(
     elif not right and x - 5 - tw < 2:
         right = True
     left = x + 5 if right else x - 5 - tw
-    meets = any(left < end + LABEL_GAP and start < left + tw + LABEL_GAP for start, end in labelled)
+    meets = any(_meet((left, left + tw), span) for span in labelled)
     labelled.append((left, left + tw))
     cv2.putText(image, text, (left, TOP - 8 - LABEL_ROW * meets), FONT, 0.42, colour, 1, cv2.LINE_AA)

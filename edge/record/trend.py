@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.histogram import FONT, TEXT, Colour, fitted
+from edge.histogram import FONT, TEXT, Colour, dashed_line, fitted
 
 PANEL_HEIGHT, TITLE_HEIGHT = 210, 54
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 34  # a panel's plot area inside it
@@ -125,6 +125,5 @@ def _bar(panel: np.ndarray, d: dict[str, Any], left: int, right: int, y0: int, y
 def _model_line(panel: np.ndarray, x: int, y0: int, y1: int, model: str) -> None:
     """A dashed line where a day brings another model or mask, labelled with the model's sha256's
     start ("+mask" where a mask judged)."""
-    for y in range(y0, y1, 8):
-        cv2.line(panel, (x, y), (x, min(y + 4, y1)), MODEL_LINE, 2)
+    dashed_line(panel, x, y0, y1, MODEL_LINE, 2)
     cv2.putText(panel, model, (x + 3, y0 - 4), FONT, 0.38, MODEL_LINE, 1, cv2.LINE_AA)
