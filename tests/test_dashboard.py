@@ -1137,6 +1137,8 @@ def test_the_api_serves_programs_too(line):
         "decision=maybe",
         "after_seq=3",
         "after_seq=x&run=r",
+        "model=ab",  # too few digits to name a model
+        "mask=xyz1",
     ):
         assert _json(base + "/api/results?" + bad)[0] == 400, bad
     assert _json(base + "/api/daily?days=0")[0] == 400 and _json(base + "/api/daily?days=x")[0] == 400
@@ -1372,7 +1374,8 @@ def test_a_mask_set_midday_gives_the_tally_a_row_of_its_own_with_its_own_review_
     with DashboardProcess("--record", url, "--results", "", log_path=tmp_path / "dashboard.log") as dashboard:
         days = _json(dashboard.url + "/api/daily?camera=cam&days=1")[1]["days"]
         assert [(d["mask_sha256"], d["fail"], d["unreviewed"]) for d in days] == [(None, 2, 2), (mask, 1, 1)], days
-        for asked, frames in (("none", [1, 0]), (mask, [2])):
+        # A sha256 as a table shows it, its first 12 digits, finds what the whole one does.
+        for asked, frames in (("none", [1, 0]), (mask, [2]), (mask[:12], [2]), (mask[:12] + "&model=abab", [2])):
             found = _json(f"{dashboard.url}/api/results?camera=cam&decision=fail&reviewed=false&mask={asked}")[1]
             assert [r["frame_id"] for r in found["results"]] == frames, (asked, found)
         driver = headless_chromium()

@@ -1980,7 +1980,7 @@ def test_the_daily_tally_counts_decisions_and_what_reviews_found_per_day_camera_
         waiting = run_vqad("records", path, "--decision", "fail", "--unreviewed", "--format", "json").stdout
         assert [(r["camera_id"], r["frame_id"]) for r in json.loads(waiting)] == [("a", 10)]
         refused = run_vqad("records", record_url, "--daily", "--decision", "fail", check=False)
-        assert refused.returncode == 2 and "do not apply" in refused.stderr
+        assert refused.returncode == 2 and "--decision selects results to print, and does not apply" in refused.stderr
     record.review("a", 2, "false_reject")  # a person who reviews the gate's fail anyway
     # The gate's fail, reviewed or not, is counted once, in `unfit`: the model rejected nothing.
     assert (record.daily()[0]["false_reject"], record.daily()[0]["unreviewed"]) == (1, 0)
@@ -2052,6 +2052,34 @@ def test_a_mask_set_midday_parts_the_days_tally_and_its_review_queue(tmp_path, r
         assert [line.split()[2] for line in table[1:3]] == ["abababababab", "abababababab+mask"], table
         as_csv = list(csv.DictReader(run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()))
         assert [(r["mask_sha256"], r["fail"]) for r in as_csv] == [("", "3"), (mask, "1")], as_csv
+
+
+def test_records_finds_the_results_of_one_model_and_one_mask_by_their_first_digits(tmp_path, record_url):
+    """A quality engineer auditing what one model judged, or one inspection mask, copies the 12
+    digits the table shows: `vqad records --model`, `--mask` (or none, the whole frame)."""
+    old, new, mask = "ab" * 32, "ef" * 32, "cd" * 32
+    writer = RecordWriter(record_url, tmp_path / "ev").start()
+    for i, (model, masked) in enumerate([(old, False), (old, True), (new, False), (new, True), (new, True)]):
+        result = _result("a", i, "fail" if i % 2 else "pass", ts_ns=time.time_ns() - (10 - i) * 10**9)
+        result.header["model"] = {"name": "m", "sha256": model, **({"mask_sha256": mask} if masked else {})}
+        writer.put(result, result.recv_ns)
+    writer.close()
+
+    def frames(*flags: str) -> list[int]:
+        shown = run_vqad("records", record_url, *flags, "--format", "json").stdout
+        return sorted(r["frame_id"] for r in json.loads(shown))
+
+    assert frames("--model", new[:12]) == [2, 3, 4] and frames("--model", new) == [2, 3, 4]
+    assert frames("--mask", mask[:12].upper()) == [1, 3, 4] and frames("--mask", "none") == [0, 2]
+    assert frames("--model", old[:4], "--mask", "none") == [0] and frames("--model", "0123abcd") == []
+    assert frames("--model", new[:12], "--decision", "fail") == [3]
+    refused = run_vqad("records", record_url, "--model", "abc", check=False)  # 3 digits: most models would match
+    assert refused.returncode == 2 and "not a sha256 nor its first digits" in refused.stderr
+    refused = run_vqad("records", record_url, "--daily", "--mask", "none", "--decision", "fail", check=False)
+    assert refused.returncode == 2 and "--decision and --mask select results to print" in refused.stderr
+    refused = run_vqad("records", record_url, "--export-sample", str(tmp_path / "s"), "--model", old, check=False)
+    assert refused.returncode == 2 and "--model selects results to print, and does not apply" in refused.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def _review_as_an_older_vqad_took_it(record: Record, camera: str, frame_id: int, verdict: str) -> None:

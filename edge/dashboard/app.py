@@ -62,7 +62,7 @@ from edge.protocol import RECORD_BEHIND_S, heartbeat_overdue, is_frame_id, unfit
 from edge.recent import RecentDict
 from edge.record import Record
 from edge.record.days import ProductionDays
-from edge.record.store import NOT_CHANGES, WHOLE_FRAME, check_seq_cursor, parse_time
+from edge.record.store import NOT_CHANGES, WHOLE_FRAME, check_seq_cursor, check_sha_prefix, parse_time
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -377,9 +377,13 @@ class Dashboard:
                 since, until = self.daily.days.period_ns(dt.date.fromisoformat(params["day"]))
             after_seq = int(params["after_seq"]) if params.get("after_seq") else None
             check_seq_cursor(params.get("run"), after_seq)
+            # A daily row's results: through its mask, or through none ("none", its mask_sha256 null).
+            mask = {"none": WHOLE_FRAME, "": None}.get(params.get("mask", ""), params.get("mask"))
+            check_sha_prefix(params.get("model"), "model")
+            check_sha_prefix(mask, "mask")
         except (ValueError, DataError) as exc:
             return JSONResponse({"error": f"frame_id, after_seq and limit are integers, since and until ISO 8601, "
-                                          f"day YYYY-MM-DD: {exc}"}, 400)  # fmt: skip
+                                          f"day YYYY-MM-DD, model and mask sha256 digits: {exc}"}, 400)  # fmt: skip
         decision = params.get("decision") or None
         reviewed = {"true": True, "false": False, None: None}.get(params.get("reviewed") or None, "?")
         if not 1 <= limit <= MAX_RESULTS or decision not in (None, "pass", "fail") or reviewed == "?":
@@ -387,8 +391,6 @@ class Dashboard:
                 {"error": f"limit must be 1..{MAX_RESULTS}, decision pass or fail, reviewed true or false"}, 400
             )
         run = params.get("run") or None
-        # A daily row's results: through its mask, or through none ("none", its mask_sha256 null).
-        mask = {"none": WHOLE_FRAME, "": None}.get(params.get("mask", ""), params.get("mask"))
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,

@@ -350,6 +350,24 @@ def _backup_path(database: Path, dest: Path, meant_folder: bool) -> Path:
     return dest
 
 
+# A model's or a mask's sha256, or its first digits as a table shows them (4 at least: fewer
+# would match most of a record's models).
+SHA_PREFIX = re.compile(r"[0-9a-f]{4,64}")
+
+
+def check_sha_prefix(value: str | None, what: str) -> None:
+    """Raises ValueError unless `value` (None: any) is a sha256 or its first 4 or more digits,
+    lower-case hex: Record.results' `model_sha256` and `mask_sha256`."""
+    if value and not SHA_PREFIX.fullmatch(value):
+        raise ValueError(f"{what} {value!r:.70} is not a sha256 nor its first digits (4 to 64 of 0-9a-f)")
+
+
+def _sha_is(column: sa.Column, value: str) -> sa.ColumnElement:
+    """`column` holds the sha256 `value`, or one that starts with it (a prefix; check_sha_prefix
+    keeps LIKE's wildcards out)."""
+    return column == value if len(value) == 64 else column.startswith(value)
+
+
 def check_seq_cursor(run: str | None, after_seq: int | None) -> None:
     """Raises ValueError for an `after_seq` without its `run`: seq counts within one start of
     the daemon (Record.results, and the dashboard's API before it asks)."""
@@ -600,12 +618,18 @@ class Record:
         results published after the one of that `seq`, the oldest first, in the order they were
         published: a subscriber's catch-up, whatever their capture times. `master`: only master
         parts' results (True: the line's proofs, edge/master.py) or only products' (False).
-        `mask_sha256`: only those judged through that inspection mask; WHOLE_FRAME ("") those judged
-        through none (a daily row's, whose `mask_sha256` is None)."""
+        `model_sha256`: only those judged by that model (its graphs' sha256, or its first digits).
+        `mask_sha256`: only those judged through that inspection mask (its sha256, or its first
+        digits); WHOLE_FRAME ("") those judged through none (a daily row's, whose `mask_sha256` is
+        None). Raises ValueError for a sha256 that is none (check_sha_prefix)."""
         check_seq_cursor(run, after_seq)
+        check_sha_prefix(model_sha256, "model")
+        check_sha_prefix(mask_sha256, "mask")
         equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
-                 "model_sha256": model_sha256, "daemon_run": run}  # fmt: skip
+                 "daemon_run": run}  # fmt: skip
         q = _results_where(sa.select(results), equal, after_seq, reviewed)
+        if model_sha256 is not None:
+            q = q.where(_sha_is(results.c.model_sha256, model_sha256))
         q = _kept_to(q, master, mask_sha256, since_ns, until_ns, before)
         of_camera = camera is not None and decision is None and frame_id is None and part_id is None
         q = _ordered(q, limit, after_seq, of_camera and result_id is None)
@@ -1139,7 +1163,7 @@ def _kept_to(
     if master is not None:
         q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
     if mask_sha256 is not None:
-        q = q.where(results.c.mask_sha256 == mask_sha256 if mask_sha256 else results.c.mask_sha256.is_(None))
+        q = q.where(_sha_is(results.c.mask_sha256, mask_sha256) if mask_sha256 else results.c.mask_sha256.is_(None))
     q = _within(q, results.c.ts_ns, since_ns, until_ns)
     if before is not None:  # the range on ts_ns first, which the time indexes serve
         ts, row_id = before

@@ -98,6 +98,23 @@ def identifier(text: str) -> str:
     return text
 
 
+def sha256_digits(text: str) -> str:
+    """An argparse type: a sha256, or its first digits as tables show them (edge.record.store's
+    SHA_PREFIX), in lower case; or a usage error."""
+    from edge.record.store import check_sha_prefix
+
+    try:
+        check_sha_prefix(text.lower(), "the sha256")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.lower()
+
+
+def mask_digits(text: str) -> str:
+    """An argparse type: an inspection mask's sha256 digits (sha256_digits), or none."""
+    return text if text == "none" else sha256_digits(text)
+
+
 def stop_on_sigterm() -> Callable[[], bool]:
     """A check that turns true once SIGTERM arrives (the handler only sets the flag)."""
     import signal

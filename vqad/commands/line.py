@@ -21,10 +21,12 @@ from vqad.commands.common import (
     at_least,
     default_config,
     identifier,
+    mask_digits,
     overrides,
     picture_arg,
     pixel_bits_arg,
     set_arg,
+    sha256_digits,
     stop_on_sigterm,
 )
 
@@ -296,43 +298,55 @@ def cmd_records(args: argparse.Namespace) -> int:
     from edge.record import Record
     from edge.record.store import refusals_named
 
-    if args.daily and (args.decision or args.frame_id is not None or args.part_id is not None
-                       or args.reviewed is not None):  # fmt: skip
-        raise ConfigError(
-            "--daily tallies every result: --decision, --frame-id, --part-id and --(un)reviewed do not apply"
-        )
+    _check_record_flags(args)
+    if args.compact or args.backup:
+        return _whole_record(args)
+    record = Record(args.url, must_exist=True, evidence_dir=args.evidence_dir or "", reading=True)
+    with refusals_named(args.url):
+        return _query_records(record, args)
+
+
+def _check_record_flags(args: argparse.Namespace) -> None:
+    """Raises ConfigError for flags `vqad records` cannot take together: --daily and the exports
+    count or write a camera's results in a period, and take no flag that selects results to print."""
     if args.after_seq is not None and args.run is None:
         raise ConfigError("--after-seq counts within one start of the daemon: name it with --run")
-    exporting = args.export_reviewed or args.export_sample
-    if args.run is not None and (args.daily or exporting or args.compact or args.backup):
-        raise ConfigError("--run and --after-seq select results to print: --daily, --export-reviewed, "
-                          "--export-sample, --compact and --backup do not take them")  # fmt: skip
-    if args.master_parts and (args.daily or exporting or args.compact or args.backup):
-        raise ConfigError("--master-parts selects results to print: --daily, --export-reviewed, --export-sample, "
-                          "--compact and --backup do not take it")  # fmt: skip
     if not args.daily and args.day_starts is not None:
         raise ConfigError("--day-starts sets the days of --daily")
     if not args.daily and args.picture is not None:
         raise ConfigError("--picture draws the days of --daily")
+    exporting = args.export_reviewed or args.export_sample
     if args.peers and not exporting:
         raise ConfigError(
             "--peers fetches the evidence that --export-reviewed writes, or --export-sample: give one of them"
         )
     if args.export_reviewed and args.export_sample:
         raise ConfigError("--export-reviewed and --export-sample: one at a time")
-    if exporting and (args.daily or args.decision or args.frame_id is not None or args.part_id is not None
-                      or args.reviewed is not None):  # fmt: skip
-        flag = "--export-reviewed exports every reviewed result" if args.export_reviewed else (
-            "--export-sample exports a sample of the line's frames")  # fmt: skip
-        raise ConfigError(
-            f"{flag}, or a camera's (--camera) captured in a time (--since, --until): --daily, --decision, "
-            "--frame-id, --part-id and --(un)reviewed do not apply"
-        )
     if args.compact or args.backup:
-        return _whole_record(args)
-    record = Record(args.url, must_exist=True, evidence_dir=args.evidence_dir or "", reading=True)
-    with refusals_named(args.url):
-        return _query_records(record, args)
+        return  # _whole_record: no filter at all
+    if args.daily and exporting:
+        raise ConfigError("--daily prints the tally; --export-reviewed and --export-sample write images: one at a time")
+    selecting = _selecting_flags(args)
+    if selecting and (args.daily or exporting):
+        what = "--daily tallies every result" if args.daily else (
+            "--export-reviewed exports every reviewed result" if args.export_reviewed else
+            "--export-sample exports a sample of the line's frames")  # fmt: skip
+        one = len(selecting) == 1
+        named = selecting[0] if one else f"{', '.join(selecting[:-1])} and {selecting[-1]}"
+        raise ConfigError(
+            f"{what}, or a camera's (--camera) captured in a time (--since, --until): {named} "
+            f"{'selects' if one else 'select'} results to print, and {'does' if one else 'do'} not apply"
+        )
+
+
+def _selecting_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that select which results `vqad records` prints."""
+    given = {
+        "--decision": args.decision, "--frame-id": args.frame_id is not None, "--part-id": args.part_id is not None,
+        "--reviewed" if args.reviewed else "--unreviewed": args.reviewed is not None, "--model": args.model,
+        "--mask": args.mask, "--master-parts": args.master_parts, "--run": args.run is not None,
+    }  # fmt: skip
+    return [flag for flag, on in given.items() if on]
 
 
 def _whole_record(args: argparse.Namespace) -> int:
@@ -342,8 +356,7 @@ def _whole_record(args: argparse.Namespace) -> int:
     whole = "--compact rewrites" if args.compact else "--backup copies"
     if args.compact and args.backup:
         raise ConfigError("--compact and --backup: one at a time")
-    filtered = (args.camera or args.decision or args.since or args.until or args.frame_id is not None
-                or args.part_id is not None or args.reviewed is not None)  # fmt: skip
+    filtered = args.camera or args.since or args.until or _selecting_flags(args)
     if filtered or args.daily or args.export_reviewed or args.export_sample:
         raise ConfigError(f"{whole} the whole record: it takes no filter, --daily nor an export")
     if args.compact:
@@ -397,6 +410,8 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
         return _export_sample(record, args, since_ns, until_ns)
     if args.daily:
         return _print_daily(record, args)
+    from edge.record.store import WHOLE_FRAME
+
     rows = record.iter_results(
         args.limit,
         camera=args.camera,
@@ -406,6 +421,8 @@ def _query_records(record: Record, args: argparse.Namespace) -> int:
         frame_id=args.frame_id,
         part_id=args.part_id,
         reviewed=args.reviewed,
+        model_sha256=args.model,
+        mask_sha256=WHOLE_FRAME if args.mask == "none" else args.mask,
         run=args.run,
         after_seq=args.after_seq,
         master=True if args.master_parts else None,
@@ -1037,6 +1054,15 @@ def _add_record_filters(r: argparse._ArgumentGroup) -> None:
     )
     r.add_argument("--frame-id", type=at_least(0), metavar="N", help="the results with this frame_id")
     r.add_argument("--part-id", metavar="ID", help="the results of the part its frames named (their part_id)")
+    r.add_argument(
+        "--model", type=sha256_digits, metavar="SHA256",
+        help="the results this model judged: its sha256, or its first digits as the table shows them (4 at least)",
+    )  # fmt: skip
+    r.add_argument(
+        "--mask", type=mask_digits, metavar="SHA256",
+        help="the results judged through this inspection mask (its sha256, or its first digits), or through none: "
+        "none",
+    )  # fmt: skip
     r.add_argument(
         "--master-parts", action="store_true",
         help="the master parts' results: each check of the inspection with parts of known verdict, right or wrong",
