@@ -562,6 +562,28 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         )
         said = driver.find_element("id", "detail-meta").text.split("model\n", 1)[1].split("\n")[0]
         assert said.endswith(f"{reject['model']['sha256']}, through inspection mask e7e7e7e7e7e7…"), said
+        # Stepping from a reject judged through a mask to one judged through none moves no picture,
+        # on a window where the model line is wider than the pictures: the dialog is as wide as they are.
+        driver.set_window_size(1100, 500)
+        assert wait_for(lambda: driver.execute_script("return window.innerWidth < 1200 && window.innerHeight < 600"), 5)
+
+        def frame_at(opened: str) -> str:
+            """Where the frame is once the dialog shows `opened` and its pictures are fitted."""
+            driver.execute_script(f"openDetail({opened})")
+
+            def settled() -> str | None:
+                first = driver.execute_script(rect)
+                time.sleep(0.25)
+                return first if first == driver.execute_script(rect) else None
+
+            return wait_for(settled, 5)
+
+        shown_at = [frame_at("{...state.open}"), frame_at("window.shown[0]")]
+        assert shown_at[0] == shown_at[1] and '"width":179' in shown_at[0], shown_at
+        driver.set_window_size(1400, 1000)
+        assert wait_for(lambda: driver.execute_script("return window.innerWidth > 1200"), 5)
+        driver.execute_script("openDetail({...window.shown[0], model: {...window.shown[0].model, "
+                              "mask_sha256: 'e7'.repeat(32)}})")  # fmt: skip
 
         # `vqad calibrate --ignore` replaces the package's mask: the command that adds a rectangle
         # repeats the rectangles of the mask the reject was judged through (the heartbeat's
@@ -582,8 +604,7 @@ def test_the_page_shows_the_counts_streamed_and_a_reject_within_2_s_and_writes_a
         command, note = dragged_command({"rectangles": [[1, 2, 3, 4], [5, 6, 7, 8]], "frame": [fh, fw]})
         assert command.startswith(f"vqad calibrate {line['model_dir']} GOOD_DIR --ignore 1,2,3,4 --ignore 5,6,7,8 "
                                   "--ignore "), command  # fmt: skip
-        # The dragged one last: the same drag, within a frame pixel (the dialog, as wide as the
-        # reject's model line, puts the frame at another fraction of a CSS pixel).
+        # The dragged one last: the same drag, within a frame pixel.
         dragged = parse_rectangle(command.rsplit(" ", 1)[1])
         assert all(abs(a - b) <= 1 for a, b in zip(dragged, (x, y, w, h), strict=True)), (dragged, (x, y, w, h))
         assert note == "(the first 2 are the rectangles its inspection mask leaves out already)", note
