@@ -1060,17 +1060,22 @@ function showIgnored(dragging = null) {
 // by its sha256 for as long as the page is open: a reject judged through a mask served before a
 // reload still finds it.
 function learnMasks(daemon) {
-  for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
-    const i = d && d.inspection;
+  for (const d of eachDaemon(daemon)) {
+    const i = d.inspection;
     if (i && i.mask_sha256 && i.given) state.masks.set(i.mask_sha256, i.given);
   }
 }
 
 // The folder each model is served from (the heartbeat's `model_dir`), kept by the model's sha256.
 function learnPackages(daemon) {
-  for (const d of [daemon, ...((daemon && daemon.daemons) || [])]) {
-    if (d && d.model_sha256 && d.model_dir) state.packages.set(d.model_sha256, d.model_dir);
+  for (const d of eachDaemon(daemon)) {
+    if (d.model_sha256 && d.model_dir) state.packages.set(d.model_sha256, d.model_dir);
   }
+}
+
+// The summary's daemon and, on a page that follows several, each of theirs (`daemons`).
+function eachDaemon(daemon) {
+  return [daemon, ...((daemon && daemon.daemons) || [])].filter(Boolean);
 }
 
 // The folder of the package that judged reject `r`, on its daemon's machine, for the command that
