@@ -1586,6 +1586,11 @@ def test_a_dashboard_started_while_the_line_stands_shows_the_records_rejects_and
                 return [getComputedStyle(n).borderLeftColor, n.className]""")
             assert border[0] == "rgb(210, 153, 34)", border  # the pill's amber, not a silent camera's red
             assert not driver.find_element("css selector", '[data-field="latest-image"]').is_displayed()
+            # No zero counts nor empty charts of a stream it never sent on: its rejects and days are the record's.
+            shown = {part: driver.find_element("css selector", f'[data-camera="standing"] {part}').is_displayed()
+                     for part in (".counts", ".panels", '[data-field="gallery"]')}  # fmt: skip
+            assert shown == {".counts": False, ".panels": False, '[data-field="gallery"]': True}, shown
+            assert driver.find_element("css selector", '[data-field="throughput"]').is_displayed()  # a stream followed
             assert wait_for(lambda: "not on this machine's disk" in tiles[2].text, 5), tiles[2].text  # the oldest
             assert wait_for(lambda: "removed by the disk quota" in tiles[1].text, 5), tiles[1].text
             loaded = "return document.querySelector('.reject img')?.className"
@@ -1698,6 +1703,9 @@ def test_a_picture_on_another_boxs_disk_is_fetched_from_that_boxs_dashboard(tmp_
                 driver.get(a.url + "/")
                 pill = driver.find_element("css selector", '[data-field="daemon-state"]')
                 assert wait_for(lambda: "the record alone" in pill.text, 10), pill.text
+                # No daemon's throughput, queue, threshold nor reloads where no daemon is followed.
+                live = driver.find_elements("css selector", "#daemon .stat.live")
+                assert len(live) == 4 and not any(stat.is_displayed() for stat in live), [s.text for s in live]
             finally:
                 driver.quit()
             status, body = _json(b.url + picture)  # without the token: B's gate stands

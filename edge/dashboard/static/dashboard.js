@@ -245,6 +245,7 @@ function goToCard(id) {
 function drawDaemon(d) {
   const bar = document.getElementById("daemon");
   const el = $(bar, "daemon-state");
+  bar.classList.toggle("record-alone", d.streamed === false);
   if (d.streamed === false) pill(el, "the record alone: no daemon's stream followed", "ok");
   else if (d.daemons) pill(el, ...daemonsState(d.daemons));
   else pill(el, ...daemonState(d));
