@@ -2050,6 +2050,7 @@ def test_a_mask_set_midday_parts_the_days_tally_and_its_review_queue(tmp_path, r
     if record_url.startswith("sqlite"):
         table = run_vqad("records", record_url, "--daily", "--timezone", "UTC").stdout.splitlines()
         assert [line.split()[2] for line in table[1:3]] == ["abababababab", "abababababab+mask"], table
+        assert "(+mask: judged through inspection mask cdcdcdcdcdcd)" in table[-1], table  # what --mask takes
         as_csv = list(csv.DictReader(run_vqad("records", record_url, "--daily", "--format", "csv").stdout.splitlines()))
         assert [(r["mask_sha256"], r["fail"]) for r in as_csv] == [("", "3"), (mask, "1")], as_csv
 

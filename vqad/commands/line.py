@@ -607,10 +607,7 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
             print(f"{masters} master part(s) run through, {wrong} decided wrongly, {unjudged} not judged by the "
                   "model (a paused camera, an unfit frame) (vqad records --master-parts lists each); "
                   f"{failed} of the fails are theirs, left out of the fail rate")  # fmt: skip
-        n_days = len({r["day"] for r in rows})
-        print(f"{n_days} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and model (+mask: "
-              "judged through an inspection mask); "
-              f"{len(changes)} change(s) to the daemon")  # fmt: skip
+        print(_daily_summary(rows, days, len(changes)))
     if args.picture is not None:
         _draw_daily(rows, days, args.picture, to=sys.stdout if args.format == "table" else sys.stderr)
     if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
@@ -621,6 +618,16 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
+
+
+def _daily_summary(rows: list[dict], days: ProductionDays, n_changes: int) -> str:
+    """The daily table's last line: its days and rows, the masks its `+mask` stands for (the
+    first digits `vqad records --mask` takes), and the changes listed."""
+    masks = list(dict.fromkeys(r["mask_sha256"] for r in rows if r["mask_sha256"]))
+    through = f"inspection mask{'s' if len(masks) > 1 else ''} {', '.join(m[:12] for m in masks)}" if masks else (
+        "an inspection mask")  # fmt: skip
+    return (f"{len({r['day'] for r in rows})} day(s) ({days.describe()}), {len(rows)} row(s) of a day, camera and "
+            f"model (+mask: judged through {through}); {n_changes} change(s) to the daemon")  # fmt: skip
 
 
 def _change_line(event: dict, zone: dt.tzinfo) -> str:
