@@ -378,8 +378,10 @@ class Dashboard:
             after_seq = int(params["after_seq"]) if params.get("after_seq") else None
             check_seq_cursor(params.get("run"), after_seq)
             # A daily row's results: through its mask, or through none ("none", its mask_sha256 null).
-            mask = {"none": WHOLE_FRAME, "": None}.get(params.get("mask", ""), params.get("mask"))
-            check_sha_prefix(params.get("model"), "model")
+            # A sha256 as people copy it, in either case; the record holds lower case.
+            model = params.get("model", "").lower() or None
+            mask = {"none": WHOLE_FRAME, "": None}.get(params.get("mask", ""), params.get("mask", "").lower())
+            check_sha_prefix(model, "model")
             check_sha_prefix(mask, "mask")
         except (ValueError, DataError) as exc:
             return JSONResponse({"error": f"frame_id, after_seq and limit are integers, since and until ISO 8601, "
@@ -394,7 +396,7 @@ class Dashboard:
         query = functools.partial(
             Record.results, camera=params.get("camera") or None, decision=decision, since_ns=since, until_ns=until,
             frame_id=frame_id, limit=limit, part_id=params.get("part_id") or None, reviewed=reviewed,
-            model_sha256=params.get("model") or None, run=run, after_seq=after_seq, mask_sha256=mask,
+            model_sha256=model, run=run, after_seq=after_seq, mask_sha256=mask,
         )  # fmt: skip
         try:
             rows = self._from_record(query)
