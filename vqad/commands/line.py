@@ -588,26 +588,7 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
         for r in rows:
             table.row(r[c] for c in DAILY_COLUMNS)
     else:
-        print(f"{'day':10} {'camera':>10} {'model':17} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
-              f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
-              f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5} {'unjudged':>8}")  # fmt: skip
-        for r in rows:
-            rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
-            model = (r["model_sha256"] or "-")[:12] + ("+mask" if r["mask_sha256"] else "")
-            print(f"{r['day']:10} {r['camera_id']:>10} {model:17} {r['results']:>8} "
-                  f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
-                  f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
-                  f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5} {r['master_unproven']:>8}")  # fmt: skip
-        for e in changes:
-            print(_change_line(e, days.zone))
-        masters, wrong = sum(r["master"] for r in rows), sum(r["master_wrong"] for r in rows)
-        if masters:
-            unjudged = sum(r["master_unproven"] for r in rows)
-            failed = sum(r["fails"]["master"] for r in rows)
-            print(f"{masters} master part(s) run through, {wrong} decided wrongly, {unjudged} not judged by the "
-                  "model (a paused camera, an unfit frame) (vqad records --master-parts lists each); "
-                  f"{failed} of the fails are theirs, left out of the fail rate")  # fmt: skip
-        print(_daily_summary(rows, days, len(changes)))
+        _print_daily_table(rows, changes, days)
     if args.picture is not None:
         _draw_daily(rows, days, args.picture, to=sys.stdout if args.format == "table" else sys.stderr)
     if removed and rows and days.day_of(removed["up_to_ns"]).isoformat() >= rows[0]["day"]:
@@ -618,6 +599,31 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
     if len(changes) == args.limit:
         log.warning("the newest %d changes to the daemon are shown; there may be more (--limit N)", args.limit)
     return 0
+
+
+def _print_daily_table(rows: list[dict], changes: list[dict], days: ProductionDays) -> None:
+    """`vqad records --daily`'s table: a line a day, camera and model; the changes; the master
+    parts run through; and what the table holds."""
+    print(f"{'day':10} {'camera':>10} {'model':17} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
+          f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
+          f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5} {'unjudged':>8}")  # fmt: skip
+    for r in rows:
+        rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
+        model = (r["model_sha256"] or "-")[:12] + ("+mask" if r["mask_sha256"] else "")
+        print(f"{r['day']:10} {r['camera_id']:>10} {model:17} {r['results']:>8} "
+              f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
+              f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
+              f"{r['missed']:>6} {r['master']:>6} {r['master_wrong']:>5} {r['master_unproven']:>8}")  # fmt: skip
+    for e in changes:
+        print(_change_line(e, days.zone))
+    masters, wrong = sum(r["master"] for r in rows), sum(r["master_wrong"] for r in rows)
+    if masters:
+        unjudged = sum(r["master_unproven"] for r in rows)
+        failed = sum(r["fails"]["master"] for r in rows)
+        print(f"{masters} master part(s) run through, {wrong} decided wrongly, {unjudged} not judged by the "
+              "model (a paused camera, an unfit frame) (vqad records --master-parts lists each); "
+              f"{failed} of the fails are theirs, left out of the fail rate")  # fmt: skip
+    print(_daily_summary(rows, days, len(changes)))
 
 
 def _daily_summary(rows: list[dict], days: ProductionDays, n_changes: int) -> str:
