@@ -26,6 +26,7 @@ from edge.health import HealthGate, HealthLimits
 from edge.inspection import (
     InspectionMask,
     MaskRequest,
+    border_of,
     load_mask,
     mask_given,
     mask_note,
@@ -299,27 +300,53 @@ def check_defects(
     return defect_check(score(frames), threshold, source, names=paths, previous=previous, calibration=calibration)
 
 
-def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
+class GraphScorer:
     """The image scores of an ONNX graph on ONNX Runtime's CPU, through the package's inspection
-    `mask` as the line scores them: one session, for many calls."""
-    import onnxruntime as ort
+    `mask` as the line scores them: one session, for many calls. After each call, `peaks` says
+    where each frame's score came from: the (row, column) of its map's highest scored pixel, as
+    fractions of the map's height and width (`border`: the map's unscored margin, where a mask
+    does not say it)."""
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    def __init__(self, path: Path, batch: int = 8, mask: InspectionMask | None = None, border: int = 0):
+        import onnxruntime as ort
 
-    def batch_scores(frames: np.ndarray) -> np.ndarray:
-        maps, scores = session.run(None, {name: np.ascontiguousarray(frames)})
-        return scores if mask is None else mask.apply(maps, scores)[1]
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.batch, self.mask, self.border = batch, mask, mask.border if mask is not None else border
+        self.peaks = np.zeros((0, 2))
 
-    def scores(frames: np.ndarray) -> np.ndarray:
-        batches = progress(batched(frames, batch), "scoring", total=-(-len(frames) // batch), unit="batch")
-        return np.concatenate([batch_scores(b) for b in batches])
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        batches = progress(batched(frames, self.batch), "scoring", total=-(-len(frames) // self.batch), unit="batch")
+        scored = [self._batch(b) for b in batches]
+        self.peaks = np.concatenate([peaks for _, peaks in scored])
+        return np.concatenate([scores for scores, _ in scored])
 
-    return scores
+    def _batch(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.session.run(None, {self.name: np.ascontiguousarray(frames)})
+        if self.mask is not None:
+            maps, scores = self.mask.apply(maps, scores)
+        return scores, self._peaks(maps[:, 0].astype(np.float32))
+
+    def _peaks(self, maps: np.ndarray) -> np.ndarray:
+        """(N, H, W) maps -> (N, 2): each one's highest pixel inside the margin (and, with a mask,
+        inside what it inspects), its centre as fractions of the map's height and width."""
+        n, h, w = maps.shape
+        if self.mask is not None:
+            maps = maps + self.mask.unscored
+        else:
+            b = self.border
+            maps = np.pad(maps[:, b : h - b, b : w - b], ((0, 0), (b, b), (b, b)), constant_values=-np.inf)
+        rows, cols = np.unravel_index(maps.reshape(n, -1).argmax(axis=1), (h, w))
+        return np.stack([(rows + 0.5) / h, (cols + 0.5) / w], axis=1)
+
+
+def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """GraphScorer(path, batch, mask): frames -> their scores."""
+    return GraphScorer(path, batch, mask)
 
 
 def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: InspectionMask | None = None) -> np.ndarray:
-    return graph_scorer(path, batch, mask)(frames)
+    return GraphScorer(path, batch, mask)(frames)
 
 
 def replaced_mask(pkg: ModelPackage, mask: InspectionMask | None) -> dict[str, Any] | None:
@@ -376,9 +403,12 @@ def calibrate_package(
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     health = health_findings(pkg.meta.get("camera_health"), frames, shapes, paths, force)
     mask, how = requested_mask(mask_request, pkg, shapes) if mask_request is not None else (load_mask(pkg), None)
-    fp32 = graph_scorer(pkg.root / FP32_FILE, mask=mask)  # scores the good images, then any defects
+    fp32 = GraphScorer(pkg.root / FP32_FILE, mask=mask, border=border_of(pkg.meta))  # the good, then any defects
     scores = fp32(frames)
     threshold = calibrate_threshold(scores, target, source, names=paths)
+    # Where each good image's score came from: a cluster of high ones is a place to leave out,
+    # where no defect can be (edge.peaks draws them).
+    threshold["peaks"] = np.round(fp32.peaks, 4).tolist()
     threshold["against_previous"] = check_against_previous(scores, float(old["value"]), threshold["value"], force)
     threshold["health"] = health
     if clock := package_clock_note(pkg.created_ns, "the new threshold's calibration time"):

@@ -597,3 +597,69 @@ def test_a_threshold_the_fp16_graph_would_decide_otherwise_is_refused(tmp_path, 
     fp16[2] = 1.01  # over the threshold in FP16 only
     with pytest.raises(PackageError, match="agree on 75.0% of the calibration images, under the package's bound 99%"):
         recalibrate.parity_at(pkg, np.zeros(4), None, scores, 1.0)
+
+
+def test_where_each_good_image_scores_highest_is_kept_and_drawn(tiny_model, tmp_path, line_good):
+    """A threshold set by one place of the part (a frame's edge, a label) lets every defect
+    elsewhere that scores under it pass. `vqad calibrate` keeps where each good image's score
+    came from, and draws it: the place to leave out shows as a cluster of red dots."""
+    import onnxruntime as ort
+
+    from edge.frames import find_images, read_image, to_model_input
+    from edge.inspection import InspectionMask, load_mask
+    from edge.peaks import peak_colour
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    proc = run_vqad("calibrate", model, line_good)
+    assert f"where each good image scores highest: {model / 'peaks.png'}" in proc.stdout
+    pkg = load_package(model)
+    t, border = pkg.meta["threshold"], pkg.meta["scoring"]["border"]
+    assert len(t["peaks"]) == len(t["scores"]) == t["n_val"]
+    # The highest good image's peak, found here from its map as the graph gives it.
+    session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+    image = read_image(Path(t["highest_images"][0]["image"]))
+    (amap,) = session.run(None, {"frames": to_model_input(image, 32, 3)[None]})[0][:, 0]
+    inner = np.full_like(amap, -np.inf)
+    inner[border:-border, border:-border] = amap[border:-border, border:-border]
+    row, col = np.unravel_index(inner.argmax(), inner.shape)
+    top = int(np.argmax(t["scores"]))
+    assert t["peaks"][top] == [round((row + 0.5) / 32, 4), round((col + 0.5) / 32, 4)], (t["peaks"][top], row, col)
+    # Drawn over the first good image, under its caption: the highest a dot of its colour where it peaks.
+    picture = cv2.imread(str(model / "peaks.png"))
+    first = read_image(find_images(line_good)[0])  # 64 x 64: drawn 8 times as large
+    caption = picture.shape[0] - 8 * first.shape[0]
+    assert picture.shape[1] == 8 * first.shape[1] and 20 < caption < 100, picture.shape
+    y, x = caption + int(t["peaks"][top][0] * 512), int(t["peaks"][top][1] * 512)
+    drawn = picture[y, x].astype(int)
+    assert np.abs(drawn - peak_colour(t["scores"][top], t["value"])).max() <= 40, (drawn, t["scores"][top], t["value"])
+
+    # The frame's left half left out: every peak is in what is still judged.
+    run_vqad("calibrate", model, line_good, "--ignore", "0,0,32,64")
+    pkg = load_package(model)
+    keep = load_mask(pkg).keep
+    peaks = np.array(pkg.meta["threshold"]["peaks"])
+    assert (peaks[:, 1] > 0.5).all() and all(keep[int(r * 32), int(c * 32)] for r, c in peaks), peaks
+    assert isinstance(load_mask(pkg), InspectionMask)
+
+
+def test_the_peaks_picture_numbers_the_highest_and_refuses_a_peak_without_a_score():
+    from edge.peaks import NUMBERED, peak_colour, peaks_picture
+
+    image = np.full((120, 500, 3), 128, np.uint8)
+    peaks = [[0.1, 0.1], [0.5, 0.5], [0.9, 0.95]] + [[0.5, 0.2]] * 4
+    scores = [0.1, 0.5, 1.0, 0.2, 0.2, 0.2, 0.2]
+    picture = peaks_picture(image, peaks, scores, threshold=1.0)
+    caption = picture.shape[0] - 120
+    assert picture.shape[1] == 500 and caption > 0
+    assert tuple(picture[caption + int(0.9 * 120), int(0.95 * 500)]) == peak_colour(1.0, 1.0) == (0, 0, 230)
+    assert tuple(picture[caption + 12, 50]) == peak_colour(0.1, 1.0) == (0, 200, 0)  # far under: green
+    rings = int(((picture[caption:] == 255).all(axis=2)).sum())
+    assert rings > 0 and NUMBERED == 5  # white rings and numbers around the highest
+    left = np.ones((12, 20), bool)
+    left[:, :10] = False
+    hatched = peaks_picture(image, [[0.5, 0.75]], [0.5], threshold=1.0, keep=left)
+    assert hatched[caption:, :250].mean() < hatched[caption:, 250:].mean()  # the left-out half darkened
+    assert peaks_picture(image[:, :100], [[0.5, 0.5]], [0.5], 1.0).shape[1] == 500  # a narrow frame enlarged
+    with pytest.raises(ValueError, match="2 peaks for 1 scores"):
+        peaks_picture(image, [[0.5, 0.5], [0.1, 0.1]], [0.3], threshold=1.0)

@@ -266,9 +266,21 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
         if threshold["defects"]["missed"]:
             print(MISSES_HINT)
     if (args.target / "model.json").is_file():  # a daemon reads its package's threshold when it loads it
+        _print_peaks(threshold, args)
         _print_inspection(threshold, args)
         print(f"a daemon serving {args.target} decides by the threshold it loaded until `vqad ctl ENDPOINT reload` "
               "(or systemctl reload vqad)")  # fmt: skip
+
+
+def _print_peaks(threshold: dict, args: argparse.Namespace) -> None:
+    """Where the good images' scores came from, drawn (edge.peaks), and the highest one's place in
+    the frame: where a threshold set too high by one place of the part shows."""
+    from edge.peaks import peaks_file
+
+    picture = peaks_file(args.target, args.good, threshold)
+    if picture is not None:
+        print(f"where each good image scores highest: {picture} (a cluster of red where no defect can be is a "
+              "place to leave out: --ignore X,Y,W,H)")  # fmt: skip
 
 
 def _print_inspection(threshold: dict, args: argparse.Namespace) -> None:

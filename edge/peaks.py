@@ -1,0 +1,126 @@
+"""Where the good images' scores come from: each calibration image's map peak, drawn over a
+good image. `vqad calibrate` writes it beside the threshold.
+
+The threshold is set by the highest good scores. Where they cluster in one place (a frame's
+edge, a label, a part's dark slot), that place sets the line's threshold, and every defect
+elsewhere that scores under it passes; if no defect can be there, it is the place to leave out
+of the decision (`vqad calibrate --ignore X,Y,W,H`), which lowers the threshold for the rest.
+Drawn with OpenCV, on the edge box as the calibration runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError, PackageError
+from edge.frames import find_images, read_image
+from edge.inspection import load_mask
+from edge.overlay import as_bgr, draw_ignored
+from edge.package import load_package
+
+log = logging.getLogger(__name__)
+
+# The highest this many are numbered: the threshold is set among them.
+NUMBERED = 5
+# Scores under this share of the threshold are drawn green, at it red, yellow between.
+GREEN_UNDER = 0.5
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MIN_WIDTH = 480  # pixels; a narrower frame is drawn this wide or wider
+CAPTION_SCALE, LINE_H = 0.4, 15  # the caption's text, and its lines' pitch in pixels
+
+
+def peaks_file(root: Path, good_dir: Path, threshold: dict[str, Any]) -> Path | None:
+    """ROOT/peaks.png: the `threshold` entry's good images' peaks over the first good image under
+    `good_dir`, through the package's mask -> its path; None (and a warning) where it cannot be
+    drawn or written: the threshold is saved by then, and stands."""
+    path = root / "peaks.png"
+    try:
+        pkg = load_package(root)
+        mask = load_mask(pkg)
+        image = as_bgr(read_image(find_images(good_dir)[0], pkg.pixel_bits))
+        drawn = peaks_picture(image, threshold["peaks"], threshold["scores"], threshold["value"],
+                              None if mask is None else mask.keep)  # fmt: skip
+        if not cv2.imwrite(str(path), drawn):
+            raise OSError("OpenCV did not write it")
+    except (DataError, PackageError, OSError, IndexError, KeyError, ValueError, cv2.error) as exc:
+        log.warning("the threshold is saved; where its good images peak could not be drawn to %s: %s", path, exc)
+        return None
+    return path
+
+
+def peak_colour(score: float, threshold: float) -> tuple[int, int, int]:
+    """BGR: green far under the threshold, through yellow, to red at it or over."""
+    t = float(np.clip((score / threshold - GREEN_UNDER) / (1 - GREEN_UNDER), 0.0, 1.0))
+    return (0, int(round(200 * min(1.0, 2 * (1 - t)))), int(round(230 * min(1.0, 2 * t))))
+
+
+def peaks_picture(
+    image: np.ndarray,
+    peaks: Sequence[Sequence[float]],
+    scores: Sequence[float],
+    threshold: float,
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """`image` (H, W, 3) BGR, a good image at its own size, darkened, with a dot where each good
+    image's map peaks (`peaks`: (row, column) fractions of the frame, as edge.recalibrate's
+    GraphScorer gives them), coloured by its score against `threshold`, the NUMBERED highest
+    ringed and numbered; the inspection mask's left-out parts hatched (`keep`: (h, w) bool at the
+    model's size, True where judged). -> (caption + k H, k W, 3) uint8, the caption above; k is
+    1, or the whole factor that makes a frame narrower than MIN_WIDTH as wide or wider."""
+    if len(peaks) != len(scores):
+        raise ValueError(f"{len(peaks)} peaks for {len(scores)} scores")
+    factor = -(-MIN_WIDTH // image.shape[1])  # a small frame enlarged, whole pixels, to show its dots and caption
+    image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor > 1 else image
+    h, w = image.shape[:2]
+    picture = (image.astype(np.float32) * 0.6).astype(np.uint8)
+    if keep is not None:
+        picture = draw_ignored(picture, keep)
+    radius = max(3, round(min(h, w) / 90))
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")  # the highest drawn last, on top
+    for i in order:
+        centre = _pixel(peaks[i], h, w)
+        cv2.circle(picture, centre, radius, peak_colour(scores[i], threshold), -1, cv2.LINE_AA)
+    for rank, i in enumerate(order[::-1][:NUMBERED], 1):
+        _number(picture, _pixel(peaks[i], h, w), radius, rank)
+    return np.vstack([_caption(w, len(scores)), picture])
+
+
+def _pixel(peak: Sequence[float], h: int, w: int) -> tuple[int, int]:
+    """A (row, column) fraction of the frame -> its (x, y) pixel in an h x w picture."""
+    return min(w - 1, int(peak[1] * w)), min(h - 1, int(peak[0] * h))
+
+
+def _number(picture: np.ndarray, centre: tuple[int, int], radius: int, rank: int) -> None:
+    """A white ring around the dot, and its rank beside it, outlined to read on any part."""
+    cv2.circle(picture, centre, radius + 3, (255, 255, 255), 1, cv2.LINE_AA)
+    (tw, _), _ = cv2.getTextSize(str(rank), FONT, 0.5, 3)
+    right = centre[0] + radius + 5 + tw <= picture.shape[1]  # beside the dot where the picture has room
+    at = (centre[0] + radius + 5 if right else centre[0] - radius - 5 - tw, max(12, centre[1] + 5))
+    cv2.putText(picture, str(rank), at, FONT, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(picture, str(rank), at, FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _caption(width: int, n: int) -> np.ndarray:
+    """The lines above the picture, wrapped at its width: what the dots are, and what a cluster
+    of red ones means."""
+    words = (
+        f"Where each of the {n} good images scores highest; red: near the threshold; 1-{NUMBERED}: the highest. "
+        "A cluster of red where no defect can be is a place to leave out (vqad calibrate --ignore X,Y,W,H)."
+    ).split()
+    lines = [""]
+    for word in words:
+        joined = f"{lines[-1]} {word}".strip()
+        if lines[-1] and cv2.getTextSize(joined, FONT, CAPTION_SCALE, 1)[0][0] > width - 8:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+    band = np.full((LINE_H * len(lines) + 6, width, 3), 255, np.uint8)
+    for row, text in enumerate(lines):
+        cv2.putText(band, text, (4, LINE_H * (row + 1)), FONT, CAPTION_SCALE, (40, 40, 40), 1, cv2.LINE_AA)
+    return band
