@@ -51,6 +51,13 @@ def map_peak(anomaly_map: np.ndarray) -> tuple[int, int]:
     return int(ys[i]), int(xs[i])
 
 
+def peak_fraction(anomaly_map: np.ndarray) -> tuple[float, float]:
+    """map_peak's pixel centre as fractions of the map's height and width: where in a frame of
+    any size the score comes from."""
+    y, x = map_peak(anomaly_map)
+    return (y + 0.5) / anomaly_map.shape[0], (x + 0.5) / anomaly_map.shape[1]
+
+
 def mark_peak(image: np.ndarray, peak: tuple[int, int], map_shape: tuple[int, int]) -> np.ndarray:
     """Ring the map pixel `peak` ((y, x), map_peak's, of a map of `map_shape`) on a BGR image of
     any size, in place, white with a dark edge so that it shows on any colour; returns it."""

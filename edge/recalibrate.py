@@ -26,7 +26,6 @@ from edge.health import HealthGate, HealthLimits
 from edge.inspection import (
     InspectionMask,
     MaskRequest,
-    border_of,
     load_mask,
     mask_given,
     mask_note,
@@ -34,6 +33,7 @@ from edge.inspection import (
     requested_mask,
     with_mask,
 )
+from edge.overlay import peak_fraction
 from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, sha256_file, write_model_json
 from edge.progress import progress
 from edge.threshold import (
@@ -303,16 +303,15 @@ def check_defects(
 class GraphScorer:
     """The image scores of an ONNX graph on ONNX Runtime's CPU, through the package's inspection
     `mask` as the line scores them: one session, for many calls. After each call, `peaks` says
-    where each frame's score came from: the (row, column) of its map's highest scored pixel, as
-    fractions of the map's height and width (`border`: the map's unscored margin, where a mask
-    does not say it)."""
+    where each frame's score came from (edge.overlay.map_peak of its map, as the line draws it):
+    (row, column) as fractions of the map's height and width, (N, 2)."""
 
-    def __init__(self, path: Path, batch: int = 8, mask: InspectionMask | None = None, border: int = 0):
+    def __init__(self, path: Path, batch: int = 8, mask: InspectionMask | None = None):
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
-        self.batch, self.mask, self.border = batch, mask, mask.border if mask is not None else border
+        self.batch, self.mask = batch, mask
         self.peaks = np.zeros((0, 2))
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -325,19 +324,7 @@ class GraphScorer:
         maps, scores = self.session.run(None, {self.name: np.ascontiguousarray(frames)})
         if self.mask is not None:
             maps, scores = self.mask.apply(maps, scores)
-        return scores, self._peaks(maps[:, 0].astype(np.float32))
-
-    def _peaks(self, maps: np.ndarray) -> np.ndarray:
-        """(N, H, W) maps -> (N, 2): each one's highest pixel inside the margin (and, with a mask,
-        inside what it inspects), its centre as fractions of the map's height and width."""
-        n, h, w = maps.shape
-        if self.mask is not None:
-            maps = maps + self.mask.unscored
-        else:
-            b = self.border
-            maps = np.pad(maps[:, b : h - b, b : w - b], ((0, 0), (b, b), (b, b)), constant_values=-np.inf)
-        rows, cols = np.unravel_index(maps.reshape(n, -1).argmax(axis=1), (h, w))
-        return np.stack([(rows + 0.5) / h, (cols + 0.5) / w], axis=1)
+        return scores, np.array([peak_fraction(amap) for amap in maps[:, 0]]).reshape(-1, 2)
 
 
 def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -403,7 +390,7 @@ def calibrate_package(
     target = float(target_frr if target_frr is not None else old.get("target_frr", 0.01))
     health = health_findings(pkg.meta.get("camera_health"), frames, shapes, paths, force)
     mask, how = requested_mask(mask_request, pkg, shapes) if mask_request is not None else (load_mask(pkg), None)
-    fp32 = GraphScorer(pkg.root / FP32_FILE, mask=mask, border=border_of(pkg.meta))  # the good, then any defects
+    fp32 = GraphScorer(pkg.root / FP32_FILE, mask=mask)  # the good images, then any defects
     scores = fp32(frames)
     threshold = calibrate_threshold(scores, target, source, names=paths)
     # Where each good image's score came from: a cluster of high ones is a place to leave out,

@@ -13,6 +13,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -140,8 +141,10 @@ def test_the_report_page_shows_what_the_threshold_rejects_and_lets_pass(tiny_run
     assert f"{threshold:.6g}" in page
     highest = json.loads((tiny_run / "threshold.json").read_text())["highest_images"]
     assert parser.sections["The good images that set the threshold"] == [
-        f"images/calibration_{rank}_{Path(h['image']).stem}.png" for rank, h in enumerate(highest, start=1)
+        *(f"images/calibration_{rank}_{Path(h['image']).stem}.png" for rank, h in enumerate(highest, start=1)),
+        "peaks.png",  # where each of them scores highest, over the first at the model's 32 px, drawn 15 times as large
     ]
+    assert cv2.imread(str(report / "peaks.png")).shape[1] == 480
     shown = [src for srcs in parser.sections.values() for src in srcs]
     assert len(shown) >= len(rows) + len(highest) and all((report / src).is_file() for src in shown)
 

@@ -25,7 +25,8 @@ from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
-from edge.overlay import heatmap_overlay, label, map_peak, mark_peak
+from edge.overlay import as_bgr, heatmap_overlay, label, map_peak, mark_peak, peak_fraction
+from edge.peaks import peaks_picture
 from edge.progress import progress
 from edge.recalibrate import UNFIT_REFUSED, unfit_images
 from edge.spreadsheet import SpreadsheetCsv
@@ -34,7 +35,7 @@ from train import plots
 from train.data import TestSample, category_hint, has_test_set, load_images, load_test_set, without_copies_of
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
 from train.pipeline import score_frames
-from train.report_page import PANELS, calibration_panel_path, panel_path, write_report_page
+from train.report_page import PANELS, PEAKS_PICTURE, calibration_panel_path, panel_path, write_report_page
 from train.run import Run, load_run
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,12 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if pictures:
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
+        if len(val_images):
+            # Where each validation image's score comes from, as vqad calibrate draws a package's.
+            peaks = [peak_fraction(amap) for amap in val_maps]
+            write_image(
+                out / PEAKS_PICTURE, peaks_picture(as_bgr(val_images[0]), peaks, val_scores, threshold["value"])
+            )
     title = f"{run.root.name} on {Path(category).name}"
     page = write_report_page(out, metrics, test, scores, title, pictures)
     _log_figures(metrics, page)

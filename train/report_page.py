@@ -25,6 +25,10 @@ PAGE = "report.html"
 PANELS = "images"  # the folder of REPORT_DIR that holds the panels
 
 
+# Where each good validation image scores highest (edge.peaks), beside the report.
+PEAKS_PICTURE = "peaks.png"
+
+
 def panel_path(sample: TestSample) -> str:
     """A test image's panel, relative to REPORT_DIR: images/<kind>_<name>.png, a subfolder's `/`
     in its name written `__` (`hole_day1__001.png`)."""
@@ -119,6 +123,11 @@ def _picture_sections(
         "<p>The highest-scoring good calibration images. A defect among them raises the threshold over every "
         "defect that scores less: leave it out and calibrate again.</p>",
         _gallery(out, calibration),
+        "<p>Where each good validation image scores highest, over the first of them at the model's size: red "
+        "near the threshold, the five highest numbered. Where the red crowd one place no defect can reach (the "
+        "frame's edge, a label), that place sets the threshold; leave it out of the exported package: "
+        "<code>vqad calibrate MODEL_DIR GOOD_DIR --ignore X,Y,W,H</code>.</p>",
+        _gallery(out, [(PEAKS_PICTURE, "where each good validation image scores highest")]),
         f"<h2>Good test images rejected ({len(rejected)})</h2>",
         _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
         f"<h2>Defects that pass ({len(missed)})</h2>",
