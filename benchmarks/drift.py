@@ -21,7 +21,7 @@ import numpy as np
 def bench_drift(model_dir: Path, category: Path, windows: int = 200, seed: int = 0) -> dict[str, Any]:
     from edge.drift import WINDOW, DriftMonitor
     from edge.package import FP32_FILE, load_package
-    from edge.recalibrate import good_frames, graph_scorer
+    from edge.recalibrate import GraphScorer, good_frames
 
     pkg = load_package(model_dir)
     history = [pkg.meta["threshold"], *reversed(pkg.meta.get("threshold_history", []))]
@@ -30,7 +30,7 @@ def bench_drift(model_dir: Path, category: Path, windows: int = 200, seed: int =
     if not reference:
         raise SystemExit(f"{model_dir}: its threshold keeps no calibration scores (export it again)")
     frames, _ = good_frames(category / "test" / "good", pkg.input_format)
-    scores = graph_scorer(model_dir / FP32_FILE)
+    scores = GraphScorer(model_dir / FP32_FILE)
     good = scores(frames)
     gained = scores(np.clip(frames.astype(np.float32) * 1.2, 0, 255).astype(np.uint8))
     rng = np.random.default_rng(seed)

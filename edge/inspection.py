@@ -391,15 +391,21 @@ class StreamMasks:
         return keep is not None, keep
 
 
+def backdrop(root: Path, good_dir: Path) -> tuple[InspectionMask | None, np.ndarray]:
+    """What a calibration's pictures are drawn over: the package's inspection mask (None: the
+    whole frame) and the first good image under `good_dir`, BGR at its own size. Raises
+    DataError, PackageError, OSError or IndexError (no image) where it cannot."""
+    pkg = load_package(root)
+    return load_mask(pkg), as_bgr(read_image(find_images(good_dir)[0], pkg.pixel_bits))
+
+
 def inspection_picture(root: Path, good_dir: Path) -> Path | None:
     """ROOT/inspection.png: the package's mask over the first good image under `good_dir`, at the
     image's own size -> its path; None (and a warning) where it cannot be drawn or written: the
     mask and the threshold are saved by then, and stand."""
     path = root / "inspection.png"
     try:
-        pkg = load_package(root)
-        mask = load_mask(pkg)
-        picture = as_bgr(read_image(find_images(good_dir)[0], pkg.pixel_bits))
+        mask, picture = backdrop(root, good_dir)
         if mask is None or not cv2.imwrite(str(path), draw_ignored(picture, mask.keep)):
             return None
     except (DataError, PackageError, OSError, IndexError, cv2.error) as exc:

@@ -1,5 +1,6 @@
 """Where the good images' scores come from: each calibration image's map peak, drawn over a
-good image. `vqad calibrate` writes it beside the threshold.
+good image. `vqad calibrate` writes it beside a package's threshold, `vqad eval` beside its
+report for the validation images.
 
 The threshold is set by the highest good scores. Where they cluster in one place (a frame's
 edge, a label, a part's dark slot), that place sets the line's threshold, and every defect
@@ -19,10 +20,8 @@ import cv2
 import numpy as np
 
 from edge.errors import DataError, PackageError
-from edge.frames import find_images, read_image
-from edge.inspection import load_mask
-from edge.overlay import as_bgr, draw_ignored
-from edge.package import load_package
+from edge.inspection import backdrop
+from edge.overlay import draw_ignored
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ def peaks_file(root: Path, good_dir: Path, threshold: dict[str, Any]) -> Path | 
     drawn or written: the threshold is saved by then, and stands."""
     path = root / "peaks.png"
     try:
-        pkg = load_package(root)
-        mask = load_mask(pkg)
-        image = as_bgr(read_image(find_images(good_dir)[0], pkg.pixel_bits))
+        mask, image = backdrop(root, good_dir)
         drawn = peaks_picture(image, threshold["peaks"], threshold["scores"], threshold["value"],
                               None if mask is None else mask.keep)  # fmt: skip
         if not cv2.imwrite(str(path), drawn):

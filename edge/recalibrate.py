@@ -327,11 +327,6 @@ class GraphScorer:
         return scores, np.array([peak_fraction(amap) for amap in maps[:, 0]]).reshape(-1, 2)
 
 
-def graph_scorer(path: Path, batch: int = 8, mask: InspectionMask | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """GraphScorer(path, batch, mask): frames -> their scores."""
-    return GraphScorer(path, batch, mask)
-
-
 def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: InspectionMask | None = None) -> np.ndarray:
     return GraphScorer(path, batch, mask)(frames)
 

@@ -273,8 +273,8 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
 
 
 def _print_peaks(threshold: dict, args: argparse.Namespace) -> None:
-    """Where the good images' scores came from, drawn (edge.peaks), and the highest one's place in
-    the frame: where a threshold set too high by one place of the part shows."""
+    """Where the good images' scores came from, drawn (edge.peaks): where a threshold set too high
+    by one place of the part shows."""
     from edge.peaks import peaks_file
 
     picture = peaks_file(args.target, args.good, threshold)
