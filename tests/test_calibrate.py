@@ -663,3 +663,36 @@ def test_the_peaks_picture_numbers_the_highest_and_refuses_a_peak_without_a_scor
     assert peaks_picture(image[:, :100], [[0.5, 0.5]], [0.5], 1.0).shape[1] == 500  # a narrow frame enlarged
     with pytest.raises(ValueError, match="2 peaks for 1 scores"):
         peaks_picture(image, [[0.5, 0.5], [0.1, 0.1]], [0.3], threshold=1.0)
+
+
+def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, tmp_path, line_good):
+    """A label stuck on some good parts, in one place: the calibration says that the highest peak
+    there, and what leaving it out would do; good images peaking all over are not said to."""
+    model, good = tmp_path / "model", tmp_path / "good"
+    shutil.copytree(tiny_model, model)
+    shutil.copytree(line_good, good)
+    for path in sorted(good.rglob("*.png"))[:3]:
+        image = cv2.imread(str(path))
+        image[28:36, 40:48] = 255  # the same white label on three of them
+        cv2.imwrite(str(path), image)
+    said = run_vqad("calibrate", model, good, "--force").stdout
+    t = load_package(model).meta["threshold"]
+    highest = np.argsort(t["scores"])[::-1][:3]
+    assert all(abs(t["peaks"][i][0] - 0.5) < 0.1 and abs(t["peaks"][i][1] - 0.69) < 0.1 for i in highest), t["peaks"]
+    assert "3 of the 5 highest good images peak at one place, " in said and "across and " in said, said
+    assert "lowers the threshold for the rest of the frame" in said
+    plain = run_vqad("calibrate", model, line_good).stdout
+    assert "highest good images peak at" not in plain
+
+
+def test_five_peaks_crowd_at_an_edge_or_a_place_or_not_at_all():
+    from edge.peaks import crowd
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.1]
+    top_edge = [[0.01, 0.2], [0.03, 0.9], [0.02, 0.5], [0.5, 0.5], [0.8, 0.1], [0.02, 0.6]]
+    assert crowd(top_edge, scores) == (3, "the frame's top edge")
+    place = [[0.4, 0.7], [0.42, 0.72], [0.9, 0.1], [0.41, 0.69], [0.2, 0.3], [0.4, 0.7]]
+    assert crowd(place, scores) == (3, "one place, 70% across and 41% down")
+    spread = [[0.1, 0.1], [0.9, 0.9], [0.5, 0.5], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]
+    assert crowd(spread, scores) is None  # the sixth, lowest, is no matter
+    assert crowd([[0.5, 0.5]] * 2, [1.0, 0.9]) is None  # too few to crowd

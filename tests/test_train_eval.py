@@ -30,6 +30,8 @@ def test_synth_train_eval_writes_metrics_and_pictures(tiny_run):
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "n_images"):
         assert key in metrics
     assert metrics["n_images"] == 4 + 5 * 2
+    crowd = metrics["good_peaks_crowd"]  # the highest validation images peaking in one place, said; or null
+    assert crowd is None or "highest good validation images peak at" in crowd, crowd
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["aupro"] <= 1.0
     assert (tiny_run / "curves.png").stat().st_size > 1000  # vqad train --plot
     for picture in ("histogram.png", "roc.png", "codebook.png", "curves.png"):

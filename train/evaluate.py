@@ -26,7 +26,7 @@ from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
 from edge.overlay import as_bgr, heatmap_overlay, label, map_peak, mark_peak, peak_fraction
-from edge.peaks import peaks_picture
+from edge.peaks import crowd, crowd_words, peaks_picture
 from edge.progress import progress
 from edge.recalibrate import UNFIT_REFUSED, unfit_images
 from edge.spreadsheet import SpreadsheetCsv
@@ -144,12 +144,15 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
 
     val_recons, val_maps, val_scores = score_frames(run.model, val_images)
     threshold = _threshold(run, val_scores, val_paths)
+    val_peaks = [peak_fraction(amap) for amap in val_maps]  # where each one's score comes from
 
     recons, maps, scores = _score_test(run, test)
     metrics = _test_metrics(run, test, maps, scores, threshold)
     metrics["n_left_out_copies"] = len(own)  # good test images that are the run's own
     metrics["left_out_copies"] = own[:COPIES_NAMED]
     metrics["good_test_unfit"] = unfit  # the camera health gate's verdict on the good test images
+    crowded = crowd(val_peaks, val_scores)  # the highest validation images peaking in one place, in words
+    metrics["good_peaks_crowd"] = None if crowded is None else crowd_words(crowded, "good validation images")
     labels = np.array([s.label for s in test], dtype=int)
     # The trade --target-frr makes, each threshold set on the validation images as this one is.
     metrics["target_frr_choices"] = target_frr_trade(val_scores, scores[labels == 0], scores[labels == 1])
@@ -164,12 +167,9 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     if pictures:
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
-        if len(val_images):
-            # Where each validation image's score comes from, as vqad calibrate draws a package's.
-            peaks = [peak_fraction(amap) for amap in val_maps]
-            write_image(
-                out / PEAKS_PICTURE, peaks_picture(as_bgr(val_images[0]), peaks, val_scores, threshold["value"])
-            )
+        if len(val_images):  # as vqad calibrate draws a package's
+            picture = peaks_picture(as_bgr(val_images[0]), val_peaks, val_scores, threshold["value"])
+            write_image(out / PEAKS_PICTURE, picture)
     title = f"{run.root.name} on {Path(category).name}"
     page = write_report_page(out, metrics, test, scores, title, pictures)
     _log_figures(metrics, page)

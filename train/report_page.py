@@ -89,6 +89,7 @@ def write_report_page(
         "<h2>At the threshold</h2>",
         _table(_at_threshold_rows(metrics, labels, decisions)),
         _lone_warning(threshold),
+        f'<p class="warn">{_e(metrics["good_peaks_crowd"])}.</p>' if metrics.get("good_peaks_crowd") else "",
         "<h2>Ranking</h2>",
         _table(_ranking_rows(metrics, labels)),
     ]

@@ -149,6 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"at the threshold: {'; '.join(rates)}")
     if (choices := _choices_line(m)) is not None:
         print(choices)
+    if m["good_peaks_crowd"] is not None:
+        print(m["good_peaks_crowd"])
     print(f"report: {Path(args.out) / 'report.html'}  figures: {Path(args.out) / 'metrics.json'}")
     if m["miss_rate"]:
         print(MISSES_HINT)
@@ -275,12 +277,14 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
 def _print_peaks(threshold: dict, args: argparse.Namespace) -> None:
     """Where the good images' scores came from, drawn (edge.peaks): where a threshold set too high
     by one place of the part shows."""
-    from edge.peaks import peaks_file
+    from edge.peaks import crowd, crowd_words, peaks_file
 
     picture = peaks_file(args.target, args.good, threshold)
     if picture is not None:
         print(f"where each good image scores highest: {picture} (a cluster of red where no defect can be is a "
               "place to leave out: --ignore X,Y,W,H)")  # fmt: skip
+    if (crowded := crowd(threshold["peaks"], threshold["scores"])) is not None:
+        print(crowd_words(crowded))
 
 
 def _print_inspection(threshold: dict, args: argparse.Namespace) -> None:
