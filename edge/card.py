@@ -13,6 +13,7 @@ from typing import Any
 
 from edge.inspection import judged_words, rectangles_words
 from edge.package import ModelPackage, sha256_file
+from edge.peaks import NUMBERED, crowd
 from edge.state import Overrides
 
 
@@ -103,9 +104,16 @@ def _calibration(c: dict[str, Any]) -> str:
             f"{n} good images from {on}" if n else "",
             f"the {c['quantile']:g} quantile, +1%" if c.get("quantile") is not None else "",
             f"false rejects on new good images <= {bound:.1%} (95% confidence)" if bound is not None else "",
+            _crowded(c),
         )
         if part
     )
+
+
+def _crowded(c: dict[str, Any]) -> str:
+    """Where the calibration's highest good images peak, when they crowd one place (edge.peaks)."""
+    crowded = crowd(c["peaks"], c["scores"]) if c.get("peaks") and c.get("scores") else None
+    return "" if crowded is None else f"{crowded[0]} of its {NUMBERED} highest peak at {crowded[1]}"
 
 
 def _evaluation(e: dict[str, Any]) -> str:

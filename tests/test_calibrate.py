@@ -681,6 +681,8 @@ def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, tm
     assert all(abs(t["peaks"][i][0] - 0.5) < 0.1 and abs(t["peaks"][i][1] - 0.69) < 0.1 for i in highest), t["peaks"]
     assert "3 of the 5 highest good images peak at one place, " in said and "across and " in said, said
     assert "lowers the threshold for the rest of the frame" in said
+    card = run_vqad("info", model).stdout  # an audit of the package reads it in its threshold's line
+    assert "3 of its 5 highest peak at one place, " in card.split("threshold  ", 1)[1].splitlines()[0], card
     plain = run_vqad("calibrate", model, line_good).stdout
     assert "highest good images peak at" not in plain
 
