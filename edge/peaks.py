@@ -62,14 +62,16 @@ def crowd(peaks: Sequence[Sequence[float]], scores: Sequence[float]) -> tuple[in
     words: "the frame's top edge", "one place, 96% across and 5% down"); None when they do not."""
     order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")[::-1][:NUMBERED]
     top = np.asarray(peaks, dtype=np.float64).reshape(-1, 2)[order]  # (k, 2): row, column fractions
+    if len(top) < CROWDED:
+        return None
     edges = {"top": top[:, 0], "bottom": 1 - top[:, 0], "left": top[:, 1], "right": 1 - top[:, 1]}
     along = {side: int((distance <= EDGE_BAND).sum()) for side, distance in edges.items()}
     side = max(along, key=along.get)
     if along[side] >= CROWDED:
         return along[side], f"the frame's {side} edge"
     near = np.linalg.norm(top[:, None] - top[None], axis=2) <= CROWD_RADIUS  # (k, k)
-    best = int(near.sum(axis=1).argmax()) if len(top) else 0
-    if len(top) == 0 or near[best].sum() < CROWDED:
+    best = int(near.sum(axis=1).argmax())
+    if near[best].sum() < CROWDED:
         return None
     row, col = top[near[best]].mean(axis=0)
     return int(near[best].sum()), f"one place, {col:.0%} across and {row:.0%} down"
