@@ -1081,6 +1081,13 @@ def _defect_folder(kind: str | None) -> str:
 # Record.results' mask_sha256 for the results judged through no inspection mask (the column's NULL).
 WHOLE_FRAME = ""
 
+
+def model_mark(row: dict[str, Any], digits: int = 12, none: str = "-") -> str:
+    """A results or daily row's model as the tables and pictures name it: its sha256's first
+    `digits` (`none` without one), then "+mask" where an inspection mask judged."""
+    return (row["model_sha256"] or none)[:digits] + ("+mask" if row.get("mask_sha256") else "")
+
+
 # daily_decisions' count of the master parts' fails the gate did not make: not a column of the tally.
 MASTER_FAILS = "master_fails"
 # daily_decisions' counts of the master parts decided, and of those failed (the gate's fails too):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edge.histogram import FONT, TEXT, Colour, dashed_line, fitted
+from edge.record.store import model_mark
 
 PANEL_HEIGHT, TITLE_HEIGHT = 210, 54
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 34  # a panel's plot area inside it
@@ -86,7 +87,7 @@ def _panel(panel: np.ndarray, camera: str, days: list[str], rows: list[dict[str,
         for key in VERDICT_PARTS:
             day[key] += r["fails"][key]
         day["unfit"] += r["products_failed"] - sum(r["fails"][key] for key in VERDICT_PARTS)
-        day["models"].append((r["model_sha256"] or "-")[:8] + ("+mask" if r.get("mask_sha256") else ""))
+        day["models"].append(model_mark(r, digits=8))
     rates = [d["fail"] / d["decided"] for d in by_day.values() if d["decided"]]
     peak = max([0.01, *rates])  # at least 1%: a quiet line's bars are not drawn as tall as a bad day's
     step = (x1 - x0) / max(len(days), 1)

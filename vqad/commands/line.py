@@ -502,6 +502,8 @@ def _region(r: dict) -> str | None:
 
 
 def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
+    from edge.record.store import model_mark
+
     n = 0
     for n, r in enumerate(rows, 1):
         if n == 1:
@@ -517,7 +519,7 @@ def _print_table(rows: Iterable[dict], zone: dt.tzinfo) -> int:
         evidence = " ".join(filter(None, (r["evidence"], put_back)))
         print(f"{when} {r['camera_id']:>10} {r['frame_id']:>8} {r['id']:>8} {r['status']:>7} "
               f"{r['decision'] or '-':>5} {score:>8} {threshold:>9} {_region(r) or '-':>15} "
-              f"{(r['model_sha256'] or '')[:12]}{'+mask' if r.get('mask_sha256') else ''} {verdicts} "
+              f"{model_mark(r, none='')} {verdicts} "
               f"{_part(r)} {unfit} {evidence}")  # fmt: skip
     print(f"{n} results")
     return n
@@ -604,12 +606,14 @@ def _print_daily(record: Record, args: argparse.Namespace) -> int:
 def _print_daily_table(rows: list[dict], changes: list[dict], days: ProductionDays) -> None:
     """`vqad records --daily`'s table: a line a day, camera and model; the changes; the master
     parts run through; and what the table holds."""
+    from edge.record.store import model_mark
+
     print(f"{'day':10} {'camera':>10} {'model':17} {'results':>8} {'pass':>8} {'fail':>6} {'fail %':>7} "
           f"{'error':>6} {'dropped':>7}  reviewed fails: {'false':>5} {'defect':>6} {'not yet':>7} "
           f"{'unfit':>6} {'missed':>6} {'master':>6} {'wrong':>5} {'unjudged':>8}")  # fmt: skip
     for r in rows:
         rate = "-" if r["fail_rate"] is None else f"{100 * r['fail_rate']:.2f}"
-        model = (r["model_sha256"] or "-")[:12] + ("+mask" if r["mask_sha256"] else "")
+        model = model_mark(r)
         print(f"{r['day']:10} {r['camera_id']:>10} {model:17} {r['results']:>8} "
               f"{r['pass']:>8} {r['fail']:>6} {rate:>7} {r['error']:>6} {r['dropped']:>7}  "
               f"{'':16}{r['false_reject']:>5} {r['defect']:>6} {r['unreviewed']:>7} {r['unfit']:>6} "
