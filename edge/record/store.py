@@ -628,9 +628,7 @@ class Record:
         equal = {"camera_id": camera, "decision": decision, "frame_id": frame_id, "part_id": part_id, "id": result_id,
                  "daemon_run": run}  # fmt: skip
         q = _results_where(sa.select(results), equal, after_seq, reviewed)
-        if model_sha256 is not None:
-            q = q.where(_sha_is(results.c.model_sha256, model_sha256))
-        q = _kept_to(q, master, mask_sha256, since_ns, until_ns, before)
+        q = _kept_to(q, master, (model_sha256, mask_sha256), since_ns, until_ns, before)
         of_camera = camera is not None and decision is None and frame_id is None and part_id is None
         q = _ordered(q, limit, after_seq, of_camera and result_id is None)
         with self.engine.connect() as conn:
@@ -1159,16 +1157,20 @@ NEWEST_FIRST = (results.c.ts_ns.desc(), results.c.id.desc())
 def _kept_to(
     q: sa.Select,
     master: bool | None,
-    mask_sha256: str | None,
+    judged_by: tuple[str | None, str | None],
     since_ns: int | None,
     until_ns: int | None,
     before: tuple[int, int] | None,
 ) -> sa.Select:
     """`q` (Record.results') kept to master parts' results or products' (`master`; None: both),
-    to those judged through one inspection mask or through none (WHOLE_FRAME), to the period,
-    and to those after `before` (ts_ns, id) newest first."""
+    to those one model judged and those judged through one inspection mask or through none
+    (`judged_by`: model_sha256, mask_sha256, each its sha256 or first digits; WHOLE_FRAME for no
+    mask; None: any), to the period, and to those after `before` (ts_ns, id) newest first."""
     if master is not None:
         q = q.where(results.c.master.is_not(None) if master else results.c.master.is_(None))
+    model_sha256, mask_sha256 = judged_by
+    if model_sha256 is not None:
+        q = q.where(_sha_is(results.c.model_sha256, model_sha256))
     if mask_sha256 is not None:
         q = q.where(_sha_is(results.c.mask_sha256, mask_sha256) if mask_sha256 else results.c.mask_sha256.is_(None))
     q = _within(q, results.c.ts_ns, since_ns, until_ns)
