@@ -111,9 +111,13 @@ def _calibration(c: dict[str, Any]) -> str:
 
 
 def _crowded(c: dict[str, Any]) -> str:
-    """Where the calibration's highest good images peak, when they crowd one place (edge.peaks)."""
+    """Where the calibration's highest good images peak, when they crowd one place (edge.peaks),
+    and the threshold leaving it out would set, where `vqad calibrate` measured it."""
     crowded = crowd(c["peaks"], c["scores"]) if c.get("peaks") and c.get("scores") else None
-    return "" if crowded is None else f"{crowded[0]} of its {NUMBERED} highest peak at {crowded[1]}"
+    if crowded is None:
+        return ""
+    measured = f" (left out, the threshold would be {c['crowd']['threshold']:.4g})" if "crowd" in c else ""
+    return f"{crowded.count} of its {NUMBERED} highest peak at {crowded.where}{measured}"
 
 
 def _evaluation(e: dict[str, Any]) -> str:

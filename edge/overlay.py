@@ -58,6 +58,18 @@ def peak_fraction(anomaly_map: np.ndarray) -> tuple[float, float]:
     return (y + 0.5) / anomaly_map.shape[0], (x + 0.5) / anomaly_map.shape[1]
 
 
+def peak_spot(anomaly_map: np.ndarray, level: float) -> tuple[float, float, float, float]:
+    """The box of the spot around map_peak: the 8-connected part of the map at `level` or more
+    that holds it (the peak alone where the peak is under `level`) -> (top, left, bottom, right)
+    fractions of the map's height and width, the bottom and right past its last pixel."""
+    y, x = map_peak(anomaly_map)
+    binary = (anomaly_map >= min(level, float(anomaly_map[y, x]))).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    left, top, w, h = (int(v) for v in stats[labels[y, x], :4])
+    mh, mw = anomaly_map.shape
+    return top / mh, left / mw, (top + h) / mh, (left + w) / mw
+
+
 def mark_peak(image: np.ndarray, peak: tuple[int, int], map_shape: tuple[int, int]) -> np.ndarray:
     """Ring the map pixel `peak` ((y, x), map_peak's, of a map of `map_shape`) on a BGR image of
     any size, in place, white with a dark edge so that it shows on any colour; returns it."""

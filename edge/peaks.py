@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from edge.errors import DataError, PackageError
 from edge.inspection import backdrop
-from edge.overlay import draw_ignored
+from edge.overlay import draw_ignored, peak_spot
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +56,88 @@ def peaks_file(root: Path, good_dir: Path, threshold: dict[str, Any]) -> Path | 
     return path
 
 
-def crowd(peaks: Sequence[Sequence[float]], scores: Sequence[float]) -> tuple[int, str] | None:
+class Crowd(NamedTuple):
+    """CROWDED or more of the NUMBERED highest good images peaking in one place."""
+
+    count: int
+    where: str  # in words: "the frame's top edge", "one place, 96% across and 5% down"
+    members: tuple[int, ...]  # which images: indices into the scores
+    side: str | None  # the edge they peak along (top, bottom, left, right); None for a place
+
+
+def crowd(peaks: Sequence[Sequence[float]], scores: Sequence[float]) -> Crowd | None:
     """Whether CROWDED or more of the NUMBERED highest peak in one place: within CROWD_RADIUS of
-    one of them, or along one edge of the frame (within EDGE_BAND of it). -> (how many, where in
-    words: "the frame's top edge", "one place, 96% across and 5% down"); None when they do not."""
+    one of them, or along one edge of the frame (within EDGE_BAND of it); None when they do not."""
     order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")[::-1][:NUMBERED]
     top = np.asarray(peaks, dtype=np.float64).reshape(-1, 2)[order]  # (k, 2): row, column fractions
     if len(top) < CROWDED:
         return None
     edges = {"top": top[:, 0], "bottom": 1 - top[:, 0], "left": top[:, 1], "right": 1 - top[:, 1]}
-    along = {side: int((distance <= EDGE_BAND).sum()) for side, distance in edges.items()}
-    side = max(along, key=along.get)
-    if along[side] >= CROWDED:
-        return along[side], f"the frame's {side} edge"
+    along = {side: edges[side] <= EDGE_BAND for side in edges}
+    side = max(along, key=lambda s: int(along[s].sum()))
+    if along[side].sum() >= CROWDED:
+        members = tuple(int(i) for i in order[along[side]])
+        return Crowd(len(members), f"the frame's {side} edge", members, side)
     near = np.linalg.norm(top[:, None] - top[None], axis=2) <= CROWD_RADIUS  # (k, k)
     best = int(near.sum(axis=1).argmax())
     if near[best].sum() < CROWDED:
         return None
     row, col = top[near[best]].mean(axis=0)
-    return int(near[best].sum()), f"one place, {col:.0%} across and {row:.0%} down"
+    members = tuple(int(i) for i in order[near[best]])
+    return Crowd(len(members), f"one place, {col:.0%} across and {row:.0%} down", members, None)
 
 
-def crowd_words(crowded: tuple[int, str], whose: str = "good images") -> str:
+def crowd_box(crowded: Crowd, maps: np.ndarray, level: float) -> tuple[float, float, float, float]:
+    """The place a crowd's images score from: (top, left, bottom, right) fractions of the frame
+    that hold each member's spot over `level` (edge.overlay.peak_spot of its map; `maps`: the
+    members' own, in their order), along its whole edge for an edge's crowd, as a line's good
+    parts peak anywhere along it. With `level` the highest score of the other good images, each
+    member left out of it scores no more than they do around it."""
+    spots = np.array([peak_spot(amap, level) for amap in maps]).reshape(-1, 4)
+    top, left = spots[:, :2].min(axis=0)
+    bottom, right = spots[:, 2:].max(axis=0)
+    box = {
+        "top": (0.0, 0.0, bottom, 1.0),
+        "bottom": (top, 0.0, 1.0, 1.0),
+        "left": (0.0, 0.0, 1.0, right),
+        "right": (0.0, left, 1.0, 1.0),
+        None: (top, left, bottom, right),
+    }[crowded.side]
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+def box_rectangle(box: Sequence[float], frame_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """A (top, left, bottom, right) fraction box -> X,Y,W,H in a frame of `frame_hw` (H, W)
+    pixels, whole pixels outward: as `vqad calibrate --ignore` takes it."""
+    fh, fw = frame_hw
+    x, y = int(np.floor(box[1] * fw)), int(np.floor(box[0] * fh))
+    return x, y, max(1, int(np.ceil(box[3] * fw)) - x), max(1, int(np.ceil(box[2] * fh)) - y)
+
+
+def crowd_words(crowded: Crowd, whose: str = "good images") -> str:
     """crowd()'s finding as `vqad calibrate` and `vqad eval` say it."""
-    return (f"{crowded[0]} of the {NUMBERED} highest {whose} peak at {crowded[1]}: if no defect can be there, "
+    return (f"{crowded.count} of the {NUMBERED} highest {whose} peak at {crowded.where}: if no defect can be there, "
             "leaving it out (vqad calibrate --ignore X,Y,W,H, in the frame's pixels) lowers the threshold for the "
             "rest of the frame")  # fmt: skip
+
+
+def left_out_words(found: dict[str, Any], value: float, defects: dict[str, Any] | None = None) -> str:
+    """A threshold's `crowd` (edge.recalibrate.crowd_left_out) as `vqad calibrate` says it: where
+    the highest good images peak, how to leave it out, and what that would do to the threshold
+    `value` and, with the calibration's `defects` check, to the confirmed defects that pass."""
+    if "ignore" in found:
+        how = " ".join("--ignore " + ",".join(str(v) for v in r) for r in found["ignore"])
+    else:
+        how = f"--mask {found['mask']}"
+    said = f"{found['count']} of the {NUMBERED} highest good images peak at {found['where']}: "
+    if found["threshold"] >= value * (1 - 1e-6):
+        return said + f"leaving it out ({how}) would not lower the threshold: good images score as high elsewhere"
+    said += (f"if no defect can be there, leaving it out ({how}; {found['inspected_share']:.1%} of the frame judged) "
+             f"would set the threshold at {found['threshold']:.4g} instead of {value:.4g}")  # fmt: skip
+    if defects is not None and "defects_missed" in found:
+        said += (f", and let {found['defects_missed']} of {defects['n_images']} confirmed defects pass instead of "
+                 f"{defects['missed']}")  # fmt: skip
+    return said
 
 
 def peak_colour(score: float, threshold: float) -> tuple[int, int, int]:

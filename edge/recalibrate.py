@@ -17,15 +17,21 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge.clock import package_clock_note
+from edge.durable import write_synced
 from edge.errors import DataError, PackageError
 from edge.frames import InputFormat, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
 from edge.inspection import (
     InspectionMask,
     MaskRequest,
+    border_of,
+    check_keep,
+    keep_from_image,
+    keep_from_rectangles,
     load_mask,
     mask_given,
     mask_note,
@@ -35,6 +41,7 @@ from edge.inspection import (
 )
 from edge.overlay import peak_fraction
 from edge.package import FP16_FILE, FP32_FILE, ModelPackage, load_package, sha256_file, write_model_json
+from edge.peaks import box_rectangle, crowd, crowd_box
 from edge.progress import progress
 from edge.threshold import (
     HIGHEST_NAMED,
@@ -42,6 +49,7 @@ from edge.threshold import (
     calibrate_threshold,
     check_against_previous,
     defect_check,
+    threshold_at,
 )
 
 log = logging.getLogger(__name__)
@@ -320,15 +328,103 @@ class GraphScorer:
         self.peaks = np.concatenate([peaks for _, peaks in scored])
         return np.concatenate([scores for scores, _ in scored])
 
+    def maps(self, frames: np.ndarray) -> np.ndarray:
+        """The maps of a few `frames` through the mask, as the line scores them: (N, h, w)."""
+        return np.concatenate([self._run(b)[0][:, 0] for b in batched(frames, self.batch)])
+
     def _batch(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.run(None, {self.name: np.ascontiguousarray(frames)})
-        if self.mask is not None:
-            maps, scores = self.mask.apply(maps, scores)
+        maps, scores = self._run(frames)
         return scores, np.array([peak_fraction(amap) for amap in maps[:, 0]]).reshape(-1, 2)
+
+    def _run(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.session.run(None, {self.name: np.ascontiguousarray(frames)})
+        return self.mask.apply(maps, scores) if self.mask is not None else (maps, scores)
 
 
 def graph_scores(path: Path, frames: np.ndarray, batch: int = 8, mask: InspectionMask | None = None) -> np.ndarray:
     return GraphScorer(path, batch, mask)(frames)
+
+
+def mask_rectangles(
+    pkg: ModelPackage, request: MaskRequest | None, shapes: Sequence[tuple[int, int]]
+) -> list[list[int]] | None:
+    """The --ignore rectangles, in the calibration images' pixels, that make the mask a
+    calibration asks for (`request`) or keeps (the package's): [] for the whole frame; None where
+    no rectangles make it (a mask image, or rectangles of frames of another size)."""
+    if request is not None:
+        return None if request.image is not None else [list(r) for r in request.rectangles]
+    given = pkg.meta.get("inspection")
+    if not given:
+        return []
+    if "rectangles" in given and sorted(set(shapes)) == [tuple(given["frame"])]:
+        return [list(r) for r in given["rectangles"]]
+    return None
+
+
+def crowd_left_out(
+    pkg: ModelPackage, calibration: tuple[np.ndarray, Sequence[tuple[int, int]]], scorer: GraphScorer,
+    rectangles: list[list[int]] | None, threshold: dict[str, Any], defects_dir: str | Path | None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """What leaving out the place where the calibration's highest good images peak (edge.peaks.
+    crowd) would do: the threshold the same rule sets on the same images (`calibration`: frames
+    and their (H, W) as read) scored without it by `scorer` (the package's FP32 graph through its
+    mask), and with `defects_dir` how many of its defects would then pass. The place holds each
+    of those images' spot over the highest score of the rest (crowd_box). How to leave it out, as
+    `vqad calibrate` takes it (leave_out_mask): `ignore`, every rectangle of the mask then the
+    place's, or `mask`, an image written into the package. None where they do not crowd, or
+    leaving the place out would leave too little judged."""
+    crowded = crowd(threshold["peaks"], threshold["scores"])
+    if crowded is None:
+        return None
+    frames, shapes = calibration
+    others = np.delete(np.asarray(threshold["scores"]), crowded.members)
+    box = crowd_box(crowded, scorer.maps(frames[list(crowded.members)]), float(others.max(initial=0.0)))
+    try:
+        keep, how = leave_out_mask(pkg, box, shapes, scorer.mask, rectangles)
+        trial = check_keep(keep, border_of(pkg.meta), f"leaving out {crowded.where}")
+    except (DataError, OSError) as exc:
+        log.warning("what leaving out %s would do is not measured: %s", crowded.where, exc)
+        return None
+    log.info("the good images scored again without %s, where the highest of them peak", crowded.where)
+    without = GraphScorer(pkg.root / FP32_FILE, mask=trial)
+    _, value = threshold_at(without(frames), threshold["target_frr"])
+    found = {"count": crowded.count, "where": crowded.where, "box": [round(v, 4) for v in box], **how}
+    found |= {"inspected_share": trial.inspected_share, "threshold": value}
+    if defects_dir is not None:
+        defects, _ = defect_frames(defects_dir, pkg.input_format)
+        found["defects_missed"] = int((without(defects) < value).sum())
+    return found
+
+
+# The mask image a crowd's place would be left out by, where no --ignore rectangles can say it.
+LEAVE_OUT_FILE = "leave_out.png"
+
+
+def leave_out_mask(
+    pkg: ModelPackage, box: Sequence[float], shapes: Sequence[tuple[int, int]], mask: InspectionMask | None,
+    rectangles: list[list[int]] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """The package's mask with the fraction `box` left out too, as `vqad calibrate` would make it
+    -> (keep at the model's size, how: {"ignore": the rectangles} where the images (of `shapes`)
+    are of one size and the mask is `rectangles` or none; else {"mask": the path of an image of
+    the size of the median aspect, LEAVE_OUT_FILE in the package, black where the mask and the box leave
+    out}). OSError where the image cannot be written."""
+    sizes = sorted(set(shapes))
+    if len(sizes) == 1 and rectangles is not None:
+        ignore = [*rectangles, list(box_rectangle(box, sizes[0]))]
+        return keep_from_rectangles([tuple(r) for r in ignore], sizes[0], pkg.image_size), {"ignore": ignore}
+    fh, fw = sorted(shapes, key=lambda hw: hw[0] / hw[1])[len(shapes) // 2]  # the median aspect, for the most
+    image = np.full((fh, fw), 255, np.uint8)
+    if mask is not None:
+        image[cv2.resize(mask.keep.astype(np.uint8), (fw, fh), interpolation=cv2.INTER_NEAREST) == 0] = 0
+    x, y, w, h = box_rectangle(box, (fh, fw))
+    image[y : y + h, x : x + w] = 0
+    path = pkg.root / LEAVE_OUT_FILE
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path} could not be encoded")
+    write_synced(path, png.tobytes())
+    return keep_from_image(path, pkg.image_size, shapes), {"mask": str(path.resolve())}
 
 
 def replaced_mask(pkg: ModelPackage, mask: InspectionMask | None) -> dict[str, Any] | None:
@@ -403,6 +499,12 @@ def calibrate_package(
         threshold["defects"] = check_defects(
             defects_dir, pkg.input_format, fp32, threshold["value"], old["value"], calibration=scores
         )
+    rectangles = mask_rectangles(pkg, mask_request, shapes)
+    suggested = pkg.root / LEAVE_OUT_FILE  # a previous calibration's, unless it is the mask given now
+    if mask_request is None or mask_request.image is None or mask_request.image.resolve() != suggested.resolve():
+        suggested.unlink(missing_ok=True)
+    if (left_out := crowd_left_out(pkg, (frames, shapes), fp32, rectangles, threshold, defects_dir)) is not None:
+        threshold["crowd"] = left_out
     meta = dict(pkg.meta)
     meta["threshold_history"] = [*meta.get("threshold_history", []), old]
     meta["threshold"] = threshold

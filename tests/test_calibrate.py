@@ -665,36 +665,102 @@ def test_the_peaks_picture_numbers_the_highest_and_refuses_a_peak_without_a_scor
         peaks_picture(image, [[0.5, 0.5], [0.1, 0.1]], [0.3], threshold=1.0)
 
 
-def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, tmp_path, line_good):
-    """A label stuck on some good parts, in one place: the calibration says that the highest peak
-    there, and what leaving it out would do; good images peaking all over are not said to."""
-    model, good = tmp_path / "model", tmp_path / "good"
-    shutil.copytree(tiny_model, model)
+def _labelled(line_good: Path, good: Path) -> Path:
+    """`line_good` copied to `good`, three of its images with the same white label at one place."""
     shutil.copytree(line_good, good)
     for path in sorted(good.rglob("*.png"))[:3]:
         image = cv2.imread(str(path))
-        image[28:36, 40:48] = 255  # the same white label on three of them
+        image[28:36, 40:48] = 255
         cv2.imwrite(str(path), image)
-    said = run_vqad("calibrate", model, good, "--force").stdout
+    return good
+
+
+def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, synth_root, tmp_path, line_good):
+    """A label stuck on some good parts, in one place: the calibration says that the highest peak
+    there, the --ignore that leaves it out, and what that would do, measured: the threshold it
+    sets, and the confirmed defects that then pass; calibrated so, it is that threshold. Good
+    images peaking all over are not said to."""
+    model, good, defects = tmp_path / "model", _labelled(line_good, tmp_path / "good"), synth_root / "bracket" / "test"
+    shutil.copytree(tiny_model, model)
+    said = run_vqad("calibrate", model, good, "--force", "--defects", defects).stdout
     t = load_package(model).meta["threshold"]
     highest = np.argsort(t["scores"])[::-1][:3]
     assert all(abs(t["peaks"][i][0] - 0.5) < 0.1 and abs(t["peaks"][i][1] - 0.69) < 0.1 for i in highest), t["peaks"]
-    assert "3 of the 5 highest good images peak at one place, " in said and "across and " in said, said
-    assert "lowers the threshold for the rest of the frame" in said
+    found = t["crowd"]
+    assert found["count"] == 3 and found["where"].startswith("one place, ") and "mask" not in found
+    x, y, w, h = found["ignore"][0]
+    assert len(found["ignore"]) == 1 and x <= 40 and y <= 28 and x + w >= 48 and y + h >= 36, found  # the label
+    assert w * h < 64 * 64 / 4 and np.allclose([y / 64, x / 64, (y + h) / 64, (x + w) / 64], found["box"], atol=1e-4)
+    assert found["threshold"] < t["value"] and found["defects_missed"] <= t["defects"]["missed"], found
+    assert (f"3 of the 5 highest good images peak at {found['where']}: if no defect can be there, leaving it out "
+            f"(--ignore {x},{y},{w},{h}; {found['inspected_share']:.1%} of the frame judged) would set the threshold "
+            f"at {found['threshold']:.4g} instead of "
+            f"{t['value']:.4g}, and let {found['defects_missed']} of {t['defects']['n_images']} confirmed defects "
+            f"pass instead of {t['defects']['missed']}") in said, said  # fmt: skip
     card = run_vqad("info", model).stdout  # an audit of the package reads it in its threshold's line
-    assert "3 of its 5 highest peak at one place, " in card.split("threshold  ", 1)[1].splitlines()[0], card
-    plain = run_vqad("calibrate", model, line_good).stdout
+    line = card.split("threshold  ", 1)[1].splitlines()[0]
+    assert "3 of its 5 highest peak at one place, " in line and f"would be {found['threshold']:.4g})" in line, card
+
+    run_vqad("calibrate", model, good, "--force", "--defects", defects, "--ignore", f"{x},{y},{w},{h}")
+    done = load_package(model).meta["threshold"]
+    assert math.isclose(done["value"], found["threshold"], rel_tol=1e-6), (done["value"], found)
+    assert done["defects"]["missed"] == found["defects_missed"] and "crowd" not in done, done.get("crowd")
+    plain = run_vqad("calibrate", model, line_good, "--inspect-all").stdout
     assert "highest good images peak at" not in plain
 
 
+def test_a_place_left_out_of_frames_of_several_sizes_is_a_mask_image(tiny_model, tmp_path, line_good):
+    """Good images of two sizes take no --ignore (its pixels are one frame's): the place is drawn
+    into a mask image in the package, over the package's own mask, and calibrated with it the
+    threshold is the one measured. A later calibration that finds no crowd removes the image."""
+    model, good = tmp_path / "model", _labelled(line_good, tmp_path / "good")
+    shutil.copytree(tiny_model, model)
+    for path in sorted(good.rglob("*.png"))[-4:]:  # four unlabelled ones from a camera of twice the resolution
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (128, 128), interpolation=cv2.INTER_CUBIC))
+    run_vqad("calibrate", model, line_good, "--ignore", "0,0,8,64")  # the package's own mask: the left 8 columns
+    run_vqad("calibrate", model, good, "--force")
+    found = load_package(model).meta["threshold"]["crowd"]
+    suggested = model / "leave_out.png"
+    assert "ignore" not in found and found["mask"] == str(suggested), found
+    drawn = cv2.imread(str(suggested), cv2.IMREAD_GRAYSCALE)
+    assert drawn.shape == (64, 64) and set(np.unique(drawn)) == {0, 255}, drawn.shape
+    assert (drawn[:, :8] == 0).all() and (drawn[28:36, 40:48] == 0).all() and drawn[10:20, 15:25].all()
+    run_vqad("calibrate", model, good, "--force", "--mask", suggested)
+    t = load_package(model).meta["threshold"]
+    assert math.isclose(t["value"], found["threshold"], rel_tol=1e-6) and suggested.is_file(), (t["value"], found)
+    run_vqad("calibrate", model, line_good, "--inspect-all")
+    assert not suggested.exists()
+
+
 def test_five_peaks_crowd_at_an_edge_or_a_place_or_not_at_all():
-    from edge.peaks import crowd
+    from edge.peaks import Crowd, crowd
 
     scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.1]
     top_edge = [[0.01, 0.2], [0.03, 0.9], [0.02, 0.5], [0.5, 0.5], [0.8, 0.1], [0.02, 0.6]]
-    assert crowd(top_edge, scores) == (3, "the frame's top edge")
+    assert crowd(top_edge, scores) == Crowd(3, "the frame's top edge", (0, 1, 2), "top")
     place = [[0.4, 0.7], [0.42, 0.72], [0.9, 0.1], [0.41, 0.69], [0.2, 0.3], [0.4, 0.7]]
-    assert crowd(place, scores) == (3, "one place, 70% across and 41% down")
+    assert crowd(place, scores) == Crowd(3, "one place, 70% across and 41% down", (0, 1, 3), None)
     spread = [[0.1, 0.1], [0.9, 0.9], [0.5, 0.5], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]]
     assert crowd(spread, scores) is None  # the sixth, lowest, is no matter
     assert crowd([[0.5, 0.5]] * 2, [1.0, 0.9]) is None  # too few to crowd
+
+
+def test_a_crowds_place_holds_each_of_its_spots_over_the_rest_of_the_good_images():
+    """The place is where each crowded image's map stays over the highest score of the other good
+    images around its peak: left out, none of them scores more than those do there. An edge's
+    crowd takes the whole band along the edge."""
+    from edge.peaks import Crowd, crowd_box
+
+    maps = np.zeros((2, 20, 40), np.float32)
+    maps[0, 0:3, 30:36] = 0.6  # a spot at the top edge, 0.6 around a peak of 1.0
+    maps[0, 1, 32] = 1.0
+    maps[1, 0:2, 5:9] = 0.4  # under 0.5: not of the spot
+    maps[1, 0:2, 9:12] = 0.8
+    maps[1, 1, 10] = 0.9
+    maps[1, 10, 20] = 0.45  # elsewhere, under the rest's level: left in
+    at_top = Crowd(2, "the frame's top edge", (0, 1), "top")
+    assert crowd_box(at_top, maps, 0.5) == (0.0, 0.0, 3 / 20, 1.0)
+    place = Crowd(2, "one place", (0, 1), None)
+    assert crowd_box(place, maps, 0.5) == (0.0, 9 / 40, 3 / 20, 36 / 40)
+    assert crowd_box(place, maps, 0.3) == (0.0, 5 / 40, 3 / 20, 36 / 40)  # a lower level, a wider place
+    assert crowd_box(place, maps, 2.0) == (1 / 20, 10 / 40, 2 / 20, 33 / 40)  # over every peak: the peaks alone

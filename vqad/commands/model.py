@@ -277,13 +277,15 @@ def _print_calibration(threshold: dict, args: argparse.Namespace) -> None:
 def _print_peaks(threshold: dict, args: argparse.Namespace) -> None:
     """Where the good images' scores came from, drawn (edge.peaks): where a threshold set too high
     by one place of the part shows."""
-    from edge.peaks import crowd, crowd_words, peaks_file
+    from edge.peaks import crowd, crowd_words, left_out_words, peaks_file
 
     picture = peaks_file(args.target, args.good, threshold)
     if picture is not None:
         print(f"where each good image scores highest: {picture} (a cluster of red where no defect can be is a "
               "place to leave out: --ignore X,Y,W,H)")  # fmt: skip
-    if (crowded := crowd(threshold["peaks"], threshold["scores"])) is not None:
+    if "crowd" in threshold:  # where they crowd, and what leaving it out would do, measured
+        print(left_out_words(threshold["crowd"], threshold["value"], threshold.get("defects")))
+    elif (crowded := crowd(threshold["peaks"], threshold["scores"])) is not None:
         print(crowd_words(crowded))
 
 
