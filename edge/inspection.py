@@ -178,6 +178,16 @@ def keep_from_rectangles(
     return keep
 
 
+def keep_outside(box: Sequence[float], size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool at the model's `size`: False on every model pixel that the (top, left, bottom,
+    right) fraction `box` of the frame touches."""
+    h, w = size
+    keep = np.ones((h, w), bool)
+    rows = slice(int(np.floor(box[0] * h)), int(np.ceil(box[2] * h)))
+    keep[rows, int(np.floor(box[1] * w)) : int(np.ceil(box[3] * w))] = False
+    return keep
+
+
 # A mask image and the frames differ in aspect by more than this: it was drawn on another
 # camera's frame, or a crop of one, and would leave out other parts than the ones drawn. 2%
 # passes a frame scaled to whole pixels (1280x1024 drawn at 500x400 is 0.0%, at 501x400 0.2%).

@@ -226,6 +226,66 @@ def test_a_test_set_of_another_product_is_warned_of(tiny_run, synth_root, tmp_pa
     assert "good test images would be unfit on the line" in (tmp_path / "eval" / "report.html").read_text()
 
 
+def test_eval_measures_leaving_out_where_the_highest_validation_images_crowd(tiny_run, synth_root, tmp_path):
+    """The same white label on three of the five validation images: the report says they peak
+    there, and what leaving that place out of the package would do, measured on the run's own
+    maps: the threshold the validation images would set without it, and the test images' false
+    rejects and misses at it."""
+    from edge.inspection import InspectionMask, keep_outside
+    from train.data import load_images
+
+    run, category = tmp_path / "run", tmp_path / "bracket"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(synth_root / "bracket", category)
+    for kept in run.glob("*.json"):  # the run's images are the copy's
+        kept.write_text(kept.read_text().replace(str(synth_root / "bracket"), str(category)))
+    for name in sorted(Path(p).name for p in json.loads((run / "split.json").read_text())["val"])[:3]:
+        image = cv2.imread(str(category / "train" / "good" / name))
+        image[28:36, 40:48] = 255
+        cv2.imwrite(str(category / "train" / "good" / name), image)
+    said = run_vqad("eval", run, category, "--out", tmp_path / "eval").stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    found, words = metrics["good_peaks_left_out"], metrics["good_peaks_crowd"]
+    top, left, bottom, right = found["box"]
+    assert top <= 28 / 64 and left <= 40 / 64 and bottom >= 36 / 64 and right >= 48 / 64, found  # the label
+    assert (bottom - top) * (right - left) < 0.25 and found["threshold"] < metrics["threshold"], found
+    assert words.startswith("3 of the 5 highest good validation images peak at one place, ") and words in said
+    assert f"would set the threshold at {found['threshold']:.4g} instead of {metrics['threshold']:.4g}" in words
+    # The test images' figures are their maps' maxima outside the place, at that threshold.
+    scores = {row["path"]: row for row in csv.DictReader((tmp_path / "eval" / "scores.csv").open())}
+    run_loaded = load_run(run, category)
+    good = [p for p, row in scores.items() if row["label"] == "0"]
+    _, maps, _ = score_frames(run_loaded.model, load_images(good, run_loaded.model_cfg.input_format))
+    mask = InspectionMask(keep_outside(found["box"], (32, 32)), 4, "")
+    rejected = (mask.apply(maps[:, None], np.zeros(len(maps)))[1] >= found["threshold"]).mean()
+    assert np.isclose(found["false_reject_rate"], rejected), (found, rejected)
+    assert 0.0 <= found["miss_rate"] <= 1.0 and f"let {found['miss_rate']:.1%} of the defects pass" in words
+
+
+def test_the_place_left_out_of_a_runs_maps_is_their_spots_over_the_rest():
+    """left_out_of_run on maps made by hand: the place, its threshold from the validation maps
+    without it, and the test maps' false rejects and misses there."""
+    from types import SimpleNamespace
+
+    from edge.peaks import Crowd
+    from train.evaluate import left_out_of_run
+
+    run = SimpleNamespace(model_cfg=SimpleNamespace(image_size=(20, 20), score=SimpleNamespace(border=1)),
+                          train_cfg=SimpleNamespace(target_frr=0.01))  # fmt: skip
+    val = np.full((5, 20, 20), 0.1, np.float32)
+    val[:3, 8:11, 8:11] = 2.0  # three at one place
+    val[3, 15, 15], val[4, 4, 4] = 0.5, 0.4  # the rest: 0.5 at most
+    test = np.full((3, 20, 20), 0.1, np.float32)
+    test[0, 9, 9] = 3.0  # a good image over the place: no longer rejected
+    test[1, 2, 2] = 0.6  # a good image elsewhere over 0.505: rejected
+    test[2, 16, 4] = 0.52  # a defect elsewhere: caught
+    found = left_out_of_run(run, Crowd(3, "one place", (0, 1, 2), None), val, val.max(axis=(1, 2)), test,
+                            np.array([0, 0, 1]))  # fmt: skip
+    assert found["box"] == [8 / 20, 8 / 20, 11 / 20, 11 / 20]
+    assert np.isclose(found["threshold"], 0.505) and found["inspected_share"] == 1 - 9 / 18**2
+    assert found["false_reject_rate"] == 0.5 and found["miss_rate"] == 0.0
+
+
 def test_a_training_its_disk_cannot_hold_is_refused_at_the_start_not_at_its_first_save(tmp_path, monkeypatch):
     """A run folder on a nearly full disk trained for its whole budget and then failed to write
     its checkpoint: an hour lost on this CPU. The room two checkpoints need is checked first."""

@@ -25,12 +25,13 @@ from edge.durable import require_writable
 from edge.errors import DataError
 from edge.frames import write_image
 from edge.histogram import score_histogram
+from edge.inspection import check_keep, keep_outside
 from edge.overlay import as_bgr, heatmap_overlay, label, map_peak, mark_peak, peak_fraction
-from edge.peaks import crowd, crowd_words, peaks_picture
+from edge.peaks import NUMBERED, Crowd, crowd, crowd_box, crowd_words, peaks_picture
 from edge.progress import progress
 from edge.recalibrate import UNFIT_REFUSED, unfit_images
 from edge.spreadsheet import SpreadsheetCsv
-from edge.threshold import calibrate_threshold, target_frr_trade
+from edge.threshold import calibrate_threshold, target_frr_trade, threshold_at
 from train import plots
 from train.data import TestSample, category_hint, has_test_set, load_images, load_test_set, without_copies_of
 from train.metrics import aupro, f1_max, figure, image_auroc, percent, pixel_auroc, roc_points
@@ -151,8 +152,7 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     metrics["n_left_out_copies"] = len(own)  # good test images that are the run's own
     metrics["left_out_copies"] = own[:COPIES_NAMED]
     metrics["good_test_unfit"] = unfit  # the camera health gate's verdict on the good test images
-    crowded = crowd(val_peaks, val_scores)  # the highest validation images peaking in one place, in words
-    metrics["good_peaks_crowd"] = None if crowded is None else crowd_words(crowded, "good validation images")
+    _crowd_figures(run, metrics, threshold, (val_maps, val_peaks, val_scores), maps, test)
     labels = np.array([s.label for s in test], dtype=int)
     # The trade --target-frr makes, each threshold set on the validation images as this one is.
     metrics["target_frr_choices"] = target_frr_trade(val_scores, scores[labels == 0], scores[labels == 1])
@@ -174,6 +174,71 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     page = write_report_page(out, metrics, test, scores, title, pictures)
     _log_figures(metrics, page)
     return metrics
+
+
+def _crowd_figures(
+    run: Run, metrics: dict[str, Any], threshold: dict[str, Any], val: tuple[np.ndarray, list, np.ndarray],
+    maps: np.ndarray, test: list[TestSample],
+) -> None:  # fmt: skip
+    """metrics' `good_peaks_crowd`: where the highest validation images (`val`: maps, peaks,
+    scores) peak in one place, in words, or None; and `good_peaks_left_out`: what leaving that
+    place out would do (left_out_of_run), said with it, where the threshold is the validation
+    images' own."""
+    crowded = crowd(val[1], val[2])
+    metrics["good_peaks_crowd"] = None if crowded is None else crowd_words(crowded, "good validation images")
+    metrics["good_peaks_left_out"] = None
+    if crowded is None or threshold["source"].get("by") != "vqad eval":
+        return
+    labels = np.array([s.label for s in test], dtype=int)
+    found = left_out_of_run(run, crowded, val[0], val[2], maps, labels)
+    if found is not None:
+        metrics["good_peaks_left_out"] = found
+        metrics["good_peaks_crowd"] = left_out_of_run_words(crowded, found, metrics)
+
+
+def left_out_of_run(
+    run: Run, crowded: Crowd, val_maps: np.ndarray, val_scores: np.ndarray, maps: np.ndarray, labels: np.ndarray
+) -> dict[str, Any] | None:
+    """What leaving out the place where the highest validation images crowd would do, as `vqad
+    calibrate` measures it on a package (edge.recalibrate.crowd_left_out): the threshold the
+    validation images would set without it, and the test images' (`maps`, `labels`) false
+    rejects and misses at it. None where it would leave too little of the frame judged."""
+    others = np.delete(val_scores, crowded.members)
+    box = crowd_box(crowded, val_maps[list(crowded.members)], float(others.max(initial=0.0)))
+    keep = keep_outside(box, tuple(run.model_cfg.image_size))
+    try:
+        mask = check_keep(keep, run.model_cfg.score.border, f"leaving out {crowded.where}")
+    except DataError:
+        return None
+
+    def scores_without(m: np.ndarray) -> np.ndarray:
+        return mask.apply(m[:, None], np.zeros(len(m)))[1]
+
+    _, value = threshold_at(scores_without(val_maps), run.train_cfg.target_frr)
+    fails = scores_without(maps) >= value
+    good, defects = fails[labels == 0], fails[labels == 1]
+    return {
+        "box": [round(v, 4) for v in box],
+        "inspected_share": mask.inspected_share,
+        "threshold": value,
+        "false_reject_rate": float(good.mean()) if good.size else None,
+        "miss_rate": float((~defects).mean()) if defects.size else None,
+    }
+
+
+def left_out_of_run_words(crowded: Crowd, found: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """left_out_of_run's figures as `vqad eval` says them, beside the figures at the threshold."""
+    top, left, bottom, right = found["box"]
+    said = (f"{crowded.count} of the {NUMBERED} highest good validation images peak at {crowded.where}: if no "
+            f"defect can be there, leaving out the frame from {left:.0%} to {right:.0%} across and {top:.0%} to "
+            f"{bottom:.0%} down ({found['inspected_share']:.1%} judged; once exported, vqad calibrate MODEL_DIR "
+            f"GOOD_DIR names the flags) would set the threshold at {found['threshold']:.4g} instead of "
+            f"{metrics['threshold']:.4g}")  # fmt: skip
+    if found["false_reject_rate"] is not None and found["miss_rate"] is not None and metrics["miss_rate"] is not None:
+        said += (f", and on the test images reject {percent(found['false_reject_rate'])} of the good and let "
+                 f"{percent(found['miss_rate'])} of the defects pass, instead of "
+                 f"{percent(metrics['false_reject_rate'])} and {percent(metrics['miss_rate'])}")  # fmt: skip
+    return said
 
 
 # metrics.json names this many of the good test images the camera health gate calls unfit.
