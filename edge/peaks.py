@@ -35,6 +35,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 # on the frame at random do so about once in 150 (10^5 draws); KolektorSDD's three highest at
 # its top edge (300 steps) did.
 CROWDED, CROWD_RADIUS, EDGE_BAND = 3, 0.06, 0.05
+PLACE_COLOUR = (255, 255, 0)  # BGR cyan: the place the highest crowd, outlined; no score's colour
 MIN_WIDTH = 480  # pixels; a narrower frame is drawn this wide or wider
 CAPTION_SCALE, LINE_H = 0.4, 15  # the caption's text, and its lines' pitch in pixels
 
@@ -47,7 +48,7 @@ def peaks_file(root: Path, good_dir: Path, threshold: dict[str, Any]) -> Path | 
     try:
         mask, image = backdrop(root, good_dir)
         drawn = peaks_picture(image, threshold["peaks"], threshold["scores"], threshold["value"],
-                              None if mask is None else mask.keep)  # fmt: skip
+                              None if mask is None else mask.keep, threshold.get("crowd"))  # fmt: skip
         if not cv2.imwrite(str(path), drawn):
             raise OSError("OpenCV did not write it")
     except (DataError, PackageError, OSError, IndexError, KeyError, ValueError, cv2.error) as exc:
@@ -152,13 +153,16 @@ def peaks_picture(
     scores: Sequence[float],
     threshold: float,
     keep: np.ndarray | None = None,
+    place: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """`image` (H, W, 3) BGR, a good image at its own size, darkened, with a dot where each good
     image's map peaks (`peaks`: (row, column) fractions of the frame, as edge.recalibrate's
     GraphScorer gives them), coloured by its score against `threshold`, the NUMBERED highest
     ringed and numbered; the inspection mask's left-out parts hatched (`keep`: (h, w) bool at the
-    model's size, True where judged). -> (caption + k H, k W, 3) uint8, the caption above; k is
-    1, or the whole factor that makes a frame narrower than MIN_WIDTH as wide or wider."""
+    model's size, True where judged); where the highest crowd, the `place` (its `box`, fractions
+    of the frame) outlined, and the caption gives its `threshold`. -> (caption + k H, k W, 3)
+    uint8, the caption above; k is 1, or the whole factor that makes a frame narrower than
+    MIN_WIDTH as wide or wider."""
     if len(peaks) != len(scores):
         raise ValueError(f"{len(peaks)} peaks for {len(scores)} scores")
     factor = -(-MIN_WIDTH // image.shape[1])  # a small frame enlarged, whole pixels, to show its dots and caption
@@ -174,7 +178,11 @@ def peaks_picture(
         cv2.circle(picture, centre, radius, peak_colour(scores[i], threshold), -1, cv2.LINE_AA)
     for rank, i in enumerate(order[::-1][:NUMBERED], 1):
         _number(picture, _pixel(peaks[i], h, w), radius, rank)
-    return np.vstack([_caption(w, len(scores)), picture])
+    if place is not None:
+        top, left, bottom, right = place["box"]
+        corners = (round(left * w), round(top * h)), (round(right * w) - 1, round(bottom * h) - 1)
+        cv2.rectangle(picture, *corners, PLACE_COLOUR, 2)
+    return np.vstack([_caption(w, len(scores), None if place is None else place["threshold"]), picture])
 
 
 def _pixel(peak: Sequence[float], h: int, w: int) -> tuple[int, int]:
@@ -192,12 +200,13 @@ def _number(picture: np.ndarray, centre: tuple[int, int], radius: int, rank: int
     cv2.putText(picture, str(rank), at, FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def _caption(width: int, n: int) -> np.ndarray:
-    """The lines above the picture, wrapped at its width: what the dots are, and what a cluster
-    of red ones means."""
+def _caption(width: int, n: int, without: float | None = None) -> np.ndarray:
+    """The lines above the picture, wrapped at its width: what the dots are, what a cluster of red
+    ones means, and the threshold `without` the place outlined."""
     words = (
         f"Where each of the {n} good images scores highest; red: near the threshold; 1-{NUMBERED}: the highest. "
         "A cluster of red where no defect can be is a place to leave out (vqad calibrate --ignore X,Y,W,H)."
+        + ("" if without is None else f" Outlined: where they crowd; left out, the threshold would be {without:.4g}.")
     ).split()
     lines = [""]
     for word in words:

@@ -697,6 +697,9 @@ def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, sy
             f"at {found['threshold']:.4g} instead of "
             f"{t['value']:.4g}, and let {found['defects_missed']} of {t['defects']['n_images']} confirmed defects "
             f"pass instead of {t['defects']['missed']}") in said, said  # fmt: skip
+    drawn = cv2.imread(str(model / "peaks.png"))  # the place outlined in cyan on the 64-px frame drawn 512 wide
+    ys, xs = np.nonzero((drawn[drawn.shape[0] - 512 :] == (255, 255, 0)).all(axis=2))
+    assert abs(xs.min() - x * 8) <= 1 and abs(xs.max() + 1 - (x + w) * 8) <= 1 and abs(ys.min() - y * 8) <= 1, (xs, ys)
     card = run_vqad("info", model).stdout  # an audit of the package reads it in its threshold's line
     line = card.split("threshold  ", 1)[1].splitlines()[0]
     assert "3 of its 5 highest peak at one place, " in line and f"would be {found['threshold']:.4g})" in line, card
@@ -707,6 +710,7 @@ def test_the_highest_good_images_peaking_in_one_place_are_said_to(tiny_model, sy
     assert done["defects"]["missed"] == found["defects_missed"] and "crowd" not in done, done.get("crowd")
     plain = run_vqad("calibrate", model, line_good, "--inspect-all").stdout
     assert "highest good images peak at" not in plain
+    assert not (cv2.imread(str(model / "peaks.png")) == (255, 255, 0)).all(axis=2).any()  # no place outlined
 
 
 def test_a_place_left_out_of_frames_of_several_sizes_is_a_mask_image(tiny_model, tmp_path, line_good):

@@ -250,6 +250,7 @@ def test_eval_measures_leaving_out_where_the_highest_validation_images_crowd(tin
     assert top <= 28 / 64 and left <= 40 / 64 and bottom >= 36 / 64 and right >= 48 / 64, found  # the label
     assert (bottom - top) * (right - left) < 0.25 and found["threshold"] < metrics["threshold"], found
     assert words.startswith("3 of the 5 highest good validation images peak at one place, ") and words in said
+    assert (cv2.imread(str(tmp_path / "eval" / "peaks.png")) == (255, 255, 0)).all(axis=2).any()  # outlined
     assert f"would set the threshold at {found['threshold']:.4g} instead of {metrics['threshold']:.4g}" in words
     # The test images' figures are their maps' maxima outside the place, at that threshold.
     scores = {row["path"]: row for row in csv.DictReader((tmp_path / "eval" / "scores.csv").open())}

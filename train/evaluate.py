@@ -168,7 +168,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
         val = _by_path(val_paths, val_images, val_recons, val_maps, val_scores)
         _calibration_pictures(run, out, threshold, val)
         if len(val_images):  # as vqad calibrate draws a package's
-            picture = peaks_picture(as_bgr(val_images[0]), val_peaks, val_scores, threshold["value"])
+            picture = peaks_picture(as_bgr(val_images[0]), val_peaks, val_scores, threshold["value"],
+                                    place=metrics["good_peaks_left_out"])  # fmt: skip
             write_image(out / PEAKS_PICTURE, picture)
     title = f"{run.root.name} on {Path(category).name}"
     page = write_report_page(out, metrics, test, scores, title, pictures)
