@@ -406,9 +406,9 @@ def leave_out_mask(
 ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """The package's mask with the fraction `box` left out too, as `vqad calibrate` would make it
     -> (keep at the model's size, how: {"ignore": the rectangles} where the images (of `shapes`)
-    are of one size and the mask is `rectangles` or none; else {"mask": the path of an image of
-    the size of the median aspect, LEAVE_OUT_FILE in the package, black where the mask and the box leave
-    out}). OSError where the image cannot be written."""
+    are of one size and the mask is `rectangles` or none; else {"mask": the path of an image,
+    LEAVE_OUT_FILE in the package, at the images' median aspect's size, black where the mask and
+    the box leave out}). OSError where the image cannot be written."""
     sizes = sorted(set(shapes))
     if len(sizes) == 1 and rectangles is not None:
         ignore = [*rectangles, list(box_rectangle(box, sizes[0]))]
