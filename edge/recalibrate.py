@@ -26,9 +26,11 @@ from edge.errors import DataError, PackageError
 from edge.frames import InputFormat, batched, find_images, load_images
 from edge.health import HealthGate, HealthLimits
 from edge.inspection import (
+    ASPECT_TOLERANCE,
     InspectionMask,
     MaskRequest,
     border_of,
+    check_aspect,
     check_keep,
     keep_from_image,
     keep_from_rectangles,
@@ -414,6 +416,11 @@ def leave_out_mask(
         ignore = [*rectangles, list(box_rectangle(box, sizes[0]))]
         return keep_from_rectangles([tuple(r) for r in ignore], sizes[0], pkg.image_size), {"ignore": ignore}
     fh, fw = sorted(shapes, key=lambda hw: hw[0] / hw[1])[len(shapes) // 2]  # the median aspect, for the most
+    try:
+        check_aspect(pkg.root / LEAVE_OUT_FILE, (fh, fw), shapes)
+    except DataError:
+        raise DataError(f"the good images' aspects differ by more than {ASPECT_TOLERANCE:.0%}: no one --mask image "
+                        "fits them all") from None  # fmt: skip
     image = np.full((fh, fw), 255, np.uint8)
     if mask is not None:
         image[cv2.resize(mask.keep.astype(np.uint8), (fw, fh), interpolation=cv2.INTER_NEAREST) == 0] = 0

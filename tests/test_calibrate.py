@@ -734,6 +734,12 @@ def test_a_place_left_out_of_frames_of_several_sizes_is_a_mask_image(tiny_model,
     assert math.isclose(t["value"], found["threshold"], rel_tol=1e-6) and suggested.is_file(), (t["value"], found)
     run_vqad("calibrate", model, line_good, "--inspect-all")
     assert not suggested.exists()
+    for path in sorted(good.rglob("*.png"))[-4:]:  # 64 wide and 80 high: no one mask image fits both aspects
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (64, 80), interpolation=cv2.INTER_CUBIC))
+    proc = run_vqad("calibrate", model, good, "--force")
+    assert "what leaving out one place, " in proc.stderr and "no one --mask image fits them all" in proc.stderr
+    assert "crowd" not in load_package(model).meta["threshold"] and not suggested.exists()
+    assert "3 of the 5 highest good images peak at one place, " in proc.stdout  # said, not measured
 
 
 def test_five_peaks_crowd_at_an_edge_or_a_place_or_not_at_all():
