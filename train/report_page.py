@@ -127,7 +127,8 @@ def _picture_sections(
         "<p>Where each good validation image scores highest, over the first of them at the model's size: red "
         "near the threshold, the five highest numbered. Where the red crowd one place no defect can reach (the "
         "frame's edge, a label), that place sets the threshold; leave it out of the exported package: "
-        "<code>vqad calibrate MODEL_DIR GOOD_DIR --ignore X,Y,W,H</code>.</p>",
+        "<code>vqad calibrate MODEL_DIR GOOD_DIR --ignore X,Y,W,H</code>. Where 3 of the 5 highest crowd, the "
+        'place is outlined, and the line under "At the threshold" says what leaving it out would do.</p>',
         _gallery(out, [(PEAKS_PICTURE, "where each good validation image scores highest")]),
         f"<h2>Good test images rejected ({len(rejected)})</h2>",
         _gallery(out, [_panel_entry(test[i], scores[i]) for i in rejected]),
