@@ -88,12 +88,13 @@ def crowd(peaks: Sequence[Sequence[float]], scores: Sequence[float]) -> Crowd | 
     return Crowd(len(members), f"one place, {col:.0%} across and {row:.0%} down", members, None)
 
 
-def crowd_box(crowded: Crowd, maps: np.ndarray, level: float) -> tuple[float, float, float, float]:
+def crowd_box(crowded: Crowd, maps: np.ndarray, scores: Sequence[float]) -> tuple[float, float, float, float]:
     """The place a crowd's images score from: (top, left, bottom, right) fractions of the frame
-    that hold each member's spot over `level` (edge.overlay.peak_spot of its map; `maps`: the
-    members' own, in their order), along its whole edge for an edge's crowd, as a line's good
-    parts peak anywhere along it. With `level` the highest score of the other good images, each
-    member left out of it scores no more than they do around it."""
+    that hold each member's spot over the highest score of the other good images (`scores`:
+    all of them; edge.overlay.peak_spot of its map; `maps`: the members' own, in their order),
+    along its whole edge for an edge's crowd, as a line's good parts peak anywhere along it.
+    Left out of it, no member scores more around its peak than the others do."""
+    level = float(np.delete(np.asarray(scores, dtype=np.float64), crowded.members).max(initial=0.0))
     spots = np.array([peak_spot(amap, level) for amap in maps]).reshape(-1, 4)
     top, left = spots[:, :2].min(axis=0)
     bottom, right = spots[:, 2:].max(axis=0)

@@ -379,8 +379,7 @@ def crowd_left_out(
     if crowded is None:
         return None
     frames, shapes = calibration
-    others = np.delete(np.asarray(threshold["scores"]), crowded.members)
-    box = crowd_box(crowded, scorer.maps(frames[list(crowded.members)]), float(others.max(initial=0.0)))
+    box = crowd_box(crowded, scorer.maps(frames[list(crowded.members)]), threshold["scores"])
     try:
         keep, how = leave_out_mask(pkg, box, shapes, scorer.mask, rectangles)
         trial = check_keep(keep, border_of(pkg.meta), f"leaving out {crowded.where}")

@@ -768,9 +768,11 @@ def test_a_crowds_place_holds_each_of_its_spots_over_the_rest_of_the_good_images
     maps[1, 0:2, 9:12] = 0.8
     maps[1, 1, 10] = 0.9
     maps[1, 10, 20] = 0.45  # elsewhere, under the rest's level: left in
+    scores = [1.0, 0.9, 0.5, 0.2]  # the members' first, then the rest's: at most 0.5
     at_top = Crowd(2, "the frame's top edge", (0, 1), "top")
-    assert crowd_box(at_top, maps, 0.5) == (0.0, 0.0, 3 / 20, 1.0)
+    assert crowd_box(at_top, maps, scores) == (0.0, 0.0, 3 / 20, 1.0)
     place = Crowd(2, "one place", (0, 1), None)
-    assert crowd_box(place, maps, 0.5) == (0.0, 9 / 40, 3 / 20, 36 / 40)
-    assert crowd_box(place, maps, 0.3) == (0.0, 5 / 40, 3 / 20, 36 / 40)  # a lower level, a wider place
-    assert crowd_box(place, maps, 2.0) == (1 / 20, 10 / 40, 2 / 20, 33 / 40)  # over every peak: the peaks alone
+    assert crowd_box(place, maps, scores) == (0.0, 9 / 40, 3 / 20, 36 / 40)
+    assert crowd_box(place, maps, [1.0, 0.9, 0.3]) == (0.0, 5 / 40, 3 / 20, 36 / 40)  # a lower level, a wider place
+    over = Crowd(2, "one place", (1, 2), None)  # the rest (image 0) over every peak: the peaks alone
+    assert crowd_box(over, maps, [2.0, 0.9, 1.0]) == (1 / 20, 10 / 40, 2 / 20, 33 / 40)

@@ -269,7 +269,7 @@ def test_the_place_left_out_of_a_runs_maps_is_their_spots_over_the_rest():
     from types import SimpleNamespace
 
     from edge.peaks import Crowd
-    from train.evaluate import left_out_of_run
+    from train.evaluate import left_out_of_run, left_out_of_run_words
 
     run = SimpleNamespace(model_cfg=SimpleNamespace(image_size=(20, 20), score=SimpleNamespace(border=1)),
                           train_cfg=SimpleNamespace(target_frr=0.01))  # fmt: skip
@@ -285,6 +285,13 @@ def test_the_place_left_out_of_a_runs_maps_is_their_spots_over_the_rest():
     assert found["box"] == [8 / 20, 8 / 20, 11 / 20, 11 / 20]
     assert np.isclose(found["threshold"], 0.505) and found["inspected_share"] == 1 - 9 / 18**2
     assert found["false_reject_rate"] == 0.5 and found["miss_rate"] == 0.0
+    crowded = Crowd(3, "one place", (0, 1, 2), None)
+    figures = {"threshold": 2.02, "false_reject_rate": 0.5, "miss_rate": 1.0}
+    said = left_out_of_run_words(crowded, found, figures)
+    assert said.endswith("would set the threshold at 0.505 instead of 2.02, and on the test images reject 50.0% of "
+                         "the good and let 0.0% of the defects pass, instead of 50.0% and 100.0%"), said  # fmt: skip
+    same = left_out_of_run_words(crowded, {**found, "threshold": 2.02}, figures)  # the highest is not the crowd's
+    assert same.endswith("would not lower the threshold: good images score as high elsewhere"), same
 
 
 def test_a_training_its_disk_cannot_hold_is_refused_at_the_start_not_at_its_first_save(tmp_path, monkeypatch):

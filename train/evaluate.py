@@ -152,8 +152,8 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
     metrics["n_left_out_copies"] = len(own)  # good test images that are the run's own
     metrics["left_out_copies"] = own[:COPIES_NAMED]
     metrics["good_test_unfit"] = unfit  # the camera health gate's verdict on the good test images
-    _crowd_figures(run, metrics, threshold, (val_maps, val_peaks, val_scores), maps, test)
     labels = np.array([s.label for s in test], dtype=int)
+    _crowd_figures(run, metrics, threshold, (val_maps, val_peaks, val_scores), maps, labels)
     # The trade --target-frr makes, each threshold set on the validation images as this one is.
     metrics["target_frr_choices"] = target_frr_trade(val_scores, scores[labels == 0], scores[labels == 1])
     out.mkdir(parents=True, exist_ok=True)
@@ -179,18 +179,17 @@ def evaluate(run_dir: str | Path, category: str | Path, out: str | Path, picture
 
 def _crowd_figures(
     run: Run, metrics: dict[str, Any], threshold: dict[str, Any], val: tuple[np.ndarray, list, np.ndarray],
-    maps: np.ndarray, test: list[TestSample],
+    maps: np.ndarray, labels: np.ndarray,
 ) -> None:  # fmt: skip
     """metrics' `good_peaks_crowd`: where the highest validation images (`val`: maps, peaks,
     scores) peak in one place, in words, or None; and `good_peaks_left_out`: what leaving that
-    place out would do (left_out_of_run), said with it, where the threshold is the validation
-    images' own."""
+    place out would do to the test images (`maps`, `labels`; left_out_of_run), said with it,
+    where the threshold is the validation images' own."""
     crowded = crowd(val[1], val[2])
     metrics["good_peaks_crowd"] = None if crowded is None else crowd_words(crowded, "good validation images")
     metrics["good_peaks_left_out"] = None
     if crowded is None or threshold["source"].get("by") != "vqad eval":
         return
-    labels = np.array([s.label for s in test], dtype=int)
     found = left_out_of_run(run, crowded, val[0], val[2], maps, labels)
     if found is not None:
         metrics["good_peaks_left_out"] = found
@@ -204,8 +203,7 @@ def left_out_of_run(
     calibrate` measures it on a package (edge.recalibrate.crowd_left_out): the threshold the
     validation images would set without it, and the test images' (`maps`, `labels`) false
     rejects and misses at it. None where it would leave too little of the frame judged."""
-    others = np.delete(val_scores, crowded.members)
-    box = crowd_box(crowded, val_maps[list(crowded.members)], float(others.max(initial=0.0)))
+    box = crowd_box(crowded, val_maps[list(crowded.members)], val_scores)
     keep = keep_outside(box, tuple(run.model_cfg.image_size))
     try:
         mask = check_keep(keep, run.model_cfg.score.border, f"leaving out {crowded.where}")
@@ -230,11 +228,13 @@ def left_out_of_run(
 def left_out_of_run_words(crowded: Crowd, found: dict[str, Any], metrics: dict[str, Any]) -> str:
     """left_out_of_run's figures as `vqad eval` says them, beside the figures at the threshold."""
     top, left, bottom, right = found["box"]
-    said = (f"{crowded.count} of the {NUMBERED} highest good validation images peak at {crowded.where}: if no "
-            f"defect can be there, leaving out the frame from {left:.0%} to {right:.0%} across and {top:.0%} to "
-            f"{bottom:.0%} down ({found['inspected_share']:.1%} judged; once exported, vqad calibrate MODEL_DIR "
-            f"GOOD_DIR names the flags) would set the threshold at {found['threshold']:.4g} instead of "
-            f"{metrics['threshold']:.4g}")  # fmt: skip
+    said = f"{crowded.count} of the {NUMBERED} highest good validation images peak at {crowded.where}: "
+    place = f"the frame from {left:.0%} to {right:.0%} across and {top:.0%} to {bottom:.0%} down"
+    if found["threshold"] >= metrics["threshold"] * (1 - 1e-6):
+        return said + f"leaving out {place} would not lower the threshold: good images score as high elsewhere"
+    said += (f"if no defect can be there, leaving out {place} ({found['inspected_share']:.1%} judged; once "
+             f"exported, vqad calibrate MODEL_DIR GOOD_DIR names the flags) would set the threshold at "
+             f"{found['threshold']:.4g} instead of {metrics['threshold']:.4g}")  # fmt: skip
     if found["false_reject_rate"] is not None and found["miss_rate"] is not None and metrics["miss_rate"] is not None:
         said += (f", and on the test images reject {percent(found['false_reject_rate'])} of the good and let "
                  f"{percent(found['miss_rate'])} of the defects pass, instead of "
