@@ -257,7 +257,8 @@ def test_eval_measures_leaving_out_where_the_highest_validation_images_crowd(tin
     run_loaded = load_run(run, category)
     good = [p for p, row in scores.items() if row["label"] == "0"]
     _, maps, _ = score_frames(run_loaded.model, load_images(good, run_loaded.model_cfg.input_format))
-    mask = InspectionMask(keep_outside(found["box"], (32, 32)), 4, "")
+    cfg = run_loaded.model_cfg
+    mask = InspectionMask(keep_outside(found["box"], tuple(cfg.image_size)), cfg.score.border, "")
     rejected = (mask.apply(maps[:, None], np.zeros(len(maps)))[1] >= found["threshold"]).mean()
     assert np.isclose(found["false_reject_rate"], rejected), (found, rejected)
     assert 0.0 <= found["miss_rate"] <= 1.0 and f"let {found['miss_rate']:.1%} of the defects pass" in words
