@@ -504,7 +504,8 @@ def _add_mask_flags(c: argparse.ArgumentParser) -> None:
         help="a model package only: leave this rectangle of the frame (in the good images' pixels: left, top, "
         "width, height) out of the decision, e.g. a date code printed on each part; repeat for more. The "
         "threshold is calibrated through the mask, which the package keeps (drawn in TARGET/inspection.png). It "
-        "replaces the package's mask: give the rectangles it had too (vqad info TARGET lists them)",
+        "replaces the package's mask: give the rectangles it had too (vqad info TARGET lists them). Where the "
+        "highest good images crowd one place, a calibration names the flags that leave it out, and what they do",
     )
     c.add_argument(
         "--mask",
