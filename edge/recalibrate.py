@@ -37,6 +37,7 @@ from edge.inspection import (
     load_mask,
     mask_given,
     mask_note,
+    mask_png,
     remove_unnamed_masks,
     requested_mask,
     with_mask,
@@ -383,7 +384,7 @@ def crowd_left_out(
     try:
         keep, how = leave_out_mask(pkg, box, shapes, scorer.mask, rectangles)
         trial = check_keep(keep, border_of(pkg.meta), f"leaving out {crowded.where}")
-    except (DataError, OSError) as exc:
+    except (DataError, PackageError, OSError) as exc:
         log.warning("what leaving out %s would do is not measured: %s", crowded.where, exc)
         return None
     log.info("the good images scored again without %s, where the highest of them peak", crowded.where)
@@ -409,7 +410,7 @@ def leave_out_mask(
     -> (keep at the model's size, how: {"ignore": the rectangles} where the images (of `shapes`)
     are of one size and the mask is `rectangles` or none; else {"mask": the path of an image,
     LEAVE_OUT_FILE in the package, at the images' median aspect's size, black where the mask and
-    the box leave out}). OSError where the image cannot be written."""
+    the box leave out}). OSError or PackageError where the image cannot be written."""
     sizes = sorted(set(shapes))
     if len(sizes) == 1 and rectangles is not None:
         ignore = [*rectangles, list(box_rectangle(box, sizes[0]))]
@@ -426,10 +427,7 @@ def leave_out_mask(
     x, y, w, h = box_rectangle(box, (fh, fw))
     image[y : y + h, x : x + w] = 0
     path = pkg.root / LEAVE_OUT_FILE
-    ok, png = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"{path} could not be encoded")
-    write_synced(path, png.tobytes())
+    write_synced(path, mask_png(image > 0))
     return keep_from_image(path, pkg.image_size, shapes), {"mask": str(path.resolve())}
 
 
