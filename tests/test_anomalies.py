@@ -97,3 +97,33 @@ def test_crops_borrow_content_from_whole_images_larger_than_they_are():
     crops, pool = _batch(n=24, size=32), _batch(n=4, size=96, seed=2)
     painted, masks = paint_anomalies(crops, pool, np.random.default_rng(3), fraction=1.0, min_change=0.0)
     assert painted.shape == (24, 32, 32, 3) and (masks.reshape(24, -1).max(axis=1) > 0).all()
+
+
+def test_repair_ranks_swap_codes_of_one_band_inside_a_mask_and_keep_the_rest():
+    from train.anomalies import repair_ranks
+
+    rng = np.random.default_rng(3)
+    for shape, grid in (((64, 64), (16, 16)), ((128, 320), (32, 80))):
+        for _ in range(20):
+            ranks = repair_ranks(shape, grid, 64, rng)
+            assert ranks.shape == grid and ranks.dtype == np.int64
+            inside = ranks[ranks > 0]
+            assert 0 < inside.size < ranks.size  # never empty, never the whole crop
+            assert 1 <= inside.min() and inside.max() < 64 and inside.max() - inside.min() < 64 // 8
+
+
+def test_paste_repair_changes_only_the_swapped_cells_and_keeps_a_grey_crop_grey():
+    from train.anomalies import MIN_CHANGE, paste_repair
+
+    grey = np.repeat((np.random.default_rng(0).random((32, 32, 1)) * 255).astype(np.uint8), 3, axis=2)
+    ranks = np.zeros((8, 8), dtype=np.int64)
+    ranks[2:4, 3:6] = 5  # latent cells 4 pixels on a side
+    decoded = np.random.default_rng(1).random((32, 32, 3)).astype(np.float32)
+    out, moved = paste_repair(grey, decoded, ranks)
+    clean = grey.astype(np.float32) / 255
+    changed = np.abs(out - clean).max(axis=2) > 0
+    assert moved and out.dtype == np.float32 and changed[8:16, 12:24].mean() > 0.9
+    assert not changed[~np.kron(ranks > 0, np.ones((4, 4), dtype=bool))].any()
+    assert (out == out[:, :, :1]).all()  # no colour cue on a grey part
+    same, moved = paste_repair(grey, clean + MIN_CHANGE / 2, ranks)
+    assert not moved  # a change under MIN_CHANGE is no corruption the head could be told of

@@ -1078,3 +1078,54 @@ def test_a_set_of_one_defect_kind_is_not_broken_down_by_kind():
     metrics["per_kind_image_auroc"]["pit"] = 1.0
     shown = [name for name, _ in _at_threshold_rows(metrics, labels, decisions) + _ranking_rows(metrics, labels)]
     assert {"crack that pass", "pit that pass", "image AUROC, crack against good"} <= set(shown)
+
+
+def test_crops_corrupted_in_code_space_are_the_vqvaes_repair_target_and_leave_the_heads_loss(
+    synth_root, tmp_path, monkeypatch
+):
+    """Every unpainted crop corrupted in code space (REPAIR_SHARE 1) once the codebook is
+    initialised: the VQ-VAE sees the corrupted crop and the head's loss only the others."""
+    import train.anomalies
+    import train.loop
+    from edge.config import load_config
+    from train.anomalies import MIN_CHANGE
+    from train.config import ModelConfig, TrainConfig
+
+    head_batches, moved_per_step, batches = [], [], []
+    loss, paste, picker = train.loop.head_loss, train.loop.paste_repair, train.anomalies.pick_for_repair
+    painter = train.loop.paint_anomalies
+
+    def painted(batch, *args):
+        corrupted, masks = painter(batch, *args)
+        batches.append((batch, corrupted, masks))  # corrupted is what the VQ-VAE is given
+        return corrupted, masks
+
+    def pasted(*args):
+        out, moved = paste(*args)
+        moved_per_step[-1] += moved
+        return out, moved
+
+    def pick(masks, rng):
+        moved_per_step.append(0)
+        return picker(masks, rng, share=1.0)
+
+    monkeypatch.setattr(
+        train.loop, "head_loss", lambda logits, target: head_batches.append(len(logits)) or loss(logits, target)
+    )
+    monkeypatch.setattr(train.loop, "paste_repair", pasted)
+    monkeypatch.setattr(train.loop, "pick_for_repair", pick)
+    monkeypatch.setattr(train.loop, "paint_anomalies", painted)
+    model_cfg = load_config(
+        ModelConfig,
+        ROOT / "configs" / "model.yaml",
+        {"image_size": 32, "width": 8, "code_dim": 8, "codebook_size": 16, "head_width": 4},
+    )
+    train_cfg = load_config(TrainConfig, ROOT / "configs" / "train.yaml", {"steps": 4, "batch_size": 8})
+    train.loop.train(synth_root / "bracket", tmp_path / "run", model_cfg, train_cfg, progress=False)
+    assert len(moved_per_step) == 3  # steps 2-4: step 1 initialises the codebook
+    assert sum(moved_per_step) > 0
+    assert head_batches[1:] == [8 - moved for moved in moved_per_step if moved < 8]
+    for (batch, corrupted, masks), moved_count in zip(batches[1:], moved_per_step, strict=True):
+        unpainted = ~masks.reshape(8, -1).any(axis=1)
+        moved = np.abs(corrupted - batch / 255.0).max(axis=(1, 2, 3)) >= MIN_CHANGE
+        assert moved[unpainted].sum() == moved_count  # the VQ-VAE is given the corrupted crops

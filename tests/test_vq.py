@@ -150,6 +150,32 @@ def test_training_precision_choice():
     assert autocast_dtype(cpu, "auto") in (None, torch.bfloat16)
 
 
+def test_decode_ranked_swaps_each_cell_for_its_ranked_code_and_rank_0_is_the_plain_decode():
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, width=8, code_dim=8, codebook_size=32, res_blocks=1)
+    model = VQVAE(cfg).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x)  # k-means initialisation
+    model.eval()
+    z = model.encoder(x)
+    _, codes, _ = model.quantize(z)
+    ranks = torch.zeros(2, 8, 8, dtype=torch.long)
+    assert torch.allclose(model.decode_ranked(x, ranks), model.decode_code(codes), atol=1e-5)
+    ranks[0, 2:4, 2:5] = 3
+    order = model.quantizer.distances(z.permute(0, 2, 3, 1).reshape(-1, 8)).argsort(dim=1).view(2, 8, 8, 32)
+    swapped = torch.where(ranks > 0, order[..., 3], codes)
+    assert (swapped != codes).sum() == 6
+    embed = model.quantizer.embed.clone()
+    assert torch.allclose(model.decode_ranked(x, ranks), model.decode_code(swapped), atol=1e-5)
+    assert torch.equal(model.quantizer.embed, embed)  # the codebook learns nothing from a swap
+    with pytest.raises(ValueError, match="latent grid"):
+        model.decode_ranked(x, ranks[:, :4])
+    with pytest.raises(ValueError, match="one-level"):
+        VQVAE(ModelConfig(image_size=32, width=8, code_dim=8, codebook_size=32, res_blocks=1, levels=2)).decode_ranked(
+            x, ranks
+        )
+
+
 def test_two_levels_condition_the_bottom_codes_on_the_top_and_decode_from_both():
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=32, width=8, code_dim=8, codebook_size=32, res_blocks=1, levels=2)

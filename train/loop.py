@@ -46,7 +46,7 @@ from edge.frames import batched
 from edge.recalibrate import fingerprints
 from edge.state import LockHeldError, hold_lock
 from edge.threshold import ENOUGH_CALIBRATION_IMAGES, WIDE_FRR_BOUND, frr_upper_bound
-from train.anomalies import paint_anomalies
+from train.anomalies import paint_anomalies, paste_repair, pick_for_repair, repair_ranks
 from train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from train.config import ModelConfig, TrainConfig
 from train.data import (
@@ -601,6 +601,7 @@ def train_step(s: Session, elapsed: float) -> dict[str, Any]:
     clean_u8 = random_crops(picked, s.rng)  # (B, h, w, C), h, w <= TRAIN_CROP
     clean01 = torch.from_numpy(clean_u8).permute(0, 3, 1, 2).float().div(255).to(s.device)  # (B, C, H, W)
     corrupted, mask_np = paint_anomalies(clean_u8, s.train_images, s.rng)
+    for_head = corrupt_in_code_space(s, clean_u8, corrupted, mask_np).to(s.device)  # (B,) bool
     inp01 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).to(s.device)  # (B, C, H, W)
     masks = torch.from_numpy(mask_np)[:, None].to(s.device)  # (B, 1, H, W)
     mean, std = s.model_cfg.channel_mean(), s.model_cfg.channel_std()
@@ -614,13 +615,40 @@ def train_step(s: Session, elapsed: float) -> dict[str, Any]:
     if s.head_net is not None:
         with s.autocast():
             logits, _ = s.head_net(inp01, recon01.detach())
-        head_l = head_loss(logits.float(), masks)
-        loss = loss + HEAD_LOSS_WEIGHT * head_l
+        if for_head.any():
+            head_l = head_loss(logits.float()[for_head], masks[for_head])
+            loss = loss + HEAD_LOSS_WEIGHT * head_l
     s.opt.zero_grad(set_to_none=True)
     loss.backward()
     s.opt.step()
     s.dead_total += s.model.vqvae.expire_dead_codes()
     return {"loss": loss, "l2": l2, "ssim": ssim_l, "head": head_l, "stats": stats}
+
+
+@torch.no_grad()
+def corrupt_in_code_space(s: Session, clean_u8: np.ndarray, corrupted: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+    """Corrupt a share of the unpainted crops in `corrupted` (B, H, W, C) in place, in the VQ-VAE's
+    code space (train/anomalies.py, REPAIR_SHARE): the VQ-VAE's repair target. -> (B,) bool, the
+    crops the head learns from: all but those this moved visibly, whose labels say nothing.
+    A one-level model with its codebook initialised only; otherwise nothing changes."""
+    for_head = torch.ones(len(clean_u8), dtype=torch.bool)
+    vqvae = s.model.vqvae
+    if vqvae.top is not None or not bool(vqvae.quantizer.initted):
+        return for_head
+    chosen = pick_for_repair(masks, s.rng)
+    if not len(chosen):
+        return for_head
+    mean, std = s.model_cfg.channel_mean(), s.model_cfg.channel_std()
+    x01 = torch.from_numpy(clean_u8[chosen]).permute(0, 3, 1, 2).float().div(255).to(s.device)  # (n, C, H, W)
+    height, width = clean_u8.shape[1:3]
+    grid = (height // s.model_cfg.downsample, width // s.model_cfg.downsample)
+    ranks = np.stack([repair_ranks((height, width), grid, vqvae.quantizer.K, s.rng) for _ in chosen])  # (n, h, w)
+    decoded = denormalize(vqvae.decode_ranked(normalize(x01, mean, std), torch.from_numpy(ranks)), mean, std)
+    decoded_np = decoded.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, C)
+    for j, i in enumerate(chosen):
+        corrupted[i], moved = paste_repair(clean_u8[i], decoded_np[j], ranks[j])
+        for_head[i] = not moved
+    return for_head
 
 
 def random_crops(images: np.ndarray, rng: np.random.Generator, crop: int | None = None) -> np.ndarray:

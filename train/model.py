@@ -333,6 +333,23 @@ class VQVAE(nn.Module):
         return self.decode(z_q)
 
     @torch.no_grad()
+    def decode_ranked(self, x: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) normalised; ranks: (N, h, w) int at the latent grid -> (N, C, H, W)
+        normalised, decoded with each cell's code taken as its ranks-th nearest by distance (0,
+        its own). Code-space anomalies (train/anomalies.py, repair_ranks): no gradient, and the
+        codebook's EMA does not learn from them. One level only: a two-level model's bottom codes
+        are conditioned on the top's, which a swap would leave inconsistent."""
+        if self.top is not None:
+            raise ValueError("code-space swaps need a one-level VQ-VAE (model.levels 1)")
+        z = self.encoder(x).float()  # (N, D, h, w)
+        n, d, h, w = z.shape
+        if tuple(ranks.shape) != (n, h, w):
+            raise ValueError(f"ranks of shape {tuple(ranks.shape)} for a latent grid of {(n, h, w)}")
+        order = self.quantizer.distances(z.permute(0, 2, 3, 1).reshape(-1, d)).argsort(dim=1)  # (N*h*w, K)
+        codes = order.gather(1, ranks.reshape(-1, 1).to(order.device))  # (N*h*w, 1)
+        return self.decode_code(codes.view(n, h, w))
+
+    @torch.no_grad()
     def expire_dead_codes(self) -> int:
         """Restart dead codes in every codebook from its last training batch; returns how many."""
         return sum(q.expire_dead_codes(q.last_batch) for q in self.quantizers() if q.last_batch is not None)
