@@ -1324,9 +1324,9 @@ def test_each_cameras_tile_says_how_many_of_its_fails_wait_for_a_review(line):
         assert (unreviewed("review-a"), unreviewed("review-b")) == (3, 1)
         driver.get(base + "/")
         tile = "return document.querySelector('#overview a[data-glance=\"{}\"] [data-field=unreviewed]')?.textContent"
-        said = wait_for(lambda: driver.execute_script(tile.format("review-a")) == "3 not reviewed (7 days)", 15)
-        assert said, driver.execute_script(tile.format("review-a"))
-        assert driver.execute_script(tile.format("review-b")) == "1 not reviewed (7 days)"
+        tiles = {"review-a": "3 not reviewed (7 days)", "review-b": "1 not reviewed (7 days)"}
+        said = wait_for(lambda: all(driver.execute_script(tile.format(c)) == t for c, t in tiles.items()), 15)
+        assert said, [driver.execute_script(tile.format(c)) for c in tiles]
     finally:
         run_vqad("ctl", line["control"], "set-threshold", str(threshold), "--reason", "tiles done", check=False)
         cam.close()
@@ -2261,10 +2261,18 @@ def test_a_page_left_open_through_a_storm_of_rejects_does_not_grow(tmp_path):
     camera the dashboard no longer keeps kept its section, frozen at its last state."""
     from edge.dashboard.browser import page_footprint
 
+    # Measured where the gallery holds its 12 tiles with their pictures loaded: a refresh
+    # caught halfway (on a busy machine) holds tiles it is about to drop.
+    settled = (
+        "return document.querySelectorAll('[data-camera=\"storm\"] .reject').length === 12"
+        " && document.querySelectorAll('.reject img.loading').length === 0"
+    )
     with _page_of_published_results(tmp_path) as (sock, driver):
         _publish_rejects(sock, 0, 300)  # 3 s: the gallery full, the page settled
+        assert wait_for(lambda: driver.execute_script(settled), 15)
         before, fetches = page_footprint(driver), driver.execute_script("return window.vqadStats.galleryFetches")
         _publish_rejects(sock, 300, 800)  # 8 s: a refresh every 1.5 s at most, 12 new tiles each
+        assert wait_for(lambda: driver.execute_script(settled), 15)
         after = page_footprint(driver)
         refreshes = driver.execute_script("return window.vqadStats.galleryFetches") - fetches
         assert refreshes >= 4, refreshes
