@@ -615,9 +615,10 @@ def train_step(s: Session, elapsed: float) -> dict[str, Any]:
     if s.head_net is not None:
         with s.autocast():
             logits, _ = s.head_net(inp01, recon01.detach())
-        if for_head.any():
-            head_l = head_loss(logits.float()[for_head], masks[for_head])
-            loss = loss + HEAD_LOSS_WEIGHT * head_l
+        # A batch of code-space repairs alone gives the head nothing to learn, yet its graph
+        # stays in the loss: each rank of a distributed training reduces every gradient.
+        head_l = head_loss(logits.float()[for_head], masks[for_head]) if for_head.any() else logits.sum() * 0.0
+        loss = loss + HEAD_LOSS_WEIGHT * head_l
     s.opt.zero_grad(set_to_none=True)
     loss.backward()
     s.opt.step()
