@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "the run's terms, fused with 0.7 and 0.5": {"fuse": (0.7, 0.5)},
     "the run's terms, border 8": {"border": 8},
     "the run's terms, border 12": {"border": 12},
+    "the run's terms, errors x 0.3": {"weights": {"errors": 0.3}},
+    "the run's terms, errors x 1": {"weights": {"errors": 1.0}},
     "head": {"terms": ("head",)},
     "errors": {"terms": ("errors",)},
     "template": {"terms": ("template",)},
